@@ -1,0 +1,123 @@
+/* backend.h — the one narrow boundary between chainfs and libvirt.
+ *
+ * A backend is a small table of functions (struct cfs_backend_ops) plus its
+ * private state. Two exist: the real one over libvirt (backend/libvirt.c)
+ * and an in-memory fake with error injection and manual job stepping
+ * (backend/fake.c, see fake.h). Nothing outside backend/ includes
+ * <libvirt/*.h>.
+ *
+ * Errors: every function returns 0 or a negative errno, and on failure
+ * stores the underlying message (libvirt's own text) in a thread-local
+ * slot read with cfs_backend_errmsg(). errno mapping, as SPEC.md's table:
+ *   no such domain / disk / snapshot      -> -ENOENT
+ *   snapshot name or file already exists  -> -EEXIST
+ *   block job already active on the disk  -> -EBUSY
+ *   no space left                         -> -ENOSPC
+ *   access denied / auth failed           -> -EACCES
+ *   disk read-only / not snapshottable    -> -EROFS
+ *   connection lost or unreachable        -> -ENOTCONN
+ *   pivot asked before the mirror is ready-> -EAGAIN
+ *   anything else                         -> -EIO
+ *
+ * Threads: every op may be called from any thread except the backend's own
+ * event thread; ops are safe to call concurrently. Event callbacks are
+ * invoked on the backend's event thread; they must only queue work and
+ * return (never call back into the backend). */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chainfs/model.h"
+
+struct cfs_backend;
+
+/* Block job status, as libvirt's VIR_DOMAIN_BLOCK_JOB_* event statuses. */
+enum cfs_job_event {
+    CFS_JOB_EVENT_COMPLETED,
+    CFS_JOB_EVENT_FAILED,
+    CFS_JOB_EVENT_CANCELED,
+    CFS_JOB_EVENT_READY,
+    CFS_JOB_EVENT_MAX,
+};
+
+struct cfs_backend_events {
+    /* Something about DOM changed (defined, undefined, started, stopped,
+     * device added/removed, ...): re-read it with read_domain(). */
+    void (*domain_changed)(void *opaque, const char *dom);
+    /* VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, keyed by disk target. */
+    void (*block_job)(void *opaque, const char *dom, const char *disk,
+                      enum cfs_job_type type, enum cfs_job_event status);
+    /* The connection went down (up=false) or came back (up=true). After
+     * up=true the caller re-reads everything. */
+    void (*connection)(void *opaque, bool up);
+};
+
+struct cfs_backend_ops {
+    const char *name;
+
+    /* Open the connection, start the event thread, subscribe to events.
+     * Called once, before the daemon detaches. */
+    int (*connect)(struct cfs_backend *be, const struct cfs_backend_events *ev,
+                   void *opaque);
+    /* Stop the event thread, close the connection, free everything. */
+    void (*destroy)(struct cfs_backend *be);
+
+    /* Names of every domain, running or shut off (NULL-terminated). */
+    int (*list_domains)(struct cfs_backend *be, char ***names);
+    /* Everything about one domain: state, disks with a file or block
+     * source (cdroms/floppies without media and network disks left out),
+     * each disk's chain active-first with sizes, meta_name per layer, and
+     * the list of the domain's snapshot names. -ENOENT if it is gone. */
+    int (*read_domain)(struct cfs_backend *be, const char *dom,
+                       struct cfs_domain **out);
+
+    /* External disk-only snapshot NAME of disk DISK only, new overlay at
+     * OVERLAY (qcow2, never overwriting an existing file), recorded in
+     * libvirt's snapshot metadata. Running or shut-off domain. Returns when
+     * the overlay is the active layer. */
+    int (*snapshot_create)(struct cfs_backend *be, const char *dom,
+                           const char *disk, const char *name,
+                           const char *overlay);
+    /* Remove libvirt's snapshot metadata NAME only (no data touched).
+     * -ENOENT if there is no such snapshot. */
+    int (*snapshot_forget)(struct cfs_backend *be, const char *dom,
+                           const char *name);
+
+    /* Start a live commit of TOP into BASE on a running domain. ACTIVE:
+     * TOP is the active layer (active commit; pivot later). Returns once
+     * libvirt accepted the job. */
+    int (*commit_start)(struct cfs_backend *be, const char *dom,
+                        const char *disk, const char *top, const char *base,
+                        bool active);
+    /* Current job on the disk; out->present=false if none. */
+    int (*job_get)(struct cfs_backend *be, const char *dom, const char *disk,
+                   struct cfs_job_progress *out);
+    /* Pivot a ready active commit. -EAGAIN if libvirt says not ready. */
+    int (*job_pivot)(struct cfs_backend *be, const char *dom,
+                     const char *disk);
+    /* Cancel the job (no pivot). */
+    int (*job_abort)(struct cfs_backend *be, const char *dom,
+                     const char *disk);
+    /* Shut-off domain: merge TOP into BASE now (blocking; called from a
+     * worker thread). ACTIVE: TOP is the active layer, and the domain's
+     * disk source becomes BASE. Otherwise the layer above TOP is
+     * re-pointed to BASE. Image locks are held while it runs. */
+    int (*offline_commit)(struct cfs_backend *be, const char *dom,
+                          const char *disk, const char *top,
+                          const char *base, bool active);
+};
+
+struct cfs_backend {
+    const struct cfs_backend_ops *ops;
+    void *priv;
+};
+
+/* The real backend. URI may be NULL (libvirt's default). */
+struct cfs_backend *cfs_libvirt_backend_new(const char *uri);
+
+/* Thread-local message of the last failed backend op on this thread. */
+const char *cfs_backend_errmsg(void);
+/* Set it (backends only); printf-style. */
+void cfs_backend_set_errmsg(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));

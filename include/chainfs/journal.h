@@ -1,0 +1,57 @@
+/* journal.h — the durable record of what chainfs is about to do to a chain.
+ *
+ * One file, STATE_DIR/journal, one JSON object per line (JSON Lines), each
+ * an open entry. Every change rewrites the whole file atomically: write a
+ * temporary file, fsync it, rename it over the old one, fsync the
+ * directory. Loading is tolerant: a line that does not parse or lacks a
+ * required field is reported (in *warnings) and skipped, never a crash.
+ *
+ * Thread-safe: an internal mutex serialises every call. */
+#pragma once
+
+#include <stdint.h>
+
+#include "chainfs/model.h"
+
+struct cfs_journal_entry {
+    char *id;          /* unique, chosen by cfs_journal_new_id() */
+    char *domain;
+    char *disk;
+    char *snapshot;    /* display name of the snapshot */
+    char *meta_name;   /* libvirt snapshot metadata to drop, or NULL */
+    char *top;         /* overlay merged away */
+    char *base;        /* layer it is merged into */
+    enum cfs_job_type type;
+    char *phase;       /* "starting", "running", "pivoting", "cleanup",
+                          "failed" (see docs/DESIGN.md) */
+    int64_t created;   /* unix seconds */
+    int64_t updated;
+    char *error;       /* or NULL */
+};
+
+struct cfs_journal;
+
+/* Open (creating STATE_DIR with mode 0700 if missing) and load. Fails with
+ * -errno if STATE_DIR cannot be created or is not writable (a test file is
+ * created and removed). *warnings (NULL-terminated, caller frees with
+ * cfs_strv_free) gets one line per skipped record, or NULL if none. */
+int cfs_journal_open(const char *state_dir, struct cfs_journal **out,
+                     char ***warnings);
+struct cfs_journal *cfs_journal_free(struct cfs_journal *j);
+
+/* "<unix seconds>-<pid>-<counter>"; caller frees. */
+char *cfs_journal_new_id(struct cfs_journal *j);
+
+/* Add E, or replace the entry with E's id; durable before returning. */
+int cfs_journal_put(struct cfs_journal *j, const struct cfs_journal_entry *e);
+/* Remove the entry ID; durable before returning. -ENOENT if absent. */
+int cfs_journal_remove(struct cfs_journal *j, const char *id);
+
+/* Snapshot of the open entries (deep copies); caller frees with
+ * cfs_journal_entries_free. */
+int cfs_journal_list(struct cfs_journal *j, struct cfs_journal_entry **out,
+                     size_t *n);
+void cfs_journal_entries_free(struct cfs_journal_entry *v, size_t n);
+void cfs_journal_entry_clear(struct cfs_journal_entry *e);
+void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
+                            const struct cfs_journal_entry *src);

@@ -1,0 +1,66 @@
+/* util.h — small helpers used everywhere: cleanup attributes, TAKE_PTR,
+ * string helpers and a growable text buffer.
+ *
+ * Owns nothing; every function here is thread-safe (no shared state). */
+#pragma once
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define _unused_ __attribute__((unused))
+#define _printf_(a, b) __attribute__((format(printf, a, b)))
+
+static inline void cfs_freep(void *p) { free(*(void **)p); }
+#define _cleanup_free_ _cleanup_(cfs_freep)
+
+/* Hand ownership out of a _cleanup_ variable. */
+#define TAKE_PTR(p)                                                            \
+    ({                                                                         \
+        __typeof__(p) _tp = (p);                                               \
+        (p) = NULL;                                                            \
+        _tp;                                                                   \
+    })
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Allocation failure is fatal: a daemon that cannot allocate a few bytes
+ * cannot do anything useful, and half-handled ENOMEM paths hide bugs. */
+void *cfs_xmalloc(size_t n);
+void *cfs_xcalloc(size_t n, size_t size);
+void *cfs_xrealloc(void *p, size_t n);
+char *cfs_xstrdup(const char *s);          /* NULL in, NULL out */
+char *cfs_xasprintf(const char *fmt, ...) _printf_(1, 2);
+
+bool cfs_streq(const char *a, const char *b); /* NULL-safe */
+
+/* NULL-terminated string vectors. */
+size_t cfs_strv_len(char *const *v);
+char **cfs_strv_free(char **v);            /* returns NULL */
+bool cfs_strv_contains(char *const *v, const char *s);
+void cfs_strv_push(char ***v, char *s);    /* takes ownership of s */
+static inline void cfs_strv_freep(char ***v) { *v = cfs_strv_free(*v); }
+#define _cleanup_strv_ _cleanup_(cfs_strv_freep)
+
+/* Human-readable size, 1024-based: "0B", "512B", "1.5KiB", "64.0MiB". */
+void cfs_format_size(uint64_t bytes, char *out, size_t outlen);
+
+/* RFC 3339 UTC timestamp, "2026-11-22T03:40:00Z"; "" for t == 0. */
+void cfs_format_time(int64_t t, char *out, size_t outlen);
+
+/* Growable NUL-terminated text buffer. */
+struct cfs_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+void cfs_buf_printf(struct cfs_buf *b, const char *fmt, ...) _printf_(2, 3);
+void cfs_buf_put(struct cfs_buf *b, const char *s, size_t n);
+char *cfs_buf_steal(struct cfs_buf *b);    /* returns data ("" if empty), resets b */
+void cfs_buf_free(struct cfs_buf *b);
+static inline void cfs_buf_freep(struct cfs_buf *b) { cfs_buf_free(b); }
+#define _cleanup_buf_ _cleanup_(cfs_buf_freep)
