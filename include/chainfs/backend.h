@@ -4,7 +4,7 @@
  * private state. Two exist: the real one over libvirt (backend/libvirt.c)
  * and an in-memory fake with error injection and manual job stepping
  * (backend/fake.c, see fake.h). Nothing outside backend/ includes
- * <libvirt/*.h>.
+ * the libvirt headers.
  *
  * Errors: every function returns 0 or a negative errno, and on failure
  * stores the underlying message (libvirt's own text) in a thread-local

@@ -1,0 +1,1385 @@
+/* engine.c — see engine.h for the threads.
+ *
+ * Job state machine (per disk; docs/DESIGN.md draws it):
+ *
+ *   mkdir:   none/ended -> running(snapshot) -> completed | failed
+ *   rmdir:   none/ended -> running --(READY, live active commit)--> ready
+ *            ready --(pivot accepted)--> pivoting --(COMPLETED)--> clean-up
+ *            running --(COMPLETED, intermediate/offline)--> clean-up
+ *            clean-up --(TOP left the chain; file deleted; metadata
+ *                        dropped; journal entry closed)--> completed
+ *            running|ready|pivoting --(FAILED/CANCELED, or the job vanished
+ *                        with TOP still in the chain)--> failed|canceled
+ *
+ * A "not ready" pivot goes back to ready and is retried on the next poll.
+ * The journal entry is written before the commit starts and updated before
+ * the pivot and before clean-up, so a restarted daemon knows what was
+ * under way (recover_journal()).
+ *
+ * Lock order: e->qlock and t->lock are never held together. The journal's
+ * own lock may be taken with t->lock held. No backend call is made with
+ * any lock held. */
+#include "chainfs/engine.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chainfs/journal.h"
+#include "chainfs/log.h"
+#include "chainfs/names.h"
+#include "chainfs/render.h"
+
+/* Free space below which mkdir says ENOSPC before asking libvirt: a new
+ * qcow2 overlay needs its header, L1 table and refcount blocks. */
+#define OVERLAY_MIN_FREE (4u << 20)
+/* How long a vanished job may leave TOP in the chain before it counts as
+ * failed (libvirt updates the XML shortly after the pivot). */
+#define VANISH_GRACE_MS 5000
+#define PIVOT_MAX_FAILURES 5
+
+enum work_kind {
+    WORK_REFRESH_DOMAIN,
+    WORK_REFRESH_ALL,
+    WORK_JOB_EVENT,
+    WORK_OFFLINE_DONE,
+    WORK_CONNECTION,
+};
+
+struct work {
+    enum work_kind kind;
+    char *dom;
+    char *disk;
+    enum cfs_job_type type;
+    enum cfs_job_event status;
+    int err;
+    char *errmsg;
+    bool up;
+    struct work *next;
+};
+
+struct cfs_engine {
+    char *overlay_dir;
+    char *state_dir;
+    bool keep_merged;
+    unsigned refresh_ms;
+    unsigned poll_ms;
+
+    struct cfs_backend *be;
+    struct cfs_journal *journal;
+    struct cfs_tree *tree;
+
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    struct work *qhead, *qtail;
+    bool stopping;
+    bool thread_started;
+    pthread_t thread;
+    unsigned offline_workers; /* guarded by qlock */
+
+    void (*invalidate)(void *opaque, const char *path);
+    void *invalidate_opaque;
+    int64_t last_refresh_ms;
+    int64_t last_poll_ms;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t now_s(void) { return (int64_t)time(NULL); }
+
+static const char *errmsg_or(const char *fallback)
+{
+    const char *m = cfs_backend_errmsg();
+    return m && *m ? m : fallback;
+}
+
+/* ---- work queue ----------------------------------------------------------- */
+
+static void work_free(struct work *w)
+{
+    free(w->dom);
+    free(w->disk);
+    free(w->errmsg);
+    free(w);
+}
+
+static void queue_push(struct cfs_engine *e, struct work *w)
+{
+    pthread_mutex_lock(&e->qlock);
+    if (e->qtail)
+        e->qtail->next = w;
+    else
+        e->qhead = w;
+    e->qtail = w;
+    pthread_cond_signal(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+}
+
+static struct work *queue_take_all(struct cfs_engine *e)
+{
+    pthread_mutex_lock(&e->qlock);
+    struct work *w = e->qhead;
+    e->qhead = e->qtail = NULL;
+    pthread_mutex_unlock(&e->qlock);
+    return w;
+}
+
+static void on_domain_changed(void *opaque, const char *dom)
+{
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = WORK_REFRESH_DOMAIN;
+    w->dom = cfs_xstrdup(dom);
+    queue_push(opaque, w);
+}
+
+static void on_block_job(void *opaque, const char *dom, const char *disk,
+                         enum cfs_job_type type, enum cfs_job_event status)
+{
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = WORK_JOB_EVENT;
+    w->dom = cfs_xstrdup(dom);
+    w->disk = cfs_xstrdup(disk);
+    w->type = type;
+    w->status = status;
+    queue_push(opaque, w);
+}
+
+static void on_connection(void *opaque, bool up)
+{
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = WORK_CONNECTION;
+    w->up = up;
+    queue_push(opaque, w);
+}
+
+static const struct cfs_backend_events engine_events = {
+    .domain_changed = on_domain_changed,
+    .block_job = on_block_job,
+    .connection = on_connection,
+};
+
+/* ---- the model ------------------------------------------------------------ */
+
+static void invalidate(struct cfs_engine *e, const char *path)
+{
+    if (e->invalidate)
+        e->invalidate(e->invalidate_opaque, path);
+}
+
+/* Re-read one domain from the backend into the tree. */
+static int refresh_domain(struct cfs_engine *e, const char *name)
+{
+    struct cfs_domain *d = NULL;
+    int r = e->be->ops->read_domain(e->be, name, &d);
+    if (r == -ENOENT) {
+        pthread_mutex_lock(&e->tree->lock);
+        bool removed = cfs_tree_remove_domain(e->tree, name);
+        pthread_mutex_unlock(&e->tree->lock);
+        if (removed) {
+            _cleanup_free_ char *p = cfs_xasprintf("/%s", name);
+            log_debug("domain %s is gone", name);
+            invalidate(e, p);
+        }
+        return 0;
+    }
+    if (r < 0) {
+        log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
+        return r;
+    }
+    pthread_mutex_lock(&e->tree->lock);
+    cfs_tree_put_domain(e->tree, d);
+    pthread_mutex_unlock(&e->tree->lock);
+    return 0;
+}
+
+static int refresh_all(struct cfs_engine *e)
+{
+    _cleanup_strv_ char **names = NULL;
+    int r = e->be->ops->list_domains(e->be, &names);
+    if (r < 0) {
+        log_warn("listing domains: %s", errmsg_or(strerror(-r)));
+        return r;
+    }
+    for (char **n = names; n && *n; n++)
+        refresh_domain(e, *n);
+
+    _cleanup_strv_ char **removed = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    cfs_tree_retain_domains(e->tree, names, &removed);
+    pthread_mutex_unlock(&e->tree->lock);
+    for (char **n = removed; n && *n; n++) {
+        _cleanup_free_ char *p = cfs_xasprintf("/%s", *n);
+        invalidate(e, p);
+    }
+    e->last_refresh_ms = now_ms();
+    return 0;
+}
+
+/* ---- journal helpers ------------------------------------------------------- */
+
+static void journal_record(struct cfs_engine *e, const char *dom,
+                           const char *disk, const struct cfs_job *job,
+                           const char *phase)
+{
+    if (!job->journal_id)
+        return;
+    struct cfs_journal_entry en = {
+        .id = job->journal_id,
+        .domain = (char *)dom,
+        .disk = (char *)disk,
+        .snapshot = job->snapshot,
+        .meta_name = job->meta_name,
+        .top = job->top,
+        .base = job->base,
+        .type = job->type,
+        .phase = (char *)phase,
+        .created = job->started,
+        .updated = now_s(),
+        .error = job->error,
+    };
+    int r = cfs_journal_put(e->journal, &en);
+    if (r < 0)
+        log_err("journal: recording %s of %s/%s: %s", phase, dom, disk,
+                strerror(-r));
+}
+
+static void journal_close(struct cfs_engine *e, const char *id)
+{
+    if (!id)
+        return;
+    int r = cfs_journal_remove(e->journal, id);
+    if (r < 0 && r != -ENOENT)
+        log_err("journal: closing entry %s: %s", id, strerror(-r));
+}
+
+/* A copy of a disk's job, taken under the lock, for use without it. */
+static bool job_snapshot(struct cfs_engine *e, const char *dom,
+                         const char *disk, struct cfs_job *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    bool ok = s && cfs_job_state_in_progress(s->job.state);
+    if (ok)
+        cfs_job_copy(out, &s->job);
+    pthread_mutex_unlock(&e->tree->lock);
+    return ok;
+}
+
+static void set_job_state(struct cfs_engine *e, const char *dom,
+                          const char *disk, enum cfs_job_state st)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    if (s && s->job.state != st) {
+        s->job.state = st;
+        e->tree->generation++;
+        pthread_cond_broadcast(&e->tree->changed);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
+static bool disk_has_layer(struct cfs_engine *e, const char *dom,
+                           const char *disk, const char *path)
+{
+    bool found = false;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    for (size_t i = 0; dk && i < dk->n_layers; i++)
+        if (cfs_streq(dk->layers[i].path, path))
+            found = true;
+    pthread_mutex_unlock(&e->tree->lock);
+    return found;
+}
+
+/* ---- the end of a job -------------------------------------------------------- */
+
+static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
+                    enum cfs_job_state st, const char *error, bool partial)
+{
+    _cleanup_free_ char *jid = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    struct cfs_job *j = &s->job;
+    j->state = st;
+    j->finished = now_s();
+    if (st == CFS_JOB_STATE_COMPLETED && j->end)
+        j->cur = j->end;
+    free(j->error);
+    j->error = cfs_xstrdup(error);
+    j->partial = partial;
+    if (partial && j->top && !cfs_strv_contains(s->partial_tops, j->top))
+        cfs_strv_push(&s->partial_tops, cfs_xstrdup(j->top));
+    if (st == CFS_JOB_STATE_COMPLETED && j->top && s->partial_tops) {
+        /* the overlay is gone: forget that it was partly merged */
+        char **kept = NULL;
+        for (char **p = s->partial_tops; *p; p++)
+            if (strcmp(*p, j->top) != 0)
+                cfs_strv_push(&kept, cfs_xstrdup(*p));
+        cfs_strv_free(s->partial_tops);
+        s->partial_tops = kept;
+    }
+    jid = TAKE_PTR(j->journal_id);
+    s->gone_since_ms = 0;
+    s->pivot_failures = 0;
+    e->tree->generation++;
+    pthread_cond_broadcast(&e->tree->changed);
+    pthread_mutex_unlock(&e->tree->lock);
+    journal_close(e, jid);
+}
+
+/* The merge is over as far as libvirt is concerned. If TOP left the chain,
+ * delete it (unless kept or still used anywhere), drop its metadata, close
+ * the journal entry. Returns false if TOP is still in the chain (libvirt
+ * may not have updated the XML yet: the caller retries). */
+static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job))
+        return true;
+
+    refresh_domain(e, dom);
+    if (disk_has_layer(e, dom, disk, job.top)) {
+        cfs_job_clear(&job);
+        return false;
+    }
+
+    journal_record(e, dom, disk, &job, "cleanup");
+    pthread_mutex_lock(&e->tree->lock);
+    bool used = cfs_tree_path_used(e->tree, job.top);
+    pthread_mutex_unlock(&e->tree->lock);
+
+    if (e->keep_merged)
+        log_info("%s/%s: merged %s into %s; keeping %s (keep_merged)", dom,
+                 disk, job.snapshot, job.base, job.top);
+    else if (used)
+        log_warn("%s/%s: %s is still used by a chain; not deleting it", dom,
+                 disk, job.top);
+    else if (unlink(job.top) < 0 && errno != ENOENT)
+        log_warn("%s/%s: deleting %s: %s", dom, disk, job.top,
+                 strerror(errno));
+
+    if (job.meta_name) {
+        int r = e->be->ops->snapshot_forget(e->be, dom, job.meta_name);
+        if (r < 0 && r != -ENOENT)
+            log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
+                     job.meta_name, errmsg_or(strerror(-r)));
+    }
+    log_info("%s/%s: snapshot %s merged into %s (%s)", dom, disk,
+             job.snapshot, job.base, cfs_job_type_to_string(job.type));
+    job_end(e, dom, disk, CFS_JOB_STATE_COMPLETED, NULL, false);
+    refresh_domain(e, dom);
+    cfs_job_clear(&job);
+    return true;
+}
+
+static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
+                     enum cfs_job_state st, const char *why)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job))
+        return;
+    refresh_domain(e, dom);
+    /* A commit that got going has written part of TOP into BASE: BASE no
+     * longer holds its old point in time (harmless, TOP still sits above
+     * it), and info says so. */
+    bool partial = job.type != CFS_JOB_SNAPSHOT && job.cur > 0;
+    log_err("%s/%s: merge of snapshot %s %s: %s", dom, disk, job.snapshot,
+            st == CFS_JOB_STATE_CANCELED ? "canceled" : "failed", why);
+    job_end(e, dom, disk, st, why, partial);
+    cfs_job_clear(&job);
+}
+
+/* ---- pivot ------------------------------------------------------------------- */
+
+static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job))
+        return;
+    if (job.type != CFS_JOB_ACTIVE_COMMIT || job.state != CFS_JOB_STATE_READY) {
+        cfs_job_clear(&job);
+        return;
+    }
+    struct cfs_job_progress pr = {0};
+    int r = e->be->ops->job_get(e->be, dom, disk, &pr);
+    if (r < 0 || !pr.present || !pr.ready) {
+        /* not ready after all (or libvirt is busy): the next poll retries */
+        cfs_job_clear(&job);
+        return;
+    }
+
+#ifdef CHAINFS_TEST_HOOKS
+    /* Fault-injection tests hold the pivot while this file exists. */
+    {
+        _cleanup_free_ char *hold = cfs_xasprintf("%s/hold-pivot", e->state_dir);
+        if (access(hold, F_OK) == 0) {
+            cfs_job_clear(&job);
+            return;
+        }
+    }
+#endif
+
+    journal_record(e, dom, disk, &job, "pivoting");
+    set_job_state(e, dom, disk, CFS_JOB_STATE_PIVOTING);
+    r = e->be->ops->job_pivot(e->be, dom, disk);
+    if (r == -EAGAIN) {
+        log_debug("%s/%s: pivot not ready yet, retrying", dom, disk);
+        set_job_state(e, dom, disk, CFS_JOB_STATE_READY);
+    } else if (r < 0) {
+        _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+        int failures = ++s->pivot_failures;
+        pthread_mutex_unlock(&e->tree->lock);
+        log_warn("%s/%s: pivot refused (%d): %s", dom, disk, failures, msg);
+        if (failures < PIVOT_MAX_FAILURES) {
+            set_job_state(e, dom, disk, CFS_JOB_STATE_READY);
+        } else {
+            /* give up: end the mirror without pivoting, the chain stays */
+            e->be->ops->job_abort(e->be, dom, disk);
+            job_fail(e, dom, disk, CFS_JOB_STATE_FAILED, msg);
+        }
+    } else {
+        log_debug("%s/%s: pivot accepted", dom, disk);
+    }
+    cfs_job_clear(&job);
+}
+
+/* ---- following jobs ---------------------------------------------------------- */
+
+static void handle_job_event(struct cfs_engine *e, const struct work *w)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, w->dom, w->disk, &job)) {
+        /* not ours, or already ended: the chain may still have changed */
+        refresh_domain(e, w->dom);
+        return;
+    }
+    log_debug("%s/%s: block job event %d (type %s) in state %s", w->dom,
+              w->disk, (int)w->status, cfs_job_type_to_string(w->type),
+              cfs_job_state_to_string(job.state));
+    switch (w->status) {
+    case CFS_JOB_EVENT_READY:
+        if (job.type == CFS_JOB_ACTIVE_COMMIT &&
+            job.state == CFS_JOB_STATE_RUNNING) {
+            pthread_mutex_lock(&e->tree->lock);
+            struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
+            s->job.state = CFS_JOB_STATE_READY;
+            if (s->job.end)
+                s->job.cur = s->job.end;
+            pthread_cond_broadcast(&e->tree->changed);
+            pthread_mutex_unlock(&e->tree->lock);
+            try_pivot(e, w->dom, w->disk);
+        }
+        break;
+    case CFS_JOB_EVENT_COMPLETED:
+        if (!job_finish(e, w->dom, w->disk)) {
+            pthread_mutex_lock(&e->tree->lock);
+            struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
+            if (!s->gone_since_ms)
+                s->gone_since_ms = now_ms();
+            pthread_mutex_unlock(&e->tree->lock);
+        }
+        break;
+    case CFS_JOB_EVENT_FAILED:
+        job_fail(e, w->dom, w->disk, CFS_JOB_STATE_FAILED,
+                 "libvirt reported the block job as failed");
+        break;
+    case CFS_JOB_EVENT_CANCELED:
+        job_fail(e, w->dom, w->disk, CFS_JOB_STATE_CANCELED,
+                 "the block job was canceled outside chainfs");
+        break;
+    default:
+        break;
+    }
+    cfs_job_clear(&job);
+}
+
+static void handle_offline_done(struct cfs_engine *e, const struct work *w)
+{
+    if (w->err < 0)
+        job_fail(e, w->dom, w->disk, CFS_JOB_STATE_FAILED,
+                 w->errmsg ? w->errmsg : strerror(-w->err));
+    else if (!job_finish(e, w->dom, w->disk))
+        job_fail(e, w->dom, w->disk, CFS_JOB_STATE_FAILED,
+                 "the merged layer is still in the chain after the merge");
+}
+
+/* One poll of a live job: progress, the ready fallback, a vanished job. */
+static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job))
+        return;
+    if (job.type != CFS_JOB_COMMIT && job.type != CFS_JOB_ACTIVE_COMMIT) {
+        cfs_job_clear(&job);
+        return;
+    }
+    struct cfs_job_progress pr = {0};
+    int r = e->be->ops->job_get(e->be, dom, disk, &pr);
+    if (r < 0) {
+        cfs_job_clear(&job);
+        return; /* connection trouble: keep following */
+    }
+    if (pr.present) {
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+        if (s->job.cur != pr.cur || s->job.end != pr.end ||
+            s->job.bandwidth != pr.bandwidth) {
+            s->job.cur = pr.cur;
+            s->job.end = pr.end;
+            s->job.bandwidth = pr.bandwidth;
+            e->tree->generation++;
+        }
+        s->gone_since_ms = 0;
+        bool to_ready = pr.ready && s->job.state == CFS_JOB_STATE_RUNNING &&
+                        job.type == CFS_JOB_ACTIVE_COMMIT;
+        if (to_ready) {
+            s->job.state = CFS_JOB_STATE_READY;
+            pthread_cond_broadcast(&e->tree->changed);
+        }
+        bool retry = s->job.state == CFS_JOB_STATE_READY;
+        pthread_mutex_unlock(&e->tree->lock);
+        if (retry)
+            try_pivot(e, dom, disk);
+        cfs_job_clear(&job);
+        return;
+    }
+
+    /* libvirt has no job: finished (maybe the event was missed) or died */
+    if (job_finish(e, dom, disk)) {
+        cfs_job_clear(&job);
+        return;
+    }
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (!s->gone_since_ms)
+        s->gone_since_ms = now_ms();
+    bool expired = now_ms() - s->gone_since_ms > VANISH_GRACE_MS ||
+                   job.state == CFS_JOB_STATE_RUNNING;
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    bool running = d && d->state != CFS_DOM_SHUTOFF;
+    pthread_mutex_unlock(&e->tree->lock);
+    /* A running copy that disappears with TOP in place did not complete
+     * (QEMU died, the domain was destroyed, someone aborted it). After a
+     * pivot, give libvirt a moment to update the XML. */
+    if (expired)
+        job_fail(e, dom, disk, CFS_JOB_STATE_FAILED,
+                 running ? "the block job ended without completing"
+                         : "the domain stopped during the merge");
+    cfs_job_clear(&job);
+}
+
+static bool any_live_job(struct cfs_engine *e, char ***doms, char ***disks)
+{
+    bool any = false;
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; i < e->tree->n_states; i++) {
+        struct cfs_disk_state *s = e->tree->states[i];
+        if (!cfs_job_state_in_progress(s->job.state))
+            continue;
+        if (s->job.type != CFS_JOB_COMMIT && s->job.type != CFS_JOB_ACTIVE_COMMIT)
+            continue;
+        any = true;
+        if (doms) {
+            cfs_strv_push(doms, cfs_xstrdup(s->dom));
+            cfs_strv_push(disks, cfs_xstrdup(s->disk));
+        }
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    return any;
+}
+
+static void poll_jobs(struct cfs_engine *e)
+{
+    _cleanup_strv_ char **doms = NULL;
+    _cleanup_strv_ char **disks = NULL;
+    if (!any_live_job(e, &doms, &disks))
+        return;
+    for (size_t i = 0; doms && doms[i]; i++)
+        poll_job(e, doms[i], disks[i]);
+    e->last_poll_ms = now_ms();
+}
+
+static void process_work(struct cfs_engine *e, struct work *w)
+{
+    switch (w->kind) {
+    case WORK_REFRESH_DOMAIN:
+        refresh_domain(e, w->dom);
+        break;
+    case WORK_REFRESH_ALL:
+        refresh_all(e);
+        break;
+    case WORK_JOB_EVENT:
+        handle_job_event(e, w);
+        refresh_domain(e, w->dom);
+        break;
+    case WORK_OFFLINE_DONE:
+        handle_offline_done(e, w);
+        break;
+    case WORK_CONNECTION:
+        pthread_mutex_lock(&e->tree->lock);
+        e->tree->stale = !w->up;
+        e->tree->generation++;
+        pthread_mutex_unlock(&e->tree->lock);
+        if (w->up) {
+            log_info("libvirt connection is back; re-reading everything");
+            refresh_all(e);
+        } else {
+            log_err("lost the libvirt connection; serving the last known state");
+        }
+        break;
+    }
+}
+
+static void drain(struct cfs_engine *e)
+{
+    struct work *w = queue_take_all(e);
+    /* Coalesce: many events for one domain need one re-read. */
+    while (w) {
+        struct work *next = w->next;
+        bool dup = false;
+        if (w->kind == WORK_REFRESH_DOMAIN)
+            for (struct work *o = next; o && !dup; o = o->next)
+                dup = o->kind == WORK_REFRESH_DOMAIN && strcmp(o->dom, w->dom) == 0;
+        if (!dup)
+            process_work(e, w);
+        work_free(w);
+        w = next;
+    }
+}
+
+void cfs_engine_run_pending(struct cfs_engine *e)
+{
+    drain(e);
+    poll_jobs(e);
+    drain(e);
+}
+
+static void *engine_thread(void *arg)
+{
+    struct cfs_engine *e = arg;
+    for (;;) {
+        bool live = any_live_job(e, NULL, NULL);
+        int64_t wait_ms = live ? e->poll_ms : e->refresh_ms;
+        pthread_mutex_lock(&e->qlock);
+        if (!e->qhead && !e->stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += wait_ms / 1000;
+            ts.tv_nsec += (wait_ms % 1000) * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&e->qcond, &e->qlock, &ts);
+        }
+        bool stop = e->stopping;
+        pthread_mutex_unlock(&e->qlock);
+        if (stop)
+            break;
+        drain(e);
+        int64_t t = now_ms();
+        if (t - e->last_poll_ms >= e->poll_ms)
+            poll_jobs(e);
+        if (t - e->last_refresh_ms >= e->refresh_ms)
+            refresh_all(e);
+    }
+    return NULL;
+}
+
+/* ---- recovery ----------------------------------------------------------------- */
+
+/* Take up what a previous daemon left in the journal. */
+static void recover_journal(struct cfs_engine *e)
+{
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    if (cfs_journal_list(e->journal, &v, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_journal_entry *en = &v[i];
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, en->domain, en->disk);
+        cfs_job_clear(&s->job);
+        s->job.type = en->type;
+        s->job.state = strcmp(en->phase, "pivoting") == 0 ? CFS_JOB_STATE_PIVOTING
+                                                          : CFS_JOB_STATE_RUNNING;
+        s->job.snapshot = cfs_xstrdup(en->snapshot);
+        s->job.meta_name = cfs_xstrdup(en->meta_name);
+        s->job.top = cfs_xstrdup(en->top);
+        s->job.base = cfs_xstrdup(en->base);
+        s->job.started = en->created;
+        s->job.journal_id = cfs_xstrdup(en->id);
+        pthread_mutex_unlock(&e->tree->lock);
+
+        struct cfs_job_progress pr = {0};
+        int r = -ENOENT;
+        if (en->type == CFS_JOB_COMMIT || en->type == CFS_JOB_ACTIVE_COMMIT)
+            r = e->be->ops->job_get(e->be, en->domain, en->disk, &pr);
+        if (r == 0 && pr.present) {
+            log_info("recovery: %s/%s: merge of %s still running; following it",
+                     en->domain, en->disk, en->snapshot);
+            continue; /* poll_job takes it from here, pivot included */
+        }
+        if (job_finish(e, en->domain, en->disk)) {
+            log_info("recovery: %s/%s: merge of %s had finished; cleaned up",
+                     en->domain, en->disk, en->snapshot);
+            continue;
+        }
+        log_info("recovery: %s/%s: merge of %s did not finish; marked failed",
+                 en->domain, en->disk, en->snapshot);
+        job_fail(e, en->domain, en->disk, CFS_JOB_STATE_FAILED,
+                 "the merge was interrupted and did not complete");
+    }
+    cfs_journal_entries_free(v, n);
+}
+
+/* ---- life cycle ----------------------------------------------------------------- */
+
+int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
+                   struct cfs_engine **out, char **errmsg)
+{
+    struct cfs_engine *e = cfs_xcalloc(1, sizeof(*e));
+    e->overlay_dir = cfs_xstrdup(cfg->overlay_dir);
+    e->state_dir = cfs_xstrdup(cfg->state_dir);
+    e->keep_merged = cfg->keep_merged;
+    e->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 3000;
+    e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
+    e->be = be;
+    e->tree = cfs_tree_new();
+    pthread_mutex_init(&e->qlock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&e->qcond, &ca);
+    pthread_condattr_destroy(&ca);
+
+    _cleanup_strv_ char **warnings = NULL;
+    int r = cfs_journal_open(cfg->state_dir, &e->journal, &warnings);
+    if (r < 0) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("state directory %s: %s", cfg->state_dir,
+                                    strerror(-r));
+        e->be = NULL; /* the caller still owns it */
+        cfs_engine_free(e);
+        return r;
+    }
+    for (char **w = warnings; w && *w; w++)
+        log_warn("%s", *w);
+    *out = e;
+    return 0;
+}
+
+int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
+{
+    int r = e->be->ops->connect(e->be, &engine_events, e);
+    if (r < 0) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("cannot connect to libvirt: %s",
+                                    errmsg_or(strerror(-r)));
+        return r;
+    }
+    r = refresh_all(e);
+    if (r < 0) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("cannot list libvirt domains: %s",
+                                    errmsg_or(strerror(-r)));
+        return r;
+    }
+    recover_journal(e);
+    if (thread) {
+        r = -pthread_create(&e->thread, NULL, engine_thread, e);
+        if (r < 0) {
+            if (errmsg)
+                *errmsg = cfs_xasprintf("cannot start the engine thread: %s",
+                                        strerror(-r));
+            return r;
+        }
+        e->thread_started = true;
+    }
+    return 0;
+}
+
+struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
+{
+    if (!e)
+        return NULL;
+    pthread_mutex_lock(&e->qlock);
+    e->stopping = true;
+    pthread_cond_broadcast(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    if (e->thread_started)
+        pthread_join(e->thread, NULL);
+    /* offline merges keep running to their end; wait for them */
+    for (;;) {
+        pthread_mutex_lock(&e->qlock);
+        unsigned n = e->offline_workers;
+        pthread_mutex_unlock(&e->qlock);
+        if (!n)
+            break;
+        usleep(50 * 1000);
+    }
+    if (e->be)
+        e->be->ops->destroy(e->be);
+    for (struct work *w = queue_take_all(e); w;) {
+        struct work *next = w->next;
+        work_free(w);
+        w = next;
+    }
+    cfs_journal_free(e->journal);
+    cfs_tree_free(e->tree);
+    pthread_mutex_destroy(&e->qlock);
+    pthread_cond_destroy(&e->qcond);
+    free(e->overlay_dir);
+    free(e->state_dir);
+    free(e);
+    return NULL;
+}
+
+void cfs_engine_set_invalidate(struct cfs_engine *e,
+                               void (*cb)(void *opaque, const char *path),
+                               void *opaque)
+{
+    e->invalidate = cb;
+    e->invalidate_opaque = opaque;
+}
+
+struct cfs_tree *cfs_engine_tree(struct cfs_engine *e) { return e->tree; }
+
+/* ---- reads (FUSE threads; tree lock only) ------------------------------------------ */
+
+/* The layer index of snapshot NAME as shown in snapshots/: not the base,
+ * and not the one being merged away right now. Caller holds the lock. */
+static int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d,
+                            const struct cfs_disk *disk, const char *name)
+{
+    int i = cfs_disk_find_snapshot(disk, name);
+    if (i < 0 || (size_t)i + 1 >= disk->n_layers)
+        return -1;
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(t, d->name, disk->target);
+    if (s && cfs_job_state_in_progress(s->job.state) &&
+        s->job.type != CFS_JOB_SNAPSHOT &&
+        cfs_streq(s->job.top, disk->layers[i].path))
+        return -1;
+    return i;
+}
+
+/* Resolve P to its domain/disk/layer; caller holds the lock. */
+static int resolve(struct cfs_tree *t, const struct cfs_path *p,
+                   struct cfs_domain **dp, struct cfs_disk **diskp, int *idx)
+{
+    *dp = NULL;
+    *diskp = NULL;
+    *idx = -1;
+    if (p->kind == CFS_NODE_ROOT)
+        return 0;
+    struct cfs_domain *d = cfs_tree_find_domain(t, p->dom);
+    if (!d)
+        return -ENOENT;
+    *dp = d;
+    if (p->kind == CFS_NODE_DOMAIN)
+        return 0;
+    struct cfs_disk *disk = cfs_domain_find_disk(d, p->disk);
+    if (!disk)
+        return -ENOENT;
+    *diskp = disk;
+    if (p->kind != CFS_NODE_SNAPSHOT && p->kind != CFS_NODE_INFO &&
+        p->kind != CFS_NODE_INFO_JSON)
+        return 0;
+    *idx = visible_snapshot(t, d, disk, p->snap);
+    return *idx < 0 ? -ENOENT : 0;
+}
+
+/* Render file P; caller holds the lock and resolved it. */
+static void render_locked(struct cfs_tree *t, const struct cfs_path *p,
+                          const struct cfs_domain *d,
+                          const struct cfs_disk *disk, int idx,
+                          struct cfs_buf *out)
+{
+    struct cfs_disk_state *s =
+        disk ? cfs_tree_find_disk_state(t, d->name, disk->target) : NULL;
+    const struct cfs_job *job = s ? &s->job : NULL;
+    bool partial = false;
+    if (idx >= 0 && s)
+        partial = cfs_strv_contains(s->partial_tops, disk->layers[idx].path);
+    switch (p->kind) {
+    case CFS_NODE_CHAIN:
+        cfs_render_chain_text(out, d, disk, t->stale);
+        break;
+    case CFS_NODE_CHAIN_JSON:
+        cfs_render_chain_json(out, d, disk, t->stale);
+        break;
+    case CFS_NODE_JOB:
+    case CFS_NODE_WAIT:
+        cfs_render_job_text(out, job, t->stale);
+        break;
+    case CFS_NODE_JOB_JSON:
+        cfs_render_job_json(out, job, t->stale);
+        break;
+    case CFS_NODE_INFO:
+        cfs_render_info_text(out, d, disk, idx, partial);
+        break;
+    case CFS_NODE_INFO_JSON:
+        cfs_render_info_json(out, d, disk, idx, partial);
+        break;
+    default:
+        break;
+    }
+}
+
+int cfs_engine_getattr(struct cfs_engine *e, const struct cfs_path *p,
+                       struct cfs_node_attr *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct cfs_tree *t = e->tree;
+    pthread_mutex_lock(&t->lock);
+    struct cfs_domain *d;
+    struct cfs_disk *disk;
+    int idx;
+    int r = resolve(t, p, &d, &disk, &idx);
+    if (r == 0) {
+        if (cfs_node_is_file(p->kind)) {
+            _cleanup_buf_ struct cfs_buf b = {0};
+            render_locked(t, p, d, disk, idx, &b);
+            out->size = b.len;
+            out->nlink = 1;
+        } else {
+            out->is_dir = true;
+            out->nlink = 2;
+            if (p->kind == CFS_NODE_ROOT)
+                out->nlink += t->n_doms;
+            else if (p->kind == CFS_NODE_DOMAIN)
+                out->nlink += d->n_disks;
+            else if (p->kind == CFS_NODE_DISK)
+                out->nlink += 1;
+            else if (p->kind == CFS_NODE_SNAPDIR)
+                out->nlink += disk->n_layers ? disk->n_layers - 1 : 0;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+int cfs_engine_readdir(struct cfs_engine *e, const struct cfs_path *p,
+                       char ***names)
+{
+    *names = NULL;
+    if (cfs_node_is_file(p->kind))
+        return -ENOTDIR;
+    struct cfs_tree *t = e->tree;
+    pthread_mutex_lock(&t->lock);
+    struct cfs_domain *d;
+    struct cfs_disk *disk;
+    int idx;
+    int r = resolve(t, p, &d, &disk, &idx);
+    if (r < 0)
+        goto out;
+    switch (p->kind) {
+    case CFS_NODE_ROOT:
+        for (size_t i = 0; i < t->n_doms; i++)
+            cfs_strv_push(names, cfs_xstrdup(t->doms[i]->name));
+        break;
+    case CFS_NODE_DOMAIN:
+        for (size_t i = 0; i < d->n_disks; i++)
+            cfs_strv_push(names, cfs_xstrdup(d->disks[i].target));
+        break;
+    case CFS_NODE_DISK:
+        for (const char *const *n = cfs_disk_entries; *n; n++)
+            cfs_strv_push(names, cfs_xstrdup(*n));
+        break;
+    case CFS_NODE_SNAPDIR:
+        /* oldest first, as they were taken */
+        for (size_t i = disk->n_layers; i-- > 0;) {
+            const char *n = disk->layers[i].name;
+            if (n && visible_snapshot(t, d, disk, n) == (int)i)
+                cfs_strv_push(names, cfs_xstrdup(n));
+        }
+        break;
+    case CFS_NODE_SNAPSHOT:
+        for (const char *const *n = cfs_snapshot_entries; *n; n++)
+            cfs_strv_push(names, cfs_xstrdup(*n));
+        break;
+    default:
+        r = -ENOTDIR;
+    }
+out:
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+int cfs_engine_read(struct cfs_engine *e, const struct cfs_path *p,
+                    struct cfs_buf *out)
+{
+    if (!cfs_node_is_file(p->kind))
+        return -EISDIR;
+    struct cfs_tree *t = e->tree;
+    pthread_mutex_lock(&t->lock);
+    struct cfs_domain *d;
+    struct cfs_disk *disk;
+    int idx;
+    int r = resolve(t, p, &d, &disk, &idx);
+    if (r == 0)
+        render_locked(t, p, d, disk, idx, out);
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
+                    bool (*interrupted)(void *arg), void *arg,
+                    struct cfs_buf *out)
+{
+    struct cfs_tree *t = e->tree;
+    int r = 0;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        struct cfs_domain *d = cfs_tree_find_domain(t, dom);
+        if (!d || !cfs_domain_find_disk(d, disk)) {
+            r = -ENOENT;
+            break;
+        }
+        struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
+        if (!s || !cfs_job_state_in_progress(s->job.state)) {
+            cfs_render_job_text(out, s ? &s->job : NULL, t->stale);
+            break;
+        }
+        if (interrupted && interrupted(arg)) {
+            r = -EINTR;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 100 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&t->changed, &t->lock, &ts);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+/* ---- mkdir / rmdir (FUSE threads) ------------------------------------------------ */
+
+/* Record a refusal or failure on the disk's job file, unless a job is in
+ * progress there (its own state must not be overwritten). */
+static void note_failure(struct cfs_engine *e, const char *dom,
+                         const char *disk, enum cfs_job_type type,
+                         const char *snapshot, const char *msg)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    if (d && cfs_domain_find_disk(d, disk)) {
+        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+        if (!cfs_job_state_in_progress(s->job.state)) {
+            char **partial = TAKE_PTR(s->partial_tops);
+            cfs_job_clear(&s->job);
+            s->partial_tops = partial;
+            s->job.type = type;
+            s->job.state = CFS_JOB_STATE_FAILED;
+            s->job.snapshot = cfs_xstrdup(snapshot);
+            s->job.started = s->job.finished = now_s();
+            s->job.error = cfs_xstrdup(msg);
+            e->tree->generation++;
+            pthread_cond_broadcast(&e->tree->changed);
+        }
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
+static int refuse(struct cfs_engine *e, const char *op, const char *dom,
+                  const char *disk, const char *name, int err,
+                  const char *why)
+{
+    log_warn("%s %s/%s/snapshots/%s refused (%s): %s", op, dom, disk, name,
+             strerror(-err), why);
+    _cleanup_free_ char *msg = cfs_xasprintf("%s %s: %s", op, name, why);
+    note_failure(e, dom, disk,
+                 strcmp(op, "mkdir") == 0 ? CFS_JOB_SNAPSHOT : CFS_JOB_COMMIT,
+                 name, msg);
+    return err;
+}
+
+int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
+                     const char *name)
+{
+    int r = cfs_name_validate(name);
+    if (r < 0)
+        return refuse(e, "mkdir", dom, disk, name, r,
+                      r == -ENAMETOOLONG
+                          ? "name longer than 255 bytes"
+                          : "a snapshot name is 1 to 64 characters of "
+                            "[A-Za-z0-9._-] and does not start with '.' or '-'");
+
+    /* Claim the disk: the job file shows the snapshot being taken, and a
+     * concurrent mkdir or rmdir on the disk gets EBUSY. */
+    _cleanup_free_ char *active = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    const char *why = NULL;
+    if (!d || !dk) {
+        r = -ENOENT;
+        why = d ? "no such disk" : "no such domain";
+    } else if (dk->readonly || dk->shareable || dk->n_layers == 0) {
+        r = -EROFS;
+        why = dk->readonly ? "the disk is read-only"
+              : dk->shareable ? "the disk is shareable" : "the disk has no source";
+    } else {
+        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+        if (cfs_job_state_in_progress(s->job.state)) {
+            r = -EBUSY;
+            why = "the disk has a job in progress";
+        } else if (cfs_strv_contains(d->snapshots, name) ||
+                   cfs_disk_find_snapshot(dk, name) >= 0) {
+            r = -EEXIST;
+            why = "the domain already has a snapshot of that name";
+        } else {
+            char **partial = TAKE_PTR(s->partial_tops);
+            cfs_job_clear(&s->job);
+            s->partial_tops = partial;
+            s->job.type = CFS_JOB_SNAPSHOT;
+            s->job.state = CFS_JOB_STATE_RUNNING;
+            s->job.snapshot = cfs_xstrdup(name);
+            s->job.base = cfs_xstrdup(dk->layers[0].path);
+            s->job.started = now_s();
+            active = cfs_xstrdup(dk->layers[0].path);
+            pthread_cond_broadcast(&e->tree->changed);
+        }
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (r < 0) {
+        if (r == -EBUSY) {
+            log_warn("mkdir %s/%s/snapshots/%s refused (%s): %s", dom, disk,
+                     name, strerror(-r), why);
+            return r;
+        }
+        return refuse(e, "mkdir", dom, disk, name, r, why);
+    }
+
+    _cleanup_free_ char *dir = NULL;
+    if (e->overlay_dir) {
+        dir = cfs_xstrdup(e->overlay_dir);
+    } else {
+        _cleanup_free_ char *tmp = cfs_xstrdup(active);
+        dir = cfs_xstrdup(dirname(tmp));
+    }
+    _cleanup_free_ char *file = cfs_overlay_filename(dom, disk, name);
+    _cleanup_free_ char *overlay = cfs_xasprintf("%s/%s", dir, file);
+    _cleanup_free_ char *msg = NULL;
+    struct statvfs vfs;
+    struct stat st;
+
+    if (lstat(overlay, &st) == 0) {
+        r = -EEXIST;
+        msg = cfs_xasprintf("the overlay file %s already exists", overlay);
+    } else if (statvfs(dir, &vfs) < 0) {
+        r = -errno;
+        msg = cfs_xasprintf("overlay directory %s: %s", dir, strerror(errno));
+    } else if ((uint64_t)vfs.f_bavail * vfs.f_frsize < OVERLAY_MIN_FREE) {
+        r = -ENOSPC;
+        msg = cfs_xasprintf("overlay directory %s is full", dir);
+    } else {
+        r = e->be->ops->snapshot_create(e->be, dom, disk, name, overlay);
+        if (r < 0)
+            msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+    }
+
+    if (r < 0) {
+        /* release the claim, then record why */
+        log_warn("mkdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
+                 strerror(-r), msg);
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+        s->job.state = CFS_JOB_STATE_FAILED;
+        pthread_mutex_unlock(&e->tree->lock);
+        _cleanup_free_ char *text = cfs_xasprintf("mkdir %s: %s", name, msg);
+        note_failure(e, dom, disk, CFS_JOB_SNAPSHOT, name, text);
+        return r;
+    }
+
+    /* mkdir returns once the overlay is the active layer: show it now */
+    refresh_domain(e, dom);
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    s->job.state = CFS_JOB_STATE_COMPLETED;
+    s->job.top = cfs_xstrdup(overlay);
+    s->job.finished = now_s();
+    pthread_cond_broadcast(&e->tree->changed);
+    pthread_mutex_unlock(&e->tree->lock);
+    log_info("mkdir %s/%s/snapshots/%s: new active layer %s", dom, disk, name,
+             overlay);
+    return 0;
+}
+
+struct offline_args {
+    struct cfs_engine *e;
+    char *dom, *disk, *top, *base;
+    bool active;
+};
+
+static void *offline_worker(void *arg)
+{
+    struct offline_args *a = arg;
+    struct cfs_engine *e = a->e;
+    int r = e->be->ops->offline_commit(e->be, a->dom, a->disk, a->top, a->base,
+                                       a->active);
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = WORK_OFFLINE_DONE;
+    w->dom = a->dom;
+    w->disk = a->disk;
+    w->err = r;
+    if (r < 0)
+        w->errmsg = cfs_xstrdup(errmsg_or(strerror(-r)));
+    free(a->top);
+    free(a->base);
+    free(a);
+    if (e->thread_started) {
+        queue_push(e, w);
+    } else {
+        /* unit tests without the engine thread */
+        process_work(e, w);
+        work_free(w);
+    }
+    pthread_mutex_lock(&e->qlock);
+    e->offline_workers--;
+    pthread_mutex_unlock(&e->qlock);
+    return NULL;
+}
+
+int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
+                     const char *name)
+{
+    int r = 0;
+    const char *why = NULL;
+    struct cfs_job job = {0};
+    bool running = false;
+
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    struct cfs_disk_state *s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
+    int idx = dk ? cfs_disk_find_snapshot(dk, name) : -1;
+    if (!d || !dk) {
+        r = -ENOENT;
+        why = d ? "no such disk" : "no such domain";
+    } else if (s && cfs_job_state_in_progress(s->job.state)) {
+        r = -EBUSY;
+        why = "the disk has a job in progress";
+    } else if (idx < 0 || (size_t)idx + 1 >= dk->n_layers) {
+        r = -ENOENT;
+        why = "no such snapshot";
+    } else if (dk->readonly || dk->shareable) {
+        r = -EROFS;
+        why = dk->readonly ? "the disk is read-only" : "the disk is shareable";
+    } else if (cfs_tree_path_used_elsewhere(e->tree, dk->layers[idx + 1].path, dom)) {
+        r = -EBUSY;
+        why = "the layer to merge into is shared with another domain's chain";
+    } else {
+        running = d->state != CFS_DOM_SHUTOFF;
+        const struct cfs_layer *top = &dk->layers[idx];
+        char **partial = TAKE_PTR(s->partial_tops);
+        cfs_job_clear(&s->job);
+        s->partial_tops = partial;
+        s->gone_since_ms = 0;
+        s->pivot_failures = 0;
+        struct cfs_job *j = &s->job;
+        j->type = !running ? CFS_JOB_OFFLINE_COMMIT
+                  : idx == 0 ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT;
+        j->state = CFS_JOB_STATE_RUNNING;
+        j->snapshot = cfs_xstrdup(name);
+        j->meta_name = cfs_xstrdup(top->meta_name);
+        j->top = cfs_xstrdup(top->path);
+        j->base = cfs_xstrdup(dk->layers[idx + 1].path);
+        j->end = top->virtual_size;
+        j->started = now_s();
+        j->journal_id = cfs_journal_new_id(e->journal);
+        cfs_job_copy(&job, j);
+        e->tree->generation++;
+        pthread_cond_broadcast(&e->tree->changed);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (r < 0) {
+        if (r == -EBUSY && why && strstr(why, "in progress")) {
+            log_warn("rmdir %s/%s/snapshots/%s refused (%s): %s", dom, disk,
+                     name, strerror(-r), why);
+            return r;
+        }
+        return refuse(e, "rmdir", dom, disk, name, r, why);
+    }
+
+    /* durably record the intent before anything changes */
+    journal_record(e, dom, disk, &job, "starting");
+
+    if (job.type == CFS_JOB_OFFLINE_COMMIT) {
+        struct offline_args *a = cfs_xcalloc(1, sizeof(*a));
+        *a = (struct offline_args){
+            .e = e,
+            .dom = cfs_xstrdup(dom),
+            .disk = cfs_xstrdup(disk),
+            .top = cfs_xstrdup(job.top),
+            .base = cfs_xstrdup(job.base),
+            .active = idx == 0,
+        };
+        pthread_mutex_lock(&e->qlock);
+        e->offline_workers++;
+        pthread_mutex_unlock(&e->qlock);
+        pthread_t th;
+        r = -pthread_create(&th, NULL, offline_worker, a);
+        if (r < 0) {
+            pthread_mutex_lock(&e->qlock);
+            e->offline_workers--;
+            pthread_mutex_unlock(&e->qlock);
+            free(a->dom);
+            free(a->disk);
+            free(a->top);
+            free(a->base);
+            free(a);
+            job_end(e, dom, disk, CFS_JOB_STATE_FAILED, strerror(-r), false);
+            cfs_job_clear(&job);
+            return -EIO;
+        }
+        pthread_detach(th);
+        journal_record(e, dom, disk, &job, "running");
+        log_info("rmdir %s/%s/snapshots/%s: offline merge of %s into %s started",
+                 dom, disk, name, job.top, job.base);
+        cfs_job_clear(&job);
+        return 0;
+    }
+
+    r = e->be->ops->commit_start(e->be, dom, disk, job.top, job.base,
+                                 job.type == CFS_JOB_ACTIVE_COMMIT);
+    if (r < 0) {
+        _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+        log_warn("rmdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
+                 strerror(-r), msg);
+        _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", name, msg);
+        job_end(e, dom, disk, CFS_JOB_STATE_FAILED, text, false);
+        cfs_job_clear(&job);
+        return r;
+    }
+    journal_record(e, dom, disk, &job, "running");
+    log_info("rmdir %s/%s/snapshots/%s: %s of %s into %s started", dom, disk,
+             name, cfs_job_type_to_string(job.type), job.top, job.base);
+    cfs_job_clear(&job);
+
+    /* wake the engine thread so it starts polling right away */
+    pthread_mutex_lock(&e->qlock);
+    pthread_cond_signal(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    return 0;
+}

@@ -1,0 +1,287 @@
+/* fuse_ops.c — the FUSE adapter (high-level API, paths).
+ *
+ * Only dispatch lives here: parse the path, ask the engine, map to errno.
+ * A file's content is rendered once at open() into the handle and served
+ * by offset from there (so a reader sees one consistent version); `wait`
+ * renders at its first read, after blocking until the disk is idle.
+ * Every file is opened direct_io: contents change with the world, and the
+ * kernel must not serve yesterday's job progress from its page cache.
+ *
+ * Called on FUSE worker threads (several at once unless -s). */
+#include "fuse_ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chainfs/log.h"
+#include "chainfs/path.h"
+
+struct handle {
+    struct cfs_path path;
+    struct cfs_buf content;
+    bool rendered;
+};
+
+static struct cfs_fs *fs_get(void)
+{
+    return fuse_get_context()->private_data;
+}
+
+static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+    (void)conn;
+    /* Names can come and go at any time: don't let the kernel remember
+     * that a name does not exist, and re-check attributes (sizes change
+     * with every job step) on every stat. Positive entries are kept for a
+     * second; the engine invalidates those that disappear. */
+    cfg->entry_timeout = 1.0;
+    cfg->negative_timeout = 0;
+    cfg->attr_timeout = 0;
+    cfg->use_ino = 0;
+    cfg->hard_remove = 1;
+    return fuse_get_context()->private_data;
+}
+
+static bool may_change(const struct cfs_fs *fs)
+{
+    struct fuse_context *ctx = fuse_get_context();
+    if (ctx->uid == 0)
+        return true;
+    if (!fs->have_manage_group)
+        return false;
+    if (ctx->gid == fs->manage_group)
+        return true;
+    gid_t groups[256];
+    int n = fuse_getgroups((int)(sizeof(groups) / sizeof(groups[0])), groups);
+    for (int i = 0; i < n && i < 256; i++)
+        if (groups[i] == fs->manage_group)
+            return true;
+    return false;
+}
+
+static int fs_getattr(const char *path, struct stat *st,
+                      struct fuse_file_info *fi)
+{
+    (void)fi;
+    struct cfs_fs *fs = fs_get();
+    struct cfs_path p;
+    int r = cfs_path_parse(path, &p);
+    if (r < 0)
+        return r;
+    struct cfs_node_attr a;
+    r = cfs_engine_getattr(fs->engine, &p, &a);
+    if (r < 0)
+        return r;
+    memset(st, 0, sizeof(*st));
+    st->st_uid = 0;
+    st->st_gid = 0;
+    st->st_nlink = a.nlink;
+    st->st_atime = st->st_mtime = st->st_ctime = fs->mounted_at;
+    if (a.is_dir) {
+        st->st_mode = S_IFDIR | 0555;
+        if (p.kind == CFS_NODE_SNAPDIR) {
+            st->st_mode = S_IFDIR | 0755;
+            if (fs->have_manage_group) {
+                st->st_mode = S_IFDIR | 0775;
+                st->st_gid = fs->manage_group;
+            }
+        }
+    } else {
+        st->st_mode = S_IFREG | 0444;
+        st->st_size = (off_t)a.size;
+        st->st_blocks = (blkcnt_t)((a.size + 511) / 512);
+    }
+    return 0;
+}
+
+static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
+                      off_t off, struct fuse_file_info *fi,
+                      enum fuse_readdir_flags flags)
+{
+    (void)off;
+    (void)fi;
+    (void)flags;
+    struct cfs_path p;
+    int r = cfs_path_parse(path, &p);
+    if (r < 0)
+        return r;
+    _cleanup_strv_ char **names = NULL;
+    r = cfs_engine_readdir(fs_get()->engine, &p, &names);
+    if (r < 0)
+        return r;
+    filler(buf, ".", NULL, 0, 0);
+    filler(buf, "..", NULL, 0, 0);
+    for (char **n = names; n && *n; n++)
+        if (filler(buf, *n, NULL, 0, 0))
+            break;
+    return 0;
+}
+
+static int fs_open(const char *path, struct fuse_file_info *fi)
+{
+    if ((fi->flags & O_ACCMODE) != O_RDONLY)
+        return -EACCES;
+    struct handle *h = cfs_xcalloc(1, sizeof(*h));
+    int r = cfs_path_parse(path, &h->path);
+    if (r == 0 && !cfs_node_is_file(h->path.kind))
+        r = -EISDIR;
+    if (r == 0 && h->path.kind != CFS_NODE_WAIT) {
+        r = cfs_engine_read(fs_get()->engine, &h->path, &h->content);
+        h->rendered = true;
+    }
+    if (r < 0) {
+        cfs_buf_free(&h->content);
+        free(h);
+        return r;
+    }
+    fi->fh = (uint64_t)(uintptr_t)h;
+    fi->direct_io = 1;
+    fi->keep_cache = 0;
+    fi->nonseekable = 0;
+    return 0;
+}
+
+static bool req_interrupted(void *arg)
+{
+    (void)arg;
+    return fuse_interrupted() != 0;
+}
+
+static int fs_read(const char *path, char *buf, size_t size, off_t off,
+                   struct fuse_file_info *fi)
+{
+    (void)path;
+    struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+    if (!h->rendered) {
+        int r = cfs_engine_wait(fs_get()->engine, h->path.dom, h->path.disk,
+                                req_interrupted, NULL, &h->content);
+        if (r < 0)
+            return r;
+        h->rendered = true;
+    }
+    if (off < 0 || (size_t)off >= h->content.len)
+        return 0;
+    size_t n = h->content.len - (size_t)off;
+    if (n > size)
+        n = size;
+    memcpy(buf, h->content.data + off, n);
+    return (int)n;
+}
+
+static int fs_release(const char *path, struct fuse_file_info *fi)
+{
+    (void)path;
+    struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+    if (h) {
+        cfs_buf_free(&h->content);
+        free(h);
+    }
+    return 0;
+}
+
+static int fs_mkdir(const char *path, mode_t mode)
+{
+    (void)mode;
+    struct cfs_fs *fs = fs_get();
+    struct cfs_path p;
+    int r = cfs_path_parse(path, &p);
+    if (r == -ENAMETOOLONG)
+        return r;
+    if (r < 0 || p.kind != CFS_NODE_SNAPSHOT)
+        return -EPERM;
+    if (!may_change(fs)) {
+        log_warn("mkdir %s refused (%s): uid %u may not change snapshots",
+                 path, strerror(EACCES), (unsigned)fuse_get_context()->uid);
+        return -EACCES;
+    }
+    return cfs_engine_mkdir(fs->engine, p.dom, p.disk, p.snap);
+}
+
+static int fs_rmdir(const char *path)
+{
+    struct cfs_fs *fs = fs_get();
+    struct cfs_path p;
+    int r = cfs_path_parse(path, &p);
+    if (r < 0)
+        return r;
+    if (p.kind != CFS_NODE_SNAPSHOT)
+        return -EPERM;
+    if (!may_change(fs)) {
+        log_warn("rmdir %s refused (%s): uid %u may not change snapshots",
+                 path, strerror(EACCES), (unsigned)fuse_get_context()->uid);
+        return -EACCES;
+    }
+    return cfs_engine_rmdir(fs->engine, p.dom, p.disk, p.snap);
+}
+
+static int fs_statfs(const char *path, struct statvfs *sv)
+{
+    (void)path;
+    memset(sv, 0, sizeof(*sv));
+    sv->f_bsize = 4096;
+    sv->f_frsize = 4096;
+    sv->f_namemax = 255;
+    return 0;
+}
+
+static int fs_readonly(void)
+{
+    return -EACCES;
+}
+
+static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+    (void)path;
+    (void)mode;
+    (void)fi;
+    return fs_readonly();
+}
+
+static int fs_unlink(const char *path)
+{
+    (void)path;
+    return -EPERM;
+}
+
+static int fs_rename(const char *from, const char *to, unsigned int flags)
+{
+    (void)from;
+    (void)to;
+    (void)flags;
+    return -EPERM;
+}
+
+static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+    (void)path;
+    (void)size;
+    (void)fi;
+    return fs_readonly();
+}
+
+const struct fuse_operations cfs_fuse_ops = {
+    .init = fs_init,
+    .getattr = fs_getattr,
+    .readdir = fs_readdir,
+    .open = fs_open,
+    .read = fs_read,
+    .release = fs_release,
+    .mkdir = fs_mkdir,
+    .rmdir = fs_rmdir,
+    .statfs = fs_statfs,
+    .create = fs_create,
+    .unlink = fs_unlink,
+    .rename = fs_rename,
+    .truncate = fs_truncate,
+};
+
+void cfs_fs_invalidate(void *opaque, const char *path)
+{
+    struct cfs_fs *fs = opaque;
+    if (fs->fuse)
+        fuse_invalidate_path(fs->fuse, path);
+}

@@ -1,0 +1,23 @@
+/* fuse_ops.h — the FUSE adapter: the operations table that turns kernel
+ * requests into engine calls. Only fuse_ops.c and main.c see <fuse.h>. */
+#pragma once
+
+#define FUSE_USE_VERSION 312
+#include <fuse.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "chainfs/engine.h"
+
+struct cfs_fs {
+    struct cfs_engine *engine;
+    struct fuse *fuse;         /* set once mounted, for invalidations */
+    bool have_manage_group;
+    gid_t manage_group;
+    time_t mounted_at;
+};
+
+extern const struct fuse_operations cfs_fuse_ops;
+
+/* Engine callback: drop the kernel's cached entry for PATH. */
+void cfs_fs_invalidate(void *opaque, const char *path);

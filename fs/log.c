@@ -1,0 +1,53 @@
+/* log.c — see log.h. Lines on stderr carry a UTC timestamp and the level;
+ * one fprintf per line so lines from different threads do not interleave. */
+#include "chainfs/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+
+static bool log_syslog;
+static bool log_debug_on;
+
+void cfs_log_init(bool to_syslog, bool debug)
+{
+    log_syslog = to_syslog;
+    log_debug_on = debug;
+    if (to_syslog)
+        openlog("chainfs", LOG_PID, LOG_DAEMON);
+}
+
+static const char *prio_name(int prio)
+{
+    switch (prio) {
+    case LOG_ERR: return "error";
+    case LOG_WARNING: return "warning";
+    case LOG_INFO: return "info";
+    case LOG_DEBUG: return "debug";
+    default: return "notice";
+    }
+}
+
+void cfs_log(int prio, const char *fmt, ...)
+{
+    if (prio == LOG_DEBUG && !log_debug_on)
+        return;
+
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+
+    if (log_syslog) {
+        syslog(prio, "%s", msg);
+        return;
+    }
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ chainfs %s: %s\n",
+            tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+            tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, prio_name(prio), msg);
+}

@@ -1,0 +1,375 @@
+/* main.c — the chainfs command: options, start-up, daemonising, the FUSE
+ * loop, shut-down.
+ *
+ * Start-up errors must reach the terminal, yet threads do not survive
+ * fork(). So the daemon forks first and does all the work (journal,
+ * libvirt connection, engine thread, mount) in the child, which reports
+ * success or the error text back to the waiting parent through a pipe;
+ * the parent prints it and exits with the child's verdict. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fuse_ops.h"
+
+#include "chainfs/log.h"
+
+struct options {
+    char *uri;
+    char *overlay_dir;
+    char *state_dir;
+    char *manage_group;
+    int keep_merged;
+    int help;
+    int version;
+    int foreground;
+    int debug;
+    int single;
+    int allow_other;
+    char *nonopt[3];
+    int n_nonopt;
+};
+
+enum {
+    KEY_HELP,
+    KEY_VERSION,
+    KEY_FOREGROUND,
+    KEY_DEBUG,
+    KEY_SINGLE,
+    KEY_CONNECT,
+};
+
+#define OPT(t, field, v) {t, offsetof(struct options, field), v}
+static const struct fuse_opt option_table[] = {
+    OPT("-c %s", uri, 0),
+    OPT("--connect=%s", uri, 0),
+    OPT("--connect %s", uri, 0),
+    OPT("overlay_dir=%s", overlay_dir, 0),
+    OPT("state_dir=%s", state_dir, 0),
+    OPT("manage_group=%s", manage_group, 0),
+    OPT("keep_merged", keep_merged, 1),
+    FUSE_OPT_KEY("-h", KEY_HELP),
+    FUSE_OPT_KEY("--help", KEY_HELP),
+    FUSE_OPT_KEY("-V", KEY_VERSION),
+    FUSE_OPT_KEY("--version", KEY_VERSION),
+    FUSE_OPT_KEY("-f", KEY_FOREGROUND),
+    FUSE_OPT_KEY("-d", KEY_DEBUG),
+    FUSE_OPT_KEY("debug", KEY_DEBUG),
+    FUSE_OPT_KEY("-s", KEY_SINGLE),
+    FUSE_OPT_END,
+};
+
+static int opt_proc(void *data, const char *arg, int key,
+                    struct fuse_args *outargs)
+{
+    (void)outargs;
+    struct options *o = data;
+    switch (key) {
+    case KEY_HELP:
+        o->help = 1;
+        return 0;
+    case KEY_VERSION:
+        o->version = 1;
+        return 0;
+    case KEY_FOREGROUND:
+        o->foreground = 1;
+        return 0;
+    case KEY_DEBUG:
+        o->debug = 1;
+        o->foreground = 1;
+        return 0;
+    case KEY_SINGLE:
+        o->single = 1;
+        return 0;
+    case FUSE_OPT_KEY_NONOPT:
+        if (o->n_nonopt >= 2) {
+            fprintf(stderr, "chainfs: unexpected argument '%s'\n", arg);
+            return -1;
+        }
+        o->nonopt[o->n_nonopt++] = strdup(arg);
+        return 0;
+    case FUSE_OPT_KEY_OPT:
+        if (strcmp(arg, "allow_other") == 0)
+            o->allow_other = 1;
+        return 1; /* a standard FUSE option: fuse_new takes it */
+    default:
+        return 1;
+    }
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+"usage: chainfs [-c URI] [-o OPT[,OPT...]] [-f] [-d] [-s] MOUNTPOINT\n"
+"       chainfs URI MOUNTPOINT [-o OPT...]      (mount.fuse3 form)\n"
+"       fusermount3 -u MOUNTPOINT               (unmount; the daemon exits 0)\n"
+"\n"
+"Mounts the disk backing chains of libvirt domains as a directory tree:\n"
+"  MOUNTPOINT/<domain>/<disk>/{chain,chain.json,job,job.json,wait,snapshots/}\n"
+"  mkdir snapshots/NAME   take a live external disk-only snapshot of the disk\n"
+"  rmdir snapshots/NAME   merge it away (block commit, pivot if active)\n"
+"  cat wait               block until the disk's job has ended\n"
+"\n"
+"options:\n"
+"  -c URI, --connect=URI  libvirt connection URI (default: libvirt's own,\n"
+"                         LIBVIRT_DEFAULT_URI, else qemu:///system as root)\n"
+"  -o overlay_dir=DIR     create new overlays in DIR (default: beside the\n"
+"                         disk's active image)\n"
+"  -o state_dir=DIR       job journal directory (default /var/lib/chainfs as\n"
+"                         root, ~/.local/state/chainfs otherwise)\n"
+"  -o keep_merged         keep overlay files after they were merged away\n"
+"  -o manage_group=GROUP  members of GROUP may mkdir and rmdir too\n"
+"  -f                     stay in the foreground, log to stderr\n"
+"  -d                     debug: foreground, log every step and request\n"
+"  -s                     single-threaded\n"
+"  -h, --help             this help\n"
+"  -V, --version          version\n"
+"  and the standard FUSE mount options: allow_other (implies\n"
+"  default_permissions), auto_unmount, ...\n"
+"\n"
+"Docs: README.md and docs/ in the chainfs source tree.\n");
+}
+
+static char *default_state_dir(void)
+{
+    if (geteuid() == 0)
+        return strdup("/var/lib/chainfs");
+    const char *xdg = getenv("XDG_STATE_HOME");
+    if (xdg && *xdg)
+        return cfs_xasprintf("%s/chainfs", xdg);
+    const char *home = getenv("HOME");
+    return cfs_xasprintf("%s/.local/state/chainfs", home ? home : "/tmp");
+}
+
+/* Tell the waiting parent how start-up went. */
+static void report(int fd, int status, const char *msg)
+{
+    if (fd < 0) {
+        if (msg && *msg)
+            fprintf(stderr, "chainfs: %s\n", msg);
+        return;
+    }
+    char c = (char)status;
+    if (write(fd, &c, 1) != 1)
+        return;
+    if (msg && write(fd, msg, strlen(msg)) < 0)
+        return;
+    close(fd);
+}
+
+static int parent_wait(int fd, pid_t child)
+{
+    char c;
+    ssize_t n = read(fd, &c, 1);
+    if (n != 1) {
+        int status;
+        waitpid(child, &status, 0);
+        fprintf(stderr, "chainfs: the daemon died during start-up\n");
+        return 1;
+    }
+    char msg[4096];
+    size_t len = 0;
+    while (len < sizeof(msg) - 1 && (n = read(fd, msg + len, sizeof(msg) - 1 - len)) > 0)
+        len += (size_t)n;
+    msg[len] = '\0';
+    if (c != 0) {
+        fprintf(stderr, "chainfs: %s\n", msg);
+        return 1;
+    }
+    return 0;
+}
+
+static int check_mountpoint(const char *mnt)
+{
+    struct stat st;
+    if (stat(mnt, &st) < 0) {
+        if (errno == ENOTCONN) {
+            fprintf(stderr,
+                    "chainfs: %s is a stale FUSE mount (its daemon is gone); "
+                    "run 'fusermount3 -u %s' and start chainfs again\n",
+                    mnt, mnt);
+        } else {
+            fprintf(stderr, "chainfs: mountpoint %s: %s\n", mnt,
+                    strerror(errno));
+        }
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "chainfs: mountpoint %s is not a directory\n", mnt);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char *argv[])
+{
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    struct options o = {0};
+    if (fuse_opt_parse(&args, &o, option_table, opt_proc) < 0)
+        return 1;
+    if (o.help) {
+        usage(stdout);
+        return 0;
+    }
+    if (o.version) {
+        printf("chainfs %s (libfuse %s)\n", CHAINFS_VERSION, fuse_pkgversion());
+        return 0;
+    }
+    const char *mountpoint = NULL;
+    if (o.n_nonopt == 2) { /* mount.fuse3: chainfs URI MOUNTPOINT */
+        if (!o.uri)
+            o.uri = o.nonopt[0];
+        mountpoint = o.nonopt[1];
+    } else if (o.n_nonopt == 1) {
+        mountpoint = o.nonopt[0];
+    }
+    if (!mountpoint) {
+        usage(stderr);
+        return 1;
+    }
+    if (o.uri && strcmp(o.uri, "none") == 0)
+        o.uri = NULL;
+    if (check_mountpoint(mountpoint) < 0)
+        return 1;
+
+    struct cfs_fs fs = {.mounted_at = time(NULL)};
+    if (o.manage_group) {
+        struct group *g = getgrnam(o.manage_group);
+        if (!g) {
+            fprintf(stderr, "chainfs: manage_group: no group named '%s'\n",
+                    o.manage_group);
+            return 1;
+        }
+        fs.have_manage_group = true;
+        fs.manage_group = g->gr_gid;
+    }
+    if (o.allow_other)
+        fuse_opt_add_arg(&args, "-odefault_permissions");
+    if (o.debug)
+        fuse_opt_add_arg(&args, "-odebug");
+    if (!o.state_dir)
+        o.state_dir = default_state_dir();
+    if (o.overlay_dir) {
+        struct stat st;
+        if (stat(o.overlay_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "chainfs: overlay_dir %s is not a directory\n",
+                    o.overlay_dir);
+            return 1;
+        }
+    }
+
+    int report_fd = -1;
+    if (!o.foreground) {
+        int pfd[2];
+        if (pipe2(pfd, O_CLOEXEC) < 0) {
+            perror("chainfs: pipe");
+            return 1;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("chainfs: fork");
+            return 1;
+        }
+        if (pid > 0) {
+            close(pfd[1]);
+            return parent_wait(pfd[0], pid);
+        }
+        close(pfd[0]);
+        report_fd = pfd[1];
+        setsid();
+    }
+    cfs_log_init(!o.foreground, o.debug);
+
+    char abs_mnt[PATH_MAX];
+    if (!realpath(mountpoint, abs_mnt))
+        snprintf(abs_mnt, sizeof(abs_mnt), "%s", mountpoint);
+
+    struct cfs_engine_config cfg = {
+        .overlay_dir = o.overlay_dir,
+        .state_dir = o.state_dir,
+        .keep_merged = o.keep_merged,
+    };
+    struct cfs_backend *be = cfs_libvirt_backend_new(o.uri);
+    char *err = NULL;
+    struct cfs_engine *engine = NULL;
+    int r = cfs_engine_new(&cfg, be, &engine, &err);
+    if (r < 0) {
+        be->ops->destroy(be);
+        report(report_fd, 1, err);
+        return 1;
+    }
+    r = cfs_engine_start(engine, true, &err);
+    if (r < 0) {
+        cfs_engine_free(engine);
+        report(report_fd, 1, err);
+        return 1;
+    }
+    fs.engine = engine;
+
+    struct fuse *f = fuse_new(&args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &fs);
+    if (!f) {
+        cfs_engine_free(engine);
+        report(report_fd, 1, "cannot set up FUSE (see the message above)");
+        return 1;
+    }
+    if (fuse_mount(f, abs_mnt) != 0) {
+        fuse_destroy(f);
+        cfs_engine_free(engine);
+        report(report_fd, 1, "cannot mount (see the message above)");
+        return 1;
+    }
+    fs.fuse = f;
+    cfs_engine_set_invalidate(engine, cfs_fs_invalidate, &fs);
+    struct fuse_session *se = fuse_get_session(f);
+    if (fuse_set_signal_handlers(se) != 0) {
+        fuse_unmount(f);
+        fuse_destroy(f);
+        cfs_engine_free(engine);
+        report(report_fd, 1, "cannot install signal handlers");
+        return 1;
+    }
+
+    log_info("mounted on %s (libvirt %s, state in %s)", abs_mnt,
+             o.uri ? o.uri : "default URI", o.state_dir);
+    if (report_fd >= 0) {
+        report(report_fd, 0, NULL);
+        if (chdir("/") < 0)
+            log_warn("chdir /: %s", strerror(errno));
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+            if (null > 2)
+                close(null);
+        }
+    }
+
+    int ret;
+    if (o.single) {
+        ret = fuse_loop(f);
+    } else {
+        struct fuse_loop_config *lc = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_max_threads(lc, 64);
+        ret = fuse_loop_mt(f, lc);
+        fuse_loop_cfg_destroy(lc);
+    }
+
+    cfs_engine_set_invalidate(engine, NULL, NULL);
+    fuse_remove_signal_handlers(se);
+    fuse_unmount(f);
+    fuse_destroy(f);
+    cfs_engine_free(engine);
+    log_info("unmounted %s", abs_mnt);
+    fuse_opt_free_args(&args);
+    return ret == 0 ? 0 : 1;
+}

@@ -1,0 +1,190 @@
+/* tree.c — see tree.h. Domains are kept in a plain array: a host has tens
+ * of domains, not millions, and every lookup is a short strcmp walk. */
+#include "chainfs/tree.h"
+
+#include <sys/types.h>
+
+#include "chainfs/names.h"
+#include "chainfs/util.h"
+
+struct cfs_tree *cfs_tree_new(void)
+{
+    struct cfs_tree *t = cfs_xcalloc(1, sizeof(*t));
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->changed, &ca);
+    pthread_condattr_destroy(&ca);
+    return t;
+}
+
+static void disk_state_free(struct cfs_disk_state *s)
+{
+    if (!s)
+        return;
+    free(s->dom);
+    free(s->disk);
+    cfs_job_clear(&s->job);
+    cfs_strv_free(s->partial_tops);
+    free(s);
+}
+
+struct cfs_tree *cfs_tree_free(struct cfs_tree *t)
+{
+    if (!t)
+        return NULL;
+    for (size_t i = 0; i < t->n_doms; i++)
+        cfs_domain_free(t->doms[i]);
+    free(t->doms);
+    for (size_t i = 0; i < t->n_states; i++)
+        disk_state_free(t->states[i]);
+    free(t->states);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->changed);
+    free(t);
+    return NULL;
+}
+
+static ssize_t find_index(struct cfs_tree *t, const char *name)
+{
+    for (size_t i = 0; i < t->n_doms; i++)
+        if (strcmp(t->doms[i]->name, name) == 0)
+            return (ssize_t)i;
+    return -1;
+}
+
+struct cfs_domain *cfs_tree_find_domain(struct cfs_tree *t, const char *name)
+{
+    ssize_t i = find_index(t, name);
+    return i < 0 ? NULL : t->doms[i];
+}
+
+static bool layer_equal(const struct cfs_layer *a, const struct cfs_layer *b)
+{
+    return cfs_streq(a->path, b->path) && cfs_streq(a->format, b->format) &&
+           a->is_block == b->is_block && a->virtual_size == b->virtual_size &&
+           a->allocation == b->allocation && a->physical == b->physical &&
+           cfs_streq(a->meta_name, b->meta_name) &&
+           cfs_streq(a->name, b->name) && a->name_source == b->name_source;
+}
+
+static bool disk_equal(const struct cfs_disk *a, const struct cfs_disk *b)
+{
+    if (!cfs_streq(a->target, b->target) || a->readonly != b->readonly ||
+        a->shareable != b->shareable || a->is_block != b->is_block ||
+        a->n_layers != b->n_layers)
+        return false;
+    for (size_t i = 0; i < a->n_layers; i++)
+        if (!layer_equal(&a->layers[i], &b->layers[i]))
+            return false;
+    return true;
+}
+
+static bool domain_equal(const struct cfs_domain *a, const struct cfs_domain *b)
+{
+    if (!cfs_streq(a->name, b->name) || strcmp(a->uuid, b->uuid) != 0 ||
+        a->state != b->state || a->persistent != b->persistent ||
+        a->n_disks != b->n_disks)
+        return false;
+    for (size_t i = 0; i < a->n_disks; i++)
+        if (!disk_equal(&a->disks[i], &b->disks[i]))
+            return false;
+    size_t na = cfs_strv_len(a->snapshots), nb = cfs_strv_len(b->snapshots);
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++)
+        if (!cfs_streq(a->snapshots[i], b->snapshots[i]))
+            return false;
+    return true;
+}
+
+bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d)
+{
+    cfs_domain_resolve_names(d);
+    ssize_t i = find_index(t, d->name);
+    if (i >= 0) {
+        bool same = domain_equal(t->doms[i], d);
+        cfs_domain_free(t->doms[i]);
+        t->doms[i] = d;
+        if (!same)
+            t->generation++;
+        return !same;
+    }
+    t->doms = cfs_xrealloc(t->doms, (t->n_doms + 1) * sizeof(*t->doms));
+    t->doms[t->n_doms++] = d;
+    t->generation++;
+    return true;
+}
+
+bool cfs_tree_remove_domain(struct cfs_tree *t, const char *name)
+{
+    ssize_t i = find_index(t, name);
+    if (i < 0)
+        return false;
+    cfs_domain_free(t->doms[i]);
+    memmove(&t->doms[i], &t->doms[i + 1],
+            (t->n_doms - (size_t)i - 1) * sizeof(*t->doms));
+    t->n_doms--;
+    t->generation++;
+    return true;
+}
+
+bool cfs_tree_retain_domains(struct cfs_tree *t, char *const *names,
+                             char ***removed)
+{
+    bool any = false;
+    for (size_t i = 0; i < t->n_doms;) {
+        if (cfs_strv_contains(names, t->doms[i]->name)) {
+            i++;
+            continue;
+        }
+        if (removed)
+            cfs_strv_push(removed, cfs_xstrdup(t->doms[i]->name));
+        cfs_tree_remove_domain(t, t->doms[i]->name);
+        any = true;
+    }
+    return any;
+}
+
+struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
+                                                const char *dom,
+                                                const char *disk)
+{
+    for (size_t i = 0; i < t->n_states; i++)
+        if (strcmp(t->states[i]->dom, dom) == 0 &&
+            strcmp(t->states[i]->disk, disk) == 0)
+            return t->states[i];
+    return NULL;
+}
+
+struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
+                                           const char *disk)
+{
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
+    if (s)
+        return s;
+    s = cfs_xcalloc(1, sizeof(*s));
+    s->dom = cfs_xstrdup(dom);
+    s->disk = cfs_xstrdup(disk);
+    t->states = cfs_xrealloc(t->states, (t->n_states + 1) * sizeof(*t->states));
+    t->states[t->n_states++] = s;
+    return s;
+}
+
+bool cfs_tree_path_used_elsewhere(struct cfs_tree *t, const char *path,
+                                  const char *except_dom)
+{
+    for (size_t i = 0; i < t->n_doms; i++) {
+        if (except_dom && strcmp(t->doms[i]->name, except_dom) == 0)
+            continue;
+        if (cfs_domain_uses_path(t->doms[i], path))
+            return true;
+    }
+    return false;
+}
+
+bool cfs_tree_path_used(struct cfs_tree *t, const char *path)
+{
+    return cfs_tree_path_used_elsewhere(t, path, NULL);
+}

@@ -1,0 +1,80 @@
+/* engine.h — chainfs's brain: keeps the tree current from backend events,
+ * carries out mkdir and rmdir, and follows every merge to its end
+ * (progress, pivot, clean-up, journal).
+ *
+ * Threads:
+ *  - FUSE threads call cfs_engine_getattr/readdir/read/mkdir/rmdir/wait.
+ *    Reads only take the tree lock and render from memory.
+ *  - The backend's event thread only queues work (never blocks).
+ *  - The engine thread drains that queue, polls the progress of running
+ *    jobs (a fallback for missed events), pivots, cleans up, and re-reads
+ *    every domain every refresh interval as a safety net.
+ *  - An offline merge (shut-off domain) runs in a worker thread of its own.
+ * Unit tests run without the engine thread and drive the queue with
+ * cfs_engine_run_pending(). */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "chainfs/backend.h"
+#include "chainfs/path.h"
+#include "chainfs/tree.h"
+#include "chainfs/util.h"
+
+struct cfs_engine_config {
+    const char *overlay_dir;   /* NULL: beside the disk's active image */
+    const char *state_dir;     /* journal directory */
+    bool keep_merged;          /* keep overlay files after a merge */
+    unsigned refresh_ms;       /* full re-read interval; 0: 3000 */
+    unsigned poll_ms;          /* job progress poll while a job runs; 0: 250 */
+};
+
+struct cfs_engine;
+
+/* Opens the journal (state_dir must be writable). Does not connect. */
+int cfs_engine_new(const struct cfs_engine_config *cfg,
+                   struct cfs_backend *be, struct cfs_engine **out,
+                   char **errmsg);
+/* Connect the backend, read every domain, recover journal entries, and
+ * (if THREAD) start the engine thread. */
+int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg);
+/* Stop the thread, destroy the backend, free everything. */
+struct cfs_engine *cfs_engine_free(struct cfs_engine *e);
+
+/* Called (from the engine thread) with a path whose kernel cache entry
+ * should be dropped, e.g. "/dom" after the domain disappeared. */
+void cfs_engine_set_invalidate(struct cfs_engine *e,
+                               void (*cb)(void *opaque, const char *path),
+                               void *opaque);
+
+struct cfs_node_attr {
+    bool is_dir;
+    size_t size;      /* files: exact length of the rendered content */
+    unsigned nlink;
+};
+
+int cfs_engine_getattr(struct cfs_engine *e, const struct cfs_path *p,
+                       struct cfs_node_attr *out);
+/* Entry names of a directory (no "." / ".."); caller frees the strv. */
+int cfs_engine_readdir(struct cfs_engine *e, const struct cfs_path *p,
+                       char ***names);
+/* Render a file's whole content into OUT. */
+int cfs_engine_read(struct cfs_engine *e, const struct cfs_path *p,
+                    struct cfs_buf *out);
+/* Block until the disk has no job in progress (or INTERRUPTED(ARG) says
+ * stop: -EINTR), then render `job` into OUT. */
+int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
+                    bool (*interrupted)(void *arg), void *arg,
+                    struct cfs_buf *out);
+
+int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
+                     const char *name);
+int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
+                     const char *name);
+
+/* Tests: process everything queued, then one poll round. */
+void cfs_engine_run_pending(struct cfs_engine *e);
+/* Tests: the tree (lock it before looking). */
+struct cfs_tree *cfs_engine_tree(struct cfs_engine *e);

@@ -1,0 +1,16 @@
+/* log.h — the daemon's log: stderr in the foreground, syslog otherwise.
+ * Program code logs; library-like modules (names, render, journal,
+ * backends) return errors and leave logging to their callers.
+ * Thread-safe. */
+#pragma once
+
+#include <stdbool.h>
+#include <syslog.h>
+
+void cfs_log_init(bool to_syslog, bool debug);
+void cfs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_err(...) cfs_log(LOG_ERR, __VA_ARGS__)
+#define log_warn(...) cfs_log(LOG_WARNING, __VA_ARGS__)
+#define log_info(...) cfs_log(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) cfs_log(LOG_DEBUG, __VA_ARGS__)

@@ -1,0 +1,61 @@
+/* tree.h — the in-memory state every read is served from: the domains
+ * (with resolved snapshot names) and, per disk, the current or last job.
+ *
+ * One mutex guards it all; readers and writers take it for a few
+ * microseconds, never across a libvirt call. The condition variable is
+ * broadcast whenever a job changes state, for `wait`.
+ * Lock order: engine queue lock and tree lock are never held together;
+ * the journal's own lock may be taken inside the tree lock. */
+#pragma once
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chainfs/model.h"
+
+/* Per-disk bookkeeping that outlives the domain's re-reads. */
+struct cfs_disk_state {
+    char *dom;
+    char *disk;
+    struct cfs_job job;      /* current or last job */
+    char **partial_tops;     /* overlays a failed merge partly wrote below */
+    int64_t gone_since_ms;   /* job vanished but TOP still in the chain */
+    int pivot_failures;      /* pivots refused for another reason than "not ready" */
+};
+
+struct cfs_tree {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;   /* broadcast on every job state change */
+    struct cfs_domain **doms;
+    size_t n_doms;
+    struct cfs_disk_state **states;
+    size_t n_states;
+    bool stale;               /* libvirt unreachable: last known state */
+    unsigned long generation; /* bumped on every change */
+};
+
+struct cfs_tree *cfs_tree_new(void);
+struct cfs_tree *cfs_tree_free(struct cfs_tree *t);
+
+/* All below: caller holds t->lock. */
+struct cfs_domain *cfs_tree_find_domain(struct cfs_tree *t, const char *name);
+/* Install D (takes ownership; names are resolved here). Returns true if
+ * anything visible changed. */
+bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d);
+bool cfs_tree_remove_domain(struct cfs_tree *t, const char *name);
+/* Remove every domain not named in NAMES; true if any was removed. The
+ * removed names are appended to *removed (may be NULL). */
+bool cfs_tree_retain_domains(struct cfs_tree *t, char *const *names,
+                             char ***removed);
+/* The disk's state, created on first use. */
+struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
+                                           const char *disk);
+struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
+                                                const char *dom,
+                                                const char *disk);
+/* true if PATH is a layer of any domain other than EXCEPT_DOM */
+bool cfs_tree_path_used_elsewhere(struct cfs_tree *t, const char *path,
+                                  const char *except_dom);
+/* true if PATH is a layer of any domain at all */
+bool cfs_tree_path_used(struct cfs_tree *t, const char *path);
