@@ -1,0 +1,557 @@
+/* test_engine.c — the engine against the fake backend: mkdir and rmdir
+ * policy, every job state, clean-up, the journal, recovery, and that reads
+ * are served from memory. No libvirtd, no /dev/fuse. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "chainfs/engine.h"
+#include "chainfs/fake.h"
+#include "chainfs/journal.h"
+#include "chainfs/log.h"
+
+struct fx {
+    char dir[64];
+    char state[128];
+    char paths[4][128];
+    struct cfs_backend *be;
+    struct cfs_engine *e;
+};
+
+static void touch(const char *p)
+{
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fclose(f);
+}
+
+static bool exists(const char *p)
+{
+    return access(p, F_OK) == 0;
+}
+
+/* vm1/vda: base <- s1 <- s2 (active), files real in a temp dir; s1 and
+ * s2 named by libvirt metadata. vm2/vda: a single running layer. */
+static int setup_state(void **state, enum cfs_dom_state st)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    strcpy(f->dir, "/tmp/cfs-engine-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->state, sizeof(f->state), "%s/state", f->dir);
+    const char *files[] = {"s2.qcow2", "s1.qcow2", "base.qcow2"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(f->paths[i], sizeof(f->paths[i]), "%s/%s", f->dir, files[i]);
+        touch(f->paths[i]);
+    }
+    snprintf(f->paths[3], sizeof(f->paths[3]), "%s/other.qcow2", f->dir);
+    touch(f->paths[3]);
+
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", st, "vda", chain, meta, 3);
+    const char *chain2[] = {f->paths[3]};
+    cfs_fake_add_simple(f->be, "vm2", CFS_DOM_RUNNING, "vda", chain2, NULL, 1);
+
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    char *err = NULL;
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, &err), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, &err), 0);
+    *state = f;
+    return 0;
+}
+
+static int setup_running(void **state) { return setup_state(state, CFS_DOM_RUNNING); }
+static int setup_shutoff(void **state) { return setup_state(state, CFS_DOM_SHUTOFF); }
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    cfs_engine_free(f->e);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(f);
+    return 0;
+}
+
+static struct cfs_path P(const char *s)
+{
+    struct cfs_path p;
+    assert_int_equal(cfs_path_parse(s, &p), 0);
+    return p;
+}
+
+static char *read_file(struct fx *f, const char *path)
+{
+    struct cfs_path p = P(path);
+    struct cfs_buf b = {0};
+    int r = cfs_engine_read(f->e, &p, &b);
+    if (r < 0) {
+        cfs_buf_free(&b);
+        return NULL;
+    }
+    return cfs_buf_steal(&b);
+}
+
+static char *list(struct fx *f, const char *path)
+{
+    struct cfs_path p = P(path);
+    char **names = NULL;
+    if (cfs_engine_readdir(f->e, &p, &names) < 0)
+        return NULL;
+    struct cfs_buf b = {0};
+    for (char **n = names; n && *n; n++)
+        cfs_buf_printf(&b, "%s%s", n == names ? "" : " ", *n);
+    cfs_strv_free(names);
+    return cfs_buf_steal(&b);
+}
+
+static void assert_list(struct fx *f, const char *path, const char *want)
+{
+    char *got = list(f, path);
+    assert_non_null(got);
+    assert_string_equal(got, want);
+    free(got);
+}
+
+static enum cfs_job_state job_state(struct fx *f, const char *dom)
+{
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, "vda");
+    enum cfs_job_state st = s ? s->job.state : CFS_JOB_STATE_NONE;
+    pthread_mutex_unlock(&t->lock);
+    return st;
+}
+
+static size_t journal_entries(struct fx *f)
+{
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+    return n;
+}
+
+static void assert_job_contains(struct fx *f, const char *needle)
+{
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_non_null(job);
+    if (!strstr(job, needle))
+        fail_msg("job file lacks '%s':\n%s", needle, job);
+    free(job);
+}
+
+/* ---- reads ----------------------------------------------------------------- */
+
+static void test_tree_and_reads_from_memory(void **state)
+{
+    struct fx *f = *state;
+    assert_list(f, "/", "vm1 vm2");
+    assert_list(f, "/vm1", "vda");
+    assert_list(f, "/vm1/vda", "chain chain.json job job.json wait snapshots");
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_list(f, "/vm2/vda/snapshots", "");
+    assert_list(f, "/vm1/vda/snapshots/s1", "info info.json");
+
+    unsigned before = cfs_fake_calls(f->be, "read_domain") +
+                      cfs_fake_calls(f->be, "list_domains");
+    for (int i = 0; i < 50; i++) {
+        struct cfs_node_attr a;
+        struct cfs_path p = P("/vm1/vda/chain");
+        assert_int_equal(cfs_engine_getattr(f->e, &p, &a), 0);
+        char *c = read_file(f, "/vm1/vda/chain");
+        assert_int_equal(strlen(c), a.size);
+        free(c);
+        free(list(f, "/vm1/vda/snapshots"));
+    }
+    assert_int_equal(cfs_fake_calls(f->be, "read_domain") +
+                     cfs_fake_calls(f->be, "list_domains"), before);
+
+    struct cfs_node_attr a;
+    struct cfs_path p = P("/nope");
+    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), -ENOENT);
+    p = P("/vm1/vdz/chain");
+    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), -ENOENT);
+    p = P("/vm1/vda/snapshots/zzz");
+    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), -ENOENT);
+    /* the base image is not a snapshot */
+    p = P("/vm1/vda/snapshots/base");
+    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), -ENOENT);
+    assert_job_contains(f, "state:");
+}
+
+static void test_domain_events_update_tree(void **state)
+{
+    struct fx *f = *state;
+    const char *chain[] = {f->paths[3]};
+    cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vdb", chain, NULL, 1);
+    cfs_engine_run_pending(f->e);
+    assert_list(f, "/", "vm1 vm2 vm3");
+    cfs_fake_remove_domain(f->be, "vm3");
+    cfs_engine_run_pending(f->e);
+    assert_list(f, "/", "vm1 vm2");
+}
+
+/* ---- mkdir ------------------------------------------------------------------- */
+
+static void test_mkdir_refusals_change_nothing(void **state)
+{
+    struct fx *f = *state;
+    const char *bad[] = {"a b", ".x", "-x", "", "a/b",
+                         "12345678901234567890123456789012345678901234567890123456789012345"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", bad[i]), -EINVAL);
+    char longname[300];
+    memset(longname, 'a', 256);
+    longname[256] = 0;
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", longname), -ENAMETOOLONG);
+    assert_int_equal(cfs_engine_mkdir(f->e, "nope", "vda", "x"), -ENOENT);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vdq", "x"), -ENOENT);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "s1"), -EEXIST);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_job_contains(f, "failed");
+}
+
+static void test_mkdir_takes_snapshot(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "before-upgrade"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 before-upgrade");
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    char *chain = read_file(f, "/vm1/vda/chain.json");
+    assert_non_null(strstr(chain, "vm1.vda.before-upgrade.qcow2"));
+    free(chain);
+    /* the same name again, and a file that is already there */
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "before-upgrade"), -EEXIST);
+    char p[256];
+    snprintf(p, sizeof(p), "%s/vm1.vda.taken.qcow2", f->dir);
+    touch(p);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "taken"), -EEXIST);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 1);
+}
+
+static void test_mkdir_backend_error(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_fail_next(f->be, "snapshot_create", EACCES, "access denied by policy");
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x1"), -EACCES);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_job_contains(f, "access denied by policy");
+    /* the disk is free again */
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x1"), 0);
+}
+
+/* ---- rmdir: active layer ---------------------------------------------------------- */
+
+static void test_rmdir_active_pivots_and_cleans(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_RUNNING);
+    assert_int_equal(journal_entries(f), 1);
+    /* gone from snapshots/ while it merges */
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    /* one job per disk */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -EBUSY);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "zz"), -EBUSY);
+
+    cfs_fake_job_progress(f->be, "vm1", "vda", 16 << 20, 64 << 20);
+    cfs_engine_run_pending(f->e);
+    assert_job_contains(f, "25%");
+
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 1);
+    assert_false(exists(f->paths[0]));
+    assert_true(exists(f->paths[1]));
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+    assert_int_equal(journal_entries(f), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    char *chain = read_file(f, "/vm1/vda/chain.json");
+    assert_null(strstr(chain, "s2.qcow2"));
+    free(chain);
+    assert_job_contains(f, "completed");
+}
+
+static void test_rmdir_pivot_not_ready_is_retried(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_pivot_not_ready(f->be, 2);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e); /* event: pivot refused */
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_READY);
+    cfs_engine_run_pending(f->e); /* poll: refused again */
+    cfs_engine_run_pending(f->e); /* poll: accepted */
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 3);
+}
+
+static void test_rmdir_keep_merged(void **state)
+{
+    struct fx *f = *state;
+    /* a second engine with keep_merged over the same backend's view */
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    struct cfs_engine_config cfg = {.state_dir = f->state, .keep_merged = true};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_true(exists(f->paths[0]));
+}
+
+/* ---- rmdir: a lower layer ---------------------------------------------------------- */
+
+static void test_rmdir_middle_no_pivot(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s2");
+    assert_job_contains(f, "type:");
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    assert_false(exists(f->paths[1]));
+    assert_true(exists(f->paths[0]));
+    assert_list(f, "/vm1/vda/snapshots", "s2");
+}
+
+/* ---- failures --------------------------------------------------------------------- */
+
+static void test_rmdir_failure_brings_snapshot_back(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    cfs_fake_job_progress(f->be, "vm1", "vda", 1 << 20, 64 << 20);
+    cfs_engine_run_pending(f->e);
+    cfs_fake_job_fail(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    char *info = read_file(f, "/vm1/vda/snapshots/s1/info");
+    assert_non_null(strstr(info, "partial"));
+    free(info);
+    assert_true(exists(f->paths[1]));
+    assert_int_equal(journal_entries(f), 0);
+    /* and rmdir can be run again */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+}
+
+static void test_rmdir_commit_refused(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_fail_next(f->be, "commit_start", EIO, "internal error: qemu said no");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), -EIO);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_job_contains(f, "qemu said no");
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(journal_entries(f), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "nope"), -ENOENT);
+    assert_int_equal(cfs_engine_rmdir(f->e, "nope", "vda", "s1"), -ENOENT);
+}
+
+static void test_job_canceled(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    f->be->ops->job_abort(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_CANCELED);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+}
+
+static void test_job_vanished(void **state)
+{
+    struct fx *f = *state;
+    /* completed but the event was lost: the chain tells */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    cfs_fake_job_vanish(f->be, "vm1", "vda", true);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_false(exists(f->paths[1]));
+    /* died with TOP still in the chain: failed */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_vanish(f->be, "vm1", "vda", false);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_true(exists(f->paths[0]));
+    assert_list(f, "/vm1/vda/snapshots", "s2");
+}
+
+static void test_rmdir_shared_base_busy(void **state)
+{
+    struct fx *f = *state;
+    /* vm3 also backs onto base.qcow2 */
+    const char *chain[] = {f->paths[3], f->paths[2]};
+    cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vda", chain, NULL, 2);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -EBUSY);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+}
+
+/* ---- offline ----------------------------------------------------------------------- */
+
+static void test_offline_merge(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", NULL, NULL, &b), 0);
+    assert_non_null(strstr(b.data, "completed"));
+    assert_non_null(strstr(b.data, "offline-commit"));
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_fake_calls(f->be, "offline_commit"), 1);
+    assert_false(exists(f->paths[0]));
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_mkdir_shutoff(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "off1"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 off1");
+}
+
+/* ---- wait --------------------------------------------------------------------------- */
+
+static bool always(void *arg)
+{
+    (void)arg;
+    return true;
+}
+
+static void test_wait(void **state)
+{
+    struct fx *f = *state;
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", always, NULL, &b), 0);
+    assert_non_null(strstr(b.data, "none"));
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", always, NULL, &b), -EINTR);
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_engine_wait(f->e, "nope", "vda", NULL, NULL, &b), -ENOENT);
+    cfs_buf_free(&b);
+}
+
+/* ---- recovery ------------------------------------------------------------------------ */
+
+static void test_recovery_follows_and_cleans(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(journal_entries(f), 1);
+    /* the daemon "dies": a new engine on the same state dir and backend
+     * (the fake outlives it, as libvirtd does) */
+    struct cfs_backend *be = f->be;
+    cfs_fake_job_ready(be, "vm1", "vda");
+    /* detach the old engine from the backend without destroying it */
+    struct cfs_backend *be2 = cfs_fake_backend_new();
+    f->be = be2;
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(be2, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    cfs_engine_free(f->e); /* destroys the first fake */
+    (void)be;
+
+    /* be2 has the same chain but no job: the merge looks interrupted */
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, be2, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_int_equal(journal_entries(f), 0);
+    assert_true(exists(f->paths[0]));
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+}
+
+static void test_recovery_finished_while_down(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    struct cfs_backend *be2 = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[2]}; /* s1 merged meanwhile */
+    const char *meta[] = {"s2", NULL};
+    cfs_fake_add_simple(be2, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 2);
+    cfs_engine_free(f->e);
+    f->be = be2;
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, be2, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_false(exists(f->paths[1]));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_state_dir_unwritable(void **state)
+{
+    (void)state;
+    char file[] = "/tmp/cfs-engine-file-XXXXXX";
+    int fd = mkstemp(file);
+    assert_true(fd >= 0);
+    close(fd);
+    char sd[128];
+    snprintf(sd, sizeof(sd), "%s/state", file);
+    struct cfs_backend *be = cfs_fake_backend_new();
+    struct cfs_engine *e = NULL;
+    char *err = NULL;
+    struct cfs_engine_config cfg = {.state_dir = sd};
+    assert_true(cfs_engine_new(&cfg, be, &e, &err) < 0);
+    assert_non_null(err);
+    free(err);
+    be->ops->destroy(be);
+    unlink(file);
+}
+
+int main(void)
+{
+    cfs_log_init(false, false);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_tree_and_reads_from_memory, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_events_update_tree, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_mkdir_refusals_change_nothing, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_mkdir_takes_snapshot, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_mkdir_backend_error, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_active_pivots_and_cleans, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_pivot_not_ready_is_retried, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_keep_merged, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_middle_no_pivot, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_failure_brings_snapshot_back, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_commit_refused, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_job_canceled, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_job_vanished, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_shared_base_busy, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_merge, setup_shutoff, teardown),
+        cmocka_unit_test_setup_teardown(test_mkdir_shutoff, setup_shutoff, teardown),
+        cmocka_unit_test_setup_teardown(test_wait, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recovery_follows_and_cleans, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
+        cmocka_unit_test(test_state_dir_unwritable),
+    };
+    return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
+}
