@@ -1,0 +1,992 @@
+/* fake.c — the in-memory backend (fake.h): domains the test builds, block
+ * jobs that advance only when the test steps them, one-shot error
+ * injection per op, and a call counter per op.
+ *
+ * It models what real libvirt does, errors included (same checks, same
+ * errno mapping as backend.h, libvirt-like messages in
+ * cfs_backend_errmsg()): snapshots fire no event; a live commit needs a
+ * running domain and adjacent layers; an active commit becomes READY and
+ * completes by pivot; an intermediate one completes by itself. A domain
+ * put back shut off loses its jobs without an event, as a destroyed QEMU
+ * does.
+ *
+ * Threads: ops and fake_* calls may come from any thread. f->lock guards
+ * all state; event callbacks are always called after it is released, on
+ * the caller's thread, so they may call back into the ops. */
+
+#include "chainfs/fake.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chainfs/util.h"
+
+enum fake_op {
+    OP_CONNECT,
+    OP_DESTROY,
+    OP_LIST_DOMAINS,
+    OP_READ_DOMAIN,
+    OP_SNAPSHOT_CREATE,
+    OP_SNAPSHOT_FORGET,
+    OP_COMMIT_START,
+    OP_JOB_GET,
+    OP_JOB_PIVOT,
+    OP_JOB_ABORT,
+    OP_OFFLINE_COMMIT,
+    OP_MAX,
+};
+
+static const char *const op_names[OP_MAX] = {
+    [OP_CONNECT] = "connect",
+    [OP_DESTROY] = "destroy",
+    [OP_LIST_DOMAINS] = "list_domains",
+    [OP_READ_DOMAIN] = "read_domain",
+    [OP_SNAPSHOT_CREATE] = "snapshot_create",
+    [OP_SNAPSHOT_FORGET] = "snapshot_forget",
+    [OP_COMMIT_START] = "commit_start",
+    [OP_JOB_GET] = "job_get",
+    [OP_JOB_PIVOT] = "job_pivot",
+    [OP_JOB_ABORT] = "job_abort",
+    [OP_OFFLINE_COMMIT] = "offline_commit",
+};
+
+#define FAKE_VIRTUAL_SIZE (64ULL * 1024 * 1024)
+
+struct fake_job {
+    char *dom;
+    char *disk;
+    char *top;
+    char *base;
+    enum cfs_job_type type; /* CFS_JOB_COMMIT or CFS_JOB_ACTIVE_COMMIT */
+    uint64_t cur, end;
+    bool ready;
+};
+
+struct fake_failure {
+    enum fake_op op;
+    int err;  /* negative errno */
+    char *message;
+};
+
+/* An event to deliver once the lock is released. */
+struct fake_event {
+    enum { EV_NONE, EV_DOMAIN, EV_BLOCK_JOB } kind;
+    char *dom;
+    char *disk;
+    enum cfs_job_type type;
+    enum cfs_job_event status;
+    struct cfs_backend_events ev;
+    void *opaque;
+};
+
+struct fake {
+    pthread_mutex_t lock;           /* guards everything below */
+    struct cfs_domain **doms;
+    size_t n_doms;
+    struct fake_job *jobs;
+    size_t n_jobs;
+    struct fake_failure *failures;  /* in the order they were asked for */
+    size_t n_failures;
+    unsigned calls[OP_MAX];
+    int pivot_not_ready;
+    bool connected;
+    struct cfs_backend_events ev;
+    void *opaque;
+};
+
+static struct fake *fake_of(struct cfs_backend *be)
+{
+    return be->priv;
+}
+
+/* A misspelt op name in a test must not pass silently: abort. */
+static enum fake_op op_lookup(const char *name)
+{
+    for (enum fake_op op = 0; op < OP_MAX; op++)
+        if (cfs_streq(op_names[op], name))
+            return op;
+    fprintf(stderr, "fake backend: unknown op \"%s\"\n", name ? name : "(null)");
+    abort();
+}
+
+/* ---- events ------------------------------------------------------------------ */
+
+static void event_domain(struct fake *f, struct fake_event *out,
+                         const char *dom)
+{
+    if (!f->connected)
+        return;
+    *out = (struct fake_event){
+        .kind = EV_DOMAIN,
+        .dom = cfs_xstrdup(dom),
+        .ev = f->ev,
+        .opaque = f->opaque,
+    };
+}
+
+static void event_block_job(struct fake *f, struct fake_event *out,
+                            const struct fake_job *job,
+                            enum cfs_job_event status)
+{
+    if (!f->connected)
+        return;
+    *out = (struct fake_event){
+        .kind = EV_BLOCK_JOB,
+        .dom = cfs_xstrdup(job->dom),
+        .disk = cfs_xstrdup(job->disk),
+        .type = job->type,
+        .status = status,
+        .ev = f->ev,
+        .opaque = f->opaque,
+    };
+}
+
+/* Deliver and free E. Must be called without f->lock. */
+static void event_fire(struct fake_event *e)
+{
+    if (e->kind == EV_DOMAIN && e->ev.domain_changed)
+        e->ev.domain_changed(e->opaque, e->dom);
+    else if (e->kind == EV_BLOCK_JOB && e->ev.block_job)
+        e->ev.block_job(e->opaque, e->dom, e->disk, e->type, e->status);
+    free(e->dom);
+    free(e->disk);
+    *e = (struct fake_event){0};
+}
+
+/* ---- lookups (f->lock held) --------------------------------------------------- */
+
+static ssize_t dom_index(struct fake *f, const char *name)
+{
+    for (size_t i = 0; i < f->n_doms; i++)
+        if (cfs_streq(f->doms[i]->name, name))
+            return (ssize_t)i;
+    return -1;
+}
+
+static struct cfs_domain *dom_find(struct fake *f, const char *name)
+{
+    ssize_t i = dom_index(f, name);
+
+    return i < 0 ? NULL : f->doms[i];
+}
+
+static struct fake_job *job_find(struct fake *f, const char *dom,
+                                 const char *disk)
+{
+    for (size_t i = 0; i < f->n_jobs; i++)
+        if (cfs_streq(f->jobs[i].dom, dom) && cfs_streq(f->jobs[i].disk, disk))
+            return &f->jobs[i];
+    return NULL;
+}
+
+static void job_remove(struct fake *f, struct fake_job *job)
+{
+    size_t i = (size_t)(job - f->jobs);
+
+    free(job->dom);
+    free(job->disk);
+    free(job->top);
+    free(job->base);
+    memmove(&f->jobs[i], &f->jobs[i + 1], (f->n_jobs - i - 1) * sizeof(*job));
+    f->n_jobs--;
+}
+
+static bool dom_active(const struct cfs_domain *d)
+{
+    return d->state == CFS_DOM_RUNNING || d->state == CFS_DOM_PAUSED;
+}
+
+static ssize_t layer_index(const struct cfs_disk *disk, const char *path)
+{
+    for (size_t i = 0; i < disk->n_layers; i++)
+        if (cfs_streq(disk->layers[i].path, path))
+            return (ssize_t)i;
+    return -1;
+}
+
+static void layer_remove(struct cfs_disk *disk, size_t i)
+{
+    cfs_layer_clear(&disk->layers[i]);
+    memmove(&disk->layers[i], &disk->layers[i + 1],
+            (disk->n_layers - i - 1) * sizeof(*disk->layers));
+    disk->n_layers--;
+    if (disk->n_layers > 0)
+        disk->is_block = disk->layers[0].is_block;
+}
+
+/* The merge of a finished commit: TOP leaves the chain. */
+static void chain_merge(struct fake *f, const char *dom, const char *disk,
+                        const char *top)
+{
+    struct cfs_disk *dk = cfs_domain_find_disk(dom_find(f, dom), disk);
+    ssize_t i = dk ? layer_index(dk, top) : -1;
+
+    if (i >= 0)
+        layer_remove(dk, (size_t)i);
+}
+
+static bool path_in_any_chain(struct fake *f, const char *path)
+{
+    for (size_t i = 0; i < f->n_doms; i++)
+        if (cfs_domain_uses_path(f->doms[i], path))
+            return true;
+    return false;
+}
+
+/* ---- op prologue: counting, injected failures, common lookups ----------------- */
+
+/* Count the call; if a failure was injected for OP, consume it, set the
+ * message and return its error. Called with f->lock held. */
+static int op_enter(struct fake *f, enum fake_op op)
+{
+    f->calls[op]++;
+    for (size_t i = 0; i < f->n_failures; i++) {
+        struct fake_failure *fl = &f->failures[i];
+        int err;
+
+        if (fl->op != op)
+            continue;
+        err = fl->err;
+        cfs_backend_set_errmsg("%s", fl->message ? fl->message : "");
+        free(fl->message);
+        memmove(fl, fl + 1, (f->n_failures - i - 1) * sizeof(*fl));
+        f->n_failures--;
+        return err;
+    }
+    return 0;
+}
+
+static int no_domain(const char *dom)
+{
+    cfs_backend_set_errmsg("Domain not found: no domain with matching name '%s'",
+                           dom ? dom : "");
+    return -ENOENT;
+}
+
+static int no_disk(const char *disk)
+{
+    cfs_backend_set_errmsg("invalid argument: disk '%s' not found in domain",
+                           disk ? disk : "");
+    return -ENOENT;
+}
+
+static int not_running(void)
+{
+    cfs_backend_set_errmsg("Requested operation is not valid: domain is not running");
+    return -EINVAL;
+}
+
+static int busy(const char *disk)
+{
+    cfs_backend_set_errmsg("block copy still active: disk '%s' already in active block job",
+                           disk);
+    return -EBUSY;
+}
+
+static int no_job(const char *disk)
+{
+    cfs_backend_set_errmsg("Requested operation is not valid: disk '%s' does not have an active block job",
+                           disk);
+    return -EINVAL;
+}
+
+/* TOP must be a layer of DISK with BASE directly below it, and ACTIVE must
+ * say whether TOP is layer 0. Returns TOP's index or -EINVAL. */
+static ssize_t check_commit_layers(const struct cfs_disk *disk,
+                                   const char *top, const char *base,
+                                   bool active)
+{
+    ssize_t t = layer_index(disk, top);
+
+    if (t < 0) {
+        cfs_backend_set_errmsg("invalid argument: could not find image '%s' in chain for '%s'",
+                               top ? top : "", disk->target);
+        return -EINVAL;
+    }
+    if ((size_t)t + 1 >= disk->n_layers ||
+        !cfs_streq(disk->layers[t + 1].path, base)) {
+        cfs_backend_set_errmsg("invalid argument: could not find base image '%s' directly beneath '%s' in chain for '%s'",
+                               base ? base : "", top, disk->target);
+        return -EINVAL;
+    }
+    if (active && t != 0) {
+        cfs_backend_set_errmsg("invalid argument: active commit requested but '%s' is not active",
+                               top);
+        return -EINVAL;
+    }
+    if (!active && t == 0) {
+        cfs_backend_set_errmsg("invalid argument: commit of '%s' active layer requires active flag",
+                               disk->target);
+        return -EINVAL;
+    }
+    return t;
+}
+
+/* ---- ops ------------------------------------------------------------------------ */
+
+static int fake_connect(struct cfs_backend *be,
+                        const struct cfs_backend_events *ev, void *opaque)
+{
+    struct fake *f = fake_of(be);
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_CONNECT);
+    if (r == 0) {
+        f->ev = ev ? *ev : (struct cfs_backend_events){0};
+        f->opaque = opaque;
+        f->connected = true;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static void fake_destroy(struct cfs_backend *be)
+{
+    struct fake *f;
+
+    if (!be)
+        return;
+    f = fake_of(be);
+    for (size_t i = 0; i < f->n_doms; i++)
+        cfs_domain_free(f->doms[i]);
+    free(f->doms);
+    while (f->n_jobs > 0)
+        job_remove(f, &f->jobs[f->n_jobs - 1]);
+    free(f->jobs);
+    for (size_t i = 0; i < f->n_failures; i++)
+        free(f->failures[i].message);
+    free(f->failures);
+    pthread_mutex_destroy(&f->lock);
+    free(f);
+    free(be);
+}
+
+static int fake_list_domains(struct cfs_backend *be, char ***names)
+{
+    struct fake *f = fake_of(be);
+    int r;
+
+    *names = NULL;
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_LIST_DOMAINS);
+    if (r == 0) {
+        char **v = cfs_xcalloc(f->n_doms + 1, sizeof(*v));
+
+        for (size_t i = 0; i < f->n_doms; i++)
+            v[i] = cfs_xstrdup(f->doms[i]->name);
+        *names = v;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_read_domain(struct cfs_backend *be, const char *dom,
+                            struct cfs_domain **out)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    int r;
+
+    *out = NULL;
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_READ_DOMAIN);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    *out = cfs_domain_dup(d);
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_snapshot_create(struct cfs_backend *be, const char *dom,
+                                const char *disk, const char *name,
+                                const char *overlay)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    struct cfs_disk *dk;
+    struct cfs_layer layer;
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_SNAPSHOT_CREATE);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    dk = cfs_domain_find_disk(d, disk);
+    if (!dk) {
+        r = no_disk(disk);
+        goto out;
+    }
+    if (!name || !*name || !overlay || !*overlay) {
+        cfs_backend_set_errmsg("invalid argument: snapshot name and overlay path are required");
+        r = -EINVAL;
+        goto out;
+    }
+    if (cfs_strv_contains(d->snapshots, name)) {
+        cfs_backend_set_errmsg("operation failed: domain snapshot '%s' already exists",
+                               name);
+        r = -EEXIST;
+        goto out;
+    }
+    if (path_in_any_chain(f, overlay)) {
+        cfs_backend_set_errmsg("operation unsupported: external snapshot file for disk %s already exists and is not a block device: %s",
+                               disk, overlay);
+        r = -EEXIST;
+        goto out;
+    }
+    if (job_find(f, dom, disk)) {
+        r = busy(disk);
+        goto out;
+    }
+    if (dk->readonly) {
+        cfs_backend_set_errmsg("unsupported configuration: external snapshot for readonly disk %s is not supported",
+                               disk);
+        r = -EROFS;
+        goto out;
+    }
+
+    layer = (struct cfs_layer){
+        .path = cfs_xstrdup(overlay),
+        .format = cfs_xstrdup("qcow2"),
+        .virtual_size = dk->n_layers > 0 ? dk->layers[0].virtual_size : 0,
+        .meta_name = cfs_xstrdup(name),
+    };
+    dk->layers = cfs_xrealloc(dk->layers,
+                              (dk->n_layers + 1) * sizeof(*dk->layers));
+    memmove(&dk->layers[1], &dk->layers[0], dk->n_layers * sizeof(*dk->layers));
+    dk->layers[0] = layer;
+    dk->n_layers++;
+    dk->is_block = false;
+    cfs_strv_push(&d->snapshots, cfs_xstrdup(name));
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_snapshot_forget(struct cfs_backend *be, const char *dom,
+                                const char *name)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    size_t n, k = 0;
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_SNAPSHOT_FORGET);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    if (!cfs_strv_contains(d->snapshots, name)) {
+        cfs_backend_set_errmsg("Domain snapshot not found: no domain snapshot with matching name '%s'",
+                               name ? name : "");
+        r = -ENOENT;
+        goto out;
+    }
+    n = cfs_strv_len(d->snapshots);
+    for (size_t i = 0; i < n; i++) {
+        if (cfs_streq(d->snapshots[i], name))
+            free(d->snapshots[i]);
+        else
+            d->snapshots[k++] = d->snapshots[i];
+    }
+    d->snapshots[k] = NULL;
+    for (size_t i = 0; i < d->n_disks; i++)
+        for (size_t l = 0; l < d->disks[i].n_layers; l++) {
+            struct cfs_layer *layer = &d->disks[i].layers[l];
+
+            if (cfs_streq(layer->meta_name, name)) {
+                free(layer->meta_name);
+                layer->meta_name = NULL;
+            }
+        }
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_commit_start(struct cfs_backend *be, const char *dom,
+                             const char *disk, const char *top,
+                             const char *base, bool active)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    struct cfs_disk *dk;
+    ssize_t t;
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_COMMIT_START);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    if (!dom_active(d)) {
+        r = not_running();
+        goto out;
+    }
+    dk = cfs_domain_find_disk(d, disk);
+    if (!dk) {
+        r = no_disk(disk);
+        goto out;
+    }
+    if (job_find(f, dom, disk)) {
+        r = busy(disk);
+        goto out;
+    }
+    t = check_commit_layers(dk, top, base, active);
+    if (t < 0) {
+        r = (int)t;
+        goto out;
+    }
+
+    f->jobs = cfs_xrealloc(f->jobs, (f->n_jobs + 1) * sizeof(*f->jobs));
+    f->jobs[f->n_jobs++] = (struct fake_job){
+        .dom = cfs_xstrdup(dom),
+        .disk = cfs_xstrdup(disk),
+        .top = cfs_xstrdup(top),
+        .base = cfs_xstrdup(base),
+        .type = active ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT,
+        .end = dk->layers[t].virtual_size,
+    };
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_job_get(struct cfs_backend *be, const char *dom,
+                        const char *disk, struct cfs_job_progress *out)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    struct fake_job *job;
+    int r;
+
+    *out = (struct cfs_job_progress){0};
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_JOB_GET);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    if (!cfs_domain_find_disk(d, disk)) {
+        r = no_disk(disk);
+        goto out;
+    }
+    job = job_find(f, dom, disk);
+    if (job)
+        *out = (struct cfs_job_progress){
+            .present = true,
+            .type = job->type,
+            .cur = job->cur,
+            .end = job->end,
+            .ready = job->ready,
+        };
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_job_pivot(struct cfs_backend *be, const char *dom,
+                          const char *disk)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct cfs_domain *d;
+    struct fake_job *job;
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_JOB_PIVOT);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    if (!cfs_domain_find_disk(d, disk)) {
+        r = no_disk(disk);
+        goto out;
+    }
+    job = job_find(f, dom, disk);
+    if (!job) {
+        r = no_job(disk);
+        goto out;
+    }
+    if (job->type != CFS_JOB_ACTIVE_COMMIT) {
+        cfs_backend_set_errmsg("Requested operation is not valid: job type 'commit' does not support pivot");
+        r = -EINVAL;
+        goto out;
+    }
+    if (!job->ready || f->pivot_not_ready > 0) {
+        if (job->ready)
+            f->pivot_not_ready--;
+        cfs_backend_set_errmsg("block copy still active: disk '%s' not ready for pivot yet",
+                               disk);
+        r = -EAGAIN;
+        goto out;
+    }
+    chain_merge(f, dom, disk, job->top);
+    event_block_job(f, &e, job, CFS_JOB_EVENT_COMPLETED);
+    job_remove(f, job);
+out:
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+    return r;
+}
+
+static int fake_job_abort(struct cfs_backend *be, const char *dom,
+                          const char *disk)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct cfs_domain *d;
+    struct fake_job *job;
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_JOB_ABORT);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    if (!cfs_domain_find_disk(d, disk)) {
+        r = no_disk(disk);
+        goto out;
+    }
+    job = job_find(f, dom, disk);
+    if (!job) {
+        r = no_job(disk);
+        goto out;
+    }
+    event_block_job(f, &e, job, CFS_JOB_EVENT_CANCELED);
+    job_remove(f, job);
+out:
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+    return r;
+}
+
+static int fake_offline_commit(struct cfs_backend *be, const char *dom,
+                               const char *disk, const char *top,
+                               const char *base, bool active)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct cfs_domain *d;
+    struct cfs_disk *dk;
+    ssize_t t;
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_OFFLINE_COMMIT);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    if (dom_active(d)) {
+        cfs_backend_set_errmsg("Requested operation is not valid: domain is already running");
+        r = -EINVAL;
+        goto out;
+    }
+    dk = cfs_domain_find_disk(d, disk);
+    if (!dk) {
+        r = no_disk(disk);
+        goto out;
+    }
+    t = check_commit_layers(dk, top, base, active);
+    if (t < 0) {
+        r = (int)t;
+        goto out;
+    }
+    layer_remove(dk, (size_t)t);
+    /* An active merge redefines the domain (its source becomes BASE):
+     * libvirt reports that as a definition change. */
+    if (active)
+        event_domain(f, &e, dom);
+out:
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+    return r;
+}
+
+static const struct cfs_backend_ops fake_ops = {
+    .name = "fake",
+    .connect = fake_connect,
+    .destroy = fake_destroy,
+    .list_domains = fake_list_domains,
+    .read_domain = fake_read_domain,
+    .snapshot_create = fake_snapshot_create,
+    .snapshot_forget = fake_snapshot_forget,
+    .commit_start = fake_commit_start,
+    .job_get = fake_job_get,
+    .job_pivot = fake_job_pivot,
+    .job_abort = fake_job_abort,
+    .offline_commit = fake_offline_commit,
+};
+
+/* ---- the test's controls ---------------------------------------------------------- */
+
+struct cfs_backend *cfs_fake_backend_new(void)
+{
+    struct cfs_backend *be = cfs_xcalloc(1, sizeof(*be));
+    struct fake *f = cfs_xcalloc(1, sizeof(*f));
+
+    pthread_mutex_init(&f->lock, NULL);
+    be->ops = &fake_ops;
+    be->priv = f;
+    return be;
+}
+
+/* Jobs on DOM that cannot exist any more: all of them once the domain is
+ * not active, else those whose disk is gone. No event, as in libvirt. */
+static void jobs_prune(struct fake *f, const char *dom)
+{
+    const struct cfs_domain *d = dom_find(f, dom);
+
+    for (size_t i = f->n_jobs; i-- > 0;) {
+        struct fake_job *job = &f->jobs[i];
+
+        if (!cfs_streq(job->dom, dom))
+            continue;
+        if (!d || !dom_active(d) || !cfs_domain_find_disk(d, job->disk))
+            job_remove(f, job);
+    }
+}
+
+void cfs_fake_put_domain(struct cfs_backend *be, const struct cfs_domain *d)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct cfs_domain *copy = cfs_domain_dup(d);
+    ssize_t i;
+
+    pthread_mutex_lock(&f->lock);
+    i = dom_index(f, d->name);
+    if (i >= 0) {
+        cfs_domain_free(f->doms[i]);
+        f->doms[i] = copy;
+    } else {
+        f->doms = cfs_xrealloc(f->doms, (f->n_doms + 1) * sizeof(*f->doms));
+        f->doms[f->n_doms++] = copy;
+    }
+    jobs_prune(f, d->name);
+    event_domain(f, &e, d->name);
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+}
+
+void cfs_fake_remove_domain(struct cfs_backend *be, const char *dom)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    ssize_t i;
+
+    pthread_mutex_lock(&f->lock);
+    i = dom_index(f, dom);
+    if (i >= 0) {
+        cfs_domain_free(f->doms[i]);
+        memmove(&f->doms[i], &f->doms[i + 1],
+                (f->n_doms - (size_t)i - 1) * sizeof(*f->doms));
+        f->n_doms--;
+        jobs_prune(f, dom);
+        event_domain(f, &e, dom);
+    }
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+}
+
+void cfs_fake_add_simple(struct cfs_backend *be, const char *dom,
+                         enum cfs_dom_state state, const char *target,
+                         const char *const *paths, const char *const *meta,
+                         size_t n)
+{
+    struct cfs_domain d = {
+        .name = (char *)dom,
+        .state = state,
+        .persistent = true,
+    };
+    struct cfs_disk disk = {
+        .target = (char *)target,
+        .n_layers = n,
+        .layers = cfs_xcalloc(n ? n : 1, sizeof(struct cfs_layer)),
+    };
+    unsigned hash = 5381;
+    char **snapshots = NULL;
+
+    for (const char *p = dom; *p; p++)
+        hash = hash * 33 + (unsigned char)*p;
+    snprintf(d.uuid, sizeof(d.uuid), "00000000-0000-4000-8000-%012x", hash);
+
+    for (size_t i = 0; i < n; i++) {
+        disk.layers[i] = (struct cfs_layer){
+            .path = (char *)paths[i],
+            .format = (char *)"qcow2",
+            .virtual_size = FAKE_VIRTUAL_SIZE,
+            .meta_name = meta ? (char *)meta[i] : NULL,
+        };
+        if (meta && meta[i])
+            cfs_strv_push(&snapshots, cfs_xstrdup(meta[i]));
+    }
+    d.n_disks = 1;
+    d.disks = &disk;
+    d.snapshots = snapshots;
+
+    cfs_fake_put_domain(be, &d);
+
+    free(disk.layers);
+    cfs_strv_free(snapshots);
+}
+
+void cfs_fake_fail_next(struct cfs_backend *be, const char *op, int err,
+                        const char *message)
+{
+    struct fake *f = fake_of(be);
+    enum fake_op o = op_lookup(op);
+
+    pthread_mutex_lock(&f->lock);
+    f->failures = cfs_xrealloc(f->failures,
+                               (f->n_failures + 1) * sizeof(*f->failures));
+    f->failures[f->n_failures++] = (struct fake_failure){
+        .op = o,
+        .err = err > 0 ? -err : (err < 0 ? err : -EIO),
+        .message = cfs_xstrdup(message),
+    };
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_job_progress(struct cfs_backend *be, const char *dom,
+                           const char *disk, uint64_t cur, uint64_t end)
+{
+    struct fake *f = fake_of(be);
+    struct fake_job *job;
+
+    pthread_mutex_lock(&f->lock);
+    job = job_find(f, dom, disk);
+    if (job) {
+        job->cur = cur;
+        job->end = end;
+    }
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_job_ready(struct cfs_backend *be, const char *dom,
+                        const char *disk)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct fake_job *job;
+
+    pthread_mutex_lock(&f->lock);
+    job = job_find(f, dom, disk);
+    if (job && job->type == CFS_JOB_ACTIVE_COMMIT) {
+        job->cur = job->end;
+        job->ready = true;
+        event_block_job(f, &e, job, CFS_JOB_EVENT_READY);
+    }
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+}
+
+void cfs_fake_job_complete(struct cfs_backend *be, const char *dom,
+                           const char *disk)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct fake_job *job;
+
+    pthread_mutex_lock(&f->lock);
+    job = job_find(f, dom, disk);
+    if (job) {
+        job->cur = job->end;
+        chain_merge(f, dom, disk, job->top);
+        event_block_job(f, &e, job, CFS_JOB_EVENT_COMPLETED);
+        job_remove(f, job);
+    }
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+}
+
+void cfs_fake_job_fail(struct cfs_backend *be, const char *dom,
+                       const char *disk)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct fake_job *job;
+
+    pthread_mutex_lock(&f->lock);
+    job = job_find(f, dom, disk);
+    if (job) {
+        event_block_job(f, &e, job, CFS_JOB_EVENT_FAILED);
+        job_remove(f, job);
+    }
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+}
+
+void cfs_fake_job_vanish(struct cfs_backend *be, const char *dom,
+                         const char *disk, bool completed)
+{
+    struct fake *f = fake_of(be);
+    struct fake_job *job;
+
+    pthread_mutex_lock(&f->lock);
+    job = job_find(f, dom, disk);
+    if (job) {
+        if (completed)
+            chain_merge(f, dom, disk, job->top);
+        job_remove(f, job);
+    }
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_pivot_not_ready(struct cfs_backend *be, int n)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->pivot_not_ready = n > 0 ? n : 0;
+    pthread_mutex_unlock(&f->lock);
+}
+
+unsigned cfs_fake_calls(struct cfs_backend *be, const char *op)
+{
+    struct fake *f = fake_of(be);
+    enum fake_op o = op_lookup(op);
+    unsigned n;
+
+    pthread_mutex_lock(&f->lock);
+    n = f->calls[o];
+    pthread_mutex_unlock(&f->lock);
+    return n;
+}

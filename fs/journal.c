@@ -1,0 +1,604 @@
+/* journal.c — the durable journal of the chain changes chainfs has started.
+ *
+ * Owns STATE_DIR/journal, its transient STATE_DIR/journal.tmp, and the
+ * in-memory list of open entries, which always equals what the file on
+ * disk says: a change is first written in full to journal.tmp, fsynced,
+ * renamed over journal and the directory fsynced; only then does the
+ * in-memory list change. A failed write leaves both as they were.
+ *
+ * Format: JSON Lines, one object per open entry, each carrying
+ * "version": 1. Loading skips (with a warning) any line that does not
+ * parse, is not an object, lacks a required field, has an unknown type or
+ * another version, or repeats an id; it never fails because of content.
+ *
+ * Threads: any thread may call any function; j->lock (the only lock here,
+ * never held while calling out of this module) serialises them.
+ * cfs_journal_free must not race with other calls on the same journal. */
+
+#include "chainfs/journal.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "chainfs/util.h"
+
+#define JOURNAL_FILE "journal"
+#define JOURNAL_TMP "journal.tmp"
+#define JOURNAL_VERSION 1
+#define JOURNAL_LINE_MAX (1024 * 1024) /* a real record is < 8 KiB */
+
+struct cfs_journal {
+    pthread_mutex_t lock;
+    int dirfd;                         /* STATE_DIR, O_DIRECTORY */
+    unsigned counter;                  /* for cfs_journal_new_id() */
+    struct cfs_journal_entry *entries; /* in file order */
+    size_t n_entries;
+};
+
+/* ---- entries -------------------------------------------------------------- */
+
+void cfs_journal_entry_clear(struct cfs_journal_entry *e)
+{
+    if (!e)
+        return;
+    free(e->id);
+    free(e->domain);
+    free(e->disk);
+    free(e->snapshot);
+    free(e->meta_name);
+    free(e->top);
+    free(e->base);
+    free(e->phase);
+    free(e->error);
+    *e = (struct cfs_journal_entry){0};
+}
+
+/* DST is overwritten without being freed: pass a clear entry. */
+void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
+                            const struct cfs_journal_entry *src)
+{
+    *dst = (struct cfs_journal_entry){
+        .id = cfs_xstrdup(src->id),
+        .domain = cfs_xstrdup(src->domain),
+        .disk = cfs_xstrdup(src->disk),
+        .snapshot = cfs_xstrdup(src->snapshot),
+        .meta_name = cfs_xstrdup(src->meta_name),
+        .top = cfs_xstrdup(src->top),
+        .base = cfs_xstrdup(src->base),
+        .type = src->type,
+        .phase = cfs_xstrdup(src->phase),
+        .created = src->created,
+        .updated = src->updated,
+        .error = cfs_xstrdup(src->error),
+    };
+}
+
+void cfs_journal_entries_free(struct cfs_journal_entry *v, size_t n)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; i < n; i++)
+        cfs_journal_entry_clear(&v[i]);
+    free(v);
+}
+
+static bool entry_type_valid(enum cfs_job_type t)
+{
+    return t > CFS_JOB_NONE && t < CFS_JOB_TYPE_MAX;
+}
+
+/* Only entries that would load back may be written. */
+static bool entry_valid(const struct cfs_journal_entry *e)
+{
+    return e && e->id && *e->id && e->domain && *e->domain && e->disk &&
+           *e->disk && e->top && *e->top && e->base && *e->base &&
+           e->phase && *e->phase && entry_type_valid(e->type);
+}
+
+static ssize_t find_entry(const struct cfs_journal *j, const char *id)
+{
+    for (size_t i = 0; i < j->n_entries; i++)
+        if (cfs_streq(j->entries[i].id, id))
+            return (ssize_t)i;
+    return -1;
+}
+
+/* ---- serialisation -------------------------------------------------------- */
+
+static void json_add_str(json_object *o, const char *key, const char *val)
+{
+    if (val)
+        json_object_object_add(o, key, json_object_new_string(val));
+}
+
+static void entry_to_line(const struct cfs_journal_entry *e,
+                          struct cfs_buf *out)
+{
+    json_object *o = json_object_new_object();
+
+    json_object_object_add(o, "version", json_object_new_int(JOURNAL_VERSION));
+    json_add_str(o, "id", e->id);
+    json_add_str(o, "domain", e->domain);
+    json_add_str(o, "disk", e->disk);
+    json_add_str(o, "snapshot", e->snapshot);
+    json_add_str(o, "meta_name", e->meta_name);
+    json_add_str(o, "top", e->top);
+    json_add_str(o, "base", e->base);
+    json_add_str(o, "type", cfs_job_type_to_string(e->type));
+    json_add_str(o, "phase", e->phase);
+    json_object_object_add(o, "created", json_object_new_int64(e->created));
+    json_object_object_add(o, "updated", json_object_new_int64(e->updated));
+    json_add_str(o, "error", e->error);
+
+    /* PLAIN never emits a raw newline: control characters are escaped. */
+    cfs_buf_printf(out, "%s\n",
+                   json_object_to_json_string_ext(
+                       o, JSON_C_TO_STRING_PLAIN |
+                              JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
+}
+
+/* A short, printable rendering of untrusted text for a warning. */
+static void sanitize(const char *s, char *out, size_t outlen)
+{
+    size_t i = 0;
+
+    for (; *s && i + 1 < outlen; s++, i++)
+        out[i] = isprint((unsigned char)*s) ? *s : '?';
+    out[i] = '\0';
+}
+
+/* NULL if KEY is absent or not a string. */
+static const char *json_get_str(json_object *o, const char *key)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+static int64_t json_get_int(json_object *o, const char *key)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_int))
+        return 0;
+    return json_object_get_int64(v);
+}
+
+static int json_object_to_entry(json_object *o, struct cfs_journal_entry *out,
+                                char **why)
+{
+    static const char *const required[] = {
+        "id", "domain", "disk", "top", "base", "type", "phase",
+    };
+    json_object *v;
+    const char *type;
+    enum cfs_job_type t;
+
+    if (json_object_object_get_ex(o, "version", &v) &&
+        (!json_object_is_type(v, json_type_int) ||
+         json_object_get_int64(v) != JOURNAL_VERSION)) {
+        *why = cfs_xstrdup("unsupported version");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < ELEMENTSOF(required); i++) {
+        const char *s = json_get_str(o, required[i]);
+
+        if (!s || !*s) {
+            *why = cfs_xasprintf("missing or invalid \"%s\"", required[i]);
+            return -EINVAL;
+        }
+    }
+
+    type = json_get_str(o, "type");
+    for (t = CFS_JOB_NONE + 1; t < CFS_JOB_TYPE_MAX; t++)
+        if (cfs_streq(cfs_job_type_to_string(t), type))
+            break;
+    if (t == CFS_JOB_TYPE_MAX) {
+        char shown[40];
+
+        sanitize(type, shown, sizeof(shown));
+        *why = cfs_xasprintf("unknown type \"%s\"", shown);
+        return -EINVAL;
+    }
+
+    *out = (struct cfs_journal_entry){
+        .id = cfs_xstrdup(json_get_str(o, "id")),
+        .domain = cfs_xstrdup(json_get_str(o, "domain")),
+        .disk = cfs_xstrdup(json_get_str(o, "disk")),
+        .snapshot = cfs_xstrdup(json_get_str(o, "snapshot")),
+        .meta_name = cfs_xstrdup(json_get_str(o, "meta_name")),
+        .top = cfs_xstrdup(json_get_str(o, "top")),
+        .base = cfs_xstrdup(json_get_str(o, "base")),
+        .type = t,
+        .phase = cfs_xstrdup(json_get_str(o, "phase")),
+        .created = json_get_int(o, "created"),
+        .updated = json_get_int(o, "updated"),
+        .error = cfs_xstrdup(json_get_str(o, "error")),
+    };
+    return 0;
+}
+
+/* Parse one line (without its newline). On failure *why says why. */
+static int line_to_entry(const char *line, size_t len,
+                         struct cfs_journal_entry *out, char **why)
+{
+    struct json_tokener *tok;
+    json_object *o;
+    enum json_tokener_error jerr;
+    size_t end;
+    int r;
+
+    if (len > JOURNAL_LINE_MAX) {
+        *why = cfs_xstrdup("record too long");
+        return -EINVAL;
+    }
+    if (memchr(line, '\0', len)) {
+        *why = cfs_xstrdup("contains a NUL byte");
+        return -EINVAL;
+    }
+
+    tok = json_tokener_new();
+    if (!tok)
+        abort();
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT |
+                                    JSON_TOKENER_ALLOW_TRAILING_CHARS);
+    o = json_tokener_parse_ex(tok, line, (int)len);
+    jerr = json_tokener_get_error(tok);
+    end = json_tokener_get_parse_end(tok);
+    if (jerr == json_tokener_continue) {
+        /* End of input: a bare number or literal is complete only now. */
+        o = json_tokener_parse_ex(tok, "", 1);
+        jerr = json_tokener_get_error(tok);
+        if (jerr == json_tokener_success)
+            end = len;
+    }
+    json_tokener_free(tok);
+
+    if (jerr == json_tokener_continue || jerr == json_tokener_error_parse_eof) {
+        *why = cfs_xstrdup("incomplete record");
+        r = -EINVAL;
+        goto out;
+    }
+    if (jerr != json_tokener_success) {
+        *why = cfs_xasprintf("invalid JSON (%s)", json_tokener_error_desc(jerr));
+        r = -EINVAL;
+        goto out;
+    }
+    for (; end < len; end++)
+        if (!isspace((unsigned char)line[end])) {
+            *why = cfs_xstrdup("trailing data after the record");
+            r = -EINVAL;
+            goto out;
+        }
+    if (!o || !json_object_is_type(o, json_type_object)) { /* NULL: null */
+        *why = cfs_xstrdup("not a JSON object");
+        r = -EINVAL;
+        goto out;
+    }
+    r = json_object_to_entry(o, out, why);
+out:
+    json_object_put(o);
+    return r;
+}
+
+static bool line_blank(const char *line, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!isspace((unsigned char)line[i]))
+            return false;
+    return true;
+}
+
+static void entries_append(struct cfs_journal *j,
+                           const struct cfs_journal_entry *e)
+{
+    j->entries = cfs_xrealloc(j->entries,
+                              (j->n_entries + 1) * sizeof(*j->entries));
+    j->entries[j->n_entries++] = *e; /* takes ownership */
+}
+
+static void load_warn(char ***warnings, size_t lineno, const char *why)
+{
+    cfs_strv_push(warnings,
+                  cfs_xasprintf("journal line %zu: %s, skipped", lineno, why));
+}
+
+static void fclosep(FILE **f)
+{
+    if (*f)
+        fclose(*f);
+}
+
+static int journal_load(struct cfs_journal *j, char ***warnings)
+{
+    _cleanup_(fclosep) FILE *f = NULL;
+    _cleanup_free_ char *line = NULL;
+    size_t cap = 0, lineno = 0;
+    ssize_t len;
+    int fd;
+
+    fd = openat(j->dirfd, JOURNAL_FILE, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    f = fdopen(fd, "r");
+    if (!f) {
+        int r = -errno;
+
+        close(fd);
+        return r;
+    }
+
+    errno = 0;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        struct cfs_journal_entry e;
+        _cleanup_free_ char *why = NULL;
+
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            len--;
+        if (line_blank(line, (size_t)len))
+            continue;
+        if (line_to_entry(line, (size_t)len, &e, &why) < 0) {
+            load_warn(warnings, lineno, why);
+            continue;
+        }
+        if (find_entry(j, e.id) >= 0) {
+            load_warn(warnings, lineno, "duplicate id");
+            cfs_journal_entry_clear(&e);
+            continue;
+        }
+        entries_append(j, &e);
+    }
+    if (ferror(f))
+        return errno ? -errno : -EIO;
+    return 0;
+}
+
+/* ---- writing -------------------------------------------------------------- */
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Replace the journal file with V[0..N), durably. Called with j->lock.
+ * *RENAMED says whether the new file replaced the old one (even if the
+ * directory fsync then failed): the caller's in-memory list must follow. */
+static int journal_write(struct cfs_journal *j,
+                         const struct cfs_journal_entry *const *v, size_t n,
+                         bool *renamed)
+{
+    _cleanup_buf_ struct cfs_buf b = {0};
+    int fd, r;
+
+    *renamed = false;
+    for (size_t i = 0; i < n; i++)
+        entry_to_line(v[i], &b);
+
+    fd = openat(j->dirfd, JOURNAL_TMP,
+                O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    r = write_all(fd, b.data, b.len);
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    if (r == 0 && renameat(j->dirfd, JOURNAL_TMP, j->dirfd, JOURNAL_FILE) < 0)
+        r = -errno;
+    if (r < 0) {
+        unlinkat(j->dirfd, JOURNAL_TMP, 0);
+        return r;
+    }
+    *renamed = true;
+    /* Some filesystems cannot fsync a directory; the rename still stands. */
+    if (fsync(j->dirfd) < 0 && errno != EINVAL && errno != ENOTSUP)
+        return -errno;
+    return 0;
+}
+
+/* Write the current list with entry SKIP left out (-1: none), entry
+ * REPLACE_AT replaced by E (-1: none) or E appended (E non-NULL,
+ * REPLACE_AT -1). */
+static int journal_write_change(struct cfs_journal *j, ssize_t skip,
+                                ssize_t replace_at,
+                                const struct cfs_journal_entry *e,
+                                bool *renamed)
+{
+    _cleanup_free_ const struct cfs_journal_entry **v =
+        cfs_xcalloc(j->n_entries + 1, sizeof(*v));
+    size_t n = 0;
+
+    for (size_t i = 0; i < j->n_entries; i++) {
+        if ((ssize_t)i == skip)
+            continue;
+        v[n++] = (ssize_t)i == replace_at ? e : &j->entries[i];
+    }
+    if (e && replace_at < 0)
+        v[n++] = e;
+    return journal_write(j, v, n, renamed);
+}
+
+/* ---- the journal ---------------------------------------------------------- */
+
+static int state_dir_probe(int dirfd)
+{
+    _cleanup_free_ char *name =
+        cfs_xasprintf(".chainfs-probe.%ld", (long)getpid());
+    int fd;
+
+    fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) { /* left over by a crash of this pid */
+        unlinkat(dirfd, name, 0);
+        fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                    0600);
+    }
+    if (fd < 0)
+        return -errno;
+    close(fd);
+    if (unlinkat(dirfd, name, 0) < 0)
+        return -errno;
+    return 0;
+}
+
+int cfs_journal_open(const char *state_dir, struct cfs_journal **out,
+                     char ***warnings)
+{
+    struct cfs_journal *j;
+    char **warn_v = NULL;
+    int r;
+
+    if (warnings)
+        *warnings = NULL;
+    *out = NULL;
+    if (!state_dir || !*state_dir)
+        return -EINVAL;
+
+    if (mkdir(state_dir, 0700) < 0 && errno != EEXIST)
+        return -errno;
+
+    j = cfs_xcalloc(1, sizeof(*j));
+    pthread_mutex_init(&j->lock, NULL);
+    j->dirfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (j->dirfd < 0) {
+        r = -errno;
+        goto fail;
+    }
+    r = state_dir_probe(j->dirfd);
+    if (r < 0)
+        goto fail;
+    r = journal_load(j, &warn_v);
+    if (r < 0)
+        goto fail;
+
+    if (warnings)
+        *warnings = warn_v;
+    else
+        cfs_strv_free(warn_v);
+    *out = j;
+    return 0;
+
+fail:
+    cfs_strv_free(warn_v);
+    cfs_journal_free(j);
+    return r;
+}
+
+struct cfs_journal *cfs_journal_free(struct cfs_journal *j)
+{
+    if (!j)
+        return NULL;
+    cfs_journal_entries_free(j->entries, j->n_entries);
+    if (j->dirfd >= 0)
+        close(j->dirfd);
+    pthread_mutex_destroy(&j->lock);
+    free(j);
+    return NULL;
+}
+
+char *cfs_journal_new_id(struct cfs_journal *j)
+{
+    char *id = NULL;
+
+    pthread_mutex_lock(&j->lock);
+    do {
+        free(id);
+        id = cfs_xasprintf("%lld-%ld-%u", (long long)time(NULL),
+                           (long)getpid(), ++j->counter);
+    } while (find_entry(j, id) >= 0);
+    pthread_mutex_unlock(&j->lock);
+    return id;
+}
+
+int cfs_journal_put(struct cfs_journal *j, const struct cfs_journal_entry *e)
+{
+    bool renamed;
+    ssize_t at;
+    int r;
+
+    if (!entry_valid(e))
+        return -EINVAL;
+
+    pthread_mutex_lock(&j->lock);
+    at = find_entry(j, e->id);
+    r = journal_write_change(j, -1, at, e, &renamed);
+    if (renamed) {
+        struct cfs_journal_entry copy;
+
+        cfs_journal_entry_copy(&copy, e);
+        if (at >= 0) {
+            cfs_journal_entry_clear(&j->entries[at]);
+            j->entries[at] = copy;
+        } else {
+            entries_append(j, &copy);
+        }
+    }
+    pthread_mutex_unlock(&j->lock);
+    return r;
+}
+
+int cfs_journal_remove(struct cfs_journal *j, const char *id)
+{
+    bool renamed;
+    ssize_t at;
+    int r;
+
+    if (!id)
+        return -EINVAL;
+
+    pthread_mutex_lock(&j->lock);
+    at = find_entry(j, id);
+    if (at < 0) {
+        r = -ENOENT;
+        goto out;
+    }
+    r = journal_write_change(j, at, -1, NULL, &renamed);
+    if (renamed) {
+        cfs_journal_entry_clear(&j->entries[at]);
+        memmove(&j->entries[at], &j->entries[at + 1],
+                (j->n_entries - (size_t)at - 1) * sizeof(*j->entries));
+        j->n_entries--;
+    }
+out:
+    pthread_mutex_unlock(&j->lock);
+    return r;
+}
+
+int cfs_journal_list(struct cfs_journal *j, struct cfs_journal_entry **out,
+                     size_t *n)
+{
+    struct cfs_journal_entry *v;
+
+    pthread_mutex_lock(&j->lock);
+    v = cfs_xcalloc(j->n_entries + 1, sizeof(*v));
+    for (size_t i = 0; i < j->n_entries; i++)
+        cfs_journal_entry_copy(&v[i], &j->entries[i]);
+    *n = j->n_entries;
+    pthread_mutex_unlock(&j->lock);
+    *out = v;
+    return 0;
+}

@@ -1,0 +1,930 @@
+/* test_fake.c — the in-memory backend: domains, snapshots, each job
+ * stepping function and the events it fires, libvirt's refusals, error
+ * injection, call counting, callbacks that call back into the ops, and
+ * concurrent callers. */
+
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "chainfs/backend.h"
+#include "chainfs/fake.h"
+#include "chainfs/util.h"
+
+#define MiB (1024ULL * 1024)
+
+/* ---- event recorder ---------------------------------------------------------- */
+
+#define MAX_EVENTS 64
+
+struct recorded {
+    enum { R_DOMAIN, R_BLOCK_JOB, R_CONNECTION } kind;
+    char dom[64];
+    char disk[16];
+    enum cfs_job_type type;
+    enum cfs_job_event status;
+    /* What the callback saw when it called back into the backend. */
+    int reread;
+    struct cfs_job_progress progress;
+};
+
+struct fixture {
+    struct cfs_backend *be;
+    pthread_mutex_t lock;
+    struct recorded events[MAX_EVENTS];
+    size_t n_events;
+    size_t total_events; /* not capped at MAX_EVENTS */
+    bool call_back; /* callbacks re-enter the backend */
+};
+
+static void on_domain_changed(void *opaque, const char *dom)
+{
+    struct fixture *fx = opaque;
+    struct recorded r = { .kind = R_DOMAIN };
+
+    snprintf(r.dom, sizeof(r.dom), "%s", dom);
+    if (fx->call_back) {
+        struct cfs_domain *d = NULL;
+
+        r.reread = fx->be->ops->read_domain(fx->be, dom, &d);
+        cfs_domain_free(d);
+    }
+    pthread_mutex_lock(&fx->lock);
+    if (fx->n_events < MAX_EVENTS)
+        fx->events[fx->n_events++] = r;
+    fx->total_events++;
+    pthread_mutex_unlock(&fx->lock);
+}
+
+static void on_block_job(void *opaque, const char *dom, const char *disk,
+                         enum cfs_job_type type, enum cfs_job_event status)
+{
+    struct fixture *fx = opaque;
+    struct recorded r = { .kind = R_BLOCK_JOB, .type = type, .status = status };
+
+    snprintf(r.dom, sizeof(r.dom), "%s", dom);
+    snprintf(r.disk, sizeof(r.disk), "%s", disk);
+    if (fx->call_back)
+        r.reread = fx->be->ops->job_get(fx->be, dom, disk, &r.progress);
+    pthread_mutex_lock(&fx->lock);
+    if (fx->n_events < MAX_EVENTS)
+        fx->events[fx->n_events++] = r;
+    fx->total_events++;
+    pthread_mutex_unlock(&fx->lock);
+}
+
+static void on_connection(void *opaque, bool up)
+{
+    (void)opaque;
+    (void)up;
+}
+
+static const struct cfs_backend_events recorder_events = {
+    .domain_changed = on_domain_changed,
+    .block_job = on_block_job,
+    .connection = on_connection,
+};
+
+static size_t n_events(struct fixture *fx)
+{
+    size_t n;
+
+    pthread_mutex_lock(&fx->lock);
+    n = fx->n_events;
+    pthread_mutex_unlock(&fx->lock);
+    return n;
+}
+
+static void clear_events(struct fixture *fx)
+{
+    pthread_mutex_lock(&fx->lock);
+    fx->n_events = 0;
+    fx->total_events = 0;
+    pthread_mutex_unlock(&fx->lock);
+}
+
+static void assert_block_event(struct fixture *fx, size_t i, const char *dom,
+                               const char *disk, enum cfs_job_type type,
+                               enum cfs_job_event status)
+{
+    assert_true(i < fx->n_events);
+    assert_int_equal(fx->events[i].kind, R_BLOCK_JOB);
+    assert_string_equal(fx->events[i].dom, dom);
+    assert_string_equal(fx->events[i].disk, disk);
+    assert_int_equal(fx->events[i].type, type);
+    assert_int_equal(fx->events[i].status, status);
+}
+
+static const char *const chain3[] = {
+    "/img/vm1.vda.s2.qcow2", "/img/vm1.vda.s1.qcow2", "/img/base.qcow2",
+};
+static const char *const meta3[] = { "s2", "s1", NULL };
+
+static int setup(void **state)
+{
+    struct fixture *fx = cfs_xcalloc(1, sizeof(*fx));
+
+    pthread_mutex_init(&fx->lock, NULL);
+    fx->be = cfs_fake_backend_new();
+    fx->call_back = true;
+    assert_int_equal(fx->be->ops->connect(fx->be, &recorder_events, fx), 0);
+    cfs_fake_add_simple(fx->be, "vm1", CFS_DOM_RUNNING, "vda", chain3, meta3,
+                        3);
+    clear_events(fx);
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+
+    fx->be->ops->destroy(fx->be);
+    pthread_mutex_destroy(&fx->lock);
+    free(fx);
+    return 0;
+}
+
+static struct cfs_domain *read_ok(struct cfs_backend *be, const char *dom)
+{
+    struct cfs_domain *d = NULL;
+
+    assert_int_equal(be->ops->read_domain(be, dom, &d), 0);
+    assert_non_null(d);
+    return d;
+}
+
+static void assert_chain(struct cfs_backend *be, const char *dom,
+                         const char *disk, const char *const *paths, size_t n)
+{
+    struct cfs_domain *d = read_ok(be, dom);
+    struct cfs_disk *dk = cfs_domain_find_disk(d, disk);
+
+    assert_non_null(dk);
+    assert_int_equal(dk->n_layers, n);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(dk->layers[i].path, paths[i]);
+    cfs_domain_free(d);
+}
+
+static struct cfs_job_progress job_of(struct cfs_backend *be, const char *dom,
+                                      const char *disk)
+{
+    struct cfs_job_progress p;
+
+    assert_int_equal(be->ops->job_get(be, dom, disk, &p), 0);
+    return p;
+}
+
+/* ---- domains -------------------------------------------------------------------- */
+
+static void test_domains(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_domain *d = read_ok(be, "vm1");
+    char **names = NULL;
+
+    assert_string_equal(be->ops->name, "fake");
+    assert_string_equal(d->name, "vm1");
+    assert_int_equal(d->state, CFS_DOM_RUNNING);
+    assert_true(d->persistent);
+    assert_int_equal(strlen(d->uuid), 36);
+    assert_int_equal(d->n_disks, 1);
+    assert_string_equal(d->disks[0].target, "vda");
+    assert_int_equal(d->disks[0].n_layers, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(d->disks[0].layers[i].path, chain3[i]);
+        assert_string_equal(d->disks[0].layers[i].format, "qcow2");
+        assert_int_equal(d->disks[0].layers[i].virtual_size, 64 * MiB);
+        assert_true(cfs_streq(d->disks[0].layers[i].meta_name, meta3[i]));
+    }
+    assert_int_equal(cfs_strv_len(d->snapshots), 2);
+    assert_true(cfs_strv_contains(d->snapshots, "s1"));
+    assert_true(cfs_strv_contains(d->snapshots, "s2"));
+
+    /* A copy: changing it changes nothing in the fake. */
+    free(d->disks[0].layers[0].path);
+    d->disks[0].layers[0].path = cfs_xstrdup("/elsewhere");
+    cfs_domain_free(d);
+    assert_chain(be, "vm1", "vda", chain3, 3);
+
+    /* put_domain adds or replaces, and fires domain_changed. */
+    const char *const one[] = { "/img/other.qcow2" };
+    cfs_fake_add_simple(be, "vm2", CFS_DOM_SHUTOFF, "sda", one, NULL, 1);
+    assert_int_equal(n_events(fx), 1);
+    assert_int_equal(fx->events[0].kind, R_DOMAIN);
+    assert_string_equal(fx->events[0].dom, "vm2");
+    assert_int_equal(fx->events[0].reread, 0); /* callback re-entered */
+    d = read_ok(be, "vm2");
+    assert_null(d->snapshots);
+    assert_int_equal(d->state, CFS_DOM_SHUTOFF);
+    d->state = CFS_DOM_RUNNING;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    d = read_ok(be, "vm2");
+    assert_int_equal(d->state, CFS_DOM_RUNNING);
+    cfs_domain_free(d);
+
+    assert_int_equal(be->ops->list_domains(be, &names), 0);
+    assert_int_equal(cfs_strv_len(names), 2);
+    assert_string_equal(names[0], "vm1");
+    assert_string_equal(names[1], "vm2");
+    cfs_strv_free(names);
+
+    clear_events(fx);
+    cfs_fake_remove_domain(be, "vm2");
+    assert_int_equal(n_events(fx), 1);
+    assert_string_equal(fx->events[0].dom, "vm2");
+    assert_int_equal(fx->events[0].reread, -ENOENT);
+    cfs_fake_remove_domain(be, "vm2"); /* absent: nothing */
+    assert_int_equal(n_events(fx), 1);
+
+    d = (struct cfs_domain *)1;
+    assert_int_equal(be->ops->read_domain(be, "vm2", &d), -ENOENT);
+    assert_null(d);
+    assert_non_null(strstr(cfs_backend_errmsg(), "vm2"));
+
+    cfs_fake_remove_domain(be, "vm1");
+    assert_int_equal(be->ops->list_domains(be, &names), 0);
+    assert_non_null(names);
+    assert_null(names[0]);
+    cfs_strv_free(names);
+}
+
+/* ---- snapshots ---------------------------------------------------------------- */
+
+static void test_snapshot_create(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    const char *const other[] = { "/img/vm9.top.qcow2", "/img/vm9.qcow2" };
+    struct cfs_domain *d;
+
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "s3",
+                                              "/img/vm1.vda.s3.qcow2"),
+                     0);
+    d = read_ok(be, "vm1");
+    assert_int_equal(d->disks[0].n_layers, 4);
+    assert_string_equal(d->disks[0].layers[0].path, "/img/vm1.vda.s3.qcow2");
+    assert_string_equal(d->disks[0].layers[0].format, "qcow2");
+    assert_string_equal(d->disks[0].layers[0].meta_name, "s3");
+    assert_int_equal(d->disks[0].layers[0].virtual_size, 64 * MiB);
+    assert_string_equal(d->disks[0].layers[1].path, chain3[0]);
+    assert_true(cfs_strv_contains(d->snapshots, "s3"));
+    cfs_domain_free(d);
+    /* libvirt fires no event for a snapshot. */
+    assert_int_equal(n_events(fx), 0);
+
+    /* Refusals, each leaving a message and changing nothing. */
+    assert_int_equal(be->ops->snapshot_create(be, "nope", "vda", "x", "/x"),
+                     -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "nope"));
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vdz", "x", "/x"),
+                     -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "vdz"));
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "s1", "/x"),
+                     -EEXIST);
+    assert_non_null(strstr(cfs_backend_errmsg(), "s1"));
+    /* The overlay path is used by any chain of any domain. */
+    cfs_fake_add_simple(be, "vm9", CFS_DOM_SHUTOFF, "vdb", other, NULL, 2);
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "new",
+                                              "/img/vm9.qcow2"),
+                     -EEXIST);
+    assert_non_null(strstr(cfs_backend_errmsg(), "/img/vm9.qcow2"));
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "new",
+                                              chain3[2]),
+                     -EEXIST);
+    /* Another disk's snapshot names count too (names are per domain). */
+    d = read_ok(be, "vm1");
+    assert_int_equal(d->disks[0].n_layers, 4);
+    d->disks = cfs_xrealloc(d->disks, 2 * sizeof(*d->disks));
+    d->disks[1] = (struct cfs_disk){
+        .target = cfs_xstrdup("vdb"),
+        .n_layers = 1,
+        .layers = cfs_xcalloc(1, sizeof(struct cfs_layer)),
+    };
+    d->disks[1].layers[0].path = cfs_xstrdup("/img/data.raw");
+    d->disks[1].layers[0].format = cfs_xstrdup("raw");
+    d->disks[1].layers[0].virtual_size = 8 * MiB;
+    d->n_disks = 2;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vdb", "s3",
+                                              "/img/data.s3.qcow2"),
+                     -EEXIST);
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vdb", "d1",
+                                              "/img/data.d1.qcow2"),
+                     0);
+    d = read_ok(be, "vm1");
+    assert_int_equal(d->disks[0].n_layers, 4); /* other disk untouched */
+    assert_int_equal(d->disks[1].n_layers, 2);
+    assert_int_equal(d->disks[1].layers[0].virtual_size, 8 * MiB);
+    assert_string_equal(d->disks[1].layers[1].format, "raw");
+    cfs_domain_free(d);
+
+    /* A shut-off domain takes snapshots too. */
+    assert_int_equal(be->ops->snapshot_create(be, "vm9", "vdb", "off1",
+                                              "/img/vm9.off1.qcow2"),
+                     0);
+    const char *const after[] = { "/img/vm9.off1.qcow2", other[0], other[1] };
+    assert_chain(be, "vm9", "vdb", after, 3);
+
+    /* A read-only disk cannot be snapshotted. */
+    d = read_ok(be, "vm9");
+    d->disks[0].readonly = true;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->snapshot_create(be, "vm9", "vdb", "ro",
+                                              "/img/ro.qcow2"),
+                     -EROFS);
+
+    /* A disk with a block job is busy. */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda",
+                                           "/img/vm1.vda.s3.qcow2", chain3[0],
+                                           true),
+                     0);
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "busy",
+                                              "/img/busy.qcow2"),
+                     -EBUSY);
+    assert_non_null(strstr(cfs_backend_errmsg(), "vda"));
+    d = read_ok(be, "vm1");
+    assert_false(cfs_strv_contains(d->snapshots, "busy"));
+    cfs_domain_free(d);
+}
+
+static void test_snapshot_forget(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_domain *d;
+
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "s1"), 0);
+    d = read_ok(be, "vm1");
+    assert_int_equal(cfs_strv_len(d->snapshots), 1);
+    assert_string_equal(d->snapshots[0], "s2");
+    assert_null(d->disks[0].layers[1].meta_name);
+    assert_string_equal(d->disks[0].layers[0].meta_name, "s2");
+    assert_int_equal(d->disks[0].n_layers, 3); /* no data touched */
+    cfs_domain_free(d);
+
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "s1"), -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "s1"));
+    assert_int_equal(be->ops->snapshot_forget(be, "nope", "s2"), -ENOENT);
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "s2"), 0);
+    d = read_ok(be, "vm1");
+    assert_int_equal(cfs_strv_len(d->snapshots), 0);
+    cfs_domain_free(d);
+    assert_int_equal(n_events(fx), 0);
+}
+
+/* ---- live commits --------------------------------------------------------------- */
+
+static void test_commit_refusals(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+
+    assert_int_equal(be->ops->commit_start(be, "nope", "vda", chain3[0],
+                                           chain3[1], true),
+                     -ENOENT);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vdz", chain3[0],
+                                           chain3[1], true),
+                     -ENOENT);
+    /* Not adjacent, unknown layers, base above top. */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[2], true),
+                     -EINVAL);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/nope",
+                                           chain3[1], true),
+                     -EINVAL);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
+                                           chain3[0], false),
+                     -EINVAL);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[2], NULL,
+                                           false),
+                     -EINVAL);
+    /* ACTIVE must match whether top is layer 0. */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[1], false),
+                     -EINVAL);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
+                                           chain3[2], true),
+                     -EINVAL);
+    assert_non_null(strstr(cfs_backend_errmsg(), "not active"));
+
+    /* One job per disk. */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
+                                           chain3[2], false),
+                     0);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[1], true),
+                     -EBUSY);
+
+    /* A live commit needs a running domain. */
+    cfs_fake_add_simple(be, "off", CFS_DOM_SHUTOFF, "vda", chain3, NULL, 3);
+    assert_int_equal(be->ops->commit_start(be, "off", "vda", chain3[0],
+                                           chain3[1], true),
+                     -EINVAL);
+    assert_non_null(strstr(cfs_backend_errmsg(), "domain is not running"));
+    /* Paused is still active in libvirt's sense. */
+    cfs_fake_add_simple(be, "paused", CFS_DOM_PAUSED, "vda", chain3, NULL, 3);
+    assert_int_equal(be->ops->commit_start(be, "paused", "vda", chain3[0],
+                                           chain3[1], true),
+                     0);
+
+    /* No job: pivot and abort are refused. */
+    assert_int_equal(be->ops->job_pivot(be, "off", "vda"), -EINVAL);
+    assert_int_equal(be->ops->job_abort(be, "off", "vda"), -EINVAL);
+    assert_int_equal(be->ops->job_pivot(be, "nope", "vda"), -ENOENT);
+    assert_int_equal(be->ops->job_abort(be, "vm1", "vdz"), -ENOENT);
+    /* An intermediate commit has no pivot. */
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EINVAL);
+
+    struct cfs_job_progress p;
+    assert_int_equal(be->ops->job_get(be, "nope", "vda", &p), -ENOENT);
+    assert_false(p.present);
+    assert_int_equal(be->ops->job_get(be, "vm1", "vdz", &p), -ENOENT);
+    p = job_of(be, "off", "vda");
+    assert_false(p.present);
+    assert_int_equal(n_events(fx), 2); /* the two add_simple calls */
+}
+
+static void test_active_commit_pivot(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_job_progress p;
+
+    p = job_of(be, "vm1", "vda");
+    assert_false(p.present);
+
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[1], true),
+                     0);
+    assert_int_equal(n_events(fx), 0);
+    p = job_of(be, "vm1", "vda");
+    assert_true(p.present);
+    assert_int_equal(p.type, CFS_JOB_ACTIVE_COMMIT);
+    assert_int_equal(p.cur, 0);
+    assert_int_equal(p.end, 64 * MiB);
+    assert_false(p.ready);
+
+    cfs_fake_job_progress(be, "vm1", "vda", 10 * MiB, 64 * MiB);
+    p = job_of(be, "vm1", "vda");
+    assert_int_equal(p.cur, 10 * MiB);
+    assert_false(p.ready);
+    assert_int_equal(n_events(fx), 0);
+
+    /* Not ready: pivot refused with EAGAIN, nothing changes. */
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EAGAIN);
+    assert_non_null(strstr(cfs_backend_errmsg(), "not ready"));
+    assert_chain(be, "vm1", "vda", chain3, 3);
+
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(n_events(fx), 1);
+    assert_block_event(fx, 0, "vm1", "vda", CFS_JOB_ACTIVE_COMMIT,
+                       CFS_JOB_EVENT_READY);
+    /* The callback could read the job (no lock held) and saw it ready. */
+    assert_int_equal(fx->events[0].reread, 0);
+    assert_true(fx->events[0].progress.present);
+    assert_true(fx->events[0].progress.ready);
+    p = job_of(be, "vm1", "vda");
+    assert_true(p.ready);
+    assert_int_equal(p.cur, p.end);
+
+    /* libvirt may still say "not ready" after READY. */
+    cfs_fake_pivot_not_ready(be, 2);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EAGAIN);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EAGAIN);
+    assert_chain(be, "vm1", "vda", chain3, 3);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), 0);
+
+    assert_int_equal(n_events(fx), 2);
+    assert_block_event(fx, 1, "vm1", "vda", CFS_JOB_ACTIVE_COMMIT,
+                       CFS_JOB_EVENT_COMPLETED);
+    assert_false(fx->events[1].progress.present); /* job gone before event */
+    assert_chain(be, "vm1", "vda", chain3 + 1, 2);
+    p = job_of(be, "vm1", "vda");
+    assert_false(p.present);
+    /* The metadata stays until snapshot_forget, as in libvirt. */
+    struct cfs_domain *d = read_ok(be, "vm1");
+    assert_true(cfs_strv_contains(d->snapshots, "s2"));
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EINVAL);
+    assert_int_equal(cfs_fake_calls(be, "job_pivot"), 5);
+}
+
+static void test_pivot_not_ready_counts_only_ready_pivots(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+
+    cfs_fake_pivot_not_ready(be, 1);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[1], true),
+                     0);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EAGAIN);
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EAGAIN);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), 0);
+}
+
+static void test_intermediate_commit_complete(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_job_progress p;
+
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
+                                           chain3[2], false),
+                     0);
+    p = job_of(be, "vm1", "vda");
+    assert_true(p.present);
+    assert_int_equal(p.type, CFS_JOB_COMMIT);
+    assert_int_equal(p.end, 64 * MiB);
+
+    /* READY is for active commits only. */
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(n_events(fx), 0);
+    p = job_of(be, "vm1", "vda");
+    assert_false(p.ready);
+
+    cfs_fake_job_progress(be, "vm1", "vda", 32 * MiB, 64 * MiB);
+    p = job_of(be, "vm1", "vda");
+    assert_int_equal(p.cur, 32 * MiB);
+
+    cfs_fake_job_complete(be, "vm1", "vda");
+    assert_int_equal(n_events(fx), 1);
+    assert_block_event(fx, 0, "vm1", "vda", CFS_JOB_COMMIT,
+                       CFS_JOB_EVENT_COMPLETED);
+    const char *const after[] = { chain3[0], chain3[2] };
+    assert_chain(be, "vm1", "vda", after, 2);
+    p = job_of(be, "vm1", "vda");
+    assert_false(p.present);
+
+    /* Stepping a disk without a job does nothing. */
+    cfs_fake_job_complete(be, "vm1", "vda");
+    cfs_fake_job_fail(be, "vm1", "vda");
+    cfs_fake_job_ready(be, "vm1", "vda");
+    cfs_fake_job_progress(be, "vm1", "vda", 1, 2);
+    cfs_fake_job_vanish(be, "vm1", "vda", true);
+    assert_int_equal(n_events(fx), 1);
+    assert_chain(be, "vm1", "vda", after, 2);
+}
+
+static void test_abort_fail_vanish(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+
+    /* Abort: CANCELED, chain unchanged. */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[1], true),
+                     0);
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(be->ops->job_abort(be, "vm1", "vda"), 0);
+    assert_int_equal(n_events(fx), 2);
+    assert_block_event(fx, 1, "vm1", "vda", CFS_JOB_ACTIVE_COMMIT,
+                       CFS_JOB_EVENT_CANCELED);
+    assert_false(job_of(be, "vm1", "vda").present);
+    assert_chain(be, "vm1", "vda", chain3, 3);
+
+    /* Fail: FAILED, chain unchanged. */
+    clear_events(fx);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
+                                           chain3[2], false),
+                     0);
+    cfs_fake_job_fail(be, "vm1", "vda");
+    assert_int_equal(n_events(fx), 1);
+    assert_block_event(fx, 0, "vm1", "vda", CFS_JOB_COMMIT,
+                       CFS_JOB_EVENT_FAILED);
+    assert_false(job_of(be, "vm1", "vda").present);
+    assert_chain(be, "vm1", "vda", chain3, 3);
+
+    /* Vanish without completing: no event, chain unchanged. */
+    clear_events(fx);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
+                                           chain3[2], false),
+                     0);
+    cfs_fake_job_vanish(be, "vm1", "vda", false);
+    assert_int_equal(n_events(fx), 0);
+    assert_false(job_of(be, "vm1", "vda").present);
+    assert_chain(be, "vm1", "vda", chain3, 3);
+
+    /* Vanish after completing: no event, chain merged. */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[1], true),
+                     0);
+    cfs_fake_job_vanish(be, "vm1", "vda", true);
+    assert_int_equal(n_events(fx), 0);
+    assert_false(job_of(be, "vm1", "vda").present);
+    assert_chain(be, "vm1", "vda", chain3 + 1, 2);
+}
+
+static void test_domain_stop_drops_jobs(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_domain *d;
+
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
+                                           chain3[2], false),
+                     0);
+    /* virsh destroy: the domain is shut off; the job is gone. */
+    d = read_ok(be, "vm1");
+    d->state = CFS_DOM_SHUTOFF;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    assert_false(job_of(be, "vm1", "vda").present);
+    assert_chain(be, "vm1", "vda", chain3, 3);
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "s3",
+                                              "/img/s3.qcow2"),
+                     0);
+    /* Removing a domain drops its jobs as well. */
+    d = read_ok(be, "vm1");
+    d->state = CFS_DOM_RUNNING;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/img/s3.qcow2",
+                                           chain3[0], true),
+                     0);
+    cfs_fake_remove_domain(be, "vm1");
+    cfs_fake_add_simple(be, "vm1", CFS_DOM_RUNNING, "vda", chain3, meta3, 3);
+    assert_false(job_of(be, "vm1", "vda").present);
+}
+
+/* ---- offline commits --------------------------------------------------------------- */
+
+static void test_offline_commit(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+
+    /* Running: refused. */
+    assert_int_equal(be->ops->offline_commit(be, "vm1", "vda", chain3[1],
+                                             chain3[2], false),
+                     -EINVAL);
+    assert_chain(be, "vm1", "vda", chain3, 3);
+
+    cfs_fake_add_simple(be, "off", CFS_DOM_SHUTOFF, "vda", chain3, meta3, 3);
+    clear_events(fx);
+    assert_int_equal(be->ops->offline_commit(be, "nope", "vda", chain3[1],
+                                             chain3[2], false),
+                     -ENOENT);
+    assert_int_equal(be->ops->offline_commit(be, "off", "vdz", chain3[1],
+                                             chain3[2], false),
+                     -ENOENT);
+    assert_int_equal(be->ops->offline_commit(be, "off", "vda", chain3[0],
+                                             chain3[2], true),
+                     -EINVAL);
+    assert_int_equal(be->ops->offline_commit(be, "off", "vda", chain3[0],
+                                             chain3[1], false),
+                     -EINVAL);
+
+    /* Intermediate: done at once, no event. */
+    assert_int_equal(be->ops->offline_commit(be, "off", "vda", chain3[1],
+                                             chain3[2], false),
+                     0);
+    const char *const after[] = { chain3[0], chain3[2] };
+    assert_chain(be, "off", "vda", after, 2);
+    assert_int_equal(n_events(fx), 0);
+
+    /* Active: the domain's source becomes BASE, a definition change. */
+    assert_int_equal(be->ops->offline_commit(be, "off", "vda", chain3[0],
+                                             chain3[2], true),
+                     0);
+    assert_chain(be, "off", "vda", chain3 + 2, 1);
+    assert_int_equal(n_events(fx), 1);
+    assert_int_equal(fx->events[0].kind, R_DOMAIN);
+    assert_string_equal(fx->events[0].dom, "off");
+    assert_false(job_of(be, "off", "vda").present);
+}
+
+/* ---- error injection and counting ---------------------------------------------------- */
+
+static void test_fail_next(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_domain *d = NULL;
+    struct cfs_job_progress p;
+    char **names = NULL;
+
+    cfs_fake_fail_next(be, "read_domain", ENOTCONN, "End of file while reading data");
+    assert_int_equal(be->ops->read_domain(be, "vm1", &d), -ENOTCONN);
+    assert_null(d);
+    assert_string_equal(cfs_backend_errmsg(), "End of file while reading data");
+    d = read_ok(be, "vm1"); /* only once */
+    cfs_domain_free(d);
+
+    /* Queued failures are consumed in order, per op. */
+    cfs_fake_fail_next(be, "snapshot_create", ENOSPC, "No space left on device");
+    cfs_fake_fail_next(be, "job_get", EIO, "internal error");
+    cfs_fake_fail_next(be, "snapshot_create", EACCES, "Permission denied");
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "x", "/img/x"),
+                     -ENOSPC);
+    assert_string_equal(cfs_backend_errmsg(), "No space left on device");
+    assert_int_equal(be->ops->job_get(be, "vm1", "vda", &p), -EIO);
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "x", "/img/x"),
+                     -EACCES);
+    assert_string_equal(cfs_backend_errmsg(), "Permission denied");
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "x", "/img/x"),
+                     0);
+    d = read_ok(be, "vm1");
+    assert_int_equal(d->disks[0].n_layers, 4); /* failures changed nothing */
+    cfs_domain_free(d);
+
+    /* Every op can be made to fail. */
+    static const char *const ops[] = {
+        "list_domains", "read_domain", "snapshot_create", "snapshot_forget",
+        "commit_start", "job_get", "job_pivot", "job_abort", "offline_commit",
+    };
+    for (size_t i = 0; i < ELEMENTSOF(ops); i++)
+        cfs_fake_fail_next(be, ops[i], EPERM, ops[i]);
+    assert_int_equal(be->ops->list_domains(be, &names), -EPERM);
+    assert_null(names);
+    assert_string_equal(cfs_backend_errmsg(), "list_domains");
+    assert_int_equal(be->ops->read_domain(be, "vm1", &d), -EPERM);
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "y", "/y"),
+                     -EPERM);
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "x"), -EPERM);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/img/x",
+                                           chain3[0], true),
+                     -EPERM);
+    assert_int_equal(be->ops->job_get(be, "vm1", "vda", &p), -EPERM);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EPERM);
+    assert_int_equal(be->ops->job_abort(be, "vm1", "vda"), -EPERM);
+    assert_int_equal(be->ops->offline_commit(be, "vm1", "vda", "/img/x",
+                                             chain3[0], true),
+                     -EPERM);
+    assert_string_equal(cfs_backend_errmsg(), "offline_commit");
+    /* ... and the failures were one-shot. */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/img/x",
+                                           chain3[0], true),
+                     0);
+    assert_int_equal(be->ops->job_abort(be, "vm1", "vda"), 0);
+
+    /* A negative errno is taken as it is. */
+    cfs_fake_fail_next(be, "job_get", -ENOTCONN, "gone");
+    assert_int_equal(be->ops->job_get(be, "vm1", "vda", &p), -ENOTCONN);
+
+    size_t before = n_events(fx);
+    struct cfs_backend *be2 = cfs_fake_backend_new();
+    cfs_fake_fail_next(be2, "connect", ENOTCONN, "Failed to connect socket");
+    assert_int_equal(be2->ops->connect(be2, &recorder_events, fx), -ENOTCONN);
+    assert_string_equal(cfs_backend_errmsg(), "Failed to connect socket");
+    /* Not connected: no events. */
+    cfs_fake_add_simple(be2, "x", CFS_DOM_RUNNING, "vda", chain3, NULL, 3);
+    assert_int_equal(be2->ops->connect(be2, &recorder_events, fx), 0);
+    be2->ops->destroy(be2);
+    assert_int_equal(n_events(fx), before);
+}
+
+static void test_calls(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_job_progress p;
+    struct cfs_domain *d;
+    char **names;
+
+    assert_int_equal(cfs_fake_calls(be, "connect"), 1);
+    /* The domain_changed callback of setup re-read the domain once. */
+    unsigned reads = cfs_fake_calls(be, "read_domain");
+    assert_int_equal(cfs_fake_calls(be, "list_domains"), 0);
+
+    assert_int_equal(be->ops->list_domains(be, &names), 0);
+    cfs_strv_free(names);
+    d = read_ok(be, "vm1");
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->read_domain(be, "nope", &d), -ENOENT);
+    (void)be->ops->job_get(be, "vm1", "vda", &p);
+    (void)be->ops->job_pivot(be, "vm1", "vda");
+    (void)be->ops->job_abort(be, "vm1", "vda");
+    (void)be->ops->snapshot_forget(be, "vm1", "nope");
+    (void)be->ops->snapshot_create(be, "vm1", "vda", "s1", "/x");
+    (void)be->ops->commit_start(be, "vm1", "vda", "/x", "/y", true);
+    (void)be->ops->offline_commit(be, "vm1", "vda", "/x", "/y", true);
+
+    assert_int_equal(cfs_fake_calls(be, "list_domains"), 1);
+    assert_int_equal(cfs_fake_calls(be, "read_domain"), reads + 2);
+    assert_int_equal(cfs_fake_calls(be, "job_get"), 1);
+    assert_int_equal(cfs_fake_calls(be, "job_pivot"), 1);
+    assert_int_equal(cfs_fake_calls(be, "job_abort"), 1);
+    assert_int_equal(cfs_fake_calls(be, "snapshot_forget"), 1);
+    assert_int_equal(cfs_fake_calls(be, "snapshot_create"), 1);
+    assert_int_equal(cfs_fake_calls(be, "commit_start"), 1);
+    assert_int_equal(cfs_fake_calls(be, "offline_commit"), 1);
+    /* Stepping calls are the test's, not the engine's: not counted. */
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(cfs_fake_calls(be, "job_get"), 1);
+}
+
+/* ---- threads ------------------------------------------------------------------------ */
+
+#define N_THREADS 6
+#define N_ROUNDS 50
+
+struct worker {
+    struct fixture *fx;
+    int index;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct cfs_backend *be = w->fx->be;
+    char dom[32], path[64], base[64];
+
+    snprintf(dom, sizeof(dom), "t%d", w->index);
+    snprintf(base, sizeof(base), "/img/t%d.base.qcow2", w->index);
+    const char *const chain[] = { base };
+    cfs_fake_add_simple(be, dom, CFS_DOM_RUNNING, "vda", chain, NULL, 1);
+
+    for (int r = 0; r < N_ROUNDS; r++) {
+        struct cfs_domain *d = NULL;
+        struct cfs_job_progress p;
+        char name[16];
+
+        snprintf(name, sizeof(name), "s%d", r);
+        snprintf(path, sizeof(path), "/img/t%d.s%d.qcow2", w->index, r);
+        if (be->ops->snapshot_create(be, dom, "vda", name, path) != 0)
+            abort();
+        if (be->ops->read_domain(be, "vm1", &d) != 0)
+            abort();
+        cfs_domain_free(d);
+        if (r % 2) {
+            /* Merge the new overlay straight back. */
+            if (be->ops->read_domain(be, dom, &d) != 0)
+                abort();
+            char *below = cfs_xstrdup(d->disks[0].layers[1].path);
+            cfs_domain_free(d);
+            if (be->ops->commit_start(be, dom, "vda", path, below, true) != 0)
+                abort();
+            cfs_fake_job_ready(be, dom, "vda");
+            if (be->ops->job_get(be, dom, "vda", &p) != 0 || !p.ready)
+                abort();
+            if (be->ops->job_pivot(be, dom, "vda") != 0)
+                abort();
+            free(below);
+        }
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    struct fixture *fx = *state;
+    pthread_t t[N_THREADS];
+    struct worker w[N_THREADS];
+
+    for (int i = 0; i < N_THREADS; i++) {
+        w[i] = (struct worker){ .fx = fx, .index = i };
+        assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < N_THREADS; i++)
+        pthread_join(t[i], NULL);
+
+    for (int i = 0; i < N_THREADS; i++) {
+        char dom[32];
+        struct cfs_domain *d;
+
+        snprintf(dom, sizeof(dom), "t%d", i);
+        d = read_ok(fx->be, dom);
+        assert_int_equal(d->disks[0].n_layers, 1 + N_ROUNDS / 2);
+        assert_int_equal(cfs_strv_len(d->snapshots), N_ROUNDS);
+        cfs_domain_free(d);
+    }
+    /* Per thread: add_simple, then READY + COMPLETED per merged round. */
+    assert_int_equal(fx->total_events, N_THREADS * (1 + N_ROUNDS));
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_domains),
+        T(test_snapshot_create),
+        T(test_snapshot_forget),
+        T(test_commit_refusals),
+        T(test_active_commit_pivot),
+        T(test_pivot_not_ready_counts_only_ready_pivots),
+        T(test_intermediate_commit_complete),
+        T(test_abort_fail_vanish),
+        T(test_domain_stop_drops_jobs),
+        T(test_offline_commit),
+        T(test_fail_next),
+        T(test_calls),
+        T(test_threads),
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

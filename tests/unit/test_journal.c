@@ -1,0 +1,859 @@
+/* test_journal.c — the journal: put/replace/remove/list, durability across
+ * reopen, tolerant loading (truncation at every byte, garbage, bad
+ * records), unusable state directories, failed writes, and threads.
+ *
+ * Each test works in its own mkdtemp() directory, removed afterwards. */
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "chainfs/journal.h"
+#include "chainfs/util.h"
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static int rm_one(const char *path, const struct stat *st, int flag,
+                  struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int setup_dir(void **state)
+{
+    char *dir = cfs_xstrdup("/tmp/chainfs-test-journal.XXXXXX");
+
+    if (!mkdtemp(dir)) {
+        free(dir);
+        return -1;
+    }
+    *state = dir;
+    return 0;
+}
+
+static int teardown_dir(void **state)
+{
+    char *dir = *state;
+
+    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    free(dir);
+    return 0;
+}
+
+static char *path_in(const char *dir, const char *name)
+{
+    return cfs_xasprintf("%s/%s", dir, name);
+}
+
+static void write_file(const char *path, const char *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, len), (ssize_t)len);
+    close(fd);
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    struct cfs_buf b = {0};
+    char chunk[4096];
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    assert_true(fd >= 0);
+    while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+        cfs_buf_put(&b, chunk, (size_t)n);
+    close(fd);
+    *len = b.len;
+    return cfs_buf_steal(&b);
+}
+
+/* Fill E with a valid entry; I varies every field. Strings are owned. */
+static void make_entry(struct cfs_journal_entry *e, int i, enum cfs_job_type t)
+{
+    *e = (struct cfs_journal_entry){
+        .id = cfs_xasprintf("1700000000-42-%d", i),
+        .domain = cfs_xasprintf("dom%d", i),
+        .disk = cfs_xstrdup("vda"),
+        .snapshot = cfs_xasprintf("s%d", i),
+        .meta_name = i % 2 ? cfs_xasprintf("meta%d", i) : NULL,
+        .top = cfs_xasprintf("/var/lib/images/dom%d.vda.s%d.qcow2", i, i),
+        .base = cfs_xasprintf("/var/lib/images/base%d.qcow2", i),
+        .type = t,
+        .phase = cfs_xstrdup("running"),
+        .created = 1700000000 + i,
+        .updated = 1700000100 + i,
+        .error = i % 3 == 2 ? cfs_xstrdup("internal error: \"x\"\nline 2")
+                            : NULL,
+    };
+}
+
+static void assert_entry_equal(const struct cfs_journal_entry *a,
+                               const struct cfs_journal_entry *b)
+{
+    assert_string_equal(a->id, b->id);
+    assert_string_equal(a->domain, b->domain);
+    assert_string_equal(a->disk, b->disk);
+    assert_true(cfs_streq(a->snapshot, b->snapshot));
+    assert_true(cfs_streq(a->meta_name, b->meta_name));
+    assert_string_equal(a->top, b->top);
+    assert_string_equal(a->base, b->base);
+    assert_int_equal(a->type, b->type);
+    assert_string_equal(a->phase, b->phase);
+    assert_int_equal(a->created, b->created);
+    assert_int_equal(a->updated, b->updated);
+    assert_true(cfs_streq(a->error, b->error));
+}
+
+static struct cfs_journal *open_ok(const char *dir, char ***warnings)
+{
+    struct cfs_journal *j = NULL;
+
+    assert_int_equal(cfs_journal_open(dir, &j, warnings), 0);
+    assert_non_null(j);
+    return j;
+}
+
+static size_t count_entries(struct cfs_journal *j)
+{
+    struct cfs_journal_entry *v;
+    size_t n;
+
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    cfs_journal_entries_free(v, n);
+    return n;
+}
+
+/* ---- put / replace / remove / list --------------------------------------- */
+
+static void test_put_replace_remove(void **state)
+{
+    const char *dir = *state;
+    char **warnings = (char **)1;
+    struct cfs_journal *j = open_ok(dir, &warnings);
+    struct cfs_journal_entry e[3], *v;
+    size_t n;
+
+    assert_null(warnings);
+    assert_int_equal(count_entries(j), 0);
+
+    make_entry(&e[0], 0, CFS_JOB_ACTIVE_COMMIT);
+    make_entry(&e[1], 1, CFS_JOB_COMMIT);
+    make_entry(&e[2], 2, CFS_JOB_OFFLINE_COMMIT);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cfs_journal_put(j, &e[i]), 0);
+
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < n; i++)
+        assert_entry_equal(&v[i], &e[i]);
+    cfs_journal_entries_free(v, n);
+
+    /* Replace keeps the position. */
+    free(e[1].phase);
+    e[1].phase = cfs_xstrdup("failed");
+    free(e[1].error);
+    e[1].error = cfs_xstrdup("block commit failed");
+    e[1].updated = 1800000000;
+    assert_int_equal(cfs_journal_put(j, &e[1]), 0);
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 3);
+    assert_entry_equal(&v[1], &e[1]);
+    assert_string_equal(v[1].phase, "failed");
+    cfs_journal_entries_free(v, n);
+
+    assert_int_equal(cfs_journal_remove(j, e[0].id), 0);
+    assert_int_equal(cfs_journal_remove(j, e[0].id), -ENOENT);
+    assert_int_equal(cfs_journal_remove(j, "no-such-id"), -ENOENT);
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 2);
+    assert_entry_equal(&v[0], &e[1]);
+    assert_entry_equal(&v[1], &e[2]);
+    cfs_journal_entries_free(v, n);
+
+    /* A list is a snapshot: later changes don't touch it. */
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(cfs_journal_remove(j, e[1].id), 0);
+    assert_int_equal(cfs_journal_remove(j, e[2].id), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(v[0].id, e[1].id);
+    cfs_journal_entries_free(v, n);
+    assert_int_equal(count_entries(j), 0);
+
+    for (int i = 0; i < 3; i++)
+        cfs_journal_entry_clear(&e[i]);
+    cfs_journal_free(j);
+}
+
+static void test_put_invalid(void **state)
+{
+    const char *dir = *state;
+    struct cfs_journal *j = open_ok(dir, NULL);
+    struct cfs_journal_entry e;
+    char *saved;
+
+    make_entry(&e, 7, CFS_JOB_COMMIT);
+    assert_int_equal(cfs_journal_put(j, NULL), -EINVAL);
+
+    e.type = CFS_JOB_NONE;
+    assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+    e.type = CFS_JOB_TYPE_MAX;
+    assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+    e.type = CFS_JOB_SNAPSHOT;
+
+    /* Every required string, NULL and empty. */
+    char **fields[] = { &e.id, &e.domain, &e.disk, &e.top, &e.base, &e.phase };
+    for (size_t i = 0; i < ELEMENTSOF(fields); i++) {
+        saved = *fields[i];
+        *fields[i] = NULL;
+        assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+        *fields[i] = (char *)"";
+        assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+        *fields[i] = saved;
+    }
+    assert_int_equal(cfs_journal_remove(j, NULL), -EINVAL);
+    assert_int_equal(count_entries(j), 0);
+
+    /* Optional fields may all be NULL. */
+    free(e.snapshot);
+    free(e.meta_name);
+    free(e.error);
+    e.snapshot = e.meta_name = e.error = NULL;
+    assert_int_equal(cfs_journal_put(j, &e), 0);
+    assert_int_equal(count_entries(j), 1);
+
+    cfs_journal_entry_clear(&e);
+    cfs_journal_free(j);
+}
+
+static void test_new_id(void **state)
+{
+    const char *dir = *state;
+    struct cfs_journal *j = open_ok(dir, NULL);
+    char *ids[100];
+
+    for (size_t i = 0; i < ELEMENTSOF(ids); i++) {
+        long long secs;
+        long pid;
+        unsigned counter;
+        int consumed = 0;
+
+        ids[i] = cfs_journal_new_id(j);
+        assert_non_null(ids[i]);
+        assert_int_equal(sscanf(ids[i], "%lld-%ld-%u%n", &secs, &pid,
+                                &counter, &consumed),
+                         3);
+        assert_int_equal((size_t)consumed, strlen(ids[i]));
+        assert_int_equal(pid, (long)getpid());
+        assert_true(secs > 1600000000);
+        for (size_t k = 0; k < i; k++)
+            assert_string_not_equal(ids[k], ids[i]);
+    }
+    for (size_t i = 0; i < ELEMENTSOF(ids); i++)
+        free(ids[i]);
+    cfs_journal_free(j);
+}
+
+static void test_entry_copy_clear(void **state)
+{
+    struct cfs_journal_entry a, b;
+
+    (void)state;
+    make_entry(&a, 5, CFS_JOB_SNAPSHOT);
+    cfs_journal_entry_copy(&b, &a);
+    assert_entry_equal(&a, &b);
+    assert_ptr_not_equal(a.id, b.id);
+    cfs_journal_entry_clear(&a);
+    assert_null(a.id);
+    cfs_journal_entry_clear(&a); /* idempotent */
+    cfs_journal_entry_clear(NULL);
+    cfs_journal_entry_clear(&b);
+    cfs_journal_entries_free(NULL, 0);
+    assert_null(cfs_journal_free(NULL));
+}
+
+/* ---- durability ------------------------------------------------------------ */
+
+static void test_durable_reopen(void **state)
+{
+    const char *dir = *state;
+    struct cfs_journal *j = open_ok(dir, NULL);
+    struct cfs_journal_entry e[4], *v;
+    char **warnings = NULL;
+    size_t n, len;
+
+    make_entry(&e[0], 0, CFS_JOB_ACTIVE_COMMIT);
+    make_entry(&e[1], 1, CFS_JOB_COMMIT);
+    make_entry(&e[2], 2, CFS_JOB_OFFLINE_COMMIT);
+    make_entry(&e[3], 3, CFS_JOB_SNAPSHOT);
+    /* Awkward bytes survive: quotes, backslash, control, UTF-8, non-UTF-8. */
+    free(e[3].top);
+    e[3].top = cfs_xstrdup("/img/we\"ird\\ na\tme/\xc3\xa9t\xe9\x01.qcow2");
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(cfs_journal_put(j, &e[i]), 0);
+    assert_int_equal(cfs_journal_remove(j, e[1].id), 0);
+    cfs_journal_free(j);
+
+    /* The file: one line per entry, each carrying version and type name. */
+    _cleanup_free_ char *file = path_in(dir, "journal");
+    _cleanup_free_ char *tmp = path_in(dir, "journal.tmp");
+    _cleanup_free_ char *data = read_file(file, &len);
+    size_t lines = 0;
+    for (size_t i = 0; i < len; i++)
+        lines += data[i] == '\n';
+    assert_int_equal(lines, 3);
+    assert_int_equal(data[len - 1], '\n');
+    assert_non_null(strstr(data, "\"version\":1"));
+    assert_non_null(strstr(data, "\"type\":\"active-commit\""));
+    assert_non_null(strstr(data, "\"type\":\"offline-commit\""));
+    assert_non_null(strstr(data, "\"type\":\"snapshot\""));
+    assert_null(strstr(data, "\"type\":\"commit\""));
+    assert_int_equal(access(tmp, F_OK), -1);
+
+    j = open_ok(dir, &warnings);
+    assert_null(warnings);
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 3);
+    assert_entry_equal(&v[0], &e[0]);
+    assert_entry_equal(&v[1], &e[2]);
+    assert_entry_equal(&v[2], &e[3]);
+    cfs_journal_entries_free(v, n);
+
+    /* New ids never collide with loaded ones, and removal is durable. */
+    char *id = cfs_journal_new_id(j);
+    for (int i = 0; i < 4; i++)
+        assert_string_not_equal(id, e[i].id);
+    free(id);
+    assert_int_equal(cfs_journal_remove(j, e[0].id), 0);
+    cfs_journal_free(j);
+    j = open_ok(dir, NULL);
+    assert_int_equal(count_entries(j), 2);
+    cfs_journal_free(j);
+
+    for (int i = 0; i < 4; i++)
+        cfs_journal_entry_clear(&e[i]);
+}
+
+static void test_creates_state_dir(void **state)
+{
+    const char *dir = *state;
+    _cleanup_free_ char *sub = path_in(dir, "state");
+    struct cfs_journal *j;
+    struct stat st;
+
+    assert_int_equal(stat(sub, &st), -1);
+    j = open_ok(sub, NULL);
+    assert_int_equal(stat(sub, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 0700);
+    cfs_journal_free(j);
+
+    /* An existing directory is used as it is. */
+    j = open_ok(sub, NULL);
+    cfs_journal_free(j);
+
+    /* The probe file is gone. */
+    DIR *d = opendir(sub);
+    struct dirent *de;
+    assert_non_null(d);
+    while ((de = readdir(d)))
+        assert_true(strcmp(de->d_name, ".") == 0 ||
+                    strcmp(de->d_name, "..") == 0);
+    closedir(d);
+}
+
+/* ---- unusable state directories, failed writes ----------------------------- */
+
+static void test_unusable_state_dir(void **state)
+{
+    const char *dir = *state;
+    _cleanup_free_ char *file = path_in(dir, "file");
+    _cleanup_free_ char *under = path_in(dir, "file/state");
+    _cleanup_free_ char *deep = path_in(dir, "missing/state");
+    _cleanup_free_ char *jdir = path_in(dir, "jdir");
+    _cleanup_free_ char *jdir_journal = path_in(dir, "jdir/journal");
+    struct cfs_journal *j = (struct cfs_journal *)1;
+    char **warnings = (char **)1;
+
+    write_file(file, "x", 1);
+    assert_int_equal(cfs_journal_open(under, &j, &warnings), -ENOTDIR);
+    assert_null(j);
+    assert_null(warnings);
+    assert_int_equal(cfs_journal_open(file, &j, NULL), -ENOTDIR);
+    assert_null(j);
+    /* Parents are not created. */
+    assert_int_equal(cfs_journal_open(deep, &j, NULL), -ENOENT);
+    assert_int_equal(cfs_journal_open("", &j, NULL), -EINVAL);
+    assert_int_equal(cfs_journal_open(NULL, &j, NULL), -EINVAL);
+
+    /* A journal that cannot be read is an error, not an empty journal. */
+    assert_int_equal(mkdir(jdir, 0700), 0);
+    assert_int_equal(mkdir(jdir_journal, 0700), 0);
+    assert_int_equal(cfs_journal_open(jdir, &j, NULL), -EISDIR);
+    assert_null(j);
+}
+
+static void test_failed_write_changes_nothing(void **state)
+{
+    const char *dir = *state;
+    _cleanup_free_ char *tmp = path_in(dir, "journal.tmp");
+    _cleanup_free_ char *file = path_in(dir, "journal");
+    struct cfs_journal *j = open_ok(dir, NULL);
+    struct cfs_journal_entry e[2], *v;
+    size_t n, len_before, len_after;
+
+    make_entry(&e[0], 0, CFS_JOB_COMMIT);
+    make_entry(&e[1], 1, CFS_JOB_COMMIT);
+    assert_int_equal(cfs_journal_put(j, &e[0]), 0);
+    _cleanup_free_ char *before = read_file(file, &len_before);
+
+    /* journal.tmp cannot be created: every change fails cleanly. */
+    assert_int_equal(mkdir(tmp, 0700), 0);
+    assert_int_equal(cfs_journal_put(j, &e[1]), -EISDIR);
+    free(e[0].phase);
+    e[0].phase = cfs_xstrdup("cleanup");
+    assert_int_equal(cfs_journal_put(j, &e[0]), -EISDIR);
+    assert_int_equal(cfs_journal_remove(j, e[0].id), -EISDIR);
+
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(v[0].phase, "running");
+    cfs_journal_entries_free(v, n);
+    _cleanup_free_ char *after = read_file(file, &len_after);
+    assert_int_equal(len_before, len_after);
+    assert_memory_equal(before, after, len_after);
+
+    /* Once it can be written again, it works. */
+    assert_int_equal(rmdir(tmp), 0);
+    assert_int_equal(cfs_journal_put(j, &e[0]), 0);
+    assert_int_equal(cfs_journal_put(j, &e[1]), 0);
+    cfs_journal_free(j);
+    j = open_ok(dir, NULL);
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 2);
+    assert_entry_equal(&v[0], &e[0]);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+
+    cfs_journal_entry_clear(&e[0]);
+    cfs_journal_entry_clear(&e[1]);
+}
+
+/* ---- tolerant loading ------------------------------------------------------ */
+
+/* Write DATA as the journal, open, and return the entries and warnings. */
+static struct cfs_journal *load_raw(const char *dir, const char *data,
+                                    size_t len, char ***warnings)
+{
+    _cleanup_free_ char *file = path_in(dir, "journal");
+
+    write_file(file, data, len);
+    return open_ok(dir, warnings);
+}
+
+static void test_truncation_every_offset(void **state)
+{
+    const char *dir = *state;
+    _cleanup_free_ char *file = path_in(dir, "journal");
+    struct cfs_journal_entry e[3];
+    struct cfs_journal *j = open_ok(dir, NULL);
+    size_t len, line_end[3], k = 0;
+
+    make_entry(&e[0], 0, CFS_JOB_ACTIVE_COMMIT);
+    make_entry(&e[1], 1, CFS_JOB_COMMIT);
+    make_entry(&e[2], 2, CFS_JOB_OFFLINE_COMMIT);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cfs_journal_put(j, &e[i]), 0);
+    cfs_journal_free(j);
+
+    _cleanup_free_ char *data = read_file(file, &len);
+    for (size_t i = 0; i < len; i++)
+        if (data[i] == '\n')
+            line_end[k++] = i; /* index of the newline */
+    assert_int_equal(k, 3);
+
+    for (size_t cut = 0; cut <= len; cut++) {
+        char **warnings = NULL;
+        struct cfs_journal_entry *v;
+        size_t n, complete = 0, line_start = 0;
+
+        /* A line is whole once its closing brace is in: cut > end - 1. */
+        for (size_t i = 0; i < 3; i++) {
+            if (cut >= line_end[i]) {
+                complete++;
+                line_start = line_end[i] + 1;
+            }
+        }
+        bool partial = cut > line_start && complete < 3;
+
+        j = load_raw(dir, data, cut, &warnings);
+        assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+        assert_int_equal(n, complete);
+        for (size_t i = 0; i < n; i++)
+            assert_entry_equal(&v[i], &e[i]);
+        cfs_journal_entries_free(v, n);
+        if (partial) {
+            assert_non_null(warnings);
+            assert_int_equal(cfs_strv_len(warnings), 1);
+            _cleanup_free_ char *prefix =
+                cfs_xasprintf("journal line %zu: ", complete + 1);
+            assert_memory_equal(warnings[0], prefix, strlen(prefix));
+            assert_non_null(strstr(warnings[0], "incomplete record, skipped"));
+        } else {
+            assert_null(warnings);
+        }
+        cfs_strv_free(warnings);
+
+        /* A journal loaded from a damaged file is fully usable. */
+        if (cut % 97 == 0) {
+            struct cfs_journal_entry extra;
+
+            make_entry(&extra, 9, CFS_JOB_SNAPSHOT);
+            assert_int_equal(cfs_journal_put(j, &extra), 0);
+            assert_int_equal(count_entries(j), complete + 1);
+            cfs_journal_entry_clear(&extra);
+        }
+        cfs_journal_free(j);
+    }
+
+    for (int i = 0; i < 3; i++)
+        cfs_journal_entry_clear(&e[i]);
+}
+
+static void test_random_garbage(void **state)
+{
+    const char *dir = *state;
+    unsigned seed = 12345;
+    static const char alphabet[] = "{}[]\":,0123456789.-+eEtrufalsn \\/ux\n\t";
+
+    for (int round = 0; round < 400; round++) {
+        size_t len = (size_t)(rand_r(&seed) % 600);
+        char *data = cfs_xmalloc(len + 1);
+        char **warnings = NULL;
+        struct cfs_journal *j;
+
+        for (size_t i = 0; i < len; i++) {
+            /* Half the rounds JSON-ish characters, half any byte. */
+            if (round % 2)
+                data[i] = alphabet[rand_r(&seed) % (sizeof(alphabet) - 1)];
+            else
+                data[i] = (char)(rand_r(&seed) & 0xff);
+        }
+        j = load_raw(dir, data, len, &warnings);
+        /* Whatever loaded is well-formed. */
+        struct cfs_journal_entry *v;
+        size_t n;
+        assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+        for (size_t i = 0; i < n; i++) {
+            assert_non_null(v[i].id);
+            assert_non_null(v[i].top);
+        }
+        cfs_journal_entries_free(v, n);
+        for (char **w = warnings; w && *w; w++)
+            assert_memory_equal(*w, "journal line ", 13);
+        cfs_strv_free(warnings);
+        cfs_journal_free(j);
+        free(data);
+    }
+}
+
+static const char good_line[] =
+    "{\"version\":1,\"id\":\"1-2-3\",\"domain\":\"d\",\"disk\":\"vda\","
+    "\"top\":\"/t.qcow2\",\"base\":\"/b.qcow2\",\"type\":\"commit\","
+    "\"phase\":\"running\",\"created\":5,\"updated\":6}";
+
+static void test_bad_records(void **state)
+{
+    const char *dir = *state;
+    static const struct {
+        const char *line;
+        const char *why; /* substring of the warning */
+    } bad[] = {
+        { "[1,2,3]", "not a JSON object" },
+        { "42", "not a JSON object" },
+        { "\"just a string\"", "not a JSON object" },
+        { "null", "not a JSON object" },
+        { "{\"id\":", "incomplete record" },
+        { "{not json at all", "" },
+        { "\x01\x02\x03\xff", "" },
+        { "{\"version\":1,\"domain\":\"d\",\"disk\":\"vda\",\"top\":\"/t\","
+          "\"base\":\"/b\",\"type\":\"commit\",\"phase\":\"running\"}",
+          "\"id\"" },
+        { "{\"version\":1,\"id\":\"x1\",\"disk\":\"vda\",\"top\":\"/t\","
+          "\"base\":\"/b\",\"type\":\"commit\",\"phase\":\"running\"}",
+          "\"domain\"" },
+        { "{\"version\":1,\"id\":\"x2\",\"domain\":\"d\",\"top\":\"/t\","
+          "\"base\":\"/b\",\"type\":\"commit\",\"phase\":\"running\"}",
+          "\"disk\"" },
+        { "{\"version\":1,\"id\":\"x3\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"base\":\"/b\",\"type\":\"commit\",\"phase\":\"running\"}",
+          "\"top\"" },
+        { "{\"version\":1,\"id\":\"x4\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"type\":\"commit\",\"phase\":\"running\"}",
+          "\"base\"" },
+        { "{\"version\":1,\"id\":\"x5\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"phase\":\"running\"}",
+          "\"type\"" },
+        { "{\"version\":1,\"id\":\"x6\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\"}",
+          "\"phase\"" },
+        { "{\"version\":1,\"id\":7,\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\"}",
+          "\"id\"" },
+        { "{\"version\":1,\"id\":\"\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\"}",
+          "\"id\"" },
+        { "{\"version\":1,\"id\":\"x8\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"stream\","
+          "\"phase\":\"running\"}",
+          "unknown type \"stream\"" },
+        { "{\"version\":1,\"id\":\"x9\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"none\","
+          "\"phase\":\"running\"}",
+          "unknown type" },
+        { "{\"version\":2,\"id\":\"x10\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\"}",
+          "version" },
+        { "{\"version\":\"1\",\"id\":\"x11\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\"}",
+          "version" },
+        { "{\"version\":1,\"id\":\"x12\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\"} trailing",
+          "trailing" },
+        { "{\"version\":1,\"id\":\"x13\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\"}{}",
+          "trailing" },
+        { "{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":{\"f\":{\"g\":{\"h\":{\"i\":{"
+          "\"j\":{\"k\":{\"l\":{\"m\":{\"n\":{\"o\":{\"p\":{\"q\":{\"r\":{"
+          "\"s\":{\"t\":{\"u\":{\"v\":{\"w\":{\"x\":{\"y\":{\"z\":{\"A\":{"
+          "\"B\":{\"C\":{\"D\":{\"E\":{\"F\":{\"G\":{}}}}}}}}}}}}}}}}}}}}}}}"
+          "}}}}}}}}}}",
+          "" },
+        { good_line, "duplicate id" },
+    };
+    struct cfs_buf b = {0};
+    char **warnings = NULL;
+    struct cfs_journal_entry *v;
+    size_t n, lineno = 1;
+
+    /* good, blank, bad..., blank with spaces, NUL line, good (CRLF) */
+    cfs_buf_printf(&b, "%s\n\n", good_line);
+    lineno = 3;
+    for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+        cfs_buf_printf(&b, "%s\n", bad[i].line);
+    cfs_buf_printf(&b, "   \t \n");
+    cfs_buf_put(&b, "{\"id\":\"a\0b\"}\n", 13);
+    cfs_buf_printf(&b, "%s\r\n",
+                   "{\"version\":1,\"id\":\"last\",\"domain\":\"d\","
+                   "\"disk\":\"vdb\",\"top\":\"/t2\",\"base\":\"/b2\","
+                   "\"type\":\"active-commit\",\"phase\":\"pivoting\","
+                   "\"snapshot\":\"s\",\"meta_name\":null,\"error\":5,"
+                   "\"created\":\"x\",\"extra\":[1,2]}");
+
+    struct cfs_journal *j = load_raw(dir, b.data, b.len, &warnings);
+    cfs_buf_free(&b);
+
+    assert_non_null(warnings);
+    assert_int_equal(cfs_strv_len(warnings), ELEMENTSOF(bad) + 1);
+    for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+        _cleanup_free_ char *prefix =
+            cfs_xasprintf("journal line %zu: ", lineno + i);
+        assert_memory_equal(warnings[i], prefix, strlen(prefix));
+        if (!strstr(warnings[i], bad[i].why))
+            print_message("bad[%zu]: %s\n", i, warnings[i]);
+        assert_non_null(strstr(warnings[i], bad[i].why));
+        assert_non_null(strstr(warnings[i], ", skipped"));
+        for (const char *p = warnings[i]; *p; p++)
+            assert_true(*p >= 0x20 && *p < 0x7f);
+    }
+    _cleanup_free_ char *nul_prefix =
+        cfs_xasprintf("journal line %zu: ", lineno + ELEMENTSOF(bad) + 1);
+    assert_memory_equal(warnings[ELEMENTSOF(bad)], nul_prefix,
+                        strlen(nul_prefix));
+    cfs_strv_free(warnings);
+
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(v[0].id, "1-2-3");
+    assert_int_equal(v[0].type, CFS_JOB_COMMIT);
+    assert_int_equal(v[0].created, 5);
+    assert_int_equal(v[0].updated, 6);
+    assert_null(v[0].snapshot);
+    /* Optional fields of the wrong type are ignored, not fatal. */
+    assert_string_equal(v[1].id, "last");
+    assert_int_equal(v[1].type, CFS_JOB_ACTIVE_COMMIT);
+    assert_string_equal(v[1].phase, "pivoting");
+    assert_string_equal(v[1].snapshot, "s");
+    assert_null(v[1].meta_name);
+    assert_null(v[1].error);
+    assert_int_equal(v[1].created, 0);
+    cfs_journal_entries_free(v, n);
+
+    /* The next write drops the damage for good. */
+    struct cfs_journal_entry e;
+    make_entry(&e, 1, CFS_JOB_COMMIT);
+    assert_int_equal(cfs_journal_put(j, &e), 0);
+    cfs_journal_entry_clear(&e);
+    cfs_journal_free(j);
+    warnings = NULL;
+    j = open_ok(dir, &warnings);
+    assert_null(warnings);
+    assert_int_equal(count_entries(j), 3);
+    cfs_journal_free(j);
+}
+
+static void test_missing_version_accepted(void **state)
+{
+    const char *dir = *state;
+    const char line[] =
+        "{\"id\":\"old\",\"domain\":\"d\",\"disk\":\"vda\",\"top\":\"/t\","
+        "\"base\":\"/b\",\"type\":\"snapshot\",\"phase\":\"starting\"}";
+    char **warnings = NULL;
+    struct cfs_journal *j = load_raw(dir, line, sizeof(line) - 1, &warnings);
+
+    assert_null(warnings);
+    assert_int_equal(count_entries(j), 1);
+    cfs_journal_free(j);
+}
+
+static void test_long_line(void **state)
+{
+    const char *dir = *state;
+    size_t big = 2 * 1024 * 1024;
+    struct cfs_buf b = {0};
+    char **warnings = NULL;
+
+    cfs_buf_printf(&b, "{\"id\":\"");
+    for (size_t i = 0; i < big; i++)
+        cfs_buf_put(&b, "a", 1);
+    cfs_buf_printf(&b, "\"}\n%s\n", good_line);
+    struct cfs_journal *j = load_raw(dir, b.data, b.len, &warnings);
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_strv_len(warnings), 1);
+    assert_string_equal(warnings[0], "journal line 1: record too long, skipped");
+    assert_int_equal(count_entries(j), 1);
+    cfs_strv_free(warnings);
+    cfs_journal_free(j);
+}
+
+/* ---- threads ---------------------------------------------------------------- */
+
+#define N_THREADS 8
+#define N_ROUNDS 40
+
+struct worker {
+    struct cfs_journal *j;
+    int index;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+
+    for (int r = 0; r < N_ROUNDS; r++) {
+        struct cfs_journal_entry e, *v;
+        size_t n;
+
+        make_entry(&e, w->index * 1000 + r, CFS_JOB_COMMIT);
+        free(e.id);
+        e.id = cfs_journal_new_id(w->j);
+        if (cfs_journal_put(w->j, &e) != 0)
+            abort();
+        free(e.phase);
+        e.phase = cfs_xstrdup("cleanup");
+        if (cfs_journal_put(w->j, &e) != 0)
+            abort();
+        if (cfs_journal_list(w->j, &v, &n) != 0)
+            abort();
+        cfs_journal_entries_free(v, n);
+        /* Keep every other entry. */
+        if (r % 2 && cfs_journal_remove(w->j, e.id) != 0)
+            abort();
+        cfs_journal_entry_clear(&e);
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    const char *dir = *state;
+    struct cfs_journal *j = open_ok(dir, NULL);
+    pthread_t t[N_THREADS];
+    struct worker w[N_THREADS];
+    struct cfs_journal_entry *v;
+    size_t n;
+
+    for (int i = 0; i < N_THREADS; i++) {
+        w[i] = (struct worker){ .j = j, .index = i };
+        assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < N_THREADS; i++)
+        pthread_join(t[i], NULL);
+
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, N_THREADS * N_ROUNDS / 2);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(v[i].phase, "cleanup");
+        for (size_t k = 0; k < i; k++)
+            assert_string_not_equal(v[i].id, v[k].id);
+    }
+    cfs_journal_free(j);
+
+    char **warnings = NULL;
+    struct cfs_journal_entry *v2;
+    size_t n2;
+    j = open_ok(dir, &warnings);
+    assert_null(warnings);
+    assert_int_equal(cfs_journal_list(j, &v2, &n2), 0);
+    assert_int_equal(n2, n);
+    for (size_t i = 0; i < n; i++)
+        assert_entry_equal(&v[i], &v2[i]);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_entries_free(v2, n2);
+    cfs_journal_free(j);
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup_dir, teardown_dir)
+    const struct CMUnitTest tests[] = {
+        T(test_put_replace_remove),
+        T(test_put_invalid),
+        T(test_new_id),
+        T(test_entry_copy_clear),
+        T(test_durable_reopen),
+        T(test_creates_state_dir),
+        T(test_unusable_state_dir),
+        T(test_failed_write_changes_nothing),
+        T(test_truncation_every_offset),
+        T(test_random_garbage),
+        T(test_bad_records),
+        T(test_missing_version_accepted),
+        T(test_long_line),
+        T(test_threads),
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
