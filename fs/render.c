@@ -1,0 +1,436 @@
+/* render.c — the bytes of every file in the tree (docs/FILES.md is the
+ * contract; change both together).
+ *
+ * Text files are "key: value" blocks with the values aligned, or a table
+ * with a header row and columns aligned by their widest cell. Control
+ * characters in names, paths and messages are escaped (\n, \t, \xHH) so
+ * one record is always one line. JSON files are built with json-c, pretty
+ * printed, sizes in bytes, times in RFC 3339, absent values null.
+ * Every output is a pure function of the inputs and ends with "\n".
+ *
+ * Pure; the caller holds whatever lock protects its inputs. */
+#include <json-c/json.h>
+
+#include "chainfs/render.h"
+
+#define BAR_WIDTH 20
+#define KV_MAX 16
+
+/* ---- text helpers ---------------------------------------------------------- */
+
+/* S with control characters escaped; "-" for NULL or "". Caller frees. */
+static char *text_value(const char *s)
+{
+    struct cfs_buf b = { 0 };
+
+    if (!s || !*s)
+        return cfs_xstrdup("-");
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '\n')
+            cfs_buf_put(&b, "\\n", 2);
+        else if (*p == '\t')
+            cfs_buf_put(&b, "\\t", 2);
+        else if (*p < 0x20 || *p == 0x7f)
+            cfs_buf_printf(&b, "\\x%02x", *p);
+        else
+            cfs_buf_put(&b, (const char *)p, 1);
+    }
+    return cfs_buf_steal(&b);
+}
+
+/* Display width: UTF-8 code points (continuation bytes do not count). */
+static size_t text_width(const char *s)
+{
+    size_t w = 0;
+
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            w++;
+    return w;
+}
+
+static void put_spaces(struct cfs_buf *b, size_t n)
+{
+    static const char spaces[] = "                                ";
+
+    while (n > 0) {
+        size_t k = n < sizeof(spaces) - 1 ? n : sizeof(spaces) - 1;
+        cfs_buf_put(b, spaces, k);
+        n -= k;
+    }
+}
+
+static char *size_value(uint64_t bytes)
+{
+    char s[32];
+
+    cfs_format_size(bytes, s, sizeof(s));
+    return cfs_xstrdup(s);
+}
+
+static char *time_value(int64_t t)
+{
+    char s[64];
+
+    cfs_format_time(t, s, sizeof(s));
+    return cfs_xstrdup(s[0] ? s : "-");
+}
+
+/* A block of "key: value" lines, values aligned one space after the
+ * longest "key:". */
+struct kv_block {
+    size_t n;
+    const char *key[KV_MAX];
+    char *val[KV_MAX];
+};
+
+static void kv_take(struct kv_block *kv, const char *key, char *val)
+{
+    if (kv->n >= KV_MAX)
+        abort(); /* a programming error: raise KV_MAX */
+    kv->key[kv->n] = key;
+    kv->val[kv->n] = val;
+    kv->n++;
+}
+
+static void kv_str(struct kv_block *kv, const char *key, const char *s)
+{
+    kv_take(kv, key, text_value(s));
+}
+
+static void kv_render(struct cfs_buf *b, struct kv_block *kv)
+{
+    size_t w = 0;
+
+    for (size_t i = 0; i < kv->n; i++)
+        if (strlen(kv->key[i]) > w)
+            w = strlen(kv->key[i]);
+    for (size_t i = 0; i < kv->n; i++) {
+        cfs_buf_printf(b, "%s:", kv->key[i]);
+        put_spaces(b, w - strlen(kv->key[i]) + 1);
+        cfs_buf_printf(b, "%s\n", kv->val[i]);
+        free(kv->val[i]);
+        kv->val[i] = NULL;
+    }
+    kv->n = 0;
+}
+
+/* ---- JSON helpers -------------------------------------------------------- */
+
+static void json_put_str(struct json_object *o, const char *key, const char *s)
+{
+    json_object_object_add(o, key, s ? json_object_new_string(s) : NULL);
+}
+
+/* Empty strings are "unknown": null, like absent ones. */
+static void json_put_str_nonempty(struct json_object *o, const char *key,
+                                  const char *s)
+{
+    json_put_str(o, key, s && *s ? s : NULL);
+}
+
+static void json_put_u64(struct json_object *o, const char *key, uint64_t v)
+{
+    json_object_object_add(o, key,
+        json_object_new_int64(v > INT64_MAX ? INT64_MAX : (int64_t)v));
+}
+
+static void json_put_int(struct json_object *o, const char *key, int64_t v)
+{
+    json_object_object_add(o, key, json_object_new_int64(v));
+}
+
+static void json_put_bool(struct json_object *o, const char *key, bool v)
+{
+    json_object_object_add(o, key, json_object_new_boolean(v));
+}
+
+static void json_put_time(struct json_object *o, const char *key, int64_t t)
+{
+    char s[64];
+
+    cfs_format_time(t, s, sizeof(s));
+    json_put_str(o, key, s[0] ? s : NULL);
+}
+
+/* Serialise O into B followed by a newline, and drop O. */
+static void json_emit(struct cfs_buf *b, struct json_object *o)
+{
+    const char *s = json_object_to_json_string_ext(
+        o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+               JSON_C_TO_STRING_NOSLASHESCAPE);
+
+    if (!s)
+        abort(); /* json-c only fails on allocation failure */
+    cfs_buf_put(b, s, strlen(s));
+    cfs_buf_put(b, "\n", 1);
+    json_object_put(o);
+}
+
+/* ---- shared facts -------------------------------------------------------- */
+
+static size_t disk_n_layers(const struct cfs_disk *disk)
+{
+    return disk && disk->layers ? disk->n_layers : 0;
+}
+
+static const char *layer_role(size_t i, size_t n)
+{
+    if (i == 0)
+        return "active";
+    return i + 1 == n ? "base" : "backing";
+}
+
+/* floor(cur * 100 / end), at most 100. A completed job is 100%. A job
+ * that does not know its size yet (end == 0) is 0%. */
+static unsigned job_percent(const struct cfs_job *job)
+{
+    if (!job)
+        return 0;
+    if (job->state == CFS_JOB_STATE_COMPLETED)
+        return 100;
+    if (job->end == 0)
+        return 0;
+    if (job->cur >= job->end)
+        return 100;
+    return (unsigned)((unsigned __int128)job->cur * 100 / job->end);
+}
+
+static bool job_absent(const struct cfs_job *job)
+{
+    return !job || job->type == CFS_JOB_NONE;
+}
+
+/* ---- chain --------------------------------------------------------------- */
+
+enum { COL_INDEX, COL_ROLE, COL_SNAPSHOT, COL_FORMAT, COL_VIRTUAL,
+       COL_ALLOCATED, COL_FILE, COL_MAX };
+
+static const char *const col_header[COL_MAX] = {
+    "#", "ROLE", "SNAPSHOT", "FORMAT", "VIRTUAL", "ALLOCATED", "FILE",
+};
+static const bool col_right[COL_MAX] = {
+    [COL_INDEX] = true, [COL_VIRTUAL] = true, [COL_ALLOCATED] = true,
+};
+
+void cfs_render_chain_text(struct cfs_buf *b, const struct cfs_domain *d,
+                           const struct cfs_disk *disk, bool stale)
+{
+    struct kv_block kv = { 0 };
+    size_t n = disk_n_layers(disk);
+
+    kv_str(&kv, "domain", d ? d->name : NULL);
+    kv_str(&kv, "disk", disk ? disk->target : NULL);
+    kv_str(&kv, "state", d ? cfs_dom_state_to_string(d->state) : NULL);
+    kv_take(&kv, "layers", cfs_xasprintf("%zu", n));
+    if (stale)
+        kv_str(&kv, "stale", "yes (libvirt unreachable; last known state)");
+    kv_render(b, &kv);
+    cfs_buf_put(b, "\n", 1);
+
+    /* Row 0 is the header; row r > 0 is layer r - 1. */
+    _cleanup_free_ char **cell = cfs_xcalloc((n + 1) * COL_MAX, sizeof(char *));
+    size_t width[COL_MAX] = { 0 };
+
+    for (size_t c = 0; c < COL_MAX; c++)
+        cell[c] = cfs_xstrdup(col_header[c]);
+    for (size_t i = 0; i < n; i++) {
+        const struct cfs_layer *l = &disk->layers[i];
+        char **row = &cell[(i + 1) * COL_MAX];
+
+        row[COL_INDEX] = cfs_xasprintf("%zu", i);
+        row[COL_ROLE] = cfs_xstrdup(layer_role(i, n));
+        row[COL_SNAPSHOT] = text_value(l->name);
+        row[COL_FORMAT] = text_value(l->format);
+        row[COL_VIRTUAL] = size_value(l->virtual_size);
+        row[COL_ALLOCATED] = size_value(l->allocation);
+        row[COL_FILE] = text_value(l->path);
+    }
+    for (size_t r = 0; r <= n; r++)
+        for (size_t c = 0; c < COL_MAX; c++)
+            if (text_width(cell[r * COL_MAX + c]) > width[c])
+                width[c] = text_width(cell[r * COL_MAX + c]);
+
+    for (size_t r = 0; r <= n; r++) {
+        for (size_t c = 0; c < COL_MAX; c++) {
+            char *s = cell[r * COL_MAX + c];
+            size_t pad = width[c] - text_width(s);
+
+            if (c > 0)
+                put_spaces(b, 2);
+            if (col_right[c])
+                put_spaces(b, pad);
+            cfs_buf_put(b, s, strlen(s));
+            if (!col_right[c] && c + 1 < COL_MAX)
+                put_spaces(b, pad);
+            free(s);
+        }
+        cfs_buf_put(b, "\n", 1);
+    }
+}
+
+static struct json_object *layer_json(const struct cfs_layer *l, size_t i,
+                                      size_t n)
+{
+    struct json_object *o = json_object_new_object();
+
+    json_put_int(o, "index", (int64_t)i);
+    json_put_str(o, "role", layer_role(i, n));
+    json_put_str(o, "snapshot", l->name);
+    json_put_str(o, "name_source", l->name ? cfs_name_source_to_string(l->name_source) : NULL);
+    json_put_str(o, "file", l->path);
+    json_put_str_nonempty(o, "format", l->format);
+    json_put_u64(o, "virtual_size", l->virtual_size);
+    json_put_u64(o, "allocation", l->allocation);
+    json_put_u64(o, "physical", l->physical);
+    json_put_bool(o, "block", l->is_block);
+    return o;
+}
+
+void cfs_render_chain_json(struct cfs_buf *b, const struct cfs_domain *d,
+                           const struct cfs_disk *disk, bool stale)
+{
+    struct json_object *o = json_object_new_object();
+    struct json_object *layers = json_object_new_array();
+    size_t n = disk_n_layers(disk);
+
+    json_put_str(o, "domain", d ? d->name : NULL);
+    json_put_str(o, "disk", disk ? disk->target : NULL);
+    json_put_str(o, "state", d ? cfs_dom_state_to_string(d->state) : NULL);
+    json_put_bool(o, "stale", stale);
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(layers, layer_json(&disk->layers[i], i, n));
+    json_object_object_add(o, "layers", layers);
+    json_emit(b, o);
+}
+
+/* ---- job ----------------------------------------------------------------- */
+
+void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
+                         bool stale)
+{
+    struct kv_block kv = { 0 };
+
+    if (job_absent(job)) {
+        kv_str(&kv, "type", "none");
+        kv_str(&kv, "state", "none");
+    } else {
+        unsigned pct = job_percent(job);
+        unsigned fill = pct * BAR_WIDTH / 100;
+        char bar[BAR_WIDTH + 1];
+        char cur[32], end[32];
+
+        memset(bar, '#', fill);
+        memset(bar + fill, '-', BAR_WIDTH - fill);
+        bar[BAR_WIDTH] = '\0';
+        cfs_format_size(job->cur, cur, sizeof(cur));
+        cfs_format_size(job->end, end, sizeof(end));
+
+        kv_str(&kv, "type", cfs_job_type_to_string(job->type));
+        kv_str(&kv, "state", cfs_job_state_to_string(job->state));
+        kv_str(&kv, "snapshot", job->snapshot);
+        kv_str(&kv, "top", job->top);
+        kv_str(&kv, "base", job->base);
+        kv_take(&kv, "progress", cfs_xasprintf("%u%% [%s]", pct, bar));
+        kv_take(&kv, "bytes", cfs_xasprintf("%s / %s", cur, end));
+        if (job->bandwidth == 0) {
+            kv_str(&kv, "bandwidth", "unlimited");
+        } else {
+            char bw[32];
+            cfs_format_size(job->bandwidth, bw, sizeof(bw));
+            kv_take(&kv, "bandwidth", cfs_xasprintf("%s/s", bw));
+        }
+        kv_take(&kv, "started", time_value(job->started));
+        kv_take(&kv, "finished", time_value(job->finished));
+        kv_str(&kv, "error", job->error);
+        if (job->partial)
+            kv_str(&kv, "partial", "yes");
+    }
+    if (stale)
+        kv_str(&kv, "stale", "yes");
+    kv_render(b, &kv);
+}
+
+void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
+                         bool stale)
+{
+    struct json_object *o = json_object_new_object();
+    bool none = job_absent(job);
+
+    json_put_str(o, "type", none ? "none" : cfs_job_type_to_string(job->type));
+    json_put_str(o, "state", none ? "none" : cfs_job_state_to_string(job->state));
+    json_put_str(o, "snapshot", none ? NULL : job->snapshot);
+    json_put_str(o, "top", none ? NULL : job->top);
+    json_put_str(o, "base", none ? NULL : job->base);
+    json_put_int(o, "progress_percent", none ? 0 : job_percent(job));
+    json_put_u64(o, "cur", none ? 0 : job->cur);
+    json_put_u64(o, "end", none ? 0 : job->end);
+    json_put_u64(o, "bandwidth", none ? 0 : job->bandwidth);
+    json_put_time(o, "started", none ? 0 : job->started);
+    json_put_time(o, "finished", none ? 0 : job->finished);
+    json_put_str(o, "error", none ? NULL : job->error);
+    json_put_bool(o, "partial", none ? false : job->partial);
+    json_put_bool(o, "stale", stale);
+    json_emit(b, o);
+}
+
+/* ---- info ---------------------------------------------------------------- */
+
+static const struct cfs_layer *info_layer(const struct cfs_disk *disk,
+                                          int index)
+{
+    if (index < 0 || (size_t)index >= disk_n_layers(disk))
+        return NULL;
+    return &disk->layers[index];
+}
+
+void cfs_render_info_text(struct cfs_buf *b, const struct cfs_domain *d,
+                          const struct cfs_disk *disk, int index,
+                          bool partial)
+{
+    struct kv_block kv = { 0 };
+    const struct cfs_layer *l = info_layer(disk, index);
+    const struct cfs_layer *below = l ? info_layer(disk, index + 1) : NULL;
+
+    kv_str(&kv, "name", l ? l->name : NULL);
+    kv_str(&kv, "domain", d ? d->name : NULL);
+    kv_str(&kv, "disk", disk ? disk->target : NULL);
+    kv_str(&kv, "state", partial ? "partial" : "ok");
+    kv_str(&kv, "file", l ? l->path : NULL);
+    kv_str(&kv, "format", l ? l->format : NULL);
+    kv_take(&kv, "virtual", l ? size_value(l->virtual_size) : cfs_xstrdup("-"));
+    kv_take(&kv, "allocated", l ? size_value(l->allocation) : cfs_xstrdup("-"));
+    kv_str(&kv, "frozen", below ? below->path : NULL);
+    kv_take(&kv, "depth", l ? cfs_xasprintf("%d", index) : cfs_xstrdup("-"));
+    kv_str(&kv, "active", l && index == 0 ? "yes" : "no");
+    kv_str(&kv, "source", l && l->name ? cfs_name_source_to_string(l->name_source) : NULL);
+    kv_render(b, &kv);
+}
+
+void cfs_render_info_json(struct cfs_buf *b, const struct cfs_domain *d,
+                          const struct cfs_disk *disk, int index,
+                          bool partial)
+{
+    struct json_object *o = json_object_new_object();
+    const struct cfs_layer *l = info_layer(disk, index);
+    const struct cfs_layer *below = l ? info_layer(disk, index + 1) : NULL;
+
+    json_put_str(o, "name", l ? l->name : NULL);
+    json_put_str(o, "domain", d ? d->name : NULL);
+    json_put_str(o, "disk", disk ? disk->target : NULL);
+    json_put_str(o, "state", partial ? "partial" : "ok");
+    json_put_str(o, "file", l ? l->path : NULL);
+    json_put_str_nonempty(o, "format", l ? l->format : NULL);
+    json_put_u64(o, "virtual_size", l ? l->virtual_size : 0);
+    json_put_u64(o, "allocation", l ? l->allocation : 0);
+    json_put_u64(o, "physical", l ? l->physical : 0);
+    json_put_bool(o, "block", l ? l->is_block : false);
+    json_put_str(o, "frozen", below ? below->path : NULL);
+    if (l)
+        json_put_int(o, "depth", index);
+    else
+        json_put_str(o, "depth", NULL);
+    json_put_bool(o, "active", l && index == 0);
+    json_put_str(o, "name_source", l && l->name ? cfs_name_source_to_string(l->name_source) : NULL);
+    json_emit(b, o);
+}

@@ -1,0 +1,243 @@
+/* util.c — allocation wrappers, string vectors, size/time formatting, the
+ * growable text buffer, and the thread-local backend error message slot
+ * (cfs_backend_errmsg(), declared in backend.h).
+ *
+ * Owns no shared state: every function may be called from any thread. The
+ * error message slot is per thread by construction (__thread). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "chainfs/backend.h"
+#include "chainfs/util.h"
+
+static _Noreturn void oom(size_t n)
+{
+    fprintf(stderr, "chainfs: out of memory (allocating %zu bytes)\n", n);
+    abort();
+}
+
+void *cfs_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        oom(n);
+    return p;
+}
+
+void *cfs_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        oom(n * size);
+    return p;
+}
+
+void *cfs_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        oom(n);
+    return q;
+}
+
+char *cfs_xstrdup(const char *s)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        oom(strlen(s) + 1);
+    return d;
+}
+
+char *cfs_xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s = NULL;
+
+    va_start(ap, fmt);
+    int r = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (r < 0)
+        oom(0);
+    return s;
+}
+
+bool cfs_streq(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+size_t cfs_strv_len(char *const *v)
+{
+    size_t n = 0;
+
+    if (v)
+        while (v[n])
+            n++;
+    return n;
+}
+
+char **cfs_strv_free(char **v)
+{
+    if (v) {
+        for (char **p = v; *p; p++)
+            free(*p);
+        free(v);
+    }
+    return NULL;
+}
+
+bool cfs_strv_contains(char *const *v, const char *s)
+{
+    if (!v || !s)
+        return false;
+    for (; *v; v++)
+        if (strcmp(*v, s) == 0)
+            return true;
+    return false;
+}
+
+void cfs_strv_push(char ***v, char *s)
+{
+    size_t n = cfs_strv_len(*v);
+
+    *v = cfs_xrealloc(*v, (n + 2) * sizeof(char *));
+    (*v)[n] = s;
+    (*v)[n + 1] = NULL;
+}
+
+/* Units from KiB up; the value is rounded to one decimal, and moves to the
+ * next unit when rounding would print "1024.0". Integer arithmetic only, so
+ * the result never depends on floating-point rounding. */
+void cfs_format_size(uint64_t bytes, char *out, size_t outlen)
+{
+    static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+
+    if (!out || outlen == 0)
+        return;
+    if (bytes < 1024) {
+        snprintf(out, outlen, "%" PRIu64 "B", bytes);
+        return;
+    }
+
+    unsigned k = 0; /* units[k] is 2^(10*(k+1)) */
+    while (k + 1 < ELEMENTSOF(units) && bytes >> (10 * (k + 2)) != 0)
+        k++;
+
+    uint64_t tenths;
+    for (;;) {
+        unsigned shift = 10 * (k + 1);
+        uint64_t whole = bytes >> shift;
+        uint64_t rem = bytes & ((UINT64_C(1) << shift) - 1);
+        /* rem < 2^60 at most, so rem * 10 fits in 64 bits */
+        tenths = whole * 10 + ((rem * 10 + (UINT64_C(1) << (shift - 1))) >> shift);
+        if (tenths < 10240 || k + 1 >= ELEMENTSOF(units))
+            break;
+        k++;
+    }
+    snprintf(out, outlen, "%" PRIu64 ".%" PRIu64 "%s", tenths / 10,
+             tenths % 10, units[k]);
+}
+
+void cfs_format_time(int64_t t, char *out, size_t outlen)
+{
+    struct tm tm;
+    time_t tt = (time_t)t;
+
+    if (!out || outlen == 0)
+        return;
+    out[0] = '\0';
+    if (t == 0 || !gmtime_r(&tt, &tm))
+        return;
+    if (strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        out[0] = '\0';
+}
+
+static void buf_reserve(struct cfs_buf *b, size_t extra)
+{
+    size_t need = b->len + extra + 1;
+
+    if (need <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    b->data = cfs_xrealloc(b->data, cap);
+    b->cap = cap;
+}
+
+void cfs_buf_put(struct cfs_buf *b, const char *s, size_t n)
+{
+    buf_reserve(b, n);
+    if (n)
+        memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+void cfs_buf_printf(struct cfs_buf *b, const char *fmt, ...)
+{
+    va_list ap, aq;
+
+    va_start(ap, fmt);
+    va_copy(aq, ap);
+    buf_reserve(b, 0);
+    int n = vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        va_end(aq);
+        b->data[b->len] = '\0';
+        return;
+    }
+    if ((size_t)n >= b->cap - b->len) {
+        buf_reserve(b, (size_t)n);
+        vsnprintf(b->data + b->len, b->cap - b->len, fmt, aq);
+    }
+    va_end(aq);
+    b->len += (size_t)n;
+}
+
+char *cfs_buf_steal(struct cfs_buf *b)
+{
+    char *s = b->data ? b->data : cfs_xstrdup("");
+
+    b->data = NULL;
+    b->len = b->cap = 0;
+    return s;
+}
+
+void cfs_buf_free(struct cfs_buf *b)
+{
+    if (!b)
+        return;
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- backend error message (backend.h) ---------------------------------- */
+
+static __thread char backend_errmsg[1024];
+
+const char *cfs_backend_errmsg(void)
+{
+    return backend_errmsg;
+}
+
+void cfs_backend_set_errmsg(const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!fmt) {
+        backend_errmsg[0] = '\0';
+        return;
+    }
+    va_start(ap, fmt);
+    if (vsnprintf(backend_errmsg, sizeof(backend_errmsg), fmt, ap) < 0)
+        backend_errmsg[0] = '\0';
+    va_end(ap);
+}

@@ -1,0 +1,238 @@
+/* test_path.c — path.c: every node kind, what is not a node, and the
+ * 255-byte component limit. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <cmocka.h>
+
+#include "chainfs/path.h"
+#include "chainfs/util.h"
+
+static struct cfs_path parse_ok(const char *path, enum cfs_node_kind kind)
+{
+    struct cfs_path p;
+    int r = cfs_path_parse(path, &p);
+
+    if (r != 0)
+        fail_msg("\"%s\": %d", path, r);
+    if (p.kind != kind)
+        fail_msg("\"%s\": kind %d, want %d", path, p.kind, kind);
+    return p;
+}
+
+static void parse_err(const char *path, int err)
+{
+    struct cfs_path p = { .kind = CFS_NODE_ROOT };
+    int r = cfs_path_parse(path, &p);
+
+    if (r != err)
+        fail_msg("\"%s\": %d, want %d", path, r, err);
+}
+
+static void test_root(void **state)
+{
+    (void)state;
+    struct cfs_path p = parse_ok("/", CFS_NODE_ROOT);
+    assert_string_equal(p.dom, "");
+    assert_string_equal(p.disk, "");
+    assert_string_equal(p.snap, "");
+    parse_ok("//", CFS_NODE_ROOT);
+}
+
+static void test_every_kind(void **state)
+{
+    (void)state;
+    struct cfs_path p;
+
+    p = parse_ok("/web01", CFS_NODE_DOMAIN);
+    assert_string_equal(p.dom, "web01");
+    assert_string_equal(p.disk, "");
+
+    p = parse_ok("/web01/vda", CFS_NODE_DISK);
+    assert_string_equal(p.dom, "web01");
+    assert_string_equal(p.disk, "vda");
+
+    parse_ok("/web01/vda/chain", CFS_NODE_CHAIN);
+    parse_ok("/web01/vda/chain.json", CFS_NODE_CHAIN_JSON);
+    parse_ok("/web01/vda/job", CFS_NODE_JOB);
+    parse_ok("/web01/vda/job.json", CFS_NODE_JOB_JSON);
+    parse_ok("/web01/vda/wait", CFS_NODE_WAIT);
+    p = parse_ok("/web01/vda/snapshots", CFS_NODE_SNAPDIR);
+    assert_string_equal(p.disk, "vda");
+    assert_string_equal(p.snap, "");
+
+    p = parse_ok("/web01/vda/snapshots/s1", CFS_NODE_SNAPSHOT);
+    assert_string_equal(p.dom, "web01");
+    assert_string_equal(p.disk, "vda");
+    assert_string_equal(p.snap, "s1");
+
+    p = parse_ok("/web01/vda/snapshots/s1/info", CFS_NODE_INFO);
+    assert_string_equal(p.snap, "s1");
+    p = parse_ok("/web01/vda/snapshots/s1/info.json", CFS_NODE_INFO_JSON);
+    assert_string_equal(p.snap, "s1");
+}
+
+static void test_names_are_not_keywords(void **state)
+{
+    (void)state;
+    struct cfs_path p;
+
+    /* domains, disks and snapshots may be called anything */
+    p = parse_ok("/snapshots/chain", CFS_NODE_DISK);
+    assert_string_equal(p.dom, "snapshots");
+    assert_string_equal(p.disk, "chain");
+    p = parse_ok("/a b/vda/snapshots/chain", CFS_NODE_SNAPSHOT);
+    assert_string_equal(p.dom, "a b");
+    assert_string_equal(p.snap, "chain");
+    p = parse_ok("/d/vda/snapshots/x~3", CFS_NODE_SNAPSHOT);
+    assert_string_equal(p.snap, "x~3");
+    p = parse_ok("/d/vda/snapshots/nightly 2026-01-01/info", CFS_NODE_INFO);
+    assert_string_equal(p.snap, "nightly 2026-01-01");
+}
+
+static void test_not_a_node(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "",
+        "web01",                               /* relative */
+        "/web01/vda/bogus",
+        "/web01/vda/Chain",                    /* case matters */
+        "/web01/vda/chain.JSON",
+        "/web01/vda/info",                     /* info lives per snapshot */
+        "/web01/vda/chain/x",                  /* under a file */
+        "/web01/vda/wait/x",
+        "/web01/vda/snapshots/s1/other",
+        "/web01/vda/snapshots/s1/chain",
+        "/web01/vda/snapshots/s1/info/x",      /* too deep */
+        "/web01/vda/snapshots/s1/info.json/x/y",
+        "/.",
+        "/..",
+        "/web01/./vda",
+        "/web01/vda/snapshots/..",
+        "/web01/vda/snapshots/.",
+    };
+    for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+        parse_err(bad[i], -ENOENT);
+    parse_err(NULL, -ENOENT);
+}
+
+static void test_slashes(void **state)
+{
+    (void)state;
+    struct cfs_path p;
+
+    p = parse_ok("/web01/", CFS_NODE_DOMAIN);
+    assert_string_equal(p.dom, "web01");
+    p = parse_ok("//web01//vda//", CFS_NODE_DISK);
+    assert_string_equal(p.disk, "vda");
+    p = parse_ok("/web01/vda/snapshots/s1/", CFS_NODE_SNAPSHOT);
+    assert_string_equal(p.snap, "s1");
+}
+
+static void test_component_lengths(void **state)
+{
+    (void)state;
+    char c255[256], c256[257];
+    memset(c255, 'x', 255);
+    c255[255] = '\0';
+    memset(c256, 'x', 256);
+    c256[256] = '\0';
+
+    struct cfs_path p;
+    _cleanup_free_ char *d255 = cfs_xasprintf("/%s", c255);
+    p = parse_ok(d255, CFS_NODE_DOMAIN);
+    assert_int_equal(strlen(p.dom), 255);
+
+    _cleanup_free_ char *all255 = cfs_xasprintf("/%s/%s/snapshots/%s/info", c255, c255, c255);
+    p = parse_ok(all255, CFS_NODE_INFO);
+    assert_string_equal(p.dom, c255);
+    assert_string_equal(p.disk, c255);
+    assert_string_equal(p.snap, c255);
+
+    _cleanup_free_ char *d256 = cfs_xasprintf("/%s", c256);
+    parse_err(d256, -ENAMETOOLONG);
+    _cleanup_free_ char *k256 = cfs_xasprintf("/d/%s", c256);
+    parse_err(k256, -ENAMETOOLONG);
+    _cleanup_free_ char *f256 = cfs_xasprintf("/d/vda/%s", c256);
+    parse_err(f256, -ENAMETOOLONG);
+    _cleanup_free_ char *s256 = cfs_xasprintf("/d/vda/snapshots/%s", c256);
+    parse_err(s256, -ENAMETOOLONG);
+    _cleanup_free_ char *i256 = cfs_xasprintf("/d/vda/snapshots/%s/info", c256);
+    parse_err(i256, -ENAMETOOLONG);
+    _cleanup_free_ char *long1k = cfs_xasprintf("/d/vda/snapshots/%s%s%s%s", c256, c256, c256, c256);
+    parse_err(long1k, -ENAMETOOLONG);
+}
+
+static void test_out_untouched_on_error(void **state)
+{
+    (void)state;
+    struct cfs_path p = { .kind = CFS_NODE_CHAIN, .dom = "keep" };
+
+    assert_int_equal(cfs_path_parse("/d/vda/nope", &p), -ENOENT);
+    assert_int_equal(p.kind, CFS_NODE_CHAIN);
+    assert_string_equal(p.dom, "keep");
+}
+
+static void test_entries(void **state)
+{
+    (void)state;
+    static const char *const want[] = {
+        "chain", "chain.json", "job", "job.json", "wait", "snapshots",
+    };
+    size_t n = 0;
+
+    for (; cfs_disk_entries[n]; n++) {
+        assert_true(n < ELEMENTSOF(want));
+        assert_string_equal(cfs_disk_entries[n], want[n]);
+
+        /* every listed entry parses, and is a file unless it is snapshots/ */
+        _cleanup_free_ char *path = cfs_xasprintf("/d/vda/%s", cfs_disk_entries[n]);
+        struct cfs_path p;
+        assert_int_equal(cfs_path_parse(path, &p), 0);
+        assert_int_equal(cfs_node_is_file(p.kind), p.kind != CFS_NODE_SNAPDIR);
+    }
+    assert_int_equal(n, ELEMENTSOF(want));
+
+    assert_string_equal(cfs_snapshot_entries[0], "info");
+    assert_string_equal(cfs_snapshot_entries[1], "info.json");
+    assert_null(cfs_snapshot_entries[2]);
+    for (size_t i = 0; cfs_snapshot_entries[i]; i++) {
+        _cleanup_free_ char *path = cfs_xasprintf("/d/vda/snapshots/s/%s", cfs_snapshot_entries[i]);
+        struct cfs_path p;
+        assert_int_equal(cfs_path_parse(path, &p), 0);
+        assert_true(cfs_node_is_file(p.kind));
+    }
+}
+
+static void test_is_file(void **state)
+{
+    (void)state;
+    for (int k = 0; k < CFS_NODE_KIND_MAX; k++) {
+        bool want = k == CFS_NODE_CHAIN || k == CFS_NODE_CHAIN_JSON ||
+                    k == CFS_NODE_JOB || k == CFS_NODE_JOB_JSON ||
+                    k == CFS_NODE_WAIT || k == CFS_NODE_INFO ||
+                    k == CFS_NODE_INFO_JSON;
+        assert_int_equal(cfs_node_is_file(k), want);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_root),
+        cmocka_unit_test(test_every_kind),
+        cmocka_unit_test(test_names_are_not_keywords),
+        cmocka_unit_test(test_not_a_node),
+        cmocka_unit_test(test_slashes),
+        cmocka_unit_test(test_component_lengths),
+        cmocka_unit_test(test_out_untouched_on_error),
+        cmocka_unit_test(test_entries),
+        cmocka_unit_test(test_is_file),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,431 @@
+/* test_util.c — util.c (allocation, strv, size/time formatting, text
+ * buffer, backend error slot) and model.c (enum names, destructors, deep
+ * copies, lookups). */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "chainfs/backend.h"
+#include "chainfs/model.h"
+#include "chainfs/util.h"
+
+/* ---- util.c --------------------------------------------------------------- */
+
+static void test_xstrdup_and_asprintf(void **state)
+{
+    (void)state;
+    assert_null(cfs_xstrdup(NULL));
+
+    _cleanup_free_ char *s = cfs_xstrdup("abc");
+    assert_string_equal(s, "abc");
+
+    _cleanup_free_ char *f = cfs_xasprintf("%s-%d", "x", 42);
+    assert_string_equal(f, "x-42");
+
+    _cleanup_free_ char *z = cfs_xmalloc(0); /* never NULL */
+    assert_non_null(z);
+    _cleanup_free_ int *c = cfs_xcalloc(4, sizeof(int));
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(c[i], 0);
+    c = cfs_xrealloc(c, 64 * sizeof(int));
+    assert_int_equal(c[3], 0);
+}
+
+static void test_xmalloc_aborts_on_oom(void **state)
+{
+    (void)state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* stderr is noise here: the message is the point of the test but
+         * ASan may print its own report instead. */
+        freopen("/dev/null", "w", stderr);
+        void *p = cfs_xmalloc((size_t)1 << 60); /* beyond any address space */
+        (void)p;
+        _exit(0); /* must not get here */
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st) || (WIFEXITED(st) && WEXITSTATUS(st) != 0));
+}
+
+static void test_streq(void **state)
+{
+    (void)state;
+    assert_true(cfs_streq(NULL, NULL));
+    assert_false(cfs_streq("a", NULL));
+    assert_false(cfs_streq(NULL, "a"));
+    assert_true(cfs_streq("a", "a"));
+    assert_false(cfs_streq("a", "b"));
+    assert_true(cfs_streq("", ""));
+}
+
+static void test_strv(void **state)
+{
+    (void)state;
+    _cleanup_strv_ char **v = NULL;
+
+    assert_int_equal(cfs_strv_len(v), 0);
+    assert_false(cfs_strv_contains(v, "a"));
+    cfs_strv_push(&v, cfs_xstrdup("a"));
+    cfs_strv_push(&v, cfs_xstrdup("b"));
+    cfs_strv_push(&v, cfs_xstrdup("c"));
+    assert_int_equal(cfs_strv_len(v), 3);
+    assert_null(v[3]);
+    assert_string_equal(v[1], "b");
+    assert_true(cfs_strv_contains(v, "c"));
+    assert_false(cfs_strv_contains(v, "d"));
+    assert_false(cfs_strv_contains(v, NULL));
+    assert_null(cfs_strv_free(NULL));
+}
+
+static void check_size(uint64_t bytes, const char *want)
+{
+    char s[32];
+
+    cfs_format_size(bytes, s, sizeof(s));
+    assert_string_equal(s, want);
+}
+
+static void test_format_size(void **state)
+{
+    (void)state;
+    check_size(0, "0B");
+    check_size(1, "1B");
+    check_size(512, "512B");
+    check_size(1023, "1023B");
+    check_size(1024, "1.0KiB");
+    check_size(1536, "1.5KiB");
+    check_size(1075, "1.0KiB");     /* 1.0498 rounds down */
+    check_size(1076, "1.1KiB");     /* 1.0508 rounds up */
+    check_size(10 * 1024 - 1, "10.0KiB");
+    check_size(1024 * 1024 - 1, "1.0MiB"); /* never "1024.0KiB" */
+    check_size(1024 * 1024, "1.0MiB");
+    check_size(27 * 1024 * 1024, "27.0MiB");
+    check_size(64ull << 20, "64.0MiB");
+    check_size(1ull << 30, "1.0GiB");
+    check_size(10ull << 30, "10.0GiB");
+    check_size((1ull << 30) - 1, "1.0GiB");
+    check_size(1ull << 40, "1.0TiB");
+    check_size(1ull << 50, "1.0PiB");
+    check_size(1ull << 60, "1.0EiB");
+    check_size(UINT64_MAX, "16.0EiB");
+
+    char small[4];
+    cfs_format_size(64ull << 20, small, sizeof(small));
+    assert_string_equal(small, "64.");
+    cfs_format_size(1, NULL, 0); /* no crash */
+}
+
+static void test_format_time(void **state)
+{
+    (void)state;
+    char s[64];
+
+    cfs_format_time(0, s, sizeof(s));
+    assert_string_equal(s, "");
+    cfs_format_time(1, s, sizeof(s));
+    assert_string_equal(s, "1970-01-01T00:00:01Z");
+    cfs_format_time(1790000000, s, sizeof(s));
+    assert_string_equal(s, "2026-09-21T14:13:20Z");
+    cfs_format_time(-1, s, sizeof(s));
+    assert_string_equal(s, "1969-12-31T23:59:59Z");
+
+    char small[8] = "junk";
+    cfs_format_time(1790000000, small, sizeof(small));
+    assert_string_equal(small, ""); /* never a truncated timestamp */
+}
+
+static void test_buf(void **state)
+{
+    (void)state;
+    _cleanup_buf_ struct cfs_buf b = { 0 };
+
+    _cleanup_free_ char *empty = cfs_buf_steal(&b);
+    assert_string_equal(empty, "");
+
+    cfs_buf_put(&b, "", 0);
+    assert_int_equal(b.len, 0);
+    assert_string_equal(b.data, "");
+
+    cfs_buf_printf(&b, "%d:%s", 7, "x");
+    assert_string_equal(b.data, "7:x");
+    cfs_buf_put(&b, "yz!", 2);
+    assert_string_equal(b.data, "7:xyz");
+    assert_int_equal(b.len, 5);
+
+    /* Grow well past the initial capacity in one printf. */
+    char big[5000];
+    memset(big, 'q', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    cfs_buf_printf(&b, "[%s]", big);
+    assert_int_equal(b.len, 5 + 1 + 4999 + 1);
+    assert_int_equal(strlen(b.data), b.len);
+    assert_int_equal(b.data[b.len - 1], ']');
+    assert_int_equal(b.data[6], 'q');
+
+    _cleanup_free_ char *s = cfs_buf_steal(&b);
+    assert_int_equal(strlen(s), 5006);
+    assert_null(b.data);
+    assert_int_equal(b.len, 0);
+    assert_int_equal(b.cap, 0);
+
+    for (int i = 0; i < 1000; i++)
+        cfs_buf_printf(&b, "%d,", i % 10);
+    assert_int_equal(b.len, 2000);
+    cfs_buf_free(&b);
+    cfs_buf_free(&b); /* idempotent */
+    assert_null(b.data);
+}
+
+static void *errmsg_thread(void *arg)
+{
+    (void)arg;
+    /* A fresh thread sees its own empty slot. */
+    bool empty = cfs_backend_errmsg()[0] == '\0';
+    cfs_backend_set_errmsg("thread %d", 2);
+    return (void *)(uintptr_t)empty;
+}
+
+static void test_backend_errmsg(void **state)
+{
+    (void)state;
+    cfs_backend_set_errmsg("%s: %d", "boom", -5);
+    assert_string_equal(cfs_backend_errmsg(), "boom: -5");
+
+    pthread_t t;
+    void *ret;
+    assert_int_equal(pthread_create(&t, NULL, errmsg_thread, NULL), 0);
+    assert_int_equal(pthread_join(t, &ret), 0);
+    assert_true((uintptr_t)ret);
+    assert_string_equal(cfs_backend_errmsg(), "boom: -5");
+
+    char big[3000];
+    memset(big, 'm', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    cfs_backend_set_errmsg("%s", big);
+    assert_true(strlen(cfs_backend_errmsg()) >= 1000);
+    assert_true(strlen(cfs_backend_errmsg()) < sizeof(big) - 1);
+}
+
+/* ---- model.c -------------------------------------------------------------- */
+
+static void test_to_string(void **state)
+{
+    (void)state;
+    assert_string_equal(cfs_dom_state_to_string(CFS_DOM_SHUTOFF), "shutoff");
+    assert_string_equal(cfs_dom_state_to_string(CFS_DOM_RUNNING), "running");
+    assert_string_equal(cfs_dom_state_to_string(CFS_DOM_PAUSED), "paused");
+    assert_string_equal(cfs_dom_state_to_string(CFS_DOM_OTHER), "other");
+    assert_string_equal(cfs_dom_state_to_string(CFS_DOM_STATE_MAX), "unknown");
+    assert_string_equal(cfs_dom_state_to_string((enum cfs_dom_state)-1), "unknown");
+
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_NONE), "none");
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_SNAPSHOT), "snapshot");
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_COMMIT), "commit");
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_ACTIVE_COMMIT), "active-commit");
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_OFFLINE_COMMIT), "offline-commit");
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_TYPE_MAX), "unknown");
+
+    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_NONE), "none");
+    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_RUNNING), "running");
+    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_READY), "ready");
+    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_PIVOTING), "pivoting");
+    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_COMPLETED), "completed");
+    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_FAILED), "failed");
+    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_CANCELED), "canceled");
+    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_MAX), "unknown");
+
+    assert_string_equal(cfs_name_source_to_string(CFS_NAME_NONE), "-");
+    assert_string_equal(cfs_name_source_to_string(CFS_NAME_METADATA), "libvirt-metadata");
+    assert_string_equal(cfs_name_source_to_string(CFS_NAME_CHAINFS), "chainfs");
+    assert_string_equal(cfs_name_source_to_string(CFS_NAME_FILENAME), "filename");
+    assert_string_equal(cfs_name_source_to_string(CFS_NAME_SOURCE_MAX), "unknown");
+
+    for (int s = 0; s < CFS_JOB_STATE_MAX; s++)
+        assert_int_equal(cfs_job_state_in_progress(s),
+                         s == CFS_JOB_STATE_RUNNING || s == CFS_JOB_STATE_READY ||
+                         s == CFS_JOB_STATE_PIVOTING);
+}
+
+static struct cfs_domain *make_domain(void)
+{
+    struct cfs_domain *d = cfs_xcalloc(1, sizeof(*d));
+
+    d->name = cfs_xstrdup("web01");
+    strcpy(d->uuid, "6f1d2c3e-0000-4000-8000-000000000001");
+    d->state = CFS_DOM_RUNNING;
+    d->persistent = true;
+    d->n_disks = 2;
+    d->disks = cfs_xcalloc(2, sizeof(struct cfs_disk));
+
+    d->disks[0].target = cfs_xstrdup("vda");
+    d->disks[0].n_layers = 2;
+    d->disks[0].layers = cfs_xcalloc(2, sizeof(struct cfs_layer));
+    d->disks[0].layers[0] = (struct cfs_layer){
+        .path = cfs_xstrdup("/img/web01.vda.s1.qcow2"), .format = cfs_xstrdup("qcow2"),
+        .virtual_size = 1, .allocation = 2, .physical = 3,
+        .meta_name = cfs_xstrdup("s1"), .name = cfs_xstrdup("s1"),
+        .name_source = CFS_NAME_METADATA,
+    };
+    d->disks[0].layers[1] = (struct cfs_layer){
+        .path = cfs_xstrdup("/img/web01.qcow2"), .format = cfs_xstrdup("qcow2"),
+    };
+
+    d->disks[1].target = cfs_xstrdup("vdb");
+    d->disks[1].is_block = true;
+    d->disks[1].n_layers = 1;
+    d->disks[1].layers = cfs_xcalloc(1, sizeof(struct cfs_layer));
+    d->disks[1].layers[0] = (struct cfs_layer){
+        .path = cfs_xstrdup("/dev/sdb"), .format = cfs_xstrdup("raw"), .is_block = true,
+    };
+
+    cfs_strv_push(&d->snapshots, cfs_xstrdup("s1"));
+    cfs_strv_push(&d->snapshots, cfs_xstrdup("other-disk-snap"));
+    return d;
+}
+
+static void test_domain_free_null(void **state)
+{
+    (void)state;
+    assert_null(cfs_domain_free(NULL));
+    assert_null(cfs_job_free(NULL));
+    assert_null(cfs_domain_dup(NULL));
+    cfs_layer_clear(NULL);
+    cfs_disk_clear(NULL);
+    cfs_job_clear(NULL);
+
+    _cleanup_domain_ struct cfs_domain *empty = cfs_xcalloc(1, sizeof(*empty));
+    _cleanup_domain_ struct cfs_domain *dup = cfs_domain_dup(empty);
+    assert_non_null(dup);
+    assert_null(dup->name);
+    assert_null(dup->disks);
+    assert_null(dup->snapshots);
+}
+
+static void test_domain_dup_is_deep(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = make_domain();
+    _cleanup_domain_ struct cfs_domain *c = cfs_domain_dup(d);
+
+    assert_ptr_not_equal(c->name, d->name);
+    assert_string_equal(c->name, "web01");
+    assert_string_equal(c->uuid, d->uuid);
+    assert_int_equal(c->state, CFS_DOM_RUNNING);
+    assert_true(c->persistent);
+    assert_int_equal(c->n_disks, 2);
+    assert_ptr_not_equal(c->disks, d->disks);
+    assert_string_equal(c->disks[0].target, "vda");
+    assert_int_equal(c->disks[0].n_layers, 2);
+    assert_ptr_not_equal(c->disks[0].layers, d->disks[0].layers);
+    const struct cfs_layer *l = &c->disks[0].layers[0];
+    assert_ptr_not_equal(l->path, d->disks[0].layers[0].path);
+    assert_string_equal(l->path, "/img/web01.vda.s1.qcow2");
+    assert_string_equal(l->format, "qcow2");
+    assert_string_equal(l->meta_name, "s1");
+    assert_string_equal(l->name, "s1");
+    assert_int_equal(l->name_source, CFS_NAME_METADATA);
+    assert_int_equal(l->virtual_size, 1);
+    assert_int_equal(l->allocation, 2);
+    assert_int_equal(l->physical, 3);
+    assert_null(c->disks[0].layers[1].name);
+    assert_true(c->disks[1].is_block);
+    assert_true(c->disks[1].layers[0].is_block);
+    assert_ptr_not_equal(c->snapshots, d->snapshots);
+    assert_int_equal(cfs_strv_len(c->snapshots), 2);
+    assert_string_equal(c->snapshots[1], "other-disk-snap");
+
+    /* Freeing the original leaves the copy intact (ASan would complain). */
+    d = cfs_domain_free(d);
+    assert_string_equal(c->disks[1].layers[0].path, "/dev/sdb");
+}
+
+static void test_job_copy(void **state)
+{
+    (void)state;
+    struct cfs_job src = {
+        .type = CFS_JOB_ACTIVE_COMMIT, .state = CFS_JOB_STATE_READY,
+        .snapshot = "s2", .meta_name = "s2", .top = "/a", .base = "/b",
+        .cur = 5, .end = 10, .bandwidth = 7, .started = 100, .finished = 0,
+        .error = NULL, .partial = true, .journal_id = "1-2-3",
+    };
+    struct cfs_job dst = { 0 };
+
+    cfs_job_copy(&dst, &src);
+    assert_int_equal(dst.type, CFS_JOB_ACTIVE_COMMIT);
+    assert_int_equal(dst.state, CFS_JOB_STATE_READY);
+    assert_ptr_not_equal(dst.snapshot, src.snapshot);
+    assert_string_equal(dst.snapshot, "s2");
+    assert_string_equal(dst.meta_name, "s2");
+    assert_string_equal(dst.top, "/a");
+    assert_string_equal(dst.base, "/b");
+    assert_null(dst.error);
+    assert_string_equal(dst.journal_id, "1-2-3");
+    assert_int_equal(dst.cur, 5);
+    assert_int_equal(dst.end, 10);
+    assert_int_equal(dst.bandwidth, 7);
+    assert_int_equal(dst.started, 100);
+    assert_true(dst.partial);
+    cfs_job_clear(&dst);
+    assert_null(dst.top);
+    assert_int_equal(dst.type, CFS_JOB_NONE);
+
+    struct cfs_job *heap = cfs_xcalloc(1, sizeof(*heap));
+    cfs_job_copy(heap, &src);
+    assert_null(cfs_job_free(heap));
+}
+
+static void test_lookups(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = make_domain();
+
+    assert_ptr_equal(cfs_domain_find_disk(d, "vda"), &d->disks[0]);
+    assert_ptr_equal(cfs_domain_find_disk(d, "vdb"), &d->disks[1]);
+    assert_null(cfs_domain_find_disk(d, "vdc"));
+    assert_null(cfs_domain_find_disk(d, NULL));
+    assert_null(cfs_domain_find_disk(NULL, "vda"));
+
+    assert_int_equal(cfs_disk_find_snapshot(&d->disks[0], "s1"), 0);
+    assert_int_equal(cfs_disk_find_snapshot(&d->disks[0], "s2"), -1);
+    assert_int_equal(cfs_disk_find_snapshot(&d->disks[0], NULL), -1);
+    assert_int_equal(cfs_disk_find_snapshot(NULL, "s1"), -1);
+    /* the base has no display name and is never found */
+    assert_int_equal(cfs_disk_find_snapshot(&d->disks[1], "sdb"), -1);
+
+    assert_true(cfs_domain_uses_path(d, "/img/web01.qcow2"));
+    assert_true(cfs_domain_uses_path(d, "/dev/sdb"));
+    assert_false(cfs_domain_uses_path(d, "/img/other.qcow2"));
+    assert_false(cfs_domain_uses_path(d, NULL));
+    assert_false(cfs_domain_uses_path(NULL, "/dev/sdb"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_xstrdup_and_asprintf),
+        cmocka_unit_test(test_xmalloc_aborts_on_oom),
+        cmocka_unit_test(test_streq),
+        cmocka_unit_test(test_strv),
+        cmocka_unit_test(test_format_size),
+        cmocka_unit_test(test_format_time),
+        cmocka_unit_test(test_buf),
+        cmocka_unit_test(test_backend_errmsg),
+        cmocka_unit_test(test_to_string),
+        cmocka_unit_test(test_domain_free_null),
+        cmocka_unit_test(test_domain_dup_is_deep),
+        cmocka_unit_test(test_job_copy),
+        cmocka_unit_test(test_lookups),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
