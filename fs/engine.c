@@ -26,6 +26,8 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -73,6 +75,7 @@ struct cfs_engine {
 
     struct cfs_backend *be;
     struct cfs_journal *journal;
+    int lock_fd;              /* flock on STATE_DIR/lock: one daemon per state_dir */
     struct cfs_tree *tree;
 
     pthread_mutex_t qlock;
@@ -309,7 +312,14 @@ static bool disk_has_layer(struct cfs_engine *e, const char *dom,
 static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
                     enum cfs_job_state st, const char *error, bool partial)
 {
-    _cleanup_free_ char *jid = NULL;
+    /* Close the journal entry first: whoever `wait`s for this job may
+     * look at the journal as soon as the state changes. */
+    pthread_mutex_lock(&e->tree->lock);
+    _cleanup_free_ char *jid =
+        cfs_xstrdup(cfs_tree_disk_state(e->tree, dom, disk)->job.journal_id);
+    pthread_mutex_unlock(&e->tree->lock);
+    journal_close(e, jid);
+
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
     struct cfs_job *j = &s->job;
@@ -331,13 +341,13 @@ static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_strv_free(s->partial_tops);
         s->partial_tops = kept;
     }
-    jid = TAKE_PTR(j->journal_id);
+    free(j->journal_id);
+    j->journal_id = NULL;
     s->gone_since_ms = 0;
     s->pivot_failures = 0;
     e->tree->generation++;
     pthread_cond_broadcast(&e->tree->changed);
     pthread_mutex_unlock(&e->tree->lock);
-    journal_close(e, jid);
 }
 
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
@@ -754,6 +764,7 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
                    struct cfs_engine **out, char **errmsg)
 {
     struct cfs_engine *e = cfs_xcalloc(1, sizeof(*e));
+    e->lock_fd = -1;
     e->overlay_dir = cfs_xstrdup(cfg->overlay_dir);
     e->state_dir = cfs_xstrdup(cfg->state_dir);
     e->keep_merged = cfg->keep_merged;
@@ -780,6 +791,21 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     }
     for (char **w = warnings; w && *w; w++)
         log_warn("%s", *w);
+
+    _cleanup_free_ char *lock = cfs_xasprintf("%s/lock", cfg->state_dir);
+    e->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (e->lock_fd < 0 || flock(e->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        if (errmsg)
+            *errmsg = r == -EBUSY
+                ? cfs_xasprintf("state directory %s is in use by another "
+                                "chainfs", cfg->state_dir)
+                : cfs_xasprintf("state directory %s: %s", cfg->state_dir,
+                                strerror(-r));
+        e->be = NULL;
+        cfs_engine_free(e);
+        return r;
+    }
     *out = e;
     return 0;
 }
@@ -841,6 +867,8 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
         w = next;
     }
     cfs_journal_free(e->journal);
+    if (e->lock_fd >= 0)
+        close(e->lock_fd);
     cfs_tree_free(e->tree);
     pthread_mutex_destroy(&e->qlock);
     pthread_cond_destroy(&e->qcond);
