@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# deps.sh — install what chainfs needs to build, run and test on Debian 12.
+#
+# Installs only what is missing (checked with dpkg-query); does nothing and
+# touches no network when everything is already there. Must run as root.
+set -euo pipefail
+
+CHAINFS_PACKAGES=(
+  meson ninja-build pkg-config gcc
+  libfuse3-dev fuse3
+  libvirt-dev libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
+  qemu-system-x86 qemu-utils qemu-block-extra
+  libjson-c-dev libcmocka-dev libxml2-dev
+  jq python3
+)
+
+deps_missing() {
+  local p status
+  for p in "${CHAINFS_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [ "$status" = installed ] || printf '%s\n' "$p"
+  done
+}
+
+main() {
+  local missing
+  mapfile -t missing < <(deps_missing)
+  if [ "${#missing[@]}" -eq 0 ]; then
+    echo "deps: all ${#CHAINFS_PACKAGES[@]} packages present"
+    return 0
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing packages: ${missing[*]}" >&2
+    echo "deps: installing them needs root; run: sudo bash $0" >&2
+    return 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+main "$@"

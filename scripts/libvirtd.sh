@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# libvirtd.sh — make sure a libvirtd answers on qemu:///system.
+#
+# Source it and call `libvirtd_ensure`, or run it. If nothing answers, it
+# starts virtlogd and libvirtd as daemons (these machines have no systemd)
+# and waits up to 20 s. It never stops a libvirtd: one it starts is left
+# running for the next user, one it finds is not its to touch.
+
+LIBVIRTD_URI=${LIBVIRTD_URI:-qemu:///system}
+
+libvirtd_answers() {
+  virsh -c "$LIBVIRTD_URI" version >/dev/null 2>&1
+}
+
+libvirtd_ensure() {
+  local i
+  libvirtd_answers && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "libvirtd: nothing answers on $LIBVIRTD_URI, and starting libvirtd needs root" >&2
+    return 1
+  fi
+  if ! command -v libvirtd >/dev/null 2>&1; then
+    echo "libvirtd: libvirtd is not installed (run scripts/deps.sh)" >&2
+    return 1
+  fi
+  echo "libvirtd: nothing answers on $LIBVIRTD_URI; starting virtlogd and libvirtd" >&2
+  if ! pgrep -x virtlogd >/dev/null 2>&1; then
+    virtlogd -d || echo "libvirtd: virtlogd did not start; continuing" >&2
+  fi
+  if ! pgrep -x libvirtd >/dev/null 2>&1; then
+    libvirtd -d
+  fi
+  for ((i = 0; i < 40; i++)); do
+    libvirtd_answers && return 0
+    sleep 0.5
+  done
+  echo "libvirtd: still no answer on $LIBVIRTD_URI after 20 s" >&2
+  return 1
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  libvirtd_ensure
+  echo "libvirtd: answering on $LIBVIRTD_URI"
+fi
