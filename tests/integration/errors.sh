@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# errors.sh — every refusal of SPEC's error table that a user can provoke
+# on a healthy host returns its errno and changes nothing: not libvirt's
+# disks (domblklist), not libvirt's snapshots (snapshot-list), not the
+# files in overlay_dir, not the tree (ls snapshots/ of every disk).
+# The domain has two disks, because snapshot names are per domain.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_init
+
+D="$IT_PREFIX-errors"
+it_make_image "$T/vda.qcow2" 256M
+it_make_image "$T/vdb.qcow2" 64M
+it_define "$D" "$T/vda.qcow2" "$T/vdb.qcow2"
+it_start "$D"
+it_mount
+it_wait_dom "$D"
+S="$MNT/$D/vda/snapshots"
+
+mkdir "$S/s1" || it_fail "mkdir snapshots/s1"
+# An overlay file of the name chainfs would give snapshot "pre" (FILES.md).
+trapfile="$T/overlays/$D.vda.pre.qcow2"
+it_make_image "$trapfile" 1M
+trapsum=$(md5sum <"$trapfile")
+
+world() {
+  echo "domblklist:"
+  it_virsh domblklist "$D"
+  echo "snapshot-list:"
+  it_snapshot_names "$D"
+  echo "overlay_dir:"
+  ls -1 "$T/overlays"
+  md5sum <"$trapfile"
+  echo "vda: $(it_snapshots "$D" vda)"
+  echo "vdb: $(it_snapshots "$D" vdb)"
+}
+
+# refuse ERRNO OP PATH — os.OP(PATH) fails with ERRNO and changes nothing.
+refuse() {
+  local before after
+  before=$(world)
+  it_expect_errno "$1" "$2" "$3"
+  after=$(world)
+  it_assert_eq "$before" "$after" "$2 $(it_short "$3") changed nothing"
+}
+
+# --- EINVAL / ENAMETOOLONG: names ------------------------------------------------------
+refuse EINVAL mkdir "$S/a b"
+refuse EINVAL mkdir "$S/.x"
+refuse EINVAL mkdir "$S/-x"
+refuse EINVAL mkdir "$S/$(printf 'a%.0s' {1..65})"
+refuse EINVAL mkdir "$S/a~b"
+refuse ENAMETOOLONG mkdir "$S/$(printf 'b%.0s' {1..256})"
+
+# --- EEXIST ---------------------------------------------------------------------------------
+refuse EEXIST mkdir "$S/s1"
+refuse EEXIST mkdir "$MNT/$D/vdb/snapshots/s1"
+refuse EEXIST mkdir "$S/pre"
+it_assert_eq "$trapsum" "$(md5sum <"$trapfile")" "the existing overlay file was not overwritten"
+err=$(sed -n 's/^error: *//p' "$MNT/$D/vda/job")
+if [ -z "$err" ] || [ "$err" = "-" ]; then
+  it_fail "job's error: line does not show the last refusal (got '$err')"
+fi
+it_log "ok: job shows the last refusal: $err"
+
+# --- ENOENT -----------------------------------------------------------------------------------
+refuse ENOENT rmdir "$S/nosuch"
+refuse ENOENT mkdir "$MNT/$IT_PREFIX-nosuchdomain/vda/snapshots/x"
+refuse ENOENT mkdir "$MNT/$D/vdz/snapshots/x"
+
+# --- EBUSY: a merge runs on vda ---------------------------------------------------------
+mkdir "$S/s2" || it_fail "mkdir snapshots/s2"
+it_guest_write "$D" 0x5a 0 128M
+rmdir "$S/s2" || it_fail "rmdir snapshots/s2"
+it_virsh blockjob "$D" vda --bandwidth 1 >/dev/null || it_fail "virsh blockjob --bandwidth 1"
+busy() { [ "$(it_job_field "$D" vda state)" = running ]; }
+busy || it_fail "the merge of s2 is not running (state $(it_job_field "$D" vda state)); cannot test EBUSY"
+refuse EBUSY mkdir "$S/s3"
+refuse EBUSY rmdir "$S/s1"
+busy || it_fail "the merge of s2 ended during the EBUSY checks; they prove nothing"
+it_log "ok: the merge was running throughout the EBUSY checks"
+it_virsh blockjob "$D" vda --bandwidth 0 >/dev/null || true
+out=$(it_wait_job "$D" vda)
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the merge of s2 completed"
+
+# --- and the boundary that must work: a 64-character name -----------------------------
+name64=$(printf 'c%.0s' {1..64})
+mkdir "$MNT/$D/vdb/snapshots/$name64" || it_fail "mkdir of a 64-character name"
+it_assert_eq "$name64" "$(it_snapshots "$D" vdb)" "a 64-character name is a snapshot"

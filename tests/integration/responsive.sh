@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# responsive.sh — while a merge runs (slowed to 1 MiB/s for 10 s), reads of
+# the tree stay fast: `ls snapshots/`, `cat job` and `cat chain` each return
+# within 100 ms, and `job` shows the progress moving. Then the merge is let
+# go and `cat wait` sees it complete.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_init
+
+LIMIT_MS=${RESPONSIVE_LIMIT_MS:-100}
+D="$IT_PREFIX-resp"
+base="$T/base.qcow2"
+ov="$T/ov.qcow2"
+it_make_image "$base" 256M
+it_write_pattern "$base" 0x11 200M 1M
+it_make_image "$ov" 256M "$base"
+# 160 MiB to merge: at full speed a fraction of a second, at 1 MiB/s minutes.
+it_write_pattern "$ov" 0x77 0 160M
+it_define "$D" "$ov"
+it_start "$D"
+it_mount
+it_wait_dom "$D"
+it_assert_eq "ov" "$(it_snapshots "$D" vda)" "the overlay is snapshot ov"
+
+rmdir "$MNT/$D/vda/snapshots/ov" || it_fail "rmdir snapshots/ov"
+it_virsh blockjob "$D" vda --bandwidth 1 >/dev/null || it_fail "virsh blockjob --bandwidth 1"
+
+results=$(python3 - "$MNT/$D/vda" 10 <<'PY'
+import json, os, sys, time
+d, seconds = sys.argv[1], float(sys.argv[2])
+lat = {"ls snapshots/": [], "cat job": [], "cat chain": []}
+samples = []  # (t, state, cur)
+def timed(name, fn):
+    t0 = time.monotonic()
+    r = fn()
+    lat[name].append((time.monotonic() - t0) * 1000)
+    return r
+def read(p):
+    with open(p, "rb") as f:
+        return f.read()
+t_end = time.monotonic() + seconds
+while time.monotonic() < t_end:
+    snaps = timed("ls snapshots/", lambda: os.listdir(os.path.join(d, "snapshots")))
+    job = timed("cat job", lambda: read(os.path.join(d, "job"))).decode()
+    timed("cat chain", lambda: read(os.path.join(d, "chain")))
+    j = json.loads(read(os.path.join(d, "job.json")))
+    pct = [l.split()[1] for l in job.splitlines() if l.startswith("progress:")]
+    samples.append((j["state"], j["cur"], j["end"], pct[0] if pct else "?", len(snaps)))
+    time.sleep(0.1)
+for name, v in lat.items():
+    v.sort()
+    print("lat %s|%d|%.1f|%.1f" % (name, len(v), v[len(v) // 2], v[-1]))
+print("states %s" % " ".join(sorted(set(s[0] for s in samples))))
+print("first %d %d %s" % samples[0][1:4])
+print("last %d %d %s" % samples[-1][1:4])
+print("snaps %d" % max(s[4] for s in samples))
+PY
+) || it_fail "measuring reads during the merge"
+it_virsh blockjob "$D" vda --bandwidth 0 >/dev/null || true
+printf '%s\n' "$results" >&2
+
+fails=0
+while IFS='|' read -r name n p50 max; do
+  name=${name#lat }
+  it_log "$name: $n reads during the merge, median ${p50} ms, max ${max} ms (limit ${LIMIT_MS} ms)"
+  awk -v m="$max" -v l="$LIMIT_MS" 'BEGIN { exit !(m <= l) }' || {
+    echo "[$IT_NAME] $name took ${max} ms > ${LIMIT_MS} ms" >&2
+    fails=1
+  }
+done < <(grep '^lat ' <<<"$results")
+[ "$fails" -eq 0 ] || it_fail "reads were slow while a merge ran"
+it_assert_eq "running" "$(sed -n 's/^states //p' <<<"$results")" "the job was running (not ready, not done) all 10 s"
+read -r _ cur0 _ pct0 <<<"$(grep '^first ' <<<"$results")"
+read -r _ cur1 end1 pct1 <<<"$(grep '^last ' <<<"$results")"
+[ "$cur1" -gt "$cur0" ] || it_fail "job progress did not move: cur $cur0 -> $cur1"
+it_log "ok: job progress moved from $cur0 ($pct0) to $cur1 ($pct1) of $end1 bytes"
+it_assert_eq "0" "$(sed -n 's/^snaps //p' <<<"$results")" "ov stayed out of snapshots/ during the merge"
+
+out=$(it_wait_job "$D" vda)
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "cat wait: the merge completed"
+it_assert_eq "$base" "$(it_domblk "$D" vda)" "domblklist shows the base"
+it_destroy "$D"
+it_check_pattern "$base" 0x77 0 160M
+it_check_pattern "$base" 0x11 200M 1M
