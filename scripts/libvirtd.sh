@@ -38,6 +38,21 @@ libvirtd_ensure() {
   return 1
 }
 
+# libvirtd_virt_type — "kvm" when QEMU, running as libvirt's qemu user, can
+# open /dev/kvm; else "qemu" (TCG). /dev/kvm can exist and still be
+# root-only (no udev to apply Debian's root:kvm 0660), and then a kvm
+# domain fails to start.
+libvirtd_virt_type() {
+  local user=${LIBVIRTD_QEMU_USER:-libvirt-qemu}
+  if [ -c /dev/kvm ] && id "$user" >/dev/null 2>&1 &&
+    setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups \
+      sh -c 'test -r /dev/kvm && test -w /dev/kvm' 2>/dev/null; then
+    echo kvm
+  else
+    echo qemu
+  fi
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
   libvirtd_ensure

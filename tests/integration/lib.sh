@@ -187,17 +187,9 @@ it_cleanup() {
 
 it_virsh() { virsh -q -c "$IT_URI" "$@"; }
 
-# kvm when QEMU (running as libvirt's qemu user) can open /dev/kvm, else
-# qemu (TCG). /dev/kvm can exist and still be root-only.
+# kvm or qemu (TCG), whichever QEMU can use here (scripts/libvirtd.sh).
 it_virt_type() {
-  if [ -z "$IT_VIRT_TYPE" ]; then
-    IT_VIRT_TYPE=qemu
-    if [ -c /dev/kvm ] && id libvirt-qemu >/dev/null 2>&1 &&
-      setpriv --reuid=libvirt-qemu --regid=libvirt-qemu --init-groups \
-        sh -c 'test -r /dev/kvm && test -w /dev/kvm' 2>/dev/null; then
-      IT_VIRT_TYPE=kvm
-    fi
-  fi
+  [ -n "$IT_VIRT_TYPE" ] || IT_VIRT_TYPE=$(libvirtd_virt_type)
   printf '%s\n' "$IT_VIRT_TYPE"
 }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# test.sh — every test chainfs has, from nothing: install what is missing,
+# build, make sure libvirtd runs, then
+#   1. unit tests                      (build/)
+#   2. integration tests               (build/, real libvirtd + QEMU + FUSE)
+#   3. both again, built with -Db_sanitize=address,undefined (build-asan/)
+# and end with one line totalling them all: "N passed, N failed, N skipped".
+# Exits non-zero if anything failed. Run as root:
+#
+#     sudo bash scripts/test.sh
+#
+# Integration tests skip themselves (exit 77) where they cannot run at all
+# (not root, no /dev/fuse, no libvirtd).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/deps.sh
+else
+  bash scripts/deps.sh || echo "test: not root; carrying on with what is installed" >&2
+fi
+[ -d build ] || meson setup build
+ninja -C build
+# shellcheck source=scripts/libvirtd.sh
+. scripts/libvirtd.sh
+libvirtd_ensure || echo "test: no libvirtd; the integration tests will skip" >&2
+
+PASSED=0
+FAILED=0
+SKIPPED=0
+FAILED_SUITES=()
+
+# run_suite BUILDDIR SUITE — meson test, then add its summary to the totals.
+run_suite() {
+  local dir=$1 suite=$2 log rc=0 ok xfail fail xpass skip timeout
+  log=$(mktemp)
+  echo
+  echo "=== $suite tests ($dir)"
+  meson test -C "$dir" --suite "$suite" --print-errorlogs 2>&1 | tee "$log" || rc=$?
+  count() { sed -n "s/^$1: *\([0-9][0-9]*\).*/\1/p" "$log" | tail -n 1; }
+  ok=$(count Ok)
+  xfail=$(count 'Expected Fail')
+  fail=$(count Fail)
+  xpass=$(count 'Unexpected Pass')
+  skip=$(count Skipped)
+  timeout=$(count Timeout)
+  rm -f "$log"
+  if [ -z "$ok" ]; then
+    echo "test: no summary from meson test ($dir, $suite): counted as one failure" >&2
+    FAILED=$((FAILED + 1))
+    FAILED_SUITES+=("$dir:$suite")
+    return
+  fi
+  PASSED=$((PASSED + ok + ${xfail:-0}))
+  FAILED=$((FAILED + ${fail:-0} + ${xpass:-0} + ${timeout:-0}))
+  SKIPPED=$((SKIPPED + ${skip:-0}))
+  if [ "$rc" -ne 0 ] || [ $((${fail:-0} + ${xpass:-0} + ${timeout:-0})) -ne 0 ]; then
+    FAILED_SUITES+=("$dir:$suite")
+  fi
+}
+
+run_suite build unit
+run_suite build integration
+
+echo
+echo "=== sanitizer build (build-asan: -Db_sanitize=address,undefined)"
+[ -d build-asan ] || meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
+ninja -C build-asan
+export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+run_suite build-asan unit
+run_suite build-asan integration
+
+echo
+if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then
+  echo "failed: ${FAILED_SUITES[*]}"
+fi
+echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+[ "$FAILED" -eq 0 ] && [ "${#FAILED_SUITES[@]}" -eq 0 ]
