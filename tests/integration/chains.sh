@@ -55,10 +55,10 @@ it_assert_eq "s1 s2 s3" "$(it_snapshot_names "$D" | tr '\n' ' ' | sed 's/ $//')"
 # chainfs has no libvirt event for a snapshot another client made; say
 # whether the live mount caught up on its own, then check a fresh mount.
 vda_shows_three() { [ "$(it_snapshots "$D" vda)" = "s1 s2 s3" ]; }
-if it_poll 3 vda_shows_three; then
+if it_poll 5 vda_shows_three; then
   it_log "note: the running mount shows virsh's new snapshots on its own"
 else
-  it_log "NOTE: after 3 s the running mount still shows vda snapshots '$(it_snapshots "$D" vda)'; remounting"
+  it_log "NOTE: after 5 s the running mount still shows vda snapshots '$(it_snapshots "$D" vda)'; remounting"
 fi
 it_unmount || it_fail "unmount"
 it_mount

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# bench.sh — chainfs against virsh on the same domain, side by side.
+#
+#   mkdir snapshots/NAME       vs  virsh snapshot-create-as --disk-only --atomic
+#   rmdir NAME && cat wait     vs  virsh blockcommit --active --pivot --wait
+#     (active layer holding 256 MiB of guest-written data, identical chains)
+#   cat chain                  vs  virsh domblklist
+#
+# Each is timed N times (default 7, after one untimed warm-up); the medians
+# are printed with their ratio and the target from issue 2. Not part of CI:
+#
+#     sudo bash tests/bench/bench.sh            # N=7
+#     sudo N=15 bash tests/bench/bench.sh
+#
+# Uses the integration helpers (tests/integration/lib.sh): its own domain,
+# files and mount, all removed on exit. CHAINFS defaults to build/chainfs.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/../integration/lib.sh"
+N=${N:-7}
+IT_NAME=bench
+it_init
+
+D="$IT_PREFIX-bench"
+base="$T/base.qcow2"
+it_make_image "$base" 512M
+it_define "$D" "$base"
+it_start "$D"
+it_mount
+it_wait_dom "$D"
+V="$MNT/$D/vda"
+
+# ms CMD... — run CMD (output discarded), print its wall time in ms (3 decimals).
+ms() {
+  local t0 t1
+  t0=$(date +%s%N)
+  "$@" >/dev/null || { echo "bench: failed: $*" >&2; return 1; }
+  t1=$(date +%s%N)
+  awk -v d=$((t1 - t0)) 'BEGIN { printf "%.3f\n", d / 1e6 }'
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Chains are kept identical: every timed operation starts from the base
+# alone, and each side's snapshot is merged away by its own tool.
+vs_snapshot() { it_virsh snapshot-create-as "$D" "$1" --disk-only --atomic --diskspec "vda,file=$T/overlays/$1.qcow2"; }
+vs_merge() {
+  it_virsh blockcommit "$D" vda --active --pivot --wait >/dev/null
+  it_virsh snapshot-delete "$D" "$1" --metadata >/dev/null
+  rm -f "$T/overlays/$1.qcow2"
+}
+cfs_merge() { rmdir "$V/snapshots/$1" && cat "$V/wait" >/dev/null; }
+fill_256m() {
+  local off
+  for off in 0 64M 128M 192M; do
+    it_guest_write "$D" 0x5a "$off" 64M 2>/dev/null
+  done
+}
+rmdir_wait() { rmdir "$V/snapshots/$1" && cat "$V/wait"; }
+at_base() { [ "$(it_domblk "$D" vda)" = "$base" ] || it_fail "chain not back at the base"; }
+
+: >"$T/mkdir.cfs"
+: >"$T/mkdir.virsh"
+: >"$T/commit.cfs"
+: >"$T/commit.virsh"
+: >"$T/chain.cfs"
+: >"$T/chain.virsh"
+
+it_log "mkdir vs virsh snapshot-create-as, $N runs each (+1 warm-up)"
+for ((i = 0; i <= N; i++)); do
+  t=$(ms mkdir "$V/snapshots/m$i")
+  cfs_merge "m$i"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/mkdir.cfs"
+  at_base
+  t=$(ms vs_snapshot "v$i")
+  vs_merge "v$i"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/mkdir.virsh"
+  at_base
+done
+
+it_log "rmdir + cat wait vs virsh blockcommit --active --pivot --wait, 256 MiB, $N runs each (+1 warm-up)"
+for ((i = 0; i <= N; i++)); do
+  mkdir "$V/snapshots/c$i"
+  fill_256m
+  t=$(ms rmdir_wait "c$i")
+  grep -q '^state: *completed$' "$V/job" || it_fail "rmdir c$i did not complete: $(cat "$V/job")"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/commit.cfs"
+  at_base
+  vs_snapshot "b$i" >/dev/null
+  fill_256m
+  t=$(ms it_virsh blockcommit "$D" vda --active --pivot --wait)
+  it_virsh snapshot-delete "$D" "b$i" --metadata >/dev/null
+  rm -f "$T/overlays/b$i.qcow2"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/commit.virsh"
+  at_base
+done
+
+it_log "cat chain vs virsh domblklist, $N runs each (+1 warm-up)"
+mkdir "$V/snapshots/keep"
+for ((i = 0; i <= N; i++)); do
+  t=$(ms cat "$V/chain")
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/chain.cfs"
+  t=$(ms it_virsh domblklist "$D")
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/chain.virsh"
+done
+
+echo
+printf 'chainfs benchmark: %s runs each, medians in ms, domain type %s, %s\n' "$N" "$(it_virt_type)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+printf '%-44s %10s %10s %7s %8s  %s\n' "operation (chainfs vs virsh)" chainfs virsh ratio target verdict
+missed=0
+row() { # LABEL KEY TARGET
+  local c v r ok
+  c=$(median <"$T/$2.cfs")
+  v=$(median <"$T/$2.virsh")
+  r=$(awk -v c="$c" -v v="$v" 'BEGIN { printf "%.2f", c / v }')
+  if awk -v r="$r" -v t="$3" 'BEGIN { exit !(r <= t) }'; then ok=met; else ok=MISSED; missed=1; fi
+  printf '%-44s %10.1f %10.1f %7s %8s  %s\n' "$1" "$c" "$v" "$r" "<= $3" "$ok"
+}
+row "mkdir vs snapshot-create-as --disk-only" mkdir 0.7
+row "rmdir+cat wait vs blockcommit --pivot (256M)" commit 1.1
+row "cat chain vs domblklist" chain 0.2
+[ "$missed" -eq 0 ] || echo "(a target was missed)"
