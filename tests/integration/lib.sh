@@ -202,6 +202,7 @@ it_domain_xml() {
   printf '  <name>%s</name>\n' "$name"
   printf "  <memory unit='MiB'>64</memory>\n  <vcpu>1</vcpu>\n"
   printf "  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n"
+  printf "  <features><acpi/></features>\n" # PCI hot-plug needs ACPI
   printf "  <on_poweroff>destroy</on_poweroff>\n  <on_crash>destroy</on_crash>\n"
   printf '  <devices>\n'
   for f in "$@"; do
