@@ -1,0 +1,465 @@
+/* domxml.c — libvirt domain and snapshot XML with libxml2. See domxml.h.
+ *
+ * Walks the element tree directly (no XPath): a disk's own <source>,
+ * <driver>, <backingStore> are its direct children, and a <mirror> or the
+ * <domain> copy inside a snapshot must not be mistaken for them.
+ *
+ * Owns nothing; thread-safe once cfs_domxml_init() has run. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+
+#include "chainfs/util.h"
+#include "domxml.h"
+
+#define PARSE_OPTS (XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING)
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void init_libxml(void)
+{
+    xmlInitParser();
+}
+
+void cfs_domxml_init(void)
+{
+    pthread_once(&init_once, init_libxml);
+}
+
+static void docp(xmlDoc **d)
+{
+    if (*d)
+        xmlFreeDoc(*d);
+}
+#define _cleanup_doc_ _cleanup_(docp)
+
+static xmlDoc *parse(const char *xml)
+{
+    cfs_domxml_init();
+    if (!xml)
+        return NULL;
+    return xmlReadMemory(xml, (int)strlen(xml), "domain.xml", NULL, PARSE_OPTS);
+}
+
+static bool is_elem(const xmlNode *n, const char *name)
+{
+    return n && n->type == XML_ELEMENT_NODE &&
+           xmlStrEqual(n->name, (const xmlChar *)name);
+}
+
+static xmlNode *child(const xmlNode *n, const char *name)
+{
+    if (!n)
+        return NULL;
+    for (xmlNode *c = n->children; c; c = c->next)
+        if (is_elem(c, name))
+            return c;
+    return NULL;
+}
+
+/* Attribute value as a malloc'd string, NULL if absent. */
+static char *prop(const xmlNode *n, const char *name)
+{
+    xmlChar *v;
+    char *s;
+
+    if (!n)
+        return NULL;
+    v = xmlGetProp(n, (const xmlChar *)name);
+    if (!v)
+        return NULL;
+    s = cfs_xstrdup((const char *)v);
+    xmlFree(v);
+    return s;
+}
+
+static bool prop_is(const xmlNode *n, const char *name, const char *value)
+{
+    _cleanup_free_ char *v = prop(n, name);
+    return cfs_streq(v, value);
+}
+
+static char *text(const xmlNode *n)
+{
+    xmlChar *v;
+    char *s;
+
+    if (!n)
+        return NULL;
+    v = xmlNodeGetContent(n);
+    if (!v)
+        return NULL;
+    s = cfs_xstrdup((const char *)v);
+    xmlFree(v);
+    return s;
+}
+
+static bool has_element_children(const xmlNode *n)
+{
+    for (xmlNode *c = n->children; c; c = c->next)
+        if (c->type == XML_ELEMENT_NODE)
+            return true;
+    return false;
+}
+
+/* The path a <source> names for a disk or backingStore of TYPE. */
+static char *source_path(const char *type, const xmlNode *source)
+{
+    if (!source)
+        return NULL;
+    if (cfs_streq(type, "file"))
+        return prop(source, "file");
+    if (cfs_streq(type, "block"))
+        return prop(source, "dev");
+    if (cfs_streq(type, "network")) {
+        _cleanup_free_ char *protocol = prop(source, "protocol");
+        _cleanup_free_ char *name = prop(source, "name");
+        _cleanup_free_ char *host = prop(child(source, "host"), "name");
+
+        if (!protocol)
+            return NULL;
+        if (host)
+            return cfs_xasprintf("%s://%s/%s", protocol, host, name ? name : "");
+        return cfs_xasprintf("%s:%s", protocol, name ? name : "");
+    }
+    return NULL;
+}
+
+static unsigned parse_index(const xmlNode *n)
+{
+    _cleanup_free_ char *v = prop(n, "index");
+    return v ? (unsigned)strtoul(v, NULL, 10) : 0;
+}
+
+static void add_layer(struct cfs_disk *disk, struct cfs_domxml_disk *extra,
+                      char *path, char *format, bool is_block, unsigned index)
+{
+    struct cfs_layer *l;
+
+    disk->layers = cfs_xrealloc(disk->layers,
+                                (disk->n_layers + 1) * sizeof(*disk->layers));
+    extra->index = cfs_xrealloc(extra->index,
+                                (disk->n_layers + 1) * sizeof(*extra->index));
+    extra->index[disk->n_layers] = index;
+    l = &disk->layers[disk->n_layers++];
+    *l = (struct cfs_layer){0};
+    l->path = path;
+    l->format = format ? format : cfs_xstrdup("");
+    l->is_block = is_block;
+}
+
+/* The layers under a disk's <backingStore> children. */
+static void parse_backing_chain(const xmlNode *disk_node, struct cfs_disk *disk,
+                                struct cfs_domxml_disk *extra)
+{
+    const xmlNode *bs = child(disk_node, "backingStore");
+
+    while (bs) {
+        _cleanup_free_ char *type = prop(bs, "type");
+        char *path;
+
+        if (!type && !has_element_children(bs)) {
+            extra->chain_complete = true;
+            return;
+        }
+        path = source_path(type, child(bs, "source"));
+        if (!path)
+            return;
+        add_layer(disk, extra, path, prop(child(bs, "format"), "type"),
+                  cfs_streq(type, "block"), parse_index(bs));
+        bs = child(bs, "backingStore");
+    }
+}
+
+static bool listed_device(const char *device)
+{
+    return !device || cfs_streq(device, "disk") || cfs_streq(device, "lun") ||
+           cfs_streq(device, "cdrom") || cfs_streq(device, "floppy");
+}
+
+static void parse_disk(const xmlNode *node, struct cfs_domxml *x)
+{
+    _cleanup_free_ char *type = prop(node, "type");
+    _cleanup_free_ char *device = prop(node, "device");
+    _cleanup_free_ char *target = prop(child(node, "target"), "dev");
+    _cleanup_free_ char *path = NULL;
+    struct cfs_domain *d = x->domain;
+    const xmlNode *source = child(node, "source");
+    struct cfs_disk *disk;
+    struct cfs_domxml_disk *extra;
+
+    if (!target)
+        return;
+    cfs_strv_push(&x->targets, cfs_xstrdup(target));
+    if (!cfs_streq(type, "file") && !cfs_streq(type, "block"))
+        return;
+    if (!listed_device(device))
+        return;
+    path = source_path(type, source);
+    if (!path || !*path)
+        return;
+
+    d->disks = cfs_xrealloc(d->disks, (d->n_disks + 1) * sizeof(*d->disks));
+    x->disks = cfs_xrealloc(x->disks, (d->n_disks + 1) * sizeof(*x->disks));
+    disk = &d->disks[d->n_disks];
+    extra = &x->disks[d->n_disks];
+    d->n_disks++;
+    x->n_disks = d->n_disks;
+    *disk = (struct cfs_disk){0};
+    *extra = (struct cfs_domxml_disk){0};
+
+    disk->target = TAKE_PTR(target);
+    disk->readonly = child(node, "readonly") != NULL || cfs_streq(device, "cdrom");
+    disk->shareable = child(node, "shareable") != NULL;
+    disk->is_block = cfs_streq(type, "block");
+    add_layer(disk, extra, TAKE_PTR(path), prop(child(node, "driver"), "type"),
+              disk->is_block, parse_index(source));
+    parse_backing_chain(node, disk, extra);
+}
+
+int cfs_domxml_parse(const char *xml, struct cfs_domxml *out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    const xmlNode *root;
+    _cleanup_free_ char *uuid = NULL;
+
+    *out = (struct cfs_domxml){0};
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domain"))
+        return -EINVAL;
+
+    out->domain = cfs_xcalloc(1, sizeof(*out->domain));
+    out->domain->name = text(child(root, "name"));
+    if (!out->domain->name) {
+        cfs_domxml_clear(out);
+        return -EINVAL;
+    }
+    uuid = text(child(root, "uuid"));
+    if (uuid)
+        snprintf(out->domain->uuid, sizeof(out->domain->uuid), "%s", uuid);
+
+    for (const xmlNode *c = child(child(root, "devices"), "disk"); c; c = c->next)
+        if (is_elem(c, "disk"))
+            parse_disk(c, out);
+    return 0;
+}
+
+void cfs_domxml_clear(struct cfs_domxml *x)
+{
+    if (!x)
+        return;
+    for (size_t i = 0; i < x->n_disks; i++)
+        free(x->disks[i].index);
+    free(x->disks);
+    cfs_domain_free(x->domain);
+    cfs_strv_free(x->targets);
+    *x = (struct cfs_domxml){0};
+}
+
+int cfs_domxml_parse_snapshot(const char *xml, struct cfs_snapxml *out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    const xmlNode *root;
+
+    *out = (struct cfs_snapxml){0};
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domainsnapshot"))
+        return -EINVAL;
+    out->name = text(child(root, "name"));
+    if (!out->name)
+        return -EINVAL;
+
+    for (const xmlNode *c = child(child(root, "disks"), "disk"); c; c = c->next) {
+        _cleanup_free_ char *snapshot = NULL, *type = NULL, *target = NULL;
+        char *source;
+
+        if (!is_elem(c, "disk"))
+            continue;
+        snapshot = prop(c, "snapshot");
+        if (snapshot && !cfs_streq(snapshot, "external"))
+            continue;
+        target = prop(c, "name");
+        type = prop(c, "type");
+        source = source_path(type ? type : "file", child(c, "source"));
+        if (!target || !source) {
+            free(source);
+            continue;
+        }
+        out->disks = cfs_xrealloc(out->disks, (out->n_disks + 1) * sizeof(*out->disks));
+        out->disks[out->n_disks++] = (struct cfs_snapxml_disk){
+            .target = TAKE_PTR(target),
+            .source = source,
+        };
+    }
+    return 0;
+}
+
+void cfs_snapxml_clear(struct cfs_snapxml *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->n_disks; i++) {
+        free(s->disks[i].target);
+        free(s->disks[i].source);
+    }
+    free(s->disks);
+    free(s->name);
+    *s = (struct cfs_snapxml){0};
+}
+
+static char *dump(xmlDoc *doc)
+{
+    xmlChar *mem = NULL;
+    int len = 0;
+    char *s;
+
+    xmlDocDumpMemory(doc, &mem, &len);
+    if (!mem)
+        return NULL;
+    s = cfs_xstrdup((const char *)mem);
+    xmlFree(mem);
+    return s;
+}
+
+static void set_prop(xmlNode *n, const char *name, const char *value)
+{
+    xmlSetProp(n, (const xmlChar *)name, (const xmlChar *)value);
+}
+
+static xmlNode *new_child(xmlNode *parent, const char *name)
+{
+    return xmlNewChild(parent, NULL, (const xmlChar *)name, NULL);
+}
+
+char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
+                              const char *overlay, char *const *targets)
+{
+    _cleanup_doc_ xmlDoc *doc = NULL;
+    xmlNode *root, *disks, *d;
+
+    cfs_domxml_init();
+    doc = xmlNewDoc((const xmlChar *)"1.0");
+    root = xmlNewNode(NULL, (const xmlChar *)"domainsnapshot");
+    xmlDocSetRootElement(doc, root);
+    /* xmlNewTextChild escapes its content; attribute values are escaped
+     * when serialised */
+    xmlNewTextChild(root, NULL, (const xmlChar *)"name", (const xmlChar *)name);
+    disks = new_child(root, "disks");
+
+    d = new_child(disks, "disk");
+    set_prop(d, "name", disk);
+    set_prop(d, "snapshot", "external");
+    set_prop(d, "type", "file");
+    set_prop(new_child(d, "driver"), "type", "qcow2");
+    set_prop(new_child(d, "source"), "file", overlay);
+
+    for (char *const *t = targets; t && *t; t++) {
+        if (cfs_streq(*t, disk))
+            continue;
+        d = new_child(disks, "disk");
+        set_prop(d, "name", *t);
+        set_prop(d, "snapshot", "no");
+    }
+    return dump(doc);
+}
+
+static xmlNode *find_disk(xmlNode *root, const char *target)
+{
+    for (xmlNode *c = child(child(root, "devices"), "disk"); c; c = c->next)
+        if (is_elem(c, "disk") && prop_is(child(c, "target"), "dev", target))
+            return c;
+    return NULL;
+}
+
+int cfs_domxml_mirror_ready(const char *xml, const char *target, bool *ready)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    xmlNode *root, *disk;
+
+    *ready = false;
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domain"))
+        return -EINVAL;
+    disk = find_disk(root, target);
+    if (!disk)
+        return -ENOENT;
+    *ready = prop_is(child(disk, "mirror"), "ready", "yes");
+    return 0;
+}
+
+/* Remove every direct <backingStore> child of DISK; true if any. */
+static bool drop_backing_store(xmlNode *disk)
+{
+    xmlNode *c = disk->children;
+    bool changed = false;
+
+    while (c) {
+        xmlNode *next = c->next;
+
+        if (is_elem(c, "backingStore")) {
+            xmlUnlinkNode(c);
+            xmlFreeNode(c);
+            changed = true;
+        }
+        c = next;
+    }
+    return changed;
+}
+
+int cfs_domxml_set_disk_source(const char *xml, const char *target,
+                               const char *path, const char *format,
+                               bool is_block, char **out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    xmlNode *root, *disk, *source, *driver;
+
+    *out = NULL;
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domain"))
+        return -EINVAL;
+    disk = find_disk(root, target);
+    if (!disk)
+        return -ENOENT;
+
+    set_prop(disk, "type", is_block ? "block" : "file");
+    source = child(disk, "source");
+    if (!source)
+        source = new_child(disk, "source");
+    xmlUnsetProp(source, (const xmlChar *)"file");
+    xmlUnsetProp(source, (const xmlChar *)"dev");
+    xmlUnsetProp(source, (const xmlChar *)"index");
+    set_prop(source, is_block ? "dev" : "file", path);
+
+    driver = child(disk, "driver");
+    if (!driver) {
+        driver = new_child(disk, "driver");
+        set_prop(driver, "name", "qemu");
+    }
+    set_prop(driver, "type", format);
+
+    drop_backing_store(disk);
+    *out = dump(doc);
+    return *out ? 0 : -EINVAL;
+}
+
+int cfs_domxml_drop_backing_store(const char *xml, const char *target,
+                                  char **out, bool *changed)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    xmlNode *root, *disk;
+
+    *out = NULL;
+    *changed = false;
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domain"))
+        return -EINVAL;
+    disk = find_disk(root, target);
+    if (!disk)
+        return -ENOENT;
+    *changed = drop_backing_store(disk);
+    *out = dump(doc);
+    return *out ? 0 : -EINVAL;
+}

@@ -1,0 +1,85 @@
+/* domxml.h — libvirt's XML, parsed and written with libxml2, without
+ * linking libvirt: domain XML -> disks and chains, snapshot XML -> which
+ * overlay each snapshot created, the XML for a new disk-only snapshot, the
+ * <mirror ready=...> of a running job, and the inactive-XML edit that an
+ * offline active commit needs.
+ *
+ * Pure functions over strings; thread-safe once xmlInitParser() has run
+ * (cfs_domxml_init(), called by the backend constructor). Every function
+ * returns 0 or a negative errno: -EINVAL for XML that does not parse or
+ * lacks what is needed, -ENOENT for a disk target that is not there. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "chainfs/model.h"
+
+/* Initialise libxml2 for multi-threaded use; idempotent. */
+void cfs_domxml_init(void);
+
+/* Per-disk facts of the XML that struct cfs_disk has no room for. */
+struct cfs_domxml_disk {
+    /* The chain ends in an empty <backingStore/>: nothing below the last
+     * layer. False for an inactive definition, whose chain (if any) is
+     * what the user or a live snapshot wrote, and which libvirt probes
+     * further at start. */
+    bool chain_complete;
+    /* index= attribute of each layer (0 if absent); n = disk's n_layers.
+     * Live XML only; matches domstats' block.N.backingIndex. */
+    unsigned *index;
+};
+
+struct cfs_domxml {
+    /* name, uuid and the listed disks (file or block source, device disk,
+     * lun, cdrom or floppy); layers have path, format, is_block, sizes 0.
+     * state, persistent and snapshots are left for the caller. */
+    struct cfs_domain *domain;
+    struct cfs_domxml_disk *disks;   /* parallel to domain->disks; stays
+                                        valid if the caller takes domain */
+    size_t n_disks;
+    char **targets;                  /* every <disk> target, listed or not */
+};
+
+int cfs_domxml_parse(const char *xml, struct cfs_domxml *out);
+void cfs_domxml_clear(struct cfs_domxml *x);
+
+/* One disk of a snapshot's <disks>: external snapshots only. */
+struct cfs_snapxml_disk {
+    char *target;   /* <disk name='vda'> */
+    char *source;   /* the overlay it created: <source file=> or dev= */
+};
+
+struct cfs_snapxml {
+    char *name;
+    size_t n_disks;
+    struct cfs_snapxml_disk *disks;
+};
+
+int cfs_domxml_parse_snapshot(const char *xml, struct cfs_snapxml *out);
+void cfs_snapxml_clear(struct cfs_snapxml *s);
+
+/* <domainsnapshot> for an external disk-only snapshot NAME of DISK into a
+ * new qcow2 OVERLAY; every other target in TARGETS gets snapshot='no'.
+ * Everything is escaped. Caller frees. */
+char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
+                              const char *overlay, char *const *targets);
+
+/* Live XML: *READY = the disk TARGET has <mirror ready='yes'>. No mirror
+ * at all is not an error (*READY = false). */
+int cfs_domxml_mirror_ready(const char *xml, const char *target, bool *ready);
+
+/* Inactive XML: make disk TARGET's source PATH (a file, or a block device
+ * if IS_BLOCK), its driver type FORMAT, and drop every <backingStore>
+ * under it so libvirt probes the chain again at start. *OUT is the whole
+ * new domain XML. */
+int cfs_domxml_set_disk_source(const char *xml, const char *target,
+                               const char *path, const char *format,
+                               bool is_block, char **out);
+
+/* Inactive XML: drop every <backingStore> under disk TARGET (libvirt
+ * trusts a user-supplied chain over the image headers, so after the chain
+ * is rewritten on disk a stale one must go). *CHANGED tells whether there
+ * was any; *OUT is the whole new domain XML. */
+int cfs_domxml_drop_backing_store(const char *xml, const char *target,
+                                  char **out, bool *changed);

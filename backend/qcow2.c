@@ -1,0 +1,284 @@
+/* qcow2.c — image header reading for chains libvirt does not describe
+ * (shut-off domains). See qcow2.h.
+ *
+ * The qcow/qcow2 header layout used here (all big-endian):
+ *   0 magic "QFI\xfb"   4 version   8 backing_file_offset (u64)
+ *   16 backing_file_size (u32)      20 cluster_bits (v2+) / mtime (v1)
+ *   24 size (u64)       v3: 100 header_length (u32)
+ * Header extensions (v2+) follow the header up to the backing file name or
+ * the end of the first cluster: {u32 type, u32 len, data padded to 8}; type
+ * 0xE2792ACA is the backing format name, 0 ends the list.
+ *
+ * Owns nothing; thread-safe. */
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chainfs/util.h"
+#include "qcow2.h"
+
+#define QCOW_MAGIC 0x514649fbu
+#define QCOW2_EXT_END 0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_V2_HEADER_LEN 72u
+#define QCOW_BACKING_NAME_MAX 1023u
+#define HEADER_READ_MAX 65536u
+#define CHAIN_DEPTH_MAX 256u
+
+static void closep(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return be32toh(v);
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return be64toh(v);
+}
+
+void cfs_image_info_clear(struct cfs_image_info *info)
+{
+    if (!info)
+        return;
+    free(info->format);
+    free(info->backing);
+    free(info->backing_format);
+    *info = (struct cfs_image_info){0};
+}
+
+bool cfs_image_name_is_protocol(const char *name)
+{
+    const char *colon = strchr(name, ':');
+
+    if (!colon)
+        return false;
+    /* QEMU's rule: a protocol prefix has no '/' before its ':' */
+    return memchr(name, '/', (size_t)(colon - name)) == NULL;
+}
+
+char *cfs_image_resolve_backing(const char *image, const char *backing)
+{
+    const char *slash;
+
+    if (backing[0] == '/' || cfs_image_name_is_protocol(backing))
+        return cfs_xstrdup(backing);
+    slash = strrchr(image, '/');
+    if (!slash)
+        return cfs_xstrdup(backing);
+    return cfs_xasprintf("%.*s/%s", (int)(slash - image), image, backing);
+}
+
+static int fd_size(int fd, uint64_t *size)
+{
+    struct stat st;
+    off_t end;
+
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISBLK(st.st_mode)) {
+        *size = (uint64_t)st.st_size;
+        return 0;
+    }
+    end = lseek(fd, 0, SEEK_END);
+    if (end < 0)
+        return -errno;
+    *size = (uint64_t)end;
+    return 0;
+}
+
+/* Header extensions between START and END of BUF (length LEN). */
+static void parse_extensions(const uint8_t *buf, size_t len, size_t start,
+                             size_t end, struct cfs_image_info *out)
+{
+    size_t off = start;
+
+    if (end > len)
+        end = len;
+    while (off + 8 <= end) {
+        uint32_t type = get_be32(buf + off);
+        uint32_t elen = get_be32(buf + off + 4);
+
+        off += 8;
+        if (type == QCOW2_EXT_END || elen > end - off)
+            return;
+        if (type == QCOW2_EXT_BACKING_FORMAT && elen > 0 && elen < 64)
+            out->backing_format = strndup((const char *)buf + off, elen);
+        off += ((size_t)elen + 7) & ~(size_t)7;
+    }
+}
+
+static int parse_qcow(int fd, const uint8_t *buf, size_t len,
+                      struct cfs_image_info *out)
+{
+    uint32_t version = get_be32(buf + 4);
+    uint64_t backing_off = get_be64(buf + 8);
+    uint32_t backing_len = get_be32(buf + 16);
+
+    if (len < QCOW2_V2_HEADER_LEN)
+        return -EINVAL;
+    out->format = cfs_xstrdup(version == 1 ? "qcow" : "qcow2");
+    out->virtual_size = get_be64(buf + 24);
+
+    if (version >= 2) {
+        uint32_t cluster_bits = get_be32(buf + 20);
+        size_t header_len = QCOW2_V2_HEADER_LEN;
+        size_t ext_end;
+
+        if (cluster_bits < 9 || cluster_bits > 21)
+            return -EINVAL;
+        if (version >= 3) {
+            if (len < 104)
+                return -EINVAL;
+            header_len = get_be32(buf + 100);
+        }
+        ext_end = (size_t)1 << cluster_bits;
+        if (backing_off && backing_off < ext_end)
+            ext_end = (size_t)backing_off;
+        parse_extensions(buf, len, header_len, ext_end, out);
+    }
+
+    if (backing_off && backing_len) {
+        char name[QCOW_BACKING_NAME_MAX + 1];
+        ssize_t n;
+
+        if (backing_len > QCOW_BACKING_NAME_MAX)
+            return -EINVAL;
+        n = pread(fd, name, backing_len, (off_t)backing_off);
+        if (n < 0)
+            return -errno;
+        if ((size_t)n != backing_len)
+            return -EINVAL;
+        name[n] = '\0';
+        out->backing = cfs_xstrdup(name);
+    }
+    return 0;
+}
+
+int cfs_image_probe(const char *path, const char *format,
+                    struct cfs_image_info *out)
+{
+    _cleanup_(closep) int fd = -1;
+    _cleanup_free_ uint8_t *buf = NULL;
+    bool known = format && *format;
+    ssize_t n;
+    int r;
+
+    *out = (struct cfs_image_info){0};
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return -errno;
+
+    if (known && !cfs_streq(format, "qcow2") && !cfs_streq(format, "qcow")) {
+        /* raw and formats we do not parse: no backing, size of the file */
+        out->format = cfs_xstrdup(format);
+        return fd_size(fd, &out->virtual_size);
+    }
+
+    buf = cfs_xmalloc(HEADER_READ_MAX);
+    n = pread(fd, buf, HEADER_READ_MAX, 0);
+    if (n < 0)
+        return -errno;
+    if (n >= 4 && get_be32(buf) == QCOW_MAGIC) {
+        r = parse_qcow(fd, buf, (size_t)n, out);
+        if (r < 0)
+            cfs_image_info_clear(out);
+        return r;
+    }
+    if (known)
+        return -EINVAL; /* declared qcow2, but no qcow2 header */
+    out->format = cfs_xstrdup("raw");
+    return fd_size(fd, &out->virtual_size);
+}
+
+void cfs_image_fill_sizes(struct cfs_layer *l, bool probe)
+{
+    struct stat st;
+
+    if (!l->path || cfs_image_name_is_protocol(l->path))
+        return;
+    if (stat(l->path, &st) < 0)
+        return;
+    l->allocation = (uint64_t)st.st_blocks * 512;
+    l->physical = (uint64_t)st.st_size;
+    if (S_ISBLK(st.st_mode)) {
+        _cleanup_(closep) int fd = open(l->path, O_RDONLY | O_CLOEXEC);
+
+        l->is_block = true;
+        if (fd >= 0)
+            (void)fd_size(fd, &l->physical);
+    }
+    if (l->virtual_size == 0 && probe) {
+        struct cfs_image_info info;
+
+        if (cfs_image_probe(l->path, l->format, &info) == 0) {
+            l->virtual_size = info.virtual_size;
+            cfs_image_info_clear(&info);
+        }
+    }
+}
+
+static bool chain_has_path(const struct cfs_disk *disk, const char *path)
+{
+    for (size_t i = 0; i < disk->n_layers; i++)
+        if (cfs_streq(disk->layers[i].path, path))
+            return true;
+    return false;
+}
+
+int cfs_image_extend_chain(struct cfs_disk *disk)
+{
+    bool first = true;
+
+    while (disk->n_layers > 0 && disk->n_layers < CHAIN_DEPTH_MAX) {
+        struct cfs_layer *last = &disk->layers[disk->n_layers - 1];
+        struct cfs_image_info info;
+        struct cfs_layer *next;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (!last->path || cfs_image_name_is_protocol(last->path))
+            break;
+        r = cfs_image_probe(last->path, last->format, &info);
+        if (r < 0)
+            return first ? r : 0;
+        first = false;
+        if (!last->format || !*last->format) {
+            free(last->format);
+            last->format = cfs_xstrdup(info.format);
+        }
+        if (last->virtual_size == 0)
+            last->virtual_size = info.virtual_size;
+        if (!info.backing) {
+            cfs_image_info_clear(&info);
+            break;
+        }
+        path = cfs_image_resolve_backing(last->path, info.backing);
+        if (chain_has_path(disk, path)) {
+            cfs_image_info_clear(&info);
+            break;
+        }
+        disk->layers = cfs_xrealloc(disk->layers,
+                                    (disk->n_layers + 1) * sizeof(*disk->layers));
+        next = &disk->layers[disk->n_layers++];
+        *next = (struct cfs_layer){0};
+        next->path = TAKE_PTR(path);
+        next->format = cfs_xstrdup(info.backing_format ? info.backing_format : "");
+        cfs_image_info_clear(&info);
+        cfs_image_fill_sizes(next, false);
+        if (cfs_streq(next->format, "raw") && next->virtual_size == 0)
+            next->virtual_size = next->physical;
+    }
+    return 0;
+}

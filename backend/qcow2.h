@@ -1,0 +1,52 @@
+/* qcow2.h — reading image headers to walk a backing chain that no QEMU has
+ * open: the chain of a shut-off domain, which libvirt's inactive XML does
+ * not describe.
+ *
+ * Only headers are read (never guest data), and only for images whose
+ * format is qcow2/qcow or unknown; a file declared raw is never probed.
+ * Owns nothing; thread-safe (no shared state). Called from whatever thread
+ * runs a backend op. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "chainfs/model.h"
+
+/* What an image's header says. */
+struct cfs_image_info {
+    char *format;          /* "qcow2", "qcow" or "raw" */
+    uint64_t virtual_size; /* bytes (raw: the file or device size) */
+    char *backing;         /* backing file name as stored, NULL if none */
+    char *backing_format;  /* backing format header extension, NULL if absent */
+};
+
+void cfs_image_info_clear(struct cfs_image_info *info);
+
+/* Read PATH's header. FORMAT is what the domain XML or the overlay's
+ * backing-format extension declares ("qcow2", "raw", ...); NULL or "" means
+ * unknown and the header magic decides. A declared "raw" is not opened for
+ * probing (only sized). -errno on failure (-EINVAL for a corrupt header). */
+int cfs_image_probe(const char *path, const char *format,
+                    struct cfs_image_info *out);
+
+/* Resolve a backing name the way QEMU does: a relative name is relative to
+ * the directory of IMAGE (as spelled, symlinks not followed). Names that
+ * are protocols ("nbd://...", "json:{...}") are returned unchanged.
+ * Caller frees. */
+char *cfs_image_resolve_backing(const char *image, const char *backing);
+
+/* true if NAME is a protocol or json: pseudo-path, not a local file. */
+bool cfs_image_name_is_protocol(const char *name);
+
+/* Fill allocation (st_blocks*512) and physical (st_size, or the device
+ * size for a block device) of L from stat(); virtual_size too if it is 0
+ * and PROBE is true (header read). Missing files leave the sizes at 0. */
+void cfs_image_fill_sizes(struct cfs_layer *l, bool probe);
+
+/* Extend DISK's chain below its last layer by reading headers, until an
+ * image without a backing file, a protocol backing, a missing file or a
+ * loop. Each new layer gets path, format, is_block and sizes as
+ * cfs_image_fill_sizes() gives them. 0, or -errno if the last layer's
+ * header is unreadable (the chain is then left as it was). */
+int cfs_image_extend_chain(struct cfs_disk *disk);

@@ -1,0 +1,602 @@
+/* test_domxml.c — backend/domxml.c (libvirt XML in and out) and
+ * backend/qcow2.c (image header walking), without libvirtd.
+ *
+ * The fixtures in FIXTURES were captured from libvirt 9.0 / QEMU 7.2 on
+ * the development machine (`virsh dumpxml`, `virsh snapshot-dumpxml`):
+ *   running-chain.xml        live XML, 3-layer chain made by two
+ *                            `snapshot-create-as --disk-only`, a raw disk,
+ *                            a cdrom without media
+ *   running-mixed.xml        live XML: type='block' disk, readonly,
+ *                            shareable, cdrom with a file, empty cdrom
+ *   running-block-backing.xml live XML after snapshots on top of those: a
+ *                            qcow2 overlay over a block device, a file
+ *                            name with XML special characters
+ *   shutoff-network.xml      a shut-off domain as defined: no
+ *                            <backingStore>, a network (nbd) disk
+ *   inactive-after-live-snapshot.xml  `dumpxml --inactive` of a running
+ *                            domain after live snapshots: an unterminated
+ *                            <backingStore> chain
+ *   snapshot-external.xml    `snapshot-dumpxml` of an external snapshot
+ *   active-commit-ready.xml  live XML mid active commit, <mirror ready='yes'>
+ * The qcow2 tests write minimal headers by hand into a temp directory. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <endian.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "chainfs/model.h"
+#include "chainfs/util.h"
+#include "domxml.h"
+#include "qcow2.h"
+
+#define IMG "/tmp/cfsbe/img/"
+
+static char *read_fixture(const char *name)
+{
+    _cleanup_free_ char *path = cfs_xasprintf("%s/%s", FIXTURES, name);
+    FILE *f = fopen(path, "re");
+    struct cfs_buf b = {0};
+    char chunk[4096];
+    size_t n;
+
+    assert_non_null(f);
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        cfs_buf_put(&b, chunk, n);
+    fclose(f);
+    return cfs_buf_steal(&b);
+}
+
+static void parse_fixture(const char *name, struct cfs_domxml *x)
+{
+    _cleanup_free_ char *xml = read_fixture(name);
+
+    assert_int_equal(cfs_domxml_parse(xml, x), 0);
+    assert_non_null(x->domain);
+}
+
+static void assert_layer(const struct cfs_disk *d, size_t i, const char *path,
+                         const char *format, bool is_block)
+{
+    assert_true(i < d->n_layers);
+    assert_string_equal(d->layers[i].path, path);
+    assert_string_equal(d->layers[i].format, format);
+    assert_int_equal(d->layers[i].is_block, is_block);
+    assert_int_equal(d->layers[i].virtual_size, 0);
+    assert_null(d->layers[i].meta_name);
+}
+
+/* ---- domain XML ----------------------------------------------------------- */
+
+static void test_running_chain(void **state)
+{
+    struct cfs_domxml x;
+    struct cfs_disk *vda, *vdb;
+    (void)state;
+
+    parse_fixture("running-chain.xml", &x);
+    assert_string_equal(x.domain->name, "cfsbe-4316-run");
+    assert_string_equal(x.domain->uuid, "7eecf9d0-5d17-47d0-bab5-3eead8e4cb0e");
+    assert_int_equal(x.domain->n_disks, 2); /* empty cdrom hdc left out */
+
+    vda = &x.domain->disks[0];
+    assert_string_equal(vda->target, "vda");
+    assert_false(vda->readonly);
+    assert_false(vda->shareable);
+    assert_false(vda->is_block);
+    assert_int_equal(vda->n_layers, 3);
+    assert_layer(vda, 0, IMG "s2.qcow2", "qcow2", false);
+    assert_layer(vda, 1, IMG "s1.qcow2", "qcow2", false);
+    assert_layer(vda, 2, IMG "base.qcow2", "qcow2", false);
+    assert_true(x.disks[0].chain_complete);
+    assert_int_equal(x.disks[0].index[0], 5);
+    assert_int_equal(x.disks[0].index[1], 4);
+    assert_int_equal(x.disks[0].index[2], 3);
+
+    vdb = &x.domain->disks[1];
+    assert_string_equal(vdb->target, "vdb");
+    assert_int_equal(vdb->n_layers, 1);
+    assert_layer(vdb, 0, IMG "data.raw", "raw", false);
+    assert_true(x.disks[1].chain_complete);
+    assert_int_equal(x.disks[1].index[0], 2);
+
+    assert_int_equal(cfs_strv_len(x.targets), 3);
+    assert_string_equal(x.targets[0], "vda");
+    assert_string_equal(x.targets[1], "vdb");
+    assert_string_equal(x.targets[2], "hdc");
+    assert_null(x.domain->snapshots);
+    cfs_domxml_clear(&x);
+    assert_null(x.domain);
+}
+
+static void test_running_mixed(void **state)
+{
+    struct cfs_domxml x;
+    struct cfs_domain *d;
+    (void)state;
+
+    parse_fixture("running-mixed.xml", &x);
+    d = x.domain;
+    assert_int_equal(d->n_disks, 5); /* all but the empty cdrom */
+    assert_int_equal(cfs_strv_len(x.targets), 6);
+
+    assert_string_equal(d->disks[0].target, "vda");
+    assert_layer(&d->disks[0], 0, IMG "mix.qcow2", "qcow2", false);
+
+    assert_string_equal(d->disks[1].target, "vdb");
+    assert_true(d->disks[1].is_block);
+    assert_layer(&d->disks[1], 0, "/dev/loop0", "raw", true);
+    assert_true(x.disks[1].chain_complete);
+
+    assert_string_equal(d->disks[2].target, "vdc");
+    assert_true(d->disks[2].readonly);
+    assert_false(d->disks[2].shareable);
+
+    assert_string_equal(d->disks[3].target, "vdd");
+    assert_false(d->disks[3].readonly);
+    assert_true(d->disks[3].shareable);
+
+    assert_string_equal(d->disks[4].target, "sda"); /* cdrom with media */
+    assert_true(d->disks[4].readonly);
+    assert_layer(&d->disks[4], 0, IMG "cd.iso", "raw", false);
+
+    assert_null(cfs_domain_find_disk(d, "hdc"));
+    cfs_domxml_clear(&x);
+}
+
+static void test_running_block_backing(void **state)
+{
+    struct cfs_domxml x;
+    struct cfs_disk *vda, *vdb, *vdc;
+    (void)state;
+
+    parse_fixture("running-block-backing.xml", &x);
+    vda = cfs_domain_find_disk(x.domain, "vda");
+    assert_non_null(vda);
+    assert_int_equal(vda->n_layers, 3);
+    assert_layer(vda, 1, IMG "mix m1 <&'\">.qcow2", "qcow2", false);
+
+    /* a file overlay over a block device: the disk is a file disk now */
+    vdb = cfs_domain_find_disk(x.domain, "vdb");
+    assert_non_null(vdb);
+    assert_false(vdb->is_block);
+    assert_int_equal(vdb->n_layers, 2);
+    assert_layer(vdb, 0, IMG "blk-m4.qcow2", "qcow2", false);
+    assert_layer(vdb, 1, "/dev/loop0", "raw", true);
+
+    vdc = cfs_domain_find_disk(x.domain, "vdc");
+    assert_non_null(vdc);
+    assert_true(vdc->readonly);
+    assert_int_equal(vdc->n_layers, 2);
+    cfs_domxml_clear(&x);
+}
+
+static void test_shutoff_network(void **state)
+{
+    struct cfs_domxml x;
+    (void)state;
+
+    parse_fixture("shutoff-network.xml", &x);
+    assert_string_equal(x.domain->name, "cfsbe-4316-off");
+    assert_int_equal(x.domain->n_disks, 1); /* nbd disk and empty cdrom out */
+    assert_int_equal(x.domain->disks[0].n_layers, 1);
+    assert_layer(&x.domain->disks[0], 0, IMG "off-s2.qcow2", "qcow2", false);
+    assert_false(x.disks[0].chain_complete); /* libvirt probes at start */
+    assert_int_equal(x.disks[0].index[0], 0);
+    assert_int_equal(cfs_strv_len(x.targets), 3);
+    assert_string_equal(x.targets[1], "vdb");
+    cfs_domxml_clear(&x);
+}
+
+static void test_inactive_unterminated_chain(void **state)
+{
+    struct cfs_domxml x;
+    (void)state;
+
+    parse_fixture("inactive-after-live-snapshot.xml", &x);
+    assert_int_equal(x.domain->disks[0].n_layers, 3);
+    assert_layer(&x.domain->disks[0], 2, IMG "base.qcow2", "qcow2", false);
+    assert_false(x.disks[0].chain_complete);
+    assert_int_equal(x.disks[0].index[1], 0);
+    cfs_domxml_clear(&x);
+}
+
+static void test_parse_garbage(void **state)
+{
+    struct cfs_domxml x;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_parse("<domain><name>x", &x), -EINVAL);
+    assert_null(x.domain);
+    assert_int_equal(cfs_domxml_parse("<network><name>x</name></network>", &x), -EINVAL);
+    assert_int_equal(cfs_domxml_parse("<domain/>", &x), -EINVAL); /* no name */
+    assert_int_equal(cfs_domxml_parse(NULL, &x), -EINVAL);
+
+    /* minimal hand-written XML, disk without a <target> is skipped */
+    assert_int_equal(cfs_domxml_parse(
+        "<domain><name>m</name><devices>"
+        "<disk type='file'><source file='/a'/></disk>"
+        "<disk type='file'><source file='/b'/><target dev='vdb'/></disk>"
+        "<disk type='file' device='disk'><source file=''/><target dev='vdc'/></disk>"
+        "<disk type='volume'><source pool='p' volume='v'/><target dev='vdd'/></disk>"
+        "</devices></domain>", &x), 0);
+    assert_int_equal(x.domain->n_disks, 1);
+    assert_string_equal(x.domain->disks[0].target, "vdb");
+    assert_string_equal(x.domain->disks[0].layers[0].format, "");
+    assert_string_equal(x.domain->uuid, "");
+    assert_int_equal(cfs_strv_len(x.targets), 3);
+    cfs_domxml_clear(&x);
+}
+
+/* ---- snapshot XML --------------------------------------------------------- */
+
+static void test_snapshot_parse(void **state)
+{
+    _cleanup_free_ char *xml = read_fixture("snapshot-external.xml");
+    struct cfs_snapxml s;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_parse_snapshot(xml, &s), 0);
+    assert_string_equal(s.name, "s2");
+    /* only the external one; the <domain> copy inside is not looked at */
+    assert_int_equal(s.n_disks, 1);
+    assert_string_equal(s.disks[0].target, "vda");
+    assert_string_equal(s.disks[0].source, IMG "s2.qcow2");
+    cfs_snapxml_clear(&s);
+
+    assert_int_equal(cfs_domxml_parse_snapshot("<domain/>", &s), -EINVAL);
+    assert_int_equal(cfs_domxml_parse_snapshot(
+        "<domainsnapshot><name>b</name><disks>"
+        "<disk name='sdb' snapshot='external' type='block'><source dev='/dev/x'/></disk>"
+        "<disk name='vda' snapshot='internal'/>"
+        "</disks></domainsnapshot>", &s), 0);
+    assert_int_equal(s.n_disks, 1);
+    assert_string_equal(s.disks[0].source, "/dev/x");
+    cfs_snapxml_clear(&s);
+}
+
+static void test_snapshot_build(void **state)
+{
+    char *targets[] = { "vda", "vdb", "hdc", NULL };
+    _cleanup_free_ char *xml = NULL;
+    struct cfs_snapxml s;
+    (void)state;
+
+    xml = cfs_domxml_snapshot_xml("a<b>&'\"", "vdb", "/ov/x <&'\">.qcow2", targets);
+    assert_non_null(xml);
+    assert_null(strstr(xml, "a<b>"));
+    assert_non_null(strstr(xml, "<disk name=\"vda\" snapshot=\"no\"/>"));
+    assert_non_null(strstr(xml, "<disk name=\"hdc\" snapshot=\"no\"/>"));
+    assert_non_null(strstr(xml, "<driver type=\"qcow2\"/>"));
+    assert_null(strstr(xml, "<disk name=\"vdb\" snapshot=\"no\""));
+
+    assert_int_equal(cfs_domxml_parse_snapshot(xml, &s), 0);
+    assert_string_equal(s.name, "a<b>&'\"");
+    assert_int_equal(s.n_disks, 1);
+    assert_string_equal(s.disks[0].target, "vdb");
+    assert_string_equal(s.disks[0].source, "/ov/x <&'\">.qcow2");
+    cfs_snapxml_clear(&s);
+}
+
+/* ---- mirror --------------------------------------------------------------- */
+
+static void test_mirror_ready(void **state)
+{
+    _cleanup_free_ char *mid = read_fixture("active-commit-ready.xml");
+    _cleanup_free_ char *idle = read_fixture("running-chain.xml");
+    bool ready = true;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_mirror_ready(mid, "vda", &ready), 0);
+    assert_true(ready);
+    assert_int_equal(cfs_domxml_mirror_ready(mid, "vdb", &ready), 0);
+    assert_false(ready);
+    assert_int_equal(cfs_domxml_mirror_ready(mid, "vdz", &ready), -ENOENT);
+    assert_int_equal(cfs_domxml_mirror_ready(idle, "vda", &ready), 0);
+    assert_false(ready);
+    assert_int_equal(cfs_domxml_mirror_ready(
+        "<domain><name>m</name><devices><disk type='file'><target dev='vda'/>"
+        "<mirror type='file' job='active-commit'/></disk></devices></domain>",
+        "vda", &ready), 0);
+    assert_false(ready); /* mirror present, not ready yet */
+    assert_int_equal(cfs_domxml_mirror_ready("junk", "vda", &ready), -EINVAL);
+}
+
+/* The parsed chain of the mid-job XML ignores the <mirror>'s <source>. */
+static void test_mid_job_chain(void **state)
+{
+    struct cfs_domxml x;
+    (void)state;
+
+    parse_fixture("active-commit-ready.xml", &x);
+    assert_int_equal(x.domain->disks[0].n_layers, 3);
+    assert_layer(&x.domain->disks[0], 0, IMG "s2.qcow2", "qcow2", false);
+    cfs_domxml_clear(&x);
+}
+
+/* ---- inactive XML edits --------------------------------------------------- */
+
+static void test_set_disk_source(void **state)
+{
+    _cleanup_free_ char *xml = read_fixture("inactive-after-live-snapshot.xml");
+    _cleanup_free_ char *out = NULL, *out2 = NULL;
+    struct cfs_domxml x;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_set_disk_source(xml, "vda", IMG "s1.qcow2",
+                                                "qcow2", false, &out), 0);
+    assert_int_equal(cfs_domxml_parse(out, &x), 0);
+    assert_string_equal(x.domain->name, "cfsbe-4316-run");
+    assert_int_equal(x.domain->n_disks, 2);
+    assert_int_equal(x.domain->disks[0].n_layers, 1);
+    assert_layer(&x.domain->disks[0], 0, IMG "s1.qcow2", "qcow2", false);
+    assert_false(x.disks[0].chain_complete);
+    assert_layer(&x.domain->disks[1], 0, IMG "data.raw", "raw", false);
+    cfs_domxml_clear(&x);
+    assert_null(strstr(out, "backingStore"));
+    assert_non_null(strstr(out, "<address type=\"pci\""));
+
+    /* to a raw block device: disk type and source attribute change */
+    assert_int_equal(cfs_domxml_set_disk_source(out, "vda", "/dev/sdz", "raw",
+                                                true, &out2), 0);
+    assert_int_equal(cfs_domxml_parse(out2, &x), 0);
+    assert_true(x.domain->disks[0].is_block);
+    assert_layer(&x.domain->disks[0], 0, "/dev/sdz", "raw", true);
+    cfs_domxml_clear(&x);
+    assert_null(strstr(out2, "s1.qcow2"));
+    free(TAKE_PTR(out2));
+
+    assert_int_equal(cfs_domxml_set_disk_source(xml, "vdz", "/x", "raw", false, &out2), -ENOENT);
+    assert_null(out2);
+    assert_int_equal(cfs_domxml_set_disk_source("<x", "vda", "/x", "raw", false, &out2), -EINVAL);
+}
+
+static void test_drop_backing_store(void **state)
+{
+    _cleanup_free_ char *xml = read_fixture("inactive-after-live-snapshot.xml");
+    _cleanup_free_ char *plain = read_fixture("shutoff-network.xml");
+    _cleanup_free_ char *out = NULL, *out2 = NULL;
+    struct cfs_domxml x;
+    bool changed = false;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_drop_backing_store(xml, "vda", &out, &changed), 0);
+    assert_true(changed);
+    assert_int_equal(cfs_domxml_parse(out, &x), 0);
+    assert_int_equal(x.domain->disks[0].n_layers, 1);
+    assert_layer(&x.domain->disks[0], 0, IMG "s2.qcow2", "qcow2", false);
+    cfs_domxml_clear(&x);
+
+    assert_int_equal(cfs_domxml_drop_backing_store(plain, "vda", &out2, &changed), 0);
+    assert_false(changed);
+    free(TAKE_PTR(out2));
+    assert_int_equal(cfs_domxml_drop_backing_store(plain, "sdq", &out2, &changed), -ENOENT);
+}
+
+/* ---- qcow2 headers -------------------------------------------------------- */
+
+static char tmpdir[64];
+
+static void put32(uint8_t *p, uint32_t v) { v = htobe32(v); memcpy(p, &v, 4); }
+static void put64(uint8_t *p, uint64_t v) { v = htobe64(v); memcpy(p, &v, 8); }
+
+/* A qcow2 header of VERSION with virtual SIZE, backing name BACKING (or
+ * NULL) and backing format extension BFMT (or NULL). */
+static void write_qcow2(const char *path, int version, uint64_t size,
+                        const char *backing, const char *bfmt)
+{
+    uint8_t buf[1024] = {0};
+    size_t hlen = version >= 3 ? 104 : 72, off = hlen;
+    int fd;
+
+    put32(buf, 0x514649fb);
+    put32(buf + 4, (uint32_t)version);
+    put32(buf + 20, 16);
+    put64(buf + 24, size);
+    if (version >= 3) {
+        put32(buf + 96, 4);
+        put32(buf + 100, (uint32_t)hlen);
+    }
+    if (bfmt) {
+        put32(buf + off, 0xe2792aca);
+        put32(buf + off + 4, (uint32_t)strlen(bfmt));
+        memcpy(buf + off + 8, bfmt, strlen(bfmt));
+        off += 8 + ((strlen(bfmt) + 7) & ~7u);
+    }
+    put32(buf + off, 0); /* end of extensions */
+    if (backing) {
+        put64(buf + 8, 512);
+        put32(buf + 16, (uint32_t)strlen(backing));
+        memcpy(buf + 512, backing, strlen(backing));
+    }
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, buf, sizeof(buf)), (ssize_t)sizeof(buf));
+    close(fd);
+}
+
+static int qcow2_setup(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/cfs-test-domxml-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int qcow2_teardown(void **state)
+{
+    const char *names[] = { "base.raw", "mid.qcow2", "top.qcow2", "loop1.qcow2",
+                            "loop2.qcow2", "fake.raw", "orphan.qcow2" };
+    (void)state;
+    for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+        _cleanup_free_ char *p = cfs_xasprintf("%s/%s", tmpdir, names[i]);
+        unlink(p);
+    }
+    rmdir(tmpdir);
+    return 0;
+}
+
+static char *tpath(const char *name)
+{
+    return cfs_xasprintf("%s/%s", tmpdir, name);
+}
+
+static void test_resolve_backing(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *a = cfs_image_resolve_backing("/d/e/top.qcow2", "base.qcow2");
+    _cleanup_free_ char *b = cfs_image_resolve_backing("/d/e/top.qcow2", "/abs/b");
+    _cleanup_free_ char *c = cfs_image_resolve_backing("/d/e/top.qcow2", "../x/b");
+    _cleanup_free_ char *d = cfs_image_resolve_backing("top.qcow2", "b");
+    _cleanup_free_ char *e = cfs_image_resolve_backing("/d/top", "nbd://h:10809/e");
+    _cleanup_free_ char *f = cfs_image_resolve_backing("/d/top", "json:{\"a\":1}");
+    assert_string_equal(a, "/d/e/base.qcow2");
+    assert_string_equal(b, "/abs/b");
+    assert_string_equal(c, "/d/e/../x/b");
+    assert_string_equal(d, "b");
+    assert_string_equal(e, "nbd://h:10809/e");
+    assert_string_equal(f, "json:{\"a\":1}");
+    assert_false(cfs_image_name_is_protocol("/a:b/c"));
+    assert_false(cfs_image_name_is_protocol("./a:b"));
+    assert_true(cfs_image_name_is_protocol("gluster://h/v/i"));
+}
+
+static void test_probe_and_extend(void **state)
+{
+    _cleanup_free_ char *base = tpath("base.raw");
+    _cleanup_free_ char *mid = tpath("mid.qcow2");
+    _cleanup_free_ char *top = tpath("top.qcow2");
+    struct cfs_image_info info;
+    struct cfs_disk disk = {0};
+    int fd;
+    (void)state;
+
+    fd = open(base, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 8 << 20), 0);
+    close(fd);
+    write_qcow2(mid, 3, 64 << 20, "base.raw", "raw");      /* relative name */
+    write_qcow2(top, 2, 64 << 20, mid, "qcow2");           /* absolute name */
+
+    assert_int_equal(cfs_image_probe(top, "qcow2", &info), 0);
+    assert_string_equal(info.format, "qcow2");
+    assert_int_equal(info.virtual_size, 64 << 20);
+    assert_string_equal(info.backing, mid);
+    assert_string_equal(info.backing_format, "qcow2");
+    cfs_image_info_clear(&info);
+
+    assert_int_equal(cfs_image_probe(mid, NULL, &info), 0); /* magic decides */
+    assert_string_equal(info.format, "qcow2");
+    assert_string_equal(info.backing, "base.raw");
+    assert_string_equal(info.backing_format, "raw");
+    cfs_image_info_clear(&info);
+
+    /* declared raw: never parsed, even if it held a qcow2 header */
+    assert_int_equal(cfs_image_probe(mid, "raw", &info), 0);
+    assert_string_equal(info.format, "raw");
+    assert_null(info.backing);
+    assert_int_equal(info.virtual_size, 1024);
+    cfs_image_info_clear(&info);
+    assert_int_equal(cfs_image_probe(base, "qcow2", &info), -EINVAL);
+    assert_int_equal(cfs_image_probe(base, "", &info), 0);
+    assert_string_equal(info.format, "raw");
+    assert_int_equal(info.virtual_size, 8 << 20);
+    cfs_image_info_clear(&info);
+    assert_int_equal(cfs_image_probe("/nonexistent/x", NULL, &info), -ENOENT);
+
+    disk.layers = cfs_xcalloc(1, sizeof(*disk.layers));
+    disk.n_layers = 1;
+    disk.layers[0].path = cfs_xstrdup(top);
+    disk.layers[0].format = cfs_xstrdup("qcow2");
+    assert_int_equal(cfs_image_extend_chain(&disk), 0);
+    assert_int_equal(disk.n_layers, 3);
+    assert_string_equal(disk.layers[1].path, mid);
+    assert_string_equal(disk.layers[1].format, "qcow2");
+    assert_string_equal(disk.layers[2].format, "raw");
+    _cleanup_free_ char *resolved = tpath("base.raw");
+    assert_string_equal(disk.layers[2].path, resolved);
+    assert_int_equal(disk.layers[0].virtual_size, 64 << 20);
+    assert_int_equal(disk.layers[1].virtual_size, 64 << 20);
+    assert_int_equal(disk.layers[2].virtual_size, 8 << 20);
+    assert_int_equal(disk.layers[2].physical, 8 << 20);
+    assert_int_equal(disk.layers[1].physical, 1024);
+    cfs_disk_clear(&disk);
+}
+
+static void test_extend_stops(void **state)
+{
+    _cleanup_free_ char *l1 = tpath("loop1.qcow2");
+    _cleanup_free_ char *l2 = tpath("loop2.qcow2");
+    _cleanup_free_ char *orphan = tpath("orphan.qcow2");
+    struct cfs_disk disk = {0};
+    (void)state;
+
+    /* a loop: l1 -> l2 -> l1 stops after l2 */
+    write_qcow2(l1, 3, 1 << 20, "loop2.qcow2", "qcow2");
+    write_qcow2(l2, 3, 1 << 20, "loop1.qcow2", "qcow2");
+    disk.layers = cfs_xcalloc(1, sizeof(*disk.layers));
+    disk.n_layers = 1;
+    disk.layers[0].path = cfs_xstrdup(l1);
+    disk.layers[0].format = cfs_xstrdup("");
+    assert_int_equal(cfs_image_extend_chain(&disk), 0);
+    assert_int_equal(disk.n_layers, 2);
+    assert_string_equal(disk.layers[0].format, "qcow2");
+    cfs_disk_clear(&disk);
+
+    /* a missing backing file is shown, then the walk stops */
+    write_qcow2(orphan, 2, 1 << 20, "gone.qcow2", NULL);
+    disk.layers = cfs_xcalloc(1, sizeof(*disk.layers));
+    disk.n_layers = 1;
+    disk.layers[0].path = cfs_xstrdup(orphan);
+    disk.layers[0].format = cfs_xstrdup("qcow2");
+    assert_int_equal(cfs_image_extend_chain(&disk), 0);
+    assert_int_equal(disk.n_layers, 2);
+    assert_string_equal(disk.layers[1].format, "");
+    assert_int_equal(disk.layers[1].physical, 0);
+    cfs_disk_clear(&disk);
+
+    /* an unreadable active image is an error and leaves the chain alone */
+    disk.layers = cfs_xcalloc(1, sizeof(*disk.layers));
+    disk.n_layers = 1;
+    disk.layers[0].path = cfs_xstrdup("/nonexistent/a.qcow2");
+    disk.layers[0].format = cfs_xstrdup("qcow2");
+    assert_int_equal(cfs_image_extend_chain(&disk), -ENOENT);
+    assert_int_equal(disk.n_layers, 1);
+    cfs_disk_clear(&disk);
+}
+
+int main(void)
+{
+    const struct CMUnitTest xml_tests[] = {
+        cmocka_unit_test(test_running_chain),
+        cmocka_unit_test(test_running_mixed),
+        cmocka_unit_test(test_running_block_backing),
+        cmocka_unit_test(test_shutoff_network),
+        cmocka_unit_test(test_inactive_unterminated_chain),
+        cmocka_unit_test(test_parse_garbage),
+        cmocka_unit_test(test_snapshot_parse),
+        cmocka_unit_test(test_snapshot_build),
+        cmocka_unit_test(test_mirror_ready),
+        cmocka_unit_test(test_mid_job_chain),
+        cmocka_unit_test(test_set_disk_source),
+        cmocka_unit_test(test_drop_backing_store),
+    };
+    const struct CMUnitTest image_tests[] = {
+        cmocka_unit_test(test_resolve_backing),
+        cmocka_unit_test(test_probe_and_extend),
+        cmocka_unit_test(test_extend_stops),
+    };
+    int failed;
+
+    cfs_domxml_init();
+    failed = cmocka_run_group_tests_name("domxml", xml_tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("qcow2", image_tests, qcow2_setup,
+                                          qcow2_teardown);
+    return failed ? 1 : 0;
+}
