@@ -12,8 +12,23 @@ libvirtd_answers() {
   virsh -c "$LIBVIRTD_URI" version >/dev/null 2>&1
 }
 
+# libvirtd_kvm_setup — give /dev/kvm Debian's udev default, root:kvm 0660,
+# when no udev did (it is then root:root 0600). Without it QEMU (user
+# libvirt-qemu, group kvm) cannot use KVM, and libvirt 9.0 re-probes QEMU's
+# capabilities on every domain definition (the probe finds KVM, the check
+# then does not), so each `virsh define` takes half a minute or more.
+# CHAINFS_KVM_SETUP=0 leaves /dev/kvm alone.
+libvirtd_kvm_setup() {
+  [ "${CHAINFS_KVM_SETUP:-1}" != 0 ] || return 0
+  [ -c /dev/kvm ] && [ "$(id -u)" -eq 0 ] && getent group kvm >/dev/null 2>&1 || return 0
+  [ "$(stat -c '%U:%G %a' /dev/kvm)" = "root:root 600" ] || return 0
+  echo "libvirtd: /dev/kvm is root-only (no udev here); applying Debian's default root:kvm 0660" >&2
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+}
+
 libvirtd_ensure() {
   local i
+  libvirtd_kvm_setup || true
   libvirtd_answers && return 0
   if [ "$(id -u)" -ne 0 ]; then
     echo "libvirtd: nothing answers on $LIBVIRTD_URI, and starting libvirtd needs root" >&2

@@ -367,6 +367,11 @@ it_unmount() {
     done
     if kill -0 "$IT_PID" 2>/dev/null; then
       echo "[$IT_NAME] FAIL: chainfs (pid $IT_PID) still running 10 s after unmount; SIGTERM" >&2
+      if command -v gdb >/dev/null 2>&1; then
+        echo "[$IT_NAME] ---- chainfs threads ----" >&2
+        timeout 30 gdb -batch -p "$IT_PID" -ex 'thread apply all bt' 2>/dev/null |
+          grep -E '^(Thread|#)' | head -n 150 >&2
+      fi
       kill -TERM "$IT_PID" 2>/dev/null
       sleep 1
       kill -KILL "$IT_PID" 2>/dev/null
@@ -397,12 +402,33 @@ it_job_field() { jq -r ".$3" "$MNT/$1/$2/job.json"; }
 # layer it lists (a running domain: all of them; a shut-off one: the active
 # layer), else qemu-img's virtual-size and actual-size. The text `chain`
 # must list the same files in the same order with a matching `layers:`.
+#
+# A running guest's allocation moves, and chainfs re-reads it on its own
+# schedule, so a mismatch is retried for up to CHECK_CHAIN_S (5) seconds
+# before it counts.
 it_check_chain() {
+  local dom=$1 disk=$2 t0 deadline
+  shift 2
+  t0=$(it_now_ms)
+  deadline=$((t0 + ${CHECK_CHAIN_S:-5} * 1000))
+  until it_compare_chain "$dom" "$disk" "$@" 2>"$T/check_chain.err"; do
+    if [ "$(it_now_ms)" -ge "$deadline" ]; then
+      cat "$T/check_chain.err" >&2
+      it_fail "chain of $dom/$disk"
+    fi
+    sleep 0.25
+  done
+  it_log "ok: chain of $dom/$disk is $(printf '%s ' "${@##*/}")with libvirt's sizes (matched after $(($(it_now_ms) - t0)) ms)"
+}
+
+# it_compare_chain DOM DISK FILE... — one comparison for it_check_chain;
+# prints the differences on stderr.
+it_compare_chain() {
   local dom=$1 disk=$2 stats qinfo
   shift 2
-  stats=$(it_virsh domstats --block --backing "$dom") || it_fail "virsh domstats $dom"
-  qinfo=$(qemu-img info -U --backing-chain --output=json "$1") || it_fail "qemu-img info $1"
-  STATS=$stats QINFO=$qinfo python3 - "$MNT/$dom/$disk" "$@" <<'PY' || it_fail "chain of $dom/$disk"
+  stats=$(it_virsh domstats --block --backing "$dom") || return 1
+  qinfo=$(qemu-img info -U --backing-chain --output=json "$1") || return 1
+  STATS=$stats QINFO=$qinfo python3 - "$MNT/$dom/$disk" "$@" <<'PY'
 import json, os, re, sys
 d, want = sys.argv[1], sys.argv[2:]
 cj = json.load(open(os.path.join(d, "chain.json")))
@@ -451,5 +477,4 @@ for b in bad:
     print("  " + b, file=sys.stderr)
 sys.exit(1 if bad else 0)
 PY
-  it_log "ok: chain of $dom/$disk is $(printf '%s ' "${@##*/}")with libvirt's sizes"
 }
