@@ -158,13 +158,17 @@ it_cleanup() {
   local rc=$? dom
   set +e
   trap - EXIT INT TERM
-  it_unmount || { [ "$rc" -ne 0 ] || rc=1; }
+  # Domains first: libvirt runs QEMU in a mount namespace of its own, a
+  # copy of the host's taken at start, and a QEMU started while chainfs
+  # was mounted keeps the FUSE connection alive after the unmount (where /
+  # is not a shared mount). lifecycle.sh tests that case on purpose.
   for dom in "${IT_DOMAINS[@]}"; do
     it_virsh domid "$dom" >/dev/null 2>&1 || continue
     it_virsh destroy "$dom" >/dev/null 2>&1
     it_virsh undefine --snapshots-metadata "$dom" >/dev/null 2>&1 ||
       it_virsh undefine "$dom" >/dev/null 2>&1
   done
+  it_unmount || { [ "$rc" -ne 0 ] || rc=1; }
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && [ -n "$IT_LOG" ] && [ -s "$IT_LOG" ]; then
     echo "[$IT_NAME] ---- chainfs log (last 200 lines) ----" >&2
     tail -n 200 "$IT_LOG" >&2

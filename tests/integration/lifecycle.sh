@@ -2,13 +2,18 @@
 # lifecycle.sh — the tree follows libvirt without a remount: a domain
 # defined, started, given a disk by hot-plug, destroyed and undefined while
 # mounted shows each change within 1 s of the virsh command returning.
+# And `fusermount3 -u` ends the daemon (status 0) while a domain started
+# under the mount still runs: libvirt gave that QEMU a private copy of the
+# host's mounts, chainfs's included.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 it_init
 
 D="$IT_PREFIX-life"
+D2="$IT_PREFIX-life2"
 it_make_image "$T/vda.qcow2" 64M
 it_make_image "$T/vdb.qcow2" 64M
+it_make_image "$T/other.qcow2" 64M
 it_mount
 
 ls_has() { it_ls "$1" | tr ' ' '\n' | grep -qxF "$2"; }
@@ -46,3 +51,11 @@ it_virsh undefine "$D" >/dev/null || it_fail "virsh undefine"
 within_1s "undefine removes the domain from ls MOUNT" ls_lacks "$MNT" "$D"
 [ ! -e "$MNT/$D" ] || it_fail "$MNT/$D still resolves after undefine"
 it_log "ok: $D no longer resolves"
+
+# --- unmount while a domain started under the mount runs -------------------------
+it_define "$D2" "$T/other.qcow2"
+it_start "$D2"
+within_1s "the second domain shows as running" grep -q '^state: *running$' "$MNT/$D2/vda/chain"
+it_unmount || it_fail "fusermount3 -u with $D2 (started under the mount) running: the daemon did not exit 0 within 10 s"
+[ "$(it_state "$D2")" = running ] || it_fail "$D2 stopped running"
+it_log "ok: the daemon exited 0 at unmount while $D2 runs"
