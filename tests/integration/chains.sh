@@ -56,8 +56,10 @@ it_assert_eq "s1 s2 s3" "$(it_snapshot_names "$D" | tr '\n' ' ' | sed 's/ $//')"
 # re-reads every domain every few seconds (docs/DESIGN.md) to catch it.
 vda_shows_three() { [ "$(it_snapshots "$D" vda)" = "s1 s2 s3" ]; }
 vdb_shows_three() { [ "$(it_snapshots "$D" vdb)" = "s1 s2 s3" ]; }
-it_wait_until 5 "the mount shows the snapshots virsh took (vda: '$(it_snapshots "$D" vda)')" vda_shows_three
-it_wait_until 5 "the mount shows the --no-metadata snapshots (vdb: '$(it_snapshots "$D" vdb)')" vdb_shows_three
+it_poll 5 vda_shows_three ||
+  it_fail "after 5 s vda shows '$(it_snapshots "$D" vda)', not the snapshots virsh took:"$'\n'"$(cat "$MNT/$D/vda/chain")"
+it_poll 5 vdb_shows_three ||
+  it_fail "after 5 s vdb shows '$(it_snapshots "$D" vdb)', not the --no-metadata snapshots:"$'\n'"$(cat "$MNT/$D/vdb/chain")"
 
 it_assert_eq "s1 s2 s3" "$(it_snapshots "$D" vda)" "vda: snapshots/ from virsh snapshot-create-as"
 it_assert_eq "s1 s2 s3" "$(it_snapshots "$D" vdb)" "vdb: snapshots/ from --no-metadata file names"

@@ -102,7 +102,7 @@ it_short() {
 # 0) or TIMEOUT_S seconds (may be fractional) have passed (status 1).
 it_poll() {
   local deadline
-  deadline=$(($(date +%s%N) + $(awk -v t="$1" 'BEGIN { printf "%d", t * 1e9 }')))
+  deadline=$(($(date +%s%N) + $(awk -v t="$1" 'BEGIN { printf "%.0f", t * 1e9 }')))
   shift
   until "$@" >/dev/null 2>&1; do
     [ "$(date +%s%N)" -lt "$deadline" ] || return 1
