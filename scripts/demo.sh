@@ -37,6 +37,10 @@ cleanup() {
   cd /
   echo
   echo "--- cleaning up"
+  if [ -n "$DEFINED" ]; then
+    virsh -q -c "$URI" destroy "$DOM" >/dev/null 2>&1
+    virsh -q -c "$URI" undefine --snapshots-metadata "$DOM" >/dev/null 2>&1
+  fi
   if mountpoint -q "$MNT" 2>/dev/null; then
     fusermount3 -u "$MNT" 2>/dev/null || { sleep 1; fusermount3 -u "$MNT" 2>/dev/null; } ||
       fusermount3 -u -z "$MNT"
@@ -48,10 +52,6 @@ cleanup() {
     done
     kill -0 "$PID" 2>/dev/null && kill -TERM "$PID"
     wait "$PID" 2>/dev/null
-  fi
-  if [ -n "$DEFINED" ]; then
-    virsh -q -c "$URI" destroy "$DOM" >/dev/null 2>&1
-    virsh -q -c "$URI" undefine --snapshots-metadata "$DOM" >/dev/null 2>&1
   fi
   mountpoint -q "$MNT" 2>/dev/null || rm -rf "$TMP"
   if [ "$rc" -eq 0 ]; then
