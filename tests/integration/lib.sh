@@ -55,14 +55,6 @@ it_assert_contains() {
   esac
 }
 
-# it_assert_not_contains HAYSTACK NEEDLE WHAT
-it_assert_not_contains() {
-  case "$1" in
-    *"$2"*) printf '[%s] %q contains %q\n' "$IT_NAME" "$1" "$2" >&2; it_fail "$3" ;;
-    *) it_log "ok: $3" ;;
-  esac
-}
-
 # it_errno OP PATH — run os.OP(PATH) (mkdir, rmdir, listdir, stat, open) and
 # print the errno name it failed with, or "OK". Shell messages vary; errno
 # names do not.
