@@ -1142,6 +1142,34 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
     return err;
 }
 
+/* The tree as it is right after a snapshot of DOM/DISK made OVERLAY the
+ * active layer above ACTIVE. Caller holds the lock. false if the tree no
+ * longer looks like it did before the snapshot. */
+static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
+                              const char *disk, const char *active,
+                              const char *overlay, const char *name)
+{
+    struct cfs_domain *d = cfs_tree_find_domain(t, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    if (!dk || dk->n_layers == 0 || !cfs_streq(dk->layers[0].path, active))
+        return false;
+    struct cfs_domain *copy = cfs_domain_dup(d);
+    struct cfs_disk *cd = cfs_domain_find_disk(copy, disk);
+    cd->layers = cfs_xrealloc(cd->layers, (cd->n_layers + 1) * sizeof(*cd->layers));
+    memmove(&cd->layers[1], &cd->layers[0], cd->n_layers * sizeof(*cd->layers));
+    cd->n_layers++;
+    cd->is_block = false;
+    cd->layers[0] = (struct cfs_layer){
+        .path = cfs_xstrdup(overlay),
+        .format = cfs_xstrdup("qcow2"),
+        .virtual_size = cd->layers[1].virtual_size,
+        .meta_name = cfs_xstrdup(name),
+    };
+    cfs_strv_push(&copy->snapshots, cfs_xstrdup(name));
+    cfs_tree_put_domain(t, copy);
+    return true;
+}
+
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
@@ -1240,8 +1268,18 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         return r;
     }
 
-    /* mkdir returns once the overlay is the active layer: show it now */
-    refresh_domain(e, dom);
+    /* mkdir returns once the overlay is the active layer: show it now.
+     * libvirt sends no event for a snapshot, and re-reading the whole
+     * domain costs more than the snapshot itself, so the tree is updated
+     * in place and the exact figures follow from a re-read in the
+     * background. */
+    pthread_mutex_lock(&e->tree->lock);
+    bool updated = tree_push_overlay(e->tree, dom, disk, active, overlay, name);
+    pthread_mutex_unlock(&e->tree->lock);
+    if (updated)
+        on_domain_changed(e, dom);
+    else
+        refresh_domain(e, dom);
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
     s->job.state = CFS_JOB_STATE_COMPLETED;

@@ -11,6 +11,9 @@
 #include <getopt.h>
 #include <grp.h>
 #include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,8 @@
 #include <unistd.h>
 
 #include "fuse_ops.h"
+
+#include <fuse_lowlevel.h>
 
 #include "chainfs/log.h"
 
@@ -210,65 +215,164 @@ static int check_mountpoint(const char *mnt)
     return 0;
 }
 
-int main(int argc, char *argv[])
+
+/* ---- noticing our own unmount --------------------------------------------
+ * libvirt starts every QEMU in a mount namespace of its own, copied from
+ * the host's. Where the host's mounts are private (no systemd), the copy of
+ * our mount in a QEMU started after we mounted does not go away with
+ * `fusermount3 -u`, so the kernel keeps the FUSE connection open and the
+ * loop never sees ENODEV. So we watch /proc/self/mountinfo ourselves: when
+ * our mount is gone from our namespace, we end the loop and exit 0. */
+
+struct mount_watch {
+    int mount_id;          /* our mount, from /proc/self/mountinfo */
+    struct fuse_session *se;
+    pthread_t main_thread;
+    int wake[2];           /* written to at shut-down */
+    bool gone;             /* the mount left our namespace */
+};
+
+/* Mount ID of the newest FUSE mount on MNT (absolute), or -1. */
+static int find_mount_id(const char *mnt, bool *present, int want_id)
 {
-    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-    struct options o = {0};
-    if (fuse_opt_parse(&args, &o, option_table, opt_proc) < 0)
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return -1;
+    char *line = NULL;
+    size_t cap = 0;
+    int found = -1;
+    *present = false;
+    while (getline(&line, &cap, f) > 0) {
+        int id, parent;
+        char devno[32], root[PATH_MAX], point[PATH_MAX];
+        if (sscanf(line, "%d %d %31s %4095s %4095s", &id, &parent, devno, root,
+                   point) != 5)
+            continue;
+        if (want_id >= 0) {
+            if (id == want_id)
+                *present = true;
+            continue;
+        }
+        /* mountinfo escapes space, tab, newline and backslash as \ooo */
+        char un[PATH_MAX];
+        size_t j = 0;
+        for (size_t i = 0; point[i] && j + 1 < sizeof(un); i++) {
+            if (point[i] == '\\' && point[i + 1] && point[i + 2] && point[i + 3]) {
+                un[j++] = (char)strtol((char[]){point[i + 1], point[i + 2], point[i + 3], 0}, NULL, 8);
+                i += 3;
+            } else {
+                un[j++] = point[i];
+            }
+        }
+        un[j] = 0;
+        const char *dash = strstr(line, " - ");
+        if (strcmp(un, mnt) == 0 && dash && strncmp(dash + 3, "fuse", 4) == 0)
+            found = id;
+    }
+    free(line);
+    fclose(f);
+    return found;
+}
+
+static void *mount_watch_thread(void *arg)
+{
+    struct mount_watch *w = arg;
+    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    for (;;) {
+        struct pollfd p[2] = {{.fd = fd, .events = POLLPRI},
+                              {.fd = w->wake[0], .events = POLLIN}};
+        /* mountinfo reports every change in our namespace as POLLPRI */
+        int n = poll(p, fd >= 0 ? 2 : 1, 1000);
+        if (fd < 0)
+            p[1] = p[0];
+        if (n > 0 && (p[1].revents & POLLIN))
+            break;
+        bool present;
+        find_mount_id(NULL, &present, w->mount_id);
+        if (!present) {
+            log_info("our mount is gone; exiting");
+            w->gone = true;
+            fuse_session_exit(w->se);
+            /* the main thread sleeps in the loop: a signal wakes it */
+            pthread_kill(w->main_thread, SIGTERM);
+            break;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+static void options_free(struct options *o)
+{
+    free(o->uri);
+    free(o->overlay_dir);
+    free(o->state_dir);
+    free(o->manage_group);
+    for (int i = 0; i < o->n_nonopt; i++)
+        free(o->nonopt[i]);
+}
+
+/* Everything main() does; main() frees what the options allocated. */
+static int run(struct fuse_args *args, struct options *o)
+{
+    if (fuse_opt_parse(args, o, option_table, opt_proc) < 0)
         return 1;
-    if (o.help) {
+    if (o->help) {
         usage(stdout);
         return 0;
     }
-    if (o.version) {
+    if (o->version) {
         printf("chainfs %s (libfuse %s)\n", CHAINFS_VERSION, fuse_pkgversion());
         return 0;
     }
     const char *mountpoint = NULL;
-    if (o.n_nonopt == 2) { /* mount.fuse3: chainfs URI MOUNTPOINT */
-        if (!o.uri)
-            o.uri = o.nonopt[0];
-        mountpoint = o.nonopt[1];
-    } else if (o.n_nonopt == 1) {
-        mountpoint = o.nonopt[0];
+    if (o->n_nonopt == 2) { /* mount.fuse3: chainfs URI MOUNTPOINT */
+        if (!o->uri)
+            o->uri = strdup(o->nonopt[0]);
+        mountpoint = o->nonopt[1];
+    } else if (o->n_nonopt == 1) {
+        mountpoint = o->nonopt[0];
     }
     if (!mountpoint) {
         usage(stderr);
         return 1;
     }
-    if (o.uri && strcmp(o.uri, "none") == 0)
-        o.uri = NULL;
+    if (o->uri && strcmp(o->uri, "none") == 0) {
+        free(o->uri);
+        o->uri = NULL;
+    }
     if (check_mountpoint(mountpoint) < 0)
         return 1;
 
     struct cfs_fs fs = {.mounted_at = time(NULL)};
-    if (o.manage_group) {
-        struct group *g = getgrnam(o.manage_group);
+    if (o->manage_group) {
+        struct group *g = getgrnam(o->manage_group);
         if (!g) {
             fprintf(stderr, "chainfs: manage_group: no group named '%s'\n",
-                    o.manage_group);
+                    o->manage_group);
             return 1;
         }
         fs.have_manage_group = true;
         fs.manage_group = g->gr_gid;
     }
-    if (o.allow_other)
-        fuse_opt_add_arg(&args, "-odefault_permissions");
-    if (o.debug)
-        fuse_opt_add_arg(&args, "-odebug");
-    if (!o.state_dir)
-        o.state_dir = default_state_dir();
-    if (o.overlay_dir) {
+    if (o->allow_other)
+        fuse_opt_add_arg(args, "-odefault_permissions");
+    if (o->debug)
+        fuse_opt_add_arg(args, "-odebug");
+    if (!o->state_dir)
+        o->state_dir = default_state_dir();
+    if (o->overlay_dir) {
         struct stat st;
-        if (stat(o.overlay_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        if (stat(o->overlay_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
             fprintf(stderr, "chainfs: overlay_dir %s is not a directory\n",
-                    o.overlay_dir);
+                    o->overlay_dir);
             return 1;
         }
     }
 
     int report_fd = -1;
-    if (!o.foreground) {
+    if (!o->foreground) {
         int pfd[2];
         if (pipe2(pfd, O_CLOEXEC) < 0) {
             perror("chainfs: pipe");
@@ -287,18 +391,18 @@ int main(int argc, char *argv[])
         report_fd = pfd[1];
         setsid();
     }
-    cfs_log_init(!o.foreground, o.debug);
+    cfs_log_init(!o->foreground, o->debug);
 
     char abs_mnt[PATH_MAX];
     if (!realpath(mountpoint, abs_mnt))
         snprintf(abs_mnt, sizeof(abs_mnt), "%s", mountpoint);
 
     struct cfs_engine_config cfg = {
-        .overlay_dir = o.overlay_dir,
-        .state_dir = o.state_dir,
-        .keep_merged = o.keep_merged,
+        .overlay_dir = o->overlay_dir,
+        .state_dir = o->state_dir,
+        .keep_merged = o->keep_merged,
     };
-    struct cfs_backend *be = cfs_libvirt_backend_new(o.uri);
+    struct cfs_backend *be = cfs_libvirt_backend_new(o->uri);
     char *err = NULL;
     struct cfs_engine *engine = NULL;
     int r = cfs_engine_new(&cfg, be, &engine, &err);
@@ -315,7 +419,7 @@ int main(int argc, char *argv[])
     }
     fs.engine = engine;
 
-    struct fuse *f = fuse_new(&args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &fs);
+    struct fuse *f = fuse_new(args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &fs);
     if (!f) {
         cfs_engine_free(engine);
         report(report_fd, 1, "cannot set up FUSE (see the message above)");
@@ -338,8 +442,22 @@ int main(int argc, char *argv[])
         return 1;
     }
 
+    /* watch for our mount leaving the namespace (see mount_watch) */
+    struct mount_watch watch = {.se = se, .main_thread = pthread_self(),
+                                .wake = {-1, -1}};
+    bool present;
+    watch.mount_id = find_mount_id(abs_mnt, &present, -1);
+    pthread_t watcher;
+    bool watching = false;
+    if (watch.mount_id < 0)
+        log_warn("cannot find our mount in /proc/self/mountinfo; an unmount "
+                 "hidden by another mount namespace will not be noticed");
+    else if (pipe2(watch.wake, O_CLOEXEC) == 0 &&
+             pthread_create(&watcher, NULL, mount_watch_thread, &watch) == 0)
+        watching = true;
+
     log_info("mounted on %s (libvirt %s, state in %s)", abs_mnt,
-             o.uri ? o.uri : "default URI", o.state_dir);
+             o->uri ? o->uri : "default URI", o->state_dir);
     if (report_fd >= 0) {
         report(report_fd, 0, NULL);
         if (chdir("/") < 0)
@@ -355,7 +473,7 @@ int main(int argc, char *argv[])
     }
 
     int ret;
-    if (o.single) {
+    if (o->single) {
         ret = fuse_loop(f);
     } else {
         struct fuse_loop_config *lc = fuse_loop_cfg_create();
@@ -364,12 +482,33 @@ int main(int argc, char *argv[])
         fuse_loop_cfg_destroy(lc);
     }
 
+    if (watching) {
+        if (write(watch.wake[1], "x", 1) < 0)
+            log_warn("waking the mount watcher: %s", strerror(errno));
+        pthread_join(watcher, NULL);
+    }
+    if (watch.wake[0] >= 0) {
+        close(watch.wake[0]);
+        close(watch.wake[1]);
+    }
     cfs_engine_set_invalidate(engine, NULL, NULL);
     fuse_remove_signal_handlers(se);
-    fuse_unmount(f);
+    /* Once our mount is gone, the path may hold someone else's mount:
+     * never unmount it then. */
+    if (!watch.gone)
+        fuse_unmount(f);
     fuse_destroy(f);
     cfs_engine_free(engine);
     log_info("unmounted %s", abs_mnt);
+    return ret == 0 || watch.gone ? 0 : 1;
+}
+
+int main(int argc, char *argv[])
+{
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    struct options o = {0};
+    int r = run(&args, &o);
+    options_free(&o);
     fuse_opt_free_args(&args);
-    return ret == 0 ? 0 : 1;
+    return r;
 }
