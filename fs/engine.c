@@ -77,6 +77,7 @@ struct cfs_engine {
     struct cfs_journal *journal;
     int lock_fd;              /* flock on STATE_DIR/lock: one daemon per state_dir */
     struct cfs_tree *tree;
+    unsigned long mutations;  /* tree changes chainfs made itself; tree lock */
 
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
@@ -180,11 +181,28 @@ static void invalidate(struct cfs_engine *e, const char *path)
         e->invalidate(e->invalidate_opaque, path);
 }
 
-/* Re-read one domain from the backend into the tree. */
+/* Re-read one domain from the backend into the tree.
+ *
+ * A read that was under way while chainfs itself changed the tree (mkdir
+ * puts its overlay in place) may carry the older state: such a read is
+ * dropped and done again, so the tree never goes back in time. */
 static int refresh_domain(struct cfs_engine *e, const char *name)
 {
     struct cfs_domain *d = NULL;
-    int r = e->be->ops->read_domain(e->be, name, &d);
+    int r;
+    for (int tries = 0;; tries++) {
+        pthread_mutex_lock(&e->tree->lock);
+        unsigned long before = e->mutations;
+        pthread_mutex_unlock(&e->tree->lock);
+        r = e->be->ops->read_domain(e->be, name, &d);
+        pthread_mutex_lock(&e->tree->lock);
+        bool raced = e->mutations != before;
+        pthread_mutex_unlock(&e->tree->lock);
+        if (!raced || tries >= 3)
+            break;
+        cfs_domain_free(d);
+        d = NULL;
+    }
     if (r == -ENOENT) {
         pthread_mutex_lock(&e->tree->lock);
         bool removed = cfs_tree_remove_domain(e->tree, name);
@@ -1275,6 +1293,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
      * background. */
     pthread_mutex_lock(&e->tree->lock);
     bool updated = tree_push_overlay(e->tree, dom, disk, active, overlay, name);
+    e->mutations++;
     pthread_mutex_unlock(&e->tree->lock);
     if (updated)
         on_domain_changed(e, dom);

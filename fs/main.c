@@ -493,9 +493,21 @@ static int run(struct fuse_args *args, struct options *o)
     }
     cfs_engine_set_invalidate(engine, NULL, NULL);
     fuse_remove_signal_handlers(se);
-    /* Once our mount is gone, the path may hold someone else's mount:
-     * never unmount it then. */
-    if (!watch.gone)
+    /* Once our mount has left this namespace, the connection may live on
+     * in another one, and the path may hold someone else's mount by now.
+     * Put an unconnected /dev/fuse in place of our device fd: that drops
+     * the last reference to the connection (the kernel aborts it, so the
+     * copies elsewhere report ENOTCONN), and fuse_unmount() sees a dead
+     * device and does not unmount the path. */
+    bool unmount = true;
+    if (watch.gone) {
+        int nfd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+        if (nfd >= 0 && dup2(nfd, fuse_session_fd(se)) >= 0)
+            close(nfd);
+        else
+            unmount = false;
+    }
+    if (unmount)
         fuse_unmount(f);
     fuse_destroy(f);
     cfs_engine_free(engine);
