@@ -82,7 +82,24 @@ struct lv_backend {
     atomic_bool quit;
     pthread_t reconnect_thread;
     bool reconnect_running;
+
+    /* Which overlay each snapshot names, by domain UUID and snapshot name:
+     * a snapshot's disks do not change, and fetching every snapshot's XML
+     * on each re-read made re-reads grow with the number of snapshots. */
+    pthread_mutex_t snap_lock;
+    struct lv_snap_cache *snaps;
+    size_t n_snaps;
 };
+
+struct lv_snap_cache {
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    char *name;
+    char **targets;   /* parallel NULL-terminated vectors */
+    char **sources;
+    bool seen;        /* listed by the current re-read */
+};
+
+static void lv_snap_cache_clear(struct lv_snap_cache *c);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -583,6 +600,10 @@ static void lv_destroy(struct cfs_backend *be)
 
     pthread_cond_destroy(&b->cond);
     pthread_mutex_destroy(&b->lock);
+    for (size_t i = 0; i < b->n_snaps; i++)
+        lv_snap_cache_clear(&b->snaps[i]);
+    free(b->snaps);
+    pthread_mutex_destroy(&b->snap_lock);
     free(b->uri);
     free(b);
 }
@@ -678,35 +699,91 @@ static void lv_fill_stats(virDomainPtr dom, struct cfs_domxml *x, bool **matched
     virDomainStatsRecordListFree(recs);
 }
 
+static struct lv_snap_cache *lv_snap_cache_find(struct lv_backend *b,
+                                                const char *uuid,
+                                                const char *name)
+{
+    for (size_t i = 0; i < b->n_snaps; i++)
+        if (strcmp(b->snaps[i].uuid, uuid) == 0 &&
+            strcmp(b->snaps[i].name, name) == 0)
+            return &b->snaps[i];
+    return NULL;
+}
+
+static void lv_snap_cache_clear(struct lv_snap_cache *c)
+{
+    free(c->name);
+    cfs_strv_free(c->targets);
+    cfs_strv_free(c->sources);
+}
+
+/* Forget every cached snapshot of domain UUID not seen by this re-read. */
+static void lv_snap_cache_prune(struct lv_backend *b, const char *uuid)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < b->n_snaps; i++) {
+        struct lv_snap_cache *c = &b->snaps[i];
+        if (strcmp(c->uuid, uuid) == 0 && !c->seen) {
+            lv_snap_cache_clear(c);
+            continue;
+        }
+        c->seen = false;
+        b->snaps[j++] = *c;
+    }
+    b->n_snaps = j;
+}
+
 /* meta_name of each layer and the domain's snapshot names. */
-static int lv_read_snapshots(virConnectPtr conn, virDomainPtr dom,
-                             struct cfs_domain *d)
+static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
+                             virDomainPtr dom, struct cfs_domain *d)
 {
     virDomainSnapshotPtr *snaps = NULL;
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
     int n;
 
     n = virDomainListAllSnapshots(dom, &snaps, 0);
     if (n < 0)
         return lv_error(conn);
+    virDomainGetUUIDString(dom, uuid);
+    pthread_mutex_lock(&b->snap_lock);
     for (int i = 0; i < n; i++) {
-        _cleanup_free_ char *xml = NULL;
-        struct cfs_snapxml sx;
+        const char *name = virDomainSnapshotGetName(snaps[i]);
+        struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
 
-        cfs_strv_push(&d->snapshots, cfs_xstrdup(virDomainSnapshotGetName(snaps[i])));
-        xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
-        if (xml && cfs_domxml_parse_snapshot(xml, &sx) == 0) {
+        cfs_strv_push(&d->snapshots, cfs_xstrdup(name));
+        if (!c) {
+            _cleanup_free_ char *xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
+            struct cfs_snapxml sx;
+
+            if (!xml || cfs_domxml_parse_snapshot(xml, &sx) < 0) {
+                virResetLastError();
+                virDomainSnapshotFree(snaps[i]);
+                continue; /* not cached: tried again on the next re-read */
+            }
+            b->snaps = cfs_xrealloc(b->snaps, (b->n_snaps + 1) * sizeof(*b->snaps));
+            c = &b->snaps[b->n_snaps++];
+            memset(c, 0, sizeof(*c));
+            snprintf(c->uuid, sizeof(c->uuid), "%s", uuid);
+            c->name = cfs_xstrdup(name);
             for (size_t k = 0; k < sx.n_disks; k++) {
-                struct cfs_disk *disk = cfs_domain_find_disk(d, sx.disks[k].target);
-
-                for (size_t l = 0; disk && l < disk->n_layers; l++)
-                    if (!disk->layers[l].meta_name &&
-                        cfs_streq(disk->layers[l].path, sx.disks[k].source))
-                        disk->layers[l].meta_name = cfs_xstrdup(sx.name);
+                cfs_strv_push(&c->targets, cfs_xstrdup(sx.disks[k].target));
+                cfs_strv_push(&c->sources, cfs_xstrdup(sx.disks[k].source));
             }
             cfs_snapxml_clear(&sx);
         }
+        c->seen = true;
+        for (size_t k = 0; c->targets && c->targets[k]; k++) {
+            struct cfs_disk *disk = cfs_domain_find_disk(d, c->targets[k]);
+
+            for (size_t l = 0; disk && l < disk->n_layers; l++)
+                if (!disk->layers[l].meta_name &&
+                    cfs_streq(disk->layers[l].path, c->sources[k]))
+                    disk->layers[l].meta_name = cfs_xstrdup(name);
+        }
         virDomainSnapshotFree(snaps[i]);
     }
+    lv_snap_cache_prune(b, uuid);
+    pthread_mutex_unlock(&b->snap_lock);
     free(snaps);
     return 0;
 }
@@ -740,8 +817,10 @@ static void lv_complete_chains(virDomainPtr dom, struct cfs_domxml *x, bool live
     free(listed);
 }
 
-static int lv_read_domain(struct cfs_backend *be, const char *name,
-                          struct cfs_domain **out)
+/* STATS: ask libvirt for the block statistics (domstats) of every layer;
+ * without them, sizes come from stat() alone, which is much cheaper. */
+static int lv_read_domain_common(struct cfs_backend *be, const char *name,
+                                 struct cfs_domain **out, bool stats)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
@@ -750,8 +829,9 @@ static int lv_read_domain(struct cfs_backend *be, const char *name,
     int state = VIR_DOMAIN_NOSTATE, reason, r;
     bool live;
 
+    struct lv_backend *b = lv(be);
     *out = NULL;
-    r = lv_lookup(lv(be), name, &conn, &dom);
+    r = lv_lookup(b, name, &conn, &dom);
     if (r < 0)
         return r;
     if (virDomainGetState(dom, &state, &reason, 0) < 0)
@@ -768,12 +848,24 @@ static int lv_read_domain(struct cfs_backend *be, const char *name,
     x.domain->state = lv_map_state(state);
     x.domain->persistent = virDomainIsPersistent(dom) == 1;
 
-    lv_complete_chains(dom, &x, live);
-    r = lv_read_snapshots(conn, dom, x.domain);
+    lv_complete_chains(stats ? dom : NULL, &x, live);
+    r = lv_read_snapshots(b, conn, dom, x.domain);
     if (r < 0)
         return r;
     *out = TAKE_PTR(x.domain);
     return 0;
+}
+
+static int lv_read_domain(struct cfs_backend *be, const char *name,
+                          struct cfs_domain **out)
+{
+    return lv_read_domain_common(be, name, out, true);
+}
+
+static int lv_read_domain_light(struct cfs_backend *be, const char *name,
+                                struct cfs_domain **out)
+{
+    return lv_read_domain_common(be, name, out, false);
 }
 
 /* ---- snapshots ---------------------------------------------------------- */
@@ -799,14 +891,7 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
     if (r < 0)
         return r;
 
-    snap = virDomainSnapshotLookupByName(dom, name, 0);
-    if (snap) {
-        cfs_backend_set_errmsg("domain '%s' already has a snapshot named '%s'",
-                               dom_name, name);
-        return -EEXIST;
-    }
-    virResetLastError();
-
+    /* a name libvirt already has is refused by libvirt itself (EEXIST) */
     xml = virDomainGetXMLDesc(dom, 0);
     if (!xml)
         return lv_error(conn);
@@ -856,6 +941,20 @@ static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
         return lv_error(conn);
     if (virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0)
         return lv_error(conn);
+
+    /* a snapshot of the same name made later may name another file */
+    struct lv_backend *b = lv(be);
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    virDomainGetUUIDString(dom, uuid);
+    pthread_mutex_lock(&b->snap_lock);
+    struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
+    if (c)
+        c->seen = false;
+    for (size_t i = 0; i < b->n_snaps; i++)
+        if (&b->snaps[i] != c && strcmp(b->snaps[i].uuid, uuid) == 0)
+            b->snaps[i].seen = true;
+    lv_snap_cache_prune(b, uuid);
+    pthread_mutex_unlock(&b->snap_lock);
     return 0;
 }
 
@@ -1162,6 +1261,7 @@ static const struct cfs_backend_ops lv_ops = {
     .destroy = lv_destroy,
     .list_domains = lv_list_domains,
     .read_domain = lv_read_domain,
+    .read_domain_light = lv_read_domain_light,
     .snapshot_create = lv_snapshot_create,
     .snapshot_forget = lv_snapshot_forget,
     .commit_start = lv_commit_start,
@@ -1179,6 +1279,7 @@ struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
     b->pub.priv = b;
     b->uri = cfs_xstrdup(uri);
     pthread_mutex_init(&b->lock, NULL);
+    pthread_mutex_init(&b->snap_lock, NULL);
     pthread_cond_init(&b->cond, NULL);
     b->up_timer = -1;
     for (size_t i = 0; i < LV_EV_MAX; i++)

@@ -224,6 +224,83 @@ static int refresh_domain(struct cfs_engine *e, const char *name)
     return 0;
 }
 
+/* Give the layers of NEW the sizes the tree already knows for the same
+ * files; a layer the tree does not know keeps its stat() sizes, and
+ * takes the virtual size of the layer below if it has none. */
+static void carry_sizes(const struct cfs_domain *old, struct cfs_domain *new)
+{
+    for (size_t i = 0; i < new->n_disks; i++) {
+        struct cfs_disk *nd = &new->disks[i];
+        const struct cfs_disk *od = old ? cfs_domain_find_disk(old, nd->target) : NULL;
+        for (size_t l = nd->n_layers; l-- > 0;) {
+            struct cfs_layer *nl = &nd->layers[l];
+            for (size_t k = 0; od && k < od->n_layers; k++) {
+                const struct cfs_layer *ol = &od->layers[k];
+                if (cfs_streq(ol->path, nl->path)) {
+                    nl->virtual_size = ol->virtual_size;
+                    nl->allocation = ol->allocation;
+                    nl->physical = ol->physical;
+                    break;
+                }
+            }
+            if (!nl->virtual_size && l + 1 < nd->n_layers)
+                nl->virtual_size = nd->layers[l + 1].virtual_size;
+        }
+    }
+}
+
+/* The tree as it is right after a snapshot of DOM/DISK made OVERLAY the
+ * active layer above ACTIVE (sizes of the new overlay from stat()). Caller
+ * holds the lock. false if the tree no longer looks as it did before. */
+static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
+                              const char *disk, const char *active,
+                              const char *overlay, const char *name)
+{
+    struct cfs_domain *d = cfs_tree_find_domain(t, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    if (!dk || dk->n_layers == 0 || !cfs_streq(dk->layers[0].path, active))
+        return false;
+    struct cfs_domain *copy = cfs_domain_dup(d);
+    struct cfs_disk *cd = cfs_domain_find_disk(copy, disk);
+    cd->layers = cfs_xrealloc(cd->layers, (cd->n_layers + 1) * sizeof(*cd->layers));
+    memmove(&cd->layers[1], &cd->layers[0], cd->n_layers * sizeof(*cd->layers));
+    cd->n_layers++;
+    cd->is_block = false;
+    cd->layers[0] = (struct cfs_layer){
+        .path = cfs_xstrdup(overlay),
+        .format = cfs_xstrdup("qcow2"),
+        .virtual_size = cd->layers[1].virtual_size,
+        .meta_name = cfs_xstrdup(name),
+    };
+    struct stat st;
+    if (stat(overlay, &st) == 0) {
+        cd->layers[0].allocation = (uint64_t)st.st_blocks * 512;
+        cd->layers[0].physical = (uint64_t)st.st_size;
+    }
+    cfs_strv_push(&copy->snapshots, cfs_xstrdup(name));
+    cfs_tree_put_domain(t, copy);
+    return true;
+}
+
+/* Right after chainfs changed DOM's chain: a quick re-read without block
+ * statistics (they cost more than the change itself) so the caller can
+ * return with the tree showing the new chain, then the full re-read in
+ * the background for the exact figures. */
+static void refresh_after_change(struct cfs_engine *e, const char *dom)
+{
+    struct cfs_domain *d = NULL;
+    if (!e->be->ops->read_domain_light ||
+        e->be->ops->read_domain_light(e->be, dom, &d) < 0) {
+        refresh_domain(e, dom);
+        return;
+    }
+    pthread_mutex_lock(&e->tree->lock);
+    carry_sizes(cfs_tree_find_domain(e->tree, dom), d);
+    cfs_tree_put_domain(e->tree, d);
+    pthread_mutex_unlock(&e->tree->lock);
+    on_domain_changed(e, dom);
+}
+
 static int refresh_all(struct cfs_engine *e)
 {
     _cleanup_strv_ char **names = NULL;
@@ -1160,34 +1237,6 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
     return err;
 }
 
-/* The tree as it is right after a snapshot of DOM/DISK made OVERLAY the
- * active layer above ACTIVE. Caller holds the lock. false if the tree no
- * longer looks like it did before the snapshot. */
-static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
-                              const char *disk, const char *active,
-                              const char *overlay, const char *name)
-{
-    struct cfs_domain *d = cfs_tree_find_domain(t, dom);
-    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    if (!dk || dk->n_layers == 0 || !cfs_streq(dk->layers[0].path, active))
-        return false;
-    struct cfs_domain *copy = cfs_domain_dup(d);
-    struct cfs_disk *cd = cfs_domain_find_disk(copy, disk);
-    cd->layers = cfs_xrealloc(cd->layers, (cd->n_layers + 1) * sizeof(*cd->layers));
-    memmove(&cd->layers[1], &cd->layers[0], cd->n_layers * sizeof(*cd->layers));
-    cd->n_layers++;
-    cd->is_block = false;
-    cd->layers[0] = (struct cfs_layer){
-        .path = cfs_xstrdup(overlay),
-        .format = cfs_xstrdup("qcow2"),
-        .virtual_size = cd->layers[1].virtual_size,
-        .meta_name = cfs_xstrdup(name),
-    };
-    cfs_strv_push(&copy->snapshots, cfs_xstrdup(name));
-    cfs_tree_put_domain(t, copy);
-    return true;
-}
-
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
@@ -1286,19 +1335,21 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         return r;
     }
 
-    /* mkdir returns once the overlay is the active layer: show it now.
-     * libvirt sends no event for a snapshot, and re-reading the whole
-     * domain costs more than the snapshot itself, so the tree is updated
-     * in place and the exact figures follow from a re-read in the
-     * background. */
+    /* mkdir returns once the overlay is the active layer: show it now
+     * (libvirt sends no event for a snapshot). Re-reading the domain costs
+     * as much as the snapshot itself, so the new overlay is put in place
+     * here and the full re-read follows in the background; a re-read that
+     * was in flight meanwhile starts over (refresh_domain). Readers stay
+     * consistent: fuse_ops.c serves an open() what the stat() before it
+     * saw. */
     pthread_mutex_lock(&e->tree->lock);
-    bool updated = tree_push_overlay(e->tree, dom, disk, active, overlay, name);
     e->mutations++;
+    bool pushed = tree_push_overlay(e->tree, dom, disk, active, overlay, name);
     pthread_mutex_unlock(&e->tree->lock);
-    if (updated)
-        on_domain_changed(e, dom);
+    if (pushed)
+        on_domain_changed(e, dom); /* the exact figures, in the background */
     else
-        refresh_domain(e, dom);
+        refresh_after_change(e, dom);
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
     s->job.state = CFS_JOB_STATE_COMPLETED;

@@ -14,11 +14,96 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chainfs/log.h"
 #include "chainfs/path.h"
+
+/* ---- what stat said -----------------------------------------------------
+ * A file's size is its rendered length, and the world may change between
+ * a reader's stat() and its open() (tar, cp and rsync stat first, then
+ * read exactly that many bytes). So the content rendered for a stat is
+ * kept for a moment, and an open() of the same path that follows soon
+ * after serves that very content: a reader gets the version whose size it
+ * was told. */
+#define RECENT_SLOTS 64
+#define RECENT_MS 500
+
+struct recent {
+    char *path;
+    char *data;
+    size_t len;
+    int64_t when_ms;
+};
+
+static pthread_mutex_t recent_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct recent recent[RECENT_SLOTS];
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void recent_put(const char *path, const struct cfs_buf *b)
+{
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&recent_lock);
+    struct recent *slot = &recent[0];
+    for (size_t i = 0; i < RECENT_SLOTS; i++) {
+        if (recent[i].path && strcmp(recent[i].path, path) == 0) {
+            slot = &recent[i];
+            break;
+        }
+        if (recent[i].when_ms < slot->when_ms)
+            slot = &recent[i];
+    }
+    free(slot->path);
+    free(slot->data);
+    slot->path = cfs_xstrdup(path);
+    slot->data = cfs_xmalloc(b->len + 1);
+    memcpy(slot->data, b->data ? b->data : "", b->len);
+    slot->data[b->len] = '\0';
+    slot->len = b->len;
+    slot->when_ms = now;
+    pthread_mutex_unlock(&recent_lock);
+}
+
+/* Copy what stat() saw of PATH into OUT if that was less than
+ * RECENT_MS ago; false otherwise. */
+static bool recent_get(const char *path, struct cfs_buf *out)
+{
+    bool hit = false;
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&recent_lock);
+    for (size_t i = 0; i < RECENT_SLOTS; i++) {
+        struct recent *r = &recent[i];
+        if (r->path && strcmp(r->path, path) == 0) {
+            if (now - r->when_ms <= RECENT_MS) {
+                cfs_buf_put(out, r->data, r->len);
+                hit = true;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&recent_lock);
+    return hit;
+}
+
+void cfs_fs_forget_recent(void)
+{
+    pthread_mutex_lock(&recent_lock);
+    for (size_t i = 0; i < RECENT_SLOTS; i++) {
+        free(recent[i].path);
+        free(recent[i].data);
+        recent[i] = (struct recent){0};
+    }
+    pthread_mutex_unlock(&recent_lock);
+}
 
 struct handle {
     struct cfs_path path;
@@ -66,16 +151,28 @@ static bool may_change(const struct cfs_fs *fs)
 static int fs_getattr(const char *path, struct stat *st,
                       struct fuse_file_info *fi)
 {
-    (void)fi;
     struct cfs_fs *fs = fs_get();
     struct cfs_path p;
     int r = cfs_path_parse(path, &p);
     if (r < 0)
         return r;
-    struct cfs_node_attr a;
-    r = cfs_engine_getattr(fs->engine, &p, &a);
-    if (r < 0)
-        return r;
+    struct cfs_node_attr a = {.nlink = 1};
+    struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+    if (h && h->rendered) {
+        /* fstat() of an open file: the size of what it reads */
+        a.size = h->content.len;
+    } else if (cfs_node_is_file(p.kind) && p.kind != CFS_NODE_WAIT) {
+        _cleanup_buf_ struct cfs_buf b = {0};
+        r = cfs_engine_read(fs->engine, &p, &b);
+        if (r < 0)
+            return r;
+        a.size = b.len;
+        recent_put(path, &b);
+    } else {
+        r = cfs_engine_getattr(fs->engine, &p, &a);
+        if (r < 0)
+            return r;
+    }
     memset(st, 0, sizeof(*st));
     st->st_uid = 0;
     st->st_gid = 0;
@@ -130,7 +227,8 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
     if (r == 0 && !cfs_node_is_file(h->path.kind))
         r = -EISDIR;
     if (r == 0 && h->path.kind != CFS_NODE_WAIT) {
-        r = cfs_engine_read(fs_get()->engine, &h->path, &h->content);
+        if (!recent_get(path, &h->content))
+            r = cfs_engine_read(fs_get()->engine, &h->path, &h->content);
         h->rendered = true;
     }
     if (r < 0) {

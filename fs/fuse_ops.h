@@ -19,5 +19,8 @@ struct cfs_fs {
 
 extern const struct fuse_operations cfs_fuse_ops;
 
+/* Free the contents kept for recent stat()s (at exit). */
+void cfs_fs_forget_recent(void);
+
 /* Engine callback: drop the kernel's cached entry for PATH. */
 void cfs_fs_invalidate(void *opaque, const char *path);

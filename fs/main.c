@@ -511,6 +511,7 @@ static int run(struct fuse_args *args, struct options *o)
         fuse_unmount(f);
     fuse_destroy(f);
     cfs_engine_free(engine);
+    cfs_fs_forget_recent();
     log_info("unmounted %s", abs_mnt);
     return ret == 0 || watch.gone ? 0 : 1;
 }

@@ -72,6 +72,13 @@ struct cfs_backend_ops {
     int (*read_domain)(struct cfs_backend *be, const char *dom,
                        struct cfs_domain **out);
 
+    /* Optional (may be NULL): read_domain without asking libvirt for the
+     * block statistics, sizes from stat() only (virtual_size may be 0).
+     * For a quick look at a chain just changed; the caller re-reads in
+     * full afterwards. */
+    int (*read_domain_light)(struct cfs_backend *be, const char *dom,
+                             struct cfs_domain **out);
+
     /* External disk-only snapshot NAME of disk DISK only, new overlay at
      * OVERLAY (qcow2, never overwriting an existing file), recorded in
      * libvirt's snapshot metadata. Running or shut-off domain. Returns when
