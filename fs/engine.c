@@ -52,6 +52,7 @@ enum work_kind {
     WORK_JOB_EVENT,
     WORK_OFFLINE_DONE,
     WORK_CONNECTION,
+    WORK_JOURNAL_CLOSE,  /* errmsg holds the entry id */
 };
 
 struct work {
@@ -445,6 +446,42 @@ static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
     pthread_mutex_unlock(&e->tree->lock);
 }
 
+/* Is PATH a layer of any domain's chain right now? Asked of libvirt, not
+ * of the tree (which may lag), before a file is deleted; when in doubt
+ * the answer is yes. */
+static bool path_in_any_chain(struct cfs_engine *e, const char *path)
+{
+    _cleanup_strv_ char **names = NULL;
+    if (e->be->ops->list_domains(e->be, &names) < 0)
+        return true;
+    for (char **n = names; n && *n; n++) {
+        struct cfs_domain *d = NULL;
+        int r = e->be->ops->read_domain_light
+                    ? e->be->ops->read_domain_light(e->be, *n, &d)
+                    : e->be->ops->read_domain(e->be, *n, &d);
+        if (r == -ENOENT)
+            continue;
+        bool used = r < 0 || cfs_domain_uses_path(d, path);
+        cfs_domain_free(d);
+        if (used)
+            return true;
+    }
+    return false;
+}
+
+/* " (no space left on the filesystem of BASE)" when that is so, else "". */
+static char *space_reason(const char *base)
+{
+    if (!base)
+        return cfs_xstrdup("");
+    _cleanup_free_ char *tmp = cfs_xstrdup(base);
+    struct statvfs vfs;
+    if (statvfs(dirname(tmp), &vfs) == 0 &&
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < OVERLAY_MIN_FREE)
+        return cfs_xasprintf(" (no space left on the filesystem of %s)", base);
+    return cfs_xstrdup("");
+}
+
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
  * delete it (unless kept or still used anywhere), drop its metadata, close
  * the journal entry. Returns false if TOP is still in the chain (libvirt
@@ -462,9 +499,7 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk)
     }
 
     journal_record(e, dom, disk, &job, "cleanup");
-    pthread_mutex_lock(&e->tree->lock);
-    bool used = cfs_tree_path_used(e->tree, job.top);
-    pthread_mutex_unlock(&e->tree->lock);
+    bool used = !e->keep_merged && path_in_any_chain(e, job.top);
 
     if (e->keep_merged)
         log_info("%s/%s: merged %s into %s; keeping %s (keep_merged)", dom,
@@ -501,9 +536,11 @@ static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
      * longer holds its old point in time (harmless, TOP still sits above
      * it), and info says so. */
     bool partial = job.type != CFS_JOB_SNAPSHOT && job.cur > 0;
+    _cleanup_free_ char *space = space_reason(job.base);
+    _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
     log_err("%s/%s: merge of snapshot %s %s: %s", dom, disk, job.snapshot,
-            st == CFS_JOB_STATE_CANCELED ? "canceled" : "failed", why);
-    job_end(e, dom, disk, st, why, partial);
+            st == CFS_JOB_STATE_CANCELED ? "canceled" : "failed", text);
+    job_end(e, dom, disk, st, text, partial);
     cfs_job_clear(&job);
 }
 
@@ -719,6 +756,8 @@ static void poll_jobs(struct cfs_engine *e)
     e->last_poll_ms = now_ms();
 }
 
+static void recover_journal(struct cfs_engine *e);
+
 static void process_work(struct cfs_engine *e, struct work *w)
 {
     switch (w->kind) {
@@ -735,6 +774,9 @@ static void process_work(struct cfs_engine *e, struct work *w)
     case WORK_OFFLINE_DONE:
         handle_offline_done(e, w);
         break;
+    case WORK_JOURNAL_CLOSE:
+        journal_close(e, w->errmsg);
+        break;
     case WORK_CONNECTION:
         pthread_mutex_lock(&e->tree->lock);
         e->tree->stale = !w->up;
@@ -743,6 +785,7 @@ static void process_work(struct cfs_engine *e, struct work *w)
         if (w->up) {
             log_info("libvirt connection is back; re-reading everything");
             refresh_all(e);
+            recover_journal(e);
         } else {
             log_err("lost the libvirt connection; serving the last known state");
         }
@@ -819,6 +862,24 @@ static void recover_journal(struct cfs_engine *e)
         struct cfs_journal_entry *en = &v[i];
         pthread_mutex_lock(&e->tree->lock);
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, en->domain, en->disk);
+        bool followed = cfs_job_state_in_progress(s->job.state) &&
+                        cfs_streq(s->job.journal_id, en->id);
+        pthread_mutex_unlock(&e->tree->lock);
+        if (followed)
+            continue; /* this daemon is on it already (a reconnect) */
+
+        if (en->type == CFS_JOB_SNAPSHOT) {
+            /* a mkdir that was under way: libvirt either made the overlay
+             * the active layer or did nothing; the chain tells which */
+            bool done = disk_has_layer(e, en->domain, en->disk, en->top);
+            log_info("recovery: %s/%s: snapshot %s was %s", en->domain,
+                     en->disk, en->snapshot,
+                     done ? "taken" : "not taken (nothing to undo)");
+            journal_close(e, en->id);
+            continue;
+        }
+
+        pthread_mutex_lock(&e->tree->lock);
         cfs_job_clear(&s->job);
         s->job.type = en->type;
         s->job.state = strcmp(en->phase, "pivoting") == 0 ? CFS_JOB_STATE_PIVOTING
@@ -1255,7 +1316,10 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
     const char *why = NULL;
-    if (!d || !dk) {
+    if (e->tree->stale) {
+        r = -ENOTCONN;
+        why = "libvirt is unreachable (chainfs keeps reconnecting)";
+    } else if (!d || !dk) {
         r = -ENOENT;
         why = d ? "no such disk" : "no such domain";
     } else if (dk->readonly || dk->shareable || dk->n_layers == 0) {
@@ -1317,9 +1381,39 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         r = -ENOSPC;
         msg = cfs_xasprintf("overlay directory %s is full", dir);
     } else {
-        r = e->be->ops->snapshot_create(e->be, dom, disk, name, overlay);
-        if (r < 0)
-            msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+        /* durably record the intent before the chain changes */
+        struct cfs_job intent = {
+            .type = CFS_JOB_SNAPSHOT,
+            .snapshot = (char *)name,
+            .top = overlay,
+            .base = active,
+            .started = now_s(),
+        };
+        intent.journal_id = cfs_journal_new_id(e->journal);
+        struct cfs_journal_entry en = {
+            .id = intent.journal_id, .domain = (char *)dom, .disk = (char *)disk,
+            .snapshot = (char *)name, .top = overlay, .base = active,
+            .type = CFS_JOB_SNAPSHOT, .phase = (char *)"starting",
+            .created = intent.started, .updated = intent.started,
+        };
+        r = cfs_journal_put(e->journal, &en);
+        if (r < 0) {
+            msg = cfs_xasprintf("cannot write the journal in %s: %s",
+                                e->state_dir, strerror(-r));
+            r = -EIO;
+        } else {
+            r = e->be->ops->snapshot_create(e->be, dom, disk, name, overlay);
+            if (r < 0)
+                msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+            /* closing the entry is not on the caller's path: the engine
+             * thread does it (a crash before then is harmless, recovery
+             * looks at the chain) */
+            struct work *w = cfs_xcalloc(1, sizeof(*w));
+            w->kind = WORK_JOURNAL_CLOSE;
+            w->errmsg = TAKE_PTR(intent.journal_id);
+            queue_push(e, w);
+        }
+        free(intent.journal_id);
     }
 
     if (r < 0) {
@@ -1410,7 +1504,10 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
     struct cfs_disk_state *s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
     int idx = dk ? cfs_disk_find_snapshot(dk, name) : -1;
-    if (!d || !dk) {
+    if (e->tree->stale) {
+        r = -ENOTCONN;
+        why = "libvirt is unreachable (chainfs keeps reconnecting)";
+    } else if (!d || !dk) {
         r = -ENOENT;
         why = d ? "no such disk" : "no such domain";
     } else if (s && cfs_job_state_in_progress(s->job.state)) {

@@ -183,8 +183,3 @@ bool cfs_tree_path_used_elsewhere(struct cfs_tree *t, const char *path,
     }
     return false;
 }
-
-bool cfs_tree_path_used(struct cfs_tree *t, const char *path)
-{
-    return cfs_tree_path_used_elsewhere(t, path, NULL);
-}

@@ -57,5 +57,3 @@ struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
 /* true if PATH is a layer of any domain other than EXCEPT_DOM */
 bool cfs_tree_path_used_elsewhere(struct cfs_tree *t, const char *path,
                                   const char *except_dom);
-/* true if PATH is a layer of any domain at all */
-bool cfs_tree_path_used(struct cfs_tree *t, const char *path);
