@@ -482,6 +482,9 @@ static char *space_reason(const char *base)
     return cfs_xstrdup("");
 }
 
+static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
+                     enum cfs_job_state st, const char *why);
+
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
  * delete it (unless kept or still used anywhere), drop its metadata, close
  * the journal entry. Returns false if TOP is still in the chain (libvirt
@@ -492,7 +495,23 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk)
     if (!job_snapshot(e, dom, disk, &job))
         return true;
 
-    refresh_domain(e, dom);
+    if (refresh_domain(e, dom) < 0) {
+        cfs_job_clear(&job);
+        return false; /* cannot tell now: the caller retries */
+    }
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    bool disk_gone = !d || !cfs_domain_find_disk(d, disk);
+    pthread_mutex_unlock(&e->tree->lock);
+    if (disk_gone) {
+        /* TOP is in no chain only because its domain or disk went away:
+         * that says nothing about the merge, so nothing is deleted */
+        job_fail(e, dom, disk, CFS_JOB_STATE_FAILED,
+                 "the domain or the disk disappeared during the merge; "
+                 "nothing was deleted");
+        cfs_job_clear(&job);
+        return true;
+    }
     if (disk_has_layer(e, dom, disk, job.top)) {
         cfs_job_clear(&job);
         return false;
@@ -673,8 +692,18 @@ static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
     struct cfs_job_progress pr = {0};
     int r = e->be->ops->job_get(e->be, dom, disk, &pr);
     if (r < 0) {
-        cfs_job_clear(&job);
-        return; /* connection trouble: keep following */
+        /* A domain that stopped or went away has no job any more (libvirt
+         * refuses to ask); anything else, e.g. a lost connection, is
+         * passing: keep following. */
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+        bool stopped = !e->tree->stale && (!d || d->state == CFS_DOM_SHUTOFF);
+        pthread_mutex_unlock(&e->tree->lock);
+        if (r == -ENOTCONN || !stopped) {
+            cfs_job_clear(&job);
+            return;
+        }
+        pr.present = false;
     }
     if (pr.present) {
         pthread_mutex_lock(&e->tree->lock);
@@ -882,8 +911,10 @@ static void recover_journal(struct cfs_engine *e)
         pthread_mutex_lock(&e->tree->lock);
         cfs_job_clear(&s->job);
         s->job.type = en->type;
-        s->job.state = strcmp(en->phase, "pivoting") == 0 ? CFS_JOB_STATE_PIVOTING
-                                                          : CFS_JOB_STATE_RUNNING;
+        /* always resume as running: a poll finds out whether the copy is
+         * ready (and pivots), and a pivot that was in flight when the
+         * previous daemon died either happened or is simply asked again */
+        s->job.state = CFS_JOB_STATE_RUNNING;
         s->job.snapshot = cfs_xstrdup(en->snapshot);
         s->job.meta_name = cfs_xstrdup(en->meta_name);
         s->job.top = cfs_xstrdup(en->top);

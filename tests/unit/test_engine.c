@@ -403,6 +403,40 @@ static void test_job_vanished(void **state)
     assert_list(f, "/vm1/vda/snapshots", "s2");
 }
 
+static void test_domain_undefined_midmerge_deletes_nothing(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    cfs_fake_remove_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    for (int i = 0; i < 3; i++)
+        assert_true(exists(f->paths[i]));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_domain_destroyed_midmerge(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    /* destroyed: the same chain, shut off, and no job any more */
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_SHUTOFF, "vda", chain, meta, 3);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_true(exists(f->paths[0]));
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    /* started again, rmdir completes */
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_false(exists(f->paths[0]));
+}
+
 static void test_rmdir_shared_base_busy(void **state)
 {
     struct fx *f = *state;
@@ -545,6 +579,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rmdir_commit_refused, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_job_canceled, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_job_vanished, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_undefined_midmerge_deletes_nothing, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_domain_destroyed_midmerge, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_shared_base_busy, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_offline_merge, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_shutoff, setup_shutoff, teardown),
