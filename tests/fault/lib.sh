@@ -15,6 +15,9 @@
 #
 # Everything of tests/integration/lib.sh is available (it_*). What this adds:
 #
+# fault_init is optional for scripts that only want the invariants: after a
+# plain it_init they default to $T/state and to $T/overlays + $T/images.
+#
 # - fault_check_invariants DOM DISK [DOM DISK ...]: the end-of-scenario
 #   checks of issue 3, retried for FAULT_SETTLE_S (5) seconds while chainfs's
 #   background re-read settles: chainfs's chain.json == libvirt's XML chain
@@ -44,7 +47,11 @@ FAULT_STATE_DIR=""     # chainfs's state_dir ($T/state, as it_mount uses)
 FAULT_KEEP_MERGED=${FAULT_KEEP_MERGED:-0}
 FAULT_SETTLE_S=${FAULT_SETTLE_S:-5}
 
-# fault_init — it_init, plus the image directory and the fault defaults.
+FAULT_ON_EXIT=()       # commands fault_cleanup runs first (fault_on_exit)
+
+# fault_init — it_init, plus the image directory, the fault defaults and a
+# clean-up that runs the script's own undo commands and clears a stale
+# mount before it_cleanup.
 fault_init() {
   it_init
   FAULT_IMAGES="$T/images"
@@ -52,7 +59,30 @@ fault_init() {
   chmod 0755 "$FAULT_IMAGES"
   FAULT_IMAGE_DIRS=("$FAULT_IMAGES" "$T/overlays")
   FAULT_STATE_DIR="$T/state"
+  trap fault_cleanup EXIT
   it_log "daemon under test: $CHAINFS"
+}
+
+# fault_on_exit CMD — run CMD (a string, eval'd) at exit, pass or fail,
+# before the domains and the mount are cleaned up; the last one added runs
+# first. For what a scenario breaks on purpose: a stopped libvirtd, a
+# process sitting in the mount.
+fault_on_exit() { FAULT_ON_EXIT+=("$1"); }
+
+fault_cleanup() {
+  local rc=$? i
+  set +e
+  for ((i = ${#FAULT_ON_EXIT[@]} - 1; i >= 0; i--)); do
+    eval "${FAULT_ON_EXIT[i]}"
+  done
+  # A test that failed between a kill -9 and the restart leaves the mount
+  # stale: it_cleanup's `mountpoint` cannot stat it, so clear it here or
+  # $T could not be removed.
+  if [ -n "$MNT" ] && [ -z "$IT_PID" ] && fault_mounted "$MNT"; then
+    fusermount3 -u -z "$MNT" 2>/dev/null
+  fi
+  (exit "$rc")
+  it_cleanup
 }
 
 # ---- the daemon --------------------------------------------------------------
@@ -138,13 +168,6 @@ fault_unthrottle() {
   it_virsh blockjob "$1" "$2" --bandwidth 0 >/dev/null 2>&1 ||
     it_fail "virsh blockjob $1 $2 --bandwidth 0 (no block job any more?)"
   it_log "block job of $1/$2 let go at full speed"
-}
-
-# fault_job_cur DOM DISK — libvirt's progress counter of the disk's job
-# ("" when it has none).
-fault_job_cur() {
-  it_virsh blockjob "$1" "$2" --info --bytes 2>/dev/null |
-    sed -n 's/.*\[\([0-9][0-9]*\) of [0-9][0-9]* bytes\].*/\1/p; s/.* \([0-9][0-9]*\)\/[0-9][0-9]* .*/\1/p' | head -n 1
 }
 
 # fault_rmdir_throttled DOM DISK NAME — rmdir snapshots/NAME and slow the
@@ -245,6 +268,10 @@ fault_all_chain_files() {
 # fault_compare_invariants DOM DISK ... — one attempt; differences on stderr.
 fault_compare_invariants() {
   local dom disk ours xmlc qimg bad=0 d f all name files sf line jobst lvjob
+  local state=${FAULT_STATE_DIR:-$T/state} dirs=("${FAULT_IMAGE_DIRS[@]}")
+  # Scripts that call it_init rather than fault_init: $T/overlays and
+  # $T/images are their image directories, $T/state their state_dir.
+  [ "${#dirs[@]}" -gt 0 ] || dirs=("$T/overlays" "$T/images")
   while [ $# -gt 0 ]; do
     dom=$1 disk=$2
     shift 2
@@ -318,7 +345,7 @@ for d in root.findall("./disks/disk"):
   # Orphans: image files of the script that no domain's chain uses.
   if [ "$FAULT_KEEP_MERGED" != 1 ]; then
     all=$(fault_all_chain_files)
-    for d in "${FAULT_IMAGE_DIRS[@]}"; do
+    for d in "${dirs[@]}"; do
       [ -d "$d" ] || continue
       while IFS= read -r -d '' f; do
         if ! grep -qxF -- "$f" <<<"$all"; then
@@ -329,12 +356,12 @@ for d in root.findall("./disks/disk"):
     done
   fi
   # The journal: every entry closed.
-  if [ -s "$FAULT_STATE_DIR/journal" ]; then
+  if [ -s "$state/journal" ]; then
     while IFS= read -r line; do
       [ -n "${line//[[:space:]]/}" ] || continue
       echo "  journal entry still open: $line" >&2
       bad=1
-    done <"$FAULT_STATE_DIR/journal"
+    done <"$state/journal"
   fi
   return "$bad"
 }
