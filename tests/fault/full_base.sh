@@ -28,18 +28,17 @@ set -euo pipefail
 # shellcheck source=tests/fault/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-it_init
+fault_init
 BFS="$T/basefs"        # the small filesystem's mount point
 BFS_MOUNTED=0
 LOOP=""
 EVPID=""               # a `virsh qemu-monitor-event` we started
 
-# Our clean-up first: the domain (its QEMU has the base open), then the
-# small filesystem and its loop device; then lib.sh's clean-up, with the
-# exit status we were called with.
+# At exit, before lib.sh's clean-up: the listener, the domain (its QEMU has
+# the base open, in a mount namespace whose copy of the small filesystem
+# would keep it busy), then the filesystem and its loop device.
 fb_cleanup() {
-  local rc=$? dom
-  set +e
+  local dom
   [ -z "$EVPID" ] || kill "$EVPID" 2>/dev/null
   for dom in "${IT_DOMAINS[@]}"; do
     it_virsh destroy "$dom" >/dev/null 2>&1
@@ -48,14 +47,12 @@ fb_cleanup() {
     umount "$BFS" 2>/dev/null || umount -l "$BFS" ||
       echo "[$IT_NAME] cannot unmount $BFS" >&2
   fi
-  # A loop device still referenced (by a QEMU mount namespace that has not
-  # gone yet) is only marked for auto-detach by losetup -d: fine.
+  # A loop device still referenced (by a mount namespace not gone yet) is
+  # only marked for auto-detach by losetup -d: fine.
   [ -z "$LOOP" ] || losetup -d "$LOOP" ||
     echo "[$IT_NAME] cannot detach $LOOP" >&2
-  (exit "$rc")
-  it_cleanup
 }
-trap fb_cleanup EXIT
+fault_on_exit fb_cleanup
 
 mkdir -m 0755 "$BFS"
 # The small filesystem must exist before the domain starts: QEMU runs in a
@@ -72,6 +69,10 @@ else
 fi
 BFS_MOUNTED=1
 chmod 0755 "$BFS" # QEMU, as libvirt-qemu, must reach the base
+# The filler lives in a subdirectory: the orphan check looks at the image
+# files directly in $BFS.
+mkdir -m 0755 "$BFS/fill"
+FAULT_IMAGE_DIRS+=("$BFS")
 
 # free_bytes DIR — what statvfs says a non-root writer (QEMU) may use.
 free_bytes() { stat -f -c '%a %S' "$1" | awk '{ printf "%d\n", $1 * $2 }'; }
@@ -80,11 +81,11 @@ free_bytes() { stat -f -c '%a %S' "$1" | awk '{ printf "%d\n", $1 * $2 }'; }
 # on the base's filesystem.
 fill_to() {
   local now
-  rm -f "$BFS/filler"
+  rm -f "$BFS/fill/filler"
   sync -f "$BFS"
   now=$(free_bytes "$BFS")
   [ "$now" -gt "$1" ] || it_fail "only $now bytes free on $(it_short "$BFS") before filling"
-  fallocate -l $((now - $1)) "$BFS/filler" || it_fail "fallocate $BFS/filler"
+  fallocate -l $((now - $1)) "$BFS/fill/filler" || it_fail "fallocate $BFS/fill/filler"
   sync -f "$BFS"
   it_log "filled $(it_short "$BFS"): $(free_bytes "$BFS") bytes free"
 }
@@ -172,7 +173,7 @@ merge_fails() {
 # merge_completes NAME — free the space; rmdir NAME again completes.
 merge_completes() {
   local name=$1 out
-  rm -f "$BFS/filler"
+  rm -f "$BFS/fill/filler"
   it_log "filler deleted: $(free_bytes "$BFS") bytes free"
   rmdir "$S/snapshots/$name" || it_fail "rmdir $name again after freeing space"
   out=$(it_wait_job "$DOM" vda 120)

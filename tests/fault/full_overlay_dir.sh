@@ -21,15 +21,15 @@ set -euo pipefail
 # shellcheck source=tests/fault/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-it_init
+fault_init
 OVL="$T/overlays"     # overlay_dir: it_mount passes this path
 OVL_MOUNTED=0
 
-# Clean-up of our own: domains go first (their QEMU holds images in the
-# tmpfs... in its own mount namespace), then the tmpfs, then the usual.
+# At exit, before lib.sh's clean-up: the domain first (while its QEMU
+# holds files in the tmpfs, the copy of the mount in QEMU's namespace
+# keeps it busy), then the tmpfs.
 ovl_cleanup() {
-  local rc=$? dom
-  set +e
+  local dom
   for dom in "${IT_DOMAINS[@]}"; do
     it_virsh destroy "$dom" >/dev/null 2>&1
   done
@@ -37,10 +37,8 @@ ovl_cleanup() {
     umount "$OVL" 2>/dev/null || umount -l "$OVL" ||
       echo "[$IT_NAME] cannot unmount the tmpfs on $OVL" >&2
   fi
-  (exit "$rc")
-  it_cleanup
 }
-trap ovl_cleanup EXIT
+fault_on_exit ovl_cleanup
 
 # A tmpfs of 8 MiB as overlay_dir, mode 0755 (QEMU, as libvirt-qemu, must
 # reach the overlays in it). Mounted before the domain starts: QEMU gets a
@@ -62,11 +60,11 @@ fill_to() {
 }
 
 DOM="$IT_PREFIX-ovl"
-it_make_image "$T/vda.qcow2" 64M
-it_make_image "$T/vdb.qcow2" 1P
-it_write_pattern "$T/vda.qcow2" 0x11 0 1M
-it_write_pattern "$T/vdb.qcow2" 0x12 0 1M
-it_define "$DOM" "$T/vda.qcow2" "$T/vdb.qcow2"
+it_make_image "$FAULT_IMAGES/vda.qcow2" 64M
+it_make_image "$FAULT_IMAGES/vdb.qcow2" 1P
+it_write_pattern "$FAULT_IMAGES/vda.qcow2" 0x11 0 1M
+it_write_pattern "$FAULT_IMAGES/vdb.qcow2" 0x12 0 1M
+it_define "$DOM" "$FAULT_IMAGES/vda.qcow2" "$FAULT_IMAGES/vdb.qcow2"
 it_start "$DOM"
 it_mount
 it_wait_dom "$DOM"
@@ -139,7 +137,7 @@ it_guest_write "$DOM" 0x32 1M 1M virtio-disk1
 
 it_assert_eq "big1 s1 s2" "$(it_snapshot_names "$DOM" | tr '\n' ' ' | sed 's/ $//')" \
   "virsh snapshot-list names the three snapshots taken"
-fault_check_invariants "$DOM" vda vdb
+fault_check_invariants "$DOM" vda "$DOM" vdb
 
 # Every pattern reads back through the chains the guest uses.
 it_check_pattern "$(it_domblk "$DOM" vda)" 0x11 0 1M
