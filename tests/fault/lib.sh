@@ -171,11 +171,31 @@ fault_unthrottle() {
 }
 
 # fault_rmdir_throttled DOM DISK NAME — rmdir snapshots/NAME and slow the
-# merge it starts down to 1 MiB/s straight away; fails the test if the
-# merge had already ended (give the layer more data).
+# merge it starts down to 1 MiB/s straight away. A lower commit of 128 MiB
+# is over within a fraction of a second here, faster than a `virsh
+# blockjob` started after rmdir returns can catch it; so a virsh shell
+# (one connection, no process start per command) is asked for the limit
+# every 2 ms from just before the rmdir until it returns. It stops then:
+# every new limit restarts QEMU's rate accounting, so asking on and on
+# would let the job run faster than the limit. (An active commit still
+# copies up to 32 MiB in its first burst.) Fails the test if the merge had
+# already ended (give the layer more data).
 fault_rmdir_throttled() {
-  local dom=$1 disk=$2 name=$3
-  rmdir "$MNT/$dom/$disk/snapshots/$name" || it_fail "rmdir $dom/$disk/snapshots/$name"
+  local dom=$1 disk=$2 name=$3 thr stop="$T/throttle.stop"
+  rm -f "$stop"
+  { while [ ! -e "$stop" ]; do
+    echo "blockjob $dom $disk --bandwidth 1"
+    sleep 0.002
+  done; } | it_virsh >/dev/null 2>&1 &
+  thr=$!
+  sleep 0.2 # virsh connected and asking
+  if ! rmdir "$MNT/$dom/$disk/snapshots/$name"; then
+    touch "$stop"
+    wait "$thr" || true
+    it_fail "rmdir $dom/$disk/snapshots/$name"
+  fi
+  touch "$stop"
+  wait "$thr" || true
   fault_throttle "$dom" "$disk" ||
     it_fail "could not slow the merge of $name down: it ended at once (write more data into it)"
   it_log "rmdir $dom/$disk/snapshots/$name: merge started, slowed to 1 MiB/s"
@@ -184,7 +204,8 @@ fault_rmdir_throttled() {
 # fault_libvirt_job DOM DISK — libvirt's block job line for the disk, ""
 # when there is none.
 fault_libvirt_job() {
-  it_virsh blockjob "$1" "$2" --info 2>/dev/null | sed '/^$/d; /No current block job/d'
+  # virsh prints the job's progress line on stderr
+  { it_virsh blockjob "$1" "$2" --info 2>&1 || true; } | grep -E '\[ *[0-9.]+ *%\]' || true
 }
 
 # ---- invariants ------------------------------------------------------------------
