@@ -5,8 +5,16 @@
 # starts virtlogd and libvirtd as daemons (these machines have no systemd)
 # and waits up to 20 s. It never stops a libvirtd: one it starts is left
 # running for the next user, one it finds is not its to touch.
+#
+# A libvirtd it starts is recorded: its pid goes to LIBVIRTD_MARKER
+# (/run/chainfs-test-libvirtd.pid). tests/fault/libvirtd_restart.sh
+# restarts libvirtd only when that record names the running libvirtd
+# (`libvirtd_ours`), i.e. when the test suite itself started it, never an
+# administrator's.
 
 LIBVIRTD_URI=${LIBVIRTD_URI:-qemu:///system}
+LIBVIRTD_MARKER=${LIBVIRTD_MARKER:-/run/chainfs-test-libvirtd.pid}
+LIBVIRTD_PIDFILE=${LIBVIRTD_PIDFILE:-/run/libvirtd.pid} # libvirtd -d writes it
 
 libvirtd_answers() {
   virsh -c "$LIBVIRTD_URI" version >/dev/null 2>&1
@@ -27,7 +35,6 @@ libvirtd_kvm_setup() {
 }
 
 libvirtd_ensure() {
-  local i
   libvirtd_kvm_setup || true
   libvirtd_answers && return 0
   if [ "$(id -u)" -ne 0 ]; then
@@ -43,14 +50,45 @@ libvirtd_ensure() {
     virtlogd -d || echo "libvirtd: virtlogd did not start; continuing" >&2
   fi
   if ! pgrep -x libvirtd >/dev/null 2>&1; then
-    libvirtd -d
+    libvirtd_start
+    return
   fi
+  libvirtd_wait_answer
+}
+
+libvirtd_wait_answer() {
+  local i
   for ((i = 0; i < 40; i++)); do
     libvirtd_answers && return 0
     sleep 0.5
   done
   echo "libvirtd: still no answer on $LIBVIRTD_URI after 20 s" >&2
   return 1
+}
+
+# libvirtd_start — start libvirtd as a daemon, wait for it to answer and
+# record its pid (from the pid file it writes) in LIBVIRTD_MARKER.
+libvirtd_start() {
+  local pid
+  libvirtd -d || return 1
+  libvirtd_wait_answer || return 1
+  pid=$(cat "$LIBVIRTD_PIDFILE" 2>/dev/null) || pid=""
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = libvirtd ]; then
+    echo "$pid" >"$LIBVIRTD_MARKER"
+  else
+    echo "libvirtd: started, but $LIBVIRTD_PIDFILE names no libvirtd; not recorded" >&2
+  fi
+}
+
+# libvirtd_ours — print the pid of the running libvirtd if the test suite
+# started it (LIBVIRTD_MARKER names it, and it is the libvirtd of the pid
+# file); fail otherwise.
+libvirtd_ours() {
+  local pid
+  pid=$(cat "$LIBVIRTD_MARKER" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ "$pid" = "$(cat "$LIBVIRTD_PIDFILE" 2>/dev/null)" ] || return 1
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = libvirtd ] || return 1
+  echo "$pid"
 }
 
 # libvirtd_virt_type — "kvm" when QEMU, running as libvirt's qemu user, can
