@@ -3,14 +3,15 @@
 # build, make sure libvirtd runs, then
 #   1. unit tests                      (build/)
 #   2. integration tests               (build/, real libvirtd + QEMU + FUSE)
-#   3. both again, built with -Db_sanitize=address,undefined (build-asan/)
+#   3. fault-injection tests           (build/, chainfs-testhooks; issue 3)
+#   4. all three again, built with -Db_sanitize=address,undefined (build-asan/)
 # and end with one line totalling them all: "N passed, N failed, N skipped".
 # Exits non-zero if anything failed. Run as root:
 #
 #     sudo bash scripts/test.sh
 #
-# Integration tests skip themselves (exit 77) where they cannot run at all
-# (not root, no /dev/fuse, no libvirtd).
+# Integration and fault tests skip themselves (exit 77) where they cannot
+# run at all (not root, no /dev/fuse, no libvirtd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,7 @@ run_suite() {
 
 run_suite build unit
 run_suite build integration
+run_suite build fault
 
 echo
 echo "=== sanitizer build (build-asan: -Db_sanitize=address,undefined)"
@@ -70,6 +72,7 @@ export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 run_suite build-asan unit
 run_suite build-asan integration
+run_suite build-asan fault
 
 echo
 if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then
