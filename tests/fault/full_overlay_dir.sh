@@ -86,12 +86,30 @@ state() {
   echo "== journal"; cat "$T/state/journal" 2>/dev/null || true
 }
 
+# settle DISK — wait until chainfs shows libvirt's current sizes for the
+# disk and chain.json stays the same for a second: the guest's last write
+# and chainfs's background re-reads must not pass for a change mkdir made.
+settle() {
+  local disk=$1 files a b i
+  mapfile -t files < <(it_chain "$(it_domblk "$DOM" "$disk")")
+  it_check_chain "$DOM" "$disk" "${files[@]}"
+  a=$(cat "$S/$disk/chain.json")
+  for ((i = 0; i < 10; i++)); do
+    sleep 1
+    b=$(cat "$S/$disk/chain.json")
+    [ "$a" != "$b" ] || return 0
+    a=$b
+  done
+  it_fail "chain.json of $disk keeps changing"
+}
+
 # refused DISK NAME WHY_LOG WHY_JOB — mkdir DISK/snapshots/NAME fails with
 # ENOSPC and changes nothing; the daemon's log has a line naming the mkdir
 # and ENOSPC that contains WHY_LOG, and `job`'s error contains WHY_JOB.
 refused() {
   local disk=$1 name=$2 before after err line
   cat "$S/$disk/wait" >/dev/null
+  settle "$disk"
   before=$(state "$disk")
   it_expect_errno ENOSPC mkdir "$S/$disk/snapshots/$name"
   # Let a background re-read (if mkdir caused one) land before comparing.
