@@ -181,14 +181,18 @@ fault_unthrottle() {
 # copies up to 32 MiB in its first burst.) Fails the test if the merge had
 # already ended (give the layer more data).
 fault_rmdir_throttled() {
-  local dom=$1 disk=$2 name=$3 thr stop="$T/throttle.stop"
-  rm -f "$stop"
+  local dom=$1 disk=$2 name=$3 thr stop="$T/throttle.stop" out="$T/throttle.out"
+  rm -f "$stop" "$out"
   { while [ ! -e "$stop" ]; do
     echo "blockjob $dom $disk --bandwidth 1"
     sleep 0.002
-  done; } | it_virsh >/dev/null 2>&1 &
+  done; } | it_virsh >"$out" 2>&1 &
   thr=$!
-  sleep 0.2 # virsh connected and asking
+  # virsh is connected and asking once it answers ("no active block job")
+  it_poll 10 test -s "$out" || {
+    touch "$stop"
+    it_fail "the throttling virsh shell did not start: $(cat "$out")"
+  }
   if ! rmdir "$MNT/$dom/$disk/snapshots/$name"; then
     touch "$stop"
     wait "$thr" || true
