@@ -98,11 +98,12 @@ it_assert_eq "running" "$(fault_job_state "$D" "$kept_disk")" "the merge of $kep
 it_wait_until 5 "$lost shows in $lost_disk/snapshots/" test -d "$MNT/$D/$lost_disk/snapshots/$lost"
 [ -n "$(fault_libvirt_job "$D" "$lost_disk")" ] || it_fail "libvirt's job on $lost_disk vanished"
 it_expect_errno EBUSY rmdir "$MNT/$D/$lost_disk/snapshots/$lost"
+# virsh blockjob --abort returns once the job is gone; rmdir at once, as
+# an admin would: libvirt's CANCELED event for the aborted job may well
+# arrive after the new merge started, and must not end it.
 it_virsh blockjob "$D" "$lost_disk" --abort >/dev/null || it_fail "virsh blockjob $lost_disk --abort"
-no_libvirt_job() { [ -z "$(fault_libvirt_job "$D" "$lost_disk")" ]; }
-it_wait_until 10 "libvirt's job on $lost_disk is gone" no_libvirt_job
 it_log "aborted libvirt's job on $lost_disk by hand"
-it_wait_until 10 "rmdir $lost is accepted after the abort" rmdir "$MNT/$D/$lost_disk/snapshots/$lost"
+rmdir "$MNT/$D/$lost_disk/snapshots/$lost" || it_fail "rmdir $lost after the abort"
 fault_unthrottle "$D" "$kept_disk"
 for disk in "$kept_disk" "$lost_disk"; do
   out=$(it_wait_job "$D" "$disk" 120)
