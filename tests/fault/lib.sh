@@ -13,10 +13,9 @@
 #     fault_wait_state DOM vda completed 120
 #     fault_check_invariants DOM vda [DOM2 vdb ...]   # pairs: domain, disk
 #
-# Everything of tests/integration/lib.sh is available (it_*). What this adds:
-#
-# fault_init is optional for scripts that only want the invariants: after a
-# plain it_init they default to $T/state and to $T/overlays + $T/images.
+# Everything of tests/integration/lib.sh is available (it_*). fault_init is
+# optional for scripts that only want the invariants: after a plain it_init
+# they default to $T/state and to $T/overlays + $T/images. What this adds:
 #
 # - fault_check_invariants DOM DISK [DOM DISK ...]: the end-of-scenario
 #   checks of issue 3, retried for FAULT_SETTLE_S (5) seconds while chainfs's
@@ -29,10 +28,14 @@
 #   whose overlays are still in their disk's chain.
 # - daemon control: fault_kill_daemon (kill -9 by pid), fault_remount (start
 #   chainfs again on the same state_dir and mount point, clearing the stale
-#   mount first), fault_mounted (in /proc/self/mountinfo, stale or not).
-# - jobs: fault_job_state, fault_wait_state, fault_throttle /
-#   fault_unthrottle (virsh blockjob --bandwidth 1 / 0) to keep a merge in
-#   its copy phase, fault_rmdir_throttled (rmdir, then throttle at once).
+#   mount first), fault_mounted (in /proc/self/mountinfo, stale or not),
+#   fault_log_has REGEX (any daemon's log line of this script).
+# - jobs: fault_job_state, fault_wait_state, fault_libvirt_job (libvirt's
+#   own view), fault_rmdir_throttled (rmdir with the merge slowed to 1 MiB/s
+#   from its first moment, to keep it in its copy phase), fault_throttle /
+#   fault_unthrottle (virsh blockjob --bandwidth 1 / 0).
+# - fault_on_exit CMD: undo what the scenario broke on purpose, pass or fail.
+# - fault_check_patterns IMAGE "PATTERN OFFSET LEN"...: it_check_pattern each.
 set -euo pipefail
 
 # The daemon under test has the test hooks (STATE_DIR/hold-pivot); meson
