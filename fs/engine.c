@@ -64,6 +64,7 @@ struct work {
     int err;
     char *errmsg;
     bool up;
+    uint64_t job_id;
     struct work *next;
 };
 
@@ -78,7 +79,12 @@ struct cfs_engine {
     struct cfs_journal *journal;
     int lock_fd;              /* flock on STATE_DIR/lock: one daemon per state_dir */
     struct cfs_tree *tree;
-    unsigned long mutations;  /* tree changes chainfs made itself; tree lock */
+    struct {
+        char *name;
+        unsigned long seq;
+    } *dom_seq;               /* per-domain change counters; tree lock */
+    size_t n_dom_seq;
+    uint64_t last_job_id;     /* tree lock */
 
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
@@ -182,47 +188,76 @@ static void invalidate(struct cfs_engine *e, const char *path)
         e->invalidate(e->invalidate_opaque, path);
 }
 
-/* Re-read one domain from the backend into the tree.
- *
- * A read that was under way while chainfs itself changed the tree (mkdir
- * puts its overlay in place) may carry the older state: such a read is
- * dropped and done again, so the tree never goes back in time. */
+/* Per-domain change counters (caller holds the tree lock). A read of a
+ * domain is installed only if the domain's counter did not move while it
+ * was under way: a read that overlapped a newer change (mkdir's own
+ * update, a re-read that already saw a pivot) may carry the older state,
+ * and the tree must never go back in time. */
+static unsigned long *dom_seq_slot(struct cfs_engine *e, const char *name)
+{
+    for (size_t i = 0; i < e->n_dom_seq; i++)
+        if (strcmp(e->dom_seq[i].name, name) == 0)
+            return &e->dom_seq[i].seq;
+    e->dom_seq = cfs_xrealloc(e->dom_seq, (e->n_dom_seq + 1) * sizeof(*e->dom_seq));
+    e->dom_seq[e->n_dom_seq].name = cfs_xstrdup(name);
+    e->dom_seq[e->n_dom_seq].seq = 0;
+    return &e->dom_seq[e->n_dom_seq++].seq;
+}
+
+/* Install D (a read of domain NAME, or NULL: it is gone) unless the
+ * domain changed since BEFORE. Caller holds the tree lock. Returns false
+ * (and frees D) if the read is outdated. */
+static bool install_read(struct cfs_engine *e, const char *name,
+                         unsigned long before, struct cfs_domain *d,
+                         bool *removed)
+{
+    unsigned long *seq = dom_seq_slot(e, name);
+    *removed = false;
+    if (*seq != before) {
+        cfs_domain_free(d);
+        return false;
+    }
+    bool changed;
+    if (d) {
+        changed = cfs_tree_put_domain(e->tree, d);
+    } else {
+        changed = *removed = cfs_tree_remove_domain(e->tree, name);
+    }
+    if (changed)
+        (*seq)++;
+    return true;
+}
+
+/* Re-read one domain from the backend into the tree. */
 static int refresh_domain(struct cfs_engine *e, const char *name)
 {
-    struct cfs_domain *d = NULL;
-    int r;
     for (int tries = 0;; tries++) {
+        struct cfs_domain *d = NULL;
         pthread_mutex_lock(&e->tree->lock);
-        unsigned long before = e->mutations;
+        unsigned long before = *dom_seq_slot(e, name);
         pthread_mutex_unlock(&e->tree->lock);
-        r = e->be->ops->read_domain(e->be, name, &d);
+        int r = e->be->ops->read_domain(e->be, name, &d);
+        if (r < 0 && r != -ENOENT) {
+            log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
+            return r;
+        }
+        bool removed;
         pthread_mutex_lock(&e->tree->lock);
-        bool raced = e->mutations != before;
-        pthread_mutex_unlock(&e->tree->lock);
-        if (!raced || tries >= 3)
-            break;
-        cfs_domain_free(d);
-        d = NULL;
-    }
-    if (r == -ENOENT) {
-        pthread_mutex_lock(&e->tree->lock);
-        bool removed = cfs_tree_remove_domain(e->tree, name);
+        bool installed = install_read(e, name, before, r == 0 ? d : NULL, &removed);
         pthread_mutex_unlock(&e->tree->lock);
         if (removed) {
             _cleanup_free_ char *p = cfs_xasprintf("/%s", name);
             log_debug("domain %s is gone", name);
             invalidate(e, p);
         }
-        return 0;
+        if (installed)
+            return 0;
+        if (tries >= 3) {
+            /* changes keep coming: try again in a moment */
+            on_domain_changed(e, name);
+            return -EAGAIN;
+        }
     }
-    if (r < 0) {
-        log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
-        return r;
-    }
-    pthread_mutex_lock(&e->tree->lock);
-    cfs_tree_put_domain(e->tree, d);
-    pthread_mutex_unlock(&e->tree->lock);
-    return 0;
 }
 
 /* Give the layers of NEW the sizes the tree already knows for the same
@@ -290,20 +325,39 @@ static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
 static void refresh_after_change(struct cfs_engine *e, const char *dom)
 {
     struct cfs_domain *d = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    unsigned long before = *dom_seq_slot(e, dom);
+    pthread_mutex_unlock(&e->tree->lock);
     if (!e->be->ops->read_domain_light ||
         e->be->ops->read_domain_light(e->be, dom, &d) < 0) {
         refresh_domain(e, dom);
         return;
     }
+    bool removed;
     pthread_mutex_lock(&e->tree->lock);
     carry_sizes(cfs_tree_find_domain(e->tree, dom), d);
-    cfs_tree_put_domain(e->tree, d);
+    bool installed = install_read(e, dom, before, d, &removed);
     pthread_mutex_unlock(&e->tree->lock);
-    on_domain_changed(e, dom);
+    if (!installed)
+        refresh_domain(e, dom);
+    else
+        on_domain_changed(e, dom);
 }
 
 static int refresh_all(struct cfs_engine *e)
 {
+    /* the counters before listing: a domain that libvirt did not list but
+     * that an event re-read meanwhile (just defined) is not removed */
+    _cleanup_strv_ char **known = NULL;
+    _cleanup_free_ unsigned long *known_seq = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    known_seq = cfs_xcalloc(e->tree->n_doms + 1, sizeof(*known_seq));
+    for (size_t i = 0; i < e->tree->n_doms; i++) {
+        cfs_strv_push(&known, cfs_xstrdup(e->tree->doms[i]->name));
+        known_seq[i] = *dom_seq_slot(e, e->tree->doms[i]->name);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+
     _cleanup_strv_ char **names = NULL;
     int r = e->be->ops->list_domains(e->be, &names);
     if (r < 0) {
@@ -315,7 +369,13 @@ static int refresh_all(struct cfs_engine *e)
 
     _cleanup_strv_ char **removed = NULL;
     pthread_mutex_lock(&e->tree->lock);
-    cfs_tree_retain_domains(e->tree, names, &removed);
+    for (size_t i = 0; known && known[i]; i++) {
+        if (cfs_strv_contains(names, known[i]))
+            continue;
+        bool removed_one;
+        if (install_read(e, known[i], known_seq[i], NULL, &removed_one) && removed_one)
+            cfs_strv_push(&removed, cfs_xstrdup(known[i]));
+    }
     pthread_mutex_unlock(&e->tree->lock);
     for (char **n = removed; n && *n; n++) {
         _cleanup_free_ char *p = cfs_xasprintf("/%s", *n);
@@ -327,12 +387,12 @@ static int refresh_all(struct cfs_engine *e)
 
 /* ---- journal helpers ------------------------------------------------------- */
 
-static void journal_record(struct cfs_engine *e, const char *dom,
-                           const char *disk, const struct cfs_job *job,
-                           const char *phase)
+static int journal_record(struct cfs_engine *e, const char *dom,
+                          const char *disk, const struct cfs_job *job,
+                          const char *phase)
 {
     if (!job->journal_id)
-        return;
+        return 0;
     struct cfs_journal_entry en = {
         .id = job->journal_id,
         .domain = (char *)dom,
@@ -351,6 +411,7 @@ static void journal_record(struct cfs_engine *e, const char *dom,
     if (r < 0)
         log_err("journal: recording %s of %s/%s: %s", phase, dom, disk,
                 strerror(-r));
+    return r;
 }
 
 static void journal_close(struct cfs_engine *e, const char *id)
@@ -376,12 +437,19 @@ static bool job_snapshot(struct cfs_engine *e, const char *dom,
     return ok;
 }
 
+/* A new job on disk state S: give it its number. Caller holds the lock. */
+static void job_number(struct cfs_engine *e, struct cfs_disk_state *s)
+{
+    s->job.id = ++e->last_job_id;
+}
+
 static void set_job_state(struct cfs_engine *e, const char *dom,
-                          const char *disk, enum cfs_job_state st)
+                          const char *disk, uint64_t id,
+                          enum cfs_job_state st)
 {
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
-    if (s && s->job.state != st) {
+    if (s && s->job.id == id && s->job.state != st) {
         s->job.state = st;
         e->tree->generation++;
         pthread_cond_broadcast(&e->tree->changed);
@@ -403,21 +471,53 @@ static bool disk_has_layer(struct cfs_engine *e, const char *dom,
     return found;
 }
 
+static void set_starting(struct cfs_engine *e, const char *dom,
+                         const char *disk, uint64_t id, bool starting)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    if (s && s->job.id == id)
+        s->starting = starting;
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
+/* true while rmdir has claimed the disk but libvirt has not yet accepted
+ * the commit: no job to be seen in libvirt yet, and that means nothing. */
+static bool job_starting(struct cfs_engine *e, const char *dom,
+                         const char *disk)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    bool starting = s && s->starting;
+    pthread_mutex_unlock(&e->tree->lock);
+    return starting;
+}
+
 /* ---- the end of a job -------------------------------------------------------- */
 
+/* End job ID of DOM/DISK; a no-op if the disk has moved on to another
+ * job meanwhile. */
 static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
-                    enum cfs_job_state st, const char *error, bool partial)
+                    uint64_t id, enum cfs_job_state st, const char *error,
+                    bool partial)
 {
     /* Close the journal entry first: whoever `wait`s for this job may
      * look at the journal as soon as the state changes. */
     pthread_mutex_lock(&e->tree->lock);
-    _cleanup_free_ char *jid =
-        cfs_xstrdup(cfs_tree_disk_state(e->tree, dom, disk)->job.journal_id);
+    struct cfs_disk_state *s0 = cfs_tree_disk_state(e->tree, dom, disk);
+    bool ours = s0->job.id == id;
+    _cleanup_free_ char *jid = ours ? cfs_xstrdup(s0->job.journal_id) : NULL;
     pthread_mutex_unlock(&e->tree->lock);
+    if (!ours)
+        return;
     journal_close(e, jid);
 
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (s->job.id != id) {
+        pthread_mutex_unlock(&e->tree->lock);
+        return;
+    }
     struct cfs_job *j = &s->job;
     j->state = st;
     j->finished = now_s();
@@ -441,6 +541,7 @@ static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
     j->journal_id = NULL;
     s->gone_since_ms = 0;
     s->pivot_failures = 0;
+    s->starting = false;
     e->tree->generation++;
     pthread_cond_broadcast(&e->tree->changed);
     pthread_mutex_unlock(&e->tree->lock);
@@ -483,17 +584,22 @@ static char *space_reason(const char *base)
 }
 
 static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
-                     enum cfs_job_state st, const char *why);
+                     uint64_t id, enum cfs_job_state st, const char *why);
 
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
  * delete it (unless kept or still used anywhere), drop its metadata, close
  * the journal entry. Returns false if TOP is still in the chain (libvirt
  * may not have updated the XML yet: the caller retries). */
-static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk)
+static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
+                       uint64_t id)
 {
     struct cfs_job job;
     if (!job_snapshot(e, dom, disk, &job))
         return true;
+    if (job.id != id || !job.top || job.type == CFS_JOB_SNAPSHOT) {
+        cfs_job_clear(&job); /* not the job this was meant for */
+        return true;
+    }
 
     if (refresh_domain(e, dom) < 0) {
         cfs_job_clear(&job);
@@ -506,7 +612,7 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk)
     if (disk_gone) {
         /* TOP is in no chain only because its domain or disk went away:
          * that says nothing about the merge, so nothing is deleted */
-        job_fail(e, dom, disk, CFS_JOB_STATE_FAILED,
+        job_fail(e, dom, disk, id, CFS_JOB_STATE_FAILED,
                  "the domain or the disk disappeared during the merge; "
                  "nothing was deleted");
         cfs_job_clear(&job);
@@ -538,18 +644,22 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk)
     }
     log_info("%s/%s: snapshot %s merged into %s (%s)", dom, disk,
              job.snapshot, job.base, cfs_job_type_to_string(job.type));
-    job_end(e, dom, disk, CFS_JOB_STATE_COMPLETED, NULL, false);
+    job_end(e, dom, disk, id, CFS_JOB_STATE_COMPLETED, NULL, false);
     refresh_domain(e, dom);
     cfs_job_clear(&job);
     return true;
 }
 
 static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
-                     enum cfs_job_state st, const char *why)
+                     uint64_t id, enum cfs_job_state st, const char *why)
 {
     struct cfs_job job;
     if (!job_snapshot(e, dom, disk, &job))
         return;
+    if (job.id != id) {
+        cfs_job_clear(&job);
+        return;
+    }
     refresh_domain(e, dom);
     /* A commit that got going has written part of TOP into BASE: BASE no
      * longer holds its old point in time (harmless, TOP still sits above
@@ -559,7 +669,7 @@ static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
     log_err("%s/%s: merge of snapshot %s %s: %s", dom, disk, job.snapshot,
             st == CFS_JOB_STATE_CANCELED ? "canceled" : "failed", text);
-    job_end(e, dom, disk, st, text, partial);
+    job_end(e, dom, disk, id, st, text, partial);
     cfs_job_clear(&job);
 }
 
@@ -594,11 +704,11 @@ static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
 #endif
 
     journal_record(e, dom, disk, &job, "pivoting");
-    set_job_state(e, dom, disk, CFS_JOB_STATE_PIVOTING);
+    set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_PIVOTING);
     r = e->be->ops->job_pivot(e->be, dom, disk);
     if (r == -EAGAIN) {
         log_debug("%s/%s: pivot not ready yet, retrying", dom, disk);
-        set_job_state(e, dom, disk, CFS_JOB_STATE_READY);
+        set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_READY);
     } else if (r < 0) {
         _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
         pthread_mutex_lock(&e->tree->lock);
@@ -607,11 +717,11 @@ static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
         pthread_mutex_unlock(&e->tree->lock);
         log_warn("%s/%s: pivot refused (%d): %s", dom, disk, failures, msg);
         if (failures < PIVOT_MAX_FAILURES) {
-            set_job_state(e, dom, disk, CFS_JOB_STATE_READY);
+            set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_READY);
         } else {
             /* give up: end the mirror without pivoting, the chain stays */
             e->be->ops->job_abort(e->be, dom, disk);
-            job_fail(e, dom, disk, CFS_JOB_STATE_FAILED, msg);
+            job_fail(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, msg);
         }
     } else {
         log_debug("%s/%s: pivot accepted", dom, disk);
@@ -621,6 +731,11 @@ static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
 
 /* ---- following jobs ---------------------------------------------------------- */
 
+/* A block-job event. Events carry no job identity, and one may arrive
+ * late: the CANCELED of a job someone aborted just before rmdir started
+ * ours, the COMPLETED of the previous merge that a poll already finished.
+ * So an event is applied only to a live commit of the same kind, and a
+ * FAILED/CANCELED only when libvirt no longer has a job on the disk. */
 static void handle_job_event(struct cfs_engine *e, const struct work *w)
 {
     struct cfs_job job;
@@ -632,36 +747,56 @@ static void handle_job_event(struct cfs_engine *e, const struct work *w)
     log_debug("%s/%s: block job event %d (type %s) in state %s", w->dom,
               w->disk, (int)w->status, cfs_job_type_to_string(w->type),
               cfs_job_state_to_string(job.state));
+    bool live_commit = job.type == CFS_JOB_COMMIT || job.type == CFS_JOB_ACTIVE_COMMIT;
+    if (!live_commit || (w->type != CFS_JOB_NONE && w->type != job.type) ||
+        job_starting(e, w->dom, w->disk)) {
+        /* (while rmdir is still starting it, the poll after catches up) */
+        log_debug("%s/%s: event is not for the job chainfs follows; ignored",
+                  w->dom, w->disk);
+        cfs_job_clear(&job);
+        return;
+    }
+    struct cfs_job_progress pr = {0};
     switch (w->status) {
     case CFS_JOB_EVENT_READY:
         if (job.type == CFS_JOB_ACTIVE_COMMIT &&
             job.state == CFS_JOB_STATE_RUNNING) {
             pthread_mutex_lock(&e->tree->lock);
             struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
-            s->job.state = CFS_JOB_STATE_READY;
-            if (s->job.end)
-                s->job.cur = s->job.end;
-            pthread_cond_broadcast(&e->tree->changed);
+            if (s->job.id == job.id) {
+                s->job.state = CFS_JOB_STATE_READY;
+                if (s->job.end)
+                    s->job.cur = s->job.end;
+                pthread_cond_broadcast(&e->tree->changed);
+            }
             pthread_mutex_unlock(&e->tree->lock);
             try_pivot(e, w->dom, w->disk);
         }
         break;
     case CFS_JOB_EVENT_COMPLETED:
-        if (!job_finish(e, w->dom, w->disk)) {
+        if (!job_finish(e, w->dom, w->disk, job.id)) {
+            /* TOP still in the chain: a late event, or libvirt has not
+             * updated the XML yet; the poll decides */
             pthread_mutex_lock(&e->tree->lock);
             struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
-            if (!s->gone_since_ms)
+            if (s->job.id == job.id && !s->gone_since_ms)
                 s->gone_since_ms = now_ms();
             pthread_mutex_unlock(&e->tree->lock);
         }
         break;
     case CFS_JOB_EVENT_FAILED:
-        job_fail(e, w->dom, w->disk, CFS_JOB_STATE_FAILED,
-                 "libvirt reported the block job as failed");
-        break;
     case CFS_JOB_EVENT_CANCELED:
-        job_fail(e, w->dom, w->disk, CFS_JOB_STATE_CANCELED,
-                 "the block job was canceled outside chainfs");
+        if (e->be->ops->job_get(e->be, w->dom, w->disk, &pr) == 0 && pr.present) {
+            log_debug("%s/%s: late event of an earlier job; ignored", w->dom,
+                      w->disk);
+            break;
+        }
+        if (w->status == CFS_JOB_EVENT_FAILED)
+            job_fail(e, w->dom, w->disk, job.id, CFS_JOB_STATE_FAILED,
+                     "libvirt reported the block job as failed");
+        else
+            job_fail(e, w->dom, w->disk, job.id, CFS_JOB_STATE_CANCELED,
+                     "the block job was canceled outside chainfs");
         break;
     default:
         break;
@@ -672,10 +807,10 @@ static void handle_job_event(struct cfs_engine *e, const struct work *w)
 static void handle_offline_done(struct cfs_engine *e, const struct work *w)
 {
     if (w->err < 0)
-        job_fail(e, w->dom, w->disk, CFS_JOB_STATE_FAILED,
+        job_fail(e, w->dom, w->disk, w->job_id, CFS_JOB_STATE_FAILED,
                  w->errmsg ? w->errmsg : strerror(-w->err));
-    else if (!job_finish(e, w->dom, w->disk))
-        job_fail(e, w->dom, w->disk, CFS_JOB_STATE_FAILED,
+    else if (!job_finish(e, w->dom, w->disk, w->job_id))
+        job_fail(e, w->dom, w->disk, w->job_id, CFS_JOB_STATE_FAILED,
                  "the merged layer is still in the chain after the merge");
 }
 
@@ -685,7 +820,8 @@ static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
     struct cfs_job job;
     if (!job_snapshot(e, dom, disk, &job))
         return;
-    if (job.type != CFS_JOB_COMMIT && job.type != CFS_JOB_ACTIVE_COMMIT) {
+    if ((job.type != CFS_JOB_COMMIT && job.type != CFS_JOB_ACTIVE_COMMIT) ||
+        job_starting(e, dom, disk)) {
         cfs_job_clear(&job);
         return;
     }
@@ -708,6 +844,11 @@ static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
     if (pr.present) {
         pthread_mutex_lock(&e->tree->lock);
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+        if (s->job.id != job.id) {
+            pthread_mutex_unlock(&e->tree->lock);
+            cfs_job_clear(&job);
+            return;
+        }
         if (s->job.cur != pr.cur || s->job.end != pr.end ||
             s->job.bandwidth != pr.bandwidth) {
             s->job.cur = pr.cur;
@@ -731,12 +872,17 @@ static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
     }
 
     /* libvirt has no job: finished (maybe the event was missed) or died */
-    if (job_finish(e, dom, disk)) {
+    if (job_finish(e, dom, disk, job.id)) {
         cfs_job_clear(&job);
         return;
     }
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (s->job.id != job.id) {
+        pthread_mutex_unlock(&e->tree->lock);
+        cfs_job_clear(&job);
+        return;
+    }
     if (!s->gone_since_ms)
         s->gone_since_ms = now_ms();
     bool expired = now_ms() - s->gone_since_ms > VANISH_GRACE_MS ||
@@ -748,7 +894,7 @@ static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
      * (QEMU died, the domain was destroyed, someone aborted it). After a
      * pivot, give libvirt a moment to update the XML. */
     if (expired)
-        job_fail(e, dom, disk, CFS_JOB_STATE_FAILED,
+        job_fail(e, dom, disk, job.id, CFS_JOB_STATE_FAILED,
                  running ? "the block job ended without completing"
                          : "the domain stopped during the merge");
     cfs_job_clear(&job);
@@ -921,6 +1067,9 @@ static void recover_journal(struct cfs_engine *e)
         s->job.base = cfs_xstrdup(en->base);
         s->job.started = en->created;
         s->job.journal_id = cfs_xstrdup(en->id);
+        s->starting = false;
+        job_number(e, s);
+        uint64_t id = s->job.id;
         pthread_mutex_unlock(&e->tree->lock);
 
         struct cfs_job_progress pr = {0};
@@ -932,14 +1081,14 @@ static void recover_journal(struct cfs_engine *e)
                      en->domain, en->disk, en->snapshot);
             continue; /* poll_job takes it from here, pivot included */
         }
-        if (job_finish(e, en->domain, en->disk)) {
+        if (job_finish(e, en->domain, en->disk, id)) {
             log_info("recovery: %s/%s: merge of %s had finished; cleaned up",
                      en->domain, en->disk, en->snapshot);
             continue;
         }
         log_info("recovery: %s/%s: merge of %s did not finish; marked failed",
                  en->domain, en->disk, en->snapshot);
-        job_fail(e, en->domain, en->disk, CFS_JOB_STATE_FAILED,
+        job_fail(e, en->domain, en->disk, id, CFS_JOB_STATE_FAILED,
                  "the merge was interrupted and did not complete");
     }
     cfs_journal_entries_free(v, n);
@@ -1057,6 +1206,9 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     if (e->lock_fd >= 0)
         close(e->lock_fd);
     cfs_tree_free(e->tree);
+    for (size_t i = 0; i < e->n_dom_seq; i++)
+        free(e->dom_seq[i].name);
+    free(e->dom_seq);
     pthread_mutex_destroy(&e->qlock);
     pthread_cond_destroy(&e->qcond);
     free(e->overlay_dir);
@@ -1309,6 +1461,7 @@ static void note_failure(struct cfs_engine *e, const char *dom,
             s->job.snapshot = cfs_xstrdup(snapshot);
             s->job.started = s->job.finished = now_s();
             s->job.error = cfs_xstrdup(msg);
+            job_number(e, s);
             e->tree->generation++;
             pthread_cond_broadcast(&e->tree->changed);
         }
@@ -1375,6 +1528,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
             s->job.snapshot = cfs_xstrdup(name);
             s->job.base = cfs_xstrdup(dk->layers[0].path);
             s->job.started = now_s();
+            job_number(e, s);
             active = cfs_xstrdup(dk->layers[0].path);
             pthread_cond_broadcast(&e->tree->changed);
         }
@@ -1468,7 +1622,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
      * consistent: fuse_ops.c serves an open() what the stat() before it
      * saw. */
     pthread_mutex_lock(&e->tree->lock);
-    e->mutations++;
+    (*dom_seq_slot(e, dom))++;
     bool pushed = tree_push_overlay(e->tree, dom, disk, active, overlay, name);
     pthread_mutex_unlock(&e->tree->lock);
     if (pushed)
@@ -1478,6 +1632,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
     s->job.state = CFS_JOB_STATE_COMPLETED;
+    free(s->job.top);
     s->job.top = cfs_xstrdup(overlay);
     s->job.finished = now_s();
     pthread_cond_broadcast(&e->tree->changed);
@@ -1491,6 +1646,7 @@ struct offline_args {
     struct cfs_engine *e;
     char *dom, *disk, *top, *base;
     bool active;
+    uint64_t job_id;
 };
 
 static void *offline_worker(void *arg)
@@ -1503,6 +1659,7 @@ static void *offline_worker(void *arg)
     w->kind = WORK_OFFLINE_DONE;
     w->dom = a->dom;
     w->disk = a->disk;
+    w->job_id = a->job_id;
     w->err = r;
     if (r < 0)
         w->errmsg = cfs_xstrdup(errmsg_or(strerror(-r)));
@@ -1572,6 +1729,9 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         j->end = top->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
+        job_number(e, s);
+        /* a live commit is not in libvirt until commit_start returns */
+        s->starting = running;
         cfs_job_copy(&job, j);
         e->tree->generation++;
         pthread_cond_broadcast(&e->tree->changed);
@@ -1587,7 +1747,14 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     }
 
     /* durably record the intent before anything changes */
-    journal_record(e, dom, disk, &job, "starting");
+    if (journal_record(e, dom, disk, &job, "starting") < 0) {
+        set_starting(e, dom, disk, job.id, false);
+        _cleanup_free_ char *text = cfs_xasprintf(
+            "rmdir %s: cannot write the journal in %s", name, e->state_dir);
+        job_end(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, text, false);
+        cfs_job_clear(&job);
+        return -EIO;
+    }
 
     if (job.type == CFS_JOB_OFFLINE_COMMIT) {
         struct offline_args *a = cfs_xcalloc(1, sizeof(*a));
@@ -1598,6 +1765,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             .top = cfs_xstrdup(job.top),
             .base = cfs_xstrdup(job.base),
             .active = idx == 0,
+            .job_id = job.id,
         };
         pthread_mutex_lock(&e->qlock);
         e->offline_workers++;
@@ -1613,7 +1781,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             free(a->top);
             free(a->base);
             free(a);
-            job_end(e, dom, disk, CFS_JOB_STATE_FAILED, strerror(-r), false);
+            job_end(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, strerror(-r), false);
             cfs_job_clear(&job);
             return -EIO;
         }
@@ -1627,12 +1795,13 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
 
     r = e->be->ops->commit_start(e->be, dom, disk, job.top, job.base,
                                  job.type == CFS_JOB_ACTIVE_COMMIT);
+    set_starting(e, dom, disk, job.id, false);
     if (r < 0) {
         _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
         log_warn("rmdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
                  strerror(-r), msg);
         _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", name, msg);
-        job_end(e, dom, disk, CFS_JOB_STATE_FAILED, text, false);
+        job_end(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, text, false);
         cfs_job_clear(&job);
         return r;
     }

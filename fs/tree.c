@@ -130,23 +130,6 @@ bool cfs_tree_remove_domain(struct cfs_tree *t, const char *name)
     return true;
 }
 
-bool cfs_tree_retain_domains(struct cfs_tree *t, char *const *names,
-                             char ***removed)
-{
-    bool any = false;
-    for (size_t i = 0; i < t->n_doms;) {
-        if (cfs_strv_contains(names, t->doms[i]->name)) {
-            i++;
-            continue;
-        }
-        if (removed)
-            cfs_strv_push(removed, cfs_xstrdup(t->doms[i]->name));
-        cfs_tree_remove_domain(t, t->doms[i]->name);
-        any = true;
-    }
-    return any;
-}
-
 struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
                                                 const char *dom,
                                                 const char *disk)

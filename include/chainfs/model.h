@@ -96,6 +96,8 @@ struct cfs_job {
     char *error;           /* last error text (libvirt's message), or NULL */
     bool partial;          /* failed after the base was partly written */
     char *journal_id;      /* the journal entry that records it, or NULL */
+    uint64_t id;           /* the engine's number for this job: events and
+                              steps act only on the job they were meant for */
 };
 
 /* Progress as a backend reports it (virDomainGetBlockJobInfo). */

@@ -22,6 +22,8 @@ struct cfs_disk_state {
     char **partial_tops;     /* overlays a failed merge partly wrote below */
     int64_t gone_since_ms;   /* job vanished but TOP still in the chain */
     int pivot_failures;      /* pivots refused for another reason than "not ready" */
+    bool starting;           /* rmdir claimed the disk; libvirt has not
+                                accepted the commit yet */
 };
 
 struct cfs_tree {
@@ -44,10 +46,6 @@ struct cfs_domain *cfs_tree_find_domain(struct cfs_tree *t, const char *name);
  * anything visible changed. */
 bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d);
 bool cfs_tree_remove_domain(struct cfs_tree *t, const char *name);
-/* Remove every domain not named in NAMES; true if any was removed. The
- * removed names are appended to *removed (may be NULL). */
-bool cfs_tree_retain_domains(struct cfs_tree *t, char *const *names,
-                             char ***removed);
 /* The disk's state, created on first use. */
 struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
                                            const char *disk);
