@@ -326,13 +326,31 @@ python3 "$T/writer.py" "$STRESS_SECONDS" "$T/writes.txt" \
   "${DOMS[1]}:vda:${DEVS[0]}" "${DOMS[1]}:vdb:${DEVS[1]}" 2>"$T/writer.err" &
 PIDS+=($!)
 
-# Every process ends by itself at its deadline; an operation it is stuck in
-# gives up after 60 s. Wait for them, bounded all the same.
+# Every process ends by itself at its deadline, and an operation gives up
+# after 60 s (SIGALRM interrupts it). But a FUSE request the daemon never
+# answers is not ended by a caught signal, only by a fatal one: whatever
+# is still running 150 s after the deadline is hung, and is killed.
+hung=()
+end=$(($(date +%s) + 150))
+for p in "${PIDS[@]}"; do
+  while kill -0 "$p" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 1; done
+done
+for ((w = 0; w < ${#PIDS[@]}; w++)); do
+  p=${PIDS[w]}
+  if kill -0 "$p" 2>/dev/null; then
+    kill -KILL "$p" 2>/dev/null
+    hung+=("$w (pid $p; last operation done: $(tail -n 1 "$T/ops.$w.jsonl" 2>/dev/null || echo -))")
+  fi
+done
 status=0
 for p in "${PIDS[@]}"; do
-  wait "$p" || status=$?
+  wait "$p" 2>/dev/null || status=$?
 done
 PIDS=()
+if [ "${#hung[@]}" -gt 0 ]; then
+  printf '[stress] hung: %s\n' "${hung[@]}" >&2
+  it_fail "${#hung[@]} worker(s) still stuck 150 s after the deadline (the last one is the writer)"
+fi
 for w in "$T"/worker.*.err "$T/writer.err"; do
   if [ -s "$w" ]; then
     cat "$w" >&2
