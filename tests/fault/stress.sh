@@ -188,6 +188,8 @@ def do_mkdir():
         name = "w%d-%d" % (idx, counter)
     p = os.path.join(sdir, name)
     r, _ = run("mkdir", p, lambda: os.mkdir(p))
+    if r == "EEXIST" and not name.startswith("shared-"):
+        anomaly("mkdir", p, "EEXIST for a name nobody made before")
     if r == "OK":
         expected.add(name)
         if not os.path.isdir(p):
