@@ -333,7 +333,7 @@ PIDS+=($!)
 # answers is not ended by a caught signal, only by a fatal one: whatever
 # is still running 150 s after the deadline is hung, and is killed.
 hung=()
-end=$(($(date +%s) + 150))
+end=$(($(date +%s) + STRESS_SECONDS + 150))
 for p in "${PIDS[@]}"; do
   while kill -0 "$p" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 1; done
 done
