@@ -767,6 +767,7 @@ static void handle_job_event(struct cfs_engine *e, const struct work *w)
                 s->job.state = CFS_JOB_STATE_READY;
                 if (s->job.end)
                     s->job.cur = s->job.end;
+                e->tree->generation++;
                 pthread_cond_broadcast(&e->tree->changed);
             }
             pthread_mutex_unlock(&e->tree->lock);
@@ -861,6 +862,7 @@ static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
                         job.type == CFS_JOB_ACTIVE_COMMIT;
         if (to_ready) {
             s->job.state = CFS_JOB_STATE_READY;
+            e->tree->generation++;
             pthread_cond_broadcast(&e->tree->changed);
         }
         bool retry = s->job.state == CFS_JOB_STATE_READY;
@@ -1227,6 +1229,14 @@ void cfs_engine_set_invalidate(struct cfs_engine *e,
 
 struct cfs_tree *cfs_engine_tree(struct cfs_engine *e) { return e->tree; }
 
+unsigned long cfs_engine_generation(struct cfs_engine *e)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    unsigned long g = e->tree->generation;
+    pthread_mutex_unlock(&e->tree->lock);
+    return g;
+}
+
 /* ---- reads (FUSE threads; tree lock only) ------------------------------------------ */
 
 /* The layer index of snapshot NAME as shown in snapshots/: not the base,
@@ -1530,6 +1540,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
             s->job.started = now_s();
             job_number(e, s);
             active = cfs_xstrdup(dk->layers[0].path);
+            e->tree->generation++;
             pthread_cond_broadcast(&e->tree->changed);
         }
     }
@@ -1635,6 +1646,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     free(s->job.top);
     s->job.top = cfs_xstrdup(overlay);
     s->job.finished = now_s();
+    e->tree->generation++;
     pthread_cond_broadcast(&e->tree->changed);
     pthread_mutex_unlock(&e->tree->lock);
     log_info("mkdir %s/%s/snapshots/%s: new active layer %s", dom, disk, name,

@@ -23,20 +23,26 @@
 #include "chainfs/path.h"
 
 /* ---- what stat said -----------------------------------------------------
- * A file's size is its rendered length, and the world may change between
- * a reader's stat() and its open() (tar, cp and rsync stat first, then
- * read exactly that many bytes). So the content rendered for a stat is
- * kept for a moment, and an open() of the same path that follows soon
- * after serves that very content: a reader gets the version whose size it
- * was told. */
+ * A file's size is its rendered length. tar, cp and rsync stat a file,
+ * open it, read that many bytes and fstat it again; cat opens, fstats and
+ * reads. So the content rendered for a stat() is kept for a moment and an
+ * open() of the same path serves that very content if nothing changed in
+ * the tree since (the generation check: `cat job` right after an rmdir
+ * must show the new job), and an fstat() (which reaches us as a plain
+ * getattr) shortly after an open() reports the size of what that open
+ * reads. A change that lands between a stat and the read that follows is
+ * a real change, and a tool that checks (tar) rightly reports it. */
 #define RECENT_SLOTS 64
-#define RECENT_MS 500
+#define RECENT_STAT_MS 500
+#define RECENT_OPEN_MS 100
 
 struct recent {
     char *path;
     char *data;
     size_t len;
-    int64_t when_ms;
+    unsigned long generation; /* tree generation the content was rendered at */
+    int64_t stat_ms;          /* rendered for a stat() at */
+    int64_t open_ms;          /* served to an open() at, or 0 */
 };
 
 static pthread_mutex_t recent_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -49,19 +55,31 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void recent_put(const char *path, const struct cfs_buf *b)
+/* The slot of PATH, or the oldest one. Caller holds recent_lock. */
+static struct recent *recent_slot(const char *path, bool *found)
 {
-    int64_t now = mono_ms();
-    pthread_mutex_lock(&recent_lock);
     struct recent *slot = &recent[0];
+    *found = false;
     for (size_t i = 0; i < RECENT_SLOTS; i++) {
         if (recent[i].path && strcmp(recent[i].path, path) == 0) {
-            slot = &recent[i];
-            break;
+            *found = true;
+            return &recent[i];
         }
-        if (recent[i].when_ms < slot->when_ms)
+        int64_t ti = recent[i].stat_ms > recent[i].open_ms ? recent[i].stat_ms : recent[i].open_ms;
+        int64_t ts = slot->stat_ms > slot->open_ms ? slot->stat_ms : slot->open_ms;
+        if (ti < ts)
             slot = &recent[i];
     }
+    return slot;
+}
+
+static void recent_put(const char *path, const struct cfs_buf *b,
+                       unsigned long generation, bool for_open)
+{
+    int64_t now = mono_ms();
+    bool found;
+    pthread_mutex_lock(&recent_lock);
+    struct recent *slot = recent_slot(path, &found);
     free(slot->path);
     free(slot->data);
     slot->path = cfs_xstrdup(path);
@@ -69,26 +87,42 @@ static void recent_put(const char *path, const struct cfs_buf *b)
     memcpy(slot->data, b->data ? b->data : "", b->len);
     slot->data[b->len] = '\0';
     slot->len = b->len;
-    slot->when_ms = now;
+    slot->generation = generation;
+    slot->stat_ms = for_open ? 0 : now;
+    slot->open_ms = for_open ? now : 0;
     pthread_mutex_unlock(&recent_lock);
 }
 
-/* Copy what stat() saw of PATH into OUT if that was less than
- * RECENT_MS ago; false otherwise. */
-static bool recent_get(const char *path, struct cfs_buf *out)
+/* open(): copy what a stat() of PATH rendered into OUT if that was less
+ * than RECENT_STAT_MS ago and the tree has not changed since. */
+static bool recent_for_open(const char *path, unsigned long generation,
+                            struct cfs_buf *out)
 {
-    bool hit = false;
+    bool found, hit = false;
     int64_t now = mono_ms();
     pthread_mutex_lock(&recent_lock);
-    for (size_t i = 0; i < RECENT_SLOTS; i++) {
-        struct recent *r = &recent[i];
-        if (r->path && strcmp(r->path, path) == 0) {
-            if (now - r->when_ms <= RECENT_MS) {
-                cfs_buf_put(out, r->data, r->len);
-                hit = true;
-            }
-            break;
-        }
+    struct recent *r = recent_slot(path, &found);
+    if (found && r->stat_ms && now - r->stat_ms <= RECENT_STAT_MS &&
+        r->generation == generation) {
+        cfs_buf_put(out, r->data, r->len);
+        r->open_ms = now;
+        hit = true;
+    }
+    pthread_mutex_unlock(&recent_lock);
+    return hit;
+}
+
+/* getattr(): the size an open() of PATH served less than RECENT_OPEN_MS
+ * ago (an fstat() of the open file), if any. */
+static bool recent_for_fstat(const char *path, size_t *len)
+{
+    bool found, hit = false;
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&recent_lock);
+    struct recent *r = recent_slot(path, &found);
+    if (found && r->open_ms && now - r->open_ms <= RECENT_OPEN_MS) {
+        *len = r->len;
+        hit = true;
     }
     pthread_mutex_unlock(&recent_lock);
     return hit;
@@ -161,13 +195,17 @@ static int fs_getattr(const char *path, struct stat *st,
     if (h && h->rendered) {
         /* fstat() of an open file: the size of what it reads */
         a.size = h->content.len;
+    } else if (cfs_node_is_file(p.kind) && p.kind != CFS_NODE_WAIT &&
+               recent_for_fstat(path, &a.size)) {
+        /* fstat() of a file just opened: the size of what it reads */
     } else if (cfs_node_is_file(p.kind) && p.kind != CFS_NODE_WAIT) {
         _cleanup_buf_ struct cfs_buf b = {0};
+        unsigned long gen = cfs_engine_generation(fs->engine);
         r = cfs_engine_read(fs->engine, &p, &b);
         if (r < 0)
             return r;
         a.size = b.len;
-        recent_put(path, &b);
+        recent_put(path, &b, gen, false);
     } else {
         r = cfs_engine_getattr(fs->engine, &p, &a);
         if (r < 0)
@@ -227,8 +265,13 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
     if (r == 0 && !cfs_node_is_file(h->path.kind))
         r = -EISDIR;
     if (r == 0 && h->path.kind != CFS_NODE_WAIT) {
-        if (!recent_get(path, &h->content))
-            r = cfs_engine_read(fs_get()->engine, &h->path, &h->content);
+        struct cfs_engine *e = fs_get()->engine;
+        unsigned long gen = cfs_engine_generation(e);
+        if (!recent_for_open(path, gen, &h->content)) {
+            r = cfs_engine_read(e, &h->path, &h->content);
+            if (r == 0)
+                recent_put(path, &h->content, gen, true);
+        }
         h->rendered = true;
     }
     if (r < 0) {

@@ -74,6 +74,9 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
 
+/* Bumped on every change of what any file shows (tree lock inside). */
+unsigned long cfs_engine_generation(struct cfs_engine *e);
+
 /* Tests: process everything queued, then one poll round. */
 void cfs_engine_run_pending(struct cfs_engine *e);
 /* Tests: the tree (lock it before looking). */

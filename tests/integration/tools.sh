@@ -23,6 +23,22 @@ mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir s1"
 it_guest_write "$D" 0x22 1M 1M
 mkdir "$MNT/$D/vda/snapshots/s2" || it_fail "mkdir s2"
 
+# mkdir returns as soon as the new overlay is in the tree; libvirt's exact
+# figures follow from a re-read a moment later, and a file that changes
+# while tar reads it is rightly reported by tar. The claim here is about a
+# mount that is not changing, so let the re-read land first: wait until
+# chain.json stays the same for a second.
+settle_start=$(it_now_ms)
+prev=""
+while :; do
+  cur=$(cat "$MNT/$D/vda/chain.json")
+  [ "$cur" = "$prev" ] && break
+  [ $(($(it_now_ms) - settle_start)) -lt 15000 ] || it_fail "chain.json of $D never settled"
+  prev=$cur
+  sleep 1
+done
+it_log "ok: $D settled after $(($(it_now_ms) - settle_start)) ms"
+
 # ours ERRFILE WHAT — fail if ERRFILE mentions this test's domain; show
 # the rest as notes.
 ours() {
