@@ -17,9 +17,15 @@
 #   cat chain, chain.json, job, job.json, wait, NAME/info, NAME/info.json
 #   ls snapshots/
 # and records each operation's errno. What it reads must be whole (JSON
-# parses, `layers:` matches the rows), a name just made must be listed and
-# one just removed must not be, no merge may fail, and no operation may
-# take longer than 60 s (a hang counts as TIMEOUT).
+# parses, `layers:` matches the rows), every `ls snapshots/` must list
+# exactly the names the worker made and has not removed (no lost update),
+# EEXIST only ever for a shared name, no merge may fail, and no operation
+# may take longer than 60 s (a hang counts as TIMEOUT; a worker stuck in a
+# request the daemon never answers is killed 150 s after the deadline).
+# Every EBUSY must be chainfs's own: a mkdir/rmdir that chainfs passed on
+# and libvirt refused (the daemon logs "failed (...)") means chainfs lost
+# track of a job, except libvirt's EEXIST when both workers of a domain make
+# the same shared name at the same moment.
 #
 # Meanwhile a writer process makes two of the four guests write (HMP
 # qemu-io + flush) into both their disks every second or so, each write a
