@@ -648,6 +648,8 @@ static void lv_fill_stats(virDomainPtr dom, struct cfs_domxml *x, bool **matched
     n = virDomainListGetStats(doms, VIR_DOMAIN_STATS_BLOCK, &recs,
                               VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING);
     if (n <= 0) {
+        if (recs)
+            virDomainStatsRecordListFree(recs);
         virResetLastError();
         return;
     }

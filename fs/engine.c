@@ -664,7 +664,17 @@ static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     /* A commit that got going has written part of TOP into BASE: BASE no
      * longer holds its old point in time (harmless, TOP still sits above
      * it), and info says so. */
-    bool partial = job.type != CFS_JOB_SNAPSHOT && job.cur > 0;
+    /* The progress last polled may be 0 if the copy failed before the
+     * first poll; a base that grew since the start was written all the
+     * same. */
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *ds = cfs_tree_find_disk_state(e->tree, dom, disk);
+    uint64_t base_before = ds ? ds->base_bytes : 0;
+    pthread_mutex_unlock(&e->tree->lock);
+    struct stat bst;
+    bool base_grew = base_before && job.base && stat(job.base, &bst) == 0 &&
+                     (uint64_t)bst.st_blocks * 512 > base_before;
+    bool partial = job.type != CFS_JOB_SNAPSHOT && (job.cur > 0 || base_grew);
     _cleanup_free_ char *space = space_reason(job.base);
     _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
     log_err("%s/%s: merge of snapshot %s %s: %s", dom, disk, job.snapshot,
@@ -1070,6 +1080,7 @@ static void recover_journal(struct cfs_engine *e)
         s->job.started = en->created;
         s->job.journal_id = cfs_xstrdup(en->id);
         s->starting = false;
+        s->base_bytes = 0;
         job_number(e, s);
         uint64_t id = s->job.id;
         pthread_mutex_unlock(&e->tree->lock);
@@ -1742,6 +1753,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
         job_number(e, s);
+        struct stat bst;
+        s->base_bytes = stat(j->base, &bst) == 0 ? (uint64_t)bst.st_blocks * 512 : 0;
         /* a live commit is not in libvirt until commit_start returns */
         s->starting = running;
         cfs_job_copy(&job, j);

@@ -22,6 +22,8 @@ struct cfs_disk_state {
     char **partial_tops;     /* overlays a failed merge partly wrote below */
     int64_t gone_since_ms;   /* job vanished but TOP still in the chain */
     int pivot_failures;      /* pivots refused for another reason than "not ready" */
+    uint64_t base_bytes;     /* BASE's allocated bytes when the merge
+                                started (0: unknown), to tell a partial one */
     bool starting;           /* rmdir claimed the disk; libvirt has not
                                 accepted the commit yet */
 };
