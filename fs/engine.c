@@ -1490,6 +1490,8 @@ static void note_failure(struct cfs_engine *e, const char *dom,
     pthread_mutex_unlock(&e->tree->lock);
 }
 
+/* Log a refusal and show it in the disk's job file (note_failure leaves
+ * a job in progress alone, so an EBUSY does not clobber the job it met). */
 static int refuse(struct cfs_engine *e, const char *op, const char *dom,
                   const char *disk, const char *name, int err,
                   const char *why)
@@ -1557,11 +1559,6 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     }
     pthread_mutex_unlock(&e->tree->lock);
     if (r < 0) {
-        if (r == -EBUSY) {
-            log_warn("mkdir %s/%s/snapshots/%s refused (%s): %s", dom, disk,
-                     name, strerror(-r), why);
-            return r;
-        }
         return refuse(e, "mkdir", dom, disk, name, r, why);
     }
 
@@ -1763,11 +1760,6 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     }
     pthread_mutex_unlock(&e->tree->lock);
     if (r < 0) {
-        if (r == -EBUSY && why && strstr(why, "in progress")) {
-            log_warn("rmdir %s/%s/snapshots/%s refused (%s): %s", dom, disk,
-                     name, strerror(-r), why);
-            return r;
-        }
         return refuse(e, "rmdir", dom, disk, name, r, why);
     }
 
