@@ -31,7 +31,7 @@ frozen="$T/base.frozen.qcow2"
 cp --sparse=always "$base" "$frozen" || it_fail "copy of the frozen base"
 blocks_before=$(stat -c %b "$base")
 
-fault_rmdir_throttled "$D" vda s1
+it_rmdir_throttled "$D" vda s1
 it_guest_write "$D" 0x33 100M 1M
 it_assert_eq "running" "$(fault_job_state "$D" vda)" "the merge is copying"
 

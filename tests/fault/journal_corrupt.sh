@@ -40,8 +40,8 @@ it_start "$D"
 it_mount
 it_wait_dom "$D"
 
-fault_rmdir_throttled "$D" vda a
-fault_rmdir_throttled "$D" vdb b
+it_rmdir_throttled "$D" vda a
+it_rmdir_throttled "$D" vdb b
 it_guest_write "$D" 0x55 140M 1M virtio-disk0
 it_guest_write "$D" 0x66 140M 1M virtio-disk1
 it_assert_eq "2" "$(grep -c . "$J")" "the journal holds two open entries"

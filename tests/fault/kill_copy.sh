@@ -34,7 +34,7 @@ it_assert_eq "s1 s2" "$(it_snapshots "$D" vda)" "snapshots/ shows s1 s2"
 it_assert_eq "libvirt-metadata" "$(jq -r '.layers[0].name_source' "$MNT/$D/vda/chain.json")" \
   "s2 is named by libvirt's metadata"
 
-fault_rmdir_throttled "$D" vda s2
+it_rmdir_throttled "$D" vda s2
 it_assert_eq "running" "$(fault_job_state "$D" vda)" "the merge is copying"
 it_guest_write "$D" 0x44 140M 1M
 job=$(cat "$MNT/$D/vda/job")

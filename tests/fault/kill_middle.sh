@@ -27,7 +27,7 @@ it_mount
 it_wait_dom "$D"
 it_assert_eq "s1 s2" "$(it_snapshots "$D" vda)" "snapshots/ shows s1 s2"
 
-fault_rmdir_throttled "$D" vda s1
+it_rmdir_throttled "$D" vda s1
 it_assert_eq "running" "$(fault_job_state "$D" vda)" "the merge is copying"
 it_assert_eq "commit" "$(it_job_field "$D" vda type)" "an intermediate commit (no pivot)"
 it_guest_write "$D" 0x44 140M 1M

@@ -31,9 +31,9 @@
 #   mount first), fault_mounted (in /proc/self/mountinfo, stale or not),
 #   fault_log_has REGEX (any daemon's log line of this script).
 # - jobs: fault_job_state, fault_wait_state, fault_libvirt_job (libvirt's
-#   own view), fault_rmdir_throttled (rmdir with the merge slowed to 1 MiB/s
-#   from its first moment, to keep it in its copy phase), fault_throttle /
-#   fault_unthrottle (virsh blockjob --bandwidth 1 / 0).
+#   own view), fault_unthrottle (virsh blockjob --bandwidth 0). Slowing a
+#   merge down from its first moment is it_rmdir_throttled in the
+#   integration lib (responsive.sh needs it too).
 # - fault_on_exit CMD: undo what the scenario broke on purpose, pass or fail.
 # - fault_check_patterns IMAGE "PATTERN OFFSET LEN"...: it_check_pattern each.
 set -euo pipefail
@@ -160,52 +160,11 @@ fault_wait_state() {
   it_log "ok: job of $dom/$disk is $want"
 }
 
-# fault_throttle DOM DISK — limit the disk's running block job to 1 MiB/s
-# (the smallest libvirt takes), which keeps a merge in its copy phase.
-fault_throttle() {
-  it_virsh blockjob "$1" "$2" --bandwidth 1 >/dev/null 2>&1
-}
-
 # fault_unthrottle DOM DISK — let the block job run at full speed again.
 fault_unthrottle() {
   it_virsh blockjob "$1" "$2" --bandwidth 0 >/dev/null 2>&1 ||
     it_fail "virsh blockjob $1 $2 --bandwidth 0 (no block job any more?)"
   it_log "block job of $1/$2 let go at full speed"
-}
-
-# fault_rmdir_throttled DOM DISK NAME — rmdir snapshots/NAME and slow the
-# merge it starts down to 1 MiB/s straight away. A lower commit of 128 MiB
-# is over within a fraction of a second here, faster than a `virsh
-# blockjob` started after rmdir returns can catch it; so a virsh shell
-# (one connection, no process start per command) is asked for the limit
-# every 2 ms from just before the rmdir until it returns. It stops then:
-# every new limit restarts QEMU's rate accounting, so asking on and on
-# would let the job run faster than the limit. (An active commit still
-# copies up to 32 MiB in its first burst.) Fails the test if the merge had
-# already ended (give the layer more data).
-fault_rmdir_throttled() {
-  local dom=$1 disk=$2 name=$3 thr stop="$T/throttle.stop" out="$T/throttle.out"
-  rm -f "$stop" "$out"
-  { while [ ! -e "$stop" ]; do
-    echo "blockjob $dom $disk --bandwidth 1"
-    sleep 0.002
-  done; } | it_virsh >"$out" 2>&1 &
-  thr=$!
-  # virsh is connected and asking once it answers ("no active block job")
-  it_poll 10 test -s "$out" || {
-    touch "$stop"
-    it_fail "the throttling virsh shell did not start: $(cat "$out")"
-  }
-  if ! rmdir "$MNT/$dom/$disk/snapshots/$name"; then
-    touch "$stop"
-    wait "$thr" || true
-    it_fail "rmdir $dom/$disk/snapshots/$name"
-  fi
-  touch "$stop"
-  wait "$thr" || true
-  fault_throttle "$dom" "$disk" ||
-    it_fail "could not slow the merge of $name down: it ended at once (write more data into it)"
-  it_log "rmdir $dom/$disk/snapshots/$name: merge started, slowed to 1 MiB/s"
 }
 
 # fault_libvirt_job DOM DISK — libvirt's block job line for the disk, ""

@@ -55,7 +55,7 @@ it_start "$D"
 it_mount
 it_wait_dom "$D"
 
-fault_rmdir_throttled "$D" vda s1
+it_rmdir_throttled "$D" vda s1
 it_guest_write "$D" 0x33 140M 1M
 it_assert_eq "running" "$(fault_job_state "$D" vda)" "the merge is copying"
 

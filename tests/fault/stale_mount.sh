@@ -20,7 +20,7 @@ it_define "$D" "$top"
 it_start "$D"
 it_mount
 it_wait_dom "$D"
-fault_rmdir_throttled "$D" vda s1
+it_rmdir_throttled "$D" vda s1
 it_guest_write "$D" 0x33 100M 1M
 
 fault_kill_daemon

@@ -30,7 +30,7 @@ it_assert_eq "mid s1" "$(it_snapshots "$D" vda)" "snapshots/ shows mid s1"
 # 64 MiB written by the guest into the new overlay: at 1 MiB/s a minute.
 it_guest_write "$D" 0x33 3M 64M
 
-fault_rmdir_throttled "$D" vda s1
+it_rmdir_throttled "$D" vda s1
 it_guest_write "$D" 0x44 100M 1M
 sleep 1 # a few of chainfs's polls, so that job shows libvirt's progress
 job=$(cat "$MNT/$D/vda/job")

@@ -183,6 +183,47 @@ it_cleanup() {
 
 it_virsh() { virsh -q -c "$IT_URI" "$@"; }
 
+# it_throttle DOM DISK — limit the disk's running block job to 1 MiB/s
+# (the smallest libvirt takes), which keeps a merge in its copy phase.
+it_throttle() {
+  it_virsh blockjob "$1" "$2" --bandwidth 1 >/dev/null 2>&1
+}
+
+# it_rmdir_throttled DOM DISK NAME — rmdir snapshots/NAME and slow the
+# merge it starts down to 1 MiB/s straight away. A lower commit of 128 MiB
+# is over within a fraction of a second here, faster than a `virsh
+# blockjob` started after rmdir returns can catch it; so a virsh shell
+# (one connection, no process start per command) is asked for the limit
+# every 2 ms from just before the rmdir until it returns. It stops then:
+# every new limit restarts QEMU's rate accounting, so asking on and on
+# would let the job run faster than the limit. (An active commit still
+# copies up to 32 MiB in its first burst.) Fails the test if the merge had
+# already ended (give the layer more data).
+it_rmdir_throttled() {
+  local dom=$1 disk=$2 name=$3 thr stop="$T/throttle.stop" out="$T/throttle.out"
+  rm -f "$stop" "$out"
+  { while [ ! -e "$stop" ]; do
+    echo "blockjob $dom $disk --bandwidth 1"
+    sleep 0.002
+  done; } | it_virsh >"$out" 2>&1 &
+  thr=$!
+  # virsh is connected and asking once it answers ("no active block job")
+  it_poll 10 test -s "$out" || {
+    touch "$stop"
+    it_fail "the throttling virsh shell did not start: $(cat "$out")"
+  }
+  if ! rmdir "$MNT/$dom/$disk/snapshots/$name"; then
+    touch "$stop"
+    wait "$thr" || true
+    it_fail "rmdir $dom/$disk/snapshots/$name"
+  fi
+  touch "$stop"
+  wait "$thr" || true
+  it_throttle "$dom" "$disk" ||
+    it_fail "could not slow the merge of $name down: it ended at once (write more data into it)"
+  it_log "rmdir $dom/$disk/snapshots/$name: merge started, slowed to 1 MiB/s"
+}
+
 # kvm or qemu (TCG), whichever QEMU can use here (scripts/libvirtd.sh).
 it_virt_type() {
   [ -n "$IT_VIRT_TYPE" ] || IT_VIRT_TYPE=$(libvirtd_virt_type)
