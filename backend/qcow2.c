@@ -282,3 +282,172 @@ int cfs_image_extend_chain(struct cfs_disk *disk)
     }
     return 0;
 }
+
+/* ---- creating an empty overlay ---------------------------------------------
+ * The exact file `qemu-img create -f qcow2 -b BACKING -F FMT` (QEMU 7.2,
+ * default options) writes, so that libvirt can take it as-is
+ * (VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT) instead of creating it through
+ * two QEMU blockdev-create jobs:
+ *   cluster 0        header v3 (112 bytes, compression zlib), extensions:
+ *                    backing format, feature name table, end; then the
+ *                    backing file name
+ *   cluster 1        refcount table: one entry, cluster 2
+ *   cluster 2        refcount block: 16-bit refcount 1 for each cluster used
+ *   cluster 3...     L1 table, all zero, one entry per 512 MiB
+ * with 64 KiB clusters; the file ends after the last L1 entry. */
+#define OV_CLUSTER_BITS 16u
+#define OV_CLUSTER ((uint64_t)1 << OV_CLUSTER_BITS)
+#define OV_HEADER_LEN 112u
+#define OV_L2_SPAN (OV_CLUSTER * (OV_CLUSTER / 8)) /* bytes one L1 entry maps */
+#define OV_L1_OFFSET (3 * OV_CLUSTER)
+#define OV_L1_CLUSTERS_MAX 16u /* 64 TiB; larger disks go the slow way */
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+
+static const struct {
+    uint8_t type, bit; /* 0 incompatible, 1 compatible, 2 autoclear */
+    const char *name;
+} ov_features[] = {
+    {0, 0, "dirty bit"},           {0, 1, "corrupt bit"},
+    {0, 2, "external data file"},  {0, 3, "compression type"},
+    {0, 4, "extended L2 entries"}, {1, 0, "lazy refcounts"},
+    {2, 0, "bitmaps"},             {2, 1, "raw external data"},
+};
+
+static void put_be16(uint8_t *p, uint16_t v)
+{
+    v = htobe16(v);
+    memcpy(p, &v, sizeof(v));
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    v = htobe32(v);
+    memcpy(p, &v, sizeof(v));
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    v = htobe64(v);
+    memcpy(p, &v, sizeof(v));
+}
+
+static int pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
+{
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n, off);
+
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+/* The first three clusters (header, refcount table, refcount block) and
+ * the file's length, in *BUF (3 clusters, caller frees). */
+static size_t overlay_layout(const char *backing, const char *backing_format,
+                             uint64_t size, uint8_t **bufp, uint64_t *file_len)
+{
+    uint64_t l1_size = (size + OV_L2_SPAN - 1) / OV_L2_SPAN;
+    uint64_t l1_clusters = (l1_size * 8 + OV_CLUSTER - 1) / OV_CLUSTER;
+    uint64_t used = 3 + l1_clusters;
+    size_t fmt_len = strlen(backing_format), name_len = strlen(backing);
+    uint8_t *buf = cfs_xcalloc(3, OV_CLUSTER);
+    size_t off = OV_HEADER_LEN;
+
+    put_be32(buf + 0, QCOW_MAGIC);
+    put_be32(buf + 4, 3);
+    /* 8: backing_file_offset, set below */
+    put_be32(buf + 16, (uint32_t)name_len);
+    put_be32(buf + 20, OV_CLUSTER_BITS);
+    put_be64(buf + 24, size);
+    /* 32: crypt_method 0 */
+    put_be32(buf + 36, (uint32_t)l1_size);
+    put_be64(buf + 40, OV_L1_OFFSET);
+    put_be64(buf + 48, OV_CLUSTER);    /* refcount table */
+    put_be32(buf + 56, 1);             /* refcount table clusters */
+    /* 60: nb_snapshots, 64: snapshots_offset, 72..95: feature bits, 0 */
+    put_be32(buf + 96, 4);             /* refcount_order: 16-bit refcounts */
+    put_be32(buf + 100, OV_HEADER_LEN);
+    /* 104: compression type zlib (0), padding */
+
+    put_be32(buf + off, QCOW2_EXT_BACKING_FORMAT);
+    put_be32(buf + off + 4, (uint32_t)fmt_len);
+    memcpy(buf + off + 8, backing_format, fmt_len);
+    off += 8 + ((fmt_len + 7) & ~(size_t)7);
+
+    put_be32(buf + off, QCOW2_EXT_FEATURE_TABLE);
+    put_be32(buf + off + 4, (uint32_t)(ELEMENTSOF(ov_features) * 48));
+    off += 8;
+    for (size_t i = 0; i < ELEMENTSOF(ov_features); i++, off += 48) {
+        buf[off] = ov_features[i].type;
+        buf[off + 1] = ov_features[i].bit;
+        memcpy(buf + off + 2, ov_features[i].name, strlen(ov_features[i].name));
+    }
+    off += 8; /* end of extensions: type 0, length 0 */
+
+    put_be64(buf + 8, off);
+    memcpy(buf + off, backing, name_len);
+
+    put_be64(buf + OV_CLUSTER, 2 * OV_CLUSTER); /* the refcount block */
+    for (uint64_t c = 0; c < used; c++)
+        put_be16(buf + 2 * OV_CLUSTER + 2 * c, 1);
+
+    *bufp = buf;
+    *file_len = OV_L1_OFFSET + l1_size * 8;
+    return 3 * OV_CLUSTER;
+}
+
+int cfs_image_create_overlay(const char *path, const char *backing,
+                             const char *backing_format, uint64_t size)
+{
+    _cleanup_free_ uint8_t *buf = NULL;
+    _cleanup_free_ char *dir = NULL;
+    uint64_t l1_size = (size + OV_L2_SPAN - 1) / OV_L2_SPAN;
+    uint64_t file_len;
+    size_t len;
+    int fd, r;
+
+    if (!cfs_streq(backing_format, "qcow2") && !cfs_streq(backing_format, "raw"))
+        return -EINVAL;
+    if (size == 0 || size % 512 || !backing || backing[0] != '/' ||
+        strlen(backing) > QCOW_BACKING_NAME_MAX ||
+        (l1_size * 8 + OV_CLUSTER - 1) / OV_CLUSTER > OV_L1_CLUSTERS_MAX)
+        return -EINVAL;
+
+    len = overlay_layout(backing, backing_format, size, &buf, &file_len);
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return -errno;
+    r = pwrite_all(fd, buf, len, 0);
+    if (r == 0 && ftruncate(fd, (off_t)file_len) < 0)
+        r = -errno;
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    if (close(fd) < 0 && r == 0)
+        r = -errno;
+    if (r < 0) {
+        unlink(path);
+        return r;
+    }
+
+    /* the name too must survive a crash once QEMU writes into the file */
+    const char *slash = strrchr(path, '/');
+    dir = slash == path ? cfs_xstrdup("/")
+          : slash       ? cfs_xasprintf("%.*s", (int)(slash - path), path)
+                        : cfs_xstrdup(".");
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (fsync(fd) < 0 && errno != EINVAL && errno != ENOTSUP)
+            r = -errno;
+        close(fd);
+    }
+    if (r < 0)
+        unlink(path);
+    return r;
+}

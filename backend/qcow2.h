@@ -50,3 +50,14 @@ void cfs_image_fill_sizes(struct cfs_layer *l, bool probe);
  * cfs_image_fill_sizes() gives them. 0, or -errno if the last layer's
  * header is unreadable (the chain is then left as it was). */
 int cfs_image_extend_chain(struct cfs_disk *disk);
+
+/* Create PATH as an empty qcow2 overlay of BACKING (an absolute path whose
+ * format, "qcow2" or "raw", is BACKING_FORMAT) with virtual size SIZE:
+ * byte for byte what `qemu-img create -f qcow2 -F FMT -b BACKING` writes
+ * with default options. Never replaces a file (-EEXIST); the file is
+ * fsynced, and its directory, before this returns. -EINVAL for what it
+ * does not make (another backing format, SIZE 0 or not a multiple of 512,
+ * a relative or overlong backing name, a disk over 64 TiB): the caller
+ * then leaves the creation to libvirt. Other -errno: nothing is left. */
+int cfs_image_create_overlay(const char *path, const char *backing,
+                             const char *backing_format, uint64_t size);

@@ -432,7 +432,9 @@ static int qcow2_setup(void **state)
 static int qcow2_teardown(void **state)
 {
     const char *names[] = { "base.raw", "mid.qcow2", "top.qcow2", "loop1.qcow2",
-                            "loop2.qcow2", "fake.raw", "orphan.qcow2" };
+                            "loop2.qcow2", "fake.raw", "orphan.qcow2",
+                            "ov.qcow2", "ov-raw.qcow2", "ov-big.qcow2",
+                            "ov-bad.qcow2" };
     (void)state;
     for (size_t i = 0; i < ELEMENTSOF(names); i++) {
         _cleanup_free_ char *p = cfs_xasprintf("%s/%s", tmpdir, names[i]);
@@ -571,6 +573,96 @@ static void test_extend_stops(void **state)
     cfs_disk_clear(&disk);
 }
 
+static uint16_t be16_at(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+/* The overlay creator: header fields read back through cfs_image_probe,
+ * refcounts for exactly the clusters in use, the file's length, no
+ * overwrite, nothing left on refusal. (tests/integration/overlay_format.sh
+ * compares the bytes with qemu-img's own.) */
+static void test_create_overlay(void **state)
+{
+    (void)state;
+    _cleanup_free_ char *ov = tpath("ov.qcow2");
+    _cleanup_free_ char *ov_raw = tpath("ov-raw.qcow2");
+    _cleanup_free_ char *big = tpath("ov-big.qcow2");
+    _cleanup_free_ char *bad = tpath("ov-bad.qcow2");
+    struct cfs_image_info info;
+    struct stat st;
+
+    assert_int_equal(cfs_image_create_overlay(ov, "/var/lib/x/base.qcow2", "qcow2",
+                                              512ull << 20), 0);
+    assert_int_equal(cfs_image_probe(ov, "qcow2", &info), 0);
+    assert_string_equal(info.format, "qcow2");
+    assert_true(info.virtual_size == 512ull << 20);
+    assert_string_equal(info.backing, "/var/lib/x/base.qcow2");
+    assert_string_equal(info.backing_format, "qcow2");
+    cfs_image_info_clear(&info);
+    assert_int_equal(stat(ov, &st), 0);
+    assert_int_equal(st.st_size, 3 * 65536 + 8); /* one L1 entry */
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    {
+        uint8_t buf[3 * 65536];
+        int fd = open(ov, O_RDONLY);
+        assert_true(fd >= 0);
+        assert_int_equal(pread(fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf));
+        close(fd);
+        assert_memory_equal(buf, "QFI\xfb\0\0\0\3", 8);
+        assert_int_equal(be16_at(buf + 65536 + 4), 2); /* refcount table: 0x20000 */
+        for (int c = 0; c < 4; c++)
+            assert_int_equal(be16_at(buf + 2 * 65536 + 2 * c), 1);
+        assert_int_equal(be16_at(buf + 2 * 65536 + 8), 0);
+    }
+
+    /* a raw backing; an odd size spanning two L1 entries */
+    assert_int_equal(cfs_image_create_overlay(ov_raw, "/dev/vg/lv", "raw",
+                                              (513ull << 20)), 0);
+    assert_int_equal(cfs_image_probe(ov_raw, NULL, &info), 0);
+    assert_true(info.virtual_size == 513ull << 20);
+    assert_string_equal(info.backing_format, "raw");
+    cfs_image_info_clear(&info);
+    assert_int_equal(stat(ov_raw, &st), 0);
+    assert_int_equal(st.st_size, 3 * 65536 + 16);
+
+    /* 5 TiB: an L1 table of two clusters, five clusters counted */
+    assert_int_equal(cfs_image_create_overlay(big, "/b.qcow2", "qcow2", 5ull << 40), 0);
+    assert_int_equal(stat(big, &st), 0);
+    assert_int_equal(st.st_size, 3 * 65536 + 10240 * 8);
+    {
+        uint8_t rc[16];
+        int fd = open(big, O_RDONLY);
+        assert_true(fd >= 0);
+        assert_int_equal(pread(fd, rc, sizeof(rc), 2 * 65536), (ssize_t)sizeof(rc));
+        close(fd);
+        for (int c = 0; c < 5; c++)
+            assert_int_equal(be16_at(rc + 2 * c), 1);
+        assert_int_equal(be16_at(rc + 10), 0);
+    }
+
+    /* never replaces a file: the existing one is left as it was */
+    assert_int_equal(cfs_image_create_overlay(ov, "/other.qcow2", "qcow2", 1 << 20), -EEXIST);
+    assert_int_equal(cfs_image_probe(ov, "qcow2", &info), 0);
+    assert_string_equal(info.backing, "/var/lib/x/base.qcow2");
+    cfs_image_info_clear(&info);
+
+    /* what it does not make, it refuses before creating anything */
+    assert_int_equal(cfs_image_create_overlay(bad, "/b.vmdk", "vmdk", 1 << 20), -EINVAL);
+    assert_int_equal(cfs_image_create_overlay(bad, "/b.qcow2", "qcow2", 1000), -EINVAL);
+    assert_int_equal(cfs_image_create_overlay(bad, "/b.qcow2", "qcow2", 0), -EINVAL);
+    assert_int_equal(cfs_image_create_overlay(bad, "b.qcow2", "qcow2", 1 << 20), -EINVAL);
+    assert_int_equal(cfs_image_create_overlay(bad, "/b.qcow2", "qcow2", 65ull << 40), -EINVAL);
+    char long_name[1100];
+    memset(long_name, 'a', sizeof(long_name) - 1);
+    long_name[0] = '/';
+    long_name[sizeof(long_name) - 1] = '\0';
+    assert_int_equal(cfs_image_create_overlay(bad, long_name, "qcow2", 1 << 20), -EINVAL);
+    assert_int_equal(lstat(bad, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    /* a directory that is not there: -ENOENT, nothing made */
+    assert_int_equal(cfs_image_create_overlay("/nonexistent/dir/ov.qcow2", "/b.qcow2",
+                                              "qcow2", 1 << 20), -ENOENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest xml_tests[] = {
@@ -591,6 +683,7 @@ int main(void)
         cmocka_unit_test(test_resolve_backing),
         cmocka_unit_test(test_probe_and_extend),
         cmocka_unit_test(test_extend_stops),
+        cmocka_unit_test(test_create_overlay),
     };
     int failed;
 
