@@ -1059,9 +1059,18 @@ static void recover_journal(struct cfs_engine *e)
             /* a mkdir that was under way: libvirt either made the overlay
              * the active layer or did nothing; the chain tells which */
             bool done = disk_has_layer(e, en->domain, en->disk, en->top);
-            log_info("recovery: %s/%s: snapshot %s was %s", en->domain,
+            struct stat st;
+            /* The overlay file may exist without the snapshot: the daemon
+             * died between writing it and libvirt taking it, or libvirt
+             * is still at it (a call outlives its caller). Deleting it
+             * could pull a file from under QEMU; it is only named. */
+            bool left = !done && en->top && lstat(en->top, &st) == 0;
+            log_info("recovery: %s/%s: snapshot %s was %s%s%s", en->domain,
                      en->disk, en->snapshot,
-                     done ? "taken" : "not taken (nothing to undo)");
+                     done ? "taken" : "not taken (nothing to undo)",
+                     left ? "; its overlay file was left in place, remove it "
+                            "once no chain uses it: " : "",
+                     left ? en->top : "");
             journal_close(e, en->id);
             continue;
         }

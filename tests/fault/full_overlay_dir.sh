@@ -8,9 +8,10 @@
 #  1. less than 1 MiB free: chainfs's own check (it wants 4 MiB free for a
 #     new overlay) refuses before asking libvirt;
 #  2. 6 MiB free, but the disk is vdb, whose virtual size (1 PiB) makes the
-#     new overlay's L1 table alone 16 MiB: chainfs's check passes, libvirt
-#     (QEMU's blockdev-create) runs out of space, and chainfs maps
-#     libvirt's "No space left on device" to ENOSPC too.
+#     new overlay's L1 table alone 16 MiB: chainfs's check passes, the
+#     overlay is one chainfs does not write itself (over 64 TiB), so
+#     libvirt (QEMU's blockdev-create) makes it, runs out of space, and
+#     chainfs maps libvirt's "No space left on device" to ENOSPC too.
 #
 # Each time: errno ENOSPC (os.mkdir), and nothing changed — domblklist,
 # snapshot-list, ls snapshots/, the files in overlay_dir, chain.json and the
