@@ -172,6 +172,9 @@ static int lv_error(virConnectPtr conn)
     }
     if (msg_has(msg, "No space left"))
         return -ENOSPC;
+    /* QEMU may not open a file: "Could not open '...': Permission denied" */
+    if (msg_has(msg, "Permission denied"))
+        return -EACCES;
     /* pivot before ready: "block job '...' not ready for pivot yet" */
     if (msg_has(msg, "not ready"))
         return -EAGAIN;

@@ -63,6 +63,21 @@ if [ -z "$err" ] || [ "$err" = "-" ]; then
 fi
 it_log "ok: job shows the last refusal: $err"
 
+# --- EACCES: QEMU may not enter overlay_dir ------------------------------------------
+# (a directory made by mktemp -d is 0700: QEMU, running as libvirt-qemu,
+# cannot open the overlay chainfs wrote there). The file is removed again.
+chmod 0700 "$T/overlays"
+refuse EACCES mkdir "$S/p1"
+chmod 0755 "$T/overlays"
+err=$(sed -n 's/^error: *//p' "$MNT/$D/vda/job")
+case "$err" in
+  *"Permission denied"*) it_log "ok: job shows libvirt's message: $err" ;;
+  *) it_fail "job's error does not carry libvirt's message: '$err'" ;;
+esac
+grep -q "mkdir $D/vda/snapshots/p1 failed (Permission denied): .*Permission denied" "$IT_LOG" ||
+  it_fail "no log line with libvirt's message for the refused mkdir of p1"
+it_log "ok: the log line carries libvirt's message"
+
 # --- ENOENT -----------------------------------------------------------------------------------
 refuse ENOENT rmdir "$S/nosuch"
 refuse ENOENT mkdir "$MNT/$IT_PREFIX-nosuchdomain/vda/snapshots/x"
@@ -71,8 +86,7 @@ refuse ENOENT mkdir "$MNT/$D/vdz/snapshots/x"
 # --- EBUSY: a merge runs on vda ---------------------------------------------------------
 mkdir "$S/s2" || it_fail "mkdir snapshots/s2"
 it_guest_write "$D" 0x5a 0 128M
-rmdir "$S/s2" || it_fail "rmdir snapshots/s2"
-it_virsh blockjob "$D" vda --bandwidth 1 >/dev/null || it_fail "virsh blockjob --bandwidth 1"
+it_rmdir_throttled "$D" vda s2
 busy() { [ "$(it_job_field "$D" vda state)" = running ]; }
 busy || it_fail "the merge of s2 is not running (state $(it_job_field "$D" vda state)); cannot test EBUSY"
 refuse EBUSY mkdir "$S/s3"
