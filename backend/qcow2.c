@@ -300,7 +300,8 @@ int cfs_image_extend_chain(struct cfs_disk *disk)
 #define OV_HEADER_LEN 112u
 #define OV_L2_SPAN (OV_CLUSTER * (OV_CLUSTER / 8)) /* bytes one L1 entry maps */
 #define OV_L1_OFFSET (3 * OV_CLUSTER)
-#define OV_L1_CLUSTERS_MAX 16u /* 64 TiB; larger disks go the slow way */
+#define OV_L1_CLUSTERS_MAX 16u /* larger disks go the libvirt way */
+#define OV_SIZE_MAX (OV_L1_CLUSTERS_MAX * (OV_CLUSTER / 8) * OV_L2_SPAN) /* 64 TiB */
 #define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
 
 static const struct {
@@ -408,16 +409,14 @@ int cfs_image_create_overlay(const char *path, const char *backing,
 {
     _cleanup_free_ uint8_t *buf = NULL;
     _cleanup_free_ char *dir = NULL;
-    uint64_t l1_size = (size + OV_L2_SPAN - 1) / OV_L2_SPAN;
     uint64_t file_len;
     size_t len;
     int fd, r;
 
     if (!cfs_streq(backing_format, "qcow2") && !cfs_streq(backing_format, "raw"))
         return -EINVAL;
-    if (size == 0 || size % 512 || !backing || backing[0] != '/' ||
-        strlen(backing) > QCOW_BACKING_NAME_MAX ||
-        (l1_size * 8 + OV_CLUSTER - 1) / OV_CLUSTER > OV_L1_CLUSTERS_MAX)
+    if (size == 0 || size % 512 || size > OV_SIZE_MAX || !backing ||
+        backing[0] != '/' || strlen(backing) > QCOW_BACKING_NAME_MAX)
         return -EINVAL;
 
     len = overlay_layout(backing, backing_format, size, &buf, &file_len);

@@ -434,7 +434,7 @@ static int qcow2_teardown(void **state)
     const char *names[] = { "base.raw", "mid.qcow2", "top.qcow2", "loop1.qcow2",
                             "loop2.qcow2", "fake.raw", "orphan.qcow2",
                             "ov.qcow2", "ov-raw.qcow2", "ov-big.qcow2",
-                            "ov-bad.qcow2" };
+                            "ov-bad.qcow2", "ov-max.qcow2" };
     (void)state;
     for (size_t i = 0; i < ELEMENTSOF(names); i++) {
         _cleanup_free_ char *p = cfs_xasprintf("%s/%s", tmpdir, names[i]);
@@ -624,6 +624,15 @@ static void test_create_overlay(void **state)
     assert_int_equal(stat(ov_raw, &st), 0);
     assert_int_equal(st.st_size, 3 * 65536 + 16);
 
+    /* 64 TiB, the largest written here: an L1 table of 16 clusters */
+    {
+        _cleanup_free_ char *max = tpath("ov-max.qcow2");
+        assert_int_equal(cfs_image_create_overlay(max, "/b.qcow2", "qcow2", 64ull << 40), 0);
+        assert_int_equal(stat(max, &st), 0);
+        assert_int_equal(st.st_size, 3 * 65536 + 131072 * 8);
+        unlink(max);
+    }
+
     /* 5 TiB: an L1 table of two clusters, five clusters counted */
     assert_int_equal(cfs_image_create_overlay(big, "/b.qcow2", "qcow2", 5ull << 40), 0);
     assert_int_equal(stat(big, &st), 0);
@@ -651,6 +660,9 @@ static void test_create_overlay(void **state)
     assert_int_equal(cfs_image_create_overlay(bad, "/b.qcow2", "qcow2", 0), -EINVAL);
     assert_int_equal(cfs_image_create_overlay(bad, "b.qcow2", "qcow2", 1 << 20), -EINVAL);
     assert_int_equal(cfs_image_create_overlay(bad, "/b.qcow2", "qcow2", 65ull << 40), -EINVAL);
+    /* sizes whose L1 arithmetic would overflow are refused, not wrapped */
+    assert_int_equal(cfs_image_create_overlay(bad, "/b.qcow2", "qcow2",
+                                              UINT64_MAX - 511), -EINVAL);
     char long_name[1100];
     memset(long_name, 'a', sizeof(long_name) - 1);
     long_name[0] = '/';
