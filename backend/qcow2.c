@@ -332,23 +332,6 @@ static void put_be64(uint8_t *p, uint64_t v)
     memcpy(p, &v, sizeof(v));
 }
 
-static int pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
-{
-    while (n > 0) {
-        ssize_t w = pwrite(fd, p, n, off);
-
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += w;
-        n -= (size_t)w;
-        off += w;
-    }
-    return 0;
-}
-
 /* The first three clusters (header, refcount table, refcount block) and
  * the file's length, in *BUF (3 clusters, caller frees). */
 static size_t overlay_layout(const char *backing, const char *backing_format,
@@ -423,7 +406,7 @@ int cfs_image_create_overlay(const char *path, const char *backing,
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return -errno;
-    r = pwrite_all(fd, buf, len, 0);
+    r = cfs_write_all(fd, buf, len);
     if (r == 0 && ftruncate(fd, (off_t)file_len) < 0)
         r = -errno;
     if (r == 0 && fsync(fd) < 0)
@@ -441,11 +424,9 @@ int cfs_image_create_overlay(const char *path, const char *backing,
           : slash       ? cfs_xasprintf("%.*s", (int)(slash - path), path)
                         : cfs_xstrdup(".");
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (fsync(fd) < 0 && errno != EINVAL && errno != ENOTSUP)
-            r = -errno;
+    r = fd < 0 ? -errno : cfs_fsync_dir(fd);
+    if (fd >= 0)
         close(fd);
-    }
     if (r < 0)
         unlink(path);
     return r;

@@ -369,22 +369,6 @@ static int journal_load(struct cfs_journal *j, char ***warnings)
 
 /* ---- writing -------------------------------------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Replace the journal file with V[0..N), durably. Called with j->lock.
  * *RENAMED says whether the new file replaced the old one (even if the
  * directory fsync then failed): the caller's in-memory list must follow. */
@@ -403,7 +387,7 @@ static int journal_write(struct cfs_journal *j,
                 O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return -errno;
-    r = write_all(fd, b.data, b.len);
+    r = cfs_write_all(fd, b.data, b.len);
     if (r == 0 && fsync(fd) < 0)
         r = -errno;
     if (close(fd) < 0 && r == 0)
@@ -415,10 +399,7 @@ static int journal_write(struct cfs_journal *j,
         return r;
     }
     *renamed = true;
-    /* Some filesystems cannot fsync a directory; the rename still stands. */
-    if (fsync(j->dirfd) < 0 && errno != EINVAL && errno != ENOTSUP)
-        return -errno;
-    return 0;
+    return cfs_fsync_dir(j->dirfd);
 }
 
 /* Write the current list with entry SKIP left out (-1: none), entry

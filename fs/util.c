@@ -1,12 +1,14 @@
 /* util.c — allocation wrappers, string vectors, size/time formatting, the
- * growable text buffer, and the thread-local backend error message slot
+ * growable text buffer, whole writes and directory fsync, and the thread-local backend error message slot
  * (cfs_backend_errmsg(), declared in backend.h).
  *
  * Owns no shared state: every function may be called from any thread. The
  * error message slot is per thread by construction (__thread). */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "chainfs/backend.h"
 #include "chainfs/util.h"
@@ -240,4 +242,29 @@ void cfs_backend_set_errmsg(const char *fmt, ...)
     if (vsnprintf(backend_errmsg, sizeof(backend_errmsg), fmt, ap) < 0)
         backend_errmsg[0] = '\0';
     va_end(ap);
+}
+
+int cfs_write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+
+    while (n > 0) {
+        ssize_t w = write(fd, c, n);
+
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int cfs_fsync_dir(int dirfd)
+{
+    if (fsync(dirfd) < 0 && errno != EINVAL && errno != ENOTSUP)
+        return -errno;
+    return 0;
 }

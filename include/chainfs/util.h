@@ -46,6 +46,15 @@ void cfs_strv_push(char ***v, char *s);    /* takes ownership of s */
 static inline void cfs_strv_freep(char ***v) { *v = cfs_strv_free(*v); }
 #define _cleanup_strv_ _cleanup_(cfs_strv_freep)
 
+/* Write all N bytes of P to FD (retrying short writes and EINTR).
+ * 0 or -errno. */
+int cfs_write_all(int fd, const void *p, size_t n);
+
+/* fsync the directory DIRFD, so a name created or renamed in it lasts.
+ * Filesystems that cannot fsync a directory (EINVAL, ENOTSUP) count as
+ * done. 0 or -errno. */
+int cfs_fsync_dir(int dirfd);
+
 /* Human-readable size, 1024-based: "0B", "512B", "1.5KiB", "64.0MiB". */
 void cfs_format_size(uint64_t bytes, char *out, size_t outlen);
 
