@@ -385,6 +385,14 @@ static int refresh_all(struct cfs_engine *e)
     return 0;
 }
 
+/* Something readers see changed: cached renderings (fuse_ops.c) are void
+ * and `wait` readers look again. Caller holds tree->lock. */
+static void tree_changed(struct cfs_engine *e)
+{
+    e->tree->generation++;
+    pthread_cond_broadcast(&e->tree->changed);
+}
+
 /* ---- journal helpers ------------------------------------------------------- */
 
 static int journal_record(struct cfs_engine *e, const char *dom,
@@ -451,8 +459,7 @@ static void set_job_state(struct cfs_engine *e, const char *dom,
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
     if (s && s->job.id == id && s->job.state != st) {
         s->job.state = st;
-        e->tree->generation++;
-        pthread_cond_broadcast(&e->tree->changed);
+        tree_changed(e);
     }
     pthread_mutex_unlock(&e->tree->lock);
 }
@@ -542,8 +549,7 @@ static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
     s->gone_since_ms = 0;
     s->pivot_failures = 0;
     s->starting = false;
-    e->tree->generation++;
-    pthread_cond_broadcast(&e->tree->changed);
+    tree_changed(e);
     pthread_mutex_unlock(&e->tree->lock);
 }
 
@@ -777,8 +783,7 @@ static void handle_job_event(struct cfs_engine *e, const struct work *w)
                 s->job.state = CFS_JOB_STATE_READY;
                 if (s->job.end)
                     s->job.cur = s->job.end;
-                e->tree->generation++;
-                pthread_cond_broadcast(&e->tree->changed);
+                tree_changed(e);
             }
             pthread_mutex_unlock(&e->tree->lock);
             try_pivot(e, w->dom, w->disk);
@@ -865,15 +870,14 @@ static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
             s->job.cur = pr.cur;
             s->job.end = pr.end;
             s->job.bandwidth = pr.bandwidth;
-            e->tree->generation++;
+            tree_changed(e);
         }
         s->gone_since_ms = 0;
         bool to_ready = pr.ready && s->job.state == CFS_JOB_STATE_RUNNING &&
                         job.type == CFS_JOB_ACTIVE_COMMIT;
         if (to_ready) {
             s->job.state = CFS_JOB_STATE_READY;
-            e->tree->generation++;
-            pthread_cond_broadcast(&e->tree->changed);
+            tree_changed(e);
         }
         bool retry = s->job.state == CFS_JOB_STATE_READY;
         pthread_mutex_unlock(&e->tree->lock);
@@ -967,7 +971,7 @@ static void process_work(struct cfs_engine *e, struct work *w)
     case WORK_CONNECTION:
         pthread_mutex_lock(&e->tree->lock);
         e->tree->stale = !w->up;
-        e->tree->generation++;
+        tree_changed(e);
         pthread_mutex_unlock(&e->tree->lock);
         if (w->up) {
             log_info("libvirt connection is back; re-reading everything");
@@ -1091,6 +1095,7 @@ static void recover_journal(struct cfs_engine *e)
         s->starting = false;
         s->base_bytes = 0;
         job_number(e, s);
+        tree_changed(e);
         uint64_t id = s->job.id;
         pthread_mutex_unlock(&e->tree->lock);
 
@@ -1492,8 +1497,7 @@ static void note_failure(struct cfs_engine *e, const char *dom,
             s->job.started = s->job.finished = now_s();
             s->job.error = cfs_xstrdup(msg);
             job_number(e, s);
-            e->tree->generation++;
-            pthread_cond_broadcast(&e->tree->changed);
+            tree_changed(e);
         }
     }
     pthread_mutex_unlock(&e->tree->lock);
@@ -1562,8 +1566,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
             s->job.started = now_s();
             job_number(e, s);
             active = cfs_xstrdup(dk->layers[0].path);
-            e->tree->generation++;
-            pthread_cond_broadcast(&e->tree->changed);
+            tree_changed(e);
         }
     }
     pthread_mutex_unlock(&e->tree->lock);
@@ -1603,13 +1606,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
             .started = now_s(),
         };
         intent.journal_id = cfs_journal_new_id(e->journal);
-        struct cfs_journal_entry en = {
-            .id = intent.journal_id, .domain = (char *)dom, .disk = (char *)disk,
-            .snapshot = (char *)name, .top = overlay, .base = active,
-            .type = CFS_JOB_SNAPSHOT, .phase = (char *)"starting",
-            .created = intent.started, .updated = intent.started,
-        };
-        r = cfs_journal_put(e->journal, &en);
+        r = journal_record(e, dom, disk, &intent, "starting");
         if (r < 0) {
             msg = cfs_xasprintf("cannot write the journal in %s: %s",
                                 e->state_dir, strerror(-r));
@@ -1663,8 +1660,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     free(s->job.top);
     s->job.top = cfs_xstrdup(overlay);
     s->job.finished = now_s();
-    e->tree->generation++;
-    pthread_cond_broadcast(&e->tree->changed);
+    tree_changed(e);
     pthread_mutex_unlock(&e->tree->lock);
     log_info("mkdir %s/%s/snapshots/%s: new active layer %s", dom, disk, name,
              overlay);
@@ -1764,8 +1760,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         /* a live commit is not in libvirt until commit_start returns */
         s->starting = running;
         cfs_job_copy(&job, j);
-        e->tree->generation++;
-        pthread_cond_broadcast(&e->tree->changed);
+        tree_changed(e);
     }
     pthread_mutex_unlock(&e->tree->lock);
     if (r < 0) {

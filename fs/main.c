@@ -281,10 +281,9 @@ static void *mount_watch_thread(void *arg)
     for (;;) {
         struct pollfd p[2] = {{.fd = fd, .events = POLLPRI},
                               {.fd = w->wake[0], .events = POLLIN}};
-        /* mountinfo reports every change in our namespace as POLLPRI */
-        int n = poll(p, fd >= 0 ? 2 : 1, 1000);
-        if (fd < 0)
-            p[1] = p[0];
+        /* mountinfo reports every change in our namespace as POLLPRI (poll
+         * skips a negative fd: then the 1 s timeout alone drives the check) */
+        int n = poll(p, 2, 1000);
         if (n > 0 && (p[1].revents & POLLIN))
             break;
         bool present;
