@@ -1,10 +1,15 @@
 /* log.c — see log.h. Lines on stderr carry a UTC timestamp and the level;
- * one fprintf per line so lines from different threads do not interleave. */
+ * one fprintf per line so lines from different threads do not interleave.
+ * Control characters in a message (a newline in a snapshot name, an ESC
+ * in a libvirt message) are escaped as in the text files: \n, \t, \xHH,
+ * so one record is one line and no name can forge a line of its own. */
 #include "chainfs/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
+
+#include "chainfs/util.h"
 
 static bool log_syslog;
 static bool log_debug_on;
@@ -38,9 +43,12 @@ void cfs_log(int prio, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    _cleanup_buf_ struct cfs_buf line = {0};
+    cfs_buf_put_escaped(&line, msg);
+    const char *text = line.data ? line.data : "";
 
     if (log_syslog) {
-        syslog(prio, "%s", msg);
+        syslog(prio, "%s", text);
         return;
     }
     struct timespec ts;
@@ -49,5 +57,5 @@ void cfs_log(int prio, const char *fmt, ...)
     gmtime_r(&ts.tv_sec, &tm);
     fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ chainfs %s: %s\n",
             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-            tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, prio_name(prio), msg);
+            tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, prio_name(prio), text);
 }

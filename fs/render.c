@@ -25,16 +25,7 @@ static char *text_value(const char *s)
 
     if (!s || !*s)
         return cfs_xstrdup("-");
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '\n')
-            cfs_buf_put(&b, "\\n", 2);
-        else if (*p == '\t')
-            cfs_buf_put(&b, "\\t", 2);
-        else if (*p < 0x20 || *p == 0x7f)
-            cfs_buf_printf(&b, "\\x%02x", *p);
-        else
-            cfs_buf_put(&b, (const char *)p, 1);
-    }
+    cfs_buf_put_escaped(&b, s);
     return cfs_buf_steal(&b);
 }
 

@@ -181,6 +181,20 @@ void cfs_buf_put(struct cfs_buf *b, const char *s, size_t n)
     b->data[b->len] = '\0';
 }
 
+void cfs_buf_put_escaped(struct cfs_buf *b, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; p && *p; p++) {
+        if (*p == '\n')
+            cfs_buf_put(b, "\\n", 2);
+        else if (*p == '\t')
+            cfs_buf_put(b, "\\t", 2);
+        else if (*p < 0x20 || *p == 0x7f)
+            cfs_buf_printf(b, "\\x%02x", *p);
+        else
+            cfs_buf_put(b, (const char *)p, 1);
+    }
+}
+
 void cfs_buf_printf(struct cfs_buf *b, const char *fmt, ...)
 {
     va_list ap, aq;

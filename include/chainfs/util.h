@@ -69,6 +69,9 @@ struct cfs_buf {
 };
 void cfs_buf_printf(struct cfs_buf *b, const char *fmt, ...) _printf_(2, 3);
 void cfs_buf_put(struct cfs_buf *b, const char *s, size_t n);
+/* Append S (NULL: nothing) with control characters (< 0x20, 0x7f) written
+ * as \n, \t or \xHH, so it stays on one line. Other bytes as they are. */
+void cfs_buf_put_escaped(struct cfs_buf *b, const char *s);
 char *cfs_buf_steal(struct cfs_buf *b);    /* returns data ("" if empty), resets b */
 void cfs_buf_free(struct cfs_buf *b);
 static inline void cfs_buf_freep(struct cfs_buf *b) { cfs_buf_free(b); }
