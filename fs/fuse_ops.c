@@ -256,10 +256,30 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
     return 0;
 }
 
+/* ---- refusals ------------------------------------------------------------
+ * Only mkdir and rmdir of a snapshot change anything. The rest is refused
+ * with one of two errnos, never ENOSYS:
+ *  - EROFS: the content of a file (open for writing, truncate, write) —
+ *    files show state, they do not take input;
+ *  - EPERM: names and attributes (create, mknod/mkfifo, symlink, link,
+ *    rename, unlink, chmod, chown, utimes; mkdir and rmdir elsewhere than
+ *    a snapshot) — the tree is chainfs's to shape.
+ * `touch FILE` opens FILE for writing first, so it reports EROFS; `touch
+ * NEWNAME` reports EPERM. */
+static int refuse_content(void)
+{
+    return -EROFS;
+}
+
+static int refuse_name(void)
+{
+    return -EPERM;
+}
+
 static int fs_open(const char *path, struct fuse_file_info *fi)
 {
     if ((fi->flags & O_ACCMODE) != O_RDONLY)
-        return -EACCES;
+        return refuse_content();
     struct handle *h = cfs_xcalloc(1, sizeof(*h));
     int r = cfs_path_parse(path, &h->path);
     if (r == 0 && !cfs_node_is_file(h->path.kind))
@@ -369,23 +389,40 @@ static int fs_statfs(const char *path, struct statvfs *sv)
     return 0;
 }
 
-static int fs_readonly(void)
-{
-    return -EACCES;
-}
-
 static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
     (void)path;
     (void)mode;
     (void)fi;
-    return fs_readonly();
+    return refuse_name();
+}
+
+static int fs_mknod(const char *path, mode_t mode, dev_t dev)
+{
+    (void)path;
+    (void)mode;
+    (void)dev;
+    return refuse_name();
+}
+
+static int fs_symlink(const char *target, const char *path)
+{
+    (void)target;
+    (void)path;
+    return refuse_name();
+}
+
+static int fs_link(const char *from, const char *to)
+{
+    (void)from;
+    (void)to;
+    return refuse_name();
 }
 
 static int fs_unlink(const char *path)
 {
     (void)path;
-    return -EPERM;
+    return refuse_name();
 }
 
 static int fs_rename(const char *from, const char *to, unsigned int flags)
@@ -393,7 +430,34 @@ static int fs_rename(const char *from, const char *to, unsigned int flags)
     (void)from;
     (void)to;
     (void)flags;
-    return -EPERM;
+    return refuse_name();
+}
+
+static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+    (void)path;
+    (void)mode;
+    (void)fi;
+    return refuse_name();
+}
+
+static int fs_chown(const char *path, uid_t uid, gid_t gid,
+                    struct fuse_file_info *fi)
+{
+    (void)path;
+    (void)uid;
+    (void)gid;
+    (void)fi;
+    return refuse_name();
+}
+
+static int fs_utimens(const char *path, const struct timespec tv[2],
+                      struct fuse_file_info *fi)
+{
+    (void)path;
+    (void)tv;
+    (void)fi;
+    return refuse_name();
 }
 
 static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
@@ -401,7 +465,18 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
     (void)path;
     (void)size;
     (void)fi;
-    return fs_readonly();
+    return refuse_content();
+}
+
+static int fs_write(const char *path, const char *buf, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    (void)path;
+    (void)buf;
+    (void)size;
+    (void)off;
+    (void)fi;
+    return refuse_content();
 }
 
 const struct fuse_operations cfs_fuse_ops = {
@@ -415,9 +490,16 @@ const struct fuse_operations cfs_fuse_ops = {
     .rmdir = fs_rmdir,
     .statfs = fs_statfs,
     .create = fs_create,
+    .mknod = fs_mknod,
+    .symlink = fs_symlink,
+    .link = fs_link,
     .unlink = fs_unlink,
     .rename = fs_rename,
+    .chmod = fs_chmod,
+    .chown = fs_chown,
+    .utimens = fs_utimens,
     .truncate = fs_truncate,
+    .write = fs_write,
 };
 
 void cfs_fs_invalidate(void *opaque, const char *path)
