@@ -6,6 +6,9 @@
  * renders at its first read, after blocking until the disk is idle.
  * Every file is opened direct_io: contents change with the world, and the
  * kernel must not serve yesterday's job progress from its page cache.
+ * Every node's mtime (and atime, ctime) is when what it shows last
+ * changed: each rendering and listing is handed to stamp.h, so `rsync -a`
+ * and `make` see a file change exactly when its bytes do.
  *
  * Called on FUSE worker threads (several at once unless -s). */
 #include "fuse_ops.h"
@@ -41,6 +44,7 @@ struct recent {
     char *data;
     size_t len;
     unsigned long generation; /* tree generation the content was rendered at */
+    struct timespec mtime;    /* the content's mtime (stamp.h) */
     int64_t stat_ms;          /* rendered for a stat() at */
     int64_t open_ms;          /* served to an open() at, or 0 */
 };
@@ -74,7 +78,8 @@ static struct recent *recent_slot(const char *path, bool *found)
 }
 
 static void recent_put(const char *path, const struct cfs_buf *b,
-                       unsigned long generation, bool for_open)
+                       struct timespec mtime, unsigned long generation,
+                       bool for_open)
 {
     int64_t now = mono_ms();
     bool found;
@@ -88,6 +93,7 @@ static void recent_put(const char *path, const struct cfs_buf *b,
     slot->data[b->len] = '\0';
     slot->len = b->len;
     slot->generation = generation;
+    slot->mtime = mtime;
     slot->stat_ms = for_open ? 0 : now;
     slot->open_ms = for_open ? now : 0;
     pthread_mutex_unlock(&recent_lock);
@@ -96,7 +102,7 @@ static void recent_put(const char *path, const struct cfs_buf *b,
 /* open(): copy what a stat() of PATH rendered into OUT if that was less
  * than RECENT_STAT_MS ago and the tree has not changed since. */
 static bool recent_for_open(const char *path, unsigned long generation,
-                            struct cfs_buf *out)
+                            struct cfs_buf *out, struct timespec *mtime)
 {
     bool found, hit = false;
     int64_t now = mono_ms();
@@ -105,6 +111,7 @@ static bool recent_for_open(const char *path, unsigned long generation,
     if (found && r->stat_ms && now - r->stat_ms <= RECENT_STAT_MS &&
         r->generation == generation) {
         cfs_buf_put(out, r->data, r->len);
+        *mtime = r->mtime;
         r->open_ms = now;
         hit = true;
     }
@@ -112,9 +119,10 @@ static bool recent_for_open(const char *path, unsigned long generation,
     return hit;
 }
 
-/* getattr(): the size an open() of PATH served less than RECENT_OPEN_MS
- * ago (an fstat() of the open file), if any. */
-static bool recent_for_fstat(const char *path, size_t *len)
+/* getattr(): the size and time of what an open() of PATH served less
+ * than RECENT_OPEN_MS ago (an fstat() of the open file), if any. */
+static bool recent_for_fstat(const char *path, size_t *len,
+                             struct timespec *mtime)
 {
     bool found, hit = false;
     int64_t now = mono_ms();
@@ -122,6 +130,7 @@ static bool recent_for_fstat(const char *path, size_t *len)
     struct recent *r = recent_slot(path, &found);
     if (found && r->open_ms && now - r->open_ms <= RECENT_OPEN_MS) {
         *len = r->len;
+        *mtime = r->mtime;
         hit = true;
     }
     pthread_mutex_unlock(&recent_lock);
@@ -142,6 +151,7 @@ void cfs_fs_forget_recent(void)
 struct handle {
     struct cfs_path path;
     struct cfs_buf content;
+    struct timespec mtime; /* of CONTENT, once rendered */
     bool rendered;
 };
 
@@ -182,6 +192,34 @@ static bool may_change(const struct cfs_fs *fs)
     return false;
 }
 
+static struct timespec now_real(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts;
+}
+
+/* The mtime of file PATH whose content is B (stamp.h). */
+static struct timespec file_mtime(struct cfs_fs *fs, const char *path,
+                                  const struct cfs_buf *b)
+{
+    return cfs_stamps_see(fs->stamps, path, b->data ? b->data : "", b->len,
+                          now_real());
+}
+
+/* The mtime of directory PATH (P) from its entries; 0 or -errno. */
+static int dir_mtime(struct cfs_fs *fs, const char *path,
+                     const struct cfs_path *p, struct timespec *mtime)
+{
+    _cleanup_strv_ char **names = NULL;
+    int r = cfs_engine_readdir(fs->engine, p, &names);
+    if (r < 0)
+        return r;
+    *mtime = cfs_stamps_see_names(fs->stamps, path, names, now_real());
+    return 0;
+}
+
+/* Every time of a node is its mtime: when what it shows last changed. */
 static int fs_getattr(const char *path, struct stat *st,
                       struct fuse_file_info *fi)
 {
@@ -191,23 +229,30 @@ static int fs_getattr(const char *path, struct stat *st,
     if (r < 0)
         return r;
     struct cfs_node_attr a = {.nlink = 1};
+    struct timespec mtime;
     struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
     if (h && h->rendered) {
         /* fstat() of an open file: the size of what it reads */
         a.size = h->content.len;
+        mtime = h->mtime;
     } else if (cfs_node_is_file(p.kind) && p.kind != CFS_NODE_WAIT &&
-               recent_for_fstat(path, &a.size)) {
+               recent_for_fstat(path, &a.size, &mtime)) {
         /* fstat() of a file just opened: the size of what it reads */
-    } else if (cfs_node_is_file(p.kind) && p.kind != CFS_NODE_WAIT) {
+    } else if (cfs_node_is_file(p.kind)) {
         _cleanup_buf_ struct cfs_buf b = {0};
         unsigned long gen = cfs_engine_generation(fs->engine);
         r = cfs_engine_read(fs->engine, &p, &b);
         if (r < 0)
             return r;
         a.size = b.len;
-        recent_put(path, &b, gen, false);
+        mtime = file_mtime(fs, path, &b);
+        /* an open() of `wait` blocks and renders later: nothing to keep */
+        if (p.kind != CFS_NODE_WAIT)
+            recent_put(path, &b, mtime, gen, false);
     } else {
         r = cfs_engine_getattr(fs->engine, &p, &a);
+        if (r == 0)
+            r = dir_mtime(fs, path, &p, &mtime);
         if (r < 0)
             return r;
     }
@@ -215,7 +260,7 @@ static int fs_getattr(const char *path, struct stat *st,
     st->st_uid = 0;
     st->st_gid = 0;
     st->st_nlink = a.nlink;
-    st->st_atime = st->st_mtime = st->st_ctime = fs->mounted_at;
+    st->st_atim = st->st_mtim = st->st_ctim = mtime;
     if (a.is_dir) {
         st->st_mode = S_IFDIR | 0555;
         if (p.kind == CFS_NODE_SNAPDIR) {
@@ -245,9 +290,12 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
     if (r < 0)
         return r;
     _cleanup_strv_ char **names = NULL;
-    r = cfs_engine_readdir(fs_get()->engine, &p, &names);
+    struct cfs_fs *fs = fs_get();
+    r = cfs_engine_readdir(fs->engine, &p, &names);
     if (r < 0)
         return r;
+    /* whoever lists the new entries has seen the directory change */
+    cfs_stamps_see_names(fs->stamps, path, names, now_real());
     filler(buf, ".", NULL, 0, 0);
     filler(buf, "..", NULL, 0, 0);
     for (char **n = names; n && *n; n++)
@@ -285,12 +333,14 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
     if (r == 0 && !cfs_node_is_file(h->path.kind))
         r = -EISDIR;
     if (r == 0 && h->path.kind != CFS_NODE_WAIT) {
-        struct cfs_engine *e = fs_get()->engine;
-        unsigned long gen = cfs_engine_generation(e);
-        if (!recent_for_open(path, gen, &h->content)) {
-            r = cfs_engine_read(e, &h->path, &h->content);
-            if (r == 0)
-                recent_put(path, &h->content, gen, true);
+        struct cfs_fs *fs = fs_get();
+        unsigned long gen = cfs_engine_generation(fs->engine);
+        if (!recent_for_open(path, gen, &h->content, &h->mtime)) {
+            r = cfs_engine_read(fs->engine, &h->path, &h->content);
+            if (r == 0) {
+                h->mtime = file_mtime(fs, path, &h->content);
+                recent_put(path, &h->content, h->mtime, gen, true);
+            }
         }
         h->rendered = true;
     }
@@ -315,13 +365,14 @@ static bool req_interrupted(void *arg)
 static int fs_read(const char *path, char *buf, size_t size, off_t off,
                    struct fuse_file_info *fi)
 {
-    (void)path;
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
     if (!h->rendered) {
-        int r = cfs_engine_wait(fs_get()->engine, h->path.dom, h->path.disk,
+        struct cfs_fs *fs = fs_get();
+        int r = cfs_engine_wait(fs->engine, h->path.dom, h->path.disk,
                                 req_interrupted, NULL, &h->content);
         if (r < 0)
             return r;
+        h->mtime = file_mtime(fs, path, &h->content);
         h->rendered = true;
     }
     if (off < 0 || (size_t)off >= h->content.len)

@@ -8,13 +8,14 @@
 #include <sys/types.h>
 
 #include "chainfs/engine.h"
+#include "chainfs/stamp.h"
 
 struct cfs_fs {
     struct cfs_engine *engine;
     struct fuse *fuse;         /* set once mounted, for invalidations */
     bool have_manage_group;
     gid_t manage_group;
-    time_t mounted_at;
+    struct cfs_stamps *stamps; /* every node's mtime (stamp.h) */
 };
 
 extern const struct fuse_operations cfs_fuse_ops;

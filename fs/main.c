@@ -313,6 +313,11 @@ static void options_free(struct options *o)
         free(o->nonopt[i]);
 }
 
+static void stamps_freep(struct cfs_stamps **s)
+{
+    *s = cfs_stamps_free(*s);
+}
+
 /* Everything main() does; main() frees what the options allocated. */
 static int run(struct fuse_args *args, struct options *o)
 {
@@ -345,7 +350,8 @@ static int run(struct fuse_args *args, struct options *o)
     if (check_mountpoint(mountpoint) < 0)
         return 1;
 
-    struct cfs_fs fs = {.mounted_at = time(NULL)};
+    _cleanup_(stamps_freep) struct cfs_stamps *stamps = NULL;
+    struct cfs_fs fs = {0};
     if (o->manage_group) {
         struct group *g = getgrnam(o->manage_group);
         if (!g) {
@@ -418,6 +424,10 @@ static int run(struct fuse_args *args, struct options *o)
         return 1;
     }
     fs.engine = engine;
+    /* every node is dated at the mount until what it shows changes */
+    struct timespec mounted_at;
+    clock_gettime(CLOCK_REALTIME, &mounted_at);
+    fs.stamps = stamps = cfs_stamps_new(mounted_at, 0);
 
     struct fuse *f = fuse_new(args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &fs);
     if (!f) {

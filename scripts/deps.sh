@@ -11,7 +11,7 @@ CHAINFS_PACKAGES=(
   libvirt-dev libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
   qemu-system-x86 qemu-utils qemu-block-extra
   libjson-c-dev libcmocka-dev libxml2-dev
-  jq python3
+  jq python3 rsync
 )
 
 deps_missing() {
