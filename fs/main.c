@@ -156,6 +156,24 @@ static char *default_state_dir(void)
     return cfs_xasprintf("%s/.local/state/chainfs", home ? home : "/tmp");
 }
 
+/* mkdir -p PATH: create each missing directory on the way with MODE
+ * (0700: a user's state is their own). 0 or -errno. */
+static int mkdir_parents(const char *path, mode_t mode)
+{
+    _cleanup_free_ char *p = cfs_xstrdup(path);
+    for (char *slash = strchr(p + 1, '/');; slash = strchr(slash + 1, '/')) {
+        if (slash)
+            *slash = '\0';
+        if (*p && mkdir(p, mode) < 0 && errno != EEXIST)
+            return -errno;
+        if (!slash)
+            return 0;
+        *slash = '/';
+        while (slash[1] == '/')
+            slash++;
+    }
+}
+
 /* Tell the waiting parent how start-up went. */
 static void report(int fd, int status, const char *msg)
 {
@@ -362,12 +380,32 @@ static int run(struct fuse_args *args, struct options *o)
         fs.have_manage_group = true;
         fs.manage_group = g->gr_gid;
     }
+    /* Without allow_other the kernel lets no one but the mounting user
+     * into the mount, so the group's members could not even look. */
+    _cleanup_free_ char *group_warning = NULL;
+    if (o->manage_group && !o->allow_other) {
+        group_warning = cfs_xasprintf(
+            "manage_group=%s has no effect without allow_other: only the user "
+            "who mounted can enter the mount (add -o allow_other)",
+            o->manage_group);
+        if (!o->foreground) /* the log goes to syslog: say it here too */
+            fprintf(stderr, "chainfs: warning: %s\n", group_warning);
+    }
     if (o->allow_other)
         fuse_opt_add_arg(args, "-odefault_permissions");
     if (o->debug)
         fuse_opt_add_arg(args, "-odebug");
-    if (!o->state_dir)
+    if (!o->state_dir) {
+        /* ~/.local/state may not exist yet: create it as mkdir -p would
+         * (an explicit state_dir is taken as given) */
         o->state_dir = default_state_dir();
+        int r = mkdir_parents(o->state_dir, 0700);
+        if (r < 0) {
+            fprintf(stderr, "chainfs: state directory %s: %s\n", o->state_dir,
+                    strerror(-r));
+            return 1;
+        }
+    }
     if (o->overlay_dir) {
         struct stat st;
         if (stat(o->overlay_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
@@ -398,6 +436,8 @@ static int run(struct fuse_args *args, struct options *o)
         setsid();
     }
     cfs_log_init(!o->foreground, o->debug);
+    if (group_warning)
+        log_warn("%s", group_warning);
 
     char abs_mnt[PATH_MAX];
     if (!realpath(mountpoint, abs_mnt))
