@@ -53,15 +53,20 @@ else:
 PY
 }
 
-# (other domains on this host come and go: only ours is looked at)
+# What a refusal must not change: the tree (only our domain: other domains
+# on this host come and go) and overlay_dir; libvirt's view is compared
+# once at the end (libvirt calls are slow on a busy host).
 world() {
   stat -c '%n %a %s %u %g %F' "$MNT"
   find "$MNT/$D" -printf '%p %m %s %u %g %y\n' | sort
   cat "$MNT/$D/vda/chain" "$S/s1/info"
   ls -l "$T/overlays"
+}
+libvirt_view() {
   it_virsh domblklist "$D"
   it_snapshot_names "$D"
 }
+libvirt_before=$(libvirt_view)
 
 # expect ERRNO OP PATH [ARG] — OP fails with ERRNO and changes nothing.
 expect() {
@@ -143,3 +148,4 @@ grep -qF 'snapshots/x\n2026-01-01T00:00:00.000Z chainfs info: forged refused (In
 it_log "ok: the refusal of a name with a newline is one log line, the newline escaped"
 
 it_assert_eq "s1" "$(it_snapshots "$D" vda)" "snapshots/ still lists s1 alone"
+it_assert_eq "$libvirt_before" "$(libvirt_view)" "libvirt's disks and snapshots did not change"
