@@ -372,7 +372,8 @@ static int fs_read(const char *path, char *buf, size_t size, off_t off,
                                 req_interrupted, NULL, &h->content);
         if (r < 0)
             return r;
-        h->mtime = file_mtime(fs, path, &h->content);
+        /* (no path without nullpath_ok, which we do not set) */
+        h->mtime = path ? file_mtime(fs, path, &h->content) : now_real();
         h->rendered = true;
     }
     if (off < 0 || (size_t)off >= h->content.len)
