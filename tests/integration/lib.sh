@@ -231,9 +231,10 @@ it_virt_type() {
 }
 
 # it_domain_xml NAME FILE... — a 64 MiB, 1-vCPU domain with no OS and one
-# virtio disk per FILE: vda, vdb, vdc, ... (format as qemu-img sees it).
+# virtio disk per FILE: vda, vdb, vdc, ... (format as qemu-img sees it; a
+# block device FILE makes a <disk type='block'>).
 it_domain_xml() {
-  local name=$1 f fmt letters=abcdefghij i=0
+  local name=$1 f fmt type src letters=abcdefghij i=0
   shift
   printf "<domain type='%s'>\n" "$(it_virt_type)"
   printf '  <name>%s</name>\n' "$name"
@@ -244,8 +245,10 @@ it_domain_xml() {
   printf '  <devices>\n'
   for f in "$@"; do
     fmt=$(it_image_format "$f")
-    printf "    <disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='%s'/><target dev='vd%s' bus='virtio'/></disk>\n" \
-      "$fmt" "$f" "${letters:i:1}"
+    type=file src=file
+    [ -b "$f" ] && type=block src=dev
+    printf "    <disk type='%s' device='disk'><driver name='qemu' type='%s'/><source %s='%s'/><target dev='vd%s' bus='virtio'/></disk>\n" \
+      "$type" "$fmt" "$src" "$f" "${letters:i:1}"
     i=$((i + 1))
   done
   printf '  </devices>\n</domain>\n'
@@ -346,9 +349,12 @@ it_guest_write() {
 
 # it_mount [EXTRA_OPTS] — start chainfs in the foreground (in the
 # background of this script) on $T/mnt; wait until it is mounted.
+# IT_OVERLAY_DIR (default $T/overlays) is its overlay_dir; set it empty
+# for a mount without one.
 # shellcheck disable=SC2120 # EXTRA_OPTS is optional
 it_mount() {
-  local opts="state_dir=$T/state,overlay_dir=$T/overlays" i
+  local opts="state_dir=$T/state" i
+  [ -z "${IT_OVERLAY_DIR-$T/overlays}" ] || opts="$opts,overlay_dir=${IT_OVERLAY_DIR-$T/overlays}"
   [ -n "${1:-}" ] && opts="$opts,$1"
   MNT="$T/mnt"
   mkdir -p "$MNT"
