@@ -141,6 +141,31 @@ static bool msg_has(const char *msg, const char *needle)
     return msg && strcasestr(msg, needle);
 }
 
+/* QEMU's image locking: another process (a second QEMU, qemu-img,
+ * qemu-io, ...) holds the image in a way that excludes us:
+ * 'Failed to get "write" lock', 'Failed to get shared "write" lock',
+ * 'Failed to get shared "consistent read" lock'. */
+static bool msg_is_lock(const char *msg)
+{
+    return msg_has(msg, "Failed to get") && msg_has(msg, " lock");
+}
+
+/* R, with the current error message made to name the image when it is a
+ * locking failure: IMAGE, or "IMAGE or OTHER" when either may be the one
+ * (libvirt passes QEMU's message on without QEMU's hint that names the
+ * file, and the lock QEMU names does not tell which image it was). */
+static int lv_name_locked_image(int r, const char *image, const char *other)
+{
+    const char *msg = cfs_backend_errmsg();
+
+    if (r != -EBUSY || !msg_is_lock(msg))
+        return r;
+    _cleanup_free_ char *copy = cfs_xstrdup(msg);
+    cfs_backend_set_errmsg("image %s%s%s is in use by another process: %s", image,
+                           other ? " or " : "", other ? other : "", copy);
+    return r;
+}
+
 /* The one place libvirt errors become errno (backend.h's table). CONN, if
  * given, tells a dead connection apart from other failures. */
 static int lv_error(virConnectPtr conn)
@@ -185,6 +210,10 @@ static int lv_error(virConnectPtr conn)
     /* "disk 'vda' already in active block job" (OPERATION_UNSUPPORTED) */
     if (code == VIR_ERR_BLOCK_COPY_ACTIVE || msg_has(msg, "block job") ||
         msg_has(msg, "in use") || msg_has(msg, "already active"))
+        return -EBUSY;
+    /* "unable to execute QEMU command 'block-commit': Failed to get
+     * "write" lock": another process holds the image */
+    if (msg_is_lock(msg))
         return -EBUSY;
     /* "domain moment s1 already exists" (OPERATION_FAILED) */
     if (msg_has(msg, "exists"))
@@ -977,7 +1006,7 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
         r = -EIO;
     } else {
         snap = virDomainSnapshotCreateXML(dom, snap_xml, flags);
-        r = snap ? 0 : lv_error(conn);
+        r = snap ? 0 : lv_name_locked_image(lv_error(conn), overlay, NULL);
     }
     /* ours to remove, unless libvirt took it after all (a failure after
      * the switch, e.g. saving the metadata): never a file in a chain */
@@ -1033,8 +1062,11 @@ static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
-    if (virDomainBlockCommit(dom, disk, base, top, 0, flags) < 0)
-        return lv_error(conn);
+    if (virDomainBlockCommit(dom, disk, base, top, 0, flags) < 0) {
+        /* QEMU says 'Failed to get "write" lock' both when BASE and
+         * when TOP is held by another process */
+        return lv_name_locked_image(lv_error(conn), base, top);
+    }
     return 0;
 }
 
@@ -1112,8 +1144,32 @@ static void fdp(int *fd)
         close(*fd);
 }
 
-/* Run qemu-img with ARGV (no shell). Its stderr becomes the error
- * message; -ENOSPC if it ran out of space, -EIO for any other failure. */
+/* The image named by qemu-img's locking hint ("Is another process using
+ * the image [NAME]?") in ERR, made absolute against the directory of
+ * IMAGE (the file qemu-img was given: a backing file's relative name is
+ * relative to it); IMAGE itself when the hint is missing. */
+static char *qemu_img_locked_image(const char *err, const char *image)
+{
+    const char *p = strstr(err, "using the image [");
+    const char *end;
+
+    if (!p)
+        return cfs_xstrdup(image);
+    p += strlen("using the image [");
+    end = strchr(p, ']');
+    if (!end || end == p)
+        return cfs_xstrdup(image);
+    int len = (int)(end - p);
+    const char *slash = strrchr(image, '/');
+    if (*p == '/' || !slash)
+        return cfs_xasprintf("%.*s", len, p);
+    return cfs_xasprintf("%.*s/%.*s", (int)(slash - image), image, len, p);
+}
+
+/* Run qemu-img with ARGV (no shell); the image it works on is the last
+ * argument. Its stderr becomes the error message; -ENOSPC if it ran out
+ * of space, -EBUSY if another process holds an image (QEMU's locking;
+ * the message names that image), -EIO for any other failure. */
 static int lv_run_qemu_img(char *const argv[])
 {
     _cleanup_(fdp) int rfd = -1;
@@ -1172,6 +1228,14 @@ static int lv_run_qemu_img(char *const argv[])
         cfs_backend_set_errmsg("%s", err);
     else
         cfs_backend_set_errmsg("%s %s failed (status %d)", argv[0], argv[1], status);
+    if (msg_is_lock(err)) {
+        size_t n = 0;
+
+        while (argv[n + 1])
+            n++;
+        _cleanup_free_ char *image = qemu_img_locked_image(err, argv[n]);
+        return lv_name_locked_image(-EBUSY, image, NULL);
+    }
     return msg_has(err, "No space left") ? -ENOSPC : -EIO;
 }
 
