@@ -141,6 +141,18 @@ static bool msg_has(const char *msg, const char *needle)
     return msg && strcasestr(msg, needle);
 }
 
+/* The same path, or the same file by identity (st_dev + st_ino). */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    if (cfs_streq(a, b))
+        return true;
+    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
+        return false;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 /* QEMU's image locking: another process (a second QEMU, qemu-img,
  * qemu-io, ...) holds the image in a way that excludes us:
  * 'Failed to get "write" lock', 'Failed to get shared "write" lock',
@@ -751,6 +763,19 @@ static void lv_snap_cache_clear(struct lv_snap_cache *c)
     cfs_strv_free(c->sources);
 }
 
+/* Forget what is cached of snapshot NAME of domain UUID (its disks
+ * changed, or it is gone and a later one of that name may name others). */
+static void lv_snap_cache_drop(struct lv_backend *b, const char *uuid,
+                               const char *name)
+{
+    struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
+
+    if (!c)
+        return;
+    lv_snap_cache_clear(c);
+    *c = b->snaps[--b->n_snaps];
+}
+
 /* Forget every cached snapshot of domain UUID not seen by this re-read. */
 static void lv_snap_cache_prune(struct lv_backend *b, const char *uuid)
 {
@@ -1015,37 +1040,89 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
     return r;
 }
 
+/* Whether some disk of snapshot SX still names a layer of that disk's
+ * chain in X. */
+static bool lv_snap_names_a_layer(const struct cfs_snapxml *sx,
+                                  const struct cfs_domxml *x)
+{
+    for (size_t k = 0; k < sx->n_disks; k++) {
+        const struct cfs_disk *disk = cfs_domain_find_disk(x->domain, sx->disks[k].target);
+
+        for (size_t l = 0; disk && l < disk->n_layers; l++)
+            if (same_file(disk->layers[l].path, sx->disks[k].source))
+                return true;
+    }
+    return false;
+}
+
+/* DISK's layer of snapshot NAME was merged away. libvirt keeps a
+ * snapshot's metadata as a whole (one <domainsnapshot> for all its
+ * disks), so: the snapshot XML is rewritten with DISK snapshot='no' and
+ * redefined (VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE: it stays listed, keeps
+ * its parent, creation time, <domain> copy and, without _CREATE_CURRENT,
+ * whether it is the current snapshot); when no disk of it names a layer
+ * still in a chain any more, the metadata goes (METADATA_ONLY). */
 static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
-                              const char *name)
+                              const char *disk, const char *name)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
     _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr redefined = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    _cleanup_(cfs_snapxml_clear) struct cfs_snapxml sx = {0};
+    _cleanup_free_ char *snap_xml = NULL, *new_xml = NULL, *dom_xml = NULL;
+    struct lv_backend *b = lv(be);
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    bool named;
     int r;
 
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup(b, dom_name, &conn, &dom);
     if (r < 0)
         return r;
     snap = virDomainSnapshotLookupByName(dom, name, 0);
     if (!snap)
         return lv_error(conn);
-    if (virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0)
+    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
+    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!snap_xml)
         return lv_error(conn);
+    r = cfs_domxml_snapshot_drop_disk(snap_xml, disk, &new_xml);
+    if ((r < 0 && r != -ENOENT) ||
+        cfs_domxml_parse_snapshot(new_xml ? new_xml : snap_xml, &sx) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
+                               name, dom_name);
+        return -EIO;
+    }
+    dom_xml = virDomainGetXMLDesc(dom, 0);
+    if (!dom_xml)
+        return lv_error(conn);
+    if (cfs_domxml_parse(dom_xml, &x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    lv_complete_chains(NULL, &x, virDomainIsActive(dom) == 1);
+    named = lv_snap_names_a_layer(&sx, &x);
 
-    /* a snapshot of the same name made later may name another file */
-    struct lv_backend *b = lv(be);
-    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    /* under snap_lock, so that no re-read caches the old disk list after
+     * the change: the entry is dropped and fetched again */
     virDomainGetUUIDString(dom, uuid);
     pthread_mutex_lock(&b->snap_lock);
-    struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
-    if (c)
-        c->seen = false;
-    for (size_t i = 0; i < b->n_snaps; i++)
-        if (&b->snaps[i] != c && strcmp(b->snaps[i].uuid, uuid) == 0)
-            b->snaps[i].seen = true;
-    lv_snap_cache_prune(b, uuid);
+    if (!named) {
+        if (virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0)
+            r = lv_error(conn);
+        else
+            r = 0;
+    } else if (new_xml) {
+        redefined = virDomainSnapshotCreateXML(dom, new_xml,
+                                               VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
+        r = redefined ? 0 : lv_error(conn);
+    } else {
+        r = 0; /* DISK was not in it: nothing to change */
+    }
+    lv_snap_cache_drop(b, uuid, name);
     pthread_mutex_unlock(&b->snap_lock);
-    return 0;
+    return r;
 }
 
 /* ---- live block jobs ---------------------------------------------------- */
@@ -1237,17 +1314,6 @@ static int lv_run_qemu_img(char *const argv[])
         return lv_name_locked_image(-EBUSY, image, NULL);
     }
     return msg_has(err, "No space left") ? -ENOSPC : -EIO;
-}
-
-static bool same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-
-    if (cfs_streq(a, b))
-        return true;
-    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
-        return false;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 static const char *fmt_or(const char *fmt, const char *dflt)

@@ -643,7 +643,7 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
                  strerror(errno));
 
     if (job.meta_name) {
-        int r = e->be->ops->snapshot_forget(e->be, dom, job.meta_name);
+        int r = e->be->ops->snapshot_forget(e->be, dom, disk, job.meta_name);
         if (r < 0 && r != -ENOENT)
             log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
                      job.meta_name, errmsg_or(strerror(-r)));
