@@ -847,6 +847,30 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
     return 0;
 }
 
+/* The one place a layer's sizes come from stat() of its image path (and,
+ * through cfs_image_fill_sizes, its header): meaningful only where the
+ * images are local files. FROM_LIBVIRT: domstats gave the layer's figures;
+ * only its allocation is replaced, for a regular file: domstats'
+ * allocation is QEMU's highest written offset of this run (0 for every
+ * backing layer, raw or qcow2, and for an active layer not yet written),
+ * not the data the layer holds, which for a file is st_blocks * 512 (what
+ * a shut-off domain shows, and qemu-img's actual-size). A block device
+ * keeps libvirt's figure. Otherwise every size is filled from the file;
+ * PROBE: read the header for the virtual size. */
+static void lv_fill_local_sizes(struct cfs_layer *l, bool from_libvirt, bool probe)
+{
+    struct stat st;
+
+    if (!from_libvirt) {
+        cfs_image_fill_sizes(l, probe);
+        return;
+    }
+    if (!l->path || cfs_image_name_is_protocol(l->path))
+        return;
+    if (stat(l->path, &st) == 0 && S_ISREG(st.st_mode))
+        l->allocation = (uint64_t)st.st_blocks * 512;
+}
+
 /* Domain XML -> struct cfs_domxml with full chains and sizes. LIVE: the
  * domain runs (chains and sizes come from libvirt only); otherwise chains
  * are completed from the image headers. */
@@ -868,8 +892,7 @@ static void lv_complete_chains(virDomainPtr dom, struct cfs_domxml *x, bool live
         if (!live && !x->disks[i].chain_complete)
             (void)cfs_image_extend_chain(disk);
         for (size_t l = 0; l < listed[i]; l++)
-            if (!matched[i][l])
-                cfs_image_fill_sizes(&disk->layers[l], !live);
+            lv_fill_local_sizes(&disk->layers[l], matched[i][l], !live);
         free(matched[i]);
     }
     free(matched);
