@@ -1546,11 +1546,14 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         r = -EROFS;
         why = dk->readonly ? "the disk is read-only"
               : dk->shareable ? "the disk is shareable" : "the disk has no source";
-    } else if (dk->layers[0].is_block && !e->overlay_dir) {
+    } else if (!e->overlay_dir &&
+               (dk->layers[0].is_block ||
+                (dk->layers[0].path && strncmp(dk->layers[0].path, "/dev/", 5) == 0))) {
         /* beside the active image would be /dev: never create files there */
         r = -EROFS;
-        why = "the disk's active layer is a block device; start chainfs "
-              "with -o overlay_dir=DIR to give its overlays a directory";
+        why = "the disk's active layer is a block device (or in /dev), beside "
+              "which no overlay is created; start chainfs with "
+              "-o overlay_dir=DIR to give its overlays a directory";
     } else {
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
         if (cfs_job_state_in_progress(s->job.state)) {
