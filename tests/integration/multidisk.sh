@@ -11,6 +11,8 @@
 #      named sB in vda/snapshots/; its rmdir removes sB from libvirt;
 #   3. rmdir vdb/snapshots/sA merges the last disk of sA: libvirt no
 #      longer lists sA;
+#   4. the same with the domain shut off (offline merges): sC over both
+#      disks stays for vdb after vda's layer is merged, goes after vdb's;
 # the patterns written before and by the guest into each layer read back.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -83,3 +85,31 @@ it_check_pattern "$vda" 0x12 1M 1M
 it_check_pattern "$vda" 0x13 2M 1M
 it_check_pattern "$vdb" 0x21 0 1M
 it_check_pattern "$vdb" 0x22 1M 1M
+
+# --- 4. shut off: offline merges -------------------------------------------------------
+it_destroy "$D"
+it_wait_until 20 "chainfs sees the domain shut off" grep -q '^state: *shutoff$' "$MNT/$D/vda/chain"
+it_virsh snapshot-create-as "$D" sC --disk-only --atomic \
+  --diskspec "vda,file=$T/vda.sC.qcow2" --diskspec "vdb,file=$T/vdb.sC.qcow2" >/dev/null ||
+  it_fail "virsh snapshot-create-as sC (shut off)"
+it_write_pattern "$T/vda.sC.qcow2" 0x14 3M 1M
+it_write_pattern "$T/vdb.sC.qcow2" 0x24 3M 1M
+it_wait_until 20 "vda/snapshots/ shows sC" snaps_are vda sC
+it_wait_until 20 "vdb/snapshots/ shows sC" snaps_are vdb sC
+rmdir "$MNT/$D/vda/snapshots/sC" || it_fail "rmdir vda/snapshots/sC (shut off)"
+out=$(it_wait_job "$D" vda)
+it_assert_eq "offline-commit completed" "$(jq -r '"\(.type) \(.state)"' "$MNT/$D/vda/job.json")" "the offline merge of vda's layer completed"
+it_assert_eq "$vda" "$(it_domblk "$D" vda)" "vda is on its base again"
+it_assert_eq "sC" "$(it_snapshot_names "$D")" "virsh snapshot-list still lists sC"
+it_wait_until 20 "vdb/snapshots/ still shows sC" snaps_are vdb sC
+it_log "ok: vdb's layer keeps its name sC"
+rmdir "$MNT/$D/vdb/snapshots/sC" || it_fail "rmdir vdb/snapshots/sC (shut off)"
+out=$(it_wait_job "$D" vdb)
+it_assert_eq "offline-commit completed" "$(jq -r '"\(.type) \(.state)"' "$MNT/$D/vdb/job.json")" "the offline merge of vdb's layer completed"
+it_assert_eq "$vdb" "$(it_domblk "$D" vdb)" "vdb is on its base again"
+it_assert_eq "" "$(it_snapshot_names "$D")" "virsh snapshot-list no longer lists sC"
+it_assert_eq "" "$(it_snapshots "$D" vdb)" "vdb/snapshots/ is empty"
+it_check_pattern "$vda" 0x14 3M 1M
+it_check_pattern "$vdb" 0x24 3M 1M
+it_check_pattern "$vda" 0x11 0 1M
+it_check_pattern "$vdb" 0x21 0 1M
