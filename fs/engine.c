@@ -593,8 +593,9 @@ static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
                      uint64_t id, enum cfs_job_state st, const char *why);
 
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
- * delete it (unless kept or still used anywhere), drop its metadata, close
- * the journal entry. Returns false if TOP is still in the chain (libvirt
+ * delete it (unless kept or still used anywhere), make libvirt's snapshot
+ * metadata stop naming it (snapshot_forget: the snapshot's other disks keep
+ * theirs), close the journal entry. Returns false if TOP is still in the chain (libvirt
  * may not have updated the XML yet: the caller retries). */
 static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
                        uint64_t id)
