@@ -1215,8 +1215,9 @@ static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
         return r;
     if (virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0) {
         r = lv_error(conn);
-        /* a job that exists but refuses to pivot is not ready yet */
-        return r == -EBUSY ? -EAGAIN : r;
+        /* a job that exists but refuses to pivot is not ready yet; an image
+         * another process holds will not become ready by waiting */
+        return r == -EBUSY && !msg_is_lock(cfs_backend_errmsg()) ? -EAGAIN : r;
     }
     return 0;
 }
