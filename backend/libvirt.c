@@ -17,6 +17,8 @@
  * from domstats with backing; a shut-off domain's chain is walked from the
  * image headers (qcow2.c), which no QEMU has open then. The offline commit
  * runs qemu-img, since libvirt has no API for it. */
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -160,6 +162,59 @@ static bool same_file(const char *a, const char *b)
 static bool msg_is_lock(const char *msg)
 {
     return msg_has(msg, "Failed to get") && msg_has(msg, " lock");
+}
+
+static void dirp(DIR **d)
+{
+    if (*d)
+        closedir(*d);
+}
+
+/* Which of A and B (a merge's top and base) some process has open without
+ * the other: the domain's own QEMU has both open, a qemu-io, qemu-img or
+ * backup tool holding one image, or the QEMU of another domain sharing it,
+ * has only that one. Bit 0: A, bit 1: B. Scans /proc/PID/fd by file
+ * identity, so it only means something for local images. */
+static unsigned lv_local_lone_holders(const char *a, const char *b)
+{
+    _cleanup_(dirp) DIR *proc = opendir("/proc");
+    struct stat sa, sb;
+    struct dirent *pe;
+    unsigned found = 0;
+
+    if (!proc || stat(a, &sa) < 0 || stat(b, &sb) < 0)
+        return 0;
+    while ((pe = readdir(proc))) {
+        _cleanup_free_ char *sub = NULL;
+        struct dirent *fe;
+        unsigned has = 0;
+        int dfd;
+
+        if (!isdigit((unsigned char)pe->d_name[0]) || atoi(pe->d_name) == getpid())
+            continue;
+        sub = cfs_xasprintf("%s/fd", pe->d_name);
+        dfd = openat(dirfd(proc), sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+            continue;
+        _cleanup_(dirp) DIR *fds = fdopendir(dfd);
+        if (!fds) {
+            close(dfd);
+            continue;
+        }
+        while ((fe = readdir(fds))) {
+            struct stat st;
+
+            if (fe->d_name[0] == '.' || fstatat(dirfd(fds), fe->d_name, &st, 0) < 0)
+                continue;
+            if (st.st_dev == sa.st_dev && st.st_ino == sa.st_ino)
+                has |= 1;
+            if (st.st_dev == sb.st_dev && st.st_ino == sb.st_ino)
+                has |= 2;
+        }
+        if (has == 1 || has == 2)
+            found |= has;
+    }
+    return found;
 }
 
 /* R, with the current error message made to name the image when it is a
@@ -1163,9 +1218,20 @@ static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
     if (r < 0)
         return r;
     if (virDomainBlockCommit(dom, disk, base, top, 0, flags) < 0) {
-        /* QEMU says 'Failed to get "write" lock' both when BASE and
-         * when TOP is held by another process */
-        return lv_name_locked_image(lv_error(conn), base, top);
+        r = lv_error(conn);
+        if (r != -EBUSY || !msg_is_lock(cfs_backend_errmsg()))
+            return r;
+        /* QEMU says 'Failed to get "write" lock' both when BASE and when
+         * TOP is held by another process, and libvirt drops QEMU's hint
+         * that names it: look for the holder, else name both */
+        switch (lv_local_lone_holders(top, base)) {
+        case 1:
+            return lv_name_locked_image(r, top, NULL);
+        case 2:
+            return lv_name_locked_image(r, base, NULL);
+        default:
+            return lv_name_locked_image(r, base, top);
+        }
     }
     return 0;
 }

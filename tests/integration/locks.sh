@@ -3,12 +3,12 @@
 # read-only, as a backup tool or a second QEMU would): QEMU's image
 # locking refuses the merge, and chainfs says EBUSY and names the image.
 #   1. running, rmdir of a middle layer while the base is held: QEMU's
-#      'Failed to get "write" lock' -> rmdir EBUSY naming the base;
+#      'Failed to get "write" lock' -> rmdir EBUSY naming the base (found
+#      by looking for the process that has it open without the top);
 #   2. running, rmdir of the active layer while the layer below is held:
 #      EBUSY naming that layer;
-#   3. running, rmdir of a middle layer while that layer itself is held:
-#      QEMU's 'Failed to get shared "consistent read" lock' -> EBUSY
-#      naming it;
+#   3. running, rmdir of a middle layer while that layer itself is held
+#      (and, by qemu-io, its backing file): EBUSY naming both images;
 #   4. shut off, rmdir of a middle layer while the base is held: the
 #      offline merge (qemu-img commit) fails, the job's error names the
 #      base as in use by another process;
@@ -71,35 +71,36 @@ world() {
   it_chain "$s2"
 }
 
-# busy NAME HELD — rmdir snapshots/NAME is EBUSY while HELD is held, the
-# log line and the job's error name HELD, and nothing changed.
+# busy NAME HELD NAMED — rmdir snapshots/NAME is EBUSY while HELD is held;
+# the log line and the job's error say "image NAMED is in use by another
+# process" and carry QEMU's message; nothing changed.
 busy() {
-  local before err line
+  local before err line want="image $3 is in use by another process"
   before=$(world)
   it_expect_errno EBUSY rmdir "$S/$1"
-  line=$(grep -F "rmdir $D/vda/snapshots/$1 failed (Device or resource busy): image " "$IT_LOG" | tail -n 1)
-  it_assert_contains "$line" "$2" "the log line names $(it_short "$2")"
-  it_assert_contains "$line" "is in use by another process: " "the log line says another process holds it"
+  line=$(grep -F "rmdir $D/vda/snapshots/$1 failed (Device or resource busy): " "$IT_LOG" | tail -n 1)
+  it_assert_contains "$line" "$want: " "the log line says: $(it_short "$want")"
   it_assert_contains "$line" "Failed to get" "the log line carries QEMU's message"
   err=$(sed -n 's/^error: *//p' "$MNT/$D/vda/job")
-  it_assert_contains "$err" "$2" "job's error names $(it_short "$2")"
-  it_assert_contains "$err" "is in use by another process" "job's error says another process holds it"
+  it_assert_contains "$err" "$want" "job's error says the same"
   it_assert_eq "$before" "$(world)" "rmdir $1 changed nothing"
 }
 
 # --- 1. middle layer, base held: "write" lock -----------------------------------------
 hold "$base"
-busy s1 "$base"
+busy s1 "$base" "$base"
 release
 
 # --- 2. active layer, the layer below held: "write" lock -----------------------------
 hold "$s1"
-busy s2 "$s1"
+busy s2 "$s1" "$s1"
 release
 
-# --- 3. middle layer held itself: shared "consistent read" lock ---------------------
+# --- 3. middle layer held itself --------------------------------------------------------
+# (qemu-io opens s1's backing file too, and its locks there keep QEMU from
+# writing the base: either image may be the one, and both are named)
 hold "$s1"
-busy s1 "$s1"
+busy s1 "$s1" "$base or $s1"
 release
 
 # --- 4. shut off: qemu-img commit, base held --------------------------------------------
