@@ -463,3 +463,31 @@ int cfs_domxml_drop_backing_store(const char *xml, const char *target,
     *out = dump(doc);
     return *out ? 0 : -EINVAL;
 }
+
+int cfs_domxml_snapshot_drop_disk(const char *xml, const char *target,
+                                  char **out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    xmlNode *root, *disk = NULL;
+
+    *out = NULL;
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domainsnapshot"))
+        return -EINVAL;
+    for (xmlNode *c = child(child(root, "disks"), "disk"); c && !disk; c = c->next)
+        if (is_elem(c, "disk") && prop_is(c, "name", target))
+            disk = c;
+    if (!disk)
+        return -ENOENT;
+
+    while (disk->children) {
+        xmlNode *c = disk->children;
+
+        xmlUnlinkNode(c);
+        xmlFreeNode(c);
+    }
+    xmlUnsetProp(disk, (const xmlChar *)"type");
+    set_prop(disk, "snapshot", "no");
+    *out = dump(doc);
+    return *out ? 0 : -EINVAL;
+}

@@ -83,3 +83,10 @@ int cfs_domxml_set_disk_source(const char *xml, const char *target,
  * was any; *OUT is the whole new domain XML. */
 int cfs_domxml_drop_backing_store(const char *xml, const char *target,
                                   char **out, bool *changed);
+
+/* Snapshot XML: make disk TARGET of <disks> snapshot='no' (its overlay no
+ * longer named), keeping everything else, the <domain> copy included, as
+ * VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE wants it. *OUT is the whole new
+ * snapshot XML. */
+int cfs_domxml_snapshot_drop_disk(const char *xml, const char *target,
+                                  char **out);

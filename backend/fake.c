@@ -477,12 +477,15 @@ out:
     return r;
 }
 
+/* As the libvirt backend: DISK's layers stop carrying NAME; the snapshot
+ * itself goes once no layer of any disk carries it. */
 static int fake_snapshot_forget(struct cfs_backend *be, const char *dom,
-                                const char *name)
+                                const char *disk, const char *name)
 {
     struct fake *f = fake_of(be);
     struct cfs_domain *d;
     size_t n, k = 0;
+    bool named = false;
     int r;
 
     pthread_mutex_lock(&f->lock);
@@ -500,6 +503,21 @@ static int fake_snapshot_forget(struct cfs_backend *be, const char *dom,
         r = -ENOENT;
         goto out;
     }
+    for (size_t i = 0; i < d->n_disks; i++)
+        for (size_t l = 0; l < d->disks[i].n_layers; l++) {
+            struct cfs_layer *layer = &d->disks[i].layers[l];
+
+            if (!cfs_streq(layer->meta_name, name))
+                continue;
+            if (cfs_streq(d->disks[i].target, disk)) {
+                free(layer->meta_name);
+                layer->meta_name = NULL;
+            } else {
+                named = true;
+            }
+        }
+    if (named)
+        goto out;
     n = cfs_strv_len(d->snapshots);
     for (size_t i = 0; i < n; i++) {
         if (cfs_streq(d->snapshots[i], name))
@@ -508,15 +526,6 @@ static int fake_snapshot_forget(struct cfs_backend *be, const char *dom,
             d->snapshots[k++] = d->snapshots[i];
     }
     d->snapshots[k] = NULL;
-    for (size_t i = 0; i < d->n_disks; i++)
-        for (size_t l = 0; l < d->disks[i].n_layers; l++) {
-            struct cfs_layer *layer = &d->disks[i].layers[l];
-
-            if (cfs_streq(layer->meta_name, name)) {
-                free(layer->meta_name);
-                layer->meta_name = NULL;
-            }
-        }
 out:
     pthread_mutex_unlock(&f->lock);
     return r;

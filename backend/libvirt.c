@@ -17,6 +17,8 @@
  * from domstats with backing; a shut-off domain's chain is walked from the
  * image headers (qcow2.c), which no QEMU has open then. The offline commit
  * runs qemu-img, since libvirt has no API for it. */
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -141,6 +143,96 @@ static bool msg_has(const char *msg, const char *needle)
     return msg && strcasestr(msg, needle);
 }
 
+/* The same path, or the same file by identity (st_dev + st_ino). */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    if (cfs_streq(a, b))
+        return true;
+    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
+        return false;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* QEMU's image locking: another process (a second QEMU, qemu-img,
+ * qemu-io, ...) holds the image in a way that excludes us:
+ * 'Failed to get "write" lock', 'Failed to get shared "write" lock',
+ * 'Failed to get shared "consistent read" lock'. */
+static bool msg_is_lock(const char *msg)
+{
+    return msg_has(msg, "Failed to get") && msg_has(msg, " lock");
+}
+
+static void dirp(DIR **d)
+{
+    if (*d)
+        closedir(*d);
+}
+
+/* Which of A and B (a merge's top and base) some process has open without
+ * the other: the domain's own QEMU has both open, a qemu-io, qemu-img or
+ * backup tool holding one image, or the QEMU of another domain sharing it,
+ * has only that one. Bit 0: A, bit 1: B. Scans /proc/PID/fd by file
+ * identity, so it only means something for local images. */
+static unsigned lv_local_lone_holders(const char *a, const char *b)
+{
+    _cleanup_(dirp) DIR *proc = opendir("/proc");
+    struct stat sa, sb;
+    struct dirent *pe;
+    unsigned found = 0;
+
+    if (!proc || stat(a, &sa) < 0 || stat(b, &sb) < 0)
+        return 0;
+    while ((pe = readdir(proc))) {
+        _cleanup_free_ char *sub = NULL;
+        struct dirent *fe;
+        unsigned has = 0;
+        int dfd;
+
+        if (!isdigit((unsigned char)pe->d_name[0]) || atoi(pe->d_name) == getpid())
+            continue;
+        sub = cfs_xasprintf("%s/fd", pe->d_name);
+        dfd = openat(dirfd(proc), sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0)
+            continue;
+        _cleanup_(dirp) DIR *fds = fdopendir(dfd);
+        if (!fds) {
+            close(dfd);
+            continue;
+        }
+        while ((fe = readdir(fds))) {
+            struct stat st;
+
+            if (fe->d_name[0] == '.' || fstatat(dirfd(fds), fe->d_name, &st, 0) < 0)
+                continue;
+            if (st.st_dev == sa.st_dev && st.st_ino == sa.st_ino)
+                has |= 1;
+            if (st.st_dev == sb.st_dev && st.st_ino == sb.st_ino)
+                has |= 2;
+        }
+        if (has == 1 || has == 2)
+            found |= has;
+    }
+    return found;
+}
+
+/* R, with the current error message made to name the image when it is a
+ * locking failure: IMAGE, or "IMAGE or OTHER" when either may be the one
+ * (libvirt passes QEMU's message on without QEMU's hint that names the
+ * file, and the lock QEMU names does not tell which image it was). */
+static int lv_name_locked_image(int r, const char *image, const char *other)
+{
+    const char *msg = cfs_backend_errmsg();
+
+    if (r != -EBUSY || !msg_is_lock(msg))
+        return r;
+    _cleanup_free_ char *copy = cfs_xstrdup(msg);
+    cfs_backend_set_errmsg("image %s%s%s is in use by another process: %s", image,
+                           other ? " or " : "", other ? other : "", copy);
+    return r;
+}
+
 /* The one place libvirt errors become errno (backend.h's table). CONN, if
  * given, tells a dead connection apart from other failures. */
 static int lv_error(virConnectPtr conn)
@@ -185,6 +277,10 @@ static int lv_error(virConnectPtr conn)
     /* "disk 'vda' already in active block job" (OPERATION_UNSUPPORTED) */
     if (code == VIR_ERR_BLOCK_COPY_ACTIVE || msg_has(msg, "block job") ||
         msg_has(msg, "in use") || msg_has(msg, "already active"))
+        return -EBUSY;
+    /* "unable to execute QEMU command 'block-commit': Failed to get
+     * "write" lock": another process holds the image */
+    if (msg_is_lock(msg))
         return -EBUSY;
     /* "domain moment s1 already exists" (OPERATION_FAILED) */
     if (msg_has(msg, "exists"))
@@ -722,6 +818,19 @@ static void lv_snap_cache_clear(struct lv_snap_cache *c)
     cfs_strv_free(c->sources);
 }
 
+/* Forget what is cached of snapshot NAME of domain UUID (its disks
+ * changed, or it is gone and a later one of that name may name others). */
+static void lv_snap_cache_drop(struct lv_backend *b, const char *uuid,
+                               const char *name)
+{
+    struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
+
+    if (!c)
+        return;
+    lv_snap_cache_clear(c);
+    *c = b->snaps[--b->n_snaps];
+}
+
 /* Forget every cached snapshot of domain UUID not seen by this re-read. */
 static void lv_snap_cache_prune(struct lv_backend *b, const char *uuid)
 {
@@ -793,6 +902,30 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
     return 0;
 }
 
+/* The one place a layer's sizes come from stat() of its image path (and,
+ * through cfs_image_fill_sizes, its header): meaningful only where the
+ * images are local files. FROM_LIBVIRT: domstats gave the layer's figures;
+ * only its allocation is replaced, for a regular file: domstats'
+ * allocation is QEMU's highest written offset of this run (0 for every
+ * backing layer, raw or qcow2, and for an active layer not yet written),
+ * not the data the layer holds, which for a file is st_blocks * 512 (what
+ * a shut-off domain shows, and qemu-img's actual-size). A block device
+ * keeps libvirt's figure. Otherwise every size is filled from the file;
+ * PROBE: read the header for the virtual size. */
+static void lv_fill_local_sizes(struct cfs_layer *l, bool from_libvirt, bool probe)
+{
+    struct stat st;
+
+    if (!from_libvirt) {
+        cfs_image_fill_sizes(l, probe);
+        return;
+    }
+    if (!l->path || cfs_image_name_is_protocol(l->path))
+        return;
+    if (stat(l->path, &st) == 0 && S_ISREG(st.st_mode))
+        l->allocation = (uint64_t)st.st_blocks * 512;
+}
+
 /* Domain XML -> struct cfs_domxml with full chains and sizes. LIVE: the
  * domain runs (chains and sizes come from libvirt only); otherwise chains
  * are completed from the image headers. */
@@ -814,8 +947,7 @@ static void lv_complete_chains(virDomainPtr dom, struct cfs_domxml *x, bool live
         if (!live && !x->disks[i].chain_complete)
             (void)cfs_image_extend_chain(disk);
         for (size_t l = 0; l < listed[i]; l++)
-            if (!matched[i][l])
-                cfs_image_fill_sizes(&disk->layers[l], !live);
+            lv_fill_local_sizes(&disk->layers[l], matched[i][l], !live);
         free(matched[i]);
     }
     free(matched);
@@ -977,7 +1109,7 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
         r = -EIO;
     } else {
         snap = virDomainSnapshotCreateXML(dom, snap_xml, flags);
-        r = snap ? 0 : lv_error(conn);
+        r = snap ? 0 : lv_name_locked_image(lv_error(conn), overlay, NULL);
     }
     /* ours to remove, unless libvirt took it after all (a failure after
      * the switch, e.g. saving the metadata): never a file in a chain */
@@ -986,37 +1118,89 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
     return r;
 }
 
+/* Whether some disk of snapshot SX still names a layer of that disk's
+ * chain in X. */
+static bool lv_snap_names_a_layer(const struct cfs_snapxml *sx,
+                                  const struct cfs_domxml *x)
+{
+    for (size_t k = 0; k < sx->n_disks; k++) {
+        const struct cfs_disk *disk = cfs_domain_find_disk(x->domain, sx->disks[k].target);
+
+        for (size_t l = 0; disk && l < disk->n_layers; l++)
+            if (same_file(disk->layers[l].path, sx->disks[k].source))
+                return true;
+    }
+    return false;
+}
+
+/* DISK's layer of snapshot NAME was merged away. libvirt keeps a
+ * snapshot's metadata as a whole (one <domainsnapshot> for all its
+ * disks), so: the snapshot XML is rewritten with DISK snapshot='no' and
+ * redefined (VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE: it stays listed, keeps
+ * its parent, creation time, <domain> copy and, without _CREATE_CURRENT,
+ * whether it is the current snapshot); when no disk of it names a layer
+ * still in a chain any more, the metadata goes (METADATA_ONLY). */
 static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
-                              const char *name)
+                              const char *disk, const char *name)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
     _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr redefined = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    _cleanup_(cfs_snapxml_clear) struct cfs_snapxml sx = {0};
+    _cleanup_free_ char *snap_xml = NULL, *new_xml = NULL, *dom_xml = NULL;
+    struct lv_backend *b = lv(be);
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    bool named;
     int r;
 
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup(b, dom_name, &conn, &dom);
     if (r < 0)
         return r;
     snap = virDomainSnapshotLookupByName(dom, name, 0);
     if (!snap)
         return lv_error(conn);
-    if (virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0)
+    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
+    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!snap_xml)
         return lv_error(conn);
+    r = cfs_domxml_snapshot_drop_disk(snap_xml, disk, &new_xml);
+    if ((r < 0 && r != -ENOENT) ||
+        cfs_domxml_parse_snapshot(new_xml ? new_xml : snap_xml, &sx) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
+                               name, dom_name);
+        return -EIO;
+    }
+    dom_xml = virDomainGetXMLDesc(dom, 0);
+    if (!dom_xml)
+        return lv_error(conn);
+    if (cfs_domxml_parse(dom_xml, &x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    lv_complete_chains(NULL, &x, virDomainIsActive(dom) == 1);
+    named = lv_snap_names_a_layer(&sx, &x);
 
-    /* a snapshot of the same name made later may name another file */
-    struct lv_backend *b = lv(be);
-    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    /* under snap_lock, so that no re-read caches the old disk list after
+     * the change: the entry is dropped and fetched again */
     virDomainGetUUIDString(dom, uuid);
     pthread_mutex_lock(&b->snap_lock);
-    struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
-    if (c)
-        c->seen = false;
-    for (size_t i = 0; i < b->n_snaps; i++)
-        if (&b->snaps[i] != c && strcmp(b->snaps[i].uuid, uuid) == 0)
-            b->snaps[i].seen = true;
-    lv_snap_cache_prune(b, uuid);
+    if (!named) {
+        if (virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0)
+            r = lv_error(conn);
+        else
+            r = 0;
+    } else if (new_xml) {
+        redefined = virDomainSnapshotCreateXML(dom, new_xml,
+                                               VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
+        r = redefined ? 0 : lv_error(conn);
+    } else {
+        r = 0; /* DISK was not in it: nothing to change */
+    }
+    lv_snap_cache_drop(b, uuid, name);
     pthread_mutex_unlock(&b->snap_lock);
-    return 0;
+    return r;
 }
 
 /* ---- live block jobs ---------------------------------------------------- */
@@ -1033,8 +1217,22 @@ static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
-    if (virDomainBlockCommit(dom, disk, base, top, 0, flags) < 0)
-        return lv_error(conn);
+    if (virDomainBlockCommit(dom, disk, base, top, 0, flags) < 0) {
+        r = lv_error(conn);
+        if (r != -EBUSY || !msg_is_lock(cfs_backend_errmsg()))
+            return r;
+        /* QEMU says 'Failed to get "write" lock' both when BASE and when
+         * TOP is held by another process, and libvirt drops QEMU's hint
+         * that names it: look for the holder, else name both */
+        switch (lv_local_lone_holders(top, base)) {
+        case 1:
+            return lv_name_locked_image(r, top, NULL);
+        case 2:
+            return lv_name_locked_image(r, base, NULL);
+        default:
+            return lv_name_locked_image(r, base, top);
+        }
+    }
     return 0;
 }
 
@@ -1083,8 +1281,9 @@ static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
         return r;
     if (virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0) {
         r = lv_error(conn);
-        /* a job that exists but refuses to pivot is not ready yet */
-        return r == -EBUSY ? -EAGAIN : r;
+        /* a job that exists but refuses to pivot is not ready yet; an image
+         * another process holds will not become ready by waiting */
+        return r == -EBUSY && !msg_is_lock(cfs_backend_errmsg()) ? -EAGAIN : r;
     }
     return 0;
 }
@@ -1112,8 +1311,32 @@ static void fdp(int *fd)
         close(*fd);
 }
 
-/* Run qemu-img with ARGV (no shell). Its stderr becomes the error
- * message; -ENOSPC if it ran out of space, -EIO for any other failure. */
+/* The image named by qemu-img's locking hint ("Is another process using
+ * the image [NAME]?") in ERR, made absolute against the directory of
+ * IMAGE (the file qemu-img was given: a backing file's relative name is
+ * relative to it); IMAGE itself when the hint is missing. */
+static char *qemu_img_locked_image(const char *err, const char *image)
+{
+    const char *p = strstr(err, "using the image [");
+    const char *end;
+
+    if (!p)
+        return cfs_xstrdup(image);
+    p += strlen("using the image [");
+    end = strchr(p, ']');
+    if (!end || end == p)
+        return cfs_xstrdup(image);
+    int len = (int)(end - p);
+    const char *slash = strrchr(image, '/');
+    if (*p == '/' || !slash)
+        return cfs_xasprintf("%.*s", len, p);
+    return cfs_xasprintf("%.*s/%.*s", (int)(slash - image), image, len, p);
+}
+
+/* Run qemu-img with ARGV (no shell); the image it works on is the last
+ * argument. Its stderr becomes the error message; -ENOSPC if it ran out
+ * of space, -EBUSY if another process holds an image (QEMU's locking;
+ * the message names that image), -EIO for any other failure. */
 static int lv_run_qemu_img(char *const argv[])
 {
     _cleanup_(fdp) int rfd = -1;
@@ -1172,18 +1395,15 @@ static int lv_run_qemu_img(char *const argv[])
         cfs_backend_set_errmsg("%s", err);
     else
         cfs_backend_set_errmsg("%s %s failed (status %d)", argv[0], argv[1], status);
+    if (msg_is_lock(err)) {
+        size_t n = 0;
+
+        while (argv[n + 1])
+            n++;
+        _cleanup_free_ char *image = qemu_img_locked_image(err, argv[n]);
+        return lv_name_locked_image(-EBUSY, image, NULL);
+    }
     return msg_has(err, "No space left") ? -ENOSPC : -EIO;
-}
-
-static bool same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-
-    if (cfs_streq(a, b))
-        return true;
-    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
-        return false;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 static const char *fmt_or(const char *fmt, const char *dflt)

@@ -593,8 +593,9 @@ static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
                      uint64_t id, enum cfs_job_state st, const char *why);
 
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
- * delete it (unless kept or still used anywhere), drop its metadata, close
- * the journal entry. Returns false if TOP is still in the chain (libvirt
+ * delete it (unless kept or still used anywhere), make libvirt's snapshot
+ * metadata stop naming it (snapshot_forget: the snapshot's other disks keep
+ * theirs), close the journal entry. Returns false if TOP is still in the chain (libvirt
  * may not have updated the XML yet: the caller retries). */
 static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
                        uint64_t id)
@@ -643,7 +644,7 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
                  strerror(errno));
 
     if (job.meta_name) {
-        int r = e->be->ops->snapshot_forget(e->be, dom, job.meta_name);
+        int r = e->be->ops->snapshot_forget(e->be, dom, disk, job.meta_name);
         if (r < 0 && r != -ENOENT)
             log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
                      job.meta_name, errmsg_or(strerror(-r)));
@@ -1546,6 +1547,14 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         r = -EROFS;
         why = dk->readonly ? "the disk is read-only"
               : dk->shareable ? "the disk is shareable" : "the disk has no source";
+    } else if (!e->overlay_dir &&
+               (dk->layers[0].is_block ||
+                (dk->layers[0].path && strncmp(dk->layers[0].path, "/dev/", 5) == 0))) {
+        /* beside the active image would be /dev: never create files there */
+        r = -EROFS;
+        why = "the disk's active layer is a block device (or in /dev), beside "
+              "which no overlay is created; start chainfs with "
+              "-o overlay_dir=DIR to give its overlays a directory";
     } else {
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
         if (cfs_job_state_in_progress(s->job.state)) {

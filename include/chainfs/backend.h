@@ -86,10 +86,14 @@ struct cfs_backend_ops {
     int (*snapshot_create)(struct cfs_backend *be, const char *dom,
                            const char *disk, const char *name,
                            const char *overlay);
-    /* Remove libvirt's snapshot metadata NAME only (no data touched).
-     * -ENOENT if there is no such snapshot. */
+    /* DISK's layer of libvirt's snapshot NAME was merged away: the
+     * snapshot's metadata stops naming it (DISK becomes snapshot='no'),
+     * and once no disk of NAME names a layer still in its disk's chain
+     * the metadata is removed altogether. No data touched; the other
+     * disks of a multi-disk snapshot keep their layers' name. -ENOENT if
+     * there is no such snapshot. */
     int (*snapshot_forget)(struct cfs_backend *be, const char *dom,
-                           const char *name);
+                           const char *disk, const char *name);
 
     /* Start a live commit of TOP into BASE on a running domain. ACTIVE:
      * TOP is the active layer (active commit; pivot later). Returns once

@@ -285,6 +285,44 @@ static void test_snapshot_build(void **state)
     cfs_snapxml_clear(&s);
 }
 
+/* The merged disk of a two-disk snapshot becomes snapshot='no'; the other
+ * disk, the <domain> copy (with a vda disk of its own) and the rest stay. */
+static void test_snapshot_drop_disk(void **state)
+{
+    const char *xml =
+        "<domainsnapshot><name>sA</name><creationTime>17</creationTime>"
+        "<parent><name>s0</name></parent><disks>"
+        "<disk name='vda' snapshot='external' type='file'><driver type='qcow2'/>"
+        "<source file='/i/vda.sA.qcow2'/></disk>"
+        "<disk name='vdb' snapshot='external' type='file'><driver type='qcow2'/>"
+        "<source file='/i/vdb.sA.qcow2'/></disk>"
+        "</disks><domain type='kvm'><name>d</name><devices>"
+        "<disk type='file' device='disk'><source file='/i/vda.qcow2'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices></domain></domainsnapshot>";
+    _cleanup_free_ char *out = NULL;
+    struct cfs_snapxml s;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_snapshot_drop_disk(xml, "vda", &out), 0);
+    assert_non_null(strstr(out, "<disk name=\"vda\" snapshot=\"no\"/>"));
+    assert_null(strstr(out, "/i/vda.sA.qcow2"));
+    assert_non_null(strstr(out, "<source file=\"/i/vda.qcow2\"/>"));
+    assert_non_null(strstr(out, "<parent><name>s0</name></parent>"));
+    assert_non_null(strstr(out, "<creationTime>17</creationTime>"));
+    assert_int_equal(cfs_domxml_parse_snapshot(out, &s), 0);
+    assert_string_equal(s.name, "sA");
+    assert_int_equal(s.n_disks, 1);
+    assert_string_equal(s.disks[0].target, "vdb");
+    assert_string_equal(s.disks[0].source, "/i/vdb.sA.qcow2");
+    cfs_snapxml_clear(&s);
+    free(TAKE_PTR(out));
+
+    assert_int_equal(cfs_domxml_snapshot_drop_disk(xml, "vdz", &out), -ENOENT);
+    assert_null(out);
+    assert_int_equal(cfs_domxml_snapshot_drop_disk("<domain/>", "vda", &out), -EINVAL);
+    assert_null(out);
+}
+
 /* ---- mirror --------------------------------------------------------------- */
 
 static void test_mirror_ready(void **state)
@@ -696,6 +734,7 @@ int main(void)
         cmocka_unit_test(test_probe_and_extend),
         cmocka_unit_test(test_extend_stops),
         cmocka_unit_test(test_create_overlay),
+        cmocka_unit_test(test_snapshot_drop_disk),
     };
     int failed;
 

@@ -562,6 +562,108 @@ static void test_state_dir_unwritable(void **state)
     unlink(file);
 }
 
+/* ---- a libvirt snapshot over two disks; a disk on a block device ---------------- */
+
+/* vm3: vda and vdb, each with a layer of one libvirt snapshot "sA" above
+ * its base (virsh snapshot-create-as --disk-only over both disks). */
+static void put_two_disk_snapshot(struct fx *f)
+{
+    char paths[4][160];
+    const char *files[] = {"a.sA.qcow2", "a.qcow2", "b.sA.qcow2", "b.qcow2"};
+    struct cfs_layer layers[4];
+    for (int i = 0; i < 4; i++) {
+        snprintf(paths[i], sizeof(paths[i]), "%s/%s", f->dir, files[i]);
+        touch(paths[i]);
+        layers[i] = (struct cfs_layer){
+            .path = paths[i],
+            .format = (char *)"qcow2",
+            .virtual_size = 64 << 20,
+            .meta_name = i % 2 == 0 ? (char *)"sA" : NULL,
+        };
+    }
+    struct cfs_disk disks[2] = {
+        {.target = (char *)"vda", .n_layers = 2, .layers = &layers[0]},
+        {.target = (char *)"vdb", .n_layers = 2, .layers = &layers[2]},
+    };
+    char *snapshots[] = {(char *)"sA", NULL};
+    struct cfs_domain d = {
+        .name = (char *)"vm3",
+        .uuid = "00000000-0000-4000-8000-000000000003",
+        .state = CFS_DOM_RUNNING,
+        .persistent = true,
+        .n_disks = 2,
+        .disks = disks,
+        .snapshots = snapshots,
+    };
+    cfs_fake_put_domain(f->be, &d);
+    cfs_engine_run_pending(f->e);
+}
+
+static bool fake_has_snapshot(struct fx *f, const char *dom, const char *name)
+{
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, dom, &d), 0);
+    bool has = cfs_strv_contains(d->snapshots, name);
+    cfs_domain_free(d);
+    return has;
+}
+
+static void test_rmdir_one_disk_of_multidisk_snapshot(void **state)
+{
+    struct fx *f = *state;
+    put_two_disk_snapshot(f);
+    assert_list(f, "/vm3/vda/snapshots", "sA");
+    assert_list(f, "/vm3/vdb/snapshots", "sA");
+
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm3", "vda", "sA"), 0);
+    cfs_fake_job_ready(f->be, "vm3", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+    /* vdb's layer keeps its name, libvirt keeps the snapshot */
+    assert_list(f, "/vm3/vda/snapshots", "");
+    assert_list(f, "/vm3/vdb/snapshots", "sA");
+    assert_true(fake_has_snapshot(f, "vm3", "sA"));
+
+    /* its last disk merged, the snapshot goes */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm3", "vdb", "sA"), 0);
+    cfs_fake_job_ready(f->be, "vm3", "vdb");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 2);
+    assert_list(f, "/vm3/vdb/snapshots", "");
+    assert_false(fake_has_snapshot(f, "vm3", "sA"));
+}
+
+static void test_mkdir_block_disk_needs_overlay_dir(void **state)
+{
+    struct fx *f = *state;
+    struct cfs_layer layer = {
+        .path = (char *)"/dev/vg0/lv-vm4",
+        .format = (char *)"raw",
+        .virtual_size = 64 << 20,
+        .is_block = true,
+    };
+    struct cfs_disk disk = {.target = (char *)"vda", .is_block = true,
+                            .n_layers = 1, .layers = &layer};
+    struct cfs_domain d = {
+        .name = (char *)"vm4",
+        .uuid = "00000000-0000-4000-8000-000000000004",
+        .state = CFS_DOM_RUNNING,
+        .persistent = true,
+        .n_disks = 1,
+        .disks = &disk,
+    };
+    cfs_fake_put_domain(f->be, &d);
+    cfs_engine_run_pending(f->e);
+
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm4", "vda", "s1"), -EROFS);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_list(f, "/vm4/vda/snapshots", "");
+    char *job = read_file(f, "/vm4/vda/job");
+    assert_non_null(job);
+    assert_non_null(strstr(job, "-o overlay_dir"));
+    free(job);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -588,6 +690,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recovery_follows_and_cleans, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
+        cmocka_unit_test_setup_teardown(test_rmdir_one_disk_of_multidisk_snapshot, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_mkdir_block_disk_needs_overlay_dir, setup_running, teardown),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
 }

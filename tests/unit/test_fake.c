@@ -366,7 +366,7 @@ static void test_snapshot_forget(void **state)
     struct cfs_backend *be = fx->be;
     struct cfs_domain *d;
 
-    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "s1"), 0);
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "vda", "s1"), 0);
     d = read_ok(be, "vm1");
     assert_int_equal(cfs_strv_len(d->snapshots), 1);
     assert_string_equal(d->snapshots[0], "s2");
@@ -375,10 +375,10 @@ static void test_snapshot_forget(void **state)
     assert_int_equal(d->disks[0].n_layers, 3); /* no data touched */
     cfs_domain_free(d);
 
-    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "s1"), -ENOENT);
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "vda", "s1"), -ENOENT);
     assert_non_null(strstr(cfs_backend_errmsg(), "s1"));
-    assert_int_equal(be->ops->snapshot_forget(be, "nope", "s2"), -ENOENT);
-    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "s2"), 0);
+    assert_int_equal(be->ops->snapshot_forget(be, "nope", "vda", "s2"), -ENOENT);
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "vda", "s2"), 0);
     d = read_ok(be, "vm1");
     assert_int_equal(cfs_strv_len(d->snapshots), 0);
     cfs_domain_free(d);
@@ -755,7 +755,7 @@ static void test_fail_next(void **state)
     assert_int_equal(be->ops->read_domain(be, "vm1", &d), -EPERM);
     assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "y", "/y"),
                      -EPERM);
-    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "x"), -EPERM);
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "vda", "x"), -EPERM);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/img/x",
                                            chain3[0], true),
                      -EPERM);
@@ -809,7 +809,7 @@ static void test_calls(void **state)
     (void)be->ops->job_get(be, "vm1", "vda", &p);
     (void)be->ops->job_pivot(be, "vm1", "vda");
     (void)be->ops->job_abort(be, "vm1", "vda");
-    (void)be->ops->snapshot_forget(be, "vm1", "nope");
+    (void)be->ops->snapshot_forget(be, "vm1", "vda", "nope");
     (void)be->ops->snapshot_create(be, "vm1", "vda", "s1", "/x");
     (void)be->ops->commit_start(be, "vm1", "vda", "/x", "/y", true);
     (void)be->ops->offline_commit(be, "vm1", "vda", "/x", "/y", true);
