@@ -27,6 +27,7 @@ IT_CLEANUP_HOOKS=() # functions it_cleanup calls after the unmount, before remov
 # shellcheck disable=SC2034 # read by hooks in other files
 IT_RC=0             # the script's exit status, for the hooks
 IT_IMG_RUN=()       # command prefix for qemu-img and qemu-io (private_libvirtd.sh's pd_in)
+IT_OVERLAY_DIR=1    # 0: it_mount passes no overlay_dir (overlays go beside the active image)
 
 # ---- messages and assertions -------------------------------------------------
 
@@ -357,7 +358,8 @@ it_guest_write() {
 # background of this script) on $T/mnt; wait until it is mounted.
 # shellcheck disable=SC2120 # EXTRA_OPTS is optional
 it_mount() {
-  local opts="state_dir=$T/state,overlay_dir=$T/overlays" i
+  local opts="state_dir=$T/state" i
+  [ "$IT_OVERLAY_DIR" = 0 ] || opts="$opts,overlay_dir=$T/overlays"
   [ -n "${1:-}" ] && opts="$opts,$1"
   MNT="$T/mnt"
   mkdir -p "$MNT"

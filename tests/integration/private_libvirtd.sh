@@ -12,6 +12,8 @@
 #     than this script does (put decoys of the same names there on the
 #     host side, and checksum them: pd_tree_sums),
 #   - keeps its socket, config and logs in $T/pd, reachable from here;
+#   - with PD_SHARE_MNT=1 (and no DIRs) it stays in this script's mount
+#     namespace instead: a local session daemon of another user;
 #   - sets PD_URI (for chainfs -c and virsh -c), PD_PID (exactly the
 #     libvirtd process: kill -STOP/-CONT it), PD_USER, and points lib.sh at
 #     the daemon: IT_URI=$PD_URI (it_virsh, it_mount, it_define, ... talk
@@ -38,6 +40,7 @@ PD_URI=""
 PD_PID=""
 PD_LOG=""
 PD_PRIVATE=() # directories the daemon sees as its own tmpfs
+PD_SHARE_MNT=${PD_SHARE_MNT:-0}
 
 # pd_start [DIR...] — start the private daemon (see above); DIRs must be
 # existing directories inside $T.
@@ -47,8 +50,9 @@ pd_start() {
   for tool in unshare nsenter setpriv useradd userdel libvirtd; do
     command -v "$tool" >/dev/null 2>&1 || it_skip "$tool is not installed (a private libvirtd needs it)"
   done
-  unshare -m --propagation private true 2>/dev/null ||
+  [ "$PD_SHARE_MNT" = 1 ] || unshare -m --propagation private true 2>/dev/null ||
     it_skip "cannot create a mount namespace here (unshare -m failed)"
+  [ "$PD_SHARE_MNT" != 1 ] || [ $# -eq 0 ] || it_fail "pd_start: PD_SHARE_MNT=1 takes no private dirs"
   for d in "$@"; do
     case "$d" in "$T"/?*) ;; *) it_fail "pd_start: private dir $d is not inside $T" ;; esac
     [ -d "$d" ] || it_fail "pd_start: private dir $d does not exist"
@@ -77,7 +81,9 @@ pd_start() {
     mounts+="mount -t tmpfs -o mode=0755,uid=$PD_UID,gid=$PD_GID,size=512m cfspd '$d' && "
   done
   # unshare and sh exec in place: $! is the libvirtd process itself.
-  unshare -m --propagation private -- sh -c "${mounts}exec setpriv --reuid=$PD_UID --regid=$PD_GID \
+  local ns=(unshare -m --propagation private --)
+  [ "$PD_SHARE_MNT" != 1 ] || ns=()
+  "${ns[@]}" sh -c "${mounts}exec setpriv --reuid=$PD_UID --regid=$PD_GID \
     --init-groups env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME='$PD_DIR/home' \
     XDG_RUNTIME_DIR='$PD_DIR/run' XDG_CONFIG_HOME='$PD_DIR/config' XDG_CACHE_HOME='$PD_DIR/cache' \
     libvirtd" >"$PD_LOG" 2>&1 </dev/null &
@@ -90,13 +96,18 @@ pd_start() {
   done
   virsh -q -c "$PD_URI" version >/dev/null 2>&1 || it_fail "the private libvirtd does not answer on $PD_URI after 30 s"
   [ "$(cat "/proc/$PD_PID/comm")" = libvirtd ] || it_fail "pid $PD_PID is not the private libvirtd"
-  [ "$(readlink "/proc/$PD_PID/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] ||
-    it_fail "the private libvirtd shares this script's mount namespace"
+  if [ "$PD_SHARE_MNT" = 1 ]; then
+    [ "$(readlink "/proc/$PD_PID/ns/mnt")" = "$(readlink /proc/self/ns/mnt)" ] ||
+      it_fail "the private libvirtd (PD_SHARE_MNT=1) is in another mount namespace"
+  else
+    [ "$(readlink "/proc/$PD_PID/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] ||
+      it_fail "the private libvirtd shares this script's mount namespace"
+  fi
   # shellcheck disable=SC2034 # lib.sh's
   IT_URI=$PD_URI
   # shellcheck disable=SC2034 # lib.sh's
   IT_VIRT_TYPE=qemu
-  it_log "private libvirtd pid $PD_PID (user $PD_USER, own mount namespace, private: ${PD_PRIVATE[*]/#"$T"/\$T}) on $PD_URI"
+  it_log "private libvirtd pid $PD_PID (user $PD_USER, $([ "$PD_SHARE_MNT" = 1 ] && echo "this mount namespace" || echo "own mount namespace, private: ${PD_PRIVATE[*]/#"$T"/\$T}")) on $PD_URI"
 }
 
 # pd_run CMD... — run CMD in the private daemon's mount namespace, as its
