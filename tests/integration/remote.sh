@@ -65,7 +65,7 @@ it_wait_dom "$D"
 it_wait_dom "$DOFF"
 grep -q "image files: not on this machine (the libvirt daemon (pid $PD_PID) runs in another mount namespace)" "$IT_LOG" ||
   it_fail "chainfs did not judge the private daemon remote: $(grep 'image files' "$IT_LOG")"
-it_log "ok: chainfs judged the connection remote: $(grep -o 'image files: [^(]*([^)]*)' "$IT_LOG")"
+it_log "ok: chainfs judged the connection remote (the daemon is in another mount namespace)"
 
 # --- 1. mkdir on a running domain ----------------------------------------------------
 declare -A file
