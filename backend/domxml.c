@@ -463,3 +463,33 @@ int cfs_domxml_drop_backing_store(const char *xml, const char *target,
     *out = dump(doc);
     return *out ? 0 : -EINVAL;
 }
+
+/* ---- URIs ---------------------------------------------------------------- */
+
+bool cfs_uri_remote(const char *uri, char *why, size_t sz, bool *embed)
+{
+    const char *sep = strstr(uri, "://"), *plus, *host, *path;
+    size_t host_len, path_len;
+
+    *embed = false;
+    if (!sep) {
+        snprintf(why, sz, "cannot parse the URI %s", uri);
+        return true;
+    }
+    plus = memchr(uri, '+', (size_t)(sep - uri));
+    if (plus && ((size_t)(sep - plus - 1) != 4 || strncmp(plus + 1, "unix", 4) != 0)) {
+        snprintf(why, sz, "%s reaches libvirt over %.*s", uri,
+                 (int)(sep - plus - 1), plus + 1);
+        return true;
+    }
+    host = sep + 3;
+    host_len = strcspn(host, "/?");
+    if (host_len > 0) {
+        snprintf(why, sz, "%s names the host %.*s", uri, (int)host_len, host);
+        return true;
+    }
+    path = host + host_len;
+    path_len = strcspn(path, "?");
+    *embed = path_len == 6 && strncmp(path, "/embed", 6) == 0;
+    return false;
+}

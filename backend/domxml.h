@@ -15,6 +15,13 @@
 
 #include "chainfs/model.h"
 
+/* Does the libvirt URI reach its daemon over a network transport (any
+ * "+TRANSPORT" but "+unix") or name a host ("qemu://host/system")? Then
+ * its paths are not this machine's: true, and WHY (SZ bytes) says which.
+ * Also true for what does not parse. False for a local URI; *EMBED then
+ * tells whether the driver runs inside this process (".../embed"). */
+bool cfs_uri_remote(const char *uri, char *why, size_t sz, bool *embed);
+
 /* Initialise libxml2 for multi-threaded use; idempotent. */
 void cfs_domxml_init(void);
 

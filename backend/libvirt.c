@@ -514,14 +514,11 @@ static int lv_pid_shares_files(pid_t pid)
     return lv_same_inode(ns, "/proc/self/ns/mnt") && lv_same_inode(root, "/");
 }
 
-/* Is the URI CONN connected to one that reaches the daemon over a
- * network or names a host? Sets WHY when it is (or cannot be parsed).
- * *EMBED: the driver runs inside this process (qemu:///embed). */
+/* The URI CONN is connected to (cfs_uri_remote()); true when it is
+ * remote or unknown. */
 static bool lv_uri_remote(virConnectPtr conn, char *why, size_t sz, bool *embed)
 {
     _cleanup_free_ char *uri = virConnectGetURI(conn);
-    const char *sep, *plus, *host, *path;
-    size_t host_len, path_len;
 
     *embed = false;
     if (!uri) {
@@ -529,27 +526,7 @@ static bool lv_uri_remote(virConnectPtr conn, char *why, size_t sz, bool *embed)
         snprintf(why, sz, "libvirt did not say which URI it connected to");
         return true;
     }
-    sep = strstr(uri, "://");
-    if (!sep) {
-        snprintf(why, sz, "cannot parse the URI %s", uri);
-        return true;
-    }
-    plus = memchr(uri, '+', (size_t)(sep - uri));
-    if (plus && strncmp(plus + 1, "unix", (size_t)(sep - plus - 1)) != 0) {
-        snprintf(why, sz, "%s reaches libvirt over %.*s", uri,
-                 (int)(sep - plus - 1), plus + 1);
-        return true;
-    }
-    host = sep + 3;
-    host_len = strcspn(host, "/?");
-    if (host_len > 0) {
-        snprintf(why, sz, "%s names the host %.*s", uri, (int)host_len, host);
-        return true;
-    }
-    path = host + host_len;
-    path_len = strcspn(path, "?");
-    *embed = path_len == 6 && strncmp(path, "/embed", 6) == 0;
-    return false;
+    return cfs_uri_remote(uri, why, sz, embed);
 }
 
 /* Decide whether the paths libvirt reports are this process's files: not

@@ -675,10 +675,44 @@ static void test_create_overlay(void **state)
                                               "qcow2", 1 << 20), -ENOENT);
 }
 
+/* Which URIs are remote: a network transport or a host; local otherwise. */
+static void test_uri_remote(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *uri;
+        bool remote, embed;
+        const char *why;
+    } cases[] = {
+        { "qemu:///system", false, false, NULL },
+        { "qemu:///session", false, false, NULL },
+        { "qemu:///session?socket=/tmp/x/libvirt-sock", false, false, NULL },
+        { "qemu+unix:///system?socket=/run/libvirt/libvirt-sock", false, false, NULL },
+        { "qemu:///embed?root=/var/tmp/vm", false, true, NULL },
+        { "qemu+ssh://root@host.example/system", true, false, "over ssh" },
+        { "qemu+tcp://10.0.0.2/system", true, false, "over tcp" },
+        { "qemu+tls://h/system", true, false, "over tls" },
+        { "qemu+libssh2://h/system?known_hosts=/x", true, false, "over libssh2" },
+        { "qemu+unixx:///system", true, false, "over unixx" },
+        { "qemu://host.example/system", true, false, "names the host host.example" },
+        { "qemu+unix://localhost/system", true, false, "names the host localhost" },
+        { "qemu:/system", true, false, "cannot parse" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char why[256] = "";
+        bool embed = true;
+        bool remote = cfs_uri_remote(cases[i].uri, why, sizeof(why), &embed);
+        if (remote != cases[i].remote || embed != cases[i].embed ||
+            (cases[i].why && !strstr(why, cases[i].why)))
+            fail_msg("%s: remote %d embed %d why '%s'", cases[i].uri, remote, embed, why);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest xml_tests[] = {
         cmocka_unit_test(test_running_chain),
+        cmocka_unit_test(test_uri_remote),
         cmocka_unit_test(test_running_mixed),
         cmocka_unit_test(test_running_block_backing),
         cmocka_unit_test(test_shutoff_network),
