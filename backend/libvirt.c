@@ -1026,7 +1026,7 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
     x.domain->state = lv_map_state(state);
     x.domain->persistent = virDomainIsPersistent(dom) == 1;
 
-    lv_complete_chains(stats ? dom : NULL, &x, live, b->files_local);
+    lv_complete_chains(stats ? dom : NULL, &x, live, lv_files_local(be, NULL));
     r = lv_read_snapshots(b, conn, dom, x.domain);
     if (r < 0)
         return r;
@@ -1094,7 +1094,7 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
     int r;
 
     /* not local: libvirt itself refuses an existing file ("already exists") */
-    if (lv(be)->files_local && lstat(overlay, &st) == 0) {
+    if (lv_files_local(be, NULL) && lstat(overlay, &st) == 0) {
         cfs_backend_set_errmsg("overlay file '%s' already exists", overlay);
         return -EEXIST;
     }
@@ -1131,7 +1131,7 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
      * own: a session daemon of another user, whose QEMU could not open a
      * file this process owns. */
     bool made = false;
-    if (lv(be)->files_local && lv(be)->daemon_is_us &&
+    if (lv_files_local(be, NULL) && lv(be)->daemon_is_us &&
         overlay_size(&d->layers[0], &size) == 0) {
         r = cfs_image_create_overlay(overlay, d->layers[0].path,
                                      d->layers[0].format, size);
@@ -1393,7 +1393,7 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     size_t i;
     int r;
 
-    if (!lv(be)->files_local) {
+    if (!lv_files_local(be, NULL)) {
         cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, and "
                                "they are not on this machine (%s); libvirt has no API "
                                "for it: start the domain and rmdir again",
