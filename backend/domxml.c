@@ -464,6 +464,43 @@ int cfs_domxml_drop_backing_store(const char *xml, const char *target,
     return *out ? 0 : -EINVAL;
 }
 
+/* ---- storage volumes ------------------------------------------------------ */
+
+static uint64_t number(const xmlNode *n)
+{
+    _cleanup_free_ char *t = text(n);
+    return t ? strtoull(t, NULL, 10) : 0;
+}
+
+int cfs_domxml_parse_volume(const char *xml, struct cfs_volxml *out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    const xmlNode *root, *bs;
+
+    *out = (struct cfs_volxml){0};
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "volume"))
+        return -EINVAL;
+    out->format = prop(child(child(root, "target"), "format"), "type");
+    out->capacity = number(child(root, "capacity"));
+    out->allocation = number(child(root, "allocation"));
+    out->physical = number(child(root, "physical"));
+    bs = child(root, "backingStore");
+    out->backing = text(child(bs, "path"));
+    out->backing_format = prop(child(bs, "format"), "type");
+    return 0;
+}
+
+void cfs_volxml_clear(struct cfs_volxml *v)
+{
+    if (!v)
+        return;
+    free(v->format);
+    free(v->backing);
+    free(v->backing_format);
+    *v = (struct cfs_volxml){0};
+}
+
 /* ---- URIs ---------------------------------------------------------------- */
 
 bool cfs_uri_remote(const char *uri, char *why, size_t sz, bool *embed)

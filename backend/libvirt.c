@@ -55,6 +55,7 @@ extern char **environ;
 #define RECONNECT_DELAY_MAX_MS 5000
 #define QEMU_IMG "qemu-img"
 #define QEMU_IMG_ERR_MAX 4096
+#define LV_CHAIN_MAX 64 /* layers followed through storage pools */
 
 enum lv_event {
     LV_EV_LIFECYCLE,
@@ -964,12 +965,80 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
     return 0;
 }
 
+/* Refresh the active storage pool whose target directory is PATH's, so
+ * that it knows a file libvirt made there for a snapshot. true if one was
+ * refreshed. */
+static bool lv_pool_refresh_dir(virConnectPtr conn, const char *path)
+{
+    _cleanup_free_ char *tmp = cfs_xstrdup(path);
+    virStoragePoolPtr pool = virStoragePoolLookupByTargetPath(conn, dirname(tmp));
+    bool done = false;
+
+    if (pool) {
+        done = virStoragePoolIsActive(pool) == 1 && virStoragePoolRefresh(pool, 0) == 0;
+        virStoragePoolFree(pool);
+    }
+    virResetLastError();
+    return done;
+}
+
+/* What libvirt's storage pools know of the image PATH, or -ENOENT. */
+static int lv_volume_info(virConnectPtr conn, const char *path, struct cfs_volxml *out)
+{
+    virStorageVolPtr vol = virStorageVolLookupByPath(conn, path);
+    _cleanup_free_ char *xml = vol ? virStorageVolGetXMLDesc(vol, 0) : NULL;
+    int r = xml ? cfs_domxml_parse_volume(xml, out) : -ENOENT;
+
+    if (vol)
+        virStorageVolFree(vol);
+    virResetLastError();
+    return r;
+}
+
+/* A shut-off domain whose files are not local: its inactive XML may not
+ * describe the chain below the active layer, and no header is read here.
+ * Ask libvirt's storage pools instead: each layer's missing sizes, and
+ * below the last layer its backing file, for as long as a pool holds the
+ * image (a file no active pool has scanned ends the chain as shown). */
+static void lv_complete_chain_from_pools(virConnectPtr conn, struct cfs_disk *disk,
+                                         bool extend)
+{
+    for (size_t l = 0; l < disk->n_layers && l < LV_CHAIN_MAX; l++) {
+        _cleanup_(cfs_volxml_clear) struct cfs_volxml v = {0};
+        struct cfs_layer *ly = &disk->layers[l];
+
+        if (!ly->path || ly->is_block || lv_volume_info(conn, ly->path, &v) < 0)
+            break;
+        if (!ly->virtual_size) {
+            ly->virtual_size = v.capacity;
+            ly->allocation = v.allocation;
+            ly->physical = v.physical;
+        }
+        if (v.format && (!ly->format || !*ly->format)) {
+            free(ly->format);
+            ly->format = cfs_xstrdup(v.format);
+        }
+        if (!extend || l + 1 != disk->n_layers || !v.backing ||
+            cfs_image_name_is_protocol(v.backing))
+            continue;
+        for (size_t k = 0; k < disk->n_layers; k++)
+            if (cfs_streq(disk->layers[k].path, v.backing))
+                return; /* a loop */
+        disk->layers = cfs_xrealloc(disk->layers, (disk->n_layers + 1) * sizeof(*disk->layers));
+        disk->layers[disk->n_layers++] = (struct cfs_layer){
+            .path = TAKE_PTR(v.backing),
+            .format = cfs_xstrdup(v.backing_format ? v.backing_format : ""),
+        };
+    }
+}
+
 /* Domain XML -> struct cfs_domxml with full chains and sizes. LIVE: the
  * domain runs (chains and sizes come from libvirt only); otherwise chains
  * are completed from the image headers. FILES_LOCAL false: no file is
- * looked at; chains and sizes are what libvirt reports. */
-static void lv_complete_chains(virDomainPtr dom, struct cfs_domxml *x, bool live,
-                               bool files_local)
+ * looked at; chains and sizes are what libvirt reports (CONN's storage
+ * pools for a shut-off domain, when CONN is given). */
+static void lv_complete_chains(virConnectPtr conn, virDomainPtr dom,
+                               struct cfs_domxml *x, bool live, bool files_local)
 {
     struct cfs_domain *d = x->domain;
     bool **matched = cfs_xcalloc(d->n_disks ? d->n_disks : 1, sizeof(*matched));
@@ -986,6 +1055,8 @@ static void lv_complete_chains(virDomainPtr dom, struct cfs_domxml *x, bool live
 
         if (files_local && !live && !x->disks[i].chain_complete)
             (void)cfs_image_extend_chain(disk);
+        if (!files_local && !live && conn)
+            lv_complete_chain_from_pools(conn, disk, !x->disks[i].chain_complete);
         for (size_t l = 0; files_local && l < listed[i]; l++)
             if (!matched[i][l])
                 cfs_image_fill_sizes(&disk->layers[l], !live);
@@ -1026,7 +1097,7 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
     x.domain->state = lv_map_state(state);
     x.domain->persistent = virDomainIsPersistent(dom) == 1;
 
-    lv_complete_chains(stats ? dom : NULL, &x, live, lv_files_local(be, NULL));
+    lv_complete_chains(conn, stats ? dom : NULL, &x, live, lv_files_local(be, NULL));
     r = lv_read_snapshots(b, conn, dom, x.domain);
     if (r < 0)
         return r;
@@ -1161,6 +1232,10 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
      * the switch, e.g. saving the metadata): never a file in a chain */
     if (r < 0 && made && !lv_path_in_domain(dom, overlay))
         unlink(overlay);
+    /* remote: the pool of the new file learns of it (chains of shut-off
+     * domains are read from the pools) */
+    if (r == 0 && !lv_files_local(be, NULL))
+        (void)lv_pool_refresh_dir(conn, overlay);
     return r;
 }
 
@@ -1423,7 +1498,7 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
         cfs_backend_set_errmsg("domain '%s' has no disk '%s'", dom_name, disk_target);
         return -ENOENT;
     }
-    lv_complete_chains(NULL, &x, false, true);
+    lv_complete_chains(NULL, NULL, &x, false, true);
 
     for (i = 0; i < disk->n_layers; i++)
         if (cfs_streq(disk->layers[i].path, top))
@@ -1515,16 +1590,9 @@ static int lv_volume_delete(struct cfs_backend *be, const char *path)
         return r;
     vol = virStorageVolLookupByPath(conn, path);
     if (!vol) {
-        _cleanup_free_ char *tmp = cfs_xstrdup(path);
-        virStoragePoolPtr pool;
-
         virResetLastError();
-        pool = virStoragePoolLookupByTargetPath(conn, dirname(tmp));
-        if (pool) {
-            if (virStoragePoolIsActive(pool) == 1 && virStoragePoolRefresh(pool, 0) == 0)
-                vol = virStorageVolLookupByPath(conn, path);
-            virStoragePoolFree(pool);
-        }
+        if (lv_pool_refresh_dir(conn, path))
+            vol = virStorageVolLookupByPath(conn, path);
     }
     if (!vol) {
         virResetLastError();

@@ -11,9 +11,10 @@
 #      through the storage pool; rmdir of a middle and then the active
 #      layer of vdb: merged, the overlays left in place and listed as
 #      `leftover:` in job and job.json;
-#   3. a shut-off domain: mkdir through libvirt (one taken running, one
-#      shut off); rmdir refused with EOPNOTSUPP and a clear message,
-#      nothing changed;
+#   3. shut-off domains: mkdir through libvirt (one taken running, one
+#      shut off; one domain never started, whose chain only libvirt's
+#      storage pool knows); rmdir refused with EOPNOTSUPP and a clear
+#      message, nothing changed;
 # every pattern reads back on the daemon's side, and after every mkdir and
 # rmdir the decoys (and $T/overlays) are listed and checksummed unchanged.
 # shellcheck source=tests/integration/lib.sh
@@ -26,13 +27,15 @@ IMG="$T/img"
 IMG2="$T/img2"
 D="$IT_PREFIX-rem"
 DOFF="$IT_PREFIX-remoff"
+DOFF2="$IT_PREFIX-remoff2"
 POOL="$IT_PREFIX-pool"
 mkdir -p "$IMG" "$IMG2"
 chmod 0755 "$IMG" "$IMG2"
 # the decoys: every name the daemon's side will use, with other contents
 for f in "$IMG/base.qcow2" "$IMG2/b.qcow2" "$IMG/off.qcow2" \
   "$IMG/$D.vda.s1.qcow2" "$IMG/$D.vda.s2.qcow2" \
-  "$IMG2/$D.vdb.t1.qcow2" "$IMG2/$D.vdb.t2.qcow2" "$IMG/$DOFF.vda.o1.qcow2" "$IMG/$DOFF.vda.o2.qcow2"; do
+  "$IMG2/$D.vdb.t1.qcow2" "$IMG2/$D.vdb.t2.qcow2" "$IMG/$DOFF.vda.o1.qcow2" "$IMG/$DOFF.vda.o2.qcow2" \
+  "$IMG/off2.qcow2" "$IMG/q1.qcow2" "$IMG/$DOFF2.vda.p1.qcow2"; do
   printf 'decoy %s: not the image libvirt means\n' "${f##*/}" >"$f"
 done
 it_make_image "$IMG/decoy-real.qcow2" 64M # a real image too, for good measure
@@ -52,17 +55,23 @@ pd_in it_make_image "$IMG2/b.qcow2" 64M
 pd_in it_write_pattern "$IMG2/b.qcow2" 0x51 0 1M
 pd_in it_make_image "$IMG/off.qcow2" 64M
 pd_in it_write_pattern "$IMG/off.qcow2" 0x71 0 1M
+pd_in it_make_image "$IMG/off2.qcow2" 64M
+pd_in it_write_pattern "$IMG/off2.qcow2" 0x81 0 1M
+pd_in it_make_image "$IMG/q1.qcow2" 64M "$IMG/off2.qcow2"
+pd_in it_write_pattern "$IMG/q1.qcow2" 0x82 1M 1M
 cat >"$T/pool.xml" <<EOF
 <pool type='dir'><name>$POOL</name><target><path>$IMG</path></target></pool>
 EOF
 it_virsh pool-create "$T/pool.xml" >/dev/null || it_fail "virsh pool-create $POOL (on the private daemon)"
 pd_in it_define "$D" "$IMG/base.qcow2" "$IMG2/b.qcow2"
 pd_in it_define "$DOFF" "$IMG/off.qcow2"
+pd_in it_define "$DOFF2" "$IMG/q1.qcow2"
 it_start "$D"
 IT_OVERLAY_DIR=0 # overlays beside the active image, on the daemon's side
 it_mount
 it_wait_dom "$D"
 it_wait_dom "$DOFF"
+it_wait_dom "$DOFF2"
 grep -q "image files: not on this machine (the libvirt daemon (pid $PD_PID) runs in another mount namespace)" "$IT_LOG" ||
   it_fail "chainfs did not judge the private daemon remote: $(grep 'image files' "$IT_LOG")"
 it_log "ok: chainfs judged the connection remote (the daemon is in another mount namespace)"
@@ -155,3 +164,23 @@ it_assert_eq "$(printf '%s\n' "$IMG/$DOFF.vda.o2.qcow2" "$IMG/$DOFF.vda.o1.qcow2
   "$(pd_in it_chain "$IMG/$DOFF.vda.o2.qcow2")" "qemu-img on the daemon's side: $DOFF's chain is unchanged"
 pd_in it_check_pattern "$IMG/$DOFF.vda.o2.qcow2" 0x71 0 1M
 host_unchanged "rmdir $DOFF/vda/snapshots/o1 (refused)"
+
+# A domain never started, on a chain qemu-img made (q1 <- off2): its XML
+# names q1 only; the storage pool knows the rest. mkdir p1 shut off makes
+# the pool learn p1 too.
+it_assert_eq "$IMG/q1.qcow2 $IMG/off2.qcow2" "$(jq -r '.layers[].file' "$MNT/$DOFF2/vda/chain.json" | tr '\n' ' ' | sed 's/ $//')" \
+  "$DOFF2: chain.json from the storage pool (the XML names only q1)"
+it_assert_eq "q1" "$(it_snapshots "$DOFF2" vda)" "$DOFF2: q1 listed (named by its file)"
+mkdir "$MNT/$DOFF2/vda/snapshots/p1" || it_fail "mkdir $DOFF2/vda/snapshots/p1 (remote, never started)"
+it_assert_eq "$IMG/$DOFF2.vda.p1.qcow2" "$(it_domblk "$DOFF2" vda)" "$DOFF2: libvirt made p1's overlay"
+it_wait_until 5 "p1 shows in $DOFF2's snapshots/" test -d "$MNT/$DOFF2/vda/snapshots/p1"
+it_assert_eq "$IMG/$DOFF2.vda.p1.qcow2 $IMG/q1.qcow2 $IMG/off2.qcow2" \
+  "$(jq -r '.layers[].file' "$MNT/$DOFF2/vda/chain.json" | tr '\n' ' ' | sed 's/ $//')" "$DOFF2: chain.json after mkdir p1"
+it_assert_eq "67108864" "$(jq -r '.layers[0].virtual_size' "$MNT/$DOFF2/vda/chain.json")" "$DOFF2: p1's size as libvirt reports it"
+it_expect_errno ENOTSUP rmdir "$MNT/$DOFF2/vda/snapshots/q1"
+it_expect_errno ENOTSUP rmdir "$MNT/$DOFF2/vda/snapshots/p1"
+it_assert_eq "$(printf '%s\n' "$IMG/$DOFF2.vda.p1.qcow2" "$IMG/q1.qcow2" "$IMG/off2.qcow2")" \
+  "$(pd_in it_chain "$IMG/$DOFF2.vda.p1.qcow2")" "qemu-img on the daemon's side: $DOFF2's chain"
+pd_in it_check_pattern "$IMG/$DOFF2.vda.p1.qcow2" 0x81 0 1M
+pd_in it_check_pattern "$IMG/$DOFF2.vda.p1.qcow2" 0x82 1M 1M
+host_unchanged "mkdir and rmdir on $DOFF2 (shut off)"

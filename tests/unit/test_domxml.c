@@ -675,6 +675,48 @@ static void test_create_overlay(void **state)
                                               "qcow2", 1 << 20), -ENOENT);
 }
 
+/* A storage volume as virStorageVolGetXMLDesc gives it (libvirt 9.0). */
+static void test_parse_volume(void **state)
+{
+    (void)state;
+    static const char xml[] =
+        "<volume type='file'>\n"
+        "  <name>q1.qcow2</name>\n"
+        "  <key>/var/lib/libvirt/images/q1.qcow2</key>\n"
+        "  <capacity unit='bytes'>67108864</capacity>\n"
+        "  <allocation unit='bytes'>200704</allocation>\n"
+        "  <physical unit='bytes'>196616</physical>\n"
+        "  <target>\n"
+        "    <path>/var/lib/libvirt/images/q1.qcow2</path>\n"
+        "    <format type='qcow2'/>\n"
+        "    <permissions><mode>0644</mode><owner>0</owner><group>0</group></permissions>\n"
+        "  </target>\n"
+        "  <backingStore>\n"
+        "    <path>/var/lib/libvirt/images/base.img</path>\n"
+        "    <format type='raw'/>\n"
+        "  </backingStore>\n"
+        "</volume>\n";
+    struct cfs_volxml v;
+
+    assert_int_equal(cfs_domxml_parse_volume(xml, &v), 0);
+    assert_string_equal(v.format, "qcow2");
+    assert_int_equal(v.capacity, 67108864);
+    assert_int_equal(v.allocation, 200704);
+    assert_int_equal(v.physical, 196616);
+    assert_string_equal(v.backing, "/var/lib/libvirt/images/base.img");
+    assert_string_equal(v.backing_format, "raw");
+    cfs_volxml_clear(&v);
+
+    assert_int_equal(cfs_domxml_parse_volume("<volume><name>b</name><target><path>/b</path>"
+                                             "<format type='raw'/></target></volume>", &v), 0);
+    assert_string_equal(v.format, "raw");
+    assert_null(v.backing);
+    assert_null(v.backing_format);
+    cfs_volxml_clear(&v);
+    assert_int_equal(cfs_domxml_parse_volume("<domain/>", &v), -EINVAL);
+    assert_int_equal(cfs_domxml_parse_volume("not xml", &v), -EINVAL);
+}
+
 /* Which URIs are remote: a network transport or a host; local otherwise. */
 static void test_uri_remote(void **state)
 {
@@ -713,6 +755,7 @@ int main(void)
     const struct CMUnitTest xml_tests[] = {
         cmocka_unit_test(test_running_chain),
         cmocka_unit_test(test_uri_remote),
+        cmocka_unit_test(test_parse_volume),
         cmocka_unit_test(test_running_mixed),
         cmocka_unit_test(test_running_block_backing),
         cmocka_unit_test(test_shutoff_network),
