@@ -1106,13 +1106,16 @@ static void recover_journal(struct cfs_engine *e)
              * died between writing it and libvirt taking it, or libvirt
              * is still at it (a call outlives its caller). Deleting it
              * could pull a file from under QEMU; it is only named. */
-            bool left = !done && en->top &&
-                        (!engine_files_local(e) || lstat(en->top, &st) == 0);
+            bool local = engine_files_local(e);
+            bool left = !done && en->top && (!local || lstat(en->top, &st) == 0);
             log_info("recovery: %s/%s: snapshot %s was %s%s%s", en->domain,
                      en->disk, en->snapshot,
                      done ? "taken" : "not taken (nothing to undo)",
-                     left ? "; its overlay file, if any, was left in place, "
-                            "remove it once no chain uses it: " : "",
+                     !left ? ""
+                     : local ? "; its overlay file was left in place, remove it "
+                               "once no chain uses it: "
+                             : "; its overlay file may be left on the libvirt "
+                               "host, remove it there once no chain uses it: ",
                      left ? en->top : "");
             journal_close(e, en->id);
             continue;
@@ -1221,15 +1224,16 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
                                     errmsg_or(strerror(-r)));
         return r;
     }
-    const char *why = NULL;
-    bool local = !e->be->ops->files_local || e->be->ops->files_local(e->be, &why);
-    if (local)
-        log_info("image files: local (%s)", why ? why : "this backend's own");
+    const char *why = "the backend's own";
+    if (e->be->ops->files_local)
+        (void)e->be->ops->files_local(e->be, &why);
+    if (engine_files_local(e))
+        log_info("image files: local (%s)", why);
     else
         log_info("image files: not on this machine (%s): libvirt creates the "
                  "overlays, merged files are deleted only through a libvirt "
                  "storage pool (else listed as leftover in job), offline merges "
-                 "are refused", why ? why : "backend says so");
+                 "are refused", why);
     r = refresh_all(e);
     if (r < 0) {
         if (errmsg)
