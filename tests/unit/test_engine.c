@@ -563,6 +563,30 @@ static void test_remote_offline_refused(void **state)
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "off1"), 0);
 }
 
+/* A merge that finished while no daemon ran, taken up on a remote
+ * connection: cleaned up, and the merged file left and named. */
+static void test_remote_recovery_leaves_leftover(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    struct cfs_backend *be2 = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[2]}; /* s1 merged meanwhile */
+    const char *meta[] = {"s2", NULL};
+    cfs_fake_add_simple(be2, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 2);
+    cfs_fake_set_remote(be2, true, NULL);
+    cfs_engine_free(f->e);
+    f->be = be2;
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, be2, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_true(exists(f->paths[1]));
+    char want[256];
+    snprintf(want, sizeof(want), "leftover:  %s\n", f->paths[1]);
+    assert_job_contains(f, want);
+    assert_int_equal(journal_entries(f), 0);
+}
+
 /* ---- wait --------------------------------------------------------------------------- */
 
 static bool always(void *arg)
@@ -680,6 +704,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_remote_rmdir_leaves_leftover, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_remote_rmdir_pool_deletes, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_remote_offline_refused, setup_shutoff, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_recovery_leaves_leftover, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_follows_and_cleans, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
