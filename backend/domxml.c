@@ -491,3 +491,70 @@ int cfs_domxml_snapshot_drop_disk(const char *xml, const char *target,
     *out = dump(doc);
     return *out ? 0 : -EINVAL;
 }
+
+/* ---- storage volumes ------------------------------------------------------ */
+
+static uint64_t number(const xmlNode *n)
+{
+    _cleanup_free_ char *t = text(n);
+    return t ? strtoull(t, NULL, 10) : 0;
+}
+
+int cfs_domxml_parse_volume(const char *xml, struct cfs_volxml *out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    const xmlNode *root, *bs;
+
+    *out = (struct cfs_volxml){0};
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "volume"))
+        return -EINVAL;
+    out->format = prop(child(child(root, "target"), "format"), "type");
+    out->capacity = number(child(root, "capacity"));
+    out->allocation = number(child(root, "allocation"));
+    out->physical = number(child(root, "physical"));
+    bs = child(root, "backingStore");
+    out->backing = text(child(bs, "path"));
+    out->backing_format = prop(child(bs, "format"), "type");
+    return 0;
+}
+
+void cfs_volxml_clear(struct cfs_volxml *v)
+{
+    if (!v)
+        return;
+    free(v->format);
+    free(v->backing);
+    free(v->backing_format);
+    *v = (struct cfs_volxml){0};
+}
+
+/* ---- URIs ---------------------------------------------------------------- */
+
+bool cfs_uri_remote(const char *uri, char *why, size_t sz, bool *embed)
+{
+    const char *sep = strstr(uri, "://"), *plus, *host, *path;
+    size_t host_len, path_len;
+
+    *embed = false;
+    if (!sep) {
+        snprintf(why, sz, "cannot parse the URI %s", uri);
+        return true;
+    }
+    plus = memchr(uri, '+', (size_t)(sep - uri));
+    if (plus && ((size_t)(sep - plus - 1) != 4 || strncmp(plus + 1, "unix", 4) != 0)) {
+        snprintf(why, sz, "%s reaches libvirt over %.*s", uri,
+                 (int)(sep - plus - 1), plus + 1);
+        return true;
+    }
+    host = sep + 3;
+    host_len = strcspn(host, "/?");
+    if (host_len > 0) {
+        snprintf(why, sz, "%s names the host %.*s", uri, (int)host_len, host);
+        return true;
+    }
+    path = host + host_len;
+    path_len = strcspn(path, "?");
+    *embed = path_len == 6 && strncmp(path, "/embed", 6) == 0;
+    return false;
+}

@@ -12,8 +12,16 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "chainfs/model.h"
+
+/* Does the libvirt URI reach its daemon over a network transport (any
+ * "+TRANSPORT" but "+unix") or name a host ("qemu://host/system")? Then
+ * its paths are not this machine's: true, and WHY (SZ bytes) says which.
+ * Also true for what does not parse. False for a local URI; *EMBED then
+ * tells whether the driver runs inside this process (".../embed"). */
+bool cfs_uri_remote(const char *uri, char *why, size_t sz, bool *embed);
 
 /* Initialise libxml2 for multi-threaded use; idempotent. */
 void cfs_domxml_init(void);
@@ -58,6 +66,18 @@ struct cfs_snapxml {
 
 int cfs_domxml_parse_snapshot(const char *xml, struct cfs_snapxml *out);
 void cfs_snapxml_clear(struct cfs_snapxml *s);
+
+/* A storage volume's XML (virStorageVolGetXMLDesc): what libvirt knows of
+ * an image on its own host. Strings NULL when absent, sizes 0. */
+struct cfs_volxml {
+    char *format;          /* <target><format type=> */
+    uint64_t capacity, allocation, physical;
+    char *backing;         /* <backingStore><path> */
+    char *backing_format;  /* <backingStore><format type=> */
+};
+
+int cfs_domxml_parse_volume(const char *xml, struct cfs_volxml *out);
+void cfs_volxml_clear(struct cfs_volxml *v);
 
 /* <domainsnapshot> for an external disk-only snapshot NAME of DISK into a
  * new qcow2 OVERLAY; every other target in TARGETS gets snapshot='no'.

@@ -36,6 +36,7 @@ enum fake_op {
     OP_JOB_PIVOT,
     OP_JOB_ABORT,
     OP_OFFLINE_COMMIT,
+    OP_VOLUME_DELETE,
     OP_MAX,
 };
 
@@ -51,6 +52,7 @@ static const char *const op_names[OP_MAX] = {
     [OP_JOB_PIVOT] = "job_pivot",
     [OP_JOB_ABORT] = "job_abort",
     [OP_OFFLINE_COMMIT] = "offline_commit",
+    [OP_VOLUME_DELETE] = "volume_delete",
 };
 
 #define FAKE_VIRTUAL_SIZE (64ULL * 1024 * 1024)
@@ -93,6 +95,9 @@ struct fake {
     unsigned calls[OP_MAX];
     int pivot_not_ready;
     bool connected;
+    bool remote;                    /* files_local() says false */
+    char *pool_dir;                 /* volume_delete's pool, or NULL */
+    char *last_volume_deleted;
     struct cfs_backend_events ev;
     void *opaque;
 };
@@ -360,6 +365,8 @@ static void fake_destroy(struct cfs_backend *be)
     for (size_t i = 0; i < f->n_failures; i++)
         free(f->failures[i].message);
     free(f->failures);
+    free(f->pool_dir);
+    free(f->last_volume_deleted);
     pthread_mutex_destroy(&f->lock);
     free(f);
     free(be);
@@ -718,6 +725,12 @@ static int fake_offline_commit(struct cfs_backend *be, const char *dom,
     r = op_enter(f, OP_OFFLINE_COMMIT);
     if (r < 0)
         goto out;
+    if (f->remote) {
+        cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, "
+                               "and they are not on this machine");
+        r = -EOPNOTSUPP;
+        goto out;
+    }
     d = dom_find(f, dom);
     if (!d) {
         r = no_domain(dom);
@@ -749,6 +762,44 @@ out:
     return r;
 }
 
+static bool fake_files_local(struct cfs_backend *be, const char **why)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    bool local = !f->remote;
+    pthread_mutex_unlock(&f->lock);
+    if (why)
+        *why = local ? "fake backend" : "fake backend set remote";
+    return local;
+}
+
+/* Models libvirt: a file in the pool directory is "deleted" (recorded,
+ * not touched: the test's files stand for the remote host's); anything
+ * else is in no pool. */
+static int fake_volume_delete(struct cfs_backend *be, const char *path)
+{
+    struct fake *f = fake_of(be);
+    size_t n;
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_VOLUME_DELETE);
+    if (r == 0) {
+        n = f->pool_dir ? strlen(f->pool_dir) : 0;
+        if (n && strncmp(path, f->pool_dir, n) == 0 && path[n] == '/' &&
+            !strchr(path + n + 1, '/')) {
+            free(f->last_volume_deleted);
+            f->last_volume_deleted = cfs_xstrdup(path);
+        } else {
+            cfs_backend_set_errmsg("Storage volume not found: no storage vol with matching path '%s'", path);
+            r = -ENOENT;
+        }
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
 static const struct cfs_backend_ops fake_ops = {
     .name = "fake",
     .connect = fake_connect,
@@ -762,7 +813,30 @@ static const struct cfs_backend_ops fake_ops = {
     .job_pivot = fake_job_pivot,
     .job_abort = fake_job_abort,
     .offline_commit = fake_offline_commit,
+    .files_local = fake_files_local,
+    .volume_delete = fake_volume_delete,
 };
+
+void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->remote = remote;
+    free(f->pool_dir);
+    f->pool_dir = cfs_xstrdup(pool_dir);
+    pthread_mutex_unlock(&f->lock);
+}
+
+char *cfs_fake_last_volume_deleted(struct cfs_backend *be)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    char *p = cfs_xstrdup(f->last_volume_deleted);
+    pthread_mutex_unlock(&f->lock);
+    return p;
+}
 
 /* ---- the test's controls ---------------------------------------------------------- */
 

@@ -16,15 +16,24 @@
  * Live chains come from the live XML (<backingStore index=...>) and sizes
  * from domstats with backing; a shut-off domain's chain is walked from the
  * image headers (qcow2.c), which no QEMU has open then. The offline commit
- * runs qemu-img, since libvirt has no API for it. */
+ * runs qemu-img, since libvirt has no API for it.
+ *
+ * All of that reading and writing of files by path is done only when the
+ * daemon's paths are this process's paths (lv_files_local(), decided once
+ * at connect, see lv_decide_locality()); otherwise libvirt creates the
+ * overlays, chains and sizes are what libvirt reports, offline merges are
+ * refused and merged files are deleted only through the storage-volume
+ * API. */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <spawn.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -46,6 +55,7 @@ extern char **environ;
 #define RECONNECT_DELAY_MAX_MS 5000
 #define QEMU_IMG "qemu-img"
 #define QEMU_IMG_ERR_MAX 4096
+#define LV_CHAIN_MAX 64 /* layers followed through storage pools */
 
 enum lv_event {
     LV_EV_LIFECYCLE,
@@ -91,6 +101,15 @@ struct lv_backend {
     pthread_mutex_t snap_lock;
     struct lv_snap_cache *snaps;
     size_t n_snaps;
+
+    /* Locality, decided by the first connect (lv_decide_locality) and
+     * never changed: files_local, why (for the log), and whether the
+     * daemon runs as this process's user (then the overlay files this
+     * process writes are the daemon's own). */
+    bool files_local;
+    bool daemon_is_us;
+    char local_why[256];
+    bool decided;
 };
 
 struct lv_snap_cache {
@@ -531,9 +550,158 @@ static void lv_stop_event_thread(struct lv_backend *b)
     b->thread_running = false;
 }
 
-/* Open the connection, turn keepalive on and subscribe to events. */
+/* ---- locality ------------------------------------------------------------ */
+
+struct lv_sock {
+    int fd;
+    ino_t ino;
+};
+
+/* This process's AF_UNIX stream sockets, by fd and socket inode. */
+static size_t lv_unix_sockets(struct lv_sock **out)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    struct dirent *de;
+    size_t n = 0;
+
+    *out = NULL;
+    if (!dir)
+        return 0;
+    while ((de = readdir(dir))) {
+        int fd = atoi(de->d_name), dom = 0, type = 0;
+        socklen_t len = sizeof(int);
+        struct stat st;
+
+        if (de->d_name[0] == '.' || fd == dirfd(dir) || fstat(fd, &st) < 0 ||
+            !S_ISSOCK(st.st_mode))
+            continue;
+        if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &len) < 0 || dom != AF_UNIX)
+            continue;
+        len = sizeof(int);
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM)
+            continue;
+        *out = cfs_xrealloc(*out, (n + 1) * sizeof(**out));
+        (*out)[n++] = (struct lv_sock){ .fd = fd, .ino = st.st_ino };
+    }
+    closedir(dir);
+    return n;
+}
+
+static bool lv_same_inode(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* Does process PID see this process's files at the same paths: the same
+ * mount namespace and the same root? -1 if that cannot be read. */
+static int lv_pid_shares_files(pid_t pid)
+{
+    char ns[64], root[64];
+    struct stat st;
+
+    snprintf(ns, sizeof(ns), "/proc/%d/ns/mnt", (int)pid);
+    snprintf(root, sizeof(root), "/proc/%d/root", (int)pid);
+    if (stat(ns, &st) < 0 || stat(root, &st) < 0)
+        return -1;
+    return lv_same_inode(ns, "/proc/self/ns/mnt") && lv_same_inode(root, "/");
+}
+
+/* The URI CONN is connected to (cfs_uri_remote()); true when it is
+ * remote or unknown. */
+static bool lv_uri_remote(virConnectPtr conn, char *why, size_t sz, bool *embed)
+{
+    _cleanup_free_ char *uri = virConnectGetURI(conn);
+
+    *embed = false;
+    if (!uri) {
+        virResetLastError();
+        snprintf(why, sz, "libvirt did not say which URI it connected to");
+        return true;
+    }
+    return cfs_uri_remote(uri, why, sz, embed);
+}
+
+/* Decide whether the paths libvirt reports are this process's files: not
+ * for a URI with a host or a network transport; for a local socket, only
+ * if the daemon at the other end of the socket libvirt opened (the
+ * sockets that are new since BEFORE; SO_PEERCRED gives its pid) shares
+ * this process's mount namespace and root. A host UUID cannot tell: it
+ * is random per daemon start where the machine has no DMI UUID. Whatever
+ * cannot be told counts as not local: refusing a file operation is safe,
+ * touching the wrong file is not. */
+static void lv_decide_locality(struct lv_backend *b, virConnectPtr conn,
+                               const struct lv_sock *before, size_t n_before)
+{
+    _cleanup_free_ struct lv_sock *after = NULL;
+    size_t n_after = lv_unix_sockets(&after), peers = 0;
+    char *why = b->local_why;
+    size_t sz = sizeof(b->local_why);
+    bool embed, same = true, us = true;
+    int unknown = 0;
+    pid_t pid = 0;
+
+    b->decided = true;
+    b->files_local = false;
+    b->daemon_is_us = false;
+    if (lv_uri_remote(conn, why, sz, &embed))
+        return;
+    if (embed) {
+        b->files_local = b->daemon_is_us = true;
+        snprintf(why, sz, "the driver runs inside this process (embed)");
+        return;
+    }
+    for (size_t i = 0; i < n_after; i++) {
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        bool old = false;
+
+        for (size_t j = 0; j < n_before && !old; j++)
+            old = before[j].ino == after[i].ino;
+        if (old || getsockopt(after[i].fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+            cred.pid <= 0)
+            continue;
+        peers++;
+        pid = cred.pid;
+        int r = lv_pid_shares_files(cred.pid);
+        if (r < 0)
+            unknown++;
+        else if (!r)
+            same = false;
+        if (cred.uid != geteuid())
+            us = false;
+    }
+    if (peers == 0) {
+        snprintf(why, sz, "cannot find the libvirt daemon's socket to check its mount namespace");
+    } else if (unknown) {
+        snprintf(why, sz, "cannot read the mount namespace of the libvirt daemon (pid %d)", (int)pid);
+    } else if (!same) {
+        snprintf(why, sz, "the libvirt daemon (pid %d) runs in another mount namespace", (int)pid);
+    } else {
+        b->files_local = true;
+        b->daemon_is_us = us;
+        snprintf(why, sz, "the libvirt daemon (pid %d) shares this mount namespace%s",
+                 (int)pid, us ? "" : ", as another user");
+    }
+}
+
+static bool lv_files_local(struct cfs_backend *be, const char **why)
+{
+    struct lv_backend *b = lv(be);
+
+    if (why)
+        *why = b->local_why;
+    return b->files_local;
+}
+
+/* Open the connection, turn keepalive on and subscribe to events. The
+ * first open decides locality. */
 static int lv_open(struct lv_backend *b, virConnectPtr *out)
 {
+    _cleanup_free_ struct lv_sock *before = NULL;
+    size_t n_before = b->decided ? 0 : lv_unix_sockets(&before);
     virConnectPtr conn;
     int r;
 
@@ -542,6 +710,8 @@ static int lv_open(struct lv_backend *b, virConnectPtr *out)
         r = lv_error(NULL);
         return r == -EIO ? -ENOTCONN : r;
     }
+    if (!b->decided)
+        lv_decide_locality(b, conn, before, n_before);
     /* 1 means the server does not support keepalive: not an error */
     (void)virConnectSetKeepAlive(conn, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT);
     r = lv_subscribe(b, conn);
@@ -926,10 +1096,80 @@ static void lv_fill_local_sizes(struct cfs_layer *l, bool from_libvirt, bool pro
         l->allocation = (uint64_t)st.st_blocks * 512;
 }
 
+/* Refresh the active storage pool whose target directory is PATH's, so
+ * that it knows a file libvirt made there for a snapshot. true if one was
+ * refreshed. */
+static bool lv_pool_refresh_dir(virConnectPtr conn, const char *path)
+{
+    _cleanup_free_ char *tmp = cfs_xstrdup(path);
+    virStoragePoolPtr pool = virStoragePoolLookupByTargetPath(conn, dirname(tmp));
+    bool done = false;
+
+    if (pool) {
+        done = virStoragePoolIsActive(pool) == 1 && virStoragePoolRefresh(pool, 0) == 0;
+        virStoragePoolFree(pool);
+    }
+    virResetLastError();
+    return done;
+}
+
+/* What libvirt's storage pools know of the image PATH, or -ENOENT. */
+static int lv_volume_info(virConnectPtr conn, const char *path, struct cfs_volxml *out)
+{
+    virStorageVolPtr vol = virStorageVolLookupByPath(conn, path);
+    _cleanup_free_ char *xml = vol ? virStorageVolGetXMLDesc(vol, 0) : NULL;
+    int r = xml ? cfs_domxml_parse_volume(xml, out) : -ENOENT;
+
+    if (vol)
+        virStorageVolFree(vol);
+    virResetLastError();
+    return r;
+}
+
+/* A shut-off domain whose files are not local: its inactive XML may not
+ * describe the chain below the active layer, and no header is read here.
+ * Ask libvirt's storage pools instead: each layer's missing sizes, and
+ * below the last layer its backing file, for as long as a pool holds the
+ * image (a file no active pool has scanned ends the chain as shown). */
+static void lv_complete_chain_from_pools(virConnectPtr conn, struct cfs_disk *disk,
+                                         bool extend)
+{
+    for (size_t l = 0; l < disk->n_layers && l < LV_CHAIN_MAX; l++) {
+        _cleanup_(cfs_volxml_clear) struct cfs_volxml v = {0};
+        struct cfs_layer *ly = &disk->layers[l];
+
+        if (!ly->path || ly->is_block || lv_volume_info(conn, ly->path, &v) < 0)
+            break;
+        if (!ly->virtual_size) {
+            ly->virtual_size = v.capacity;
+            ly->allocation = v.allocation;
+            ly->physical = v.physical;
+        }
+        if (v.format && (!ly->format || !*ly->format)) {
+            free(ly->format);
+            ly->format = cfs_xstrdup(v.format);
+        }
+        if (!extend || l + 1 != disk->n_layers || !v.backing ||
+            cfs_image_name_is_protocol(v.backing))
+            continue;
+        for (size_t k = 0; k < disk->n_layers; k++)
+            if (cfs_streq(disk->layers[k].path, v.backing))
+                return; /* a loop */
+        disk->layers = cfs_xrealloc(disk->layers, (disk->n_layers + 1) * sizeof(*disk->layers));
+        disk->layers[disk->n_layers++] = (struct cfs_layer){
+            .path = TAKE_PTR(v.backing),
+            .format = cfs_xstrdup(v.backing_format ? v.backing_format : ""),
+        };
+    }
+}
+
 /* Domain XML -> struct cfs_domxml with full chains and sizes. LIVE: the
  * domain runs (chains and sizes come from libvirt only); otherwise chains
- * are completed from the image headers. */
-static void lv_complete_chains(virDomainPtr dom, struct cfs_domxml *x, bool live)
+ * are completed from the image headers. FILES_LOCAL false: no file is
+ * looked at; chains and sizes are what libvirt reports (CONN's storage
+ * pools for a shut-off domain, when CONN is given). */
+static void lv_complete_chains(virConnectPtr conn, virDomainPtr dom,
+                               struct cfs_domxml *x, bool live, bool files_local)
 {
     struct cfs_domain *d = x->domain;
     bool **matched = cfs_xcalloc(d->n_disks ? d->n_disks : 1, sizeof(*matched));
@@ -944,9 +1184,11 @@ static void lv_complete_chains(virDomainPtr dom, struct cfs_domxml *x, bool live
     for (size_t i = 0; i < d->n_disks; i++) {
         struct cfs_disk *disk = &d->disks[i];
 
-        if (!live && !x->disks[i].chain_complete)
+        if (files_local && !live && !x->disks[i].chain_complete)
             (void)cfs_image_extend_chain(disk);
-        for (size_t l = 0; l < listed[i]; l++)
+        if (!files_local && !live && conn)
+            lv_complete_chain_from_pools(conn, disk, !x->disks[i].chain_complete);
+        for (size_t l = 0; files_local && l < listed[i]; l++)
             lv_fill_local_sizes(&disk->layers[l], matched[i][l], !live);
         free(matched[i]);
     }
@@ -985,7 +1227,7 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
     x.domain->state = lv_map_state(state);
     x.domain->persistent = virDomainIsPersistent(dom) == 1;
 
-    lv_complete_chains(stats ? dom : NULL, &x, live);
+    lv_complete_chains(conn, stats ? dom : NULL, &x, live, lv_files_local(be, NULL));
     r = lv_read_snapshots(b, conn, dom, x.domain);
     if (r < 0)
         return r;
@@ -1052,7 +1294,8 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
     uint64_t size;
     int r;
 
-    if (lstat(overlay, &st) == 0) {
+    /* not local: libvirt itself refuses an existing file ("already exists") */
+    if (lv_files_local(be, NULL) && lstat(overlay, &st) == 0) {
         cfs_backend_set_errmsg("overlay file '%s' already exists", overlay);
         return -EEXIST;
     }
@@ -1084,9 +1327,13 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
     /* The overlay is written here, as qemu-img would write it, and libvirt
      * takes it as it is: the snapshot call then takes 15-23 ms instead of
      * 25-45 ms with libvirt creating it through QEMU (two blockdev-create
-     * jobs). Formats we do not write are left to libvirt. */
+     * jobs). Formats we do not write are left to libvirt, and so is every
+     * overlay where the daemon's files are not ours or are not ours to
+     * own: a session daemon of another user, whose QEMU could not open a
+     * file this process owns. */
     bool made = false;
-    if (overlay_size(&d->layers[0], &size) == 0) {
+    if (lv_files_local(be, NULL) && lv(be)->daemon_is_us &&
+        overlay_size(&d->layers[0], &size) == 0) {
         r = cfs_image_create_overlay(overlay, d->layers[0].path,
                                      d->layers[0].format, size);
         if (r == -EEXIST) {
@@ -1115,19 +1362,24 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
      * the switch, e.g. saving the metadata): never a file in a chain */
     if (r < 0 && made && !lv_path_in_domain(dom, overlay))
         unlink(overlay);
+    /* remote: the pool of the new file learns of it (chains of shut-off
+     * domains are read from the pools) */
+    if (r == 0 && !lv_files_local(be, NULL))
+        (void)lv_pool_refresh_dir(conn, overlay);
     return r;
 }
 
 /* Whether some disk of snapshot SX still names a layer of that disk's
  * chain in X. */
 static bool lv_snap_names_a_layer(const struct cfs_snapxml *sx,
-                                  const struct cfs_domxml *x)
+                                  const struct cfs_domxml *x, bool files_local)
 {
     for (size_t k = 0; k < sx->n_disks; k++) {
         const struct cfs_disk *disk = cfs_domain_find_disk(x->domain, sx->disks[k].target);
 
         for (size_t l = 0; disk && l < disk->n_layers; l++)
-            if (same_file(disk->layers[l].path, sx->disks[k].source))
+            if (files_local ? same_file(disk->layers[l].path, sx->disks[k].source)
+                            : cfs_streq(disk->layers[l].path, sx->disks[k].source))
                 return true;
     }
     return false;
@@ -1179,8 +1431,9 @@ static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
         cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
         return -EIO;
     }
-    lv_complete_chains(NULL, &x, virDomainIsActive(dom) == 1);
-    named = lv_snap_names_a_layer(&sx, &x);
+    lv_complete_chains(conn, NULL, &x, virDomainIsActive(dom) == 1,
+                       lv_files_local(be, NULL));
+    named = lv_snap_names_a_layer(&sx, &x, lv_files_local(be, NULL));
 
     /* under snap_lock, so that no re-read caches the old disk list after
      * the change: the entry is dropped and fetched again */
@@ -1224,7 +1477,7 @@ static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
         /* QEMU says 'Failed to get "write" lock' both when BASE and when
          * TOP is held by another process, and libvirt drops QEMU's hint
          * that names it: look for the holder, else name both */
-        switch (lv_local_lone_holders(top, base)) {
+        switch (lv_files_local(be, NULL) ? lv_local_lone_holders(top, base) : 0) {
         case 1:
             return lv_name_locked_image(r, top, NULL);
         case 2:
@@ -1435,6 +1688,13 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     size_t i;
     int r;
 
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, and "
+                               "they are not on this machine (%s); libvirt has no API "
+                               "for it: start the domain and rmdir again",
+                               lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
@@ -1458,7 +1718,7 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
         cfs_backend_set_errmsg("domain '%s' has no disk '%s'", dom_name, disk_target);
         return -ENOENT;
     }
-    lv_complete_chains(NULL, &x, false);
+    lv_complete_chains(NULL, NULL, &x, false, true);
 
     for (i = 0; i < disk->n_layers; i++)
         if (cfs_streq(disk->layers[i].path, top))
@@ -1534,6 +1794,36 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     }
 }
 
+/* ---- storage volumes --------------------------------------------------- */
+
+/* Delete PATH through the storage pool that holds it. A file libvirt made
+ * for a snapshot is unknown to its pool until the pool is refreshed: the
+ * pool whose target directory is PATH's is refreshed once before giving
+ * up. -ENOENT if no pool holds it. */
+static int lv_volume_delete(struct cfs_backend *be, const char *path)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    virStorageVolPtr vol;
+    int r = lv_conn(lv(be), &conn);
+
+    if (r < 0)
+        return r;
+    vol = virStorageVolLookupByPath(conn, path);
+    if (!vol) {
+        virResetLastError();
+        if (lv_pool_refresh_dir(conn, path))
+            vol = virStorageVolLookupByPath(conn, path);
+    }
+    if (!vol) {
+        virResetLastError();
+        cfs_backend_set_errmsg("no active storage pool of libvirt holds %s", path);
+        return -ENOENT;
+    }
+    r = virStorageVolDelete(vol, 0) < 0 ? lv_error(conn) : 0;
+    virStorageVolFree(vol);
+    return r;
+}
+
 /* ---- construction ------------------------------------------------------- */
 
 static const struct cfs_backend_ops lv_ops = {
@@ -1550,6 +1840,8 @@ static const struct cfs_backend_ops lv_ops = {
     .job_pivot = lv_job_pivot,
     .job_abort = lv_job_abort,
     .offline_commit = lv_offline_commit,
+    .files_local = lv_files_local,
+    .volume_delete = lv_volume_delete,
 };
 
 struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
@@ -1563,6 +1855,7 @@ struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
     pthread_mutex_init(&b->snap_lock, NULL);
     pthread_cond_init(&b->cond, NULL);
     b->up_timer = -1;
+    snprintf(b->local_why, sizeof(b->local_why), "not connected yet");
     for (size_t i = 0; i < LV_EV_MAX; i++)
         b->cb_ids[i] = -1;
     return &b->pub;

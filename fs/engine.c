@@ -285,12 +285,23 @@ static void carry_sizes(const struct cfs_domain *old, struct cfs_domain *new)
     }
 }
 
+/* The one gate of every file operation on a path libvirt reported: does
+ * this process see, at those paths, the files libvirt means (backend.h
+ * files_local, decided once at connect)? When it does not, the engine
+ * never opens, creates, stats or deletes such a file. */
+static bool engine_files_local(struct cfs_engine *e)
+{
+    return !e->be->ops->files_local || e->be->ops->files_local(e->be, NULL);
+}
+
 /* The tree as it is right after a snapshot of DOM/DISK made OVERLAY the
- * active layer above ACTIVE (sizes of the new overlay from stat()). Caller
- * holds the lock. false if the tree no longer looks as it did before. */
+ * active layer above ACTIVE (sizes of the new overlay from stat() when
+ * FILES_LOCAL, else 0 until the next re-read). Caller holds the lock.
+ * false if the tree no longer looks as it did before. */
 static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
                               const char *disk, const char *active,
-                              const char *overlay, const char *name)
+                              const char *overlay, const char *name,
+                              bool files_local)
 {
     struct cfs_domain *d = cfs_tree_find_domain(t, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
@@ -309,7 +320,7 @@ static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
         .meta_name = cfs_xstrdup(name),
     };
     struct stat st;
-    if (stat(overlay, &st) == 0) {
+    if (files_local && stat(overlay, &st) == 0) {
         cd->layers[0].allocation = (uint64_t)st.st_blocks * 512;
         cd->layers[0].physical = (uint64_t)st.st_size;
     }
@@ -577,9 +588,9 @@ static bool path_in_any_chain(struct cfs_engine *e, const char *path)
 }
 
 /* " (no space left on the filesystem of BASE)" when that is so, else "". */
-static char *space_reason(const char *base)
+static char *space_reason(struct cfs_engine *e, const char *base)
 {
-    if (!base)
+    if (!base || !engine_files_local(e))
         return cfs_xstrdup("");
     _cleanup_free_ char *tmp = cfs_xstrdup(base);
     struct statvfs vfs;
@@ -591,6 +602,30 @@ static char *space_reason(const char *base)
 
 static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
                      uint64_t id, enum cfs_job_state st, const char *why);
+
+/* Remove the merged file TOP, which no chain uses, where its files are
+ * not this machine's: through libvirt's storage-volume API when a pool
+ * holds it, else it stays where it is and becomes the job's leftover. */
+static void merged_remove_remote(struct cfs_engine *e, const char *dom,
+                                 const char *disk, uint64_t id, const char *top)
+{
+    int r = e->be->ops->volume_delete ? e->be->ops->volume_delete(e->be, top)
+                                      : -EOPNOTSUPP;
+    if (r == 0) {
+        log_info("%s/%s: deleted %s through libvirt's storage pool", dom, disk, top);
+        return;
+    }
+    log_warn("%s/%s: %s is not a file of this machine; left in place, "
+             "remove it on the libvirt host: %s", dom, disk, top,
+             errmsg_or(strerror(-r)));
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (s->job.id == id) {
+        free(s->job.leftover);
+        s->job.leftover = cfs_xstrdup(top);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+}
 
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
  * delete it (unless kept or still used anywhere), make libvirt's snapshot
@@ -639,6 +674,8 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
     else if (used)
         log_warn("%s/%s: %s is still used by a chain; not deleting it", dom,
                  disk, job.top);
+    else if (!engine_files_local(e))
+        merged_remove_remote(e, dom, disk, id, job.top);
     else if (unlink(job.top) < 0 && errno != ENOENT)
         log_warn("%s/%s: deleting %s: %s", dom, disk, job.top,
                  strerror(errno));
@@ -679,10 +716,11 @@ static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     uint64_t base_before = ds ? ds->base_bytes : 0;
     pthread_mutex_unlock(&e->tree->lock);
     struct stat bst;
-    bool base_grew = base_before && job.base && stat(job.base, &bst) == 0 &&
+    bool base_grew = base_before && job.base && engine_files_local(e) &&
+                     stat(job.base, &bst) == 0 &&
                      (uint64_t)bst.st_blocks * 512 > base_before;
     bool partial = job.type != CFS_JOB_SNAPSHOT && (job.cur > 0 || base_grew);
-    _cleanup_free_ char *space = space_reason(job.base);
+    _cleanup_free_ char *space = space_reason(e, job.base);
     _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
     log_err("%s/%s: merge of snapshot %s %s: %s", dom, disk, job.snapshot,
             st == CFS_JOB_STATE_CANCELED ? "canceled" : "failed", text);
@@ -1069,12 +1107,16 @@ static void recover_journal(struct cfs_engine *e)
              * died between writing it and libvirt taking it, or libvirt
              * is still at it (a call outlives its caller). Deleting it
              * could pull a file from under QEMU; it is only named. */
-            bool left = !done && en->top && lstat(en->top, &st) == 0;
+            bool local = engine_files_local(e);
+            bool left = !done && en->top && (!local || lstat(en->top, &st) == 0);
             log_info("recovery: %s/%s: snapshot %s was %s%s%s", en->domain,
                      en->disk, en->snapshot,
                      done ? "taken" : "not taken (nothing to undo)",
-                     left ? "; its overlay file was left in place, remove it "
-                            "once no chain uses it: " : "",
+                     !left ? ""
+                     : local ? "; its overlay file was left in place, remove it "
+                               "once no chain uses it: "
+                             : "; its overlay file may be left on the libvirt "
+                               "host, remove it there once no chain uses it: ",
                      left ? en->top : "");
             journal_close(e, en->id);
             continue;
@@ -1183,6 +1225,16 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
                                     errmsg_or(strerror(-r)));
         return r;
     }
+    const char *why = "the backend's own";
+    if (e->be->ops->files_local)
+        (void)e->be->ops->files_local(e->be, &why);
+    if (engine_files_local(e))
+        log_info("image files: local (%s)", why);
+    else
+        log_info("image files: not on this machine (%s): libvirt creates the "
+                 "overlays, merged files are deleted only through a libvirt "
+                 "storage pool (else listed as leftover in job), offline merges "
+                 "are refused", why);
     r = refresh_all(e);
     if (r < 0) {
         if (errmsg)
@@ -1596,13 +1648,15 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     struct statvfs vfs;
     struct stat st;
 
-    if (lstat(overlay, &st) == 0) {
+    /* not local: libvirt checks the file and the space itself */
+    bool local = engine_files_local(e);
+    if (local && lstat(overlay, &st) == 0) {
         r = -EEXIST;
         msg = cfs_xasprintf("the overlay file %s already exists", overlay);
-    } else if (statvfs(dir, &vfs) < 0) {
+    } else if (local && statvfs(dir, &vfs) < 0) {
         r = -errno;
         msg = cfs_xasprintf("overlay directory %s: %s", dir, strerror(errno));
-    } else if ((uint64_t)vfs.f_bavail * vfs.f_frsize < OVERLAY_MIN_FREE) {
+    } else if (local && (uint64_t)vfs.f_bavail * vfs.f_frsize < OVERLAY_MIN_FREE) {
         r = -ENOSPC;
         msg = cfs_xasprintf("overlay directory %s is full", dir);
     } else {
@@ -1657,7 +1711,8 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
      * saw. */
     pthread_mutex_lock(&e->tree->lock);
     (*dom_seq_slot(e, dom))++;
-    bool pushed = tree_push_overlay(e->tree, dom, disk, active, overlay, name);
+    bool pushed = tree_push_overlay(e->tree, dom, disk, active, overlay, name,
+                                    local);
     pthread_mutex_unlock(&e->tree->lock);
     if (pushed)
         on_domain_changed(e, dom); /* the exact figures, in the background */
@@ -1744,6 +1799,11 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     } else if (cfs_tree_path_used_elsewhere(e->tree, dk->layers[idx + 1].path, dom)) {
         r = -EBUSY;
         why = "the layer to merge into is shared with another domain's chain";
+    } else if (d->state == CFS_DOM_SHUTOFF && !engine_files_local(e)) {
+        r = -EOPNOTSUPP;
+        why = "the domain is shut off and its image files are not on this "
+              "machine: an offline merge runs qemu-img on them and libvirt "
+              "has no API for it; start the domain and rmdir again";
     } else {
         running = d->state != CFS_DOM_SHUTOFF;
         const struct cfs_layer *top = &dk->layers[idx];
@@ -1765,7 +1825,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         j->journal_id = cfs_journal_new_id(e->journal);
         job_number(e, s);
         struct stat bst;
-        s->base_bytes = stat(j->base, &bst) == 0 ? (uint64_t)bst.st_blocks * 512 : 0;
+        s->base_bytes = engine_files_local(e) && stat(j->base, &bst) == 0
+                            ? (uint64_t)bst.st_blocks * 512 : 0;
         /* a live commit is not in libvirt until commit_start returns */
         s->starting = running;
         cfs_job_copy(&job, j);

@@ -121,6 +121,7 @@ void cfs_job_clear(struct cfs_job *j)
     free(j->base);
     free(j->error);
     free(j->journal_id);
+    free(j->leftover);
     *j = (struct cfs_job){ 0 };
 }
 
@@ -197,6 +198,7 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->base = cfs_xstrdup(src->base);
     dst->error = cfs_xstrdup(src->error);
     dst->journal_id = cfs_xstrdup(src->journal_id);
+    dst->leftover = cfs_xstrdup(src->leftover);
 }
 
 /* ---- lookups ------------------------------------------------------------------ */

@@ -336,6 +336,8 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
         kv_str(&kv, "error", job->error);
         if (job->partial)
             kv_str(&kv, "partial", "yes");
+        if (job->leftover)
+            kv_str(&kv, "leftover", job->leftover);
     }
     if (stale)
         kv_str(&kv, "stale", "yes");
@@ -361,6 +363,7 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_time(o, "finished", none ? 0 : job->finished);
     json_put_str(o, "error", none ? NULL : job->error);
     json_put_bool(o, "partial", none ? false : job->partial);
+    json_put_str(o, "leftover", none ? NULL : job->leftover);
     json_put_bool(o, "stale", stale);
     json_emit(b, o);
 }

@@ -117,6 +117,20 @@ struct cfs_backend_ops {
     int (*offline_commit)(struct cfs_backend *be, const char *dom,
                           const char *disk, const char *top,
                           const char *base, bool active);
+
+    /* Optional (NULL: the files are local). Whether the paths libvirt
+     * reports name the files this process sees at those paths: decided
+     * once, at connect (a URI with a host or a network transport, a
+     * daemon in another mount namespace, or a daemon that cannot be
+     * found, is not local). When false, nothing in chainfs opens,
+     * creates, stats or deletes a file by such a path; libvirt does it
+     * or it is not done. *WHY (may be NULL) gets a static explanation
+     * for the log. */
+    bool (*files_local)(struct cfs_backend *be, const char **why);
+    /* Optional (may be NULL): delete the file PATH through libvirt's
+     * storage-volume API (for files that are not local). -ENOENT if no
+     * active storage pool holds it: the file is then left in place. */
+    int (*volume_delete)(struct cfs_backend *be, const char *path);
 };
 
 struct cfs_backend {

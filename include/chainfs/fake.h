@@ -47,5 +47,13 @@ void cfs_fake_job_vanish(struct cfs_backend *be, const char *dom,
                          const char *disk, bool completed);
 /* Make job_pivot return -EAGAIN the next N times. */
 void cfs_fake_pivot_not_ready(struct cfs_backend *be, int n);
+/* Act as a connection whose image files are not on this machine
+ * (files_local() false; offline_commit refused with -EOPNOTSUPP), or as
+ * a local one again. POOL_DIR (may be NULL): volume_delete "deletes"
+ * files directly in it (records the path, touches nothing) and answers
+ * -ENOENT for any other. */
+void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir);
+/* The last path volume_delete accepted, or NULL. Caller frees. */
+char *cfs_fake_last_volume_deleted(struct cfs_backend *be);
 /* How many times OP was called (for "no libvirt call on reads" tests). */
 unsigned cfs_fake_calls(struct cfs_backend *be, const char *op);

@@ -95,6 +95,8 @@ struct cfs_job {
     int64_t finished;      /* unix seconds, 0 while in progress */
     char *error;           /* last error text (libvirt's message), or NULL */
     bool partial;          /* failed after the base was partly written */
+    char *leftover;        /* merged file left in place because it is not on
+                              this machine (a remote connection), or NULL */
     char *journal_id;      /* the journal entry that records it, or NULL */
     uint64_t id;           /* the engine's number for this job: events and
                               steps act only on the job they were meant for */

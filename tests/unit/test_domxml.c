@@ -713,10 +713,87 @@ static void test_create_overlay(void **state)
                                               "qcow2", 1 << 20), -ENOENT);
 }
 
+/* A storage volume as virStorageVolGetXMLDesc gives it (libvirt 9.0). */
+static void test_parse_volume(void **state)
+{
+    (void)state;
+    static const char xml[] =
+        "<volume type='file'>\n"
+        "  <name>q1.qcow2</name>\n"
+        "  <key>/var/lib/libvirt/images/q1.qcow2</key>\n"
+        "  <capacity unit='bytes'>67108864</capacity>\n"
+        "  <allocation unit='bytes'>200704</allocation>\n"
+        "  <physical unit='bytes'>196616</physical>\n"
+        "  <target>\n"
+        "    <path>/var/lib/libvirt/images/q1.qcow2</path>\n"
+        "    <format type='qcow2'/>\n"
+        "    <permissions><mode>0644</mode><owner>0</owner><group>0</group></permissions>\n"
+        "  </target>\n"
+        "  <backingStore>\n"
+        "    <path>/var/lib/libvirt/images/base.img</path>\n"
+        "    <format type='raw'/>\n"
+        "  </backingStore>\n"
+        "</volume>\n";
+    struct cfs_volxml v;
+
+    assert_int_equal(cfs_domxml_parse_volume(xml, &v), 0);
+    assert_string_equal(v.format, "qcow2");
+    assert_int_equal(v.capacity, 67108864);
+    assert_int_equal(v.allocation, 200704);
+    assert_int_equal(v.physical, 196616);
+    assert_string_equal(v.backing, "/var/lib/libvirt/images/base.img");
+    assert_string_equal(v.backing_format, "raw");
+    cfs_volxml_clear(&v);
+
+    assert_int_equal(cfs_domxml_parse_volume("<volume><name>b</name><target><path>/b</path>"
+                                             "<format type='raw'/></target></volume>", &v), 0);
+    assert_string_equal(v.format, "raw");
+    assert_null(v.backing);
+    assert_null(v.backing_format);
+    cfs_volxml_clear(&v);
+    assert_int_equal(cfs_domxml_parse_volume("<domain/>", &v), -EINVAL);
+    assert_int_equal(cfs_domxml_parse_volume("not xml", &v), -EINVAL);
+}
+
+/* Which URIs are remote: a network transport or a host; local otherwise. */
+static void test_uri_remote(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *uri;
+        bool remote, embed;
+        const char *why;
+    } cases[] = {
+        { "qemu:///system", false, false, NULL },
+        { "qemu:///session", false, false, NULL },
+        { "qemu:///session?socket=/tmp/x/libvirt-sock", false, false, NULL },
+        { "qemu+unix:///system?socket=/run/libvirt/libvirt-sock", false, false, NULL },
+        { "qemu:///embed?root=/var/tmp/vm", false, true, NULL },
+        { "qemu+ssh://root@host.example/system", true, false, "over ssh" },
+        { "qemu+tcp://10.0.0.2/system", true, false, "over tcp" },
+        { "qemu+tls://h/system", true, false, "over tls" },
+        { "qemu+libssh2://h/system?known_hosts=/x", true, false, "over libssh2" },
+        { "qemu+unixx:///system", true, false, "over unixx" },
+        { "qemu://host.example/system", true, false, "names the host host.example" },
+        { "qemu+unix://localhost/system", true, false, "names the host localhost" },
+        { "qemu:/system", true, false, "cannot parse" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char why[256] = "";
+        bool embed = true;
+        bool remote = cfs_uri_remote(cases[i].uri, why, sizeof(why), &embed);
+        if (remote != cases[i].remote || embed != cases[i].embed ||
+            (cases[i].why && !strstr(why, cases[i].why)))
+            fail_msg("%s: remote %d embed %d why '%s'", cases[i].uri, remote, embed, why);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest xml_tests[] = {
         cmocka_unit_test(test_running_chain),
+        cmocka_unit_test(test_uri_remote),
+        cmocka_unit_test(test_parse_volume),
         cmocka_unit_test(test_running_mixed),
         cmocka_unit_test(test_running_block_backing),
         cmocka_unit_test(test_shutoff_network),

@@ -472,6 +472,121 @@ static void test_mkdir_shutoff(void **state)
     assert_list(f, "/vm1/vda/snapshots", "s1 s2 off1");
 }
 
+/* ---- a connection whose files are not this machine's ---------------------------------- */
+
+static char *slurp(const char *p)
+{
+    FILE *fp = fopen(p, "r");
+    assert_non_null(fp);
+    char buf[256] = "";
+    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    return strdup(buf);
+}
+
+/* A local file where the remote overlay will be is a decoy: not looked
+ * at (no EEXIST), not changed. */
+static void test_remote_mkdir_ignores_local_file(void **state)
+{
+    struct fx *f = *state;
+    char decoy[256];
+    snprintf(decoy, sizeof(decoy), "%s/vm1.vda.r1.qcow2", f->dir);
+    FILE *fp = fopen(decoy, "w");
+    assert_non_null(fp);
+    fputs("decoy", fp);
+    fclose(fp);
+    cfs_fake_set_remote(f->be, true, NULL);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "r1"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 r1");
+    char *c = slurp(decoy);
+    assert_string_equal(c, "decoy");
+    free(c);
+}
+
+/* The merged file is not deleted here: it is the job's leftover. */
+static void test_remote_rmdir_leaves_leftover(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_set_remote(f->be, true, NULL);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_true(exists(f->paths[0]));
+    assert_int_equal(cfs_fake_calls(f->be, "volume_delete"), 1);
+    char want[256];
+    snprintf(want, sizeof(want), "leftover:  %s\n", f->paths[0]);
+    assert_job_contains(f, want);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    assert_int_equal(journal_entries(f), 0);
+    /* a middle layer the same way; the new job starts without a leftover */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "leftover"));
+    free(job);
+}
+
+/* In a storage pool, libvirt deletes it. */
+static void test_remote_rmdir_pool_deletes(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_set_remote(f->be, true, f->dir);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    char *gone = cfs_fake_last_volume_deleted(f->be);
+    assert_non_null(gone);
+    assert_string_equal(gone, f->paths[0]);
+    free(gone);
+    assert_true(exists(f->paths[0])); /* not by unlink() here */
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "leftover"));
+    free(job);
+}
+
+/* A shut-off domain's merge would run qemu-img on local paths: refused
+ * up front, nothing recorded, nothing changed. */
+static void test_remote_offline_refused(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_set_remote(f->be, true, NULL);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), -EOPNOTSUPP);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -EOPNOTSUPP);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(cfs_fake_calls(f->be, "offline_commit"), 0);
+    assert_int_equal(journal_entries(f), 0);
+    assert_true(exists(f->paths[0]));
+    assert_job_contains(f, "start the domain and rmdir again");
+    /* mkdir on the shut-off domain goes through libvirt */
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "off1"), 0);
+}
+
+/* A merge that finished while no daemon ran, taken up on a remote
+ * connection: cleaned up, and the merged file left and named. */
+static void test_remote_recovery_leaves_leftover(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    struct cfs_backend *be2 = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[2]}; /* s1 merged meanwhile */
+    const char *meta[] = {"s2", NULL};
+    cfs_fake_add_simple(be2, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 2);
+    cfs_fake_set_remote(be2, true, NULL);
+    cfs_engine_free(f->e);
+    f->be = be2;
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, be2, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_true(exists(f->paths[1]));
+    char want[256];
+    snprintf(want, sizeof(want), "leftover:  %s\n", f->paths[1]);
+    assert_job_contains(f, want);
+    assert_int_equal(journal_entries(f), 0);
+}
+
 /* ---- wait --------------------------------------------------------------------------- */
 
 static bool always(void *arg)
@@ -687,6 +802,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_offline_merge, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_shutoff, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_wait, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_mkdir_ignores_local_file, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_rmdir_leaves_leftover, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_rmdir_pool_deletes, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_offline_refused, setup_shutoff, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_recovery_leaves_leftover, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_follows_and_cleans, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),

@@ -503,6 +503,32 @@ static void test_job_text_failed(void **state)
         "stale:     yes\n");
 }
 
+/* A merge on a remote connection whose file stayed where it was. */
+static void test_job_text_leftover(void **state)
+{
+    (void)state;
+    struct cfs_job j = running_job();
+    j.state = CFS_JOB_STATE_COMPLETED;
+    j.cur = j.end;
+    j.finished = 1790000600;
+    j.leftover = "/var/lib/libvirt/images/web01.vda.s2.qcow2";
+    _cleanup_free_ char *s = render_job_text(&j, false);
+
+    assert_string_equal(s,
+        "type:      active-commit\n"
+        "state:     completed\n"
+        "snapshot:  s2\n"
+        "top:       /var/lib/libvirt/images/web01.vda.s2.qcow2\n"
+        "base:      /var/lib/libvirt/images/web01.vda.s1.qcow2\n"
+        "progress:  100% [####################]\n"
+        "bytes:     64.0MiB / 64.0MiB\n"
+        "bandwidth: unlimited\n"
+        "started:   2026-09-21T14:13:20Z\n"
+        "finished:  2026-09-21T14:23:20Z\n"
+        "error:     -\n"
+        "leftover:  /var/lib/libvirt/images/web01.vda.s2.qcow2\n");
+}
+
 static void test_job_text_none(void **state)
 {
     (void)state;
@@ -564,7 +590,7 @@ static void test_job_json(void **state)
     (void)state;
     static const char *const keys[] = {
         "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
-        "end", "bandwidth", "started", "finished", "error", "partial", "stale",
+        "end", "bandwidth", "started", "finished", "error", "partial", "leftover", "stale",
     };
     struct cfs_job j = running_job();
     j.bandwidth = 3 * MiB;
@@ -587,6 +613,7 @@ static void test_job_json(void **state)
     assert_json_str(o, "finished", NULL);
     assert_json_str(o, "error", NULL);
     assert_json_bool(o, "partial", false);
+    assert_json_str(o, "leftover", NULL);
     assert_json_bool(o, "stale", false);
     json_object_put(o);
 
@@ -603,6 +630,16 @@ static void test_job_json(void **state)
     assert_json_bool(o, "partial", true);
     assert_json_bool(o, "stale", true);
     json_object_put(o);
+
+    j.state = CFS_JOB_STATE_COMPLETED;
+    j.error = NULL;
+    j.partial = false;
+    j.leftover = "/var/lib/libvirt/images/web01.vda.s2.qcow2";
+    cfs_render_job_json(&b, &j, false);
+    _cleanup_free_ char *s3 = cfs_buf_steal(&b);
+    o = parse_json(s3);
+    assert_json_str(o, "leftover", "/var/lib/libvirt/images/web01.vda.s2.qcow2");
+    json_object_put(o);
 }
 
 static void test_job_json_none(void **state)
@@ -610,7 +647,7 @@ static void test_job_json_none(void **state)
     (void)state;
     static const char *const keys[] = {
         "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
-        "end", "bandwidth", "started", "finished", "error", "partial", "stale",
+        "end", "bandwidth", "started", "finished", "error", "partial", "leftover", "stale",
     };
     struct cfs_buf b = { 0 };
 
@@ -810,6 +847,7 @@ int main(void)
         cmocka_unit_test(test_chain_json_single_and_empty),
         cmocka_unit_test(test_job_text_golden),
         cmocka_unit_test(test_job_text_failed),
+        cmocka_unit_test(test_job_text_leftover),
         cmocka_unit_test(test_job_text_none),
         cmocka_unit_test(test_job_progress),
         cmocka_unit_test(test_job_json),
