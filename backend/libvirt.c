@@ -782,7 +782,8 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
 
             for (size_t l = 0; disk && l < disk->n_layers; l++)
                 if (!disk->layers[l].meta_name &&
-                    cfs_streq(disk->layers[l].path, c->sources[k]))
+                    cfs_file_same(&disk->layers[l].id, disk->layers[l].path,
+                                  NULL, c->sources[k]))
                     disk->layers[l].meta_name = cfs_xstrdup(name);
         }
         virDomainSnapshotFree(snaps[i]);
@@ -854,6 +855,8 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
     x.domain->persistent = virDomainIsPersistent(dom) == 1;
 
     lv_complete_chains(stats ? dom : NULL, &x, live);
+    /* the one place chainfs asks the file system which file each layer is */
+    cfs_domain_identify(x.domain);
     r = lv_read_snapshots(b, conn, dom, x.domain);
     if (r < 0)
         return r;

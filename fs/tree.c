@@ -155,14 +155,22 @@ struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
     return s;
 }
 
-bool cfs_tree_path_used_elsewhere(struct cfs_tree *t, const char *path,
-                                  const char *except_dom)
+const struct cfs_disk *cfs_tree_file_user(struct cfs_tree *t,
+                                          const struct cfs_file_id *id,
+                                          const char *path,
+                                          const char *except_dom,
+                                          const char *except_disk,
+                                          const struct cfs_domain **dom_out)
 {
     for (size_t i = 0; i < t->n_doms; i++) {
-        if (except_dom && strcmp(t->doms[i]->name, except_dom) == 0)
-            continue;
-        if (cfs_domain_uses_path(t->doms[i], path))
-            return true;
+        bool self = except_dom && strcmp(t->doms[i]->name, except_dom) == 0;
+        const struct cfs_disk *dk = cfs_domain_file_user(
+            t->doms[i], id, path, self ? except_disk : NULL);
+        if (dk && !(self && !except_disk)) {
+            if (dom_out)
+                *dom_out = t->doms[i];
+            return dk;
+        }
     }
-    return false;
+    return NULL;
 }
