@@ -114,10 +114,10 @@ it_make_image "$T/c/d.qcow2" 64M "$T/ovl/${s1file##*/}"
 it_write_pattern "$T/c/d.qcow2" 0x60 5M 1M
 it_define "$D" "$T/c/d.qcow2"
 it_wait_dom "$D"
-cp --sparse=always "$T/a/a1.qcow2" "$T/a1.copy"
+cp --sparse=always "$T/a/a1.qcow2" "$T/a/a1.copy" # same directory: its backing is relative
 it_refused "$A" vda s1 "$D"
 [ -e "$s1file" ] || it_fail "A's overlay $s1file was deleted"
-it_unchanged "$T/a1.copy" "$T/a/a1.qcow2" "a1 unchanged after rmdir of A/vda/s1"
+it_unchanged "$T/a/a1.copy" "$T/a/a1.qcow2" "a1 unchanged after rmdir of A/vda/s1"
 it_check_pattern "$T/c/d.qcow2" 0x60 5M 1M
 it_check_pattern "$T/c/d.qcow2" 0x51 4M 1M
 it_check_pattern "$T/c/d.qcow2" 0x11 1M 1M
