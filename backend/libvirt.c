@@ -1244,13 +1244,14 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     lv_complete_chains(NULL, &x, false);
 
     for (i = 0; i < disk->n_layers; i++)
-        if (cfs_streq(disk->layers[i].path, top))
+        if (cfs_file_same(NULL, disk->layers[i].path, NULL, top))
             break;
     if (i == disk->n_layers) {
         cfs_backend_set_errmsg("'%s' is not in the chain of disk '%s'", top, disk_target);
         return -ENOENT;
     }
-    if (i + 1 >= disk->n_layers || !cfs_streq(disk->layers[i + 1].path, base)) {
+    if (i + 1 >= disk->n_layers ||
+        !cfs_file_same(NULL, disk->layers[i + 1].path, NULL, base)) {
         cfs_backend_set_errmsg("'%s' is not the backing file of '%s'", base, top);
         return -EINVAL;
     }
