@@ -322,26 +322,16 @@ static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
  * statistics (they cost more than the change itself) so the caller can
  * return with the tree showing the new chain, then the full re-read in
  * the background for the exact figures. */
+static int lock_live(struct cfs_engine *e, const char *dom);
+
 static void refresh_after_change(struct cfs_engine *e, const char *dom)
 {
-    struct cfs_domain *d = NULL;
-    pthread_mutex_lock(&e->tree->lock);
-    unsigned long before = *dom_seq_slot(e, dom);
-    pthread_mutex_unlock(&e->tree->lock);
-    if (!e->be->ops->read_domain_light ||
-        e->be->ops->read_domain_light(e->be, dom, &d) < 0) {
+    if (lock_live(e, dom) < 0) {
         refresh_domain(e, dom);
         return;
     }
-    bool removed;
-    pthread_mutex_lock(&e->tree->lock);
-    carry_sizes(cfs_tree_find_domain(e->tree, dom), d);
-    bool installed = install_read(e, dom, before, d, &removed);
     pthread_mutex_unlock(&e->tree->lock);
-    if (!installed)
-        refresh_domain(e, dom);
-    else
-        on_domain_changed(e, dom);
+    on_domain_changed(e, dom);
 }
 
 /* The chain as libvirt has it now, for mkdir and rmdir (and every change
@@ -594,16 +584,22 @@ static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
     pthread_mutex_unlock(&e->tree->lock);
 }
 
-/* Who else uses file ID/PATH, as libvirt has every chain right now (not
- * the tree, which may lag): before a merge writes into a file and before
- * a merged file is deleted. Every disk of every domain counts except
- * EXCEPT_DISK of EXCEPT_DOM (both NULL: none excepted). Returns 1 and
- * *USER ("domain/disk", caller frees) if someone does, 0 if no one does,
- * or a negative errno if that cannot be told (then the file counts as
- * used; *USER says why). */
-static int file_user_live(struct cfs_engine *e, const struct cfs_file_id *id,
-                          const char *path, const char *except_dom,
-                          const char *except_disk, char **user)
+/* A file as a job or a layer names it. */
+struct file_ref {
+    const struct cfs_file_id *id;
+    const char *path;
+};
+
+/* Who else uses any of the N files FILES, as libvirt has every chain
+ * right now (not the tree, which may lag): before a merge writes into a
+ * file and before a merged file is deleted. Every disk of every domain
+ * counts except EXCEPT_DISK of EXCEPT_DOM (both NULL: none excepted).
+ * Returns 1, *USER ("domain D disk V", caller frees) and *WHICH (index
+ * into FILES) if someone does; 0 if no one does; or a negative errno if
+ * that cannot be told (then the files count as used; *USER says why). */
+static int file_user_live(struct cfs_engine *e, const struct file_ref *files,
+                          size_t n, const char *except_dom,
+                          const char *except_disk, char **user, size_t *which)
 {
     *user = NULL;
     _cleanup_strv_ char **names = NULL;
@@ -613,25 +609,27 @@ static int file_user_live(struct cfs_engine *e, const struct cfs_file_id *id,
                               errmsg_or(strerror(-r)));
         return r;
     }
-    for (char **n = names; n && *n; n++) {
+    for (char **dn = names; dn && *dn; dn++) {
         struct cfs_domain *d = NULL;
         r = e->be->ops->read_domain_light
-                ? e->be->ops->read_domain_light(e->be, *n, &d)
-                : e->be->ops->read_domain(e->be, *n, &d);
+                ? e->be->ops->read_domain_light(e->be, *dn, &d)
+                : e->be->ops->read_domain(e->be, *dn, &d);
         if (r == -ENOENT)
             continue;
         if (r < 0) {
-            *user = cfs_xasprintf("cannot read domain %s: %s", *n,
+            *user = cfs_xasprintf("cannot read domain %s: %s", *dn,
                                   errmsg_or(strerror(-r)));
             return r;
         }
-        bool self = except_dom && strcmp(*n, except_dom) == 0;
-        const struct cfs_disk *dk =
-            cfs_domain_file_user(d, id, path, self ? except_disk : NULL);
-        if (dk && self && !except_disk)
-            dk = NULL; /* the whole domain is excepted */
-        if (dk)
-            *user = cfs_xasprintf("%s/%s", *n, dk->target);
+        bool self = except_dom && strcmp(*dn, except_dom) == 0;
+        for (size_t i = 0; i < n && !*user && !(self && !except_disk); i++) {
+            const struct cfs_disk *dk = cfs_domain_file_user(
+                d, files[i].id, files[i].path, self ? except_disk : NULL);
+            if (dk) {
+                *user = cfs_xasprintf("domain %s disk %s", *dn, dk->target);
+                *which = i;
+            }
+        }
         cfs_domain_free(d);
         if (*user)
             return 1;
@@ -694,8 +692,10 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
 
     journal_record(e, dom, disk, &job, "cleanup");
     _cleanup_free_ char *user = NULL;
+    size_t which;
+    const struct file_ref top = { &job.top_id, job.top };
     bool used = !e->keep_merged &&
-                file_user_live(e, &job.top_id, job.top, NULL, NULL, &user) != 0;
+                file_user_live(e, &top, 1, NULL, NULL, &user, &which) != 0;
 
     if (e->keep_merged)
         log_info("%s/%s: merged %s into %s; keeping %s (keep_merged)", dom,
@@ -1806,25 +1806,34 @@ static char *layer_ref(const char *disk, const struct cfs_layer *l)
                     : cfs_xstrdup(l->path);
 }
 
-/* A merge of TOP into BASE writes BASE and deletes TOP: refuse it if any
- * other disk (of this domain or another) has either in its chain. From
- * the tree, caller holds the lock; *WHY set (caller frees) if so. */
+/* A merge of TOP into BASE writes BASE and deletes TOP: it is refused if
+ * any other disk (of this domain or another) has either in its chain. */
+static const char *const merge_file_role[2] = { "the layer to merge into",
+                                                "the snapshot's own layer" };
+
+static char *shared_why(const struct file_ref *f, size_t which,
+                        const char *user)
+{
+    return cfs_xasprintf("%s, %s, is also in the chain of %s",
+                         merge_file_role[which],
+                         cfs_file_display(f->id, f->path), user);
+}
+
+/* From the tree; caller holds the lock. *WHY set (caller frees) if so. */
 static bool shared_in_tree(struct cfs_tree *t, const char *dom,
                            const char *disk, const struct cfs_layer *top,
                            const struct cfs_layer *base, char **why)
 {
-    const struct cfs_layer *files[2] = { base, top };
-    static const char *const what[2] = { "the layer to merge into",
-                                         "the snapshot's own layer" };
+    const struct file_ref files[2] = { { &base->id, base->path },
+                                       { &top->id, top->path } };
     for (size_t i = 0; i < 2; i++) {
         const struct cfs_domain *od = NULL;
-        const struct cfs_disk *ok = cfs_tree_file_user(
-            t, &files[i]->id, files[i]->path, dom, disk, &od);
+        const struct cfs_disk *ok =
+            cfs_tree_file_user(t, files[i].id, files[i].path, dom, disk, &od);
         if (ok) {
-            *why = cfs_xasprintf("%s, %s, is also in the chain of domain %s "
-                                 "disk %s", what[i],
-                                 cfs_file_display(&files[i]->id, files[i]->path),
-                                 od->name, ok->target);
+            _cleanup_free_ char *user =
+                cfs_xasprintf("domain %s disk %s", od->name, ok->target);
+            *why = shared_why(&files[i], i, user);
             return true;
         }
     }
@@ -1837,24 +1846,19 @@ static int shared_live(struct cfs_engine *e, const char *dom,
                        const char *disk, const struct cfs_job *job,
                        const struct cfs_file_id *base_id, char **why)
 {
+    const struct file_ref files[2] = { { base_id, job->base },
+                                       { &job->top_id, job->top } };
     _cleanup_free_ char *user = NULL;
-    int r = file_user_live(e, base_id, job->base, dom, disk, &user);
-    const char *what = "the layer to merge into";
-    const char *file = cfs_file_display(base_id, job->base);
-    if (r == 0) {
-        r = file_user_live(e, &job->top_id, job->top, dom, disk, &user);
-        what = "the snapshot's own layer";
-        file = cfs_file_display(&job->top_id, job->top);
-    }
+    size_t which = 0;
+    int r = file_user_live(e, files, 2, dom, disk, &user, &which);
     if (r == 0)
         return 0;
     if (r > 0) {
-        *why = cfs_xasprintf("%s, %s, is also in the chain of %s", what, file,
-                             user);
+        *why = shared_why(&files[which], which, user);
         return -EBUSY;
     }
-    *why = cfs_xasprintf("cannot tell whether %s, %s, is used elsewhere (%s)",
-                         what, file, user);
+    *why = cfs_xasprintf("cannot tell whether the files of the merge are "
+                         "used elsewhere: %s", user);
     return r;
 }
 
