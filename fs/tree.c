@@ -63,6 +63,9 @@ struct cfs_domain *cfs_tree_find_domain(struct cfs_tree *t, const char *name)
 static bool layer_equal(const struct cfs_layer *a, const struct cfs_layer *b)
 {
     return cfs_streq(a->path, b->path) && cfs_streq(a->format, b->format) &&
+           a->index == b->index && a->id.known == b->id.known &&
+           a->id.dev == b->id.dev && a->id.ino == b->id.ino &&
+           cfs_streq(a->id.canonical, b->id.canonical) &&
            a->is_block == b->is_block && a->virtual_size == b->virtual_size &&
            a->allocation == b->allocation && a->physical == b->physical &&
            cfs_streq(a->meta_name, b->meta_name) &&
