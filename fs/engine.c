@@ -368,7 +368,9 @@ static int lock_live(struct cfs_engine *e, const char *dom)
             return -ENOENT;
         }
         pthread_mutex_unlock(&e->tree->lock);
-        if (tries >= 3) {
+        /* another read was installed meanwhile (another disk's mkdir, an
+         * event): read again; a read takes milliseconds */
+        if (tries >= 10) {
             cfs_backend_set_errmsg("the domain's chain keeps changing");
             return -EAGAIN;
         }
