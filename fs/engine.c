@@ -370,6 +370,8 @@ static int lock_live(struct cfs_engine *e, const char *dom)
         pthread_mutex_unlock(&e->tree->lock);
         /* another read was installed meanwhile (another disk's mkdir, an
          * event): read again; a read takes milliseconds */
+        log_debug("%s: another read landed while reading the live chain; "
+                  "reading again", dom);
         if (tries >= 10) {
             cfs_backend_set_errmsg("the domain's chain keeps changing");
             return -EAGAIN;
