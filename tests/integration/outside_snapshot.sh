@@ -12,6 +12,11 @@
 # as its frozen layer, and the merge takes xN alone: the outside snapshot,
 # its overlay file and its libvirt metadata survive, and the guest's data
 # reads back.
+#
+# Then ROUNDS2 (5) times the other order: mkdir snapshots/yN, an outside
+# snapshot qN on top of it, rmdir yN at once. yN is no longer the active
+# layer: it is merged as a middle layer (no pivot), qN stays active and
+# now backs onto the layer yN froze.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 it_init
@@ -68,5 +73,32 @@ for o in "${outs[@]}"; do expect=("$o" "${expect[@]}"); done
 it_assert_eq "$(printf '%s\n' "${expect[@]}")" "$(it_chain "$(it_domblk "$D" vda)")" \
   "qemu-img: the chain is every outside overlay on the base"
 it_guest_write "$D" 0x22 1M 1M
+it_check_pattern "$(it_domblk "$D" vda)" 0x22 1M 1M
+it_check_pattern "$(it_domblk "$D" vda)" 0x10 0 1M
+
+ROUNDS2=${ROUNDS2:-5}
+good=0
+for ((i = 1; i <= ROUNDS2; i++)); do
+  below=$(it_domblk "$D" vda)
+  mkdir "$MNT/$D/vda/snapshots/y$i" || it_fail "round $i: mkdir y$i"
+  y=$(it_domblk "$D" vda)
+  it_guest_write "$D" "0x4$i" "$((i + 4))M" 1M
+  q="$T/out/q$i.qcow2"
+  it_virsh snapshot-create-as "$D" "q$i" --disk-only --atomic \
+    --diskspec "vda,file=$q" >/dev/null || it_fail "virsh snapshot-create-as q$i"
+  rmdir "$MNT/$D/vda/snapshots/y$i" || it_fail "round $i: rmdir y$i right after an outside snapshot on top of it"
+  out=$(it_wait_job "$D" vda)
+  ok=1
+  job=$(jq -r '"\(.type) \(.state) \(.snapshot)"' "$MNT/$D/vda/job.json")
+  [ "$job" = "commit completed y$i" ] || { ok=0; it_log "round $i: job $job: $out"; }
+  [ "$(it_domblk "$D" vda)" = "$q" ] || { ok=0; it_log "round $i: active layer $(it_domblk "$D" vda), not $q"; }
+  [ "$(it_chain "$q" | sed -n 2p)" = "$below" ] || { ok=0; it_log "round $i: q$i backs onto $(it_chain "$q" | sed -n 2p), not $below"; }
+  [ ! -e "$y" ] || { ok=0; it_log "round $i: y$i's overlay is left"; }
+  case " $(it_snapshot_names "$D" | tr '\n' ' ')" in *" q$i "*) ;; *) ok=0; it_log "round $i: q$i lost its metadata" ;; esac
+  it_check_pattern "$q" "0x4$i" "$((i + 4))M" 1M
+  [ "$ok" = 1 ] && good=$((good + 1))
+done
+it_log "rmdir after an outside snapshot on top merged y alone $good/$ROUNDS2 times"
+it_assert_eq "$ROUNDS2" "$good" "every y merged as a middle layer, the outside snapshot on top kept"
 it_check_pattern "$(it_domblk "$D" vda)" 0x22 1M 1M
 it_check_pattern "$(it_domblk "$D" vda)" 0x10 0 1M
