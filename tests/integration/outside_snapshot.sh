@@ -47,14 +47,17 @@ for ((i = 1; i <= ROUNDS; i++)); do
   rmdir "$MNT/$D/vda/snapshots/x$i" || it_fail "round $i: rmdir x$i"
   out=$(it_wait_job "$D" vda)
   outs+=("$o")
-  [ "$frozen" = "$o" ] && good_info=$((good_info + 1)) ||
+  if [ "$frozen" = "$o" ]; then
+    good_info=$((good_info + 1))
+  else
     it_log "round $i: x$i's info names $(it_short "$frozen") as frozen, not $(it_short "$o")"
+  fi
   state=$(sed -n 's/^state: *//p' <<<"$out")
   snap=$(sed -n 's/^snapshot: *//p' <<<"$out")
   names=$(it_snapshot_names "$D" | tr '\n' ' ')
   active=$(it_domblk "$D" vda)
   ok=1
-  [ "$state" = completed ] && [ "$snap" = "x$i" ] || { ok=0; it_log "round $i: job: $out"; }
+  if [ "$state" != completed ] || [ "$snap" != "x$i" ]; then ok=0; it_log "round $i: job: $out"; fi
   [ "$active" = "$o" ] || { ok=0; it_log "round $i: active layer $(it_short "$active"), not $(it_short "$o")"; }
   for ((k = 1; k <= i; k++)); do
     [ -e "$T/out/o$k.qcow2" ] || { ok=0; it_log "round $i: o$k's overlay was deleted"; }
