@@ -149,6 +149,7 @@ static void add_layer(struct cfs_disk *disk, struct cfs_domxml_disk *extra,
     l->path = path;
     l->format = format ? format : cfs_xstrdup("");
     l->is_block = is_block;
+    l->index = index;
 }
 
 /* The layers under a disk's <backingStore> children. */

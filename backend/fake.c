@@ -94,6 +94,7 @@ struct fake {
     size_t n_failures;
     unsigned calls[OP_MAX];
     int pivot_not_ready;
+    unsigned next_index;            /* last layer index given out */
     bool connected;
     bool remote;                    /* files_local() says false */
     char *pool_dir;                 /* volume_delete's pool, or NULL */
@@ -204,12 +205,37 @@ static bool dom_active(const struct cfs_domain *d)
     return d->state == CFS_DOM_RUNNING || d->state == CFS_DOM_PAUSED;
 }
 
+/* The layer PATH names: its path, or "vda[N]" by its index as libvirt
+ * takes it. */
 static ssize_t layer_index(const struct cfs_disk *disk, const char *path)
 {
+    size_t tlen = disk->target ? strlen(disk->target) : 0;
+    unsigned idx = 0;
+
+    if (path && tlen && strncmp(path, disk->target, tlen) == 0 &&
+        path[tlen] == '[') {
+        char *end = NULL;
+        idx = (unsigned)strtoul(path + tlen + 1, &end, 10);
+        if (!end || strcmp(end, "]") != 0)
+            idx = 0;
+    }
     for (size_t i = 0; i < disk->n_layers; i++)
-        if (cfs_streq(disk->layers[i].path, path))
+        if (idx ? disk->layers[i].index == idx
+                : cfs_streq(disk->layers[i].path, path))
             return (ssize_t)i;
     return -1;
+}
+
+/* A running domain's layers have indices in libvirt's live XML: give
+ * every layer without one the next number, as libvirt does. */
+static void dom_number_layers(struct fake *f, struct cfs_domain *d)
+{
+    if (!dom_active(d))
+        return;
+    for (size_t i = 0; i < d->n_disks; i++)
+        for (size_t l = d->disks[i].n_layers; l-- > 0;)
+            if (!d->disks[i].layers[l].index)
+                d->disks[i].layers[l].index = ++f->next_index;
 }
 
 static void layer_remove(struct cfs_disk *disk, size_t i)
@@ -305,14 +331,14 @@ static ssize_t check_commit_layers(const struct cfs_disk *disk,
                                    bool active)
 {
     ssize_t t = layer_index(disk, top);
+    ssize_t b = layer_index(disk, base);
 
     if (t < 0) {
         cfs_backend_set_errmsg("invalid argument: could not find image '%s' in chain for '%s'",
                                top ? top : "", disk->target);
         return -EINVAL;
     }
-    if ((size_t)t + 1 >= disk->n_layers ||
-        !cfs_streq(disk->layers[t + 1].path, base)) {
+    if ((size_t)t + 1 >= disk->n_layers || b != t + 1) {
         cfs_backend_set_errmsg("invalid argument: could not find base image '%s' directly beneath '%s' in chain for '%s'",
                                base ? base : "", top, disk->target);
         return -EINVAL;
@@ -477,6 +503,7 @@ static int fake_snapshot_create(struct cfs_backend *be, const char *dom,
     memmove(&dk->layers[1], &dk->layers[0], dk->n_layers * sizeof(*dk->layers));
     dk->layers[0] = layer;
     dk->n_layers++;
+    dom_number_layers(f, d);
     dk->is_block = false;
     cfs_strv_push(&d->snapshots, cfs_xstrdup(name));
 out:
@@ -580,8 +607,8 @@ static int fake_commit_start(struct cfs_backend *be, const char *dom,
     f->jobs[f->n_jobs++] = (struct fake_job){
         .dom = cfs_xstrdup(dom),
         .disk = cfs_xstrdup(disk),
-        .top = cfs_xstrdup(top),
-        .base = cfs_xstrdup(base),
+        .top = cfs_xstrdup(dk->layers[t].path),
+        .base = cfs_xstrdup(dk->layers[t + 1].path),
         .type = active ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT,
         .end = dk->layers[t].virtual_size,
     };
@@ -875,6 +902,7 @@ void cfs_fake_put_domain(struct cfs_backend *be, const struct cfs_domain *d)
     ssize_t i;
 
     pthread_mutex_lock(&f->lock);
+    dom_number_layers(f, copy);
     i = dom_index(f, d->name);
     if (i >= 0) {
         cfs_domain_free(f->doms[i]);

@@ -1061,7 +1061,8 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
 
             for (size_t l = 0; disk && l < disk->n_layers; l++)
                 if (!disk->layers[l].meta_name &&
-                    cfs_streq(disk->layers[l].path, c->sources[k]))
+                    cfs_file_same(&disk->layers[l].id, disk->layers[l].path,
+                                  NULL, c->sources[k]))
                     disk->layers[l].meta_name = cfs_xstrdup(name);
         }
         virDomainSnapshotFree(snaps[i]);
@@ -1228,6 +1229,9 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
     x.domain->persistent = virDomainIsPersistent(dom) == 1;
 
     lv_complete_chains(conn, stats ? dom : NULL, &x, live, lv_files_local(be, NULL));
+    /* the one place chainfs asks the file system which file each layer is
+     * (on a remote connection: paths folded only, nothing asked) */
+    cfs_domain_identify(x.domain, lv_files_local(be, NULL));
     r = lv_read_snapshots(b, conn, dom, x.domain);
     if (r < 0)
         return r;
@@ -1458,6 +1462,33 @@ static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
 
 /* ---- live block jobs ---------------------------------------------------- */
 
+/* The file of layer REF of DISK: REF itself when it is a path, else
+ * ("vda[N]", libvirt's notation) the layer with index N in DOM's live XML
+ * (REF again when that cannot be read). Caller frees. */
+static char *lv_layer_path(virDomainPtr dom, const char *disk, const char *ref)
+{
+    _cleanup_free_ char *xml = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    const char *br = strchr(ref, '[');
+
+    if (ref[0] == '/' || !br)
+        return cfs_xstrdup(ref);
+    xml = virDomainGetXMLDesc(dom, 0);
+    if (!xml || cfs_domxml_parse(xml, &x) < 0) {
+        virResetLastError();
+        return cfs_xstrdup(ref);
+    }
+    unsigned idx = (unsigned)strtoul(br + 1, NULL, 10);
+    for (size_t i = 0; i < x.domain->n_disks; i++) {
+        const struct cfs_disk *d = &x.domain->disks[i];
+
+        for (size_t l = 0; cfs_streq(d->target, disk) && l < d->n_layers; l++)
+            if (x.disks[i].index[l] == idx)
+                return cfs_xstrdup(d->layers[l].path);
+    }
+    return cfs_xstrdup(ref);
+}
+
 static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
                            const char *disk, const char *top, const char *base,
                            bool active)
@@ -1477,13 +1508,15 @@ static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
         /* QEMU says 'Failed to get "write" lock' both when BASE and when
          * TOP is held by another process, and libvirt drops QEMU's hint
          * that names it: look for the holder, else name both */
-        switch (lv_files_local(be, NULL) ? lv_local_lone_holders(top, base) : 0) {
+        _cleanup_free_ char *top_path = lv_layer_path(dom, disk, top);
+        _cleanup_free_ char *base_path = lv_layer_path(dom, disk, base);
+        switch (lv_files_local(be, NULL) ? lv_local_lone_holders(top_path, base_path) : 0) {
         case 1:
-            return lv_name_locked_image(r, top, NULL);
+            return lv_name_locked_image(r, top_path, NULL);
         case 2:
-            return lv_name_locked_image(r, base, NULL);
+            return lv_name_locked_image(r, base_path, NULL);
         default:
-            return lv_name_locked_image(r, base, top);
+            return lv_name_locked_image(r, base_path, top_path);
         }
     }
     return 0;
@@ -1721,13 +1754,14 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     lv_complete_chains(NULL, NULL, &x, false, true);
 
     for (i = 0; i < disk->n_layers; i++)
-        if (cfs_streq(disk->layers[i].path, top))
+        if (cfs_file_same(NULL, disk->layers[i].path, NULL, top))
             break;
     if (i == disk->n_layers) {
         cfs_backend_set_errmsg("'%s' is not in the chain of disk '%s'", top, disk_target);
         return -ENOENT;
     }
-    if (i + 1 >= disk->n_layers || !cfs_streq(disk->layers[i + 1].path, base)) {
+    if (i + 1 >= disk->n_layers ||
+        !cfs_file_same(NULL, disk->layers[i + 1].path, NULL, base)) {
         cfs_backend_set_errmsg("'%s' is not the backing file of '%s'", base, top);
         return -EINVAL;
     }

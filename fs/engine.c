@@ -272,7 +272,7 @@ static void carry_sizes(const struct cfs_domain *old, struct cfs_domain *new)
             struct cfs_layer *nl = &nd->layers[l];
             for (size_t k = 0; od && k < od->n_layers; k++) {
                 const struct cfs_layer *ol = &od->layers[k];
-                if (cfs_streq(ol->path, nl->path)) {
+                if (cfs_layer_same(ol, nl)) {
                     nl->virtual_size = ol->virtual_size;
                     nl->allocation = ol->allocation;
                     nl->physical = ol->physical;
@@ -299,13 +299,13 @@ static bool engine_files_local(struct cfs_engine *e)
  * FILES_LOCAL, else 0 until the next re-read). Caller holds the lock.
  * false if the tree no longer looks as it did before. */
 static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
-                              const char *disk, const char *active,
+                              const char *disk, const struct cfs_layer *active,
                               const char *overlay, const char *name,
                               bool files_local)
 {
     struct cfs_domain *d = cfs_tree_find_domain(t, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    if (!dk || dk->n_layers == 0 || !cfs_streq(dk->layers[0].path, active))
+    if (!dk || dk->n_layers == 0 || !cfs_layer_same(&dk->layers[0], active))
         return false;
     struct cfs_domain *copy = cfs_domain_dup(d);
     struct cfs_disk *cd = cfs_domain_find_disk(copy, disk);
@@ -333,26 +333,61 @@ static bool tree_push_overlay(struct cfs_tree *t, const char *dom,
  * statistics (they cost more than the change itself) so the caller can
  * return with the tree showing the new chain, then the full re-read in
  * the background for the exact figures. */
+static int lock_live(struct cfs_engine *e, const char *dom);
+
 static void refresh_after_change(struct cfs_engine *e, const char *dom)
 {
-    struct cfs_domain *d = NULL;
-    pthread_mutex_lock(&e->tree->lock);
-    unsigned long before = *dom_seq_slot(e, dom);
-    pthread_mutex_unlock(&e->tree->lock);
-    if (!e->be->ops->read_domain_light ||
-        e->be->ops->read_domain_light(e->be, dom, &d) < 0) {
+    if (lock_live(e, dom) < 0) {
         refresh_domain(e, dom);
         return;
     }
-    bool removed;
-    pthread_mutex_lock(&e->tree->lock);
-    carry_sizes(cfs_tree_find_domain(e->tree, dom), d);
-    bool installed = install_read(e, dom, before, d, &removed);
     pthread_mutex_unlock(&e->tree->lock);
-    if (!installed)
-        refresh_domain(e, dom);
-    else
-        on_domain_changed(e, dom);
+    on_domain_changed(e, dom);
+}
+
+/* The chain as libvirt has it now, for mkdir and rmdir (and every change
+ * after them): libvirt sends no event when someone else takes a snapshot
+ * or stops the domain, and the tree may be up to a re-read period old.
+ * Reads DOM (light), installs the read in the tree and returns 0 WITH THE
+ * TREE LOCK HELD, so the caller checks and claims the disk on exactly
+ * this read; or a negative errno, lock not held (-ENOENT: the domain is
+ * gone, and gone from the tree). */
+static int lock_live(struct cfs_engine *e, const char *dom)
+{
+    for (int tries = 0;; tries++) {
+        struct cfs_domain *d = NULL;
+        pthread_mutex_lock(&e->tree->lock);
+        unsigned long before = *dom_seq_slot(e, dom);
+        pthread_mutex_unlock(&e->tree->lock);
+        int r = e->be->ops->read_domain_light
+                    ? e->be->ops->read_domain_light(e->be, dom, &d)
+                    : e->be->ops->read_domain(e->be, dom, &d);
+        if (r < 0 && r != -ENOENT)
+            return r;
+        bool removed;
+        pthread_mutex_lock(&e->tree->lock);
+        if (d)
+            carry_sizes(cfs_tree_find_domain(e->tree, dom), d);
+        if (install_read(e, dom, before, d, &removed)) {
+            if (r == 0)
+                return 0;
+            pthread_mutex_unlock(&e->tree->lock);
+            if (removed) {
+                _cleanup_free_ char *p = cfs_xasprintf("/%s", dom);
+                invalidate(e, p);
+            }
+            return -ENOENT;
+        }
+        pthread_mutex_unlock(&e->tree->lock);
+        /* another read was installed meanwhile (another disk's mkdir, an
+         * event): read again; a read takes milliseconds */
+        log_debug("%s: another read landed while reading the live chain; "
+                  "reading again", dom);
+        if (tries >= 10) {
+            cfs_backend_set_errmsg("the domain's chain keeps changing");
+            return -EAGAIN;
+        }
+    }
 }
 
 static int refresh_all(struct cfs_engine *e)
@@ -475,16 +510,16 @@ static void set_job_state(struct cfs_engine *e, const char *dom,
     pthread_mutex_unlock(&e->tree->lock);
 }
 
+/* Whether file ID/PATH is in DOM/DISK's chain in the tree (ID may be
+ * NULL: the path decides). */
 static bool disk_has_layer(struct cfs_engine *e, const char *dom,
-                           const char *disk, const char *path)
+                           const char *disk, const struct cfs_file_id *id,
+                           const char *path)
 {
-    bool found = false;
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    for (size_t i = 0; dk && i < dk->n_layers; i++)
-        if (cfs_streq(dk->layers[i].path, path))
-            found = true;
+    bool found = cfs_disk_find_file(dk, id, path) >= 0;
     pthread_mutex_unlock(&e->tree->lock);
     return found;
 }
@@ -564,27 +599,57 @@ static void job_end(struct cfs_engine *e, const char *dom, const char *disk,
     pthread_mutex_unlock(&e->tree->lock);
 }
 
-/* Is PATH a layer of any domain's chain right now? Asked of libvirt, not
- * of the tree (which may lag), before a file is deleted; when in doubt
- * the answer is yes. */
-static bool path_in_any_chain(struct cfs_engine *e, const char *path)
+/* A file as a job or a layer names it. */
+struct file_ref {
+    const struct cfs_file_id *id;
+    const char *path;
+};
+
+/* Who else uses any of the N files FILES, as libvirt has every chain
+ * right now (not the tree, which may lag): before a merge writes into a
+ * file and before a merged file is deleted. Every disk of every domain
+ * counts except EXCEPT_DISK of EXCEPT_DOM (both NULL: none excepted).
+ * Returns 1, *USER ("domain D disk V", caller frees) and *WHICH (index
+ * into FILES) if someone does; 0 if no one does; or a negative errno if
+ * that cannot be told (then the files count as used; *USER says why). */
+static int file_user_live(struct cfs_engine *e, const struct file_ref *files,
+                          size_t n, const char *except_dom,
+                          const char *except_disk, char **user, size_t *which)
 {
+    *user = NULL;
     _cleanup_strv_ char **names = NULL;
-    if (e->be->ops->list_domains(e->be, &names) < 0)
-        return true;
-    for (char **n = names; n && *n; n++) {
+    int r = e->be->ops->list_domains(e->be, &names);
+    if (r < 0) {
+        *user = cfs_xasprintf("cannot list the domains: %s",
+                              errmsg_or(strerror(-r)));
+        return r;
+    }
+    for (char **dn = names; dn && *dn; dn++) {
         struct cfs_domain *d = NULL;
-        int r = e->be->ops->read_domain_light
-                    ? e->be->ops->read_domain_light(e->be, *n, &d)
-                    : e->be->ops->read_domain(e->be, *n, &d);
+        r = e->be->ops->read_domain_light
+                ? e->be->ops->read_domain_light(e->be, *dn, &d)
+                : e->be->ops->read_domain(e->be, *dn, &d);
         if (r == -ENOENT)
             continue;
-        bool used = r < 0 || cfs_domain_uses_path(d, path);
+        if (r < 0) {
+            *user = cfs_xasprintf("cannot read domain %s: %s", *dn,
+                                  errmsg_or(strerror(-r)));
+            return r;
+        }
+        bool self = except_dom && strcmp(*dn, except_dom) == 0;
+        for (size_t i = 0; i < n && !*user && !(self && !except_disk); i++) {
+            const struct cfs_disk *dk = cfs_domain_file_user(
+                d, files[i].id, files[i].path, self ? except_disk : NULL);
+            if (dk) {
+                *user = cfs_xasprintf("domain %s disk %s", *dn, dk->target);
+                *which = i;
+            }
+        }
         cfs_domain_free(d);
-        if (used)
-            return true;
+        if (*user)
+            return 1;
     }
-    return false;
+    return 0;
 }
 
 /* " (no space left on the filesystem of BASE)" when that is so, else "". */
@@ -660,20 +725,24 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_job_clear(&job);
         return true;
     }
-    if (disk_has_layer(e, dom, disk, job.top)) {
+    if (disk_has_layer(e, dom, disk, &job.top_id, job.top)) {
         cfs_job_clear(&job);
         return false;
     }
 
     journal_record(e, dom, disk, &job, "cleanup");
-    bool used = !e->keep_merged && path_in_any_chain(e, job.top);
+    _cleanup_free_ char *user = NULL;
+    size_t which;
+    const struct file_ref top = { &job.top_id, job.top };
+    bool used = !e->keep_merged &&
+                file_user_live(e, &top, 1, NULL, NULL, &user, &which) != 0;
 
     if (e->keep_merged)
         log_info("%s/%s: merged %s into %s; keeping %s (keep_merged)", dom,
                  disk, job.snapshot, job.base, job.top);
     else if (used)
-        log_warn("%s/%s: %s is still used by a chain; not deleting it", dom,
-                 disk, job.top);
+        log_warn("%s/%s: %s is still used (%s); not deleting it", dom,
+                 disk, job.top, user);
     else if (!engine_files_local(e))
         merged_remove_remote(e, dom, disk, id, job.top);
     else if (unlink(job.top) < 0 && errno != ENOENT)
@@ -1101,7 +1170,7 @@ static void recover_journal(struct cfs_engine *e)
         if (en->type == CFS_JOB_SNAPSHOT) {
             /* a mkdir that was under way: libvirt either made the overlay
              * the active layer or did nothing; the chain tells which */
-            bool done = disk_has_layer(e, en->domain, en->disk, en->top);
+            bool done = disk_has_layer(e, en->domain, en->disk, NULL, en->top);
             struct stat st;
             /* The overlay file may exist without the snapshot: the daemon
              * died between writing it and libvirt taking it, or libvirt
@@ -1133,6 +1202,13 @@ static void recover_journal(struct cfs_engine *e)
         s->job.meta_name = cfs_xstrdup(en->meta_name);
         s->job.top = cfs_xstrdup(en->top);
         s->job.base = cfs_xstrdup(en->base);
+        /* which file TOP is, from the chain as last read (the journal
+         * keeps the path only) */
+        struct cfs_domain *rd = cfs_tree_find_domain(e->tree, en->domain);
+        struct cfs_disk *rdk = rd ? cfs_domain_find_disk(rd, en->disk) : NULL;
+        int ti = cfs_disk_find_file(rdk, NULL, en->top);
+        if (ti >= 0)
+            cfs_file_id_copy(&s->job.top_id, &rdk->layers[ti].id);
         s->job.started = en->created;
         s->job.journal_id = cfs_xstrdup(en->id);
         s->starting = false;
@@ -1328,7 +1404,8 @@ static int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d,
     struct cfs_disk_state *s = cfs_tree_find_disk_state(t, d->name, disk->target);
     if (s && cfs_job_state_in_progress(s->job.state) &&
         s->job.type != CFS_JOB_SNAPSHOT &&
-        cfs_streq(s->job.top, disk->layers[i].path))
+        cfs_file_same(&s->job.top_id, s->job.top, &disk->layers[i].id,
+                      disk->layers[i].path))
         return -1;
     return i;
 }
@@ -1530,6 +1607,18 @@ int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
 
 /* ---- mkdir / rmdir (FUSE threads) ------------------------------------------------ */
 
+/* Why lock_live() failed, for a refusal. Caller frees. */
+static char *live_error(int r)
+{
+    if (r == -ENOENT)
+        return cfs_xstrdup("no such domain");
+    if (r == -ENOTCONN)
+        return cfs_xasprintf("libvirt is unreachable (chainfs keeps reconnecting): %s",
+                             errmsg_or(strerror(-r)));
+    return cfs_xasprintf("cannot read the disk's chain from libvirt: %s",
+                         errmsg_or(strerror(-r)));
+}
+
 /* Record a refusal or failure on the disk's job file, unless a job is in
  * progress there (its own state must not be overwritten). */
 static void note_failure(struct cfs_engine *e, const char *dom,
@@ -1582,13 +1671,20 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                           : "a snapshot name is 1 to 64 characters of "
                             "[A-Za-z0-9._-] and does not start with '.' or '-'");
 
-    /* Claim the disk: the job file shows the snapshot being taken, and a
-     * concurrent mkdir or rmdir on the disk gets EBUSY. */
-    _cleanup_free_ char *active = NULL;
-    pthread_mutex_lock(&e->tree->lock);
+    /* Claim the disk on the chain as libvirt has it now (the new overlay
+     * goes above the layer that is active now, whatever the tree showed):
+     * the job file shows the snapshot being taken, and a concurrent mkdir
+     * or rmdir on the disk gets EBUSY. */
+    _cleanup_(cfs_layer_clear) struct cfs_layer active = {0};
+    _cleanup_free_ char *live_why = NULL;
+    const char *why = NULL;
+    r = lock_live(e, dom);
+    if (r < 0) {
+        why = live_why = live_error(r);
+        return refuse(e, "mkdir", dom, disk, name, r, why);
+    }
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    const char *why = NULL;
     if (e->tree->stale) {
         r = -ENOTCONN;
         why = "libvirt is unreachable (chainfs keeps reconnecting)";
@@ -1626,7 +1722,8 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
             s->job.base = cfs_xstrdup(dk->layers[0].path);
             s->job.started = now_s();
             job_number(e, s);
-            active = cfs_xstrdup(dk->layers[0].path);
+            active.path = cfs_xstrdup(dk->layers[0].path);
+            cfs_file_id_copy(&active.id, &dk->layers[0].id);
             tree_changed(e);
         }
     }
@@ -1639,7 +1736,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     if (e->overlay_dir) {
         dir = cfs_xstrdup(e->overlay_dir);
     } else {
-        _cleanup_free_ char *tmp = cfs_xstrdup(active);
+        _cleanup_free_ char *tmp = cfs_xstrdup(active.path);
         dir = cfs_xstrdup(dirname(tmp));
     }
     _cleanup_free_ char *file = cfs_overlay_filename(dom, disk, name);
@@ -1665,7 +1762,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
             .type = CFS_JOB_SNAPSHOT,
             .snapshot = (char *)name,
             .top = overlay,
-            .base = active,
+            .base = active.path,
             .started = now_s(),
         };
         intent.journal_id = cfs_journal_new_id(e->journal);
@@ -1711,7 +1808,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
      * saw. */
     pthread_mutex_lock(&e->tree->lock);
     (*dom_seq_slot(e, dom))++;
-    bool pushed = tree_push_overlay(e->tree, dom, disk, active, overlay, name,
+    bool pushed = tree_push_overlay(e->tree, dom, disk, &active, overlay, name,
                                     local);
     pthread_mutex_unlock(&e->tree->lock);
     if (pushed)
@@ -1768,19 +1865,90 @@ static void *offline_worker(void *arg)
     return NULL;
 }
 
+/* How libvirt is to name layer L of DISK in a commit: "vda[N]" by the
+ * index the live XML gave it (what the chain is now, not what a path
+ * string matched some time ago), else its path. Caller frees. */
+static char *layer_ref(const char *disk, const struct cfs_layer *l)
+{
+    return l->index ? cfs_xasprintf("%s[%u]", disk, l->index)
+                    : cfs_xstrdup(l->path);
+}
+
+/* A merge of TOP into BASE writes BASE and deletes TOP: it is refused if
+ * any other disk (of this domain or another) has either in its chain. */
+static const char *const merge_file_role[2] = { "the layer to merge into",
+                                                "the snapshot's own layer" };
+
+static char *shared_why(const struct file_ref *f, size_t which,
+                        const char *user)
+{
+    return cfs_xasprintf("%s, %s, is also in the chain of %s",
+                         merge_file_role[which],
+                         cfs_file_display(f->id, f->path), user);
+}
+
+/* From the tree; caller holds the lock. *WHY set (caller frees) if so. */
+static bool shared_in_tree(struct cfs_tree *t, const char *dom,
+                           const char *disk, const struct cfs_layer *top,
+                           const struct cfs_layer *base, char **why)
+{
+    const struct file_ref files[2] = { { &base->id, base->path },
+                                       { &top->id, top->path } };
+    for (size_t i = 0; i < 2; i++) {
+        const struct cfs_domain *od = NULL;
+        const struct cfs_disk *ok =
+            cfs_tree_file_user(t, files[i].id, files[i].path, dom, disk, &od);
+        if (ok) {
+            _cleanup_free_ char *user =
+                cfs_xasprintf("domain %s disk %s", od->name, ok->target);
+            *why = shared_why(&files[i], i, user);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The same, asked of libvirt for every domain now. Returns 0 if no one
+ * else uses either file, else a negative errno (-EBUSY: used) and *WHY. */
+static int shared_live(struct cfs_engine *e, const char *dom,
+                       const char *disk, const struct cfs_job *job,
+                       const struct cfs_file_id *base_id, char **why)
+{
+    const struct file_ref files[2] = { { base_id, job->base },
+                                       { &job->top_id, job->top } };
+    _cleanup_free_ char *user = NULL;
+    size_t which = 0;
+    int r = file_user_live(e, files, 2, dom, disk, &user, &which);
+    if (r == 0)
+        return 0;
+    if (r > 0) {
+        *why = shared_why(&files[which], which, user);
+        return -EBUSY;
+    }
+    *why = cfs_xasprintf("cannot tell whether the files of the merge are "
+                         "used elsewhere: %s", user);
+    return r;
+}
+
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
     int r = 0;
     const char *why = NULL;
+    _cleanup_free_ char *why_buf = NULL;
+    _cleanup_free_ char *top_ref = NULL, *base_ref = NULL;
+    _cleanup_(cfs_layer_clear) struct cfs_layer seen_top = {0};
+    _cleanup_(cfs_layer_clear) struct cfs_layer seen_base = {0};
+    _cleanup_(cfs_file_id_clear) struct cfs_file_id base_id = {0};
     struct cfs_job job = {0};
     bool running = false;
 
+    /* What the user sees: the snapshot's layer and the layer below it. */
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    struct cfs_disk_state *s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
-    int idx = dk ? cfs_disk_find_snapshot(dk, name) : -1;
+    struct cfs_disk_state *s = dk ? cfs_tree_find_disk_state(e->tree, dom, disk) : NULL;
+    int seen = dk ? visible_snapshot(e->tree, d, dk, name) : -1;
     if (e->tree->stale) {
         r = -ENOTCONN;
         why = "libvirt is unreachable (chainfs keeps reconnecting)";
@@ -1790,15 +1958,56 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     } else if (s && cfs_job_state_in_progress(s->job.state)) {
         r = -EBUSY;
         why = "the disk has a job in progress";
-    } else if (idx < 0 || (size_t)idx + 1 >= dk->n_layers) {
+    } else if (seen < 0) {
         r = -ENOENT;
         why = "no such snapshot";
+    } else {
+        seen_top.path = cfs_xstrdup(dk->layers[seen].path);
+        cfs_file_id_copy(&seen_top.id, &dk->layers[seen].id);
+        seen_base.path = cfs_xstrdup(dk->layers[seen + 1].path);
+        cfs_file_id_copy(&seen_base.id, &dk->layers[seen + 1].id);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (r < 0)
+        return refuse(e, "rmdir", dom, disk, name, r, why);
+
+    /* The chain as libvirt has it now: the same two files, one above the
+     * other, wherever they sit in it; the domain's state from it too. */
+    r = lock_live(e, dom);
+    if (r < 0) {
+        why = why_buf = live_error(r);
+        return refuse(e, "rmdir", dom, disk, name, r, why);
+    }
+    d = cfs_tree_find_domain(e->tree, dom);
+    dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
+    int idx = dk ? cfs_disk_find_file(dk, &seen_top.id, seen_top.path) : -1;
+    if (!d || !dk) {
+        r = -ENOENT;
+        why = d ? "no such disk" : "no such domain";
+    } else if (cfs_job_state_in_progress(s->job.state)) {
+        r = -EBUSY;
+        why = "the disk has a job in progress";
+    } else if (idx < 0 || (size_t)idx + 1 >= dk->n_layers) {
+        r = -ENOENT;
+        why = why_buf = cfs_xasprintf(
+            "the snapshot's layer %s is no longer in the disk's chain "
+            "(changed outside chainfs)",
+            cfs_file_display(&seen_top.id, seen_top.path));
+    } else if (!cfs_layer_same(&dk->layers[idx + 1], &seen_base)) {
+        r = -ESTALE;
+        why = why_buf = cfs_xasprintf(
+            "the layer below the snapshot is now %s, not %s as listed (the "
+            "chain changed outside chainfs); look again",
+            cfs_file_display(&dk->layers[idx + 1].id, dk->layers[idx + 1].path),
+            cfs_file_display(&seen_base.id, seen_base.path));
     } else if (dk->readonly || dk->shareable) {
         r = -EROFS;
         why = dk->readonly ? "the disk is read-only" : "the disk is shareable";
-    } else if (cfs_tree_path_used_elsewhere(e->tree, dk->layers[idx + 1].path, dom)) {
+    } else if (shared_in_tree(e->tree, dom, disk, &dk->layers[idx],
+                              &dk->layers[idx + 1], &why_buf)) {
         r = -EBUSY;
-        why = "the layer to merge into is shared with another domain's chain";
+        why = why_buf;
     } else if (d->state == CFS_DOM_SHUTOFF && !engine_files_local(e)) {
         r = -EOPNOTSUPP;
         why = "the domain is shut off and its image files are not on this "
@@ -1819,7 +2028,11 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         j->snapshot = cfs_xstrdup(name);
         j->meta_name = cfs_xstrdup(top->meta_name);
         j->top = cfs_xstrdup(top->path);
+        cfs_file_id_copy(&j->top_id, &top->id);
         j->base = cfs_xstrdup(dk->layers[idx + 1].path);
+        cfs_file_id_copy(&base_id, &dk->layers[idx + 1].id);
+        top_ref = layer_ref(disk, top);
+        base_ref = layer_ref(disk, &dk->layers[idx + 1]);
         j->end = top->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
@@ -1835,6 +2048,19 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     pthread_mutex_unlock(&e->tree->lock);
     if (r < 0) {
         return refuse(e, "rmdir", dom, disk, name, r, why);
+    }
+
+    /* The disk is claimed; no one else may use either file, as libvirt
+     * has every chain now (the tree may lag behind another domain). */
+    r = shared_live(e, dom, disk, &job, &base_id, &why_buf);
+    if (r < 0) {
+        log_warn("rmdir %s/%s/snapshots/%s refused (%s): %s", dom, disk, name,
+                 strerror(-r), why_buf);
+        set_starting(e, dom, disk, job.id, false);
+        _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", name, why_buf);
+        job_end(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, text, false);
+        cfs_job_clear(&job);
+        return r;
     }
 
     /* durably record the intent before anything changes */
@@ -1884,7 +2110,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         return 0;
     }
 
-    r = e->be->ops->commit_start(e->be, dom, disk, job.top, job.base,
+    r = e->be->ops->commit_start(e->be, dom, disk, top_ref, base_ref,
                                  job.type == CFS_JOB_ACTIVE_COMMIT);
     set_starting(e, dom, disk, job.id, false);
     if (r < 0) {
@@ -1897,8 +2123,9 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         return r;
     }
     journal_record(e, dom, disk, &job, "running");
-    log_info("rmdir %s/%s/snapshots/%s: %s of %s into %s started", dom, disk,
-             name, cfs_job_type_to_string(job.type), job.top, job.base);
+    log_info("rmdir %s/%s/snapshots/%s: %s of %s (%s) into %s (%s) started",
+             dom, disk, name, cfs_job_type_to_string(job.type), job.top,
+             top_ref, job.base, base_ref);
     cfs_job_clear(&job);
 
     /* wake the engine thread so it starts polling right away */

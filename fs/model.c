@@ -1,9 +1,15 @@
 /* model.c — the plain values of model.h: enum names, destructors, deep
- * copies and lookups.
+ * copies, lookups, and which file a path is (cfs_file_same(): the one
+ * same-file test; cfs_domain_identify(): the one place that asks the
+ * local file system).
  *
  * No shared state. The functions are thread-safe as far as their arguments
  * are: the caller holds whatever lock protects the values it passes. */
 #include "chainfs/model.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+
 #include "chainfs/util.h"
 
 /* The *_to_string() functions never return NULL: a value outside the enum
@@ -81,6 +87,7 @@ void cfs_layer_clear(struct cfs_layer *l)
     if (!l)
         return;
     free(l->path);
+    cfs_file_id_clear(&l->id);
     free(l->format);
     free(l->meta_name);
     free(l->name);
@@ -118,6 +125,7 @@ void cfs_job_clear(struct cfs_job *j)
     free(j->snapshot);
     free(j->meta_name);
     free(j->top);
+    cfs_file_id_clear(&j->top_id);
     free(j->base);
     free(j->error);
     free(j->journal_id);
@@ -140,6 +148,7 @@ static void layer_copy(struct cfs_layer *dst, const struct cfs_layer *src)
 {
     *dst = *src;
     dst->path = cfs_xstrdup(src->path);
+    cfs_file_id_copy(&dst->id, &src->id);
     dst->format = cfs_xstrdup(src->format);
     dst->meta_name = cfs_xstrdup(src->meta_name);
     dst->name = cfs_xstrdup(src->name);
@@ -195,6 +204,7 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->snapshot = cfs_xstrdup(src->snapshot);
     dst->meta_name = cfs_xstrdup(src->meta_name);
     dst->top = cfs_xstrdup(src->top);
+    cfs_file_id_copy(&dst->top_id, &src->top_id);
     dst->base = cfs_xstrdup(src->base);
     dst->error = cfs_xstrdup(src->error);
     dst->journal_id = cfs_xstrdup(src->journal_id);
@@ -224,13 +234,147 @@ int cfs_disk_find_snapshot(const struct cfs_disk *disk, const char *name)
     return -1;
 }
 
+/* ---- file identity -------------------------------------------------------------- */
+
+void cfs_file_id_clear(struct cfs_file_id *id)
+{
+    if (!id)
+        return;
+    free(id->canonical);
+    *id = (struct cfs_file_id){ 0 };
+}
+
+void cfs_file_id_copy(struct cfs_file_id *dst, const struct cfs_file_id *src)
+{
+    *dst = *src;
+    dst->canonical = cfs_xstrdup(src->canonical);
+}
+
+char *cfs_path_fold(const char *path)
+{
+    if (!path)
+        return NULL;
+    /* protocol names (nbd:..., rbd:pool/img) are not file paths */
+    if (path[0] != '/')
+        return cfs_xstrdup(path);
+    size_t len = strlen(path);
+    char *out = cfs_xmalloc(len + 2);
+    size_t o = 0;
+    const char *p = path;
+    while (*p) {
+        while (*p == '/')
+            p++;
+        const char *end = strchrnul(p, '/');
+        size_t n = (size_t)(end - p);
+        if (n == 0 || (n == 1 && p[0] == '.')) {
+            /* "//" or "/./": nothing */
+        } else if (n == 2 && p[0] == '.' && p[1] == '.') {
+            while (o > 0 && out[o - 1] != '/')
+                o--;
+            if (o > 0)
+                o--; /* the '/' before the dropped component */
+        } else {
+            out[o++] = '/';
+            memcpy(out + o, p, n);
+            o += n;
+        }
+        p = end;
+    }
+    if (o == 0)
+        out[o++] = '/';
+    out[o] = '\0';
+    return out;
+}
+
+/* stat() and realpath() of one layer. A file that is not there (yet) is
+ * named by its directory's real path and its own name. */
+static void layer_identify(struct cfs_layer *l, bool local)
+{
+    cfs_file_id_clear(&l->id);
+    if (!local || !l->path || l->path[0] != '/') {
+        l->id.canonical = cfs_path_fold(l->path);
+        return;
+    }
+    struct stat st;
+    if (stat(l->path, &st) == 0) {
+        l->id.known = true;
+        l->id.dev = S_ISBLK(st.st_mode) ? (uint64_t)st.st_rdev : (uint64_t)st.st_dev;
+        l->id.ino = S_ISBLK(st.st_mode) ? 0 : (uint64_t)st.st_ino;
+    }
+    char *real = realpath(l->path, NULL);
+    if (real) {
+        l->id.canonical = real;
+        return;
+    }
+    _cleanup_free_ char *folded = cfs_path_fold(l->path);
+    char *slash = strrchr(folded, '/');
+    if (slash && slash != folded) {
+        *slash = '\0';
+        _cleanup_free_ char *dir = realpath(folded, NULL);
+        *slash = '/';
+        if (dir) {
+            l->id.canonical = cfs_xasprintf("%s%s", dir, slash);
+            return;
+        }
+    }
+    l->id.canonical = TAKE_PTR(folded);
+}
+
+void cfs_domain_identify(struct cfs_domain *d, bool local)
+{
+    for (size_t i = 0; d && i < d->n_disks; i++)
+        for (size_t j = 0; j < d->disks[i].n_layers; j++)
+            layer_identify(&d->disks[i].layers[j], local);
+}
+
+bool cfs_file_same(const struct cfs_file_id *a, const char *path_a,
+                   const struct cfs_file_id *b, const char *path_b)
+{
+    if (a && b && a->known && b->known)
+        return a->dev == b->dev && a->ino == b->ino;
+    if (!path_a || !path_b)
+        return false;
+    if (strcmp(path_a, path_b) == 0)
+        return true;
+    _cleanup_free_ char *fa = cfs_path_fold(path_a);
+    _cleanup_free_ char *fb = cfs_path_fold(path_b);
+    const char *ca = a && a->canonical ? a->canonical : fa;
+    const char *cb = b && b->canonical ? b->canonical : fb;
+    /* a canonical path (symlinks resolved) against a folded one: either
+     * spelling of one side may be the one the other side has */
+    return strcmp(ca, cb) == 0 || strcmp(fa, fb) == 0 ||
+           strcmp(ca, fb) == 0 || strcmp(fa, cb) == 0;
+}
+
+const char *cfs_file_display(const struct cfs_file_id *id, const char *path)
+{
+    return id && id->canonical ? id->canonical : path;
+}
+
+int cfs_disk_find_file(const struct cfs_disk *disk,
+                       const struct cfs_file_id *id, const char *path)
+{
+    for (size_t i = 0; disk && i < disk->n_layers; i++)
+        if (cfs_file_same(&disk->layers[i].id, disk->layers[i].path, id, path))
+            return (int)i;
+    return -1;
+}
+
+const struct cfs_disk *cfs_domain_file_user(const struct cfs_domain *d,
+                                            const struct cfs_file_id *id,
+                                            const char *path,
+                                            const char *except_disk)
+{
+    for (size_t i = 0; d && i < d->n_disks; i++) {
+        if (except_disk && cfs_streq(d->disks[i].target, except_disk))
+            continue;
+        if (cfs_disk_find_file(&d->disks[i], id, path) >= 0)
+            return &d->disks[i];
+    }
+    return NULL;
+}
+
 bool cfs_domain_uses_path(const struct cfs_domain *d, const char *path)
 {
-    if (!d || !path)
-        return false;
-    for (size_t i = 0; i < d->n_disks; i++)
-        for (size_t j = 0; j < d->disks[i].n_layers; j++)
-            if (cfs_streq(d->disks[i].layers[j].path, path))
-                return true;
-    return false;
+    return path && cfs_domain_file_user(d, NULL, path, NULL) != NULL;
 }

@@ -235,7 +235,7 @@ void cfs_render_chain_text(struct cfs_buf *b, const struct cfs_domain *d,
         row[COL_FORMAT] = text_value(l->format);
         row[COL_VIRTUAL] = size_value(l->virtual_size);
         row[COL_ALLOCATED] = size_value(l->allocation);
-        row[COL_FILE] = text_value(l->path);
+        row[COL_FILE] = text_value(cfs_file_display(&l->id, l->path));
     }
     for (size_t r = 0; r <= n; r++)
         for (size_t c = 0; c < COL_MAX; c++)
@@ -269,7 +269,8 @@ static struct json_object *layer_json(const struct cfs_layer *l, size_t i,
     json_put_str(o, "role", layer_role(i, n));
     json_put_str(o, "snapshot", l->name);
     json_put_str(o, "name_source", l->name ? cfs_name_source_to_string(l->name_source) : NULL);
-    json_put_str(o, "file", l->path);
+    json_put_str(o, "file", cfs_file_display(&l->id, l->path));
+    json_put_str(o, "xml_path", l->path);
     json_put_str_nonempty(o, "format", l->format);
     json_put_u64(o, "virtual_size", l->virtual_size);
     json_put_u64(o, "allocation", l->allocation);
@@ -390,11 +391,11 @@ void cfs_render_info_text(struct cfs_buf *b, const struct cfs_domain *d,
     kv_str(&kv, "domain", d ? d->name : NULL);
     kv_str(&kv, "disk", disk ? disk->target : NULL);
     kv_str(&kv, "state", partial ? "partial" : "ok");
-    kv_str(&kv, "file", l ? l->path : NULL);
+    kv_str(&kv, "file", l ? cfs_file_display(&l->id, l->path) : NULL);
     kv_str(&kv, "format", l ? l->format : NULL);
     kv_take(&kv, "virtual", l ? size_value(l->virtual_size) : cfs_xstrdup("-"));
     kv_take(&kv, "allocated", l ? size_value(l->allocation) : cfs_xstrdup("-"));
-    kv_str(&kv, "frozen", below ? below->path : NULL);
+    kv_str(&kv, "frozen", below ? cfs_file_display(&below->id, below->path) : NULL);
     kv_take(&kv, "depth", l ? cfs_xasprintf("%d", index) : cfs_xstrdup("-"));
     kv_str(&kv, "active", l && index == 0 ? "yes" : "no");
     kv_str(&kv, "source", l && l->name ? cfs_name_source_to_string(l->name_source) : NULL);
@@ -413,13 +414,13 @@ void cfs_render_info_json(struct cfs_buf *b, const struct cfs_domain *d,
     json_put_str(o, "domain", d ? d->name : NULL);
     json_put_str(o, "disk", disk ? disk->target : NULL);
     json_put_str(o, "state", partial ? "partial" : "ok");
-    json_put_str(o, "file", l ? l->path : NULL);
+    json_put_str(o, "file", l ? cfs_file_display(&l->id, l->path) : NULL);
     json_put_str_nonempty(o, "format", l ? l->format : NULL);
     json_put_u64(o, "virtual_size", l ? l->virtual_size : 0);
     json_put_u64(o, "allocation", l ? l->allocation : 0);
     json_put_u64(o, "physical", l ? l->physical : 0);
     json_put_bool(o, "block", l ? l->is_block : false);
-    json_put_str(o, "frozen", below ? below->path : NULL);
+    json_put_str(o, "frozen", below ? cfs_file_display(&below->id, below->path) : NULL);
     if (l)
         json_put_int(o, "depth", index);
     else

@@ -63,6 +63,9 @@ struct cfs_domain *cfs_tree_find_domain(struct cfs_tree *t, const char *name)
 static bool layer_equal(const struct cfs_layer *a, const struct cfs_layer *b)
 {
     return cfs_streq(a->path, b->path) && cfs_streq(a->format, b->format) &&
+           a->index == b->index && a->id.known == b->id.known &&
+           a->id.dev == b->id.dev && a->id.ino == b->id.ino &&
+           cfs_streq(a->id.canonical, b->id.canonical) &&
            a->is_block == b->is_block && a->virtual_size == b->virtual_size &&
            a->allocation == b->allocation && a->physical == b->physical &&
            cfs_streq(a->meta_name, b->meta_name) &&
@@ -155,14 +158,22 @@ struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
     return s;
 }
 
-bool cfs_tree_path_used_elsewhere(struct cfs_tree *t, const char *path,
-                                  const char *except_dom)
+const struct cfs_disk *cfs_tree_file_user(struct cfs_tree *t,
+                                          const struct cfs_file_id *id,
+                                          const char *path,
+                                          const char *except_dom,
+                                          const char *except_disk,
+                                          const struct cfs_domain **dom_out)
 {
     for (size_t i = 0; i < t->n_doms; i++) {
-        if (except_dom && strcmp(t->doms[i]->name, except_dom) == 0)
-            continue;
-        if (cfs_domain_uses_path(t->doms[i], path))
-            return true;
+        bool self = except_dom && strcmp(t->doms[i]->name, except_dom) == 0;
+        const struct cfs_disk *dk = cfs_domain_file_user(
+            t->doms[i], id, path, self ? except_disk : NULL);
+        if (dk && !(self && !except_disk)) {
+            if (dom_out)
+                *dom_out = t->doms[i];
+            return dk;
+        }
     }
-    return false;
+    return NULL;
 }

@@ -27,8 +27,25 @@ enum cfs_name_source {
     CFS_NAME_SOURCE_MAX,
 };
 
+/* Which file a path names, however it is spelled (issue 6): chains that
+ * reach one image through "../", "./", a symlinked directory, "//" or
+ * "/./" share that image. Filled by cfs_domain_identify() only; compared
+ * by cfs_file_same() only. */
+struct cfs_file_id {
+    bool known;           /* dev and ino come from stat() */
+    uint64_t dev;         /* st_dev (st_rdev for a block device) */
+    uint64_t ino;         /* st_ino (0 for a block device) */
+    char *canonical;      /* realpath(), or the path with "//", "/./" and
+                             "x/.." folded where that fails; NULL: not
+                             identified (compare the folded path) */
+};
+
 struct cfs_layer {
-    char *path;           /* file path or block device */
+    char *path;           /* file path or block device, as libvirt's XML
+                             (or the image header above) spells it */
+    struct cfs_file_id id; /* which file it is (cfs_domain_identify) */
+    unsigned index;       /* libvirt's index= of the layer in the live XML
+                             (the N of "vda[N]"), 0 if it has none */
     char *format;         /* "qcow2", "raw", ... ("" if unknown) */
     bool is_block;        /* <disk type='block'> / block device source */
     uint64_t virtual_size; /* capacity, bytes */
@@ -88,6 +105,7 @@ struct cfs_job {
     char *snapshot;        /* display name of the snapshot being merged/made */
     char *meta_name;       /* libvirt snapshot metadata to drop at the end */
     char *top;             /* overlay being merged away */
+    struct cfs_file_id top_id; /* which file TOP is */
     char *base;            /* layer it is merged into */
     uint64_t cur, end;     /* progress, bytes */
     uint64_t bandwidth;    /* bytes/s, 0 = unlimited */
@@ -134,5 +152,39 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src); /* dst must b
 struct cfs_disk *cfs_domain_find_disk(const struct cfs_domain *d, const char *target);
 /* index of the layer whose display name is NAME, -1 if none */
 int cfs_disk_find_snapshot(const struct cfs_disk *disk, const char *name);
-/* true if PATH is any layer of any disk of D */
+/* ---- file identity -------------------------------------------------------
+ * The one place that decides whether two paths are one file: by device
+ * and inode when both are known, else by canonical path. */
+
+/* PATH with "//" and "/./" folded and "x/.." dropped, lexically (no file
+ * system access). Caller frees. */
+char *cfs_path_fold(const char *path);
+/* Fill id of every layer of D from the local file system (stat,
+ * realpath). Backends call it once per domain read, where the files are
+ * local. */
+void cfs_domain_identify(struct cfs_domain *d, bool local);
+/* Whether A (spelled PATH_A) and B (spelled PATH_B) are the same file.
+ * Either id may be NULL or not known: then canonical paths decide. */
+bool cfs_file_same(const struct cfs_file_id *a, const char *path_a,
+                   const struct cfs_file_id *b, const char *path_b);
+static inline bool cfs_layer_same(const struct cfs_layer *a,
+                                  const struct cfs_layer *b)
+{
+    return cfs_file_same(&a->id, a->path, &b->id, b->path);
+}
+/* The path to show for a file: canonical if known, else as spelled. */
+const char *cfs_file_display(const struct cfs_file_id *id, const char *path);
+void cfs_file_id_clear(struct cfs_file_id *id);
+void cfs_file_id_copy(struct cfs_file_id *dst, const struct cfs_file_id *src);
+
+/* Index of the layer of DISK that is file ID/PATH, -1 if none. */
+int cfs_disk_find_file(const struct cfs_disk *disk,
+                       const struct cfs_file_id *id, const char *path);
+/* The first disk of D other than EXCEPT_DISK (NULL: none excepted) that
+ * has file ID/PATH anywhere in its chain; NULL if none. */
+const struct cfs_disk *cfs_domain_file_user(const struct cfs_domain *d,
+                                            const struct cfs_file_id *id,
+                                            const char *path,
+                                            const char *except_disk);
+/* true if PATH is any layer of any disk of D (cfs_file_same, no id) */
 bool cfs_domain_uses_path(const struct cfs_domain *d, const char *path);

@@ -54,6 +54,13 @@ struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
 struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
                                                 const char *dom,
                                                 const char *disk);
-/* true if PATH is a layer of any domain other than EXCEPT_DOM */
-bool cfs_tree_path_used_elsewhere(struct cfs_tree *t, const char *path,
-                                  const char *except_dom);
+/* The first disk of any domain whose chain has file ID/PATH (same file
+ * by cfs_file_same), leaving out disk EXCEPT_DISK of domain EXCEPT_DOM
+ * (the whole of EXCEPT_DOM if EXCEPT_DISK is NULL); *DOM_OUT is its
+ * domain. NULL if there is none. */
+const struct cfs_disk *cfs_tree_file_user(struct cfs_tree *t,
+                                          const struct cfs_file_id *id,
+                                          const char *path,
+                                          const char *except_dom,
+                                          const char *except_disk,
+                                          const struct cfs_domain **dom_out);

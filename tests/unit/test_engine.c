@@ -448,6 +448,204 @@ static void test_rmdir_shared_base_busy(void **state)
     assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
 }
 
+/* ---- one file, however spelled (issue 6, items 1 and 2) --------------------------- */
+
+/* Give every layer of DOM (in the fake) its identity from the files, as
+ * the libvirt backend does on each read; then let the engine re-read. */
+static void identify(struct fx *f, const char *dom)
+{
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, dom, &d), 0);
+    cfs_domain_identify(d, true);
+    cfs_fake_put_domain(f->be, d);
+    cfs_domain_free(d);
+    cfs_engine_run_pending(f->e);
+}
+
+static void assert_refused_naming(struct fx *f, const char *dom, const char *name,
+                                  const char *other)
+{
+    assert_int_equal(cfs_engine_rmdir(f->e, dom, "vda", name), -EBUSY);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "offline_commit"), 0);
+    _cleanup_free_ char *p = cfs_xasprintf("/%s/vda/job", dom);
+    char *job = read_file(f, p);
+    assert_non_null(job);
+    if (!strstr(job, other))
+        fail_msg("job file does not name '%s':\n%s", other, job);
+    free(job);
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* vm3 reaches vm1's base through a symlinked directory, "//", "/./" or
+ * "x/..": by identity (dev/ino) it is the same file. */
+static void test_rmdir_shared_base_aliases_busy(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *lnk = cfs_xasprintf("%s/lnk", f->dir);
+    _cleanup_free_ char *sub = cfs_xasprintf("%s/sub", f->dir);
+    assert_int_equal(symlink(".", lnk), 0);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    char *spell[] = {
+        cfs_xasprintf("%s/lnk/base.qcow2", f->dir),
+        cfs_xasprintf("%s//base.qcow2", f->dir),
+        cfs_xasprintf("%s/./base.qcow2", f->dir),
+        cfs_xasprintf("%s/sub/../base.qcow2", f->dir),
+    };
+    identify(f, "vm1");
+    for (size_t i = 0; i < ELEMENTSOF(spell); i++) {
+        const char *chain[] = {f->paths[3], spell[i]};
+        cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vda", chain, NULL, 2);
+        identify(f, "vm3");
+        assert_refused_naming(f, "vm1", "s1", "vm3");
+        /* and the other way round: vm3's offline merge into the base */
+        assert_refused_naming(f, "vm3", "other", "vm1");
+        free(spell[i]);
+    }
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+}
+
+/* Without an identity (no stat possible) the canonical spelling decides. */
+static void test_rmdir_shared_base_unidentified_busy(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *alias = cfs_xasprintf("%s/x/..//./base.qcow2", f->dir);
+    const char *chain[] = {f->paths[3], alias};
+    cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vda", chain, NULL, 2);
+    cfs_engine_run_pending(f->e);
+    assert_refused_naming(f, "vm1", "s1", "vm3");
+}
+
+/* vda and vdb of one domain back onto one base: merging into it from
+ * vda is refused as for two domains, naming vdb. */
+static void test_rmdir_two_disks_one_base_busy(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *vdb_top = cfs_xasprintf("%s/vdb.qcow2", f->dir);
+    touch(vdb_top);
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &d), 0);
+    d->disks = cfs_xrealloc(d->disks, 2 * sizeof(*d->disks));
+    d->n_disks = 2;
+    struct cfs_disk *vdb = &d->disks[1];
+    *vdb = (struct cfs_disk){ .target = cfs_xstrdup("vdb"), .n_layers = 2 };
+    vdb->layers = cfs_xcalloc(2, sizeof(*vdb->layers));
+    vdb->layers[0].path = cfs_xstrdup(vdb_top);
+    vdb->layers[1].path = cfs_xasprintf("%s/./base.qcow2", f->dir);
+    cfs_domain_identify(d, true);
+    cfs_fake_put_domain(f->be, d);
+    cfs_domain_free(d);
+    cfs_engine_run_pending(f->e);
+    assert_refused_naming(f, "vm1", "s1", "vdb");
+    /* s2 merges into s1, which only vda uses: fine */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+}
+
+/* vm3 backs onto vm1's snapshot overlay s1: merging s1 away would delete
+ * a file vm3 needs. */
+static void test_rmdir_overlay_backing_other_busy(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *alias = cfs_xasprintf("%s//s1.qcow2", f->dir);
+    const char *chain[] = {f->paths[3], alias};
+    cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vda", chain, NULL, 2);
+    identify(f, "vm1");
+    identify(f, "vm3");
+    assert_refused_naming(f, "vm1", "s1", "vm3");
+    assert_true(exists(f->paths[1]));
+}
+
+/* ---- the chain as libvirt has it now (issue 6, item 5) ------------------------------- */
+
+/* A snapshot taken outside chainfs, which sends no event: the tree still
+ * shows the old chain. */
+static char *outside_snapshot(struct fx *f, const char *name)
+{
+    char *overlay = cfs_xasprintf("%s/%s.qcow2", f->dir, name);
+    touch(overlay);
+    assert_int_equal(f->be->ops->snapshot_create(f->be, "vm1", "vda", name, overlay), 0);
+    return overlay;
+}
+
+static void test_mkdir_on_live_chain(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *o = outside_snapshot(f, "outside");
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x"), 0);
+    char *info = read_file(f, "/vm1/vda/snapshots/x/info");
+    assert_non_null(info);
+    _cleanup_free_ char *want = cfs_xasprintf("frozen:    %s\n", o);
+    if (!strstr(info, want))
+        fail_msg("x's info does not freeze the outside overlay:\n%s", info);
+    free(info);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 outside x");
+}
+
+static void test_rmdir_on_live_chain(void **state)
+{
+    struct fx *f = *state;
+    /* the tree shows s2 as the active layer; libvirt has "outside" on top */
+    _cleanup_free_ char *o = outside_snapshot(f, "outside");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    /* s2 is no longer the active layer: a commit, not an active commit */
+    char *job = read_file(f, "/vm1/vda/job.json");
+    assert_non_null(strstr(job, "\"type\": \"commit\""));
+    free(job);
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_false(exists(f->paths[0]));
+    assert_true(exists(o));
+    assert_list(f, "/vm1/vda/snapshots", "s1 outside");
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+}
+
+/* Someone merged s1 away outside chainfs: s2 now sits on the base, not
+ * on the layer the user saw below it. */
+static void test_rmdir_layer_below_changed(void **state)
+{
+    struct fx *f = *state;
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &d), 0);
+    cfs_layer_clear(&d->disks[0].layers[1]);
+    memmove(&d->disks[0].layers[1], &d->disks[0].layers[2], sizeof(struct cfs_layer));
+    d->disks[0].n_layers = 2;
+    /* no event reaches the engine before the rmdir */
+    struct cfs_domain *old = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &old), 0);
+    cfs_fake_put_domain(f->be, d);
+    cfs_domain_free(d);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), -ESTALE);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+    assert_true(exists(f->paths[0]));
+    assert_list(f, "/vm1/vda/snapshots", "s2");
+    /* the snapshot's own layer gone: ENOENT */
+    cfs_fake_put_domain(f->be, old);
+    cfs_engine_run_pending(f->e);
+    const char *chain[] = {f->paths[0], f->paths[2]};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, NULL, 2);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -ENOENT);
+    cfs_domain_free(old);
+}
+
+/* Destroyed just before rmdir, before any re-read: the offline merge. */
+static void test_rmdir_after_destroy_is_offline(void **state)
+{
+    struct fx *f = *state;
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_SHUTOFF, "vda", chain, meta, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", NULL, NULL, &b), 0);
+    assert_non_null(strstr(b.data, "offline-commit"));
+    assert_non_null(strstr(b.data, "completed"));
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "offline_commit"), 1);
+    assert_false(exists(f->paths[0]));
+}
+
 /* ---- offline ----------------------------------------------------------------------- */
 
 static void test_offline_merge(void **state)
@@ -799,6 +997,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_domain_undefined_midmerge_deletes_nothing, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_domain_destroyed_midmerge, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_shared_base_busy, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_shared_base_aliases_busy, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_shared_base_unidentified_busy, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_two_disks_one_base_busy, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_overlay_backing_other_busy, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_mkdir_on_live_chain, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_on_live_chain, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_layer_below_changed, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_rmdir_after_destroy_is_offline, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_offline_merge, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_shutoff, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_wait, setup_running, teardown),

@@ -580,6 +580,47 @@ static void test_intermediate_commit_complete(void **state)
     assert_chain(be, "vm1", "vda", after, 2);
 }
 
+/* Layers of a running domain carry indices, as in libvirt's live XML,
+ * and commit_start takes "vda[N]" for TOP and BASE as libvirt does; a
+ * new overlay gets a new index, the others keep theirs. */
+static void test_commit_by_index(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_domain *d = NULL;
+
+    assert_int_equal(be->ops->read_domain(be, "vm1", &d), 0);
+    const struct cfs_disk *dk = &d->disks[0];
+    unsigned idx[3];
+    for (size_t i = 0; i < 3; i++) {
+        idx[i] = dk->layers[i].index;
+        assert_int_not_equal(idx[i], 0);
+        for (size_t j = 0; j < i; j++)
+            assert_int_not_equal(idx[i], idx[j]);
+    }
+    cfs_domain_free(d);
+
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "s3",
+                                              "/img/vm1.vda.s3.qcow2"), 0);
+    assert_int_equal(be->ops->read_domain(be, "vm1", &d), 0);
+    assert_int_equal(d->disks[0].layers[1].index, idx[0]);
+    unsigned s3 = d->disks[0].layers[0].index;
+    assert_int_not_equal(s3, 0);
+    cfs_domain_free(d);
+
+    /* an index no layer has, and a BASE that is not right below TOP */
+    char top[32], base[32], bad[32];
+    snprintf(top, sizeof(top), "vda[%u]", idx[1]);
+    snprintf(base, sizeof(base), "vda[%u]", idx[2]);
+    snprintf(bad, sizeof(bad), "vda[%u]", s3 + 100);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", bad, base, false), -EINVAL);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", top, top, false), -EINVAL);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", top, base, false), 0);
+    cfs_fake_job_complete(be, "vm1", "vda");
+    const char *const after[] = { "/img/vm1.vda.s3.qcow2", chain3[0], chain3[2] };
+    assert_chain(be, "vm1", "vda", after, 3);
+}
+
 static void test_abort_fail_vanish(void **state)
 {
     struct fixture *fx = *state;
@@ -918,6 +959,7 @@ int main(void)
         T(test_active_commit_pivot),
         T(test_pivot_not_ready_counts_only_ready_pivots),
         T(test_intermediate_commit_complete),
+        T(test_commit_by_index),
         T(test_abort_fail_vanish),
         T(test_domain_stop_drops_jobs),
         T(test_offline_commit),

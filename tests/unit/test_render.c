@@ -349,8 +349,8 @@ static void test_chain_json(void **state)
     assert_int_equal(json_object_array_length(layers), 3);
 
     static const char *const lkeys[] = {
-        "index", "role", "snapshot", "name_source", "file", "format",
-        "virtual_size", "allocation", "physical", "block",
+        "index", "role", "snapshot", "name_source", "file", "xml_path",
+        "format", "virtual_size", "allocation", "physical", "block",
     };
     struct json_object *l0 = json_object_array_get_idx(layers, 0);
     assert_json_keys(l0, lkeys, ELEMENTSOF(lkeys));
@@ -391,6 +391,39 @@ static void test_chain_json(void **state)
     assert_json_str(l0, "file", "/img/a\nb \"q\"");
     assert_json_int(l0, "virtual_size", INT64_MAX);
     json_object_put(o);
+}
+
+/* A layer reached through another spelling: chain and info show the
+ * canonical path, chain.json keeps the XML's spelling as xml_path. */
+static void test_chain_canonical_path(void **state)
+{
+    (void)state;
+    static const struct fx_layer fl[] = {
+        { "/img/top.qcow2", "s1", 1, 1, 1 },
+        { "/img/a/../b//base.qcow2", NULL, 1, 1, 1 },
+    };
+    _cleanup_domain_ struct cfs_domain *d = make_domain("canon", CFS_DOM_RUNNING, fl, 2);
+    d->disks[0].layers[1].id.canonical = cfs_xstrdup("/srv/b/base.qcow2");
+    struct cfs_buf b = { 0 };
+    cfs_render_chain_text(&b, d, &d->disks[0], false);
+    _cleanup_free_ char *text = cfs_buf_steal(&b);
+    assert_non_null(strstr(text, "  /srv/b/base.qcow2\n"));
+    assert_null(strstr(text, "/img/a/../b//base.qcow2"));
+
+    cfs_render_chain_json(&b, d, &d->disks[0], false);
+    _cleanup_free_ char *js = cfs_buf_steal(&b);
+    struct json_object *o = parse_json(js);
+    struct json_object *l1 = json_object_array_get_idx(get(o, "layers"), 1);
+    assert_json_str(l1, "file", "/srv/b/base.qcow2");
+    assert_json_str(l1, "xml_path", "/img/a/../b//base.qcow2");
+    struct json_object *l0 = json_object_array_get_idx(get(o, "layers"), 0);
+    assert_json_str(l0, "file", "/img/top.qcow2"); /* not identified: as spelled */
+    assert_json_str(l0, "xml_path", "/img/top.qcow2");
+    json_object_put(o);
+
+    cfs_render_info_text(&b, d, &d->disks[0], 0, false);
+    _cleanup_free_ char *info = cfs_buf_steal(&b);
+    assert_non_null(strstr(info, "frozen:    /srv/b/base.qcow2\n"));
 }
 
 static void test_chain_json_single_and_empty(void **state)
@@ -844,6 +877,7 @@ int main(void)
         cmocka_unit_test(test_chain_text_escapes),
         cmocka_unit_test(test_chain_text_unknown_format),
         cmocka_unit_test(test_chain_json),
+        cmocka_unit_test(test_chain_canonical_path),
         cmocka_unit_test(test_chain_json_single_and_empty),
         cmocka_unit_test(test_job_text_golden),
         cmocka_unit_test(test_job_text_failed),

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -410,6 +412,153 @@ static void test_lookups(void **state)
     assert_false(cfs_domain_uses_path(NULL, "/dev/sdb"));
 }
 
+/* ---- file identity ------------------------------------------------------------ */
+
+static void assert_fold(const char *in, const char *want)
+{
+    _cleanup_free_ char *got = cfs_path_fold(in);
+    assert_string_equal(got, want);
+}
+
+static void test_path_fold(void **state)
+{
+    (void)state;
+    assert_fold("/img/base.qcow2", "/img/base.qcow2");
+    assert_fold("/img//base.qcow2", "/img/base.qcow2");
+    assert_fold("//img///base.qcow2", "/img/base.qcow2");
+    assert_fold("/img/./base.qcow2", "/img/base.qcow2");
+    assert_fold("/img/a/../base.qcow2", "/img/base.qcow2");
+    assert_fold("/img/a/b/../../base.qcow2", "/img/base.qcow2");
+    assert_fold("/../img/base.qcow2", "/img/base.qcow2");
+    assert_fold("/img/dir/", "/img/dir");
+    assert_fold("/", "/");
+    assert_fold("/..", "/");
+    /* not file paths: as they are */
+    assert_fold("nbd://host/export", "nbd://host/export");
+    assert_fold("rbd:pool/img", "rbd:pool/img");
+    assert_null(cfs_path_fold(NULL));
+}
+
+static void test_file_same(void **state)
+{
+    (void)state;
+    struct cfs_file_id a = { .known = true, .dev = 8, .ino = 100 };
+    struct cfs_file_id b = { .known = true, .dev = 8, .ino = 100 };
+    struct cfs_file_id c = { .known = true, .dev = 9, .ino = 100 };
+    struct cfs_file_id unknown = { 0 };
+
+    /* by identity, whatever the spelling */
+    assert_true(cfs_file_same(&a, "/img/base.qcow2", &b, "/lnk/base.qcow2"));
+    /* one inode number on two devices is two files */
+    assert_false(cfs_file_same(&a, "/img/base.qcow2", &c, "/img/base.qcow2"));
+    /* no identity: the folded spellings decide */
+    assert_true(cfs_file_same(&unknown, "/img/a/../base.qcow2", NULL, "/img//base.qcow2"));
+    assert_true(cfs_file_same(NULL, "/img/./base.qcow2", &a, "/img/base.qcow2"));
+    assert_false(cfs_file_same(NULL, "/img/base.qcow2", NULL, "/img/other.qcow2"));
+    assert_false(cfs_file_same(NULL, NULL, NULL, "/img/base.qcow2"));
+    /* a canonical path (symlinks resolved) against a spelling */
+    struct cfs_file_id canon = { .canonical = (char *)"/srv/img/base.qcow2" };
+    assert_true(cfs_file_same(&canon, "/lnk/base.qcow2", NULL, "/srv/img//base.qcow2"));
+    assert_true(cfs_file_same(&canon, "/lnk/base.qcow2", NULL, "/lnk/./base.qcow2"));
+    assert_false(cfs_file_same(&canon, "/lnk/base.qcow2", NULL, "/srv/img/other.qcow2"));
+
+    assert_string_equal(cfs_file_display(&canon, "/lnk/base.qcow2"), "/srv/img/base.qcow2");
+    assert_string_equal(cfs_file_display(&unknown, "/lnk/base.qcow2"), "/lnk/base.qcow2");
+    assert_string_equal(cfs_file_display(NULL, "/lnk/base.qcow2"), "/lnk/base.qcow2");
+}
+
+/* cfs_domain_identify() on real files: one file under five spellings, a
+ * file that is not there (yet), and a protocol name. */
+static void test_domain_identify(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/cfs-ident-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    _cleanup_free_ char *img = cfs_xasprintf("%s/img", dir);
+    _cleanup_free_ char *sub = cfs_xasprintf("%s/img/sub", dir);
+    _cleanup_free_ char *lnk = cfs_xasprintf("%s/lnk", dir);
+    _cleanup_free_ char *base = cfs_xasprintf("%s/img/base.qcow2", dir);
+    assert_int_equal(mkdir(img, 0755), 0);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    assert_int_equal(symlink("img", lnk), 0);
+    FILE *fp = fopen(base, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    _cleanup_free_ char *real_dir = realpath(dir, NULL);
+    _cleanup_free_ char *real_base = cfs_xasprintf("%s/img/base.qcow2", real_dir);
+
+    char *spell[] = {
+        cfs_xasprintf("%s/img/base.qcow2", dir),
+        cfs_xasprintf("%s/img/sub/../base.qcow2", dir),
+        cfs_xasprintf("%s/img/./base.qcow2", dir),
+        cfs_xasprintf("%s/img//base.qcow2", dir),
+        cfs_xasprintf("%s/lnk/base.qcow2", dir),
+        cfs_xasprintf("%s/lnk/missing.qcow2", dir),
+        cfs_xstrdup("nbd://host/export"),
+    };
+    size_t n = ELEMENTSOF(spell);
+    struct cfs_domain *d = cfs_xcalloc(1, sizeof(*d));
+    d->name = cfs_xstrdup("id");
+    d->n_disks = 1;
+    d->disks = cfs_xcalloc(1, sizeof(*d->disks));
+    d->disks[0].target = cfs_xstrdup("vda");
+    d->disks[0].n_layers = n;
+    d->disks[0].layers = cfs_xcalloc(n, sizeof(struct cfs_layer));
+    for (size_t i = 0; i < n; i++)
+        d->disks[0].layers[i].path = spell[i];
+    cfs_domain_identify(d, true);
+
+    const struct cfs_layer *l = d->disks[0].layers;
+    for (size_t i = 0; i < 5; i++) {
+        assert_true(l[i].id.known);
+        assert_string_equal(l[i].id.canonical, real_base);
+        assert_true(cfs_layer_same(&l[0], &l[i]));
+        assert_int_equal(cfs_disk_find_file(&d->disks[0], &l[i].id, l[i].path), 0);
+    }
+    /* not there: no identity, named by its directory's real path */
+    assert_false(l[5].id.known);
+    _cleanup_free_ char *real_missing = cfs_xasprintf("%s/img/missing.qcow2", real_dir);
+    assert_string_equal(l[5].id.canonical, real_missing);
+    assert_false(cfs_layer_same(&l[0], &l[5]));
+    assert_false(l[6].id.known);
+    assert_string_equal(l[6].id.canonical, "nbd://host/export");
+
+    /* identity survives a copy */
+    _cleanup_domain_ struct cfs_domain *copy = cfs_domain_dup(d);
+    assert_true(copy->disks[0].layers[4].id.known);
+    assert_string_equal(copy->disks[0].layers[4].id.canonical, real_base);
+    assert_ptr_not_equal(copy->disks[0].layers[4].id.canonical, l[4].id.canonical);
+    cfs_domain_free(d);
+
+    _cleanup_free_ char *cmd = cfs_xasprintf("rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Two disks of one domain on one file: each is the other's user. */
+static void test_domain_file_user(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = cfs_xcalloc(1, sizeof(*d));
+    d->name = cfs_xstrdup("two");
+    d->n_disks = 2;
+    d->disks = cfs_xcalloc(2, sizeof(*d->disks));
+    const char *tops[] = { "/img/a.qcow2", "/img/b.qcow2" };
+    const char *bases[] = { "/img/base.qcow2", "/img/x/../base.qcow2" };
+    for (size_t i = 0; i < 2; i++) {
+        d->disks[i].target = cfs_xasprintf("vd%c", (char)('a' + i));
+        d->disks[i].n_layers = 2;
+        d->disks[i].layers = cfs_xcalloc(2, sizeof(struct cfs_layer));
+        d->disks[i].layers[0].path = cfs_xstrdup(tops[i]);
+        d->disks[i].layers[1].path = cfs_xstrdup(bases[i]);
+    }
+    assert_ptr_equal(cfs_domain_file_user(d, NULL, "/img/base.qcow2", "vda"), &d->disks[1]);
+    assert_ptr_equal(cfs_domain_file_user(d, NULL, "/img/base.qcow2", "vdb"), &d->disks[0]);
+    assert_ptr_equal(cfs_domain_file_user(d, NULL, "/img/base.qcow2", NULL), &d->disks[0]);
+    assert_null(cfs_domain_file_user(d, NULL, "/img/a.qcow2", "vda"));
+    assert_ptr_equal(cfs_domain_file_user(d, NULL, "/img/./a.qcow2", "vdb"), &d->disks[0]);
+    assert_true(cfs_domain_uses_path(d, "/img//b.qcow2"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -426,6 +575,10 @@ int main(void)
         cmocka_unit_test(test_domain_dup_is_deep),
         cmocka_unit_test(test_job_copy),
         cmocka_unit_test(test_lookups),
+        cmocka_unit_test(test_path_fold),
+        cmocka_unit_test(test_file_same),
+        cmocka_unit_test(test_domain_identify),
+        cmocka_unit_test(test_domain_file_user),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
