@@ -135,7 +135,8 @@ it_init() {
   trap it_cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
-  it_log "temp dir $T, domains $IT_PREFIX-*, virt type $(it_virt_type)"
+  IT_VIRT_TYPE=$(libvirtd_virt_type) || it_fail "CHAINFS_VIRT_TYPE=$CHAINFS_VIRT_TYPE: expected kvm or qemu"
+  it_log "temp dir $T, domains $IT_PREFIX-*, virt type $IT_VIRT_TYPE${CHAINFS_VIRT_TYPE:+ (forced by CHAINFS_VIRT_TYPE)}"
 }
 
 # it_tmpdir — a new 0755 directory inside $T; prints its path.
@@ -224,7 +225,8 @@ it_rmdir_throttled() {
   it_log "rmdir $dom/$disk/snapshots/$name: merge started, slowed to 1 MiB/s"
 }
 
-# kvm or qemu (TCG), whichever QEMU can use here (scripts/libvirtd.sh).
+# kvm or qemu (TCG), whichever QEMU can use here, or CHAINFS_VIRT_TYPE
+# (scripts/libvirtd.sh).
 it_virt_type() {
   [ -n "$IT_VIRT_TYPE" ] || IT_VIRT_TYPE=$(libvirtd_virt_type)
   printf '%s\n' "$IT_VIRT_TYPE"
