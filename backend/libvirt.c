@@ -1496,12 +1496,15 @@ static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
     unsigned int flags = active ? VIR_DOMAIN_BLOCK_COMMIT_ACTIVE : 0;
+    uint64_t bandwidth = __atomic_load_n(&be->commit_bandwidth, __ATOMIC_RELAXED);
     int r;
 
+    if (bandwidth > 0)
+        flags |= VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES;
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
-    if (virDomainBlockCommit(dom, disk, base, top, 0, flags) < 0) {
+    if (virDomainBlockCommit(dom, disk, base, top, bandwidth, flags) < 0) {
         r = lv_error(conn);
         if (r != -EBUSY || !msg_is_lock(cfs_backend_errmsg()))
             return r;

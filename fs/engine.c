@@ -797,6 +797,27 @@ static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     cfs_job_clear(&job);
 }
 
+#ifdef CHAINFS_TEST_HOOKS
+/* Fault-injection tests start a live commit already slowed down to the
+ * bytes/s written in STATE_DIR/commit-bandwidth (QEMU's rate limit from
+ * the job's first byte: nothing to race); no file, unlimited. */
+static void hook_set_commit_bandwidth(struct cfs_engine *e)
+{
+    _cleanup_free_ char *path = cfs_xasprintf("%s/commit-bandwidth", e->state_dir);
+    unsigned long long bw = 0;
+    FILE *f = fopen(path, "re");
+
+    if (f) {
+        if (fscanf(f, "%llu", &bw) != 1) {
+            log_warn("test hook: %s holds no number; commit unlimited", path);
+            bw = 0;
+        }
+        fclose(f);
+    }
+    __atomic_store_n(&e->be->commit_bandwidth, (uint64_t)bw, __ATOMIC_RELAXED);
+}
+#endif
+
 /* ---- pivot ------------------------------------------------------------------- */
 
 static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
@@ -2110,6 +2131,9 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         return 0;
     }
 
+#ifdef CHAINFS_TEST_HOOKS
+    hook_set_commit_bandwidth(e);
+#endif
     r = e->be->ops->commit_start(e->be, dom, disk, top_ref, base_ref,
                                  job.type == CFS_JOB_ACTIVE_COMMIT);
     set_starting(e, dom, disk, job.id, false);

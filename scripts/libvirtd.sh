@@ -94,9 +94,17 @@ libvirtd_ours() {
 # libvirtd_virt_type — "kvm" when QEMU, running as libvirt's qemu user, can
 # open /dev/kvm; else "qemu" (TCG). /dev/kvm can exist and still be
 # root-only (no udev to apply Debian's root:kvm 0660), and then a kvm
-# domain fails to start.
+# domain fails to start. CHAINFS_VIRT_TYPE=qemu forces TCG on a host that
+# has KVM (to run the tests as a CI machine without /dev/kvm would);
+# CHAINFS_VIRT_TYPE=kvm insists on KVM (a domain then fails to start where
+# there is none). Anything else is refused.
 libvirtd_virt_type() {
   local user=${LIBVIRTD_QEMU_USER:-libvirt-qemu}
+  case "${CHAINFS_VIRT_TYPE:-}" in
+    "") ;;
+    kvm | qemu) echo "$CHAINFS_VIRT_TYPE"; return 0 ;;
+    *) echo "libvirtd: CHAINFS_VIRT_TYPE=$CHAINFS_VIRT_TYPE: expected kvm or qemu" >&2; return 1 ;;
+  esac
   if [ -c /dev/kvm ] && id "$user" >/dev/null 2>&1 &&
     setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups \
       sh -c 'test -r /dev/kvm && test -w /dev/kvm' 2>/dev/null; then

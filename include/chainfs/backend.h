@@ -136,6 +136,10 @@ struct cfs_backend_ops {
 struct cfs_backend {
     const struct cfs_backend_ops *ops;
     void *priv;
+    /* Bytes/s a live commit starts limited to, 0 = unlimited. Only the
+     * test-hooks daemon sets it (STATE_DIR/commit-bandwidth), with
+     * __atomic_store_n; backends read it with __atomic_load_n. */
+    uint64_t commit_bandwidth;
 };
 
 /* The real backend. URI may be NULL (libvirt's default). */

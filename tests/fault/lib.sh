@@ -33,16 +33,20 @@
 # - jobs: fault_job_state, fault_wait_state, fault_libvirt_job (libvirt's
 #   own view), fault_unthrottle (virsh blockjob --bandwidth 0). Slowing a
 #   merge down from its first moment is it_rmdir_throttled in the
-#   integration lib (responsive.sh needs it too).
+#   integration lib: with this daemon, through STATE_DIR/commit-bandwidth.
 # - fault_on_exit CMD: undo what the scenario broke on purpose, pass or fail.
 # - fault_check_patterns IMAGE "PATTERN OFFSET LEN"...: it_check_pattern each.
 set -euo pipefail
 
-# The daemon under test has the test hooks (STATE_DIR/hold-pivot); meson
-# passes it, by hand it defaults to the build tree's.
+# The daemon under test has the test hooks (STATE_DIR/hold-pivot,
+# STATE_DIR/commit-bandwidth); meson passes it, by hand it defaults to the
+# build tree's.
 CHAINFS=${CHAINFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/chainfs-testhooks}
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../integration/lib.sh"
+# ... whose STATE_DIR/commit-bandwidth it_rmdir_throttled uses: merges
+# start slowed down, with no race against QEMU.
+IT_TESTHOOKS=1
 
 FAULT_IMAGES=""        # $T/images: where scenarios put their own images
 FAULT_IMAGE_DIRS=()    # directories checked for orphans (append to it)

@@ -32,7 +32,10 @@ it_guest_write "$D" 0x33 3M 64M
 
 it_rmdir_throttled "$D" vda s1
 it_guest_write "$D" 0x44 100M 1M
-sleep 1 # a few of chainfs's polls, so that job shows libvirt's progress
+# job shows libvirt's progress once chainfs polled it (the mirror's first
+# burst is copied at once), rather than after a fixed second
+copied() { [ "$(it_job_field "$D" vda cur)" -gt 0 ]; }
+it_wait_until 30 "job shows the merge's progress" copied
 job=$(cat "$MNT/$D/vda/job")
 it_log "job before the unmount:"$'\n'"$job"
 it_assert_eq "running" "$(sed -n 's/^state: *//p' <<<"$job")" "the merge is copying"

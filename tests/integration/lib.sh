@@ -139,7 +139,8 @@ it_init() {
   trap it_cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
-  it_log "temp dir $T, domains $IT_PREFIX-*, virt type $(it_virt_type)"
+  IT_VIRT_TYPE=$(libvirtd_virt_type) || it_fail "CHAINFS_VIRT_TYPE=$CHAINFS_VIRT_TYPE: expected kvm or qemu"
+  it_log "temp dir $T, domains $IT_PREFIX-*, virt type $IT_VIRT_TYPE${CHAINFS_VIRT_TYPE:+ (forced by CHAINFS_VIRT_TYPE)}"
 }
 
 # it_tmpdir — a new 0755 directory inside $T; prints its path.
@@ -198,18 +199,42 @@ it_throttle() {
   it_virsh blockjob "$1" "$2" --bandwidth 1 >/dev/null 2>&1
 }
 
-# it_rmdir_throttled DOM DISK NAME — rmdir snapshots/NAME and slow the
-# merge it starts down to 1 MiB/s straight away. A lower commit of 128 MiB
-# is over within a fraction of a second here, faster than a `virsh
-# blockjob` started after rmdir returns can catch it; so a virsh shell
-# (one connection, no process start per command) is asked for the limit
-# every 2 ms from just before the rmdir until it returns. It stops then:
-# every new limit restarts QEMU's rate accounting, so asking on and on
-# would let the job run faster than the limit. (An active commit still
-# copies up to 32 MiB in its first burst.) Fails the test if the merge had
-# already ended (give the layer more data).
+# it_rmdir_throttled DOM DISK NAME — rmdir snapshots/NAME, with the merge
+# it starts slowed down to 1 MiB/s, and check that libvirt has the limit.
+#
+# The test-hooks daemon (IT_TESTHOOKS=1: the fault tests) is told through
+# STATE_DIR/commit-bandwidth to start the commit with that bandwidth, so
+# QEMU limits the job from its first byte and nothing races. (An active
+# commit still copies QEMU's first mirror burst, 32 MiB, at once, and then
+# sleeps until the limit is met: give an active layer more than that.)
+#
+# The plain daemon cannot be told: then the limit races the merge. A
+# lower commit of 128 MiB is over within a fraction of a second, faster
+# than a `virsh blockjob` started after rmdir returns can catch it; so a
+# virsh shell (one connection, no process start per command) is asked for
+# the limit every 2 ms from just before the rmdir until it returns, and
+# once more after. That fails the test if the merge had already ended
+# (give the layer more data), and the job then runs in steps: a burst,
+# then a sleep of a second per MiB copied.
 it_rmdir_throttled() {
   local dom=$1 disk=$2 name=$3 thr stop="$T/throttle.stop" out="$T/throttle.out"
+  local hook="$T/state/commit-bandwidth" info
+  if [ "${IT_TESTHOOKS:-0}" = 1 ]; then
+    echo 1048576 >"$hook"
+    if ! rmdir "$MNT/$dom/$disk/snapshots/$name"; then
+      rm -f "$hook"
+      it_fail "rmdir $dom/$disk/snapshots/$name"
+    fi
+    rm -f "$hook"
+    # virsh prints the job's line on stderr
+    info=$({ it_virsh blockjob "$dom" "$disk" --info 2>&1 || true; } | tr '\n' ' ')
+    case "$info" in
+      *"limit: 1048576 bytes/s"*) ;;
+      *) it_fail "the merge of $name did not start slowed down to 1 MiB/s (libvirt: '$info'; is $CHAINFS the test-hooks daemon?)" ;;
+    esac
+    it_log "rmdir $dom/$disk/snapshots/$name: merge started at 1 MiB/s"
+    return 0
+  fi
   rm -f "$stop" "$out"
   { while [ ! -e "$stop" ]; do
     echo "blockjob $dom $disk --bandwidth 1"
@@ -233,7 +258,8 @@ it_rmdir_throttled() {
   it_log "rmdir $dom/$disk/snapshots/$name: merge started, slowed to 1 MiB/s"
 }
 
-# kvm or qemu (TCG), whichever QEMU can use here (scripts/libvirtd.sh).
+# kvm or qemu (TCG), whichever QEMU can use here, or CHAINFS_VIRT_TYPE
+# (scripts/libvirtd.sh).
 it_virt_type() {
   [ -n "$IT_VIRT_TYPE" ] || IT_VIRT_TYPE=$(libvirtd_virt_type)
   printf '%s\n' "$IT_VIRT_TYPE"

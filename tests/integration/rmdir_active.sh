@@ -11,7 +11,7 @@ it_init
 
 D="$IT_PREFIX-rmact"
 base="$T/base.qcow2"
-it_make_image "$base" 64M
+it_make_image "$base" 256M
 it_write_pattern "$base" 0x11 0 1M
 it_define "$D" "$base"
 it_start "$D"
@@ -21,19 +21,20 @@ it_wait_dom "$D"
 mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir snapshots/s1"
 top=$(it_domblk "$D" vda)
 [ "$top" != "$base" ] || it_fail "mkdir did not change the active layer"
-# 32 MiB in the overlay, so that the merge is still copying when it is
-# slowed down below.
-it_guest_write "$D" 0x22 1M 32M
+# 96 MiB in the overlay: slowed down to 1 MiB/s, the merge copies QEMU's
+# first burst (32 MiB) at once and the rest over a minute, so the guest
+# writes below land while it runs. (32 MiB, as this test had, were all
+# copied in that first burst: the writes came after the merge.)
+it_guest_write "$D" 0x22 1M 96M
 
-rmdir "$MNT/$D/vda/snapshots/s1" || it_fail "rmdir snapshots/s1"
-it_virsh blockjob "$D" vda --bandwidth 1 >/dev/null 2>&1 ||
-  it_log "note: could not slow the job down (already finished?)"
+it_rmdir_throttled "$D" vda s1
 it_assert_eq "" "$(it_snapshots "$D" vda)" "s1 left snapshots/ as soon as rmdir returned"
 job=$(cat "$MNT/$D/vda/job")
 it_log "job during the merge:"$'\n'"$job"
 it_assert_contains "$job" "active-commit" "job shows an active commit"
-it_guest_write "$D" 0x33 40M 1M
+it_guest_write "$D" 0x33 100M 1M
 it_guest_write "$D" 0x44 0 4K
+it_assert_eq "running" "$(it_job_field "$D" vda state)" "the merge was still copying after the guest writes"
 it_virsh blockjob "$D" vda --bandwidth 0 >/dev/null 2>&1 || true
 
 out=$(it_wait_job "$D" vda)
@@ -49,5 +50,5 @@ it_check_chain "$D" vda "$base"
 it_destroy "$D"
 it_check_pattern "$base" 0x44 0 4K
 it_check_pattern "$base" 0x11 4K 1020K
-it_check_pattern "$base" 0x22 1M 32M
-it_check_pattern "$base" 0x33 40M 1M
+it_check_pattern "$base" 0x22 1M 96M
+it_check_pattern "$base" 0x33 100M 1M
