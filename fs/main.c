@@ -194,6 +194,24 @@ static int parent_wait(int fd, pid_t child)
     return 0;
 }
 
+/* Is MNT (a directory, ST its stat) the root of a mount? statx says so
+ * directly (any filesystem, bind mounts included); where it cannot, a
+ * directory on another device than its parent is one. */
+static bool is_mount_point(const char *mnt, const struct stat *st)
+{
+    struct statx stx;
+    if (statx(AT_FDCWD, mnt, AT_NO_AUTOMOUNT, STATX_BASIC_STATS, &stx) == 0 &&
+        (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT))
+        return stx.stx_attributes & STATX_ATTR_MOUNT_ROOT;
+    char parent[PATH_MAX];
+    struct stat pst;
+    if (snprintf(parent, sizeof(parent), "%s/..", mnt) >= (int)sizeof(parent) ||
+        stat(parent, &pst) < 0)
+        return false;
+    return pst.st_dev != st->st_dev ||
+           (pst.st_ino == st->st_ino); /* "/" */
+}
+
 static int check_mountpoint(const char *mnt)
 {
     struct stat st;
@@ -211,6 +229,13 @@ static int check_mountpoint(const char *mnt)
     }
     if (!S_ISDIR(st.st_mode)) {
         fprintf(stderr, "chainfs: mountpoint %s is not a directory\n", mnt);
+        return -1;
+    }
+    if (is_mount_point(mnt, &st)) {
+        fprintf(stderr,
+                "chainfs: %s is already a mount point; refusing to stack "
+                "another mount on it (unmount it first: umount %s)\n",
+                mnt, mnt);
         return -1;
     }
     return 0;
