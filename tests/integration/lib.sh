@@ -23,6 +23,10 @@ IT_PID=""     # the chainfs daemon's pid
 IT_LOG=""     # the chainfs daemon's stderr and stdout
 IT_DOMAINS=() # every domain this script defined
 IT_VIRT_TYPE=""
+IT_CLEANUP_HOOKS=() # functions it_cleanup calls after the unmount, before removing $T
+# shellcheck disable=SC2034 # read by hooks in other files
+IT_RC=0             # the script's exit status, for the hooks
+IT_IMG_RUN=()       # command prefix for qemu-img and qemu-io (private_libvirtd.sh's pd_in)
 
 # ---- messages and assertions -------------------------------------------------
 
@@ -147,7 +151,7 @@ it_tmpdir() {
 }
 
 it_cleanup() {
-  local rc=$? dom
+  local rc=$? dom hook
   set +e
   trap - EXIT INT TERM
   # Domains first: libvirt runs QEMU in a mount namespace of its own, a
@@ -161,6 +165,11 @@ it_cleanup() {
       it_virsh undefine "$dom" >/dev/null 2>&1
   done
   it_unmount || { [ "$rc" -ne 0 ] || rc=1; }
+  # shellcheck disable=SC2034 # read by the hooks
+  IT_RC=$rc
+  for hook in "${IT_CLEANUP_HOOKS[@]}"; do
+    "$hook" || { [ "$rc" -ne 0 ] || rc=1; }
+  done
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && [ -n "$IT_LOG" ] && [ -s "$IT_LOG" ]; then
     echo "[$IT_NAME] ---- chainfs log (last 200 lines) ----" >&2
     tail -n 200 "$IT_LOG" >&2
@@ -284,27 +293,27 @@ it_state() { it_virsh domstate "$1" | sed '/^$/d'; }
 # it_make_image FILE SIZE [BACKING] — a new qcow2 image.
 it_make_image() {
   if [ -n "${3:-}" ]; then
-    qemu-img create -q -f qcow2 -b "$3" -F "$(it_image_format "$3")" "$1" "$2" ||
+    "${IT_IMG_RUN[@]}" qemu-img create -q -f qcow2 -b "$3" -F "$(it_image_format "$3")" "$1" "$2" ||
       it_fail "qemu-img create $1 on $3"
   else
-    qemu-img create -q -f qcow2 "$1" "$2" || it_fail "qemu-img create $1"
+    "${IT_IMG_RUN[@]}" qemu-img create -q -f qcow2 "$1" "$2" || it_fail "qemu-img create $1"
   fi
 }
 
 it_image_format() {
-  qemu-img info -U --output=json "$1" | jq -r .format
+  "${IT_IMG_RUN[@]}" qemu-img info -U --output=json "$1" | jq -r .format
 }
 
 # it_chain FILE — the files of FILE's backing chain, FILE first.
 it_chain() {
-  qemu-img info -U --backing-chain --output=json "$1" | jq -r '.[].filename'
+  "${IT_IMG_RUN[@]}" qemu-img info -U --backing-chain --output=json "$1" | jq -r '.[].filename'
 }
 
 # it_write_pattern FILE PATTERN OFFSET LEN — write bytes of PATTERN (0xNN)
 # into FILE, which no running QEMU may have open.
 it_write_pattern() {
   local out
-  out=$(qemu-io -f "$(it_image_format "$1")" -c "write -P $2 $3 $4" "$1" 2>&1) ||
+  out=$("${IT_IMG_RUN[@]}" qemu-io -f "$(it_image_format "$1")" -c "write -P $2 $3 $4" "$1" 2>&1) ||
     it_fail "qemu-io write $2 at $3 into $1: $out"
   case "$out" in
     *wrote*) ;;
@@ -317,7 +326,7 @@ it_write_pattern() {
 # qemu-io's exit code does not report a mismatch; its message does.
 it_check_pattern() {
   local out
-  out=$(qemu-io -U -r -f "$(it_image_format "$1")" -c "read -P $2 $3 $4" "$1" 2>&1) ||
+  out=$("${IT_IMG_RUN[@]}" qemu-io -U -r -f "$(it_image_format "$1")" -c "read -P $2 $3 $4" "$1" 2>&1) ||
     it_fail "qemu-io read $2 at $3 from $(it_short "$1"): $out"
   case "$out" in
     *"Pattern verification failed"* | *"read failed"* | *[Ee]rror*)
@@ -464,7 +473,7 @@ it_compare_chain() {
   local dom=$1 disk=$2 stats qinfo
   shift 2
   stats=$(it_virsh domstats --block --backing "$dom") || return 1
-  qinfo=$(qemu-img info -U --backing-chain --output=json "$1") || return 1
+  qinfo=$("${IT_IMG_RUN[@]}" qemu-img info -U --backing-chain --output=json "$1") || return 1
   STATS=$stats QINFO=$qinfo python3 - "$MNT/$dom/$disk" "$@" <<'PY'
 import json, os, re, sys
 d, want = sys.argv[1], sys.argv[2:]
