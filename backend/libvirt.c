@@ -42,6 +42,8 @@ extern char **environ;
 #define KEEPALIVE_COUNT 3
 #define RECONNECT_DELAY_MIN_MS 250
 #define RECONNECT_DELAY_MAX_MS 5000
+/* A domain's own connection (see lv_dom_conn) unused this long is closed. */
+#define DOM_CONN_IDLE_MS 60000
 #define QEMU_IMG "qemu-img"
 #define QEMU_IMG_ERR_MAX 4096
 
@@ -74,6 +76,11 @@ struct lv_backend {
     int cb_ids[LV_EV_MAX];
     bool close_cb;
 
+    unsigned gen;               /* under lock; bumped when conn is dropped */
+    int ka_interval, ka_count;  /* keepalive of every connection */
+    struct lv_domconn *dconns;  /* under lock */
+    size_t n_dconns;
+
     const struct cfs_backend_events *ev;
     void *opaque;
 
@@ -89,6 +96,19 @@ struct lv_backend {
     pthread_mutex_t snap_lock;
     struct lv_snap_cache *snaps;
     size_t n_snaps;
+};
+
+/* A connection of one domain's own, for the calls that wait for its QEMU
+ * (block statistics, block job info, pivot, abort). libvirt's client
+ * serialises a connection's traffic through whichever thread waits for
+ * a reply: while one call waits for a stopped QEMU, the other calls on
+ * that connection were seen to wait up to a keepalive interval (5 s)
+ * each. So a stuck QEMU gets a connection to itself. */
+struct lv_domconn {
+    char *dom;
+    virConnectPtr conn;
+    unsigned gen;           /* b->gen when opened */
+    int64_t last_used_ms;
 };
 
 struct lv_snap_cache {
@@ -228,6 +248,132 @@ static int lv_lookup(struct lv_backend *b, const char *name,
                      virConnectPtr *conn, virDomainPtr *dom)
 {
     int r = lv_conn(b, conn);
+
+    if (r < 0)
+        return r;
+    *dom = virDomainLookupByName(*conn, name);
+    if (!*dom)
+        return lv_error(*conn);
+    return 0;
+}
+
+static int64_t lv_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Remove entry I of b->dconns, returning its connection (to be closed
+ * outside the lock). Caller holds b->lock. */
+static virConnectPtr lv_dconn_take(struct lv_backend *b, size_t i)
+{
+    virConnectPtr c = b->dconns[i].conn;
+
+    free(b->dconns[i].dom);
+    b->dconns[i] = b->dconns[--b->n_dconns];
+    return c;
+}
+
+/* Close every domain connection that is of an older main connection,
+ * unused for DOM_CONN_IDLE_MS, or (ALL) any. */
+static void lv_dconns_prune(struct lv_backend *b, bool all)
+{
+    virConnectPtr *drop = NULL;
+    size_t n = 0;
+    int64_t t = lv_now_ms();
+
+    pthread_mutex_lock(&b->lock);
+    drop = cfs_xcalloc(b->n_dconns + 1, sizeof(*drop));
+    for (size_t i = 0; i < b->n_dconns;) {
+        struct lv_domconn *dc = &b->dconns[i];
+
+        if (all || dc->gen != b->gen || t - dc->last_used_ms > DOM_CONN_IDLE_MS)
+            drop[n++] = lv_dconn_take(b, i);
+        else
+            i++;
+    }
+    pthread_mutex_unlock(&b->lock);
+    for (size_t i = 0; i < n; i++)
+        virConnectClose(drop[i]);
+    free(drop);
+}
+
+/* A reference on domain NAME's own connection (struct lv_domconn),
+ * opened on first use; -ENOTCONN while the main connection is down. */
+static int lv_dom_conn(struct lv_backend *b, const char *name,
+                       virConnectPtr *out)
+{
+    virConnectPtr c = NULL;
+    unsigned gen;
+    bool up;
+    int r;
+
+    lv_dconns_prune(b, false);
+    pthread_mutex_lock(&b->lock);
+    up = b->conn && !b->need_reconnect;
+    gen = b->gen;
+    for (size_t i = 0; up && i < b->n_dconns; i++) {
+        if (strcmp(b->dconns[i].dom, name) != 0)
+            continue;
+        c = b->dconns[i].conn;
+        virConnectRef(c);
+        b->dconns[i].last_used_ms = lv_now_ms();
+        break;
+    }
+    pthread_mutex_unlock(&b->lock);
+    if (!up) {
+        cfs_backend_set_errmsg("not connected to libvirt");
+        return -ENOTCONN;
+    }
+    if (c && virConnectIsAlive(c) == 1) {
+        *out = c;
+        return 0;
+    }
+    if (c) {
+        /* dead: forget it, open another */
+        virConnectPtr old = NULL;
+
+        pthread_mutex_lock(&b->lock);
+        for (size_t i = 0; i < b->n_dconns; i++)
+            if (b->dconns[i].conn == c) {
+                old = lv_dconn_take(b, i);
+                break;
+            }
+        pthread_mutex_unlock(&b->lock);
+        if (old)
+            virConnectClose(old);
+        virConnectClose(c);
+    }
+
+    c = virConnectOpenAuth(b->uri, virConnectAuthPtrDefault, 0);
+    if (!c) {
+        r = lv_error(NULL);
+        return r == -EIO ? -ENOTCONN : r;
+    }
+    (void)virConnectSetKeepAlive(c, b->ka_interval, b->ka_count);
+    pthread_mutex_lock(&b->lock);
+    if (b->gen == gen && !b->stopping) {
+        b->dconns = cfs_xrealloc(b->dconns, (b->n_dconns + 1) * sizeof(*b->dconns));
+        b->dconns[b->n_dconns++] = (struct lv_domconn){
+            .dom = cfs_xstrdup(name),
+            .conn = c,
+            .gen = gen,
+            .last_used_ms = lv_now_ms(),
+        };
+        virConnectRef(c);
+    }
+    pthread_mutex_unlock(&b->lock);
+    *out = c;
+    return 0;
+}
+
+/* NAME looked up on its own connection (lv_dom_conn). */
+static int lv_lookup_own(struct lv_backend *b, const char *name,
+                         virConnectPtr *conn, virDomainPtr *dom)
+{
+    int r = lv_dom_conn(b, name, conn);
 
     if (r < 0)
         return r;
@@ -447,7 +593,7 @@ static int lv_open(struct lv_backend *b, virConnectPtr *out)
         return r == -EIO ? -ENOTCONN : r;
     }
     /* 1 means the server does not support keepalive: not an error */
-    (void)virConnectSetKeepAlive(conn, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT);
+    (void)virConnectSetKeepAlive(conn, b->ka_interval, b->ka_count);
     r = lv_subscribe(b, conn);
     if (r < 0) {
         lv_unsubscribe(b, conn);
@@ -499,8 +645,10 @@ static void *lv_reconnect_loop(void *arg)
         if (b->stopping)
             break;
         old = TAKE_PTR(b->conn);
+        b->gen++;
         pthread_mutex_unlock(&b->lock);
 
+        lv_dconns_prune(b, true);
         lv_drop(b, old);
         r = lv_open(b, &conn);
 
@@ -598,6 +746,8 @@ static void lv_destroy(struct cfs_backend *be)
     pthread_mutex_lock(&b->lock);
     conn = TAKE_PTR(b->conn);
     pthread_mutex_unlock(&b->lock);
+    lv_dconns_prune(b, true);
+    free(b->dconns);
     lv_drop(b, conn);
     lv_stop_event_thread(b);
 
@@ -829,6 +979,8 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_conn_ virConnectPtr own_conn = NULL;
+    _cleanup_dom_ virDomainPtr own_dom = NULL;
     _cleanup_domxml_ struct cfs_domxml x = {0};
     _cleanup_free_ char *xml = NULL;
     int state = VIR_DOMAIN_NOSTATE, reason, r;
@@ -853,7 +1005,11 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
     x.domain->state = lv_map_state(state);
     x.domain->persistent = virDomainIsPersistent(dom) == 1;
 
-    lv_complete_chains(stats ? dom : NULL, &x, live);
+    /* a running domain's statistics wait for its QEMU: they are asked on
+     * the domain's own connection (sizes from stat() if that fails) */
+    if (stats && live && lv_lookup_own(b, name, &own_conn, &own_dom) < 0)
+        virResetLastError();
+    lv_complete_chains(!stats ? NULL : live ? own_dom : dom, &x, live);
     r = lv_read_snapshots(b, conn, dom, x.domain);
     if (r < 0)
         return r;
@@ -1047,7 +1203,7 @@ static int lv_job_get(struct cfs_backend *be, const char *dom_name,
     int r;
 
     *out = (struct cfs_job_progress){0};
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup_own(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
     r = virDomainGetBlockJobInfo(dom, disk, &info,
@@ -1078,7 +1234,7 @@ static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
     _cleanup_dom_ virDomainPtr dom = NULL;
     int r;
 
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup_own(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
     if (virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0) {
@@ -1096,7 +1252,7 @@ static int lv_job_abort(struct cfs_backend *be, const char *dom_name,
     _cleanup_dom_ virDomainPtr dom = NULL;
     int r;
 
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup_own(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
     if (virDomainBlockJobAbort(dom, disk, 0) < 0)
@@ -1343,7 +1499,18 @@ struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
     pthread_mutex_init(&b->snap_lock, NULL);
     pthread_cond_init(&b->cond, NULL);
     b->up_timer = -1;
+    b->ka_interval = KEEPALIVE_INTERVAL;
+    b->ka_count = KEEPALIVE_COUNT;
     for (size_t i = 0; i < LV_EV_MAX; i++)
         b->cb_ids[i] = -1;
     return &b->pub;
+}
+
+void cfs_libvirt_backend_set_keepalive(struct cfs_backend *be, int interval,
+                                       int count)
+{
+    struct lv_backend *b = lv(be);
+
+    b->ka_interval = interval;
+    b->ka_count = count;
 }

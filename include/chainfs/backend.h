@@ -122,6 +122,10 @@ struct cfs_backend {
 
 /* The real backend. URI may be NULL (libvirt's default). */
 struct cfs_backend *cfs_libvirt_backend_new(const char *uri);
+/* Keepalive of its connections (default 5 s, 3 missed): before connect.
+ * Tests shorten it to see a lost libvirtd in seconds. */
+void cfs_libvirt_backend_set_keepalive(struct cfs_backend *be, int interval,
+                                       int count);
 
 /* Thread-local message of the last failed backend op on this thread. */
 const char *cfs_backend_errmsg(void);
