@@ -6,9 +6,10 @@
  * forward to struct cfs_backend_events. A reconnect thread sleeps until
  * the close callback fires, then reopens the connection (with backoff),
  * resubscribes and announces connection(up=true) on the event thread.
- * Every op may run on any other thread, concurrently: each takes its own
- * reference on the connection under `lock`, so the connection can be
- * swapped while ops run; with no live connection ops return -ENOTCONN.
+ * Every op may run on any other thread, concurrently: each call gets a
+ * connection to itself from a small pool (lv_conn says why); the event
+ * connection carries no calls. While the event connection is down, ops
+ * return -ENOTCONN.
  * libvirt errors are mapped to errno in lv_error() and libvirt's message
  * goes to cfs_backend_set_errmsg(); libvirt's own printing to stderr is
  * off. Only one libvirt backend per process (the event loop is global).
@@ -42,8 +43,10 @@ extern char **environ;
 #define KEEPALIVE_COUNT 3
 #define RECONNECT_DELAY_MIN_MS 250
 #define RECONNECT_DELAY_MAX_MS 5000
-/* A domain's own connection (see lv_dom_conn) unused this long is closed. */
-#define DOM_CONN_IDLE_MS 60000
+/* An idle call connection (see lv_conn) unused this long is closed; at most
+ * POOL_MAX_IDLE are kept. */
+#define POOL_IDLE_MS 60000
+#define POOL_MAX_IDLE 8
 #define QEMU_IMG "qemu-img"
 #define QEMU_IMG_ERR_MAX 4096
 
@@ -76,10 +79,9 @@ struct lv_backend {
     int cb_ids[LV_EV_MAX];
     bool close_cb;
 
-    unsigned gen;               /* under lock; bumped when conn is dropped */
     int ka_interval, ka_count;  /* keepalive of every connection */
-    struct lv_domconn *dconns;  /* under lock */
-    size_t n_dconns;
+    struct lv_pooled *pool;     /* under lock: idle call connections */
+    size_t n_pool;
 
     const struct cfs_backend_events *ev;
     void *opaque;
@@ -98,17 +100,10 @@ struct lv_backend {
     size_t n_snaps;
 };
 
-/* A connection of one domain's own, for the calls that wait for its QEMU
- * (block statistics, block job info, pivot, abort). libvirt's client
- * serialises a connection's traffic through whichever thread waits for
- * a reply: while one call waits for a stopped QEMU, the other calls on
- * that connection were seen to wait up to a keepalive interval (5 s)
- * each. So a stuck QEMU gets a connection to itself. */
-struct lv_domconn {
-    char *dom;
+/* An idle connection of the call pool (see lv_conn). */
+struct lv_pooled {
     virConnectPtr conn;
-    unsigned gen;           /* b->gen when opened */
-    int64_t last_used_ms;
+    int64_t idle_since_ms;
 };
 
 struct lv_snap_cache {
@@ -123,10 +118,12 @@ static void lv_snap_cache_clear(struct lv_snap_cache *c);
 
 /* ---- small helpers ------------------------------------------------------ */
 
+static void lv_put(virConnectPtr c);
+/* A call connection goes back to the pool (lv_conn). */
 static void connp(virConnectPtr *c)
 {
     if (*c)
-        virConnectClose(*c);
+        lv_put(*c);
 }
 static void domp(virDomainPtr *d)
 {
@@ -223,39 +220,9 @@ static int lv_error(virConnectPtr conn)
     return -EIO;
 }
 
-/* A reference on the current connection, or -ENOTCONN. */
-static int lv_conn(struct lv_backend *b, virConnectPtr *out)
-{
-    virConnectPtr c;
-
-    pthread_mutex_lock(&b->lock);
-    c = b->conn;
-    if (c)
-        virConnectRef(c);
-    pthread_mutex_unlock(&b->lock);
-
-    if (!c || virConnectIsAlive(c) != 1) {
-        if (c)
-            virConnectClose(c);
-        cfs_backend_set_errmsg("not connected to libvirt");
-        return -ENOTCONN;
-    }
-    *out = c;
-    return 0;
-}
-
-static int lv_lookup(struct lv_backend *b, const char *name,
-                     virConnectPtr *conn, virDomainPtr *dom)
-{
-    int r = lv_conn(b, conn);
-
-    if (r < 0)
-        return r;
-    *dom = virDomainLookupByName(*conn, name);
-    if (!*dom)
-        return lv_error(*conn);
-    return 0;
-}
+/* The one libvirt backend of the process (its event loop is global);
+ * connp() returns connections to its pool. */
+static struct lv_backend *lv_the_backend;
 
 static int64_t lv_now_ms(void)
 {
@@ -265,85 +232,69 @@ static int64_t lv_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Remove entry I of b->dconns, returning its connection (to be closed
- * outside the lock). Caller holds b->lock. */
-static virConnectPtr lv_dconn_take(struct lv_backend *b, size_t i)
+/* Close every idle call connection. */
+static void lv_pool_drain(struct lv_backend *b)
 {
-    virConnectPtr c = b->dconns[i].conn;
-
-    free(b->dconns[i].dom);
-    b->dconns[i] = b->dconns[--b->n_dconns];
-    return c;
-}
-
-/* Close every domain connection that is of an older main connection,
- * unused for DOM_CONN_IDLE_MS, or (ALL) any. */
-static void lv_dconns_prune(struct lv_backend *b, bool all)
-{
-    virConnectPtr *drop = NULL;
-    size_t n = 0;
-    int64_t t = lv_now_ms();
+    struct lv_pooled *v;
+    size_t n;
 
     pthread_mutex_lock(&b->lock);
-    drop = cfs_xcalloc(b->n_dconns + 1, sizeof(*drop));
-    for (size_t i = 0; i < b->n_dconns;) {
-        struct lv_domconn *dc = &b->dconns[i];
-
-        if (all || dc->gen != b->gen || t - dc->last_used_ms > DOM_CONN_IDLE_MS)
-            drop[n++] = lv_dconn_take(b, i);
-        else
-            i++;
-    }
+    v = TAKE_PTR(b->pool);
+    n = b->n_pool;
+    b->n_pool = 0;
     pthread_mutex_unlock(&b->lock);
     for (size_t i = 0; i < n; i++)
-        virConnectClose(drop[i]);
-    free(drop);
+        virConnectClose(v[i].conn);
+    free(v);
 }
 
-/* A reference on domain NAME's own connection (struct lv_domconn),
- * opened on first use; -ENOTCONN while the main connection is down. */
-static int lv_dom_conn(struct lv_backend *b, const char *name,
-                       virConnectPtr *out)
+/* A connection for one call, all to the caller until connp()/lv_put()
+ * gives it back; -ENOTCONN while the event connection is down.
+ *
+ * Every call has a connection to itself: libvirt's client funnels the
+ * traffic of one connection through whichever thread waits for a reply,
+ * and two threads inside calls on one connection went wrong twice over.
+ * While one call waited for a stopped QEMU, the others on that connection
+ * waited up to a keepalive interval (5 s) each (issue 6 item 8); and when
+ * the keepalive closed a connection under one call while another thread
+ * was inside a call on it, that thread crashed in libvirt's event loop
+ * (g_main_loop_quit) once libvirtd answered again (item 7). The events
+ * have a connection of their own (b->conn), on which nothing is called. */
+static int lv_conn(struct lv_backend *b, virConnectPtr *out)
 {
-    virConnectPtr c = NULL;
-    unsigned gen;
-    bool up;
+    virConnectPtr c;
     int r;
 
-    lv_dconns_prune(b, false);
-    pthread_mutex_lock(&b->lock);
-    up = b->conn && !b->need_reconnect;
-    gen = b->gen;
-    for (size_t i = 0; up && i < b->n_dconns; i++) {
-        if (strcmp(b->dconns[i].dom, name) != 0)
-            continue;
-        c = b->dconns[i].conn;
-        virConnectRef(c);
-        b->dconns[i].last_used_ms = lv_now_ms();
-        break;
-    }
-    pthread_mutex_unlock(&b->lock);
-    if (!up) {
-        cfs_backend_set_errmsg("not connected to libvirt");
-        return -ENOTCONN;
-    }
-    if (c && virConnectIsAlive(c) == 1) {
-        *out = c;
-        return 0;
-    }
-    if (c) {
-        /* dead: forget it, open another */
+    for (;;) {
         virConnectPtr old = NULL;
+        int64_t t = lv_now_ms();
 
         pthread_mutex_lock(&b->lock);
-        for (size_t i = 0; i < b->n_dconns; i++)
-            if (b->dconns[i].conn == c) {
-                old = lv_dconn_take(b, i);
-                break;
-            }
+        if (!b->conn || b->need_reconnect || b->stopping) {
+            pthread_mutex_unlock(&b->lock);
+            cfs_backend_set_errmsg("not connected to libvirt");
+            return -ENOTCONN;
+        }
+        c = NULL;
+        if (b->n_pool > 0) {
+            struct lv_pooled *pc = &b->pool[--b->n_pool];
+
+            if (t - pc->idle_since_ms > POOL_IDLE_MS)
+                old = pc->conn;
+            else
+                c = pc->conn;
+        }
         pthread_mutex_unlock(&b->lock);
-        if (old)
+        if (old) {
             virConnectClose(old);
+            continue;
+        }
+        if (!c)
+            break;
+        if (virConnectIsAlive(c) == 1) {
+            *out = c;
+            return 0;
+        }
         virConnectClose(c);
     }
 
@@ -353,27 +304,36 @@ static int lv_dom_conn(struct lv_backend *b, const char *name,
         return r == -EIO ? -ENOTCONN : r;
     }
     (void)virConnectSetKeepAlive(c, b->ka_interval, b->ka_count);
-    pthread_mutex_lock(&b->lock);
-    if (b->gen == gen && !b->stopping) {
-        b->dconns = cfs_xrealloc(b->dconns, (b->n_dconns + 1) * sizeof(*b->dconns));
-        b->dconns[b->n_dconns++] = (struct lv_domconn){
-            .dom = cfs_xstrdup(name),
-            .conn = c,
-            .gen = gen,
-            .last_used_ms = lv_now_ms(),
-        };
-        virConnectRef(c);
-    }
-    pthread_mutex_unlock(&b->lock);
     *out = c;
     return 0;
 }
 
-/* NAME looked up on its own connection (lv_dom_conn). */
-static int lv_lookup_own(struct lv_backend *b, const char *name,
-                         virConnectPtr *conn, virDomainPtr *dom)
+static void lv_put(virConnectPtr c)
 {
-    int r = lv_dom_conn(b, name, conn);
+    struct lv_backend *b = lv_the_backend;
+    bool keep = false;
+
+    if (b && virConnectIsAlive(c) == 1) {
+        pthread_mutex_lock(&b->lock);
+        keep = b->conn && !b->need_reconnect && !b->stopping &&
+               b->n_pool < POOL_MAX_IDLE;
+        if (keep) {
+            b->pool = cfs_xrealloc(b->pool, (b->n_pool + 1) * sizeof(*b->pool));
+            b->pool[b->n_pool++] = (struct lv_pooled){
+                .conn = c,
+                .idle_since_ms = lv_now_ms(),
+            };
+        }
+        pthread_mutex_unlock(&b->lock);
+    }
+    if (!keep)
+        virConnectClose(c);
+}
+
+static int lv_lookup(struct lv_backend *b, const char *name,
+                     virConnectPtr *conn, virDomainPtr *dom)
+{
+    int r = lv_conn(b, conn);
 
     if (r < 0)
         return r;
@@ -645,10 +605,9 @@ static void *lv_reconnect_loop(void *arg)
         if (b->stopping)
             break;
         old = TAKE_PTR(b->conn);
-        b->gen++;
         pthread_mutex_unlock(&b->lock);
 
-        lv_dconns_prune(b, true);
+        lv_pool_drain(b);
         lv_drop(b, old);
         r = lv_open(b, &conn);
 
@@ -746,8 +705,7 @@ static void lv_destroy(struct cfs_backend *be)
     pthread_mutex_lock(&b->lock);
     conn = TAKE_PTR(b->conn);
     pthread_mutex_unlock(&b->lock);
-    lv_dconns_prune(b, true);
-    free(b->dconns);
+    lv_pool_drain(b);
     lv_drop(b, conn);
     lv_stop_event_thread(b);
 
@@ -758,7 +716,112 @@ static void lv_destroy(struct cfs_backend *be)
     free(b->snaps);
     pthread_mutex_destroy(&b->snap_lock);
     free(b->uri);
+    if (lv_the_backend == b)
+        lv_the_backend = NULL;
     free(b);
+}
+
+/* ---- is libvirt there? ------------------------------------------------- */
+
+/* One ping: shared by the caller, who may stop waiting, and the thread
+ * making the call, which may never return while libvirtd is stopped. */
+struct lv_ping {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    virConnectPtr conn;
+    int refs;            /* under lock */
+    bool done;           /* under lock */
+    bool alive;          /* under lock, once done */
+};
+
+static void lv_ping_unref(struct lv_ping *p)
+{
+    bool last;
+
+    pthread_mutex_lock(&p->lock);
+    last = --p->refs == 0;
+    pthread_mutex_unlock(&p->lock);
+    if (!last)
+        return;
+    lv_put(p->conn);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+static void *lv_ping_thread(void *arg)
+{
+    struct lv_ping *p = arg;
+    unsigned long version;
+    /* a round trip to libvirtd; any answer, even an error, is one */
+    bool alive = virConnectGetLibVersion(p->conn, &version) == 0 ||
+                 virConnectIsAlive(p->conn) == 1;
+
+    pthread_mutex_lock(&p->lock);
+    p->done = true;
+    p->alive = alive;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    lv_ping_unref(p);
+    return NULL;
+}
+
+static int lv_ping(struct cfs_backend *be, unsigned timeout_ms)
+{
+    virConnectPtr conn = NULL;
+    struct lv_ping *p;
+    pthread_condattr_t ca;
+    pthread_attr_t attr;
+    pthread_t thread;
+    struct timespec ts;
+    bool done, alive;
+    int r;
+
+    r = lv_conn(lv(be), &conn);
+    if (r < 0)
+        return r;
+    p = cfs_xcalloc(1, sizeof(*p));
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    p->conn = conn;
+    p->refs = 2;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    r = pthread_create(&thread, &attr, lv_ping_thread, p);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        p->refs = 1;
+        lv_ping_unref(p);
+        return 0; /* cannot tell: let the caller try */
+    }
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&p->lock);
+    while (!p->done)
+        if (pthread_cond_timedwait(&p->cond, &p->lock, &ts) == ETIMEDOUT)
+            break;
+    done = p->done;
+    alive = p->alive;
+    pthread_mutex_unlock(&p->lock);
+    lv_ping_unref(p);
+    if (!done) {
+        cfs_backend_set_errmsg("libvirt did not answer within %u ms", timeout_ms);
+        return -ENOTCONN;
+    }
+    if (!alive) {
+        cfs_backend_set_errmsg("the connection to libvirt is lost");
+        return -ENOTCONN;
+    }
+    return 0;
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -979,8 +1042,6 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
-    _cleanup_conn_ virConnectPtr own_conn = NULL;
-    _cleanup_dom_ virDomainPtr own_dom = NULL;
     _cleanup_domxml_ struct cfs_domxml x = {0};
     _cleanup_free_ char *xml = NULL;
     int state = VIR_DOMAIN_NOSTATE, reason, r;
@@ -1005,11 +1066,7 @@ static int lv_read_domain_common(struct cfs_backend *be, const char *name,
     x.domain->state = lv_map_state(state);
     x.domain->persistent = virDomainIsPersistent(dom) == 1;
 
-    /* a running domain's statistics wait for its QEMU: they are asked on
-     * the domain's own connection (sizes from stat() if that fails) */
-    if (stats && live && lv_lookup_own(b, name, &own_conn, &own_dom) < 0)
-        virResetLastError();
-    lv_complete_chains(!stats ? NULL : live ? own_dom : dom, &x, live);
+    lv_complete_chains(stats ? dom : NULL, &x, live);
     r = lv_read_snapshots(b, conn, dom, x.domain);
     if (r < 0)
         return r;
@@ -1203,7 +1260,7 @@ static int lv_job_get(struct cfs_backend *be, const char *dom_name,
     int r;
 
     *out = (struct cfs_job_progress){0};
-    r = lv_lookup_own(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
     r = virDomainGetBlockJobInfo(dom, disk, &info,
@@ -1234,7 +1291,7 @@ static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
     _cleanup_dom_ virDomainPtr dom = NULL;
     int r;
 
-    r = lv_lookup_own(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
     if (virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0) {
@@ -1252,7 +1309,7 @@ static int lv_job_abort(struct cfs_backend *be, const char *dom_name,
     _cleanup_dom_ virDomainPtr dom = NULL;
     int r;
 
-    r = lv_lookup_own(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
     if (virDomainBlockJobAbort(dom, disk, 0) < 0)
@@ -1486,6 +1543,7 @@ static const struct cfs_backend_ops lv_ops = {
     .job_pivot = lv_job_pivot,
     .job_abort = lv_job_abort,
     .offline_commit = lv_offline_commit,
+    .ping = lv_ping,
 };
 
 struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
@@ -1493,6 +1551,7 @@ struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
     struct lv_backend *b = cfs_xcalloc(1, sizeof(*b));
 
     b->pub.ops = &lv_ops;
+    lv_the_backend = b;
     b->pub.priv = b;
     b->uri = cfs_xstrdup(uri);
     pthread_mutex_init(&b->lock, NULL);

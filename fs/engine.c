@@ -66,6 +66,11 @@
 #define STARTUP_READ_WAIT_MS 2000
 #define STARTUP_SLOW_FACTOR 3
 #define STARTUP_SLOW_MIN_MS 250
+/* mkdir and rmdir ask libvirt first, and refuse with ENOTCONN if it does
+ * not answer within this long: the kernel holds snapshots/ locked while
+ * they run, and a stopped libvirtd is only noticed by the keepalive (15 s
+ * and more). */
+#define LIBVIRT_ANSWER_MS 2000
 /* The engine thread looks at the workers at least this often. */
 #define ENGINE_TICK_MS 500
 /* A domain worker with nothing to do for this long ends. */
@@ -130,6 +135,12 @@ struct cfs_engine {
     } *dom_seq;               /* per-domain change counters; tree lock */
     size_t n_dom_seq;
     uint64_t last_job_id;     /* tree lock */
+    /* What `stale` stands for (tree lock): the backend said the connection
+     * is down, or a call found libvirt not answering / the connection
+     * dead before the backend noticed; cleared by the connection coming
+     * back and by a listing that worked. */
+    bool conn_down;
+    bool conn_suspect;
 
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
@@ -238,6 +249,7 @@ static void cond_init_monotonic(pthread_cond_t *c)
 
 static void process_work(struct cfs_engine *e, struct work *w);
 static void tree_changed(struct cfs_engine *e);
+static void conn_suspect(struct cfs_engine *e, bool suspect);
 
 static bool work_per_domain(const struct work *w)
 {
@@ -492,8 +504,18 @@ static void on_block_job(void *opaque, const char *dom, const char *disk,
     queue_push(opaque, w);
 }
 
+static void update_stale(struct cfs_engine *e);
+
 static void on_connection(void *opaque, bool up)
 {
+    struct cfs_engine *e = opaque;
+    if (!up) {
+        /* readers see `stale` now, whatever the engine thread is in */
+        pthread_mutex_lock(&e->tree->lock);
+        e->conn_down = true;
+        update_stale(e);
+        pthread_mutex_unlock(&e->tree->lock);
+    }
     struct work *w = cfs_xcalloc(1, sizeof(*w));
     w->kind = WORK_CONNECTION;
     w->up = up;
@@ -565,6 +587,8 @@ static int refresh_domain(struct cfs_engine *e, const char *name)
         int r = e->be->ops->read_domain(e->be, name, &d);
         if (r < 0 && r != -ENOENT) {
             log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
+            if (r == -ENOTCONN)
+                conn_suspect(e, true);
             return r;
         }
         bool removed;
@@ -697,8 +721,11 @@ static int refresh_all(struct cfs_engine *e)
     int r = e->be->ops->list_domains(e->be, &names);
     if (r < 0) {
         log_warn("listing domains: %s", errmsg_or(strerror(-r)));
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
         return r;
     }
+    conn_suspect(e, false);
     for (char **n = names; n && *n; n++)
         route(e, work_new(WORK_REFRESH_DOMAIN, *n, NULL));
 
@@ -726,6 +753,41 @@ static void tree_changed(struct cfs_engine *e)
 {
     e->tree->generation++;
     pthread_cond_broadcast(&e->tree->changed);
+}
+
+/* tree->stale from conn_down and conn_suspect. Caller holds tree->lock. */
+static void update_stale(struct cfs_engine *e)
+{
+    bool stale = e->conn_down || e->conn_suspect;
+    if (e->tree->stale != stale) {
+        e->tree->stale = stale;
+        tree_changed(e);
+    }
+}
+
+/* A call met a dead or silent libvirt (SUSPECT), or a listing worked. */
+static void conn_suspect(struct cfs_engine *e, bool suspect)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    bool news = suspect && !e->conn_suspect && !e->conn_down;
+    e->conn_suspect = suspect;
+    update_stale(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    if (news)
+        log_err("libvirt does not answer (%s); serving the last known state",
+                errmsg_or("connection lost"));
+}
+
+/* Before mkdir/rmdir call libvirt: -ENOTCONN at once (and stale shown)
+ * when it does not answer within LIBVIRT_ANSWER_MS. */
+static int libvirt_answers(struct cfs_engine *e)
+{
+    if (!e->be->ops->ping)
+        return 0;
+    int r = e->be->ops->ping(e->be, LIBVIRT_ANSWER_MS);
+    if (r == -ENOTCONN)
+        conn_suspect(e, true);
+    return r == -ENOTCONN ? r : 0;
 }
 
 /* ---- journal helpers ------------------------------------------------------- */
@@ -1317,8 +1379,8 @@ static void process_work(struct cfs_engine *e, struct work *w)
         break;
     case WORK_CONNECTION:
         pthread_mutex_lock(&e->tree->lock);
-        e->tree->stale = !w->up;
-        tree_changed(e);
+        e->conn_down = !w->up;
+        update_stale(e);
         pthread_mutex_unlock(&e->tree->lock);
         if (w->up) {
             log_info("libvirt connection is back; re-reading everything");
@@ -1932,6 +1994,8 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
 {
     log_warn("%s %s/%s/snapshots/%s refused (%s): %s", op, dom, disk, name,
              strerror(-err), why);
+    if (err == -ENOTCONN)
+        conn_suspect(e, true);
     _cleanup_free_ char *msg = cfs_xasprintf("%s %s: %s", op, name, why);
     note_failure(e, dom, disk,
                  strcmp(op, "mkdir") == 0 ? CFS_JOB_SNAPSHOT : CFS_JOB_COMMIT,
@@ -1949,6 +2013,9 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                           ? "name longer than 255 bytes"
                           : "a snapshot name is 1 to 64 characters of "
                             "[A-Za-z0-9._-] and does not start with '.' or '-'");
+    if (libvirt_answers(e) < 0)
+        return refuse(e, "mkdir", dom, disk, name, -ENOTCONN,
+                      errmsg_or("libvirt does not answer"));
 
     /* Claim the disk: the job file shows the snapshot being taken, and a
      * concurrent mkdir or rmdir on the disk gets EBUSY. */
@@ -2048,6 +2115,8 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     }
 
     if (r < 0) {
+        if (r == -ENOTCONN)
+            conn_suspect(e, true); /* before the close callback says so */
         /* release the claim, then record why */
         log_warn("mkdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
                  strerror(-r), msg);
@@ -2132,6 +2201,10 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     const char *why = NULL;
     struct cfs_job job = {0};
     bool running = false;
+
+    if (libvirt_answers(e) < 0)
+        return refuse(e, "rmdir", dom, disk, name, -ENOTCONN,
+                      errmsg_or("libvirt does not answer"));
 
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
@@ -2239,6 +2312,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                                  job.type == CFS_JOB_ACTIVE_COMMIT);
     set_starting(e, dom, disk, job.id, false);
     if (r < 0) {
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
         _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
         log_warn("rmdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
                  strerror(-r), msg);

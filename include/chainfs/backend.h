@@ -113,6 +113,11 @@ struct cfs_backend_ops {
     int (*offline_commit)(struct cfs_backend *be, const char *dom,
                           const char *disk, const char *top,
                           const char *base, bool active);
+
+    /* Optional (may be NULL): does libvirt answer a trivial call within
+     * TIMEOUT_MS? 0 if so, -ENOTCONN if not or not connected (the call
+     * that did not answer is left to end on its own). */
+    int (*ping)(struct cfs_backend *be, unsigned timeout_ms);
 };
 
 struct cfs_backend {
