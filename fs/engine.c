@@ -785,8 +785,8 @@ static int libvirt_answers(struct cfs_engine *e)
     if (!e->be->ops->ping)
         return 0;
     int r = e->be->ops->ping(e->be, LIBVIRT_ANSWER_MS);
-    if (r == -ENOTCONN)
-        conn_suspect(e, true);
+    /* an answer clears what an earlier failed call suspected */
+    conn_suspect(e, r == -ENOTCONN);
     return r == -ENOTCONN ? r : 0;
 }
 
