@@ -778,16 +778,31 @@ static void conn_suspect(struct cfs_engine *e, bool suspect)
                 errmsg_or("connection lost"));
 }
 
-/* Before mkdir/rmdir call libvirt: -ENOTCONN at once (and stale shown)
- * when it does not answer within LIBVIRT_ANSWER_MS. */
-static int libvirt_answers(struct cfs_engine *e)
+/* Before mkdir/rmdir call libvirt (the kernel holds snapshots/ locked
+ * while they run): -EAGAIN if DOM is marked not responding (its QEMU
+ * would keep them waiting), -ENOTCONN at once (and stale shown) if
+ * libvirt does not answer within LIBVIRT_ANSWER_MS. WHY says which. */
+static int check_reachable(struct cfs_engine *e, const char *dom,
+                           const char **why)
 {
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    bool stuck = d && d->not_responding;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (stuck) {
+        *why = "the domain is not responding (a libvirt call on it has not "
+               "returned; its QEMU may be stopped)";
+        return -EAGAIN;
+    }
     if (!e->be->ops->ping)
         return 0;
     int r = e->be->ops->ping(e->be, LIBVIRT_ANSWER_MS);
     /* an answer clears what an earlier failed call suspected */
     conn_suspect(e, r == -ENOTCONN);
-    return r == -ENOTCONN ? r : 0;
+    if (r != -ENOTCONN)
+        return 0;
+    *why = errmsg_or("libvirt does not answer");
+    return r;
 }
 
 /* ---- journal helpers ------------------------------------------------------- */
@@ -2013,9 +2028,10 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                           ? "name longer than 255 bytes"
                           : "a snapshot name is 1 to 64 characters of "
                             "[A-Za-z0-9._-] and does not start with '.' or '-'");
-    if (libvirt_answers(e) < 0)
-        return refuse(e, "mkdir", dom, disk, name, -ENOTCONN,
-                      errmsg_or("libvirt does not answer"));
+    const char *unreachable = NULL;
+    r = check_reachable(e, dom, &unreachable);
+    if (r < 0)
+        return refuse(e, "mkdir", dom, disk, name, r, unreachable);
 
     /* Claim the disk: the job file shows the snapshot being taken, and a
      * concurrent mkdir or rmdir on the disk gets EBUSY. */
@@ -2202,9 +2218,9 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     struct cfs_job job = {0};
     bool running = false;
 
-    if (libvirt_answers(e) < 0)
-        return refuse(e, "rmdir", dom, disk, name, -ENOTCONN,
-                      errmsg_or("libvirt does not answer"));
+    r = check_reachable(e, dom, &why);
+    if (r < 0)
+        return refuse(e, "rmdir", dom, disk, name, r, why);
 
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);

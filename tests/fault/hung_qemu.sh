@@ -14,8 +14,9 @@
 #   the normal time plus a few seconds of slack for this shared machine;
 #   before the fix they took 30 s and more);
 # - the stopped domain shows `state: running (not responding)` in `chain`
-#   and "responding": false in chain.json, its directory still lists, and
-#   the mark goes once its QEMU runs again.
+#   and "responding": false in chain.json, its directory still lists, a
+#   mkdir on it is refused at once with EAGAIN, and the mark goes once its
+#   QEMU runs again.
 # The QEMU stopped is the one of a domain this script started (its pid
 # from libvirt's pid file, checked against its command line); it is
 # continued in the clean-up, before the domain is destroyed.
@@ -139,6 +140,12 @@ it_log "chain of $A: $(sed -n 's/^state: *//p' "$MNT/$A/vda/chain")"
 it_assert_eq false "$(jq -r .responding "$MNT/$A/vda/chain.json")" "chain.json of $A: responding false"
 it_assert_eq true "$(jq -r .responding "$MNT/$B/vda/chain.json")" "chain.json of $B: responding true"
 it_assert_eq "" "$(it_snapshots "$A" vda)" "snapshots/ of $A lists (nothing)"
+# a change on the stuck domain is refused at once (its QEMU would keep
+# mkdir, and snapshots/ with it, waiting) and changes nothing
+t0=$(it_now_ms)
+it_expect_errno EAGAIN mkdir "$MNT/$A/vda/snapshots/while-stuck"
+it_log "mkdir on $A refused after $(($(it_now_ms) - t0)) ms"
+it_assert_eq "" "$(it_snapshots "$A" vda)" "the refused mkdir changed nothing"
 
 timed_unmount; u1=$MS
 within "unmount with $A stopped" "$u1" "$u0" 3000
