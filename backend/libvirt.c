@@ -46,6 +46,8 @@ extern char **environ;
 /* An idle call connection (see lv_conn) unused this long is closed; at most
  * POOL_MAX_IDLE are kept. */
 #define POOL_IDLE_MS 60000
+/* At destroy, how long the reconnect thread may take to end. */
+#define RECONNECT_JOIN_WAIT_S 2
 #define POOL_MAX_IDLE 8
 #define QEMU_IMG "qemu-img"
 #define QEMU_IMG_ERR_MAX 4096
@@ -696,8 +698,20 @@ static void lv_destroy(struct cfs_backend *be)
     b->up_timer = -1;
     pthread_mutex_unlock(&b->lock);
 
-    if (b->reconnect_running)
-        pthread_join(b->reconnect_thread, NULL);
+    if (b->reconnect_running) {
+        struct timespec ts;
+
+        /* it may be inside virConnectOpenAuth() towards a libvirtd that
+         * does not answer (stopped), with no keepalive yet to end it:
+         * then it is left behind, and so is everything it may touch
+         * (b stays allocated and reachable; the process is exiting) */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += RECONNECT_JOIN_WAIT_S;
+        if (pthread_timedjoin_np(b->reconnect_thread, NULL, &ts) != 0) {
+            pthread_detach(b->reconnect_thread);
+            return;
+        }
+    }
     b->reconnect_running = false;
     if (timer >= 0)
         virEventRemoveTimeout(timer);

@@ -78,6 +78,8 @@
 /* At shut-down, workers get this long to finish the call they are in;
  * one stuck in libvirt after that is left behind (the process exits). */
 #define WORKER_STOP_WAIT_MS 300
+/* At shut-down, how long the engine thread may take to end. */
+#define ENGINE_JOIN_WAIT_S 2
 
 enum work_kind {
     WORK_REFRESH_DOMAIN,
@@ -718,6 +720,8 @@ static int refresh_all(struct cfs_engine *e)
     pthread_mutex_unlock(&e->tree->lock);
 
     _cleanup_strv_ char **names = NULL;
+    /* the next one is due refresh_ms from now, whether this one works */
+    e->last_refresh_ms = now_ms();
     int r = e->be->ops->list_domains(e->be, &names);
     if (r < 0) {
         log_warn("listing domains: %s", errmsg_or(strerror(-r)));
@@ -1697,15 +1701,28 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     e->stopping = true;
     pthread_cond_broadcast(&e->qcond);
     pthread_mutex_unlock(&e->qlock);
-    if (e->thread_started)
-        pthread_join(e->thread, NULL);
+    /* the engine thread makes no call that waits for a QEMU, but its
+     * listing waits for a libvirtd that stopped answering until the
+     * keepalive gives up */
+    bool engine_stuck = false;
+    if (e->thread_started) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += ENGINE_JOIN_WAIT_S;
+        if (pthread_timedjoin_np(e->thread, NULL, &ts) != 0) {
+            pthread_detach(e->thread);
+            engine_stuck = true;
+            log_warn("the engine thread is inside a libvirt call that has not "
+                     "returned; exiting without waiting for it");
+        }
+    }
     _cleanup_strv_ char **stuck = stop_workers(e);
-    if (stuck) {
+    if (stuck || engine_stuck) {
         /* Their calls still use the backend and the engine: both stay
          * allocated (reachable from here), and the process exits with the
          * calls unanswered. Nothing is lost: the journal has every change
          * under way. */
-        for (char **n = stuck; *n; n++)
+        for (char **n = stuck; n && *n; n++)
             log_warn("domain %s: a libvirt call has not returned; exiting "
                      "without waiting for it", *n);
         engine_left_behind = e;

@@ -9,6 +9,7 @@
 #   during the outage, from the mkdir's ENOTCONN on at the latest;
 # - after kill -CONT the daemon reconnects, `stale` goes, and a mkdir +
 #   rmdir works again.
+# Then an unmount during an outage: the daemon exits 0 within 10 s.
 # The daemon must survive it all: it used to die with SIGSEGV in the
 # engine thread inside virConnectListAllDomains when libvirtd came back.
 # The libvirtd stopped is a private one this script starts
@@ -94,3 +95,14 @@ done
 it_log "ok: $RUNS outages, no crash, the mount kept answering"
 fault_check_invariants "$D" vda
 fault_check_patterns "$img" "0x11 0 1M"
+
+# Unmount during an outage: the daemon ends within it_unmount's 10 s and
+# exits 0, though its reconnection attempt waits for the stopped libvirtd.
+kill -STOP "$PD_PID" || it_fail "kill -STOP $PD_PID"
+it_expect_errno ENOTCONN mkdir "$SNAPS/last"
+it_wait_until 30 "the connection is given up" fault_log_has "lost the libvirt connection"
+sleep 1
+t0=$(it_now_ms)
+it_unmount || it_fail "unmount during the outage"
+it_log "ok: unmounted during the outage; the daemon exited 0 after $(($(it_now_ms) - t0)) ms"
+kill -CONT "$PD_PID"
