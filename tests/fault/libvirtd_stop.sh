@@ -22,6 +22,7 @@
 . "$(dirname "$0")/../integration/private_libvirtd.sh"
 fault_init
 MNT="$T/mnt" # known to the clean-up before the mount
+# shellcheck disable=SC2119 # no private directories: the daemon sees ours
 pd_start
 trap fault_cleanup EXIT # pd_start's own trap would skip fault_on_exit
 fault_on_exit "kill -CONT $PD_PID 2>/dev/null"

@@ -22,7 +22,7 @@ mounts_on() { awk -v m="$1" '$5 == m { n++ } END { print n + 0 }' /proc/self/mou
 # no_daemon_on DIR — no chainfs process but the first one ($IT_PID) runs
 # with DIR as its mount point (pgrep only looks; DIR is unique to this
 # script).
-no_daemon_on() { [ -z "$(pgrep -f -- "$CHAINFS.* $1\$" | grep -vx "$IT_PID")" ]; }
+no_daemon_on() { ! pgrep -f -- "$CHAINFS.* $1\$" | grep -qvx "$IT_PID"; }
 
 # try_second DIR WHAT — start chainfs on DIR in both modes and check the
 # refusal.
