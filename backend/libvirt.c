@@ -6,9 +6,10 @@
  * forward to struct cfs_backend_events. A reconnect thread sleeps until
  * the close callback fires, then reopens the connection (with backoff),
  * resubscribes and announces connection(up=true) on the event thread.
- * Every op may run on any other thread, concurrently: each takes its own
- * reference on the connection under `lock`, so the connection can be
- * swapped while ops run; with no live connection ops return -ENOTCONN.
+ * Every op may run on any other thread, concurrently: each call gets a
+ * connection to itself from a small pool (lv_conn says why); the event
+ * connection carries no calls. While the event connection is down, ops
+ * return -ENOTCONN.
  * libvirt errors are mapped to errno in lv_error() and libvirt's message
  * goes to cfs_backend_set_errmsg(); libvirt's own printing to stderr is
  * off. Only one libvirt backend per process (the event loop is global).
@@ -53,6 +54,12 @@ extern char **environ;
 #define KEEPALIVE_COUNT 3
 #define RECONNECT_DELAY_MIN_MS 250
 #define RECONNECT_DELAY_MAX_MS 5000
+/* An idle call connection (see lv_conn) unused this long is closed; at most
+ * POOL_MAX_IDLE are kept. */
+#define POOL_IDLE_MS 60000
+/* At destroy, how long the reconnect thread may take to end. */
+#define RECONNECT_JOIN_WAIT_S 2
+#define POOL_MAX_IDLE 8
 #define QEMU_IMG "qemu-img"
 #define QEMU_IMG_ERR_MAX 4096
 #define LV_CHAIN_MAX 64 /* layers followed through storage pools */
@@ -86,6 +93,10 @@ struct lv_backend {
     int cb_ids[LV_EV_MAX];
     bool close_cb;
 
+    int ka_interval, ka_count;  /* keepalive of every connection */
+    struct lv_pooled *pool;     /* under lock: idle call connections */
+    size_t n_pool;
+
     const struct cfs_backend_events *ev;
     void *opaque;
 
@@ -112,6 +123,12 @@ struct lv_backend {
     bool decided;
 };
 
+/* An idle connection of the call pool (see lv_conn). */
+struct lv_pooled {
+    virConnectPtr conn;
+    int64_t idle_since_ms;
+};
+
 struct lv_snap_cache {
     char uuid[VIR_UUID_STRING_BUFLEN];
     char *name;
@@ -124,10 +141,12 @@ static void lv_snap_cache_clear(struct lv_snap_cache *c);
 
 /* ---- small helpers ------------------------------------------------------ */
 
+static void lv_put(virConnectPtr c);
+/* A call connection goes back to the pool (lv_conn). */
 static void connp(virConnectPtr *c)
 {
     if (*c)
-        virConnectClose(*c);
+        lv_put(*c);
 }
 static void domp(virDomainPtr *d)
 {
@@ -318,25 +337,114 @@ static int lv_error(virConnectPtr conn)
     return -EIO;
 }
 
-/* A reference on the current connection, or -ENOTCONN. */
+/* The one libvirt backend of the process (its event loop is global);
+ * connp() returns connections to its pool. */
+static struct lv_backend *lv_the_backend;
+
+static int64_t lv_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Close every idle call connection. */
+static void lv_pool_drain(struct lv_backend *b)
+{
+    struct lv_pooled *v;
+    size_t n;
+
+    pthread_mutex_lock(&b->lock);
+    v = TAKE_PTR(b->pool);
+    n = b->n_pool;
+    b->n_pool = 0;
+    pthread_mutex_unlock(&b->lock);
+    for (size_t i = 0; i < n; i++)
+        virConnectClose(v[i].conn);
+    free(v);
+}
+
+/* A connection for one call, all to the caller until connp()/lv_put()
+ * gives it back; -ENOTCONN while the event connection is down.
+ *
+ * Every call has a connection to itself: libvirt's client funnels the
+ * traffic of one connection through whichever thread waits for a reply,
+ * and two threads inside calls on one connection went wrong twice over.
+ * While one call waited for a stopped QEMU, the others on that connection
+ * waited up to a keepalive interval (5 s) each (issue 6 item 8); and when
+ * the keepalive closed a connection under one call while another thread
+ * was inside a call on it, that thread crashed in libvirt's event loop
+ * (g_main_loop_quit) once libvirtd answered again (item 7). The events
+ * have a connection of their own (b->conn), on which nothing is called. */
 static int lv_conn(struct lv_backend *b, virConnectPtr *out)
 {
     virConnectPtr c;
+    int r;
 
-    pthread_mutex_lock(&b->lock);
-    c = b->conn;
-    if (c)
-        virConnectRef(c);
-    pthread_mutex_unlock(&b->lock);
+    for (;;) {
+        virConnectPtr old = NULL;
+        int64_t t = lv_now_ms();
 
-    if (!c || virConnectIsAlive(c) != 1) {
-        if (c)
-            virConnectClose(c);
-        cfs_backend_set_errmsg("not connected to libvirt");
-        return -ENOTCONN;
+        pthread_mutex_lock(&b->lock);
+        if (!b->conn || b->need_reconnect || b->stopping) {
+            pthread_mutex_unlock(&b->lock);
+            cfs_backend_set_errmsg("not connected to libvirt");
+            return -ENOTCONN;
+        }
+        c = NULL;
+        if (b->n_pool > 0) {
+            struct lv_pooled *pc = &b->pool[--b->n_pool];
+
+            if (t - pc->idle_since_ms > POOL_IDLE_MS)
+                old = pc->conn;
+            else
+                c = pc->conn;
+        }
+        pthread_mutex_unlock(&b->lock);
+        if (old) {
+            virConnectClose(old);
+            continue;
+        }
+        if (!c)
+            break;
+        if (virConnectIsAlive(c) == 1) {
+            *out = c;
+            return 0;
+        }
+        virConnectClose(c);
     }
+
+    c = virConnectOpenAuth(b->uri, virConnectAuthPtrDefault, 0);
+    if (!c) {
+        r = lv_error(NULL);
+        return r == -EIO ? -ENOTCONN : r;
+    }
+    (void)virConnectSetKeepAlive(c, b->ka_interval, b->ka_count);
     *out = c;
     return 0;
+}
+
+static void lv_put(virConnectPtr c)
+{
+    struct lv_backend *b = lv_the_backend;
+    bool keep = false;
+
+    if (b && virConnectIsAlive(c) == 1) {
+        pthread_mutex_lock(&b->lock);
+        keep = b->conn && !b->need_reconnect && !b->stopping &&
+               b->n_pool < POOL_MAX_IDLE;
+        if (keep) {
+            b->pool = cfs_xrealloc(b->pool, (b->n_pool + 1) * sizeof(*b->pool));
+            b->pool[b->n_pool++] = (struct lv_pooled){
+                .conn = c,
+                .idle_since_ms = lv_now_ms(),
+            };
+        }
+        pthread_mutex_unlock(&b->lock);
+    }
+    if (!keep)
+        virConnectClose(c);
 }
 
 static int lv_lookup(struct lv_backend *b, const char *name,
@@ -713,7 +821,7 @@ static int lv_open(struct lv_backend *b, virConnectPtr *out)
     if (!b->decided)
         lv_decide_locality(b, conn, before, n_before);
     /* 1 means the server does not support keepalive: not an error */
-    (void)virConnectSetKeepAlive(conn, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT);
+    (void)virConnectSetKeepAlive(conn, b->ka_interval, b->ka_count);
     r = lv_subscribe(b, conn);
     if (r < 0) {
         lv_unsubscribe(b, conn);
@@ -767,6 +875,7 @@ static void *lv_reconnect_loop(void *arg)
         old = TAKE_PTR(b->conn);
         pthread_mutex_unlock(&b->lock);
 
+        lv_pool_drain(b);
         lv_drop(b, old);
         r = lv_open(b, &conn);
 
@@ -855,8 +964,20 @@ static void lv_destroy(struct cfs_backend *be)
     b->up_timer = -1;
     pthread_mutex_unlock(&b->lock);
 
-    if (b->reconnect_running)
-        pthread_join(b->reconnect_thread, NULL);
+    if (b->reconnect_running) {
+        struct timespec ts;
+
+        /* it may be inside virConnectOpenAuth() towards a libvirtd that
+         * does not answer (stopped), with no keepalive yet to end it:
+         * then it is left behind, and so is everything it may touch
+         * (b stays allocated and reachable; the process is exiting) */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += RECONNECT_JOIN_WAIT_S;
+        if (pthread_timedjoin_np(b->reconnect_thread, NULL, &ts) != 0) {
+            pthread_detach(b->reconnect_thread);
+            return;
+        }
+    }
     b->reconnect_running = false;
     if (timer >= 0)
         virEventRemoveTimeout(timer);
@@ -864,6 +985,7 @@ static void lv_destroy(struct cfs_backend *be)
     pthread_mutex_lock(&b->lock);
     conn = TAKE_PTR(b->conn);
     pthread_mutex_unlock(&b->lock);
+    lv_pool_drain(b);
     lv_drop(b, conn);
     lv_stop_event_thread(b);
 
@@ -874,7 +996,112 @@ static void lv_destroy(struct cfs_backend *be)
     free(b->snaps);
     pthread_mutex_destroy(&b->snap_lock);
     free(b->uri);
+    if (lv_the_backend == b)
+        lv_the_backend = NULL;
     free(b);
+}
+
+/* ---- is libvirt there? ------------------------------------------------- */
+
+/* One ping: shared by the caller, who may stop waiting, and the thread
+ * making the call, which may never return while libvirtd is stopped. */
+struct lv_ping {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    virConnectPtr conn;
+    int refs;            /* under lock */
+    bool done;           /* under lock */
+    bool alive;          /* under lock, once done */
+};
+
+static void lv_ping_unref(struct lv_ping *p)
+{
+    bool last;
+
+    pthread_mutex_lock(&p->lock);
+    last = --p->refs == 0;
+    pthread_mutex_unlock(&p->lock);
+    if (!last)
+        return;
+    lv_put(p->conn);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+static void *lv_ping_thread(void *arg)
+{
+    struct lv_ping *p = arg;
+    unsigned long version;
+    /* a round trip to libvirtd; any answer, even an error, is one */
+    bool alive = virConnectGetLibVersion(p->conn, &version) == 0 ||
+                 virConnectIsAlive(p->conn) == 1;
+
+    pthread_mutex_lock(&p->lock);
+    p->done = true;
+    p->alive = alive;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    lv_ping_unref(p);
+    return NULL;
+}
+
+static int lv_ping(struct cfs_backend *be, unsigned timeout_ms)
+{
+    virConnectPtr conn = NULL;
+    struct lv_ping *p;
+    pthread_condattr_t ca;
+    pthread_attr_t attr;
+    pthread_t thread;
+    struct timespec ts;
+    bool done, alive;
+    int r;
+
+    r = lv_conn(lv(be), &conn);
+    if (r < 0)
+        return r;
+    p = cfs_xcalloc(1, sizeof(*p));
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    p->conn = conn;
+    p->refs = 2;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    r = pthread_create(&thread, &attr, lv_ping_thread, p);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        p->refs = 1;
+        lv_ping_unref(p);
+        return 0; /* cannot tell: let the caller try */
+    }
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&p->lock);
+    while (!p->done)
+        if (pthread_cond_timedwait(&p->cond, &p->lock, &ts) == ETIMEDOUT)
+            break;
+    done = p->done;
+    alive = p->alive;
+    pthread_mutex_unlock(&p->lock);
+    lv_ping_unref(p);
+    if (!done) {
+        cfs_backend_set_errmsg("libvirt did not answer within %u ms", timeout_ms);
+        return -ENOTCONN;
+    }
+    if (!alive) {
+        cfs_backend_set_errmsg("the connection to libvirt is lost");
+        return -ENOTCONN;
+    }
+    return 0;
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -1879,6 +2106,7 @@ static const struct cfs_backend_ops lv_ops = {
     .offline_commit = lv_offline_commit,
     .files_local = lv_files_local,
     .volume_delete = lv_volume_delete,
+    .ping = lv_ping,
 };
 
 struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
@@ -1886,6 +2114,7 @@ struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
     struct lv_backend *b = cfs_xcalloc(1, sizeof(*b));
 
     b->pub.ops = &lv_ops;
+    lv_the_backend = b;
     b->pub.priv = b;
     b->uri = cfs_xstrdup(uri);
     pthread_mutex_init(&b->lock, NULL);
@@ -1893,7 +2122,18 @@ struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
     pthread_cond_init(&b->cond, NULL);
     b->up_timer = -1;
     snprintf(b->local_why, sizeof(b->local_why), "not connected yet");
+    b->ka_interval = KEEPALIVE_INTERVAL;
+    b->ka_count = KEEPALIVE_COUNT;
     for (size_t i = 0; i < LV_EV_MAX; i++)
         b->cb_ids[i] = -1;
     return &b->pub;
+}
+
+void cfs_libvirt_backend_set_keepalive(struct cfs_backend *be, int interval,
+                                       int count)
+{
+    struct lv_backend *b = lv(be);
+
+    b->ka_interval = interval;
+    b->ka_count = count;
 }

@@ -16,9 +16,17 @@
  * the pivot and before clean-up, so a restarted daemon knows what was
  * under way (recover_journal()).
  *
- * Lock order: e->qlock and t->lock are never held together. The journal's
- * own lock may be taken with t->lock held. No backend call is made with
- * any lock held. */
+ * Threads: FUSE threads (reads; mkdir and rmdir), the engine thread
+ * (drains the queue, lists domains, schedules polls and re-reads, marks
+ * domains not responding), one worker per domain with work (every call
+ * that can wait for that domain's QEMU: re-reads with statistics, job
+ * polls, pivots, clean-up, recovery; see "domain workers"), and offline
+ * merge workers. A stuck QEMU ties up its own domain's worker only.
+ *
+ * Lock order: e->qlock (the engine queue and every domain worker's queue
+ * and state) and t->lock are never held together. The journal's own lock
+ * may be taken with t->lock held. No backend call is made with any lock
+ * held. */
 #include "chainfs/engine.h"
 
 #include <errno.h>
@@ -45,6 +53,33 @@
  * failed (libvirt updates the XML shortly after the pivot). */
 #define VANISH_GRACE_MS 5000
 #define PIVOT_MAX_FAILURES 5
+/* A domain whose libvirt call has not returned after this long is shown
+ * as not responding (a stopped QEMU: libvirt gives up after 30 s). */
+#define NOT_RESPONDING_MS 10000
+/* Start-up reads every domain without statistics first (that never waits
+ * for a QEMU; at most STARTUP_LIGHT_WAIT_MS in all), then in full. It
+ * waits for the full reads at most STARTUP_READ_WAIT_MS, and for the
+ * slowest one at most STARTUP_SLOW_FACTOR times as long as the others
+ * took (at least STARTUP_SLOW_MIN_MS); a domain not read in full by then
+ * shows sizes from stat() until its read comes in. */
+#define STARTUP_LIGHT_WAIT_MS 10000
+#define STARTUP_READ_WAIT_MS 2000
+#define STARTUP_SLOW_FACTOR 3
+#define STARTUP_SLOW_MIN_MS 250
+/* mkdir and rmdir ask libvirt first, and refuse with ENOTCONN if it does
+ * not answer within this long: the kernel holds snapshots/ locked while
+ * they run, and a stopped libvirtd is only noticed by the keepalive (15 s
+ * and more). */
+#define LIBVIRT_ANSWER_MS 2000
+/* The engine thread looks at the workers at least this often. */
+#define ENGINE_TICK_MS 500
+/* A domain worker with nothing to do for this long ends. */
+#define WORKER_IDLE_MS 30000
+/* At shut-down, workers get this long to finish the call they are in;
+ * one stuck in libvirt after that is left behind (the process exits). */
+#define WORKER_STOP_WAIT_MS 300
+/* At shut-down, how long the engine thread may take to end. */
+#define ENGINE_JOIN_WAIT_S 2
 
 enum work_kind {
     WORK_REFRESH_DOMAIN,
@@ -53,6 +88,9 @@ enum work_kind {
     WORK_OFFLINE_DONE,
     WORK_CONNECTION,
     WORK_JOURNAL_CLOSE,  /* errmsg holds the entry id */
+    WORK_POLL_JOB,       /* one poll of the live job of dom/disk */
+    WORK_RECOVER,        /* the libvirt half of recovering job_id of dom/disk */
+    WORK_READ_LIGHT,     /* a read without statistics (start-up) */
 };
 
 struct work {
@@ -66,6 +104,20 @@ struct work {
     bool up;
     uint64_t job_id;
     struct work *next;
+};
+
+/* The worker of one domain: every call that may wait for the domain's
+ * QEMU (statistics, job info, pivot, clean-up) runs here, one at a time,
+ * so a stuck QEMU holds up its own domain only. Fields under e->qlock. */
+struct dom_worker {
+    struct cfs_engine *e;
+    char *dom;
+    struct work *head, *tail;
+    pthread_cond_t cond;      /* work arrived, or stopping */
+    pthread_t thread;
+    int64_t busy_since_ms;    /* in a work item since; 0: idle */
+    bool exited;              /* the thread has returned (join it) */
+    struct dom_worker *next;
 };
 
 struct cfs_engine {
@@ -85,14 +137,22 @@ struct cfs_engine {
     } *dom_seq;               /* per-domain change counters; tree lock */
     size_t n_dom_seq;
     uint64_t last_job_id;     /* tree lock */
+    /* What `stale` stands for (tree lock): the backend said the connection
+     * is down, or a call found libvirt not answering / the connection
+     * dead before the backend noticed; cleared by the connection coming
+     * back and by a listing that worked. */
+    bool conn_down;
+    bool conn_suspect;
 
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
     struct work *qhead, *qtail;
     bool stopping;
     bool thread_started;
+    bool threaded;            /* per-domain work goes to domain workers */
     pthread_t thread;
     unsigned offline_workers; /* guarded by qlock */
+    struct dom_worker *workers; /* guarded by qlock */
 
     void (*invalidate)(void *opaque, const char *path);
     void *invalidate_opaque;
@@ -146,6 +206,286 @@ static struct work *queue_take_all(struct cfs_engine *e)
     return w;
 }
 
+static struct work *work_new(enum work_kind kind, const char *dom,
+                             const char *disk)
+{
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = kind;
+    w->dom = cfs_xstrdup(dom);
+    w->disk = cfs_xstrdup(disk);
+    return w;
+}
+
+/* A CLOCK_MONOTONIC deadline MS milliseconds from now. */
+static struct timespec deadline_in(int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (ms < 0)
+        ms = 0;
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return ts;
+}
+
+static void cond_init_monotonic(pthread_cond_t *c)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+/* ---- domain workers --------------------------------------------------------
+ * The engine thread itself makes no call that can wait for one domain's
+ * QEMU: it routes such work to that domain's worker (spawned on demand,
+ * ending after WORKER_IDLE_MS without work). A worker does one item at a
+ * time, so a stuck QEMU ties up one libvirt call and one thread, and the
+ * engine thread marks the domain as not responding meanwhile. Without the
+ * engine thread (unit tests) everything runs inline. */
+
+static void process_work(struct cfs_engine *e, struct work *w);
+static void tree_changed(struct cfs_engine *e);
+static void conn_suspect(struct cfs_engine *e, bool suspect);
+
+static bool work_per_domain(const struct work *w)
+{
+    switch (w->kind) {
+    case WORK_REFRESH_DOMAIN:
+    case WORK_JOB_EVENT:
+    case WORK_OFFLINE_DONE:
+    case WORK_POLL_JOB:
+    case WORK_RECOVER:
+    case WORK_READ_LIGHT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* W would do nothing that O (same domain, queued before it and not
+ * started yet) will not do. */
+static bool work_covered(const struct work *o, const struct work *w)
+{
+    if (o->kind != w->kind)
+        return false;
+    return w->kind == WORK_REFRESH_DOMAIN ||
+           (w->kind == WORK_POLL_JOB && cfs_streq(o->disk, w->disk));
+}
+
+static void *dom_worker_main(void *arg)
+{
+    struct dom_worker *dw = arg;
+    struct cfs_engine *e = dw->e;
+    int64_t idle_since = now_ms();
+
+    pthread_mutex_lock(&e->qlock);
+    for (;;) {
+        if (!dw->head && !e->stopping) {
+            if (now_ms() - idle_since >= WORKER_IDLE_MS)
+                break;
+            struct timespec ts = deadline_in(idle_since + WORKER_IDLE_MS - now_ms());
+            pthread_cond_timedwait(&dw->cond, &e->qlock, &ts);
+            continue;
+        }
+        if (e->stopping)
+            break;
+        struct work *w = dw->head;
+        dw->head = w->next;
+        if (!dw->head)
+            dw->tail = NULL;
+        w->next = NULL;
+        dw->busy_since_ms = now_ms();
+        pthread_mutex_unlock(&e->qlock);
+
+        process_work(e, w);
+        work_free(w);
+
+        pthread_mutex_lock(&e->qlock);
+        dw->busy_since_ms = 0;
+        idle_since = now_ms();
+        /* start-up waits for idle workers; the engine thread clears a
+         * not-responding mark */
+        pthread_cond_broadcast(&e->qcond);
+    }
+    while (dw->head) {
+        struct work *w = dw->head;
+        dw->head = w->next;
+        work_free(w);
+    }
+    dw->tail = NULL;
+    dw->exited = true;
+    pthread_cond_broadcast(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    return NULL;
+}
+
+/* The live worker of DOM, spawned if there is none; NULL if no thread
+ * can be started. Caller holds qlock. */
+static struct dom_worker *worker_get(struct cfs_engine *e, const char *dom)
+{
+    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+        if (!dw->exited && strcmp(dw->dom, dom) == 0)
+            return dw;
+    struct dom_worker *dw = cfs_xcalloc(1, sizeof(*dw));
+    dw->e = e;
+    dw->dom = cfs_xstrdup(dom);
+    cond_init_monotonic(&dw->cond);
+    int r = pthread_create(&dw->thread, NULL, dom_worker_main, dw);
+    if (r != 0) {
+        log_warn("cannot start a worker for domain %s: %s", dom, strerror(r));
+        pthread_cond_destroy(&dw->cond);
+        free(dw->dom);
+        free(dw);
+        return NULL;
+    }
+    dw->next = e->workers;
+    e->workers = dw;
+    return dw;
+}
+
+/* An engine whose workers were left inside libvirt calls at shut-down
+ * (cfs_engine_free): never freed, and kept reachable. */
+static struct cfs_engine *engine_left_behind __attribute__((used));
+
+static void worker_free(struct dom_worker *dw)
+{
+    pthread_cond_destroy(&dw->cond);
+    free(dw->dom);
+    free(dw);
+}
+
+/* Carry out W (takes it): per-domain work goes to the domain's worker,
+ * the rest (and everything without threads) runs here and now. */
+static void route(struct cfs_engine *e, struct work *w)
+{
+    if (e->threaded && work_per_domain(w)) {
+        pthread_mutex_lock(&e->qlock);
+        if (e->stopping) {
+            pthread_mutex_unlock(&e->qlock);
+            work_free(w);
+            return;
+        }
+        struct dom_worker *dw = worker_get(e, w->dom);
+        if (dw) {
+            bool covered = false;
+            for (struct work *o = dw->head; o && !covered; o = o->next)
+                covered = work_covered(o, w);
+            if (covered) {
+                work_free(w);
+            } else {
+                w->next = NULL;
+                if (dw->tail)
+                    dw->tail->next = w;
+                else
+                    dw->head = w;
+                dw->tail = w;
+                pthread_cond_signal(&dw->cond);
+            }
+            pthread_mutex_unlock(&e->qlock);
+            return;
+        }
+        pthread_mutex_unlock(&e->qlock);
+    }
+    process_work(e, w);
+    work_free(w);
+}
+
+/* Join the workers that ended (engine thread). */
+static void reap_workers(struct cfs_engine *e)
+{
+    struct dom_worker *done = NULL;
+    pthread_mutex_lock(&e->qlock);
+    for (struct dom_worker **pp = &e->workers; *pp;) {
+        struct dom_worker *dw = *pp;
+        if (dw->exited) {
+            *pp = dw->next;
+            dw->next = done;
+            done = dw;
+        } else {
+            pp = &dw->next;
+        }
+    }
+    pthread_mutex_unlock(&e->qlock);
+    while (done) {
+        struct dom_worker *next = done->next;
+        pthread_join(done->thread, NULL);
+        worker_free(done);
+        done = next;
+    }
+}
+
+/* Stop every worker: each finishes the item it is in, drops the rest.
+ * Returns the names of those still inside a call after
+ * WORKER_STOP_WAIT_MS (detached and left in e->workers: they may still
+ * touch the engine and the backend when their call returns). */
+static char **stop_workers(struct cfs_engine *e)
+{
+    char **stuck = NULL;
+    struct timespec ts = deadline_in(WORKER_STOP_WAIT_MS);
+    pthread_mutex_lock(&e->qlock);
+    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+        pthread_cond_signal(&dw->cond);
+    for (;;) {
+        bool all = true;
+        for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+            all = all && dw->exited;
+        if (all || pthread_cond_timedwait(&e->qcond, &e->qlock, &ts) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&e->qlock);
+    reap_workers(e);
+    pthread_mutex_lock(&e->qlock);
+    for (struct dom_worker *dw = e->workers; dw; dw = dw->next) {
+        cfs_strv_push(&stuck, cfs_xstrdup(dw->dom));
+        pthread_detach(dw->thread);
+    }
+    pthread_mutex_unlock(&e->qlock);
+    return stuck;
+}
+
+/* Mark in the tree the domains whose worker has been inside one call for
+ * NOT_RESPONDING_MS, and unmark the others (engine thread). */
+static void mark_not_responding(struct cfs_engine *e)
+{
+    _cleanup_strv_ char **slow = NULL;
+    _cleanup_strv_ char **news = NULL;
+    _cleanup_strv_ char **back = NULL;
+    int64_t t = now_ms();
+    pthread_mutex_lock(&e->qlock);
+    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+        if (!dw->exited && dw->busy_since_ms &&
+            t - dw->busy_since_ms >= NOT_RESPONDING_MS)
+            cfs_strv_push(&slow, cfs_xstrdup(dw->dom));
+    pthread_mutex_unlock(&e->qlock);
+
+    pthread_mutex_lock(&e->tree->lock);
+    bool changed = false;
+    for (size_t i = 0; i < e->tree->n_doms; i++) {
+        struct cfs_domain *d = e->tree->doms[i];
+        bool nr = cfs_strv_contains(slow, d->name);
+        if (d->not_responding == nr)
+            continue;
+        d->not_responding = nr;
+        cfs_strv_push(nr ? &news : &back, cfs_xstrdup(d->name));
+        changed = true;
+    }
+    if (changed)
+        tree_changed(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    for (char **n = news; n && *n; n++)
+        log_warn("domain %s is not responding (a libvirt call has not "
+                 "returned for %d s; its QEMU may be stopped); showing its "
+                 "last known state", *n, NOT_RESPONDING_MS / 1000);
+    for (char **n = back; n && *n; n++)
+        log_info("domain %s responds again", *n);
+}
+
 static void on_domain_changed(void *opaque, const char *dom)
 {
     struct work *w = cfs_xcalloc(1, sizeof(*w));
@@ -166,8 +506,18 @@ static void on_block_job(void *opaque, const char *dom, const char *disk,
     queue_push(opaque, w);
 }
 
+static void update_stale(struct cfs_engine *e);
+
 static void on_connection(void *opaque, bool up)
 {
+    struct cfs_engine *e = opaque;
+    if (!up) {
+        /* readers see `stale` now, whatever the engine thread is in */
+        pthread_mutex_lock(&e->tree->lock);
+        e->conn_down = true;
+        update_stale(e);
+        pthread_mutex_unlock(&e->tree->lock);
+    }
     struct work *w = cfs_xcalloc(1, sizeof(*w));
     w->kind = WORK_CONNECTION;
     w->up = up;
@@ -239,6 +589,8 @@ static int refresh_domain(struct cfs_engine *e, const char *name)
         int r = e->be->ops->read_domain(e->be, name, &d);
         if (r < 0 && r != -ENOENT) {
             log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
+            if (r == -ENOTCONN)
+                conn_suspect(e, true);
             return r;
         }
         bool removed;
@@ -390,6 +742,29 @@ static int lock_live(struct cfs_engine *e, const char *dom)
     }
 }
 
+/* A read of DOM without block statistics (which never waits for its
+ * QEMU), keeping the sizes the tree already knows. 1: installed, 0: a
+ * newer change came first, or a negative errno. */
+static int refresh_light(struct cfs_engine *e, const char *dom)
+{
+    struct cfs_domain *d = NULL;
+    if (!e->be->ops->read_domain_light)
+        return -EOPNOTSUPP;
+    pthread_mutex_lock(&e->tree->lock);
+    unsigned long before = *dom_seq_slot(e, dom);
+    pthread_mutex_unlock(&e->tree->lock);
+    int r = e->be->ops->read_domain_light(e->be, dom, &d);
+    if (r < 0)
+        return r;
+    bool removed;
+    pthread_mutex_lock(&e->tree->lock);
+    carry_sizes(cfs_tree_find_domain(e->tree, dom), d);
+    bool installed = install_read(e, dom, before, d, &removed);
+    pthread_mutex_unlock(&e->tree->lock);
+    return installed;
+}
+
+/* List the domains and re-read each (on its worker when threaded). */
 static int refresh_all(struct cfs_engine *e)
 {
     /* the counters before listing: a domain that libvirt did not list but
@@ -405,13 +780,18 @@ static int refresh_all(struct cfs_engine *e)
     pthread_mutex_unlock(&e->tree->lock);
 
     _cleanup_strv_ char **names = NULL;
+    /* the next one is due refresh_ms from now, whether this one works */
+    e->last_refresh_ms = now_ms();
     int r = e->be->ops->list_domains(e->be, &names);
     if (r < 0) {
         log_warn("listing domains: %s", errmsg_or(strerror(-r)));
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
         return r;
     }
+    conn_suspect(e, false);
     for (char **n = names; n && *n; n++)
-        refresh_domain(e, *n);
+        route(e, work_new(WORK_REFRESH_DOMAIN, *n, NULL));
 
     _cleanup_strv_ char **removed = NULL;
     pthread_mutex_lock(&e->tree->lock);
@@ -437,6 +817,56 @@ static void tree_changed(struct cfs_engine *e)
 {
     e->tree->generation++;
     pthread_cond_broadcast(&e->tree->changed);
+}
+
+/* tree->stale from conn_down and conn_suspect. Caller holds tree->lock. */
+static void update_stale(struct cfs_engine *e)
+{
+    bool stale = e->conn_down || e->conn_suspect;
+    if (e->tree->stale != stale) {
+        e->tree->stale = stale;
+        tree_changed(e);
+    }
+}
+
+/* A call met a dead or silent libvirt (SUSPECT), or a listing worked. */
+static void conn_suspect(struct cfs_engine *e, bool suspect)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    bool news = suspect && !e->conn_suspect && !e->conn_down;
+    e->conn_suspect = suspect;
+    update_stale(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    if (news)
+        log_err("libvirt does not answer (%s); serving the last known state",
+                errmsg_or("connection lost"));
+}
+
+/* Before mkdir/rmdir call libvirt (the kernel holds snapshots/ locked
+ * while they run): -EAGAIN if DOM is marked not responding (its QEMU
+ * would keep them waiting), -ENOTCONN at once (and stale shown) if
+ * libvirt does not answer within LIBVIRT_ANSWER_MS. WHY says which. */
+static int check_reachable(struct cfs_engine *e, const char *dom,
+                           const char **why)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    bool stuck = d && d->not_responding;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (stuck) {
+        *why = "the domain is not responding (a libvirt call on it has not "
+               "returned; its QEMU may be stopped)";
+        return -EAGAIN;
+    }
+    if (!e->be->ops->ping)
+        return 0;
+    int r = e->be->ops->ping(e->be, LIBVIRT_ANSWER_MS);
+    /* an answer clears what an earlier failed call suspected */
+    conn_suspect(e, r == -ENOTCONN);
+    if (r != -ENOTCONN)
+        return 0;
+    *why = errmsg_or("libvirt does not answer");
+    return r;
 }
 
 /* ---- journal helpers ------------------------------------------------------- */
@@ -1072,15 +1502,27 @@ static void poll_jobs(struct cfs_engine *e)
     if (!any_live_job(e, &doms, &disks))
         return;
     for (size_t i = 0; doms && doms[i]; i++)
-        poll_job(e, doms[i], disks[i]);
+        route(e, work_new(WORK_POLL_JOB, doms[i], disks[i]));
     e->last_poll_ms = now_ms();
 }
 
 static void recover_journal(struct cfs_engine *e);
+static void recover_merge(struct cfs_engine *e, const char *dom,
+                          const char *disk, uint64_t id);
 
 static void process_work(struct cfs_engine *e, struct work *w)
 {
     switch (w->kind) {
+    case WORK_POLL_JOB:
+        poll_job(e, w->dom, w->disk);
+        break;
+    case WORK_RECOVER:
+        recover_merge(e, w->dom, w->disk, w->job_id);
+        break;
+    case WORK_READ_LIGHT:
+        if (refresh_light(e, w->dom) < 0)
+            refresh_domain(e, w->dom);
+        break;
     case WORK_REFRESH_DOMAIN:
         refresh_domain(e, w->dom);
         break;
@@ -1099,8 +1541,8 @@ static void process_work(struct cfs_engine *e, struct work *w)
         break;
     case WORK_CONNECTION:
         pthread_mutex_lock(&e->tree->lock);
-        e->tree->stale = !w->up;
-        tree_changed(e);
+        e->conn_down = !w->up;
+        update_stale(e);
         pthread_mutex_unlock(&e->tree->lock);
         if (w->up) {
             log_info("libvirt connection is back; re-reading everything");
@@ -1123,9 +1565,11 @@ static void drain(struct cfs_engine *e)
         if (w->kind == WORK_REFRESH_DOMAIN)
             for (struct work *o = next; o && !dup; o = o->next)
                 dup = o->kind == WORK_REFRESH_DOMAIN && strcmp(o->dom, w->dom) == 0;
-        if (!dup)
-            process_work(e, w);
-        work_free(w);
+        w->next = NULL;
+        if (dup)
+            work_free(w);
+        else
+            route(e, w);
         w = next;
     }
 }
@@ -1143,16 +1587,11 @@ static void *engine_thread(void *arg)
     for (;;) {
         bool live = any_live_job(e, NULL, NULL);
         int64_t wait_ms = live ? e->poll_ms : e->refresh_ms;
+        if (wait_ms > ENGINE_TICK_MS)
+            wait_ms = ENGINE_TICK_MS;
         pthread_mutex_lock(&e->qlock);
         if (!e->qhead && !e->stopping) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += wait_ms / 1000;
-            ts.tv_nsec += (wait_ms % 1000) * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            struct timespec ts = deadline_in(wait_ms);
             pthread_cond_timedwait(&e->qcond, &e->qlock, &ts);
         }
         bool stop = e->stopping;
@@ -1165,6 +1604,8 @@ static void *engine_thread(void *arg)
             poll_jobs(e);
         if (t - e->last_refresh_ms >= e->refresh_ms)
             refresh_all(e);
+        mark_not_responding(e);
+        reap_workers(e);
     }
     return NULL;
 }
@@ -1236,29 +1677,44 @@ static void recover_journal(struct cfs_engine *e)
         s->base_bytes = 0;
         job_number(e, s);
         tree_changed(e);
-        uint64_t id = s->job.id;
+        /* the disk is claimed now (a mkdir/rmdir sees the job); what
+         * libvirt says of it is asked on the domain's worker */
+        struct work *w = work_new(WORK_RECOVER, en->domain, en->disk);
+        w->job_id = s->job.id;
         pthread_mutex_unlock(&e->tree->lock);
-
-        struct cfs_job_progress pr = {0};
-        int r = -ENOENT;
-        if (en->type == CFS_JOB_COMMIT || en->type == CFS_JOB_ACTIVE_COMMIT)
-            r = e->be->ops->job_get(e->be, en->domain, en->disk, &pr);
-        if (r == 0 && pr.present) {
-            log_info("recovery: %s/%s: merge of %s still running; following it",
-                     en->domain, en->disk, en->snapshot);
-            continue; /* poll_job takes it from here, pivot included */
-        }
-        if (job_finish(e, en->domain, en->disk, id)) {
-            log_info("recovery: %s/%s: merge of %s had finished; cleaned up",
-                     en->domain, en->disk, en->snapshot);
-            continue;
-        }
-        log_info("recovery: %s/%s: merge of %s did not finish; marked failed",
-                 en->domain, en->disk, en->snapshot);
-        job_fail(e, en->domain, en->disk, id, CFS_JOB_STATE_FAILED,
-                 "the merge was interrupted and did not complete");
+        route(e, w);
     }
     cfs_journal_entries_free(v, n);
+}
+
+/* The libvirt half of recovering merge ID of DOM/DISK (recover_journal
+ * claimed the disk for it). */
+static void recover_merge(struct cfs_engine *e, const char *dom,
+                          const char *disk, uint64_t id)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job) || job.id != id) {
+        cfs_job_clear(&job);
+        return;
+    }
+    struct cfs_job_progress pr = {0};
+    int r = -ENOENT;
+    if (job.type == CFS_JOB_COMMIT || job.type == CFS_JOB_ACTIVE_COMMIT)
+        r = e->be->ops->job_get(e->be, dom, disk, &pr);
+    if (r == 0 && pr.present) {
+        /* poll_job takes it from here, pivot included */
+        log_info("recovery: %s/%s: merge of %s still running; following it",
+                 dom, disk, job.snapshot);
+    } else if (job_finish(e, dom, disk, id)) {
+        log_info("recovery: %s/%s: merge of %s had finished; cleaned up",
+                 dom, disk, job.snapshot);
+    } else {
+        log_info("recovery: %s/%s: merge of %s did not finish; marked failed",
+                 dom, disk, job.snapshot);
+        job_fail(e, dom, disk, id, CFS_JOB_STATE_FAILED,
+                 "the merge was interrupted and did not complete");
+    }
+    cfs_job_clear(&job);
 }
 
 /* ---- life cycle ----------------------------------------------------------------- */
@@ -1276,11 +1732,7 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     e->be = be;
     e->tree = cfs_tree_new();
     pthread_mutex_init(&e->qlock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&e->qcond, &ca);
-    pthread_condattr_destroy(&ca);
+    cond_init_monotonic(&e->qcond);
 
     _cleanup_strv_ char **warnings = NULL;
     int r = cfs_journal_open(cfg->state_dir, &e->journal, &warnings);
@@ -1313,6 +1765,57 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     return 0;
 }
 
+/* Wait until the domain workers have nothing left to do, at most
+ * LIMIT_MS. ADAPTIVE: once some have finished, wait for the rest at most
+ * STARTUP_SLOW_FACTOR times as long as that took (STARTUP_SLOW_MIN_MS at
+ * least): a stuck QEMU must not hold up the start. */
+static void workers_wait_idle(struct cfs_engine *e, int64_t limit_ms,
+                              bool adaptive)
+{
+    int64_t start = now_ms();
+    int64_t limit = limit_ms;
+    size_t last_pending = SIZE_MAX;
+    pthread_mutex_lock(&e->qlock);
+    for (;;) {
+        size_t pending = 0;
+        for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+            if (!dw->exited && (dw->head || dw->busy_since_ms))
+                pending++;
+        int64_t t = now_ms() - start;
+        if (adaptive && last_pending != SIZE_MAX && pending < last_pending) {
+            int64_t soft = STARTUP_SLOW_FACTOR * t;
+            if (soft < STARTUP_SLOW_MIN_MS)
+                soft = STARTUP_SLOW_MIN_MS;
+            limit = soft < limit_ms ? soft : limit_ms;
+        }
+        last_pending = pending;
+        if (!pending || t >= limit)
+            break;
+        struct timespec ts = deadline_in(limit - t < 50 ? limit - t : 50);
+        pthread_cond_timedwait(&e->qcond, &e->qlock, &ts);
+    }
+    pthread_mutex_unlock(&e->qlock);
+}
+
+/* Start-up with threads: every domain in the tree quickly (no
+ * statistics), then in full, each on its own worker, so that a stuck
+ * QEMU delays nothing (see STARTUP_READ_WAIT_MS). */
+static int startup_read(struct cfs_engine *e)
+{
+    _cleanup_strv_ char **names = NULL;
+    int r = e->be->ops->list_domains(e->be, &names);
+    if (r < 0)
+        return r;
+    for (char **n = names; n && *n; n++)
+        route(e, work_new(WORK_READ_LIGHT, *n, NULL));
+    workers_wait_idle(e, STARTUP_LIGHT_WAIT_MS, false);
+    for (char **n = names; n && *n; n++)
+        route(e, work_new(WORK_REFRESH_DOMAIN, *n, NULL));
+    workers_wait_idle(e, STARTUP_READ_WAIT_MS, true);
+    e->last_refresh_ms = now_ms();
+    return 0;
+}
+
 int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
 {
     int r = e->be->ops->connect(e->be, &engine_events, e);
@@ -1332,7 +1835,8 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
                  "overlays, merged files are deleted only through a libvirt "
                  "storage pool (else listed as leftover in job), offline merges "
                  "are refused", why);
-    r = refresh_all(e);
+    e->threaded = thread;
+    r = thread ? startup_read(e) : refresh_all(e);
     if (r < 0) {
         if (errmsg)
             *errmsg = cfs_xasprintf("cannot list libvirt domains: %s",
@@ -1361,8 +1865,33 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     e->stopping = true;
     pthread_cond_broadcast(&e->qcond);
     pthread_mutex_unlock(&e->qlock);
-    if (e->thread_started)
-        pthread_join(e->thread, NULL);
+    /* the engine thread makes no call that waits for a QEMU, but its
+     * listing waits for a libvirtd that stopped answering until the
+     * keepalive gives up */
+    bool engine_stuck = false;
+    if (e->thread_started) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += ENGINE_JOIN_WAIT_S;
+        if (pthread_timedjoin_np(e->thread, NULL, &ts) != 0) {
+            pthread_detach(e->thread);
+            engine_stuck = true;
+            log_warn("the engine thread is inside a libvirt call that has not "
+                     "returned; exiting without waiting for it");
+        }
+    }
+    _cleanup_strv_ char **stuck = stop_workers(e);
+    if (stuck || engine_stuck) {
+        /* Their calls still use the backend and the engine: both stay
+         * allocated (reachable from here), and the process exits with the
+         * calls unanswered. Nothing is lost: the journal has every change
+         * under way. */
+        for (char **n = stuck; n && *n; n++)
+            log_warn("domain %s: a libvirt call has not returned; exiting "
+                     "without waiting for it", *n);
+        engine_left_behind = e;
+        return NULL;
+    }
     /* offline merges keep running to their end; wait for them */
     for (;;) {
         pthread_mutex_lock(&e->qlock);
@@ -1674,6 +2203,8 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
 {
     log_warn("%s %s/%s/snapshots/%s refused (%s): %s", op, dom, disk, name,
              strerror(-err), why);
+    if (err == -ENOTCONN)
+        conn_suspect(e, true);
     _cleanup_free_ char *msg = cfs_xasprintf("%s %s: %s", op, name, why);
     note_failure(e, dom, disk,
                  strcmp(op, "mkdir") == 0 ? CFS_JOB_SNAPSHOT : CFS_JOB_COMMIT,
@@ -1691,6 +2222,10 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                           ? "name longer than 255 bytes"
                           : "a snapshot name is 1 to 64 characters of "
                             "[A-Za-z0-9._-] and does not start with '.' or '-'");
+    const char *unreachable = NULL;
+    r = check_reachable(e, dom, &unreachable);
+    if (r < 0)
+        return refuse(e, "mkdir", dom, disk, name, r, unreachable);
 
     /* Claim the disk on the chain as libvirt has it now (the new overlay
      * goes above the layer that is active now, whatever the tree showed):
@@ -1808,6 +2343,8 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     }
 
     if (r < 0) {
+        if (r == -ENOTCONN)
+            conn_suspect(e, true); /* before the close callback says so */
         /* release the claim, then record why */
         log_warn("mkdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
                  strerror(-r), msg);
@@ -1963,6 +2500,10 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     _cleanup_(cfs_file_id_clear) struct cfs_file_id base_id = {0};
     struct cfs_job job = {0};
     bool running = false;
+
+    r = check_reachable(e, dom, &why);
+    if (r < 0)
+        return refuse(e, "rmdir", dom, disk, name, r, why);
 
     /* What the user sees: the snapshot's layer and the layer below it. */
     pthread_mutex_lock(&e->tree->lock);
@@ -2138,6 +2679,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                                  job.type == CFS_JOB_ACTIVE_COMMIT);
     set_starting(e, dom, disk, job.id, false);
     if (r < 0) {
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
         _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
         log_warn("rmdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
                  strerror(-r), msg);

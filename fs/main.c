@@ -213,6 +213,24 @@ static int parent_wait(int fd, pid_t child)
     return 0;
 }
 
+/* Is MNT (a directory, ST its stat) the root of a mount? statx says so
+ * directly (any filesystem, bind mounts included); where it cannot, a
+ * directory on another device than its parent is one. */
+static bool is_mount_point(const char *mnt, const struct stat *st)
+{
+    struct statx stx;
+    if (statx(AT_FDCWD, mnt, AT_NO_AUTOMOUNT, STATX_BASIC_STATS, &stx) == 0 &&
+        (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT))
+        return stx.stx_attributes & STATX_ATTR_MOUNT_ROOT;
+    char parent[PATH_MAX];
+    struct stat pst;
+    if (snprintf(parent, sizeof(parent), "%s/..", mnt) >= (int)sizeof(parent) ||
+        stat(parent, &pst) < 0)
+        return false;
+    return pst.st_dev != st->st_dev ||
+           (pst.st_ino == st->st_ino); /* "/" */
+}
+
 static int check_mountpoint(const char *mnt)
 {
     struct stat st;
@@ -230,6 +248,13 @@ static int check_mountpoint(const char *mnt)
     }
     if (!S_ISDIR(st.st_mode)) {
         fprintf(stderr, "chainfs: mountpoint %s is not a directory\n", mnt);
+        return -1;
+    }
+    if (is_mount_point(mnt, &st)) {
+        fprintf(stderr,
+                "chainfs: %s is already a mount point; refusing to stack "
+                "another mount on it (unmount it first: umount %s)\n",
+                mnt, mnt);
         return -1;
     }
     return 0;
@@ -450,6 +475,18 @@ static int run(struct fuse_args *args, struct options *o)
         .keep_merged = o->keep_merged,
     };
     struct cfs_backend *be = cfs_libvirt_backend_new(o->uri);
+#ifdef CHAINFS_TEST_HOOKS
+    /* Tests see a lost libvirtd in seconds: "INTERVAL,COUNT". */
+    {
+        const char *ka = getenv("CHAINFS_TEST_KEEPALIVE");
+        int interval, count;
+        if (ka && sscanf(ka, "%d,%d", &interval, &count) == 2) {
+            cfs_libvirt_backend_set_keepalive(be, interval, count);
+            log_info("test hook: libvirt keepalive every %d s, %d missed",
+                     interval, count);
+        }
+    }
+#endif
     char *err = NULL;
     struct cfs_engine *engine = NULL;
     int r = cfs_engine_new(&cfg, be, &engine, &err);
@@ -544,6 +581,10 @@ static int run(struct fuse_args *args, struct options *o)
     }
     cfs_engine_set_invalidate(engine, NULL, NULL);
     fuse_remove_signal_handlers(se);
+    /* That put SIGPIPE back to its default, and closing libvirt
+     * connections may still write to a socket the daemon has closed: a
+     * write error, not a reason to die with status 141. */
+    signal(SIGPIPE, SIG_IGN);
     /* Once our mount has left this namespace, the connection may live on
      * in another one, and the path may hold someone else's mount by now.
      * Put an unconnected /dev/fuse in place of our device fd: that drops

@@ -212,7 +212,11 @@ void cfs_render_chain_text(struct cfs_buf *b, const struct cfs_domain *d,
 
     kv_str(&kv, "domain", d ? d->name : NULL);
     kv_str(&kv, "disk", disk ? disk->target : NULL);
-    kv_str(&kv, "state", d ? cfs_dom_state_to_string(d->state) : NULL);
+    if (d && d->not_responding)
+        kv_take(&kv, "state", cfs_xasprintf("%s (not responding)",
+                                            cfs_dom_state_to_string(d->state)));
+    else
+        kv_str(&kv, "state", d ? cfs_dom_state_to_string(d->state) : NULL);
     kv_take(&kv, "layers", cfs_xasprintf("%zu", n));
     if (stale)
         kv_str(&kv, "stale", "yes (libvirt unreachable; last known state)");
@@ -289,6 +293,7 @@ void cfs_render_chain_json(struct cfs_buf *b, const struct cfs_domain *d,
     json_put_str(o, "domain", d ? d->name : NULL);
     json_put_str(o, "disk", disk ? disk->target : NULL);
     json_put_str(o, "state", d ? cfs_dom_state_to_string(d->state) : NULL);
+    json_put_bool(o, "responding", !d || !d->not_responding);
     json_put_bool(o, "stale", stale);
     for (size_t i = 0; i < n; i++)
         json_object_array_add(layers, layer_json(&disk->layers[i], i, n));

@@ -107,6 +107,8 @@ bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d)
     cfs_domain_resolve_names(d);
     ssize_t i = find_index(t, d->name);
     if (i >= 0) {
+        /* the engine's mark outlives a re-read; the engine clears it */
+        d->not_responding = t->doms[i]->not_responding;
         bool same = domain_equal(t->doms[i], d);
         cfs_domain_free(t->doms[i]);
         t->doms[i] = d;

@@ -131,6 +131,10 @@ struct cfs_backend_ops {
      * storage-volume API (for files that are not local). -ENOENT if no
      * active storage pool holds it: the file is then left in place. */
     int (*volume_delete)(struct cfs_backend *be, const char *path);
+    /* Optional (may be NULL): does libvirt answer a trivial call within
+     * TIMEOUT_MS? 0 if so, -ENOTCONN if not or not connected (the call
+     * that did not answer is left to end on its own). */
+    int (*ping)(struct cfs_backend *be, unsigned timeout_ms);
 };
 
 struct cfs_backend {
@@ -144,6 +148,10 @@ struct cfs_backend {
 
 /* The real backend. URI may be NULL (libvirt's default). */
 struct cfs_backend *cfs_libvirt_backend_new(const char *uri);
+/* Keepalive of its connections (default 5 s, 3 missed): before connect.
+ * Tests shorten it to see a lost libvirtd in seconds. */
+void cfs_libvirt_backend_set_keepalive(struct cfs_backend *be, int interval,
+                                       int count);
 
 /* Thread-local message of the last failed backend op on this thread. */
 const char *cfs_backend_errmsg(void);

@@ -6,9 +6,13 @@
  *  - FUSE threads call cfs_engine_getattr/readdir/read/mkdir/rmdir/wait.
  *    Reads only take the tree lock and render from memory.
  *  - The backend's event thread only queues work (never blocks).
- *  - The engine thread drains that queue, polls the progress of running
- *    jobs (a fallback for missed events), pivots, cleans up, and re-reads
- *    every domain every refresh interval as a safety net.
+ *  - The engine thread drains that queue, schedules a poll of every
+ *    running job (a fallback for missed events) and a re-read of every
+ *    domain every refresh interval as a safety net, and marks domains
+ *    whose calls do not return as not responding.
+ *  - One worker thread per domain (while it has work) makes the calls
+ *    that can wait for that domain's QEMU: re-reads, polls, pivots,
+ *    clean-up, recovery. A stopped QEMU holds up its own domain only.
  *  - An offline merge (shut-off domain) runs in a worker thread of its own.
  * Unit tests run without the engine thread and drive the queue with
  * cfs_engine_run_pending(). */
@@ -40,7 +44,10 @@ int cfs_engine_new(const struct cfs_engine_config *cfg,
 /* Connect the backend, read every domain, recover journal entries, and
  * (if THREAD) start the engine thread. */
 int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg);
-/* Stop the thread, destroy the backend, free everything. */
+/* Stop the threads, destroy the backend, free everything. A domain
+ * worker still inside a libvirt call after a short grace is left behind:
+ * then the backend and the engine are not freed (the process is about to
+ * exit), and a line per domain is logged. */
 struct cfs_engine *cfs_engine_free(struct cfs_engine *e);
 
 /* Called (from the engine thread) with a path whose kernel cache entry

@@ -76,6 +76,10 @@ struct cfs_domain {
     struct cfs_disk *disks;
     char **snapshots;     /* every libvirt snapshot name of the domain
                              (all disks), NULL-terminated, may be NULL */
+    bool not_responding;  /* set by the engine, not the backend: a libvirt
+                             call on the domain has not returned for a
+                             while (its QEMU is stuck); what is shown is
+                             its last known state */
 };
 
 enum cfs_job_type {

@@ -255,6 +255,24 @@ static void test_mkdir_backend_error(void **state)
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x1"), 0);
 }
 
+/* A call that met a dead connection shows `stale` at once, before any
+ * close callback: what is shown may be old from then on. */
+static void test_mkdir_notconn_shows_stale(void **state)
+{
+    struct fx *f = *state;
+    char *chain = read_file(f, "/vm1/vda/chain");
+    assert_null(strstr(chain, "stale:"));
+    free(chain);
+    cfs_fake_fail_next(f->be, "snapshot_create", ENOTCONN,
+                       "internal error: connection closed due to keepalive timeout");
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x1"), -ENOTCONN);
+    chain = read_file(f, "/vm1/vda/chain");
+    assert_non_null(strstr(chain, "stale:"));
+    free(chain);
+    assert_job_contains(f, "stale:");
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+}
+
 /* ---- rmdir: active layer ---------------------------------------------------------- */
 
 static void test_rmdir_active_pivots_and_cleans(void **state)
@@ -986,6 +1004,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mkdir_refusals_change_nothing, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_takes_snapshot, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_backend_error, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_mkdir_notconn_shows_stale, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_active_pivots_and_cleans, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_pivot_not_ready_is_retried, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_keep_merged, setup_running, teardown),

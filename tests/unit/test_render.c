@@ -182,6 +182,27 @@ static void test_chain_text_stale(void **state)
     assert_non_null(strstr(s, strstr(chain_golden, "#  ROLE")));
 }
 
+/* A domain whose QEMU does not answer: the state line says so, the
+ * table is the last known one; JSON keeps "state" and says
+ * "responding": false. */
+static void test_chain_not_responding(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = web01();
+    d->not_responding = true;
+    _cleanup_free_ char *s = render_chain_text(d, false);
+    assert_non_null(strstr(s, "state:  running (not responding)\n"));
+    assert_non_null(strstr(s, strstr(chain_golden, "#  ROLE")));
+
+    struct cfs_buf b = { 0 };
+    cfs_render_chain_json(&b, d, &d->disks[0], false);
+    _cleanup_free_ char *js = cfs_buf_steal(&b);
+    struct json_object *o = parse_json(js);
+    assert_json_str(o, "state", "running");
+    assert_json_bool(o, "responding", false);
+    json_object_put(o);
+}
+
 static void test_chain_text_single_layer(void **state)
 {
     (void)state;
@@ -337,11 +358,13 @@ static void test_chain_json(void **state)
     assert_null(strstr(s, "\\/"));
 
     struct json_object *o = parse_json(s);
-    static const char *const keys[] = { "domain", "disk", "state", "stale", "layers" };
+    static const char *const keys[] = { "domain", "disk", "state", "responding",
+                                        "stale", "layers" };
     assert_json_keys(o, keys, ELEMENTSOF(keys));
     assert_json_str(o, "domain", "web01");
     assert_json_str(o, "disk", "vda");
     assert_json_str(o, "state", "running");
+    assert_json_bool(o, "responding", true);
     assert_json_bool(o, "stale", false);
 
     struct json_object *layers = get(o, "layers");
@@ -871,6 +894,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chain_text_golden),
         cmocka_unit_test(test_chain_text_stale),
+        cmocka_unit_test(test_chain_not_responding),
         cmocka_unit_test(test_chain_text_single_layer),
         cmocka_unit_test(test_chain_text_two_layers),
         cmocka_unit_test(test_chain_text_alignment),
