@@ -842,15 +842,8 @@ static void lv_drop(struct lv_backend *b, virConnectPtr conn)
 
 static void lv_sleep_locked(struct lv_backend *b, unsigned ms)
 {
-    struct timespec ts;
+    struct timespec ts = cfs_deadline_after(CLOCK_REALTIME, ms);
 
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
     if (!b->stopping)
         pthread_cond_timedwait(&b->cond, &b->lock, &ts);
 }
@@ -1078,13 +1071,7 @@ static int lv_ping(struct cfs_backend *be, unsigned timeout_ms)
         return 0; /* cannot tell: let the caller try */
     }
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    ts = cfs_deadline_after(CLOCK_MONOTONIC, timeout_ms);
     pthread_mutex_lock(&p->lock);
     while (!p->done)
         if (pthread_cond_timedwait(&p->cond, &p->lock, &ts) == ETIMEDOUT)

@@ -219,17 +219,7 @@ static struct work *work_new(enum work_kind kind, const char *dom,
 /* A CLOCK_MONOTONIC deadline MS milliseconds from now. */
 static struct timespec deadline_in(int64_t ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    if (ms < 0)
-        ms = 0;
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
-    return ts;
+    return cfs_deadline_after(CLOCK_MONOTONIC, ms);
 }
 
 static void cond_init_monotonic(pthread_cond_t *c)
@@ -2142,13 +2132,7 @@ int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
             r = -EINTR;
             break;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 100 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = deadline_in(100);
         pthread_cond_timedwait(&t->changed, &t->lock, &ts);
     }
     pthread_mutex_unlock(&t->lock);

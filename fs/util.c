@@ -282,3 +282,18 @@ int cfs_fsync_dir(int dirfd)
         return -errno;
     return 0;
 }
+
+struct timespec cfs_deadline_after(clockid_t clk, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(clk, &ts);
+    if (ms < 0)
+        ms = 0;
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}

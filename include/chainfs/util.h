@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _unused_ __attribute__((unused))
@@ -76,3 +77,7 @@ char *cfs_buf_steal(struct cfs_buf *b);    /* returns data ("" if empty), resets
 void cfs_buf_free(struct cfs_buf *b);
 static inline void cfs_buf_freep(struct cfs_buf *b) { cfs_buf_free(b); }
 #define _cleanup_buf_ _cleanup_(cfs_buf_freep)
+
+/* A deadline on clock CLK, MS milliseconds from now (MS < 0 counts as 0),
+ * for pthread_cond_timedwait. */
+struct timespec cfs_deadline_after(clockid_t clk, int64_t ms);
