@@ -1825,6 +1825,16 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
                  "overlays, merged files are deleted only through a libvirt "
                  "storage pool (else listed as leftover in job), offline merges "
                  "are refused", why);
+    /* overlay_dir names a directory of the libvirt host: only a local one
+     * can be looked at here */
+    struct stat od;
+    if (e->overlay_dir && engine_files_local(e) &&
+        (stat(e->overlay_dir, &od) < 0 || !S_ISDIR(od.st_mode))) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("overlay_dir %s is not a directory",
+                                    e->overlay_dir);
+        return -ENOTDIR;
+    }
     e->threaded = thread;
     r = thread ? startup_read(e) : refresh_all(e);
     if (r < 0) {

@@ -434,14 +434,6 @@ static int run(struct fuse_args *args, struct options *o)
             return 1;
         }
     }
-    if (o->overlay_dir) {
-        struct stat st;
-        if (stat(o->overlay_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-            fprintf(stderr, "chainfs: overlay_dir %s is not a directory\n",
-                    o->overlay_dir);
-            return 1;
-        }
-    }
 
     int report_fd = -1;
     if (!o->foreground) {

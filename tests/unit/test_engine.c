@@ -779,6 +779,35 @@ static void test_remote_offline_refused(void **state)
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "off1"), 0);
 }
 
+/* overlay_dir names a directory of the libvirt host: a remote one that
+ * does not exist here does not stop the start-up; a local one must be a
+ * directory (the message names it). */
+static void test_overlay_dir_checked_only_when_local(void **state)
+{
+    struct fx *f = *state;
+    char st2[sizeof(f->dir) + 16], missing[sizeof(f->dir) + 16];
+    snprintf(st2, sizeof(st2), "%s/state2", f->dir);
+    snprintf(missing, sizeof(missing), "%s/no-such-dir", f->dir);
+    assert_int_equal(mkdir(st2, 0700), 0);
+    for (int remote = 0; remote <= 1; remote++) {
+        struct cfs_backend *be = cfs_fake_backend_new();
+        cfs_fake_set_remote(be, remote, NULL);
+        struct cfs_engine_config cfg = {.state_dir = st2, .overlay_dir = missing};
+        struct cfs_engine *e = NULL;
+        char *err = NULL;
+        assert_int_equal(cfs_engine_new(&cfg, be, &e, &err), 0);
+        int r = cfs_engine_start(e, false, &err);
+        if (remote) {
+            assert_int_equal(r, 0);
+        } else {
+            assert_int_equal(r, -ENOTDIR);
+            assert_non_null(strstr(err, "no-such-dir"));
+        }
+        free(err);
+        cfs_engine_free(e);
+    }
+}
+
 /* A merge that finished while no daemon ran, taken up on a remote
  * connection: cleaned up, and the merged file left and named. */
 static void test_remote_recovery_leaves_leftover(void **state)
@@ -1032,6 +1061,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_remote_rmdir_pool_deletes, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_remote_offline_refused, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_remote_recovery_leaves_leftover, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_overlay_dir_checked_only_when_local, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_follows_and_cleans, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
