@@ -1112,30 +1112,46 @@ static void merged_remove_remote(struct cfs_engine *e, const char *dom,
     pthread_mutex_unlock(&e->tree->lock);
 }
 
+enum finish_result {
+    FINISH_DONE,         /* cleaned up, or not (any more) this job's to do */
+    FINISH_TOP_IN_CHAIN, /* TOP is still in libvirt's chain */
+    FINISH_CANNOT_TELL,  /* libvirt could not be read: ask again later */
+};
+
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
  * delete it (unless kept or still used anywhere), make libvirt's snapshot
  * metadata stop naming it (snapshot_forget: the snapshot's other disks keep
- * theirs), close the journal entry. Returns false if TOP is still in the chain (libvirt
- * may not have updated the XML yet: the caller retries). */
-static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
-                       uint64_t id)
+ * theirs), close the journal entry. FINISH_TOP_IN_CHAIN: libvirt may not
+ * have updated the XML yet, or the merge did not complete; the caller
+ * decides. */
+static enum finish_result job_finish(struct cfs_engine *e, const char *dom,
+                                     const char *disk, uint64_t id)
 {
     struct cfs_job job;
     if (!job_snapshot(e, dom, disk, &job))
-        return true;
+        return FINISH_DONE;
     if (job.id != id || !job.top || job.type == CFS_JOB_SNAPSHOT) {
         cfs_job_clear(&job); /* not the job this was meant for */
-        return true;
+        return FINISH_DONE;
     }
 
-    if (refresh_domain(e, dom) < 0) {
+    /* Is TOP still in the disk's chain? Asked of libvirt and answered from
+     * that read alone, not from the tree: a re-read installed in the tree
+     * can be overtaken again and again by the reads of mkdir and rmdir on
+     * the domain's other disks, and "cannot tell" must never pass for
+     * "TOP is still there" (a running merge would be failed for it). */
+    struct cfs_domain *live = NULL;
+    int r = e->be->ops->read_domain_light
+                ? e->be->ops->read_domain_light(e->be, dom, &live)
+                : e->be->ops->read_domain(e->be, dom, &live);
+    if (r < 0 && r != -ENOENT) {
         cfs_job_clear(&job);
-        return false; /* cannot tell now: the caller retries */
+        return FINISH_CANNOT_TELL;
     }
-    pthread_mutex_lock(&e->tree->lock);
-    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
-    bool disk_gone = !d || !cfs_domain_find_disk(d, disk);
-    pthread_mutex_unlock(&e->tree->lock);
+    const struct cfs_disk *ldk = live ? cfs_domain_find_disk(live, disk) : NULL;
+    bool disk_gone = !ldk;
+    bool top_in_chain = ldk && cfs_disk_find_file(ldk, &job.top_id, job.top) >= 0;
+    cfs_domain_free(live);
     if (disk_gone) {
         /* TOP is in no chain only because its domain or disk went away:
          * that says nothing about the merge, so nothing is deleted */
@@ -1143,11 +1159,12 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
                  "the domain or the disk disappeared during the merge; "
                  "nothing was deleted");
         cfs_job_clear(&job);
-        return true;
+        return FINISH_DONE;
     }
-    if (disk_has_layer(e, dom, disk, &job.top_id, job.top)) {
+    if (top_in_chain) {
+        refresh_domain(e, dom);
         cfs_job_clear(&job);
-        return false;
+        return FINISH_TOP_IN_CHAIN;
     }
 
     journal_record(e, dom, disk, &job, "cleanup");
@@ -1170,7 +1187,7 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
                  strerror(errno));
 
     if (job.meta_name) {
-        int r = e->be->ops->snapshot_forget(e->be, dom, disk, job.meta_name);
+        r = e->be->ops->snapshot_forget(e->be, dom, disk, job.meta_name);
         if (r < 0 && r != -ENOENT)
             log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
                      job.meta_name, errmsg_or(strerror(-r)));
@@ -1180,7 +1197,7 @@ static bool job_finish(struct cfs_engine *e, const char *dom, const char *disk,
     job_end(e, dom, disk, id, CFS_JOB_STATE_COMPLETED, NULL, false);
     refresh_domain(e, dom);
     cfs_job_clear(&job);
-    return true;
+    return FINISH_DONE;
 }
 
 static void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
@@ -1339,7 +1356,7 @@ static void handle_job_event(struct cfs_engine *e, const struct work *w)
         }
         break;
     case CFS_JOB_EVENT_COMPLETED:
-        if (!job_finish(e, w->dom, w->disk, job.id)) {
+        if (job_finish(e, w->dom, w->disk, job.id) != FINISH_DONE) {
             /* TOP still in the chain: a late event, or libvirt has not
              * updated the XML yet; the poll decides */
             pthread_mutex_lock(&e->tree->lock);
@@ -1374,7 +1391,7 @@ static void handle_offline_done(struct cfs_engine *e, const struct work *w)
     if (w->err < 0)
         job_fail(e, w->dom, w->disk, w->job_id, CFS_JOB_STATE_FAILED,
                  w->errmsg ? w->errmsg : strerror(-w->err));
-    else if (!job_finish(e, w->dom, w->disk, w->job_id))
+    else if (job_finish(e, w->dom, w->disk, w->job_id) != FINISH_DONE)
         job_fail(e, w->dom, w->disk, w->job_id, CFS_JOB_STATE_FAILED,
                  "the merged layer is still in the chain after the merge");
 }
@@ -1436,8 +1453,9 @@ static void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
         return;
     }
 
-    /* libvirt has no job: finished (maybe the event was missed) or died */
-    if (job_finish(e, dom, disk, job.id)) {
+    /* libvirt has no job: finished (maybe the event was missed) or died;
+     * when libvirt cannot be read now, the next poll asks again */
+    if (job_finish(e, dom, disk, job.id) != FINISH_TOP_IN_CHAIN) {
         cfs_job_clear(&job);
         return;
     }
@@ -1695,7 +1713,7 @@ static void recover_merge(struct cfs_engine *e, const char *dom,
         /* poll_job takes it from here, pivot included */
         log_info("recovery: %s/%s: merge of %s still running; following it",
                  dom, disk, job.snapshot);
-    } else if (job_finish(e, dom, disk, id)) {
+    } else if (job_finish(e, dom, disk, id) == FINISH_DONE) {
         log_info("recovery: %s/%s: merge of %s had finished; cleaned up",
                  dom, disk, job.snapshot);
     } else {
