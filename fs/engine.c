@@ -1141,6 +1141,9 @@ static enum finish_result job_finish(struct cfs_engine *e, const char *dom,
      * the domain's other disks, and "cannot tell" must never pass for
      * "TOP is still there" (a running merge would be failed for it). */
     struct cfs_domain *live = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    unsigned long before = *dom_seq_slot(e, dom);
+    pthread_mutex_unlock(&e->tree->lock);
     int r = e->be->ops->read_domain_light
                 ? e->be->ops->read_domain_light(e->be, dom, &live)
                 : e->be->ops->read_domain(e->be, dom, &live);
@@ -1151,6 +1154,16 @@ static enum finish_result job_finish(struct cfs_engine *e, const char *dom,
     const struct cfs_disk *ldk = live ? cfs_domain_find_disk(live, disk) : NULL;
     bool disk_gone = !ldk;
     bool top_in_chain = ldk && cfs_disk_find_file(ldk, &job.top_id, job.top) >= 0;
+    if (live && !top_in_chain) {
+        /* the tree shows the chain without TOP before the job reads as
+         * completed: `cat wait` then `ls snapshots/` must not see it (a
+         * newer read installed meanwhile is without TOP as well) */
+        bool removed;
+        pthread_mutex_lock(&e->tree->lock);
+        carry_sizes(cfs_tree_find_domain(e->tree, dom), live);
+        install_read(e, dom, before, TAKE_PTR(live), &removed);
+        pthread_mutex_unlock(&e->tree->lock);
+    }
     cfs_domain_free(live);
     if (disk_gone) {
         /* TOP is in no chain only because its domain or disk went away:
