@@ -1112,6 +1112,30 @@ static void merged_remove_remote(struct cfs_engine *e, const char *dom,
     pthread_mutex_unlock(&e->tree->lock);
 }
 
+/* TOP has left DISK's chain in libvirt (a read just said so): drop it from
+ * the tree's copy of the chain as well, whatever read the tree holds (one
+ * built by a concurrent mkdir's push, or installed meanwhile, may still
+ * have it), so that the snapshot does not show again in snapshots/ once
+ * the job has ended. Caller holds the tree lock. */
+static void tree_drop_layer(struct cfs_engine *e, const char *dom,
+                            const char *disk, const struct cfs_file_id *id,
+                            const char *path)
+{
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    int i = dk ? cfs_disk_find_file(dk, id, path) : -1;
+    if (i < 0 || dk->n_layers < 2)
+        return;
+    struct cfs_domain *copy = cfs_domain_dup(d);
+    struct cfs_disk *cd = cfs_domain_find_disk(copy, disk);
+    cfs_layer_clear(&cd->layers[i]);
+    memmove(&cd->layers[i], &cd->layers[i + 1],
+            (cd->n_layers - (size_t)i - 1) * sizeof(*cd->layers));
+    cd->n_layers--;
+    cfs_tree_put_domain(e->tree, copy);
+    (*dom_seq_slot(e, dom))++;
+}
+
 enum finish_result {
     FINISH_DONE,         /* cleaned up, or not (any more) this job's to do */
     FINISH_TOP_IN_CHAIN, /* TOP is still in libvirt's chain */
@@ -1162,6 +1186,7 @@ static enum finish_result job_finish(struct cfs_engine *e, const char *dom,
         pthread_mutex_lock(&e->tree->lock);
         carry_sizes(cfs_tree_find_domain(e->tree, dom), live);
         install_read(e, dom, before, TAKE_PTR(live), &removed);
+        tree_drop_layer(e, dom, disk, &job.top_id, job.top);
         pthread_mutex_unlock(&e->tree->lock);
     }
     cfs_domain_free(live);
