@@ -153,7 +153,55 @@ struct handle {
     struct cfs_buf content;
     struct timespec mtime; /* of CONTENT, once rendered */
     bool rendered;
+    struct handle *prev, *next; /* in open_handles */
 };
+
+/* Every handle open()ed and not yet released: when the connection ends
+ * first (unmount while `cat wait` reads), the kernel never sends the
+ * release, and these are freed at exit instead (cfs_fs_free_handles). */
+static pthread_mutex_t open_handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct handle *open_handles;
+
+static void handle_free(struct handle *h)
+{
+    cfs_buf_free(&h->content);
+    free(h);
+}
+
+static void handle_link(struct handle *h)
+{
+    pthread_mutex_lock(&open_handles_lock);
+    h->prev = NULL;
+    h->next = open_handles;
+    if (open_handles)
+        open_handles->prev = h;
+    open_handles = h;
+    pthread_mutex_unlock(&open_handles_lock);
+}
+
+static void handle_unlink(struct handle *h)
+{
+    pthread_mutex_lock(&open_handles_lock);
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        open_handles = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    pthread_mutex_unlock(&open_handles_lock);
+}
+
+void cfs_fs_free_handles(void)
+{
+    pthread_mutex_lock(&open_handles_lock);
+    struct handle *h = TAKE_PTR(open_handles);
+    pthread_mutex_unlock(&open_handles_lock);
+    while (h) {
+        struct handle *next = h->next;
+        handle_free(h);
+        h = next;
+    }
+}
 
 static struct cfs_fs *fs_get(void)
 {
@@ -345,10 +393,10 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
         h->rendered = true;
     }
     if (r < 0) {
-        cfs_buf_free(&h->content);
-        free(h);
+        handle_free(h);
         return r;
     }
+    handle_link(h);
     fi->fh = (uint64_t)(uintptr_t)h;
     fi->direct_io = 1;
     fi->keep_cache = 0;
@@ -390,8 +438,8 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
     (void)path;
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
     if (h) {
-        cfs_buf_free(&h->content);
-        free(h);
+        handle_unlink(h);
+        handle_free(h);
     }
     return 0;
 }

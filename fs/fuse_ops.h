@@ -22,6 +22,9 @@ extern const struct fuse_operations cfs_fuse_ops;
 
 /* Free the contents kept for recent stat()s (at exit). */
 void cfs_fs_forget_recent(void);
+/* Free the handles of files still open when the connection ended (at
+ * exit, once no FUSE thread runs). */
+void cfs_fs_free_handles(void);
 
 /* Engine callback: drop the kernel's cached entry for PATH. */
 void cfs_fs_invalidate(void *opaque, const char *path);

@@ -598,6 +598,7 @@ static int run(struct fuse_args *args, struct options *o)
     fuse_destroy(f);
     cfs_engine_free(engine);
     cfs_fs_forget_recent();
+    cfs_fs_free_handles();
     log_info("unmounted %s", abs_mnt);
     return ret == 0 || watch.gone ? 0 : 1;
 }
