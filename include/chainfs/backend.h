@@ -3,7 +3,7 @@
  * A backend is a small table of functions (struct cfs_backend_ops) plus its
  * private state. Two exist: the real one over libvirt (backend/libvirt.c)
  * and an in-memory fake with error injection and manual job stepping
- * (backend/fake.c, see fake.h). Nothing outside backend/ includes
+ * (tests/fake/fake.c, see fake.h). Nothing outside backend/ includes
  * the libvirt headers.
  *
  * Errors: every function returns 0 or a negative errno, and on failure

@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "chainfs/engine.h"
-#include "chainfs/fake.h"
+#include "fake.h"
 #include "chainfs/journal.h"
 #include "chainfs/log.h"
 

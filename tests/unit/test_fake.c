@@ -15,7 +15,7 @@
 #include <cmocka.h>
 
 #include "chainfs/backend.h"
-#include "chainfs/fake.h"
+#include "fake.h"
 #include "chainfs/util.h"
 
 #define MiB (1024ULL * 1024)

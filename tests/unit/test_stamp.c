@@ -15,7 +15,7 @@
 #include <cmocka.h>
 
 #include "chainfs/engine.h"
-#include "chainfs/fake.h"
+#include "fake.h"
 #include "chainfs/stamp.h"
 
 static struct timespec TS(long s) { return (struct timespec){.tv_sec = s, .tv_nsec = 0}; }

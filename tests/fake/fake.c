@@ -14,7 +14,7 @@
  * all state; event callbacks are always called after it is released, on
  * the caller's thread, so they may call back into the ops. */
 
-#include "chainfs/fake.h"
+#include "fake.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,0 +1,1019 @@
+/* engine.c — part of the engine (see engine_int.h). */
+#include "engine_int.h"
+
+/* ---- work queue ----------------------------------------------------------- */
+
+void work_free(struct work *w)
+{
+    free(w->dom);
+    free(w->disk);
+    free(w->errmsg);
+    free(w);
+}
+
+void queue_push(struct cfs_engine *e, struct work *w)
+{
+    pthread_mutex_lock(&e->qlock);
+    if (e->qtail)
+        e->qtail->next = w;
+    else
+        e->qhead = w;
+    e->qtail = w;
+    pthread_cond_signal(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+}
+
+static struct work *queue_take_all(struct cfs_engine *e)
+{
+    pthread_mutex_lock(&e->qlock);
+    struct work *w = e->qhead;
+    e->qhead = e->qtail = NULL;
+    pthread_mutex_unlock(&e->qlock);
+    return w;
+}
+
+struct work *work_new(enum work_kind kind, const char *dom,
+                      const char *disk)
+{
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = kind;
+    w->dom = cfs_xstrdup(dom);
+    w->disk = cfs_xstrdup(disk);
+    return w;
+}
+
+/* A CLOCK_MONOTONIC deadline MS milliseconds from now. */
+struct timespec deadline_in(int64_t ms)
+{
+    return cfs_deadline_after(CLOCK_MONOTONIC, ms);
+}
+
+static void cond_init_monotonic(pthread_cond_t *c)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+/* ---- domain workers --------------------------------------------------------
+ * The engine thread itself makes no call that can wait for one domain's
+ * QEMU: it routes such work to that domain's worker (spawned on demand,
+ * ending after WORKER_IDLE_MS without work). A worker does one item at a
+ * time, so a stuck QEMU ties up one libvirt call and one thread, and the
+ * engine thread marks the domain as not responding meanwhile. Without the
+ * engine thread (unit tests) everything runs inline. */
+
+
+static bool work_per_domain(const struct work *w)
+{
+    switch (w->kind) {
+    case WORK_REFRESH_DOMAIN:
+    case WORK_JOB_EVENT:
+    case WORK_OFFLINE_DONE:
+    case WORK_POLL_JOB:
+    case WORK_RECOVER:
+    case WORK_READ_LIGHT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* W would do nothing that O (same domain, queued before it and not
+ * started yet) will not do. */
+static bool work_covered(const struct work *o, const struct work *w)
+{
+    if (o->kind != w->kind)
+        return false;
+    return w->kind == WORK_REFRESH_DOMAIN ||
+           (w->kind == WORK_POLL_JOB && cfs_streq(o->disk, w->disk));
+}
+
+static void *dom_worker_main(void *arg)
+{
+    struct dom_worker *dw = arg;
+    struct cfs_engine *e = dw->e;
+    int64_t idle_since = now_ms();
+
+    pthread_mutex_lock(&e->qlock);
+    for (;;) {
+        if (!dw->head && !e->stopping) {
+            if (now_ms() - idle_since >= WORKER_IDLE_MS)
+                break;
+            struct timespec ts = deadline_in(idle_since + WORKER_IDLE_MS - now_ms());
+            pthread_cond_timedwait(&dw->cond, &e->qlock, &ts);
+            continue;
+        }
+        if (e->stopping)
+            break;
+        struct work *w = dw->head;
+        dw->head = w->next;
+        if (!dw->head)
+            dw->tail = NULL;
+        w->next = NULL;
+        dw->busy_since_ms = now_ms();
+        pthread_mutex_unlock(&e->qlock);
+
+        process_work(e, w);
+        work_free(w);
+
+        pthread_mutex_lock(&e->qlock);
+        dw->busy_since_ms = 0;
+        idle_since = now_ms();
+        /* start-up waits for idle workers; the engine thread clears a
+         * not-responding mark */
+        pthread_cond_broadcast(&e->qcond);
+    }
+    while (dw->head) {
+        struct work *w = dw->head;
+        dw->head = w->next;
+        work_free(w);
+    }
+    dw->tail = NULL;
+    dw->exited = true;
+    pthread_cond_broadcast(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    return NULL;
+}
+
+/* The live worker of DOM, spawned if there is none; NULL if no thread
+ * can be started. Caller holds qlock. */
+static struct dom_worker *worker_get(struct cfs_engine *e, const char *dom)
+{
+    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+        if (!dw->exited && strcmp(dw->dom, dom) == 0)
+            return dw;
+    struct dom_worker *dw = cfs_xcalloc(1, sizeof(*dw));
+    dw->e = e;
+    dw->dom = cfs_xstrdup(dom);
+    cond_init_monotonic(&dw->cond);
+    int r = pthread_create(&dw->thread, NULL, dom_worker_main, dw);
+    if (r != 0) {
+        log_warn("cannot start a worker for domain %s: %s", dom, strerror(r));
+        pthread_cond_destroy(&dw->cond);
+        free(dw->dom);
+        free(dw);
+        return NULL;
+    }
+    dw->next = e->workers;
+    e->workers = dw;
+    return dw;
+}
+
+/* An engine whose workers were left inside libvirt calls at shut-down
+ * (cfs_engine_free): never freed, and kept reachable. */
+static struct cfs_engine *engine_left_behind __attribute__((used));
+
+static void worker_free(struct dom_worker *dw)
+{
+    pthread_cond_destroy(&dw->cond);
+    free(dw->dom);
+    free(dw);
+}
+
+/* Carry out W (takes it): per-domain work goes to the domain's worker,
+ * the rest (and everything without threads) runs here and now. */
+void route(struct cfs_engine *e, struct work *w)
+{
+    if (e->threaded && work_per_domain(w)) {
+        pthread_mutex_lock(&e->qlock);
+        if (e->stopping) {
+            pthread_mutex_unlock(&e->qlock);
+            work_free(w);
+            return;
+        }
+        struct dom_worker *dw = worker_get(e, w->dom);
+        if (dw) {
+            bool covered = false;
+            for (struct work *o = dw->head; o && !covered; o = o->next)
+                covered = work_covered(o, w);
+            if (covered) {
+                work_free(w);
+            } else {
+                w->next = NULL;
+                if (dw->tail)
+                    dw->tail->next = w;
+                else
+                    dw->head = w;
+                dw->tail = w;
+                pthread_cond_signal(&dw->cond);
+            }
+            pthread_mutex_unlock(&e->qlock);
+            return;
+        }
+        pthread_mutex_unlock(&e->qlock);
+    }
+    process_work(e, w);
+    work_free(w);
+}
+
+/* Join the workers that ended (engine thread). */
+static void reap_workers(struct cfs_engine *e)
+{
+    struct dom_worker *done = NULL;
+    pthread_mutex_lock(&e->qlock);
+    for (struct dom_worker **pp = &e->workers; *pp;) {
+        struct dom_worker *dw = *pp;
+        if (dw->exited) {
+            *pp = dw->next;
+            dw->next = done;
+            done = dw;
+        } else {
+            pp = &dw->next;
+        }
+    }
+    pthread_mutex_unlock(&e->qlock);
+    while (done) {
+        struct dom_worker *next = done->next;
+        pthread_join(done->thread, NULL);
+        worker_free(done);
+        done = next;
+    }
+}
+
+/* Stop every worker: each finishes the item it is in, drops the rest.
+ * Returns the names of those still inside a call after
+ * WORKER_STOP_WAIT_MS (detached and left in e->workers: they may still
+ * touch the engine and the backend when their call returns). */
+static char **stop_workers(struct cfs_engine *e)
+{
+    char **stuck = NULL;
+    struct timespec ts = deadline_in(WORKER_STOP_WAIT_MS);
+    pthread_mutex_lock(&e->qlock);
+    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+        pthread_cond_signal(&dw->cond);
+    for (;;) {
+        bool all = true;
+        for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+            all = all && dw->exited;
+        if (all || pthread_cond_timedwait(&e->qcond, &e->qlock, &ts) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&e->qlock);
+    reap_workers(e);
+    pthread_mutex_lock(&e->qlock);
+    for (struct dom_worker *dw = e->workers; dw; dw = dw->next) {
+        cfs_strv_push(&stuck, cfs_xstrdup(dw->dom));
+        pthread_detach(dw->thread);
+    }
+    pthread_mutex_unlock(&e->qlock);
+    return stuck;
+}
+
+/* Mark in the tree the domains whose worker has been inside one call for
+ * NOT_RESPONDING_MS, and unmark the others (engine thread). */
+static void mark_not_responding(struct cfs_engine *e)
+{
+    _cleanup_strv_ char **slow = NULL;
+    _cleanup_strv_ char **news = NULL;
+    _cleanup_strv_ char **back = NULL;
+    int64_t t = now_ms();
+    pthread_mutex_lock(&e->qlock);
+    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+        if (!dw->exited && dw->busy_since_ms &&
+            t - dw->busy_since_ms >= NOT_RESPONDING_MS)
+            cfs_strv_push(&slow, cfs_xstrdup(dw->dom));
+    pthread_mutex_unlock(&e->qlock);
+
+    pthread_mutex_lock(&e->tree->lock);
+    bool changed = false;
+    for (size_t i = 0; i < e->tree->n_doms; i++) {
+        struct cfs_domain *d = e->tree->doms[i];
+        bool nr = cfs_strv_contains(slow, d->name);
+        if (d->not_responding == nr)
+            continue;
+        d->not_responding = nr;
+        cfs_strv_push(nr ? &news : &back, cfs_xstrdup(d->name));
+        changed = true;
+    }
+    if (changed)
+        tree_changed(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    for (char **n = news; n && *n; n++)
+        log_warn("domain %s is not responding (a libvirt call has not "
+                 "returned for %d s; its QEMU may be stopped); showing its "
+                 "last known state", *n, NOT_RESPONDING_MS / 1000);
+    for (char **n = back; n && *n; n++)
+        log_info("domain %s responds again", *n);
+}
+
+void on_domain_changed(void *opaque, const char *dom)
+{
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = WORK_REFRESH_DOMAIN;
+    w->dom = cfs_xstrdup(dom);
+    queue_push(opaque, w);
+}
+
+static void on_block_job(void *opaque, const char *dom, const char *disk,
+                         enum cfs_job_type type, enum cfs_job_event status)
+{
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = WORK_JOB_EVENT;
+    w->dom = cfs_xstrdup(dom);
+    w->disk = cfs_xstrdup(disk);
+    w->type = type;
+    w->status = status;
+    queue_push(opaque, w);
+}
+
+static void update_stale(struct cfs_engine *e);
+
+static void on_connection(void *opaque, bool up)
+{
+    struct cfs_engine *e = opaque;
+    if (!up) {
+        /* readers see `stale` now, whatever the engine thread is in */
+        pthread_mutex_lock(&e->tree->lock);
+        e->conn_down = true;
+        update_stale(e);
+        pthread_mutex_unlock(&e->tree->lock);
+    }
+    struct work *w = cfs_xcalloc(1, sizeof(*w));
+    w->kind = WORK_CONNECTION;
+    w->up = up;
+    queue_push(opaque, w);
+}
+
+static const struct cfs_backend_events engine_events = {
+    .domain_changed = on_domain_changed,
+    .block_job = on_block_job,
+    .connection = on_connection,
+};
+
+/* ---- the model ------------------------------------------------------------ */
+
+static void invalidate(struct cfs_engine *e, const char *path)
+{
+    if (e->invalidate)
+        e->invalidate(e->invalidate_opaque, path);
+}
+
+/* Per-domain change counters (caller holds the tree lock). A read of a
+ * domain is installed only if the domain's counter did not move while it
+ * was under way: a read that overlapped a newer change (mkdir's own
+ * update, a re-read that already saw a pivot) may carry the older state,
+ * and the tree must never go back in time. */
+unsigned long *dom_seq_slot(struct cfs_engine *e, const char *name)
+{
+    for (size_t i = 0; i < e->n_dom_seq; i++)
+        if (strcmp(e->dom_seq[i].name, name) == 0)
+            return &e->dom_seq[i].seq;
+    e->dom_seq = cfs_xrealloc(e->dom_seq, (e->n_dom_seq + 1) * sizeof(*e->dom_seq));
+    e->dom_seq[e->n_dom_seq].name = cfs_xstrdup(name);
+    e->dom_seq[e->n_dom_seq].seq = 0;
+    return &e->dom_seq[e->n_dom_seq++].seq;
+}
+
+/* Install D (a read of domain NAME, or NULL: it is gone) unless the
+ * domain changed since BEFORE. Caller holds the tree lock. Returns false
+ * (and frees D) if the read is outdated. */
+bool install_read(struct cfs_engine *e, const char *name,
+                  unsigned long before, struct cfs_domain *d,
+                  bool *removed)
+{
+    unsigned long *seq = dom_seq_slot(e, name);
+    *removed = false;
+    if (*seq != before) {
+        cfs_domain_free(d);
+        return false;
+    }
+    bool changed;
+    if (d) {
+        changed = cfs_tree_put_domain(e->tree, d);
+    } else {
+        changed = *removed = cfs_tree_remove_domain(e->tree, name);
+    }
+    if (changed)
+        (*seq)++;
+    return true;
+}
+
+/* Re-read one domain from the backend into the tree. */
+int refresh_domain(struct cfs_engine *e, const char *name)
+{
+    for (int tries = 0;; tries++) {
+        struct cfs_domain *d = NULL;
+        pthread_mutex_lock(&e->tree->lock);
+        unsigned long before = *dom_seq_slot(e, name);
+        pthread_mutex_unlock(&e->tree->lock);
+        int r = e->be->ops->read_domain(e->be, name, &d);
+        if (r < 0 && r != -ENOENT) {
+            log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
+            if (r == -ENOTCONN)
+                conn_suspect(e, true);
+            return r;
+        }
+        bool removed;
+        pthread_mutex_lock(&e->tree->lock);
+        bool installed = install_read(e, name, before, r == 0 ? d : NULL, &removed);
+        pthread_mutex_unlock(&e->tree->lock);
+        if (removed) {
+            _cleanup_free_ char *p = cfs_xasprintf("/%s", name);
+            log_debug("domain %s is gone", name);
+            invalidate(e, p);
+        }
+        if (installed)
+            return 0;
+        if (tries >= 3) {
+            /* changes keep coming: try again in a moment */
+            on_domain_changed(e, name);
+            return -EAGAIN;
+        }
+    }
+}
+
+/* Give the layers of NEW the sizes the tree already knows for the same
+ * files; a layer the tree does not know keeps its stat() sizes, and
+ * takes the virtual size of the layer below if it has none. */
+void carry_sizes(const struct cfs_domain *old, struct cfs_domain *new)
+{
+    for (size_t i = 0; i < new->n_disks; i++) {
+        struct cfs_disk *nd = &new->disks[i];
+        const struct cfs_disk *od = old ? cfs_domain_find_disk(old, nd->target) : NULL;
+        for (size_t l = nd->n_layers; l-- > 0;) {
+            struct cfs_layer *nl = &nd->layers[l];
+            for (size_t k = 0; od && k < od->n_layers; k++) {
+                const struct cfs_layer *ol = &od->layers[k];
+                if (cfs_layer_same(ol, nl)) {
+                    nl->virtual_size = ol->virtual_size;
+                    nl->allocation = ol->allocation;
+                    nl->physical = ol->physical;
+                    break;
+                }
+            }
+            if (!nl->virtual_size && l + 1 < nd->n_layers)
+                nl->virtual_size = nd->layers[l + 1].virtual_size;
+        }
+    }
+}
+
+/* The one gate of every file operation on a path libvirt reported: does
+ * this process see, at those paths, the files libvirt means (backend.h
+ * files_local, decided once at connect)? When it does not, the engine
+ * never opens, creates, stats or deletes such a file. */
+bool engine_files_local(struct cfs_engine *e)
+{
+    return !e->be->ops->files_local || e->be->ops->files_local(e->be, NULL);
+}
+
+/* The tree as it is right after a snapshot of DOM/DISK made OVERLAY the
+ * active layer above ACTIVE (sizes of the new overlay from stat() when
+ * FILES_LOCAL, else 0 until the next re-read). Caller holds the lock.
+ * false if the tree no longer looks as it did before. */
+bool tree_push_overlay(struct cfs_tree *t, const char *dom,
+                       const char *disk, const struct cfs_layer *active,
+                       const char *overlay, const char *name,
+                       bool files_local)
+{
+    struct cfs_domain *d = cfs_tree_find_domain(t, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    if (!dk || dk->n_layers == 0 || !cfs_layer_same(&dk->layers[0], active))
+        return false;
+    struct cfs_domain *copy = cfs_domain_dup(d);
+    struct cfs_disk *cd = cfs_domain_find_disk(copy, disk);
+    cd->layers = cfs_xrealloc(cd->layers, (cd->n_layers + 1) * sizeof(*cd->layers));
+    memmove(&cd->layers[1], &cd->layers[0], cd->n_layers * sizeof(*cd->layers));
+    cd->n_layers++;
+    cd->is_block = false;
+    cd->layers[0] = (struct cfs_layer){
+        .path = cfs_xstrdup(overlay),
+        .format = cfs_xstrdup("qcow2"),
+        .virtual_size = cd->layers[1].virtual_size,
+        .meta_name = cfs_xstrdup(name),
+    };
+    struct stat st;
+    if (files_local && stat(overlay, &st) == 0) {
+        cd->layers[0].allocation = (uint64_t)st.st_blocks * 512;
+        cd->layers[0].physical = (uint64_t)st.st_size;
+    }
+    cfs_strv_push(&copy->snapshots, cfs_xstrdup(name));
+    cfs_tree_put_domain(t, copy);
+    return true;
+}
+
+/* Right after chainfs changed DOM's chain: a quick re-read without block
+ * statistics (they cost more than the change itself) so the caller can
+ * return with the tree showing the new chain, then the full re-read in
+ * the background for the exact figures. */
+
+void refresh_after_change(struct cfs_engine *e, const char *dom)
+{
+    if (lock_live(e, dom) < 0) {
+        refresh_domain(e, dom);
+        return;
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    on_domain_changed(e, dom);
+}
+
+/* The chain as libvirt has it now, for mkdir and rmdir (and every change
+ * after them): libvirt sends no event when someone else takes a snapshot
+ * or stops the domain, and the tree may be up to a re-read period old.
+ * Reads DOM (light), installs the read in the tree and returns 0 WITH THE
+ * TREE LOCK HELD, so the caller checks and claims the disk on exactly
+ * this read; or a negative errno, lock not held (-ENOENT: the domain is
+ * gone, and gone from the tree). */
+int lock_live(struct cfs_engine *e, const char *dom)
+{
+    for (int tries = 0;; tries++) {
+        struct cfs_domain *d = NULL;
+        pthread_mutex_lock(&e->tree->lock);
+        unsigned long before = *dom_seq_slot(e, dom);
+        pthread_mutex_unlock(&e->tree->lock);
+        int r = e->be->ops->read_domain_light
+                    ? e->be->ops->read_domain_light(e->be, dom, &d)
+                    : e->be->ops->read_domain(e->be, dom, &d);
+        if (r < 0 && r != -ENOENT)
+            return r;
+        bool removed;
+        pthread_mutex_lock(&e->tree->lock);
+        if (d)
+            carry_sizes(cfs_tree_find_domain(e->tree, dom), d);
+        if (install_read(e, dom, before, d, &removed)) {
+            if (r == 0)
+                return 0;
+            pthread_mutex_unlock(&e->tree->lock);
+            if (removed) {
+                _cleanup_free_ char *p = cfs_xasprintf("/%s", dom);
+                invalidate(e, p);
+            }
+            return -ENOENT;
+        }
+        pthread_mutex_unlock(&e->tree->lock);
+        /* another read was installed meanwhile (another disk's mkdir, an
+         * event): read again; a read takes milliseconds */
+        log_debug("%s: another read landed while reading the live chain; "
+                  "reading again", dom);
+        if (tries >= 10) {
+            cfs_backend_set_errmsg("the domain's chain keeps changing");
+            return -EAGAIN;
+        }
+    }
+}
+
+/* A read of DOM without block statistics (which never waits for its
+ * QEMU), keeping the sizes the tree already knows. 1: installed, 0: a
+ * newer change came first, or a negative errno. */
+static int refresh_light(struct cfs_engine *e, const char *dom)
+{
+    struct cfs_domain *d = NULL;
+    if (!e->be->ops->read_domain_light)
+        return -EOPNOTSUPP;
+    pthread_mutex_lock(&e->tree->lock);
+    unsigned long before = *dom_seq_slot(e, dom);
+    pthread_mutex_unlock(&e->tree->lock);
+    int r = e->be->ops->read_domain_light(e->be, dom, &d);
+    if (r < 0)
+        return r;
+    bool removed;
+    pthread_mutex_lock(&e->tree->lock);
+    carry_sizes(cfs_tree_find_domain(e->tree, dom), d);
+    bool installed = install_read(e, dom, before, d, &removed);
+    pthread_mutex_unlock(&e->tree->lock);
+    return installed;
+}
+
+/* List the domains and re-read each (on its worker when threaded). */
+static int refresh_all(struct cfs_engine *e)
+{
+    /* the counters before listing: a domain that libvirt did not list but
+     * that an event re-read meanwhile (just defined) is not removed */
+    _cleanup_strv_ char **known = NULL;
+    _cleanup_free_ unsigned long *known_seq = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    known_seq = cfs_xcalloc(e->tree->n_doms + 1, sizeof(*known_seq));
+    for (size_t i = 0; i < e->tree->n_doms; i++) {
+        cfs_strv_push(&known, cfs_xstrdup(e->tree->doms[i]->name));
+        known_seq[i] = *dom_seq_slot(e, e->tree->doms[i]->name);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+
+    _cleanup_strv_ char **names = NULL;
+    /* the next one is due refresh_ms from now, whether this one works */
+    e->last_refresh_ms = now_ms();
+    int r = e->be->ops->list_domains(e->be, &names);
+    if (r < 0) {
+        log_warn("listing domains: %s", errmsg_or(strerror(-r)));
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
+        return r;
+    }
+    conn_suspect(e, false);
+    for (char **n = names; n && *n; n++)
+        route(e, work_new(WORK_REFRESH_DOMAIN, *n, NULL));
+
+    _cleanup_strv_ char **removed = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; known && known[i]; i++) {
+        if (cfs_strv_contains(names, known[i]))
+            continue;
+        bool removed_one;
+        if (install_read(e, known[i], known_seq[i], NULL, &removed_one) && removed_one)
+            cfs_strv_push(&removed, cfs_xstrdup(known[i]));
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    for (char **n = removed; n && *n; n++) {
+        _cleanup_free_ char *p = cfs_xasprintf("/%s", *n);
+        invalidate(e, p);
+    }
+    e->last_refresh_ms = now_ms();
+    return 0;
+}
+
+/* Something readers see changed: cached renderings (fuse_ops.c) are void
+ * and `wait` readers look again. Caller holds tree->lock. */
+void tree_changed(struct cfs_engine *e)
+{
+    e->tree->generation++;
+    pthread_cond_broadcast(&e->tree->changed);
+}
+
+/* tree->stale from conn_down and conn_suspect. Caller holds tree->lock. */
+static void update_stale(struct cfs_engine *e)
+{
+    bool stale = e->conn_down || e->conn_suspect;
+    if (e->tree->stale != stale) {
+        e->tree->stale = stale;
+        tree_changed(e);
+    }
+}
+
+/* A call met a dead or silent libvirt (SUSPECT), or a listing worked. */
+void conn_suspect(struct cfs_engine *e, bool suspect)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    bool news = suspect && !e->conn_suspect && !e->conn_down;
+    e->conn_suspect = suspect;
+    update_stale(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    if (news)
+        log_err("libvirt does not answer (%s); serving the last known state",
+                errmsg_or("connection lost"));
+}
+
+/* Before mkdir/rmdir call libvirt (the kernel holds snapshots/ locked
+ * while they run): -EAGAIN if DOM is marked not responding (its QEMU
+ * would keep them waiting), -ENOTCONN at once (and stale shown) if
+ * libvirt does not answer within LIBVIRT_ANSWER_MS. WHY says which. */
+int check_reachable(struct cfs_engine *e, const char *dom,
+                    const char **why)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    bool stuck = d && d->not_responding;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (stuck) {
+        *why = "the domain is not responding (a libvirt call on it has not "
+               "returned; its QEMU may be stopped)";
+        return -EAGAIN;
+    }
+    if (!e->be->ops->ping)
+        return 0;
+    int r = e->be->ops->ping(e->be, LIBVIRT_ANSWER_MS);
+    /* an answer clears what an earlier failed call suspected */
+    conn_suspect(e, r == -ENOTCONN);
+    if (r != -ENOTCONN)
+        return 0;
+    *why = errmsg_or("libvirt does not answer");
+    return r;
+}
+
+
+
+void process_work(struct cfs_engine *e, struct work *w)
+{
+    switch (w->kind) {
+    case WORK_POLL_JOB:
+        poll_job(e, w->dom, w->disk);
+        break;
+    case WORK_RECOVER:
+        recover_merge(e, w->dom, w->disk, w->job_id);
+        break;
+    case WORK_READ_LIGHT:
+        if (refresh_light(e, w->dom) < 0)
+            refresh_domain(e, w->dom);
+        break;
+    case WORK_REFRESH_DOMAIN:
+        refresh_domain(e, w->dom);
+        break;
+    case WORK_REFRESH_ALL:
+        refresh_all(e);
+        break;
+    case WORK_JOB_EVENT:
+        handle_job_event(e, w);
+        refresh_domain(e, w->dom);
+        break;
+    case WORK_OFFLINE_DONE:
+        handle_offline_done(e, w);
+        break;
+    case WORK_JOURNAL_CLOSE:
+        journal_close(e, w->errmsg);
+        break;
+    case WORK_CONNECTION:
+        pthread_mutex_lock(&e->tree->lock);
+        e->conn_down = !w->up;
+        update_stale(e);
+        pthread_mutex_unlock(&e->tree->lock);
+        if (w->up) {
+            log_info("libvirt connection is back; re-reading everything");
+            refresh_all(e);
+            recover_journal(e);
+        } else {
+            log_err("lost the libvirt connection; serving the last known state");
+        }
+        break;
+    }
+}
+
+static void drain(struct cfs_engine *e)
+{
+    struct work *w = queue_take_all(e);
+    /* Coalesce: many events for one domain need one re-read. */
+    while (w) {
+        struct work *next = w->next;
+        bool dup = false;
+        if (w->kind == WORK_REFRESH_DOMAIN)
+            for (struct work *o = next; o && !dup; o = o->next)
+                dup = o->kind == WORK_REFRESH_DOMAIN && strcmp(o->dom, w->dom) == 0;
+        w->next = NULL;
+        if (dup)
+            work_free(w);
+        else
+            route(e, w);
+        w = next;
+    }
+}
+
+void cfs_engine_run_pending(struct cfs_engine *e)
+{
+    drain(e);
+    poll_jobs(e);
+    drain(e);
+}
+
+static void *engine_thread(void *arg)
+{
+    struct cfs_engine *e = arg;
+    for (;;) {
+        bool live = any_live_job(e, NULL, NULL);
+        int64_t wait_ms = live ? e->poll_ms : e->refresh_ms;
+        if (wait_ms > ENGINE_TICK_MS)
+            wait_ms = ENGINE_TICK_MS;
+        pthread_mutex_lock(&e->qlock);
+        if (!e->qhead && !e->stopping) {
+            struct timespec ts = deadline_in(wait_ms);
+            pthread_cond_timedwait(&e->qcond, &e->qlock, &ts);
+        }
+        bool stop = e->stopping;
+        pthread_mutex_unlock(&e->qlock);
+        if (stop)
+            break;
+        drain(e);
+        int64_t t = now_ms();
+        if (t - e->last_poll_ms >= e->poll_ms)
+            poll_jobs(e);
+        if (t - e->last_refresh_ms >= e->refresh_ms)
+            refresh_all(e);
+        mark_not_responding(e);
+        reap_workers(e);
+    }
+    return NULL;
+}
+
+
+/* ---- life cycle ----------------------------------------------------------------- */
+
+int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
+                   struct cfs_engine **out, char **errmsg)
+{
+    struct cfs_engine *e = cfs_xcalloc(1, sizeof(*e));
+    e->lock_fd = -1;
+    e->overlay_dir = cfs_xstrdup(cfg->overlay_dir);
+    e->state_dir = cfs_xstrdup(cfg->state_dir);
+    e->keep_merged = cfg->keep_merged;
+    e->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 3000;
+    e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
+    e->be = be;
+    e->tree = cfs_tree_new();
+    pthread_mutex_init(&e->qlock, NULL);
+    cond_init_monotonic(&e->qcond);
+
+    _cleanup_strv_ char **warnings = NULL;
+    int r = cfs_journal_open(cfg->state_dir, &e->journal, &warnings);
+    if (r < 0) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("state directory %s: %s", cfg->state_dir,
+                                    strerror(-r));
+        e->be = NULL; /* the caller still owns it */
+        cfs_engine_free(e);
+        return r;
+    }
+    for (char **w = warnings; w && *w; w++)
+        log_warn("%s", *w);
+
+    _cleanup_free_ char *lock = cfs_xasprintf("%s/lock", cfg->state_dir);
+    e->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (e->lock_fd < 0 || flock(e->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        if (errmsg)
+            *errmsg = r == -EBUSY
+                ? cfs_xasprintf("state directory %s is in use by another "
+                                "chainfs", cfg->state_dir)
+                : cfs_xasprintf("state directory %s: %s", cfg->state_dir,
+                                strerror(-r));
+        e->be = NULL;
+        cfs_engine_free(e);
+        return r;
+    }
+    *out = e;
+    return 0;
+}
+
+/* Wait until the domain workers have nothing left to do, at most
+ * LIMIT_MS. ADAPTIVE: once some have finished, wait for the rest at most
+ * STARTUP_SLOW_FACTOR times as long as that took (STARTUP_SLOW_MIN_MS at
+ * least): a stuck QEMU must not hold up the start. */
+static void workers_wait_idle(struct cfs_engine *e, int64_t limit_ms,
+                              bool adaptive)
+{
+    int64_t start = now_ms();
+    int64_t limit = limit_ms;
+    size_t last_pending = SIZE_MAX;
+    pthread_mutex_lock(&e->qlock);
+    for (;;) {
+        size_t pending = 0;
+        for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
+            if (!dw->exited && (dw->head || dw->busy_since_ms))
+                pending++;
+        int64_t t = now_ms() - start;
+        if (adaptive && last_pending != SIZE_MAX && pending < last_pending) {
+            int64_t soft = STARTUP_SLOW_FACTOR * t;
+            if (soft < STARTUP_SLOW_MIN_MS)
+                soft = STARTUP_SLOW_MIN_MS;
+            limit = soft < limit_ms ? soft : limit_ms;
+        }
+        last_pending = pending;
+        if (!pending || t >= limit)
+            break;
+        struct timespec ts = deadline_in(limit - t < 50 ? limit - t : 50);
+        pthread_cond_timedwait(&e->qcond, &e->qlock, &ts);
+    }
+    pthread_mutex_unlock(&e->qlock);
+}
+
+/* Start-up with threads: every domain in the tree quickly (no
+ * statistics), then in full, each on its own worker, so that a stuck
+ * QEMU delays nothing (see STARTUP_READ_WAIT_MS). */
+static int startup_read(struct cfs_engine *e)
+{
+    _cleanup_strv_ char **names = NULL;
+    int r = e->be->ops->list_domains(e->be, &names);
+    if (r < 0)
+        return r;
+    for (char **n = names; n && *n; n++)
+        route(e, work_new(WORK_READ_LIGHT, *n, NULL));
+    workers_wait_idle(e, STARTUP_LIGHT_WAIT_MS, false);
+    for (char **n = names; n && *n; n++)
+        route(e, work_new(WORK_REFRESH_DOMAIN, *n, NULL));
+    workers_wait_idle(e, STARTUP_READ_WAIT_MS, true);
+    e->last_refresh_ms = now_ms();
+    return 0;
+}
+
+int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
+{
+    int r = e->be->ops->connect(e->be, &engine_events, e);
+    if (r < 0) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("cannot connect to libvirt: %s",
+                                    errmsg_or(strerror(-r)));
+        return r;
+    }
+    const char *why = "the backend's own";
+    if (e->be->ops->files_local)
+        (void)e->be->ops->files_local(e->be, &why);
+    if (engine_files_local(e))
+        log_info("image files: local (%s)", why);
+    else
+        log_info("image files: not on this machine (%s): libvirt creates the "
+                 "overlays, merged files are deleted only through a libvirt "
+                 "storage pool (else listed as leftover in job), offline merges "
+                 "are refused", why);
+    /* overlay_dir names a directory of the libvirt host: only a local one
+     * can be looked at here */
+    struct stat od;
+    if (e->overlay_dir && engine_files_local(e) &&
+        (stat(e->overlay_dir, &od) < 0 || !S_ISDIR(od.st_mode))) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("overlay_dir %s is not a directory",
+                                    e->overlay_dir);
+        return -ENOTDIR;
+    }
+    e->threaded = thread;
+    r = thread ? startup_read(e) : refresh_all(e);
+    if (r < 0) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("cannot list libvirt domains: %s",
+                                    errmsg_or(strerror(-r)));
+        return r;
+    }
+    recover_journal(e);
+    if (thread) {
+        r = -pthread_create(&e->thread, NULL, engine_thread, e);
+        if (r < 0) {
+            if (errmsg)
+                *errmsg = cfs_xasprintf("cannot start the engine thread: %s",
+                                        strerror(-r));
+            return r;
+        }
+        e->thread_started = true;
+    }
+    return 0;
+}
+
+struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
+{
+    if (!e)
+        return NULL;
+    pthread_mutex_lock(&e->qlock);
+    e->stopping = true;
+    pthread_cond_broadcast(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    /* the engine thread makes no call that waits for a QEMU, but its
+     * listing waits for a libvirtd that stopped answering until the
+     * keepalive gives up */
+    bool engine_stuck = false;
+    if (e->thread_started) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += ENGINE_JOIN_WAIT_S;
+        if (pthread_timedjoin_np(e->thread, NULL, &ts) != 0) {
+            pthread_detach(e->thread);
+            engine_stuck = true;
+            log_warn("the engine thread is inside a libvirt call that has not "
+                     "returned; exiting without waiting for it");
+        }
+    }
+    _cleanup_strv_ char **stuck = stop_workers(e);
+    if (stuck || engine_stuck) {
+        /* Their calls still use the backend and the engine: both stay
+         * allocated (reachable from here), and the process exits with the
+         * calls unanswered. Nothing is lost: the journal has every change
+         * under way. */
+        for (char **n = stuck; n && *n; n++)
+            log_warn("domain %s: a libvirt call has not returned; exiting "
+                     "without waiting for it", *n);
+        engine_left_behind = e;
+        return NULL;
+    }
+    /* offline merges keep running to their end; wait for them */
+    for (;;) {
+        pthread_mutex_lock(&e->qlock);
+        unsigned n = e->offline_workers;
+        pthread_mutex_unlock(&e->qlock);
+        if (!n)
+            break;
+        usleep(50 * 1000);
+    }
+    if (e->be)
+        e->be->ops->destroy(e->be);
+    for (struct work *w = queue_take_all(e); w;) {
+        struct work *next = w->next;
+        work_free(w);
+        w = next;
+    }
+    cfs_journal_free(e->journal);
+    if (e->lock_fd >= 0)
+        close(e->lock_fd);
+    cfs_tree_free(e->tree);
+    for (size_t i = 0; i < e->n_dom_seq; i++)
+        free(e->dom_seq[i].name);
+    free(e->dom_seq);
+    pthread_mutex_destroy(&e->qlock);
+    pthread_cond_destroy(&e->qcond);
+    free(e->overlay_dir);
+    free(e->state_dir);
+    free(e);
+    return NULL;
+}
+
+void cfs_engine_set_invalidate(struct cfs_engine *e,
+                               void (*cb)(void *opaque, const char *path),
+                               void *opaque)
+{
+    e->invalidate = cb;
+    e->invalidate_opaque = opaque;
+}
+
+struct cfs_tree *cfs_engine_tree(struct cfs_engine *e) { return e->tree; }
+
+unsigned long cfs_engine_generation(struct cfs_engine *e)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    unsigned long g = e->tree->generation;
+    pthread_mutex_unlock(&e->tree->lock);
+    return g;
+}

@@ -1,0 +1,213 @@
+/* engine_int.h — what the parts of the engine share (engine.c: queue,
+ * workers, reads of libvirt, life cycle; job.c: following a job to its
+ * end; recover.c: taking up the journal; read.c: the read side;
+ * actions.c: mkdir and rmdir). Never included outside fs/core. */
+#pragma once
+#include "chainfs/engine.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chainfs/journal.h"
+#include "chainfs/log.h"
+#include "chainfs/names.h"
+#include "chainfs/render.h"
+
+/* Free space below which mkdir says ENOSPC before asking libvirt: a new
+ * qcow2 overlay needs its header, L1 table and refcount blocks. */
+#define OVERLAY_MIN_FREE (4u << 20)
+/* How long a vanished job may leave TOP in the chain before it counts as
+ * failed (libvirt updates the XML shortly after the pivot). */
+#define VANISH_GRACE_MS 5000
+#define PIVOT_MAX_FAILURES 5
+/* A domain whose libvirt call has not returned after this long is shown
+ * as not responding (a stopped QEMU: libvirt gives up after 30 s). */
+#define NOT_RESPONDING_MS 10000
+/* Start-up reads every domain without statistics first (that never waits
+ * for a QEMU; at most STARTUP_LIGHT_WAIT_MS in all), then in full. It
+ * waits for the full reads at most STARTUP_READ_WAIT_MS, and for the
+ * slowest one at most STARTUP_SLOW_FACTOR times as long as the others
+ * took (at least STARTUP_SLOW_MIN_MS); a domain not read in full by then
+ * shows sizes from stat() until its read comes in. */
+#define STARTUP_LIGHT_WAIT_MS 10000
+#define STARTUP_READ_WAIT_MS 2000
+#define STARTUP_SLOW_FACTOR 3
+#define STARTUP_SLOW_MIN_MS 250
+/* mkdir and rmdir ask libvirt first, and refuse with ENOTCONN if it does
+ * not answer within this long: the kernel holds snapshots/ locked while
+ * they run, and a stopped libvirtd is only noticed by the keepalive (15 s
+ * and more). */
+#define LIBVIRT_ANSWER_MS 2000
+/* The engine thread looks at the workers at least this often. */
+#define ENGINE_TICK_MS 500
+/* A domain worker with nothing to do for this long ends. */
+#define WORKER_IDLE_MS 30000
+/* At shut-down, workers get this long to finish the call they are in;
+ * one stuck in libvirt after that is left behind (the process exits). */
+#define WORKER_STOP_WAIT_MS 300
+/* At shut-down, how long the engine thread may take to end. */
+#define ENGINE_JOIN_WAIT_S 2
+
+enum work_kind {
+    WORK_REFRESH_DOMAIN,
+    WORK_REFRESH_ALL,
+    WORK_JOB_EVENT,
+    WORK_OFFLINE_DONE,
+    WORK_CONNECTION,
+    WORK_JOURNAL_CLOSE,  /* errmsg holds the entry id */
+    WORK_POLL_JOB,       /* one poll of the live job of dom/disk */
+    WORK_RECOVER,        /* the libvirt half of recovering job_id of dom/disk */
+    WORK_READ_LIGHT,     /* a read without statistics (start-up) */
+};
+
+struct work {
+    enum work_kind kind;
+    char *dom;
+    char *disk;
+    enum cfs_job_type type;
+    enum cfs_job_event status;
+    int err;
+    char *errmsg;
+    bool up;
+    uint64_t job_id;
+    struct work *next;
+};
+
+/* The worker of one domain: every call that may wait for the domain's
+ * QEMU (statistics, job info, pivot, clean-up) runs here, one at a time,
+ * so a stuck QEMU holds up its own domain only. Fields under e->qlock. */
+struct dom_worker {
+    struct cfs_engine *e;
+    char *dom;
+    struct work *head, *tail;
+    pthread_cond_t cond;      /* work arrived, or stopping */
+    pthread_t thread;
+    int64_t busy_since_ms;    /* in a work item since; 0: idle */
+    bool exited;              /* the thread has returned (join it) */
+    struct dom_worker *next;
+};
+
+struct cfs_engine {
+    char *overlay_dir;
+    char *state_dir;
+    bool keep_merged;
+    unsigned refresh_ms;
+    unsigned poll_ms;
+
+    struct cfs_backend *be;
+    struct cfs_journal *journal;
+    int lock_fd;              /* flock on STATE_DIR/lock: one daemon per state_dir */
+    struct cfs_tree *tree;
+    struct {
+        char *name;
+        unsigned long seq;
+    } *dom_seq;               /* per-domain change counters; tree lock */
+    size_t n_dom_seq;
+    uint64_t last_job_id;     /* tree lock */
+    /* What `stale` stands for (tree lock): the backend said the connection
+     * is down, or a call found libvirt not answering / the connection
+     * dead before the backend noticed; cleared by the connection coming
+     * back and by a listing that worked. */
+    bool conn_down;
+    bool conn_suspect;
+
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    struct work *qhead, *qtail;
+    bool stopping;
+    bool thread_started;
+    bool threaded;            /* per-domain work goes to domain workers */
+    pthread_t thread;
+    unsigned offline_workers; /* guarded by qlock */
+    struct dom_worker *workers; /* guarded by qlock */
+
+    void (*invalidate)(void *opaque, const char *path);
+    void *invalidate_opaque;
+    int64_t last_refresh_ms;
+    int64_t last_poll_ms;
+};
+
+
+static inline int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline int64_t now_s(void) { return (int64_t)time(NULL); }
+
+static inline const char *errmsg_or(const char *fallback)
+{
+    const char *m = cfs_backend_errmsg();
+    return m && *m ? m : fallback;
+}
+
+/* A file as a job or a layer names it. */
+struct file_ref {
+    const struct cfs_file_id *id;
+    const char *path;
+};
+
+enum finish_result {
+    FINISH_DONE,         /* cleaned up, or not (any more) this job's to do */
+    FINISH_TOP_IN_CHAIN, /* TOP is still in libvirt's chain */
+    FINISH_CANNOT_TELL,  /* libvirt could not be read: ask again later */
+};
+
+
+/* engine.c */
+void work_free(struct work *w);
+void queue_push(struct cfs_engine *e, struct work *w);
+struct work *work_new(enum work_kind kind, const char *dom, const char *disk);
+struct timespec deadline_in(int64_t ms);
+void route(struct cfs_engine *e, struct work *w);
+void on_domain_changed(void *opaque, const char *dom);
+unsigned long *dom_seq_slot(struct cfs_engine *e, const char *name);
+bool install_read(struct cfs_engine *e, const char *name, unsigned long before, struct cfs_domain *d, bool *removed);
+int refresh_domain(struct cfs_engine *e, const char *name);
+void carry_sizes(const struct cfs_domain *old, struct cfs_domain *new);
+bool engine_files_local(struct cfs_engine *e);
+bool tree_push_overlay(struct cfs_tree *t, const char *dom, const char *disk, const struct cfs_layer *active, const char *overlay, const char *name, bool files_local);
+void refresh_after_change(struct cfs_engine *e, const char *dom);
+int lock_live(struct cfs_engine *e, const char *dom);
+void tree_changed(struct cfs_engine *e);
+void conn_suspect(struct cfs_engine *e, bool suspect);
+int check_reachable(struct cfs_engine *e, const char *dom, const char **why);
+void process_work(struct cfs_engine *e, struct work *w);
+
+/* job.c */
+int journal_record(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job, const char *phase);
+void journal_close(struct cfs_engine *e, const char *id);
+bool job_snapshot(struct cfs_engine *e, const char *dom, const char *disk, struct cfs_job *out);
+void job_number(struct cfs_engine *e, struct cfs_disk_state *s);
+bool disk_has_layer(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_file_id *id, const char *path);
+void set_starting(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, bool starting);
+void job_end(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_state st, const char *error, bool partial);
+int file_user_live(struct cfs_engine *e, const struct file_ref *files, size_t n, const char *except_dom, const char *except_disk, char **user, size_t *which);
+enum finish_result job_finish(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
+void job_fail(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_state st, const char *why);
+#ifdef CHAINFS_TEST_HOOKS
+void hook_set_commit_bandwidth(struct cfs_engine *e);
+#endif
+void handle_job_event(struct cfs_engine *e, const struct work *w);
+void handle_offline_done(struct cfs_engine *e, const struct work *w);
+void poll_job(struct cfs_engine *e, const char *dom, const char *disk);
+bool any_live_job(struct cfs_engine *e, char ***doms, char ***disks);
+void poll_jobs(struct cfs_engine *e);
+
+/* recover.c */
+void recover_journal(struct cfs_engine *e);
+void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
+
+/* read.c */
+int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d, const struct cfs_disk *disk, const char *name);

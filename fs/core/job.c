@@ -1,0 +1,711 @@
+/* job.c — following a job to its end.
+ *
+ * Job state machine (per disk; docs/DESIGN.md draws it):
+ *
+ *   mkdir:   none/ended -> running(snapshot) -> completed | failed
+ *   rmdir:   none/ended -> running --(READY, live active commit)--> ready
+ *            ready --(pivot accepted)--> pivoting --(COMPLETED)--> clean-up
+ *            running --(COMPLETED, intermediate/offline)--> clean-up
+ *            clean-up --(TOP left the chain; file deleted; metadata
+ *                        dropped; journal entry closed)--> completed
+ *            running|ready|pivoting --(FAILED/CANCELED, or the job vanished
+ *                        with TOP still in the chain)--> failed|canceled
+ *
+ * A "not ready" pivot goes back to ready and is retried on the next poll.
+ * The journal entry is written before the commit starts and updated before
+ * the pivot and before clean-up, so a restarted daemon knows what was
+ * under way (recover_journal()).
+ *
+ * Threads: FUSE threads (reads; mkdir and rmdir), the engine thread
+ * (drains the queue, lists domains, schedules polls and re-reads, marks
+ * domains not responding), one worker per domain with work (every call
+ * that can wait for that domain's QEMU: re-reads with statistics, job
+ * polls, pivots, clean-up, recovery; see "domain workers"), and offline
+ * merge workers. A stuck QEMU ties up its own domain's worker only.
+ *
+ * Lock order: e->qlock (the engine queue and every domain worker's queue
+ * and state) and t->lock are never held together. The journal's own lock
+ * may be taken with t->lock held. No backend call is made with any lock
+ * held. */
+#include "engine_int.h"
+
+/* ---- journal helpers ------------------------------------------------------- */
+
+int journal_record(struct cfs_engine *e, const char *dom,
+                   const char *disk, const struct cfs_job *job,
+                   const char *phase)
+{
+    if (!job->journal_id)
+        return 0;
+    struct cfs_journal_entry en = {
+        .id = job->journal_id,
+        .domain = (char *)dom,
+        .disk = (char *)disk,
+        .snapshot = job->snapshot,
+        .meta_name = job->meta_name,
+        .top = job->top,
+        .base = job->base,
+        .type = job->type,
+        .phase = (char *)phase,
+        .created = job->started,
+        .updated = now_s(),
+        .error = job->error,
+    };
+    int r = cfs_journal_put(e->journal, &en);
+    if (r < 0)
+        log_err("journal: recording %s of %s/%s: %s", phase, dom, disk,
+                strerror(-r));
+    return r;
+}
+
+void journal_close(struct cfs_engine *e, const char *id)
+{
+    if (!id)
+        return;
+    int r = cfs_journal_remove(e->journal, id);
+    if (r < 0 && r != -ENOENT)
+        log_err("journal: closing entry %s: %s", id, strerror(-r));
+}
+
+/* A copy of a disk's job, taken under the lock, for use without it. */
+bool job_snapshot(struct cfs_engine *e, const char *dom,
+                  const char *disk, struct cfs_job *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    bool ok = s && cfs_job_state_in_progress(s->job.state);
+    if (ok)
+        cfs_job_copy(out, &s->job);
+    pthread_mutex_unlock(&e->tree->lock);
+    return ok;
+}
+
+/* A new job on disk state S: give it its number. Caller holds the lock. */
+void job_number(struct cfs_engine *e, struct cfs_disk_state *s)
+{
+    s->job.id = ++e->last_job_id;
+}
+
+static void set_job_state(struct cfs_engine *e, const char *dom,
+                          const char *disk, uint64_t id,
+                          enum cfs_job_state st)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    if (s && s->job.id == id && s->job.state != st) {
+        s->job.state = st;
+        tree_changed(e);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
+/* Whether file ID/PATH is in DOM/DISK's chain in the tree (ID may be
+ * NULL: the path decides). */
+bool disk_has_layer(struct cfs_engine *e, const char *dom,
+                    const char *disk, const struct cfs_file_id *id,
+                    const char *path)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    bool found = cfs_disk_find_file(dk, id, path) >= 0;
+    pthread_mutex_unlock(&e->tree->lock);
+    return found;
+}
+
+void set_starting(struct cfs_engine *e, const char *dom,
+                  const char *disk, uint64_t id, bool starting)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    if (s && s->job.id == id)
+        s->starting = starting;
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
+/* true while rmdir has claimed the disk but libvirt has not yet accepted
+ * the commit: no job to be seen in libvirt yet, and that means nothing. */
+static bool job_starting(struct cfs_engine *e, const char *dom,
+                         const char *disk)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    bool starting = s && s->starting;
+    pthread_mutex_unlock(&e->tree->lock);
+    return starting;
+}
+
+/* ---- the end of a job -------------------------------------------------------- */
+
+/* End job ID of DOM/DISK; a no-op if the disk has moved on to another
+ * job meanwhile. */
+void job_end(struct cfs_engine *e, const char *dom, const char *disk,
+             uint64_t id, enum cfs_job_state st, const char *error,
+             bool partial)
+{
+    /* Close the journal entry first: whoever `wait`s for this job may
+     * look at the journal as soon as the state changes. */
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s0 = cfs_tree_disk_state(e->tree, dom, disk);
+    bool ours = s0->job.id == id;
+    _cleanup_free_ char *jid = ours ? cfs_xstrdup(s0->job.journal_id) : NULL;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (!ours)
+        return;
+    journal_close(e, jid);
+
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (s->job.id != id) {
+        pthread_mutex_unlock(&e->tree->lock);
+        return;
+    }
+    struct cfs_job *j = &s->job;
+    j->state = st;
+    j->finished = now_s();
+    if (st == CFS_JOB_STATE_COMPLETED && j->end)
+        j->cur = j->end;
+    free(j->error);
+    j->error = cfs_xstrdup(error);
+    j->partial = partial;
+    if (partial && j->top && !cfs_strv_contains(s->partial_tops, j->top))
+        cfs_strv_push(&s->partial_tops, cfs_xstrdup(j->top));
+    if (st == CFS_JOB_STATE_COMPLETED && j->top && s->partial_tops) {
+        /* the overlay is gone: forget that it was partly merged */
+        char **kept = NULL;
+        for (char **p = s->partial_tops; *p; p++)
+            if (strcmp(*p, j->top) != 0)
+                cfs_strv_push(&kept, cfs_xstrdup(*p));
+        cfs_strv_free(s->partial_tops);
+        s->partial_tops = kept;
+    }
+    free(j->journal_id);
+    j->journal_id = NULL;
+    s->gone_since_ms = 0;
+    s->pivot_failures = 0;
+    s->starting = false;
+    tree_changed(e);
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
+
+/* Who else uses any of the N files FILES, as libvirt has every chain
+ * right now (not the tree, which may lag): before a merge writes into a
+ * file and before a merged file is deleted. Every disk of every domain
+ * counts except EXCEPT_DISK of EXCEPT_DOM (both NULL: none excepted).
+ * Returns 1, *USER ("domain D disk V", caller frees) and *WHICH (index
+ * into FILES) if someone does; 0 if no one does; or a negative errno if
+ * that cannot be told (then the files count as used; *USER says why). */
+int file_user_live(struct cfs_engine *e, const struct file_ref *files,
+                   size_t n, const char *except_dom,
+                   const char *except_disk, char **user, size_t *which)
+{
+    *user = NULL;
+    _cleanup_strv_ char **names = NULL;
+    int r = e->be->ops->list_domains(e->be, &names);
+    if (r < 0) {
+        *user = cfs_xasprintf("cannot list the domains: %s",
+                              errmsg_or(strerror(-r)));
+        return r;
+    }
+    for (char **dn = names; dn && *dn; dn++) {
+        struct cfs_domain *d = NULL;
+        r = e->be->ops->read_domain_light
+                ? e->be->ops->read_domain_light(e->be, *dn, &d)
+                : e->be->ops->read_domain(e->be, *dn, &d);
+        if (r == -ENOENT)
+            continue;
+        if (r < 0) {
+            *user = cfs_xasprintf("cannot read domain %s: %s", *dn,
+                                  errmsg_or(strerror(-r)));
+            return r;
+        }
+        bool self = except_dom && strcmp(*dn, except_dom) == 0;
+        for (size_t i = 0; i < n && !*user && !(self && !except_disk); i++) {
+            const struct cfs_disk *dk = cfs_domain_file_user(
+                d, files[i].id, files[i].path, self ? except_disk : NULL);
+            if (dk) {
+                *user = cfs_xasprintf("domain %s disk %s", *dn, dk->target);
+                *which = i;
+            }
+        }
+        cfs_domain_free(d);
+        if (*user)
+            return 1;
+    }
+    return 0;
+}
+
+/* " (no space left on the filesystem of BASE)" when that is so, else "". */
+static char *space_reason(struct cfs_engine *e, const char *base)
+{
+    if (!base || !engine_files_local(e))
+        return cfs_xstrdup("");
+    _cleanup_free_ char *tmp = cfs_xstrdup(base);
+    struct statvfs vfs;
+    if (statvfs(dirname(tmp), &vfs) == 0 &&
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < OVERLAY_MIN_FREE)
+        return cfs_xasprintf(" (no space left on the filesystem of %s)", base);
+    return cfs_xstrdup("");
+}
+
+
+/* Remove the merged file TOP, which no chain uses, where its files are
+ * not this machine's: through libvirt's storage-volume API when a pool
+ * holds it, else it stays where it is and becomes the job's leftover. */
+static void merged_remove_remote(struct cfs_engine *e, const char *dom,
+                                 const char *disk, uint64_t id, const char *top)
+{
+    int r = e->be->ops->volume_delete ? e->be->ops->volume_delete(e->be, top)
+                                      : -EOPNOTSUPP;
+    if (r == 0) {
+        log_info("%s/%s: deleted %s through libvirt's storage pool", dom, disk, top);
+        return;
+    }
+    log_warn("%s/%s: %s is not a file of this machine; left in place, "
+             "remove it on the libvirt host: %s", dom, disk, top,
+             errmsg_or(strerror(-r)));
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (s->job.id == id) {
+        free(s->job.leftover);
+        s->job.leftover = cfs_xstrdup(top);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
+/* TOP has left DISK's chain in libvirt (a read just said so): drop it from
+ * the tree's copy of the chain as well, whatever read the tree holds (one
+ * built by a concurrent mkdir's push, or installed meanwhile, may still
+ * have it), so that the snapshot does not show again in snapshots/ once
+ * the job has ended. Caller holds the tree lock. */
+static void tree_drop_layer(struct cfs_engine *e, const char *dom,
+                            const char *disk, const struct cfs_file_id *id,
+                            const char *path)
+{
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    int i = dk ? cfs_disk_find_file(dk, id, path) : -1;
+    if (i < 0 || dk->n_layers < 2)
+        return;
+    struct cfs_domain *copy = cfs_domain_dup(d);
+    struct cfs_disk *cd = cfs_domain_find_disk(copy, disk);
+    cfs_layer_clear(&cd->layers[i]);
+    memmove(&cd->layers[i], &cd->layers[i + 1],
+            (cd->n_layers - (size_t)i - 1) * sizeof(*cd->layers));
+    cd->n_layers--;
+    cfs_tree_put_domain(e->tree, copy);
+    (*dom_seq_slot(e, dom))++;
+}
+
+
+/* The merge is over as far as libvirt is concerned. If TOP left the chain,
+ * delete it (unless kept or still used anywhere), make libvirt's snapshot
+ * metadata stop naming it (snapshot_forget: the snapshot's other disks keep
+ * theirs), close the journal entry. FINISH_TOP_IN_CHAIN: libvirt may not
+ * have updated the XML yet, or the merge did not complete; the caller
+ * decides. */
+enum finish_result job_finish(struct cfs_engine *e, const char *dom,
+                              const char *disk, uint64_t id)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job))
+        return FINISH_DONE;
+    if (job.id != id || !job.top || job.type == CFS_JOB_SNAPSHOT) {
+        cfs_job_clear(&job); /* not the job this was meant for */
+        return FINISH_DONE;
+    }
+
+    /* Is TOP still in the disk's chain? Asked of libvirt and answered from
+     * that read alone, not from the tree: a re-read installed in the tree
+     * can be overtaken again and again by the reads of mkdir and rmdir on
+     * the domain's other disks, and "cannot tell" must never pass for
+     * "TOP is still there" (a running merge would be failed for it). */
+    struct cfs_domain *live = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    unsigned long before = *dom_seq_slot(e, dom);
+    pthread_mutex_unlock(&e->tree->lock);
+    int r = e->be->ops->read_domain_light
+                ? e->be->ops->read_domain_light(e->be, dom, &live)
+                : e->be->ops->read_domain(e->be, dom, &live);
+    if (r < 0 && r != -ENOENT) {
+        cfs_job_clear(&job);
+        return FINISH_CANNOT_TELL;
+    }
+    const struct cfs_disk *ldk = live ? cfs_domain_find_disk(live, disk) : NULL;
+    bool disk_gone = !ldk;
+    bool top_in_chain = ldk && cfs_disk_find_file(ldk, &job.top_id, job.top) >= 0;
+    if (live && !top_in_chain) {
+        /* the tree shows the chain without TOP before the job reads as
+         * completed: `cat wait` then `ls snapshots/` must not see it (a
+         * newer read installed meanwhile is without TOP as well) */
+        bool removed;
+        pthread_mutex_lock(&e->tree->lock);
+        carry_sizes(cfs_tree_find_domain(e->tree, dom), live);
+        install_read(e, dom, before, TAKE_PTR(live), &removed);
+        tree_drop_layer(e, dom, disk, &job.top_id, job.top);
+        pthread_mutex_unlock(&e->tree->lock);
+    }
+    cfs_domain_free(live);
+    if (disk_gone) {
+        /* TOP is in no chain only because its domain or disk went away:
+         * that says nothing about the merge, so nothing is deleted */
+        job_fail(e, dom, disk, id, CFS_JOB_STATE_FAILED,
+                 "the domain or the disk disappeared during the merge; "
+                 "nothing was deleted");
+        cfs_job_clear(&job);
+        return FINISH_DONE;
+    }
+    if (top_in_chain) {
+        refresh_domain(e, dom);
+        cfs_job_clear(&job);
+        return FINISH_TOP_IN_CHAIN;
+    }
+
+    journal_record(e, dom, disk, &job, "cleanup");
+    _cleanup_free_ char *user = NULL;
+    size_t which;
+    const struct file_ref top = { &job.top_id, job.top };
+    bool used = !e->keep_merged &&
+                file_user_live(e, &top, 1, NULL, NULL, &user, &which) != 0;
+
+    if (e->keep_merged)
+        log_info("%s/%s: merged %s into %s; keeping %s (keep_merged)", dom,
+                 disk, job.snapshot, job.base, job.top);
+    else if (used)
+        log_warn("%s/%s: %s is still used (%s); not deleting it", dom,
+                 disk, job.top, user);
+    else if (!engine_files_local(e))
+        merged_remove_remote(e, dom, disk, id, job.top);
+    else if (unlink(job.top) < 0 && errno != ENOENT)
+        log_warn("%s/%s: deleting %s: %s", dom, disk, job.top,
+                 strerror(errno));
+
+    if (job.meta_name) {
+        r = e->be->ops->snapshot_forget(e->be, dom, disk, job.meta_name);
+        if (r < 0 && r != -ENOENT)
+            log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
+                     job.meta_name, errmsg_or(strerror(-r)));
+    }
+    log_info("%s/%s: snapshot %s merged into %s (%s)", dom, disk,
+             job.snapshot, job.base, cfs_job_type_to_string(job.type));
+    job_end(e, dom, disk, id, CFS_JOB_STATE_COMPLETED, NULL, false);
+    refresh_domain(e, dom);
+    cfs_job_clear(&job);
+    return FINISH_DONE;
+}
+
+void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
+              uint64_t id, enum cfs_job_state st, const char *why)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job))
+        return;
+    if (job.id != id) {
+        cfs_job_clear(&job);
+        return;
+    }
+    refresh_domain(e, dom);
+    /* A commit that got going has written part of TOP into BASE: BASE no
+     * longer holds its old point in time (harmless, TOP still sits above
+     * it), and info says so. */
+    /* The progress last polled may be 0 if the copy failed before the
+     * first poll; a base that grew since the start was written all the
+     * same. */
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *ds = cfs_tree_find_disk_state(e->tree, dom, disk);
+    uint64_t base_before = ds ? ds->base_bytes : 0;
+    pthread_mutex_unlock(&e->tree->lock);
+    struct stat bst;
+    bool base_grew = base_before && job.base && engine_files_local(e) &&
+                     stat(job.base, &bst) == 0 &&
+                     (uint64_t)bst.st_blocks * 512 > base_before;
+    bool partial = job.type != CFS_JOB_SNAPSHOT && (job.cur > 0 || base_grew);
+    _cleanup_free_ char *space = space_reason(e, job.base);
+    _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
+    log_err("%s/%s: merge of snapshot %s %s: %s", dom, disk, job.snapshot,
+            st == CFS_JOB_STATE_CANCELED ? "canceled" : "failed", text);
+    job_end(e, dom, disk, id, st, text, partial);
+    cfs_job_clear(&job);
+}
+
+#ifdef CHAINFS_TEST_HOOKS
+/* Fault-injection tests start a live commit already slowed down to the
+ * bytes/s written in STATE_DIR/commit-bandwidth (QEMU's rate limit from
+ * the job's first byte: nothing to race); no file, unlimited. */
+void hook_set_commit_bandwidth(struct cfs_engine *e)
+{
+    _cleanup_free_ char *path = cfs_xasprintf("%s/commit-bandwidth", e->state_dir);
+    unsigned long long bw = 0;
+    FILE *f = fopen(path, "re");
+
+    if (f) {
+        if (fscanf(f, "%llu", &bw) != 1) {
+            log_warn("test hook: %s holds no number; commit unlimited", path);
+            bw = 0;
+        }
+        fclose(f);
+    }
+    __atomic_store_n(&e->be->commit_bandwidth, (uint64_t)bw, __ATOMIC_RELAXED);
+}
+#endif
+
+/* ---- pivot ------------------------------------------------------------------- */
+
+static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job))
+        return;
+    if (job.type != CFS_JOB_ACTIVE_COMMIT || job.state != CFS_JOB_STATE_READY) {
+        cfs_job_clear(&job);
+        return;
+    }
+    struct cfs_job_progress pr = {0};
+    int r = e->be->ops->job_get(e->be, dom, disk, &pr);
+    if (r < 0 || !pr.present || !pr.ready) {
+        /* not ready after all (or libvirt is busy): the next poll retries */
+        cfs_job_clear(&job);
+        return;
+    }
+
+#ifdef CHAINFS_TEST_HOOKS
+    /* Fault-injection tests hold the pivot while this file exists. */
+    {
+        _cleanup_free_ char *hold = cfs_xasprintf("%s/hold-pivot", e->state_dir);
+        if (access(hold, F_OK) == 0) {
+            cfs_job_clear(&job);
+            return;
+        }
+    }
+#endif
+
+    journal_record(e, dom, disk, &job, "pivoting");
+    set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_PIVOTING);
+    r = e->be->ops->job_pivot(e->be, dom, disk);
+    if (r == -EAGAIN) {
+        log_debug("%s/%s: pivot not ready yet, retrying", dom, disk);
+        set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_READY);
+    } else if (r < 0) {
+        _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+        int failures = ++s->pivot_failures;
+        pthread_mutex_unlock(&e->tree->lock);
+        log_warn("%s/%s: pivot refused (%d): %s", dom, disk, failures, msg);
+        if (failures < PIVOT_MAX_FAILURES) {
+            set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_READY);
+        } else {
+            /* give up: end the mirror without pivoting, the chain stays */
+            e->be->ops->job_abort(e->be, dom, disk);
+            job_fail(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, msg);
+        }
+    } else {
+        log_debug("%s/%s: pivot accepted", dom, disk);
+    }
+    cfs_job_clear(&job);
+}
+
+/* ---- following jobs ---------------------------------------------------------- */
+
+/* A block-job event. Events carry no job identity, and one may arrive
+ * late: the CANCELED of a job someone aborted just before rmdir started
+ * ours, the COMPLETED of the previous merge that a poll already finished.
+ * So an event is applied only to a live commit of the same kind, and a
+ * FAILED/CANCELED only when libvirt no longer has a job on the disk. */
+void handle_job_event(struct cfs_engine *e, const struct work *w)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, w->dom, w->disk, &job)) {
+        /* not ours, or already ended: the chain may still have changed */
+        refresh_domain(e, w->dom);
+        return;
+    }
+    log_debug("%s/%s: block job event %d (type %s) in state %s", w->dom,
+              w->disk, (int)w->status, cfs_job_type_to_string(w->type),
+              cfs_job_state_to_string(job.state));
+    bool live_commit = job.type == CFS_JOB_COMMIT || job.type == CFS_JOB_ACTIVE_COMMIT;
+    if (!live_commit || (w->type != CFS_JOB_NONE && w->type != job.type) ||
+        job_starting(e, w->dom, w->disk)) {
+        /* (while rmdir is still starting it, the poll after catches up) */
+        log_debug("%s/%s: event is not for the job chainfs follows; ignored",
+                  w->dom, w->disk);
+        cfs_job_clear(&job);
+        return;
+    }
+    struct cfs_job_progress pr = {0};
+    switch (w->status) {
+    case CFS_JOB_EVENT_READY:
+        if (job.type == CFS_JOB_ACTIVE_COMMIT &&
+            job.state == CFS_JOB_STATE_RUNNING) {
+            pthread_mutex_lock(&e->tree->lock);
+            struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
+            if (s->job.id == job.id) {
+                s->job.state = CFS_JOB_STATE_READY;
+                if (s->job.end)
+                    s->job.cur = s->job.end;
+                tree_changed(e);
+            }
+            pthread_mutex_unlock(&e->tree->lock);
+            try_pivot(e, w->dom, w->disk);
+        }
+        break;
+    case CFS_JOB_EVENT_COMPLETED:
+        if (job_finish(e, w->dom, w->disk, job.id) != FINISH_DONE) {
+            /* TOP still in the chain: a late event, or libvirt has not
+             * updated the XML yet; the poll decides */
+            pthread_mutex_lock(&e->tree->lock);
+            struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
+            if (s->job.id == job.id && !s->gone_since_ms)
+                s->gone_since_ms = now_ms();
+            pthread_mutex_unlock(&e->tree->lock);
+        }
+        break;
+    case CFS_JOB_EVENT_FAILED:
+    case CFS_JOB_EVENT_CANCELED:
+        if (e->be->ops->job_get(e->be, w->dom, w->disk, &pr) == 0 && pr.present) {
+            log_debug("%s/%s: late event of an earlier job; ignored", w->dom,
+                      w->disk);
+            break;
+        }
+        if (w->status == CFS_JOB_EVENT_FAILED)
+            job_fail(e, w->dom, w->disk, job.id, CFS_JOB_STATE_FAILED,
+                     "libvirt reported the block job as failed");
+        else
+            job_fail(e, w->dom, w->disk, job.id, CFS_JOB_STATE_CANCELED,
+                     "the block job was canceled outside chainfs");
+        break;
+    default:
+        break;
+    }
+    cfs_job_clear(&job);
+}
+
+void handle_offline_done(struct cfs_engine *e, const struct work *w)
+{
+    if (w->err < 0)
+        job_fail(e, w->dom, w->disk, w->job_id, CFS_JOB_STATE_FAILED,
+                 w->errmsg ? w->errmsg : strerror(-w->err));
+    else if (job_finish(e, w->dom, w->disk, w->job_id) != FINISH_DONE)
+        job_fail(e, w->dom, w->disk, w->job_id, CFS_JOB_STATE_FAILED,
+                 "the merged layer is still in the chain after the merge");
+}
+
+/* One poll of a live job: progress, the ready fallback, a vanished job. */
+void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job))
+        return;
+    if ((job.type != CFS_JOB_COMMIT && job.type != CFS_JOB_ACTIVE_COMMIT) ||
+        job_starting(e, dom, disk)) {
+        cfs_job_clear(&job);
+        return;
+    }
+    struct cfs_job_progress pr = {0};
+    int r = e->be->ops->job_get(e->be, dom, disk, &pr);
+    if (r < 0) {
+        /* A domain that stopped or went away has no job any more (libvirt
+         * refuses to ask); anything else, e.g. a lost connection, is
+         * passing: keep following. */
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+        bool stopped = !e->tree->stale && (!d || d->state == CFS_DOM_SHUTOFF);
+        pthread_mutex_unlock(&e->tree->lock);
+        if (r == -ENOTCONN || !stopped) {
+            cfs_job_clear(&job);
+            return;
+        }
+        pr.present = false;
+    }
+    if (pr.present) {
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+        if (s->job.id != job.id) {
+            pthread_mutex_unlock(&e->tree->lock);
+            cfs_job_clear(&job);
+            return;
+        }
+        if (s->job.cur != pr.cur || s->job.end != pr.end ||
+            s->job.bandwidth != pr.bandwidth) {
+            s->job.cur = pr.cur;
+            s->job.end = pr.end;
+            s->job.bandwidth = pr.bandwidth;
+            tree_changed(e);
+        }
+        s->gone_since_ms = 0;
+        bool to_ready = pr.ready && s->job.state == CFS_JOB_STATE_RUNNING &&
+                        job.type == CFS_JOB_ACTIVE_COMMIT;
+        if (to_ready) {
+            s->job.state = CFS_JOB_STATE_READY;
+            tree_changed(e);
+        }
+        bool retry = s->job.state == CFS_JOB_STATE_READY;
+        pthread_mutex_unlock(&e->tree->lock);
+        if (retry)
+            try_pivot(e, dom, disk);
+        cfs_job_clear(&job);
+        return;
+    }
+
+    /* libvirt has no job: finished (maybe the event was missed) or died;
+     * when libvirt cannot be read now, the next poll asks again */
+    if (job_finish(e, dom, disk, job.id) != FINISH_TOP_IN_CHAIN) {
+        cfs_job_clear(&job);
+        return;
+    }
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (s->job.id != job.id) {
+        pthread_mutex_unlock(&e->tree->lock);
+        cfs_job_clear(&job);
+        return;
+    }
+    if (!s->gone_since_ms)
+        s->gone_since_ms = now_ms();
+    bool expired = now_ms() - s->gone_since_ms > VANISH_GRACE_MS ||
+                   job.state == CFS_JOB_STATE_RUNNING;
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    bool running = d && d->state != CFS_DOM_SHUTOFF;
+    pthread_mutex_unlock(&e->tree->lock);
+    /* A running copy that disappears with TOP in place did not complete
+     * (QEMU died, the domain was destroyed, someone aborted it). After a
+     * pivot, give libvirt a moment to update the XML. */
+    if (expired)
+        job_fail(e, dom, disk, job.id, CFS_JOB_STATE_FAILED,
+                 running ? "the block job ended without completing"
+                         : "the domain stopped during the merge");
+    cfs_job_clear(&job);
+}
+
+bool any_live_job(struct cfs_engine *e, char ***doms, char ***disks)
+{
+    bool any = false;
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; i < e->tree->n_states; i++) {
+        struct cfs_disk_state *s = e->tree->states[i];
+        if (!cfs_job_state_in_progress(s->job.state))
+            continue;
+        if (s->job.type != CFS_JOB_COMMIT && s->job.type != CFS_JOB_ACTIVE_COMMIT)
+            continue;
+        any = true;
+        if (doms) {
+            cfs_strv_push(doms, cfs_xstrdup(s->dom));
+            cfs_strv_push(disks, cfs_xstrdup(s->disk));
+        }
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    return any;
+}
+
+void poll_jobs(struct cfs_engine *e)
+{
+    _cleanup_strv_ char **doms = NULL;
+    _cleanup_strv_ char **disks = NULL;
+    if (!any_live_job(e, &doms, &disks))
+        return;
+    for (size_t i = 0; doms && doms[i]; i++)
+        route(e, work_new(WORK_POLL_JOB, doms[i], disks[i]));
+    e->last_poll_ms = now_ms();
+}
