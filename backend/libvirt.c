@@ -1705,12 +1705,11 @@ static char *lv_layer_path(virDomainPtr dom, const char *disk, const char *ref)
 
 static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
                            const char *disk, const char *top, const char *base,
-                           bool active)
+                           bool active, uint64_t bandwidth)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
     unsigned int flags = active ? VIR_DOMAIN_BLOCK_COMMIT_ACTIVE : 0;
-    uint64_t bandwidth = __atomic_load_n(&be->commit_bandwidth, __ATOMIC_RELAXED);
     int r;
 
     if (bandwidth > 0)

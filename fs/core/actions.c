@@ -25,12 +25,12 @@ static void note_failure(struct cfs_engine *e, const char *dom,
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     if (d && cfs_domain_find_disk(d, disk)) {
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-        if (!cfs_job_state_in_progress(s->job.state)) {
+        if (!cfs_job_phase_in_progress(s->job.phase)) {
             char **partial = TAKE_PTR(s->partial_tops);
             cfs_job_clear(&s->job);
             s->partial_tops = partial;
             s->job.type = type;
-            s->job.state = CFS_JOB_STATE_FAILED;
+            s->job.phase = CFS_PHASE_FAILED;
             s->job.snapshot = cfs_xstrdup(snapshot);
             s->job.started = s->job.finished = now_s();
             s->job.error = cfs_xstrdup(msg);
@@ -107,7 +107,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
               "-o overlay_dir=DIR to give its overlays a directory";
     } else {
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-        if (cfs_job_state_in_progress(s->job.state)) {
+        if (cfs_job_phase_in_progress(s->job.phase)) {
             r = -EBUSY;
             why = "the disk has a job in progress";
         } else if (cfs_strv_contains(d->snapshots, name) ||
@@ -119,7 +119,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
             cfs_job_clear(&s->job);
             s->partial_tops = partial;
             s->job.type = CFS_JOB_SNAPSHOT;
-            s->job.state = CFS_JOB_STATE_RUNNING;
+            s->job.phase = CFS_PHASE_RUNNING;
             s->job.snapshot = cfs_xstrdup(name);
             s->job.base = cfs_xstrdup(dk->layers[0].path);
             s->job.started = now_s();
@@ -196,7 +196,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                  strerror(-r), msg);
         pthread_mutex_lock(&e->tree->lock);
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-        s->job.state = CFS_JOB_STATE_FAILED;
+        s->job.phase = CFS_PHASE_FAILED;
         pthread_mutex_unlock(&e->tree->lock);
         _cleanup_free_ char *text = cfs_xasprintf("mkdir %s: %s", name, msg);
         note_failure(e, dom, disk, CFS_JOB_SNAPSHOT, name, text);
@@ -221,7 +221,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         refresh_after_change(e, dom);
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-    s->job.state = CFS_JOB_STATE_COMPLETED;
+    s->job.phase = CFS_PHASE_COMPLETED;
     free(s->job.top);
     s->job.top = cfs_xstrdup(overlay);
     s->job.finished = now_s();
@@ -363,7 +363,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     } else if (!d || !dk) {
         r = -ENOENT;
         why = d ? "no such disk" : "no such domain";
-    } else if (s && cfs_job_state_in_progress(s->job.state)) {
+    } else if (s && cfs_job_phase_in_progress(s->job.phase)) {
         r = -EBUSY;
         why = "the disk has a job in progress";
     } else if (seen < 0) {
@@ -393,7 +393,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     if (!d || !dk) {
         r = -ENOENT;
         why = d ? "no such disk" : "no such domain";
-    } else if (cfs_job_state_in_progress(s->job.state)) {
+    } else if (cfs_job_phase_in_progress(s->job.phase)) {
         r = -EBUSY;
         why = "the disk has a job in progress";
     } else if (idx < 0 || (size_t)idx + 1 >= dk->n_layers) {
@@ -432,7 +432,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         struct cfs_job *j = &s->job;
         j->type = !running ? CFS_JOB_OFFLINE_COMMIT
                   : idx == 0 ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT;
-        j->state = CFS_JOB_STATE_RUNNING;
+        j->phase = CFS_PHASE_RUNNING;
         j->snapshot = cfs_xstrdup(name);
         j->meta_name = cfs_xstrdup(top->meta_name);
         j->top = cfs_xstrdup(top->path);
@@ -466,7 +466,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                  strerror(-r), why_buf);
         set_starting(e, dom, disk, job.id, false);
         _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", name, why_buf);
-        job_end(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, text, false);
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
         cfs_job_clear(&job);
         return r;
     }
@@ -476,7 +476,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         set_starting(e, dom, disk, job.id, false);
         _cleanup_free_ char *text = cfs_xasprintf(
             "rmdir %s: cannot write the journal in %s", name, e->state_dir);
-        job_end(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, text, false);
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
         cfs_job_clear(&job);
         return -EIO;
     }
@@ -506,7 +506,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             free(a->top);
             free(a->base);
             free(a);
-            job_end(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, strerror(-r), false);
+            job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, strerror(-r), false);
             cfs_job_clear(&job);
             return -EIO;
         }
@@ -522,7 +522,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     hook_set_commit_bandwidth(e);
 #endif
     r = e->be->ops->commit_start(e->be, dom, disk, top_ref, base_ref,
-                                 job.type == CFS_JOB_ACTIVE_COMMIT);
+                                 job.type == CFS_JOB_ACTIVE_COMMIT,
+                                 e->commit_bandwidth);
     set_starting(e, dom, disk, job.id, false);
     if (r < 0) {
         if (r == -ENOTCONN)
@@ -531,7 +532,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         log_warn("rmdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
                  strerror(-r), msg);
         _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", name, msg);
-        job_end(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, text, false);
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
         cfs_job_clear(&job);
         return r;
     }

@@ -794,6 +794,7 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     e->overlay_dir = cfs_xstrdup(cfg->overlay_dir);
     e->state_dir = cfs_xstrdup(cfg->state_dir);
     e->keep_merged = cfg->keep_merged;
+    e->commit_bandwidth = cfg->bandwidth;
     e->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 3000;
     e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
     e->be = be;

@@ -100,6 +100,7 @@ struct cfs_engine {
     char *overlay_dir;
     char *state_dir;
     bool keep_merged;
+    uint64_t commit_bandwidth; /* bytes/s every merge starts with, 0 = unlimited */
     unsigned refresh_ms;
     unsigned poll_ms;
 
@@ -192,10 +193,10 @@ bool job_snapshot(struct cfs_engine *e, const char *dom, const char *disk, struc
 void job_number(struct cfs_engine *e, struct cfs_disk_state *s);
 bool disk_has_layer(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_file_id *id, const char *path);
 void set_starting(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, bool starting);
-void job_end(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_state st, const char *error, bool partial);
+void job_end(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase st, const char *error, bool partial);
 int file_user_live(struct cfs_engine *e, const struct file_ref *files, size_t n, const char *except_dom, const char *except_disk, char **user, size_t *which);
 enum finish_result job_finish(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
-void job_fail(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_state st, const char *why);
+void job_fail(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase st, const char *why);
 #ifdef CHAINFS_TEST_HOOKS
 void hook_set_commit_bandwidth(struct cfs_engine *e);
 #endif

@@ -74,7 +74,7 @@ bool job_snapshot(struct cfs_engine *e, const char *dom,
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
-    bool ok = s && cfs_job_state_in_progress(s->job.state);
+    bool ok = s && cfs_job_phase_in_progress(s->job.phase);
     if (ok)
         cfs_job_copy(out, &s->job);
     pthread_mutex_unlock(&e->tree->lock);
@@ -89,12 +89,12 @@ void job_number(struct cfs_engine *e, struct cfs_disk_state *s)
 
 static void set_job_state(struct cfs_engine *e, const char *dom,
                           const char *disk, uint64_t id,
-                          enum cfs_job_state st)
+                          enum cfs_job_phase st)
 {
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
-    if (s && s->job.id == id && s->job.state != st) {
-        s->job.state = st;
+    if (s && s->job.id == id && s->job.phase != st) {
+        s->job.phase = st;
         tree_changed(e);
     }
     pthread_mutex_unlock(&e->tree->lock);
@@ -141,7 +141,7 @@ static bool job_starting(struct cfs_engine *e, const char *dom,
 /* End job ID of DOM/DISK; a no-op if the disk has moved on to another
  * job meanwhile. */
 void job_end(struct cfs_engine *e, const char *dom, const char *disk,
-             uint64_t id, enum cfs_job_state st, const char *error,
+             uint64_t id, enum cfs_job_phase st, const char *error,
              bool partial)
 {
     /* Close the journal entry first: whoever `wait`s for this job may
@@ -162,16 +162,16 @@ void job_end(struct cfs_engine *e, const char *dom, const char *disk,
         return;
     }
     struct cfs_job *j = &s->job;
-    j->state = st;
+    j->phase = st;
     j->finished = now_s();
-    if (st == CFS_JOB_STATE_COMPLETED && j->end)
+    if (st == CFS_PHASE_COMPLETED && j->end)
         j->cur = j->end;
     free(j->error);
     j->error = cfs_xstrdup(error);
     j->partial = partial;
     if (partial && j->top && !cfs_strv_contains(s->partial_tops, j->top))
         cfs_strv_push(&s->partial_tops, cfs_xstrdup(j->top));
-    if (st == CFS_JOB_STATE_COMPLETED && j->top && s->partial_tops) {
+    if (st == CFS_PHASE_COMPLETED && j->top && s->partial_tops) {
         /* the overlay is gone: forget that it was partly merged */
         char **kept = NULL;
         for (char **p = s->partial_tops; *p; p++)
@@ -351,7 +351,7 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
     if (disk_gone) {
         /* TOP is in no chain only because its domain or disk went away:
          * that says nothing about the merge, so nothing is deleted */
-        job_fail(e, dom, disk, id, CFS_JOB_STATE_FAILED,
+        job_fail(e, dom, disk, id, CFS_PHASE_FAILED,
                  "the domain or the disk disappeared during the merge; "
                  "nothing was deleted");
         cfs_job_clear(&job);
@@ -390,14 +390,14 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
     }
     log_info("%s/%s: snapshot %s merged into %s (%s)", dom, disk,
              job.snapshot, job.base, cfs_job_type_to_string(job.type));
-    job_end(e, dom, disk, id, CFS_JOB_STATE_COMPLETED, NULL, false);
+    job_end(e, dom, disk, id, CFS_PHASE_COMPLETED, NULL, false);
     refresh_domain(e, dom);
     cfs_job_clear(&job);
     return FINISH_DONE;
 }
 
 void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
-              uint64_t id, enum cfs_job_state st, const char *why)
+              uint64_t id, enum cfs_job_phase st, const char *why)
 {
     struct cfs_job job;
     if (!job_snapshot(e, dom, disk, &job))
@@ -425,7 +425,7 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     _cleanup_free_ char *space = space_reason(e, job.base);
     _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
     log_err("%s/%s: merge of snapshot %s %s: %s", dom, disk, job.snapshot,
-            st == CFS_JOB_STATE_CANCELED ? "canceled" : "failed", text);
+            st == CFS_PHASE_CANCELED ? "canceled" : "failed", text);
     job_end(e, dom, disk, id, st, text, partial);
     cfs_job_clear(&job);
 }
@@ -447,7 +447,7 @@ void hook_set_commit_bandwidth(struct cfs_engine *e)
         }
         fclose(f);
     }
-    __atomic_store_n(&e->be->commit_bandwidth, (uint64_t)bw, __ATOMIC_RELAXED);
+    e->commit_bandwidth = bw;
 }
 #endif
 
@@ -458,7 +458,7 @@ static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
     struct cfs_job job;
     if (!job_snapshot(e, dom, disk, &job))
         return;
-    if (job.type != CFS_JOB_ACTIVE_COMMIT || job.state != CFS_JOB_STATE_READY) {
+    if (job.type != CFS_JOB_ACTIVE_COMMIT || job.phase != CFS_PHASE_READY) {
         cfs_job_clear(&job);
         return;
     }
@@ -482,11 +482,11 @@ static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
 #endif
 
     journal_record(e, dom, disk, &job, "pivoting");
-    set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_PIVOTING);
+    set_job_state(e, dom, disk, job.id, CFS_PHASE_PIVOTING);
     r = e->be->ops->job_pivot(e->be, dom, disk);
     if (r == -EAGAIN) {
         log_debug("%s/%s: pivot not ready yet, retrying", dom, disk);
-        set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_READY);
+        set_job_state(e, dom, disk, job.id, CFS_PHASE_READY);
     } else if (r < 0) {
         _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
         pthread_mutex_lock(&e->tree->lock);
@@ -495,11 +495,11 @@ static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
         pthread_mutex_unlock(&e->tree->lock);
         log_warn("%s/%s: pivot refused (%d): %s", dom, disk, failures, msg);
         if (failures < PIVOT_MAX_FAILURES) {
-            set_job_state(e, dom, disk, job.id, CFS_JOB_STATE_READY);
+            set_job_state(e, dom, disk, job.id, CFS_PHASE_READY);
         } else {
             /* give up: end the mirror without pivoting, the chain stays */
             e->be->ops->job_abort(e->be, dom, disk);
-            job_fail(e, dom, disk, job.id, CFS_JOB_STATE_FAILED, msg);
+            job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED, msg);
         }
     } else {
         log_debug("%s/%s: pivot accepted", dom, disk);
@@ -524,7 +524,7 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
     }
     log_debug("%s/%s: block job event %d (type %s) in state %s", w->dom,
               w->disk, (int)w->status, cfs_job_type_to_string(w->type),
-              cfs_job_state_to_string(job.state));
+              cfs_job_phase_to_string(job.phase));
     bool live_commit = job.type == CFS_JOB_COMMIT || job.type == CFS_JOB_ACTIVE_COMMIT;
     if (!live_commit || (w->type != CFS_JOB_NONE && w->type != job.type) ||
         job_starting(e, w->dom, w->disk)) {
@@ -538,11 +538,11 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
     switch (w->status) {
     case CFS_JOB_EVENT_READY:
         if (job.type == CFS_JOB_ACTIVE_COMMIT &&
-            job.state == CFS_JOB_STATE_RUNNING) {
+            job.phase == CFS_PHASE_RUNNING) {
             pthread_mutex_lock(&e->tree->lock);
             struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
             if (s->job.id == job.id) {
-                s->job.state = CFS_JOB_STATE_READY;
+                s->job.phase = CFS_PHASE_READY;
                 if (s->job.end)
                     s->job.cur = s->job.end;
                 tree_changed(e);
@@ -570,10 +570,10 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
             break;
         }
         if (w->status == CFS_JOB_EVENT_FAILED)
-            job_fail(e, w->dom, w->disk, job.id, CFS_JOB_STATE_FAILED,
+            job_fail(e, w->dom, w->disk, job.id, CFS_PHASE_FAILED,
                      "libvirt reported the block job as failed");
         else
-            job_fail(e, w->dom, w->disk, job.id, CFS_JOB_STATE_CANCELED,
+            job_fail(e, w->dom, w->disk, job.id, CFS_PHASE_CANCELED,
                      "the block job was canceled outside chainfs");
         break;
     default:
@@ -585,10 +585,10 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
 void handle_offline_done(struct cfs_engine *e, const struct work *w)
 {
     if (w->err < 0)
-        job_fail(e, w->dom, w->disk, w->job_id, CFS_JOB_STATE_FAILED,
+        job_fail(e, w->dom, w->disk, w->job_id, CFS_PHASE_FAILED,
                  w->errmsg ? w->errmsg : strerror(-w->err));
     else if (job_finish(e, w->dom, w->disk, w->job_id) != FINISH_DONE)
-        job_fail(e, w->dom, w->disk, w->job_id, CFS_JOB_STATE_FAILED,
+        job_fail(e, w->dom, w->disk, w->job_id, CFS_PHASE_FAILED,
                  "the merged layer is still in the chain after the merge");
 }
 
@@ -635,13 +635,13 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
             tree_changed(e);
         }
         s->gone_since_ms = 0;
-        bool to_ready = pr.ready && s->job.state == CFS_JOB_STATE_RUNNING &&
+        bool to_ready = pr.ready && s->job.phase == CFS_PHASE_RUNNING &&
                         job.type == CFS_JOB_ACTIVE_COMMIT;
         if (to_ready) {
-            s->job.state = CFS_JOB_STATE_READY;
+            s->job.phase = CFS_PHASE_READY;
             tree_changed(e);
         }
-        bool retry = s->job.state == CFS_JOB_STATE_READY;
+        bool retry = s->job.phase == CFS_PHASE_READY;
         pthread_mutex_unlock(&e->tree->lock);
         if (retry)
             try_pivot(e, dom, disk);
@@ -665,7 +665,7 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
     if (!s->gone_since_ms)
         s->gone_since_ms = now_ms();
     bool expired = now_ms() - s->gone_since_ms > VANISH_GRACE_MS ||
-                   job.state == CFS_JOB_STATE_RUNNING;
+                   job.phase == CFS_PHASE_RUNNING;
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     bool running = d && d->state != CFS_DOM_SHUTOFF;
     pthread_mutex_unlock(&e->tree->lock);
@@ -673,7 +673,7 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
      * (QEMU died, the domain was destroyed, someone aborted it). After a
      * pivot, give libvirt a moment to update the XML. */
     if (expired)
-        job_fail(e, dom, disk, job.id, CFS_JOB_STATE_FAILED,
+        job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED,
                  running ? "the block job ended without completing"
                          : "the domain stopped during the merge");
     cfs_job_clear(&job);
@@ -685,7 +685,7 @@ bool any_live_job(struct cfs_engine *e, char ***doms, char ***disks)
     pthread_mutex_lock(&e->tree->lock);
     for (size_t i = 0; i < e->tree->n_states; i++) {
         struct cfs_disk_state *s = e->tree->states[i];
-        if (!cfs_job_state_in_progress(s->job.state))
+        if (!cfs_job_phase_in_progress(s->job.phase))
             continue;
         if (s->job.type != CFS_JOB_COMMIT && s->job.type != CFS_JOB_ACTIVE_COMMIT)
             continue;

@@ -28,16 +28,22 @@ static const char *const job_type_names[CFS_JOB_TYPE_MAX] = {
     [CFS_JOB_COMMIT] = "commit",
     [CFS_JOB_ACTIVE_COMMIT] = "active-commit",
     [CFS_JOB_OFFLINE_COMMIT] = "offline-commit",
+    [CFS_JOB_PULL] = "pull",
+    [CFS_JOB_COPY] = "copy",
+    [CFS_JOB_BACKUP] = "backup",
+    [CFS_JOB_UNKNOWN] = "unknown",
 };
 
-static const char *const job_state_names[CFS_JOB_STATE_MAX] = {
-    [CFS_JOB_STATE_NONE] = "none",
-    [CFS_JOB_STATE_RUNNING] = "running",
-    [CFS_JOB_STATE_READY] = "ready",
-    [CFS_JOB_STATE_PIVOTING] = "pivoting",
-    [CFS_JOB_STATE_COMPLETED] = "completed",
-    [CFS_JOB_STATE_FAILED] = "failed",
-    [CFS_JOB_STATE_CANCELED] = "canceled",
+static const char *const job_phase_names[CFS_PHASE_MAX] = {
+    [CFS_PHASE_NONE] = "none",
+    [CFS_PHASE_STARTING] = "starting",
+    [CFS_PHASE_RUNNING] = "running",
+    [CFS_PHASE_READY] = "ready",
+    [CFS_PHASE_PIVOTING] = "pivoting",
+    [CFS_PHASE_CLEANUP] = "cleanup",
+    [CFS_PHASE_COMPLETED] = "completed",
+    [CFS_PHASE_FAILED] = "failed",
+    [CFS_PHASE_CANCELED] = "canceled",
 };
 
 static const char *const name_source_names[CFS_NAME_SOURCE_MAX] = {
@@ -64,9 +70,9 @@ const char *cfs_job_type_to_string(enum cfs_job_type t)
     return lookup(job_type_names, ELEMENTSOF(job_type_names), (int)t);
 }
 
-const char *cfs_job_state_to_string(enum cfs_job_state s)
+const char *cfs_job_phase_to_string(enum cfs_job_phase s)
 {
-    return lookup(job_state_names, ELEMENTSOF(job_state_names), (int)s);
+    return lookup(job_phase_names, ELEMENTSOF(job_phase_names), (int)s);
 }
 
 const char *cfs_name_source_to_string(enum cfs_name_source s)
@@ -74,10 +80,11 @@ const char *cfs_name_source_to_string(enum cfs_name_source s)
     return lookup(name_source_names, ELEMENTSOF(name_source_names), (int)s);
 }
 
-bool cfs_job_state_in_progress(enum cfs_job_state s)
+bool cfs_job_phase_in_progress(enum cfs_job_phase s)
 {
-    return s == CFS_JOB_STATE_RUNNING || s == CFS_JOB_STATE_READY ||
-           s == CFS_JOB_STATE_PIVOTING;
+    return s == CFS_PHASE_STARTING || s == CFS_PHASE_RUNNING ||
+           s == CFS_PHASE_READY || s == CFS_PHASE_PIVOTING ||
+           s == CFS_PHASE_CLEANUP;
 }
 
 /* ---- destructors ---------------------------------------------------------- */

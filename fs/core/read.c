@@ -12,7 +12,7 @@ int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d,
     if (i < 0 || (size_t)i + 1 >= disk->n_layers)
         return -1;
     struct cfs_disk_state *s = cfs_tree_find_disk_state(t, d->name, disk->target);
-    if (s && cfs_job_state_in_progress(s->job.state) &&
+    if (s && cfs_job_phase_in_progress(s->job.phase) &&
         s->job.type != CFS_JOB_SNAPSHOT &&
         cfs_file_same(&s->job.top_id, s->job.top, &disk->layers[i].id,
                       disk->layers[i].path))
@@ -194,7 +194,7 @@ int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
             break;
         }
         struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
-        if (!s || !cfs_job_state_in_progress(s->job.state)) {
+        if (!s || !cfs_job_phase_in_progress(s->job.phase)) {
             cfs_render_job_text(out, s ? &s->job : NULL, t->stale);
             break;
         }

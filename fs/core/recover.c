@@ -14,7 +14,7 @@ void recover_journal(struct cfs_engine *e)
         struct cfs_journal_entry *en = &v[i];
         pthread_mutex_lock(&e->tree->lock);
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, en->domain, en->disk);
-        bool followed = cfs_job_state_in_progress(s->job.state) &&
+        bool followed = cfs_job_phase_in_progress(s->job.phase) &&
                         cfs_streq(s->job.journal_id, en->id);
         pthread_mutex_unlock(&e->tree->lock);
         if (followed)
@@ -50,7 +50,7 @@ void recover_journal(struct cfs_engine *e)
         /* always resume as running: a poll finds out whether the copy is
          * ready (and pivots), and a pivot that was in flight when the
          * previous daemon died either happened or is simply asked again */
-        s->job.state = CFS_JOB_STATE_RUNNING;
+        s->job.phase = CFS_PHASE_RUNNING;
         s->job.snapshot = cfs_xstrdup(en->snapshot);
         s->job.meta_name = cfs_xstrdup(en->meta_name);
         s->job.top = cfs_xstrdup(en->top);
@@ -102,7 +102,7 @@ void recover_merge(struct cfs_engine *e, const char *dom,
     } else {
         log_info("recovery: %s/%s: merge of %s did not finish; marked failed",
                  dom, disk, job.snapshot);
-        job_fail(e, dom, disk, id, CFS_JOB_STATE_FAILED,
+        job_fail(e, dom, disk, id, CFS_PHASE_FAILED,
                  "the merge was interrupted and did not complete");
     }
     cfs_job_clear(&job);

@@ -178,7 +178,7 @@ static unsigned job_percent(const struct cfs_job *job)
 {
     if (!job)
         return 0;
-    if (job->state == CFS_JOB_STATE_COMPLETED)
+    if (job->phase == CFS_PHASE_COMPLETED)
         return 100;
     if (job->end == 0)
         return 0;
@@ -324,7 +324,7 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
         cfs_format_size(job->end, end, sizeof(end));
 
         kv_str(&kv, "type", cfs_job_type_to_string(job->type));
-        kv_str(&kv, "state", cfs_job_state_to_string(job->state));
+        kv_str(&kv, "state", cfs_job_phase_to_string(job->phase));
         kv_str(&kv, "snapshot", job->snapshot);
         kv_str(&kv, "top", job->top);
         kv_str(&kv, "base", job->base);
@@ -357,7 +357,7 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
     bool none = job_absent(job);
 
     json_put_str(o, "type", none ? "none" : cfs_job_type_to_string(job->type));
-    json_put_str(o, "state", none ? "none" : cfs_job_state_to_string(job->state));
+    json_put_str(o, "state", none ? "none" : cfs_job_phase_to_string(job->phase));
     json_put_str(o, "snapshot", none ? NULL : job->snapshot);
     json_put_str(o, "top", none ? NULL : job->top);
     json_put_str(o, "base", none ? NULL : job->base);

@@ -96,11 +96,16 @@ struct cfs_backend_ops {
                            const char *disk, const char *name);
 
     /* Start a live commit of TOP into BASE on a running domain. ACTIVE:
-     * TOP is the active layer (active commit; pivot later). Returns once
+     * TOP is the active layer (active commit; pivot later). BANDWIDTH:
+     * bytes/s from the job's first byte, 0 = unlimited. Returns once
      * libvirt accepted the job. */
     int (*commit_start)(struct cfs_backend *be, const char *dom,
                         const char *disk, const char *top, const char *base,
-                        bool active);
+                        bool active, uint64_t bandwidth);
+    /* Limit the disk's running block job to BANDWIDTH bytes/s now
+     * (0 = unlimited). -ENOENT if the disk has no job. */
+    int (*job_set_bandwidth)(struct cfs_backend *be, const char *dom,
+                             const char *disk, uint64_t bandwidth);
     /* Current job on the disk; out->present=false if none. */
     int (*job_get)(struct cfs_backend *be, const char *dom, const char *disk,
                    struct cfs_job_progress *out);
@@ -140,10 +145,6 @@ struct cfs_backend_ops {
 struct cfs_backend {
     const struct cfs_backend_ops *ops;
     void *priv;
-    /* Bytes/s a live commit starts limited to, 0 = unlimited. Only the
-     * test-hooks daemon sets it (STATE_DIR/commit-bandwidth), with
-     * __atomic_store_n; backends read it with __atomic_load_n. */
-    uint64_t commit_bandwidth;
 };
 
 /* The real backend. URI may be NULL (libvirt's default). */

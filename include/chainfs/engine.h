@@ -23,6 +23,7 @@
 #include <sys/types.h>
 
 #include "chainfs/backend.h"
+#include "chainfs/ctl.h"
 #include "chainfs/path.h"
 #include "chainfs/tree.h"
 #include "chainfs/util.h"
@@ -33,6 +34,8 @@ struct cfs_engine_config {
     bool keep_merged;          /* keep overlay files after a merge */
     unsigned refresh_ms;       /* full re-read interval; 0: 3000 */
     unsigned poll_ms;          /* job progress poll while a job runs; 0: 250 */
+    uint64_t bandwidth;        /* bytes/s every merge starts with (-o
+                                  bandwidth=N), 0 = unlimited */
 };
 
 struct cfs_engine;
@@ -80,6 +83,15 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
+
+/* Carry out one ctl command on DOM/DISK (the caller checked that the
+ * user may change snapshots). 0, or: -ENOENT no such disk or no job to
+ * act on, -EAGAIN not ready (pivot), -EBUSY the job is not chainfs's
+ * (origin external), -EINVAL the command does not apply to this job,
+ * -ENOTCONN libvirt unreachable; the reason is logged and shown in `job`.
+ * Settings (pivot manual/auto, a job's bandwidth) are journaled. */
+int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
+                   const struct cfs_ctl_cmd *cmd);
 
 /* Bumped on every change of what any file shows (tree lock inside). */
 unsigned long cfs_engine_generation(struct cfs_engine *e);

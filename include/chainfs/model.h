@@ -82,30 +82,40 @@ struct cfs_domain {
                              its last known state */
 };
 
+/* What a job does. The first rows are chainfs's own kinds; every libvirt
+ * block job type maps to a distinct value too (a job chainfs did not
+ * start shows as what it is, with origin external). */
 enum cfs_job_type {
     CFS_JOB_NONE,
     CFS_JOB_SNAPSHOT,       /* mkdir */
     CFS_JOB_COMMIT,         /* live commit of a lower layer */
     CFS_JOB_ACTIVE_COMMIT,  /* live commit of the active layer + pivot */
     CFS_JOB_OFFLINE_COMMIT, /* shut-off domain: merged with qemu-img */
+    CFS_JOB_PULL,           /* libvirt VIR_DOMAIN_BLOCK_JOB_TYPE_PULL */
+    CFS_JOB_COPY,           /* VIR_DOMAIN_BLOCK_JOB_TYPE_COPY */
+    CFS_JOB_BACKUP,         /* VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP */
+    CFS_JOB_UNKNOWN,        /* a libvirt job type this build does not know */
     CFS_JOB_TYPE_MAX,
 };
 
-enum cfs_job_state {
-    CFS_JOB_STATE_NONE,
-    CFS_JOB_STATE_RUNNING,
-    CFS_JOB_STATE_READY,
-    CFS_JOB_STATE_PIVOTING,
-    CFS_JOB_STATE_COMPLETED,
-    CFS_JOB_STATE_FAILED,
-    CFS_JOB_STATE_CANCELED,
-    CFS_JOB_STATE_MAX,
+/* A job's one state (docs/DESIGN.md draws the allowed edges). */
+enum cfs_job_phase {
+    CFS_PHASE_NONE,
+    CFS_PHASE_STARTING,     /* claimed; libvirt has not accepted it yet */
+    CFS_PHASE_RUNNING,
+    CFS_PHASE_READY,
+    CFS_PHASE_PIVOTING,
+    CFS_PHASE_CLEANUP,      /* libvirt is done; deleting, forgetting */
+    CFS_PHASE_COMPLETED,
+    CFS_PHASE_FAILED,
+    CFS_PHASE_CANCELED,
+    CFS_PHASE_MAX,
 };
 
 /* A disk's current or last job, as chainfs follows it. */
 struct cfs_job {
     enum cfs_job_type type;
-    enum cfs_job_state state;
+    enum cfs_job_phase phase;
     char *snapshot;        /* display name of the snapshot being merged/made */
     char *meta_name;       /* libvirt snapshot metadata to drop at the end */
     char *top;             /* overlay being merged away */
@@ -122,6 +132,9 @@ struct cfs_job {
     char *journal_id;      /* the journal entry that records it, or NULL */
     uint64_t id;           /* the engine's number for this job: events and
                               steps act only on the job they were meant for */
+    bool external;         /* origin external: a libvirt job chainfs did
+                              not start (never pivoted, aborted or cleaned
+                              up by chainfs) */
 };
 
 /* Progress as a backend reports it (virDomainGetBlockJobInfo). */
@@ -135,9 +148,9 @@ struct cfs_job_progress {
 
 const char *cfs_dom_state_to_string(enum cfs_dom_state s);
 const char *cfs_job_type_to_string(enum cfs_job_type t);   /* "active-commit", ... */
-const char *cfs_job_state_to_string(enum cfs_job_state s); /* "running", ... */
+const char *cfs_job_phase_to_string(enum cfs_job_phase s); /* "running", ... */
 const char *cfs_name_source_to_string(enum cfs_name_source s); /* "libvirt-metadata", "chainfs", "filename", "-" */
-bool cfs_job_state_in_progress(enum cfs_job_state s); /* running/ready/pivoting */
+bool cfs_job_phase_in_progress(enum cfs_job_phase s); /* starting .. cleanup */
 
 /* Destructors take NULL and return NULL; *_clear frees members only. */
 void cfs_layer_clear(struct cfs_layer *l);

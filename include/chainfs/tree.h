@@ -14,11 +14,18 @@
 
 #include "chainfs/model.h"
 
+/* A disk's settings, given through its ctl file; journaled
+ * (STATE_DIR), so they outlive a daemon restart. */
+struct cfs_disk_settings {
+    bool pivot_manual;       /* active commits wait in ready for `pivot` */
+};
+
 /* Per-disk bookkeeping that outlives the domain's re-reads. */
 struct cfs_disk_state {
     char *dom;
     char *disk;
     struct cfs_job job;      /* current or last job */
+    struct cfs_disk_settings settings;
     char **partial_tops;     /* overlays a failed merge partly wrote below */
     int64_t gone_since_ms;   /* job vanished but TOP still in the chain */
     int pivot_failures;      /* pivots refused for another reason than "not ready" */

@@ -64,6 +64,7 @@ struct fake_job {
     char *base;
     enum cfs_job_type type; /* CFS_JOB_COMMIT or CFS_JOB_ACTIVE_COMMIT */
     uint64_t cur, end;
+    uint64_t bandwidth;     /* bytes/s, 0 = unlimited */
     bool ready;
 };
 
@@ -567,7 +568,8 @@ out:
 
 static int fake_commit_start(struct cfs_backend *be, const char *dom,
                              const char *disk, const char *top,
-                             const char *base, bool active)
+                             const char *base, bool active,
+                             uint64_t bandwidth)
 {
     struct fake *f = fake_of(be);
     struct cfs_domain *d;
@@ -611,6 +613,7 @@ static int fake_commit_start(struct cfs_backend *be, const char *dom,
         .base = cfs_xstrdup(dk->layers[t + 1].path),
         .type = active ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT,
         .end = dk->layers[t].virtual_size,
+        .bandwidth = bandwidth,
     };
 out:
     pthread_mutex_unlock(&f->lock);
@@ -646,6 +649,7 @@ static int fake_job_get(struct cfs_backend *be, const char *dom,
             .type = job->type,
             .cur = job->cur,
             .end = job->end,
+            .bandwidth = job->bandwidth,
             .ready = job->ready,
         };
 out:

@@ -123,12 +123,12 @@ static void assert_list(struct fx *f, const char *path, const char *want)
     free(got);
 }
 
-static enum cfs_job_state job_state(struct fx *f, const char *dom)
+static enum cfs_job_phase job_state(struct fx *f, const char *dom)
 {
     struct cfs_tree *t = cfs_engine_tree(f->e);
     pthread_mutex_lock(&t->lock);
     struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, "vda");
-    enum cfs_job_state st = s ? s->job.state : CFS_JOB_STATE_NONE;
+    enum cfs_job_phase st = s ? s->job.phase : CFS_PHASE_NONE;
     pthread_mutex_unlock(&t->lock);
     return st;
 }
@@ -231,7 +231,7 @@ static void test_mkdir_takes_snapshot(void **state)
     struct fx *f = *state;
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "before-upgrade"), 0);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2 before-upgrade");
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     char *chain = read_file(f, "/vm1/vda/chain.json");
     assert_non_null(strstr(chain, "vm1.vda.before-upgrade.qcow2"));
     free(chain);
@@ -279,7 +279,7 @@ static void test_rmdir_active_pivots_and_cleans(void **state)
 {
     struct fx *f = *state;
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_RUNNING);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
     assert_int_equal(journal_entries(f), 1);
     /* gone from snapshots/ while it merges */
     assert_list(f, "/vm1/vda/snapshots", "s1");
@@ -293,7 +293,7 @@ static void test_rmdir_active_pivots_and_cleans(void **state)
 
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 1);
     assert_false(exists(f->paths[0]));
     assert_true(exists(f->paths[1]));
@@ -313,10 +313,10 @@ static void test_rmdir_pivot_not_ready_is_retried(void **state)
     cfs_fake_pivot_not_ready(f->be, 2);
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e); /* event: pivot refused */
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_READY);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
     cfs_engine_run_pending(f->e); /* poll: refused again */
     cfs_engine_run_pending(f->e); /* poll: accepted */
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 3);
 }
 
@@ -335,7 +335,7 @@ static void test_rmdir_keep_merged(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_true(exists(f->paths[0]));
 }
 
@@ -349,7 +349,7 @@ static void test_rmdir_middle_no_pivot(void **state)
     assert_job_contains(f, "type:");
     cfs_fake_job_complete(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
     assert_false(exists(f->paths[1]));
     assert_true(exists(f->paths[0]));
@@ -366,7 +366,7 @@ static void test_rmdir_failure_brings_snapshot_back(void **state)
     cfs_engine_run_pending(f->e);
     cfs_fake_job_fail(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     char *info = read_file(f, "/vm1/vda/snapshots/s1/info");
     assert_non_null(strstr(info, "partial"));
@@ -377,7 +377,7 @@ static void test_rmdir_failure_brings_snapshot_back(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
     cfs_fake_job_complete(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
 }
 
 static void test_rmdir_commit_refused(void **state)
@@ -385,7 +385,7 @@ static void test_rmdir_commit_refused(void **state)
     struct fx *f = *state;
     cfs_fake_fail_next(f->be, "commit_start", EIO, "internal error: qemu said no");
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), -EIO);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
     assert_job_contains(f, "qemu said no");
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_int_equal(journal_entries(f), 0);
@@ -399,7 +399,7 @@ static void test_job_canceled(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     f->be->ops->job_abort(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_CANCELED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
 }
 
@@ -411,13 +411,13 @@ static void test_job_vanished_unreadable(void **state)
     struct fx *f = *state;
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_RUNNING);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
     cfs_fake_job_vanish(f->be, "vm1", "vda", true);
     cfs_fake_fail_next(f->be, "read_domain", EIO, "internal error: busy");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_RUNNING);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_false(exists(f->paths[1]));
 }
 
@@ -428,13 +428,13 @@ static void test_job_vanished(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
     cfs_fake_job_vanish(f->be, "vm1", "vda", true);
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_false(exists(f->paths[1]));
     /* died with TOP still in the chain: failed */
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     cfs_fake_job_vanish(f->be, "vm1", "vda", false);
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
     assert_true(exists(f->paths[0]));
     assert_list(f, "/vm1/vda/snapshots", "s2");
 }
@@ -445,7 +445,7 @@ static void test_domain_undefined_midmerge_deletes_nothing(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
     cfs_fake_remove_domain(f->be, "vm1");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
     for (int i = 0; i < 3; i++)
         assert_true(exists(f->paths[i]));
     assert_int_equal(journal_entries(f), 0);
@@ -460,7 +460,7 @@ static void test_domain_destroyed_midmerge(void **state)
     const char *meta[] = {"s2", "s1", NULL};
     cfs_fake_add_simple(f->be, "vm1", CFS_DOM_SHUTOFF, "vda", chain, meta, 3);
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
     assert_true(exists(f->paths[0]));
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     /* started again, rmdir completes */
@@ -469,7 +469,7 @@ static void test_domain_destroyed_midmerge(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_false(exists(f->paths[0]));
 }
 
@@ -629,7 +629,7 @@ static void test_rmdir_on_live_chain(void **state)
     free(job);
     cfs_fake_job_complete(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_false(exists(f->paths[0]));
     assert_true(exists(o));
     assert_list(f, "/vm1/vda/snapshots", "s1 outside");
@@ -746,7 +746,7 @@ static void test_remote_rmdir_leaves_leftover(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_true(exists(f->paths[0]));
     assert_int_equal(cfs_fake_calls(f->be, "volume_delete"), 1);
     char want[256];
@@ -769,7 +769,7 @@ static void test_remote_rmdir_pool_deletes(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     char *gone = cfs_fake_last_volume_deleted(f->be);
     assert_non_null(gone);
     assert_string_equal(gone, f->paths[0]);
@@ -842,7 +842,7 @@ static void test_remote_recovery_leaves_leftover(void **state)
     struct cfs_engine_config cfg = {.state_dir = f->state};
     assert_int_equal(cfs_engine_new(&cfg, be2, &f->e, NULL), 0);
     assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_true(exists(f->paths[1]));
     char want[256];
     snprintf(want, sizeof(want), "leftover:  %s\n", f->paths[1]);
@@ -896,7 +896,7 @@ static void test_recovery_follows_and_cleans(void **state)
     struct cfs_engine_config cfg = {.state_dir = f->state};
     assert_int_equal(cfs_engine_new(&cfg, be2, &f->e, NULL), 0);
     assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_FAILED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
     assert_int_equal(journal_entries(f), 0);
     assert_true(exists(f->paths[0]));
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
@@ -915,7 +915,7 @@ static void test_recovery_finished_while_down(void **state)
     struct cfs_engine_config cfg = {.state_dir = f->state};
     assert_int_equal(cfs_engine_new(&cfg, be2, &f->e, NULL), 0);
     assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
-    assert_int_equal(job_state(f, "vm1"), CFS_JOB_STATE_COMPLETED);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
     assert_false(exists(f->paths[1]));
     assert_int_equal(journal_entries(f), 0);
 }

@@ -349,7 +349,7 @@ static void test_snapshot_create(void **state)
     /* A disk with a block job is busy. */
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda",
                                            "/img/vm1.vda.s3.qcow2", chain3[0],
-                                           true),
+                                           true, 0),
                      0);
     assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "busy",
                                               "/img/busy.qcow2"),
@@ -393,51 +393,51 @@ static void test_commit_refusals(void **state)
     struct cfs_backend *be = fx->be;
 
     assert_int_equal(be->ops->commit_start(be, "nope", "vda", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      -ENOENT);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vdz", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      -ENOENT);
     /* Not adjacent, unknown layers, base above top. */
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
-                                           chain3[2], true),
+                                           chain3[2], true, 0),
                      -EINVAL);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/nope",
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      -EINVAL);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
-                                           chain3[0], false),
+                                           chain3[0], false, 0),
                      -EINVAL);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[2], NULL,
-                                           false),
+                                           false, 0),
                      -EINVAL);
     /* ACTIVE must match whether top is layer 0. */
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
-                                           chain3[1], false),
+                                           chain3[1], false, 0),
                      -EINVAL);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
-                                           chain3[2], true),
+                                           chain3[2], true, 0),
                      -EINVAL);
     assert_non_null(strstr(cfs_backend_errmsg(), "not active"));
 
     /* One job per disk. */
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
-                                           chain3[2], false),
+                                           chain3[2], false, 0),
                      0);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      -EBUSY);
 
     /* A live commit needs a running domain. */
     cfs_fake_add_simple(be, "off", CFS_DOM_SHUTOFF, "vda", chain3, NULL, 3);
     assert_int_equal(be->ops->commit_start(be, "off", "vda", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      -EINVAL);
     assert_non_null(strstr(cfs_backend_errmsg(), "domain is not running"));
     /* Paused is still active in libvirt's sense. */
     cfs_fake_add_simple(be, "paused", CFS_DOM_PAUSED, "vda", chain3, NULL, 3);
     assert_int_equal(be->ops->commit_start(be, "paused", "vda", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      0);
 
     /* No job: pivot and abort are refused. */
@@ -467,7 +467,7 @@ static void test_active_commit_pivot(void **state)
     assert_false(p.present);
 
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      0);
     assert_int_equal(n_events(fx), 0);
     p = job_of(be, "vm1", "vda");
@@ -529,7 +529,7 @@ static void test_pivot_not_ready_counts_only_ready_pivots(void **state)
 
     cfs_fake_pivot_not_ready(be, 1);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      0);
     assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EAGAIN);
     cfs_fake_job_ready(be, "vm1", "vda");
@@ -544,7 +544,7 @@ static void test_intermediate_commit_complete(void **state)
     struct cfs_job_progress p;
 
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
-                                           chain3[2], false),
+                                           chain3[2], false, 0),
                      0);
     p = job_of(be, "vm1", "vda");
     assert_true(p.present);
@@ -613,9 +613,9 @@ static void test_commit_by_index(void **state)
     snprintf(top, sizeof(top), "vda[%u]", idx[1]);
     snprintf(base, sizeof(base), "vda[%u]", idx[2]);
     snprintf(bad, sizeof(bad), "vda[%u]", s3 + 100);
-    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", bad, base, false), -EINVAL);
-    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", top, top, false), -EINVAL);
-    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", top, base, false), 0);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", bad, base, false, 0), -EINVAL);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", top, top, false, 0), -EINVAL);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", top, base, false, 0), 0);
     cfs_fake_job_complete(be, "vm1", "vda");
     const char *const after[] = { "/img/vm1.vda.s3.qcow2", chain3[0], chain3[2] };
     assert_chain(be, "vm1", "vda", after, 3);
@@ -628,7 +628,7 @@ static void test_abort_fail_vanish(void **state)
 
     /* Abort: CANCELED, chain unchanged. */
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      0);
     cfs_fake_job_ready(be, "vm1", "vda");
     assert_int_equal(be->ops->job_abort(be, "vm1", "vda"), 0);
@@ -641,7 +641,7 @@ static void test_abort_fail_vanish(void **state)
     /* Fail: FAILED, chain unchanged. */
     clear_events(fx);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
-                                           chain3[2], false),
+                                           chain3[2], false, 0),
                      0);
     cfs_fake_job_fail(be, "vm1", "vda");
     assert_int_equal(n_events(fx), 1);
@@ -653,7 +653,7 @@ static void test_abort_fail_vanish(void **state)
     /* Vanish without completing: no event, chain unchanged. */
     clear_events(fx);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
-                                           chain3[2], false),
+                                           chain3[2], false, 0),
                      0);
     cfs_fake_job_vanish(be, "vm1", "vda", false);
     assert_int_equal(n_events(fx), 0);
@@ -662,7 +662,7 @@ static void test_abort_fail_vanish(void **state)
 
     /* Vanish after completing: no event, chain merged. */
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
-                                           chain3[1], true),
+                                           chain3[1], true, 0),
                      0);
     cfs_fake_job_vanish(be, "vm1", "vda", true);
     assert_int_equal(n_events(fx), 0);
@@ -677,7 +677,7 @@ static void test_domain_stop_drops_jobs(void **state)
     struct cfs_domain *d;
 
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
-                                           chain3[2], false),
+                                           chain3[2], false, 0),
                      0);
     /* virsh destroy: the domain is shut off; the job is gone. */
     d = read_ok(be, "vm1");
@@ -695,7 +695,7 @@ static void test_domain_stop_drops_jobs(void **state)
     cfs_fake_put_domain(be, d);
     cfs_domain_free(d);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/img/s3.qcow2",
-                                           chain3[0], true),
+                                           chain3[0], true, 0),
                      0);
     cfs_fake_remove_domain(be, "vm1");
     cfs_fake_add_simple(be, "vm1", CFS_DOM_RUNNING, "vda", chain3, meta3, 3);
@@ -798,7 +798,7 @@ static void test_fail_next(void **state)
                      -EPERM);
     assert_int_equal(be->ops->snapshot_forget(be, "vm1", "vda", "x"), -EPERM);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/img/x",
-                                           chain3[0], true),
+                                           chain3[0], true, 0),
                      -EPERM);
     assert_int_equal(be->ops->job_get(be, "vm1", "vda", &p), -EPERM);
     assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EPERM);
@@ -809,7 +809,7 @@ static void test_fail_next(void **state)
     assert_string_equal(cfs_backend_errmsg(), "offline_commit");
     /* ... and the failures were one-shot. */
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/img/x",
-                                           chain3[0], true),
+                                           chain3[0], true, 0),
                      0);
     assert_int_equal(be->ops->job_abort(be, "vm1", "vda"), 0);
 
@@ -852,7 +852,7 @@ static void test_calls(void **state)
     (void)be->ops->job_abort(be, "vm1", "vda");
     (void)be->ops->snapshot_forget(be, "vm1", "vda", "nope");
     (void)be->ops->snapshot_create(be, "vm1", "vda", "s1", "/x");
-    (void)be->ops->commit_start(be, "vm1", "vda", "/x", "/y", true);
+    (void)be->ops->commit_start(be, "vm1", "vda", "/x", "/y", true, 0);
     (void)be->ops->offline_commit(be, "vm1", "vda", "/x", "/y", true);
 
     assert_int_equal(cfs_fake_calls(be, "list_domains"), 1);
@@ -908,7 +908,7 @@ static void *worker_main(void *arg)
                 abort();
             char *below = cfs_xstrdup(d->disks[0].layers[1].path);
             cfs_domain_free(d);
-            if (be->ops->commit_start(be, dom, "vda", path, below, true) != 0)
+            if (be->ops->commit_start(be, dom, "vda", path, below, true, 0) != 0)
                 abort();
             cfs_fake_job_ready(be, dom, "vda");
             if (be->ops->job_get(be, dom, "vda", &p) != 0 || !p.ready)

@@ -483,7 +483,7 @@ static struct cfs_job running_job(void)
 {
     return (struct cfs_job){
         .type = CFS_JOB_ACTIVE_COMMIT,
-        .state = CFS_JOB_STATE_RUNNING,
+        .phase = CFS_PHASE_RUNNING,
         .snapshot = "s2",
         .top = "/var/lib/libvirt/images/web01.vda.s2.qcow2",
         .base = "/var/lib/libvirt/images/web01.vda.s1.qcow2",
@@ -536,7 +536,7 @@ static void test_job_text_failed(void **state)
     (void)state;
     struct cfs_job j = running_job();
     j.type = CFS_JOB_COMMIT;
-    j.state = CFS_JOB_STATE_FAILED;
+    j.phase = CFS_PHASE_FAILED;
     j.bandwidth = MiB;
     j.finished = 1790000600;
     j.error = "internal error: unable to execute QEMU command 'block-commit': Could not reopen file";
@@ -564,7 +564,7 @@ static void test_job_text_leftover(void **state)
 {
     (void)state;
     struct cfs_job j = running_job();
-    j.state = CFS_JOB_STATE_COMPLETED;
+    j.phase = CFS_PHASE_COMPLETED;
     j.cur = j.end;
     j.finished = 1790000600;
     j.leftover = "/var/lib/libvirt/images/web01.vda.s2.qcow2";
@@ -604,28 +604,28 @@ static void test_job_progress(void **state)
 {
     (void)state;
     struct cfs_job j = running_job();
-    struct { uint64_t cur, end; enum cfs_job_state st; const char *want; } cases[] = {
-        { 0, 64 * MiB, CFS_JOB_STATE_RUNNING, "0% [--------------------]" },
-        { 27 * MiB, 64 * MiB, CFS_JOB_STATE_RUNNING, "42% [########------------]" },
-        { 64 * MiB, 64 * MiB, CFS_JOB_STATE_READY, "100% [####################]" },
-        { 1, 3, CFS_JOB_STATE_RUNNING, "33% [######--------------]" },
-        { 2, 3, CFS_JOB_STATE_RUNNING, "66% [#############-------]" },
-        { 99, 100, CFS_JOB_STATE_RUNNING, "99% [###################-]" },
-        { 5, 100, CFS_JOB_STATE_RUNNING, "5% [#-------------------]" },
-        { 4, 100, CFS_JOB_STATE_RUNNING, "4% [--------------------]" },
-        { 0, 0, CFS_JOB_STATE_RUNNING, "0% [--------------------]" },
-        { 0, 0, CFS_JOB_STATE_COMPLETED, "100% [####################]" },
-        { 0, 0, CFS_JOB_STATE_FAILED, "0% [--------------------]" },
-        { 10, 5, CFS_JOB_STATE_RUNNING, "100% [####################]" },
-        { 27 * MiB, 64 * MiB, CFS_JOB_STATE_COMPLETED, "100% [####################]" },
-        { UINT64_MAX / 2, UINT64_MAX, CFS_JOB_STATE_RUNNING, "49% [#########-----------]" },
-        { UINT64_MAX - 1, UINT64_MAX, CFS_JOB_STATE_RUNNING, "99% [###################-]" },
+    struct { uint64_t cur, end; enum cfs_job_phase st; const char *want; } cases[] = {
+        { 0, 64 * MiB, CFS_PHASE_RUNNING, "0% [--------------------]" },
+        { 27 * MiB, 64 * MiB, CFS_PHASE_RUNNING, "42% [########------------]" },
+        { 64 * MiB, 64 * MiB, CFS_PHASE_READY, "100% [####################]" },
+        { 1, 3, CFS_PHASE_RUNNING, "33% [######--------------]" },
+        { 2, 3, CFS_PHASE_RUNNING, "66% [#############-------]" },
+        { 99, 100, CFS_PHASE_RUNNING, "99% [###################-]" },
+        { 5, 100, CFS_PHASE_RUNNING, "5% [#-------------------]" },
+        { 4, 100, CFS_PHASE_RUNNING, "4% [--------------------]" },
+        { 0, 0, CFS_PHASE_RUNNING, "0% [--------------------]" },
+        { 0, 0, CFS_PHASE_COMPLETED, "100% [####################]" },
+        { 0, 0, CFS_PHASE_FAILED, "0% [--------------------]" },
+        { 10, 5, CFS_PHASE_RUNNING, "100% [####################]" },
+        { 27 * MiB, 64 * MiB, CFS_PHASE_COMPLETED, "100% [####################]" },
+        { UINT64_MAX / 2, UINT64_MAX, CFS_PHASE_RUNNING, "49% [#########-----------]" },
+        { UINT64_MAX - 1, UINT64_MAX, CFS_PHASE_RUNNING, "99% [###################-]" },
     };
 
     for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
         j.cur = cases[i].cur;
         j.end = cases[i].end;
-        j.state = cases[i].st;
+        j.phase = cases[i].st;
         _cleanup_free_ char *line = progress_line(&j);
         if (strcmp(line, cases[i].want) != 0)
             fail_msg("cur=%" PRIu64 " end=%" PRIu64 ": \"%s\", want \"%s\"",
@@ -673,7 +673,7 @@ static void test_job_json(void **state)
     assert_json_bool(o, "stale", false);
     json_object_put(o);
 
-    j.state = CFS_JOB_STATE_FAILED;
+    j.phase = CFS_PHASE_FAILED;
     j.finished = 1790000600;
     j.error = "boom \"quoted\" /path";
     j.partial = true;
@@ -687,7 +687,7 @@ static void test_job_json(void **state)
     assert_json_bool(o, "stale", true);
     json_object_put(o);
 
-    j.state = CFS_JOB_STATE_COMPLETED;
+    j.phase = CFS_PHASE_COMPLETED;
     j.error = NULL;
     j.partial = false;
     j.leftover = "/var/lib/libvirt/images/web01.vda.s2.qcow2";

@@ -238,14 +238,16 @@ static void test_to_string(void **state)
     assert_string_equal(cfs_job_type_to_string(CFS_JOB_OFFLINE_COMMIT), "offline-commit");
     assert_string_equal(cfs_job_type_to_string(CFS_JOB_TYPE_MAX), "unknown");
 
-    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_NONE), "none");
-    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_RUNNING), "running");
-    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_READY), "ready");
-    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_PIVOTING), "pivoting");
-    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_COMPLETED), "completed");
-    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_FAILED), "failed");
-    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_CANCELED), "canceled");
-    assert_string_equal(cfs_job_state_to_string(CFS_JOB_STATE_MAX), "unknown");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_NONE), "none");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_RUNNING), "running");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_READY), "ready");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_PIVOTING), "pivoting");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_STARTING), "starting");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_CLEANUP), "cleanup");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_COMPLETED), "completed");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_FAILED), "failed");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_CANCELED), "canceled");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_MAX), "unknown");
 
     assert_string_equal(cfs_name_source_to_string(CFS_NAME_NONE), "-");
     assert_string_equal(cfs_name_source_to_string(CFS_NAME_METADATA), "libvirt-metadata");
@@ -253,10 +255,11 @@ static void test_to_string(void **state)
     assert_string_equal(cfs_name_source_to_string(CFS_NAME_FILENAME), "filename");
     assert_string_equal(cfs_name_source_to_string(CFS_NAME_SOURCE_MAX), "unknown");
 
-    for (int s = 0; s < CFS_JOB_STATE_MAX; s++)
-        assert_int_equal(cfs_job_state_in_progress(s),
-                         s == CFS_JOB_STATE_RUNNING || s == CFS_JOB_STATE_READY ||
-                         s == CFS_JOB_STATE_PIVOTING);
+    for (int s = 0; s < CFS_PHASE_MAX; s++)
+        assert_int_equal(cfs_job_phase_in_progress(s),
+                         s == CFS_PHASE_STARTING || s == CFS_PHASE_RUNNING ||
+                         s == CFS_PHASE_READY || s == CFS_PHASE_PIVOTING ||
+                         s == CFS_PHASE_CLEANUP);
 }
 
 static struct cfs_domain *make_domain(void)
@@ -356,7 +359,7 @@ static void test_job_copy(void **state)
 {
     (void)state;
     struct cfs_job src = {
-        .type = CFS_JOB_ACTIVE_COMMIT, .state = CFS_JOB_STATE_READY,
+        .type = CFS_JOB_ACTIVE_COMMIT, .phase = CFS_PHASE_READY,
         .snapshot = "s2", .meta_name = "s2", .top = "/a", .base = "/b",
         .cur = 5, .end = 10, .bandwidth = 7, .started = 100, .finished = 0,
         .error = NULL, .partial = true, .journal_id = "1-2-3",
@@ -365,7 +368,7 @@ static void test_job_copy(void **state)
 
     cfs_job_copy(&dst, &src);
     assert_int_equal(dst.type, CFS_JOB_ACTIVE_COMMIT);
-    assert_int_equal(dst.state, CFS_JOB_STATE_READY);
+    assert_int_equal(dst.phase, CFS_PHASE_READY);
     assert_ptr_not_equal(dst.snapshot, src.snapshot);
     assert_string_equal(dst.snapshot, "s2");
     assert_string_equal(dst.meta_name, "s2");

@@ -1,0 +1,51 @@
+/* ctl.h — the commands a disk's `ctl` file takes (Plan 9 style: one
+ * command per write; the write's result is the answer). Pure: parsing
+ * only; the engine carries them out (cfs_engine_ctl).
+ *
+ *   abort               cancel the disk's running job
+ *   pivot               pivot a ready active commit now
+ *   pivot manual|auto   whether active commits wait in `ready` for `pivot`
+ *   bandwidth N         the running job's limit, bytes/s; K/M/G suffixes
+ *                       (powers of 1024), 0 = unlimited
+ *
+ * One command per write: words separated by blanks, one trailing "\n"
+ * allowed (echo), nothing else after it. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Longest write the ctl file takes; longer ones are -E2BIG. */
+#define CFS_CTL_MAX_WRITE 4096
+
+enum cfs_ctl_op {
+    CFS_CTL_ABORT,
+    CFS_CTL_PIVOT,
+    CFS_CTL_PIVOT_MANUAL,
+    CFS_CTL_PIVOT_AUTO,
+    CFS_CTL_BANDWIDTH,
+    CFS_CTL_OP_MAX,
+};
+
+struct cfs_ctl_cmd {
+    enum cfs_ctl_op op;
+    uint64_t bandwidth;   /* CFS_CTL_BANDWIDTH: bytes/s, 0 = unlimited */
+};
+
+/* Parse one write of LEN bytes (not NUL-terminated). 0 and *OUT filled;
+ * -EINVAL for an unknown or malformed command (*WHY, static text, says
+ * what is wrong); -E2BIG for more than CFS_CTL_MAX_WRITE bytes. */
+int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
+                  const char **why);
+
+/* "10M" -> 10485760: a decimal number with an optional K, M, G or T
+ * suffix (powers of 1024; a trailing "B", "iB" or "/s" is not taken).
+ * -EINVAL if malformed, negative or over UINT64_MAX. Also used for
+ * -o bandwidth=N. */
+int cfs_size_parse(const char *s, uint64_t *out);
+
+/* "abort" ... (for logs). */
+const char *cfs_ctl_op_to_string(enum cfs_ctl_op op);
+
+/* The commands, one per line, as reading ctl lists them. */
+extern const char cfs_ctl_usage[];
