@@ -26,16 +26,11 @@ static void note_failure(struct cfs_engine *e, const char *dom,
     if (d && cfs_domain_find_disk(d, disk)) {
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
         if (!cfs_job_phase_in_progress(s->job.phase)) {
-            char **partial = TAKE_PTR(s->partial_tops);
-            cfs_job_clear(&s->job);
-            s->partial_tops = partial;
-            s->job.type = type;
-            s->job.phase = CFS_PHASE_FAILED;
+            job_new_locked(e, s, type);
             s->job.snapshot = cfs_xstrdup(snapshot);
             s->job.started = s->job.finished = now_s();
             s->job.error = cfs_xstrdup(msg);
-            job_number(e, s);
-            tree_changed(e);
+            phase_step_locked(e, s, CFS_PHASE_FAILED);
         }
     }
     pthread_mutex_unlock(&e->tree->lock);
@@ -56,6 +51,62 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
                  strcmp(op, "mkdir") == 0 ? CFS_JOB_SNAPSHOT : CFS_JOB_COMMIT,
                  name, msg);
     return err;
+}
+
+/* The refusals mkdir and rmdir share, in this one order (then each its
+ * own: mkdir EEXIST; rmdir no such snapshot ENOENT, ESTALE, a file used
+ * elsewhere EBUSY, EOPNOTSUPP):
+ *   1. ENOTCONN  libvirt is unreachable (the tree is stale)
+ *   2. ENOENT    no such domain, no such disk
+ *   3. EROFS     the disk takes no snapshots: read-only, shareable, no
+ *                source; for mkdir also an active layer on a block device
+ *                without overlay_dir (no place for the overlay)
+ *   4. EBUSY     a job in progress on the disk: chainfs's own, or one
+ *                chainfs did not start (external)
+ * (Before these: mkdir's name check, EINVAL; and both ask whether the
+ * domain answers, check_reachable.) 0 if none applies. Caller holds the
+ * tree lock; *WHY_BUF (caller frees) may hold the text *WHY points to. */
+enum { REFUSE_CREATING = 1, REFUSE_LIVE = 2 };
+
+static int disk_refusal(struct cfs_engine *e, const struct cfs_domain *d,
+                        const struct cfs_disk *dk, struct cfs_disk_state *s,
+                        unsigned flags, const char **why, char **why_buf)
+{
+    bool creating = flags & REFUSE_CREATING;
+    if (!(flags & REFUSE_LIVE) && e->tree->stale) {
+        *why = "libvirt is unreachable (chainfs keeps reconnecting)";
+        return -ENOTCONN;
+    }
+    if (!d || !dk) {
+        *why = d ? "no such disk" : "no such domain";
+        return -ENOENT;
+    }
+    if (dk->readonly || dk->shareable || (creating && dk->n_layers == 0)) {
+        *why = dk->readonly ? "the disk is read-only"
+               : dk->shareable ? "the disk is shareable" : "the disk has no source";
+        return -EROFS;
+    }
+    if (creating && !e->overlay_dir &&
+        (dk->layers[0].is_block ||
+         (dk->layers[0].path && strncmp(dk->layers[0].path, "/dev/", 5) == 0))) {
+        /* beside the active image would be /dev: never create files there */
+        *why = "the disk's active layer is a block device (or in /dev), beside "
+               "which no overlay is created; start chainfs with "
+               "-o overlay_dir=DIR to give its overlays a directory";
+        return -EROFS;
+    }
+    if (s && cfs_job_phase_in_progress(s->job.phase)) {
+        *why = "the disk has a job in progress";
+        return -EBUSY;
+    }
+    if (s && s->external.type != CFS_JOB_NONE) {
+        free(*why_buf);
+        *why = *why_buf = cfs_xasprintf(
+            "the disk has a %s job chainfs did not start (external); wait "
+            "for it to end", cfs_job_type_to_string(s->external.type));
+        return -EBUSY;
+    }
+    return 0;
 }
 
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
@@ -87,47 +138,24 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     }
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    if (e->tree->stale) {
-        r = -ENOTCONN;
-        why = "libvirt is unreachable (chainfs keeps reconnecting)";
-    } else if (!d || !dk) {
-        r = -ENOENT;
-        why = d ? "no such disk" : "no such domain";
-    } else if (dk->readonly || dk->shareable || dk->n_layers == 0) {
-        r = -EROFS;
-        why = dk->readonly ? "the disk is read-only"
-              : dk->shareable ? "the disk is shareable" : "the disk has no source";
-    } else if (!e->overlay_dir &&
-               (dk->layers[0].is_block ||
-                (dk->layers[0].path && strncmp(dk->layers[0].path, "/dev/", 5) == 0))) {
-        /* beside the active image would be /dev: never create files there */
-        r = -EROFS;
-        why = "the disk's active layer is a block device (or in /dev), beside "
-              "which no overlay is created; start chainfs with "
-              "-o overlay_dir=DIR to give its overlays a directory";
+    struct cfs_disk_state *s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
+    uint64_t id = 0;
+    r = disk_refusal(e, d, dk, s, REFUSE_CREATING, &why, &live_why);
+    if (r < 0) {
+        /* refused */
+    } else if (cfs_strv_contains(d->snapshots, name) ||
+               cfs_disk_find_snapshot(dk, name) >= 0) {
+        r = -EEXIST;
+        why = "the domain already has a snapshot of that name";
     } else {
-        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-        if (cfs_job_phase_in_progress(s->job.phase)) {
-            r = -EBUSY;
-            why = "the disk has a job in progress";
-        } else if (cfs_strv_contains(d->snapshots, name) ||
-                   cfs_disk_find_snapshot(dk, name) >= 0) {
-            r = -EEXIST;
-            why = "the domain already has a snapshot of that name";
-        } else {
-            char **partial = TAKE_PTR(s->partial_tops);
-            cfs_job_clear(&s->job);
-            s->partial_tops = partial;
-            s->job.type = CFS_JOB_SNAPSHOT;
-            s->job.phase = CFS_PHASE_RUNNING;
-            s->job.snapshot = cfs_xstrdup(name);
-            s->job.base = cfs_xstrdup(dk->layers[0].path);
-            s->job.started = now_s();
-            job_number(e, s);
-            active.path = cfs_xstrdup(dk->layers[0].path);
-            cfs_file_id_copy(&active.id, &dk->layers[0].id);
-            tree_changed(e);
-        }
+        job_new_locked(e, s, CFS_JOB_SNAPSHOT);
+        s->job.snapshot = cfs_xstrdup(name);
+        s->job.base = cfs_xstrdup(dk->layers[0].path);
+        s->job.started = now_s();
+        id = s->job.id;
+        active.path = cfs_xstrdup(dk->layers[0].path);
+        cfs_file_id_copy(&active.id, &dk->layers[0].id);
+        phase_step_locked(e, s, CFS_PHASE_STARTING);
     }
     pthread_mutex_unlock(&e->tree->lock);
     if (r < 0) {
@@ -194,12 +222,8 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         /* release the claim, then record why */
         log_warn("mkdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
                  strerror(-r), msg);
-        pthread_mutex_lock(&e->tree->lock);
-        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-        s->job.phase = CFS_PHASE_FAILED;
-        pthread_mutex_unlock(&e->tree->lock);
         _cleanup_free_ char *text = cfs_xasprintf("mkdir %s: %s", name, msg);
-        note_failure(e, dom, disk, CFS_JOB_SNAPSHOT, name, text);
+        job_end(e, dom, disk, id, CFS_PHASE_FAILED, text, false);
         return r;
     }
 
@@ -220,12 +244,13 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     else
         refresh_after_change(e, dom);
     pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-    s->job.phase = CFS_PHASE_COMPLETED;
-    free(s->job.top);
-    s->job.top = cfs_xstrdup(overlay);
-    s->job.finished = now_s();
-    tree_changed(e);
+    s = job_mine(e, dom, disk, id);
+    if (s) {
+        free(s->job.top);
+        s->job.top = cfs_xstrdup(overlay);
+        s->job.finished = now_s();
+        phase_step_locked(e, s, CFS_PHASE_COMPLETED);
+    }
     pthread_mutex_unlock(&e->tree->lock);
     log_info("mkdir %s/%s/snapshots/%s: new active layer %s", dom, disk, name,
              overlay);
@@ -357,15 +382,9 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
     struct cfs_disk_state *s = dk ? cfs_tree_find_disk_state(e->tree, dom, disk) : NULL;
     int seen = dk ? visible_snapshot(e->tree, d, dk, name) : -1;
-    if (e->tree->stale) {
-        r = -ENOTCONN;
-        why = "libvirt is unreachable (chainfs keeps reconnecting)";
-    } else if (!d || !dk) {
-        r = -ENOENT;
-        why = d ? "no such disk" : "no such domain";
-    } else if (s && cfs_job_phase_in_progress(s->job.phase)) {
-        r = -EBUSY;
-        why = "the disk has a job in progress";
+    r = disk_refusal(e, d, dk, s, 0, &why, &why_buf);
+    if (r < 0) {
+        /* refused */
     } else if (seen < 0) {
         r = -ENOENT;
         why = "no such snapshot";
@@ -390,12 +409,10 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     dk = d ? cfs_domain_find_disk(d, disk) : NULL;
     s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
     int idx = dk ? cfs_disk_find_file(dk, &seen_top.id, seen_top.path) : -1;
-    if (!d || !dk) {
-        r = -ENOENT;
-        why = d ? "no such disk" : "no such domain";
-    } else if (cfs_job_phase_in_progress(s->job.phase)) {
-        r = -EBUSY;
-        why = "the disk has a job in progress";
+    /* (lock_live just read libvirt: staleness was judged already) */
+    r = disk_refusal(e, d, dk, s, REFUSE_LIVE, &why, &why_buf);
+    if (r < 0) {
+        /* refused */
     } else if (idx < 0 || (size_t)idx + 1 >= dk->n_layers) {
         r = -ENOENT;
         why = why_buf = cfs_xasprintf(
@@ -409,9 +426,6 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             "chain changed outside chainfs); look again",
             cfs_file_display(&dk->layers[idx + 1].id, dk->layers[idx + 1].path),
             cfs_file_display(&seen_base.id, seen_base.path));
-    } else if (dk->readonly || dk->shareable) {
-        r = -EROFS;
-        why = dk->readonly ? "the disk is read-only" : "the disk is shareable";
     } else if (shared_in_tree(e->tree, dom, disk, &dk->layers[idx],
                               &dk->layers[idx + 1], &why_buf)) {
         r = -EBUSY;
@@ -424,15 +438,9 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     } else {
         running = d->state != CFS_DOM_SHUTOFF;
         const struct cfs_layer *top = &dk->layers[idx];
-        char **partial = TAKE_PTR(s->partial_tops);
-        cfs_job_clear(&s->job);
-        s->partial_tops = partial;
-        s->gone_since_ms = 0;
-        s->pivot_failures = 0;
+        job_new_locked(e, s, !running ? CFS_JOB_OFFLINE_COMMIT
+                             : idx == 0 ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT);
         struct cfs_job *j = &s->job;
-        j->type = !running ? CFS_JOB_OFFLINE_COMMIT
-                  : idx == 0 ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT;
-        j->phase = CFS_PHASE_RUNNING;
         j->snapshot = cfs_xstrdup(name);
         j->meta_name = cfs_xstrdup(top->meta_name);
         j->top = cfs_xstrdup(top->path);
@@ -444,14 +452,14 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         j->end = top->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
-        job_number(e, s);
+        j->bandwidth = running ? e->commit_bandwidth : 0;
         struct stat bst;
         s->base_bytes = engine_files_local(e) && stat(j->base, &bst) == 0
                             ? (uint64_t)bst.st_blocks * 512 : 0;
-        /* a live commit is not in libvirt until commit_start returns */
-        s->starting = running;
+        /* not in libvirt until commit_start returns (or the offline
+         * thread runs): phase starting */
+        phase_step_locked(e, s, CFS_PHASE_STARTING);
         cfs_job_copy(&job, j);
-        tree_changed(e);
     }
     pthread_mutex_unlock(&e->tree->lock);
     if (r < 0) {
@@ -464,7 +472,6 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     if (r < 0) {
         log_warn("rmdir %s/%s/snapshots/%s refused (%s): %s", dom, disk, name,
                  strerror(-r), why_buf);
-        set_starting(e, dom, disk, job.id, false);
         _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", name, why_buf);
         job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
         cfs_job_clear(&job);
@@ -473,7 +480,6 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
 
     /* durably record the intent before anything changes */
     if (journal_record(e, dom, disk, &job, "starting") < 0) {
-        set_starting(e, dom, disk, job.id, false);
         _cleanup_free_ char *text = cfs_xasprintf(
             "rmdir %s: cannot write the journal in %s", name, e->state_dir);
         job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
@@ -492,15 +498,22 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             .active = idx == 0,
             .job_id = job.id,
         };
+        /* running before the thread starts: it may be done at once */
+        job_set_phase(e, dom, disk, job.id, CFS_PHASE_RUNNING);
         pthread_mutex_lock(&e->qlock);
         e->offline_workers++;
-        pthread_mutex_unlock(&e->qlock);
         pthread_t th;
         r = -pthread_create(&th, NULL, offline_worker, a);
-        if (r < 0) {
-            pthread_mutex_lock(&e->qlock);
+        if (r == 0) {
+            e->offline_threads = cfs_xrealloc(
+                e->offline_threads,
+                (e->n_offline_threads + 1) * sizeof(*e->offline_threads));
+            e->offline_threads[e->n_offline_threads++] = th;
+        } else {
             e->offline_workers--;
-            pthread_mutex_unlock(&e->qlock);
+        }
+        pthread_mutex_unlock(&e->qlock);
+        if (r < 0) {
             free(a->dom);
             free(a->disk);
             free(a->top);
@@ -510,21 +523,15 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             cfs_job_clear(&job);
             return -EIO;
         }
-        pthread_detach(th);
-        journal_record(e, dom, disk, &job, "running");
         log_info("rmdir %s/%s/snapshots/%s: offline merge of %s into %s started",
                  dom, disk, name, job.top, job.base);
         cfs_job_clear(&job);
         return 0;
     }
 
-#ifdef CHAINFS_TEST_HOOKS
-    hook_set_commit_bandwidth(e);
-#endif
     r = e->be->ops->commit_start(e->be, dom, disk, top_ref, base_ref,
                                  job.type == CFS_JOB_ACTIVE_COMMIT,
-                                 e->commit_bandwidth);
-    set_starting(e, dom, disk, job.id, false);
+                                 job.bandwidth);
     if (r < 0) {
         if (r == -ENOTCONN)
             conn_suspect(e, true);
@@ -536,7 +543,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_job_clear(&job);
         return r;
     }
-    journal_record(e, dom, disk, &job, "running");
+    job_set_phase(e, dom, disk, job.id, CFS_PHASE_RUNNING);
     log_info("rmdir %s/%s/snapshots/%s: %s of %s (%s) into %s (%s) started",
              dom, disk, name, cfs_job_type_to_string(job.type), job.top,
              top_ref, job.base, base_ref);
@@ -546,5 +553,313 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     pthread_mutex_lock(&e->qlock);
     pthread_cond_signal(&e->qcond);
     pthread_mutex_unlock(&e->qlock);
+    return 0;
+}
+
+/* ---- the disks' settings (STATE_DIR/settings) ------------------------------------- */
+
+/* STATE_DIR/settings holds every disk's ctl settings that differ from
+ * the default, as one JSON object:
+ *   {"version":1,"disks":[{"domain":"vm1","disk":"vda","pivot":"manual"}]}
+ * written like the journal (a temporary file, fsync, rename, fsync of the
+ * directory), read at start. */
+#include <json-c/json.h>
+
+#define SETTINGS_VERSION 1
+
+int settings_save(struct cfs_engine *e)
+{
+    json_object *o = json_object_new_object();
+    json_object *arr = json_object_new_array();
+    json_object_object_add(o, "version", json_object_new_int(SETTINGS_VERSION));
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; i < e->tree->n_states; i++) {
+        const struct cfs_disk_state *s = e->tree->states[i];
+        if (!s->settings.pivot_manual)
+            continue;
+        json_object *d = json_object_new_object();
+        json_object_object_add(d, "domain", json_object_new_string(s->dom));
+        json_object_object_add(d, "disk", json_object_new_string(s->disk));
+        json_object_object_add(d, "pivot", json_object_new_string("manual"));
+        json_object_array_add(arr, d);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    json_object_object_add(o, "disks", arr);
+    _cleanup_free_ char *text = cfs_xasprintf(
+        "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+
+    _cleanup_free_ char *path = cfs_xasprintf("%s/settings", e->state_dir);
+    _cleanup_free_ char *tmp = cfs_xasprintf("%s/.settings.tmp", e->state_dir);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        goto fail;
+    size_t len = strlen(text), off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            close(fd);
+            goto fail;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) < 0) {
+        close(fd);
+        goto fail;
+    }
+    close(fd);
+    if (rename(tmp, path) < 0)
+        goto fail;
+    int dfd = open(e->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
+fail:;
+    int r = -errno;
+    log_err("settings: cannot write %s: %s", path, strerror(errno));
+    unlink(tmp);
+    return r;
+}
+
+void settings_load(struct cfs_engine *e)
+{
+    _cleanup_free_ char *path = cfs_xasprintf("%s/settings", e->state_dir);
+    if (access(path, F_OK) < 0)
+        return;
+    json_object *o = json_object_from_file(path);
+    json_object *v, *arr;
+    if (!o || !json_object_is_type(o, json_type_object) ||
+        !json_object_object_get_ex(o, "version", &v) ||
+        json_object_get_int64(v) != SETTINGS_VERSION ||
+        !json_object_object_get_ex(o, "disks", &arr) ||
+        !json_object_is_type(arr, json_type_array)) {
+        log_warn("settings: %s is not a settings file of this version; "
+                 "every disk pivots automatically", path);
+        json_object_put(o);
+        return;
+    }
+    size_t n = json_object_array_length(arr);
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; i < n; i++) {
+        json_object *d = json_object_array_get_idx(arr, i);
+        json_object *dom, *disk, *pivot;
+        if (!json_object_is_type(d, json_type_object) ||
+            !json_object_object_get_ex(d, "domain", &dom) ||
+            !json_object_object_get_ex(d, "disk", &disk) ||
+            !json_object_object_get_ex(d, "pivot", &pivot) ||
+            !json_object_is_type(dom, json_type_string) ||
+            !json_object_is_type(disk, json_type_string) ||
+            !json_object_is_type(pivot, json_type_string)) {
+            log_warn("settings: entry %zu of %s skipped (malformed)", i, path);
+            continue;
+        }
+        struct cfs_disk_state *s = cfs_tree_disk_state(
+            e->tree, json_object_get_string(dom), json_object_get_string(disk));
+        s->settings.pivot_manual =
+            strcmp(json_object_get_string(pivot), "manual") == 0;
+        s->job.pivot_manual = s->settings.pivot_manual;
+        log_info("settings: %s/%s: pivot %s", s->dom, s->disk,
+                 s->settings.pivot_manual ? "manual" : "auto");
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    json_object_put(o);
+}
+
+/* ---- ctl (FUSE threads) ------------------------------------------------------------ */
+
+static const char *ctl_op_name(enum cfs_ctl_op op)
+{
+    static const char *const names[CFS_CTL_OP_MAX] = {
+        [CFS_CTL_ABORT] = "abort", [CFS_CTL_PIVOT] = "pivot",
+        [CFS_CTL_PIVOT_MANUAL] = "pivot manual",
+        [CFS_CTL_PIVOT_AUTO] = "pivot auto", [CFS_CTL_BANDWIDTH] = "bandwidth",
+    };
+    return (int)op >= 0 && op < CFS_CTL_OP_MAX ? names[op] : "unknown";
+}
+
+static int ctl_refuse(const char *dom, const char *disk,
+                      const struct cfs_ctl_cmd *cmd, int err, const char *why)
+{
+    log_warn("ctl %s/%s: %s refused (%s): %s", dom, disk,
+             ctl_op_name(cmd->op), strerror(-err), why);
+    return err;
+}
+
+static int ctl_pivot_setting(struct cfs_engine *e, const char *dom,
+                             const char *disk, bool manual)
+{
+    uint64_t ready_id = 0;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    bool was = s->settings.pivot_manual;
+    s->settings.pivot_manual = manual;
+    s->job.pivot_manual = manual;
+    if (!manual && s->job.phase == CFS_PHASE_READY)
+        ready_id = s->job.id;
+    tree_changed(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    int r = settings_save(e);
+    if (r < 0) {
+        pthread_mutex_lock(&e->tree->lock);
+        s = cfs_tree_disk_state(e->tree, dom, disk);
+        s->settings.pivot_manual = was;
+        s->job.pivot_manual = was;
+        tree_changed(e);
+        pthread_mutex_unlock(&e->tree->lock);
+        return -EIO;
+    }
+    log_info("ctl %s/%s: pivot %s", dom, disk, manual ? "manual" : "auto");
+    if (ready_id) {
+        /* a job held in ready pivots now, on the domain's worker */
+        route(e, work_new(WORK_POLL_JOB, dom, disk));
+    }
+    return 0;
+}
+
+int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
+                   const struct cfs_ctl_cmd *cmd)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    bool stale = e->tree->stale;
+    struct cfs_disk_state *s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
+    struct cfs_job job = {0};
+    bool ours = s && cfs_job_phase_in_progress(s->job.phase);
+    enum cfs_job_type external = s ? s->external.type : CFS_JOB_NONE;
+    if (ours)
+        cfs_job_copy(&job, &s->job);
+    pthread_mutex_unlock(&e->tree->lock);
+
+    if (!dk) {
+        cfs_job_clear(&job);
+        return ctl_refuse(dom, disk, cmd, -ENOENT, d ? "no such disk" : "no such domain");
+    }
+    if (cmd->op == CFS_CTL_PIVOT_MANUAL || cmd->op == CFS_CTL_PIVOT_AUTO) {
+        cfs_job_clear(&job);
+        return ctl_pivot_setting(e, dom, disk, cmd->op == CFS_CTL_PIVOT_MANUAL);
+    }
+    _cleanup_free_ char *why_buf = NULL;
+    int r = 0;
+    const char *why = NULL;
+    const struct cfs_job_kind *k = cfs_job_kind(job.type);
+    if (stale) {
+        r = -ENOTCONN;
+        why = "libvirt is unreachable (chainfs keeps reconnecting)";
+    } else if (!ours && external != CFS_JOB_NONE) {
+        r = -EBUSY;
+        why = why_buf = cfs_xasprintf(
+            "the disk's %s job was not started by chainfs (external); "
+            "chainfs does not steer it", cfs_job_type_to_string(external));
+    } else if (!ours) {
+        r = -ENOENT;
+        why = "the disk has no job in progress";
+    } else if (job.phase == CFS_PHASE_STARTING) {
+        r = -EAGAIN;
+        why = "the job is starting; try again";
+    } else if (job.phase == CFS_PHASE_CLEANUP ||
+               (job.phase == CFS_PHASE_PIVOTING && cmd->op != CFS_CTL_PIVOT)) {
+        r = -EBUSY;
+        why = "the merge is past its end (pivoting or cleaning up)";
+    }
+    if (r < 0) {
+        cfs_job_clear(&job);
+        return ctl_refuse(dom, disk, cmd, r, why);
+    }
+
+    switch (cmd->op) {
+    case CFS_CTL_PIVOT:
+        if (!k->has_ready) {
+            r = -EINVAL;
+            why = "only an active commit pivots";
+        } else if (job.phase == CFS_PHASE_RUNNING) {
+            r = -EAGAIN;
+            why = "the active commit is not ready yet";
+        } else if (job.phase == CFS_PHASE_PIVOTING) {
+            r = -EAGAIN;
+            why = "the pivot is under way";
+        } else {
+            r = step_ready(e, dom, disk, job.id, true);
+            if (r == -ENOENT) {
+                r = -EAGAIN;
+                why = "the job is no longer ready";
+            } else if (r < 0) {
+                why = why_buf = cfs_xstrdup(errmsg_or(strerror(-r)));
+            }
+        }
+        break;
+    case CFS_CTL_ABORT:
+        if (!k->abortable) {
+            r = -EBUSY;
+            why = job.type == CFS_JOB_OFFLINE_COMMIT
+                      ? "an offline merge (qemu-img commit) cannot be canceled "
+                        "safely; wait for it to end"
+                      : "this job cannot be canceled";
+            break;
+        }
+        pthread_mutex_lock(&e->tree->lock);
+        s = job_mine(e, dom, disk, job.id);
+        if (s)
+            s->abort_requested = true;
+        pthread_mutex_unlock(&e->tree->lock);
+        r = e->be->ops->job_abort(e->be, dom, disk);
+        if (r < 0 && r != -ENOENT) {
+            pthread_mutex_lock(&e->tree->lock);
+            s = job_mine(e, dom, disk, job.id);
+            if (s)
+                s->abort_requested = false;
+            pthread_mutex_unlock(&e->tree->lock);
+            if (r == -ENOTCONN)
+                conn_suspect(e, true);
+            why = why_buf = cfs_xstrdup(errmsg_or(strerror(-r)));
+            break;
+        }
+        /* the job is gone: the chain is as it was (TOP still in it) */
+        job_fail(e, dom, disk, job.id, CFS_PHASE_CANCELED, "aborted through ctl");
+        r = 0;
+        break;
+    case CFS_CTL_BANDWIDTH:
+        if (!k->block_job) {
+            r = -EINVAL;
+            why = "an offline merge (qemu-img commit) has no bandwidth limit";
+            break;
+        }
+        r = e->be->ops->job_set_bandwidth
+                ? e->be->ops->job_set_bandwidth(e->be, dom, disk, cmd->bandwidth)
+                : -EOPNOTSUPP;
+        if (r < 0) {
+            if (r == -ENOTCONN)
+                conn_suspect(e, true);
+            why = why_buf = cfs_xstrdup(errmsg_or(strerror(-r)));
+            break;
+        }
+        pthread_mutex_lock(&e->tree->lock);
+        s = job_mine(e, dom, disk, job.id);
+        struct cfs_job copy = {0};
+        if (s) {
+            s->job.bandwidth = cmd->bandwidth;
+            tree_changed(e);
+            cfs_job_copy(&copy, &s->job);
+        }
+        pthread_mutex_unlock(&e->tree->lock);
+        /* journaled: a restarted daemon sets it again */
+        if (copy.journal_id)
+            journal_record(e, dom, disk, &copy, cfs_job_phase_to_string(copy.phase));
+        cfs_job_clear(&copy);
+        log_info("ctl %s/%s: bandwidth %llu bytes/s", dom, disk,
+                 (unsigned long long)cmd->bandwidth);
+        break;
+    default:
+        r = -EINVAL;
+        why = "unknown command";
+        break;
+    }
+    cfs_job_clear(&job);
+    if (r < 0)
+        return ctl_refuse(dom, disk, cmd, r, why);
     return 0;
 }

@@ -921,6 +921,7 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
                                     errmsg_or(strerror(-r)));
         return r;
     }
+    settings_load(e);
     recover_journal(e);
     if (thread) {
         r = -pthread_create(&e->thread, NULL, engine_thread, e);
@@ -970,15 +971,16 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
         engine_left_behind = e;
         return NULL;
     }
-    /* offline merges keep running to their end; wait for them */
-    for (;;) {
-        pthread_mutex_lock(&e->qlock);
-        unsigned n = e->offline_workers;
-        pthread_mutex_unlock(&e->qlock);
-        if (!n)
-            break;
-        usleep(50 * 1000);
-    }
+    /* offline merges keep running to their end; wait for them (no one
+     * starts another: the FUSE side is gone when the engine is freed) */
+    pthread_mutex_lock(&e->qlock);
+    pthread_t *offline = TAKE_PTR(e->offline_threads);
+    size_t n_offline = e->n_offline_threads;
+    e->n_offline_threads = 0;
+    pthread_mutex_unlock(&e->qlock);
+    for (size_t i = 0; i < n_offline; i++)
+        pthread_join(offline[i], NULL);
+    free(offline);
     if (e->be)
         e->be->ops->destroy(e->be);
     for (struct work *w = queue_take_all(e); w;) {

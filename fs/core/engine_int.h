@@ -129,6 +129,9 @@ struct cfs_engine {
     bool threaded;            /* per-domain work goes to domain workers */
     pthread_t thread;
     unsigned offline_workers; /* guarded by qlock */
+    pthread_t *offline_threads; /* every offline merge thread started,
+                                   joined at free; guarded by qlock */
+    size_t n_offline_threads;
     struct dom_worker *workers; /* guarded by qlock */
 
     void (*invalidate)(void *opaque, const char *path);
@@ -192,23 +195,30 @@ void journal_close(struct cfs_engine *e, const char *id);
 bool job_snapshot(struct cfs_engine *e, const char *dom, const char *disk, struct cfs_job *out);
 void job_number(struct cfs_engine *e, struct cfs_disk_state *s);
 bool disk_has_layer(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_file_id *id, const char *path);
-void set_starting(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, bool starting);
+struct cfs_disk_state *job_mine(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
+bool job_set_phase(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase to);
+bool job_set_phase_from(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase from, enum cfs_job_phase to);
+bool phase_step_locked(struct cfs_engine *e, struct cfs_disk_state *s, enum cfs_job_phase to);
+int step_ready(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, bool asked);
+void job_new_locked(struct cfs_engine *e, struct cfs_disk_state *s, enum cfs_job_type type);
 void job_end(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase st, const char *error, bool partial);
 int file_user_live(struct cfs_engine *e, const struct file_ref *files, size_t n, const char *except_dom, const char *except_disk, char **user, size_t *which);
 enum finish_result job_finish(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 void job_fail(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase st, const char *why);
-#ifdef CHAINFS_TEST_HOOKS
-void hook_set_commit_bandwidth(struct cfs_engine *e);
-#endif
 void handle_job_event(struct cfs_engine *e, const struct work *w);
 void handle_offline_done(struct cfs_engine *e, const struct work *w);
 void poll_job(struct cfs_engine *e, const char *dom, const char *disk);
+void external_check(struct cfs_engine *e, const char *dom, const char *disk);
 bool any_live_job(struct cfs_engine *e, char ***doms, char ***disks);
 void poll_jobs(struct cfs_engine *e);
 
 /* recover.c */
 void recover_journal(struct cfs_engine *e);
 void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
+
+/* settings.c-like part of actions.c: the disks' ctl settings */
+int settings_save(struct cfs_engine *e);
+void settings_load(struct cfs_engine *e);
 
 /* read.c */
 int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d, const struct cfs_disk *disk, const char *name);

@@ -1,32 +1,63 @@
 /* job.c — following a job to its end.
  *
- * Job state machine (per disk; docs/DESIGN.md draws it):
+ * A job is an object on its disk's state (struct cfs_disk_state.job):
+ * a number (id), a kind (cfs_job_kind(): what differs between a
+ * snapshot, a commit, an active commit and an offline commit), a phase,
+ * and the facts the engine learnt about it. Its one state is its phase;
+ * job_set_phase() is the only way to change it. It checks the edge
+ * against the table (cfs_job_phase_edge_allowed(), model.c; a refused
+ * edge is logged as a bug and ignored), persists the journal entry before
+ * the persisted edges (-> running, -> pivoting, -> cleanup; the journal's
+ * `phase` is the phase's name), closes it before a terminal phase, logs
+ * "job 7 vm1/vda: ready -> pivoting", bumps the tree generation and wakes
+ * `wait` readers.
  *
- *   mkdir:   none/ended -> running(snapshot) -> completed | failed
- *   rmdir:   none/ended -> running --(READY, live active commit)--> ready
- *            ready --(pivot accepted)--> pivoting --(COMPLETED)--> clean-up
- *            running --(COMPLETED, intermediate/offline)--> clean-up
- *            clean-up --(TOP left the chain; file deleted; metadata
- *                        dropped; journal entry closed)--> completed
- *            running|ready|pivoting --(FAILED/CANCELED, or the job vanished
- *                        with TOP still in the chain)--> failed|canceled
+ * Phases and every allowed edge:
  *
- * A "not ready" pivot goes back to ready and is retried on the next poll.
- * The journal entry is written before the commit starts and updated before
- * the pivot and before clean-up, so a restarted daemon knows what was
- * under way (recover_journal()).
+ *   none -----> starting        mkdir or rmdir claimed the disk
+ *   none -----> failed          a refusal, recorded as a failed job
+ *   starting -> running         libvirt accepted the commit (or the
+ *                               offline merge thread was started)
+ *   starting -> completed       the snapshot was taken (mkdir)
+ *   starting -> failed          refused, or (recovery) never started
+ *   starting -> cleanup         (recovery) the merge was over already
+ *   running --> ready           active commit: all copied, mirroring
+ *   running --> cleanup         intermediate/offline: libvirt is done
+ *   running --> failed | canceled
+ *   ready ----> pivoting        pivot asked (auto, or `pivot` in ctl)
+ *   ready ----> cleanup         the job ended with TOP out of the chain
+ *   ready ----> failed | canceled   (canceled: `abort` in ctl)
+ *   pivoting -> ready           not ready after all / refused: retried
+ *   pivoting -> cleanup         pivoted: TOP left the chain
+ *   pivoting -> failed
+ *   cleanup --> completed       TOP deleted (unless used/kept), metadata
+ *                               dropped, journal entry closed
+ *   cleanup --> failed          the domain or disk went away meanwhile
  *
- * Threads: FUSE threads (reads; mkdir and rmdir), the engine thread
+ * completed, failed and canceled are terminal: the disk's next job is a
+ * new one (new id), born in none. Events and polls only feed facts in
+ * (progress, ready, libvirt has no job, TOP left the chain) and then call
+ * the step of the phase the job is in: running (poll_job), ready
+ * (step_ready: pivot unless the disk holds it with `pivot manual`),
+ * cleanup (job_finish). Recovery (recover.c) loads the stored phase and
+ * steps from there.
+ *
+ * "Is this still my job": job_mine() (a disk may have moved on to a new
+ * job while a libvirt call was made without the lock).
+ *
+ * Threads: FUSE threads (reads; mkdir, rmdir and ctl), the engine thread
  * (drains the queue, lists domains, schedules polls and re-reads, marks
  * domains not responding), one worker per domain with work (every call
  * that can wait for that domain's QEMU: re-reads with statistics, job
  * polls, pivots, clean-up, recovery; see "domain workers"), and offline
- * merge workers. A stuck QEMU ties up its own domain's worker only.
+ * merge threads (joined when the engine is freed). A stuck QEMU ties up
+ * its own domain's worker only.
  *
  * Lock order: e->qlock (the engine queue and every domain worker's queue
  * and state) and t->lock are never held together. The journal's own lock
- * may be taken with t->lock held. No backend call is made with any lock
- * held. */
+ * may be taken with t->lock held (job_set_phase writes the journal
+ * without it all the same, so that readers never wait for an fsync). No
+ * backend call is made with any lock held. */
 #include "engine_int.h"
 
 /* ---- journal helpers ------------------------------------------------------- */
@@ -50,6 +81,7 @@ int journal_record(struct cfs_engine *e, const char *dom,
         .created = job->started,
         .updated = now_s(),
         .error = job->error,
+        .bandwidth = job->bandwidth,
     };
     int r = cfs_journal_put(e->journal, &en);
     if (r < 0)
@@ -87,17 +119,140 @@ void job_number(struct cfs_engine *e, struct cfs_disk_state *s)
     s->job.id = ++e->last_job_id;
 }
 
-static void set_job_state(struct cfs_engine *e, const char *dom,
-                          const char *disk, uint64_t id,
-                          enum cfs_job_phase st)
+/* S's job replaced by a new one of TYPE, in phase none, numbered; what
+ * outlives jobs (the overlays partly merged, the settings) stays. Caller
+ * holds the lock. */
+void job_new_locked(struct cfs_engine *e, struct cfs_disk_state *s,
+                    enum cfs_job_type type)
+{
+    char **partial = TAKE_PTR(s->partial_tops);
+    cfs_job_clear(&s->job);
+    s->partial_tops = partial;
+    s->gone_since_ms = 0;
+    s->pivot_failures = 0;
+    s->abort_requested = false;
+    s->base_bytes = 0;
+    s->job.type = type;
+    s->job.pivot_manual = s->settings.pivot_manual;
+    job_number(e, s);
+}
+
+/* The disk state of DOM/DISK if its job is still job ID, else NULL.
+ * Caller holds the tree lock. */
+struct cfs_disk_state *job_mine(struct cfs_engine *e, const char *dom,
+                                const char *disk, uint64_t id)
+{
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    return s && s->job.id == id ? s : NULL;
+}
+
+static bool phase_terminal(enum cfs_job_phase p)
+{
+    return p == CFS_PHASE_COMPLETED || p == CFS_PHASE_FAILED ||
+           p == CFS_PHASE_CANCELED;
+}
+
+/* The edges whose new phase is written to the journal before it holds
+ * (recovery steps from the phase stored). */
+static bool phase_persisted(enum cfs_job_phase p)
+{
+    return p == CFS_PHASE_RUNNING || p == CFS_PHASE_PIVOTING ||
+           p == CFS_PHASE_CLEANUP;
+}
+
+/* The in-memory half of an edge: check it against the table, log it,
+ * notify readers. Nothing is written. Caller holds the tree lock. */
+bool phase_step_locked(struct cfs_engine *e, struct cfs_disk_state *s,
+                       enum cfs_job_phase to)
+{
+    enum cfs_job_phase from = s->job.phase;
+    if (!cfs_job_phase_edge_allowed(from, to)) {
+        log_err("bug: job %llu %s/%s: %s -> %s is not an allowed edge; ignored",
+                (unsigned long long)s->job.id, s->dom, s->disk,
+                cfs_job_phase_to_string(from), cfs_job_phase_to_string(to));
+        return false;
+    }
+    s->job.phase = to;
+    if (phase_terminal(to)) {
+        free(s->job.journal_id);
+        s->job.journal_id = NULL;
+    }
+    log_info("job %llu %s/%s: %s -> %s", (unsigned long long)s->job.id,
+             s->dom, s->disk, cfs_job_phase_to_string(from),
+             cfs_job_phase_to_string(to));
+    tree_changed(e);
+    return true;
+}
+
+/* Move job ID of DOM/DISK from phase FROM (CFS_PHASE_MAX: whatever it is
+ * in) to TO, with APPLY (may be NULL) run under the same lock, so that a
+ * reader woken by the change sees the job whole. false if the job is
+ * not (any more) ID, not in FROM, or the edge is not allowed. */
+static bool phase_change(struct cfs_engine *e, const char *dom,
+                         const char *disk, uint64_t id,
+                         enum cfs_job_phase from, enum cfs_job_phase to,
+                         void (*apply)(struct cfs_disk_state *s, void *arg),
+                         void *arg)
 {
     pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
-    if (s && s->job.id == id && s->job.phase != st) {
-        s->job.phase = st;
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    if (!s || (from != CFS_PHASE_MAX && s->job.phase != from)) {
+        pthread_mutex_unlock(&e->tree->lock);
+        return false;
+    }
+    from = s->job.phase;
+    if (from == to && phase_terminal(to)) {
+        pthread_mutex_unlock(&e->tree->lock);
+        return false; /* ended already */
+    }
+    if (from == to && !apply) {
+        pthread_mutex_unlock(&e->tree->lock);
+        return true;
+    }
+    if (from != to && !cfs_job_phase_edge_allowed(from, to)) {
+        phase_step_locked(e, s, to); /* logs the bug */
+        pthread_mutex_unlock(&e->tree->lock);
+        return false;
+    }
+    struct cfs_job copy = {0};
+    bool persist = from != to && s->job.journal_id && phase_persisted(to);
+    bool close = from != to && s->job.journal_id && phase_terminal(to);
+    if (persist || close)
+        cfs_job_copy(&copy, &s->job);
+    pthread_mutex_unlock(&e->tree->lock);
+
+    /* the journal first: a crash after this finds the new phase (or no
+     * entry for a job that ended), never an older one */
+    if (persist)
+        journal_record(e, dom, disk, &copy, cfs_job_phase_to_string(to));
+    if (close)
+        journal_close(e, copy.journal_id);
+    cfs_job_clear(&copy);
+
+    pthread_mutex_lock(&e->tree->lock);
+    s = job_mine(e, dom, disk, id);
+    bool ok = s && s->job.phase == from;
+    if (ok && from != to)
+        ok = phase_step_locked(e, s, to);
+    if (ok && apply) {
+        apply(s, arg);
         tree_changed(e);
     }
     pthread_mutex_unlock(&e->tree->lock);
+    return ok;
+}
+
+bool job_set_phase(struct cfs_engine *e, const char *dom, const char *disk,
+                   uint64_t id, enum cfs_job_phase to)
+{
+    return phase_change(e, dom, disk, id, CFS_PHASE_MAX, to, NULL, NULL);
+}
+
+bool job_set_phase_from(struct cfs_engine *e, const char *dom,
+                        const char *disk, uint64_t id,
+                        enum cfs_job_phase from, enum cfs_job_phase to)
+{
+    return phase_change(e, dom, disk, id, from, to, NULL, NULL);
 }
 
 /* Whether file ID/PATH is in DOM/DISK's chain in the tree (ID may be
@@ -114,64 +269,27 @@ bool disk_has_layer(struct cfs_engine *e, const char *dom,
     return found;
 }
 
-void set_starting(struct cfs_engine *e, const char *dom,
-                  const char *disk, uint64_t id, bool starting)
-{
-    pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
-    if (s && s->job.id == id)
-        s->starting = starting;
-    pthread_mutex_unlock(&e->tree->lock);
-}
-
-/* true while rmdir has claimed the disk but libvirt has not yet accepted
- * the commit: no job to be seen in libvirt yet, and that means nothing. */
-static bool job_starting(struct cfs_engine *e, const char *dom,
-                         const char *disk)
-{
-    pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
-    bool starting = s && s->starting;
-    pthread_mutex_unlock(&e->tree->lock);
-    return starting;
-}
-
 /* ---- the end of a job -------------------------------------------------------- */
 
-/* End job ID of DOM/DISK; a no-op if the disk has moved on to another
- * job meanwhile. */
-void job_end(struct cfs_engine *e, const char *dom, const char *disk,
-             uint64_t id, enum cfs_job_phase st, const char *error,
-             bool partial)
-{
-    /* Close the journal entry first: whoever `wait`s for this job may
-     * look at the journal as soon as the state changes. */
-    pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s0 = cfs_tree_disk_state(e->tree, dom, disk);
-    bool ours = s0->job.id == id;
-    _cleanup_free_ char *jid = ours ? cfs_xstrdup(s0->job.journal_id) : NULL;
-    pthread_mutex_unlock(&e->tree->lock);
-    if (!ours)
-        return;
-    journal_close(e, jid);
+struct end_args {
+    enum cfs_job_phase st;
+    const char *error;
+    bool partial;
+};
 
-    pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-    if (s->job.id != id) {
-        pthread_mutex_unlock(&e->tree->lock);
-        return;
-    }
+static void end_apply(struct cfs_disk_state *s, void *arg)
+{
+    const struct end_args *a = arg;
     struct cfs_job *j = &s->job;
-    j->phase = st;
     j->finished = now_s();
-    if (st == CFS_PHASE_COMPLETED && j->end)
+    if (a->st == CFS_PHASE_COMPLETED && j->end)
         j->cur = j->end;
     free(j->error);
-    j->error = cfs_xstrdup(error);
-    j->partial = partial;
-    if (partial && j->top && !cfs_strv_contains(s->partial_tops, j->top))
+    j->error = cfs_xstrdup(a->error);
+    j->partial = a->partial;
+    if (a->partial && j->top && !cfs_strv_contains(s->partial_tops, j->top))
         cfs_strv_push(&s->partial_tops, cfs_xstrdup(j->top));
-    if (st == CFS_PHASE_COMPLETED && j->top && s->partial_tops) {
+    if (a->st == CFS_PHASE_COMPLETED && j->top && s->partial_tops) {
         /* the overlay is gone: forget that it was partly merged */
         char **kept = NULL;
         for (char **p = s->partial_tops; *p; p++)
@@ -180,15 +298,22 @@ void job_end(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_strv_free(s->partial_tops);
         s->partial_tops = kept;
     }
-    free(j->journal_id);
-    j->journal_id = NULL;
     s->gone_since_ms = 0;
     s->pivot_failures = 0;
-    s->starting = false;
-    tree_changed(e);
-    pthread_mutex_unlock(&e->tree->lock);
+    s->abort_requested = false;
 }
 
+/* End job ID of DOM/DISK in terminal phase ST; a no-op if the disk has
+ * moved on to another job meanwhile. The journal entry is closed first:
+ * whoever `wait`s for this job may look at the journal as soon as the
+ * phase changes. */
+void job_end(struct cfs_engine *e, const char *dom, const char *disk,
+             uint64_t id, enum cfs_job_phase st, const char *error,
+             bool partial)
+{
+    struct end_args a = { st, error, partial };
+    phase_change(e, dom, disk, id, CFS_PHASE_MAX, st, end_apply, &a);
+}
 
 /* Who else uses any of the N files FILES, as libvirt has every chain
  * right now (not the tree, which may lag): before a merge writes into a
@@ -267,8 +392,8 @@ static void merged_remove_remote(struct cfs_engine *e, const char *dom,
              "remove it on the libvirt host: %s", dom, disk, top,
              errmsg_or(strerror(-r)));
     pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-    if (s->job.id == id) {
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    if (s) {
         free(s->job.leftover);
         s->job.leftover = cfs_xstrdup(top);
     }
@@ -312,7 +437,7 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
     struct cfs_job job;
     if (!job_snapshot(e, dom, disk, &job))
         return FINISH_DONE;
-    if (job.id != id || !job.top || job.type == CFS_JOB_SNAPSHOT) {
+    if (job.id != id || !job.top || !cfs_job_kind(job.type)->merge) {
         cfs_job_clear(&job); /* not the job this was meant for */
         return FINISH_DONE;
     }
@@ -363,7 +488,10 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
         return FINISH_TOP_IN_CHAIN;
     }
 
-    journal_record(e, dom, disk, &job, "cleanup");
+    if (!job_set_phase(e, dom, disk, id, CFS_PHASE_CLEANUP)) {
+        cfs_job_clear(&job); /* ended meanwhile (abort, a failure) */
+        return FINISH_DONE;
+    }
     _cleanup_free_ char *user = NULL;
     size_t which;
     const struct file_ref top = { &job.top_id, job.top };
@@ -421,90 +549,171 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     bool base_grew = base_before && job.base && engine_files_local(e) &&
                      stat(job.base, &bst) == 0 &&
                      (uint64_t)bst.st_blocks * 512 > base_before;
-    bool partial = job.type != CFS_JOB_SNAPSHOT && (job.cur > 0 || base_grew);
+    bool partial = cfs_job_kind(job.type)->merge && (job.cur > 0 || base_grew);
     _cleanup_free_ char *space = space_reason(e, job.base);
     _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
-    log_err("%s/%s: merge of snapshot %s %s: %s", dom, disk, job.snapshot,
-            st == CFS_PHASE_CANCELED ? "canceled" : "failed", text);
+    if (st == CFS_PHASE_CANCELED)
+        log_warn("%s/%s: merge of snapshot %s canceled: %s", dom, disk,
+                 job.snapshot, text);
+    else
+        log_err("%s/%s: merge of snapshot %s failed: %s", dom, disk,
+                job.snapshot, text);
     job_end(e, dom, disk, id, st, text, partial);
     cfs_job_clear(&job);
 }
 
-#ifdef CHAINFS_TEST_HOOKS
-/* Fault-injection tests start a live commit already slowed down to the
- * bytes/s written in STATE_DIR/commit-bandwidth (QEMU's rate limit from
- * the job's first byte: nothing to race); no file, unlimited. */
-void hook_set_commit_bandwidth(struct cfs_engine *e)
-{
-    _cleanup_free_ char *path = cfs_xasprintf("%s/commit-bandwidth", e->state_dir);
-    unsigned long long bw = 0;
-    FILE *f = fopen(path, "re");
-
-    if (f) {
-        if (fscanf(f, "%llu", &bw) != 1) {
-            log_warn("test hook: %s holds no number; commit unlimited", path);
-            bw = 0;
-        }
-        fclose(f);
-    }
-    e->commit_bandwidth = bw;
-}
-#endif
 
 /* ---- pivot ------------------------------------------------------------------- */
 
-static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
+/* The step of phase ready: pivot, unless the disk holds its active
+ * commits in ready (`pivot manual`) and the pivot was not ASKED for
+ * (ctl `pivot`). 0, or -EAGAIN not ready yet (libvirt says so; the next
+ * poll retries an automatic pivot), -ENOENT not (any more) job ID in
+ * ready, or the pivot's error. */
+int step_ready(struct cfs_engine *e, const char *dom, const char *disk,
+               uint64_t id, bool asked)
 {
     struct cfs_job job;
     if (!job_snapshot(e, dom, disk, &job))
-        return;
-    if (job.type != CFS_JOB_ACTIVE_COMMIT || job.phase != CFS_PHASE_READY) {
+        return -ENOENT;
+    if (job.id != id || !cfs_job_kind(job.type)->has_ready ||
+        job.phase != CFS_PHASE_READY) {
         cfs_job_clear(&job);
-        return;
+        return -ENOENT;
+    }
+    if (job.pivot_manual && !asked) {
+        cfs_job_clear(&job); /* held: `pivot` or `abort` in ctl */
+        return 0;
     }
     struct cfs_job_progress pr = {0};
     int r = e->be->ops->job_get(e->be, dom, disk, &pr);
     if (r < 0 || !pr.present || !pr.ready) {
         /* not ready after all (or libvirt is busy): the next poll retries */
         cfs_job_clear(&job);
-        return;
+        return r < 0 ? r : -EAGAIN;
     }
 
-#ifdef CHAINFS_TEST_HOOKS
-    /* Fault-injection tests hold the pivot while this file exists. */
-    {
-        _cleanup_free_ char *hold = cfs_xasprintf("%s/hold-pivot", e->state_dir);
-        if (access(hold, F_OK) == 0) {
-            cfs_job_clear(&job);
-            return;
-        }
+    if (!job_set_phase_from(e, dom, disk, id, CFS_PHASE_READY,
+                            CFS_PHASE_PIVOTING)) {
+        cfs_job_clear(&job); /* someone else pivots, or it ended */
+        return -EAGAIN;
     }
-#endif
-
-    journal_record(e, dom, disk, &job, "pivoting");
-    set_job_state(e, dom, disk, job.id, CFS_PHASE_PIVOTING);
     r = e->be->ops->job_pivot(e->be, dom, disk);
     if (r == -EAGAIN) {
         log_debug("%s/%s: pivot not ready yet, retrying", dom, disk);
-        set_job_state(e, dom, disk, job.id, CFS_PHASE_READY);
+        job_set_phase_from(e, dom, disk, id, CFS_PHASE_PIVOTING, CFS_PHASE_READY);
     } else if (r < 0) {
         _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
         pthread_mutex_lock(&e->tree->lock);
-        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-        int failures = ++s->pivot_failures;
+        struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+        int failures = s ? ++s->pivot_failures : PIVOT_MAX_FAILURES;
         pthread_mutex_unlock(&e->tree->lock);
         log_warn("%s/%s: pivot refused (%d): %s", dom, disk, failures, msg);
         if (failures < PIVOT_MAX_FAILURES) {
-            set_job_state(e, dom, disk, job.id, CFS_PHASE_READY);
+            job_set_phase_from(e, dom, disk, id, CFS_PHASE_PIVOTING, CFS_PHASE_READY);
         } else {
             /* give up: end the mirror without pivoting, the chain stays */
             e->be->ops->job_abort(e->be, dom, disk);
-            job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED, msg);
+            job_fail(e, dom, disk, id, CFS_PHASE_FAILED, msg);
         }
     } else {
         log_debug("%s/%s: pivot accepted", dom, disk);
     }
     cfs_job_clear(&job);
+    return r;
+}
+
+/* ---- following jobs ---------------------------------------------------------- */
+
+/* Fact: the active commit reached ready (all copied, mirroring). */
+static void ready_apply(struct cfs_disk_state *s, void *arg)
+{
+    (void)arg;
+    if (s->job.end)
+        s->job.cur = s->job.end;
+}
+
+static void job_went_ready(struct cfs_engine *e, const char *dom,
+                           const char *disk, uint64_t id)
+{
+    phase_change(e, dom, disk, id, CFS_PHASE_RUNNING, CFS_PHASE_READY,
+                 ready_apply, NULL);
+}
+
+/* Fact: libvirt has no job and TOP is still in the chain. The job failed
+ * (WHY), or was canceled: by someone else (CANCELED), or by ctl abort
+ * (then it is canceled whatever libvirt said). */
+static void job_vanished_failed(struct cfs_engine *e, const char *dom,
+                                const char *disk, uint64_t id,
+                                const char *why, bool canceled)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    bool aborted = s && s->abort_requested;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (aborted)
+        job_fail(e, dom, disk, id, CFS_PHASE_CANCELED, "aborted through ctl");
+    else
+        job_fail(e, dom, disk, id,
+                 canceled ? CFS_PHASE_CANCELED : CFS_PHASE_FAILED, why);
+}
+
+/* ---- jobs chainfs did not start ---------------------------------------------- */
+
+/* Look at DOM/DISK's block job in libvirt when chainfs has none of its
+ * own in progress there: one is shown as what it is (origin external) and
+ * keeps mkdir/rmdir away; when it ends, the disk's new chain is read. */
+void external_check(struct cfs_engine *e, const char *dom, const char *disk)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    bool ours = s && cfs_job_phase_in_progress(s->job.phase);
+    bool had = s && s->external.type != CFS_JOB_NONE;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (ours)
+        return;
+    struct cfs_job_progress pr = {0};
+    int r = e->be->ops->job_get(e->be, dom, disk, &pr);
+    if (r < 0 && r != -ENOENT)
+        return; /* cannot tell now; the next event or poll asks again */
+    bool present = r == 0 && pr.present;
+    if (!present && !had)
+        return;
+    pthread_mutex_lock(&e->tree->lock);
+    s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (cfs_job_phase_in_progress(s->job.phase)) {
+        pthread_mutex_unlock(&e->tree->lock);
+        return; /* chainfs started one meanwhile: that one is ours */
+    }
+    struct cfs_job *x = &s->external;
+    if (present) {
+        enum cfs_job_type type = pr.type == CFS_JOB_NONE ? CFS_JOB_UNKNOWN : pr.type;
+        enum cfs_job_phase ph = pr.ready ? CFS_PHASE_READY : CFS_PHASE_RUNNING;
+        if (!had) {
+            cfs_job_clear(x);
+            x->started = now_s();
+            log_info("%s/%s: a %s job chainfs did not start (external) runs "
+                     "on the disk", dom, disk, cfs_job_type_to_string(type));
+        }
+        if (!had || x->type != type || x->phase != ph || x->cur != pr.cur ||
+            x->end != pr.end || x->bandwidth != pr.bandwidth) {
+            x->type = type;
+            x->phase = ph;
+            x->cur = pr.cur;
+            x->end = pr.end;
+            x->bandwidth = pr.bandwidth;
+            x->external = true;
+            tree_changed(e);
+        }
+    } else {
+        log_info("%s/%s: the external %s job ended; reading the new chain",
+                 dom, disk, cfs_job_type_to_string(x->type));
+        cfs_job_clear(x);
+        tree_changed(e);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (!present)
+        refresh_domain(e, dom);
 }
 
 /* ---- following jobs ---------------------------------------------------------- */
@@ -513,21 +722,24 @@ static void try_pivot(struct cfs_engine *e, const char *dom, const char *disk)
  * late: the CANCELED of a job someone aborted just before rmdir started
  * ours, the COMPLETED of the previous merge that a poll already finished.
  * So an event is applied only to a live commit of the same kind, and a
- * FAILED/CANCELED only when libvirt no longer has a job on the disk. */
+ * FAILED/CANCELED only when libvirt no longer has a job on the disk. An
+ * event on a disk where chainfs has no job of its own is a look at that
+ * disk (a job chainfs did not start). */
 void handle_job_event(struct cfs_engine *e, const struct work *w)
 {
     struct cfs_job job;
     if (!job_snapshot(e, w->dom, w->disk, &job)) {
         /* not ours, or already ended: the chain may still have changed */
+        external_check(e, w->dom, w->disk);
         refresh_domain(e, w->dom);
         return;
     }
     log_debug("%s/%s: block job event %d (type %s) in state %s", w->dom,
               w->disk, (int)w->status, cfs_job_type_to_string(w->type),
               cfs_job_phase_to_string(job.phase));
-    bool live_commit = job.type == CFS_JOB_COMMIT || job.type == CFS_JOB_ACTIVE_COMMIT;
-    if (!live_commit || (w->type != CFS_JOB_NONE && w->type != job.type) ||
-        job_starting(e, w->dom, w->disk)) {
+    if (!cfs_job_kind(job.type)->block_job ||
+        (w->type != CFS_JOB_NONE && w->type != job.type) ||
+        job.phase == CFS_PHASE_STARTING) {
         /* (while rmdir is still starting it, the poll after catches up) */
         log_debug("%s/%s: event is not for the job chainfs follows; ignored",
                   w->dom, w->disk);
@@ -537,18 +749,10 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
     struct cfs_job_progress pr = {0};
     switch (w->status) {
     case CFS_JOB_EVENT_READY:
-        if (job.type == CFS_JOB_ACTIVE_COMMIT &&
+        if (cfs_job_kind(job.type)->has_ready &&
             job.phase == CFS_PHASE_RUNNING) {
-            pthread_mutex_lock(&e->tree->lock);
-            struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
-            if (s->job.id == job.id) {
-                s->job.phase = CFS_PHASE_READY;
-                if (s->job.end)
-                    s->job.cur = s->job.end;
-                tree_changed(e);
-            }
-            pthread_mutex_unlock(&e->tree->lock);
-            try_pivot(e, w->dom, w->disk);
+            job_went_ready(e, w->dom, w->disk, job.id);
+            step_ready(e, w->dom, w->disk, job.id, false);
         }
         break;
     case CFS_JOB_EVENT_COMPLETED:
@@ -556,8 +760,8 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
             /* TOP still in the chain: a late event, or libvirt has not
              * updated the XML yet; the poll decides */
             pthread_mutex_lock(&e->tree->lock);
-            struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, w->dom, w->disk);
-            if (s->job.id == job.id && !s->gone_since_ms)
+            struct cfs_disk_state *s = job_mine(e, w->dom, w->disk, job.id);
+            if (s && !s->gone_since_ms)
                 s->gone_since_ms = now_ms();
             pthread_mutex_unlock(&e->tree->lock);
         }
@@ -569,12 +773,11 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
                       w->disk);
             break;
         }
-        if (w->status == CFS_JOB_EVENT_FAILED)
-            job_fail(e, w->dom, w->disk, job.id, CFS_PHASE_FAILED,
-                     "libvirt reported the block job as failed");
-        else
-            job_fail(e, w->dom, w->disk, job.id, CFS_PHASE_CANCELED,
-                     "the block job was canceled outside chainfs");
+        job_vanished_failed(e, w->dom, w->disk, job.id,
+                            w->status == CFS_JOB_EVENT_FAILED
+                                ? "libvirt reported the block job as failed"
+                                : "the block job was canceled outside chainfs",
+                            w->status == CFS_JOB_EVENT_CANCELED);
         break;
     default:
         break;
@@ -592,14 +795,18 @@ void handle_offline_done(struct cfs_engine *e, const struct work *w)
                  "the merged layer is still in the chain after the merge");
 }
 
-/* One poll of a live job: progress, the ready fallback, a vanished job. */
+/* One poll of a live job: progress, the ready fallback, a vanished job;
+ * then the step of the phase it is in. A disk with a job chainfs did not
+ * start is looked at (external_check). */
 void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
 {
     struct cfs_job job;
-    if (!job_snapshot(e, dom, disk, &job))
+    if (!job_snapshot(e, dom, disk, &job)) {
+        external_check(e, dom, disk);
         return;
-    if ((job.type != CFS_JOB_COMMIT && job.type != CFS_JOB_ACTIVE_COMMIT) ||
-        job_starting(e, dom, disk)) {
+    }
+    if (!cfs_job_kind(job.type)->block_job || job.phase == CFS_PHASE_STARTING ||
+        job.phase == CFS_PHASE_CLEANUP) {
         cfs_job_clear(&job);
         return;
     }
@@ -621,8 +828,8 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
     }
     if (pr.present) {
         pthread_mutex_lock(&e->tree->lock);
-        struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-        if (s->job.id != job.id) {
+        struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
+        if (!s) {
             pthread_mutex_unlock(&e->tree->lock);
             cfs_job_clear(&job);
             return;
@@ -636,15 +843,13 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
         }
         s->gone_since_ms = 0;
         bool to_ready = pr.ready && s->job.phase == CFS_PHASE_RUNNING &&
-                        job.type == CFS_JOB_ACTIVE_COMMIT;
-        if (to_ready) {
-            s->job.phase = CFS_PHASE_READY;
-            tree_changed(e);
-        }
-        bool retry = s->job.phase == CFS_PHASE_READY;
+                        cfs_job_kind(job.type)->has_ready;
+        if (to_ready)
+            phase_step_locked(e, s, CFS_PHASE_READY);
+        bool ready = s->job.phase == CFS_PHASE_READY;
         pthread_mutex_unlock(&e->tree->lock);
-        if (retry)
-            try_pivot(e, dom, disk);
+        if (ready)
+            step_ready(e, dom, disk, job.id, false);
         cfs_job_clear(&job);
         return;
     }
@@ -656,8 +861,8 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
         return;
     }
     pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
-    if (s->job.id != job.id) {
+    struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
+    if (!s) {
         pthread_mutex_unlock(&e->tree->lock);
         cfs_job_clear(&job);
         return;
@@ -665,7 +870,7 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
     if (!s->gone_since_ms)
         s->gone_since_ms = now_ms();
     bool expired = now_ms() - s->gone_since_ms > VANISH_GRACE_MS ||
-                   job.phase == CFS_PHASE_RUNNING;
+                   job.phase == CFS_PHASE_RUNNING || s->abort_requested;
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     bool running = d && d->state != CFS_DOM_SHUTOFF;
     pthread_mutex_unlock(&e->tree->lock);
@@ -673,9 +878,10 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
      * (QEMU died, the domain was destroyed, someone aborted it). After a
      * pivot, give libvirt a moment to update the XML. */
     if (expired)
-        job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED,
-                 running ? "the block job ended without completing"
-                         : "the domain stopped during the merge");
+        job_vanished_failed(e, dom, disk, job.id,
+                            running ? "the block job ended without completing"
+                                    : "the domain stopped during the merge",
+                            false);
     cfs_job_clear(&job);
 }
 
@@ -685,9 +891,11 @@ bool any_live_job(struct cfs_engine *e, char ***doms, char ***disks)
     pthread_mutex_lock(&e->tree->lock);
     for (size_t i = 0; i < e->tree->n_states; i++) {
         struct cfs_disk_state *s = e->tree->states[i];
-        if (!cfs_job_phase_in_progress(s->job.phase))
-            continue;
-        if (s->job.type != CFS_JOB_COMMIT && s->job.type != CFS_JOB_ACTIVE_COMMIT)
+        bool ours = cfs_job_phase_in_progress(s->job.phase) &&
+                    cfs_job_kind(s->job.type)->block_job;
+        bool external = !cfs_job_phase_in_progress(s->job.phase) &&
+                        s->external.type != CFS_JOB_NONE;
+        if (!ours && !external)
             continue;
         any = true;
         if (doms) {

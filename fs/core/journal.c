@@ -58,6 +58,7 @@ void cfs_journal_entry_clear(struct cfs_journal_entry *e)
     free(e->base);
     free(e->phase);
     free(e->error);
+    cfs_strv_free(e->disks);
     *e = (struct cfs_journal_entry){0};
 }
 
@@ -78,7 +79,10 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         .created = src->created,
         .updated = src->updated,
         .error = cfs_xstrdup(src->error),
+        .bandwidth = src->bandwidth,
     };
+    for (char **d = src->disks; d && *d; d++)
+        cfs_strv_push(&dst->disks, cfs_xstrdup(*d));
 }
 
 void cfs_journal_entries_free(struct cfs_journal_entry *v, size_t n)
@@ -137,6 +141,15 @@ static void entry_to_line(const struct cfs_journal_entry *e,
     json_object_object_add(o, "created", json_object_new_int64(e->created));
     json_object_object_add(o, "updated", json_object_new_int64(e->updated));
     json_add_str(o, "error", e->error);
+    json_object_object_add(o, "bandwidth", json_object_new_int64((int64_t)e->bandwidth));
+    /* every disk the job touches (one today): a whole-VM job later */
+    json_object *disks = json_object_new_array();
+    if (e->disks)
+        for (char **d = e->disks; *d; d++)
+            json_object_array_add(disks, json_object_new_string(*d));
+    else
+        json_object_array_add(disks, json_object_new_string(e->disk));
+    json_object_object_add(o, "disks", disks);
 
     /* PLAIN never emits a raw newline: control characters are escaped. */
     cfs_buf_printf(out, "%s\n",
@@ -228,6 +241,20 @@ static int json_object_to_entry(json_object *o, struct cfs_journal_entry *out,
         .updated = json_get_int(o, "updated"),
         .error = cfs_xstrdup(json_get_str(o, "error")),
     };
+    /* absent in entries of earlier versions: unlimited, just disk */
+    int64_t bw = json_get_int(o, "bandwidth");
+    out->bandwidth = bw > 0 ? (uint64_t)bw : 0;
+    if (json_object_object_get_ex(o, "disks", &v) &&
+        json_object_is_type(v, json_type_array)) {
+        size_t n = json_object_array_length(v);
+        for (size_t i = 0; i < n; i++) {
+            json_object *d = json_object_array_get_idx(v, i);
+            if (json_object_is_type(d, json_type_string) &&
+                *json_object_get_string(d))
+                cfs_strv_push(&out->disks,
+                              cfs_xstrdup(json_object_get_string(d)));
+        }
+    }
     return 0;
 }
 

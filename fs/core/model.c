@@ -87,6 +87,85 @@ bool cfs_job_phase_in_progress(enum cfs_job_phase s)
            s == CFS_PHASE_CLEANUP;
 }
 
+enum cfs_job_phase cfs_job_phase_from_string(const char *s)
+{
+    for (int i = 0; i < CFS_PHASE_MAX; i++)
+        if (cfs_streq(job_phase_names[i], s))
+            return (enum cfs_job_phase)i;
+    return CFS_PHASE_MAX;
+}
+
+/* The allowed edges (job.c's top comment draws them). A new job is born
+ * in NONE; the terminal phases have no way out (the next job is a new
+ * one). */
+#define E(f, t) [CFS_PHASE_##f][CFS_PHASE_##t] = true
+static const bool phase_edges[CFS_PHASE_MAX][CFS_PHASE_MAX] = {
+    E(NONE, STARTING),        /* mkdir or rmdir claimed the disk */
+    E(NONE, FAILED),          /* a refusal, recorded as a failed job */
+    E(STARTING, RUNNING),     /* libvirt accepted the commit */
+    E(STARTING, COMPLETED),   /* the snapshot was taken */
+    E(STARTING, CLEANUP),     /* recovery: the merge is over already */
+    E(STARTING, FAILED),      /* refused, or never started */
+    E(RUNNING, READY),        /* active commit: all copied, mirroring */
+    E(RUNNING, CLEANUP),      /* intermediate/offline: libvirt is done */
+    E(RUNNING, FAILED),
+    E(RUNNING, CANCELED),
+    E(READY, PIVOTING),       /* pivot asked of libvirt */
+    E(READY, CLEANUP),        /* the job ended with TOP out of the chain */
+    E(READY, FAILED),
+    E(READY, CANCELED),       /* abort: the mirror ends, the chain stays */
+    E(PIVOTING, READY),       /* not ready after all, or refused: retried */
+    E(PIVOTING, CLEANUP),     /* pivoted: TOP left the chain */
+    E(PIVOTING, FAILED),
+    E(CLEANUP, COMPLETED),
+    E(CLEANUP, FAILED),       /* the domain or disk went away meanwhile */
+};
+#undef E
+
+bool cfs_job_phase_edge_allowed(enum cfs_job_phase from, enum cfs_job_phase to)
+{
+    if ((int)from < 0 || from >= CFS_PHASE_MAX || (int)to < 0 || to >= CFS_PHASE_MAX)
+        return false;
+    return phase_edges[from][to];
+}
+
+/* The kinds of job (rows: enum cfs_job_type). Copy and pull are only
+ * seen as external jobs today; their rows are where chainfs's own will
+ * go. */
+static const struct cfs_job_kind job_kinds[CFS_JOB_TYPE_MAX] = {
+    [CFS_JOB_NONE] = { .type = CFS_JOB_NONE, .starts = "-" },
+    [CFS_JOB_SNAPSHOT] = {
+        .type = CFS_JOB_SNAPSHOT, .chainfs = true,
+        .starts = "mkdir: an external disk-only snapshot (snapshot_create)",
+    },
+    [CFS_JOB_COMMIT] = {
+        .type = CFS_JOB_COMMIT, .chainfs = true, .block_job = true,
+        .merge = true, .abortable = true,
+        .starts = "rmdir of a lower layer: a live block commit",
+    },
+    [CFS_JOB_ACTIVE_COMMIT] = {
+        .type = CFS_JOB_ACTIVE_COMMIT, .chainfs = true, .block_job = true,
+        .merge = true, .has_ready = true, .abortable = true,
+        .starts = "rmdir of the active layer: a live active commit + pivot",
+    },
+    [CFS_JOB_OFFLINE_COMMIT] = {
+        .type = CFS_JOB_OFFLINE_COMMIT, .chainfs = true, .merge = true,
+        .starts = "rmdir on a shut-off domain: qemu-img commit in a thread",
+    },
+    [CFS_JOB_PULL] = { .type = CFS_JOB_PULL, .block_job = true, .starts = "-" },
+    [CFS_JOB_COPY] = { .type = CFS_JOB_COPY, .block_job = true,
+                       .has_ready = true, .starts = "-" },
+    [CFS_JOB_BACKUP] = { .type = CFS_JOB_BACKUP, .block_job = true, .starts = "-" },
+    [CFS_JOB_UNKNOWN] = { .type = CFS_JOB_UNKNOWN, .block_job = true, .starts = "-" },
+};
+
+const struct cfs_job_kind *cfs_job_kind(enum cfs_job_type t)
+{
+    if ((int)t < 0 || t >= CFS_JOB_TYPE_MAX)
+        t = CFS_JOB_UNKNOWN;
+    return &job_kinds[t];
+}
+
 /* ---- destructors ---------------------------------------------------------- */
 
 void cfs_layer_clear(struct cfs_layer *l)

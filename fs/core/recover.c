@@ -44,13 +44,28 @@ void recover_journal(struct cfs_engine *e)
             continue;
         }
 
+        enum cfs_job_phase ph = cfs_job_phase_from_string(en->phase);
+        if (ph == CFS_PHASE_MAX || ph == CFS_PHASE_NONE) {
+            log_warn("recovery: %s/%s: entry %s has phase \"%s\", which this "
+                     "version does not know; taken as running", en->domain,
+                     en->disk, en->id, en->phase);
+            ph = CFS_PHASE_RUNNING;
+        }
+        if (ph == CFS_PHASE_COMPLETED || ph == CFS_PHASE_FAILED ||
+            ph == CFS_PHASE_CANCELED) {
+            /* the job had ended; only closing the entry was left */
+            log_info("recovery: %s/%s: merge of %s had ended (%s); entry closed",
+                     en->domain, en->disk, en->snapshot, en->phase);
+            journal_close(e, en->id);
+            continue;
+        }
+
         pthread_mutex_lock(&e->tree->lock);
-        cfs_job_clear(&s->job);
-        s->job.type = en->type;
-        /* always resume as running: a poll finds out whether the copy is
-         * ready (and pivots), and a pivot that was in flight when the
-         * previous daemon died either happened or is simply asked again */
-        s->job.phase = CFS_PHASE_RUNNING;
+        job_new_locked(e, s, en->type);
+        /* the job is loaded in the phase stored: recover_merge steps
+         * from there */
+        s->job.phase = ph;
+        s->job.bandwidth = en->bandwidth;
         s->job.snapshot = cfs_xstrdup(en->snapshot);
         s->job.meta_name = cfs_xstrdup(en->meta_name);
         s->job.top = cfs_xstrdup(en->top);
@@ -64,9 +79,6 @@ void recover_journal(struct cfs_engine *e)
             cfs_file_id_copy(&s->job.top_id, &rdk->layers[ti].id);
         s->job.started = en->created;
         s->job.journal_id = cfs_xstrdup(en->id);
-        s->starting = false;
-        s->base_bytes = 0;
-        job_number(e, s);
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */
@@ -78,8 +90,27 @@ void recover_journal(struct cfs_engine *e)
     cfs_journal_entries_free(v, n);
 }
 
+/* A recovered job found running in libvirt: its bandwidth is the one
+ * journaled (a restart, a reconnect must not lift a limit). */
+static void reapply_bandwidth(struct cfs_engine *e, const char *dom,
+                              const char *disk, const struct cfs_job *job,
+                              const struct cfs_job_progress *pr)
+{
+    if (!job->bandwidth || pr->bandwidth == job->bandwidth ||
+        !e->be->ops->job_set_bandwidth)
+        return;
+    int r = e->be->ops->job_set_bandwidth(e->be, dom, disk, job->bandwidth);
+    if (r < 0)
+        log_warn("recovery: %s/%s: cannot set the merge's bandwidth to %llu "
+                 "bytes/s again: %s", dom, disk,
+                 (unsigned long long)job->bandwidth, errmsg_or(strerror(-r)));
+    else
+        log_info("recovery: %s/%s: merge bandwidth set to %llu bytes/s again",
+                 dom, disk, (unsigned long long)job->bandwidth);
+}
+
 /* The libvirt half of recovering merge ID of DOM/DISK (recover_journal
- * claimed the disk for it). */
+ * loaded it in the phase stored): the step of that phase. */
 void recover_merge(struct cfs_engine *e, const char *dom,
                    const char *disk, uint64_t id)
 {
@@ -88,17 +119,62 @@ void recover_merge(struct cfs_engine *e, const char *dom,
         cfs_job_clear(&job);
         return;
     }
+    const struct cfs_job_kind *k = cfs_job_kind(job.type);
     struct cfs_job_progress pr = {0};
     int r = -ENOENT;
-    if (job.type == CFS_JOB_COMMIT || job.type == CFS_JOB_ACTIVE_COMMIT)
+    if (k->block_job && job.phase != CFS_PHASE_CLEANUP)
         r = e->be->ops->job_get(e->be, dom, disk, &pr);
-    if (r == 0 && pr.present) {
-        /* poll_job takes it from here, pivot included */
-        log_info("recovery: %s/%s: merge of %s still running; following it",
-                 dom, disk, job.snapshot);
-    } else if (job_finish(e, dom, disk, id) == FINISH_DONE) {
+    bool live = r == 0 && pr.present &&
+                ((enum cfs_job_type)pr.type == job.type || pr.type == CFS_JOB_NONE);
+    if (r == 0 && pr.present && !live) {
+        /* a job of another kind: not ours; ours is over */
+        log_warn("recovery: %s/%s: libvirt has a %s job on the disk, not the "
+                 "%s chainfs recorded", dom, disk,
+                 cfs_job_type_to_string(pr.type), cfs_job_type_to_string(job.type));
+    }
+
+    if (live) {
+        reapply_bandwidth(e, dom, disk, &job, &pr);
+        switch (job.phase) {
+        case CFS_PHASE_STARTING:
+            /* libvirt accepted the commit just before the daemon died */
+            job_set_phase(e, dom, disk, id, CFS_PHASE_RUNNING);
+            break;
+        case CFS_PHASE_PIVOTING:
+            /* the pivot did not happen (the job is still there) */
+            job_set_phase(e, dom, disk, id, CFS_PHASE_READY);
+            break;
+        default:
+            break;
+        }
+        /* the poll takes it from here: ready (held if pivot manual),
+         * pivot, clean-up */
+        log_info("recovery: %s/%s: merge of %s still %s; following it", dom,
+                 disk, job.snapshot, cfs_job_phase_to_string(job.phase));
+        cfs_job_clear(&job);
+        return;
+    }
+
+    /* libvirt has no job of ours (or could not be asked): TOP out of the
+     * chain means the merge is over, and clean-up finishes it */
+    enum finish_result fr = job_finish(e, dom, disk, id);
+    if (fr == FINISH_DONE) {
         log_info("recovery: %s/%s: merge of %s had finished; cleaned up",
                  dom, disk, job.snapshot);
+    } else if (fr == FINISH_CANNOT_TELL) {
+        /* libvirt cannot be read now: the polls ask again */
+        log_info("recovery: %s/%s: cannot read the chain now; the merge of %s "
+                 "is followed", dom, disk, job.snapshot);
+        if (job.phase == CFS_PHASE_STARTING || job.phase == CFS_PHASE_PIVOTING)
+            job_set_phase(e, dom, disk, id, job.phase == CFS_PHASE_STARTING
+                                                ? CFS_PHASE_RUNNING
+                                                : CFS_PHASE_READY);
+    } else if (job.phase == CFS_PHASE_STARTING) {
+        log_info("recovery: %s/%s: merge of %s never started; nothing was "
+                 "written", dom, disk, job.snapshot);
+        job_end(e, dom, disk, id, CFS_PHASE_FAILED,
+                "the merge was interrupted before libvirt started it; "
+                "nothing was written", false);
     } else {
         log_info("recovery: %s/%s: merge of %s did not finish; marked failed",
                  dom, disk, job.snapshot);

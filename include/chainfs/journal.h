@@ -22,8 +22,13 @@ struct cfs_journal_entry {
     char *top;         /* overlay merged away */
     char *base;        /* layer it is merged into */
     enum cfs_job_type type;
-    char *phase;       /* "starting", "running", "pivoting", "cleanup",
-                          "failed" (see docs/DESIGN.md) */
+    char *phase;       /* the job's phase, by name (cfs_job_phase_to_string:
+                          "starting", "running", "pivoting", "cleanup", ...;
+                          fs/core/job.c) */
+    uint64_t bandwidth; /* the job's limit, bytes/s; 0 = unlimited (absent
+                           in entries of earlier versions) */
+    char **disks;      /* every disk the job touches (NULL-terminated; one
+                          today, == disk); NULL: just disk */
     int64_t created;   /* unix seconds */
     int64_t updated;
     char *error;       /* or NULL */

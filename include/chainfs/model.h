@@ -132,6 +132,8 @@ struct cfs_job {
     char *journal_id;      /* the journal entry that records it, or NULL */
     uint64_t id;           /* the engine's number for this job: events and
                               steps act only on the job they were meant for */
+    bool pivot_manual;     /* the disk's `pivot manual` setting, mirrored
+                              here by the engine for `job` */
     bool external;         /* origin external: a libvirt job chainfs did
                               not start (never pivoted, aborted or cleaned
                               up by chainfs) */
@@ -151,6 +153,26 @@ const char *cfs_job_type_to_string(enum cfs_job_type t);   /* "active-commit", .
 const char *cfs_job_phase_to_string(enum cfs_job_phase s); /* "running", ... */
 const char *cfs_name_source_to_string(enum cfs_name_source s); /* "libvirt-metadata", "chainfs", "filename", "-" */
 bool cfs_job_phase_in_progress(enum cfs_job_phase s); /* starting .. cleanup */
+/* "running" -> CFS_PHASE_RUNNING; CFS_PHASE_MAX if S names no phase. */
+enum cfs_job_phase cfs_job_phase_from_string(const char *s);
+/* Whether a job may go from phase FROM to phase TO (the one table of
+ * allowed edges; fs/core/job.c draws it). */
+bool cfs_job_phase_edge_allowed(enum cfs_job_phase from, enum cfs_job_phase to);
+
+/* What differs per kind of job: one row per enum cfs_job_type. */
+struct cfs_job_kind {
+    enum cfs_job_type type;
+    bool chainfs;       /* chainfs starts jobs of this kind (mkdir, rmdir);
+                           the others are only ever seen as external */
+    bool block_job;     /* a libvirt block job: followed by events and polls */
+    bool merge;         /* merges TOP into BASE: finished means TOP left the
+                           chain; clean-up deletes TOP and drops its
+                           snapshot metadata; partial when BASE was written */
+    bool has_ready;     /* reaches ready (mirroring) and needs a pivot */
+    bool abortable;     /* ctl abort can cancel it safely */
+    const char *starts; /* how chainfs starts it (for logs and docs) */
+};
+const struct cfs_job_kind *cfs_job_kind(enum cfs_job_type t);
 
 /* Destructors take NULL and return NULL; *_clear frees members only. */
 void cfs_layer_clear(struct cfs_layer *l);

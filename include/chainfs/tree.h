@@ -27,12 +27,16 @@ struct cfs_disk_state {
     struct cfs_job job;      /* current or last job */
     struct cfs_disk_settings settings;
     char **partial_tops;     /* overlays a failed merge partly wrote below */
-    int64_t gone_since_ms;   /* job vanished but TOP still in the chain */
+    /* Facts about the current job (never a state: that is job.phase): */
+    int64_t gone_since_ms;   /* libvirt has no job but TOP is still in the chain */
     int pivot_failures;      /* pivots refused for another reason than "not ready" */
     uint64_t base_bytes;     /* BASE's allocated bytes when the merge
                                 started (0: unknown), to tell a partial one */
-    bool starting;           /* rmdir claimed the disk; libvirt has not
-                                accepted the commit yet */
+    bool abort_requested;    /* ctl abort asked libvirt to cancel the job */
+    /* A libvirt block job on the disk that chainfs did not start
+     * (origin external): type NONE when there is none. Shown by `job`
+     * while chainfs has no job of its own in progress. */
+    struct cfs_job external;
 };
 
 struct cfs_tree {
