@@ -220,5 +220,16 @@ void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint
 int settings_save(struct cfs_engine *e);
 void settings_load(struct cfs_engine *e);
 
+/* What `job` shows for disk state S: chainfs's own job while one is in
+ * progress; else a job chainfs did not start, while one runs; else
+ * chainfs's last job. Caller holds the tree lock. */
+static inline const struct cfs_job *disk_shown_job(const struct cfs_disk_state *s)
+{
+    if (!cfs_job_phase_in_progress(s->job.phase) &&
+        s->external.type != CFS_JOB_NONE)
+        return &s->external;
+    return &s->job;
+}
+
 /* read.c */
 int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d, const struct cfs_disk *disk, const char *name);

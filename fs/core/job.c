@@ -681,6 +681,13 @@ void external_check(struct cfs_engine *e, const char *dom, const char *disk)
         return;
     pthread_mutex_lock(&e->tree->lock);
     s = cfs_tree_disk_state(e->tree, dom, disk);
+    if (present && !had && cfs_job_kind(s->job.type)->chainfs &&
+        (enum cfs_job_type)pr.type == s->job.type &&
+        now_s() - s->job.finished <= VANISH_GRACE_MS / 1000 + 1) {
+        /* chainfs's own job, just ended here, not yet gone from libvirt */
+        pthread_mutex_unlock(&e->tree->lock);
+        return;
+    }
     if (cfs_job_phase_in_progress(s->job.phase)) {
         pthread_mutex_unlock(&e->tree->lock);
         return; /* chainfs started one meanwhile: that one is ours */

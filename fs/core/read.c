@@ -54,7 +54,7 @@ static void render_locked(struct cfs_tree *t, const struct cfs_path *p,
 {
     struct cfs_disk_state *s =
         disk ? cfs_tree_find_disk_state(t, d->name, disk->target) : NULL;
-    const struct cfs_job *job = s ? &s->job : NULL;
+    const struct cfs_job *job = s ? disk_shown_job(s) : NULL;
     bool partial = false;
     if (idx >= 0 && s)
         partial = cfs_strv_contains(s->partial_tops, disk->layers[idx].path);
@@ -195,7 +195,7 @@ int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
         }
         struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
         if (!s || !cfs_job_phase_in_progress(s->job.phase)) {
-            cfs_render_job_text(out, s ? &s->job : NULL, t->stale);
+            cfs_render_job_text(out, s ? disk_shown_job(s) : NULL, t->stale);
             break;
         }
         if (interrupted && interrupted(arg)) {

@@ -337,6 +337,9 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
             cfs_format_size(job->bandwidth, bw, sizeof(bw));
             kv_take(&kv, "bandwidth", cfs_xasprintf("%s/s", bw));
         }
+        kv_str(&kv, "origin", job->external ? "external" : "chainfs");
+        if (!job->external)
+            kv_str(&kv, "pivot", job->pivot_manual ? "manual" : "auto");
         kv_take(&kv, "started", time_value(job->started));
         kv_take(&kv, "finished", time_value(job->finished));
         kv_str(&kv, "error", job->error);
@@ -365,6 +368,9 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_u64(o, "cur", none ? 0 : job->cur);
     json_put_u64(o, "end", none ? 0 : job->end);
     json_put_u64(o, "bandwidth", none ? 0 : job->bandwidth);
+    json_put_str(o, "origin", none ? NULL : job->external ? "external" : "chainfs");
+    json_put_str(o, "pivot", none || job->external ? NULL
+                             : job->pivot_manual ? "manual" : "auto");
     json_put_time(o, "started", none ? 0 : job->started);
     json_put_time(o, "finished", none ? 0 : job->finished);
     json_put_str(o, "error", none ? NULL : job->error);

@@ -526,6 +526,8 @@ static void test_job_text_golden(void **state)
         "progress:  42% [########------------]\n"
         "bytes:     27.0MiB / 64.0MiB\n"
         "bandwidth: unlimited\n"
+        "origin:    chainfs\n"
+        "pivot:     auto\n"
         "started:   2026-09-21T14:13:20Z\n"
         "finished:  -\n"
         "error:     -\n");
@@ -552,6 +554,8 @@ static void test_job_text_failed(void **state)
         "progress:  42% [########------------]\n"
         "bytes:     27.0MiB / 64.0MiB\n"
         "bandwidth: 1.0MiB/s\n"
+        "origin:    chainfs\n"
+        "pivot:     auto\n"
         "started:   2026-09-21T14:13:20Z\n"
         "finished:  2026-09-21T14:23:20Z\n"
         "error:     internal error: unable to execute QEMU command 'block-commit': Could not reopen file\n"
@@ -579,6 +583,8 @@ static void test_job_text_leftover(void **state)
         "progress:  100% [####################]\n"
         "bytes:     64.0MiB / 64.0MiB\n"
         "bandwidth: unlimited\n"
+        "origin:    chainfs\n"
+        "pivot:     auto\n"
         "started:   2026-09-21T14:13:20Z\n"
         "finished:  2026-09-21T14:23:20Z\n"
         "error:     -\n"
@@ -646,7 +652,7 @@ static void test_job_json(void **state)
     (void)state;
     static const char *const keys[] = {
         "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
-        "end", "bandwidth", "started", "finished", "error", "partial", "leftover", "stale",
+        "end", "bandwidth", "origin", "pivot", "started", "finished", "error", "partial", "leftover", "stale",
     };
     struct cfs_job j = running_job();
     j.bandwidth = 3 * MiB;
@@ -665,6 +671,8 @@ static void test_job_json(void **state)
     assert_json_int(o, "cur", (int64_t)(27 * MiB));
     assert_json_int(o, "end", (int64_t)(64 * MiB));
     assert_json_int(o, "bandwidth", (int64_t)(3 * MiB));
+    assert_json_str(o, "origin", "chainfs");
+    assert_json_str(o, "pivot", "auto");
     assert_json_str(o, "started", "2026-09-21T14:13:20Z");
     assert_json_str(o, "finished", NULL);
     assert_json_str(o, "error", NULL);
@@ -698,12 +706,44 @@ static void test_job_json(void **state)
     json_object_put(o);
 }
 
+/* A job chainfs did not start shows as what it is, origin external, and
+ * no pivot setting (chainfs never pivots it); a held one shows manual. */
+static void test_job_origin_and_pivot(void **state)
+{
+    (void)state;
+    struct cfs_job j = running_job();
+    struct cfs_buf b = { 0 };
+
+    j.pivot_manual = true;
+    cfs_render_job_text(&b, &j, false);
+    _cleanup_free_ char *t1 = cfs_buf_steal(&b);
+    assert_non_null(strstr(t1, "\norigin:    chainfs\npivot:     manual\n"));
+
+    j.type = CFS_JOB_COPY;
+    j.external = true;
+    j.snapshot = j.top = j.base = NULL;
+    cfs_render_job_text(&b, &j, false);
+    _cleanup_free_ char *t2 = cfs_buf_steal(&b);
+    assert_non_null(strstr(t2, "type:      copy\n"));
+    assert_non_null(strstr(t2, "\norigin:    external\n"));
+    assert_null(strstr(t2, "pivot:"));
+
+    cfs_render_job_json(&b, &j, false);
+    _cleanup_free_ char *s = cfs_buf_steal(&b);
+    struct json_object *o = parse_json(s);
+    assert_json_str(o, "type", "copy");
+    assert_json_str(o, "origin", "external");
+    assert_json_str(o, "pivot", NULL);
+    assert_json_int(o, "progress_percent", 42);
+    json_object_put(o);
+}
+
 static void test_job_json_none(void **state)
 {
     (void)state;
     static const char *const keys[] = {
         "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
-        "end", "bandwidth", "started", "finished", "error", "partial", "leftover", "stale",
+        "end", "bandwidth", "origin", "pivot", "started", "finished", "error", "partial", "leftover", "stale",
     };
     struct cfs_buf b = { 0 };
 
@@ -720,6 +760,8 @@ static void test_job_json_none(void **state)
     assert_json_int(o, "cur", 0);
     assert_json_int(o, "end", 0);
     assert_json_int(o, "bandwidth", 0);
+    assert_json_str(o, "origin", NULL);
+    assert_json_str(o, "pivot", NULL);
     assert_json_str(o, "started", NULL);
     assert_json_str(o, "finished", NULL);
     assert_json_str(o, "error", NULL);
@@ -910,6 +952,7 @@ int main(void)
         cmocka_unit_test(test_job_progress),
         cmocka_unit_test(test_job_json),
         cmocka_unit_test(test_job_json_none),
+        cmocka_unit_test(test_job_origin_and_pivot),
         cmocka_unit_test(test_info_text_golden),
         cmocka_unit_test(test_info_text_active_partial),
         cmocka_unit_test(test_info_out_of_range),
