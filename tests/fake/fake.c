@@ -831,6 +831,9 @@ static int fake_volume_delete(struct cfs_backend *be, const char *path)
     return r;
 }
 
+static int fake_job_set_bandwidth(struct cfs_backend *be, const char *dom,
+                                  const char *disk, uint64_t bandwidth);
+
 static const struct cfs_backend_ops fake_ops = {
     .name = "fake",
     .connect = fake_connect,
@@ -843,6 +846,7 @@ static const struct cfs_backend_ops fake_ops = {
     .job_get = fake_job_get,
     .job_pivot = fake_job_pivot,
     .job_abort = fake_job_abort,
+    .job_set_bandwidth = fake_job_set_bandwidth,
     .offline_commit = fake_offline_commit,
     .files_local = fake_files_local,
     .volume_delete = fake_volume_delete,
@@ -1104,4 +1108,50 @@ unsigned cfs_fake_calls(struct cfs_backend *be, const char *op)
     n = f->calls[o];
     pthread_mutex_unlock(&f->lock);
     return n;
+}
+
+/* ---- engine helper's additions (issue 7): bandwidth, external jobs ---- */
+
+static int fake_job_set_bandwidth(struct cfs_backend *be, const char *dom,
+                                  const char *disk, uint64_t bandwidth)
+{
+    struct fake *f = fake_of(be);
+    int r = 0;
+
+    pthread_mutex_lock(&f->lock);
+    struct fake_job *job = job_find(f, dom, disk);
+    if (!job)
+        r = no_job(disk);
+    else
+        job->bandwidth = bandwidth;
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+void cfs_fake_start_external_job(struct cfs_backend *be, const char *dom,
+                                 const char *disk, enum cfs_job_type type)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->jobs = cfs_xrealloc(f->jobs, (f->n_jobs + 1) * sizeof(*f->jobs));
+    f->jobs[f->n_jobs++] = (struct fake_job){
+        .dom = cfs_xstrdup(dom),
+        .disk = cfs_xstrdup(disk),
+        .type = type,
+        .end = FAKE_VIRTUAL_SIZE,
+    };
+    pthread_mutex_unlock(&f->lock);
+}
+
+uint64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
+                                const char *disk)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    struct fake_job *job = job_find(f, dom, disk);
+    uint64_t bw = job ? job->bandwidth : 0;
+    pthread_mutex_unlock(&f->lock);
+    return bw;
 }

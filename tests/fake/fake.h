@@ -57,3 +57,11 @@ void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_d
 char *cfs_fake_last_volume_deleted(struct cfs_backend *be);
 /* How many times OP was called (for "no libvirt call on reads" tests). */
 unsigned cfs_fake_calls(struct cfs_backend *be, const char *op);
+
+/* A block job chainfs did not start (a user's virsh blockcopy or
+ * blockpull) of TYPE on DOM/DISK; no event. cfs_fake_job_vanish ends it. */
+void cfs_fake_start_external_job(struct cfs_backend *be, const char *dom,
+                                 const char *disk, enum cfs_job_type type);
+/* The bandwidth of DOM/DISK's job (job_set_bandwidth), 0 if none. */
+uint64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
+                                const char *disk);
