@@ -683,6 +683,25 @@ int check_reachable(struct cfs_engine *e, const char *dom,
 
 
 
+/* After a re-read of a running domain: a look at every disk where
+ * chainfs has no job of its own, for one chainfs did not start (a pull
+ * sends no event until it ends). */
+static void external_scan(struct cfs_engine *e, const char *dom)
+{
+    _cleanup_strv_ char **disks = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    for (size_t i = 0; d && d->state != CFS_DOM_SHUTOFF && i < d->n_disks; i++) {
+        struct cfs_disk_state *s =
+            cfs_tree_find_disk_state(e->tree, dom, d->disks[i].target);
+        if (!s || !cfs_job_phase_in_progress(s->job.phase))
+            cfs_strv_push(&disks, cfs_xstrdup(d->disks[i].target));
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    for (char **k = disks; k && *k; k++)
+        external_check(e, dom, *k);
+}
+
 void process_work(struct cfs_engine *e, struct work *w)
 {
     switch (w->kind) {
@@ -697,7 +716,8 @@ void process_work(struct cfs_engine *e, struct work *w)
             refresh_domain(e, w->dom);
         break;
     case WORK_REFRESH_DOMAIN:
-        refresh_domain(e, w->dom);
+        if (refresh_domain(e, w->dom) == 0)
+            external_scan(e, w->dom);
         break;
     case WORK_REFRESH_ALL:
         refresh_all(e);

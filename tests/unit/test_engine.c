@@ -1042,6 +1042,418 @@ static void test_mkdir_block_disk_needs_overlay_dir(void **state)
     free(job);
 }
 
+
+/* ---- the phase table ---------------------------------------------------------- */
+
+static void test_phase_table_every_pair(void **state)
+{
+    (void)state;
+    /* the diagram of fs/core/job.c, edge by edge */
+    static const struct { enum cfs_job_phase from, to; } allowed[] = {
+        {CFS_PHASE_NONE, CFS_PHASE_STARTING}, {CFS_PHASE_NONE, CFS_PHASE_FAILED},
+        {CFS_PHASE_STARTING, CFS_PHASE_RUNNING}, {CFS_PHASE_STARTING, CFS_PHASE_COMPLETED},
+        {CFS_PHASE_STARTING, CFS_PHASE_CLEANUP}, {CFS_PHASE_STARTING, CFS_PHASE_FAILED},
+        {CFS_PHASE_RUNNING, CFS_PHASE_READY}, {CFS_PHASE_RUNNING, CFS_PHASE_CLEANUP},
+        {CFS_PHASE_RUNNING, CFS_PHASE_FAILED}, {CFS_PHASE_RUNNING, CFS_PHASE_CANCELED},
+        {CFS_PHASE_READY, CFS_PHASE_PIVOTING}, {CFS_PHASE_READY, CFS_PHASE_CLEANUP},
+        {CFS_PHASE_READY, CFS_PHASE_FAILED}, {CFS_PHASE_READY, CFS_PHASE_CANCELED},
+        {CFS_PHASE_PIVOTING, CFS_PHASE_READY}, {CFS_PHASE_PIVOTING, CFS_PHASE_CLEANUP},
+        {CFS_PHASE_PIVOTING, CFS_PHASE_FAILED},
+        {CFS_PHASE_CLEANUP, CFS_PHASE_COMPLETED}, {CFS_PHASE_CLEANUP, CFS_PHASE_FAILED},
+    };
+    unsigned n_allowed = 0;
+    for (int a = 0; a < CFS_PHASE_MAX; a++)
+        for (int b = 0; b < CFS_PHASE_MAX; b++) {
+            bool want = false;
+            for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+                if (allowed[i].from == (enum cfs_job_phase)a &&
+                    allowed[i].to == (enum cfs_job_phase)b)
+                    want = true;
+            bool got = cfs_job_phase_edge_allowed(a, b);
+            if (got != want)
+                fail_msg("edge %s -> %s: table says %d, diagram %d",
+                         cfs_job_phase_to_string(a), cfs_job_phase_to_string(b),
+                         got, want);
+            n_allowed += got;
+        }
+    assert_int_equal(n_allowed, sizeof(allowed) / sizeof(allowed[0]));
+    /* out of range: refused */
+    assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_MAX, CFS_PHASE_NONE));
+    assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_NONE, CFS_PHASE_MAX));
+    /* every phase name loads back (the journal stores it verbatim) */
+    for (int a = 0; a < CFS_PHASE_MAX; a++)
+        assert_int_equal(cfs_job_phase_from_string(cfs_job_phase_to_string(a)), a);
+    assert_int_equal(cfs_job_phase_from_string("bogus"), CFS_PHASE_MAX);
+}
+
+static void test_job_kinds(void **state)
+{
+    (void)state;
+    for (int t = 0; t < CFS_JOB_TYPE_MAX; t++)
+        assert_int_equal(cfs_job_kind(t)->type, t);
+    assert_true(cfs_job_kind(CFS_JOB_COMMIT)->merge);
+    assert_true(cfs_job_kind(CFS_JOB_ACTIVE_COMMIT)->has_ready);
+    assert_false(cfs_job_kind(CFS_JOB_COMMIT)->has_ready);
+    assert_false(cfs_job_kind(CFS_JOB_OFFLINE_COMMIT)->block_job);
+    assert_false(cfs_job_kind(CFS_JOB_OFFLINE_COMMIT)->abortable);
+    assert_false(cfs_job_kind(CFS_JOB_SNAPSHOT)->merge);
+    assert_false(cfs_job_kind(CFS_JOB_COPY)->chainfs);
+    assert_false(cfs_job_kind(CFS_JOB_PULL)->chainfs);
+}
+
+/* ---- recovery from each stored phase --------------------------------------- */
+
+enum rec_libvirt { REC_NO_JOB, REC_JOB_RUNNING, REC_JOB_READY };
+
+/* The daemon "died" with an entry for the active commit of s2 in PHASE
+ * (TOP_GONE: libvirt's chain no longer has s2); a new engine on the same
+ * state dir, with libvirt's job as LV. */
+static void restart_with_entry(struct fx *f, const char *phase, bool top_gone,
+                               enum rec_libvirt lv, bool manual)
+{
+    cfs_engine_free(f->e);
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry en = {
+        .id = "1-1-1", .domain = "vm1", .disk = "vda", .snapshot = "s2",
+        .meta_name = "s2", .top = f->paths[0], .base = f->paths[1],
+        .type = CFS_JOB_ACTIVE_COMMIT, .phase = (char *)phase,
+        .created = 1, .updated = 1, .bandwidth = 2 << 20,
+    };
+    assert_int_equal(cfs_journal_put(j, &en), 0);
+    cfs_journal_free(j);
+    if (manual) {
+        char p[256];
+        snprintf(p, sizeof(p), "%s/settings", f->state);
+        FILE *fp = fopen(p, "w");
+        assert_non_null(fp);
+        fprintf(fp, "{\"version\":1,\"disks\":[{\"domain\":\"vm1\",\"disk\":\"vda\",\"pivot\":\"manual\"}]}\n");
+        fclose(fp);
+    }
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    if (top_gone)
+        cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain + 1, meta + 1, 2);
+    else
+        cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    if (lv != REC_NO_JOB) {
+        assert_int_equal(f->be->ops->commit_start(f->be, "vm1", "vda", f->paths[0],
+                                                  f->paths[1], true, 0), 0);
+        if (lv == REC_JOB_READY)
+            cfs_fake_job_ready(f->be, "vm1", "vda");
+    }
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+}
+
+static void test_recover_starting_never_started(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "starting", false, REC_NO_JOB, false);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "nothing was written");
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "partial"));
+    free(job);
+    assert_int_equal(journal_entries(f), 0);
+    assert_true(exists(f->paths[0]));
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+}
+
+static void test_recover_starting_accepted(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "starting", false, REC_JOB_RUNNING, false);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(journal_entries(f), 1);
+    /* the journaled bandwidth is set again */
+    assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 2 << 20);
+}
+
+static void test_recover_starting_top_gone(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "starting", true, REC_NO_JOB, false);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_false(exists(f->paths[0]));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_recover_running_follows(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "running", false, REC_JOB_RUNNING, false);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 2 << 20);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_false(exists(f->paths[0]));
+}
+
+static void test_recover_running_interrupted(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "running", false, REC_NO_JOB, false);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_true(exists(f->paths[0]));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_recover_pivoting_done(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "pivoting", true, REC_NO_JOB, false);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_false(exists(f->paths[0]));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_recover_pivoting_held_manual(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "pivoting", false, REC_JOB_READY, true);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    assert_job_contains(f, "pivot:     manual");
+    struct cfs_ctl_cmd pivot = {.op = CFS_CTL_PIVOT};
+    assert_int_equal(cfs_engine_ctl(f->e, "vm1", "vda", &pivot), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+}
+
+static void test_recover_pivoting_ready_auto(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "pivoting", false, REC_JOB_READY, false);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 1);
+}
+
+static void test_recover_cleanup_finishes(void **state)
+{
+    struct fx *f = *state;
+    restart_with_entry(f, "cleanup", true, REC_NO_JOB, false);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_false(exists(f->paths[0]));
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_recover_terminal_closes(void **state)
+{
+    struct fx *f = *state;
+    static const char *const terminal[] = {"completed", "failed", "canceled"};
+    for (size_t i = 0; i < 3; i++) {
+        restart_with_entry(f, terminal[i], false, REC_NO_JOB, false);
+        assert_int_equal(job_state(f, "vm1"), CFS_PHASE_NONE);
+        assert_int_equal(journal_entries(f), 0);
+        assert_true(exists(f->paths[0]));
+    }
+}
+
+/* ---- ctl ------------------------------------------------------------------------ */
+
+/* The domain re-read (a domain event), as the periodic re-read does. */
+static void touch_domain(struct cfs_backend *be, const char *dom)
+{
+    struct cfs_domain *d = NULL;
+    assert_int_equal(be->ops->read_domain(be, dom, &d), 0);
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+}
+
+static int ctl(struct fx *f, enum cfs_ctl_op op, uint64_t bw)
+{
+    struct cfs_ctl_cmd c = {.op = op, .bandwidth = bw};
+    return cfs_engine_ctl(f->e, "vm1", "vda", &c);
+}
+
+static void test_ctl_no_job(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), -ENOENT);
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT, 0), -ENOENT);
+    assert_int_equal(ctl(f, CFS_CTL_BANDWIDTH, 1), -ENOENT);
+    struct cfs_ctl_cmd c = {.op = CFS_CTL_ABORT};
+    assert_int_equal(cfs_engine_ctl(f->e, "vm1", "vdz", &c), -ENOENT);
+}
+
+static void test_ctl_pivot_manual_holds(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT_MANUAL, 0), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT, 0), -EAGAIN); /* not ready */
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    assert_job_contains(f, "pivot:     manual");
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT, 0), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_false(exists(f->paths[0]));
+}
+
+static void test_ctl_pivot_auto_releases(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT_MANUAL, 0), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT_AUTO, 0), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+}
+
+static void test_ctl_abort_active(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT_MANUAL, 0), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    assert_true(exists(f->paths[0]));
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(journal_entries(f), 0);
+    assert_job_contains(f, "canceled");
+}
+
+static void test_ctl_abort_intermediate_partial(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    cfs_fake_job_progress(f->be, "vm1", "vda", 8 << 20, 64 << 20);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT, 0), -EINVAL);
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    assert_job_contains(f, "partial:   yes");
+    assert_true(exists(f->paths[1]));
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+}
+
+static void test_ctl_abort_intermediate_not_started(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "partial"));
+    free(job);
+}
+
+static void test_ctl_bandwidth_and_restart(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(ctl(f, CFS_CTL_BANDWIDTH, 1 << 20), 0);
+    assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 1 << 20);
+    assert_job_contains(f, "bandwidth: 1.0MiB/s");
+    /* journaled */
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].bandwidth, 1 << 20);
+    assert_string_equal(v[0].phase, "running");
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+    /* the daemon restarts; libvirt's job lost its limit meanwhile */
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    assert_int_equal(f->be->ops->commit_start(f->be, "vm1", "vda", f->paths[0],
+                                              f->paths[1], true, 0), 0);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 1 << 20);
+    assert_int_equal(ctl(f, CFS_CTL_BANDWIDTH, 0), 0);
+    assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 0);
+}
+
+static void test_default_bandwidth_recorded(void **state)
+{
+    struct fx *f = *state;
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    struct cfs_engine_config cfg = {.state_dir = f->state, .bandwidth = 3 << 20};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 3 << 20);
+    assert_job_contains(f, "bandwidth: 3.0MiB/s");
+}
+
+static void test_external_job(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_start_external_job(f->be, "vm1", "vda", CFS_JOB_COPY);
+    /* the next re-read of the domain looks at its disks */
+    touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    assert_job_contains(f, "type:      copy");
+    assert_job_contains(f, "origin:    external");
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x"), -EBUSY);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), -EBUSY);
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), -EBUSY);
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT, 0), -EBUSY);
+    assert_int_equal(ctl(f, CFS_CTL_BANDWIDTH, 5), -EBUSY);
+    assert_int_equal(cfs_fake_calls(f->be, "job_abort"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    /* it ends: the disk is free again, its chain re-read */
+    cfs_fake_job_vanish(f->be, "vm1", "vda", false);
+    cfs_engine_run_pending(f->e);
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "origin:    external"));
+    assert_non_null(strstr(job, "chainfs did not start (external)")); /* the refusal, kept */
+    free(job);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x"), 0);
+}
+
+static void test_refusal_order_same(void **state)
+{
+    struct fx *f = *state;
+    /* a read-only disk with a job chainfs did not start: mkdir and rmdir
+     * give the same errno (EROFS comes before EBUSY) */
+    const char *chain[] = {f->paths[3]};
+    cfs_fake_add_simple(f->be, "vm3", CFS_DOM_RUNNING, "vda", chain, NULL, 1);
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm3", &d), 0);
+    d->disks[0].readonly = true;
+    cfs_fake_put_domain(f->be, d);
+    cfs_domain_free(d);
+    cfs_fake_start_external_job(f->be, "vm3", "vda", CFS_JOB_PULL);
+    touch_domain(f->be, "vm3");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm3", "vda", "x"), -EROFS);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm3", "vda", "x"), -EROFS);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -1084,6 +1496,28 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recovery_follows_and_cleans, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
+        cmocka_unit_test(test_phase_table_every_pair),
+        cmocka_unit_test(test_job_kinds),
+        cmocka_unit_test_setup_teardown(test_recover_starting_never_started, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_starting_accepted, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_starting_top_gone, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_running_follows, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_running_interrupted, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_pivoting_done, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_pivoting_held_manual, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_pivoting_ready_auto, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_cleanup_finishes, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_terminal_closes, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_no_job, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_pivot_manual_holds, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_pivot_auto_releases, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_abort_active, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_partial, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_not_started, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_bandwidth_and_restart, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_default_bandwidth_recorded, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_external_job, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_refusal_order_same, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_one_disk_of_multidisk_snapshot, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_block_disk_needs_overlay_dir, setup_running, teardown),
     };
