@@ -82,6 +82,7 @@ int journal_record(struct cfs_engine *e, const char *dom,
         .updated = now_s(),
         .error = job->error,
         .bandwidth = job->bandwidth,
+        .disks = job->disks,
     };
     int r = cfs_journal_put(e->journal, &en);
     if (r < 0)
@@ -134,6 +135,7 @@ void job_new_locked(struct cfs_engine *e, struct cfs_disk_state *s,
     s->base_bytes = 0;
     s->job.type = type;
     s->job.pivot_manual = s->settings.pivot_manual;
+    cfs_strv_push(&s->job.disks, cfs_xstrdup(s->disk));
     job_number(e, s);
 }
 

@@ -216,6 +216,7 @@ void cfs_job_clear(struct cfs_job *j)
     free(j->error);
     free(j->journal_id);
     free(j->leftover);
+    cfs_strv_free(j->disks);
     *j = (struct cfs_job){ 0 };
 }
 
@@ -295,6 +296,9 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->error = cfs_xstrdup(src->error);
     dst->journal_id = cfs_xstrdup(src->journal_id);
     dst->leftover = cfs_xstrdup(src->leftover);
+    dst->disks = NULL;
+    for (char **d = src->disks; d && *d; d++)
+        cfs_strv_push(&dst->disks, cfs_xstrdup(*d));
 }
 
 /* ---- lookups ------------------------------------------------------------------ */

@@ -132,6 +132,9 @@ struct cfs_job {
     char *journal_id;      /* the journal entry that records it, or NULL */
     uint64_t id;           /* the engine's number for this job: events and
                               steps act only on the job they were meant for */
+    char **disks;          /* every disk the job touches, NULL-terminated
+                              (one today: the disk whose state holds it;
+                              several once whole-VM jobs arrive) */
     bool pivot_manual;     /* the disk's `pivot manual` setting, mirrored
                               here by the engine for `job` */
     bool external;         /* origin external: a libvirt job chainfs did

@@ -1374,6 +1374,10 @@ static void test_ctl_bandwidth_and_restart(void **state)
     assert_int_equal(n, 1);
     assert_int_equal(v[0].bandwidth, 1 << 20);
     assert_string_equal(v[0].phase, "running");
+    /* the disks the job touches (one today) */
+    assert_non_null(v[0].disks);
+    assert_string_equal(v[0].disks[0], "vda");
+    assert_null(v[0].disks[1]);
     cfs_journal_entries_free(v, n);
     cfs_journal_free(j);
     /* the daemon restarts; libvirt's job lost its limit meanwhile */
