@@ -738,6 +738,59 @@ static void test_missing_version_accepted(void **state)
     cfs_journal_free(j);
 }
 
+/* Entries written by the previous version (no bandwidth, no disks; the
+ * phases it wrote) load, each with its phase verbatim; the new fields
+ * round-trip. */
+static void test_previous_version_and_new_fields(void **state)
+{
+    const char *dir = *state;
+    static const char *const phases[] = {"starting", "running", "pivoting",
+                                         "cleanup", "failed"};
+    struct cfs_buf b = {0};
+    for (size_t i = 0; i < 5; i++)
+        cfs_buf_printf(&b, "{\"version\":1,\"id\":\"e%zu\",\"domain\":\"d\","
+                       "\"disk\":\"vda\",\"snapshot\":\"s\",\"top\":\"/t\","
+                       "\"base\":\"/b\",\"type\":\"active-commit\",\"phase\":\"%s\","
+                       "\"created\":1,\"updated\":2}\n", i, phases[i]);
+    char **warnings = NULL;
+    _cleanup_free_ char *text = cfs_buf_steal(&b);
+    struct cfs_journal *j = load_raw(dir, text, strlen(text), &warnings);
+    assert_null(warnings);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 5);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(v[i].phase, phases[i]);
+        assert_int_equal(v[i].bandwidth, 0);
+        assert_null(v[i].disks);
+    }
+    /* bandwidth and disks are written and read back */
+    v[0].bandwidth = 10 << 20;
+    cfs_strv_push(&v[0].disks, cfs_xstrdup("vda"));
+    free(v[0].phase);
+    v[0].phase = cfs_xstrdup("ready");
+    assert_int_equal(cfs_journal_put(j, &v[0]), 0);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+    assert_int_equal(cfs_journal_open(dir, &j, &warnings), 0);
+    assert_null(warnings);
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    bool seen = false;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].id, "e0") == 0) {
+            seen = true;
+            assert_int_equal(v[i].bandwidth, 10 << 20);
+            assert_string_equal(v[i].phase, "ready");
+            assert_non_null(v[i].disks);
+            assert_string_equal(v[i].disks[0], "vda");
+            assert_null(v[i].disks[1]);
+        }
+    assert_true(seen);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+}
+
 static void test_long_line(void **state)
 {
     const char *dir = *state;
@@ -851,6 +904,7 @@ int main(void)
         T(test_random_garbage),
         T(test_bad_records),
         T(test_missing_version_accepted),
+        T(test_previous_version_and_new_fields),
         T(test_long_line),
         T(test_threads),
     };
