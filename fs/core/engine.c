@@ -74,6 +74,7 @@ static bool work_per_domain(const struct work *w)
     case WORK_OFFLINE_DONE:
     case WORK_POLL_JOB:
     case WORK_RECOVER:
+    case WORK_REAPPLY:
     case WORK_READ_LIGHT:
         return true;
     default:
@@ -711,6 +712,9 @@ void process_work(struct cfs_engine *e, struct work *w)
     case WORK_RECOVER:
         recover_merge(e, w->dom, w->disk, w->job_id);
         break;
+    case WORK_REAPPLY:
+        recover_bandwidth(e, w->dom, w->disk, w->job_id);
+        break;
     case WORK_READ_LIGHT:
         if (refresh_light(e, w->dom) < 0)
             refresh_domain(e, w->dom);
@@ -943,6 +947,7 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
     }
     settings_load(e);
     recover_journal(e);
+    e->recovered = true;
     if (thread) {
         r = -pthread_create(&e->thread, NULL, engine_thread, e);
         if (r < 0) {

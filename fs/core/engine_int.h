@@ -67,6 +67,7 @@ enum work_kind {
     WORK_POLL_JOB,       /* one poll of the live job of dom/disk */
     WORK_RECOVER,        /* the libvirt half of recovering job_id of dom/disk */
     WORK_READ_LIGHT,     /* a read without statistics (start-up) */
+    WORK_REAPPLY,        /* set job_id's journaled bandwidth again (reconnect) */
 };
 
 struct work {
@@ -120,6 +121,8 @@ struct cfs_engine {
      * back and by a listing that worked. */
     bool conn_down;
     bool conn_suspect;
+    bool recovered;           /* the journal was taken up at start: a job
+                                 libvirt has now may count as external */
 
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
@@ -215,6 +218,7 @@ void poll_jobs(struct cfs_engine *e);
 /* recover.c */
 void recover_journal(struct cfs_engine *e);
 void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
+void recover_bandwidth(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 
 /* settings.c-like part of actions.c: the disks' ctl settings */
 int settings_save(struct cfs_engine *e);

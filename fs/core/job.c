@@ -667,6 +667,8 @@ static void job_vanished_failed(struct cfs_engine *e, const char *dom,
  * keeps mkdir/rmdir away; when it ends, the disk's new chain is read. */
 void external_check(struct cfs_engine *e, const char *dom, const char *disk)
 {
+    if (!e->recovered)
+        return; /* a job in the journal is chainfs's own, not external */
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
     bool ours = s && cfs_job_phase_in_progress(s->job.phase);

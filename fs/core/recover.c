@@ -16,7 +16,16 @@ void recover_journal(struct cfs_engine *e)
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, en->domain, en->disk);
         bool followed = cfs_job_phase_in_progress(s->job.phase) &&
                         cfs_streq(s->job.journal_id, en->id);
+        struct work *rw = NULL;
+        if (followed && en->bandwidth) {
+            /* a reconnect: libvirt (restarted) keeps the limit, but it
+             * is set again all the same */
+            rw = work_new(WORK_REAPPLY, en->domain, en->disk);
+            rw->job_id = s->job.id;
+        }
         pthread_mutex_unlock(&e->tree->lock);
+        if (rw)
+            route(e, rw);
         if (followed)
             continue; /* this daemon is on it already (a reconnect) */
 
@@ -62,6 +71,8 @@ void recover_journal(struct cfs_engine *e)
 
         pthread_mutex_lock(&e->tree->lock);
         job_new_locked(e, s, en->type);
+        /* the job libvirt has on the disk is this one, chainfs's own */
+        cfs_job_clear(&s->external);
         /* the job is loaded in the phase stored: recover_merge steps
          * from there */
         s->job.phase = ph;
@@ -107,6 +118,30 @@ static void reapply_bandwidth(struct cfs_engine *e, const char *dom,
     else
         log_info("recovery: %s/%s: merge bandwidth set to %llu bytes/s again",
                  dom, disk, (unsigned long long)job->bandwidth);
+}
+
+/* After a reconnect: job ID of DOM/DISK keeps its bandwidth. */
+void recover_bandwidth(struct cfs_engine *e, const char *dom,
+                       const char *disk, uint64_t id)
+{
+    struct cfs_job job;
+    if (!job_snapshot(e, dom, disk, &job) || job.id != id ||
+        !cfs_job_kind(job.type)->block_job || job.phase == CFS_PHASE_STARTING) {
+        cfs_job_clear(&job);
+        return;
+    }
+    /* the limit journaled (what was asked), not the one last polled */
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    if (cfs_journal_list(e->journal, &v, &n) == 0)
+        for (size_t i = 0; i < n; i++)
+            if (cfs_streq(v[i].id, job.journal_id))
+                job.bandwidth = v[i].bandwidth;
+    cfs_journal_entries_free(v, n);
+    struct cfs_job_progress pr = {0};
+    if (e->be->ops->job_get(e->be, dom, disk, &pr) == 0 && pr.present)
+        reapply_bandwidth(e, dom, disk, &job, &pr);
+    cfs_job_clear(&job);
 }
 
 /* The libvirt half of recovering merge ID of DOM/DISK (recover_journal

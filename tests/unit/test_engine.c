@@ -1043,6 +1043,15 @@ static void test_mkdir_block_disk_needs_overlay_dir(void **state)
 }
 
 
+/* The domain re-read (a domain event), as the periodic re-read does. */
+static void touch_domain(struct cfs_backend *be, const char *dom)
+{
+    struct cfs_domain *d = NULL;
+    assert_int_equal(be->ops->read_domain(be, dom, &d), 0);
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+}
+
 /* ---- the phase table ---------------------------------------------------------- */
 
 static void test_phase_table_every_pair(void **state)
@@ -1188,9 +1197,16 @@ static void test_recover_running_follows(void **state)
     restart_with_entry(f, "running", false, REC_JOB_RUNNING, false);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
     assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 2 << 20);
+    /* libvirt's job is chainfs's own, never taken for an external one */
+    touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "origin:    external"));
+    assert_non_null(strstr(job, "state:     completed"));
+    free(job);
     assert_false(exists(f->paths[0]));
 }
 
@@ -1259,15 +1275,6 @@ static void test_recover_terminal_closes(void **state)
 }
 
 /* ---- ctl ------------------------------------------------------------------------ */
-
-/* The domain re-read (a domain event), as the periodic re-read does. */
-static void touch_domain(struct cfs_backend *be, const char *dom)
-{
-    struct cfs_domain *d = NULL;
-    assert_int_equal(be->ops->read_domain(be, dom, &d), 0);
-    cfs_fake_put_domain(be, d);
-    cfs_domain_free(d);
-}
 
 static int ctl(struct fx *f, enum cfs_ctl_op op, uint64_t bw)
 {
