@@ -703,8 +703,9 @@ void external_check(struct cfs_engine *e, const char *dom, const char *disk)
         if (!had) {
             cfs_job_clear(x);
             x->started = now_s();
-            log_info("%s/%s: a %s job chainfs did not start (external) runs "
-                     "on the disk", dom, disk, cfs_job_type_to_string(type));
+            log_info("%s/%s: a block job chainfs did not start (external, "
+                     "type %s) runs on the disk", dom, disk,
+                     cfs_job_type_to_string(type));
         }
         if (!had || x->type != type || x->phase != ph || x->cur != pr.cur ||
             x->end != pr.end || x->bandwidth != pr.bandwidth) {

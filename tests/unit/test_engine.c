@@ -1200,6 +1200,11 @@ static void test_recover_running_follows(void **state)
     /* libvirt's job is chainfs's own, never taken for an external one */
     touch_domain(f->be, "vm1");
     cfs_engine_run_pending(f->e);
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(t, "vm1", "vda");
+    assert_int_equal(s->external.type, CFS_JOB_NONE);
+    pthread_mutex_unlock(&t->lock);
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
