@@ -681,11 +681,21 @@ static const char *ctl_op_name(enum cfs_ctl_op op)
     return (int)op >= 0 && op < CFS_CTL_OP_MAX ? names[op] : "unknown";
 }
 
-static int ctl_refuse(const char *dom, const char *disk,
+/* Log a refused ctl command; a job in progress shows why in its error
+ * line (until it ends: the end sets its own). */
+static int ctl_refuse(struct cfs_engine *e, const char *dom, const char *disk,
                       const struct cfs_ctl_cmd *cmd, int err, const char *why)
 {
     log_warn("ctl %s/%s: %s refused (%s): %s", dom, disk,
              ctl_op_name(cmd->op), strerror(-err), why);
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    if (s && cfs_job_phase_in_progress(s->job.phase)) {
+        free(s->job.error);
+        s->job.error = cfs_xasprintf("ctl %s refused: %s", ctl_op_name(cmd->op), why);
+        tree_changed(e);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
     return err;
 }
 
@@ -737,7 +747,7 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
 
     if (!dk) {
         cfs_job_clear(&job);
-        return ctl_refuse(dom, disk, cmd, -ENOENT, d ? "no such disk" : "no such domain");
+        return ctl_refuse(e, dom, disk, cmd, -ENOENT, d ? "no such disk" : "no such domain");
     }
     if (cmd->op == CFS_CTL_PIVOT_MANUAL || cmd->op == CFS_CTL_PIVOT_AUTO) {
         cfs_job_clear(&job);
@@ -768,7 +778,7 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     }
     if (r < 0) {
         cfs_job_clear(&job);
-        return ctl_refuse(dom, disk, cmd, r, why);
+        return ctl_refuse(e, dom, disk, cmd, r, why);
     }
 
     switch (cmd->op) {
@@ -860,6 +870,6 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     }
     cfs_job_clear(&job);
     if (r < 0)
-        return ctl_refuse(dom, disk, cmd, r, why);
+        return ctl_refuse(e, dom, disk, cmd, r, why);
     return 0;
 }

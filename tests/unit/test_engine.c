@@ -1303,6 +1303,7 @@ static void test_ctl_pivot_manual_holds(void **state)
     assert_int_equal(ctl(f, CFS_CTL_PIVOT_MANUAL, 0), 0);
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     assert_int_equal(ctl(f, CFS_CTL_PIVOT, 0), -EAGAIN); /* not ready */
+    assert_job_contains(f, "ctl pivot refused: the active commit is not ready yet");
     cfs_fake_job_ready(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
     cfs_engine_run_pending(f->e);
