@@ -198,6 +198,7 @@ void journal_close(struct cfs_engine *e, const char *id);
 bool job_snapshot(struct cfs_engine *e, const char *dom, const char *disk, struct cfs_job *out);
 void job_number(struct cfs_engine *e, struct cfs_disk_state *s);
 bool disk_has_layer(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_file_id *id, const char *path);
+bool job_snapshot_mine(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, struct cfs_job *out);
 struct cfs_disk_state *job_mine(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 bool job_set_phase(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase to);
 bool job_set_phase_from(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase from, enum cfs_job_phase to);

@@ -114,6 +114,19 @@ bool job_snapshot(struct cfs_engine *e, const char *dom,
     return ok;
 }
 
+/* A copy of job ID of DOM/DISK while it is in progress; false (and OUT
+ * clear) if the disk has no job in progress or moved on to another. */
+bool job_snapshot_mine(struct cfs_engine *e, const char *dom,
+                       const char *disk, uint64_t id, struct cfs_job *out)
+{
+    if (!job_snapshot(e, dom, disk, out))
+        return false;
+    if (out->id == id)
+        return true;
+    cfs_job_clear(out);
+    return false;
+}
+
 /* A new job on disk state S: give it its number. Caller holds the lock. */
 void job_number(struct cfs_engine *e, struct cfs_disk_state *s)
 {
@@ -437,9 +450,9 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
                               const char *disk, uint64_t id)
 {
     struct cfs_job job;
-    if (!job_snapshot(e, dom, disk, &job))
+    if (!job_snapshot_mine(e, dom, disk, id, &job))
         return FINISH_DONE;
-    if (job.id != id || !job.top || !cfs_job_kind(job.type)->merge) {
+    if (!job.top || !cfs_job_kind(job.type)->merge) {
         cfs_job_clear(&job); /* not the job this was meant for */
         return FINISH_DONE;
     }
@@ -530,12 +543,8 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
               uint64_t id, enum cfs_job_phase st, const char *why)
 {
     struct cfs_job job;
-    if (!job_snapshot(e, dom, disk, &job))
+    if (!job_snapshot_mine(e, dom, disk, id, &job))
         return;
-    if (job.id != id) {
-        cfs_job_clear(&job);
-        return;
-    }
     refresh_domain(e, dom);
     /* A commit that got going has written part of TOP into BASE: BASE no
      * longer holds its old point in time (harmless, TOP still sits above
@@ -576,9 +585,9 @@ int step_ready(struct cfs_engine *e, const char *dom, const char *disk,
                uint64_t id, bool asked)
 {
     struct cfs_job job;
-    if (!job_snapshot(e, dom, disk, &job))
+    if (!job_snapshot_mine(e, dom, disk, id, &job))
         return -ENOENT;
-    if (job.id != id || !cfs_job_kind(job.type)->has_ready ||
+    if (!cfs_job_kind(job.type)->has_ready ||
         job.phase != CFS_PHASE_READY) {
         cfs_job_clear(&job);
         return -ENOENT;

@@ -125,7 +125,7 @@ void recover_bandwidth(struct cfs_engine *e, const char *dom,
                        const char *disk, uint64_t id)
 {
     struct cfs_job job;
-    if (!job_snapshot(e, dom, disk, &job) || job.id != id ||
+    if (!job_snapshot_mine(e, dom, disk, id, &job) ||
         !cfs_job_kind(job.type)->block_job || job.phase == CFS_PHASE_STARTING) {
         cfs_job_clear(&job);
         return;
@@ -150,7 +150,7 @@ void recover_merge(struct cfs_engine *e, const char *dom,
                    const char *disk, uint64_t id)
 {
     struct cfs_job job;
-    if (!job_snapshot(e, dom, disk, &job) || job.id != id) {
+    if (!job_snapshot_mine(e, dom, disk, id, &job)) {
         cfs_job_clear(&job);
         return;
     }
