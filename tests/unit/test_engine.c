@@ -1316,6 +1316,43 @@ static void test_ctl_pivot_manual_holds(void **state)
     assert_false(exists(f->paths[0]));
 }
 
+/* `pivot manual` outlives the daemon (STATE_DIR/settings); `pivot auto`
+ * is written too. */
+static void test_ctl_pivot_manual_persists(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT_MANUAL, 0), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    /* the daemon dies; libvirt's job goes on and gets ready */
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    assert_int_equal(f->be->ops->commit_start(f->be, "vm1", "vda", f->paths[0],
+                                              f->paths[1], true, 0), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    assert_job_contains(f, "pivot:     manual");
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT_AUTO, 0), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    char p[256];
+    snprintf(p, sizeof(p), "%s/settings", f->state);
+    FILE *fp = fopen(p, "r");
+    assert_non_null(fp);
+    char line[512] = "";
+    assert_non_null(fgets(line, sizeof(line), fp));
+    fclose(fp);
+    assert_null(strstr(line, "manual"));
+}
+
 static void test_ctl_pivot_auto_releases(void **state)
 {
     struct fx *f = *state;
@@ -1528,6 +1565,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ctl_no_job, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_pivot_manual_holds, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_pivot_auto_releases, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_pivot_manual_persists, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_active, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_partial, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_not_started, setup_running, teardown),
