@@ -42,8 +42,28 @@
  * cleanup (job_finish). Recovery (recover.c) loads the stored phase and
  * steps from there.
  *
- * "Is this still my job": job_mine() (a disk may have moved on to a new
- * job while a libvirt call was made without the lock).
+ * "Is this still my job": job_mine() on the tree, job_snapshot_mine() for
+ * a copy (a disk may have moved on to a new job while a libvirt call was
+ * made without the lock).
+ *
+ * What differs per kind (cfs_job_kind(), model.c): whether chainfs
+ * starts it, whether it is a libvirt block job (events, polls, ctl
+ * bandwidth), whether it merges TOP into BASE (finished = TOP left the
+ * chain; clean-up deletes TOP and drops its snapshot metadata; partial =
+ * BASE was written), whether it has ready and a pivot, whether ctl abort
+ * can cancel it. A block job libvirt reports on a disk where chainfs has
+ * none of its own (looked for after each re-read of a running domain and
+ * on every block-job event for such a disk: external_check()) is kept
+ * apart, in cfs_disk_state.external: shown with origin external, never
+ * finished, failed, pivoted or cleaned up by chainfs; mkdir, rmdir and
+ * ctl on the disk get EBUSY until it ends, and then the chain is re-read.
+ *
+ * ctl (actions.c, cfs_engine_ctl): abort (job_abort, then canceled; the
+ * fact abort_requested makes a poll or event that sees the job gone say
+ * canceled, not failed), pivot (step_ready asked), pivot manual|auto
+ * (cfs_disk_state.settings, mirrored in job.pivot_manual, written to
+ * STATE_DIR/settings), bandwidth (job_set_bandwidth, then journaled in
+ * the job's entry; recovery and a reconnect set it again).
  *
  * Threads: FUSE threads (reads; mkdir, rmdir and ctl), the engine thread
  * (drains the queue, lists domains, schedules polls and re-reads, marks
