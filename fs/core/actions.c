@@ -262,12 +262,14 @@ struct offline_args {
     char *dom, *disk, *top, *base;
     bool active;
     uint64_t job_id;
+    struct offline_thread *self;
 };
 
 static void *offline_worker(void *arg)
 {
     struct offline_args *a = arg;
     struct cfs_engine *e = a->e;
+    struct offline_thread *self = a->self;
     int r = e->be->ops->offline_commit(e->be, a->dom, a->disk, a->top, a->base,
                                        a->active);
     struct work *w = cfs_xcalloc(1, sizeof(*w));
@@ -289,7 +291,7 @@ static void *offline_worker(void *arg)
         work_free(w);
     }
     pthread_mutex_lock(&e->qlock);
-    e->offline_workers--;
+    self->done = true;
     pthread_mutex_unlock(&e->qlock);
     return NULL;
 }
@@ -500,20 +502,18 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         };
         /* running before the thread starts: it may be done at once */
         job_set_phase(e, dom, disk, job.id, CFS_PHASE_RUNNING);
+        struct offline_thread *ot = cfs_xcalloc(1, sizeof(*ot));
+        a->self = ot;
+        /* listed before it runs: it marks itself done under the lock */
         pthread_mutex_lock(&e->qlock);
-        e->offline_workers++;
-        pthread_t th;
-        r = -pthread_create(&th, NULL, offline_worker, a);
+        r = -pthread_create(&ot->thread, NULL, offline_worker, a);
         if (r == 0) {
-            e->offline_threads = cfs_xrealloc(
-                e->offline_threads,
-                (e->n_offline_threads + 1) * sizeof(*e->offline_threads));
-            e->offline_threads[e->n_offline_threads++] = th;
-        } else {
-            e->offline_workers--;
+            ot->next = e->offline;
+            e->offline = ot;
         }
         pthread_mutex_unlock(&e->qlock);
         if (r < 0) {
+            free(ot);
             free(a->dom);
             free(a->disk);
             free(a->top);

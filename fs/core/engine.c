@@ -210,6 +210,31 @@ void route(struct cfs_engine *e, struct work *w)
     work_free(w);
 }
 
+/* Join the offline merge threads that are done (ALL: every one, waiting
+ * for those still merging). */
+void reap_offline(struct cfs_engine *e, bool all)
+{
+    struct offline_thread *done = NULL;
+    pthread_mutex_lock(&e->qlock);
+    for (struct offline_thread **pp = &e->offline; *pp;) {
+        struct offline_thread *ot = *pp;
+        if (all || ot->done) {
+            *pp = ot->next;
+            ot->next = done;
+            done = ot;
+        } else {
+            pp = &ot->next;
+        }
+    }
+    pthread_mutex_unlock(&e->qlock);
+    while (done) {
+        struct offline_thread *next = done->next;
+        pthread_join(done->thread, NULL);
+        free(done);
+        done = next;
+    }
+}
+
 /* Join the workers that ended (engine thread). */
 static void reap_workers(struct cfs_engine *e)
 {
@@ -803,6 +828,7 @@ static void *engine_thread(void *arg)
             refresh_all(e);
         mark_not_responding(e);
         reap_workers(e);
+        reap_offline(e, false);
     }
     return NULL;
 }
@@ -998,14 +1024,7 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     }
     /* offline merges keep running to their end; wait for them (no one
      * starts another: the FUSE side is gone when the engine is freed) */
-    pthread_mutex_lock(&e->qlock);
-    pthread_t *offline = TAKE_PTR(e->offline_threads);
-    size_t n_offline = e->n_offline_threads;
-    e->n_offline_threads = 0;
-    pthread_mutex_unlock(&e->qlock);
-    for (size_t i = 0; i < n_offline; i++)
-        pthread_join(offline[i], NULL);
-    free(offline);
+    reap_offline(e, true);
     if (e->be)
         e->be->ops->destroy(e->be);
     for (struct work *w = queue_take_all(e); w;) {

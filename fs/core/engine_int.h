@@ -97,6 +97,14 @@ struct dom_worker {
     struct dom_worker *next;
 };
 
+/* An offline merge's thread: joined by the engine thread once done, or
+ * at free. Fields under e->qlock. */
+struct offline_thread {
+    pthread_t thread;
+    bool done;                /* the thread is about to return */
+    struct offline_thread *next;
+};
+
 struct cfs_engine {
     char *overlay_dir;
     char *state_dir;
@@ -131,10 +139,8 @@ struct cfs_engine {
     bool thread_started;
     bool threaded;            /* per-domain work goes to domain workers */
     pthread_t thread;
-    unsigned offline_workers; /* guarded by qlock */
-    pthread_t *offline_threads; /* every offline merge thread started,
-                                   joined at free; guarded by qlock */
-    size_t n_offline_threads;
+    struct offline_thread *offline; /* offline merge threads not yet
+                                       joined; guarded by qlock */
     struct dom_worker *workers; /* guarded by qlock */
 
     void (*invalidate)(void *opaque, const char *path);
@@ -191,6 +197,7 @@ void tree_changed(struct cfs_engine *e);
 void conn_suspect(struct cfs_engine *e, bool suspect);
 int check_reachable(struct cfs_engine *e, const char *dom, const char **why);
 void process_work(struct cfs_engine *e, struct work *w);
+void reap_offline(struct cfs_engine *e, bool all);
 
 /* job.c */
 int journal_record(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job, const char *phase);
