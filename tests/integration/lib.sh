@@ -210,6 +210,29 @@ it_ctl() {
   echo "$3" >"$MNT/$1/$2/ctl"
 }
 
+# it_ctl_errno DOM DISK TEXT [SIZE] — one write(2) of TEXT (backslash
+# escapes such as \n interpreted) to the disk's ctl, or of SIZE bytes of
+# TEXT repeated; print the errno name it failed with, or OK.
+it_ctl_errno() {
+  python3 - "$MNT/$1/$2/ctl" "$3" "${4:-0}" <<'PY'
+import errno, os, sys
+path, text, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data = text.encode().decode("unicode_escape").encode("latin-1")
+if size:
+    data = (data * (size // max(len(data), 1) + 1))[:size]
+try:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        n = os.write(fd, data)
+    finally:
+        os.close(fd)
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+else:
+    print("OK" if n == len(data) else "SHORT-%d" % n)
+PY
+}
+
 # it_unthrottle DOM DISK — lift the limit of the disk's running merge
 # through ctl (chainfs journals it: a restart does not slow it down again).
 # Fails if no job runs (ENOENT).
