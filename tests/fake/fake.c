@@ -1297,19 +1297,42 @@ char *cfs_fake_job_copy_dest(struct cfs_backend *be, const char *dom,
     return dest;
 }
 
-int64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
-                               const char *disk)
+uint64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
+                                const char *disk)
 {
     struct fake *f = fake_of(be);
     struct fake_job *job;
-    int64_t bw = -1;
+    uint64_t bw = 0;
 
     pthread_mutex_lock(&f->lock);
     job = job_find(f, dom, disk);
     if (job)
-        bw = (int64_t)job->bandwidth;
+        bw = job->bandwidth;
     pthread_mutex_unlock(&f->lock);
     return bw;
+}
+
+bool cfs_fake_has_job(struct cfs_backend *be, const char *dom, const char *disk)
+{
+    struct fake *f = fake_of(be);
+    bool has;
+
+    pthread_mutex_lock(&f->lock);
+    has = job_find(f, dom, disk) != NULL;
+    pthread_mutex_unlock(&f->lock);
+    return has;
+}
+
+void cfs_fake_start_external_job(struct cfs_backend *be, const char *dom,
+                                 const char *disk, enum cfs_job_type type)
+{
+    int r = cfs_fake_start_external(be, dom, disk, type);
+
+    if (r < 0) {
+        fprintf(stderr, "fake backend: cannot start a %s job on %s/%s: %s\n",
+                cfs_job_type_to_string(type), dom, disk, strerror(-r));
+        abort();
+    }
 }
 
 void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom)

@@ -64,10 +64,17 @@ int cfs_fake_start_external(struct cfs_backend *be, const char *dom,
 /* The destination path of DISK's running copy job, or NULL. Caller frees. */
 char *cfs_fake_job_copy_dest(struct cfs_backend *be, const char *dom,
                              const char *disk);
+/* cfs_fake_start_external for tests that know it succeeds: aborts the
+ * test program if it does not. */
+void cfs_fake_start_external_job(struct cfs_backend *be, const char *dom,
+                                 const char *disk, enum cfs_job_type type);
 /* The bandwidth (bytes/s, 0 = unlimited) of DISK's job as commit_start or
- * job_set_bandwidth last set it; -1 if the disk has no job. */
-int64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
-                               const char *disk);
+ * job_set_bandwidth last set it; 0 if the disk has no job either (tell
+ * them apart with cfs_fake_has_job). */
+uint64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
+                                const char *disk);
+/* Whether DISK has a block job (chainfs's own or external). */
+bool cfs_fake_has_job(struct cfs_backend *be, const char *dom, const char *disk);
 /* Fire domain_changed for DOM (as libvirt does on a device or disk change). */
 void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom);
 /* Act as a connection whose image files are not on this machine

@@ -994,7 +994,8 @@ static void test_job_set_bandwidth(void **state)
     struct cfs_job_progress p;
 
     /* no job */
-    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), -1);
+    assert_false(cfs_fake_has_job(be, "vm1", "vda"));
+    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), 0);
     assert_int_equal(be->ops->job_set_bandwidth(be, "vm1", "vda", MiB), -ENOENT);
     assert_non_null(strstr(cfs_backend_errmsg(), "does not have an active block job"));
     assert_int_equal(be->ops->job_set_bandwidth(be, "nope", "vda", MiB), -ENOENT);
@@ -1004,6 +1005,7 @@ static void test_job_set_bandwidth(void **state)
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
                                            chain3[1], true, 3 * MiB),
                      0);
+    assert_true(cfs_fake_has_job(be, "vm1", "vda"));
     assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), 3 * MiB);
     p = job_of(be, "vm1", "vda");
     assert_int_equal(p.bandwidth, 3 * MiB);
@@ -1072,9 +1074,10 @@ static void test_external_copy_abort(void **state)
     struct fixture *fx = *state;
     struct cfs_backend *be = fx->be;
 
-    assert_int_equal(cfs_fake_start_external(be, "vm1", "vda", CFS_JOB_COPY), 0);
+    cfs_fake_start_external_job(be, "vm1", "vda", CFS_JOB_COPY);
     cfs_fake_job_ready(be, "vm1", "vda");
     assert_int_equal(be->ops->job_abort(be, "vm1", "vda"), 0);
+    assert_false(cfs_fake_has_job(be, "vm1", "vda"));
     assert_block_event(fx, 1, "vm1", "vda", CFS_JOB_COPY, CFS_JOB_EVENT_CANCELED);
     assert_chain(be, "vm1", "vda", chain3, 3);
     assert_null(cfs_fake_job_copy_dest(be, "vm1", "vda"));
