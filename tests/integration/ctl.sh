@@ -30,6 +30,12 @@ it_wait_dom "$D"
 C="$MNT/$D/vda/ctl"
 S="$MNT/$D/vda/snapshots"
 
+# polled conditions (it_wait_until runs its command again each time)
+job_is() { [ "$(it_job_field "$D" vda "$1" 2>/dev/null)" = "$2" ]; }
+libvirt_bw_is() { [ "$(it_libvirt_bandwidth "$D" vda)" = "$1" ]; }
+snaps_are() { [ "$(it_snapshots "$D" vda)" = "$1" ]; }
+base_written() { [ "$(it_job_field "$D" vda cur 2>/dev/null)" -gt 0 ]; }
+
 ctl_text=$(cat "$C") || it_fail "cat ctl"
 it_log "ctl reads:"$'\n'"$ctl_text"
 for word in abort pivot manual auto bandwidth; do
@@ -71,7 +77,7 @@ it_assert_eq "running" "$(it_job_field "$D" vda state)" "the merge still runs af
 
 it_ctl "$D" vda "bandwidth 1M" || it_fail "echo 'bandwidth 1M' > ctl"
 it_assert_eq "$MiB" "$(it_libvirt_bandwidth "$D" vda)" "virsh blockjob --info: 1 MiB/s"
-it_wait_until 5 "job.json shows 1 MiB/s" test "$(it_job_field "$D" vda bandwidth)" = "$MiB"
+it_wait_until 5 "job.json shows 1 MiB/s" job_is bandwidth "$MiB"
 job=$(cat "$MNT/$D/vda/job")
 grep -Eq '^bandwidth: *1(\.0)? ?MiB/s' <<<"$job" || it_fail "job does not show 1 MiB/s:"$'\n'"$job"
 it_log "ok: job shows $(grep '^bandwidth' <<<"$job")"
@@ -83,8 +89,7 @@ it_assert_eq "$((5 * MiB))" "$(it_libvirt_bandwidth "$D" vda)" "libvirt has 5 Mi
 # the new daemon's default (2 MiB/s) is for merges it starts, not this one
 fault_remount "bandwidth=$((2 * MiB))"
 it_wait_dom "$D"
-it_wait_until 30 "the restarted daemon applies 1 MiB/s again" \
-  test "$(it_libvirt_bandwidth "$D" vda)" = "$MiB"
+it_wait_until 30 "the restarted daemon applies 1 MiB/s again" libvirt_bw_is "$MiB"
 it_assert_eq "$MiB" "$(it_job_field "$D" vda bandwidth)" "job.json: 1 MiB/s after the restart"
 it_assert_eq "running" "$(it_job_field "$D" vda state)" "the merge is followed again"
 
@@ -111,7 +116,7 @@ out=$(it_wait_job "$D" vda 60)
 it_log "cat wait:"$'\n'"$out"
 it_assert_eq "canceled" "$(sed -n 's/^state: *//p' <<<"$out")" "job: canceled"
 it_assert_eq "$top" "$(it_domblk "$D" vda)" "the active layer is s3 still"
-it_wait_until 10 "s3 is back in snapshots/" test "$(it_snapshots "$D" vda)" = "s2 s3"
+it_wait_until 10 "s3 is back in snapshots/" snaps_are "s2 s3"
 it_assert_eq "$chain_before" "$(jq -c '[.layers[].path]' "$MNT/$D/vda/chain.json")" "the chain is as before"
 [ -z "$(fault_libvirt_job "$D" vda)" ] || it_fail "libvirt still has a job after the abort"
 it_assert_eq "ENOENT" "$(it_ctl_errno "$D" vda 'abort\n')" "abort with no job"
@@ -119,15 +124,14 @@ it_assert_eq "ENOENT" "$(it_ctl_errno "$D" vda 'abort\n')" "abort with no job"
 # an intermediate commit, aborted once it wrote into the base
 rmdir "$S/s2" || it_fail "rmdir s2"
 it_assert_eq "commit" "$(it_job_field "$D" vda type)" "an intermediate commit"
-it_wait_until 60 "the merge of s2 wrote into the base" \
-  test "$(it_job_field "$D" vda cur)" -gt 0
+it_wait_until 60 "the merge of s2 wrote into the base" base_written
 it_ctl "$D" vda abort || it_fail "echo abort > ctl (intermediate commit)"
 out=$(it_wait_job "$D" vda 60)
 it_log "cat wait:"$'\n'"$out"
 it_assert_eq "canceled" "$(sed -n 's/^state: *//p' <<<"$out")" "job: canceled"
 it_assert_eq "true" "$(it_job_field "$D" vda partial)" "partial: the base was written"
 it_assert_contains "$(cat "$MNT/$D/vda/job")" "partial: yes" "job says partial: yes"
-it_wait_until 10 "s2 is back in snapshots/" test "$(it_snapshots "$D" vda)" = "s2 s3"
+it_wait_until 10 "s2 is back in snapshots/" snaps_are "s2 s3"
 it_assert_eq "$chain_before" "$(jq -c '[.layers[].path]' "$MNT/$D/vda/chain.json")" "the chain is as before"
 
 # ---- c: pivot manual ----------------------------------------------------------------------

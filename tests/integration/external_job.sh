@@ -28,12 +28,15 @@ mkdir "$S/s1" || it_fail "mkdir s1"
 s1=$(it_domblk "$D" vda)
 it_guest_write "$D" 0x22 1M 64M
 
+# polled conditions (it_wait_until runs its command again each time)
+origin_external() { [ "$(it_job_field "$D" vda origin 2>/dev/null)" = external ]; }
+no_libvirt_job() { [ -z "$(fault_libvirt_job "$D" vda)" ]; }
+
 # busy_checks TYPE NAME — the refusals while an external TYPE job runs;
 # NAME is a snapshot in snapshots/.
 busy_checks() {
   local type=$1 name=$2 job line
-  it_wait_until 20 "job shows the external $type" \
-    test "$(it_job_field "$D" vda origin 2>/dev/null)" = external
+  it_wait_until 20 "job shows the external $type" origin_external
   job=$(cat "$MNT/$D/vda/job")
   it_log "job:"$'\n'"$job"
   it_assert_eq "$type" "$(it_job_field "$D" vda type)" "job.json type"
@@ -82,7 +85,7 @@ it_virsh blockpull "$D" vda --bandwidth 1 >/dev/null || it_fail "virsh blockpull
 it_log "virsh blockpull started: $(fault_libvirt_job "$D" vda)"
 busy_checks pull s2
 it_virsh blockjob "$D" vda --bandwidth 0 >/dev/null || true
-it_wait_until 180 "the pull ends" test -z "$(fault_libvirt_job "$D" vda)"
+it_wait_until 180 "the pull ends" no_libvirt_job
 it_wait_until 20 "chain shows s2 alone (the copy pulled into it)" chain_is "[\"$s2\"]"
 [ -e "$dest" ] || it_fail "chainfs deleted the pulled layer's file"
 it_log "ok: the pulled layer's file is untouched"
