@@ -54,7 +54,7 @@ it_assert_eq "commit" "$(it_job_field "$D" vda type)" "an intermediate commit"
 
 # ---- d: refused writes, while that merge runs ------------------------------------------
 world() {
-  jq -c '[.layers[].path]' "$MNT/$D/vda/chain.json"
+  jq -c '[.layers[].file]' "$MNT/$D/vda/chain.json"
   jq -c '[.state, .type, .bandwidth, .origin, .pivot]' "$MNT/$D/vda/job.json"
   it_libvirt_bandwidth "$D" vda
   it_snapshots "$D" vda
@@ -106,7 +106,7 @@ it_assert_eq "s2" "$(it_snapshots "$D" vda)" "snapshots/: s2"
 mkdir "$S/s3" || it_fail "mkdir s3"
 top=$(it_domblk "$D" vda)
 it_guest_write "$D" 0x44 170M 64M
-chain_before=$(jq -c '[.layers[].path]' "$MNT/$D/vda/chain.json")
+chain_before=$(jq -c '[.layers[].file]' "$MNT/$D/vda/chain.json")
 it_rmdir_throttled "$D" vda s3
 it_assert_eq "active-commit" "$(it_job_field "$D" vda type)" "an active commit"
 it_guest_write "$D" 0x55 236M 1M
@@ -117,7 +117,7 @@ it_log "cat wait:"$'\n'"$out"
 it_assert_eq "canceled" "$(sed -n 's/^state: *//p' <<<"$out")" "job: canceled"
 it_assert_eq "$top" "$(it_domblk "$D" vda)" "the active layer is s3 still"
 it_wait_until 10 "s3 is back in snapshots/" snaps_are "s2 s3"
-it_assert_eq "$chain_before" "$(jq -c '[.layers[].path]' "$MNT/$D/vda/chain.json")" "the chain is as before"
+it_assert_eq "$chain_before" "$(jq -c '[.layers[].file]' "$MNT/$D/vda/chain.json")" "the chain is as before"
 [ -z "$(fault_libvirt_job "$D" vda)" ] || it_fail "libvirt still has a job after the abort"
 it_assert_eq "ENOENT" "$(it_ctl_errno "$D" vda 'abort\n')" "abort with no job"
 
@@ -132,7 +132,7 @@ it_assert_eq "canceled" "$(sed -n 's/^state: *//p' <<<"$out")" "job: canceled"
 it_assert_eq "true" "$(it_job_field "$D" vda partial)" "partial: the base was written"
 it_assert_contains "$(cat "$MNT/$D/vda/job")" "partial: yes" "job says partial: yes"
 it_wait_until 10 "s2 is back in snapshots/" snaps_are "s2 s3"
-it_assert_eq "$chain_before" "$(jq -c '[.layers[].path]' "$MNT/$D/vda/chain.json")" "the chain is as before"
+it_assert_eq "$chain_before" "$(jq -c '[.layers[].file]' "$MNT/$D/vda/chain.json")" "the chain is as before"
 
 # ---- c: pivot manual ----------------------------------------------------------------------
 it_ctl "$D" vda "pivot manual" || it_fail "echo 'pivot manual' > ctl"

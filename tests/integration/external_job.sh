@@ -71,7 +71,7 @@ it_assert_eq "copy" "$(it_job_field "$D" vda type)" "job still shows the copy"
 it_expect_errno EBUSY mkdir "$S/while-ready"
 it_virsh blockjob "$D" vda --pivot >/dev/null || it_fail "virsh blockjob --pivot"
 it_assert_eq "$dest" "$(it_domblk "$D" vda)" "the copy is the active image"
-chain_is() { [ "$(jq -c '[.layers[].path]' "$MNT/$D/vda/chain.json")" = "$1" ]; }
+chain_is() { [ "$(jq -c '[.layers[].file]' "$MNT/$D/vda/chain.json")" = "$1" ]; }
 it_wait_until 20 "chain shows the copy alone" chain_is "[\"$dest\"]"
 it_assert_eq "" "$(it_snapshots "$D" vda)" "snapshots/ is empty (a full copy has no backing)"
 [ -e "$s1" ] && [ -e "$base" ] || it_fail "chainfs deleted a file of the copied chain"
