@@ -42,7 +42,7 @@ set -euo pipefail
 
 # The daemon under test is the shipped binary; meson passes it, by hand it
 # defaults to the build tree's.
-CHAINFS=${CHAINFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/chainfs}
+CHAINFS=${CHAINFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/fs/fuse/chainfs}
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../integration/lib.sh"
 

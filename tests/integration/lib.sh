@@ -14,7 +14,7 @@ set -euo pipefail
 IT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 IT_PREFIX="cfsit-$$"
 IT_URI=qemu:///system
-CHAINFS=${CHAINFS:-$IT_ROOT/build/chainfs}
+CHAINFS=${CHAINFS:-$IT_ROOT/build/fs/fuse/chainfs}
 IT_NAME=$(basename "$0" .sh)
 
 T=""          # the script's temporary directory
