@@ -46,6 +46,7 @@
 #include "chainfs/backend.h"
 #include "chainfs/util.h"
 #include "domxml.h"
+#include "errmap.h"
 #include "qcow2.h"
 
 extern char **environ;
@@ -193,13 +194,39 @@ static bool same_file(const char *a, const char *b)
     return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
-/* QEMU's image locking: another process (a second QEMU, qemu-img,
- * qemu-io, ...) holds the image in a way that excludes us:
- * 'Failed to get "write" lock', 'Failed to get shared "write" lock',
- * 'Failed to get shared "consistent read" lock'. */
+/* errmap.h mirrors libvirt's codes: check each against libvirt's own. */
+#define SAME(ours, theirs) _Static_assert((int)(ours) == (int)(theirs), #theirs)
+SAME(CFS_VERR_INTERNAL_ERROR, VIR_ERR_INTERNAL_ERROR);
+SAME(CFS_VERR_NO_SUPPORT, VIR_ERR_NO_SUPPORT);
+SAME(CFS_VERR_NO_CONNECT, VIR_ERR_NO_CONNECT);
+SAME(CFS_VERR_INVALID_CONN, VIR_ERR_INVALID_CONN);
+SAME(CFS_VERR_INVALID_ARG, VIR_ERR_INVALID_ARG);
+SAME(CFS_VERR_OPERATION_FAILED, VIR_ERR_OPERATION_FAILED);
+SAME(CFS_VERR_OPERATION_DENIED, VIR_ERR_OPERATION_DENIED);
+SAME(CFS_VERR_SYSTEM_ERROR, VIR_ERR_SYSTEM_ERROR);
+SAME(CFS_VERR_RPC, VIR_ERR_RPC);
+SAME(CFS_VERR_NO_DOMAIN, VIR_ERR_NO_DOMAIN);
+SAME(CFS_VERR_AUTH_FAILED, VIR_ERR_AUTH_FAILED);
+SAME(CFS_VERR_NO_STORAGE_VOL, VIR_ERR_NO_STORAGE_VOL);
+SAME(CFS_VERR_OPERATION_INVALID, VIR_ERR_OPERATION_INVALID);
+SAME(CFS_VERR_CONFIG_UNSUPPORTED, VIR_ERR_CONFIG_UNSUPPORTED);
+SAME(CFS_VERR_NO_DOMAIN_SNAPSHOT, VIR_ERR_NO_DOMAIN_SNAPSHOT);
+SAME(CFS_VERR_ARGUMENT_UNSUPPORTED, VIR_ERR_ARGUMENT_UNSUPPORTED);
+SAME(CFS_VERR_AUTH_CANCELLED, VIR_ERR_AUTH_CANCELLED);
+SAME(CFS_VERR_BLOCK_COPY_ACTIVE, VIR_ERR_BLOCK_COPY_ACTIVE);
+SAME(CFS_VERR_OPERATION_UNSUPPORTED, VIR_ERR_OPERATION_UNSUPPORTED);
+SAME(CFS_VERR_RESOURCE_BUSY, VIR_ERR_RESOURCE_BUSY);
+SAME(CFS_VERR_ACCESS_DENIED, VIR_ERR_ACCESS_DENIED);
+SAME(CFS_VERR_STORAGE_VOL_EXIST, VIR_ERR_STORAGE_VOL_EXIST);
+SAME(CFS_VERR_AUTH_UNAVAILABLE, VIR_ERR_AUTH_UNAVAILABLE);
+SAME(CFS_VERR_NO_SERVER, VIR_ERR_NO_SERVER);
+SAME(CFS_VERR_FROM_RPC, VIR_FROM_RPC);
+SAME(CFS_VERR_FROM_REMOTE, VIR_FROM_REMOTE);
+#undef SAME
+
 static bool msg_is_lock(const char *msg)
 {
-    return msg_has(msg, "Failed to get") && msg_has(msg, " lock");
+    return cfs_lverr_msg_is_lock(msg);
 }
 
 static void dirp(DIR **d)
@@ -271,70 +298,31 @@ static int lv_name_locked_image(int r, const char *image, const char *other)
     return r;
 }
 
-/* The one place libvirt errors become errno (backend.h's table). CONN, if
- * given, tells a dead connection apart from other failures. */
-static int lv_error(virConnectPtr conn)
+/* The one place libvirt errors become errno (backend.h's table, decided
+ * in errmap.c). CONN, if given, tells a dead connection apart from other
+ * failures; OP says what the call was (a pivot's "block copy still
+ * active" means not ready). */
+static int lv_error_op(virConnectPtr conn, enum cfs_lverr_op op)
 {
     virErrorPtr e = virGetLastError();
     /* copied first: any further libvirt call resets the thread's error */
-    int code = e ? e->code : VIR_ERR_INTERNAL_ERROR;
+    struct cfs_lverr le = {
+        .code = e ? e->code : VIR_ERR_INTERNAL_ERROR,
+        .domain = e ? e->domain : VIR_FROM_NONE,
+        .int1 = e ? e->int1 : 0,
+    };
     _cleanup_free_ char *msg =
         cfs_xstrdup(e && e->message ? e->message : "unknown libvirt error");
 
     cfs_backend_set_errmsg("%s", msg);
+    le.message = msg;
+    le.conn_dead = conn && virConnectIsAlive(conn) != 1;
+    return cfs_lverr_errno(&le, op);
+}
 
-    if (conn && virConnectIsAlive(conn) != 1)
-        return -ENOTCONN;
-    switch (code) {
-    case VIR_ERR_NO_DOMAIN:
-    case VIR_ERR_NO_DOMAIN_SNAPSHOT:
-        return -ENOENT;
-    case VIR_ERR_ACCESS_DENIED:
-    case VIR_ERR_AUTH_FAILED:
-    case VIR_ERR_AUTH_CANCELLED:
-    case VIR_ERR_AUTH_UNAVAILABLE:
-        return -EACCES;
-    case VIR_ERR_NO_CONNECT:
-    case VIR_ERR_RPC:
-        return -ENOTCONN;
-    default:
-        break;
-    }
-    if (msg_has(msg, "No space left"))
-        return -ENOSPC;
-    /* QEMU may not open a file: "Could not open '...': Permission denied" */
-    if (msg_has(msg, "Permission denied"))
-        return -EACCES;
-    /* pivot before ready: "block job '...' not ready for pivot yet" */
-    if (msg_has(msg, "not ready"))
-        return -EAGAIN;
-    /* abort/pivot without a job: "disk vda does not have an active block job" */
-    if (msg_has(msg, "not have an active block job") ||
-        msg_has(msg, "no active block job"))
-        return -ENOENT;
-    /* "disk 'vda' already in active block job" (OPERATION_UNSUPPORTED) */
-    if (code == VIR_ERR_BLOCK_COPY_ACTIVE || msg_has(msg, "block job") ||
-        msg_has(msg, "in use") || msg_has(msg, "already active"))
-        return -EBUSY;
-    /* "unable to execute QEMU command 'block-commit': Failed to get
-     * "write" lock": another process holds the image */
-    if (msg_is_lock(msg))
-        return -EBUSY;
-    /* "domain moment s1 already exists" (OPERATION_FAILED) */
-    if (msg_has(msg, "exists"))
-        return -EEXIST;
-    /* "shared access for disk 'vdd' requires ..." (CONFIG_UNSUPPORTED) */
-    if ((code == VIR_ERR_OPERATION_UNSUPPORTED ||
-         code == VIR_ERR_CONFIG_UNSUPPORTED ||
-         code == VIR_ERR_OPERATION_INVALID) &&
-        (msg_has(msg, "read-only") || msg_has(msg, "readonly") ||
-         msg_has(msg, "shareable") || msg_has(msg, "shared")))
-        return -EROFS;
-    /* "disk vdz not found in domain", "could not find image ... in chain" */
-    if (code == VIR_ERR_INVALID_ARG &&
-        (msg_has(msg, "not found") || msg_has(msg, "could not find")))
-        return -ENOENT;
-    return -EIO;
+static int lv_error(virConnectPtr conn)
+{
+    return lv_error_op(conn, CFS_LVERR_OP_ANY);
 }
 
 /* The one libvirt backend of the process (its event loop is global);
@@ -475,15 +463,22 @@ static enum cfs_dom_state lv_map_state(int state)
     }
 }
 
-static int lv_map_job_type(int type)
+/* Every libvirt block job type as a distinct cfs_job_type. */
+static enum cfs_job_type lv_map_job_type(int type)
 {
     switch (type) {
+    case VIR_DOMAIN_BLOCK_JOB_TYPE_PULL:
+        return CFS_JOB_PULL;
+    case VIR_DOMAIN_BLOCK_JOB_TYPE_COPY:
+        return CFS_JOB_COPY;
     case VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT:
         return CFS_JOB_COMMIT;
     case VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT:
         return CFS_JOB_ACTIVE_COMMIT;
+    case VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP:
+        return CFS_JOB_BACKUP;
     default:
-        return CFS_JOB_NONE;
+        return CFS_JOB_UNKNOWN;
     }
 }
 
@@ -541,7 +536,7 @@ static void lv_on_block_job(virConnectPtr conn _unused_, virDomainPtr dom,
     }
     if (b->ev && b->ev->block_job)
         b->ev->block_job(b->opaque, virDomainGetName(dom), disk,
-                         (enum cfs_job_type)lv_map_job_type(type), ev);
+                         lv_map_job_type(type), ev);
 }
 
 static void lv_on_close(virConnectPtr conn _unused_, int reason _unused_,
@@ -1750,10 +1745,11 @@ static int lv_job_get(struct cfs_backend *be, const char *dom_name,
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
+    /* BANDWIDTH_BYTES: info.bandwidth in bytes/s (MiB/s without it) */
     r = virDomainGetBlockJobInfo(dom, disk, &info,
                                  VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES);
     if (r < 0)
-        return lv_error(conn);
+        return lv_error_op(conn, CFS_LVERR_OP_JOB);
     if (r == 0)
         return 0;
     out->present = true;
@@ -1761,7 +1757,9 @@ static int lv_job_get(struct cfs_backend *be, const char *dom_name,
     out->cur = info.cur;
     out->end = info.end;
     out->bandwidth = info.bandwidth;
-    if (out->type == CFS_JOB_ACTIVE_COMMIT && info.cur == info.end) {
+    /* a copy has a ready phase as an active commit has */
+    if ((out->type == CFS_JOB_ACTIVE_COMMIT || out->type == CFS_JOB_COPY) &&
+        info.cur == info.end) {
         _cleanup_free_ char *xml = virDomainGetXMLDesc(dom, 0);
 
         if (!xml)
@@ -1781,12 +1779,11 @@ static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
-    if (virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0) {
-        r = lv_error(conn);
-        /* a job that exists but refuses to pivot is not ready yet; an image
-         * another process holds will not become ready by waiting */
-        return r == -EBUSY && !msg_is_lock(cfs_backend_errmsg()) ? -EAGAIN : r;
-    }
+    /* "block copy still active: block job '...' not ready for pivot yet"
+     * (VIR_ERR_BLOCK_COPY_ACTIVE) is -EAGAIN; an image another process
+     * holds (-EBUSY) will not become ready by waiting */
+    if (virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0)
+        return lv_error_op(conn, CFS_LVERR_OP_PIVOT);
     return 0;
 }
 
@@ -1801,7 +1798,26 @@ static int lv_job_abort(struct cfs_backend *be, const char *dom_name,
     if (r < 0)
         return r;
     if (virDomainBlockJobAbort(dom, disk, 0) < 0)
-        return lv_error(conn);
+        return lv_error_op(conn, CFS_LVERR_OP_JOB);
+    return 0;
+}
+
+static int lv_job_set_bandwidth(struct cfs_backend *be, const char *dom_name,
+                                const char *disk, uint64_t bandwidth)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    int r;
+
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    /* no job: "disk vda does not have an active block job"
+     * (VIR_ERR_INVALID_ARG), a stopped domain: VIR_ERR_OPERATION_INVALID;
+     * both -ENOENT */
+    if (virDomainBlockJobSetSpeed(dom, disk, bandwidth,
+                                  VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES) < 0)
+        return lv_error_op(conn, CFS_LVERR_OP_JOB);
     return 0;
 }
 
@@ -1905,6 +1921,7 @@ static int lv_run_qemu_img(char *const argv[])
         _cleanup_free_ char *image = qemu_img_locked_image(err, argv[n]);
         return lv_name_locked_image(-EBUSY, image, NULL);
     }
+    /* qemu-img reports on stderr only: its text is all there is */
     return msg_has(err, "No space left") ? -ENOSPC : -EIO;
 }
 
@@ -2086,6 +2103,7 @@ static const struct cfs_backend_ops lv_ops = {
     .snapshot_create = lv_snapshot_create,
     .snapshot_forget = lv_snapshot_forget,
     .commit_start = lv_commit_start,
+    .job_set_bandwidth = lv_job_set_bandwidth,
     .job_get = lv_job_get,
     .job_pivot = lv_job_pivot,
     .job_abort = lv_job_abort,

@@ -3,7 +3,7 @@
 # build, make sure libvirtd runs, then
 #   1. unit tests                      (build/)
 #   2. integration tests               (build/, real libvirtd + QEMU + FUSE)
-#   3. fault-injection tests           (build/, chainfs-testhooks; issue 3)
+#   3. fault-injection tests           (build/, the shipped chainfs; issue 3)
 #   4. all three again, built with -Db_sanitize=address,undefined (build-asan/)
 # and end with one line totalling them all: "N passed, N failed, N skipped".
 # Exits non-zero if anything failed. Run as root:

@@ -17,7 +17,9 @@
  *   disk read-only / not snapshottable    -> -EROFS
  *   connection lost or unreachable        -> -ENOTCONN
  *   pivot asked before the mirror is ready-> -EAGAIN
+ *   not supported by this libvirt/QEMU    -> -EOPNOTSUPP
  *   anything else                         -> -EIO
+ * decided by libvirt's error code first (backend/errmap.c).
  *
  * Threads: every op may be called from any thread except the backend's own
  * event thread; ops are safe to call concurrently. Event callbacks are

@@ -145,10 +145,11 @@ struct cfs_job {
 /* Progress as a backend reports it (virDomainGetBlockJobInfo). */
 struct cfs_job_progress {
     bool present;          /* false: libvirt has no job on this disk */
-    int type;              /* CFS_JOB_COMMIT / CFS_JOB_ACTIVE_COMMIT / other */
-    uint64_t cur, end, bandwidth;
-    bool ready;            /* active commit: cur == end and the live XML
-                              shows <mirror ready='yes'> */
+    int type;              /* enum cfs_job_type: every libvirt block job
+                              type distinct, CFS_JOB_UNKNOWN for others */
+    uint64_t cur, end, bandwidth; /* bandwidth in bytes/s */
+    bool ready;            /* active commit or copy: cur == end and the
+                              live XML shows <mirror ready='yes'> */
 };
 
 const char *cfs_dom_state_to_string(enum cfs_dom_state s);

@@ -29,9 +29,11 @@ enum fake_op {
     OP_DESTROY,
     OP_LIST_DOMAINS,
     OP_READ_DOMAIN,
+    OP_READ_DOMAIN_LIGHT,
     OP_SNAPSHOT_CREATE,
     OP_SNAPSHOT_FORGET,
     OP_COMMIT_START,
+    OP_JOB_SET_BANDWIDTH,
     OP_JOB_GET,
     OP_JOB_PIVOT,
     OP_JOB_ABORT,
@@ -45,9 +47,11 @@ static const char *const op_names[OP_MAX] = {
     [OP_DESTROY] = "destroy",
     [OP_LIST_DOMAINS] = "list_domains",
     [OP_READ_DOMAIN] = "read_domain",
+    [OP_READ_DOMAIN_LIGHT] = "read_domain_light",
     [OP_SNAPSHOT_CREATE] = "snapshot_create",
     [OP_SNAPSHOT_FORGET] = "snapshot_forget",
     [OP_COMMIT_START] = "commit_start",
+    [OP_JOB_SET_BANDWIDTH] = "job_set_bandwidth",
     [OP_JOB_GET] = "job_get",
     [OP_JOB_PIVOT] = "job_pivot",
     [OP_JOB_ABORT] = "job_abort",
@@ -60,12 +64,13 @@ static const char *const op_names[OP_MAX] = {
 struct fake_job {
     char *dom;
     char *disk;
-    char *top;
+    char *top;              /* commits: the layer merged away */
     char *base;
-    enum cfs_job_type type; /* CFS_JOB_COMMIT or CFS_JOB_ACTIVE_COMMIT */
+    enum cfs_job_type type; /* any libvirt block job type */
     uint64_t cur, end;
     uint64_t bandwidth;     /* bytes/s, 0 = unlimited */
     bool ready;
+    bool external;          /* started by cfs_fake_start_external */
 };
 
 struct fake_failure {
@@ -318,11 +323,53 @@ static int busy(const char *disk)
     return -EBUSY;
 }
 
+/* libvirt: VIR_ERR_INVALID_ARG, which the real backend maps to -ENOENT
+ * for a job call */
 static int no_job(const char *disk)
 {
-    cfs_backend_set_errmsg("Requested operation is not valid: disk '%s' does not have an active block job",
+    cfs_backend_set_errmsg("invalid argument: disk %s does not have an active block job",
                            disk);
-    return -EINVAL;
+    return -ENOENT;
+}
+
+/* Whether JOB's type has a ready phase and a pivot (libvirt: the mirror
+ * jobs, active commit and copy). */
+static bool job_mirrors(const struct fake_job *job)
+{
+    return job->type == CFS_JOB_ACTIVE_COMMIT || job->type == CFS_JOB_COPY;
+}
+
+/* The chain after JOB ended well (completed, or pivoted). */
+static void job_apply(struct fake *f, const struct fake_job *job)
+{
+    struct cfs_disk *dk = cfs_domain_find_disk(dom_find(f, job->dom), job->disk);
+
+    if (!dk)
+        return;
+    switch (job->type) {
+    case CFS_JOB_COMMIT:
+    case CFS_JOB_ACTIVE_COMMIT:
+        chain_merge(f, job->dom, job->disk, job->top);
+        break;
+    case CFS_JOB_PULL:
+        /* everything below the active layer was pulled into it */
+        while (dk->n_layers > 1)
+            layer_remove(dk, dk->n_layers - 1);
+        break;
+    case CFS_JOB_COPY:
+        /* a full copy: the disk runs on the copy, a single layer */
+        while (dk->n_layers > 1)
+            layer_remove(dk, dk->n_layers - 1);
+        free(dk->layers[0].path);
+        dk->layers[0].path = cfs_xstrdup(job->base);
+        cfs_file_id_clear(&dk->layers[0].id);
+        free(dk->layers[0].meta_name);
+        dk->layers[0].meta_name = NULL;
+        break;
+    default:
+        /* a backup leaves the chain as it was */
+        break;
+    }
 }
 
 /* TOP must be a layer of DISK with BASE directly below it, and ACTIVE must
@@ -436,6 +483,36 @@ static int fake_read_domain(struct cfs_backend *be, const char *dom,
         goto out;
     }
     *out = cfs_domain_dup(d);
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* As read_domain, without what libvirt's block statistics give: the
+ * virtual size and the allocation are 0 (the light read's contract). */
+static int fake_read_domain_light(struct cfs_backend *be, const char *dom,
+                                  struct cfs_domain **out)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    int r;
+
+    *out = NULL;
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_READ_DOMAIN_LIGHT);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    *out = cfs_domain_dup(d);
+    for (size_t i = 0; i < (*out)->n_disks; i++)
+        for (size_t l = 0; l < (*out)->disks[i].n_layers; l++) {
+            (*out)->disks[i].layers[l].virtual_size = 0;
+            (*out)->disks[i].layers[l].allocation = 0;
+        }
 out:
     pthread_mutex_unlock(&f->lock);
     return r;
@@ -620,6 +697,38 @@ out:
     return r;
 }
 
+static int fake_job_set_bandwidth(struct cfs_backend *be, const char *dom,
+                                  const char *disk, uint64_t bandwidth)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    struct fake_job *job;
+    int r;
+
+    pthread_mutex_lock(&f->lock);
+    r = op_enter(f, OP_JOB_SET_BANDWIDTH);
+    if (r < 0)
+        goto out;
+    d = dom_find(f, dom);
+    if (!d) {
+        r = no_domain(dom);
+        goto out;
+    }
+    if (!cfs_domain_find_disk(d, disk)) {
+        r = no_disk(disk);
+        goto out;
+    }
+    job = job_find(f, dom, disk);
+    if (!job) {
+        r = no_job(disk);
+        goto out;
+    }
+    job->bandwidth = bandwidth;
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
 static int fake_job_get(struct cfs_backend *be, const char *dom,
                         const char *disk, struct cfs_job_progress *out)
 {
@@ -684,9 +793,12 @@ static int fake_job_pivot(struct cfs_backend *be, const char *dom,
         r = no_job(disk);
         goto out;
     }
-    if (job->type != CFS_JOB_ACTIVE_COMMIT) {
-        cfs_backend_set_errmsg("Requested operation is not valid: job type 'commit' does not support pivot");
-        r = -EINVAL;
+    if (!job_mirrors(job)) {
+        /* VIR_ERR_OPERATION_INVALID: the real backend's -ENOENT for a
+         * job call (no job that can pivot) */
+        cfs_backend_set_errmsg("Requested operation is not valid: job type '%s' does not support pivot",
+                               cfs_job_type_to_string(job->type));
+        r = -ENOENT;
         goto out;
     }
     if (!job->ready || f->pivot_not_ready > 0) {
@@ -697,7 +809,7 @@ static int fake_job_pivot(struct cfs_backend *be, const char *dom,
         r = -EAGAIN;
         goto out;
     }
-    chain_merge(f, dom, disk, job->top);
+    job_apply(f, job);
     event_block_job(f, &e, job, CFS_JOB_EVENT_COMPLETED);
     job_remove(f, job);
 out:
@@ -831,22 +943,20 @@ static int fake_volume_delete(struct cfs_backend *be, const char *path)
     return r;
 }
 
-static int fake_job_set_bandwidth(struct cfs_backend *be, const char *dom,
-                                  const char *disk, uint64_t bandwidth);
-
 static const struct cfs_backend_ops fake_ops = {
     .name = "fake",
     .connect = fake_connect,
     .destroy = fake_destroy,
     .list_domains = fake_list_domains,
     .read_domain = fake_read_domain,
+    .read_domain_light = fake_read_domain_light,
     .snapshot_create = fake_snapshot_create,
     .snapshot_forget = fake_snapshot_forget,
     .commit_start = fake_commit_start,
+    .job_set_bandwidth = fake_job_set_bandwidth,
     .job_get = fake_job_get,
     .job_pivot = fake_job_pivot,
     .job_abort = fake_job_abort,
-    .job_set_bandwidth = fake_job_set_bandwidth,
     .offline_commit = fake_offline_commit,
     .files_local = fake_files_local,
     .volume_delete = fake_volume_delete,
@@ -1028,7 +1138,7 @@ void cfs_fake_job_ready(struct cfs_backend *be, const char *dom,
 
     pthread_mutex_lock(&f->lock);
     job = job_find(f, dom, disk);
-    if (job && job->type == CFS_JOB_ACTIVE_COMMIT) {
+    if (job && job_mirrors(job)) {
         job->cur = job->end;
         job->ready = true;
         event_block_job(f, &e, job, CFS_JOB_EVENT_READY);
@@ -1048,7 +1158,7 @@ void cfs_fake_job_complete(struct cfs_backend *be, const char *dom,
     job = job_find(f, dom, disk);
     if (job) {
         job->cur = job->end;
-        chain_merge(f, dom, disk, job->top);
+        job_apply(f, job);
         event_block_job(f, &e, job, CFS_JOB_EVENT_COMPLETED);
         job_remove(f, job);
     }
@@ -1083,7 +1193,7 @@ void cfs_fake_job_vanish(struct cfs_backend *be, const char *dom,
     job = job_find(f, dom, disk);
     if (job) {
         if (completed)
-            chain_merge(f, dom, disk, job->top);
+            job_apply(f, job);
         job_remove(f, job);
     }
     pthread_mutex_unlock(&f->lock);
@@ -1110,48 +1220,129 @@ unsigned cfs_fake_calls(struct cfs_backend *be, const char *op)
     return n;
 }
 
-/* ---- engine helper's additions (issue 7): bandwidth, external jobs ---- */
-
-static int fake_job_set_bandwidth(struct cfs_backend *be, const char *dom,
-                                  const char *disk, uint64_t bandwidth)
+int cfs_fake_start_external(struct cfs_backend *be, const char *dom,
+                            const char *disk, enum cfs_job_type type)
 {
     struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    struct cfs_disk *dk;
+    struct fake_job job = {
+        .type = type,
+        .external = true,
+    };
     int r = 0;
 
     pthread_mutex_lock(&f->lock);
-    struct fake_job *job = job_find(f, dom, disk);
-    if (!job)
-        r = no_job(disk);
-    else
-        job->bandwidth = bandwidth;
+    d = dom_find(f, dom);
+    dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    if (!dk || !dom_active(d)) {
+        r = !d || !dk ? -ENOENT : -EINVAL;
+        goto out;
+    }
+    if (job_find(f, dom, disk)) {
+        r = -EBUSY;
+        goto out;
+    }
+    switch (type) {
+    case CFS_JOB_COMMIT:
+        if (dk->n_layers < 3) {
+            r = -EINVAL;
+            goto out;
+        }
+        job.top = cfs_xstrdup(dk->layers[1].path);
+        job.base = cfs_xstrdup(dk->layers[2].path);
+        break;
+    case CFS_JOB_ACTIVE_COMMIT:
+        if (dk->n_layers < 2) {
+            r = -EINVAL;
+            goto out;
+        }
+        job.top = cfs_xstrdup(dk->layers[0].path);
+        job.base = cfs_xstrdup(dk->layers[1].path);
+        break;
+    case CFS_JOB_COPY:
+        job.base = cfs_xasprintf("%s.copy", dk->layers[0].path);
+        break;
+    case CFS_JOB_PULL:
+    case CFS_JOB_BACKUP:
+    case CFS_JOB_UNKNOWN:
+        break;
+    default:
+        /* not a libvirt block job type */
+        r = -EINVAL;
+        goto out;
+    }
+    job.dom = cfs_xstrdup(dom);
+    job.disk = cfs_xstrdup(disk);
+    job.end = dk->layers[0].virtual_size;
+    f->jobs = cfs_xrealloc(f->jobs, (f->n_jobs + 1) * sizeof(*f->jobs));
+    f->jobs[f->n_jobs++] = job;
+out:
     pthread_mutex_unlock(&f->lock);
     return r;
 }
 
-void cfs_fake_start_external_job(struct cfs_backend *be, const char *dom,
-                                 const char *disk, enum cfs_job_type type)
+char *cfs_fake_job_copy_dest(struct cfs_backend *be, const char *dom,
+                             const char *disk)
 {
     struct fake *f = fake_of(be);
+    struct fake_job *job;
+    char *dest = NULL;
 
     pthread_mutex_lock(&f->lock);
-    f->jobs = cfs_xrealloc(f->jobs, (f->n_jobs + 1) * sizeof(*f->jobs));
-    f->jobs[f->n_jobs++] = (struct fake_job){
-        .dom = cfs_xstrdup(dom),
-        .disk = cfs_xstrdup(disk),
-        .type = type,
-        .end = FAKE_VIRTUAL_SIZE,
-    };
+    job = job_find(f, dom, disk);
+    if (job && job->type == CFS_JOB_COPY)
+        dest = cfs_xstrdup(job->base);
     pthread_mutex_unlock(&f->lock);
+    return dest;
 }
 
 uint64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
                                 const char *disk)
 {
     struct fake *f = fake_of(be);
+    struct fake_job *job;
+    uint64_t bw = 0;
 
     pthread_mutex_lock(&f->lock);
-    struct fake_job *job = job_find(f, dom, disk);
-    uint64_t bw = job ? job->bandwidth : 0;
+    job = job_find(f, dom, disk);
+    if (job)
+        bw = job->bandwidth;
     pthread_mutex_unlock(&f->lock);
     return bw;
+}
+
+bool cfs_fake_has_job(struct cfs_backend *be, const char *dom, const char *disk)
+{
+    struct fake *f = fake_of(be);
+    bool has;
+
+    pthread_mutex_lock(&f->lock);
+    has = job_find(f, dom, disk) != NULL;
+    pthread_mutex_unlock(&f->lock);
+    return has;
+}
+
+void cfs_fake_start_external_job(struct cfs_backend *be, const char *dom,
+                                 const char *disk, enum cfs_job_type type)
+{
+    int r = cfs_fake_start_external(be, dom, disk, type);
+
+    if (r < 0) {
+        fprintf(stderr, "fake backend: cannot start a %s job on %s/%s: %s\n",
+                cfs_job_type_to_string(type), dom, disk, strerror(-r));
+        abort();
+    }
+}
+
+void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+
+    pthread_mutex_lock(&f->lock);
+    if (dom_find(f, dom))
+        event_domain(f, &e, dom);
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
 }

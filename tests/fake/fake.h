@@ -47,6 +47,36 @@ void cfs_fake_job_vanish(struct cfs_backend *be, const char *dom,
                          const char *disk, bool completed);
 /* Make job_pivot return -EAGAIN the next N times. */
 void cfs_fake_pivot_not_ready(struct cfs_backend *be, int n);
+/* A job chainfs did not start (a user's virsh blockcopy, blockpull,
+ * blockcommit, backup) on DISK of running DOM, at cur=0 of the active
+ * layer's virtual size. No event fires (libvirt sends none when a job
+ * starts); cfs_fake_touch_domain() fires domain_changed if a test wants
+ * one. Stepped like chainfs's own: cfs_fake_job_progress, _ready (copy and
+ * active commit), _complete, _fail, _vanish, and job_pivot/job_abort. What
+ * the chain becomes when it ends well: COMMIT merges layer 1 into layer 2,
+ * ACTIVE_COMMIT (on pivot) layer 0 into layer 1, PULL leaves the active
+ * layer alone in the chain, COPY (on pivot) leaves one layer, the copy
+ * (cfs_fake_job_copy_dest), BACKUP and UNKNOWN change nothing. Returns 0,
+ * -ENOENT (no such domain or disk), -EINVAL (not running, not a block job
+ * type, too short a chain) or -EBUSY (the disk has a job). */
+int cfs_fake_start_external(struct cfs_backend *be, const char *dom,
+                            const char *disk, enum cfs_job_type type);
+/* The destination path of DISK's running copy job, or NULL. Caller frees. */
+char *cfs_fake_job_copy_dest(struct cfs_backend *be, const char *dom,
+                             const char *disk);
+/* cfs_fake_start_external for tests that know it succeeds: aborts the
+ * test program if it does not. */
+void cfs_fake_start_external_job(struct cfs_backend *be, const char *dom,
+                                 const char *disk, enum cfs_job_type type);
+/* The bandwidth (bytes/s, 0 = unlimited) of DISK's job as commit_start or
+ * job_set_bandwidth last set it; 0 if the disk has no job either (tell
+ * them apart with cfs_fake_has_job). */
+uint64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
+                                const char *disk);
+/* Whether DISK has a block job (chainfs's own or external). */
+bool cfs_fake_has_job(struct cfs_backend *be, const char *dom, const char *disk);
+/* Fire domain_changed for DOM (as libvirt does on a device or disk change). */
+void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom);
 /* Act as a connection whose image files are not on this machine
  * (files_local() false; offline_commit refused with -EOPNOTSUPP), or as
  * a local one again. POOL_DIR (may be NULL): volume_delete "deletes"

@@ -37,7 +37,7 @@ it_make_image "$top_b" 256M "$base_b"
 it_write_pattern "$top_b" 0x44 2M 128M
 it_define "$D" "$top_a" "$top_b"
 it_start "$D"
-it_mount
+it_mount_slow
 it_wait_dom "$D"
 
 it_rmdir_throttled "$D" vda a

@@ -28,7 +28,7 @@ it_virsh snapshot-create-as "$D" s2 --disk-only --atomic \
 # 64 MiB to copy: after the mirror's first burst (up to 32 MiB), half a
 # minute at 1 MiB/s, as long as this test needs the copy phase.
 it_guest_write "$D" 0x33 3M 64M
-it_mount
+it_mount_slow
 it_wait_dom "$D"
 it_assert_eq "s1 s2" "$(it_snapshots "$D" vda)" "snapshots/ shows s1 s2"
 it_assert_eq "libvirt-metadata" "$(jq -r '.layers[0].name_source' "$MNT/$D/vda/chain.json")" \

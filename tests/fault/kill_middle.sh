@@ -23,7 +23,7 @@ it_make_image "$top" 256M "$mid"
 it_write_pattern "$top" 0x33 100M 1M
 it_define "$D" "$top"
 it_start "$D"
-it_mount
+it_mount_slow
 it_wait_dom "$D"
 it_assert_eq "s1 s2" "$(it_snapshots "$D" vda)" "snapshots/ shows s1 s2"
 

@@ -5,7 +5,7 @@
 #
 #     # shellcheck source=tests/fault/lib.sh
 #     . "$(dirname "$0")/lib.sh"
-#     fault_init                      # it_init + $T/images; $CHAINFS = chainfs-testhooks
+#     fault_init                      # it_init + $T/images; $CHAINFS = the chainfs binary
 #     base="$FAULT_IMAGES/base.qcow2" # images in $FAULT_IMAGES: checked for orphans
 #     ...                             # it_define / it_start / it_mount as in integration
 #     fault_kill_daemon               # kill -9 chainfs; the mount is now stale
@@ -31,22 +31,20 @@
 #   mount first), fault_mounted (in /proc/self/mountinfo, stale or not),
 #   fault_log_has REGEX (any daemon's log line of this script).
 # - jobs: fault_job_state, fault_wait_state, fault_libvirt_job (libvirt's
-#   own view), fault_unthrottle (virsh blockjob --bandwidth 0). Slowing a
-#   merge down from its first moment is it_rmdir_throttled in the
-#   integration lib: with this daemon, through STATE_DIR/commit-bandwidth.
+#   own view), fault_unthrottle (`bandwidth 0` in the disk's ctl). Slowing
+#   a merge down from its first byte is it_mount_slow (-o bandwidth=N)
+#   and it_rmdir_throttled in the integration lib; holding a pivot is
+#   `pivot manual` in ctl. No test-only build: the daemon under test is
+#   the `chainfs` that ships.
 # - fault_on_exit CMD: undo what the scenario broke on purpose, pass or fail.
 # - fault_check_patterns IMAGE "PATTERN OFFSET LEN"...: it_check_pattern each.
 set -euo pipefail
 
-# The daemon under test has the test hooks (STATE_DIR/hold-pivot,
-# STATE_DIR/commit-bandwidth); meson passes it, by hand it defaults to the
-# build tree's.
-CHAINFS=${CHAINFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/chainfs-testhooks}
+# The daemon under test is the shipped binary; meson passes it, by hand it
+# defaults to the build tree's.
+CHAINFS=${CHAINFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/fs/fuse/chainfs}
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../integration/lib.sh"
-# ... whose STATE_DIR/commit-bandwidth it_rmdir_throttled uses: merges
-# start slowed down, with no race against QEMU.
-IT_TESTHOOKS=1
 
 FAULT_IMAGES=""        # $T/images: where scenarios put their own images
 FAULT_IMAGE_DIRS=()    # directories checked for orphans (append to it)
@@ -166,8 +164,8 @@ fault_wait_state() {
 
 # fault_unthrottle DOM DISK — let the block job run at full speed again.
 fault_unthrottle() {
-  it_virsh blockjob "$1" "$2" --bandwidth 0 >/dev/null 2>&1 ||
-    it_fail "virsh blockjob $1 $2 --bandwidth 0 (no block job any more?)"
+  it_ctl "$1" "$2" "bandwidth 0" ||
+    it_fail "echo 'bandwidth 0' > $1/$2/ctl (no block job any more?)"
   it_log "block job of $1/$2 let go at full speed"
 }
 

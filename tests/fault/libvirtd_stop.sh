@@ -13,9 +13,11 @@
 # The daemon must survive it all: it used to die with SIGSEGV in the
 # engine thread inside virConnectListAllDomains when libvirtd came back.
 # The libvirtd stopped is a private one this script starts
-# (private_libvirtd.sh), never the shared system daemon. The keepalive is
-# shortened (chainfs-testhooks' CHAINFS_TEST_KEEPALIVE) so that each
-# outage takes seconds.
+# (private_libvirtd.sh), never the shared system daemon. The keepalive
+# was shortened through the test build's CHAINFS_TEST_KEEPALIVE; the
+# shipped binary has no such hook (the fault suite runs it since issue 7),
+# so until a documented option sets it the default (5 s x 3) applies and
+# an outage is noticed by the ping of mkdir/rmdir first.
 # shellcheck source=tests/fault/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/private_libvirtd.sh

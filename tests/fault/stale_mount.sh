@@ -18,7 +18,7 @@ it_make_image "$top" 256M "$base"
 it_write_pattern "$top" 0x22 2M 64M
 it_define "$D" "$top"
 it_start "$D"
-it_mount
+it_mount_slow
 it_wait_dom "$D"
 it_rmdir_throttled "$D" vda s1
 it_guest_write "$D" 0x33 100M 1M

@@ -21,7 +21,7 @@ it_make_image "$mid" 256M "$base"
 it_write_pattern "$mid" 0x22 2M 2M
 it_define "$D" "$mid"
 it_start "$D"
-it_mount
+it_mount_slow
 it_wait_dom "$D"
 
 mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir snapshots/s1"

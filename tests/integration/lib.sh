@@ -14,7 +14,7 @@ set -euo pipefail
 IT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 IT_PREFIX="cfsit-$$"
 IT_URI=qemu:///system
-CHAINFS=${CHAINFS:-$IT_ROOT/build/chainfs}
+CHAINFS=${CHAINFS:-$IT_ROOT/build/fs/fuse/chainfs}
 IT_NAME=$(basename "$0" .sh)
 
 T=""          # the script's temporary directory
@@ -26,6 +26,7 @@ IT_VIRT_TYPE=""
 IT_CLEANUP_HOOKS=() # functions it_cleanup calls after the unmount, before removing $T
 # shellcheck disable=SC2034 # read by hooks in other files
 IT_RC=0             # the script's exit status, for the hooks
+IT_BANDWIDTH=""       # it_mount_slow's bytes/s, for it_rmdir_throttled
 IT_IMG_RUN=()       # command prefix for qemu-img and qemu-io (private_libvirtd.sh's pd_in)
 
 # ---- messages and assertions -------------------------------------------------
@@ -193,69 +194,74 @@ it_cleanup() {
 
 it_virsh() { virsh -q -c "$IT_URI" "$@"; }
 
-# it_throttle DOM DISK — limit the disk's running block job to 1 MiB/s
-# (the smallest libvirt takes), which keeps a merge in its copy phase.
-it_throttle() {
-  it_virsh blockjob "$1" "$2" --bandwidth 1 >/dev/null 2>&1
+# it_mount_slow [BYTES] [EXTRA_OPTS] — it_mount with -o bandwidth=BYTES
+# (default 1048576, 1 MiB/s): every merge chainfs starts is limited from
+# its first byte (QEMU's rate limit, nothing races the merge). BYTES is
+# kept in IT_BANDWIDTH for it_rmdir_throttled. (`bandwidth N` in ctl only
+# changes a job that already runs: it cannot slow a merge's first burst.)
+it_mount_slow() {
+  IT_BANDWIDTH=${1:-1048576}
+  it_mount "bandwidth=$IT_BANDWIDTH${2:+,$2}"
 }
 
-# it_rmdir_throttled DOM DISK NAME — rmdir snapshots/NAME, with the merge
-# it starts slowed down to 1 MiB/s, and check that libvirt has the limit.
-#
-# The test-hooks daemon (IT_TESTHOOKS=1: the fault tests) is told through
-# STATE_DIR/commit-bandwidth to start the commit with that bandwidth, so
-# QEMU limits the job from its first byte and nothing races. (An active
-# commit still copies QEMU's first mirror burst, 32 MiB, at once, and then
-# sleeps until the limit is met: give an active layer more than that.)
-#
-# The plain daemon cannot be told: then the limit races the merge. A
-# lower commit of 128 MiB is over within a fraction of a second, faster
-# than a `virsh blockjob` started after rmdir returns can catch it; so a
-# virsh shell (one connection, no process start per command) is asked for
-# the limit every 2 ms from just before the rmdir until it returns, and
-# once more after. That fails the test if the merge had already ended
-# (give the layer more data), and the job then runs in steps: a burst,
-# then a sleep of a second per MiB copied.
+# it_ctl DOM DISK COMMAND — one write of COMMAND (echo's newline) to the
+# disk's ctl file; the write's result is the command's.
+it_ctl() {
+  echo "$3" >"$MNT/$1/$2/ctl"
+}
+
+# it_ctl_errno DOM DISK TEXT [SIZE] — one write(2) of TEXT (backslash
+# escapes such as \n interpreted) to the disk's ctl, or of SIZE bytes of
+# TEXT repeated; print the errno name it failed with, or OK.
+it_ctl_errno() {
+  python3 - "$MNT/$1/$2/ctl" "$3" "${4:-0}" <<'PY'
+import errno, os, sys
+path, text, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data = text.encode().decode("unicode_escape").encode("latin-1")
+if size:
+    data = (data * (size // max(len(data), 1) + 1))[:size]
+try:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        n = os.write(fd, data)
+    finally:
+        os.close(fd)
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+else:
+    print("OK" if n == len(data) else "SHORT-%d" % n)
+PY
+}
+
+# it_unthrottle DOM DISK — lift the limit of the disk's running merge
+# through ctl (chainfs journals it: a restart does not slow it down again).
+# Fails if no job runs (ENOENT).
+it_unthrottle() {
+  it_ctl "$1" "$2" "bandwidth 0" || it_fail "echo 'bandwidth 0' > $1/$2/ctl"
+  it_log "merge of $1/$2 let go at full speed"
+}
+
+# it_libvirt_bandwidth DOM DISK — the bandwidth (bytes/s) libvirt has for
+# the disk's block job; "" if no job (virsh prints its line on stderr).
+it_libvirt_bandwidth() {
+  { it_virsh blockjob "$1" "$2" --info --bytes 2>&1 || true; } |
+    sed -n 's/.*[Bb]andwidth limit: *\([0-9][0-9]*\) bytes\/s.*/\1/p'
+}
+
+# it_rmdir_throttled DOM DISK NAME — rmdir snapshots/NAME on a mount made
+# by it_mount_slow, and check that libvirt's job has the limit from the
+# start (IT_BANDWIDTH bytes/s). An active commit still copies QEMU's first
+# mirror burst (up to 32 MiB) at once and then sleeps until the limit is
+# met: give an active layer well over 64 MiB.
 it_rmdir_throttled() {
-  local dom=$1 disk=$2 name=$3 thr stop="$T/throttle.stop" out="$T/throttle.out"
-  local hook="$T/state/commit-bandwidth" info
-  if [ "${IT_TESTHOOKS:-0}" = 1 ]; then
-    echo 1048576 >"$hook"
-    if ! rmdir "$MNT/$dom/$disk/snapshots/$name"; then
-      rm -f "$hook"
-      it_fail "rmdir $dom/$disk/snapshots/$name"
-    fi
-    rm -f "$hook"
-    # virsh prints the job's line on stderr
-    info=$({ it_virsh blockjob "$dom" "$disk" --info 2>&1 || true; } | tr '\n' ' ')
-    case "$info" in
-      *"limit: 1048576 bytes/s"*) ;;
-      *) it_fail "the merge of $name did not start slowed down to 1 MiB/s (libvirt: '$info'; is $CHAINFS the test-hooks daemon?)" ;;
-    esac
-    it_log "rmdir $dom/$disk/snapshots/$name: merge started at 1 MiB/s"
-    return 0
-  fi
-  rm -f "$stop" "$out"
-  { while [ ! -e "$stop" ]; do
-    echo "blockjob $dom $disk --bandwidth 1"
-    sleep 0.002
-  done; } | it_virsh >"$out" 2>&1 &
-  thr=$!
-  # virsh is connected and asking once it answers ("no active block job")
-  it_poll 10 test -s "$out" || {
-    touch "$stop"
-    it_fail "the throttling virsh shell did not start: $(cat "$out")"
-  }
-  if ! rmdir "$MNT/$dom/$disk/snapshots/$name"; then
-    touch "$stop"
-    wait "$thr" || true
-    it_fail "rmdir $dom/$disk/snapshots/$name"
-  fi
-  touch "$stop"
-  wait "$thr" || true
-  it_throttle "$dom" "$disk" ||
-    it_fail "could not slow the merge of $name down: it ended at once (write more data into it)"
-  it_log "rmdir $dom/$disk/snapshots/$name: merge started, slowed to 1 MiB/s"
+  local dom=$1 disk=$2 name=$3 bw
+  [ -n "${IT_BANDWIDTH:-}" ] ||
+    it_fail "it_rmdir_throttled: mount with it_mount_slow (-o bandwidth=N) first"
+  rmdir "$MNT/$dom/$disk/snapshots/$name" || it_fail "rmdir $dom/$disk/snapshots/$name"
+  bw=$(it_libvirt_bandwidth "$dom" "$disk")
+  [ "$bw" = "$IT_BANDWIDTH" ] ||
+    it_fail "the merge of $name did not start limited to $IT_BANDWIDTH bytes/s (libvirt: '$bw'; $({ it_virsh blockjob "$dom" "$disk" --info --bytes 2>&1 || true; } | tr '\n' ' '))"
+  it_log "rmdir $dom/$disk/snapshots/$name: merge started at $IT_BANDWIDTH bytes/s"
 }
 
 # kvm or qemu (TCG), whichever QEMU can use here, or CHAINFS_VIRT_TYPE

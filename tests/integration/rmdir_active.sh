@@ -15,13 +15,13 @@ it_make_image "$base" 256M
 it_write_pattern "$base" 0x11 0 1M
 it_define "$D" "$base"
 it_start "$D"
-it_mount
+it_mount_slow
 it_wait_dom "$D"
 
 mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir snapshots/s1"
 top=$(it_domblk "$D" vda)
 [ "$top" != "$base" ] || it_fail "mkdir did not change the active layer"
-# 96 MiB in the overlay: slowed down to 1 MiB/s, the merge copies QEMU's
+# 96 MiB in the overlay: limited to 1 MiB/s, the merge copies QEMU's
 # first burst (32 MiB) at once and the rest over a minute, so the guest
 # writes below land while it runs. (32 MiB, as this test had, were all
 # copied in that first burst: the writes came after the merge.)
@@ -35,7 +35,7 @@ it_assert_contains "$job" "active-commit" "job shows an active commit"
 it_guest_write "$D" 0x33 100M 1M
 it_guest_write "$D" 0x44 0 4K
 it_assert_eq "running" "$(it_job_field "$D" vda state)" "the merge was still copying after the guest writes"
-it_virsh blockjob "$D" vda --bandwidth 0 >/dev/null 2>&1 || true
+it_unthrottle "$D" vda
 
 out=$(it_wait_job "$D" vda)
 it_log "cat wait:"$'\n'"$out"

@@ -413,7 +413,7 @@ static void test_job_vanished_unreadable(void **state)
     cfs_engine_run_pending(f->e);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
     cfs_fake_job_vanish(f->be, "vm1", "vda", true);
-    cfs_fake_fail_next(f->be, "read_domain", EIO, "internal error: busy");
+    cfs_fake_fail_next(f->be, "read_domain_light", EIO, "internal error: busy");
     cfs_engine_run_pending(f->e);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
     cfs_engine_run_pending(f->e);

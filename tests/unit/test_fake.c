@@ -1,7 +1,8 @@
 /* test_fake.c — the in-memory backend: domains, snapshots, each job
  * stepping function and the events it fires, libvirt's refusals, error
- * injection, call counting, callbacks that call back into the ops, and
- * concurrent callers. */
+ * injection, call counting, callbacks that call back into the ops,
+ * concurrent callers, the light read, bandwidth, and jobs chainfs did not
+ * start. */
 
 #include <errno.h>
 #include <pthread.h>
@@ -440,13 +441,17 @@ static void test_commit_refusals(void **state)
                                            chain3[1], true, 0),
                      0);
 
-    /* No job: pivot and abort are refused. */
-    assert_int_equal(be->ops->job_pivot(be, "off", "vda"), -EINVAL);
-    assert_int_equal(be->ops->job_abort(be, "off", "vda"), -EINVAL);
+    /* No job: pivot and abort are refused (libvirt's INVALID_ARG "does
+     * not have an active block job", -ENOENT as the real backend maps it). */
+    assert_int_equal(be->ops->job_pivot(be, "off", "vda"), -ENOENT);
+    assert_int_equal(be->ops->job_abort(be, "off", "vda"), -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "does not have an active block job"));
     assert_int_equal(be->ops->job_pivot(be, "nope", "vda"), -ENOENT);
     assert_int_equal(be->ops->job_abort(be, "vm1", "vdz"), -ENOENT);
-    /* An intermediate commit has no pivot. */
-    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EINVAL);
+    /* An intermediate commit has no pivot (OPERATION_INVALID: -ENOENT,
+     * no job that can pivot). */
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "does not support pivot"));
 
     struct cfs_job_progress p;
     assert_int_equal(be->ops->job_get(be, "nope", "vda", &p), -ENOENT);
@@ -518,7 +523,7 @@ static void test_active_commit_pivot(void **state)
     struct cfs_domain *d = read_ok(be, "vm1");
     assert_true(cfs_strv_contains(d->snapshots, "s2"));
     cfs_domain_free(d);
-    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EINVAL);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -ENOENT);
     assert_int_equal(cfs_fake_calls(be, "job_pivot"), 5);
 }
 
@@ -948,6 +953,208 @@ static void test_threads(void **state)
     assert_int_equal(fx->total_events, N_THREADS * (1 + N_ROUNDS));
 }
 
+/* ---- light read, bandwidth, jobs chainfs did not start -------------------------- */
+
+static void test_read_domain_light(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_domain *d = NULL;
+    unsigned full = cfs_fake_calls(be, "read_domain");
+
+    assert_non_null(be->ops->read_domain_light);
+    assert_int_equal(be->ops->read_domain_light(be, "vm1", &d), 0);
+    assert_non_null(d);
+    assert_int_equal(d->n_disks, 1);
+    assert_int_equal(d->disks[0].n_layers, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(d->disks[0].layers[i].path, chain3[i]);
+        assert_int_equal(d->disks[0].layers[i].virtual_size, 0);
+    }
+    assert_true(cfs_strv_contains(d->snapshots, "s1"));
+    cfs_domain_free(d);
+    /* counted apart from the full read, and fails on its own */
+    assert_int_equal(cfs_fake_calls(be, "read_domain_light"), 1);
+    assert_int_equal(cfs_fake_calls(be, "read_domain"), full);
+    assert_int_equal(be->ops->read_domain_light(be, "nope", &d), -ENOENT);
+    assert_null(d);
+    cfs_fake_fail_next(be, "read_domain_light", EIO, "internal error: busy");
+    assert_int_equal(be->ops->read_domain_light(be, "vm1", &d), -EIO);
+    assert_null(d);
+    assert_string_equal(cfs_backend_errmsg(), "internal error: busy");
+    d = read_ok(be, "vm1"); /* the full read was not told to fail */
+    assert_int_equal(d->disks[0].layers[0].virtual_size, 64 * MiB);
+    cfs_domain_free(d);
+}
+
+static void test_job_set_bandwidth(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_job_progress p;
+
+    /* no job */
+    assert_false(cfs_fake_has_job(be, "vm1", "vda"));
+    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), 0);
+    assert_int_equal(be->ops->job_set_bandwidth(be, "vm1", "vda", MiB), -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "does not have an active block job"));
+    assert_int_equal(be->ops->job_set_bandwidth(be, "nope", "vda", MiB), -ENOENT);
+    assert_int_equal(be->ops->job_set_bandwidth(be, "vm1", "vdz", MiB), -ENOENT);
+
+    /* commit_start's bandwidth applies from the first byte */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[1], true, 3 * MiB),
+                     0);
+    assert_true(cfs_fake_has_job(be, "vm1", "vda"));
+    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), 3 * MiB);
+    p = job_of(be, "vm1", "vda");
+    assert_int_equal(p.bandwidth, 3 * MiB);
+
+    assert_int_equal(be->ops->job_set_bandwidth(be, "vm1", "vda", MiB), 0);
+    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), MiB);
+    p = job_of(be, "vm1", "vda");
+    assert_int_equal(p.bandwidth, MiB);
+    assert_int_equal(be->ops->job_set_bandwidth(be, "vm1", "vda", 0), 0);
+    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), 0);
+
+    cfs_fake_fail_next(be, "job_set_bandwidth", ENOTCONN, "client socket is closed");
+    assert_int_equal(be->ops->job_set_bandwidth(be, "vm1", "vda", 5), -ENOTCONN);
+    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), 0);
+    assert_int_equal(cfs_fake_calls(be, "job_set_bandwidth"), 6);
+    assert_int_equal(n_events(fx), 0);
+}
+
+static void test_external_copy(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_job_progress p;
+
+    assert_int_equal(cfs_fake_start_external(be, "vm1", "vda", CFS_JOB_COPY), 0);
+    assert_int_equal(n_events(fx), 0); /* libvirt sends none at start */
+    p = job_of(be, "vm1", "vda");
+    assert_true(p.present);
+    assert_int_equal(p.type, CFS_JOB_COPY);
+    assert_int_equal(p.cur, 0);
+    assert_int_equal(p.end, 64 * MiB);
+    assert_false(p.ready);
+    /* the disk is busy for chainfs's own jobs */
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1],
+                                           chain3[2], false, 0),
+                     -EBUSY);
+    assert_int_equal(cfs_fake_start_external(be, "vm1", "vda", CFS_JOB_PULL), -EBUSY);
+
+    cfs_fake_job_progress(be, "vm1", "vda", 10 * MiB, 64 * MiB);
+    assert_int_equal(be->ops->job_set_bandwidth(be, "vm1", "vda", 2 * MiB), 0);
+    p = job_of(be, "vm1", "vda");
+    assert_int_equal(p.cur, 10 * MiB);
+    assert_int_equal(p.bandwidth, 2 * MiB);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -EAGAIN);
+
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(n_events(fx), 1);
+    assert_block_event(fx, 0, "vm1", "vda", CFS_JOB_COPY, CFS_JOB_EVENT_READY);
+    assert_true(job_of(be, "vm1", "vda").ready);
+    /* it stays ready, mirroring, until its owner pivots or aborts */
+    assert_chain(be, "vm1", "vda", chain3, 3);
+
+    char *dest = cfs_fake_job_copy_dest(be, "vm1", "vda");
+    assert_string_equal(dest, "/img/vm1.vda.s2.qcow2.copy");
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), 0);
+    assert_int_equal(n_events(fx), 2);
+    assert_block_event(fx, 1, "vm1", "vda", CFS_JOB_COPY, CFS_JOB_EVENT_COMPLETED);
+    const char *after[] = { dest };
+    assert_chain(be, "vm1", "vda", after, 1);
+    assert_false(job_of(be, "vm1", "vda").present);
+    free(dest);
+}
+
+static void test_external_copy_abort(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+
+    cfs_fake_start_external_job(be, "vm1", "vda", CFS_JOB_COPY);
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(be->ops->job_abort(be, "vm1", "vda"), 0);
+    assert_false(cfs_fake_has_job(be, "vm1", "vda"));
+    assert_block_event(fx, 1, "vm1", "vda", CFS_JOB_COPY, CFS_JOB_EVENT_CANCELED);
+    assert_chain(be, "vm1", "vda", chain3, 3);
+    assert_null(cfs_fake_job_copy_dest(be, "vm1", "vda"));
+}
+
+static void test_external_pull_and_others(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_job_progress p;
+
+    /* a pull leaves the active layer alone in the chain */
+    assert_int_equal(cfs_fake_start_external(be, "vm1", "vda", CFS_JOB_PULL), 0);
+    p = job_of(be, "vm1", "vda");
+    assert_int_equal(p.type, CFS_JOB_PULL);
+    cfs_fake_job_ready(be, "vm1", "vda"); /* no ready phase: nothing */
+    assert_int_equal(n_events(fx), 0);
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -ENOENT);
+    cfs_fake_job_progress(be, "vm1", "vda", 32 * MiB, 64 * MiB);
+    assert_int_equal(job_of(be, "vm1", "vda").cur, 32 * MiB);
+    cfs_fake_job_complete(be, "vm1", "vda");
+    assert_block_event(fx, 0, "vm1", "vda", CFS_JOB_PULL, CFS_JOB_EVENT_COMPLETED);
+    assert_chain(be, "vm1", "vda", chain3, 1);
+
+    /* an intermediate commit chainfs did not start */
+    cfs_fake_add_simple(be, "vm2", CFS_DOM_RUNNING, "vda", chain3, meta3, 3);
+    clear_events(fx);
+    assert_int_equal(cfs_fake_start_external(be, "vm2", "vda", CFS_JOB_COMMIT), 0);
+    assert_int_equal(job_of(be, "vm2", "vda").type, CFS_JOB_COMMIT);
+    cfs_fake_job_complete(be, "vm2", "vda");
+    assert_block_event(fx, 0, "vm2", "vda", CFS_JOB_COMMIT, CFS_JOB_EVENT_COMPLETED);
+    const char *after[] = { chain3[0], chain3[2] };
+    assert_chain(be, "vm2", "vda", after, 2);
+
+    /* a backup fails: chain unchanged, FAILED with its type */
+    assert_int_equal(cfs_fake_start_external(be, "vm2", "vda", CFS_JOB_BACKUP), 0);
+    assert_int_equal(job_of(be, "vm2", "vda").type, CFS_JOB_BACKUP);
+    cfs_fake_job_fail(be, "vm2", "vda");
+    assert_block_event(fx, 1, "vm2", "vda", CFS_JOB_BACKUP, CFS_JOB_EVENT_FAILED);
+    assert_chain(be, "vm2", "vda", after, 2);
+
+    /* an unknown type, gone without an event */
+    assert_int_equal(cfs_fake_start_external(be, "vm2", "vda", CFS_JOB_UNKNOWN), 0);
+    assert_int_equal(job_of(be, "vm2", "vda").type, CFS_JOB_UNKNOWN);
+    cfs_fake_job_vanish(be, "vm2", "vda", true);
+    assert_false(job_of(be, "vm2", "vda").present);
+    assert_chain(be, "vm2", "vda", after, 2);
+    assert_int_equal(n_events(fx), 2);
+
+    /* an external active commit pivots like chainfs's own */
+    assert_int_equal(cfs_fake_start_external(be, "vm2", "vda", CFS_JOB_ACTIVE_COMMIT), 0);
+    cfs_fake_job_ready(be, "vm2", "vda");
+    assert_int_equal(be->ops->job_pivot(be, "vm2", "vda"), 0);
+    assert_block_event(fx, 3, "vm2", "vda", CFS_JOB_ACTIVE_COMMIT, CFS_JOB_EVENT_COMPLETED);
+    assert_chain(be, "vm2", "vda", chain3 + 2, 1);
+
+    /* refusals */
+    assert_int_equal(cfs_fake_start_external(be, "nope", "vda", CFS_JOB_COPY), -ENOENT);
+    assert_int_equal(cfs_fake_start_external(be, "vm2", "vdz", CFS_JOB_COPY), -ENOENT);
+    assert_int_equal(cfs_fake_start_external(be, "vm2", "vda", CFS_JOB_COMMIT), -EINVAL);
+    assert_int_equal(cfs_fake_start_external(be, "vm2", "vda", CFS_JOB_SNAPSHOT), -EINVAL);
+    cfs_fake_add_simple(be, "off", CFS_DOM_SHUTOFF, "vda", chain3, NULL, 3);
+    assert_int_equal(cfs_fake_start_external(be, "off", "vda", CFS_JOB_COPY), -EINVAL);
+    assert_false(job_of(be, "off", "vda").present);
+}
+
+static void test_touch_domain(void **state)
+{
+    struct fixture *fx = *state;
+
+    cfs_fake_touch_domain(fx->be, "vm1");
+    cfs_fake_touch_domain(fx->be, "nope");
+    assert_int_equal(n_events(fx), 1);
+    assert_int_equal(fx->events[0].kind, R_DOMAIN);
+    assert_string_equal(fx->events[0].dom, "vm1");
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -966,6 +1173,12 @@ int main(void)
         T(test_fail_next),
         T(test_calls),
         T(test_threads),
+        T(test_read_domain_light),
+        T(test_job_set_bandwidth),
+        T(test_external_copy),
+        T(test_external_copy_abort),
+        T(test_external_pull_and_others),
+        T(test_touch_domain),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
