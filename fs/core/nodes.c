@@ -166,8 +166,24 @@ static ssize_t write_ctl(struct cfs_engine *e, const struct cfs_path *p,
     const char *why = NULL;
     int r = cfs_ctl_parse(buf, len, &cmd, &why);
     if (r < 0) {
-        log_warn("ctl %s/%s: \"%.*s%s\" refused (%s): %s", p->dom, p->disk,
-                 (int)(len > 64 ? 64 : len), buf, len > 64 ? "..." : "",
+        /* the first 64 bytes, a NUL shown as \0 (the log escapes the
+         * other control characters) */
+        char shown[64 * 2 + 4];
+        size_t n = 0;
+        for (size_t i = 0; i < len && i < 64; i++) {
+            if (buf[i] == '\0') {
+                shown[n++] = '\\';
+                shown[n++] = '0';
+            } else {
+                shown[n++] = buf[i];
+            }
+        }
+        if (len > 64) {
+            memcpy(shown + n, "...", 3);
+            n += 3;
+        }
+        shown[n] = '\0';
+        log_warn("ctl %s/%s: \"%s\" refused (%s): %s", p->dom, p->disk, shown,
                  strerror(-r), why ? why : "malformed");
         return r;
     }
