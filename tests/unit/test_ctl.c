@@ -1,6 +1,7 @@
 /* test_ctl.c — ctl.c: every command as a shell writes it (echo, printf,
  * blanks), everything that is refused (and that a refusal leaves the
- * output alone), the size parser's suffixes and limits. */
+ * output alone), the size parser's suffixes and limits; what reading ctl
+ * shows (nodes.c), rendered alone and read through the engine. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,11 +10,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "chainfs/ctl.h"
+#include "chainfs/engine.h"
+#include "chainfs/nodes.h"
 #include "chainfs/util.h"
+#include "fake.h"
 
 static struct cfs_ctl_cmd parse_ok_n(const char *buf, size_t len,
                                      enum cfs_ctl_op op)
@@ -266,6 +271,142 @@ static void test_op_names_and_usage(void **state)
     assert_null(strstr(cfs_ctl_usage, "\n\n"));
 }
 
+/* ---- what reading ctl shows ------------------------------------------------ */
+
+static char *render(const struct cfs_disk_state *s, uint64_t def)
+{
+    struct cfs_buf b = {0};
+    cfs_render_ctl(&b, s, def);
+    return cfs_buf_steal(&b);
+}
+
+static void test_render(void **state)
+{
+    (void)state;
+    /* a disk that never had a job or a setting */
+    _cleanup_free_ char *plain = render(NULL, 0);
+    _cleanup_free_ char *want = cfs_xasprintf(
+        "pivot:     auto\nbandwidth: unlimited\n\n%s", cfs_ctl_usage);
+    assert_string_equal(plain, want);
+
+    /* the -o bandwidth default while no job runs */
+    struct cfs_disk_state s = {0};
+    _cleanup_free_ char *def = render(&s, 10ull << 20);
+    assert_non_null(strstr(def, "pivot:     auto\nbandwidth: 10.0MiB/s\n\n"));
+
+    /* pivot manual; a running job's own limit wins over the default,
+     * even when it is unlimited */
+    s.settings.pivot_manual = true;
+    s.job.phase = CFS_PHASE_RUNNING;
+    s.job.bandwidth = 1ull << 20;
+    _cleanup_free_ char *run = render(&s, 10ull << 20);
+    assert_non_null(strstr(run, "pivot:     manual\nbandwidth: 1.0MiB/s\n\n"));
+    for (enum cfs_job_phase ph = CFS_PHASE_STARTING; ph <= CFS_PHASE_CLEANUP; ph++) {
+        s.job.phase = ph;
+        s.job.bandwidth = 0;
+        _cleanup_free_ char *r = render(&s, 10ull << 20);
+        if (!strstr(r, "bandwidth: unlimited\n"))
+            fail_msg("phase %s: %s", cfs_job_phase_to_string(ph), r);
+    }
+    /* a job that ended: the default again */
+    s.job.phase = CFS_PHASE_COMPLETED;
+    s.job.bandwidth = 1ull << 20;
+    _cleanup_free_ char *done = render(&s, 0);
+    assert_non_null(strstr(done, "bandwidth: unlimited\n"));
+    /* the same state, the same bytes */
+    _cleanup_free_ char *again = render(&s, 0);
+    assert_string_equal(done, again);
+}
+
+struct fx {
+    char dir[64];
+    struct cfs_backend *be;
+    struct cfs_engine *e;
+};
+
+static void touch(const char *p)
+{
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fclose(f);
+}
+
+static struct cfs_path P(const char *s)
+{
+    struct cfs_path p;
+    assert_int_equal(cfs_path_parse(s, &p), 0);
+    return p;
+}
+
+/* ctl through the engine's read side: listed, sized, rendered from the
+ * tree (the -o bandwidth default, the disk's settings, a running job). */
+static void test_engine_reads_ctl(void **state)
+{
+    (void)state;
+    struct fx f = {0};
+    strcpy(f.dir, "/tmp/cfs-ctl-XXXXXX");
+    assert_non_null(mkdtemp(f.dir));
+    _cleanup_free_ char *base = cfs_xasprintf("%s/base.qcow2", f.dir);
+    _cleanup_free_ char *top = cfs_xasprintf("%s/s1.qcow2", f.dir);
+    _cleanup_free_ char *st = cfs_xasprintf("%s/state", f.dir);
+    touch(base);
+    touch(top);
+    f.be = cfs_fake_backend_new();
+    const char *chain[] = {top, base};
+    const char *meta[] = {"s1", NULL};
+    cfs_fake_add_simple(f.be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 2);
+    struct cfs_engine_config cfg = {.state_dir = st, .bandwidth = 10ull << 20};
+    char *err = NULL;
+    assert_int_equal(cfs_engine_new(&cfg, f.be, &f.e, &err), 0);
+    assert_int_equal(cfs_engine_start(f.e, false, &err), 0);
+
+    char **names = NULL;
+    struct cfs_path disk = P("/vm1/vda");
+    assert_int_equal(cfs_engine_readdir(f.e, &disk, &names), 0);
+    assert_true(cfs_strv_contains(names, "ctl"));
+    cfs_strv_free(names);
+
+    struct cfs_path p = P("/vm1/vda/ctl");
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_read(f.e, &p, &b), 0);
+    _cleanup_free_ char *want = cfs_xasprintf(
+        "pivot:     auto\nbandwidth: 10.0MiB/s\n\n%s", cfs_ctl_usage);
+    assert_string_equal(b.data, want);
+    struct cfs_node_attr a;
+    assert_int_equal(cfs_engine_getattr(f.e, &p, &a), 0);
+    assert_false(a.is_dir);
+    assert_int_equal(a.size, b.len);
+    assert_int_equal(a.nlink, 1);
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_engine_readdir(f.e, &p, &names), -ENOTDIR);
+
+    /* the disk's settings and its running job, as the engine keeps them */
+    struct cfs_tree *t = cfs_engine_tree(f.e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(t, "vm1", "vda");
+    s->settings.pivot_manual = true;
+    s->job.phase = CFS_PHASE_RUNNING;
+    s->job.type = CFS_JOB_SNAPSHOT; /* (keeps s1 listed) */
+    s->job.bandwidth = 3ull << 20;
+    pthread_mutex_unlock(&t->lock);
+    assert_int_equal(cfs_engine_read(f.e, &p, &b), 0);
+    assert_non_null(strstr(b.data, "pivot:     manual\nbandwidth: 3.0MiB/s\n"));
+    cfs_buf_free(&b);
+
+    /* no ctl where there is no disk */
+    struct cfs_path nop = P("/vm1/vdz/ctl");
+    assert_int_equal(cfs_engine_read(f.e, &nop, &b), -ENOENT);
+    nop = P("/vm9/vda/ctl");
+    assert_int_equal(cfs_engine_getattr(f.e, &nop, &a), -ENOENT);
+
+    pthread_mutex_lock(&t->lock);
+    s->job.phase = CFS_PHASE_NONE;
+    pthread_mutex_unlock(&t->lock);
+    cfs_engine_free(f.e);
+    _cleanup_free_ char *cmd = cfs_xasprintf("rm -rf %s", f.dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -278,6 +419,8 @@ int main(void)
         cmocka_unit_test(test_reasons),
         cmocka_unit_test(test_size_parse),
         cmocka_unit_test(test_op_names_and_usage),
+        cmocka_unit_test(test_render),
+        cmocka_unit_test(test_engine_reads_ctl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
