@@ -161,8 +161,9 @@ static void usage(FILE *out)
 "EACCES; the log and the disk's job file say why. Over a remote URI\n"
 "(qemu+ssh://host/system) chainfs opens no image file itself, and rmdir on a\n"
 "shut-off domain is EOPNOTSUPP.\n"
-"Exit status: 0 after an unmount, 1 if start-up failed, 2 for a malformed\n"
-"command line.\n"
+"Exit status: 0 after an unmount, 1 if start-up failed (a FUSE option FUSE\n"
+"does not know included), 2 if chainfs cannot use its command line (no\n"
+"MOUNTPOINT, a malformed -o bandwidth, an unknown manage_group).\n"
 "\n"
 "Docs: README.md and docs/ in the chainfs source tree.\n");
 }
@@ -381,7 +382,8 @@ static void options_free(struct options *o)
         free(o->nonopt[i]);
 }
 
-/* Exit statuses: 0 after an unmount, 1 start-up failed, 2 bad usage. */
+/* Exit statuses: 0 after an unmount, 1 start-up failed, 2 chainfs cannot
+ * use its command line (checked before anything starts). */
 #define EXIT_START_FAILED 1
 #define EXIT_USAGE 2
 
