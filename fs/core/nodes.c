@@ -28,11 +28,6 @@
 
 /* ---- rendering files ------------------------------------------------------ */
 
-static const struct cfs_job *view_job(const struct cfs_node_view *v)
-{
-    return v->state ? &v->state->job : NULL;
-}
-
 static void render_chain(const struct cfs_node_view *v, struct cfs_buf *out)
 {
     cfs_render_chain_text(out, v->dom, v->disk, v->tree->stale);
@@ -45,12 +40,12 @@ static void render_chain_json(const struct cfs_node_view *v, struct cfs_buf *out
 
 static void render_job(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    cfs_render_job_text(out, view_job(v), v->tree->stale);
+    cfs_render_job_text(out, v->job, v->tree->stale);
 }
 
 static void render_job_json(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    cfs_render_job_json(out, view_job(v), v->tree->stale);
+    cfs_render_job_json(out, v->job, v->tree->stale);
 }
 
 /* a failed merge already wrote part of the snapshot into the layer below */

@@ -17,6 +17,13 @@ int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d,
     return cfs_layer_visible(disk, s, (size_t)i) ? i : -1;
 }
 
+/* What `job` and `wait` show for disk state S (may be NULL). Caller
+ * holds the lock. */
+static const struct cfs_job *shown_job(const struct cfs_disk_state *s)
+{
+    return s ? &s->job : NULL;
+}
+
 /* Resolve P into the view its node renders from; caller holds the lock.
  * 0, or -ENOENT if a domain, disk or snapshot of the path is not there. */
 static int resolve(struct cfs_engine *e, const struct cfs_path *p,
@@ -40,6 +47,7 @@ static int resolve(struct cfs_engine *e, const struct cfs_path *p,
         return -ENOENT;
     v->disk = disk;
     v->state = cfs_tree_find_disk_state(t, d->name, disk->target);
+    v->job = shown_job(v->state);
     if (!p->snap[0])
         return 0;
     v->layer = visible_snapshot(t, d, disk, p->snap);
@@ -124,7 +132,7 @@ int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
         if (!s || !cfs_job_phase_in_progress(s->job.phase)) {
             struct cfs_node_view v = {
                 .tree = t, .dom = d, .disk = cfs_domain_find_disk(d, disk),
-                .state = s, .layer = -1,
+                .state = s, .job = shown_job(s), .layer = -1,
                 .default_bandwidth = e->commit_bandwidth };
             cfs_node_type(CFS_NODE_WAIT)->render(&v, out);
             break;

@@ -25,6 +25,7 @@ struct cfs_node_view {
     const struct cfs_domain *dom;
     const struct cfs_disk *disk;
     const struct cfs_disk_state *state; /* DISK's; NULL if it never had one */
+    const struct cfs_job *job;          /* what `job` shows for DISK; NULL: none */
     int layer;
     uint64_t default_bandwidth;         /* -o bandwidth: merges start with it */
 };
