@@ -1,6 +1,8 @@
 /* read.c — part of the engine (see engine_int.h). */
 #include "engine_int.h"
 
+#include "chainfs/nodes.h"
+
 /* ---- reads (FUSE threads; tree lock only) ------------------------------------------ */
 
 /* The layer index of snapshot NAME as shown in snapshots/: not the base,
@@ -9,108 +11,72 @@ int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d,
                      const struct cfs_disk *disk, const char *name)
 {
     int i = cfs_disk_find_snapshot(disk, name);
-    if (i < 0 || (size_t)i + 1 >= disk->n_layers)
+    if (i < 0)
         return -1;
     struct cfs_disk_state *s = cfs_tree_find_disk_state(t, d->name, disk->target);
-    if (s && cfs_job_phase_in_progress(s->job.phase) &&
-        s->job.type != CFS_JOB_SNAPSHOT &&
-        cfs_file_same(&s->job.top_id, s->job.top, &disk->layers[i].id,
-                      disk->layers[i].path))
-        return -1;
-    return i;
+    return cfs_layer_visible(disk, s, (size_t)i) ? i : -1;
 }
 
-/* Resolve P to its domain/disk/layer; caller holds the lock. */
-static int resolve(struct cfs_tree *t, const struct cfs_path *p,
-                   struct cfs_domain **dp, struct cfs_disk **diskp, int *idx)
+/* What `job` and `wait` show for disk state S (may be NULL). Caller
+ * holds the lock. */
+static const struct cfs_job *shown_job(const struct cfs_disk_state *s)
 {
-    *dp = NULL;
-    *diskp = NULL;
-    *idx = -1;
+    return s ? disk_shown_job(s) : NULL;
+}
+
+/* Resolve P into the view its node renders from; caller holds the lock.
+ * 0, or -ENOENT if a domain, disk or snapshot of the path is not there. */
+static int resolve(struct cfs_engine *e, const struct cfs_path *p,
+                   struct cfs_node_view *v)
+{
+    struct cfs_tree *t = e->tree;
+    *v = (struct cfs_node_view){ .tree = t, .layer = -1,
+                                 .default_bandwidth = e->commit_bandwidth };
+    if (p->kind == CFS_NODE_INVALID || p->kind >= CFS_NODE_KIND_MAX)
+        return -ENOENT;
     if (p->kind == CFS_NODE_ROOT)
         return 0;
     struct cfs_domain *d = cfs_tree_find_domain(t, p->dom);
     if (!d)
         return -ENOENT;
-    *dp = d;
+    v->dom = d;
     if (p->kind == CFS_NODE_DOMAIN)
         return 0;
     struct cfs_disk *disk = cfs_domain_find_disk(d, p->disk);
     if (!disk)
         return -ENOENT;
-    *diskp = disk;
-    if (p->kind != CFS_NODE_SNAPSHOT && p->kind != CFS_NODE_INFO &&
-        p->kind != CFS_NODE_INFO_JSON)
+    v->disk = disk;
+    v->state = cfs_tree_find_disk_state(t, d->name, disk->target);
+    v->job = shown_job(v->state);
+    if (!p->snap[0])
         return 0;
-    *idx = visible_snapshot(t, d, disk, p->snap);
-    return *idx < 0 ? -ENOENT : 0;
-}
-
-/* Render file P; caller holds the lock and resolved it. */
-static void render_locked(struct cfs_tree *t, const struct cfs_path *p,
-                          const struct cfs_domain *d,
-                          const struct cfs_disk *disk, int idx,
-                          struct cfs_buf *out)
-{
-    struct cfs_disk_state *s =
-        disk ? cfs_tree_find_disk_state(t, d->name, disk->target) : NULL;
-    const struct cfs_job *job = s ? disk_shown_job(s) : NULL;
-    bool partial = false;
-    if (idx >= 0 && s)
-        partial = cfs_strv_contains(s->partial_tops, disk->layers[idx].path);
-    switch (p->kind) {
-    case CFS_NODE_CHAIN:
-        cfs_render_chain_text(out, d, disk, t->stale);
-        break;
-    case CFS_NODE_CHAIN_JSON:
-        cfs_render_chain_json(out, d, disk, t->stale);
-        break;
-    case CFS_NODE_JOB:
-    case CFS_NODE_WAIT:
-        cfs_render_job_text(out, job, t->stale);
-        break;
-    case CFS_NODE_JOB_JSON:
-        cfs_render_job_json(out, job, t->stale);
-        break;
-    case CFS_NODE_INFO:
-        cfs_render_info_text(out, d, disk, idx, partial);
-        break;
-    case CFS_NODE_INFO_JSON:
-        cfs_render_info_json(out, d, disk, idx, partial);
-        break;
-    default:
-        break;
-    }
+    v->layer = visible_snapshot(t, d, disk, p->snap);
+    return v->layer < 0 ? -ENOENT : 0;
 }
 
 int cfs_engine_getattr(struct cfs_engine *e, const struct cfs_path *p,
                        struct cfs_node_attr *out)
 {
     memset(out, 0, sizeof(*out));
+    const struct cfs_node_type *nt = cfs_node_type(p->kind);
     struct cfs_tree *t = e->tree;
     pthread_mutex_lock(&t->lock);
-    struct cfs_domain *d;
-    struct cfs_disk *disk;
-    int idx;
-    int r = resolve(t, p, &d, &disk, &idx);
-    if (r == 0) {
-        if (cfs_node_is_file(p->kind)) {
-            _cleanup_buf_ struct cfs_buf b = {0};
-            render_locked(t, p, d, disk, idx, &b);
-            out->size = b.len;
-            out->nlink = 1;
-        } else {
-            out->is_dir = true;
-            out->nlink = 2;
-            if (p->kind == CFS_NODE_ROOT)
-                out->nlink += t->n_doms;
-            else if (p->kind == CFS_NODE_DOMAIN)
-                out->nlink += d->n_disks;
-            else if (p->kind == CFS_NODE_DISK)
-                out->nlink += 1;
-            else if (p->kind == CFS_NODE_SNAPDIR)
-                out->nlink += disk->n_layers ? disk->n_layers - 1 : 0;
-        }
+    struct cfs_node_view v;
+    int r = resolve(e, p, &v);
+    if (r == 0 && nt->dir) {
+        /* 2, plus one ".." for every subdirectory */
+        _cleanup_strv_ char **names = NULL;
+        nt->list(&v, &names);
+        out->is_dir = true;
+        out->nlink = 2;
+        for (char **n = names; n && *n; n++)
+            if (cfs_node_type(cfs_node_child(p->kind, *n, strlen(*n)))->dir)
+                out->nlink++;
+    } else if (r == 0) {
+        _cleanup_buf_ struct cfs_buf b = {0};
+        nt->render(&v, &b);
+        out->size = b.len;
+        out->nlink = 1;
     }
     pthread_mutex_unlock(&t->lock);
     return r;
@@ -120,45 +86,15 @@ int cfs_engine_readdir(struct cfs_engine *e, const struct cfs_path *p,
                        char ***names)
 {
     *names = NULL;
-    if (cfs_node_is_file(p->kind))
+    const struct cfs_node_type *nt = cfs_node_type(p->kind);
+    if (p->kind != CFS_NODE_INVALID && !nt->dir)
         return -ENOTDIR;
     struct cfs_tree *t = e->tree;
     pthread_mutex_lock(&t->lock);
-    struct cfs_domain *d;
-    struct cfs_disk *disk;
-    int idx;
-    int r = resolve(t, p, &d, &disk, &idx);
-    if (r < 0)
-        goto out;
-    switch (p->kind) {
-    case CFS_NODE_ROOT:
-        for (size_t i = 0; i < t->n_doms; i++)
-            cfs_strv_push(names, cfs_xstrdup(t->doms[i]->name));
-        break;
-    case CFS_NODE_DOMAIN:
-        for (size_t i = 0; i < d->n_disks; i++)
-            cfs_strv_push(names, cfs_xstrdup(d->disks[i].target));
-        break;
-    case CFS_NODE_DISK:
-        for (const char *const *n = cfs_disk_entries; *n; n++)
-            cfs_strv_push(names, cfs_xstrdup(*n));
-        break;
-    case CFS_NODE_SNAPDIR:
-        /* oldest first, as they were taken */
-        for (size_t i = disk->n_layers; i-- > 0;) {
-            const char *n = disk->layers[i].name;
-            if (n && visible_snapshot(t, d, disk, n) == (int)i)
-                cfs_strv_push(names, cfs_xstrdup(n));
-        }
-        break;
-    case CFS_NODE_SNAPSHOT:
-        for (const char *const *n = cfs_snapshot_entries; *n; n++)
-            cfs_strv_push(names, cfs_xstrdup(*n));
-        break;
-    default:
-        r = -ENOTDIR;
-    }
-out:
+    struct cfs_node_view v;
+    int r = resolve(e, p, &v);
+    if (r == 0)
+        nt->list(&v, names);
     pthread_mutex_unlock(&t->lock);
     return r;
 }
@@ -166,16 +102,15 @@ out:
 int cfs_engine_read(struct cfs_engine *e, const struct cfs_path *p,
                     struct cfs_buf *out)
 {
-    if (!cfs_node_is_file(p->kind))
+    const struct cfs_node_type *nt = cfs_node_type(p->kind);
+    if (nt->dir)
         return -EISDIR;
     struct cfs_tree *t = e->tree;
     pthread_mutex_lock(&t->lock);
-    struct cfs_domain *d;
-    struct cfs_disk *disk;
-    int idx;
-    int r = resolve(t, p, &d, &disk, &idx);
+    struct cfs_node_view v;
+    int r = resolve(e, p, &v);
     if (r == 0)
-        render_locked(t, p, d, disk, idx, out);
+        nt->render(&v, out);
     pthread_mutex_unlock(&t->lock);
     return r;
 }
@@ -195,7 +130,11 @@ int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
         }
         struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
         if (!s || !cfs_job_phase_in_progress(s->job.phase)) {
-            cfs_render_job_text(out, s ? disk_shown_job(s) : NULL, t->stale);
+            struct cfs_node_view v = {
+                .tree = t, .dom = d, .disk = cfs_domain_find_disk(d, disk),
+                .state = s, .job = shown_job(s), .layer = -1,
+                .default_bandwidth = e->commit_bandwidth };
+            cfs_node_type(CFS_NODE_WAIT)->render(&v, out);
             break;
         }
         if (interrupted && interrupted(arg)) {

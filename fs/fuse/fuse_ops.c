@@ -1,9 +1,14 @@
 /* fuse_ops.c — the FUSE adapter (high-level API, paths).
  *
- * Only dispatch lives here: parse the path, ask the engine, map to errno.
+ * Only dispatch lives here: parse the path, look its kind up in the node
+ * table (nodes.h: mode, file or directory, blocks on read, takes writes),
+ * ask the engine, map to errno. No operation here knows one kind of node
+ * from another by name.
  * A file's content is rendered once at open() into the handle and served
- * by offset from there (so a reader sees one consistent version); `wait`
- * renders at its first read, after blocking until the disk is idle.
+ * by offset from there (so a reader sees one consistent version); a node
+ * whose read blocks (`wait`) renders at its first read, after blocking
+ * until the disk is idle. A node that takes writes (`ctl`) hands each
+ * write() to its write function whole: the write's result is the answer.
  * Every file is opened direct_io: contents change with the world, and the
  * kernel must not serve yesterday's job progress from its page cache.
  * Every node's mtime (and atime, ctime) is when what it shows last
@@ -23,6 +28,7 @@
 #include <unistd.h>
 
 #include "chainfs/log.h"
+#include "chainfs/nodes.h"
 #include "chainfs/path.h"
 
 /* ---- what stat said -----------------------------------------------------
@@ -240,6 +246,18 @@ static bool may_change(const struct cfs_fs *fs)
     return false;
 }
 
+/* 0 if the caller may change snapshots (mkdir/rmdir in snapshots/, write
+ * ctl), else -EACCES and a log line: "OP PATH refused". */
+static int check_may_change(const struct cfs_fs *fs, const char *op,
+                            const char *path)
+{
+    if (may_change(fs))
+        return 0;
+    log_warn("%s %s refused (%s): uid %u may not change snapshots", op, path,
+             strerror(EACCES), (unsigned)fuse_get_context()->uid);
+    return -EACCES;
+}
+
 static struct timespec now_real(void)
 {
     struct timespec ts;
@@ -276,6 +294,7 @@ static int fs_getattr(const char *path, struct stat *st,
     int r = cfs_path_parse(path, &p);
     if (r < 0)
         return r;
+    const struct cfs_node_type *nt = cfs_node_type(p.kind);
     struct cfs_node_attr a = {.nlink = 1};
     struct timespec mtime;
     struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
@@ -283,10 +302,10 @@ static int fs_getattr(const char *path, struct stat *st,
         /* fstat() of an open file: the size of what it reads */
         a.size = h->content.len;
         mtime = h->mtime;
-    } else if (cfs_node_is_file(p.kind) && p.kind != CFS_NODE_WAIT &&
+    } else if (!nt->dir && !nt->blocks &&
                recent_for_fstat(path, &a.size, &mtime)) {
         /* fstat() of a file just opened: the size of what it reads */
-    } else if (cfs_node_is_file(p.kind)) {
+    } else if (!nt->dir) {
         _cleanup_buf_ struct cfs_buf b = {0};
         unsigned long gen = cfs_engine_generation(fs->engine);
         r = cfs_engine_read(fs->engine, &p, &b);
@@ -294,8 +313,8 @@ static int fs_getattr(const char *path, struct stat *st,
             return r;
         a.size = b.len;
         mtime = file_mtime(fs, path, &b);
-        /* an open() of `wait` blocks and renders later: nothing to keep */
-        if (p.kind != CFS_NODE_WAIT)
+        /* an open() of a blocking file renders later: nothing to keep */
+        if (!nt->blocks)
             recent_put(path, &b, mtime, gen, false);
     } else {
         r = cfs_engine_getattr(fs->engine, &p, &a);
@@ -309,17 +328,13 @@ static int fs_getattr(const char *path, struct stat *st,
     st->st_gid = 0;
     st->st_nlink = a.nlink;
     st->st_atim = st->st_mtim = st->st_ctim = mtime;
-    if (a.is_dir) {
-        st->st_mode = S_IFDIR | 0555;
-        if (p.kind == CFS_NODE_SNAPDIR) {
-            st->st_mode = S_IFDIR | 0755;
-            if (fs->have_manage_group) {
-                st->st_mode = S_IFDIR | 0775;
-                st->st_gid = fs->manage_group;
-            }
-        }
-    } else {
-        st->st_mode = S_IFREG | 0444;
+    st->st_mode = (nt->dir ? S_IFDIR : S_IFREG) | nt->mode;
+    if (nt->managed && fs->have_manage_group) {
+        /* the group may change snapshots too: its node */
+        st->st_mode |= S_IWGRP;
+        st->st_gid = fs->manage_group;
+    }
+    if (!nt->dir) {
         st->st_size = (off_t)a.size;
         st->st_blocks = (blkcnt_t)((a.size + 511) / 512);
     }
@@ -353,10 +368,11 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
 }
 
 /* ---- refusals ------------------------------------------------------------
- * Only mkdir and rmdir of a snapshot change anything. The rest is refused
- * with one of two errnos, never ENOSYS:
- *  - EROFS: the content of a file (open for writing, truncate, write) —
- *    files show state, they do not take input;
+ * Only mkdir and rmdir of a snapshot and writes to a file that takes them
+ * (ctl) change anything. The rest is refused with one of two errnos,
+ * never ENOSYS:
+ *  - EROFS: the content of any other file (open for writing, truncate,
+ *    write) — files show state, they do not take input;
  *  - EPERM: names and attributes (create, mknod/mkfifo, symlink, link,
  *    rename, unlink, chmod, chown, utimes; mkdir and rmdir elsewhere than
  *    a snapshot) — the tree is chainfs's to shape.
@@ -374,14 +390,21 @@ static int refuse_name(void)
 
 static int fs_open(const char *path, struct fuse_file_info *fi)
 {
-    if ((fi->flags & O_ACCMODE) != O_RDONLY)
-        return refuse_content();
     struct handle *h = cfs_xcalloc(1, sizeof(*h));
     int r = cfs_path_parse(path, &h->path);
-    if (r == 0 && !cfs_node_is_file(h->path.kind))
+    const struct cfs_node_type *nt = cfs_node_type(h->path.kind);
+    struct cfs_fs *fs = fs_get();
+    if (r == 0 && nt->dir)
         r = -EISDIR;
-    if (r == 0 && h->path.kind != CFS_NODE_WAIT) {
-        struct cfs_fs *fs = fs_get();
+    if (r == 0 && (fi->flags & O_ACCMODE) != O_RDONLY) {
+        /* O_TRUNC and O_APPEND (`>` and `>>`) mean nothing to a file that
+         * takes commands: each write() is one */
+        if (!nt->write)
+            r = refuse_content();
+        else
+            r = check_may_change(fs, "open for writing", path);
+    }
+    if (r == 0 && !nt->blocks) {
         unsigned long gen = cfs_engine_generation(fs->engine);
         if (!recent_for_open(path, gen, &h->content, &h->mtime)) {
             r = cfs_engine_read(fs->engine, &h->path, &h->content);
@@ -444,6 +467,13 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
     return 0;
 }
 
+/* Whether a node of kind K is made by mkdir and removed by rmdir (its
+ * directory says so: snapshots/). */
+static bool made_by_mkdir(enum cfs_node_kind k)
+{
+    return cfs_node_type(cfs_node_type(k)->parent)->mkdir_rmdir;
+}
+
 static int fs_mkdir(const char *path, mode_t mode)
 {
     (void)mode;
@@ -452,13 +482,11 @@ static int fs_mkdir(const char *path, mode_t mode)
     int r = cfs_path_parse(path, &p);
     if (r == -ENAMETOOLONG)
         return r;
-    if (r < 0 || p.kind != CFS_NODE_SNAPSHOT)
+    if (r < 0 || !made_by_mkdir(p.kind))
         return -EPERM;
-    if (!may_change(fs)) {
-        log_warn("mkdir %s refused (%s): uid %u may not change snapshots",
-                 path, strerror(EACCES), (unsigned)fuse_get_context()->uid);
-        return -EACCES;
-    }
+    r = check_may_change(fs, "mkdir", path);
+    if (r < 0)
+        return r;
     return cfs_engine_mkdir(fs->engine, p.dom, p.disk, p.snap);
 }
 
@@ -469,13 +497,11 @@ static int fs_rmdir(const char *path)
     int r = cfs_path_parse(path, &p);
     if (r < 0)
         return r;
-    if (p.kind != CFS_NODE_SNAPSHOT)
+    if (!made_by_mkdir(p.kind))
         return -EPERM;
-    if (!may_change(fs)) {
-        log_warn("rmdir %s refused (%s): uid %u may not change snapshots",
-                 path, strerror(EACCES), (unsigned)fuse_get_context()->uid);
-        return -EACCES;
-    }
+    r = check_may_change(fs, "rmdir", path);
+    if (r < 0)
+        return r;
     return cfs_engine_rmdir(fs->engine, p.dom, p.disk, p.snap);
 }
 
@@ -560,23 +586,42 @@ static int fs_utimens(const char *path, const struct timespec tv[2],
     return refuse_name();
 }
 
+/* truncate to 0 of a file that takes writes is what a shell's `>` does
+ * before it writes (without atomic O_TRUNC): harmless, nothing to cut. */
 static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 {
-    (void)path;
-    (void)size;
     (void)fi;
-    return refuse_content();
+    struct cfs_path p;
+    int r = cfs_path_parse(path, &p);
+    if (r < 0)
+        return r;
+    const struct cfs_node_type *nt = cfs_node_type(p.kind);
+    if (!nt->write)
+        return refuse_content();
+    r = check_may_change(fs_get(), "truncate", path);
+    if (r < 0)
+        return r;
+    if (size != 0) {
+        log_warn("truncate %s to %lld refused (%s): it takes commands, not "
+                 "content", path, (long long)size, strerror(EINVAL));
+        return -EINVAL;
+    }
+    return 0;
 }
 
+/* One write() is one command; its result is the answer (nodes.h). The
+ * offset means nothing (`>>` appends, `>` truncates first). */
 static int fs_write(const char *path, const char *buf, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
     (void)path;
-    (void)buf;
-    (void)size;
     (void)off;
-    (void)fi;
-    return refuse_content();
+    struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+    const struct cfs_node_type *nt = cfs_node_type(h ? h->path.kind : CFS_NODE_INVALID);
+    if (!nt->write)
+        return refuse_content();
+    ssize_t r = nt->write(fs_get()->engine, &h->path, buf, size);
+    return r < 0 ? (int)r : (int)size;
 }
 
 const struct fuse_operations cfs_fuse_ops = {

@@ -26,6 +26,7 @@
 
 #include <fuse_lowlevel.h>
 
+#include "chainfs/ctl.h"
 #include "chainfs/log.h"
 
 struct options {
@@ -33,6 +34,7 @@ struct options {
     char *overlay_dir;
     char *state_dir;
     char *manage_group;
+    char *bandwidth;
     int keep_merged;
     int help;
     int version;
@@ -61,6 +63,7 @@ static const struct fuse_opt option_table[] = {
     OPT("overlay_dir=%s", overlay_dir, 0),
     OPT("state_dir=%s", state_dir, 0),
     OPT("manage_group=%s", manage_group, 0),
+    OPT("bandwidth=%s", bandwidth, 0),
     OPT("keep_merged", keep_merged, 1),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
@@ -119,10 +122,12 @@ static void usage(FILE *out)
 "       fusermount3 -u MOUNTPOINT               (unmount; the daemon exits 0)\n"
 "\n"
 "Mounts the disk backing chains of libvirt domains as a directory tree:\n"
-"  MOUNTPOINT/<domain>/<disk>/{chain,chain.json,job,job.json,wait,snapshots/}\n"
+"  MOUNTPOINT/<domain>/<disk>/{chain,chain.json,job,job.json,wait,ctl,snapshots/}\n"
 "  mkdir snapshots/NAME   take a live external disk-only snapshot of the disk\n"
 "  rmdir snapshots/NAME   merge it away (block commit, pivot if active)\n"
 "  cat wait               block until the disk's job has ended\n"
+"  echo CMD > ctl         steer the disk's job: abort, pivot, pivot manual|auto,\n"
+"                         bandwidth N (cat ctl lists them and the settings)\n"
 "\n"
 "options:\n"
 "  -c URI, --connect=URI  libvirt connection URI (default: libvirt's own,\n"
@@ -135,8 +140,13 @@ static void usage(FILE *out)
 "  -o state_dir=DIR       job journal directory (default /var/lib/chainfs as\n"
 "                         root, ~/.local/state/chainfs otherwise)\n"
 "  -o keep_merged         keep overlay files after they were merged away\n"
-"  -o manage_group=GROUP  members of GROUP may mkdir and rmdir too (needs\n"
-"                         allow_other: without it only you enter the mount)\n"
+"  -o manage_group=GROUP  members of GROUP may mkdir, rmdir and write ctl too\n"
+"                         (needs allow_other: without it only you enter the\n"
+"                         mount)\n"
+"  -o bandwidth=N         every merge chainfs starts is limited to N bytes/s\n"
+"                         (K, M, G, T suffixes: powers of 1024; default 0 =\n"
+"                         unlimited); `echo \"bandwidth N\" > ctl` changes a\n"
+"                         running one\n"
 "  -f                     stay in the foreground, log to stderr\n"
 "  -d                     debug: foreground, log every step and request\n"
 "  -s                     single-threaded\n"
@@ -144,6 +154,16 @@ static void usage(FILE *out)
 "  -V, --version          version\n"
 "  and the standard FUSE mount options: allow_other (implies\n"
 "  default_permissions), auto_unmount, ...\n"
+"\n"
+"Errors of mkdir, rmdir and ctl writes are the call's errno, e.g. EBUSY (a\n"
+"job in progress, a file another disk uses), EAGAIN (the domain is not\n"
+"responding; ctl: not ready to pivot), ENOTCONN (libvirt unreachable), EROFS,\n"
+"EACCES; the log and the disk's job file say why. Over a remote URI\n"
+"(qemu+ssh://host/system) chainfs opens no image file itself, and rmdir on a\n"
+"shut-off domain is EOPNOTSUPP.\n"
+"Exit status: 0 after an unmount, 1 if start-up failed (a FUSE option FUSE\n"
+"does not know included), 2 if chainfs cannot use its command line (no\n"
+"MOUNTPOINT, a malformed -o bandwidth, an unknown manage_group).\n"
 "\n"
 "Docs: README.md and docs/ in the chainfs source tree.\n");
 }
@@ -177,7 +197,7 @@ static int mkdir_parents(const char *path, mode_t mode)
     }
 }
 
-/* Tell the waiting parent how start-up went. */
+/* Tell the waiting parent how start-up went (and close FD). */
 static void report(int fd, int status, const char *msg)
 {
     if (fd < 0) {
@@ -186,10 +206,12 @@ static void report(int fd, int status, const char *msg)
         return;
     }
     char c = (char)status;
-    if (write(fd, &c, 1) != 1)
-        return;
-    if (msg && write(fd, msg, strlen(msg)) < 0)
-        return;
+    /* a failed write leaves the parent a short message, or "the daemon
+     * died during start-up": nothing better to do here */
+    bool ok = write(fd, &c, 1) == 1;
+    if (ok && msg)
+        ok = write(fd, msg, strlen(msg)) >= 0;
+    (void)ok;
     close(fd);
 }
 
@@ -355,74 +377,114 @@ static void options_free(struct options *o)
     free(o->overlay_dir);
     free(o->state_dir);
     free(o->manage_group);
+    free(o->bandwidth);
     for (int i = 0; i < o->n_nonopt; i++)
         free(o->nonopt[i]);
 }
 
-static void stamps_freep(struct cfs_stamps **s)
-{
-    *s = cfs_stamps_free(*s);
-}
+/* Exit statuses: 0 after an unmount, 1 start-up failed, 2 chainfs cannot
+ * use its command line (checked before anything starts). */
+#define EXIT_START_FAILED 1
+#define EXIT_USAGE 2
 
-/* Everything main() does; main() frees what the options allocated. */
-static int run(struct fuse_args *args, struct options *o)
+/* What run() has set up so far; tear_down() undoes exactly that, in
+ * reverse order, whatever step failed. */
+struct daemon {
+    struct fuse_args *args;
+    struct options *o;
+    const char *mountpoint;
+    char abs_mnt[PATH_MAX];
+    char *group_warning;
+    struct cfs_engine_config cfg;
+    int report_fd;            /* to the waiting parent, or -1 */
+    char *error;              /* start-up failed: reported at tear-down */
+    struct cfs_backend *be;   /* until the engine owns it */
+    struct cfs_engine *engine;
+    struct cfs_fs fs;
+    struct fuse *fuse;
+    bool mounted;
+    struct fuse_session *se;  /* signal handlers installed */
+    struct mount_watch watch;
+    pthread_t watcher;
+    bool watching;
+    bool served;              /* the loop ran */
+};
+
+/* The command line: options, MOUNTPOINT, values that must make sense.
+ * false: exit with *STATUS (help, version, or a message printed). */
+static bool command_line(struct daemon *d, int *status)
 {
-    if (fuse_opt_parse(args, o, option_table, opt_proc) < 0)
-        return 1;
+    struct options *o = d->o;
+    *status = EXIT_USAGE;
+    if (fuse_opt_parse(d->args, o, option_table, opt_proc) < 0)
+        return false;
     if (o->help) {
         usage(stdout);
-        return 0;
+        *status = 0;
+        return false;
     }
     if (o->version) {
         printf("chainfs %s (libfuse %s)\n", CHAINFS_VERSION, fuse_pkgversion());
-        return 0;
+        *status = 0;
+        return false;
     }
-    const char *mountpoint = NULL;
     if (o->n_nonopt == 2) { /* mount.fuse3: chainfs URI MOUNTPOINT */
         if (!o->uri)
             o->uri = strdup(o->nonopt[0]);
-        mountpoint = o->nonopt[1];
+        d->mountpoint = o->nonopt[1];
     } else if (o->n_nonopt == 1) {
-        mountpoint = o->nonopt[0];
+        d->mountpoint = o->nonopt[0];
     }
-    if (!mountpoint) {
+    if (!d->mountpoint) {
         usage(stderr);
-        return 1;
+        return false;
     }
     if (o->uri && strcmp(o->uri, "none") == 0) {
         free(o->uri);
         o->uri = NULL;
     }
-    if (check_mountpoint(mountpoint) < 0)
-        return 1;
-
-    _cleanup_(stamps_freep) struct cfs_stamps *stamps = NULL;
-    struct cfs_fs fs = {0};
+    if (o->bandwidth && cfs_size_parse(o->bandwidth, &d->cfg.bandwidth) < 0) {
+        fprintf(stderr,
+                "chainfs: -o bandwidth=%s: not a number of bytes/s (digits "
+                "with an optional K, M, G or T suffix, powers of 1024; 0 = "
+                "unlimited)\n", o->bandwidth);
+        return false;
+    }
     if (o->manage_group) {
         struct group *g = getgrnam(o->manage_group);
         if (!g) {
             fprintf(stderr, "chainfs: manage_group: no group named '%s'\n",
                     o->manage_group);
-            return 1;
+            return false;
         }
-        fs.have_manage_group = true;
-        fs.manage_group = g->gr_gid;
+        d->fs.have_manage_group = true;
+        d->fs.manage_group = g->gr_gid;
     }
+    return true;
+}
+
+/* Everything that can still be said on the terminal: the mountpoint,
+ * the state directory, warnings. false: exit with *STATUS. */
+static bool prepare(struct daemon *d, int *status)
+{
+    struct options *o = d->o;
+    *status = EXIT_START_FAILED;
+    if (check_mountpoint(d->mountpoint) < 0)
+        return false;
     /* Without allow_other the kernel lets no one but the mounting user
      * into the mount, so the group's members could not even look. */
-    _cleanup_free_ char *group_warning = NULL;
     if (o->manage_group && !o->allow_other) {
-        group_warning = cfs_xasprintf(
+        d->group_warning = cfs_xasprintf(
             "manage_group=%s has no effect without allow_other: only the user "
             "who mounted can enter the mount (add -o allow_other)",
             o->manage_group);
         if (!o->foreground) /* the log goes to syslog: say it here too */
-            fprintf(stderr, "chainfs: warning: %s\n", group_warning);
+            fprintf(stderr, "chainfs: warning: %s\n", d->group_warning);
     }
     if (o->allow_other)
-        fuse_opt_add_arg(args, "-odefault_permissions");
+        fuse_opt_add_arg(d->args, "-odefault_permissions");
     if (o->debug)
-        fuse_opt_add_arg(args, "-odebug");
+        fuse_opt_add_arg(d->args, "-odebug");
     if (!o->state_dir) {
         /* ~/.local/state may not exist yet: create it as mkdir -p would
          * (an explicit state_dir is taken as given) */
@@ -431,117 +493,126 @@ static int run(struct fuse_args *args, struct options *o)
         if (r < 0) {
             fprintf(stderr, "chainfs: state directory %s: %s\n", o->state_dir,
                     strerror(-r));
-            return 1;
+            return false;
         }
     }
+    return true;
+}
 
-    int report_fd = -1;
-    if (!o->foreground) {
+/* Fork unless -f: the parent waits for the child's verdict (false, with
+ * it in *STATUS); the child goes on (true) and reports through
+ * d->report_fd. */
+static bool detach(struct daemon *d, int *status)
+{
+    *status = EXIT_START_FAILED;
+    if (!d->o->foreground) {
         int pfd[2];
         if (pipe2(pfd, O_CLOEXEC) < 0) {
             perror("chainfs: pipe");
-            return 1;
+            return false;
         }
         pid_t pid = fork();
         if (pid < 0) {
             perror("chainfs: fork");
-            return 1;
+            close(pfd[0]);
+            close(pfd[1]);
+            return false;
         }
         if (pid > 0) {
             close(pfd[1]);
-            return parent_wait(pfd[0], pid);
+            *status = parent_wait(pfd[0], pid);
+            close(pfd[0]);
+            return false;
         }
         close(pfd[0]);
-        report_fd = pfd[1];
+        d->report_fd = pfd[1];
         setsid();
     }
-    cfs_log_init(!o->foreground, o->debug);
-    if (group_warning)
-        log_warn("%s", group_warning);
+    cfs_log_init(!d->o->foreground, d->o->debug);
+    if (d->group_warning)
+        log_warn("%s", d->group_warning);
+    if (!realpath(d->mountpoint, d->abs_mnt))
+        snprintf(d->abs_mnt, sizeof(d->abs_mnt), "%s", d->mountpoint);
+    return true;
+}
 
-    char abs_mnt[PATH_MAX];
-    if (!realpath(mountpoint, abs_mnt))
-        snprintf(abs_mnt, sizeof(abs_mnt), "%s", mountpoint);
-
-    struct cfs_engine_config cfg = {
-        .overlay_dir = o->overlay_dir,
-        .state_dir = o->state_dir,
-        .keep_merged = o->keep_merged,
-    };
-    struct cfs_backend *be = cfs_libvirt_backend_new(o->uri);
+/* The journal, libvirt, the engine thread. false: d->error says why. */
+static bool start_engine(struct daemon *d)
+{
+    d->cfg.overlay_dir = d->o->overlay_dir;
+    d->cfg.state_dir = d->o->state_dir;
+    d->cfg.keep_merged = d->o->keep_merged;
+    d->be = cfs_libvirt_backend_new(d->o->uri);
 #ifdef CHAINFS_TEST_HOOKS
     /* Tests see a lost libvirtd in seconds: "INTERVAL,COUNT". */
     {
         const char *ka = getenv("CHAINFS_TEST_KEEPALIVE");
         int interval, count;
         if (ka && sscanf(ka, "%d,%d", &interval, &count) == 2) {
-            cfs_libvirt_backend_set_keepalive(be, interval, count);
+            cfs_libvirt_backend_set_keepalive(d->be, interval, count);
             log_info("test hook: libvirt keepalive every %d s, %d missed",
                      interval, count);
         }
     }
 #endif
-    char *err = NULL;
-    struct cfs_engine *engine = NULL;
-    int r = cfs_engine_new(&cfg, be, &engine, &err);
-    if (r < 0) {
-        be->ops->destroy(be);
-        report(report_fd, 1, err);
-        return 1;
-    }
-    r = cfs_engine_start(engine, true, &err);
-    if (r < 0) {
-        cfs_engine_free(engine);
-        report(report_fd, 1, err);
-        return 1;
-    }
-    fs.engine = engine;
+    if (cfs_engine_new(&d->cfg, d->be, &d->engine, &d->error) < 0)
+        return false;
+    d->be = NULL; /* the engine's now */
+    if (cfs_engine_start(d->engine, true, &d->error) < 0)
+        return false;
+    d->fs.engine = d->engine;
     /* every node is dated at the mount until what it shows changes */
     struct timespec mounted_at;
     clock_gettime(CLOCK_REALTIME, &mounted_at);
-    fs.stamps = stamps = cfs_stamps_new(mounted_at, 0);
+    d->fs.stamps = cfs_stamps_new(mounted_at, 0);
+    return true;
+}
 
-    struct fuse *f = fuse_new(args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &fs);
-    if (!f) {
-        cfs_engine_free(engine);
-        report(report_fd, 1, "cannot set up FUSE (see the message above)");
-        return 1;
+/* fuse_new, mount, signal handlers, the mount watcher. false: d->error. */
+static bool mount_fs(struct daemon *d)
+{
+    d->fuse = fuse_new(d->args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &d->fs);
+    if (!d->fuse) {
+        d->error = cfs_xstrdup("cannot set up FUSE (see the message above)");
+        return false;
     }
-    if (fuse_mount(f, abs_mnt) != 0) {
-        fuse_destroy(f);
-        cfs_engine_free(engine);
-        report(report_fd, 1, "cannot mount (see the message above)");
-        return 1;
+    if (fuse_mount(d->fuse, d->abs_mnt) != 0) {
+        d->error = cfs_xstrdup("cannot mount (see the message above)");
+        return false;
     }
-    fs.fuse = f;
-    cfs_engine_set_invalidate(engine, cfs_fs_invalidate, &fs);
-    struct fuse_session *se = fuse_get_session(f);
+    d->mounted = true;
+    d->fs.fuse = d->fuse;
+    cfs_engine_set_invalidate(d->engine, cfs_fs_invalidate, &d->fs);
+    struct fuse_session *se = fuse_get_session(d->fuse);
     if (fuse_set_signal_handlers(se) != 0) {
-        fuse_unmount(f);
-        fuse_destroy(f);
-        cfs_engine_free(engine);
-        report(report_fd, 1, "cannot install signal handlers");
-        return 1;
+        d->error = cfs_xstrdup("cannot install signal handlers");
+        return false;
     }
+    d->se = se;
 
     /* watch for our mount leaving the namespace (see mount_watch) */
-    struct mount_watch watch = {.se = se, .main_thread = pthread_self(),
-                                .wake = {-1, -1}};
+    d->watch.se = se;
+    d->watch.main_thread = pthread_self();
     bool present;
-    watch.mount_id = find_mount_id(abs_mnt, &present, -1);
-    pthread_t watcher;
-    bool watching = false;
-    if (watch.mount_id < 0)
+    d->watch.mount_id = find_mount_id(d->abs_mnt, &present, -1);
+    if (d->watch.mount_id < 0)
         log_warn("cannot find our mount in /proc/self/mountinfo; an unmount "
                  "hidden by another mount namespace will not be noticed");
-    else if (pipe2(watch.wake, O_CLOEXEC) == 0 &&
-             pthread_create(&watcher, NULL, mount_watch_thread, &watch) == 0)
-        watching = true;
+    else if (pipe2(d->watch.wake, O_CLOEXEC) == 0 &&
+             pthread_create(&d->watcher, NULL, mount_watch_thread, &d->watch) == 0)
+        d->watching = true;
+    return true;
+}
 
-    log_info("mounted on %s (libvirt %s, state in %s)", abs_mnt,
-             o->uri ? o->uri : "default URI", o->state_dir);
-    if (report_fd >= 0) {
-        report(report_fd, 0, NULL);
+/* Tell the parent all is well, let go of the terminal, serve until the
+ * unmount; the exit status. */
+static int serve(struct daemon *d)
+{
+    log_info("mounted on %s (libvirt %s, state in %s)", d->abs_mnt,
+             d->o->uri ? d->o->uri : "default URI", d->o->state_dir);
+    if (d->report_fd >= 0) {
+        report(d->report_fd, 0, NULL);
+        d->report_fd = -1; /* report() closed it */
         if (chdir("/") < 0)
             log_warn("chdir /: %s", strerror(errno));
         int null = open("/dev/null", O_RDWR);
@@ -553,54 +624,95 @@ static int run(struct fuse_args *args, struct options *o)
                 close(null);
         }
     }
-
+    d->served = true;
     int ret;
-    if (o->single) {
-        ret = fuse_loop(f);
+    if (d->o->single) {
+        ret = fuse_loop(d->fuse);
     } else {
         struct fuse_loop_config *lc = fuse_loop_cfg_create();
         fuse_loop_cfg_set_max_threads(lc, 64);
-        ret = fuse_loop_mt(f, lc);
+        ret = fuse_loop_mt(d->fuse, lc);
         fuse_loop_cfg_destroy(lc);
     }
+    return ret == 0 || d->watch.gone ? 0 : 1;
+}
 
-    if (watching) {
-        if (write(watch.wake[1], "x", 1) < 0)
+/* The one way out: undo whatever was set up, newest first; report a
+ * start-up error to the waiting parent last. */
+static void tear_down(struct daemon *d)
+{
+    if (d->watching) {
+        if (write(d->watch.wake[1], "x", 1) < 0)
             log_warn("waking the mount watcher: %s", strerror(errno));
-        pthread_join(watcher, NULL);
+        pthread_join(d->watcher, NULL);
     }
-    if (watch.wake[0] >= 0) {
-        close(watch.wake[0]);
-        close(watch.wake[1]);
+    if (d->watch.wake[0] >= 0) {
+        close(d->watch.wake[0]);
+        close(d->watch.wake[1]);
     }
-    cfs_engine_set_invalidate(engine, NULL, NULL);
-    fuse_remove_signal_handlers(se);
-    /* That put SIGPIPE back to its default, and closing libvirt
-     * connections may still write to a socket the daemon has closed: a
-     * write error, not a reason to die with status 141. */
-    signal(SIGPIPE, SIG_IGN);
-    /* Once our mount has left this namespace, the connection may live on
-     * in another one, and the path may hold someone else's mount by now.
-     * Put an unconnected /dev/fuse in place of our device fd: that drops
-     * the last reference to the connection (the kernel aborts it, so the
-     * copies elsewhere report ENOTCONN), and fuse_unmount() sees a dead
-     * device and does not unmount the path. */
-    bool unmount = true;
-    if (watch.gone) {
-        int nfd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-        if (nfd >= 0 && dup2(nfd, fuse_session_fd(se)) >= 0)
-            close(nfd);
-        else
-            unmount = false;
+    if (d->engine)
+        cfs_engine_set_invalidate(d->engine, NULL, NULL);
+    if (d->se) {
+        fuse_remove_signal_handlers(d->se);
+        /* That put SIGPIPE back to its default, and closing libvirt
+         * connections may still write to a socket the daemon has closed:
+         * a write error, not a reason to die with status 141. */
+        signal(SIGPIPE, SIG_IGN);
     }
-    if (unmount)
-        fuse_unmount(f);
-    fuse_destroy(f);
-    cfs_engine_free(engine);
-    cfs_fs_forget_recent();
-    cfs_fs_free_handles();
-    log_info("unmounted %s", abs_mnt);
-    return ret == 0 || watch.gone ? 0 : 1;
+    if (d->mounted) {
+        /* Once our mount has left this namespace, the connection may live
+         * on in another one, and the path may hold someone else's mount
+         * by now. Put an unconnected /dev/fuse in place of our device fd:
+         * that drops the last reference to the connection (the kernel
+         * aborts it, so the copies elsewhere report ENOTCONN), and
+         * fuse_unmount() sees a dead device and does not unmount the
+         * path. */
+        bool unmount = true;
+        if (d->watch.gone) {
+            struct fuse_session *se = fuse_get_session(d->fuse);
+            int nfd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+            if (nfd >= 0 && dup2(nfd, fuse_session_fd(se)) >= 0)
+                close(nfd);
+            else
+                unmount = false;
+        }
+        if (unmount)
+            fuse_unmount(d->fuse);
+    }
+    if (d->fuse)
+        fuse_destroy(d->fuse);
+    if (d->engine)
+        cfs_engine_free(d->engine);
+    else if (d->be)
+        d->be->ops->destroy(d->be);
+    if (d->served) {
+        cfs_fs_forget_recent();
+        cfs_fs_free_handles();
+    }
+    d->fs.stamps = cfs_stamps_free(d->fs.stamps);
+    if (d->mounted && !d->error)
+        log_info("unmounted %s", d->abs_mnt);
+    if (d->error)
+        report(d->report_fd, 1, d->error);
+    else if (d->report_fd >= 0)
+        close(d->report_fd);
+    free(d->error);
+    free(d->group_warning);
+}
+
+/* Everything main() does; main() frees what the options allocated. */
+static int run(struct fuse_args *args, struct options *o)
+{
+    struct daemon d = {
+        .args = args, .o = o, .report_fd = -1, .watch.wake = {-1, -1},
+    };
+    int status;
+    if (command_line(&d, &status) && prepare(&d, &status) &&
+        detach(&d, &status))
+        status = start_engine(&d) && mount_fs(&d) ? serve(&d)
+                                                  : EXIT_START_FAILED;
+    tear_down(&d);
+    return status;
 }
 
 int main(int argc, char *argv[])

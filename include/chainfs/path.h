@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 
 enum cfs_node_kind {
     CFS_NODE_INVALID,    /* not a path of the tree */
@@ -13,6 +14,7 @@ enum cfs_node_kind {
     CFS_NODE_JOB,        /* /dom/vda/job              */
     CFS_NODE_JOB_JSON,   /* /dom/vda/job.json         */
     CFS_NODE_WAIT,       /* /dom/vda/wait             */
+    CFS_NODE_CTL,        /* /dom/vda/ctl              */
     CFS_NODE_SNAPDIR,    /* /dom/vda/snapshots        */
     CFS_NODE_SNAPSHOT,   /* /dom/vda/snapshots/NAME   */
     CFS_NODE_INFO,       /* /dom/vda/snapshots/NAME/info      */
@@ -32,9 +34,12 @@ struct cfs_path {
  * not check that the domain/disk/snapshot exist. */
 int cfs_path_parse(const char *path, struct cfs_path *out);
 
-/* Names of the files in a disk directory, in listing order. */
-extern const char *const cfs_disk_entries[];    /* NULL-terminated */
-extern const char *const cfs_snapshot_entries[]; /* "info", "info.json", NULL */
+/* The kind of the entry NAME (LEN bytes, no NUL needed) in a directory
+ * of kind PARENT: a fixed name of that directory (nodes.h), else what
+ * any name there is (a domain in /, a disk in a domain, a snapshot in
+ * snapshots/); CFS_NODE_INVALID if neither. Pure. */
+enum cfs_node_kind cfs_node_child(enum cfs_node_kind parent, const char *name,
+                                  size_t len);
 
 /* true for the regular-file kinds */
 bool cfs_node_is_file(enum cfs_node_kind k);

@@ -79,8 +79,8 @@ while IFS= read -r -d '' f; do
   n=$((n + 1))
 done < <(find "$MNT/$D" -type f -print0)
 it_log "ok: cp -r copied $n files of $D exactly"
-# vda: chain chain.json job job.json wait, and info info.json per snapshot
-[ "$n" -eq 9 ] || it_fail "expected 9 files under $D, found $n"
+# vda: chain chain.json job job.json wait ctl, and info info.json per snapshot
+[ "$n" -eq 10 ] || it_fail "expected 10 files under $D, found $n"
 
 # --- Python open().read() vs stat, the newline rule, and jq --------------------------------
 python3 - "$MNT" "$D" <<'PY' || it_fail "python read of the tree"

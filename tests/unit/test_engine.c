@@ -161,7 +161,7 @@ static void test_tree_and_reads_from_memory(void **state)
     struct fx *f = *state;
     assert_list(f, "/", "vm1 vm2");
     assert_list(f, "/vm1", "vda");
-    assert_list(f, "/vm1/vda", "chain chain.json job job.json wait snapshots");
+    assert_list(f, "/vm1/vda", "chain chain.json job job.json wait ctl snapshots");
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_list(f, "/vm2/vda/snapshots", "");
     assert_list(f, "/vm1/vda/snapshots/s1", "info info.json");

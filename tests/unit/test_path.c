@@ -1,5 +1,6 @@
-/* test_path.c — path.c: every node kind, what is not a node, and the
- * 255-byte component limit. */
+/* test_path.c — path.c and the node table (nodes.c): every node kind,
+ * what is not a node, the 255-byte component limit, and that every row
+ * of the table is whole. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "chainfs/nodes.h"
 #include "chainfs/path.h"
 #include "chainfs/util.h"
 
@@ -61,6 +63,7 @@ static void test_every_kind(void **state)
     parse_ok("/web01/vda/job", CFS_NODE_JOB);
     parse_ok("/web01/vda/job.json", CFS_NODE_JOB_JSON);
     parse_ok("/web01/vda/wait", CFS_NODE_WAIT);
+    parse_ok("/web01/vda/ctl", CFS_NODE_CTL);
     p = parse_ok("/web01/vda/snapshots", CFS_NODE_SNAPDIR);
     assert_string_equal(p.disk, "vda");
     assert_string_equal(p.snap, "");
@@ -106,6 +109,10 @@ static void test_not_a_node(void **state)
         "/web01/vda/info",                     /* info lives per snapshot */
         "/web01/vda/chain/x",                  /* under a file */
         "/web01/vda/wait/x",
+        "/web01/vda/ctl/x",
+        "/web01/vda/CTL",
+        "/web01/ctl/x/y",                      /* a disk "ctl": no such file */
+        "/web01/vda/snapshots/s1/ctl",
         "/web01/vda/snapshots/s1/other",
         "/web01/vda/snapshots/s1/chain",
         "/web01/vda/snapshots/s1/info/x",      /* too deep */
@@ -178,35 +185,71 @@ static void test_out_untouched_on_error(void **state)
     assert_string_equal(p.dom, "keep");
 }
 
+/* The names a directory of kind PARENT has, as the node table lists them. */
+static char *fixed_names(enum cfs_node_kind parent)
+{
+    struct cfs_buf b = {0};
+    for (int k = 0; k < CFS_NODE_KIND_MAX; k++) {
+        const struct cfs_node_type *t = cfs_node_type(k);
+        if (t->parent == parent && t->name)
+            cfs_buf_printf(&b, "%s%s", b.len ? " " : "", t->name);
+    }
+    return cfs_buf_steal(&b);
+}
+
 static void test_entries(void **state)
 {
     (void)state;
-    static const char *const want[] = {
-        "chain", "chain.json", "job", "job.json", "wait", "snapshots",
-    };
-    size_t n = 0;
-
-    for (; cfs_disk_entries[n]; n++) {
-        assert_true(n < ELEMENTSOF(want));
-        assert_string_equal(cfs_disk_entries[n], want[n]);
-
-        /* every listed entry parses, and is a file unless it is snapshots/ */
-        _cleanup_free_ char *path = cfs_xasprintf("/d/vda/%s", cfs_disk_entries[n]);
-        struct cfs_path p;
-        assert_int_equal(cfs_path_parse(path, &p), 0);
-        assert_int_equal(cfs_node_is_file(p.kind), p.kind != CFS_NODE_SNAPDIR);
+    _cleanup_free_ char *disk = fixed_names(CFS_NODE_DISK);
+    assert_string_equal(disk, "chain chain.json job job.json wait ctl snapshots");
+    _cleanup_free_ char *snap = fixed_names(CFS_NODE_SNAPSHOT);
+    assert_string_equal(snap, "info info.json");
+    for (enum cfs_node_kind k = CFS_NODE_CHAIN; k < CFS_NODE_KIND_MAX; k++) {
+        const struct cfs_node_type *t = cfs_node_type(k);
+        if (!t->name)
+            continue;
+        /* every fixed name parses to its kind, under its parent */
+        _cleanup_free_ char *path = cfs_xasprintf(
+            t->parent == CFS_NODE_DISK ? "/d/vda/%s" : "/d/vda/snapshots/s/%s",
+            t->name);
+        parse_ok(path, k);
+        assert_int_equal(cfs_node_child(t->parent, t->name, strlen(t->name)), k);
     }
-    assert_int_equal(n, ELEMENTSOF(want));
+    /* names by the world where any name goes, nothing elsewhere */
+    assert_int_equal(cfs_node_child(CFS_NODE_ROOT, "ctl", 3), CFS_NODE_DOMAIN);
+    assert_int_equal(cfs_node_child(CFS_NODE_DOMAIN, "ctl", 3), CFS_NODE_DISK);
+    assert_int_equal(cfs_node_child(CFS_NODE_SNAPDIR, "ctl", 3), CFS_NODE_SNAPSHOT);
+    assert_int_equal(cfs_node_child(CFS_NODE_DISK, "ctlx", 4), CFS_NODE_INVALID);
+    assert_int_equal(cfs_node_child(CFS_NODE_DISK, "ctl", 2), CFS_NODE_INVALID);
+    assert_int_equal(cfs_node_child(CFS_NODE_SNAPSHOT, "ctl", 3), CFS_NODE_INVALID);
+    assert_int_equal(cfs_node_child(CFS_NODE_CTL, "x", 1), CFS_NODE_INVALID);
+    assert_int_equal(cfs_node_child(CFS_NODE_INVALID, "x", 1), CFS_NODE_INVALID);
+    assert_int_equal(cfs_node_child(CFS_NODE_KIND_MAX, "x", 1), CFS_NODE_INVALID);
+}
 
-    assert_string_equal(cfs_snapshot_entries[0], "info");
-    assert_string_equal(cfs_snapshot_entries[1], "info.json");
-    assert_null(cfs_snapshot_entries[2]);
-    for (size_t i = 0; cfs_snapshot_entries[i]; i++) {
-        _cleanup_free_ char *path = cfs_xasprintf("/d/vda/snapshots/s/%s", cfs_snapshot_entries[i]);
-        struct cfs_path p;
-        assert_int_equal(cfs_path_parse(path, &p), 0);
-        assert_true(cfs_node_is_file(p.kind));
+/* Every row is complete: a file renders, a directory lists, only ctl
+ * takes writes, only wait blocks, only snapshots/ and ctl are for those
+ * who may change snapshots. */
+static void test_table(void **state)
+{
+    (void)state;
+    for (int k = CFS_NODE_ROOT; k < CFS_NODE_KIND_MAX; k++) {
+        const struct cfs_node_type *t = cfs_node_type(k);
+        assert_int_equal(t->dir, !cfs_node_is_file(k));
+        assert_true(t->dir ? t->list && !t->render : t->render && !t->list);
+        assert_int_equal(t->write != NULL, k == CFS_NODE_CTL);
+        assert_int_equal(t->blocks, k == CFS_NODE_WAIT);
+        assert_int_equal(t->managed, k == CFS_NODE_CTL || k == CFS_NODE_SNAPDIR);
+        assert_int_equal(t->mkdir_rmdir, k == CFS_NODE_SNAPDIR);
+        unsigned want = t->dir ? (t->managed ? 0755 : 0555)
+                               : (t->managed ? 0644 : 0444);
+        assert_int_equal(t->mode, want);
+        assert_int_equal(t->parent == CFS_NODE_INVALID, k == CFS_NODE_ROOT);
     }
+    assert_false(cfs_node_is_file(CFS_NODE_INVALID));
+    assert_false(cfs_node_is_file(CFS_NODE_KIND_MAX));
+    assert_null(cfs_node_type(CFS_NODE_KIND_MAX)->render);
+    assert_null(cfs_node_type(-1)->list);
 }
 
 static void test_is_file(void **state)
@@ -215,8 +258,8 @@ static void test_is_file(void **state)
     for (int k = 0; k < CFS_NODE_KIND_MAX; k++) {
         bool want = k == CFS_NODE_CHAIN || k == CFS_NODE_CHAIN_JSON ||
                     k == CFS_NODE_JOB || k == CFS_NODE_JOB_JSON ||
-                    k == CFS_NODE_WAIT || k == CFS_NODE_INFO ||
-                    k == CFS_NODE_INFO_JSON;
+                    k == CFS_NODE_WAIT || k == CFS_NODE_CTL ||
+                    k == CFS_NODE_INFO || k == CFS_NODE_INFO_JSON;
         assert_int_equal(cfs_node_is_file(k), want);
     }
 }
@@ -232,6 +275,7 @@ int main(void)
         cmocka_unit_test(test_component_lengths),
         cmocka_unit_test(test_out_untouched_on_error),
         cmocka_unit_test(test_entries),
+        cmocka_unit_test(test_table),
         cmocka_unit_test(test_is_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,272 @@
+/* nodes.c — the node table (nodes.h): one row per kind of node.
+ *
+ *   /                      root       dir   0555  lists the domains
+ *   /DOM                   domain     dir   0555  lists its disks
+ *   /DOM/DISK              disk       dir   0555  lists the rows below
+ *     chain, chain.json    file  0444  the backing chain
+ *     job, job.json        file  0444  the current or last job
+ *     wait                 file  0444  as job, once no job is in progress
+ *     ctl                  file  0644  settings; takes one command a write
+ *     snapshots            dir   0755  lists the visible snapshots;
+ *                                      mkdir/rmdir
+ *       NAME               dir   0555  one snapshot
+ *         info, info.json  file  0444  the snapshot
+ * The 0644/0755 rows are writable by whoever may change snapshots (with
+ * -o manage_group: 0664/0775, that group's).
+ *
+ * The render and list functions run under the tree lock (read.c takes
+ * it) and only read memory. */
+#include <errno.h>
+#include <string.h>
+
+#include "chainfs/ctl.h"
+#include "chainfs/engine.h"
+#include "chainfs/log.h"
+#include "chainfs/model.h"
+#include "chainfs/nodes.h"
+#include "chainfs/render.h"
+
+/* ---- rendering files ------------------------------------------------------ */
+
+static void render_chain(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    cfs_render_chain_text(out, v->dom, v->disk, v->tree->stale);
+}
+
+static void render_chain_json(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    cfs_render_chain_json(out, v->dom, v->disk, v->tree->stale);
+}
+
+static void render_job(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    cfs_render_job_text(out, v->job, v->tree->stale);
+}
+
+static void render_job_json(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    cfs_render_job_json(out, v->job, v->tree->stale);
+}
+
+/* a failed merge already wrote part of the snapshot into the layer below */
+static bool view_partial(const struct cfs_node_view *v)
+{
+    return v->state && v->layer >= 0 &&
+           cfs_strv_contains(v->state->partial_tops,
+                             v->disk->layers[v->layer].path);
+}
+
+static void render_info(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    cfs_render_info_text(out, v->dom, v->disk, v->layer, view_partial(v));
+}
+
+static void render_info_json(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    cfs_render_info_json(out, v->dom, v->disk, v->layer, view_partial(v));
+}
+
+void cfs_render_ctl(struct cfs_buf *b, const struct cfs_disk_state *s,
+                    uint64_t default_bandwidth)
+{
+    /* the running job's limit while one is in progress, else the one the
+     * next merge starts with */
+    uint64_t bw = default_bandwidth;
+    if (s && cfs_job_phase_in_progress(s->job.phase))
+        bw = s->job.bandwidth;
+    cfs_buf_printf(b, "pivot:     %s\n",
+                   s && s->settings.pivot_manual ? "manual" : "auto");
+    if (bw == 0) {
+        cfs_buf_printf(b, "bandwidth: unlimited\n");
+    } else {
+        char h[32];
+        cfs_format_size(bw, h, sizeof(h));
+        cfs_buf_printf(b, "bandwidth: %s/s\n", h);
+    }
+    cfs_buf_printf(b, "\n%s", cfs_ctl_usage);
+}
+
+static void render_ctl(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    cfs_render_ctl(out, v->state, v->default_bandwidth);
+}
+
+/* ---- listing directories ---------------------------------------------------- */
+
+static void list_domains(const struct cfs_node_view *v, char ***names)
+{
+    for (size_t i = 0; i < v->tree->n_doms; i++)
+        cfs_strv_push(names, cfs_xstrdup(v->tree->doms[i]->name));
+}
+
+static void list_disks(const struct cfs_node_view *v, char ***names)
+{
+    for (size_t i = 0; i < v->dom->n_disks; i++)
+        cfs_strv_push(names, cfs_xstrdup(v->dom->disks[i].target));
+}
+
+bool cfs_layer_visible(const struct cfs_disk *disk,
+                       const struct cfs_disk_state *s, size_t i)
+{
+    if (i + 1 >= disk->n_layers)
+        return false; /* the base */
+    return !(s && cfs_job_phase_in_progress(s->job.phase) &&
+             s->job.type != CFS_JOB_SNAPSHOT &&
+             cfs_file_same(&s->job.top_id, s->job.top, &disk->layers[i].id,
+                           disk->layers[i].path));
+}
+
+static void list_snapshots(const struct cfs_node_view *v, char ***names)
+{
+    const struct cfs_disk *disk = v->disk;
+    /* oldest first, as they were taken; a name is listed where it
+     * resolves to (the first layer of that name) */
+    for (size_t i = disk->n_layers; i-- > 0;) {
+        const char *n = disk->layers[i].name;
+        if (n && cfs_disk_find_snapshot(disk, n) == (int)i &&
+            cfs_layer_visible(disk, v->state, i))
+            cfs_strv_push(names, cfs_xstrdup(n));
+    }
+}
+
+static const struct cfs_node_type table[CFS_NODE_KIND_MAX];
+
+/* the rows with a fixed name in a directory of kind K, in table order */
+static void list_fixed(enum cfs_node_kind k, char ***names)
+{
+    for (size_t i = 0; i < CFS_NODE_KIND_MAX; i++)
+        if (table[i].parent == k && table[i].name)
+            cfs_strv_push(names, cfs_xstrdup(table[i].name));
+}
+
+static void list_disk(const struct cfs_node_view *v, char ***names)
+{
+    (void)v;
+    list_fixed(CFS_NODE_DISK, names);
+}
+
+static void list_snapshot(const struct cfs_node_view *v, char ***names)
+{
+    (void)v;
+    list_fixed(CFS_NODE_SNAPSHOT, names);
+}
+
+/* ---- writes -------------------------------------------------------------- */
+
+/* ctl: one command per write (ctl.h); the answer is the write's result. */
+static ssize_t write_ctl(struct cfs_engine *e, const struct cfs_path *p,
+                         const char *buf, size_t len)
+{
+    struct cfs_ctl_cmd cmd;
+    const char *why = NULL;
+    int r = cfs_ctl_parse(buf, len, &cmd, &why);
+    if (r < 0) {
+        /* the first 64 bytes, a NUL shown as \0 (the log escapes the
+         * other control characters) */
+        char shown[64 * 2 + 4];
+        size_t n = 0;
+        for (size_t i = 0; i < len && i < 64; i++) {
+            if (buf[i] == '\0') {
+                shown[n++] = '\\';
+                shown[n++] = '0';
+            } else {
+                shown[n++] = buf[i];
+            }
+        }
+        if (len > 64) {
+            memcpy(shown + n, "...", 3);
+            n += 3;
+        }
+        shown[n] = '\0';
+        log_warn("ctl %s/%s: \"%s\" refused (%s): %s", p->dom, p->disk, shown,
+                 strerror(-r), why ? why : "malformed");
+        return r;
+    }
+    r = cfs_engine_ctl(e, p->dom, p->disk, &cmd);
+    if (r < 0)
+        return r; /* the engine logged why */
+    if (cmd.op == CFS_CTL_BANDWIDTH)
+        log_info("ctl %s/%s: bandwidth %llu", p->dom, p->disk,
+                 (unsigned long long)cmd.bandwidth);
+    else
+        log_info("ctl %s/%s: %s", p->dom, p->disk, cfs_ctl_op_to_string(cmd.op));
+    return (ssize_t)len;
+}
+
+/* ---- the table ------------------------------------------------------------ */
+
+static const struct cfs_node_type table[CFS_NODE_KIND_MAX] = {
+    [CFS_NODE_INVALID] = { .parent = CFS_NODE_INVALID },
+    [CFS_NODE_ROOT] = {
+        .parent = CFS_NODE_INVALID, .dir = true, .mode = 0555,
+        .list = list_domains },
+    [CFS_NODE_DOMAIN] = {
+        .parent = CFS_NODE_ROOT, .dir = true, .mode = 0555,
+        .list = list_disks },
+    [CFS_NODE_DISK] = {
+        .parent = CFS_NODE_DOMAIN, .dir = true, .mode = 0555,
+        .list = list_disk },
+    [CFS_NODE_CHAIN] = {
+        .name = "chain", .parent = CFS_NODE_DISK, .mode = 0444,
+        .render = render_chain },
+    [CFS_NODE_CHAIN_JSON] = {
+        .name = "chain.json", .parent = CFS_NODE_DISK, .mode = 0444,
+        .render = render_chain_json },
+    [CFS_NODE_JOB] = {
+        .name = "job", .parent = CFS_NODE_DISK, .mode = 0444,
+        .render = render_job },
+    [CFS_NODE_JOB_JSON] = {
+        .name = "job.json", .parent = CFS_NODE_DISK, .mode = 0444,
+        .render = render_job_json },
+    [CFS_NODE_WAIT] = {
+        .name = "wait", .parent = CFS_NODE_DISK, .mode = 0444,
+        .blocks = true, .render = render_job },
+    [CFS_NODE_CTL] = {
+        .name = "ctl", .parent = CFS_NODE_DISK, .mode = 0644,
+        .managed = true, .render = render_ctl, .write = write_ctl },
+    [CFS_NODE_SNAPDIR] = {
+        .name = "snapshots", .parent = CFS_NODE_DISK, .dir = true,
+        .mode = 0755, .managed = true, .mkdir_rmdir = true,
+        .list = list_snapshots },
+    [CFS_NODE_SNAPSHOT] = {
+        .parent = CFS_NODE_SNAPDIR, .dir = true, .mode = 0555,
+        .list = list_snapshot },
+    [CFS_NODE_INFO] = {
+        .name = "info", .parent = CFS_NODE_SNAPSHOT, .mode = 0444,
+        .render = render_info },
+    [CFS_NODE_INFO_JSON] = {
+        .name = "info.json", .parent = CFS_NODE_SNAPSHOT, .mode = 0444,
+        .render = render_info_json },
+};
+
+const struct cfs_node_type *cfs_node_type(enum cfs_node_kind k)
+{
+    if ((unsigned)k >= CFS_NODE_KIND_MAX)
+        k = CFS_NODE_INVALID;
+    return &table[k];
+}
+
+enum cfs_node_kind cfs_node_child(enum cfs_node_kind parent, const char *name,
+                                  size_t len)
+{
+    enum cfs_node_kind any = CFS_NODE_INVALID;
+    if (parent == CFS_NODE_INVALID || (unsigned)parent >= CFS_NODE_KIND_MAX ||
+        !table[parent].dir)
+        return CFS_NODE_INVALID;
+    for (size_t i = CFS_NODE_ROOT; i < CFS_NODE_KIND_MAX; i++) {
+        if (table[i].parent != parent)
+            continue;
+        if (!table[i].name)
+            any = (enum cfs_node_kind)i;
+        else if (strlen(table[i].name) == len &&
+                 memcmp(table[i].name, name, len) == 0)
+            return (enum cfs_node_kind)i;
+    }
+    return any;
+}
+
+bool cfs_node_is_file(enum cfs_node_kind k)
+{
+    return k != CFS_NODE_INVALID && (unsigned)k < CFS_NODE_KIND_MAX &&
+           !table[k].dir;
+}
