@@ -671,28 +671,18 @@ void settings_load(struct cfs_engine *e)
 
 /* ---- ctl (FUSE threads) ------------------------------------------------------------ */
 
-static const char *ctl_op_name(enum cfs_ctl_op op)
-{
-    static const char *const names[CFS_CTL_OP_MAX] = {
-        [CFS_CTL_ABORT] = "abort", [CFS_CTL_PIVOT] = "pivot",
-        [CFS_CTL_PIVOT_MANUAL] = "pivot manual",
-        [CFS_CTL_PIVOT_AUTO] = "pivot auto", [CFS_CTL_BANDWIDTH] = "bandwidth",
-    };
-    return (int)op >= 0 && op < CFS_CTL_OP_MAX ? names[op] : "unknown";
-}
-
 /* Log a refused ctl command; a job in progress shows why in its error
  * line (until it ends: the end sets its own). */
 static int ctl_refuse(struct cfs_engine *e, const char *dom, const char *disk,
                       const struct cfs_ctl_cmd *cmd, int err, const char *why)
 {
     log_warn("ctl %s/%s: %s refused (%s): %s", dom, disk,
-             ctl_op_name(cmd->op), strerror(-err), why);
+             cfs_ctl_op_to_string(cmd->op), strerror(-err), why);
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
     if (s && cfs_job_phase_in_progress(s->job.phase)) {
         free(s->job.error);
-        s->job.error = cfs_xasprintf("ctl %s refused: %s", ctl_op_name(cmd->op), why);
+        s->job.error = cfs_xasprintf("ctl %s refused: %s", cfs_ctl_op_to_string(cmd->op), why);
         tree_changed(e);
     }
     pthread_mutex_unlock(&e->tree->lock);

@@ -35,6 +35,7 @@ struct options {
     char *state_dir;
     char *manage_group;
     char *bandwidth;
+    char *keepalive;
     int keep_merged;
     int help;
     int version;
@@ -64,6 +65,7 @@ static const struct fuse_opt option_table[] = {
     OPT("state_dir=%s", state_dir, 0),
     OPT("manage_group=%s", manage_group, 0),
     OPT("bandwidth=%s", bandwidth, 0),
+    OPT("keepalive=%s", keepalive, 0),
     OPT("keep_merged", keep_merged, 1),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
@@ -147,6 +149,9 @@ static void usage(FILE *out)
 "                         (K, M, G, T suffixes: powers of 1024; default 0 =\n"
 "                         unlimited); `echo \"bandwidth N\" > ctl` changes a\n"
 "                         running one\n"
+"  -o keepalive=I:C       libvirt keepalive: a probe every I seconds, the\n"
+"                         connection given up after C unanswered (default\n"
+"                         5:3); shorter notices a lost libvirtd sooner\n"
 "  -f                     stay in the foreground, log to stderr\n"
 "  -d                     debug: foreground, log every step and request\n"
 "  -s                     single-threaded\n"
@@ -378,6 +383,7 @@ static void options_free(struct options *o)
     free(o->state_dir);
     free(o->manage_group);
     free(o->bandwidth);
+    free(o->keepalive);
     for (int i = 0; i < o->n_nonopt; i++)
         free(o->nonopt[i]);
 }
@@ -396,6 +402,8 @@ struct daemon {
     char abs_mnt[PATH_MAX];
     char *group_warning;
     struct cfs_engine_config cfg;
+    int keepalive_interval;   /* -o keepalive=I:C; 0: libvirt's default */
+    int keepalive_count;
     int report_fd;            /* to the waiting parent, or -1 */
     char *error;              /* start-up failed: reported at tear-down */
     struct cfs_backend *be;   /* until the engine owns it */
@@ -449,6 +457,19 @@ static bool command_line(struct daemon *d, int *status)
                 "with an optional K, M, G or T suffix, powers of 1024; 0 = "
                 "unlimited)\n", o->bandwidth);
         return false;
+    }
+    if (o->keepalive) {
+        char extra;
+        if (sscanf(o->keepalive, "%d:%d%c", &d->keepalive_interval,
+                   &d->keepalive_count, &extra) != 2 ||
+            d->keepalive_interval < 1 || d->keepalive_count < 1) {
+            fprintf(stderr,
+                    "chainfs: -o keepalive=%s: give INTERVAL:COUNT, two whole "
+                    "numbers of at least 1 (seconds between probes, probes "
+                    "missed before the connection is given up)\n",
+                    o->keepalive);
+            return false;
+        }
     }
     if (o->manage_group) {
         struct group *g = getgrnam(o->manage_group);
@@ -543,18 +564,9 @@ static bool start_engine(struct daemon *d)
     d->cfg.state_dir = d->o->state_dir;
     d->cfg.keep_merged = d->o->keep_merged;
     d->be = cfs_libvirt_backend_new(d->o->uri);
-#ifdef CHAINFS_TEST_HOOKS
-    /* Tests see a lost libvirtd in seconds: "INTERVAL,COUNT". */
-    {
-        const char *ka = getenv("CHAINFS_TEST_KEEPALIVE");
-        int interval, count;
-        if (ka && sscanf(ka, "%d,%d", &interval, &count) == 2) {
-            cfs_libvirt_backend_set_keepalive(d->be, interval, count);
-            log_info("test hook: libvirt keepalive every %d s, %d missed",
-                     interval, count);
-        }
-    }
-#endif
+    if (d->keepalive_interval)
+        cfs_libvirt_backend_set_keepalive(d->be, d->keepalive_interval,
+                                          d->keepalive_count);
     if (cfs_engine_new(&d->cfg, d->be, &d->engine, &d->error) < 0)
         return false;
     d->be = NULL; /* the engine's now */

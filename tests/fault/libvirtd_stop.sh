@@ -14,10 +14,8 @@
 # engine thread inside virConnectListAllDomains when libvirtd came back.
 # The libvirtd stopped is a private one this script starts
 # (private_libvirtd.sh), never the shared system daemon. The keepalive
-# was shortened through the test build's CHAINFS_TEST_KEEPALIVE; the
-# shipped binary has no such hook (the fault suite runs it since issue 7),
-# so until a documented option sets it the default (5 s x 3) applies and
-# an outage is noticed by the ping of mkdir/rmdir first.
+# is shortened to 1 s x 2 with the documented -o keepalive=1:2, so the
+# lost connection is noticed within seconds.
 # shellcheck source=tests/fault/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/private_libvirtd.sh
@@ -52,8 +50,7 @@ it_start "$D"
 # daemon's user, in overlay_dir.
 mkdir -p "$T/overlays"
 chown "$PD_USER" "$T/overlays"
-export CHAINFS_TEST_KEEPALIVE=${CHAINFS_TEST_KEEPALIVE:-1,2}
-it_mount
+it_mount "keepalive=1:2"
 it_wait_dom "$D"
 SNAPS="$MNT/$D/vda/snapshots"
 
