@@ -1,0 +1,178 @@
+/* ctl.c — the commands a disk's `ctl` file takes (ctl.h).
+ *
+ * A write is one command: words separated by blanks (space, tab), at most
+ * one "\n" and only at the very end (what `echo` adds). Anything else —
+ * an unknown word, a missing or extra argument, a second line, a NUL or
+ * another control byte — is refused as a whole, so a bad write changes
+ * nothing. Pure functions of their arguments: no globals but constant
+ * tables, no allocation, thread-safe. */
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "chainfs/ctl.h"
+#include "chainfs/util.h"
+
+const char cfs_ctl_usage[] =
+    "abort             cancel the disk's running job\n"
+    "pivot             pivot a ready active commit now\n"
+    "pivot manual      active commits wait in ready for pivot\n"
+    "pivot auto        active commits pivot on their own (the default)\n"
+    "bandwidth N       the running job's limit in bytes/s; K, M, G, T\n"
+    "                  suffixes (powers of 1024); 0 = unlimited\n";
+
+/* Most words a command has ("pivot manual", "bandwidth N"). */
+#define MAX_WORDS 2
+
+_Static_assert(CFS_CTL_MAX_WRITE == 4096, "the refusal text says 4096");
+
+struct word {
+    const char *s;
+    size_t len;
+};
+
+static bool word_is(const struct word *w, const char *s)
+{
+    return w->len == strlen(s) && memcmp(w->s, s, w->len) == 0;
+}
+
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+int cfs_size_parse(const char *s, uint64_t *out)
+{
+    if (!s || !out)
+        return -EINVAL;
+    uint64_t v = 0;
+    const char *c = s;
+    if (*c < '0' || *c > '9')
+        return -EINVAL; /* empty, a sign, blanks, "0x" */
+    for (; *c >= '0' && *c <= '9'; c++) {
+        unsigned d = (unsigned)(*c - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -EINVAL;
+        v = v * 10 + d;
+    }
+    unsigned shift = 0;
+    switch (*c) {
+    case '\0':
+        break;
+    case 'K': case 'k': shift = 10; break;
+    case 'M': case 'm': shift = 20; break;
+    case 'G': case 'g': shift = 30; break;
+    case 'T': case 't': shift = 40; break;
+    default:
+        return -EINVAL;
+    }
+    if (shift) {
+        if (c[1] != '\0')
+            return -EINVAL; /* "10MB", "10M/s", "1KK" */
+        if (v > (UINT64_MAX >> shift))
+            return -EINVAL;
+        v <<= shift;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A word of at most 31 bytes as a C string for cfs_size_parse; false if
+ * longer (no number that fits in 64 bits with a suffix is). */
+static bool word_copy(const struct word *w, char *buf, size_t size)
+{
+    if (w->len >= size)
+        return false;
+    memcpy(buf, w->s, w->len);
+    buf[w->len] = '\0';
+    return true;
+}
+
+static int refuse(const char **why, const char *msg)
+{
+    if (why)
+        *why = msg;
+    return -EINVAL;
+}
+
+int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
+                  const char **why)
+{
+    if (why)
+        *why = NULL;
+    if (len > CFS_CTL_MAX_WRITE) {
+        if (why)
+            *why = "longer than 4096 bytes";
+        return -E2BIG;
+    }
+    if (!buf || !out)
+        return refuse(why, "no command");
+    if (len > 0 && buf[len - 1] == '\n')
+        len--;
+
+    struct word words[MAX_WORDS];
+    size_t n = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)buf[i];
+        if (is_blank((char)c)) {
+            i++;
+            continue;
+        }
+        if (c == '\n')
+            return refuse(why, "one command per write");
+        if (c == '\0')
+            return refuse(why, "a NUL byte in the command");
+        if (c < 0x20 || c == 0x7f)
+            return refuse(why, "a control character in the command");
+        size_t start = i;
+        while (i < len && !is_blank(buf[i]) &&
+               (unsigned char)buf[i] >= 0x20 && buf[i] != 0x7f)
+            i++;
+        if (n == MAX_WORDS)
+            return refuse(why, "too many words");
+        words[n++] = (struct word){buf + start, i - start};
+    }
+    if (n == 0)
+        return refuse(why, "empty command");
+
+    struct cfs_ctl_cmd cmd = {0};
+    const struct word *w = &words[0];
+    if (word_is(w, "abort")) {
+        if (n != 1)
+            return refuse(why, "abort takes no argument");
+        cmd.op = CFS_CTL_ABORT;
+    } else if (word_is(w, "pivot")) {
+        if (n == 1)
+            cmd.op = CFS_CTL_PIVOT;
+        else if (word_is(&words[1], "manual"))
+            cmd.op = CFS_CTL_PIVOT_MANUAL;
+        else if (word_is(&words[1], "auto"))
+            cmd.op = CFS_CTL_PIVOT_AUTO;
+        else
+            return refuse(why, "pivot takes nothing, \"manual\" or \"auto\"");
+    } else if (word_is(w, "bandwidth")) {
+        if (n != 2)
+            return refuse(why, "bandwidth needs one number (bytes/s, K/M/G/T suffix)");
+        char num[32];
+        if (!word_copy(&words[1], num, sizeof(num)) ||
+            cfs_size_parse(num, &cmd.bandwidth) < 0)
+            return refuse(why, "bandwidth: not a number of bytes/s (digits, an optional K, M, G or T)");
+        cmd.op = CFS_CTL_BANDWIDTH;
+    } else {
+        return refuse(why, "unknown command");
+    }
+    *out = cmd;
+    return 0;
+}
+
+const char *cfs_ctl_op_to_string(enum cfs_ctl_op op)
+{
+    switch (op) {
+    case CFS_CTL_ABORT:        return "abort";
+    case CFS_CTL_PIVOT:        return "pivot";
+    case CFS_CTL_PIVOT_MANUAL: return "pivot manual";
+    case CFS_CTL_PIVOT_AUTO:   return "pivot auto";
+    case CFS_CTL_BANDWIDTH:    return "bandwidth";
+    default:                   return "?";
+    }
+}

@@ -1,0 +1,283 @@
+/* test_ctl.c — ctl.c: every command as a shell writes it (echo, printf,
+ * blanks), everything that is refused (and that a refusal leaves the
+ * output alone), the size parser's suffixes and limits. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "chainfs/ctl.h"
+#include "chainfs/util.h"
+
+static struct cfs_ctl_cmd parse_ok_n(const char *buf, size_t len,
+                                     enum cfs_ctl_op op)
+{
+    struct cfs_ctl_cmd c = { .op = CFS_CTL_OP_MAX, .bandwidth = 12345 };
+    const char *why = "untouched";
+    int r = cfs_ctl_parse(buf, len, &c, &why);
+    if (r != 0)
+        fail_msg("\"%.*s\": %d (%s)", (int)len, buf, r, why ? why : "-");
+    if (c.op != op)
+        fail_msg("\"%.*s\": op %d, want %d", (int)len, buf, c.op, op);
+    assert_null(why);
+    return c;
+}
+
+static struct cfs_ctl_cmd parse_ok(const char *s, enum cfs_ctl_op op)
+{
+    return parse_ok_n(s, strlen(s), op);
+}
+
+/* A refusal: ERR, a reason, and *out left as it was. */
+static void parse_err_n(const char *buf, size_t len, int err)
+{
+    struct cfs_ctl_cmd c = { .op = CFS_CTL_PIVOT_AUTO, .bandwidth = 777 };
+    const char *why = NULL;
+    int r = cfs_ctl_parse(buf, len, &c, &why);
+    if (r != err)
+        fail_msg("\"%.*s\" (%zu bytes): %d, want %d", (int)(len > 80 ? 80 : len),
+                 buf ? buf : "(null)", len, r, err);
+    if (!why || !*why)
+        fail_msg("\"%.*s\": no reason given", (int)(len > 80 ? 80 : len), buf);
+    assert_int_equal(c.op, CFS_CTL_PIVOT_AUTO);
+    assert_int_equal(c.bandwidth, 777);
+}
+
+static void parse_err(const char *s, int err)
+{
+    parse_err_n(s, strlen(s), err);
+}
+
+static void test_every_command(void **state)
+{
+    (void)state;
+    struct cfs_ctl_cmd c;
+    c = parse_ok("abort", CFS_CTL_ABORT);
+    assert_int_equal(c.bandwidth, 0);
+    parse_ok("pivot", CFS_CTL_PIVOT);
+    parse_ok("pivot manual", CFS_CTL_PIVOT_MANUAL);
+    parse_ok("pivot auto", CFS_CTL_PIVOT_AUTO);
+    c = parse_ok("bandwidth 10M", CFS_CTL_BANDWIDTH);
+    assert_int_equal(c.bandwidth, 10u << 20);
+    c = parse_ok("bandwidth 0", CFS_CTL_BANDWIDTH);
+    assert_int_equal(c.bandwidth, 0);
+    c = parse_ok("bandwidth 1048576", CFS_CTL_BANDWIDTH);
+    assert_int_equal(c.bandwidth, 1048576);
+}
+
+static void test_as_shells_write(void **state)
+{
+    (void)state;
+    struct cfs_ctl_cmd c;
+    /* echo abort > ctl; printf pivot > ctl; echo "bandwidth 10M" >> ctl */
+    parse_ok("abort\n", CFS_CTL_ABORT);
+    parse_ok("pivot", CFS_CTL_PIVOT);
+    c = parse_ok("bandwidth 10M\n", CFS_CTL_BANDWIDTH);
+    assert_int_equal(c.bandwidth, 10u << 20);
+    parse_ok("pivot manual\n", CFS_CTL_PIVOT_MANUAL);
+    /* blanks around and between words */
+    parse_ok("  abort  ", CFS_CTL_ABORT);
+    parse_ok("\tpivot\t auto \n", CFS_CTL_PIVOT_AUTO);
+    c = parse_ok("bandwidth\t\t2G\n", CFS_CTL_BANDWIDTH);
+    assert_int_equal(c.bandwidth, 2ull << 30);
+    /* LEN counts, not a NUL: the bytes after LEN are not read */
+    parse_ok_n("abortXYZ", 5, CFS_CTL_ABORT);
+    parse_ok_n("pivot manual\nabort\n", 13, CFS_CTL_PIVOT_MANUAL);
+}
+
+static void test_unknown_and_malformed(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "bogus", "bogus\n", "ABORT", "Abort", "abor", "aborts", "abort now",
+        "abort\n\n", "pivot now", "pivot Manual", "pivot manual auto",
+        "pivot auto\n\n", "pivot-manual", "bandwidth", "bandwidth\n",
+        "bandwidth ", "bandwidth -5", "bandwidth +5", "bandwidth 1Q",
+        "bandwidth 10MB", "bandwidth 10M/s", "bandwidth 10 M", "bandwidth M",
+        "bandwidth 1.5M", "bandwidth 0x10", "bandwidth 1e6", "bandwidth 10MiB",
+        "bandwidth 1KK", "bandwidth 1 2", "bandwidth 10M extra",
+        "bandwidth 18446744073709551616",     /* UINT64_MAX + 1 */
+        "bandwidth 99999999999999999999999",
+        "bandwidth 16777216T",                /* 2^64 */
+        "bandwidth 17179869184G",
+        "bandwidth 1234567890123456789012345678901234567890",
+        "", "\n", " ", "\t\n", "\r\n", "abort\r\n", "abort\r",
+        "\nabort", "abort\npivot\n", "abort\npivot", "pivot\nabort",
+        "abort;pivot", "abort\x7f", "\x1b[Aabort", "pivot\vmanual",
+        "pivot\fmanual",
+    };
+    for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+        parse_err(bad[i], -EINVAL);
+}
+
+static void test_nul_bytes(void **state)
+{
+    (void)state;
+    parse_err_n("abort\0", 6, -EINVAL);
+    parse_err_n("\0abort", 6, -EINVAL);
+    parse_err_n("pivot\0manual", 12, -EINVAL);
+    parse_err_n("bandwidth 1\0""0M", 14, -EINVAL);
+    parse_err_n("\0", 1, -EINVAL);
+    parse_err_n("abort\n\0", 7, -EINVAL);
+    parse_err_n("", 0, -EINVAL);
+}
+
+static void test_sizes_of_writes(void **state)
+{
+    (void)state;
+    char *big = malloc(1u << 20);
+    assert_non_null(big);
+
+    /* the most a write may be: a command padded with blanks */
+    memset(big, ' ', CFS_CTL_MAX_WRITE);
+    memcpy(big, "abort", 5);
+    big[CFS_CTL_MAX_WRITE - 1] = '\n';
+    parse_ok_n(big, CFS_CTL_MAX_WRITE, CFS_CTL_ABORT);
+    /* one byte more is too big, whatever it holds */
+    memset(big, ' ', CFS_CTL_MAX_WRITE + 1);
+    memcpy(big, "abort", 5);
+    parse_err_n(big, CFS_CTL_MAX_WRITE + 1, -E2BIG);
+    /* 1 MiB of a valid command repeated, or of zeros */
+    for (size_t i = 0; i + 6 <= (1u << 20); i += 6)
+        memcpy(big + i, "abort\n", 6);
+    parse_err_n(big, 1u << 20, -E2BIG);
+    memset(big, 0, 1u << 20);
+    parse_err_n(big, 1u << 20, -E2BIG);
+    /* E2BIG is decided before the bytes are looked at */
+    parse_err_n(NULL, CFS_CTL_MAX_WRITE + 1, -E2BIG);
+    free(big);
+}
+
+static void test_null_arguments(void **state)
+{
+    (void)state;
+    struct cfs_ctl_cmd c;
+    assert_int_equal(cfs_ctl_parse(NULL, 0, &c, NULL), -EINVAL);
+    assert_int_equal(cfs_ctl_parse("abort", 5, NULL, NULL), -EINVAL);
+    /* WHY is optional */
+    assert_int_equal(cfs_ctl_parse("abort", 5, &c, NULL), 0);
+    assert_int_equal(c.op, CFS_CTL_ABORT);
+    assert_int_equal(cfs_ctl_parse("bogus", 5, &c, NULL), -EINVAL);
+}
+
+static void test_reasons(void **state)
+{
+    (void)state;
+    struct cfs_ctl_cmd c;
+    const char *why = NULL;
+    assert_int_equal(cfs_ctl_parse("abort\npivot\n", 12, &c, &why), -EINVAL);
+    assert_string_equal(why, "one command per write");
+    assert_int_equal(cfs_ctl_parse("bogus", 5, &c, &why), -EINVAL);
+    assert_string_equal(why, "unknown command");
+    assert_int_equal(cfs_ctl_parse("bandwidth", 9, &c, &why), -EINVAL);
+    assert_non_null(strstr(why, "bandwidth needs"));
+    assert_int_equal(cfs_ctl_parse("bandwidth -5", 12, &c, &why), -EINVAL);
+    assert_non_null(strstr(why, "not a number"));
+    assert_int_equal(cfs_ctl_parse("", 0, &c, &why), -EINVAL);
+    assert_string_equal(why, "empty command");
+    /* a success clears WHY */
+    assert_int_equal(cfs_ctl_parse("abort", 5, &c, &why), 0);
+    assert_null(why);
+}
+
+static void size_ok(const char *s, uint64_t want)
+{
+    uint64_t v = 42;
+    int r = cfs_size_parse(s, &v);
+    if (r != 0)
+        fail_msg("\"%s\": %d", s, r);
+    if (v != want)
+        fail_msg("\"%s\": %llu, want %llu", s, (unsigned long long)v,
+                 (unsigned long long)want);
+}
+
+static void size_err(const char *s)
+{
+    uint64_t v = 42;
+    int r = cfs_size_parse(s, &v);
+    if (r != -EINVAL)
+        fail_msg("\"%s\": %d, want -EINVAL", s ? s : "(null)", r);
+    assert_int_equal(v, 42);
+}
+
+static void test_size_parse(void **state)
+{
+    (void)state;
+    size_ok("0", 0);
+    size_ok("000", 0);
+    size_ok("1", 1);
+    size_ok("007", 7);
+    size_ok("1K", 1024);
+    size_ok("1k", 1024);
+    size_ok("10M", 10ull << 20);
+    size_ok("10m", 10ull << 20);
+    size_ok("3G", 3ull << 30);
+    size_ok("2T", 2ull << 40);
+    size_ok("0K", 0);
+    size_ok("18446744073709551615", UINT64_MAX);
+    size_ok("16777215T", 16777215ull << 40);
+    size_ok("17179869183G", 17179869183ull << 30);
+
+    static const char *const bad[] = {
+        "", " 1", "1 ", "-1", "+1", "-0", "K", "1Q", "1KB", "1KiB", "1K/s",
+        "1B", "1.0", "1,000", "0x10", "1e3", "1KK", "1 K", "1\n", "inf",
+        "nan", "18446744073709551616", "99999999999999999999",
+        "16777216T", "17179869184G", "17592186044416M", "18014398509481984K",
+    };
+    for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+        size_err(bad[i]);
+    size_err(NULL);
+    assert_int_equal(cfs_size_parse("1", NULL), -EINVAL);
+}
+
+static void test_op_names_and_usage(void **state)
+{
+    (void)state;
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_ABORT), "abort");
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_PIVOT), "pivot");
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_PIVOT_MANUAL), "pivot manual");
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_PIVOT_AUTO), "pivot auto");
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_BANDWIDTH), "bandwidth");
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_OP_MAX), "?");
+
+    /* every command's name parses back to it, and the usage lists it at
+     * the start of a line */
+    for (int op = 0; op < CFS_CTL_OP_MAX; op++) {
+        const char *name = cfs_ctl_op_to_string(op);
+        _cleanup_free_ char *cmd = cfs_xasprintf(
+            "%s%s\n", name, op == CFS_CTL_BANDWIDTH ? " 1M" : "");
+        struct cfs_ctl_cmd c;
+        assert_int_equal(cfs_ctl_parse(cmd, strlen(cmd), &c, NULL), 0);
+        assert_int_equal(c.op, op);
+        _cleanup_free_ char *line = cfs_xasprintf("\n%s ", name);
+        _cleanup_free_ char *usage = cfs_xasprintf("\n%s", cfs_ctl_usage);
+        if (!strstr(usage, line))
+            fail_msg("usage lacks \"%s\":\n%s", name, cfs_ctl_usage);
+    }
+    /* one newline at the end, no empty line */
+    size_t n = strlen(cfs_ctl_usage);
+    assert_true(n > 0 && cfs_ctl_usage[n - 1] == '\n');
+    assert_null(strstr(cfs_ctl_usage, "\n\n"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_command),
+        cmocka_unit_test(test_as_shells_write),
+        cmocka_unit_test(test_unknown_and_malformed),
+        cmocka_unit_test(test_nul_bytes),
+        cmocka_unit_test(test_sizes_of_writes),
+        cmocka_unit_test(test_null_arguments),
+        cmocka_unit_test(test_reasons),
+        cmocka_unit_test(test_size_parse),
+        cmocka_unit_test(test_op_names_and_usage),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
