@@ -36,7 +36,10 @@ fuzz_build() {
 fuzz_targets() {
   local f
   for f in "$BUILD"/tests/fuzz/fuzz_*; do
-    [ -x "$f" ] && basename "$f" | sed 's/^fuzz_//'
+    case $f in *.p) continue ;; esac
+    if [ -f "$f" ] && [ -x "$f" ]; then
+      basename "$f" | sed 's/^fuzz_//'
+    fi
   done
 }
 
@@ -58,9 +61,9 @@ fuzz_totals() {
 }
 
 fuzz_one() {
-  local t=$1 secs=$2 dir=$STATE/$1 start t0 rc=0 dict execs
+  local t=$1 secs=$2 dir=$STATE/$1 start t0 rc=0 execs dict=()
   mkdir -p "$dir/corpus" "$dir/crashes"
-  dict=tests/fuzz/$t.dict
+  [ -f "tests/fuzz/$t.dict" ] && dict=(-dict="tests/fuzz/$t.dict")
   start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   t0=$(date +%s)
   echo "fuzz: $start $t for $secs s (corpus $dir/corpus)"
@@ -68,7 +71,7 @@ fuzz_one() {
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$BUILD/tests/fuzz/fuzz_$t" -max_total_time="$secs" -rss_limit_mb=2048 \
       -timeout=10 -print_final_stats=1 -artifact_prefix="$dir/crashes/" \
-      $([ -f "$dict" ] && echo "-dict=$dict") \
+      "${dict[@]}" \
       "$dir/corpus" "tests/fuzz/corpus/$t" > "$dir/last.log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/last.log" | tail -n 1)
   printf '%s\t%s\t%d\t%d\t%s\n' "$start" "$t" $(($(date +%s) - t0)) "$rc" "${execs:-0}" \
