@@ -27,10 +27,12 @@ STATE=${CHAINFS_FUZZ_DIR:-/var/tmp/chainfs-fuzz}
 BUILD=build-fuzz
 
 fuzz_build() {
+  local out
   if [ ! -d "$BUILD" ]; then
-    CC=clang meson setup "$BUILD" -Dfuzz=true -Dtests=false >/dev/null
+    out=$(CC=clang meson setup "$BUILD" -Dfuzz=true -Dtests=false 2>&1) ||
+      { printf '%s\n' "$out" >&2; rm -rf "$BUILD"; return 1; }
   fi
-  ninja -C "$BUILD" >/dev/null
+  out=$(ninja -C "$BUILD" 2>&1) || { printf '%s\n' "$out" >&2; return 1; }
 }
 
 fuzz_targets() {
