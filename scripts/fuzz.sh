@@ -52,14 +52,17 @@ fuzz_totals() {
     return 0
   fi
   awk -F'\t' '
+    !($2 in runs) { order[++n] = $2 }
     { runs[$2]++; execs[$2] += $5
       if ($4 == 0) clean[$2] += $3; else { bad[$2]++; badlines = badlines "\n  " $0 } }
     END {
       printf "%-8s %6s %10s %14s %8s\n", "target", "runs", "clean", "inputs", "findings"
-      for (t in runs)
-        printf "%-8s %6d %7.2f h %14d %8d\n", t, runs[t], clean[t] / 3600, execs[t], bad[t]
-      if (badlines != "") print "runs that ended in a finding (start, target, s, exit, inputs):" badlines
-    }' "$log" | sort
+      for (i = 1; i <= n; i++) {
+        t = order[i]
+        printf "%-8s %6d %8.2f h %14.0f %8d\n", t, runs[t], clean[t] / 3600, execs[t], bad[t]
+      }
+      if (badlines != "") print "runs that ended in a finding (start, target, seconds, exit, inputs):" badlines
+    }' "$log"
 }
 
 fuzz_one() {
