@@ -113,8 +113,10 @@ static void parse_extensions(const uint8_t *buf, size_t len, size_t start,
         off += 8;
         if (type == QCOW2_EXT_END || elen > end - off)
             return;
-        if (type == QCOW2_EXT_BACKING_FORMAT && elen > 0 && elen < 64)
+        if (type == QCOW2_EXT_BACKING_FORMAT && elen > 0 && elen < 64) {
+            free(out->backing_format); /* a later one wins, as in QEMU */
             out->backing_format = strndup((const char *)buf + off, elen);
+        }
         off += ((size_t)elen + 7) & ~(size_t)7;
     }
 }

@@ -12,6 +12,10 @@ CHAINFS_PACKAGES=(
   qemu-system-x86 qemu-utils qemu-block-extra
   libjson-c-dev libcmocka-dev libxml2-dev
   jq python3 rsync
+  # the fuzz targets (scripts/fuzz.sh): clang 14 on Debian 12; libFuzzer
+  # and the sanitizer runtimes are in libclang-rt-14-dev, which clang only
+  # recommends (not installed with --no-install-recommends)
+  clang libclang-rt-dev
 )
 
 deps_missing() {

@@ -5,6 +5,8 @@
 #   2. integration tests               (build/, real libvirtd + QEMU + FUSE)
 #   3. fault-injection tests           (build/, the shipped chainfs; issue 3)
 #   4. all three again, built with -Db_sanitize=address,undefined (build-asan/)
+#   5. every libFuzzer target for CHAINFS_FUZZ_SECONDS (default 10) on its
+#      seed corpus (build-fuzz/, clang; scripts/fuzz.sh runs them longer)
 # and end with one line totalling them all: "N passed, N failed, N skipped".
 # Exits non-zero if anything failed. Run as root:
 #
@@ -76,6 +78,16 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 run_suite build-asan unit
 run_suite build-asan integration
 run_suite build-asan fault
+
+echo
+echo "=== fuzz targets (build-fuzz: clang, libFuzzer + ASan/UBSan)"
+if bash scripts/fuzz.sh --build; then
+  run_suite build-fuzz fuzz
+else
+  echo "test: the fuzz build failed (clang and libclang-rt-dev installed?): counted as one failure" >&2
+  FAILED=$((FAILED + 1))
+  FAILED_SUITES+=("build-fuzz:build")
+fi
 
 echo
 if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then

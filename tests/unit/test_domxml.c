@@ -507,6 +507,42 @@ static void test_resolve_backing(void **state)
     assert_true(cfs_image_name_is_protocol("gluster://h/v/i"));
 }
 
+/* Two backing-format extensions (found by the qcow2 fuzz target): the last
+ * one counts, as in QEMU, and the first is not leaked (ASan build). */
+static void test_probe_two_backing_formats(void **state)
+{
+    _cleanup_free_ char *img = tpath("twofmt.qcow2");
+    uint8_t buf[1024] = {0};
+    struct cfs_image_info info;
+    int fd;
+    (void)state;
+
+    put32(buf, 0x514649fb);
+    put32(buf + 4, 2);
+    put32(buf + 20, 16);
+    put64(buf + 24, 1 << 20);
+    put32(buf + 72, 0xe2792aca);
+    put32(buf + 76, 5);
+    memcpy(buf + 80, "qcow2", 5);
+    put32(buf + 88, 0xe2792aca);
+    put32(buf + 92, 3);
+    memcpy(buf + 96, "raw", 3);
+    put32(buf + 104, 0); /* end of extensions */
+    put64(buf + 8, 512);
+    put32(buf + 16, 4);
+    memcpy(buf + 512, "base", 4);
+    fd = open(img, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, buf, sizeof(buf)), (ssize_t)sizeof(buf));
+    close(fd);
+
+    assert_int_equal(cfs_image_probe(img, NULL, &info), 0);
+    assert_string_equal(info.backing, "base");
+    assert_string_equal(info.backing_format, "raw");
+    cfs_image_info_clear(&info);
+    unlink(img);
+}
+
 static void test_probe_and_extend(void **state)
 {
     _cleanup_free_ char *base = tpath("base.raw");
@@ -809,6 +845,7 @@ int main(void)
     const struct CMUnitTest image_tests[] = {
         cmocka_unit_test(test_resolve_backing),
         cmocka_unit_test(test_probe_and_extend),
+        cmocka_unit_test(test_probe_two_backing_formats),
         cmocka_unit_test(test_extend_stops),
         cmocka_unit_test(test_create_overlay),
         cmocka_unit_test(test_snapshot_drop_disk),
