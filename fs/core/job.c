@@ -4,7 +4,10 @@
  * a number (id), a kind (cfs_job_kind(): what differs between a
  * snapshot, a commit, an active commit and an offline commit), a phase,
  * and the facts the engine learnt about it. Its one state is its phase;
- * job_set_phase() is the only way to change it. It checks the edge
+ * job_set_phase() changes it (phase_step_locked(), its in-memory half,
+ * is called directly under the lock for the edges that write no journal:
+ * the claim, a refusal, a snapshot taken, running -> ready in a poll;
+ * recovery loads a stored phase as it is). It checks the edge
  * against the table (cfs_job_phase_edge_allowed(), model.c; a refused
  * edge is logged as a bug and ignored), persists the journal entry before
  * the persisted edges (-> running, -> pivoting, -> cleanup; the journal's

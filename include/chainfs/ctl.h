@@ -5,7 +5,7 @@
  *   abort               cancel the disk's running job
  *   pivot               pivot a ready active commit now
  *   pivot manual|auto   whether active commits wait in `ready` for `pivot`
- *   bandwidth N         the running job's limit, bytes/s; K/M/G suffixes
+ *   bandwidth N         the running job's limit, bytes/s; K/M/G/T suffixes
  *                       (powers of 1024), 0 = unlimited
  *
  * One command per write: words separated by blanks, one trailing "\n"

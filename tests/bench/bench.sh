@@ -13,7 +13,7 @@
 #     sudo N=15 bash tests/bench/bench.sh
 #
 # Uses the integration helpers (tests/integration/lib.sh): its own domain,
-# files and mount, all removed on exit. CHAINFS defaults to build/chainfs.
+# files and mount, all removed on exit. CHAINFS defaults to build/fs/fuse/chainfs.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/../integration/lib.sh"
 N=${N:-7}
