@@ -97,7 +97,7 @@ virsh -q -c "$URI" start "$DOM" >/dev/null
 
 echo "--- mounting chainfs on $MNT"
 mkdir -p "$MNT"
-"$ROOT/build/chainfs" -f -c "$URI" -o "state_dir=$TMP/state" "$MNT" 2>"$TMP.log" &
+"$ROOT/build/fs/fuse/chainfs" -f -c "$URI" -o "state_dir=$TMP/state" "$MNT" 2>"$TMP.log" &
 PID=$!
 for ((i = 0; i < 100; i++)); do
   [ -d "$MNT/$DOM" ] && break
