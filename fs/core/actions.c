@@ -807,12 +807,21 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
             s->abort_requested = true;
         pthread_mutex_unlock(&e->tree->lock);
         r = e->be->ops->job_abort(e->be, dom, disk);
-        if (r < 0 && r != -ENOENT) {
+        if (r < 0) {
             pthread_mutex_lock(&e->tree->lock);
             s = job_mine(e, dom, disk, job.id);
             if (s)
                 s->abort_requested = false;
             pthread_mutex_unlock(&e->tree->lock);
+            if (r == -ENOENT) {
+                /* libvirt has no job: it ended (completed, pivoted or
+                 * failed) before the abort reached it. Not canceled: a
+                 * poll on the domain's worker finishes it as usual
+                 * (clean-up of a completed merge included). */
+                why = "the job ended meanwhile";
+                route(e, work_new(WORK_POLL_JOB, dom, disk));
+                break;
+            }
             if (r == -ENOTCONN)
                 conn_suspect(e, true);
             why = why_buf = cfs_xstrdup(errmsg_or(strerror(-r)));

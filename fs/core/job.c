@@ -63,7 +63,8 @@
  *
  * ctl (actions.c, cfs_engine_ctl): abort (job_abort, then canceled; the
  * fact abort_requested makes a poll or event that sees the job gone say
- * canceled, not failed), pivot (step_ready asked), pivot manual|auto
+ * canceled, not failed; if libvirt has no job any more the job ended on
+ * its own: ENOENT, not canceled, and a poll finishes it), pivot (step_ready asked), pivot manual|auto
  * (cfs_disk_state.settings, mirrored in job.pivot_manual, written to
  * STATE_DIR/settings), bandwidth (job_set_bandwidth, then journaled in
  * the job's entry; recovery and a reconnect set it again).

@@ -1408,6 +1408,25 @@ static void test_ctl_abort_intermediate_not_started(void **state)
     free(job);
 }
 
+/* abort racing the job's own end: libvirt has no job any more (it
+ * completed; the engine has not seen it yet). abort says ENOENT, the job
+ * is not marked canceled, and the normal path finishes it. */
+static void test_ctl_abort_after_job_ended(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    cfs_fake_job_vanish(f->be, "vm1", "vda", true);
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), -ENOENT);
+    assert_int_not_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_false(exists(f->paths[1]));
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+    assert_int_equal(journal_entries(f), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s2");
+}
+
 static void test_ctl_bandwidth_and_restart(void **state)
 {
     struct fx *f = *state;
@@ -1569,6 +1588,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ctl_abort_active, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_partial, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_not_started, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_abort_after_job_ended, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_bandwidth_and_restart, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_default_bandwidth_recorded, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_external_job, setup_running, teardown),
