@@ -33,6 +33,8 @@
  *   pivoting -> ready           not ready after all / refused: retried
  *   pivoting -> cleanup         pivoted: TOP left the chain
  *   pivoting -> failed
+ *   pivoting -> canceled        an abort libvirt accepted while a pivot
+ *                               was being asked for (the pivot fails)
  *   cleanup --> completed       TOP deleted (unless used/kept), metadata
  *                               dropped, journal entry closed
  *   cleanup --> failed          the domain or disk went away meanwhile
