@@ -567,7 +567,21 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
 
 #define SETTINGS_VERSION 1
 
+static int settings_save_locked(struct cfs_engine *e);
+
+/* One writer at a time (e->settings_lock, taken before the tree lock):
+ * concurrent `pivot manual|auto` on different disks share .settings.tmp,
+ * and the file is built from the tree under the same lock so the last
+ * rename holds every setting made before it. */
 int settings_save(struct cfs_engine *e)
+{
+    pthread_mutex_lock(&e->settings_lock);
+    int r = settings_save_locked(e);
+    pthread_mutex_unlock(&e->settings_lock);
+    return r;
+}
+
+static int settings_save_locked(struct cfs_engine *e)
 {
     json_object *o = json_object_new_object();
     json_object *arr = json_object_new_array();

@@ -80,7 +80,9 @@
  * its own domain's worker only.
  *
  * Lock order: e->qlock (the engine queue and every domain worker's queue
- * and state) and t->lock are never held together. The journal's own lock
+ * and state) and t->lock are never held together. e->settings_lock
+ * (STATE_DIR/settings, settings_save) is taken before t->lock, never
+ * with t->lock or e->qlock held. The journal's own lock
  * may be taken with t->lock held (job_set_phase writes the journal
  * without it all the same, so that readers never wait for an fsync). No
  * backend call is made with any lock held. */

@@ -2,6 +2,7 @@
  * policy, every job state, clean-up, the journal, recovery, and that reads
  * are served from memory. No libvirtd, no /dev/fuse. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1354,6 +1355,88 @@ static void test_ctl_pivot_manual_persists(void **state)
     assert_null(strstr(line, "manual"));
 }
 
+/* `pivot manual|auto` written concurrently on different disks: every
+ * write succeeds and STATE_DIR/settings ends with exactly the final
+ * settings (one writer at a time; a shared .settings.tmp used to mix or
+ * lose a rename). */
+#define FLIP_DOMS 4
+#define FLIPS 150
+
+struct flipper {
+    struct cfs_engine *e;
+    char dom[16];
+    bool final_manual;
+    int errors;
+};
+
+static void *flip_thread(void *arg)
+{
+    struct flipper *fl = arg;
+    for (int i = 0; i < FLIPS; i++) {
+        bool manual = (i % 2 == 0);
+        if (i == FLIPS - 1)
+            manual = fl->final_manual;
+        struct cfs_ctl_cmd c = {.op = manual ? CFS_CTL_PIVOT_MANUAL : CFS_CTL_PIVOT_AUTO};
+        if (cfs_engine_ctl(fl->e, fl->dom, "vda", &c) != 0)
+            fl->errors++;
+    }
+    return NULL;
+}
+
+static bool pivot_manual_of(struct cfs_engine *e, const char *dom)
+{
+    struct cfs_tree *t = cfs_engine_tree(e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, "vda");
+    bool m = s && s->settings.pivot_manual;
+    pthread_mutex_unlock(&t->lock);
+    return m;
+}
+
+static void test_ctl_pivot_setting_concurrent(void **state)
+{
+    struct fx *f = *state;
+    const char *chain[] = {f->paths[3]};
+    struct flipper fl[FLIP_DOMS];
+    pthread_t th[FLIP_DOMS];
+    for (int i = 0; i < FLIP_DOMS; i++) {
+        memset(&fl[i], 0, sizeof(fl[i]));
+        fl[i].e = f->e;
+        snprintf(fl[i].dom, sizeof(fl[i].dom), "vf%d", i);
+        fl[i].final_manual = (i % 2 == 0);
+        cfs_fake_add_simple(f->be, fl[i].dom, CFS_DOM_RUNNING, "vda", chain, NULL, 1);
+        touch_domain(f->be, fl[i].dom);
+    }
+    cfs_engine_run_pending(f->e);
+    for (int i = 0; i < FLIP_DOMS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, flip_thread, &fl[i]), 0);
+    for (int i = 0; i < FLIP_DOMS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(fl[i].errors, 0);
+    }
+    /* a new engine on the same state_dir loads exactly the final settings */
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain1[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain1, meta, 3);
+    for (int i = 0; i < FLIP_DOMS; i++)
+        cfs_fake_add_simple(f->be, fl[i].dom, CFS_DOM_RUNNING, "vda", chain, NULL, 1);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+    assert_false(pivot_manual_of(f->e, "vm1"));
+    for (int i = 0; i < FLIP_DOMS; i++)
+        if (pivot_manual_of(f->e, fl[i].dom) != fl[i].final_manual)
+            fail_msg("%s: pivot %s loaded, %s last written", fl[i].dom,
+                     fl[i].final_manual ? "auto" : "manual",
+                     fl[i].final_manual ? "manual" : "auto");
+    char p[256];
+    snprintf(p, sizeof(p), "%s/.settings.tmp", f->state);
+    assert_false(exists(p));
+}
+
 static void test_ctl_pivot_auto_releases(void **state)
 {
     struct fx *f = *state;
@@ -1586,6 +1669,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ctl_pivot_manual_holds, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_pivot_auto_releases, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_pivot_manual_persists, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_pivot_setting_concurrent, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_active, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_partial, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_not_started, setup_running, teardown),
