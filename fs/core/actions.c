@@ -884,5 +884,8 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     cfs_job_clear(&job);
     if (r < 0)
         return ctl_refuse(e, dom, disk, cmd, r, why);
+    /* the one line for a command done (bandwidth logs its own above) */
+    if (cmd->op != CFS_CTL_BANDWIDTH)
+        log_info("ctl %s/%s: %s done", dom, disk, cfs_ctl_op_to_string(cmd->op));
     return 0;
 }
