@@ -1592,6 +1592,54 @@ static void test_external_job(void **state)
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x"), 0);
 }
 
+/* `wait` blocks while a job chainfs did not start runs on the disk, and
+ * returns when it ends. */
+struct waiter {
+    struct cfs_engine *e;
+    struct cfs_buf out;
+    int r;
+    volatile int done;
+};
+
+static void *wait_thread(void *arg)
+{
+    struct waiter *w = arg;
+    w->r = cfs_engine_wait(w->e, "vm1", "vda", NULL, NULL, &w->out);
+    __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void test_wait_external_job(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_start_external_job(f->be, "vm1", "vda", CFS_JOB_COPY);
+    touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    assert_job_contains(f, "origin:    external");
+    struct waiter w = {.e = f->e};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, wait_thread, &w), 0);
+    usleep(400 * 1000);
+    assert_int_equal(__atomic_load_n(&w.done, __ATOMIC_SEQ_CST), 0);
+    /* ready (a copy mirroring): still waits, until the user ends it */
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    usleep(300 * 1000);
+    assert_int_equal(__atomic_load_n(&w.done, __ATOMIC_SEQ_CST), 0);
+    cfs_fake_job_vanish(f->be, "vm1", "vda", false);
+    cfs_engine_run_pending(f->e);
+    pthread_join(th, NULL);
+    assert_int_equal(w.r, 0);
+    cfs_buf_free(&w.out);
+    /* interrupted as before */
+    cfs_fake_start_external_job(f->be, "vm1", "vda", CFS_JOB_PULL);
+    touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", always, NULL, &b), -EINTR);
+    cfs_buf_free(&b);
+}
+
 static void test_refusal_order_same(void **state)
 {
     struct fx *f = *state;
@@ -1677,6 +1725,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ctl_bandwidth_and_restart, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_default_bandwidth_recorded, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_external_job, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_wait_external_job, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_refusal_order_same, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_one_disk_of_multidisk_snapshot, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_block_disk_needs_overlay_dir, setup_running, teardown),
