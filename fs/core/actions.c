@@ -567,7 +567,21 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
 
 #define SETTINGS_VERSION 1
 
+static int settings_save_locked(struct cfs_engine *e);
+
+/* One writer at a time (e->settings_lock, taken before the tree lock):
+ * concurrent `pivot manual|auto` on different disks share .settings.tmp,
+ * and the file is built from the tree under the same lock so the last
+ * rename holds every setting made before it. */
 int settings_save(struct cfs_engine *e)
+{
+    pthread_mutex_lock(&e->settings_lock);
+    int r = settings_save_locked(e);
+    pthread_mutex_unlock(&e->settings_lock);
+    return r;
+}
+
+static int settings_save_locked(struct cfs_engine *e)
 {
     json_object *o = json_object_new_object();
     json_object *arr = json_object_new_array();
@@ -807,12 +821,21 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
             s->abort_requested = true;
         pthread_mutex_unlock(&e->tree->lock);
         r = e->be->ops->job_abort(e->be, dom, disk);
-        if (r < 0 && r != -ENOENT) {
+        if (r < 0) {
             pthread_mutex_lock(&e->tree->lock);
             s = job_mine(e, dom, disk, job.id);
             if (s)
                 s->abort_requested = false;
             pthread_mutex_unlock(&e->tree->lock);
+            if (r == -ENOENT) {
+                /* libvirt has no job: it ended (completed, pivoted or
+                 * failed) before the abort reached it. Not canceled: a
+                 * poll on the domain's worker finishes it as usual
+                 * (clean-up of a completed merge included). */
+                why = "the job ended meanwhile";
+                route(e, work_new(WORK_POLL_JOB, dom, disk));
+                break;
+            }
             if (r == -ENOTCONN)
                 conn_suspect(e, true);
             why = why_buf = cfs_xstrdup(errmsg_or(strerror(-r)));
@@ -861,5 +884,8 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     cfs_job_clear(&job);
     if (r < 0)
         return ctl_refuse(e, dom, disk, cmd, r, why);
+    /* the one line for a command done (bandwidth logs its own above) */
+    if (cmd->op != CFS_CTL_BANDWIDTH)
+        log_info("ctl %s/%s: %s done", dom, disk, cfs_ctl_op_to_string(cmd->op));
     return 0;
 }

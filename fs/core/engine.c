@@ -850,6 +850,7 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     e->be = be;
     e->tree = cfs_tree_new();
     pthread_mutex_init(&e->qlock, NULL);
+    pthread_mutex_init(&e->settings_lock, NULL);
     cond_init_monotonic(&e->qcond);
 
     _cleanup_strv_ char **warnings = NULL;
@@ -1040,6 +1041,7 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
         free(e->dom_seq[i].name);
     free(e->dom_seq);
     pthread_mutex_destroy(&e->qlock);
+    pthread_mutex_destroy(&e->settings_lock);
     pthread_cond_destroy(&e->qcond);
     free(e->overlay_dir);
     free(e->state_dir);

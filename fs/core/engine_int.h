@@ -132,6 +132,12 @@ struct cfs_engine {
     bool recovered;           /* the journal was taken up at start: a job
                                  libvirt has now may count as external */
 
+    /* STATE_DIR/settings: held while settings_save() builds the file
+     * (taking t->lock inside) and writes it, so one writer at a time uses
+     * .settings.tmp and the last rename carries the latest settings.
+     * Taken before t->lock, never with it held. */
+    pthread_mutex_t settings_lock;
+
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
     struct work *qhead, *qtail;

@@ -33,6 +33,8 @@
  *   pivoting -> ready           not ready after all / refused: retried
  *   pivoting -> cleanup         pivoted: TOP left the chain
  *   pivoting -> failed
+ *   pivoting -> canceled        an abort libvirt accepted while a pivot
+ *                               was being asked for (the pivot fails)
  *   cleanup --> completed       TOP deleted (unless used/kept), metadata
  *                               dropped, journal entry closed
  *   cleanup --> failed          the domain or disk went away meanwhile
@@ -63,7 +65,8 @@
  *
  * ctl (actions.c, cfs_engine_ctl): abort (job_abort, then canceled; the
  * fact abort_requested makes a poll or event that sees the job gone say
- * canceled, not failed), pivot (step_ready asked), pivot manual|auto
+ * canceled, not failed; if libvirt has no job any more the job ended on
+ * its own: ENOENT, not canceled, and a poll finishes it), pivot (step_ready asked), pivot manual|auto
  * (cfs_disk_state.settings, mirrored in job.pivot_manual, written to
  * STATE_DIR/settings), bandwidth (job_set_bandwidth, then journaled in
  * the job's entry; recovery and a reconnect set it again).
@@ -77,7 +80,9 @@
  * its own domain's worker only.
  *
  * Lock order: e->qlock (the engine queue and every domain worker's queue
- * and state) and t->lock are never held together. The journal's own lock
+ * and state) and t->lock are never held together. e->settings_lock
+ * (STATE_DIR/settings, settings_save) is taken before t->lock, never
+ * with t->lock or e->qlock held. The journal's own lock
  * may be taken with t->lock held (job_set_phase writes the journal
  * without it all the same, so that readers never wait for an fsync). No
  * backend call is made with any lock held. */

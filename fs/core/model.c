@@ -117,6 +117,9 @@ static const bool phase_edges[CFS_PHASE_MAX][CFS_PHASE_MAX] = {
     E(PIVOTING, READY),       /* not ready after all, or refused: retried */
     E(PIVOTING, CLEANUP),     /* pivoted: TOP left the chain */
     E(PIVOTING, FAILED),
+    E(PIVOTING, CANCELED),    /* an abort libvirt accepted while a pivot was
+                                 being asked for: the pivot then fails and
+                                 the job was canceled */
     E(CLEANUP, COMPLETED),
     E(CLEANUP, FAILED),       /* the domain or disk went away meanwhile */
 };

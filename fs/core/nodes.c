@@ -185,11 +185,7 @@ static ssize_t write_ctl(struct cfs_engine *e, const struct cfs_path *p,
     r = cfs_engine_ctl(e, p->dom, p->disk, &cmd);
     if (r < 0)
         return r; /* the engine logged why */
-    if (cmd.op == CFS_CTL_BANDWIDTH)
-        log_info("ctl %s/%s: bandwidth %llu", p->dom, p->disk,
-                 (unsigned long long)cmd.bandwidth);
-    else
-        log_info("ctl %s/%s: %s", p->dom, p->disk, cfs_ctl_op_to_string(cmd.op));
+    /* the engine logged the command done (one line, with dom/disk) */
     return (ssize_t)len;
 }
 

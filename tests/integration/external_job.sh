@@ -5,6 +5,7 @@
 #   - `job` shows it as what it is (type copy / pull) with origin: external;
 #   - mkdir and rmdir on the disk are EBUSY, with a log line naming it;
 #     abort and pivot in ctl are EBUSY too;
+#   - a read of wait blocks (until the job ends; the copy in ready too);
 #   - chainfs never pivots, aborts or cleans up after it: the copy stays in
 #     ready until the test pivots it with virsh, and no file is deleted.
 # When it ends the tree shows the new chain: the copy's single layer, and
@@ -32,6 +33,14 @@ it_guest_write "$D" 0x22 1M 64M
 origin_external() { [ "$(it_job_field "$D" vda origin 2>/dev/null)" = external ]; }
 no_libvirt_job() { [ -z "$(fault_libvirt_job "$D" vda)" ]; }
 
+# wait_blocks WHAT — a read of wait does not return while WHAT runs
+# (timeout kills it: exit status 124).
+wait_blocks() {
+  local rc=0
+  timeout 3 cat "$MNT/$D/vda/wait" >/dev/null 2>&1 || rc=$?
+  it_assert_eq 124 "$rc" "cat wait blocks while $1 runs (timeout's status)"
+}
+
 # busy_checks TYPE NAME — the refusals while an external TYPE job runs;
 # NAME is a snapshot in snapshots/.
 busy_checks() {
@@ -51,6 +60,7 @@ busy_checks() {
   it_assert_eq "EBUSY" "$(it_ctl_errno "$D" vda 'abort\n')" "abort in ctl on an external job"
   it_assert_eq "EBUSY" "$(it_ctl_errno "$D" vda 'pivot\n')" "pivot in ctl on an external job"
   it_assert_eq "EBUSY" "$(it_ctl_errno "$D" vda 'bandwidth 5M\n')" "bandwidth in ctl on an external job"
+  wait_blocks "the external $type job"
   [ -n "$(fault_libvirt_job "$D" vda)" ] || it_fail "the $type job ended during the checks (slow it more)"
 }
 
@@ -69,10 +79,12 @@ ready || it_fail "the copy left ready without the test"
 it_assert_eq "$s1" "$(it_domblk "$D" vda)" "no pivot by chainfs"
 it_assert_eq "copy" "$(it_job_field "$D" vda type)" "job still shows the copy"
 it_expect_errno EBUSY mkdir "$S/while-ready"
+wait_blocks "the external copy in ready"
 it_virsh blockjob "$D" vda --pivot >/dev/null || it_fail "virsh blockjob --pivot"
 it_assert_eq "$dest" "$(it_domblk "$D" vda)" "the copy is the active image"
 chain_is() { [ "$(jq -c '[.layers[].file]' "$MNT/$D/vda/chain.json")" = "$1" ]; }
 it_wait_until 20 "chain shows the copy alone" chain_is "[\"$dest\"]"
+timeout 20 cat "$MNT/$D/vda/wait" >/dev/null || it_fail "cat wait did not return after the copy ended"
 it_assert_eq "" "$(it_snapshots "$D" vda)" "snapshots/ is empty (a full copy has no backing)"
 [ -e "$s1" ] && [ -e "$base" ] || it_fail "chainfs deleted a file of the copied chain"
 it_log "ok: the old chain's files are untouched"

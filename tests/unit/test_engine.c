@@ -2,6 +2,7 @@
  * policy, every job state, clean-up, the journal, recovery, and that reads
  * are served from memory. No libvirtd, no /dev/fuse. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1067,7 +1068,7 @@ static void test_phase_table_every_pair(void **state)
         {CFS_PHASE_READY, CFS_PHASE_PIVOTING}, {CFS_PHASE_READY, CFS_PHASE_CLEANUP},
         {CFS_PHASE_READY, CFS_PHASE_FAILED}, {CFS_PHASE_READY, CFS_PHASE_CANCELED},
         {CFS_PHASE_PIVOTING, CFS_PHASE_READY}, {CFS_PHASE_PIVOTING, CFS_PHASE_CLEANUP},
-        {CFS_PHASE_PIVOTING, CFS_PHASE_FAILED},
+        {CFS_PHASE_PIVOTING, CFS_PHASE_FAILED}, {CFS_PHASE_PIVOTING, CFS_PHASE_CANCELED},
         {CFS_PHASE_CLEANUP, CFS_PHASE_COMPLETED}, {CFS_PHASE_CLEANUP, CFS_PHASE_FAILED},
     };
     unsigned n_allowed = 0;
@@ -1086,6 +1087,7 @@ static void test_phase_table_every_pair(void **state)
             n_allowed += got;
         }
     assert_int_equal(n_allowed, sizeof(allowed) / sizeof(allowed[0]));
+    assert_int_equal(n_allowed, 20); /* docs/DESIGN.md lists 20 */
     /* out of range: refused */
     assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_MAX, CFS_PHASE_NONE));
     assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_NONE, CFS_PHASE_MAX));
@@ -1353,6 +1355,88 @@ static void test_ctl_pivot_manual_persists(void **state)
     assert_null(strstr(line, "manual"));
 }
 
+/* `pivot manual|auto` written concurrently on different disks: every
+ * write succeeds and STATE_DIR/settings ends with exactly the final
+ * settings (one writer at a time; a shared .settings.tmp used to mix or
+ * lose a rename). */
+#define FLIP_DOMS 4
+#define FLIPS 150
+
+struct flipper {
+    struct cfs_engine *e;
+    char dom[16];
+    bool final_manual;
+    int errors;
+};
+
+static void *flip_thread(void *arg)
+{
+    struct flipper *fl = arg;
+    for (int i = 0; i < FLIPS; i++) {
+        bool manual = (i % 2 == 0);
+        if (i == FLIPS - 1)
+            manual = fl->final_manual;
+        struct cfs_ctl_cmd c = {.op = manual ? CFS_CTL_PIVOT_MANUAL : CFS_CTL_PIVOT_AUTO};
+        if (cfs_engine_ctl(fl->e, fl->dom, "vda", &c) != 0)
+            fl->errors++;
+    }
+    return NULL;
+}
+
+static bool pivot_manual_of(struct cfs_engine *e, const char *dom)
+{
+    struct cfs_tree *t = cfs_engine_tree(e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, "vda");
+    bool m = s && s->settings.pivot_manual;
+    pthread_mutex_unlock(&t->lock);
+    return m;
+}
+
+static void test_ctl_pivot_setting_concurrent(void **state)
+{
+    struct fx *f = *state;
+    const char *chain[] = {f->paths[3]};
+    struct flipper fl[FLIP_DOMS];
+    pthread_t th[FLIP_DOMS];
+    for (int i = 0; i < FLIP_DOMS; i++) {
+        memset(&fl[i], 0, sizeof(fl[i]));
+        fl[i].e = f->e;
+        snprintf(fl[i].dom, sizeof(fl[i].dom), "vf%d", i);
+        fl[i].final_manual = (i % 2 == 0);
+        cfs_fake_add_simple(f->be, fl[i].dom, CFS_DOM_RUNNING, "vda", chain, NULL, 1);
+        touch_domain(f->be, fl[i].dom);
+    }
+    cfs_engine_run_pending(f->e);
+    for (int i = 0; i < FLIP_DOMS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, flip_thread, &fl[i]), 0);
+    for (int i = 0; i < FLIP_DOMS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(fl[i].errors, 0);
+    }
+    /* a new engine on the same state_dir loads exactly the final settings */
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain1[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain1, meta, 3);
+    for (int i = 0; i < FLIP_DOMS; i++)
+        cfs_fake_add_simple(f->be, fl[i].dom, CFS_DOM_RUNNING, "vda", chain, NULL, 1);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+    assert_false(pivot_manual_of(f->e, "vm1"));
+    for (int i = 0; i < FLIP_DOMS; i++)
+        if (pivot_manual_of(f->e, fl[i].dom) != fl[i].final_manual)
+            fail_msg("%s: pivot %s loaded, %s last written", fl[i].dom,
+                     fl[i].final_manual ? "auto" : "manual",
+                     fl[i].final_manual ? "manual" : "auto");
+    char p[256];
+    snprintf(p, sizeof(p), "%s/.settings.tmp", f->state);
+    assert_false(exists(p));
+}
+
 static void test_ctl_pivot_auto_releases(void **state)
 {
     struct fx *f = *state;
@@ -1406,6 +1490,25 @@ static void test_ctl_abort_intermediate_not_started(void **state)
     char *job = read_file(f, "/vm1/vda/job");
     assert_null(strstr(job, "partial"));
     free(job);
+}
+
+/* abort racing the job's own end: libvirt has no job any more (it
+ * completed; the engine has not seen it yet). abort says ENOENT, the job
+ * is not marked canceled, and the normal path finishes it. */
+static void test_ctl_abort_after_job_ended(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    cfs_fake_job_vanish(f->be, "vm1", "vda", true);
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), -ENOENT);
+    assert_int_not_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_false(exists(f->paths[1]));
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+    assert_int_equal(journal_entries(f), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s2");
 }
 
 static void test_ctl_bandwidth_and_restart(void **state)
@@ -1489,6 +1592,54 @@ static void test_external_job(void **state)
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x"), 0);
 }
 
+/* `wait` blocks while a job chainfs did not start runs on the disk, and
+ * returns when it ends. */
+struct waiter {
+    struct cfs_engine *e;
+    struct cfs_buf out;
+    int r;
+    volatile int done;
+};
+
+static void *wait_thread(void *arg)
+{
+    struct waiter *w = arg;
+    w->r = cfs_engine_wait(w->e, "vm1", "vda", NULL, NULL, &w->out);
+    __atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void test_wait_external_job(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_start_external_job(f->be, "vm1", "vda", CFS_JOB_COPY);
+    touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    assert_job_contains(f, "origin:    external");
+    struct waiter w = {.e = f->e};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, wait_thread, &w), 0);
+    usleep(400 * 1000);
+    assert_int_equal(__atomic_load_n(&w.done, __ATOMIC_SEQ_CST), 0);
+    /* ready (a copy mirroring): still waits, until the user ends it */
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    usleep(300 * 1000);
+    assert_int_equal(__atomic_load_n(&w.done, __ATOMIC_SEQ_CST), 0);
+    cfs_fake_job_vanish(f->be, "vm1", "vda", false);
+    cfs_engine_run_pending(f->e);
+    pthread_join(th, NULL);
+    assert_int_equal(w.r, 0);
+    cfs_buf_free(&w.out);
+    /* interrupted as before */
+    cfs_fake_start_external_job(f->be, "vm1", "vda", CFS_JOB_PULL);
+    touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", always, NULL, &b), -EINTR);
+    cfs_buf_free(&b);
+}
+
 static void test_refusal_order_same(void **state)
 {
     struct fx *f = *state;
@@ -1566,12 +1717,15 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ctl_pivot_manual_holds, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_pivot_auto_releases, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_pivot_manual_persists, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_pivot_setting_concurrent, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_active, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_partial, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_intermediate_not_started, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_abort_after_job_ended, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_bandwidth_and_restart, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_default_bandwidth_recorded, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_external_job, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_wait_external_job, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_refusal_order_same, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_one_disk_of_multidisk_snapshot, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_block_disk_needs_overlay_dir, setup_running, teardown),
