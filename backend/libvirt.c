@@ -1757,9 +1757,11 @@ static int lv_job_get(struct cfs_backend *be, const char *dom_name,
     out->cur = info.cur;
     out->end = info.end;
     out->bandwidth = info.bandwidth;
-    /* a copy has a ready phase as an active commit has */
-    if ((out->type == CFS_JOB_ACTIVE_COMMIT || out->type == CFS_JOB_COPY) &&
-        info.cur == info.end) {
+    /* A copy has a ready phase as an active commit has. Ready is
+     * libvirt's word (<mirror ready='yes'>), not cur == end: a ready
+     * mirror copying a fresh guest write is short of its end for a moment
+     * and still ready (libvirt pivots it). */
+    if (out->type == CFS_JOB_ACTIVE_COMMIT || out->type == CFS_JOB_COPY) {
         _cleanup_free_ char *xml = virDomainGetXMLDesc(dom, 0);
 
         if (!xml)

@@ -148,8 +148,9 @@ struct cfs_job_progress {
     int type;              /* enum cfs_job_type: every libvirt block job
                               type distinct, CFS_JOB_UNKNOWN for others */
     uint64_t cur, end, bandwidth; /* bandwidth in bytes/s */
-    bool ready;            /* active commit or copy: cur == end and the
-                              live XML shows <mirror ready='yes'> */
+    bool ready;            /* active commit or copy: the live XML shows
+                              <mirror ready='yes'> (cur may be short of
+                              end while a fresh guest write is copied) */
 };
 
 const char *cfs_dom_state_to_string(enum cfs_dom_state s);
