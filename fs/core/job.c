@@ -629,7 +629,11 @@ int step_ready(struct cfs_engine *e, const char *dom, const char *disk,
     if (r < 0 || !pr.present || !pr.ready) {
         /* not ready after all (or libvirt is busy): the next poll retries */
         cfs_job_clear(&job);
-        return r < 0 ? r : -EAGAIN;
+        if (r < 0)
+            return r;
+        cfs_backend_set_errmsg(pr.present ? "libvirt does not report the job ready"
+                                          : "libvirt reports no job on the disk");
+        return -EAGAIN;
     }
 
     if (!job_set_phase_from(e, dom, disk, id, CFS_PHASE_READY,
