@@ -332,6 +332,85 @@ static int no_job(const char *disk)
     return -ENOENT;
 }
 
+/* What an op needs of the domain's state before it looks at the disk
+ * (libvirt checks the domain's state first). */
+enum dom_want { WANT_ANY, WANT_ACTIVE, WANT_INACTIVE };
+
+/* Find DOM, check its state against WANT, then find DISK unless it is
+ * NULL, in the order libvirt checks them. Returns 0, or the negative errno
+ * (and the message) libvirt gives for what is missing. f->lock held. */
+static int find_dom_disk(struct fake *f, const char *dom, enum dom_want want,
+                         const char *disk, struct cfs_domain **d_out,
+                         struct cfs_disk **disk_out)
+{
+    struct cfs_domain *d = dom_find(f, dom);
+    struct cfs_disk *dk = NULL;
+
+    if (!d)
+        return no_domain(dom);
+    if (want == WANT_ACTIVE && !dom_active(d))
+        return not_running();
+    if (want == WANT_INACTIVE && dom_active(d)) {
+        cfs_backend_set_errmsg("Requested operation is not valid: domain is already running");
+        return -EINVAL;
+    }
+    if (disk) {
+        dk = cfs_domain_find_disk(d, disk);
+        if (!dk)
+            return no_disk(disk);
+    }
+    if (d_out)
+        *d_out = d;
+    if (disk_out)
+        *disk_out = dk;
+    return 0;
+}
+
+/* Take f->lock and enter OP (count it, take an injected failure).
+ * Returns 0 or the injected negative errno; f->lock is held either way,
+ * the op releases it. */
+static int fake_enter(struct fake *f, enum fake_op op)
+{
+    pthread_mutex_lock(&f->lock);
+    return op_enter(f, op);
+}
+
+/* The preamble of an op on a domain's disk: take f->lock, enter OP
+ * (count it, take an injected failure), then find_dom_disk(). Returns 0
+ * or the op's negative errno; f->lock is held either way, the op releases
+ * it. */
+static int fake_enter_disk(struct fake *f, enum fake_op op, const char *dom,
+                           enum dom_want want, const char *disk,
+                           struct cfs_domain **d_out,
+                           struct cfs_disk **disk_out)
+{
+    int r = fake_enter(f, op);
+
+    if (r < 0)
+        return r;
+    return find_dom_disk(f, dom, want, disk, d_out, disk_out);
+}
+
+/* fake_enter_disk() for an op on a whole domain. */
+static int fake_enter_dom(struct fake *f, enum fake_op op, const char *dom,
+                          struct cfs_domain **d_out)
+{
+    return fake_enter_disk(f, op, dom, WANT_ANY, NULL, d_out, NULL);
+}
+
+/* fake_enter_disk() for an op on the disk's block job: the job must
+ * exist (libvirt: VIR_ERR_INVALID_ARG, -ENOENT for a job call). */
+static int fake_enter_job(struct fake *f, enum fake_op op, const char *dom,
+                          const char *disk, struct fake_job **job_out)
+{
+    int r = fake_enter_disk(f, op, dom, WANT_ANY, disk, NULL, NULL);
+
+    if (r < 0)
+        return r;
+    *job_out = job_find(f, dom, disk);
+    return *job_out ? 0 : no_job(disk);
+}
+
 /* Whether JOB's type has a ready phase and a pivot (libvirt: the mirror
  * jobs, active commit and copy). */
 static bool job_mirrors(const struct fake_job *job)
@@ -412,8 +491,7 @@ static int fake_connect(struct cfs_backend *be,
     struct fake *f = fake_of(be);
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_CONNECT);
+    r = fake_enter(f, OP_CONNECT);
     if (r == 0) {
         f->ev = ev ? *ev : (struct cfs_backend_events){0};
         f->opaque = opaque;
@@ -452,8 +530,7 @@ static int fake_list_domains(struct cfs_backend *be, char ***names)
     int r;
 
     *names = NULL;
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_LIST_DOMAINS);
+    r = fake_enter(f, OP_LIST_DOMAINS);
     if (r == 0) {
         char **v = cfs_xcalloc(f->n_doms + 1, sizeof(*v));
 
@@ -473,17 +550,9 @@ static int fake_read_domain(struct cfs_backend *be, const char *dom,
     int r;
 
     *out = NULL;
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_READ_DOMAIN);
-    if (r < 0)
-        goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
-    }
-    *out = cfs_domain_dup(d);
-out:
+    r = fake_enter_dom(f, OP_READ_DOMAIN, dom, &d);
+    if (r == 0)
+        *out = cfs_domain_dup(d);
     pthread_mutex_unlock(&f->lock);
     return r;
 }
@@ -498,15 +567,9 @@ static int fake_read_domain_light(struct cfs_backend *be, const char *dom,
     int r;
 
     *out = NULL;
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_READ_DOMAIN_LIGHT);
+    r = fake_enter_dom(f, OP_READ_DOMAIN_LIGHT, dom, &d);
     if (r < 0)
         goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
-    }
     *out = cfs_domain_dup(d);
     for (size_t i = 0; i < (*out)->n_disks; i++)
         for (size_t l = 0; l < (*out)->disks[i].n_layers; l++) {
@@ -528,20 +591,9 @@ static int fake_snapshot_create(struct cfs_backend *be, const char *dom,
     struct cfs_layer layer;
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_SNAPSHOT_CREATE);
+    r = fake_enter_disk(f, OP_SNAPSHOT_CREATE, dom, WANT_ANY, disk, &d, &dk);
     if (r < 0)
         goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
-    }
-    dk = cfs_domain_find_disk(d, disk);
-    if (!dk) {
-        r = no_disk(disk);
-        goto out;
-    }
     if (!name || !*name || !overlay || !*overlay) {
         cfs_backend_set_errmsg("invalid argument: snapshot name and overlay path are required");
         r = -EINVAL;
@@ -600,15 +652,9 @@ static int fake_snapshot_forget(struct cfs_backend *be, const char *dom,
     bool named = false;
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_SNAPSHOT_FORGET);
+    r = fake_enter_dom(f, OP_SNAPSHOT_FORGET, dom, &d);
     if (r < 0)
         goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
-    }
     if (!cfs_strv_contains(d->snapshots, name)) {
         cfs_backend_set_errmsg("Domain snapshot not found: no domain snapshot with matching name '%s'",
                                name ? name : "");
@@ -649,29 +695,13 @@ static int fake_commit_start(struct cfs_backend *be, const char *dom,
                              uint64_t bandwidth)
 {
     struct fake *f = fake_of(be);
-    struct cfs_domain *d;
     struct cfs_disk *dk;
     ssize_t t;
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_COMMIT_START);
+    r = fake_enter_disk(f, OP_COMMIT_START, dom, WANT_ACTIVE, disk, NULL, &dk);
     if (r < 0)
         goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
-    }
-    if (!dom_active(d)) {
-        r = not_running();
-        goto out;
-    }
-    dk = cfs_domain_find_disk(d, disk);
-    if (!dk) {
-        r = no_disk(disk);
-        goto out;
-    }
     if (job_find(f, dom, disk)) {
         r = busy(disk);
         goto out;
@@ -701,30 +731,12 @@ static int fake_job_set_bandwidth(struct cfs_backend *be, const char *dom,
                                   const char *disk, uint64_t bandwidth)
 {
     struct fake *f = fake_of(be);
-    struct cfs_domain *d;
     struct fake_job *job;
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_JOB_SET_BANDWIDTH);
-    if (r < 0)
-        goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
-    }
-    if (!cfs_domain_find_disk(d, disk)) {
-        r = no_disk(disk);
-        goto out;
-    }
-    job = job_find(f, dom, disk);
-    if (!job) {
-        r = no_job(disk);
-        goto out;
-    }
-    job->bandwidth = bandwidth;
-out:
+    r = fake_enter_job(f, OP_JOB_SET_BANDWIDTH, dom, disk, &job);
+    if (r == 0)
+        job->bandwidth = bandwidth;
     pthread_mutex_unlock(&f->lock);
     return r;
 }
@@ -733,24 +745,13 @@ static int fake_job_get(struct cfs_backend *be, const char *dom,
                         const char *disk, struct cfs_job_progress *out)
 {
     struct fake *f = fake_of(be);
-    struct cfs_domain *d;
     struct fake_job *job;
     int r;
 
     *out = (struct cfs_job_progress){0};
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_JOB_GET);
+    r = fake_enter_disk(f, OP_JOB_GET, dom, WANT_ANY, disk, NULL, NULL);
     if (r < 0)
         goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
-    }
-    if (!cfs_domain_find_disk(d, disk)) {
-        r = no_disk(disk);
-        goto out;
-    }
     job = job_find(f, dom, disk);
     if (job)
         *out = (struct cfs_job_progress){
@@ -771,28 +772,12 @@ static int fake_job_pivot(struct cfs_backend *be, const char *dom,
 {
     struct fake *f = fake_of(be);
     struct fake_event e = {0};
-    struct cfs_domain *d;
     struct fake_job *job;
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_JOB_PIVOT);
+    r = fake_enter_job(f, OP_JOB_PIVOT, dom, disk, &job);
     if (r < 0)
         goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
-    }
-    if (!cfs_domain_find_disk(d, disk)) {
-        r = no_disk(disk);
-        goto out;
-    }
-    job = job_find(f, dom, disk);
-    if (!job) {
-        r = no_job(disk);
-        goto out;
-    }
     if (!job_mirrors(job)) {
         /* VIR_ERR_OPERATION_INVALID: the real backend's -ENOENT for a
          * job call (no job that can pivot) */
@@ -823,31 +808,14 @@ static int fake_job_abort(struct cfs_backend *be, const char *dom,
 {
     struct fake *f = fake_of(be);
     struct fake_event e = {0};
-    struct cfs_domain *d;
     struct fake_job *job;
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_JOB_ABORT);
-    if (r < 0)
-        goto out;
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
-        goto out;
+    r = fake_enter_job(f, OP_JOB_ABORT, dom, disk, &job);
+    if (r == 0) {
+        event_block_job(f, &e, job, CFS_JOB_EVENT_CANCELED);
+        job_remove(f, job);
     }
-    if (!cfs_domain_find_disk(d, disk)) {
-        r = no_disk(disk);
-        goto out;
-    }
-    job = job_find(f, dom, disk);
-    if (!job) {
-        r = no_job(disk);
-        goto out;
-    }
-    event_block_job(f, &e, job, CFS_JOB_EVENT_CANCELED);
-    job_remove(f, job);
-out:
     pthread_mutex_unlock(&f->lock);
     event_fire(&e);
     return r;
@@ -859,13 +827,12 @@ static int fake_offline_commit(struct cfs_backend *be, const char *dom,
 {
     struct fake *f = fake_of(be);
     struct fake_event e = {0};
-    struct cfs_domain *d;
     struct cfs_disk *dk;
     ssize_t t;
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_OFFLINE_COMMIT);
+    /* the files are checked before the domain: fake_enter_disk() in two */
+    r = fake_enter(f, OP_OFFLINE_COMMIT);
     if (r < 0)
         goto out;
     if (f->remote) {
@@ -874,21 +841,9 @@ static int fake_offline_commit(struct cfs_backend *be, const char *dom,
         r = -EOPNOTSUPP;
         goto out;
     }
-    d = dom_find(f, dom);
-    if (!d) {
-        r = no_domain(dom);
+    r = find_dom_disk(f, dom, WANT_INACTIVE, disk, NULL, &dk);
+    if (r < 0)
         goto out;
-    }
-    if (dom_active(d)) {
-        cfs_backend_set_errmsg("Requested operation is not valid: domain is already running");
-        r = -EINVAL;
-        goto out;
-    }
-    dk = cfs_domain_find_disk(d, disk);
-    if (!dk) {
-        r = no_disk(disk);
-        goto out;
-    }
     t = check_commit_layers(dk, top, base, active);
     if (t < 0) {
         r = (int)t;
@@ -926,8 +881,7 @@ static int fake_volume_delete(struct cfs_backend *be, const char *path)
     size_t n;
     int r;
 
-    pthread_mutex_lock(&f->lock);
-    r = op_enter(f, OP_VOLUME_DELETE);
+    r = fake_enter(f, OP_VOLUME_DELETE);
     if (r == 0) {
         n = f->pool_dir ? strlen(f->pool_dir) : 0;
         if (n && strncmp(path, f->pool_dir, n) == 0 && path[n] == '/' &&

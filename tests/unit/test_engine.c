@@ -181,16 +181,17 @@ static void test_tree_and_reads_from_memory(void **state)
     assert_int_equal(cfs_fake_calls(f->be, "read_domain") +
                      cfs_fake_calls(f->be, "list_domains"), before);
 
-    struct cfs_node_attr a;
-    struct cfs_path p = P("/nope");
-    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), -ENOENT);
-    p = P("/vm1/vdz/chain");
-    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), -ENOENT);
-    p = P("/vm1/vda/snapshots/zzz");
-    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), -ENOENT);
-    /* the base image is not a snapshot */
-    p = P("/vm1/vda/snapshots/base");
-    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), -ENOENT);
+    static const char *const missing[] = {
+        "/nope", "/vm1/vdz/chain", "/vm1/vda/snapshots/zzz",
+        "/vm1/vda/snapshots/base", /* the base image is not a snapshot */
+    };
+    for (size_t i = 0; i < ELEMENTSOF(missing); i++) {
+        struct cfs_node_attr a;
+        struct cfs_path p = P(missing[i]);
+        int r = cfs_engine_getattr(f->e, &p, &a);
+        if (r != -ENOENT)
+            fail_msg("getattr %s: %d, want -ENOENT", missing[i], r);
+    }
     assert_job_contains(f, "state:");
 }
 
@@ -211,17 +212,28 @@ static void test_domain_events_update_tree(void **state)
 static void test_mkdir_refusals_change_nothing(void **state)
 {
     struct fx *f = *state;
-    const char *bad[] = {"a b", ".x", "-x", "", "a/b",
-                         "12345678901234567890123456789012345678901234567890123456789012345"};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", bad[i]), -EINVAL);
     char longname[300];
     memset(longname, 'a', 256);
     longname[256] = 0;
-    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", longname), -ENAMETOOLONG);
-    assert_int_equal(cfs_engine_mkdir(f->e, "nope", "vda", "x"), -ENOENT);
-    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vdq", "x"), -ENOENT);
-    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "s1"), -EEXIST);
+    /* in this order: the job file shows the last refusal */
+    const struct { const char *dom, *disk, *name; int want; } refusals[] = {
+        {"vm1", "vda", "a b", -EINVAL},
+        {"vm1", "vda", ".x", -EINVAL},
+        {"vm1", "vda", "-x", -EINVAL},
+        {"vm1", "vda", "", -EINVAL},
+        {"vm1", "vda", "a/b", -EINVAL},
+        {"vm1", "vda", "12345678901234567890123456789012345678901234567890123456789012345", -EINVAL},
+        {"vm1", "vda", longname, -ENAMETOOLONG},
+        {"nope", "vda", "x", -ENOENT},
+        {"vm1", "vdq", "x", -ENOENT},
+        {"vm1", "vda", "s1", -EEXIST},
+    };
+    for (size_t i = 0; i < ELEMENTSOF(refusals); i++) {
+        int r = cfs_engine_mkdir(f->e, refusals[i].dom, refusals[i].disk, refusals[i].name);
+        if (r != refusals[i].want)
+            fail_msg("mkdir %s/%s/%.40s: %d, want %d", refusals[i].dom,
+                     refusals[i].disk, refusals[i].name, r, refusals[i].want);
+    }
     assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_job_contains(f, "failed");
@@ -1184,15 +1196,6 @@ static void test_recover_starting_accepted(void **state)
     assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 2 << 20);
 }
 
-static void test_recover_starting_top_gone(void **state)
-{
-    struct fx *f = *state;
-    restart_with_entry(f, "starting", true, REC_NO_JOB, false);
-    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
-    assert_false(exists(f->paths[0]));
-    assert_int_equal(journal_entries(f), 0);
-}
-
 static void test_recover_running_follows(void **state)
 {
     struct fx *f = *state;
@@ -1215,24 +1218,6 @@ static void test_recover_running_follows(void **state)
     assert_non_null(strstr(job, "state:     completed"));
     free(job);
     assert_false(exists(f->paths[0]));
-}
-
-static void test_recover_running_interrupted(void **state)
-{
-    struct fx *f = *state;
-    restart_with_entry(f, "running", false, REC_NO_JOB, false);
-    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
-    assert_true(exists(f->paths[0]));
-    assert_int_equal(journal_entries(f), 0);
-}
-
-static void test_recover_pivoting_done(void **state)
-{
-    struct fx *f = *state;
-    restart_with_entry(f, "pivoting", true, REC_NO_JOB, false);
-    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
-    assert_false(exists(f->paths[0]));
-    assert_int_equal(journal_entries(f), 0);
 }
 
 static void test_recover_pivoting_held_manual(void **state)
@@ -1259,26 +1244,59 @@ static void test_recover_pivoting_ready_auto(void **state)
     assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 1);
 }
 
-static void test_recover_cleanup_finishes(void **state)
-{
-    struct fx *f = *state;
-    restart_with_entry(f, "cleanup", true, REC_NO_JOB, false);
-    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
-    assert_false(exists(f->paths[0]));
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
-    assert_int_equal(journal_entries(f), 0);
-}
+/* Recoveries of one shape, each on a fresh fixture: after the restart
+ * the job is in WANT, the journal is empty, s2's file is still there or
+ * not, and the clean-up forgot s2's libvirt name FORGETS times. */
+static const struct recover_case {
+    const char *name;
+    const char *phase;  /* the stored phase */
+    bool top_gone;      /* libvirt's chain no longer has s2 */
+    enum rec_libvirt lv;
+    enum cfs_job_phase want;
+    bool top_kept;
+    unsigned forgets;
+} recover_cases[] = {
+    {"starting, s2 gone: completed", "starting", true, REC_NO_JOB, CFS_PHASE_COMPLETED, false, 1},
+    {"running, no job: interrupted", "running", false, REC_NO_JOB, CFS_PHASE_FAILED, true, 0},
+    {"pivoting, s2 gone: done", "pivoting", true, REC_NO_JOB, CFS_PHASE_COMPLETED, false, 1},
+    {"cleanup: finishes", "cleanup", true, REC_NO_JOB, CFS_PHASE_COMPLETED, false, 1},
+    /* a terminal phase: the entry is closed, nothing touched */
+    {"completed: closed", "completed", false, REC_NO_JOB, CFS_PHASE_NONE, true, 0},
+    {"failed: closed", "failed", false, REC_NO_JOB, CFS_PHASE_NONE, true, 0},
+    {"canceled: closed", "canceled", false, REC_NO_JOB, CFS_PHASE_NONE, true, 0},
+};
 
-static void test_recover_terminal_closes(void **state)
+/* Every case is run and every mismatch named before the test fails. */
+static void test_recover_cases(void **state)
 {
-    struct fx *f = *state;
-    static const char *const terminal[] = {"completed", "failed", "canceled"};
-    for (size_t i = 0; i < 3; i++) {
-        restart_with_entry(f, terminal[i], false, REC_NO_JOB, false);
-        assert_int_equal(job_state(f, "vm1"), CFS_PHASE_NONE);
-        assert_int_equal(journal_entries(f), 0);
-        assert_true(exists(f->paths[0]));
+    size_t bad = 0;
+
+    (void)state;
+    for (size_t i = 0; i < ELEMENTSOF(recover_cases); i++) {
+        const struct recover_case *c = &recover_cases[i];
+        void *st = NULL;
+
+        assert_int_equal(setup_running(&st), 0);
+        struct fx *f = st;
+        restart_with_entry(f, c->phase, c->top_gone, c->lv, false);
+        enum cfs_job_phase ph = job_state(f, "vm1");
+        size_t entries = journal_entries(f);
+        bool kept = exists(f->paths[0]);
+        unsigned forgets = cfs_fake_calls(f->be, "snapshot_forget");
+        if (ph != c->want || entries != 0 || kept != c->top_kept ||
+            forgets != c->forgets) {
+            print_error("case \"%s\": phase %s (want %s), %zu journal entries "
+                        "(want 0), s2's file %s (want %s), snapshot_forget "
+                        "%u calls (want %u)\n", c->name,
+                        cfs_job_phase_to_string(ph), cfs_job_phase_to_string(c->want),
+                        entries, kept ? "kept" : "deleted",
+                        c->top_kept ? "kept" : "deleted", forgets, c->forgets);
+            bad++;
+        }
+        teardown(&st);
     }
+    if (bad)
+        fail_msg("%zu of %zu recovery cases failed", bad, ELEMENTSOF(recover_cases));
 }
 
 /* ---- ctl ------------------------------------------------------------------------ */
@@ -1705,14 +1723,10 @@ int main(void)
         cmocka_unit_test(test_job_kinds),
         cmocka_unit_test_setup_teardown(test_recover_starting_never_started, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_starting_accepted, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_recover_starting_top_gone, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_running_follows, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_recover_running_interrupted, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_recover_pivoting_done, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_pivoting_held_manual, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_pivoting_ready_auto, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_recover_cleanup_finishes, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_recover_terminal_closes, setup_running, teardown),
+        cmocka_unit_test(test_recover_cases),
         cmocka_unit_test_setup_teardown(test_ctl_no_job, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_pivot_manual_holds, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_pivot_auto_releases, setup_running, teardown),
