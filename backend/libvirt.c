@@ -1769,56 +1769,67 @@ static int lv_job_get(struct cfs_backend *be, const char *dom_name,
     return 0;
 }
 
-static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
-                        const char *disk)
+/* The block-job calls that only act (no answer but success): each looks
+ * the domain up, makes its call, and maps libvirt's error; OP says which
+ * call (a pivot's "not ready yet" is told apart). */
+enum lv_job_call {
+    LV_JOB_PIVOT,
+    LV_JOB_ABORT,
+    LV_JOB_SET_SPEED,
+};
+
+static int lv_job_call(struct cfs_backend *be, const char *dom_name,
+                       const char *disk, enum lv_job_call call,
+                       uint64_t bandwidth)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
+    enum cfs_lverr_op op = CFS_LVERR_OP_JOB;
     int r;
 
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
-    /* "block copy still active: block job '...' not ready for pivot yet"
-     * (VIR_ERR_BLOCK_COPY_ACTIVE) is -EAGAIN; an image another process
-     * holds (-EBUSY) will not become ready by waiting */
-    if (virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0)
-        return lv_error_op(conn, CFS_LVERR_OP_PIVOT);
-    return 0;
+    switch (call) {
+    case LV_JOB_PIVOT:
+        /* "block copy still active: block job '...' not ready for pivot
+         * yet" (VIR_ERR_BLOCK_COPY_ACTIVE) is -EAGAIN; an image another
+         * process holds (-EBUSY) will not become ready by waiting */
+        op = CFS_LVERR_OP_PIVOT;
+        r = virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT);
+        break;
+    case LV_JOB_ABORT:
+        r = virDomainBlockJobAbort(dom, disk, 0);
+        break;
+    case LV_JOB_SET_SPEED:
+        /* no job: "disk vda does not have an active block job"
+         * (VIR_ERR_INVALID_ARG), a stopped domain:
+         * VIR_ERR_OPERATION_INVALID; both -ENOENT */
+        r = virDomainBlockJobSetSpeed(dom, disk, bandwidth,
+                                      VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES);
+        break;
+    default:
+        return -EINVAL;
+    }
+    return r < 0 ? lv_error_op(conn, op) : 0;
+}
+
+static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
+                        const char *disk)
+{
+    return lv_job_call(be, dom_name, disk, LV_JOB_PIVOT, 0);
 }
 
 static int lv_job_abort(struct cfs_backend *be, const char *dom_name,
                         const char *disk)
 {
-    _cleanup_conn_ virConnectPtr conn = NULL;
-    _cleanup_dom_ virDomainPtr dom = NULL;
-    int r;
-
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
-    if (r < 0)
-        return r;
-    if (virDomainBlockJobAbort(dom, disk, 0) < 0)
-        return lv_error_op(conn, CFS_LVERR_OP_JOB);
-    return 0;
+    return lv_job_call(be, dom_name, disk, LV_JOB_ABORT, 0);
 }
 
 static int lv_job_set_bandwidth(struct cfs_backend *be, const char *dom_name,
                                 const char *disk, uint64_t bandwidth)
 {
-    _cleanup_conn_ virConnectPtr conn = NULL;
-    _cleanup_dom_ virDomainPtr dom = NULL;
-    int r;
-
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
-    if (r < 0)
-        return r;
-    /* no job: "disk vda does not have an active block job"
-     * (VIR_ERR_INVALID_ARG), a stopped domain: VIR_ERR_OPERATION_INVALID;
-     * both -ENOENT */
-    if (virDomainBlockJobSetSpeed(dom, disk, bandwidth,
-                                  VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES) < 0)
-        return lv_error_op(conn, CFS_LVERR_OP_JOB);
-    return 0;
+    return lv_job_call(be, dom_name, disk, LV_JOB_SET_SPEED, bandwidth);
 }
 
 /* ---- offline commit ----------------------------------------------------- */
