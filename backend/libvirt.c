@@ -182,16 +182,22 @@ static bool msg_has(const char *msg, const char *needle)
     return msg && strcasestr(msg, needle);
 }
 
-/* The same path, or the same file by identity (st_dev + st_ino). */
-static bool same_file(const char *a, const char *b)
+/* Whether local paths A and B are one file: by identity (cfs_file_same
+ * on st_dev + st_ino, a block device by its st_rdev) when both stat; when
+ * either does not, only the very same path. cfs_file_same's own fallback
+ * (canonical or lexically folded paths) is not used here: its callers
+ * decide what qemu-img commit writes into, and a folded "x/.." can name
+ * another file than the one stat() would follow. */
+static bool lv_same_file(const char *a, const char *b)
 {
-    struct stat sa, sb;
+    _cleanup_(cfs_file_id_clear) struct cfs_file_id ia = {0};
+    _cleanup_(cfs_file_id_clear) struct cfs_file_id ib = {0};
 
-    if (cfs_streq(a, b))
-        return true;
-    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
-        return false;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    cfs_file_identify(&ia, a, true);
+    cfs_file_identify(&ib, b, true);
+    if (ia.known && ib.known)
+        return cfs_file_same(&ia, a, &ib, b);
+    return cfs_streq(a, b);
 }
 
 /* errmap.h mirrors libvirt's codes: check each against libvirt's own. */
@@ -1591,7 +1597,7 @@ static bool lv_snap_names_a_layer(const struct cfs_snapxml *sx,
         const struct cfs_disk *disk = cfs_domain_find_disk(x->domain, sx->disks[k].target);
 
         for (size_t l = 0; disk && l < disk->n_layers; l++)
-            if (files_local ? same_file(disk->layers[l].path, sx->disks[k].source)
+            if (files_local ? lv_same_file(disk->layers[l].path, sx->disks[k].source)
                             : cfs_streq(disk->layers[l].path, sx->disks[k].source))
                 return true;
     }
@@ -2026,7 +2032,7 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     if (info.backing)
         top_backing = cfs_image_resolve_backing(top, info.backing);
     cfs_image_info_clear(&info);
-    if (!top_backing || !same_file(top_backing, base)) {
+    if (!top_backing || !lv_same_file(top_backing, base)) {
         cfs_backend_set_errmsg("the backing file of '%s' is '%s', not '%s'", top,
                                top_backing ? top_backing : "(none)", base);
         return -EINVAL;
