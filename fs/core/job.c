@@ -189,6 +189,19 @@ struct cfs_disk_state *job_mine(struct cfs_engine *e, const char *dom,
     return s && s->job.id == id ? s : NULL;
 }
 
+/* job_mine() under the tree lock: the disk state with the lock still
+ * held (the caller unlocks), or NULL with the lock released. */
+static struct cfs_disk_state *job_mine_lock(struct cfs_engine *e,
+                                            const char *dom,
+                                            const char *disk, uint64_t id)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    if (!s)
+        pthread_mutex_unlock(&e->tree->lock);
+    return s;
+}
+
 static bool phase_terminal(enum cfs_job_phase p)
 {
     return p == CFS_PHASE_COMPLETED || p == CFS_PHASE_FAILED ||
@@ -876,10 +889,8 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
         pr.present = false;
     }
     if (pr.present) {
-        pthread_mutex_lock(&e->tree->lock);
-        struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
+        struct cfs_disk_state *s = job_mine_lock(e, dom, disk, job.id);
         if (!s) {
-            pthread_mutex_unlock(&e->tree->lock);
             cfs_job_clear(&job);
             return;
         }
@@ -909,10 +920,8 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
         cfs_job_clear(&job);
         return;
     }
-    pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
+    struct cfs_disk_state *s = job_mine_lock(e, dom, disk, job.id);
     if (!s) {
-        pthread_mutex_unlock(&e->tree->lock);
         cfs_job_clear(&job);
         return;
     }
