@@ -57,8 +57,9 @@
  * chain; clean-up deletes TOP and drops its snapshot metadata; partial =
  * BASE was written), whether it has ready and a pivot, whether ctl abort
  * can cancel it. A block job libvirt reports on a disk where chainfs has
- * none of its own (looked for after each re-read of a running domain and
- * on every block-job event for such a disk: external_check()) is kept
+ * none of its own (looked for after re-reads of a running domain, the
+ * timer's at most every EXTERNAL_SCAN_MS, see external_scan(), and on
+ * every block-job event for such a disk: external_check()) is kept
  * apart, in cfs_disk_state.external: shown with origin external, never
  * finished, failed, pivoted or cleaned up by chainfs; mkdir, rmdir and
  * ctl on the disk get EBUSY until it ends, and then the chain is re-read.
