@@ -182,16 +182,22 @@ static bool msg_has(const char *msg, const char *needle)
     return msg && strcasestr(msg, needle);
 }
 
-/* The same path, or the same file by identity (st_dev + st_ino). */
-static bool same_file(const char *a, const char *b)
+/* Whether local paths A and B are one file: by identity (cfs_file_same
+ * on st_dev + st_ino, a block device by its st_rdev) when both stat; when
+ * either does not, only the very same path. cfs_file_same's own fallback
+ * (canonical or lexically folded paths) is not used here: its callers
+ * decide what qemu-img commit writes into, and a folded "x/.." can name
+ * another file than the one stat() would follow. */
+static bool lv_same_file(const char *a, const char *b)
 {
-    struct stat sa, sb;
+    _cleanup_(cfs_file_id_clear) struct cfs_file_id ia = {0};
+    _cleanup_(cfs_file_id_clear) struct cfs_file_id ib = {0};
 
-    if (cfs_streq(a, b))
-        return true;
-    if (stat(a, &sa) < 0 || stat(b, &sb) < 0)
-        return false;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    cfs_file_identify(&ia, a, true);
+    cfs_file_identify(&ib, b, true);
+    if (ia.known && ib.known)
+        return cfs_file_same(&ia, a, &ib, b);
+    return cfs_streq(a, b);
 }
 
 /* errmap.h mirrors libvirt's codes: check each against libvirt's own. */
@@ -1591,7 +1597,7 @@ static bool lv_snap_names_a_layer(const struct cfs_snapxml *sx,
         const struct cfs_disk *disk = cfs_domain_find_disk(x->domain, sx->disks[k].target);
 
         for (size_t l = 0; disk && l < disk->n_layers; l++)
-            if (files_local ? same_file(disk->layers[l].path, sx->disks[k].source)
+            if (files_local ? lv_same_file(disk->layers[l].path, sx->disks[k].source)
                             : cfs_streq(disk->layers[l].path, sx->disks[k].source))
                 return true;
     }
@@ -1771,56 +1777,67 @@ static int lv_job_get(struct cfs_backend *be, const char *dom_name,
     return 0;
 }
 
-static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
-                        const char *disk)
+/* The block-job calls that only act (no answer but success): each looks
+ * the domain up, makes its call, and maps libvirt's error; OP says which
+ * call (a pivot's "not ready yet" is told apart). */
+enum lv_job_call {
+    LV_JOB_PIVOT,
+    LV_JOB_ABORT,
+    LV_JOB_SET_SPEED,
+};
+
+static int lv_job_call(struct cfs_backend *be, const char *dom_name,
+                       const char *disk, enum lv_job_call call,
+                       uint64_t bandwidth)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
+    enum cfs_lverr_op op = CFS_LVERR_OP_JOB;
     int r;
 
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
-    /* "block copy still active: block job '...' not ready for pivot yet"
-     * (VIR_ERR_BLOCK_COPY_ACTIVE) is -EAGAIN; an image another process
-     * holds (-EBUSY) will not become ready by waiting */
-    if (virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) < 0)
-        return lv_error_op(conn, CFS_LVERR_OP_PIVOT);
-    return 0;
+    switch (call) {
+    case LV_JOB_PIVOT:
+        /* "block copy still active: block job '...' not ready for pivot
+         * yet" (VIR_ERR_BLOCK_COPY_ACTIVE) is -EAGAIN; an image another
+         * process holds (-EBUSY) will not become ready by waiting */
+        op = CFS_LVERR_OP_PIVOT;
+        r = virDomainBlockJobAbort(dom, disk, VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT);
+        break;
+    case LV_JOB_ABORT:
+        r = virDomainBlockJobAbort(dom, disk, 0);
+        break;
+    case LV_JOB_SET_SPEED:
+        /* no job: "disk vda does not have an active block job"
+         * (VIR_ERR_INVALID_ARG), a stopped domain:
+         * VIR_ERR_OPERATION_INVALID; both -ENOENT */
+        r = virDomainBlockJobSetSpeed(dom, disk, bandwidth,
+                                      VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES);
+        break;
+    default:
+        return -EINVAL;
+    }
+    return r < 0 ? lv_error_op(conn, op) : 0;
+}
+
+static int lv_job_pivot(struct cfs_backend *be, const char *dom_name,
+                        const char *disk)
+{
+    return lv_job_call(be, dom_name, disk, LV_JOB_PIVOT, 0);
 }
 
 static int lv_job_abort(struct cfs_backend *be, const char *dom_name,
                         const char *disk)
 {
-    _cleanup_conn_ virConnectPtr conn = NULL;
-    _cleanup_dom_ virDomainPtr dom = NULL;
-    int r;
-
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
-    if (r < 0)
-        return r;
-    if (virDomainBlockJobAbort(dom, disk, 0) < 0)
-        return lv_error_op(conn, CFS_LVERR_OP_JOB);
-    return 0;
+    return lv_job_call(be, dom_name, disk, LV_JOB_ABORT, 0);
 }
 
 static int lv_job_set_bandwidth(struct cfs_backend *be, const char *dom_name,
                                 const char *disk, uint64_t bandwidth)
 {
-    _cleanup_conn_ virConnectPtr conn = NULL;
-    _cleanup_dom_ virDomainPtr dom = NULL;
-    int r;
-
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
-    if (r < 0)
-        return r;
-    /* no job: "disk vda does not have an active block job"
-     * (VIR_ERR_INVALID_ARG), a stopped domain: VIR_ERR_OPERATION_INVALID;
-     * both -ENOENT */
-    if (virDomainBlockJobSetSpeed(dom, disk, bandwidth,
-                                  VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES) < 0)
-        return lv_error_op(conn, CFS_LVERR_OP_JOB);
-    return 0;
+    return lv_job_call(be, dom_name, disk, LV_JOB_SET_SPEED, bandwidth);
 }
 
 /* ---- offline commit ----------------------------------------------------- */
@@ -2017,7 +2034,7 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     if (info.backing)
         top_backing = cfs_image_resolve_backing(top, info.backing);
     cfs_image_info_clear(&info);
-    if (!top_backing || !same_file(top_backing, base)) {
+    if (!top_backing || !lv_same_file(top_backing, base)) {
         cfs_backend_set_errmsg("the backing file of '%s' is '%s', not '%s'", top,
                                top_backing ? top_backing : "(none)", base);
         return -EINVAL;

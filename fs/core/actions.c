@@ -64,14 +64,31 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
  *   4. EBUSY     a job in progress on the disk: chainfs's own, or one
  *                chainfs did not start (external)
  * (Before these: mkdir's name check, EINVAL; and both ask whether the
- * domain answers, check_reachable.) 0 if none applies. Caller holds the
- * tree lock; *WHY_BUF (caller frees) may hold the text *WHY points to. */
-enum { REFUSE_CREATING = 1, REFUSE_LIVE = 2 };
+ * domain answers, check_reachable.) 0 if none applies. DOM's disk DISK
+ * is looked up here and left in *AT (the tree's; its state only found,
+ * or with REFUSE_MAKE_STATE created, if the disk is there), whether
+ * refused or not. Caller holds the tree lock; *WHY_BUF (caller frees) may
+ * hold the text *WHY points to. */
+enum { REFUSE_CREATING = 1, REFUSE_LIVE = 2, REFUSE_MAKE_STATE = 4 };
 
-static int disk_refusal(struct cfs_engine *e, const struct cfs_domain *d,
-                        const struct cfs_disk *dk, struct cfs_disk_state *s,
-                        unsigned flags, const char **why, char **why_buf)
+struct disk_at {
+    struct cfs_domain *d;
+    struct cfs_disk *dk;
+    struct cfs_disk_state *s;
+};
+
+static int disk_refusal(struct cfs_engine *e, const char *dom,
+                        const char *disk, unsigned flags, struct disk_at *at,
+                        const char **why, char **why_buf)
 {
+    at->d = cfs_tree_find_domain(e->tree, dom);
+    at->dk = at->d ? cfs_domain_find_disk(at->d, disk) : NULL;
+    at->s = !at->dk ? NULL
+            : flags & REFUSE_MAKE_STATE ? cfs_tree_disk_state(e->tree, dom, disk)
+                                        : cfs_tree_find_disk_state(e->tree, dom, disk);
+    const struct cfs_domain *d = at->d;
+    const struct cfs_disk *dk = at->dk;
+    const struct cfs_disk_state *s = at->s;
     bool creating = flags & REFUSE_CREATING;
     if (!(flags & REFUSE_LIVE) && e->tree->stale) {
         *why = "libvirt is unreachable (chainfs keeps reconnecting)";
@@ -136,11 +153,13 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         why = live_why = live_error(r);
         return refuse(e, "mkdir", dom, disk, name, r, why);
     }
-    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
-    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    struct cfs_disk_state *s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
+    struct disk_at at;
+    r = disk_refusal(e, dom, disk, REFUSE_CREATING | REFUSE_MAKE_STATE, &at,
+                     &why, &live_why);
+    struct cfs_domain *d = at.d;
+    struct cfs_disk *dk = at.dk;
+    struct cfs_disk_state *s = at.s;
     uint64_t id = 0;
-    r = disk_refusal(e, d, dk, s, REFUSE_CREATING, &why, &live_why);
     if (r < 0) {
         /* refused */
     } else if (cfs_strv_contains(d->snapshots, name) ||
@@ -380,11 +399,12 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
 
     /* What the user sees: the snapshot's layer and the layer below it. */
     pthread_mutex_lock(&e->tree->lock);
-    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
-    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    struct cfs_disk_state *s = dk ? cfs_tree_find_disk_state(e->tree, dom, disk) : NULL;
+    struct disk_at at;
+    r = disk_refusal(e, dom, disk, 0, &at, &why, &why_buf);
+    struct cfs_domain *d = at.d;
+    struct cfs_disk *dk = at.dk;
+    struct cfs_disk_state *s = at.s;
     int seen = dk ? visible_snapshot(e->tree, d, dk, name) : -1;
-    r = disk_refusal(e, d, dk, s, 0, &why, &why_buf);
     if (r < 0) {
         /* refused */
     } else if (seen < 0) {
@@ -407,12 +427,13 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         why = why_buf = live_error(r);
         return refuse(e, "rmdir", dom, disk, name, r, why);
     }
-    d = cfs_tree_find_domain(e->tree, dom);
-    dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    s = dk ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
-    int idx = dk ? cfs_disk_find_file(dk, &seen_top.id, seen_top.path) : -1;
     /* (lock_live just read libvirt: staleness was judged already) */
-    r = disk_refusal(e, d, dk, s, REFUSE_LIVE, &why, &why_buf);
+    r = disk_refusal(e, dom, disk, REFUSE_LIVE | REFUSE_MAKE_STATE, &at, &why,
+                     &why_buf);
+    d = at.d;
+    dk = at.dk;
+    s = at.s;
+    int idx = dk ? cfs_disk_find_file(dk, &seen_top.id, seen_top.path) : -1;
     if (r < 0) {
         /* refused */
     } else if (idx < 0 || (size_t)idx + 1 >= dk->n_layers) {

@@ -187,10 +187,14 @@ void route(struct cfs_engine *e, struct work *w)
         }
         struct dom_worker *dw = worker_get(e, w->dom);
         if (dw) {
-            bool covered = false;
+            struct work *covered = NULL;
             for (struct work *o = dw->head; o && !covered; o = o->next)
-                covered = work_covered(o, w);
+                if (work_covered(o, w))
+                    covered = o;
             if (covered) {
+                /* an event's re-read looks at every disk: so does the
+                 * queued one that stands for it */
+                covered->periodic = covered->periodic && w->periodic;
                 work_free(w);
             } else {
                 w->next = NULL;
@@ -382,15 +386,22 @@ static void invalidate(struct cfs_engine *e, const char *path)
  * was under way: a read that overlapped a newer change (mkdir's own
  * update, a re-read that already saw a pivot) may carry the older state,
  * and the tree must never go back in time. */
-unsigned long *dom_seq_slot(struct cfs_engine *e, const char *name)
+static size_t dom_seq_index(struct cfs_engine *e, const char *name)
 {
     for (size_t i = 0; i < e->n_dom_seq; i++)
         if (strcmp(e->dom_seq[i].name, name) == 0)
-            return &e->dom_seq[i].seq;
+            return i;
     e->dom_seq = cfs_xrealloc(e->dom_seq, (e->n_dom_seq + 1) * sizeof(*e->dom_seq));
     e->dom_seq[e->n_dom_seq].name = cfs_xstrdup(name);
     e->dom_seq[e->n_dom_seq].seq = 0;
-    return &e->dom_seq[e->n_dom_seq++].seq;
+    e->dom_seq[e->n_dom_seq].external_scan_ms = 0;
+    return e->n_dom_seq++;
+}
+
+unsigned long *dom_seq_slot(struct cfs_engine *e, const char *name)
+{
+    size_t i = dom_seq_index(e, name); /* may move dom_seq */
+    return &e->dom_seq[i].seq;
 }
 
 /* Install D (a read of domain NAME, or NULL: it is gone) unless the
@@ -628,8 +639,11 @@ static int refresh_all(struct cfs_engine *e)
         return r;
     }
     conn_suspect(e, false);
-    for (char **n = names; n && *n; n++)
-        route(e, work_new(WORK_REFRESH_DOMAIN, *n, NULL));
+    for (char **n = names; n && *n; n++) {
+        struct work *w = work_new(WORK_REFRESH_DOMAIN, *n, NULL);
+        w->periodic = true;
+        route(e, w);
+    }
 
     _cleanup_strv_ char **removed = NULL;
     pthread_mutex_lock(&e->tree->lock);
@@ -711,16 +725,29 @@ int check_reachable(struct cfs_engine *e, const char *dom,
 
 /* After a re-read of a running domain: a look at every disk where
  * chainfs has no job of its own, for one chainfs did not start (a pull
- * sends no event until it ends). */
-static void external_scan(struct cfs_engine *e, const char *dom)
+ * sends no event until it ends). The timer's re-reads (PERIODIC) look at
+ * most every EXTERNAL_SCAN_MS per domain, except at disks where one is
+ * shown already (its progress and its end are followed at once). */
+static void external_scan(struct cfs_engine *e, const char *dom, bool periodic)
 {
     _cleanup_strv_ char **disks = NULL;
+    int64_t t = now_ms();
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
-    for (size_t i = 0; d && d->state != CFS_DOM_SHUTOFF && i < d->n_disks; i++) {
+    bool running = d && d->state != CFS_DOM_SHUTOFF;
+    bool all = false;
+    if (running && e->recovered) { /* before recovery no disk is looked at */
+        size_t k = dom_seq_index(e, dom); /* may move dom_seq */
+        int64_t *last = &e->dom_seq[k].external_scan_ms;
+        all = !periodic || !*last || t - *last >= EXTERNAL_SCAN_MS;
+        if (all)
+            *last = t;
+    }
+    for (size_t i = 0; running && i < d->n_disks; i++) {
         struct cfs_disk_state *s =
             cfs_tree_find_disk_state(e->tree, dom, d->disks[i].target);
-        if (!s || !cfs_job_phase_in_progress(s->job.phase))
+        bool shown = s && s->external.type != CFS_JOB_NONE;
+        if ((!s || !cfs_job_phase_in_progress(s->job.phase)) && (all || shown))
             cfs_strv_push(&disks, cfs_xstrdup(d->disks[i].target));
     }
     pthread_mutex_unlock(&e->tree->lock);
@@ -746,7 +773,7 @@ void process_work(struct cfs_engine *e, struct work *w)
         break;
     case WORK_REFRESH_DOMAIN:
         if (refresh_domain(e, w->dom) == 0)
-            external_scan(e, w->dom);
+            external_scan(e, w->dom, w->periodic);
         break;
     case WORK_REFRESH_ALL:
         refresh_all(e);
@@ -786,7 +813,10 @@ static void drain(struct cfs_engine *e)
         bool dup = false;
         if (w->kind == WORK_REFRESH_DOMAIN)
             for (struct work *o = next; o && !dup; o = o->next)
-                dup = o->kind == WORK_REFRESH_DOMAIN && strcmp(o->dom, w->dom) == 0;
+                if (o->kind == WORK_REFRESH_DOMAIN && strcmp(o->dom, w->dom) == 0) {
+                    dup = true;
+                    o->periodic = o->periodic && w->periodic;
+                }
         w->next = NULL;
         if (dup)
             work_free(w);

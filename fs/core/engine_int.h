@@ -49,6 +49,13 @@
 #define LIBVIRT_ANSWER_MS 2000
 /* The engine thread looks at the workers at least this often. */
 #define ENGINE_TICK_MS 500
+/* How often the timer's re-reads of a running domain (every refresh_ms)
+ * also ask libvirt about each disk's block job, looking for one chainfs
+ * did not start (a pull sends no event until it ends): one job info call
+ * per disk. A disk where one is shown is asked on every re-read (and
+ * poll), and a re-read after a domain event always looks. Detection takes
+ * at most this plus refresh_ms; external_job.sh waits 20 s for it. */
+#define EXTERNAL_SCAN_MS 8000
 /* A domain worker with nothing to do for this long ends. */
 #define WORKER_IDLE_MS 30000
 /* At shut-down, workers get this long to finish the call they are in;
@@ -80,6 +87,8 @@ struct work {
     char *errmsg;
     bool up;
     uint64_t job_id;
+    bool periodic;            /* REFRESH_DOMAIN: the timer's re-read, not
+                                 an event's (external_scan throttles it) */
     struct work *next;
 };
 
@@ -120,6 +129,7 @@ struct cfs_engine {
     struct {
         char *name;
         unsigned long seq;
+        int64_t external_scan_ms; /* external_scan's last full look */
     } *dom_seq;               /* per-domain change counters; tree lock */
     size_t n_dom_seq;
     uint64_t last_job_id;     /* tree lock */

@@ -57,8 +57,9 @@
  * chain; clean-up deletes TOP and drops its snapshot metadata; partial =
  * BASE was written), whether it has ready and a pivot, whether ctl abort
  * can cancel it. A block job libvirt reports on a disk where chainfs has
- * none of its own (looked for after each re-read of a running domain and
- * on every block-job event for such a disk: external_check()) is kept
+ * none of its own (looked for after re-reads of a running domain, the
+ * timer's at most every EXTERNAL_SCAN_MS, see external_scan(), and on
+ * every block-job event for such a disk: external_check()) is kept
  * apart, in cfs_disk_state.external: shown with origin external, never
  * finished, failed, pivoted or cleaned up by chainfs; mkdir, rmdir and
  * ctl on the disk get EBUSY until it ends, and then the chain is re-read.
@@ -187,6 +188,19 @@ struct cfs_disk_state *job_mine(struct cfs_engine *e, const char *dom,
 {
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
     return s && s->job.id == id ? s : NULL;
+}
+
+/* job_mine() under the tree lock: the disk state with the lock still
+ * held (the caller unlocks), or NULL with the lock released. */
+static struct cfs_disk_state *job_mine_lock(struct cfs_engine *e,
+                                            const char *dom,
+                                            const char *disk, uint64_t id)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    if (!s)
+        pthread_mutex_unlock(&e->tree->lock);
+    return s;
 }
 
 static bool phase_terminal(enum cfs_job_phase p)
@@ -880,10 +894,8 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
         pr.present = false;
     }
     if (pr.present) {
-        pthread_mutex_lock(&e->tree->lock);
-        struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
+        struct cfs_disk_state *s = job_mine_lock(e, dom, disk, job.id);
         if (!s) {
-            pthread_mutex_unlock(&e->tree->lock);
             cfs_job_clear(&job);
             return;
         }
@@ -913,10 +925,8 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
         cfs_job_clear(&job);
         return;
     }
-    pthread_mutex_lock(&e->tree->lock);
-    struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
+    struct cfs_disk_state *s = job_mine_lock(e, dom, disk, job.id);
     if (!s) {
-        pthread_mutex_unlock(&e->tree->lock);
         cfs_job_clear(&job);
         return;
     }

@@ -379,38 +379,43 @@ char *cfs_path_fold(const char *path)
     return out;
 }
 
-/* stat() and realpath() of one layer. A file that is not there (yet) is
+/* stat() and realpath() of one file. A file that is not there (yet) is
  * named by its directory's real path and its own name. */
-static void layer_identify(struct cfs_layer *l, bool local)
+void cfs_file_identify(struct cfs_file_id *id, const char *path, bool local)
 {
-    cfs_file_id_clear(&l->id);
-    if (!local || !l->path || l->path[0] != '/') {
-        l->id.canonical = cfs_path_fold(l->path);
+    cfs_file_id_clear(id);
+    if (!local || !path || path[0] != '/') {
+        id->canonical = cfs_path_fold(path);
         return;
     }
     struct stat st;
-    if (stat(l->path, &st) == 0) {
-        l->id.known = true;
-        l->id.dev = S_ISBLK(st.st_mode) ? (uint64_t)st.st_rdev : (uint64_t)st.st_dev;
-        l->id.ino = S_ISBLK(st.st_mode) ? 0 : (uint64_t)st.st_ino;
+    if (stat(path, &st) == 0) {
+        id->known = true;
+        id->dev = S_ISBLK(st.st_mode) ? (uint64_t)st.st_rdev : (uint64_t)st.st_dev;
+        id->ino = S_ISBLK(st.st_mode) ? 0 : (uint64_t)st.st_ino;
     }
-    char *real = realpath(l->path, NULL);
+    char *real = realpath(path, NULL);
     if (real) {
-        l->id.canonical = real;
+        id->canonical = real;
         return;
     }
-    _cleanup_free_ char *folded = cfs_path_fold(l->path);
+    _cleanup_free_ char *folded = cfs_path_fold(path);
     char *slash = strrchr(folded, '/');
     if (slash && slash != folded) {
         *slash = '\0';
         _cleanup_free_ char *dir = realpath(folded, NULL);
         *slash = '/';
         if (dir) {
-            l->id.canonical = cfs_xasprintf("%s%s", dir, slash);
+            id->canonical = cfs_xasprintf("%s%s", dir, slash);
             return;
         }
     }
-    l->id.canonical = TAKE_PTR(folded);
+    id->canonical = TAKE_PTR(folded);
+}
+
+static void layer_identify(struct cfs_layer *l, bool local)
+{
+    cfs_file_identify(&l->id, l->path, local);
 }
 
 void cfs_domain_identify(struct cfs_domain *d, bool local)

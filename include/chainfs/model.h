@@ -29,8 +29,8 @@ enum cfs_name_source {
 
 /* Which file a path names, however it is spelled (issue 6): chains that
  * reach one image through "../", "./", a symlinked directory, "//" or
- * "/./" share that image. Filled by cfs_domain_identify() only; compared
- * by cfs_file_same() only. */
+ * "/./" share that image. Filled by cfs_file_identify() only (for every
+ * layer: cfs_domain_identify()); compared by cfs_file_same() only. */
 struct cfs_file_id {
     bool known;           /* dev and ino come from stat() */
     uint64_t dev;         /* st_dev (st_rdev for a block device) */
@@ -207,6 +207,10 @@ char *cfs_path_fold(const char *path);
  * realpath). Backends call it once per domain read, where the files are
  * local. */
 void cfs_domain_identify(struct cfs_domain *d, bool local);
+/* Fill ID for the file PATH (the same stat and realpath, one path; NULL or
+ * relative PATH, or LOCAL false: only its folded spelling). Clear with
+ * cfs_file_id_clear(). */
+void cfs_file_identify(struct cfs_file_id *id, const char *path, bool local);
 /* Whether A (spelled PATH_A) and B (spelled PATH_B) are the same file.
  * Either id may be NULL or not known: then canonical paths decide. */
 bool cfs_file_same(const struct cfs_file_id *a, const char *path_a,
