@@ -36,7 +36,7 @@ struct exp_job {
     size_t first, last, top, base, written, leave_first, leave_last;
     uint64_t commit_mib, pull_mib;
     bool has_pull;
-    const char *reason;    /* substring of the reason */
+    const char *reason;    /* substring of the reason; "=..." the whole */
 };
 
 struct exp_ref {
@@ -69,13 +69,14 @@ static const struct plan_case cases[] = {
     /* ---- cost: the active run ------------------------------------------ */
     { "pull: the lower snapshot is small (design's forward merge)", false, 3,
       { ASK("s2", 200), SNAP("s1", 4), BASE(256) },
-      1, { LIVE_PULL(0, 0, 200, 4, "pull: 4.0MiB < 200.0MiB") }, 0, {} },
+      1, { LIVE_PULL(0, 0, 200, 4, "=pull: 4.0MiB < 200.0MiB") }, 0, {} },
     { "commit: the active layer is small", false, 3,
       { ASK("s2", 4), SNAP("s1", 200), BASE(256) },
       1, { ACTIVE_COMMIT(0, 4, 200, "commit: 4.0MiB < 200.0MiB") }, 0, {} },
     { "tie commits", false, 3,
       { ASK("s2", 10), SNAP("s1", 10), BASE(256) },
-      1, { ACTIVE_COMMIT(0, 10, 10, "a tie commits") }, 0, {} },
+      1, { ACTIVE_COMMIT(0, 10, 10, "=commit: 10.0MiB = 10.0MiB (a tie "
+                                    "commits)") }, 0, {} },
     { "one byte less pulls", false, 3,
       { { .name = "s2", .allocation = 1001, .snapshot = true,
           .has_metadata = true, .asked = true },
@@ -97,7 +98,8 @@ static const struct plan_case cases[] = {
     /* ---- the base image is never removed ------------------------------- */
     { "only snapshot above the base: commit even if pull is cheaper", false, 2,
       { ASK("s1", 100), BASE(1) },
-      1, { ACTIVE_COMMIT(0, 100, 1, "a pull would remove the base image") },
+      1, { ACTIVE_COMMIT(0, 100, 1,
+                         "=commit: a pull would remove the base image") },
       0, {} },
     { "no metadata to carry the lower snapshot's name: commit", false, 3,
       { ASK("s2", 200),
@@ -186,7 +188,8 @@ static const struct plan_case cases[] = {
     /* ---- the whole chain ------------------------------------------------ */
     { "rmdir snapshots/*: one commit into the base image", false, 4,
       { ASK("s3", 10), ASK("s2", 20), ASK("s1", 30), BASE(100) },
-      1, { ACTIVE_COMMIT(2, 60, 150, "a pull would remove the base image") },
+      1, { ACTIVE_COMMIT(2, 60, 150,
+                         "=commit: a pull would remove the base image") },
       0, {} },
     /* ---- what cannot be merged ------------------------------------------ */
     { "an asked layer that is no snapshot", false, 4,
@@ -199,6 +202,12 @@ static const struct plan_case cases[] = {
     { "one-layer chain: the base image asked", false, 1,
       { { .name = NULL, .allocation = MiB, .asked = true } },
       0, {}, 1, { { 0, ENOENT, "the base image is not a snapshot" } } },
+    { "the base image is never a snapshot, even if the caller says so",
+      false, 2,
+      { SNAP("s1", 1),
+        { .name = "base", .allocation = MiB, .snapshot = true,
+          .has_metadata = true, .asked = true } },
+      0, {}, 1, { { 1, ENOENT, "base is not a snapshot" } } },
     { "one-layer chain, nothing asked", false, 1, { BASE(1) }, 0, {}, 0, {} },
     { "empty chain", false, 0, {}, 0, {}, 0, {} },
     /* ---- shut-off domain -------------------------------------------------- */
@@ -253,7 +262,8 @@ static void check_case(const struct plan_case *c)
         if (!e->has_pull)
             assert_true(j->bytes_pull == 0);
         assert_non_null(j->reason);
-        if (!strstr(j->reason, e->reason))
+        if (e->reason[0] == '=' ? strcmp(j->reason, e->reason + 1) != 0
+                                : !strstr(j->reason, e->reason))
             fail_msg("%s: reason \"%s\" lacks \"%s\"", c->what, j->reason,
                      e->reason);
     }
