@@ -140,6 +140,12 @@ static const struct plan_case cases[] = {
       1, { ACTIVE_COMMIT(1, 200, 101, "asked by merge s2 commit (merge s3 "
                                       "pull") },
       0, {} },
+    { "an override on a snapshot not asked plays no part", false, 4,
+      { ASK("s3", 4),
+        { .name = "s2", .allocation = 200 * MiB, .snapshot = true,
+          .has_metadata = true, .mode = CFS_MERGE_PULL },
+        SNAP("s1", 1), BASE(256) },
+      1, { ACTIVE_COMMIT(0, 4, 200, "=commit: 4.0MiB < 200.0MiB") }, 0, {} },
     /* ---- runs ------------------------------------------------------------ */
     { "adjacent asks are one job, costs summed", false, 5,
       { ASK("s4", 100), ASK("s3", 20), SNAP("s2", 30), SNAP("s1", 5),
