@@ -196,7 +196,7 @@ probe12() {
   p_res INFO "snapshot-list --current: $(it_virsh snapshot-current "$dom" --name 2>&1)"
   for x in S1 S2; do
     p_res INFO "$x <disks> source after the pull: $(it_virsh snapshot-dumpxml "$dom" $x | sed -n "/<disks>/,/<\/disks>/s/.*<source file='\([^']*\)'.*/\1/p" | tr '\n' ' ')"
-    p_res INFO "$x <domain> disk source: $(it_virsh snapshot-dumpxml "$dom" $x | sed -n "/<domain/,/<\/domain>/s/.*<source file='\([^']*\)'.*/\1/p" | tr '\n' ' ')"
+    p_res INFO "$x <domain> disk chain (source, backingStore...): $(it_virsh snapshot-dumpxml "$dom" $x | sed -n "/<domain type/,/<\/domain>/s/.*<source file='\([^']*\)'.*/\1/p" | tr '\n' ' ')"
   done
   # control: libvirt's own deletion of S1 before the repair (the design
   # expects a refusal: S1's <disks> source s1.qcow2 left the chain)
@@ -260,8 +260,9 @@ probe3() {
   it_guest_write "$dom" 0x44 20M 2M
   it_guest_write "$dom" 0x55 4M 1M
   wait "$bg" && x=0 || x=$?
+  t0=$(($(it_now_ms) - t0))
   p_events_stop
-  p_res "$([ $x = 0 ] && echo PASS || echo FAIL)" "blockcopy --shallow --reuse-external --transient-job --pivot --wait: rc $x in $(($(it_now_ms) - t0)) ms: $(tr '\n' ' ' <"$T/p3.out")"
+  p_res "$([ $x = 0 ] && echo PASS || echo FAIL)" "blockcopy --shallow --reuse-external --transient-job --pivot --wait: rc $x in $t0 ms: $(tr '\n' ' ' <"$T/p3.out")"
   p_events "$dom" | tee -a "$RES"
   p_check "domblklist shows DEST" test "$(it_domblk "$dom" vda)" = "$e/dest.qcow2"
   p_res INFO "live chain: $(p_chain "$dom")"
@@ -399,8 +400,9 @@ probe5() {
   p_check "mirror ready" p_wait_ready "$dom"
   t0=$(it_now_ms)
   out=$(it_virsh blockjob "$dom" vda --pivot 2>&1) && x=0 || x=$?
+  t0=$(($(it_now_ms) - t0))
   p_events_stop
-  p_res "$([ $x = 0 ] && echo PASS || echo FAIL)" "blockjob --pivot: rc $x in $(($(it_now_ms) - t0)) ms $(echo "$out" | tr '\n' ' ')"
+  p_res "$([ $x = 0 ] && echo PASS || echo FAIL)" "blockjob --pivot: rc $x in $t0 ms $(echo "$out" | tr '\n' ' ')"
   p_events "$dom" | tee -a "$RES"
   out=$(p_chain "$dom")
   p_check "live chain is the copies: $out" eval 'case "$out" in "$e/s2.qcow2 <- $e/s1.qcow2"*"<- $e/base.qcow2"*) [ "${out//$d\//}" = "$out" ] ;; *) false ;; esac'
