@@ -18,6 +18,7 @@ export CHAINFS=${CHAINFS:-/bin/true}
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../tests/integration/lib.sh"
 IT_PREFIX="cfsprobe8-$$"
+# shellcheck disable=SC2034 # read by lib.sh
 IT_NAME=probe8
 
 MIB=$((1024 * 1024))
