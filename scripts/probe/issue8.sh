@@ -442,8 +442,9 @@ run() { # run N FUNC — the probe in a subshell: a failure ends only it
   [ "$rc" = 0 ] || printf 'P%s ABORTED (status %s): see the output above\n' "$1" "$rc" | tee -a "$RES"
 }
 
-want=("${@:-1 3 4 5}")
-for n in ${want[*]}; do
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(1 3 4 5)
+for n in "${want[@]}"; do
   case "$n" in
     1 | 2) run 1-2 probe12 ;;
     3) run 3 probe3; run 3b probe3b ;;
