@@ -38,6 +38,10 @@
  *   cleanup --> completed       TOP deleted (unless used/kept), metadata
  *                               dropped, journal entry closed
  *   cleanup --> failed          the domain or disk went away meanwhile
+ *   ready ----> finishing       copy: `finish` asked (journal first;
+ *                               issue 8, no step yet)
+ *   finishing -> cleanup        the mirror ended, DEST out of the chain
+ *   finishing -> failed         the call failed and the job is gone
  *
  * completed, failed and canceled are terminal: the disk's next job is a
  * new one (new id), born in none. Events and polls only feed facts in

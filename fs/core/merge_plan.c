@@ -47,6 +47,36 @@ const char *cfs_merge_kind_to_string(enum cfs_merge_kind k)
     return kind_names[k];
 }
 
+/* The one place a plan's kind becomes the engine's job type. */
+static const enum cfs_job_type kind_job_types[] = {
+    [CFS_MERGE_KIND_COMMIT] = CFS_JOB_COMMIT,
+    [CFS_MERGE_KIND_ACTIVE_COMMIT] = CFS_JOB_ACTIVE_COMMIT,
+    [CFS_MERGE_KIND_OFFLINE_COMMIT] = CFS_JOB_OFFLINE_COMMIT,
+    [CFS_MERGE_KIND_PULL] = CFS_JOB_PULL,
+    [CFS_MERGE_KIND_OFFLINE_PULL] = CFS_JOB_OFFLINE_PULL,
+};
+
+enum cfs_job_type cfs_merge_kind_job_type(enum cfs_merge_kind k)
+{
+    if ((unsigned)k >= ELEMENTSOF(kind_job_types))
+        return CFS_JOB_NONE;
+    return kind_job_types[k];
+}
+
+enum cfs_merge_direction cfs_merge_kind_direction(enum cfs_merge_kind k)
+{
+    switch (k) {
+    case CFS_MERGE_KIND_COMMIT:
+    case CFS_MERGE_KIND_ACTIVE_COMMIT:
+    case CFS_MERGE_KIND_OFFLINE_COMMIT:
+        return CFS_DIRECTION_COMMIT;
+    case CFS_MERGE_KIND_PULL:
+    case CFS_MERGE_KIND_OFFLINE_PULL:
+        return CFS_DIRECTION_PULL;
+    }
+    return CFS_DIRECTION_NONE;
+}
+
 /* How a layer is named in a reason. */
 static const char *layer_name(const struct cfs_merge_layer *layers, size_t n,
                               size_t i)

@@ -32,6 +32,13 @@ static const char *const job_type_names[CFS_JOB_TYPE_MAX] = {
     [CFS_JOB_COPY] = "copy",
     [CFS_JOB_BACKUP] = "backup",
     [CFS_JOB_UNKNOWN] = "unknown",
+    [CFS_JOB_OFFLINE_PULL] = "offline-pull",
+};
+
+static const char *const merge_direction_names[CFS_DIRECTION_MAX] = {
+    [CFS_DIRECTION_NONE] = "none",
+    [CFS_DIRECTION_COMMIT] = "commit",
+    [CFS_DIRECTION_PULL] = "pull",
 };
 
 static const char *const job_phase_names[CFS_PHASE_MAX] = {
@@ -40,6 +47,7 @@ static const char *const job_phase_names[CFS_PHASE_MAX] = {
     [CFS_PHASE_RUNNING] = "running",
     [CFS_PHASE_READY] = "ready",
     [CFS_PHASE_PIVOTING] = "pivoting",
+    [CFS_PHASE_FINISHING] = "finishing",
     [CFS_PHASE_CLEANUP] = "cleanup",
     [CFS_PHASE_COMPLETED] = "completed",
     [CFS_PHASE_FAILED] = "failed",
@@ -80,11 +88,34 @@ const char *cfs_name_source_to_string(enum cfs_name_source s)
     return lookup(name_source_names, ELEMENTSOF(name_source_names), (int)s);
 }
 
+const char *cfs_merge_direction_to_string(enum cfs_merge_direction d)
+{
+    return lookup(merge_direction_names, ELEMENTSOF(merge_direction_names),
+                  (int)d);
+}
+
+enum cfs_merge_direction cfs_merge_direction_from_string(const char *s)
+{
+    /* "none" is not a direction one stores: absent means none */
+    for (int i = CFS_DIRECTION_NONE + 1; i < CFS_DIRECTION_MAX; i++)
+        if (cfs_streq(merge_direction_names[i], s))
+            return (enum cfs_merge_direction)i;
+    return CFS_DIRECTION_MAX;
+}
+
+enum cfs_job_type cfs_job_type_from_string(const char *s)
+{
+    for (int i = CFS_JOB_NONE + 1; i < CFS_JOB_TYPE_MAX; i++)
+        if (cfs_streq(job_type_names[i], s))
+            return (enum cfs_job_type)i;
+    return CFS_JOB_TYPE_MAX;
+}
+
 bool cfs_job_phase_in_progress(enum cfs_job_phase s)
 {
     return s == CFS_PHASE_STARTING || s == CFS_PHASE_RUNNING ||
            s == CFS_PHASE_READY || s == CFS_PHASE_PIVOTING ||
-           s == CFS_PHASE_CLEANUP;
+           s == CFS_PHASE_FINISHING || s == CFS_PHASE_CLEANUP;
 }
 
 enum cfs_job_phase cfs_job_phase_from_string(const char *s)
@@ -120,6 +151,11 @@ static const bool phase_edges[CFS_PHASE_MAX][CFS_PHASE_MAX] = {
     E(PIVOTING, CANCELED),    /* an abort libvirt accepted while a pivot was
                                  being asked for: the pivot then fails and
                                  the job was canceled */
+    E(READY, FINISHING),      /* copy: `finish` asked (journal first) */
+    E(FINISHING, CLEANUP),    /* libvirt has no job and DEST is not in the
+                                 live chain: judge DEST (qemu-img check) */
+    E(FINISHING, FAILED),     /* the abort failed and the job is gone, or
+                                 DEST is still in the chain */
     E(CLEANUP, COMPLETED),
     E(CLEANUP, FAILED),       /* the domain or disk went away meanwhile */
 };
@@ -132,9 +168,8 @@ bool cfs_job_phase_edge_allowed(enum cfs_job_phase from, enum cfs_job_phase to)
     return phase_edges[from][to];
 }
 
-/* The kinds of job (rows: enum cfs_job_type). Copy and pull are only
- * seen as external jobs today; their rows are where chainfs's own will
- * go. */
+/* The kinds of job (rows: enum cfs_job_type; docs/design/issue8.md §1.3,
+ * §2.3 for pull, offline-pull and copy). */
 static const struct cfs_job_kind job_kinds[CFS_JOB_TYPE_MAX] = {
     [CFS_JOB_NONE] = { .type = CFS_JOB_NONE, .starts = "-" },
     [CFS_JOB_SNAPSHOT] = {
@@ -155,9 +190,21 @@ static const struct cfs_job_kind job_kinds[CFS_JOB_TYPE_MAX] = {
         .type = CFS_JOB_OFFLINE_COMMIT, .chainfs = true, .merge = true,
         .starts = "rmdir on a shut-off domain: qemu-img commit in a thread",
     },
-    [CFS_JOB_PULL] = { .type = CFS_JOB_PULL, .block_job = true, .starts = "-" },
-    [CFS_JOB_COPY] = { .type = CFS_JOB_COPY, .block_job = true,
-                       .has_ready = true, .starts = "-" },
+    [CFS_JOB_PULL] = {
+        .type = CFS_JOB_PULL, .chainfs = true, .block_job = true,
+        .merge = true, .abortable = true,
+        .starts = "rmdir of the active layer when pulling copies less: "
+                  "a live block pull (forward merge)",
+    },
+    [CFS_JOB_OFFLINE_PULL] = {
+        .type = CFS_JOB_OFFLINE_PULL, .chainfs = true, .merge = true,
+        .starts = "the same on a shut-off domain: qemu-img rebase in a thread",
+    },
+    [CFS_JOB_COPY] = {
+        .type = CFS_JOB_COPY, .chainfs = true, .block_job = true,
+        .has_ready = true, .abortable = true,
+        .starts = "`copy DEST MODE` in ctl: a block copy + pivot (or finish)",
+    },
     [CFS_JOB_BACKUP] = { .type = CFS_JOB_BACKUP, .block_job = true, .starts = "-" },
     [CFS_JOB_UNKNOWN] = { .type = CFS_JOB_UNKNOWN, .block_job = true, .starts = "-" },
 };
@@ -220,7 +267,41 @@ void cfs_job_clear(struct cfs_job *j)
     free(j->journal_id);
     free(j->leftover);
     cfs_strv_free(j->disks);
+    cfs_strv_free(j->snapshots);
+    cfs_job_files_free(j->leaving, j->n_leaving);
+    free(j->written);
+    free(j->reason);
     *j = (struct cfs_job){ 0 };
+}
+
+void cfs_job_file_clear(struct cfs_job_file *f)
+{
+    if (!f)
+        return;
+    free(f->path);
+    cfs_file_id_clear(&f->id);
+    *f = (struct cfs_job_file){ 0 };
+}
+
+void cfs_job_files_free(struct cfs_job_file *v, size_t n)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; i < n; i++)
+        cfs_job_file_clear(&v[i]);
+    free(v);
+}
+
+struct cfs_job_file *cfs_job_files_dup(const struct cfs_job_file *v, size_t n)
+{
+    if (!v || n == 0)
+        return NULL;
+    struct cfs_job_file *d = cfs_xcalloc(n, sizeof(*d));
+    for (size_t i = 0; i < n; i++) {
+        d[i].path = cfs_xstrdup(v[i].path);
+        cfs_file_id_copy(&d[i].id, &v[i].id);
+    }
+    return d;
 }
 
 struct cfs_job *cfs_job_free(struct cfs_job *j)
@@ -302,6 +383,13 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->disks = NULL;
     for (char **d = src->disks; d && *d; d++)
         cfs_strv_push(&dst->disks, cfs_xstrdup(*d));
+    dst->snapshots = NULL;
+    for (char **s = src->snapshots; s && *s; s++)
+        cfs_strv_push(&dst->snapshots, cfs_xstrdup(*s));
+    dst->leaving = cfs_job_files_dup(src->leaving, src->n_leaving);
+    dst->n_leaving = dst->leaving ? src->n_leaving : 0;
+    dst->written = cfs_xstrdup(src->written);
+    dst->reason = cfs_xstrdup(src->reason);
 }
 
 /* ---- lookups ------------------------------------------------------------------ */

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chainfs/model.h"
+
 /* `merge NAME commit|pull|auto` in ctl, kept per snapshot. */
 enum cfs_merge_mode {
     CFS_MERGE_AUTO = 0,   /* by cost */
@@ -49,6 +51,12 @@ enum cfs_merge_kind {
 /* "commit", "active-commit", "offline-commit", "pull", "offline-pull"
  * (the job kinds' names in job/job.json); NULL out of range. */
 const char *cfs_merge_kind_to_string(enum cfs_merge_kind k);
+/* The engine's job type for a plan's kind (the one mapping:
+ * CFS_MERGE_KIND_PULL -> CFS_JOB_PULL, ...); CFS_JOB_NONE out of range.
+ * cfs_job_type_to_string() of it is cfs_merge_kind_to_string(K). */
+enum cfs_job_type cfs_merge_kind_job_type(enum cfs_merge_kind k);
+/* CFS_DIRECTION_COMMIT or _PULL; CFS_DIRECTION_NONE out of range. */
+enum cfs_merge_direction cfs_merge_kind_direction(enum cfs_merge_kind k);
 
 struct cfs_merge_job {
     enum cfs_merge_kind kind;

@@ -82,20 +82,34 @@ struct cfs_domain {
                              its last known state */
 };
 
-/* What a job does. The first rows are chainfs's own kinds; every libvirt
- * block job type maps to a distinct value too (a job chainfs did not
- * start shows as what it is, with origin external). */
+/* What a job does. Every libvirt block job type maps to a distinct value
+ * (a job chainfs did not start shows as what it is, with origin
+ * external); cfs_job_kind() says which of them chainfs starts itself.
+ * Stored by name (cfs_job_type_to_string), never by number. */
 enum cfs_job_type {
     CFS_JOB_NONE,
     CFS_JOB_SNAPSHOT,       /* mkdir */
     CFS_JOB_COMMIT,         /* live commit of a lower layer */
     CFS_JOB_ACTIVE_COMMIT,  /* live commit of the active layer + pivot */
     CFS_JOB_OFFLINE_COMMIT, /* shut-off domain: merged with qemu-img */
-    CFS_JOB_PULL,           /* libvirt VIR_DOMAIN_BLOCK_JOB_TYPE_PULL */
-    CFS_JOB_COPY,           /* VIR_DOMAIN_BLOCK_JOB_TYPE_COPY */
+    CFS_JOB_PULL,           /* libvirt VIR_DOMAIN_BLOCK_JOB_TYPE_PULL;
+                               chainfs's forward merge (issue 8) */
+    CFS_JOB_COPY,           /* VIR_DOMAIN_BLOCK_JOB_TYPE_COPY; chainfs's
+                               `copy` in ctl (issue 8) */
     CFS_JOB_BACKUP,         /* VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP */
     CFS_JOB_UNKNOWN,        /* a libvirt job type this build does not know */
+    CFS_JOB_OFFLINE_PULL,   /* shut-off domain: forward merge with
+                               qemu-img rebase (never a libvirt job) */
     CFS_JOB_TYPE_MAX,
+};
+
+/* Which way a merge copies (issue 8 §2.2): a commit writes the layer
+ * below the run, a pull writes the active layer. */
+enum cfs_merge_direction {
+    CFS_DIRECTION_NONE,     /* not a merge, or an entry from before issue 8 */
+    CFS_DIRECTION_COMMIT,
+    CFS_DIRECTION_PULL,
+    CFS_DIRECTION_MAX,
 };
 
 /* A job's one state (docs/DESIGN.md draws the allowed edges). */
@@ -105,11 +119,21 @@ enum cfs_job_phase {
     CFS_PHASE_RUNNING,
     CFS_PHASE_READY,
     CFS_PHASE_PIVOTING,
+    CFS_PHASE_FINISHING,    /* copy: `finish` asked (journaled before the
+                               abort call that ends the mirror without a
+                               pivot) */
     CFS_PHASE_CLEANUP,      /* libvirt is done; deleting, forgetting */
     CFS_PHASE_COMPLETED,
     CFS_PHASE_FAILED,
     CFS_PHASE_CANCELED,
     CFS_PHASE_MAX,
+};
+
+/* A file a job names, with which file it is (the path alone does not say:
+ * issue 6). */
+struct cfs_job_file {
+    char *path;
+    struct cfs_file_id id;
 };
 
 /* A disk's current or last job, as chainfs follows it. */
@@ -140,6 +164,25 @@ struct cfs_job {
     bool external;         /* origin external: a libvirt job chainfs did
                               not start (never pivoted, aborted or cleaned
                               up by chainfs) */
+    /* Merges (issue 8 §2.2, §2.3): a run of snapshots removed at once, in
+     * either direction. Empty/zero for jobs of earlier versions: then the
+     * merge is TOP into BASE (snapshot, top, base above). */
+    enum cfs_merge_direction direction;
+    char **snapshots;      /* display names of every snapshot the job
+                              removes, top first, NULL-terminated; NULL:
+                              just `snapshot` */
+    size_t n_leaving;
+    struct cfs_job_file *leaving; /* files that leave the chain (commit:
+                              the run's overlays; pull: the layers below
+                              the active one down to the new backing);
+                              finished = every one is out of the live
+                              chain; deleted at clean-up by the usual rules */
+    char *written;         /* the file the job writes: BASE for a commit,
+                              the active layer for a pull; NULL: BASE */
+    uint64_t bytes_commit; /* what a commit would copy (C) */
+    uint64_t bytes_pull;   /* what a pull would copy (P); 0: no pull */
+    uint64_t bytes_copied; /* growth of WRITTEN's allocation, at the end */
+    char *reason;          /* why this direction (merge_plan's text) */
 };
 
 /* Progress as a backend reports it (virDomainGetBlockJobInfo). */
@@ -157,6 +200,14 @@ const char *cfs_dom_state_to_string(enum cfs_dom_state s);
 const char *cfs_job_type_to_string(enum cfs_job_type t);   /* "active-commit", ... */
 const char *cfs_job_phase_to_string(enum cfs_job_phase s); /* "running", ... */
 const char *cfs_name_source_to_string(enum cfs_name_source s); /* "libvirt-metadata", "chainfs", "filename", "-" */
+/* "commit", "pull"; "none" for CFS_DIRECTION_NONE, "unknown" out of range. */
+const char *cfs_merge_direction_to_string(enum cfs_merge_direction d);
+/* "commit" -> CFS_DIRECTION_COMMIT, "pull" -> CFS_DIRECTION_PULL;
+ * CFS_DIRECTION_MAX for anything else (NULL, "none" included). */
+enum cfs_merge_direction cfs_merge_direction_from_string(const char *s);
+/* "pull" -> CFS_JOB_PULL, ...; CFS_JOB_TYPE_MAX if S names no type
+ * ("none" and NULL included). */
+enum cfs_job_type cfs_job_type_from_string(const char *s);
 bool cfs_job_phase_in_progress(enum cfs_job_phase s); /* starting .. cleanup */
 /* "running" -> CFS_PHASE_RUNNING; CFS_PHASE_MAX if S names no phase. */
 enum cfs_job_phase cfs_job_phase_from_string(const char *s);
@@ -170,10 +221,13 @@ struct cfs_job_kind {
     bool chainfs;       /* chainfs starts jobs of this kind (mkdir, rmdir);
                            the others are only ever seen as external */
     bool block_job;     /* a libvirt block job: followed by events and polls */
-    bool merge;         /* merges TOP into BASE: finished means TOP left the
-                           chain; clean-up deletes TOP and drops its
-                           snapshot metadata; partial when BASE was written */
-    bool has_ready;     /* reaches ready (mirroring) and needs a pivot */
+    bool merge;         /* removes snapshots from the chain: finished means
+                           every leaving file (TOP before issue 8) left the
+                           chain; clean-up deletes them and drops their
+                           snapshot metadata; partial when a commit's BASE
+                           was written */
+    bool has_ready;     /* reaches ready (mirroring) and needs a pivot (or,
+                           a copy, `finish`) */
     bool abortable;     /* ctl abort can cancel it safely */
     const char *starts; /* how chainfs starts it (for logs and docs) */
 };
@@ -184,6 +238,10 @@ void cfs_layer_clear(struct cfs_layer *l);
 void cfs_disk_clear(struct cfs_disk *d);
 struct cfs_domain *cfs_domain_free(struct cfs_domain *d);
 void cfs_job_clear(struct cfs_job *j);
+void cfs_job_file_clear(struct cfs_job_file *f);
+/* Deep copy of V[0..N) (NULL for N == 0); free with cfs_job_files_free. */
+struct cfs_job_file *cfs_job_files_dup(const struct cfs_job_file *v, size_t n);
+void cfs_job_files_free(struct cfs_job_file *v, size_t n);
 struct cfs_job *cfs_job_free(struct cfs_job *j);
 static inline void cfs_domain_freep(struct cfs_domain **d) { *d = cfs_domain_free(*d); }
 #define _cleanup_domain_ __attribute__((cleanup(cfs_domain_freep)))

@@ -1082,6 +1082,9 @@ static void test_phase_table_every_pair(void **state)
         {CFS_PHASE_PIVOTING, CFS_PHASE_READY}, {CFS_PHASE_PIVOTING, CFS_PHASE_CLEANUP},
         {CFS_PHASE_PIVOTING, CFS_PHASE_FAILED}, {CFS_PHASE_PIVOTING, CFS_PHASE_CANCELED},
         {CFS_PHASE_CLEANUP, CFS_PHASE_COMPLETED}, {CFS_PHASE_CLEANUP, CFS_PHASE_FAILED},
+        /* issue 8: a copy's `finish` */
+        {CFS_PHASE_READY, CFS_PHASE_FINISHING}, {CFS_PHASE_FINISHING, CFS_PHASE_CLEANUP},
+        {CFS_PHASE_FINISHING, CFS_PHASE_FAILED},
     };
     unsigned n_allowed = 0;
     for (int a = 0; a < CFS_PHASE_MAX; a++)
@@ -1099,7 +1102,15 @@ static void test_phase_table_every_pair(void **state)
             n_allowed += got;
         }
     assert_int_equal(n_allowed, sizeof(allowed) / sizeof(allowed[0]));
-    assert_int_equal(n_allowed, 20); /* docs/DESIGN.md lists 20 */
+    assert_int_equal(n_allowed, 23); /* docs/DESIGN.md lists 23 */
+    /* finishing is left only for cleanup or failed: never canceled (abort
+     * while finishing is EBUSY), never back to ready or on to a pivot */
+    assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_FINISHING, CFS_PHASE_CANCELED));
+    assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_FINISHING, CFS_PHASE_READY));
+    assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_FINISHING, CFS_PHASE_PIVOTING));
+    assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_RUNNING, CFS_PHASE_FINISHING));
+    assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_PIVOTING, CFS_PHASE_FINISHING));
+    assert_true(cfs_job_phase_in_progress(CFS_PHASE_FINISHING));
     /* out of range: refused */
     assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_MAX, CFS_PHASE_NONE));
     assert_false(cfs_job_phase_edge_allowed(CFS_PHASE_NONE, CFS_PHASE_MAX));
@@ -1120,8 +1131,31 @@ static void test_job_kinds(void **state)
     assert_false(cfs_job_kind(CFS_JOB_OFFLINE_COMMIT)->block_job);
     assert_false(cfs_job_kind(CFS_JOB_OFFLINE_COMMIT)->abortable);
     assert_false(cfs_job_kind(CFS_JOB_SNAPSHOT)->merge);
-    assert_false(cfs_job_kind(CFS_JOB_COPY)->chainfs);
-    assert_false(cfs_job_kind(CFS_JOB_PULL)->chainfs);
+    /* issue 8 §2.3: chainfs's forward merge, live and offline */
+    const struct cfs_job_kind *pull = cfs_job_kind(CFS_JOB_PULL);
+    assert_true(pull->chainfs && pull->block_job && pull->merge && pull->abortable);
+    assert_false(pull->has_ready);
+    const struct cfs_job_kind *opull = cfs_job_kind(CFS_JOB_OFFLINE_PULL);
+    assert_true(opull->chainfs && opull->merge);
+    assert_false(opull->block_job || opull->has_ready || opull->abortable);
+    /* §1.3: chainfs's copy: ready and pivot (or finish), not a merge */
+    const struct cfs_job_kind *copy = cfs_job_kind(CFS_JOB_COPY);
+    assert_true(copy->chainfs && copy->block_job && copy->has_ready &&
+                copy->abortable);
+    assert_false(copy->merge);
+    /* only ever external */
+    assert_false(cfs_job_kind(CFS_JOB_BACKUP)->chainfs);
+    assert_false(cfs_job_kind(CFS_JOB_UNKNOWN)->chainfs);
+    for (int t = CFS_JOB_NONE + 1; t < CFS_JOB_TYPE_MAX; t++) {
+        const struct cfs_job_kind *k = cfs_job_kind(t);
+        assert_non_null(k->starts);
+        /* ready (a mirror) only for libvirt block jobs */
+        if (k->has_ready)
+            assert_true(k->block_job);
+        if (k->chainfs && t != CFS_JOB_SNAPSHOT)
+            assert_string_not_equal(k->starts, "-");
+    }
+    assert_int_equal(cfs_job_kind(CFS_JOB_TYPE_MAX)->type, CFS_JOB_UNKNOWN);
 }
 
 /* ---- recovery from each stored phase --------------------------------------- */

@@ -427,6 +427,42 @@ static void test_strings(void **state)
     assert_null(cfs_merge_kind_to_string((enum cfs_merge_kind)5));
 }
 
+/* The one mapping of a plan's kind onto the engine's job type: the names
+ * agree (job / job.json show either), and the direction follows. */
+static void test_kind_job_type(void **state)
+{
+    (void)state;
+    static const struct {
+        enum cfs_merge_kind kind;
+        enum cfs_job_type type;
+        enum cfs_merge_direction dir;
+    } rows[] = {
+        {CFS_MERGE_KIND_COMMIT, CFS_JOB_COMMIT, CFS_DIRECTION_COMMIT},
+        {CFS_MERGE_KIND_ACTIVE_COMMIT, CFS_JOB_ACTIVE_COMMIT, CFS_DIRECTION_COMMIT},
+        {CFS_MERGE_KIND_OFFLINE_COMMIT, CFS_JOB_OFFLINE_COMMIT, CFS_DIRECTION_COMMIT},
+        {CFS_MERGE_KIND_PULL, CFS_JOB_PULL, CFS_DIRECTION_PULL},
+        {CFS_MERGE_KIND_OFFLINE_PULL, CFS_JOB_OFFLINE_PULL, CFS_DIRECTION_PULL},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        enum cfs_job_type t = cfs_merge_kind_job_type(rows[i].kind);
+        assert_int_equal(t, rows[i].type);
+        assert_string_equal(cfs_job_type_to_string(t),
+                            cfs_merge_kind_to_string(rows[i].kind));
+        assert_int_equal(cfs_merge_kind_direction(rows[i].kind), rows[i].dir);
+        /* every job a plan makes is a merge chainfs starts */
+        assert_true(cfs_job_kind(t)->chainfs);
+        assert_true(cfs_job_kind(t)->merge);
+        assert_int_equal(cfs_job_kind(t)->block_job,
+                         rows[i].kind != CFS_MERGE_KIND_OFFLINE_COMMIT &&
+                         rows[i].kind != CFS_MERGE_KIND_OFFLINE_PULL);
+    }
+    assert_null(cfs_merge_kind_to_string((enum cfs_merge_kind)5));
+    assert_int_equal(cfs_merge_kind_job_type((enum cfs_merge_kind)5), CFS_JOB_NONE);
+    assert_int_equal(cfs_merge_kind_job_type((enum cfs_merge_kind)-1), CFS_JOB_NONE);
+    assert_int_equal(cfs_merge_kind_direction((enum cfs_merge_kind)5),
+                     CFS_DIRECTION_NONE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -435,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_plan_bad_args),
         cmocka_unit_test(test_mode_check),
         cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_kind_job_type),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

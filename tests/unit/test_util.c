@@ -236,13 +236,32 @@ static void test_to_string(void **state)
     assert_string_equal(cfs_job_type_to_string(CFS_JOB_COMMIT), "commit");
     assert_string_equal(cfs_job_type_to_string(CFS_JOB_ACTIVE_COMMIT), "active-commit");
     assert_string_equal(cfs_job_type_to_string(CFS_JOB_OFFLINE_COMMIT), "offline-commit");
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_PULL), "pull");
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_COPY), "copy");
+    assert_string_equal(cfs_job_type_to_string(CFS_JOB_OFFLINE_PULL), "offline-pull");
     assert_string_equal(cfs_job_type_to_string(CFS_JOB_TYPE_MAX), "unknown");
+    for (int t = CFS_JOB_NONE + 1; t < CFS_JOB_TYPE_MAX; t++)
+        assert_int_equal(cfs_job_type_from_string(cfs_job_type_to_string(t)), t);
+    assert_int_equal(cfs_job_type_from_string("none"), CFS_JOB_TYPE_MAX);
+    assert_int_equal(cfs_job_type_from_string("stream"), CFS_JOB_TYPE_MAX);
+    assert_int_equal(cfs_job_type_from_string(NULL), CFS_JOB_TYPE_MAX);
+
+    assert_string_equal(cfs_merge_direction_to_string(CFS_DIRECTION_NONE), "none");
+    assert_string_equal(cfs_merge_direction_to_string(CFS_DIRECTION_COMMIT), "commit");
+    assert_string_equal(cfs_merge_direction_to_string(CFS_DIRECTION_PULL), "pull");
+    assert_string_equal(cfs_merge_direction_to_string(CFS_DIRECTION_MAX), "unknown");
+    assert_int_equal(cfs_merge_direction_from_string("commit"), CFS_DIRECTION_COMMIT);
+    assert_int_equal(cfs_merge_direction_from_string("pull"), CFS_DIRECTION_PULL);
+    assert_int_equal(cfs_merge_direction_from_string("none"), CFS_DIRECTION_MAX);
+    assert_int_equal(cfs_merge_direction_from_string("Pull"), CFS_DIRECTION_MAX);
+    assert_int_equal(cfs_merge_direction_from_string(NULL), CFS_DIRECTION_MAX);
 
     assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_NONE), "none");
     assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_RUNNING), "running");
     assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_READY), "ready");
     assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_PIVOTING), "pivoting");
     assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_STARTING), "starting");
+    assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_FINISHING), "finishing");
     assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_CLEANUP), "cleanup");
     assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_COMPLETED), "completed");
     assert_string_equal(cfs_job_phase_to_string(CFS_PHASE_FAILED), "failed");
@@ -259,7 +278,7 @@ static void test_to_string(void **state)
         assert_int_equal(cfs_job_phase_in_progress(s),
                          s == CFS_PHASE_STARTING || s == CFS_PHASE_RUNNING ||
                          s == CFS_PHASE_READY || s == CFS_PHASE_PIVOTING ||
-                         s == CFS_PHASE_CLEANUP);
+                         s == CFS_PHASE_FINISHING || s == CFS_PHASE_CLEANUP);
 }
 
 static struct cfs_domain *make_domain(void)
@@ -388,6 +407,52 @@ static void test_job_copy(void **state)
     struct cfs_job *heap = cfs_xcalloc(1, sizeof(*heap));
     cfs_job_copy(heap, &src);
     assert_null(cfs_job_free(heap));
+}
+
+/* Issue 8's merge fields: deep copies, freed by cfs_job_clear (ASan). */
+static void test_job_copy_merge_fields(void **state)
+{
+    (void)state;
+    struct cfs_job src = {
+        .type = CFS_JOB_PULL, .phase = CFS_PHASE_RUNNING,
+        .direction = CFS_DIRECTION_PULL,
+        .bytes_commit = 200, .bytes_pull = 4, .bytes_copied = 3,
+    };
+    src.written = cfs_xstrdup("/img/s2.qcow2");
+    src.reason = cfs_xstrdup("pull: 4B < 200B");
+    cfs_strv_push(&src.snapshots, cfs_xstrdup("s2"));
+    cfs_strv_push(&src.snapshots, cfs_xstrdup("s1"));
+    src.n_leaving = 2;
+    src.leaving = cfs_xcalloc(2, sizeof(*src.leaving));
+    src.leaving[0].path = cfs_xstrdup("/img/s1.qcow2");
+    src.leaving[0].id = (struct cfs_file_id){ .known = true, .dev = 8, .ino = 42,
+                                              .canonical = cfs_xstrdup("/img/s1.qcow2") };
+    src.leaving[1].path = cfs_xstrdup("/img/s0.qcow2"); /* not identified */
+
+    struct cfs_job dst = { 0 };
+    cfs_job_copy(&dst, &src);
+    cfs_job_clear(&src); /* the copy owns its own */
+    assert_int_equal(dst.direction, CFS_DIRECTION_PULL);
+    assert_int_equal(dst.bytes_commit, 200);
+    assert_int_equal(dst.bytes_pull, 4);
+    assert_int_equal(dst.bytes_copied, 3);
+    assert_string_equal(dst.written, "/img/s2.qcow2");
+    assert_string_equal(dst.reason, "pull: 4B < 200B");
+    assert_int_equal(cfs_strv_len(dst.snapshots), 2);
+    assert_string_equal(dst.snapshots[1], "s1");
+    assert_int_equal(dst.n_leaving, 2);
+    assert_string_equal(dst.leaving[0].path, "/img/s1.qcow2");
+    assert_true(dst.leaving[0].id.known);
+    assert_int_equal(dst.leaving[0].id.dev, 8);
+    assert_int_equal(dst.leaving[0].id.ino, 42);
+    assert_string_equal(dst.leaving[0].id.canonical, "/img/s1.qcow2");
+    assert_false(dst.leaving[1].id.known);
+    assert_null(dst.leaving[1].id.canonical);
+    cfs_job_clear(&dst);
+    assert_null(dst.leaving);
+    assert_int_equal(dst.n_leaving, 0);
+    assert_null(cfs_job_files_dup(NULL, 3));
+    cfs_job_files_free(NULL, 3);
 }
 
 static void test_lookups(void **state)
@@ -577,6 +642,7 @@ int main(void)
         cmocka_unit_test(test_domain_free_null),
         cmocka_unit_test(test_domain_dup_is_deep),
         cmocka_unit_test(test_job_copy),
+        cmocka_unit_test(test_job_copy_merge_fields),
         cmocka_unit_test(test_lookups),
         cmocka_unit_test(test_path_fold),
         cmocka_unit_test(test_file_same),
