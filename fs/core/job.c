@@ -116,6 +116,16 @@ int journal_record(struct cfs_engine *e, const char *dom,
         .error = job->error,
         .bandwidth = job->bandwidth,
         .disks = job->disks,
+        /* issue 8's merges; empty for the jobs of earlier kinds */
+        .direction = job->direction,
+        .snapshots = job->snapshots,
+        .n_leaving = job->n_leaving,
+        .leaving = job->leaving,
+        .written = job->written,
+        .bytes_commit = job->bytes_commit,
+        .bytes_pull = job->bytes_pull,
+        .bytes_copied = job->bytes_copied,
+        .reason = job->reason,
     };
     int r = cfs_journal_put(e->journal, &en);
     if (r < 0)

@@ -9,7 +9,10 @@
  * Format: JSON Lines, one object per open entry, each carrying
  * "version": 1. Loading skips (with a warning) any line that does not
  * parse, is not an object, lacks a required field, has an unknown type or
- * another version, or repeats an id; it never fails because of content.
+ * another version, has a malformed merge field (direction, snapshots,
+ * leaving, written: issue 8), or repeats an id; it never fails because
+ * of content. The issue-8 fields are written only when set, so an entry
+ * of an earlier kind is written as before.
  *
  * Threads: any thread may call any function; j->lock (the only lock here,
  * never held while calling out of this module) serialises them.
@@ -59,6 +62,10 @@ void cfs_journal_entry_clear(struct cfs_journal_entry *e)
     free(e->phase);
     free(e->error);
     cfs_strv_free(e->disks);
+    cfs_strv_free(e->snapshots);
+    cfs_job_files_free(e->leaving, e->n_leaving);
+    free(e->written);
+    free(e->reason);
     *e = (struct cfs_journal_entry){0};
 }
 
@@ -80,9 +87,19 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         .updated = src->updated,
         .error = cfs_xstrdup(src->error),
         .bandwidth = src->bandwidth,
+        .direction = src->direction,
+        .written = cfs_xstrdup(src->written),
+        .bytes_commit = src->bytes_commit,
+        .bytes_pull = src->bytes_pull,
+        .bytes_copied = src->bytes_copied,
+        .reason = cfs_xstrdup(src->reason),
     };
     for (char **d = src->disks; d && *d; d++)
         cfs_strv_push(&dst->disks, cfs_xstrdup(*d));
+    for (char **n = src->snapshots; n && *n; n++)
+        cfs_strv_push(&dst->snapshots, cfs_xstrdup(*n));
+    dst->leaving = cfs_job_files_dup(src->leaving, src->n_leaving);
+    dst->n_leaving = dst->leaving ? src->n_leaving : 0;
 }
 
 void cfs_journal_entries_free(struct cfs_journal_entry *v, size_t n)
@@ -99,12 +116,29 @@ static bool entry_type_valid(enum cfs_job_type t)
     return t > CFS_JOB_NONE && t < CFS_JOB_TYPE_MAX;
 }
 
+/* The issue-8 fields as the loader takes them back. */
+static bool merge_fields_valid(const struct cfs_journal_entry *e)
+{
+    if ((int)e->direction < 0 || e->direction >= CFS_DIRECTION_MAX)
+        return false;
+    for (char **n = e->snapshots; n && *n; n++)
+        if (!**n)
+            return false;
+    if (e->n_leaving > 0 && !e->leaving)
+        return false;
+    for (size_t i = 0; i < e->n_leaving; i++)
+        if (!e->leaving[i].path || !*e->leaving[i].path)
+            return false;
+    return !e->written || *e->written;
+}
+
 /* Only entries that would load back may be written. */
 static bool entry_valid(const struct cfs_journal_entry *e)
 {
     return e && e->id && *e->id && e->domain && *e->domain && e->disk &&
            *e->disk && e->top && *e->top && e->base && *e->base &&
-           e->phase && *e->phase && entry_type_valid(e->type);
+           e->phase && *e->phase && entry_type_valid(e->type) &&
+           merge_fields_valid(e);
 }
 
 static ssize_t find_entry(const struct cfs_journal *j, const char *id)
@@ -151,6 +185,39 @@ static void entry_to_line(const struct cfs_journal_entry *e,
         json_object_array_add(disks, json_object_new_string(e->disk));
     json_object_object_add(o, "disks", disks);
 
+    /* issue 8: only when set, so that other entries read as before */
+    if (e->direction != CFS_DIRECTION_NONE)
+        json_add_str(o, "direction", cfs_merge_direction_to_string(e->direction));
+    if (e->snapshots && *e->snapshots) { /* [] would read back as NULL */
+        json_object *snaps = json_object_new_array();
+        for (char **n = e->snapshots; *n; n++)
+            json_object_array_add(snaps, json_object_new_string(*n));
+        json_object_object_add(o, "snapshots", snaps);
+    }
+    if (e->n_leaving > 0) {
+        json_object *leaving = json_object_new_array();
+        for (size_t i = 0; i < e->n_leaving; i++) {
+            const struct cfs_job_file *lf = &e->leaving[i];
+            json_object *f = json_object_new_object();
+            json_add_str(f, "path", lf->path);
+            if (lf->id.known) {
+                /* as int64: a value above INT64_MAX comes back the same */
+                json_object_object_add(f, "dev", json_object_new_int64((int64_t)lf->id.dev));
+                json_object_object_add(f, "ino", json_object_new_int64((int64_t)lf->id.ino));
+            }
+            json_object_array_add(leaving, f);
+        }
+        json_object_object_add(o, "leaving", leaving);
+    }
+    json_add_str(o, "written", e->written);
+    if (e->bytes_commit)
+        json_object_object_add(o, "bytes_commit", json_object_new_int64((int64_t)e->bytes_commit));
+    if (e->bytes_pull)
+        json_object_object_add(o, "bytes_pull", json_object_new_int64((int64_t)e->bytes_pull));
+    if (e->bytes_copied)
+        json_object_object_add(o, "bytes_copied", json_object_new_int64((int64_t)e->bytes_copied));
+    json_add_str(o, "reason", e->reason);
+
     /* PLAIN never emits a raw newline: control characters are escaped. */
     cfs_buf_printf(out, "%s\n",
                    json_object_to_json_string_ext(
@@ -188,6 +255,92 @@ static int64_t json_get_int(json_object *o, const char *key)
         !json_object_is_type(v, json_type_int))
         return 0;
     return json_object_get_int64(v);
+}
+
+/* A byte count written as int64 (see entry_to_line): negative numbers are
+ * values above INT64_MAX. Absent or not a number: 0. */
+static uint64_t json_get_u64(json_object *o, const char *key)
+{
+    return (uint64_t)json_get_int(o, key);
+}
+
+/* The issue-8 fields of O into OUT (whose other fields are set). 0, or
+ * -EINVAL with *WHY when one is present but malformed. */
+static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
+                             char **why)
+{
+    json_object *v;
+
+    if (json_object_object_get_ex(o, "direction", &v)) {
+        const char *d = json_object_is_type(v, json_type_string)
+                            ? json_object_get_string(v) : NULL;
+        out->direction = cfs_merge_direction_from_string(d);
+        if (out->direction == CFS_DIRECTION_MAX) {
+            out->direction = CFS_DIRECTION_NONE;
+            *why = cfs_xstrdup("invalid \"direction\"");
+            return -EINVAL;
+        }
+    }
+    if (json_object_object_get_ex(o, "snapshots", &v)) {
+        if (!json_object_is_type(v, json_type_array)) {
+            *why = cfs_xstrdup("invalid \"snapshots\"");
+            return -EINVAL;
+        }
+        size_t n = json_object_array_length(v);
+        for (size_t i = 0; i < n; i++) {
+            json_object *s = json_object_array_get_idx(v, i);
+            if (!json_object_is_type(s, json_type_string) ||
+                !*json_object_get_string(s)) {
+                *why = cfs_xstrdup("invalid \"snapshots\"");
+                return -EINVAL;
+            }
+            cfs_strv_push(&out->snapshots, cfs_xstrdup(json_object_get_string(s)));
+        }
+    }
+    if (json_object_object_get_ex(o, "leaving", &v)) {
+        if (!json_object_is_type(v, json_type_array)) {
+            *why = cfs_xstrdup("invalid \"leaving\"");
+            return -EINVAL;
+        }
+        size_t n = json_object_array_length(v);
+        if (n > 0)
+            out->leaving = cfs_xcalloc(n, sizeof(*out->leaving));
+        for (size_t i = 0; i < n; i++) {
+            json_object *f = json_object_array_get_idx(v, i), *dev, *ino;
+            const char *path = json_object_is_type(f, json_type_object)
+                                   ? json_get_str(f, "path") : NULL;
+            bool has_dev = path && json_object_object_get_ex(f, "dev", &dev);
+            bool has_ino = path && json_object_object_get_ex(f, "ino", &ino);
+            /* an identity is both numbers or neither */
+            if (!path || !*path || has_dev != has_ino ||
+                (has_dev && (!json_object_is_type(dev, json_type_int) ||
+                             !json_object_is_type(ino, json_type_int)))) {
+                *why = cfs_xasprintf("invalid \"leaving\" file %zu", i + 1);
+                return -EINVAL;
+            }
+            struct cfs_job_file *lf = &out->leaving[out->n_leaving++];
+            lf->path = cfs_xstrdup(path);
+            if (has_dev) {
+                lf->id.known = true;
+                lf->id.dev = (uint64_t)json_object_get_int64(dev);
+                lf->id.ino = (uint64_t)json_object_get_int64(ino);
+            }
+        }
+    }
+    if (json_object_object_get_ex(o, "written", &v)) {
+        if (!json_object_is_type(v, json_type_string) ||
+            !*json_object_get_string(v)) {
+            *why = cfs_xstrdup("invalid \"written\"");
+            return -EINVAL;
+        }
+        out->written = cfs_xstrdup(json_object_get_string(v));
+    }
+    /* what job / job.json show; a bad value is not worth the entry */
+    out->bytes_commit = json_get_u64(o, "bytes_commit");
+    out->bytes_pull = json_get_u64(o, "bytes_pull");
+    out->bytes_copied = json_get_u64(o, "bytes_copied");
+    out->reason = cfs_xstrdup(json_get_str(o, "reason"));
+    return 0;
 }
 
 static int json_object_to_entry(json_object *o, struct cfs_journal_entry *out,
@@ -255,7 +408,10 @@ static int json_object_to_entry(json_object *o, struct cfs_journal_entry *out,
                               cfs_xstrdup(json_object_get_string(d)));
         }
     }
-    return 0;
+    int r = json_merge_fields(o, out, why);
+    if (r < 0)
+        cfs_journal_entry_clear(out);
+    return r;
 }
 
 /* Parse one line (without its newline). On failure *why says why. */

@@ -90,6 +90,18 @@ void recover_journal(struct cfs_engine *e)
             cfs_file_id_copy(&s->job.top_id, &rdk->layers[ti].id);
         s->job.started = en->created;
         s->job.journal_id = cfs_xstrdup(en->id);
+        /* issue 8's merge fields, as journaled (empty in entries of
+         * earlier versions: the merge is then TOP into BASE, as before) */
+        s->job.direction = en->direction;
+        for (char **sn = en->snapshots; sn && *sn; sn++)
+            cfs_strv_push(&s->job.snapshots, cfs_xstrdup(*sn));
+        s->job.leaving = cfs_job_files_dup(en->leaving, en->n_leaving);
+        s->job.n_leaving = s->job.leaving ? en->n_leaving : 0;
+        s->job.written = cfs_xstrdup(en->written);
+        s->job.bytes_commit = en->bytes_commit;
+        s->job.bytes_pull = en->bytes_pull;
+        s->job.bytes_copied = en->bytes_copied;
+        s->job.reason = cfs_xstrdup(en->reason);
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */

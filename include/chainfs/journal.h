@@ -32,6 +32,21 @@ struct cfs_journal_entry {
     int64_t created;   /* unix seconds */
     int64_t updated;
     char *error;       /* or NULL */
+    /* Issue 8's merges (all optional: absent in entries of earlier
+     * versions, which load with these empty and recover as before). A
+     * present but malformed direction, snapshots, leaving or written
+     * makes the line skipped, as a missing required field does: they
+     * decide what recovery deletes. */
+    enum cfs_merge_direction direction; /* CFS_DIRECTION_NONE: not stored */
+    char **snapshots;  /* every snapshot the job removes, top first
+                          (NULL-terminated; NULL: just snapshot) */
+    size_t n_leaving;
+    struct cfs_job_file *leaving; /* files that leave the chain; each id
+                          is stored as dev/ino when known (canonical is
+                          not stored: it loads NULL) */
+    char *written;     /* the file the job writes, or NULL (BASE) */
+    uint64_t bytes_commit, bytes_pull, bytes_copied; /* 0: not stored */
+    char *reason;      /* why this direction, or NULL */
 };
 
 struct cfs_journal;

@@ -651,6 +651,67 @@ static void test_bad_records(void **state)
           "\"B\":{\"C\":{\"D\":{\"E\":{\"F\":{\"G\":{}}}}}}}}}}}}}}}}}}}}}}}"
           "}}}}}}}}}}",
           "" },
+        /* issue 8's merge fields, present but malformed */
+        { "{\"version\":1,\"id\":\"y1\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"direction\":\"sideways\"}",
+          "\"direction\"" },
+        { "{\"version\":1,\"id\":\"y2\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"direction\":1}",
+          "\"direction\"" },
+        { "{\"version\":1,\"id\":\"y3\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"direction\":\"none\"}",
+          "\"direction\"" },
+        { "{\"version\":1,\"id\":\"y4\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\",\"snapshots\":\"s1\"}",
+          "\"snapshots\"" },
+        { "{\"version\":1,\"id\":\"y5\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\",\"snapshots\":[\"s2\",\"\"]}",
+          "\"snapshots\"" },
+        { "{\"version\":1,\"id\":\"y6\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"commit\","
+          "\"phase\":\"running\",\"snapshots\":[\"s2\",3]}",
+          "\"snapshots\"" },
+        { "{\"version\":1,\"id\":\"y7\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"leaving\":{\"path\":\"/x\"}}",
+          "\"leaving\"" },
+        { "{\"version\":1,\"id\":\"y8\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"leaving\":[{\"dev\":1,\"ino\":2}]}",
+          "\"leaving\" file 1" },
+        { "{\"version\":1,\"id\":\"y9\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"leaving\":[{\"path\":\"/x\"},{\"path\":\"/y\",\"dev\":1}]}",
+          "\"leaving\" file 2" },
+        { "{\"version\":1,\"id\":\"y10\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"leaving\":[{\"path\":\"/x\",\"dev\":\"1\",\"ino\":2}]}",
+          "\"leaving\" file 1" },
+        { "{\"version\":1,\"id\":\"y11\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"leaving\":[\"/x\"]}",
+          "\"leaving\" file 1" },
+        { "{\"version\":1,\"id\":\"y12\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"leaving\":[{\"path\":\"\"}]}",
+          "\"leaving\" file 1" },
+        { "{\"version\":1,\"id\":\"y13\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"written\":\"\"}",
+          "\"written\"" },
+        { "{\"version\":1,\"id\":\"y14\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"pull\","
+          "\"phase\":\"running\",\"written\":5}",
+          "\"written\"" },
+        { "{\"version\":1,\"id\":\"y15\",\"domain\":\"d\",\"disk\":\"vda\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"rmdir\","
+          "\"phase\":\"running\",\"phase\":\"queued\"}",
+          "unknown type \"rmdir\"" },
         { good_line, "duplicate id" },
     };
     struct cfs_buf b = {0};
@@ -791,6 +852,183 @@ static void test_previous_version_and_new_fields(void **state)
     cfs_journal_free(j);
 }
 
+/* Issue 8: every merge field is written and read back; an identity is
+ * dev/ino (any 64-bit value) or none; the new types and the phase
+ * finishing are stored by name. */
+static void test_merge_fields_round_trip(void **state)
+{
+    const char *dir = *state;
+    static const enum cfs_job_type types[] = {
+        CFS_JOB_PULL, CFS_JOB_OFFLINE_PULL, CFS_JOB_COPY, CFS_JOB_COMMIT,
+    };
+    struct cfs_journal *j = open_ok(dir, NULL);
+    struct cfs_journal_entry e[ELEMENTSOF(types)];
+
+    for (size_t i = 0; i < ELEMENTSOF(types); i++) {
+        make_entry(&e[i], (int)i, types[i]);
+        e[i].direction = i % 2 ? CFS_DIRECTION_COMMIT : CFS_DIRECTION_PULL;
+        cfs_strv_push(&e[i].snapshots, cfs_xasprintf("s%zu", i + 2));
+        cfs_strv_push(&e[i].snapshots, cfs_xstrdup("s1 \"quoted\"\n"));
+        e[i].n_leaving = 3;
+        e[i].leaving = cfs_xcalloc(3, sizeof(*e[i].leaving));
+        e[i].leaving[0].path = cfs_xstrdup("/img/vm.vda.s1.qcow2");
+        e[i].leaving[0].id = (struct cfs_file_id){
+            .known = true, .dev = 2049, .ino = 1234567 + i,
+            .canonical = cfs_xstrdup("/real/vm.vda.s1.qcow2")};
+        e[i].leaving[1].path = cfs_xstrdup("nbd:host:10809"); /* no identity */
+        e[i].leaving[2].path = cfs_xstrdup("/img/big");
+        e[i].leaving[2].id = (struct cfs_file_id){
+            .known = true, .dev = UINT64_MAX, .ino = (uint64_t)INT64_MAX + 1};
+        e[i].written = cfs_xasprintf("/img/written%zu.qcow2", i);
+        e[i].bytes_commit = (uint64_t)200 << 20;
+        e[i].bytes_pull = 4 << 20;
+        e[i].bytes_copied = UINT64_MAX - i;
+        e[i].reason = cfs_xstrdup("pull: 4.0MiB < 200.0MiB");
+        free(e[i].phase);
+        e[i].phase = cfs_xstrdup(i == 2 ? "finishing" : "running");
+        assert_int_equal(cfs_journal_put(j, &e[i]), 0);
+    }
+    cfs_journal_free(j);
+
+    char **warnings = NULL;
+    j = open_ok(dir, &warnings);
+    assert_null(warnings);
+    struct cfs_journal_entry *v;
+    size_t n;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, ELEMENTSOF(types));
+    for (size_t i = 0; i < n; i++) {
+        assert_entry_equal(&v[i], &e[i]);
+        assert_int_equal(v[i].direction, e[i].direction);
+        assert_int_equal(cfs_strv_len(v[i].snapshots), 2);
+        assert_string_equal(v[i].snapshots[0], e[i].snapshots[0]);
+        assert_string_equal(v[i].snapshots[1], "s1 \"quoted\"\n");
+        assert_int_equal(v[i].n_leaving, 3);
+        for (size_t k = 0; k < 3; k++) {
+            assert_string_equal(v[i].leaving[k].path, e[i].leaving[k].path);
+            assert_int_equal(v[i].leaving[k].id.known, e[i].leaving[k].id.known);
+            assert_true(v[i].leaving[k].id.dev == e[i].leaving[k].id.dev);
+            assert_true(v[i].leaving[k].id.ino == e[i].leaving[k].id.ino);
+            /* the canonical path is not stored: found again from the chain */
+            assert_null(v[i].leaving[k].id.canonical);
+        }
+        assert_string_equal(v[i].written, e[i].written);
+        assert_true(v[i].bytes_commit == e[i].bytes_commit);
+        assert_true(v[i].bytes_pull == e[i].bytes_pull);
+        assert_true(v[i].bytes_copied == e[i].bytes_copied);
+        assert_string_equal(v[i].reason, e[i].reason);
+    }
+    assert_int_equal(v[0].type, CFS_JOB_PULL);
+    assert_int_equal(v[1].type, CFS_JOB_OFFLINE_PULL);
+    assert_string_equal(v[2].phase, "finishing");
+
+    /* a deep copy of a loaded entry owns its merge fields */
+    struct cfs_journal_entry c;
+    cfs_journal_entry_copy(&c, &v[1]);
+    cfs_journal_entries_free(v, n);
+    assert_string_equal(c.leaving[0].path, "/img/vm.vda.s1.qcow2");
+    assert_string_equal(c.snapshots[0], "s3");
+    cfs_journal_entry_clear(&c);
+    assert_null(c.leaving);
+
+    /* the file names them as job.json will */
+    _cleanup_free_ char *path = path_in(dir, "journal");
+    size_t len;
+    _cleanup_free_ char *data = read_file(path, &len);
+    assert_non_null(strstr(data, "\"type\":\"offline-pull\""));
+    assert_non_null(strstr(data, "\"direction\":\"pull\""));
+    assert_non_null(strstr(data, "\"phase\":\"finishing\""));
+    assert_non_null(strstr(data, "{\"path\":\"nbd:host:10809\"}"));
+    for (size_t i = 0; i < ELEMENTSOF(types); i++)
+        cfs_journal_entry_clear(&e[i]);
+    cfs_journal_free(j);
+}
+
+/* What cannot load back is not written: a bad merge field is -EINVAL and
+ * changes nothing. */
+static void test_merge_fields_put_invalid(void **state)
+{
+    const char *dir = *state;
+    struct cfs_journal *j = open_ok(dir, NULL);
+    struct cfs_journal_entry e;
+
+    make_entry(&e, 1, CFS_JOB_PULL);
+    e.direction = CFS_DIRECTION_MAX;
+    assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+    e.direction = CFS_DIRECTION_PULL;
+    cfs_strv_push(&e.snapshots, cfs_xstrdup(""));
+    assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+    cfs_strv_free(e.snapshots);
+    e.snapshots = NULL;
+    e.n_leaving = 1; /* no array */
+    assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+    e.leaving = cfs_xcalloc(1, sizeof(*e.leaving)); /* no path */
+    assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+    e.leaving[0].path = cfs_xstrdup("");
+    assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+    free(e.leaving[0].path);
+    e.leaving[0].path = cfs_xstrdup("/img/s1.qcow2");
+    e.written = cfs_xstrdup("");
+    assert_int_equal(cfs_journal_put(j, &e), -EINVAL);
+    assert_int_equal(count_entries(j), 0);
+    free(e.written);
+    e.written = NULL;
+    assert_int_equal(cfs_journal_put(j, &e), 0);
+    assert_int_equal(count_entries(j), 1);
+    cfs_journal_entry_clear(&e);
+    cfs_journal_free(j);
+}
+
+/* A line exactly as the daemon before issue 8 wrote it (every key it
+ * wrote, in its order) loads with the merge fields empty, and written
+ * back it is the same bytes: nothing is added to an entry of an older
+ * kind. */
+static const char old_line[] =
+    "{\"version\":1,\"id\":\"1764000000-4242-1\",\"domain\":\"vm1\","
+    "\"disk\":\"vda\",\"snapshot\":\"s2\",\"meta_name\":\"s2\","
+    "\"top\":\"/var/lib/libvirt/images/vm1.vda.s2.qcow2\","
+    "\"base\":\"/var/lib/libvirt/images/vm1.vda.s1.qcow2\","
+    "\"type\":\"active-commit\",\"phase\":\"pivoting\","
+    "\"created\":1764000000,\"updated\":1764000042,"
+    "\"error\":\"internal error: \\\"x\\\"\",\"bandwidth\":2097152,"
+    "\"disks\":[\"vda\"]}\n";
+
+static void test_verbatim_old_entry(void **state)
+{
+    const char *dir = *state;
+    char **warnings = NULL;
+    struct cfs_journal *j = load_raw(dir, old_line, strlen(old_line), &warnings);
+    assert_null(warnings);
+    struct cfs_journal_entry *v;
+    size_t n;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].type, CFS_JOB_ACTIVE_COMMIT);
+    assert_string_equal(v[0].phase, "pivoting");
+    assert_string_equal(v[0].top, "/var/lib/libvirt/images/vm1.vda.s2.qcow2");
+    assert_int_equal(v[0].bandwidth, 2097152);
+    assert_string_equal(v[0].error, "internal error: \"x\"");
+    assert_int_equal(v[0].direction, CFS_DIRECTION_NONE);
+    assert_null(v[0].snapshots);
+    assert_int_equal(v[0].n_leaving, 0);
+    assert_null(v[0].leaving);
+    assert_null(v[0].written);
+    assert_int_equal(v[0].bytes_commit, 0);
+    assert_int_equal(v[0].bytes_pull, 0);
+    assert_int_equal(v[0].bytes_copied, 0);
+    assert_null(v[0].reason);
+
+    /* rewritten (as a phase change rewrites the file): the same bytes */
+    assert_int_equal(cfs_journal_put(j, &v[0]), 0);
+    cfs_journal_entries_free(v, n);
+    _cleanup_free_ char *path = path_in(dir, "journal");
+    size_t len;
+    _cleanup_free_ char *data = read_file(path, &len);
+    assert_int_equal(len, strlen(old_line));
+    assert_memory_equal(data, old_line, len);
+    cfs_journal_free(j);
+}
+
 static void test_long_line(void **state)
 {
     const char *dir = *state;
@@ -905,6 +1143,9 @@ int main(void)
         T(test_bad_records),
         T(test_missing_version_accepted),
         T(test_previous_version_and_new_fields),
+        T(test_merge_fields_round_trip),
+        T(test_merge_fields_put_invalid),
+        T(test_verbatim_old_entry),
         T(test_long_line),
         T(test_threads),
     };
