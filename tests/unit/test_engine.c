@@ -1165,6 +1165,9 @@ enum rec_libvirt { REC_NO_JOB, REC_JOB_RUNNING, REC_JOB_READY };
 /* The daemon "died" with an entry for the active commit of s2 in PHASE
  * (TOP_GONE: libvirt's chain no longer has s2); a new engine on the same
  * state dir, with libvirt's job as LV. */
+static void restart_engine(struct fx *f, bool top_gone, enum rec_libvirt lv,
+                           bool manual);
+
 static void restart_with_entry(struct fx *f, const char *phase, bool top_gone,
                                enum rec_libvirt lv, bool manual)
 {
@@ -1179,6 +1182,14 @@ static void restart_with_entry(struct fx *f, const char *phase, bool top_gone,
     };
     assert_int_equal(cfs_journal_put(j, &en), 0);
     cfs_journal_free(j);
+    restart_engine(f, top_gone, lv, manual);
+}
+
+/* The second half of restart_with_entry: the journal is in f->state
+ * already. */
+static void restart_engine(struct fx *f, bool top_gone, enum rec_libvirt lv,
+                           bool manual)
+{
     if (manual) {
         char p[256];
         snprintf(p, sizeof(p), "%s/settings", f->state);
@@ -1331,6 +1342,153 @@ static void test_recover_cases(void **state)
     }
     if (bad)
         fail_msg("%zu of %zu recovery cases failed", bad, ELEMENTSOF(recover_cases));
+}
+
+/* The journal as the daemon before issue 8 wrote it, byte for byte (its
+ * keys in its order; the paths are the fixture's), with a line of a type
+ * this version does not know (issue 8's queued rmdir, written by a later
+ * daemon) after it: the old entry recovers exactly as the cases above,
+ * the unknown one is skipped (logged by cfs_engine_new). */
+static void restart_with_old_line(struct fx *f, const char *phase,
+                                  bool top_gone, enum rec_libvirt lv)
+{
+    cfs_engine_free(f->e);
+    f->e = NULL;
+    char p[512];
+    snprintf(p, sizeof(p), "%s/journal", f->state);
+    FILE *fp = fopen(p, "w");
+    assert_non_null(fp);
+    fprintf(fp,
+            "{\"version\":1,\"id\":\"1764000000-4242-1\",\"domain\":\"vm1\","
+            "\"disk\":\"vda\",\"snapshot\":\"s2\",\"meta_name\":\"s2\","
+            "\"top\":\"%s\",\"base\":\"%s\",\"type\":\"active-commit\","
+            "\"phase\":\"%s\",\"created\":1764000000,\"updated\":1764000042,"
+            "\"bandwidth\":2097152,\"disks\":[\"vda\"]}\n"
+            "{\"version\":1,\"id\":\"1764000000-4242-2\",\"domain\":\"vm1\","
+            "\"disk\":\"vda\",\"snapshot\":\"s1\",\"meta_name\":\"s1\","
+            "\"top\":\"%s\",\"base\":\"%s\",\"type\":\"rmdir\","
+            "\"phase\":\"queued\",\"created\":1764000001,\"updated\":1764000001,"
+            "\"merge\":\"auto\"}\n",
+            f->paths[0], f->paths[1], phase, f->paths[1], f->paths[2]);
+    fclose(fp);
+    restart_engine(f, top_gone, lv, false);
+}
+
+static void test_recover_verbatim_old_entry(void **state)
+{
+    static const struct {
+        const char *phase;
+        bool top_gone;
+        enum rec_libvirt lv;
+        enum cfs_job_phase want; /* right after the restart */
+        size_t entries;
+        bool top_kept;
+        unsigned forgets;
+    } cases[] = {
+        {"starting", false, REC_NO_JOB, CFS_PHASE_FAILED, 0, true, 0},
+        {"running", false, REC_JOB_RUNNING, CFS_PHASE_RUNNING, 1, true, 0},
+        {"running", false, REC_NO_JOB, CFS_PHASE_FAILED, 0, true, 0},
+        {"pivoting", true, REC_NO_JOB, CFS_PHASE_COMPLETED, 0, false, 1},
+        {"cleanup", true, REC_NO_JOB, CFS_PHASE_COMPLETED, 0, false, 1},
+    };
+    (void)state;
+    for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+        void *st = NULL;
+        assert_int_equal(setup_running(&st), 0);
+        struct fx *f = st;
+        restart_with_old_line(f, cases[i].phase, cases[i].top_gone, cases[i].lv);
+        if (job_state(f, "vm1") != cases[i].want)
+            fail_msg("old entry in %s: phase %s, want %s", cases[i].phase,
+                     cfs_job_phase_to_string(job_state(f, "vm1")),
+                     cfs_job_phase_to_string(cases[i].want));
+        /* the unknown line was dropped with the first rewrite or stays
+         * unread: either way only the old entry is chainfs's */
+        assert_int_equal(journal_entries(f), cases[i].entries);
+        assert_int_equal(exists(f->paths[0]), cases[i].top_kept);
+        assert_true(exists(f->paths[1])); /* s1: the unknown line touched nothing */
+        assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), cases[i].forgets);
+        struct cfs_tree *t = cfs_engine_tree(f->e);
+        pthread_mutex_lock(&t->lock);
+        struct cfs_disk_state *s = cfs_tree_find_disk_state(t, "vm1", "vda");
+        /* the merge fields of a job recovered from an old entry are empty */
+        assert_int_equal(s->job.direction, CFS_DIRECTION_NONE);
+        assert_null(s->job.snapshots);
+        assert_null(s->job.leaving);
+        assert_null(s->job.written);
+        assert_int_equal(s->job.type, CFS_JOB_ACTIVE_COMMIT);
+        pthread_mutex_unlock(&t->lock);
+        if (cases[i].lv == REC_JOB_RUNNING) {
+            assert_int_equal(cfs_fake_job_bandwidth(f->be, "vm1", "vda"), 2 << 20);
+            cfs_fake_job_ready(f->be, "vm1", "vda");
+            cfs_engine_run_pending(f->e);
+            assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+            assert_false(exists(f->paths[0]));
+            assert_int_equal(journal_entries(f), 0);
+        }
+        teardown(&st);
+    }
+}
+
+/* Issue 8's fields survive a restart: journaled by the engine, loaded
+ * back by recovery onto the job. */
+static void test_recover_merge_fields(void **state)
+{
+    struct fx *f = *state;
+    cfs_engine_free(f->e);
+    f->e = NULL;
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    char *snaps[] = {"s2", NULL};
+    struct cfs_job_file leaving[] = {{.path = f->paths[0]}};
+    struct cfs_journal_entry en = {
+        .id = "1-1-1", .domain = "vm1", .disk = "vda", .snapshot = "s2",
+        .meta_name = "s2", .top = f->paths[0], .base = f->paths[1],
+        .type = CFS_JOB_ACTIVE_COMMIT, .phase = "running",
+        .created = 1, .updated = 1, .bandwidth = 2 << 20,
+        .direction = CFS_DIRECTION_COMMIT, .snapshots = snaps,
+        .n_leaving = 1, .leaving = leaving, .written = f->paths[1],
+        .bytes_commit = 300, .bytes_pull = 0, .bytes_copied = 0,
+        .reason = "commit: s2 is not above a pull's base",
+    };
+    assert_int_equal(cfs_journal_put(j, &en), 0);
+    cfs_journal_free(j);
+    restart_engine(f, false, REC_JOB_RUNNING, false);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(t, "vm1", "vda");
+    assert_int_equal(s->job.direction, CFS_DIRECTION_COMMIT);
+    assert_string_equal(s->job.snapshots[0], "s2");
+    assert_null(s->job.snapshots[1]);
+    assert_int_equal(s->job.n_leaving, 1);
+    assert_string_equal(s->job.leaving[0].path, f->paths[0]);
+    assert_string_equal(s->job.written, f->paths[1]);
+    assert_int_equal(s->job.bytes_commit, 300);
+    assert_string_equal(s->job.reason, "commit: s2 is not above a pull's base");
+    pthread_mutex_unlock(&t->lock);
+    /* and the engine journals them again when it rewrites the entry
+     * (here: a new bandwidth) */
+    struct cfs_ctl_cmd bw = {.op = CFS_CTL_BANDWIDTH, .bandwidth = 5 << 20};
+    assert_int_equal(cfs_engine_ctl(f->e, "vm1", "vda", &bw), 0);
+    j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].bandwidth, 5 << 20);
+    assert_int_equal(v[0].direction, CFS_DIRECTION_COMMIT);
+    assert_string_equal(v[0].snapshots[0], "s2");
+    assert_int_equal(v[0].n_leaving, 1);
+    assert_string_equal(v[0].leaving[0].path, f->paths[0]);
+    assert_string_equal(v[0].written, f->paths[1]);
+    assert_int_equal(v[0].bytes_commit, 300);
+    assert_string_equal(v[0].reason, "commit: s2 is not above a pull's base");
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
 }
 
 /* ---- ctl ------------------------------------------------------------------------ */
@@ -1755,6 +1913,8 @@ int main(void)
         cmocka_unit_test(test_state_dir_unwritable),
         cmocka_unit_test(test_phase_table_every_pair),
         cmocka_unit_test(test_job_kinds),
+        cmocka_unit_test(test_recover_verbatim_old_entry),
+        cmocka_unit_test_setup_teardown(test_recover_merge_fields, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_starting_never_started, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_starting_accepted, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_running_follows, setup_running, teardown),
