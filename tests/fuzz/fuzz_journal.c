@@ -75,6 +75,13 @@ static void check_entry(const struct cfs_journal_entry *e)
     FUZZ_ASSERT(e->base && *e->base);
     FUZZ_ASSERT(e->phase && *e->phase);
     FUZZ_ASSERT(e->type > CFS_JOB_NONE && e->type < CFS_JOB_TYPE_MAX);
+    FUZZ_ASSERT(e->direction < CFS_DIRECTION_MAX);
+    for (char **n = e->snapshots; n && *n; n++)
+        FUZZ_ASSERT(**n);
+    FUZZ_ASSERT((e->n_leaving == 0) == (e->leaving == NULL));
+    for (size_t i = 0; i < e->n_leaving; i++)
+        FUZZ_ASSERT(e->leaving[i].path && *e->leaving[i].path);
+    FUZZ_ASSERT(!e->written || *e->written);
 }
 
 static void check_same(const struct cfs_journal_entry *a,
@@ -92,6 +99,24 @@ static void check_same(const struct cfs_journal_entry *a,
     FUZZ_ASSERT(a->created == b->created);
     FUZZ_ASSERT(a->updated == b->updated);
     FUZZ_ASSERT(str_eq(a->error, b->error));
+    FUZZ_ASSERT(a->bandwidth == b->bandwidth);
+    /* issue 8's merge fields */
+    FUZZ_ASSERT(a->direction == b->direction);
+    FUZZ_ASSERT(cfs_strv_len(a->snapshots) == cfs_strv_len(b->snapshots));
+    for (size_t i = 0; a->snapshots && a->snapshots[i]; i++)
+        FUZZ_ASSERT(str_eq(a->snapshots[i], b->snapshots[i]));
+    FUZZ_ASSERT(a->n_leaving == b->n_leaving);
+    for (size_t i = 0; i < a->n_leaving; i++) {
+        FUZZ_ASSERT(str_eq(a->leaving[i].path, b->leaving[i].path));
+        FUZZ_ASSERT(a->leaving[i].id.known == b->leaving[i].id.known);
+        FUZZ_ASSERT(a->leaving[i].id.dev == b->leaving[i].id.dev);
+        FUZZ_ASSERT(a->leaving[i].id.ino == b->leaving[i].id.ino);
+    }
+    FUZZ_ASSERT(str_eq(a->written, b->written));
+    FUZZ_ASSERT(a->bytes_commit == b->bytes_commit);
+    FUZZ_ASSERT(a->bytes_pull == b->bytes_pull);
+    FUZZ_ASSERT(a->bytes_copied == b->bytes_copied);
+    FUZZ_ASSERT(str_eq(a->reason, b->reason));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
