@@ -752,6 +752,97 @@ out:
     return r;
 }
 
+static bool id_in(const char *id, const char *const *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (cfs_streq(ids[i], id))
+            return true;
+    return false;
+}
+
+int cfs_journal_apply(struct cfs_journal *j,
+                      const struct cfs_journal_entry *puts, size_t n_puts,
+                      const char *const *removes, size_t n_removes)
+{
+    if ((n_puts && !puts) || (n_removes && !removes))
+        return -EINVAL;
+    for (size_t i = 0; i < n_puts; i++) {
+        if (!entry_valid(&puts[i]) ||
+            id_in(puts[i].id, removes, n_removes))
+            return -EINVAL;
+        for (size_t k = 0; k < i; k++)
+            if (cfs_streq(puts[k].id, puts[i].id))
+                return -EINVAL;
+    }
+    for (size_t i = 0; i < n_removes; i++)
+        if (!removes[i])
+            return -EINVAL;
+
+    pthread_mutex_lock(&j->lock);
+    int r = 0;
+    for (size_t i = 0; i < n_removes; i++)
+        if (find_entry(j, removes[i]) < 0) {
+            r = -ENOENT;
+            goto out;
+        }
+    {
+        /* the new list: kept entries in file order (a put replacing one
+         * takes its place), then the new puts */
+        size_t cap = j->n_entries + n_puts;
+        _cleanup_free_ const struct cfs_journal_entry **v =
+            cfs_xcalloc(cap + 1, sizeof(*v));
+        _cleanup_free_ ssize_t *from = cfs_xcalloc(cap + 1, sizeof(*from));
+        _cleanup_free_ bool *placed = cfs_xcalloc(n_puts + 1, sizeof(*placed));
+        size_t n = 0;
+        for (size_t i = 0; i < j->n_entries; i++) {
+            if (id_in(j->entries[i].id, removes, n_removes))
+                continue;
+            ssize_t put = -1;
+            for (size_t k = 0; k < n_puts && put < 0; k++)
+                if (cfs_streq(puts[k].id, j->entries[i].id))
+                    put = (ssize_t)k;
+            if (put >= 0) {
+                placed[put] = true;
+                v[n] = &puts[put];
+                from[n++] = -1 - put; /* a put: -1 - its index */
+            } else {
+                v[n] = &j->entries[i];
+                from[n++] = (ssize_t)i;
+            }
+        }
+        for (size_t k = 0; k < n_puts; k++)
+            if (!placed[k]) {
+                v[n] = &puts[k];
+                from[n++] = -1 - (ssize_t)k;
+            }
+        bool renamed;
+        r = journal_write(j, v, n, &renamed);
+        if (!renamed)
+            goto out;
+        /* the file changed: memory follows (kept entries moved, puts
+         * copied, replaced and removed ones freed) */
+        struct cfs_journal_entry *ne = cfs_xcalloc(n + 1, sizeof(*ne));
+        _cleanup_free_ bool *moved = cfs_xcalloc(j->n_entries + 1, sizeof(*moved));
+        for (size_t i = 0; i < n; i++) {
+            if (from[i] >= 0) {
+                ne[i] = j->entries[from[i]];
+                moved[from[i]] = true;
+            } else {
+                cfs_journal_entry_copy(&ne[i], &puts[-1 - from[i]]);
+            }
+        }
+        for (size_t i = 0; i < j->n_entries; i++)
+            if (!moved[i])
+                cfs_journal_entry_clear(&j->entries[i]);
+        free(j->entries);
+        j->entries = ne;
+        j->n_entries = n;
+    }
+out:
+    pthread_mutex_unlock(&j->lock);
+    return r;
+}
+
 int cfs_journal_list(struct cfs_journal *j, struct cfs_journal_entry **out,
                      size_t *n)
 {

@@ -67,6 +67,17 @@ int cfs_journal_put(struct cfs_journal *j, const struct cfs_journal_entry *e);
 /* Remove the entry ID; durable before returning. -ENOENT if absent. */
 int cfs_journal_remove(struct cfs_journal *j, const char *id);
 
+/* Several changes in one durable rewrite, all or none (issue 8: the
+ * queue's dispatch replaces a run's queued entries by its job's entry).
+ * Each of PUTS[0..N_PUTS) is added or replaces the entry with its id;
+ * each of REMOVES[0..N_REMOVES) is removed. -EINVAL (nothing changed) if
+ * a put is invalid, two puts share an id, or an id is both put and
+ * removed; -ENOENT (nothing changed) if a removed id is not open; else
+ * as cfs_journal_put. */
+int cfs_journal_apply(struct cfs_journal *j,
+                      const struct cfs_journal_entry *puts, size_t n_puts,
+                      const char *const *removes, size_t n_removes);
+
 /* Snapshot of the open entries (deep copies); caller frees with
  * cfs_journal_entries_free. */
 int cfs_journal_list(struct cfs_journal *j, struct cfs_journal_entry **out,

@@ -455,6 +455,85 @@ static void test_failed_write_changes_nothing(void **state)
     cfs_journal_entry_clear(&e[1]);
 }
 
+/* ---- apply: several changes, one rewrite ----------------------------------- */
+
+static void assert_ids(struct cfs_journal *j, const char *const *want, size_t n_want)
+{
+    struct cfs_journal_entry *v;
+    size_t n;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, n_want);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(v[i].id, want[i]);
+    cfs_journal_entries_free(v, n);
+}
+
+static void test_apply(void **state)
+{
+    const char *dir = *state;
+    _cleanup_free_ char *file = path_in(dir, "journal");
+    _cleanup_free_ char *tmp = path_in(dir, "journal.tmp");
+    struct cfs_journal *j = open_ok(dir, NULL);
+    struct cfs_journal_entry e[5];
+    for (int i = 0; i < 5; i++)
+        make_entry(&e[i], i, CFS_JOB_COMMIT);
+    /* three queued deletions, then one job replaces two of them and one
+     * is rewritten in place */
+    assert_int_equal(cfs_journal_apply(j, e, 3, NULL, 0), 0);
+    const char *ids3[] = {e[0].id, e[1].id, e[2].id};
+    assert_ids(j, ids3, 3);
+
+    free(e[2].phase);
+    e[2].phase = cfs_xstrdup("cleanup");
+    struct cfs_journal_entry puts[2] = {e[3], e[2]}; /* shallow: e owns */
+    const char *removes[] = {e[0].id, e[1].id};
+    size_t len_before;
+    _cleanup_free_ char *before = read_file(file, &len_before);
+
+    /* refusals change nothing, in memory or on disk */
+    const char *gone[] = {"no-such-id"};
+    assert_int_equal(cfs_journal_apply(j, puts, 2, gone, 1), -ENOENT);
+    struct cfs_journal_entry twice[2] = {e[3], e[3]};
+    assert_int_equal(cfs_journal_apply(j, twice, 2, NULL, 0), -EINVAL);
+    const char *both[] = {e[3].id};
+    assert_int_equal(cfs_journal_apply(j, puts, 2, both, 1), -EINVAL);
+    struct cfs_journal_entry bad = e[4];
+    bad.top = NULL;
+    assert_int_equal(cfs_journal_apply(j, &bad, 1, removes, 2), -EINVAL);
+    assert_int_equal(cfs_journal_apply(j, NULL, 1, NULL, 0), -EINVAL);
+    const char *null_id[] = {NULL};
+    assert_int_equal(cfs_journal_apply(j, NULL, 0, null_id, 1), -EINVAL);
+    assert_int_equal(mkdir(tmp, 0700), 0); /* the write itself fails */
+    assert_int_equal(cfs_journal_apply(j, puts, 2, removes, 2), -EISDIR);
+    assert_int_equal(rmdir(tmp), 0);
+    assert_ids(j, ids3, 3);
+    size_t len_after;
+    _cleanup_free_ char *after = read_file(file, &len_after);
+    assert_int_equal(len_before, len_after);
+    assert_memory_equal(before, after, len_after);
+
+    /* all at once: e[2] replaced in place, e[3] appended, e[0], e[1] gone */
+    assert_int_equal(cfs_journal_apply(j, puts, 2, removes, 2), 0);
+    const char *ids2[] = {e[2].id, e[3].id};
+    assert_ids(j, ids2, 2);
+    cfs_journal_free(j);
+    j = open_ok(dir, NULL);
+    assert_ids(j, ids2, 2);
+    struct cfs_journal_entry *v;
+    size_t n;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_entry_equal(&v[0], &e[2]);
+    assert_string_equal(v[0].phase, "cleanup");
+    assert_entry_equal(&v[1], &e[3]);
+    cfs_journal_entries_free(v, n);
+    /* nothing to do is a rewrite of the same list */
+    assert_int_equal(cfs_journal_apply(j, NULL, 0, NULL, 0), 0);
+    assert_ids(j, ids2, 2);
+    cfs_journal_free(j);
+    for (int i = 0; i < 5; i++)
+        cfs_journal_entry_clear(&e[i]);
+}
+
 /* ---- tolerant loading ------------------------------------------------------ */
 
 /* Write DATA as the journal, open, and return the entries and warnings. */
@@ -1146,6 +1225,7 @@ int main(void)
         T(test_merge_fields_round_trip),
         T(test_merge_fields_put_invalid),
         T(test_verbatim_old_entry),
+        T(test_apply),
         T(test_long_line),
         T(test_threads),
     };
