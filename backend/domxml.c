@@ -493,6 +493,43 @@ int cfs_domxml_snapshot_drop_disk(const char *xml, const char *target,
     return *out ? 0 : -EINVAL;
 }
 
+int cfs_domxml_snapshot_retarget(const char *xml, const char *target,
+                                 const char *new_source, char **out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    _cleanup_free_ char *type = NULL;
+    xmlNode *root, *disk = NULL, *source;
+    const char *attr;
+
+    *out = NULL;
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domainsnapshot") || !new_source || !*new_source)
+        return -EINVAL;
+    /* only <disks>: the <domain> and <inactiveDomain> copies have disks
+     * of their own (<disk><target dev=...>), which stay as they are */
+    for (xmlNode *c = child(child(root, "disks"), "disk"); c && !disk; c = c->next)
+        if (is_elem(c, "disk") && prop_is(c, "name", target))
+            disk = c;
+    if (!disk)
+        return -ENOENT;
+    /* the disk must name a file as cfs_domxml_parse_snapshot() reads it:
+     * snapshot='external' (or unset), a file overlay by file=, a block
+     * one by dev= (snapshot='no' names none) */
+    if (xmlHasProp(disk, (const xmlChar *)"snapshot") &&
+        !prop_is(disk, "snapshot", "external"))
+        return -ENOENT;
+    type = prop(disk, "type");
+    attr = !type || cfs_streq(type, "file") ? "file"
+           : cfs_streq(type, "block")       ? "dev"
+                                            : NULL;
+    source = child(disk, "source");
+    if (!attr || !source || !xmlHasProp(source, (const xmlChar *)attr))
+        return -ENOENT;
+    set_prop(source, attr, new_source);
+    *out = dump(doc);
+    return *out ? 0 : -EINVAL;
+}
+
 /* ---- storage volumes ------------------------------------------------------ */
 
 static uint64_t number(const xmlNode *n)

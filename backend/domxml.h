@@ -110,3 +110,15 @@ int cfs_domxml_drop_backing_store(const char *xml, const char *target,
  * snapshot XML. */
 int cfs_domxml_snapshot_drop_disk(const char *xml, const char *target,
                                   char **out);
+
+/* Snapshot XML: the overlay disk TARGET of <disks> names becomes
+ * NEW_SOURCE (its <source> file=, or dev= for a block overlay); nothing
+ * else changes, neither the name, parent, creationTime, state, the other
+ * disks nor the <domain>/<inactiveDomain> copies, as
+ * VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE wants it (design issue8 §2.4: after
+ * a pull the active layer takes the pulled snapshot's identity). *OUT is
+ * the whole new snapshot XML. -ENOENT if <disks> has no disk TARGET
+ * naming a file (absent, or snapshot='no'); -EINVAL if XML is not a
+ * <domainsnapshot> or NEW_SOURCE is empty. */
+int cfs_domxml_snapshot_retarget(const char *xml, const char *target,
+                                 const char *new_source, char **out);

@@ -1675,6 +1675,87 @@ static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
     return r;
 }
 
+/* Metadata-only delete of snapshot NAME (design issue8 §2.4 step 1). */
+static int lv_snapshot_drop(struct cfs_backend *be, const char *dom_name,
+                            const char *name)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
+    struct lv_backend *b = lv(be);
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    int r;
+
+    r = lv_lookup(b, dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    snap = virDomainSnapshotLookupByName(dom, name, 0);
+    if (!snap)
+        return lv_error(conn);
+    virDomainGetUUIDString(dom, uuid);
+    /* under snap_lock: no re-read caches the snapshot meanwhile */
+    pthread_mutex_lock(&b->snap_lock);
+    r = virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0
+            ? lv_error(conn)
+            : 0;
+    lv_snap_cache_drop(b, uuid, name);
+    pthread_mutex_unlock(&b->snap_lock);
+    return r;
+}
+
+/* Redefine snapshot NAME with DISK's <disks> source NEW_SOURCE (design
+ * issue8 §2.4 step 2; probe 2 of scripts/probe/issue8.sh). */
+static int lv_snapshot_retarget(struct cfs_backend *be, const char *dom_name,
+                                const char *name, const char *disk,
+                                const char *new_source)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr redefined = NULL;
+    _cleanup_free_ char *snap_xml = NULL, *new_xml = NULL;
+    struct lv_backend *b = lv(be);
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    int r;
+
+    if (!new_source || !*new_source) {
+        cfs_backend_set_errmsg("a snapshot needs a source to name");
+        return -EINVAL;
+    }
+    r = lv_lookup(b, dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    snap = virDomainSnapshotLookupByName(dom, name, 0);
+    if (!snap)
+        return lv_error(conn);
+    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
+    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!snap_xml)
+        return lv_error(conn);
+    r = cfs_domxml_snapshot_retarget(snap_xml, disk, new_source, &new_xml);
+    if (r == -ENOENT) {
+        cfs_backend_set_errmsg("snapshot %s of domain %s names no file for disk %s",
+                               name, dom_name, disk);
+        return r;
+    }
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
+                               name, dom_name);
+        return -EIO;
+    }
+    virDomainGetUUIDString(dom, uuid);
+    /* under snap_lock, so that no re-read caches the old disk list after
+     * the change: the entry is dropped and fetched again. Without
+     * _CREATE_CURRENT an existing snapshot keeps its current flag. */
+    pthread_mutex_lock(&b->snap_lock);
+    redefined = virDomainSnapshotCreateXML(dom, new_xml,
+                                           VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
+    r = redefined ? 0 : lv_error(conn);
+    lv_snap_cache_drop(b, uuid, name);
+    pthread_mutex_unlock(&b->snap_lock);
+    return r;
+}
+
 /* ---- live block jobs ---------------------------------------------------- */
 
 /* The file of layer REF of DISK: REF itself when it is a path, else
@@ -1725,6 +1806,95 @@ static int lv_commit_start(struct cfs_backend *be, const char *dom_name,
         /* QEMU says 'Failed to get "write" lock' both when BASE and when
          * TOP is held by another process, and libvirt drops QEMU's hint
          * that names it: look for the holder, else name both */
+        _cleanup_free_ char *top_path = lv_layer_path(dom, disk, top);
+        _cleanup_free_ char *base_path = lv_layer_path(dom, disk, base);
+        switch (lv_files_local(be, NULL) ? lv_local_lone_holders(top_path, base_path) : 0) {
+        case 1:
+            return lv_name_locked_image(r, top_path, NULL);
+        case 2:
+            return lv_name_locked_image(r, base_path, NULL);
+        default:
+            return lv_name_locked_image(r, base_path, top_path);
+        }
+    }
+    return 0;
+}
+
+/* Whether REF (a path or "vda[N]") names the active layer of DISK in the
+ * live XML X: 1 yes, 0 no, -1 DISK is not in X (libvirt's call will say
+ * so). */
+static int lv_is_active_layer(const struct cfs_domxml *x, const char *disk,
+                              const char *ref, bool files_local)
+{
+    const char *br = strchr(ref, '[');
+
+    for (size_t i = 0; i < x->domain->n_disks; i++) {
+        const struct cfs_disk *d = &x->domain->disks[i];
+
+        if (!cfs_streq(d->target, disk))
+            continue;
+        if (d->n_layers == 0)
+            return 0;
+        if (ref[0] != '/' && br) {
+            char *end = NULL;
+            unsigned long idx = strtoul(br + 1, &end, 10);
+
+            size_t len = (size_t)(br - ref);
+
+            return len == strlen(disk) && strncmp(ref, disk, len) == 0 &&
+                   end && strcmp(end, "]") == 0 && x->disks[i].index[0] == idx;
+        }
+        return files_local ? lv_same_file(d->layers[0].path, ref)
+                           : cfs_streq(d->layers[0].path, ref);
+    }
+    return -1;
+}
+
+/* A pull into the active layer with BASE kept (design issue8 §2.1):
+ * virDomainBlockRebase without _COPY is qemuDomainBlockPullCommon. No
+ * _RELATIVE: the new backing string is BASE's absolute path. */
+static int lv_pull_start(struct cfs_backend *be, const char *dom_name,
+                         const char *disk, const char *top, const char *base,
+                         uint64_t bandwidth)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    unsigned int flags = 0;
+    int r;
+
+    if (!top || !*top || !base || !*base) {
+        cfs_backend_set_errmsg("a pull needs the active layer and a base");
+        return -EINVAL;
+    }
+    if (bandwidth > 0)
+        flags |= VIR_DOMAIN_BLOCK_REBASE_BANDWIDTH_BYTES;
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    /* libvirt has no top for a pull: it always writes the active layer.
+     * Check it is still the one the caller planned for (a shut-off
+     * domain is left to libvirt's own refusal). */
+    if (virDomainIsActive(dom) == 1) {
+        _cleanup_free_ char *xml = virDomainGetXMLDesc(dom, 0);
+        _cleanup_domxml_ struct cfs_domxml x = {0};
+
+        if (!xml)
+            return lv_error(conn);
+        if (cfs_domxml_parse(xml, &x) < 0) {
+            cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
+            return -EIO;
+        }
+        if (lv_is_active_layer(&x, disk, top, lv_files_local(be, NULL)) == 0) {
+            cfs_backend_set_errmsg("%s is not the active layer of disk %s of domain %s: a pull writes only into the active layer",
+                                   top, disk, dom_name);
+            return -EINVAL;
+        }
+    }
+    if (virDomainBlockRebase(dom, disk, base, (unsigned long)bandwidth, flags) < 0) {
+        r = lv_error(conn);
+        if (r != -EBUSY || !msg_is_lock(cfs_backend_errmsg()))
+            return r;
+        /* as lv_commit_start: QEMU's lock refusal names no image */
         _cleanup_free_ char *top_path = lv_layer_path(dom, disk, top);
         _cleanup_free_ char *base_path = lv_layer_path(dom, disk, base);
         switch (lv_files_local(be, NULL) ? lv_local_lone_holders(top_path, base_path) : 0) {
@@ -2121,7 +2291,10 @@ static const struct cfs_backend_ops lv_ops = {
     .read_domain_light = lv_read_domain_light,
     .snapshot_create = lv_snapshot_create,
     .snapshot_forget = lv_snapshot_forget,
+    .snapshot_drop = lv_snapshot_drop,
+    .snapshot_retarget = lv_snapshot_retarget,
     .commit_start = lv_commit_start,
+    .pull_start = lv_pull_start,
     .job_set_bandwidth = lv_job_set_bandwidth,
     .job_get = lv_job_get,
     .job_pivot = lv_job_pivot,

@@ -97,6 +97,25 @@ struct cfs_backend_ops {
     int (*snapshot_forget)(struct cfs_backend *be, const char *dom,
                            const char *disk, const char *name);
 
+    /* Remove libvirt's metadata of snapshot NAME, all its disks
+     * (VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY); no image file is
+     * touched. libvirt makes its parent current if it was, and rewrites
+     * its children's <domain> copies to its own disk sources. The caller
+     * decides it may (snapshot_forget is the per-disk op). -ENOENT if
+     * there is no such snapshot. */
+    int (*snapshot_drop)(struct cfs_backend *be, const char *dom,
+                         const char *name);
+    /* Redefine snapshot NAME (VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE) with
+     * its <disks> entry for DISK naming NEW_SOURCE; everything else as
+     * libvirt dumps it (name, parent, creation time, state, the <domain>
+     * copies, the other disks, whether it is current). For a pull: the
+     * active layer takes the pulled snapshot's identity. Metadata only,
+     * no file touched or checked. -ENOENT if there is no such snapshot or
+     * it names no file for DISK (absent or snapshot='no'). */
+    int (*snapshot_retarget)(struct cfs_backend *be, const char *dom,
+                             const char *name, const char *disk,
+                             const char *new_source);
+
     /* Start a live commit of TOP into BASE on a running domain. ACTIVE:
      * TOP is the active layer (active commit; pivot later). BANDWIDTH:
      * bytes/s from the job's first byte, 0 = unlimited. Returns once
@@ -104,6 +123,22 @@ struct cfs_backend_ops {
     int (*commit_start)(struct cfs_backend *be, const char *dom,
                         const char *disk, const char *top, const char *base,
                         bool active, uint64_t bandwidth);
+    /* Start a live pull (virDomainBlockRebase without _COPY, libvirt's
+     * blockpull with a base) on a running domain: the data of the layers
+     * between the active layer and BASE is copied into the active layer,
+     * which then backs onto BASE (absolute backing string); the layers in
+     * between leave the chain, their files untouched. TOP names the
+     * active layer (path or libvirt's "vda[N]"): libvirt has no top for a
+     * pull, so the op checks the caller's plan still holds (-EINVAL if
+     * TOP is not the active layer, e.g. a snapshot was made since). BASE
+     * (path or "vda[N]", required) is a layer below it (-ENOENT if it is
+     * not in the chain). BANDWIDTH: bytes/s, 0 = unlimited. Job type
+     * CFS_JOB_PULL: no READY, it ends with COMPLETED, FAILED or
+     * CANCELED; progress spans the whole disk. Returns once libvirt
+     * accepted the job; -EBUSY if the disk has a job. */
+    int (*pull_start)(struct cfs_backend *be, const char *dom,
+                      const char *disk, const char *top, const char *base,
+                      uint64_t bandwidth);
     /* Limit the disk's running block job to BANDWIDTH bytes/s now
      * (0 = unlimited). -ENOENT if the disk has no job. */
     int (*job_set_bandwidth)(struct cfs_backend *be, const char *dom,

@@ -33,6 +33,9 @@ enum fake_op {
     OP_SNAPSHOT_CREATE,
     OP_SNAPSHOT_FORGET,
     OP_COMMIT_START,
+    OP_PULL_START,
+    OP_SNAPSHOT_DROP,
+    OP_SNAPSHOT_RETARGET,
     OP_JOB_SET_BANDWIDTH,
     OP_JOB_GET,
     OP_JOB_PIVOT,
@@ -51,6 +54,9 @@ static const char *const op_names[OP_MAX] = {
     [OP_SNAPSHOT_CREATE] = "snapshot_create",
     [OP_SNAPSHOT_FORGET] = "snapshot_forget",
     [OP_COMMIT_START] = "commit_start",
+    [OP_PULL_START] = "pull_start",
+    [OP_SNAPSHOT_DROP] = "snapshot_drop",
+    [OP_SNAPSHOT_RETARGET] = "snapshot_retarget",
     [OP_JOB_SET_BANDWIDTH] = "job_set_bandwidth",
     [OP_JOB_GET] = "job_get",
     [OP_JOB_PIVOT] = "job_pivot",
@@ -64,13 +70,25 @@ static const char *const op_names[OP_MAX] = {
 struct fake_job {
     char *dom;
     char *disk;
-    char *top;              /* commits: the layer merged away */
-    char *base;
+    char *top;              /* commits: the layer merged away; pulls: the
+                               active layer written */
+    char *base;             /* pulls: NULL for an external pull (all of
+                               the chain below the active layer leaves) */
     enum cfs_job_type type; /* any libvirt block job type */
     uint64_t cur, end;
     uint64_t bandwidth;     /* bytes/s, 0 = unlimited */
     bool ready;
     bool external;          /* started by cfs_fake_start_external */
+};
+
+/* What a snapshot's metadata names for one disk (its <disks> entry),
+ * kept apart from the layers' meta_name: after a pull the layer is gone
+ * from the chain, and libvirt's metadata still names its file. */
+struct fake_snapdisk {
+    char *dom;
+    char *name;
+    char *disk;
+    char *source;
 };
 
 struct fake_failure {
@@ -96,6 +114,8 @@ struct fake {
     size_t n_doms;
     struct fake_job *jobs;
     size_t n_jobs;
+    struct fake_snapdisk *snapdisks;
+    size_t n_snapdisks;
     struct fake_failure *failures;  /* in the order they were asked for */
     size_t n_failures;
     unsigned calls[OP_MAX];
@@ -273,6 +293,89 @@ static bool path_in_any_chain(struct fake *f, const char *path)
     return false;
 }
 
+/* ---- snapshot metadata per disk ------------------------------------------------ */
+
+static struct fake_snapdisk *snapdisk_find(struct fake *f, const char *dom,
+                                           const char *name, const char *disk)
+{
+    for (size_t i = 0; i < f->n_snapdisks; i++) {
+        struct fake_snapdisk *sd = &f->snapdisks[i];
+
+        if (cfs_streq(sd->dom, dom) && cfs_streq(sd->name, name) &&
+            cfs_streq(sd->disk, disk))
+            return sd;
+    }
+    return NULL;
+}
+
+static void snapdisk_set(struct fake *f, const char *dom, const char *name,
+                         const char *disk, const char *source)
+{
+    struct fake_snapdisk *sd = snapdisk_find(f, dom, name, disk);
+
+    if (!sd) {
+        f->snapdisks = cfs_xrealloc(f->snapdisks,
+                                    (f->n_snapdisks + 1) * sizeof(*f->snapdisks));
+        sd = &f->snapdisks[f->n_snapdisks++];
+        *sd = (struct fake_snapdisk){
+            .dom = cfs_xstrdup(dom),
+            .name = cfs_xstrdup(name),
+            .disk = cfs_xstrdup(disk),
+        };
+    }
+    free(sd->source);
+    sd->source = cfs_xstrdup(source);
+}
+
+/* Remove the entries of DOM, of snapshot NAME (NULL: any) and DISK
+ * (NULL: any). */
+static void snapdisk_remove(struct fake *f, const char *dom, const char *name,
+                            const char *disk)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < f->n_snapdisks; i++) {
+        struct fake_snapdisk *sd = &f->snapdisks[i];
+
+        if (cfs_streq(sd->dom, dom) && (!name || cfs_streq(sd->name, name)) &&
+            (!disk || cfs_streq(sd->disk, disk))) {
+            free(sd->dom);
+            free(sd->name);
+            free(sd->disk);
+            free(sd->source);
+        } else {
+            f->snapdisks[k++] = *sd;
+        }
+    }
+    f->n_snapdisks = k;
+}
+
+/* A domain the test put: its snapshots not listed any more go, and every
+ * layer carrying a snapshot's name is what that snapshot names. */
+static void snapdisk_sync(struct fake *f, const struct cfs_domain *d)
+{
+    size_t k = 0;
+
+    for (size_t i = 0; i < f->n_snapdisks; i++) {
+        struct fake_snapdisk *sd = &f->snapdisks[i];
+
+        if (cfs_streq(sd->dom, d->name) && !cfs_strv_contains(d->snapshots, sd->name)) {
+            free(sd->dom);
+            free(sd->name);
+            free(sd->disk);
+            free(sd->source);
+        } else {
+            f->snapdisks[k++] = *sd;
+        }
+    }
+    f->n_snapdisks = k;
+    for (size_t i = 0; i < d->n_disks; i++)
+        for (size_t l = 0; l < d->disks[i].n_layers; l++)
+            if (d->disks[i].layers[l].meta_name)
+                snapdisk_set(f, d->name, d->disks[i].layers[l].meta_name,
+                             d->disks[i].target, d->disks[i].layers[l].path);
+}
+
 /* ---- op prologue: counting, injected failures, common lookups ----------------- */
 
 /* Count the call; if a failure was injected for OP, consume it, set the
@@ -430,11 +533,16 @@ static void job_apply(struct fake *f, const struct fake_job *job)
     case CFS_JOB_ACTIVE_COMMIT:
         chain_merge(f, job->dom, job->disk, job->top);
         break;
-    case CFS_JOB_PULL:
-        /* everything below the active layer was pulled into it */
-        while (dk->n_layers > 1)
-            layer_remove(dk, dk->n_layers - 1);
+    case CFS_JOB_PULL: {
+        /* the layers between the active one and BASE were pulled into it
+         * (all of them below it for an external pull without a base) */
+        ssize_t b = job->base ? layer_index(dk, job->base)
+                              : (ssize_t)dk->n_layers;
+
+        for (; b > 1; b--)
+            layer_remove(dk, 1);
         break;
+    }
     case CFS_JOB_COPY:
         /* a full copy: the disk runs on the copy, a single layer */
         while (dk->n_layers > 1)
@@ -514,6 +622,13 @@ static void fake_destroy(struct cfs_backend *be)
     while (f->n_jobs > 0)
         job_remove(f, &f->jobs[f->n_jobs - 1]);
     free(f->jobs);
+    for (size_t i = 0; i < f->n_snapdisks; i++) {
+        free(f->snapdisks[i].dom);
+        free(f->snapdisks[i].name);
+        free(f->snapdisks[i].disk);
+        free(f->snapdisks[i].source);
+    }
+    free(f->snapdisks);
     for (size_t i = 0; i < f->n_failures; i++)
         free(f->failures[i].message);
     free(f->failures);
@@ -636,6 +751,7 @@ static int fake_snapshot_create(struct cfs_backend *be, const char *dom,
     dom_number_layers(f, d);
     dk->is_block = false;
     cfs_strv_push(&d->snapshots, cfs_xstrdup(name));
+    snapdisk_set(f, dom, name, disk, overlay);
 out:
     pthread_mutex_unlock(&f->lock);
     return r;
@@ -674,8 +790,10 @@ static int fake_snapshot_forget(struct cfs_backend *be, const char *dom,
                 named = true;
             }
         }
+    snapdisk_remove(f, dom, name, disk);
     if (named)
         goto out;
+    snapdisk_remove(f, dom, name, NULL);
     n = cfs_strv_len(d->snapshots);
     for (size_t i = 0; i < n; i++) {
         if (cfs_streq(d->snapshots[i], name))
@@ -722,6 +840,159 @@ static int fake_commit_start(struct cfs_backend *be, const char *dom,
         .end = dk->layers[t].virtual_size,
         .bandwidth = bandwidth,
     };
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* As libvirt's blockpull with a base: TOP must be the active layer (the
+ * libvirt backend's own check), BASE a layer below it. */
+static int fake_pull_start(struct cfs_backend *be, const char *dom,
+                           const char *disk, const char *top,
+                           const char *base, uint64_t bandwidth)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_disk *dk;
+    ssize_t b;
+    int r;
+
+    r = fake_enter_disk(f, OP_PULL_START, dom, WANT_ACTIVE, disk, NULL, &dk);
+    if (r < 0)
+        goto out;
+    if (!top || !*top || !base || !*base) {
+        cfs_backend_set_errmsg("a pull needs the active layer and a base");
+        r = -EINVAL;
+        goto out;
+    }
+    if (layer_index(dk, top) != 0) {
+        cfs_backend_set_errmsg("%s is not the active layer of disk %s of domain %s: a pull writes only into the active layer",
+                               top, disk, dom);
+        r = -EINVAL;
+        goto out;
+    }
+    if (job_find(f, dom, disk)) {
+        r = busy(disk);
+        goto out;
+    }
+    b = layer_index(dk, base);
+    if (b < 1) {
+        /* libvirt: virStorageSourceChainLookup below the active layer,
+         * VIR_ERR_INVALID_ARG "could not find ..." (-ENOENT) */
+        cfs_backend_set_errmsg("invalid argument: could not find image '%s' beneath '%s' in chain for '%s'",
+                               base, dk->layers[0].path, disk);
+        r = -ENOENT;
+        goto out;
+    }
+
+    f->jobs = cfs_xrealloc(f->jobs, (f->n_jobs + 1) * sizeof(*f->jobs));
+    f->jobs[f->n_jobs++] = (struct fake_job){
+        .dom = cfs_xstrdup(dom),
+        .disk = cfs_xstrdup(disk),
+        .top = cfs_xstrdup(dk->layers[0].path),
+        .base = cfs_xstrdup(dk->layers[b].path),
+        .type = CFS_JOB_PULL,
+        /* a pull's progress spans the whole disk (design issue8 §0.6) */
+        .end = dk->layers[0].virtual_size,
+        .bandwidth = bandwidth,
+    };
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int no_snapshot(const char *name)
+{
+    cfs_backend_set_errmsg("Domain snapshot not found: no domain snapshot with matching name '%s'",
+                           name ? name : "");
+    return -ENOENT;
+}
+
+/* As libvirt's METADATA_ONLY delete: the snapshot goes, for every disk;
+ * no layer carries its name any more. */
+static int fake_snapshot_drop(struct cfs_backend *be, const char *dom,
+                              const char *name)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    size_t n, k = 0;
+    int r;
+
+    r = fake_enter_dom(f, OP_SNAPSHOT_DROP, dom, &d);
+    if (r < 0)
+        goto out;
+    if (!name || !cfs_strv_contains(d->snapshots, name)) {
+        r = no_snapshot(name);
+        goto out;
+    }
+    for (size_t i = 0; i < d->n_disks; i++)
+        for (size_t l = 0; l < d->disks[i].n_layers; l++) {
+            struct cfs_layer *layer = &d->disks[i].layers[l];
+
+            if (cfs_streq(layer->meta_name, name)) {
+                free(layer->meta_name);
+                layer->meta_name = NULL;
+            }
+        }
+    n = cfs_strv_len(d->snapshots);
+    for (size_t i = 0; i < n; i++) {
+        if (cfs_streq(d->snapshots[i], name))
+            free(d->snapshots[i]);
+        else
+            d->snapshots[k++] = d->snapshots[i];
+    }
+    d->snapshots[k] = NULL;
+    snapdisk_remove(f, dom, name, NULL);
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* As the libvirt backend's redefine: what NAME names for DISK becomes
+ * NEW_SOURCE; the layer at NEW_SOURCE, if DISK's chain has it, now
+ * carries NAME (as read_domain would find it), no other layer of DISK. */
+static int fake_snapshot_retarget(struct cfs_backend *be, const char *dom,
+                                  const char *name, const char *disk,
+                                  const char *new_source)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    struct cfs_disk *dk;
+    struct fake_snapdisk *sd;
+    ssize_t l;
+    int r;
+
+    r = fake_enter_dom(f, OP_SNAPSHOT_RETARGET, dom, &d);
+    if (r < 0)
+        goto out;
+    if (!new_source || !*new_source) {
+        cfs_backend_set_errmsg("a snapshot needs a source to name");
+        r = -EINVAL;
+        goto out;
+    }
+    if (!name || !cfs_strv_contains(d->snapshots, name)) {
+        r = no_snapshot(name);
+        goto out;
+    }
+    sd = snapdisk_find(f, dom, name, disk);
+    if (!sd) {
+        cfs_backend_set_errmsg("snapshot %s of domain %s names no file for disk %s",
+                               name, dom, disk ? disk : "");
+        r = -ENOENT;
+        goto out;
+    }
+    free(sd->source);
+    sd->source = cfs_xstrdup(new_source);
+    dk = cfs_domain_find_disk(d, disk);
+    for (size_t i = 0; dk && i < dk->n_layers; i++)
+        if (cfs_streq(dk->layers[i].meta_name, name)) {
+            free(dk->layers[i].meta_name);
+            dk->layers[i].meta_name = NULL;
+        }
+    l = dk ? layer_index(dk, new_source) : -1;
+    if (l >= 0) {
+        free(dk->layers[l].meta_name);
+        dk->layers[l].meta_name = cfs_xstrdup(name);
+    }
 out:
     pthread_mutex_unlock(&f->lock);
     return r;
@@ -906,7 +1177,10 @@ static const struct cfs_backend_ops fake_ops = {
     .read_domain_light = fake_read_domain_light,
     .snapshot_create = fake_snapshot_create,
     .snapshot_forget = fake_snapshot_forget,
+    .snapshot_drop = fake_snapshot_drop,
+    .snapshot_retarget = fake_snapshot_retarget,
     .commit_start = fake_commit_start,
+    .pull_start = fake_pull_start,
     .job_set_bandwidth = fake_job_set_bandwidth,
     .job_get = fake_job_get,
     .job_pivot = fake_job_pivot,
@@ -984,6 +1258,7 @@ void cfs_fake_put_domain(struct cfs_backend *be, const struct cfs_domain *d)
         f->doms[f->n_doms++] = copy;
     }
     jobs_prune(f, d->name);
+    snapdisk_sync(f, copy);
     event_domain(f, &e, d->name);
     pthread_mutex_unlock(&f->lock);
     event_fire(&e);
@@ -1003,6 +1278,7 @@ void cfs_fake_remove_domain(struct cfs_backend *be, const char *dom)
                 (f->n_doms - (size_t)i - 1) * sizeof(*f->doms));
         f->n_doms--;
         jobs_prune(f, dom);
+        snapdisk_remove(f, dom, NULL, NULL);
         event_domain(f, &e, dom);
     }
     pthread_mutex_unlock(&f->lock);
@@ -1299,4 +1575,19 @@ void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom)
         event_domain(f, &e, dom);
     pthread_mutex_unlock(&f->lock);
     event_fire(&e);
+}
+
+char *cfs_fake_snapshot_source(struct cfs_backend *be, const char *dom,
+                               const char *name, const char *disk)
+{
+    struct fake *f = fake_of(be);
+    struct fake_snapdisk *sd;
+    char *src = NULL;
+
+    pthread_mutex_lock(&f->lock);
+    sd = snapdisk_find(f, dom, name, disk);
+    if (sd)
+        src = cfs_xstrdup(sd->source);
+    pthread_mutex_unlock(&f->lock);
+    return src;
 }

@@ -38,6 +38,11 @@ void cfs_fake_job_ready(struct cfs_backend *be, const char *dom,
  * COMPLETED itself and makes BASE the active layer.) */
 void cfs_fake_job_complete(struct cfs_backend *be, const char *dom,
                            const char *disk);
+/* A pull started by pull_start (type CFS_JOB_PULL, end = the active
+ * layer's virtual size) is stepped the same way: no ready, no pivot
+ * (job_pivot refuses it); cfs_fake_job_complete takes the layers between
+ * the active one and its base out of the chain (files untouched, the
+ * snapshots' metadata unchanged, see cfs_fake_snapshot_source). */
 /* Fail: fires FAILED, chain unchanged, job gone. */
 void cfs_fake_job_fail(struct cfs_backend *be, const char *dom,
                        const char *disk);
@@ -85,6 +90,12 @@ void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom);
 void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir);
 /* The last path volume_delete accepted, or NULL. Caller frees. */
 char *cfs_fake_last_volume_deleted(struct cfs_backend *be);
+/* What libvirt snapshot NAME's metadata names for DISK (its <disks>
+ * source, as snapshot_create, snapshot_retarget or the layers put by the
+ * test set it; kept when a pull takes the layer out of the chain), or
+ * NULL if it names nothing for DISK. Caller frees. */
+char *cfs_fake_snapshot_source(struct cfs_backend *be, const char *dom,
+                               const char *name, const char *disk);
 /* How many times OP was called (for "no libvirt call on reads" tests). */
 unsigned cfs_fake_calls(struct cfs_backend *be, const char *op);
 

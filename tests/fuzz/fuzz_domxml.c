@@ -99,6 +99,26 @@ static void edit(const char *xml, const char *target)
     FUZZ_ASSERT(r == 0 || r == -EINVAL || r == -ENOENT);
     FUZZ_ASSERT((r == 0) == (out != NULL));
     free(out);
+    out = NULL;
+
+    r = cfs_domxml_snapshot_retarget(xml, target, "/o/new <&'\">.qcow2", &out);
+    FUZZ_ASSERT(r == 0 || r == -EINVAL || r == -ENOENT);
+    FUZZ_ASSERT((r == 0) == (out != NULL));
+    if (out) {
+        struct cfs_snapxml s;
+
+        /* the rewritten disk now names the new source */
+        FUZZ_ASSERT(cfs_domxml_parse_snapshot(out, &s) == 0 || !s.name);
+        bool seen = false;
+
+        for (size_t i = 0; i < s.n_disks; i++)
+            if (strcmp(s.disks[i].target, target) == 0 &&
+                strcmp(s.disks[i].source, "/o/new <&'\">.qcow2") == 0)
+                seen = true;
+        FUZZ_ASSERT(seen || !s.name);
+        cfs_snapxml_clear(&s);
+    }
+    free(out);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -323,6 +323,115 @@ static void test_snapshot_drop_disk(void **state)
     assert_null(out);
 }
 
+/* As libvirt 9.0 dumps a disk-only snapshot made by chainfs (probe 2 of
+ * scripts/probe/issue8.sh): after a pull of S2 into s2.qcow2, S1 is
+ * redefined with only its <disks> source changed. */
+static void test_snapshot_retarget_one_disk(void **state)
+{
+    const char *xml =
+        "<domainsnapshot>\n  <name>S1</name>\n  <state>disk-snapshot</state>\n"
+        "  <creationTime>1764460000</creationTime>\n  <memory snapshot='no'/>\n"
+        "  <disks>\n    <disk name='vda' snapshot='external' type='file'>\n"
+        "      <driver type='qcow2'/>\n      <source file='/i/s1.qcow2'/>\n"
+        "    </disk>\n  </disks>\n"
+        "  <domain type='qemu'><name>d</name><uuid>0b7c1ee8-1b8f-4d35-9d1b-1d0e1f8ad0a1</uuid>"
+        "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        "<source file='/i/base.qcow2'/><target dev='vda' bus='virtio'/></disk>"
+        "</devices></domain>\n</domainsnapshot>\n";
+    _cleanup_free_ char *out = NULL;
+    struct cfs_snapxml s;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_snapshot_retarget(xml, "vda", "/i/s2 <&'\">.qcow2", &out), 0);
+    assert_null(strstr(out, "/i/s1.qcow2"));
+    /* the <domain> copy still names base (what libvirt's delete checks) */
+    assert_non_null(strstr(out, "<source file=\"/i/base.qcow2\"/>"));
+    assert_non_null(strstr(out, "<creationTime>1764460000</creationTime>"));
+    assert_non_null(strstr(out, "<state>disk-snapshot</state>"));
+    assert_non_null(strstr(out, "<memory snapshot=\"no\"/>"));
+    assert_non_null(strstr(out, "<uuid>0b7c1ee8-1b8f-4d35-9d1b-1d0e1f8ad0a1</uuid>"));
+    assert_non_null(strstr(out, "<disk name=\"vda\" snapshot=\"external\" type=\"file\">"));
+    assert_int_equal(cfs_domxml_parse_snapshot(out, &s), 0);
+    assert_string_equal(s.name, "S1");
+    assert_int_equal(s.n_disks, 1);
+    assert_string_equal(s.disks[0].target, "vda");
+    assert_string_equal(s.disks[0].source, "/i/s2 <&'\">.qcow2");
+    cfs_snapxml_clear(&s);
+}
+
+/* Two disks: only the named one changes; a snapshot='no' disk, a disk
+ * only the <domain> copy has, and no disk at all are -ENOENT. */
+static void test_snapshot_retarget_two_disks(void **state)
+{
+    const char *xml =
+        "<domainsnapshot><name>sA</name><parent><name>s0</name></parent><disks>"
+        "<disk name='vda' snapshot='external' type='file'><driver type='qcow2'/>"
+        "<source file='/i/vda.sA.qcow2'/></disk>"
+        "<disk name='vdb' snapshot='external' type='block'><driver type='qcow2'/>"
+        "<source dev='/dev/vg/vdb.sA'/></disk>"
+        "<disk name='vdc' snapshot='no'/>"
+        "</disks><domain type='kvm'><name>d</name><devices>"
+        "<disk type='file' device='disk'><source file='/i/vda.qcow2'/>"
+        "<target dev='vda' bus='virtio'/></disk>"
+        "<disk type='file' device='disk'><source file='/i/vdd.qcow2'/>"
+        "<target dev='vdd' bus='virtio'/></disk></devices></domain></domainsnapshot>";
+    _cleanup_free_ char *out = NULL;
+    struct cfs_snapxml s;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_snapshot_retarget(xml, "vda", "/i/vda.sB.qcow2", &out), 0);
+    assert_int_equal(cfs_domxml_parse_snapshot(out, &s), 0);
+    assert_int_equal(s.n_disks, 2);
+    assert_string_equal(s.disks[0].target, "vda");
+    assert_string_equal(s.disks[0].source, "/i/vda.sB.qcow2");
+    assert_string_equal(s.disks[1].target, "vdb");
+    assert_string_equal(s.disks[1].source, "/dev/vg/vdb.sA");
+    cfs_snapxml_clear(&s);
+    assert_non_null(strstr(out, "<source file=\"/i/vda.qcow2\"/>"));
+    assert_non_null(strstr(out, "<parent><name>s0</name></parent>"));
+    assert_non_null(strstr(out, "<disk name=\"vdc\" snapshot=\"no\"/>"));
+    free(TAKE_PTR(out));
+
+    /* a block overlay keeps dev= */
+    assert_int_equal(cfs_domxml_snapshot_retarget(xml, "vdb", "/dev/vg/vdb.sB", &out), 0);
+    assert_non_null(strstr(out, "<source dev=\"/dev/vg/vdb.sB\"/>"));
+    assert_non_null(strstr(out, "<source file=\"/i/vda.sA.qcow2\"/>"));
+    free(TAKE_PTR(out));
+
+    assert_int_equal(cfs_domxml_snapshot_retarget(xml, "vdz", "/i/x.qcow2", &out), -ENOENT);
+    assert_null(out);
+    assert_int_equal(cfs_domxml_snapshot_retarget(xml, "vdc", "/i/x.qcow2", &out), -ENOENT);
+    assert_null(out);
+    assert_int_equal(cfs_domxml_snapshot_retarget(xml, "vdd", "/i/x.qcow2", &out), -ENOENT);
+    assert_null(out);
+    assert_int_equal(cfs_domxml_snapshot_retarget("<domainsnapshot><name>n</name></domainsnapshot>",
+                                                  "vda", "/i/x.qcow2", &out), -ENOENT);
+    assert_null(out);
+}
+
+static void test_snapshot_retarget_malformed(void **state)
+{
+    _cleanup_free_ char *out = NULL;
+    (void)state;
+
+    assert_int_equal(cfs_domxml_snapshot_retarget("<domainsnapshot><disks><disk name='vda'>",
+                                                  "vda", "/i/x.qcow2", &out), -EINVAL);
+    assert_null(out);
+    assert_int_equal(cfs_domxml_snapshot_retarget("", "vda", "/i/x.qcow2", &out), -EINVAL);
+    assert_null(out);
+    assert_int_equal(cfs_domxml_snapshot_retarget(NULL, "vda", "/i/x.qcow2", &out), -EINVAL);
+    assert_null(out);
+    /* a domain, not a snapshot */
+    assert_int_equal(cfs_domxml_snapshot_retarget("<domain><devices/></domain>",
+                                                  "vda", "/i/x.qcow2", &out), -EINVAL);
+    assert_null(out);
+    /* no new source */
+    assert_int_equal(cfs_domxml_snapshot_retarget(
+                         "<domainsnapshot><disks><disk name='vda'><source file='/a'/></disk></disks></domainsnapshot>",
+                         "vda", "", &out), -EINVAL);
+    assert_null(out);
+}
+
 /* ---- mirror --------------------------------------------------------------- */
 
 static void test_mirror_ready(void **state)
@@ -849,6 +958,9 @@ int main(void)
         cmocka_unit_test(test_extend_stops),
         cmocka_unit_test(test_create_overlay),
         cmocka_unit_test(test_snapshot_drop_disk),
+        cmocka_unit_test(test_snapshot_retarget_one_disk),
+        cmocka_unit_test(test_snapshot_retarget_two_disks),
+        cmocka_unit_test(test_snapshot_retarget_malformed),
     };
     int failed;
 

@@ -626,6 +626,224 @@ static void test_commit_by_index(void **state)
     assert_chain(be, "vm1", "vda", after, 3);
 }
 
+/* ---- forward merge: pull and the snapshot metadata after it ----------------------- */
+
+static char *source_of(struct cfs_backend *be, const char *name)
+{
+    return cfs_fake_snapshot_source(be, "vm1", name, "vda");
+}
+
+/* Design issue8 §2.1 and §2.4 on the fake: rmdir of s2 (active) pulls s1
+ * into it (base kept), then s2's metadata goes and s1 names s2's file. */
+static void test_pull_complete_and_repair(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_job_progress p;
+    struct cfs_domain *d;
+    char *src;
+
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", chain3[0], chain3[2],
+                                         1 * MiB), 0);
+    p = job_of(be, "vm1", "vda");
+    assert_true(p.present);
+    assert_int_equal(p.type, CFS_JOB_PULL);
+    assert_int_equal(p.cur, 0);
+    assert_int_equal(p.end, 64 * MiB); /* the whole disk (§0.6) */
+    assert_int_equal(p.bandwidth, 1 * MiB);
+    assert_false(p.ready);
+    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), 1 * MiB);
+
+    /* no ready phase, no pivot */
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(n_events(fx), 0);
+    assert_false(job_of(be, "vm1", "vda").ready);
+    /* as a job call on a job that cannot pivot (no such job to pivot) */
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), -ENOENT);
+    assert_true(job_of(be, "vm1", "vda").present);
+    /* a second job on the disk */
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", chain3[0], chain3[2], 0),
+                     -EBUSY);
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[1], chain3[2],
+                                           false, 0), -EBUSY);
+
+    cfs_fake_job_progress(be, "vm1", "vda", 16 * MiB, 64 * MiB);
+    assert_int_equal(job_of(be, "vm1", "vda").cur, 16 * MiB);
+    const char *const whole[] = { chain3[0], chain3[1], chain3[2] };
+    assert_chain(be, "vm1", "vda", whole, 3);
+
+    cfs_fake_job_complete(be, "vm1", "vda");
+    assert_int_equal(n_events(fx), 1);
+    assert_block_event(fx, 0, "vm1", "vda", CFS_JOB_PULL, CFS_JOB_EVENT_COMPLETED);
+    assert_false(job_of(be, "vm1", "vda").present);
+    const char *const after[] = { chain3[0], chain3[2] };
+    assert_chain(be, "vm1", "vda", after, 2);
+
+    /* libvirt's pull touches no snapshot: s1 still names the file that
+     * left the chain, s2 its (surviving) overlay */
+    d = read_ok(be, "vm1");
+    assert_int_equal(cfs_strv_len(d->snapshots), 2);
+    assert_string_equal(d->disks[0].layers[0].meta_name, "s2");
+    assert_null(d->disks[0].layers[1].meta_name);
+    cfs_domain_free(d);
+    src = source_of(be, "s1");
+    assert_string_equal(src, chain3[1]);
+    free(src);
+
+    /* §2.4 step 1: drop s2 (metadata only) */
+    assert_int_equal(be->ops->snapshot_drop(be, "vm1", "s2"), 0);
+    d = read_ok(be, "vm1");
+    assert_int_equal(cfs_strv_len(d->snapshots), 1);
+    assert_string_equal(d->snapshots[0], "s1");
+    assert_null(d->disks[0].layers[0].meta_name);
+    assert_int_equal(d->disks[0].n_layers, 2); /* no file, no layer touched */
+    cfs_domain_free(d);
+    assert_null(source_of(be, "s2"));
+
+    /* step 2: s1 now names the active layer, which carries its name */
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s1", "vda", chain3[0]), 0);
+    d = read_ok(be, "vm1");
+    assert_string_equal(d->disks[0].layers[0].meta_name, "s1");
+    assert_null(d->disks[0].layers[1].meta_name);
+    assert_int_equal(cfs_strv_len(d->snapshots), 1);
+    cfs_domain_free(d);
+    src = source_of(be, "s1");
+    assert_string_equal(src, chain3[0]);
+    free(src);
+    /* idempotent (recovery may repeat it) */
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s1", "vda", chain3[0]), 0);
+    assert_chain(be, "vm1", "vda", after, 2);
+    assert_int_equal(n_events(fx), 1);
+}
+
+/* A pull by libvirt's index notation, with BASE the layer right below
+ * the active one (nothing leaves), and with a four-layer chain (two
+ * leave); a failed or aborted pull changes no chain. */
+static void test_pull_by_index_and_ends(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    struct cfs_domain *d = read_ok(be, "vm1");
+    char top[32], base[32], next[32];
+
+    snprintf(top, sizeof(top), "vda[%u]", d->disks[0].layers[0].index);
+    snprintf(next, sizeof(next), "vda[%u]", d->disks[0].layers[1].index);
+    snprintf(base, sizeof(base), "vda[%u]", d->disks[0].layers[2].index);
+    cfs_domain_free(d);
+    const char *const whole[] = { chain3[0], chain3[1], chain3[2] };
+
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", top, base, 0), 0);
+    assert_int_equal(cfs_fake_job_bandwidth(be, "vm1", "vda"), 0);
+    cfs_fake_job_fail(be, "vm1", "vda");
+    assert_block_event(fx, 0, "vm1", "vda", CFS_JOB_PULL, CFS_JOB_EVENT_FAILED);
+    assert_chain(be, "vm1", "vda", whole, 3);
+
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", top, base, 0), 0);
+    assert_int_equal(be->ops->job_abort(be, "vm1", "vda"), 0);
+    assert_block_event(fx, 1, "vm1", "vda", CFS_JOB_PULL, CFS_JOB_EVENT_CANCELED);
+    assert_chain(be, "vm1", "vda", whole, 3);
+
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", top, next, 0), 0);
+    cfs_fake_job_complete(be, "vm1", "vda");
+    assert_chain(be, "vm1", "vda", whole, 3);
+
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "s3",
+                                              "/img/vm1.vda.s3.qcow2"), 0);
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", "/img/vm1.vda.s3.qcow2",
+                                         base, 0), 0);
+    cfs_fake_job_vanish(be, "vm1", "vda", true);
+    const char *const two_left[] = { "/img/vm1.vda.s3.qcow2", chain3[2] };
+    assert_chain(be, "vm1", "vda", two_left, 2);
+    /* the snapshots of the layers that left still name their files */
+    char *src = source_of(be, "s2");
+    assert_string_equal(src, chain3[0]);
+    free(src);
+    src = source_of(be, "s3");
+    assert_string_equal(src, "/img/vm1.vda.s3.qcow2");
+    free(src);
+}
+
+static void test_pull_refusals(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    const char *const two[] = { "/img/off.top.qcow2", "/img/off.base.qcow2" };
+    const char *const whole[] = { chain3[0], chain3[1], chain3[2] };
+
+    /* TOP must be the active layer: the caller's plan no longer holds */
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", chain3[1], chain3[2], 0),
+                     -EINVAL);
+    assert_non_null(strstr(cfs_backend_errmsg(), "not the active layer"));
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", "vda[999]", chain3[2], 0),
+                     -EINVAL);
+    /* BASE must be below the active layer */
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", chain3[0], chain3[0], 0),
+                     -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "could not find"));
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", chain3[0], "/img/other.qcow2", 0),
+                     -ENOENT);
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", chain3[0], NULL, 0), -EINVAL);
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", NULL, chain3[2], 0), -EINVAL);
+    assert_int_equal(be->ops->pull_start(be, "nope", "vda", chain3[0], chain3[2], 0),
+                     -ENOENT);
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vdz", chain3[0], chain3[2], 0),
+                     -ENOENT);
+    cfs_fake_add_simple(be, "off", CFS_DOM_SHUTOFF, "vda", two, NULL, 2);
+    assert_int_equal(be->ops->pull_start(be, "off", "vda", two[0], two[1], 0), -EINVAL);
+    assert_non_null(strstr(cfs_backend_errmsg(), "not running"));
+    cfs_fake_fail_next(be, "pull_start", ENOSPC, "No space left on device");
+    assert_int_equal(be->ops->pull_start(be, "vm1", "vda", chain3[0], chain3[2], 0),
+                     -ENOSPC);
+    assert_string_equal(cfs_backend_errmsg(), "No space left on device");
+    assert_int_equal(cfs_fake_calls(be, "pull_start"), 10);
+    assert_false(cfs_fake_has_job(be, "vm1", "vda"));
+    assert_chain(be, "vm1", "vda", whole, 3);
+}
+
+static void test_snapshot_drop_retarget_refusals(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    const char *const whole[] = { chain3[0], chain3[1], chain3[2] };
+    struct cfs_domain *d;
+    char *src;
+
+    assert_int_equal(be->ops->snapshot_drop(be, "vm1", "s9"), -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "s9"));
+    assert_int_equal(be->ops->snapshot_drop(be, "nope", "s1"), -ENOENT);
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s9", "vda", chain3[0]), -ENOENT);
+    assert_int_equal(be->ops->snapshot_retarget(be, "nope", "s1", "vda", chain3[0]), -ENOENT);
+    /* s1 names no file for vdb */
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s1", "vdb", chain3[0]), -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "vdb"));
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s1", "vda", ""), -EINVAL);
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s1", "vda", NULL), -EINVAL);
+    cfs_fake_fail_next(be, "snapshot_retarget", EIO, "internal error: boom");
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s1", "vda", chain3[0]), -EIO);
+    cfs_fake_fail_next(be, "snapshot_drop", ENOTCONN, "End of file while reading data");
+    assert_int_equal(be->ops->snapshot_drop(be, "vm1", "s1"), -ENOTCONN);
+    d = read_ok(be, "vm1");
+    assert_int_equal(cfs_strv_len(d->snapshots), 2);
+    assert_string_equal(d->disks[0].layers[1].meta_name, "s1");
+    cfs_domain_free(d);
+
+    /* a source outside the chain is recorded (libvirt does not check it);
+     * no layer carries s1 any more */
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s1", "vda", "/elsewhere.qcow2"), 0);
+    src = source_of(be, "s1");
+    assert_string_equal(src, "/elsewhere.qcow2");
+    free(src);
+    d = read_ok(be, "vm1");
+    assert_null(d->disks[0].layers[1].meta_name);
+    cfs_domain_free(d);
+
+    /* after snapshot_forget the snapshot names nothing for vda */
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "vda", "s2"), 0);
+    assert_int_equal(be->ops->snapshot_retarget(be, "vm1", "s2", "vda", chain3[0]), -ENOENT);
+    assert_chain(be, "vm1", "vda", whole, 3);
+    assert_int_equal(n_events(fx), 0);
+}
+
 static void test_abort_fail_vanish(void **state)
 {
     struct fixture *fx = *state;
@@ -1167,6 +1385,10 @@ int main(void)
         T(test_pivot_not_ready_counts_only_ready_pivots),
         T(test_intermediate_commit_complete),
         T(test_commit_by_index),
+        T(test_pull_complete_and_repair),
+        T(test_pull_by_index_and_ends),
+        T(test_pull_refusals),
+        T(test_snapshot_drop_retarget_refusals),
         T(test_abort_fail_vanish),
         T(test_domain_stop_drops_jobs),
         T(test_offline_commit),
