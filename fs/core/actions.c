@@ -1,5 +1,6 @@
 /* actions.c — part of the engine (see engine_int.h). */
 #include "engine_int.h"
+#include "chainfs/merge_plan.h"
 
 /* ---- mkdir / rmdir (FUSE threads) ------------------------------------------------ */
 
@@ -380,6 +381,71 @@ static int shared_live(struct cfs_engine *e, const char *dom,
     return r;
 }
 
+/* The cost rule of issue 8 §2.2 for the rmdir of the active snapshot of a
+ * running domain: true, and *PLAN's one job, when it pulls. Caller holds
+ * the tree lock. */
+static bool plan_pull(struct cfs_tree *t, const char *dom, const char *disk,
+                      const struct cfs_disk *dk, struct cfs_merge_plan *plan)
+{
+    size_t n = dk->n_layers;
+    struct cfs_merge_layer *ml = cfs_xcalloc(n, sizeof(*ml));
+    char **users = cfs_xcalloc(n, sizeof(*users));
+    for (size_t i = 0; i < n; i++) {
+        const struct cfs_layer *l = &dk->layers[i];
+        const struct cfs_domain *od = NULL;
+        const struct cfs_disk *ok =
+            cfs_tree_file_user(t, &l->id, l->path, dom, disk, &od);
+        if (ok)
+            users[i] = cfs_xasprintf("domain %s disk %s", od->name, ok->target);
+        ml[i] = (struct cfs_merge_layer){
+            .name = l->name,
+            .allocation = l->allocation,
+            .snapshot = l->name && i + 1 < n,
+            .has_metadata = l->meta_name != NULL,
+            .shared_with = users[i],
+            .asked = i == 0,
+            .mode = CFS_MERGE_AUTO,
+        };
+    }
+    int r = cfs_merge_plan(ml, n, true, plan);
+    for (size_t i = 0; i < n; i++)
+        free(users[i]);
+    free(users);
+    free(ml);
+    return r == 0 && plan->n_jobs == 1 && plan->jobs[0].pull &&
+           plan->jobs[0].leave_last < n && plan->jobs[0].base < n;
+}
+
+/* A pull writes the active layer and removes LEAVING: refused if any other
+ * disk (of this domain or another) has one of them in its chain, as
+ * libvirt has every chain now. 0, or a negative errno and *WHY. */
+static int pull_shared_live(struct cfs_engine *e, const char *dom,
+                            const char *disk, const struct cfs_job *job,
+                            char **why)
+{
+    size_t n = job->n_leaving + 1;
+    struct file_ref *files = cfs_xcalloc(n, sizeof(*files));
+    files[0] = (struct file_ref){ &job->top_id, job->top };
+    for (size_t i = 0; i < job->n_leaving; i++)
+        files[i + 1] = (struct file_ref){ &job->leaving[i].id, job->leaving[i].path };
+    _cleanup_free_ char *user = NULL;
+    size_t which = 0;
+    int r = file_user_live(e, files, n, dom, disk, &user, &which);
+    if (r > 0) {
+        *why = cfs_xasprintf("%s, %s, is also in the chain of %s",
+                             which == 0 ? "the layer the pull writes"
+                                        : "a layer the pull removes",
+                             cfs_file_display(files[which].id, files[which].path),
+                             user);
+        r = -EBUSY;
+    } else if (r < 0) {
+        *why = cfs_xasprintf("cannot tell whether the files of the merge are "
+                             "used elsewhere: %s", user);
+    }
+    free(files);
+    return r;
+}
+
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
@@ -392,6 +458,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     _cleanup_(cfs_file_id_clear) struct cfs_file_id base_id = {0};
     struct cfs_job job = {0};
     bool running = false;
+    _cleanup_(cfs_merge_plan_clear) struct cfs_merge_plan plan = {0};
 
     r = check_reachable(e, dom, &why);
     if (r < 0)
@@ -458,6 +525,47 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         why = "the domain is shut off and its image files are not on this "
               "machine: an offline merge runs qemu-img on them and libvirt "
               "has no API for it; start the domain and rmdir again";
+    } else if (d->state != CFS_DOM_SHUTOFF && idx == 0 &&
+               plan_pull(e->tree, dom, disk, dk, &plan)) {
+        /* issue 8 §2: the active layer stays and takes the identity of the
+         * snapshot below; the layers between it and the new base leave */
+        running = true;
+        const struct cfs_merge_job *mj = &plan.jobs[0];
+        const struct cfs_layer *act = &dk->layers[0];
+        const struct cfs_layer *nb = &dk->layers[mj->base];
+        job_new_locked(e, s, cfs_merge_kind_job_type(mj->kind));
+        struct cfs_job *j = &s->job;
+        j->snapshot = cfs_xstrdup(name);
+        cfs_strv_push(&j->snapshots, cfs_xstrdup(name));
+        j->meta_name = cfs_xstrdup(act->meta_name);
+        j->survivor = cfs_xstrdup(dk->layers[mj->leave_last].meta_name);
+        j->top = cfs_xstrdup(act->path);
+        cfs_file_id_copy(&j->top_id, &act->id);
+        j->base = cfs_xstrdup(nb->path);
+        cfs_file_id_copy(&base_id, &nb->id);
+        j->n_leaving = mj->leave_last - mj->leave_first + 1;
+        j->leaving = cfs_xcalloc(j->n_leaving, sizeof(*j->leaving));
+        for (size_t i = 0; i < j->n_leaving; i++) {
+            const struct cfs_layer *l = &dk->layers[mj->leave_first + i];
+            j->leaving[i].path = cfs_xstrdup(l->path);
+            cfs_file_id_copy(&j->leaving[i].id, &l->id);
+        }
+        j->direction = CFS_DIRECTION_PULL;
+        j->written = cfs_xstrdup(act->path);
+        j->bytes_commit = mj->bytes_commit;
+        j->bytes_pull = mj->bytes_pull;
+        j->reason = cfs_xstrdup(mj->reason);
+        top_ref = layer_ref(disk, act);
+        base_ref = layer_ref(disk, nb);
+        j->end = act->virtual_size;
+        j->started = now_s();
+        j->journal_id = cfs_journal_new_id(e->journal);
+        j->bandwidth = e->commit_bandwidth;
+        struct stat wst;
+        s->base_bytes = engine_files_local(e) && stat(j->written, &wst) == 0
+                            ? (uint64_t)wst.st_blocks * 512 : 0;
+        phase_step_locked(e, s, CFS_PHASE_STARTING);
+        cfs_job_copy(&job, j);
     } else {
         running = d->state != CFS_DOM_SHUTOFF;
         const struct cfs_layer *top = &dk->layers[idx];
@@ -491,7 +599,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
 
     /* The disk is claimed; no one else may use either file, as libvirt
      * has every chain now (the tree may lag behind another domain). */
-    r = shared_live(e, dom, disk, &job, &base_id, &why_buf);
+    r = job.type == CFS_JOB_PULL ? pull_shared_live(e, dom, disk, &job, &why_buf)
+                                 : shared_live(e, dom, disk, &job, &base_id, &why_buf);
     if (r < 0) {
         log_warn("rmdir %s/%s/snapshots/%s refused (%s): %s", dom, disk, name,
                  strerror(-r), why_buf);
@@ -550,9 +659,12 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         return 0;
     }
 
-    r = e->be->ops->commit_start(e->be, dom, disk, top_ref, base_ref,
-                                 job.type == CFS_JOB_ACTIVE_COMMIT,
-                                 job.bandwidth);
+    r = job.type == CFS_JOB_PULL
+            ? e->be->ops->pull_start(e->be, dom, disk, top_ref, base_ref,
+                                     job.bandwidth)
+            : e->be->ops->commit_start(e->be, dom, disk, top_ref, base_ref,
+                                       job.type == CFS_JOB_ACTIVE_COMMIT,
+                                       job.bandwidth);
     if (r < 0) {
         if (r == -ENOTCONN)
             conn_suspect(e, true);

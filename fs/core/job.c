@@ -126,6 +126,7 @@ int journal_record(struct cfs_engine *e, const char *dom,
         .bytes_pull = job->bytes_pull,
         .bytes_copied = job->bytes_copied,
         .reason = job->reason,
+        .survivor = job->survivor,
     };
     int r = cfs_journal_put(e->journal, &en);
     if (r < 0)
@@ -496,6 +497,66 @@ static void tree_drop_layer(struct cfs_engine *e, const char *dom,
 }
 
 
+/* Delete FILE, which left DISK's chain, unless kept or still used anywhere
+ * (the same rules as a commit's TOP). */
+static void merged_delete(struct cfs_engine *e, const char *dom,
+                          const char *disk, uint64_t id,
+                          const struct cfs_job_file *f)
+{
+    _cleanup_free_ char *user = NULL;
+    size_t which;
+    const struct file_ref ref = { &f->id, f->path };
+    bool used = !e->keep_merged &&
+                file_user_live(e, &ref, 1, NULL, NULL, &user, &which) != 0;
+    if (e->keep_merged)
+        log_info("%s/%s: keeping %s (keep_merged)", dom, disk, f->path);
+    else if (used)
+        log_warn("%s/%s: %s is still used (%s); not deleting it", dom, disk,
+                 f->path, user);
+    else if (!engine_files_local(e))
+        merged_remove_remote(e, dom, disk, id, f->path);
+    else if (unlink(f->path) < 0 && errno != ENOENT)
+        log_warn("%s/%s: deleting %s: %s", dom, disk, f->path, strerror(errno));
+}
+
+/* Clean-up of a pull (issue 8 §2.4), phase cleanup journaled: the pulled
+ * snapshot's metadata is dropped, the surviving one is retargeted to the
+ * active layer (each step idempotent, for recovery), then the leaving
+ * files are deleted under the usual rules, and only they. */
+static void pull_cleanup(struct cfs_engine *e, const char *dom,
+                         const char *disk, uint64_t id,
+                         const struct cfs_job *job)
+{
+    int r;
+    if (job->meta_name) {
+        r = e->be->ops->snapshot_drop(e->be, dom, job->meta_name);
+        if (r < 0 && r != -ENOENT)
+            log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
+                     job->meta_name, errmsg_or(strerror(-r)));
+    }
+    if (job->survivor) {
+        r = e->be->ops->snapshot_retarget(e->be, dom, job->survivor, disk,
+                                          job->written ? job->written : job->top);
+        if (r < 0)
+            log_warn("%s/%s: retargeting snapshot metadata %s to %s: %s", dom,
+                     disk, job->survivor, job->top, errmsg_or(strerror(-r)));
+    }
+    for (size_t i = 0; i < job->n_leaving; i++)
+        merged_delete(e, dom, disk, id, &job->leaving[i]);
+
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    struct stat st;
+    if (s && s->base_bytes && job->written && engine_files_local(e) &&
+        stat(job->written, &st) == 0 && (uint64_t)st.st_blocks * 512 > s->base_bytes)
+        s->job.bytes_copied = (uint64_t)st.st_blocks * 512 - s->base_bytes;
+    pthread_mutex_unlock(&e->tree->lock);
+    log_info("%s/%s: snapshot %s pulled into %s (%s)", dom, disk,
+             job->snapshot, job->top, job->reason ? job->reason : "pull");
+    job_end(e, dom, disk, id, CFS_PHASE_COMPLETED, NULL, false);
+    refresh_domain(e, dom);
+}
+
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,
  * delete it (unless kept or still used anywhere), make libvirt's snapshot
  * metadata stop naming it (snapshot_forget: the snapshot's other disks keep
@@ -531,7 +592,17 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
     }
     const struct cfs_disk *ldk = live ? cfs_domain_find_disk(live, disk) : NULL;
     bool disk_gone = !ldk;
-    bool top_in_chain = ldk && cfs_disk_find_file(ldk, &job.top_id, job.top) >= 0;
+    /* a pull: finished when every leaving file is out of the chain (TOP,
+     * the active layer, stays) */
+    bool by_leaving = job.n_leaving > 0;
+    bool top_in_chain = false;
+    if (by_leaving) {
+        for (size_t i = 0; ldk && i < job.n_leaving; i++)
+            if (cfs_disk_find_file(ldk, &job.leaving[i].id, job.leaving[i].path) >= 0)
+                top_in_chain = true;
+    } else {
+        top_in_chain = ldk && cfs_disk_find_file(ldk, &job.top_id, job.top) >= 0;
+    }
     if (live && !top_in_chain) {
         /* the tree shows the chain without TOP before the job reads as
          * completed: `cat wait` then `ls snapshots/` must not see it (a
@@ -540,7 +611,12 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
         pthread_mutex_lock(&e->tree->lock);
         carry_sizes(cfs_tree_find_domain(e->tree, dom), live);
         install_read(e, dom, before, TAKE_PTR(live), &removed);
-        tree_drop_layer(e, dom, disk, &job.top_id, job.top);
+        if (by_leaving)
+            for (size_t i = 0; i < job.n_leaving; i++)
+                tree_drop_layer(e, dom, disk, &job.leaving[i].id,
+                                job.leaving[i].path);
+        else
+            tree_drop_layer(e, dom, disk, &job.top_id, job.top);
         pthread_mutex_unlock(&e->tree->lock);
     }
     cfs_domain_free(live);
@@ -561,6 +637,11 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
 
     if (!job_set_phase(e, dom, disk, id, CFS_PHASE_CLEANUP)) {
         cfs_job_clear(&job); /* ended meanwhile (abort, a failure) */
+        return FINISH_DONE;
+    }
+    if (by_leaving) {
+        pull_cleanup(e, dom, disk, id, &job);
+        cfs_job_clear(&job);
         return FINISH_DONE;
     }
     _cleanup_free_ char *user = NULL;
@@ -616,7 +697,9 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     bool base_grew = base_before && job.base && engine_files_local(e) &&
                      stat(job.base, &bst) == 0 &&
                      (uint64_t)bst.st_blocks * 512 > base_before;
-    bool partial = cfs_job_kind(job.type)->merge && (job.cur > 0 || base_grew);
+    /* a pull is never partial: no snapshot's point in time changed */
+    bool partial = cfs_job_kind(job.type)->merge &&
+                   job.direction != CFS_DIRECTION_PULL && (job.cur > 0 || base_grew);
     _cleanup_free_ char *space = space_reason(e, job.base);
     _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
     if (st == CFS_PHASE_CANCELED)

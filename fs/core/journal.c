@@ -66,6 +66,7 @@ void cfs_journal_entry_clear(struct cfs_journal_entry *e)
     cfs_job_files_free(e->leaving, e->n_leaving);
     free(e->written);
     free(e->reason);
+    free(e->survivor);
     *e = (struct cfs_journal_entry){0};
 }
 
@@ -93,6 +94,7 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         .bytes_pull = src->bytes_pull,
         .bytes_copied = src->bytes_copied,
         .reason = cfs_xstrdup(src->reason),
+        .survivor = cfs_xstrdup(src->survivor),
     };
     for (char **d = src->disks; d && *d; d++)
         cfs_strv_push(&dst->disks, cfs_xstrdup(*d));
@@ -217,6 +219,7 @@ static void entry_to_line(const struct cfs_journal_entry *e,
     if (e->bytes_copied)
         json_object_object_add(o, "bytes_copied", json_object_new_int64((int64_t)e->bytes_copied));
     json_add_str(o, "reason", e->reason);
+    json_add_str(o, "survivor", e->survivor);
 
     /* PLAIN never emits a raw newline: control characters are escaped. */
     cfs_buf_printf(out, "%s\n",
@@ -340,6 +343,7 @@ static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
     out->bytes_pull = json_get_u64(o, "bytes_pull");
     out->bytes_copied = json_get_u64(o, "bytes_copied");
     out->reason = cfs_xstrdup(json_get_str(o, "reason"));
+    out->survivor = cfs_xstrdup(json_get_str(o, "survivor"));
     return 0;
 }
 

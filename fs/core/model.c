@@ -271,6 +271,7 @@ void cfs_job_clear(struct cfs_job *j)
     cfs_job_files_free(j->leaving, j->n_leaving);
     free(j->written);
     free(j->reason);
+    free(j->survivor);
     *j = (struct cfs_job){ 0 };
 }
 
@@ -390,6 +391,7 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->n_leaving = dst->leaving ? src->n_leaving : 0;
     dst->written = cfs_xstrdup(src->written);
     dst->reason = cfs_xstrdup(src->reason);
+    dst->survivor = cfs_xstrdup(src->survivor);
 }
 
 /* ---- lookups ------------------------------------------------------------------ */

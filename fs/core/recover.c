@@ -102,6 +102,7 @@ void recover_journal(struct cfs_engine *e)
         s->job.bytes_pull = en->bytes_pull;
         s->job.bytes_copied = en->bytes_copied;
         s->job.reason = cfs_xstrdup(en->reason);
+        s->job.survivor = cfs_xstrdup(en->survivor);
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */

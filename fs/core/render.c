@@ -340,6 +340,13 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
         kv_str(&kv, "origin", job->external ? "external" : "chainfs");
         if (!job->external)
             kv_str(&kv, "pivot", job->pivot_manual ? "manual" : "auto");
+        if (job->direction != CFS_DIRECTION_NONE) {
+            /* issue 8: a merge chosen by cost says which way and why */
+            kv_str(&kv, "direction", cfs_merge_direction_to_string(job->direction));
+            kv_take(&kv, "bytes_commit", size_value(job->bytes_commit));
+            kv_take(&kv, "bytes_pull", size_value(job->bytes_pull));
+            kv_str(&kv, "reason", job->reason);
+        }
         kv_take(&kv, "started", time_value(job->started));
         kv_take(&kv, "finished", time_value(job->finished));
         kv_str(&kv, "error", job->error);
@@ -371,6 +378,12 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_str(o, "origin", none ? NULL : job->external ? "external" : "chainfs");
     json_put_str(o, "pivot", none || job->external ? NULL
                              : job->pivot_manual ? "manual" : "auto");
+    bool merge = !none && job->direction != CFS_DIRECTION_NONE;
+    json_put_str(o, "direction",
+                 merge ? cfs_merge_direction_to_string(job->direction) : NULL);
+    json_put_u64(o, "bytes_commit", merge ? job->bytes_commit : 0);
+    json_put_u64(o, "bytes_pull", merge ? job->bytes_pull : 0);
+    json_put_str(o, "reason", merge ? job->reason : NULL);
     json_put_time(o, "started", none ? 0 : job->started);
     json_put_time(o, "finished", none ? 0 : job->finished);
     json_put_str(o, "error", none ? NULL : job->error);

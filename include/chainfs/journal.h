@@ -47,6 +47,7 @@ struct cfs_journal_entry {
     char *written;     /* the file the job writes, or NULL (BASE) */
     uint64_t bytes_commit, bytes_pull, bytes_copied; /* 0: not stored */
     char *reason;      /* why this direction, or NULL */
+    char *survivor;    /* pull: the snapshot retargeted to WRITTEN, or NULL */
 };
 
 struct cfs_journal;

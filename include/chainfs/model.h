@@ -183,6 +183,9 @@ struct cfs_job {
     uint64_t bytes_pull;   /* what a pull would copy (P); 0: no pull */
     uint64_t bytes_copied; /* growth of WRITTEN's allocation, at the end */
     char *reason;          /* why this direction (merge_plan's text) */
+    char *survivor;        /* pull: libvirt snapshot whose layer left and
+                              whose identity WRITTEN takes (§2.4 step 2:
+                              retargeted at clean-up), or NULL */
 };
 
 /* Progress as a backend reports it (virDomainGetBlockJobInfo). */

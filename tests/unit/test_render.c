@@ -652,7 +652,8 @@ static void test_job_json(void **state)
     (void)state;
     static const char *const keys[] = {
         "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
-        "end", "bandwidth", "origin", "pivot", "started", "finished", "error", "partial", "leftover", "stale",
+        "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
+        "started", "finished", "error", "partial", "leftover", "stale",
     };
     struct cfs_job j = running_job();
     j.bandwidth = 3 * MiB;
@@ -743,7 +744,8 @@ static void test_job_json_none(void **state)
     (void)state;
     static const char *const keys[] = {
         "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
-        "end", "bandwidth", "origin", "pivot", "started", "finished", "error", "partial", "leftover", "stale",
+        "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
+        "started", "finished", "error", "partial", "leftover", "stale",
     };
     struct cfs_buf b = { 0 };
 
