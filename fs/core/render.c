@@ -14,7 +14,7 @@
 #include "chainfs/render.h"
 
 #define BAR_WIDTH 20
-#define KV_MAX 16
+#define KV_MAX 24
 
 /* ---- text helpers ---------------------------------------------------------- */
 

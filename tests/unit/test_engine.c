@@ -885,6 +885,285 @@ static void test_wait(void **state)
     cfs_buf_free(&b);
 }
 
+
+/* ---- forward merge (issue 8 §2) ------------------------------------------------------ */
+
+#define MiB (UINT64_C(1) << 20)
+
+static bool fake_has_snapshot(struct fx *f, const char *dom, const char *name);
+
+/* Give vm1's layers (s2, s1, base) these allocations, as the backend's
+ * full read fills them; the engine re-reads. */
+static void set_sizes(struct fx *f, uint64_t a0, uint64_t a1, uint64_t a2)
+{
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &d), 0);
+    struct cfs_disk *dk = cfs_domain_find_disk(d, "vda");
+    assert_int_equal(dk->n_layers, 3);
+    dk->layers[0].allocation = a0;
+    dk->layers[1].allocation = a1;
+    dk->layers[2].allocation = a2;
+    cfs_fake_put_domain(f->be, d);
+    cfs_domain_free(d);
+    cfs_engine_run_pending(f->e);
+}
+
+/* The source libvirt's snapshot NAME names for vm1/vda, compared. */
+static void assert_snapshot_source(struct fx *f, const char *name,
+                                   const char *want)
+{
+    char *src = cfs_fake_snapshot_source(f->be, "vm1", name, "vda");
+    if (!want) {
+        assert_null(src);
+        return;
+    }
+    assert_non_null(src);
+    assert_string_equal(src, want);
+    free(src);
+}
+
+/* The chain after a pull of s2 over s1: s2.qcow2 onto base, s2.qcow2
+ * now s1; s1.qcow2 deleted; nothing else touched. */
+static void assert_pulled(struct fx *f)
+{
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_true(exists(f->paths[0]));
+    assert_false(exists(f->paths[1]));
+    assert_true(exists(f->paths[2]));
+    assert_false(fake_has_snapshot(f, "vm1", "s2"));
+    assert_true(fake_has_snapshot(f, "vm1", "s1"));
+    assert_snapshot_source(f, "s1", f->paths[0]);
+    assert_int_equal(journal_entries(f), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    char *chain = read_file(f, "/vm1/vda/chain.json");
+    assert_non_null(chain);
+    assert_null(strstr(chain, "s1.qcow2"));
+    assert_non_null(strstr(chain, "s2.qcow2"));
+    free(chain);
+}
+
+static void test_pull_small_overlay_below(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+    assert_job_contains(f, "type:         pull");
+    assert_job_contains(f, "direction:    pull");
+    assert_job_contains(f, "bytes_commit: 200.0MiB");
+    assert_job_contains(f, "bytes_pull:   4.0MiB");
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+
+    /* journaled with what a restart needs */
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].type, CFS_JOB_PULL);
+    assert_string_equal(v[0].phase, "running");
+    assert_int_equal(v[0].direction, CFS_DIRECTION_PULL);
+    assert_int_equal(v[0].n_leaving, 1);
+    assert_string_equal(v[0].leaving[0].path, f->paths[1]);
+    assert_string_equal(v[0].written, f->paths[0]);
+    assert_string_equal(v[0].survivor, "s1");
+    assert_int_equal(v[0].bytes_commit, 200 * MiB);
+    assert_int_equal(v[0].bytes_pull, 4 * MiB);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+
+    /* one job per disk, no ready phase */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -EBUSY);
+    cfs_fake_job_progress(f->be, "vm1", "vda", 16 << 20, 64 << 20);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_pulled(f);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 0);
+    assert_job_contains(f, "completed");
+    assert_job_contains(f, "direction:    pull");
+}
+
+static void test_pull_reverse_sizes_commit(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, 4 * MiB, 200 * MiB, 100 * MiB);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
+    assert_job_contains(f, "type:      active-commit");
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_false(exists(f->paths[0]));
+    assert_true(exists(f->paths[1]));
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+}
+
+static void test_pull_failure_brings_snapshot_back(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_progress(f->be, "vm1", "vda", 1 << 20, 64 << 20);
+    cfs_engine_run_pending(f->e);
+    cfs_fake_job_fail(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    for (int i = 0; i < 3; i++)
+        assert_true(exists(f->paths[i]));
+    assert_true(fake_has_snapshot(f, "vm1", "s2"));
+    assert_snapshot_source(f, "s1", f->paths[1]);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_drop"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_retarget"), 0);
+    /* a pull is never partial: no snapshot's point in time changed */
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "partial"));
+    free(job);
+    char *info = read_file(f, "/vm1/vda/snapshots/s1/info");
+    assert_null(strstr(info, "partial"));
+    free(info);
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_pull_start_refused(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    cfs_fake_fail_next(f->be, "pull_start", EIO, "internal error: qemu said no");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), -EIO);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "qemu said no");
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* A leaving file another domain takes into its chain during the pull is
+ * not deleted (the same check as a commit's TOP). */
+static void test_pull_leaving_used_elsewhere_kept(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    const char *chain[] = {f->paths[3], f->paths[1], f->paths[2]};
+    cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vda", chain, NULL, 3);
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_true(exists(f->paths[1]));
+    assert_true(exists(f->paths[0]));
+    assert_true(exists(f->paths[2]));
+}
+
+/* ... and one already used elsewhere when rmdir starts is never written
+ * or removed by a pull. */
+static void test_pull_leaving_shared_at_start(void **state)
+{
+    struct fx *f = *state;
+    const char *chain[] = {f->paths[3], f->paths[1], f->paths[2]};
+    cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vda", chain, NULL, 3);
+    cfs_engine_run_pending(f->e);
+    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    (void)cfs_engine_rmdir(f->e, "vm1", "vda", "s2");
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 0);
+    if (job_state(f, "vm1") != CFS_PHASE_FAILED) {
+        cfs_fake_job_ready(f->be, "vm1", "vda");
+        cfs_engine_run_pending(f->e);
+    }
+    assert_true(exists(f->paths[1]));
+}
+
+/* The daemon dies with the pull journaled; a new engine on a fake where
+ * libvirt has: LEAVING_GONE the pull done, JOB the pull still running. */
+static void restart_pull(struct fx *f, bool leaving_gone, bool job)
+{
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    if (leaving_gone || job)
+        assert_int_equal(f->be->ops->pull_start(f->be, "vm1", "vda", f->paths[0],
+                                                f->paths[2], 0), 0);
+    if (leaving_gone)
+        cfs_fake_job_complete(f->be, "vm1", "vda");
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+}
+
+/* Rewrite the one journal entry's phase. */
+static void journal_set_phase(struct fx *f, const char *phase)
+{
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    free(v[0].phase);
+    v[0].phase = strdup(phase);
+    assert_int_equal(cfs_journal_put(j, &v[0]), 0);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+}
+
+static void test_recover_pull(void **state)
+{
+    struct fx *f = *state;
+    static const struct {
+        const char *phase;
+        bool leaving_gone, job;
+        enum cfs_job_phase want;
+    } cases[] = {
+        {"running", true, false, CFS_PHASE_COMPLETED},
+        {"running", false, true, CFS_PHASE_RUNNING},
+        {"running", false, false, CFS_PHASE_FAILED},
+        {"cleanup", true, false, CFS_PHASE_COMPLETED},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        for (int k = 0; k < 3; k++)
+            touch(f->paths[k]);
+        restart_pull(f, false, false);
+        assert_int_equal(journal_entries(f), 0);
+        set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+        assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+        if (strcmp(cases[i].phase, "running") != 0)
+            journal_set_phase(f, cases[i].phase);
+        restart_pull(f, cases[i].leaving_gone, cases[i].job);
+        if (job_state(f, "vm1") != cases[i].want)
+            fail_msg("case %zu: state %s", i,
+                     cfs_job_phase_to_string(job_state(f, "vm1")));
+        switch (cases[i].want) {
+        case CFS_PHASE_COMPLETED:
+            assert_pulled(f);
+            break;
+        case CFS_PHASE_RUNNING:
+            assert_int_equal(journal_entries(f), 1);
+            cfs_fake_job_complete(f->be, "vm1", "vda");
+            cfs_engine_run_pending(f->e);
+            assert_pulled(f);
+            break;
+        default:
+            assert_int_equal(journal_entries(f), 0);
+            for (int k = 0; k < 3; k++)
+                assert_true(exists(f->paths[k]));
+            assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+            assert_snapshot_source(f, "s1", f->paths[1]);
+            break;
+        }
+    }
+}
+
 /* ---- recovery ------------------------------------------------------------------------ */
 
 static void test_recovery_follows_and_cleans(void **state)
@@ -1910,6 +2189,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_overlay_dir_checked_only_when_local, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_follows_and_cleans, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_small_overlay_below, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_reverse_sizes_commit, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_failure_brings_snapshot_back, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_start_refused, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_leaving_used_elsewhere_kept, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_leaving_shared_at_start, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_pull, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
         cmocka_unit_test(test_phase_table_every_pair),
         cmocka_unit_test(test_job_kinds),
