@@ -528,7 +528,27 @@ static void pull_cleanup(struct cfs_engine *e, const char *dom,
                          const struct cfs_job *job)
 {
     int r;
-    if (job->meta_name) {
+    /* §2.4 step 1: the whole metadata goes only when the snapshot names
+     * no other disk of the domain; else this disk's part alone
+     * (snapshot_forget, as a commit does) */
+    bool other_disk = false;
+    pthread_mutex_lock(&e->tree->lock);
+    const struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    for (size_t i = 0; d && job->meta_name && i < d->n_disks; i++) {
+        const struct cfs_disk *odk = &d->disks[i];
+        if (cfs_streq(odk->target, disk))
+            continue;
+        for (size_t l = 0; l < odk->n_layers; l++)
+            if (cfs_streq(odk->layers[l].meta_name, job->meta_name))
+                other_disk = true;
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (job->meta_name && other_disk) {
+        r = e->be->ops->snapshot_forget(e->be, dom, disk, job->meta_name);
+        if (r < 0 && r != -ENOENT)
+            log_warn("%s/%s: dropping this disk from snapshot metadata %s: %s",
+                     dom, disk, job->meta_name, errmsg_or(strerror(-r)));
+    } else if (job->meta_name) {
         r = e->be->ops->snapshot_drop(e->be, dom, job->meta_name);
         if (r < 0 && r != -ENOENT)
             log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,

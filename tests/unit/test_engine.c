@@ -1303,6 +1303,67 @@ static void test_rmdir_one_disk_of_multidisk_snapshot(void **state)
     assert_false(fake_has_snapshot(f, "vm3", "sA"));
 }
 
+/* A pull of a snapshot that also names another disk of the domain: only
+ * this disk's part of its metadata goes (§2.4 step 1), the other disk
+ * keeps both snapshots. */
+static void test_pull_multidisk_snapshot_forgets_one_disk(void **state)
+{
+    struct fx *f = *state;
+    char paths[6][160];
+    const char *files[] = {"a.sB.qcow2", "a.sA.qcow2", "a.qcow2",
+                           "b.sB.qcow2", "b.sA.qcow2", "b.qcow2"};
+    const char *meta[] = {"sB", "sA", NULL};
+    const uint64_t alloc[] = {200 * MiB, 4 * MiB, 100 * MiB};
+    struct cfs_layer layers[6];
+    for (int i = 0; i < 6; i++) {
+        snprintf(paths[i], sizeof(paths[i]), "%s/%s", f->dir, files[i]);
+        touch(paths[i]);
+        layers[i] = (struct cfs_layer){
+            .path = paths[i],
+            .format = (char *)"qcow2",
+            .virtual_size = 64 << 20,
+            .allocation = alloc[i % 3],
+            .meta_name = (char *)meta[i % 3],
+        };
+    }
+    struct cfs_disk disks[2] = {
+        {.target = (char *)"vda", .n_layers = 3, .layers = &layers[0]},
+        {.target = (char *)"vdb", .n_layers = 3, .layers = &layers[3]},
+    };
+    char *snapshots[] = {(char *)"sA", (char *)"sB", NULL};
+    struct cfs_domain d = {
+        .name = (char *)"vm3",
+        .uuid = "00000000-0000-4000-8000-000000000003",
+        .state = CFS_DOM_RUNNING,
+        .persistent = true,
+        .n_disks = 2,
+        .disks = disks,
+        .snapshots = snapshots,
+    };
+    cfs_fake_put_domain(f->be, &d);
+    cfs_engine_run_pending(f->e);
+
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm3", "vda", "sB"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+    cfs_fake_job_complete(f->be, "vm3", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_drop"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+    assert_true(fake_has_snapshot(f, "vm3", "sB"));
+    assert_false(exists(paths[1]));
+    assert_true(exists(paths[0]));
+    char *src = cfs_fake_snapshot_source(f->be, "vm3", "sA", "vda");
+    assert_string_equal(src, paths[0]);
+    free(src);
+    src = cfs_fake_snapshot_source(f->be, "vm3", "sA", "vdb");
+    assert_string_equal(src, paths[4]);
+    free(src);
+    src = cfs_fake_snapshot_source(f->be, "vm3", "sB", "vdb");
+    assert_string_equal(src, paths[3]);
+    free(src);
+    assert_list(f, "/vm3/vdb/snapshots", "sA sB");
+}
+
 static void test_mkdir_block_disk_needs_overlay_dir(void **state)
 {
     struct fx *f = *state;
@@ -2196,6 +2257,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pull_leaving_used_elsewhere_kept, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_leaving_shared_at_start, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_pull, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_multidisk_snapshot_forgets_one_disk, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
         cmocka_unit_test(test_phase_table_every_pair),
         cmocka_unit_test(test_job_kinds),
