@@ -117,6 +117,7 @@ static void check_same(const struct cfs_journal_entry *a,
     FUZZ_ASSERT(a->bytes_pull == b->bytes_pull);
     FUZZ_ASSERT(a->bytes_copied == b->bytes_copied);
     FUZZ_ASSERT(str_eq(a->reason, b->reason));
+    FUZZ_ASSERT(str_eq(a->survivor, b->survivor));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

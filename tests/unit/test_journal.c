@@ -963,6 +963,7 @@ static void test_merge_fields_round_trip(void **state)
         e[i].bytes_pull = 4 << 20;
         e[i].bytes_copied = UINT64_MAX - i;
         e[i].reason = cfs_xstrdup("pull: 4.0MiB < 200.0MiB");
+        e[i].survivor = cfs_xasprintf("s1 \"%zu\"", i);
         free(e[i].phase);
         e[i].phase = cfs_xstrdup(i == 2 ? "finishing" : "running");
         assert_int_equal(cfs_journal_put(j, &e[i]), 0);
@@ -996,6 +997,7 @@ static void test_merge_fields_round_trip(void **state)
         assert_true(v[i].bytes_pull == e[i].bytes_pull);
         assert_true(v[i].bytes_copied == e[i].bytes_copied);
         assert_string_equal(v[i].reason, e[i].reason);
+        assert_string_equal(v[i].survivor, e[i].survivor);
     }
     assert_int_equal(v[0].type, CFS_JOB_PULL);
     assert_int_equal(v[1].type, CFS_JOB_OFFLINE_PULL);
@@ -1096,6 +1098,7 @@ static void test_verbatim_old_entry(void **state)
     assert_int_equal(v[0].bytes_pull, 0);
     assert_int_equal(v[0].bytes_copied, 0);
     assert_null(v[0].reason);
+    assert_null(v[0].survivor);
 
     /* rewritten (as a phase change rewrites the file): the same bytes */
     assert_int_equal(cfs_journal_put(j, &v[0]), 0);
