@@ -2016,6 +2016,27 @@ static void test_ctl_abort_active(void **state)
     assert_job_contains(f, "canceled");
 }
 
+static void test_ctl_abort_pull(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_job_progress(f->be, "vm1", "vda", 8 << 20, 64 << 20);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(ctl(f, CFS_CTL_PIVOT, 0), -EINVAL);
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    for (int i = 0; i < 3; i++)
+        assert_true(exists(f->paths[i]));
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(journal_entries(f), 0);
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "partial"));
+    free(job);
+    assert_true(fake_has_snapshot(f, "vm1", "s2"));
+}
+
 static void test_ctl_abort_intermediate_partial(void **state)
 {
     struct fx *f = *state;
@@ -2257,6 +2278,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pull_leaving_used_elsewhere_kept, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_leaving_shared_at_start, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_pull, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_abort_pull, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_multidisk_snapshot_forgets_one_disk, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
         cmocka_unit_test(test_phase_table_every_pair),
