@@ -567,7 +567,9 @@ static void pull_cleanup(struct cfs_engine *e, const char *dom,
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = job_mine(e, dom, disk, id);
     struct stat st;
-    if (s && s->base_bytes && job->written && engine_files_local(e) &&
+    /* §2.2: what the pull copied = growth of the written file's
+     * allocation since rmdir (st_blocks; right even before QEMU flushes) */
+    if (s && job->written && engine_files_local(e) &&
         stat(job->written, &st) == 0 && (uint64_t)st.st_blocks * 512 > s->base_bytes)
         s->job.bytes_copied = (uint64_t)st.st_blocks * 512 - s->base_bytes;
     pthread_mutex_unlock(&e->tree->lock);

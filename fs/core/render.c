@@ -346,6 +346,8 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
             kv_take(&kv, "bytes_commit", size_value(job->bytes_commit));
             kv_take(&kv, "bytes_pull", size_value(job->bytes_pull));
             kv_str(&kv, "reason", job->reason);
+            if (job->phase == CFS_PHASE_COMPLETED)
+                kv_take(&kv, "bytes_copied", size_value(job->bytes_copied));
         }
         kv_take(&kv, "started", time_value(job->started));
         kv_take(&kv, "finished", time_value(job->finished));
@@ -384,6 +386,7 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_u64(o, "bytes_commit", merge ? job->bytes_commit : 0);
     json_put_u64(o, "bytes_pull", merge ? job->bytes_pull : 0);
     json_put_str(o, "reason", merge ? job->reason : NULL);
+    json_put_u64(o, "bytes_copied", merge ? job->bytes_copied : 0);
     json_put_time(o, "started", none ? 0 : job->started);
     json_put_time(o, "finished", none ? 0 : job->finished);
     json_put_str(o, "error", none ? NULL : job->error);

@@ -981,9 +981,24 @@ static void test_pull_small_overlay_below(void **state)
     cfs_engine_run_pending(f->e);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
 
+    /* QEMU writes the pulled data into the active layer */
+    FILE *w = fopen(f->paths[0], "w");
+    assert_non_null(w);
+    static char mib[1 << 20];
+    memset(mib, 0x11, sizeof(mib));
+    assert_int_equal(fwrite(mib, 1, sizeof(mib), w), sizeof(mib));
+    assert_int_equal(fsync(fileno(w)), 0);
+    fclose(w);
+    struct stat st;
+    assert_int_equal(stat(f->paths[0], &st), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "bytes_copied: %.1fMiB",
+             (double)st.st_blocks * 512 / (1 << 20));
+
     cfs_fake_job_complete(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
     assert_pulled(f);
+    assert_job_contains(f, want);
     assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
     assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 0);
     assert_job_contains(f, "completed");
