@@ -385,7 +385,8 @@ static int shared_live(struct cfs_engine *e, const char *dom,
  * running domain: true, and *PLAN's one job, when it pulls. Caller holds
  * the tree lock. */
 static bool plan_pull(struct cfs_tree *t, const char *dom, const char *disk,
-                      const struct cfs_disk *dk, struct cfs_merge_plan *plan)
+                      const struct cfs_disk *dk, bool local,
+                      struct cfs_merge_plan *plan)
 {
     size_t n = dk->n_layers;
     struct cfs_merge_layer *ml = cfs_xcalloc(n, sizeof(*ml));
@@ -397,9 +398,14 @@ static bool plan_pull(struct cfs_tree *t, const char *dom, const char *disk,
             cfs_tree_file_user(t, &l->id, l->path, dom, disk, &od);
         if (ok)
             users[i] = cfs_xasprintf("domain %s disk %s", od->name, ok->target);
+        /* §2.2: st_blocks of the file now; the tree's figure is that of
+         * its last full read, older than the guest's latest writes */
+        struct stat st;
+        uint64_t alloc = local && stat(l->path, &st) == 0
+                             ? (uint64_t)st.st_blocks * 512 : l->allocation;
         ml[i] = (struct cfs_merge_layer){
             .name = l->name,
-            .allocation = l->allocation,
+            .allocation = alloc,
             .snapshot = l->name && i + 1 < n,
             .has_metadata = l->meta_name != NULL,
             .shared_with = users[i],
@@ -526,7 +532,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
               "machine: an offline merge runs qemu-img on them and libvirt "
               "has no API for it; start the domain and rmdir again";
     } else if (d->state != CFS_DOM_SHUTOFF && idx == 0 &&
-               plan_pull(e->tree, dom, disk, dk, &plan)) {
+               plan_pull(e->tree, dom, disk, dk, engine_files_local(e), &plan)) {
         /* issue 8 §2: the active layer stays and takes the identity of the
          * snapshot below; the layers between it and the new base leave */
         running = true;

@@ -894,7 +894,7 @@ static bool fake_has_snapshot(struct fx *f, const char *dom, const char *name);
 
 /* Give vm1's layers (s2, s1, base) these allocations, as the backend's
  * full read fills them; the engine re-reads. */
-static void set_sizes(struct fx *f, uint64_t a0, uint64_t a1, uint64_t a2)
+static void set_tree_sizes(struct fx *f, uint64_t a0, uint64_t a1, uint64_t a2)
 {
     struct cfs_domain *d = NULL;
     assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &d), 0);
@@ -906,6 +906,41 @@ static void set_sizes(struct fx *f, uint64_t a0, uint64_t a1, uint64_t a2)
     cfs_fake_put_domain(f->be, d);
     cfs_domain_free(d);
     cfs_engine_run_pending(f->e);
+}
+
+/* Write N bytes of data to PATH (replacing it), synced: its st_blocks. */
+static void fill(const char *path, uint64_t n)
+{
+    FILE *w = fopen(path, "w");
+    assert_non_null(w);
+    static char buf[64 << 10];
+    memset(buf, 0x5a, sizeof(buf));
+    for (uint64_t done = 0; done < n; done += sizeof(buf))
+        assert_int_equal(fwrite(buf, 1, sizeof(buf), w), sizeof(buf));
+    assert_int_equal(fflush(w), 0);
+    assert_int_equal(fsync(fileno(w)), 0);
+    fclose(w);
+}
+
+/* vm1's files hold these many bytes (what rmdir judges by), and the
+ * backend's read says the same. */
+#define BIG (UINT64_C(2) << 20)
+#define SMALL (UINT64_C(64) << 10)
+#define MID (UINT64_C(1) << 20)
+static void set_sizes(struct fx *f, uint64_t a0, uint64_t a1, uint64_t a2)
+{
+    fill(f->paths[0], a0);
+    fill(f->paths[1], a1);
+    fill(f->paths[2], a2);
+    set_tree_sizes(f, a0, a1, a2);
+}
+
+/* st_blocks * 512 of PATH */
+static uint64_t allocated(const char *path)
+{
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    return (uint64_t)st.st_blocks * 512;
 }
 
 /* The source libvirt's snapshot NAME names for vm1/vda, compared. */
@@ -945,15 +980,18 @@ static void assert_pulled(struct fx *f)
 static void test_pull_small_overlay_below(void **state)
 {
     struct fx *f = *state;
-    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    set_sizes(f, BIG, SMALL, MID);
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
     assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
     assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
     assert_job_contains(f, "type:         pull");
     assert_job_contains(f, "direction:    pull");
-    assert_job_contains(f, "bytes_commit: 200.0MiB");
-    assert_job_contains(f, "bytes_pull:   4.0MiB");
+    char want[64];
+    snprintf(want, sizeof(want), "bytes_commit: %.1fMiB", (double)allocated(f->paths[0]) / MiB);
+    assert_job_contains(f, want);
+    snprintf(want, sizeof(want), "bytes_pull:   %.1fKiB", (double)allocated(f->paths[1]) / 1024);
+    assert_job_contains(f, want);
     assert_list(f, "/vm1/vda/snapshots", "s1");
 
     /* journaled with what a restart needs */
@@ -970,8 +1008,8 @@ static void test_pull_small_overlay_below(void **state)
     assert_string_equal(v[0].leaving[0].path, f->paths[1]);
     assert_string_equal(v[0].written, f->paths[0]);
     assert_string_equal(v[0].survivor, "s1");
-    assert_int_equal(v[0].bytes_commit, 200 * MiB);
-    assert_int_equal(v[0].bytes_pull, 4 * MiB);
+    assert_int_equal(v[0].bytes_commit, allocated(f->paths[0]));
+    assert_int_equal(v[0].bytes_pull, allocated(f->paths[1]));
     cfs_journal_entries_free(v, n);
     cfs_journal_free(j);
 
@@ -982,18 +1020,16 @@ static void test_pull_small_overlay_below(void **state)
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
 
     /* QEMU writes the pulled data into the active layer */
-    FILE *w = fopen(f->paths[0], "w");
+    uint64_t before = allocated(f->paths[0]);
+    FILE *w = fopen(f->paths[0], "a");
     assert_non_null(w);
     static char mib[1 << 20];
     memset(mib, 0x11, sizeof(mib));
     assert_int_equal(fwrite(mib, 1, sizeof(mib), w), sizeof(mib));
     assert_int_equal(fsync(fileno(w)), 0);
     fclose(w);
-    struct stat st;
-    assert_int_equal(stat(f->paths[0], &st), 0);
-    char want[64];
     snprintf(want, sizeof(want), "bytes_copied: %.1fMiB",
-             (double)st.st_blocks * 512 / (1 << 20));
+             (double)(allocated(f->paths[0]) - before) / MiB);
 
     cfs_fake_job_complete(f->be, "vm1", "vda");
     cfs_engine_run_pending(f->e);
@@ -1005,10 +1041,29 @@ static void test_pull_small_overlay_below(void **state)
     assert_job_contains(f, "direction:    pull");
 }
 
+/* The tree's allocations are those of its last full read; the guest has
+ * written since. rmdir judges by the files' own st_blocks (§2.2). */
+static void test_pull_judged_by_files_not_stale_tree(void **state)
+{
+    struct fx *f = *state;
+    set_tree_sizes(f, SMALL, BIG, MID); /* as last read: commit */
+    fill(f->paths[0], 2 * MiB);                  /* as now: pull */
+    fill(f->paths[1], 64 << 10);
+    fill(f->paths[2], 1 * MiB);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+    struct stat st;
+    assert_int_equal(stat(f->paths[1], &st), 0);
+    char want[64];
+    snprintf(want, sizeof(want), "bytes_pull:   %.1fKiB", (double)st.st_blocks * 512 / 1024);
+    assert_job_contains(f, want);
+}
+
 static void test_pull_reverse_sizes_commit(void **state)
 {
     struct fx *f = *state;
-    set_sizes(f, 4 * MiB, 200 * MiB, 100 * MiB);
+    set_sizes(f, SMALL, BIG, MID);
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 0);
     assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
@@ -1025,7 +1080,7 @@ static void test_pull_reverse_sizes_commit(void **state)
 static void test_pull_failure_brings_snapshot_back(void **state)
 {
     struct fx *f = *state;
-    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    set_sizes(f, BIG, SMALL, MID);
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     cfs_fake_job_progress(f->be, "vm1", "vda", 1 << 20, 64 << 20);
     cfs_engine_run_pending(f->e);
@@ -1052,7 +1107,7 @@ static void test_pull_failure_brings_snapshot_back(void **state)
 static void test_pull_start_refused(void **state)
 {
     struct fx *f = *state;
-    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    set_sizes(f, BIG, SMALL, MID);
     cfs_fake_fail_next(f->be, "pull_start", EIO, "internal error: qemu said no");
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), -EIO);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
@@ -1066,7 +1121,7 @@ static void test_pull_start_refused(void **state)
 static void test_pull_leaving_used_elsewhere_kept(void **state)
 {
     struct fx *f = *state;
-    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    set_sizes(f, BIG, SMALL, MID);
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     const char *chain[] = {f->paths[3], f->paths[1], f->paths[2]};
     cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vda", chain, NULL, 3);
@@ -1086,7 +1141,7 @@ static void test_pull_leaving_shared_at_start(void **state)
     const char *chain[] = {f->paths[3], f->paths[1], f->paths[2]};
     cfs_fake_add_simple(f->be, "vm3", CFS_DOM_SHUTOFF, "vda", chain, NULL, 3);
     cfs_engine_run_pending(f->e);
-    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    set_sizes(f, BIG, SMALL, MID);
     (void)cfs_engine_rmdir(f->e, "vm1", "vda", "s2");
     assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 0);
     if (job_state(f, "vm1") != CFS_PHASE_FAILED) {
@@ -1150,7 +1205,7 @@ static void test_recover_pull(void **state)
             touch(f->paths[k]);
         restart_pull(f, false, false);
         assert_int_equal(journal_entries(f), 0);
-        set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+        set_sizes(f, BIG, SMALL, MID);
         assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
         if (strcmp(cases[i].phase, "running") != 0)
             journal_set_phase(f, cases[i].phase);
@@ -1328,11 +1383,11 @@ static void test_pull_multidisk_snapshot_forgets_one_disk(void **state)
     const char *files[] = {"a.sB.qcow2", "a.sA.qcow2", "a.qcow2",
                            "b.sB.qcow2", "b.sA.qcow2", "b.qcow2"};
     const char *meta[] = {"sB", "sA", NULL};
-    const uint64_t alloc[] = {200 * MiB, 4 * MiB, 100 * MiB};
+    const uint64_t alloc[] = {BIG, SMALL, MID};
     struct cfs_layer layers[6];
     for (int i = 0; i < 6; i++) {
         snprintf(paths[i], sizeof(paths[i]), "%s/%s", f->dir, files[i]);
-        touch(paths[i]);
+        fill(paths[i], alloc[i % 3]);
         layers[i] = (struct cfs_layer){
             .path = paths[i],
             .format = (char *)"qcow2",
@@ -2034,7 +2089,7 @@ static void test_ctl_abort_active(void **state)
 static void test_ctl_abort_pull(void **state)
 {
     struct fx *f = *state;
-    set_sizes(f, 200 * MiB, 4 * MiB, 100 * MiB);
+    set_sizes(f, BIG, SMALL, MID);
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
     cfs_fake_job_progress(f->be, "vm1", "vda", 8 << 20, 64 << 20);
     cfs_engine_run_pending(f->e);
@@ -2293,6 +2348,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pull_leaving_used_elsewhere_kept, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_leaving_shared_at_start, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_pull, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_judged_by_files_not_stale_tree, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_pull, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_multidisk_snapshot_forgets_one_disk, setup_running, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
