@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# forward_merge.sh — issue 8 §2: rmdir of the active snapshot on a running
+# domain whose layer below is small pulls instead of committing. base
+# (1 MiB) <- s1 (4 MiB written) <- s2 (40 MiB written, active): rmdir s2
+# pulls s1 into s2's file. After `cat wait`: s2's file is the active layer
+# backed by base, s1's file is gone, libvirt's metadata lists s1 alone and
+# names s2's file for it, ls snapshots/ shows s1, every pattern reads
+# back through the new chain, and virsh snapshot-delete s1 then works.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_init
+
+D="$IT_PREFIX-fwd"
+base="$T/base.qcow2"
+it_make_image "$base" 64M
+it_write_pattern "$base" 0x11 0 1M
+it_define "$D" "$base"
+it_start "$D"
+it_mount
+it_wait_dom "$D"
+
+mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir snapshots/s1"
+f1=$(it_domblk "$D" vda)
+it_guest_write "$D" 0x22 4M 4M
+mkdir "$MNT/$D/vda/snapshots/s2" || it_fail "mkdir snapshots/s2"
+f2=$(it_domblk "$D" vda)
+[ "$f2" != "$f1" ] || it_fail "mkdir s2 did not change the active layer"
+it_guest_write "$D" 0x33 16M 40M
+
+rmdir "$MNT/$D/vda/snapshots/s2" || it_fail "rmdir snapshots/s2"
+job=$(cat "$MNT/$D/vda/job")
+it_log "job after rmdir:"$'\n'"$job"
+it_assert_eq "pull" "$(it_job_field "$D" vda direction)" "job.json: direction pull"
+it_assert_eq "pull" "$(it_job_field "$D" vda type)" "job.json: type pull"
+
+out=$(it_wait_job "$D" vda)
+it_log "cat wait:"$'\n'"$out"
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "cat wait: the pull completed"
+it_assert_eq "$f2" "$(it_domblk "$D" vda)" "the active file is still s2's"
+[ ! -e "$f1" ] || it_fail "s1's file $f1 still exists"
+it_log "ok: s1's file deleted"
+[ -e "$base" ] || it_fail "the base image was deleted"
+it_assert_eq "s1" "$(it_snapshot_names "$D")" "virsh snapshot-list lists s1 alone"
+src=$(it_virsh snapshot-dumpxml "$D" s1 | sed -n "s/.*<source file='\([^']*\)'.*/\1/p" | head -1)
+it_assert_eq "$f2" "$src" "s1's metadata names s2's file"
+it_assert_eq "s1" "$(it_snapshots "$D" vda)" "ls snapshots/ shows s1"
+copied=$(it_job_field "$D" vda bytes_copied)
+it_log "bytes_copied: $copied"
+[ "$copied" -le $((5 * 1024 * 1024)) ] || it_fail "the pull copied $copied bytes, more than s1's 4 MiB and metadata"
+
+it_destroy "$D"
+it_check_pattern "$f2" 0x11 0 1M
+it_check_pattern "$f2" 0x22 4M 4M
+it_check_pattern "$f2" 0x33 16M 40M
+
+# the repaired metadata is libvirt's own again: its snapshot-delete of s1
+# (an active commit of s2's file into base) passes its checks (§0.7)
+it_start "$D"
+it_wait_dom "$D"
+out=$(it_virsh snapshot-delete "$D" s1 2>&1) || it_fail "virsh snapshot-delete s1: $out"
+it_assert_eq "" "$(it_snapshot_names "$D")" "virsh snapshot-delete s1 worked"
+it_destroy "$D"
+it_check_pattern "$base" 0x22 4M 4M
+it_check_pattern "$base" 0x33 16M 40M
