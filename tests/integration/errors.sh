@@ -86,8 +86,11 @@ refuse ENOENT mkdir "$MNT/$IT_PREFIX-nosuchdomain/vda/snapshots/x"
 refuse ENOENT mkdir "$MNT/$D/vdz/snapshots/x"
 
 # --- EBUSY: a merge runs on vda ---------------------------------------------------------
+# s1 holds more than s2, so the cost rule of issue 8 commits s2 (an
+# active commit, long enough at 1 MiB/s) rather than pulling s1
+it_guest_write "$D" 0x59 0 128M
 mkdir "$S/s2" || it_fail "mkdir snapshots/s2"
-it_guest_write "$D" 0x5a 0 128M
+it_guest_write "$D" 0x5a 128M 96M
 it_rmdir_throttled "$D" vda s2
 busy() { [ "$(it_job_field "$D" vda state)" = running ]; }
 busy || it_fail "the merge of s2 is not running (state $(it_job_field "$D" vda state)); cannot test EBUSY"
