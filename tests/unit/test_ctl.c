@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include "tmpdir.h"
 
 #include "chainfs/ctl.h"
 #include "chainfs/engine.h"
@@ -403,8 +404,7 @@ static void test_engine_reads_ctl(void **state)
     s->job.phase = CFS_PHASE_NONE;
     pthread_mutex_unlock(&t->lock);
     cfs_engine_free(f.e);
-    _cleanup_free_ char *cmd = cfs_xasprintf("rm -rf %s", f.dir);
-    assert_int_equal(system(cmd), 0);
+    test_tmpdir_remove(f.dir);
 }
 
 int main(void)

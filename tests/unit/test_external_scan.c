@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include "tmpdir.h"
 
 #include "chainfs/engine.h"
 #include "chainfs/log.h"
@@ -67,9 +68,7 @@ static int teardown(void **state)
 {
     struct fx *f = *state;
     cfs_engine_free(f->e);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-    assert_int_equal(system(cmd), 0);
+    test_tmpdir_remove(f->dir);
     free(f);
     return 0;
 }

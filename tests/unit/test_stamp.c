@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include "tmpdir.h"
 
 #include "chainfs/engine.h"
 #include "fake.h"
@@ -134,9 +135,7 @@ static int teardown(void **state)
     struct fx *f = *state;
     cfs_stamps_free(f->stamps);
     cfs_engine_free(f->e);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
-    assert_int_equal(system(cmd), 0);
+    test_tmpdir_remove(f->dir);
     free(f);
     return 0;
 }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include "tmpdir.h"
 
 #include "chainfs/backend.h"
 #include "chainfs/model.h"
@@ -598,8 +599,7 @@ static void test_domain_identify(void **state)
     assert_ptr_not_equal(copy->disks[0].layers[4].id.canonical, l[4].id.canonical);
     cfs_domain_free(d);
 
-    _cleanup_free_ char *cmd = cfs_xasprintf("rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    test_tmpdir_remove(dir);
 }
 
 /* Two disks of one domain on one file: each is the other's user. */
