@@ -70,18 +70,22 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
  * or with REFUSE_MAKE_STATE created, if the disk is there), whether
  * refused or not. Caller holds the tree lock; *WHY_BUF (caller frees) may
  * hold the text *WHY points to. */
-enum { REFUSE_CREATING = 1, REFUSE_LIVE = 2, REFUSE_MAKE_STATE = 4 };
+enum { REFUSE_CREATING = 1, REFUSE_LIVE = 2, REFUSE_MAKE_STATE = 4,
+       REFUSE_QUEUE = 8 /* rmdir: a chainfs merge in progress or deletions
+                           queued is no refusal: queue (at->queue) */ };
 
 struct disk_at {
     struct cfs_domain *d;
     struct cfs_disk *dk;
     struct cfs_disk_state *s;
+    bool queue;      /* REFUSE_QUEUE: the rmdir is to be queued */
 };
 
 static int disk_refusal(struct cfs_engine *e, const char *dom,
                         const char *disk, unsigned flags, struct disk_at *at,
                         const char **why, char **why_buf)
 {
+    at->queue = false;
     at->d = cfs_tree_find_domain(e->tree, dom);
     at->dk = at->d ? cfs_domain_find_disk(at->d, disk) : NULL;
     at->s = !at->dk ? NULL
@@ -114,7 +118,14 @@ static int disk_refusal(struct cfs_engine *e, const char *dom,
         return -EROFS;
     }
     if (s && cfs_job_phase_in_progress(s->job.phase)) {
-        *why = "the disk has a job in progress";
+        const struct cfs_job_kind *k = cfs_job_kind(s->job.type);
+        if ((flags & REFUSE_QUEUE) && k->chainfs && k->merge) {
+            /* issue 8 §3.1: queued behind chainfs's own merge */
+            at->queue = true;
+            return 0;
+        }
+        *why = s->job.type == CFS_JOB_COPY ? "the disk is being copied"
+                                           : "the disk has a job in progress";
         return -EBUSY;
     }
     if (s && s->external.type != CFS_JOB_NONE) {
@@ -122,6 +133,14 @@ static int disk_refusal(struct cfs_engine *e, const char *dom,
         *why = *why_buf = cfs_xasprintf(
             "the disk has a %s job chainfs did not start (external); wait "
             "for it to end", cfs_job_type_to_string(s->external.type));
+        return -EBUSY;
+    }
+    if (s && s->n_queue > 0) {
+        if (flags & REFUSE_QUEUE) {
+            at->queue = true; /* behind the deletions queued already */
+            return 0;
+        }
+        *why = "deletions are queued on the disk (see job); wait for them";
         return -EBUSY;
     }
     return 0;
@@ -452,6 +471,143 @@ static int pull_shared_live(struct cfs_engine *e, const char *dom,
     return r;
 }
 
+/* Start the merge JOB of DOM/DISK, claimed (phase starting) and
+ * journaled: the offline thread, or libvirt's commit or pull. 0 once
+ * started; else the job has ended failed and a negative errno. */
+static int merge_launch(struct cfs_engine *e, const char *dom,
+                        const char *disk, const struct cfs_job *job,
+                        const char *top_ref, const char *base_ref, bool active)
+{
+    int r;
+    if (job->type == CFS_JOB_OFFLINE_COMMIT) {
+        struct offline_args *a = cfs_xcalloc(1, sizeof(*a));
+        *a = (struct offline_args){
+            .e = e,
+            .dom = cfs_xstrdup(dom),
+            .disk = cfs_xstrdup(disk),
+            .top = cfs_xstrdup(job->top),
+            .base = cfs_xstrdup(job->base),
+            .active = active,
+            .job_id = job->id,
+        };
+        /* running before the thread starts: it may be done at once */
+        job_set_phase(e, dom, disk, job->id, CFS_PHASE_RUNNING);
+        struct offline_thread *ot = cfs_xcalloc(1, sizeof(*ot));
+        a->self = ot;
+        /* listed before it runs: it marks itself done under the lock */
+        pthread_mutex_lock(&e->qlock);
+        r = -pthread_create(&ot->thread, NULL, offline_worker, a);
+        if (r == 0) {
+            ot->next = e->offline;
+            e->offline = ot;
+        }
+        pthread_mutex_unlock(&e->qlock);
+        if (r < 0) {
+            free(ot);
+            free(a->dom);
+            free(a->disk);
+            free(a->top);
+            free(a->base);
+            free(a);
+            job_end(e, dom, disk, job->id, CFS_PHASE_FAILED, strerror(-r), false);
+            return -EIO;
+        }
+        log_info("rmdir %s/%s/snapshots/%s: offline merge of %s into %s started",
+                 dom, disk, job->snapshot, job->top, job->base);
+        return 0;
+    }
+
+    r = job->type == CFS_JOB_PULL
+            ? e->be->ops->pull_start(e->be, dom, disk, top_ref, base_ref,
+                                     job->bandwidth)
+            : e->be->ops->commit_start(e->be, dom, disk, top_ref, base_ref,
+                                       job->type == CFS_JOB_ACTIVE_COMMIT,
+                                       job->bandwidth);
+    if (r < 0) {
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
+        _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+        log_warn("rmdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, job->snapshot,
+                 strerror(-r), msg);
+        _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", job->snapshot, msg);
+        job_end(e, dom, disk, job->id, CFS_PHASE_FAILED, text, false);
+        return r;
+    }
+    job_set_phase(e, dom, disk, job->id, CFS_PHASE_RUNNING);
+    log_info("rmdir %s/%s/snapshots/%s: %s of %s (%s) into %s (%s) started",
+             dom, disk, job->snapshot, cfs_job_type_to_string(job->type), job->top,
+             top_ref, job->base, base_ref);
+
+    /* wake the engine thread so it starts polling right away */
+    pthread_mutex_lock(&e->qlock);
+    pthread_cond_signal(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    return 0;
+}
+
+/* The deletions that came back (§3.4) are shown until the next rmdir
+ * of the disk is accepted. Caller holds the tree lock. */
+static void returned_clear_locked(struct cfs_disk_state *s)
+{
+    if (!s || s->n_returned == 0)
+        return;
+    for (size_t i = 0; i < s->n_returned; i++)
+        cfs_returned_clear(&s->returned[i]);
+    free(s->returned);
+    s->returned = NULL;
+    s->n_returned = 0;
+}
+
+/* issue 8 §3.1: rmdir of Q->snapshot behind the merge of DOM/DISK (or the
+ * deletions queued there already): journaled, hidden, no libvirt call.
+ * The entry's leaving[0] is TOP with its dev/ino (journal.h). */
+static int rmdir_enqueue(struct cfs_engine *e, const char *dom,
+                         const char *disk, struct cfs_queued *q)
+{
+    q->journal_id = cfs_journal_new_id(e->journal);
+    struct cfs_job_file top = { .path = q->top, .id = q->top_id };
+    struct cfs_journal_entry en = {
+        .id = q->journal_id, .domain = (char *)dom, .disk = (char *)disk,
+        .snapshot = q->snapshot, .meta_name = q->meta_name, .top = q->top,
+        .base = q->base, .type = CFS_JOB_RMDIR, .phase = (char *)"queued",
+        .created = q->queued, .updated = q->queued,
+        .n_leaving = 1, .leaving = &top,
+    };
+    _cleanup_free_ char *name = cfs_xstrdup(q->snapshot);
+    _cleanup_free_ char *id = cfs_xstrdup(q->journal_id);
+    int r = cfs_journal_put(e->journal, &en);
+    if (r < 0) {
+        _cleanup_free_ char *why = cfs_xasprintf(
+            "cannot write the journal in %s: %s", e->state_dir, strerror(-r));
+        return refuse(e, "rmdir", dom, disk, q->snapshot, -EIO, why);
+    }
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, dom, disk);
+    bool twice = false;
+    for (size_t i = 0; i < s->n_queue; i++)
+        twice = twice || cfs_streq(s->queue[i].snapshot, q->snapshot);
+    if (!twice) {
+        returned_clear_locked(s);
+        s->queue = cfs_xrealloc(s->queue, (s->n_queue + 1) * sizeof(*s->queue));
+        s->queue[s->n_queue++] = *q;
+        *q = (struct cfs_queued){0};
+        tree_changed(e);
+    }
+    size_t n = s->n_queue;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (twice) {
+        /* a second rmdir of the same name raced with the first */
+        journal_close(e, id);
+        return refuse(e, "rmdir", dom, disk, name, -ENOENT,
+                      "no such snapshot (its deletion is queued already)");
+    }
+    log_info("rmdir %s/%s/snapshots/%s: queued behind the disk's merge (%zu "
+             "queued)", dom, disk, name, n);
+    /* a no-op while the merge runs; starts it if the merge ended meanwhile */
+    queue_push(e, work_new(WORK_DISPATCH, dom, disk));
+    return 0;
+}
+
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
@@ -465,6 +621,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     struct cfs_job job = {0};
     bool running = false;
     _cleanup_(cfs_merge_plan_clear) struct cfs_merge_plan plan = {0};
+    _cleanup_(cfs_queued_clear) struct cfs_queued queued = {0};
 
     r = check_reachable(e, dom, &why);
     if (r < 0)
@@ -473,7 +630,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     /* What the user sees: the snapshot's layer and the layer below it. */
     pthread_mutex_lock(&e->tree->lock);
     struct disk_at at;
-    r = disk_refusal(e, dom, disk, 0, &at, &why, &why_buf);
+    r = disk_refusal(e, dom, disk, REFUSE_QUEUE, &at, &why, &why_buf);
     struct cfs_domain *d = at.d;
     struct cfs_disk *dk = at.dk;
     struct cfs_disk_state *s = at.s;
@@ -501,8 +658,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         return refuse(e, "rmdir", dom, disk, name, r, why);
     }
     /* (lock_live just read libvirt: staleness was judged already) */
-    r = disk_refusal(e, dom, disk, REFUSE_LIVE | REFUSE_MAKE_STATE, &at, &why,
-                     &why_buf);
+    r = disk_refusal(e, dom, disk, REFUSE_LIVE | REFUSE_MAKE_STATE | REFUSE_QUEUE,
+                     &at, &why, &why_buf);
     d = at.d;
     dk = at.dk;
     s = at.s;
@@ -531,6 +688,17 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         why = "the domain is shut off and its image files are not on this "
               "machine: an offline merge runs qemu-img on them and libvirt "
               "has no API for it; start the domain and rmdir again";
+    } else if (at.queue) {
+        /* issue 8 §3.1: behind the disk's merge; no libvirt call */
+        const struct cfs_layer *top = &dk->layers[idx];
+        queued = (struct cfs_queued){
+            .snapshot = cfs_xstrdup(name),
+            .meta_name = cfs_xstrdup(top->meta_name),
+            .top = cfs_xstrdup(top->path),
+            .base = cfs_xstrdup(dk->layers[idx + 1].path),
+            .queued = now_s(),
+        };
+        cfs_file_id_copy(&queued.top_id, &top->id);
     } else if (d->state != CFS_DOM_SHUTOFF && idx == 0 &&
                plan_pull(e->tree, dom, disk, dk, engine_files_local(e), &plan)) {
         /* issue 8 §2: the active layer stays and takes the identity of the
@@ -598,10 +766,14 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         phase_step_locked(e, s, CFS_PHASE_STARTING);
         cfs_job_copy(&job, j);
     }
+    if (r == 0 && !queued.snapshot)
+        returned_clear_locked(s); /* a new rmdir: the last returns are old */
     pthread_mutex_unlock(&e->tree->lock);
     if (r < 0) {
         return refuse(e, "rmdir", dom, disk, name, r, why);
     }
+    if (queued.snapshot)
+        return rmdir_enqueue(e, dom, disk, &queued);
 
     /* The disk is claimed; no one else may use either file, as libvirt
      * has every chain now (the tree may lag behind another domain). */
@@ -625,74 +797,324 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         return -EIO;
     }
 
-    if (job.type == CFS_JOB_OFFLINE_COMMIT) {
-        struct offline_args *a = cfs_xcalloc(1, sizeof(*a));
-        *a = (struct offline_args){
-            .e = e,
-            .dom = cfs_xstrdup(dom),
-            .disk = cfs_xstrdup(disk),
-            .top = cfs_xstrdup(job.top),
-            .base = cfs_xstrdup(job.base),
-            .active = idx == 0,
-            .job_id = job.id,
-        };
-        /* running before the thread starts: it may be done at once */
-        job_set_phase(e, dom, disk, job.id, CFS_PHASE_RUNNING);
-        struct offline_thread *ot = cfs_xcalloc(1, sizeof(*ot));
-        a->self = ot;
-        /* listed before it runs: it marks itself done under the lock */
-        pthread_mutex_lock(&e->qlock);
-        r = -pthread_create(&ot->thread, NULL, offline_worker, a);
-        if (r == 0) {
-            ot->next = e->offline;
-            e->offline = ot;
-        }
-        pthread_mutex_unlock(&e->qlock);
-        if (r < 0) {
-            free(ot);
-            free(a->dom);
-            free(a->disk);
-            free(a->top);
-            free(a->base);
-            free(a);
-            job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, strerror(-r), false);
-            cfs_job_clear(&job);
-            return -EIO;
-        }
-        log_info("rmdir %s/%s/snapshots/%s: offline merge of %s into %s started",
-                 dom, disk, name, job.top, job.base);
-        cfs_job_clear(&job);
-        return 0;
-    }
-
-    r = job.type == CFS_JOB_PULL
-            ? e->be->ops->pull_start(e->be, dom, disk, top_ref, base_ref,
-                                     job.bandwidth)
-            : e->be->ops->commit_start(e->be, dom, disk, top_ref, base_ref,
-                                       job.type == CFS_JOB_ACTIVE_COMMIT,
-                                       job.bandwidth);
-    if (r < 0) {
-        if (r == -ENOTCONN)
-            conn_suspect(e, true);
-        _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
-        log_warn("rmdir %s/%s/snapshots/%s failed (%s): %s", dom, disk, name,
-                 strerror(-r), msg);
-        _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", name, msg);
-        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
-        cfs_job_clear(&job);
-        return r;
-    }
-    job_set_phase(e, dom, disk, job.id, CFS_PHASE_RUNNING);
-    log_info("rmdir %s/%s/snapshots/%s: %s of %s (%s) into %s (%s) started",
-             dom, disk, name, cfs_job_type_to_string(job.type), job.top,
-             top_ref, job.base, base_ref);
+    r = merge_launch(e, dom, disk, &job, top_ref, base_ref, idx == 0);
     cfs_job_clear(&job);
+    return r;
+}
 
-    /* wake the engine thread so it starts polling right away */
-    pthread_mutex_lock(&e->qlock);
-    pthread_cond_signal(&e->qcond);
-    pthread_mutex_unlock(&e->qlock);
-    return 0;
+/* ---- the queue's dispatch (domain worker) ----------------------------------------- */
+
+/* issue 8 §3.2: DOM/DISK has deletions queued and no job. Resolve each
+ * against the live chain (by display name, then by file), plan the runs
+ * (merge_plan), start the topmost run as one job: one journal rewrite
+ * replaces its queued entries by the job's entry. The rest stays queued
+ * until that job ends. */
+void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    bool todo = s && s->n_queue > 0 && !cfs_job_phase_in_progress(s->job.phase);
+    int64_t ended = s ? s->job.finished : 0;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (!todo)
+        return;
+
+    /* libvirt may still list the job that just ended for a moment; a job
+     * that stays is someone else's */
+    struct cfs_job_progress pr = {0};
+    int r = e->be->ops->job_get(e->be, dom, disk, &pr);
+    if (r == 0 && pr.present) {
+        if (now_s() - ended <= VANISH_GRACE_MS / 1000 + 1)
+            return; /* the engine's next tick asks again */
+        _cleanup_free_ char *why = cfs_xasprintf(
+            "the disk has a %s job chainfs did not start (external)",
+            cfs_job_type_to_string(pr.type));
+        queue_return_all(e, dom, disk, why);
+        return;
+    }
+
+    r = lock_live(e, dom);
+    if (r == -ENOENT) {
+        queue_return_all(e, dom, disk, "the domain disappeared");
+        return;
+    }
+    if (r < 0) {
+        log_info("%s/%s: cannot read the chain to dispatch the queued "
+                 "deletions (%s); trying again", dom, disk,
+                 errmsg_or(strerror(-r)));
+        return;
+    }
+    /* tree lock held, on this read */
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    if (!s || s->n_queue == 0 || cfs_job_phase_in_progress(s->job.phase)) {
+        pthread_mutex_unlock(&e->tree->lock);
+        return;
+    }
+    const char *stop = !dk ? "the disk disappeared"
+                       : dk->readonly ? "the disk became read-only"
+                       : s->external.type != CFS_JOB_NONE
+                           ? "a job chainfs did not start runs on the disk"
+                       : d->state == CFS_DOM_SHUTOFF && !engine_files_local(e)
+                           ? "the domain is shut off and its image files are "
+                             "not on this machine; start the domain and rmdir again"
+                           : NULL;
+    if (stop) {
+        pthread_mutex_unlock(&e->tree->lock);
+        queue_return_all(e, dom, disk, stop);
+        return;
+    }
+
+    size_t n = dk->n_layers;
+    bool local = engine_files_local(e);
+    bool running = d->state != CFS_DOM_SHUTOFF;
+    /* which layer each queued entry is now: its name first (a pull moved
+     * it to another file), else its file */
+    ssize_t *at = cfs_xcalloc(s->n_queue, sizeof(*at));
+    struct cfs_merge_layer *ml = cfs_xcalloc(n, sizeof(*ml));
+    char **users = cfs_xcalloc(n, sizeof(*users));
+    char **gone = NULL;           /* entries already merged: closed */
+    char **run_ids = NULL;        /* entries of the run dispatched now */
+    struct cfs_returned *refused = NULL;
+    size_t n_refused = 0;
+    for (size_t q = 0; q < s->n_queue; q++) {
+        const struct cfs_queued *qe = &s->queue[q];
+        int i = cfs_disk_find_snapshot(dk, qe->snapshot);
+        if (i < 0)
+            i = cfs_disk_find_file(dk, &qe->top_id, qe->top);
+        at[q] = i;
+        if (i < 0) {
+            log_info("%s/%s: queued deletion of %s: the snapshot is gone from "
+                     "the chain (already merged); entry closed", dom, disk,
+                     qe->snapshot);
+            cfs_strv_push(&gone, cfs_xstrdup(qe->journal_id));
+        } else {
+            ml[i].asked = true;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct cfs_layer *l = &dk->layers[i];
+        const struct cfs_domain *od = NULL;
+        const struct cfs_disk *ok =
+            cfs_tree_file_user(e->tree, &l->id, l->path, dom, disk, &od);
+        if (ok)
+            users[i] = cfs_xasprintf("domain %s disk %s", od->name, ok->target);
+        struct stat st;
+        uint64_t alloc = local && stat(l->path, &st) == 0
+                             ? (uint64_t)st.st_blocks * 512 : l->allocation;
+        ml[i].name = l->name;
+        ml[i].allocation = alloc;
+        ml[i].snapshot = l->name && i + 1 < n;
+        ml[i].has_metadata = l->meta_name != NULL;
+        ml[i].shared_with = users[i];
+        ml[i].mode = CFS_MERGE_AUTO;
+    }
+    struct cfs_merge_plan plan = {0};
+    cfs_merge_plan(ml, n, running, &plan);
+    /* the asked ones no job can remove come back, with the plan's reason */
+    for (size_t k = 0; k < plan.n_refused; k++)
+        for (size_t q = 0; q < s->n_queue; q++)
+            if (at[q] == (ssize_t)plan.refused[k].index) {
+                refused = cfs_xrealloc(refused, (n_refused + 1) * sizeof(*refused));
+                refused[n_refused++] = (struct cfs_returned){
+                    .snapshot = cfs_xstrdup(s->queue[q].journal_id),
+                    .reason = cfs_xstrdup(plan.refused[k].reason),
+                };
+            }
+
+    struct cfs_job job = {0};
+    _cleanup_free_ char *top_ref = NULL, *base_ref = NULL;
+    bool active = false;
+    if (plan.n_jobs > 0) {
+        struct cfs_merge_job mj = plan.jobs[0];
+        if (!running && (mj.pull || mj.last > mj.first)) {
+            /* offline: qemu-img commit of one layer at a time (the
+             * backend's offline_commit merges TOP into the layer right
+             * below); the rest stays queued for the next dispatch */
+            mj.pull = false;
+            mj.kind = CFS_MERGE_KIND_OFFLINE_COMMIT;
+            mj.last = mj.first;
+            mj.top = mj.first;
+            mj.base = mj.first + 1;
+            mj.written = mj.base;
+            mj.leave_first = mj.leave_last = mj.first;
+        }
+        const struct cfs_layer *top = &dk->layers[mj.top];
+        const struct cfs_layer *base = &dk->layers[mj.base];
+        job_new_locked(e, s, cfs_merge_kind_job_type(mj.kind));
+        struct cfs_job *j = &s->job;
+        j->snapshot = cfs_xstrdup(dk->layers[mj.first].name);
+        j->meta_name = cfs_xstrdup(dk->layers[mj.first].meta_name);
+        for (size_t i = mj.first; i <= mj.last; i++) {
+            cfs_strv_push(&j->snapshots, cfs_xstrdup(dk->layers[i].name));
+            cfs_strv_push(&j->meta_names, cfs_xstrdup(dk->layers[i].meta_name
+                                                          ? dk->layers[i].meta_name : ""));
+        }
+        j->top = cfs_xstrdup(top->path);
+        cfs_file_id_copy(&j->top_id, &top->id);
+        j->base = cfs_xstrdup(base->path);
+        j->n_leaving = mj.leave_last - mj.leave_first + 1;
+        j->leaving = cfs_xcalloc(j->n_leaving, sizeof(*j->leaving));
+        for (size_t i = 0; i < j->n_leaving; i++) {
+            const struct cfs_layer *l = &dk->layers[mj.leave_first + i];
+            j->leaving[i].path = cfs_xstrdup(l->path);
+            cfs_file_id_copy(&j->leaving[i].id, &l->id);
+        }
+        j->direction = mj.pull ? CFS_DIRECTION_PULL : CFS_DIRECTION_COMMIT;
+        j->written = cfs_xstrdup(dk->layers[mj.written].path);
+        j->bytes_commit = mj.bytes_commit;
+        j->bytes_pull = mj.bytes_pull;
+        j->reason = cfs_xstrdup(mj.reason);
+        if (mj.pull)
+            j->survivor = cfs_xstrdup(dk->layers[mj.leave_last].meta_name);
+        j->end = top->virtual_size;
+        j->started = now_s();
+        j->journal_id = cfs_journal_new_id(e->journal);
+        j->bandwidth = running ? e->commit_bandwidth : 0;
+        struct stat wst;
+        s->base_bytes = local && stat(j->written, &wst) == 0
+                            ? (uint64_t)wst.st_blocks * 512 : 0;
+        top_ref = layer_ref(disk, top);
+        base_ref = layer_ref(disk, base);
+        active = mj.top == 0;
+        phase_step_locked(e, s, CFS_PHASE_STARTING);
+        cfs_job_copy(&job, j);
+        for (size_t q = 0; q < s->n_queue; q++)
+            if (at[q] >= (ssize_t)mj.first && at[q] <= (ssize_t)mj.last)
+                cfs_strv_push(&run_ids, cfs_xstrdup(s->queue[q].journal_id));
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    cfs_merge_plan_clear(&plan);
+    for (size_t i = 0; i < n; i++)
+        free(users[i]);
+    free(users);
+    free(ml);
+    free(at);
+
+    /* the queued entries no longer to do, and the refused ones back */
+    size_t n_gone = cfs_strv_len(gone);
+    if (n_gone > 0) {
+        cfs_journal_apply(e->journal, NULL, 0, (const char *const *)gone, n_gone);
+        pthread_mutex_lock(&e->tree->lock);
+        s = cfs_tree_find_disk_state(e->tree, dom, disk);
+        if (s)
+            queue_drop_locked(s, gone, n_gone);
+        tree_changed(e);
+        pthread_mutex_unlock(&e->tree->lock);
+    }
+    for (size_t k = 0; k < n_refused; k++) {
+        /* (refused[k].snapshot holds the entry's id here) */
+        _cleanup_free_ char *name = NULL;
+        pthread_mutex_lock(&e->tree->lock);
+        s = cfs_tree_find_disk_state(e->tree, dom, disk);
+        for (size_t q = 0; s && q < s->n_queue; q++)
+            if (cfs_streq(s->queue[q].journal_id, refused[k].snapshot)) {
+                name = cfs_xstrdup(s->queue[q].snapshot);
+                s->returned = cfs_xrealloc(s->returned, (s->n_returned + 1) *
+                                                            sizeof(*s->returned));
+                s->returned[s->n_returned++] = (struct cfs_returned){
+                    .snapshot = cfs_xstrdup(name),
+                    .reason = cfs_xstrdup(refused[k].reason),
+                };
+                queue_drop_locked(s, &refused[k].snapshot, 1);
+                tree_changed(e);
+                break;
+            }
+        pthread_mutex_unlock(&e->tree->lock);
+        journal_close(e, refused[k].snapshot);
+        if (name)
+            log_warn("%s/%s: queued deletion of %s returned to snapshots/: %s",
+                     dom, disk, name, refused[k].reason);
+        cfs_returned_clear(&refused[k]);
+    }
+    free(refused);
+    cfs_strv_free(gone);
+    if (!job.type) {
+        cfs_strv_free(run_ids);
+        return;
+    }
+
+    /* the disk is claimed; no one else may use the run's files, as libvirt
+     * has every chain now */
+    _cleanup_free_ char *why = NULL;
+    _cleanup_free_ char *names = NULL;
+    {
+        struct cfs_buf nb = {0};
+        for (char **p = job.snapshots; p && *p; p++)
+            cfs_buf_printf(&nb, "%s%s", p == job.snapshots ? "" : ", ", *p);
+        names = cfs_buf_steal(&nb);
+    }
+    if (job.direction == CFS_DIRECTION_PULL) {
+        r = pull_shared_live(e, dom, disk, &job, &why);
+    } else {
+        size_t nf = job.n_leaving + 1;
+        struct file_ref *files = cfs_xcalloc(nf, sizeof(*files));
+        struct cfs_file_id wid = {0};
+        cfs_file_identify(&wid, job.written, engine_files_local(e));
+        files[0] = (struct file_ref){ &wid, job.written };
+        for (size_t i = 0; i < job.n_leaving; i++)
+            files[i + 1] = (struct file_ref){ &job.leaving[i].id, job.leaving[i].path };
+        _cleanup_free_ char *user = NULL;
+        size_t which = 0;
+        r = file_user_live(e, files, nf, dom, disk, &user, &which);
+        if (r > 0) {
+            why = shared_why(&files[which], which == 0 ? 0 : 1, user);
+            r = -EBUSY;
+        } else if (r < 0) {
+            why = cfs_xasprintf("cannot tell whether the files of the merge are "
+                                "used elsewhere: %s", user);
+        }
+        cfs_file_id_clear(&wid);
+        free(files);
+    }
+    if (r < 0) {
+        log_warn("%s/%s: queued deletion of %s refused (%s): %s", dom, disk,
+                 names, strerror(-r), why);
+        _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", names, why);
+        /* the run's entries are still queued: the failure returns them */
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
+        cfs_strv_free(run_ids);
+        cfs_job_clear(&job);
+        return;
+    }
+
+    /* one rewrite: the run's queued entries become the job's entry */
+    struct cfs_journal_entry en = {
+        .id = job.journal_id, .domain = (char *)dom, .disk = (char *)disk,
+        .snapshot = job.snapshot, .meta_name = job.meta_name, .top = job.top,
+        .base = job.base, .type = job.type, .phase = (char *)"starting",
+        .created = job.started, .updated = now_s(), .bandwidth = job.bandwidth,
+        .disks = job.disks, .direction = job.direction,
+        .snapshots = job.snapshots, .meta_names = job.meta_names,
+        .n_leaving = job.n_leaving, .leaving = job.leaving,
+        .written = job.written, .bytes_commit = job.bytes_commit,
+        .bytes_pull = job.bytes_pull, .reason = job.reason,
+        .survivor = job.survivor,
+    };
+    size_t n_run = cfs_strv_len(run_ids);
+    r = cfs_journal_apply(e->journal, &en, 1, (const char *const *)run_ids, n_run);
+    if (r < 0) {
+        log_err("journal: dispatching %s of %s/%s: %s", names, dom, disk,
+                strerror(-r));
+        _cleanup_free_ char *text = cfs_xasprintf(
+            "rmdir %s: cannot write the journal in %s", names, e->state_dir);
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
+        cfs_strv_free(run_ids);
+        cfs_job_clear(&job);
+        return;
+    }
+    pthread_mutex_lock(&e->tree->lock);
+    s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    if (s)
+        queue_drop_locked(s, run_ids, n_run);
+    tree_changed(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    cfs_strv_free(run_ids);
+    log_info("%s/%s: queued deletions dispatched: %s as one %s (%s)", dom, disk,
+             names, cfs_job_type_to_string(job.type), job.reason);
+    merge_launch(e, dom, disk, &job, top_ref, base_ref, active);
+    cfs_job_clear(&job);
 }
 
 /* ---- the disks' settings (STATE_DIR/settings) ------------------------------------- */

@@ -76,6 +76,7 @@ static bool work_per_domain(const struct work *w)
     case WORK_RECOVER:
     case WORK_REAPPLY:
     case WORK_READ_LIGHT:
+    case WORK_DISPATCH:
         return true;
     default:
         return false;
@@ -89,7 +90,8 @@ static bool work_covered(const struct work *o, const struct work *w)
     if (o->kind != w->kind)
         return false;
     return w->kind == WORK_REFRESH_DOMAIN ||
-           (w->kind == WORK_POLL_JOB && cfs_streq(o->disk, w->disk));
+           ((w->kind == WORK_POLL_JOB || w->kind == WORK_DISPATCH) &&
+            cfs_streq(o->disk, w->disk));
 }
 
 static void *dom_worker_main(void *arg)
@@ -766,6 +768,9 @@ void process_work(struct cfs_engine *e, struct work *w)
         break;
     case WORK_REAPPLY:
         recover_bandwidth(e, w->dom, w->disk, w->job_id);
+        break;
+    case WORK_DISPATCH:
+        queue_dispatch(e, w->dom, w->disk);
         break;
     case WORK_READ_LIGHT:
         if (refresh_light(e, w->dom) < 0)

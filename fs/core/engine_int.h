@@ -75,6 +75,7 @@ enum work_kind {
     WORK_RECOVER,        /* the libvirt half of recovering job_id of dom/disk */
     WORK_READ_LIGHT,     /* a read without statistics (start-up) */
     WORK_REAPPLY,        /* set job_id's journaled bandwidth again (reconnect) */
+    WORK_DISPATCH,       /* start the next run of dom/disk's queued rmdirs */
 };
 
 struct work {
@@ -238,6 +239,26 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk);
 void external_check(struct cfs_engine *e, const char *dom, const char *disk);
 bool any_live_job(struct cfs_engine *e, char ***doms, char ***disks);
 void poll_jobs(struct cfs_engine *e);
+
+/* queue.c: rmdirs queued behind a disk's merge (issue 8 §3) */
+/* Job of DOM/DISK (snapshot WHAT) ended in ST with ERROR: a failed or
+ * canceled one returns every queued deletion of the disk to snapshots/
+ * (closing their journal entries); then the next run is dispatched. */
+void queue_after_end(struct cfs_engine *e, const char *dom, const char *disk,
+                     enum cfs_job_phase st, const char *what, const char *error);
+/* Return every queued deletion of DOM/DISK with REASON. */
+void queue_return_all(struct cfs_engine *e, const char *dom, const char *disk,
+                      const char *reason);
+/* Take the queued entry EN (type rmdir) up into its disk's queue (recovery;
+ * a no-op if it is there). */
+void queue_load_entry(struct cfs_engine *e, const struct cfs_journal_entry *en);
+/* Ask for a dispatch of every disk with a queue and no job in progress. */
+void queue_poll(struct cfs_engine *e);
+/* Remove the entries IDS[0..N) from DOM/DISK's queue in memory. Caller
+ * holds the tree lock. */
+void queue_drop_locked(struct cfs_disk_state *s, char *const *ids, size_t n);
+/* actions.c: the domain worker's dispatch of DOM/DISK's queue */
+void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk);
 
 /* recover.c */
 void recover_journal(struct cfs_engine *e);

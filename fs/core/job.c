@@ -119,6 +119,7 @@ int journal_record(struct cfs_engine *e, const char *dom,
         /* issue 8's merges; empty for the jobs of earlier kinds */
         .direction = job->direction,
         .snapshots = job->snapshots,
+        .meta_names = job->meta_names,
         .n_leaving = job->n_leaving,
         .leaving = job->leaving,
         .written = job->written,
@@ -361,12 +362,22 @@ static void end_apply(struct cfs_disk_state *s, void *arg)
     j->partial = a->partial;
     if (a->partial && j->top && !cfs_strv_contains(s->partial_tops, j->top))
         cfs_strv_push(&s->partial_tops, cfs_xstrdup(j->top));
+    /* a commit of a run (issue 8 §3.2) wrote every layer of it below */
+    for (size_t i = 0; a->partial && j->direction == CFS_DIRECTION_COMMIT &&
+                       i < j->n_leaving; i++)
+        if (!cfs_strv_contains(s->partial_tops, j->leaving[i].path))
+            cfs_strv_push(&s->partial_tops, cfs_xstrdup(j->leaving[i].path));
     if (a->st == CFS_PHASE_COMPLETED && j->top && s->partial_tops) {
         /* the overlay is gone: forget that it was partly merged */
         char **kept = NULL;
-        for (char **p = s->partial_tops; *p; p++)
-            if (strcmp(*p, j->top) != 0)
+        for (char **p = s->partial_tops; *p; p++) {
+            bool gone = strcmp(*p, j->top) == 0;
+            for (size_t i = 0; j->direction == CFS_DIRECTION_COMMIT &&
+                               i < j->n_leaving; i++)
+                gone = gone || strcmp(*p, j->leaving[i].path) == 0;
+            if (!gone)
                 cfs_strv_push(&kept, cfs_xstrdup(*p));
+        }
         cfs_strv_free(s->partial_tops);
         s->partial_tops = kept;
     }
@@ -384,7 +395,14 @@ void job_end(struct cfs_engine *e, const char *dom, const char *disk,
              bool partial)
 {
     struct end_args a = { st, error, partial };
-    phase_change(e, dom, disk, id, CFS_PHASE_MAX, st, end_apply, &a);
+    _cleanup_free_ char *what = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    if (s)
+        what = cfs_xstrdup(s->job.snapshot);
+    pthread_mutex_unlock(&e->tree->lock);
+    if (phase_change(e, dom, disk, id, CFS_PHASE_MAX, st, end_apply, &a))
+        queue_after_end(e, dom, disk, st, what, error);
 }
 
 /* Who else uses any of the N files FILES, as libvirt has every chain
@@ -528,31 +546,39 @@ static void pull_cleanup(struct cfs_engine *e, const char *dom,
                          const struct cfs_job *job)
 {
     int r;
-    /* §2.4 step 1: the whole metadata goes only when the snapshot names
-     * no other disk of the domain; else this disk's part alone
-     * (snapshot_forget, as a commit does) */
-    bool other_disk = false;
-    pthread_mutex_lock(&e->tree->lock);
-    const struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
-    for (size_t i = 0; d && job->meta_name && i < d->n_disks; i++) {
-        const struct cfs_disk *odk = &d->disks[i];
-        if (cfs_streq(odk->target, disk))
-            continue;
-        for (size_t l = 0; l < odk->n_layers; l++)
-            if (cfs_streq(odk->layers[l].meta_name, job->meta_name))
-                other_disk = true;
-    }
-    pthread_mutex_unlock(&e->tree->lock);
-    if (job->meta_name && other_disk) {
-        r = e->be->ops->snapshot_forget(e->be, dom, disk, job->meta_name);
-        if (r < 0 && r != -ENOENT)
-            log_warn("%s/%s: dropping this disk from snapshot metadata %s: %s",
-                     dom, disk, job->meta_name, errmsg_or(strerror(-r)));
-    } else if (job->meta_name) {
-        r = e->be->ops->snapshot_drop(e->be, dom, job->meta_name);
-        if (r < 0 && r != -ENOENT)
-            log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
-                     job->meta_name, errmsg_or(strerror(-r)));
+    /* the run's snapshots, top down (issue 8 §2.4), or the one */
+    char *one[2] = { job->meta_name, NULL };
+    char **metas = job->meta_names ? job->meta_names : one;
+    for (char **mp = metas; *mp; mp++) {
+        const char *meta = *mp;
+        if (!*meta)
+            continue; /* a snapshot without libvirt metadata */
+        /* §2.4 step 1: the whole metadata goes only when the snapshot
+         * names no other disk of the domain; else this disk's part alone
+         * (snapshot_forget, as a commit does) */
+        bool other_disk = false;
+        pthread_mutex_lock(&e->tree->lock);
+        const struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+        for (size_t i = 0; d && i < d->n_disks; i++) {
+            const struct cfs_disk *odk = &d->disks[i];
+            if (cfs_streq(odk->target, disk))
+                continue;
+            for (size_t l = 0; l < odk->n_layers; l++)
+                if (cfs_streq(odk->layers[l].meta_name, meta))
+                    other_disk = true;
+        }
+        pthread_mutex_unlock(&e->tree->lock);
+        if (other_disk) {
+            r = e->be->ops->snapshot_forget(e->be, dom, disk, meta);
+            if (r < 0 && r != -ENOENT)
+                log_warn("%s/%s: dropping this disk from snapshot metadata %s: %s",
+                         dom, disk, meta, errmsg_or(strerror(-r)));
+        } else {
+            r = e->be->ops->snapshot_drop(e->be, dom, meta);
+            if (r < 0 && r != -ENOENT)
+                log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
+                         meta, errmsg_or(strerror(-r)));
+        }
     }
     if (job->survivor) {
         r = e->be->ops->snapshot_retarget(e->be, dom, job->survivor, disk,
@@ -575,6 +601,38 @@ static void pull_cleanup(struct cfs_engine *e, const char *dom,
     pthread_mutex_unlock(&e->tree->lock);
     log_info("%s/%s: snapshot %s pulled into %s (%s)", dom, disk,
              job->snapshot, job->top, job->reason ? job->reason : "pull");
+    job_end(e, dom, disk, id, CFS_PHASE_COMPLETED, NULL, false);
+    refresh_domain(e, dom);
+}
+
+/* Clean-up of a commit of a run (issue 8 §3.2), phase cleanup journaled:
+ * every layer of the run left the chain; each is deleted under the rules
+ * of a commit's TOP, and each snapshot's metadata stops naming this disk
+ * (snapshot_forget, top down, as a commit of one does). */
+static void run_cleanup(struct cfs_engine *e, const char *dom,
+                        const char *disk, uint64_t id,
+                        const struct cfs_job *job)
+{
+    for (size_t i = 0; i < job->n_leaving; i++)
+        merged_delete(e, dom, disk, id, &job->leaving[i]);
+    char *one[2] = { job->meta_name, NULL };
+    char **metas = job->meta_names ? job->meta_names : one;
+    for (char **mp = metas; *mp; mp++) {
+        if (!**mp)
+            continue;
+        int r = e->be->ops->snapshot_forget(e->be, dom, disk, *mp);
+        if (r < 0 && r != -ENOENT)
+            log_warn("%s/%s: dropping snapshot metadata %s: %s", dom, disk,
+                     *mp, errmsg_or(strerror(-r)));
+    }
+    _cleanup_free_ char *names = NULL;
+    struct cfs_buf nb = {0};
+    for (char **n = job->snapshots; n && *n; n++)
+        cfs_buf_printf(&nb, "%s%s", n == job->snapshots ? "" : ", ", *n);
+    names = cfs_buf_steal(&nb);
+    log_info("%s/%s: snapshots %s merged into %s in one job (%s)", dom, disk,
+             names && *names ? names : job->snapshot, job->base,
+             cfs_job_type_to_string(job->type));
     job_end(e, dom, disk, id, CFS_PHASE_COMPLETED, NULL, false);
     refresh_domain(e, dom);
 }
@@ -661,8 +719,13 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
         cfs_job_clear(&job); /* ended meanwhile (abort, a failure) */
         return FINISH_DONE;
     }
-    if (by_leaving) {
+    if (by_leaving && job.direction == CFS_DIRECTION_PULL) {
         pull_cleanup(e, dom, disk, id, &job);
+        cfs_job_clear(&job);
+        return FINISH_DONE;
+    }
+    if (by_leaving) {
+        run_cleanup(e, dom, disk, id, &job);
         cfs_job_clear(&job);
         return FINISH_DONE;
     }
@@ -1093,6 +1156,8 @@ void poll_jobs(struct cfs_engine *e)
 {
     _cleanup_strv_ char **doms = NULL;
     _cleanup_strv_ char **disks = NULL;
+    /* deletions queued on a disk without a job: dispatch them */
+    queue_poll(e);
     if (!any_live_job(e, &doms, &disks))
         return;
     for (size_t i = 0; doms && doms[i]; i++)

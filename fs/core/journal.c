@@ -63,6 +63,7 @@ void cfs_journal_entry_clear(struct cfs_journal_entry *e)
     free(e->error);
     cfs_strv_free(e->disks);
     cfs_strv_free(e->snapshots);
+    cfs_strv_free(e->meta_names);
     cfs_job_files_free(e->leaving, e->n_leaving);
     free(e->written);
     free(e->reason);
@@ -100,6 +101,8 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         cfs_strv_push(&dst->disks, cfs_xstrdup(*d));
     for (char **n = src->snapshots; n && *n; n++)
         cfs_strv_push(&dst->snapshots, cfs_xstrdup(*n));
+    for (char **n = src->meta_names; n && *n; n++)
+        cfs_strv_push(&dst->meta_names, cfs_xstrdup(*n));
     dst->leaving = cfs_job_files_dup(src->leaving, src->n_leaving);
     dst->n_leaving = dst->leaving ? src->n_leaving : 0;
 }
@@ -195,6 +198,12 @@ static void entry_to_line(const struct cfs_journal_entry *e,
         for (char **n = e->snapshots; *n; n++)
             json_object_array_add(snaps, json_object_new_string(*n));
         json_object_object_add(o, "snapshots", snaps);
+    }
+    if (e->meta_names && *e->meta_names) {
+        json_object *metas = json_object_new_array();
+        for (char **n = e->meta_names; *n; n++)
+            json_object_array_add(metas, json_object_new_string(*n));
+        json_object_object_add(o, "meta_names", metas);
     }
     if (e->n_leaving > 0) {
         json_object *leaving = json_object_new_array();
@@ -298,6 +307,22 @@ static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
                 return -EINVAL;
             }
             cfs_strv_push(&out->snapshots, cfs_xstrdup(json_object_get_string(s)));
+        }
+    }
+    if (json_object_object_get_ex(o, "meta_names", &v)) {
+        /* "" stands for a snapshot without metadata */
+        if (!json_object_is_type(v, json_type_array)) {
+            *why = cfs_xstrdup("invalid \"meta_names\"");
+            return -EINVAL;
+        }
+        size_t n = json_object_array_length(v);
+        for (size_t i = 0; i < n; i++) {
+            json_object *s = json_object_array_get_idx(v, i);
+            if (!json_object_is_type(s, json_type_string)) {
+                *why = cfs_xstrdup("invalid \"meta_names\"");
+                return -EINVAL;
+            }
+            cfs_strv_push(&out->meta_names, cfs_xstrdup(json_object_get_string(s)));
         }
     }
     if (json_object_object_get_ex(o, "leaving", &v)) {

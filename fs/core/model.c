@@ -33,6 +33,7 @@ static const char *const job_type_names[CFS_JOB_TYPE_MAX] = {
     [CFS_JOB_BACKUP] = "backup",
     [CFS_JOB_UNKNOWN] = "unknown",
     [CFS_JOB_OFFLINE_PULL] = "offline-pull",
+    [CFS_JOB_RMDIR] = "rmdir",
 };
 
 static const char *const merge_direction_names[CFS_DIRECTION_MAX] = {
@@ -205,6 +206,11 @@ static const struct cfs_job_kind job_kinds[CFS_JOB_TYPE_MAX] = {
         .has_ready = true, .abortable = true,
         .starts = "`copy DEST MODE` in ctl: a block copy + pivot (or finish)",
     },
+    [CFS_JOB_RMDIR] = {
+        .type = CFS_JOB_RMDIR, .chainfs = true,
+        .starts = "rmdir while a merge of the disk runs: queued, then merged "
+                  "as part of a run (one commit or pull)",
+    },
     [CFS_JOB_BACKUP] = { .type = CFS_JOB_BACKUP, .block_job = true, .starts = "-" },
     [CFS_JOB_UNKNOWN] = { .type = CFS_JOB_UNKNOWN, .block_job = true, .starts = "-" },
 };
@@ -268,6 +274,7 @@ void cfs_job_clear(struct cfs_job *j)
     free(j->leftover);
     cfs_strv_free(j->disks);
     cfs_strv_free(j->snapshots);
+    cfs_strv_free(j->meta_names);
     cfs_job_files_free(j->leaving, j->n_leaving);
     free(j->written);
     free(j->reason);
@@ -387,6 +394,9 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->snapshots = NULL;
     for (char **s = src->snapshots; s && *s; s++)
         cfs_strv_push(&dst->snapshots, cfs_xstrdup(*s));
+    dst->meta_names = NULL;
+    for (char **s = src->meta_names; s && *s; s++)
+        cfs_strv_push(&dst->meta_names, cfs_xstrdup(*s));
     dst->leaving = cfs_job_files_dup(src->leaving, src->n_leaving);
     dst->n_leaving = dst->leaving ? src->n_leaving : 0;
     dst->written = cfs_xstrdup(src->written);

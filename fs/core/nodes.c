@@ -40,12 +40,18 @@ static void render_chain_json(const struct cfs_node_view *v, struct cfs_buf *out
 
 static void render_job(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    cfs_render_job_text(out, v->job, v->tree->stale);
+    const struct cfs_disk_state *s = v->state;
+    cfs_render_job_queue_text(out, v->job, s ? s->queue : NULL,
+                              s ? s->n_queue : 0, s ? s->returned : NULL,
+                              s ? s->n_returned : 0, v->tree->stale);
 }
 
 static void render_job_json(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    cfs_render_job_json(out, v->job, v->tree->stale);
+    const struct cfs_disk_state *s = v->state;
+    cfs_render_job_queue_json(out, v->job, s ? s->queue : NULL,
+                              s ? s->n_queue : 0, s ? s->returned : NULL,
+                              s ? s->n_returned : 0, v->tree->stale);
 }
 
 /* a failed merge already wrote part of the snapshot into the layer below */
@@ -110,10 +116,21 @@ bool cfs_layer_visible(const struct cfs_disk *disk,
 {
     if (i + 1 >= disk->n_layers)
         return false; /* the base */
-    return !(s && cfs_job_phase_in_progress(s->job.phase) &&
-             s->job.type != CFS_JOB_SNAPSHOT &&
-             cfs_file_same(&s->job.top_id, s->job.top, &disk->layers[i].id,
-                           disk->layers[i].path));
+    if (!s)
+        return true;
+    const struct cfs_layer *l = &disk->layers[i];
+    bool merging = cfs_job_phase_in_progress(s->job.phase) &&
+                   s->job.type != CFS_JOB_SNAPSHOT;
+    if (merging && cfs_file_same(&s->job.top_id, s->job.top, &l->id, l->path))
+        return false;
+    /* issue 8 §3: every snapshot of a run being merged, and every one
+     * queued behind the disk's merge, is gone from snapshots/ */
+    if (merging && l->name && cfs_strv_contains(s->job.snapshots, l->name))
+        return false;
+    for (size_t q = 0; l->name && q < s->n_queue; q++)
+        if (cfs_streq(s->queue[q].snapshot, l->name))
+            return false;
+    return true;
 }
 
 static void list_snapshots(const struct cfs_node_view *v, char ***names)

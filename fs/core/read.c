@@ -131,9 +131,9 @@ int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
         struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
         /* no job in progress on the disk: neither chainfs's own nor one
          * chainfs did not start (external; external_check() broadcasts
-         * `changed` when it ends) */
+         * `changed` when it ends), and no deletion queued (issue 8 §3.5) */
         if (!s || (!cfs_job_phase_in_progress(s->job.phase) &&
-                   s->external.type == CFS_JOB_NONE)) {
+                   s->external.type == CFS_JOB_NONE && s->n_queue == 0)) {
             struct cfs_node_view v = {
                 .tree = t, .dom = d, .disk = cfs_domain_find_disk(d, disk),
                 .state = s, .job = shown_job(s), .layer = -1,

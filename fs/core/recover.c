@@ -10,8 +10,15 @@ void recover_journal(struct cfs_engine *e)
     size_t n = 0;
     if (cfs_journal_list(e->journal, &v, &n) < 0)
         return;
+    /* the queued rmdirs first (issue 8 §3): a job recovered below that
+     * turns out failed returns them, one that completed dispatches them */
+    for (size_t i = 0; i < n; i++)
+        if (v[i].type == CFS_JOB_RMDIR)
+            queue_load_entry(e, &v[i]);
     for (size_t i = 0; i < n; i++) {
         struct cfs_journal_entry *en = &v[i];
+        if (en->type == CFS_JOB_RMDIR)
+            continue;
         pthread_mutex_lock(&e->tree->lock);
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, en->domain, en->disk);
         bool followed = cfs_job_phase_in_progress(s->job.phase) &&
@@ -95,6 +102,8 @@ void recover_journal(struct cfs_engine *e)
         s->job.direction = en->direction;
         for (char **sn = en->snapshots; sn && *sn; sn++)
             cfs_strv_push(&s->job.snapshots, cfs_xstrdup(*sn));
+        for (char **mn = en->meta_names; mn && *mn; mn++)
+            cfs_strv_push(&s->job.meta_names, cfs_xstrdup(*mn));
         s->job.leaving = cfs_job_files_dup(en->leaving, en->n_leaving);
         s->job.n_leaving = s->job.leaving ? en->n_leaving : 0;
         s->job.written = cfs_xstrdup(en->written);

@@ -12,6 +12,7 @@
 #include <json-c/json.h>
 
 #include "chainfs/render.h"
+#include "chainfs/tree.h"
 
 #define BAR_WIDTH 20
 #define KV_MAX 24
@@ -303,8 +304,56 @@ void cfs_render_chain_json(struct cfs_buf *b, const struct cfs_domain *d,
 
 /* ---- job ----------------------------------------------------------------- */
 
+/* `queued: s2, s1 (since T)`; `returned: s2, s1 (REASON)`, one group
+ * per reason in order. */
+static void kv_queue(struct kv_block *kv, const struct cfs_queued *queue,
+                     size_t n_queue, const struct cfs_returned *returned,
+                     size_t n_returned)
+{
+    if (n_queue > 0) {
+        struct cfs_buf q = { 0 };
+        char since[64];
+
+        for (size_t i = 0; i < n_queue; i++) {
+            if (i)
+                cfs_buf_printf(&q, "%s", ", ");
+            cfs_buf_put_escaped(&q, queue[i].snapshot ? queue[i].snapshot : "-");
+        }
+        cfs_format_time(queue[0].queued, since, sizeof(since));
+        cfs_buf_printf(&q, " (since %s)", since[0] ? since : "-");
+        kv_take(kv, "queued", cfs_buf_steal(&q));
+    }
+    if (n_returned > 0) {
+        struct cfs_buf r = { 0 };
+
+        for (size_t i = 0; i < n_returned; i++) {
+            const char *why = returned[i].reason ? returned[i].reason : "-";
+            bool same_next = i + 1 < n_returned &&
+                             cfs_streq(returned[i + 1].reason, returned[i].reason);
+
+            cfs_buf_put_escaped(&r, returned[i].snapshot ? returned[i].snapshot : "-");
+            if (same_next) {
+                cfs_buf_printf(&r, "%s", ", ");
+                continue;
+            }
+            cfs_buf_printf(&r, "%s", " (");
+            cfs_buf_put_escaped(&r, why);
+            cfs_buf_printf(&r, "%s", i + 1 < n_returned ? "); " : ")");
+        }
+        kv_take(kv, "returned", cfs_buf_steal(&r));
+    }
+}
+
 void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
                          bool stale)
+{
+    cfs_render_job_queue_text(b, job, NULL, 0, NULL, 0, stale);
+}
+
+void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
+                               const struct cfs_queued *queue, size_t n_queue,
+                               const struct cfs_returned *returned,
+                               size_t n_returned, bool stale)
 {
     struct kv_block kv = { 0 };
 
@@ -357,6 +406,7 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
         if (job->leftover)
             kv_str(&kv, "leftover", job->leftover);
     }
+    kv_queue(&kv, queue, n_queue, returned, n_returned);
     if (stale)
         kv_str(&kv, "stale", "yes");
     kv_render(b, &kv);
@@ -364,6 +414,14 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
 
 void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
                          bool stale)
+{
+    cfs_render_job_queue_json(b, job, NULL, 0, NULL, 0, stale);
+}
+
+void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
+                               const struct cfs_queued *queue, size_t n_queue,
+                               const struct cfs_returned *returned,
+                               size_t n_returned, bool stale)
 {
     struct json_object *o = json_object_new_object();
     bool none = job_absent(job);
@@ -392,6 +450,23 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_str(o, "error", none ? NULL : job->error);
     json_put_bool(o, "partial", none ? false : job->partial);
     json_put_str(o, "leftover", none ? NULL : job->leftover);
+    struct json_object *qa = json_object_new_array();
+    for (size_t i = 0; i < n_queue; i++) {
+        struct json_object *q = json_object_new_object();
+        json_put_str(q, "snapshot", queue[i].snapshot);
+        json_put_time(q, "queued", queue[i].queued);
+        json_put_str(q, "merge", "auto");
+        json_object_array_add(qa, q);
+    }
+    json_object_object_add(o, "queue", qa);
+    struct json_object *ra = json_object_new_array();
+    for (size_t i = 0; i < n_returned; i++) {
+        struct json_object *r = json_object_new_object();
+        json_put_str(r, "snapshot", returned[i].snapshot);
+        json_put_str(r, "reason", returned[i].reason);
+        json_object_array_add(ra, r);
+    }
+    json_object_object_add(o, "returned", ra);
     json_put_bool(o, "stale", stale);
     json_emit(b, o);
 }

@@ -19,6 +19,24 @@ struct cfs_tree *cfs_tree_new(void)
     return t;
 }
 
+void cfs_queued_clear(struct cfs_queued *q)
+{
+    free(q->snapshot);
+    free(q->meta_name);
+    free(q->top);
+    cfs_file_id_clear(&q->top_id);
+    free(q->base);
+    free(q->journal_id);
+    *q = (struct cfs_queued){0};
+}
+
+void cfs_returned_clear(struct cfs_returned *r)
+{
+    free(r->snapshot);
+    free(r->reason);
+    *r = (struct cfs_returned){0};
+}
+
 static void disk_state_free(struct cfs_disk_state *s)
 {
     if (!s)
@@ -27,6 +45,12 @@ static void disk_state_free(struct cfs_disk_state *s)
     free(s->disk);
     cfs_job_clear(&s->job);
     cfs_strv_free(s->partial_tops);
+    for (size_t i = 0; i < s->n_queue; i++)
+        cfs_queued_clear(&s->queue[i]);
+    free(s->queue);
+    for (size_t i = 0; i < s->n_returned; i++)
+        cfs_returned_clear(&s->returned[i]);
+    free(s->returned);
     free(s);
 }
 

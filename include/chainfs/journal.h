@@ -40,6 +40,9 @@ struct cfs_journal_entry {
     enum cfs_merge_direction direction; /* CFS_DIRECTION_NONE: not stored */
     char **snapshots;  /* every snapshot the job removes, top first
                           (NULL-terminated; NULL: just snapshot) */
+    char **meta_names; /* the libvirt metadata of each of snapshots[]
+                          ("" for none), same order; NULL: just meta_name
+                          (a run of the queue) */
     size_t n_leaving;
     struct cfs_job_file *leaving; /* files that leave the chain; each id
                           is stored as dev/ino when known (canonical is
@@ -49,6 +52,11 @@ struct cfs_journal_entry {
     char *reason;      /* why this direction, or NULL */
     char *survivor;    /* pull: the snapshot retargeted to WRITTEN, or NULL */
 };
+
+/* A queued rmdir (issue 8 §3.1): type CFS_JOB_RMDIR, phase "queued",
+ * snapshot, meta_name, top (the snapshot's own layer), base (the layer
+ * below it when it was queued) and leaving[0] = TOP with its dev/ino
+ * (which file it is, for dispatch when the name no longer resolves). */
 
 struct cfs_journal;
 

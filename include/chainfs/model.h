@@ -100,6 +100,9 @@ enum cfs_job_type {
     CFS_JOB_UNKNOWN,        /* a libvirt job type this build does not know */
     CFS_JOB_OFFLINE_PULL,   /* shut-off domain: forward merge with
                                qemu-img rebase (never a libvirt job) */
+    CFS_JOB_RMDIR,          /* issue 8 §3: an rmdir queued behind a merge
+                               of its disk (journal and disk queue only;
+                               never a disk's job, never a libvirt job) */
     CFS_JOB_TYPE_MAX,
 };
 
@@ -171,6 +174,10 @@ struct cfs_job {
     char **snapshots;      /* display names of every snapshot the job
                               removes, top first, NULL-terminated; NULL:
                               just `snapshot` */
+    char **meta_names;     /* the libvirt snapshot metadata of each of
+                              snapshots[] ("" for none), same order; NULL:
+                              just `meta_name` (a run of the queue drops
+                              or forgets every one at clean-up) */
     size_t n_leaving;
     struct cfs_job_file *leaving; /* files that leave the chain (commit:
                               the run's overlays; pull: the layers below

@@ -20,6 +20,26 @@ struct cfs_disk_settings {
     bool pivot_manual;       /* active commits wait in ready for `pivot` */
 };
 
+/* An rmdir queued behind a merge of its disk (issue 8 §3.1). */
+struct cfs_queued {
+    char *snapshot;          /* display name asked */
+    char *meta_name;         /* its libvirt metadata when queued, or NULL */
+    char *top;               /* its own layer when queued */
+    struct cfs_file_id top_id;
+    char *base;              /* the layer below it when queued */
+    char *journal_id;        /* its journal entry (type rmdir, queued) */
+    int64_t queued;          /* unix seconds */
+};
+
+/* A queued deletion that came back to snapshots/ (§3.4). */
+struct cfs_returned {
+    char *snapshot;
+    char *reason;
+};
+
+void cfs_queued_clear(struct cfs_queued *q);
+void cfs_returned_clear(struct cfs_returned *r);
+
 /* Per-disk bookkeeping that outlives the domain's re-reads. */
 struct cfs_disk_state {
     char *dom;
@@ -37,6 +57,13 @@ struct cfs_disk_state {
      * (origin external): type NONE when there is none. Shown by `job`
      * while chainfs has no job of its own in progress. */
     struct cfs_job external;
+    /* Issue 8 §3: rmdirs queued behind the disk's merge, oldest first
+     * (hidden from snapshots/; dispatched when the merge ends), and those
+     * that came back since the last rmdir (a failed or aborted merge). */
+    size_t n_queue;
+    struct cfs_queued *queue;
+    size_t n_returned;
+    struct cfs_returned *returned;
 };
 
 struct cfs_tree {

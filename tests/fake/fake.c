@@ -530,9 +530,18 @@ static void job_apply(struct fake *f, const struct fake_job *job)
         return;
     switch (job->type) {
     case CFS_JOB_COMMIT:
-    case CFS_JOB_ACTIVE_COMMIT:
+    case CFS_JOB_ACTIVE_COMMIT: {
+        /* TOP and every layer down to BASE leave (a commit of a run) */
+        ssize_t t = layer_index(dk, job->top);
+        ssize_t b = job->base ? layer_index(dk, job->base) : -1;
+        if (t >= 0 && b > t + 1) {
+            for (ssize_t k = t; k < b; k++)
+                layer_remove(dk, (size_t)t);
+            break;
+        }
         chain_merge(f, job->dom, job->disk, job->top);
         break;
+    }
     case CFS_JOB_PULL: {
         /* the layers between the active one and BASE were pulled into it
          * (all of them below it for an external pull without a base) */
@@ -559,11 +568,13 @@ static void job_apply(struct fake *f, const struct fake_job *job)
     }
 }
 
-/* TOP must be a layer of DISK with BASE directly below it, and ACTIVE must
- * say whether TOP is layer 0. Returns TOP's index or -EINVAL. */
+/* TOP must be a layer of DISK with BASE below it (libvirt accepts a base
+ * several layers down: the layers in between leave with TOP; ADJACENT:
+ * directly below, as the offline merge wants), and ACTIVE
+ * must say whether TOP is layer 0. Returns TOP's index or -EINVAL. */
 static ssize_t check_commit_layers(const struct cfs_disk *disk,
                                    const char *top, const char *base,
-                                   bool active)
+                                   bool active, bool adjacent)
 {
     ssize_t t = layer_index(disk, top);
     ssize_t b = layer_index(disk, base);
@@ -573,9 +584,10 @@ static ssize_t check_commit_layers(const struct cfs_disk *disk,
                                top ? top : "", disk->target);
         return -EINVAL;
     }
-    if ((size_t)t + 1 >= disk->n_layers || b != t + 1) {
-        cfs_backend_set_errmsg("invalid argument: could not find base image '%s' directly beneath '%s' in chain for '%s'",
-                               base ? base : "", top, disk->target);
+    if ((size_t)t + 1 >= disk->n_layers || b <= t || (adjacent && b != t + 1)) {
+        cfs_backend_set_errmsg("invalid argument: could not find base image '%s' %sbeneath '%s' in chain for '%s'",
+                               base ? base : "", adjacent ? "directly " : "",
+                               top, disk->target);
         return -EINVAL;
     }
     if (active && t != 0) {
@@ -824,7 +836,7 @@ static int fake_commit_start(struct cfs_backend *be, const char *dom,
         r = busy(disk);
         goto out;
     }
-    t = check_commit_layers(dk, top, base, active);
+    t = check_commit_layers(dk, top, base, active, false);
     if (t < 0) {
         r = (int)t;
         goto out;
@@ -835,7 +847,7 @@ static int fake_commit_start(struct cfs_backend *be, const char *dom,
         .dom = cfs_xstrdup(dom),
         .disk = cfs_xstrdup(disk),
         .top = cfs_xstrdup(dk->layers[t].path),
-        .base = cfs_xstrdup(dk->layers[t + 1].path),
+        .base = cfs_xstrdup(dk->layers[layer_index(dk, base)].path),
         .type = active ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT,
         .end = dk->layers[t].virtual_size,
         .bandwidth = bandwidth,
@@ -1115,7 +1127,7 @@ static int fake_offline_commit(struct cfs_backend *be, const char *dom,
     r = find_dom_disk(f, dom, WANT_INACTIVE, disk, NULL, &dk);
     if (r < 0)
         goto out;
-    t = check_commit_layers(dk, top, base, active);
+    t = check_commit_layers(dk, top, base, active, true);
     if (t < 0) {
         r = (int)t;
         goto out;

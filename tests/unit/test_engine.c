@@ -295,8 +295,7 @@ static void test_rmdir_active_pivots_and_cleans(void **state)
     assert_int_equal(journal_entries(f), 1);
     /* gone from snapshots/ while it merges */
     assert_list(f, "/vm1/vda/snapshots", "s1");
-    /* one job per disk */
-    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -EBUSY);
+    /* one job per disk (another rmdir queues: test_queue_*) */
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "zz"), -EBUSY);
 
     cfs_fake_job_progress(f->be, "vm1", "vda", 16 << 20, 64 << 20);
@@ -1013,7 +1012,7 @@ static void test_pull_small_overlay_below(void **state)
     cfs_journal_free(j);
 
     /* one job per disk, no ready phase */
-    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -EBUSY);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "zz"), -EBUSY);
     cfs_fake_job_progress(f->be, "vm1", "vda", 16 << 20, 64 << 20);
     cfs_engine_run_pending(f->e);
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
@@ -1754,10 +1753,8 @@ static void test_recover_cases(void **state)
 }
 
 /* The journal as the daemon before issue 8 wrote it, byte for byte (its
- * keys in its order; the paths are the fixture's), with a line of a type
- * this version does not know (issue 8's queued rmdir, written by a later
- * daemon) after it: the old entry recovers exactly as the cases above,
- * the unknown one is skipped (logged by cfs_engine_new). */
+ * keys in its order; the paths are the fixture's): the old entry recovers
+ * exactly as the cases above. (Queued rmdirs after it: test_queue_*.) */
 static void restart_with_old_line(struct fx *f, const char *phase,
                                   bool top_gone, enum rec_libvirt lv)
 {
@@ -1772,13 +1769,8 @@ static void restart_with_old_line(struct fx *f, const char *phase,
             "\"disk\":\"vda\",\"snapshot\":\"s2\",\"meta_name\":\"s2\","
             "\"top\":\"%s\",\"base\":\"%s\",\"type\":\"active-commit\","
             "\"phase\":\"%s\",\"created\":1764000000,\"updated\":1764000042,"
-            "\"bandwidth\":2097152,\"disks\":[\"vda\"]}\n"
-            "{\"version\":1,\"id\":\"1764000000-4242-2\",\"domain\":\"vm1\","
-            "\"disk\":\"vda\",\"snapshot\":\"s1\",\"meta_name\":\"s1\","
-            "\"top\":\"%s\",\"base\":\"%s\",\"type\":\"rmdir\","
-            "\"phase\":\"queued\",\"created\":1764000001,\"updated\":1764000001,"
-            "\"merge\":\"auto\"}\n",
-            f->paths[0], f->paths[1], phase, f->paths[1], f->paths[2]);
+            "\"bandwidth\":2097152,\"disks\":[\"vda\"]}\n",
+            f->paths[0], f->paths[1], phase);
     fclose(fp);
     restart_engine(f, top_gone, lv, false);
 }
@@ -1810,8 +1802,6 @@ static void test_recover_verbatim_old_entry(void **state)
             fail_msg("old entry in %s: phase %s, want %s", cases[i].phase,
                      cfs_job_phase_to_string(job_state(f, "vm1")),
                      cfs_job_phase_to_string(cases[i].want));
-        /* the unknown line was dropped with the first rewrite or stays
-         * unread: either way only the old entry is chainfs's */
         assert_int_equal(journal_entries(f), cases[i].entries);
         assert_int_equal(exists(f->paths[0]), cases[i].top_kept);
         assert_true(exists(f->paths[1])); /* s1: the unknown line touched nothing */

@@ -399,9 +399,10 @@ static void test_commit_refusals(void **state)
     assert_int_equal(be->ops->commit_start(be, "vm1", "vdz", chain3[0],
                                            chain3[1], true, 0),
                      -ENOENT);
-    /* Not adjacent, unknown layers, base above top. */
+    /* Base is top, unknown layers, base above top (a base several layers
+     * below is a run: test_commit_run). */
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
-                                           chain3[2], true, 0),
+                                           chain3[0], true, 0),
                      -EINVAL);
     assert_int_equal(be->ops->commit_start(be, "vm1", "vda", "/nope",
                                            chain3[1], true, 0),
@@ -583,6 +584,27 @@ static void test_intermediate_commit_complete(void **state)
     cfs_fake_job_vanish(be, "vm1", "vda", true);
     assert_int_equal(n_events(fx), 1);
     assert_chain(be, "vm1", "vda", after, 2);
+}
+
+/* A run (issue 8 §3.2): libvirt accepts a base several layers below TOP;
+ * every layer from TOP down to the one above BASE leaves the chain. */
+static void test_commit_run(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+
+    assert_int_equal(be->ops->commit_start(be, "vm1", "vda", chain3[0],
+                                           chain3[2], true, 0),
+                     0);
+    cfs_fake_job_ready(be, "vm1", "vda");
+    assert_int_equal(be->ops->job_pivot(be, "vm1", "vda"), 0);
+    const char *const after[] = { chain3[2] };
+    assert_chain(be, "vm1", "vda", after, 1);
+    /* the offline merge still takes the layer right below only */
+    cfs_fake_add_simple(be, "off", CFS_DOM_SHUTOFF, "vda", chain3, meta3, 3);
+    assert_int_equal(be->ops->offline_commit(be, "off", "vda", chain3[0],
+                                             chain3[2], true),
+                     -EINVAL);
 }
 
 /* Layers of a running domain carry indices, as in libvirt's live XML,
@@ -1384,6 +1406,7 @@ int main(void)
         T(test_active_commit_pivot),
         T(test_pivot_not_ready_counts_only_ready_pivots),
         T(test_intermediate_commit_complete),
+        T(test_commit_run),
         T(test_commit_by_index),
         T(test_pull_complete_and_repair),
         T(test_pull_by_index_and_ends),

@@ -788,9 +788,9 @@ static void test_bad_records(void **state)
           "\"phase\":\"running\",\"written\":5}",
           "\"written\"" },
         { "{\"version\":1,\"id\":\"y15\",\"domain\":\"d\",\"disk\":\"vda\","
-          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"rmdir\","
+          "\"top\":\"/t\",\"base\":\"/b\",\"type\":\"defrag\","
           "\"phase\":\"running\",\"phase\":\"queued\"}",
-          "unknown type \"rmdir\"" },
+          "unknown type \"defrag\"" },
         { good_line, "duplicate id" },
     };
     struct cfs_buf b = {0};

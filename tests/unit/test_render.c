@@ -654,7 +654,7 @@ static void test_job_json(void **state)
         "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
         "bytes_copied",
-        "started", "finished", "error", "partial", "leftover", "stale",
+        "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
     };
     struct cfs_job j = running_job();
     j.bandwidth = 3 * MiB;
@@ -747,7 +747,7 @@ static void test_job_json_none(void **state)
         "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
         "bytes_copied",
-        "started", "finished", "error", "partial", "leftover", "stale",
+        "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
     };
     struct cfs_buf b = { 0 };
 
