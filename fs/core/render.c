@@ -375,6 +375,16 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
         kv_str(&kv, "type", cfs_job_type_to_string(job->type));
         kv_str(&kv, "state", cfs_job_phase_to_string(job->phase));
         kv_str(&kv, "snapshot", job->snapshot);
+        if (cfs_strv_len(job->snapshots) > 1) {
+            /* a run of the queue (issue 8 §3.2): every snapshot it removes */
+            struct cfs_buf sb = { 0 };
+            for (char **n = job->snapshots; *n; n++) {
+                if (n != job->snapshots)
+                    cfs_buf_printf(&sb, ", ");
+                cfs_buf_put_escaped(&sb, *n);
+            }
+            kv_take(&kv, "snapshots", cfs_buf_steal(&sb));
+        }
         kv_str(&kv, "top", job->top);
         kv_str(&kv, "base", job->base);
         kv_take(&kv, "progress", cfs_xasprintf("%u%% [%s]", pct, bar));
@@ -429,6 +439,13 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_str(o, "type", none ? "none" : cfs_job_type_to_string(job->type));
     json_put_str(o, "state", none ? "none" : cfs_job_phase_to_string(job->phase));
     json_put_str(o, "snapshot", none ? NULL : job->snapshot);
+    struct json_object *sa = json_object_new_array();
+    if (!none && job->snapshots)
+        for (char **n = job->snapshots; *n; n++)
+            json_object_array_add(sa, json_object_new_string(*n));
+    else if (!none && job->snapshot)
+        json_object_array_add(sa, json_object_new_string(job->snapshot));
+    json_object_object_add(o, "snapshots", sa);
     json_put_str(o, "top", none ? NULL : job->top);
     json_put_str(o, "base", none ? NULL : job->base);
     json_put_int(o, "progress_percent", none ? 0 : job_percent(job));

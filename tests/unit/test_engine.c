@@ -2289,6 +2289,319 @@ static void test_refusal_order_same(void **state)
     assert_int_equal(cfs_engine_rmdir(f->e, "vm3", "vda", "x"), -EROFS);
 }
 
+/* ---- the merge queue (issue 8 §3) ---------------------------------------------- */
+
+/* vm1/vda rebuilt as base <- s1 <- ... <- sN (sN active), every layer a
+ * real (empty) file named by libvirt metadata, on a new engine. QP[i] is
+ * layer i's path ([0] = sN, [N] = base). */
+#define QMAX 6
+static char qp[QMAX][160];
+
+static void queue_chain(struct fx *f, size_t n_snaps)
+{
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[QMAX];
+    char names[QMAX][8];
+    const char *meta[QMAX];
+    for (size_t i = 0; i <= n_snaps; i++) {
+        if (i < n_snaps) {
+            snprintf(names[i], sizeof(names[i]), "s%zu", n_snaps - i);
+            snprintf(qp[i], sizeof(qp[i]), "%s/q%zu.qcow2", f->dir, n_snaps - i);
+            meta[i] = names[i];
+        } else {
+            snprintf(qp[i], sizeof(qp[i]), "%s/qbase.qcow2", f->dir);
+            meta[i] = NULL;
+        }
+        touch(qp[i]);
+        chain[i] = qp[i];
+    }
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, n_snaps + 1);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+}
+
+static void assert_chain_len(struct fx *f, size_t want)
+{
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &d), 0);
+    assert_int_equal(cfs_domain_find_disk(d, "vda")->n_layers, want);
+    cfs_domain_free(d);
+}
+
+static size_t queue_len(struct fx *f)
+{
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(t, "vm1", "vda");
+    size_t n = s ? s->n_queue : 0;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
+static bool never(void *arg) { (void)arg; return true; }
+
+/* `rmdir s3 s2 s1` with s3 active: s3 starts at once, s2 and s1 queue
+ * (0, no libvirt call, hidden); when s3's merge ends, s2 and s1 are one
+ * run: one active commit into the base image, both files deleted, both
+ * snapshots' metadata forgotten. */
+static void test_queue_dispatches_run_as_one_job(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 s3");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    unsigned calls = cfs_fake_calls(f->be, "read_domain") +
+                     cfs_fake_calls(f->be, "read_domain_light") +
+                     cfs_fake_calls(f->be, "job_get");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start") +
+                     cfs_fake_calls(f->be, "pull_start"), 1);
+    /* the queued rmdirs read libvirt's chain (the same checks as today)
+     * but start nothing */
+    assert_true(cfs_fake_calls(f->be, "read_domain") +
+                cfs_fake_calls(f->be, "read_domain_light") +
+                cfs_fake_calls(f->be, "job_get") >= calls);
+    assert_list(f, "/vm1/vda/snapshots", "");
+    assert_int_equal(journal_entries(f), 3);
+    assert_int_equal(queue_len(f), 2);
+    assert_job_contains(f, "queued:");
+    assert_job_contains(f, "s2, s1 (since ");
+    char *json = read_file(f, "/vm1/vda/job.json");
+    assert_non_null(strstr(json, "\"queue\""));
+    assert_non_null(strstr(json, "\"snapshot\": \"s1\""));
+    free(json);
+    /* a queued one is no longer a snapshot to rmdir; mkdir waits */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), -ENOENT);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "zz"), -EBUSY);
+    /* `wait` blocks while deletions are queued */
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", never, NULL, &b), -EINTR);
+    cfs_buf_free(&b);
+
+    cfs_fake_job_ready(f->be, "vm1", "vda");   /* s3: ready, pivot */
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_false(exists(qp[0]));
+    assert_int_equal(queue_len(f), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_job_contains(f, "active-commit");
+    assert_job_contains(f, "snapshots:    s2, s1");
+    assert_int_equal(journal_entries(f), 1);
+    assert_list(f, "/vm1/vda/snapshots", "");
+
+    cfs_fake_job_ready(f->be, "vm1", "vda");   /* s2+s1 into base */
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 1);
+    assert_false(exists(qp[1]));
+    assert_false(exists(qp[2]));
+    assert_true(exists(qp[3]));
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 3);
+    assert_int_equal(journal_entries(f), 0);
+    assert_list(f, "/vm1/vda/snapshots", "");
+    b = (struct cfs_buf){0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", never, NULL, &b), 0);
+    assert_non_null(strstr(b.data, "completed"));
+    cfs_buf_free(&b);
+}
+
+/* Queued layers split by a kept one are two runs, topmost first. */
+static void test_queue_runs_split_by_kept_layer(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 4);                 /* s4 s3 s2 s1 base */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s4"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s2");
+    cfs_fake_job_ready(f->be, "vm1", "vda");  /* s4 done: s3 s2 s1 base */
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    /* s3 (active) alone: s2 is kept */
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_int_equal(queue_len(f), 1);
+    assert_job_contains(f, "active-commit");
+    cfs_fake_job_ready(f->be, "vm1", "vda");  /* s3 done: s2 s1 base */
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    /* then s1: an intermediate commit into the base */
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 3);
+    assert_job_contains(f, "type:");
+    assert_job_contains(f, "snapshot:     s1");
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 2);
+    assert_true(exists(qp[2]));
+    assert_false(exists(qp[3]));
+    assert_list(f, "/vm1/vda/snapshots", "s2");
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* §3.4: the merge fails; what was queued behind it comes back, with the
+ * reason, and can be removed again. */
+static void test_queue_failure_returns_all(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "");
+    cfs_fake_job_fail(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 s3");
+    assert_int_equal(queue_len(f), 0);
+    assert_int_equal(journal_entries(f), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
+    assert_job_contains(f, "returned:");
+    assert_job_contains(f, "s3, s1 (the merge of s2 failed: ");
+    char *json = read_file(f, "/vm1/vda/job.json");
+    assert_non_null(strstr(json, "\"returned\""));
+    free(json);
+    for (int i = 0; i < 4; i++)
+        assert_true(exists(qp[i]));
+    /* and rmdir works again (the returned lines go) */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "returned:"));
+    free(job);
+}
+
+/* A dispatch that libvirt refuses fails the run and returns the rest. */
+static void test_queue_dispatch_refused(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 4);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s4"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    cfs_fake_fail_next(f->be, "commit_start", EIO, "internal error: qemu said no");
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "qemu said no");
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 s3");
+    assert_job_contains(f, "s1 (the merge of s3 failed: ");
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* ctl abort cancels the running merge and returns the queue. */
+static void test_queue_abort_returns(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 s3");
+    assert_job_contains(f, "s1 (the merge of s3 was canceled: aborted through ctl)");
+    assert_int_equal(journal_entries(f), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
+}
+
+/* A copy (or any job that is not chainfs's merge) is no queue: EBUSY. */
+static void test_queue_not_behind_other_jobs(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    cfs_fake_start_external_job(f->be, "vm1", "vda", CFS_JOB_COMMIT);
+    cfs_fake_touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), -EBUSY);
+    assert_int_equal(queue_len(f), 0);
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* The journal keeps the queue across a restart: the queued entries load
+ * (hidden) before the job they wait for is recovered, and dispatch when
+ * it ends; or come back if it turns out to have failed. */
+static void restart_queue(struct fx *f, bool job_alive)
+{
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {qp[0], qp[1], qp[2], qp[3]};
+    const char *meta[] = {"s3", "s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 4);
+    if (job_alive)
+        assert_int_equal(f->be->ops->commit_start(f->be, "vm1", "vda", qp[0],
+                                                  qp[1], true, 0), 0);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+}
+
+static void test_queue_survives_restart(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    restart_queue(f, true);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(queue_len(f), 2);
+    assert_list(f, "/vm1/vda/snapshots", "");
+    assert_job_contains(f, "queued:");
+    assert_int_equal(journal_entries(f), 3);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(queue_len(f), 0);
+    assert_job_contains(f, "snapshots:    s2, s1");
+    assert_int_equal(journal_entries(f), 1);
+    /* and the run's own entry recovers too */
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {qp[1], qp[2], qp[3]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    assert_int_equal(f->be->ops->commit_start(f->be, "vm1", "vda", qp[1],
+                                              qp[3], true, 0), 0);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_job_contains(f, "snapshots:    s2, s1");
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 1);
+    assert_false(exists(qp[1]));
+    assert_false(exists(qp[2]));
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 2);
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_queue_restart_job_failed_returns(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    restart_queue(f, false);  /* libvirt has no job; s3 still in the chain */
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_int_equal(queue_len(f), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 s3");
+    assert_job_contains(f, "returned:");
+    assert_int_equal(journal_entries(f), 0);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -2337,6 +2650,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pull_leaving_used_elsewhere_kept, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_leaving_shared_at_start, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_pull, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_dispatches_run_as_one_job, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_runs_split_by_kept_layer, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_failure_returns_all, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_dispatch_refused, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_abort_returns, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_not_behind_other_jobs, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_survives_restart, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_restart_job_failed_returns, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_judged_by_files_not_stale_tree, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_pull, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_multidisk_snapshot_forgets_one_disk, setup_running, teardown),

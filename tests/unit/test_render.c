@@ -651,7 +651,7 @@ static void test_job_json(void **state)
 {
     (void)state;
     static const char *const keys[] = {
-        "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
+        "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
         "bytes_copied",
         "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
@@ -744,7 +744,7 @@ static void test_job_json_none(void **state)
 {
     (void)state;
     static const char *const keys[] = {
-        "type", "state", "snapshot", "top", "base", "progress_percent", "cur",
+        "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
         "bytes_copied",
         "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
