@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# queue.sh — issue 8 §3: rmdir never says EBUSY because of chainfs's own
+# merges.
+#  1. base <- s1 <- s2 <- s3 (active) on a running domain, a pattern in
+#     every layer: `rmdir s3 s2 s1` (one command) returns 0 at once and
+#     hides all three; `cat wait` returns once the chain is the base image
+#     alone; the daemon log shows s2 and s1 merged as one job (two merges
+#     in all: s3's, then the run); every pattern reads back from the base.
+#  2. A merge held running by a bandwidth limit (s2 into s1), s1 queued
+#     behind it, `virsh destroy`: the merge fails and s1 comes back in
+#     snapshots/ with the reason in `job`; after `virsh start`, `rmdir s2
+#     s1` completes and every pattern reads back.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_init
+
+# ---- 1. one command, as few merges as the chain allows ------------------------
+
+D="$IT_PREFIX-q"
+base="$T/base.qcow2"
+it_make_image "$base" 64M
+it_write_pattern "$base" 0x11 0 1M
+it_define "$D" "$base"
+it_start "$D"
+it_mount
+it_wait_dom "$D"
+
+mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir snapshots/s1"
+it_guest_write "$D" 0x22 4M 4M
+mkdir "$MNT/$D/vda/snapshots/s2" || it_fail "mkdir snapshots/s2"
+it_guest_write "$D" 0x33 12M 4M
+mkdir "$MNT/$D/vda/snapshots/s3" || it_fail "mkdir snapshots/s3"
+it_guest_write "$D" 0x44 20M 4M
+it_assert_eq "s1 s2 s3" "$(it_snapshots "$D" vda)" "three snapshots"
+
+t0=$(it_now_ms)
+rmdir "$MNT/$D/vda/snapshots/s3" "$MNT/$D/vda/snapshots/s2" \
+  "$MNT/$D/vda/snapshots/s1" || it_fail "rmdir s3 s2 s1"
+took=$(($(it_now_ms) - t0))
+it_log "rmdir s3 s2 s1 returned 0 after $took ms"
+[ "$took" -lt 10000 ] || it_fail "rmdir s3 s2 s1 took $took ms: the queued ones must not wait for the merge"
+it_assert_eq "" "$(it_snapshots "$D" vda)" "ls snapshots/ right after rmdir: all three gone"
+job=$(cat "$MNT/$D/vda/job")
+it_log "job after rmdir:"$'\n'"$job"
+
+out=$(it_wait_job "$D" vda)
+it_log "cat wait:"$'\n'"$out"
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "cat wait: the last merge completed"
+it_assert_eq "" "$(sed -n 's/^queued: *//p' <<<"$out")" "cat wait: nothing queued any more"
+it_assert_eq "1" "$(jq '.layers | length' "$MNT/$D/vda/chain.json")" "chain.json: one layer left"
+it_assert_eq "$base" "$(it_domblk "$D" vda)" "libvirt: the base image is the active layer"
+it_assert_eq "" "$(it_snapshots "$D" vda)" "ls snapshots/ after the merges"
+it_assert_eq "" "$(it_snapshot_names "$D")" "virsh snapshot-list is empty"
+
+started=$(grep -cE 'rmdir [^ ]+/snapshots/[^ ]+: [a-z-]+ of .* started' "$IT_LOG" || true)
+it_log "merges started: $started"
+grep -E 'started|queued|dispatched|merged' "$IT_LOG" | sed 's/^/    /' >&2
+it_assert_eq "2" "$started" "two merges for three snapshots (s3, then s2+s1 as one run)"
+grep -q "queued deletions dispatched: s2, s1 as one" "$IT_LOG" ||
+  it_fail "the log does not show s2 and s1 dispatched as one job"
+grep -q "snapshots s2, s1 merged into $base in one job" "$IT_LOG" ||
+  it_fail "the log does not show s2 and s1 merged into the base in one job"
+leftover=$(find "$T" "$T/overlays" -maxdepth 1 -name "$D.vda.*" 2>/dev/null || true)
+it_assert_eq "" "$leftover" "every merged overlay deleted"
+
+it_destroy "$D"
+it_check_pattern "$base" 0x11 0 1M
+it_check_pattern "$base" 0x22 4M 4M
+it_check_pattern "$base" 0x33 12M 4M
+it_check_pattern "$base" 0x44 20M 4M
+it_unmount || it_fail "unmount after part 1"
+
+# ---- 2. the merge ahead fails: the queue comes back -----------------------------
+
+D2="$IT_PREFIX-qd"
+base2="$T/base2.qcow2"
+it_make_image "$base2" 64M
+it_write_pattern "$base2" 0x11 0 1M
+it_define "$D2" "$base2"
+it_mount_slow 1048576
+it_start "$D2"
+it_wait_dom "$D2"
+
+mkdir "$MNT/$D2/vda/snapshots/s1" || it_fail "mkdir snapshots/s1"
+it_guest_write "$D2" 0x22 4M 2M
+mkdir "$MNT/$D2/vda/snapshots/s2" || it_fail "mkdir snapshots/s2"
+it_guest_write "$D2" 0x33 8M 12M
+mkdir "$MNT/$D2/vda/snapshots/s3" || it_fail "mkdir snapshots/s3"
+f3=$(it_domblk "$D2" vda)
+it_guest_write "$D2" 0x44 24M 1M
+
+# s2 into s1 at 1 MiB/s (12 MiB: about 12 s), s1 queued behind it
+it_rmdir_throttled "$D2" vda s2
+rmdir "$MNT/$D2/vda/snapshots/s1" || it_fail "rmdir s1 (queued)"
+it_assert_eq "s3" "$(it_snapshots "$D2" vda)" "s2 merging, s1 queued: only s3 listed"
+it_assert_contains "$(cat "$MNT/$D2/vda/job")" "queued:" "job shows the queue"
+it_assert_eq '["s1"]' "$(jq -c '[.queue[].snapshot]' "$MNT/$D2/vda/job.json")" "job.json: queue"
+it_assert_eq "running" "$(it_job_field "$D2" vda state)" "s2's merge still runs"
+
+it_destroy "$D2"
+out=$(it_wait_job "$D2" vda 60)
+it_log "cat wait after destroy:"$'\n'"$out"
+it_assert_eq "failed" "$(sed -n 's/^state: *//p' <<<"$out")" "the merge of s2 failed"
+returned=$(sed -n 's/^returned: *//p' <<<"$out")
+it_log "returned: $returned"
+case "$returned" in
+  "s1 (the merge of s2 failed: "*) ;;
+  *) it_fail "job does not say s1 came back because the merge of s2 failed: '$returned'" ;;
+esac
+it_assert_eq '["s1"]' "$(jq -c '[.returned[].snapshot]' "$MNT/$D2/vda/job.json")" "job.json: returned"
+it_assert_eq "s1 s2 s3" "$(it_snapshots "$D2" vda)" "s1 and s2 back in snapshots/"
+
+it_start "$D2"
+rmdir "$MNT/$D2/vda/snapshots/s2" "$MNT/$D2/vda/snapshots/s1" || it_fail "rmdir s2 s1 after virsh start"
+it_assert_eq "s3" "$(it_snapshots "$D2" vda)" "s2 and s1 gone from snapshots/"
+it_unthrottle "$D2" vda
+out=$(it_wait_job "$D2" vda 300)
+it_log "cat wait:"$'\n'"$out"
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the merges completed"
+it_assert_eq "2" "$(jq '.layers | length' "$MNT/$D2/vda/chain.json")" "chain.json: s3 on the base"
+it_assert_eq "s3" "$(it_snapshots "$D2" vda)" "ls snapshots/: s3"
+
+it_destroy "$D2"
+it_check_pattern "$f3" 0x11 0 1M
+it_check_pattern "$f3" 0x22 4M 2M
+it_check_pattern "$f3" 0x33 8M 12M
+it_check_pattern "$f3" 0x44 24M 1M
+it_check_pattern "$base2" 0x22 4M 2M
+it_check_pattern "$base2" 0x33 8M 12M
