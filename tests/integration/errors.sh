@@ -95,7 +95,9 @@ it_rmdir_throttled "$D" vda s2
 busy() { [ "$(it_job_field "$D" vda state)" = running ]; }
 busy || it_fail "the merge of s2 is not running (state $(it_job_field "$D" vda state)); cannot test EBUSY"
 refuse EBUSY mkdir "$S/s3"
-refuse EBUSY rmdir "$S/s1"
+# (an rmdir during chainfs's own merge is no refusal since issue 8: it is
+# queued behind it, queue.sh; rmdir stays EBUSY for a job chainfs did not
+# start, external_job.sh, and for files used elsewhere, aliases.sh)
 busy || it_fail "the merge of s2 ended during the EBUSY checks; they prove nothing"
 it_log "ok: the merge was running throughout the EBUSY checks"
 it_unthrottle "$D" vda
