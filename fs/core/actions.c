@@ -814,8 +814,11 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
     bool todo = s && s->n_queue > 0 && !cfs_job_phase_in_progress(s->job.phase);
+    bool busy = s && s->n_queue > 0 && cfs_job_phase_in_progress(s->job.phase);
     int64_t ended = s ? s->job.finished : 0;
     pthread_mutex_unlock(&e->tree->lock);
+    if (busy)
+        queue_regroup(e, dom, disk); /* §3.3 (its cancel dispatches) */
     if (!todo)
         return;
 
@@ -881,7 +884,7 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
     for (size_t q = 0; q < s->n_queue; q++) {
         const struct cfs_queued *qe = &s->queue[q];
         int i = cfs_disk_find_snapshot(dk, qe->snapshot);
-        if (i < 0)
+        if (i < 0 && !qe->requeued)
             i = cfs_disk_find_file(dk, &qe->top_id, qe->top);
         at[q] = i;
         if (i < 0) {

@@ -217,6 +217,10 @@ void process_work(struct cfs_engine *e, struct work *w);
 void reap_offline(struct cfs_engine *e, bool all);
 
 /* job.c */
+/* The journal entry of JOB in PHASE (pointers into JOB: not to be freed). */
+void job_journal_entry(const char *dom, const char *disk,
+                       const struct cfs_job *job, const char *phase,
+                       struct cfs_journal_entry *out);
 int journal_record(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job, const char *phase);
 void journal_close(struct cfs_engine *e, const char *id);
 bool job_snapshot(struct cfs_engine *e, const char *dom, const char *disk, struct cfs_job *out);
@@ -243,9 +247,15 @@ void poll_jobs(struct cfs_engine *e);
 /* queue.c: rmdirs queued behind a disk's merge (issue 8 §3) */
 /* Job of DOM/DISK (snapshot WHAT) ended in ST with ERROR: a failed or
  * canceled one returns every queued deletion of the disk to snapshots/
- * (closing their journal entries); then the next run is dispatched. */
+ * (closing their journal entries), except a SUPERSEDED one canceled
+ * (§3.3: its snapshots are queued again); then the next run is
+ * dispatched. */
 void queue_after_end(struct cfs_engine *e, const char *dom, const char *disk,
-                     enum cfs_job_phase st, const char *what, const char *error);
+                     enum cfs_job_phase st, const char *what, const char *error,
+                     bool superseded);
+/* What a regrouped job (§3.3) ends with: canceled, this error. */
+#define REGROUP_REASON \
+    "regrouped: merged again together with the deletions queued next to it"
 /* Return every queued deletion of DOM/DISK with REASON. */
 void queue_return_all(struct cfs_engine *e, const char *dom, const char *disk,
                       const char *reason);
@@ -257,6 +267,11 @@ void queue_poll(struct cfs_engine *e);
 /* Remove the entries IDS[0..N) from DOM/DISK's queue in memory. Caller
  * holds the tree lock. */
 void queue_drop_locked(struct cfs_disk_state *s, char *const *ids, size_t n);
+/* §3.3: if a queued deletion is next to the run of DOM/DISK's running
+ * merge and that merge has done less than half, abort it to merge the
+ * union: its snapshots are queued again (by name) and the job ends
+ * canceled (superseded), which dispatches. true if it was aborted. */
+bool queue_regroup(struct cfs_engine *e, const char *dom, const char *disk);
 /* actions.c: the domain worker's dispatch of DOM/DISK's queue */
 void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk);
 

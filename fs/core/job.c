@@ -95,13 +95,11 @@
 
 /* ---- journal helpers ------------------------------------------------------- */
 
-int journal_record(struct cfs_engine *e, const char *dom,
-                   const char *disk, const struct cfs_job *job,
-                   const char *phase)
+void job_journal_entry(const char *dom, const char *disk,
+                       const struct cfs_job *job, const char *phase,
+                       struct cfs_journal_entry *out)
 {
-    if (!job->journal_id)
-        return 0;
-    struct cfs_journal_entry en = {
+    *out = (struct cfs_journal_entry){
         .id = job->journal_id,
         .domain = (char *)dom,
         .disk = (char *)disk,
@@ -128,7 +126,18 @@ int journal_record(struct cfs_engine *e, const char *dom,
         .bytes_copied = job->bytes_copied,
         .reason = job->reason,
         .survivor = job->survivor,
+        .superseded = job->superseded,
     };
+}
+
+int journal_record(struct cfs_engine *e, const char *dom,
+                   const char *disk, const struct cfs_job *job,
+                   const char *phase)
+{
+    if (!job->journal_id)
+        return 0;
+    struct cfs_journal_entry en;
+    job_journal_entry(dom, disk, job, phase, &en);
     int r = cfs_journal_put(e->journal, &en);
     if (r < 0)
         log_err("journal: recording %s of %s/%s: %s", phase, dom, disk,
@@ -396,13 +405,16 @@ void job_end(struct cfs_engine *e, const char *dom, const char *disk,
 {
     struct end_args a = { st, error, partial };
     _cleanup_free_ char *what = NULL;
+    bool superseded = false;
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = job_mine(e, dom, disk, id);
-    if (s)
+    if (s) {
         what = cfs_xstrdup(s->job.snapshot);
+        superseded = s->job.superseded;
+    }
     pthread_mutex_unlock(&e->tree->lock);
     if (phase_change(e, dom, disk, id, CFS_PHASE_MAX, st, end_apply, &a))
-        queue_after_end(e, dom, disk, st, what, error);
+        queue_after_end(e, dom, disk, st, what, error, superseded);
 }
 
 /* Who else uses any of the N files FILES, as libvirt has every chain
@@ -889,8 +901,11 @@ static void job_vanished_failed(struct cfs_engine *e, const char *dom,
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = job_mine(e, dom, disk, id);
     bool aborted = s && s->abort_requested;
+    bool regrouped = s && s->job.superseded;
     pthread_mutex_unlock(&e->tree->lock);
-    if (aborted)
+    if (regrouped)
+        job_fail(e, dom, disk, id, CFS_PHASE_CANCELED, REGROUP_REASON);
+    else if (aborted)
         job_fail(e, dom, disk, id, CFS_PHASE_CANCELED, "aborted through ctl");
     else
         job_fail(e, dom, disk, id,

@@ -96,6 +96,7 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         .bytes_copied = src->bytes_copied,
         .reason = cfs_xstrdup(src->reason),
         .survivor = cfs_xstrdup(src->survivor),
+        .superseded = src->superseded,
     };
     for (char **d = src->disks; d && *d; d++)
         cfs_strv_push(&dst->disks, cfs_xstrdup(*d));
@@ -229,6 +230,8 @@ static void entry_to_line(const struct cfs_journal_entry *e,
         json_object_object_add(o, "bytes_copied", json_object_new_int64((int64_t)e->bytes_copied));
     json_add_str(o, "reason", e->reason);
     json_add_str(o, "survivor", e->survivor);
+    if (e->superseded)
+        json_object_object_add(o, "superseded", json_object_new_boolean(true));
 
     /* PLAIN never emits a raw newline: control characters are escaped. */
     cfs_buf_printf(out, "%s\n",
@@ -369,6 +372,9 @@ static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
     out->bytes_copied = json_get_u64(o, "bytes_copied");
     out->reason = cfs_xstrdup(json_get_str(o, "reason"));
     out->survivor = cfs_xstrdup(json_get_str(o, "survivor"));
+    if (json_object_object_get_ex(o, "superseded", &v) &&
+        json_object_is_type(v, json_type_boolean))
+        out->superseded = json_object_get_boolean(v);
     return 0;
 }
 

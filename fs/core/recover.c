@@ -112,6 +112,7 @@ void recover_journal(struct cfs_engine *e)
         s->job.bytes_copied = en->bytes_copied;
         s->job.reason = cfs_xstrdup(en->reason);
         s->job.survivor = cfs_xstrdup(en->survivor);
+        s->job.superseded = en->superseded;
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */
@@ -226,6 +227,11 @@ void recover_merge(struct cfs_engine *e, const char *dom,
             job_set_phase(e, dom, disk, id, job.phase == CFS_PHASE_STARTING
                                                 ? CFS_PHASE_RUNNING
                                                 : CFS_PHASE_READY);
+    } else if (job.superseded) {
+        /* §3.3: aborted to be regrouped; its snapshots are queued again */
+        log_info("recovery: %s/%s: merge of %s was regrouped; its snapshots "
+                 "are queued again", dom, disk, job.snapshot);
+        job_fail(e, dom, disk, id, CFS_PHASE_CANCELED, REGROUP_REASON);
     } else if (job.phase == CFS_PHASE_STARTING) {
         log_info("recovery: %s/%s: merge of %s never started; nothing was "
                  "written", dom, disk, job.snapshot);

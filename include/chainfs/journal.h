@@ -51,12 +51,15 @@ struct cfs_journal_entry {
     uint64_t bytes_commit, bytes_pull, bytes_copied; /* 0: not stored */
     char *reason;      /* why this direction, or NULL */
     char *survivor;    /* pull: the snapshot retargeted to WRITTEN, or NULL */
+    bool superseded;   /* §3.3: regrouped (written only when true) */
 };
 
 /* A queued rmdir (issue 8 §3.1): type CFS_JOB_RMDIR, phase "queued",
  * snapshot, meta_name, top (the snapshot's own layer), base (the layer
  * below it when it was queued) and leaving[0] = TOP with its dev/ino
- * (which file it is, for dispatch when the name no longer resolves). */
+ * (which file it is, for dispatch when the name no longer resolves).
+ * Phase "requeued": a snapshot of a merge aborted to be regrouped
+ * (§3.3), found again by its name only. */
 
 struct cfs_journal;
 

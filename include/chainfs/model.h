@@ -193,6 +193,11 @@ struct cfs_job {
     char *survivor;        /* pull: libvirt snapshot whose layer left and
                               whose identity WRITTEN takes (§2.4 step 2:
                               retargeted at clean-up), or NULL */
+    bool superseded;       /* issue 8 §3.3: aborted to be merged again
+                              together with the deletions queued next to
+                              it (its snapshots are queued again); its
+                              cancel dispatches the union instead of
+                              returning the queue */
 };
 
 /* Progress as a backend reports it (virDomainGetBlockJobInfo). */

@@ -29,6 +29,9 @@ struct cfs_queued {
     char *base;              /* the layer below it when queued */
     char *journal_id;        /* its journal entry (type rmdir, queued) */
     int64_t queued;          /* unix seconds */
+    bool requeued;           /* a snapshot of a regrouped merge (§3.3):
+                                found again by its name only (its file
+                                may have become another snapshot's) */
 };
 
 /* A queued deletion that came back to snapshots/ (§3.4). */

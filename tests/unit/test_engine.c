@@ -2602,6 +2602,196 @@ static void test_queue_restart_job_failed_returns(void **state)
     assert_int_equal(journal_entries(f), 0);
 }
 
+/* §3.3: `rmdir s3 s2 s1` arrives one syscall at a time; s3's merge had
+ * just started when s2 and s1 queued next to it: it is aborted and the
+ * union merged as one job. */
+static void test_queue_regroup_union_one_job(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    cfs_fake_job_progress(f->be, "vm1", "vda", 8 << 20, 64 << 20);
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "job_abort"), 1);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_int_equal(queue_len(f), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_job_contains(f, "snapshots:    s3, s2, s1");
+    assert_list(f, "/vm1/vda/snapshots", "");
+    assert_int_equal(journal_entries(f), 1);
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "returned:"));
+    free(job);
+
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 1);
+    for (int i = 0; i < 3; i++)
+        assert_false(exists(qp[i]));
+    assert_true(exists(qp[3]));
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 3);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_int_equal(journal_entries(f), 0);
+    assert_list(f, "/vm1/vda/snapshots", "");
+}
+
+/* No regroup once the merge has done half (or is ready): the next run
+ * waits for it. */
+static void test_queue_no_regroup_past_half(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    cfs_fake_job_progress(f->be, "vm1", "vda", 32 << 20, 64 << 20);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "job_abort"), 0);
+    assert_int_equal(queue_len(f), 1);
+    assert_int_equal(journal_entries(f), 2);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "job_abort"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_job_contains(f, "snapshot:     s2");
+}
+
+/* A queued deletion not next to the running run is no reason to abort. */
+static void test_queue_no_regroup_not_adjacent(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "job_abort"), 0);
+    assert_int_equal(queue_len(f), 1);
+}
+
+/* The abort finds no job (it ended meanwhile): nothing is regrouped; the
+ * job finishes as usual and the queue follows. */
+static void test_queue_regroup_abort_enoent(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_fail_next(f->be, "job_abort", ENOENT,
+                       "Requested operation is not valid: No active block job");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "job_abort"), 1);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(queue_len(f), 1);
+    assert_int_equal(journal_entries(f), 2);
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    pthread_mutex_lock(&t->lock);
+    assert_false(cfs_tree_find_disk_state(t, "vm1", "vda")->job.superseded);
+    pthread_mutex_unlock(&t->lock);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_job_contains(f, "snapshot:     s2");
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 2);
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* The daemon died after the regroup was journaled: the superseded job
+ * and its requeued snapshots are in the journal. libvirt has no job any
+ * more (the abort went through): canceled, not failed, and the union is
+ * dispatched; libvirt still has it: followed, and the requeued ones are
+ * closed once it has merged them. */
+static void put_regrouped_journal(struct fx *f)
+{
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    char *snaps[] = {"s3", NULL};
+    char *metas[] = {"s3", NULL};
+    struct cfs_job_file lv[] = {{.path = qp[0]}};
+    struct cfs_journal_entry job = {
+        .id = "1-1-1", .domain = "vm1", .disk = "vda", .snapshot = "s3",
+        .meta_name = "s3", .top = qp[0], .base = qp[1],
+        .type = CFS_JOB_ACTIVE_COMMIT, .phase = "running", .created = 1,
+        .updated = 1, .direction = CFS_DIRECTION_COMMIT, .snapshots = snaps,
+        .meta_names = metas, .n_leaving = 1, .leaving = lv, .written = qp[1],
+        .superseded = true,
+    };
+    struct cfs_job_file t3 = {.path = qp[0]}, t2 = {.path = qp[1]};
+    struct cfs_journal_entry rq = {
+        .id = "1-1-2", .domain = "vm1", .disk = "vda", .snapshot = "s3",
+        .meta_name = "s3", .top = qp[0], .base = qp[1], .type = CFS_JOB_RMDIR,
+        .phase = "requeued", .created = 2, .updated = 2, .n_leaving = 1,
+        .leaving = &t3,
+    };
+    struct cfs_journal_entry q2 = {
+        .id = "1-1-3", .domain = "vm1", .disk = "vda", .snapshot = "s2",
+        .meta_name = "s2", .top = qp[1], .base = qp[2], .type = CFS_JOB_RMDIR,
+        .phase = "queued", .created = 2, .updated = 2, .n_leaving = 1,
+        .leaving = &t2,
+    };
+    assert_int_equal(cfs_journal_put(j, &job), 0);
+    assert_int_equal(cfs_journal_put(j, &rq), 0);
+    assert_int_equal(cfs_journal_put(j, &q2), 0);
+    cfs_journal_free(j);
+}
+
+static void test_queue_recover_regrouped(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    cfs_engine_free(f->e);
+    f->e = NULL;
+    put_regrouped_journal(f);
+    restart_queue(f, false);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_job_contains(f, "snapshots:    s3, s2");
+    assert_int_equal(queue_len(f), 0);
+    assert_int_equal(journal_entries(f), 1);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    assert_int_equal(journal_entries(f), 0);
+}
+
+static void test_queue_recover_regrouped_job_alive(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    cfs_engine_free(f->e);
+    f->e = NULL;
+    put_regrouped_journal(f);
+    restart_queue(f, true);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(queue_len(f), 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    cfs_fake_job_ready(f->be, "vm1", "vda");  /* s3 merged after all */
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    /* the requeued s3 is gone from the chain: closed; s2 dispatched */
+    assert_int_equal(queue_len(f), 0);
+    assert_job_contains(f, "snapshot:     s2");
+    assert_int_equal(journal_entries(f), 1);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    assert_int_equal(journal_entries(f), 0);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -2658,6 +2848,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queue_not_behind_other_jobs, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_survives_restart, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_restart_job_failed_returns, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_regroup_union_one_job, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_no_regroup_past_half, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_no_regroup_not_adjacent, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_regroup_abort_enoent, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_recover_regrouped, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_recover_regrouped_job_alive, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_judged_by_files_not_stale_tree, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_abort_pull, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_multidisk_snapshot_forgets_one_disk, setup_running, teardown),
