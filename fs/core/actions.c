@@ -569,7 +569,8 @@ static int rmdir_enqueue(struct cfs_engine *e, const char *dom,
     struct cfs_journal_entry en = {
         .id = q->journal_id, .domain = (char *)dom, .disk = (char *)disk,
         .snapshot = q->snapshot, .meta_name = q->meta_name, .top = q->top,
-        .base = q->base, .type = CFS_JOB_RMDIR, .phase = (char *)"queued",
+        .base = q->base, .type = CFS_JOB_RMDIR,
+        .phase = (char *)(q->requeued ? "requeued" : "queued"),
         .created = q->queued, .updated = q->queued,
         .n_leaving = 1, .leaving = &top,
     };
@@ -643,6 +644,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     } else {
         seen_top.path = cfs_xstrdup(dk->layers[seen].path);
         cfs_file_id_copy(&seen_top.id, &dk->layers[seen].id);
+        seen_top.meta_name = cfs_xstrdup(dk->layers[seen].meta_name);
         seen_base.path = cfs_xstrdup(dk->layers[seen + 1].path);
         cfs_file_id_copy(&seen_base.id, &dk->layers[seen + 1].id);
     }
@@ -664,8 +666,29 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     dk = at.dk;
     s = at.s;
     int idx = dk ? cfs_disk_find_file(dk, &seen_top.id, seen_top.path) : -1;
+    /* A pull in progress takes the layers below the active one out of the
+     * chain before its clean-up hands their snapshot's identity to the
+     * active file (§2.4): such a snapshot is still there, by name */
+    bool pulled_away = false;
+    for (size_t i = 0; r == 0 && at.queue && idx < 0 &&
+                       s->job.direction == CFS_DIRECTION_PULL &&
+                       i < s->job.n_leaving; i++)
+        pulled_away = pulled_away ||
+                      cfs_file_same(&s->job.leaving[i].id, s->job.leaving[i].path,
+                                    &seen_top.id, seen_top.path);
     if (r < 0) {
         /* refused */
+    } else if (pulled_away) {
+        /* queued by name: dispatch finds it once the pull is done */
+        queued = (struct cfs_queued){
+            .snapshot = cfs_xstrdup(name),
+            .meta_name = cfs_xstrdup(seen_top.meta_name),
+            .top = cfs_xstrdup(seen_top.path),
+            .base = cfs_xstrdup(seen_base.path),
+            .queued = now_s(),
+            .requeued = true,
+        };
+        cfs_file_id_copy(&queued.top_id, &seen_top.id);
     } else if (idx < 0 || (size_t)idx + 1 >= dk->n_layers) {
         r = -ENOENT;
         why = why_buf = cfs_xasprintf(

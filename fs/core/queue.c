@@ -338,8 +338,15 @@ bool queue_regroup(struct cfs_engine *e, const char *dom, const char *disk)
              pr.end ? (unsigned long long)(pr.cur * 100 / pr.end) : 0ULL);
     r = e->be->ops->job_abort(e->be, dom, disk);
     if (r == 0) {
-        /* gone (libvirt's abort is synchronous): canceled, the union next */
-        job_fail(e, dom, disk, job.id, CFS_PHASE_CANCELED, REGROUP_REASON);
+        /* gone (libvirt's abort is synchronous). Canceled, and the union
+         * next, if its layers are all still in the chain; a merge that
+         * completed just before the abort reached it is finished as
+         * usual (clean-up, metadata), and the requeued snapshots close as
+         * already merged; libvirt unreadable now: the polls decide, as
+         * for any job gone from libvirt (superseded: canceled, not
+         * failed) */
+        if (job_finish(e, dom, disk, job.id) == FINISH_TOP_IN_CHAIN)
+            job_fail(e, dom, disk, job.id, CFS_PHASE_CANCELED, REGROUP_REASON);
     } else {
         /* it ended meanwhile (ENOENT), or libvirt refused: the job goes on
          * as it was, and its snapshots leave the queue again */

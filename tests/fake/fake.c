@@ -120,6 +120,7 @@ struct fake {
     size_t n_failures;
     unsigned calls[OP_MAX];
     int pivot_not_ready;
+    bool abort_completes; /* cfs_fake_abort_completes */
     unsigned next_index;            /* last layer index given out */
     bool connected;
     bool remote;                    /* files_local() says false */
@@ -1095,7 +1096,14 @@ static int fake_job_abort(struct cfs_backend *be, const char *dom,
     int r;
 
     r = fake_enter_job(f, OP_JOB_ABORT, dom, disk, &job);
-    if (r == 0) {
+    if (r == 0 && f->abort_completes) {
+        /* QEMU completed the job just before the cancel reached it */
+        f->abort_completes = false;
+        job->cur = job->end;
+        job_apply(f, job);
+        event_block_job(f, &e, job, CFS_JOB_EVENT_COMPLETED);
+        job_remove(f, job);
+    } else if (r == 0) {
         event_block_job(f, &e, job, CFS_JOB_EVENT_CANCELED);
         job_remove(f, job);
     }
@@ -1438,6 +1446,15 @@ void cfs_fake_job_vanish(struct cfs_backend *be, const char *dom,
             job_apply(f, job);
         job_remove(f, job);
     }
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_abort_completes(struct cfs_backend *be)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->abort_completes = true;
     pthread_mutex_unlock(&f->lock);
 }
 

@@ -50,6 +50,10 @@ void cfs_fake_job_fail(struct cfs_backend *be, const char *dom,
  * COMPLETED is true the chain changes as if it had completed. */
 void cfs_fake_job_vanish(struct cfs_backend *be, const char *dom,
                          const char *disk, bool completed);
+/* The next job_abort meets a job that completed just before: the chain
+ * changes as on completion, COMPLETED fires, and the abort returns 0
+ * (libvirt's abort racing QEMU's completion). */
+void cfs_fake_abort_completes(struct cfs_backend *be);
 /* Make job_pivot return -EAGAIN the next N times. */
 void cfs_fake_pivot_not_ready(struct cfs_backend *be, int n);
 /* A job chainfs did not start (a user's virsh blockcopy, blockpull,

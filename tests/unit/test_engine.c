@@ -2792,6 +2792,67 @@ static void test_queue_recover_regrouped_job_alive(void **state)
     assert_int_equal(journal_entries(f), 0);
 }
 
+/* The pull of s3 took s2's file out of libvirt's chain before chainfs
+ * saw it end (its clean-up hands S2's identity to the active file): an
+ * rmdir s2 then is queued by name, not refused, and once the pull is
+ * done it removes the active file's snapshot s2. (queue.sh found it.) */
+static void test_queue_behind_pull_by_name(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    fill(qp[0], 2 << 20);  /* s3 (active): big */
+    fill(qp[1], 64 << 10); /* s2: small, so s3's rmdir pulls */
+    fill(qp[2], 1 << 20);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+    cfs_fake_job_vanish(f->be, "vm1", "vda", true); /* done, not yet seen */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(queue_len(f), 1);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    /* the pull cleaned up (S2 now names the active file), then s2 went */
+    assert_int_equal(queue_len(f), 0);
+    assert_job_contains(f, "snapshot:");
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    assert_false(fake_has_snapshot(f, "vm1", "s2"));
+    assert_false(fake_has_snapshot(f, "vm1", "s3"));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* The regroup's abort met a merge that had just completed: it is
+ * finished as usual (file deleted, metadata forgotten), not canceled, and
+ * the requeued snapshot closes as already merged. */
+static void test_queue_regroup_abort_met_completion(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s3"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    cfs_fake_abort_completes(f->be);
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "job_abort"), 1);
+    assert_false(exists(qp[0]));
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_forget"), 1);
+    /* s2 alone next (s3 merged), an active commit into s1 */
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_int_equal(queue_len(f), 0);
+    assert_job_contains(f, "snapshot:     s2");
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_chain_len(f, 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1");
+    assert_int_equal(journal_entries(f), 0);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -2849,9 +2910,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queue_survives_restart, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_restart_job_failed_returns, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_regroup_union_one_job, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_behind_pull_by_name, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_no_regroup_past_half, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_no_regroup_not_adjacent, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_regroup_abort_enoent, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_regroup_abort_met_completion, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_recover_regrouped, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_recover_regrouped_job_alive, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_judged_by_files_not_stale_tree, setup_running, teardown),
