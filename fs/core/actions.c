@@ -1106,18 +1106,8 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
     }
 
     /* one rewrite: the run's queued entries become the job's entry */
-    struct cfs_journal_entry en = {
-        .id = job.journal_id, .domain = (char *)dom, .disk = (char *)disk,
-        .snapshot = job.snapshot, .meta_name = job.meta_name, .top = job.top,
-        .base = job.base, .type = job.type, .phase = (char *)"starting",
-        .created = job.started, .updated = now_s(), .bandwidth = job.bandwidth,
-        .disks = job.disks, .direction = job.direction,
-        .snapshots = job.snapshots, .meta_names = job.meta_names,
-        .n_leaving = job.n_leaving, .leaving = job.leaving,
-        .written = job.written, .bytes_commit = job.bytes_commit,
-        .bytes_pull = job.bytes_pull, .reason = job.reason,
-        .survivor = job.survivor,
-    };
+    struct cfs_journal_entry en;
+    job_journal_entry(dom, disk, &job, "starting", &en);
     size_t n_run = cfs_strv_len(run_ids);
     r = cfs_journal_apply(e->journal, &en, 1, (const char *const *)run_ids, n_run);
     if (r < 0) {
@@ -1332,6 +1322,7 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     struct cfs_job job = {0};
     bool ours = s && cfs_job_phase_in_progress(s->job.phase);
     enum cfs_job_type external = s ? s->external.type : CFS_JOB_NONE;
+    size_t queued = s ? s->n_queue : 0;
     if (ours)
         cfs_job_copy(&job, &s->job);
     pthread_mutex_unlock(&e->tree->lock);
@@ -1356,6 +1347,11 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
         why = why_buf = cfs_xasprintf(
             "the disk's %s job was not started by chainfs (external); "
             "chainfs does not steer it", cfs_job_type_to_string(external));
+    } else if (!ours && cmd->op == CFS_CTL_ABORT && queued > 0) {
+        /* between two merges of the queue: `abort` returns the queue */
+        queue_return_all(e, dom, disk, "aborted through ctl");
+        log_info("ctl %s/%s: abort done (the queued deletions returned)", dom, disk);
+        return 0;
     } else if (!ours) {
         r = -ENOENT;
         why = "the disk has no job in progress";

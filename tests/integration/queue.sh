@@ -56,14 +56,17 @@ it_assert_eq "$base" "$(it_domblk "$D" vda)" "libvirt: the base image is the act
 it_assert_eq "" "$(it_snapshots "$D" vda)" "ls snapshots/ after the merges"
 it_assert_eq "" "$(it_snapshot_names "$D")" "virsh snapshot-list is empty"
 
-started=$(grep -cE 'rmdir [^ ]+/snapshots/[^ ]+: [a-z-]+ of .* started' "$IT_LOG" || true)
-it_log "merges started: $started"
-grep -E 'started|queued|dispatched|merged' "$IT_LOG" | sed 's/^/    /' >&2
-it_assert_eq "2" "$started" "two merges for three snapshots (s3, then s2+s1 as one run)"
-grep -q "queued deletions dispatched: s2, s1 as one" "$IT_LOG" ||
-  it_fail "the log does not show s2 and s1 dispatched as one job"
-grep -q "snapshots s2, s1 merged into $base in one job" "$IT_LOG" ||
-  it_fail "the log does not show s2 and s1 merged into the base in one job"
+# Two merges at most: s3's, then s2 and s1 as one run; or one, when s3's
+# merge was under half done as s2 queued next to it and was regrouped
+# (§3.3). Which one depends on how fast QEMU is; never three.
+grep -E "$D/vda.*(started|queued|dispatched|merged|pulled|regroup)" "$IT_LOG" | sed 's/^/    /' >&2
+done_merges=$(grep -cE "$D/vda: snapshots? .* (merged|pulled) into " "$IT_LOG" || true)
+it_log "merges completed: $done_merges"
+[ "$done_merges" -ge 1 ] && [ "$done_merges" -le 2 ] ||
+  it_fail "$done_merges merges for three adjacent snapshots (want 1 or 2)"
+grep -qE "$D/vda: snapshots [a-z0-9]+, [a-z0-9]+(, [a-z0-9]+)? merged into $base in one job" "$IT_LOG" ||
+  it_fail "the log does not show adjacent snapshots merged into the base as one job"
+it_log "ok: three adjacent deletions in $done_merges merges, the last a run of several"
 leftover=$(find "$T" "$T/overlays" -maxdepth 1 -name "$D.vda.*" 2>/dev/null || true)
 it_assert_eq "" "$leftover" "every merged overlay deleted"
 

@@ -2853,6 +2853,48 @@ static void test_queue_regroup_abort_met_completion(void **state)
     assert_int_equal(journal_entries(f), 0);
 }
 
+/* Between two merges of the queue (the next not dispatched yet), ctl
+ * abort returns the queue. */
+static void test_queue_abort_between_merges(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    cfs_engine_free(f->e);
+    f->e = NULL;
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_job_file t1 = {.path = qp[2]};
+    struct cfs_journal_entry q1 = {
+        .id = "1-1-3", .domain = "vm1", .disk = "vda", .snapshot = "s1",
+        .meta_name = "s1", .top = qp[2], .base = qp[3], .type = CFS_JOB_RMDIR,
+        .phase = "queued", .created = 2, .updated = 2, .n_leaving = 1,
+        .leaving = &t1,
+    };
+    assert_int_equal(cfs_journal_put(j, &q1), 0);
+    cfs_journal_free(j);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {qp[0], qp[1], qp[2], qp[3]};
+    const char *meta[] = {"s3", "s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 4);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    /* the dispatch cannot read libvirt now: s1 stays queued, no job */
+    cfs_fake_fail_next(f->be, "read_domain_light", EIO, "internal error: busy");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(queue_len(f), 1);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s2 s3");
+    assert_int_equal(ctl(f, CFS_CTL_ABORT, 0), 0);
+    assert_int_equal(queue_len(f), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 s3");
+    assert_job_contains(f, "returned: s1 (aborted through ctl)");
+    assert_int_equal(journal_entries(f), 0);
+    /* and nothing is dispatched afterwards */
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -2906,6 +2948,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queue_failure_returns_all, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_dispatch_refused, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_abort_returns, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_abort_between_merges, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_not_behind_other_jobs, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_survives_restart, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_restart_job_failed_returns, setup_running, teardown),
