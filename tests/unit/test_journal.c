@@ -1025,6 +1025,71 @@ static void test_merge_fields_round_trip(void **state)
     cfs_journal_free(j);
 }
 
+/* Issue 8 §3: a queued rmdir (type rmdir) and a run's job (meta_names,
+ * superseded) come back as written; an entry without them loads with
+ * meta_names NULL and superseded false. */
+static void test_queue_fields_round_trip(void **state)
+{
+    const char *dir = *state;
+    struct cfs_journal *j = open_ok(dir, NULL);
+    struct cfs_journal_entry e[3];
+
+    make_entry(&e[0], 0, CFS_JOB_RMDIR);
+    free(e[0].phase);
+    e[0].phase = cfs_xstrdup("queued");
+    e[0].n_leaving = 1;
+    e[0].leaving = cfs_xcalloc(1, sizeof(*e[0].leaving));
+    e[0].leaving[0].path = cfs_xstrdup(e[0].top);
+    e[0].leaving[0].id = (struct cfs_file_id){ .known = true, .dev = 2049, .ino = 77 };
+    make_entry(&e[1], 1, CFS_JOB_ACTIVE_COMMIT);
+    cfs_strv_push(&e[1].snapshots, cfs_xstrdup("s2"));
+    cfs_strv_push(&e[1].snapshots, cfs_xstrdup("s1"));
+    cfs_strv_push(&e[1].meta_names, cfs_xstrdup("s2"));
+    cfs_strv_push(&e[1].meta_names, cfs_xstrdup("")); /* no metadata */
+    e[1].direction = CFS_DIRECTION_COMMIT;
+    e[1].superseded = true;
+    make_entry(&e[2], 2, CFS_JOB_COMMIT);
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(cfs_journal_put(j, &e[i]), 0);
+    cfs_journal_free(j);
+
+    char **warnings = NULL;
+    j = open_ok(dir, &warnings);
+    assert_null(warnings);
+    struct cfs_journal_entry *v;
+    size_t n;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 3);
+    assert_entry_equal(&v[0], &e[0]);
+    assert_int_equal(v[0].type, CFS_JOB_RMDIR);
+    assert_string_equal(v[0].phase, "queued");
+    assert_int_equal(v[0].n_leaving, 1);
+    assert_true(v[0].leaving[0].id.known && v[0].leaving[0].id.ino == 77);
+    assert_false(v[0].superseded);
+    assert_int_equal(cfs_strv_len(v[1].meta_names), 2);
+    assert_string_equal(v[1].meta_names[0], "s2");
+    assert_string_equal(v[1].meta_names[1], "");
+    assert_true(v[1].superseded);
+    assert_null(v[2].meta_names);
+    assert_false(v[2].superseded);
+    struct cfs_journal_entry c;
+    cfs_journal_entry_copy(&c, &v[1]);
+    cfs_journal_entries_free(v, n);
+    assert_string_equal(c.meta_names[1], "");
+    assert_true(c.superseded);
+    cfs_journal_entry_clear(&c);
+
+    _cleanup_free_ char *path = path_in(dir, "journal");
+    size_t len;
+    _cleanup_free_ char *data = read_file(path, &len);
+    assert_non_null(strstr(data, "\"type\":\"rmdir\""));
+    assert_non_null(strstr(data, "\"meta_names\":[\"s2\",\"\"]"));
+    assert_non_null(strstr(data, "\"superseded\":true"));
+    for (size_t i = 0; i < 3; i++)
+        cfs_journal_entry_clear(&e[i]);
+    cfs_journal_free(j);
+}
+
 /* What cannot load back is not written: a bad merge field is -EINVAL and
  * changes nothing. */
 static void test_merge_fields_put_invalid(void **state)
@@ -1226,6 +1291,7 @@ int main(void)
         T(test_missing_version_accepted),
         T(test_previous_version_and_new_fields),
         T(test_merge_fields_round_trip),
+        T(test_queue_fields_round_trip),
         T(test_merge_fields_put_invalid),
         T(test_verbatim_old_entry),
         T(test_apply),

@@ -15,6 +15,7 @@
 #include "chainfs/model.h"
 #include "chainfs/names.h"
 #include "chainfs/render.h"
+#include "chainfs/tree.h"
 #include "chainfs/util.h"
 
 #define MiB (1024ull * 1024)
@@ -708,6 +709,65 @@ static void test_job_json(void **state)
     json_object_put(o);
 }
 
+/* Issue 8 §3.5: the queue and the returned deletions, text and JSON; a
+ * run of several snapshots lists them all. */
+static void test_job_queue_and_returned(void **state)
+{
+    (void)state;
+    struct cfs_job j = running_job();
+    char *snaps[] = { "s3", "s2", NULL };
+    j.snapshots = snaps;
+    struct cfs_queued q[2] = {
+        { .snapshot = "s1", .queued = 1758464001 },
+        { .snapshot = "s0", .queued = 1758464002 },
+    };
+    struct cfs_returned r[3] = {
+        { .snapshot = "a", .reason = "the merge of x failed: boom" },
+        { .snapshot = "b", .reason = "the merge of x failed: boom" },
+        { .snapshot = "c", .reason = "aborted through ctl" },
+    };
+    struct cfs_buf b = { 0 };
+
+    cfs_render_job_queue_text(&b, &j, q, 2, r, 3, false);
+    _cleanup_free_ char *t = cfs_buf_steal(&b);
+    assert_non_null(strstr(t, "\nsnapshots: s3, s2\n"));
+    assert_non_null(strstr(t, "\nqueued:    s1, s0 (since 2025-09-21T14:13:21Z)\n"));
+    assert_non_null(strstr(t, "\nreturned:  a, b (the merge of x failed: boom); c (aborted through ctl)\n"));
+
+    cfs_render_job_queue_json(&b, &j, q, 2, r, 3, false);
+    _cleanup_free_ char *js = cfs_buf_steal(&b);
+    struct json_object *o = parse_json(js);
+    struct json_object *a;
+    assert_true(json_object_object_get_ex(o, "queue", &a));
+    assert_int_equal(json_object_array_length(a), 2);
+    struct json_object *q0 = json_object_array_get_idx(a, 0);
+    assert_json_str(q0, "snapshot", "s1");
+    assert_json_str(q0, "queued", "2025-09-21T14:13:21Z");
+    assert_json_str(q0, "merge", "auto");
+    assert_true(json_object_object_get_ex(o, "returned", &a));
+    assert_int_equal(json_object_array_length(a), 3);
+    assert_json_str(json_object_array_get_idx(a, 2), "reason", "aborted through ctl");
+    assert_true(json_object_object_get_ex(o, "snapshots", &a));
+    assert_int_equal(json_object_array_length(a), 2);
+    json_object_put(o);
+
+    /* nothing queued, nothing returned: no lines, empty arrays */
+    j.snapshots = NULL;
+    cfs_render_job_text(&b, &j, false);
+    _cleanup_free_ char *t2 = cfs_buf_steal(&b);
+    assert_null(strstr(t2, "queued:"));
+    assert_null(strstr(t2, "returned:"));
+    assert_null(strstr(t2, "snapshots:"));
+    cfs_render_job_json(&b, NULL, false);
+    _cleanup_free_ char *js2 = cfs_buf_steal(&b);
+    o = parse_json(js2);
+    assert_true(json_object_object_get_ex(o, "queue", &a));
+    assert_int_equal(json_object_array_length(a), 0);
+    assert_true(json_object_object_get_ex(o, "snapshots", &a));
+    assert_int_equal(json_object_array_length(a), 0);
+    json_object_put(o);
+}
+
 /* A job chainfs did not start shows as what it is, origin external, and
  * no pivot setting (chainfs never pivots it); a held one shows manual. */
 static void test_job_origin_and_pivot(void **state)
@@ -951,6 +1011,7 @@ int main(void)
         cmocka_unit_test(test_chain_json_single_and_empty),
         cmocka_unit_test(test_job_text_golden),
         cmocka_unit_test(test_job_text_failed),
+        cmocka_unit_test(test_job_queue_and_returned),
         cmocka_unit_test(test_job_text_leftover),
         cmocka_unit_test(test_job_text_none),
         cmocka_unit_test(test_job_progress),
