@@ -954,6 +954,7 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
     bool active = false;
     if (plan.n_jobs > 0) {
         struct cfs_merge_job mj = plan.jobs[0];
+        const char *reason = mj.reason;
         if (!running && (mj.pull || mj.last > mj.first)) {
             /* offline: qemu-img commit of one layer at a time (the
              * backend's offline_commit merges TOP into the layer right
@@ -965,6 +966,10 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
             mj.base = mj.first + 1;
             mj.written = mj.base;
             mj.leave_first = mj.leave_last = mj.first;
+            mj.bytes_commit = ml[mj.first].allocation;
+            mj.bytes_pull = 0;
+            reason = "commit: the domain is shut off; an offline merge takes "
+                     "one layer at a time";
         }
         const struct cfs_layer *top = &dk->layers[mj.top];
         const struct cfs_layer *base = &dk->layers[mj.base];
@@ -991,7 +996,7 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
         j->written = cfs_xstrdup(dk->layers[mj.written].path);
         j->bytes_commit = mj.bytes_commit;
         j->bytes_pull = mj.bytes_pull;
-        j->reason = cfs_xstrdup(mj.reason);
+        j->reason = cfs_xstrdup(reason);
         if (mj.pull)
             j->survivor = cfs_xstrdup(dk->layers[mj.leave_last].meta_name);
         j->end = top->virtual_size;

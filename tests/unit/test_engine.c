@@ -2895,6 +2895,57 @@ static void test_queue_abort_between_merges(void **state)
     assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
 }
 
+/* On a shut-off domain the backend's offline merge takes TOP into the
+ * layer right below only: a queued run is merged one layer at a time,
+ * each an offline commit, until the queue is empty. */
+static void test_queue_offline_one_layer_at_a_time(void **state)
+{
+    struct fx *f = *state;
+    queue_chain(f, 3);
+    cfs_engine_free(f->e);
+    f->e = NULL;
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_job_file t2 = {.path = qp[1]}, t1 = {.path = qp[2]};
+    struct cfs_journal_entry q2 = {
+        .id = "1-1-2", .domain = "vm1", .disk = "vda", .snapshot = "s2",
+        .meta_name = "s2", .top = qp[1], .base = qp[2], .type = CFS_JOB_RMDIR,
+        .phase = "queued", .created = 2, .updated = 2, .n_leaving = 1,
+        .leaving = &t2,
+    };
+    struct cfs_journal_entry q1 = {
+        .id = "1-1-3", .domain = "vm1", .disk = "vda", .snapshot = "s1",
+        .meta_name = "s1", .top = qp[2], .base = qp[3], .type = CFS_JOB_RMDIR,
+        .phase = "queued", .created = 3, .updated = 3, .n_leaving = 1,
+        .leaving = &t1,
+    };
+    assert_int_equal(cfs_journal_put(j, &q2), 0);
+    assert_int_equal(cfs_journal_put(j, &q1), 0);
+    cfs_journal_free(j);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {qp[0], qp[1], qp[2], qp[3]};
+    const char *meta[] = {"s3", "s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_SHUTOFF, "vda", chain, meta, 4);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    for (int i = 0; i < 500; i++) {
+        cfs_engine_run_pending(f->e);
+        if (queue_len(f) == 0 && job_state(f, "vm1") == CFS_PHASE_COMPLETED &&
+            cfs_fake_calls(f->be, "offline_commit") == 2)
+            break;
+        usleep(10000);
+    }
+    assert_int_equal(cfs_fake_calls(f->be, "offline_commit"), 2);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_int_equal(queue_len(f), 0);
+    assert_chain_len(f, 2);
+    assert_false(exists(qp[1]));
+    assert_false(exists(qp[2]));
+    assert_list(f, "/vm1/vda/snapshots", "s3");
+    assert_int_equal(journal_entries(f), 0);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -2948,6 +2999,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queue_failure_returns_all, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_dispatch_refused, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_abort_returns, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_offline_one_layer_at_a_time, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_abort_between_merges, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_not_behind_other_jobs, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_queue_survives_restart, setup_running, teardown),
