@@ -2280,6 +2280,19 @@ static int lv_volume_delete(struct cfs_backend *be, const char *path)
     return r;
 }
 
+static int lv_hypervisor_version(struct cfs_backend *be, unsigned long long *ver)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    unsigned long v = 0;
+    int r = lv_conn(lv(be), &conn);
+    if (r < 0)
+        return r;
+    if (virConnectGetVersion(conn, &v) < 0)
+        return lv_error(conn);
+    *ver = v;
+    return 0;
+}
+
 /* ---- construction ------------------------------------------------------- */
 
 static const struct cfs_backend_ops lv_ops = {
@@ -2303,6 +2316,7 @@ static const struct cfs_backend_ops lv_ops = {
     .files_local = lv_files_local,
     .volume_delete = lv_volume_delete,
     .ping = lv_ping,
+    .hypervisor_version = lv_hypervisor_version,
 };
 
 struct cfs_backend *cfs_libvirt_backend_new(const char *uri)

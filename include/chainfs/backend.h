@@ -177,6 +177,10 @@ struct cfs_backend_ops {
      * TIMEOUT_MS? 0 if so, -ENOTCONN if not or not connected (the call
      * that did not answer is left to end on its own). */
     int (*ping)(struct cfs_backend *be, unsigned timeout_ms);
+    /* Optional (may be NULL): the hypervisor's version, major * 1000000 +
+     * minor * 1000 + micro (virConnectGetVersion: QEMU's, for qemu://).
+     * 0, or a negative errno. */
+    int (*hypervisor_version)(struct cfs_backend *be, unsigned long long *ver);
 };
 
 struct cfs_backend {

@@ -124,6 +124,7 @@ struct fake {
     bool connected;
     bool remote;                    /* files_local() says false */
     char *pool_dir;                 /* volume_delete's pool, or NULL */
+    unsigned long long hv_version;  /* hypervisor_version; 0: unknown */
     char *last_volume_deleted;
     struct cfs_backend_events ev;
     void *opaque;
@@ -1168,6 +1169,21 @@ static int fake_volume_delete(struct cfs_backend *be, const char *path)
     return r;
 }
 
+static int fake_hypervisor_version(struct cfs_backend *be, unsigned long long *ver)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    unsigned long long v = f->hv_version;
+    pthread_mutex_unlock(&f->lock);
+    if (!v) {
+        cfs_backend_set_errmsg("the fake backend has no hypervisor version");
+        return -EOPNOTSUPP;
+    }
+    *ver = v;
+    return 0;
+}
+
 static const struct cfs_backend_ops fake_ops = {
     .name = "fake",
     .connect = fake_connect,
@@ -1188,6 +1204,7 @@ static const struct cfs_backend_ops fake_ops = {
     .offline_commit = fake_offline_commit,
     .files_local = fake_files_local,
     .volume_delete = fake_volume_delete,
+    .hypervisor_version = fake_hypervisor_version,
 };
 
 void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir)
@@ -1198,6 +1215,16 @@ void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_d
     f->remote = remote;
     free(f->pool_dir);
     f->pool_dir = cfs_xstrdup(pool_dir);
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_set_hypervisor_version(struct cfs_backend *be,
+                                     unsigned long long ver)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->hv_version = ver;
     pthread_mutex_unlock(&f->lock);
 }
 
