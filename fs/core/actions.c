@@ -124,6 +124,15 @@ static int disk_refusal(struct cfs_engine *e, const char *dom,
             "for it to end", cfs_job_type_to_string(s->external.type));
         return -EBUSY;
     }
+    const char *pulling = domain_busy_disk(e, dom, disk, true);
+    if (pulling) {
+        free(*why_buf);
+        *why = *why_buf = cfs_xasprintf(
+            "a pull runs on disk %s of the domain, and chainfs starts "
+            "nothing else on the domain until it ends (QEMU may crash when "
+            "its block nodes are queried as a pull ends)", pulling);
+        return -EBUSY;
+    }
     return 0;
 }
 
@@ -384,10 +393,21 @@ static int shared_live(struct cfs_engine *e, const char *dom,
 /* The cost rule of issue 8 §2.2 for the rmdir of the active snapshot of a
  * running domain: true, and *PLAN's one job, when it pulls. Caller holds
  * the tree lock. */
-static bool plan_pull(struct cfs_tree *t, const char *dom, const char *disk,
+static bool plan_pull(struct cfs_engine *e, const char *dom, const char *disk,
                       const struct cfs_disk *dk, bool local,
                       struct cfs_merge_plan *plan)
 {
+    struct cfs_tree *t = e->tree;
+    /* -o live_pull, and a pull runs alone on its domain (design §7.4) */
+    const char *busy = domain_busy_disk(e, dom, disk, false);
+    _cleanup_free_ char *alone = busy
+        ? cfs_xasprintf("another disk of the domain (%s) has a job in "
+                        "progress, and a pull runs alone on its domain", busy)
+        : NULL;
+    const struct cfs_merge_env env = {
+        .running = true,
+        .no_live_pull = e->no_live_pull ? e->no_live_pull : alone,
+    };
     size_t n = dk->n_layers;
     struct cfs_merge_layer *ml = cfs_xcalloc(n, sizeof(*ml));
     char **users = cfs_xcalloc(n, sizeof(*users));
@@ -413,7 +433,7 @@ static bool plan_pull(struct cfs_tree *t, const char *dom, const char *disk,
             .mode = CFS_MERGE_AUTO,
         };
     }
-    int r = cfs_merge_plan(ml, n, true, plan);
+    int r = cfs_merge_plan_env(ml, n, &env, plan);
     for (size_t i = 0; i < n; i++)
         free(users[i]);
     free(users);
@@ -532,7 +552,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
               "machine: an offline merge runs qemu-img on them and libvirt "
               "has no API for it; start the domain and rmdir again";
     } else if (d->state != CFS_DOM_SHUTOFF && idx == 0 &&
-               plan_pull(e->tree, dom, disk, dk, engine_files_local(e), &plan)) {
+               plan_pull(e, dom, disk, dk, engine_files_local(e), &plan)) {
         /* issue 8 §2: the active layer stays and takes the identity of the
          * snapshot below; the layers between it and the new base leave */
         running = true;
@@ -586,6 +606,14 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_file_id_copy(&base_id, &dk->layers[idx + 1].id);
         top_ref = layer_ref(disk, top);
         base_ref = layer_ref(disk, &dk->layers[idx + 1]);
+        if (plan.n_jobs == 1 && !plan.jobs[0].pull && plan.jobs[0].first == 0) {
+            /* the cost rule chose to commit the active layer: job says
+             * why and what each direction would have copied */
+            j->direction = CFS_DIRECTION_COMMIT;
+            j->bytes_commit = plan.jobs[0].bytes_commit;
+            j->bytes_pull = plan.jobs[0].bytes_pull;
+            j->reason = cfs_xstrdup(plan.jobs[0].reason);
+        }
         j->end = top->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
