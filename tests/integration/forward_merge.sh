@@ -6,6 +6,8 @@
 # backed by base, s1's file is gone, libvirt's metadata lists s1 alone and
 # names s2's file for it, ls snapshots/ shows s1, every pattern reads
 # back through the new chain, and virsh snapshot-delete s1 then works.
+# Mounted with -o live_pull=on: QEMU 7.2 may crash when its block nodes
+# are queried as a pull ends, so chainfs pulls live only when asked to.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 it_init
@@ -16,8 +18,11 @@ it_make_image "$base" 64M
 it_write_pattern "$base" 0x11 0 1M
 it_define "$D" "$base"
 it_start "$D"
-it_mount
+# a live pull is off by default where QEMU may crash in it (docs/design/
+# issue8.md §7.4); this test asks for it and checks chainfs says so
+it_mount live_pull=on
 it_wait_dom "$D"
+grep -q 'live pull: on (-o live_pull=on)' "$IT_LOG" || it_fail "the log does not say live pull is on"
 
 mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir snapshots/s1"
 f1=$(it_domblk "$D" vda)
