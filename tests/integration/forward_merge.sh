@@ -12,6 +12,15 @@
 . "$(dirname "$0")/lib.sh"
 it_init
 
+# -o live_pull: a malformed value is refused before anything starts
+mkdir -p "$T/mnt0"
+status=0
+out=$("$CHAINFS" -f -c "$IT_URI" -o "state_dir=$T/state,live_pull=maybe" "$T/mnt0" 2>&1) || status=$?
+it_assert_eq 2 "$status" "-o live_pull=maybe exits 2"
+it_assert_contains "$out" "-o live_pull=maybe: give auto, on or off" "-o live_pull=maybe: the message says why"
+mountpoint -q "$T/mnt0" && it_fail "$T/mnt0 got mounted with live_pull=maybe"
+it_assert_contains "$("$CHAINFS" --help 2>&1)" "-o live_pull=auto|on|off" "--help lists -o live_pull"
+
 D="$IT_PREFIX-fwd"
 base="$T/base.qcow2"
 it_make_image "$base" 64M
