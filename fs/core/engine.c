@@ -993,10 +993,11 @@ static int startup_read(struct cfs_engine *e)
 
 /* ---- -o live_pull ---------------------------------------------------------- */
 
-/* The first QEMU release in which a query of the block nodes cannot
- * interleave with the end of a block-stream job (docs/design/issue8.md
- * §7.4); 0: none known, so `auto` never pulls live. */
-static const unsigned long long live_pull_min_qemu = 0;
+/* The first QEMU release whose block-stream leaves no childless filter
+ * node behind at its end, where query-named-block-nodes crashes QEMU
+ * until libvirt dismisses the job: 10.2.0 ("block: Drop detach_subchain
+ * for bdrv_replace_node", QEMU issue #3149; docs/design/issue8.md §7.4). */
+static const unsigned long long live_pull_min_qemu = 10002000;
 
 static const char *const live_pull_names[] = {
     [CFS_LIVE_PULL_AUTO] = "auto",

@@ -1150,6 +1150,25 @@ static void test_pull_off_commits(void **state)
     }
 }
 
+/* -o live_pull=auto on QEMU 10.2.0, which fixed the crash: pulls. */
+static void test_pull_auto_on_fixed_qemu(void **state)
+{
+    struct fx *f = *state;
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    cfs_fake_set_hypervisor_version(f->be, 10002000);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    set_sizes(f, BIG, SMALL, MID);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+    assert_job_contains(f, "direction: pull");
+}
+
 /* A second disk of vm1 (vdb: its own two-layer chain in F's directory). */
 static void add_second_disk(struct fx *f, char paths[2][160])
 {
@@ -2056,6 +2075,88 @@ static int ctl(struct fx *f, enum cfs_ctl_op op, uint64_t bw)
     return cfs_engine_ctl(f->e, "vm1", "vda", &c);
 }
 
+/* `echo TEXT > ctl` on vm1/vda, parsed as the FUSE layer does. */
+static int ctl_text(struct fx *f, const char *text)
+{
+    struct cfs_ctl_cmd c;
+    const char *why = NULL;
+    int r = cfs_ctl_parse(text, strlen(text), &c, &why);
+    return r < 0 ? r : cfs_engine_ctl(f->e, "vm1", "vda", &c);
+}
+
+static void assert_ctl_contains(struct fx *f, const char *needle, bool want)
+{
+    char *t = read_file(f, "/vm1/vda/ctl");
+    assert_non_null(t);
+    if ((strstr(t, needle) != NULL) != want)
+        fail_msg("ctl %s '%s':\n%s", want ? "lacks" : "has", needle, t);
+    free(t);
+}
+
+/* `merge NAME commit|pull|auto` (issue 8 §2): the direction of one
+ * snapshot's next merge, kept until that merge starts (and across a
+ * restart), shown by ctl, and said by job's reason. */
+static void test_ctl_merge_override(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, BIG, SMALL, MID);            /* auto would pull */
+    assert_int_equal(ctl_text(f, "merge s2 commit\n"), 0);
+    assert_ctl_contains(f, "merge:     s2 commit", true);
+
+    /* kept across a restart (STATE_DIR/settings) */
+    cfs_engine_free(f->e); /* and its backend */
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    struct cfs_engine_config cfg = {.state_dir = f->state, .live_pull = f->live_pull};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    set_sizes(f, BIG, SMALL, MID);
+    assert_ctl_contains(f, "merge:     s2 commit", true);
+
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
+    assert_job_contains(f, "reason: commit: asked by merge s2 commit");
+    /* used: gone from ctl */
+    assert_ctl_contains(f, "merge:", false);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+}
+
+/* merge NAME pull forces the pull the cost rule would not choose. */
+static void test_ctl_merge_pull_forced(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, SMALL, BIG, MID);            /* auto would commit */
+    assert_int_equal(ctl_text(f, "merge s2 pull"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+    assert_job_contains(f, "reason: pull: asked by merge s2 pull");
+}
+
+/* What merge refuses, each with its errno; a refusal changes nothing. */
+static void test_ctl_merge_refusals(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, BIG, SMALL, MID);
+    assert_int_equal(ctl_text(f, "merge nosuch pull"), -ENOENT);
+    /* s1 is not the active layer, and below it is the base image */
+    assert_int_equal(ctl_text(f, "merge s1 pull"), -EINVAL);
+    /* the fake's QEMU version is unknown: a live pull is off (auto) */
+    assert_int_equal(ctl_text(f, "merge s2 pull"), -EOPNOTSUPP);
+    assert_ctl_contains(f, "merge:", false);
+    assert_int_equal(ctl_text(f, "merge s1 commit"), 0);
+    assert_int_equal(ctl_text(f, "merge s2 commit"), 0);
+    assert_ctl_contains(f, "merge:     s1 commit", true);
+    assert_ctl_contains(f, "merge:     s2 commit", true);
+    assert_int_equal(ctl_text(f, "merge s2 auto"), 0);
+    assert_ctl_contains(f, "merge:     s2", false);
+    assert_ctl_contains(f, "merge:     s1 commit", true);
+}
+
 static void test_ctl_no_job(void **state)
 {
     struct fx *f = *state;
@@ -2490,7 +2591,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_small_overlay_below, setup_running_pull, teardown),
         cmocka_unit_test_setup_teardown(test_pull_reverse_sizes_commit, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_merge_override, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_merge_pull_forced, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_merge_refusals, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_off_commits, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_auto_on_fixed_qemu, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_keeps_domain_quiet, setup_running_pull, teardown),
         cmocka_unit_test_setup_teardown(test_pull_not_beside_other_job, setup_running_pull, teardown),
         cmocka_unit_test_setup_teardown(test_pull_failure_brings_snapshot_back, setup_running_pull, teardown),
