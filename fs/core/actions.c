@@ -390,6 +390,84 @@ static int shared_live(struct cfs_engine *e, const char *dom,
     return r;
 }
 
+/* DISK's chain as merge_plan sees it, nothing asked (caller frees it and
+ * *USERS, the strings its shared_with point to). Caller holds the tree
+ * lock. */
+static struct cfs_merge_layer *merge_layers(struct cfs_tree *t, const char *dom,
+                                            const char *disk,
+                                            const struct cfs_disk *dk,
+                                            bool local, char ***users)
+{
+    size_t n = dk->n_layers;
+    struct cfs_merge_layer *ml = cfs_xcalloc(n ? n : 1, sizeof(*ml));
+    *users = cfs_xcalloc(n + 1, sizeof(**users));
+    for (size_t i = 0, u = 0; i < n; i++) {
+        const struct cfs_layer *l = &dk->layers[i];
+        const struct cfs_domain *od = NULL;
+        const struct cfs_disk *ok =
+            cfs_tree_file_user(t, &l->id, l->path, dom, disk, &od);
+        const char *user = NULL;
+        if (ok)
+            user = (*users)[u++] =
+                cfs_xasprintf("domain %s disk %s", od->name, ok->target);
+        /* §2.2: st_blocks of the file now; the tree's figure is that of
+         * its last full read, older than the guest's latest writes */
+        struct stat st;
+        uint64_t alloc = local && stat(l->path, &st) == 0
+                             ? (uint64_t)st.st_blocks * 512 : l->allocation;
+        ml[i] = (struct cfs_merge_layer){
+            .name = l->name,
+            .allocation = alloc,
+            .snapshot = l->name && i + 1 < n,
+            .has_metadata = l->meta_name != NULL,
+            .shared_with = user,
+            .mode = CFS_MERGE_AUTO,
+        };
+    }
+    return ml;
+}
+
+/* `merge NAME ...` of S's disk for snapshot NAME (ctl). */
+static enum cfs_merge_mode merge_override(const struct cfs_disk_state *s,
+                                          const char *name)
+{
+    if (!s || !name)
+        return CFS_MERGE_AUTO;
+    if (cfs_strv_contains(s->settings.merge_commit, name))
+        return CFS_MERGE_COMMIT;
+    if (cfs_strv_contains(s->settings.merge_pull, name))
+        return CFS_MERGE_PULL;
+    return CFS_MERGE_AUTO;
+}
+
+/* Take NAME out of *V (a NULL-terminated list); true if it was in. */
+static bool strv_drop(char ***v, const char *name)
+{
+    bool found = false;
+    size_t w = 0;
+    for (size_t i = 0; *v && (*v)[i]; i++) {
+        if (cfs_streq((*v)[i], name)) {
+            free((*v)[i]);
+            found = true;
+        } else {
+            (*v)[w++] = (*v)[i];
+        }
+    }
+    if (*v)
+        (*v)[w] = NULL;
+    return found;
+}
+
+/* The merge of snapshot NAME starts: its override is used up. True if
+ * there was one (the caller saves the settings). Caller holds the tree
+ * lock. */
+static bool merge_override_used(struct cfs_disk_state *s, const char *name)
+{
+    bool a = strv_drop(&s->settings.merge_commit, name);
+    bool b = strv_drop(&s->settings.merge_pull, name);
+    return a || b;
+}
+
 /* The cost rule of issue 8 §2.2 for the rmdir of the active snapshot of a
  * running domain: true, and *PLAN's one job, when it pulls. Caller holds
  * the tree lock. */
@@ -409,34 +487,13 @@ static bool plan_pull(struct cfs_engine *e, const char *dom, const char *disk,
         .no_live_pull = e->no_live_pull ? e->no_live_pull : alone,
     };
     size_t n = dk->n_layers;
-    struct cfs_merge_layer *ml = cfs_xcalloc(n, sizeof(*ml));
-    char **users = cfs_xcalloc(n, sizeof(*users));
-    for (size_t i = 0; i < n; i++) {
-        const struct cfs_layer *l = &dk->layers[i];
-        const struct cfs_domain *od = NULL;
-        const struct cfs_disk *ok =
-            cfs_tree_file_user(t, &l->id, l->path, dom, disk, &od);
-        if (ok)
-            users[i] = cfs_xasprintf("domain %s disk %s", od->name, ok->target);
-        /* §2.2: st_blocks of the file now; the tree's figure is that of
-         * its last full read, older than the guest's latest writes */
-        struct stat st;
-        uint64_t alloc = local && stat(l->path, &st) == 0
-                             ? (uint64_t)st.st_blocks * 512 : l->allocation;
-        ml[i] = (struct cfs_merge_layer){
-            .name = l->name,
-            .allocation = alloc,
-            .snapshot = l->name && i + 1 < n,
-            .has_metadata = l->meta_name != NULL,
-            .shared_with = users[i],
-            .asked = i == 0,
-            .mode = CFS_MERGE_AUTO,
-        };
-    }
+    char **users = NULL;
+    struct cfs_merge_layer *ml = merge_layers(t, dom, disk, dk, local, &users);
+    ml[0].asked = true;
+    const struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
+    ml[0].mode = merge_override(s, ml[0].name);
     int r = cfs_merge_plan_env(ml, n, &env, plan);
-    for (size_t i = 0; i < n; i++)
-        free(users[i]);
-    free(users);
+    cfs_strv_free(users);
     free(ml);
     return r == 0 && plan->n_jobs == 1 && plan->jobs[0].pull &&
            plan->jobs[0].leave_last < n && plan->jobs[0].base < n;
@@ -483,7 +540,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     _cleanup_(cfs_layer_clear) struct cfs_layer seen_base = {0};
     _cleanup_(cfs_file_id_clear) struct cfs_file_id base_id = {0};
     struct cfs_job job = {0};
-    bool running = false;
+    bool running = false, used_override = false;
     _cleanup_(cfs_merge_plan_clear) struct cfs_merge_plan plan = {0};
 
     r = check_reachable(e, dom, &why);
@@ -560,6 +617,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         const struct cfs_layer *act = &dk->layers[0];
         const struct cfs_layer *nb = &dk->layers[mj->base];
         job_new_locked(e, s, cfs_merge_kind_job_type(mj->kind));
+        used_override = merge_override_used(s, name);
         struct cfs_job *j = &s->job;
         j->snapshot = cfs_xstrdup(name);
         cfs_strv_push(&j->snapshots, cfs_xstrdup(name));
@@ -597,6 +655,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         const struct cfs_layer *top = &dk->layers[idx];
         job_new_locked(e, s, !running ? CFS_JOB_OFFLINE_COMMIT
                              : idx == 0 ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT);
+        used_override = merge_override_used(s, name);
         struct cfs_job *j = &s->job;
         j->snapshot = cfs_xstrdup(name);
         j->meta_name = cfs_xstrdup(top->meta_name);
@@ -630,6 +689,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     if (r < 0) {
         return refuse(e, "rmdir", dom, disk, name, r, why);
     }
+    if (used_override)
+        (void)settings_save(e); /* logged if it fails; harmless: kept */
 
     /* The disk is claimed; no one else may use either file, as libvirt
      * has every chain now (the tree may lag behind another domain). */
@@ -756,12 +817,22 @@ static int settings_save_locked(struct cfs_engine *e)
     pthread_mutex_lock(&e->tree->lock);
     for (size_t i = 0; i < e->tree->n_states; i++) {
         const struct cfs_disk_state *s = e->tree->states[i];
-        if (!s->settings.pivot_manual)
+        const struct cfs_disk_settings *st = &s->settings;
+        if (!st->pivot_manual && !st->merge_commit && !st->merge_pull)
             continue;
         json_object *d = json_object_new_object();
         json_object_object_add(d, "domain", json_object_new_string(s->dom));
         json_object_object_add(d, "disk", json_object_new_string(s->disk));
-        json_object_object_add(d, "pivot", json_object_new_string("manual"));
+        json_object_object_add(d, "pivot", json_object_new_string(
+                                   st->pivot_manual ? "manual" : "auto"));
+        /* issue 8: {"NAME":"commit"|"pull"}, read by this version only
+         * (an older one ignores the key) */
+        json_object *m = json_object_new_object();
+        for (char **p = st->merge_commit; p && *p; p++)
+            json_object_object_add(m, *p, json_object_new_string("commit"));
+        for (char **p = st->merge_pull; p && *p; p++)
+            json_object_object_add(m, *p, json_object_new_string("pull"));
+        json_object_object_add(d, "merge", m);
         json_object_array_add(arr, d);
     }
     pthread_mutex_unlock(&e->tree->lock);
@@ -845,6 +916,25 @@ void settings_load(struct cfs_engine *e)
         s->job.pivot_manual = s->settings.pivot_manual;
         log_info("settings: %s/%s: pivot %s", s->dom, s->disk,
                  s->settings.pivot_manual ? "manual" : "auto");
+        json_object *merge;
+        if (json_object_object_get_ex(d, "merge", &merge) &&
+            json_object_is_type(merge, json_type_object)) {
+            json_object_object_foreach(merge, snap, mode) {
+                const char *m = json_object_is_type(mode, json_type_string)
+                                    ? json_object_get_string(mode) : "";
+                if (strcmp(m, "commit") != 0 && strcmp(m, "pull") != 0) {
+                    log_warn("settings: %s/%s: merge %s: unknown direction "
+                             "skipped", s->dom, s->disk, snap);
+                    continue;
+                }
+                merge_override_used(s, snap);
+                cfs_strv_push(m[0] == 'c' ? &s->settings.merge_commit
+                                          : &s->settings.merge_pull,
+                              cfs_xstrdup(snap));
+                log_info("settings: %s/%s: merge %s %s", s->dom, s->disk,
+                         snap, m);
+            }
+        }
     }
     pthread_mutex_unlock(&e->tree->lock);
     json_object_put(o);
@@ -901,6 +991,69 @@ static int ctl_pivot_setting(struct cfs_engine *e, const char *dom,
     return 0;
 }
 
+/* `merge NAME commit|pull|auto`: checked against the chain as the tree
+ * has it (ENOENT no such snapshot, EINVAL a pull the chain does not allow,
+ * EOPNOTSUPP a live pull that is off), kept in the disk's settings. */
+static int ctl_merge_setting(struct cfs_engine *e, const char *dom,
+                             const char *disk, const struct cfs_ctl_cmd *cmd)
+{
+    const char *name = cmd->name;
+    enum cfs_merge_mode mode = cmd->merge_mode;
+    _cleanup_free_ char *why = NULL;
+    int r = 0;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    int idx = dk ? visible_snapshot(e->tree, d, dk, name) : -1;
+    if (idx < 0) {
+        r = -ENOENT;
+        why = cfs_xasprintf("no snapshot %s in snapshots/", name);
+    } else {
+        char **users = NULL;
+        struct cfs_merge_layer *ml = merge_layers(e->tree, dom, disk, dk,
+                                                  engine_files_local(e), &users);
+        r = cfs_merge_mode_check(ml, dk->n_layers, (size_t)idx, mode, &why);
+        cfs_strv_free(users);
+        free(ml);
+        if (r == 0 && mode == CFS_MERGE_PULL && d->state != CFS_DOM_SHUTOFF &&
+            e->no_live_pull) {
+            r = -EOPNOTSUPP;
+            why = cfs_xasprintf("the domain runs and a live pull is off (%s)",
+                                e->no_live_pull);
+        }
+    }
+    struct cfs_disk_state *s = r == 0 ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
+    enum cfs_merge_mode was = merge_override(s, name);
+    if (s) {
+        merge_override_used(s, name);
+        if (mode != CFS_MERGE_AUTO)
+            cfs_strv_push(mode == CFS_MERGE_COMMIT ? &s->settings.merge_commit
+                                                   : &s->settings.merge_pull,
+                          cfs_xstrdup(name));
+        tree_changed(e);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (r < 0)
+        return ctl_refuse(e, dom, disk, cmd, r, why);
+
+    r = settings_save(e);
+    if (r < 0) {
+        pthread_mutex_lock(&e->tree->lock);
+        s = cfs_tree_disk_state(e->tree, dom, disk);
+        merge_override_used(s, name);
+        if (was != CFS_MERGE_AUTO)
+            cfs_strv_push(was == CFS_MERGE_COMMIT ? &s->settings.merge_commit
+                                                  : &s->settings.merge_pull,
+                          cfs_xstrdup(name));
+        tree_changed(e);
+        pthread_mutex_unlock(&e->tree->lock);
+        return -EIO;
+    }
+    log_info("ctl %s/%s: merge %s %s", dom, disk, name,
+             cfs_merge_mode_to_string(mode));
+    return 0;
+}
+
 int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                    const struct cfs_ctl_cmd *cmd)
 {
@@ -923,6 +1076,10 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     if (cmd->op == CFS_CTL_PIVOT_MANUAL || cmd->op == CFS_CTL_PIVOT_AUTO) {
         cfs_job_clear(&job);
         return ctl_pivot_setting(e, dom, disk, cmd->op == CFS_CTL_PIVOT_MANUAL);
+    }
+    if (cmd->op == CFS_CTL_MERGE) {
+        cfs_job_clear(&job);
+        return ctl_merge_setting(e, dom, disk, cmd);
     }
     _cleanup_free_ char *why_buf = NULL;
     int r = 0;
