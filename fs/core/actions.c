@@ -290,6 +290,7 @@ struct offline_args {
     struct cfs_engine *e;
     char *dom, *disk, *top, *base;
     bool active;
+    bool pull;     /* offline_pull of TOP (the active layer) onto BASE */
     uint64_t job_id;
     struct offline_thread *self;
 };
@@ -299,8 +300,10 @@ static void *offline_worker(void *arg)
     struct offline_args *a = arg;
     struct cfs_engine *e = a->e;
     struct offline_thread *self = a->self;
-    int r = e->be->ops->offline_commit(e->be, a->dom, a->disk, a->top, a->base,
-                                       a->active);
+    int r = a->pull ? e->be->ops->offline_pull(e->be, a->dom, a->disk, a->top,
+                                               a->base)
+                    : e->be->ops->offline_commit(e->be, a->dom, a->disk, a->top,
+                                                 a->base, a->active);
     struct work *w = cfs_xcalloc(1, sizeof(*w));
     w->kind = WORK_OFFLINE_DONE;
     w->dom = a->dom;
@@ -469,21 +472,23 @@ static bool merge_override_used(struct cfs_disk_state *s, const char *name)
 }
 
 /* The cost rule of issue 8 §2.2 for the rmdir of the active snapshot of a
- * running domain: true, and *PLAN's one job, when it pulls. Caller holds
- * the tree lock. */
+ * domain RUNNING or shut off: true, and *PLAN's one job, when it pulls.
+ * Caller holds the tree lock. */
 static bool plan_pull(struct cfs_engine *e, const char *dom, const char *disk,
-                      const struct cfs_disk *dk, bool local,
+                      const struct cfs_disk *dk, bool running, bool local,
                       struct cfs_merge_plan *plan)
 {
     struct cfs_tree *t = e->tree;
+    if (!running && !e->be->ops->offline_pull)
+        return false;
     /* -o live_pull, and a pull runs alone on its domain (design §7.4) */
-    const char *busy = domain_busy_disk(e, dom, disk, false);
+    const char *busy = running ? domain_busy_disk(e, dom, disk, false) : NULL;
     _cleanup_free_ char *alone = busy
         ? cfs_xasprintf("another disk of the domain (%s) has a job in "
                         "progress, and a pull runs alone on its domain", busy)
         : NULL;
     const struct cfs_merge_env env = {
-        .running = true,
+        .running = running,
         .no_live_pull = e->no_live_pull ? e->no_live_pull : alone,
     };
     size_t n = dk->n_layers;
@@ -608,11 +613,12 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         why = "the domain is shut off and its image files are not on this "
               "machine: an offline merge runs qemu-img on them and libvirt "
               "has no API for it; start the domain and rmdir again";
-    } else if (d->state != CFS_DOM_SHUTOFF && idx == 0 &&
-               plan_pull(e, dom, disk, dk, engine_files_local(e), &plan)) {
+    } else if (idx == 0 && plan_pull(e, dom, disk, dk, d->state != CFS_DOM_SHUTOFF,
+                                     engine_files_local(e), &plan)) {
         /* issue 8 §2: the active layer stays and takes the identity of the
-         * snapshot below; the layers between it and the new base leave */
-        running = true;
+         * snapshot below; the layers between it and the new base leave
+         * (live: a block pull; shut off: qemu-img rebase) */
+        running = d->state != CFS_DOM_SHUTOFF;
         const struct cfs_merge_job *mj = &plan.jobs[0];
         const struct cfs_layer *act = &dk->layers[0];
         const struct cfs_layer *nb = &dk->layers[mj->base];
@@ -644,7 +650,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         j->end = act->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
-        j->bandwidth = e->commit_bandwidth;
+        j->bandwidth = running ? e->commit_bandwidth : 0;
         struct stat wst;
         s->base_bytes = engine_files_local(e) && stat(j->written, &wst) == 0
                             ? (uint64_t)wst.st_blocks * 512 : 0;
@@ -694,8 +700,9 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
 
     /* The disk is claimed; no one else may use either file, as libvirt
      * has every chain now (the tree may lag behind another domain). */
-    r = job.type == CFS_JOB_PULL ? pull_shared_live(e, dom, disk, &job, &why_buf)
-                                 : shared_live(e, dom, disk, &job, &base_id, &why_buf);
+    r = job.direction == CFS_DIRECTION_PULL
+            ? pull_shared_live(e, dom, disk, &job, &why_buf)
+            : shared_live(e, dom, disk, &job, &base_id, &why_buf);
     if (r < 0) {
         log_warn("rmdir %s/%s/snapshots/%s refused (%s): %s", dom, disk, name,
                  strerror(-r), why_buf);
@@ -714,7 +721,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         return -EIO;
     }
 
-    if (job.type == CFS_JOB_OFFLINE_COMMIT) {
+    if (job.type == CFS_JOB_OFFLINE_COMMIT || job.type == CFS_JOB_OFFLINE_PULL) {
         struct offline_args *a = cfs_xcalloc(1, sizeof(*a));
         *a = (struct offline_args){
             .e = e,
@@ -723,6 +730,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             .top = cfs_xstrdup(job.top),
             .base = cfs_xstrdup(job.base),
             .active = idx == 0,
+            .pull = job.type == CFS_JOB_OFFLINE_PULL,
             .job_id = job.id,
         };
         /* running before the thread starts: it may be done at once */

@@ -1150,6 +1150,42 @@ static void test_pull_off_commits(void **state)
     }
 }
 
+/* A shut-off domain: the same cost rule, offline (qemu-img rebase in a
+ * thread), then the same clean-up as a live pull; -o live_pull does not
+ * apply (no QEMU runs). */
+static void test_offline_pull(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, BIG, SMALL, MID);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", NULL, NULL, &b), 0);
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_fake_calls(f->be, "offline_pull"), 1);
+    assert_int_equal(cfs_fake_calls(f->be, "offline_commit"), 0);
+    assert_job_contains(f, "type: offline-pull");
+    assert_job_contains(f, "direction: pull");
+    assert_pulled(f);
+}
+
+static void test_offline_pull_failure(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, BIG, SMALL, MID);
+    cfs_fake_fail_next(f->be, "offline_pull", EIO, "qemu-img: Could not open");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", NULL, NULL, &b), 0);
+    cfs_buf_free(&b);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "qemu-img: Could not open");
+    /* nothing was deleted; both snapshots are still there */
+    assert_true(exists(f->paths[0]));
+    assert_true(exists(f->paths[1]));
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(journal_entries(f), 0);
+}
+
 /* -o live_pull=auto on QEMU 10.2.0, which fixed the crash: pulls. */
 static void test_pull_auto_on_fixed_qemu(void **state)
 {
@@ -2595,6 +2631,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ctl_merge_pull_forced, setup_running_pull, teardown),
         cmocka_unit_test_setup_teardown(test_ctl_merge_refusals, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_off_commits, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_pull, setup_shutoff, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_pull_failure, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_pull_auto_on_fixed_qemu, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_keeps_domain_quiet, setup_running_pull, teardown),
         cmocka_unit_test_setup_teardown(test_pull_not_beside_other_job, setup_running_pull, teardown),
