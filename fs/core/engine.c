@@ -442,6 +442,8 @@ const char *domain_busy_disk(struct cfs_engine *e, const char *dom,
         if (cfs_job_phase_in_progress(s->job.phase) &&
             (!pull_only || s->job.type == CFS_JOB_PULL))
             return t;
+        if (pull_only && s->external.type == CFS_JOB_PULL)
+            return t; /* someone's virsh blockpull: the same crash */
         if (!pull_only && s->external.type != CFS_JOB_NONE)
             return t;
     }
@@ -458,7 +460,8 @@ int refresh_domain(struct cfs_engine *e, const char *name)
         pthread_mutex_lock(&e->tree->lock);
         unsigned long before = *dom_seq_slot(e, name);
         bool quiet = e->be->ops->read_domain_light &&
-                     domain_busy_disk(e, name, NULL, true);
+                     (domain_busy_disk(e, name, NULL, true) ||
+                      cfs_strv_contains(e->startup_pull_doms, name));
         pthread_mutex_unlock(&e->tree->lock);
         int r = quiet ? e->be->ops->read_domain_light(e->be, name, &d)
                       : e->be->ops->read_domain(e->be, name, &d);
@@ -1024,6 +1027,7 @@ int cfs_live_pull_from_string(const char *s, enum cfs_live_pull *out)
 static void live_pull_decide(struct cfs_engine *e)
 {
     free(e->no_live_pull);
+    cfs_strv_free(e->startup_pull_doms);
     e->no_live_pull = NULL;
     if (e->live_pull == CFS_LIVE_PULL_ON) {
         log_info("live pull: on (-o live_pull=on): a running domain's merge "
@@ -1087,6 +1091,16 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
         return -ENOTDIR;
     }
     e->threaded = thread;
+    /* a pull the journal has may end any moment: its domain is read
+     * quietly from the first read on (recovery then tracks the job) */
+    struct cfs_journal_entry *jv = NULL;
+    size_t jn = 0;
+    if (cfs_journal_list(e->journal, &jv, &jn) == 0)
+        for (size_t i = 0; i < jn; i++)
+            if (jv[i].type == CFS_JOB_PULL && jv[i].domain &&
+                !cfs_strv_contains(e->startup_pull_doms, jv[i].domain))
+                cfs_strv_push(&e->startup_pull_doms, cfs_xstrdup(jv[i].domain));
+    cfs_journal_entries_free(jv, jn);
     r = thread ? startup_read(e) : refresh_all(e);
     if (r < 0) {
         if (errmsg)
@@ -1097,6 +1111,9 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
     settings_load(e);
     recover_journal(e);
     e->recovered = true;
+    pthread_mutex_lock(&e->tree->lock);
+    e->startup_pull_doms = cfs_strv_free(e->startup_pull_doms);
+    pthread_mutex_unlock(&e->tree->lock);
     if (thread) {
         r = -pthread_create(&e->thread, NULL, engine_thread, e);
         if (r < 0) {

@@ -123,6 +123,10 @@ struct cfs_engine {
     /* Why a running domain's merge may not pull (-o live_pull and the
      * QEMU version, decided at start), NULL if it may. */
     char *no_live_pull;
+    /* Domains the journal has a live pull of, read at start: quiet (no
+     * block statistics) from the first read on, before recovery puts
+     * their jobs in the tree (design §7.4). Freed once recovered. */
+    char **startup_pull_doms;
     unsigned refresh_ms;
     unsigned poll_ms;
 

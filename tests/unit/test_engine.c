@@ -1421,6 +1421,14 @@ static void test_recover_pull(void **state)
             break;
         case CFS_PHASE_RUNNING:
             assert_int_equal(journal_entries(f), 1);
+            /* the restarted daemon reads vm1 quietly (no block
+             * statistics while the pull may end, design §7.4) */
+            {
+                unsigned full = cfs_fake_calls(f->be, "read_domain");
+                cfs_fake_touch_domain(f->be, "vm1");
+                cfs_engine_run_pending(f->e);
+                assert_int_equal(cfs_fake_calls(f->be, "read_domain"), full);
+            }
             cfs_fake_job_complete(f->be, "vm1", "vda");
             cfs_engine_run_pending(f->e);
             assert_pulled(f);
