@@ -72,6 +72,9 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
  * hold the text *WHY points to. */
 enum { REFUSE_CREATING = 1, REFUSE_LIVE = 2, REFUSE_MAKE_STATE = 4 };
 
+/* How many numbered overlay names mkdir tries before EEXIST. */
+#define OVERLAY_NAME_TRIES 100u
+
 struct disk_at {
     struct cfs_domain *d;
     struct cfs_disk *dk;
@@ -206,6 +209,15 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
 
     /* not local: libvirt checks the file and the space itself */
     bool local = engine_files_local(e);
+    /* a file already there is not ours to overwrite (after a pull the
+     * active file keeps a merged snapshot's file name, issue 8 §2.5):
+     * the first free "<dom>.<disk>.<name>.<N>.qcow2" */
+    for (unsigned n = 2; local && n <= OVERLAY_NAME_TRIES && lstat(overlay, &st) == 0; n++) {
+        free(file);
+        free(overlay);
+        file = cfs_overlay_filename_n(dom, disk, name, n);
+        overlay = cfs_xasprintf("%s/%s", dir, file);
+    }
     if (local && lstat(overlay, &st) == 0) {
         r = -EEXIST;
         msg = cfs_xasprintf("the overlay file %s already exists", overlay);

@@ -275,13 +275,28 @@ static void test_mkdir_takes_snapshot(void **state)
     char *chain = read_file(f, "/vm1/vda/chain.json");
     assert_non_null(strstr(chain, "vm1.vda.before-upgrade.qcow2"));
     free(chain);
-    /* the same name again, and a file that is already there */
+    /* the same name again: EEXIST */
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "before-upgrade"), -EEXIST);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 1);
+    /* a file already there under the overlay's name (after a pull the
+     * active file keeps a merged snapshot's file name, issue 8 §2.5; or
+     * anyone's file) is left alone: the overlay takes the first free
+     * "<dom>.<disk>.<name>.<N>.qcow2", N >= 2 */
     char p[256];
     snprintf(p, sizeof(p), "%s/vm1.vda.taken.qcow2", f->dir);
-    touch(p);
-    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "taken"), -EEXIST);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 1);
+    FILE *fp = fopen(p, "w");
+    assert_non_null(fp);
+    fputs("not chainfs's", fp);
+    fclose(fp);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "taken"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 before-upgrade taken");
+    chain = read_file(f, "/vm1/vda/chain.json");
+    assert_non_null(strstr(chain, "vm1.vda.taken.2.qcow2"));
+    free(chain);
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_size, strlen("not chainfs's"));
 }
 
 static void test_mkdir_backend_error(void **state)
