@@ -19,10 +19,13 @@ const char cfs_ctl_usage[] =
     "pivot manual      active commits wait in ready for pivot\n"
     "pivot auto        active commits pivot on their own (the default)\n"
     "bandwidth N       the running job's limit in bytes/s; K, M, G, T\n"
-    "                  suffixes (powers of 1024); 0 = unlimited\n";
+    "                  suffixes (powers of 1024); 0 = unlimited\n"
+    "merge NAME commit|pull|auto\n"
+    "                  the direction of snapshot NAME's next merge (auto:\n"
+    "                  the one that copies less; the default)\n";
 
-/* Most words a command has ("pivot manual", "bandwidth N"). */
-#define MAX_WORDS 2
+/* Most words a command has ("merge NAME MODE"). */
+#define MAX_WORDS 3
 
 _Static_assert(CFS_CTL_MAX_WRITE == 4096, "the refusal text says 4096");
 
@@ -142,6 +145,8 @@ int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
             return refuse(why, "abort takes no argument");
         cmd.op = CFS_CTL_ABORT;
     } else if (word_is(w, "pivot")) {
+        if (n > 2)
+            return refuse(why, "pivot takes nothing, \"manual\" or \"auto\"");
         if (n == 1)
             cmd.op = CFS_CTL_PIVOT;
         else if (word_is(&words[1], "manual"))
@@ -158,6 +163,20 @@ int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
             cfs_size_parse(num, &cmd.bandwidth) < 0)
             return refuse(why, "bandwidth: not a number of bytes/s (digits, an optional K, M, G or T)");
         cmd.op = CFS_CTL_BANDWIDTH;
+    } else if (word_is(w, "merge")) {
+        if (n != 3)
+            return refuse(why, "merge needs a snapshot name and commit, pull or auto");
+        const struct word *nm = &words[1];
+        if (nm->len >= sizeof(cmd.name) || memchr(nm->s, '/', nm->len) ||
+            word_is(nm, ".") || word_is(nm, ".."))
+            return refuse(why, "merge: not a snapshot name (an entry of snapshots/)");
+        char mode[16];
+        if (!word_copy(&words[2], mode, sizeof(mode)) ||
+            cfs_merge_mode_from_string(mode, &cmd.merge_mode) < 0)
+            return refuse(why, "merge: the direction is commit, pull or auto");
+        memcpy(cmd.name, nm->s, nm->len);
+        cmd.name[nm->len] = '\0';
+        cmd.op = CFS_CTL_MERGE;
     } else {
         return refuse(why, "unknown command");
     }
@@ -173,6 +192,7 @@ const char *cfs_ctl_op_to_string(enum cfs_ctl_op op)
     case CFS_CTL_PIVOT_MANUAL: return "pivot manual";
     case CFS_CTL_PIVOT_AUTO:   return "pivot auto";
     case CFS_CTL_BANDWIDTH:    return "bandwidth";
+    case CFS_CTL_MERGE:        return "merge";
     default:                   return "?";
     }
 }

@@ -51,6 +51,8 @@ static void disk_state_free(struct cfs_disk_state *s)
     for (size_t i = 0; i < s->n_returned; i++)
         cfs_returned_clear(&s->returned[i]);
     free(s->returned);
+    cfs_strv_free(s->settings.merge_commit);
+    cfs_strv_free(s->settings.merge_pull);
     free(s);
 }
 

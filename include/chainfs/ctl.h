@@ -7,6 +7,8 @@
  *   pivot manual|auto   whether active commits wait in `ready` for `pivot`
  *   bandwidth N         the running job's limit, bytes/s; K/M/G/T suffixes
  *                       (powers of 1024), 0 = unlimited
+ *   merge NAME commit|pull|auto
+ *                       the direction of snapshot NAME's next merge
  *
  * One command per write: words separated by blanks, one trailing "\n"
  * allowed (echo), nothing else after it. */
@@ -14,6 +16,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "chainfs/merge_plan.h"
 
 /* Longest write the ctl file takes; longer ones are -E2BIG. */
 #define CFS_CTL_MAX_WRITE 4096
@@ -24,12 +28,15 @@ enum cfs_ctl_op {
     CFS_CTL_PIVOT_MANUAL,
     CFS_CTL_PIVOT_AUTO,
     CFS_CTL_BANDWIDTH,
+    CFS_CTL_MERGE,
     CFS_CTL_OP_MAX,
 };
 
 struct cfs_ctl_cmd {
     enum cfs_ctl_op op;
     uint64_t bandwidth;   /* CFS_CTL_BANDWIDTH: bytes/s, 0 = unlimited */
+    char name[256];       /* CFS_CTL_MERGE: the snapshot (a snapshots/ entry) */
+    enum cfs_merge_mode merge_mode; /* CFS_CTL_MERGE */
 };
 
 /* Parse one write of LEN bytes (not NUL-terminated). 0 and *OUT filled;
