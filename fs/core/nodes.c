@@ -51,7 +51,8 @@ static void render_job_json(const struct cfs_node_view *v, struct cfs_buf *out)
     const struct cfs_disk_state *s = v->state;
     cfs_render_job_queue_json(out, v->job, s ? s->queue : NULL,
                               s ? s->n_queue : 0, s ? s->returned : NULL,
-                              s ? s->n_returned : 0, v->tree->stale);
+                              s ? s->n_returned : 0, s ? &s->settings : NULL,
+                              v->tree->stale);
 }
 
 /* a failed merge already wrote part of the snapshot into the layer below */

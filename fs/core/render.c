@@ -425,13 +425,15 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
 void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
                          bool stale)
 {
-    cfs_render_job_queue_json(b, job, NULL, 0, NULL, 0, stale);
+    cfs_render_job_queue_json(b, job, NULL, 0, NULL, 0, NULL, stale);
 }
 
 void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
                                const struct cfs_queued *queue, size_t n_queue,
                                const struct cfs_returned *returned,
-                               size_t n_returned, bool stale)
+                               size_t n_returned,
+                               const struct cfs_disk_settings *settings,
+                               bool stale)
 {
     struct json_object *o = json_object_new_object();
     bool none = job_absent(job);
@@ -472,7 +474,13 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
         struct json_object *q = json_object_new_object();
         json_put_str(q, "snapshot", queue[i].snapshot);
         json_put_time(q, "queued", queue[i].queued);
-        json_put_str(q, "merge", "auto");
+        /* `merge NAME commit|pull` applies when the entry is dispatched */
+        const char *merge = "auto";
+        if (settings && cfs_strv_contains(settings->merge_commit, queue[i].snapshot))
+            merge = "commit";
+        else if (settings && cfs_strv_contains(settings->merge_pull, queue[i].snapshot))
+            merge = "pull";
+        json_put_str(q, "merge", merge);
         json_object_array_add(qa, q);
     }
     json_object_object_add(o, "queue", qa);

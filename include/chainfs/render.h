@@ -20,9 +20,11 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
                          bool stale);
 /* The same with the disk's queue (issue 8 §3.5): `queued:` and
  * `returned:` lines, "queue" and "returned" keys. QUEUE[0..N_QUEUE) oldest
- * first; RETURNED[0..N_RETURNED). */
+ * first; RETURNED[0..N_RETURNED); SETTINGS (may be NULL) says each queued
+ * snapshot's `merge` override. */
 struct cfs_queued;
 struct cfs_returned;
+struct cfs_disk_settings;
 void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
                                const struct cfs_queued *queue, size_t n_queue,
                                const struct cfs_returned *returned,
@@ -30,7 +32,9 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
 void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
                                const struct cfs_queued *queue, size_t n_queue,
                                const struct cfs_returned *returned,
-                               size_t n_returned, bool stale);
+                               size_t n_returned,
+                               const struct cfs_disk_settings *settings,
+                               bool stale);
 /* Snapshot at layer INDEX of DISK. PARTIAL: a failed merge already wrote
  * part of it into the layer below. */
 void cfs_render_info_text(struct cfs_buf *b, const struct cfs_domain *d,

@@ -734,7 +734,9 @@ static void test_job_queue_and_returned(void **state)
     assert_non_null(strstr(t, "\nqueued:    s1, s0 (since 2025-09-21T14:13:21Z)\n"));
     assert_non_null(strstr(t, "\nreturned:  a, b (the merge of x failed: boom); c (aborted through ctl)\n"));
 
-    cfs_render_job_queue_json(&b, &j, q, 2, r, 3, false);
+    char *pulls[] = { "s0", NULL };
+    struct cfs_disk_settings set = { .merge_pull = pulls };
+    cfs_render_job_queue_json(&b, &j, q, 2, r, 3, &set, false);
     _cleanup_free_ char *js = cfs_buf_steal(&b);
     struct json_object *o = parse_json(js);
     struct json_object *a;
@@ -744,6 +746,7 @@ static void test_job_queue_and_returned(void **state)
     assert_json_str(q0, "snapshot", "s1");
     assert_json_str(q0, "queued", "2025-09-21T14:13:21Z");
     assert_json_str(q0, "merge", "auto");
+    assert_json_str(json_object_array_get_idx(a, 1), "merge", "pull");
     assert_true(json_object_object_get_ex(o, "returned", &a));
     assert_int_equal(json_object_array_length(a), 3);
     assert_json_str(json_object_array_get_idx(a, 2), "reason", "aborted through ctl");
