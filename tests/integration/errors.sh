@@ -57,13 +57,22 @@ refuse ENAMETOOLONG mkdir "$S/$(printf 'b%.0s' {1..256})"
 # --- EEXIST ---------------------------------------------------------------------------------
 refuse EEXIST mkdir "$S/s1"
 refuse EEXIST mkdir "$MNT/$D/vdb/snapshots/s1"
-refuse EEXIST mkdir "$S/pre"
-it_assert_eq "$trapsum" "$(md5sum <"$trapfile")" "the existing overlay file was not overwritten"
 err=$(sed -n 's/^error: *//p' "$MNT/$D/vda/job")
 if [ -z "$err" ] || [ "$err" = "-" ]; then
   it_fail "job's error: line does not show the last refusal (got '$err')"
 fi
 it_log "ok: job shows the last refusal: $err"
+# A file already there under the overlay's name is not chainfs's to
+# overwrite: mkdir takes the next free name, <dom>.<disk>.pre.2.qcow2
+# (issue 8 §2.5: after a pull the active file keeps a merged snapshot's
+# file name), and the file stays as it was.
+mkdir "$S/pre" || it_fail "mkdir snapshots/pre beside an existing $(it_short "$trapfile")"
+it_assert_eq "$T/overlays/$D.vda.pre.2.qcow2" "$(it_domblk "$D" vda)" "the overlay took the next free name"
+it_assert_eq "$trapsum" "$(md5sum <"$trapfile")" "the existing overlay file was not overwritten"
+rmdir "$S/pre" || it_fail "rmdir snapshots/pre"
+cat "$MNT/$D/vda/wait" >/dev/null
+it_assert_eq "s1" "$(it_snapshots "$D" vda)" "back to s1 alone"
+it_assert_eq "$trapsum" "$(md5sum <"$trapfile")" "the existing file is still untouched after the merge"
 
 # --- EACCES: QEMU may not enter overlay_dir ------------------------------------------
 # (a directory made by mktemp -d is 0700: QEMU, running as libvirt-qemu,
