@@ -12,14 +12,16 @@
 #   1. rmdir + rmdir, both active layers;
 #   2. rmdir + rmdir, both middle layers (made while it ran);
 #   3. rmdir of vda's active layer + rmdir of a middle layer of vdb;
-#   4. mkdir on vda + rmdir of vdb's active layer;
-#   5. rmdir of vda's active layer + mkdir on vdb;
+#   4. rmdir of vdb's active layer, and while its qemu-img commit runs a
+#      mkdir on vda;
+#   5. the same with the disks swapped;
 #   6. rmdir + rmdir, both active layers again;
-# after each: `cat wait` on both disks, and for each disk the inactive
-# definition (domblklist --inactive) names the expected file, it exists,
-# its chain (qemu-img info --backing-chain) and chainfs's chain are the
-# expected layers, and every pattern written reads back. Finally the
-# domain starts on those files.
+# after each: `cat wait` on both disks (both jobs completed), and for each
+# disk the inactive definition names the expected file as its source
+# (domblklist --inactive), every file it names (source and <backingStore>)
+# exists and is in the expected chain, in order; the chain of qemu-img info
+# --backing-chain and chainfs's chain are the expected layers, and every
+# pattern written reads back. Finally the domain starts on those files.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 it_init
@@ -47,6 +49,27 @@ declare -A FILE_OF=() # snapshot name -> its overlay file
 
 inactive_src() {
   it_virsh domblklist --inactive "$D" | awk -v dev="$1" '$1 == dev { print $2 }'
+}
+
+# inactive_files DISK — every file the inactive definition names for DISK:
+# its source, then those of its <backingStore> chain (libvirt writes one
+# there after a snapshot of the running domain; a define can carry an old
+# one, naming a merged file, and libvirt then starts on it).
+inactive_files() {
+  it_virsh dumpxml --inactive "$D" | python3 -c '
+import sys, xml.etree.ElementTree as ET
+for disk in ET.parse(sys.stdin).getroot().iter("disk"):
+    t = disk.find("target")
+    if t is None or t.get("dev") != sys.argv[1]:
+        continue
+    node = disk
+    while node is not None:
+        s = node.find("source")
+        if s is None or s.get("file") is None:
+            break
+        print(s.get("file"))
+        node = node.find("backingStore")
+' "$1"
 }
 
 # add_layer DISK NAME K RUNNING — mkdir DISK/snapshots/NAME, then write
@@ -92,12 +115,18 @@ merged() {
 # check_disk DISK — the definition, the files, chainfs and the data agree
 # with the expected chain.
 check_disk() {
-  local disk=$1 src p
+  local disk=$1 src p named f
   # shellcheck disable=SC2178 # namerefs to arrays
   local -n chain="CHAIN_$disk" pats="PATS_$disk"
   src=$(inactive_src "$disk")
   it_assert_eq "${chain[0]}" "$src" "the inactive definition names $disk's expected active layer"
-  [ -e "$src" ] || it_fail "the inactive definition names $src for $disk, a file that does not exist"
+  named=$(inactive_files "$disk")
+  while IFS= read -r f; do
+    [ -e "$f" ] || it_fail "the inactive definition names $f for $disk, a file that does not exist"
+  done <<<"$named"
+  # what it names of the chain, if more than the source, is the chain's top
+  it_assert_eq "$named" "$(printf '%s\n' "${chain[@]}" | head -n "$(wc -l <<<"$named")")" \
+    "the inactive definition names $disk's files that exist, in the chain's order"
   it_assert_eq "$(printf '%s\n' "${chain[@]}")" "$(it_chain "$src")" "qemu-img: the backing chain of $disk"
   it_check_chain "$D" "$disk" "${chain[@]}"
   for p in "${pats[@]}"; do
@@ -165,24 +194,45 @@ rmdir_pair a2 b2
 it_log "round 3: rmdir a4 (active) & rmdir b3 (middle)"
 rmdir_pair a4 b3
 
+# merge_runs DISK — wait (up to 10 s) until DISK's merge is past its start:
+# its qemu-img commit runs (or it has already ended).
+merge_runs() {
+  local i
+  for ((i = 0; i < 2000; i++)); do
+    grep -qs '^state: *\(running\|cleanup\|completed\|failed\)' "$MNT/$D/$1/job" && return 0
+    sleep 0.005
+  done
+  it_fail "the merge on $1 did not start within 10 s"
+}
+
+# mkdir_during DISK NAME OTHER SNAP — rmdir OTHER/snapshots/SNAP, and once
+# its merge runs (qemu-img commit, after it read the definition), mkdir
+# DISK/snapshots/NAME: libvirt changes the definition during the merge.
+mkdir_during() {
+  local rr=0
+  rmdir "$MNT/$D/$3/snapshots/$4" & pb=$!
+  merge_runs "$3"
+  mkdir "$MNT/$D/$1/snapshots/$2" || it_fail "mkdir $1/snapshots/$2"
+  if grep -q '^state: *running' "$MNT/$D/$3/job"; then
+    it_log "the merge on $3 still ran after the mkdir"
+  else
+    it_log "the merge on $3 ended before the mkdir did"
+  fi
+  wait "$pb" || rr=$?
+  [ "$rr" -eq 0 ] || it_fail "rmdir $3/snapshots/$4"
+  wait_both
+}
+
 # --- 4. mkdir on vda, rmdir of vdb's active layer -----------------------------------
-it_log "round 4: mkdir a6 & rmdir b4 (active)"
-mkdir "$MNT/$D/vda/snapshots/a6" & pa=$!
-rmdir "$MNT/$D/vdb/snapshots/b4" & pb=$!
-wait "$pa" || it_fail "mkdir vda/snapshots/a6"
-wait "$pb" || it_fail "rmdir vdb/snapshots/b4"
-wait_both
+it_log "round 4: rmdir b4 (active), during it mkdir a6"
+mkdir_during vda a6 vdb b4
 layer_added vda a6 6 no
 merged vdb b4
 check_both
 
 # --- 5. rmdir of vda's active layer, mkdir on vdb -----------------------------------
-it_log "round 5: rmdir a6 (active) & mkdir b6"
-rmdir "$MNT/$D/vda/snapshots/a6" & pa=$!
-mkdir "$MNT/$D/vdb/snapshots/b6" & pb=$!
-wait "$pa" || it_fail "rmdir vda/snapshots/a6"
-wait "$pb" || it_fail "mkdir vdb/snapshots/b6"
-wait_both
+it_log "round 5: rmdir a6 (active), during it mkdir b6"
+mkdir_during vdb b6 vda a6
 merged vda a6
 layer_added vdb b6 6 no
 check_both
