@@ -161,6 +161,7 @@ for k in 1 2; do
 done
 it_destroy "$D"
 it_wait_until 5 "chainfs sees the domain shut off" shutoff
+it_log "the inactive definition names for vda: $(inactive_files vda | tr '\n' ' ')"
 for k in 3 4 5; do
   add_layer vda "a$k" "$k" no
   add_layer vdb "b$k" "$k" no
@@ -194,15 +195,18 @@ rmdir_pair a2 b2
 it_log "round 3: rmdir a4 (active) & rmdir b3 (middle)"
 rmdir_pair a4 b3
 
-# merge_runs DISK — wait (up to 10 s) until DISK's merge is past its start:
-# its qemu-img commit runs (or it has already ended).
+# merge_runs DISK SNAP — wait (up to 10 s) until the merge of SNAP on DISK
+# is past its start: its qemu-img commit runs (or it has already ended).
+# (`job` shows the disk's previous job, completed, until this one starts.)
 merge_runs() {
   local i
   for ((i = 0; i < 2000; i++)); do
-    grep -qs '^state: *\(running\|cleanup\|completed\|failed\)' "$MNT/$D/$1/job" && return 0
+    awk -v snap="$2" '$1 == "snapshot:" && $2 == snap { s = 1 }
+      $1 == "state:" && $2 ~ /^(running|cleanup|completed|failed)$/ { r = 1 }
+      END { exit !(s && r) }' "$MNT/$D/$1/job" 2>/dev/null && return 0
     sleep 0.005
   done
-  it_fail "the merge on $1 did not start within 10 s"
+  it_fail "the merge of $2 on $1 did not start within 10 s"
 }
 
 # mkdir_during DISK NAME OTHER SNAP — rmdir OTHER/snapshots/SNAP, and once
@@ -211,7 +215,8 @@ merge_runs() {
 mkdir_during() {
   local rr=0
   rmdir "$MNT/$D/$3/snapshots/$4" & pb=$!
-  merge_runs "$3"
+  merge_runs "$3" "$4"
+  sleep 0.02 # it read the definition as it started; qemu-img takes ~100 ms
   mkdir "$MNT/$D/$1/snapshots/$2" || it_fail "mkdir $1/snapshots/$2"
   if grep -q '^state: *running' "$MNT/$D/$3/job"; then
     it_log "the merge on $3 still ran after the mkdir"
