@@ -76,10 +76,11 @@ enum lv_event {
 
 /* Threads: the event thread (libvirt's event loop, callbacks), the
  * reconnect thread (sleeps until the connection closes, then reopens it)
- * and any number of op threads. Lock order: only `lock`; it is never held
- * across a libvirt call that talks to the daemon. cb_ids and close_cb are
- * touched only by connect/destroy and the reconnect thread, never at the
- * same time. */
+ * and any number of op threads. Lock order: `lock` is never held across a
+ * libvirt call that talks to the daemon, nor while taking another lock;
+ * a domain's definition lock (lv_def_lock) and snap_lock are, and are
+ * never held together. cb_ids and close_cb are touched only by
+ * connect/destroy and the reconnect thread, never at the same time. */
 struct lv_backend {
     struct cfs_backend pub;
     char *uri;
@@ -114,6 +115,10 @@ struct lv_backend {
     struct lv_snap_cache *snaps;
     size_t n_snaps;
 
+    /* The definition locks of the domains that have one taken or
+     * awaited (under lock; see lv_def_lock). */
+    struct lv_def_lock *def_locks;
+
     /* Locality, decided by the first connect (lv_decide_locality) and
      * never changed: files_local, why (for the log), and whether the
      * daemon runs as this process's user (then the overlay files this
@@ -128,6 +133,16 @@ struct lv_backend {
 struct lv_pooled {
     virConnectPtr conn;
     int64_t idle_since_ms;
+};
+
+/* One domain's definition lock (lv_def_lock), by UUID: exists while
+ * some thread holds or waits for it. */
+struct lv_def_lock {
+    struct lv_backend *b;
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    pthread_mutex_t mutex;
+    unsigned users;              /* under b->lock: holders and waiters */
+    struct lv_def_lock *next;    /* under b->lock */
 };
 
 struct lv_snap_cache {
@@ -1485,6 +1500,76 @@ static int overlay_size(const struct cfs_layer *top, uint64_t *size)
     return 0;
 }
 
+/* ---- a domain's definition ---------------------------------------------- */
+
+/* chainfs changes a domain's persistent definition in two ways: an
+ * offline merge reads the inactive XML, edits one disk in it and defines
+ * the result (lv_offline_commit), and a snapshot has libvirt rewrite the
+ * disk's source itself (lv_snapshot_create; a shut-off domain's is the
+ * definition, a running one's the live XML and the definition). Merges and
+ * snapshots of different disks of one domain run at the same time, and a
+ * define puts back every disk as it was in the XML it edited: one read
+ * before another change was defined undoes that change (the other disk
+ * then names the file its merge deleted, and the domain cannot start).
+ * So each of them runs under the domain's definition lock, and an offline
+ * merge reads the XML it edits under it, after its qemu-img work (which
+ * takes long and touches only files of its own disk). The lock is per
+ * domain, by UUID, not one for the backend: a snapshot of a running domain
+ * waits for its QEMU, which may be stuck, and no other domain must wait
+ * for that. Other programs changing the definition (virsh edit) are not
+ * ours to hold back. */
+static struct lv_def_lock *lv_def_lock(struct lv_backend *b, virDomainPtr dom)
+{
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    struct lv_def_lock *l;
+
+    /* local (the handle carries it): fails only for a bad handle, which
+     * then shares the lock of "" */
+    if (virDomainGetUUIDString(dom, uuid) < 0)
+        virResetLastError();
+    pthread_mutex_lock(&b->lock);
+    for (l = b->def_locks; l && strcmp(l->uuid, uuid) != 0; l = l->next)
+        ;
+    if (!l) {
+        l = cfs_xcalloc(1, sizeof(*l));
+        l->b = b;
+        memcpy(l->uuid, uuid, sizeof(l->uuid));
+        pthread_mutex_init(&l->mutex, NULL);
+        l->next = b->def_locks;
+        b->def_locks = l;
+    }
+    l->users++;
+    pthread_mutex_unlock(&b->lock);
+    pthread_mutex_lock(&l->mutex);
+    return l;
+}
+
+static void lv_def_unlock(struct lv_def_lock *l)
+{
+    struct lv_backend *b;
+    struct lv_def_lock **p;
+
+    if (!l)
+        return;
+    b = l->b;
+    pthread_mutex_unlock(&l->mutex);
+    pthread_mutex_lock(&b->lock);
+    if (--l->users == 0) {
+        for (p = &b->def_locks; *p != l; p = &(*p)->next)
+            ;
+        *p = l->next;
+        pthread_mutex_destroy(&l->mutex);
+        free(l);
+    }
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void lv_def_unlockp(struct lv_def_lock **l)
+{
+    lv_def_unlock(*l);
+    *l = NULL;
+}
+
 /* Whether PATH is any layer of any disk in DOM's live XML. When that
  * cannot be told, it counts as used. */
 static bool lv_path_in_domain(virDomainPtr dom, const char *path)
@@ -1574,8 +1659,11 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
         cfs_backend_set_errmsg("cannot build the snapshot XML");
         r = -EIO;
     } else {
+        struct lv_def_lock *lk = lv_def_lock(lv(be), dom);
+
         snap = virDomainSnapshotCreateXML(dom, snap_xml, flags);
         r = snap ? 0 : lv_name_locked_image(lv_error(conn), overlay, NULL);
+        lv_def_unlock(lk);
     }
     /* ours to remove, unless libvirt took it after all (a failure after
      * the switch, e.g. saving the metadata): never a file in a chain */
@@ -2129,6 +2217,60 @@ static int lv_define(virConnectPtr conn, const char *xml)
     return 0;
 }
 
+/* The definition after an offline merge of TOP into BASE (BL, its layer)
+ * on disk DISK_TARGET: an active commit's disk now has BASE as its source;
+ * after a middle one, a chain written into the inactive XML (libvirt does
+ * that after a live snapshot) would still name TOP: it goes, and libvirt
+ * probes the chain again. Edits the inactive XML as it is now, read and
+ * defined under the domain's definition lock (see lv_def_lock): the XML
+ * lv_offline_commit read before its qemu-img work may predate another
+ * disk's change. */
+static int lv_offline_redefine(struct lv_backend *b, virConnectPtr conn,
+                               virDomainPtr dom, const char *dom_name,
+                               const char *disk_target, const char *top,
+                               const char *base, const struct cfs_layer *bl,
+                               bool active)
+{
+    _cleanup_(lv_def_unlockp) struct lv_def_lock *lk = lv_def_lock(b, dom);
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    const struct cfs_disk *disk;
+    const char *src;
+    bool changed = false;
+    int r;
+
+    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!xml)
+        return lv_error(conn);
+    if (!active) {
+        r = cfs_domxml_drop_backing_store(xml, disk_target, &new_xml, &changed);
+        if (r < 0 || !changed)
+            return 0;
+        return lv_define(conn, new_xml);
+    }
+    /* the disk is the engine's alone while it merges; a source other
+     * than TOP now was set by someone else, and is not ours to undo */
+    if (cfs_domxml_parse(xml, &x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    disk = cfs_domain_find_disk(x.domain, disk_target);
+    src = disk && disk->n_layers > 0 ? disk->layers[0].path : NULL;
+    if (!src || !lv_same_file(src, top)) {
+        cfs_backend_set_errmsg("the definition of disk '%s' of domain '%s' changed during "
+                               "the merge: its source is now '%s', not '%s'", disk_target,
+                               dom_name, src ? src : "(none)", top);
+        return -EBUSY;
+    }
+    r = cfs_domxml_set_disk_source(xml, disk_target, base, fmt_or(bl->format, "raw"),
+                                   bl->is_block, &new_xml);
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    return lv_define(conn, new_xml);
+}
+
 static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
                              const char *disk_target, const char *top,
                              const char *base, bool active)
@@ -2136,7 +2278,7 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
     _cleanup_domxml_ struct cfs_domxml x = {0};
-    _cleanup_free_ char *xml = NULL, *new_xml = NULL, *top_backing = NULL;
+    _cleanup_free_ char *xml = NULL, *top_backing = NULL;
     struct cfs_image_info info = {0};
     struct cfs_disk *disk;
     const struct cfs_layer *t, *bl;
@@ -2218,36 +2360,20 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
             return r;
     }
 
-    if (active) {
-        r = cfs_domxml_set_disk_source(xml, disk_target, base,
-                                       fmt_or(bl->format, "raw"), bl->is_block,
-                                       &new_xml);
-        if (r < 0) {
-            cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
-            return -EIO;
-        }
-        return lv_define(conn, new_xml);
-    }
-
-    {
+    if (!active) {
         const struct cfs_layer *above = &disk->layers[i - 1];
         char *argv[] = { QEMU_IMG, "rebase", "-q", "-u",
                          "-f", (char *)fmt_or(above->format, "qcow2"),
                          "-b", (char *)base,
                          "-F", (char *)fmt_or(bl->format, "raw"),
                          (char *)above->path, NULL };
-        bool changed = false;
 
         r = lv_run_qemu_img(argv);
         if (r < 0)
             return r;
-        /* a chain written into the inactive XML (libvirt does that after
-         * a live snapshot) would still name TOP: let libvirt re-probe */
-        r = cfs_domxml_drop_backing_store(xml, disk_target, &new_xml, &changed);
-        if (r < 0 || !changed)
-            return 0;
-        return lv_define(conn, new_xml);
     }
+    return lv_offline_redefine(lv(be), conn, dom, dom_name, disk_target, top,
+                               base, bl, active);
 }
 
 /* Offline forward merge (issue 8 §2): `qemu-img rebase` in safe mode
@@ -2263,7 +2389,7 @@ static int lv_offline_pull(struct cfs_backend *be, const char *dom_name,
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
     _cleanup_domxml_ struct cfs_domxml x = {0};
-    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    _cleanup_free_ char *xml = NULL;
     struct cfs_disk *disk;
     size_t b;
     int r;
@@ -2322,12 +2448,10 @@ static int lv_offline_pull(struct cfs_backend *be, const char *dom_name,
             return r;
     }
     /* a chain written into the inactive XML would still name the layers
-     * that left: let libvirt re-probe */
-    bool changed = false;
-    r = cfs_domxml_drop_backing_store(xml, disk_target, &new_xml, &changed);
-    if (r < 0 || !changed)
-        return 0;
-    return lv_define(conn, new_xml);
+     * that left: libvirt re-probes it (the XML edited is read again under
+     * the domain's definition lock, see lv_def_lock) */
+    return lv_offline_redefine(lv(be), conn, dom, dom_name, disk_target, top,
+                               base, &disk->layers[b], false);
 }
 
 /* ---- storage volumes --------------------------------------------------- */
