@@ -169,8 +169,13 @@ done
 check_both
 
 # rmdir_pair NAME_A NAME_B — rmdir vda's NAME_A and vdb's NAME_B together.
+# Every merge here commits (`merge NAME commit` in ctl): the layers are
+# the same size, and the cost rule of issue 8 would pull some of the
+# active ones (kept apart from the definition race this script checks).
 rmdir_pair() {
   local ra=0 rb=0
+  it_ctl "$D" vda "merge $1 commit" || it_fail "echo 'merge $1 commit' > vda/ctl"
+  it_ctl "$D" vdb "merge $2 commit" || it_fail "echo 'merge $2 commit' > vdb/ctl"
   rmdir "$MNT/$D/vda/snapshots/$1" & pa=$!
   rmdir "$MNT/$D/vdb/snapshots/$2" & pb=$!
   wait "$pa" || ra=$?
@@ -214,6 +219,7 @@ merge_runs() {
 # DISK/snapshots/NAME: libvirt changes the definition during the merge.
 mkdir_during() {
   local rr=0
+  it_ctl "$D" "$3" "merge $4 commit" || it_fail "echo 'merge $4 commit' > $3/ctl"
   rmdir "$MNT/$D/$3/snapshots/$4" & pb=$!
   merge_runs "$3" "$4"
   sleep 0.02 # it read the definition as it started; qemu-img takes ~100 ms
