@@ -2271,6 +2271,50 @@ static int lv_offline_redefine(struct lv_backend *b, virConnectPtr conn,
     return lv_define(conn, new_xml);
 }
 
+/* The start of an offline merge of DISK_TARGET of the shut-off domain
+ * DOM_NAME: the connection, the domain, its inactive XML (*XML) parsed
+ * into *X with every chain completed from the image headers, and the disk
+ * in it (*DISK). 0, or a negative errno with the backend's message. */
+static int lv_offline_open(struct cfs_backend *be, const char *dom_name,
+                           const char *disk_target, virConnectPtr *conn,
+                           virDomainPtr *dom, char **xml, struct cfs_domxml *x,
+                           struct cfs_disk **disk)
+{
+    int r;
+
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, and "
+                               "they are not on this machine (%s); libvirt has no API "
+                               "for it: start the domain and rmdir again",
+                               lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    r = lv_lookup(lv(be), dom_name, conn, dom);
+    if (r < 0)
+        return r;
+    r = virDomainIsActive(*dom);
+    if (r < 0)
+        return lv_error(*conn);
+    if (r > 0) {
+        cfs_backend_set_errmsg("domain '%s' is not shut off", dom_name);
+        return -EBUSY;
+    }
+    *xml = virDomainGetXMLDesc(*dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!*xml)
+        return lv_error(*conn);
+    if (cfs_domxml_parse(*xml, x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    *disk = cfs_domain_find_disk(x->domain, disk_target);
+    if (!*disk) {
+        cfs_backend_set_errmsg("domain '%s' has no disk '%s'", dom_name, disk_target);
+        return -ENOENT;
+    }
+    lv_complete_chains(NULL, NULL, x, false, true);
+    return 0;
+}
+
 static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
                              const char *disk_target, const char *top,
                              const char *base, bool active)
@@ -2285,37 +2329,9 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     size_t i;
     int r;
 
-    if (!lv_files_local(be, NULL)) {
-        cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, and "
-                               "they are not on this machine (%s); libvirt has no API "
-                               "for it: start the domain and rmdir again",
-                               lv(be)->local_why);
-        return -EOPNOTSUPP;
-    }
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_offline_open(be, dom_name, disk_target, &conn, &dom, &xml, &x, &disk);
     if (r < 0)
         return r;
-    r = virDomainIsActive(dom);
-    if (r < 0)
-        return lv_error(conn);
-    if (r > 0) {
-        cfs_backend_set_errmsg("domain '%s' is not shut off", dom_name);
-        return -EBUSY;
-    }
-    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-    if (!xml)
-        return lv_error(conn);
-    r = cfs_domxml_parse(xml, &x);
-    if (r < 0) {
-        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
-        return -EIO;
-    }
-    disk = cfs_domain_find_disk(x.domain, disk_target);
-    if (!disk) {
-        cfs_backend_set_errmsg("domain '%s' has no disk '%s'", dom_name, disk_target);
-        return -ENOENT;
-    }
-    lv_complete_chains(NULL, NULL, &x, false, true);
 
     for (i = 0; i < disk->n_layers; i++)
         if (cfs_file_same(NULL, disk->layers[i].path, NULL, top))
@@ -2394,36 +2410,9 @@ static int lv_offline_pull(struct cfs_backend *be, const char *dom_name,
     size_t b;
     int r;
 
-    if (!lv_files_local(be, NULL)) {
-        cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, and "
-                               "they are not on this machine (%s); libvirt has no API "
-                               "for it: start the domain and rmdir again",
-                               lv(be)->local_why);
-        return -EOPNOTSUPP;
-    }
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_offline_open(be, dom_name, disk_target, &conn, &dom, &xml, &x, &disk);
     if (r < 0)
         return r;
-    r = virDomainIsActive(dom);
-    if (r < 0)
-        return lv_error(conn);
-    if (r > 0) {
-        cfs_backend_set_errmsg("domain '%s' is not shut off", dom_name);
-        return -EBUSY;
-    }
-    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-    if (!xml)
-        return lv_error(conn);
-    if (cfs_domxml_parse(xml, &x) < 0) {
-        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
-        return -EIO;
-    }
-    disk = cfs_domain_find_disk(x.domain, disk_target);
-    if (!disk) {
-        cfs_backend_set_errmsg("domain '%s' has no disk '%s'", dom_name, disk_target);
-        return -ENOENT;
-    }
-    lv_complete_chains(NULL, NULL, &x, false, true);
     if (disk->n_layers < 3 || !cfs_file_same(NULL, disk->layers[0].path, NULL, top)) {
         cfs_backend_set_errmsg("'%s' is not the active layer of disk '%s' over a "
                                "chain of three layers or more", top, disk_target);
