@@ -4,13 +4,16 @@
 # (read the inactive XML, qemu-img commit, define), and an offline mkdir
 # has libvirt rewrite it. One change must not put back the other disk's
 # old source (a file chainfs then deletes as merged: the domain could not
-# start). A domain with disks vda and vdb, each on a chain of five
-# snapshots (two made while it ran: libvirt writes those chains into the
-# inactive XML as <backingStore>; three while shut off), each layer with
-# its own pattern (16 MiB, so that qemu-img commit takes a while); then,
+# start). A domain with disks vda and vdb, each with three snapshots made
+# while it ran (libvirt then writes the chain into the inactive XML as
+# <backingStore>, which a middle merge's define drops), each layer with
+# its own pattern (16 MiB, so that qemu-img commit takes a while; 64 MiB
+# more in the layers merged while a mkdir runs); then,
 # shut off, rounds of two changes started together:
-#   1. rmdir + rmdir, both active layers;
-#   2. rmdir + rmdir, both middle layers (made while it ran);
+#   1. rmdir + rmdir, both middle layers (the definition still has the
+#      <backingStore> chains);
+# then two more snapshots on each disk, made while shut off, and:
+#   2. rmdir + rmdir, both active layers;
 #   3. rmdir of vda's active layer + rmdir of a middle layer of vdb;
 #   4. rmdir of vdb's active layer, and while its qemu-img commit runs a
 #      mkdir on vda;
@@ -75,7 +78,7 @@ for disk in ET.parse(sys.stdin).getroot().iter("disk"):
 # add_layer DISK NAME K RUNNING — mkdir DISK/snapshots/NAME, then write
 # layer K's pattern into the new overlay (by the guest if RUNNING).
 add_layer() {
-  local disk=$1 name=$2 k=$3 running=$4 src pat dev
+  local disk=$1 name=$2 k=$3 running=$4
   mkdir "$MNT/$D/$disk/snapshots/$name" || it_fail "mkdir $disk/snapshots/$name"
   layer_added "$disk" "$name" "$k" "$running"
 }
@@ -98,6 +101,17 @@ layer_added() {
     it_write_pattern "$src" "$pat" $((k * LAYER)) "$LAYER"
   fi
   pats+=("$pat $((k * LAYER)) $LAYER")
+}
+
+# bulk DISK — 64 MiB more (pattern 0x?f at 160 MiB) into DISK's active
+# layer: its merge takes longer, for a mkdir to run during it.
+bulk() {
+  local disk=$1 pat
+  # shellcheck disable=SC2178 # namerefs to arrays
+  local -n chain="CHAIN_$disk" pats="PATS_$disk"
+  pat=$(printf '0x%sf' "${disk:2:1}")
+  it_write_pattern "${chain[0]}" "$pat" $((160 * MB)) $((64 * MB))
+  pats+=("$pat $((160 * MB)) $((64 * MB))")
 }
 
 # merged DISK NAME — NAME's layer left DISK's expected chain.
@@ -155,17 +169,13 @@ shutoff() { grep -q '^state: *shutoff$' "$MNT/$D/vda/chain"; }
 it_start "$D"
 it_mount
 it_wait_dom "$D"
-for k in 1 2; do
+for k in 1 2 3; do
   add_layer vda "a$k" "$k" yes
   add_layer vdb "b$k" "$k" yes
 done
 it_destroy "$D"
 it_wait_until 5 "chainfs sees the domain shut off" shutoff
 it_log "the inactive definition names for vda: $(inactive_files vda | tr '\n' ' ')"
-for k in 3 4 5; do
-  add_layer vda "a$k" "$k" no
-  add_layer vdb "b$k" "$k" no
-done
 check_both
 
 # rmdir_pair NAME_A NAME_B — rmdir vda's NAME_A and vdb's NAME_B together.
@@ -188,13 +198,20 @@ rmdir_pair() {
   check_both
 }
 
-# --- 1. both active layers ----------------------------------------------------------
-it_log "round 1: rmdir a5 (active) & rmdir b5 (active)"
-rmdir_pair a5 b5
-
-# --- 2. both middle layers (made while running) ------------------------------------
-it_log "round 2: rmdir a2 (middle) & rmdir b2 (middle)"
+# --- 1. both middle layers (made while running) ------------------------------------
+it_log "round 1: rmdir a2 (middle) & rmdir b2 (middle)"
 rmdir_pair a2 b2
+
+for k in 4 5; do
+  add_layer vda "a$k" "$k" no
+  add_layer vdb "b$k" "$k" no
+  [ "$k" -ne 4 ] || bulk vdb # merged in round 4
+done
+check_both
+
+# --- 2. both active layers ----------------------------------------------------------
+it_log "round 2: rmdir a5 (active) & rmdir b5 (active)"
+rmdir_pair a5 b5
 
 # --- 3. an active layer and a middle layer ------------------------------------------
 it_log "round 3: rmdir a4 (active) & rmdir b3 (middle)"
@@ -238,6 +255,7 @@ mkdir_during() {
 it_log "round 4: rmdir b4 (active), during it mkdir a6"
 mkdir_during vda a6 vdb b4
 layer_added vda a6 6 no
+bulk vda # merged in round 5
 merged vdb b4
 check_both
 
