@@ -367,6 +367,21 @@ char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
     return dump(doc);
 }
 
+char *cfs_domxml_copy_dest_xml(const char *path, const char *format)
+{
+    _cleanup_doc_ xmlDoc *doc = NULL;
+    xmlNode *root;
+
+    cfs_domxml_init();
+    doc = xmlNewDoc((const xmlChar *)"1.0");
+    root = xmlNewNode(NULL, (const xmlChar *)"disk");
+    xmlDocSetRootElement(doc, root);
+    set_prop(root, "type", "file");
+    set_prop(new_child(root, "source"), "file", path);
+    set_prop(new_child(root, "driver"), "type", format);
+    return dump(doc);
+}
+
 static xmlNode *find_disk(xmlNode *root, const char *target)
 {
     for (xmlNode *c = child(child(root, "devices"), "disk"); c; c = c->next)

@@ -85,6 +85,11 @@ void cfs_volxml_clear(struct cfs_volxml *v);
 char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
                               const char *overlay, char *const *targets);
 
+/* <disk type='file'><source file=PATH/><driver type=FORMAT/></disk>, the
+ * destination of a block copy (virDomainBlockCopy). Escaped. Caller
+ * frees. */
+char *cfs_domxml_copy_dest_xml(const char *path, const char *format);
+
 /* Live XML: *READY = the disk TARGET has <mirror ready='yes'>. No mirror
  * at all is not an error (*READY = false). */
 int cfs_domxml_mirror_ready(const char *xml, const char *target, bool *ready);

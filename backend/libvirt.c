@@ -2250,6 +2250,193 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     }
 }
 
+/* ---- copy (issue 8 §1) --------------------------------------------------- */
+
+static int lv_image_create(struct cfs_backend *be, const char *path,
+                           const char *like, const char *like_format,
+                           const char *backing, const char *backing_format,
+                           struct cfs_file_id *id)
+{
+    struct cfs_layer l = { .path = (char *)like, .format = (char *)like_format };
+    struct stat st;
+    uint64_t size;
+    int r;
+
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("chainfs creates the copy's destination itself, and the "
+                               "image files are not on this machine (%s)",
+                               lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    if (!path || path[0] != '/') {
+        cfs_backend_set_errmsg("the destination must be an absolute path");
+        return -EINVAL;
+    }
+    r = overlay_size(&l, &size);
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot read the virtual size of %s (%s): %s", like,
+                               like_format ? like_format : "?", strerror(-r));
+        return r;
+    }
+    r = cfs_image_create(path, backing, backing ? fmt_or(backing_format, "raw") : NULL,
+                         size, &st);
+    if (r == -EEXIST) {
+        cfs_backend_set_errmsg("'%s' already exists", path);
+        return r;
+    }
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot create '%s': %s", path, strerror(-r));
+        return r;
+    }
+    if (id) {
+        cfs_file_identify(id, path, true);
+        /* the file this call made, whatever the path names by now */
+        id->known = true;
+        id->dev = (uint64_t)st.st_dev;
+        id->ino = (uint64_t)st.st_ino;
+    }
+    return 0;
+}
+
+static int lv_copy_start(struct cfs_backend *be, const char *dom_name,
+                         const char *disk, const char *dest, bool shallow,
+                         uint64_t bandwidth)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL;
+    virTypedParameter param = {0};
+    unsigned int flags = VIR_DOMAIN_BLOCK_COPY_REUSE_EXT |
+                         VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
+    int r;
+
+    if (!dest || dest[0] != '/') {
+        cfs_backend_set_errmsg("the destination must be an absolute path");
+        return -EINVAL;
+    }
+    if (shallow)
+        flags |= VIR_DOMAIN_BLOCK_COPY_SHALLOW;
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    xml = cfs_domxml_copy_dest_xml(dest, "qcow2");
+    if (!xml) {
+        cfs_backend_set_errmsg("cannot build the copy destination XML");
+        return -EIO;
+    }
+    if (bandwidth > 0) {
+        snprintf(param.field, sizeof(param.field), "%s",
+                 VIR_DOMAIN_BLOCK_COPY_BANDWIDTH);
+        param.type = VIR_TYPED_PARAM_ULLONG;
+        param.value.ul = bandwidth;
+    }
+    if (virDomainBlockCopy(dom, disk, xml, bandwidth > 0 ? &param : NULL,
+                           bandwidth > 0 ? 1 : 0, flags) < 0) {
+        r = lv_error(conn);
+        if (r != -EBUSY || !msg_is_lock(cfs_backend_errmsg()))
+            return r;
+        return lv_name_locked_image(r, dest, NULL);
+    }
+    return 0;
+}
+
+static int lv_image_check(struct cfs_backend *be, const char *path,
+                          const char *format)
+{
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("%s is not on this machine (%s)", path, lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    char *argv[] = { QEMU_IMG, "check", "-q", "-f", (char *)fmt_or(format, "qcow2"),
+                     (char *)path, NULL };
+    int r = lv_run_qemu_img(argv);
+    /* exit 2 (corruptions), 3 (leaks) and 1 (cannot check) all fail */
+    return r == -EBUSY || r == -ENOSPC ? -EIO : r;
+}
+
+/* The inactive XML of DOM, parsed (X) and as text (*XML); 1 when DOM is
+ * persistent, 0 when transient (nothing filled), or -errno. */
+static int lv_inactive_xml(virConnectPtr conn, virDomainPtr dom, char **xml,
+                           struct cfs_domxml *x)
+{
+    int p = virDomainIsPersistent(dom);
+
+    if (p < 0)
+        return lv_error(conn);
+    if (p == 0)
+        return 0;
+    *xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!*xml)
+        return lv_error(conn);
+    if (cfs_domxml_parse(*xml, x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the persistent XML of the domain");
+        return -EIO;
+    }
+    return 1;
+}
+
+static int lv_persistent_source_get(struct cfs_backend *be, const char *dom_name,
+                                    const char *disk, char **path)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    int r;
+
+    *path = NULL;
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    r = lv_inactive_xml(conn, dom, &xml, &x);
+    if (r <= 0)
+        return r;
+    const struct cfs_disk *d = cfs_domain_find_disk(x.domain, disk);
+    if (!d) {
+        cfs_backend_set_errmsg("the persistent definition of domain '%s' has no disk '%s'",
+                               dom_name, disk);
+        return -ENOENT;
+    }
+    if (d->n_layers > 0)
+        *path = cfs_xstrdup(d->layers[0].path);
+    return 0;
+}
+
+static int lv_persistent_source_set(struct cfs_backend *be, const char *dom_name,
+                                    const char *disk, const char *path,
+                                    const char *format)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    int r;
+
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    r = lv_inactive_xml(conn, dom, &xml, &x);
+    if (r < 0)
+        return r;
+    if (r == 0) {
+        cfs_backend_set_errmsg("domain '%s' is transient: it has no persistent definition",
+                               dom_name);
+        return -ENOENT;
+    }
+    if (!cfs_domain_find_disk(x.domain, disk)) {
+        cfs_backend_set_errmsg("the persistent definition of domain '%s' has no disk '%s'",
+                               dom_name, disk);
+        return -ENOENT;
+    }
+    r = cfs_domxml_set_disk_source(xml, disk, path, fmt_or(format, "qcow2"), false,
+                                   &new_xml);
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    return lv_define(conn, new_xml);
+}
+
 /* ---- storage volumes --------------------------------------------------- */
 
 /* Delete PATH through the storage pool that holds it. A file libvirt made
@@ -2295,6 +2482,11 @@ static const struct cfs_backend_ops lv_ops = {
     .snapshot_retarget = lv_snapshot_retarget,
     .commit_start = lv_commit_start,
     .pull_start = lv_pull_start,
+    .image_create = lv_image_create,
+    .copy_start = lv_copy_start,
+    .image_check = lv_image_check,
+    .persistent_source_get = lv_persistent_source_get,
+    .persistent_source_set = lv_persistent_source_set,
     .job_set_bandwidth = lv_job_set_bandwidth,
     .job_get = lv_job_get,
     .job_pivot = lv_job_pivot,
