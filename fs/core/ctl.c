@@ -7,6 +7,7 @@
  * nothing. Pure functions of their arguments: no globals but constant
  * tables, no allocation, thread-safe. */
 #include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -19,10 +20,16 @@ const char cfs_ctl_usage[] =
     "pivot manual      active commits wait in ready for pivot\n"
     "pivot auto        active commits pivot on their own (the default)\n"
     "bandwidth N       the running job's limit in bytes/s; K, M, G, T\n"
-    "                  suffixes (powers of 1024); 0 = unlimited\n";
+    "                  suffixes (powers of 1024); 0 = unlimited\n"
+    "copy DEST [flatten|shallow|chain] [manual]\n"
+    "                  mirror the running disk to DEST (a new qcow2 file)\n"
+    "                  and pivot to it; manual: wait in ready for pivot\n"
+    "                  or finish\n"
+    "finish            end a ready manual copy without a pivot (DEST is a\n"
+    "                  point-in-time copy)\n";
 
-/* Most words a command has ("pivot manual", "bandwidth N"). */
-#define MAX_WORDS 2
+/* Most words a command has ("copy DEST shallow manual"). */
+#define MAX_WORDS 4
 
 _Static_assert(CFS_CTL_MAX_WRITE == 4096, "the refusal text says 4096");
 
@@ -144,6 +151,8 @@ int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
     } else if (word_is(w, "pivot")) {
         if (n == 1)
             cmd.op = CFS_CTL_PIVOT;
+        else if (n > 2)
+            return refuse(why, "too many words");
         else if (word_is(&words[1], "manual"))
             cmd.op = CFS_CTL_PIVOT_MANUAL;
         else if (word_is(&words[1], "auto"))
@@ -158,6 +167,38 @@ int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
             cfs_size_parse(num, &cmd.bandwidth) < 0)
             return refuse(why, "bandwidth: not a number of bytes/s (digits, an optional K, M, G or T)");
         cmd.op = CFS_CTL_BANDWIDTH;
+    } else if (word_is(w, "finish")) {
+        if (n != 1)
+            return refuse(why, "finish takes no argument");
+        cmd.op = CFS_CTL_FINISH;
+    } else if (word_is(w, "copy")) {
+        if (n < 2)
+            return refuse(why, "copy needs a destination: copy DEST [flatten|shallow|chain] [manual]");
+        const struct word *d = &words[1];
+        if (d->s[0] != '/')
+            return refuse(why, "copy: the destination must be an absolute path");
+        if (d->len >= PATH_MAX || d->len >= sizeof(cmd.dest))
+            return refuse(why, "copy: the destination path is too long");
+        if (d->s[d->len - 1] == '/')
+            return refuse(why, "copy: the destination names a directory, not a file");
+        memcpy(cmd.dest, d->s, d->len);
+        cmd.dest[d->len] = '\0';
+        cmd.copy_mode = CFS_COPY_DEFAULT;
+        for (size_t i = 2; i < n; i++) {
+            const struct word *m = &words[i];
+            enum cfs_copy_mode mode = word_is(m, "flatten") ? CFS_COPY_FLATTEN
+                                      : word_is(m, "shallow") ? CFS_COPY_SHALLOW
+                                      : word_is(m, "chain")   ? CFS_COPY_CHAIN
+                                                              : CFS_COPY_NONE;
+            if (mode != CFS_COPY_NONE && i == 2) {
+                cmd.copy_mode = mode;
+            } else if (word_is(m, "manual") && !cmd.manual) {
+                cmd.manual = true;
+            } else {
+                return refuse(why, "copy DEST takes flatten, shallow or chain, then manual");
+            }
+        }
+        cmd.op = CFS_CTL_COPY;
     } else {
         return refuse(why, "unknown command");
     }
@@ -173,6 +214,8 @@ const char *cfs_ctl_op_to_string(enum cfs_ctl_op op)
     case CFS_CTL_PIVOT_MANUAL: return "pivot manual";
     case CFS_CTL_PIVOT_AUTO:   return "pivot auto";
     case CFS_CTL_BANDWIDTH:    return "bandwidth";
+    case CFS_CTL_COPY:         return "copy";
+    case CFS_CTL_FINISH:       return "finish";
     default:                   return "?";
     }
 }

@@ -127,6 +127,15 @@ int journal_record(struct cfs_engine *e, const char *dom,
         .bytes_copied = job->bytes_copied,
         .reason = job->reason,
         .survivor = job->survivor,
+        /* issue 8's copies */
+        .dest = job->dest,
+        .copy_mode = job->copy_mode,
+        .manual = job->manual,
+        .finish = job->finish,
+        .n_made = job->n_made,
+        .made = job->made,
+        .n_old = job->n_old,
+        .old_files = job->old_files,
     };
     int r = cfs_journal_put(e->journal, &en);
     if (r < 0)

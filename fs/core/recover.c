@@ -103,6 +103,15 @@ void recover_journal(struct cfs_engine *e)
         s->job.bytes_copied = en->bytes_copied;
         s->job.reason = cfs_xstrdup(en->reason);
         s->job.survivor = cfs_xstrdup(en->survivor);
+        /* issue 8's copies */
+        s->job.dest = cfs_xstrdup(en->dest);
+        s->job.copy_mode = en->copy_mode;
+        s->job.manual = en->manual;
+        s->job.finish = en->finish;
+        s->job.made = cfs_job_files_dup(en->made, en->n_made);
+        s->job.n_made = s->job.made ? en->n_made : 0;
+        s->job.old_files = cfs_job_files_dup(en->old_files, en->n_old);
+        s->job.n_old = s->job.old_files ? en->n_old : 0;
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */
