@@ -873,9 +873,215 @@ static int ctl_pivot_setting(struct cfs_engine *e, const char *dom,
     return 0;
 }
 
+/* `copy DEST MODE [manual]` (issue 8 §1.1-§1.2): refusals first, in the
+ * design's order, before anything changes; then DEST is made (O_EXCL,
+ * its dev/ino journaled) and libvirt's block copy started. */
+static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
+                    const struct cfs_ctl_cmd *cmd)
+{
+    const char *why = NULL;
+    _cleanup_free_ char *why_buf = NULL;
+    const char *dest = cmd->dest;
+    enum cfs_copy_mode mode = cmd->copy_mode;
+    int r = check_reachable(e, dom, &why);
+    if (r < 0)
+        return ctl_refuse(e, dom, disk, cmd, r, why);
+
+    /* the chain as libvirt has it now */
+    r = lock_live(e, dom);
+    if (r < 0) {
+        why = why_buf = live_error(r);
+        return ctl_refuse(e, dom, disk, cmd, r, why);
+    }
+    struct disk_at at;
+    r = disk_refusal(e, dom, disk, REFUSE_LIVE | REFUSE_MAKE_STATE, &at, &why,
+                     &why_buf);
+    struct cfs_domain *d = at.d;
+    struct cfs_disk *dk = at.dk;
+    struct cfs_job job = {0};
+    _cleanup_strv_ char **snaps = NULL;
+    if (r == 0) {
+        /* every layer above the base is a snapshot's */
+        for (size_t i = 0; i + 1 < dk->n_layers; i++)
+            cfs_strv_push(&snaps, cfs_xstrdup(dk->layers[i].name ? dk->layers[i].name
+                                                                 : dk->layers[i].path));
+    }
+    if (r < 0) {
+        /* refused (ENOTCONN, ENOENT, EROFS, EBUSY) */
+    } else if (d->state == CFS_DOM_SHUTOFF) {
+        r = -EOPNOTSUPP;
+        why = "copy mirrors a running disk; the domain is shut off";
+    } else if (!engine_files_local(e)) {
+        r = -EOPNOTSUPP;
+        why = "the image files are not on this machine, and chainfs creates "
+              "the copy's destination itself";
+    } else if (dk->n_layers == 0 || dk->layers[0].is_block) {
+        r = -EOPNOTSUPP;
+        why = "copy moves a disk whose active layer is a file";
+    } else if (mode == CFS_COPY_DEFAULT && snaps) {
+        struct cfs_buf lb = {0};
+        for (char **n = snaps; *n; n++)
+            cfs_buf_printf(&lb, "%s%s", n == snaps ? "" : ", ", *n);
+        _cleanup_free_ char *list = cfs_buf_steal(&lb);
+        r = -EBUSY;
+        why = why_buf = cfs_xasprintf(
+            "the disk has snapshots (%s), which a flat copy merges away; say "
+            "`copy DEST flatten` to drop them, or `copy DEST shallow`", list);
+    } else if (mode == CFS_COPY_CHAIN) {
+        r = -EOPNOTSUPP;
+        why = "copy DEST chain is not built yet (issue 8 §1.2): use shallow or flatten";
+    } else if ((mode == CFS_COPY_SHALLOW) && dk->n_layers < 2) {
+        r = -EINVAL;
+        why = "a shallow copy needs a layer below the active one to share; "
+              "the disk has one layer (copy DEST)";
+    }
+    if (r == 0) {
+        _cleanup_free_ char *tmp = cfs_xstrdup(dest);
+        const char *dir = dirname(tmp);
+        struct stat st;
+        if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            r = -ENOENT;
+            why = why_buf = cfs_xasprintf("the destination's directory %s does not exist", dir);
+        } else if (lstat(dest, &st) == 0) {
+            r = -EEXIST;
+            why = why_buf = cfs_xasprintf("%s exists; copy creates a new file", dest);
+        } else if (cfs_disk_find_file(dk, NULL, dest) >= 0) {
+            r = -EEXIST;
+            why = "the destination is a layer of the disk";
+        }
+    }
+    if (r == 0) {
+        if (mode == CFS_COPY_DEFAULT)
+            mode = CFS_COPY_FLATTEN;
+        struct cfs_disk_state *s = at.s;
+        job_new_locked(e, s, CFS_JOB_COPY);
+        struct cfs_job *j = &s->job;
+        const struct cfs_layer *act = &dk->layers[0];
+        j->top = cfs_xstrdup(act->path);
+        cfs_file_id_copy(&j->top_id, &act->id);
+        j->base = cfs_xstrdup(dest);
+        j->dest = cfs_xstrdup(dest);
+        j->copy_mode = mode;
+        j->manual = cmd->manual;
+        j->pivot_manual = cmd->manual;
+        j->meta_name = cfs_xstrdup(act->meta_name);
+        /* flatten: every snapshot's metadata goes at the end, top first */
+        for (size_t i = 0; mode == CFS_COPY_FLATTEN && i < dk->n_layers; i++)
+            if (dk->layers[i].meta_name)
+                cfs_strv_push(&j->snapshots, cfs_xstrdup(dk->layers[i].meta_name));
+        /* the files that leave the chain at the pivot (kept, named) */
+        j->n_old = mode == CFS_COPY_SHALLOW ? 1 : dk->n_layers;
+        j->old_files = cfs_xcalloc(j->n_old, sizeof(*j->old_files));
+        for (size_t i = 0; i < j->n_old; i++) {
+            j->old_files[i].path = cfs_xstrdup(dk->layers[i].path);
+            cfs_file_id_copy(&j->old_files[i].id, &dk->layers[i].id);
+        }
+        /* DEST, with no identity until it exists */
+        j->n_made = 1;
+        j->made = cfs_xcalloc(1, sizeof(*j->made));
+        j->made[0].path = cfs_xstrdup(dest);
+        j->end = act->virtual_size;
+        j->started = now_s();
+        j->journal_id = cfs_journal_new_id(e->journal);
+        j->bandwidth = e->commit_bandwidth;
+        phase_step_locked(e, s, CFS_PHASE_STARTING);
+        cfs_job_copy(&job, j);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (r < 0)
+        return ctl_refuse(e, dom, disk, cmd, r, why);
+
+    /* durably record the intent before anything is created: a daemon
+     * killed now leaves an entry naming DEST without an identity (never
+     * deleted, named) */
+    if (journal_record(e, dom, disk, &job, "starting") < 0) {
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED,
+                "copy: cannot write the journal", false);
+        cfs_job_clear(&job);
+        return -EIO;
+    }
+    const bool shallow = job.copy_mode == CFS_COPY_SHALLOW;
+    _cleanup_free_ char *like = NULL, *like_fmt = NULL, *back = NULL, *back_fmt = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    d = cfs_tree_find_domain(e->tree, dom);
+    dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    if (dk && dk->n_layers > 0) {
+        like = cfs_xstrdup(dk->layers[0].path);
+        like_fmt = cfs_xstrdup(dk->layers[0].format);
+        if (shallow && dk->n_layers > 1) {
+            back = cfs_xstrdup(dk->layers[1].path);
+            back_fmt = cfs_xstrdup(dk->layers[1].format);
+        }
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    struct cfs_file_id did = {0};
+    r = !like || (shallow && !back) ? -ESTALE
+        : e->be->ops->image_create
+            ? e->be->ops->image_create(e->be, dest, like, like_fmt ? like_fmt : "qcow2",
+                                       back, back_fmt ? back_fmt : "qcow2", &did)
+            : -EOPNOTSUPP;
+    if (r < 0) {
+        _cleanup_free_ char *msg = cfs_xstrdup(r == -ESTALE ? "the disk's chain changed"
+                                                            : errmsg_or(strerror(-r)));
+        log_warn("ctl %s/%s: copy to %s refused (%s): %s", dom, disk, dest,
+                 strerror(-r), msg);
+        _cleanup_free_ char *text = cfs_xasprintf("copy %s: %s", dest, msg);
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
+        cfs_file_id_clear(&did);
+        cfs_job_clear(&job);
+        return r;
+    }
+    /* DEST's identity, journaled: the one file a failure may delete */
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
+    if (s && s->job.n_made > 0) {
+        cfs_file_id_clear(&s->job.made[0].id);
+        cfs_file_id_copy(&s->job.made[0].id, &did);
+        cfs_job_clear(&job);
+        cfs_job_copy(&job, &s->job);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    cfs_file_id_clear(&did);
+    if (journal_record(e, dom, disk, &job, "starting") < 0) {
+        copy_delete_made(e, dom, disk, &job);
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED,
+                "copy: cannot write the journal", false);
+        cfs_job_clear(&job);
+        return -EIO;
+    }
+
+    r = e->be->ops->copy_start
+            ? e->be->ops->copy_start(e->be, dom, disk, dest, shallow, job.bandwidth)
+            : -EOPNOTSUPP;
+    if (r < 0) {
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
+        _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+        log_warn("ctl %s/%s: copy to %s failed (%s): %s", dom, disk, dest,
+                 strerror(-r), msg);
+        _cleanup_free_ char *text = cfs_xasprintf("copy %s: %s", dest, msg);
+        /* nothing of it in libvirt: DEST goes (job_fail, phase starting) */
+        job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED, text);
+        cfs_job_clear(&job);
+        return r;
+    }
+    job_set_phase(e, dom, disk, job.id, CFS_PHASE_RUNNING);
+    log_info("ctl %s/%s: copy of %s to %s (%s%s) started", dom, disk, job.top,
+             dest, cfs_copy_mode_to_string(job.copy_mode),
+             job.manual ? ", manual" : "");
+    cfs_job_clear(&job);
+    pthread_mutex_lock(&e->qlock);
+    pthread_cond_signal(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    return 0;
+}
+
 int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                    const struct cfs_ctl_cmd *cmd)
 {
+    if (cmd->op == CFS_CTL_COPY)
+        return ctl_copy(e, dom, disk, cmd);
+
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
@@ -914,10 +1120,10 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     } else if (job.phase == CFS_PHASE_STARTING) {
         r = -EAGAIN;
         why = "the job is starting; try again";
-    } else if (job.phase == CFS_PHASE_CLEANUP ||
+    } else if (job.phase == CFS_PHASE_CLEANUP || job.phase == CFS_PHASE_FINISHING ||
                (job.phase == CFS_PHASE_PIVOTING && cmd->op != CFS_CTL_PIVOT)) {
         r = -EBUSY;
-        why = "the merge is past its end (pivoting or cleaning up)";
+        why = "the job is past its end (pivoting, finishing or cleaning up)";
     }
     if (r < 0) {
         cfs_job_clear(&job);
@@ -928,7 +1134,7 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     case CFS_CTL_PIVOT:
         if (!k->has_ready) {
             r = -EINVAL;
-            why = "only an active commit pivots";
+            why = "only an active commit or a copy pivots";
         } else if (job.phase == CFS_PHASE_RUNNING) {
             r = -EAGAIN;
             why = "the active commit is not ready yet";
@@ -944,6 +1150,10 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                 why = why_buf = cfs_xstrdup(errmsg_or(strerror(-r)));
             }
         }
+        break;
+    case CFS_CTL_FINISH:
+        r = copy_ctl_finish(e, dom, disk, &job, &why_buf);
+        why = why_buf;
         break;
     case CFS_CTL_ABORT:
         if (!k->abortable) {

@@ -239,6 +239,11 @@ void external_check(struct cfs_engine *e, const char *dom, const char *disk);
 bool any_live_job(struct cfs_engine *e, char ***doms, char ***disks);
 void poll_jobs(struct cfs_engine *e);
 
+/* copy.c */
+enum finish_result copy_finish(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, const struct cfs_job *job);
+void copy_delete_made(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job);
+int copy_ctl_finish(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job, char **why);
+
 /* recover.c */
 void recover_journal(struct cfs_engine *e);
 void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);

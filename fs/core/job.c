@@ -238,7 +238,7 @@ static bool phase_terminal(enum cfs_job_phase p)
 static bool phase_persisted(enum cfs_job_phase p)
 {
     return p == CFS_PHASE_RUNNING || p == CFS_PHASE_PIVOTING ||
-           p == CFS_PHASE_CLEANUP;
+           p == CFS_PHASE_FINISHING || p == CFS_PHASE_CLEANUP;
 }
 
 /* The in-memory half of an edge: check it against the table, log it,
@@ -600,6 +600,12 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
     struct cfs_job job;
     if (!job_snapshot_mine(e, dom, disk, id, &job))
         return FINISH_DONE;
+    if (job.type == CFS_JOB_COPY) {
+        /* issue 8 §1: pivoted, finished, or not over (copy.c) */
+        enum finish_result fr = copy_finish(e, dom, disk, id, &job);
+        cfs_job_clear(&job);
+        return fr;
+    }
     if (!job.top || !cfs_job_kind(job.type)->merge) {
         cfs_job_clear(&job); /* not the job this was meant for */
         return FINISH_DONE;
@@ -714,6 +720,27 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     if (!job_snapshot_mine(e, dom, disk, id, &job))
         return;
     refresh_domain(e, dom);
+    if (job.type == CFS_JOB_COPY) {
+        /* §1.7: before the entry is closed (a kill in between is redone
+         * by recovery), and only while QEMU can never have switched the
+         * guest's writes to DEST: never after pivoting/finishing began */
+        bool may_delete = job.phase == CFS_PHASE_STARTING ||
+                          job.phase == CFS_PHASE_RUNNING ||
+                          job.phase == CFS_PHASE_READY;
+        if (may_delete)
+            copy_delete_made(e, dom, disk, &job);
+        _cleanup_free_ char *text = cfs_xasprintf(
+            "%s%s", why,
+            may_delete ? "" : "; nothing deleted: the guest may have written to "
+                              "the destination (both files kept)");
+        if (st == CFS_PHASE_CANCELED)
+            log_warn("%s/%s: copy to %s canceled: %s", dom, disk, job.dest, text);
+        else
+            log_err("%s/%s: copy to %s failed: %s", dom, disk, job.dest, text);
+        job_end(e, dom, disk, id, st, text, false);
+        cfs_job_clear(&job);
+        return;
+    }
     /* A commit that got going has written part of TOP into BASE: BASE no
      * longer holds its old point in time (harmless, TOP still sits above
      * it), and info says so. */
@@ -762,7 +789,10 @@ int step_ready(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_job_clear(&job);
         return -ENOENT;
     }
-    if (job.pivot_manual && !asked) {
+    /* a copy waits by its own `manual` word, other jobs by the disk's
+     * `pivot manual` setting */
+    bool hold = job.type == CFS_JOB_COPY ? job.manual : job.pivot_manual;
+    if (hold && !asked) {
         cfs_job_clear(&job); /* held: `pivot` or `abort` in ctl */
         return 0;
     }
@@ -966,6 +996,14 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
         if (e->be->ops->job_get(e->be, w->dom, w->disk, &pr) == 0 && pr.present) {
             log_debug("%s/%s: late event of an earlier job; ignored", w->dom,
                       w->disk);
+            break;
+        }
+        if (job.type == CFS_JOB_COPY && job.phase == CFS_PHASE_FINISHING) {
+            /* libvirt reports a finish as CANCELED (design §0.1): DEST
+             * decides */
+            if (job_finish(e, w->dom, w->disk, job.id) == FINISH_TOP_IN_CHAIN)
+                job_fail(e, w->dom, w->disk, job.id, CFS_PHASE_FAILED,
+                         "finish: the mirror ended with DEST still in the chain");
             break;
         }
         job_vanished_failed(e, w->dom, w->disk, job.id,

@@ -201,6 +201,22 @@ void recover_merge(struct cfs_engine *e, const char *dom,
             /* the pivot did not happen (the job is still there) */
             job_set_phase(e, dom, disk, id, CFS_PHASE_READY);
             break;
+        case CFS_PHASE_FINISHING: {
+            /* a copy's `finish` whose abort call did not end the mirror
+             * (or was never made): ask again, then judge DEST */
+            int ar = e->be->ops->job_abort(e->be, dom, disk);
+            if (ar < 0 && ar != -ENOENT) {
+                log_warn("recovery: %s/%s: finish of the copy to %s: the abort "
+                         "call failed: %s; followed", dom, disk, job.dest,
+                         errmsg_or(strerror(-ar)));
+                break;
+            }
+            if (job_finish(e, dom, disk, id) == FINISH_TOP_IN_CHAIN)
+                job_fail(e, dom, disk, id, CFS_PHASE_FAILED,
+                         "finish: the mirror ended with DEST still in the chain");
+            cfs_job_clear(&job);
+            return;
+        }
         default:
             break;
         }
@@ -226,6 +242,16 @@ void recover_merge(struct cfs_engine *e, const char *dom,
             job_set_phase(e, dom, disk, id, job.phase == CFS_PHASE_STARTING
                                                 ? CFS_PHASE_RUNNING
                                                 : CFS_PHASE_READY);
+    } else if (job.phase == CFS_PHASE_STARTING && job.type == CFS_JOB_COPY) {
+        log_info("recovery: %s/%s: copy to %s never started", dom, disk, job.dest);
+        job_fail(e, dom, disk, id, CFS_PHASE_FAILED,
+                 "the copy was interrupted before libvirt started it");
+    } else if (job.type == CFS_JOB_COPY) {
+        log_info("recovery: %s/%s: copy to %s ended without a pivot; marked "
+                 "failed", dom, disk, job.dest);
+        job_fail(e, dom, disk, id, CFS_PHASE_FAILED,
+                 "the copy ended without a pivot (domain stopped, or canceled "
+                 "outside chainfs)");
     } else if (job.phase == CFS_PHASE_STARTING) {
         log_info("recovery: %s/%s: merge of %s never started; nothing was "
                  "written", dom, disk, job.snapshot);
