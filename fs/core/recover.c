@@ -222,8 +222,10 @@ void recover_merge(struct cfs_engine *e, const char *dom,
         }
         /* the poll takes it from here: ready (held if pivot manual),
          * pivot, clean-up */
-        log_info("recovery: %s/%s: merge of %s still %s; following it", dom,
-                 disk, job.snapshot, cfs_job_phase_to_string(job.phase));
+        log_info("recovery: %s/%s: %s %s still %s; following it", dom, disk,
+                 job.type == CFS_JOB_COPY ? "copy to" : "merge of",
+                 job.type == CFS_JOB_COPY ? job.dest : job.snapshot,
+                 cfs_job_phase_to_string(job.phase));
         cfs_job_clear(&job);
         return;
     }
@@ -232,12 +234,15 @@ void recover_merge(struct cfs_engine *e, const char *dom,
      * chain means the merge is over, and clean-up finishes it */
     enum finish_result fr = job_finish(e, dom, disk, id);
     if (fr == FINISH_DONE) {
-        log_info("recovery: %s/%s: merge of %s had finished; cleaned up",
-                 dom, disk, job.snapshot);
+        log_info("recovery: %s/%s: %s %s had finished; cleaned up", dom, disk,
+                 job.type == CFS_JOB_COPY ? "copy to" : "merge of",
+                 job.type == CFS_JOB_COPY ? job.dest : job.snapshot);
     } else if (fr == FINISH_CANNOT_TELL) {
         /* libvirt cannot be read now: the polls ask again */
-        log_info("recovery: %s/%s: cannot read the chain now; the merge of %s "
-                 "is followed", dom, disk, job.snapshot);
+        log_info("recovery: %s/%s: cannot read the chain now; the %s %s "
+                 "is followed", dom, disk,
+                 job.type == CFS_JOB_COPY ? "copy to" : "merge of",
+                 job.type == CFS_JOB_COPY ? job.dest : job.snapshot);
         if (job.phase == CFS_PHASE_STARTING || job.phase == CFS_PHASE_PIVOTING)
             job_set_phase(e, dom, disk, id, job.phase == CFS_PHASE_STARTING
                                                 ? CFS_PHASE_RUNNING

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# copy_faults.sh — issue 8 §1.5/§1.7: a `copy` (shallow, held at 1 MiB/s
+# by -o bandwidth) interrupted three ways, on real libvirt:
+#  1. kill -9 of the daemon mid-copy, the guest writing while no daemon
+#     runs; chainfs started again on the same state_dir follows the copy
+#     from its journal, it completes and pivots: domblklist shows DEST,
+#     every pattern reads back from DEST's chain, start boots DEST.
+#  2. virsh destroy mid-copy: the job ends `failed`, DEST (made by
+#     chainfs, never used) is removed, the source chain is untouched.
+#  3. abort mid-copy (running, then ready under `manual`): `canceled`,
+#     the disk still on its source, DEST removed.
+# shellcheck source=tests/fault/lib.sh
+. "$(dirname "$0")/lib.sh"
+fault_init
+
+# a domain on base (0x11) <- s1 (0x22 over 48 MiB: the active layer a
+# shallow copy mirrors, well over QEMU's first burst)
+make_dom() {
+  local d=$1 b="$FAULT_IMAGES/$1.base.qcow2"
+  it_make_image "$b" 128M
+  it_write_pattern "$b" 0x11 0 1M
+  it_define "$d" "$b"
+  it_start "$d"
+  it_wait_dom "$d"
+  mkdir "$MNT/$d/vda/snapshots/s1" || it_fail "mkdir $d s1"
+  it_guest_write "$d" 0x22 4M 48M
+}
+
+it_mount_slow
+dir="$FAULT_IMAGES/dest"
+mkdir -p "$dir"
+chmod 0755 "$dir"
+
+# ---- 1. kill -9 mid-copy ---------------------------------------------------------
+K="$IT_PREFIX-cpk"
+make_dom "$K"
+ksrc=$(it_domblk "$K" vda)
+kbase="$FAULT_IMAGES/$K.base.qcow2"
+kdest="$dir/k.qcow2"
+it_ctl "$K" vda "copy $kdest shallow" || it_fail "copy $kdest shallow"
+it_assert_eq "running" "$(fault_job_state "$K" vda)" "the copy is mirroring"
+[ -s "$FAULT_STATE_DIR/journal" ] || it_fail "no journal entry while the copy runs"
+grep -q '"type":"copy"' "$FAULT_STATE_DIR/journal" || it_fail "the journal entry is not a copy"
+fault_kill_daemon
+it_guest_write "$K" 0x33 60M 1M # no daemon runs
+[ -n "$(fault_libvirt_job "$K" vda)" ] || it_fail "the copy ended while no daemon ran"
+it_assert_eq "$ksrc" "$(it_domblk "$K" vda)" "no pivot while no daemon runs"
+fault_remount "bandwidth=$IT_BANDWIDTH"
+it_wait_dom "$K"
+it_wait_until 10 "recovery follows the copy again" \
+  fault_log_has "recovery: $K/vda: copy to $kdest still running; following it"
+it_assert_eq "copy" "$(it_job_field "$K" vda type)" "after the restart job shows the copy"
+it_guest_write "$K" 0x44 64M 1M
+fault_unthrottle "$K" vda
+out=$(it_wait_job "$K" vda 120)
+it_log "cat wait:"$'\n'"$out"
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the copy completed after the restart"
+it_assert_eq "$kdest" "$(it_domblk "$K" vda)" "pivoted: DEST is the active layer"
+[ -e "$ksrc" ] || it_fail "the old active file was deleted"
+it_assert_eq "s1" "$(it_snapshots "$K" vda)" "snapshots/ still shows s1"
+it_assert_eq "" "$(cat "$FAULT_STATE_DIR/journal" 2>/dev/null)" "the journal is empty"
+it_destroy "$K"
+fault_check_patterns "$kdest" "0x11 0 1M" "0x22 4M 48M" "0x33 60M 1M" "0x44 64M 1M"
+it_check_pattern "$kbase" 0x11 0 1M
+it_start "$K"
+it_assert_eq "$kdest" "$(it_domblk "$K" vda)" "virsh start boots from DEST"
+it_destroy "$K"
+
+# ---- 2. virsh destroy mid-copy -------------------------------------------------
+X="$IT_PREFIX-cpx"
+make_dom "$X"
+xsrc=$(it_domblk "$X" vda)
+xdest="$dir/x.qcow2"
+it_ctl "$X" vda "copy $xdest shallow" || it_fail "copy $xdest shallow"
+it_assert_eq "running" "$(fault_job_state "$X" vda)" "the copy is mirroring"
+[ -e "$xdest" ] || it_fail "DEST was not created"
+it_destroy "$X"
+fault_wait_state "$X" vda failed 30
+it_log "job:"$'\n'"$(cat "$MNT/$X/vda/job")"
+[ ! -e "$xdest" ] || it_fail "the partial DEST $xdest is still there"
+it_log "ok: the partial DEST is removed"
+it_assert_eq "$xsrc" "$(it_domblk "$X" vda)" "the domain's disk is still its source"
+it_assert_eq "s1" "$(it_snapshots "$X" vda)" "snapshots/ still shows s1"
+it_assert_eq "" "$(cat "$FAULT_STATE_DIR/journal" 2>/dev/null)" "the journal is empty"
+fault_check_patterns "$xsrc" "0x11 0 1M" "0x22 4M 48M"
+
+# ---- 3. abort mid-copy -----------------------------------------------------------
+A="$IT_PREFIX-cpa"
+make_dom "$A"
+asrc=$(it_domblk "$A" vda)
+adest="$dir/a.qcow2"
+it_ctl "$A" vda "copy $adest shallow" || it_fail "copy $adest shallow"
+it_assert_eq "running" "$(fault_job_state "$A" vda)" "the copy is mirroring"
+it_ctl "$A" vda abort || it_fail "echo abort > ctl"
+it_assert_eq "canceled" "$(fault_job_state "$A" vda)" "abort: the copy is canceled"
+[ ! -e "$adest" ] || it_fail "abort left DEST $adest"
+it_assert_eq "$asrc" "$(it_domblk "$A" vda)" "abort: back on the source"
+[ -z "$(fault_libvirt_job "$A" vda)" ] || it_fail "libvirt still has a block job"
+# the same while ready (held by manual): abort ends the mirror there too
+it_ctl "$A" vda "copy $adest shallow manual" || it_fail "copy $adest shallow manual"
+fault_unthrottle "$A" vda
+fault_wait_state "$A" vda ready 120
+it_guest_write "$A" 0x55 70M 1M
+it_ctl "$A" vda abort || it_fail "echo abort > ctl (ready)"
+it_assert_eq "canceled" "$(fault_job_state "$A" vda)" "abort while ready: canceled"
+[ ! -e "$adest" ] || it_fail "abort while ready left DEST $adest"
+it_assert_eq "$asrc" "$(it_domblk "$A" vda)" "abort while ready: back on the source"
+it_guest_write "$A" 0x66 72M 1M
+it_destroy "$A"
+fault_check_patterns "$asrc" "0x11 0 1M" "0x22 4M 48M" "0x55 70M 1M" "0x66 72M 1M"
