@@ -545,6 +545,34 @@ int cfs_domxml_snapshot_retarget(const char *xml, const char *target,
     return *out ? 0 : -EINVAL;
 }
 
+int cfs_domxml_snapshot_domain_source(const char *xml, const char *target,
+                                      const char *new_source, char **out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    xmlNode *root;
+    bool found = false;
+
+    *out = NULL;
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domainsnapshot") || !new_source || !*new_source)
+        return -EINVAL;
+    for (xmlNode *c = root->children; c; c = c->next) {
+        if (!is_elem(c, "domain") && !is_elem(c, "inactiveDomain"))
+            continue;
+        xmlNode *disk = find_disk(c, target);
+        xmlNode *source = disk ? child(disk, "source") : NULL;
+        if (!source || !xmlHasProp(source, (const xmlChar *)"file"))
+            continue;
+        set_prop(source, "file", new_source);
+        drop_backing_store(disk);
+        found = true;
+    }
+    if (!found)
+        return -ENOENT;
+    *out = dump(doc);
+    return *out ? 0 : -EINVAL;
+}
+
 /* ---- storage volumes ------------------------------------------------------ */
 
 static uint64_t number(const xmlNode *n)

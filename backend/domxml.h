@@ -127,3 +127,12 @@ int cfs_domxml_snapshot_drop_disk(const char *xml, const char *target,
  * <domainsnapshot> or NEW_SOURCE is empty. */
 int cfs_domxml_snapshot_retarget(const char *xml, const char *target,
                                  const char *new_source, char **out);
+
+/* Snapshot XML: in its <domain> and <inactiveDomain> copies, disk
+ * TARGET's file source becomes NEW_SOURCE and its <backingStore> goes
+ * (libvirt's snapshot-delete checks that source against the live chain,
+ * design issue8 §0.7; after `copy DEST chain` the files moved). Nothing
+ * else changes. -ENOENT if no copy has a file disk TARGET; -EINVAL if
+ * XML is not a <domainsnapshot> or NEW_SOURCE is empty. */
+int cfs_domxml_snapshot_domain_source(const char *xml, const char *target,
+                                      const char *new_source, char **out);

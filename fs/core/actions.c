@@ -873,9 +873,55 @@ static int ctl_pivot_setting(struct cfs_engine *e, const char *dom,
     return 0;
 }
 
+/* `copy DEST chain`: the copy of layer L of the source chain, in DEST's
+ * directory under L's own file name. Caller frees. */
+static char *chain_target(const char *dest, const char *layer)
+{
+    _cleanup_free_ char *d = cfs_xstrdup(dest);
+    _cleanup_free_ char *l = cfs_xstrdup(layer);
+    return cfs_xasprintf("%s/%s", dirname(d), basename(l));
+}
+
+/* The refusals only `copy DEST chain` has (§1.1): every frozen layer a
+ * qcow2 file; no target file exists, none is a layer of the chain, two
+ * layers do not share a file name, DEST is not one of them. Caller
+ * holds the tree lock. */
+static int chain_refusal(const struct cfs_disk *dk, const char *dest,
+                         const char **why, char **why_buf)
+{
+    for (size_t i = 1; i < dk->n_layers; i++) {
+        const struct cfs_layer *l = &dk->layers[i];
+        if (l->is_block || !cfs_streq(l->format, "qcow2")) {
+            *why = *why_buf = cfs_xasprintf(
+                "copy DEST chain copies qcow2 files; %s is %s", l->path,
+                l->is_block ? "a block device" : l->format ? l->format : "of unknown format");
+            return -EOPNOTSUPP;
+        }
+        _cleanup_free_ char *t = chain_target(dest, l->path);
+        struct stat st;
+        if (cfs_streq(t, dest) || lstat(t, &st) == 0 ||
+            cfs_disk_find_file(dk, NULL, t) >= 0) {
+            *why = *why_buf = cfs_xasprintf(
+                "the copy of %s would be %s, which exists (or is DEST)", l->path, t);
+            return -EEXIST;
+        }
+        for (size_t k = 1; k < i; k++) {
+            _cleanup_free_ char *o = chain_target(dest, dk->layers[k].path);
+            if (cfs_streq(o, t)) {
+                *why = *why_buf = cfs_xasprintf(
+                    "%s and %s have the same file name: their copies would "
+                    "collide in DEST's directory", dk->layers[k].path, l->path);
+                return -EEXIST;
+            }
+        }
+    }
+    return 0;
+}
+
 /* `copy DEST MODE [manual]` (issue 8 §1.1-§1.2): refusals first, in the
- * design's order, before anything changes; then DEST is made (O_EXCL,
- * its dev/ino journaled) and libvirt's block copy started. */
+ * design's order, before anything changes; then DEST (and for `chain`
+ * the frozen layers' copies, bottom first) made with O_EXCL, their
+ * dev/ino journaled, and libvirt's block copy started. */
 static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
                     const struct cfs_ctl_cmd *cmd)
 {
@@ -926,14 +972,15 @@ static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
         r = -EBUSY;
         why = why_buf = cfs_xasprintf(
             "the disk has snapshots (%s), which a flat copy merges away; say "
-            "`copy DEST flatten` to drop them, or `copy DEST shallow`", list);
-    } else if (mode == CFS_COPY_CHAIN) {
-        r = -EOPNOTSUPP;
-        why = "copy DEST chain is not built yet (issue 8 §1.2): use shallow or flatten";
-    } else if ((mode == CFS_COPY_SHALLOW) && dk->n_layers < 2) {
+            "`copy DEST flatten` to drop them, `copy DEST shallow` or "
+            "`copy DEST chain` to keep them", list);
+    } else if ((mode == CFS_COPY_SHALLOW || mode == CFS_COPY_CHAIN) &&
+               dk->n_layers < 2) {
         r = -EINVAL;
-        why = "a shallow copy needs a layer below the active one to share; "
-              "the disk has one layer (copy DEST)";
+        why = mode == CFS_COPY_SHALLOW
+                  ? "a shallow copy needs a layer below the active one to share; "
+                    "the disk has one layer (copy DEST)"
+                  : "copy DEST chain moves a chain; the disk has one layer (copy DEST)";
     }
     if (r == 0) {
         _cleanup_free_ char *tmp = cfs_xstrdup(dest);
@@ -948,6 +995,8 @@ static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
         } else if (cfs_disk_find_file(dk, NULL, dest) >= 0) {
             r = -EEXIST;
             why = "the destination is a layer of the disk";
+        } else if (mode == CFS_COPY_CHAIN) {
+            r = chain_refusal(dk, dest, &why, &why_buf);
         }
     }
     if (r == 0) {
@@ -976,10 +1025,18 @@ static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
             j->old_files[i].path = cfs_xstrdup(dk->layers[i].path);
             cfs_file_id_copy(&j->old_files[i].id, &dk->layers[i].id);
         }
-        /* DEST, with no identity until it exists */
-        j->n_made = 1;
-        j->made = cfs_xcalloc(1, sizeof(*j->made));
+        /* DEST (and the copies of the frozen layers: made[i] is layer
+         * i's), with no identity until they exist */
+        j->n_made = mode == CFS_COPY_CHAIN ? dk->n_layers : 1;
+        j->made = cfs_xcalloc(j->n_made, sizeof(*j->made));
         j->made[0].path = cfs_xstrdup(dest);
+        for (size_t i = 1; i < j->n_made; i++)
+            j->made[i].path = chain_target(dest, dk->layers[i].path);
+        if (mode == CFS_COPY_CHAIN) {
+            for (size_t i = 0; i < dk->n_layers; i++)
+                cfs_strv_push(&j->layer_meta, cfs_xstrdup(dk->layers[i].meta_name
+                                                              ? dk->layers[i].meta_name : ""));
+        }
         j->end = act->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
@@ -992,56 +1049,88 @@ static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
         return ctl_refuse(e, dom, disk, cmd, r, why);
 
     /* durably record the intent before anything is created: a daemon
-     * killed now leaves an entry naming DEST without an identity (never
-     * deleted, named) */
+     * killed now leaves an entry naming the files without an identity
+     * (never deleted, named) */
     if (journal_record(e, dom, disk, &job, "starting") < 0) {
         job_end(e, dom, disk, job.id, CFS_PHASE_FAILED,
                 "copy: cannot write the journal", false);
         cfs_job_clear(&job);
         return -EIO;
     }
-    const bool shallow = job.copy_mode == CFS_COPY_SHALLOW;
-    _cleanup_free_ char *like = NULL, *like_fmt = NULL, *back = NULL, *back_fmt = NULL;
+    const bool shallow = job.copy_mode == CFS_COPY_SHALLOW ||
+                         job.copy_mode == CFS_COPY_CHAIN;
+    /* what each file is made like (its virtual size) and backs onto:
+     * made[i] like layer i; DEST backs onto layer 1 (shallow) or its copy
+     * (chain), a copy onto the copy below it; made bottom first */
+    size_t n = job.n_made;
+    char **like = cfs_xcalloc(n, sizeof(*like)), **like_fmt = cfs_xcalloc(n, sizeof(*like_fmt));
+    char **back = cfs_xcalloc(n, sizeof(*back)), **back_fmt = cfs_xcalloc(n, sizeof(*back_fmt));
+    bool changed = false;
     pthread_mutex_lock(&e->tree->lock);
     d = cfs_tree_find_domain(e->tree, dom);
     dk = d ? cfs_domain_find_disk(d, disk) : NULL;
-    if (dk && dk->n_layers > 0) {
-        like = cfs_xstrdup(dk->layers[0].path);
-        like_fmt = cfs_xstrdup(dk->layers[0].format);
-        if (shallow && dk->n_layers > 1) {
-            back = cfs_xstrdup(dk->layers[1].path);
-            back_fmt = cfs_xstrdup(dk->layers[1].format);
+    if (!dk || dk->n_layers < n || (shallow && dk->n_layers < 2)) {
+        changed = true;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            like[i] = cfs_xstrdup(dk->layers[i].path);
+            like_fmt[i] = cfs_xstrdup(dk->layers[i].format ? dk->layers[i].format : "qcow2");
+            if (i + 1 < dk->n_layers && (i > 0 || shallow)) {
+                bool copy_below = job.copy_mode == CFS_COPY_CHAIN;
+                back[i] = cfs_xstrdup(copy_below ? job.made[i + 1].path
+                                                 : dk->layers[i + 1].path);
+                back_fmt[i] = cfs_xstrdup(dk->layers[i + 1].format ? dk->layers[i + 1].format
+                                                                   : "qcow2");
+            }
         }
     }
     pthread_mutex_unlock(&e->tree->lock);
-    struct cfs_file_id did = {0};
-    r = !like || (shallow && !back) ? -ESTALE
-        : e->be->ops->image_create
-            ? e->be->ops->image_create(e->be, dest, like, like_fmt ? like_fmt : "qcow2",
-                                       back, back_fmt ? back_fmt : "qcow2", &did)
-            : -EOPNOTSUPP;
-    if (r < 0) {
-        _cleanup_free_ char *msg = cfs_xstrdup(r == -ESTALE ? "the disk's chain changed"
-                                                            : errmsg_or(strerror(-r)));
-        log_warn("ctl %s/%s: copy to %s refused (%s): %s", dom, disk, dest,
-                 strerror(-r), msg);
-        _cleanup_free_ char *text = cfs_xasprintf("copy %s: %s", dest, msg);
-        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED, text, false);
-        cfs_file_id_clear(&did);
-        cfs_job_clear(&job);
-        return r;
+    struct cfs_file_id *ids = cfs_xcalloc(n, sizeof(*ids));
+    r = changed ? -ESTALE : 0;
+    for (size_t k = 0; r == 0 && k < n; k++) {
+        size_t i = (n - k) % n; /* n-1, ..., 1, then 0 (DEST) */
+        r = e->be->ops->image_create
+                ? e->be->ops->image_create(e->be, job.made[i].path, like[i], like_fmt[i],
+                                           back[i], back_fmt[i], &ids[i])
+                : -EOPNOTSUPP;
+        if (r < 0)
+            why_buf = cfs_xasprintf("%s: %s", job.made[i].path, errmsg_or(strerror(-r)));
     }
-    /* DEST's identity, journaled: the one file a failure may delete */
+    for (size_t i = 0; i < n; i++) {
+        free(like[i]);
+        free(like_fmt[i]);
+        free(back[i]);
+        free(back_fmt[i]);
+    }
+    free(like);
+    free(like_fmt);
+    free(back);
+    free(back_fmt);
+    /* the identities, journaled: the only files a failure may delete */
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
-    if (s && s->job.n_made > 0) {
-        cfs_file_id_clear(&s->job.made[0].id);
-        cfs_file_id_copy(&s->job.made[0].id, &did);
+    if (s && s->job.n_made == n) {
+        for (size_t i = 0; i < n; i++) {
+            cfs_file_id_clear(&s->job.made[i].id);
+            cfs_file_id_copy(&s->job.made[i].id, &ids[i]);
+        }
         cfs_job_clear(&job);
         cfs_job_copy(&job, &s->job);
     }
     pthread_mutex_unlock(&e->tree->lock);
-    cfs_file_id_clear(&did);
+    for (size_t i = 0; i < n; i++)
+        cfs_file_id_clear(&ids[i]);
+    free(ids);
+    if (r < 0) {
+        const char *msg = r == -ESTALE ? "the disk's chain changed" : why_buf;
+        log_warn("ctl %s/%s: copy to %s refused (%s): %s", dom, disk, dest,
+                 strerror(-r), msg);
+        _cleanup_free_ char *text = cfs_xasprintf("copy %s: %s", dest, msg);
+        /* the files made so far go (phase starting: nothing in libvirt) */
+        job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED, text);
+        cfs_job_clear(&job);
+        return r;
+    }
     if (journal_record(e, dom, disk, &job, "starting") < 0) {
         copy_delete_made(e, dom, disk, &job);
         job_end(e, dom, disk, job.id, CFS_PHASE_FAILED,
@@ -1060,7 +1149,7 @@ static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
         log_warn("ctl %s/%s: copy to %s failed (%s): %s", dom, disk, dest,
                  strerror(-r), msg);
         _cleanup_free_ char *text = cfs_xasprintf("copy %s: %s", dest, msg);
-        /* nothing of it in libvirt: DEST goes (job_fail, phase starting) */
+        /* nothing of it in libvirt: the files go (job_fail, phase starting) */
         job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED, text);
         cfs_job_clear(&job);
         return r;
@@ -1069,6 +1158,14 @@ static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
     log_info("ctl %s/%s: copy of %s to %s (%s%s) started", dom, disk, job.top,
              dest, cfs_copy_mode_to_string(job.copy_mode),
              job.manual ? ", manual" : "");
+    /* chain: the frozen layers are copied while the mirror runs */
+    if (job.copy_mode == CFS_COPY_CHAIN && copy_chain_start(e, dom, disk, job.id) < 0) {
+        e->be->ops->job_abort(e->be, dom, disk);
+        job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED,
+                 "cannot start the thread that copies the frozen layers");
+        cfs_job_clear(&job);
+        return -EIO;
+    }
     cfs_job_clear(&job);
     pthread_mutex_lock(&e->qlock);
     pthread_cond_signal(&e->qcond);

@@ -17,6 +17,12 @@
  *   anything else                        not (yet) over: the caller decides
  *                                        (poll_job: vanished -> failed)
  *
+ * `copy DEST chain` also copies the frozen layers (a thread of its own,
+ * bottom first, qemu-img convert -n into files made before the mirror
+ * started, each journaled once done): the copy is ready only when the
+ * mirror is and every copy is done; the snapshots follow their files at
+ * the pivot.
+ *
  * A copy that fails or is canceled before pivoting/finishing removes
  * the files it made, and only those: lstat() must give the recorded
  * dev/ino and a regular file, and no chain of any domain may name it
@@ -173,6 +179,28 @@ static void cleanup_pivot(struct cfs_engine *e, const char *dom,
         }
     }
 
+    /* chain: every snapshot names the copy of its layer, and its
+     * <domain> copy the copy of the layer below (libvirt's own
+     * snapshot-delete checks both) */
+    for (size_t i = 0; job->copy_mode == CFS_COPY_CHAIN && job->layer_meta &&
+                       i < job->n_made && job->layer_meta[i]; i++) {
+        const char *m = job->layer_meta[i];
+        if (!*m)
+            continue;
+        r = e->be->ops->snapshot_retarget(e->be, dom, m, disk, job->made[i].path);
+        if (r < 0 && r != -ENOENT)
+            log_warn("%s/%s: retargeting snapshot metadata %s to %s: %s", dom,
+                     disk, m, job->made[i].path, errmsg_or(strerror(-r)));
+        if (i + 1 < job->n_made && e->be->ops->snapshot_domain_source) {
+            r = e->be->ops->snapshot_domain_source(e->be, dom, m, disk,
+                                                   job->made[i + 1].path);
+            if (r < 0 && r != -ENOENT)
+                log_warn("%s/%s: snapshot %s's domain copy to %s: %s", dom, disk,
+                         m, job->made[i + 1].path, errmsg_or(strerror(-r)));
+        }
+        log_info("%s/%s: snapshot %s now names %s", dom, disk, m, job->made[i].path);
+    }
+
     /* §1.6 step 4: the old files are the user's */
     for (size_t i = 0; i < job->n_old; i++)
         log_info("%s/%s: old file kept (not in the chain any more): %s", dom,
@@ -316,4 +344,161 @@ int copy_ctl_finish(struct cfs_engine *e, const char *dom, const char *disk,
                  "finish: libvirt ended the mirror but DEST is still in the chain");
     cfs_job_clear(&now);
     return 0;
+}
+
+/* ---- chain: the frozen layers' copies ------------------------------------- */
+
+/* The format of file PATH in DOM/DISK's chain as the tree has it
+ * ("qcow2" if not found). Caller frees. */
+static char *layer_format(struct cfs_engine *e, const char *dom,
+                          const char *disk, const char *path)
+{
+    char *fmt = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    int i = cfs_disk_find_file(dk, NULL, path);
+    if (i >= 0 && dk->layers[i].format)
+        fmt = cfs_xstrdup(dk->layers[i].format);
+    pthread_mutex_unlock(&e->tree->lock);
+    return fmt ? fmt : cfs_xstrdup("qcow2");
+}
+
+struct chain_args {
+    struct cfs_engine *e;
+    struct offline_thread *self;
+};
+
+/* Copies the layers not copied yet, bottom first (made[n_made - 1], the
+ * base's copy, first), each journaled once done; then asks for a poll
+ * (the mirror may be ready: pivot). Quits without a word when canceled
+ * (whoever canceled ends the job); a failure aborts the mirror and fails
+ * the copy (its files are removed). */
+static void *chain_worker(void *arg)
+{
+    struct chain_args *a = arg;
+    struct cfs_engine *e = a->e;
+    struct offline_thread *self = a->self;
+    const char *dom = self->dom, *disk = self->disk;
+    uint64_t id = self->job_id;
+    free(a);
+    bool all_done = false;
+    for (;;) {
+        struct cfs_job job;
+        if (!job_snapshot_mine(e, dom, disk, id, &job))
+            break;
+        if (copy_layers_done(&job)) {
+            all_done = true;
+            cfs_job_clear(&job);
+            break;
+        }
+        size_t k = job.n_made - 1 - job.n_copied; /* next layer, from the bottom */
+        if (k < 1 || k >= job.n_old) {
+            cfs_job_clear(&job);
+            break;
+        }
+        const char *src = job.old_files[k].path;
+        const char *dst = job.made[k].path;
+        const char *back = k + 1 < job.n_made ? job.made[k + 1].path : NULL;
+        _cleanup_free_ char *fmt = layer_format(e, dom, disk, src);
+        _cleanup_free_ char *bfmt = back ? layer_format(e, dom, disk, job.old_files[k + 1].path)
+                                         : NULL;
+        log_info("%s/%s: copying %s into %s (layer %zu of %zu, bottom first)", dom,
+                 disk, src, dst, job.n_copied + 1, job.n_made - 1);
+        int r = e->be->ops->image_copy_data
+                    ? e->be->ops->image_copy_data(e->be, src, dst, fmt, back, bfmt,
+                                                  job.bandwidth, &self->cancel)
+                    : -EOPNOTSUPP;
+        if (self->cancel) {
+            cfs_job_clear(&job);
+            break;
+        }
+        if (r < 0) {
+            _cleanup_free_ char *text = cfs_xasprintf(
+                "copying %s into %s: %s", src, dst, errmsg_or(strerror(-r)));
+            log_err("%s/%s: %s", dom, disk, text);
+            int ar = e->be->ops->job_abort(e->be, dom, disk);
+            if (ar < 0 && ar != -ENOENT)
+                log_warn("%s/%s: ending the mirror after the failed copy: %s", dom,
+                         disk, errmsg_or(strerror(-ar)));
+            job_fail(e, dom, disk, id, CFS_PHASE_FAILED, text);
+            cfs_job_clear(&job);
+            break;
+        }
+        /* journaled: a restart copies only what is left */
+        struct cfs_job now = {0};
+        pthread_mutex_lock(&e->tree->lock);
+        struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+        bool mine = s && cfs_job_phase_in_progress(s->job.phase);
+        if (mine) {
+            s->job.n_copied = job.n_copied + 1;
+            tree_changed(e);
+            cfs_job_copy(&now, &s->job);
+        }
+        pthread_mutex_unlock(&e->tree->lock);
+        if (mine && now.journal_id)
+            journal_record(e, dom, disk, &now, cfs_job_phase_to_string(now.phase));
+        cfs_job_clear(&now);
+        cfs_job_clear(&job);
+        if (!mine)
+            break;
+    }
+    if (all_done) {
+        log_info("%s/%s: every frozen layer is copied; the mirror pivots once ready",
+                 dom, disk);
+        route(e, work_new(WORK_POLL_JOB, dom, disk));
+    }
+    pthread_mutex_lock(&e->qlock);
+    self->done = true;
+    pthread_mutex_unlock(&e->qlock);
+    return NULL;
+}
+
+int copy_chain_start(struct cfs_engine *e, const char *dom, const char *disk,
+                     uint64_t id)
+{
+    struct offline_thread *ot = cfs_xcalloc(1, sizeof(*ot));
+    ot->dom = cfs_xstrdup(dom);
+    ot->disk = cfs_xstrdup(disk);
+    ot->job_id = id;
+    struct chain_args *a = cfs_xcalloc(1, sizeof(*a));
+    a->e = e;
+    a->self = ot;
+    /* listed before it runs: it marks itself done under the lock */
+    pthread_mutex_lock(&e->qlock);
+    int r = -pthread_create(&ot->thread, NULL, chain_worker, a);
+    if (r == 0) {
+        ot->next = e->offline;
+        e->offline = ot;
+    }
+    pthread_mutex_unlock(&e->qlock);
+    if (r < 0) {
+        free(a);
+        free(ot->dom);
+        free(ot->disk);
+        free(ot);
+    }
+    return r;
+}
+
+void copy_chain_stop(struct cfs_engine *e, const char *dom, const char *disk,
+                     uint64_t id)
+{
+    for (;;) {
+        bool running = false;
+        pthread_mutex_lock(&e->qlock);
+        for (struct offline_thread *ot = e->offline; ot; ot = ot->next) {
+            if (!ot->dom || ot->done || ot->job_id != id || !cfs_streq(ot->dom, dom) ||
+                !cfs_streq(ot->disk, disk) || pthread_equal(ot->thread, pthread_self()))
+                continue;
+            ot->cancel = 1;
+            running = true;
+        }
+        pthread_mutex_unlock(&e->qlock);
+        if (!running)
+            return;
+        /* its qemu-img is killed within 50 ms */
+        struct timespec ts = { 0, 20 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
 }

@@ -134,6 +134,8 @@ int journal_record(struct cfs_engine *e, const char *dom,
         .finish = job->finish,
         .n_made = job->n_made,
         .made = job->made,
+        .n_copied = job->n_copied,
+        .layer_meta = job->layer_meta,
         .n_old = job->n_old,
         .old_files = job->old_files,
     };
@@ -727,6 +729,9 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
         bool may_delete = job.phase == CFS_PHASE_STARTING ||
                           job.phase == CFS_PHASE_RUNNING ||
                           job.phase == CFS_PHASE_READY;
+        /* chain: no qemu-img may still write the copies */
+        if (job.copy_mode == CFS_COPY_CHAIN)
+            copy_chain_stop(e, dom, disk, id);
         if (may_delete)
             copy_delete_made(e, dom, disk, &job);
         _cleanup_free_ char *text = cfs_xasprintf(
@@ -975,7 +980,7 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
     switch (w->status) {
     case CFS_JOB_EVENT_READY:
         if (cfs_job_kind(job.type)->has_ready &&
-            job.phase == CFS_PHASE_RUNNING) {
+            job.phase == CFS_PHASE_RUNNING && copy_layers_done(&job)) {
             job_went_ready(e, w->dom, w->disk, job.id);
             step_ready(e, w->dom, w->disk, job.id, false);
         }
@@ -1073,8 +1078,10 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
             tree_changed(e);
         }
         s->gone_since_ms = 0;
+        /* a chain copy is ready once its frozen copies are done too */
         bool to_ready = pr.ready && s->job.phase == CFS_PHASE_RUNNING &&
-                        cfs_job_kind(job.type)->has_ready;
+                        cfs_job_kind(job.type)->has_ready &&
+                        copy_layers_done(&s->job);
         if (to_ready)
             phase_step_locked(e, s, CFS_PHASE_READY);
         bool ready = s->job.phase == CFS_PHASE_READY;

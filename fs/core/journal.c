@@ -68,6 +68,7 @@ void cfs_journal_entry_clear(struct cfs_journal_entry *e)
     free(e->reason);
     free(e->survivor);
     free(e->dest);
+    cfs_strv_free(e->layer_meta);
     cfs_job_files_free(e->made, e->n_made);
     cfs_job_files_free(e->old_files, e->n_old);
     *e = (struct cfs_journal_entry){0};
@@ -102,7 +103,10 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         .copy_mode = src->copy_mode,
         .manual = src->manual,
         .finish = src->finish,
+        .n_copied = src->n_copied,
     };
+    for (char **m = src->layer_meta; m && *m; m++)
+        cfs_strv_push(&dst->layer_meta, cfs_xstrdup(*m));
     dst->made = cfs_job_files_dup(src->made, src->n_made);
     dst->n_made = dst->made ? src->n_made : 0;
     dst->old_files = cfs_job_files_dup(src->old_files, src->n_old);
@@ -248,6 +252,14 @@ static void entry_to_line(const struct cfs_journal_entry *e,
     if (e->finish)
         json_object_object_add(o, "finish", json_object_new_boolean(1));
     json_add_files(o, "made", e->made, e->n_made);
+    if (e->n_copied)
+        json_object_object_add(o, "copied", json_object_new_int64((int64_t)e->n_copied));
+    if (e->layer_meta && *e->layer_meta) {
+        json_object *lm = json_object_new_array();
+        for (char **m = e->layer_meta; *m; m++)
+            json_object_array_add(lm, json_object_new_string(*m));
+        json_object_object_add(o, "layer_meta", lm);
+    }
     json_add_files(o, "old_files", e->old_files, e->n_old);
 
     /* PLAIN never emits a raw newline: control characters are escaped. */
@@ -414,6 +426,22 @@ static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
     r = json_get_files(o, "made", &out->made, &out->n_made, why);
     if (r < 0)
         return r;
+    out->n_copied = (size_t)json_get_u64(o, "copied");
+    if (json_object_object_get_ex(o, "layer_meta", &v)) {
+        if (!json_object_is_type(v, json_type_array)) {
+            *why = cfs_xstrdup("invalid \"layer_meta\"");
+            return -EINVAL;
+        }
+        size_t n = json_object_array_length(v);
+        for (size_t i = 0; i < n; i++) {
+            json_object *m = json_object_array_get_idx(v, i);
+            if (!json_object_is_type(m, json_type_string)) {
+                *why = cfs_xstrdup("invalid \"layer_meta\"");
+                return -EINVAL;
+            }
+            cfs_strv_push(&out->layer_meta, cfs_xstrdup(json_object_get_string(m)));
+        }
+    }
     r = json_get_files(o, "old_files", &out->old_files, &out->n_old, why);
     if (r < 0)
         return r;

@@ -296,6 +296,7 @@ void cfs_job_clear(struct cfs_job *j)
     free(j->reason);
     free(j->survivor);
     free(j->dest);
+    cfs_strv_free(j->layer_meta);
     cfs_job_files_free(j->made, j->n_made);
     cfs_job_files_free(j->old_files, j->n_old);
     *j = (struct cfs_job){ 0 };
@@ -419,6 +420,9 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->reason = cfs_xstrdup(src->reason);
     dst->survivor = cfs_xstrdup(src->survivor);
     dst->dest = cfs_xstrdup(src->dest);
+    dst->layer_meta = NULL;
+    for (char **m = src->layer_meta; m && *m; m++)
+        cfs_strv_push(&dst->layer_meta, cfs_xstrdup(*m));
     dst->made = cfs_job_files_dup(src->made, src->n_made);
     dst->n_made = dst->made ? src->n_made : 0;
     dst->old_files = cfs_job_files_dup(src->old_files, src->n_old);

@@ -110,6 +110,9 @@ void recover_journal(struct cfs_engine *e)
         s->job.finish = en->finish;
         s->job.made = cfs_job_files_dup(en->made, en->n_made);
         s->job.n_made = s->job.made ? en->n_made : 0;
+        s->job.n_copied = en->n_copied;
+        for (char **m = en->layer_meta; m && *m; m++)
+            cfs_strv_push(&s->job.layer_meta, cfs_xstrdup(*m));
         s->job.old_files = cfs_job_files_dup(en->old_files, en->n_old);
         s->job.n_old = s->job.old_files ? en->n_old : 0;
         tree_changed(e);
@@ -220,6 +223,12 @@ void recover_merge(struct cfs_engine *e, const char *dom,
         default:
             break;
         }
+        /* chain: the frozen layers not copied yet are copied again
+         * (qemu-img convert -n rewrites the same bytes) */
+        if (job.type == CFS_JOB_COPY && job.copy_mode == CFS_COPY_CHAIN &&
+            !copy_layers_done(&job) && copy_chain_start(e, dom, disk, id) < 0)
+            log_err("recovery: %s/%s: cannot start copying the frozen layers again",
+                    dom, disk);
         /* the poll takes it from here: ready (held if pivot manual),
          * pivot, clean-up */
         log_info("recovery: %s/%s: %s %s still %s; following it", dom, disk,

@@ -116,6 +116,16 @@ struct cfs_backend_ops {
                              const char *name, const char *disk,
                              const char *new_source);
 
+    /* Redefine snapshot NAME with DISK's file source in its <domain> and
+     * <inactiveDomain> copies NEW_SOURCE, their <backingStore> dropped
+     * (after `copy DEST chain` moved the files: libvirt's own
+     * snapshot-delete compares that source with the live chain).
+     * Metadata only. -ENOENT if there is no such snapshot or its copies
+     * have no file disk DISK. */
+    int (*snapshot_domain_source)(struct cfs_backend *be, const char *dom,
+                                  const char *name, const char *disk,
+                                  const char *new_source);
+
     /* Start a live commit of TOP into BASE on a running domain. ACTIVE:
      * TOP is the active layer (active commit; pivot later). BANDWIDTH:
      * bytes/s from the job's first byte, 0 = unlimited. Returns once
@@ -163,6 +173,18 @@ struct cfs_backend_ops {
     int (*copy_start)(struct cfs_backend *be, const char *dom,
                       const char *disk, const char *dest, bool shallow,
                       uint64_t bandwidth);
+    /* `copy DEST chain`: copy the data of frozen layer SRC (FORMAT,
+     * "qcow2" or "raw") into DST, an image image_create made
+     * (qemu-img convert -n; with BACKING, DST's backing file of format
+     * BACKING_FORMAT, -B BACKING: only SRC's own clusters are copied),
+     * limited to BANDWIDTH bytes/s (0 = unlimited); DST fsynced before
+     * this returns 0. Blocking (called from a thread of its own); the
+     * qemu-img child dies with the process. When *CANCEL becomes non-zero
+     * the child is killed and this returns -ECANCELED. */
+    int (*image_copy_data)(struct cfs_backend *be, const char *src,
+                           const char *dst, const char *format,
+                           const char *backing, const char *backing_format,
+                           uint64_t bandwidth, const volatile int *cancel);
     /* `qemu-img check -f FORMAT PATH` of an image no process has open:
      * 0 clean; -EIO with qemu-img's text when it reports corruption or
      * leaks, or cannot open it. */

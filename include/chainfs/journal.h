@@ -58,6 +58,8 @@ struct cfs_journal_entry {
     bool finish;       /* `finish` asked (written before the abort call) */
     size_t n_made;
     struct cfs_job_file *made; /* files chainfs made, with dev/ino */
+    size_t n_copied;   /* chain: frozen layers copied, from the bottom */
+    char **layer_meta; /* chain: each source layer's snapshot, "" none */
     size_t n_old;
     struct cfs_job_file *old_files; /* the source's files (never deleted) */
 };

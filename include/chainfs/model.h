@@ -210,6 +210,15 @@ struct cfs_job {
     struct cfs_job_file *made; /* every file chainfs made, DEST first,
                               with the dev/ino it had when made: the only
                               files a failed copy may delete (§1.7) */
+    char **layer_meta;     /* chain: the libvirt snapshot naming each
+                              layer of the source chain, top first, ""
+                              for none (NULL-terminated; n_old entries):
+                              remapped to the copies at the pivot */
+    size_t n_copied;       /* chain: frozen layers already copied into
+                              their made[] files, counted from the bottom
+                              (made[n_made - 1] first); the mirror pivots
+                              only when every one is (n_copied + 1 ==
+                              n_made) */
     size_t n_old;
     struct cfs_job_file *old_files; /* the source chain's files that leave
                               the chain at the pivot: never deleted,

@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,6 +51,8 @@ enum fake_op {
     OP_IMAGE_CHECK,
     OP_PERSISTENT_SOURCE_GET,
     OP_PERSISTENT_SOURCE_SET,
+    OP_IMAGE_COPY_DATA,
+    OP_SNAPSHOT_DOMAIN_SOURCE,
     OP_MAX,
 };
 
@@ -76,6 +79,8 @@ static const char *const op_names[OP_MAX] = {
     [OP_IMAGE_CHECK] = "image_check",
     [OP_PERSISTENT_SOURCE_GET] = "persistent_source_get",
     [OP_PERSISTENT_SOURCE_SET] = "persistent_source_set",
+    [OP_IMAGE_COPY_DATA] = "image_copy_data",
+    [OP_SNAPSHOT_DOMAIN_SOURCE] = "snapshot_domain_source",
 };
 
 #define FAKE_VIRTUAL_SIZE (64ULL * 1024 * 1024)
@@ -143,6 +148,9 @@ struct fake {
     size_t n_snapdisks;
     struct fake_persist *persists;
     size_t n_persists;
+    int copy_hold;                  /* image_copy_data waits while set */
+    char **made_paths;              /* image_create's files and their */
+    char **made_backings;           /* backing ("" for none), in step */
     struct fake_failure *failures;  /* in the order they were asked for */
     size_t n_failures;
     unsigned calls[OP_MAX];
@@ -589,6 +597,16 @@ static void persist_set(struct fake *f, const char *dom, const char *disk,
     p->source = cfs_xstrdup(source);
 }
 
+/* The backing image_create gave PATH ("" none), NULL if it made no
+ * such file. */
+static const char *made_backing(struct fake *f, const char *path)
+{
+    for (size_t i = 0; f->made_paths && f->made_paths[i]; i++)
+        if (cfs_streq(f->made_paths[i], path))
+            return f->made_backings[i];
+    return NULL;
+}
+
 /* The chain after JOB ended well (completed, or pivoted). */
 static void job_apply(struct fake *f, const struct fake_job *job)
 {
@@ -619,10 +637,22 @@ static void job_apply(struct fake *f, const struct fake_job *job)
             persist_remove(f, fp);
         else if (!fp)
             persist_set(f, job->dom, job->disk, NULL);
-        /* a shallow copy: DEST replaces the active layer only; a full
-         * copy: the disk runs on the copy, a single layer */
+        /* a shallow copy: DEST replaces the active layer, and the layers
+         * below follow DEST's backing chain as image_create made it (a
+         * `copy DEST chain`: the copies) down to a layer the chain has;
+         * a full copy: the disk runs on the copy, a single layer */
         while (!job->shallow && dk->n_layers > 1)
             layer_remove(dk, dk->n_layers - 1);
+        for (size_t i = 1; job->shallow && i < dk->n_layers; i++) {
+            const char *b = made_backing(f, i == 1 ? job->base : dk->layers[i - 1].path);
+            if (!b || !*b || cfs_streq(b, dk->layers[i].path))
+                break;
+            free(dk->layers[i].path);
+            dk->layers[i].path = cfs_xstrdup(b);
+            cfs_file_id_clear(&dk->layers[i].id);
+            free(dk->layers[i].meta_name);
+            dk->layers[i].meta_name = NULL;
+        }
         free(dk->layers[0].path);
         dk->layers[0].path = cfs_xstrdup(job->base);
         cfs_file_id_clear(&dk->layers[0].id);
@@ -712,6 +742,8 @@ static void fake_destroy(struct cfs_backend *be)
         free(f->persists[i].source);
     }
     free(f->persists);
+    cfs_strv_free(f->made_paths);
+    cfs_strv_free(f->made_backings);
     for (size_t i = 0; i < f->n_failures; i++)
         free(f->failures[i].message);
     free(f->failures);
@@ -1023,6 +1055,8 @@ static int fake_image_create(struct cfs_backend *be, const char *path,
         goto out;
     }
     close(fd);
+    cfs_strv_push(&f->made_paths, cfs_xstrdup(path));
+    cfs_strv_push(&f->made_backings, cfs_xstrdup(backing ? backing : ""));
     if (id) {
         cfs_file_identify(id, path, true);
         id->known = true;
@@ -1067,6 +1101,53 @@ static int fake_copy_start(struct cfs_backend *be, const char *dom,
     };
 out:
     pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* Appends a line naming SRC to DST (so a test sees what was copied
+ * where); waits while cfs_fake_copy_hold() holds it, or until *CANCEL. */
+static int fake_image_copy_data(struct cfs_backend *be, const char *src,
+                                const char *dst, const char *format,
+                                const char *backing, const char *backing_format,
+                                uint64_t bandwidth, const volatile int *cancel)
+{
+    struct fake *f = fake_of(be);
+    int r = fake_enter(f, OP_IMAGE_COPY_DATA);
+
+    (void)format;
+    (void)backing;
+    (void)backing_format;
+    (void)bandwidth;
+    pthread_mutex_unlock(&f->lock);
+    if (r < 0)
+        return r;
+    for (;;) {
+        pthread_mutex_lock(&f->lock);
+        int hold = f->copy_hold;
+        pthread_mutex_unlock(&f->lock);
+        if (cancel && *cancel) {
+            cfs_backend_set_errmsg("qemu-img convert into %s canceled", dst);
+            return -ECANCELED;
+        }
+        if (!hold)
+            break;
+        struct timespec ts = { 0, 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    struct stat st;
+    if (stat(src, &st) < 0) {
+        cfs_backend_set_errmsg("qemu-img: Could not open '%s': %s", src, strerror(errno));
+        return -EIO;
+    }
+    int fd = open(dst, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0) {
+        cfs_backend_set_errmsg("qemu-img: Could not open '%s': %s", dst, strerror(errno));
+        return -EIO;
+    }
+    char line[4200];
+    int n = snprintf(line, sizeof(line), "data of %s\n", src);
+    r = write(fd, line, (size_t)n) < 0 ? -errno : 0;
+    close(fd);
     return r;
 }
 
@@ -1214,6 +1295,25 @@ static int fake_snapshot_retarget(struct cfs_backend *be, const char *dom,
         dk->layers[l].meta_name = cfs_xstrdup(name);
     }
 out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* The fake keeps no <domain> copy: a snapshot with a <disks> entry for
+ * DISK is taken as having one. */
+static int fake_snapshot_domain_source(struct cfs_backend *be, const char *dom,
+                                       const char *name, const char *disk,
+                                       const char *new_source)
+{
+    struct fake *f = fake_of(be);
+    int r = fake_enter_dom(f, OP_SNAPSHOT_DOMAIN_SOURCE, dom, NULL);
+
+    if (r == 0 && (!new_source || !*new_source)) {
+        cfs_backend_set_errmsg("a snapshot needs a source to name");
+        r = -EINVAL;
+    } else if (r == 0 && !snapdisk_find(f, dom, name, disk)) {
+        r = no_snapshot(name);
+    }
     pthread_mutex_unlock(&f->lock);
     return r;
 }
@@ -1399,11 +1499,13 @@ static const struct cfs_backend_ops fake_ops = {
     .snapshot_forget = fake_snapshot_forget,
     .snapshot_drop = fake_snapshot_drop,
     .snapshot_retarget = fake_snapshot_retarget,
+    .snapshot_domain_source = fake_snapshot_domain_source,
     .commit_start = fake_commit_start,
     .pull_start = fake_pull_start,
     .image_create = fake_image_create,
     .copy_start = fake_copy_start,
     .image_check = fake_image_check,
+    .image_copy_data = fake_image_copy_data,
     .persistent_source_get = fake_persistent_source_get,
     .persistent_source_set = fake_persistent_source_set,
     .job_set_bandwidth = fake_job_set_bandwidth,
@@ -1735,6 +1837,15 @@ int cfs_fake_start_external(struct cfs_backend *be, const char *dom,
 out:
     pthread_mutex_unlock(&f->lock);
     return r;
+}
+
+void cfs_fake_copy_hold(struct cfs_backend *be, bool hold)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->copy_hold = hold;
+    pthread_mutex_unlock(&f->lock);
 }
 
 void cfs_fake_set_persistent_source(struct cfs_backend *be, const char *dom,

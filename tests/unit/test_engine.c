@@ -2378,7 +2378,9 @@ static void test_copy_refusals(void **state)
     _cleanup_free_ char *nodir = dest_path(f, "missing/new.qcow2");
     /* the disk has snapshots: the default mode would merge them away */
     assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_DEFAULT, false), -EBUSY);
-    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), -EOPNOTSUPP);
+    /* chain: the copy of s1.qcow2 would be s1.qcow2 itself (same dir) */
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), -EEXIST);
+    assert_int_equal(ctl_copy(f, "vm2", dest, CFS_COPY_CHAIN, false), -EINVAL);
     assert_int_equal(ctl_copy(f, "vm1", nodir, CFS_COPY_SHALLOW, false), -ENOENT);
     assert_int_equal(ctl_copy(f, "vm1", f->paths[3], CFS_COPY_SHALLOW, false), -EEXIST);
     assert_int_equal(ctl_copy(f, "vm1", f->paths[1], CFS_COPY_FLATTEN, false), -EEXIST);
@@ -2750,6 +2752,152 @@ static void test_recover_copy(void **state)
     }
 }
 
+/* Wait (up to 5 s) for a chain copy's thread: run the queue until the job
+ * has N copied layers or ended. */
+static void wait_copied(struct fx *f, size_t n)
+{
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    for (int i = 0; i < 500; i++) {
+        cfs_engine_run_pending(f->e);
+        pthread_mutex_lock(&t->lock);
+        struct cfs_disk_state *s = cfs_tree_find_disk_state(t, "vm1", "vda");
+        bool done = !s || s->job.n_copied >= n || !cfs_job_phase_in_progress(s->job.phase);
+        pthread_mutex_unlock(&t->lock);
+        if (done) {
+            cfs_engine_run_pending(f->e);
+            return;
+        }
+        usleep(10000);
+    }
+    fail_msg("the chain copy did not copy %zu layers in 5 s", n);
+}
+
+static bool file_has(const char *path, const char *needle)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return false;
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* `copy DEST chain`: the frozen layers' copies made before the mirror,
+ * filled bottom first, journaled; ready only once they are done; after
+ * the pivot the chain is the copies and every snapshot names its copy */
+static void test_copy_chain(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dir = dest_path(f, "new");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    _cleanup_free_ char *dest = dest_path(f, "new/vm.qcow2");
+    _cleanup_free_ char *c1 = dest_path(f, "new/s1.qcow2");
+    _cleanup_free_ char *c2 = dest_path(f, "new/base.qcow2");
+    cfs_fake_copy_hold(f->be, true);
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), 0);
+    assert_true(exists(dest) && exists(c1) && exists(c2));
+    /* the mirror is ready, the copies are not: no pivot */
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(ctl_op(f, CFS_CTL_PIVOT), -EAGAIN);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    cfs_fake_copy_hold(f->be, false);
+    wait_copied(f, 2);
+    assert_true(file_has(c2, f->paths[2]));  /* base's data in base's copy */
+    assert_true(file_has(c1, f->paths[1]));
+    for (int i = 0; i < 50 && job_state(f, "vm1") != CFS_PHASE_COMPLETED; i++) {
+        usleep(10000);
+        cfs_engine_run_pending(f->e);
+    }
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "image_copy_data"), 2);
+    assert_int_equal(n_layers(f, "vm1"), 3);
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, dest);
+    _cleanup_free_ char *m2 = cfs_fake_snapshot_source(f->be, "vm1", "s2", "vda");
+    _cleanup_free_ char *m1 = cfs_fake_snapshot_source(f->be, "vm1", "s1", "vda");
+    assert_string_equal(m2, dest);
+    assert_string_equal(m1, c1);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_domain_source"), 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    for (int i = 0; i < 3; i++)
+        assert_true(exists(f->paths[i]));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* abort while the frozen layers are being copied: the copy thread stops,
+ * every file the copy made goes, the disk stays on its source */
+static void test_copy_chain_abort(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dir = dest_path(f, "new");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    _cleanup_free_ char *dest = dest_path(f, "new/vm.qcow2");
+    _cleanup_free_ char *c1 = dest_path(f, "new/s1.qcow2");
+    _cleanup_free_ char *c2 = dest_path(f, "new/base.qcow2");
+    cfs_fake_copy_hold(f->be, true);
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), 0);
+    assert_int_equal(ctl_op(f, CFS_CTL_ABORT), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    assert_false(exists(dest) || exists(c1) || exists(c2));
+    cfs_fake_copy_hold(f->be, false);
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, f->paths[0]);
+    assert_int_equal(journal_entries(f), 0);
+
+    /* a copy that fails: the mirror ends, the files go */
+    cfs_fake_fail_next(f->be, "image_copy_data", -ENOSPC, "No space left on device");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), 0);
+    wait_copied(f, 2);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "No space left");
+    assert_false(exists(dest) || exists(c1) || exists(c2));
+    assert_false(cfs_fake_has_job(f->be, "vm1", "vda"));
+}
+
+/* killed with one layer copied: the restart copies the other, pivots */
+static void test_recover_copy_chain(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dir = dest_path(f, "new");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    _cleanup_free_ char *dest = dest_path(f, "new/vm.qcow2");
+    _cleanup_free_ char *c1 = dest_path(f, "new/s1.qcow2");
+    cfs_fake_copy_hold(f->be, true);
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), 0);
+    /* the daemon dies; the journal says one layer was copied */
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].n_made, 3);
+    assert_non_null(v[0].layer_meta);
+    assert_string_equal(v[0].layer_meta[0], "s2");
+    assert_string_equal(v[0].layer_meta[2], "");
+    v[0].n_copied = 1;
+    assert_int_equal(cfs_journal_put(j, &v[0]), 0);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+    cfs_fake_copy_hold(f->be, false);
+    restart_copy(f, dest, CLV_READY); /* libvirt: the mirror, ready */
+    wait_copied(f, 2);
+    for (int i = 0; i < 50 && job_state(f, "vm1") != CFS_PHASE_COMPLETED; i++) {
+        usleep(10000);
+        cfs_engine_run_pending(f->e);
+    }
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    /* only s1's copy was made again after the restart */
+    assert_int_equal(cfs_fake_calls(f->be, "image_copy_data"), 1);
+    assert_true(file_has(c1, f->paths[1]));
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, dest);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -2840,6 +2988,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_copy_deletes_only_its_file, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_copy_start_refused, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recover_copy, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_chain, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_chain_abort, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_copy_chain, setup_running, teardown),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
 }
