@@ -14,6 +14,12 @@
 #  3. manual + finish: write A, `copy DEST manual` (no snapshots: flat),
 #     ready, write B, `finish`, write C: the domain stays on its source,
 #     qemu-img check of DEST is clean, A and B are in DEST, C is not.
+#  4. chain: base <- s1 <- s2 (active), `copy DEST chain` with the guest
+#     writing: every layer moves to DEST's directory (the live chain is
+#     DEST <- copy of s1 <- copy of base, each copy checks clean and holds
+#     its own layer's data), the old files stay, both snapshots are still
+#     listed and name their copies, the guest reads every pattern, start
+#     boots DEST, and libvirt's own snapshot-delete of s2 works.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 it_init
@@ -151,3 +157,57 @@ it_check_pattern "$mdest" 0x42 4M 2M
 it_check_pattern "$mdest" 0x00 8M 2M # C is not in it
 it_destroy "$M"
 it_check_pattern "$mbase" 0x43 8M 2M
+
+# ---- 4. chain ------------------------------------------------------------------
+C="$IT_PREFIX-cpc"
+cbase="$T/cbase.qcow2"
+it_make_image "$cbase" 64M
+it_write_pattern "$cbase" 0x11 0 1M
+it_define "$C" "$cbase"
+it_start "$C"
+it_wait_dom "$C"
+mkdir "$MNT/$C/vda/snapshots/s1" || it_fail "mkdir s1"
+cs1=$(it_domblk "$C" vda)
+it_guest_write "$C" 0x22 4M 2M
+mkdir "$MNT/$C/vda/snapshots/s2" || it_fail "mkdir s2"
+cs2=$(it_domblk "$C" vda)
+it_guest_write "$C" 0x33 8M 2M
+cdir=$(it_tmpdir)
+cdest="$cdir/vm.qcow2"
+it_assert_eq "EEXIST" "$(it_ctl_errno "$C" vda "copy $T/overlays/x.qcow2 chain\n")" \
+  "copy chain into the directory of its own layers"
+it_ctl "$C" vda "copy $cdest chain" || it_fail "echo 'copy DEST chain' > ctl"
+it_assert_eq "chain" "$(it_job_field "$C" vda mode)" "job.json: mode chain"
+it_guest_write "$C" 0x44 12M 1M # during the copy
+out=$(it_wait_job "$C" vda)
+it_log "cat wait:"$'\n'"$out"
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the chain copy completed"
+it_assert_eq "$cdest" "$(it_domblk "$C" vda)" "domblklist shows DEST"
+want="$cdest $cdir/$(basename "$cs1") $cdir/cbase.qcow2"
+it_assert_eq "$want" "$(it_chain "$cdest" | tr '\n' ' ' | sed 's/ $//')" "DEST's chain is the copies in its directory"
+for f in "$cs1" "$cs2" "$cbase"; do [ -e "$f" ] || it_fail "old file $f deleted"; done
+it_assert_eq "s1 s2" "$(it_snapshot_names "$C" | tr '\n' ' ' | sed 's/ $//')" "libvirt still lists s1 s2"
+it_assert_eq "s1 s2" "$(it_snapshots "$C" vda)" "ls snapshots/ shows s1 s2"
+s1src=$(it_virsh snapshot-dumpxml "$C" s1 | sed -n "s/.*<source file='\([^']*\)'.*/\1/p" | head -1)
+it_assert_eq "$cdir/$(basename "$cs1")" "$s1src" "s1's metadata names its copy"
+it_guest_check_pattern "$C" 0x11 0 1M
+it_guest_check_pattern "$C" 0x22 4M 2M
+it_guest_check_pattern "$C" 0x33 8M 2M
+it_guest_check_pattern "$C" 0x44 12M 1M
+it_destroy "$C"
+for f in "$cdir/cbase.qcow2" "$cdir/$(basename "$cs1")" "$cdest"; do
+  chk=$(qemu-img check -q "$f" 2>&1) || it_fail "qemu-img check $f: $chk"
+done
+it_log "ok: every copy checks clean"
+it_check_pattern "$cdir/cbase.qcow2" 0x11 0 1M
+it_check_pattern "$cdir/cbase.qcow2" 0x00 4M 2M # s1's data is in s1's copy only
+it_check_pattern "$cdir/$(basename "$cs1")" 0x22 4M 2M
+for p in "0x11 0 1M" "0x22 4M 2M" "0x33 8M 2M" "0x44 12M 1M"; do
+  # shellcheck disable=SC2086 # three words
+  it_check_pattern "$cdest" $p
+done
+it_start "$C"
+it_assert_eq "$cdest" "$(it_domblk "$C" vda)" "virsh start boots from DEST"
+out=$(it_virsh snapshot-delete "$C" s2 2>&1) || it_fail "virsh snapshot-delete s2 after the chain copy: $out"
+it_assert_eq "s1" "$(it_snapshot_names "$C")" "libvirt's snapshot-delete of s2 worked"
+it_destroy "$C"
