@@ -331,6 +331,9 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
             kv_str(&kv, "source", job->top);
             kv_str(&kv, "destination", job->dest);
             kv_str(&kv, "mode", cfs_copy_mode_to_string(job->copy_mode));
+            if (job->copy_mode == CFS_COPY_CHAIN && job->n_made > 1)
+                kv_take(&kv, "layers", cfs_xasprintf("%zu/%zu copied", job->n_copied,
+                                                     job->n_made - 1));
         } else {
             kv_str(&kv, "snapshot", job->snapshot);
             kv_str(&kv, "top", job->top);
@@ -411,6 +414,9 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_str(o, "source", copy ? job->top : NULL);
     json_put_str(o, "destination", copy ? job->dest : NULL);
     json_put_str(o, "mode", copy ? cfs_copy_mode_to_string(job->copy_mode) : NULL);
+    bool chain = copy && job->copy_mode == CFS_COPY_CHAIN && job->n_made > 1;
+    json_put_u64(o, "layers_copied", chain ? job->n_copied : 0);
+    json_put_u64(o, "layers_total", chain ? job->n_made - 1 : 0);
     struct json_object *old = json_object_new_array();
     for (size_t i = 0; copy && !job->finish && job->phase == CFS_PHASE_COMPLETED &&
                        i < job->n_old; i++)

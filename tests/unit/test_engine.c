@@ -2804,8 +2804,11 @@ static void test_copy_chain(void **state)
     assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
     assert_int_equal(ctl_op(f, CFS_CTL_PIVOT), -EAGAIN);
     assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    assert_job_kv(f, "layers", "0/2 copied");
+    assert_job_kv(f, "mode", "chain");
     cfs_fake_copy_hold(f->be, false);
     wait_copied(f, 2);
+    assert_job_kv(f, "layers", "2/2 copied");
     assert_true(file_has(c2, f->paths[2]));  /* base's data in base's copy */
     assert_true(file_has(c1, f->paths[1]));
     for (int i = 0; i < 50 && job_state(f, "vm1") != CFS_PHASE_COMPLETED; i++) {
