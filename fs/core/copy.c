@@ -214,8 +214,11 @@ static void cleanup_pivot(struct cfs_engine *e, const char *dom,
         s->job.reason = cfs_xasprintf("the disk runs on %s; old files kept", job->dest);
     }
     pthread_mutex_unlock(&e->tree->lock);
-    job_end(e, dom, disk, id, CFS_PHASE_COMPLETED, NULL, false);
+    /* the tree shows the new chain with the snapshots' new names before
+     * the job reads as completed: `cat wait` then `ls snapshots/` must
+     * not see a read taken between the pivot and the retarget */
     refresh_domain(e, dom);
+    job_end(e, dom, disk, id, CFS_PHASE_COMPLETED, NULL, false);
 }
 
 /* After `finish` (phase cleanup journaled): DEST is closed; judge it. */

@@ -9,6 +9,11 @@
 #     chainfs, never used) is removed, the source chain is untouched.
 #  3. abort mid-copy (running, then ready under `manual`): `canceled`,
 #     the disk still on its source, DEST removed.
+#  4. `copy DEST chain` (base <- s1, active): kill -9 while qemu-img
+#     copies the base (at
+#     1 MiB/s): the qemu-img child dies with the daemon (PDEATHSIG); the
+#     restarted daemon copies the layers left, the copy pivots, the
+#     copies check clean and every pattern reads back.
 # shellcheck source=tests/fault/lib.sh
 . "$(dirname "$0")/lib.sh"
 fault_init
@@ -108,3 +113,46 @@ it_assert_eq "$asrc" "$(it_domblk "$A" vda)" "abort while ready: back on the sou
 it_guest_write "$A" 0x66 72M 1M
 it_destroy "$A"
 fault_check_patterns "$asrc" "0x11 0 1M" "0x22 4M 48M" "0x55 70M 1M" "0x66 72M 1M"
+
+# ---- 4. kill -9 while a chain copy fills its frozen copies ---------------------
+Q="$IT_PREFIX-cpq"
+qbase="$FAULT_IMAGES/$Q.base.qcow2"
+it_make_image "$qbase" 128M
+it_write_pattern "$qbase" 0x11 0 8M # 8 s of qemu-img convert at 1 MiB/s
+it_define "$Q" "$qbase"
+it_start "$Q"
+it_wait_dom "$Q"
+mkdir "$MNT/$Q/vda/snapshots/s1" || it_fail "mkdir $Q s1"
+qs1=$(it_domblk "$Q" vda)
+it_guest_write "$Q" 0x22 16M 2M
+qdir="$FAULT_IMAGES/qdest"
+mkdir -p "$qdir"
+chmod 0755 "$qdir"
+qdest="$qdir/vm.qcow2"
+it_ctl "$Q" vda "copy $qdest chain" || it_fail "copy $qdest chain"
+conv() { pgrep -f "qemu-img convert .*$qdir/" >/dev/null; }
+it_wait_until 10 "qemu-img convert copies the base" conv
+it_log "job before the kill:"$'\n'"$(cat "$MNT/$Q/vda/job")"
+fault_kill_daemon
+it_wait_until 5 "qemu-img convert dies with the daemon" eval '! conv'
+it_log "ok: the qemu-img child died with the daemon"
+it_assert_eq "$qs1" "$(it_domblk "$Q" vda)" "no pivot while no daemon runs"
+it_guest_write "$Q" 0x33 20M 1M
+fault_remount
+it_wait_dom "$Q"
+it_wait_until 10 "recovery follows the chain copy" \
+  fault_log_has "recovery: $Q/vda: copy to $qdest still running; following it"
+out=$(it_wait_job "$Q" vda 120)
+it_log "cat wait:"$'\n'"$out"
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the chain copy completed after the restart"
+it_assert_eq "$qdest" "$(it_domblk "$Q" vda)" "pivoted onto DEST"
+# (s1 is the active layer: DEST is its copy)
+it_assert_eq "$qdest $qdir/$(basename "$qbase")" \
+  "$(it_chain "$qdest" | tr '\n' ' ' | sed 's/ $//')" "DEST's chain is the base's copy"
+it_destroy "$Q"
+[ -e "$qs1" ] || it_fail "the old active file $qs1 was deleted"
+for f in "$qdir/$(basename "$qbase")" "$qdest"; do
+  chk=$(qemu-img check -q "$f" 2>&1) || it_fail "qemu-img check $f: $chk"
+done
+fault_check_patterns "$qdest" "0x11 0 8M" "0x22 16M 2M" "0x33 20M 1M"
+it_check_pattern "$qbase" 0x11 0 8M
