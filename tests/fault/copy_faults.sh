@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# copy_faults.sh — issue 8 §1.5/§1.7: a `copy` (shallow, held at 1 MiB/s
-# by -o bandwidth) interrupted three ways, on real libvirt:
+# copy_faults.sh — issue 8 §1.5/§1.7: a `copy` (held at 1 MiB/s by
+# -o bandwidth) interrupted, on real libvirt:
 #  1. kill -9 of the daemon mid-copy, the guest writing while no daemon
 #     runs; chainfs started again on the same state_dir follows the copy
 #     from its journal, it completes and pivots: domblklist shows DEST,
@@ -10,10 +10,9 @@
 #  3. abort mid-copy (running, then ready under `manual`): `canceled`,
 #     the disk still on its source, DEST removed.
 #  4. `copy DEST chain` (base <- s1, active): kill -9 while qemu-img
-#     copies the base (at
-#     1 MiB/s): the qemu-img child dies with the daemon (PDEATHSIG); the
-#     restarted daemon copies the layers left, the copy pivots, the
-#     copies check clean and every pattern reads back.
+#     copies the base at 1 MiB/s: the qemu-img child dies with the daemon
+#     (PDEATHSIG); the restarted daemon copies the layers left, the copy
+#     pivots, the copies check clean and every pattern reads back.
 # shellcheck source=tests/fault/lib.sh
 . "$(dirname "$0")/lib.sh"
 fault_init
@@ -31,7 +30,7 @@ make_dom() {
   it_guest_write "$d" 0x22 4M 48M
 }
 
-it_mount_slow
+it_mount_slow 1048576
 dir="$FAULT_IMAGES/dest"
 mkdir -p "$dir"
 chmod 0755 "$dir"

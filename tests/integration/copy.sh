@@ -119,7 +119,7 @@ it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the flattening 
 it_assert_eq "$fdest" "$(it_domblk "$F" vda)" "domblklist shows DEST"
 it_assert_eq "" "$(it_snapshot_names "$F")" "libvirt lists no snapshot after a flattening copy"
 it_assert_eq "" "$(it_snapshots "$F" vda)" "snapshots/ is empty"
-[ -e "$fsrc" ] && [ -e "$fbase" ] || it_fail "an old file was deleted"
+for f in "$fsrc" "$fbase"; do [ -e "$f" ] || it_fail "old file $f was deleted"; done
 it_guest_check_pattern "$F" 0x22 4M 2M
 it_guest_check_pattern "$F" 0x33 8M 1M
 it_destroy "$F"
