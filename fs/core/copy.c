@@ -276,10 +276,25 @@ enum finish_result copy_finish(struct cfs_engine *e, const char *dom,
     bool finishing = job->finish || job->phase == CFS_PHASE_FINISHING;
     if (finishing ? in_chain : !top)
         return FINISH_TOP_IN_CHAIN; /* not over (or not yet visible) */
-    /* from the phase JOB was seen in: of two callers (the event, the
-     * ctl thread of `finish`) one cleans up */
-    if (!job_set_phase_from(e, dom, disk, id, job->phase, CFS_PHASE_CLEANUP))
+    /* of two callers (the event, the ctl thread of `finish`; a late
+     * event during the clean-up) one cleans up; a recovery finds the
+     * flag clear and repeats a clean-up the previous daemon began */
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    bool mine = s && !s->job.cleaning;
+    if (mine)
+        s->job.cleaning = true;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (!mine)
+        return FINISH_DONE;
+    if (!job_set_phase_from(e, dom, disk, id, job->phase, CFS_PHASE_CLEANUP)) {
+        pthread_mutex_lock(&e->tree->lock);
+        s = job_mine(e, dom, disk, id);
+        if (s)
+            s->job.cleaning = false;
+        pthread_mutex_unlock(&e->tree->lock);
         return FINISH_DONE; /* ended or moved on meanwhile */
+    }
     if (finishing)
         cleanup_finish(e, dom, disk, id, job);
     else

@@ -219,6 +219,9 @@ struct cfs_job {
                               (made[n_made - 1] first); the mirror pivots
                               only when every one is (n_copied + 1 ==
                               n_made) */
+    bool cleaning;         /* in memory only: a thread is running this
+                              copy's clean-up (an event and the ctl thread
+                              of `finish` may both find it over) */
     size_t n_old;
     struct cfs_job_file *old_files; /* the source chain's files that leave
                               the chain at the pivot: never deleted,
