@@ -1088,7 +1088,7 @@ static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
     struct cfs_file_id *ids = cfs_xcalloc(n, sizeof(*ids));
     r = changed ? -ESTALE : 0;
     for (size_t k = 0; r == 0 && k < n; k++) {
-        size_t i = (n - k) % n; /* n-1, ..., 1, then 0 (DEST) */
+        size_t i = n - 1 - k; /* n-1, ..., 1 (bottom first), then 0 (DEST) */
         r = e->be->ops->image_create
                 ? e->be->ops->image_create(e->be, job.made[i].path, like[i], like_fmt[i],
                                            back[i], back_fmt[i], &ids[i])

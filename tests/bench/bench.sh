@@ -5,6 +5,9 @@
 #   rmdir NAME && cat wait     vs  virsh blockcommit --active --pivot --wait
 #     (active layer holding 256 MiB of guest-written data, identical chains)
 #   cat chain                  vs  virsh domblklist
+#   copy DEST shallow; cat wait vs virsh blockcopy --shallow --pivot --wait
+#     --transient-job (active layer holding 128 MiB of guest-written data
+#     on a base with 128 MiB; issue 8)
 #
 # Each is timed N times (default 7, after one untimed warm-up); the medians
 # are printed with their ratio and the target from issue 2. Not part of CI:
@@ -103,6 +106,42 @@ for ((i = 0; i <= N; i++)); do
   [ "$i" -eq 0 ] || echo "$t" >>"$T/chain.virsh"
 done
 
+it_log "copy DEST shallow + cat wait vs virsh blockcopy --shallow --pivot --wait --transient-job, 128 MiB, $N runs each (+1 warm-up)"
+rmdir "$V/snapshots/keep" && cat "$V/wait" >/dev/null
+at_base
+: >"$T/copy.cfs"
+: >"$T/copy.virsh"
+fill_128m() {
+  local off
+  for off in 256M 320M; do
+    it_guest_write "$D" 0x6b "$off" 64M 2>/dev/null
+  done
+}
+copy_wait() { echo "copy $1 shallow" >"$V/ctl" && cat "$V/wait"; }
+for ((i = 0; i <= N; i++)); do
+  # chainfs: base <- y$i (128 MiB) -> copied to $T/cfs-copy$i.qcow2, then
+  # merged back into the base (rmdir of y$i, whose file the copy is now)
+  mkdir "$V/snapshots/y$i"
+  fill_128m
+  t=$(ms copy_wait "$T/cfs-copy$i.qcow2")
+  grep -q '^state: *completed$' "$V/job" || it_fail "copy $i did not complete: $(cat "$V/job")"
+  [ "$(it_domblk "$D" vda)" = "$T/cfs-copy$i.qcow2" ] || it_fail "copy $i did not pivot"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/copy.cfs"
+  rm -f "$T/overlays/$D.vda.y$i.qcow2" # the old active file, kept by copy
+  cfs_merge "y$i"
+  at_base
+  # virsh: the same chain, copied to a file virsh creates
+  vs_snapshot "w$i" >/dev/null
+  fill_128m
+  t=$(ms it_virsh blockcopy "$D" vda "$T/vs-copy$i.qcow2" --shallow --pivot --wait --transient-job)
+  [ "$(it_domblk "$D" vda)" = "$T/vs-copy$i.qcow2" ] || it_fail "virsh blockcopy $i did not pivot"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/copy.virsh"
+  it_virsh blockcommit "$D" vda --active --pivot --wait >/dev/null
+  it_virsh snapshot-delete "$D" "w$i" --metadata >/dev/null
+  rm -f "$T/overlays/w$i.qcow2" "$T/vs-copy$i.qcow2"
+  at_base
+done
+
 echo
 printf 'chainfs benchmark: %s runs each, medians in ms, domain type %s, %s\n' "$N" "$(it_virt_type)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 printf '%-44s %10s %10s %7s %8s  %s\n' "operation (chainfs vs virsh)" chainfs virsh ratio target verdict
@@ -118,4 +157,5 @@ row() { # LABEL KEY TARGET
 row "mkdir vs snapshot-create-as --disk-only" mkdir 0.7
 row "rmdir+cat wait vs blockcommit --pivot (256M)" commit 1.1
 row "cat chain vs domblklist" chain 0.2
+row "copy shallow+wait vs blockcopy --shallow (128M)" copy 1.1
 [ "$missed" -eq 0 ] || echo "(a target was missed)"
