@@ -2600,6 +2600,86 @@ static int lv_persistent_source_set(struct cfs_backend *be, const char *dom_name
     return lv_define(conn, new_xml);
 }
 
+/* Offline forward merge (issue 8 §2): `qemu-img rebase` in safe mode
+ * copies into TOP every cluster its new backing BASE shows differently
+ * from the old chain (what the layers between held), then points TOP's
+ * header at BASE. Interrupted, TOP holds only data the chain showed
+ * already and still backs onto the old layers: nothing changed for the
+ * guest, and rmdir again starts over. */
+static int lv_offline_pull(struct cfs_backend *be, const char *dom_name,
+                           const char *disk_target, const char *top,
+                           const char *base)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    struct cfs_disk *disk;
+    size_t b;
+    int r;
+
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, and "
+                               "they are not on this machine (%s); libvirt has no API "
+                               "for it: start the domain and rmdir again",
+                               lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    r = virDomainIsActive(dom);
+    if (r < 0)
+        return lv_error(conn);
+    if (r > 0) {
+        cfs_backend_set_errmsg("domain '%s' is not shut off", dom_name);
+        return -EBUSY;
+    }
+    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!xml)
+        return lv_error(conn);
+    if (cfs_domxml_parse(xml, &x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    disk = cfs_domain_find_disk(x.domain, disk_target);
+    if (!disk) {
+        cfs_backend_set_errmsg("domain '%s' has no disk '%s'", dom_name, disk_target);
+        return -ENOENT;
+    }
+    lv_complete_chains(NULL, NULL, &x, false, true);
+    if (disk->n_layers < 3 || !cfs_file_same(NULL, disk->layers[0].path, NULL, top)) {
+        cfs_backend_set_errmsg("'%s' is not the active layer of disk '%s' over a "
+                               "chain of three layers or more", top, disk_target);
+        return -EINVAL;
+    }
+    for (b = 2; b < disk->n_layers; b++)
+        if (cfs_file_same(NULL, disk->layers[b].path, NULL, base))
+            break;
+    if (b == disk->n_layers) {
+        cfs_backend_set_errmsg("'%s' is not two or more layers below '%s' in the "
+                               "chain of disk '%s'", base, top, disk_target);
+        return -EINVAL;
+    }
+    {
+        char *argv[] = { QEMU_IMG, "rebase", "-q",
+                         "-f", (char *)fmt_or(disk->layers[0].format, "qcow2"),
+                         "-b", (char *)base,
+                         "-F", (char *)fmt_or(disk->layers[b].format, "raw"),
+                         (char *)top, NULL };
+        r = lv_run_qemu_img(argv);
+        if (r < 0)
+            return r;
+    }
+    /* a chain written into the inactive XML would still name the layers
+     * that left: let libvirt re-probe */
+    bool changed = false;
+    r = cfs_domxml_drop_backing_store(xml, disk_target, &new_xml, &changed);
+    if (r < 0 || !changed)
+        return 0;
+    return lv_define(conn, new_xml);
+}
+
 /* ---- storage volumes --------------------------------------------------- */
 
 /* Delete PATH through the storage pool that holds it. A file libvirt made
@@ -2630,6 +2710,19 @@ static int lv_volume_delete(struct cfs_backend *be, const char *path)
     return r;
 }
 
+static int lv_hypervisor_version(struct cfs_backend *be, unsigned long long *ver)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    unsigned long v = 0;
+    int r = lv_conn(lv(be), &conn);
+    if (r < 0)
+        return r;
+    if (virConnectGetVersion(conn, &v) < 0)
+        return lv_error(conn);
+    *ver = v;
+    return 0;
+}
+
 /* ---- construction ------------------------------------------------------- */
 
 static const struct cfs_backend_ops lv_ops = {
@@ -2657,9 +2750,11 @@ static const struct cfs_backend_ops lv_ops = {
     .job_pivot = lv_job_pivot,
     .job_abort = lv_job_abort,
     .offline_commit = lv_offline_commit,
+    .offline_pull = lv_offline_pull,
     .files_local = lv_files_local,
     .volume_delete = lv_volume_delete,
     .ping = lv_ping,
+    .hypervisor_version = lv_hypervisor_version,
 };
 
 struct cfs_backend *cfs_libvirt_backend_new(const char *uri)

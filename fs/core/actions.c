@@ -72,6 +72,9 @@ static int refuse(struct cfs_engine *e, const char *op, const char *dom,
  * hold the text *WHY points to. */
 enum { REFUSE_CREATING = 1, REFUSE_LIVE = 2, REFUSE_MAKE_STATE = 4 };
 
+/* How many numbered overlay names mkdir tries before EEXIST. */
+#define OVERLAY_NAME_TRIES 100u
+
 struct disk_at {
     struct cfs_domain *d;
     struct cfs_disk *dk;
@@ -122,6 +125,15 @@ static int disk_refusal(struct cfs_engine *e, const char *dom,
         *why = *why_buf = cfs_xasprintf(
             "the disk has a %s job chainfs did not start (external); wait "
             "for it to end", cfs_job_type_to_string(s->external.type));
+        return -EBUSY;
+    }
+    const char *pulling = domain_busy_disk(e, dom, disk, true);
+    if (pulling) {
+        free(*why_buf);
+        *why = *why_buf = cfs_xasprintf(
+            "a pull runs on disk %s of the domain, and chainfs starts "
+            "nothing else on the domain until it ends (QEMU may crash when "
+            "its block nodes are queried as a pull ends)", pulling);
         return -EBUSY;
     }
     return 0;
@@ -197,6 +209,15 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
 
     /* not local: libvirt checks the file and the space itself */
     bool local = engine_files_local(e);
+    /* a file already there is not ours to overwrite (after a pull the
+     * active file keeps a merged snapshot's file name, issue 8 §2.5):
+     * the first free "<dom>.<disk>.<name>.<N>.qcow2" */
+    for (unsigned n = 2; local && n <= OVERLAY_NAME_TRIES && lstat(overlay, &st) == 0; n++) {
+        free(file);
+        free(overlay);
+        file = cfs_overlay_filename_n(dom, disk, name, n);
+        overlay = cfs_xasprintf("%s/%s", dir, file);
+    }
     if (local && lstat(overlay, &st) == 0) {
         r = -EEXIST;
         msg = cfs_xasprintf("the overlay file %s already exists", overlay);
@@ -281,6 +302,7 @@ struct offline_args {
     struct cfs_engine *e;
     char *dom, *disk, *top, *base;
     bool active;
+    bool pull;     /* offline_pull of TOP (the active layer) onto BASE */
     uint64_t job_id;
     struct offline_thread *self;
 };
@@ -290,8 +312,10 @@ static void *offline_worker(void *arg)
     struct offline_args *a = arg;
     struct cfs_engine *e = a->e;
     struct offline_thread *self = a->self;
-    int r = e->be->ops->offline_commit(e->be, a->dom, a->disk, a->top, a->base,
-                                       a->active);
+    int r = a->pull ? e->be->ops->offline_pull(e->be, a->dom, a->disk, a->top,
+                                               a->base)
+                    : e->be->ops->offline_commit(e->be, a->dom, a->disk, a->top,
+                                                 a->base, a->active);
     struct work *w = cfs_xcalloc(1, sizeof(*w));
     w->kind = WORK_OFFLINE_DONE;
     w->dom = a->dom;
@@ -381,23 +405,26 @@ static int shared_live(struct cfs_engine *e, const char *dom,
     return r;
 }
 
-/* The cost rule of issue 8 §2.2 for the rmdir of the active snapshot of a
- * running domain: true, and *PLAN's one job, when it pulls. Caller holds
- * the tree lock. */
-static bool plan_pull(struct cfs_tree *t, const char *dom, const char *disk,
-                      const struct cfs_disk *dk, bool local,
-                      struct cfs_merge_plan *plan)
+/* DISK's chain as merge_plan sees it, nothing asked (caller frees it and
+ * *USERS, the strings its shared_with point to). Caller holds the tree
+ * lock. */
+static struct cfs_merge_layer *merge_layers(struct cfs_tree *t, const char *dom,
+                                            const char *disk,
+                                            const struct cfs_disk *dk,
+                                            bool local, char ***users)
 {
     size_t n = dk->n_layers;
-    struct cfs_merge_layer *ml = cfs_xcalloc(n, sizeof(*ml));
-    char **users = cfs_xcalloc(n, sizeof(*users));
-    for (size_t i = 0; i < n; i++) {
+    struct cfs_merge_layer *ml = cfs_xcalloc(n ? n : 1, sizeof(*ml));
+    *users = cfs_xcalloc(n + 1, sizeof(**users));
+    for (size_t i = 0, u = 0; i < n; i++) {
         const struct cfs_layer *l = &dk->layers[i];
         const struct cfs_domain *od = NULL;
         const struct cfs_disk *ok =
             cfs_tree_file_user(t, &l->id, l->path, dom, disk, &od);
+        const char *user = NULL;
         if (ok)
-            users[i] = cfs_xasprintf("domain %s disk %s", od->name, ok->target);
+            user = (*users)[u++] =
+                cfs_xasprintf("domain %s disk %s", od->name, ok->target);
         /* §2.2: st_blocks of the file now; the tree's figure is that of
          * its last full read, older than the guest's latest writes */
         struct stat st;
@@ -408,15 +435,82 @@ static bool plan_pull(struct cfs_tree *t, const char *dom, const char *disk,
             .allocation = alloc,
             .snapshot = l->name && i + 1 < n,
             .has_metadata = l->meta_name != NULL,
-            .shared_with = users[i],
-            .asked = i == 0,
+            .shared_with = user,
             .mode = CFS_MERGE_AUTO,
         };
     }
-    int r = cfs_merge_plan(ml, n, true, plan);
-    for (size_t i = 0; i < n; i++)
-        free(users[i]);
-    free(users);
+    return ml;
+}
+
+/* `merge NAME ...` of S's disk for snapshot NAME (ctl). */
+static enum cfs_merge_mode merge_override(const struct cfs_disk_state *s,
+                                          const char *name)
+{
+    if (!s || !name)
+        return CFS_MERGE_AUTO;
+    if (cfs_strv_contains(s->settings.merge_commit, name))
+        return CFS_MERGE_COMMIT;
+    if (cfs_strv_contains(s->settings.merge_pull, name))
+        return CFS_MERGE_PULL;
+    return CFS_MERGE_AUTO;
+}
+
+/* Take NAME out of *V (a NULL-terminated list); true if it was in. */
+static bool strv_drop(char ***v, const char *name)
+{
+    bool found = false;
+    size_t w = 0;
+    for (size_t i = 0; *v && (*v)[i]; i++) {
+        if (cfs_streq((*v)[i], name)) {
+            free((*v)[i]);
+            found = true;
+        } else {
+            (*v)[w++] = (*v)[i];
+        }
+    }
+    if (*v)
+        (*v)[w] = NULL;
+    return found;
+}
+
+/* The merge of snapshot NAME starts: its override is used up. True if
+ * there was one (the caller saves the settings). Caller holds the tree
+ * lock. */
+static bool merge_override_used(struct cfs_disk_state *s, const char *name)
+{
+    bool a = strv_drop(&s->settings.merge_commit, name);
+    bool b = strv_drop(&s->settings.merge_pull, name);
+    return a || b;
+}
+
+/* The cost rule of issue 8 §2.2 for the rmdir of the active snapshot of a
+ * domain RUNNING or shut off: true, and *PLAN's one job, when it pulls.
+ * Caller holds the tree lock. */
+static bool plan_pull(struct cfs_engine *e, const char *dom, const char *disk,
+                      const struct cfs_disk *dk, bool running, bool local,
+                      struct cfs_merge_plan *plan)
+{
+    struct cfs_tree *t = e->tree;
+    if (!running && !e->be->ops->offline_pull)
+        return false;
+    /* -o live_pull, and a pull runs alone on its domain (design §7.4) */
+    const char *busy = running ? domain_busy_disk(e, dom, disk, false) : NULL;
+    _cleanup_free_ char *alone = busy
+        ? cfs_xasprintf("another disk of the domain (%s) has a job in "
+                        "progress, and a pull runs alone on its domain", busy)
+        : NULL;
+    const struct cfs_merge_env env = {
+        .running = running,
+        .no_live_pull = e->no_live_pull ? e->no_live_pull : alone,
+    };
+    size_t n = dk->n_layers;
+    char **users = NULL;
+    struct cfs_merge_layer *ml = merge_layers(t, dom, disk, dk, local, &users);
+    ml[0].asked = true;
+    const struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
+    ml[0].mode = merge_override(s, ml[0].name);
+    int r = cfs_merge_plan_env(ml, n, &env, plan);
+    cfs_strv_free(users);
     free(ml);
     return r == 0 && plan->n_jobs == 1 && plan->jobs[0].pull &&
            plan->jobs[0].leave_last < n && plan->jobs[0].base < n;
@@ -463,7 +557,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     _cleanup_(cfs_layer_clear) struct cfs_layer seen_base = {0};
     _cleanup_(cfs_file_id_clear) struct cfs_file_id base_id = {0};
     struct cfs_job job = {0};
-    bool running = false;
+    bool running = false, used_override = false;
     _cleanup_(cfs_merge_plan_clear) struct cfs_merge_plan plan = {0};
 
     r = check_reachable(e, dom, &why);
@@ -531,15 +625,17 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         why = "the domain is shut off and its image files are not on this "
               "machine: an offline merge runs qemu-img on them and libvirt "
               "has no API for it; start the domain and rmdir again";
-    } else if (d->state != CFS_DOM_SHUTOFF && idx == 0 &&
-               plan_pull(e->tree, dom, disk, dk, engine_files_local(e), &plan)) {
+    } else if (idx == 0 && plan_pull(e, dom, disk, dk, d->state != CFS_DOM_SHUTOFF,
+                                     engine_files_local(e), &plan)) {
         /* issue 8 §2: the active layer stays and takes the identity of the
-         * snapshot below; the layers between it and the new base leave */
-        running = true;
+         * snapshot below; the layers between it and the new base leave
+         * (live: a block pull; shut off: qemu-img rebase) */
+        running = d->state != CFS_DOM_SHUTOFF;
         const struct cfs_merge_job *mj = &plan.jobs[0];
         const struct cfs_layer *act = &dk->layers[0];
         const struct cfs_layer *nb = &dk->layers[mj->base];
         job_new_locked(e, s, cfs_merge_kind_job_type(mj->kind));
+        used_override = merge_override_used(s, name);
         struct cfs_job *j = &s->job;
         j->snapshot = cfs_xstrdup(name);
         cfs_strv_push(&j->snapshots, cfs_xstrdup(name));
@@ -566,7 +662,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         j->end = act->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
-        j->bandwidth = e->commit_bandwidth;
+        j->bandwidth = running ? e->commit_bandwidth : 0;
         struct stat wst;
         s->base_bytes = engine_files_local(e) && stat(j->written, &wst) == 0
                             ? (uint64_t)wst.st_blocks * 512 : 0;
@@ -577,6 +673,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         const struct cfs_layer *top = &dk->layers[idx];
         job_new_locked(e, s, !running ? CFS_JOB_OFFLINE_COMMIT
                              : idx == 0 ? CFS_JOB_ACTIVE_COMMIT : CFS_JOB_COMMIT);
+        used_override = merge_override_used(s, name);
         struct cfs_job *j = &s->job;
         j->snapshot = cfs_xstrdup(name);
         j->meta_name = cfs_xstrdup(top->meta_name);
@@ -586,6 +683,14 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_file_id_copy(&base_id, &dk->layers[idx + 1].id);
         top_ref = layer_ref(disk, top);
         base_ref = layer_ref(disk, &dk->layers[idx + 1]);
+        if (plan.n_jobs == 1 && !plan.jobs[0].pull && plan.jobs[0].first == 0) {
+            /* the cost rule chose to commit the active layer: job says
+             * why and what each direction would have copied */
+            j->direction = CFS_DIRECTION_COMMIT;
+            j->bytes_commit = plan.jobs[0].bytes_commit;
+            j->bytes_pull = plan.jobs[0].bytes_pull;
+            j->reason = cfs_xstrdup(plan.jobs[0].reason);
+        }
         j->end = top->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
@@ -602,11 +707,14 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     if (r < 0) {
         return refuse(e, "rmdir", dom, disk, name, r, why);
     }
+    if (used_override)
+        (void)settings_save(e); /* logged if it fails; harmless: kept */
 
     /* The disk is claimed; no one else may use either file, as libvirt
      * has every chain now (the tree may lag behind another domain). */
-    r = job.type == CFS_JOB_PULL ? pull_shared_live(e, dom, disk, &job, &why_buf)
-                                 : shared_live(e, dom, disk, &job, &base_id, &why_buf);
+    r = job.direction == CFS_DIRECTION_PULL
+            ? pull_shared_live(e, dom, disk, &job, &why_buf)
+            : shared_live(e, dom, disk, &job, &base_id, &why_buf);
     if (r < 0) {
         log_warn("rmdir %s/%s/snapshots/%s refused (%s): %s", dom, disk, name,
                  strerror(-r), why_buf);
@@ -625,7 +733,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         return -EIO;
     }
 
-    if (job.type == CFS_JOB_OFFLINE_COMMIT) {
+    if (job.type == CFS_JOB_OFFLINE_COMMIT || job.type == CFS_JOB_OFFLINE_PULL) {
         struct offline_args *a = cfs_xcalloc(1, sizeof(*a));
         *a = (struct offline_args){
             .e = e,
@@ -634,6 +742,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             .top = cfs_xstrdup(job.top),
             .base = cfs_xstrdup(job.base),
             .active = idx == 0,
+            .pull = job.type == CFS_JOB_OFFLINE_PULL,
             .job_id = job.id,
         };
         /* running before the thread starts: it may be done at once */
@@ -728,12 +837,22 @@ static int settings_save_locked(struct cfs_engine *e)
     pthread_mutex_lock(&e->tree->lock);
     for (size_t i = 0; i < e->tree->n_states; i++) {
         const struct cfs_disk_state *s = e->tree->states[i];
-        if (!s->settings.pivot_manual)
+        const struct cfs_disk_settings *st = &s->settings;
+        if (!st->pivot_manual && !st->merge_commit && !st->merge_pull)
             continue;
         json_object *d = json_object_new_object();
         json_object_object_add(d, "domain", json_object_new_string(s->dom));
         json_object_object_add(d, "disk", json_object_new_string(s->disk));
-        json_object_object_add(d, "pivot", json_object_new_string("manual"));
+        json_object_object_add(d, "pivot", json_object_new_string(
+                                   st->pivot_manual ? "manual" : "auto"));
+        /* issue 8: {"NAME":"commit"|"pull"}, read by this version only
+         * (an older one ignores the key) */
+        json_object *m = json_object_new_object();
+        for (char **p = st->merge_commit; p && *p; p++)
+            json_object_object_add(m, *p, json_object_new_string("commit"));
+        for (char **p = st->merge_pull; p && *p; p++)
+            json_object_object_add(m, *p, json_object_new_string("pull"));
+        json_object_object_add(d, "merge", m);
         json_object_array_add(arr, d);
     }
     pthread_mutex_unlock(&e->tree->lock);
@@ -817,6 +936,25 @@ void settings_load(struct cfs_engine *e)
         s->job.pivot_manual = s->settings.pivot_manual;
         log_info("settings: %s/%s: pivot %s", s->dom, s->disk,
                  s->settings.pivot_manual ? "manual" : "auto");
+        json_object *merge;
+        if (json_object_object_get_ex(d, "merge", &merge) &&
+            json_object_is_type(merge, json_type_object)) {
+            json_object_object_foreach(merge, snap, mode) {
+                const char *m = json_object_is_type(mode, json_type_string)
+                                    ? json_object_get_string(mode) : "";
+                if (strcmp(m, "commit") != 0 && strcmp(m, "pull") != 0) {
+                    log_warn("settings: %s/%s: merge %s: unknown direction "
+                             "skipped", s->dom, s->disk, snap);
+                    continue;
+                }
+                merge_override_used(s, snap);
+                cfs_strv_push(m[0] == 'c' ? &s->settings.merge_commit
+                                          : &s->settings.merge_pull,
+                              cfs_xstrdup(snap));
+                log_info("settings: %s/%s: merge %s %s", s->dom, s->disk,
+                         snap, m);
+            }
+        }
     }
     pthread_mutex_unlock(&e->tree->lock);
     json_object_put(o);
@@ -1173,6 +1311,69 @@ static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
     return 0;
 }
 
+/* `merge NAME commit|pull|auto`: checked against the chain as the tree
+ * has it (ENOENT no such snapshot, EINVAL a pull the chain does not allow,
+ * EOPNOTSUPP a live pull that is off), kept in the disk's settings. */
+static int ctl_merge_setting(struct cfs_engine *e, const char *dom,
+                             const char *disk, const struct cfs_ctl_cmd *cmd)
+{
+    const char *name = cmd->name;
+    enum cfs_merge_mode mode = cmd->merge_mode;
+    _cleanup_free_ char *why = NULL;
+    int r = 0;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    int idx = dk ? visible_snapshot(e->tree, d, dk, name) : -1;
+    if (idx < 0) {
+        r = -ENOENT;
+        why = cfs_xasprintf("no snapshot %s in snapshots/", name);
+    } else {
+        char **users = NULL;
+        struct cfs_merge_layer *ml = merge_layers(e->tree, dom, disk, dk,
+                                                  engine_files_local(e), &users);
+        r = cfs_merge_mode_check(ml, dk->n_layers, (size_t)idx, mode, &why);
+        cfs_strv_free(users);
+        free(ml);
+        if (r == 0 && mode == CFS_MERGE_PULL && d->state != CFS_DOM_SHUTOFF &&
+            e->no_live_pull) {
+            r = -EOPNOTSUPP;
+            why = cfs_xasprintf("the domain runs and a live pull is off (%s)",
+                                e->no_live_pull);
+        }
+    }
+    struct cfs_disk_state *s = r == 0 ? cfs_tree_disk_state(e->tree, dom, disk) : NULL;
+    enum cfs_merge_mode was = merge_override(s, name);
+    if (s) {
+        merge_override_used(s, name);
+        if (mode != CFS_MERGE_AUTO)
+            cfs_strv_push(mode == CFS_MERGE_COMMIT ? &s->settings.merge_commit
+                                                   : &s->settings.merge_pull,
+                          cfs_xstrdup(name));
+        tree_changed(e);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (r < 0)
+        return ctl_refuse(e, dom, disk, cmd, r, why);
+
+    r = settings_save(e);
+    if (r < 0) {
+        pthread_mutex_lock(&e->tree->lock);
+        s = cfs_tree_disk_state(e->tree, dom, disk);
+        merge_override_used(s, name);
+        if (was != CFS_MERGE_AUTO)
+            cfs_strv_push(was == CFS_MERGE_COMMIT ? &s->settings.merge_commit
+                                                  : &s->settings.merge_pull,
+                          cfs_xstrdup(name));
+        tree_changed(e);
+        pthread_mutex_unlock(&e->tree->lock);
+        return -EIO;
+    }
+    log_info("ctl %s/%s: merge %s %s", dom, disk, name,
+             cfs_merge_mode_to_string(mode));
+    return 0;
+}
+
 int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                    const struct cfs_ctl_cmd *cmd)
 {
@@ -1198,6 +1399,10 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     if (cmd->op == CFS_CTL_PIVOT_MANUAL || cmd->op == CFS_CTL_PIVOT_AUTO) {
         cfs_job_clear(&job);
         return ctl_pivot_setting(e, dom, disk, cmd->op == CFS_CTL_PIVOT_MANUAL);
+    }
+    if (cmd->op == CFS_CTL_MERGE) {
+        cfs_job_clear(&job);
+        return ctl_merge_setting(e, dom, disk, cmd);
     }
     _cleanup_free_ char *why_buf = NULL;
     int r = 0;

@@ -21,6 +21,9 @@ const char cfs_ctl_usage[] =
     "pivot auto        active commits pivot on their own (the default)\n"
     "bandwidth N       the running job's limit in bytes/s; K, M, G, T\n"
     "                  suffixes (powers of 1024); 0 = unlimited\n"
+    "merge NAME commit|pull|auto\n"
+    "                  the direction of snapshot NAME's next merge (auto:\n"
+    "                  the one that copies less; the default)\n"
     "copy DEST [flatten|shallow|chain] [manual]\n"
     "                  mirror the running disk to DEST (a new qcow2 file)\n"
     "                  and pivot to it; manual: wait in ready for pivot\n"
@@ -149,10 +152,10 @@ int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
             return refuse(why, "abort takes no argument");
         cmd.op = CFS_CTL_ABORT;
     } else if (word_is(w, "pivot")) {
+        if (n > 2)
+            return refuse(why, "pivot takes nothing, \"manual\" or \"auto\"");
         if (n == 1)
             cmd.op = CFS_CTL_PIVOT;
-        else if (n > 2)
-            return refuse(why, "too many words");
         else if (word_is(&words[1], "manual"))
             cmd.op = CFS_CTL_PIVOT_MANUAL;
         else if (word_is(&words[1], "auto"))
@@ -167,6 +170,20 @@ int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
             cfs_size_parse(num, &cmd.bandwidth) < 0)
             return refuse(why, "bandwidth: not a number of bytes/s (digits, an optional K, M, G or T)");
         cmd.op = CFS_CTL_BANDWIDTH;
+    } else if (word_is(w, "merge")) {
+        if (n != 3)
+            return refuse(why, "merge needs a snapshot name and commit, pull or auto");
+        const struct word *nm = &words[1];
+        if (nm->len >= sizeof(cmd.name) || memchr(nm->s, '/', nm->len) ||
+            word_is(nm, ".") || word_is(nm, ".."))
+            return refuse(why, "merge: not a snapshot name (an entry of snapshots/)");
+        char mode[16];
+        if (!word_copy(&words[2], mode, sizeof(mode)) ||
+            cfs_merge_mode_from_string(mode, &cmd.merge_mode) < 0)
+            return refuse(why, "merge: the direction is commit, pull or auto");
+        memcpy(cmd.name, nm->s, nm->len);
+        cmd.name[nm->len] = '\0';
+        cmd.op = CFS_CTL_MERGE;
     } else if (word_is(w, "finish")) {
         if (n != 1)
             return refuse(why, "finish takes no argument");
@@ -214,6 +231,7 @@ const char *cfs_ctl_op_to_string(enum cfs_ctl_op op)
     case CFS_CTL_PIVOT_MANUAL: return "pivot manual";
     case CFS_CTL_PIVOT_AUTO:   return "pivot auto";
     case CFS_CTL_BANDWIDTH:    return "bandwidth";
+    case CFS_CTL_MERGE:        return "merge";
     case CFS_CTL_COPY:         return "copy";
     case CFS_CTL_FINISH:       return "finish";
     default:                   return "?";

@@ -430,15 +430,43 @@ bool install_read(struct cfs_engine *e, const char *name,
     return true;
 }
 
-/* Re-read one domain from the backend into the tree. */
+const char *domain_busy_disk(struct cfs_engine *e, const char *dom,
+                             const char *except, bool pull_only)
+{
+    const struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    for (size_t i = 0; d && i < d->n_disks; i++) {
+        const char *t = d->disks[i].target;
+        if (except && cfs_streq(t, except))
+            continue;
+        const struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, t);
+        if (!s)
+            continue;
+        if (cfs_job_phase_in_progress(s->job.phase) &&
+            (!pull_only || s->job.type == CFS_JOB_PULL))
+            return t;
+        if (pull_only && s->external.type == CFS_JOB_PULL)
+            return t; /* someone's virsh blockpull: the same crash */
+        if (!pull_only && s->external.type != CFS_JOB_NONE)
+            return t;
+    }
+    return NULL;
+}
+
+/* Re-read one domain from the backend into the tree. While chainfs pulls
+ * on it, without block statistics: they make QEMU 7.2 query its block
+ * nodes, which crashes it when the pull ends meanwhile (design §7.4). */
 int refresh_domain(struct cfs_engine *e, const char *name)
 {
     for (int tries = 0;; tries++) {
         struct cfs_domain *d = NULL;
         pthread_mutex_lock(&e->tree->lock);
         unsigned long before = *dom_seq_slot(e, name);
+        bool quiet = e->be->ops->read_domain_light &&
+                     (domain_busy_disk(e, name, NULL, true) ||
+                      cfs_strv_contains(e->startup_pull_doms, name));
         pthread_mutex_unlock(&e->tree->lock);
-        int r = e->be->ops->read_domain(e->be, name, &d);
+        int r = quiet ? e->be->ops->read_domain_light(e->be, name, &d)
+                      : e->be->ops->read_domain(e->be, name, &d);
         if (r < 0 && r != -ENOENT) {
             log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
             if (r == -ENOTCONN)
@@ -877,6 +905,7 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     e->state_dir = cfs_xstrdup(cfg->state_dir);
     e->keep_merged = cfg->keep_merged;
     e->commit_bandwidth = cfg->bandwidth;
+    e->live_pull = cfg->live_pull;
     e->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 3000;
     e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
     e->be = be;
@@ -967,6 +996,72 @@ static int startup_read(struct cfs_engine *e)
     return 0;
 }
 
+/* ---- -o live_pull ---------------------------------------------------------- */
+
+/* The first QEMU release whose block-stream leaves no childless filter
+ * node behind at its end, where query-named-block-nodes crashes QEMU
+ * until libvirt dismisses the job: 10.2.0 ("block: Drop detach_subchain
+ * for bdrv_replace_node", QEMU issue #3149; docs/design/issue8.md §7.4). */
+static const unsigned long long live_pull_min_qemu = 10002000;
+
+static const char *const live_pull_names[] = {
+    [CFS_LIVE_PULL_AUTO] = "auto",
+    [CFS_LIVE_PULL_ON] = "on",
+    [CFS_LIVE_PULL_OFF] = "off",
+};
+
+const char *cfs_live_pull_to_string(enum cfs_live_pull v)
+{
+    return (unsigned)v < ELEMENTSOF(live_pull_names) ? live_pull_names[v] : NULL;
+}
+
+int cfs_live_pull_from_string(const char *s, enum cfs_live_pull *out)
+{
+    for (size_t i = 0; s && i < ELEMENTSOF(live_pull_names); i++)
+        if (cfs_streq(s, live_pull_names[i])) {
+            *out = (enum cfs_live_pull)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+/* e->no_live_pull from -o live_pull and the hypervisor's version. */
+static void live_pull_decide(struct cfs_engine *e)
+{
+    free(e->no_live_pull);
+    cfs_strv_free(e->startup_pull_doms);
+    e->no_live_pull = NULL;
+    if (e->live_pull == CFS_LIVE_PULL_ON) {
+        log_info("live pull: on (-o live_pull=on): a running domain's merge "
+                 "may pull; while it does, chainfs queries no block "
+                 "statistics of the domain and starts nothing else on it");
+        return;
+    }
+    if (e->live_pull == CFS_LIVE_PULL_OFF) {
+        e->no_live_pull = cfs_xstrdup("-o live_pull=off");
+        log_info("live pull: off (-o live_pull=off): running domains commit");
+        return;
+    }
+    unsigned long long v = 0;
+    int r = e->be->ops->hypervisor_version
+                ? e->be->ops->hypervisor_version(e->be, &v)
+                : -EOPNOTSUPP;
+    if (r == 0 && live_pull_min_qemu && v >= live_pull_min_qemu) {
+        log_info("live pull: on (QEMU %llu.%llu.%llu)", v / 1000000,
+                 v / 1000 % 1000, v % 1000);
+        return;
+    }
+    e->no_live_pull =
+        r == 0 ? cfs_xasprintf("QEMU %llu.%llu.%llu may crash when block "
+                               "nodes are queried as a pull ends; "
+                               "-o live_pull=on allows it",
+                               v / 1000000, v / 1000 % 1000, v % 1000)
+               : cfs_xasprintf("the QEMU version is unknown (%s); "
+                               "-o live_pull=on allows it",
+                               errmsg_or(strerror(-r)));
+    log_info("live pull: off: %s", e->no_live_pull);
+}
+
 int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
 {
     int r = e->be->ops->connect(e->be, &engine_events, e);
@@ -986,6 +1081,7 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
                  "overlays, merged files are deleted only through a libvirt "
                  "storage pool (else listed as leftover in job), offline merges "
                  "are refused", why);
+    live_pull_decide(e);
     /* overlay_dir names a directory of the libvirt host: only a local one
      * can be looked at here */
     struct stat od;
@@ -997,6 +1093,16 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
         return -ENOTDIR;
     }
     e->threaded = thread;
+    /* a pull the journal has may end any moment: its domain is read
+     * quietly from the first read on (recovery then tracks the job) */
+    struct cfs_journal_entry *jv = NULL;
+    size_t jn = 0;
+    if (cfs_journal_list(e->journal, &jv, &jn) == 0)
+        for (size_t i = 0; i < jn; i++)
+            if (jv[i].type == CFS_JOB_PULL && jv[i].domain &&
+                !cfs_strv_contains(e->startup_pull_doms, jv[i].domain))
+                cfs_strv_push(&e->startup_pull_doms, cfs_xstrdup(jv[i].domain));
+    cfs_journal_entries_free(jv, jn);
     r = thread ? startup_read(e) : refresh_all(e);
     if (r < 0) {
         if (errmsg)
@@ -1007,6 +1113,9 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
     settings_load(e);
     recover_journal(e);
     e->recovered = true;
+    pthread_mutex_lock(&e->tree->lock);
+    e->startup_pull_doms = cfs_strv_free(e->startup_pull_doms);
+    pthread_mutex_unlock(&e->tree->lock);
     if (thread) {
         r = -pthread_create(&e->thread, NULL, engine_thread, e);
         if (r < 0) {
@@ -1084,6 +1193,7 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     pthread_cond_destroy(&e->qcond);
     free(e->overlay_dir);
     free(e->state_dir);
+    free(e->no_live_pull);
     free(e);
     return NULL;
 }

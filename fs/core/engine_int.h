@@ -124,6 +124,14 @@ struct cfs_engine {
     char *state_dir;
     bool keep_merged;
     uint64_t commit_bandwidth; /* bytes/s every merge starts with, 0 = unlimited */
+    enum cfs_live_pull live_pull;
+    /* Why a running domain's merge may not pull (-o live_pull and the
+     * QEMU version, decided at start), NULL if it may. */
+    char *no_live_pull;
+    /* Domains the journal has a live pull of, read at start: quiet (no
+     * block statistics) from the first read on, before recovery puts
+     * their jobs in the tree (design §7.4). Freed once recovered. */
+    char **startup_pull_doms;
     unsigned refresh_ms;
     unsigned poll_ms;
 
@@ -209,6 +217,11 @@ void on_domain_changed(void *opaque, const char *dom);
 unsigned long *dom_seq_slot(struct cfs_engine *e, const char *name);
 bool install_read(struct cfs_engine *e, const char *name, unsigned long before, struct cfs_domain *d, bool *removed);
 int refresh_domain(struct cfs_engine *e, const char *name);
+/* A disk of DOM other than EXCEPT (may be NULL) with a chainfs job in
+ * progress (PULL_ONLY: a pull), or a job chainfs did not start (not with
+ * PULL_ONLY); NULL if none. Caller holds the tree lock. */
+const char *domain_busy_disk(struct cfs_engine *e, const char *dom,
+                             const char *except, bool pull_only);
 void carry_sizes(const struct cfs_domain *old, struct cfs_domain *new);
 bool engine_files_local(struct cfs_engine *e);
 bool tree_push_overlay(struct cfs_tree *t, const char *dom, const char *disk, const struct cfs_layer *active, const char *overlay, const char *name, bool files_local);

@@ -586,8 +586,11 @@ static void pull_cleanup(struct cfs_engine *e, const char *dom,
     pthread_mutex_unlock(&e->tree->lock);
     log_info("%s/%s: snapshot %s pulled into %s (%s)", dom, disk,
              job->snapshot, job->top, job->reason ? job->reason : "pull");
-    job_end(e, dom, disk, id, CFS_PHASE_COMPLETED, NULL, false);
+    /* the active layer now carries the survivor's name: read it before
+     * the job reads as completed, so that `cat wait` then `ls snapshots/`
+     * shows the new name (a commit's tree_drop_layer needs no re-read) */
     refresh_domain(e, dom);
+    job_end(e, dom, disk, id, CFS_PHASE_COMPLETED, NULL, false);
 }
 
 /* The merge is over as far as libvirt is concerned. If TOP left the chain,

@@ -132,9 +132,10 @@ static void refuse(struct cfs_merge_plan *p, size_t idx, int err, char *why)
 /* The job of the run FIRST..LAST (every layer asked, a snapshot, not
  * shared; the layer below not shared). */
 static void plan_run(const struct cfs_merge_layer *layers, size_t n,
-                     bool running, size_t first, size_t last,
-                     struct cfs_merge_plan *p)
+                     const struct cfs_merge_env *env, size_t first,
+                     size_t last, struct cfs_merge_plan *p)
 {
+    bool running = env->running;
     struct cfs_merge_job j = { .first = first, .last = last };
     char cs[32], ps[32];
 
@@ -160,6 +161,9 @@ static void plan_run(const struct cfs_merge_layer *layers, size_t n,
     }
 
     _cleanup_free_ char *no_pull = pull_refusal(layers, n, first, last);
+    /* the chain allows a pull but QEMU must not run one (§7.4) */
+    _cleanup_free_ char *off = !no_pull && running && env->no_live_pull
+        ? cfs_xasprintf("a live pull is off (%s)", env->no_live_pull) : NULL;
     if (commit_by) {
         j.pull = false;
         j.reason = pull_by
@@ -167,6 +171,10 @@ static void plan_run(const struct cfs_merge_layer *layers, size_t n,
                             "in the same run is not followed)",
                             commit_by, pull_by)
             : cfs_xasprintf("commit: asked by merge %s commit", commit_by);
+    } else if (pull_by && off) {
+        j.pull = false;
+        j.reason = cfs_xasprintf("commit: merge %s pull cannot run: %s",
+                                 pull_by, off);
     } else if (pull_by && !no_pull) {
         /* forced: the cost figures still say what it costs */
         j.pull = true;
@@ -182,6 +190,9 @@ static void plan_run(const struct cfs_merge_layer *layers, size_t n,
     } else if (no_pull) {
         j.pull = false;
         j.reason = cfs_xasprintf("commit: %s", no_pull);
+    } else if (off && j.bytes_pull < j.bytes_commit) {
+        j.pull = false;
+        j.reason = cfs_xasprintf("commit: %s; pull %s, commit %s", off, ps, cs);
     } else if (j.bytes_pull < j.bytes_commit) {
         j.pull = true;
         j.reason = cfs_xasprintf("pull: %s < %s", ps, cs);
@@ -244,7 +255,15 @@ static bool runnable(const struct cfs_merge_layer *layers, size_t n, size_t i,
 int cfs_merge_plan(const struct cfs_merge_layer *layers, size_t n,
                    bool running, struct cfs_merge_plan *out)
 {
-    if (!out || (n > 0 && !layers))
+    const struct cfs_merge_env env = { .running = running };
+    return cfs_merge_plan_env(layers, n, &env, out);
+}
+
+int cfs_merge_plan_env(const struct cfs_merge_layer *layers, size_t n,
+                       const struct cfs_merge_env *env,
+                       struct cfs_merge_plan *out)
+{
+    if (!out || !env || (n > 0 && !layers))
         return -EINVAL;
 
     struct cfs_merge_plan p = {0};
@@ -286,7 +305,7 @@ int cfs_merge_plan(const struct cfs_merge_layer *layers, size_t n,
                 continue;
             last--;
         }
-        plan_run(layers, n, running, first, last, &p);
+        plan_run(layers, n, env, first, last, &p);
     }
     *out = p;
     return 0;

@@ -77,6 +77,17 @@ char *cfs_overlay_filename(const char *dom, const char *disk, const char *name)
     return cfs_xasprintf("%s.%s.%s.qcow2", d, t, name ? name : "");
 }
 
+char *cfs_overlay_filename_n(const char *dom, const char *disk,
+                             const char *name, unsigned n)
+{
+    if (n < 2)
+        return cfs_overlay_filename(dom, disk, name);
+    _cleanup_free_ char *d = filename_part(dom);
+    _cleanup_free_ char *t = filename_part(disk);
+
+    return cfs_xasprintf("%s.%s.%s.%u.qcow2", d, t, name ? name : "", n);
+}
+
 char *cfs_overlay_parse_filename(const char *dom, const char *disk,
                                  const char *basename)
 {

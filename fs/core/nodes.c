@@ -83,6 +83,10 @@ void cfs_render_ctl(struct cfs_buf *b, const struct cfs_disk_state *s,
         cfs_format_size(bw, h, sizeof(h));
         cfs_buf_printf(b, "bandwidth: %s/s\n", h);
     }
+    for (char **p = s ? s->settings.merge_commit : NULL; p && *p; p++)
+        cfs_buf_printf(b, "merge:     %s commit\n", *p);
+    for (char **p = s ? s->settings.merge_pull : NULL; p && *p; p++)
+        cfs_buf_printf(b, "merge:     %s pull\n", *p);
     cfs_buf_printf(b, "\n%s", cfs_ctl_usage);
 }
 

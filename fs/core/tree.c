@@ -27,6 +27,8 @@ static void disk_state_free(struct cfs_disk_state *s)
     free(s->disk);
     cfs_job_clear(&s->job);
     cfs_strv_free(s->partial_tops);
+    cfs_strv_free(s->settings.merge_commit);
+    cfs_strv_free(s->settings.merge_pull);
     free(s);
 }
 

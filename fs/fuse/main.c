@@ -36,6 +36,7 @@ struct options {
     char *manage_group;
     char *bandwidth;
     char *keepalive;
+    char *live_pull;
     int keep_merged;
     int help;
     int version;
@@ -66,6 +67,7 @@ static const struct fuse_opt option_table[] = {
     OPT("manage_group=%s", manage_group, 0),
     OPT("bandwidth=%s", bandwidth, 0),
     OPT("keepalive=%s", keepalive, 0),
+    OPT("live_pull=%s", live_pull, 0),
     OPT("keep_merged", keep_merged, 1),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
@@ -149,6 +151,12 @@ static void usage(FILE *out)
 "                         (K, M, G, T suffixes: powers of 1024; default 0 =\n"
 "                         unlimited); `echo \"bandwidth N\" > ctl` changes a\n"
 "                         running one\n"
+"  -o live_pull=auto|on|off  may rmdir of a running domain's newest\n"
+"                         snapshot pull the small layer below up instead of\n"
+"                         committing (auto: only on a QEMU known not to crash\n"
+"                         in it; QEMU 7.2 may crash when block nodes are\n"
+"                         queried as a pull ends. on: pull, and query nothing\n"
+"                         of the domain meanwhile; off: always commit)\n"
 "  -o keepalive=I:C       libvirt keepalive: a probe every I seconds, the\n"
 "                         connection given up after C unanswered (default\n"
 "                         5:3); shorter notices a lost libvirtd sooner\n"
@@ -168,7 +176,7 @@ static void usage(FILE *out)
 "shut-off domain is EOPNOTSUPP.\n"
 "Exit status: 0 after an unmount, 1 if start-up failed (a FUSE option FUSE\n"
 "does not know included), 2 if chainfs cannot use its command line (no\n"
-"MOUNTPOINT, a malformed -o bandwidth, an unknown manage_group).\n"
+"MOUNTPOINT, a malformed -o bandwidth or live_pull, an unknown manage_group).\n"
 "\n"
 "Docs: README.md and docs/ in the chainfs source tree.\n");
 }
@@ -383,6 +391,7 @@ static void options_free(struct options *o)
     free(o->state_dir);
     free(o->manage_group);
     free(o->bandwidth);
+    free(o->live_pull);
     free(o->keepalive);
     for (int i = 0; i < o->n_nonopt; i++)
         free(o->nonopt[i]);
@@ -456,6 +465,12 @@ static bool command_line(struct daemon *d, int *status)
                 "chainfs: -o bandwidth=%s: not a number of bytes/s (digits "
                 "with an optional K, M, G or T suffix, powers of 1024; 0 = "
                 "unlimited)\n", o->bandwidth);
+        return false;
+    }
+    if (o->live_pull &&
+        cfs_live_pull_from_string(o->live_pull, &d->cfg.live_pull) < 0) {
+        fprintf(stderr, "chainfs: -o live_pull=%s: give auto, on or off\n",
+                o->live_pull);
         return false;
     }
     if (o->keepalive) {

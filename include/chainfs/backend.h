@@ -224,6 +224,14 @@ struct cfs_backend_ops {
     int (*offline_commit)(struct cfs_backend *be, const char *dom,
                           const char *disk, const char *top,
                           const char *base, bool active);
+    /* Shut-off domain: pull every layer between TOP, the active layer,
+     * and BASE (at least two below it) into TOP and make BASE its backing
+     * file (qemu-img rebase, safe mode: TOP gets what the layers between
+     * held; blocking, from a worker thread). The definition's cached
+     * chain is dropped (libvirt probes the new one). Optional (NULL: a
+     * shut-off domain's merges commit). */
+    int (*offline_pull)(struct cfs_backend *be, const char *dom,
+                        const char *disk, const char *top, const char *base);
 
     /* Optional (NULL: the files are local). Whether the paths libvirt
      * reports name the files this process sees at those paths: decided
@@ -242,6 +250,10 @@ struct cfs_backend_ops {
      * TIMEOUT_MS? 0 if so, -ENOTCONN if not or not connected (the call
      * that did not answer is left to end on its own). */
     int (*ping)(struct cfs_backend *be, unsigned timeout_ms);
+    /* Optional (may be NULL): the hypervisor's version, major * 1000000 +
+     * minor * 1000 + micro (virConnectGetVersion: QEMU's, for qemu://).
+     * 0, or a negative errno. */
+    int (*hypervisor_version)(struct cfs_backend *be, unsigned long long *ver);
 };
 
 struct cfs_backend {

@@ -7,6 +7,8 @@
  *   pivot manual|auto   whether active commits wait in `ready` for `pivot`
  *   bandwidth N         the running job's limit, bytes/s; K/M/G/T suffixes
  *                       (powers of 1024), 0 = unlimited
+ *   merge NAME commit|pull|auto
+ *                       the direction of snapshot NAME's next merge
  *   copy DEST [flatten|shallow|chain] [manual]
  *                       mirror the running disk to DEST (a new qcow2 file,
  *                       absolute path, no blanks) and pivot to it (issue 8)
@@ -21,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chainfs/merge_plan.h"
 #include "chainfs/model.h"
 
 /* Longest write the ctl file takes; longer ones are -E2BIG. */
@@ -32,6 +35,7 @@ enum cfs_ctl_op {
     CFS_CTL_PIVOT_MANUAL,
     CFS_CTL_PIVOT_AUTO,
     CFS_CTL_BANDWIDTH,
+    CFS_CTL_MERGE,
     CFS_CTL_COPY,
     CFS_CTL_FINISH,
     CFS_CTL_OP_MAX,
@@ -40,6 +44,8 @@ enum cfs_ctl_op {
 struct cfs_ctl_cmd {
     enum cfs_ctl_op op;
     uint64_t bandwidth;   /* CFS_CTL_BANDWIDTH: bytes/s, 0 = unlimited */
+    char name[256];       /* CFS_CTL_MERGE: the snapshot (a snapshots/ entry) */
+    enum cfs_merge_mode merge_mode; /* CFS_CTL_MERGE */
     /* CFS_CTL_COPY: DEST (absolute, shorter than PATH_MAX), the mode word
      * (CFS_COPY_DEFAULT when none was given) and `manual` */
     char dest[CFS_CTL_MAX_WRITE];

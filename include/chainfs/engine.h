@@ -28,6 +28,19 @@
 #include "chainfs/tree.h"
 #include "chainfs/util.h"
 
+/* -o live_pull: may a running domain's merge pull (block-stream)? QEMU
+ * 7.2 crashes when block nodes are queried as a block-stream job ends
+ * (docs/design/issue8.md §7.4). */
+enum cfs_live_pull {
+    CFS_LIVE_PULL_AUTO = 0,  /* on where QEMU is known not to crash */
+    CFS_LIVE_PULL_ON,        /* on: chainfs keeps its own queries away */
+    CFS_LIVE_PULL_OFF,       /* running domains always commit */
+};
+
+/* "auto", "on", "off"; 0 and *OUT, or -EINVAL. */
+int cfs_live_pull_from_string(const char *s, enum cfs_live_pull *out);
+const char *cfs_live_pull_to_string(enum cfs_live_pull v);
+
 struct cfs_engine_config {
     const char *overlay_dir;   /* NULL: beside the disk's active image */
     const char *state_dir;     /* journal directory */
@@ -36,6 +49,7 @@ struct cfs_engine_config {
     unsigned poll_ms;          /* job progress poll while a job runs; 0: 250 */
     uint64_t bandwidth;        /* bytes/s every merge starts with (-o
                                   bandwidth=N), 0 = unlimited */
+    enum cfs_live_pull live_pull; /* -o live_pull */
 };
 
 struct cfs_engine;

@@ -102,6 +102,21 @@ struct cfs_merge_plan {
 int cfs_merge_plan(const struct cfs_merge_layer *layers, size_t n,
                    bool running, struct cfs_merge_plan *out);
 
+/* Where the plan runs. */
+struct cfs_merge_env {
+    bool running;             /* the domain runs: live jobs */
+    /* Running: why a live pull may not run, NULL if it may. QEMU 7.2
+     * crashes when block nodes are queried as a block-stream job ends
+     * (docs/design/issue8.md §7.4); -o live_pull decides. A run that
+     * would pull commits instead and its reason says why. */
+    const char *no_live_pull;
+};
+
+/* cfs_merge_plan() with ENV; cfs_merge_plan() is ENV { running, NULL }. */
+int cfs_merge_plan_env(const struct cfs_merge_layer *layers, size_t n,
+                       const struct cfs_merge_env *env,
+                       struct cfs_merge_plan *out);
+
 void cfs_merge_plan_clear(struct cfs_merge_plan *p);
 
 /* ctl `merge NAME MODE` for layers[idx]: 0 if it may be kept, else a

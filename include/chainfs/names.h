@@ -19,6 +19,12 @@ int cfs_name_validate(const char *name);
  * [A-Za-z0-9._-] are replaced by '_'. Caller frees. */
 char *cfs_overlay_filename(const char *dom, const char *disk,
                            const char *name);
+/* The same with a number: "<dom>.<disk>.<name>.<N>.qcow2" for N >= 2
+ * (mkdir's choice when the plain name's file exists: after a pull the
+ * active file keeps a merged snapshot's file name); N < 2 is the plain
+ * name. Caller frees. */
+char *cfs_overlay_filename_n(const char *dom, const char *disk,
+                             const char *name, unsigned n);
 
 /* If BASENAME (no directory) is a name chainfs gave for DOM/DISK, return
  * the snapshot NAME in it (caller frees); else NULL. */

@@ -18,6 +18,11 @@
  * (STATE_DIR), so they outlive a daemon restart. */
 struct cfs_disk_settings {
     bool pivot_manual;       /* active commits wait in ready for `pivot` */
+    /* `merge NAME commit|pull`: snapshots whose next merge goes that way
+     * (NULL-terminated names; a name is in at most one; `auto` in
+     * neither). The merge that starts takes its snapshot's out. */
+    char **merge_commit;
+    char **merge_pull;
 };
 
 /* Per-disk bookkeeping that outlives the domain's re-reads. */

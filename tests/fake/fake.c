@@ -45,6 +45,7 @@ enum fake_op {
     OP_JOB_PIVOT,
     OP_JOB_ABORT,
     OP_OFFLINE_COMMIT,
+    OP_OFFLINE_PULL,
     OP_VOLUME_DELETE,
     OP_IMAGE_CREATE,
     OP_COPY_START,
@@ -73,6 +74,7 @@ static const char *const op_names[OP_MAX] = {
     [OP_JOB_PIVOT] = "job_pivot",
     [OP_JOB_ABORT] = "job_abort",
     [OP_OFFLINE_COMMIT] = "offline_commit",
+    [OP_OFFLINE_PULL] = "offline_pull",
     [OP_VOLUME_DELETE] = "volume_delete",
     [OP_IMAGE_CREATE] = "image_create",
     [OP_COPY_START] = "copy_start",
@@ -159,6 +161,7 @@ struct fake {
     bool connected;
     bool remote;                    /* files_local() says false */
     char *pool_dir;                 /* volume_delete's pool, or NULL */
+    unsigned long long hv_version;  /* hypervisor_version; 0: unknown */
     char *last_volume_deleted;
     struct cfs_backend_events ev;
     void *opaque;
@@ -1451,6 +1454,52 @@ out:
     return r;
 }
 
+static int fake_offline_pull(struct cfs_backend *be, const char *dom,
+                             const char *disk, const char *top,
+                             const char *base)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct cfs_disk *dk;
+    ssize_t b;
+    int r;
+
+    r = fake_enter(f, OP_OFFLINE_PULL);
+    if (r < 0)
+        goto out;
+    if (f->remote) {
+        cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, "
+                               "and they are not on this machine");
+        r = -EOPNOTSUPP;
+        goto out;
+    }
+    r = find_dom_disk(f, dom, WANT_INACTIVE, disk, NULL, &dk);
+    if (r < 0)
+        goto out;
+    if (!top || !base || layer_index(dk, top) != 0) {
+        cfs_backend_set_errmsg("'%s' is not the active layer of disk '%s'",
+                               top ? top : "(null)", disk);
+        r = -EINVAL;
+        goto out;
+    }
+    b = layer_index(dk, base);
+    if (b < 2) {
+        cfs_backend_set_errmsg("'%s' is not at least two layers below '%s'",
+                               base, top);
+        r = -EINVAL;
+        goto out;
+    }
+    for (ssize_t i = 1; i < b; i++)
+        layer_remove(dk, 1);
+    /* the definition's cached chain is dropped: libvirt reports that as a
+     * definition change */
+    event_domain(f, &e, dom);
+out:
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+    return r;
+}
+
 static bool fake_files_local(struct cfs_backend *be, const char **why)
 {
     struct fake *f = fake_of(be);
@@ -1488,6 +1537,21 @@ static int fake_volume_delete(struct cfs_backend *be, const char *path)
     return r;
 }
 
+static int fake_hypervisor_version(struct cfs_backend *be, unsigned long long *ver)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    unsigned long long v = f->hv_version;
+    pthread_mutex_unlock(&f->lock);
+    if (!v) {
+        cfs_backend_set_errmsg("the fake backend has no hypervisor version");
+        return -EOPNOTSUPP;
+    }
+    *ver = v;
+    return 0;
+}
+
 static const struct cfs_backend_ops fake_ops = {
     .name = "fake",
     .connect = fake_connect,
@@ -1513,8 +1577,10 @@ static const struct cfs_backend_ops fake_ops = {
     .job_pivot = fake_job_pivot,
     .job_abort = fake_job_abort,
     .offline_commit = fake_offline_commit,
+    .offline_pull = fake_offline_pull,
     .files_local = fake_files_local,
     .volume_delete = fake_volume_delete,
+    .hypervisor_version = fake_hypervisor_version,
 };
 
 void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir)
@@ -1525,6 +1591,16 @@ void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_d
     f->remote = remote;
     free(f->pool_dir);
     f->pool_dir = cfs_xstrdup(pool_dir);
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_set_hypervisor_version(struct cfs_backend *be,
+                                     unsigned long long ver)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->hv_version = ver;
     pthread_mutex_unlock(&f->lock);
 }
 

@@ -97,6 +97,10 @@ void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom);
  * files directly in it (records the path, touches nothing) and answers
  * -ENOENT for any other. */
 void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir);
+/* What hypervisor_version answers (major * 1000000 + minor * 1000 +
+ * micro); 0 (the default): -EOPNOTSUPP, the version is unknown. */
+void cfs_fake_set_hypervisor_version(struct cfs_backend *be,
+                                     unsigned long long ver);
 /* The last path volume_delete accepted, or NULL. Caller frees. */
 char *cfs_fake_last_volume_deleted(struct cfs_backend *be);
 /* What libvirt snapshot NAME's metadata names for DISK (its <disks>

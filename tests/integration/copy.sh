@@ -25,6 +25,7 @@
 it_init
 
 job_state() { it_job_field "$1" vda state; }
+is_ready() { [ "$(job_state "$1")" = ready ]; }
 
 # ---- 1. shallow ---------------------------------------------------------------
 D="$IT_PREFIX-cps"
@@ -59,7 +60,7 @@ it_assert_eq "shallow" "$(it_job_field "$D" vda mode)" "job.json: mode shallow"
 it_assert_eq "$dest" "$(it_job_field "$D" vda destination)" "job.json: destination"
 it_assert_eq "$src" "$(it_job_field "$D" vda source)" "job.json: source"
 it_guest_write "$D" 0x55 16M 1M # while the mirror runs
-it_wait_until 120 "the copy is ready" test "$(job_state "$D")" = ready
+it_wait_until 120 "the copy is ready" is_ready "$D"
 it_assert_eq "EINVAL" "$(it_ctl_errno "$D" vda "finish\n")" "finish of a shallow copy"
 it_guest_write "$D" 0x66 20M 1M # while ready (mirrored)
 it_log "job while ready:"$'\n'"$(cat "$MNT/$D/vda/job")"
@@ -141,7 +142,7 @@ it_wait_dom "$M"
 it_guest_write "$M" 0x41 0 2M # A
 mdest="$dir/backup.qcow2"
 it_ctl "$M" vda "copy $mdest manual" || it_fail "echo 'copy DEST manual' > ctl"
-it_wait_until 120 "the copy is ready" test "$(job_state "$M")" = ready
+it_wait_until 120 "the copy is ready" is_ready "$M"
 it_guest_write "$M" 0x42 4M 2M # B: mirrored
 it_ctl "$M" vda finish || it_fail "echo finish > ctl"
 out=$(it_wait_job "$M" vda)

@@ -77,6 +77,41 @@ static void test_every_command(void **state)
     assert_int_equal(c.bandwidth, 1048576);
 }
 
+/* `merge NAME commit|pull|auto` (issue 8 §2): the direction of one
+ * snapshot's next merge. NAME is a snapshots/ entry: any word without '/'
+ * of at most 255 bytes. */
+static void test_merge_override(void **state)
+{
+    (void)state;
+    struct cfs_ctl_cmd c;
+    c = parse_ok("merge s2 pull\n", CFS_CTL_MERGE);
+    assert_string_equal(c.name, "s2");
+    assert_int_equal(c.merge_mode, CFS_MERGE_PULL);
+    c = parse_ok("merge  before-upgrade\tcommit", CFS_CTL_MERGE);
+    assert_string_equal(c.name, "before-upgrade");
+    assert_int_equal(c.merge_mode, CFS_MERGE_COMMIT);
+    c = parse_ok("merge s1~2 auto", CFS_CTL_MERGE);
+    assert_string_equal(c.name, "s1~2");
+    assert_int_equal(c.merge_mode, CFS_MERGE_AUTO);
+    char longname[300] = "merge ";
+    memset(longname + 6, 'a', 255);
+    strcpy(longname + 6 + 255, " pull");
+    c = parse_ok(longname, CFS_CTL_MERGE);
+    assert_int_equal(strlen(c.name), 255);
+
+    parse_err("merge", -EINVAL);
+    parse_err("merge s2", -EINVAL);
+    parse_err("merge s2 sideways", -EINVAL);
+    parse_err("merge s2 pull now", -EINVAL);
+    parse_err("merge a/b pull", -EINVAL);
+    parse_err("merge . pull", -EINVAL);
+    parse_err("merge .. pull", -EINVAL);
+    memset(longname + 6, 'a', 256);
+    strcpy(longname + 6 + 256, " pull");
+    parse_err(longname, -EINVAL);
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_MERGE), "merge");
+}
+
 static void test_as_shells_write(void **state)
 {
     (void)state;
@@ -305,6 +340,7 @@ static void test_op_names_and_usage(void **state)
         const char *name = cfs_ctl_op_to_string(op);
         _cleanup_free_ char *cmd = cfs_xasprintf(
             "%s%s\n", name, op == CFS_CTL_BANDWIDTH ? " 1M"
+                            : op == CFS_CTL_MERGE   ? " s1 pull"
                             : op == CFS_CTL_COPY    ? " /tmp/x.qcow2" : "");
         struct cfs_ctl_cmd c;
         assert_int_equal(cfs_ctl_parse(cmd, strlen(cmd), &c, NULL), 0);
@@ -459,6 +495,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_command),
+        cmocka_unit_test(test_merge_override),
         cmocka_unit_test(test_as_shells_write),
         cmocka_unit_test(test_unknown_and_malformed),
         cmocka_unit_test(test_nul_bytes),

@@ -26,6 +26,7 @@ struct fx {
     char paths[4][128];
     struct cfs_backend *be;
     struct cfs_engine *e;
+    enum cfs_live_pull live_pull;  /* -o live_pull of its engines */
 };
 
 static void touch(const char *p)
@@ -42,9 +43,11 @@ static bool exists(const char *p)
 
 /* vm1/vda: base <- s1 <- s2 (active), files real in a temp dir; s1 and
  * s2 named by libvirt metadata. vm2/vda: a single running layer. */
-static int setup_state(void **state, enum cfs_dom_state st)
+static int setup_state_lp(void **state, enum cfs_dom_state st,
+                          enum cfs_live_pull lp)
 {
     struct fx *f = calloc(1, sizeof(*f));
+    f->live_pull = lp;
     strcpy(f->dir, "/tmp/cfs-engine-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->state, sizeof(f->state), "%s/state", f->dir);
@@ -63,7 +66,7 @@ static int setup_state(void **state, enum cfs_dom_state st)
     const char *chain2[] = {f->paths[3]};
     cfs_fake_add_simple(f->be, "vm2", CFS_DOM_RUNNING, "vda", chain2, NULL, 1);
 
-    struct cfs_engine_config cfg = {.state_dir = f->state};
+    struct cfs_engine_config cfg = {.state_dir = f->state, .live_pull = lp};
     char *err = NULL;
     assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, &err), 0);
     assert_int_equal(cfs_engine_start(f->e, false, &err), 0);
@@ -71,7 +74,17 @@ static int setup_state(void **state, enum cfs_dom_state st)
     return 0;
 }
 
+static int setup_state(void **state, enum cfs_dom_state st)
+{
+    return setup_state_lp(state, st, CFS_LIVE_PULL_AUTO);
+}
+
 static int setup_running(void **state) { return setup_state(state, CFS_DOM_RUNNING); }
+/* -o live_pull=on: the fake has no QEMU version, auto would never pull */
+static int setup_running_pull(void **state)
+{
+    return setup_state_lp(state, CFS_DOM_RUNNING, CFS_LIVE_PULL_ON);
+}
 static int setup_shutoff(void **state) { return setup_state(state, CFS_DOM_SHUTOFF); }
 
 static int teardown(void **state)
@@ -145,12 +158,27 @@ static size_t journal_entries(struct fx *f)
     return n;
 }
 
+/* S with every run of spaces made one (caller frees): job aligns its
+ * values after the longest key shown, which depends on what the job has. */
+static char *squeeze(const char *s)
+{
+    char *r = cfs_xstrdup(s), *w = r;
+    for (const char *p = s; *p; p++)
+        if (*p != ' ' || w == r || w[-1] != ' ')
+            *w++ = *p;
+    *w = '\0';
+    return r;
+}
+
 static void assert_job_contains(struct fx *f, const char *needle)
 {
     char *job = read_file(f, "/vm1/vda/job");
     assert_non_null(job);
-    if (!strstr(job, needle))
+    char *sj = squeeze(job), *sn = squeeze(needle);
+    if (!strstr(sj, sn))
         fail_msg("job file lacks '%s':\n%s", needle, job);
+    free(sj);
+    free(sn);
     free(job);
 }
 
@@ -247,13 +275,28 @@ static void test_mkdir_takes_snapshot(void **state)
     char *chain = read_file(f, "/vm1/vda/chain.json");
     assert_non_null(strstr(chain, "vm1.vda.before-upgrade.qcow2"));
     free(chain);
-    /* the same name again, and a file that is already there */
+    /* the same name again: EEXIST */
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "before-upgrade"), -EEXIST);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 1);
+    /* a file already there under the overlay's name (after a pull the
+     * active file keeps a merged snapshot's file name, issue 8 §2.5; or
+     * anyone's file) is left alone: the overlay takes the first free
+     * "<dom>.<disk>.<name>.<N>.qcow2", N >= 2 */
     char p[256];
     snprintf(p, sizeof(p), "%s/vm1.vda.taken.qcow2", f->dir);
-    touch(p);
-    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "taken"), -EEXIST);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 1);
+    FILE *fp = fopen(p, "w");
+    assert_non_null(fp);
+    fputs("not chainfs's", fp);
+    fclose(fp);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "taken"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 before-upgrade taken");
+    chain = read_file(f, "/vm1/vda/chain.json");
+    assert_non_null(strstr(chain, "vm1.vda.taken.2.qcow2"));
+    free(chain);
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_size, strlen("not chainfs's"));
 }
 
 static void test_mkdir_backend_error(void **state)
@@ -1076,6 +1119,181 @@ static void test_pull_reverse_sizes_commit(void **state)
     assert_list(f, "/vm1/vda/snapshots", "s1");
 }
 
+/* -o live_pull: where a live pull is off, the cheaper pull commits, and
+ * job says why and what each direction would have copied (QEMU 7.2
+ * crashes when block nodes are queried as a block-stream ends, design
+ * §7.4). */
+static void test_pull_off_commits(void **state)
+{
+    static const struct {
+        enum cfs_live_pull lp;
+        unsigned long long qemu;
+        const char *why;
+    } cases[] = {
+        { CFS_LIVE_PULL_AUTO, 0, "a live pull is off (the QEMU version is unknown" },
+        { CFS_LIVE_PULL_AUTO, 7002000, "a live pull is off (QEMU 7.2.0 may crash" },
+        { CFS_LIVE_PULL_OFF, 9002000, "a live pull is off (-o live_pull=off)" },
+    };
+    struct fx *f = *state;
+    for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+        print_message("case: live_pull=%s qemu %llu\n",
+                      cfs_live_pull_to_string(cases[i].lp), cases[i].qemu);
+        cfs_engine_free(f->e);
+        f->be = cfs_fake_backend_new();
+        const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+        const char *meta[] = {"s2", "s1", NULL};
+        cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+        cfs_fake_set_hypervisor_version(f->be, cases[i].qemu);
+        struct cfs_engine_config cfg = {.state_dir = f->state,
+                                        .live_pull = cases[i].lp};
+        assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+        assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+        set_sizes(f, BIG, SMALL, MID);
+
+        assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+        assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 0);
+        assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
+        assert_job_contains(f, "type:         active-commit");
+        assert_job_contains(f, "direction:    commit");
+        assert_job_contains(f, cases[i].why);
+        assert_job_contains(f, "bytes_pull:");
+        cfs_fake_job_ready(f->be, "vm1", "vda");
+        cfs_engine_run_pending(f->e);
+        assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+        assert_false(exists(f->paths[0]));
+        touch(f->paths[0]);
+    }
+}
+
+/* A shut-off domain: the same cost rule, offline (qemu-img rebase in a
+ * thread), then the same clean-up as a live pull; -o live_pull does not
+ * apply (no QEMU runs). */
+static void test_offline_pull(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, BIG, SMALL, MID);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", NULL, NULL, &b), 0);
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_fake_calls(f->be, "offline_pull"), 1);
+    assert_int_equal(cfs_fake_calls(f->be, "offline_commit"), 0);
+    assert_job_contains(f, "type: offline-pull");
+    assert_job_contains(f, "direction: pull");
+    assert_pulled(f);
+}
+
+static void test_offline_pull_failure(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, BIG, SMALL, MID);
+    cfs_fake_fail_next(f->be, "offline_pull", EIO, "qemu-img: Could not open");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "vda", NULL, NULL, &b), 0);
+    cfs_buf_free(&b);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "qemu-img: Could not open");
+    /* nothing was deleted; both snapshots are still there */
+    assert_true(exists(f->paths[0]));
+    assert_true(exists(f->paths[1]));
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* -o live_pull=auto on QEMU 10.2.0, which fixed the crash: pulls. */
+static void test_pull_auto_on_fixed_qemu(void **state)
+{
+    struct fx *f = *state;
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    cfs_fake_set_hypervisor_version(f->be, 10002000);
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    set_sizes(f, BIG, SMALL, MID);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+    assert_job_contains(f, "direction: pull");
+}
+
+/* A second disk of vm1 (vdb: its own two-layer chain in F's directory). */
+static void add_second_disk(struct fx *f, char paths[2][160])
+{
+    snprintf(paths[0], 160, "%s/b.s9.qcow2", f->dir);
+    snprintf(paths[1], 160, "%s/b.qcow2", f->dir);
+    fill(paths[0], SMALL);
+    fill(paths[1], SMALL);
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &d), 0);
+    struct cfs_disk *dk = cfs_xrealloc(d->disks, (d->n_disks + 1) * sizeof(*dk));
+    d->disks = dk;
+    struct cfs_disk *b = &d->disks[d->n_disks++];
+    *b = (struct cfs_disk){ .target = cfs_xstrdup("vdb"), .n_layers = 2 };
+    b->layers = cfs_xcalloc(2, sizeof(*b->layers));
+    for (int i = 0; i < 2; i++)
+        b->layers[i] = (struct cfs_layer){
+            .path = cfs_xstrdup(paths[i]),
+            .format = cfs_xstrdup("qcow2"),
+            .virtual_size = 64 << 20,
+            .allocation = SMALL,
+            .meta_name = i == 0 ? cfs_xstrdup("s9") : NULL,
+        };
+    cfs_strv_push(&d->snapshots, cfs_xstrdup("s9"));
+    cfs_fake_put_domain(f->be, d);
+    cfs_domain_free(d);
+    cfs_engine_run_pending(f->e);
+}
+
+/* -o live_pull=on: while a pull runs, chainfs starts nothing else on the
+ * domain and reads it without block statistics (both make QEMU 7.2 query
+ * its block nodes, which crashes it as the pull ends); after, as before. */
+static void test_pull_keeps_domain_quiet(void **state)
+{
+    struct fx *f = *state;
+    char b[2][160];
+    add_second_disk(f, b);
+    set_sizes(f, BIG, SMALL, MID);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+
+    unsigned full = cfs_fake_calls(f->be, "read_domain");
+    cfs_fake_touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "read_domain"), full);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vdb", "n1"), -EBUSY);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vdb", "s9"), -EBUSY);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
+
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    cfs_fake_touch_domain(f->be, "vm1");
+    cfs_engine_run_pending(f->e);
+    assert_true(cfs_fake_calls(f->be, "read_domain") > full);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vdb", "n1"), 0);
+}
+
+/* -o live_pull=on: a pull runs alone on its domain; with a job on another
+ * disk, the cheaper pull commits and says why. */
+static void test_pull_not_beside_other_job(void **state)
+{
+    struct fx *f = *state;
+    char b[2][160];
+    add_second_disk(f, b);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vdb", "s9"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
+    set_sizes(f, BIG, SMALL, MID);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 2);
+    assert_job_contains(f, "another disk of the domain (vdb) has a job");
+}
+
 static void test_pull_failure_brings_snapshot_back(void **state)
 {
     struct fx *f = *state;
@@ -1164,7 +1382,7 @@ static void restart_pull(struct fx *f, bool leaving_gone, bool job)
                                                 f->paths[2], 0), 0);
     if (leaving_gone)
         cfs_fake_job_complete(f->be, "vm1", "vda");
-    struct cfs_engine_config cfg = {.state_dir = f->state};
+    struct cfs_engine_config cfg = {.state_dir = f->state, .live_pull = f->live_pull};
     assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
     assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
     cfs_engine_run_pending(f->e);
@@ -1218,6 +1436,14 @@ static void test_recover_pull(void **state)
             break;
         case CFS_PHASE_RUNNING:
             assert_int_equal(journal_entries(f), 1);
+            /* the restarted daemon reads vm1 quietly (no block
+             * statistics while the pull may end, design §7.4) */
+            {
+                unsigned full = cfs_fake_calls(f->be, "read_domain");
+                cfs_fake_touch_domain(f->be, "vm1");
+                cfs_engine_run_pending(f->e);
+                assert_int_equal(cfs_fake_calls(f->be, "read_domain"), full);
+            }
             cfs_fake_job_complete(f->be, "vm1", "vda");
             cfs_engine_run_pending(f->e);
             assert_pulled(f);
@@ -1906,6 +2132,88 @@ static int ctl(struct fx *f, enum cfs_ctl_op op, uint64_t bw)
 {
     struct cfs_ctl_cmd c = {.op = op, .bandwidth = bw};
     return cfs_engine_ctl(f->e, "vm1", "vda", &c);
+}
+
+/* `echo TEXT > ctl` on vm1/vda, parsed as the FUSE layer does. */
+static int ctl_text(struct fx *f, const char *text)
+{
+    struct cfs_ctl_cmd c;
+    const char *why = NULL;
+    int r = cfs_ctl_parse(text, strlen(text), &c, &why);
+    return r < 0 ? r : cfs_engine_ctl(f->e, "vm1", "vda", &c);
+}
+
+static void assert_ctl_contains(struct fx *f, const char *needle, bool want)
+{
+    char *t = read_file(f, "/vm1/vda/ctl");
+    assert_non_null(t);
+    if ((strstr(t, needle) != NULL) != want)
+        fail_msg("ctl %s '%s':\n%s", want ? "lacks" : "has", needle, t);
+    free(t);
+}
+
+/* `merge NAME commit|pull|auto` (issue 8 §2): the direction of one
+ * snapshot's next merge, kept until that merge starts (and across a
+ * restart), shown by ctl, and said by job's reason. */
+static void test_ctl_merge_override(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, BIG, SMALL, MID);            /* auto would pull */
+    assert_int_equal(ctl_text(f, "merge s2 commit\n"), 0);
+    assert_ctl_contains(f, "merge:     s2 commit", true);
+
+    /* kept across a restart (STATE_DIR/settings) */
+    cfs_engine_free(f->e); /* and its backend */
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    struct cfs_engine_config cfg = {.state_dir = f->state, .live_pull = f->live_pull};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    set_sizes(f, BIG, SMALL, MID);
+    assert_ctl_contains(f, "merge:     s2 commit", true);
+
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 1);
+    assert_job_contains(f, "reason: commit: asked by merge s2 commit");
+    /* used: gone from ctl */
+    assert_ctl_contains(f, "merge:", false);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+}
+
+/* merge NAME pull forces the pull the cost rule would not choose. */
+static void test_ctl_merge_pull_forced(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, SMALL, BIG, MID);            /* auto would commit */
+    assert_int_equal(ctl_text(f, "merge s2 pull"), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s2"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "pull_start"), 1);
+    assert_job_contains(f, "reason: pull: asked by merge s2 pull");
+}
+
+/* What merge refuses, each with its errno; a refusal changes nothing. */
+static void test_ctl_merge_refusals(void **state)
+{
+    struct fx *f = *state;
+    set_sizes(f, BIG, SMALL, MID);
+    assert_int_equal(ctl_text(f, "merge nosuch pull"), -ENOENT);
+    /* s1 is not the active layer, and below it is the base image */
+    assert_int_equal(ctl_text(f, "merge s1 pull"), -EINVAL);
+    /* the fake's QEMU version is unknown: a live pull is off (auto) */
+    assert_int_equal(ctl_text(f, "merge s2 pull"), -EOPNOTSUPP);
+    assert_ctl_contains(f, "merge:", false);
+    assert_int_equal(ctl_text(f, "merge s1 commit"), 0);
+    assert_int_equal(ctl_text(f, "merge s2 commit"), 0);
+    assert_ctl_contains(f, "merge:     s1 commit", true);
+    assert_ctl_contains(f, "merge:     s2 commit", true);
+    assert_int_equal(ctl_text(f, "merge s2 auto"), 0);
+    assert_ctl_contains(f, "merge:     s2", false);
+    assert_ctl_contains(f, "merge:     s1 commit", true);
 }
 
 static void test_ctl_no_job(void **state)
@@ -2942,16 +3250,25 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_overlay_dir_checked_only_when_local, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_follows_and_cleans, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_recovery_finished_while_down, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_pull_small_overlay_below, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_small_overlay_below, setup_running_pull, teardown),
         cmocka_unit_test_setup_teardown(test_pull_reverse_sizes_commit, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_pull_failure_brings_snapshot_back, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_pull_start_refused, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_pull_leaving_used_elsewhere_kept, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_pull_leaving_shared_at_start, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_recover_pull, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_pull_judged_by_files_not_stale_tree, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_ctl_abort_pull, setup_running, teardown),
-        cmocka_unit_test_setup_teardown(test_pull_multidisk_snapshot_forgets_one_disk, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_merge_override, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_merge_pull_forced, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_merge_refusals, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_off_commits, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_pull, setup_shutoff, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_pull_failure, setup_shutoff, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_auto_on_fixed_qemu, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_keeps_domain_quiet, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_not_beside_other_job, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_failure_brings_snapshot_back, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_start_refused, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_leaving_used_elsewhere_kept, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_leaving_shared_at_start, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_pull, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_judged_by_files_not_stale_tree, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_ctl_abort_pull, setup_running_pull, teardown),
+        cmocka_unit_test_setup_teardown(test_pull_multidisk_snapshot_forgets_one_disk, setup_running_pull, teardown),
         cmocka_unit_test(test_state_dir_unwritable),
         cmocka_unit_test(test_phase_table_every_pair),
         cmocka_unit_test(test_job_kinds),

@@ -234,14 +234,44 @@ static const struct plan_case cases[] = {
       0, {} },
 };
 
-static void check_case(const struct plan_case *c)
+/* The same, with a live pull off for the reason "QEMU is old" (-o
+ * live_pull, docs/design/issue8.md §7.4). */
+static const struct plan_case live_off_cases[] = {
+
+    { "live pull off: the cheaper pull commits and says why", false, 3,
+      { ASK("s2", 200), SNAP("s1", 4), BASE(256) },
+      1, { { CFS_MERGE_KIND_ACTIVE_COMMIT, 0, 0, 0, 1, 1, 0, 0, 200, 4, true,
+             "=commit: a live pull is off (QEMU is old); pull 4.0MiB, "
+             "commit 200.0MiB" } },
+      0, {} },
+    { "live pull off: merge pull commits and says why", false, 3,
+      { ASK_MODE("s2", 200, CFS_MERGE_PULL), SNAP("s1", 4), BASE(256) },
+      1, { { CFS_MERGE_KIND_ACTIVE_COMMIT, 0, 0, 0, 1, 1, 0, 0, 200, 4, true,
+             "=commit: merge s2 pull cannot run: a live pull is off (QEMU "
+             "is old)" } },
+      0, {} },
+    { "live pull off: the cheaper commit says nothing of it", false, 3,
+      { ASK("s2", 4), SNAP("s1", 200), BASE(256) },
+      1, { { CFS_MERGE_KIND_ACTIVE_COMMIT, 0, 0, 0, 1, 1, 0, 0, 4, 200, true,
+             "=commit: 4.0MiB < 200.0MiB" } },
+      0, {} },
+    { "live pull off: a shut-off domain still pulls (qemu-img)", true, 3,
+      { ASK("s2", 200), SNAP("s1", 4), BASE(256) },
+      1, { { CFS_MERGE_KIND_OFFLINE_PULL, 0, 0, 0, 2, 0, 1, 1, 200, 4, true,
+             "=pull: 4.0MiB < 200.0MiB" } },
+      0, {} },
+};
+
+static void check_case(const struct plan_case *c, const char *no_live_pull)
 {
     struct cfs_merge_plan p;
 
     memset(&p, 0xa5, sizeof(p));  /* every field must be set */
     print_message("case: %s\n", c->what);
-    assert_int_equal(cfs_merge_plan(c->n ? c->layers : NULL, c->n,
-                                    !c->shutoff, &p), 0);
+    const struct cfs_merge_env env = { .running = !c->shutoff,
+                                       .no_live_pull = no_live_pull };
+    assert_int_equal(cfs_merge_plan_env(c->n ? c->layers : NULL, c->n, &env,
+                                        &p), 0);
     assert_int_equal(p.n_jobs, c->n_jobs);
     for (size_t i = 0; i < c->n_jobs; i++) {
         const struct exp_job *e = &c->jobs[i];
@@ -294,7 +324,9 @@ static void test_plan_table(void **state)
 {
     (void)state;
     for (size_t i = 0; i < ELEMENTSOF(cases); i++)
-        check_case(&cases[i]);
+        check_case(&cases[i], NULL);
+    for (size_t i = 0; i < ELEMENTSOF(live_off_cases); i++)
+        check_case(&live_off_cases[i], "QEMU is old");
 }
 
 /* The plan depends on nothing but its input: called twice, equal. */
