@@ -13,6 +13,9 @@
 #     copies the base at 1 MiB/s: the qemu-img child dies with the daemon
 #     (PDEATHSIG); the restarted daemon copies the layers left, the copy
 #     pivots, the copies check clean and every pattern reads back.
+#  5. `copy DEST chain` again, unmounted while qemu-img copies the base:
+#     the daemon exits 0 (its qemu-img stopped), the mirror goes on, the
+#     journal entry stays open; mounted again, the copy completes.
 # shellcheck source=tests/fault/lib.sh
 . "$(dirname "$0")/lib.sh"
 fault_init
@@ -137,7 +140,7 @@ it_wait_until 5 "qemu-img convert dies with the daemon" eval '! conv'
 it_log "ok: the qemu-img child died with the daemon"
 it_assert_eq "$qs1" "$(it_domblk "$Q" vda)" "no pivot while no daemon runs"
 it_guest_write "$Q" 0x33 20M 1M
-fault_remount
+fault_remount "bandwidth=$IT_BANDWIDTH" # (the next scenario copies at 1 MiB/s too)
 it_wait_dom "$Q"
 it_wait_until 10 "recovery follows the chain copy" \
   fault_log_has "recovery: $Q/vda: copy to $qdest still running; following it"
@@ -155,3 +158,39 @@ for f in "$qdir/$(basename "$qbase")" "$qdest"; do
 done
 fault_check_patterns "$qdest" "0x11 0 8M" "0x22 16M 2M" "0x33 20M 1M"
 it_check_pattern "$qbase" 0x11 0 8M
+
+# ---- 5. unmount while a chain copy fills its frozen copies ---------------------
+U="$IT_PREFIX-cpu"
+ubase="$FAULT_IMAGES/$U.base.qcow2"
+it_make_image "$ubase" 128M
+it_write_pattern "$ubase" 0x11 0 8M
+it_define "$U" "$ubase"
+it_start "$U"
+it_wait_dom "$U"
+mkdir "$MNT/$U/vda/snapshots/s1" || it_fail "mkdir $U s1"
+us1=$(it_domblk "$U" vda)
+it_guest_write "$U" 0x22 16M 2M
+udir="$FAULT_IMAGES/udest"
+mkdir -p "$udir"
+chmod 0755 "$udir"
+udest="$udir/vm.qcow2"
+it_ctl "$U" vda "copy $udest chain" || it_fail "copy $udest chain"
+uconv() { pgrep -f "qemu-img convert .*$udir/" >/dev/null; }
+it_wait_until 10 "qemu-img convert copies the base" uconv
+it_unmount || it_fail "unmount during the chain copy"
+it_log "ok: unmounted mid-copy; chainfs exited 0"
+it_wait_until 5 "qemu-img convert stops with the daemon" eval '! uconv'
+[ -n "$(fault_libvirt_job "$U" vda)" ] || it_fail "the mirror ended with the unmount"
+grep -q '"type":"copy"' "$FAULT_STATE_DIR/journal" || it_fail "the copy's journal entry was closed"
+it_log "ok: the mirror goes on and the journal entry is still open"
+it_assert_eq "$us1" "$(it_domblk "$U" vda)" "no pivot while unmounted"
+it_guest_write "$U" 0x33 20M 1M
+fault_remount
+it_wait_dom "$U"
+it_wait_until 10 "recovery follows the chain copy" \
+  fault_log_has "recovery: $U/vda: copy to $udest still running; following it"
+out=$(it_wait_job "$U" vda 120)
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the chain copy completed after the remount"
+it_assert_eq "$udest" "$(it_domblk "$U" vda)" "pivoted onto DEST"
+it_destroy "$U"
+fault_check_patterns "$udest" "0x11 0 8M" "0x22 16M 2M" "0x33 20M 1M"
