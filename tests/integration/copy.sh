@@ -20,6 +20,8 @@
 #     its own layer's data), the old files stay, both snapshots are still
 #     listed and name their copies, the guest reads every pattern, start
 #     boots DEST, and libvirt's own snapshot-delete of s2 works.
+#  5. a transient domain (virsh create): `copy DEST` completes and pivots;
+#     there is no persistent definition to update.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 it_init
@@ -212,3 +214,23 @@ it_assert_eq "$cdest" "$(it_domblk "$C" vda)" "virsh start boots from DEST"
 out=$(it_virsh snapshot-delete "$C" s2 2>&1) || it_fail "virsh snapshot-delete s2 after the chain copy: $out"
 it_assert_eq "s1" "$(it_snapshot_names "$C")" "libvirt's snapshot-delete of s2 worked"
 it_destroy "$C"
+
+# ---- 5. a transient domain --------------------------------------------------------
+R="$IT_PREFIX-cpt"
+rbase="$T/rbase.qcow2"
+it_make_image "$rbase" 64M
+it_write_pattern "$rbase" 0x11 0 1M
+it_domain_xml "$R" "$rbase" >"$T/$R.xml"
+IT_DOMAINS+=("$R")
+it_virsh create "$T/$R.xml" >/dev/null || it_fail "virsh create $R"
+it_wait_dom "$R"
+rdest="$cdir/transient.qcow2"
+it_ctl "$R" vda "copy $rdest" || it_fail "copy DEST on a transient domain"
+out=$(it_wait_job "$R" vda)
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the transient domain's copy completed"
+it_assert_eq "$rdest" "$(it_domblk "$R" vda)" "the transient domain runs on DEST"
+it_wait_until 5 "the log says there is no persistent definition" \
+  grep -q "$R/vda: transient domain: no persistent definition to update" "$IT_LOG"
+it_log "ok: nothing redefined for a transient domain"
+it_guest_check_pattern "$R" 0x11 0 1M
+it_destroy "$R"
