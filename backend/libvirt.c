@@ -34,6 +34,8 @@
 #include <spawn.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1844,6 +1846,49 @@ static int lv_snapshot_retarget(struct cfs_backend *be, const char *dom_name,
     return r;
 }
 
+static int lv_snapshot_domain_source(struct cfs_backend *be, const char *dom_name,
+                                     const char *name, const char *disk,
+                                     const char *new_source)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr redefined = NULL;
+    _cleanup_free_ char *snap_xml = NULL, *new_xml = NULL;
+    struct lv_backend *b = lv(be);
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    int r;
+
+    r = lv_lookup(b, dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    snap = virDomainSnapshotLookupByName(dom, name, 0);
+    if (!snap)
+        return lv_error(conn);
+    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!snap_xml)
+        return lv_error(conn);
+    r = cfs_domxml_snapshot_domain_source(snap_xml, disk, new_source, &new_xml);
+    if (r == -ENOENT) {
+        cfs_backend_set_errmsg("snapshot %s of domain %s has no file disk %s in its domain copy",
+                               name, dom_name, disk);
+        return r;
+    }
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
+                               name, dom_name);
+        return -EIO;
+    }
+    virDomainGetUUIDString(dom, uuid);
+    pthread_mutex_lock(&b->snap_lock);
+    redefined = virDomainSnapshotCreateXML(dom, new_xml,
+                                           VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
+    r = redefined ? 0 : lv_error(conn);
+    lv_snap_cache_drop(b, uuid, name);
+    pthread_mutex_unlock(&b->snap_lock);
+    return r;
+}
+
 /* ---- live block jobs ---------------------------------------------------- */
 
 /* The file of layer REF of DISK: REF itself when it is a path, else
@@ -2392,6 +2437,311 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
                                base, bl, active);
 }
 
+/* ---- copy (issue 8 §1) --------------------------------------------------- */
+
+static int lv_image_create(struct cfs_backend *be, const char *path,
+                           const char *like, const char *like_format,
+                           const char *backing, const char *backing_format,
+                           struct cfs_file_id *id)
+{
+    struct cfs_layer l = { .path = (char *)like, .format = (char *)like_format };
+    struct stat st;
+    uint64_t size;
+    int r;
+
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("chainfs creates the copy's destination itself, and the "
+                               "image files are not on this machine (%s)",
+                               lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    if (!path || path[0] != '/') {
+        cfs_backend_set_errmsg("the destination must be an absolute path");
+        return -EINVAL;
+    }
+    r = overlay_size(&l, &size);
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot read the virtual size of %s (%s): %s", like,
+                               like_format ? like_format : "?", strerror(-r));
+        return r;
+    }
+    r = cfs_image_create(path, backing, backing ? fmt_or(backing_format, "raw") : NULL,
+                         size, &st);
+    if (r == -EEXIST) {
+        cfs_backend_set_errmsg("'%s' already exists", path);
+        return r;
+    }
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot create '%s': %s", path, strerror(-r));
+        return r;
+    }
+    if (id) {
+        cfs_file_identify(id, path, true);
+        /* the file this call made, whatever the path names by now */
+        id->known = true;
+        id->dev = (uint64_t)st.st_dev;
+        id->ino = (uint64_t)st.st_ino;
+    }
+    return 0;
+}
+
+static int lv_copy_start(struct cfs_backend *be, const char *dom_name,
+                         const char *disk, const char *dest, bool shallow,
+                         uint64_t bandwidth)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL;
+    virTypedParameter param = {0};
+    unsigned int flags = VIR_DOMAIN_BLOCK_COPY_REUSE_EXT |
+                         VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
+    int r;
+
+    if (!dest || dest[0] != '/') {
+        cfs_backend_set_errmsg("the destination must be an absolute path");
+        return -EINVAL;
+    }
+    if (shallow)
+        flags |= VIR_DOMAIN_BLOCK_COPY_SHALLOW;
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    xml = cfs_domxml_copy_dest_xml(dest, "qcow2");
+    if (!xml) {
+        cfs_backend_set_errmsg("cannot build the copy destination XML");
+        return -EIO;
+    }
+    if (bandwidth > 0) {
+        snprintf(param.field, sizeof(param.field), "%s",
+                 VIR_DOMAIN_BLOCK_COPY_BANDWIDTH);
+        param.type = VIR_TYPED_PARAM_ULLONG;
+        param.value.ul = bandwidth;
+    }
+    if (virDomainBlockCopy(dom, disk, xml, bandwidth > 0 ? &param : NULL,
+                           bandwidth > 0 ? 1 : 0, flags) < 0) {
+        r = lv_error(conn);
+        if (r != -EBUSY || !msg_is_lock(cfs_backend_errmsg()))
+            return r;
+        return lv_name_locked_image(r, dest, NULL);
+    }
+    return 0;
+}
+
+/* qemu-img convert in a child that dies with this process (prctl
+ * PDEATHSIG: posix_spawn cannot set it), polled so that *CANCEL can kill
+ * it. Its stderr (the first QEMU_IMG_ERR_MAX bytes) is the message. */
+static int lv_image_copy_data(struct cfs_backend *be, const char *src,
+                              const char *dst, const char *format,
+                              const char *backing, const char *backing_format,
+                              uint64_t bandwidth, const volatile int *cancel)
+{
+    char rate[32], err[QEMU_IMG_ERR_MAX];
+    char *argv[16];
+    size_t n = 0, len = 0;
+    int pipefd[2], status = 0;
+    pid_t pid, parent = getpid();
+
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("%s is not on this machine (%s)", dst, lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    argv[n++] = QEMU_IMG;
+    argv[n++] = "convert";
+    argv[n++] = "-n";
+    argv[n++] = "-f";
+    argv[n++] = (char *)fmt_or(format, "qcow2");
+    argv[n++] = "-O";
+    argv[n++] = (char *)fmt_or(format, "qcow2");
+    if (backing) {
+        argv[n++] = "-B";
+        argv[n++] = (char *)backing;
+        argv[n++] = "-F";
+        argv[n++] = (char *)fmt_or(backing_format, "qcow2");
+    }
+    if (bandwidth > 0) {
+        snprintf(rate, sizeof(rate), "%llu", (unsigned long long)bandwidth);
+        argv[n++] = "-r";
+        argv[n++] = rate;
+    }
+    argv[n++] = (char *)src;
+    argv[n++] = (char *)dst;
+    argv[n] = NULL;
+
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        return -errno;
+    pid = fork();
+    if (pid < 0) {
+        int r = -errno;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return r;
+    }
+    if (pid == 0) {
+        /* the child: async-signal-safe calls only */
+        int nul = open("/dev/null", O_RDWR);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        if (nul >= 0) {
+            dup2(nul, STDIN_FILENO);
+            dup2(nul, STDOUT_FILENO);
+        }
+        dup2(pipefd[1], STDERR_FILENO);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+    bool killed = false;
+    for (;;) {
+        ssize_t rd;
+        do {
+            char sink[512];
+            if (len + 1 < sizeof(err)) {
+                rd = read(pipefd[0], err + len, sizeof(err) - 1 - len);
+                if (rd > 0)
+                    len += (size_t)rd;
+            } else {
+                rd = read(pipefd[0], sink, sizeof(sink));
+            }
+        } while (rd > 0);
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        if (w < 0 && errno != EINTR) {
+            close(pipefd[0]);
+            cfs_backend_set_errmsg("waitpid(qemu-img): %s", strerror(errno));
+            return -EIO;
+        }
+        if (!killed && cancel && *cancel) {
+            kill(pid, SIGKILL);
+            killed = true;
+        }
+        struct timespec ts = { 0, 50 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    close(pipefd[0]);
+    err[len] = '\0';
+    while (len > 0 && (err[len - 1] == '\n' || err[len - 1] == ' '))
+        err[--len] = '\0';
+    if (killed) {
+        cfs_backend_set_errmsg("qemu-img convert into %s canceled", dst);
+        return -ECANCELED;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (len)
+            cfs_backend_set_errmsg("%s", err);
+        else
+            cfs_backend_set_errmsg("qemu-img convert %s %s failed (status %d)", src, dst,
+                                   status);
+        return msg_has(err, "No space left") ? -ENOSPC : -EIO;
+    }
+    int fd = open(dst, O_RDONLY | O_CLOEXEC);
+    int r = fd < 0 ? -errno : fsync(fd) < 0 ? -errno : 0;
+    if (fd >= 0)
+        close(fd);
+    if (r < 0)
+        cfs_backend_set_errmsg("fsync %s: %s", dst, strerror(-r));
+    return r;
+}
+
+static int lv_image_check(struct cfs_backend *be, const char *path,
+                          const char *format)
+{
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("%s is not on this machine (%s)", path, lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    char *argv[] = { QEMU_IMG, "check", "-q", "-f", (char *)fmt_or(format, "qcow2"),
+                     (char *)path, NULL };
+    int r = lv_run_qemu_img(argv);
+    /* exit 2 (corruptions), 3 (leaks) and 1 (cannot check) all fail */
+    return r == -EBUSY || r == -ENOSPC ? -EIO : r;
+}
+
+/* The inactive XML of DOM, parsed (X) and as text (*XML); 1 when DOM is
+ * persistent, 0 when transient (nothing filled), or -errno. */
+static int lv_inactive_xml(virConnectPtr conn, virDomainPtr dom, char **xml,
+                           struct cfs_domxml *x)
+{
+    int p = virDomainIsPersistent(dom);
+
+    if (p < 0)
+        return lv_error(conn);
+    if (p == 0)
+        return 0;
+    *xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!*xml)
+        return lv_error(conn);
+    if (cfs_domxml_parse(*xml, x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the persistent XML of the domain");
+        return -EIO;
+    }
+    return 1;
+}
+
+static int lv_persistent_source_get(struct cfs_backend *be, const char *dom_name,
+                                    const char *disk, char **path)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    int r;
+
+    *path = NULL;
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    r = lv_inactive_xml(conn, dom, &xml, &x);
+    if (r <= 0)
+        return r;
+    const struct cfs_disk *d = cfs_domain_find_disk(x.domain, disk);
+    if (!d) {
+        cfs_backend_set_errmsg("the persistent definition of domain '%s' has no disk '%s'",
+                               dom_name, disk);
+        return -ENOENT;
+    }
+    if (d->n_layers > 0)
+        *path = cfs_xstrdup(d->layers[0].path);
+    return 0;
+}
+
+static int lv_persistent_source_set(struct cfs_backend *be, const char *dom_name,
+                                    const char *disk, const char *path,
+                                    const char *format)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    int r;
+
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    r = lv_inactive_xml(conn, dom, &xml, &x);
+    if (r < 0)
+        return r;
+    if (r == 0) {
+        cfs_backend_set_errmsg("domain '%s' is transient: it has no persistent definition",
+                               dom_name);
+        return -ENOENT;
+    }
+    if (!cfs_domain_find_disk(x.domain, disk)) {
+        cfs_backend_set_errmsg("the persistent definition of domain '%s' has no disk '%s'",
+                               dom_name, disk);
+        return -ENOENT;
+    }
+    r = cfs_domxml_set_disk_source(xml, disk, path, fmt_or(format, "qcow2"), false,
+                                   &new_xml);
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    return lv_define(conn, new_xml);
+}
+
 /* Offline forward merge (issue 8 §2): `qemu-img rebase` in safe mode
  * copies into TOP every cluster its new backing BASE shows differently
  * from the old chain (what the layers between held), then points TOP's
@@ -2499,8 +2849,15 @@ static const struct cfs_backend_ops lv_ops = {
     .snapshot_forget = lv_snapshot_forget,
     .snapshot_drop = lv_snapshot_drop,
     .snapshot_retarget = lv_snapshot_retarget,
+    .snapshot_domain_source = lv_snapshot_domain_source,
     .commit_start = lv_commit_start,
     .pull_start = lv_pull_start,
+    .image_create = lv_image_create,
+    .copy_start = lv_copy_start,
+    .image_check = lv_image_check,
+    .image_copy_data = lv_image_copy_data,
+    .persistent_source_get = lv_persistent_source_get,
+    .persistent_source_set = lv_persistent_source_set,
     .job_set_bandwidth = lv_job_set_bandwidth,
     .job_get = lv_job_get,
     .job_pivot = lv_job_pivot,

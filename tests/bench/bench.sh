@@ -12,6 +12,9 @@
 #     default 3; mounted -o live_pull=on: QEMU 7.2 may crash if something
 #     else queries the domain's block nodes as a pull ends, and nothing
 #     else queries this private domain)
+#   copy DEST shallow; cat wait vs virsh blockcopy --shallow --pivot --wait
+#     --transient-job (active layer holding 128 MiB of guest-written data;
+#     issue 8)
 #
 # Each is timed N times (default 7, after one untimed warm-up); the medians
 # are printed with their ratio and the target from issue 2. Not part of CI:
@@ -161,6 +164,41 @@ for ((i = 1; i <= N_FWD; i++)); do
   at_base
 done
 
+# ---- copy (issue 8 §1) --------------------------------------------------------
+it_log "copy DEST shallow + cat wait vs virsh blockcopy --shallow --pivot --wait --transient-job, 128 MiB, $N runs each (+1 warm-up)"
+: >"$T/copy.cfs"
+: >"$T/copy.virsh"
+fill_128m() {
+  local off
+  for off in 256M 320M; do
+    it_guest_write "$D" 0x6b "$off" 64M 2>/dev/null
+  done
+}
+copy_wait() { echo "copy $1 shallow" >"$V/ctl" && cat "$V/wait"; }
+for ((i = 0; i <= N; i++)); do
+  # chainfs: base <- y$i (128 MiB) -> copied to $T/cfs-copy$i.qcow2, then
+  # merged back into the base (rmdir of y$i, whose file the copy is now)
+  mkdir "$V/snapshots/y$i"
+  fill_128m
+  t=$(ms copy_wait "$T/cfs-copy$i.qcow2")
+  grep -q '^state: *completed$' "$V/job" || it_fail "copy $i did not complete: $(cat "$V/job")"
+  [ "$(it_domblk "$D" vda)" = "$T/cfs-copy$i.qcow2" ] || it_fail "copy $i did not pivot"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/copy.cfs"
+  rm -f "$T/overlays/$D.vda.y$i.qcow2" # the old active file, kept by copy
+  cfs_merge "y$i"
+  at_base
+  # virsh: the same chain, copied to a file virsh creates
+  vs_snapshot "w$i" >/dev/null
+  fill_128m
+  t=$(ms it_virsh blockcopy "$D" vda "$T/vs-copy$i.qcow2" --shallow --pivot --wait --transient-job)
+  [ "$(it_domblk "$D" vda)" = "$T/vs-copy$i.qcow2" ] || it_fail "virsh blockcopy $i did not pivot"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/copy.virsh"
+  it_virsh blockcommit "$D" vda --active --pivot --wait >/dev/null
+  it_virsh snapshot-delete "$D" "w$i" --metadata >/dev/null
+  rm -f "$T/overlays/w$i.qcow2" "$T/vs-copy$i.qcow2"
+  at_base
+done
+
 echo
 printf 'chainfs benchmark: %s runs each, medians in ms, domain type %s, %s\n' "$N" "$(it_virt_type)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 printf '%-44s %10s %10s %7s %8s  %s\n' "operation (chainfs vs virsh)" chainfs virsh ratio target verdict
@@ -176,6 +214,7 @@ row() { # LABEL KEY TARGET
 row "mkdir vs snapshot-create-as --disk-only" mkdir 0.7
 row "rmdir+cat wait vs blockcommit --pivot (256M)" commit 1.1
 row "cat chain vs domblklist" chain 0.2
+row "copy shallow+wait vs blockcopy --shallow" copy 1.1
 # the issue sets no time target for the forward merge: shown, not judged
 c=$(median <"$T/fwd.cfs")
 v=$(median <"$T/fwd.virsh")
