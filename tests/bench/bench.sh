@@ -15,6 +15,9 @@
 #   copy DEST shallow; cat wait vs virsh blockcopy --shallow --pivot --wait
 #     --transient-job (active layer holding 128 MiB of guest-written data;
 #     issue 8)
+#   rmdir of three adjacent snapshots (32 MiB each, the newest active) +
+#     cat wait vs three virsh blockcommit --active --shallow --pivot --wait
+#     in a row (issue 8's queue; N_FWD runs)
 #
 # Each is timed N times (default 7, after one untimed warm-up); the medians
 # are printed with their ratio and the target from issue 2. Not part of CI:
@@ -199,6 +202,43 @@ for ((i = 0; i <= N; i++)); do
   at_base
 done
 
+# ---- three adjacent deletions (issue 8 §3) -----------------------------------
+# base <- 1 <- 2 <- 3 (active), 32 MiB written into each: `rmdir 3 2 1` +
+# cat wait (the queue merges the run in as few jobs as it can) vs three
+# `virsh blockcommit --active --shallow --pivot --wait` in a row (each
+# rewrites what the one before merged). Target: <= 0.6x.
+it_log "rmdir of three adjacent snapshots + cat wait vs three virsh blockcommit in a row, $N_FWD runs each"
+: >"$T/three.cfs"
+: >"$T/three.virsh"
+fill_layer() { it_guest_write "$D" "$1" "$2" 32M 2>/dev/null; }
+rmdir3_wait() { rmdir "$V/snapshots/$1" "$V/snapshots/$2" "$V/snapshots/$3" && cat "$V/wait"; }
+virsh3() {
+  local k
+  for k in 1 2 3; do
+    it_virsh blockcommit "$D" vda --active --shallow --pivot --wait || return 1
+  done
+}
+for ((i = 1; i <= N_FWD; i++)); do
+  mkdir "$V/snapshots/q1-$i" && fill_layer 0x81 0
+  mkdir "$V/snapshots/q2-$i" && fill_layer 0x82 32M
+  mkdir "$V/snapshots/q3-$i" && fill_layer 0x83 64M
+  t=$(ms rmdir3_wait "q3-$i" "q2-$i" "q1-$i")
+  grep -q '^state: *completed$' "$V/job" || it_fail "rmdir q3 q2 q1 ($i) did not complete: $(cat "$V/job")"
+  echo "$t" >>"$T/three.cfs"
+  at_base
+  for k in 1 2 3; do
+    vs_snapshot "x$k-$i" >/dev/null
+    fill_layer "0x9$k" "$(((k - 1) * 32))M"
+  done
+  t=$(ms virsh3)
+  echo "$t" >>"$T/three.virsh"
+  for k in 1 2 3; do
+    it_virsh snapshot-delete "$D" "x$k-$i" --metadata >/dev/null
+    rm -f "$T/overlays/x$k-$i.qcow2"
+  done
+  at_base
+done
+
 echo
 printf 'chainfs benchmark: %s runs each, medians in ms, domain type %s, %s\n' "$N" "$(it_virt_type)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 printf '%-44s %10s %10s %7s %8s  %s\n' "operation (chainfs vs virsh)" chainfs virsh ratio target verdict
@@ -215,6 +255,7 @@ row "mkdir vs snapshot-create-as --disk-only" mkdir 0.7
 row "rmdir+cat wait vs blockcommit --pivot (256M)" commit 1.1
 row "cat chain vs domblklist" chain 0.2
 row "copy shallow+wait vs blockcopy --shallow" copy 1.1
+row "rmdir 3 adjacent+wait vs 3 blockcommits" three 0.6
 # the issue sets no time target for the forward merge: shown, not judged
 c=$(median <"$T/fwd.cfs")
 v=$(median <"$T/fwd.virsh")
