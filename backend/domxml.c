@@ -367,6 +367,21 @@ char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
     return dump(doc);
 }
 
+char *cfs_domxml_copy_dest_xml(const char *path, const char *format)
+{
+    _cleanup_doc_ xmlDoc *doc = NULL;
+    xmlNode *root;
+
+    cfs_domxml_init();
+    doc = xmlNewDoc((const xmlChar *)"1.0");
+    root = xmlNewNode(NULL, (const xmlChar *)"disk");
+    xmlDocSetRootElement(doc, root);
+    set_prop(root, "type", "file");
+    set_prop(new_child(root, "source"), "file", path);
+    set_prop(new_child(root, "driver"), "type", format);
+    return dump(doc);
+}
+
 static xmlNode *find_disk(xmlNode *root, const char *target)
 {
     for (xmlNode *c = child(child(root, "devices"), "disk"); c; c = c->next)
@@ -526,6 +541,34 @@ int cfs_domxml_snapshot_retarget(const char *xml, const char *target,
     if (!attr || !source || !xmlHasProp(source, (const xmlChar *)attr))
         return -ENOENT;
     set_prop(source, attr, new_source);
+    *out = dump(doc);
+    return *out ? 0 : -EINVAL;
+}
+
+int cfs_domxml_snapshot_domain_source(const char *xml, const char *target,
+                                      const char *new_source, char **out)
+{
+    _cleanup_doc_ xmlDoc *doc = parse(xml);
+    xmlNode *root;
+    bool found = false;
+
+    *out = NULL;
+    root = doc ? xmlDocGetRootElement(doc) : NULL;
+    if (!is_elem(root, "domainsnapshot") || !new_source || !*new_source)
+        return -EINVAL;
+    for (xmlNode *c = root->children; c; c = c->next) {
+        if (!is_elem(c, "domain") && !is_elem(c, "inactiveDomain"))
+            continue;
+        xmlNode *disk = find_disk(c, target);
+        xmlNode *source = disk ? child(disk, "source") : NULL;
+        if (!source || !xmlHasProp(source, (const xmlChar *)"file"))
+            continue;
+        set_prop(source, "file", new_source);
+        drop_backing_store(disk);
+        found = true;
+    }
+    if (!found)
+        return -ENOENT;
     *out = dump(doc);
     return *out ? 0 : -EINVAL;
 }

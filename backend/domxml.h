@@ -85,6 +85,11 @@ void cfs_volxml_clear(struct cfs_volxml *v);
 char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
                               const char *overlay, char *const *targets);
 
+/* <disk type='file'><source file=PATH/><driver type=FORMAT/></disk>, the
+ * destination of a block copy (virDomainBlockCopy). Escaped. Caller
+ * frees. */
+char *cfs_domxml_copy_dest_xml(const char *path, const char *format);
+
 /* Live XML: *READY = the disk TARGET has <mirror ready='yes'>. No mirror
  * at all is not an error (*READY = false). */
 int cfs_domxml_mirror_ready(const char *xml, const char *target, bool *ready);
@@ -122,3 +127,12 @@ int cfs_domxml_snapshot_drop_disk(const char *xml, const char *target,
  * <domainsnapshot> or NEW_SOURCE is empty. */
 int cfs_domxml_snapshot_retarget(const char *xml, const char *target,
                                  const char *new_source, char **out);
+
+/* Snapshot XML: in its <domain> and <inactiveDomain> copies, disk
+ * TARGET's file source becomes NEW_SOURCE and its <backingStore> goes
+ * (libvirt's snapshot-delete checks that source against the live chain,
+ * design issue8 §0.7; after `copy DEST chain` the files moved). Nothing
+ * else changes. -ENOENT if no copy has a file disk TARGET; -EINVAL if
+ * XML is not a <domainsnapshot> or NEW_SOURCE is empty. */
+int cfs_domxml_snapshot_domain_source(const char *xml, const char *target,
+                                      const char *new_source, char **out);

@@ -34,6 +34,8 @@
 #include <spawn.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -76,10 +78,11 @@ enum lv_event {
 
 /* Threads: the event thread (libvirt's event loop, callbacks), the
  * reconnect thread (sleeps until the connection closes, then reopens it)
- * and any number of op threads. Lock order: only `lock`; it is never held
- * across a libvirt call that talks to the daemon. cb_ids and close_cb are
- * touched only by connect/destroy and the reconnect thread, never at the
- * same time. */
+ * and any number of op threads. Lock order: `lock` is never held across a
+ * libvirt call that talks to the daemon, nor while taking another lock;
+ * a domain's definition lock (lv_def_lock) and snap_lock are, and are
+ * never held together. cb_ids and close_cb are touched only by
+ * connect/destroy and the reconnect thread, never at the same time. */
 struct lv_backend {
     struct cfs_backend pub;
     char *uri;
@@ -114,6 +117,10 @@ struct lv_backend {
     struct lv_snap_cache *snaps;
     size_t n_snaps;
 
+    /* The definition locks of the domains that have one taken or
+     * awaited (under lock; see lv_def_lock). */
+    struct lv_def_lock *def_locks;
+
     /* Locality, decided by the first connect (lv_decide_locality) and
      * never changed: files_local, why (for the log), and whether the
      * daemon runs as this process's user (then the overlay files this
@@ -128,6 +135,16 @@ struct lv_backend {
 struct lv_pooled {
     virConnectPtr conn;
     int64_t idle_since_ms;
+};
+
+/* One domain's definition lock (lv_def_lock), by UUID: exists while
+ * some thread holds or waits for it. */
+struct lv_def_lock {
+    struct lv_backend *b;
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    pthread_mutex_t mutex;
+    unsigned users;              /* under b->lock: holders and waiters */
+    struct lv_def_lock *next;    /* under b->lock */
 };
 
 struct lv_snap_cache {
@@ -1485,6 +1502,76 @@ static int overlay_size(const struct cfs_layer *top, uint64_t *size)
     return 0;
 }
 
+/* ---- a domain's definition ---------------------------------------------- */
+
+/* chainfs changes a domain's persistent definition in two ways: an
+ * offline merge reads the inactive XML, edits one disk in it and defines
+ * the result (lv_offline_commit), and a snapshot has libvirt rewrite the
+ * disk's source itself (lv_snapshot_create; a shut-off domain's is the
+ * definition, a running one's the live XML and the definition). Merges and
+ * snapshots of different disks of one domain run at the same time, and a
+ * define puts back every disk as it was in the XML it edited: one read
+ * before another change was defined undoes that change (the other disk
+ * then names the file its merge deleted, and the domain cannot start).
+ * So each of them runs under the domain's definition lock, and an offline
+ * merge reads the XML it edits under it, after its qemu-img work (which
+ * takes long and touches only files of its own disk). The lock is per
+ * domain, by UUID, not one for the backend: a snapshot of a running domain
+ * waits for its QEMU, which may be stuck, and no other domain must wait
+ * for that. Other programs changing the definition (virsh edit) are not
+ * ours to hold back. */
+static struct lv_def_lock *lv_def_lock(struct lv_backend *b, virDomainPtr dom)
+{
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    struct lv_def_lock *l;
+
+    /* local (the handle carries it): fails only for a bad handle, which
+     * then shares the lock of "" */
+    if (virDomainGetUUIDString(dom, uuid) < 0)
+        virResetLastError();
+    pthread_mutex_lock(&b->lock);
+    for (l = b->def_locks; l && strcmp(l->uuid, uuid) != 0; l = l->next)
+        ;
+    if (!l) {
+        l = cfs_xcalloc(1, sizeof(*l));
+        l->b = b;
+        memcpy(l->uuid, uuid, sizeof(l->uuid));
+        pthread_mutex_init(&l->mutex, NULL);
+        l->next = b->def_locks;
+        b->def_locks = l;
+    }
+    l->users++;
+    pthread_mutex_unlock(&b->lock);
+    pthread_mutex_lock(&l->mutex);
+    return l;
+}
+
+static void lv_def_unlock(struct lv_def_lock *l)
+{
+    struct lv_backend *b;
+    struct lv_def_lock **p;
+
+    if (!l)
+        return;
+    b = l->b;
+    pthread_mutex_unlock(&l->mutex);
+    pthread_mutex_lock(&b->lock);
+    if (--l->users == 0) {
+        for (p = &b->def_locks; *p != l; p = &(*p)->next)
+            ;
+        *p = l->next;
+        pthread_mutex_destroy(&l->mutex);
+        free(l);
+    }
+    pthread_mutex_unlock(&b->lock);
+}
+
+static void lv_def_unlockp(struct lv_def_lock **l)
+{
+    lv_def_unlock(*l);
+    *l = NULL;
+}
+
 /* Whether PATH is any layer of any disk in DOM's live XML. When that
  * cannot be told, it counts as used. */
 static bool lv_path_in_domain(virDomainPtr dom, const char *path)
@@ -1574,8 +1661,11 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
         cfs_backend_set_errmsg("cannot build the snapshot XML");
         r = -EIO;
     } else {
+        struct lv_def_lock *lk = lv_def_lock(lv(be), dom);
+
         snap = virDomainSnapshotCreateXML(dom, snap_xml, flags);
         r = snap ? 0 : lv_name_locked_image(lv_error(conn), overlay, NULL);
+        lv_def_unlock(lk);
     }
     /* ours to remove, unless libvirt took it after all (a failure after
      * the switch, e.g. saving the metadata): never a file in a chain */
@@ -1747,6 +1837,49 @@ static int lv_snapshot_retarget(struct cfs_backend *be, const char *dom_name,
     /* under snap_lock, so that no re-read caches the old disk list after
      * the change: the entry is dropped and fetched again. Without
      * _CREATE_CURRENT an existing snapshot keeps its current flag. */
+    pthread_mutex_lock(&b->snap_lock);
+    redefined = virDomainSnapshotCreateXML(dom, new_xml,
+                                           VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
+    r = redefined ? 0 : lv_error(conn);
+    lv_snap_cache_drop(b, uuid, name);
+    pthread_mutex_unlock(&b->snap_lock);
+    return r;
+}
+
+static int lv_snapshot_domain_source(struct cfs_backend *be, const char *dom_name,
+                                     const char *name, const char *disk,
+                                     const char *new_source)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr redefined = NULL;
+    _cleanup_free_ char *snap_xml = NULL, *new_xml = NULL;
+    struct lv_backend *b = lv(be);
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    int r;
+
+    r = lv_lookup(b, dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    snap = virDomainSnapshotLookupByName(dom, name, 0);
+    if (!snap)
+        return lv_error(conn);
+    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!snap_xml)
+        return lv_error(conn);
+    r = cfs_domxml_snapshot_domain_source(snap_xml, disk, new_source, &new_xml);
+    if (r == -ENOENT) {
+        cfs_backend_set_errmsg("snapshot %s of domain %s has no file disk %s in its domain copy",
+                               name, dom_name, disk);
+        return r;
+    }
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
+                               name, dom_name);
+        return -EIO;
+    }
+    virDomainGetUUIDString(dom, uuid);
     pthread_mutex_lock(&b->snap_lock);
     redefined = virDomainSnapshotCreateXML(dom, new_xml,
                                            VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
@@ -2129,18 +2262,69 @@ static int lv_define(virConnectPtr conn, const char *xml)
     return 0;
 }
 
-static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
-                             const char *disk_target, const char *top,
-                             const char *base, bool active)
+/* The definition after an offline merge of TOP into BASE (BL, its layer)
+ * on disk DISK_TARGET: an active commit's disk now has BASE as its source;
+ * after a middle one, a chain written into the inactive XML (libvirt does
+ * that after a live snapshot) would still name TOP: it goes, and libvirt
+ * probes the chain again. Edits the inactive XML as it is now, read and
+ * defined under the domain's definition lock (see lv_def_lock): the XML
+ * lv_offline_commit read before its qemu-img work may predate another
+ * disk's change. */
+static int lv_offline_redefine(struct lv_backend *b, virConnectPtr conn,
+                               virDomainPtr dom, const char *dom_name,
+                               const char *disk_target, const char *top,
+                               const char *base, const struct cfs_layer *bl,
+                               bool active)
 {
-    _cleanup_conn_ virConnectPtr conn = NULL;
-    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_(lv_def_unlockp) struct lv_def_lock *lk = lv_def_lock(b, dom);
     _cleanup_domxml_ struct cfs_domxml x = {0};
-    _cleanup_free_ char *xml = NULL, *new_xml = NULL, *top_backing = NULL;
-    struct cfs_image_info info = {0};
-    struct cfs_disk *disk;
-    const struct cfs_layer *t, *bl;
-    size_t i;
+    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    const struct cfs_disk *disk;
+    const char *src;
+    bool changed = false;
+    int r;
+
+    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!xml)
+        return lv_error(conn);
+    if (!active) {
+        r = cfs_domxml_drop_backing_store(xml, disk_target, &new_xml, &changed);
+        if (r < 0 || !changed)
+            return 0;
+        return lv_define(conn, new_xml);
+    }
+    /* the disk is the engine's alone while it merges; a source other
+     * than TOP now was set by someone else, and is not ours to undo */
+    if (cfs_domxml_parse(xml, &x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    disk = cfs_domain_find_disk(x.domain, disk_target);
+    src = disk && disk->n_layers > 0 ? disk->layers[0].path : NULL;
+    if (!src || !lv_same_file(src, top)) {
+        cfs_backend_set_errmsg("the definition of disk '%s' of domain '%s' changed during "
+                               "the merge: its source is now '%s', not '%s'", disk_target,
+                               dom_name, src ? src : "(none)", top);
+        return -EBUSY;
+    }
+    r = cfs_domxml_set_disk_source(xml, disk_target, base, fmt_or(bl->format, "raw"),
+                                   bl->is_block, &new_xml);
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    return lv_define(conn, new_xml);
+}
+
+/* The start of an offline merge of DISK_TARGET of the shut-off domain
+ * DOM_NAME: the connection, the domain, its inactive XML (*XML) parsed
+ * into *X with every chain completed from the image headers, and the disk
+ * in it (*DISK). 0, or a negative errno with the backend's message. */
+static int lv_offline_open(struct cfs_backend *be, const char *dom_name,
+                           const char *disk_target, virConnectPtr *conn,
+                           virDomainPtr *dom, char **xml, struct cfs_domxml *x,
+                           struct cfs_disk **disk)
+{
     int r;
 
     if (!lv_files_local(be, NULL)) {
@@ -2150,30 +2334,49 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
                                lv(be)->local_why);
         return -EOPNOTSUPP;
     }
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_lookup(lv(be), dom_name, conn, dom);
     if (r < 0)
         return r;
-    r = virDomainIsActive(dom);
+    r = virDomainIsActive(*dom);
     if (r < 0)
-        return lv_error(conn);
+        return lv_error(*conn);
     if (r > 0) {
         cfs_backend_set_errmsg("domain '%s' is not shut off", dom_name);
         return -EBUSY;
     }
-    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-    if (!xml)
-        return lv_error(conn);
-    r = cfs_domxml_parse(xml, &x);
-    if (r < 0) {
+    *xml = virDomainGetXMLDesc(*dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!*xml)
+        return lv_error(*conn);
+    if (cfs_domxml_parse(*xml, x) < 0) {
         cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
         return -EIO;
     }
-    disk = cfs_domain_find_disk(x.domain, disk_target);
-    if (!disk) {
+    *disk = cfs_domain_find_disk(x->domain, disk_target);
+    if (!*disk) {
         cfs_backend_set_errmsg("domain '%s' has no disk '%s'", dom_name, disk_target);
         return -ENOENT;
     }
-    lv_complete_chains(NULL, NULL, &x, false, true);
+    lv_complete_chains(NULL, NULL, x, false, true);
+    return 0;
+}
+
+static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
+                             const char *disk_target, const char *top,
+                             const char *base, bool active)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    _cleanup_free_ char *xml = NULL, *top_backing = NULL;
+    struct cfs_image_info info = {0};
+    struct cfs_disk *disk;
+    const struct cfs_layer *t, *bl;
+    size_t i;
+    int r;
+
+    r = lv_offline_open(be, dom_name, disk_target, &conn, &dom, &xml, &x, &disk);
+    if (r < 0)
+        return r;
 
     for (i = 0; i < disk->n_layers; i++)
         if (cfs_file_same(NULL, disk->layers[i].path, NULL, top))
@@ -2218,36 +2421,325 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
             return r;
     }
 
-    if (active) {
-        r = cfs_domxml_set_disk_source(xml, disk_target, base,
-                                       fmt_or(bl->format, "raw"), bl->is_block,
-                                       &new_xml);
-        if (r < 0) {
-            cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
-            return -EIO;
-        }
-        return lv_define(conn, new_xml);
-    }
-
-    {
+    if (!active) {
         const struct cfs_layer *above = &disk->layers[i - 1];
         char *argv[] = { QEMU_IMG, "rebase", "-q", "-u",
                          "-f", (char *)fmt_or(above->format, "qcow2"),
                          "-b", (char *)base,
                          "-F", (char *)fmt_or(bl->format, "raw"),
                          (char *)above->path, NULL };
-        bool changed = false;
 
         r = lv_run_qemu_img(argv);
         if (r < 0)
             return r;
-        /* a chain written into the inactive XML (libvirt does that after
-         * a live snapshot) would still name TOP: let libvirt re-probe */
-        r = cfs_domxml_drop_backing_store(xml, disk_target, &new_xml, &changed);
-        if (r < 0 || !changed)
-            return 0;
-        return lv_define(conn, new_xml);
     }
+    return lv_offline_redefine(lv(be), conn, dom, dom_name, disk_target, top,
+                               base, bl, active);
+}
+
+/* ---- copy (issue 8 §1) --------------------------------------------------- */
+
+static int lv_image_create(struct cfs_backend *be, const char *path,
+                           const char *like, const char *like_format,
+                           const char *backing, const char *backing_format,
+                           struct cfs_file_id *id)
+{
+    struct cfs_layer l = { .path = (char *)like, .format = (char *)like_format };
+    struct stat st;
+    uint64_t size;
+    int r;
+
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("chainfs creates the copy's destination itself, and the "
+                               "image files are not on this machine (%s)",
+                               lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    if (!path || path[0] != '/') {
+        cfs_backend_set_errmsg("the destination must be an absolute path");
+        return -EINVAL;
+    }
+    r = overlay_size(&l, &size);
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot read the virtual size of %s (%s): %s", like,
+                               like_format ? like_format : "?", strerror(-r));
+        return r;
+    }
+    r = cfs_image_create(path, backing, backing ? fmt_or(backing_format, "raw") : NULL,
+                         size, &st);
+    if (r == -EEXIST) {
+        cfs_backend_set_errmsg("'%s' already exists", path);
+        return r;
+    }
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot create '%s': %s", path, strerror(-r));
+        return r;
+    }
+    if (id) {
+        cfs_file_identify(id, path, true);
+        /* the file this call made, whatever the path names by now */
+        id->known = true;
+        id->dev = (uint64_t)st.st_dev;
+        id->ino = (uint64_t)st.st_ino;
+    }
+    return 0;
+}
+
+static int lv_copy_start(struct cfs_backend *be, const char *dom_name,
+                         const char *disk, const char *dest, bool shallow,
+                         uint64_t bandwidth)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL;
+    virTypedParameter param = {0};
+    unsigned int flags = VIR_DOMAIN_BLOCK_COPY_REUSE_EXT |
+                         VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
+    int r;
+
+    if (!dest || dest[0] != '/') {
+        cfs_backend_set_errmsg("the destination must be an absolute path");
+        return -EINVAL;
+    }
+    if (shallow)
+        flags |= VIR_DOMAIN_BLOCK_COPY_SHALLOW;
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    xml = cfs_domxml_copy_dest_xml(dest, "qcow2");
+    if (!xml) {
+        cfs_backend_set_errmsg("cannot build the copy destination XML");
+        return -EIO;
+    }
+    if (bandwidth > 0) {
+        snprintf(param.field, sizeof(param.field), "%s",
+                 VIR_DOMAIN_BLOCK_COPY_BANDWIDTH);
+        param.type = VIR_TYPED_PARAM_ULLONG;
+        param.value.ul = bandwidth;
+    }
+    if (virDomainBlockCopy(dom, disk, xml, bandwidth > 0 ? &param : NULL,
+                           bandwidth > 0 ? 1 : 0, flags) < 0) {
+        r = lv_error(conn);
+        if (r != -EBUSY || !msg_is_lock(cfs_backend_errmsg()))
+            return r;
+        return lv_name_locked_image(r, dest, NULL);
+    }
+    return 0;
+}
+
+/* qemu-img convert in a child that dies with this process (prctl
+ * PDEATHSIG: posix_spawn cannot set it), polled so that *CANCEL can kill
+ * it. Its stderr (the first QEMU_IMG_ERR_MAX bytes) is the message. */
+static int lv_image_copy_data(struct cfs_backend *be, const char *src,
+                              const char *dst, const char *format,
+                              const char *backing, const char *backing_format,
+                              uint64_t bandwidth, const volatile int *cancel)
+{
+    char rate[32], err[QEMU_IMG_ERR_MAX];
+    char *argv[16];
+    size_t n = 0, len = 0;
+    int pipefd[2], status = 0;
+    pid_t pid, parent = getpid();
+
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("%s is not on this machine (%s)", dst, lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    argv[n++] = QEMU_IMG;
+    argv[n++] = "convert";
+    argv[n++] = "-n";
+    argv[n++] = "-f";
+    argv[n++] = (char *)fmt_or(format, "qcow2");
+    argv[n++] = "-O";
+    argv[n++] = (char *)fmt_or(format, "qcow2");
+    if (backing) {
+        argv[n++] = "-B";
+        argv[n++] = (char *)backing;
+        argv[n++] = "-F";
+        argv[n++] = (char *)fmt_or(backing_format, "qcow2");
+    }
+    if (bandwidth > 0) {
+        snprintf(rate, sizeof(rate), "%llu", (unsigned long long)bandwidth);
+        argv[n++] = "-r";
+        argv[n++] = rate;
+    }
+    argv[n++] = (char *)src;
+    argv[n++] = (char *)dst;
+    argv[n] = NULL;
+
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        return -errno;
+    pid = fork();
+    if (pid < 0) {
+        int r = -errno;
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return r;
+    }
+    if (pid == 0) {
+        /* the child: async-signal-safe calls only */
+        int nul = open("/dev/null", O_RDWR);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        if (nul >= 0) {
+            dup2(nul, STDIN_FILENO);
+            dup2(nul, STDOUT_FILENO);
+        }
+        dup2(pipefd[1], STDERR_FILENO);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+    bool killed = false;
+    for (;;) {
+        ssize_t rd;
+        do {
+            char sink[512];
+            if (len + 1 < sizeof(err)) {
+                rd = read(pipefd[0], err + len, sizeof(err) - 1 - len);
+                if (rd > 0)
+                    len += (size_t)rd;
+            } else {
+                rd = read(pipefd[0], sink, sizeof(sink));
+            }
+        } while (rd > 0);
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        if (w < 0 && errno != EINTR) {
+            close(pipefd[0]);
+            cfs_backend_set_errmsg("waitpid(qemu-img): %s", strerror(errno));
+            return -EIO;
+        }
+        if (!killed && cancel && *cancel) {
+            kill(pid, SIGKILL);
+            killed = true;
+        }
+        struct timespec ts = { 0, 50 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    close(pipefd[0]);
+    err[len] = '\0';
+    while (len > 0 && (err[len - 1] == '\n' || err[len - 1] == ' '))
+        err[--len] = '\0';
+    if (killed) {
+        cfs_backend_set_errmsg("qemu-img convert into %s canceled", dst);
+        return -ECANCELED;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (len)
+            cfs_backend_set_errmsg("%s", err);
+        else
+            cfs_backend_set_errmsg("qemu-img convert %s %s failed (status %d)", src, dst,
+                                   status);
+        return msg_has(err, "No space left") ? -ENOSPC : -EIO;
+    }
+    int fd = open(dst, O_RDONLY | O_CLOEXEC);
+    int r = fd < 0 ? -errno : fsync(fd) < 0 ? -errno : 0;
+    if (fd >= 0)
+        close(fd);
+    if (r < 0)
+        cfs_backend_set_errmsg("fsync %s: %s", dst, strerror(-r));
+    return r;
+}
+
+static int lv_image_check(struct cfs_backend *be, const char *path,
+                          const char *format)
+{
+    if (!lv_files_local(be, NULL)) {
+        cfs_backend_set_errmsg("%s is not on this machine (%s)", path, lv(be)->local_why);
+        return -EOPNOTSUPP;
+    }
+    char *argv[] = { QEMU_IMG, "check", "-q", "-f", (char *)fmt_or(format, "qcow2"),
+                     (char *)path, NULL };
+    int r = lv_run_qemu_img(argv);
+    /* exit 2 (corruptions), 3 (leaks) and 1 (cannot check) all fail */
+    return r == -EBUSY || r == -ENOSPC ? -EIO : r;
+}
+
+/* The inactive XML of DOM, parsed (X) and as text (*XML); 1 when DOM is
+ * persistent, 0 when transient (nothing filled), or -errno. */
+static int lv_inactive_xml(virConnectPtr conn, virDomainPtr dom, char **xml,
+                           struct cfs_domxml *x)
+{
+    int p = virDomainIsPersistent(dom);
+
+    if (p < 0)
+        return lv_error(conn);
+    if (p == 0)
+        return 0;
+    *xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!*xml)
+        return lv_error(conn);
+    if (cfs_domxml_parse(*xml, x) < 0) {
+        cfs_backend_set_errmsg("cannot parse the persistent XML of the domain");
+        return -EIO;
+    }
+    return 1;
+}
+
+static int lv_persistent_source_get(struct cfs_backend *be, const char *dom_name,
+                                    const char *disk, char **path)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    int r;
+
+    *path = NULL;
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    r = lv_inactive_xml(conn, dom, &xml, &x);
+    if (r <= 0)
+        return r;
+    const struct cfs_disk *d = cfs_domain_find_disk(x.domain, disk);
+    if (!d) {
+        cfs_backend_set_errmsg("the persistent definition of domain '%s' has no disk '%s'",
+                               dom_name, disk);
+        return -ENOENT;
+    }
+    if (d->n_layers > 0)
+        *path = cfs_xstrdup(d->layers[0].path);
+    return 0;
+}
+
+static int lv_persistent_source_set(struct cfs_backend *be, const char *dom_name,
+                                    const char *disk, const char *path,
+                                    const char *format)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    _cleanup_domxml_ struct cfs_domxml x = {0};
+    int r;
+
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    r = lv_inactive_xml(conn, dom, &xml, &x);
+    if (r < 0)
+        return r;
+    if (r == 0) {
+        cfs_backend_set_errmsg("domain '%s' is transient: it has no persistent definition",
+                               dom_name);
+        return -ENOENT;
+    }
+    if (!cfs_domain_find_disk(x.domain, disk)) {
+        cfs_backend_set_errmsg("the persistent definition of domain '%s' has no disk '%s'",
+                               dom_name, disk);
+        return -ENOENT;
+    }
+    r = cfs_domxml_set_disk_source(xml, disk, path, fmt_or(format, "qcow2"), false,
+                                   &new_xml);
+    if (r < 0) {
+        cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
+        return -EIO;
+    }
+    return lv_define(conn, new_xml);
 }
 
 /* Offline forward merge (issue 8 §2): `qemu-img rebase` in safe mode
@@ -2263,41 +2755,14 @@ static int lv_offline_pull(struct cfs_backend *be, const char *dom_name,
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
     _cleanup_domxml_ struct cfs_domxml x = {0};
-    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    _cleanup_free_ char *xml = NULL;
     struct cfs_disk *disk;
     size_t b;
     int r;
 
-    if (!lv_files_local(be, NULL)) {
-        cfs_backend_set_errmsg("an offline merge runs qemu-img on the image files, and "
-                               "they are not on this machine (%s); libvirt has no API "
-                               "for it: start the domain and rmdir again",
-                               lv(be)->local_why);
-        return -EOPNOTSUPP;
-    }
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    r = lv_offline_open(be, dom_name, disk_target, &conn, &dom, &xml, &x, &disk);
     if (r < 0)
         return r;
-    r = virDomainIsActive(dom);
-    if (r < 0)
-        return lv_error(conn);
-    if (r > 0) {
-        cfs_backend_set_errmsg("domain '%s' is not shut off", dom_name);
-        return -EBUSY;
-    }
-    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
-    if (!xml)
-        return lv_error(conn);
-    if (cfs_domxml_parse(xml, &x) < 0) {
-        cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
-        return -EIO;
-    }
-    disk = cfs_domain_find_disk(x.domain, disk_target);
-    if (!disk) {
-        cfs_backend_set_errmsg("domain '%s' has no disk '%s'", dom_name, disk_target);
-        return -ENOENT;
-    }
-    lv_complete_chains(NULL, NULL, &x, false, true);
     if (disk->n_layers < 3 || !cfs_file_same(NULL, disk->layers[0].path, NULL, top)) {
         cfs_backend_set_errmsg("'%s' is not the active layer of disk '%s' over a "
                                "chain of three layers or more", top, disk_target);
@@ -2322,12 +2787,10 @@ static int lv_offline_pull(struct cfs_backend *be, const char *dom_name,
             return r;
     }
     /* a chain written into the inactive XML would still name the layers
-     * that left: let libvirt re-probe */
-    bool changed = false;
-    r = cfs_domxml_drop_backing_store(xml, disk_target, &new_xml, &changed);
-    if (r < 0 || !changed)
-        return 0;
-    return lv_define(conn, new_xml);
+     * that left: libvirt re-probes it (the XML edited is read again under
+     * the domain's definition lock, see lv_def_lock) */
+    return lv_offline_redefine(lv(be), conn, dom, dom_name, disk_target, top,
+                               base, &disk->layers[b], false);
 }
 
 /* ---- storage volumes --------------------------------------------------- */
@@ -2386,8 +2849,15 @@ static const struct cfs_backend_ops lv_ops = {
     .snapshot_forget = lv_snapshot_forget,
     .snapshot_drop = lv_snapshot_drop,
     .snapshot_retarget = lv_snapshot_retarget,
+    .snapshot_domain_source = lv_snapshot_domain_source,
     .commit_start = lv_commit_start,
     .pull_start = lv_pull_start,
+    .image_create = lv_image_create,
+    .copy_start = lv_copy_start,
+    .image_check = lv_image_check,
+    .image_copy_data = lv_image_copy_data,
+    .persistent_source_get = lv_persistent_source_get,
+    .persistent_source_set = lv_persistent_source_set,
     .job_set_bandwidth = lv_job_set_bandwidth,
     .job_get = lv_job_get,
     .job_pivot = lv_job_pivot,

@@ -342,7 +342,8 @@ static size_t overlay_layout(const char *backing, const char *backing_format,
     uint64_t l1_size = (size + OV_L2_SPAN - 1) / OV_L2_SPAN;
     uint64_t l1_clusters = (l1_size * 8 + OV_CLUSTER - 1) / OV_CLUSTER;
     uint64_t used = 3 + l1_clusters;
-    size_t fmt_len = strlen(backing_format), name_len = strlen(backing);
+    size_t fmt_len = backing ? strlen(backing_format) : 0;
+    size_t name_len = backing ? strlen(backing) : 0;
     uint8_t *buf = cfs_xcalloc(3, OV_CLUSTER);
     size_t off = OV_HEADER_LEN;
 
@@ -362,10 +363,12 @@ static size_t overlay_layout(const char *backing, const char *backing_format,
     put_be32(buf + 100, OV_HEADER_LEN);
     /* 104: compression type zlib (0), padding */
 
-    put_be32(buf + off, QCOW2_EXT_BACKING_FORMAT);
-    put_be32(buf + off + 4, (uint32_t)fmt_len);
-    memcpy(buf + off + 8, backing_format, fmt_len);
-    off += 8 + ((fmt_len + 7) & ~(size_t)7);
+    if (backing) {
+        put_be32(buf + off, QCOW2_EXT_BACKING_FORMAT);
+        put_be32(buf + off + 4, (uint32_t)fmt_len);
+        memcpy(buf + off + 8, backing_format, fmt_len);
+        off += 8 + ((fmt_len + 7) & ~(size_t)7);
+    }
 
     put_be32(buf + off, QCOW2_EXT_FEATURE_TABLE);
     put_be32(buf + off + 4, (uint32_t)(ELEMENTSOF(ov_features) * 48));
@@ -377,8 +380,10 @@ static size_t overlay_layout(const char *backing, const char *backing_format,
     }
     off += 8; /* end of extensions: type 0, length 0 */
 
-    put_be64(buf + 8, off);
-    memcpy(buf + off, backing, name_len);
+    if (backing) {
+        put_be64(buf + 8, off);
+        memcpy(buf + off, backing, name_len);
+    } /* else no backing: offset and length stay 0 */
 
     put_be64(buf + OV_CLUSTER, 2 * OV_CLUSTER); /* the refcount block */
     for (uint64_t c = 0; c < used; c++)
@@ -392,16 +397,27 @@ static size_t overlay_layout(const char *backing, const char *backing_format,
 int cfs_image_create_overlay(const char *path, const char *backing,
                              const char *backing_format, uint64_t size)
 {
+    if (!backing)
+        return -EINVAL;
+    return cfs_image_create(path, backing, backing_format, size, NULL);
+}
+
+int cfs_image_create(const char *path, const char *backing,
+                     const char *backing_format, uint64_t size,
+                     struct stat *st_out)
+{
     _cleanup_free_ uint8_t *buf = NULL;
     _cleanup_free_ char *dir = NULL;
     uint64_t file_len;
     size_t len;
     int fd, r;
 
-    if (!cfs_streq(backing_format, "qcow2") && !cfs_streq(backing_format, "raw"))
+    if (backing && !cfs_streq(backing_format, "qcow2") &&
+        !cfs_streq(backing_format, "raw"))
         return -EINVAL;
-    if (size == 0 || size % 512 || size > OV_SIZE_MAX || !backing ||
-        backing[0] != '/' || strlen(backing) > QCOW_BACKING_NAME_MAX)
+    if (size == 0 || size % 512 || size > OV_SIZE_MAX ||
+        (backing && (backing[0] != '/' ||
+                     strlen(backing) > QCOW_BACKING_NAME_MAX)))
         return -EINVAL;
 
     len = overlay_layout(backing, backing_format, size, &buf, &file_len);
@@ -412,6 +428,8 @@ int cfs_image_create_overlay(const char *path, const char *backing,
     if (r == 0 && ftruncate(fd, (off_t)file_len) < 0)
         r = -errno;
     if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    if (r == 0 && st_out && fstat(fd, st_out) < 0)
         r = -errno;
     if (close(fd) < 0 && r == 0)
         r = -errno;

@@ -61,3 +61,12 @@ int cfs_image_extend_chain(struct cfs_disk *disk);
  * then leaves the creation to libvirt. Other -errno: nothing is left. */
 int cfs_image_create_overlay(const char *path, const char *backing,
                              const char *backing_format, uint64_t size);
+
+/* The same, BACKING NULL for an image without a backing file (issue 8
+ * `copy`: a flat destination); *ST_OUT (may be NULL) gets the new file's
+ * stat, taken on the descriptor that created it (dev/ino recorded by the
+ * caller: the one file it may later delete). */
+struct stat;
+int cfs_image_create(const char *path, const char *backing,
+                     const char *backing_format, uint64_t size,
+                     struct stat *st_out);

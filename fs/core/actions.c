@@ -1481,6 +1481,306 @@ static int ctl_pivot_setting(struct cfs_engine *e, const char *dom,
     return 0;
 }
 
+/* `copy DEST chain`: the copy of layer L of the source chain, in DEST's
+ * directory under L's own file name. Caller frees. */
+static char *chain_target(const char *dest, const char *layer)
+{
+    _cleanup_free_ char *d = cfs_xstrdup(dest);
+    _cleanup_free_ char *l = cfs_xstrdup(layer);
+    return cfs_xasprintf("%s/%s", dirname(d), basename(l));
+}
+
+/* The refusals only `copy DEST chain` has (§1.1): every frozen layer a
+ * qcow2 file; no target file exists, none is a layer of the chain, two
+ * layers do not share a file name, DEST is not one of them. Caller
+ * holds the tree lock. */
+static int chain_refusal(const struct cfs_disk *dk, const char *dest,
+                         const char **why, char **why_buf)
+{
+    for (size_t i = 1; i < dk->n_layers; i++) {
+        const struct cfs_layer *l = &dk->layers[i];
+        if (l->is_block || !cfs_streq(l->format, "qcow2")) {
+            *why = *why_buf = cfs_xasprintf(
+                "copy DEST chain copies qcow2 files; %s is %s", l->path,
+                l->is_block ? "a block device" : l->format ? l->format : "of unknown format");
+            return -EOPNOTSUPP;
+        }
+        _cleanup_free_ char *t = chain_target(dest, l->path);
+        struct stat st;
+        if (cfs_streq(t, dest) || lstat(t, &st) == 0 ||
+            cfs_disk_find_file(dk, NULL, t) >= 0) {
+            *why = *why_buf = cfs_xasprintf(
+                "the copy of %s would be %s, which exists (or is DEST)", l->path, t);
+            return -EEXIST;
+        }
+        for (size_t k = 1; k < i; k++) {
+            _cleanup_free_ char *o = chain_target(dest, dk->layers[k].path);
+            if (cfs_streq(o, t)) {
+                *why = *why_buf = cfs_xasprintf(
+                    "%s and %s have the same file name: their copies would "
+                    "collide in DEST's directory", dk->layers[k].path, l->path);
+                return -EEXIST;
+            }
+        }
+    }
+    return 0;
+}
+
+/* `copy DEST MODE [manual]` (issue 8 §1.1-§1.2): refusals first, in the
+ * design's order, before anything changes; then DEST (and for `chain`
+ * the frozen layers' copies, bottom first) made with O_EXCL, their
+ * dev/ino journaled, and libvirt's block copy started. */
+static int ctl_copy(struct cfs_engine *e, const char *dom, const char *disk,
+                    const struct cfs_ctl_cmd *cmd)
+{
+    const char *why = NULL;
+    _cleanup_free_ char *why_buf = NULL;
+    const char *dest = cmd->dest;
+    enum cfs_copy_mode mode = cmd->copy_mode;
+    int r = check_reachable(e, dom, &why);
+    if (r < 0)
+        return ctl_refuse(e, dom, disk, cmd, r, why);
+
+    /* the chain as libvirt has it now */
+    r = lock_live(e, dom);
+    if (r < 0) {
+        why = why_buf = live_error(r);
+        return ctl_refuse(e, dom, disk, cmd, r, why);
+    }
+    struct disk_at at;
+    r = disk_refusal(e, dom, disk, REFUSE_LIVE | REFUSE_MAKE_STATE, &at, &why,
+                     &why_buf);
+    struct cfs_domain *d = at.d;
+    struct cfs_disk *dk = at.dk;
+    struct cfs_job job = {0};
+    _cleanup_strv_ char **snaps = NULL;
+    if (r == 0) {
+        /* every layer above the base is a snapshot's */
+        for (size_t i = 0; i + 1 < dk->n_layers; i++)
+            cfs_strv_push(&snaps, cfs_xstrdup(dk->layers[i].name ? dk->layers[i].name
+                                                                 : dk->layers[i].path));
+    }
+    if (r < 0) {
+        /* refused (ENOTCONN, ENOENT, EROFS, EBUSY) */
+    } else if (d->state == CFS_DOM_SHUTOFF) {
+        r = -EOPNOTSUPP;
+        why = "copy mirrors a running disk; the domain is shut off";
+    } else if (!engine_files_local(e)) {
+        r = -EOPNOTSUPP;
+        why = "the image files are not on this machine, and chainfs creates "
+              "the copy's destination itself";
+    } else if (dk->n_layers == 0 || dk->layers[0].is_block) {
+        r = -EOPNOTSUPP;
+        why = "copy moves a disk whose active layer is a file";
+    } else if (mode == CFS_COPY_DEFAULT && snaps) {
+        struct cfs_buf lb = {0};
+        for (char **n = snaps; *n; n++)
+            cfs_buf_printf(&lb, "%s%s", n == snaps ? "" : ", ", *n);
+        _cleanup_free_ char *list = cfs_buf_steal(&lb);
+        r = -EBUSY;
+        why = why_buf = cfs_xasprintf(
+            "the disk has snapshots (%s), which a flat copy merges away; say "
+            "`copy DEST flatten` to drop them, `copy DEST shallow` or "
+            "`copy DEST chain` to keep them", list);
+    } else if ((mode == CFS_COPY_SHALLOW || mode == CFS_COPY_CHAIN) &&
+               dk->n_layers < 2) {
+        r = -EINVAL;
+        why = mode == CFS_COPY_SHALLOW
+                  ? "a shallow copy needs a layer below the active one to share; "
+                    "the disk has one layer (copy DEST)"
+                  : "copy DEST chain moves a chain; the disk has one layer (copy DEST)";
+    }
+    if (r == 0) {
+        _cleanup_free_ char *tmp = cfs_xstrdup(dest);
+        const char *dir = dirname(tmp);
+        struct stat st;
+        if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            r = -ENOENT;
+            why = why_buf = cfs_xasprintf("the destination's directory %s does not exist", dir);
+        } else if (lstat(dest, &st) == 0) {
+            r = -EEXIST;
+            why = why_buf = cfs_xasprintf("%s exists; copy creates a new file", dest);
+        } else if (cfs_disk_find_file(dk, NULL, dest) >= 0) {
+            r = -EEXIST;
+            why = "the destination is a layer of the disk";
+        } else if (mode == CFS_COPY_CHAIN) {
+            r = chain_refusal(dk, dest, &why, &why_buf);
+        }
+    }
+    if (r == 0) {
+        if (mode == CFS_COPY_DEFAULT)
+            mode = CFS_COPY_FLATTEN;
+        struct cfs_disk_state *s = at.s;
+        job_new_locked(e, s, CFS_JOB_COPY);
+        struct cfs_job *j = &s->job;
+        const struct cfs_layer *act = &dk->layers[0];
+        j->top = cfs_xstrdup(act->path);
+        cfs_file_id_copy(&j->top_id, &act->id);
+        j->base = cfs_xstrdup(dest);
+        j->dest = cfs_xstrdup(dest);
+        j->copy_mode = mode;
+        j->manual = cmd->manual;
+        j->pivot_manual = cmd->manual;
+        j->meta_name = cfs_xstrdup(act->meta_name);
+        /* flatten: every snapshot's metadata goes at the end, top first */
+        for (size_t i = 0; mode == CFS_COPY_FLATTEN && i < dk->n_layers; i++)
+            if (dk->layers[i].meta_name)
+                cfs_strv_push(&j->snapshots, cfs_xstrdup(dk->layers[i].meta_name));
+        /* the files that leave the chain at the pivot (kept, named) */
+        j->n_old = mode == CFS_COPY_SHALLOW ? 1 : dk->n_layers;
+        j->old_files = cfs_xcalloc(j->n_old, sizeof(*j->old_files));
+        for (size_t i = 0; i < j->n_old; i++) {
+            j->old_files[i].path = cfs_xstrdup(dk->layers[i].path);
+            cfs_file_id_copy(&j->old_files[i].id, &dk->layers[i].id);
+        }
+        /* DEST (and the copies of the frozen layers: made[i] is layer
+         * i's), with no identity until they exist */
+        j->n_made = mode == CFS_COPY_CHAIN ? dk->n_layers : 1;
+        j->made = cfs_xcalloc(j->n_made, sizeof(*j->made));
+        j->made[0].path = cfs_xstrdup(dest);
+        for (size_t i = 1; i < j->n_made; i++)
+            j->made[i].path = chain_target(dest, dk->layers[i].path);
+        if (mode == CFS_COPY_CHAIN) {
+            for (size_t i = 0; i < dk->n_layers; i++)
+                cfs_strv_push(&j->layer_meta, cfs_xstrdup(dk->layers[i].meta_name
+                                                              ? dk->layers[i].meta_name : ""));
+        }
+        j->end = act->virtual_size;
+        j->started = now_s();
+        j->journal_id = cfs_journal_new_id(e->journal);
+        j->bandwidth = e->commit_bandwidth;
+        phase_step_locked(e, s, CFS_PHASE_STARTING);
+        cfs_job_copy(&job, j);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (r < 0)
+        return ctl_refuse(e, dom, disk, cmd, r, why);
+
+    /* durably record the intent before anything is created: a daemon
+     * killed now leaves an entry naming the files without an identity
+     * (never deleted, named) */
+    if (journal_record(e, dom, disk, &job, "starting") < 0) {
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED,
+                "copy: cannot write the journal", false);
+        cfs_job_clear(&job);
+        return -EIO;
+    }
+    const bool shallow = job.copy_mode == CFS_COPY_SHALLOW ||
+                         job.copy_mode == CFS_COPY_CHAIN;
+    /* what each file is made like (its virtual size) and backs onto:
+     * made[i] like layer i; DEST backs onto layer 1 (shallow) or its copy
+     * (chain), a copy onto the copy below it; made bottom first */
+    size_t n = job.n_made;
+    char **like = cfs_xcalloc(n, sizeof(*like)), **like_fmt = cfs_xcalloc(n, sizeof(*like_fmt));
+    char **back = cfs_xcalloc(n, sizeof(*back)), **back_fmt = cfs_xcalloc(n, sizeof(*back_fmt));
+    bool changed = false;
+    pthread_mutex_lock(&e->tree->lock);
+    d = cfs_tree_find_domain(e->tree, dom);
+    dk = d ? cfs_domain_find_disk(d, disk) : NULL;
+    if (!dk || dk->n_layers < n || (shallow && dk->n_layers < 2)) {
+        changed = true;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            like[i] = cfs_xstrdup(dk->layers[i].path);
+            like_fmt[i] = cfs_xstrdup(dk->layers[i].format ? dk->layers[i].format : "qcow2");
+            if (i + 1 < dk->n_layers && (i > 0 || shallow)) {
+                bool copy_below = job.copy_mode == CFS_COPY_CHAIN;
+                back[i] = cfs_xstrdup(copy_below ? job.made[i + 1].path
+                                                 : dk->layers[i + 1].path);
+                back_fmt[i] = cfs_xstrdup(dk->layers[i + 1].format ? dk->layers[i + 1].format
+                                                                   : "qcow2");
+            }
+        }
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    struct cfs_file_id *ids = cfs_xcalloc(n, sizeof(*ids));
+    r = changed ? -ESTALE : 0;
+    for (size_t k = 0; r == 0 && k < n; k++) {
+        size_t i = n - 1 - k; /* n-1, ..., 1 (bottom first), then 0 (DEST) */
+        r = e->be->ops->image_create
+                ? e->be->ops->image_create(e->be, job.made[i].path, like[i], like_fmt[i],
+                                           back[i], back_fmt[i], &ids[i])
+                : -EOPNOTSUPP;
+        if (r < 0)
+            why_buf = cfs_xasprintf("%s: %s", job.made[i].path, errmsg_or(strerror(-r)));
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(like[i]);
+        free(like_fmt[i]);
+        free(back[i]);
+        free(back_fmt[i]);
+    }
+    free(like);
+    free(like_fmt);
+    free(back);
+    free(back_fmt);
+    /* the identities, journaled: the only files a failure may delete */
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, job.id);
+    if (s && s->job.n_made == n) {
+        for (size_t i = 0; i < n; i++) {
+            cfs_file_id_clear(&s->job.made[i].id);
+            cfs_file_id_copy(&s->job.made[i].id, &ids[i]);
+        }
+        cfs_job_clear(&job);
+        cfs_job_copy(&job, &s->job);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    for (size_t i = 0; i < n; i++)
+        cfs_file_id_clear(&ids[i]);
+    free(ids);
+    if (r < 0) {
+        const char *msg = r == -ESTALE ? "the disk's chain changed" : why_buf;
+        log_warn("ctl %s/%s: copy to %s refused (%s): %s", dom, disk, dest,
+                 strerror(-r), msg);
+        _cleanup_free_ char *text = cfs_xasprintf("copy %s: %s", dest, msg);
+        /* the files made so far go (phase starting: nothing in libvirt) */
+        job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED, text);
+        cfs_job_clear(&job);
+        return r;
+    }
+    if (journal_record(e, dom, disk, &job, "starting") < 0) {
+        copy_delete_made(e, dom, disk, &job);
+        job_end(e, dom, disk, job.id, CFS_PHASE_FAILED,
+                "copy: cannot write the journal", false);
+        cfs_job_clear(&job);
+        return -EIO;
+    }
+
+    r = e->be->ops->copy_start
+            ? e->be->ops->copy_start(e->be, dom, disk, dest, shallow, job.bandwidth)
+            : -EOPNOTSUPP;
+    if (r < 0) {
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
+        _cleanup_free_ char *msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+        log_warn("ctl %s/%s: copy to %s failed (%s): %s", dom, disk, dest,
+                 strerror(-r), msg);
+        _cleanup_free_ char *text = cfs_xasprintf("copy %s: %s", dest, msg);
+        /* nothing of it in libvirt: the files go (job_fail, phase starting) */
+        job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED, text);
+        cfs_job_clear(&job);
+        return r;
+    }
+    job_set_phase(e, dom, disk, job.id, CFS_PHASE_RUNNING);
+    log_info("ctl %s/%s: copy of %s to %s (%s%s) started", dom, disk, job.top,
+             dest, cfs_copy_mode_to_string(job.copy_mode),
+             job.manual ? ", manual" : "");
+    /* chain: the frozen layers are copied while the mirror runs */
+    if (job.copy_mode == CFS_COPY_CHAIN && copy_chain_start(e, dom, disk, job.id) < 0) {
+        e->be->ops->job_abort(e->be, dom, disk);
+        job_fail(e, dom, disk, job.id, CFS_PHASE_FAILED,
+                 "cannot start the thread that copies the frozen layers");
+        cfs_job_clear(&job);
+        return -EIO;
+    }
+    cfs_job_clear(&job);
+    pthread_mutex_lock(&e->qlock);
+    pthread_cond_signal(&e->qcond);
+    pthread_mutex_unlock(&e->qlock);
+    return 0;
+}
+
 /* `merge NAME commit|pull|auto`: checked against the chain as the tree
  * has it (ENOENT no such snapshot, EINVAL a pull the chain does not allow,
  * EOPNOTSUPP a live pull that is off), kept in the disk's settings. */
@@ -1547,6 +1847,9 @@ static int ctl_merge_setting(struct cfs_engine *e, const char *dom,
 int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                    const struct cfs_ctl_cmd *cmd)
 {
+    if (cmd->op == CFS_CTL_COPY)
+        return ctl_copy(e, dom, disk, cmd);
+
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     struct cfs_disk *dk = d ? cfs_domain_find_disk(d, disk) : NULL;
@@ -1595,10 +1898,10 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     } else if (job.phase == CFS_PHASE_STARTING) {
         r = -EAGAIN;
         why = "the job is starting; try again";
-    } else if (job.phase == CFS_PHASE_CLEANUP ||
+    } else if (job.phase == CFS_PHASE_CLEANUP || job.phase == CFS_PHASE_FINISHING ||
                (job.phase == CFS_PHASE_PIVOTING && cmd->op != CFS_CTL_PIVOT)) {
         r = -EBUSY;
-        why = "the merge is past its end (pivoting or cleaning up)";
+        why = "the job is past its end (pivoting, finishing or cleaning up)";
     }
     if (r < 0) {
         cfs_job_clear(&job);
@@ -1609,7 +1912,7 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
     case CFS_CTL_PIVOT:
         if (!k->has_ready) {
             r = -EINVAL;
-            why = "only an active commit pivots";
+            why = "only an active commit or a copy pivots";
         } else if (job.phase == CFS_PHASE_RUNNING) {
             r = -EAGAIN;
             why = "the active commit is not ready yet";
@@ -1625,6 +1928,10 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                 why = why_buf = cfs_xstrdup(errmsg_or(strerror(-r)));
             }
         }
+        break;
+    case CFS_CTL_FINISH:
+        r = copy_ctl_finish(e, dom, disk, &job, &why_buf);
+        why = why_buf;
         break;
     case CFS_CTL_ABORT:
         if (!k->abortable) {

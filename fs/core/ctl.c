@@ -7,6 +7,7 @@
  * nothing. Pure functions of their arguments: no globals but constant
  * tables, no allocation, thread-safe. */
 #include <errno.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -22,10 +23,16 @@ const char cfs_ctl_usage[] =
     "                  suffixes (powers of 1024); 0 = unlimited\n"
     "merge NAME commit|pull|auto\n"
     "                  the direction of snapshot NAME's next merge (auto:\n"
-    "                  the one that copies less; the default)\n";
+    "                  the one that copies less; the default)\n"
+    "copy DEST [flatten|shallow|chain] [manual]\n"
+    "                  mirror the running disk to DEST (a new qcow2 file)\n"
+    "                  and pivot to it; manual: wait in ready for pivot\n"
+    "                  or finish\n"
+    "finish            end a ready manual copy without a pivot (DEST is a\n"
+    "                  point-in-time copy)\n";
 
-/* Most words a command has ("merge NAME MODE"). */
-#define MAX_WORDS 3
+/* Most words a command has ("copy DEST shallow manual"). */
+#define MAX_WORDS 4
 
 _Static_assert(CFS_CTL_MAX_WRITE == 4096, "the refusal text says 4096");
 
@@ -177,6 +184,38 @@ int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
         memcpy(cmd.name, nm->s, nm->len);
         cmd.name[nm->len] = '\0';
         cmd.op = CFS_CTL_MERGE;
+    } else if (word_is(w, "finish")) {
+        if (n != 1)
+            return refuse(why, "finish takes no argument");
+        cmd.op = CFS_CTL_FINISH;
+    } else if (word_is(w, "copy")) {
+        if (n < 2)
+            return refuse(why, "copy needs a destination: copy DEST [flatten|shallow|chain] [manual]");
+        const struct word *d = &words[1];
+        if (d->s[0] != '/')
+            return refuse(why, "copy: the destination must be an absolute path");
+        if (d->len >= PATH_MAX || d->len >= sizeof(cmd.dest))
+            return refuse(why, "copy: the destination path is too long");
+        if (d->s[d->len - 1] == '/')
+            return refuse(why, "copy: the destination names a directory, not a file");
+        memcpy(cmd.dest, d->s, d->len);
+        cmd.dest[d->len] = '\0';
+        cmd.copy_mode = CFS_COPY_DEFAULT;
+        for (size_t i = 2; i < n; i++) {
+            const struct word *m = &words[i];
+            enum cfs_copy_mode mode = word_is(m, "flatten") ? CFS_COPY_FLATTEN
+                                      : word_is(m, "shallow") ? CFS_COPY_SHALLOW
+                                      : word_is(m, "chain")   ? CFS_COPY_CHAIN
+                                                              : CFS_COPY_NONE;
+            if (mode != CFS_COPY_NONE && i == 2) {
+                cmd.copy_mode = mode;
+            } else if (word_is(m, "manual") && !cmd.manual) {
+                cmd.manual = true;
+            } else {
+                return refuse(why, "copy DEST takes flatten, shallow or chain, then manual");
+            }
+        }
+        cmd.op = CFS_CTL_COPY;
     } else {
         return refuse(why, "unknown command");
     }
@@ -193,6 +232,8 @@ const char *cfs_ctl_op_to_string(enum cfs_ctl_op op)
     case CFS_CTL_PIVOT_AUTO:   return "pivot auto";
     case CFS_CTL_BANDWIDTH:    return "bandwidth";
     case CFS_CTL_MERGE:        return "merge";
+    case CFS_CTL_COPY:         return "copy";
+    case CFS_CTL_FINISH:       return "finish";
     default:                   return "?";
     }
 }

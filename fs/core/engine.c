@@ -236,6 +236,8 @@ void reap_offline(struct cfs_engine *e, bool all)
     while (done) {
         struct offline_thread *next = done->next;
         pthread_join(done->thread, NULL);
+        free(done->dom);
+        free(done->disk);
         free(done);
         done = next;
     }
@@ -1168,7 +1170,14 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
         return NULL;
     }
     /* offline merges keep running to their end; wait for them (no one
-     * starts another: the FUSE side is gone when the engine is freed) */
+     * starts another: the FUSE side is gone when the engine is freed).
+     * A chain copy's qemu-img is stopped: the journal has the copy, and
+     * the next start copies the layers left again. */
+    pthread_mutex_lock(&e->qlock);
+    for (struct offline_thread *ot = e->offline; ot; ot = ot->next)
+        if (ot->dom)
+            ot->cancel = 1;
+    pthread_mutex_unlock(&e->qlock);
     reap_offline(e, true);
     if (e->be)
         e->be->ops->destroy(e->be);

@@ -112,6 +112,11 @@ struct dom_worker {
 struct offline_thread {
     pthread_t thread;
     bool done;                /* the thread is about to return */
+    /* a `copy DEST chain` filling its frozen copies (copy.c): which job,
+     * and its stop flag (job_fail, abort, shut-down) */
+    char *dom, *disk;
+    uint64_t job_id;
+    volatile int cancel;
     struct offline_thread *next;
 };
 
@@ -287,6 +292,18 @@ void queue_drop_locked(struct cfs_disk_state *s, char *const *ids, size_t n);
 bool queue_regroup(struct cfs_engine *e, const char *dom, const char *disk);
 /* actions.c: the domain worker's dispatch of DOM/DISK's queue */
 void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk);
+/* copy.c */
+enum finish_result copy_finish(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, const struct cfs_job *job);
+void copy_delete_made(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job);
+int copy_ctl_finish(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job, char **why);
+int copy_chain_start(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
+void copy_chain_stop(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
+/* Whether a copy's frozen layers are all copied (always, but for chain). */
+static inline bool copy_layers_done(const struct cfs_job *j)
+{
+    return j->type != CFS_JOB_COPY || j->copy_mode != CFS_COPY_CHAIN ||
+           j->n_copied + 1 >= j->n_made;
+}
 
 /* recover.c */
 void recover_journal(struct cfs_engine *e);

@@ -127,6 +127,17 @@ void job_journal_entry(const char *dom, const char *disk,
         .reason = job->reason,
         .survivor = job->survivor,
         .superseded = job->superseded,
+        /* issue 8's copies */
+        .dest = job->dest,
+        .copy_mode = job->copy_mode,
+        .manual = job->manual,
+        .finish = job->finish,
+        .n_made = job->n_made,
+        .made = job->made,
+        .n_copied = job->n_copied,
+        .layer_meta = job->layer_meta,
+        .n_old = job->n_old,
+        .old_files = job->old_files,
     };
 }
 
@@ -239,7 +250,7 @@ static bool phase_terminal(enum cfs_job_phase p)
 static bool phase_persisted(enum cfs_job_phase p)
 {
     return p == CFS_PHASE_RUNNING || p == CFS_PHASE_PIVOTING ||
-           p == CFS_PHASE_CLEANUP;
+           p == CFS_PHASE_FINISHING || p == CFS_PHASE_CLEANUP;
 }
 
 /* The in-memory half of an edge: check it against the table, log it,
@@ -664,6 +675,12 @@ enum finish_result job_finish(struct cfs_engine *e, const char *dom,
     struct cfs_job job;
     if (!job_snapshot_mine(e, dom, disk, id, &job))
         return FINISH_DONE;
+    if (job.type == CFS_JOB_COPY) {
+        /* issue 8 §1: pivoted, finished, or not over (copy.c) */
+        enum finish_result fr = copy_finish(e, dom, disk, id, &job);
+        cfs_job_clear(&job);
+        return fr;
+    }
     if (!job.top || !cfs_job_kind(job.type)->merge) {
         cfs_job_clear(&job); /* not the job this was meant for */
         return FINISH_DONE;
@@ -783,6 +800,30 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
     if (!job_snapshot_mine(e, dom, disk, id, &job))
         return;
     refresh_domain(e, dom);
+    if (job.type == CFS_JOB_COPY) {
+        /* §1.7: before the entry is closed (a kill in between is redone
+         * by recovery), and only while QEMU can never have switched the
+         * guest's writes to DEST: never after pivoting/finishing began */
+        bool may_delete = job.phase == CFS_PHASE_STARTING ||
+                          job.phase == CFS_PHASE_RUNNING ||
+                          job.phase == CFS_PHASE_READY;
+        /* chain: no qemu-img may still write the copies */
+        if (job.copy_mode == CFS_COPY_CHAIN)
+            copy_chain_stop(e, dom, disk, id);
+        if (may_delete)
+            copy_delete_made(e, dom, disk, &job);
+        _cleanup_free_ char *text = cfs_xasprintf(
+            "%s%s", why,
+            may_delete ? "" : "; nothing deleted: the guest may have written to "
+                              "the destination (both files kept)");
+        if (st == CFS_PHASE_CANCELED)
+            log_warn("%s/%s: copy to %s canceled: %s", dom, disk, job.dest, text);
+        else
+            log_err("%s/%s: copy to %s failed: %s", dom, disk, job.dest, text);
+        job_end(e, dom, disk, id, st, text, false);
+        cfs_job_clear(&job);
+        return;
+    }
     /* A commit that got going has written part of TOP into BASE: BASE no
      * longer holds its old point in time (harmless, TOP still sits above
      * it), and info says so. */
@@ -831,7 +872,10 @@ int step_ready(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_job_clear(&job);
         return -ENOENT;
     }
-    if (job.pivot_manual && !asked) {
+    /* a copy waits by its own `manual` word, other jobs by the disk's
+     * `pivot manual` setting */
+    bool hold = job.type == CFS_JOB_COPY ? job.manual : job.pivot_manual;
+    if (hold && !asked) {
         cfs_job_clear(&job); /* held: `pivot` or `abort` in ctl */
         return 0;
     }
@@ -1017,7 +1061,7 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
     switch (w->status) {
     case CFS_JOB_EVENT_READY:
         if (cfs_job_kind(job.type)->has_ready &&
-            job.phase == CFS_PHASE_RUNNING) {
+            job.phase == CFS_PHASE_RUNNING && copy_layers_done(&job)) {
             job_went_ready(e, w->dom, w->disk, job.id);
             step_ready(e, w->dom, w->disk, job.id, false);
         }
@@ -1038,6 +1082,14 @@ void handle_job_event(struct cfs_engine *e, const struct work *w)
         if (e->be->ops->job_get(e->be, w->dom, w->disk, &pr) == 0 && pr.present) {
             log_debug("%s/%s: late event of an earlier job; ignored", w->dom,
                       w->disk);
+            break;
+        }
+        if (job.type == CFS_JOB_COPY && job.phase == CFS_PHASE_FINISHING) {
+            /* libvirt reports a finish as CANCELED (design §0.1): DEST
+             * decides */
+            if (job_finish(e, w->dom, w->disk, job.id) == FINISH_TOP_IN_CHAIN)
+                job_fail(e, w->dom, w->disk, job.id, CFS_PHASE_FAILED,
+                         "finish: the mirror ended with DEST still in the chain");
             break;
         }
         job_vanished_failed(e, w->dom, w->disk, job.id,
@@ -1107,8 +1159,10 @@ void poll_job(struct cfs_engine *e, const char *dom, const char *disk)
             tree_changed(e);
         }
         s->gone_since_ms = 0;
+        /* a chain copy is ready once its frozen copies are done too */
         bool to_ready = pr.ready && s->job.phase == CFS_PHASE_RUNNING &&
-                        cfs_job_kind(job.type)->has_ready;
+                        cfs_job_kind(job.type)->has_ready &&
+                        copy_layers_done(&s->job);
         if (to_ready)
             phase_step_locked(e, s, CFS_PHASE_READY);
         bool ready = s->job.phase == CFS_PHASE_READY;

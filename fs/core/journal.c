@@ -68,6 +68,10 @@ void cfs_journal_entry_clear(struct cfs_journal_entry *e)
     free(e->written);
     free(e->reason);
     free(e->survivor);
+    free(e->dest);
+    cfs_strv_free(e->layer_meta);
+    cfs_job_files_free(e->made, e->n_made);
+    cfs_job_files_free(e->old_files, e->n_old);
     *e = (struct cfs_journal_entry){0};
 }
 
@@ -97,7 +101,18 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         .reason = cfs_xstrdup(src->reason),
         .survivor = cfs_xstrdup(src->survivor),
         .superseded = src->superseded,
+        .dest = cfs_xstrdup(src->dest),
+        .copy_mode = src->copy_mode,
+        .manual = src->manual,
+        .finish = src->finish,
+        .n_copied = src->n_copied,
     };
+    for (char **m = src->layer_meta; m && *m; m++)
+        cfs_strv_push(&dst->layer_meta, cfs_xstrdup(*m));
+    dst->made = cfs_job_files_dup(src->made, src->n_made);
+    dst->n_made = dst->made ? src->n_made : 0;
+    dst->old_files = cfs_job_files_dup(src->old_files, src->n_old);
+    dst->n_old = dst->old_files ? src->n_old : 0;
     for (char **d = src->disks; d && *d; d++)
         cfs_strv_push(&dst->disks, cfs_xstrdup(*d));
     for (char **n = src->snapshots; n && *n; n++)
@@ -163,6 +178,28 @@ static void json_add_str(json_object *o, const char *key, const char *val)
         json_object_object_add(o, key, json_object_new_string(val));
 }
 
+/* KEY: [{"path", "dev", "ino"}...] of V[0..N), only when N > 0. */
+static void json_add_files(json_object *o, const char *key,
+                           const struct cfs_job_file *v, size_t n)
+{
+    if (n == 0)
+        return;
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        const struct cfs_job_file *lf = &v[i];
+        json_object *f = json_object_new_object();
+        json_add_str(f, "path", lf->path);
+        if (lf->id.known) {
+            /* as int64: a value above INT64_MAX comes back the same */
+            json_object_object_add(f, "dev", json_object_new_int64((int64_t)lf->id.dev));
+            json_object_object_add(f, "ino", json_object_new_int64((int64_t)lf->id.ino));
+        }
+        json_object_array_add(arr, f);
+    }
+    json_object_object_add(o, key, arr);
+}
+
+
 static void entry_to_line(const struct cfs_journal_entry *e,
                           struct cfs_buf *out)
 {
@@ -206,21 +243,7 @@ static void entry_to_line(const struct cfs_journal_entry *e,
             json_object_array_add(metas, json_object_new_string(*n));
         json_object_object_add(o, "meta_names", metas);
     }
-    if (e->n_leaving > 0) {
-        json_object *leaving = json_object_new_array();
-        for (size_t i = 0; i < e->n_leaving; i++) {
-            const struct cfs_job_file *lf = &e->leaving[i];
-            json_object *f = json_object_new_object();
-            json_add_str(f, "path", lf->path);
-            if (lf->id.known) {
-                /* as int64: a value above INT64_MAX comes back the same */
-                json_object_object_add(f, "dev", json_object_new_int64((int64_t)lf->id.dev));
-                json_object_object_add(f, "ino", json_object_new_int64((int64_t)lf->id.ino));
-            }
-            json_object_array_add(leaving, f);
-        }
-        json_object_object_add(o, "leaving", leaving);
-    }
+    json_add_files(o, "leaving", e->leaving, e->n_leaving);
     json_add_str(o, "written", e->written);
     if (e->bytes_commit)
         json_object_object_add(o, "bytes_commit", json_object_new_int64((int64_t)e->bytes_commit));
@@ -232,6 +255,24 @@ static void entry_to_line(const struct cfs_journal_entry *e,
     json_add_str(o, "survivor", e->survivor);
     if (e->superseded)
         json_object_object_add(o, "superseded", json_object_new_boolean(true));
+    /* copies */
+    json_add_str(o, "dest", e->dest);
+    if (e->copy_mode != CFS_COPY_NONE)
+        json_add_str(o, "mode", cfs_copy_mode_to_string(e->copy_mode));
+    if (e->manual)
+        json_object_object_add(o, "manual", json_object_new_boolean(1));
+    if (e->finish)
+        json_object_object_add(o, "finish", json_object_new_boolean(1));
+    json_add_files(o, "made", e->made, e->n_made);
+    if (e->n_copied)
+        json_object_object_add(o, "copied", json_object_new_int64((int64_t)e->n_copied));
+    if (e->layer_meta && *e->layer_meta) {
+        json_object *lm = json_object_new_array();
+        for (char **m = e->layer_meta; *m; m++)
+            json_object_array_add(lm, json_object_new_string(*m));
+        json_object_object_add(o, "layer_meta", lm);
+    }
+    json_add_files(o, "old_files", e->old_files, e->n_old);
 
     /* PLAIN never emits a raw newline: control characters are escaped. */
     cfs_buf_printf(out, "%s\n",
@@ -279,12 +320,54 @@ static uint64_t json_get_u64(json_object *o, const char *key)
     return (uint64_t)json_get_int(o, key);
 }
 
+/* KEY as json_add_files writes it, into *VP and *NP (left NULL/0 when absent).
+ * -EINVAL and *WHY for a malformed one. */
+static int json_get_files(json_object *o, const char *key,
+                          struct cfs_job_file **vp, size_t *np, char **why)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(o, key, &v))
+        return 0;
+    if (!json_object_is_type(v, json_type_array)) {
+        *why = cfs_xasprintf("invalid \"%s\"", key);
+        return -EINVAL;
+    }
+    size_t n = json_object_array_length(v);
+    if (n > 0)
+        *vp = cfs_xcalloc(n, sizeof(**vp));
+    for (size_t i = 0; i < n; i++) {
+        json_object *f = json_object_array_get_idx(v, i), *dev, *ino;
+        const char *path = json_object_is_type(f, json_type_object)
+                               ? json_get_str(f, "path") : NULL;
+        bool has_dev = path && json_object_object_get_ex(f, "dev", &dev);
+        bool has_ino = path && json_object_object_get_ex(f, "ino", &ino);
+        /* an identity is both numbers or neither */
+        if (!path || !*path || has_dev != has_ino ||
+            (has_dev && (!json_object_is_type(dev, json_type_int) ||
+                         !json_object_is_type(ino, json_type_int)))) {
+            *why = cfs_xasprintf("invalid \"%s\" file %zu", key, i + 1);
+            return -EINVAL;
+        }
+        struct cfs_job_file *lf = &(*vp)[(*np)++];
+        lf->path = cfs_xstrdup(path);
+        if (has_dev) {
+            lf->id.known = true;
+            lf->id.dev = (uint64_t)json_object_get_int64(dev);
+            lf->id.ino = (uint64_t)json_object_get_int64(ino);
+        }
+    }
+    return 0;
+}
+
+
 /* The issue-8 fields of O into OUT (whose other fields are set). 0, or
  * -EINVAL with *WHY when one is present but malformed. */
 static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
                              char **why)
 {
     json_object *v;
+    int r;
 
     if (json_object_object_get_ex(o, "direction", &v)) {
         const char *d = json_object_is_type(v, json_type_string)
@@ -328,36 +411,9 @@ static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
             cfs_strv_push(&out->meta_names, cfs_xstrdup(json_object_get_string(s)));
         }
     }
-    if (json_object_object_get_ex(o, "leaving", &v)) {
-        if (!json_object_is_type(v, json_type_array)) {
-            *why = cfs_xstrdup("invalid \"leaving\"");
-            return -EINVAL;
-        }
-        size_t n = json_object_array_length(v);
-        if (n > 0)
-            out->leaving = cfs_xcalloc(n, sizeof(*out->leaving));
-        for (size_t i = 0; i < n; i++) {
-            json_object *f = json_object_array_get_idx(v, i), *dev, *ino;
-            const char *path = json_object_is_type(f, json_type_object)
-                                   ? json_get_str(f, "path") : NULL;
-            bool has_dev = path && json_object_object_get_ex(f, "dev", &dev);
-            bool has_ino = path && json_object_object_get_ex(f, "ino", &ino);
-            /* an identity is both numbers or neither */
-            if (!path || !*path || has_dev != has_ino ||
-                (has_dev && (!json_object_is_type(dev, json_type_int) ||
-                             !json_object_is_type(ino, json_type_int)))) {
-                *why = cfs_xasprintf("invalid \"leaving\" file %zu", i + 1);
-                return -EINVAL;
-            }
-            struct cfs_job_file *lf = &out->leaving[out->n_leaving++];
-            lf->path = cfs_xstrdup(path);
-            if (has_dev) {
-                lf->id.known = true;
-                lf->id.dev = (uint64_t)json_object_get_int64(dev);
-                lf->id.ino = (uint64_t)json_object_get_int64(ino);
-            }
-        }
-    }
+    r = json_get_files(o, "leaving", &out->leaving, &out->n_leaving, why);
+    if (r < 0)
+        return r;
     if (json_object_object_get_ex(o, "written", &v)) {
         if (!json_object_is_type(v, json_type_string) ||
             !*json_object_get_string(v)) {
@@ -375,6 +431,51 @@ static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
     if (json_object_object_get_ex(o, "superseded", &v) &&
         json_object_is_type(v, json_type_boolean))
         out->superseded = json_object_get_boolean(v);
+    /* copies */
+    if (json_object_object_get_ex(o, "dest", &v)) {
+        if (!json_object_is_type(v, json_type_string) ||
+            json_object_get_string(v)[0] != '/') {
+            *why = cfs_xstrdup("invalid \"dest\"");
+            return -EINVAL;
+        }
+        out->dest = cfs_xstrdup(json_object_get_string(v));
+    }
+    if (json_object_object_get_ex(o, "mode", &v)) {
+        const char *m = json_object_is_type(v, json_type_string)
+                            ? json_object_get_string(v) : NULL;
+        out->copy_mode = cfs_copy_mode_from_string(m);
+        if (out->copy_mode == CFS_COPY_MODE_MAX) {
+            out->copy_mode = CFS_COPY_NONE;
+            *why = cfs_xstrdup("invalid \"mode\"");
+            return -EINVAL;
+        }
+    }
+    out->manual = json_object_object_get_ex(o, "manual", &v) &&
+                  json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+    out->finish = json_object_object_get_ex(o, "finish", &v) &&
+                  json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+    r = json_get_files(o, "made", &out->made, &out->n_made, why);
+    if (r < 0)
+        return r;
+    out->n_copied = (size_t)json_get_u64(o, "copied");
+    if (json_object_object_get_ex(o, "layer_meta", &v)) {
+        if (!json_object_is_type(v, json_type_array)) {
+            *why = cfs_xstrdup("invalid \"layer_meta\"");
+            return -EINVAL;
+        }
+        size_t n = json_object_array_length(v);
+        for (size_t i = 0; i < n; i++) {
+            json_object *m = json_object_array_get_idx(v, i);
+            if (!json_object_is_type(m, json_type_string)) {
+                *why = cfs_xstrdup("invalid \"layer_meta\"");
+                return -EINVAL;
+            }
+            cfs_strv_push(&out->layer_meta, cfs_xstrdup(json_object_get_string(m)));
+        }
+    }
+    r = json_get_files(o, "old_files", &out->old_files, &out->n_old, why);
+    if (r < 0)
+        return r;
     return 0;
 }
 

@@ -42,6 +42,29 @@ static const char *const merge_direction_names[CFS_DIRECTION_MAX] = {
     [CFS_DIRECTION_PULL] = "pull",
 };
 
+static const char *const copy_mode_names[CFS_COPY_MODE_MAX] = {
+    [CFS_COPY_NONE] = "none",
+    [CFS_COPY_DEFAULT] = "default",
+    [CFS_COPY_FLATTEN] = "flatten",
+    [CFS_COPY_SHALLOW] = "shallow",
+    [CFS_COPY_CHAIN] = "chain",
+};
+
+const char *cfs_copy_mode_to_string(enum cfs_copy_mode m)
+{
+    if ((int)m < 0 || m >= CFS_COPY_MODE_MAX)
+        return "unknown";
+    return copy_mode_names[m];
+}
+
+enum cfs_copy_mode cfs_copy_mode_from_string(const char *s)
+{
+    for (int i = CFS_COPY_FLATTEN; s && i < CFS_COPY_MODE_MAX; i++)
+        if (strcmp(s, copy_mode_names[i]) == 0)
+            return (enum cfs_copy_mode)i;
+    return CFS_COPY_MODE_MAX;
+}
+
 static const char *const job_phase_names[CFS_PHASE_MAX] = {
     [CFS_PHASE_NONE] = "none",
     [CFS_PHASE_STARTING] = "starting",
@@ -279,6 +302,10 @@ void cfs_job_clear(struct cfs_job *j)
     free(j->written);
     free(j->reason);
     free(j->survivor);
+    free(j->dest);
+    cfs_strv_free(j->layer_meta);
+    cfs_job_files_free(j->made, j->n_made);
+    cfs_job_files_free(j->old_files, j->n_old);
     *j = (struct cfs_job){ 0 };
 }
 
@@ -402,6 +429,14 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->written = cfs_xstrdup(src->written);
     dst->reason = cfs_xstrdup(src->reason);
     dst->survivor = cfs_xstrdup(src->survivor);
+    dst->dest = cfs_xstrdup(src->dest);
+    dst->layer_meta = NULL;
+    for (char **m = src->layer_meta; m && *m; m++)
+        cfs_strv_push(&dst->layer_meta, cfs_xstrdup(*m));
+    dst->made = cfs_job_files_dup(src->made, src->n_made);
+    dst->n_made = dst->made ? src->n_made : 0;
+    dst->old_files = cfs_job_files_dup(src->old_files, src->n_old);
+    dst->n_old = dst->old_files ? src->n_old : 0;
 }
 
 /* ---- lookups ------------------------------------------------------------------ */

@@ -113,6 +113,18 @@ void recover_journal(struct cfs_engine *e)
         s->job.reason = cfs_xstrdup(en->reason);
         s->job.survivor = cfs_xstrdup(en->survivor);
         s->job.superseded = en->superseded;
+        /* issue 8's copies */
+        s->job.dest = cfs_xstrdup(en->dest);
+        s->job.copy_mode = en->copy_mode;
+        s->job.manual = en->manual;
+        s->job.finish = en->finish;
+        s->job.made = cfs_job_files_dup(en->made, en->n_made);
+        s->job.n_made = s->job.made ? en->n_made : 0;
+        s->job.n_copied = en->n_copied;
+        for (char **m = en->layer_meta; m && *m; m++)
+            cfs_strv_push(&s->job.layer_meta, cfs_xstrdup(*m));
+        s->job.old_files = cfs_job_files_dup(en->old_files, en->n_old);
+        s->job.n_old = s->job.old_files ? en->n_old : 0;
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */
@@ -202,13 +214,37 @@ void recover_merge(struct cfs_engine *e, const char *dom,
             /* the pivot did not happen (the job is still there) */
             job_set_phase(e, dom, disk, id, CFS_PHASE_READY);
             break;
+        case CFS_PHASE_FINISHING: {
+            /* a copy's `finish` whose abort call did not end the mirror
+             * (or was never made): ask again, then judge DEST */
+            int ar = e->be->ops->job_abort(e->be, dom, disk);
+            if (ar < 0 && ar != -ENOENT) {
+                log_warn("recovery: %s/%s: finish of the copy to %s: the abort "
+                         "call failed: %s; followed", dom, disk, job.dest,
+                         errmsg_or(strerror(-ar)));
+                break;
+            }
+            if (job_finish(e, dom, disk, id) == FINISH_TOP_IN_CHAIN)
+                job_fail(e, dom, disk, id, CFS_PHASE_FAILED,
+                         "finish: the mirror ended with DEST still in the chain");
+            cfs_job_clear(&job);
+            return;
+        }
         default:
             break;
         }
+        /* chain: the frozen layers not copied yet are copied again
+         * (qemu-img convert -n rewrites the same bytes) */
+        if (job.type == CFS_JOB_COPY && job.copy_mode == CFS_COPY_CHAIN &&
+            !copy_layers_done(&job) && copy_chain_start(e, dom, disk, id) < 0)
+            log_err("recovery: %s/%s: cannot start copying the frozen layers again",
+                    dom, disk);
         /* the poll takes it from here: ready (held if pivot manual),
          * pivot, clean-up */
-        log_info("recovery: %s/%s: merge of %s still %s; following it", dom,
-                 disk, job.snapshot, cfs_job_phase_to_string(job.phase));
+        log_info("recovery: %s/%s: %s %s still %s; following it", dom, disk,
+                 job.type == CFS_JOB_COPY ? "copy to" : "merge of",
+                 job.type == CFS_JOB_COPY ? job.dest : job.snapshot,
+                 cfs_job_phase_to_string(job.phase));
         cfs_job_clear(&job);
         return;
     }
@@ -217,12 +253,15 @@ void recover_merge(struct cfs_engine *e, const char *dom,
      * chain means the merge is over, and clean-up finishes it */
     enum finish_result fr = job_finish(e, dom, disk, id);
     if (fr == FINISH_DONE) {
-        log_info("recovery: %s/%s: merge of %s had finished; cleaned up",
-                 dom, disk, job.snapshot);
+        log_info("recovery: %s/%s: %s %s had finished; cleaned up", dom, disk,
+                 job.type == CFS_JOB_COPY ? "copy to" : "merge of",
+                 job.type == CFS_JOB_COPY ? job.dest : job.snapshot);
     } else if (fr == FINISH_CANNOT_TELL) {
         /* libvirt cannot be read now: the polls ask again */
-        log_info("recovery: %s/%s: cannot read the chain now; the merge of %s "
-                 "is followed", dom, disk, job.snapshot);
+        log_info("recovery: %s/%s: cannot read the chain now; the %s %s "
+                 "is followed", dom, disk,
+                 job.type == CFS_JOB_COPY ? "copy to" : "merge of",
+                 job.type == CFS_JOB_COPY ? job.dest : job.snapshot);
         if (job.phase == CFS_PHASE_STARTING || job.phase == CFS_PHASE_PIVOTING)
             job_set_phase(e, dom, disk, id, job.phase == CFS_PHASE_STARTING
                                                 ? CFS_PHASE_RUNNING
@@ -232,6 +271,16 @@ void recover_merge(struct cfs_engine *e, const char *dom,
         log_info("recovery: %s/%s: merge of %s was regrouped; its snapshots "
                  "are queued again", dom, disk, job.snapshot);
         job_fail(e, dom, disk, id, CFS_PHASE_CANCELED, REGROUP_REASON);
+    } else if (job.phase == CFS_PHASE_STARTING && job.type == CFS_JOB_COPY) {
+        log_info("recovery: %s/%s: copy to %s never started", dom, disk, job.dest);
+        job_fail(e, dom, disk, id, CFS_PHASE_FAILED,
+                 "the copy was interrupted before libvirt started it");
+    } else if (job.type == CFS_JOB_COPY) {
+        log_info("recovery: %s/%s: copy to %s ended without a pivot; marked "
+                 "failed", dom, disk, job.dest);
+        job_fail(e, dom, disk, id, CFS_PHASE_FAILED,
+                 "the copy ended without a pivot (domain stopped, or canceled "
+                 "outside chainfs)");
     } else if (job.phase == CFS_PHASE_STARTING) {
         log_info("recovery: %s/%s: merge of %s never started; nothing was "
                  "written", dom, disk, job.snapshot);

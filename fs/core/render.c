@@ -374,19 +374,30 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
 
         kv_str(&kv, "type", cfs_job_type_to_string(job->type));
         kv_str(&kv, "state", cfs_job_phase_to_string(job->phase));
-        kv_str(&kv, "snapshot", job->snapshot);
-        if (cfs_strv_len(job->snapshots) > 1) {
-            /* a run of the queue (issue 8 §3.2): every snapshot it removes */
-            struct cfs_buf sb = { 0 };
-            for (char **n = job->snapshots; *n; n++) {
-                if (n != job->snapshots)
-                    cfs_buf_printf(&sb, ", ");
-                cfs_buf_put_escaped(&sb, *n);
+        bool copy = job->type == CFS_JOB_COPY && !job->external;
+        if (copy) {
+            /* issue 8 §1.8 */
+            kv_str(&kv, "source", job->top);
+            kv_str(&kv, "destination", job->dest);
+            kv_str(&kv, "mode", cfs_copy_mode_to_string(job->copy_mode));
+            if (job->copy_mode == CFS_COPY_CHAIN && job->n_made > 1)
+                kv_take(&kv, "layers", cfs_xasprintf("%zu/%zu copied", job->n_copied,
+                                                     job->n_made - 1));
+        } else {
+            kv_str(&kv, "snapshot", job->snapshot);
+            if (cfs_strv_len(job->snapshots) > 1) {
+                /* a run of the queue (issue 8 §3.2): every snapshot it removes */
+                struct cfs_buf sb = { 0 };
+                for (char **n = job->snapshots; *n; n++) {
+                    if (n != job->snapshots)
+                        cfs_buf_printf(&sb, ", ");
+                    cfs_buf_put_escaped(&sb, *n);
+                }
+                kv_take(&kv, "snapshots", cfs_buf_steal(&sb));
             }
-            kv_take(&kv, "snapshots", cfs_buf_steal(&sb));
+            kv_str(&kv, "top", job->top);
+            kv_str(&kv, "base", job->base);
         }
-        kv_str(&kv, "top", job->top);
-        kv_str(&kv, "base", job->base);
         kv_take(&kv, "progress", cfs_xasprintf("%u%% [%s]", pct, bar));
         kv_take(&kv, "bytes", cfs_xasprintf("%s / %s", cur, end));
         if (job->bandwidth == 0) {
@@ -398,7 +409,16 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
         }
         kv_str(&kv, "origin", job->external ? "external" : "chainfs");
         if (!job->external)
-            kv_str(&kv, "pivot", job->pivot_manual ? "manual" : "auto");
+            kv_str(&kv, "pivot", (copy ? job->manual : job->pivot_manual)
+                                     ? "manual" : "auto");
+        if (copy && job->n_old > 0 && job->phase == CFS_PHASE_COMPLETED && !job->finish) {
+            struct cfs_buf ob = {0};
+            for (size_t i = 0; i < job->n_old; i++)
+                cfs_buf_printf(&ob, "%s%s", i ? " " : "", job->old_files[i].path);
+            kv_take(&kv, "old files kept", cfs_buf_steal(&ob));
+        }
+        if (copy && job->phase == CFS_PHASE_COMPLETED)
+            kv_str(&kv, "result", job->reason);
         if (job->direction != CFS_DIRECTION_NONE) {
             /* issue 8: a merge chosen by cost says which way and why */
             kv_str(&kv, "direction", cfs_merge_direction_to_string(job->direction));
@@ -456,7 +476,9 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_u64(o, "bandwidth", none ? 0 : job->bandwidth);
     json_put_str(o, "origin", none ? NULL : job->external ? "external" : "chainfs");
     json_put_str(o, "pivot", none || job->external ? NULL
-                             : job->pivot_manual ? "manual" : "auto");
+                             : (job->type == CFS_JOB_COPY ? job->manual
+                                                          : job->pivot_manual)
+                                 ? "manual" : "auto");
     bool merge = !none && job->direction != CFS_DIRECTION_NONE;
     json_put_str(o, "direction",
                  merge ? cfs_merge_direction_to_string(job->direction) : NULL);
@@ -464,6 +486,20 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
     json_put_u64(o, "bytes_pull", merge ? job->bytes_pull : 0);
     json_put_str(o, "reason", merge ? job->reason : NULL);
     json_put_u64(o, "bytes_copied", merge ? job->bytes_copied : 0);
+    /* copies (issue 8 §1.8) */
+    bool copy = !none && job->type == CFS_JOB_COPY && !job->external;
+    json_put_str(o, "source", copy ? job->top : NULL);
+    json_put_str(o, "destination", copy ? job->dest : NULL);
+    json_put_str(o, "mode", copy ? cfs_copy_mode_to_string(job->copy_mode) : NULL);
+    bool chain = copy && job->copy_mode == CFS_COPY_CHAIN && job->n_made > 1;
+    json_put_u64(o, "layers_copied", chain ? job->n_copied : 0);
+    json_put_u64(o, "layers_total", chain ? job->n_made - 1 : 0);
+    struct json_object *old = json_object_new_array();
+    for (size_t i = 0; copy && !job->finish && job->phase == CFS_PHASE_COMPLETED &&
+                       i < job->n_old; i++)
+        json_object_array_add(old, json_object_new_string(job->old_files[i].path));
+    json_object_object_add(o, "old_files", old);
+    json_put_str(o, "result", copy && job->phase == CFS_PHASE_COMPLETED ? job->reason : NULL);
     json_put_time(o, "started", none ? 0 : job->started);
     json_put_time(o, "finished", none ? 0 : job->finished);
     json_put_str(o, "error", none ? NULL : job->error);

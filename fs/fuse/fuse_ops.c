@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chainfs/ctl.h"
 #include "chainfs/log.h"
 #include "chainfs/nodes.h"
 #include "chainfs/path.h"
@@ -609,17 +610,64 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
     return 0;
 }
 
+/* Whether the caller is in group GID (primary or supplementary). */
+static bool caller_in_group(gid_t gid)
+{
+    struct fuse_context *ctx = fuse_get_context();
+    if (ctx->gid == gid)
+        return true;
+    gid_t groups[256];
+    int n = fuse_getgroups((int)(sizeof(groups) / sizeof(groups[0])), groups);
+    for (int i = 0; i < n && i < 256; i++)
+        if (groups[i] == gid)
+            return true;
+    return false;
+}
+
+/* `copy DEST` makes chainfs (root) create DEST and, for `chain`, files
+ * beside it: a caller who is not root (a manage_group member) must be
+ * allowed to create files in DEST's directory, by its mode bits (ACLs are
+ * not consulted: refused when they alone would allow it). Other commands,
+ * and a directory that does not exist (the engine says ENOENT), pass. */
+static int check_copy_dest(const char *path, const char *buf, size_t size)
+{
+    struct fuse_context *ctx = fuse_get_context();
+    if (ctx->uid == 0)
+        return 0;
+    struct cfs_ctl_cmd cmd;
+    if (cfs_ctl_parse(buf, size, &cmd, NULL) < 0 || cmd.op != CFS_CTL_COPY)
+        return 0;
+    char *slash = strrchr(cmd.dest, '/');
+    if (slash == cmd.dest)
+        slash[1] = '\0'; /* "/x" -> "/" */
+    else if (slash)
+        *slash = '\0';
+    struct stat st;
+    if (stat(cmd.dest, &st) < 0)
+        return 0;
+    mode_t need = st.st_uid == ctx->uid      ? (S_IWUSR | S_IXUSR)
+                  : caller_in_group(st.st_gid) ? (S_IWGRP | S_IXGRP)
+                                                : (S_IWOTH | S_IXOTH);
+    if ((st.st_mode & need) == need)
+        return 0;
+    log_warn("write %s: copy refused (%s): uid %u may not create files in %s",
+             path, strerror(EACCES), (unsigned)ctx->uid, cmd.dest);
+    return -EACCES;
+}
+
 /* One write() is one command; its result is the answer (nodes.h). The
  * offset means nothing (`>>` appends, `>` truncates first). */
 static int fs_write(const char *path, const char *buf, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
-    (void)path;
     (void)off;
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
     const struct cfs_node_type *nt = cfs_node_type(h ? h->path.kind : CFS_NODE_INVALID);
     if (!nt->write)
         return refuse_content();
+    int c = check_copy_dest(path, buf, size);
+    if (c < 0)
+        return c;
     ssize_t r = nt->write(fs_get()->engine, &h->path, buf, size);
     return r < 0 ? (int)r : (int)size;
 }

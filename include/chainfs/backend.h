@@ -116,6 +116,16 @@ struct cfs_backend_ops {
                              const char *name, const char *disk,
                              const char *new_source);
 
+    /* Redefine snapshot NAME with DISK's file source in its <domain> and
+     * <inactiveDomain> copies NEW_SOURCE, their <backingStore> dropped
+     * (after `copy DEST chain` moved the files: libvirt's own
+     * snapshot-delete compares that source with the live chain).
+     * Metadata only. -ENOENT if there is no such snapshot or its copies
+     * have no file disk DISK. */
+    int (*snapshot_domain_source)(struct cfs_backend *be, const char *dom,
+                                  const char *name, const char *disk,
+                                  const char *new_source);
+
     /* Start a live commit of TOP into BASE on a running domain. ACTIVE:
      * TOP is the active layer (active commit; pivot later). BANDWIDTH:
      * bytes/s from the job's first byte, 0 = unlimited. Returns once
@@ -139,6 +149,59 @@ struct cfs_backend_ops {
     int (*pull_start)(struct cfs_backend *be, const char *dom,
                       const char *disk, const char *top, const char *base,
                       uint64_t bandwidth);
+    /* Issue 8 `copy` (design issue8 §1.2). Create PATH, a new empty
+     * qcow2 image, never replacing a file (O_EXCL: -EEXIST), fsynced with
+     * its directory: virtual size that of image LIKE (format LIKE_FORMAT,
+     * the disk's active layer: QEMU mirrors only between equal sizes);
+     * backing BACKING (absolute path, format BACKING_FORMAT "qcow2" or
+     * "raw") or none (BACKING NULL). *ID gets the new file's dev/ino and
+     * path (the one file the caller may later delete). -EOPNOTSUPP where
+     * the files are not local; -ENOENT if the directory is missing. */
+    int (*image_create)(struct cfs_backend *be, const char *path,
+                        const char *like, const char *like_format,
+                        const char *backing, const char *backing_format,
+                        struct cfs_file_id *id);
+    /* Start a live block copy of DISK of running DOM into DEST, an image
+     * image_create made (virDomainBlockCopy with REUSE_EXT and
+     * TRANSIENT_JOB, so persistent domains are accepted; SHALLOW: only the
+     * active layer is copied, DEST backs onto the layer below it; else
+     * the whole chain into DEST). BANDWIDTH: bytes/s, 0 = unlimited. Job
+     * type CFS_JOB_COPY: READY, then job_pivot (the disk runs on DEST) or
+     * job_abort (on a ready copy, `finish`: DEST keeps the point in time
+     * of the abort; libvirt reports CANCELED either way). Returns once
+     * libvirt accepted the job; -EBUSY if the disk has a job. */
+    int (*copy_start)(struct cfs_backend *be, const char *dom,
+                      const char *disk, const char *dest, bool shallow,
+                      uint64_t bandwidth);
+    /* `copy DEST chain`: copy the data of frozen layer SRC (FORMAT,
+     * "qcow2" or "raw") into DST, an image image_create made
+     * (qemu-img convert -n; with BACKING, DST's backing file of format
+     * BACKING_FORMAT, -B BACKING: only SRC's own clusters are copied),
+     * limited to BANDWIDTH bytes/s (0 = unlimited); DST fsynced before
+     * this returns 0. Blocking (called from a thread of its own); the
+     * qemu-img child dies with the process. When *CANCEL becomes non-zero
+     * the child is killed and this returns -ECANCELED. */
+    int (*image_copy_data)(struct cfs_backend *be, const char *src,
+                           const char *dst, const char *format,
+                           const char *backing, const char *backing_format,
+                           uint64_t bandwidth, const volatile int *cancel);
+    /* `qemu-img check -f FORMAT PATH` of an image no process has open:
+     * 0 clean; -EIO with qemu-img's text when it reports corruption or
+     * leaks, or cannot open it. */
+    int (*image_check)(struct cfs_backend *be, const char *path,
+                       const char *format);
+    /* The persistent definition's source of DISK (inactive XML): *PATH
+     * (caller frees), NULL for a transient domain or a disk without a
+     * file source there. -ENOENT if no such domain or disk. */
+    int (*persistent_source_get)(struct cfs_backend *be, const char *dom,
+                                 const char *disk, char **path);
+    /* Redefine the persistent definition with DISK's source PATH (a file
+     * of FORMAT) and its <backingStore> dropped (libvirt probes the chain
+     * from the headers at the next start). -ENOENT if DOM is transient
+     * or has no such disk. */
+    int (*persistent_source_set)(struct cfs_backend *be, const char *dom,
+                                 const char *disk, const char *path,
+                                 const char *format);
     /* Limit the disk's running block job to BANDWIDTH bytes/s now
      * (0 = unlimited). -ENOENT if the disk has no job. */
     int (*job_set_bandwidth)(struct cfs_backend *be, const char *dom,
@@ -149,7 +212,9 @@ struct cfs_backend_ops {
     /* Pivot a ready active commit. -EAGAIN if libvirt says not ready. */
     int (*job_pivot)(struct cfs_backend *be, const char *dom,
                      const char *disk);
-    /* Cancel the job (no pivot). */
+    /* Cancel the job (no pivot). On a ready copy this is `finish`: QEMU
+     * completes a last sync and DEST stays a consistent copy (libvirt 9.0
+     * waits for it: the call can take as long as the guest writes). */
     int (*job_abort)(struct cfs_backend *be, const char *dom,
                      const char *disk);
     /* Shut-off domain: merge TOP into BASE now (blocking; called from a

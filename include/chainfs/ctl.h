@@ -9,15 +9,22 @@
  *                       (powers of 1024), 0 = unlimited
  *   merge NAME commit|pull|auto
  *                       the direction of snapshot NAME's next merge
+ *   copy DEST [flatten|shallow|chain] [manual]
+ *                       mirror the running disk to DEST (a new qcow2 file,
+ *                       absolute path, no blanks) and pivot to it (issue 8)
+ *   finish              end a ready manual copy without a pivot: DEST is a
+ *                       point-in-time copy
  *
  * One command per write: words separated by blanks, one trailing "\n"
  * allowed (echo), nothing else after it. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "chainfs/merge_plan.h"
+#include "chainfs/model.h"
 
 /* Longest write the ctl file takes; longer ones are -E2BIG. */
 #define CFS_CTL_MAX_WRITE 4096
@@ -29,6 +36,8 @@ enum cfs_ctl_op {
     CFS_CTL_PIVOT_AUTO,
     CFS_CTL_BANDWIDTH,
     CFS_CTL_MERGE,
+    CFS_CTL_COPY,
+    CFS_CTL_FINISH,
     CFS_CTL_OP_MAX,
 };
 
@@ -37,6 +46,11 @@ struct cfs_ctl_cmd {
     uint64_t bandwidth;   /* CFS_CTL_BANDWIDTH: bytes/s, 0 = unlimited */
     char name[256];       /* CFS_CTL_MERGE: the snapshot (a snapshots/ entry) */
     enum cfs_merge_mode merge_mode; /* CFS_CTL_MERGE */
+    /* CFS_CTL_COPY: DEST (absolute, shorter than PATH_MAX), the mode word
+     * (CFS_COPY_DEFAULT when none was given) and `manual` */
+    char dest[CFS_CTL_MAX_WRITE];
+    enum cfs_copy_mode copy_mode;
+    bool manual;
 };
 
 /* Parse one write of LEN bytes (not NUL-terminated). 0 and *OUT filled;

@@ -52,6 +52,20 @@ struct cfs_journal_entry {
     char *reason;      /* why this direction, or NULL */
     char *survivor;    /* pull: the snapshot retargeted to WRITTEN, or NULL */
     bool superseded;   /* §3.3: regrouped (written only when true) */
+    /* Issue 8's copies (type copy; all optional, as above: a present but
+     * malformed mode or made[] makes the line skipped, made[]
+     * decides what a failed copy deletes). TOP is the source, BASE the
+     * destination (the required fields), DEST the destination again. */
+    char *dest;
+    enum cfs_copy_mode copy_mode; /* CFS_COPY_NONE: not stored */
+    bool manual;
+    bool finish;       /* `finish` asked (written before the abort call) */
+    size_t n_made;
+    struct cfs_job_file *made; /* files chainfs made, with dev/ino */
+    size_t n_copied;   /* chain: frozen layers copied, from the bottom */
+    char **layer_meta; /* chain: each source layer's snapshot, "" none */
+    size_t n_old;
+    struct cfs_job_file *old_files; /* the source's files (never deleted) */
 };
 
 /* A queued rmdir (issue 8 §3.1): type CFS_JOB_RMDIR, phase "queued",

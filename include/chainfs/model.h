@@ -115,6 +115,23 @@ enum cfs_merge_direction {
     CFS_DIRECTION_MAX,
 };
 
+/* What `copy DEST MODE` copies (issue 8 §1.2). */
+enum cfs_copy_mode {
+    CFS_COPY_NONE,          /* not a copy */
+    CFS_COPY_DEFAULT,       /* ctl: no mode word (flatten, refused when
+                               the disk has snapshots); never stored */
+    CFS_COPY_FLATTEN,       /* the whole chain into one flat DEST */
+    CFS_COPY_SHALLOW,       /* the active layer; DEST backs onto layer 1 */
+    CFS_COPY_CHAIN,         /* every layer to DEST's directory */
+    CFS_COPY_MODE_MAX,
+};
+/* "flatten", "shallow", "chain"; "none", "default"; "unknown" out of
+ * range. */
+const char *cfs_copy_mode_to_string(enum cfs_copy_mode m);
+/* The inverse for "flatten", "shallow", "chain"; CFS_COPY_MODE_MAX for
+ * anything else (NULL included). */
+enum cfs_copy_mode cfs_copy_mode_from_string(const char *s);
+
 /* A job's one state (docs/DESIGN.md draws the allowed edges). */
 enum cfs_job_phase {
     CFS_PHASE_NONE,
@@ -190,6 +207,32 @@ struct cfs_job {
     uint64_t bytes_pull;   /* what a pull would copy (P); 0: no pull */
     uint64_t bytes_copied; /* growth of WRITTEN's allocation, at the end */
     char *reason;          /* why this direction (merge_plan's text) */
+    /* Copies (issue 8 §1.4): type CFS_JOB_COPY. TOP is the source (the
+     * active layer at start), BASE unused. */
+    char *dest;            /* the destination image */
+    enum cfs_copy_mode copy_mode;
+    bool manual;           /* waits in ready for `pivot` or `finish` */
+    bool finish;           /* `finish` asked: end without a pivot */
+    size_t n_made;
+    struct cfs_job_file *made; /* every file chainfs made, DEST first,
+                              with the dev/ino it had when made: the only
+                              files a failed copy may delete (§1.7) */
+    char **layer_meta;     /* chain: the libvirt snapshot naming each
+                              layer of the source chain, top first, ""
+                              for none (NULL-terminated; n_old entries):
+                              remapped to the copies at the pivot */
+    size_t n_copied;       /* chain: frozen layers already copied into
+                              their made[] files, counted from the bottom
+                              (made[n_made - 1] first); the mirror pivots
+                              only when every one is (n_copied + 1 ==
+                              n_made) */
+    bool cleaning;         /* in memory only: a thread is running this
+                              copy's clean-up (an event and the ctl thread
+                              of `finish` may both find it over) */
+    size_t n_old;
+    struct cfs_job_file *old_files; /* the source chain's files that leave
+                              the chain at the pivot: never deleted,
+                              named by `job` */
     char *survivor;        /* pull: libvirt snapshot whose layer left and
                               whose identity WRITTEN takes (§2.4 step 2:
                               retargeted at clean-up), or NULL */

@@ -12,6 +12,12 @@
 #     default 3; mounted -o live_pull=on: QEMU 7.2 may crash if something
 #     else queries the domain's block nodes as a pull ends, and nothing
 #     else queries this private domain)
+#   copy DEST shallow; cat wait vs virsh blockcopy --shallow --pivot --wait
+#     --transient-job (active layer holding 128 MiB of guest-written data;
+#     issue 8)
+#   rmdir of three adjacent snapshots (32 MiB each, the newest active) +
+#     cat wait vs three virsh blockcommit --active --shallow --pivot --wait
+#     in a row (issue 8's queue; N_FWD runs)
 #
 # Each is timed N times (default 7, after one untimed warm-up); the medians
 # are printed with their ratio and the target from issue 2. Not part of CI:
@@ -161,6 +167,78 @@ for ((i = 1; i <= N_FWD; i++)); do
   at_base
 done
 
+# ---- copy (issue 8 §1) --------------------------------------------------------
+it_log "copy DEST shallow + cat wait vs virsh blockcopy --shallow --pivot --wait --transient-job, 128 MiB, $N runs each (+1 warm-up)"
+: >"$T/copy.cfs"
+: >"$T/copy.virsh"
+fill_128m() {
+  local off
+  for off in 256M 320M; do
+    it_guest_write "$D" 0x6b "$off" 64M 2>/dev/null
+  done
+}
+copy_wait() { echo "copy $1 shallow" >"$V/ctl" && cat "$V/wait"; }
+for ((i = 0; i <= N; i++)); do
+  # chainfs: base <- y$i (128 MiB) -> copied to $T/cfs-copy$i.qcow2, then
+  # merged back into the base (rmdir of y$i, whose file the copy is now)
+  mkdir "$V/snapshots/y$i"
+  fill_128m
+  t=$(ms copy_wait "$T/cfs-copy$i.qcow2")
+  grep -q '^state: *completed$' "$V/job" || it_fail "copy $i did not complete: $(cat "$V/job")"
+  [ "$(it_domblk "$D" vda)" = "$T/cfs-copy$i.qcow2" ] || it_fail "copy $i did not pivot"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/copy.cfs"
+  rm -f "$T/overlays/$D.vda.y$i.qcow2" # the old active file, kept by copy
+  cfs_merge "y$i"
+  at_base
+  # virsh: the same chain, copied to a file virsh creates
+  vs_snapshot "w$i" >/dev/null
+  fill_128m
+  t=$(ms it_virsh blockcopy "$D" vda "$T/vs-copy$i.qcow2" --shallow --pivot --wait --transient-job)
+  [ "$(it_domblk "$D" vda)" = "$T/vs-copy$i.qcow2" ] || it_fail "virsh blockcopy $i did not pivot"
+  [ "$i" -eq 0 ] || echo "$t" >>"$T/copy.virsh"
+  it_virsh blockcommit "$D" vda --active --pivot --wait >/dev/null
+  it_virsh snapshot-delete "$D" "w$i" --metadata >/dev/null
+  rm -f "$T/overlays/w$i.qcow2" "$T/vs-copy$i.qcow2"
+  at_base
+done
+
+# ---- three adjacent deletions (issue 8 §3) -----------------------------------
+# base <- 1 <- 2 <- 3 (active), 32 MiB written into each: `rmdir 3 2 1` +
+# cat wait (the queue merges the run in as few jobs as it can) vs three
+# `virsh blockcommit --active --shallow --pivot --wait` in a row (each
+# rewrites what the one before merged). Target: <= 0.6x.
+it_log "rmdir of three adjacent snapshots + cat wait vs three virsh blockcommit in a row, $N_FWD runs each"
+: >"$T/three.cfs"
+: >"$T/three.virsh"
+fill_layer() { it_guest_write "$D" "$1" "$2" 32M 2>/dev/null; }
+rmdir3_wait() { rmdir "$V/snapshots/$1" "$V/snapshots/$2" "$V/snapshots/$3" && cat "$V/wait"; }
+virsh3() {
+  local k
+  for k in 1 2 3; do
+    it_virsh blockcommit "$D" vda --active --shallow --pivot --wait || return 1
+  done
+}
+for ((i = 1; i <= N_FWD; i++)); do
+  mkdir "$V/snapshots/q1-$i" && fill_layer 0x81 0
+  mkdir "$V/snapshots/q2-$i" && fill_layer 0x82 32M
+  mkdir "$V/snapshots/q3-$i" && fill_layer 0x83 64M
+  t=$(ms rmdir3_wait "q3-$i" "q2-$i" "q1-$i")
+  grep -q '^state: *completed$' "$V/job" || it_fail "rmdir q3 q2 q1 ($i) did not complete: $(cat "$V/job")"
+  echo "$t" >>"$T/three.cfs"
+  at_base
+  for k in 1 2 3; do
+    vs_snapshot "x$k-$i" >/dev/null
+    fill_layer "0x9$k" "$(((k - 1) * 32))M"
+  done
+  t=$(ms virsh3)
+  echo "$t" >>"$T/three.virsh"
+  for k in 1 2 3; do
+    it_virsh snapshot-delete "$D" "x$k-$i" --metadata >/dev/null
+    rm -f "$T/overlays/x$k-$i.qcow2"
+  done
+  at_base
+done
+
 echo
 printf 'chainfs benchmark: %s runs each, medians in ms, domain type %s, %s\n' "$N" "$(it_virt_type)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 printf '%-44s %10s %10s %7s %8s  %s\n' "operation (chainfs vs virsh)" chainfs virsh ratio target verdict
@@ -176,6 +254,8 @@ row() { # LABEL KEY TARGET
 row "mkdir vs snapshot-create-as --disk-only" mkdir 0.7
 row "rmdir+cat wait vs blockcommit --pivot (256M)" commit 1.1
 row "cat chain vs domblklist" chain 0.2
+row "copy shallow+wait vs blockcopy --shallow" copy 1.1
+row "rmdir 3 adjacent+wait vs 3 blockcommits" three 0.6
 # the issue sets no time target for the forward merge: shown, not judged
 c=$(median <"$T/fwd.cfs")
 v=$(median <"$T/fwd.virsh")

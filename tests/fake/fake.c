@@ -17,8 +17,12 @@
 #include "fake.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +47,13 @@ enum fake_op {
     OP_OFFLINE_COMMIT,
     OP_OFFLINE_PULL,
     OP_VOLUME_DELETE,
+    OP_IMAGE_CREATE,
+    OP_COPY_START,
+    OP_IMAGE_CHECK,
+    OP_PERSISTENT_SOURCE_GET,
+    OP_PERSISTENT_SOURCE_SET,
+    OP_IMAGE_COPY_DATA,
+    OP_SNAPSHOT_DOMAIN_SOURCE,
     OP_MAX,
 };
 
@@ -65,6 +76,13 @@ static const char *const op_names[OP_MAX] = {
     [OP_OFFLINE_COMMIT] = "offline_commit",
     [OP_OFFLINE_PULL] = "offline_pull",
     [OP_VOLUME_DELETE] = "volume_delete",
+    [OP_IMAGE_CREATE] = "image_create",
+    [OP_COPY_START] = "copy_start",
+    [OP_IMAGE_CHECK] = "image_check",
+    [OP_PERSISTENT_SOURCE_GET] = "persistent_source_get",
+    [OP_PERSISTENT_SOURCE_SET] = "persistent_source_set",
+    [OP_IMAGE_COPY_DATA] = "image_copy_data",
+    [OP_SNAPSHOT_DOMAIN_SOURCE] = "snapshot_domain_source",
 };
 
 #define FAKE_VIRTUAL_SIZE (64ULL * 1024 * 1024)
@@ -81,6 +99,18 @@ struct fake_job {
     uint64_t bandwidth;     /* bytes/s, 0 = unlimited */
     bool ready;
     bool external;          /* started by cfs_fake_start_external */
+    bool shallow;           /* copy: only the active layer (DEST backs
+                               onto layer 1) */
+};
+
+/* A persistent definition whose disk source differs from the live
+ * chain's active layer (cfs_fake_set_persistent_source, or a redefine);
+ * without one, the persistent source is the live active layer (libvirt
+ * rewrote it at each pivot). */
+struct fake_persist {
+    char *dom;
+    char *disk;
+    char *source;
 };
 
 /* What a snapshot's metadata names for one disk (its <disks> entry),
@@ -118,6 +148,11 @@ struct fake {
     size_t n_jobs;
     struct fake_snapdisk *snapdisks;
     size_t n_snapdisks;
+    struct fake_persist *persists;
+    size_t n_persists;
+    int copy_hold;                  /* image_copy_data waits while set */
+    char **made_paths;              /* image_create's files and their */
+    char **made_backings;           /* backing ("" for none), in step */
     struct fake_failure *failures;  /* in the order they were asked for */
     size_t n_failures;
     unsigned calls[OP_MAX];
@@ -525,6 +560,57 @@ static bool job_mirrors(const struct fake_job *job)
     return job->type == CFS_JOB_ACTIVE_COMMIT || job->type == CFS_JOB_COPY;
 }
 
+static struct fake_persist *persist_find(struct fake *f, const char *dom,
+                                         const char *disk)
+{
+    for (size_t i = 0; i < f->n_persists; i++)
+        if (cfs_streq(f->persists[i].dom, dom) && cfs_streq(f->persists[i].disk, disk))
+            return &f->persists[i];
+    return NULL;
+}
+
+static void persist_remove(struct fake *f, struct fake_persist *p)
+{
+    size_t i = (size_t)(p - f->persists);
+
+    free(p->dom);
+    free(p->disk);
+    free(p->source);
+    memmove(&f->persists[i], &f->persists[i + 1],
+            (f->n_persists - i - 1) * sizeof(*p));
+    f->n_persists--;
+}
+
+/* SOURCE NULL: no override (the live active layer). */
+static void persist_set(struct fake *f, const char *dom, const char *disk,
+                        const char *source)
+{
+    struct fake_persist *p = persist_find(f, dom, disk);
+
+    if (!source) {
+        if (p)
+            persist_remove(f, p);
+        return;
+    }
+    if (!p) {
+        f->persists = cfs_xrealloc(f->persists, (f->n_persists + 1) * sizeof(*p));
+        p = &f->persists[f->n_persists++];
+        *p = (struct fake_persist){ cfs_xstrdup(dom), cfs_xstrdup(disk), NULL };
+    }
+    free(p->source);
+    p->source = cfs_xstrdup(source);
+}
+
+/* The backing image_create gave PATH ("" none), NULL if it made no
+ * such file. */
+static const char *made_backing(struct fake *f, const char *path)
+{
+    for (size_t i = 0; f->made_paths && f->made_paths[i]; i++)
+        if (cfs_streq(f->made_paths[i], path))
+            return f->made_backings[i];
+    return NULL;
+}
+
 /* The chain after JOB ended well (completed, or pivoted). */
 static void job_apply(struct fake *f, const struct fake_job *job)
 {
@@ -556,16 +642,37 @@ static void job_apply(struct fake *f, const struct fake_job *job)
             layer_remove(dk, 1);
         break;
     }
-    case CFS_JOB_COPY:
-        /* a full copy: the disk runs on the copy, a single layer */
-        while (dk->n_layers > 1)
+    case CFS_JOB_COPY: {
+        /* the persistent definition follows when it named the live top
+         * (libvirt 9.0's qemuBlockJobRewriteConfigDiskSource) */
+        struct fake_persist *fp = persist_find(f, job->dom, job->disk);
+        if (fp && cfs_streq(fp->source, dk->layers[0].path))
+            persist_remove(f, fp);
+        else if (!fp)
+            persist_set(f, job->dom, job->disk, NULL);
+        /* a shallow copy: DEST replaces the active layer, and the layers
+         * below follow DEST's backing chain as image_create made it (a
+         * `copy DEST chain`: the copies) down to a layer the chain has;
+         * a full copy: the disk runs on the copy, a single layer */
+        while (!job->shallow && dk->n_layers > 1)
             layer_remove(dk, dk->n_layers - 1);
+        for (size_t i = 1; job->shallow && i < dk->n_layers; i++) {
+            const char *b = made_backing(f, i == 1 ? job->base : dk->layers[i - 1].path);
+            if (!b || !*b || cfs_streq(b, dk->layers[i].path))
+                break;
+            free(dk->layers[i].path);
+            dk->layers[i].path = cfs_xstrdup(b);
+            cfs_file_id_clear(&dk->layers[i].id);
+            free(dk->layers[i].meta_name);
+            dk->layers[i].meta_name = NULL;
+        }
         free(dk->layers[0].path);
         dk->layers[0].path = cfs_xstrdup(job->base);
         cfs_file_id_clear(&dk->layers[0].id);
         free(dk->layers[0].meta_name);
         dk->layers[0].meta_name = NULL;
         break;
+    }
     default:
         /* a backup leaves the chain as it was */
         break;
@@ -645,6 +752,14 @@ static void fake_destroy(struct cfs_backend *be)
         free(f->snapdisks[i].source);
     }
     free(f->snapdisks);
+    for (size_t i = 0; i < f->n_persists; i++) {
+        free(f->persists[i].dom);
+        free(f->persists[i].disk);
+        free(f->persists[i].source);
+    }
+    free(f->persists);
+    cfs_strv_free(f->made_paths);
+    cfs_strv_free(f->made_backings);
     for (size_t i = 0; i < f->n_failures; i++)
         free(f->failures[i].message);
     free(f->failures);
@@ -916,6 +1031,192 @@ out:
     return r;
 }
 
+/* A real file, as the real backend makes it (the engine deletes it by
+ * dev/ino): a few bytes, O_EXCL. */
+static int fake_image_create(struct cfs_backend *be, const char *path,
+                             const char *like, const char *like_format,
+                             const char *backing, const char *backing_format,
+                             struct cfs_file_id *id)
+{
+    struct fake *f = fake_of(be);
+    struct stat st;
+    int r = fake_enter(f, OP_IMAGE_CREATE);
+
+    (void)like_format;
+    (void)backing_format;
+    if (r < 0)
+        goto out;
+    if (f->remote) {
+        cfs_backend_set_errmsg("the image files are not on this machine");
+        r = -EOPNOTSUPP;
+        goto out;
+    }
+    if (!path || path[0] != '/' || !like) {
+        cfs_backend_set_errmsg("the destination must be an absolute path");
+        r = -EINVAL;
+        goto out;
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        r = -errno;
+        cfs_backend_set_errmsg("cannot create '%s': %s", path, strerror(errno));
+        goto out;
+    }
+    const char hdr[] = "QFI\xfb fake copy destination\n";
+    if (write(fd, hdr, sizeof(hdr) - 1) < 0 || (backing && write(fd, backing, strlen(backing)) < 0) ||
+        fstat(fd, &st) < 0) {
+        r = -errno;
+        close(fd);
+        unlink(path);
+        goto out;
+    }
+    close(fd);
+    cfs_strv_push(&f->made_paths, cfs_xstrdup(path));
+    cfs_strv_push(&f->made_backings, cfs_xstrdup(backing ? backing : ""));
+    if (id) {
+        cfs_file_identify(id, path, true);
+        id->known = true;
+        id->dev = (uint64_t)st.st_dev;
+        id->ino = (uint64_t)st.st_ino;
+    }
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_copy_start(struct cfs_backend *be, const char *dom,
+                           const char *disk, const char *dest, bool shallow,
+                           uint64_t bandwidth)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_disk *dk;
+    int r;
+
+    r = fake_enter_disk(f, OP_COPY_START, dom, WANT_ACTIVE, disk, NULL, &dk);
+    if (r < 0)
+        goto out;
+    if (!dest || dest[0] != '/') {
+        cfs_backend_set_errmsg("invalid argument: absolute path must be used as block copy target");
+        r = -EINVAL;
+        goto out;
+    }
+    if (job_find(f, dom, disk)) {
+        r = busy(disk);
+        goto out;
+    }
+    f->jobs = cfs_xrealloc(f->jobs, (f->n_jobs + 1) * sizeof(*f->jobs));
+    f->jobs[f->n_jobs++] = (struct fake_job){
+        .dom = cfs_xstrdup(dom),
+        .disk = cfs_xstrdup(disk),
+        .top = cfs_xstrdup(dk->layers[0].path),
+        .base = cfs_xstrdup(dest),
+        .type = CFS_JOB_COPY,
+        .end = dk->layers[0].virtual_size,
+        .bandwidth = bandwidth,
+        .shallow = shallow && dk->n_layers > 1,
+    };
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* Appends a line naming SRC to DST (so a test sees what was copied
+ * where); waits while cfs_fake_copy_hold() holds it, or until *CANCEL. */
+static int fake_image_copy_data(struct cfs_backend *be, const char *src,
+                                const char *dst, const char *format,
+                                const char *backing, const char *backing_format,
+                                uint64_t bandwidth, const volatile int *cancel)
+{
+    struct fake *f = fake_of(be);
+    int r = fake_enter(f, OP_IMAGE_COPY_DATA);
+
+    (void)format;
+    (void)backing;
+    (void)backing_format;
+    (void)bandwidth;
+    pthread_mutex_unlock(&f->lock);
+    if (r < 0)
+        return r;
+    for (;;) {
+        pthread_mutex_lock(&f->lock);
+        int hold = f->copy_hold;
+        pthread_mutex_unlock(&f->lock);
+        if (cancel && *cancel) {
+            cfs_backend_set_errmsg("qemu-img convert into %s canceled", dst);
+            return -ECANCELED;
+        }
+        if (!hold)
+            break;
+        struct timespec ts = { 0, 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    struct stat st;
+    if (stat(src, &st) < 0) {
+        cfs_backend_set_errmsg("qemu-img: Could not open '%s': %s", src, strerror(errno));
+        return -EIO;
+    }
+    int fd = open(dst, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0) {
+        cfs_backend_set_errmsg("qemu-img: Could not open '%s': %s", dst, strerror(errno));
+        return -EIO;
+    }
+    char line[4200];
+    int n = snprintf(line, sizeof(line), "data of %s\n", src);
+    r = write(fd, line, (size_t)n) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+static int fake_image_check(struct cfs_backend *be, const char *path,
+                            const char *format)
+{
+    struct fake *f = fake_of(be);
+    struct stat st;
+    int r = fake_enter(f, OP_IMAGE_CHECK);
+
+    (void)format;
+    if (r == 0 && stat(path, &st) < 0) {
+        cfs_backend_set_errmsg("qemu-img: Could not open '%s': %s", path, strerror(errno));
+        r = -EIO;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_persistent_source_get(struct cfs_backend *be, const char *dom,
+                                      const char *disk, char **path)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_disk *dk;
+    int r;
+
+    *path = NULL;
+    r = fake_enter_disk(f, OP_PERSISTENT_SOURCE_GET, dom, WANT_ANY, disk, NULL, &dk);
+    if (r == 0) {
+        struct fake_persist *p = persist_find(f, dom, disk);
+        *path = cfs_xstrdup(p ? p->source : dk->n_layers ? dk->layers[0].path : NULL);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+static int fake_persistent_source_set(struct cfs_backend *be, const char *dom,
+                                      const char *disk, const char *path,
+                                      const char *format)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_disk *dk;
+    int r;
+
+    (void)format;
+    r = fake_enter_disk(f, OP_PERSISTENT_SOURCE_SET, dom, WANT_ANY, disk, NULL, &dk);
+    if (r == 0)
+        persist_set(f, dom, disk,
+                    dk->n_layers && cfs_streq(dk->layers[0].path, path) ? NULL : path);
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
 static int no_snapshot(const char *name)
 {
     cfs_backend_set_errmsg("Domain snapshot not found: no domain snapshot with matching name '%s'",
@@ -1010,6 +1311,25 @@ static int fake_snapshot_retarget(struct cfs_backend *be, const char *dom,
         dk->layers[l].meta_name = cfs_xstrdup(name);
     }
 out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* The fake keeps no <domain> copy: a snapshot with a <disks> entry for
+ * DISK is taken as having one. */
+static int fake_snapshot_domain_source(struct cfs_backend *be, const char *dom,
+                                       const char *name, const char *disk,
+                                       const char *new_source)
+{
+    struct fake *f = fake_of(be);
+    int r = fake_enter_dom(f, OP_SNAPSHOT_DOMAIN_SOURCE, dom, NULL);
+
+    if (r == 0 && (!new_source || !*new_source)) {
+        cfs_backend_set_errmsg("a snapshot needs a source to name");
+        r = -EINVAL;
+    } else if (r == 0 && !snapdisk_find(f, dom, name, disk)) {
+        r = no_snapshot(name);
+    }
     pthread_mutex_unlock(&f->lock);
     return r;
 }
@@ -1263,8 +1583,15 @@ static const struct cfs_backend_ops fake_ops = {
     .snapshot_forget = fake_snapshot_forget,
     .snapshot_drop = fake_snapshot_drop,
     .snapshot_retarget = fake_snapshot_retarget,
+    .snapshot_domain_source = fake_snapshot_domain_source,
     .commit_start = fake_commit_start,
     .pull_start = fake_pull_start,
+    .image_create = fake_image_create,
+    .copy_start = fake_copy_start,
+    .image_check = fake_image_check,
+    .image_copy_data = fake_image_copy_data,
+    .persistent_source_get = fake_persistent_source_get,
+    .persistent_source_set = fake_persistent_source_set,
     .job_set_bandwidth = fake_job_set_bandwidth,
     .job_get = fake_job_get,
     .job_pivot = fake_job_pivot,
@@ -1615,6 +1942,25 @@ int cfs_fake_start_external(struct cfs_backend *be, const char *dom,
 out:
     pthread_mutex_unlock(&f->lock);
     return r;
+}
+
+void cfs_fake_copy_hold(struct cfs_backend *be, bool hold)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->copy_hold = hold;
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_set_persistent_source(struct cfs_backend *be, const char *dom,
+                                    const char *disk, const char *path)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    persist_set(f, dom, disk, path);
+    pthread_mutex_unlock(&f->lock);
 }
 
 char *cfs_fake_job_copy_dest(struct cfs_backend *be, const char *dom,

@@ -70,6 +70,15 @@ void cfs_fake_pivot_not_ready(struct cfs_backend *be, int n);
  * type, too short a chain) or -EBUSY (the disk has a job). */
 int cfs_fake_start_external(struct cfs_backend *be, const char *dom,
                             const char *disk, enum cfs_job_type type);
+/* image_copy_data (a `copy DEST chain` filling its frozen copies) waits
+ * while HOLD is set (until released, or canceled). */
+void cfs_fake_copy_hold(struct cfs_backend *be, bool hold);
+/* The persistent definition's source of DOM/DISK becomes PATH (as a
+ * redefine outside chainfs would make it; NULL: the live active layer
+ * again). A copy's pivot rewrites it only when it named the live active
+ * layer, as libvirt 9.0 does. */
+void cfs_fake_set_persistent_source(struct cfs_backend *be, const char *dom,
+                                    const char *disk, const char *path);
 /* The destination path of DISK's running copy job, or NULL. Caller frees. */
 char *cfs_fake_job_copy_dest(struct cfs_backend *be, const char *dom,
                              const char *disk);

@@ -82,6 +82,26 @@ static void check_entry(const struct cfs_journal_entry *e)
     for (size_t i = 0; i < e->n_leaving; i++)
         FUZZ_ASSERT(e->leaving[i].path && *e->leaving[i].path);
     FUZZ_ASSERT(!e->written || *e->written);
+    /* copies */
+    FUZZ_ASSERT(!e->dest || e->dest[0] == '/');
+    FUZZ_ASSERT(e->copy_mode == CFS_COPY_NONE || e->copy_mode == CFS_COPY_FLATTEN ||
+                e->copy_mode == CFS_COPY_SHALLOW || e->copy_mode == CFS_COPY_CHAIN);
+    FUZZ_ASSERT((e->n_made == 0) == (e->made == NULL));
+    for (size_t i = 0; i < e->n_made; i++)
+        FUZZ_ASSERT(e->made[i].path && *e->made[i].path);
+    FUZZ_ASSERT((e->n_old == 0) == (e->old_files == NULL));
+}
+
+static void check_files(const struct cfs_job_file *a, size_t na,
+                        const struct cfs_job_file *b, size_t nb)
+{
+    FUZZ_ASSERT(na == nb);
+    for (size_t i = 0; i < na; i++) {
+        FUZZ_ASSERT(str_eq(a[i].path, b[i].path));
+        FUZZ_ASSERT(a[i].id.known == b[i].id.known);
+        FUZZ_ASSERT(a[i].id.dev == b[i].id.dev);
+        FUZZ_ASSERT(a[i].id.ino == b[i].id.ino);
+    }
 }
 
 static void check_same(const struct cfs_journal_entry *a,
@@ -118,6 +138,17 @@ static void check_same(const struct cfs_journal_entry *a,
     FUZZ_ASSERT(a->bytes_copied == b->bytes_copied);
     FUZZ_ASSERT(str_eq(a->reason, b->reason));
     FUZZ_ASSERT(str_eq(a->survivor, b->survivor));
+    /* issue 8's copy fields */
+    FUZZ_ASSERT(str_eq(a->dest, b->dest));
+    FUZZ_ASSERT(a->copy_mode == b->copy_mode);
+    FUZZ_ASSERT(a->manual == b->manual);
+    FUZZ_ASSERT(a->finish == b->finish);
+    FUZZ_ASSERT(a->n_copied == b->n_copied);
+    FUZZ_ASSERT(cfs_strv_len(a->layer_meta) == cfs_strv_len(b->layer_meta));
+    for (size_t i = 0; a->layer_meta && a->layer_meta[i]; i++)
+        FUZZ_ASSERT(str_eq(a->layer_meta[i], b->layer_meta[i]));
+    check_files(a->made, a->n_made, b->made, b->n_made);
+    check_files(a->old_files, a->n_old, b->old_files, b->n_old);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

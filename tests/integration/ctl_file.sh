@@ -54,7 +54,7 @@ it_assert_eq "$size" "$(($(wc -c <"$C")))" "stat gives ctl's exact size"
 # --- reading ----------------------------------------------------------------------
 it_assert_eq "auto" "$(sed -n 's/^pivot: *//p' "$C")" "ctl shows pivot: auto"
 it_assert_eq "10.0MiB/s" "$(sed -n 's/^bandwidth: *//p' "$C")" "ctl shows the -o bandwidth default"
-for cmd in "abort " "pivot " "pivot manual " "pivot auto " "bandwidth N "; do
+for cmd in "abort " "pivot " "pivot manual " "pivot auto " "bandwidth N " "copy DEST " "finish "; do
   grep -q "^$cmd" "$C" || it_fail "ctl does not list '$cmd'"
 done
 it_log "ok: ctl lists its commands"
@@ -183,6 +183,20 @@ out=$(bash -c "printf pivot > '$C'" 2>&1) && it_fail "printf pivot > ctl with no
 it_assert_contains "$out" "No such file or directory" "printf pivot > ctl with no job: ENOENT"
 out=$(bash -c "echo 'bandwidth 10M' >> '$C'" 2>&1) && it_fail "echo bandwidth 10M >> ctl with no job succeeded"
 it_assert_contains "$out" "No such file or directory" "echo \"bandwidth 10M\" >> ctl with no job: ENOENT"
+# copy DEST makes chainfs (root) create files: a member only where the
+# member may create files (issue 8); the domain is shut off, so a copy
+# that passes reaches the engine's EOPNOTSUPP
+rootdir=$(it_tmpdir)
+out=$(as_member bash -c "echo 'copy $rootdir/x.qcow2 flatten' > '$C'" 2>&1) &&
+  it_fail "a member's copy into a root-only directory succeeded"
+it_assert_contains "$out" "Permission denied" "a member may not copy into a directory it cannot write"
+[ ! -e "$rootdir/x.qcow2" ] || it_fail "a refused copy created $rootdir/x.qcow2"
+memberdir=$(it_tmpdir)
+chgrp "$GROUP" "$memberdir"
+chmod 0775 "$memberdir"
+out=$(as_member bash -c "echo 'copy $memberdir/x.qcow2 flatten' > '$C'" 2>&1) &&
+  it_fail "copy of a shut-off domain's disk succeeded"
+it_assert_contains "$out" "Operation not supported" "a member's copy into its group's directory reaches the engine"
 echo "pivot manual" >"$C" || it_fail "echo \"pivot manual\" > ctl"
 it_assert_eq "manual" "$(sed -n 's/^pivot: *//p' "$C")" "ctl shows pivot: manual"
 echo "pivot auto" >"$C" || it_fail "echo \"pivot auto\" > ctl"

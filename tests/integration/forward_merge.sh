@@ -104,3 +104,43 @@ it_check_pattern "$g2" 0x55 32M 24M
 it_start "$D"
 it_wait_dom "$D"
 it_assert_eq "$g2" "$(it_domblk "$D" vda)" "virsh start boots from o2's file"
+
+# ---- the other directions, live ----------------------------------------------
+# (the domain runs again, on o2's file over base; live_pull=on)
+S="$MNT/$D/vda/snapshots"
+# (a 64 MiB disk: these writes go over earlier patterns, checked above)
+# the reverse sizes commit: r1 holds 4 MiB, r2 (active) 512 KiB
+mkdir "$S/r1" || it_fail "mkdir r1"
+it_guest_write "$D" 0x71 0 4M
+mkdir "$S/r2" || it_fail "mkdir r2"
+it_guest_write "$D" 0x72 4M 512K
+rmdir "$S/r2" || it_fail "rmdir r2"
+it_wait_job "$D" vda >/dev/null
+it_assert_eq "active-commit commit completed" \
+  "$(jq -r '"\(.type) \(.direction) \(.state)"' "$MNT/$D/vda/job.json")" \
+  "the reverse sizes commit the active layer down"
+# merge NAME commit forces a commit where a pull copies less: r3 (active)
+# 8 MiB over r1's 4 MiB
+mkdir "$S/r3" || it_fail "mkdir r3"
+it_guest_write "$D" 0x73 8M 8M
+it_ctl "$D" vda "merge r3 commit" || it_fail "echo 'merge r3 commit' > ctl"
+it_assert_contains "$(cat "$MNT/$D/vda/ctl")" "merge:     r3 commit" "cat ctl lists the override"
+rmdir "$S/r3" || it_fail "rmdir r3"
+it_wait_job "$D" vda >/dev/null
+it_assert_eq "active-commit commit: asked by merge r3 commit" \
+  "$(jq -r '"\(.type) \(.reason)"' "$MNT/$D/vda/job.json")" "merge r3 commit forced the commit"
+# an intermediate snapshot always commits: r4, r5 over r1; rmdir r4
+mkdir "$S/r4" || it_fail "mkdir r4"
+it_guest_write "$D" 0x74 20M 1M
+mkdir "$S/r5" || it_fail "mkdir r5"
+rmdir "$S/r4" || it_fail "rmdir r4"
+it_wait_job "$D" vda >/dev/null
+it_assert_eq "commit completed" "$(jq -r '"\(.type) \(.state)"' "$MNT/$D/vda/job.json")" \
+  "an intermediate snapshot commits"
+it_assert_eq "o1 r1 r5" "$(it_snapshots "$D" vda | tr '\n' ' ' | sed 's/ $//')" "snapshots/ after the three merges"
+it_destroy "$D"
+f=$(it_virsh domblklist "$D" | awk '$1 == "vda" { print $2 }')
+for p in "0x71 0 4M" "0x72 4M 512K" "0x73 8M 8M" "0x74 20M 1M" "0x44 24M 2M" "0x55 32M 24M"; do
+  # shellcheck disable=SC2086 # three words
+  it_check_pattern "$f" $p
+done

@@ -386,6 +386,35 @@ it_guest_write() {
   it_log "guest $dom wrote $2 at $3+$4"
 }
 
+# it_guest_check_pattern DOM PATTERN OFFSET LEN [DEVICE] — a read by the
+# running guest's disk device (HMP qemu-io on the virtio backend) that
+# checks every byte: what the guest sees through QEMU's own chain. HMP
+# returns nothing of qemu-io's output: QEMU prints it on its stdout,
+# which libvirt sends to the domain's log; the new part of it is read.
+it_guest_check_pattern() {
+  local dom=$1 dev=${5:-virtio-disk0} out log size new i
+  log="/var/log/libvirt/qemu/$dom.log"
+  [ -r "$log" ] || it_skip "no readable QEMU log $log for the guest's qemu-io output"
+  size=$(stat -c %s "$log")
+  out=$(it_virsh qemu-monitor-command "$dom" --hmp \
+    "qemu-io -d /machine/peripheral/$dev/virtio-backend \"read -P $2 $3 $4\"" 2>&1) ||
+    it_fail "guest read $2 at $3 on $dom: $out"
+  case "$out" in
+    *rror* | *failed* | *"not found"* | *"Could not"*) it_fail "guest read $2 at $3 on $dom: $out" ;;
+  esac
+  for ((i = 0; i < 100; i++)); do
+    new=$(tail -c +"$((size + 1))" "$log")
+    case "$new" in *"read "*" bytes at offset"*) break ;; esac
+    sleep 0.05
+  done
+  case "$new" in
+    *"Pattern verification failed"* | *"read failed"*)
+      it_fail "the guest $dom does not read $2 at $3+$4: $new" ;;
+    *"read "*" bytes at offset"*) it_log "ok: the guest $dom reads $2 at $3+$4" ;;
+    *) it_fail "guest read $2 at $3 on $dom: no qemu-io output in $log" ;;
+  esac
+}
+
 # ---- the mount ---------------------------------------------------------------
 
 # it_mount [EXTRA_OPTS] — start chainfs in the foreground (in the

@@ -277,6 +277,51 @@ static void test_size_parse(void **state)
     assert_int_equal(cfs_size_parse("1", NULL), -EINVAL);
 }
 
+/* copy DEST [flatten|shallow|chain] [manual], finish (issue 8 §1.1) */
+static void test_copy(void **state)
+{
+    (void)state;
+    struct cfs_ctl_cmd c = parse_ok("copy /srv/new/vm.qcow2\n", CFS_CTL_COPY);
+    assert_string_equal(c.dest, "/srv/new/vm.qcow2");
+    assert_int_equal(c.copy_mode, CFS_COPY_DEFAULT);
+    assert_false(c.manual);
+    c = parse_ok("copy /d/x flatten", CFS_CTL_COPY);
+    assert_int_equal(c.copy_mode, CFS_COPY_FLATTEN);
+    c = parse_ok("  copy\t/d/x  shallow manual\n", CFS_CTL_COPY);
+    assert_string_equal(c.dest, "/d/x");
+    assert_int_equal(c.copy_mode, CFS_COPY_SHALLOW);
+    assert_true(c.manual);
+    c = parse_ok("copy /d/x chain", CFS_CTL_COPY);
+    assert_int_equal(c.copy_mode, CFS_COPY_CHAIN);
+    c = parse_ok("copy /d/x manual", CFS_CTL_COPY);
+    assert_int_equal(c.copy_mode, CFS_COPY_DEFAULT);
+    assert_true(c.manual);
+    parse_ok("finish\n", CFS_CTL_FINISH);
+
+    parse_err("copy", -EINVAL);
+    parse_err("copy\n", -EINVAL);
+    parse_err("copy relative.qcow2", -EINVAL);
+    parse_err("copy ./x.qcow2", -EINVAL);
+    parse_err("copy /d/", -EINVAL);
+    parse_err("copy /d/x deep", -EINVAL);
+    parse_err("copy /d/x manual shallow", -EINVAL);
+    parse_err("copy /d/x shallow shallow", -EINVAL);
+    parse_err("copy /d/x manual manual", -EINVAL);
+    parse_err("copy /d/x shallow manual extra", -EINVAL);
+    parse_err("copy /d/x\n/e/y", -EINVAL);
+    parse_err("finish now", -EINVAL);
+    /* a path as long as PATH_MAX is refused, one shorter taken */
+    char buf[CFS_CTL_MAX_WRITE + 1];
+    strcpy(buf, "copy /");
+    size_t off = strlen(buf);
+    memset(buf + off, 'a', 4096 - off);
+    buf[4096] = '\0';
+    /* "copy " + 4091-byte path = 4096 bytes in all: the path is short of
+     * PATH_MAX, taken */
+    c = parse_ok_n(buf, 4096, CFS_CTL_COPY);
+    assert_int_equal(strlen(c.dest), 4091);
+}
+
 static void test_op_names_and_usage(void **state)
 {
     (void)state;
@@ -285,6 +330,8 @@ static void test_op_names_and_usage(void **state)
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_PIVOT_MANUAL), "pivot manual");
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_PIVOT_AUTO), "pivot auto");
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_BANDWIDTH), "bandwidth");
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_COPY), "copy");
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_FINISH), "finish");
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_OP_MAX), "?");
 
     /* every command's name parses back to it, and the usage lists it at
@@ -293,7 +340,8 @@ static void test_op_names_and_usage(void **state)
         const char *name = cfs_ctl_op_to_string(op);
         _cleanup_free_ char *cmd = cfs_xasprintf(
             "%s%s\n", name, op == CFS_CTL_BANDWIDTH ? " 1M"
-                             : op == CFS_CTL_MERGE   ? " s1 pull" : "");
+                            : op == CFS_CTL_MERGE   ? " s1 pull"
+                            : op == CFS_CTL_COPY    ? " /tmp/x.qcow2" : "");
         struct cfs_ctl_cmd c;
         assert_int_equal(cfs_ctl_parse(cmd, strlen(cmd), &c, NULL), 0);
         assert_int_equal(c.op, op);
@@ -455,6 +503,7 @@ int main(void)
         cmocka_unit_test(test_null_arguments),
         cmocka_unit_test(test_reasons),
         cmocka_unit_test(test_size_parse),
+        cmocka_unit_test(test_copy),
         cmocka_unit_test(test_op_names_and_usage),
         cmocka_unit_test(test_render),
         cmocka_unit_test(test_engine_reads_ctl),

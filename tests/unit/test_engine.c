@@ -2658,6 +2658,49 @@ static size_t queue_len(struct fx *f)
     return n;
 }
 
+/* ---- copy (issue 8 §1) ------------------------------------------------------ */
+
+static int ctl_copy(struct fx *f, const char *dom, const char *dest,
+                    enum cfs_copy_mode mode, bool manual)
+{
+    struct cfs_ctl_cmd c = {.op = CFS_CTL_COPY, .copy_mode = mode, .manual = manual};
+    snprintf(c.dest, sizeof(c.dest), "%s", dest);
+    return cfs_engine_ctl(f->e, dom, "vda", &c);
+}
+
+static int ctl_op(struct fx *f, enum cfs_ctl_op op)
+{
+    struct cfs_ctl_cmd c = {.op = op};
+    return cfs_engine_ctl(f->e, "vm1", "vda", &c);
+}
+
+static char *dest_path(struct fx *f, const char *name)
+{
+    return cfs_xasprintf("%s/%s", f->dir, name);
+}
+
+static char *layer0(struct fx *f, const char *dom)
+{
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(t, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, "vda") : NULL;
+    char *p = dk && dk->n_layers ? cfs_xstrdup(dk->layers[0].path) : NULL;
+    pthread_mutex_unlock(&t->lock);
+    return p;
+}
+
+static size_t n_layers(struct fx *f, const char *dom)
+{
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    pthread_mutex_lock(&t->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(t, dom);
+    struct cfs_disk *dk = d ? cfs_domain_find_disk(d, "vda") : NULL;
+    size_t n = dk ? dk->n_layers : 0;
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
 static bool never(void *arg) { (void)arg; return true; }
 
 /* `rmdir s3 s2 s1` with s3 active: s3 starts at once, s2 and s1 queue
@@ -3264,6 +3307,564 @@ static void test_queue_offline_one_layer_at_a_time(void **state)
     assert_int_equal(journal_entries(f), 0);
 }
 
+/* The job file's KEY line says VALUE (the columns are aligned per block:
+ * any number of blanks after the colon). */
+static void assert_job_kv(struct fx *f, const char *key, const char *value)
+{
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_non_null(job);
+    size_t kl = strlen(key);
+    for (char *line = job; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
+            const char *v = line + kl + 1;
+            while (*v == ' ')
+                v++;
+            if (strncmp(v, value, strlen(value)) == 0) {
+                free(job);
+                return;
+            }
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    char *again = read_file(f, "/vm1/vda/job");
+    fail_msg("job file lacks '%s: %s':\n%s", key, value, again);
+}
+
+/* Every refusal of §1.1 before anything changes: no file, no journal
+ * entry, no libvirt call. */
+static void test_copy_refusals(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "new.qcow2");
+    _cleanup_free_ char *nodir = dest_path(f, "missing/new.qcow2");
+    /* the disk has snapshots: the default mode would merge them away */
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_DEFAULT, false), -EBUSY);
+    /* chain: the copy of s1.qcow2 would be s1.qcow2 itself (same dir) */
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), -EEXIST);
+    assert_int_equal(ctl_copy(f, "vm2", dest, CFS_COPY_CHAIN, false), -EINVAL);
+    assert_int_equal(ctl_copy(f, "vm1", nodir, CFS_COPY_SHALLOW, false), -ENOENT);
+    assert_int_equal(ctl_copy(f, "vm1", f->paths[3], CFS_COPY_SHALLOW, false), -EEXIST);
+    assert_int_equal(ctl_copy(f, "vm1", f->paths[1], CFS_COPY_FLATTEN, false), -EEXIST);
+    /* one layer: nothing to share */
+    assert_int_equal(ctl_copy(f, "vm2", dest, CFS_COPY_SHALLOW, false), -EINVAL);
+    assert_int_equal(ctl_copy(f, "vm9", dest, CFS_COPY_FLATTEN, false), -ENOENT);
+    /* shut off */
+    const char *chain[] = {f->paths[3]};
+    cfs_fake_add_simple(f->be, "vm2", CFS_DOM_SHUTOFF, "vda", chain, NULL, 1);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(ctl_copy(f, "vm2", dest, CFS_COPY_DEFAULT, false), -EOPNOTSUPP);
+    /* finish without a job */
+    assert_int_equal(ctl_op(f, CFS_CTL_FINISH), -ENOENT);
+    assert_false(exists(dest));
+    assert_int_equal(journal_entries(f), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "image_create"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "copy_start"), 0);
+
+    /* one job per disk */
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, false), 0);
+    _cleanup_free_ char *dest2 = dest_path(f, "new2.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest2, CFS_COPY_SHALLOW, false), -EBUSY);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -EBUSY);
+    assert_false(exists(dest2));
+    /* finish is refused for shallow, and before ready */
+    assert_int_equal(ctl_op(f, CFS_CTL_FINISH), -EINVAL);
+}
+
+static void assert_entry_copy(struct fx *f, const char *dest, const char *phase,
+                              enum cfs_copy_mode mode)
+{
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].type, CFS_JOB_COPY);
+    assert_string_equal(v[0].phase, phase);
+    assert_string_equal(v[0].dest, dest);
+    assert_string_equal(v[0].top, f->paths[0]);
+    assert_int_equal(v[0].copy_mode, mode);
+    assert_int_equal(v[0].n_made, 1);
+    assert_string_equal(v[0].made[0].path, dest);
+    struct stat st;
+    assert_int_equal(stat(dest, &st), 0);
+    assert_true(v[0].made[0].id.known);
+    assert_int_equal(v[0].made[0].id.ino, st.st_ino);
+    assert_int_equal(v[0].made[0].id.dev, st.st_dev);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+}
+
+static void test_copy_shallow_pivots(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "moved.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, false), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_true(exists(dest));
+    assert_entry_copy(f, dest, "running", CFS_COPY_SHALLOW);
+    assert_job_kv(f, "type", "copy");
+    assert_job_kv(f, "mode", "shallow");
+    assert_job_kv(f, "destination", dest);
+    assert_job_kv(f, "source", f->paths[0]);
+    char *json = read_file(f, "/vm1/vda/job.json");
+    if (!strstr(json, "\"mode\": \"shallow\"") && !strstr(json, "\"mode\":\"shallow\""))
+        fail_msg("job.json: %s", json);
+    free(json);
+
+    cfs_fake_job_progress(f->be, "vm1", "vda", 8 << 20, 64 << 20);
+    cfs_engine_run_pending(f->e);
+    assert_job_kv(f, "bytes", "8.0MiB / 64.0MiB");
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 1);
+    /* the chain: DEST on the same frozen layers; the snapshots kept, s2
+     * naming DEST; the old active file kept */
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, dest);
+    assert_int_equal(n_layers(f, "vm1"), 3);
+    _cleanup_free_ char *src = cfs_fake_snapshot_source(f->be, "vm1", "s2", "vda");
+    assert_string_equal(src, dest);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_true(exists(f->paths[0]));
+    assert_job_kv(f, "old files kept", f->paths[0]);
+    assert_int_equal(journal_entries(f), 0);
+    /* libvirt rewrote the persistent definition: no redefine */
+    char *ps = NULL;
+    assert_int_equal(f->be->ops->persistent_source_get(f->be, "vm1", "vda", &ps), 0);
+    assert_string_equal(ps, dest);
+    free(ps);
+    assert_int_equal(cfs_fake_calls(f->be, "persistent_source_set"), 0);
+}
+
+/* libvirt leaves the persistent definition alone when it named another
+ * file than the live top: chainfs redefines it (§0.4, §1.6 step 1). */
+static void test_copy_redefines_persistent(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_set_persistent_source(f->be, "vm1", "vda", f->paths[3]);
+    _cleanup_free_ char *dest = dest_path(f, "moved.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_FLATTEN, false), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "persistent_source_set"), 1);
+    char *ps = NULL;
+    assert_int_equal(f->be->ops->persistent_source_get(f->be, "vm1", "vda", &ps), 0);
+    assert_string_equal(ps, dest);
+    free(ps);
+}
+
+static void test_copy_flatten_drops_snapshots(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "flat.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_FLATTEN, false), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, dest);
+    assert_int_equal(n_layers(f, "vm1"), 1);
+    assert_list(f, "/vm1/vda/snapshots", "");
+    _cleanup_free_ char *s1 = cfs_fake_snapshot_source(f->be, "vm1", "s1", "vda");
+    _cleanup_free_ char *s2 = cfs_fake_snapshot_source(f->be, "vm1", "s2", "vda");
+    assert_null(s1);
+    assert_null(s2);
+    for (int i = 0; i < 3; i++)
+        assert_true(exists(f->paths[i])); /* the user's */
+}
+
+static void test_copy_manual_finish(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "backup.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_FLATTEN, true), 0);
+    assert_int_equal(ctl_op(f, CFS_CTL_FINISH), -EAGAIN); /* not ready */
+    assert_job_kv(f, "pivot", "manual");
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    assert_int_equal(ctl_op(f, CFS_CTL_FINISH), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "image_check"), 1);
+    /* the domain stays on its source; DEST is the user's copy */
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, f->paths[0]);
+    assert_int_equal(n_layers(f, "vm1"), 3);
+    assert_true(exists(dest));
+    assert_job_kv(f, "result", "point-in-time copy");
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* finish: DEST fails qemu-img check -> failed, DEST kept */
+static void test_copy_finish_unclean(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "backup.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_FLATTEN, true), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_fake_fail_next(f->be, "image_check", -EIO, "2 errors were found on the image.");
+    assert_int_equal(ctl_op(f, CFS_CTL_FINISH), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "2 errors were found");
+    assert_true(exists(dest));
+}
+
+/* manual + pivot: the copy pivots when asked */
+static void test_copy_manual_pivot(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "moved.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, true), 0);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
+    assert_int_equal(ctl_op(f, CFS_CTL_PIVOT), 0);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, dest);
+}
+
+static void test_copy_abort_removes_dest(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "moved.qcow2");
+    for (int ready = 0; ready < 2; ready++) {
+        assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, true), 0);
+        if (ready) {
+            cfs_fake_job_ready(f->be, "vm1", "vda");
+            cfs_engine_run_pending(f->e);
+            assert_int_equal(job_state(f, "vm1"), CFS_PHASE_READY);
+        }
+        assert_int_equal(ctl_op(f, CFS_CTL_ABORT), 0);
+        cfs_engine_run_pending(f->e);
+        assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+        assert_false(exists(dest));
+        _cleanup_free_ char *top = layer0(f, "vm1");
+        assert_string_equal(top, f->paths[0]);
+        for (int i = 0; i < 3; i++)
+            assert_true(exists(f->paths[i]));
+        assert_int_equal(journal_entries(f), 0);
+    }
+}
+
+/* virsh destroy mid-copy: failed, source untouched, DEST removed */
+static void test_copy_domain_destroyed(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "moved.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, false), 0);
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_SHUTOFF, "vda", chain, meta, 3);
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_false(exists(dest));
+    for (int i = 0; i < 3; i++)
+        assert_true(exists(f->paths[i]));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* §1.7: a DEST replaced by another file (or a symlink) is not deleted */
+static void test_copy_deletes_only_its_file(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "moved.qcow2");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, false), 0);
+    /* someone else's file now (made before the old one goes, so that
+     * it cannot get its inode number back) */
+    _cleanup_free_ char *other = dest_path(f, "other-file");
+    touch(other);
+    assert_int_equal(rename(other, dest), 0);
+    assert_int_equal(ctl_op(f, CFS_CTL_ABORT), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    assert_true(exists(dest));
+    assert_int_equal(unlink(dest), 0);
+
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, false), 0);
+    _cleanup_free_ char *moved = dest_path(f, "elsewhere.qcow2");
+    assert_int_equal(rename(dest, moved), 0);
+    assert_int_equal(symlink(moved, dest), 0); /* a symlink to it */
+    assert_int_equal(ctl_op(f, CFS_CTL_ABORT), 0);
+    assert_true(exists(moved));
+    struct stat st;
+    assert_int_equal(lstat(dest, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+}
+
+/* copy_start refused: DEST (made, never used) is removed, the job failed */
+static void test_copy_start_refused(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dest = dest_path(f, "moved.qcow2");
+    cfs_fake_fail_next(f->be, "copy_start", -EACCES, "permission denied");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, false), -EACCES);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "permission denied");
+    assert_false(exists(dest));
+    assert_int_equal(journal_entries(f), 0);
+    /* image_create refused: nothing made, nothing deleted */
+    touch(dest);
+    struct stat before;
+    assert_int_equal(stat(dest, &before), 0);
+    assert_int_equal(unlink(dest), 0);
+    cfs_fake_fail_next(f->be, "image_create", -ENOSPC, "No space left on device");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, false), -ENOSPC);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* The daemon dies with the copy journaled in PHASE; libvirt then has: */
+enum copy_lv { CLV_NONE, CLV_RUNNING, CLV_READY, CLV_PIVOTED, CLV_FINISHED };
+
+static void restart_copy(struct fx *f, const char *dest, enum copy_lv lv)
+{
+    cfs_engine_free(f->e);
+    f->be = cfs_fake_backend_new();
+    const char *chain[] = {f->paths[0], f->paths[1], f->paths[2]};
+    const char *meta[] = {"s2", "s1", NULL};
+    cfs_fake_add_simple(f->be, "vm1", CFS_DOM_RUNNING, "vda", chain, meta, 3);
+    const char *chain2[] = {f->paths[3]};
+    cfs_fake_add_simple(f->be, "vm2", CFS_DOM_RUNNING, "vda", chain2, NULL, 1);
+    if (lv != CLV_NONE) {
+        assert_int_equal(f->be->ops->copy_start(f->be, "vm1", "vda", dest, true, 0), 0);
+        if (lv >= CLV_READY)
+            cfs_fake_job_ready(f->be, "vm1", "vda");
+        if (lv == CLV_PIVOTED)
+            assert_int_equal(f->be->ops->job_pivot(f->be, "vm1", "vda"), 0);
+        if (lv == CLV_FINISHED)
+            assert_int_equal(f->be->ops->job_abort(f->be, "vm1", "vda"), 0);
+    }
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    cfs_engine_run_pending(f->e);
+}
+
+static void test_recover_copy(void **state)
+{
+    struct fx *f = *state;
+    static const struct {
+        const char *phase;
+        bool finish;
+        enum copy_lv lv;
+        enum cfs_job_phase want;
+        bool dest_left, on_dest;
+    } cases[] = {
+        {"starting", false, CLV_NONE, CFS_PHASE_FAILED, false, false},
+        {"starting", false, CLV_RUNNING, CFS_PHASE_RUNNING, true, false},
+        {"running", false, CLV_RUNNING, CFS_PHASE_RUNNING, true, false},
+        {"running", false, CLV_READY, CFS_PHASE_COMPLETED, true, true},
+        {"running", false, CLV_NONE, CFS_PHASE_FAILED, false, false},
+        {"running", false, CLV_PIVOTED, CFS_PHASE_COMPLETED, true, true},
+        {"pivoting", false, CLV_READY, CFS_PHASE_COMPLETED, true, true},
+        {"pivoting", false, CLV_PIVOTED, CFS_PHASE_COMPLETED, true, true},
+        {"pivoting", false, CLV_NONE, CFS_PHASE_FAILED, true, false},
+        {"finishing", true, CLV_READY, CFS_PHASE_COMPLETED, true, false},
+        {"finishing", true, CLV_FINISHED, CFS_PHASE_COMPLETED, true, false},
+        {"cleanup", false, CLV_PIVOTED, CFS_PHASE_COMPLETED, true, true},
+    };
+    _cleanup_free_ char *dest = dest_path(f, "moved.qcow2");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        unlink(dest);
+        restart_copy(f, dest, CLV_NONE);
+        assert_int_equal(journal_entries(f), 0);
+        assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_SHALLOW, false), 0);
+        if (strcmp(cases[i].phase, "running") != 0) {
+            journal_set_phase(f, cases[i].phase);
+            if (cases[i].finish) {
+                struct cfs_journal *j = NULL;
+                assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+                struct cfs_journal_entry *v = NULL;
+                size_t n = 0;
+                assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+                v[0].finish = true;
+                v[0].copy_mode = CFS_COPY_FLATTEN;
+                assert_int_equal(cfs_journal_put(j, &v[0]), 0);
+                cfs_journal_entries_free(v, n);
+                cfs_journal_free(j);
+            }
+        }
+        restart_copy(f, dest, cases[i].lv);
+        cfs_engine_run_pending(f->e);
+        if (job_state(f, "vm1") != cases[i].want)
+            fail_msg("case %zu (%s): state %s", i, cases[i].phase,
+                     cfs_job_phase_to_string(job_state(f, "vm1")));
+        if (exists(dest) != cases[i].dest_left)
+            fail_msg("case %zu (%s): DEST %s", i, cases[i].phase,
+                     exists(dest) ? "left" : "deleted");
+        _cleanup_free_ char *top = layer0(f, "vm1");
+        assert_string_equal(top, cases[i].on_dest ? dest : f->paths[0]);
+        for (int k = 0; k < 3; k++)
+            assert_true(exists(f->paths[k]));
+        if (cases[i].want != CFS_PHASE_RUNNING)
+            assert_int_equal(journal_entries(f), 0);
+        else
+            assert_int_equal(ctl_op(f, CFS_CTL_ABORT), 0);
+    }
+}
+
+/* Wait (up to 5 s) for a chain copy's thread: run the queue until the job
+ * has N copied layers or ended. */
+static void wait_copied(struct fx *f, size_t n)
+{
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    for (int i = 0; i < 500; i++) {
+        cfs_engine_run_pending(f->e);
+        pthread_mutex_lock(&t->lock);
+        struct cfs_disk_state *s = cfs_tree_find_disk_state(t, "vm1", "vda");
+        bool done = !s || s->job.n_copied >= n || !cfs_job_phase_in_progress(s->job.phase);
+        pthread_mutex_unlock(&t->lock);
+        if (done) {
+            cfs_engine_run_pending(f->e);
+            return;
+        }
+        usleep(10000);
+    }
+    fail_msg("the chain copy did not copy %zu layers in 5 s", n);
+}
+
+static bool file_has(const char *path, const char *needle)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return false;
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* `copy DEST chain`: the frozen layers' copies made before the mirror,
+ * filled bottom first, journaled; ready only once they are done; after
+ * the pivot the chain is the copies and every snapshot names its copy */
+static void test_copy_chain(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dir = dest_path(f, "new");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    _cleanup_free_ char *dest = dest_path(f, "new/vm.qcow2");
+    _cleanup_free_ char *c1 = dest_path(f, "new/s1.qcow2");
+    _cleanup_free_ char *c2 = dest_path(f, "new/base.qcow2");
+    cfs_fake_copy_hold(f->be, true);
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), 0);
+    assert_true(exists(dest) && exists(c1) && exists(c2));
+    /* the mirror is ready, the copies are not: no pivot */
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_RUNNING);
+    assert_int_equal(ctl_op(f, CFS_CTL_PIVOT), -EAGAIN);
+    assert_int_equal(cfs_fake_calls(f->be, "job_pivot"), 0);
+    assert_job_kv(f, "layers", "0/2 copied");
+    assert_job_kv(f, "mode", "chain");
+    cfs_fake_copy_hold(f->be, false);
+    wait_copied(f, 2);
+    assert_job_kv(f, "layers", "2/2 copied");
+    assert_true(file_has(c2, f->paths[2]));  /* base's data in base's copy */
+    assert_true(file_has(c1, f->paths[1]));
+    for (int i = 0; i < 50 && job_state(f, "vm1") != CFS_PHASE_COMPLETED; i++) {
+        usleep(10000);
+        cfs_engine_run_pending(f->e);
+    }
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    assert_int_equal(cfs_fake_calls(f->be, "image_copy_data"), 2);
+    assert_int_equal(n_layers(f, "vm1"), 3);
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, dest);
+    _cleanup_free_ char *m2 = cfs_fake_snapshot_source(f->be, "vm1", "s2", "vda");
+    _cleanup_free_ char *m1 = cfs_fake_snapshot_source(f->be, "vm1", "s1", "vda");
+    assert_string_equal(m2, dest);
+    assert_string_equal(m1, c1);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_domain_source"), 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    for (int i = 0; i < 3; i++)
+        assert_true(exists(f->paths[i]));
+    assert_int_equal(journal_entries(f), 0);
+}
+
+/* abort while the frozen layers are being copied: the copy thread stops,
+ * every file the copy made goes, the disk stays on its source */
+static void test_copy_chain_abort(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dir = dest_path(f, "new");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    _cleanup_free_ char *dest = dest_path(f, "new/vm.qcow2");
+    _cleanup_free_ char *c1 = dest_path(f, "new/s1.qcow2");
+    _cleanup_free_ char *c2 = dest_path(f, "new/base.qcow2");
+    cfs_fake_copy_hold(f->be, true);
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), 0);
+    assert_int_equal(ctl_op(f, CFS_CTL_ABORT), 0);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_CANCELED);
+    assert_false(exists(dest) || exists(c1) || exists(c2));
+    cfs_fake_copy_hold(f->be, false);
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, f->paths[0]);
+    assert_int_equal(journal_entries(f), 0);
+
+    /* a copy that fails: the mirror ends, the files go */
+    cfs_fake_fail_next(f->be, "image_copy_data", -ENOSPC, "No space left on device");
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), 0);
+    wait_copied(f, 2);
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_FAILED);
+    assert_job_contains(f, "No space left");
+    assert_false(exists(dest) || exists(c1) || exists(c2));
+    assert_false(cfs_fake_has_job(f->be, "vm1", "vda"));
+}
+
+/* killed with one layer copied: the restart copies the other, pivots */
+static void test_recover_copy_chain(void **state)
+{
+    struct fx *f = *state;
+    _cleanup_free_ char *dir = dest_path(f, "new");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    _cleanup_free_ char *dest = dest_path(f, "new/vm.qcow2");
+    _cleanup_free_ char *c1 = dest_path(f, "new/s1.qcow2");
+    cfs_fake_copy_hold(f->be, true);
+    assert_int_equal(ctl_copy(f, "vm1", dest, CFS_COPY_CHAIN, false), 0);
+    /* the daemon dies; the journal says one layer was copied */
+    struct cfs_journal *j = NULL;
+    assert_int_equal(cfs_journal_open(f->state, &j, NULL), 0);
+    struct cfs_journal_entry *v = NULL;
+    size_t n = 0;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0].n_made, 3);
+    assert_non_null(v[0].layer_meta);
+    assert_string_equal(v[0].layer_meta[0], "s2");
+    assert_string_equal(v[0].layer_meta[2], "");
+    v[0].n_copied = 1;
+    assert_int_equal(cfs_journal_put(j, &v[0]), 0);
+    cfs_journal_entries_free(v, n);
+    cfs_journal_free(j);
+    cfs_fake_copy_hold(f->be, false);
+    restart_copy(f, dest, CLV_READY); /* libvirt: the mirror, ready */
+    wait_copied(f, 2);
+    for (int i = 0; i < 50 && job_state(f, "vm1") != CFS_PHASE_COMPLETED; i++) {
+        usleep(10000);
+        cfs_engine_run_pending(f->e);
+    }
+    assert_int_equal(job_state(f, "vm1"), CFS_PHASE_COMPLETED);
+    /* only s1's copy was made again after the restart */
+    assert_int_equal(cfs_fake_calls(f->be, "image_copy_data"), 1);
+    assert_true(file_has(c1, f->paths[1]));
+    _cleanup_free_ char *top = layer0(f, "vm1");
+    assert_string_equal(top, dest);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -3369,6 +3970,21 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refusal_order_same, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_rmdir_one_disk_of_multidisk_snapshot, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_block_disk_needs_overlay_dir, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_refusals, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_shallow_pivots, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_redefines_persistent, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_flatten_drops_snapshots, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_manual_finish, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_finish_unclean, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_manual_pivot, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_abort_removes_dest, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_domain_destroyed, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_deletes_only_its_file, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_start_refused, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_copy, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_chain, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_chain_abort, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_recover_copy_chain, setup_running, teardown),
     };
     return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
 }

@@ -654,7 +654,7 @@ static void test_job_json(void **state)
     static const char *const keys[] = {
         "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
-        "bytes_copied",
+        "bytes_copied", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
         "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
     };
     struct cfs_job j = running_job();
@@ -809,7 +809,7 @@ static void test_job_json_none(void **state)
     static const char *const keys[] = {
         "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
-        "bytes_copied",
+        "bytes_copied", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
         "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
     };
     struct cfs_buf b = { 0 };
