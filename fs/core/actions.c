@@ -390,9 +390,26 @@ static char *shared_why(const struct file_ref *f, size_t which,
 }
 
 /* From the tree; caller holds the lock. *WHY set (caller frees) if so. */
+/* Does OK, another disk's chain as the tree's last read has it, still
+ * hold F? That read may be older than a deletion: a file deleted since
+ * and a new one that got its inode number match by dev/ino. Where the
+ * files are local, the layer's path is asked again; elsewhere (and when
+ * in doubt) the match stands. The live check decides in the end
+ * (shared_live). */
+static bool tree_user_current(const struct cfs_disk *ok, const struct file_ref *f,
+                              bool local)
+{
+    int i = cfs_disk_find_file(ok, f->id, f->path);
+    if (!local || i < 0)
+        return true;
+    _cleanup_(cfs_file_id_clear) struct cfs_file_id now = {0};
+    cfs_file_identify(&now, ok->layers[i].path, true);
+    return cfs_file_same(&now, ok->layers[i].path, f->id, f->path);
+}
+
 static bool shared_in_tree(struct cfs_tree *t, const char *dom,
                            const char *disk, const struct cfs_layer *top,
-                           const struct cfs_layer *base, char **why)
+                           const struct cfs_layer *base, bool local, char **why)
 {
     const struct file_ref files[2] = { { &base->id, base->path },
                                        { &top->id, top->path } };
@@ -400,7 +417,7 @@ static bool shared_in_tree(struct cfs_tree *t, const char *dom,
         const struct cfs_domain *od = NULL;
         const struct cfs_disk *ok =
             cfs_tree_file_user(t, files[i].id, files[i].path, dom, disk, &od);
-        if (ok) {
+        if (ok && tree_user_current(ok, &files[i], local)) {
             _cleanup_free_ char *user =
                 cfs_xasprintf("domain %s disk %s", od->name, ok->target);
             *why = shared_why(&files[i], i, user);
@@ -449,7 +466,8 @@ static struct cfs_merge_layer *merge_layers(struct cfs_tree *t, const char *dom,
         const struct cfs_disk *ok =
             cfs_tree_file_user(t, &l->id, l->path, dom, disk, &od);
         const char *user = NULL;
-        if (ok)
+        const struct file_ref f = { &l->id, l->path };
+        if (ok && tree_user_current(ok, &f, local))
             user = (*users)[u++] =
                 cfs_xasprintf("domain %s disk %s", od->name, ok->target);
         /* §2.2: st_blocks of the file now; the tree's figure is that of
@@ -806,7 +824,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             cfs_file_display(&dk->layers[idx + 1].id, dk->layers[idx + 1].path),
             cfs_file_display(&seen_base.id, seen_base.path));
     } else if (shared_in_tree(e->tree, dom, disk, &dk->layers[idx],
-                              &dk->layers[idx + 1], &why_buf)) {
+                              &dk->layers[idx + 1], engine_files_local(e),
+                              &why_buf)) {
         r = -EBUSY;
         why = why_buf;
     } else if (d->state == CFS_DOM_SHUTOFF && !engine_files_local(e)) {
