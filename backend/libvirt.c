@@ -2636,6 +2636,17 @@ static int lv_image_copy_data(struct cfs_backend *be, const char *src,
                                    status);
         return msg_has(err, "No space left") ? -ENOSPC : -EIO;
     }
+    if (!cfs_streq(fmt_or(format, "qcow2"), "raw")) {
+        /* A convert killed earlier (with the daemon: PDEATHSIG) into this
+         * same file may have left clusters allocated that nothing refers
+         * to; this convert rewrote the data, and the leaks go now, before
+         * the copy is pivoted onto. Corruption fails the copy (exit 2). */
+        char *chk[] = { QEMU_IMG, "check", "-q", "-r", "leaks", "-f",
+                        (char *)fmt_or(format, "qcow2"), (char *)dst, NULL };
+        int c = lv_run_qemu_img(chk);
+        if (c < 0)
+            return c == -EBUSY || c == -ENOSPC ? -EIO : c;
+    }
     int fd = open(dst, O_RDONLY | O_CLOEXEC);
     int r = fd < 0 ? -errno : fsync(fd) < 0 ? -errno : 0;
     if (fd >= 0)
