@@ -1795,9 +1795,18 @@ static int lv_snapshot_drop(struct cfs_backend *be, const char *dom_name,
 
 /* Redefine snapshot NAME with DISK's <disks> source NEW_SOURCE (design
  * issue8 §2.4 step 2; probe 2 of scripts/probe/issue8.sh). */
-static int lv_snapshot_retarget(struct cfs_backend *be, const char *dom_name,
-                                const char *name, const char *disk,
-                                const char *new_source)
+/* Redefine snapshot NAME of DOM_NAME with REWRITE applied to its XML
+ * (_SECURE: a redefine must not lose the <domain> copy's secrets) for
+ * DISK and NEW_SOURCE; WHAT says, for -ENOENT, what REWRITE did not find.
+ * Under snap_lock, so that no re-read caches the old disk list after the
+ * change: the entry is dropped and fetched again. Without
+ * _CREATE_CURRENT an existing snapshot keeps its current flag. */
+static int lv_snapshot_rewrite(struct cfs_backend *be, const char *dom_name,
+                               const char *name, const char *disk,
+                               const char *new_source,
+                               int (*rewrite)(const char *, const char *,
+                                              const char *, char **),
+                               const char *what)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
@@ -1808,24 +1817,19 @@ static int lv_snapshot_retarget(struct cfs_backend *be, const char *dom_name,
     char uuid[VIR_UUID_STRING_BUFLEN] = "";
     int r;
 
-    if (!new_source || !*new_source) {
-        cfs_backend_set_errmsg("a snapshot needs a source to name");
-        return -EINVAL;
-    }
     r = lv_lookup(b, dom_name, &conn, &dom);
     if (r < 0)
         return r;
     snap = virDomainSnapshotLookupByName(dom, name, 0);
     if (!snap)
         return lv_error(conn);
-    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
     snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
     if (!snap_xml)
         return lv_error(conn);
-    r = cfs_domxml_snapshot_retarget(snap_xml, disk, new_source, &new_xml);
+    r = rewrite(snap_xml, disk, new_source, &new_xml);
     if (r == -ENOENT) {
-        cfs_backend_set_errmsg("snapshot %s of domain %s names no file for disk %s",
-                               name, dom_name, disk);
+        cfs_backend_set_errmsg("snapshot %s of domain %s %s %s", name, dom_name,
+                               what, disk);
         return r;
     }
     if (r < 0) {
@@ -1834,9 +1838,6 @@ static int lv_snapshot_retarget(struct cfs_backend *be, const char *dom_name,
         return -EIO;
     }
     virDomainGetUUIDString(dom, uuid);
-    /* under snap_lock, so that no re-read caches the old disk list after
-     * the change: the entry is dropped and fetched again. Without
-     * _CREATE_CURRENT an existing snapshot keeps its current flag. */
     pthread_mutex_lock(&b->snap_lock);
     redefined = virDomainSnapshotCreateXML(dom, new_xml,
                                            VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
@@ -1846,47 +1847,26 @@ static int lv_snapshot_retarget(struct cfs_backend *be, const char *dom_name,
     return r;
 }
 
+static int lv_snapshot_retarget(struct cfs_backend *be, const char *dom_name,
+                                const char *name, const char *disk,
+                                const char *new_source)
+{
+    if (!new_source || !*new_source) {
+        cfs_backend_set_errmsg("a snapshot needs a source to name");
+        return -EINVAL;
+    }
+    return lv_snapshot_rewrite(be, dom_name, name, disk, new_source,
+                               cfs_domxml_snapshot_retarget,
+                               "names no file for disk");
+}
+
 static int lv_snapshot_domain_source(struct cfs_backend *be, const char *dom_name,
                                      const char *name, const char *disk,
                                      const char *new_source)
 {
-    _cleanup_conn_ virConnectPtr conn = NULL;
-    _cleanup_dom_ virDomainPtr dom = NULL;
-    _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
-    _cleanup_snap_ virDomainSnapshotPtr redefined = NULL;
-    _cleanup_free_ char *snap_xml = NULL, *new_xml = NULL;
-    struct lv_backend *b = lv(be);
-    char uuid[VIR_UUID_STRING_BUFLEN] = "";
-    int r;
-
-    r = lv_lookup(b, dom_name, &conn, &dom);
-    if (r < 0)
-        return r;
-    snap = virDomainSnapshotLookupByName(dom, name, 0);
-    if (!snap)
-        return lv_error(conn);
-    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    if (!snap_xml)
-        return lv_error(conn);
-    r = cfs_domxml_snapshot_domain_source(snap_xml, disk, new_source, &new_xml);
-    if (r == -ENOENT) {
-        cfs_backend_set_errmsg("snapshot %s of domain %s has no file disk %s in its domain copy",
-                               name, dom_name, disk);
-        return r;
-    }
-    if (r < 0) {
-        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
-                               name, dom_name);
-        return -EIO;
-    }
-    virDomainGetUUIDString(dom, uuid);
-    pthread_mutex_lock(&b->snap_lock);
-    redefined = virDomainSnapshotCreateXML(dom, new_xml,
-                                           VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
-    r = redefined ? 0 : lv_error(conn);
-    lv_snap_cache_drop(b, uuid, name);
-    pthread_mutex_unlock(&b->snap_lock);
-    return r;
+    return lv_snapshot_rewrite(be, dom_name, name, disk, new_source,
+                               cfs_domxml_snapshot_domain_source,
+                               "has no file disk in its domain copy:");
 }
 
 /* ---- live block jobs ---------------------------------------------------- */
