@@ -730,6 +730,27 @@ static int rmdir_enqueue(struct cfs_engine *e, const char *dom,
     return 0;
 }
 
+/* The rest of a merge job rmdir claimed (S's job, its files set): the
+ * end, start time, journal id and limit; the allocation of WRITTEN now
+ * (to tell a partial merge and what it copied); phase starting (not in
+ * libvirt until the start call returns, or the offline thread runs); a
+ * copy into *OUT. Caller holds the tree lock. */
+static void merge_job_begin_locked(struct cfs_engine *e, struct cfs_disk_state *s,
+                                   uint64_t end, const char *written,
+                                   bool running, struct cfs_job *out)
+{
+    struct cfs_job *j = &s->job;
+    j->end = end;
+    j->started = now_s();
+    j->journal_id = cfs_journal_new_id(e->journal);
+    j->bandwidth = running ? e->commit_bandwidth : 0;
+    struct stat st;
+    s->base_bytes = engine_files_local(e) && written && stat(written, &st) == 0
+                        ? (uint64_t)st.st_blocks * 512 : 0;
+    phase_step_locked(e, s, CFS_PHASE_STARTING);
+    cfs_job_copy(out, j);
+}
+
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
@@ -878,15 +899,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         j->reason = cfs_xstrdup(mj->reason);
         top_ref = layer_ref(disk, act);
         base_ref = layer_ref(disk, nb);
-        j->end = act->virtual_size;
-        j->started = now_s();
-        j->journal_id = cfs_journal_new_id(e->journal);
-        j->bandwidth = running ? e->commit_bandwidth : 0;
-        struct stat wst;
-        s->base_bytes = engine_files_local(e) && stat(j->written, &wst) == 0
-                            ? (uint64_t)wst.st_blocks * 512 : 0;
-        phase_step_locked(e, s, CFS_PHASE_STARTING);
-        cfs_job_copy(&job, j);
+        merge_job_begin_locked(e, s, act->virtual_size, j->written, running, &job);
     } else {
         running = d->state != CFS_DOM_SHUTOFF;
         const struct cfs_layer *top = &dk->layers[idx];
@@ -910,17 +923,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             j->bytes_pull = plan.jobs[0].bytes_pull;
             j->reason = cfs_xstrdup(plan.jobs[0].reason);
         }
-        j->end = top->virtual_size;
-        j->started = now_s();
-        j->journal_id = cfs_journal_new_id(e->journal);
-        j->bandwidth = running ? e->commit_bandwidth : 0;
-        struct stat bst;
-        s->base_bytes = engine_files_local(e) && stat(j->base, &bst) == 0
-                            ? (uint64_t)bst.st_blocks * 512 : 0;
-        /* not in libvirt until commit_start returns (or the offline
-         * thread runs): phase starting */
-        phase_step_locked(e, s, CFS_PHASE_STARTING);
-        cfs_job_copy(&job, j);
+        merge_job_begin_locked(e, s, top->virtual_size, j->base, running, &job);
     }
     if (r == 0 && !queued.snapshot)
         returned_clear_locked(s); /* a new rmdir: the last returns are old */
