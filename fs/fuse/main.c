@@ -711,6 +711,8 @@ static void tear_down(struct daemon *d)
     }
     if (d->fuse)
         fuse_destroy(d->fuse);
+    if (d->served)
+        cfs_fs_release_images(); /* their servers stop with the engine's help */
     if (d->engine)
         cfs_engine_free(d->engine);
     else if (d->be)
