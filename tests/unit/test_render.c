@@ -656,7 +656,7 @@ static void test_job_json(void **state)
         "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
         "bytes_copied", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
-        "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
+        "started", "finished", "error", "partial", "leftover", "queue", "returned", "readers", "stale",
     };
     struct cfs_job j = running_job();
     j.bandwidth = 3 * MiB;
@@ -813,7 +813,7 @@ static void test_job_json_none(void **state)
         "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
         "bytes_copied", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
-        "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
+        "started", "finished", "error", "partial", "leftover", "queue", "returned", "readers", "stale",
     };
     struct cfs_buf b = { 0 };
 
