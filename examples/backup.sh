@@ -236,7 +236,7 @@ progress() {
 # OUTDIR/DOMAIN/; result[KEY] says how it went.
 backup_disk() {
   local k=$1 dir=${ddir[$1]} name=${snap[$1]} dom=${1%/*} disk=${1##*/}
-  local src dst part fd size t0 rc sum out
+  local src dst part fd size t0 rc sum out i
   src="$dir/snapshots/$name/disk.raw"
   dst="$outdir/$dom/$disk"
   part="$dst.raw.part"
@@ -266,6 +266,12 @@ backup_disk() {
   wait "$cp_pid"
   rc=$?
   cp_pid=""
+  # pv ends by itself once cp is gone (it looks once a second): its last
+  # frame shows the end of the copy
+  for ((i = 0; i < 30; i++)); do
+    if [ -z "$pv_pid" ] || ! kill -0 "$pv_pid" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
   stop_copy
   [ "$tty" -eq 1 ] && printf '\n' >&2
   if [ "$rc" -ne 0 ]; then
@@ -326,7 +332,9 @@ backup_domain() {
           frozen=$dom
           log "$dom: filesystems frozen"
         else
-          log "$dom: cannot freeze the filesystems (no guest agent?): $(tr '\n' ' ' <<<"$out")"
+          # virsh's last "error:" line is the reason (others are noise)
+          out=$(sed -n 's/^error: //p' <<<"$out" | tail -n 1)
+          log "$dom: cannot freeze the filesystems (no guest agent?): $out"
           log "$dom: going on; the snapshots are crash-consistent"
         fi ;;
       *) log "$dom: not running ($state): nothing to freeze" ;;

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# backup_example.sh — examples/backup.sh on a running two-disk domain
+# (issue 9 §5.1):
+#  1. a backup with -q (no guest agent: it says so and goes on), on a
+#     terminal (pv's progress bar when pv is installed), the guest writing
+#     to both disks while their snapshots exist: each DISK.raw equals the
+#     disk as it was before the backup (qemu-img convert of the whole
+#     chain), the checksum file checks, chain.json and info.json are kept;
+#     no backup-* snapshot is left, in the mount or in libvirt, each chain
+#     has its old files again, and the guest's writes made meanwhile are
+#     in the disks;
+#  2. a copy that fails (a directory where vdb.raw.part goes): exit 1, the
+#     summary names vdb, vda is backed up, both snapshots merged back;
+#  3. SIGTERM while the script runs: every snapshot it made is merged back;
+#  4. a restore as examples/restore.md says: the domain shut off, vda's
+#     backup converted to a new qcow2, the disk pointed at it, the old
+#     snapshot's metadata dropped; the guest reads the backed-up patterns.
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+it_init
+command -v script >/dev/null 2>&1 || it_skip "script (util-linux) is not installed"
+
+BACKUP="$IT_ROOT/examples/backup.sh"
+D="$IT_PREFIX-backup"
+M=1048576
+
+# vda: base (0x11) <- l1 (0x12) <- s1's overlay (0x13, by the guest)
+# vdb: base (0x21) <- the guest's writes (0x22)
+it_make_image "$T/vda.qcow2" 128M
+it_write_pattern "$T/vda.qcow2" 0x11 0 32M
+it_make_image "$T/vda.l1.qcow2" 128M "$T/vda.qcow2"
+it_write_pattern "$T/vda.l1.qcow2" 0x12 32M 8M
+it_make_image "$T/vdb.qcow2" 128M
+it_write_pattern "$T/vdb.qcow2" 0x21 0 24M
+it_define "$D" "$T/vda.l1.qcow2" "$T/vdb.qcow2"
+it_start "$D"
+it_mount
+it_wait_dom "$D"
+mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir vda/snapshots/s1"
+it_guest_write "$D" 0x13 40M 4M virtio-disk0
+it_guest_write "$D" 0x22 24M 4M virtio-disk1
+
+declare -A chain0
+for disk in vda vdb; do
+  chain0[$disk]=$(it_chain "$(it_domblk "$D" "$disk")" | tr '\n' ' ')
+  # what each backup must hold: the whole chain as it is now (the guest
+  # writes nothing until the writer below starts)
+  qemu-img convert -U -O raw "$(it_domblk "$D" "$disk")" "$T/exp_$disk.raw" ||
+    it_fail "qemu-img convert of $disk's chain"
+done
+it_log "chains: vda ${chain0[vda]}; vdb ${chain0[vdb]}"
+
+# backups DISK — the backup-* snapshots in DISK's snapshots/
+backups() {
+  local s
+  for s in "$MNT/$D/$1/snapshots"/backup-*; do
+    [ -e "$s" ] && printf '%s\n' "${s##*/}"
+  done
+  return 0
+}
+both_snapshotted() { [ -n "$(backups vda)" ] && [ -n "$(backups vdb)" ]; }
+
+# check_clean — no backup-* snapshot anywhere, the chains as before.
+check_clean() {
+  local disk
+  for disk in vda vdb; do
+    it_assert_eq "" "$(backups "$disk")" "$1: no backup-* in $disk/snapshots/"
+    it_assert_eq "${chain0[$disk]}" "$(it_chain "$(it_domblk "$D" "$disk")" | tr '\n' ' ')" \
+      "$1: $disk's chain has its old files again"
+  done
+  it_assert_eq "s1" "$(it_snapshot_names "$D")" "$1: libvirt lists no backup-* snapshot"
+}
+
+# ---- 1. a backup, the guest writing meanwhile ---------------------------------
+out1="$T/out1"
+# the guest's writes go to 100M..104M of both disks, only once both
+# snapshots exist: into their overlays, never into what is copied
+touch "$T/writing" "$T/writes"
+(
+  until both_snapshotted; do
+    [ -e "$T/writing" ] || exit 0
+    sleep 0.05
+  done
+  n=0
+  while [ -e "$T/writing" ]; do
+    for dev in virtio-disk0 virtio-disk1; do
+      virsh -q -c "$IT_URI" qemu-monitor-command "$D" --hmp \
+        "qemu-io -d /machine/peripheral/$dev/virtio-backend \"write -P 0x7f $((100 + n % 4))M 1M\"" >/dev/null 2>&1 &&
+        echo "$dev" >>"$T/writes"
+    done
+    n=$((n + 1))
+  done
+) &
+writer=$!
+# on a terminal (script(1)), as a person runs it: the progress display runs
+status=0
+script -qec "bash '$BACKUP' -m '$MNT' -o '$out1' -c '$IT_URI' -q '$D'" /dev/null >"$T/run1.out" 2>&1 ||
+  status=$?
+writes_during=$(wc -l <"$T/writes")
+sed 's/\r$//' "$T/run1.out" | tr '\r' '\n' | sed 's/^/  | /' >&2
+it_assert_eq 0 "$status" "backup.sh exits 0"
+[ "$writes_during" -ge 1 ] || it_fail "the guest wrote nothing while backup.sh's snapshots existed"
+# at least one more round, so that every 1 MiB of the region was written
+it_wait_until 60 "the guest writer wrote both disks' region" \
+  test "$(wc -l <"$T/writes")" -ge $((writes_during + 8))
+rm -f "$T/writing"
+wait "$writer"
+it_log "ok: the guest wrote $writes_during MiB while backup.sh ran"
+run1=$(sed 's/\r$//' "$T/run1.out" | tr '\r' '\n')
+it_assert_contains "$run1" "$D: cannot freeze the filesystems (no guest agent?)" "-q without a guest agent says so"
+it_assert_contains "$run1" "$D/vda: backed up to $out1/$D/vda.raw" "the summary: vda backed up"
+it_assert_contains "$run1" "$D/vdb: backed up to $out1/$D/vdb.raw" "the summary: vdb backed up"
+for disk in vda vdb; do
+  grep -q "^$D/$disk: snapshot backup-[0-9TZ]*-[0-9]*-$disk merged back" <<<"$run1" ||
+    it_fail "the summary does not say $disk's snapshot was merged back"
+  cmp "$T/exp_$disk.raw" "$out1/$D/$disk.raw" || it_fail "$disk.raw differs from the disk before the backup"
+  it_log "ok: $disk.raw equals the disk as it was; the writes after the snapshot are absent"
+  (cd "$out1/$D" && sha256sum -c --quiet "$disk.raw.sha256") || it_fail "sha256sum -c $disk.raw.sha256"
+  name=$(jq -r .name "$out1/$D/$disk.info.json")
+  it_assert_eq "$(it_domblk "$D" "$disk")" "$(jq -r .frozen "$out1/$D/$disk.info.json")" \
+    "$disk.info.json: the snapshot froze the disk's active file"
+  it_assert_eq "$name" "$(jq -r '.layers[0].snapshot' "$out1/$D/$disk.chain.json")" \
+    "$disk.chain.json: the chain with the backup's snapshot on top"
+  grep -q "disk.raw of $D/$disk $name closed: .* by pid [0-9]* cp" "$IT_LOG" ||
+    it_fail "the chainfs log has no close of $name's disk.raw by cp"
+  alloc=$(($(stat -c %b "$out1/$D/$disk.raw") * 512))
+  [ "$alloc" -lt $((64 * M)) ] || it_fail "$disk.raw is not sparse: $alloc bytes allocated of 128 MiB"
+  it_log "ok: $disk.raw is sparse ($alloc bytes allocated)"
+done
+it_assert_eq "" "$(find "$out1" -name '*.part')" "no .part file left"
+if command -v pv >/dev/null 2>&1; then
+  grep -q "$D/vda:.*100%" <<<"$run1" || it_fail "no pv progress bar for vda on the terminal"
+  it_log "ok: pv drew the progress"
+fi
+check_clean "backup"
+# the writes made while the snapshots existed are in the disks
+it_check_pattern "$(it_domblk "$D" vda)" 0x7f 100M 4M
+it_check_pattern "$(it_domblk "$D" vdb)" 0x7f 100M 4M
+it_check_pattern "$(it_domblk "$D" vda)" 0x13 40M 4M
+it_check_pattern "$(it_domblk "$D" vdb)" 0x22 24M 4M
+
+# refresh the expected content: the writer's region is part of it now
+for disk in vda vdb; do
+  qemu-img convert -U -O raw "$(it_domblk "$D" "$disk")" "$T/exp_$disk.raw" ||
+    it_fail "qemu-img convert of $disk's chain"
+done
+
+# ---- 2. the copy of vdb fails ------------------------------------------------
+out2="$T/out2"
+mkdir -p "$out2/$D/vdb.raw.part" # a directory where the copy goes
+status=0
+bash "$BACKUP" -m "$MNT" -o "$out2" "$D" >"$T/run2.out" 2>"$T/run2.err" || status=$?
+sed 's/^/  | /' "$T/run2.err" "$T/run2.out" >&2
+[ "$status" -ne 0 ] || it_fail "backup.sh exits 0 although vdb's copy failed"
+it_assert_eq 1 "$status" "backup.sh exits 1 when a copy failed"
+run2=$(cat "$T/run2.out")
+it_assert_contains "$run2" "$D/vdb: FAILED: cp: cannot overwrite directory" "the summary names vdb's failure and why"
+it_assert_contains "$run2" "$D/vda: backed up" "vda is backed up all the same"
+for disk in vda vdb; do
+  grep -q "^$D/$disk: snapshot backup-[0-9TZ]*-[0-9]*-$disk merged back" <<<"$run2" ||
+    it_fail "after the failure, $disk's snapshot was not reported merged back"
+done
+cmp "$T/exp_vda.raw" "$out2/$D/vda.raw" || it_fail "vda.raw of the failed run differs"
+[ ! -e "$out2/$D/vdb.raw" ] || it_fail "vdb.raw exists although its copy failed"
+[ -d "$out2/$D/vdb.raw.part" ] || it_fail "the directory in the way was removed"
+check_clean "failed copy"
+
+# ---- 3. SIGTERM while it runs --------------------------------------------------
+out3="$T/out3"
+bash "$BACKUP" -m "$MNT" -o "$out3" "$D" >"$T/run3.out" 2>"$T/run3.err" &
+bpid=$!
+it_wait_until 60 "backup.sh took vda's snapshot" test -n "$(backups vda)"
+kill -TERM "$bpid"
+status=0
+wait "$bpid" || status=$?
+sed 's/^/  | /' "$T/run3.err" "$T/run3.out" >&2
+it_assert_eq 143 "$status" "backup.sh killed by SIGTERM exits 143"
+run3=$(cat "$T/run3.out")
+grep -q "^$D/vda: snapshot backup-[0-9TZ]*-[0-9]*-vda merged back" <<<"$run3" ||
+  it_fail "after SIGTERM, vda's snapshot was not reported merged back"
+grep -q 'NOT merged back' <<<"$run3" && it_fail "after SIGTERM, a snapshot was not merged back"
+it_assert_eq "" "$(find "$out3" -name '*.part' 2>/dev/null)" "no .part file left after SIGTERM"
+check_clean "SIGTERM"
+
+# ---- 4. restore vda as examples/restore.md says -------------------------------
+it_destroy "$D"
+it_wait_until 20 "chainfs sees the domain shut off" grep -q '^state: *shutoff$' "$MNT/$D/vda/chain"
+(cd "$out1/$D" && sha256sum -c --quiet vda.raw.sha256) || it_fail "restore: the checksum"
+restored="$T/restored-vda.qcow2"
+qemu-img convert -f raw -O qcow2 "$out1/$D/vda.raw" "$restored" || it_fail "restore: qemu-img convert"
+if command -v virt-xml >/dev/null 2>&1; then
+  virt-xml -c "$IT_URI" "$D" --edit target=vda --disk "path=$restored,driver.type=qcow2" >/dev/null ||
+    it_fail "restore: virt-xml --edit target=vda"
+  it_log "restore: the disk pointed at the new image with virt-xml"
+else
+  it_virsh dumpxml --inactive --security-info "$D" >"$T/restore.xml"
+  python3 - "$T/restore.xml" "$restored" <<'PY' || it_fail "restore: editing the XML"
+import sys, xml.etree.ElementTree as ET
+path, new = sys.argv[1], sys.argv[2]
+tree = ET.parse(path)
+for disk in tree.getroot().iter("disk"):
+    if disk.find("target").get("dev") == "vda":
+        disk.find("source").set("file", new)
+        disk.find("driver").set("type", "qcow2")
+        bs = disk.find("backingStore")
+        if bs is not None:
+            disk.remove(bs)
+tree.write(path)
+PY
+  it_virsh define "$T/restore.xml" >/dev/null || it_fail "restore: virsh define"
+  it_log "restore: the disk pointed at the new image with virsh define (no virt-xml here)"
+fi
+it_virsh snapshot-delete "$D" s1 --metadata >/dev/null || it_fail "restore: snapshot-delete s1 --metadata"
+it_assert_eq "" "$(it_snapshot_names "$D")" "restore: no snapshot metadata names the old overlays"
+it_start "$D"
+it_assert_eq "$restored" "$(it_domblk "$D" vda)" "restore: vda runs on the restored image"
+it_wait_until 20 "vda's chain is the restored image alone" \
+  test "$(jq -r '[.layers[].file] | join(" ")' "$MNT/$D/vda/chain.json")" = "$restored"
+it_guest_check_pattern "$D" 0x11 0 32M virtio-disk0
+it_guest_check_pattern "$D" 0x12 32M 8M virtio-disk0
+it_guest_check_pattern "$D" 0x13 40M 4M virtio-disk0
+it_guest_check_pattern "$D" 0x7f 100M 4M virtio-disk0
+for f in ${chain0[vda]}; do
+  [ -e "$f" ] || it_fail "restore: the old chain's $f is gone"
+done
+it_log "ok: the old chain is left alone"
