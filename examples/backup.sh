@@ -103,7 +103,8 @@ tty=0
 #   snap[k]    the snapshot this run created on the disk, if any
 #   merged[k]  "merged back" / "NOT merged back: reason; run: ..." once tried
 keys=()
-declare -A result=() snap=() merged=() ddir=()
+#   dest[k]    OUTDIR/DOMAIN/DISK, once a copy began; copied[k] its size
+declare -A result=() snap=() merged=() ddir=() dest=() copied=()
 failed_domains=()
 cp_pid="" pv_pid="" prog_pid="" frozen=""
 
@@ -140,7 +141,8 @@ cleanup() {
     ok=0
   done
   for k in "${keys[@]}"; do
-    : "${result[$k]:=FAILED: not copied (interrupted)}"
+    : "${result[$k]:=FAILED: interrupted}"
+    case "${result[$k]}" in "backed up"*) ;; *) drop_parts "$k" ;; esac
     printf '%s: %s\n' "$k" "${result[$k]}"
     case "${result[$k]}" in "backed up"* | skipped*) ;; *) ok=0 ;; esac
     if [ -n "${snap[$k]:-}" ]; then
@@ -168,6 +170,17 @@ stop_copy() {
     [ -n "$p" ] && wait "$p" 2>/dev/null
   done
   cp_pid="" pv_pid="" prog_pid=""
+}
+
+# drop_parts KEY — remove the .part files of a disk that was not backed
+# up (only files: whatever else is in the way is not ours).
+# shellcheck disable=SC2317 # run by cleanup
+drop_parts() {
+  local f
+  [ -n "${dest[$1]:-}" ] || return 0
+  for f in "${dest[$1]}".{raw,raw.sha256,chain.json,info.json}.part; do
+    if [ -f "$f" ] && [ ! -L "$f" ]; then rm -f -- "$f"; fi
+  done
 }
 
 # merge_back KEY — rmdir the snapshot this run made on the disk, wait for
@@ -220,11 +233,11 @@ fd_of() {
   return 1
 }
 
-# progress PID FD SIZE LABEL — without pv: a line every 5 s from the read
+# progress PID FD SIZE LABEL — without pv: a line every 2 s from the read
 # offset of PID's FD (which jumps over holes, as cp does).
 progress() {
   local pos
-  while sleep 5; do
+  while sleep 2; do
     pos=$(sed -n 's/^pos:[[:space:]]*//p' "/proc/$1/fdinfo/$2" 2>/dev/null) || break
     [ -n "$pos" ] || break
     printf '\r%s: %3d%%  %s of %s ' "$4" $((pos * 100 / ($3 > 0 ? $3 : 1))) \
@@ -232,11 +245,12 @@ progress() {
   done
 }
 
-# backup_disk KEY — copy the snapshot's image and its metadata into
-# OUTDIR/DOMAIN/; result[KEY] says how it went.
-backup_disk() {
+# copy_disk KEY — copy the snapshot's image, chain.json and info.json
+# into .part files in OUTDIR/DOMAIN/ (copied[KEY] set); on failure
+# result[KEY] says why.
+copy_disk() {
   local k=$1 dir=${ddir[$1]} name=${snap[$1]} dom=${1%/*} disk=${1##*/}
-  local src dst part fd size t0 rc sum out i
+  local src dst part fd size t0 rc out i
   src="$dir/snapshots/$name/disk.raw"
   dst="$outdir/$dom/$disk"
   part="$dst.raw.part"
@@ -249,6 +263,7 @@ backup_disk() {
     return
   fi
   size=$(stat -c %s -- "$src") || { result[$k]="FAILED: cannot stat $src"; return; }
+  dest[$k]=$dst
   log "$k: copying snapshot $name ($(human "$size")) to $part"
   t0=$(date +%s)
   # -T: a directory in the way is an error, not a place to copy into
@@ -277,25 +292,38 @@ backup_disk() {
   if [ "$rc" -ne 0 ]; then
     result[$k]="FAILED: $(tr '\n' ' ' <"$work/cp.err" | sed 's/ *$//')"
     [ -n "${result[$k]#FAILED: }" ] || result[$k]="FAILED: cp exited with status $rc"
-    [ -f "$part" ] && rm -f -- "$part"
     return
   fi
-  log "$k: copied in $(($(date +%s) - t0)) s; checksumming"
-  if ! sum=$(sha256sum <"$part" | cut -d' ' -f1) || [ -z "$sum" ]; then
-    result[$k]="FAILED: sha256sum of $part"
+  # the disk's chain and the snapshot's info, while the snapshot exists
+  if ! out=$(cp -- "$dir/chain.json" "$dst.chain.json.part" 2>&1) ||
+    ! out=$(cp -- "$dir/snapshots/$name/info.json" "$dst.info.json.part" 2>&1); then
+    result[$k]="FAILED: $out"
+    return
+  fi
+  copied[$k]=$size
+  log "$k: copied in $(($(date +%s) - t0)) s"
+}
+
+# finish_disk KEY — once the snapshot is merged back (it need not wait
+# for the checksum): DISK.raw.sha256, then every file under its name, the
+# image last.
+finish_disk() {
+  local k=$1 dst=${dest[$1]:-} disk=${1##*/} sum
+  [ -n "${copied[$k]:-}" ] || return
+  log "$k: checksumming"
+  if ! sum=$(sha256sum <"$dst.raw.part" | cut -d' ' -f1) || [ -z "$sum" ]; then
+    result[$k]="FAILED: sha256sum of $dst.raw.part"
     return
   fi
   if ! printf '%s  %s\n' "$sum" "$disk.raw" >"$dst.raw.sha256.part" ||
-    ! cp -- "$dir/chain.json" "$dst.chain.json.part" ||
-    ! cp -- "$dir/snapshots/$name/info.json" "$dst.info.json.part" ||
     ! mv -f -- "$dst.raw.sha256.part" "$dst.raw.sha256" ||
     ! mv -f -- "$dst.chain.json.part" "$dst.chain.json" ||
     ! mv -f -- "$dst.info.json.part" "$dst.info.json" ||
-    ! mv -f -- "$part" "$dst.raw"; then
+    ! mv -f -- "$dst.raw.part" "$dst.raw"; then
     result[$k]="FAILED: could not write the files beside $dst.raw"
     return
   fi
-  result[$k]="backed up to $dst.raw ($(human "$size"), $(human $(($(stat -c %b -- "$dst.raw") * 512))) of data)"
+  result[$k]="backed up to $dst.raw ($(human "${copied[$k]}"), $(human $(($(stat -c %b -- "$dst.raw") * 512))) of data)"
 }
 
 # ---- one domain ---------------------------------------------------------------
@@ -364,8 +392,9 @@ backup_domain() {
   fi
   for k in "${mine[@]}"; do
     [ -n "${snap[$k]:-}" ] || continue
-    backup_disk "$k"
+    copy_disk "$k"
     merge_back "$k"
+    finish_disk "$k"
   done
 }
 
