@@ -1,0 +1,219 @@
+/* imgserve_try — test tool: the real image server (backend/nbd.c) from
+ * the command line, so tests/integration/nbd_serve.sh checks it against
+ * real qemu-nbd, qemu-img and qemu-io without a mount or a libvirtd.
+ *
+ *   imgserve_try [MODE] STATE_DIR SIZE FORMAT:PATH [FORMAT:PATH...]
+ *   imgserve_try -S STATE_DIR                      (the stale sweep only)
+ *
+ * The chain is given top first, like cfs_img_spec; SIZE is the expected
+ * virtual size in bytes. A PATH that is a block device is served as
+ * host_device. MODE:
+ *   (none), -r  read the whole image to stdout through one stream in
+ *               4 MiB reads (sequential: read-ahead is used)
+ *   -R          read it in 192 KiB pieces from the end to the start (no
+ *               read-ahead), write it out in order
+ *   -m          print the data runs, "OFF LEN" a line
+ *   -H          hold the server open: print "ready" and wait for SIGTERM
+ *               or SIGINT, then stop it (exit 0)
+ * On a failure: "imgserve_try: WHAT: rc=N (strerror): MESSAGE" on stderr,
+ * exit 1; bad usage: exit 2. IMGSERVE_DEBUG=1 shows debug log lines. */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chainfs/backend.h"
+#include "chainfs/imgserve.h"
+#include "chainfs/log.h"
+#include "chainfs/util.h"
+
+#define READ_SIZE (4u << 20)
+#define BACK_PIECE (192u << 10)
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H] STATE_DIR SIZE FORMAT:PATH...\n"
+                    "       imgserve_try -S STATE_DIR\n");
+    return 2;
+}
+
+static int fail(const char *what, long rc)
+{
+    fprintf(stderr, "imgserve_try: %s: rc=%ld (%s): %s\n", what, rc, strerror((int)-rc),
+            cfs_backend_errmsg());
+    return 1;
+}
+
+static int read_forward(struct cfs_imgserve *s, struct cfs_img *img, uint64_t size)
+{
+    struct cfs_img_stream *st;
+    int rc = s->ops->stream_open(img, &st);
+    if (rc < 0)
+        return fail("stream_open", rc);
+    char *buf = malloc(READ_SIZE);
+    if (!buf)
+        return fail("malloc", -ENOMEM);
+    int ret = 0;
+    for (uint64_t off = 0; off < size;) {
+        size_t n = size - off < READ_SIZE ? (size_t)(size - off) : READ_SIZE;
+        ssize_t r = s->ops->stream_read(st, buf, n, off);
+        if (r < 0) {
+            ret = fail("stream_read", r);
+            break;
+        }
+        if ((size_t)r != n) {
+            fprintf(stderr, "imgserve_try: short read %zd of %zu at %" PRIu64 "\n", r, n, off);
+            ret = 1;
+            break;
+        }
+        if (cfs_write_all(1, buf, n) < 0) {
+            perror("imgserve_try: write");
+            ret = 1;
+            break;
+        }
+        off += n;
+    }
+    free(buf);
+    s->ops->stream_close(st);
+    return ret;
+}
+
+static int read_backward(struct cfs_imgserve *s, struct cfs_img *img, uint64_t size)
+{
+    struct cfs_img_stream *st;
+    int rc = s->ops->stream_open(img, &st);
+    if (rc < 0)
+        return fail("stream_open", rc);
+    char *all = malloc(size ? (size_t)size : 1);
+    if (!all)
+        return fail("malloc", -ENOMEM);
+    int ret = 0;
+    uint64_t end = size;
+    while (end > 0) {
+        uint64_t off = end > BACK_PIECE ? end - BACK_PIECE : 0;
+        ssize_t r = s->ops->stream_read(st, all + off, (size_t)(end - off), off);
+        if (r < 0) {
+            ret = fail("stream_read", r);
+            break;
+        }
+        end = off;
+    }
+    if (ret == 0 && cfs_write_all(1, all, (size_t)size) < 0) {
+        perror("imgserve_try: write");
+        ret = 1;
+    }
+    free(all);
+    s->ops->stream_close(st);
+    return ret;
+}
+
+int main(int argc, char **argv)
+{
+    char mode = 'r';
+    int opt;
+    while ((opt = getopt(argc, argv, "rRmHS")) != -1) {
+        if (opt == '?')
+            return usage();
+        mode = (char)opt;
+    }
+    cfs_log_init(false, getenv("IMGSERVE_DEBUG") != NULL);
+    if (mode == 'S') {
+        if (argc - optind != 1)
+            return usage();
+        struct cfs_imgserve *s = cfs_nbd_imgserve_new(argv[optind], NULL);
+        if (!s)
+            return fail("new", -ENOMEM);
+        int rc = s->ops->sweep(s);
+        s->ops->destroy(s);
+        return rc < 0 ? fail("sweep", rc) : 0;
+    }
+    if (argc - optind < 3)
+        return usage();
+    const char *state_dir = argv[optind];
+    char *endp;
+    errno = 0;
+    unsigned long long size = strtoull(argv[optind + 1], &endp, 10);
+    if (errno || *endp || endp == argv[optind + 1])
+        return usage();
+    size_t n = (size_t)(argc - optind - 2);
+    struct cfs_img_layer *layers = calloc(n, sizeof(*layers));
+    char **paths = calloc(n, sizeof(char *));
+    if (!layers || !paths)
+        return fail("malloc", -ENOMEM);
+    for (size_t i = 0; i < n; i++) {
+        char *arg = argv[optind + 2 + (int)i];
+        char *colon = strchr(arg, ':');
+        if (!colon)
+            return usage();
+        *colon = '\0';
+        /* a missing file stays as given (absolute), for the ENOENT check */
+        paths[i] = realpath(colon + 1, NULL);
+        if (!paths[i]) {
+            char cwd[PATH_MAX];
+            if (colon[1] == '/' || !getcwd(cwd, sizeof(cwd)))
+                paths[i] = strdup(colon + 1);
+            else if (asprintf(&paths[i], "%s/%s", cwd, colon + 1) < 0)
+                paths[i] = NULL;
+            if (!paths[i])
+                return fail("malloc", -ENOMEM);
+        }
+        struct stat sb;
+        layers[i].path = paths[i];
+        layers[i].format = arg;
+        layers[i].is_block = stat(paths[i], &sb) == 0 && S_ISBLK(sb.st_mode);
+    }
+    struct cfs_img_spec spec = {.layers = layers, .n_layers = n, .virtual_size = size,
+                                .label = "imgserve_try"};
+
+    /* SIGTERM/SIGINT for -H: taken by sigwait, blocked before any thread */
+    sigset_t stopsigs;
+    sigemptyset(&stopsigs);
+    sigaddset(&stopsigs, SIGTERM);
+    sigaddset(&stopsigs, SIGINT);
+    if (mode == 'H')
+        sigprocmask(SIG_BLOCK, &stopsigs, NULL);
+
+    struct cfs_imgserve *s = cfs_nbd_imgserve_new(state_dir, getenv("QEMU_NBD"));
+    if (!s)
+        return fail("new", -ENOMEM);
+    struct cfs_img *img;
+    int ret = 0;
+    int rc = s->ops->start(s, &spec, &img);
+    if (rc < 0) {
+        ret = fail("start", rc);
+        goto out;
+    }
+    if (mode == 'r') {
+        ret = read_forward(s, img, size);
+    } else if (mode == 'R') {
+        ret = read_backward(s, img, size);
+    } else if (mode == 'm') {
+        const struct cfs_extent *runs;
+        size_t nr;
+        rc = s->ops->extents(img, &runs, &nr);
+        if (rc < 0)
+            ret = fail("extents", rc);
+        for (size_t i = 0; rc == 0 && i < nr; i++)
+            printf("%" PRIu64 " %" PRIu64 "\n", runs[i].off, runs[i].len);
+    } else if (mode == 'H') {
+        printf("ready\n");
+        fflush(stdout);
+        int sig;
+        sigwait(&stopsigs, &sig);
+    }
+    s->ops->stop(img);
+out:
+    s->ops->destroy(s);
+    for (size_t i = 0; i < n; i++)
+        free(paths[i]);
+    free(paths);
+    free(layers);
+    if (fflush(stdout) != 0)
+        ret = 1;
+    return ret;
+}
