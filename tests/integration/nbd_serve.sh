@@ -11,6 +11,7 @@
 #   - while a chain is held: committing into a layer above the served top
 #     works, opening the served top or the raw base read-write does not;
 #     no fd of ours (an inherited non-CLOEXEC one) is open in qemu-nbd;
+#   - qemu-nbd killed under a reader: reads EIO with a log line naming it;
 #   - kill -9 of the holder: its qemu-nbd ends within 1 s, the raw lock is
 #     gone, and a sweep leaves STATE_DIR/nbd empty;
 #   - the sweep removes a planted socket and pid records of a dead pid and
@@ -184,6 +185,7 @@ alive "${QNBD[0]}" && fail "qemu-nbd ${QNBD[0]} still runs after the holder stop
 log "held qcow2 chain: commit above works, s1 rw refused (lock), no inherited fd in qemu-nbd; stop cleans up"
 
 hold "${RCHAIN[@]}"
+q=${QNBD[0]}
 if qemu-io -f raw -c 'write -P 0x99 0 64k' rbase.raw >/dev/null 2>err.txt; then
   fail "qemu-io wrote the raw base under a reader"
 fi
@@ -195,7 +197,6 @@ qemu-io -r -f raw -c 'read -P 0x55 0 64k' rbase.raw >/dev/null || fail "raw base
 log "held raw-based chain: raw base and r1 refused read-write (byte-201 lock), readable"
 
 # ---- kill -9 of the holder --------------------------------------------------------
-q=${QNBD[0]}
 kill -KILL "$HOLDER"
 t0=$(date +%s%N)
 while alive "$q"; do
@@ -210,6 +211,20 @@ try -S "$D/state" 2>sweep.log || fail "sweep: $(cat sweep.log)"
 grep -q 'removed .*\.pid' sweep.log || fail "sweep did not log the removal: $(cat sweep.log)"
 [ -z "$(ls -A state/nbd)" ] || fail "state/nbd not empty after the sweep: $(ls -A state/nbd)"
 log "sweep after the kill: state/nbd empty"
+
+# ---- qemu-nbd killed under a reader -------------------------------------------------
+hold "${QCHAIN[@]}"
+q=${QNBD[0]}
+kill -KILL "$q"
+kill -USR1 "$HOLDER"
+if wait "$HOLDER"; then
+  fail "reads worked after qemu-nbd was killed"
+fi
+grep -q 'stream_read: rc=-5' hold.err || fail "no EIO after qemu-nbd was killed: $(cat hold.err)"
+grep -q "qemu-nbd (pid $q) lost: .*killed by signal 9" hold.err ||
+  fail "no log line naming the dead qemu-nbd: $(cat hold.err)"
+[ -z "$(ls -A state/nbd)" ] || fail "state/nbd not empty after a dead server's stop: $(ls -A state/nbd)"
+log "qemu-nbd killed under a reader: reads EIO, one log line with its status, stop cleans up"
 
 # ---- the sweep on planted things ---------------------------------------------------
 python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' \
