@@ -9,7 +9,8 @@
  * virtual size in bytes. A PATH that is a block device is served as
  * host_device. MODE:
  *   (none), -r  read the whole image to stdout through one stream in
- *               4 MiB reads (sequential: read-ahead is used)
+ *               4 MiB reads (sequential: read-ahead is used); -b BYTES
+ *               sets the read size (1048576: what FUSE asks)
  *   -R          read it in 192 KiB pieces from the end to the start (no
  *               read-ahead), write it out in order
  *   -m          print the data runs, "OFF LEN" a line
@@ -35,12 +36,12 @@
 #include "chainfs/log.h"
 #include "chainfs/util.h"
 
-#define READ_SIZE (4u << 20)
+static size_t read_size = 4u << 20; /* -b */
 #define BACK_PIECE (192u << 10)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H] STATE_DIR SIZE FORMAT:PATH...\n"
+    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H] [-b BYTES] STATE_DIR SIZE FORMAT:PATH...\n"
                     "       imgserve_try -S STATE_DIR\n");
     return 2;
 }
@@ -59,12 +60,12 @@ static int read_forward(struct cfs_imgserve *s, struct cfs_img *img, uint64_t si
     int rc = s->ops->stream_open(img, &st);
     if (rc < 0)
         return fail("stream_open", rc);
-    char *buf = malloc(READ_SIZE);
+    char *buf = malloc(read_size);
     if (!buf)
         return fail("malloc", -ENOMEM);
     int ret = 0;
     for (uint64_t off = 0; off < size;) {
-        size_t n = size - off < READ_SIZE ? (size_t)(size - off) : READ_SIZE;
+        size_t n = size - off < read_size ? (size_t)(size - off) : read_size;
         ssize_t r = s->ops->stream_read(st, buf, n, off);
         if (r < 0) {
             ret = fail("stream_read", r);
@@ -120,9 +121,15 @@ int main(int argc, char **argv)
 {
     char mode = 'r';
     int opt;
-    while ((opt = getopt(argc, argv, "rRmHS")) != -1) {
+    while ((opt = getopt(argc, argv, "rRmHSb:")) != -1) {
         if (opt == '?')
             return usage();
+        if (opt == 'b') {
+            read_size = strtoul(optarg, NULL, 10);
+            if (read_size == 0 || read_size > (256u << 20))
+                return usage();
+            continue;
+        }
         mode = (char)opt;
     }
     cfs_log_init(false, getenv("IMGSERVE_DEBUG") != NULL);
