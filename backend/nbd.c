@@ -426,6 +426,9 @@ static int errno_of_qemu_text(const char *t)
         return -EBUSY;
     if (strstr(t, "No such file"))
         return -ENOENT;
+    /* an encrypted image asks for its secret: not served (design §1.2) */
+    if (strstr(t, "encrypt.key-secret") || strstr(t, "is encrypted"))
+        return -EOPNOTSUPP;
     return -EIO;
 }
 
@@ -1414,7 +1417,17 @@ static bool has_suffix(const char *s, const char *suf)
 
 /* A pid record: stop the qemu-nbd it names if it is still the same
  * process (same start time) and still qemu-nbd. */
-static void sweep_record(int dfd, const char *dir, const char *name)
+static bool ours_running(struct nbd_priv *p, pid_t pid)
+{
+    bool found = false;
+    pthread_mutex_lock(&p->lock);
+    for (struct cfs_img *i = p->servers; i && !found; i = i->next)
+        found = i->pid == pid;
+    pthread_mutex_unlock(&p->lock);
+    return found;
+}
+
+static void sweep_record(struct nbd_priv *p, int dfd, const char *dir, const char *name)
 {
     char line[96] = "";
     int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -1425,6 +1438,8 @@ static void sweep_record(int dfd, const char *dir, const char *name)
     }
     int pid = 0;
     unsigned long long start = 0;
+    if (sscanf(line, "%d %llu", &pid, &start) == 2 && pid > 1 && ours_running(p, pid))
+        return; /* a server of this daemon: not stale */
     if (sscanf(line, "%d %llu", &pid, &start) == 2 && pid > 1 && start != 0 &&
         proc_start_time(pid) == start && is_qemu_nbd(pid)) {
         cfs_log(LOG_INFO, "nbd sweep: stopping qemu-nbd pid %d left by a previous daemon "
@@ -1462,7 +1477,7 @@ static int nbd_sweep(struct cfs_imgserve *s)
     struct dirent *e;
     while ((e = readdir(d)))
         if (has_suffix(e->d_name, ".pid"))
-            sweep_record(dfd, p->nbd_dir, e->d_name);
+            sweep_record(p, dfd, p->nbd_dir, e->d_name);
     rewinddir(d);
     while ((e = readdir(d))) {
         if (!has_suffix(e->d_name, ".s"))

@@ -7,7 +7,8 @@
 #     under qcow2, each layer with its own pattern: the bytes served equal
 #     `qemu-img convert -O raw` of the chain (sequential and backward reads);
 #   - the data runs equal `qemu-img map`'s data entries;
-#   - a wrong expected size and a missing file are refused (ENOENT text);
+#   - a wrong expected size, a missing file (ENOENT with QEMU's text) and
+#     an encrypted image (EOPNOTSUPP) are refused;
 #   - while a chain is held: committing into a layer above the served top
 #     works, opening the served top or the raw base read-write does not;
 #     no fd of ours (an inherited non-CLOEXEC one) is open in qemu-nbd;
@@ -133,8 +134,14 @@ if try "$D/state" "$SIZE" qcow2:"$D/r1.qcow2" raw:"$D/gone.raw" >/dev/null 2>err
   fail "a chain with a missing raw file was served"
 fi
 grep -q 'rc=-2 .*No such file' err.txt || fail "missing raw: not ENOENT: $(cat err.txt)"
+qemu-img create -q -f qcow2 --object secret,id=sec0,data=cfs-$$ \
+  -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 enc.qcow2 1M
+if try "$D/state" $MiB qcow2:"$D/enc.qcow2" >/dev/null 2>err.txt; then
+  fail "an encrypted image was served"
+fi
+grep -q 'rc=-95 .*key-secret' err.txt || fail "encrypted: not EOPNOTSUPP with the text: $(cat err.txt)"
 [ -z "$(ls -A state/nbd)" ] || fail "state/nbd not empty after the runs: $(ls -A state/nbd)"
-log "wrong size -> EIO, missing file -> ENOENT with qemu-nbd's text; nothing left in state/nbd"
+log "wrong size -> EIO, missing file -> ENOENT with qemu-nbd's text, encrypted -> EOPNOTSUPP; nothing left in state/nbd"
 
 # ---- holding a chain: locks, fds ------------------------------------------------
 # hold CHAIN... — start a holder in the background with an inherited fd 9
