@@ -5,7 +5,9 @@
 #
 #   - a qcow2 chain of 3 made with relative backing names and a raw base
 #     under qcow2, each layer with its own pattern: the bytes served equal
-#     `qemu-img convert -O raw` of the chain (sequential and backward reads);
+#     `qemu-img convert -O raw` of the chain (sequential and backward reads,
+#     6 streams of one server at once mixing sequential and random reads,
+#     3 servers at once);
 #   - the data runs equal `qemu-img map`'s data entries;
 #   - a wrong expected size, a missing file (ENOENT with QEMU's text) and
 #     an encrypted image (EOPNOTSUPP) are refused;
@@ -86,9 +88,22 @@ try "$D/state" "$SIZE" "${QCHAIN[@]}" >out-s2.raw || fail "read of the qcow2 cha
 cmp out-s2.raw ref-s2.raw || fail "qcow2 chain: served bytes differ from qemu-img convert"
 try -R "$D/state" "$SIZE" "${QCHAIN[@]}" >outR-s2.raw || fail "backward read of the qcow2 chain"
 cmp outR-s2.raw ref-s2.raw || fail "qcow2 chain: backward read differs"
-log "qcow2 chain of 3 (relative backing names): equal to qemu-img convert, forward and backward"
-
+out=$(try -P 6 -C ref-s2.raw "$D/state" "$SIZE" "${QCHAIN[@]}") || fail "6 parallel streams"
+[ "$out" = ok ] || fail "parallel streams: $out"
+log "qcow2 chain of 3 (relative backing names): equal to qemu-img convert, forward, backward, 6 streams at once"
+try "$D/state" "$SIZE" "${QCHAIN[@]}" >out-a.raw &
+a=$!
+try "$D/state" "$SIZE" "${QCHAIN[@]}" >out-b.raw &
+b=$!
+try "$D/state" "$SIZE" "${RCHAIN[@]}" >out-c.raw &
+c=$!
+wait $a && wait $b && wait $c || fail "three servers at once"
+cmp out-a.raw ref-s2.raw && cmp out-b.raw ref-s2.raw || fail "two servers of one chain at once: bytes differ"
 qemu-img convert -O raw r1.qcow2 ref-r1.raw
+cmp out-c.raw ref-r1.raw || fail "a server of another chain beside them: bytes differ"
+rm -f out-a.raw out-b.raw out-c.raw
+log "two servers of one chain and one of another at once: all equal"
+
 try "$D/state" "$SIZE" "${RCHAIN[@]}" >out-r1.raw || fail "read of the raw-based chain"
 cmp out-r1.raw ref-r1.raw || fail "raw base: served bytes differ from qemu-img convert"
 log "raw base under qcow2: equal to qemu-img convert"

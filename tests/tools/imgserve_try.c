@@ -14,6 +14,11 @@
  *   -R          read it in 192 KiB pieces from the end to the start (no
  *               read-ahead), write it out in order
  *   -m          print the data runs, "OFF LEN" a line
+ *   -P N -C REF N threads, each with its own stream, read the image at
+ *               once: a sequential pass in 1 MiB reads with random reads
+ *               of random sizes mixed in (every 5th read), every read
+ *               compared with the same bytes of the raw file REF; prints
+ *               "ok" and exits 0 if all were equal
  *   -H          hold the server open: print "ready" and wait for SIGTERM
  *               or SIGINT, then stop it (exit 0); on SIGUSR1 instead,
  *               read the whole image (discarding it), then stop: the exit
@@ -22,7 +27,9 @@
  * exit 1; bad usage: exit 2. IMGSERVE_DEBUG=1 shows debug log lines. */
 #include <errno.h>
 #include <inttypes.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -41,7 +48,7 @@ static size_t read_size = 4u << 20; /* -b */
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H] [-b BYTES] STATE_DIR SIZE FORMAT:PATH...\n"
+    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H|-P N -C REF] [-b BYTES] STATE_DIR SIZE FORMAT:PATH...\n"
                     "       imgserve_try -S STATE_DIR\n");
     return 2;
 }
@@ -117,13 +124,117 @@ static int read_backward(struct cfs_imgserve *s, struct cfs_img *img, uint64_t s
     return ret;
 }
 
+struct par {
+    struct cfs_imgserve *s;
+    struct cfs_img *img;
+    uint64_t size;
+    int ref;
+    unsigned seed;
+    int ret;
+};
+
+static int check_read(struct par *a, struct cfs_img_stream *st, char *buf, char *want,
+                      size_t n, uint64_t off)
+{
+    ssize_t r = a->s->ops->stream_read(st, buf, n, off);
+    if (r < 0)
+        return fail("stream_read", r);
+    if ((size_t)r != n || pread(a->ref, want, n, (off_t)off) != (ssize_t)n ||
+        memcmp(buf, want, n) != 0) {
+        fprintf(stderr, "imgserve_try: %zu bytes at %" PRIu64 " differ from the reference\n",
+                n, off);
+        return 1;
+    }
+    return 0;
+}
+
+static void *par_main(void *arg)
+{
+    struct par *a = arg;
+    struct cfs_img_stream *st;
+    int rc = a->s->ops->stream_open(a->img, &st);
+    if (rc < 0) {
+        a->ret = fail("stream_open", rc);
+        return NULL;
+    }
+    size_t bs = 1u << 20;
+    char *buf = malloc(4u << 20), *want = malloc(4u << 20);
+    if (!buf || !want) {
+        a->ret = 1;
+        goto out;
+    }
+    unsigned k = 0;
+    for (uint64_t off = 0; off < a->size && !a->ret; k++) {
+        if (k % 5 == 4) {
+            uint64_t roff = (uint64_t)rand_r(&a->seed) * 4099 % a->size;
+            size_t n = 1 + (size_t)rand_r(&a->seed) % (4u << 20);
+            if (n > a->size - roff)
+                n = (size_t)(a->size - roff);
+            a->ret = check_read(a, st, buf, want, n, roff);
+            continue;
+        }
+        size_t n = a->size - off < bs ? (size_t)(a->size - off) : bs;
+        a->ret = check_read(a, st, buf, want, n, off);
+        off += n;
+    }
+out:
+    free(buf);
+    free(want);
+    a->s->ops->stream_close(st);
+    return NULL;
+}
+
+static int read_parallel(struct cfs_imgserve *s, struct cfs_img *img, uint64_t size,
+                         unsigned n, const char *ref_path)
+{
+    int ref = open(ref_path, O_RDONLY | O_CLOEXEC);
+    if (ref < 0) {
+        perror(ref_path);
+        return 1;
+    }
+    struct par *a = calloc(n, sizeof(*a));
+    pthread_t *t = calloc(n, sizeof(*t));
+    int ret = 0;
+    if (!a || !t)
+        return fail("malloc", -ENOMEM);
+    for (unsigned i = 0; i < n; i++) {
+        a[i] = (struct par){.s = s, .img = img, .size = size, .ref = ref, .seed = i + 1};
+        if (pthread_create(&t[i], NULL, par_main, &a[i]) != 0) {
+            n = i;
+            ret = 1;
+            break;
+        }
+    }
+    for (unsigned i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        ret |= a[i].ret;
+    }
+    close(ref);
+    free(a);
+    free(t);
+    if (ret == 0)
+        printf("ok\n");
+    return ret;
+}
+
 int main(int argc, char **argv)
 {
+    unsigned par_n = 0;
+    const char *ref_path = NULL;
     char mode = 'r';
     int opt;
-    while ((opt = getopt(argc, argv, "rRmHSb:")) != -1) {
+    while ((opt = getopt(argc, argv, "rRmHSb:P:C:")) != -1) {
         if (opt == '?')
             return usage();
+        if (opt == 'C') {
+            ref_path = optarg;
+            continue;
+        }
+        if (opt == 'P') {
+            par_n = (unsigned)strtoul(optarg, NULL, 10);
+            if (par_n == 0 || par_n > 64)
+                return usage();
+        }
         if (opt == 'b') {
             read_size = strtoul(optarg, NULL, 10);
             if (read_size == 0 || read_size > (256u << 20))
@@ -200,7 +311,9 @@ int main(int argc, char **argv)
         ret = fail("start", rc);
         goto out;
     }
-    if (mode == 'r') {
+    if (mode == 'P') {
+        ret = ref_path ? read_parallel(s, img, size, par_n, ref_path) : usage();
+    } else if (mode == 'r') {
         ret = read_forward(s, img, size, false);
     } else if (mode == 'R') {
         ret = read_backward(s, img, size);
