@@ -489,10 +489,9 @@ static void end_child(struct cfs_img *img)
             kill(img->pid, SIGKILL);
             cfs_log(LOG_WARNING, "disk.raw %s: qemu-nbd (pid %d) ignored SIGTERM: SIGKILL",
                     img->label, (int)img->pid);
-            int st;
+            int st = 0;
             pthread_mutex_unlock(&img->lock);
-            pid_t r;
-            while ((r = waitpid(img->pid, &st, 0)) < 0 && errno == EINTR)
+            while (waitpid(img->pid, &st, 0) < 0 && errno == EINTR)
                 ;
             pthread_mutex_lock(&img->lock);
             img->reaped = true;

@@ -8,6 +8,8 @@
 #     `qemu-img convert -O raw` of the chain (sequential and backward reads,
 #     6 streams of one server at once mixing sequential and random reads,
 #     3 servers at once);
+#   - every server is started from a thread that ends before the reads
+#     (imgserve_try): qemu-nbd's PDEATHSIG follows the spawner thread;
 #   - the data runs equal `qemu-img map`'s data entries;
 #   - a wrong expected size, a missing file (ENOENT with QEMU's text) and
 #     an encrypted image (EOPNOTSUPP) are refused;

@@ -5,6 +5,8 @@
  *   imgserve_try [MODE] STATE_DIR SIZE FORMAT:PATH [FORMAT:PATH...]
  *   imgserve_try -S STATE_DIR                      (the stale sweep only)
  *
+ * The server is started from a thread that has ended before any read (as
+ * from a FUSE worker libfuse retires): it must outlive that thread.
  * The chain is given top first, like cfs_img_spec; SIZE is the expected
  * virtual size in bytes. A PATH that is a block device is served as
  * host_device. MODE:
@@ -217,6 +219,28 @@ static int read_parallel(struct cfs_imgserve *s, struct cfs_img *img, uint64_t s
     return ret;
 }
 
+struct starter {
+    struct cfs_imgserve *s;
+    const struct cfs_img_spec *spec;
+    struct cfs_img *img;
+    int rc;
+    char msg[1024];
+};
+
+static void *starter_main(void *arg)
+{
+    struct starter *st = arg;
+    st->rc = st->s->ops->start(st->s, st->spec, &st->img);
+    /* the message slot is thread-local: carry it over */
+    snprintf(st->msg, sizeof(st->msg), "%s", cfs_backend_errmsg());
+    return NULL;
+}
+
+static void errno_msg_restore(const struct starter *st)
+{
+    cfs_backend_set_errmsg("%s", st->msg);
+}
+
 int main(int argc, char **argv)
 {
     unsigned par_n = 0;
@@ -304,9 +328,20 @@ int main(int argc, char **argv)
     struct cfs_imgserve *s = cfs_nbd_imgserve_new(state_dir, getenv("QEMU_NBD"));
     if (!s)
         return fail("new", -ENOMEM);
-    struct cfs_img *img;
+    /* started from a thread that ends before the reads, as a FUSE worker
+     * that libfuse retires: the server must outlive it (PDEATHSIG follows
+     * the thread that forked, so the fork must not happen there) */
+    struct starter st = {.s = s, .spec = &spec};
+    pthread_t starter_thread;
     int ret = 0;
-    int rc = s->ops->start(s, &spec, &img);
+    int rc = pthread_create(&starter_thread, NULL, starter_main, &st);
+    if (rc != 0)
+        return fail("pthread_create", -rc);
+    pthread_join(starter_thread, NULL);
+    rc = st.rc;
+    struct cfs_img *img = st.img;
+    if (rc < 0)
+        errno_msg_restore(&st);
     if (rc < 0) {
         ret = fail("start", rc);
         goto out;
