@@ -99,8 +99,11 @@ try "$D/state" "$SIZE" "${QCHAIN[@]}" >out-b.raw &
 b=$!
 try "$D/state" "$SIZE" "${RCHAIN[@]}" >out-c.raw &
 c=$!
-wait $a && wait $b && wait $c || fail "three servers at once"
-cmp out-a.raw ref-s2.raw && cmp out-b.raw ref-s2.raw || fail "two servers of one chain at once: bytes differ"
+for p in "$a" "$b" "$c"; do
+  wait "$p" || fail "three servers at once: one failed"
+done
+cmp out-a.raw ref-s2.raw || fail "two servers of one chain at once: bytes differ"
+cmp out-b.raw ref-s2.raw || fail "two servers of one chain at once: bytes differ"
 qemu-img convert -O raw r1.qcow2 ref-r1.raw
 cmp out-c.raw ref-r1.raw || fail "a server of another chain beside them: bytes differ"
 rm -f out-a.raw out-b.raw out-c.raw
@@ -168,16 +171,17 @@ hold() {
   "$IMGSERVE_TRY" -H "$D/state" "$SIZE" "$@" >hold.out 2>hold.err 9>"$D/fd9-canary" &
   HOLDER=$!
   PIDS+=("$HOLDER")
-  local i
-  for i in $(seq 100); do
+  local _
+  for _ in $(seq 100); do
     grep -q ready hold.out && break
     kill -0 "$HOLDER" 2>/dev/null || fail "holder exited: $(cat hold.err)"
     sleep 0.05
   done
   grep -q ready hold.out || fail "holder not ready after 5 s"
   QNBD=()
-  local c
-  for c in $(cat /proc/"$HOLDER"/task/*/children 2>/dev/null); do
+  local c kids
+  mapfile -t kids < <(cat /proc/"$HOLDER"/task/*/children 2>/dev/null | tr ' ' '\n' | sed '/^$/d')
+  for c in "${kids[@]}"; do
     [ "$(basename "$(readlink /proc/"$c"/exe)")" = qemu-nbd ] && QNBD+=("$c")
   done
   [ "${#QNBD[@]}" -eq 1 ] || fail "expected one qemu-nbd child of the holder, found ${QNBD[*]:-none}"
@@ -190,8 +194,12 @@ alive() {
 }
 
 hold "${QCHAIN[@]:1}"   # serves s1 over base
-ls -l /proc/"${QNBD[0]}"/fd | grep -q fd9-canary && fail "an inherited fd of the holder is open in qemu-nbd"
-ls -l /proc/"${QNBD[0]}"/fd | grep -q hold.out && fail "the holder's stdout is open in qemu-nbd"
+for f in /proc/"${QNBD[0]}"/fd/*; do
+  case $(readlink "$f") in
+    *fd9-canary*) fail "an inherited fd of the holder is open in qemu-nbd" ;;
+    *hold.out*) fail "the holder's stdout is open in qemu-nbd" ;;
+  esac
+done
 [ -z "$(find state/nbd -name '*.s')" ] || fail "the socket path was not unlinked: $(ls state/nbd)"
 [ -n "$(find state/nbd -name '*.pid')" ] || fail "no pid record while serving"
 qemu-img commit -q s3.qcow2 || fail "commit of s3 into s2 (above the served s1) refused"
