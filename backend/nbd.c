@@ -380,7 +380,9 @@ static bool reap_locked(struct cfs_img *img)
     return img->reaped;
 }
 
-/* Append what qemu-nbd wrote to stderr so far. Under img->lock. */
+/* Append what qemu-nbd wrote to stderr so far, keeping the last ERRBUF
+ * bytes (also called on every sequential read, so that a chatty qemu-nbd
+ * never blocks on a full pipe). Under img->lock. */
 static void drain_stderr_locked(struct cfs_img *img)
 {
     if (img->err_fd < 0)
@@ -392,8 +394,13 @@ static void drain_stderr_locked(struct cfs_img *img)
             continue;
         if (n <= 0)
             break;
-        size_t room = sizeof(img->errtext) - 1 - img->errlen;
-        size_t take = (size_t)n < room ? (size_t)n : room;
+        size_t cap = sizeof(img->errtext) - 1;
+        size_t take = (size_t)n;
+        if (img->errlen + take > cap) {
+            size_t drop = img->errlen + take - cap;
+            memmove(img->errtext, img->errtext + drop, img->errlen - drop);
+            img->errlen -= drop;
+        }
         memcpy(img->errtext + img->errlen, buf, take);
         img->errlen += take;
         img->errtext[img->errlen] = '\0';
@@ -462,8 +469,10 @@ static void mark_dead(struct cfs_img *img, const char *why)
     char text[ERRBUF], status[64];
     stderr_line(img, text, sizeof(text));
     describe_status(img, status, sizeof(status));
+    bool stopping = img->quit; /* stop's own SIGKILL: logged there */
     pthread_mutex_unlock(&img->lock);
-    cfs_log(LOG_ERR, "disk.raw %s: qemu-nbd (pid %d) lost: %s; %s; qemu-nbd said: %s",
+    if (!stopping)
+        cfs_log(LOG_ERR, "disk.raw %s: qemu-nbd (pid %d) lost: %s; %s; qemu-nbd said: %s",
             img->label, (int)img->pid, why ? why : "connection failed", status,
             text[0] ? text : "nothing");
 }
@@ -736,14 +745,35 @@ static void img_free(struct cfs_img *img)
     free(img);
 }
 
+/* End the I/O threads. One stuck in a read (qemu-nbd hung: stopped, or on
+ * a dead NFS server) is freed by SIGKILL of this server's qemu-nbd after
+ * 1 s: the socket closes and the read fails. */
 static void stop_io_threads(struct cfs_img *img)
 {
     pthread_mutex_lock(&img->lock);
     img->quit = true;
     pthread_cond_broadcast(&img->work);
     pthread_mutex_unlock(&img->lock);
-    for (size_t i = 0; i < img->n_io; i++)
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 1;
+    bool killed = false;
+    for (size_t i = 0; i < img->n_io; i++) {
+        if (killed || pthread_timedjoin_np(img->io[i], NULL, &dl) == 0) {
+            if (killed)
+                pthread_join(img->io[i], NULL);
+            continue;
+        }
+        killed = true;
+        pthread_mutex_lock(&img->lock);
+        if (img->pid > 0 && !reap_locked(img)) {
+            cfs_log(LOG_WARNING, "disk.raw %s: qemu-nbd (pid %d) does not answer 1 s after "
+                    "the last release: SIGKILL", img->label, (int)img->pid);
+            kill(img->pid, SIGKILL);
+        }
+        pthread_mutex_unlock(&img->lock);
         pthread_join(img->io[i], NULL);
+    }
     img->n_io = 0;
 }
 
@@ -1193,6 +1223,7 @@ static ssize_t read_ahead(struct cfs_img_stream *st, char *buf, size_t len, uint
         return read_direct(st, buf, len, off); /* a huge read: no window */
 
     pthread_mutex_lock(&img->lock);
+    drain_stderr_locked(img);
     /* keep the chunks inside [start, end), in order */
     struct job *keep[sizeof(st->win) / sizeof(st->win[0])];
     size_t nk = 0;
