@@ -17,6 +17,8 @@
 #     works, opening the served top or the raw base read-write does not;
 #     no fd of ours (an inherited non-CLOEXEC one) is open in qemu-nbd;
 #   - qemu-nbd killed under a reader: reads EIO with a log line naming it;
+#   - stop with read-ahead in flight and qemu-nbd hung (SIGSTOP) ends
+#     within 3 s (SIGKILL of that qemu-nbd after 1 s);
 #   - kill -9 of the holder: its qemu-nbd ends within 1 s, the raw lock is
 #     gone, and a sweep leaves STATE_DIR/nbd empty;
 #   - the sweep removes a planted socket and pid records of a dead pid and
@@ -257,6 +259,14 @@ grep -q "qemu-nbd (pid $q) lost: .*killed by signal 9" hold.err ||
   fail "no log line naming the dead qemu-nbd: $(cat hold.err)"
 [ -z "$(ls -A state/nbd)" ] || fail "state/nbd not empty after a dead server's stop: $(ls -A state/nbd)"
 log "qemu-nbd killed under a reader: reads EIO, one log line with its status, stop cleans up"
+
+# ---- stop with qemu-nbd hung -----------------------------------------------------
+out=$(try -K "$D/state" "$SIZE" "${QCHAIN[@]}" 2>err.txt) || fail "stop of a hung server: $(cat err.txt)"
+ms=${out#stopped in }
+ms=${ms% ms}
+[ "$ms" -lt 3000 ] || fail "stop of a hung server took $ms ms"
+[ -z "$(ls -A state/nbd)" ] || fail "state/nbd not empty after a hung server's stop: $(ls -A state/nbd)"
+log "stop with read-ahead in flight and qemu-nbd SIGSTOPped: $out"
 
 # ---- the sweep on planted things ---------------------------------------------------
 python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' \

@@ -16,6 +16,9 @@
  *   -R          read it in 192 KiB pieces from the end to the start (no
  *               read-ahead), write it out in order
  *   -m          print the data runs, "OFF LEN" a line
+ *   -K          stop with read-ahead in flight and qemu-nbd hung: read
+ *               1 MiB at 0 (chunks up to 8 MiB queued), SIGSTOP qemu-nbd,
+ *               close the stream, stop; prints "stopped in N ms"
  *   -P N -C REF N threads, each with its own stream, read the image at
  *               once: a sequential pass in 1 MiB reads with random reads
  *               of random sizes mixed in (every 5th read), every read
@@ -34,7 +37,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <dirent.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -50,7 +55,7 @@ static size_t read_size = 4u << 20; /* -b */
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H|-P N -C REF] [-b BYTES] STATE_DIR SIZE FORMAT:PATH...\n"
+    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H|-K|-P N -C REF] [-b BYTES] STATE_DIR SIZE FORMAT:PATH...\n"
                     "       imgserve_try -S STATE_DIR\n");
     return 2;
 }
@@ -219,6 +224,59 @@ static int read_parallel(struct cfs_imgserve *s, struct cfs_img *img, uint64_t s
     return ret;
 }
 
+/* The pid of our one child (qemu-nbd, forked by the spawner thread). */
+static pid_t our_child(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    pid_t found = 0;
+    while (d && !found && (e = readdir(d))) {
+        char path[300];
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/self/task/%s/children", e->d_name);
+        FILE *f = fopen(path, "re");
+        if (f) {
+            int pid;
+            if (fscanf(f, "%d", &pid) == 1)
+                found = pid;
+            fclose(f);
+        }
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static int stop_hung(struct cfs_imgserve *s, struct cfs_img *img)
+{
+    struct cfs_img_stream *st;
+    int rc = s->ops->stream_open(img, &st);
+    if (rc < 0)
+        return fail("stream_open", rc);
+    char *buf = malloc(1u << 20);
+    if (!buf)
+        return fail("malloc", -ENOMEM);
+    ssize_t r = s->ops->stream_read(st, buf, 1u << 20, 0);
+    free(buf);
+    if (r < 0)
+        return fail("stream_read", r);
+    pid_t q = our_child();
+    if (q <= 0) {
+        fprintf(stderr, "imgserve_try: no qemu-nbd child found\n");
+        return 1;
+    }
+    kill(q, SIGSTOP);
+    struct timespec a, z;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    s->ops->stream_close(st);
+    s->ops->stop(img);
+    clock_gettime(CLOCK_MONOTONIC, &z);
+    printf("stopped in %ld ms\n",
+           (long)((z.tv_sec - a.tv_sec) * 1000 + (z.tv_nsec - a.tv_nsec) / 1000000));
+    return 0;
+}
+
 struct starter {
     struct cfs_imgserve *s;
     const struct cfs_img_spec *spec;
@@ -247,7 +305,7 @@ int main(int argc, char **argv)
     const char *ref_path = NULL;
     char mode = 'r';
     int opt;
-    while ((opt = getopt(argc, argv, "rRmHSb:P:C:")) != -1) {
+    while ((opt = getopt(argc, argv, "rRmHKSb:P:C:")) != -1) {
         if (opt == '?')
             return usage();
         if (opt == 'C') {
@@ -345,6 +403,10 @@ int main(int argc, char **argv)
     if (rc < 0) {
         ret = fail("start", rc);
         goto out;
+    }
+    if (mode == 'K') {
+        ret = stop_hung(s, img);
+        goto out; /* stopped */
     }
     if (mode == 'P') {
         ret = ref_path ? read_parallel(s, img, size, par_n, ref_path) : usage();
