@@ -849,6 +849,17 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                               &why_buf)) {
         r = -EBUSY;
         why = why_buf;
+    } else if (!at.queue &&
+               (reader_uses(e->tree, &dk->layers[idx].id, dk->layers[idx].path,
+                            &why_buf) ||
+                reader_uses(e->tree, &dk->layers[idx + 1].id,
+                            dk->layers[idx + 1].path, &why_buf))) {
+        /* issue 9 §3.2: either direction writes or removes one of the
+         * two (a commit writes the lower one, a pull removes it; the
+         * snapshot's own layer leaves): an open disk.raw reads it. A
+         * queued deletion waits for the reader instead (dispatch). */
+        r = -EBUSY;
+        why = why_buf;
     } else if (d->state == CFS_DOM_SHUTOFF && !engine_files_local(e)) {
         r = -EOPNOTSUPP;
         why = "the domain is shut off and its image files are not on this "
@@ -1100,9 +1111,21 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
     struct cfs_job job = {0};
     _cleanup_free_ char *top_ref = NULL, *base_ref = NULL;
     bool active = false, used_override = false;
-    if (plan.n_jobs > 0) {
-        struct cfs_merge_job mj = plan.jobs[0];
-        const char *reason = mj.reason;
+    /* issue 9 §3.2: a run whose merge would write or remove a file an
+     * open disk.raw reads waits (its entries say why), and the next run
+     * that does not goes first; the last reader's release dispatches
+     * again */
+    for (size_t q = 0; q < s->n_queue; q++) {
+        free(s->queue[q].waiting);
+        s->queue[q].waiting = NULL;
+    }
+    s->queue_waits_reader = false;
+    struct cfs_merge_job mj = {0};
+    const char *reason = NULL;
+    bool have_job = false;
+    for (size_t k = 0; k < plan.n_jobs && !have_job; k++) {
+        mj = plan.jobs[k];
+        reason = mj.reason;
         if (!running && mj.pull && !e->be->ops->offline_pull) {
             /* no offline pull here: an offline commit, as below */
             mj.pull = false;
@@ -1127,6 +1150,28 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
             reason = "commit: the domain is shut off; an offline merge takes "
                      "one layer at a time";
         }
+        char *busy = NULL;
+        const struct cfs_layer *w = &dk->layers[mj.written];
+        bool held = reader_uses(e->tree, &w->id, w->path, &busy);
+        for (size_t i = mj.leave_first; !held && i <= mj.leave_last; i++)
+            held = reader_uses(e->tree, &dk->layers[i].id, dk->layers[i].path,
+                               &busy);
+        if (!held) {
+            have_job = true;
+            break;
+        }
+        for (size_t q = 0; q < s->n_queue; q++)
+            if (at[q] >= (ssize_t)mj.first && at[q] <= (ssize_t)mj.last &&
+                !s->queue[q].waiting)
+                s->queue[q].waiting = cfs_xstrdup(busy);
+        log_info("%s/%s: queued deletion of %s waits: %s", dom, disk,
+                 dk->layers[mj.first].name ? dk->layers[mj.first].name : "-", busy);
+        free(busy);
+        s->queue_waits_reader = true;
+        tree_changed(e);
+    }
+    if (have_job) {
+        s->queue_waits_reader = false;
         const struct cfs_layer *top = &dk->layers[mj.top];
         const struct cfs_layer *base = &dk->layers[mj.base];
         job_new_locked(e, s, cfs_merge_kind_job_type(mj.kind));

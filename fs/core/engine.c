@@ -916,6 +916,8 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     e->be = be;
     e->tree = cfs_tree_new();
     pthread_mutex_init(&e->qlock, NULL);
+    pthread_mutex_init(&e->srv_lock, NULL);
+    pthread_cond_init(&e->srv_cond, NULL);
     pthread_mutex_init(&e->settings_lock, NULL);
     cond_init_monotonic(&e->qcond);
 
@@ -946,6 +948,12 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
         cfs_engine_free(e);
         return r;
     }
+    /* issue 9: ours from here; what a killed daemon of this state
+     * directory left behind (servers, sockets) goes first */
+    e->imgserve = cfg->imgserve;
+    if (e->imgserve && e->imgserve->ops->sweep(e->imgserve) < 0)
+        log_warn("disk.raw: cleaning up after the last run: %s",
+                 errmsg_or("failed"));
     *out = e;
     return 0;
 }
@@ -1179,6 +1187,9 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
             ot->cancel = 1;
     pthread_mutex_unlock(&e->qlock);
     reap_offline(e, true);
+    images_stop_all(e);
+    if (e->imgserve)
+        e->imgserve->ops->destroy(e->imgserve);
     if (e->be)
         e->be->ops->destroy(e->be);
     for (struct work *w = queue_take_all(e); w;) {
@@ -1195,6 +1206,8 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     free(e->dom_seq);
     pthread_mutex_destroy(&e->qlock);
     pthread_mutex_destroy(&e->settings_lock);
+    pthread_mutex_destroy(&e->srv_lock);
+    pthread_cond_destroy(&e->srv_cond);
     pthread_cond_destroy(&e->qcond);
     free(e->overlay_dir);
     free(e->state_dir);

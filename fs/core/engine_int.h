@@ -173,6 +173,15 @@ struct cfs_engine {
                                        joined; guarded by qlock */
     struct dom_worker *workers; /* guarded by qlock */
 
+    /* issue 9: disk.raw (readers.c). srv_lock is a leaf lock (never
+     * held while taking the tree lock or calling the image server); the
+     * servers list and each server's refs and state are under it. */
+    struct cfs_imgserve *imgserve;
+    pthread_mutex_t srv_lock;
+    pthread_cond_t srv_cond;
+    struct served *served;
+    uint64_t last_reader_id;  /* tree lock */
+
     void (*invalidate)(void *opaque, const char *path);
     void *invalidate_opaque;
     int64_t last_refresh_ms;
@@ -326,4 +335,27 @@ static inline const struct cfs_job *disk_shown_job(const struct cfs_disk_state *
 }
 
 /* read.c */
+/* Resolve P into the view its node renders from; caller holds the tree
+ * lock. 0, or -ENOENT if a domain, disk or snapshot of the path is not
+ * there (or P is disk.raw where there are no images). */
+struct cfs_node_view;
+int view_resolve(struct cfs_engine *e, const struct cfs_path *p,
+                 struct cfs_node_view *v);
+
+/* readers.c (issue 9): snapshots/NAME/disk.raw */
+/* Whether disk.raw is served: an image server, and local files. */
+bool engine_images(struct cfs_engine *e);
+/* The stat of the disk.raw of view V's snapshot (estimate); 0 or -ENOENT.
+ * Caller holds the tree lock. */
+int image_attr_locked(const struct cfs_node_view *v, struct cfs_image_attr *a);
+/* An open disk.raw (of any disk) reads file ID/PATH: *WHY (caller frees)
+ * names it ("snapshots/s2/disk.raw of web01/vda is open (pid 4242 cp,
+ * since T)"). Caller holds the tree lock. */
+bool reader_uses(struct cfs_tree *t, const struct cfs_file_id *id,
+                 const char *path, char **why);
+/* A reader closed (or failed to open): queued deletions that waited for
+ * one are dispatched again. No lock held. */
+void images_reader_gone(struct cfs_engine *e);
+/* Stop every server (engine shut-down). */
+void images_stop_all(struct cfs_engine *e);
 int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d, const struct cfs_disk *disk, const char *name);

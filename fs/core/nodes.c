@@ -11,6 +11,8 @@
  *                                      mkdir/rmdir
  *       NAME               dir   0555  one snapshot
  *         info, info.json  file  0444  the snapshot
+ *         disk.raw         file  0400  its content as a raw disk image
+ *                                      (issue 9; served, not rendered)
  * The 0644/0755 rows are writable by whoever may change snapshots (with
  * -o manage_group: 0664/0775, that group's).
  *
@@ -40,19 +42,12 @@ static void render_chain_json(const struct cfs_node_view *v, struct cfs_buf *out
 
 static void render_job(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    const struct cfs_disk_state *s = v->state;
-    cfs_render_job_queue_text(out, v->job, s ? s->queue : NULL,
-                              s ? s->n_queue : 0, s ? s->returned : NULL,
-                              s ? s->n_returned : 0, v->tree->stale);
+    cfs_render_job_queue_text(out, v->job, v->state, v->tree->stale);
 }
 
 static void render_job_json(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    const struct cfs_disk_state *s = v->state;
-    cfs_render_job_queue_json(out, v->job, s ? s->queue : NULL,
-                              s ? s->n_queue : 0, s ? s->returned : NULL,
-                              s ? s->n_returned : 0, s ? &s->settings : NULL,
-                              v->tree->stale);
+    cfs_render_job_queue_json(out, v->job, v->state, v->tree->stale);
 }
 
 /* a failed merge already wrote part of the snapshot into the layer below */
@@ -169,8 +164,10 @@ static void list_disk(const struct cfs_node_view *v, char ***names)
 
 static void list_snapshot(const struct cfs_node_view *v, char ***names)
 {
-    (void)v;
-    list_fixed(CFS_NODE_SNAPSHOT, names);
+    for (size_t i = 0; i < CFS_NODE_KIND_MAX; i++)
+        if (table[i].parent == CFS_NODE_SNAPSHOT && table[i].name &&
+            (!table[i].image || v->images))
+            cfs_strv_push(names, cfs_xstrdup(table[i].name));
 }
 
 /* ---- writes -------------------------------------------------------------- */
@@ -255,6 +252,9 @@ static const struct cfs_node_type table[CFS_NODE_KIND_MAX] = {
     [CFS_NODE_INFO_JSON] = {
         .name = "info.json", .parent = CFS_NODE_SNAPSHOT, .mode = 0444,
         .render = render_info_json },
+    [CFS_NODE_DISK_RAW] = {
+        .name = "disk.raw", .parent = CFS_NODE_SNAPSHOT, .mode = 0400,
+        .image = true },
 };
 
 const struct cfs_node_type *cfs_node_type(enum cfs_node_kind k)

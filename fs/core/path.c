@@ -8,7 +8,7 @@
  *   depth 3  /DOM/DISK/FILE            chain, chain.json, job, job.json,
  *                                      wait, ctl, snapshots
  *   depth 4  /DOM/DISK/snapshots/NAME  snapshot
- *   depth 5  .../NAME/FILE             info, info.json
+ *   depth 5  .../NAME/FILE             info, info.json, disk.raw
  * Empty components ("//", a trailing "/") are ignored; "." and ".." name
  * nothing (FUSE resolves them before we see a path). Which name is what
  * in which directory is the node table's (nodes.c, cfs_node_child).

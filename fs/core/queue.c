@@ -157,7 +157,10 @@ void queue_poll(struct cfs_engine *e)
     pthread_mutex_lock(&e->tree->lock);
     for (size_t i = 0; i < e->tree->n_states; i++) {
         struct cfs_disk_state *s = e->tree->states[i];
-        if (s->n_queue > 0 && !cfs_job_phase_in_progress(s->job.phase)) {
+        /* (one that waits for a disk.raw reader is dispatched again by
+         * the reader's release, issue 9 §3.2) */
+        if (s->n_queue > 0 && !cfs_job_phase_in_progress(s->job.phase) &&
+            !s->queue_waits_reader) {
             cfs_strv_push(&doms, cfs_xstrdup(s->dom));
             cfs_strv_push(&disks, cfs_xstrdup(s->disk));
         }

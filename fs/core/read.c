@@ -24,14 +24,15 @@ static const struct cfs_job *shown_job(const struct cfs_disk_state *s)
     return s ? disk_shown_job(s) : NULL;
 }
 
-/* Resolve P into the view its node renders from; caller holds the lock.
- * 0, or -ENOENT if a domain, disk or snapshot of the path is not there. */
-static int resolve(struct cfs_engine *e, const struct cfs_path *p,
-                   struct cfs_node_view *v)
+int view_resolve(struct cfs_engine *e, const struct cfs_path *p,
+                 struct cfs_node_view *v)
 {
     struct cfs_tree *t = e->tree;
     *v = (struct cfs_node_view){ .tree = t, .layer = -1,
-                                 .default_bandwidth = e->commit_bandwidth };
+                                 .default_bandwidth = e->commit_bandwidth,
+                                 .images = engine_images(e) };
+    if (cfs_node_type(p->kind)->image && !v->images)
+        return -ENOENT;
     if (p->kind == CFS_NODE_INVALID || p->kind >= CFS_NODE_KIND_MAX)
         return -ENOENT;
     if (p->kind == CFS_NODE_ROOT)
@@ -62,7 +63,7 @@ int cfs_engine_getattr(struct cfs_engine *e, const struct cfs_path *p,
     struct cfs_tree *t = e->tree;
     pthread_mutex_lock(&t->lock);
     struct cfs_node_view v;
-    int r = resolve(e, p, &v);
+    int r = view_resolve(e, p, &v);
     if (r == 0 && nt->dir) {
         /* 2, plus one ".." for every subdirectory */
         _cleanup_strv_ char **names = NULL;
@@ -72,6 +73,11 @@ int cfs_engine_getattr(struct cfs_engine *e, const struct cfs_path *p,
         for (char **n = names; n && *n; n++)
             if (cfs_node_type(cfs_node_child(p->kind, *n, strlen(*n)))->dir)
                 out->nlink++;
+    } else if (r == 0 && nt->image) {
+        struct cfs_image_attr a;
+        r = image_attr_locked(&v, &a);
+        out->size = a.size;
+        out->nlink = 1;
     } else if (r == 0) {
         _cleanup_buf_ struct cfs_buf b = {0};
         nt->render(&v, &b);
@@ -92,7 +98,7 @@ int cfs_engine_readdir(struct cfs_engine *e, const struct cfs_path *p,
     struct cfs_tree *t = e->tree;
     pthread_mutex_lock(&t->lock);
     struct cfs_node_view v;
-    int r = resolve(e, p, &v);
+    int r = view_resolve(e, p, &v);
     if (r == 0)
         nt->list(&v, names);
     pthread_mutex_unlock(&t->lock);
@@ -105,10 +111,12 @@ int cfs_engine_read(struct cfs_engine *e, const struct cfs_path *p,
     const struct cfs_node_type *nt = cfs_node_type(p->kind);
     if (nt->dir)
         return -EISDIR;
+    if (nt->image)
+        return -EINVAL; /* served by cfs_engine_image_read, not rendered */
     struct cfs_tree *t = e->tree;
     pthread_mutex_lock(&t->lock);
     struct cfs_node_view v;
-    int r = resolve(e, p, &v);
+    int r = view_resolve(e, p, &v);
     if (r == 0)
         nt->render(&v, out);
     pthread_mutex_unlock(&t->lock);

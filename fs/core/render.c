@@ -304,12 +304,15 @@ void cfs_render_chain_json(struct cfs_buf *b, const struct cfs_domain *d,
 
 /* ---- job ----------------------------------------------------------------- */
 
-/* `queued: s2, s1 (since T)`; `returned: s2, s1 (REASON)`, one group
- * per reason in order. */
-static void kv_queue(struct kv_block *kv, const struct cfs_queued *queue,
-                     size_t n_queue, const struct cfs_returned *returned,
-                     size_t n_returned)
+/* `queued: s2, s1 (since T)`; `waiting: s1 (WHY)`; `returned: s2, s1
+ * (REASON)`, one group per reason in order; `readers: s2 (pid P COMM,
+ * since T), ...`. */
+static void kv_queue(struct kv_block *kv, const struct cfs_disk_state *s)
 {
+    size_t n_queue = s ? s->n_queue : 0;
+    size_t n_returned = s ? s->n_returned : 0;
+    const struct cfs_queued *queue = s ? s->queue : NULL;
+    const struct cfs_returned *returned = s ? s->returned : NULL;
     if (n_queue > 0) {
         struct cfs_buf q = { 0 };
         char since[64];
@@ -322,6 +325,21 @@ static void kv_queue(struct kv_block *kv, const struct cfs_queued *queue,
         cfs_format_time(queue[0].queued, since, sizeof(since));
         cfs_buf_printf(&q, " (since %s)", since[0] ? since : "-");
         kv_take(kv, "queued", cfs_buf_steal(&q));
+
+        struct cfs_buf w = { 0 };
+        for (size_t i = 0; i < n_queue; i++) {
+            if (!queue[i].waiting)
+                continue;
+            if (w.len)
+                cfs_buf_printf(&w, "%s", "; ");
+            cfs_buf_put_escaped(&w, queue[i].snapshot ? queue[i].snapshot : "-");
+            cfs_buf_printf(&w, "%s", " (");
+            cfs_buf_put_escaped(&w, queue[i].waiting);
+            cfs_buf_printf(&w, "%s", ")");
+        }
+        if (w.len)
+            kv_take(kv, "waiting", cfs_buf_steal(&w));
+        cfs_buf_free(&w);
     }
     if (n_returned > 0) {
         struct cfs_buf r = { 0 };
@@ -342,18 +360,34 @@ static void kv_queue(struct kv_block *kv, const struct cfs_queued *queue,
         }
         kv_take(kv, "returned", cfs_buf_steal(&r));
     }
+    if (s && s->n_readers > 0) {
+        struct cfs_buf r = { 0 };
+        for (size_t i = 0; i < s->n_readers; i++) {
+            const struct cfs_reader *rd = &s->readers[i];
+            char since[64];
+            cfs_format_time(rd->since, since, sizeof(since));
+            if (i)
+                cfs_buf_printf(&r, "%s", ", ");
+            cfs_buf_put_escaped(&r, rd->snapshot ? rd->snapshot : "-");
+            cfs_buf_printf(&r, " (pid %ld", (long)rd->pid);
+            if (rd->comm) {
+                cfs_buf_printf(&r, "%s", " ");
+                cfs_buf_put_escaped(&r, rd->comm);
+            }
+            cfs_buf_printf(&r, ", since %s)", since[0] ? since : "-");
+        }
+        kv_take(kv, "readers", cfs_buf_steal(&r));
+    }
 }
 
 void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
                          bool stale)
 {
-    cfs_render_job_queue_text(b, job, NULL, 0, NULL, 0, stale);
+    cfs_render_job_queue_text(b, job, NULL, stale);
 }
 
 void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
-                               const struct cfs_queued *queue, size_t n_queue,
-                               const struct cfs_returned *returned,
-                               size_t n_returned, bool stale)
+                               const struct cfs_disk_state *s, bool stale)
 {
     struct kv_block kv = { 0 };
 
@@ -436,7 +470,7 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
         if (job->leftover)
             kv_str(&kv, "leftover", job->leftover);
     }
-    kv_queue(&kv, queue, n_queue, returned, n_returned);
+    kv_queue(&kv, s);
     if (stale)
         kv_str(&kv, "stale", "yes");
     kv_render(b, &kv);
@@ -445,16 +479,17 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
 void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
                          bool stale)
 {
-    cfs_render_job_queue_json(b, job, NULL, 0, NULL, 0, NULL, stale);
+    cfs_render_job_queue_json(b, job, NULL, stale);
 }
 
 void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
-                               const struct cfs_queued *queue, size_t n_queue,
-                               const struct cfs_returned *returned,
-                               size_t n_returned,
-                               const struct cfs_disk_settings *settings,
-                               bool stale)
+                               const struct cfs_disk_state *s, bool stale)
 {
+    size_t n_queue = s ? s->n_queue : 0;
+    size_t n_returned = s ? s->n_returned : 0;
+    const struct cfs_queued *queue = s ? s->queue : NULL;
+    const struct cfs_returned *returned = s ? s->returned : NULL;
+    const struct cfs_disk_settings *settings = s ? &s->settings : NULL;
     struct json_object *o = json_object_new_object();
     bool none = job_absent(job);
 
@@ -517,6 +552,7 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
         else if (settings && cfs_strv_contains(settings->merge_pull, queue[i].snapshot))
             merge = "pull";
         json_put_str(q, "merge", merge);
+        json_put_str(q, "waiting", queue[i].waiting);
         json_object_array_add(qa, q);
     }
     json_object_object_add(o, "queue", qa);
@@ -528,6 +564,16 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
         json_object_array_add(ra, r);
     }
     json_object_object_add(o, "returned", ra);
+    struct json_object *rda = json_object_new_array();
+    for (size_t i = 0; s && i < s->n_readers; i++) {
+        struct json_object *r = json_object_new_object();
+        json_put_str(r, "snapshot", s->readers[i].snapshot);
+        json_object_object_add(r, "pid", json_object_new_int64(s->readers[i].pid));
+        json_put_str(r, "comm", s->readers[i].comm);
+        json_put_time(r, "since", s->readers[i].since);
+        json_object_array_add(rda, r);
+    }
+    json_object_object_add(o, "readers", rda);
     json_put_bool(o, "stale", stale);
     json_emit(b, o);
 }

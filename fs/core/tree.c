@@ -27,7 +27,21 @@ void cfs_queued_clear(struct cfs_queued *q)
     cfs_file_id_clear(&q->top_id);
     free(q->base);
     free(q->journal_id);
+    free(q->waiting);
     *q = (struct cfs_queued){0};
+}
+
+void cfs_reader_clear(struct cfs_reader *r)
+{
+    free(r->snapshot);
+    for (size_t i = 0; i < r->n_files; i++) {
+        cfs_file_id_clear(&r->ids[i]);
+        free(r->paths[i]);
+    }
+    free(r->ids);
+    free(r->paths);
+    free(r->comm);
+    *r = (struct cfs_reader){0};
 }
 
 void cfs_returned_clear(struct cfs_returned *r)
@@ -51,6 +65,9 @@ static void disk_state_free(struct cfs_disk_state *s)
     for (size_t i = 0; i < s->n_returned; i++)
         cfs_returned_clear(&s->returned[i]);
     free(s->returned);
+    for (size_t i = 0; i < s->n_readers; i++)
+        cfs_reader_clear(&s->readers[i]);
+    free(s->readers);
     cfs_strv_free(s->settings.merge_commit);
     cfs_strv_free(s->settings.merge_pull);
     free(s);

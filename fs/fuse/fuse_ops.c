@@ -11,6 +11,10 @@
  * write() to its write function whole: the write's result is the answer.
  * Every file is opened direct_io: contents change with the world, and the
  * kernel must not serve yesterday's job progress from its page cache.
+ * A node of a guest disk's content (disk.raw, issue 9) is not rendered:
+ * open() gets an image reader from the engine, read() and lseek()
+ * (SEEK_DATA/SEEK_HOLE, answered for every file: the kernel's first
+ * ENOSYS would turn it off for the whole mount) go to it.
  * Every node's mtime (and atime, ctime) is when what it shows last
  * changed: each rendering and listing is handed to stamp.h, so `rsync -a`
  * and `make` see a file change exactly when its bytes do.
@@ -21,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <stdio.h>
 #include <string.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -157,6 +162,7 @@ void cfs_fs_forget_recent(void)
 
 struct handle {
     struct cfs_path path;
+    struct cfs_image_reader *img; /* disk.raw: its reader, else NULL */
     struct cfs_buf content;
     struct timespec mtime; /* of CONTENT, once rendered */
     bool rendered;
@@ -195,6 +201,16 @@ static void handle_unlink(struct handle *h)
         open_handles = h->next;
     if (h->next)
         h->next->prev = h->prev;
+    pthread_mutex_unlock(&open_handles_lock);
+}
+
+void cfs_fs_release_images(void)
+{
+    pthread_mutex_lock(&open_handles_lock);
+    for (struct handle *h = open_handles; h; h = h->next) {
+        cfs_engine_image_release(h->img);
+        h->img = NULL;
+    }
     pthread_mutex_unlock(&open_handles_lock);
 }
 
@@ -286,6 +302,53 @@ static int dir_mtime(struct cfs_fs *fs, const char *path,
     return 0;
 }
 
+/* disk.raw is readable by whoever may change snapshots: root, or a
+ * member of -o manage_group (a guest's disk is as private as its image
+ * files). Mounts without allow_other have no default_permissions, so
+ * open() checks it too. */
+static mode_t image_mode(const struct cfs_fs *fs, const struct cfs_node_type *nt,
+                         gid_t *gid)
+{
+    *gid = 0;
+    if (!fs->have_manage_group)
+        return nt->mode;
+    *gid = fs->manage_group;
+    return nt->mode | S_IRGRP;
+}
+
+/* stat of disk.raw: from the tree (an estimate of its data, no server);
+ * fstat of an open one (H): exact, from the chain's map (cp decides on
+ * it whether to look for holes). */
+static int image_getattr(struct cfs_fs *fs, const char *path,
+                         const struct cfs_path *p, struct handle *h,
+                         struct stat *st)
+{
+    struct cfs_image_attr a;
+    int r = h && h->img ? cfs_engine_image_fstat(h->img, &a)
+                        : cfs_engine_image_stat(fs->engine, p, &a);
+    if (r < 0 && h && h->img)
+        r = cfs_engine_image_stat(fs->engine, p, &a); /* map failed: logged */
+    if (r < 0)
+        return r;
+    const struct cfs_node_type *nt = cfs_node_type(p->kind);
+    /* its time: when chainfs first showed this image (constant while
+     * the snapshot lives) */
+    char key[64];
+    int kl = snprintf(key, sizeof(key), "%llu", (unsigned long long)a.size);
+    struct timespec mtime = cfs_stamps_see(fs->stamps, path, key, (size_t)kl,
+                                           now_real());
+    memset(st, 0, sizeof(*st));
+    gid_t gid;
+    st->st_mode = S_IFREG | image_mode(fs, nt, &gid);
+    st->st_gid = gid;
+    st->st_nlink = 1;
+    st->st_size = (off_t)a.size;
+    st->st_blocks = (blkcnt_t)a.blocks;
+    st->st_blksize = 4 << 20; /* cat and cp read this much a call */
+    st->st_atim = st->st_mtim = st->st_ctim = mtime;
+    return 0;
+}
+
 /* Every time of a node is its mtime: when what it shows last changed. */
 static int fs_getattr(const char *path, struct stat *st,
                       struct fuse_file_info *fi)
@@ -299,6 +362,8 @@ static int fs_getattr(const char *path, struct stat *st,
     struct cfs_node_attr a = {.nlink = 1};
     struct timespec mtime;
     struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+    if (nt->image)
+        return image_getattr(fs, path, &p, h, st);
     if (h && h->rendered) {
         /* fstat() of an open file: the size of what it reads */
         a.size = h->content.len;
@@ -397,6 +462,27 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
     struct cfs_fs *fs = fs_get();
     if (r == 0 && nt->dir)
         r = -EISDIR;
+    if (r == 0 && nt->image) {
+        r = (fi->flags & O_ACCMODE) != O_RDONLY ? refuse_content()
+            : may_change(fs) ? 0 : -EACCES;
+        if (r == -EACCES)
+            log_warn("open %s refused (%s): uid %u may not read guest disks "
+                     "(root or -o manage_group)", path, strerror(EACCES),
+                     (unsigned)fuse_get_context()->uid);
+        if (r == 0)
+            r = cfs_engine_image_open(fs->engine, &h->path,
+                                      fuse_get_context()->pid, &h->img);
+        if (r < 0) {
+            handle_free(h);
+            return r;
+        }
+        handle_link(h);
+        fi->fh = (uint64_t)(uintptr_t)h;
+        fi->direct_io = 1;
+        fi->keep_cache = 0;
+        fi->nonseekable = 0;
+        return 0;
+    }
     if (r == 0 && (fi->flags & O_ACCMODE) != O_RDONLY) {
         /* O_TRUNC and O_APPEND (`>` and `>>`) mean nothing to a file that
          * takes commands: each write() is one */
@@ -434,20 +520,58 @@ static bool req_interrupted(void *arg)
     return fuse_interrupted() != 0;
 }
 
+/* A blocking node (wait) renders at its first read: once the disk is
+ * idle. */
+static int ensure_rendered(struct handle *h, const char *path)
+{
+    if (h->rendered)
+        return 0;
+    struct cfs_fs *fs = fs_get();
+    int r = cfs_engine_wait(fs->engine, h->path.dom, h->path.disk,
+                            req_interrupted, NULL, &h->content);
+    if (r < 0)
+        return r;
+    /* (no path without nullpath_ok, which we do not set) */
+    h->mtime = path ? file_mtime(fs, path, &h->content) : now_real();
+    h->rendered = true;
+    return 0;
+}
+
+/* SEEK_DATA / SEEK_HOLE (the kernel keeps SEEK_SET/CUR/END): disk.raw
+ * from its chain's map, a rendered file is data up to its end. */
+static off_t fs_lseek(const char *path, off_t off, int whence,
+                      struct fuse_file_info *fi)
+{
+    struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+    if (!h)
+        return -EBADF;
+    if (off < 0)
+        return -ENXIO;
+    if (h->img)
+        return (off_t)cfs_engine_image_seek(h->img, (uint64_t)off, whence);
+    if (whence != SEEK_DATA && whence != SEEK_HOLE)
+        return -EINVAL;
+    int r = ensure_rendered(h, path);
+    if (r < 0)
+        return r;
+    if ((size_t)off >= h->content.len)
+        return -ENXIO;
+    return whence == SEEK_DATA ? off : (off_t)h->content.len;
+}
+
 static int fs_read(const char *path, char *buf, size_t size, off_t off,
                    struct fuse_file_info *fi)
 {
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-    if (!h->rendered) {
-        struct cfs_fs *fs = fs_get();
-        int r = cfs_engine_wait(fs->engine, h->path.dom, h->path.disk,
-                                req_interrupted, NULL, &h->content);
-        if (r < 0)
-            return r;
-        /* (no path without nullpath_ok, which we do not set) */
-        h->mtime = path ? file_mtime(fs, path, &h->content) : now_real();
-        h->rendered = true;
+    if (h->img) {
+        if (off < 0)
+            return -EINVAL;
+        ssize_t n = cfs_engine_image_read(h->img, buf, size, (uint64_t)off);
+        return (int)n;
     }
+    int r = ensure_rendered(h, path);
+    if (r < 0)
+        return r;
     if (off < 0 || (size_t)off >= h->content.len)
         return 0;
     size_t n = h->content.len - (size_t)off;
@@ -463,6 +587,7 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
     if (h) {
         handle_unlink(h);
+        cfs_engine_image_release(h->img);
         handle_free(h);
     }
     return 0;
@@ -679,6 +804,7 @@ const struct fuse_operations cfs_fuse_ops = {
     .open = fs_open,
     .read = fs_read,
     .release = fs_release,
+    .lseek = fs_lseek,
     .mkdir = fs_mkdir,
     .rmdir = fs_rmdir,
     .statfs = fs_statfs,

@@ -25,6 +25,9 @@ void cfs_fs_forget_recent(void);
 /* Free the handles of files still open when the connection ended (at
  * exit, once no FUSE thread runs). */
 void cfs_fs_free_handles(void);
+/* Close the disk.raw readers of those handles (at exit, before the
+ * engine is freed: their image servers stop). */
+void cfs_fs_release_images(void);
 
 /* Engine callback: drop the kernel's cached entry for PATH. */
 void cfs_fs_invalidate(void *opaque, const char *path);

@@ -131,6 +131,9 @@ static void usage(FILE *out)
 "  rmdir snapshots/NAME   merge it away: commit (pivot if active) or pull,\n"
 "                         whichever copies less; queued while a merge runs\n"
 "  cat wait               block until the disk's job and queue have ended\n"
+"  snapshots/NAME/disk.raw  the disk as it was at NAME, a sparse raw image\n"
+"                         (root or manage_group): cp --sparse=always it;\n"
+"                         rmdir NAME is EBUSY while it is open\n"
 "  echo CMD > ctl         steer the disk: abort, pivot, pivot manual|auto,\n"
 "                         bandwidth N, merge NAME commit|pull|auto,\n"
 "                         copy DEST [flatten|shallow|chain] [manual], finish\n"
@@ -181,7 +184,9 @@ static void usage(FILE *out)
 "does not know included), 2 if chainfs cannot use its command line (no\n"
 "MOUNTPOINT, a malformed -o bandwidth or live_pull, an unknown manage_group).\n"
 "\n"
-"Docs: README.md and docs/ in the chainfs source tree.\n");
+"Docs: README.md and docs/ in the chainfs source tree.\n"
+"Backups: examples/backup.sh (a live backup of every disk of a domain) and\n"
+"examples/restore.md (restoring from one) there.\n");
 }
 
 static char *default_state_dir(void)
@@ -711,6 +716,8 @@ static void tear_down(struct daemon *d)
     }
     if (d->fuse)
         fuse_destroy(d->fuse);
+    if (d->served)
+        cfs_fs_release_images(); /* their servers stop with the engine's help */
     if (d->engine)
         cfs_engine_free(d->engine);
     else if (d->be)

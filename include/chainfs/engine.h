@@ -24,6 +24,7 @@
 
 #include "chainfs/backend.h"
 #include "chainfs/ctl.h"
+#include "chainfs/imgserve.h"
 #include "chainfs/path.h"
 #include "chainfs/tree.h"
 #include "chainfs/util.h"
@@ -50,6 +51,9 @@ struct cfs_engine_config {
     uint64_t bandwidth;        /* bytes/s every merge starts with (-o
                                   bandwidth=N), 0 = unlimited */
     enum cfs_live_pull live_pull; /* -o live_pull */
+    /* Serves snapshots/NAME/disk.raw (issue 9); NULL: no disk.raw. The
+     * engine owns it once cfs_engine_new succeeded. */
+    struct cfs_imgserve *imgserve;
 };
 
 struct cfs_engine;
@@ -109,6 +113,43 @@ int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
 
 /* Bumped on every change of what any file shows (tree lock inside). */
 unsigned long cfs_engine_generation(struct cfs_engine *e);
+
+/* ---- snapshots/NAME/disk.raw (issue 9, docs/design/issue9.md) ----
+ * P is a path of kind CFS_NODE_DISK_RAW. -ENOENT where the tree has no
+ * such file (no image server, files not local, no such snapshot). */
+
+struct cfs_image_attr {
+    uint64_t size;           /* the frozen image's virtual size */
+    uint64_t blocks;         /* 512-byte blocks of data: an estimate from
+                                the layers' allocation by stat, exact by
+                                fstat (the chain's map) */
+};
+
+/* From the tree alone: never starts a server. */
+int cfs_engine_image_stat(struct cfs_engine *e, const struct cfs_path *p,
+                          struct cfs_image_attr *out);
+
+struct cfs_image_reader;
+/* Open for reading by process PID: registers a reader (merges that would
+ * write or remove a file it reads are refused or wait), starts or shares
+ * the image server. -EBUSY if a merge in progress writes its chain or an
+ * image lock refused, -EIO if it cannot be served (logged with the
+ * reason). */
+int cfs_engine_image_open(struct cfs_engine *e, const struct cfs_path *p,
+                          pid_t pid, struct cfs_image_reader **out);
+/* Up to LEN bytes at OFF (short at the end of the image, 0 past it). */
+ssize_t cfs_engine_image_read(struct cfs_image_reader *r, void *buf,
+                              size_t len, uint64_t off);
+/* SEEK_DATA / SEEK_HOLE from the chain's map: the offset, or -ENXIO past
+ * the end / no data after OFF; -EINVAL for another WHENCE. */
+int64_t cfs_engine_image_seek(struct cfs_image_reader *r, uint64_t off,
+                              int whence);
+/* The exact attributes of the open image (fstat). */
+int cfs_engine_image_fstat(struct cfs_image_reader *r,
+                           struct cfs_image_attr *out);
+/* Close: logs what was read, stops the server at its last reader,
+ * unregisters the reader and lets merges waiting for it go. */
+void cfs_engine_image_release(struct cfs_image_reader *r);
 
 /* Tests: process everything queued, then one poll round. */
 void cfs_engine_run_pending(struct cfs_engine *e);

@@ -77,7 +77,8 @@ struct cfs_imgserve_ops {
     void (*stream_close)(struct cfs_img_stream *st);
     /* The data runs of the whole image, sorted, non-overlapping, merged
      * where adjacent; fetched at the first call and kept until stop
-     * (*RUNS stays valid until then). 0 or -errno. */
+     * (*RUNS stays valid until then; concurrent first calls are the
+     * server's to serialise). 0 or -errno. */
     int (*extents)(struct cfs_img *img, const struct cfs_extent **runs,
                    size_t *n);
     /* Stop the server (its process ends; only the pid this server
@@ -97,6 +98,16 @@ struct cfs_imgserve {
  * allocation failure only; a missing qemu-nbd shows at start. */
 struct cfs_imgserve *cfs_nbd_imgserve_new(const char *state_dir,
                                           const char *qemu_nbd);
+
+/* Pure helpers over data runs (fs/core/readers.c). */
+/* lseek(2)'s SEEK_DATA / SEEK_HOLE over RUNS[0..N) of an image of SIZE
+ * bytes: the offset, or -ENXIO (OFF >= SIZE; SEEK_DATA with no data at
+ * or after OFF), -EINVAL for another WHENCE. The end is a hole. */
+int64_t cfs_extents_seek(const struct cfs_extent *runs, size_t n,
+                         uint64_t size, uint64_t off, int whence);
+/* Bytes of data in RUNS, counted below SIZE. */
+uint64_t cfs_extents_bytes(const struct cfs_extent *runs, size_t n,
+                           uint64_t size);
 
 /* The `json:` filename that gives qemu-nbd exactly SPEC's chain (each
  * layer's driver and absolute path; the bottom layer without a "backing"

@@ -28,6 +28,8 @@ struct cfs_node_view {
     const struct cfs_job *job;          /* what `job` shows for DISK; NULL: none */
     int layer;
     uint64_t default_bandwidth;         /* -o bandwidth: merges start with it */
+    bool images;                        /* disk.raw is served (an image
+                                           server, local files) */
 };
 
 struct cfs_node_type {
@@ -46,6 +48,11 @@ struct cfs_node_type {
     /* A read blocks until the disk's job has ended (wait): the content is
      * rendered at the first read, not at open() or stat(). */
     bool blocks;
+    /* A guest disk's content (disk.raw): not rendered, read through the
+     * engine's image reader (cfs_engine_image_*); readable by whoever may
+     * change snapshots only (with -o manage_group: 0440, that group's).
+     * Listed only where the view has images. */
+    bool image;
     /* Files: the whole content. */
     void (*render)(const struct cfs_node_view *v, struct cfs_buf *out);
     /* Directories: the entry names (no "." or ".."), in listing order. */

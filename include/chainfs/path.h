@@ -19,6 +19,7 @@ enum cfs_node_kind {
     CFS_NODE_SNAPSHOT,   /* /dom/vda/snapshots/NAME   */
     CFS_NODE_INFO,       /* /dom/vda/snapshots/NAME/info      */
     CFS_NODE_INFO_JSON,  /* /dom/vda/snapshots/NAME/info.json */
+    CFS_NODE_DISK_RAW,   /* /dom/vda/snapshots/NAME/disk.raw  */
     CFS_NODE_KIND_MAX,
 };
 

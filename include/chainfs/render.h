@@ -19,22 +19,17 @@ void cfs_render_job_text(struct cfs_buf *b, const struct cfs_job *job,
 void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
                          bool stale);
 /* The same with the disk's queue (issue 8 §3.5): `queued:` and
- * `returned:` lines, "queue" and "returned" keys. QUEUE[0..N_QUEUE) oldest
- * first; RETURNED[0..N_RETURNED); SETTINGS (may be NULL) says each queued
- * snapshot's `merge` override. */
-struct cfs_queued;
-struct cfs_returned;
-struct cfs_disk_settings;
+ * `returned:` lines, "queue" and "returned" keys; with its open disk.raw
+ * readers (issue 9 §3.1): `waiting:` (queued runs a reader holds up) and
+ * `readers:` lines, each queue entry's "waiting" and a "readers" key.
+ * S (may be NULL: none of them) is the disk's state: its queue oldest
+ * first, its returns, its settings (each queued snapshot's `merge`
+ * override), its readers. */
+struct cfs_disk_state;
 void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
-                               const struct cfs_queued *queue, size_t n_queue,
-                               const struct cfs_returned *returned,
-                               size_t n_returned, bool stale);
+                               const struct cfs_disk_state *s, bool stale);
 void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
-                               const struct cfs_queued *queue, size_t n_queue,
-                               const struct cfs_returned *returned,
-                               size_t n_returned,
-                               const struct cfs_disk_settings *settings,
-                               bool stale);
+                               const struct cfs_disk_state *s, bool stale);
 /* Snapshot at layer INDEX of DISK. PARTIAL: a failed merge already wrote
  * part of it into the layer below. */
 void cfs_render_info_text(struct cfs_buf *b, const struct cfs_domain *d,

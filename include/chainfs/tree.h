@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "chainfs/model.h"
 
@@ -37,6 +38,9 @@ struct cfs_queued {
     bool requeued;           /* a snapshot of a regrouped merge (§3.3):
                                 found again by its name only (its file
                                 may have become another snapshot's) */
+    char *waiting;           /* issue 9 §3.2: why its run is not started
+                                (a disk.raw reader uses a file of it), or
+                                NULL */
 };
 
 /* A queued deletion that came back to snapshots/ (§3.4). */
@@ -45,7 +49,21 @@ struct cfs_returned {
     char *reason;
 };
 
+/* An open snapshots/NAME/disk.raw (issue 9 §3.1): the files it reads,
+ * which no merge may write or remove while it is open. */
+struct cfs_reader {
+    uint64_t id;             /* unique in the process */
+    char *snapshot;          /* display name opened */
+    size_t n_files;          /* the frozen chain, top first */
+    struct cfs_file_id *ids;
+    char **paths;
+    pid_t pid;               /* the opener */
+    char *comm;              /* its /proc/PID/comm, or NULL */
+    int64_t since;           /* unix seconds */
+};
+
 void cfs_queued_clear(struct cfs_queued *q);
+void cfs_reader_clear(struct cfs_reader *r);
 void cfs_returned_clear(struct cfs_returned *r);
 
 /* Per-disk bookkeeping that outlives the domain's re-reads. */
@@ -72,6 +90,12 @@ struct cfs_disk_state {
     struct cfs_queued *queue;
     size_t n_returned;
     struct cfs_returned *returned;
+    /* Issue 9: the disk's snapshots/NAME/disk.raw open now, oldest first.
+     * A queue that waits for one of them is not dispatched by the
+     * engine's poll (queue_waits_reader); the last release asks. */
+    size_t n_readers;
+    struct cfs_reader *readers;
+    bool queue_waits_reader;
 };
 
 struct cfs_tree {

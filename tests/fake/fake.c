@@ -85,7 +85,6 @@ static const char *const op_names[OP_MAX] = {
     [OP_SNAPSHOT_DOMAIN_SOURCE] = "snapshot_domain_source",
 };
 
-#define FAKE_VIRTUAL_SIZE (64ULL * 1024 * 1024)
 
 struct fake_job {
     char *dom;

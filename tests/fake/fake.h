@@ -8,6 +8,9 @@
 
 #include "chainfs/backend.h"
 
+/* Every layer's virtual size (cfs_fake_add_simple). */
+#define FAKE_VIRTUAL_SIZE (64ULL * 1024 * 1024)
+
 struct cfs_backend *cfs_fake_backend_new(void);
 
 /* Add or replace a domain (deep-copied). Fires domain_changed. */

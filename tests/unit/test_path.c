@@ -203,7 +203,7 @@ static void test_entries(void **state)
     _cleanup_free_ char *disk = fixed_names(CFS_NODE_DISK);
     assert_string_equal(disk, "chain chain.json job job.json wait ctl snapshots");
     _cleanup_free_ char *snap = fixed_names(CFS_NODE_SNAPSHOT);
-    assert_string_equal(snap, "info info.json");
+    assert_string_equal(snap, "info info.json disk.raw");
     for (enum cfs_node_kind k = CFS_NODE_CHAIN; k < CFS_NODE_KIND_MAX; k++) {
         const struct cfs_node_type *t = cfs_node_type(k);
         if (!t->name)
@@ -227,22 +227,27 @@ static void test_entries(void **state)
     assert_int_equal(cfs_node_child(CFS_NODE_KIND_MAX, "x", 1), CFS_NODE_INVALID);
 }
 
-/* Every row is complete: a file renders, a directory lists, only ctl
- * takes writes, only wait blocks, only snapshots/ and ctl are for those
- * who may change snapshots. */
+/* Every row is complete: a file renders (disk.raw is served instead), a
+ * directory lists, only ctl takes writes, only wait blocks, only
+ * snapshots/ and ctl are for those who may change snapshots, and
+ * disk.raw is readable by its owner only. */
 static void test_table(void **state)
 {
     (void)state;
     for (int k = CFS_NODE_ROOT; k < CFS_NODE_KIND_MAX; k++) {
         const struct cfs_node_type *t = cfs_node_type(k);
         assert_int_equal(t->dir, !cfs_node_is_file(k));
-        assert_true(t->dir ? t->list && !t->render : t->render && !t->list);
+        assert_int_equal(t->image, k == CFS_NODE_DISK_RAW);
+        assert_true(t->dir      ? t->list && !t->render
+                    : t->image ? !t->render && !t->list
+                               : t->render && !t->list);
         assert_int_equal(t->write != NULL, k == CFS_NODE_CTL);
         assert_int_equal(t->blocks, k == CFS_NODE_WAIT);
         assert_int_equal(t->managed, k == CFS_NODE_CTL || k == CFS_NODE_SNAPDIR);
         assert_int_equal(t->mkdir_rmdir, k == CFS_NODE_SNAPDIR);
-        unsigned want = t->dir ? (t->managed ? 0755 : 0555)
-                               : (t->managed ? 0644 : 0444);
+        unsigned want = t->dir     ? (t->managed ? 0755 : 0555)
+                        : t->image ? 0400
+                                   : (t->managed ? 0644 : 0444);
         assert_int_equal(t->mode, want);
         assert_int_equal(t->parent == CFS_NODE_INVALID, k == CFS_NODE_ROOT);
     }
@@ -259,7 +264,8 @@ static void test_is_file(void **state)
         bool want = k == CFS_NODE_CHAIN || k == CFS_NODE_CHAIN_JSON ||
                     k == CFS_NODE_JOB || k == CFS_NODE_JOB_JSON ||
                     k == CFS_NODE_WAIT || k == CFS_NODE_CTL ||
-                    k == CFS_NODE_INFO || k == CFS_NODE_INFO_JSON;
+                    k == CFS_NODE_INFO || k == CFS_NODE_INFO_JSON ||
+                    k == CFS_NODE_DISK_RAW;
         assert_int_equal(cfs_node_is_file(k), want);
     }
 }

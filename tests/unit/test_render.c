@@ -14,6 +14,7 @@
 
 #include "chainfs/model.h"
 #include "chainfs/names.h"
+#include "chainfs/tree.h"
 #include "chainfs/render.h"
 #include "chainfs/tree.h"
 #include "chainfs/util.h"
@@ -655,7 +656,7 @@ static void test_job_json(void **state)
         "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
         "bytes_copied", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
-        "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
+        "started", "finished", "error", "partial", "leftover", "queue", "returned", "readers", "stale",
     };
     struct cfs_job j = running_job();
     j.bandwidth = 3 * MiB;
@@ -728,15 +729,17 @@ static void test_job_queue_and_returned(void **state)
     };
     struct cfs_buf b = { 0 };
 
-    cfs_render_job_queue_text(&b, &j, q, 2, r, 3, false);
+    struct cfs_disk_state st = { .queue = q, .n_queue = 2, .returned = r,
+                                 .n_returned = 3 };
+    cfs_render_job_queue_text(&b, &j, &st, false);
     _cleanup_free_ char *t = cfs_buf_steal(&b);
     assert_non_null(strstr(t, "\nsnapshots: s3, s2\n"));
     assert_non_null(strstr(t, "\nqueued:    s1, s0 (since 2025-09-21T14:13:21Z)\n"));
     assert_non_null(strstr(t, "\nreturned:  a, b (the merge of x failed: boom); c (aborted through ctl)\n"));
 
     char *pulls[] = { "s0", NULL };
-    struct cfs_disk_settings set = { .merge_pull = pulls };
-    cfs_render_job_queue_json(&b, &j, q, 2, r, 3, &set, false);
+    st.settings = (struct cfs_disk_settings){ .merge_pull = pulls };
+    cfs_render_job_queue_json(&b, &j, &st, false);
     _cleanup_free_ char *js = cfs_buf_steal(&b);
     struct json_object *o = parse_json(js);
     struct json_object *a;
@@ -810,7 +813,7 @@ static void test_job_json_none(void **state)
         "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
         "bytes_copied", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
-        "started", "finished", "error", "partial", "leftover", "queue", "returned", "stale",
+        "started", "finished", "error", "partial", "leftover", "queue", "returned", "readers", "stale",
     };
     struct cfs_buf b = { 0 };
 
