@@ -11,6 +11,8 @@ CHAINFS_PACKAGES=(
   libvirt-dev libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
   qemu-system-x86 qemu-utils qemu-block-extra
   libjson-c-dev libcmocka-dev libxml2-dev
+  # issue 9: disk.raw through qemu-nbd (qemu-utils above) read with libnbd
+  libnbd-dev
   jq python3 rsync
   # the fuzz targets (scripts/fuzz.sh): clang 14 on Debian 12; libFuzzer
   # and the sanitizer runtimes are in libclang-rt-14-dev, which clang only

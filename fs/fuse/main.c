@@ -590,8 +590,15 @@ static bool start_engine(struct daemon *d)
     if (d->keepalive_interval)
         cfs_libvirt_backend_set_keepalive(d->be, d->keepalive_interval,
                                           d->keepalive_count);
-    if (cfs_engine_new(&d->cfg, d->be, &d->engine, &d->error) < 0)
+    /* snapshots/NAME/disk.raw: a qemu-nbd per open snapshot, its
+     * sockets in STATE_DIR/nbd (issue 9) */
+    d->cfg.imgserve = cfs_nbd_imgserve_new(d->o->state_dir, NULL);
+    if (cfs_engine_new(&d->cfg, d->be, &d->engine, &d->error) < 0) {
+        if (d->cfg.imgserve)
+            d->cfg.imgserve->ops->destroy(d->cfg.imgserve);
+        d->cfg.imgserve = NULL;
         return false;
+    }
     d->be = NULL; /* the engine's now */
     if (cfs_engine_start(d->engine, true, &d->error) < 0)
         return false;
