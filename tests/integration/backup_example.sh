@@ -181,7 +181,8 @@ check_clean "failed copy"
 
 # ---- 3. SIGTERM while it runs --------------------------------------------------
 out3="$T/out3"
-# a cp that opens disk.raw and holds it a minute before copying
+# a cp that opens disk.raw, writes 1 MiB of the .part and holds disk.raw
+# open a minute before copying
 slow="$T/slowbin"
 mkdir -p "$slow"
 cat >"$slow/cp" <<EOF
@@ -189,6 +190,7 @@ cat >"$slow/cp" <<EOF
 case "\${*: -2:1}" in
   */disk.raw)
     exec 3<"\${*: -2:1}" || exit 1
+    head -c 1M <&3 >"\${*: -1}" || exit 1 # a first part of the copy
     touch "$T/cp-holds-disk.raw"
     sleep 60 3<&- &
     wait \$! ;;
@@ -201,6 +203,7 @@ bpid=$!
 it_wait_until 60 "backup.sh's cp opened vda's disk.raw" test -e "$T/cp-holds-disk.raw"
 grep -q '^readers:.*backup-' "$MNT/$D/vda/job" || it_fail "job does not list the backup's reader"
 it_log "ok: job lists the backup's reader: $(grep '^readers:' "$MNT/$D/vda/job")"
+[ -f "$out3/$D/vda.raw.part" ] || it_fail "no vda.raw.part while the copy runs"
 kill -TERM "$bpid"
 status=0
 wait "$bpid" || status=$?
@@ -211,7 +214,7 @@ for disk in vda vdb; do
   grep -q "^$D/$disk: snapshot backup-[0-9TZ]*-[0-9]*-$disk merged back" <<<"$run3" ||
     it_fail "after SIGTERM, $disk's snapshot was not reported merged back"
 done
-it_assert_contains "$run3" "$D/vda: FAILED: not copied (interrupted)" "the summary says vda was not copied"
+it_assert_contains "$run3" "$D/vda: FAILED: interrupted" "the summary says vda was not copied"
 grep -q 'NOT merged back' <<<"$run3" && it_fail "after SIGTERM, a snapshot was not merged back"
 it_assert_eq "" "$(find "$out3" -name '*.part' 2>/dev/null)" "no .part file left after SIGTERM"
 check_clean "SIGTERM"
