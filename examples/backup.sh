@@ -58,7 +58,7 @@ while [ "$#" -gt 0 ]; do
     -h | --help) usage; exit 0 ;;
     --) shift; domains+=("$@"); break ;;
     -*) die_usage "unknown option $1" ;;
-    *) domains+=("$1"); shift ;;
+    *) domains+=("${1%/}"); shift ;;
   esac
 done
 if [ "$all" -eq 1 ] && [ "${#domains[@]}" -gt 0 ]; then
@@ -102,8 +102,9 @@ tty=0
 #   result[k]  "backed up ..." / "FAILED: reason" / "skipped: reason"
 #   snap[k]    the snapshot this run created on the disk, if any
 #   merged[k]  "merged back" / "NOT merged back: reason; run: ..." once tried
-keys=()
+#   ddir[k]    the disk's directory in the mount
 #   dest[k]    OUTDIR/DOMAIN/DISK, once a copy began; copied[k] its size
+keys=()
 declare -A result=() snap=() merged=() ddir=() dest=() copied=()
 failed_domains=()
 cp_pid="" pv_pid="" prog_pid="" frozen=""
