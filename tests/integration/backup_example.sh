@@ -18,8 +18,9 @@
 #     converted to qcow2, each identical to its disk at the backup
 #     (qemu-img compare); the domain shut off, vda pointed at its new
 #     image (its old <backingStore> dropped), the old snapshot's metadata
-#     dropped; the guest reads the backed-up patterns, and zeros where
-#     the old chain got data after the backup; the old files are kept.
+#     dropped; vdb's backup written over its one file (convert -n); the
+#     guest reads the backed-up patterns on both, and zeros where the old
+#     disks got data after the backup; vda's old files are kept.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 it_init
@@ -258,6 +259,12 @@ PY
 fi
 it_virsh snapshot-delete "$D" s1 --metadata >/dev/null || it_fail "restore: snapshot-delete s1 --metadata"
 it_assert_eq "" "$(it_snapshot_names "$D")" "restore: no snapshot metadata names the old overlays"
+# vdb as restore.md's 3b: one file, the same size: the backup written over it
+it_assert_eq "$T/vdb.qcow2" "$(it_chain "$T/vdb.qcow2")" "restore: vdb is one file"
+qemu-img convert -n -f raw -O qcow2 "$out1/$D/vdb.raw" "$T/vdb.qcow2" || it_fail "restore: qemu-img convert -n over vdb"
+out=$(qemu-img compare -f qcow2 -F raw "$T/vdb.qcow2" "$T/exp1_vdb.raw" 2>&1) ||
+  it_fail "restore: vdb written over differs from the disk at the backup: $out"
+it_log "ok: restore: vdb written over with convert -n: $out"
 it_start "$D"
 it_assert_eq "$restored" "$(it_domblk "$D" vda)" "restore: vda runs on the restored image"
 chain_is() { [ "$(jq -r '[.layers[].file] | join(" ")' "$MNT/$D/$1/chain.json")" = "$2" ]; }
@@ -269,6 +276,9 @@ it_guest_check_pattern "$D" 0x13 40M 4M virtio-disk0
 # written after the backup: in the old chain, not in the restored disk
 # (which would read it if the old chain were still its backing)
 it_guest_check_pattern "$D" 0x00 100M 4M virtio-disk0
+it_guest_check_pattern "$D" 0x21 0 24M virtio-disk1
+it_guest_check_pattern "$D" 0x22 24M 4M virtio-disk1
+it_guest_check_pattern "$D" 0x00 100M 4M virtio-disk1
 for f in ${chain0[vda]}; do
   [ -e "$f" ] || it_fail "restore: the old chain's $f is gone"
 done
