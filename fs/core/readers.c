@@ -120,18 +120,63 @@ int image_attr_locked(const struct cfs_node_view *v, struct cfs_image_attr *a)
     return 0;
 }
 
+/* The servers' key of the chain LAYERS[0..N): "fmt:path\n" per layer,
+ * by canonical path. Caller frees. */
+static char *chain_key(const struct cfs_layer *layers, size_t n)
+{
+    struct cfs_buf key = {0};
+    for (size_t i = 0; i < n; i++)
+        cfs_buf_printf(&key, "%s:%s%s\n", layers[i].format ? layers[i].format : "",
+                       layers[i].is_block ? "block:" : "",
+                       layers[i].id.canonical ? layers[i].id.canonical
+                                              : layers[i].path);
+    return cfs_buf_steal(&key);
+}
+
+/* A reference to the running server of KEY, or NULL (none, or still
+ * starting). */
+static struct served *served_find(struct cfs_engine *e, const char *key)
+{
+    pthread_mutex_lock(&e->srv_lock);
+    struct served *sv = e->served;
+    while (sv && strcmp(sv->key, key) != 0)
+        sv = sv->next;
+    if (sv && (sv->starting || !sv->img))
+        sv = NULL;
+    if (sv)
+        sv->refs++;
+    pthread_mutex_unlock(&e->srv_lock);
+    return sv;
+}
+
+static void served_put(struct cfs_engine *e, struct served *sv);
+
 int cfs_engine_image_stat(struct cfs_engine *e, const struct cfs_path *p,
                           struct cfs_image_attr *out)
 {
     *out = (struct cfs_image_attr){0};
     if (!cfs_node_type(p->kind)->image)
         return -EINVAL;
+    _cleanup_free_ char *key = NULL;
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_node_view v;
     int r = view_resolve(e, p, &v);
     if (r == 0)
         r = image_attr_locked(&v, out);
+    if (r == 0)
+        key = chain_key(&v.disk->layers[v.layer + 1],
+                        v.disk->n_layers - (size_t)v.layer - 1);
     pthread_mutex_unlock(&e->tree->lock);
+    /* while it is open (an fstat reaches us as a stat by path: Linux
+     * sends no file handle with it), the exact data of the chain's map */
+    struct served *sv = r == 0 ? served_find(e, key) : NULL;
+    if (sv) {
+        const struct cfs_extent *runs;
+        size_t n;
+        if (e->imgserve->ops->extents(sv->img, &runs, &n) == 0)
+            out->blocks = (cfs_extents_bytes(runs, n, out->size) + 511) / 512;
+        served_put(e, sv);
+    }
     return r;
 }
 
@@ -431,28 +476,23 @@ int cfs_engine_image_open(struct cfs_engine *e, const struct cfs_path *p,
 
     /* the chain, top first, by canonical path (§1.2) */
     struct cfs_img_layer *il = cfs_xcalloc(n, sizeof(*il));
-    struct cfs_buf key = {0};
-    for (size_t i = 0; i < n; i++) {
-        const char *path = files[i].id.canonical ? files[i].id.canonical
-                                                 : files[i].path;
-        il[i] = (struct cfs_img_layer){ .path = path, .format = files[i].format,
-                                        .is_block = files[i].is_block };
-        cfs_buf_printf(&key, "%s:%s%s\n", files[i].format,
-                       files[i].is_block ? "block:" : "", path);
-    }
+    for (size_t i = 0; i < n; i++)
+        il[i] = (struct cfs_img_layer){
+            .path = files[i].id.canonical ? files[i].id.canonical : files[i].path,
+            .format = files[i].format, .is_block = files[i].is_block };
+    _cleanup_free_ char *key = chain_key(files, n);
     _cleanup_free_ char *label = cfs_xasprintf("%s/%s %s", p->dom, p->disk, p->snap);
     struct cfs_img_spec spec = { .layers = il, .n_layers = n,
                                  .virtual_size = size, .label = label };
     struct served *sv = NULL;
     struct cfs_img_stream *st = NULL;
-    r = served_get(e, key.data, &spec, &sv);
+    r = served_get(e, key, &spec, &sv);
     if (r == 0) {
         r = e->imgserve->ops->stream_open(sv->img, &st);
         if (r < 0)
             served_put(e, sv);
     }
     _cleanup_free_ char *msg = r < 0 ? cfs_xstrdup(errmsg_or(strerror(-r))) : NULL;
-    cfs_buf_free(&key);
     free(il);
     for (size_t i = 0; i < n; i++)
         cfs_layer_clear(&files[i]);

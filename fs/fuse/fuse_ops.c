@@ -317,8 +317,9 @@ static mode_t image_mode(const struct cfs_fs *fs, const struct cfs_node_type *nt
 }
 
 /* stat of disk.raw: from the tree (an estimate of its data, no server);
- * fstat of an open one (H): exact, from the chain's map (cp decides on
- * it whether to look for holes). */
+ * while it is open, exact, from the chain's map (cp decides on it
+ * whether to look for holes). Linux sends fstat as a getattr by path
+ * (no handle H), so the engine looks for a running server itself. */
 static int image_getattr(struct cfs_fs *fs, const char *path,
                          const struct cfs_path *p, struct handle *h,
                          struct stat *st)

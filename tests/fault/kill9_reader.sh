@@ -46,8 +46,8 @@ nbd_gone() {
 }
 it_wait_until 2 "qemu-nbd ends within 2 s of its daemon's kill -9" nbd_gone
 it_log "ok: qemu-nbd $nbd ended"
-kill "$reader" 2>/dev/null
-wait "$reader" 2>/dev/null
+kill "$reader" 2>/dev/null || true
+wait "$reader" 2>/dev/null || true
 
 # planted leftovers: a socket file and the pid record of a dead process
 python3 - "$FAULT_STATE_DIR/nbd/9999.s" <<'PY'
@@ -58,7 +58,7 @@ PY
 sleep 30 &
 dead=$!
 kill "$dead"
-wait "$dead" 2>/dev/null
+wait "$dead" 2>/dev/null || true
 printf '%s 12345\n' "$dead" >"$FAULT_STATE_DIR/nbd/9998.pid"
 sleep 300 &
 alive_pid=$!

@@ -322,6 +322,10 @@ static void test_open_read_share_release(void **state)
     assert_int_equal(at.size, FAKE_VIRTUAL_SIZE);
     assert_int_equal(at.blocks, FAKE_VIRTUAL_SIZE / 2 / 512);
     assert_int_equal(cfs_fake_img_count(f->img, "extents"), 1);
+    /* while it is open a stat by path (how Linux sends fstat) is exact */
+    struct cfs_path sp = P("/vm1/vda/snapshots/s2/disk.raw");
+    assert_int_equal(cfs_engine_image_stat(f->e, &sp, &at), 0);
+    assert_int_equal(at.blocks, FAKE_VIRTUAL_SIZE / 2 / 512);
 
     /* another snapshot: another chain, another server */
     struct cfs_image_reader *c = open_raw(f, "s1", 0);
