@@ -18,6 +18,11 @@
 #   rmdir of three adjacent snapshots (32 MiB each, the newest active) +
 #     cat wait vs three virsh blockcommit --active --shallow --pivot --wait
 #     in a row (issue 8's queue; N_FWD runs)
+#   cat snapshots/s1/disk.raw > /dev/null of a 1 GiB fully written
+#     snapshot (a shut-off domain of its own) vs qemu-img convert -O raw
+#     of the same chain to /dev/shm and vs qemu-img dd (MiB/s, N_RAW runs,
+#     default 3, after one warm-up read; issue 9: target >= 0.8x convert);
+#     and the time from open to the first byte (the server's start)
 #
 # Each is timed N times (default 7, after one untimed warm-up); the medians
 # are printed with their ratio and the target from issue 2. Not part of CI:
@@ -239,6 +244,40 @@ for ((i = 1; i <= N_FWD; i++)); do
   at_base
 done
 
+# ---- disk.raw (issue 9) ------------------------------------------------------
+# A shut-off domain of its own (nothing else writes the page cache meanwhile),
+# 1 GiB written in full in its base; s1 made offline, so disk.raw of s1 is
+# the base. Read once unmeasured (page cache warm for every reader alike).
+N_RAW=${N_RAW:-3}
+R="$IT_PREFIX-rawbench"
+rbase="$T/rbase.qcow2"
+it_make_image "$rbase" 1G
+it_write_pattern "$rbase" 0x5a 0 1G
+it_define "$R" "$rbase"
+it_wait_dom "$R"
+mkdir "$MNT/$R/vda/snapshots/s1" || it_fail "mkdir $R s1"
+RAW="$MNT/$R/vda/snapshots/s1/disk.raw"
+it_log "disk.raw: cat of 1 GiB vs qemu-img convert / dd of the same chain, $N_RAW runs each"
+cat "$RAW" >/dev/null || it_fail "warm-up read of disk.raw"
+: >"$T/raw.cat"
+: >"$T/raw.convert"
+: >"$T/raw.dd"
+: >"$T/raw.first"
+shm=$(mktemp -d /dev/shm/cfsbench.XXXXXX)
+it_cleanup_shm() { rm -rf "$shm"; }
+IT_CLEANUP_HOOKS+=(it_cleanup_shm)
+mibs() { awk -v ms="$1" 'BEGIN { printf "%.1f\n", 1024 / (ms / 1000) }'; }
+first_byte() { head -c 1 "$RAW" >/dev/null; }
+for ((i = 1; i <= N_RAW; i++)); do
+  mibs "$(ms cat "$RAW")" >>"$T/raw.cat"
+  mibs "$(ms qemu-img convert -U -f qcow2 -O raw "$rbase" "$shm/x.raw")" >>"$T/raw.convert"
+  rm -f "$shm/x.raw"
+  mibs "$(ms qemu-img dd -U -f qcow2 -O raw bs=4M "if=$rbase" "of=$shm/y.raw")" >>"$T/raw.dd"
+  rm -f "$shm/y.raw"
+  ms first_byte >>"$T/raw.first"
+done
+rmdir "$MNT/$R/vda/snapshots/s1" && cat "$MNT/$R/vda/wait" >/dev/null
+
 echo
 printf 'chainfs benchmark: %s runs each, medians in ms, domain type %s, %s\n' "$N" "$(it_virt_type)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 printf '%-44s %10s %10s %7s %8s  %s\n' "operation (chainfs vs virsh)" chainfs virsh ratio target verdict
@@ -272,4 +311,14 @@ printf '%-44s %9.1fM %9.1fM %7s %8s  %s\n' "forward merge bytes copied (vs small
   "$(awk -v b="$fc" 'BEGIN { print b / 1048576 }')" "$(awk -v b="$vc" 'BEGIN { print b / 1048576 }')" \
   "$r" "<= 1.1" "$ok"
 printf '%-44s %9.1fM\n' "  the smaller layer's data (s1)" "$(awk -v b="$fs" 'BEGIN { print b / 1048576 }')"
+# disk.raw: throughput, higher is better
+rc=$(median <"$T/raw.cat")
+rv=$(median <"$T/raw.convert")
+rd=$(median <"$T/raw.dd")
+r=$(awk -v c="$rc" -v v="$rv" 'BEGIN { printf "%.2f", c / v }')
+if awk -v r="$r" 'BEGIN { exit !(r >= 0.8) }'; then ok=met; else ok=MISSED; missed=1; fi
+printf '%-44s %8.1f/s %8.1f/s %7s %8s  %s\n' "cat disk.raw vs qemu-img convert (MiB/s)" "$rc" "$rv" "$r" ">= 0.8" "$ok"
+printf '%-44s %8.1f/s %8.1f/s %7s\n' "cat disk.raw vs qemu-img dd (MiB/s)" "$rc" "$rd" \
+  "$(awk -v c="$rc" -v v="$rd" 'BEGIN { printf "%.2f", c / v }')"
+printf '%-44s %10.1f\n' "disk.raw open to first byte (ms)" "$(median <"$T/raw.first")"
 [ "$missed" -eq 0 ] || echo "(a target was missed)"
