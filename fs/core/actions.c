@@ -769,6 +769,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     r = check_reachable(e, dom, &why);
     if (r < 0)
         return refuse(e, "rmdir", dom, disk, name, r, why);
+    /* issue 9: a disk.raw just closed is released a moment later */
+    readers_settle(e, 2000);
 
     /* What the user sees: the snapshot's layer and the layer below it. */
     pthread_mutex_lock(&e->tree->lock);

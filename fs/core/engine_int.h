@@ -356,6 +356,10 @@ bool reader_uses(struct cfs_tree *t, const struct cfs_file_id *id,
 /* A reader closed (or failed to open): queued deletions that waited for
  * one are dispatched again. No lock held. */
 void images_reader_gone(struct cfs_engine *e);
+/* Wait (at most MAX_MS) until no reader is closed-but-not-released
+ * (cfs_reader.flushed): `cp disk.raw x; rmdir NAME` must not meet the
+ * release still on its way. No lock held. */
+void readers_settle(struct cfs_engine *e, unsigned max_ms);
 /* Stop every server (engine shut-down). */
 void images_stop_all(struct cfs_engine *e);
 int visible_snapshot(struct cfs_tree *t, const struct cfs_domain *d, const struct cfs_disk *disk, const char *name);

@@ -42,6 +42,7 @@ struct cfs_image_reader {
     int64_t opened_ms;
     pid_t pid;
     char *comm;
+    bool flushed;             /* under LOCK: the registry's copy is set */
 };
 
 bool engine_images(struct cfs_engine *e)
@@ -521,9 +522,62 @@ int cfs_engine_image_open(struct cfs_engine *e, const struct cfs_path *p,
     return 0;
 }
 
+/* Set the registry's flushed mark of R. */
+static void reader_mark(struct cfs_image_reader *r, bool flushed)
+{
+    struct cfs_engine *e = r->e;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, r->dom, r->disk);
+    for (size_t i = 0; s && i < s->n_readers; i++)
+        if (s->readers[i].id == r->id && s->readers[i].flushed != flushed) {
+            s->readers[i].flushed = flushed;
+            tree_changed(e);
+        }
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
+void cfs_engine_image_flush(struct cfs_image_reader *r)
+{
+    pthread_mutex_lock(&r->lock);
+    bool was = r->flushed;
+    r->flushed = true;
+    pthread_mutex_unlock(&r->lock);
+    if (!was)
+        reader_mark(r, true);
+}
+
+void readers_settle(struct cfs_engine *e, unsigned max_ms)
+{
+    int64_t deadline = now_ms() + max_ms;
+    pthread_mutex_lock(&e->tree->lock);
+    for (;;) {
+        bool pending = false;
+        for (size_t i = 0; i < e->tree->n_states && !pending; i++) {
+            const struct cfs_disk_state *s = e->tree->states[i];
+            for (size_t r = 0; r < s->n_readers && !pending; r++)
+                pending = s->readers[r].flushed;
+        }
+        int64_t left = deadline - now_ms();
+        if (!pending || left <= 0)
+            break;
+        struct timespec ts = deadline_in(left < 50 ? left : 50);
+        pthread_cond_timedwait(&e->tree->changed, &e->tree->lock, &ts);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+}
+
 ssize_t cfs_engine_image_read(struct cfs_image_reader *r, void *buf,
                               size_t len, uint64_t off)
 {
+    if (r->flushed) {
+        /* (racy peek; the flag is settled under r->lock) */
+        pthread_mutex_lock(&r->lock);
+        bool was = r->flushed;
+        r->flushed = false;
+        pthread_mutex_unlock(&r->lock);
+        if (was)
+            reader_mark(r, false);
+    }
     if (off >= r->size || len == 0)
         return 0;
     if (len > r->size - off)

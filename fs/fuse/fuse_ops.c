@@ -582,6 +582,17 @@ static int fs_read(const char *path, char *buf, size_t size, off_t off,
     return (int)n;
 }
 
+/* Every close(2): disk.raw notes it (its release follows a moment
+ * later, see cfs_engine_image_flush); nothing else to do. */
+static int fs_flush(const char *path, struct fuse_file_info *fi)
+{
+    (void)path;
+    struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+    if (h && h->img)
+        cfs_engine_image_flush(h->img);
+    return 0;
+}
+
 static int fs_release(const char *path, struct fuse_file_info *fi)
 {
     (void)path;
@@ -805,6 +816,7 @@ const struct fuse_operations cfs_fuse_ops = {
     .open = fs_open,
     .read = fs_read,
     .release = fs_release,
+    .flush = fs_flush,
     .lseek = fs_lseek,
     .mkdir = fs_mkdir,
     .rmdir = fs_rmdir,

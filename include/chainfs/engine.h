@@ -147,6 +147,9 @@ int64_t cfs_engine_image_seek(struct cfs_image_reader *r, uint64_t off,
 /* The exact attributes of the open image (fstat). */
 int cfs_engine_image_fstat(struct cfs_image_reader *r,
                            struct cfs_image_attr *out);
+/* close(2) of a descriptor of it (FUSE flush): its release is likely on
+ * its way (see cfs_reader.flushed). A read after it undoes it. */
+void cfs_engine_image_flush(struct cfs_image_reader *r);
 /* Close: logs what was read, stops the server at its last reader,
  * unregisters the reader and lets merges waiting for it go. */
 void cfs_engine_image_release(struct cfs_image_reader *r);

@@ -193,6 +193,13 @@ static size_t n_readers(struct fx *f)
     return n;
 }
 
+static void *release_later(void *arg)
+{
+    usleep(200 * 1000);
+    cfs_engine_image_release(arg);
+    return NULL;
+}
+
 static unsigned merges_started(struct fx *f)
 {
     return cfs_fake_calls(f->be, "commit_start") + cfs_fake_calls(f->be, "pull_start");
@@ -445,6 +452,41 @@ static void test_queued_waits_for_reader(void **state)
     free(job);
 }
 
+/* close(2) (flush) of a reader: not shown any more, its release is on
+ * its way; a read after it (a dup still open) shows it again; an rmdir
+ * waits a moment for the release, and without one it is refused */
+static void test_flush_then_release(void **state)
+{
+    struct fx *f = *state;
+    struct cfs_image_reader *r = open_raw(f, "s1", 0);
+    char *job = read_file(f, "/vm1/vda/job");
+    assert_non_null(strstr(job, "readers:"));
+    free(job);
+    cfs_engine_image_flush(r);
+    job = read_file(f, "/vm1/vda/job");
+    assert_null(strstr(job, "readers:"));
+    free(job);
+    job = read_file(f, "/vm1/vda/job.json");
+    assert_non_null(strstr(job, "\"readers\""));
+    assert_null(strstr(job, "\"pid\""));
+    free(job);
+    unsigned char b[16];
+    assert_int_equal(cfs_engine_image_read(r, b, sizeof(b), 0), sizeof(b));
+    job = read_file(f, "/vm1/vda/job");
+    assert_non_null(strstr(job, "readers:"));
+    free(job);
+    /* flushed, never released (a dup open): the rmdir waits, then EBUSY */
+    cfs_engine_image_flush(r);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), -EBUSY);
+    assert_int_equal(merges_started(f), 0);
+    /* released from another thread while the rmdir waits: it goes */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_later, r), 0);
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(merges_started(f), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +500,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_refused_while_merge_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queued_waits_for_reader, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flush_then_release, setup, teardown),
     };
     return cmocka_run_group_tests_name("readers", tests, NULL, NULL);
 }
