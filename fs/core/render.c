@@ -365,8 +365,6 @@ static void kv_queue(struct kv_block *kv, const struct cfs_disk_state *s)
         for (size_t i = 0; i < s->n_readers; i++) {
             const struct cfs_reader *rd = &s->readers[i];
             char since[64];
-            if (rd->flushed)
-                continue; /* closed; its release is on its way */
             cfs_format_time(rd->since, since, sizeof(since));
             if (r.len)
                 cfs_buf_printf(&r, "%s", ", ");
@@ -570,8 +568,6 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
     json_object_object_add(o, "returned", ra);
     struct json_object *rda = json_object_new_array();
     for (size_t i = 0; s && i < s->n_readers; i++) {
-        if (s->readers[i].flushed)
-            continue; /* closed; its release is on its way */
         struct json_object *r = json_object_new_object();
         json_put_str(r, "snapshot", s->readers[i].snapshot);
         json_object_object_add(r, "pid", json_object_new_int64(s->readers[i].pid));

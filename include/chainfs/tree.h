@@ -62,9 +62,9 @@ struct cfs_reader {
     int64_t since;           /* unix seconds */
     /* close(2) was called on it (FUSE flush) and it has not been read
      * since: its release is on its way (the kernel sends it after the
-     * close returned). Not shown in job; an rmdir waits a moment for it
-     * to go rather than fail (a dup of the descriptor may keep it open:
-     * then it stays, and the rmdir is refused as before). */
+     * close returned). An rmdir waits a moment for it to go rather than
+     * fail (a dup of the descriptor may keep it open, as bash's `exec
+     * 3<FILE` does: then it stays, and the rmdir is refused as before). */
     bool flushed;
 };
 

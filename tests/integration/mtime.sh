@@ -37,15 +37,17 @@ done
 # one rsync of our two domains (other domains of this host change
 # meanwhile) into $T/copy; prints the files it transferred, sorted.
 sync_copy() {
-  rsync -a --itemize-changes "$MNT/$D1" "$MNT/$D2" "$T/copy/" >"$T/rsync.out" ||
+  # (no guest disks: rsync of a whole tree leaves disk.raw out, as
+  # docs/FILES.md advises; its reader would show in job until released)
+  rsync -a --exclude=disk.raw --itemize-changes "$MNT/$D1" "$MNT/$D2" "$T/copy/" >"$T/rsync.out" ||
     it_fail "rsync -a of the mount: $(cat "$T/rsync.out")"
   awk '$1 ~ /^>f/ { print $2 }' "$T/rsync.out" | sort | tr '\n' ' ' | sed 's/ $//'
 }
 
 # the copy is what the mount shows (every file's bytes)
 check_copy() {
-  diff -r "$MNT/$D1" "$T/copy/$D1" >&2 || it_fail "$1: the copy of $D1 differs from the mount"
-  diff -r "$MNT/$D2" "$T/copy/$D2" >&2 || it_fail "$1: the copy of $D2 differs from the mount"
+  diff -r -x disk.raw "$MNT/$D1" "$T/copy/$D1" >&2 || it_fail "$1: the copy of $D1 differs from the mount"
+  diff -r -x disk.raw "$MNT/$D2" "$T/copy/$D2" >&2 || it_fail "$1: the copy of $D2 differs from the mount"
   it_log "ok: $1: the copy is what the mount shows"
 }
 
@@ -75,7 +77,7 @@ it_assert_eq "$root_mtime" "$(stat -c %Y "$MNT/$D1")" "$D1's disks stayed, so di
 it_assert_eq "$root_mtime" "$(stat -c %Y "$MNT/$D1/vdb/chain")" "the other disk's chain kept its mtime"
 
 # the files whose bytes differ from the copy, or that are new
-changed=$(cd "$MNT" && find "$D1" "$D2" -type f | sort | while read -r f; do
+changed=$(cd "$MNT" && find "$D1" "$D2" -type f ! -name disk.raw | sort | while read -r f; do
   cmp -s "$f" "$T/copy/$f" || printf '%s\n' "$f"
 done | tr '\n' ' ' | sed 's/ $//')
 V="$D1/vda"

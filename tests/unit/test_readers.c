@@ -452,27 +452,17 @@ static void test_queued_waits_for_reader(void **state)
     free(job);
 }
 
-/* close(2) (flush) of a reader: not shown any more, its release is on
- * its way; a read after it (a dup still open) shows it again; an rmdir
- * waits a moment for the release, and without one it is refused */
+/* close(2) (flush) of a reader whose release has not come: an rmdir
+ * waits a moment for the release; without one (a dup still open) it is
+ * refused; a read after the flush undoes it */
 static void test_flush_then_release(void **state)
 {
     struct fx *f = *state;
     struct cfs_image_reader *r = open_raw(f, "s1", 0);
-    char *job = read_file(f, "/vm1/vda/job");
-    assert_non_null(strstr(job, "readers:"));
-    free(job);
     cfs_engine_image_flush(r);
-    job = read_file(f, "/vm1/vda/job");
-    assert_null(strstr(job, "readers:"));
-    free(job);
-    job = read_file(f, "/vm1/vda/job.json");
-    assert_non_null(strstr(job, "\"readers\""));
-    assert_null(strstr(job, "\"pid\""));
-    free(job);
     unsigned char b[16];
     assert_int_equal(cfs_engine_image_read(r, b, sizeof(b), 0), sizeof(b));
-    job = read_file(f, "/vm1/vda/job");
+    char *job = read_file(f, "/vm1/vda/job");
     assert_non_null(strstr(job, "readers:"));
     free(job);
     /* flushed, never released (a dup open): the rmdir waits, then EBUSY */
