@@ -13,6 +13,8 @@ CHAINFS_PACKAGES=(
   libjson-c-dev libcmocka-dev libxml2-dev
   # issue 9: disk.raw through qemu-nbd (qemu-utils above) read with libnbd
   libnbd-dev
+  # examples/backup.sh draws its progress bar with pv (optional)
+  pv
   jq python3 rsync
   # the fuzz targets (scripts/fuzz.sh): clang 14 on Debian 12; libFuzzer
   # and the sanitizer runtimes are in libclang-rt-14-dev, which clang only

@@ -206,12 +206,21 @@ static void handle_unlink(struct handle *h)
 
 void cfs_fs_release_images(void)
 {
+    /* taken out under the leaf lock, released outside it (a release
+     * takes the engine's locks and stops a server) */
+    size_t n = 0;
+    struct cfs_image_reader **imgs = NULL;
     pthread_mutex_lock(&open_handles_lock);
     for (struct handle *h = open_handles; h; h = h->next) {
-        cfs_engine_image_release(h->img);
-        h->img = NULL;
+        if (!h->img)
+            continue;
+        imgs = cfs_xrealloc(imgs, (n + 1) * sizeof(*imgs));
+        imgs[n++] = TAKE_PTR(h->img);
     }
     pthread_mutex_unlock(&open_handles_lock);
+    for (size_t i = 0; i < n; i++)
+        cfs_engine_image_release(imgs[i]);
+    free(imgs);
 }
 
 void cfs_fs_free_handles(void)

@@ -51,3 +51,23 @@ out=$(it_virsh blockcommit "$D" vda --top "$r1" --base "$rbase" --wait 2>&1) ||
   it_fail "virsh blockcommit after the reader closed: $out"
 it_log "ok: the same commit works once the reader closed"
 it_check_pattern "$rbase" 0x16 1M 2M
+
+# --- who may read it: root, and with -o manage_group that group's members --
+GROUP=users
+if getent group "$GROUP" >/dev/null; then
+  GROUP_GID=$(getent group "$GROUP" | cut -d: -f3)
+  it_destroy "$D"
+  it_unmount || it_fail "unmount"
+  it_mount "allow_other,manage_group=$GROUP"
+  it_wait_dom "$D"
+  it_assert_eq "440 root $GROUP" "$(stat -c '%a %U %G' "$raw")" "with manage_group, disk.raw is 0440 and the group's"
+  nobody_gid=$(id -g nobody)
+  out=$(setpriv --reuid=nobody --regid="$nobody_gid" --clear-groups head -c 1 "$raw" 2>&1) &&
+    it_fail "nobody read disk.raw"
+  it_assert_contains "$out" "Permission denied" "a user outside the group may not read disk.raw"
+  n=$(setpriv --reuid=nobody --regid="$nobody_gid" --groups="$GROUP_GID" cat "$raw" | wc -c) ||
+    it_fail "a member of $GROUP could not read disk.raw"
+  it_assert_eq 67108864 "$n" "a member of $GROUP reads the whole disk.raw"
+else
+  it_log "no group 'users' on this host: the manage_group part is left out"
+fi
