@@ -8,7 +8,9 @@
 #  3. qemu-img convert -O qcow2 of disk.raw, then qemu-img compare with
 #     the frozen chain: identical; lseek(SEEK_DATA/SEEK_HOLE) answers;
 #  4. while disk.raw of s1 is open, rmdir s1 is EBUSY (the log names the
-#     reader), nothing changes; after the close it merges;
+#     reader), nothing changes; rmdir of a newer snapshot is not held;
+#     queued behind that merge, rmdir s1 waits for the reader (`waiting:`)
+#     and merges once it closes;
 #  5. two cp of two snapshots of one disk and one of another domain at
 #     once: all equal; every server gone after.
 # shellcheck source=tests/integration/lib.sh
@@ -118,15 +120,30 @@ grep -q "rmdir $D/vda/snapshots/s1 refused (Device or resource busy): snapshots/
   it_fail "the refusal's log line does not name the reader"
 it_check_chain "$D" vda "${file[s3]}" "${file[s2]}" "${file[s1]}" "$base"
 it_assert_eq "s1 s2 s3" "$(it_snapshots "$D" vda)" "nothing changed"
-# a newer snapshot's merge does not touch the base: allowed
+# a newer snapshot's merge does not touch the base: allowed. Held in
+# ready (pivot manual), it keeps the disk busy, so rmdir s1 queues behind
+# it instead of being refused; once s3 is merged, s1's merge waits for
+# the reader (`waiting:` in job), and starts when it closes.
+echo "pivot manual" >"$MNT/$D/vda/ctl" || it_fail "pivot manual"
 rmdir "$MNT/$D/vda/snapshots/s3" || it_fail "rmdir s3 with s1's disk.raw open"
-it_wait_job "$D" vda >/dev/null
+job_state() { jq -r .state "$MNT/$D/vda/job.json"; }
+is_ready() { [ "$(job_state)" = ready ]; }
+it_wait_until 60 "s3's active commit is ready" is_ready
+rmdir "$MNT/$D/vda/snapshots/s1" || it_fail "rmdir s1 behind s3's merge (queued) with its reader open"
+it_assert_eq '["s1"]' "$(jq -c '[.queue[].snapshot]' "$MNT/$D/vda/job.json")" "s1 is queued"
+echo pivot >"$MNT/$D/vda/ctl" || it_fail "pivot"
+s1_waits() { grep -q '^waiting: *s1 (snapshots/s1/disk.raw of .* is open (pid ' "$MNT/$D/vda/job"; }
+it_wait_until 60 "s1's queued merge waits for the reader" s1_waits
+it_log "job: $(grep '^waiting:' "$MNT/$D/vda/job")"
+it_assert_eq "s2" "$(it_snapshots "$D" vda)" "s3 merged, s1 queued (hidden)"
 head -c 1M <&3 | cmp - <(head -c 1M "$T/exp_s1.raw") || it_fail "s1's reader reads wrong data after s3's merge"
+it_check_chain "$D" vda "${file[s2]}" "${file[s1]}" "$base"
 exec 3<&-
+out=$(it_wait_job "$D" vda)
+it_assert_eq "completed s1" "$(jq -r '"\(.state) \(.snapshot)"' "$MNT/$D/vda/job.json")" "s1 merged once the reader closed"
 it_wait_until 5 "the server stops at the close" nbd_none
-rmdir "$MNT/$D/vda/snapshots/s1" || it_fail "rmdir s1 after the reader closed"
-it_wait_job "$D" vda >/dev/null
-it_assert_eq "s2" "$(it_snapshots "$D" vda)" "s1 merged once the reader closed"
+echo "pivot auto" >"$MNT/$D/vda/ctl" || it_fail "pivot auto"
+it_assert_eq "s2" "$(it_snapshots "$D" vda)" "s2 is left"
 
 # ---- 5. readers side by side -------------------------------------------------
 mkdir "$MNT/$D/vda/snapshots/s4" || it_fail "mkdir s4"

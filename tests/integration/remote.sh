@@ -94,6 +94,9 @@ for s in t1 t2; do
 done
 it_assert_eq "s1 s2" "$(it_snapshots "$D" vda)" "ls vda/snapshots/"
 it_assert_eq "t1 t2" "$(it_snapshots "$D" vdb)" "ls vdb/snapshots/"
+# the image files are on the daemon's side: no disk.raw (issue 9)
+it_assert_eq "info info.json" "$(it_ls "$MNT/$D/vda/snapshots/s1")" "no disk.raw over a remote connection"
+it_expect_errno ENOENT open "$MNT/$D/vda/snapshots/s1/disk.raw"
 it_assert_eq "s1 s2 t1 t2" "$(it_snapshot_names "$D" | tr '\n' ' ' | sed 's/ $//')" "virsh snapshot-list (private daemon)"
 it_assert_eq "$(printf '%s\n' "${file[s2]}" "${file[s1]}" "$IMG/base.qcow2")" "$(pd_in it_chain "${file[s2]}")" \
   "qemu-img on the daemon's side: vda's chain"
