@@ -279,8 +279,30 @@ static void reader_unregister_locked(struct cfs_tree *t, const char *dom,
 
 /* ---- servers ------------------------------------------------------------------ */
 
+/* Drop a reference to SV; true if it was the last (SV is then out of
+ * the list, the caller stops and frees it). Caller holds srv_lock. */
+static bool served_unref_locked(struct cfs_engine *e, struct served *sv)
+{
+    if (--sv->refs > 0)
+        return false;
+    struct served **pp = &e->served;
+    while (*pp != sv)
+        pp = &(*pp)->next;
+    *pp = sv->next;
+    return true;
+}
+
+static void served_free(struct cfs_engine *e, struct served *sv)
+{
+    if (sv->img)
+        e->imgserve->ops->stop(sv->img);
+    free(sv->key);
+    free(sv);
+}
+
 /* The server of SPEC's chain (KEY), started if none runs: 0 and *OUT with
- * a reference, or -errno (logged by the caller). */
+ * a reference, or -errno (logged by the caller). One start at a time per
+ * chain: an open that finds it starting waits for its result. */
 static int served_get(struct cfs_engine *e, const char *key,
                       const struct cfs_img_spec *spec, struct served **out)
 {
@@ -288,67 +310,38 @@ static int served_get(struct cfs_engine *e, const char *key,
     struct served *sv = e->served;
     while (sv && strcmp(sv->key, key) != 0)
         sv = sv->next;
-    if (sv) {
-        sv->refs++;
-        while (sv->starting)
-            pthread_cond_wait(&e->srv_cond, &e->srv_lock);
-        int err = sv->img ? 0 : sv->err;
-        if (err < 0) {
-            /* the start failed: the starter unlinks it at its last ref */
-            sv->refs--;
-            bool last = sv->refs == 0;
-            if (last) {
-                struct served **pp = &e->served;
-                while (*pp != sv)
-                    pp = &(*pp)->next;
-                *pp = sv->next;
-            }
-            pthread_mutex_unlock(&e->srv_lock);
-            if (last) {
-                free(sv->key);
-                free(sv);
-            }
+    bool starter = !sv;
+    if (starter) {
+        sv = cfs_xcalloc(1, sizeof(*sv));
+        sv->key = cfs_xstrdup(key);
+        sv->starting = true;
+        sv->next = e->served;
+        e->served = sv;
+    }
+    sv->refs++;
+    if (starter) {
+        pthread_mutex_unlock(&e->srv_lock);
+        struct cfs_img *img = NULL;
+        int r = e->imgserve->ops->start(e->imgserve, spec, &img);
+        pthread_mutex_lock(&e->srv_lock);
+        sv->starting = false;
+        sv->img = r == 0 ? img : NULL;
+        sv->err = r;
+        pthread_cond_broadcast(&e->srv_cond);
+    }
+    while (sv->starting)
+        pthread_cond_wait(&e->srv_cond, &e->srv_lock);
+    int err = sv->img ? 0 : sv->err;
+    bool last = err < 0 && served_unref_locked(e, sv);
+    pthread_mutex_unlock(&e->srv_lock);
+    if (err < 0) {
+        if (last)
+            served_free(e, sv);
+        if (!starter)
             cfs_backend_set_errmsg("the image server did not start: %s",
                                    strerror(-err));
-            return err;
-        }
-        pthread_mutex_unlock(&e->srv_lock);
-        *out = sv;
-        return 0;
+        return err;
     }
-    sv = cfs_xcalloc(1, sizeof(*sv));
-    sv->key = cfs_xstrdup(key);
-    sv->refs = 1;
-    sv->starting = true;
-    sv->next = e->served;
-    e->served = sv;
-    pthread_mutex_unlock(&e->srv_lock);
-
-    struct cfs_img *img = NULL;
-    int r = e->imgserve->ops->start(e->imgserve, spec, &img);
-
-    pthread_mutex_lock(&e->srv_lock);
-    sv->starting = false;
-    sv->img = r == 0 ? img : NULL;
-    sv->err = r;
-    pthread_cond_broadcast(&e->srv_cond);
-    if (r < 0) {
-        sv->refs--;
-        bool last = sv->refs == 0;
-        if (last) {
-            struct served **pp = &e->served;
-            while (*pp != sv)
-                pp = &(*pp)->next;
-            *pp = sv->next;
-        }
-        pthread_mutex_unlock(&e->srv_lock);
-        if (last) {
-            free(sv->key);
-            free(sv);
-        }
-        return r;
-    }
-    pthread_mutex_unlock(&e->srv_lock);
     *out = sv;
     return 0;
 }
@@ -358,20 +351,10 @@ static int served_get(struct cfs_engine *e, const char *key,
 static void served_put(struct cfs_engine *e, struct served *sv)
 {
     pthread_mutex_lock(&e->srv_lock);
-    bool last = --sv->refs == 0;
-    if (last) {
-        struct served **pp = &e->served;
-        while (*pp != sv)
-            pp = &(*pp)->next;
-        *pp = sv->next;
-    }
+    bool last = served_unref_locked(e, sv);
     pthread_mutex_unlock(&e->srv_lock);
-    if (!last)
-        return;
-    if (sv->img)
-        e->imgserve->ops->stop(sv->img);
-    free(sv->key);
-    free(sv);
+    if (last)
+        served_free(e, sv);
 }
 
 void images_stop_all(struct cfs_engine *e)
@@ -383,10 +366,7 @@ void images_stop_all(struct cfs_engine *e)
     pthread_mutex_unlock(&e->srv_lock);
     while (list) {
         struct served *next = list->next;
-        if (list->img)
-            e->imgserve->ops->stop(list->img);
-        free(list->key);
-        free(list);
+        served_free(e, list);
         list = next;
     }
 }

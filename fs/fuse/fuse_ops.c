@@ -464,6 +464,21 @@ static int refuse_name(void)
     return -EPERM;
 }
 
+/* The end of every open: R < 0 frees H, else H is the open file's. */
+static int open_done(struct handle *h, struct fuse_file_info *fi, int r)
+{
+    if (r < 0) {
+        handle_free(h);
+        return r;
+    }
+    handle_link(h);
+    fi->fh = (uint64_t)(uintptr_t)h;
+    fi->direct_io = 1;
+    fi->keep_cache = 0;
+    fi->nonseekable = 0;
+    return 0;
+}
+
 static int fs_open(const char *path, struct fuse_file_info *fi)
 {
     struct handle *h = cfs_xcalloc(1, sizeof(*h));
@@ -482,16 +497,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
         if (r == 0)
             r = cfs_engine_image_open(fs->engine, &h->path,
                                       fuse_get_context()->pid, &h->img);
-        if (r < 0) {
-            handle_free(h);
-            return r;
-        }
-        handle_link(h);
-        fi->fh = (uint64_t)(uintptr_t)h;
-        fi->direct_io = 1;
-        fi->keep_cache = 0;
-        fi->nonseekable = 0;
-        return 0;
+        return open_done(h, fi, r);
     }
     if (r == 0 && (fi->flags & O_ACCMODE) != O_RDONLY) {
         /* O_TRUNC and O_APPEND (`>` and `>>`) mean nothing to a file that
@@ -512,16 +518,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
         }
         h->rendered = true;
     }
-    if (r < 0) {
-        handle_free(h);
-        return r;
-    }
-    handle_link(h);
-    fi->fh = (uint64_t)(uintptr_t)h;
-    fi->direct_io = 1;
-    fi->keep_cache = 0;
-    fi->nonseekable = 0;
-    return 0;
+    return open_done(h, fi, r);
 }
 
 static bool req_interrupted(void *arg)
