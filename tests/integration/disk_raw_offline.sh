@@ -29,7 +29,7 @@ cmp "$raw" "$T/exp.raw" || it_fail "disk.raw of a shut-off domain (raw base, rel
 it_log "ok: disk.raw of the shut-off domain equals its frozen chain"
 
 # (a failure while it is open: close it before the unmount)
-trap 'rc=$?; exec 3<&-; (exit $rc); it_cleanup' EXIT
+trap 'rc=$?; set +e; exec 3<&-; (exit $rc); it_cleanup' EXIT
 exec 3<"$raw"
 # the locks, before QEMU runs
 out=$(qemu-io -f raw -c 'write -P 0x99 0 4k' "$rbase" 2>&1) || true
