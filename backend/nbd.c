@@ -769,12 +769,14 @@ static void stop_io_threads(struct cfs_img *img)
     img->quit = true;
     pthread_cond_broadcast(&img->work);
     pthread_mutex_unlock(&img->lock);
+    /* one deadline for all of them, on the monotonic clock (a step of the
+     * wall clock neither shortens nor stretches it) */
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
+    clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_sec += 1;
     bool killed = false;
     for (size_t i = 0; i < img->n_io; i++) {
-        if (killed || pthread_timedjoin_np(img->io[i], NULL, &dl) == 0) {
+        if (killed || pthread_clockjoin_np(img->io[i], NULL, CLOCK_MONOTONIC, &dl) == 0) {
             if (killed)
                 pthread_join(img->io[i], NULL);
             continue;
