@@ -95,6 +95,8 @@ struct cfs_img {
     size_t n_lock_fds;
 
     struct nbd_handle *h[NBD_CONNS];
+    int sock[NBD_CONNS];     /* h[i]'s socket (the handle owns it), or -1:
+                                kept to shutdown(2) a read stuck on it */
     pthread_t io[NBD_CONNS];
     size_t n_io;
 
@@ -712,16 +714,28 @@ static int write_pid_record(const char *path, pid_t pid)
     return rc;
 }
 
+/* Close connection I (its I/O thread has ended): send NBD_CMD_DISC if the
+ * connection is up and the socket takes it now, then close the socket;
+ * qemu-nbd sees its client gone either way. Never nbd_shutdown: it polls
+ * with no timeout until the server closes the connection, which a
+ * stopped or hung qemu-nbd never does (stop then waited forever, and
+ * end_child never got to SIGKILL it). nbd_aio_disconnect does not wait. */
+static void close_conn(struct cfs_img *img, size_t i)
+{
+    if (!img->h[i])
+        return;
+    if (nbd_aio_is_ready(img->h[i]) > 0)
+        nbd_aio_disconnect(img->h[i], 0);
+    nbd_close(img->h[i]);
+    img->h[i] = NULL;
+    img->sock[i] = -1;
+}
+
 /* Free IMG's resources (no threads running, child ended or never). */
 static void img_free(struct cfs_img *img)
 {
-    for (size_t i = 0; i < NBD_CONNS; i++) {
-        if (img->h[i]) {
-            nbd_shutdown(img->h[i], 0);
-            nbd_close(img->h[i]);
-            img->h[i] = NULL;
-        }
-    }
+    for (size_t i = 0; i < NBD_CONNS; i++)
+        close_conn(img, i);
     drop_raw_locks(img);
     if (img->pid_path) {
         unlink(img->pid_path);
@@ -746,20 +760,23 @@ static void img_free(struct cfs_img *img)
 }
 
 /* End the I/O threads. One stuck in a read (qemu-nbd hung: stopped, or on
- * a dead NFS server) is freed by SIGKILL of this server's qemu-nbd after
- * 1 s: the socket closes and the read fails. */
+ * a dead NFS server) is freed after 1 s: SIGKILL of this server's qemu-nbd,
+ * and shutdown(2) of our end of every connection, so that the read fails
+ * even while a qemu-nbd in uninterruptible sleep has not died yet. */
 static void stop_io_threads(struct cfs_img *img)
 {
     pthread_mutex_lock(&img->lock);
     img->quit = true;
     pthread_cond_broadcast(&img->work);
     pthread_mutex_unlock(&img->lock);
+    /* one deadline for all of them, on the monotonic clock (a step of the
+     * wall clock neither shortens nor stretches it) */
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
+    clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_sec += 1;
     bool killed = false;
     for (size_t i = 0; i < img->n_io; i++) {
-        if (killed || pthread_timedjoin_np(img->io[i], NULL, &dl) == 0) {
+        if (killed || pthread_clockjoin_np(img->io[i], NULL, CLOCK_MONOTONIC, &dl) == 0) {
             if (killed)
                 pthread_join(img->io[i], NULL);
             continue;
@@ -772,6 +789,11 @@ static void stop_io_threads(struct cfs_img *img)
             kill(img->pid, SIGKILL);
         }
         pthread_mutex_unlock(&img->lock);
+        /* the fds stay open (the handles own them): no reuse under a
+         * thread still polling one */
+        for (size_t c = 0; c < NBD_CONNS; c++)
+            if (img->sock[c] >= 0)
+                shutdown(img->sock[c], SHUT_RDWR);
         pthread_join(img->io[i], NULL);
     }
     img->n_io = 0;
@@ -854,6 +876,8 @@ static int nbd_start(struct cfs_imgserve *s, const struct cfs_img_spec *spec,
         goto out_free;
     img->p = p;
     img->err_fd = -1;
+    for (size_t i = 0; i < NBD_CONNS; i++)
+        img->sock[i] = -1;
     img->size = spec->virtual_size;
     pthread_mutex_init(&img->lock, NULL);
     pthread_mutex_init(&img->ext_lock, NULL);
@@ -994,6 +1018,7 @@ static int nbd_start(struct cfs_imgserve *s, const struct cfs_img_spec *spec,
             nerrno = nbd_get_errno();
             break;
         }
+        img->sock[i] = fd;
     }
     if (nerr || nerrno) {
         char nmsg[512];
@@ -1072,6 +1097,7 @@ fail_child:
         if (img->h[i]) {
             nbd_close(img->h[i]);
             img->h[i] = NULL;
+            img->sock[i] = -1;
         }
     }
     if (lsock >= 0) {
@@ -1121,13 +1147,8 @@ static void nbd_stop(struct cfs_img *img)
     }
     pthread_mutex_unlock(&p->lock);
     stop_io_threads(img);
-    for (size_t i = 0; i < NBD_CONNS; i++) {
-        if (img->h[i]) {
-            nbd_shutdown(img->h[i], 0);
-            nbd_close(img->h[i]);
-            img->h[i] = NULL;
-        }
-    }
+    for (size_t i = 0; i < NBD_CONNS; i++)
+        close_conn(img, i);
     end_child(img);
     cfs_log(LOG_DEBUG, "disk.raw %s: qemu-nbd pid %d stopped", img->label, (int)img->pid);
     img_free(img);

@@ -19,6 +19,13 @@
  *   -K          stop with read-ahead in flight and qemu-nbd hung: read
  *               1 MiB at 0 (chunks up to 8 MiB queued), SIGSTOP qemu-nbd,
  *               close the stream, stop; prints "stopped in N ms"
+ *   -k          stop with nothing in flight and qemu-nbd hung: read the
+ *               whole image through one stream first (the last read waits
+ *               for every chunk still queued), then as -K: SIGSTOP, close,
+ *               stop; prints "stopped in N ms"
+ *   -w MS       with -K or -k: wait MS ms between the last read and the
+ *               SIGSTOP (as a reader preempted there under load: the
+ *               read-ahead of -K may finish meanwhile)
  *   -P N -C REF N threads, each with its own stream, read the image at
  *               once: a sequential pass in 1 MiB reads with random reads
  *               of random sizes mixed in (every 5th read), every read
@@ -51,11 +58,12 @@
 #include "chainfs/util.h"
 
 static size_t read_size = 4u << 20; /* -b */
+static unsigned pause_ms;           /* -w */
 #define BACK_PIECE (192u << 10)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H|-K|-P N -C REF] [-b BYTES] STATE_DIR SIZE FORMAT:PATH...\n"
+    fprintf(stderr, "usage: imgserve_try [-r|-R|-m|-H|-K|-k|-P N -C REF] [-b BYTES] [-w MS] STATE_DIR SIZE FORMAT:PATH...\n"
                     "       imgserve_try -S STATE_DIR\n");
     return 2;
 }
@@ -248,19 +256,36 @@ static pid_t our_child(void)
     return found;
 }
 
-static int stop_hung(struct cfs_imgserve *s, struct cfs_img *img)
+/* -K (IDLE false): one 1 MiB read at 0, read-ahead left in flight;
+ * -k (IDLE true): the whole image read in 4 MiB reads, so that no read is
+ * queued or running when qemu-nbd is stopped. */
+static int stop_hung(struct cfs_imgserve *s, struct cfs_img *img, uint64_t size, bool idle)
 {
     struct cfs_img_stream *st;
     int rc = s->ops->stream_open(img, &st);
     if (rc < 0)
         return fail("stream_open", rc);
-    char *buf = malloc(1u << 20);
+    size_t bs = idle ? 4u << 20 : 1u << 20;
+    char *buf = malloc(bs);
     if (!buf)
         return fail("malloc", -ENOMEM);
-    ssize_t r = s->ops->stream_read(st, buf, 1u << 20, 0);
+    uint64_t end = idle ? size : bs;
+    for (uint64_t off = 0; off < end;) {
+        size_t n = end - off < bs ? (size_t)(end - off) : bs;
+        ssize_t r = s->ops->stream_read(st, buf, n, off);
+        if (r < 0) {
+            free(buf);
+            return fail("stream_read", r);
+        }
+        off += n;
+    }
     free(buf);
-    if (r < 0)
-        return fail("stream_read", r);
+    if (pause_ms) {
+        struct timespec ts = {.tv_sec = pause_ms / 1000,
+                              .tv_nsec = (long)(pause_ms % 1000) * 1000000};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+    }
     pid_t q = our_child();
     if (q <= 0) {
         fprintf(stderr, "imgserve_try: no qemu-nbd child found\n");
@@ -305,7 +330,7 @@ int main(int argc, char **argv)
     const char *ref_path = NULL;
     char mode = 'r';
     int opt;
-    while ((opt = getopt(argc, argv, "rRmHKSb:P:C:")) != -1) {
+    while ((opt = getopt(argc, argv, "rRmHKkSb:P:C:w:")) != -1) {
         if (opt == '?')
             return usage();
         if (opt == 'C') {
@@ -316,6 +341,12 @@ int main(int argc, char **argv)
             par_n = (unsigned)strtoul(optarg, NULL, 10);
             if (par_n == 0 || par_n > 64)
                 return usage();
+        }
+        if (opt == 'w') {
+            pause_ms = (unsigned)strtoul(optarg, NULL, 10);
+            if (pause_ms > 60000)
+                return usage();
+            continue;
         }
         if (opt == 'b') {
             read_size = strtoul(optarg, NULL, 10);
@@ -404,8 +435,8 @@ int main(int argc, char **argv)
         ret = fail("start", rc);
         goto out;
     }
-    if (mode == 'K') {
-        ret = stop_hung(s, img);
+    if (mode == 'K' || mode == 'k') {
+        ret = stop_hung(s, img, size, mode == 'k');
         goto out; /* stopped */
     }
     if (mode == 'P') {
