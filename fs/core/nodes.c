@@ -148,26 +148,25 @@ static void list_snapshots(const struct cfs_node_view *v, char ***names)
 
 static const struct cfs_node_type table[CFS_NODE_KIND_MAX];
 
-/* the rows with a fixed name in a directory of kind K, in table order */
-static void list_fixed(enum cfs_node_kind k, char ***names)
+/* the rows with a fixed name in a directory of kind K, in table order
+ * (disk.raw only where V has images) */
+static void list_fixed(const struct cfs_node_view *v, enum cfs_node_kind k,
+                       char ***names)
 {
     for (size_t i = 0; i < CFS_NODE_KIND_MAX; i++)
-        if (table[i].parent == k && table[i].name)
+        if (table[i].parent == k && table[i].name &&
+            (!table[i].image || v->images))
             cfs_strv_push(names, cfs_xstrdup(table[i].name));
 }
 
 static void list_disk(const struct cfs_node_view *v, char ***names)
 {
-    (void)v;
-    list_fixed(CFS_NODE_DISK, names);
+    list_fixed(v, CFS_NODE_DISK, names);
 }
 
 static void list_snapshot(const struct cfs_node_view *v, char ***names)
 {
-    for (size_t i = 0; i < CFS_NODE_KIND_MAX; i++)
-        if (table[i].parent == CFS_NODE_SNAPSHOT && table[i].name &&
-            (!table[i].image || v->images))
-            cfs_strv_push(names, cfs_xstrdup(table[i].name));
+    list_fixed(v, CFS_NODE_SNAPSHOT, names);
 }
 
 /* ---- writes -------------------------------------------------------------- */

@@ -18,6 +18,8 @@
  * the engine's locks held. */
 #include "engine_int.h"
 
+#include <stdatomic.h>
+
 #include "chainfs/nodes.h"
 
 /* one image server, shared by every open of the same frozen chain */
@@ -42,7 +44,7 @@ struct cfs_image_reader {
     int64_t opened_ms;
     pid_t pid;
     char *comm;
-    bool flushed;             /* under LOCK: the registry's copy is set */
+    atomic_bool flushed;      /* the registry's copy is set (reader_mark) */
 };
 
 bool engine_images(struct cfs_engine *e)
@@ -518,11 +520,7 @@ static void reader_mark(struct cfs_image_reader *r, bool flushed)
 
 void cfs_engine_image_flush(struct cfs_image_reader *r)
 {
-    pthread_mutex_lock(&r->lock);
-    bool was = r->flushed;
-    r->flushed = true;
-    pthread_mutex_unlock(&r->lock);
-    if (!was)
+    if (!atomic_exchange(&r->flushed, true))
         reader_mark(r, true);
 }
 
@@ -549,15 +547,9 @@ void readers_settle(struct cfs_engine *e, unsigned max_ms)
 ssize_t cfs_engine_image_read(struct cfs_image_reader *r, void *buf,
                               size_t len, uint64_t off)
 {
-    if (r->flushed) {
-        /* (racy peek; the flag is settled under r->lock) */
-        pthread_mutex_lock(&r->lock);
-        bool was = r->flushed;
-        r->flushed = false;
-        pthread_mutex_unlock(&r->lock);
-        if (was)
-            reader_mark(r, false);
-    }
+    /* (a load first: the hot path writes nothing) */
+    if (atomic_load(&r->flushed) && atomic_exchange(&r->flushed, false))
+        reader_mark(r, false);
     if (off >= r->size || len == 0)
         return 0;
     if (len > r->size - off)
