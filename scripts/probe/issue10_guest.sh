@@ -206,6 +206,16 @@ EOF
   sleep 20
   log "  after the hook's 20 s: fsfreeze-status: $(qga '{"execute":"guest-fsfreeze-status"}')"
   log "  domfsthaw: $(timed $V domfsthaw "$dom")"
+  # 3b: does setting the timeout wait for a command in flight (BLOCK)?
+  $V guest-agent-timeout "$dom" --timeout -2 >/dev/null
+  qga '{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","echo 12 >/run/hang-freeze"]}}' >/dev/null
+  sleep 1
+  ( log "3b domfsfreeze with BLOCK while the hook sleeps 12 s: $(timed $V domfsfreeze "$dom")" ) &
+  bg=$!
+  sleep 2
+  log "3b guest-agent-timeout 3 during it: $(timed $V guest-agent-timeout "$dom" --timeout 3)"
+  wait $bg || true
+  log "3b domfsthaw: $(timed $V domfsthaw "$dom")"
   qga '{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","rm -f /run/hang-freeze"]}}' >/dev/null
   # the agent stopped in the guest
   qga '{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","sleep 1; kill $(cat /run/qemu-ga.pid)"]}}' >/dev/null
