@@ -125,6 +125,7 @@ while :; do
   if [ -e /run/pause ]; then touch /run/paused; sleep 0.05; continue; fi
   n=$((n + 1))
   dd if=/dev/urandom of=/mnt/b/f.$n bs=4k count=1 conv=fsync 2>/dev/null
+  sync /mnt/b
   echo "$n $(sha256sum </mnt/b/f.$n | cut -d' ' -f1)"
   echo $n >/mnt/b/seq.tmp; dd if=/mnt/b/seq.tmp of=/mnt/b/seq conv=fsync 2>/dev/null
   echo $n >/mnt/c/seq.tmp; dd if=/mnt/c/seq.tmp of=/mnt/c/seq conv=fsync 2>/dev/null
