@@ -193,6 +193,7 @@ EOF
   timed() { local a b out; a=$(date +%s.%N); out=$("$@" 2>&1); b=$(date +%s.%N); printf '%s s: %s' "$(echo "$b - $a" | bc)" "$(echo "$out" | tr '\n' ' ')"; }
   log "1 domfsfreeze: $(timed $V domfsfreeze "$dom")"
   log "  fsfreeze-status: $(qga '{"execute":"guest-fsfreeze-status"}')"
+  log "  second domfsfreeze while frozen: $(timed $V domfsfreeze "$dom")"
   log "  domfsthaw: $(timed $V domfsthaw "$dom")"
   # libvirt's own quiesced atomic snapshot of vdb and vdc (vda excluded)
   log "2 snapshot --disk-only --atomic --quiesce (vdb, vdc; vda no): $(timed $V snapshot-create-as "$dom" s1 --disk-only --atomic --quiesce --no-metadata --diskspec vda,snapshot=no --diskspec vdb,file=$D/vdb.s1.qcow2 --diskspec vdc,file=$D/vdc.s1.qcow2)"
