@@ -220,7 +220,7 @@ EOF
   log "3b domfsthaw: $(timed $V domfsthaw "$dom")"
   qga '{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","rm -f /run/hang-freeze"]}}' >/dev/null
   # the agent stopped in the guest
-  qga '{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","sleep 1; kill $(cat /run/qemu-ga.pid)"]}}' >/dev/null
+  qga '{"execute":"guest-exec","arguments":{"path":"/bin/sh","arg":["-c","sleep 1; kill $(pidof qemu-ga)"]}}' >/dev/null
   sleep 3
   log "4 agent killed: domfsfreeze: $(timed $V domfsfreeze "$dom")"
   $V guest-agent-timeout "$dom" --timeout -2 >/dev/null 2>&1 || true
@@ -231,14 +231,30 @@ EOF
   virsh -q -c qemu:///system destroy "$dom" >/dev/null
   virsh -q -c qemu:///system undefine "$dom" >/dev/null
   trap - EXIT
-  for f in vdb.raw vdc.raw; do
-    log "fsck.ext4 -fn of the frozen $f: $(fsck.ext4 -fn "$D/$f" >/dev/null 2>&1 && echo clean || echo NOT clean)"
+  # Every image is checked on a scratch raw copy whose ext4 journal is
+  # replayed first (e2fsck -E journal_only): debugfs and `fsck -n` do not
+  # replay it, and a crash-consistent image has committed transactions
+  # still only in the journal.
+  local img f
+  for img in vdb.raw vdc.raw vdb.s1.qcow2 vdc.s1.qcow2 vdb.s2.qcow2 vdc.s2.qcow2; do
+    f=$D/check.$img.raw
+    qemu-img convert -U -O raw "$D/$img" "$f"
+    local nr; nr=$(dumpe2fs -h "$f" 2>/dev/null | grep -c needs_recovery || true)
+    local raw_seq; raw_seq=$(debugfs -R 'cat /seq' "$f" 2>/dev/null)
+    e2fsck -E journal_only -y "$f" >/dev/null 2>&1 || true
+    log "$img: needs_recovery=$nr seq before replay=$raw_seq after=$(debugfs -R 'cat /seq' "$f" 2>/dev/null) fsck.ext4 -fn after replay: $(fsck.ext4 -fn "$f" >/dev/null 2>&1 && echo clean || echo NOT clean)"
   done
-  for f in vdb.s2.qcow2 vdc.s2.qcow2; do
-    qemu-img convert -U -O raw "$D/$f" "$D/$f.raw"
-    log "fsck.ext4 -fn of the final $f: $(fsck.ext4 -fn "$D/$f.raw" >/dev/null 2>&1 && echo clean || echo NOT clean)"
-  done
-  log "seq in vdb.raw/vdc.raw (s1 frozen, quiesced): $(debugfs -R 'cat /seq' "$D/vdb.raw" 2>/dev/null) / $(debugfs -R 'cat /seq' "$D/vdc.raw" 2>/dev/null)"
+  log "(vdb.raw/vdc.raw: frozen by s1, libvirt's _QUIESCE; vdb.s1/vdc.s1: frozen by s2, crash-consistent while the agent hung; vdb.s2/vdc.s2: final)"
+  tr -d '\r' <"$D/console.log" | grep -aE '^[0-9]+ [0-9a-f]{64}$' >"$D/reported"
+  log "workload lines on the console: $(wc -l <"$D/reported")"
+  # every file the guest reported is in the final vdb with its checksum
+  rm -rf "$D/rdump"; mkdir "$D/rdump"
+  debugfs -R "rdump / $D/rdump" "$D/check.vdb.s2.qcow2.raw" >/dev/null 2>&1
+  local ok=0 bad=0 n sum
+  while read -r n sum; do
+    if [ "$(sha256sum <"$D/rdump/f.$n" 2>/dev/null | cut -d' ' -f1)" = "$sum" ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+  done <"$D/reported"
+  log "reported files in the final vdb: $ok intact, $bad missing or different"
 }
 
 case "$cmd" in
