@@ -34,6 +34,8 @@ static const char *const job_type_names[CFS_JOB_TYPE_MAX] = {
     [CFS_JOB_UNKNOWN] = "unknown",
     [CFS_JOB_OFFLINE_PULL] = "offline-pull",
     [CFS_JOB_RMDIR] = "rmdir",
+    [CFS_JOB_REVERT] = "revert",
+    [CFS_JOB_GROUP] = "group",
 };
 
 static const char *const merge_direction_names[CFS_DIRECTION_MAX] = {
@@ -234,6 +236,16 @@ static const struct cfs_job_kind job_kinds[CFS_JOB_TYPE_MAX] = {
         .starts = "rmdir while a merge of the disk runs: queued, then merged "
                   "as part of a run (one commit or pull)",
     },
+    [CFS_JOB_REVERT] = {
+        .type = CFS_JOB_REVERT, .chainfs = true,
+        .starts = "`revert NAME [force]` in ctl: new overlays on NAME's "
+                  "frozen layers, one define (shut-off domain)",
+    },
+    [CFS_JOB_GROUP] = {
+        .type = CFS_JOB_GROUP, .chainfs = true,
+        .starts = "rmdir in <dom>/snapshots/: one merge per disk, pivoted "
+                  "together (journal only)",
+    },
     [CFS_JOB_BACKUP] = { .type = CFS_JOB_BACKUP, .block_job = true, .starts = "-" },
     [CFS_JOB_UNKNOWN] = { .type = CFS_JOB_UNKNOWN, .block_job = true, .starts = "-" },
 };
@@ -279,7 +291,62 @@ struct cfs_domain *cfs_domain_free(struct cfs_domain *d)
         cfs_disk_clear(&d->disks[i]);
     free(d->disks);
     cfs_strv_free(d->snapshots);
+    for (size_t i = 0; i < d->n_snaps; i++)
+        cfs_snap_info_clear(&d->snaps[i]);
+    free(d->snaps);
+    for (size_t i = 0; i < d->n_unsnappable; i++) {
+        free(d->unsnappable[i].target);
+        free(d->unsnappable[i].why);
+    }
+    free(d->unsnappable);
     free(d);
+    return NULL;
+}
+
+void cfs_snap_info_clear(struct cfs_snap_info *s)
+{
+    if (!s)
+        return;
+    free(s->name);
+    free(s->parent);
+    free(s->description);
+    for (size_t i = 0; i < s->n_disks; i++) {
+        free(s->disks[i].target);
+        free(s->disks[i].snapshot);
+        free(s->disks[i].source);
+    }
+    free(s->disks);
+    *s = (struct cfs_snap_info){ 0 };
+}
+
+static char *strdup_or_null(const char *s)
+{
+    return s ? cfs_xstrdup(s) : NULL;
+}
+
+void cfs_snap_info_copy(struct cfs_snap_info *dst, const struct cfs_snap_info *src)
+{
+    *dst = *src;
+    dst->name = strdup_or_null(src->name);
+    dst->parent = strdup_or_null(src->parent);
+    dst->description = strdup_or_null(src->description);
+    dst->disks = NULL;
+    if (src->n_disks) {
+        dst->disks = cfs_xcalloc(src->n_disks, sizeof(*dst->disks));
+        for (size_t i = 0; i < src->n_disks; i++) {
+            dst->disks[i].target = strdup_or_null(src->disks[i].target);
+            dst->disks[i].snapshot = strdup_or_null(src->disks[i].snapshot);
+            dst->disks[i].source = strdup_or_null(src->disks[i].source);
+        }
+    }
+}
+
+const struct cfs_snap_info *cfs_domain_find_snap(const struct cfs_domain *d,
+                                                 const char *name)
+{
+    for (size_t i = 0; d && name && i < d->n_snaps; i++)
+        if (d->snaps[i].name && strcmp(d->snaps[i].name, name) == 0)
+            return &d->snaps[i];
     return NULL;
 }
 
@@ -396,6 +463,20 @@ struct cfs_domain *cfs_domain_dup(const struct cfs_domain *d)
         n->snapshots = cfs_xcalloc(len + 1, sizeof(char *));
         for (size_t i = 0; i < len; i++)
             n->snapshots[i] = cfs_xstrdup(d->snapshots[i]);
+    }
+    n->snaps = NULL;
+    if (d->n_snaps) {
+        n->snaps = cfs_xcalloc(d->n_snaps, sizeof(*n->snaps));
+        for (size_t i = 0; i < d->n_snaps; i++)
+            cfs_snap_info_copy(&n->snaps[i], &d->snaps[i]);
+    }
+    n->unsnappable = NULL;
+    if (d->n_unsnappable) {
+        n->unsnappable = cfs_xcalloc(d->n_unsnappable, sizeof(*n->unsnappable));
+        for (size_t i = 0; i < d->n_unsnappable; i++) {
+            n->unsnappable[i].target = strdup_or_null(d->unsnappable[i].target);
+            n->unsnappable[i].why = strdup_or_null(d->unsnappable[i].why);
+        }
     }
     return n;
 }

@@ -55,6 +55,13 @@ struct cfs_backend_events {
     void (*connection)(void *opaque, bool up);
 };
 
+/* Issue 10: one disk of a whole-VM snapshot (snapshot_create_multi). */
+struct cfs_snapshot_disk {
+    const char *disk;      /* target, "vda" */
+    const char *overlay;   /* its new overlay (qcow2, never an existing
+                              file) */
+};
+
 struct cfs_backend_ops {
     const char *name;
 
@@ -70,7 +77,9 @@ struct cfs_backend_ops {
     /* Everything about one domain: state, disks with a file or block
      * source (cdroms/floppies without media and network disks left out),
      * each disk's chain active-first with sizes, meta_name per layer, and
-     * the list of the domain's snapshot names. -ENOENT if it is gone. */
+     * the list of the domain's snapshot names. Issue 10: also snaps[]
+     * (each snapshot's facts) and unsnappable[] (disks a snapshot lists
+     * snapshot='no', and why). -ENOENT if it is gone. */
     int (*read_domain)(struct cfs_backend *be, const char *dom,
                        struct cfs_domain **out);
 
@@ -88,12 +97,65 @@ struct cfs_backend_ops {
     int (*snapshot_create)(struct cfs_backend *be, const char *dom,
                            const char *disk, const char *name,
                            const char *overlay);
+    /* Issue 10: one snapshot NAME of N disks at one instant: one
+     * virDomainSnapshotCreateXML(DISK_ONLY | ATOMIC [| REUSE_EXT]) naming
+     * each DISKS[i] external with its overlay and every other disk of the
+     * domain snapshot='no' (domain.unsnappable and any disk not listed).
+     * All or nothing: on failure no disk changed and every overlay the
+     * backend made is removed again (never a file a chain uses). A
+     * running domain's snapshot is one QMP transaction. DESCRIPTION (may
+     * be NULL) is stored as the snapshot's <description>. No freeze here
+     * (the caller freezes through agent_freeze). Errors as
+     * snapshot_create; the message names the disk that failed.
+     * snapshot_create(dom, disk, name, overlay) is the same as this with
+     * N = 1 and no description. */
+    int (*snapshot_create_multi)(struct cfs_backend *be, const char *dom,
+                                 const char *name, size_t n,
+                                 const struct cfs_snapshot_disk *disks,
+                                 const char *description);
+    /* Issue 10, the guest agent. Bound libvirt's wait for DOM's agent to
+     * SECONDS (> 0) for every later agent call
+     * (virDomainAgentSetResponseTimeout; returns at once even while an
+     * agent call is waiting). -EOPNOTSUPP where libvirt lacks it. */
+    int (*agent_set_timeout)(struct cfs_backend *be, const char *dom,
+                             int seconds);
+    /* Freeze (THAW false) or thaw (THAW true) every filesystem of the
+     * guest (virDomainFSFreeze/virDomainFSThaw with no mount points); *N
+     * gets how many the agent froze/thawed. Errors: -EOPNOTSUPP no agent
+     * configured, not connected, or it refused (the agent is in frozen
+     * state, unsupported); -ETIMEDOUT it did not answer in time
+     * (libvirt's "not available for now"); -EINVAL the domain is not
+     * running; -ENOENT no such domain; else -EIO. libvirt's text in the
+     * errmsg. */
+    int (*agent_fs)(struct cfs_backend *be, const char *dom, bool thaw,
+                    unsigned *n);
+    /* Issue 10, revert: persistent_source_set for N disks in ONE define
+     * (before it the definition names the old sources only, after it the
+     * new ones only). -ENOENT if DOM is transient or lacks a disk;
+     * -EBUSY if DOM is running (the definition would apply at its next
+     * start, which is not what a revert means). */
+    int (*persistent_sources_set)(struct cfs_backend *be, const char *dom,
+                                  size_t n, const char *const *disks,
+                                  const char *const *paths,
+                                  const char *const *formats);
+    /* Issue 10, revert: redefine snapshot NAME with DISKS[i]'s external
+     * source NEW_SOURCES[i] (each disk must be external in it: else
+     * -ENOENT), everything else as libvirt dumps it; with MAKE_CURRENT
+     * it becomes libvirt's current snapshot
+     * (VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE | _CURRENT). Metadata only. */
+    int (*snapshot_retarget_multi)(struct cfs_backend *be, const char *dom,
+                                   const char *name, size_t n,
+                                   const char *const *disks,
+                                   const char *const *new_sources,
+                                   bool make_current);
+
     /* DISK's layer of libvirt's snapshot NAME was merged away: the
      * snapshot's metadata stops naming it (DISK becomes snapshot='no'),
      * and once no disk of NAME names a layer still in its disk's chain
      * the metadata is removed altogether. No data touched; the other
      * disks of a multi-disk snapshot keep their layers' name. -ENOENT if
-     * there is no such snapshot. */
+     * there is no such snapshot. Atomic per snapshot: two disks of one
+     * snapshot forgotten at the same time both take effect (issue 10). */
     int (*snapshot_forget)(struct cfs_backend *be, const char *dom,
                            const char *disk, const char *name);
 

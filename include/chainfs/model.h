@@ -67,6 +67,32 @@ struct cfs_disk {
     struct cfs_layer *layers; /* [0] is the active layer, last is the base */
 };
 
+/* Issue 10: one disk of a libvirt snapshot, as its <disks> says. */
+struct cfs_snap_disk {
+    char *target;         /* "vda" */
+    char *snapshot;       /* its snapshot= value: "external", "no", ... */
+    char *source;         /* the overlay it names (external), or NULL */
+};
+
+/* Issue 10: one libvirt snapshot of a domain, as the backend read it. */
+struct cfs_snap_info {
+    char *name;
+    char *parent;         /* parent snapshot's name, or NULL */
+    char *description;    /* <description> text, or NULL (chainfs keeps
+                             its quiesce line there: cfs_snapdesc_*) */
+    int64_t created;      /* <creationTime>, unix seconds */
+    bool current;         /* libvirt's current snapshot */
+    size_t n_disks;
+    struct cfs_snap_disk *disks;
+};
+
+/* Issue 10: a disk of the domain that cannot have a snapshot, and why. */
+struct cfs_disk_note {
+    char *target;         /* "hdc" */
+    char *why;            /* "read-only", "shareable", "cdrom", "floppy",
+                             "lun", "network", "no source" */
+};
+
 struct cfs_domain {
     char *name;
     char uuid[40];
@@ -76,6 +102,16 @@ struct cfs_domain {
     struct cfs_disk *disks;
     char **snapshots;     /* every libvirt snapshot name of the domain
                              (all disks), NULL-terminated, may be NULL */
+    size_t n_snaps;
+    struct cfs_snap_info *snaps; /* issue 10: the same snapshots with their
+                             facts (order of snapshots[]); n_snaps 0 where
+                             a backend does not read them */
+    size_t n_unsnappable;
+    struct cfs_disk_note *unsnappable; /* issue 10: every disk of the
+                             domain a snapshot must list snapshot='no'
+                             (read-only and shareable disks of disks[],
+                             and the disks read_domain leaves out), in
+                             the order of the domain's XML */
     bool not_responding;  /* set by the engine, not the backend: a libvirt
                              call on the domain has not returned for a
                              while (its QEMU is stuck); what is shown is
@@ -103,6 +139,11 @@ enum cfs_job_type {
     CFS_JOB_RMDIR,          /* issue 8 §3: an rmdir queued behind a merge
                                of its disk (journal and disk queue only;
                                never a disk's job, never a libvirt job) */
+    CFS_JOB_REVERT,         /* issue 10: `revert NAME [force]` in ctl, a
+                               shut-off domain (never a libvirt job) */
+    CFS_JOB_GROUP,          /* issue 10: a domain-level rmdir tying one
+                               merge per disk (journal only, like
+                               CFS_JOB_RMDIR; never a disk's job) */
     CFS_JOB_TYPE_MAX,
 };
 
@@ -293,6 +334,11 @@ const struct cfs_job_kind *cfs_job_kind(enum cfs_job_type t);
 
 /* Destructors take NULL and return NULL; *_clear frees members only. */
 void cfs_layer_clear(struct cfs_layer *l);
+void cfs_snap_info_clear(struct cfs_snap_info *s);
+void cfs_snap_info_copy(struct cfs_snap_info *dst, const struct cfs_snap_info *src);
+/* The facts of snapshot NAME in D, NULL if the backend gave none. */
+const struct cfs_snap_info *cfs_domain_find_snap(const struct cfs_domain *d,
+                                                 const char *name);
 void cfs_disk_clear(struct cfs_disk *d);
 struct cfs_domain *cfs_domain_free(struct cfs_domain *d);
 void cfs_job_clear(struct cfs_job *j);
