@@ -1879,7 +1879,13 @@ static bool lv_snap_names_a_layer(const struct cfs_snapxml *sx,
  * redefined (VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE: it stays listed, keeps
  * its parent, creation time, <domain> copy and, without _CREATE_CURRENT,
  * whether it is the current snapshot); when no disk of it names a layer
- * still in a chain any more, the metadata goes (METADATA_ONLY). */
+ * still in a chain any more, the metadata goes (METADATA_ONLY).
+ * The snapshot's XML is read, edited and redefined (or deleted) under
+ * snap_lock: two disks of one snapshot forgotten at the same time (a job
+ * group's members ending together, design issue10 §3.6) must not both
+ * edit the XML as it was before either change, or the second redefine
+ * puts the first disk back. The domain's chains are read before: a
+ * forget does not change them. */
 static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
                               const char *disk, const char *name)
 {
@@ -1901,17 +1907,6 @@ static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
     snap = virDomainSnapshotLookupByName(dom, name, 0);
     if (!snap)
         return lv_error(conn);
-    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
-    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    if (!snap_xml)
-        return lv_error(conn);
-    r = cfs_domxml_snapshot_drop_disk(snap_xml, disk, &new_xml);
-    if ((r < 0 && r != -ENOENT) ||
-        cfs_domxml_parse_snapshot(new_xml ? new_xml : snap_xml, &sx) < 0) {
-        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
-                               name, dom_name);
-        return -EIO;
-    }
     dom_xml = virDomainGetXMLDesc(dom, 0);
     if (!dom_xml)
         return lv_error(conn);
@@ -1921,26 +1916,41 @@ static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
     }
     lv_complete_chains(conn, NULL, &x, virDomainIsActive(dom) == 1,
                        lv_files_local(be, NULL));
-    named = lv_snap_names_a_layer(&sx, &x, lv_files_local(be, NULL));
-
-    /* under snap_lock, so that no re-read caches the old disk list after
-     * the change: the entry is dropped and fetched again */
     virDomainGetUUIDString(dom, uuid);
+
     pthread_mutex_lock(&b->snap_lock);
+    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
+    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!snap_xml) {
+        r = lv_error(conn);
+        goto out;
+    }
+    r = cfs_domxml_snapshot_drop_disk(snap_xml, disk, &new_xml);
+    if ((r < 0 && r != -ENOENT) ||
+        cfs_domxml_parse_snapshot(new_xml ? new_xml : snap_xml, &sx) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
+                               name, dom_name);
+        r = -EIO;
+        goto out;
+    }
+    named = lv_snap_names_a_layer(&sx, &x, lv_files_local(be, NULL));
     if (!named) {
         if (virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0)
             r = lv_error(conn);
         else
             r = 0;
+        /* no re-read caches the old disk list after the change; its
+         * children took its parent */
         lv_snap_cache_drop_family(b, uuid, name);
     } else if (new_xml) {
         redefined = virDomainSnapshotCreateXML(dom, new_xml,
                                                VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
         r = redefined ? 0 : lv_error(conn);
+        lv_snap_cache_drop(b, uuid, name);
     } else {
         r = 0; /* DISK was not in it: nothing to change */
     }
-    lv_snap_cache_drop(b, uuid, name);
+out:
     pthread_mutex_unlock(&b->snap_lock);
     return r;
 }
@@ -1979,8 +1989,10 @@ static int lv_snapshot_drop(struct cfs_backend *be, const char *dom_name,
 /* Redefine snapshot NAME of DOM_NAME with REWRITE applied to its XML
  * (_SECURE: a redefine must not lose the <domain> copy's secrets) for
  * DISK and NEW_SOURCE; WHAT says, for -ENOENT, what REWRITE did not find.
- * Under snap_lock, so that no re-read caches the old disk list after the
- * change: the entry is dropped and fetched again. Without
+ * The read, the edit and the redefine under snap_lock: no other change
+ * of NAME's metadata is lost between them (design issue10 §3.6), and no
+ * re-read caches the old disk list after the change (the entry is
+ * dropped and fetched again). Without
  * _CREATE_CURRENT an existing snapshot keeps its current flag. */
 static int lv_snapshot_rewrite(struct cfs_backend *be, const char *dom_name,
                                const char *name, const char *disk,
@@ -2004,26 +2016,32 @@ static int lv_snapshot_rewrite(struct cfs_backend *be, const char *dom_name,
     snap = virDomainSnapshotLookupByName(dom, name, 0);
     if (!snap)
         return lv_error(conn);
+    virDomainGetUUIDString(dom, uuid);
+    /* read, edit and redefine under snap_lock: a concurrent forget or
+     * rewrite of NAME must not be undone by an XML read before it */
+    pthread_mutex_lock(&b->snap_lock);
     snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    if (!snap_xml)
-        return lv_error(conn);
+    if (!snap_xml) {
+        r = lv_error(conn);
+        goto out;
+    }
     r = rewrite(snap_xml, disk, new_source, &new_xml);
     if (r == -ENOENT) {
         cfs_backend_set_errmsg("snapshot %s of domain %s %s %s", name, dom_name,
                                what, disk);
-        return r;
+        goto out;
     }
     if (r < 0) {
         cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
                                name, dom_name);
-        return -EIO;
+        r = -EIO;
+        goto out;
     }
-    virDomainGetUUIDString(dom, uuid);
-    pthread_mutex_lock(&b->snap_lock);
     redefined = virDomainSnapshotCreateXML(dom, new_xml,
                                            VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
     r = redefined ? 0 : lv_error(conn);
     lv_snap_cache_drop(b, uuid, name);
+out:
     pthread_mutex_unlock(&b->snap_lock);
     return r;
 }
