@@ -11,7 +11,8 @@
 #     cannot write, and one QEMU cannot open (libvirt's transaction fails
 #     on the second disk after the backend made both overlays);
 #   - the agent ops on a domain without an agent channel: EOPNOTSUPP with
-#     libvirt's text (the timeout is still accepted); shut off: EINVAL;
+#     libvirt's text (the timeout is still accepted); with a channel and
+#     no agent behind it: EOPNOTSUPP "not connected"; shut off: EINVAL;
 #   - persistent_sources_set: EBUSY while running; shut off, two disks in
 #     one define (one "Defined" event);
 #   - snapshot_retarget_multi with make_current: `virsh snapshot-current`.
@@ -130,6 +131,22 @@ it_assert_eq "-95" "$(beop_rc thaw "$D")" "thaw without an agent channel: EOPNOT
 it_assert_eq "0" "$(beop_rc agent-timeout "$D" 3)" "the agent timeout is accepted without an agent"
 it_assert_eq "-22" "$(beop_rc agent-timeout "$D" 0)" "a timeout of 0 s: EINVAL"
 it_assert_eq "-2" "$(beop_rc freeze "$D-nodom")" "freeze of no such domain: ENOENT"
+# a channel and no agent behind it (no OS): "not connected", at once
+D2="$IT_PREFIX-chan"
+it_make_image "$T/c.qcow2" 16M
+it_domain_xml "$D2" "$T/c.qcow2" |
+  sed "s|  </devices>|    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n  </devices>|" \
+    >"$T/$D2.xml"
+IT_DOMAINS+=("$D2")
+it_virsh define "$T/$D2.xml" >/dev/null || it_fail "virsh define $D2"
+it_start "$D2"
+it_assert_eq "0" "$(beop_rc agent-timeout "$D2" 2)" "the agent timeout with a channel"
+t0=$(it_now_ms)
+out=$(beop_out freeze "$D2")
+it_assert_contains "$out" "rc=-95" "freeze with a channel and no agent: EOPNOTSUPP"
+it_assert_contains "$out" "not connected" "libvirt's text: the agent is not connected"
+[ $(($(it_now_ms) - t0)) -lt 10000 ] || it_fail "freeze without an agent took $(($(it_now_ms) - t0)) ms"
+it_destroy "$D2"
 
 # ---- persistent definition: refused while running --------------------------
 it_assert_eq "-16" "$(beop_rc sources "$D" "vda=$T/a.qcow2" "vdb=$T/b.qcow2")" \
