@@ -105,7 +105,7 @@ it_assert_eq "$T/a.qcow2" "$(qemu-img info -U --output=json "$T/a.S1.qcow2" | jq
 it_assert_eq "0" "$(beop_rc multi "$D" S2 - "vda=$T/a.S2.qcow2" "vdb=$T/b.S2.qcow2")" "a second one, S2"
 it_assert_eq "-17" "$(beop_rc multi "$D" S2 - "vda=$T/a.S2b.qcow2" "vdb=$T/b.S2b.qcow2")" \
   "a name libvirt has: EEXIST"
-[ ! -e "$T/a.S2b.qcow2" ] && [ ! -e "$T/b.S2b.qcow2" ] || it_fail "overlays left by the EEXIST refusal"
+if [ -e "$T/a.S2b.qcow2" ] || [ -e "$T/b.S2b.qcow2" ]; then it_fail "overlays left by the EEXIST refusal"; fi
 
 read_out=$(beop read "$D")
 it_log "read_domain: $read_out"
@@ -121,7 +121,9 @@ it_assert_contains "$s2_line" "parent=S1 current=1" "snaps[]: S2's parent S1, S2
 it_assert_contains "$s2_line" "description=-" "snaps[]: S2 has no description"
 created=$(printf '%s\n' "$s1_line" | sed 's/.*created=\([0-9]*\).*/\1/')
 now=$(date +%s)
-[ "$created" -gt $((now - 600)) ] && [ "$created" -le "$now" ] || it_fail "S1's creation time $created is not recent"
+if [ "$created" -le $((now - 600)) ] || [ "$created" -gt "$now" ]; then
+  it_fail "S1's creation time $created is not recent"
+fi
 
 # ---- the guest agent: no channel ------------------------------------------
 out=$(beop_out freeze "$D")
