@@ -207,4 +207,17 @@ it_assert_eq "$T/a.S1.1.qcow2" "$(it_domblk "$D" vda)" "the domain runs on vda's
 it_guest_check_pattern "$D" 0x11 0 1M
 it_guest_check_pattern "$D" 0x00 1M 1M
 it_guest_check_pattern "$D" 0x22 0 1M virtio-disk1
+
+# a snapshot deleted behind the backend's back (virsh): the cached facts
+# of its child follow libvirt's reparenting on the next read
+it_assert_eq "0" "$(beop_rc multi "$D" T1 - "vda=$T/a.T1.qcow2" "vdb=$T/b.T1.qcow2")" "T1 (parent S1)"
+it_assert_eq "0" "$(beop_rc multi "$D" T2 - "vda=$T/a.T2.qcow2" "vdb=$T/b.T2.qcow2")" "T2 (parent T1)"
+beop read-again "$D" "$T/go" >"$T/again" 2>&1 &
+again_pid=$!
+it_wait_until 30 "the first read" grep -q 'first read rc=0' "$T/again"
+it_virsh snapshot-delete "$D" T1 --metadata >/dev/null || it_fail "virsh snapshot-delete T1 --metadata"
+: >"$T/go"
+wait "$again_pid" || it_fail "beop read-again: $(cat "$T/again")"
+it_assert_contains "$(grep '^snap T2 ' "$T/again")" "parent=S1 current=1" \
+  "T2's parent is S1 after T1 went (the cache did not serve T1)"
 it_log "PASS"
