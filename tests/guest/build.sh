@@ -191,7 +191,7 @@ build() {
 prune() {
   local d
   # shellcheck disable=SC2012 # key names are hex
-  ls -1td "$CACHE"/*/manifest 2>/dev/null | tail -n +3 | while read -r d; do
+  { ls -1td "$CACHE"/*/manifest 2>/dev/null || true; } | tail -n +3 | while read -r d; do
     say "removing the old build ${d%/manifest}"
     rm -rf "${d%/manifest}"
   done
@@ -245,7 +245,7 @@ main() {
     fi
   else
     # shellcheck disable=SC2012 # key names are hex
-    dir=$(ls -1td "$CACHE"/*/manifest 2>/dev/null | head -n 1)
+    dir=$({ ls -1td "$CACHE"/*/manifest 2>/dev/null || true; } | head -n 1)
     [ -n "$dir" ] || skip "cannot resolve the guest's packages and nothing is cached: $APT_WHY"
     dir=${dir%/manifest}
     say "$APT_WHY; using the newest cached build $dir"
