@@ -114,6 +114,6 @@ guest_destroy "$dom"
 guest_check "$dom" "$T/vda.q1.qcow2" "$T/vdb.q1.qcow2"
 it_log "second boot: $(guest_last_n "$dom") files reported in all, seqs ${GUEST_SEQS[*]}"
 
-msg="guest ($(it_virt_type)): build/cache ${GUEST_BUILD_S}s; boot to READY ${boot1}s, guest-ping ${ping1}s; second boot ${boot2}s"
+msg="guest ($(guest_virt_type)): build/cache ${GUEST_BUILD_S}s; boot to READY ${boot1}s, guest-ping ${ping1}s; second boot ${boot2}s"
 it_log "$msg"
 echo "$msg"
