@@ -269,6 +269,14 @@ guest_wait_agent() {
   it_log "the agent of $1 answers"
 }
 
+# guest_fsfreeze_status DOM — "frozen" or "thawed" as the agent says
+# (guest-fsfreeze-status); fails the test if the agent does not answer.
+guest_fsfreeze_status() {
+  local out
+  out=$(guest_agent_cmd "$1" '{"execute":"guest-fsfreeze-status"}') || it_fail "guest-fsfreeze-status on $1: $out"
+  jq -r '.return' <<<"$out"
+}
+
 # guest_exec DOM SHELL_COMMAND — run SHELL_COMMAND with /bin/sh -c in the
 # guest through the agent (guest-exec), wait (10 s) for it to end, print
 # its stdout; fails the test unless it exits 0.
