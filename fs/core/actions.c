@@ -1916,6 +1916,8 @@ static int ctl_merge_setting(struct cfs_engine *e, const char *dom,
 int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                    const struct cfs_ctl_cmd *cmd)
 {
+    if (cmd->op == CFS_CTL_REVERT)
+        return revert_ctl(e, dom, disk, cmd);
     if (cmd->op == CFS_CTL_COPY)
         return ctl_copy(e, dom, disk, cmd);
 

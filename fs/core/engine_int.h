@@ -314,6 +314,13 @@ static inline bool copy_layers_done(const struct cfs_job *j)
            j->n_copied + 1 >= j->n_made;
 }
 
+/* revert.c (issue 10 §4): `revert NAME [force]` in ctl; DISK NULL: the
+ * domain's ctl (every disk with NAME's layer) */
+int revert_ctl(struct cfs_engine *e, const char *dom, const char *disk,
+               const struct cfs_ctl_cmd *cmd);
+/* Take up a journal entry of type revert (recover_journal) */
+void revert_recover(struct cfs_engine *e, const struct cfs_journal_entry *en);
+
 /* recover.c */
 void recover_journal(struct cfs_engine *e);
 void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);

@@ -19,6 +19,12 @@ void recover_journal(struct cfs_engine *e)
         struct cfs_journal_entry *en = &v[i];
         if (en->type == CFS_JOB_RMDIR)
             continue;
+        if (en->type == CFS_JOB_REVERT) {
+            /* issue 10 §4.3: back or forward, from the phase (and for
+             * "switching" the persistent definition) */
+            revert_recover(e, en);
+            continue;
+        }
         pthread_mutex_lock(&e->tree->lock);
         struct cfs_disk_state *s = cfs_tree_disk_state(e->tree, en->domain, en->disk);
         bool followed = cfs_job_phase_in_progress(s->job.phase) &&
