@@ -777,6 +777,20 @@ int revert_ctl(struct cfs_engine *e, const char *dom, const char *disk,
             }
         }
     }
+    /* which files leave, as they are now (the tree's read may not have
+     * identified them): only these may be deleted */
+    for (size_t q = 0; q < p.n_leaving && !fail; q++) {
+        struct cfs_job_file *lf = &p.leaving[q];
+        struct cfs_file_id now = {0};
+        cfs_file_identify(&now, lf->path, true);
+        if (lf->id.known && now.known &&
+            (lf->id.dev != now.dev || lf->id.ino != now.ino)) {
+            r = -EBUSY;
+            fail = cfs_xasprintf("%s changed meanwhile; try again", lf->path);
+        }
+        cfs_file_id_clear(&lf->id);
+        lf->id = now;
+    }
     /* the definition's sources before, and the new overlays' names */
     for (size_t k = 0; k < p.n && !fail; k++) {
         struct rv_disk *rd = &p.disks[k];

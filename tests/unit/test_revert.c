@@ -193,6 +193,42 @@ static char *new_overlay(struct fx *f, const char *disk, const char *name)
     return cfs_xasprintf("%s/vm1.%s.%s.qcow2", f->dir, disk, name);
 }
 
+/* `ls snapshots/` of DISK (NULL: the domain's own... not here: a disk's). */
+static char *snapshots_of(struct fx *f, const char *disk)
+{
+    _cleanup_free_ char *path = cfs_xasprintf("/vm1/%s/snapshots", disk);
+    struct cfs_path p;
+    assert_int_equal(cfs_path_parse(path, &p), 0);
+    char **names = NULL;
+    assert_int_equal(cfs_engine_readdir(f->e, &p, &names), 0);
+    struct cfs_buf b = {0};
+    for (char **n = names; n && *n; n++)
+        cfs_buf_printf(&b, "%s%s", n == names ? "" : " ", *n);
+    cfs_strv_free(names);
+    return cfs_buf_steal(&b);
+}
+
+static void assert_snapshots(struct fx *f, const char *disk, const char *want)
+{
+    cfs_engine_run_pending(f->e);
+    char *got = snapshots_of(f, disk);
+    assert_string_equal(got, want);
+    free(got);
+}
+
+/* libvirt's current snapshot of vm1 is NAME. */
+static void assert_current(struct fx *f, const char *name)
+{
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &d), 0);
+    const struct cfs_snap_info *si = cfs_domain_find_snap(d, name);
+    assert_non_null(si);
+    assert_true(si->current);
+    for (size_t i = 0; i < d->n_snaps; i++)
+        assert_true(d->snaps[i].current == cfs_streq(d->snaps[i].name, name));
+    cfs_domain_free(d);
+}
+
 static enum cfs_job_phase phase_of(struct fx *f, const char *disk,
                                    enum cfs_job_type *type)
 {
@@ -237,6 +273,10 @@ static void test_newest_disk(void **state)
     assert_int_equal(phase_of(f, "vda", &type), CFS_PHASE_COMPLETED);
     assert_int_equal(type, CFS_JOB_REVERT);
     assert_int_equal(phase_of(f, "vdb", NULL), CFS_PHASE_NONE);
+    /* NAME stays: the new overlay is s2 */
+    assert_snapshots(f, "vda", "s1 s2");
+    assert_snapshots(f, "vdb", "s1 s2");
+    assert_current(f, "s2");
 }
 
 /* Domain level: every disk with NAME's layer, in ONE define. */
@@ -289,6 +329,9 @@ static void test_older_force(void **state)
     assert_false(exists(f->a[0]) || exists(f->a[1]) || exists(f->b[0]) ||
                  exists(f->b[1]));
     assert_true(exists(f->a[2]) && exists(f->b[2]));
+    assert_snapshots(f, "vda", "s1");
+    assert_snapshots(f, "vdb", "s1");
+    assert_current(f, "s1");
     /* s2's metadata is gone, s1's names the new overlays */
     char *src = cfs_fake_snapshot_source(f->be, "vm1", "s2", "vda");
     assert_null(src);
@@ -525,6 +568,7 @@ static void assert_rolled_forward(struct fx *f, char **made, bool metadata)
         assert_string_equal(src, made[1]);
         free(src);
         assert_null(cfs_fake_snapshot_source(f->be, "vm1", "s2", "vda"));
+        assert_current(f, "s1");
     }
     assert_int_equal(journal_entries(f), 0);
 }
