@@ -169,6 +169,8 @@ static int disk_refusal(struct cfs_engine *e, const char *dom,
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
+    if (!disk || !*disk)
+        return dom_mkdir(e, dom, name);
     int r = cfs_name_validate(name);
     if (r < 0)
         return refuse(e, "mkdir", dom, disk, name, r,
@@ -754,6 +756,8 @@ static void merge_job_begin_locked(struct cfs_engine *e, struct cfs_disk_state *
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
+    if (!disk || !*disk)
+        return dom_rmdir(e, dom, name);
     int r = 0;
     const char *why = NULL;
     _cleanup_free_ char *why_buf = NULL;
@@ -1916,8 +1920,10 @@ static int ctl_merge_setting(struct cfs_engine *e, const char *dom,
 int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                    const struct cfs_ctl_cmd *cmd)
 {
-    if (cmd->op == CFS_CTL_REVERT)
-        return revert_ctl(e, dom, disk, cmd);
+    if (cmd->op == CFS_CTL_REVERT) /* a disk's, or the domain's (issue 10) */
+        return revert_ctl(e, dom, disk && *disk ? disk : NULL, cmd);
+    if (!disk || !*disk)
+        return dom_ctl(e, dom, cmd);
     if (cmd->op == CFS_CTL_COPY)
         return ctl_copy(e, dom, disk, cmd);
 
