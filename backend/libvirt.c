@@ -1341,7 +1341,6 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
                     .name = cfs_xstrdup(name),
                     .current = cfs_streq(name, current),
                 };
-                virDomainSnapshotFree(snaps[i]);
                 continue;
             }
             b->snaps = cfs_xrealloc(b->snaps, (b->n_snaps + 1) * sizeof(*b->snaps));
@@ -1376,10 +1375,12 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
                                   NULL, c->sources[k]))
                     disk->layers[l].meta_name = cfs_xstrdup(name);
         }
-        virDomainSnapshotFree(snaps[i]);
     }
     lv_snap_cache_prune(b, uuid);
     pthread_mutex_unlock(&b->snap_lock);
+    /* freed only now: lv_snap_cache_stale looks at every one of them */
+    for (int i = 0; i < n; i++)
+        virDomainSnapshotFree(snaps[i]);
     free(snaps);
     return 0;
 }
