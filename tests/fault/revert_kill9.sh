@@ -35,7 +35,7 @@ snap() {
   err=$(it_errno mkdir "$MNT/$dom/snapshots/$name")
   case "$err" in
     OK) ;;
-    EOPNOTSUPP)
+    EOPNOTSUPP | ENOTSUP)
       it_virsh snapshot-create-as "$dom" "$name" --disk-only --atomic \
         --diskspec "vda,file=$T/overlays/$dom.vda.$name.qcow2" \
         --diskspec "vdb,file=$T/overlays/$dom.vdb.$name.qcow2" >/dev/null ||

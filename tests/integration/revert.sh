@@ -42,7 +42,7 @@ snap() {
   err=$(it_errno mkdir "$MNT/$D/snapshots/$name")
   case "$err" in
     OK) it_log "mkdir $D/snapshots/$name" ;;
-    EOPNOTSUPP)
+    EOPNOTSUPP | ENOTSUP)
       it_log "no domain-level mkdir in this build: snapshot $name of vda and vdb with virsh"
       it_virsh snapshot-create-as "$D" "$name" --disk-only --atomic \
         --diskspec "vda,file=$T/overlays/$D.vda.$name.qcow2" \

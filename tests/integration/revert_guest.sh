@@ -37,7 +37,7 @@ freezes=$(guest_freezes "$D")
 err=$(it_errno mkdir "$MNT/$D/snapshots/s1")
 case "$err" in
   OK) it_log "mkdir $D/snapshots/s1" ;;
-  EOPNOTSUPP)
+  EOPNOTSUPP | ENOTSUP)
     it_log "no domain-level mkdir in this build: virsh snapshot-create-as s1 --quiesce"
     it_virsh snapshot-create-as "$D" s1 --disk-only --atomic --quiesce \
       --diskspec "vda,file=$T/overlays/$D.vda.s1.qcow2" \
