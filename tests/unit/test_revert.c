@@ -4,6 +4,7 @@
  * deleted and what stays, and recovery of every journal phase. No
  * libvirtd, no /dev/fuse. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -430,6 +431,26 @@ static void test_busy_disk(void **state)
     pthread_mutex_unlock(&t->lock);
 }
 
+/* A process writes vdb's active image (a QEMU holding QEMU's byte-101
+ * lock: the domain was started behind chainfs's back): the revert's lock
+ * step refuses, EBUSY, nothing changed, the jobs failed with why. */
+static void test_image_in_use(void **state)
+{
+    struct fx *f = *state;
+    int w = open(f->b[0], O_RDWR | O_CLOEXEC);
+    assert_true(w >= 0);
+    struct flock perm = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+                          .l_start = CFS_QEMU_LOCK_PERM_WRITE, .l_len = 1 };
+    assert_int_equal(fcntl(w, F_OFD_SETLK, &perm), 0);
+    assert_int_equal(revert(f, NULL, "revert s2"), -EBUSY);
+    close(w);
+    assert_unchanged(f);
+    assert_int_equal(phase_of(f, "vda", NULL), CFS_PHASE_FAILED);
+    assert_int_equal(phase_of(f, "vdb", NULL), CFS_PHASE_FAILED);
+    /* the claim is gone: the revert works now */
+    assert_int_equal(revert(f, NULL, "revert s2"), 0);
+}
+
 /* The define fails: the new overlays go again, nothing else changed. */
 static void test_define_fails(void **state)
 {
@@ -685,6 +706,7 @@ int main(void)
         T(test_transient_refused),
         T(test_no_such),
         T(test_busy_disk),
+        T(test_image_in_use),
         T(test_define_fails),
         T(test_shared_file_stays),
         R(test_recover_prepare),
