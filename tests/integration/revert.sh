@@ -15,7 +15,12 @@
 #   5. disk level: a snapshot of vda alone, reverted in vda's ctl: vdb
 #      untouched;
 #   6. no file left outside a chain; the domain starts on the reverted
-#      chain and the guest reads s1's patterns.
+#      chain and the guest reads s1's patterns;
+#   7. a `virsh start` loop racing a revert (started 0 to 1 s after it):
+#      the revert is EBUSY and the domain runs on the old chain, or it is
+#      done and the domain runs on the new one; never on a deleted file
+#      (the start failing on the lock while the revert runs is what
+#      tests/fault/revert_kill9.sh checks, deterministically).
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 it_init
@@ -178,4 +183,40 @@ if [ -r "/var/log/libvirt/qemu/$D.log" ]; then
   it_guest_check_pattern "$D" 0x22 0 1M virtio-disk1
 fi
 it_assert_eq EBUSY "$(revert_errno vda "revert d1")" "revert once the domain runs again"
+
+# --- 7. a `virsh start` racing the revert (design §4.4, §9.3) ---------------------
+# The start either comes first (the revert is EBUSY, the domain runs on
+# the old chain), or fails on chainfs's lock while the revert runs, or
+# comes after the define (the domain runs on the reverted chain): never
+# a domain running on files the revert deleted.
+round=0
+for delay in 0 0.2 0.4 0.6 0.8 1.0; do
+  round=$((round + 1))
+  it_destroy "$D"
+  it_wait_until 20 "$D shut off" test "$(it_state "$D")" = "shut off"
+  before=$(active vda)
+  : >"$T/starts"
+  (sleep "$delay"
+   for ((i = 0; i < 300; i++)); do
+     if out=$(virsh -q -c "$IT_URI" start "$D" 2>&1); then break; fi
+     printf '%s\n' "$out" >>"$T/starts"
+     sleep 0.01
+   done) &
+  starter=$!
+  r=$(revert_errno vda "revert d1")
+  wait "$starter"
+  now=$(active vda)
+  case "$r" in
+    OK) [ "$now" != "$before" ] || it_fail "round $round: revert OK but vda still on $before" ;;
+    EBUSY) it_assert_eq "$before" "$now" "round $round: refused revert changed nothing" ;;
+    *) it_fail "round $round: revert d1 racing virsh start: $r" ;;
+  esac
+  it_wait_until 20 "$D started" test "$(it_state "$D")" = running
+  live=$(it_virsh domblklist "$D" | awk '$1 == "vda" { print $2 }')
+  [ -e "$live" ] || it_fail "round $round: the domain runs on $live, which is gone"
+  it_assert_eq "$now" "$live" "round $round: the running domain uses the definition's vda ($r)"
+  it_check_pattern "$live" 0x12 0 1M
+  grep -E 'ctl [^ ]*: revert d1 ' "$IT_LOG" | tail -n 1 | sed 's/^/    chainfs: /' >&2
+  it_log "ok: round $round (start after ${delay}s): revert $r, $(grep -c 'write" lock' "$T/starts" || true) start(s) refused on the lock, the domain runs on $(it_short "$live")"
+done
 it_log "revert: all checks passed"
