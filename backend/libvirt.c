@@ -1286,18 +1286,12 @@ static char *lv_current_snapshot(virDomainPtr dom)
     return name;
 }
 
-/* Whether the cached facts of C may be stale: its parent is not among the
- * domain's snapshots any more (deleted behind our back, e.g. by virsh:
- * libvirt gave C another parent). */
-static bool lv_snap_cache_stale(const struct lv_snap_cache *c,
-                                virDomainSnapshotPtr *snaps, int n)
+/* Whether the cached facts of C may be stale: its parent is not among
+ * NAMES, the domain's snapshots, any more (deleted behind our back, e.g.
+ * by virsh: libvirt gave C another parent). */
+static bool lv_snap_cache_stale(const struct lv_snap_cache *c, char *const *names)
 {
-    if (!c->info.parent)
-        return false;
-    for (int i = 0; i < n; i++)
-        if (strcmp(virDomainSnapshotGetName(snaps[i]), c->info.parent) == 0)
-            return false;
-    return true;
+    return c->info.parent && !cfs_strv_contains(names, c->info.parent);
 }
 
 /* meta_name of each layer, the domain's snapshot names and (issue 10)
@@ -1320,15 +1314,16 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
     pthread_mutex_lock(&b->snap_lock);
     if (n > 0)
         d->snaps = cfs_xcalloc((size_t)n, sizeof(*d->snaps));
+    for (int i = 0; i < n; i++)
+        cfs_strv_push(&d->snapshots, cfs_xstrdup(virDomainSnapshotGetName(snaps[i])));
     for (int i = 0; i < n; i++) {
-        const char *name = virDomainSnapshotGetName(snaps[i]);
+        const char *name = d->snapshots[i];
         struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
 
-        if (c && lv_snap_cache_stale(c, snaps, n)) {
+        if (c && lv_snap_cache_stale(c, d->snapshots)) {
             lv_snap_cache_drop(b, uuid, name);
             c = NULL;
         }
-        cfs_strv_push(&d->snapshots, cfs_xstrdup(name));
         if (!c) {
             _cleanup_free_ char *xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
             struct cfs_snapxml sx;
@@ -1341,7 +1336,6 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
                     .name = cfs_xstrdup(name),
                     .current = cfs_streq(name, current),
                 };
-                virDomainSnapshotFree(snaps[i]);
                 continue;
             }
             b->snaps = cfs_xrealloc(b->snaps, (b->n_snaps + 1) * sizeof(*b->snaps));
@@ -1376,10 +1370,11 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
                                   NULL, c->sources[k]))
                     disk->layers[l].meta_name = cfs_xstrdup(name);
         }
-        virDomainSnapshotFree(snaps[i]);
     }
     lv_snap_cache_prune(b, uuid);
     pthread_mutex_unlock(&b->snap_lock);
+    for (int i = 0; i < n; i++)
+        virDomainSnapshotFree(snaps[i]);
     free(snaps);
     return 0;
 }
