@@ -451,6 +451,27 @@ static void test_image_in_use(void **state)
     assert_int_equal(revert(f, NULL, "revert s2"), 0);
 }
 
+/* Files that are not this machine's: EOPNOTSUPP (a revert creates and
+ * deletes files); a read-only disk: EROFS; nothing changed. */
+static void test_remote_and_readonly(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_set_remote(f->be, true, NULL);
+    assert_int_equal(revert(f, NULL, "revert s2"), -EOPNOTSUPP);
+    assert_int_equal(revert(f, "vda", "revert s2"), -EOPNOTSUPP);
+    cfs_fake_set_remote(f->be, false, NULL);
+    assert_unchanged(f);
+
+    struct cfs_domain *d = NULL;
+    assert_int_equal(f->be->ops->read_domain(f->be, "vm1", &d), 0);
+    d->disks[1].readonly = true;
+    cfs_fake_put_domain(f->be, d);
+    cfs_domain_free(d);
+    assert_int_equal(revert(f, "vdb", "revert s2"), -EROFS);
+    assert_int_equal(revert(f, NULL, "revert s2"), -EROFS);
+    assert_unchanged(f);
+}
+
 /* The define fails: the new overlays go again, nothing else changed. */
 static void test_define_fails(void **state)
 {
@@ -707,6 +728,7 @@ int main(void)
         T(test_no_such),
         T(test_busy_disk),
         T(test_image_in_use),
+        T(test_remote_and_readonly),
         T(test_define_fails),
         T(test_shared_file_stays),
         R(test_recover_prepare),
