@@ -62,8 +62,6 @@ extern char **environ;
 #define WINDOW_MEM_CAP (256u << 20)    /* read-ahead memory of all streams */
 #define MAX_SERVERS 64
 #define ERRBUF 2048                    /* qemu-nbd's stderr kept for messages */
-#define RAW_LOCK_BYTE 201              /* RAW_LOCK_SHARED_BASE + BLK_PERM_WRITE bit */
-#define RAW_PERM_WRITE_BYTE 101        /* RAW_LOCK_PERM_BASE + BLK_PERM_WRITE bit */
 #define BS_MAX_LEN ((uint64_t)UINT32_MAX - 511)
 
 /* ---- types ----------------------------------------------------------------- */
@@ -652,7 +650,7 @@ static int choose_sock_dir_locked(struct nbd_priv *p)
 }
 
 /* Open every raw file of SPEC and lock its byte 201 (and refuse a raw
- * file someone holds open for writing). */
+ * file someone holds open for writing): cfs_image_hold_writers. */
 static int take_raw_locks(struct cfs_img *img, const struct cfs_img_spec *spec)
 {
     img->lock_fds = calloc(spec->n_layers, sizeof(int));
@@ -662,30 +660,15 @@ static int take_raw_locks(struct cfs_img *img, const struct cfs_img_spec *spec)
         const struct cfs_img_layer *l = &spec->layers[i];
         if (l->is_block || strcmp(l->format, "raw") != 0)
             continue;
-        int fd = open(l->path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            int e = errno;
-            cfs_backend_set_errmsg("disk.raw %s: cannot open %s: %s", spec->label, l->path,
-                                   strerror(e));
-            return -e;
+        int fd = -1;
+        char *why = NULL;
+        int r = cfs_image_hold_writers(l->path, &fd, &why);
+        if (r < 0) {
+            cfs_backend_set_errmsg("disk.raw %s: %s", spec->label, why ? why : strerror(-r));
+            free(why);
+            return r;
         }
         img->lock_fds[img->n_lock_fds++] = fd;
-        struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET,
-                           .l_start = RAW_LOCK_BYTE, .l_len = 1};
-        if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
-            int e = errno;
-            cfs_backend_set_errmsg("disk.raw %s: Failed to get the shared \"write\" lock "
-                                   "on %s: %s", spec->label, l->path, strerror(e));
-            return (e == EAGAIN || e == EACCES) ? -EBUSY : -e;
-        }
-        struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
-                          .l_start = RAW_PERM_WRITE_BYTE, .l_len = 1};
-        if (fcntl(fd, F_OFD_GETLK, &q) == 0 && q.l_type != F_UNLCK) {
-            cfs_backend_set_errmsg("disk.raw %s: %s is open for writing by another "
-                                   "process (Failed to get \"write\" lock)", spec->label,
-                                   l->path);
-            return -EBUSY;
-        }
     }
     return 0;
 }

@@ -29,7 +29,12 @@ const char cfs_ctl_usage[] =
     "                  and pivot to it; manual: wait in ready for pivot\n"
     "                  or finish\n"
     "finish            end a ready manual copy without a pivot (DEST is a\n"
-    "                  point-in-time copy)\n";
+    "                  point-in-time copy)\n"
+    "revert NAME [force]\n"
+    "                  shut-off domain: the disk goes back to snapshot NAME\n"
+    "                  (a new empty overlay on NAME's frozen layer; NAME\n"
+    "                  stays); only the newest snapshot unless force, which\n"
+    "                  also discards the later ones\n";
 
 /* Most words a command has ("copy DEST shallow manual"). */
 #define MAX_WORDS 4
@@ -184,6 +189,19 @@ int cfs_ctl_parse(const char *buf, size_t len, struct cfs_ctl_cmd *out,
         memcpy(cmd.name, nm->s, nm->len);
         cmd.name[nm->len] = '\0';
         cmd.op = CFS_CTL_MERGE;
+    } else if (word_is(w, "revert")) {
+        if (n < 2 || n > 3)
+            return refuse(why, "revert needs a snapshot name: revert NAME [force]");
+        const struct word *nm = &words[1];
+        if (nm->len >= sizeof(cmd.name) || memchr(nm->s, '/', nm->len) ||
+            word_is(nm, ".") || word_is(nm, ".."))
+            return refuse(why, "revert: not a snapshot name (an entry of snapshots/)");
+        if (n == 3 && !word_is(&words[2], "force"))
+            return refuse(why, "revert NAME takes nothing or \"force\" after the name");
+        memcpy(cmd.name, nm->s, nm->len);
+        cmd.name[nm->len] = '\0';
+        cmd.force = n == 3;
+        cmd.op = CFS_CTL_REVERT;
     } else if (word_is(w, "finish")) {
         if (n != 1)
             return refuse(why, "finish takes no argument");
@@ -234,6 +252,7 @@ const char *cfs_ctl_op_to_string(enum cfs_ctl_op op)
     case CFS_CTL_MERGE:        return "merge";
     case CFS_CTL_COPY:         return "copy";
     case CFS_CTL_FINISH:       return "finish";
+    case CFS_CTL_REVERT:       return "revert";
     default:                   return "?";
     }
 }

@@ -77,6 +77,7 @@ static bool work_per_domain(const struct work *w)
     case WORK_REAPPLY:
     case WORK_READ_LIGHT:
     case WORK_DISPATCH:
+    case WORK_THAW:
         return true;
     default:
         return false;
@@ -802,6 +803,9 @@ void process_work(struct cfs_engine *e, struct work *w)
     case WORK_DISPATCH:
         queue_dispatch(e, w->dom, w->disk);
         break;
+    case WORK_THAW:
+        thaw_retry(e, w->dom);
+        break;
     case WORK_READ_LIGHT:
         if (refresh_light(e, w->dom) < 0)
             refresh_domain(e, w->dom);
@@ -865,6 +869,7 @@ void cfs_engine_run_pending(struct cfs_engine *e)
 {
     drain(e);
     poll_jobs(e);
+    thaw_poll(e, true);
     drain(e);
 }
 
@@ -891,6 +896,7 @@ static void *engine_thread(void *arg)
             poll_jobs(e);
         if (t - e->last_refresh_ms >= e->refresh_ms)
             refresh_all(e);
+        thaw_poll(e, false);
         mark_not_responding(e);
         reap_workers(e);
         reap_offline(e, false);
@@ -911,6 +917,9 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     e->keep_merged = cfg->keep_merged;
     e->commit_bandwidth = cfg->bandwidth;
     e->live_pull = cfg->live_pull;
+    e->quiesce = cfg->quiesce;
+    e->quiesce_timeout = cfg->quiesce_timeout > CFS_QUIESCE_TIMEOUT_MAX
+                             ? CFS_QUIESCE_TIMEOUT_MAX : cfg->quiesce_timeout;
     e->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 3000;
     e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
     e->be = be;
@@ -1033,6 +1042,27 @@ int cfs_live_pull_from_string(const char *s, enum cfs_live_pull *out)
     for (size_t i = 0; s && i < ELEMENTSOF(live_pull_names); i++)
         if (cfs_streq(s, live_pull_names[i])) {
             *out = (enum cfs_live_pull)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+static const char *const quiesce_names[] = {
+    [CFS_QUIESCE_TRY] = "try",
+    [CFS_QUIESCE_REQUIRE] = "require",
+    [CFS_QUIESCE_OFF] = "off",
+};
+
+const char *cfs_quiesce_to_string(enum cfs_quiesce v)
+{
+    return (unsigned)v < ELEMENTSOF(quiesce_names) ? quiesce_names[v] : NULL;
+}
+
+int cfs_quiesce_from_string(const char *s, enum cfs_quiesce *out)
+{
+    for (size_t i = 0; s && i < ELEMENTSOF(quiesce_names); i++)
+        if (cfs_streq(s, quiesce_names[i])) {
+            *out = (enum cfs_quiesce)i;
             return 0;
         }
     return -EINVAL;

@@ -106,6 +106,7 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         .manual = src->manual,
         .finish = src->finish,
         .n_copied = src->n_copied,
+        .force = src->force,
     };
     for (char **m = src->layer_meta; m && *m; m++)
         cfs_strv_push(&dst->layer_meta, cfs_xstrdup(*m));
@@ -153,13 +154,24 @@ static bool merge_fields_valid(const struct cfs_journal_entry *e)
     return !e->written || *e->written;
 }
 
+/* A revert names one new overlay and one old source per disk (issue 10
+ * §4.3): recovery pairs them by index, so a count that does not match is
+ * no revert entry it can act on. */
+static bool revert_fields_valid(const struct cfs_journal_entry *e)
+{
+    if (e->type != CFS_JOB_REVERT)
+        return true;
+    size_t n = e->disks ? cfs_strv_len(e->disks) : 1;
+    return n > 0 && e->n_made == n && e->n_old == n;
+}
+
 /* Only entries that would load back may be written. */
 static bool entry_valid(const struct cfs_journal_entry *e)
 {
     return e && e->id && *e->id && e->domain && *e->domain && e->disk &&
            *e->disk && e->top && *e->top && e->base && *e->base &&
            e->phase && *e->phase && entry_type_valid(e->type) &&
-           merge_fields_valid(e);
+           merge_fields_valid(e) && revert_fields_valid(e);
 }
 
 static ssize_t find_entry(const struct cfs_journal *j, const char *id)
@@ -273,6 +285,9 @@ static void entry_to_line(const struct cfs_journal_entry *e,
         json_object_object_add(o, "layer_meta", lm);
     }
     json_add_files(o, "old_files", e->old_files, e->n_old);
+    /* revert */
+    if (e->force)
+        json_object_object_add(o, "force", json_object_new_boolean(1));
 
     /* PLAIN never emits a raw newline: control characters are escaped. */
     cfs_buf_printf(out, "%s\n",
@@ -476,6 +491,8 @@ static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
     r = json_get_files(o, "old_files", &out->old_files, &out->n_old, why);
     if (r < 0)
         return r;
+    out->force = json_object_object_get_ex(o, "force", &v) &&
+                 json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
     return 0;
 }
 
@@ -545,6 +562,11 @@ static int json_object_to_entry(json_object *o, struct cfs_journal_entry *out,
         }
     }
     int r = json_merge_fields(o, out, why);
+    if (r == 0 && !revert_fields_valid(out)) {
+        *why = cfs_xstrdup("a revert without one \"made\" and one \"old_files\" "
+                           "per disk");
+        r = -EINVAL;
+    }
     if (r < 0)
         cfs_journal_entry_clear(out);
     return r;

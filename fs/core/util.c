@@ -5,6 +5,7 @@
  * Owns no shared state: every function may be called from any thread. The
  * error message slot is per thread by construction (__thread). */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <time.h>
@@ -296,4 +297,35 @@ struct timespec cfs_deadline_after(clockid_t clk, int64_t ms)
         ts.tv_nsec -= 1000000000L;
     }
     return ts;
+}
+
+int cfs_image_hold_writers(const char *path, int *fd, char **why)
+{
+    *fd = -1;
+    *why = NULL;
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0) {
+        int e = errno;
+        *why = cfs_xasprintf("cannot open %s: %s", path, strerror(e));
+        return -e;
+    }
+    struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+                        .l_start = CFS_QEMU_LOCK_SHARED_WRITE, .l_len = 1 };
+    if (fcntl(f, F_OFD_SETLK, &fl) < 0) {
+        int e = errno;
+        *why = cfs_xasprintf("Failed to get the shared \"write\" lock on %s: %s",
+                             path, strerror(e));
+        close(f);
+        return (e == EAGAIN || e == EACCES) ? -EBUSY : -e;
+    }
+    struct flock q = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = CFS_QEMU_LOCK_PERM_WRITE, .l_len = 1 };
+    if (fcntl(f, F_OFD_GETLK, &q) == 0 && q.l_type != F_UNLCK) {
+        *why = cfs_xasprintf("%s is open for writing by another process "
+                             "(Failed to get \"write\" lock)", path);
+        close(f);
+        return -EBUSY;
+    }
+    *fd = f;
+    return 0;
 }

@@ -14,6 +14,12 @@
  *                       absolute path, no blanks) and pivot to it (issue 8)
  *   finish              end a ready manual copy without a pivot: DEST is a
  *                       point-in-time copy
+ *   revert NAME [force] (issue 10) a shut-off domain's disk goes back to
+ *                       snapshot NAME: a new empty overlay on NAME's frozen
+ *                       layer becomes the active image; only the newest
+ *                       snapshot unless `force` (the later ones are
+ *                       discarded too). Also taken by the domain's ctl
+ *                       (<dom>/ctl: every disk with NAME's layer).
  *
  * One command per write: words separated by blanks, one trailing "\n"
  * allowed (echo), nothing else after it. */
@@ -38,19 +44,22 @@ enum cfs_ctl_op {
     CFS_CTL_MERGE,
     CFS_CTL_COPY,
     CFS_CTL_FINISH,
+    CFS_CTL_REVERT,
     CFS_CTL_OP_MAX,
 };
 
 struct cfs_ctl_cmd {
     enum cfs_ctl_op op;
     uint64_t bandwidth;   /* CFS_CTL_BANDWIDTH: bytes/s, 0 = unlimited */
-    char name[256];       /* CFS_CTL_MERGE: the snapshot (a snapshots/ entry) */
+    char name[256];       /* CFS_CTL_MERGE, CFS_CTL_REVERT: the snapshot (a
+                             snapshots/ entry) */
     enum cfs_merge_mode merge_mode; /* CFS_CTL_MERGE */
     /* CFS_CTL_COPY: DEST (absolute, shorter than PATH_MAX), the mode word
      * (CFS_COPY_DEFAULT when none was given) and `manual` */
     char dest[CFS_CTL_MAX_WRITE];
     enum cfs_copy_mode copy_mode;
     bool manual;
+    bool force;           /* CFS_CTL_REVERT: `force` (later snapshots go) */
 };
 
 /* Parse one write of LEN bytes (not NUL-terminated). 0 and *OUT filled;

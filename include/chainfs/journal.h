@@ -66,6 +66,8 @@ struct cfs_journal_entry {
     char **layer_meta; /* chain: each source layer's snapshot, "" none */
     size_t n_old;
     struct cfs_job_file *old_files; /* the source's files (never deleted) */
+    /* Issue 10's revert (type revert, below) */
+    bool force;        /* `revert NAME force` (written only when true) */
 };
 
 /* A queued rmdir (issue 8 §3.1): type CFS_JOB_RMDIR, phase "queued",
@@ -74,6 +76,17 @@ struct cfs_journal_entry {
  * (which file it is, for dispatch when the name no longer resolves).
  * Phase "requeued": a snapshot of a merge aborted to be regrouped
  * (§3.3), found again by its name only. */
+
+/* A revert (issue 10 §4.3): type CFS_JOB_REVERT, phase "prepare",
+ * "switching", "switched" or "cleanup"; snapshot NAME and meta_name its
+ * libvirt metadata (or none); disks[] every disk reverted (disk the
+ * first); top and base the first disk's active layer and NAME's frozen
+ * layer (for the log). Per disk, in the order of disks[]: old_files[k]
+ * the persistent definition's source before the revert, made[k] the new
+ * overlay (its dev/ino once made). leaving[] every file the revert
+ * discards (dev/ino: deleted only if still that file and in no chain);
+ * snapshots[]/meta_names[] the later snapshots discarded with force
+ * (newest first; "" no metadata), force. */
 
 struct cfs_journal;
 

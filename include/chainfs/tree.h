@@ -104,6 +104,19 @@ struct cfs_disk_state {
     bool queue_waits_reader;
 };
 
+/* Issue 10 §2.4: a domain chainfs froze (or may have: a freeze that
+ * timed out can complete in the guest later) and could not thaw yet. The
+ * engine retries the thaw in the background until it answers or the
+ * domain stops; `<dom>/job` shows it. */
+struct cfs_thaw_owed {
+    char *dom;
+    int64_t since;           /* unix seconds: owed since */
+    char *error;             /* the last failed attempt's message */
+    unsigned attempts;       /* failed attempts so far */
+    int64_t next_ms;         /* monotonic ms of the next attempt */
+    bool queued;             /* an attempt is queued on the domain's worker */
+};
+
 struct cfs_tree {
     pthread_mutex_t lock;
     pthread_cond_t changed;   /* broadcast on every job state change */
@@ -113,6 +126,8 @@ struct cfs_tree {
     size_t n_states;
     bool stale;               /* libvirt unreachable: last known state */
     unsigned long generation; /* bumped on every change */
+    struct cfs_thaw_owed *thaws; /* issue 10: domains owed a thaw */
+    size_t n_thaws;
 };
 
 struct cfs_tree *cfs_tree_new(void);
@@ -130,6 +145,14 @@ struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
 struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
                                                 const char *dom,
                                                 const char *disk);
+/* Issue 10: DOM's owed thaw, or NULL. */
+struct cfs_thaw_owed *cfs_tree_find_thaw(struct cfs_tree *t, const char *dom);
+/* DOM owes a thaw (created with SINCE if it did not; ERROR replaces the
+ * last one, may be NULL). */
+struct cfs_thaw_owed *cfs_tree_owe_thaw(struct cfs_tree *t, const char *dom,
+                                        int64_t since, const char *error);
+/* DOM's thaw is no longer owed; true if it was. */
+bool cfs_tree_drop_thaw(struct cfs_tree *t, const char *dom);
 /* The first disk of any domain whose chain has file ID/PATH (same file
  * by cfs_file_same), leaving out disk EXCEPT_DISK of domain EXCEPT_DOM
  * (the whole of EXCEPT_DOM if EXCEPT_DISK is NULL); *DOM_OUT is its

@@ -56,6 +56,25 @@ int cfs_write_all(int fd, const void *p, size_t n);
  * done. 0 or -errno. */
 int cfs_fsync_dir(int dirfd);
 
+/* QEMU's image locks (its file-posix driver, raw or qcow2 alike: they are
+ * taken at the protocol layer): OFD locks on single bytes of the image
+ * file. A process that holds a read lock on byte 100 + P holds
+ * permission P; one on byte 200 + P refuses to share P. P = 1 is
+ * BLK_PERM_WRITE. */
+#define CFS_QEMU_LOCK_PERM_WRITE 101    /* "I write it" */
+#define CFS_QEMU_LOCK_SHARED_WRITE 201  /* "nobody else may write it" */
+
+/* Keep writers out of image PATH: open it O_RDONLY|O_CLOEXEC and take an
+ * OFD read lock on byte 201, as QEMU does for an image it does not share
+ * for writing. While the descriptor *FD is open, a QEMU opening PATH
+ * writable fails ("Failed to get "write" lock"): a `virsh start` of a
+ * domain whose chain names it fails. Refused (-EBUSY) if another process
+ * holds byte 101, i.e. has it open for writing (a running QEMU), or the
+ * lock is refused; -errno if it cannot be opened. *WHY (caller frees)
+ * says what happened. Close *FD to let writers in again (issue 9 disk.raw
+ * of raw files, issue 10 revert). */
+int cfs_image_hold_writers(const char *path, int *fd, char **why);
+
 /* Human-readable size, 1024-based: "0B", "512B", "1.5KiB", "64.0MiB". */
 void cfs_format_size(uint64_t bytes, char *out, size_t outlen);
 

@@ -112,6 +112,52 @@ static void test_merge_override(void **state)
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_MERGE), "merge");
 }
 
+/* `revert NAME [force]` (issue 10 §4.1): NAME as merge takes it, then
+ * nothing or the word force; the same parse for a disk's and a domain's
+ * ctl. */
+static void test_revert(void **state)
+{
+    (void)state;
+    struct cfs_ctl_cmd c;
+    c = parse_ok("revert s2\n", CFS_CTL_REVERT);
+    assert_string_equal(c.name, "s2");
+    assert_false(c.force);
+    c = parse_ok("revert\tbefore-upgrade  force\n", CFS_CTL_REVERT);
+    assert_string_equal(c.name, "before-upgrade");
+    assert_true(c.force);
+    c = parse_ok("  revert s1~2 ", CFS_CTL_REVERT);
+    assert_string_equal(c.name, "s1~2");
+    assert_false(c.force);
+    /* a snapshot called "force" is a name when it is the only word */
+    c = parse_ok("revert force", CFS_CTL_REVERT);
+    assert_string_equal(c.name, "force");
+    assert_false(c.force);
+    c = parse_ok("revert force force", CFS_CTL_REVERT);
+    assert_string_equal(c.name, "force");
+    assert_true(c.force);
+    char longname[300] = "revert ";
+    memset(longname + 7, 'a', 255);
+    longname[7 + 255] = '\0';
+    c = parse_ok(longname, CFS_CTL_REVERT);
+    assert_int_equal(strlen(c.name), 255);
+
+    parse_err("revert", -EINVAL);
+    parse_err("revert\n", -EINVAL);
+    parse_err("revert s2 now", -EINVAL);
+    parse_err("revert s2 FORCE", -EINVAL);
+    parse_err("revert s2 force force", -EINVAL);
+    parse_err("revert s2 forced", -EINVAL);
+    parse_err("revert a/b", -EINVAL);
+    parse_err("revert .", -EINVAL);
+    parse_err("revert .. force", -EINVAL);
+    parse_err("revert s2\nrevert s1", -EINVAL);
+    parse_err("Revert s2", -EINVAL);
+    memset(longname + 7, 'a', 256);
+    longname[7 + 256] = '\0';
+    parse_err(longname, -EINVAL);
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_REVERT), "revert");
+}
+
 static void test_as_shells_write(void **state)
 {
     (void)state;
@@ -332,6 +378,7 @@ static void test_op_names_and_usage(void **state)
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_BANDWIDTH), "bandwidth");
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_COPY), "copy");
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_FINISH), "finish");
+    assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_REVERT), "revert");
     assert_string_equal(cfs_ctl_op_to_string(CFS_CTL_OP_MAX), "?");
 
     /* every command's name parses back to it, and the usage lists it at
@@ -341,7 +388,8 @@ static void test_op_names_and_usage(void **state)
         _cleanup_free_ char *cmd = cfs_xasprintf(
             "%s%s\n", name, op == CFS_CTL_BANDWIDTH ? " 1M"
                             : op == CFS_CTL_MERGE   ? " s1 pull"
-                            : op == CFS_CTL_COPY    ? " /tmp/x.qcow2" : "");
+                            : op == CFS_CTL_COPY    ? " /tmp/x.qcow2"
+                            : op == CFS_CTL_REVERT  ? " s1" : "");
         struct cfs_ctl_cmd c;
         assert_int_equal(cfs_ctl_parse(cmd, strlen(cmd), &c, NULL), 0);
         assert_int_equal(c.op, op);
@@ -496,6 +544,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_command),
         cmocka_unit_test(test_merge_override),
+        cmocka_unit_test(test_revert),
         cmocka_unit_test(test_as_shells_write),
         cmocka_unit_test(test_unknown_and_malformed),
         cmocka_unit_test(test_nul_bytes),

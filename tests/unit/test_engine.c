@@ -182,13 +182,69 @@ static void assert_job_contains(struct fx *f, const char *needle)
     free(job);
 }
 
+/* Issue 10: the domain's own nodes, from memory: snapshots/ (every name
+ * a disk shows), each one's info, job (each disk's), ctl (the mount's
+ * quiesce settings); a domain ctl takes no disk command; rmdir at the
+ * domain level is refused, nothing changed. */
+static void test_domain_nodes(void **state)
+{
+    struct fx *f = *state;
+    assert_list(f, "/vm1/snapshots", "s1 s2");
+    assert_list(f, "/vm2/snapshots", "");
+    assert_list(f, "/vm1/snapshots/s1", "info info.json");
+    struct cfs_node_attr a;
+    struct cfs_path p = P("/vm1/snapshots/s1");
+    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), 0);
+    assert_true(a.is_dir);
+    static const char *const missing[] = {
+        "/vm1/snapshots/zzz", "/vm1/snapshots/zzz/info",
+        "/nope/snapshots", "/nope/job",
+    };
+    for (size_t i = 0; i < ELEMENTSOF(missing); i++) {
+        struct cfs_path m = P(missing[i]);
+        assert_int_equal(cfs_engine_getattr(f->e, &m, &a), -ENOENT);
+    }
+    char *info = read_file(f, "/vm1/snapshots/s1/info");
+    assert_non_null(strstr(info, "name:     s1\n"));
+    assert_non_null(strstr(info, "\nDISK  STATE  FILE\nvda   ok     "));
+    assert_non_null(strstr(info, "s1.qcow2\n"));
+    free(info);
+    char *job = read_file(f, "/vm1/job");
+    assert_string_equal(job, "domain: vm1\nstate:  none\n\ndisk: vda\n  type:  none\n"
+                             "  state: none\n");
+    free(job);
+    char *ctl = read_file(f, "/vm1/ctl");
+    assert_string_equal(ctl, "quiesce:         try\nquiesce_timeout: libvirt's own\n");
+    free(ctl);
+
+    /* the domain's wait returns at once: no disk has a job */
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", NULL, NULL, NULL, &b), 0);
+    assert_non_null(strstr(b.data, "domain: vm1\n"));
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_engine_wait(f->e, "nope", "", NULL, NULL, &b), -ENOENT);
+
+    struct cfs_ctl_cmd cmd = { .op = CFS_CTL_PIVOT_MANUAL };
+    assert_int_equal(cfs_engine_ctl(f->e, "vm1", NULL, &cmd), -EINVAL);
+    assert_int_equal(cfs_engine_ctl(f->e, "nope", NULL, &cmd), -ENOENT);
+    char *vctl = read_file(f, "/vm1/vda/ctl");
+    assert_non_null(strstr(vctl, "pivot:     auto\n"));
+    free(vctl);
+
+    unsigned commits = cfs_fake_calls(f->be, "commit_start");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", NULL, "s1"), -EOPNOTSUPP);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), commits);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+}
+
 /* ---- reads ----------------------------------------------------------------- */
 
 static void test_tree_and_reads_from_memory(void **state)
 {
     struct fx *f = *state;
     assert_list(f, "/", "vm1 vm2");
-    assert_list(f, "/vm1", "vda");
+    assert_list(f, "/vm1", "job job.json wait ctl snapshots vda");
     assert_list(f, "/vm1/vda", "chain chain.json job job.json wait ctl snapshots");
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_list(f, "/vm2/vda/snapshots", "");
@@ -261,7 +317,7 @@ static void test_mkdir_refusals_change_nothing(void **state)
             fail_msg("mkdir %s/%s/%.40s: %d, want %d", refusals[i].dom,
                      refusals[i].disk, refusals[i].name, r, refusals[i].want);
     }
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 0);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_job_contains(f, "failed");
 }
@@ -277,7 +333,7 @@ static void test_mkdir_takes_snapshot(void **state)
     free(chain);
     /* the same name again: EEXIST */
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "before-upgrade"), -EEXIST);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 1);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 1);
     /* a file already there under the overlay's name (after a pull the
      * active file keeps a merged snapshot's file name, issue 8 §2.5; or
      * anyone's file) is left alone: the overlay takes the first free
@@ -289,7 +345,7 @@ static void test_mkdir_takes_snapshot(void **state)
     fputs("not chainfs's", fp);
     fclose(fp);
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "taken"), 0);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 2);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 2);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2 before-upgrade taken");
     chain = read_file(f, "/vm1/vda/chain.json");
     assert_non_null(strstr(chain, "vm1.vda.taken.2.qcow2"));
@@ -302,7 +358,7 @@ static void test_mkdir_takes_snapshot(void **state)
 static void test_mkdir_backend_error(void **state)
 {
     struct fx *f = *state;
-    cfs_fake_fail_next(f->be, "snapshot_create", EACCES, "access denied by policy");
+    cfs_fake_fail_next(f->be, "snapshot_create_multi", EACCES, "access denied by policy");
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x1"), -EACCES);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_job_contains(f, "access denied by policy");
@@ -318,7 +374,7 @@ static void test_mkdir_notconn_shows_stale(void **state)
     char *chain = read_file(f, "/vm1/vda/chain");
     assert_null(strstr(chain, "stale:"));
     free(chain);
-    cfs_fake_fail_next(f->be, "snapshot_create", ENOTCONN,
+    cfs_fake_fail_next(f->be, "snapshot_create_multi", ENOTCONN,
                        "internal error: connection closed due to keepalive timeout");
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x1"), -ENOTCONN);
     chain = read_file(f, "/vm1/vda/chain");
@@ -1268,7 +1324,7 @@ static void test_pull_keeps_domain_quiet(void **state)
      * starts nothing until the pull has ended */
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vdb", "s9"), 0);
     cfs_engine_run_pending(f->e);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 0);
     assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
     assert_int_equal(cfs_fake_calls(f->be, "read_domain"), full);
 
@@ -1743,7 +1799,7 @@ static void test_mkdir_block_disk_needs_overlay_dir(void **state)
     cfs_engine_run_pending(f->e);
 
     assert_int_equal(cfs_engine_mkdir(f->e, "vm4", "vda", "s1"), -EROFS);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 0);
     assert_list(f, "/vm4/vda/snapshots", "");
     char *job = read_file(f, "/vm4/vda/job");
     assert_non_null(job);
@@ -3922,6 +3978,7 @@ int main(void)
 {
     cfs_log_init(false, false);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_domain_nodes, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_tree_and_reads_from_memory, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_domain_events_update_tree, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_refusals_change_nothing, setup_running, teardown),

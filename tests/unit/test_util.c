@@ -2,6 +2,7 @@
  * buffer, backend error slot) and model.c (enum names, destructors, deep
  * copies, lookups). */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -627,6 +628,70 @@ static void test_domain_file_user(void **state)
     assert_true(cfs_domain_uses_path(d, "/img//b.qcow2"));
 }
 
+/* cfs_image_hold_writers (issue 9's disk.raw, issue 10's revert): while
+ * held, a writer taking QEMU's "write" locks is refused (another open
+ * file description: as a QEMU starting on the image); a holder of byte
+ * 101 (a QEMU writing the image) makes it -EBUSY; closing lets writers
+ * in again. */
+static bool writer_locks(const char *path)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    assert_true(fd >= 0);
+    /* QEMU with write permission: holds 101, refuses to share nothing
+     * else; it checks that nobody holds 201 (unshare write) */
+    struct flock q = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = CFS_QEMU_LOCK_SHARED_WRITE, .l_len = 1 };
+    bool ok = fcntl(fd, F_OFD_GETLK, &q) == 0 && q.l_type == F_UNLCK;
+    close(fd);
+    return ok;
+}
+
+static void test_image_hold_writers(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/cfs-util-lock-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    _cleanup_free_ char *path = cfs_xasprintf("%s/img.qcow2", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+
+    assert_true(writer_locks(path));
+    int fd = -1;
+    char *why = NULL;
+    assert_int_equal(cfs_image_hold_writers(path, &fd, &why), 0);
+    assert_true(fd >= 0);
+    assert_null(why);
+    assert_false(writer_locks(path));
+    /* a second holder (another revert, a disk.raw) is fine: read locks */
+    int fd2 = -1;
+    assert_int_equal(cfs_image_hold_writers(path, &fd2, &why), 0);
+    close(fd2);
+    close(fd);
+    assert_true(writer_locks(path));
+
+    /* someone writes it (holds byte 101): refused, nothing held */
+    int w = open(path, O_RDWR | O_CLOEXEC);
+    assert_true(w >= 0);
+    struct flock perm = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+                          .l_start = CFS_QEMU_LOCK_PERM_WRITE, .l_len = 1 };
+    assert_int_equal(fcntl(w, F_OFD_SETLK, &perm), 0);
+    assert_int_equal(cfs_image_hold_writers(path, &fd, &why), -EBUSY);
+    assert_int_equal(fd, -1);
+    assert_non_null(why);
+    assert_non_null(strstr(why, "open for writing"));
+    free(why);
+    why = NULL;
+    close(w);
+
+    /* no such file */
+    _cleanup_free_ char *gone = cfs_xasprintf("%s/gone.qcow2", dir);
+    assert_int_equal(cfs_image_hold_writers(gone, &fd, &why), -ENOENT);
+    assert_non_null(why);
+    free(why);
+    test_tmpdir_remove(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -648,6 +713,7 @@ int main(void)
         cmocka_unit_test(test_file_same),
         cmocka_unit_test(test_domain_identify),
         cmocka_unit_test(test_domain_file_user),
+        cmocka_unit_test(test_image_hold_writers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
