@@ -116,7 +116,7 @@ build() {
   mkdir -p "$w/debs" "$x" "$r"
   say "downloading ${PACKAGES[*]}"
   (cd "$w/debs" && apt-get download "${PACKAGES[@]}") >"$w/apt.log" 2>&1 ||
-    { cat "$w/apt.log" >&2; die "apt-get download failed"; }
+    { cat "$w/apt.log" >&2; die "apt-get download failed (no network, or apt lists older than the mirror: apt-get update)"; }
   {
     printf 'key %s\nbuilt %s\nkernel %s\n' "$KEY" "$(date -u +%FT%TZ)" "$KVER"
     for deb in "$w"/debs/*.deb; do
@@ -191,7 +191,7 @@ build() {
 prune() {
   local d
   # shellcheck disable=SC2012 # key names are hex
-  ls -1td "$CACHE"/*/manifest 2>/dev/null | tail -n +3 | while read -r d; do
+  { ls -1td "$CACHE"/*/manifest 2>/dev/null || true; } | tail -n +3 | while read -r d; do
     say "removing the old build ${d%/manifest}"
     rm -rf "${d%/manifest}"
   done
@@ -245,7 +245,7 @@ main() {
     fi
   else
     # shellcheck disable=SC2012 # key names are hex
-    dir=$(ls -1td "$CACHE"/*/manifest 2>/dev/null | head -n 1)
+    dir=$({ ls -1td "$CACHE"/*/manifest 2>/dev/null || true; } | head -n 1)
     [ -n "$dir" ] || skip "cannot resolve the guest's packages and nothing is cached: $APT_WHY"
     dir=${dir%/manifest}
     say "$APT_WHY; using the newest cached build $dir"
@@ -257,4 +257,6 @@ main() {
   printf '%s\n' "$dir"
 }
 
-main "$@"
+# one line: bash reads a script as it runs, and a build.sh edited while a
+# build runs must not have its new bytes read after main returns
+main "$@"; exit
