@@ -288,6 +288,9 @@ static void tree_note_snap(struct cfs_tree *t, const char *dom, const char *name
     struct cfs_domain *d = cfs_tree_find_domain(t, dom);
     if (!d || cfs_domain_find_snap(d, name))
         return;
+    /* libvirt makes a new snapshot its current one */
+    for (size_t i = 0; i < d->n_snaps; i++)
+        d->snaps[i].current = false;
     d->snaps = cfs_xrealloc(d->snaps, (d->n_snaps + 1) * sizeof(*d->snaps));
     struct cfs_snap_info *si = &d->snaps[d->n_snaps++];
     *si = (struct cfs_snap_info){ .name = cfs_xstrdup(name),
