@@ -660,6 +660,34 @@ static void test_dom_mkdir_recover_taken(void **state)
     fx_free(f);
 }
 
+static bool stop_second_time(void *arg)
+{
+    return ++*(int *)arg > 1;
+}
+
+/* <dom>/wait blocks while any disk has a job in progress (here vda's
+ * merge), then shows <dom>/job; <dom>/job shows each disk's job. */
+static void test_dom_wait_and_job(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vda", "s1"), 0);
+    assert_node_has(f, "/vm1/job", "disk: vda\n  type:         active-commit\n");
+    assert_node_has(f, "/vm1/job", "disk: vdb\n  type:  none\n");
+    assert_node_has(f, "/vm1/job.json", "\"disk\": \"vda\"");
+    int calls = 0;
+    struct cfs_buf b = { 0 };
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", NULL, stop_second_time, &calls, &b), -EINTR);
+    assert_true(calls >= 2);
+    cfs_fake_job_ready(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    calls = 0;
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", "", stop_second_time, &calls, &b), 0);
+    assert_non_null(strstr(b.data, "disk: vda\n"));
+    assert_non_null(strstr(b.data, "  state:        completed\n"));
+    cfs_buf_free(&b);
+}
+
 int main(void)
 {
     cfs_log_init(false, false);
@@ -677,6 +705,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dom_mkdir_one_disk_fails, setup_try, teardown),
         cmocka_unit_test_setup_teardown(test_dom_mkdir_require, setup_require, teardown),
         cmocka_unit_test(test_dom_mkdir_recover_taken),
+        cmocka_unit_test_setup_teardown(test_dom_wait_and_job, setup_try, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
