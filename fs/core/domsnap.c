@@ -188,6 +188,9 @@ int quiesce_freeze(struct cfs_engine *e, const char *dom,
     }
     if (q->owed)
         owe_thaw(e, dom, q->reason, intent ? intent->journal_id : NULL);
+    else if (intent)
+        /* nothing frozen, nothing to thaw after a crash */
+        journal_record(e, dom, disk, intent, "starting");
     if (e->quiesce == CFS_QUIESCE_REQUIRE) {
         *why = cfs_xasprintf("-o quiesce=require: %s", q->reason);
         return r == -ETIMEDOUT || r == -EOPNOTSUPP ? r
@@ -266,7 +269,10 @@ void thaw_retry(struct cfs_engine *e, const char *dom)
         pthread_mutex_unlock(&e->tree->lock);
         return;
     }
-    if (r >= 0 || r == -EINVAL || r == -ENOENT) {
+    /* done; or void: the domain is not running or gone, or it has no
+     * agent channel at all (nothing can have frozen it through one) */
+    bool no_channel = r == -EOPNOTSUPP && msg && strstr(msg, "not configured");
+    if (r >= 0 || r == -EINVAL || r == -ENOENT || no_channel) {
         unsigned attempts = o->attempts + 1;
         cfs_tree_drop_thaw(e->tree, dom, &ids);
         pthread_cond_broadcast(&e->tree->changed);

@@ -459,17 +459,16 @@ static void test_thaw_fails_after_freeze(void **state)
 
 /* A daemon that died between freeze and thaw (journal phase frozen): the
  * next one thaws the guest, and takes up the mkdir as any other. */
-static void test_recover_frozen(void **state)
+static void recover_frozen(enum cfs_fake_agent_mode mode)
 {
-    (void)state;
     struct fx *f = calloc(1, sizeof(*f));
     strcpy(f->dir, "/tmp/cfs-domsnap-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->state, sizeof(f->state), "%s/state", f->dir);
     f->be = cfs_fake_backend_new();
     put_vm1(f, CFS_DOM_RUNNING);
-    cfs_fake_agent_set(f->be, "vm1", CFS_FAKE_AGENT_OK);
-    cfs_fake_agent_set_frozen(f->be, "vm1", true);
+    cfs_fake_agent_set(f->be, "vm1", mode);
+    cfs_fake_agent_set_frozen(f->be, "vm1", mode == CFS_FAKE_AGENT_OK);
 
     struct cfs_journal *j;
     char **warnings = NULL;
@@ -492,12 +491,22 @@ static void test_recover_frozen(void **state)
     cfs_engine_run_pending(f->e);
     struct cfs_fake_agent_state a = cfs_fake_agent_state(f->be, "vm1");
     assert_false(a.frozen);
-    assert_int_equal(a.thaws, 1);
+    assert_int_equal(a.thaws, mode == CFS_FAKE_AGENT_OK ? 1 : 0);
+    assert_int_equal(cfs_fake_calls(f->be, "agent_thaw"), 1);
     assert_node_lacks(f, "/vm1/job", "thaw:");
     assert_int_equal(journal_open_entries(f), 0);
     /* not taken: the chains are as they were */
     assert_list(f, "/vm1/snapshots", "s1");
     fx_free(f);
+}
+
+static void test_recover_frozen(void **state)
+{
+    (void)state;
+    recover_frozen(CFS_FAKE_AGENT_OK);
+    /* a domain without an agent channel: nothing can have frozen it
+     * through one; one attempt, and the owed thaw is void */
+    recover_frozen(CFS_FAKE_AGENT_NONE);
 }
 
 /* ---- the domain-level mkdir --------------------------------------------------- */
