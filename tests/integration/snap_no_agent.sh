@@ -17,6 +17,18 @@
 . "$(dirname "$0")/guest_lib.sh"
 
 it_init
+
+# a command line chainfs cannot use: exit 2, the message says why
+for bad in "quiesce=maybe:give try, require or off" \
+           "quiesce_timeout=301:give whole seconds, 1 to 300" \
+           "quiesce_timeout=-1:give whole seconds" "quiesce_timeout=3s:give whole seconds"; do
+  opt=${bad%%:*} want=${bad#*:} status=0
+  mkdir -p "$T/mnt0"
+  out=$("$CHAINFS" -f -c "$IT_URI" -o "state_dir=$T/state,$opt" "$T/mnt0" 2>&1) || status=$?
+  it_assert_eq 2 "$status" "-o $opt exits 2"
+  it_assert_contains "$out" "-o $opt: $want" "-o $opt: the message says why"
+done
+
 guest_init
 
 D=$IT_PREFIX-noagent
