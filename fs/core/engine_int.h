@@ -301,6 +301,31 @@ void queue_drop_locked(struct cfs_disk_state *s, char *const *ids, size_t n);
 bool queue_regroup(struct cfs_engine *e, const char *dom, const char *disk);
 /* actions.c: the domain worker's dispatch of DOM/DISK's queue */
 void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk);
+/* group.c: job groups, the domain-level rmdir (issue 10 §3) */
+/* Bring the group member of S's disk up to S's job (its `group`), or, a
+ * job without group that completed, end S's disk's part of a partial
+ * group of the snapshot. The id of the group touched (the tree's: valid
+ * under the lock only), or NULL. Caller holds the tree lock. */
+const char *group_member_sync_locked(struct cfs_engine *e, struct cfs_disk_state *s);
+/* Member DISK of GROUP (not started, or queued) is now ST (ERROR). No
+ * lock held; calls group_after_change. */
+void group_member_set(struct cfs_engine *e, const char *group, const char *disk,
+                      enum cfs_member_state st, const char *error);
+/* After a member changed: journal the group's end (completed, failed:
+ * entry closed; partial: remaining[]), or poll the members held in
+ * ready. No lock held. */
+void group_after_change(struct cfs_engine *e, const char *group);
+/* Write G's journal entry in PHASE, in one rewrite with the removal of
+ * the entry REPLACES (may be NULL). No tree lock needed (G is a copy or
+ * not yet in the tree). */
+int group_journal_put(struct cfs_engine *e, const struct cfs_group *g,
+                      const char *phase, const char *replaces);
+/* Whether a member of GROUP other than DISK is queued or running (then
+ * DISK's ready commit holds). If not, *READY / *READY_IDS (caller frees)
+ * get every member in ready, in member order (READY may be NULL). */
+bool group_holds(struct cfs_engine *e, const char *group, const char *disk,
+                 char ***ready, uint64_t **ready_ids);
+
 /* copy.c */
 enum finish_result copy_finish(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, const struct cfs_job *job);
 void copy_delete_made(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job);
@@ -316,6 +341,13 @@ static inline bool copy_layers_done(const struct cfs_job *j)
 
 /* recover.c */
 void recover_journal(struct cfs_engine *e);
+/* Rebuild the groups of the journal's group entries V[0..N) (before the
+ * members are loaded). */
+void recover_groups_load(struct cfs_engine *e, const struct cfs_journal_entry *v, size_t n);
+/* After the members were loaded: a member with no open entry of its own
+ * ended while no daemon ran (done if its layer left the chain, failed if
+ * not); groups that ended are journaled. */
+void recover_groups_settle(struct cfs_engine *e);
 void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 void recover_bandwidth(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 

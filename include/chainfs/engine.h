@@ -101,6 +101,19 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
+/* Issue 10 §3: rmdir of DOM/snapshots/NAME, one merge per disk whose
+ * chain shows NAME's layer, tied by a job group: every member commits,
+ * active commits pivot only once every member is ready or has ended, a
+ * member that fails leaves NAME partially merged (the others finish),
+ * and rmdir again merges only the disks that remain. Every member is
+ * checked first: one refused (its reason logged and in its disk's job)
+ * refuses it all, nothing changed. 0 once every member started or
+ * queued (or at least one did: the others failed, see their jobs);
+ * -ENOENT no such domain or no disk with NAME; -ENOTCONN; -EBUSY a
+ * domain-level rmdir of NAME runs; -EIO the journal; else a member's
+ * refusal. */
+int cfs_engine_rmdir_domain(struct cfs_engine *e, const char *dom,
+                            const char *name);
 
 /* Carry out one ctl command on DOM/DISK (the caller checked that the
  * user may change snapshots). 0, or: -ENOENT no such disk or no job to
