@@ -70,6 +70,35 @@ int cfs_lverr_errno(const struct cfs_lverr *e, enum cfs_lverr_op op)
     if (e->conn_dead)
         return -ENOTCONN;
 
+    /* the guest agent (design issue10 §2.4, libvirt's
+     * qemuDomainAgentAvailable and qemuAgentSend) */
+    if (op == CFS_LVERR_OP_AGENT) {
+        switch (e->code) {
+        case CFS_VERR_AGENT_UNRESPONSIVE:
+            /* "Guest agent not available for now": no answer within the
+             * response timeout; else "QEMU guest agent is not connected",
+             * "... is not available due to an error", "Guest agent
+             * disappeared while executing command" */
+            return has(msg, "not available for now") ? -ETIMEDOUT : -EOPNOTSUPP;
+        case CFS_VERR_OPERATION_TIMEOUT:
+            /* "cannot acquire state change lock (held by agent=...)":
+             * someone else's agent command holds the agent job */
+            return -ETIMEDOUT;
+        case CFS_VERR_OPERATION_INVALID:
+            /* "domain is not running" (shut off, paused, ...) */
+            return -EINVAL;
+        case CFS_VERR_INTERNAL_ERROR:
+            /* "unable to execute QEMU agent command 'guest-fsfreeze-
+             * freeze': ... the agent is in frozen state": the agent
+             * answered, and refused */
+            if (has(msg, "agent command") || has(msg, "guest agent"))
+                return -EOPNOTSUPP;
+            break;
+        default:
+            break;
+        }
+    }
+
     switch (e->code) {
     case CFS_VERR_NO_DOMAIN:
     case CFS_VERR_NO_DOMAIN_SNAPSHOT:
@@ -88,7 +117,11 @@ int cfs_lverr_errno(const struct cfs_lverr *e, enum cfs_lverr_op op)
         return -ENOTCONN;
     case CFS_VERR_NO_SUPPORT:
     case CFS_VERR_ARGUMENT_UNSUPPORTED:
+        /* also the agent's "QEMU guest agent is not configured" */
         return -EOPNOTSUPP;
+    case CFS_VERR_AGENT_UNRESPONSIVE:
+        /* an agent call made without OP_AGENT: the same decision */
+        return has(msg, "not available for now") ? -ETIMEDOUT : -EOPNOTSUPP;
     case CFS_VERR_RESOURCE_BUSY:
         return -EBUSY;
     case CFS_VERR_STORAGE_VOL_EXIST:

@@ -25,11 +25,13 @@ enum {
     CFS_VERR_NO_STORAGE_VOL = 50,
     CFS_VERR_OPERATION_INVALID = 55,
     CFS_VERR_CONFIG_UNSUPPORTED = 67,
+    CFS_VERR_OPERATION_TIMEOUT = 68,
     CFS_VERR_NO_DOMAIN_SNAPSHOT = 72,
     CFS_VERR_ARGUMENT_UNSUPPORTED = 74,
     CFS_VERR_AUTH_CANCELLED = 79,
     CFS_VERR_BLOCK_COPY_ACTIVE = 83,
     CFS_VERR_OPERATION_UNSUPPORTED = 84,
+    CFS_VERR_AGENT_UNRESPONSIVE = 86,
     CFS_VERR_RESOURCE_BUSY = 87,
     CFS_VERR_ACCESS_DENIED = 88,
     CFS_VERR_STORAGE_VOL_EXIST = 90,
@@ -47,6 +49,7 @@ enum cfs_lverr_op {
     CFS_LVERR_OP_ANY,    /* anything not below */
     CFS_LVERR_OP_JOB,    /* abort, set speed, job info of a disk's job */
     CFS_LVERR_OP_PIVOT,  /* pivot a disk's job */
+    CFS_LVERR_OP_AGENT,  /* a guest agent call (freeze, thaw) */
 };
 
 /* libvirt's virError, the fields that decide. */

@@ -169,6 +169,8 @@ static int disk_refusal(struct cfs_engine *e, const char *dom,
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
+    if (!disk || !*disk)
+        return dom_mkdir(e, dom, name);
     int r = cfs_name_validate(name);
     if (r < 0)
         return refuse(e, "mkdir", dom, disk, name, r,
@@ -768,6 +770,8 @@ struct rmdir_opts {
 static int rmdir_disk(struct cfs_engine *e, const char *dom, const char *disk,
                       const char *name, const struct rmdir_opts *o)
 {
+    if (!disk || !*disk)
+        return dom_rmdir(e, dom, name);
     int r = 0;
     const char *why = NULL;
     _cleanup_free_ char *why_buf = NULL;
@@ -2112,6 +2116,8 @@ static int ctl_merge_setting(struct cfs_engine *e, const char *dom,
 int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                    const struct cfs_ctl_cmd *cmd)
 {
+    if (!disk || !*disk)
+        return dom_ctl(e, dom, cmd);
     if (cmd->op == CFS_CTL_COPY)
         return ctl_copy(e, dom, disk, cmd);
 

@@ -911,6 +911,9 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     e->keep_merged = cfg->keep_merged;
     e->commit_bandwidth = cfg->bandwidth;
     e->live_pull = cfg->live_pull;
+    e->quiesce = cfg->quiesce;
+    e->quiesce_timeout = cfg->quiesce_timeout > CFS_QUIESCE_TIMEOUT_MAX
+                             ? CFS_QUIESCE_TIMEOUT_MAX : cfg->quiesce_timeout;
     e->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 3000;
     e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
     e->be = be;
@@ -1033,6 +1036,27 @@ int cfs_live_pull_from_string(const char *s, enum cfs_live_pull *out)
     for (size_t i = 0; s && i < ELEMENTSOF(live_pull_names); i++)
         if (cfs_streq(s, live_pull_names[i])) {
             *out = (enum cfs_live_pull)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+static const char *const quiesce_names[] = {
+    [CFS_QUIESCE_TRY] = "try",
+    [CFS_QUIESCE_REQUIRE] = "require",
+    [CFS_QUIESCE_OFF] = "off",
+};
+
+const char *cfs_quiesce_to_string(enum cfs_quiesce v)
+{
+    return (unsigned)v < ELEMENTSOF(quiesce_names) ? quiesce_names[v] : NULL;
+}
+
+int cfs_quiesce_from_string(const char *s, enum cfs_quiesce *out)
+{
+    for (size_t i = 0; s && i < ELEMENTSOF(quiesce_names); i++)
+        if (cfs_streq(s, quiesce_names[i])) {
+            *out = (enum cfs_quiesce)i;
             return 0;
         }
     return -EINVAL;

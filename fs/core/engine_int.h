@@ -126,6 +126,8 @@ struct cfs_engine {
     bool keep_merged;
     uint64_t commit_bandwidth; /* bytes/s every merge starts with, 0 = unlimited */
     enum cfs_live_pull live_pull;
+    enum cfs_quiesce quiesce;  /* -o quiesce (issue 10) */
+    unsigned quiesce_timeout;  /* -o quiesce_timeout, s; 0: libvirt's own */
     /* Why a running domain's merge may not pull (-o live_pull and the
      * QEMU version, decided at start), NULL if it may. */
     char *no_live_pull;
@@ -338,6 +340,11 @@ static inline bool copy_layers_done(const struct cfs_job *j)
     return j->type != CFS_JOB_COPY || j->copy_mode != CFS_COPY_CHAIN ||
            j->n_copied + 1 >= j->n_made;
 }
+
+/* domsnap.c (issue 10): the domain level */
+int dom_mkdir(struct cfs_engine *e, const char *dom, const char *name);
+int dom_rmdir(struct cfs_engine *e, const char *dom, const char *name);
+int dom_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd);
 
 /* recover.c */
 void recover_journal(struct cfs_engine *e);

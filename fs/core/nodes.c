@@ -13,6 +13,13 @@
  *         info, info.json  file  0444  the snapshot
  *         disk.raw         file  0400  its content as a raw disk image
  *                                      (issue 9; served, not rendered)
+ *   /DOM/job, job.json     file  0444  every disk's job (issue 10 §3.5)
+ *   /DOM/wait              file  0444  as job, once no disk has one
+ *   /DOM/ctl               file  0644  the domain's settings; commands
+ *   /DOM/snapshots         dir   0755  every snapshot name with a layer
+ *                                      in a disk; mkdir (all disks)
+ *     NAME                 dir   0555  one domain-level snapshot
+ *       info, info.json    file  0444  the snapshot, per disk
  * The 0644/0755 rows are writable by whoever may change snapshots (with
  * -o manage_group: 0664/0775, that group's).
  *
@@ -27,6 +34,7 @@
 #include "chainfs/model.h"
 #include "chainfs/nodes.h"
 #include "chainfs/render.h"
+#include "engine_int.h"
 
 /* ---- rendering files ------------------------------------------------------ */
 
@@ -58,14 +66,107 @@ static bool view_partial(const struct cfs_node_view *v)
                              v->disk->layers[v->layer].path);
 }
 
+/* libvirt's snapshot the layer of view V is (its metadata, else its
+ * name), or NULL */
+static const struct cfs_snap_info *view_snap(const struct cfs_node_view *v)
+{
+    const struct cfs_layer *l = v->layer >= 0 ? &v->disk->layers[v->layer] : NULL;
+    if (!l)
+        return NULL;
+    const struct cfs_snap_info *si = cfs_domain_find_snap(v->dom, l->meta_name);
+    return si ? si : cfs_domain_find_snap(v->dom, l->name);
+}
+
 static void render_info(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    cfs_render_info_text(out, v->dom, v->disk, v->layer, view_partial(v));
+    cfs_render_info_text(out, v->dom, v->disk, v->layer, view_partial(v),
+                         view_snap(v));
 }
 
 static void render_info_json(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    cfs_render_info_json(out, v->dom, v->disk, v->layer, view_partial(v));
+    cfs_render_info_json(out, v->dom, v->disk, v->layer, view_partial(v),
+                         view_snap(v));
+}
+
+/* ---- the domain's own files (issue 10) ---- */
+
+/* Where the view's snapshot is in each disk (caller frees). */
+static struct cfs_snap_where *dom_where(const struct cfs_node_view *v)
+{
+    const struct cfs_domain *d = v->dom;
+    struct cfs_snap_where *w = cfs_xcalloc(d->n_disks ? d->n_disks : 1, sizeof(*w));
+    for (size_t i = 0; i < d->n_disks; i++) {
+        const struct cfs_disk *dk = &d->disks[i];
+        const struct cfs_disk_state *s =
+            cfs_tree_find_disk_state(v->tree, d->name, dk->target);
+        w[i].disk = dk;
+        w[i].index = cfs_disk_find_snapshot(dk, v->snap);
+        if (w[i].index >= 0 && !cfs_layer_visible(dk, s, (size_t)w[i].index))
+            w[i].index = -1;
+        w[i].partial = w[i].index >= 0 && s &&
+                       cfs_strv_contains(s->partial_tops, dk->layers[w[i].index].path);
+    }
+    return w;
+}
+
+static void render_dom_info(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    _cleanup_free_ struct cfs_snap_where *w = dom_where(v);
+    cfs_render_dom_info_text(out, v->dom, v->snap,
+                             cfs_domain_find_snap(v->dom, v->snap), w,
+                             v->dom->n_disks);
+}
+
+static void render_dom_info_json(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    _cleanup_free_ struct cfs_snap_where *w = dom_where(v);
+    cfs_render_dom_info_json(out, v->dom, v->snap,
+                             cfs_domain_find_snap(v->dom, v->snap), w,
+                             v->dom->n_disks);
+}
+
+/* Each disk's part of <dom>/job: what its own `job` shows (caller
+ * frees). */
+static struct cfs_dom_disk_job *dom_jobs(const struct cfs_node_view *v)
+{
+    const struct cfs_domain *d = v->dom;
+    struct cfs_dom_disk_job *j = cfs_xcalloc(d->n_disks ? d->n_disks : 1, sizeof(*j));
+    for (size_t i = 0; i < d->n_disks; i++) {
+        const struct cfs_disk_state *s =
+            cfs_tree_find_disk_state(v->tree, d->name, d->disks[i].target);
+        j[i].disk = d->disks[i].target;
+        j[i].state = s;
+        j[i].job = s ? disk_shown_job(s) : NULL;
+    }
+    return j;
+}
+
+static void render_dom_job(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    _cleanup_free_ struct cfs_dom_disk_job *j = dom_jobs(v);
+    cfs_render_dom_job_text(out, v->dom, j, v->dom->n_disks,
+                            cfs_tree_find_thaw(v->tree, v->dom->name),
+                            v->tree->stale);
+}
+
+static void render_dom_job_json(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    _cleanup_free_ struct cfs_dom_disk_job *j = dom_jobs(v);
+    cfs_render_dom_job_json(out, v->dom, j, v->dom->n_disks,
+                            cfs_tree_find_thaw(v->tree, v->dom->name),
+                            v->tree->stale);
+}
+
+/* <dom>/ctl: the settings a domain-level operation goes by (the mount's:
+ * -o quiesce, -o quiesce_timeout) */
+static void render_dom_ctl(const struct cfs_node_view *v, struct cfs_buf *out)
+{
+    cfs_buf_printf(out, "quiesce:         %s\n", cfs_quiesce_to_string(v->quiesce));
+    if (v->quiesce_timeout)
+        cfs_buf_printf(out, "quiesce_timeout: %u s\n", v->quiesce_timeout);
+    else
+        cfs_buf_printf(out, "quiesce_timeout: libvirt's own\n");
 }
 
 void cfs_render_ctl(struct cfs_buf *b, const struct cfs_disk_state *s,
@@ -105,8 +206,13 @@ static void list_domains(const struct cfs_node_view *v, char ***names)
         cfs_strv_push(names, cfs_xstrdup(v->tree->doms[i]->name));
 }
 
+static void list_fixed(const struct cfs_node_view *v, enum cfs_node_kind k,
+                       char ***names);
+
+/* the domain's own files first, then its disks */
 static void list_disks(const struct cfs_node_view *v, char ***names)
 {
+    list_fixed(v, CFS_NODE_DOMAIN, names);
     for (size_t i = 0; i < v->dom->n_disks; i++)
         cfs_strv_push(names, cfs_xstrdup(v->dom->disks[i].target));
 }
@@ -146,6 +252,38 @@ static void list_snapshots(const struct cfs_node_view *v, char ***names)
     }
 }
 
+bool cfs_dom_snapshot_visible(struct cfs_tree *t, const struct cfs_domain *d,
+                              const char *name)
+{
+    for (size_t i = 0; d && name && i < d->n_disks; i++) {
+        const struct cfs_disk *dk = &d->disks[i];
+        int li = cfs_disk_find_snapshot(dk, name);
+        if (li >= 0 && cfs_layer_visible(dk, cfs_tree_find_disk_state(t, d->name, dk->target),
+                                         (size_t)li))
+            return true;
+    }
+    return false;
+}
+
+/* every name listed in a disk's snapshots/, once, in the disks' order
+ * (each disk's oldest first) */
+static void list_dom_snapshots(const struct cfs_node_view *v, char ***names)
+{
+    const struct cfs_domain *d = v->dom;
+    for (size_t k = 0; k < d->n_disks; k++) {
+        const struct cfs_disk *disk = &d->disks[k];
+        const struct cfs_disk_state *s =
+            cfs_tree_find_disk_state(v->tree, d->name, disk->target);
+        for (size_t i = disk->n_layers; i-- > 0;) {
+            const char *n = disk->layers[i].name;
+            if (n && !cfs_strv_contains(*names, n) &&
+                cfs_disk_find_snapshot(disk, n) == (int)i &&
+                cfs_layer_visible(disk, s, i))
+                cfs_strv_push(names, cfs_xstrdup(n));
+        }
+    }
+}
+
 static const struct cfs_node_type table[CFS_NODE_KIND_MAX];
 
 /* the rows with a fixed name in a directory of kind K, in table order
@@ -167,6 +305,11 @@ static void list_disk(const struct cfs_node_view *v, char ***names)
 static void list_snapshot(const struct cfs_node_view *v, char ***names)
 {
     list_fixed(v, CFS_NODE_SNAPSHOT, names);
+}
+
+static void list_dom_snapshot(const struct cfs_node_view *v, char ***names)
+{
+    list_fixed(v, CFS_NODE_DOM_SNAPSHOT, names);
 }
 
 /* ---- writes -------------------------------------------------------------- */
@@ -196,11 +339,12 @@ static ssize_t write_ctl(struct cfs_engine *e, const struct cfs_path *p,
             n += 3;
         }
         shown[n] = '\0';
-        log_warn("ctl %s/%s: \"%s\" refused (%s): %s", p->dom, p->disk, shown,
-                 strerror(-r), why ? why : "malformed");
+        log_warn("ctl %s%s%s: \"%s\" refused (%s): %s", p->dom,
+                 p->disk[0] ? "/" : "", p->disk, shown, strerror(-r),
+                 why ? why : "malformed");
         return r;
     }
-    r = cfs_engine_ctl(e, p->dom, p->disk, &cmd);
+    r = cfs_engine_ctl(e, p->dom, p->disk[0] ? p->disk : NULL, &cmd);
     if (r < 0)
         return r; /* the engine logged why */
     /* the engine logged the command done (one line, with dom/disk) */
@@ -254,6 +398,31 @@ static const struct cfs_node_type table[CFS_NODE_KIND_MAX] = {
     [CFS_NODE_DISK_RAW] = {
         .name = "disk.raw", .parent = CFS_NODE_SNAPSHOT, .mode = 0400,
         .image = true },
+    [CFS_NODE_DOM_JOB] = {
+        .name = "job", .parent = CFS_NODE_DOMAIN, .mode = 0444,
+        .render = render_dom_job },
+    [CFS_NODE_DOM_JOB_JSON] = {
+        .name = "job.json", .parent = CFS_NODE_DOMAIN, .mode = 0444,
+        .render = render_dom_job_json },
+    [CFS_NODE_DOM_WAIT] = {
+        .name = "wait", .parent = CFS_NODE_DOMAIN, .mode = 0444,
+        .blocks = true, .render = render_dom_job },
+    [CFS_NODE_DOM_CTL] = {
+        .name = "ctl", .parent = CFS_NODE_DOMAIN, .mode = 0644,
+        .managed = true, .render = render_dom_ctl, .write = write_ctl },
+    [CFS_NODE_DOM_SNAPDIR] = {
+        .name = "snapshots", .parent = CFS_NODE_DOMAIN, .dir = true,
+        .mode = 0755, .managed = true, .mkdir_rmdir = true,
+        .list = list_dom_snapshots },
+    [CFS_NODE_DOM_SNAPSHOT] = {
+        .parent = CFS_NODE_DOM_SNAPDIR, .dir = true, .mode = 0555,
+        .list = list_dom_snapshot },
+    [CFS_NODE_DOM_INFO] = {
+        .name = "info", .parent = CFS_NODE_DOM_SNAPSHOT, .mode = 0444,
+        .render = render_dom_info },
+    [CFS_NODE_DOM_INFO_JSON] = {
+        .name = "info.json", .parent = CFS_NODE_DOM_SNAPSHOT, .mode = 0444,
+        .render = render_dom_info_json },
 };
 
 const struct cfs_node_type *cfs_node_type(enum cfs_node_kind k)

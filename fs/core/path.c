@@ -5,9 +5,13 @@
  *   depth 0  /                         root
  *   depth 1  /DOM                      domain
  *   depth 2  /DOM/DISK                 disk
+ *            /DOM/FILE                 job, job.json, wait, ctl, snapshots
+ *                                      (the domain's own, issue 10)
  *   depth 3  /DOM/DISK/FILE            chain, chain.json, job, job.json,
  *                                      wait, ctl, snapshots
+ *            /DOM/snapshots/NAME       a domain-level snapshot
  *   depth 4  /DOM/DISK/snapshots/NAME  snapshot
+ *            /DOM/snapshots/NAME/FILE  info, info.json
  *   depth 5  .../NAME/FILE             info, info.json, disk.raw
  * Empty components ("//", a trailing "/") are ignored; "." and ".." name
  * nothing (FUSE resolves them before we see a path). Which name is what
@@ -52,6 +56,7 @@ int cfs_path_parse(const char *path, struct cfs_path *out)
             memcpy(p.disk, c, len);
             break;
         case CFS_NODE_SNAPSHOT:
+        case CFS_NODE_DOM_SNAPSHOT:
             memcpy(p.snap, c, len);
             break;
         default:

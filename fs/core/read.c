@@ -30,7 +30,9 @@ int view_resolve(struct cfs_engine *e, const struct cfs_path *p,
     struct cfs_tree *t = e->tree;
     *v = (struct cfs_node_view){ .tree = t, .layer = -1,
                                  .default_bandwidth = e->commit_bandwidth,
-                                 .images = engine_images(e) };
+                                 .images = engine_images(e),
+                                 .quiesce = e->quiesce,
+                                 .quiesce_timeout = e->quiesce_timeout };
     if (cfs_node_type(p->kind)->image && !v->images)
         return -ENOENT;
     if (p->kind == CFS_NODE_INVALID || p->kind >= CFS_NODE_KIND_MAX)
@@ -43,6 +45,14 @@ int view_resolve(struct cfs_engine *e, const struct cfs_path *p,
     v->dom = d;
     if (p->kind == CFS_NODE_DOMAIN)
         return 0;
+    if (!p->disk[0]) {
+        /* the domain's own nodes (issue 10): a snapshot is there while a
+         * disk shows it */
+        if (!p->snap[0])
+            return 0;
+        v->snap = p->snap;
+        return cfs_dom_snapshot_visible(t, d, p->snap) ? 0 : -ENOENT;
+    }
     struct cfs_disk *disk = cfs_domain_find_disk(d, p->disk);
     if (!disk)
         return -ENOENT;
@@ -123,10 +133,59 @@ int cfs_engine_read(struct cfs_engine *e, const struct cfs_path *p,
     return r;
 }
 
+/* Whether DOM/DISK has work in progress: a job (chainfs's own, or one
+ * chainfs did not start: external_check() broadcasts `changed` when it
+ * ends) or deletions queued (issue 8 §3.5). Caller holds the lock. */
+static bool disk_busy(const struct cfs_disk_state *s)
+{
+    return s && (cfs_job_phase_in_progress(s->job.phase) ||
+                 s->external.type != CFS_JOB_NONE || s->n_queue > 0);
+}
+
+/* The domain's `wait` (issue 10): until no disk of DOM is busy, then the
+ * domain's `job`. */
+static int wait_domain(struct cfs_engine *e, const char *dom,
+                       bool (*interrupted)(void *arg), void *arg,
+                       struct cfs_buf *out)
+{
+    struct cfs_tree *t = e->tree;
+    int r = 0;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        struct cfs_domain *d = cfs_tree_find_domain(t, dom);
+        if (!d) {
+            r = -ENOENT;
+            break;
+        }
+        bool busy = false;
+        for (size_t i = 0; !busy && i < d->n_disks; i++)
+            busy = disk_busy(cfs_tree_find_disk_state(t, dom, d->disks[i].target));
+        if (!busy) {
+            struct cfs_node_view v;
+            struct cfs_path p = { .kind = CFS_NODE_DOM_WAIT };
+            snprintf(p.dom, sizeof(p.dom), "%s", dom);
+            r = view_resolve(e, &p, &v);
+            if (r == 0)
+                cfs_node_type(CFS_NODE_DOM_WAIT)->render(&v, out);
+            break;
+        }
+        if (interrupted && interrupted(arg)) {
+            r = -EINTR;
+            break;
+        }
+        struct timespec ts = deadline_in(100);
+        pthread_cond_timedwait(&t->changed, &t->lock, &ts);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
 int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
                     bool (*interrupted)(void *arg), void *arg,
                     struct cfs_buf *out)
 {
+    if (!disk || !*disk)
+        return wait_domain(e, dom, interrupted, arg, out);
     struct cfs_tree *t = e->tree;
     int r = 0;
     pthread_mutex_lock(&t->lock);
@@ -137,11 +196,7 @@ int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
             break;
         }
         struct cfs_disk_state *s = cfs_tree_find_disk_state(t, dom, disk);
-        /* no job in progress on the disk: neither chainfs's own nor one
-         * chainfs did not start (external; external_check() broadcasts
-         * `changed` when it ends), and no deletion queued (issue 8 §3.5) */
-        if (!s || (!cfs_job_phase_in_progress(s->job.phase) &&
-                   s->external.type == CFS_JOB_NONE && s->n_queue == 0)) {
+        if (!disk_busy(s)) {
             struct cfs_node_view v = {
                 .tree = t, .dom = d, .disk = cfs_domain_find_disk(d, disk),
                 .state = s, .job = shown_job(s), .layer = -1,

@@ -12,6 +12,7 @@
 #include <json-c/json.h>
 
 #include "chainfs/render.h"
+#include "chainfs/snapdesc.h"
 #include "chainfs/tree.h"
 
 #define BAR_WIDTH 20
@@ -484,8 +485,11 @@ void cfs_render_job_json(struct cfs_buf *b, const struct cfs_job *job,
     cfs_render_job_queue_json(b, job, NULL, stale);
 }
 
-void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
-                               const struct cfs_disk_state *s, bool stale)
+/* A disk's job.json object; DISK (may be NULL) first as "disk". */
+static struct json_object *job_queue_object(const char *disk,
+                                            const struct cfs_job *job,
+                                            const struct cfs_disk_state *s,
+                                            bool stale)
 {
     size_t n_queue = s ? s->n_queue : 0;
     size_t n_returned = s ? s->n_returned : 0;
@@ -495,6 +499,8 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
     struct json_object *o = json_object_new_object();
     bool none = job_absent(job);
 
+    if (disk)
+        json_put_str(o, "disk", disk);
     json_put_str(o, "type", none ? "none" : cfs_job_type_to_string(job->type));
     json_put_str(o, "state", none ? "none" : cfs_job_phase_to_string(job->phase));
     json_put_str(o, "snapshot", none ? NULL : job->snapshot);
@@ -577,7 +583,13 @@ void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
     }
     json_object_object_add(o, "readers", rda);
     json_put_bool(o, "stale", stale);
-    json_emit(b, o);
+    return o;
+}
+
+void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
+                               const struct cfs_disk_state *s, bool stale)
+{
+    json_emit(b, job_queue_object(NULL, job, s, stale));
 }
 
 /* ---- info ---------------------------------------------------------------- */
@@ -590,9 +602,101 @@ static const struct cfs_layer *info_layer(const struct cfs_disk *disk,
     return &disk->layers[index];
 }
 
+/* ---- how a snapshot was taken (issue 10 §2.6) ---- */
+
+/* The disks SNAP took: its description's list, else the disks libvirt's
+ * metadata names external (NULL-terminated; caller frees). */
+static char **taken_disks(const struct cfs_snap_info *snap,
+                          const struct cfs_snapdesc *desc)
+{
+    char **v = NULL;
+    if (desc->disks) {
+        for (char **p = desc->disks; *p; p++)
+            cfs_strv_push(&v, cfs_xstrdup(*p));
+        return v;
+    }
+    for (size_t i = 0; snap && i < snap->n_disks; i++)
+        if (cfs_streq(snap->disks[i].snapshot, "external") && snap->disks[i].target)
+            cfs_strv_push(&v, cfs_xstrdup(snap->disks[i].target));
+    return v;
+}
+
+/* `taken:` — "disk", "domain (vda, vdb; not: hdc cdrom, vdc read-only)",
+ * or NULL when not known. */
+static char *taken_text(const struct cfs_snap_info *snap,
+                        const struct cfs_snapdesc *desc)
+{
+    if (desc->scope == CFS_SCOPE_UNKNOWN)
+        return NULL;
+    if (desc->scope == CFS_SCOPE_DISK)
+        return cfs_xstrdup("disk");
+    struct cfs_buf t = { 0 };
+    _cleanup_strv_ char **disks = taken_disks(snap, desc);
+    cfs_buf_printf(&t, "domain (");
+    for (char **p = disks; p && *p; p++) {
+        if (p != disks)
+            cfs_buf_printf(&t, ", ");
+        cfs_buf_put_escaped(&t, *p);
+    }
+    for (size_t i = 0; i < desc->n_excluded; i++) {
+        cfs_buf_printf(&t, "%s", i == 0 ? (disks ? "; not: " : "not: ") : ", ");
+        cfs_buf_put_escaped(&t, desc->excluded[i].target);
+        cfs_buf_put(&t, " ", 1);
+        cfs_buf_put_escaped(&t, desc->excluded[i].why);
+    }
+    cfs_buf_printf(&t, ")");
+    return cfs_buf_steal(&t);
+}
+
+/* quiesced, quiesce, taken */
+static void kv_taken(struct kv_block *kv, const struct cfs_snap_info *snap)
+{
+    struct cfs_snapdesc desc;
+    cfs_snapdesc_parse(snap ? snap->description : NULL, &desc);
+    kv_str(kv, "quiesced", desc.quiesced == 1 ? "yes" : desc.quiesced == 0 ? "no" : NULL);
+    char *q = cfs_snapdesc_quiesce_text(&desc);
+    kv_take(kv, "quiesce", text_value(q));
+    free(q);
+    char *t = taken_text(snap, &desc);
+    if (t)
+        kv_take(kv, "taken", t);
+    else
+        kv_str(kv, "taken", NULL);
+    cfs_snapdesc_clear(&desc);
+}
+
+static void json_taken(struct json_object *o, const struct cfs_snap_info *snap)
+{
+    struct cfs_snapdesc desc;
+    cfs_snapdesc_parse(snap ? snap->description : NULL, &desc);
+    json_object_object_add(o, "quiesced", desc.quiesced < 0 ? NULL
+                               : json_object_new_boolean(desc.quiesced == 1));
+    json_put_str(o, "quiesce_reason", desc.quiesced == 0 ? desc.reason : NULL);
+    if (desc.quiesced == 1)
+        json_put_int(o, "filesystems", desc.filesystems);
+    else
+        json_put_str(o, "filesystems", NULL);
+    json_put_str(o, "scope", desc.scope == CFS_SCOPE_DOMAIN ? "domain"
+                             : desc.scope == CFS_SCOPE_DISK ? "disk" : NULL);
+    _cleanup_strv_ char **disks = taken_disks(snap, &desc);
+    struct json_object *da = json_object_new_array();
+    for (char **p = disks; p && *p; p++)
+        json_object_array_add(da, json_object_new_string(*p));
+    json_object_object_add(o, "disks", da);
+    struct json_object *ea = json_object_new_array();
+    for (size_t i = 0; i < desc.n_excluded; i++) {
+        struct json_object *x = json_object_new_object();
+        json_put_str(x, "disk", desc.excluded[i].target);
+        json_put_str(x, "why", desc.excluded[i].why);
+        json_object_array_add(ea, x);
+    }
+    json_object_object_add(o, "excluded", ea);
+    cfs_snapdesc_clear(&desc);
+}
+
 void cfs_render_info_text(struct cfs_buf *b, const struct cfs_domain *d,
                           const struct cfs_disk *disk, int index,
-                          bool partial)
+                          bool partial, const struct cfs_snap_info *snap)
 {
     struct kv_block kv = { 0 };
     const struct cfs_layer *l = info_layer(disk, index);
@@ -610,12 +714,13 @@ void cfs_render_info_text(struct cfs_buf *b, const struct cfs_domain *d,
     kv_take(&kv, "depth", l ? cfs_xasprintf("%d", index) : cfs_xstrdup("-"));
     kv_str(&kv, "active", l && index == 0 ? "yes" : "no");
     kv_str(&kv, "source", l && l->name ? cfs_name_source_to_string(l->name_source) : NULL);
+    kv_taken(&kv, snap);
     kv_render(b, &kv);
 }
 
 void cfs_render_info_json(struct cfs_buf *b, const struct cfs_domain *d,
                           const struct cfs_disk *disk, int index,
-                          bool partial)
+                          bool partial, const struct cfs_snap_info *snap)
 {
     struct json_object *o = json_object_new_object();
     const struct cfs_layer *l = info_layer(disk, index);
@@ -638,5 +743,199 @@ void cfs_render_info_json(struct cfs_buf *b, const struct cfs_domain *d,
         json_put_str(o, "depth", NULL);
     json_put_bool(o, "active", l && index == 0);
     json_put_str(o, "name_source", l && l->name ? cfs_name_source_to_string(l->name_source) : NULL);
+    json_taken(o, snap);
+    json_emit(b, o);
+}
+
+/* ---- the domain's own files (issue 10) ------------------------------------ */
+
+/* A row of <dom>/snapshots/NAME/info: W's disk and its state there, or
+ * false for a disk the snapshot is not in. */
+static bool dom_row(const struct cfs_snap_info *snap, char **taken,
+                    const struct cfs_snap_where *w, const char **state,
+                    const struct cfs_layer **layer)
+{
+    *layer = NULL;
+    if (!w->disk)
+        return false;
+    if (w->index >= 0 && (size_t)w->index < disk_n_layers(w->disk)) {
+        *layer = &w->disk->layers[w->index];
+        *state = w->partial ? "partial" : "ok";
+        return true;
+    }
+    /* its layer left the disk's chain: merged by an rmdir in the disk's
+     * snapshots/ (libvirt's metadata or chainfs's line still names it) */
+    bool named = cfs_strv_contains(taken, w->disk->target);
+    for (size_t i = 0; !named && snap && i < snap->n_disks; i++)
+        named = cfs_streq(snap->disks[i].target, w->disk->target) &&
+                cfs_streq(snap->disks[i].snapshot, "external");
+    *state = "merged";
+    return named;
+}
+
+void cfs_render_dom_info_text(struct cfs_buf *b, const struct cfs_domain *d,
+                              const char *name, const struct cfs_snap_info *snap,
+                              const struct cfs_snap_where *where, size_t n)
+{
+    struct kv_block kv = { 0 };
+    struct cfs_snapdesc desc;
+    cfs_snapdesc_parse(snap ? snap->description : NULL, &desc);
+    _cleanup_strv_ char **taken = taken_disks(snap, &desc);
+
+    kv_str(&kv, "name", name);
+    kv_str(&kv, "domain", d ? d->name : NULL);
+    kv_str(&kv, "state", "ok");
+    kv_take(&kv, "created", time_value(snap ? snap->created : 0));
+    kv_taken(&kv, snap);
+    kv_render(b, &kv);
+    cfs_snapdesc_clear(&desc);
+
+    /* DISK  STATE  FILE, columns aligned by their widest cell */
+    enum { C_DISK, C_STATE, C_FILE, C_MAX };
+    static const char *const head[C_MAX] = { "DISK", "STATE", "FILE" };
+    _cleanup_free_ char **cell = cfs_xcalloc((n + 1) * C_MAX, sizeof(char *));
+    size_t rows = 1, width[C_MAX] = { 0 };
+    for (size_t c = 0; c < C_MAX; c++)
+        cell[c] = cfs_xstrdup(head[c]);
+    for (size_t i = 0; i < n; i++) {
+        const char *state;
+        const struct cfs_layer *l;
+        if (!dom_row(snap, taken, &where[i], &state, &l))
+            continue;
+        char **row = &cell[rows++ * C_MAX];
+        row[C_DISK] = text_value(where[i].disk->target);
+        row[C_STATE] = cfs_xstrdup(state);
+        row[C_FILE] = text_value(l ? cfs_file_display(&l->id, l->path) : NULL);
+    }
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < C_MAX; c++)
+            if (text_width(cell[r * C_MAX + c]) > width[c])
+                width[c] = text_width(cell[r * C_MAX + c]);
+    cfs_buf_put(b, "\n", 1);
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t c = 0; c < C_MAX; c++) {
+            char *s = cell[r * C_MAX + c];
+            if (c > 0)
+                put_spaces(b, 2);
+            cfs_buf_put(b, s, strlen(s));
+            if (c + 1 < C_MAX)
+                put_spaces(b, width[c] - text_width(s));
+            free(s);
+        }
+        cfs_buf_put(b, "\n", 1);
+    }
+}
+
+void cfs_render_dom_info_json(struct cfs_buf *b, const struct cfs_domain *d,
+                              const char *name, const struct cfs_snap_info *snap,
+                              const struct cfs_snap_where *where, size_t n)
+{
+    struct json_object *o = json_object_new_object();
+    struct cfs_snapdesc desc;
+    cfs_snapdesc_parse(snap ? snap->description : NULL, &desc);
+    _cleanup_strv_ char **taken = taken_disks(snap, &desc);
+    cfs_snapdesc_clear(&desc);
+
+    json_put_str(o, "name", name);
+    json_put_str(o, "domain", d ? d->name : NULL);
+    json_put_str(o, "state", "ok");
+    json_put_time(o, "created", snap ? snap->created : 0);
+    json_taken(o, snap);
+    struct json_object *la = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        const char *state;
+        const struct cfs_layer *l;
+        if (!dom_row(snap, taken, &where[i], &state, &l))
+            continue;
+        struct json_object *x = json_object_new_object();
+        json_put_str(x, "disk", where[i].disk->target);
+        json_put_str(x, "state", state);
+        json_put_str(x, "file", l ? cfs_file_display(&l->id, l->path) : NULL);
+        const struct cfs_layer *below = l ? info_layer(where[i].disk, where[i].index + 1) : NULL;
+        json_put_str(x, "frozen", below ? cfs_file_display(&below->id, below->path) : NULL);
+        if (l)
+            json_put_int(x, "depth", where[i].index);
+        else
+            json_put_str(x, "depth", NULL);
+        json_object_array_add(la, x);
+    }
+    json_object_object_add(o, "layers", la);
+    json_emit(b, o);
+}
+
+/* The domain block of <dom>/job: `state` (of a group: none yet) and a
+ * thaw owed. */
+static void kv_dom_block(struct kv_block *kv, const struct cfs_domain *d,
+                         const struct cfs_thaw_owed *thaw, bool stale)
+{
+    kv_str(kv, "domain", d ? d->name : NULL);
+    kv_str(kv, "state", "none");
+    if (thaw) {
+        char since[64];
+        cfs_format_time(thaw->since, since, sizeof(since));
+        struct cfs_buf t = { 0 };
+        cfs_buf_printf(&t, "owed since %s (%u failed attempt%s)",
+                       since[0] ? since : "-", thaw->attempts,
+                       thaw->attempts == 1 ? "" : "s");
+        if (thaw->error) {
+            cfs_buf_printf(&t, ", last error: ");
+            cfs_buf_put_escaped(&t, thaw->error);
+        }
+        kv_take(kv, "thaw", cfs_buf_steal(&t));
+    }
+    if (stale)
+        kv_str(kv, "stale", "yes");
+}
+
+void cfs_render_dom_job_text(struct cfs_buf *b, const struct cfs_domain *d,
+                             const struct cfs_dom_disk_job *disks, size_t n,
+                             const struct cfs_thaw_owed *thaw, bool stale)
+{
+    struct kv_block kv = { 0 };
+    kv_dom_block(&kv, d, thaw, stale);
+    kv_render(b, &kv);
+    for (size_t i = 0; i < n; i++) {
+        cfs_buf_printf(b, "\ndisk: ");
+        cfs_buf_put_escaped(b, disks[i].disk);
+        cfs_buf_put(b, "\n", 1);
+        /* the disk's own `job`, each line indented by two (stale is said
+         * once, above) */
+        _cleanup_buf_ struct cfs_buf j = { 0 };
+        cfs_render_job_queue_text(&j, disks[i].job, disks[i].state, false);
+        for (const char *l = j.data; l && *l;) {
+            size_t len = strcspn(l, "\n");
+            cfs_buf_put(b, "  ", 2);
+            cfs_buf_put(b, l, len);
+            cfs_buf_put(b, "\n", 1);
+            l += len;
+            if (*l == '\n')
+                l++;
+        }
+    }
+}
+
+void cfs_render_dom_job_json(struct cfs_buf *b, const struct cfs_domain *d,
+                             const struct cfs_dom_disk_job *disks, size_t n,
+                             const struct cfs_thaw_owed *thaw, bool stale)
+{
+    struct json_object *o = json_object_new_object();
+    json_put_str(o, "domain", d ? d->name : NULL);
+    json_put_str(o, "state", "none");
+    json_object_object_add(o, "group", NULL);
+    if (thaw) {
+        struct json_object *t = json_object_new_object();
+        json_put_time(t, "since", thaw->since);
+        json_put_int(t, "attempts", thaw->attempts);
+        json_put_str(t, "error", thaw->error);
+        json_object_object_add(o, "thaw", t);
+    } else {
+        json_object_object_add(o, "thaw", NULL);
+    }
+    struct json_object *da = json_object_new_array();
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(da, job_queue_object(disks[i].disk, disks[i].job,
+                                                   disks[i].state, stale));
+    json_object_object_add(o, "disks", da);
+    json_put_bool(o, "stale", stale);
     json_emit(b, o);
 }

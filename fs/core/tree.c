@@ -87,6 +87,11 @@ struct cfs_tree *cfs_tree_free(struct cfs_tree *t)
     for (size_t i = 0; i < t->n_groups; i++)
         cfs_group_free(t->groups[i]);
     free(t->groups);
+    for (size_t i = 0; i < t->n_thaws; i++) {
+        free(t->thaws[i].dom);
+        free(t->thaws[i].error);
+    }
+    free(t->thaws);
     pthread_mutex_destroy(&t->lock);
     pthread_cond_destroy(&t->changed);
     free(t);
@@ -371,4 +376,45 @@ void cfs_tree_remove_group(struct cfs_tree *t, const char *id)
             t->generation++;
             return;
         }
+}
+
+struct cfs_thaw_owed *cfs_tree_find_thaw(struct cfs_tree *t, const char *dom)
+{
+    for (size_t i = 0; dom && i < t->n_thaws; i++)
+        if (strcmp(t->thaws[i].dom, dom) == 0)
+            return &t->thaws[i];
+    return NULL;
+}
+
+struct cfs_thaw_owed *cfs_tree_owe_thaw(struct cfs_tree *t, const char *dom,
+                                        int64_t since, const char *error)
+{
+    struct cfs_thaw_owed *o = cfs_tree_find_thaw(t, dom);
+    if (!o) {
+        t->thaws = cfs_xrealloc(t->thaws, (t->n_thaws + 1) * sizeof(*t->thaws));
+        o = &t->thaws[t->n_thaws++];
+        *o = (struct cfs_thaw_owed){ .dom = cfs_xstrdup(dom), .since = since };
+    }
+    if (error) {
+        free(o->error);
+        o->error = cfs_xstrdup(error);
+    }
+    t->generation++;
+    return o;
+}
+
+bool cfs_tree_drop_thaw(struct cfs_tree *t, const char *dom)
+{
+    struct cfs_thaw_owed *o = cfs_tree_find_thaw(t, dom);
+    if (!o)
+        return false;
+    free(o->dom);
+    free(o->error);
+    *o = t->thaws[--t->n_thaws];
+    if (t->n_thaws == 0) {
+        free(t->thaws);
+        t->thaws = NULL;
+    }
+    t->generation++;
+    return true;
 }

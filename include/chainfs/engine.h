@@ -42,6 +42,25 @@ enum cfs_live_pull {
 int cfs_live_pull_from_string(const char *s, enum cfs_live_pull *out);
 const char *cfs_live_pull_to_string(enum cfs_live_pull v);
 
+/* -o quiesce (issue 10 §2.4): does a mkdir freeze the guest's
+ * filesystems through its agent first? */
+enum cfs_quiesce {
+    CFS_QUIESCE_TRY = 0,     /* yes where an agent answers, else
+                                crash-consistent (logged, in info) */
+    CFS_QUIESCE_REQUIRE,     /* yes, or the mkdir fails (EOPNOTSUPP,
+                                ETIMEDOUT) and nothing changes */
+    CFS_QUIESCE_OFF,         /* never asked */
+};
+
+/* "try", "require", "off"; 0 and *OUT, or -EINVAL. */
+int cfs_quiesce_from_string(const char *s, enum cfs_quiesce *out);
+const char *cfs_quiesce_to_string(enum cfs_quiesce v);
+
+/* -o quiesce_timeout=S: the default, and the largest S taken (0 leaves
+ * libvirt's agent timeout alone). */
+#define CFS_QUIESCE_TIMEOUT_DEFAULT 10
+#define CFS_QUIESCE_TIMEOUT_MAX 300
+
 struct cfs_engine_config {
     const char *overlay_dir;   /* NULL: beside the disk's active image */
     const char *state_dir;     /* journal directory */
@@ -51,6 +70,12 @@ struct cfs_engine_config {
     uint64_t bandwidth;        /* bytes/s every merge starts with (-o
                                   bandwidth=N), 0 = unlimited */
     enum cfs_live_pull live_pull; /* -o live_pull */
+    enum cfs_quiesce quiesce;  /* -o quiesce (issue 10) */
+    /* -o quiesce_timeout: seconds libvirt waits for the guest agent,
+     * set before every freeze; 0 = leave libvirt's setting alone (what a
+     * zeroed config means; the mount's default is
+     * CFS_QUIESCE_TIMEOUT_DEFAULT). */
+    unsigned quiesce_timeout;
     /* Serves snapshots/NAME/disk.raw (issue 9); NULL: no disk.raw. The
      * engine owns it once cfs_engine_new succeeded. */
     struct cfs_imgserve *imgserve;
@@ -92,11 +117,16 @@ int cfs_engine_readdir(struct cfs_engine *e, const struct cfs_path *p,
 int cfs_engine_read(struct cfs_engine *e, const struct cfs_path *p,
                     struct cfs_buf *out);
 /* Block until the disk has no job in progress (or INTERRUPTED(ARG) says
- * stop: -EINTR), then render `job` into OUT. */
+ * stop: -EINTR), then render `job` into OUT. DISK NULL or "": the
+ * domain's `wait` (no disk of DOM has a job in progress, then the
+ * domain's `job`). */
 int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
                     bool (*interrupted)(void *arg), void *arg,
                     struct cfs_buf *out);
 
+/* DISK NULL or "": the domain level, <dom>/snapshots/NAME (issue 10:
+ * mkdir takes one snapshot of every disk that can have one; rmdir is
+ * not built yet: -EOPNOTSUPP, logged). */
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
@@ -123,6 +153,8 @@ int cfs_engine_rmdir_domain(struct cfs_engine *e, const char *dom,
  * Settings (pivot manual/auto, a job's bandwidth) are journaled. */
 int cfs_engine_ctl(struct cfs_engine *e, const char *dom, const char *disk,
                    const struct cfs_ctl_cmd *cmd);
+/* DISK NULL or "" is the domain's ctl (<dom>/ctl, issue 10): -EINVAL for
+ * a command that is not one of a domain's (logged). */
 
 /* Bumped on every change of what any file shows (tree lock inside). */
 unsigned long cfs_engine_generation(struct cfs_engine *e);

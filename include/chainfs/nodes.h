@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "chainfs/engine.h"
 #include "chainfs/path.h"
 #include "chainfs/tree.h"
 #include "chainfs/util.h"
@@ -18,8 +19,9 @@ struct cfs_engine;
 
 /* What a node's render or list function sees. The caller holds the tree
  * lock and resolved the path: DOM is set below the root, DISK below a
- * domain, LAYER (a visible snapshot's index in DISK) for a snapshot and
- * its files, else -1. */
+ * domain (NULL for the domain's own nodes), LAYER (a visible snapshot's
+ * index in DISK) for a snapshot and its files, else -1; SNAP the
+ * snapshot's name for a domain-level snapshot and its files. */
 struct cfs_node_view {
     struct cfs_tree *tree;
     const struct cfs_domain *dom;
@@ -30,6 +32,9 @@ struct cfs_node_view {
     uint64_t default_bandwidth;         /* -o bandwidth: merges start with it */
     bool images;                        /* disk.raw is served (an image
                                            server, local files) */
+    const char *snap;                   /* <dom>/snapshots/NAME: NAME */
+    enum cfs_quiesce quiesce;           /* -o quiesce (<dom>/ctl shows it) */
+    unsigned quiesce_timeout;           /* -o quiesce_timeout */
 };
 
 struct cfs_node_type {
@@ -72,6 +77,12 @@ const struct cfs_node_type *cfs_node_type(enum cfs_node_kind k);
  * Caller holds the tree lock. */
 bool cfs_layer_visible(const struct cfs_disk *disk,
                        const struct cfs_disk_state *s, size_t i);
+
+/* Whether snapshot NAME shows in <dom>/snapshots/: a visible layer of
+ * that name in at least one disk of D (issue 10). Caller holds the tree
+ * lock. */
+bool cfs_dom_snapshot_visible(struct cfs_tree *t, const struct cfs_domain *d,
+                              const char *name);
 
 /* What reading a disk's ctl shows (docs/FILES.md); caller holds the
  * tree lock. */

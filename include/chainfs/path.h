@@ -20,13 +20,22 @@ enum cfs_node_kind {
     CFS_NODE_INFO,       /* /dom/vda/snapshots/NAME/info      */
     CFS_NODE_INFO_JSON,  /* /dom/vda/snapshots/NAME/info.json */
     CFS_NODE_DISK_RAW,   /* /dom/vda/snapshots/NAME/disk.raw  */
+    /* issue 10: the domain's own files (design issue10 §2, §3.5) */
+    CFS_NODE_DOM_JOB,    /* /dom/job                  */
+    CFS_NODE_DOM_JOB_JSON, /* /dom/job.json           */
+    CFS_NODE_DOM_WAIT,   /* /dom/wait                 */
+    CFS_NODE_DOM_CTL,    /* /dom/ctl                  */
+    CFS_NODE_DOM_SNAPDIR, /* /dom/snapshots           */
+    CFS_NODE_DOM_SNAPSHOT, /* /dom/snapshots/NAME     */
+    CFS_NODE_DOM_INFO,   /* /dom/snapshots/NAME/info      */
+    CFS_NODE_DOM_INFO_JSON, /* /dom/snapshots/NAME/info.json */
     CFS_NODE_KIND_MAX,
 };
 
 struct cfs_path {
     enum cfs_node_kind kind;
     char dom[256];
-    char disk[256];
+    char disk[256];       /* "" for the domain's own nodes (CFS_NODE_DOM_*) */
     char snap[256];
 };
 

@@ -31,10 +31,51 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
 void cfs_render_job_queue_json(struct cfs_buf *b, const struct cfs_job *job,
                                const struct cfs_disk_state *s, bool stale);
 /* Snapshot at layer INDEX of DISK. PARTIAL: a failed merge already wrote
- * part of it into the layer below. */
+ * part of it into the layer below. SNAP (may be NULL: not known) is
+ * libvirt's snapshot of that name: its description carries how it was
+ * taken (snapdesc.h: `quiesced`, `quiesce`, `taken`, issue 10 §2.6). */
 void cfs_render_info_text(struct cfs_buf *b, const struct cfs_domain *d,
                           const struct cfs_disk *disk, int index,
-                          bool partial);
+                          bool partial, const struct cfs_snap_info *snap);
 void cfs_render_info_json(struct cfs_buf *b, const struct cfs_domain *d,
                           const struct cfs_disk *disk, int index,
-                          bool partial);
+                          bool partial, const struct cfs_snap_info *snap);
+
+/* ---- the domain's own files (issue 10) ---- */
+
+/* Where snapshot NAME is in one disk of the domain: layer INDEX of DISK
+ * (-1: the disk has no layer of that name), PARTIAL as above. */
+struct cfs_snap_where {
+    const struct cfs_disk *disk;
+    int index;
+    bool partial;
+};
+
+/* <dom>/snapshots/NAME/info(.json): the facts of `info` that are the
+ * snapshot's, then one row per disk of D: WHERE[0..N) in the domain's
+ * disk order; a disk without the layer is `merged` when SNAP or its
+ * description names it as taken, else left out. */
+void cfs_render_dom_info_text(struct cfs_buf *b, const struct cfs_domain *d,
+                              const char *name, const struct cfs_snap_info *snap,
+                              const struct cfs_snap_where *where, size_t n);
+void cfs_render_dom_info_json(struct cfs_buf *b, const struct cfs_domain *d,
+                              const char *name, const struct cfs_snap_info *snap,
+                              const struct cfs_snap_where *where, size_t n);
+
+/* One disk's part of <dom>/job: what the disk's own `job` shows. */
+struct cfs_dom_disk_job {
+    const char *disk;
+    const struct cfs_job *job;          /* may be NULL: none */
+    const struct cfs_disk_state *state; /* may be NULL */
+};
+
+/* <dom>/job(.json): the domain's block (state, a thaw owed: THAW may be
+ * NULL), then each disk's job as its `job` shows it, indented under
+ * `disk: NAME`. */
+struct cfs_thaw_owed;
+void cfs_render_dom_job_text(struct cfs_buf *b, const struct cfs_domain *d,
+                             const struct cfs_dom_disk_job *disks, size_t n,
+                             const struct cfs_thaw_owed *thaw, bool stale);
+void cfs_render_dom_job_json(struct cfs_buf *b, const struct cfs_domain *d,
+                             const struct cfs_dom_disk_job *disks, size_t n,
+                             const struct cfs_thaw_owed *thaw, bool stale);

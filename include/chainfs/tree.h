@@ -173,6 +173,19 @@ struct cfs_group *cfs_group_free(struct cfs_group *g);
 struct cfs_group_member *cfs_group_find_member(struct cfs_group *g,
                                                const char *disk);
 
+/* Issue 10 §2.4: a domain chainfs froze (or may have: a freeze that
+ * timed out can complete in the guest later) and could not thaw yet. The
+ * engine retries the thaw in the background until it answers or the
+ * domain stops; `<dom>/job` shows it. */
+struct cfs_thaw_owed {
+    char *dom;
+    int64_t since;           /* unix seconds: owed since */
+    char *error;             /* the last failed attempt's message */
+    unsigned attempts;       /* failed attempts so far */
+    int64_t next_ms;         /* monotonic ms of the next attempt */
+    bool queued;             /* an attempt is queued on the domain's worker */
+};
+
 struct cfs_tree {
     pthread_mutex_t lock;
     pthread_cond_t changed;   /* broadcast on every job state change */
@@ -185,6 +198,8 @@ struct cfs_tree {
                                   most one per domain and snapshot name */
     size_t n_groups;
     unsigned long generation; /* bumped on every change */
+    struct cfs_thaw_owed *thaws; /* issue 10: domains owed a thaw */
+    size_t n_thaws;
 };
 
 struct cfs_tree *cfs_tree_new(void);
@@ -214,6 +229,14 @@ struct cfs_group *cfs_tree_domain_group(struct cfs_tree *t, const char *dom,
 /* Remove and free the group with id ID (no-op if absent). */
 void cfs_tree_remove_group(struct cfs_tree *t, const char *id);
 
+/* Issue 10: DOM's owed thaw, or NULL. */
+struct cfs_thaw_owed *cfs_tree_find_thaw(struct cfs_tree *t, const char *dom);
+/* DOM owes a thaw (created with SINCE if it did not; ERROR replaces the
+ * last one, may be NULL). */
+struct cfs_thaw_owed *cfs_tree_owe_thaw(struct cfs_tree *t, const char *dom,
+                                        int64_t since, const char *error);
+/* DOM's thaw is no longer owed; true if it was. */
+bool cfs_tree_drop_thaw(struct cfs_tree *t, const char *dom);
 /* The first disk of any domain whose chain has file ID/PATH (same file
  * by cfs_file_same), leaving out disk EXCEPT_DISK of domain EXCEPT_DOM
  * (the whole of EXCEPT_DOM if EXCEPT_DISK is NULL); *DOM_OUT is its

@@ -54,6 +54,12 @@ enum fake_op {
     OP_PERSISTENT_SOURCE_SET,
     OP_IMAGE_COPY_DATA,
     OP_SNAPSHOT_DOMAIN_SOURCE,
+    OP_SNAPSHOT_CREATE_MULTI,
+    OP_AGENT_SET_TIMEOUT,
+    OP_AGENT_FREEZE,            /* agent_fs(thaw = false) */
+    OP_AGENT_THAW,              /* agent_fs(thaw = true) */
+    OP_PERSISTENT_SOURCES_SET,
+    OP_SNAPSHOT_RETARGET_MULTI,
     OP_MAX,
 };
 
@@ -83,6 +89,12 @@ static const char *const op_names[OP_MAX] = {
     [OP_PERSISTENT_SOURCE_SET] = "persistent_source_set",
     [OP_IMAGE_COPY_DATA] = "image_copy_data",
     [OP_SNAPSHOT_DOMAIN_SOURCE] = "snapshot_domain_source",
+    [OP_SNAPSHOT_CREATE_MULTI] = "snapshot_create_multi",
+    [OP_AGENT_SET_TIMEOUT] = "agent_set_timeout",
+    [OP_AGENT_FREEZE] = "agent_freeze",
+    [OP_AGENT_THAW] = "agent_thaw",
+    [OP_PERSISTENT_SOURCES_SET] = "persistent_sources_set",
+    [OP_SNAPSHOT_RETARGET_MULTI] = "snapshot_retarget_multi",
 };
 
 
@@ -122,6 +134,36 @@ struct fake_snapdisk {
     char *source;
 };
 
+/* The facts of one libvirt snapshot besides its disks (read_domain's
+ * snaps[]): made by snapshot_create(_multi), by a test's put_domain
+ * (d->snaps[], or a name in d->snapshots: a snapshot made elsewhere). */
+struct fake_snapmeta {
+    char *dom;
+    char *name;
+    char *parent;
+    char *description;
+    int64_t created;
+    bool current;
+};
+
+/* The guest agent of one domain (cfs_fake_agent_*). */
+struct fake_agent {
+    char *dom;
+    enum cfs_fake_agent_mode mode;
+    bool frozen;            /* the guest's filesystems are frozen */
+    unsigned freezes;       /* freezes that happened in the guest */
+    unsigned thaws;         /* thaw calls that succeeded */
+    unsigned filesystems;   /* what a freeze/thaw counts */
+    int timeout;            /* last agent_set_timeout, 0 never */
+};
+
+/* cfs_fake_fail_snapshot_disk: the next snapshot of DISK fails. */
+struct fake_diskfail {
+    char *disk;
+    int err;
+    char *message;
+};
+
 struct fake_failure {
     enum fake_op op;
     int err;  /* negative errno */
@@ -149,6 +191,13 @@ struct fake {
     size_t n_snapdisks;
     struct fake_persist *persists;
     size_t n_persists;
+    struct fake_snapmeta *snapmetas;
+    size_t n_snapmetas;
+    struct fake_agent *agents;
+    size_t n_agents;
+    struct fake_diskfail *diskfails;
+    size_t n_diskfails;
+    int64_t clock;                  /* creation times given out */
     int copy_hold;                  /* image_copy_data waits while set */
     char **made_paths;              /* image_create's files and their */
     char **made_backings;           /* backing ("" for none), in step */
@@ -391,11 +440,130 @@ static void snapdisk_remove(struct fake *f, const char *dom, const char *name,
     f->n_snapdisks = k;
 }
 
+/* ---- snapshot facts (snaps[]) -------------------------------------------------- */
+
+static struct fake_snapmeta *snapmeta_find(struct fake *f, const char *dom,
+                                           const char *name)
+{
+    for (size_t i = 0; i < f->n_snapmetas; i++)
+        if (cfs_streq(f->snapmetas[i].dom, dom) &&
+            cfs_streq(f->snapmetas[i].name, name))
+            return &f->snapmetas[i];
+    return NULL;
+}
+
+/* NAME's facts, made (no parent, no description, the next creation time,
+ * not current) if it has none yet. */
+static struct fake_snapmeta *snapmeta_get(struct fake *f, const char *dom,
+                                          const char *name)
+{
+    struct fake_snapmeta *m = snapmeta_find(f, dom, name);
+
+    if (m)
+        return m;
+    f->snapmetas = cfs_xrealloc(f->snapmetas,
+                                (f->n_snapmetas + 1) * sizeof(*f->snapmetas));
+    m = &f->snapmetas[f->n_snapmetas++];
+    *m = (struct fake_snapmeta){
+        .dom = cfs_xstrdup(dom),
+        .name = cfs_xstrdup(name),
+        .created = ++f->clock,
+    };
+    return m;
+}
+
+/* NAME (NULL: none) becomes DOM's only current snapshot. */
+static void snapmeta_set_current(struct fake *f, const char *dom,
+                                 const char *name)
+{
+    for (size_t i = 0; i < f->n_snapmetas; i++)
+        if (cfs_streq(f->snapmetas[i].dom, dom))
+            f->snapmetas[i].current = name && cfs_streq(f->snapmetas[i].name, name);
+}
+
+static const char *snapmeta_current(struct fake *f, const char *dom)
+{
+    for (size_t i = 0; i < f->n_snapmetas; i++)
+        if (cfs_streq(f->snapmetas[i].dom, dom) && f->snapmetas[i].current)
+            return f->snapmetas[i].name;
+    return NULL;
+}
+
+/* NAME's facts go as libvirt's metadata delete does it: its children
+ * take its parent, and its parent becomes current if it was. NAME NULL:
+ * every snapshot of DOM. */
+static void snapmeta_remove(struct fake *f, const char *dom, const char *name_in)
+{
+    char *name = cfs_xstrdup(name_in); /* NAME_IN may be one of ours */
+    struct fake_snapmeta *gone = name ? snapmeta_find(f, dom, name) : NULL;
+    size_t k = 0;
+
+    if (gone) {
+        for (size_t i = 0; i < f->n_snapmetas; i++) {
+            struct fake_snapmeta *m = &f->snapmetas[i];
+
+            if (m != gone && cfs_streq(m->dom, dom) && cfs_streq(m->parent, name)) {
+                free(m->parent);
+                m->parent = cfs_xstrdup(gone->parent);
+            }
+        }
+        if (gone->current && gone->parent) {
+            struct fake_snapmeta *p = snapmeta_find(f, dom, gone->parent);
+            if (p)
+                p->current = true;
+        }
+    }
+    for (size_t i = 0; i < f->n_snapmetas; i++) {
+        struct fake_snapmeta m = f->snapmetas[i];
+
+        if (cfs_streq(m.dom, dom) && (!name || cfs_streq(m.name, name))) {
+            free(m.dom);
+            free(m.name);
+            free(m.parent);
+            free(m.description);
+        } else {
+            f->snapmetas[k++] = m;
+        }
+    }
+    f->n_snapmetas = k;
+    free(name);
+}
+
 /* A domain the test put: its snapshots not listed any more go, and every
- * layer carrying a snapshot's name is what that snapshot names. */
+ * layer carrying a snapshot's name is what that snapshot names. The
+ * facts D->snaps[] gives are taken (a read_domain result put back gives
+ * the same facts again). */
 static void snapdisk_sync(struct fake *f, const struct cfs_domain *d)
 {
     size_t k = 0;
+
+    for (size_t i = f->n_snapmetas; i-- > 0;)
+        if (cfs_streq(f->snapmetas[i].dom, d->name) &&
+            !cfs_strv_contains(d->snapshots, f->snapmetas[i].name))
+            snapmeta_remove(f, d->name, f->snapmetas[i].name);
+    for (size_t i = 0; i < d->n_snaps; i++) {
+        const struct cfs_snap_info *si = &d->snaps[i];
+        struct fake_snapmeta *m;
+
+        if (!si->name || !cfs_strv_contains(d->snapshots, si->name))
+            continue;
+        m = snapmeta_get(f, d->name, si->name);
+        free(m->parent);
+        m->parent = cfs_xstrdup(si->parent);
+        free(m->description);
+        m->description = cfs_xstrdup(si->description);
+        if (si->created)
+            m->created = si->created;
+        if (si->current)
+            snapmeta_set_current(f, d->name, si->name);
+        for (size_t j = 0; j < si->n_disks; j++)
+            if (cfs_streq(si->disks[j].snapshot, "external") && si->disks[j].source &&
+                !snapdisk_find(f, d->name, si->name, si->disks[j].target))
+                snapdisk_set(f, d->name, si->name, si->disks[j].target,
+                             si->disks[j].source);
+    }
+    for (size_t i = 0; d->snapshots && d->snapshots[i]; i++)
+        snapmeta_get(f, d->name, d->snapshots[i]);
 
     for (size_t i = 0; i < f->n_snapdisks; i++) {
         struct fake_snapdisk *sd = &f->snapdisks[i];
@@ -760,6 +928,21 @@ static void fake_destroy(struct cfs_backend *be)
         free(f->persists[i].source);
     }
     free(f->persists);
+    for (size_t i = 0; i < f->n_snapmetas; i++) {
+        free(f->snapmetas[i].dom);
+        free(f->snapmetas[i].name);
+        free(f->snapmetas[i].parent);
+        free(f->snapmetas[i].description);
+    }
+    free(f->snapmetas);
+    for (size_t i = 0; i < f->n_agents; i++)
+        free(f->agents[i].dom);
+    free(f->agents);
+    for (size_t i = 0; i < f->n_diskfails; i++) {
+        free(f->diskfails[i].disk);
+        free(f->diskfails[i].message);
+    }
+    free(f->diskfails);
     cfs_strv_free(f->made_paths);
     cfs_strv_free(f->made_backings);
     for (size_t i = 0; i < f->n_failures; i++)
@@ -791,6 +974,138 @@ static int fake_list_domains(struct cfs_backend *be, char ***names)
     return r;
 }
 
+static void note_push(struct cfs_domain *d, const char *target, const char *why)
+{
+    d->unsnappable = cfs_xrealloc(d->unsnappable,
+                                  (d->n_unsnappable + 1) * sizeof(*d->unsnappable));
+    d->unsnappable[d->n_unsnappable++] = (struct cfs_disk_note){
+        .target = cfs_xstrdup(target),
+        .why = cfs_xstrdup(why),
+    };
+}
+
+static const struct cfs_disk_note *note_find(const struct cfs_domain *d,
+                                             const char *target)
+{
+    for (size_t i = 0; i < d->n_unsnappable; i++)
+        if (cfs_streq(d->unsnappable[i].target, target))
+            return &d->unsnappable[i];
+    return NULL;
+}
+
+static void notes_clear(struct cfs_domain *d)
+{
+    for (size_t i = 0; i < d->n_unsnappable; i++) {
+        free(d->unsnappable[i].target);
+        free(d->unsnappable[i].why);
+    }
+    free(d->unsnappable);
+    d->unsnappable = NULL;
+    d->n_unsnappable = 0;
+}
+
+static void snaps_clear(struct cfs_domain *d)
+{
+    for (size_t i = 0; i < d->n_snaps; i++)
+        cfs_snap_info_clear(&d->snaps[i]);
+    free(d->snaps);
+    d->snaps = NULL;
+    d->n_snaps = 0;
+}
+
+/* The stored copy of a domain the test put keeps of unsnappable[] only
+ * what read_domain cannot work out from disks[]: notes of disks it does
+ * not list (cdrom, network, ...) and of listed ones for another reason
+ * than read-only or shareable (lun). snaps[] are kept apart. */
+static void stored_notes(struct cfs_domain *d)
+{
+    struct cfs_domain tmp = { 0 };
+
+    for (size_t i = 0; i < d->n_unsnappable; i++) {
+        const struct cfs_disk_note *n = &d->unsnappable[i];
+
+        if (cfs_streq(n->why, "read-only") || cfs_streq(n->why, "shareable") ||
+            note_find(&tmp, n->target))
+            continue;
+        note_push(&tmp, n->target, n->why);
+    }
+    notes_clear(d);
+    d->unsnappable = tmp.unsnappable;
+    d->n_unsnappable = tmp.n_unsnappable;
+    snaps_clear(d);
+}
+
+/* What read_domain adds to the copy OUT of the stored domain D: every
+ * unsnappable disk (disks[] in order: read-only, shareable, or a stored
+ * note such as lun; then the stored notes of disks it leaves out) and
+ * the facts of every snapshot (order of snapshots[]; per disk external
+ * with its overlay where the metadata names one, else "no"). f->lock
+ * held. */
+static void fill_facts(struct fake *f, const struct cfs_domain *d,
+                       struct cfs_domain *out)
+{
+    size_t n = cfs_strv_len(d->snapshots);
+
+    notes_clear(out);
+    snaps_clear(out);
+    for (size_t i = 0; i < d->n_disks; i++) {
+        const struct cfs_disk *dk = &d->disks[i];
+        const struct cfs_disk_note *note = note_find(d, dk->target);
+
+        if (dk->readonly)
+            note_push(out, dk->target, "read-only");
+        else if (dk->shareable)
+            note_push(out, dk->target, "shareable");
+        else if (note)
+            note_push(out, dk->target, note->why);
+    }
+    for (size_t i = 0; i < d->n_unsnappable; i++)
+        if (!cfs_domain_find_disk(d, d->unsnappable[i].target))
+            note_push(out, d->unsnappable[i].target, d->unsnappable[i].why);
+
+    if (!n)
+        return;
+    out->snaps = cfs_xcalloc(n, sizeof(*out->snaps));
+    out->n_snaps = n;
+    for (size_t i = 0; i < n; i++) {
+        const struct fake_snapmeta *m = snapmeta_get(f, d->name, d->snapshots[i]);
+        struct cfs_snap_info *si = &out->snaps[i];
+        size_t max = d->n_disks + out->n_unsnappable + f->n_snapdisks;
+
+        si->name = cfs_xstrdup(m->name);
+        si->parent = cfs_xstrdup(m->parent);
+        si->description = cfs_xstrdup(m->description);
+        si->created = m->created;
+        si->current = m->current;
+        si->disks = cfs_xcalloc(max ? max : 1, sizeof(*si->disks));
+        for (size_t j = 0; j < d->n_disks; j++) {
+            const struct fake_snapdisk *sd =
+                snapdisk_find(f, d->name, m->name, d->disks[j].target);
+            si->disks[si->n_disks++] = (struct cfs_snap_disk){
+                .target = cfs_xstrdup(d->disks[j].target),
+                .snapshot = cfs_xstrdup(sd ? "external" : "no"),
+                .source = cfs_xstrdup(sd ? sd->source : NULL),
+            };
+        }
+        for (size_t j = 0; j < out->n_unsnappable; j++)
+            if (!cfs_domain_find_disk(d, out->unsnappable[j].target))
+                si->disks[si->n_disks++] = (struct cfs_snap_disk){
+                    .target = cfs_xstrdup(out->unsnappable[j].target),
+                    .snapshot = cfs_xstrdup("no"),
+                };
+        for (size_t j = 0; j < f->n_snapdisks; j++) {
+            const struct fake_snapdisk *sd = &f->snapdisks[j];
+            if (cfs_streq(sd->dom, d->name) && cfs_streq(sd->name, m->name) &&
+                !cfs_domain_find_disk(d, sd->disk))
+                si->disks[si->n_disks++] = (struct cfs_snap_disk){
+                    .target = cfs_xstrdup(sd->disk),
+                    .snapshot = cfs_xstrdup("external"),
+                    .source = cfs_xstrdup(sd->source),
+                };
+        }
+    }
+}
+
 static int fake_read_domain(struct cfs_backend *be, const char *dom,
                             struct cfs_domain **out)
 {
@@ -800,8 +1115,10 @@ static int fake_read_domain(struct cfs_backend *be, const char *dom,
 
     *out = NULL;
     r = fake_enter_dom(f, OP_READ_DOMAIN, dom, &d);
-    if (r == 0)
+    if (r == 0) {
         *out = cfs_domain_dup(d);
+        fill_facts(f, d, *out);
+    }
     pthread_mutex_unlock(&f->lock);
     return r;
 }
@@ -820,6 +1137,7 @@ static int fake_read_domain_light(struct cfs_backend *be, const char *dom,
     if (r < 0)
         goto out;
     *out = cfs_domain_dup(d);
+    fill_facts(f, d, *out);
     for (size_t i = 0; i < (*out)->n_disks; i++)
         for (size_t l = 0; l < (*out)->disks[i].n_layers; l++) {
             (*out)->disks[i].layers[l].virtual_size = 0;
@@ -830,63 +1148,154 @@ out:
     return r;
 }
 
+/* The failure cfs_fake_fail_snapshot_disk() asked for on DISK, taken
+ * (message set); 0 if none. f->lock held. */
+static int diskfail_take(struct fake *f, const char *disk)
+{
+    for (size_t i = 0; i < f->n_diskfails; i++) {
+        struct fake_diskfail *df = &f->diskfails[i];
+        int err = df->err;
+
+        if (!cfs_streq(df->disk, disk))
+            continue;
+        if (df->message)
+            cfs_backend_set_errmsg("%s", df->message);
+        else
+            cfs_backend_set_errmsg("internal error: unable to execute QEMU command 'transaction': "
+                                   "Could not open overlay of disk '%s'", disk);
+        free(df->disk);
+        free(df->message);
+        memmove(df, df + 1, (f->n_diskfails - i - 1) * sizeof(*df));
+        f->n_diskfails--;
+        return err;
+    }
+    return 0;
+}
+
+/* snapshot_create and snapshot_create_multi: every check on every disk
+ * first, then all disks at once (libvirt's transaction), or nothing. */
+static int snapshot_take(struct fake *f, enum fake_op op, const char *dom,
+                         const char *name, size_t n,
+                         const struct cfs_snapshot_disk *disks,
+                         const char *description)
+{
+    struct cfs_domain *d;
+    struct fake_snapmeta *m;
+    char *parent;
+    int r;
+
+    r = fake_enter_dom(f, op, dom, &d);
+    if (r < 0)
+        return r;
+    if (!name || !*name || n == 0 || !disks) {
+        cfs_backend_set_errmsg("invalid argument: a snapshot name and at least one disk are required");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_disk *dk = cfs_domain_find_disk(d, disks[i].disk);
+
+        if (!dk)
+            return no_disk(disks[i].disk);
+        if (!disks[i].overlay || !*disks[i].overlay) {
+            cfs_backend_set_errmsg("invalid argument: snapshot name and overlay path are required");
+            return -EINVAL;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (cfs_streq(disks[j].disk, disks[i].disk)) {
+                cfs_backend_set_errmsg("invalid argument: disk '%s' specified twice",
+                                       disks[i].disk);
+                return -EINVAL;
+            }
+            if (cfs_streq(disks[j].overlay, disks[i].overlay)) {
+                cfs_backend_set_errmsg("unsupported configuration: cannot snapshot two disks with destination path '%s'",
+                                       disks[i].overlay);
+                return -EINVAL;
+            }
+        }
+    }
+    if (cfs_strv_contains(d->snapshots, name)) {
+        cfs_backend_set_errmsg("operation failed: domain snapshot '%s' already exists",
+                               name);
+        return -EEXIST;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_disk *dk = cfs_domain_find_disk(d, disks[i].disk);
+        const struct cfs_disk_note *note = note_find(d, dk->target);
+
+        if (path_in_any_chain(f, disks[i].overlay)) {
+            cfs_backend_set_errmsg("operation unsupported: external snapshot file for disk %s already exists and is not a block device: %s",
+                                   disks[i].disk, disks[i].overlay);
+            return -EEXIST;
+        }
+        if (job_find(f, dom, disks[i].disk))
+            return busy(disks[i].disk);
+        if (dk->readonly) {
+            cfs_backend_set_errmsg("unsupported configuration: external snapshot for readonly disk %s is not supported",
+                                   disks[i].disk);
+            return -EROFS;
+        }
+        if (dk->shareable || note) {
+            cfs_backend_set_errmsg("unsupported configuration: external snapshot of disk %s is not supported (%s)",
+                                   disks[i].disk, dk->shareable ? "shareable" : note->why);
+            return -EROFS;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        r = diskfail_take(f, disks[i].disk);
+        if (r < 0)
+            return r;
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_disk *dk = cfs_domain_find_disk(d, disks[i].disk);
+        struct cfs_layer layer = {
+            .path = cfs_xstrdup(disks[i].overlay),
+            .format = cfs_xstrdup("qcow2"),
+            .virtual_size = dk->n_layers > 0 ? dk->layers[0].virtual_size : 0,
+            .meta_name = cfs_xstrdup(name),
+        };
+
+        dk->layers = cfs_xrealloc(dk->layers,
+                                  (dk->n_layers + 1) * sizeof(*dk->layers));
+        memmove(&dk->layers[1], &dk->layers[0], dk->n_layers * sizeof(*dk->layers));
+        dk->layers[0] = layer;
+        dk->n_layers++;
+        dk->is_block = false;
+        snapdisk_set(f, dom, name, disks[i].disk, disks[i].overlay);
+    }
+    dom_number_layers(f, d);
+    cfs_strv_push(&d->snapshots, cfs_xstrdup(name));
+    /* libvirt: the new snapshot's parent is the current one, and it
+     * becomes current */
+    parent = cfs_xstrdup(snapmeta_current(f, dom));
+    m = snapmeta_get(f, dom, name);
+    m->parent = parent;
+    m->description = cfs_xstrdup(description);
+    snapmeta_set_current(f, dom, name);
+    return 0;
+}
+
 static int fake_snapshot_create(struct cfs_backend *be, const char *dom,
                                 const char *disk, const char *name,
                                 const char *overlay)
 {
     struct fake *f = fake_of(be);
-    struct cfs_domain *d;
-    struct cfs_disk *dk;
-    struct cfs_layer layer;
-    int r;
+    struct cfs_snapshot_disk one = { .disk = disk, .overlay = overlay };
+    int r = snapshot_take(f, OP_SNAPSHOT_CREATE, dom, name, 1, &one, NULL);
 
-    r = fake_enter_disk(f, OP_SNAPSHOT_CREATE, dom, WANT_ANY, disk, &d, &dk);
-    if (r < 0)
-        goto out;
-    if (!name || !*name || !overlay || !*overlay) {
-        cfs_backend_set_errmsg("invalid argument: snapshot name and overlay path are required");
-        r = -EINVAL;
-        goto out;
-    }
-    if (cfs_strv_contains(d->snapshots, name)) {
-        cfs_backend_set_errmsg("operation failed: domain snapshot '%s' already exists",
-                               name);
-        r = -EEXIST;
-        goto out;
-    }
-    if (path_in_any_chain(f, overlay)) {
-        cfs_backend_set_errmsg("operation unsupported: external snapshot file for disk %s already exists and is not a block device: %s",
-                               disk, overlay);
-        r = -EEXIST;
-        goto out;
-    }
-    if (job_find(f, dom, disk)) {
-        r = busy(disk);
-        goto out;
-    }
-    if (dk->readonly) {
-        cfs_backend_set_errmsg("unsupported configuration: external snapshot for readonly disk %s is not supported",
-                               disk);
-        r = -EROFS;
-        goto out;
-    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
 
-    layer = (struct cfs_layer){
-        .path = cfs_xstrdup(overlay),
-        .format = cfs_xstrdup("qcow2"),
-        .virtual_size = dk->n_layers > 0 ? dk->layers[0].virtual_size : 0,
-        .meta_name = cfs_xstrdup(name),
-    };
-    dk->layers = cfs_xrealloc(dk->layers,
-                              (dk->n_layers + 1) * sizeof(*dk->layers));
-    memmove(&dk->layers[1], &dk->layers[0], dk->n_layers * sizeof(*dk->layers));
-    dk->layers[0] = layer;
-    dk->n_layers++;
-    dom_number_layers(f, d);
-    dk->is_block = false;
-    cfs_strv_push(&d->snapshots, cfs_xstrdup(name));
-    snapdisk_set(f, dom, name, disk, overlay);
-out:
+static int fake_snapshot_create_multi(struct cfs_backend *be, const char *dom,
+                                      const char *name, size_t n,
+                                      const struct cfs_snapshot_disk *disks,
+                                      const char *description)
+{
+    struct fake *f = fake_of(be);
+    int r = snapshot_take(f, OP_SNAPSHOT_CREATE_MULTI, dom, name, n, disks,
+                          description);
+
     pthread_mutex_unlock(&f->lock);
     return r;
 }
@@ -928,6 +1337,7 @@ static int fake_snapshot_forget(struct cfs_backend *be, const char *dom,
     if (named)
         goto out;
     snapdisk_remove(f, dom, name, NULL);
+    snapmeta_remove(f, dom, name);
     n = cfs_strv_len(d->snapshots);
     for (size_t i = 0; i < n; i++) {
         if (cfs_streq(d->snapshots[i], name))
@@ -1262,6 +1672,7 @@ static int fake_snapshot_drop(struct cfs_backend *be, const char *dom,
     }
     d->snapshots[k] = NULL;
     snapdisk_remove(f, dom, name, NULL);
+    snapmeta_remove(f, dom, name);
 out:
     pthread_mutex_unlock(&f->lock);
     return r;
@@ -1530,6 +1941,274 @@ out:
     return r;
 }
 
+/* ---- the guest agent ------------------------------------------------------------ */
+
+static struct fake_agent *agent_find(struct fake *f, const char *dom)
+{
+    for (size_t i = 0; i < f->n_agents; i++)
+        if (cfs_streq(f->agents[i].dom, dom))
+            return &f->agents[i];
+    return NULL;
+}
+
+/* DOM's agent, made (none configured, 2 filesystems) if the test has not
+ * named one. f->lock held. */
+static struct fake_agent *agent_get(struct fake *f, const char *dom)
+{
+    struct fake_agent *a = agent_find(f, dom);
+
+    if (a)
+        return a;
+    f->agents = cfs_xrealloc(f->agents, (f->n_agents + 1) * sizeof(*f->agents));
+    a = &f->agents[f->n_agents++];
+    *a = (struct fake_agent){
+        .dom = cfs_xstrdup(dom),
+        .mode = CFS_FAKE_AGENT_NONE,
+        .filesystems = 2,
+    };
+    return a;
+}
+
+/* As libvirt's qemuDomainAgentSetResponseTimeout: any domain, with or
+ * without an agent, running or not; the value is recorded. */
+static int fake_agent_set_timeout(struct cfs_backend *be, const char *dom,
+                                  int seconds)
+{
+    struct fake *f = fake_of(be);
+    int r = fake_enter_dom(f, OP_AGENT_SET_TIMEOUT, dom, NULL);
+
+    if (r == 0 && seconds <= 0) {
+        cfs_backend_set_errmsg("invalid argument: guest agent timeout '%d' is not a number of seconds",
+                               seconds);
+        r = -EINVAL;
+    }
+    if (r == 0)
+        agent_get(f, dom)->timeout = seconds;
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* As libvirt's checks (qemuDomainAgentAvailable) and qemu-ga: see
+ * enum cfs_fake_agent_mode. */
+static int fake_agent_fs(struct cfs_backend *be, const char *dom, bool thaw,
+                         unsigned *n)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    struct fake_agent *a;
+    int r;
+
+    if (n)
+        *n = 0;
+    r = fake_enter_dom(f, thaw ? OP_AGENT_THAW : OP_AGENT_FREEZE, dom, &d);
+    if (r < 0)
+        goto out;
+    if (d->state != CFS_DOM_RUNNING) {
+        r = not_running();
+        goto out;
+    }
+    a = agent_get(f, dom);
+    switch (a->mode) {
+    case CFS_FAKE_AGENT_NONE:
+        cfs_backend_set_errmsg("argument unsupported: QEMU guest agent is not configured");
+        r = -EOPNOTSUPP;
+        goto out;
+    case CFS_FAKE_AGENT_DISCONNECTED:
+        cfs_backend_set_errmsg("Guest agent is not responding: QEMU guest agent is not connected");
+        r = -EOPNOTSUPP;
+        goto out;
+    case CFS_FAKE_AGENT_HUNG:
+        cfs_backend_set_errmsg("Guest agent is not responding: Guest agent not available for now");
+        r = -ETIMEDOUT;
+        goto out;
+    case CFS_FAKE_AGENT_LATE:
+        if (thaw)
+            break;
+        /* the freeze times out, then happens in the guest; the agent
+         * answers again afterwards */
+        a->mode = CFS_FAKE_AGENT_OK;
+        if (!a->frozen) {
+            a->frozen = true;
+            a->freezes++;
+        }
+        cfs_backend_set_errmsg("Guest agent is not responding: Guest agent not available for now");
+        r = -ETIMEDOUT;
+        goto out;
+    case CFS_FAKE_AGENT_OK:
+        break;
+    }
+    if (thaw) {
+        if (n)
+            *n = a->frozen ? a->filesystems : 0;
+        a->frozen = false;
+        a->thaws++;
+    } else if (a->frozen) {
+        cfs_backend_set_errmsg("internal error: unable to execute QEMU agent command 'guest-fsfreeze-freeze': "
+                               "Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state");
+        r = -EOPNOTSUPP;
+    } else {
+        a->frozen = true;
+        a->freezes++;
+        if (n)
+            *n = a->filesystems;
+    }
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* ---- issue 10: multi-disk define, retarget ----------------------------------------- */
+
+/* DISK of shut-off D is defined on PATH: the chain read_domain gives is
+ * what the headers say. PATH a layer of the chain: the chain from it;
+ * PATH a file image_create made over a layer of the chain: PATH, then
+ * the chain from that layer; else (a file the fake knows nothing of) the
+ * chain is left and only the persistent source recorded. f->lock held. */
+static void define_source(struct fake *f, struct cfs_domain *d,
+                          struct cfs_disk *dk, const char *path)
+{
+    ssize_t at = layer_index(dk, path);
+    const char *backing = at < 0 ? made_backing(f, path) : NULL;
+    ssize_t below = backing && *backing ? layer_index(dk, backing) : -1;
+
+    if (at < 0 && below < 0) {
+        persist_set(f, d->name, dk->target, path);
+        return;
+    }
+    if (at < 0) {
+        struct cfs_layer layer = {
+            .path = cfs_xstrdup(path),
+            .format = cfs_xstrdup("qcow2"),
+            .virtual_size = dk->layers[below].virtual_size,
+        };
+        while (below-- > 0)
+            layer_remove(dk, 0);
+        dk->layers = cfs_xrealloc(dk->layers,
+                                  (dk->n_layers + 1) * sizeof(*dk->layers));
+        memmove(&dk->layers[1], &dk->layers[0], dk->n_layers * sizeof(*dk->layers));
+        dk->layers[0] = layer;
+        dk->n_layers++;
+        dk->is_block = false;
+    } else {
+        while (at-- > 0)
+            layer_remove(dk, 0);
+    }
+    persist_set(f, d->name, dk->target, NULL);
+}
+
+static int fake_persistent_sources_set(struct cfs_backend *be, const char *dom,
+                                       size_t n, const char *const *disks,
+                                       const char *const *paths,
+                                       const char *const *formats)
+{
+    struct fake *f = fake_of(be);
+    struct fake_event e = {0};
+    struct cfs_domain *d;
+    int r;
+
+    (void)formats;
+    r = fake_enter_dom(f, OP_PERSISTENT_SOURCES_SET, dom, &d);
+    if (r < 0)
+        goto out;
+    if (!d->persistent) {
+        cfs_backend_set_errmsg("Requested operation is not valid: cannot change the persistent definition of transient domain '%s'",
+                               dom);
+        r = -ENOENT;
+        goto out;
+    }
+    if (d->state != CFS_DOM_SHUTOFF) {
+        cfs_backend_set_errmsg("domain %s is running: its new definition would only apply at its next start",
+                               dom);
+        r = -EBUSY;
+        goto out;
+    }
+    if (n == 0 || !disks || !paths) {
+        cfs_backend_set_errmsg("invalid argument: no disk to define");
+        r = -EINVAL;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!cfs_domain_find_disk(d, disks[i])) {
+            r = no_disk(disks[i]);
+            goto out;
+        }
+        if (!paths[i] || paths[i][0] != '/') {
+            cfs_backend_set_errmsg("invalid argument: disk %s needs an absolute source path",
+                                   disks[i]);
+            r = -EINVAL;
+            goto out;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (cfs_streq(disks[i], disks[j])) {
+                cfs_backend_set_errmsg("invalid argument: disk '%s' specified twice",
+                                       disks[i]);
+                r = -EINVAL;
+                goto out;
+            }
+    }
+    for (size_t i = 0; i < n; i++)
+        define_source(f, d, cfs_domain_find_disk(d, disks[i]), paths[i]);
+    /* a define: libvirt reports it as a definition change */
+    event_domain(f, &e, dom);
+out:
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+    return r;
+}
+
+static int fake_snapshot_retarget_multi(struct cfs_backend *be, const char *dom,
+                                        const char *name, size_t n,
+                                        const char *const *disks,
+                                        const char *const *new_sources,
+                                        bool make_current)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    int r;
+
+    r = fake_enter_dom(f, OP_SNAPSHOT_RETARGET_MULTI, dom, &d);
+    if (r < 0)
+        goto out;
+    if (!name || !cfs_strv_contains(d->snapshots, name)) {
+        r = no_snapshot(name);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!new_sources || !new_sources[i] || !*new_sources[i]) {
+            cfs_backend_set_errmsg("a snapshot needs a source to name");
+            r = -EINVAL;
+            goto out;
+        }
+        if (!snapdisk_find(f, dom, name, disks[i])) {
+            cfs_backend_set_errmsg("snapshot %s of domain %s names no file for disk %s",
+                                   name, dom, disks[i] ? disks[i] : "");
+            r = -ENOENT;
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_disk *dk = cfs_domain_find_disk(d, disks[i]);
+        ssize_t l;
+
+        snapdisk_set(f, dom, name, disks[i], new_sources[i]);
+        for (size_t k = 0; dk && k < dk->n_layers; k++)
+            if (cfs_streq(dk->layers[k].meta_name, name)) {
+                free(dk->layers[k].meta_name);
+                dk->layers[k].meta_name = NULL;
+            }
+        l = dk ? layer_index(dk, new_sources[i]) : -1;
+        if (l >= 0) {
+            free(dk->layers[l].meta_name);
+            dk->layers[l].meta_name = cfs_xstrdup(name);
+        }
+    }
+    if (make_current)
+        snapmeta_set_current(f, dom, name);
+out:
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
 static bool fake_files_local(struct cfs_backend *be, const char **why)
 {
     struct fake *f = fake_of(be);
@@ -1590,6 +2269,11 @@ static const struct cfs_backend_ops fake_ops = {
     .read_domain = fake_read_domain,
     .read_domain_light = fake_read_domain_light,
     .snapshot_create = fake_snapshot_create,
+    .snapshot_create_multi = fake_snapshot_create_multi,
+    .agent_set_timeout = fake_agent_set_timeout,
+    .agent_fs = fake_agent_fs,
+    .persistent_sources_set = fake_persistent_sources_set,
+    .snapshot_retarget_multi = fake_snapshot_retarget_multi,
     .snapshot_forget = fake_snapshot_forget,
     .snapshot_drop = fake_snapshot_drop,
     .snapshot_retarget = fake_snapshot_retarget,
@@ -1692,6 +2376,7 @@ void cfs_fake_put_domain(struct cfs_backend *be, const struct cfs_domain *d)
     }
     jobs_prune(f, d->name);
     snapdisk_sync(f, copy);
+    stored_notes(copy);
     event_domain(f, &e, d->name);
     pthread_mutex_unlock(&f->lock);
     event_fire(&e);
@@ -1712,6 +2397,7 @@ void cfs_fake_remove_domain(struct cfs_backend *be, const char *dom)
         f->n_doms--;
         jobs_prune(f, dom);
         snapdisk_remove(f, dom, NULL, NULL);
+        snapmeta_remove(f, dom, NULL);
         event_domain(f, &e, dom);
     }
     pthread_mutex_unlock(&f->lock);
@@ -2063,4 +2749,90 @@ char *cfs_fake_snapshot_source(struct cfs_backend *be, const char *dom,
         src = cfs_xstrdup(sd->source);
     pthread_mutex_unlock(&f->lock);
     return src;
+}
+
+/* ---- issue 10 controls -------------------------------------------------------------- */
+
+void cfs_fake_fail_snapshot_disk(struct cfs_backend *be, const char *disk,
+                                 int err, const char *message)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    f->diskfails = cfs_xrealloc(f->diskfails,
+                                (f->n_diskfails + 1) * sizeof(*f->diskfails));
+    f->diskfails[f->n_diskfails++] = (struct fake_diskfail){
+        .disk = cfs_xstrdup(disk),
+        .err = err > 0 ? -err : (err < 0 ? err : -EIO),
+        .message = cfs_xstrdup(message),
+    };
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_add_unsnappable(struct cfs_backend *be, const char *dom,
+                              const char *target, const char *why)
+{
+    struct fake *f = fake_of(be);
+    struct cfs_domain *d;
+    struct fake_event e = {0};
+
+    pthread_mutex_lock(&f->lock);
+    d = dom_find(f, dom);
+    if (d && !note_find(d, target)) {
+        note_push(d, target, why);
+        event_domain(f, &e, dom);
+    }
+    pthread_mutex_unlock(&f->lock);
+    event_fire(&e);
+}
+
+void cfs_fake_agent_set(struct cfs_backend *be, const char *dom,
+                        enum cfs_fake_agent_mode mode)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    agent_get(f, dom)->mode = mode;
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_agent_set_frozen(struct cfs_backend *be, const char *dom,
+                               bool frozen)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    agent_get(f, dom)->frozen = frozen;
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_agent_set_filesystems(struct cfs_backend *be, const char *dom,
+                                    unsigned n)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    agent_get(f, dom)->filesystems = n;
+    pthread_mutex_unlock(&f->lock);
+}
+
+struct cfs_fake_agent_state cfs_fake_agent_state(struct cfs_backend *be,
+                                                 const char *dom)
+{
+    struct fake *f = fake_of(be);
+    struct fake_agent *a;
+    struct cfs_fake_agent_state st;
+
+    pthread_mutex_lock(&f->lock);
+    a = agent_get(f, dom);
+    st = (struct cfs_fake_agent_state){
+        .mode = a->mode,
+        .frozen = a->frozen,
+        .freezes = a->freezes,
+        .thaws = a->thaws,
+        .filesystems = a->filesystems,
+        .timeout = a->timeout,
+    };
+    pthread_mutex_unlock(&f->lock);
+    return st;
 }

@@ -26,7 +26,9 @@ void cfs_fake_add_simple(struct cfs_backend *be, const char *dom,
                          size_t n);
 
 /* Make the next call of op OP ("snapshot_create", "commit_start",
- * "job_pivot", "read_domain", ...) fail with -ERR and MESSAGE. */
+ * "job_pivot", "read_domain", ...) fail with -ERR and MESSAGE. The op
+ * agent_fs has two names here: "agent_freeze" and "agent_thaw" (for
+ * cfs_fake_calls too). */
 void cfs_fake_fail_next(struct cfs_backend *be, const char *op, int err,
                         const char *message);
 
@@ -129,3 +131,85 @@ void cfs_fake_start_external_job(struct cfs_backend *be, const char *dom,
 /* The bandwidth of DOM/DISK's job (job_set_bandwidth), 0 if none. */
 uint64_t cfs_fake_job_bandwidth(struct cfs_backend *be, const char *dom,
                                 const char *disk);
+
+/* ---- issue 10 -----------------------------------------------------------------
+ *
+ * Snapshots. snapshot_create and snapshot_create_multi check every disk
+ * (exists, listed once, overlay in no chain of any domain and given
+ * once, no block job, not read-only, not shareable, no unsnappable note)
+ * and the name, then take all disks or none. A new snapshot's parent is
+ * the current one, and it becomes current; its description is kept.
+ * read_domain (and read_domain_light) fill snaps[] (order of
+ * snapshots[]; per disk of the domain "external" + the overlay where
+ * the metadata names one, else "no"; creation times count up from 1)
+ * and unsnappable[] (disks[] in order: read-only, shareable, or a note
+ * cfs_fake_add_unsnappable gave, e.g. "lun"; then the noted disks not in
+ * disks[]). A domain put with snaps[] / unsnappable[] (e.g. a read
+ * result put back) sets those facts and notes; "read-only" and
+ * "shareable" notes are always worked out from disks[] again.
+ * snapshot_drop and the last snapshot_forget remove a snapshot as
+ * libvirt does: its children take its parent, which becomes current if
+ * it was. */
+
+/* The next snapshot (single or multi) that includes DISK fails on it
+ * with -ERR and MESSAGE (NULL: a QEMU-like text naming DISK); nothing
+ * changes on any disk. */
+void cfs_fake_fail_snapshot_disk(struct cfs_backend *be, const char *disk,
+                                 int err, const char *message);
+/* DOM gets a disk TARGET that cannot have a snapshot, and WHY ("cdrom",
+ * "network", "lun", ...): listed in unsnappable[] (and snapshot='no' in
+ * later snapshots); a TARGET that is also in disks[] is refused by
+ * snapshots (-EROFS). Fires domain_changed. */
+void cfs_fake_add_unsnappable(struct cfs_backend *be, const char *dom,
+                              const char *target, const char *why);
+
+/* The guest agent of a domain. Default: NONE, 2 filesystems. On a domain
+ * that is not running (shut off or paused) agent_fs answers -EINVAL
+ * "domain is not running" whatever the mode. */
+enum cfs_fake_agent_mode {
+    CFS_FAKE_AGENT_NONE,         /* no channel: -EOPNOTSUPP "QEMU guest
+                                    agent is not configured" */
+    CFS_FAKE_AGENT_DISCONNECTED, /* channel, no agent listening:
+                                    -EOPNOTSUPP "... is not connected" */
+    CFS_FAKE_AGENT_OK,           /* answers: freeze freezes (refused with
+                                    -EOPNOTSUPP "the agent is in frozen
+                                    state" when already frozen), thaw
+                                    thaws (0 filesystems if not frozen) */
+    CFS_FAKE_AGENT_HUNG,         /* freeze and thaw: -ETIMEDOUT "Guest
+                                    agent not available for now", nothing
+                                    changes (until the test sets OK) */
+    CFS_FAKE_AGENT_LATE,         /* the next freeze: -ETIMEDOUT, yet the
+                                    guest ends up frozen (counted) and the
+                                    agent is OK again: a later thaw
+                                    succeeds and counts */
+};
+void cfs_fake_agent_set(struct cfs_backend *be, const char *dom,
+                        enum cfs_fake_agent_mode mode);
+/* The guest's filesystems are frozen (by someone else: not counted). */
+void cfs_fake_agent_set_frozen(struct cfs_backend *be, const char *dom,
+                               bool frozen);
+/* How many filesystems a freeze or thaw reports. */
+void cfs_fake_agent_set_filesystems(struct cfs_backend *be, const char *dom,
+                                    unsigned n);
+struct cfs_fake_agent_state {
+    enum cfs_fake_agent_mode mode;
+    bool frozen;
+    unsigned freezes;     /* freezes that happened in the guest */
+    unsigned thaws;       /* agent_fs(thaw) calls that succeeded */
+    unsigned filesystems;
+    int timeout;          /* the last agent_set_timeout, 0 if never */
+};
+struct cfs_fake_agent_state cfs_fake_agent_state(struct cfs_backend *be,
+                                                 const char *dom);
+
+/* persistent_sources_set: shut-off persistent domains only (-EBUSY
+ * running or paused, -ENOENT transient or a missing disk), all disks
+ * checked then all defined (cfs_fake_calls("persistent_sources_set")
+ * counts defines); fires domain_changed. A disk defined on a layer of
+ * its chain, or on a file image_create made over one, gets the chain
+ * from there (as libvirt probes it at the next start), and
+ * persistent_source_get answers that; any other file is only recorded
+ * as the persistent source.
+ * snapshot_retarget_multi: all disks checked (each must have a source in
+ * NAME: else -ENOENT), then as snapshot_retarget per disk; MAKE_CURRENT
+ * makes NAME current (snaps[].current). */

@@ -20,7 +20,7 @@ it_wait_dom "$D"
 
 check_drives() {
   local what=$1 out
-  it_assert_eq "hdd vda" "$(it_ls "$MNT/$D")" "$what: the empty cdrom hdc is not listed, hdd with media is"
+  it_assert_eq "ctl hdd job job.json snapshots vda wait" "$(it_ls "$MNT/$D")" "$what: the empty cdrom hdc is not listed, hdd with media is"
   it_expect_errno ENOENT stat "$MNT/$D/hdc"
   it_expect_errno ENOENT mkdir "$MNT/$D/hdc/snapshots/x"
   out=$(cat "$MNT/$D/hdd/chain")
@@ -45,7 +45,7 @@ it_assert_contains "$(cat "$MNT/$D/hdc/chain")" "$T/media2.iso" "hdc's chain sho
 it_expect_errno EROFS mkdir "$MNT/$D/hdc/snapshots/x"
 it_virsh change-media "$D" hdc --eject --live >/dev/null || it_fail "virsh change-media --eject"
 it_wait_until 10 "hdc goes once ejected" bash -c "! test -e '$MNT/$D/hdc'"
-it_assert_eq "hdd vda" "$(it_ls "$MNT/$D")" "the ejected drive is not listed"
+it_assert_eq "ctl hdd job job.json snapshots vda wait" "$(it_ls "$MNT/$D")" "the ejected drive is not listed"
 
 grep -q "mkdir $D/hdd/snapshots/x refused (Read-only file system): the disk is read-only" "$IT_LOG" ||
   it_fail "no log line for the refused mkdir on the cdrom"

@@ -182,13 +182,69 @@ static void assert_job_contains(struct fx *f, const char *needle)
     free(job);
 }
 
+/* Issue 10: the domain's own nodes, from memory: snapshots/ (every name
+ * a disk shows), each one's info, job (each disk's), ctl (the mount's
+ * quiesce settings); a domain ctl takes no disk command; rmdir at the
+ * domain level is refused, nothing changed. */
+static void test_domain_nodes(void **state)
+{
+    struct fx *f = *state;
+    assert_list(f, "/vm1/snapshots", "s1 s2");
+    assert_list(f, "/vm2/snapshots", "");
+    assert_list(f, "/vm1/snapshots/s1", "info info.json");
+    struct cfs_node_attr a;
+    struct cfs_path p = P("/vm1/snapshots/s1");
+    assert_int_equal(cfs_engine_getattr(f->e, &p, &a), 0);
+    assert_true(a.is_dir);
+    static const char *const missing[] = {
+        "/vm1/snapshots/zzz", "/vm1/snapshots/zzz/info",
+        "/nope/snapshots", "/nope/job",
+    };
+    for (size_t i = 0; i < ELEMENTSOF(missing); i++) {
+        struct cfs_path m = P(missing[i]);
+        assert_int_equal(cfs_engine_getattr(f->e, &m, &a), -ENOENT);
+    }
+    char *info = read_file(f, "/vm1/snapshots/s1/info");
+    assert_non_null(strstr(info, "name:     s1\n"));
+    assert_non_null(strstr(info, "\nDISK  STATE  FILE\nvda   ok     "));
+    assert_non_null(strstr(info, "s1.qcow2\n"));
+    free(info);
+    char *job = read_file(f, "/vm1/job");
+    assert_string_equal(job, "domain: vm1\nstate:  none\n\ndisk: vda\n  type:  none\n"
+                             "  state: none\n");
+    free(job);
+    char *ctl = read_file(f, "/vm1/ctl");
+    assert_string_equal(ctl, "quiesce:         try\nquiesce_timeout: libvirt's own\n");
+    free(ctl);
+
+    /* the domain's wait returns at once: no disk has a job */
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(f->e, "vm1", NULL, NULL, NULL, &b), 0);
+    assert_non_null(strstr(b.data, "domain: vm1\n"));
+    cfs_buf_free(&b);
+    assert_int_equal(cfs_engine_wait(f->e, "nope", "", NULL, NULL, &b), -ENOENT);
+
+    struct cfs_ctl_cmd cmd = { .op = CFS_CTL_PIVOT_MANUAL };
+    assert_int_equal(cfs_engine_ctl(f->e, "vm1", NULL, &cmd), -EINVAL);
+    assert_int_equal(cfs_engine_ctl(f->e, "nope", NULL, &cmd), -ENOENT);
+    char *vctl = read_file(f, "/vm1/vda/ctl");
+    assert_non_null(strstr(vctl, "pivot:     auto\n"));
+    free(vctl);
+
+    unsigned commits = cfs_fake_calls(f->be, "commit_start");
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", NULL, "s1"), -EOPNOTSUPP);
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "commit_start"), commits);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+}
+
 /* ---- reads ----------------------------------------------------------------- */
 
 static void test_tree_and_reads_from_memory(void **state)
 {
     struct fx *f = *state;
     assert_list(f, "/", "vm1 vm2");
-    assert_list(f, "/vm1", "vda");
+    assert_list(f, "/vm1", "job job.json wait ctl snapshots vda");
     assert_list(f, "/vm1/vda", "chain chain.json job job.json wait ctl snapshots");
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_list(f, "/vm2/vda/snapshots", "");
@@ -3922,6 +3978,7 @@ int main(void)
 {
     cfs_log_init(false, false);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_domain_nodes, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_tree_and_reads_from_memory, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_domain_events_update_tree, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_mkdir_refusals_change_nothing, setup_running, teardown),

@@ -17,6 +17,7 @@
 #define ANY CFS_LVERR_OP_ANY
 #define JOB CFS_LVERR_OP_JOB
 #define PIVOT CFS_LVERR_OP_PIVOT
+#define AGENT CFS_LVERR_OP_AGENT
 #define QEMU 10 /* VIR_FROM_QEMU */
 #define RPC CFS_VERR_FROM_RPC
 #define REMOTE CFS_VERR_FROM_REMOTE
@@ -31,6 +32,38 @@ struct errmap_case {
 };
 
 static const struct errmap_case cases[] = {
+    /* the guest agent (design issue10 §2.4; texts as virsh prints them) */
+    {"agent timed out", CFS_VERR_AGENT_UNRESPONSIVE, QEMU, 0,
+     "Guest agent is not responding: Guest agent not available for now", AGENT, -ETIMEDOUT},
+    {"agent not connected", CFS_VERR_AGENT_UNRESPONSIVE, QEMU, 0,
+     "Guest agent is not responding: QEMU guest agent is not connected", AGENT, -EOPNOTSUPP},
+    {"agent in error", CFS_VERR_AGENT_UNRESPONSIVE, QEMU, 0,
+     "Guest agent is not responding: QEMU guest agent is not available due to an error",
+     AGENT, -EOPNOTSUPP},
+    {"agent disappeared", CFS_VERR_AGENT_UNRESPONSIVE, QEMU, 0,
+     "Guest agent is not responding: Guest agent disappeared while executing command",
+     AGENT, -EOPNOTSUPP},
+    {"agent not configured", CFS_VERR_ARGUMENT_UNSUPPORTED, QEMU, 0,
+     "argument unsupported: QEMU guest agent is not configured", AGENT, -EOPNOTSUPP},
+    {"agent: not running", CFS_VERR_OPERATION_INVALID, QEMU, 0,
+     "Requested operation is not valid: domain is not running", AGENT, -EINVAL},
+    {"agent refused (frozen)", CFS_VERR_INTERNAL_ERROR, QEMU, 0,
+     "internal error: unable to execute QEMU agent command 'guest-fsfreeze-freeze': "
+     "Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state",
+     AGENT, -EOPNOTSUPP},
+    {"agent job held", CFS_VERR_OPERATION_TIMEOUT, QEMU, 0,
+     "Timed out during operation: cannot acquire state change lock "
+     "(held by agent=remoteDispatchDomainFsfreeze)", AGENT, -ETIMEDOUT},
+    {"agent: no domain", CFS_VERR_NO_DOMAIN, QEMU, 0,
+     "Domain not found: no domain with matching name 'x'", AGENT, -ENOENT},
+    {"agent: other internal error", CFS_VERR_INTERNAL_ERROR, QEMU, 0,
+     "internal error: unexpected reply", AGENT, -EIO},
+    {"agent: dead connection", CFS_VERR_INTERNAL_ERROR, RPC, 0,
+     "client socket is closed", AGENT, -ENOTCONN},
+    {"agent timeout, another op", CFS_VERR_AGENT_UNRESPONSIVE, QEMU, 0,
+     "Guest agent is not responding: Guest agent not available for now", ANY, -ETIMEDOUT},
+    {"not running, another op", CFS_VERR_OPERATION_INVALID, QEMU, 0,
+     "Requested operation is not valid: domain is not running", ANY, -EIO},
     /* by libvirt's code */
     {"no domain", CFS_VERR_NO_DOMAIN, QEMU, 0,
      "Domain not found: no domain with matching name 'x'", ANY, -ENOENT},

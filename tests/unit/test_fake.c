@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -1395,6 +1396,423 @@ static void test_touch_domain(void **state)
     assert_string_equal(fx->events[0].dom, "vm1");
 }
 
+
+/* ---- issue 10: whole-VM snapshots, the agent, multi-disk define ------------------ */
+
+/* vm1 gains vdb (raw, snapshottable), vdc (read-only) and, outside
+ * disks[], hdc (an empty cdrom). */
+static void add_disks_10(struct cfs_backend *be)
+{
+    struct cfs_domain *d = read_ok(be, "vm1");
+    const char *const targets[] = { "vdb", "vdc" };
+    const char *const paths[] = { "/img/data.raw", "/img/ro.raw" };
+
+    d->disks = cfs_xrealloc(d->disks, 3 * sizeof(*d->disks));
+    for (size_t i = 0; i < 2; i++) {
+        d->disks[1 + i] = (struct cfs_disk){
+            .target = cfs_xstrdup(targets[i]),
+            .readonly = i == 1,
+            .n_layers = 1,
+            .layers = cfs_xcalloc(1, sizeof(struct cfs_layer)),
+        };
+        d->disks[1 + i].layers[0].path = cfs_xstrdup(paths[i]);
+        d->disks[1 + i].layers[0].format = cfs_xstrdup("raw");
+        d->disks[1 + i].layers[0].virtual_size = 8 * MiB;
+    }
+    d->n_disks = 3;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    cfs_fake_add_unsnappable(be, "vm1", "hdc", "cdrom");
+}
+
+static const struct cfs_snap_disk *snap_disk(const struct cfs_snap_info *si,
+                                             const char *target)
+{
+    for (size_t i = 0; si && i < si->n_disks; i++)
+        if (cfs_streq(si->disks[i].target, target))
+            return &si->disks[i];
+    return NULL;
+}
+
+static void test_snapshot_multi(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    const struct cfs_snapshot_disk two[] = {
+        { "vda", "/img/vm1.vda.s3.qcow2" },
+        { "vdb", "/img/vm1.vdb.s3.qcow2" },
+    };
+    const struct cfs_snap_info *si;
+    struct cfs_domain *d;
+
+    add_disks_10(be);
+    d = read_ok(be, "vm1");
+    assert_int_equal(d->n_unsnappable, 2);
+    assert_string_equal(d->unsnappable[0].target, "vdc");
+    assert_string_equal(d->unsnappable[0].why, "read-only");
+    assert_string_equal(d->unsnappable[1].target, "hdc");
+    assert_string_equal(d->unsnappable[1].why, "cdrom");
+    /* the test's own snapshots have facts too */
+    assert_int_equal(d->n_snaps, 2);
+    assert_string_equal(d->snaps[0].name, "s2");
+    assert_string_equal(d->snaps[1].name, "s1");
+    assert_false(d->snaps[0].current);
+    assert_null(d->snaps[0].description);
+    si = cfs_domain_find_snap(d, "s1");
+    assert_string_equal(snap_disk(si, "vda")->snapshot, "external");
+    assert_string_equal(snap_disk(si, "vda")->source, chain3[1]);
+    assert_string_equal(snap_disk(si, "vdb")->snapshot, "no");
+    assert_null(snap_disk(si, "vdb")->source);
+    assert_string_equal(snap_disk(si, "hdc")->snapshot, "no");
+    /* put back as read: nothing changes (the notes are not doubled) */
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    d = read_ok(be, "vm1");
+    assert_int_equal(d->n_unsnappable, 2);
+    assert_int_equal(d->n_snaps, 2);
+    cfs_domain_free(d);
+    clear_events(fx);
+
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "s3", 2, two,
+                                                    "chainfs: quiesced=yes filesystems=2"),
+                     0);
+    assert_int_equal(n_events(fx), 0); /* libvirt fires none */
+    d = read_ok(be, "vm1");
+    assert_int_equal(d->disks[0].n_layers, 4);
+    assert_string_equal(d->disks[0].layers[0].path, two[0].overlay);
+    assert_string_equal(d->disks[0].layers[0].meta_name, "s3");
+    assert_int_equal(d->disks[1].n_layers, 2);
+    assert_string_equal(d->disks[1].layers[0].path, two[1].overlay);
+    assert_string_equal(d->disks[1].layers[0].meta_name, "s3");
+    assert_int_equal(d->disks[1].layers[0].virtual_size, 8 * MiB);
+    assert_int_equal(d->disks[2].n_layers, 1);
+    si = cfs_domain_find_snap(d, "s3");
+    assert_non_null(si);
+    assert_string_equal(si->description, "chainfs: quiesced=yes filesystems=2");
+    assert_true(si->current);
+    assert_null(si->parent);
+    assert_true(si->created > 0);
+    assert_int_equal(si->n_disks, 4);
+    assert_string_equal(snap_disk(si, "vda")->source, two[0].overlay);
+    assert_string_equal(snap_disk(si, "vdb")->snapshot, "external");
+    assert_string_equal(snap_disk(si, "vdb")->source, two[1].overlay);
+    assert_string_equal(snap_disk(si, "vdc")->snapshot, "no");
+    assert_string_equal(snap_disk(si, "hdc")->snapshot, "no");
+    int64_t s3_created = si->created;
+    cfs_domain_free(d);
+
+    /* the single-disk op: parent the current one, which it replaces */
+    assert_int_equal(be->ops->snapshot_create(be, "vm1", "vda", "s4",
+                                              "/img/vm1.vda.s4.qcow2"), 0);
+    d = read_ok(be, "vm1");
+    si = cfs_domain_find_snap(d, "s4");
+    assert_string_equal(si->parent, "s3");
+    assert_true(si->current);
+    assert_null(si->description);
+    assert_true(si->created > s3_created);
+    assert_false(cfs_domain_find_snap(d, "s3")->current);
+    assert_string_equal(snap_disk(si, "vdb")->snapshot, "no");
+    cfs_domain_free(d);
+
+    /* refusals: nothing changes on any disk */
+    const struct cfs_snapshot_disk ro[] = { { "vda", "/img/a.qcow2" }, { "vdc", "/img/c.qcow2" } };
+    const struct cfs_snapshot_disk cd[] = { { "vda", "/img/a.qcow2" }, { "hdc", "/img/c.qcow2" } };
+    const struct cfs_snapshot_disk twice[] = { { "vda", "/img/a.qcow2" }, { "vda", "/img/b.qcow2" } };
+    const struct cfs_snapshot_disk same[] = { { "vda", "/img/a.qcow2" }, { "vdb", "/img/a.qcow2" } };
+    const struct cfs_snapshot_disk used[] = { { "vda", "/img/a.qcow2" }, { "vdb", chain3[2] } };
+    const struct cfs_snapshot_disk ok[] = { { "vda", "/img/a.qcow2" }, { "vdb", "/img/b.qcow2" } };
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, ro, NULL), -EROFS);
+    assert_non_null(strstr(cfs_backend_errmsg(), "vdc"));
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, cd, NULL), -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "hdc"));
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, twice, NULL), -EINVAL);
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, same, NULL), -EINVAL);
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, used, NULL), -EEXIST);
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "s3", 2, ok, NULL), -EEXIST);
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 0, ok, NULL), -EINVAL);
+    assert_int_equal(be->ops->snapshot_create_multi(be, "nope", "x", 2, ok, NULL), -ENOENT);
+    cfs_fake_fail_next(be, "snapshot_create_multi", ENOSPC, "No space left on device");
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, ok, NULL), -ENOSPC);
+    /* disk K fails: all or none */
+    cfs_fake_fail_snapshot_disk(be, "vdb", EIO, NULL);
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, ok, NULL), -EIO);
+    assert_non_null(strstr(cfs_backend_errmsg(), "vdb"));
+    cfs_fake_fail_snapshot_disk(be, "vdb", EACCES, "Permission denied: /img/b.qcow2");
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, ok, NULL), -EACCES);
+    assert_string_equal(cfs_backend_errmsg(), "Permission denied: /img/b.qcow2");
+    /* a job on one disk */
+    cfs_fake_start_external_job(be, "vm1", "vdb", CFS_JOB_BACKUP);
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, ok, NULL), -EBUSY);
+    cfs_fake_job_vanish(be, "vm1", "vdb", false);
+    /* a lun disk in disks[] noted by the test */
+    cfs_fake_add_unsnappable(be, "vm1", "vdb", "lun");
+    d = read_ok(be, "vm1");
+    assert_int_equal(d->n_unsnappable, 3);
+    assert_string_equal(d->unsnappable[0].target, "vdb");
+    assert_string_equal(d->unsnappable[0].why, "lun");
+    assert_false(cfs_strv_contains(d->snapshots, "x"));
+    assert_int_equal(d->disks[0].n_layers, 5);
+    assert_int_equal(d->disks[1].n_layers, 2);
+    assert_true(cfs_domain_find_snap(d, "s4")->current);
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, ok, NULL), -EROFS);
+    assert_non_null(strstr(cfs_backend_errmsg(), "lun"));
+    /* the test takes the notes away: put without unsnappable[] */
+    d = read_ok(be, "vm1");
+    for (size_t i = 0; i < d->n_unsnappable; i++) {
+        free(d->unsnappable[i].target);
+        free(d->unsnappable[i].why);
+    }
+    free(d->unsnappable);
+    d->unsnappable = NULL;
+    d->n_unsnappable = 0;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    d = read_ok(be, "vm1");
+    /* read-only is worked out again; hdc and vdb's notes went with the put */
+    assert_int_equal(d->n_unsnappable, 1);
+    assert_string_equal(d->unsnappable[0].target, "vdc");
+    cfs_domain_free(d);
+    /* the injected disk failure was used up */
+    assert_int_equal(be->ops->snapshot_create_multi(be, "vm1", "x", 2, ok, NULL), 0);
+
+    /* forget disk by disk: snapshot='no', then gone; current goes to
+     * its parent */
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "vda", "x"), 0);
+    d = read_ok(be, "vm1");
+    si = cfs_domain_find_snap(d, "x");
+    assert_string_equal(snap_disk(si, "vda")->snapshot, "no");
+    assert_string_equal(snap_disk(si, "vdb")->snapshot, "external");
+    assert_string_equal(si->parent, "s4");
+    assert_true(si->current);
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->snapshot_forget(be, "vm1", "vdb", "x"), 0);
+    d = read_ok(be, "vm1");
+    assert_null(cfs_domain_find_snap(d, "x"));
+    assert_true(cfs_domain_find_snap(d, "s4")->current);
+    cfs_domain_free(d);
+    /* drop of s3: s4's parent becomes s3's (none) */
+    assert_int_equal(be->ops->snapshot_drop(be, "vm1", "s3"), 0);
+    d = read_ok(be, "vm1");
+    assert_null(cfs_domain_find_snap(d, "s4")->parent);
+    assert_int_equal(d->n_snaps, 3);
+    cfs_domain_free(d);
+    assert_int_equal(cfs_fake_calls(be, "snapshot_create_multi"), 15);
+}
+
+static void test_agent(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    const char *const one[] = { "/img/off.qcow2" };
+    struct cfs_fake_agent_state st;
+    unsigned n = 99;
+
+    /* no channel by default */
+    assert_int_equal(be->ops->agent_fs(be, "vm1", false, &n), -EOPNOTSUPP);
+    assert_int_equal(n, 0);
+    assert_non_null(strstr(cfs_backend_errmsg(), "not configured"));
+    assert_int_equal(be->ops->agent_fs(be, "nope", false, &n), -ENOENT);
+    /* the timeout is recorded, agent or not */
+    st = cfs_fake_agent_state(be, "vm1");
+    assert_int_equal(st.timeout, 0);
+    assert_int_equal(be->ops->agent_set_timeout(be, "vm1", 3), 0);
+    assert_int_equal(cfs_fake_agent_state(be, "vm1").timeout, 3);
+    assert_int_equal(be->ops->agent_set_timeout(be, "vm1", 0), -EINVAL);
+    assert_int_equal(be->ops->agent_set_timeout(be, "nope", 3), -ENOENT);
+    assert_int_equal(cfs_fake_calls(be, "agent_set_timeout"), 3);
+
+    cfs_fake_agent_set(be, "vm1", CFS_FAKE_AGENT_DISCONNECTED);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", false, &n), -EOPNOTSUPP);
+    assert_non_null(strstr(cfs_backend_errmsg(), "not connected"));
+
+    cfs_fake_agent_set(be, "vm1", CFS_FAKE_AGENT_OK);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", false, &n), 0);
+    assert_int_equal(n, 2);
+    st = cfs_fake_agent_state(be, "vm1");
+    assert_true(st.frozen);
+    assert_int_equal(st.freezes, 1);
+    /* frozen: qemu-ga refuses another freeze */
+    assert_int_equal(be->ops->agent_fs(be, "vm1", false, &n), -EOPNOTSUPP);
+    assert_non_null(strstr(cfs_backend_errmsg(), "the agent is in frozen state"));
+    assert_int_equal(cfs_fake_agent_state(be, "vm1").freezes, 1);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", true, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", true, &n), 0);
+    assert_int_equal(n, 0);
+    st = cfs_fake_agent_state(be, "vm1");
+    assert_false(st.frozen);
+    assert_int_equal(st.thaws, 2);
+
+    /* hung: both time out, nothing happens */
+    cfs_fake_agent_set(be, "vm1", CFS_FAKE_AGENT_HUNG);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", false, &n), -ETIMEDOUT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "not available for now"));
+    assert_int_equal(be->ops->agent_fs(be, "vm1", true, &n), -ETIMEDOUT);
+    st = cfs_fake_agent_state(be, "vm1");
+    assert_false(st.frozen);
+    assert_int_equal(st.freezes, 1);
+    assert_int_equal(st.thaws, 2);
+
+    /* completes late: timed out, yet frozen; a later thaw ends it */
+    cfs_fake_agent_set(be, "vm1", CFS_FAKE_AGENT_LATE);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", false, &n), -ETIMEDOUT);
+    st = cfs_fake_agent_state(be, "vm1");
+    assert_true(st.frozen);
+    assert_int_equal(st.freezes, 2);
+    assert_int_equal(st.mode, CFS_FAKE_AGENT_OK);
+    cfs_fake_fail_next(be, "agent_thaw", ETIMEDOUT,
+                       "Guest agent is not responding: Guest agent not available for now");
+    assert_int_equal(be->ops->agent_fs(be, "vm1", true, &n), -ETIMEDOUT);
+    assert_true(cfs_fake_agent_state(be, "vm1").frozen);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", true, &n), 0);
+    assert_int_equal(n, 2);
+    st = cfs_fake_agent_state(be, "vm1");
+    assert_false(st.frozen);
+    assert_int_equal(st.thaws, 3);
+
+    /* someone else froze it */
+    cfs_fake_agent_set_frozen(be, "vm1", true);
+    cfs_fake_agent_set_filesystems(be, "vm1", 5);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", false, &n), -EOPNOTSUPP);
+    assert_int_equal(cfs_fake_agent_state(be, "vm1").freezes, 2);
+    cfs_fake_agent_set_frozen(be, "vm1", false);
+    assert_int_equal(be->ops->agent_fs(be, "vm1", false, &n), 0);
+    assert_int_equal(n, 5);
+
+    /* shut off or paused: not running, whatever the agent */
+    cfs_fake_add_simple(be, "off", CFS_DOM_SHUTOFF, "vda", one, NULL, 1);
+    cfs_fake_agent_set(be, "off", CFS_FAKE_AGENT_OK);
+    assert_int_equal(be->ops->agent_fs(be, "off", false, &n), -EINVAL);
+    assert_non_null(strstr(cfs_backend_errmsg(), "not running"));
+    assert_int_equal(be->ops->agent_fs(be, "off", true, &n), -EINVAL);
+    assert_int_equal(be->ops->agent_set_timeout(be, "off", 10), 0);
+    assert_int_equal(cfs_fake_agent_state(be, "off").timeout, 10);
+    cfs_fake_add_simple(be, "paused", CFS_DOM_PAUSED, "vda", one, NULL, 1);
+    cfs_fake_agent_set(be, "paused", CFS_FAKE_AGENT_OK);
+    assert_int_equal(be->ops->agent_fs(be, "paused", false, &n), -EINVAL);
+    assert_int_equal(cfs_fake_agent_state(be, "paused").freezes, 0);
+
+    assert_int_equal(cfs_fake_calls(be, "agent_freeze"), 11);
+    assert_int_equal(cfs_fake_calls(be, "agent_thaw"), 6);
+}
+
+static void test_persistent_sources_set(void **state)
+{
+    struct fixture *fx = *state;
+    struct cfs_backend *be = fx->be;
+    char dir[] = "/tmp/test_fake.XXXXXX";
+    const char *const va[] = { "/img/off.vda.s2.qcow2", "/img/off.vda.s1.qcow2", "/img/off.vda.qcow2" };
+    const char *const ma[] = { "s2", "s1", NULL };
+    struct cfs_domain *d;
+    char *over, *src = NULL;
+
+    assert_non_null(mkdtemp(dir));
+    over = cfs_xasprintf("%s/off.vda.s1.1.qcow2", dir);
+    cfs_fake_add_simple(be, "off", CFS_DOM_SHUTOFF, "vda", va, ma, 3);
+    d = read_ok(be, "off");
+    d->disks = cfs_xrealloc(d->disks, 2 * sizeof(*d->disks));
+    d->disks[1] = (struct cfs_disk){
+        .target = cfs_xstrdup("vdb"),
+        .n_layers = 2,
+        .layers = cfs_xcalloc(2, sizeof(struct cfs_layer)),
+    };
+    d->disks[1].layers[0] = (struct cfs_layer){ .path = cfs_xstrdup("/img/off.vdb.s2.qcow2"),
+        .format = cfs_xstrdup("qcow2"), .virtual_size = 8 * MiB, .meta_name = cfs_xstrdup("s2") };
+    d->disks[1].layers[1] = (struct cfs_layer){ .path = cfs_xstrdup("/img/off.vdb.qcow2"),
+        .format = cfs_xstrdup("qcow2"), .virtual_size = 8 * MiB };
+    d->n_disks = 2;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+
+    /* a revert to s1 on vda (a new overlay over s1's frozen layer, the
+     * base: s1's overlay va[1] leaves with s2's) and to
+     * the base on vdb (a layer of the chain), in one define */
+    assert_int_equal(be->ops->image_create(be, over, va[1], "qcow2", va[2], "qcow2", NULL), 0);
+    const char *const disks[] = { "vda", "vdb" };
+    const char *const paths[] = { over, "/img/off.vdb.qcow2" };
+    const char *const fmts[] = { "qcow2", "qcow2" };
+    const char *const bad_disks[] = { "vda", "vdz" };
+    /* refusals first: nothing changes */
+    assert_int_equal(be->ops->persistent_sources_set(be, "off", 2, bad_disks, paths, fmts), -ENOENT);
+    assert_non_null(strstr(cfs_backend_errmsg(), "vdz"));
+    assert_int_equal(be->ops->persistent_sources_set(be, "vm1", 1, disks, paths, fmts), -EBUSY);
+    assert_int_equal(be->ops->persistent_sources_set(be, "nope", 1, disks, paths, fmts), -ENOENT);
+    cfs_fake_fail_next(be, "persistent_sources_set", EIO, "internal error: boom");
+    assert_int_equal(be->ops->persistent_sources_set(be, "off", 2, disks, paths, fmts), -EIO);
+    assert_chain(be, "off", "vda", va, 3);
+    clear_events(fx);
+
+    assert_int_equal(be->ops->persistent_sources_set(be, "off", 2, disks, paths, fmts), 0);
+    assert_int_equal(cfs_fake_calls(be, "persistent_sources_set"), 5);
+    assert_int_equal(cfs_fake_calls(be, "persistent_source_set"), 0);
+    assert_int_equal(n_events(fx), 1);
+    assert_int_equal(fx->events[0].kind, R_DOMAIN);
+    const char *const va2[] = { over, va[2] };
+    assert_chain(be, "off", "vda", va2, 2);
+    const char *const vb2[] = { "/img/off.vdb.qcow2" };
+    assert_chain(be, "off", "vdb", vb2, 1);
+    assert_int_equal(be->ops->persistent_source_get(be, "off", "vda", &src), 0);
+    assert_string_equal(src, over);
+    free(src);
+    d = read_ok(be, "off");
+    assert_null(d->disks[0].layers[0].meta_name);
+    assert_int_equal(d->disks[0].layers[0].virtual_size, 64 * MiB);
+    assert_null(d->disks[0].layers[1].meta_name);
+    /* s1's and s2's layers left the chains; their metadata still names
+     * them */
+    assert_string_equal(snap_disk(cfs_domain_find_snap(d, "s1"), "vda")->source, va[1]);
+    assert_string_equal(snap_disk(cfs_domain_find_snap(d, "s2"), "vda")->source, va[0]);
+    cfs_domain_free(d);
+
+    /* retarget s1 to the new overlay and make it current; s2 names no
+     * file for vdb? it does: retarget checks every disk first */
+    const char *const rdisks[] = { "vda", "vdb" };
+    const char *const rsrc[] = { over, "/img/x.qcow2" };
+    assert_int_equal(be->ops->snapshot_retarget_multi(be, "off", "s1", 2, rdisks, rsrc, true),
+                     -ENOENT); /* s1 names nothing for vdb */
+    assert_non_null(strstr(cfs_backend_errmsg(), "vdb"));
+    d = read_ok(be, "off");
+    assert_false(cfs_domain_find_snap(d, "s1")->current);
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->snapshot_retarget_multi(be, "off", "s9", 1, rdisks, rsrc, true),
+                     -ENOENT);
+    assert_int_equal(be->ops->snapshot_retarget_multi(be, "off", "s1", 1, rdisks, rsrc, true), 0);
+    d = read_ok(be, "off");
+    const struct cfs_snap_info *si = cfs_domain_find_snap(d, "s1");
+    assert_true(si->current);
+    assert_string_equal(snap_disk(si, "vda")->source, over);
+    assert_false(cfs_domain_find_snap(d, "s2")->current);
+    assert_string_equal(d->disks[0].layers[0].meta_name, "s1");
+    assert_null(d->disks[0].layers[1].meta_name);
+    cfs_domain_free(d);
+    /* without make_current the current one stays */
+    const char *const rsrc2[] = { "/img/off.vdb.s2.qcow2" };
+    const char *const rdisk2[] = { "vdb" };
+    assert_int_equal(be->ops->snapshot_retarget_multi(be, "off", "s2", 1, rdisk2, rsrc2, false), 0);
+    d = read_ok(be, "off");
+    assert_true(cfs_domain_find_snap(d, "s1")->current);
+    cfs_domain_free(d);
+
+    /* a file the fake knows nothing of: only recorded */
+    const char *const p3[] = { "/img/unknown.qcow2" };
+    assert_int_equal(be->ops->persistent_sources_set(be, "off", 1, disks, p3, fmts), 0);
+    assert_chain(be, "off", "vda", va2, 2);
+    assert_int_equal(be->ops->persistent_source_get(be, "off", "vda", &src), 0);
+    assert_string_equal(src, "/img/unknown.qcow2");
+    free(src);
+    /* a transient domain */
+    d = read_ok(be, "off");
+    d->persistent = false;
+    cfs_fake_put_domain(be, d);
+    cfs_domain_free(d);
+    assert_int_equal(be->ops->persistent_sources_set(be, "off", 1, disks, paths, fmts), -ENOENT);
+
+    unlink(over);
+    rmdir(dir);
+    free(over);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -1424,6 +1842,9 @@ int main(void)
         T(test_external_copy_abort),
         T(test_external_pull_and_others),
         T(test_touch_domain),
+        T(test_snapshot_multi),
+        T(test_agent),
+        T(test_persistent_sources_set),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -77,6 +77,26 @@ static void test_every_kind(void **state)
     assert_string_equal(p.snap, "s1");
     p = parse_ok("/web01/vda/snapshots/s1/info.json", CFS_NODE_INFO_JSON);
     assert_string_equal(p.snap, "s1");
+
+    /* issue 10: the domain's own nodes; no disk in them */
+    p = parse_ok("/web01/job", CFS_NODE_DOM_JOB);
+    assert_string_equal(p.dom, "web01");
+    assert_string_equal(p.disk, "");
+    parse_ok("/web01/job.json", CFS_NODE_DOM_JOB_JSON);
+    parse_ok("/web01/wait", CFS_NODE_DOM_WAIT);
+    parse_ok("/web01/ctl", CFS_NODE_DOM_CTL);
+    p = parse_ok("/web01/snapshots", CFS_NODE_DOM_SNAPDIR);
+    assert_string_equal(p.disk, "");
+    assert_string_equal(p.snap, "");
+    p = parse_ok("/web01/snapshots/s1", CFS_NODE_DOM_SNAPSHOT);
+    assert_string_equal(p.dom, "web01");
+    assert_string_equal(p.disk, "");
+    assert_string_equal(p.snap, "s1");
+    p = parse_ok("/web01/snapshots/s1/info", CFS_NODE_DOM_INFO);
+    assert_string_equal(p.snap, "s1");
+    assert_string_equal(p.disk, "");
+    p = parse_ok("/web01/snapshots/s1/info.json", CFS_NODE_DOM_INFO_JSON);
+    assert_string_equal(p.snap, "s1");
 }
 
 static void test_names_are_not_keywords(void **state)
@@ -122,6 +142,10 @@ static void test_not_a_node(void **state)
         "/web01/./vda",
         "/web01/vda/snapshots/..",
         "/web01/vda/snapshots/.",
+        "/web01/snapshots/s1/disk.raw",        /* one per disk, not here */
+        "/web01/snapshots/s1/chain",
+        "/web01/snapshots/s1/info/x",
+        "/web01/job/x",
     };
     for (size_t i = 0; i < ELEMENTSOF(bad); i++)
         parse_err(bad[i], -ENOENT);
@@ -204,20 +228,29 @@ static void test_entries(void **state)
     assert_string_equal(disk, "chain chain.json job job.json wait ctl snapshots");
     _cleanup_free_ char *snap = fixed_names(CFS_NODE_SNAPSHOT);
     assert_string_equal(snap, "info info.json disk.raw");
+    _cleanup_free_ char *dom = fixed_names(CFS_NODE_DOMAIN);
+    assert_string_equal(dom, "job job.json wait ctl snapshots");
+    _cleanup_free_ char *dsnap = fixed_names(CFS_NODE_DOM_SNAPSHOT);
+    assert_string_equal(dsnap, "info info.json");
     for (enum cfs_node_kind k = CFS_NODE_CHAIN; k < CFS_NODE_KIND_MAX; k++) {
         const struct cfs_node_type *t = cfs_node_type(k);
         if (!t->name)
             continue;
         /* every fixed name parses to its kind, under its parent */
-        _cleanup_free_ char *path = cfs_xasprintf(
-            t->parent == CFS_NODE_DISK ? "/d/vda/%s" : "/d/vda/snapshots/s/%s",
-            t->name);
+        const char *fmt = t->parent == CFS_NODE_DISK       ? "/d/vda/%s"
+                          : t->parent == CFS_NODE_SNAPSHOT ? "/d/vda/snapshots/s/%s"
+                          : t->parent == CFS_NODE_DOMAIN   ? "/d/%s"
+                                                           : "/d/snapshots/s/%s";
+        _cleanup_free_ char *path = cfs_xasprintf(fmt, t->name);
         parse_ok(path, k);
         assert_int_equal(cfs_node_child(t->parent, t->name, strlen(t->name)), k);
     }
     /* names by the world where any name goes, nothing elsewhere */
     assert_int_equal(cfs_node_child(CFS_NODE_ROOT, "ctl", 3), CFS_NODE_DOMAIN);
-    assert_int_equal(cfs_node_child(CFS_NODE_DOMAIN, "ctl", 3), CFS_NODE_DISK);
+    assert_int_equal(cfs_node_child(CFS_NODE_DOMAIN, "ctl", 3), CFS_NODE_DOM_CTL);
+    assert_int_equal(cfs_node_child(CFS_NODE_DOMAIN, "vda", 3), CFS_NODE_DISK);
+    assert_int_equal(cfs_node_child(CFS_NODE_DOM_SNAPDIR, "ctl", 3), CFS_NODE_DOM_SNAPSHOT);
+    assert_int_equal(cfs_node_child(CFS_NODE_DOM_SNAPSHOT, "disk.raw", 8), CFS_NODE_INVALID);
     assert_int_equal(cfs_node_child(CFS_NODE_SNAPDIR, "ctl", 3), CFS_NODE_SNAPSHOT);
     assert_int_equal(cfs_node_child(CFS_NODE_DISK, "ctlx", 4), CFS_NODE_INVALID);
     assert_int_equal(cfs_node_child(CFS_NODE_DISK, "ctl", 2), CFS_NODE_INVALID);
@@ -241,10 +274,11 @@ static void test_table(void **state)
         assert_true(t->dir      ? t->list && !t->render
                     : t->image ? !t->render && !t->list
                                : t->render && !t->list);
-        assert_int_equal(t->write != NULL, k == CFS_NODE_CTL);
-        assert_int_equal(t->blocks, k == CFS_NODE_WAIT);
-        assert_int_equal(t->managed, k == CFS_NODE_CTL || k == CFS_NODE_SNAPDIR);
-        assert_int_equal(t->mkdir_rmdir, k == CFS_NODE_SNAPDIR);
+        assert_int_equal(t->write != NULL, k == CFS_NODE_CTL || k == CFS_NODE_DOM_CTL);
+        assert_int_equal(t->blocks, k == CFS_NODE_WAIT || k == CFS_NODE_DOM_WAIT);
+        assert_int_equal(t->managed, k == CFS_NODE_CTL || k == CFS_NODE_SNAPDIR ||
+                                     k == CFS_NODE_DOM_CTL || k == CFS_NODE_DOM_SNAPDIR);
+        assert_int_equal(t->mkdir_rmdir, k == CFS_NODE_SNAPDIR || k == CFS_NODE_DOM_SNAPDIR);
         unsigned want = t->dir     ? (t->managed ? 0755 : 0555)
                         : t->image ? 0400
                                    : (t->managed ? 0644 : 0444);
@@ -265,7 +299,10 @@ static void test_is_file(void **state)
                     k == CFS_NODE_JOB || k == CFS_NODE_JOB_JSON ||
                     k == CFS_NODE_WAIT || k == CFS_NODE_CTL ||
                     k == CFS_NODE_INFO || k == CFS_NODE_INFO_JSON ||
-                    k == CFS_NODE_DISK_RAW;
+                    k == CFS_NODE_DISK_RAW || k == CFS_NODE_DOM_JOB ||
+                    k == CFS_NODE_DOM_JOB_JSON || k == CFS_NODE_DOM_WAIT ||
+                    k == CFS_NODE_DOM_CTL || k == CFS_NODE_DOM_INFO ||
+                    k == CFS_NODE_DOM_INFO_JSON;
         assert_int_equal(cfs_node_is_file(k), want);
     }
 }

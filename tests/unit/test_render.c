@@ -446,7 +446,7 @@ static void test_chain_canonical_path(void **state)
     assert_json_str(l0, "xml_path", "/img/top.qcow2");
     json_object_put(o);
 
-    cfs_render_info_text(&b, d, &d->disks[0], 0, false);
+    cfs_render_info_text(&b, d, &d->disks[0], 0, false, NULL);
     _cleanup_free_ char *info = cfs_buf_steal(&b);
     assert_non_null(strstr(info, "frozen:    /srv/b/base.qcow2\n"));
 }
@@ -846,7 +846,7 @@ static char *render_info_text(const struct cfs_domain *d, int index, bool partia
 {
     struct cfs_buf b = { 0 };
 
-    cfs_render_info_text(&b, d, &d->disks[0], index, partial);
+    cfs_render_info_text(&b, d, &d->disks[0], index, partial, NULL);
     return cfs_buf_steal(&b);
 }
 
@@ -868,7 +868,10 @@ static void test_info_text_golden(void **state)
         "frozen:    /var/lib/libvirt/images/web01.qcow2\n"
         "depth:     1\n"
         "active:    no\n"
-        "source:    libvirt-metadata\n");
+        "source:    libvirt-metadata\n"
+        "quiesced:  -\n"
+        "quiesce:   -\n"
+        "taken:     -\n");
 }
 
 static void test_info_text_active_partial(void **state)
@@ -889,7 +892,10 @@ static void test_info_text_active_partial(void **state)
         "frozen:    /var/lib/libvirt/images/web01.vda.s1.qcow2\n"
         "depth:     0\n"
         "active:    yes\n"
-        "source:    chainfs\n");
+        "source:    chainfs\n"
+        "quiesced:  -\n"
+        "quiesce:   -\n"
+        "taken:     -\n");
 }
 
 static void test_info_out_of_range(void **state)
@@ -906,7 +912,7 @@ static void test_info_out_of_range(void **state)
         assert_int_equal(s[strlen(s) - 1], '\n');
 
         struct cfs_buf b = { 0 };
-        cfs_render_info_json(&b, d, &d->disks[0], idx[i], false);
+        cfs_render_info_json(&b, d, &d->disks[0], idx[i], false, NULL);
         _cleanup_free_ char *j = cfs_buf_steal(&b);
         struct json_object *o = parse_json(j);
         assert_json_str(o, "name", NULL);
@@ -921,12 +927,13 @@ static void test_info_json(void **state)
     static const char *const keys[] = {
         "name", "domain", "disk", "state", "file", "format", "virtual_size",
         "allocation", "physical", "block", "frozen", "depth", "active",
-        "name_source",
+        "name_source", "quiesced", "quiesce_reason", "filesystems", "scope",
+        "disks", "excluded",
     };
     _cleanup_domain_ struct cfs_domain *d = web01();
     struct cfs_buf b = { 0 };
 
-    cfs_render_info_json(&b, d, &d->disks[0], 1, false);
+    cfs_render_info_json(&b, d, &d->disks[0], 1, false, NULL);
     _cleanup_free_ char *s = cfs_buf_steal(&b);
     struct json_object *o = parse_json(s);
     assert_json_keys(o, keys, ELEMENTSOF(keys));
@@ -944,9 +951,14 @@ static void test_info_json(void **state)
     assert_json_int(o, "depth", 1);
     assert_json_bool(o, "active", false);
     assert_json_str(o, "name_source", "libvirt-metadata");
+    assert_null(get(o, "quiesced"));
+    assert_json_str(o, "quiesce_reason", NULL);
+    assert_json_str(o, "scope", NULL);
+    assert_int_equal(json_object_array_length(get(o, "disks")), 0);
+    assert_int_equal(json_object_array_length(get(o, "excluded")), 0);
     json_object_put(o);
 
-    cfs_render_info_json(&b, d, &d->disks[0], 0, true);
+    cfs_render_info_json(&b, d, &d->disks[0], 0, true, NULL);
     _cleanup_free_ char *s0 = cfs_buf_steal(&b);
     o = parse_json(s0);
     assert_json_str(o, "state", "partial");
@@ -954,6 +966,255 @@ static void test_info_json(void **state)
     assert_json_bool(o, "active", true);
     assert_json_str(o, "frozen", "/var/lib/libvirt/images/web01.vda.s1.qcow2");
     assert_json_str(o, "name_source", "chainfs");
+    json_object_put(o);
+}
+
+/* ---- issue 10: how a snapshot was taken; the domain's files ---------------------- */
+
+/* web01 with a second disk vdb holding before-upgrade too, and libvirt's
+ * snapshot before-upgrade of both, taken quiesced at domain level */
+static struct cfs_domain *web01_two(const char *description)
+{
+    struct cfs_domain *d = web01();
+    d->disks = cfs_xrealloc(d->disks, 2 * sizeof(struct cfs_disk));
+    d->n_disks = 2;
+    struct cfs_disk *k = &d->disks[1];
+    *k = (struct cfs_disk){ .target = cfs_xstrdup("vdb"), .n_layers = 2 };
+    k->layers = cfs_xcalloc(2, sizeof(struct cfs_layer));
+    k->layers[0].path = cfs_xstrdup("/var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2");
+    k->layers[0].meta_name = cfs_xstrdup("before-upgrade");
+    k->layers[0].format = cfs_xstrdup("qcow2");
+    k->layers[1].path = cfs_xstrdup("/var/lib/libvirt/images/web01-data.qcow2");
+    k->layers[1].format = cfs_xstrdup("qcow2");
+    cfs_domain_resolve_names(d);
+    d->n_snaps = 1;
+    d->snaps = cfs_xcalloc(1, sizeof(*d->snaps));
+    struct cfs_snap_info *si = &d->snaps[0];
+    si->name = cfs_xstrdup("before-upgrade");
+    si->description = cfs_xstrdup(description);
+    si->created = 1795276800; /* 2026-11-21T16:00:00Z */
+    si->n_disks = 3;
+    si->disks = cfs_xcalloc(3, sizeof(*si->disks));
+    static const char *const t[] = { "vda", "vdb", "hdc" };
+    static const char *const sn[] = { "external", "external", "no" };
+    for (size_t i = 0; i < 3; i++) {
+        si->disks[i].target = cfs_xstrdup(t[i]);
+        si->disks[i].snapshot = cfs_xstrdup(sn[i]);
+    }
+    return d;
+}
+
+#define QUIESCED_LINE "user text\nchainfs: scope=domain quiesced=yes filesystems=2 " \
+                      "disks=vda,vdb excluded=hdc:cdrom"
+
+static void test_info_taken(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = web01_two(QUIESCED_LINE);
+    struct cfs_buf b = { 0 };
+    cfs_render_info_text(&b, d, &d->disks[1], 0, false, &d->snaps[0]);
+    _cleanup_free_ char *s = cfs_buf_steal(&b);
+    assert_string_equal(s,
+        "name:      before-upgrade\n"
+        "domain:    web01\n"
+        "disk:      vdb\n"
+        "state:     ok\n"
+        "file:      /var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2\n"
+        "format:    qcow2\n"
+        "virtual:   0B\n"
+        "allocated: 0B\n"
+        "frozen:    /var/lib/libvirt/images/web01-data.qcow2\n"
+        "depth:     0\n"
+        "active:    yes\n"
+        "source:    libvirt-metadata\n"
+        "quiesced:  yes\n"
+        "quiesce:   2 filesystems frozen by the guest agent\n"
+        "taken:     domain (vda, vdb; not: hdc cdrom)\n");
+
+    cfs_render_info_json(&b, d, &d->disks[1], 0, false, &d->snaps[0]);
+    _cleanup_free_ char *j = cfs_buf_steal(&b);
+    struct json_object *o = parse_json(j);
+    assert_json_bool(o, "quiesced", true);
+    assert_json_str(o, "quiesce_reason", NULL);
+    assert_json_int(o, "filesystems", 2);
+    assert_json_str(o, "scope", "domain");
+    struct json_object *da = get(o, "disks");
+    assert_int_equal(json_object_array_length(da), 2);
+    assert_string_equal(json_object_get_string(json_object_array_get_idx(da, 1)), "vdb");
+    struct json_object *ex = json_object_array_get_idx(get(o, "excluded"), 0);
+    assert_json_str(ex, "disk", "hdc");
+    assert_json_str(ex, "why", "cdrom");
+    json_object_put(o);
+
+    /* not quiesced, disk level: the reason */
+    free(d->snaps[0].description);
+    d->snaps[0].description = cfs_xstrdup("chainfs: scope=disk quiesced=no disks=vdb "
+                                          "reason=QEMU guest agent is not connected");
+    cfs_render_info_text(&b, d, &d->disks[1], 0, false, &d->snaps[0]);
+    _cleanup_free_ char *s2 = cfs_buf_steal(&b);
+    assert_non_null(strstr(s2, "quiesced:  no\n"
+                               "quiesce:   QEMU guest agent is not connected\n"
+                               "taken:     disk\n"));
+    cfs_render_info_json(&b, d, &d->disks[1], 0, false, &d->snaps[0]);
+    _cleanup_free_ char *j2 = cfs_buf_steal(&b);
+    o = parse_json(j2);
+    assert_json_bool(o, "quiesced", false);
+    assert_json_str(o, "quiesce_reason", "QEMU guest agent is not connected");
+    assert_json_str(o, "filesystems", NULL);
+    assert_json_str(o, "scope", "disk");
+    json_object_put(o);
+}
+
+static void test_dom_info(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = web01_two(QUIESCED_LINE);
+    struct cfs_snap_where w[2] = {
+        { &d->disks[0], 1, false },
+        { &d->disks[1], 0, true },
+    };
+    struct cfs_buf b = { 0 };
+    cfs_render_dom_info_text(&b, d, "before-upgrade", &d->snaps[0], w, 2);
+    _cleanup_free_ char *s = cfs_buf_steal(&b);
+    assert_string_equal(s,
+        "name:     before-upgrade\n"
+        "domain:   web01\n"
+        "state:    ok\n"
+        "created:  2026-11-21T16:00:00Z\n"
+        "quiesced: yes\n"
+        "quiesce:  2 filesystems frozen by the guest agent\n"
+        "taken:    domain (vda, vdb; not: hdc cdrom)\n"
+        "\n"
+        "DISK  STATE    FILE\n"
+        "vda   ok       /var/lib/libvirt/images/web01.vda.s1.qcow2\n"
+        "vdb   partial  /var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2\n");
+
+    /* vda's layer merged away by a disk-level rmdir: a row "merged" */
+    w[0].index = -1;
+    cfs_render_dom_info_text(&b, d, "before-upgrade", &d->snaps[0], w, 2);
+    _cleanup_free_ char *s2 = cfs_buf_steal(&b);
+    assert_non_null(strstr(s2, "\n"
+        "DISK  STATE    FILE\n"
+        "vda   merged   -\n"
+        "vdb   partial  /var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2\n"));
+
+    cfs_render_dom_info_json(&b, d, "before-upgrade", &d->snaps[0], w, 2);
+    _cleanup_free_ char *j = cfs_buf_steal(&b);
+    static const char *const keys[] = {
+        "name", "domain", "state", "created", "quiesced", "quiesce_reason",
+        "filesystems", "scope", "disks", "excluded", "layers",
+    };
+    struct json_object *o = parse_json(j);
+    assert_json_keys(o, keys, ELEMENTSOF(keys));
+    assert_json_str(o, "created", "2026-11-21T16:00:00Z");
+    assert_json_bool(o, "quiesced", true);
+    struct json_object *la = get(o, "layers");
+    assert_int_equal(json_object_array_length(la), 2);
+    struct json_object *l0 = json_object_array_get_idx(la, 0);
+    assert_json_str(l0, "disk", "vda");
+    assert_json_str(l0, "state", "merged");
+    assert_json_str(l0, "file", NULL);
+    assert_json_str(l0, "depth", NULL);
+    struct json_object *l1 = json_object_array_get_idx(la, 1);
+    assert_json_str(l1, "state", "partial");
+    assert_json_str(l1, "frozen", "/var/lib/libvirt/images/web01-data.qcow2");
+    assert_json_int(l1, "depth", 0);
+    json_object_put(o);
+
+    /* a snapshot chainfs knows nothing of (no metadata): unknown, and a
+     * disk without the layer is no row */
+    cfs_render_dom_info_text(&b, d, "before-upgrade", NULL, w, 2);
+    _cleanup_free_ char *s3 = cfs_buf_steal(&b);
+    assert_string_equal(s3,
+        "name:     before-upgrade\n"
+        "domain:   web01\n"
+        "state:    ok\n"
+        "created:  -\n"
+        "quiesced: -\n"
+        "quiesce:  -\n"
+        "taken:    -\n"
+        "\n"
+        "DISK  STATE    FILE\n"
+        "vdb   partial  /var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2\n");
+}
+
+static void test_dom_job(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = web01_two(NULL);
+    struct cfs_job j = running_job();
+    struct cfs_dom_disk_job dj[2] = {
+        { "vda", &j, NULL },
+        { "vdb", NULL, NULL },
+    };
+    struct cfs_buf b = { 0 };
+    cfs_render_dom_job_text(&b, d, dj, 2, NULL, false);
+    _cleanup_free_ char *s = cfs_buf_steal(&b);
+    assert_string_equal(s,
+        "domain: web01\n"
+        "state:  none\n"
+        "\n"
+        "disk: vda\n"
+        "  type:      active-commit\n"
+        "  state:     running\n"
+        "  snapshot:  s2\n"
+        "  top:       /var/lib/libvirt/images/web01.vda.s2.qcow2\n"
+        "  base:      /var/lib/libvirt/images/web01.vda.s1.qcow2\n"
+        "  progress:  42% [########------------]\n"
+        "  bytes:     27.0MiB / 64.0MiB\n"
+        "  bandwidth: unlimited\n"
+        "  origin:    chainfs\n"
+        "  pivot:     auto\n"
+        "  started:   2026-09-21T14:13:20Z\n"
+        "  finished:  -\n"
+        "  error:     -\n"
+        "\n"
+        "disk: vdb\n"
+        "  type:  none\n"
+        "  state: none\n");
+
+    struct cfs_thaw_owed thaw = { .dom = "web01", .since = 1795276800,
+                                  .error = "Guest agent is not responding",
+                                  .attempts = 3 };
+    cfs_render_dom_job_text(&b, d, dj + 1, 1, &thaw, true);
+    _cleanup_free_ char *s2 = cfs_buf_steal(&b);
+    assert_string_equal(s2,
+        "domain: web01\n"
+        "state:  none\n"
+        "thaw:   owed since 2026-11-21T16:00:00Z (3 failed attempts), last "
+        "error: Guest agent is not responding\n"
+        "stale:  yes\n"
+        "\n"
+        "disk: vdb\n"
+        "  type:  none\n"
+        "  state: none\n");
+
+    cfs_render_dom_job_json(&b, d, dj, 2, &thaw, false);
+    _cleanup_free_ char *js = cfs_buf_steal(&b);
+    static const char *const keys[] = { "domain", "state", "group", "thaw",
+                                        "disks", "stale" };
+    struct json_object *o = parse_json(js);
+    assert_json_keys(o, keys, ELEMENTSOF(keys));
+    assert_json_str(o, "group", NULL);
+    struct json_object *t = get(o, "thaw");
+    assert_json_int(t, "attempts", 3);
+    assert_json_str(t, "since", "2026-11-21T16:00:00Z");
+    struct json_object *da = get(o, "disks");
+    assert_int_equal(json_object_array_length(da), 2);
+    struct json_object *d0 = json_object_array_get_idx(da, 0);
+    assert_json_str(d0, "disk", "vda");
+    assert_json_str(d0, "type", "active-commit");
+    assert_json_int(d0, "progress_percent", 42);
+    struct json_object *d1 = json_object_array_get_idx(da, 1);
+    assert_json_str(d1, "disk", "vdb");
+    assert_json_str(d1, "type", "none");
+    json_object_put(o);
+
+    cfs_render_dom_job_json(&b, d, dj, 0, NULL, false);
+    _cleanup_free_ char *js2 = cfs_buf_steal(&b);
+    o = parse_json(js2);
+    assert_json_str(o, "thaw", NULL);
+    assert_int_equal(json_object_array_length(get(o, "disks")), 0);
     json_object_put(o);
 }
 
@@ -974,8 +1235,8 @@ static void test_all_end_with_newline(void **state)
                 case 1: cfs_render_chain_json(bufs[x], d, &d->disks[0], pass); break;
                 case 2: cfs_render_job_text(bufs[x], pass ? NULL : &j, pass); break;
                 case 3: cfs_render_job_json(bufs[x], pass ? NULL : &j, pass); break;
-                case 4: cfs_render_info_text(bufs[x], d, &d->disks[0], pass, pass); break;
-                case 5: cfs_render_info_json(bufs[x], d, &d->disks[0], pass, pass); break;
+                case 4: cfs_render_info_text(bufs[x], d, &d->disks[0], pass, pass, NULL); break;
+                case 5: cfs_render_info_json(bufs[x], d, &d->disks[0], pass, pass, NULL); break;
                 }
             }
             assert_true(a.len > 1);
@@ -1028,6 +1289,9 @@ int main(void)
         cmocka_unit_test(test_info_text_active_partial),
         cmocka_unit_test(test_info_out_of_range),
         cmocka_unit_test(test_info_json),
+        cmocka_unit_test(test_info_taken),
+        cmocka_unit_test(test_dom_info),
+        cmocka_unit_test(test_dom_job),
         cmocka_unit_test(test_all_end_with_newline),
         cmocka_unit_test(test_renderers_append),
     };

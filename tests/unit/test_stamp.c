@@ -219,9 +219,16 @@ static void test_mkdir_redates_its_disk_only(void **state)
     char *t1 = walk_all(f, 3000);
     char *changed = redated(t0, t1);
     /* vm1/vda's chain, its job, the new snapshot's listing, and s1's info
-     * (it is no longer the active layer); not vm1's other disk, not vm2,
-     * not the root or vm1's own directory (their entries stayed) */
+     * (it is no longer the active layer); the domain's job (vda's part),
+     * its snapshots/ listing and s1's info.json there (vda's depth);
+     * not vm1's other disk, not vm2, not the root or vm1's own directory
+     * (their entries stayed) */
     assert_string_equal(changed,
+                        "/vm1/job\n"
+                        "/vm1/job.json\n"
+                        "/vm1/wait\n"
+                        "/vm1/snapshots\n"
+                        "/vm1/snapshots/s1/info.json\n"
                         "/vm1/vda/chain\n"
                         "/vm1/vda/chain.json\n"
                         "/vm1/vda/job\n"
