@@ -770,8 +770,6 @@ struct rmdir_opts {
 static int rmdir_disk(struct cfs_engine *e, const char *dom, const char *disk,
                       const char *name, const struct rmdir_opts *o)
 {
-    if (!disk || !*disk)
-        return dom_rmdir(e, dom, name);
     int r = 0;
     const char *why = NULL;
     _cleanup_free_ char *why_buf = NULL;
@@ -1008,6 +1006,8 @@ static int rmdir_disk(struct cfs_engine *e, const char *dom, const char *disk,
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
+    if (!disk || !*disk)
+        return dom_rmdir(e, dom, name);
     const struct rmdir_opts o = {0};
     return rmdir_disk(e, dom, disk, name, &o);
 }

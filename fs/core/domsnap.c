@@ -30,13 +30,8 @@ int dom_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd
 
 int dom_rmdir(struct cfs_engine *e, const char *dom, const char *name)
 {
-    (void)e;
-    /* the job group of design §3 is not built yet: say so, change nothing */
-    log_warn("rmdir %s/snapshots/%s refused (%s): a domain-level rmdir (one "
-             "merge per disk, a job group) is not available in this version; "
-             "rmdir %s in each disk's snapshots/ (<dom>/<disk>/snapshots/%s)",
-             dom, name, strerror(EOPNOTSUPP), name, name);
-    return -EOPNOTSUPP;
+    /* a job group: one merge per disk (group.c, design §3) */
+    return cfs_engine_rmdir_domain(e, dom, name);
 }
 
 /* ---- mkdir <dom>/snapshots/NAME ------------------------------------------------ */

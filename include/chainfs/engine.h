@@ -118,15 +118,15 @@ int cfs_engine_read(struct cfs_engine *e, const struct cfs_path *p,
                     struct cfs_buf *out);
 /* Block until the disk has no job in progress (or INTERRUPTED(ARG) says
  * stop: -EINTR), then render `job` into OUT. DISK NULL or "": the
- * domain's `wait` (no disk of DOM has a job in progress, then the
- * domain's `job`). */
+ * domain's `wait` (the domain's last job group has ended and no disk of
+ * DOM has a job in progress, then the domain's `job`). */
 int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
                     bool (*interrupted)(void *arg), void *arg,
                     struct cfs_buf *out);
 
 /* DISK NULL or "": the domain level, <dom>/snapshots/NAME (issue 10:
  * mkdir takes one snapshot of every disk that can have one; rmdir is
- * not built yet: -EOPNOTSUPP, logged). */
+ * cfs_engine_rmdir_domain). */
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,

@@ -220,6 +220,45 @@ static bool has_layer(struct gx *g, const char *disk, const char *name)
     return r;
 }
 
+static char *read_node(struct gx *g, const char *path)
+{
+    struct cfs_path p;
+    assert_int_equal(cfs_path_parse(path, &p), 0);
+    struct cfs_buf b = {0};
+    int r = cfs_engine_read(g->e, &p, &b);
+    if (r < 0) {
+        cfs_buf_free(&b);
+        return NULL;
+    }
+    return cfs_buf_steal(&b);
+}
+
+/* S with every run of spaces made one (caller frees). */
+static char *squeeze(const char *s)
+{
+    char *r = cfs_xstrdup(s), *w = r;
+    for (const char *p = s; *p; p++)
+        if (*p != ' ' || w == r || w[-1] != ' ')
+            *w++ = *p;
+    *w = '\0';
+    return r;
+}
+
+static void assert_node_contains(struct gx *g, const char *path, const char *needle)
+{
+    char *got = read_node(g, path);
+    if (!got)
+        fail_msg("%s: cannot be read", path);
+    char *sg = squeeze(got), *sn = squeeze(needle);
+    if (!strstr(sg, sn))
+        fail_msg("%s lacks '%s':\n%s", path, needle, got);
+    free(sg);
+    free(sn);
+    free(got);
+}
+
+static bool never(void *arg) { (void)arg; return false; }
+
 /* ---- the phase function ------------------------------------------------------- */
 
 static void test_group_phase_function(void **state)
@@ -321,7 +360,13 @@ static void test_shutoff(void **state)
 {
     struct gx *g = *state;
     assert_int_equal(cfs_engine_rmdir_domain(g->e, "vm1", "s2"), 0);
-    for (int i = 0; i < 50 && group_of(g, "s2", NULL) == CFS_GROUP_RUNNING; i++) {
+    /* (the group's entry closes just after its phase shows the end) */
+    for (int i = 0; i < 100; i++) {
+        char *j = journal_summary(g);
+        bool open = *j;
+        free(j);
+        if (!open && group_of(g, "s2", NULL) != CFS_GROUP_RUNNING)
+            break;
         usleep(20000);
         cfs_engine_run_pending(g->e);
     }
@@ -677,6 +722,51 @@ static void test_recover_member_never_started(void **state)
     assert_journal(g, "group:partial[vdb]");
 }
 
+/* Through the domain's nodes: rmdir of <dom>/snapshots/NAME (disk NULL),
+ * <dom>/job shows the group and each member, info of a partially merged
+ * snapshot says so, <dom>/wait returns once the group has ended. */
+static void test_nodes(void **state)
+{
+    struct gx *g = *state;
+    assert_int_equal(cfs_engine_rmdir(g->e, "vm1", NULL, "s2"), 0);
+    cfs_fake_job_ready(g->be, "vm1", "vda");
+    cfs_engine_run_pending(g->e);
+    assert_node_contains(g, "/vm1/job", "group: rmdir s2\nstate: running\n"
+                                        "members: vda ready, vdb running 0%\n"
+                                        "remaining: vda vdb\n");
+    assert_node_contains(g, "/vm1/job", "disk: vda\n type: active-commit\n"
+                                        " state: ready (held: group)\n");
+    assert_node_contains(g, "/vm1/vda/job", "state: ready (held: group)");
+    assert_node_contains(g, "/vm1/job.json", "\"operation\": \"rmdir\"");
+    cfs_fake_job_fail(g->be, "vm1", "vdb");
+    cfs_engine_run_pending(g->e);
+    cfs_engine_run_pending(g->e);
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(g->e, "vm1", NULL, never, NULL, &b), 0);
+    char *w = cfs_buf_steal(&b);
+    assert_non_null(strstr(w, "state:     partial\n"));
+    free(w);
+    assert_node_contains(g, "/vm1/job", "members: vda done, vdb failed\n"
+                                        "remaining: vdb\n");
+    assert_node_contains(g, "/vm1/snapshots/s2/info",
+                         "state: partially-merged\nremaining: vdb\n");
+    assert_node_contains(g, "/vm1/snapshots/s2/info", "vda merged -\n");
+    assert_node_contains(g, "/vm1/snapshots/s2/info.json",
+                         "\"state\": \"partially-merged\",\n \"remaining\": [\n \"vdb\"\n ]");
+    /* the disk's own snapshots/ shows it where it remains only */
+    assert_null(read_node(g, "/vm1/vda/snapshots/s2/info"));
+    assert_node_contains(g, "/vm1/vdb/snapshots/s2/info", "state: ok");
+    /* again, through the node */
+    assert_int_equal(cfs_engine_rmdir(g->e, "vm1", "", "s2"), 0);
+    cfs_fake_job_ready(g->be, "vm1", "vdb");
+    cfs_engine_run_pending(g->e);
+    assert_int_equal(cfs_engine_wait(g->e, "vm1", NULL, never, NULL, &b), 0);
+    w = cfs_buf_steal(&b);
+    assert_non_null(strstr(w, "state:     completed\n"));
+    free(w);
+    assert_null(read_node(g, "/vm1/snapshots/s2/info"));
+}
+
 int main(void)
 {
 #define R(f) cmocka_unit_test_setup_teardown(f, setup_running, teardown)
@@ -700,6 +790,7 @@ int main(void)
         R(test_recover_between_pivots),
         R(test_recover_partial),
         R(test_recover_member_never_started),
+        R(test_nodes),
     };
 #undef R
 #undef S
