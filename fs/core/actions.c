@@ -952,6 +952,10 @@ static int rmdir_disk(struct cfs_engine *e, const char *dom, const char *disk,
             j->group = cfs_xstrdup(o->group);
             j->direction = CFS_DIRECTION_COMMIT;
             j->reason = cfs_xstrdup(GROUP_REASON);
+            /* what the commit copies: TOP's data (no pull considered) */
+            struct stat tst;
+            j->bytes_commit = engine_files_local(e) && stat(top->path, &tst) == 0
+                                  ? (uint64_t)tst.st_blocks * 512 : top->allocation;
         } else if (plan.n_jobs == 1 && !plan.jobs[0].pull && plan.jobs[0].first == 0) {
             /* the cost rule chose to commit the active layer: job says
              * why and what each direction would have copied */
