@@ -795,8 +795,11 @@ static char *group_remaining(const struct cfs_group *g)
                 cfs_buf_put(&rb, " ", 1);
             cfs_buf_put_escaped(&rb, g->members[i].disk);
         }
-    char *r = cfs_buf_steal(&rb);
-    return r ? r : cfs_xstrdup("-");
+    if (!rb.len) {
+        cfs_buf_free(&rb);
+        return cfs_xstrdup("-");
+    }
+    return cfs_buf_steal(&rb);
 }
 
 static bool group_partial(const struct cfs_group *g)
@@ -934,8 +937,11 @@ static char *group_members_text(const struct cfs_group *g,
         if (m->state == CFS_MEMBER_FAILED && m->partial)
             cfs_buf_printf(&mb, " (partial)");
     }
-    char *r = cfs_buf_steal(&mb);
-    return r ? r : cfs_xstrdup("-");
+    if (!mb.len) {
+        cfs_buf_free(&mb);
+        return cfs_xstrdup("-");
+    }
+    return cfs_buf_steal(&mb);
 }
 
 /* The first failed member's error, "vdb: TEXT" (caller frees), or NULL. */

@@ -1308,6 +1308,23 @@ static void test_dom_job_group(void **state)
         "error:     vdb: rmdir before-upgrade: No space left on device\n"
         "stale:     yes\n");
 
+    /* completed: nothing remains */
+    m[1].state = CFS_MEMBER_DONE;
+    g.phase = CFS_GROUP_COMPLETED;
+    cfs_render_dom_job_text(&b, d, dj, 0, &g, NULL, false);
+    _cleanup_free_ char *s3 = cfs_buf_steal(&b);
+    assert_string_equal(s3,
+        "domain:    web01\n"
+        "group:     rmdir before-upgrade\n"
+        "state:     completed\n"
+        "members:   vda done, vdb done\n"
+        "remaining: -\n"
+        "started:   2026-11-21T16:00:00Z\n"
+        "finished:  2026-11-21T16:01:00Z\n"
+        "error:     -\n");
+    m[1].state = CFS_MEMBER_FAILED;
+    g.phase = CFS_GROUP_PARTIAL;
+
     cfs_render_dom_job_json(&b, d, dj, 2, &g, NULL, false);
     _cleanup_free_ char *js = cfs_buf_steal(&b);
     struct json_object *o = parse_json(js);
