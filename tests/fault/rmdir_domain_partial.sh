@@ -57,7 +57,7 @@ BFS_MOUNTED=1
 chmod 0755 "$BFS"
 mkdir -m 0755 "$BFS/fill"
 FAULT_IMAGE_DIRS+=("$BFS")
-mkdir -p -m 0755 "$T/overlays"
+mkdir -p "$T/overlays" && chmod 0755 "$T/overlays"
 
 free_bytes() { stat -f -c '%a %S' "$1" | awk '{ printf "%d\n", $1 * $2 }'; }
 fill_to() {
