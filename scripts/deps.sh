@@ -16,6 +16,10 @@ CHAINFS_PACKAGES=(
   # examples/backup.sh draws its progress bar with pv (optional)
   pv
   jq python3 rsync
+  # issue 10: the test guest (tests/guest/build.sh) reads modules and
+  # libraries with strings/readelf; the tests make and check its ext4
+  # disks on the host (mkfs.ext4, e2fsck, fsck.ext4, debugfs, dumpe2fs)
+  binutils e2fsprogs
   # the fuzz targets (scripts/fuzz.sh): clang 14 on Debian 12; libFuzzer
   # and the sanitizer runtimes are in libclang-rt-14-dev, which clang only
   # recommends (not installed with --no-install-recommends)
