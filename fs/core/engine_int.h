@@ -348,13 +348,15 @@ int dom_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd
 
 /* recover.c */
 void recover_journal(struct cfs_engine *e);
-/* Rebuild the groups of the journal's group entries V[0..N) (before the
- * members are loaded). */
-void recover_groups_load(struct cfs_engine *e, const struct cfs_journal_entry *v, size_t n);
-/* After the members were loaded: a member with no open entry of its own
- * ended while no daemon ran (done if its layer left the chain, failed if
- * not); groups that ended are journaled. */
-void recover_groups_settle(struct cfs_engine *e);
+/* group.c: rebuild the groups of the journal's group entries V[0..N)
+ * (before the members are loaded); the ids of those taken up now (not in
+ * the tree already: a reconnect) are added to *LOADED. */
+void recover_groups_load(struct cfs_engine *e, const struct cfs_journal_entry *v,
+                         size_t n, char ***loaded);
+/* After the members were loaded, for the groups LOADED: a member with no
+ * open entry of its own ended while no daemon ran (done if its layer left
+ * the chain, failed if not); groups that ended are journaled. */
+void recover_groups_settle(struct cfs_engine *e, char **loaded);
 void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 void recover_bandwidth(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 

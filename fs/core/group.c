@@ -269,7 +269,7 @@ bool group_holds(struct cfs_engine *e, const char *group, const char *disk,
 /* ---- recovery (recover.c calls these) ------------------------------------------ */
 
 void recover_groups_load(struct cfs_engine *e, const struct cfs_journal_entry *v,
-                         size_t n)
+                         size_t n, char ***loaded)
 {
     for (size_t i = 0; i < n; i++) {
         const struct cfs_journal_entry *en = &v[i];
@@ -316,18 +316,22 @@ void recover_groups_load(struct cfs_engine *e, const struct cfs_journal_entry *v
             cfs_group_free(g); /* a reconnect: followed already */
             continue;
         }
+        cfs_strv_push(loaded, cfs_xstrdup(en->id));
         log_info("recovery: %s/snapshots/%s: domain-level rmdir (group %s, %s) "
                  "taken up", en->domain, en->snapshot, en->id, en->phase);
     }
 }
 
-void recover_groups_settle(struct cfs_engine *e)
+void recover_groups_settle(struct cfs_engine *e, char **loaded)
 {
     _cleanup_strv_ char **touched = NULL;
     pthread_mutex_lock(&e->tree->lock);
     for (size_t i = 0; i < e->tree->n_groups; i++) {
         struct cfs_group *g = e->tree->groups[i];
-        if (cfs_group_phase_ended(g->phase) && g->end_recorded)
+        /* only the groups this recovery took up: one this daemon runs
+         * may have a member not claimed yet */
+        if (!cfs_strv_contains(loaded, g->id) ||
+            (cfs_group_phase_ended(g->phase) && g->end_recorded))
             continue;
         struct cfs_domain *d = cfs_tree_find_domain(e->tree, g->dom);
         for (size_t k = 0; k < g->n_members; k++) {

@@ -12,7 +12,8 @@ void recover_journal(struct cfs_engine *e)
         return;
     /* issue 10: the job groups before their members (a member's change
      * updates its group) */
-    recover_groups_load(e, v, n);
+    _cleanup_strv_ char **groups = NULL;
+    recover_groups_load(e, v, n, &groups);
     /* the queued rmdirs first (issue 8 §3): a job recovered below that
      * turns out failed returns them, one that completed dispatches them */
     for (size_t i = 0; i < n; i++)
@@ -143,7 +144,7 @@ void recover_journal(struct cfs_engine *e)
     cfs_journal_entries_free(v, n);
     /* members whose own entries were closed already ended: done or not,
      * by their chains; a group all of whose members ended is journaled */
-    recover_groups_settle(e);
+    recover_groups_settle(e, groups);
 }
 
 /* A recovered job found running in libvirt: its bandwidth is the one

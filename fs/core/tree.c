@@ -329,17 +329,24 @@ void cfs_tree_add_group(struct cfs_tree *t, struct cfs_group *g, char **old_id)
 {
     if (old_id)
         *old_id = NULL;
-    for (size_t i = 0; i < t->n_groups; i++) {
+    for (size_t i = 0; i < t->n_groups;) {
         struct cfs_group *o = t->groups[i];
-        if (cfs_streq(o->dom, g->dom) && cfs_streq(o->snapshot, g->snapshot)) {
-            if (old_id)
-                *old_id = TAKE_PTR(o->id);
-            cfs_group_free(o);
-            memmove(&t->groups[i], &t->groups[i + 1],
-                    (t->n_groups - i - 1) * sizeof(*t->groups));
-            t->n_groups--;
-            break;
+        bool same = cfs_streq(o->dom, g->dom) && cfs_streq(o->snapshot, g->snapshot);
+        /* a group of the domain that completed or failed is of no more
+         * use once a newer one is shown (a partial one is: its snapshot's
+         * info says so) */
+        bool done = cfs_streq(o->dom, g->dom) &&
+                    (o->phase == CFS_GROUP_COMPLETED || o->phase == CFS_GROUP_FAILED);
+        if (!same && !done) {
+            i++;
+            continue;
         }
+        if (same && old_id && !*old_id)
+            *old_id = TAKE_PTR(o->id);
+        cfs_group_free(o);
+        memmove(&t->groups[i], &t->groups[i + 1],
+                (t->n_groups - i - 1) * sizeof(*t->groups));
+        t->n_groups--;
     }
     t->groups = cfs_xrealloc(t->groups, (t->n_groups + 1) * sizeof(*t->groups));
     t->groups[t->n_groups++] = g;

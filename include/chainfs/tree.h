@@ -219,7 +219,8 @@ struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
                                                 const char *disk);
 /* Issue 10 job groups. Add G (takes ownership), replacing a group of
  * the same domain and snapshot name (freed; its id is returned in *OLD_ID
- * if OLD_ID, caller frees). */
+ * if OLD_ID, caller frees); the domain's groups that completed or failed
+ * go too (G is the one <dom>/job shows now). */
 void cfs_tree_add_group(struct cfs_tree *t, struct cfs_group *g, char **old_id);
 /* The group with journal id ID, or NULL. */
 struct cfs_group *cfs_tree_find_group(struct cfs_tree *t, const char *id);

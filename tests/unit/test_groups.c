@@ -353,6 +353,10 @@ static void test_intermediate(void **state)
     assert_int_equal(cfs_fake_calls(g->be, "job_pivot"), 0);
     assert_false(exists(g->a[1]) || exists(g->b[1]));
     assert_true(has_layer(g, "vda", "s2") && has_layer(g, "vdb", "s2"));
+    /* the next group of the domain replaces the completed one */
+    assert_int_equal(cfs_engine_rmdir_domain(g->e, "vm1", "s2"), 0);
+    assert_int_equal(group_of(g, "s1", NULL), CFS_GROUP_PHASE_MAX);
+    assert_group(g, "s2", CFS_GROUP_RUNNING, "vda:running vdb:running");
 }
 
 /* Shut off: one offline merge per disk (qemu-img, in threads). */
