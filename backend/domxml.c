@@ -181,6 +181,43 @@ static bool listed_device(const char *device)
            cfs_streq(device, "cdrom") || cfs_streq(device, "floppy");
 }
 
+static void add_note(struct cfs_domain *d, const char *target, const char *why)
+{
+    d->unsnappable = cfs_xrealloc(d->unsnappable,
+                                  (d->n_unsnappable + 1) * sizeof(*d->unsnappable));
+    d->unsnappable[d->n_unsnappable++] = (struct cfs_disk_note){
+        .target = cfs_xstrdup(target),
+        .why = cfs_xstrdup(why),
+    };
+}
+
+/* Why a <disk> of TYPE, DEVICE, with source PATH (NULL: none) cannot have
+ * an external snapshot, or NULL if it can (design issue10 §2.3: libvirt
+ * refuses read-only ones, qemuSnapshotPrepareDiskExternalActive SCSI
+ * passthrough (lun); shareable ones would snapshot a disk other domains
+ * write; cdroms and floppies are removable media). */
+static const char *unsnappable_why(const xmlNode *node, const char *type,
+                                   const char *device, const char *path)
+{
+    if (cfs_streq(device, "cdrom"))
+        return "cdrom";
+    if (cfs_streq(device, "floppy"))
+        return "floppy";
+    if (cfs_streq(device, "lun"))
+        return "lun";
+    if (cfs_streq(type, "network"))
+        return "network";
+    if (type && !cfs_streq(type, "file") && !cfs_streq(type, "block"))
+        return type; /* "volume", "dir", "nvme", "vhostuser" */
+    if (!path || !*path)
+        return "no source";
+    if (child(node, "readonly"))
+        return "read-only";
+    if (child(node, "shareable"))
+        return "shareable";
+    return NULL;
+}
+
 static void parse_disk(const xmlNode *node, struct cfs_domxml *x)
 {
     _cleanup_free_ char *type = prop(node, "type");
@@ -195,11 +232,15 @@ static void parse_disk(const xmlNode *node, struct cfs_domxml *x)
     if (!target)
         return;
     cfs_strv_push(&x->targets, cfs_xstrdup(target));
+    path = cfs_streq(type, "file") || cfs_streq(type, "block") ? source_path(type, source)
+                                                               : NULL;
+    const char *why = unsnappable_why(node, type ? type : "file", device, path);
+    if (why)
+        add_note(d, target, why);
     if (!cfs_streq(type, "file") && !cfs_streq(type, "block"))
         return;
     if (!listed_device(device))
         return;
-    path = source_path(type, source);
     if (!path || !*path)
         return;
 
@@ -272,6 +313,11 @@ int cfs_domxml_parse_snapshot(const char *xml, struct cfs_snapxml *out)
     out->name = text(child(root, "name"));
     if (!out->name)
         return -EINVAL;
+    out->parent = text(child(child(root, "parent"), "name"));
+    out->description = text(child(root, "description"));
+    _cleanup_free_ char *created = text(child(root, "creationTime"));
+    if (created)
+        out->created = strtoll(created, NULL, 10);
 
     for (const xmlNode *c = child(child(root, "disks"), "disk"); c; c = c->next) {
         _cleanup_free_ char *snapshot = NULL, *type = NULL, *target = NULL;
@@ -280,11 +326,19 @@ int cfs_domxml_parse_snapshot(const char *xml, struct cfs_snapxml *out)
         if (!is_elem(c, "disk"))
             continue;
         snapshot = prop(c, "snapshot");
-        if (snapshot && !cfs_streq(snapshot, "external"))
-            continue;
         target = prop(c, "name");
         type = prop(c, "type");
-        source = source_path(type ? type : "file", child(c, "source"));
+        source = !snapshot || cfs_streq(snapshot, "external")
+                     ? source_path(type ? type : "file", child(c, "source"))
+                     : NULL;
+        if (target) {
+            out->all = cfs_xrealloc(out->all, (out->n_all + 1) * sizeof(*out->all));
+            out->all[out->n_all++] = (struct cfs_snap_disk){
+                .target = cfs_xstrdup(target),
+                .snapshot = cfs_xstrdup(snapshot ? snapshot : "external"),
+                .source = cfs_xstrdup(source),
+            };
+        }
         if (!target || !source) {
             free(source);
             continue;
@@ -308,6 +362,14 @@ void cfs_snapxml_clear(struct cfs_snapxml *s)
     }
     free(s->disks);
     free(s->name);
+    free(s->parent);
+    free(s->description);
+    for (size_t i = 0; i < s->n_all; i++) {
+        free(s->all[i].target);
+        free(s->all[i].snapshot);
+        free(s->all[i].source);
+    }
+    free(s->all);
     *s = (struct cfs_snapxml){0};
 }
 
@@ -335,12 +397,17 @@ static xmlNode *new_child(xmlNode *parent, const char *name)
     return xmlNewChild(parent, NULL, (const xmlChar *)name, NULL);
 }
 
-char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
-                              const char *overlay, char *const *targets)
+char *cfs_domxml_snapshot_xml_multi(const char *name, size_t n,
+                                    const char *const *disks,
+                                    const char *const *overlays,
+                                    const char *description,
+                                    char *const *targets)
 {
     _cleanup_doc_ xmlDoc *doc = NULL;
-    xmlNode *root, *disks, *d;
+    xmlNode *root, *dnode, *d;
 
+    if (!name || n == 0 || !disks || !overlays)
+        return NULL;
     cfs_domxml_init();
     doc = xmlNewDoc((const xmlChar *)"1.0");
     root = xmlNewNode(NULL, (const xmlChar *)"domainsnapshot");
@@ -348,23 +415,39 @@ char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
     /* xmlNewTextChild escapes its content; attribute values are escaped
      * when serialised */
     xmlNewTextChild(root, NULL, (const xmlChar *)"name", (const xmlChar *)name);
-    disks = new_child(root, "disks");
+    if (description)
+        xmlNewTextChild(root, NULL, (const xmlChar *)"description",
+                        (const xmlChar *)description);
+    dnode = new_child(root, "disks");
 
-    d = new_child(disks, "disk");
-    set_prop(d, "name", disk);
-    set_prop(d, "snapshot", "external");
-    set_prop(d, "type", "file");
-    set_prop(new_child(d, "driver"), "type", "qcow2");
-    set_prop(new_child(d, "source"), "file", overlay);
-
+    for (size_t i = 0; i < n; i++) {
+        if (!disks[i] || !overlays[i])
+            return NULL;
+        d = new_child(dnode, "disk");
+        set_prop(d, "name", disks[i]);
+        set_prop(d, "snapshot", "external");
+        set_prop(d, "type", "file");
+        set_prop(new_child(d, "driver"), "type", "qcow2");
+        set_prop(new_child(d, "source"), "file", overlays[i]);
+    }
     for (char *const *t = targets; t && *t; t++) {
-        if (cfs_streq(*t, disk))
+        bool taken = false;
+
+        for (size_t i = 0; i < n && !taken; i++)
+            taken = cfs_streq(*t, disks[i]);
+        if (taken)
             continue;
-        d = new_child(disks, "disk");
+        d = new_child(dnode, "disk");
         set_prop(d, "name", *t);
         set_prop(d, "snapshot", "no");
     }
     return dump(doc);
+}
+
+char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
+                              const char *overlay, char *const *targets)
+{
+    return cfs_domxml_snapshot_xml_multi(name, 1, &disk, &overlay, NULL, targets);
 }
 
 char *cfs_domxml_copy_dest_xml(const char *path, const char *format)

@@ -40,8 +40,13 @@ struct cfs_domxml_disk {
 
 struct cfs_domxml {
     /* name, uuid and the listed disks (file or block source, device disk,
-     * lun, cdrom or floppy); layers have path, format, is_block, sizes 0.
-     * state, persistent and snapshots are left for the caller. */
+     * lun, cdrom or floppy); layers have path, format, is_block, sizes 0;
+     * unsnappable[]: every <disk> an external snapshot must leave out
+     * (snapshot='no'), listed or not, in the XML's order, with why
+     * ("cdrom", "floppy", "lun", "network", another <disk type=> than
+     * file or block, "no source", "read-only", "shareable": the first
+     * that applies). state, persistent and snapshots are left for the
+     * caller. */
     struct cfs_domain *domain;
     struct cfs_domxml_disk *disks;   /* parallel to domain->disks; stays
                                         valid if the caller takes domain */
@@ -62,6 +67,14 @@ struct cfs_snapxml {
     char *name;
     size_t n_disks;
     struct cfs_snapxml_disk *disks;
+    /* issue 10, the facts (struct cfs_snap_info): */
+    char *parent;              /* <parent><name>, or NULL */
+    char *description;         /* <description>, or NULL */
+    int64_t created;           /* <creationTime>, 0 if absent */
+    size_t n_all;
+    struct cfs_snap_disk *all; /* every <disks> entry: its snapshot=
+                                  ("external" when absent) and, for an
+                                  external one, its source */
 };
 
 int cfs_domxml_parse_snapshot(const char *xml, struct cfs_snapxml *out);
@@ -84,6 +97,14 @@ void cfs_volxml_clear(struct cfs_volxml *v);
  * Everything is escaped. Caller frees. */
 char *cfs_domxml_snapshot_xml(const char *name, const char *disk,
                               const char *overlay, char *const *targets);
+/* The same for N disks DISKS[i] into OVERLAYS[i] (issue 10: one atomic
+ * snapshot of several disks), with <description> DESCRIPTION unless it
+ * is NULL; every target of TARGETS not in DISKS gets snapshot='no'. */
+char *cfs_domxml_snapshot_xml_multi(const char *name, size_t n,
+                                    const char *const *disks,
+                                    const char *const *overlays,
+                                    const char *description,
+                                    char *const *targets);
 
 /* <disk type='file'><source file=PATH/><driver type=FORMAT/></disk>, the
  * destination of a block copy (virDomainBlockCopy). Escaped. Caller

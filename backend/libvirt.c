@@ -152,6 +152,9 @@ struct lv_snap_cache {
     char *name;
     char **targets;   /* parallel NULL-terminated vectors */
     char **sources;
+    struct cfs_snap_info info; /* issue 10: its facts but `current`
+                                  (which another snapshot's creation
+                                  changes: asked once per re-read) */
     bool seen;        /* listed by the current re-read */
 };
 
@@ -1220,6 +1223,7 @@ static void lv_snap_cache_clear(struct lv_snap_cache *c)
     free(c->name);
     cfs_strv_free(c->targets);
     cfs_strv_free(c->sources);
+    cfs_snap_info_clear(&c->info);
 }
 
 /* Forget what is cached of snapshot NAME of domain UUID (its disks
@@ -1233,6 +1237,21 @@ static void lv_snap_cache_drop(struct lv_backend *b, const char *uuid,
         return;
     lv_snap_cache_clear(c);
     *c = b->snaps[--b->n_snaps];
+}
+
+/* Forget what is cached of snapshot NAME of domain UUID and of its
+ * children: a metadata delete gives them NAME's parent (libvirt's
+ * reparenting), which their cached facts do not know. */
+static void lv_snap_cache_drop_family(struct lv_backend *b, const char *uuid,
+                                      const char *name)
+{
+    _cleanup_free_ char *gone = cfs_xstrdup(name);
+
+    lv_snap_cache_drop(b, uuid, gone);
+    for (size_t i = b->n_snaps; i-- > 0;)
+        if (strcmp(b->snaps[i].uuid, uuid) == 0 &&
+            cfs_streq(b->snaps[i].info.parent, gone))
+            lv_snap_cache_drop(b, uuid, b->snaps[i].name);
 }
 
 /* Forget every cached snapshot of domain UUID not seen by this re-read. */
@@ -1251,32 +1270,73 @@ static void lv_snap_cache_prune(struct lv_backend *b, const char *uuid)
     b->n_snaps = j;
 }
 
-/* meta_name of each layer and the domain's snapshot names. */
+/* The name of DOM's current snapshot (caller frees), NULL if none or
+ * libvirt cannot tell (then no snapshot shows as current). */
+static char *lv_current_snapshot(virDomainPtr dom)
+{
+    virDomainSnapshotPtr cur = virDomainSnapshotCurrent(dom, 0);
+    char *name;
+
+    if (!cur) {
+        virResetLastError(); /* VIR_ERR_NO_DOMAIN_SNAPSHOT: none */
+        return NULL;
+    }
+    name = cfs_xstrdup(virDomainSnapshotGetName(cur));
+    virDomainSnapshotFree(cur);
+    return name;
+}
+
+/* Whether the cached facts of C may be stale: its parent is not among
+ * NAMES, the domain's snapshots, any more (deleted behind our back, e.g.
+ * by virsh: libvirt gave C another parent). */
+static bool lv_snap_cache_stale(const struct lv_snap_cache *c, char *const *names)
+{
+    return c->info.parent && !cfs_strv_contains(names, c->info.parent);
+}
+
+/* meta_name of each layer, the domain's snapshot names and (issue 10)
+ * their facts, snaps[]: from the cache, one XML fetch per snapshot not
+ * cached yet, and one call for which one is current. */
 static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
                              virDomainPtr dom, struct cfs_domain *d)
 {
     virDomainSnapshotPtr *snaps = NULL;
     char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    _cleanup_free_ char *current = NULL;
     int n;
 
     n = virDomainListAllSnapshots(dom, &snaps, 0);
     if (n < 0)
         return lv_error(conn);
+    if (n > 0)
+        current = lv_current_snapshot(dom);
     virDomainGetUUIDString(dom, uuid);
     pthread_mutex_lock(&b->snap_lock);
+    if (n > 0)
+        d->snaps = cfs_xcalloc((size_t)n, sizeof(*d->snaps));
+    for (int i = 0; i < n; i++)
+        cfs_strv_push(&d->snapshots, cfs_xstrdup(virDomainSnapshotGetName(snaps[i])));
     for (int i = 0; i < n; i++) {
-        const char *name = virDomainSnapshotGetName(snaps[i]);
+        const char *name = d->snapshots[i];
         struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
 
-        cfs_strv_push(&d->snapshots, cfs_xstrdup(name));
+        if (c && lv_snap_cache_stale(c, d->snapshots)) {
+            lv_snap_cache_drop(b, uuid, name);
+            c = NULL;
+        }
         if (!c) {
             _cleanup_free_ char *xml = virDomainSnapshotGetXMLDesc(snaps[i], 0);
             struct cfs_snapxml sx;
 
             if (!xml || cfs_domxml_parse_snapshot(xml, &sx) < 0) {
                 virResetLastError();
-                virDomainSnapshotFree(snaps[i]);
-                continue; /* not cached: tried again on the next re-read */
+                /* not cached: tried again on the next re-read; its facts
+                 * are its name alone meanwhile */
+                d->snaps[d->n_snaps++] = (struct cfs_snap_info){
+                    .name = cfs_xstrdup(name),
+                    .current = cfs_streq(name, current),
+                };
+                continue;
             }
             b->snaps = cfs_xrealloc(b->snaps, (b->n_snaps + 1) * sizeof(*b->snaps));
             c = &b->snaps[b->n_snaps++];
@@ -1287,9 +1347,20 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
                 cfs_strv_push(&c->targets, cfs_xstrdup(sx.disks[k].target));
                 cfs_strv_push(&c->sources, cfs_xstrdup(sx.disks[k].source));
             }
+            c->info = (struct cfs_snap_info){
+                .name = cfs_xstrdup(name),
+                .parent = TAKE_PTR(sx.parent),
+                .description = TAKE_PTR(sx.description),
+                .created = sx.created,
+                .n_disks = sx.n_all,
+                .disks = TAKE_PTR(sx.all),
+            };
+            sx.n_all = 0;
             cfs_snapxml_clear(&sx);
         }
         c->seen = true;
+        cfs_snap_info_copy(&d->snaps[d->n_snaps], &c->info);
+        d->snaps[d->n_snaps++].current = cfs_streq(name, current);
         for (size_t k = 0; c->targets && c->targets[k]; k++) {
             struct cfs_disk *disk = cfs_domain_find_disk(d, c->targets[k]);
 
@@ -1299,10 +1370,11 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
                                   NULL, c->sources[k]))
                     disk->layers[l].meta_name = cfs_xstrdup(name);
         }
-        virDomainSnapshotFree(snaps[i]);
     }
     lv_snap_cache_prune(b, uuid);
     pthread_mutex_unlock(&b->snap_lock);
+    for (int i = 0; i < n; i++)
+        virDomainSnapshotFree(snaps[i]);
     free(snaps);
     return 0;
 }
@@ -1574,40 +1646,76 @@ static void lv_def_unlockp(struct lv_def_lock **l)
     *l = NULL;
 }
 
-/* Whether PATH is any layer of any disk in DOM's live XML. When that
- * cannot be told, it counts as used. */
-static bool lv_path_in_domain(virDomainPtr dom, const char *path)
+/* Which of PATHS[0..N-1] some disk of DOM's XML uses as a layer (a bit
+ * per path; all of them when the XML cannot be read: then every file
+ * counts as used). */
+static void lv_paths_in_domain(virDomainPtr dom, size_t n, const char *const *paths,
+                               bool *used)
 {
     _cleanup_free_ char *xml = virDomainGetXMLDesc(dom, 0);
     _cleanup_domxml_ struct cfs_domxml x = {0};
+    bool known = xml && cfs_domxml_parse(xml, &x) == 0;
 
-    if (!xml || cfs_domxml_parse(xml, &x) < 0)
-        return true;
-    return cfs_domain_uses_path(x.domain, path);
+    for (size_t i = 0; i < n; i++)
+        used[i] = !known || cfs_domain_uses_path(x.domain, paths[i]);
 }
 
-static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
-                              const char *disk, const char *name,
-                              const char *overlay)
+/* One snapshot NAME of the N disks SD[i] (design issue10 §2.1, §2.3 step
+ * 5): one virDomainSnapshotCreateXML(DISK_ONLY | ATOMIC [| REUSE_EXT])
+ * with every other disk of the domain snapshot='no'. A running domain's
+ * disks switch in one QMP transaction, a shut-off one's in one
+ * definition save: all or nothing. snapshot_create is the case N = 1. */
+static int lv_snapshot_take(struct cfs_backend *be, const char *dom_name,
+                            const char *name, size_t n,
+                            const struct cfs_snapshot_disk *sd,
+                            const char *description)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
     _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
     _cleanup_domxml_ struct cfs_domxml x = {0};
     _cleanup_free_ char *xml = NULL, *snap_xml = NULL;
+    _cleanup_free_ const char **targets = NULL, **overlays = NULL;
+    _cleanup_free_ bool *made = NULL, *used = NULL;
     unsigned int flags = VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY |
                          VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
-    struct cfs_disk *d;
+    struct lv_backend *b = lv(be);
+    bool local = lv_files_local(be, NULL);
+    size_t n_made = 0;
     struct stat st;
-    uint64_t size;
     int r;
 
-    /* not local: libvirt itself refuses an existing file ("already exists") */
-    if (lv_files_local(be, NULL) && lstat(overlay, &st) == 0) {
-        cfs_backend_set_errmsg("overlay file '%s' already exists", overlay);
-        return -EEXIST;
+    if (!name || !*name || n == 0 || !sd) {
+        cfs_backend_set_errmsg("a snapshot needs a name and at least one disk");
+        return -EINVAL;
     }
-    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    targets = cfs_xcalloc(n, sizeof(*targets));
+    overlays = cfs_xcalloc(n, sizeof(*overlays));
+    made = cfs_xcalloc(n, sizeof(*made));
+    used = cfs_xcalloc(n, sizeof(*used));
+    for (size_t i = 0; i < n; i++) {
+        targets[i] = sd[i].disk;
+        overlays[i] = sd[i].overlay;
+        if (!targets[i] || !*targets[i] || !overlays[i] || !*overlays[i]) {
+            cfs_backend_set_errmsg("every disk of snapshot %s needs a target and an overlay path",
+                                   name);
+            return -EINVAL;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (cfs_streq(targets[i], targets[j]) || cfs_streq(overlays[i], overlays[j])) {
+                cfs_backend_set_errmsg("snapshot %s names disk %s or overlay %s twice",
+                                       name, targets[i], overlays[i]);
+                return -EINVAL;
+            }
+        /* not local: libvirt itself refuses an existing file ("already
+         * exists") */
+        if (local && lstat(overlays[i], &st) == 0) {
+            cfs_backend_set_errmsg("overlay file '%s' of disk %s already exists",
+                                   overlays[i], targets[i]);
+            return -EEXIST;
+        }
+    }
+    r = lv_lookup(b, dom_name, &conn, &dom);
     if (r < 0)
         return r;
 
@@ -1620,64 +1728,128 @@ static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
         cfs_backend_set_errmsg("cannot parse the XML of domain %s", dom_name);
         return -EIO;
     }
-    d = cfs_domain_find_disk(x.domain, disk);
-    if (!d || d->n_layers == 0) {
-        cfs_backend_set_errmsg("domain '%s' has no disk '%s' with a file or block source",
-                               dom_name, disk);
-        return -ENOENT;
-    }
-    if (d->readonly || d->shareable) {
-        cfs_backend_set_errmsg("disk '%s' of domain '%s' is %s", disk, dom_name,
-                               d->readonly ? "read-only" : "shareable");
-        return -EROFS;
+    for (size_t i = 0; i < n; i++) {
+        const struct cfs_disk *d = cfs_domain_find_disk(x.domain, targets[i]);
+
+        for (size_t k = 0; k < x.domain->n_unsnappable; k++)
+            if (cfs_streq(x.domain->unsnappable[k].target, targets[i])) {
+                cfs_backend_set_errmsg("disk '%s' of domain '%s' cannot have a snapshot: %s",
+                                       targets[i], dom_name, x.domain->unsnappable[k].why);
+                return -EROFS;
+            }
+        if (!d || d->n_layers == 0) {
+            cfs_backend_set_errmsg("domain '%s' has no disk '%s' with a file or block source",
+                                   dom_name, targets[i]);
+            return -ENOENT;
+        }
     }
 
-    /* The overlay is written here, as qemu-img would write it, and libvirt
-     * takes it as it is: the snapshot call then takes 15-23 ms instead of
-     * 25-45 ms with libvirt creating it through QEMU (two blockdev-create
-     * jobs). Formats we do not write are left to libvirt, and so is every
-     * overlay where the daemon's files are not ours or are not ours to
-     * own: a session daemon of another user, whose QEMU could not open a
-     * file this process owns. */
-    bool made = false;
-    if (lv_files_local(be, NULL) && lv(be)->daemon_is_us &&
-        overlay_size(&d->layers[0], &size) == 0) {
-        r = cfs_image_create_overlay(overlay, d->layers[0].path,
+    /* The overlays are written here, as qemu-img would write them, and
+     * libvirt takes them as they are: the snapshot call then takes 15-23
+     * ms instead of 25-45 ms with libvirt creating them through QEMU (two
+     * blockdev-create jobs per disk). Formats we do not write are left to
+     * libvirt, and so is every overlay where the daemon's files are not
+     * ours or are not ours to own: a session daemon of another user, whose
+     * QEMU could not open a file this process owns. REUSE_EXT is for all
+     * disks of the call or none: when one overlay is not ours to write,
+     * libvirt writes them all. */
+    bool ours = local && b->daemon_is_us;
+    for (size_t i = 0; ours && i < n; i++) {
+        const struct cfs_disk *d = cfs_domain_find_disk(x.domain, targets[i]);
+        uint64_t size;
+
+        if (overlay_size(&d->layers[0], &size) < 0) {
+            ours = false;
+            break;
+        }
+        r = cfs_image_create_overlay(overlays[i], d->layers[0].path,
                                      d->layers[0].format, size);
-        if (r == -EEXIST) {
-            cfs_backend_set_errmsg("overlay file '%s' already exists", overlay);
+        if (r == -EINVAL) {
+            ours = false;
+            break;
+        }
+        if (r < 0) {
+            if (r == -EEXIST)
+                cfs_backend_set_errmsg("overlay file '%s' of disk %s already exists",
+                                       overlays[i], targets[i]);
+            else
+                cfs_backend_set_errmsg("cannot create the overlay file '%s' of disk %s: %s",
+                                       overlays[i], targets[i], strerror(-r));
+            for (size_t j = 0; j < i; j++)
+                unlink(overlays[j]);
             return r;
         }
-        if (r < 0 && r != -EINVAL) {
-            cfs_backend_set_errmsg("cannot create the overlay file '%s': %s",
-                                   overlay, strerror(-r));
-            return r;
-        }
-        made = r == 0;
+        made[i] = true;
+        n_made++;
     }
-    if (made)
+    if (!ours) {
+        for (size_t i = 0; i < n; i++)
+            if (made[i])
+                unlink(overlays[i]);
+        memset(made, 0, n * sizeof(*made));
+        n_made = 0;
+    }
+    if (n_made)
         flags |= VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT;
 
-    snap_xml = cfs_domxml_snapshot_xml(name, disk, overlay, x.targets);
+    snap_xml = cfs_domxml_snapshot_xml_multi(name, n, targets, overlays, description,
+                                             x.targets);
     if (!snap_xml) {
         cfs_backend_set_errmsg("cannot build the snapshot XML");
         r = -EIO;
     } else {
-        struct lv_def_lock *lk = lv_def_lock(lv(be), dom);
+        struct lv_def_lock *lk = lv_def_lock(b, dom);
 
         snap = virDomainSnapshotCreateXML(dom, snap_xml, flags);
-        r = snap ? 0 : lv_name_locked_image(lv_error(conn), overlay, NULL);
+        r = snap ? 0 : lv_error(conn);
         lv_def_unlock(lk);
     }
-    /* ours to remove, unless libvirt took it after all (a failure after
+    if (r < 0) {
+        /* which disk failed, where libvirt's text names its overlay (a
+         * QEMU error names the file, not the disk) */
+        const char *msg = cfs_backend_errmsg();
+        size_t which = n;
+
+        for (size_t i = 0; i < n && which == n; i++)
+            if (msg && strstr(msg, overlays[i]))
+                which = i;
+        r = lv_name_locked_image(r, which < n ? overlays[which] : overlays[0],
+                                 NULL);
+        if (which < n && n > 1) {
+            _cleanup_free_ char *copy = cfs_xstrdup(cfs_backend_errmsg());
+            cfs_backend_set_errmsg("disk %s: %s", targets[which], copy);
+        }
+    }
+    /* ours to remove, unless libvirt took one after all (a failure after
      * the switch, e.g. saving the metadata): never a file in a chain */
-    if (r < 0 && made && !lv_path_in_domain(dom, overlay))
-        unlink(overlay);
-    /* remote: the pool of the new file learns of it (chains of shut-off
+    if (r < 0 && n_made) {
+        lv_paths_in_domain(dom, n, overlays, used);
+        for (size_t i = 0; i < n; i++)
+            if (made[i] && !used[i])
+                unlink(overlays[i]);
+    }
+    /* remote: the pools of the new files learn of them (chains of shut-off
      * domains are read from the pools) */
-    if (r == 0 && !lv_files_local(be, NULL))
-        (void)lv_pool_refresh_dir(conn, overlay);
+    for (size_t i = 0; r == 0 && !local && i < n; i++)
+        (void)lv_pool_refresh_dir(conn, overlays[i]);
     return r;
+}
+
+static int lv_snapshot_create(struct cfs_backend *be, const char *dom_name,
+                              const char *disk, const char *name,
+                              const char *overlay)
+{
+    const struct cfs_snapshot_disk one = { .disk = disk, .overlay = overlay };
+
+    return lv_snapshot_take(be, dom_name, name, 1, &one, NULL);
+}
+
+static int lv_snapshot_create_multi(struct cfs_backend *be, const char *dom_name,
+                                    const char *name, size_t n,
+                                    const struct cfs_snapshot_disk *disks,
+                                    const char *description)
+{
+    return lv_snapshot_take(be, dom_name, name, n, disks, description);
 }
 
 /* Whether some disk of snapshot SX still names a layer of that disk's
@@ -1702,7 +1874,13 @@ static bool lv_snap_names_a_layer(const struct cfs_snapxml *sx,
  * redefined (VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE: it stays listed, keeps
  * its parent, creation time, <domain> copy and, without _CREATE_CURRENT,
  * whether it is the current snapshot); when no disk of it names a layer
- * still in a chain any more, the metadata goes (METADATA_ONLY). */
+ * still in a chain any more, the metadata goes (METADATA_ONLY).
+ * The snapshot's XML is read, edited and redefined (or deleted) under
+ * snap_lock: two disks of one snapshot forgotten at the same time (a job
+ * group's members ending together, design issue10 §3.6) must not both
+ * edit the XML as it was before either change, or the second redefine
+ * puts the first disk back. The domain's chains are read before: a
+ * forget does not change them. */
 static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
                               const char *disk, const char *name)
 {
@@ -1724,17 +1902,6 @@ static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
     snap = virDomainSnapshotLookupByName(dom, name, 0);
     if (!snap)
         return lv_error(conn);
-    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
-    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    if (!snap_xml)
-        return lv_error(conn);
-    r = cfs_domxml_snapshot_drop_disk(snap_xml, disk, &new_xml);
-    if ((r < 0 && r != -ENOENT) ||
-        cfs_domxml_parse_snapshot(new_xml ? new_xml : snap_xml, &sx) < 0) {
-        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
-                               name, dom_name);
-        return -EIO;
-    }
     dom_xml = virDomainGetXMLDesc(dom, 0);
     if (!dom_xml)
         return lv_error(conn);
@@ -1744,25 +1911,41 @@ static int lv_snapshot_forget(struct cfs_backend *be, const char *dom_name,
     }
     lv_complete_chains(conn, NULL, &x, virDomainIsActive(dom) == 1,
                        lv_files_local(be, NULL));
-    named = lv_snap_names_a_layer(&sx, &x, lv_files_local(be, NULL));
-
-    /* under snap_lock, so that no re-read caches the old disk list after
-     * the change: the entry is dropped and fetched again */
     virDomainGetUUIDString(dom, uuid);
+
     pthread_mutex_lock(&b->snap_lock);
+    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
+    snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!snap_xml) {
+        r = lv_error(conn);
+        goto out;
+    }
+    r = cfs_domxml_snapshot_drop_disk(snap_xml, disk, &new_xml);
+    if ((r < 0 && r != -ENOENT) ||
+        cfs_domxml_parse_snapshot(new_xml ? new_xml : snap_xml, &sx) < 0) {
+        cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
+                               name, dom_name);
+        r = -EIO;
+        goto out;
+    }
+    named = lv_snap_names_a_layer(&sx, &x, lv_files_local(be, NULL));
     if (!named) {
         if (virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0)
             r = lv_error(conn);
         else
             r = 0;
+        /* no re-read caches the old disk list after the change; its
+         * children took its parent */
+        lv_snap_cache_drop_family(b, uuid, name);
     } else if (new_xml) {
         redefined = virDomainSnapshotCreateXML(dom, new_xml,
                                                VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
         r = redefined ? 0 : lv_error(conn);
+        lv_snap_cache_drop(b, uuid, name);
     } else {
         r = 0; /* DISK was not in it: nothing to change */
     }
-    lv_snap_cache_drop(b, uuid, name);
+out:
     pthread_mutex_unlock(&b->snap_lock);
     return r;
 }
@@ -1790,7 +1973,8 @@ static int lv_snapshot_drop(struct cfs_backend *be, const char *dom_name,
     r = virDomainSnapshotDelete(snap, VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) < 0
             ? lv_error(conn)
             : 0;
-    lv_snap_cache_drop(b, uuid, name);
+    /* its children took its parent */
+    lv_snap_cache_drop_family(b, uuid, name);
     pthread_mutex_unlock(&b->snap_lock);
     return r;
 }
@@ -1800,8 +1984,10 @@ static int lv_snapshot_drop(struct cfs_backend *be, const char *dom_name,
 /* Redefine snapshot NAME of DOM_NAME with REWRITE applied to its XML
  * (_SECURE: a redefine must not lose the <domain> copy's secrets) for
  * DISK and NEW_SOURCE; WHAT says, for -ENOENT, what REWRITE did not find.
- * Under snap_lock, so that no re-read caches the old disk list after the
- * change: the entry is dropped and fetched again. Without
+ * The read, the edit and the redefine under snap_lock: no other change
+ * of NAME's metadata is lost between them (design issue10 §3.6), and no
+ * re-read caches the old disk list after the change (the entry is
+ * dropped and fetched again). Without
  * _CREATE_CURRENT an existing snapshot keeps its current flag. */
 static int lv_snapshot_rewrite(struct cfs_backend *be, const char *dom_name,
                                const char *name, const char *disk,
@@ -1825,26 +2011,32 @@ static int lv_snapshot_rewrite(struct cfs_backend *be, const char *dom_name,
     snap = virDomainSnapshotLookupByName(dom, name, 0);
     if (!snap)
         return lv_error(conn);
+    virDomainGetUUIDString(dom, uuid);
+    /* read, edit and redefine under snap_lock: a concurrent forget or
+     * rewrite of NAME must not be undone by an XML read before it */
+    pthread_mutex_lock(&b->snap_lock);
     snap_xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
-    if (!snap_xml)
-        return lv_error(conn);
+    if (!snap_xml) {
+        r = lv_error(conn);
+        goto out;
+    }
     r = rewrite(snap_xml, disk, new_source, &new_xml);
     if (r == -ENOENT) {
         cfs_backend_set_errmsg("snapshot %s of domain %s %s %s", name, dom_name,
                                what, disk);
-        return r;
+        goto out;
     }
     if (r < 0) {
         cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
                                name, dom_name);
-        return -EIO;
+        r = -EIO;
+        goto out;
     }
-    virDomainGetUUIDString(dom, uuid);
-    pthread_mutex_lock(&b->snap_lock);
     redefined = virDomainSnapshotCreateXML(dom, new_xml,
                                            VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE);
     r = redefined ? 0 : lv_error(conn);
     lv_snap_cache_drop(b, uuid, name);
+out:
     pthread_mutex_unlock(&b->snap_lock);
     return r;
 }
@@ -1869,6 +2061,121 @@ static int lv_snapshot_domain_source(struct cfs_backend *be, const char *dom_nam
     return lv_snapshot_rewrite(be, dom_name, name, disk, new_source,
                                cfs_domxml_snapshot_domain_source,
                                "has no file disk in its domain copy:");
+}
+
+/* Redefine snapshot NAME with DISKS[i]'s external source NEW_SOURCES[i]
+ * (issue 10, revert), made libvirt's current snapshot with MAKE_CURRENT
+ * (_REDEFINE | _CURRENT: qemuSnapshotSetCurrent rewrites the old current
+ * one's metadata). The XML is read, edited and redefined under snap_lock,
+ * so that no other change of NAME's metadata (a forget of another disk)
+ * is lost between the read and the redefine. */
+static int lv_snapshot_retarget_multi(struct cfs_backend *be, const char *dom_name,
+                                      const char *name, size_t n,
+                                      const char *const *disks,
+                                      const char *const *new_sources,
+                                      bool make_current)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr snap = NULL;
+    _cleanup_snap_ virDomainSnapshotPtr redefined = NULL;
+    _cleanup_free_ char *xml = NULL;
+    struct lv_backend *b = lv(be);
+    char uuid[VIR_UUID_STRING_BUFLEN] = "";
+    unsigned flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
+    int r = 0;
+
+    if (!name || n == 0 || !disks || !new_sources) {
+        cfs_backend_set_errmsg("a retarget needs a snapshot and at least one disk");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!disks[i] || !new_sources[i] || !*new_sources[i]) {
+            cfs_backend_set_errmsg("a snapshot needs a source to name");
+            return -EINVAL;
+        }
+    r = lv_lookup(b, dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    snap = virDomainSnapshotLookupByName(dom, name, 0);
+    if (!snap)
+        return lv_error(conn);
+    virDomainGetUUIDString(dom, uuid);
+    pthread_mutex_lock(&b->snap_lock);
+    /* _SECURE: a redefine must not lose the <domain> copy's secrets */
+    xml = virDomainSnapshotGetXMLDesc(snap, VIR_DOMAIN_SNAPSHOT_XML_SECURE);
+    if (!xml)
+        r = lv_error(conn);
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        _cleanup_free_ char *edited = NULL;
+
+        r = cfs_domxml_snapshot_retarget(xml, disks[i], new_sources[i], &edited);
+        if (r == -ENOENT) {
+            cfs_backend_set_errmsg("snapshot %s of domain %s names no file for disk %s",
+                                   name, dom_name, disks[i]);
+        } else if (r < 0) {
+            cfs_backend_set_errmsg("cannot parse the XML of snapshot %s of domain %s",
+                                   name, dom_name);
+            r = -EIO;
+        } else {
+            free(xml);
+            xml = TAKE_PTR(edited);
+        }
+    }
+    if (r == 0) {
+        if (make_current)
+            flags |= VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
+        redefined = virDomainSnapshotCreateXML(dom, xml, flags);
+        r = redefined ? 0 : lv_error(conn);
+        lv_snap_cache_drop(b, uuid, name);
+    }
+    pthread_mutex_unlock(&b->snap_lock);
+    return r;
+}
+
+/* ---- the guest agent (issue 10) ----------------------------------------- */
+
+/* libvirt's wait for DOM's agent, for every later agent call (design
+ * issue10 §0.5: the default is forever; the call takes no job and
+ * returns at once even while an agent command waits). */
+static int lv_agent_set_timeout(struct cfs_backend *be, const char *dom_name,
+                                int seconds)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    int r;
+
+    if (seconds <= 0) {
+        cfs_backend_set_errmsg("an agent timeout of %d seconds is not a bound", seconds);
+        return -EINVAL;
+    }
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    if (virDomainAgentSetResponseTimeout(dom, seconds, 0) < 0)
+        return lv_error_op(conn, CFS_LVERR_OP_AGENT);
+    return 0;
+}
+
+/* Freeze or thaw every filesystem of the guest (no mount points: all). */
+static int lv_agent_fs(struct cfs_backend *be, const char *dom_name, bool thaw,
+                       unsigned *n)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    int r;
+
+    if (n)
+        *n = 0;
+    r = lv_lookup(lv(be), dom_name, &conn, &dom);
+    if (r < 0)
+        return r;
+    r = thaw ? virDomainFSThaw(dom, NULL, 0, 0) : virDomainFSFreeze(dom, NULL, 0, 0);
+    if (r < 0)
+        return lv_error_op(conn, CFS_LVERR_OP_AGENT);
+    if (n)
+        *n = (unsigned)r;
+    return 0;
 }
 
 /* ---- live block jobs ---------------------------------------------------- */
@@ -2700,19 +3007,54 @@ static int lv_persistent_source_get(struct cfs_backend *be, const char *dom_name
     return 0;
 }
 
-static int lv_persistent_source_set(struct cfs_backend *be, const char *dom_name,
-                                    const char *disk, const char *path,
-                                    const char *format)
+/* Redefine DOM's persistent definition with DISKS[i]'s source PATHS[i]
+ * (a file of FORMATS[i], "qcow2" when NULL) and no <backingStore>: one
+ * define, the inactive XML read and defined under the domain's
+ * definition lock (see lv_def_lock: a concurrent offline merge or
+ * snapshot of another disk must not be undone by an XML read before it).
+ * REFUSE_RUNNING: -EBUSY for an active domain (issue 10's revert). */
+static int lv_persistent_define(struct cfs_backend *be, const char *dom_name,
+                                size_t n, const char *const *disks,
+                                const char *const *paths,
+                                const char *const *formats, bool refuse_running)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
     _cleanup_dom_ virDomainPtr dom = NULL;
-    _cleanup_free_ char *xml = NULL, *new_xml = NULL;
+    _cleanup_free_ char *xml = NULL;
     _cleanup_domxml_ struct cfs_domxml x = {0};
+    _cleanup_(lv_def_unlockp) struct lv_def_lock *lk = NULL;
     int r;
 
+    if (n == 0 || !disks || !paths) {
+        cfs_backend_set_errmsg("no disk to define");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!disks[i] || !paths[i] || !*paths[i]) {
+            cfs_backend_set_errmsg("every disk to define needs a target and a source");
+            return -EINVAL;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (cfs_streq(disks[i], disks[j])) {
+                cfs_backend_set_errmsg("disk %s is named twice", disks[i]);
+                return -EINVAL;
+            }
+    }
     r = lv_lookup(lv(be), dom_name, &conn, &dom);
     if (r < 0)
         return r;
+    lk = lv_def_lock(lv(be), dom);
+    if (refuse_running) {
+        int active = virDomainIsActive(dom);
+
+        if (active < 0)
+            return lv_error(conn);
+        if (active) {
+            cfs_backend_set_errmsg("domain '%s' is running: a new definition would only "
+                                   "apply at its next start", dom_name);
+            return -EBUSY;
+        }
+    }
     r = lv_inactive_xml(conn, dom, &xml, &x);
     if (r < 0)
         return r;
@@ -2721,18 +3063,40 @@ static int lv_persistent_source_set(struct cfs_backend *be, const char *dom_name
                                dom_name);
         return -ENOENT;
     }
-    if (!cfs_domain_find_disk(x.domain, disk)) {
-        cfs_backend_set_errmsg("the persistent definition of domain '%s' has no disk '%s'",
-                               dom_name, disk);
-        return -ENOENT;
+    for (size_t i = 0; i < n; i++) {
+        _cleanup_free_ char *edited = NULL;
+
+        if (!cfs_domain_find_disk(x.domain, disks[i])) {
+            cfs_backend_set_errmsg("the persistent definition of domain '%s' has no disk '%s'",
+                                   dom_name, disks[i]);
+            return -ENOENT;
+        }
+        r = cfs_domxml_set_disk_source(xml, disks[i], paths[i],
+                                       fmt_or(formats ? formats[i] : NULL, "qcow2"),
+                                       false, &edited);
+        if (r < 0) {
+            cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
+            return -EIO;
+        }
+        free(xml);
+        xml = TAKE_PTR(edited);
     }
-    r = cfs_domxml_set_disk_source(xml, disk, path, fmt_or(format, "qcow2"), false,
-                                   &new_xml);
-    if (r < 0) {
-        cfs_backend_set_errmsg("cannot rewrite the XML of domain %s", dom_name);
-        return -EIO;
-    }
-    return lv_define(conn, new_xml);
+    return lv_define(conn, xml);
+}
+
+static int lv_persistent_source_set(struct cfs_backend *be, const char *dom_name,
+                                    const char *disk, const char *path,
+                                    const char *format)
+{
+    return lv_persistent_define(be, dom_name, 1, &disk, &path, &format, false);
+}
+
+static int lv_persistent_sources_set(struct cfs_backend *be, const char *dom_name,
+                                     size_t n, const char *const *disks,
+                                     const char *const *paths,
+                                     const char *const *formats)
+{
+    return lv_persistent_define(be, dom_name, n, disks, paths, formats, true);
 }
 
 /* Offline forward merge (issue 8 §2): `qemu-img rebase` in safe mode
@@ -2839,6 +3203,7 @@ static const struct cfs_backend_ops lv_ops = {
     .read_domain = lv_read_domain,
     .read_domain_light = lv_read_domain_light,
     .snapshot_create = lv_snapshot_create,
+    .snapshot_create_multi = lv_snapshot_create_multi,
     .snapshot_forget = lv_snapshot_forget,
     .snapshot_drop = lv_snapshot_drop,
     .snapshot_retarget = lv_snapshot_retarget,
@@ -2851,6 +3216,10 @@ static const struct cfs_backend_ops lv_ops = {
     .image_copy_data = lv_image_copy_data,
     .persistent_source_get = lv_persistent_source_get,
     .persistent_source_set = lv_persistent_source_set,
+    .persistent_sources_set = lv_persistent_sources_set,
+    .snapshot_retarget_multi = lv_snapshot_retarget_multi,
+    .agent_set_timeout = lv_agent_set_timeout,
+    .agent_fs = lv_agent_fs,
     .job_set_bandwidth = lv_job_set_bandwidth,
     .job_get = lv_job_get,
     .job_pivot = lv_job_pivot,

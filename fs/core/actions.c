@@ -1,6 +1,7 @@
 /* actions.c — part of the engine (see engine_int.h). */
 #include "engine_int.h"
 #include "chainfs/merge_plan.h"
+#include "chainfs/snapdesc.h"
 
 /* ---- mkdir / rmdir (FUSE threads) ------------------------------------------------ */
 
@@ -166,6 +167,62 @@ static int disk_refusal(struct cfs_engine *e, const char *dom,
     return 0;
 }
 
+/* The new overlay of DOM/DISK's snapshot NAME above the active layer
+ * ACTIVE: in overlay_dir, else beside ACTIVE; the first free
+ * "<dom>.<disk>.<name>[.N].qcow2" (a file already there is not ours to
+ * overwrite: after a pull the active file keeps a merged snapshot's file
+ * name, issue 8 §2.5); with local files, room for it checked. 0 and
+ * *OVERLAY; or -errno and *MSG (callers free both). */
+int overlay_pick(struct cfs_engine *e, const char *dom, const char *disk,
+                 const char *name, const char *active, char **overlay,
+                 char **msg)
+{
+    *overlay = *msg = NULL;
+    _cleanup_free_ char *dir = NULL;
+    if (e->overlay_dir) {
+        dir = cfs_xstrdup(e->overlay_dir);
+    } else {
+        _cleanup_free_ char *tmp = cfs_xstrdup(active);
+        dir = cfs_xstrdup(dirname(tmp));
+    }
+    _cleanup_free_ char *file = cfs_overlay_filename(dom, disk, name);
+    _cleanup_free_ char *path = cfs_xasprintf("%s/%s", dir, file);
+    struct statvfs vfs;
+    struct stat st;
+
+    /* not local: libvirt checks the file and the space itself */
+    bool local = engine_files_local(e);
+    for (unsigned n = 2; local && n <= OVERLAY_NAME_TRIES && lstat(path, &st) == 0; n++) {
+        free(file);
+        free(path);
+        file = cfs_overlay_filename_n(dom, disk, name, n);
+        path = cfs_xasprintf("%s/%s", dir, file);
+    }
+    if (local && lstat(path, &st) == 0) {
+        *msg = cfs_xasprintf("the overlay file %s already exists", path);
+        return -EEXIST;
+    }
+    if (local && statvfs(dir, &vfs) < 0) {
+        int r = -errno;
+        *msg = cfs_xasprintf("overlay directory %s: %s", dir, strerror(errno));
+        return r;
+    }
+    if (local && (uint64_t)vfs.f_bavail * vfs.f_frsize < OVERLAY_MIN_FREE) {
+        *msg = cfs_xasprintf("overlay directory %s is full", dir);
+        return -ENOSPC;
+    }
+    *overlay = TAKE_PTR(path);
+    return 0;
+}
+
+int mkdir_disk_refusal(struct cfs_engine *e, const char *dom, const char *disk,
+                       const char **why, char **why_buf)
+{
+    struct disk_at at;
+    return disk_refusal(e, dom, disk, REFUSE_CREATING | REFUSE_MAKE_STATE, &at,
+                        why, why_buf);
+}
+
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name)
 {
@@ -202,6 +259,7 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
     struct cfs_disk *dk = at.dk;
     struct cfs_disk_state *s = at.s;
     uint64_t id = 0;
+    enum cfs_dom_state dom_state = d ? d->state : CFS_DOM_OTHER;
     if (r < 0) {
         /* refused */
     } else if (cfs_strv_contains(d->snapshots, name) ||
@@ -223,39 +281,12 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
         return refuse(e, "mkdir", dom, disk, name, r, why);
     }
 
-    _cleanup_free_ char *dir = NULL;
-    if (e->overlay_dir) {
-        dir = cfs_xstrdup(e->overlay_dir);
-    } else {
-        _cleanup_free_ char *tmp = cfs_xstrdup(active.path);
-        dir = cfs_xstrdup(dirname(tmp));
-    }
-    _cleanup_free_ char *file = cfs_overlay_filename(dom, disk, name);
-    _cleanup_free_ char *overlay = cfs_xasprintf("%s/%s", dir, file);
+    _cleanup_free_ char *overlay = NULL;
     _cleanup_free_ char *msg = NULL;
-    struct statvfs vfs;
-    struct stat st;
-
-    /* not local: libvirt checks the file and the space itself */
     bool local = engine_files_local(e);
-    /* a file already there is not ours to overwrite (after a pull the
-     * active file keeps a merged snapshot's file name, issue 8 §2.5):
-     * the first free "<dom>.<disk>.<name>.<N>.qcow2" */
-    for (unsigned n = 2; local && n <= OVERLAY_NAME_TRIES && lstat(overlay, &st) == 0; n++) {
-        free(file);
-        free(overlay);
-        file = cfs_overlay_filename_n(dom, disk, name, n);
-        overlay = cfs_xasprintf("%s/%s", dir, file);
-    }
-    if (local && lstat(overlay, &st) == 0) {
-        r = -EEXIST;
-        msg = cfs_xasprintf("the overlay file %s already exists", overlay);
-    } else if (local && statvfs(dir, &vfs) < 0) {
-        r = -errno;
-        msg = cfs_xasprintf("overlay directory %s: %s", dir, strerror(errno));
-    } else if (local && (uint64_t)vfs.f_bavail * vfs.f_frsize < OVERLAY_MIN_FREE) {
-        r = -ENOSPC;
-        msg = cfs_xasprintf("overlay directory %s is full", dir);
+    r = overlay_pick(e, dom, disk, name, active.path, &overlay, &msg);
+    if (r < 0) {
+        /* refused below */
     } else {
         /* durably record the intent before the chain changes */
         struct cfs_job intent = {
@@ -272,9 +303,16 @@ int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                                 e->state_dir, strerror(-r));
             r = -EIO;
         } else {
-            r = e->be->ops->snapshot_create(e->be, dom, disk, name, overlay);
-            if (r < 0)
-                msg = cfs_xstrdup(errmsg_or(strerror(-r)));
+            /* quiesced as -o quiesce says (issue 10 §2.3): freeze, the
+             * snapshot with chainfs's line in its description, thaw */
+            _cleanup_free_ char *what = cfs_xasprintf("mkdir %s/%s/snapshots/%s",
+                                                      dom, disk, name);
+            const struct cfs_snapshot_disk sd = { .disk = disk, .overlay = overlay };
+            const struct snap_take tk = {
+                .dom = dom, .name = name, .what = what, .state = dom_state,
+                .scope = CFS_SCOPE_DISK, .n = 1, .disks = &sd,
+            };
+            r = snapshot_quiesced(e, &tk, &intent, &msg);
             /* closing the entry is not on the caller's path: the engine
              * thread does it (a crash before then is harmless, recovery
              * looks at the chain) */

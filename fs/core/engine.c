@@ -77,6 +77,7 @@ static bool work_per_domain(const struct work *w)
     case WORK_REAPPLY:
     case WORK_READ_LIGHT:
     case WORK_DISPATCH:
+    case WORK_THAW:
         return true;
     default:
         return false;
@@ -802,6 +803,9 @@ void process_work(struct cfs_engine *e, struct work *w)
     case WORK_DISPATCH:
         queue_dispatch(e, w->dom, w->disk);
         break;
+    case WORK_THAW:
+        thaw_retry(e, w->dom);
+        break;
     case WORK_READ_LIGHT:
         if (refresh_light(e, w->dom) < 0)
             refresh_domain(e, w->dom);
@@ -865,6 +869,7 @@ void cfs_engine_run_pending(struct cfs_engine *e)
 {
     drain(e);
     poll_jobs(e);
+    thaw_poll(e, true);
     drain(e);
 }
 
@@ -891,6 +896,7 @@ static void *engine_thread(void *arg)
             poll_jobs(e);
         if (t - e->last_refresh_ms >= e->refresh_ms)
             refresh_all(e);
+        thaw_poll(e, false);
         mark_not_responding(e);
         reap_workers(e);
         reap_offline(e, false);

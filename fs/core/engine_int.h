@@ -76,6 +76,7 @@ enum work_kind {
     WORK_READ_LIGHT,     /* a read without statistics (start-up) */
     WORK_REAPPLY,        /* set job_id's journaled bandwidth again (reconnect) */
     WORK_DISPATCH,       /* start the next run of dom/disk's queued rmdirs */
+    WORK_THAW,           /* issue 10: one attempt at dom's owed thaw */
 };
 
 struct work {
@@ -341,7 +342,67 @@ static inline bool copy_layers_done(const struct cfs_job *j)
            j->n_copied + 1 >= j->n_made;
 }
 
-/* domsnap.c (issue 10): the domain level */
+/* actions.c, for the domain-level mkdir: the new overlay's path for
+ * DOM/DISK's snapshot NAME above ACTIVE (0 and *OVERLAY, or -errno and
+ * *MSG); and a disk-level mkdir's refusals of DOM/DISK (claims its state;
+ * caller holds the tree lock; 0 or -errno and *WHY). */
+int overlay_pick(struct cfs_engine *e, const char *dom, const char *disk,
+                 const char *name, const char *active, char **overlay,
+                 char **msg);
+int mkdir_disk_refusal(struct cfs_engine *e, const char *dom, const char *disk,
+                       const char **why, char **why_buf);
+
+/* domsnap.c (issue 10): the domain level, and the quiesce of every mkdir */
+struct quiesce {
+    bool quiesced;           /* the guest's filesystems were frozen */
+    unsigned filesystems;    /* how many */
+    char *reason;            /* not quiesced: why */
+    bool frozen;             /* chainfs froze them: quiesce_thaw() thaws */
+    bool owed;               /* the freeze timed out: a thaw is owed */
+};
+void quiesce_clear(struct quiesce *q);
+/* Freeze DOM's filesystems as -o quiesce says, DOM being in STATE (as
+ * last read). WHAT names the mkdir in log lines. With INTENT (its
+ * journal entry, of disk DISK), phase `frozen` is written before the
+ * freeze call. 0 and *Q (quiesced or why not; under `try` a failure is
+ * logged); or, under `require`, -EOPNOTSUPP / -ETIMEDOUT / -EIO and *WHY
+ * (caller frees): nothing is frozen (a freeze that timed out is owed a
+ * thaw all the same). */
+int quiesce_freeze(struct cfs_engine *e, const char *dom,
+                   enum cfs_dom_state state, const char *what,
+                   const char *disk, struct cfs_job *intent,
+                   struct quiesce *q, char **why);
+/* Thaw if Q->frozen; a thaw that fails is owed (retried by the engine). */
+void quiesce_thaw(struct cfs_engine *e, const char *dom, const char *what,
+                  struct quiesce *q);
+/* DOM owes a thaw, attempted at the next poll (recovery of a mkdir that
+ * died frozen). */
+void owe_thaw_now(struct cfs_engine *e, const char *dom, const char *why);
+/* Engine thread: ask the domains' workers for the owed thaws that are
+ * due (NOW: all of them, whatever their time: tests). */
+void thaw_poll(struct cfs_engine *e, bool now);
+/* Domain worker: one attempt at DOM's owed thaw. */
+void thaw_retry(struct cfs_engine *e, const char *dom);
+
+/* One snapshot NAME of DISKS[0..N) of DOM, at one instant. */
+struct snap_take {
+    const char *dom;
+    const char *name;
+    const char *what;                   /* "mkdir web01/snapshots/s1" */
+    enum cfs_dom_state state;           /* the domain's, at the claim */
+    int scope;                          /* enum cfs_snap_scope */
+    size_t n;
+    const struct cfs_snapshot_disk *disks;
+    size_t n_excluded;                  /* the domain's disks left out, */
+    struct cfs_disk_note *excluded;     /* and why (domain level) */
+};
+/* Quiesce (journal INTENT: phase `frozen` before the freeze), take the
+ * snapshot with chainfs's line in its description, thaw. 0; or -errno
+ * and *MSG (caller frees): the quiesce refused (require) or libvirt's
+ * error; no disk changed. */
+int snapshot_quiesced(struct cfs_engine *e, const struct snap_take *tk,
+                      struct cfs_job *intent, char **msg);
+
 int dom_mkdir(struct cfs_engine *e, const char *dom, const char *name);
 int dom_rmdir(struct cfs_engine *e, const char *dom, const char *name);
 int dom_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd);

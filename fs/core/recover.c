@@ -3,6 +3,58 @@
 
 /* ---- recovery ----------------------------------------------------------------- */
 
+/* A mkdir that was under way (one disk, or a domain-level one of several,
+ * design issue10 §2.5): libvirt either made every overlay the active
+ * layer of its disk or did nothing (one call, all or none); the chains
+ * tell which. A mkdir that died between the freeze and the thaw (phase
+ * `frozen`) left the guest frozen: it is thawed (on the domain's worker,
+ * bounded; a failure is retried as any owed thaw). */
+static void recover_snapshot(struct cfs_engine *e, const struct cfs_journal_entry *en)
+{
+    if (cfs_streq(en->phase, "frozen")) {
+        log_warn("recovery: %s: a mkdir of snapshot %s died while the guest's "
+                 "filesystems were frozen; thawing them", en->domain, en->snapshot);
+        owe_thaw_now(e, en->domain, "a mkdir died while the guest was frozen");
+    }
+    /* the disks and their overlays: disks[i] <- made[i] (several), else
+     * DISK <- TOP */
+    size_t n = en->disks && en->n_made == cfs_strv_len(en->disks) && en->n_made > 0
+                   ? en->n_made : 1;
+    bool local = engine_files_local(e);
+    size_t taken = 0;
+    _cleanup_buf_ struct cfs_buf took = { 0 }, left = { 0 }, kept = { 0 };
+    for (size_t i = 0; i < n; i++) {
+        const char *disk = n > 1 ? en->disks[i] : en->disk;
+        const char *top = n > 1 ? en->made[i].path : en->top;
+        bool done = disk_has_layer(e, en->domain, disk, NULL, top);
+        struct stat st;
+        /* The overlay file may exist without the snapshot: the daemon
+         * died between writing it and libvirt taking it, or libvirt is
+         * still at it (a call outlives its caller). Deleting it could
+         * pull a file from under QEMU; it is only named. */
+        bool there = !done && top && (!local || lstat(top, &st) == 0);
+        struct cfs_buf *b = done ? &took : &left;
+        cfs_buf_printf(b, "%s%s", b->len ? ", " : "", disk);
+        if (there)
+            cfs_buf_printf(&kept, "%s%s", kept.len ? " " : "", top);
+        taken += done;
+    }
+    if (n > 1 && taken > 0 && taken < n)
+        log_err("recovery: %s: snapshot %s was taken on %s but not on %s, "
+                "which one libvirt call cannot do: the chains were changed "
+                "meanwhile by someone else; nothing deleted", en->domain,
+                en->snapshot, took.data, left.data);
+    else
+        log_info("recovery: %s/%s: snapshot %s was %s", en->domain,
+                 n > 1 ? took.len ? took.data : left.data : en->disk,
+                 en->snapshot, taken ? "taken" : "not taken (nothing to undo)");
+    if (kept.len)
+        log_info("recovery: %s: snapshot %s: overlay file%s left in place, "
+                 "remove once no chain uses %s%s: %s", en->domain, en->snapshot,
+                 n > 1 ? "s" : "", n > 1 ? "them" : "it",
+                 local ? "" : " (on the libvirt host)", kept.data);
+}
+
 /* Take up what a previous daemon left in the journal. */
 void recover_journal(struct cfs_engine *e)
 {
@@ -41,25 +93,7 @@ void recover_journal(struct cfs_engine *e)
             continue; /* this daemon is on it already (a reconnect) */
 
         if (en->type == CFS_JOB_SNAPSHOT) {
-            /* a mkdir that was under way: libvirt either made the overlay
-             * the active layer or did nothing; the chain tells which */
-            bool done = disk_has_layer(e, en->domain, en->disk, NULL, en->top);
-            struct stat st;
-            /* The overlay file may exist without the snapshot: the daemon
-             * died between writing it and libvirt taking it, or libvirt
-             * is still at it (a call outlives its caller). Deleting it
-             * could pull a file from under QEMU; it is only named. */
-            bool local = engine_files_local(e);
-            bool left = !done && en->top && (!local || lstat(en->top, &st) == 0);
-            log_info("recovery: %s/%s: snapshot %s was %s%s%s", en->domain,
-                     en->disk, en->snapshot,
-                     done ? "taken" : "not taken (nothing to undo)",
-                     !left ? ""
-                     : local ? "; its overlay file was left in place, remove it "
-                               "once no chain uses it: "
-                             : "; its overlay file may be left on the libvirt "
-                               "host, remove it there once no chain uses it: ",
-                     left ? en->top : "");
+            recover_snapshot(e, en);
             journal_close(e, en->id);
             continue;
         }

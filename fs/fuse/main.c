@@ -37,6 +37,8 @@ struct options {
     char *bandwidth;
     char *keepalive;
     char *live_pull;
+    char *quiesce;
+    char *quiesce_timeout;
     int keep_merged;
     int help;
     int version;
@@ -68,6 +70,8 @@ static const struct fuse_opt option_table[] = {
     OPT("bandwidth=%s", bandwidth, 0),
     OPT("keepalive=%s", keepalive, 0),
     OPT("live_pull=%s", live_pull, 0),
+    OPT("quiesce=%s", quiesce, 0),
+    OPT("quiesce_timeout=%s", quiesce_timeout, 0),
     OPT("keep_merged", keep_merged, 1),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
@@ -163,6 +167,17 @@ static void usage(FILE *out)
 "                         in it; QEMU 7.2 may crash when block nodes are\n"
 "                         queried as a pull ends. on: pull, and query nothing\n"
 "                         of the domain meanwhile; off: always commit)\n"
+"  -o quiesce=try|require|off  whether every mkdir (domain or disk level)\n"
+"                         freezes the guest's filesystems through its guest\n"
+"                         agent first (try, the default: when no agent\n"
+"                         answers, a crash-consistent snapshot, logged and\n"
+"                         shown in info; require: the mkdir fails instead,\n"
+"                         EOPNOTSUPP or ETIMEDOUT, nothing changed; off)\n"
+"  -o quiesce_timeout=S   bound libvirt's wait for the guest agent to S\n"
+"                         seconds (1..300, default 10), set before every\n"
+"                         freeze (libvirt's own wait is unbounded; its\n"
+"                         setting cannot be read back, so an administrator's\n"
+"                         value is overwritten); 0 leaves it alone\n"
 "  -o keepalive=I:C       libvirt keepalive: a probe every I seconds, the\n"
 "                         connection given up after C unanswered (default\n"
 "                         5:3); shorter notices a lost libvirtd sooner\n"
@@ -182,7 +197,8 @@ static void usage(FILE *out)
 "shut-off domain is EOPNOTSUPP.\n"
 "Exit status: 0 after an unmount, 1 if start-up failed (a FUSE option FUSE\n"
 "does not know included), 2 if chainfs cannot use its command line (no\n"
-"MOUNTPOINT, a malformed -o bandwidth or live_pull, an unknown manage_group).\n"
+"MOUNTPOINT, a malformed -o bandwidth, live_pull, quiesce or quiesce_timeout,\n"
+"an unknown manage_group).\n"
 "\n"
 "Docs: README.md and docs/ in the chainfs source tree.\n"
 "Backups: examples/backup.sh (a live backup of every disk of a domain) and\n"
@@ -400,6 +416,8 @@ static void options_free(struct options *o)
     free(o->manage_group);
     free(o->bandwidth);
     free(o->live_pull);
+    free(o->quiesce);
+    free(o->quiesce_timeout);
     free(o->keepalive);
     for (int i = 0; i < o->n_nonopt; i++)
         free(o->nonopt[i]);
@@ -480,6 +498,24 @@ static bool command_line(struct daemon *d, int *status)
         fprintf(stderr, "chainfs: -o live_pull=%s: give auto, on or off\n",
                 o->live_pull);
         return false;
+    }
+    d->cfg.quiesce_timeout = CFS_QUIESCE_TIMEOUT_DEFAULT;
+    if (o->quiesce && cfs_quiesce_from_string(o->quiesce, &d->cfg.quiesce) < 0) {
+        fprintf(stderr, "chainfs: -o quiesce=%s: give try, require or off\n",
+                o->quiesce);
+        return false;
+    }
+    if (o->quiesce_timeout) {
+        char extra;
+        unsigned t;
+        if (sscanf(o->quiesce_timeout, "%u%c", &t, &extra) != 1 ||
+            o->quiesce_timeout[0] == '-' || t > CFS_QUIESCE_TIMEOUT_MAX) {
+            fprintf(stderr, "chainfs: -o quiesce_timeout=%s: give whole seconds, "
+                    "1 to %d (0 leaves libvirt's agent timeout alone)\n",
+                    o->quiesce_timeout, CFS_QUIESCE_TIMEOUT_MAX);
+            return false;
+        }
+        d->cfg.quiesce_timeout = t;
     }
     if (o->keepalive) {
         char extra;

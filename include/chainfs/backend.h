@@ -105,18 +105,25 @@ struct cfs_backend_ops {
      * backend made is removed again (never a file a chain uses). A
      * running domain's snapshot is one QMP transaction. DESCRIPTION (may
      * be NULL) is stored as the snapshot's <description>. No freeze here
-     * (the caller freezes through agent_freeze). Errors as
-     * snapshot_create; the message names the disk that failed.
-     * snapshot_create(dom, disk, name, overlay) is the same as this with
-     * N = 1 and no description. */
+     * (the caller freezes through agent_fs). Errors as snapshot_create:
+     * -EROFS for a disk of domain.unsnappable (read-only, shareable, lun,
+     * cdrom, ...), -ENOENT for one the domain lacks, -EEXIST for an
+     * existing overlay file or snapshot name, -EINVAL for a disk or an
+     * overlay named twice; the message names the disk that failed (where
+     * libvirt's text names its overlay: "disk vdb: ..."). The new
+     * snapshot becomes libvirt's current one, its parent the previous
+     * current one. snapshot_create(dom, disk, name, overlay) is the same
+     * as this with N = 1 and no description. */
     int (*snapshot_create_multi)(struct cfs_backend *be, const char *dom,
                                  const char *name, size_t n,
                                  const struct cfs_snapshot_disk *disks,
                                  const char *description);
     /* Issue 10, the guest agent. Bound libvirt's wait for DOM's agent to
-     * SECONDS (> 0) for every later agent call
+     * SECONDS (> 0, else -EINVAL) for every later agent call
      * (virDomainAgentSetResponseTimeout; returns at once even while an
-     * agent call is waiting). -EOPNOTSUPP where libvirt lacks it. */
+     * agent call is waiting). Accepted for any domain, with or without
+     * an agent channel, running or not (libvirt keeps the value for the
+     * agent's next connection). -EOPNOTSUPP where libvirt lacks it. */
     int (*agent_set_timeout)(struct cfs_backend *be, const char *dom,
                              int seconds);
     /* Freeze (THAW false) or thaw (THAW true) every filesystem of the
@@ -124,16 +131,20 @@ struct cfs_backend_ops {
      * gets how many the agent froze/thawed. Errors: -EOPNOTSUPP no agent
      * configured, not connected, or it refused (the agent is in frozen
      * state, unsupported); -ETIMEDOUT it did not answer in time
-     * (libvirt's "not available for now"); -EINVAL the domain is not
-     * running; -ENOENT no such domain; else -EIO. libvirt's text in the
-     * errmsg. */
+     * (libvirt's "not available for now"), or another agent command
+     * held libvirt's agent job past libvirt's job wait; -EINVAL the
+     * domain is not running (shut off, and also paused: libvirt asks the
+     * agent of a running domain only); -ENOENT no such domain; else
+     * -EIO. libvirt's text in the errmsg. */
     int (*agent_fs)(struct cfs_backend *be, const char *dom, bool thaw,
                     unsigned *n);
     /* Issue 10, revert: persistent_source_set for N disks in ONE define
      * (before it the definition names the old sources only, after it the
-     * new ones only). -ENOENT if DOM is transient or lacks a disk;
-     * -EBUSY if DOM is running (the definition would apply at its next
-     * start, which is not what a revert means). */
+     * new ones only), under the backend's definition lock of DOM.
+     * -ENOENT if DOM is transient or lacks a disk; -EBUSY if DOM is
+     * running or paused (the definition would apply at its next start,
+     * which is not what a revert means); -EINVAL for a disk named
+     * twice. */
     int (*persistent_sources_set)(struct cfs_backend *be, const char *dom,
                                   size_t n, const char *const *disks,
                                   const char *const *paths,

@@ -89,8 +89,11 @@ struct cfs_snap_info {
 /* Issue 10: a disk of the domain that cannot have a snapshot, and why. */
 struct cfs_disk_note {
     char *target;         /* "hdc" */
-    char *why;            /* "read-only", "shareable", "cdrom", "floppy",
-                             "lun", "network", "no source" */
+    char *why;            /* the first that applies: "cdrom", "floppy",
+                             "lun", "network", another <disk type=> than
+                             file or block by its name ("volume",
+                             "nvme", ...), "no source", "read-only",
+                             "shareable" */
 };
 
 struct cfs_domain {
@@ -109,9 +112,10 @@ struct cfs_domain {
     size_t n_unsnappable;
     struct cfs_disk_note *unsnappable; /* issue 10: every disk of the
                              domain a snapshot must list snapshot='no'
-                             (read-only and shareable disks of disks[],
-                             and the disks read_domain leaves out), in
-                             the order of the domain's XML */
+                             (the read-only, shareable and lun disks and
+                             the cdroms and floppies of disks[], and the
+                             disks read_domain leaves out), in the order
+                             of the domain's XML */
     bool not_responding;  /* set by the engine, not the backend: a libvirt
                              call on the domain has not returned for a
                              while (its QEMU is stuck); what is shown is

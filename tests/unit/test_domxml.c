@@ -148,6 +148,17 @@ static void test_running_mixed(void **state)
     assert_layer(&d->disks[4], 0, IMG "cd.iso", "raw", false);
 
     assert_null(cfs_domain_find_disk(d, "hdc"));
+
+    /* issue 10: what a snapshot leaves out, in the XML's order */
+    assert_int_equal(d->n_unsnappable, 4);
+    assert_string_equal(d->unsnappable[0].target, "vdc");
+    assert_string_equal(d->unsnappable[0].why, "read-only");
+    assert_string_equal(d->unsnappable[1].target, "vdd");
+    assert_string_equal(d->unsnappable[1].why, "shareable");
+    assert_string_equal(d->unsnappable[2].target, "sda");
+    assert_string_equal(d->unsnappable[2].why, "cdrom");
+    assert_string_equal(d->unsnappable[3].target, "hdc");
+    assert_string_equal(d->unsnappable[3].why, "cdrom");
     cfs_domxml_clear(&x);
 }
 
@@ -192,6 +203,11 @@ static void test_shutoff_network(void **state)
     assert_int_equal(x.disks[0].index[0], 0);
     assert_int_equal(cfs_strv_len(x.targets), 3);
     assert_string_equal(x.targets[1], "vdb");
+    assert_int_equal(x.domain->n_unsnappable, 2);
+    assert_string_equal(x.domain->unsnappable[0].target, "vdb");
+    assert_string_equal(x.domain->unsnappable[0].why, "network");
+    assert_string_equal(x.domain->unsnappable[1].target, "hdc");
+    assert_string_equal(x.domain->unsnappable[1].why, "cdrom");
     cfs_domxml_clear(&x);
 }
 
@@ -232,6 +248,27 @@ static void test_parse_garbage(void **state)
     assert_string_equal(x.domain->disks[0].layers[0].format, "");
     assert_string_equal(x.domain->uuid, "");
     assert_int_equal(cfs_strv_len(x.targets), 3);
+    assert_int_equal(x.domain->n_unsnappable, 2);
+    assert_string_equal(x.domain->unsnappable[0].why, "no source");
+    assert_string_equal(x.domain->unsnappable[1].why, "volume");
+    cfs_domxml_clear(&x);
+
+    /* a lun (kept in disks[]: its chain shows), a floppy, a block disk
+     * without a source */
+    assert_int_equal(cfs_domxml_parse(
+        "<domain><name>m</name><devices>"
+        "<disk type='block' device='lun'><source dev='/dev/sdz'/><target dev='sda'/></disk>"
+        "<disk type='file' device='floppy'><source file='/f.img'/><target dev='fda'/></disk>"
+        "<disk type='block' device='disk'><target dev='vdb'/></disk>"
+        "<disk type='file' device='disk'><source file='/ok.qcow2'/><target dev='vdc'/></disk>"
+        "</devices></domain>", &x), 0);
+    assert_int_equal(x.domain->n_disks, 3);
+    assert_int_equal(x.domain->n_unsnappable, 3);
+    assert_string_equal(x.domain->unsnappable[0].target, "sda");
+    assert_string_equal(x.domain->unsnappable[0].why, "lun");
+    assert_string_equal(x.domain->unsnappable[1].why, "floppy");
+    assert_string_equal(x.domain->unsnappable[2].target, "vdb");
+    assert_string_equal(x.domain->unsnappable[2].why, "no source");
     cfs_domxml_clear(&x);
 }
 
@@ -249,6 +286,18 @@ static void test_snapshot_parse(void **state)
     assert_int_equal(s.n_disks, 1);
     assert_string_equal(s.disks[0].target, "vda");
     assert_string_equal(s.disks[0].source, IMG "s2.qcow2");
+    /* issue 10: the facts, and every disk */
+    assert_string_equal(s.parent, "s1");
+    assert_null(s.description);
+    assert_int_equal(s.created, 1795318737);
+    assert_int_equal(s.n_all, 3);
+    assert_string_equal(s.all[0].target, "vda");
+    assert_string_equal(s.all[0].snapshot, "external");
+    assert_string_equal(s.all[0].source, IMG "s2.qcow2");
+    assert_string_equal(s.all[1].target, "vdb");
+    assert_string_equal(s.all[1].snapshot, "no");
+    assert_null(s.all[1].source);
+    assert_string_equal(s.all[2].target, "hdc");
     cfs_snapxml_clear(&s);
 
     assert_int_equal(cfs_domxml_parse_snapshot("<domain/>", &s), -EINVAL);
@@ -259,7 +308,48 @@ static void test_snapshot_parse(void **state)
         "</disks></domainsnapshot>", &s), 0);
     assert_int_equal(s.n_disks, 1);
     assert_string_equal(s.disks[0].source, "/dev/x");
+    assert_null(s.parent);
+    assert_int_equal(s.created, 0);
+    assert_int_equal(s.n_all, 2);
+    assert_string_equal(s.all[1].snapshot, "internal");
+    assert_null(s.all[1].source);
     cfs_snapxml_clear(&s);
+}
+
+static void test_snapshot_build_multi(void **state)
+{
+    char *targets[] = { "vda", "vdb", "vdc", "hdc", NULL };
+    const char *disks[] = { "vdb", "vda" };
+    const char *overlays[] = { "/ov/b.qcow2", "/ov/a <&>.qcow2" };
+    _cleanup_free_ char *xml = NULL, *plain = NULL;
+    struct cfs_snapxml s;
+    (void)state;
+
+    xml = cfs_domxml_snapshot_xml_multi("s1", 2, disks, overlays,
+                                        "chainfs: quiesced=no reason=a <b> & \"c\"",
+                                        targets);
+    assert_non_null(xml);
+    assert_non_null(strstr(xml, "<disk name=\"vdc\" snapshot=\"no\"/>"));
+    assert_non_null(strstr(xml, "<disk name=\"hdc\" snapshot=\"no\"/>"));
+    assert_null(strstr(xml, "<disk name=\"vda\" snapshot=\"no\""));
+    assert_null(strstr(xml, "<disk name=\"vdb\" snapshot=\"no\""));
+    assert_null(strstr(xml, "a <b>"));
+    assert_int_equal(cfs_domxml_parse_snapshot(xml, &s), 0);
+    assert_string_equal(s.description, "chainfs: quiesced=no reason=a <b> & \"c\"");
+    assert_int_equal(s.n_disks, 2);
+    assert_string_equal(s.disks[0].target, "vdb");
+    assert_string_equal(s.disks[0].source, "/ov/b.qcow2");
+    assert_string_equal(s.disks[1].target, "vda");
+    assert_string_equal(s.disks[1].source, "/ov/a <&>.qcow2");
+    assert_int_equal(s.n_all, 4);
+    cfs_snapxml_clear(&s);
+
+    /* no description: no element; the one-disk builder is the N = 1 case */
+    plain = cfs_domxml_snapshot_xml_multi("s2", 1, disks, overlays, NULL, targets);
+    assert_null(strstr(plain, "<description"));
+    _cleanup_free_ char *one = cfs_domxml_snapshot_xml("s2", "vdb", "/ov/b.qcow2", targets);
+    assert_string_equal(one, plain);
+    assert_null(cfs_domxml_snapshot_xml_multi("s3", 0, disks, overlays, NULL, targets));
 }
 
 static void test_snapshot_build(void **state)
@@ -946,6 +1036,7 @@ int main(void)
         cmocka_unit_test(test_parse_garbage),
         cmocka_unit_test(test_snapshot_parse),
         cmocka_unit_test(test_snapshot_build),
+        cmocka_unit_test(test_snapshot_build_multi),
         cmocka_unit_test(test_mirror_ready),
         cmocka_unit_test(test_mid_job_chain),
         cmocka_unit_test(test_set_disk_source),

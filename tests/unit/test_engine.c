@@ -322,7 +322,7 @@ static void test_mkdir_refusals_change_nothing(void **state)
             fail_msg("mkdir %s/%s/%.40s: %d, want %d", refusals[i].dom,
                      refusals[i].disk, refusals[i].name, r, refusals[i].want);
     }
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 0);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_job_contains(f, "failed");
 }
@@ -338,7 +338,7 @@ static void test_mkdir_takes_snapshot(void **state)
     free(chain);
     /* the same name again: EEXIST */
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "before-upgrade"), -EEXIST);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 1);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 1);
     /* a file already there under the overlay's name (after a pull the
      * active file keeps a merged snapshot's file name, issue 8 §2.5; or
      * anyone's file) is left alone: the overlay takes the first free
@@ -350,7 +350,7 @@ static void test_mkdir_takes_snapshot(void **state)
     fputs("not chainfs's", fp);
     fclose(fp);
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "taken"), 0);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 2);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 2);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2 before-upgrade taken");
     chain = read_file(f, "/vm1/vda/chain.json");
     assert_non_null(strstr(chain, "vm1.vda.taken.2.qcow2"));
@@ -363,7 +363,7 @@ static void test_mkdir_takes_snapshot(void **state)
 static void test_mkdir_backend_error(void **state)
 {
     struct fx *f = *state;
-    cfs_fake_fail_next(f->be, "snapshot_create", EACCES, "access denied by policy");
+    cfs_fake_fail_next(f->be, "snapshot_create_multi", EACCES, "access denied by policy");
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x1"), -EACCES);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2");
     assert_job_contains(f, "access denied by policy");
@@ -379,7 +379,7 @@ static void test_mkdir_notconn_shows_stale(void **state)
     char *chain = read_file(f, "/vm1/vda/chain");
     assert_null(strstr(chain, "stale:"));
     free(chain);
-    cfs_fake_fail_next(f->be, "snapshot_create", ENOTCONN,
+    cfs_fake_fail_next(f->be, "snapshot_create_multi", ENOTCONN,
                        "internal error: connection closed due to keepalive timeout");
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "x1"), -ENOTCONN);
     chain = read_file(f, "/vm1/vda/chain");
@@ -1329,7 +1329,7 @@ static void test_pull_keeps_domain_quiet(void **state)
      * starts nothing until the pull has ended */
     assert_int_equal(cfs_engine_rmdir(f->e, "vm1", "vdb", "s9"), 0);
     cfs_engine_run_pending(f->e);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 0);
     assert_int_equal(cfs_fake_calls(f->be, "commit_start"), 0);
     assert_int_equal(cfs_fake_calls(f->be, "read_domain"), full);
 
@@ -1804,7 +1804,7 @@ static void test_mkdir_block_disk_needs_overlay_dir(void **state)
     cfs_engine_run_pending(f->e);
 
     assert_int_equal(cfs_engine_mkdir(f->e, "vm4", "vda", "s1"), -EROFS);
-    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 0);
     assert_list(f, "/vm4/vda/snapshots", "");
     char *job = read_file(f, "/vm4/vda/job");
     assert_non_null(job);
