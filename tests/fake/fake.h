@@ -163,9 +163,10 @@ void cfs_fake_fail_snapshot_disk(struct cfs_backend *be, const char *disk,
 void cfs_fake_add_unsnappable(struct cfs_backend *be, const char *dom,
                               const char *target, const char *why);
 
-/* The guest agent of a domain. Default: NONE, 2 filesystems. On a domain
- * that is not running (shut off or paused) agent_fs answers -EINVAL
- * "domain is not running" whatever the mode. */
+/* The guest agent of a domain (kept by name: put_domain and remove_domain
+ * leave it). Default: NONE, 2 filesystems. On a domain that is not
+ * running (shut off or paused) agent_fs answers -EINVAL "domain is not
+ * running" whatever the mode. */
 enum cfs_fake_agent_mode {
     CFS_FAKE_AGENT_NONE,         /* no channel: -EOPNOTSUPP "QEMU guest
                                     agent is not configured" */
