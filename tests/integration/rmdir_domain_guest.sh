@@ -2,7 +2,7 @@
 # rmdir_domain_guest.sh — issue 10 acceptance: domain-level rmdir with the
 # real test guest (tests/guest, guest_lib.sh) writing to both of its disks
 # the whole time. s1 and s2 are libvirt snapshots of vda and vdb together
-# (virsh snapshot-create-as --disk-only --atomic); then
+# (mkdir <dom>/snapshots/NAME: one atomic snapshot, quiesced); then
 #
 #   1. rmdir <dom>/snapshots/s1 (intermediate: one commit per disk, no
 #      pivot) while the guest writes: completes, both disks still on s2;
@@ -33,10 +33,10 @@ it_mount
 it_wait_dom "$D"
 guest_wait_more "$D" 3
 
+# snap NAME — the domain-level mkdir: one atomic snapshot of vda and vdb,
+# quiesced through the guest's agent
 snap() {
-  it_virsh snapshot-create-as "$D" "$1" --disk-only --atomic \
-    --diskspec "vda,file=$T/vda.$1.qcow2" --diskspec "vdb,file=$T/vdb.$1.qcow2" >/dev/null ||
-    it_fail "virsh snapshot-create-as $1"
+  mkdir "$MNT/$D/snapshots/$1" || it_fail "mkdir $D/snapshots/$1"
   it_log "snapshot $1 of vda and vdb taken at file $(guest_last_n "$D")"
 }
 dom_snaps_are() { [ "$(it_ls "$MNT/$D/snapshots")" = "$1" ]; }
@@ -50,6 +50,13 @@ snap s1
 guest_wait_more "$D" 5
 snap s2
 guest_wait_more "$D" 5
+a2=$(it_domblk "$D" vda) b2=$(it_domblk "$D" vdb)
+if [ "$a2" = "$vda" ] || [ "$b2" = "$vdb" ]; then
+  it_fail "mkdir did not give both disks an overlay"
+fi
+a1=$(jq -r '.layers[1].file' "$MNT/$D/vda/chain.json")
+b1=$(jq -r '.layers[1].file' "$MNT/$D/vdb/chain.json")
+it_assert_eq "yes yes" "$(sed -n 's/^quiesced: *//p' "$MNT/$D/vda/snapshots/s2/info") $(sed -n 's/^quiesced: *//p' "$MNT/$D/vdb/snapshots/s2/info")" "s2 was quiesced on both disks"
 it_wait_until 20 "<dom>/snapshots/ shows s1 s2" dom_snaps_are "s1 s2"
 
 # --- 1. the intermediate snapshot ---------------------------------------------------
@@ -59,10 +66,10 @@ out=$(wait_group)
 it_log "cat <dom>/wait:"$'\n'"$out"
 it_assert_eq completed "$(sed -n 's/^state: *//p' <<<"$out" | head -1)" "the group of s1 completed"
 grep -q '^  type: *commit$' <<<"$out" || it_fail "the members were not commits"
-it_assert_eq "$T/vda.s2.qcow2" "$(it_domblk "$D" vda)" "vda still runs on s2"
-it_assert_eq "$T/vdb.s2.qcow2" "$(it_domblk "$D" vdb)" "vdb still runs on s2"
-it_check_chain "$D" vda "$T/vda.s2.qcow2" "$vda"
-it_check_chain "$D" vdb "$T/vdb.s2.qcow2" "$vdb"
+it_assert_eq "$a2" "$(it_domblk "$D" vda)" "vda still runs on s2"
+it_assert_eq "$b2" "$(it_domblk "$D" vdb)" "vdb still runs on s2"
+it_check_chain "$D" vda "$a2" "$vda"
+it_check_chain "$D" vdb "$b2" "$vdb"
 guest_wait_more "$D" 3
 it_log "ok: the guest wrote files $n0..$(guest_last_n "$D") across the merge of s1"
 
@@ -76,7 +83,7 @@ grep -q '^members: *vda done, vdb done$' <<<"$out" || it_fail "not both disks do
 grep -q '^  type: *active-commit$' <<<"$out" || it_fail "the members were not active commits"
 it_assert_eq "$vda" "$(it_domblk "$D" vda)" "vda pivoted to its base"
 it_assert_eq "$vdb" "$(it_domblk "$D" vdb)" "vdb pivoted to its base"
-for f in "$T"/vda.s1.qcow2 "$T"/vdb.s1.qcow2 "$T"/vda.s2.qcow2 "$T"/vdb.s2.qcow2; do
+for f in "$a1" "$b1" "$a2" "$b2"; do
   [ ! -e "$f" ] || it_fail "merged overlay $f still exists"
 done
 it_assert_eq "" "$(it_snapshot_names "$D")" "virsh snapshot-list is empty"
