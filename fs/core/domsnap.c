@@ -11,7 +11,10 @@ int dom_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd
     pthread_mutex_lock(&e->tree->lock);
     bool have = cfs_tree_find_domain(e->tree, dom) != NULL;
     pthread_mutex_unlock(&e->tree->lock);
-    int r;
+    /* pivot and abort act on the domain's job group (group.c) */
+    int r = have ? group_ctl(e, dom, cmd) : -ENOSYS;
+    if (r != -ENOSYS)
+        return r;
     const char *why;
     if (!have) {
         r = -ENOENT;

@@ -289,6 +289,10 @@ void queue_after_end(struct cfs_engine *e, const char *dom, const char *disk,
 /* Return every queued deletion of DOM/DISK with REASON. */
 void queue_return_all(struct cfs_engine *e, const char *dom, const char *disk,
                       const char *reason);
+/* Return DOM/DISK's queued deletions of job group GROUP with REASON (the
+ * member fails); true if there were any. */
+bool queue_return_group(struct cfs_engine *e, const char *dom, const char *disk,
+                        const char *group, const char *reason);
 /* Take the queued entry EN (type rmdir) up into its disk's queue (recovery;
  * a no-op if it is there). */
 void queue_load_entry(struct cfs_engine *e, const struct cfs_journal_entry *en);
@@ -323,6 +327,13 @@ void group_after_change(struct cfs_engine *e, const char *group);
  * not yet in the tree). */
 int group_journal_put(struct cfs_engine *e, const struct cfs_group *g,
                       const char *phase, const char *replaces);
+/* <dom>/ctl `pivot` (every member of the domain's running group in
+ * ready, now) and `abort` (every member in progress aborted as `abort`
+ * in its disk's ctl does; queued ones come back to snapshots/). 0, or
+ * -ENOENT no group in progress, -EAGAIN (pivot) no member ready, the
+ * first member's error (abort: none could be aborted); -ENOSYS for any
+ * other command (not a group's). Logged. */
+int group_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd);
 /* Whether a member of GROUP other than DISK is queued or running (then
  * DISK's ready commit holds). If not, *READY / *READY_IDS (caller frees)
  * get every member in ready, in member order (READY may be NULL). */

@@ -266,6 +266,83 @@ bool group_holds(struct cfs_engine *e, const char *group, const char *disk,
     return hold;
 }
 
+/* ---- <dom>/ctl: pivot, abort (design §3.3) ------------------------------------- */
+
+int group_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd)
+{
+    if (cmd->op != CFS_CTL_PIVOT && cmd->op != CFS_CTL_ABORT)
+        return -ENOSYS;
+    const char *op = cfs_ctl_op_to_string(cmd->op);
+    _cleanup_free_ char *id = NULL, *name = NULL;
+    _cleanup_strv_ char **disks = NULL;
+    size_t n = 0;
+    uint64_t *ids = NULL;
+    enum cfs_member_state *states = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_group *g = cfs_tree_domain_group(e->tree, dom, NULL);
+    if (g && !cfs_group_phase_ended(g->phase)) {
+        id = cfs_xstrdup(g->id);
+        name = cfs_xstrdup(g->snapshot);
+        n = g->n_members;
+        ids = cfs_xcalloc(n ? n : 1, sizeof(*ids));
+        states = cfs_xcalloc(n ? n : 1, sizeof(*states));
+        for (size_t i = 0; i < n; i++) {
+            cfs_strv_push(&disks, cfs_xstrdup(g->members[i].disk));
+            ids[i] = g->members[i].job_id;
+            states[i] = g->members[i].state;
+        }
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    if (!id) {
+        log_warn("ctl %s: %s refused (%s): no domain-level rmdir is in progress",
+                 dom, op, strerror(ENOENT));
+        return -ENOENT;
+    }
+
+    int r = 0, first_err = 0;
+    size_t done = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cmd->op == CFS_CTL_PIVOT) {
+            if (states[i] != CFS_MEMBER_READY)
+                continue;
+            int pr = step_ready(e, dom, disks[i], ids[i], true);
+            if (pr == 0)
+                done++;
+            else if (!first_err)
+                first_err = pr;
+            continue;
+        }
+        if (states[i] == CFS_MEMBER_QUEUED) {
+            _cleanup_free_ char *why = cfs_xasprintf(
+                "the rmdir of %s was aborted through %s/ctl", name, dom);
+            if (queue_return_group(e, dom, disks[i], id, why))
+                done++;
+            continue;
+        }
+        if (states[i] == CFS_MEMBER_DONE || states[i] == CFS_MEMBER_FAILED)
+            continue;
+        const struct cfs_ctl_cmd abort_cmd = { .op = CFS_CTL_ABORT };
+        int ar = cfs_engine_ctl(e, dom, disks[i], &abort_cmd);
+        if (ar == 0)
+            done++;
+        else if (!first_err)
+            first_err = ar;
+    }
+    free(ids);
+    free(states);
+    if (done == 0) {
+        r = first_err ? first_err : -EAGAIN;
+        log_warn("ctl %s: %s of the rmdir of %s refused (%s): %s", dom, op, name,
+                 strerror(-r), cmd->op == CFS_CTL_PIVOT && !first_err
+                     ? "no disk of the group is ready"
+                     : "no disk's merge could be stopped (see each disk's job)");
+        return r;
+    }
+    log_info("ctl %s: %s of the rmdir of %s: %zu disk%s", dom, op, name, done,
+             done == 1 ? "" : "s");
+    return 0;
+}
+
 /* ---- recovery (recover.c calls these) ------------------------------------------ */
 
 void recover_groups_load(struct cfs_engine *e, const struct cfs_journal_entry *v,

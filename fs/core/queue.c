@@ -103,6 +103,49 @@ void queue_return_all(struct cfs_engine *e, const char *dom, const char *disk,
         e->invalidate(e->invalidate_opaque, p);
 }
 
+bool queue_return_group(struct cfs_engine *e, const char *dom, const char *disk,
+                        const char *group, const char *reason)
+{
+    char **ids = NULL;
+    _cleanup_free_ char *names = NULL;
+    struct cfs_buf nb = {0};
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    for (size_t i = 0; s && i < s->n_queue; i++) {
+        struct cfs_queued *q = &s->queue[i];
+        if (!cfs_streq(q->group, group))
+            continue;
+        s->returned = cfs_xrealloc(s->returned, (s->n_returned + 1) *
+                                                    sizeof(*s->returned));
+        s->returned[s->n_returned++] = (struct cfs_returned){
+            .snapshot = cfs_xstrdup(q->snapshot),
+            .reason = cfs_xstrdup(reason),
+        };
+        cfs_buf_printf(&nb, "%s%s", nb.len ? ", " : "", q->snapshot);
+        cfs_strv_push(&ids, cfs_xstrdup(q->journal_id));
+    }
+    size_t n = cfs_strv_len(ids);
+    if (n) {
+        queue_drop_locked(s, ids, n);
+        tree_changed(e);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    names = cfs_buf_steal(&nb);
+    if (n == 0) {
+        cfs_strv_free(ids);
+        return false;
+    }
+    journal_close_all(e, ids, n);
+    cfs_strv_free(ids);
+    log_warn("%s/%s: queued deletion of %s returned to snapshots/: %s", dom,
+             disk, names, reason);
+    group_member_set(e, group, disk, CFS_MEMBER_FAILED, reason);
+    _cleanup_free_ char *p = cfs_xasprintf("/%s/%s/snapshots", dom, disk);
+    if (e->invalidate)
+        e->invalidate(e->invalidate_opaque, p);
+    return true;
+}
+
 void queue_after_end(struct cfs_engine *e, const char *dom, const char *disk,
                      enum cfs_job_phase st, const char *what, const char *error,
                      bool superseded)

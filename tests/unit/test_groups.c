@@ -16,6 +16,7 @@
 #include <cmocka.h>
 #include "tmpdir.h"
 
+#include "chainfs/ctl.h"
 #include "chainfs/engine.h"
 #include "chainfs/journal.h"
 #include "fake.h"
@@ -771,6 +772,57 @@ static void test_nodes(void **state)
     assert_null(read_node(g, "/vm1/snapshots/s2/info"));
 }
 
+/* <dom>/ctl: `pivot` pivots every member in ready now (the hold
+ * notwithstanding); `abort` aborts the members in progress and returns
+ * the queued ones; without a group in progress: ENOENT. */
+static void test_dom_ctl(void **state)
+{
+    struct gx *g = *state;
+    const struct cfs_ctl_cmd pivot = { .op = CFS_CTL_PIVOT };
+    const struct cfs_ctl_cmd abort_cmd = { .op = CFS_CTL_ABORT };
+    const struct cfs_ctl_cmd manual = { .op = CFS_CTL_PIVOT_MANUAL };
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &pivot), -ENOENT);
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &abort_cmd), -ENOENT);
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &manual), -EINVAL);
+
+    /* abort: vdb's running commit canceled, vda's queued deletion (behind
+     * vda's own merge of s1) back */
+    assert_int_equal(cfs_engine_rmdir(g->e, "vm1", "vda", "s1"), 0);
+    cfs_fake_job_progress(g->be, "vm1", "vda", 40 << 20, 64 << 20);
+    cfs_engine_run_pending(g->e);
+    assert_int_equal(cfs_engine_rmdir_domain(g->e, "vm1", "s2"), 0);
+    assert_group(g, "s2", CFS_GROUP_RUNNING, "vda:queued vdb:running");
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &abort_cmd), 0);
+    cfs_engine_run_pending(g->e);
+    assert_int_equal(phase_of(g, "vdb"), CFS_PHASE_CANCELED);
+    assert_int_equal(phase_of(g, "vda"), CFS_PHASE_RUNNING); /* its own s1 */
+    assert_group(g, "s2", CFS_GROUP_FAILED, "vda:failed vdb:failed");
+    assert_journal(g, "commit:running");
+    assert_true(has_layer(g, "vdb", "s2") && has_layer(g, "vda", "s2"));
+    assert_node_contains(g, "/vm1/vda/job", "returned: s2 (the rmdir of s2 was "
+                                            "aborted through vm1/ctl)");
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &abort_cmd), -ENOENT);
+    cfs_fake_job_complete(g->be, "vm1", "vda");
+    cfs_engine_run_pending(g->e);
+    assert_int_equal(phase_of(g, "vda"), CFS_PHASE_COMPLETED);
+
+    /* pivot: vda ready and held; pivoted on demand; vdb after */
+    assert_int_equal(cfs_engine_rmdir_domain(g->e, "vm1", "s2"), 0);
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", "", &pivot), -EAGAIN);
+    cfs_fake_job_ready(g->be, "vm1", "vda");
+    cfs_engine_run_pending(g->e);
+    assert_int_equal(phase_of(g, "vda"), CFS_PHASE_READY); /* held */
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &pivot), 0);
+    cfs_engine_run_pending(g->e);
+    assert_int_equal(phase_of(g, "vda"), CFS_PHASE_COMPLETED);
+    assert_group(g, "s2", CFS_GROUP_RUNNING, "vda:done vdb:running");
+    cfs_fake_job_ready(g->be, "vm1", "vdb");
+    cfs_engine_run_pending(g->e);
+    assert_group(g, "s2", CFS_GROUP_COMPLETED, "vda:done vdb:done");
+    assert_journal(g, "");
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &abort_cmd), -ENOENT);
+}
+
 int main(void)
 {
 #define R(f) cmocka_unit_test_setup_teardown(f, setup_running, teardown)
@@ -795,6 +847,7 @@ int main(void)
         R(test_recover_partial),
         R(test_recover_member_never_started),
         R(test_nodes),
+        R(test_dom_ctl),
     };
 #undef R
 #undef S
