@@ -309,11 +309,14 @@ bool queue_regroup(struct cfs_engine *e, const char *dom, const char *disk);
 /* actions.c: the domain worker's dispatch of DOM/DISK's queue */
 void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk);
 /* group.c: job groups, the domain-level rmdir (issue 10 §3) */
-/* Bring the group member of S's disk up to S's job (its `group`), or, a
- * job without group that completed, end S's disk's part of a partial
- * group of the snapshot. The id of the group touched (the tree's: valid
- * under the lock only), or NULL. Caller holds the tree lock. */
-const char *group_member_sync_locked(struct cfs_engine *e, struct cfs_disk_state *s);
+/* Bring the group member of S's disk up to S's job (its `group`). With
+ * TOUCHED (job_end, once the job's end is applied) also the part of S's
+ * disk in the domain's other groups of a snapshot the job merged (a
+ * disk-level rmdir of a partially merged one, a run of the queue that
+ * took a queued member in), and the ids of every group touched are added
+ * to *TOUCHED. Caller holds the tree lock. */
+void group_member_sync_locked(struct cfs_engine *e, struct cfs_disk_state *s,
+                              char ***touched);
 /* Member DISK of GROUP (not started, or queued) is now ST (ERROR). No
  * lock held; calls group_after_change. */
 void group_member_set(struct cfs_engine *e, const char *group, const char *disk,

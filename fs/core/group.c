@@ -15,33 +15,13 @@
  *    journal entry, partial rewrites it with the disks that remain
  *    (remaining[]); a member that ends while others are held asks for a
  *    poll of the held ones, which then pivot;
- *  - a disk-level merge of the snapshot on a disk a partial group names
- *    (group_member_sync_locked, no group on the job) ends that disk's
- *    part of it.
+ *  - a merge of the snapshot on a member's disk that is not the member's
+ *    own job (a disk-level rmdir on a disk a partial group names; a run
+ *    of the queue that took a queued member's deletion in: issue 8 §3.2)
+ *    ends that member's part too (other_groups_locked).
  *
  * Locks: the tree lock around the group; journal writes without it. */
 #include "engine_int.h"
-
-/* The partial group of S's domain for one of the snapshots S's job
- * removes, with S's disk among its failed members (or one this disk's
- * merge just ended, not yet journaled); NULL if none. */
-static struct cfs_group *partial_group_of(struct cfs_tree *t,
-                                          const struct cfs_disk_state *s)
-{
-    for (size_t i = 0; i < t->n_groups; i++) {
-        struct cfs_group *g = t->groups[i];
-        if (!cfs_streq(g->dom, s->dom) || !cfs_group_phase_ended(g->phase))
-            continue;
-        bool named = cfs_streq(g->snapshot, s->job.snapshot) ||
-                     cfs_strv_contains(s->job.snapshots, g->snapshot);
-        struct cfs_group_member *m = cfs_group_find_member(g, s->disk);
-        if (named && m &&
-            ((g->phase == CFS_GROUP_PARTIAL && m->state == CFS_MEMBER_FAILED) ||
-             (!g->end_recorded && m->state == CFS_MEMBER_DONE)))
-            return g;
-    }
-    return NULL;
-}
 
 static void group_recompute_locked(struct cfs_group *g)
 {
@@ -57,31 +37,76 @@ static void group_recompute_locked(struct cfs_group *g)
     }
 }
 
-const char *group_member_sync_locked(struct cfs_engine *e,
-                                     struct cfs_disk_state *s)
+/* Whether S's disk still has a deletion of group G queued. */
+static bool queued_for(const struct cfs_disk_state *s, const struct cfs_group *g)
+{
+    for (size_t i = 0; i < s->n_queue; i++)
+        if (cfs_streq(s->queue[i].group, g->id))
+            return true;
+    return false;
+}
+
+/* S's job just ended and removed (COMPLETED) or did not remove (failed,
+ * canceled) the snapshots it names; a group of the domain other than the
+ * job's own with one of those as its NAME and S's disk as a member is
+ * told: a member whose queued deletion became part of that job (a run of
+ * the queue, issue 8 §3.2), or one a partial group left on the disk that
+ * a disk-level rmdir merged now. */
+static void other_groups_locked(struct cfs_engine *e, struct cfs_disk_state *s,
+                                char ***touched)
+{
+    struct cfs_tree *t = e->tree;
+    const struct cfs_job *j = &s->job;
+    bool completed = j->phase == CFS_PHASE_COMPLETED;
+    bool failed = (j->phase == CFS_PHASE_FAILED || j->phase == CFS_PHASE_CANCELED) &&
+                  !j->superseded;
+    if (!completed && !failed)
+        return;
+    for (size_t i = 0; i < t->n_groups; i++) {
+        struct cfs_group *g = t->groups[i];
+        if (!cfs_streq(g->dom, s->dom) || cfs_streq(g->id, j->group))
+            continue;
+        bool named = cfs_streq(g->snapshot, j->snapshot) ||
+                     cfs_strv_contains(j->snapshots, g->snapshot);
+        struct cfs_group_member *m = cfs_group_find_member(g, s->disk);
+        if (!named || !m)
+            continue;
+        bool taken = m->state == CFS_MEMBER_QUEUED && !queued_for(s, g) &&
+                     !cfs_group_phase_ended(g->phase);
+        enum cfs_member_state to = m->state;
+        if (completed && (taken || (g->phase == CFS_GROUP_PARTIAL &&
+                                    m->state == CFS_MEMBER_FAILED)))
+            to = CFS_MEMBER_DONE;
+        else if (failed && taken)
+            to = CFS_MEMBER_FAILED;
+        else
+            continue; /* not this job's business */
+        m->state = to;
+        free(m->error);
+        m->error = to == CFS_MEMBER_FAILED ? cfs_xstrdup(j->error) : NULL;
+        m->partial = to == CFS_MEMBER_FAILED && j->partial;
+        group_recompute_locked(g);
+        tree_changed(e);
+        if (!cfs_strv_contains(*touched, g->id))
+            cfs_strv_push(touched, cfs_xstrdup(g->id));
+    }
+}
+
+void group_member_sync_locked(struct cfs_engine *e, struct cfs_disk_state *s,
+                              char ***touched)
 {
     struct cfs_tree *t = e->tree;
     struct cfs_job *j = &s->job;
-    if (!j->group) {
-        /* a disk-level merge of a snapshot a partial group left on this
-         * disk: done with it there */
-        if (j->phase != CFS_PHASE_COMPLETED)
-            return NULL;
-        struct cfs_group *g = partial_group_of(t, s);
-        if (!g)
-            return NULL;
-        struct cfs_group_member *m = cfs_group_find_member(g, s->disk);
-        m->state = CFS_MEMBER_DONE;
-        free(m->error);
-        m->error = NULL;
-        group_recompute_locked(g);
-        tree_changed(e);
-        return g->id;
-    }
+    /* once per end: from job_end (its error and partial set), not from
+     * the phase step before it */
+    if (touched)
+        other_groups_locked(e, s, touched);
+    if (!j->group)
+        return;
     struct cfs_group *g = cfs_tree_find_group(t, j->group);
     struct cfs_group_member *m = cfs_group_find_member(g, s->disk);
     if (!m)
-        return NULL;
+        return;
     m->job_id = j->id;
     enum cfs_member_state st = cfs_member_state_of_phase(j->phase);
     if (j->phase == CFS_PHASE_CANCELED && j->superseded)
@@ -94,7 +119,8 @@ const char *group_member_sync_locked(struct cfs_engine *e,
     }
     group_recompute_locked(g);
     tree_changed(e);
-    return g->id;
+    if (touched && !cfs_strv_contains(*touched, g->id))
+        cfs_strv_push(touched, cfs_xstrdup(g->id));
 }
 
 void group_member_set(struct cfs_engine *e, const char *group,

@@ -273,7 +273,7 @@ bool phase_step_locked(struct cfs_engine *e, struct cfs_disk_state *s,
         s->job.journal_id = NULL;
     }
     /* a member of a job group: the group follows (issue 10 §3.2) */
-    group_member_sync_locked(e, s);
+    group_member_sync_locked(e, s, NULL);
     log_info("job %llu %s/%s: %s -> %s", (unsigned long long)s->job.id,
              s->dom, s->disk, cfs_job_phase_to_string(from),
              cfs_job_phase_to_string(to));
@@ -373,7 +373,7 @@ struct end_args {
     const char *error;
     bool partial;
     struct cfs_engine *e;
-    char *group;         /* out: the job group the end touched, or NULL */
+    char **groups;       /* out: the job groups the end touched */
 };
 
 static void end_apply(struct cfs_disk_state *s, void *arg)
@@ -412,8 +412,7 @@ static void end_apply(struct cfs_disk_state *s, void *arg)
     s->abort_requested = false;
     /* the member's error and partial, now that the job holds them */
     struct end_args *out = arg;
-    free(out->group);
-    out->group = cfs_xstrdup(group_member_sync_locked(out->e, s));
+    group_member_sync_locked(out->e, s, &out->groups);
 }
 
 /* End job ID of DOM/DISK in terminal phase ST; a no-op if the disk has
@@ -436,10 +435,9 @@ void job_end(struct cfs_engine *e, const char *dom, const char *disk,
     pthread_mutex_unlock(&e->tree->lock);
     if (phase_change(e, dom, disk, id, CFS_PHASE_MAX, st, end_apply, &a))
         queue_after_end(e, dom, disk, st, what, error, superseded);
-    if (a.group) {
-        group_after_change(e, a.group);
-        free(a.group);
-    }
+    for (char **g = a.groups; g && *g; g++)
+        group_after_change(e, *g);
+    cfs_strv_free(a.groups);
 }
 
 /* Who else uses any of the N files FILES, as libvirt has every chain

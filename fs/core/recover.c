@@ -166,7 +166,7 @@ void recover_journal(struct cfs_engine *e)
         /* issue 10: a member of a job group (held in ready again until
          * the others are ready or ended) */
         s->job.group = cfs_xstrdup(en->group);
-        group_member_sync_locked(e, s);
+        group_member_sync_locked(e, s, NULL);
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */

@@ -578,6 +578,37 @@ static void test_queued_member_regrouped(void **state)
     assert_true(has_layer(g, "vdb", "s1"));
 }
 
+/* Two domain-level rmdirs: s1's commits run (just begun), s2's members
+ * queue behind them on both disks and are regrouped with them (issue 8
+ * §3.3): one run s2+s1 per disk, s1's group's members; both pivot
+ * together, and s2's group ends with them. */
+static void test_two_groups_regrouped(void **state)
+{
+    struct gx *g = *state;
+    assert_int_equal(cfs_engine_rmdir_domain(g->e, "vm1", "s1"), 0);
+    assert_int_equal(cfs_engine_rmdir_domain(g->e, "vm1", "s2"), 0);
+    assert_group(g, "s2", CFS_GROUP_RUNNING, "vda:queued vdb:queued");
+    cfs_engine_run_pending(g->e);
+    cfs_engine_run_pending(g->e);
+    assert_int_equal(type_of(g, "vda"), CFS_JOB_ACTIVE_COMMIT);
+    assert_int_equal(type_of(g, "vdb"), CFS_JOB_ACTIVE_COMMIT);
+    assert_group(g, "s1", CFS_GROUP_RUNNING, "vda:running vdb:running");
+    cfs_fake_job_ready(g->be, "vm1", "vdb");
+    cfs_engine_run_pending(g->e);
+    assert_int_equal(phase_of(g, "vdb"), CFS_PHASE_READY); /* held */
+    cfs_fake_job_ready(g->be, "vm1", "vda");
+    cfs_engine_run_pending(g->e);
+    cfs_engine_run_pending(g->e);
+    assert_group(g, "s1", CFS_GROUP_COMPLETED, "vda:done vdb:done");
+    assert_group(g, "s2", CFS_GROUP_COMPLETED, "vda:done vdb:done");
+    assert_journal(g, "");
+    assert_false(has_layer(g, "vda", "s1") || has_layer(g, "vda", "s2"));
+    assert_false(has_layer(g, "vdb", "s1") || has_layer(g, "vdb", "s2"));
+    struct cfs_buf b = {0};
+    assert_int_equal(cfs_engine_wait(g->e, "vm1", NULL, never, NULL, &b), 0);
+    cfs_buf_free(&b);
+}
+
 /* A queued member whose disk's merge fails comes back: failed; the other
  * pivots; partial. */
 static void test_queued_member_returned(void **state)
@@ -842,6 +873,7 @@ int main(void)
         R(test_queued_member),
         R(test_queued_member_regrouped),
         R(test_queued_member_returned),
+        R(test_two_groups_regrouped),
         R(test_recover_holds),
         R(test_recover_between_pivots),
         R(test_recover_partial),
