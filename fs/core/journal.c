@@ -285,7 +285,7 @@ static void entry_to_line(const struct cfs_journal_entry *e,
     json_add_files(o, "old_files", e->old_files, e->n_old);
     /* issue 10: job groups */
     json_add_str(o, "group", e->group);
-    if (e->type == CFS_JOB_GROUP) {
+    if (e->type == CFS_JOB_GROUP || e->remaining) { /* a group: [] is "none" */
         json_object *rem = json_object_new_array();
         for (char **r = e->remaining; r && *r; r++)
             json_object_array_add(rem, json_object_new_string(*r));
