@@ -77,19 +77,33 @@ static int agent_call(struct cfs_engine *e, const char *dom, bool thaw,
 }
 
 /* DOM owes a thaw since now (ERROR: why the last attempt failed, or why
- * none was made); the next attempt in THAW_RETRY_FAST_MS. */
-static void owe_thaw(struct cfs_engine *e, const char *dom, const char *error)
+ * none was made); the next attempt in THAW_RETRY_FAST_MS. JOURNAL_ID (may
+ * be NULL): a snapshot entry in phase frozen, kept open until the thaw
+ * (the owed thaw closes it). */
+static void owe_thaw(struct cfs_engine *e, const char *dom, const char *error,
+                     const char *journal_id)
 {
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_thaw_owed *o = cfs_tree_owe_thaw(e->tree, dom, now_s(), error);
     o->next_ms = now_ms() + THAW_RETRY_FAST_MS;
+    if (journal_id && !cfs_strv_contains(o->journal_ids, journal_id))
+        cfs_strv_push(&o->journal_ids, cfs_xstrdup(journal_id));
     pthread_cond_broadcast(&e->tree->changed);
     pthread_mutex_unlock(&e->tree->lock);
 }
 
-void owe_thaw_now(struct cfs_engine *e, const char *dom, const char *why)
+/* The owed thaw of DOM is over: close the journal entries it kept. */
+static void thaw_dropped(struct cfs_engine *e, char **journal_ids)
 {
-    owe_thaw(e, dom, why);
+    for (char **id = journal_ids; id && *id; id++)
+        journal_close(e, *id);
+    cfs_strv_free(journal_ids);
+}
+
+void owe_thaw_now(struct cfs_engine *e, const char *dom, const char *why,
+                  const char *journal_id)
+{
+    owe_thaw(e, dom, why, journal_id);
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_thaw_owed *o = cfs_tree_find_thaw(e->tree, dom);
     if (o)
@@ -171,7 +185,7 @@ int quiesce_freeze(struct cfs_engine *e, const char *dom,
         q->reason = cfs_xstrdup(msg);
     }
     if (q->owed)
-        owe_thaw(e, dom, q->reason);
+        owe_thaw(e, dom, q->reason, intent ? intent->journal_id : NULL);
     if (e->quiesce == CFS_QUIESCE_REQUIRE) {
         *why = cfs_xasprintf("-o quiesce=require: %s", q->reason);
         return r == -ETIMEDOUT || r == -EOPNOTSUPP ? r
@@ -182,7 +196,7 @@ int quiesce_freeze(struct cfs_engine *e, const char *dom,
 }
 
 void quiesce_thaw(struct cfs_engine *e, const char *dom, const char *what,
-                  struct quiesce *q)
+                  const char *journal_id, struct quiesce *q)
 {
     if (!q->frozen)
         return;
@@ -198,7 +212,8 @@ void quiesce_thaw(struct cfs_engine *e, const char *dom, const char *what,
     }
     log_warn("%s: the thaw failed (%s): %s; chainfs retries it in the "
              "background (see %s/job)", what, strerror(-r), msg, dom);
-    owe_thaw(e, dom, msg);
+    q->owed = true;
+    owe_thaw(e, dom, msg, journal_id);
 }
 
 /* ---- the thaw-owed retry (engine thread asks, the domain's worker calls) ----- */
@@ -226,8 +241,9 @@ void thaw_retry(struct cfs_engine *e, const char *dom)
     struct cfs_thaw_owed *o = cfs_tree_find_thaw(e->tree, dom);
     struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
     bool stopped = !d || d->state == CFS_DOM_SHUTOFF;
+    char **ids = NULL;
     if (o && stopped)
-        cfs_tree_drop_thaw(e->tree, dom);
+        cfs_tree_drop_thaw(e->tree, dom, &ids);
     if (o && !stopped)
         o->queued = false;
     pthread_mutex_unlock(&e->tree->lock);
@@ -235,6 +251,7 @@ void thaw_retry(struct cfs_engine *e, const char *dom)
         return;
     if (stopped) {
         log_info("%s: the domain stopped: its owed thaw is void", dom);
+        thaw_dropped(e, ids);
         return;
     }
     agent_bound(e, dom);
@@ -249,9 +266,10 @@ void thaw_retry(struct cfs_engine *e, const char *dom)
     }
     if (r >= 0 || r == -EINVAL || r == -ENOENT) {
         unsigned attempts = o->attempts + 1;
-        cfs_tree_drop_thaw(e->tree, dom);
+        cfs_tree_drop_thaw(e->tree, dom, &ids);
         pthread_cond_broadcast(&e->tree->changed);
         pthread_mutex_unlock(&e->tree->lock);
+        thaw_dropped(e, ids);
         if (r >= 0)
             log_info("%s: owed thaw done: the guest agent thawed %u filesystem%s "
                      "(attempt %u)", dom, n, n == 1 ? "" : "s", attempts);
@@ -286,6 +304,9 @@ static void tree_note_snap(struct cfs_tree *t, const char *dom, const char *name
     struct cfs_domain *d = cfs_tree_find_domain(t, dom);
     if (!d || cfs_domain_find_snap(d, name))
         return;
+    /* libvirt makes a new snapshot its current one */
+    for (size_t i = 0; i < d->n_snaps; i++)
+        d->snaps[i].current = false;
     d->snaps = cfs_xrealloc(d->snaps, (d->n_snaps + 1) * sizeof(*d->snaps));
     struct cfs_snap_info *si = &d->snaps[d->n_snaps++];
     *si = (struct cfs_snap_info){ .name = cfs_xstrdup(name),
@@ -313,6 +334,11 @@ int snapshot_quiesced(struct cfs_engine *e, const struct snap_take *tk,
                            intent, &q, &why);
     if (r < 0) {
         *msg = TAKE_PTR(why);
+        if (q.owed && intent) {
+            /* the entry (phase frozen) is the owed thaw's now */
+            free(intent->journal_id);
+            intent->journal_id = NULL;
+        }
         quiesce_clear(&q);
         return r;
     }
@@ -344,7 +370,13 @@ int snapshot_quiesced(struct cfs_engine *e, const struct snap_take *tk,
     int64_t took = now_ms() - t0;
 
     /* thaw in every path where chainfs froze */
-    quiesce_thaw(e, tk->dom, tk->what, &q);
+    quiesce_thaw(e, tk->dom, tk->what, intent ? intent->journal_id : NULL, &q);
+    if (q.owed && intent) {
+        /* a thaw is owed: its entry (phase frozen) stays open until it is
+         * done, so a restart meanwhile thaws (the caller closes nothing) */
+        free(intent->journal_id);
+        intent->journal_id = NULL;
+    }
     if (r == 0) {
         log_info("%s: %s (%s; snapshot call %lld ms)", tk->what, line,
                  q.quiesced ? "quiesced" : "crash-consistent", (long long)took);
@@ -599,4 +631,13 @@ out:
     free(pk);
     excluded_free(excluded, n_excluded);
     return r;
+}
+
+bool thaw_keeps(struct cfs_engine *e, const char *dom, const char *journal_id)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_thaw_owed *o = cfs_tree_find_thaw(e->tree, dom);
+    bool kept = o && cfs_strv_contains(o->journal_ids, journal_id);
+    pthread_mutex_unlock(&e->tree->lock);
+    return kept;
 }

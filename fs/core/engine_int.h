@@ -386,12 +386,17 @@ int quiesce_freeze(struct cfs_engine *e, const char *dom,
                    enum cfs_dom_state state, const char *what,
                    const char *disk, struct cfs_job *intent,
                    struct quiesce *q, char **why);
-/* Thaw if Q->frozen; a thaw that fails is owed (retried by the engine). */
+/* Thaw if Q->frozen; a thaw that fails is owed (retried by the engine;
+ * Q->owed set), keeping JOURNAL_ID's entry open until it is done. */
 void quiesce_thaw(struct cfs_engine *e, const char *dom, const char *what,
-                  struct quiesce *q);
+                  const char *journal_id, struct quiesce *q);
 /* DOM owes a thaw, attempted at the next poll (recovery of a mkdir that
- * died frozen). */
-void owe_thaw_now(struct cfs_engine *e, const char *dom, const char *why);
+ * died frozen: its entry JOURNAL_ID is closed once the thaw is done). */
+void owe_thaw_now(struct cfs_engine *e, const char *dom, const char *why,
+                  const char *journal_id);
+/* Whether DOM's owed thaw keeps entry JOURNAL_ID (a reconnect's recovery
+ * finds it open: it is being taken care of). */
+bool thaw_keeps(struct cfs_engine *e, const char *dom, const char *journal_id);
 /* Engine thread: ask the domains' workers for the owed thaws that are
  * due (NOW: all of them, whatever their time: tests). */
 void thaw_poll(struct cfs_engine *e, bool now);
@@ -413,7 +418,8 @@ struct snap_take {
 /* Quiesce (journal INTENT: phase `frozen` before the freeze), take the
  * snapshot with chainfs's line in its description, thaw. 0; or -errno
  * and *MSG (caller frees): the quiesce refused (require) or libvirt's
- * error; no disk changed. */
+ * error; no disk changed. When a thaw is owed, INTENT's entry stays open
+ * (the owed thaw closes it) and INTENT->journal_id comes back NULL. */
 int snapshot_quiesced(struct cfs_engine *e, const struct snap_take *tk,
                       struct cfs_job *intent, char **msg);
 

@@ -12,9 +12,12 @@
 static void recover_snapshot(struct cfs_engine *e, const struct cfs_journal_entry *en)
 {
     if (cfs_streq(en->phase, "frozen")) {
-        log_warn("recovery: %s: a mkdir of snapshot %s died while the guest's "
-                 "filesystems were frozen; thawing them", en->domain, en->snapshot);
-        owe_thaw_now(e, en->domain, "a mkdir died while the guest was frozen");
+        log_warn("recovery: %s: a mkdir of snapshot %s left the guest's "
+                 "filesystems frozen (or maybe frozen: the daemon stopped "
+                 "before its thaw); thawing them", en->domain, en->snapshot);
+        /* the entry stays open until the thaw is done */
+        owe_thaw_now(e, en->domain, "a mkdir died while the guest was frozen",
+                     en->id);
     }
     /* the disks and their overlays: disks[i] <- made[i] (several), else
      * DISK <- TOP */
@@ -93,8 +96,13 @@ void recover_journal(struct cfs_engine *e)
             continue; /* this daemon is on it already (a reconnect) */
 
         if (en->type == CFS_JOB_SNAPSHOT) {
+            /* (a reconnect finds the entry of an owed thaw open: it is
+             * being taken care of) */
+            if (thaw_keeps(e, en->domain, en->id))
+                continue;
             recover_snapshot(e, en);
-            journal_close(e, en->id);
+            if (!cfs_streq(en->phase, "frozen"))
+                journal_close(e, en->id);
             continue;
         }
 

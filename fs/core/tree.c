@@ -90,6 +90,7 @@ struct cfs_tree *cfs_tree_free(struct cfs_tree *t)
     for (size_t i = 0; i < t->n_thaws; i++) {
         free(t->thaws[i].dom);
         free(t->thaws[i].error);
+        cfs_strv_free(t->thaws[i].journal_ids);
     }
     free(t->thaws);
     pthread_mutex_destroy(&t->lock);
@@ -410,11 +411,15 @@ struct cfs_thaw_owed *cfs_tree_owe_thaw(struct cfs_tree *t, const char *dom,
     return o;
 }
 
-bool cfs_tree_drop_thaw(struct cfs_tree *t, const char *dom)
+bool cfs_tree_drop_thaw(struct cfs_tree *t, const char *dom,
+                        char ***journal_ids)
 {
     struct cfs_thaw_owed *o = cfs_tree_find_thaw(t, dom);
     if (!o)
         return false;
+    if (journal_ids)
+        *journal_ids = TAKE_PTR(o->journal_ids);
+    cfs_strv_free(o->journal_ids);
     free(o->dom);
     free(o->error);
     *o = t->thaws[--t->n_thaws];

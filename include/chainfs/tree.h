@@ -184,6 +184,10 @@ struct cfs_thaw_owed {
     unsigned attempts;       /* failed attempts so far */
     int64_t next_ms;         /* monotonic ms of the next attempt */
     bool queued;             /* an attempt is queued on the domain's worker */
+    /* The journal entries (type snapshot, phase frozen) kept open until
+     * the thaw is done, so that a daemon stopped meanwhile leaves the
+     * next one a thaw to make (recovery); closed when it is dropped. */
+    char **journal_ids;
 };
 
 struct cfs_tree {
@@ -236,8 +240,10 @@ struct cfs_thaw_owed *cfs_tree_find_thaw(struct cfs_tree *t, const char *dom);
  * last one, may be NULL). */
 struct cfs_thaw_owed *cfs_tree_owe_thaw(struct cfs_tree *t, const char *dom,
                                         int64_t since, const char *error);
-/* DOM's thaw is no longer owed; true if it was. */
-bool cfs_tree_drop_thaw(struct cfs_tree *t, const char *dom);
+/* DOM's thaw is no longer owed; true if it was. *JOURNAL_IDS (if not
+ * NULL) gets its journal entries to close (caller frees). */
+bool cfs_tree_drop_thaw(struct cfs_tree *t, const char *dom,
+                        char ***journal_ids);
 /* The first disk of any domain whose chain has file ID/PATH (same file
  * by cfs_file_same), leaving out disk EXCEPT_DISK of domain EXCEPT_DOM
  * (the whole of EXCEPT_DOM if EXCEPT_DISK is NULL); *DOM_OUT is its

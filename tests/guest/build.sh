@@ -116,7 +116,7 @@ build() {
   mkdir -p "$w/debs" "$x" "$r"
   say "downloading ${PACKAGES[*]}"
   (cd "$w/debs" && apt-get download "${PACKAGES[@]}") >"$w/apt.log" 2>&1 ||
-    { cat "$w/apt.log" >&2; die "apt-get download failed"; }
+    { cat "$w/apt.log" >&2; die "apt-get download failed (no network, or apt lists older than the mirror: apt-get update)"; }
   {
     printf 'key %s\nbuilt %s\nkernel %s\n' "$KEY" "$(date -u +%FT%TZ)" "$KVER"
     for deb in "$w"/debs/*.deb; do
@@ -257,4 +257,6 @@ main() {
   printf '%s\n' "$dir"
 }
 
-main "$@"
+# one line: bash reads a script as it runs, and a build.sh edited while a
+# build runs must not have its new bytes read after main returns
+main "$@"; exit

@@ -39,13 +39,14 @@ guest_wait_n "$dom" 5
 out=$(virsh -c "$IT_URI" domfsfreeze "$dom" 2>&1) || it_fail "domfsfreeze: $out"
 it_assert_contains "$out" "Froze 2 filesystem" "domfsfreeze froze vda's and vdb's filesystems"
 it_assert_eq 1 "$(guest_freezes "$dom")" "the hook printed FREEZE once"
-it_assert_contains "$(guest_agent_cmd "$dom" '{"execute":"guest-fsfreeze-status"}')" frozen "guest-fsfreeze-status: frozen"
+it_assert_eq frozen "$(guest_fsfreeze_status "$dom")" "guest-fsfreeze-status: frozen"
 n=$(guest_last_n "$dom")
 it_assert_eq "$n" "$(guest_n_at_freeze "$dom" 1)" "the workload's last line comes before FREEZE 1"
 sleep 1.5
 it_assert_eq "$n" "$(guest_last_n "$dom")" "no file written while frozen"
 out=$(it_virsh domfsthaw "$dom" 2>&1) || it_fail "domfsthaw: $out"
 it_wait_until 10 "THAW 1 on the console" sh -c "tr -d '\r' <'$(guest_console "$dom")' | grep -aq '^THAW 1\$'"
+it_assert_eq thawed "$(guest_fsfreeze_status "$dom")" "guest-fsfreeze-status: thawed"
 guest_wait_more "$dom" 3
 it_log "ok: the workload goes on after the thaw (file $(guest_last_n "$dom"))"
 
@@ -114,6 +115,6 @@ guest_destroy "$dom"
 guest_check "$dom" "$T/vda.q1.qcow2" "$T/vdb.q1.qcow2"
 it_log "second boot: $(guest_last_n "$dom") files reported in all, seqs ${GUEST_SEQS[*]}"
 
-msg="guest ($(it_virt_type)): build/cache ${GUEST_BUILD_S}s; boot to READY ${boot1}s, guest-ping ${ping1}s; second boot ${boot2}s"
+msg="guest ($(guest_virt_type)): build/cache ${GUEST_BUILD_S}s; boot to READY ${boot1}s, guest-ping ${ping1}s; second boot ${boot2}s"
 it_log "$msg"
 echo "$msg"

@@ -38,6 +38,8 @@ GUEST_SEQS=()           # /seq of each image of the last guest_check
 GUEST_SCRATCH=""        # the last guest_scratch copy
 GUEST_RECOVERED=""      # yes if its journal needed a replay
 GUEST_BUILDER=$IT_ROOT/tests/guest/build.sh
+GUEST_CACHE=""          # the build cache (where the KVM verdict is kept)
+GUEST_VIRT_TYPE=""      # kvm or qemu: the guests' domain type (guest_virt_type)
 
 # guest_init — after it_init: get the test guest (built once and cached by
 # tests/guest/build.sh) and copy vmlinuz and initrd.img into $T/guest
@@ -61,7 +63,77 @@ guest_init() {
   [ "$rc" -eq 0 ] || it_fail "tests/guest/build.sh failed (status $rc)"
   chmod 0755 "$GUEST_DIR"
   chmod 0644 "$GUEST_DIR"/*
+  GUEST_CACHE=$(dirname "$(cat "$T/guest-build.out")")
   it_log "test guest from $(cat "$T/guest-build.out") ($(sed -n 's/^kernel //p' "$GUEST_DIR/manifest")) in ${GUEST_BUILD_S}s"
+  guest_virt_type >/dev/null
+}
+
+# guest_virt_type — the guests' domain type: it_virt_type's, except where
+# that is kvm by itself (CHAINFS_VIRT_TYPE unset) and KVM does not run
+# the guest on this host: some nested KVM hosts leave the vCPU looping in
+# SeaBIOS, so a guest never prints a byte (the OS-less test domains do not
+# notice). The first test on such a host boots the kernel once under KVM
+# (_guest_kvm_probe, at most 30 s) and keeps the verdict in the guest
+# cache ($GUEST_CACHE/kvm-verdict, per host kernel, QEMU version and guest
+# kernel); where KVM failed, guests run under TCG and the test log says
+# so. CHAINFS_VIRT_TYPE=kvm insists (no probe, no fallback). Call it in
+# the test's shell (it sets GUEST_VIRT_TYPE, guest_init calls it); prints
+# the type.
+guest_virt_type() {
+  local t id verdict f
+  if [ -z "$GUEST_VIRT_TYPE" ]; then
+    t=$(it_virt_type)
+    if [ "$t" = kvm ] && [ -z "${CHAINFS_VIRT_TYPE:-}" ]; then
+      id="$(uname -r) $(qemu-system-x86_64 --version 2>/dev/null | head -n 1 | tr -d '()' | tr ' ' _) $(sed -n 's/^kernel //p' "$GUEST_DIR/manifest")"
+      f=$GUEST_CACHE/kvm-verdict
+      verdict=""
+      [ ! -f "$f" ] || verdict=$(awk -v id="$id" '{ v = $NF; $NF = ""; sub(/ $/, ""); if ($0 == id) print v }' "$f" | tail -n 1)
+      if [ -z "$verdict" ]; then
+        IT_DOMAINS+=("$IT_PREFIX-kvmprobe") # it_cleanup's, if the probe is interrupted
+        verdict=$(_guest_kvm_probe)
+        printf '%s %s\n' "$id" "$verdict" >>"$f"
+        it_log "KVM probe: the guest's kernel under KVM: $verdict (kept in $f)"
+      fi
+      if [ "$verdict" != ok ]; then
+        it_log "KVM does not boot the test guest on this host (the vCPU stays in the firmware; $f): guests run under TCG here (CHAINFS_VIRT_TYPE=kvm insists on KVM)"
+        t=qemu
+      fi
+    fi
+    GUEST_VIRT_TYPE=$t
+  fi
+  printf '%s\n' "$GUEST_VIRT_TYPE"
+}
+
+# _guest_kvm_probe — boot the guest's kernel once under KVM (a transient
+# domain $IT_PREFIX-kvmprobe, no disks, kernel messages on) and print ok
+# if it says anything on its console within 30 s, else broken. Runs in a
+# $(...): the caller puts the name into IT_DOMAINS.
+_guest_kvm_probe() {
+  local name=$IT_PREFIX-kvmprobe c=$T/kvmprobe.console i verdict=broken
+  : >"$c"
+  cat >"$T/kvmprobe.xml" <<XML
+<domain type='kvm'>
+  <name>$name</name>
+  <memory unit='MiB'>$GUEST_MEMORY_MIB</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$GUEST_DIR/vmlinuz</kernel><initrd>$GUEST_DIR/initrd.img</initrd>
+    <cmdline>console=ttyS0 panic=-1</cmdline></os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
+  <devices><serial type='file'><source path='$c'/><target port='0'/></serial></devices>
+</domain>
+XML
+  if it_virsh create "$T/kvmprobe.xml" >/dev/null 2>&1; then
+    for ((i = 0; i < 150; i++)); do
+      if grep -aq 'Linux version' "$c"; then
+        verdict=ok
+        break
+      fi
+      sleep 0.2
+    done
+    it_virsh destroy "$name" >/dev/null 2>&1 || true
+  fi
+  echo "$verdict"
 }
 
 # guest_disk FILE [SIZE] — a new qcow2 image FILE (SIZE as qemu-img takes
@@ -82,7 +154,7 @@ guest_disk() {
 guest_console() { printf '%s\n' "$T/$1.console"; }
 
 # guest_xml NAME FILE... — the guest's domain XML (design §1.4): 256 MiB
-# (GUEST_MEMORY_MIB), 1 vCPU, type from it_virt_type, direct kernel boot
+# (GUEST_MEMORY_MIB), 1 vCPU, type from guest_virt_type, direct kernel boot
 # of $GUEST_DIR, one virtio disk per FILE (vda, vdb, ...; the workload
 # uses all of them, in this order), the serial console appended to
 # $T/NAME.console, the agent channel org.qemu.guest_agent.0, and
@@ -91,7 +163,7 @@ guest_xml() {
   local name=$1 f fmt letters=abcdefghij i=0 disks=""
   shift
   for f in "$@"; do disks="${disks:+$disks,}vd${letters:i:1}"; i=$((i + 1)); done
-  printf "<domain type='%s'>\n" "$(it_virt_type)"
+  printf "<domain type='%s'>\n" "$(guest_virt_type)"
   printf '  <name>%s</name>\n' "$name"
   printf "  <memory unit='MiB'>%s</memory>\n  <vcpu>1</vcpu>\n" "$GUEST_MEMORY_MIB"
   printf "  <os><type arch='x86_64' machine='pc'>hvm</type>\n"
@@ -195,6 +267,14 @@ guest_ping() {
 guest_wait_agent() {
   it_wait_until "${2:-30}" "the agent of $1 answers guest-ping" guest_ping "$1"
   it_log "the agent of $1 answers"
+}
+
+# guest_fsfreeze_status DOM — "frozen" or "thawed" as the agent says
+# (guest-fsfreeze-status); fails the test if the agent does not answer.
+guest_fsfreeze_status() {
+  local out
+  out=$(guest_agent_cmd "$1" '{"execute":"guest-fsfreeze-status"}') || it_fail "guest-fsfreeze-status on $1: $out"
+  jq -r '.return' <<<"$out"
 }
 
 # guest_exec DOM SHELL_COMMAND — run SHELL_COMMAND with /bin/sh -c in the
