@@ -1813,8 +1813,10 @@ static int lv_snapshot_take(struct cfs_backend *be, const char *dom_name,
         for (size_t i = 0; i < n && which == n; i++)
             if (msg && strstr(msg, overlays[i]))
                 which = i;
-        r = lv_name_locked_image(r, which < n ? overlays[which] : overlays[0],
-                                 NULL);
+        /* a lock failure names no file: the one overlay, or the one
+         * libvirt's text names; of several, which is not known */
+        if (which < n || n == 1)
+            r = lv_name_locked_image(r, overlays[which < n ? which : 0], NULL);
         if (which < n && n > 1) {
             _cleanup_free_ char *copy = cfs_xstrdup(cfs_backend_errmsg());
             cfs_backend_set_errmsg("disk %s: %s", targets[which], copy);

@@ -50,6 +50,15 @@ static void check_domain(const struct cfs_domxml *x)
             found = strcmp(*t, disk->target) == 0;
         FUZZ_ASSERT(found);
     }
+    /* issue 10: every disk a snapshot leaves out is a target, with why */
+    for (size_t i = 0; i < d->n_unsnappable; i++) {
+        bool found = false;
+
+        FUZZ_ASSERT(d->unsnappable[i].target && d->unsnappable[i].why);
+        for (char **t = x->targets; t && *t && !found; t++)
+            found = strcmp(*t, d->unsnappable[i].target) == 0;
+        FUZZ_ASSERT(found);
+    }
 }
 
 /* The editors on disk TARGET of XML. */
@@ -159,15 +168,37 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             cfs_snapxml_clear(&back);
             free(snap);
         }
+        if (x.targets && x.targets[0] && x.targets[1] &&
+            strcmp(x.targets[0], x.targets[1]) != 0) {
+            /* issue 10: two disks in one snapshot, with a description;
+             * every target is in <disks>, the two external */
+            const char *disks[] = { x.targets[0], x.targets[1] };
+            const char *overlays[] = { "/o/a.qcow2", "/o/b <&>.qcow2" };
+            char *snap = cfs_domxml_snapshot_xml_multi("s2", 2, disks, overlays,
+                                                       "d <&'\">", x.targets);
+            struct cfs_snapxml back;
+
+            FUZZ_ASSERT(snap);
+            FUZZ_ASSERT(cfs_domxml_parse_snapshot(snap, &back) == 0);
+            FUZZ_ASSERT(back.description && strcmp(back.description, "d <&'\">") == 0);
+            FUZZ_ASSERT(back.n_disks >= 2);
+            FUZZ_ASSERT(back.n_all >= cfs_strv_len(x.targets) || back.n_all >= 2);
+            cfs_snapxml_clear(&back);
+            free(snap);
+        }
         cfs_domxml_clear(&x);
     }
     edit(xml, "vda");
 
     r = cfs_domxml_parse_snapshot(xml, &s);
     FUZZ_ASSERT(r == 0 || r == -EINVAL);
-    if (r == 0)
+    if (r == 0) {
         for (size_t i = 0; i < s.n_disks; i++)
             FUZZ_ASSERT(s.disks[i].target);
+        for (size_t i = 0; i < s.n_all; i++)
+            FUZZ_ASSERT(s.all[i].target && s.all[i].snapshot);
+        FUZZ_ASSERT(s.n_all >= s.n_disks);
+    }
     cfs_snapxml_clear(&s);
 
     r = cfs_domxml_parse_volume(xml, &v);

@@ -11,7 +11,8 @@
 #     cannot write, and one QEMU cannot open (libvirt's transaction fails
 #     on the second disk after the backend made both overlays);
 #   - the agent ops on a domain without an agent channel: EOPNOTSUPP with
-#     libvirt's text (the timeout is still accepted); shut off: EINVAL;
+#     libvirt's text (the timeout is still accepted); with a channel and
+#     no agent behind it: EOPNOTSUPP "not connected"; shut off: EINVAL;
 #   - persistent_sources_set: EBUSY while running; shut off, two disks in
 #     one define (one "Defined" event);
 #   - snapshot_retarget_multi with make_current: `virsh snapshot-current`.
@@ -104,7 +105,7 @@ it_assert_eq "$T/a.qcow2" "$(qemu-img info -U --output=json "$T/a.S1.qcow2" | jq
 it_assert_eq "0" "$(beop_rc multi "$D" S2 - "vda=$T/a.S2.qcow2" "vdb=$T/b.S2.qcow2")" "a second one, S2"
 it_assert_eq "-17" "$(beop_rc multi "$D" S2 - "vda=$T/a.S2b.qcow2" "vdb=$T/b.S2b.qcow2")" \
   "a name libvirt has: EEXIST"
-[ ! -e "$T/a.S2b.qcow2" ] && [ ! -e "$T/b.S2b.qcow2" ] || it_fail "overlays left by the EEXIST refusal"
+if [ -e "$T/a.S2b.qcow2" ] || [ -e "$T/b.S2b.qcow2" ]; then it_fail "overlays left by the EEXIST refusal"; fi
 
 read_out=$(beop read "$D")
 it_log "read_domain: $read_out"
@@ -120,7 +121,9 @@ it_assert_contains "$s2_line" "parent=S1 current=1" "snaps[]: S2's parent S1, S2
 it_assert_contains "$s2_line" "description=-" "snaps[]: S2 has no description"
 created=$(printf '%s\n' "$s1_line" | sed 's/.*created=\([0-9]*\).*/\1/')
 now=$(date +%s)
-[ "$created" -gt $((now - 600)) ] && [ "$created" -le "$now" ] || it_fail "S1's creation time $created is not recent"
+if [ "$created" -le $((now - 600)) ] || [ "$created" -gt "$now" ]; then
+  it_fail "S1's creation time $created is not recent"
+fi
 
 # ---- the guest agent: no channel ------------------------------------------
 out=$(beop_out freeze "$D")
@@ -130,6 +133,22 @@ it_assert_eq "-95" "$(beop_rc thaw "$D")" "thaw without an agent channel: EOPNOT
 it_assert_eq "0" "$(beop_rc agent-timeout "$D" 3)" "the agent timeout is accepted without an agent"
 it_assert_eq "-22" "$(beop_rc agent-timeout "$D" 0)" "a timeout of 0 s: EINVAL"
 it_assert_eq "-2" "$(beop_rc freeze "$D-nodom")" "freeze of no such domain: ENOENT"
+# a channel and no agent behind it (no OS): "not connected", at once
+D2="$IT_PREFIX-chan"
+it_make_image "$T/c.qcow2" 16M
+it_domain_xml "$D2" "$T/c.qcow2" |
+  sed "s|  </devices>|    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n  </devices>|" \
+    >"$T/$D2.xml"
+IT_DOMAINS+=("$D2")
+it_virsh define "$T/$D2.xml" >/dev/null || it_fail "virsh define $D2"
+it_start "$D2"
+it_assert_eq "0" "$(beop_rc agent-timeout "$D2" 2)" "the agent timeout with a channel"
+t0=$(it_now_ms)
+out=$(beop_out freeze "$D2")
+it_assert_contains "$out" "rc=-95" "freeze with a channel and no agent: EOPNOTSUPP"
+it_assert_contains "$out" "not connected" "libvirt's text: the agent is not connected"
+[ $(($(it_now_ms) - t0)) -lt 10000 ] || it_fail "freeze without an agent took $(($(it_now_ms) - t0)) ms"
+it_destroy "$D2"
 
 # ---- persistent definition: refused while running --------------------------
 it_assert_eq "-16" "$(beop_rc sources "$D" "vda=$T/a.qcow2" "vdb=$T/b.qcow2")" \
@@ -188,4 +207,17 @@ it_assert_eq "$T/a.S1.1.qcow2" "$(it_domblk "$D" vda)" "the domain runs on vda's
 it_guest_check_pattern "$D" 0x11 0 1M
 it_guest_check_pattern "$D" 0x00 1M 1M
 it_guest_check_pattern "$D" 0x22 0 1M virtio-disk1
+
+# a snapshot deleted behind the backend's back (virsh): the cached facts
+# of its child follow libvirt's reparenting on the next read
+it_assert_eq "0" "$(beop_rc multi "$D" T1 - "vda=$T/a.T1.qcow2" "vdb=$T/b.T1.qcow2")" "T1 (parent S1)"
+it_assert_eq "0" "$(beop_rc multi "$D" T2 - "vda=$T/a.T2.qcow2" "vdb=$T/b.T2.qcow2")" "T2 (parent T1)"
+beop read-again "$D" "$T/go" >"$T/again" 2>&1 &
+again_pid=$!
+it_wait_until 30 "the first read" grep -q 'first read rc=0' "$T/again"
+it_virsh snapshot-delete "$D" T1 --metadata >/dev/null || it_fail "virsh snapshot-delete T1 --metadata"
+: >"$T/go"
+wait "$again_pid" || it_fail "beop read-again: $(cat "$T/again")"
+it_assert_contains "$(grep '^snap T2 ' "$T/again")" "parent=S1 current=1" \
+  "T2's parent is S1 after T1 went (the cache did not serve T1)"
 it_log "PASS"

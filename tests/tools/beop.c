@@ -14,6 +14,8 @@
  *   beop URI read DOM      (reads twice, the second from the snapshot
  *                           cache; prints a "snap ..." line per snapshot
  *                           and an "unsnappable TARGET WHY" line per disk)
+ *   beop URI read-again DOM FILE   (reads, waits until FILE exists, reads
+ *                           again with the same backend and prints that)
  *   beop URI agent-timeout DOM SECONDS
  *   beop URI freeze DOM / beop URI thaw DOM   (prints "n=N")
  *   beop URI sources DOM DISK=PATH...          (qcow2 files)
@@ -25,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "chainfs/backend.h"
 
@@ -64,6 +68,7 @@ static int usage(void)
                     "       beop URI job DOM DISK\n"
                     "       beop URI multi DOM NAME DESCRIPTION DISK=OVERLAY...\n"
                     "       beop URI read DOM\n"
+                    "       beop URI read-again DOM FILE\n"
                     "       beop URI agent-timeout DOM SECONDS\n"
                     "       beop URI freeze|thaw DOM\n"
                     "       beop URI sources DOM DISK=PATH...\n"
@@ -149,6 +154,24 @@ static int op10(struct cfs_backend *be, const char *op, int argc, char **argv)
         r = be->ops->read_domain(be, argv[3], &d);
         cfs_domain_free(d);
         d = NULL;
+        if (r == 0)
+            r = be->ops->read_domain(be, argv[3], &d);
+        if (r == 0)
+            print_domain(d);
+        cfs_domain_free(d);
+        return r;
+    }
+    if (strcmp(op, "read-again") == 0 && argc == 5) {
+        struct cfs_domain *d = NULL;
+        struct stat st;
+
+        r = be->ops->read_domain(be, argv[3], &d);
+        cfs_domain_free(d);
+        d = NULL;
+        printf("first read rc=%d\n", r);
+        fflush(stdout);
+        while (r == 0 && stat(argv[4], &st) < 0)
+            usleep(20 * 1000);
         if (r == 0)
             r = be->ops->read_domain(be, argv[3], &d);
         if (r == 0)
