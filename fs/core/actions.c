@@ -733,7 +733,7 @@ static int rmdir_enqueue(struct cfs_engine *e, const char *dom,
         .base = q->base, .type = CFS_JOB_RMDIR,
         .phase = (char *)(q->requeued ? "requeued" : "queued"),
         .created = q->queued, .updated = q->queued,
-        .n_leaving = 1, .leaving = &top,
+        .n_leaving = 1, .leaving = &top, .group = q->group,
     };
     _cleanup_free_ char *name = cfs_xstrdup(q->snapshot);
     _cleanup_free_ char *id = cfs_xstrdup(q->journal_id);
@@ -791,11 +791,23 @@ static void merge_job_begin_locked(struct cfs_engine *e, struct cfs_disk_state *
     cfs_job_copy(out, j);
 }
 
-int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
-                     const char *name)
+/* How a member of a job group (issue 10 §3.1) differs from a plain
+ * rmdir: CHECK_ONLY makes every check and claims nothing (0: it would
+ * start or queue); GROUP (the group's journal id) goes into the job or
+ * the queued entry, and the merge commits (a live pull runs alone on its
+ * domain; design §0.8). */
+struct rmdir_opts {
+    const char *group;
+    bool check_only;
+};
+
+/* Why a group member commits, for `job`. */
+#define GROUP_REASON "commit: a member of a domain-level rmdir (a pull runs " \
+                     "alone on its domain)"
+
+static int rmdir_disk(struct cfs_engine *e, const char *dom, const char *disk,
+                      const char *name, const struct rmdir_opts *o)
 {
-    if (!disk || !*disk)
-        return dom_rmdir(e, dom, name);
     int r = 0;
     const char *why = NULL;
     _cleanup_free_ char *why_buf = NULL;
@@ -873,6 +885,7 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             .base = cfs_xstrdup(seen_base.path),
             .queued = now_s(),
             .requeued = true,
+            .group = cfs_xstrdup(o->group),
         };
         cfs_file_id_copy(&queued.top_id, &seen_top.id);
     } else if (idx < 0 || (size_t)idx + 1 >= dk->n_layers) {
@@ -909,6 +922,8 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         why = "the domain is shut off and its image files are not on this "
               "machine: an offline merge runs qemu-img on them and libvirt "
               "has no API for it; start the domain and rmdir again";
+    } else if (o->check_only) {
+        /* a group's first pass: it would start (or queue) */
     } else if (at.queue) {
         /* issue 8 §3.1: behind the disk's merge; no libvirt call */
         const struct cfs_layer *top = &dk->layers[idx];
@@ -918,9 +933,10 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
             .top = cfs_xstrdup(top->path),
             .base = cfs_xstrdup(dk->layers[idx + 1].path),
             .queued = now_s(),
+            .group = cfs_xstrdup(o->group),
         };
         cfs_file_id_copy(&queued.top_id, &top->id);
-    } else if (idx == 0 && plan_pull(e, dom, disk, dk, d->state != CFS_DOM_SHUTOFF,
+    } else if (idx == 0 && !o->group && plan_pull(e, dom, disk, dk, d->state != CFS_DOM_SHUTOFF,
                                      engine_files_local(e), &plan)) {
         /* issue 8 §2: the active layer stays and takes the identity of the
          * snapshot below; the layers between it and the new base leave
@@ -970,7 +986,15 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         cfs_file_id_copy(&base_id, &dk->layers[idx + 1].id);
         top_ref = layer_ref(disk, top);
         base_ref = layer_ref(disk, &dk->layers[idx + 1]);
-        if (plan.n_jobs == 1 && !plan.jobs[0].pull && plan.jobs[0].first == 0) {
+        if (o->group) {
+            j->group = cfs_xstrdup(o->group);
+            j->direction = CFS_DIRECTION_COMMIT;
+            j->reason = cfs_xstrdup(GROUP_REASON);
+            /* what the commit copies: TOP's data (no pull considered) */
+            struct stat tst;
+            j->bytes_commit = engine_files_local(e) && stat(top->path, &tst) == 0
+                                  ? (uint64_t)tst.st_blocks * 512 : top->allocation;
+        } else if (plan.n_jobs == 1 && !plan.jobs[0].pull && plan.jobs[0].first == 0) {
             /* the cost rule chose to commit the active layer: job says
              * why and what each direction would have copied */
             j->direction = CFS_DIRECTION_COMMIT;
@@ -980,12 +1004,14 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
         }
         merge_job_begin_locked(e, s, top->virtual_size, j->base, running, &job);
     }
-    if (r == 0 && !queued.snapshot)
+    if (r == 0 && !queued.snapshot && !o->check_only)
         returned_clear_locked(s); /* a new rmdir: the last returns are old */
     pthread_mutex_unlock(&e->tree->lock);
     if (r < 0) {
         return refuse(e, "rmdir", dom, disk, name, r, why);
     }
+    if (o->check_only)
+        return 0;
     if (queued.snapshot)
         return rmdir_enqueue(e, dom, disk, &queued);
     if (used_override)
@@ -1017,6 +1043,162 @@ int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
     r = merge_launch(e, dom, disk, &job, top_ref, base_ref, idx == 0);
     cfs_job_clear(&job);
     return r;
+}
+
+int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
+                     const char *name)
+{
+    if (!disk || !*disk)
+        return dom_rmdir(e, dom, name);
+    const struct rmdir_opts o = {0};
+    return rmdir_disk(e, dom, disk, name, &o);
+}
+
+/* ---- rmdir at the domain level: a job group (issue 10 §3) ------------------------- */
+
+/* Log a domain-level refusal (each member's own refusal is logged and
+ * shown in its disk's job by rmdir_disk). */
+static int refuse_domain(const char *dom, const char *name, int err,
+                         const char *why)
+{
+    log_warn("rmdir %s/snapshots/%s refused (%s): %s", dom, name,
+             strerror(-err), why);
+    return err;
+}
+
+int cfs_engine_rmdir_domain(struct cfs_engine *e, const char *dom,
+                            const char *name)
+{
+    const char *why = NULL;
+    int r = check_reachable(e, dom, &why);
+    if (r < 0) {
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
+        return refuse_domain(dom, name, r, why);
+    }
+    readers_settle(e, 2000);
+
+    /* the members: every disk whose chain shows NAME's layer; the disks a
+     * partial group of NAME merged already stay members, done */
+    _cleanup_strv_ char **members = NULL;
+    _cleanup_strv_ char **done = NULL;
+    _cleanup_free_ char *meta = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_domain *d = cfs_tree_find_domain(e->tree, dom);
+    if (d && e->tree->stale) {
+        pthread_mutex_unlock(&e->tree->lock);
+        return refuse_domain(dom, name, -ENOTCONN,
+                             "libvirt is unreachable (chainfs keeps reconnecting)");
+    }
+    for (size_t i = 0; d && i < d->n_disks; i++) {
+        const struct cfs_disk *dk = &d->disks[i];
+        int at = visible_snapshot(e->tree, d, dk, name);
+        if (at >= 0) {
+            cfs_strv_push(&members, cfs_xstrdup(dk->target));
+            if (!meta && dk->layers[at].meta_name)
+                meta = cfs_xstrdup(dk->layers[at].meta_name);
+        }
+    }
+    struct cfs_group *old = d ? cfs_tree_domain_group(e->tree, dom, name) : NULL;
+    for (size_t i = 0; old && old->phase == CFS_GROUP_PARTIAL && i < old->n_members; i++)
+        if (old->members[i].state == CFS_MEMBER_DONE &&
+            !cfs_strv_contains(members, old->members[i].disk))
+            cfs_strv_push(&done, cfs_xstrdup(old->members[i].disk));
+    pthread_mutex_unlock(&e->tree->lock);
+    if (!d)
+        return refuse_domain(dom, name, -ENOENT, "no such domain");
+    if (!members)
+        return refuse_domain(dom, name, -ENOENT,
+                             "no such snapshot on any disk of the domain");
+
+    /* every member checked first: one refused refuses the whole rmdir,
+     * and nothing changed (each check logs and shows its disk's reason) */
+    const struct rmdir_opts check = { .check_only = true };
+    for (char **m = members; *m; m++) {
+        r = rmdir_disk(e, dom, *m, name, &check);
+        if (r < 0) {
+            _cleanup_free_ char *text = cfs_xasprintf(
+                "disk %s cannot be merged (see its job)", *m);
+            return refuse_domain(dom, name, r, text);
+        }
+    }
+
+    /* the group, in the tree and journaled before any member starts: a
+     * member is held in ready until every other one is ready or ended */
+    struct cfs_group *g = cfs_xcalloc(1, sizeof(*g));
+    size_t n_members = cfs_strv_len(members), n_done = cfs_strv_len(done);
+    *g = (struct cfs_group){
+        .id = cfs_journal_new_id(e->journal),
+        .dom = cfs_xstrdup(dom),
+        .snapshot = cfs_xstrdup(name),
+        .meta_name = TAKE_PTR(meta),
+        .n_members = n_members + n_done,
+        .phase = CFS_GROUP_RUNNING,
+        .started = now_s(),
+    };
+    g->members = cfs_xcalloc(g->n_members, sizeof(*g->members));
+    /* in the domain's disk order */
+    size_t k = 0;
+    pthread_mutex_lock(&e->tree->lock);
+    d = cfs_tree_find_domain(e->tree, dom);
+    for (size_t i = 0; d && i < d->n_disks; i++) {
+        const char *t = d->disks[i].target;
+        if (cfs_strv_contains(members, t) || cfs_strv_contains(done, t))
+            g->members[k++] = (struct cfs_group_member){
+                .disk = cfs_xstrdup(t),
+                .state = cfs_strv_contains(done, t) ? CFS_MEMBER_DONE
+                                                    : CFS_MEMBER_QUEUED,
+            };
+    }
+    for (char **m = done; m && *m && k < g->n_members; m++) /* a disk gone since */
+        if (!cfs_group_find_member(g, *m))
+            g->members[k++] = (struct cfs_group_member){
+                .disk = cfs_xstrdup(*m), .state = CFS_MEMBER_DONE };
+    g->n_members = k;
+    old = cfs_tree_domain_group(e->tree, dom, name);
+    _cleanup_free_ char *old_id = old && cfs_group_phase_ended(old->phase)
+                                      ? cfs_xstrdup(old->id) : NULL;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (old && !old_id) {
+        cfs_group_free(g);
+        return refuse_domain(dom, name, -EBUSY,
+                             "a domain-level rmdir of the snapshot is in progress");
+    }
+    /* its entry replaces the old partial one in one rewrite */
+    r = group_journal_put(e, g, "running", old_id);
+    if (r < 0) {
+        _cleanup_free_ char *text = cfs_xasprintf(
+            "cannot write the journal in %s: %s", e->state_dir, strerror(-r));
+        cfs_group_free(g);
+        return refuse_domain(dom, name, -EIO, text);
+    }
+    _cleanup_free_ char *id = cfs_xstrdup(g->id);
+    pthread_mutex_lock(&e->tree->lock);
+    cfs_tree_add_group(e->tree, g, NULL);
+    tree_changed(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    log_info("rmdir %s/snapshots/%s: one merge per disk (%zu: group %s)", dom,
+             name, n_members, id);
+
+    /* start (or queue) each member; one that fails to start is a failed
+     * member, the others go on (design §3.4) */
+    const struct rmdir_opts start = { .group = id };
+    int first_err = 0;
+    size_t started = 0;
+    for (char **m = members; *m; m++) {
+        int mr = rmdir_disk(e, dom, *m, name, &start);
+        if (mr == 0) {
+            started++;
+            continue;
+        }
+        if (!first_err)
+            first_err = mr;
+        /* refused before its job was claimed: the member never started */
+        _cleanup_free_ char *text = cfs_xasprintf("rmdir %s: %s", name, strerror(-mr));
+        group_member_set(e, id, *m, CFS_MEMBER_FAILED, text);
+    }
+    group_after_change(e, id);
+    return started ? 0 : first_err;
 }
 
 /* ---- the queue's dispatch (domain worker) ----------------------------------------- */
@@ -1108,6 +1290,7 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
     char **users = NULL;
     struct cfs_merge_layer *ml = merge_layers(e->tree, dom, disk, dk, local, &users);
     char **gone = NULL;           /* entries already merged: closed */
+    char **gone_groups = NULL;    /* the groups of those that are members */
     char **run_ids = NULL;        /* entries of the run dispatched now */
     struct cfs_returned *refused = NULL;
     size_t n_refused = 0;
@@ -1122,6 +1305,8 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
                      "the chain (already merged); entry closed", dom, disk,
                      qe->snapshot);
             cfs_strv_push(&gone, cfs_xstrdup(qe->journal_id));
+            if (qe->group)
+                cfs_strv_push(&gone_groups, cfs_xstrdup(qe->group));
         } else {
             ml[i].asked = true;
         }
@@ -1129,6 +1314,10 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
     for (size_t i = 0; i < n; i++)
         if (ml[i].asked)
             ml[i].mode = merge_override(s, ml[i].name);
+    /* issue 10: a member of a job group commits (design §0.8) */
+    for (size_t q = 0; q < s->n_queue; q++)
+        if (at[q] >= 0 && s->queue[q].group)
+            ml[at[q]].mode = CFS_MERGE_COMMIT;
     /* -o live_pull, and a pull runs alone on its domain (design §7.4) */
     const char *other = running ? domain_busy_disk(e, dom, disk, false) : NULL;
     _cleanup_free_ char *alone = other
@@ -1244,6 +1433,11 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
         j->reason = cfs_xstrdup(reason);
         if (mj.pull)
             j->survivor = cfs_xstrdup(dk->layers[mj.leave_last].meta_name);
+        /* the run holds a group's member: the job is that member */
+        for (size_t q = 0; q < s->n_queue && !j->group; q++)
+            if (s->queue[q].group && at[q] >= (ssize_t)mj.first &&
+                at[q] <= (ssize_t)mj.last)
+                j->group = cfs_xstrdup(s->queue[q].group);
         j->end = top->virtual_size;
         j->started = now_s();
         j->journal_id = cfs_journal_new_id(e->journal);
@@ -1281,14 +1475,19 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
         tree_changed(e);
         pthread_mutex_unlock(&e->tree->lock);
     }
+    for (char **g = gone_groups; g && *g; g++)
+        group_member_set(e, *g, disk, CFS_MEMBER_DONE, NULL);
+    cfs_strv_free(gone_groups);
     for (size_t k = 0; k < n_refused; k++) {
         /* (refused[k].snapshot holds the entry's id here) */
         _cleanup_free_ char *name = NULL;
+        _cleanup_free_ char *rgroup = NULL;
         pthread_mutex_lock(&e->tree->lock);
         s = cfs_tree_find_disk_state(e->tree, dom, disk);
         for (size_t q = 0; s && q < s->n_queue; q++)
             if (cfs_streq(s->queue[q].journal_id, refused[k].snapshot)) {
                 name = cfs_xstrdup(s->queue[q].snapshot);
+                rgroup = cfs_xstrdup(s->queue[q].group);
                 s->returned = cfs_xrealloc(s->returned, (s->n_returned + 1) *
                                                             sizeof(*s->returned));
                 s->returned[s->n_returned++] = (struct cfs_returned){
@@ -1304,6 +1503,7 @@ void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk)
         if (name)
             log_warn("%s/%s: queued deletion of %s returned to snapshots/: %s",
                      dom, disk, name, refused[k].reason);
+        group_member_set(e, rgroup, disk, CFS_MEMBER_FAILED, refused[k].reason);
         cfs_returned_clear(&refused[k]);
     }
     free(refused);

@@ -11,7 +11,10 @@ int dom_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd
     pthread_mutex_lock(&e->tree->lock);
     bool have = cfs_tree_find_domain(e->tree, dom) != NULL;
     pthread_mutex_unlock(&e->tree->lock);
-    int r;
+    /* pivot and abort act on the domain's job group (group.c) */
+    int r = have ? group_ctl(e, dom, cmd) : -ENOSYS;
+    if (r != -ENOSYS)
+        return r;
     const char *why;
     if (!have) {
         r = -ENOENT;
@@ -31,13 +34,8 @@ int dom_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd
 
 int dom_rmdir(struct cfs_engine *e, const char *dom, const char *name)
 {
-    (void)e;
-    /* the job group of design §3 is not built yet: say so, change nothing */
-    log_warn("rmdir %s/snapshots/%s refused (%s): a domain-level rmdir (one "
-             "merge per disk, a job group) is not available in this version; "
-             "rmdir %s in each disk's snapshots/ (<dom>/<disk>/snapshots/%s)",
-             dom, name, strerror(EOPNOTSUPP), name, name);
-    return -EOPNOTSUPP;
+    /* a job group: one merge per disk (group.c, design §3) */
+    return cfs_engine_rmdir_domain(e, dom, name);
 }
 
 /* ---- quiesce (every mkdir, design §2.3, §2.4) ---------------------------------- */

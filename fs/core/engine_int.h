@@ -289,6 +289,10 @@ void queue_after_end(struct cfs_engine *e, const char *dom, const char *disk,
 /* Return every queued deletion of DOM/DISK with REASON. */
 void queue_return_all(struct cfs_engine *e, const char *dom, const char *disk,
                       const char *reason);
+/* Return DOM/DISK's queued deletions of job group GROUP with REASON (the
+ * member fails); true if there were any. */
+bool queue_return_group(struct cfs_engine *e, const char *dom, const char *disk,
+                        const char *group, const char *reason);
 /* Take the queued entry EN (type rmdir) up into its disk's queue (recovery;
  * a no-op if it is there). */
 void queue_load_entry(struct cfs_engine *e, const struct cfs_journal_entry *en);
@@ -304,6 +308,41 @@ void queue_drop_locked(struct cfs_disk_state *s, char *const *ids, size_t n);
 bool queue_regroup(struct cfs_engine *e, const char *dom, const char *disk);
 /* actions.c: the domain worker's dispatch of DOM/DISK's queue */
 void queue_dispatch(struct cfs_engine *e, const char *dom, const char *disk);
+/* group.c: job groups, the domain-level rmdir (issue 10 §3) */
+/* Bring the group member of S's disk up to S's job (its `group`). With
+ * TOUCHED (job_end, once the job's end is applied) also the part of S's
+ * disk in the domain's other groups of a snapshot the job merged (a
+ * disk-level rmdir of a partially merged one, a run of the queue that
+ * took a queued member in), and the ids of every group touched are added
+ * to *TOUCHED. Caller holds the tree lock. */
+void group_member_sync_locked(struct cfs_engine *e, struct cfs_disk_state *s,
+                              char ***touched);
+/* Member DISK of GROUP (not started, or queued) is now ST (ERROR). No
+ * lock held; calls group_after_change. */
+void group_member_set(struct cfs_engine *e, const char *group, const char *disk,
+                      enum cfs_member_state st, const char *error);
+/* After a member changed: journal the group's end (completed, failed:
+ * entry closed; partial: remaining[]), or poll the members held in
+ * ready. No lock held. */
+void group_after_change(struct cfs_engine *e, const char *group);
+/* Write G's journal entry in PHASE, in one rewrite with the removal of
+ * the entry REPLACES (may be NULL). No tree lock needed (G is a copy or
+ * not yet in the tree). */
+int group_journal_put(struct cfs_engine *e, const struct cfs_group *g,
+                      const char *phase, const char *replaces);
+/* <dom>/ctl `pivot` (every member of the domain's running group in
+ * ready, now) and `abort` (every member in progress aborted as `abort`
+ * in its disk's ctl does; queued ones come back to snapshots/). 0, or
+ * -ENOENT no group in progress, -EAGAIN (pivot) no member ready, the
+ * first member's error (abort: none could be aborted); -ENOSYS for any
+ * other command (not a group's). Logged. */
+int group_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd);
+/* Whether a member of GROUP other than DISK is queued or running (then
+ * DISK's ready commit holds). If not, *READY / *READY_IDS (caller frees)
+ * get every member in ready, in member order (READY may be NULL). */
+bool group_holds(struct cfs_engine *e, const char *group, const char *disk,
+                 char ***ready, uint64_t **ready_ids);
+
 /* copy.c */
 enum finish_result copy_finish(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, const struct cfs_job *job);
 void copy_delete_made(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job);
@@ -397,6 +436,15 @@ int dom_ctl(struct cfs_engine *e, const char *dom, const struct cfs_ctl_cmd *cmd
 
 /* recover.c */
 void recover_journal(struct cfs_engine *e);
+/* group.c: rebuild the groups of the journal's group entries V[0..N)
+ * (before the members are loaded); the ids of those taken up now (not in
+ * the tree already: a reconnect) are added to *LOADED. */
+void recover_groups_load(struct cfs_engine *e, const struct cfs_journal_entry *v,
+                         size_t n, char ***loaded);
+/* After the members were loaded, for the groups LOADED: a member with no
+ * open entry of its own ended while no daemon ran (done if its layer left
+ * the chain, failed if not); groups that ended are journaled. */
+void recover_groups_settle(struct cfs_engine *e, char **loaded);
 void recover_merge(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 void recover_bandwidth(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);
 

@@ -138,6 +138,8 @@ void job_journal_entry(const char *dom, const char *disk,
         .layer_meta = job->layer_meta,
         .n_old = job->n_old,
         .old_files = job->old_files,
+        /* issue 10: a member of a job group */
+        .group = job->group,
     };
 }
 
@@ -270,6 +272,8 @@ bool phase_step_locked(struct cfs_engine *e, struct cfs_disk_state *s,
         free(s->job.journal_id);
         s->job.journal_id = NULL;
     }
+    /* a member of a job group: the group follows (issue 10 §3.2) */
+    group_member_sync_locked(e, s, NULL);
     log_info("job %llu %s/%s: %s -> %s", (unsigned long long)s->job.id,
              s->dom, s->disk, cfs_job_phase_to_string(from),
              cfs_job_phase_to_string(to));
@@ -368,6 +372,8 @@ struct end_args {
     enum cfs_job_phase st;
     const char *error;
     bool partial;
+    struct cfs_engine *e;
+    char **groups;       /* out: the job groups the end touched */
 };
 
 static void end_apply(struct cfs_disk_state *s, void *arg)
@@ -404,6 +410,9 @@ static void end_apply(struct cfs_disk_state *s, void *arg)
     s->gone_since_ms = 0;
     s->pivot_failures = 0;
     s->abort_requested = false;
+    /* the member's error and partial, now that the job holds them */
+    struct end_args *out = arg;
+    group_member_sync_locked(out->e, s, &out->groups);
 }
 
 /* End job ID of DOM/DISK in terminal phase ST; a no-op if the disk has
@@ -414,7 +423,7 @@ void job_end(struct cfs_engine *e, const char *dom, const char *disk,
              uint64_t id, enum cfs_job_phase st, const char *error,
              bool partial)
 {
-    struct end_args a = { st, error, partial };
+    struct end_args a = { st, error, partial, e, NULL };
     _cleanup_free_ char *what = NULL;
     bool superseded = false;
     pthread_mutex_lock(&e->tree->lock);
@@ -426,6 +435,9 @@ void job_end(struct cfs_engine *e, const char *dom, const char *disk,
     pthread_mutex_unlock(&e->tree->lock);
     if (phase_change(e, dom, disk, id, CFS_PHASE_MAX, st, end_apply, &a))
         queue_after_end(e, dom, disk, st, what, error, superseded);
+    for (char **g = a.groups; g && *g; g++)
+        group_after_change(e, *g);
+    cfs_strv_free(a.groups);
 }
 
 /* Who else uses any of the N files FILES, as libvirt has every chain
@@ -861,8 +873,8 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
  * (ctl `pivot`). 0, or -EAGAIN not ready yet (libvirt says so; the next
  * poll retries an automatic pivot), -ENOENT not (any more) job ID in
  * ready, or the pivot's error. */
-int step_ready(struct cfs_engine *e, const char *dom, const char *disk,
-               uint64_t id, bool asked)
+static int pivot_ready(struct cfs_engine *e, const char *dom, const char *disk,
+                       uint64_t id, bool asked)
 {
     struct cfs_job job;
     if (!job_snapshot_mine(e, dom, disk, id, &job))
@@ -918,6 +930,46 @@ int step_ready(struct cfs_engine *e, const char *dom, const char *disk,
         log_debug("%s/%s: pivot accepted", dom, disk);
     }
     cfs_job_clear(&job);
+    return r;
+}
+
+/* The step of phase ready, with the rule of job groups first (issue 10
+ * §3.3): a member holds in ready while another member of its group is
+ * queued or running (`pivot` in ctl, ASKED, pivots it all the same);
+ * once none is, every member in ready is pivoted in one pass, in the
+ * domain's disk order. A pivot changes nothing the guest sees; the hold
+ * makes sure no disk pivots while another could still fail before its
+ * own pivot. */
+int step_ready(struct cfs_engine *e, const char *dom, const char *disk,
+               uint64_t id, bool asked)
+{
+    _cleanup_free_ char *group = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = job_mine(e, dom, disk, id);
+    if (s && s->job.phase == CFS_PHASE_READY && !asked)
+        group = cfs_xstrdup(s->job.group);
+    pthread_mutex_unlock(&e->tree->lock);
+    if (!group)
+        return pivot_ready(e, dom, disk, id, asked);
+
+    _cleanup_strv_ char **ready = NULL;
+    _cleanup_free_ uint64_t *ids = NULL;
+    if (group_holds(e, group, disk, &ready, &ids)) {
+        log_debug("%s/%s: ready; held until every disk of its group is "
+                  "ready or has ended", dom, disk);
+        return 0;
+    }
+    int r = -ENOENT;
+    bool self = false;
+    for (size_t i = 0; ready && ready[i]; i++) {
+        int rr = pivot_ready(e, dom, ready[i], ids[i], false);
+        if (cfs_streq(ready[i], disk)) {
+            r = rr;
+            self = true;
+        }
+    }
+    if (!self)
+        r = pivot_ready(e, dom, disk, id, false);
     return r;
 }
 

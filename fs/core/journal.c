@@ -72,6 +72,8 @@ void cfs_journal_entry_clear(struct cfs_journal_entry *e)
     cfs_strv_free(e->layer_meta);
     cfs_job_files_free(e->made, e->n_made);
     cfs_job_files_free(e->old_files, e->n_old);
+    free(e->group);
+    cfs_strv_free(e->remaining);
     *e = (struct cfs_journal_entry){0};
 }
 
@@ -107,7 +109,10 @@ void cfs_journal_entry_copy(struct cfs_journal_entry *dst,
         .finish = src->finish,
         .n_copied = src->n_copied,
         .force = src->force,
+        .group = cfs_xstrdup(src->group),
     };
+    for (char **r = src->remaining; r && *r; r++)
+        cfs_strv_push(&dst->remaining, cfs_xstrdup(*r));
     for (char **m = src->layer_meta; m && *m; m++)
         cfs_strv_push(&dst->layer_meta, cfs_xstrdup(*m));
     dst->made = cfs_job_files_dup(src->made, src->n_made);
@@ -150,6 +155,11 @@ static bool merge_fields_valid(const struct cfs_journal_entry *e)
         return false;
     for (size_t i = 0; i < e->n_leaving; i++)
         if (!e->leaving[i].path || !*e->leaving[i].path)
+            return false;
+    if (e->group && !*e->group)
+        return false;
+    for (char **r = e->remaining; r && *r; r++)
+        if (!**r)
             return false;
     return !e->written || *e->written;
 }
@@ -288,6 +298,14 @@ static void entry_to_line(const struct cfs_journal_entry *e,
     /* revert */
     if (e->force)
         json_object_object_add(o, "force", json_object_new_boolean(1));
+    /* issue 10: job groups */
+    json_add_str(o, "group", e->group);
+    if (e->type == CFS_JOB_GROUP || e->remaining) { /* a group: [] is "none" */
+        json_object *rem = json_object_new_array();
+        for (char **r = e->remaining; r && *r; r++)
+            json_object_array_add(rem, json_object_new_string(*r));
+        json_object_object_add(o, "remaining", rem);
+    }
 
     /* PLAIN never emits a raw newline: control characters are escaped. */
     cfs_buf_printf(out, "%s\n",
@@ -493,6 +511,32 @@ static int json_merge_fields(json_object *o, struct cfs_journal_entry *out,
         return r;
     out->force = json_object_object_get_ex(o, "force", &v) &&
                  json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+    /* issue 10: a member's group decides what recovery holds together;
+     * a group's remaining[] what is still to merge */
+    if (json_object_object_get_ex(o, "group", &v)) {
+        if (!json_object_is_type(v, json_type_string) ||
+            !*json_object_get_string(v)) {
+            *why = cfs_xstrdup("invalid \"group\"");
+            return -EINVAL;
+        }
+        out->group = cfs_xstrdup(json_object_get_string(v));
+    }
+    if (json_object_object_get_ex(o, "remaining", &v)) {
+        if (!json_object_is_type(v, json_type_array)) {
+            *why = cfs_xstrdup("invalid \"remaining\"");
+            return -EINVAL;
+        }
+        size_t n = json_object_array_length(v);
+        for (size_t i = 0; i < n; i++) {
+            json_object *d = json_object_array_get_idx(v, i);
+            if (!json_object_is_type(d, json_type_string) ||
+                !*json_object_get_string(d)) {
+                *why = cfs_xstrdup("invalid \"remaining\"");
+                return -EINVAL;
+            }
+            cfs_strv_push(&out->remaining, cfs_xstrdup(json_object_get_string(d)));
+        }
+    }
     return 0;
 }
 

@@ -373,6 +373,7 @@ void cfs_job_clear(struct cfs_job *j)
     cfs_strv_free(j->layer_meta);
     cfs_job_files_free(j->made, j->n_made);
     cfs_job_files_free(j->old_files, j->n_old);
+    free(j->group);
     *j = (struct cfs_job){ 0 };
 }
 
@@ -518,6 +519,7 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src)
     dst->n_made = dst->made ? src->n_made : 0;
     dst->old_files = cfs_job_files_dup(src->old_files, src->n_old);
     dst->n_old = dst->old_files ? src->n_old : 0;
+    dst->group = cfs_xstrdup(src->group);
 }
 
 /* ---- lookups ------------------------------------------------------------------ */

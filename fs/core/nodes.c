@@ -115,7 +115,8 @@ static void render_dom_info(const struct cfs_node_view *v, struct cfs_buf *out)
     _cleanup_free_ struct cfs_snap_where *w = dom_where(v);
     cfs_render_dom_info_text(out, v->dom, v->snap,
                              cfs_domain_find_snap(v->dom, v->snap), w,
-                             v->dom->n_disks);
+                             v->dom->n_disks,
+                             cfs_tree_domain_group(v->tree, v->dom->name, v->snap));
 }
 
 static void render_dom_info_json(const struct cfs_node_view *v, struct cfs_buf *out)
@@ -123,7 +124,8 @@ static void render_dom_info_json(const struct cfs_node_view *v, struct cfs_buf *
     _cleanup_free_ struct cfs_snap_where *w = dom_where(v);
     cfs_render_dom_info_json(out, v->dom, v->snap,
                              cfs_domain_find_snap(v->dom, v->snap), w,
-                             v->dom->n_disks);
+                             v->dom->n_disks,
+                             cfs_tree_domain_group(v->tree, v->dom->name, v->snap));
 }
 
 /* Each disk's part of <dom>/job: what its own `job` shows (caller
@@ -146,6 +148,7 @@ static void render_dom_job(const struct cfs_node_view *v, struct cfs_buf *out)
 {
     _cleanup_free_ struct cfs_dom_disk_job *j = dom_jobs(v);
     cfs_render_dom_job_text(out, v->dom, j, v->dom->n_disks,
+                            cfs_tree_domain_group(v->tree, v->dom->name, NULL),
                             cfs_tree_find_thaw(v->tree, v->dom->name),
                             v->tree->stale);
 }
@@ -154,6 +157,7 @@ static void render_dom_job_json(const struct cfs_node_view *v, struct cfs_buf *o
 {
     _cleanup_free_ struct cfs_dom_disk_job *j = dom_jobs(v);
     cfs_render_dom_job_json(out, v->dom, j, v->dom->n_disks,
+                            cfs_tree_domain_group(v->tree, v->dom->name, NULL),
                             cfs_tree_find_thaw(v->tree, v->dom->name),
                             v->tree->stale);
 }

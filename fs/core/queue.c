@@ -57,6 +57,7 @@ void queue_return_all(struct cfs_engine *e, const char *dom, const char *disk,
     char **ids = NULL;
     size_t n = 0;
     _cleanup_free_ char *names = NULL;
+    _cleanup_strv_ char **groups = NULL;
     struct cfs_buf nb = {0};
     pthread_mutex_lock(&e->tree->lock);
     struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
@@ -71,6 +72,8 @@ void queue_return_all(struct cfs_engine *e, const char *dom, const char *disk,
                 .reason = cfs_xstrdup(reason),
             };
             cfs_buf_printf(&nb, "%s%s", i ? ", " : "", q->snapshot);
+            if (q->group && !cfs_strv_contains(groups, q->group))
+                cfs_strv_push(&groups, cfs_xstrdup(q->group));
             ids[n++] = TAKE_PTR(q->journal_id);
             cfs_queued_clear(q);
         }
@@ -91,10 +94,56 @@ void queue_return_all(struct cfs_engine *e, const char *dom, const char *disk,
     for (size_t i = 0; i < n; i++)
         free(ids[i]);
     free(ids);
+    /* a member of a job group that never started: failed (issue 10 §3.4) */
+    for (char **g = groups; g && *g; g++)
+        group_member_set(e, *g, disk, CFS_MEMBER_FAILED, reason);
     /* snapshots/ shows them again */
     _cleanup_free_ char *p = cfs_xasprintf("/%s/%s/snapshots", dom, disk);
     if (e->invalidate)
         e->invalidate(e->invalidate_opaque, p);
+}
+
+bool queue_return_group(struct cfs_engine *e, const char *dom, const char *disk,
+                        const char *group, const char *reason)
+{
+    char **ids = NULL;
+    _cleanup_free_ char *names = NULL;
+    struct cfs_buf nb = {0};
+    pthread_mutex_lock(&e->tree->lock);
+    struct cfs_disk_state *s = cfs_tree_find_disk_state(e->tree, dom, disk);
+    for (size_t i = 0; s && i < s->n_queue; i++) {
+        struct cfs_queued *q = &s->queue[i];
+        if (!cfs_streq(q->group, group))
+            continue;
+        s->returned = cfs_xrealloc(s->returned, (s->n_returned + 1) *
+                                                    sizeof(*s->returned));
+        s->returned[s->n_returned++] = (struct cfs_returned){
+            .snapshot = cfs_xstrdup(q->snapshot),
+            .reason = cfs_xstrdup(reason),
+        };
+        cfs_buf_printf(&nb, "%s%s", nb.len ? ", " : "", q->snapshot);
+        cfs_strv_push(&ids, cfs_xstrdup(q->journal_id));
+    }
+    size_t n = cfs_strv_len(ids);
+    if (n) {
+        queue_drop_locked(s, ids, n);
+        tree_changed(e);
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+    names = cfs_buf_steal(&nb);
+    if (n == 0) {
+        cfs_strv_free(ids);
+        return false;
+    }
+    journal_close_all(e, ids, n);
+    cfs_strv_free(ids);
+    log_warn("%s/%s: queued deletion of %s returned to snapshots/: %s", dom,
+             disk, names, reason);
+    group_member_set(e, group, disk, CFS_MEMBER_FAILED, reason);
+    _cleanup_free_ char *p = cfs_xasprintf("/%s/%s/snapshots", dom, disk);
+    if (e->invalidate)
+        e->invalidate(e->invalidate_opaque, p);
+    return true;
 }
 
 void queue_after_end(struct cfs_engine *e, const char *dom, const char *disk,
@@ -141,6 +190,7 @@ void queue_load_entry(struct cfs_engine *e, const struct cfs_journal_entry *en)
         .journal_id = cfs_xstrdup(en->id),
         .queued = en->created,
         .requeued = cfs_streq(en->phase, "requeued"),
+        .group = cfs_xstrdup(en->group),
     };
     if (en->n_leaving > 0)
         cfs_file_id_copy(&q->top_id, &en->leaving[0].id);
@@ -273,6 +323,7 @@ bool queue_regroup(struct cfs_engine *e, const char *dom, const char *disk)
             .journal_id = cfs_journal_new_id(e->journal),
             .queued = now_s(),
             .requeued = true,
+            .group = cfs_xstrdup(job.group),
         };
         if (id)
             cfs_file_id_copy(&back[i].top_id, id);
@@ -283,6 +334,7 @@ bool queue_regroup(struct cfs_engine *e, const char *dom, const char *disk)
             .top = back[i].top, .base = back[i].base, .type = CFS_JOB_RMDIR,
             .phase = (char *)"requeued", .created = back[i].queued,
             .updated = back[i].queued, .n_leaving = 1, .leaving = &tops[i],
+            .group = back[i].group,
         };
     }
     job.superseded = true;

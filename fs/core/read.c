@@ -157,7 +157,10 @@ static int wait_domain(struct cfs_engine *e, const char *dom,
             r = -ENOENT;
             break;
         }
-        bool busy = false;
+        /* and the domain's last job group has ended (issue 10 §3.5: a
+         * member between its disk's merges is not a job in progress) */
+        const struct cfs_group *g = cfs_tree_domain_group(t, dom, NULL);
+        bool busy = g && !cfs_group_phase_ended(g->phase);
         for (size_t i = 0; !busy && i < d->n_disks; i++)
             busy = disk_busy(cfs_tree_find_disk_state(t, dom, d->disks[i].target));
         if (!busy) {

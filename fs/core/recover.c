@@ -65,6 +65,10 @@ void recover_journal(struct cfs_engine *e)
     size_t n = 0;
     if (cfs_journal_list(e->journal, &v, &n) < 0)
         return;
+    /* issue 10: the job groups before their members (a member's change
+     * updates its group) */
+    _cleanup_strv_ char **groups = NULL;
+    recover_groups_load(e, v, n, &groups);
     /* the queued rmdirs first (issue 8 §3): a job recovered below that
      * turns out failed returns them, one that completed dispatches them */
     for (size_t i = 0; i < n; i++)
@@ -72,7 +76,7 @@ void recover_journal(struct cfs_engine *e)
             queue_load_entry(e, &v[i]);
     for (size_t i = 0; i < n; i++) {
         struct cfs_journal_entry *en = &v[i];
-        if (en->type == CFS_JOB_RMDIR)
+        if (en->type == CFS_JOB_RMDIR || en->type == CFS_JOB_GROUP)
             continue;
         if (en->type == CFS_JOB_REVERT) {
             /* issue 10 §4.3: back or forward, from the phase (and for
@@ -173,6 +177,10 @@ void recover_journal(struct cfs_engine *e)
             cfs_strv_push(&s->job.layer_meta, cfs_xstrdup(*m));
         s->job.old_files = cfs_job_files_dup(en->old_files, en->n_old);
         s->job.n_old = s->job.old_files ? en->n_old : 0;
+        /* issue 10: a member of a job group (held in ready again until
+         * the others are ready or ended) */
+        s->job.group = cfs_xstrdup(en->group);
+        group_member_sync_locked(e, s, NULL);
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */
@@ -182,6 +190,9 @@ void recover_journal(struct cfs_engine *e)
         route(e, w);
     }
     cfs_journal_entries_free(v, n);
+    /* members whose own entries were closed already ended: done or not,
+     * by their chains; a group all of whose members ended is journaled */
+    recover_groups_settle(e, groups);
 }
 
 /* A recovered job found running in libvirt: its bandwidth is the one

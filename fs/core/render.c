@@ -410,7 +410,11 @@ void cfs_render_job_queue_text(struct cfs_buf *b, const struct cfs_job *job,
         cfs_format_size(job->end, end, sizeof(end));
 
         kv_str(&kv, "type", cfs_job_type_to_string(job->type));
-        kv_str(&kv, "state", cfs_job_phase_to_string(job->phase));
+        if (job->group && !job->external && job->phase == CFS_PHASE_READY)
+            /* issue 10 §3.3: a member of a job group waits for the others */
+            kv_str(&kv, "state", "ready (held: group)");
+        else
+            kv_str(&kv, "state", cfs_job_phase_to_string(job->phase));
         bool copy = job->type == CFS_JOB_COPY && !job->external;
         if (copy) {
             /* issue 8 §1.8 */
@@ -529,6 +533,8 @@ static struct json_object *job_queue_object(const char *disk,
     json_put_u64(o, "bytes_pull", merge ? job->bytes_pull : 0);
     json_put_str(o, "reason", merge ? job->reason : NULL);
     json_put_u64(o, "bytes_copied", merge ? job->bytes_copied : 0);
+    /* issue 10: the job group (a domain-level rmdir) it is a member of */
+    json_put_str(o, "group", none || job->external ? NULL : job->group);
     /* copies (issue 8 §1.8) */
     bool copy = !none && job->type == CFS_JOB_COPY && !job->external;
     json_put_str(o, "source", copy ? job->top : NULL);
@@ -752,6 +758,7 @@ void cfs_render_info_json(struct cfs_buf *b, const struct cfs_domain *d,
 /* A row of <dom>/snapshots/NAME/info: W's disk and its state there, or
  * false for a disk the snapshot is not in. */
 static bool dom_row(const struct cfs_snap_info *snap, char **taken,
+                    const struct cfs_group *g,
                     const struct cfs_snap_where *w, const char **state,
                     const struct cfs_layer **layer)
 {
@@ -766,6 +773,10 @@ static bool dom_row(const struct cfs_snap_info *snap, char **taken,
     /* its layer left the disk's chain: merged by an rmdir in the disk's
      * snapshots/ (libvirt's metadata or chainfs's line still names it) */
     bool named = cfs_strv_contains(taken, w->disk->target);
+    /* or a domain-level rmdir merged it there (issue 10 §3.4) */
+    for (size_t i = 0; !named && g && i < g->n_members; i++)
+        named = cfs_streq(g->members[i].disk, w->disk->target) &&
+                g->members[i].state == CFS_MEMBER_DONE;
     for (size_t i = 0; !named && snap && i < snap->n_disks; i++)
         named = cfs_streq(snap->disks[i].target, w->disk->target) &&
                 cfs_streq(snap->disks[i].snapshot, "external");
@@ -773,9 +784,33 @@ static bool dom_row(const struct cfs_snap_info *snap, char **taken,
     return named;
 }
 
+/* The disks a group of snapshot NAME left it on, space-separated ("-"
+ * for none); caller frees. */
+static char *group_remaining(const struct cfs_group *g)
+{
+    struct cfs_buf rb = { 0 };
+    for (size_t i = 0; g && i < g->n_members; i++)
+        if (g->members[i].state != CFS_MEMBER_DONE) {
+            if (rb.len)
+                cfs_buf_put(&rb, " ", 1);
+            cfs_buf_put_escaped(&rb, g->members[i].disk);
+        }
+    if (!rb.len) {
+        cfs_buf_free(&rb);
+        return cfs_xstrdup("-");
+    }
+    return cfs_buf_steal(&rb);
+}
+
+static bool group_partial(const struct cfs_group *g)
+{
+    return g && g->phase == CFS_GROUP_PARTIAL;
+}
+
 void cfs_render_dom_info_text(struct cfs_buf *b, const struct cfs_domain *d,
                               const char *name, const struct cfs_snap_info *snap,
-                              const struct cfs_snap_where *where, size_t n)
+                              const struct cfs_snap_where *where, size_t n,
+                              const struct cfs_group *g)
 {
     struct kv_block kv = { 0 };
     struct cfs_snapdesc desc;
@@ -784,7 +819,9 @@ void cfs_render_dom_info_text(struct cfs_buf *b, const struct cfs_domain *d,
 
     kv_str(&kv, "name", name);
     kv_str(&kv, "domain", d ? d->name : NULL);
-    kv_str(&kv, "state", "ok");
+    kv_str(&kv, "state", group_partial(g) ? "partially-merged" : "ok");
+    if (group_partial(g))
+        kv_take(&kv, "remaining", group_remaining(g));
     kv_take(&kv, "created", time_value(snap ? snap->created : 0));
     kv_taken(&kv, snap);
     kv_render(b, &kv);
@@ -800,7 +837,7 @@ void cfs_render_dom_info_text(struct cfs_buf *b, const struct cfs_domain *d,
     for (size_t i = 0; i < n; i++) {
         const char *state;
         const struct cfs_layer *l;
-        if (!dom_row(snap, taken, &where[i], &state, &l))
+        if (!dom_row(snap, taken, g, &where[i], &state, &l))
             continue;
         char **row = &cell[rows++ * C_MAX];
         row[C_DISK] = text_value(where[i].disk->target);
@@ -828,7 +865,8 @@ void cfs_render_dom_info_text(struct cfs_buf *b, const struct cfs_domain *d,
 
 void cfs_render_dom_info_json(struct cfs_buf *b, const struct cfs_domain *d,
                               const char *name, const struct cfs_snap_info *snap,
-                              const struct cfs_snap_where *where, size_t n)
+                              const struct cfs_snap_where *where, size_t n,
+                              const struct cfs_group *g)
 {
     struct json_object *o = json_object_new_object();
     struct cfs_snapdesc desc;
@@ -838,14 +876,19 @@ void cfs_render_dom_info_json(struct cfs_buf *b, const struct cfs_domain *d,
 
     json_put_str(o, "name", name);
     json_put_str(o, "domain", d ? d->name : NULL);
-    json_put_str(o, "state", "ok");
+    json_put_str(o, "state", group_partial(g) ? "partially-merged" : "ok");
+    struct json_object *rem = json_object_new_array();
+    for (size_t i = 0; group_partial(g) && i < g->n_members; i++)
+        if (g->members[i].state != CFS_MEMBER_DONE)
+            json_object_array_add(rem, json_object_new_string(g->members[i].disk));
+    json_object_object_add(o, "remaining", rem);
     json_put_time(o, "created", snap ? snap->created : 0);
     json_taken(o, snap);
     struct json_object *la = json_object_new_array();
     for (size_t i = 0; i < n; i++) {
         const char *state;
         const struct cfs_layer *l;
-        if (!dom_row(snap, taken, &where[i], &state, &l))
+        if (!dom_row(snap, taken, g, &where[i], &state, &l))
             continue;
         struct json_object *x = json_object_new_object();
         json_put_str(x, "disk", where[i].disk->target);
@@ -863,13 +906,82 @@ void cfs_render_dom_info_json(struct cfs_buf *b, const struct cfs_domain *d,
     json_emit(b, o);
 }
 
-/* The domain block of <dom>/job: `state` (of a group: none yet) and a
- * thaw owed. */
+/* The job of member M of group G among DISKS[0..N) (its disk's job,
+ * while that is the member's), or NULL. */
+static const struct cfs_job *member_job(const struct cfs_group *g,
+                                        const struct cfs_group_member *m,
+                                        const struct cfs_dom_disk_job *disks,
+                                        size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (cfs_streq(disks[i].disk, m->disk) && disks[i].job &&
+            cfs_streq(disks[i].job->group, g->id))
+            return disks[i].job;
+    return NULL;
+}
+
+/* "vda ready, vdb running 41%, vdc failed" */
+static char *group_members_text(const struct cfs_group *g,
+                                const struct cfs_dom_disk_job *disks, size_t n)
+{
+    struct cfs_buf mb = { 0 };
+    for (size_t i = 0; i < g->n_members; i++) {
+        const struct cfs_group_member *m = &g->members[i];
+        if (i)
+            cfs_buf_printf(&mb, ", ");
+        cfs_buf_put_escaped(&mb, m->disk);
+        cfs_buf_printf(&mb, " %s", cfs_member_state_to_string(m->state));
+        const struct cfs_job *j = member_job(g, m, disks, n);
+        if (m->state == CFS_MEMBER_RUNNING && j && j->end)
+            cfs_buf_printf(&mb, " %u%%", job_percent(j));
+        if (m->state == CFS_MEMBER_FAILED && m->partial)
+            cfs_buf_printf(&mb, " (partial)");
+    }
+    if (!mb.len) {
+        cfs_buf_free(&mb);
+        return cfs_xstrdup("-");
+    }
+    return cfs_buf_steal(&mb);
+}
+
+/* The first failed member's error, "vdb: TEXT" (caller frees), or NULL. */
+static char *group_error(const struct cfs_group *g)
+{
+    for (size_t i = 0; i < g->n_members; i++)
+        if (g->members[i].state == CFS_MEMBER_FAILED) {
+            struct cfs_buf eb = { 0 };
+            cfs_buf_put_escaped(&eb, g->members[i].disk);
+            cfs_buf_printf(&eb, ": ");
+            cfs_buf_put_escaped(&eb, g->members[i].error ? g->members[i].error
+                                                          : "failed");
+            return cfs_buf_steal(&eb);
+        }
+    return NULL;
+}
+
+/* The domain block of <dom>/job: the domain's last job group (issue 10
+ * §3.5; `state: none` without one) and a thaw owed. */
 static void kv_dom_block(struct kv_block *kv, const struct cfs_domain *d,
+                         const struct cfs_group *g,
+                         const struct cfs_dom_disk_job *disks, size_t n,
                          const struct cfs_thaw_owed *thaw, bool stale)
 {
     kv_str(kv, "domain", d ? d->name : NULL);
-    kv_str(kv, "state", "none");
+    if (!g) {
+        kv_str(kv, "state", "none");
+    } else {
+        struct cfs_buf gb = { 0 };
+        cfs_buf_printf(&gb, "rmdir ");
+        cfs_buf_put_escaped(&gb, g->snapshot);
+        kv_take(kv, "group", cfs_buf_steal(&gb));
+        kv_str(kv, "state", cfs_group_phase_to_string(g->phase));
+        kv_take(kv, "members", group_members_text(g, disks, n));
+        kv_take(kv, "remaining", group_remaining(g));
+        kv_take(kv, "started", time_value(g->started));
+        kv_take(kv, "finished", time_value(g->finished));
+        char *err = group_error(g);
+        kv_take(kv, "error", err ? err : cfs_xstrdup("-"));
+    }
     if (thaw) {
         char since[64];
         cfs_format_time(thaw->since, since, sizeof(since));
@@ -889,10 +1001,11 @@ static void kv_dom_block(struct kv_block *kv, const struct cfs_domain *d,
 
 void cfs_render_dom_job_text(struct cfs_buf *b, const struct cfs_domain *d,
                              const struct cfs_dom_disk_job *disks, size_t n,
+                             const struct cfs_group *g,
                              const struct cfs_thaw_owed *thaw, bool stale)
 {
     struct kv_block kv = { 0 };
-    kv_dom_block(&kv, d, thaw, stale);
+    kv_dom_block(&kv, d, g, disks, n, thaw, stale);
     kv_render(b, &kv);
     for (size_t i = 0; i < n; i++) {
         cfs_buf_printf(b, "\ndisk: ");
@@ -916,12 +1029,42 @@ void cfs_render_dom_job_text(struct cfs_buf *b, const struct cfs_domain *d,
 
 void cfs_render_dom_job_json(struct cfs_buf *b, const struct cfs_domain *d,
                              const struct cfs_dom_disk_job *disks, size_t n,
+                             const struct cfs_group *g,
                              const struct cfs_thaw_owed *thaw, bool stale)
 {
     struct json_object *o = json_object_new_object();
     json_put_str(o, "domain", d ? d->name : NULL);
-    json_put_str(o, "state", "none");
-    json_object_object_add(o, "group", NULL);
+    json_put_str(o, "state", g ? cfs_group_phase_to_string(g->phase) : "none");
+    if (g) {
+        struct json_object *go = json_object_new_object();
+        json_put_str(go, "id", g->id);
+        json_put_str(go, "operation", "rmdir");
+        json_put_str(go, "snapshot", g->snapshot);
+        json_put_str(go, "state", cfs_group_phase_to_string(g->phase));
+        struct json_object *ma = json_object_new_array();
+        struct json_object *ra = json_object_new_array();
+        for (size_t i = 0; i < g->n_members; i++) {
+            const struct cfs_group_member *m = &g->members[i];
+            struct json_object *mo = json_object_new_object();
+            json_put_str(mo, "disk", m->disk);
+            json_put_str(mo, "state", cfs_member_state_to_string(m->state));
+            const struct cfs_job *j = member_job(g, m, disks, n);
+            json_put_int(mo, "progress_percent",
+                         m->state == CFS_MEMBER_DONE ? 100 : j ? job_percent(j) : 0);
+            json_put_str(mo, "error", m->error);
+            json_put_bool(mo, "partial", m->partial);
+            json_object_array_add(ma, mo);
+            if (m->state != CFS_MEMBER_DONE)
+                json_object_array_add(ra, json_object_new_string(m->disk));
+        }
+        json_object_object_add(go, "members", ma);
+        json_object_object_add(go, "remaining", ra);
+        json_put_time(go, "started", g->started);
+        json_put_time(go, "finished", g->finished);
+        json_object_object_add(o, "group", go);
+    } else {
+        json_object_object_add(o, "group", NULL);
+    }
     if (thaw) {
         struct json_object *t = json_object_new_object();
         json_put_time(t, "since", thaw->since);

@@ -28,6 +28,7 @@ void cfs_queued_clear(struct cfs_queued *q)
     free(q->base);
     free(q->journal_id);
     free(q->waiting);
+    free(q->group);
     *q = (struct cfs_queued){0};
 }
 
@@ -83,6 +84,9 @@ struct cfs_tree *cfs_tree_free(struct cfs_tree *t)
     for (size_t i = 0; i < t->n_states; i++)
         disk_state_free(t->states[i]);
     free(t->states);
+    for (size_t i = 0; i < t->n_groups; i++)
+        cfs_group_free(t->groups[i]);
+    free(t->groups);
     for (size_t i = 0; i < t->n_thaws; i++) {
         free(t->thaws[i].dom);
         free(t->thaws[i].error);
@@ -227,6 +231,159 @@ const struct cfs_disk *cfs_tree_file_user(struct cfs_tree *t,
         }
     }
     return NULL;
+}
+
+/* ---- job groups (issue 10 §3.2) ------------------------------------------------ */
+
+static const char *const member_state_names[CFS_MEMBER_STATE_MAX] = {
+    [CFS_MEMBER_QUEUED] = "queued",
+    [CFS_MEMBER_RUNNING] = "running",
+    [CFS_MEMBER_READY] = "ready",
+    [CFS_MEMBER_PIVOTING] = "pivoting",
+    [CFS_MEMBER_DONE] = "done",
+    [CFS_MEMBER_FAILED] = "failed",
+};
+
+static const char *const group_phase_names[CFS_GROUP_PHASE_MAX] = {
+    [CFS_GROUP_RUNNING] = "running",
+    [CFS_GROUP_PIVOTING] = "pivoting",
+    [CFS_GROUP_COMPLETED] = "completed",
+    [CFS_GROUP_PARTIAL] = "partial",
+    [CFS_GROUP_FAILED] = "failed",
+};
+
+const char *cfs_member_state_to_string(enum cfs_member_state s)
+{
+    return (unsigned)s < CFS_MEMBER_STATE_MAX ? member_state_names[s] : "unknown";
+}
+
+const char *cfs_group_phase_to_string(enum cfs_group_phase p)
+{
+    return (unsigned)p < CFS_GROUP_PHASE_MAX ? group_phase_names[p] : "unknown";
+}
+
+enum cfs_group_phase cfs_group_phase(const struct cfs_group_member *m, size_t n)
+{
+    size_t done = 0, failed = 0;
+    bool pivoting = false;
+    for (size_t i = 0; i < n; i++) {
+        if (m[i].state == CFS_MEMBER_DONE)
+            done++;
+        else if (m[i].state == CFS_MEMBER_FAILED)
+            failed++;
+        else if (m[i].state == CFS_MEMBER_PIVOTING)
+            pivoting = true;
+    }
+    if (done + failed < n)
+        return pivoting ? CFS_GROUP_PIVOTING : CFS_GROUP_RUNNING;
+    if (failed == 0)
+        return CFS_GROUP_COMPLETED;
+    return done == 0 ? CFS_GROUP_FAILED : CFS_GROUP_PARTIAL;
+}
+
+enum cfs_member_state cfs_member_state_of_phase(enum cfs_job_phase p)
+{
+    switch (p) {
+    case CFS_PHASE_NONE:
+        return CFS_MEMBER_QUEUED;
+    case CFS_PHASE_READY:
+        return CFS_MEMBER_READY;
+    case CFS_PHASE_PIVOTING:
+        return CFS_MEMBER_PIVOTING;
+    case CFS_PHASE_COMPLETED:
+        return CFS_MEMBER_DONE;
+    case CFS_PHASE_FAILED:
+    case CFS_PHASE_CANCELED:
+        return CFS_MEMBER_FAILED;
+    default:
+        return CFS_MEMBER_RUNNING; /* starting, running, finishing, cleanup */
+    }
+}
+
+struct cfs_group *cfs_group_free(struct cfs_group *g)
+{
+    if (!g)
+        return NULL;
+    free(g->id);
+    free(g->dom);
+    free(g->snapshot);
+    free(g->meta_name);
+    for (size_t i = 0; i < g->n_members; i++) {
+        free(g->members[i].disk);
+        free(g->members[i].error);
+    }
+    free(g->members);
+    free(g);
+    return NULL;
+}
+
+struct cfs_group_member *cfs_group_find_member(struct cfs_group *g,
+                                               const char *disk)
+{
+    for (size_t i = 0; g && disk && i < g->n_members; i++)
+        if (strcmp(g->members[i].disk, disk) == 0)
+            return &g->members[i];
+    return NULL;
+}
+
+void cfs_tree_add_group(struct cfs_tree *t, struct cfs_group *g, char **old_id)
+{
+    if (old_id)
+        *old_id = NULL;
+    for (size_t i = 0; i < t->n_groups;) {
+        struct cfs_group *o = t->groups[i];
+        bool same = cfs_streq(o->dom, g->dom) && cfs_streq(o->snapshot, g->snapshot);
+        /* a group of the domain that completed or failed is of no more
+         * use once a newer one is shown (a partial one is: its snapshot's
+         * info says so) */
+        bool done = cfs_streq(o->dom, g->dom) &&
+                    (o->phase == CFS_GROUP_COMPLETED || o->phase == CFS_GROUP_FAILED);
+        if (!same && !done) {
+            i++;
+            continue;
+        }
+        if (same && old_id && !*old_id)
+            *old_id = TAKE_PTR(o->id);
+        cfs_group_free(o);
+        memmove(&t->groups[i], &t->groups[i + 1],
+                (t->n_groups - i - 1) * sizeof(*t->groups));
+        t->n_groups--;
+    }
+    t->groups = cfs_xrealloc(t->groups, (t->n_groups + 1) * sizeof(*t->groups));
+    t->groups[t->n_groups++] = g;
+    t->generation++;
+}
+
+struct cfs_group *cfs_tree_find_group(struct cfs_tree *t, const char *id)
+{
+    for (size_t i = 0; id && i < t->n_groups; i++)
+        if (cfs_streq(t->groups[i]->id, id))
+            return t->groups[i];
+    return NULL;
+}
+
+struct cfs_group *cfs_tree_domain_group(struct cfs_tree *t, const char *dom,
+                                        const char *name)
+{
+    for (size_t i = t->n_groups; i > 0; i--) {
+        struct cfs_group *g = t->groups[i - 1];
+        if (cfs_streq(g->dom, dom) && (!name || cfs_streq(g->snapshot, name)))
+            return g;
+    }
+    return NULL;
+}
+
+void cfs_tree_remove_group(struct cfs_tree *t, const char *id)
+{
+    for (size_t i = 0; id && i < t->n_groups; i++)
+        if (cfs_streq(t->groups[i]->id, id)) {
+            cfs_group_free(t->groups[i]);
+            memmove(&t->groups[i], &t->groups[i + 1],
+                    (t->n_groups - i - 1) * sizeof(*t->groups));
+            t->n_groups--;
+            t->generation++;
+            return;
+        }
 }
 
 struct cfs_thaw_owed *cfs_tree_find_thaw(struct cfs_tree *t, const char *dom)

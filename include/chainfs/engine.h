@@ -118,19 +118,32 @@ int cfs_engine_read(struct cfs_engine *e, const struct cfs_path *p,
                     struct cfs_buf *out);
 /* Block until the disk has no job in progress (or INTERRUPTED(ARG) says
  * stop: -EINTR), then render `job` into OUT. DISK NULL or "": the
- * domain's `wait` (no disk of DOM has a job in progress, then the
- * domain's `job`). */
+ * domain's `wait` (the domain's last job group has ended and no disk of
+ * DOM has a job in progress, then the domain's `job`). */
 int cfs_engine_wait(struct cfs_engine *e, const char *dom, const char *disk,
                     bool (*interrupted)(void *arg), void *arg,
                     struct cfs_buf *out);
 
 /* DISK NULL or "": the domain level, <dom>/snapshots/NAME (issue 10:
  * mkdir takes one snapshot of every disk that can have one; rmdir is
- * not built yet: -EOPNOTSUPP, logged). */
+ * cfs_engine_rmdir_domain). */
 int cfs_engine_mkdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
 int cfs_engine_rmdir(struct cfs_engine *e, const char *dom, const char *disk,
                      const char *name);
+/* Issue 10 §3: rmdir of DOM/snapshots/NAME, one merge per disk whose
+ * chain shows NAME's layer, tied by a job group: every member commits,
+ * active commits pivot only once every member is ready or has ended, a
+ * member that fails leaves NAME partially merged (the others finish),
+ * and rmdir again merges only the disks that remain. Every member is
+ * checked first: one refused (its reason logged and in its disk's job)
+ * refuses it all, nothing changed. 0 once every member started or
+ * queued (or at least one did: the others failed, see their jobs);
+ * -ENOENT no such domain or no disk with NAME; -ENOTCONN; -EBUSY a
+ * domain-level rmdir of NAME runs; -EIO the journal; else a member's
+ * refusal. */
+int cfs_engine_rmdir_domain(struct cfs_engine *e, const char *dom,
+                            const char *name);
 
 /* Carry out one ctl command on DOM/DISK (the caller checked that the
  * user may change snapshots). 0, or: -ENOENT no such disk or no job to

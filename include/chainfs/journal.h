@@ -68,7 +68,17 @@ struct cfs_journal_entry {
     struct cfs_job_file *old_files; /* the source's files (never deleted) */
     /* Issue 10's revert (type revert, below) */
     bool force;        /* `revert NAME force` (written only when true) */
+    /* Issue 10 §3.7 (optional, as above): */
+    char *group;       /* a member's group: the group entry's id, or NULL */
+    char **remaining;  /* type group: the disks that still have the
+                          snapshot's layer (NULL-terminated; NULL: none) */
 };
+
+/* A job group (issue 10 §3.7): type CFS_JOB_GROUP, phase "running" or
+ * "partial", snapshot NAME, meta_name, disk = the first member (the
+ * loader requires it), top = base = "-", disks[] every member,
+ * remaining[] the members whose layer of NAME remains, error. Each
+ * member's own entry (a merge, or a queued rmdir) carries `group`. */
 
 /* A queued rmdir (issue 8 §3.1): type CFS_JOB_RMDIR, phase "queued",
  * snapshot, meta_name, top (the snapshot's own layer), base (the layer

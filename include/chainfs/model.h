@@ -286,6 +286,11 @@ struct cfs_job {
                               it (its snapshots are queued again); its
                               cancel dispatches the union instead of
                               returning the queue */
+    char *group;           /* issue 10 §3.2: the journal id of the job group
+                              (a domain-level rmdir) this merge is a member
+                              of, or NULL. A member commits (never a live
+                              pull) and holds in ready until every other
+                              member is ready or has ended. */
 };
 
 /* Progress as a backend reports it (virDomainGetBlockJobInfo). */

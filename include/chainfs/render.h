@@ -55,12 +55,18 @@ struct cfs_snap_where {
  * snapshot's, then one row per disk of D: WHERE[0..N) in the domain's
  * disk order; a disk without the layer is `merged` when SNAP or its
  * description names it as taken, else left out. */
+/* G (may be NULL) is the domain's last job group of NAME (tree.h): in
+ * phase partial, `state: partially-merged` and `remaining:` the disks it
+ * left NAME on (issue 10 §3.4); its done members are `merged` rows. */
+struct cfs_group;
 void cfs_render_dom_info_text(struct cfs_buf *b, const struct cfs_domain *d,
                               const char *name, const struct cfs_snap_info *snap,
-                              const struct cfs_snap_where *where, size_t n);
+                              const struct cfs_snap_where *where, size_t n,
+                              const struct cfs_group *g);
 void cfs_render_dom_info_json(struct cfs_buf *b, const struct cfs_domain *d,
                               const char *name, const struct cfs_snap_info *snap,
-                              const struct cfs_snap_where *where, size_t n);
+                              const struct cfs_snap_where *where, size_t n,
+                              const struct cfs_group *g);
 
 /* One disk's part of <dom>/job: what the disk's own `job` shows. */
 struct cfs_dom_disk_job {
@@ -69,13 +75,17 @@ struct cfs_dom_disk_job {
     const struct cfs_disk_state *state; /* may be NULL */
 };
 
-/* <dom>/job(.json): the domain's block (state, a thaw owed: THAW may be
+/* <dom>/job(.json): the domain's block (its last job group G, issue 10
+ * §3.5: `group`, `state`, `members`, `remaining`, `started`, `finished`,
+ * `error`, or `state: none` when G is NULL; a thaw owed: THAW may be
  * NULL), then each disk's job as its `job` shows it, indented under
  * `disk: NAME`. */
 struct cfs_thaw_owed;
 void cfs_render_dom_job_text(struct cfs_buf *b, const struct cfs_domain *d,
                              const struct cfs_dom_disk_job *disks, size_t n,
+                             const struct cfs_group *g,
                              const struct cfs_thaw_owed *thaw, bool stale);
 void cfs_render_dom_job_json(struct cfs_buf *b, const struct cfs_domain *d,
                              const struct cfs_dom_disk_job *disks, size_t n,
+                             const struct cfs_group *g,
                              const struct cfs_thaw_owed *thaw, bool stale);

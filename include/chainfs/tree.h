@@ -38,6 +38,8 @@ struct cfs_queued {
     bool requeued;           /* a snapshot of a regrouped merge (§3.3):
                                 found again by its name only (its file
                                 may have become another snapshot's) */
+    char *group;             /* issue 10: the job group it is a member of
+                                (its journal id), or NULL */
     char *waiting;           /* issue 9 §3.2: why its run is not started
                                 (a disk.raw reader uses a file of it), or
                                 NULL */
@@ -104,6 +106,73 @@ struct cfs_disk_state {
     bool queue_waits_reader;
 };
 
+/* Issue 10 §3.2: a domain-level rmdir of snapshot NAME, one merge per
+ * disk that had NAME's layer (its members). A member's state follows its
+ * disk's job (the job's `group` names the group); a member queued behind
+ * another merge of its disk is `queued` until the queue dispatches it. */
+enum cfs_member_state {
+    CFS_MEMBER_QUEUED,       /* not started: behind its disk's merge, or
+                                not yet claimed */
+    CFS_MEMBER_RUNNING,      /* its merge is starting or running */
+    CFS_MEMBER_READY,        /* an active commit in ready (held: group) */
+    CFS_MEMBER_PIVOTING,
+    CFS_MEMBER_DONE,         /* NAME's layer left the disk's chain */
+    CFS_MEMBER_FAILED,       /* its merge failed or was canceled: NAME's
+                                layer remains on the disk */
+    CFS_MEMBER_STATE_MAX,
+};
+
+enum cfs_group_phase {
+    CFS_GROUP_RUNNING,
+    CFS_GROUP_PIVOTING,      /* a member is pivoting */
+    CFS_GROUP_COMPLETED,     /* every member done */
+    CFS_GROUP_PARTIAL,       /* none in progress, some done, some failed:
+                                the snapshot is partially merged */
+    CFS_GROUP_FAILED,        /* none in progress, every member failed */
+    CFS_GROUP_PHASE_MAX,
+};
+
+struct cfs_group_member {
+    char *disk;              /* "vda" */
+    enum cfs_member_state state;
+    uint64_t job_id;         /* its disk's cfs_job.id, 0 while queued */
+    char *error;             /* why it failed, or NULL */
+    bool partial;            /* failed after its base was partly written */
+};
+
+struct cfs_group {
+    char *id;                /* its journal entry's id (cfs_job.group) */
+    char *dom;
+    char *snapshot;          /* NAME */
+    char *meta_name;         /* NAME's libvirt metadata, or NULL */
+    size_t n_members;
+    struct cfs_group_member *members; /* in the domain's disk order */
+    enum cfs_group_phase phase; /* cfs_group_phase() of the members */
+    int64_t started;         /* unix seconds */
+    int64_t finished;        /* unix seconds, 0 while in progress */
+    bool end_recorded;       /* the engine journaled its end */
+};
+
+/* "queued", "running", "ready", "pivoting", "done", "failed". */
+const char *cfs_member_state_to_string(enum cfs_member_state s);
+/* "running", "pivoting", "completed", "partial", "failed". */
+const char *cfs_group_phase_to_string(enum cfs_group_phase p);
+/* The group's phase from its members alone (design §3.2): every member
+ * done: completed; none in progress and every one failed: failed; none
+ * in progress, some failed: partial; else running (pivoting while one
+ * pivots). No members: completed. */
+enum cfs_group_phase cfs_group_phase(const struct cfs_group_member *m, size_t n);
+static inline bool cfs_group_phase_ended(enum cfs_group_phase p)
+{
+    return p == CFS_GROUP_COMPLETED || p == CFS_GROUP_PARTIAL ||
+           p == CFS_GROUP_FAILED;
+}
+/* The member state a job phase stands for. */
+enum cfs_member_state cfs_member_state_of_phase(enum cfs_job_phase p);
+struct cfs_group *cfs_group_free(struct cfs_group *g);
+struct cfs_group_member *cfs_group_find_member(struct cfs_group *g,
+                                               const char *disk);
+
 /* Issue 10 §2.4: a domain chainfs froze (or may have: a freeze that
  * timed out can complete in the guest later) and could not thaw yet. The
  * engine retries the thaw in the background until it answers or the
@@ -129,6 +198,9 @@ struct cfs_tree {
     struct cfs_disk_state **states;
     size_t n_states;
     bool stale;               /* libvirt unreachable: last known state */
+    struct cfs_group **groups; /* issue 10: job groups, oldest first; at
+                                  most one per domain and snapshot name */
+    size_t n_groups;
     unsigned long generation; /* bumped on every change */
     struct cfs_thaw_owed *thaws; /* issue 10: domains owed a thaw */
     size_t n_thaws;
@@ -149,6 +221,19 @@ struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
 struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
                                                 const char *dom,
                                                 const char *disk);
+/* Issue 10 job groups. Add G (takes ownership), replacing a group of
+ * the same domain and snapshot name (freed; its id is returned in *OLD_ID
+ * if OLD_ID, caller frees); the domain's groups that completed or failed
+ * go too (G is the one <dom>/job shows now). */
+void cfs_tree_add_group(struct cfs_tree *t, struct cfs_group *g, char **old_id);
+/* The group with journal id ID, or NULL. */
+struct cfs_group *cfs_tree_find_group(struct cfs_tree *t, const char *id);
+/* The newest group of DOM (for snapshot NAME if NAME), or NULL. */
+struct cfs_group *cfs_tree_domain_group(struct cfs_tree *t, const char *dom,
+                                        const char *name);
+/* Remove and free the group with id ID (no-op if absent). */
+void cfs_tree_remove_group(struct cfs_tree *t, const char *id);
+
 /* Issue 10: DOM's owed thaw, or NULL. */
 struct cfs_thaw_owed *cfs_tree_find_thaw(struct cfs_tree *t, const char *dom);
 /* DOM owes a thaw (created with SINCE if it did not; ERROR replaces the

@@ -205,6 +205,9 @@ struct fake {
     size_t n_failures;
     unsigned calls[OP_MAX];
     int pivot_not_ready;
+    /* cfs_fake_pivot_fail: job_pivot of this disk refused N more times */
+    char *pivot_fail_disk;
+    int pivot_fail_n, pivot_fail_err;
     bool abort_completes; /* cfs_fake_abort_completes */
     unsigned next_index;            /* last layer index given out */
     bool connected;
@@ -946,6 +949,7 @@ static void fake_destroy(struct cfs_backend *be)
         free(f->failures[i].message);
     free(f->failures);
     free(f->pool_dir);
+    free(f->pivot_fail_disk);
     free(f->last_volume_deleted);
     pthread_mutex_destroy(&f->lock);
     free(f);
@@ -1803,6 +1807,13 @@ static int fake_job_pivot(struct cfs_backend *be, const char *dom,
         r = -ENOENT;
         goto out;
     }
+    if (job->ready && f->pivot_fail_n > 0 && cfs_streq(f->pivot_fail_disk, disk)) {
+        f->pivot_fail_n--;
+        cfs_backend_set_errmsg("internal error: unable to execute QEMU command "
+                               "'job-complete': pivot of disk '%s' refused", disk);
+        r = f->pivot_fail_err;
+        goto out;
+    }
     if (!job->ready || f->pivot_not_ready > 0) {
         if (job->ready)
             f->pivot_not_ready--;
@@ -2543,6 +2554,18 @@ void cfs_fake_abort_completes(struct cfs_backend *be)
 
     pthread_mutex_lock(&f->lock);
     f->abort_completes = true;
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_pivot_fail(struct cfs_backend *be, const char *disk, int n, int err)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    free(f->pivot_fail_disk);
+    f->pivot_fail_disk = cfs_xstrdup(disk);
+    f->pivot_fail_n = n > 0 ? n : 0;
+    f->pivot_fail_err = err > 0 ? -err : (err < 0 ? err : -EIO);
     pthread_mutex_unlock(&f->lock);
 }
 

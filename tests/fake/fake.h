@@ -59,6 +59,9 @@ void cfs_fake_job_vanish(struct cfs_backend *be, const char *dom,
  * changes as on completion, COMPLETED fires, and the abort returns 0
  * (libvirt's abort racing QEMU's completion). */
 void cfs_fake_abort_completes(struct cfs_backend *be);
+/* Make job_pivot of DISK (any domain; a ready job) fail with -ERR the
+ * next N times (libvirt refusing the pivot), other disks unaffected. */
+void cfs_fake_pivot_fail(struct cfs_backend *be, const char *disk, int n, int err);
 /* Make job_pivot return -EAGAIN the next N times. */
 void cfs_fake_pivot_not_ready(struct cfs_backend *be, int n);
 /* A job chainfs did not start (a user's virsh blockcopy, blockpull,

@@ -90,6 +90,10 @@ static void check_entry(const struct cfs_journal_entry *e)
     for (size_t i = 0; i < e->n_made; i++)
         FUZZ_ASSERT(e->made[i].path && *e->made[i].path);
     FUZZ_ASSERT((e->n_old == 0) == (e->old_files == NULL));
+    /* issue 10: job groups */
+    FUZZ_ASSERT(!e->group || *e->group);
+    for (char **r = e->remaining; r && *r; r++)
+        FUZZ_ASSERT(**r);
 }
 
 static void check_files(const struct cfs_job_file *a, size_t na,
@@ -149,6 +153,11 @@ static void check_same(const struct cfs_journal_entry *a,
         FUZZ_ASSERT(str_eq(a->layer_meta[i], b->layer_meta[i]));
     check_files(a->made, a->n_made, b->made, b->n_made);
     check_files(a->old_files, a->n_old, b->old_files, b->n_old);
+    /* issue 10's group fields */
+    FUZZ_ASSERT(str_eq(a->group, b->group));
+    FUZZ_ASSERT(cfs_strv_len(a->remaining) == cfs_strv_len(b->remaining));
+    for (size_t i = 0; a->remaining && a->remaining[i]; i++)
+        FUZZ_ASSERT(str_eq(a->remaining[i], b->remaining[i]));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

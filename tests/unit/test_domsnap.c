@@ -567,9 +567,16 @@ static void test_dom_then_disk_rmdir(void **state)
     assert_list(f, "/vm1/snapshots", "s1 d1 d2");
     assert_node_has(f, "/vm1/snapshots/d1/info", "\nvda   ok      ");
     assert_node_has(f, "/vm1/snapshots/d1/info", "\nvdb   merged  -\n");
-    /* the domain-level rmdir is refused, nothing changed */
-    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", NULL, "d1"), -EOPNOTSUPP);
-    assert_list(f, "/vm1/snapshots", "s1 d1 d2");
+    /* the domain-level rmdir merges what is left: vda (a job group of
+     * one member; test_groups.c has the rest) */
+    assert_int_equal(cfs_engine_rmdir(f->e, "vm1", NULL, "d1"), 0);
+    assert_node_has(f, "/vm1/job", "members:   vda running");
+    cfs_fake_job_complete(f->be, "vm1", "vda");
+    cfs_engine_run_pending(f->e);
+    cfs_engine_run_pending(f->e);
+    assert_node_has(f, "/vm1/job", "state:     completed\n");
+    assert_list(f, "/vm1/vda/snapshots", "s1 d2");
+    assert_list(f, "/vm1/snapshots", "s1 d2");
 }
 
 /* Refusals: nothing changes on any disk, no snapshot call. */

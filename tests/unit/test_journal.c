@@ -1198,6 +1198,85 @@ static void test_revert_fields_round_trip(void **state)
     cfs_journal_entry_clear(&bad);
 }
 
+/* Issue 10 §3.7: a group entry (disks[], remaining[]) and its members'
+ * entries (group) come back as written; a group without remaining[]
+ * writes []; an empty group id or remaining disk cannot be written. */
+static void test_group_fields_round_trip(void **state)
+{
+    const char *dir = *state;
+    struct cfs_journal *j = open_ok(dir, NULL);
+    struct cfs_journal_entry e[3];
+
+    make_entry(&e[0], 0, CFS_JOB_GROUP);
+    free(e[0].phase);
+    e[0].phase = cfs_xstrdup("partial");
+    free(e[0].top);
+    free(e[0].base);
+    e[0].top = cfs_xstrdup("-");
+    e[0].base = cfs_xstrdup("-");
+    cfs_strv_push(&e[0].disks, cfs_xstrdup("vda"));
+    cfs_strv_push(&e[0].disks, cfs_xstrdup("vdb"));
+    cfs_strv_push(&e[0].remaining, cfs_xstrdup("vdb"));
+    make_entry(&e[1], 1, CFS_JOB_ACTIVE_COMMIT);
+    e[1].group = cfs_xstrdup(e[0].id);
+    make_entry(&e[2], 2, CFS_JOB_RMDIR);
+    e[2].group = cfs_xstrdup(e[0].id);
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(cfs_journal_put(j, &e[i]), 0);
+    cfs_journal_free(j);
+
+    char **warnings = NULL;
+    j = open_ok(dir, &warnings);
+    assert_null(warnings);
+    struct cfs_journal_entry *v;
+    size_t n;
+    assert_int_equal(cfs_journal_list(j, &v, &n), 0);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_entry_equal(&v[i], &e[i]);
+    assert_int_equal(v[0].type, CFS_JOB_GROUP);
+    assert_int_equal(cfs_strv_len(v[0].disks), 2);
+    assert_string_equal(v[0].disks[1], "vdb");
+    assert_int_equal(cfs_strv_len(v[0].remaining), 1);
+    assert_string_equal(v[0].remaining[0], "vdb");
+    assert_null(v[0].group);
+    assert_string_equal(v[1].group, e[0].id);
+    assert_null(v[1].remaining);
+    assert_string_equal(v[2].group, e[0].id);
+    struct cfs_journal_entry c;
+    cfs_journal_entry_copy(&c, &v[0]);
+    assert_string_equal(c.remaining[0], "vdb");
+    cfs_journal_entry_clear(&c);
+    cfs_journal_entry_copy(&c, &v[1]);
+    assert_string_equal(c.group, e[0].id);
+    cfs_journal_entry_clear(&c);
+    cfs_journal_entries_free(v, n);
+
+    _cleanup_free_ char *path = path_in(dir, "journal");
+    size_t len;
+    _cleanup_free_ char *data = read_file(path, &len);
+    assert_non_null(strstr(data, "\"type\":\"group\""));
+    assert_non_null(strstr(data, "\"remaining\":[\"vdb\"]"));
+
+    /* every member ended: remaining [] */
+    cfs_strv_free(e[0].remaining);
+    e[0].remaining = NULL;
+    assert_int_equal(cfs_journal_put(j, &e[0]), 0);
+    free(data);
+    data = read_file(path, &len);
+    assert_non_null(strstr(data, "\"remaining\":[]"));
+
+    /* what cannot load back is not written */
+    free(e[1].group);
+    e[1].group = cfs_xstrdup("");
+    assert_int_equal(cfs_journal_put(j, &e[1]), -EINVAL);
+    cfs_strv_push(&e[0].remaining, cfs_xstrdup(""));
+    assert_int_equal(cfs_journal_put(j, &e[0]), -EINVAL);
+    for (size_t i = 0; i < 3; i++)
+        cfs_journal_entry_clear(&e[i]);
+    cfs_journal_free(j);
+}
+
 /* What cannot load back is not written: a bad merge field is -EINVAL and
  * changes nothing. */
 static void test_merge_fields_put_invalid(void **state)
@@ -1400,6 +1479,7 @@ int main(void)
         T(test_previous_version_and_new_fields),
         T(test_merge_fields_round_trip),
         T(test_queue_fields_round_trip),
+        T(test_group_fields_round_trip),
         T(test_merge_fields_put_invalid),
         T(test_revert_fields_round_trip),
         T(test_verbatim_old_entry),

@@ -655,7 +655,7 @@ static void test_job_json(void **state)
     static const char *const keys[] = {
         "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
-        "bytes_copied", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
+        "bytes_copied", "group", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
         "started", "finished", "error", "partial", "leftover", "queue", "returned", "readers", "stale",
     };
     struct cfs_job j = running_job();
@@ -812,7 +812,7 @@ static void test_job_json_none(void **state)
     static const char *const keys[] = {
         "type", "state", "snapshot", "snapshots", "top", "base", "progress_percent", "cur",
         "end", "bandwidth", "origin", "pivot", "direction", "bytes_commit", "bytes_pull", "reason",
-        "bytes_copied", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
+        "bytes_copied", "group", "source", "destination", "mode", "layers_copied", "layers_total", "old_files", "result",
         "started", "finished", "error", "partial", "leftover", "queue", "returned", "readers", "stale",
     };
     struct cfs_buf b = { 0 };
@@ -1074,7 +1074,7 @@ static void test_dom_info(void **state)
         { &d->disks[1], 0, true },
     };
     struct cfs_buf b = { 0 };
-    cfs_render_dom_info_text(&b, d, "before-upgrade", &d->snaps[0], w, 2);
+    cfs_render_dom_info_text(&b, d, "before-upgrade", &d->snaps[0], w, 2, NULL);
     _cleanup_free_ char *s = cfs_buf_steal(&b);
     assert_string_equal(s,
         "name:     before-upgrade\n"
@@ -1091,18 +1091,18 @@ static void test_dom_info(void **state)
 
     /* vda's layer merged away by a disk-level rmdir: a row "merged" */
     w[0].index = -1;
-    cfs_render_dom_info_text(&b, d, "before-upgrade", &d->snaps[0], w, 2);
+    cfs_render_dom_info_text(&b, d, "before-upgrade", &d->snaps[0], w, 2, NULL);
     _cleanup_free_ char *s2 = cfs_buf_steal(&b);
     assert_non_null(strstr(s2, "\n"
         "DISK  STATE    FILE\n"
         "vda   merged   -\n"
         "vdb   partial  /var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2\n"));
 
-    cfs_render_dom_info_json(&b, d, "before-upgrade", &d->snaps[0], w, 2);
+    cfs_render_dom_info_json(&b, d, "before-upgrade", &d->snaps[0], w, 2, NULL);
     _cleanup_free_ char *j = cfs_buf_steal(&b);
     static const char *const keys[] = {
-        "name", "domain", "state", "created", "quiesced", "quiesce_reason",
-        "filesystems", "scope", "disks", "excluded", "layers",
+        "name", "domain", "state", "remaining", "created", "quiesced",
+        "quiesce_reason", "filesystems", "scope", "disks", "excluded", "layers",
     };
     struct json_object *o = parse_json(j);
     assert_json_keys(o, keys, ELEMENTSOF(keys));
@@ -1123,7 +1123,7 @@ static void test_dom_info(void **state)
 
     /* a snapshot chainfs knows nothing of (no metadata): unknown, and a
      * disk without the layer is no row */
-    cfs_render_dom_info_text(&b, d, "before-upgrade", NULL, w, 2);
+    cfs_render_dom_info_text(&b, d, "before-upgrade", NULL, w, 2, NULL);
     _cleanup_free_ char *s3 = cfs_buf_steal(&b);
     assert_string_equal(s3,
         "name:     before-upgrade\n"
@@ -1148,7 +1148,7 @@ static void test_dom_job(void **state)
         { "vdb", NULL, NULL },
     };
     struct cfs_buf b = { 0 };
-    cfs_render_dom_job_text(&b, d, dj, 2, NULL, false);
+    cfs_render_dom_job_text(&b, d, dj, 2, NULL, NULL, false);
     _cleanup_free_ char *s = cfs_buf_steal(&b);
     assert_string_equal(s,
         "domain: web01\n"
@@ -1176,7 +1176,7 @@ static void test_dom_job(void **state)
     struct cfs_thaw_owed thaw = { .dom = "web01", .since = 1795276800,
                                   .error = "Guest agent is not responding",
                                   .attempts = 3 };
-    cfs_render_dom_job_text(&b, d, dj + 1, 1, &thaw, true);
+    cfs_render_dom_job_text(&b, d, dj + 1, 1, NULL, &thaw, true);
     _cleanup_free_ char *s2 = cfs_buf_steal(&b);
     assert_string_equal(s2,
         "domain: web01\n"
@@ -1189,7 +1189,7 @@ static void test_dom_job(void **state)
         "  type:  none\n"
         "  state: none\n");
 
-    cfs_render_dom_job_json(&b, d, dj, 2, &thaw, false);
+    cfs_render_dom_job_json(&b, d, dj, 2, NULL, &thaw, false);
     _cleanup_free_ char *js = cfs_buf_steal(&b);
     static const char *const keys[] = { "domain", "state", "group", "thaw",
                                         "disks", "stale" };
@@ -1210,11 +1210,215 @@ static void test_dom_job(void **state)
     assert_json_str(d1, "type", "none");
     json_object_put(o);
 
-    cfs_render_dom_job_json(&b, d, dj, 0, NULL, false);
+    cfs_render_dom_job_json(&b, d, dj, 0, NULL, NULL, false);
     _cleanup_free_ char *js2 = cfs_buf_steal(&b);
     o = parse_json(js2);
     assert_json_str(o, "thaw", NULL);
     assert_int_equal(json_object_array_length(get(o, "disks")), 0);
+    json_object_put(o);
+}
+
+/* Issue 10 §3.5: <dom>/job with a job group: the group block (members
+ * with their state, a running one with its progress, what remains, the
+ * first failure), then each disk's job; a member held in ready says so. */
+static void test_dom_job_group(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = web01_two(NULL);
+    struct cfs_group_member m[2] = {
+        { .disk = "vda", .state = CFS_MEMBER_READY, .job_id = 7 },
+        { .disk = "vdb", .state = CFS_MEMBER_RUNNING, .job_id = 8 },
+    };
+    struct cfs_group g = {
+        .id = "1795276800-42-3", .dom = "web01", .snapshot = "before-upgrade",
+        .n_members = 2, .members = m, .phase = CFS_GROUP_RUNNING,
+        .started = 1795276800,
+    };
+    struct cfs_job ja = running_job();
+    ja.phase = CFS_PHASE_READY;
+    ja.cur = ja.end;
+    ja.snapshot = "before-upgrade";
+    ja.group = g.id;
+    struct cfs_job jb = running_job();
+    jb.snapshot = "before-upgrade";
+    jb.top = "/var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2";
+    jb.base = "/var/lib/libvirt/images/web01-data.qcow2";
+    jb.group = g.id;
+    struct cfs_dom_disk_job dj[2] = { { "vda", &ja, NULL }, { "vdb", &jb, NULL } };
+    struct cfs_buf b = { 0 };
+    cfs_render_dom_job_text(&b, d, dj, 2, &g, NULL, false);
+    _cleanup_free_ char *s = cfs_buf_steal(&b);
+    assert_string_equal(s,
+        "domain:    web01\n"
+        "group:     rmdir before-upgrade\n"
+        "state:     running\n"
+        "members:   vda ready, vdb running 42%\n"
+        "remaining: vda vdb\n"
+        "started:   2026-11-21T16:00:00Z\n"
+        "finished:  -\n"
+        "error:     -\n"
+        "\n"
+        "disk: vda\n"
+        "  type:      active-commit\n"
+        "  state:     ready (held: group)\n"
+        "  snapshot:  before-upgrade\n"
+        "  top:       /var/lib/libvirt/images/web01.vda.s2.qcow2\n"
+        "  base:      /var/lib/libvirt/images/web01.vda.s1.qcow2\n"
+        "  progress:  100% [####################]\n"
+        "  bytes:     64.0MiB / 64.0MiB\n"
+        "  bandwidth: unlimited\n"
+        "  origin:    chainfs\n"
+        "  pivot:     auto\n"
+        "  started:   2026-09-21T14:13:20Z\n"
+        "  finished:  -\n"
+        "  error:     -\n"
+        "\n"
+        "disk: vdb\n"
+        "  type:      active-commit\n"
+        "  state:     running\n"
+        "  snapshot:  before-upgrade\n"
+        "  top:       /var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2\n"
+        "  base:      /var/lib/libvirt/images/web01-data.qcow2\n"
+        "  progress:  42% [########------------]\n"
+        "  bytes:     27.0MiB / 64.0MiB\n"
+        "  bandwidth: unlimited\n"
+        "  origin:    chainfs\n"
+        "  pivot:     auto\n"
+        "  started:   2026-09-21T14:13:20Z\n"
+        "  finished:  -\n"
+        "  error:     -\n");
+
+    /* ended partial: vdb failed (its base written), vda done */
+    m[0].state = CFS_MEMBER_DONE;
+    m[1].state = CFS_MEMBER_FAILED;
+    m[1].error = "rmdir before-upgrade: No space left on device";
+    m[1].partial = true;
+    g.phase = CFS_GROUP_PARTIAL;
+    g.finished = 1795276860;
+    cfs_render_dom_job_text(&b, d, dj, 0, &g, NULL, true);
+    _cleanup_free_ char *s2 = cfs_buf_steal(&b);
+    assert_string_equal(s2,
+        "domain:    web01\n"
+        "group:     rmdir before-upgrade\n"
+        "state:     partial\n"
+        "members:   vda done, vdb failed (partial)\n"
+        "remaining: vdb\n"
+        "started:   2026-11-21T16:00:00Z\n"
+        "finished:  2026-11-21T16:01:00Z\n"
+        "error:     vdb: rmdir before-upgrade: No space left on device\n"
+        "stale:     yes\n");
+
+    /* completed: nothing remains */
+    m[1].state = CFS_MEMBER_DONE;
+    g.phase = CFS_GROUP_COMPLETED;
+    cfs_render_dom_job_text(&b, d, dj, 0, &g, NULL, false);
+    _cleanup_free_ char *s3 = cfs_buf_steal(&b);
+    assert_string_equal(s3,
+        "domain:    web01\n"
+        "group:     rmdir before-upgrade\n"
+        "state:     completed\n"
+        "members:   vda done, vdb done\n"
+        "remaining: -\n"
+        "started:   2026-11-21T16:00:00Z\n"
+        "finished:  2026-11-21T16:01:00Z\n"
+        "error:     -\n");
+    m[1].state = CFS_MEMBER_FAILED;
+    g.phase = CFS_GROUP_PARTIAL;
+
+    cfs_render_dom_job_json(&b, d, dj, 2, &g, NULL, false);
+    _cleanup_free_ char *js = cfs_buf_steal(&b);
+    struct json_object *o = parse_json(js);
+    assert_json_str(o, "state", "partial");
+    struct json_object *go = get(o, "group");
+    static const char *const gkeys[] = { "id", "operation", "snapshot", "state",
+                                         "members", "remaining", "started",
+                                         "finished" };
+    assert_json_keys(go, gkeys, ELEMENTSOF(gkeys));
+    assert_json_str(go, "id", "1795276800-42-3");
+    assert_json_str(go, "operation", "rmdir");
+    assert_json_str(go, "snapshot", "before-upgrade");
+    assert_json_str(go, "finished", "2026-11-21T16:01:00Z");
+    struct json_object *ma = get(go, "members");
+    assert_int_equal(json_object_array_length(ma), 2);
+    struct json_object *m0 = json_object_array_get_idx(ma, 0);
+    static const char *const mkeys[] = { "disk", "state", "progress_percent",
+                                         "error", "partial" };
+    assert_json_keys(m0, mkeys, ELEMENTSOF(mkeys));
+    assert_json_str(m0, "state", "done");
+    assert_json_int(m0, "progress_percent", 100);
+    struct json_object *m1 = json_object_array_get_idx(ma, 1);
+    assert_json_str(m1, "disk", "vdb");
+    assert_json_str(m1, "state", "failed");
+    assert_json_str(m1, "error", "rmdir before-upgrade: No space left on device");
+    assert_json_bool(m1, "partial", true);
+    struct json_object *ra = get(go, "remaining");
+    assert_int_equal(json_object_array_length(ra), 1);
+    assert_string_equal(json_object_get_string(json_object_array_get_idx(ra, 0)), "vdb");
+    struct json_object *d0 = json_object_array_get_idx(get(o, "disks"), 0);
+    assert_json_str(d0, "group", "1795276800-42-3");
+    json_object_put(o);
+}
+
+/* Issue 10 §3.4: a snapshot a group left partially merged: its state and
+ * the disks it remains on; the disk merged by the group is a row. */
+static void test_dom_info_partial(void **state)
+{
+    (void)state;
+    _cleanup_domain_ struct cfs_domain *d = web01_two(QUIESCED_LINE);
+    struct cfs_group_member m[2] = {
+        { .disk = "vda", .state = CFS_MEMBER_DONE },
+        { .disk = "vdb", .state = CFS_MEMBER_FAILED, .error = "No space left on device" },
+    };
+    struct cfs_group g = { .id = "x", .dom = "web01", .snapshot = "before-upgrade",
+                           .n_members = 2, .members = m,
+                           .phase = CFS_GROUP_PARTIAL };
+    /* the merged disk's metadata no longer names it (snapshot_forget) */
+    free(d->snaps[0].disks[0].snapshot);
+    d->snaps[0].disks[0].snapshot = cfs_xstrdup("no");
+    free(d->snaps[0].description);
+    d->snaps[0].description = NULL;
+    struct cfs_snap_where w[2] = {
+        { &d->disks[0], -1, false },
+        { &d->disks[1], 0, true },
+    };
+    struct cfs_buf b = { 0 };
+    cfs_render_dom_info_text(&b, d, "before-upgrade", &d->snaps[0], w, 2, &g);
+    _cleanup_free_ char *s = cfs_buf_steal(&b);
+    assert_string_equal(s,
+        "name:      before-upgrade\n"
+        "domain:    web01\n"
+        "state:     partially-merged\n"
+        "remaining: vdb\n"
+        "created:   2026-11-21T16:00:00Z\n"
+        "quiesced:  -\n"
+        "quiesce:   -\n"
+        "taken:     -\n"
+        "\n"
+        "DISK  STATE    FILE\n"
+        "vda   merged   -\n"
+        "vdb   partial  /var/lib/libvirt/images/web01.vdb.before-upgrade.qcow2\n");
+
+    cfs_render_dom_info_json(&b, d, "before-upgrade", &d->snaps[0], w, 2, &g);
+    _cleanup_free_ char *j = cfs_buf_steal(&b);
+    struct json_object *o = parse_json(j);
+    assert_json_str(o, "state", "partially-merged");
+    struct json_object *ra = get(o, "remaining");
+    assert_int_equal(json_object_array_length(ra), 1);
+    assert_string_equal(json_object_get_string(json_object_array_get_idx(ra, 0)), "vdb");
+    assert_int_equal(json_object_array_length(get(o, "layers")), 2);
+    json_object_put(o);
+
+    /* a group that completed or is still running: ok, no remaining */
+    g.phase = CFS_GROUP_COMPLETED;
+    cfs_render_dom_info_text(&b, d, "before-upgrade", &d->snaps[0], w, 2, &g);
+    _cleanup_free_ char *s2 = cfs_buf_steal(&b);
+    assert_non_null(strstr(s2, "state:    ok\n"));
+    assert_null(strstr(s2, "remaining"));
+    cfs_render_dom_info_json(&b, d, "before-upgrade", &d->snaps[0], w, 2, &g);
+    _cleanup_free_ char *j2 = cfs_buf_steal(&b);
+    o = parse_json(j2);
+    assert_json_str(o, "state", "ok");
+    assert_int_equal(json_object_array_length(get(o, "remaining")), 0);
     json_object_put(o);
 }
 
@@ -1292,6 +1496,8 @@ int main(void)
         cmocka_unit_test(test_info_taken),
         cmocka_unit_test(test_dom_info),
         cmocka_unit_test(test_dom_job),
+        cmocka_unit_test(test_dom_job_group),
+        cmocka_unit_test(test_dom_info_partial),
         cmocka_unit_test(test_all_end_with_newline),
         cmocka_unit_test(test_renderers_append),
     };
