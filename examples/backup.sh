@@ -1,38 +1,45 @@
 #!/usr/bin/env bash
 # backup.sh — a live backup of every disk of some VMs (or of all), through a
-# chainfs mount: for each disk, a snapshot (mkdir), a sparse copy of the
-# disk as it was at that moment (snapshots/NAME/disk.raw), a checksum, and
-# the snapshot merged back (rmdir) — also when the copy fails or the script
-# is interrupted.
+# chainfs mount: for each domain, one snapshot of all its disks at one
+# instant (mkdir DOMAIN/snapshots/NAME, quiesced by chainfs through the
+# guest agent as the mount's -o quiesce says), for each disk a sparse copy
+# of the disk as it was at that moment (DISK/snapshots/NAME/disk.raw) and a
+# checksum, and the snapshot merged back on every disk (rmdir
+# DOMAIN/snapshots/NAME) — also when a copy fails or the script is
+# interrupted.
 #
-#   usage: backup.sh [-m MOUNT] [-o OUTDIR] [-c URI] [-q] [--all | DOMAIN...]
+#   usage: backup.sh [-m MOUNT] [-o OUTDIR] [-q] [--all | DOMAIN...]
 #
 #     -m MOUNT   the chainfs mount point (default /vms)
 #     -o OUTDIR  where the backups go (default: the current directory);
 #                each disk becomes OUTDIR/DOMAIN/DISK.raw with, beside it,
 #                DISK.raw.sha256, DISK.chain.json and DISK.info.json
-#     -c URI     libvirt connection for virsh (only -q uses virsh; default:
-#                virsh's own, e.g. $LIBVIRT_DEFAULT_URI)
-#     -q         quiesce: freeze the guest's filesystems (virsh domfsfreeze,
-#                needs the QEMU guest agent in the guest) while the
-#                snapshots of a domain are taken, thaw right after; without
-#                an agent the backup goes on crash-consistent
+#     -q         require a quiesced snapshot: a running domain whose
+#                snapshot chainfs could not quiesce (no guest agent, the
+#                agent did not answer, the mount's -o quiesce=off) is not
+#                backed up (its snapshot is merged back, the summary says
+#                why, exit 1); without -q such a backup is crash-consistent
+#                and the summary says so
+#     -c URI     ignored (older versions froze the guest with virsh)
 #     --all      every domain in the mount
 #     -h         this help
 #
 #   e.g.: backup.sh -o /backup/$(date +%F) web01 db01
 #         backup.sh -q -o /srv/backup --all
 #
-# The disks of one domain are snapshotted one right after the other: each
-# disk is crash-consistent (as after a power cut), the disks together only
-# with -q. Read-only disks (cdroms) are skipped. An earlier DISK.raw in
-# OUTDIR is replaced only once the new copy is complete. Restoring:
+# The disks of one domain are snapshotted together, at one instant: the
+# backup of a domain is consistent across its disks (as after a power cut
+# of the whole VM), and with the guest's filesystems frozen where the
+# guest agent answers (the summary prints `quiesced:` per domain, from the
+# snapshot's info). Disks that cannot have a snapshot (read-only, cdrom,
+# shareable, network) are skipped. An earlier DISK.raw in OUTDIR is
+# replaced only once the new copy is complete. Restoring:
 # examples/restore.md.
 #
 # Exit status: 0 if every disk was copied and every snapshot merged back,
 # 1 otherwise (the summary says what failed and what to run), 2 for a bad
-# command line. Needs: bash, coreutils (cp, sha256sum), and virsh for -q;
-# pv draws a progress bar when installed and stderr is a terminal.
+# command line. Needs: bash, coreutils (cp, sha256sum); pv draws a
+# progress bar when installed and stderr is a terminal.
 set -u
 
 prog=${0##*/}
@@ -45,13 +52,13 @@ die_usage() {
   exit 2
 }
 
-mount=/vms outdir=. uri="" quiesce=0 all=0
+mount=/vms outdir=. quiesce=0 all=0
 domains=()
 while [ "$#" -gt 0 ]; do
   case "$1" in
     -m | -o | -c)
       [ "$#" -ge 2 ] || die_usage "option $1 needs an argument"
-      case "$1" in -m) mount=$2 ;; -o) outdir=$2 ;; -c) uri=$2 ;; esac
+      case "$1" in -m) mount=$2 ;; -o) outdir=$2 ;; -c) ;; esac
       shift 2 ;;
     -q) quiesce=1; shift ;;
     --all) all=1; shift ;;
@@ -82,9 +89,6 @@ if [ "$all" -eq 1 ]; then
   [ "${#domains[@]}" -gt 0 ] || { echo "$prog: no domain in $mount" >&2; exit 0; }
 fi
 
-virsh_() {
-  if [ -n "$uri" ]; then virsh -q -c "$uri" "$@"; else virsh -q "$@"; fi
-}
 log() { printf '%s: %s\n' "$prog" "$*" >&2; }
 # human SIZE — bytes as 1024-based units, one decimal
 human() {
@@ -100,14 +104,18 @@ tty=0
 
 # Per disk, keyed by "DOMAIN/DISK", in the order they were met (keys):
 #   result[k]  "backed up ..." / "FAILED: reason" / "skipped: reason"
-#   snap[k]    the snapshot this run created on the disk, if any
-#   merged[k]  "merged back" / "NOT merged back: reason; run: ..." once tried
+#   snap[k]    the snapshot this run created, if the disk has it
 #   ddir[k]    the disk's directory in the mount
 #   dest[k]    OUTDIR/DOMAIN/DISK, once a copy began; copied[k] its size
-keys=()
-declare -A result=() snap=() merged=() ddir=() dest=() copied=()
+# Per domain, in the order they were snapshotted (doms):
+#   dsnap[d]   the domain-level snapshot this run created (or tried to)
+#   quiesced[d] "yes (...)" / "no (...)" from the snapshot's info
+#   merged[d]  "merged back" / "NOT merged back: reason; run: ..." once tried
+keys=() doms=()
+declare -A result=() snap=() ddir=() dest=() copied=()
+declare -A dsnap=() quiesced=() merged=()
 failed_domains=()
-cp_pid="" pv_pid="" prog_pid="" frozen=""
+cp_pid="" pv_pid="" prog_pid=""
 
 # ---- clean-up: on every exit, whatever happened -------------------------------
 
@@ -122,16 +130,8 @@ cleanup() {
   # is refused (EBUSY). Background jobs of a script ignore Ctrl-C, so
   # they are stopped here.
   stop_copy
-  if [ -n "$frozen" ]; then
-    if virsh_ domfsthaw "$frozen" >/dev/null; then
-      log "$frozen: filesystems thawed"
-    else
-      log "$frozen: domfsthaw failed; run: virsh domfsthaw $frozen"
-    fi
-    frozen=""
-  fi
-  for k in "${keys[@]}"; do
-    [ -n "${snap[$k]:-}" ] && [ -z "${merged[$k]:-}" ] && merge_back "$k"
+  for k in "${doms[@]}"; do
+    [ -n "${dsnap[$k]:-}" ] && [ -z "${merged[$k]:-}" ] && merge_back "$k"
   done
   rm -rf -- "$work"
 
@@ -141,15 +141,18 @@ cleanup() {
     printf '%s: FAILED: %s\n' "${k%%: *}" "${k#*: }"
     ok=0
   done
+  for k in "${doms[@]}"; do
+    [ -n "${dsnap[$k]:-}" ] || continue
+    [ -n "${quiesced[$k]:-}" ] &&
+      printf '%s: snapshot %s quiesced: %s\n' "$k" "${dsnap[$k]}" "${quiesced[$k]}"
+    printf '%s: snapshot %s %s\n' "$k" "${dsnap[$k]}" "${merged[$k]}"
+    case "${merged[$k]}" in "merged back") ;; *) ok=0 ;; esac
+  done
   for k in "${keys[@]}"; do
     : "${result[$k]:=FAILED: interrupted}"
     case "${result[$k]}" in "backed up"*) ;; *) drop_parts "$k" ;; esac
     printf '%s: %s\n' "$k" "${result[$k]}"
     case "${result[$k]}" in "backed up"* | skipped*) ;; *) ok=0 ;; esac
-    if [ -n "${snap[$k]:-}" ]; then
-      printf '%s: snapshot %s %s\n' "$k" "${snap[$k]}" "${merged[$k]}"
-      case "${merged[$k]}" in "merged back") ;; *) ok=0 ;; esac
-    fi
   done
   [ "$rc" -lt 128 ] || echo "interrupted (status $rc)"
   [ "$ok" -eq 1 ] && exit 0
@@ -184,15 +187,21 @@ drop_parts() {
   done
 }
 
-# merge_back KEY — rmdir the snapshot this run made on the disk, wait for
-# the merge, and record the outcome in merged[KEY].
+# merge_back DOMAIN — rmdir the domain-level snapshot this run made (every
+# disk's merge, one job group), wait for the group to end, and record the
+# outcome in merged[DOMAIN].
 merge_back() {
-  local k=$1 dir=${ddir[$1]} name=${snap[$1]} out i job state err
-  local path="$dir/snapshots/$name"
+  local dom=$1 name=${dsnap[$1]} out="" i job state err rem
+  local path="$mount/$1/snapshots/$name"
   local run="run: rmdir '$path'"
+  if [ ! -e "$path" ] && [ -z "${quiesced[$dom]:-}" ]; then
+    # the mkdir failed (or was never made): nothing to merge
+    dsnap[$dom]=""
+    return
+  fi
   for ((i = 0; i < 10; i++)); do
-    # The reader just closed may still be released by chainfs (the
-    # kernel sends the release after close returns): EBUSY, try again.
+    # A reader just closed may still be released by chainfs (the kernel
+    # sends the release after close returns): EBUSY, try again.
     out=$(LC_ALL=C rmdir -- "$path" 2>&1) && break
     case "$out" in
       *"busy"*) sleep 1 ;;
@@ -200,20 +209,24 @@ merge_back() {
     esac
   done
   if [ -e "$path" ] && [ -n "$out" ]; then
-    merged[$k]="NOT merged back: ${out##*: }; $run"
+    merged[$dom]="NOT merged back: ${out##*: }; $run"
     return
   fi
-  log "$k: merging snapshot $name back"
-  if ! job=$(cat -- "$dir/wait"); then
-    merged[$k]="NOT known to be merged back (waiting was interrupted); see: cat '$dir/job'"
+  log "$dom: merging snapshot $name back (every disk)"
+  if ! job=$(cat -- "$mount/$dom/wait"); then
+    merged[$dom]="NOT known to be merged back (waiting was interrupted); see: cat '$mount/$dom/job'"
     return
   fi
+  # the domain's block is the first paragraph of its job
+  job=$(sed '/^$/q' <<<"$job")
   state=$(sed -n 's/^state: *//p' <<<"$job")
   err=$(sed -n 's/^error: *//p' <<<"$job")
+  [ "$err" = "-" ] && err=""
   if [ -e "$path" ]; then
-    merged[$k]="NOT merged back: merge $state${err:+: $err}; $run"
+    rem=$(sed -n 's/^remaining: *//p' "$path/info" 2>/dev/null)
+    merged[$dom]="NOT merged back: merge $state${err:+: $err}${rem:+; remaining: $rem}; $run"
   else
-    merged[$k]="merged back"
+    merged[$dom]="merged back"
   fi
 }
 
@@ -329,17 +342,25 @@ finish_disk() {
 
 # ---- one domain ---------------------------------------------------------------
 
-# backup_domain DOMAIN — snapshot every disk (frozen with -q), copy each,
-# merge each back.
+# excluded_why INFO DISK — why the domain-level snapshot left DISK out,
+# from its info's "taken: domain (vda; not: hdc cdrom, vdc read-only)".
+excluded_why() {
+  sed -n 's/^taken: *[^;]*; *not: *\(.*\))$/\1/p; s/^taken: *[^(]*(not: *\(.*\))$/\1/p' "$1" |
+    tr ',' '\n' | sed 's/^ *//' | awk -v d="$2" '$1 == d { $1 = ""; sub(/^ /, ""); print; exit }'
+}
+
+# backup_domain DOMAIN — one snapshot of every disk at once, copy each
+# disk, merge the snapshot back on every disk.
 backup_domain() {
-  local dom=$1 d disk k name out state mine=()
+  local dom=$1 d k name out q qwhy why mine=()
   if [ ! -d "$mount/$dom" ]; then
     failed_domains+=("$dom: no such domain in $mount")
     return
   fi
   for d in "$mount/$dom"/*/; do
     d=${d%/}
-    [ -d "$d/snapshots" ] || continue
+    # the domain's own snapshots/ is not a disk
+    if [ "${d##*/}" = snapshots ] || [ ! -d "$d/snapshots" ]; then continue; fi
     k="$dom/${d##*/}"
     keys+=("$k")
     ddir[$k]=$d
@@ -353,49 +374,47 @@ backup_domain() {
     fi
     return
   fi
-  state=$(sed -n 's/^state: *//p' "${ddir[${mine[0]}]}/chain")
-  if [ "$quiesce" -eq 1 ]; then
-    case "$state" in
-      running*)
-        if out=$(virsh_ domfsfreeze "$dom" 2>&1); then
-          frozen=$dom
-          log "$dom: filesystems frozen"
-        else
-          # virsh's last "error:" line is the reason (others are noise)
-          out=$(sed -n 's/^error: //p' <<<"$out" | tail -n 1)
-          log "$dom: cannot freeze the filesystems (no guest agent?): $out"
-          log "$dom: going on; the snapshots are crash-consistent"
-        fi ;;
-      *) log "$dom: not running ($state): nothing to freeze" ;;
-    esac
-  fi
-  for k in "${mine[@]}"; do
-    disk=${k##*/}
-    # libvirt's snapshot names are per domain: one name per disk
-    name="backup-$stamp-$$-$(printf '%s' "$disk" | tr -c 'A-Za-z0-9._-' '_' | cut -c1-24)"
-    if out=$(LC_ALL=C mkdir -- "${ddir[$k]}/snapshots/$name" 2>&1); then
-      snap[$k]=$name
-      log "$k: snapshot $name taken"
-    else
+  name="backup-$stamp-$$"
+  # recorded before the mkdir: an interrupted run merges back what exists
+  doms+=("$dom")
+  dsnap[$dom]=$name
+  if ! out=$(LC_ALL=C mkdir -- "$mount/$dom/snapshots/$name" 2>&1); then
+    dsnap[$dom]=""
+    for k in "${mine[@]}"; do
       case "$out" in
-        *"Read-only file system"*) result[$k]="skipped: read-only disk" ;;
+        *"Read-only file system"*) result[$k]="skipped: no disk of $dom can have a snapshot (read-only)" ;;
         *) result[$k]="FAILED: no snapshot: ${out##*: }" ;;
       esac
+    done
+    return
+  fi
+  q=$(sed -n 's/^quiesced: *//p' "$mount/$dom/snapshots/$name/info")
+  qwhy=$(sed -n 's/^quiesce: *//p' "$mount/$dom/snapshots/$name/info")
+  quiesced[$dom]="${q:--}${qwhy:+ ($qwhy)}"
+  log "$dom: snapshot $name taken, quiesced: ${quiesced[$dom]}"
+  for k in "${mine[@]}"; do
+    if [ -d "${ddir[$k]}/snapshots/$name" ]; then
+      snap[$k]=$name
+    else
+      why=$(excluded_why "$mount/$dom/snapshots/$name/info" "${k##*/}")
+      result[$k]="skipped: not in the snapshot${why:+ ($why)}"
     fi
   done
-  if [ -n "$frozen" ]; then
-    if virsh_ domfsthaw "$dom" >/dev/null; then
-      log "$dom: filesystems thawed"
-    else
-      log "$dom: domfsthaw failed; run: virsh domfsthaw $dom"
-    fi
-    frozen=""
+  # -q: consistent or nothing (a shut-off domain needs no freeze)
+  if [ "$quiesce" -eq 1 ] && [ "$q" != yes ] && [ "$qwhy" != "domain shut off" ]; then
+    log "$dom: the snapshot is not quiesced: not backed up (-q)"
+    for k in "${mine[@]}"; do
+      [ -n "${snap[$k]:-}" ] && result[$k]="FAILED: not quiesced (-q): ${qwhy:-unknown}"
+    done
+    merge_back "$dom"
+    return
   fi
   for k in "${mine[@]}"; do
-    [ -n "${snap[$k]:-}" ] || continue
-    copy_disk "$k"
-    merge_back "$k"
-    finish_disk "$k"
+    [ -n "${snap[$k]:-}" ] && copy_disk "$k"
+  done
+  merge_back "$dom"
+  for k in "${mine[@]}"; do
+    [ -n "${snap[$k]:-}" ] && finish_disk "$k"
   done
 }
 
