@@ -66,7 +66,9 @@ static void other_groups_locked(struct cfs_engine *e, struct cfs_disk_state *s,
         struct cfs_group *g = t->groups[i];
         if (!cfs_streq(g->dom, s->dom) || cfs_streq(g->id, j->group))
             continue;
-        bool named = cfs_streq(g->snapshot, j->snapshot) ||
+        /* a revert keeps its own snapshot (the disk is at NAME's point
+         * again: not merged) and discards only the later ones */
+        bool named = (j->type != CFS_JOB_REVERT && cfs_streq(g->snapshot, j->snapshot)) ||
                      cfs_strv_contains(j->snapshots, g->snapshot);
         struct cfs_group_member *m = cfs_group_find_member(g, s->disk);
         if (!named || !m)

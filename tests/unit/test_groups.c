@@ -514,6 +514,55 @@ static void test_partial_then_disk_level(void **state)
     assert_journal(g, "");
 }
 
+/* Partially merged, shut off: a domain-level revert of NAME is EINVAL
+ * (its point in time is gone on the disk merged already) and changes
+ * nothing; a disk-level revert of the remaining disk is allowed. */
+static void test_partial_no_domain_revert(void **state)
+{
+    struct gx *g = *state;
+    cfs_fake_fail_next(g->be, "offline_commit", EIO, "No space left on device");
+    assert_int_equal(cfs_engine_rmdir_domain(g->e, "vm1", "s2"), 0);
+    for (int i = 0; i < 100 && group_of(g, "s2", NULL) == CFS_GROUP_RUNNING; i++) {
+        usleep(20000);
+        cfs_engine_run_pending(g->e);
+    }
+    assert_int_equal(group_of(g, "s2", NULL), CFS_GROUP_PARTIAL);
+    bool a_left = has_layer(g, "vda", "s2"), b_left = has_layer(g, "vdb", "s2");
+    assert_true(a_left != b_left);
+    const char *left = a_left ? "vda" : "vdb";
+    char want[64];
+    snprintf(want, sizeof(want), "group:partial[%s]", left);
+    assert_journal(g, want);
+
+    struct cfs_ctl_cmd c;
+    const char *why = NULL;
+    assert_int_equal(cfs_ctl_parse("revert s2", 9, &c, &why), 0);
+    unsigned creates = cfs_fake_calls(g->be, "image_create");
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &c), -EINVAL);
+    /* nothing changed */
+    assert_int_equal(cfs_fake_calls(g->be, "image_create"), creates);
+    assert_int_equal(cfs_fake_calls(g->be, "persistent_sources_set"), 0);
+    assert_journal(g, want);
+    assert_int_equal(has_layer(g, "vda", "s2"), a_left);
+    assert_int_equal(has_layer(g, "vdb", "s2"), b_left);
+    assert_int_equal(phase_of(g, left), CFS_PHASE_FAILED);
+
+    /* the remaining disk's own revert goes */
+    assert_int_equal(cfs_ctl_parse("revert s2", 9, &c, &why), 0);
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", left, &c), 0);
+    assert_int_equal(cfs_fake_calls(g->be, "persistent_sources_set"), 1);
+    assert_int_equal(type_of(g, left), CFS_JOB_REVERT);
+    /* a revert keeps NAME on the disk (it is NAME's point in time again):
+     * not a merge, so NAME stays partially merged, and the domain-level
+     * revert stays refused */
+    assert_true(has_layer(g, left, "s2"));
+    assert_int_equal(group_of(g, "s2", NULL), CFS_GROUP_PARTIAL);
+    assert_journal(g, want);
+    assert_int_equal(cfs_ctl_parse("revert s2", 9, &c, &why), 0);
+    assert_int_equal(cfs_engine_ctl(g->e, "vm1", NULL, &c), -EINVAL);
+    assert_int_equal(cfs_fake_calls(g->be, "persistent_sources_set"), 1);
+}
+
 /* ---- a queued member ---------------------------------------------------------- */
 
 /* vda merges s1 (a disk-level rmdir) when the domain-level rmdir of s2
@@ -870,6 +919,7 @@ int main(void)
         R(test_refusal_changes_nothing),
         R(test_disk_level_one_disk),
         R(test_partial_then_disk_level),
+        S(test_partial_no_domain_revert),
         R(test_queued_member),
         R(test_queued_member_regrouped),
         R(test_queued_member_returned),
