@@ -129,15 +129,18 @@ check_no_orphan() {
 }
 check_no_orphan
 
-union=$( (it_ls "$MNT/$D/vda/snapshots" | tr ' ' '\n'; it_ls "$MNT/$D/vdb/snapshots" | tr ' ' '\n') | sed '/^$/d' | sort -u | tr '\n' ' ')
-libvirt=$(it_snapshot_names "$D" | tr ' ' '\n' | sed '/^$/d' | sort | tr '\n' ' ')
-domlevel=$(it_ls "$MNT/$D/snapshots" | tr ' ' '\n' | sed '/^$/d' | sort | tr '\n' ' ')
+# names DIR — the entries of DIR, one per line, sorted
+# shellcheck disable=SC2012 # names are ours: [A-Za-z0-9._-]
+names() { ls -1 "$1" | LC_ALL=C sort; }
+union=$( (names "$MNT/$D/vda/snapshots"; names "$MNT/$D/vdb/snapshots") | LC_ALL=C sort -u | tr '\n' ' ')
+libvirt=$(it_snapshot_names "$D" | LC_ALL=C sort | tr '\n' ' ')
+domlevel=$(names "$MNT/$D/snapshots" | tr '\n' ' ')
 it_assert_eq "$union" "$libvirt" "virsh snapshot-list is the union of the disks' snapshots/"
 it_assert_eq "$union" "$domlevel" "<dom>/snapshots/ lists the union of the disks' snapshots/"
 it_log "after the soak: snapshots $union"
 
 # merge away what is left, domain level, newest first
-for name in $(it_ls "$MNT/$D/snapshots" | tr ' ' '\n' | sed '/^$/d' | tac); do
+for name in $(names "$MNT/$D/snapshots" | tac); do
   rmdir "$MNT/$D/snapshots/$name" || it_fail "rmdir $D/snapshots/$name"
   idle
 done
