@@ -46,6 +46,68 @@ static bool dest_in_chain(const struct cfs_disk *dk, const struct cfs_job *job)
     return cfs_disk_find_file(dk, id, job->dest) >= 0;
 }
 
+/* Delete F, a file chainfs recorded (with its dev/ino) as its own to
+ * delete, if it still is that file, no disk of any domain has it in its
+ * chain (libvirt asked now, file_user_live) and no disk.raw reads it.
+ * Unlinked through its parent directory after checking the name there
+ * still is the same regular file; the directory is fsynced. Else it
+ * stays, named in the log with the reason. LABEL ("dom" or "dom/disk")
+ * and WHAT ("made for the copy, never used", ...) are for the log. */
+void delete_recorded_file(struct cfs_engine *e, const char *label,
+                          const struct cfs_job_file *f, const char *what)
+{
+    struct stat st;
+    if (lstat(f->path, &st) < 0) {
+        if (errno != ENOENT)
+            log_warn("%s: %s: %s; not deleting it", label, f->path, strerror(errno));
+        return;
+    }
+    if (!f->id.known || !S_ISREG(st.st_mode) || (uint64_t)st.st_dev != f->id.dev ||
+        (uint64_t)st.st_ino != f->id.ino) {
+        log_warn("%s: %s is not the file chainfs recorded (another file, a "
+                 "symlink, or its identity was never recorded); left in place",
+                 label, f->path);
+        return;
+    }
+    _cleanup_free_ char *user = NULL;
+    size_t which;
+    const struct file_ref ref = { &f->id, f->path };
+    int r = file_user_live(e, &ref, 1, NULL, NULL, &user, &which);
+    if (r != 0) {
+        log_warn("%s: %s left in place: %s %s", label, f->path,
+                 r > 0 ? "used by" : "cannot tell whether a chain uses it:",
+                 user ? user : "?");
+        return;
+    }
+    _cleanup_free_ char *reader = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    bool read = reader_uses(e->tree, &f->id, f->path, &reader);
+    pthread_mutex_unlock(&e->tree->lock);
+    if (read) {
+        log_warn("%s: %s left in place: %s", label, f->path, reader);
+        return;
+    }
+    _cleanup_free_ char *tmp = cfs_xstrdup(f->path);
+    _cleanup_free_ char *tmp2 = cfs_xstrdup(f->path);
+    const char *dir = dirname(tmp);
+    const char *base = basename(tmp2);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        log_warn("%s: %s: %s; not deleting %s", label, dir, strerror(errno), f->path);
+        return;
+    }
+    struct stat st2;
+    if (fstatat(dfd, base, &st2, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st2.st_mode) &&
+        (uint64_t)st2.st_dev == f->id.dev && (uint64_t)st2.st_ino == f->id.ino) {
+        if (unlinkat(dfd, base, 0) < 0)
+            log_warn("%s: deleting %s: %s", label, f->path, strerror(errno));
+        else
+            log_info("%s: deleted %s (%s)", label, f->path, what);
+    }
+    cfs_fsync_dir(dfd);
+    close(dfd);
+}
+
 void copy_delete_made(struct cfs_engine *e, const char *dom, const char *disk,
                       const struct cfs_job *job)
 {
@@ -55,55 +117,9 @@ void copy_delete_made(struct cfs_engine *e, const char *dom, const char *disk,
                      "machine; left in place", dom, disk, job->made[i].path);
         return;
     }
-    for (size_t i = 0; i < job->n_made; i++) {
-        const struct cfs_job_file *f = &job->made[i];
-        struct stat st;
-        if (lstat(f->path, &st) < 0) {
-            if (errno != ENOENT)
-                log_warn("%s/%s: %s: %s; not deleting it", dom, disk, f->path,
-                         strerror(errno));
-            continue;
-        }
-        if (!f->id.known || !S_ISREG(st.st_mode) ||
-            (uint64_t)st.st_dev != f->id.dev || (uint64_t)st.st_ino != f->id.ino) {
-            log_warn("%s/%s: %s is not the file chainfs made for the copy "
-                     "(another file, a symlink, or its identity was never "
-                     "recorded); not deleting it", dom, disk, f->path);
-            continue;
-        }
-        _cleanup_free_ char *user = NULL;
-        size_t which;
-        const struct file_ref ref = { &f->id, f->path };
-        int r = file_user_live(e, &ref, 1, NULL, NULL, &user, &which);
-        if (r != 0) {
-            log_warn("%s/%s: %s is in a chain or that cannot be told (%s); "
-                     "not deleting it", dom, disk, f->path, user ? user : "?");
-            continue;
-        }
-        /* unlink through the parent directory, after checking the name
-         * there still is the same file */
-        _cleanup_free_ char *tmp = cfs_xstrdup(f->path);
-        _cleanup_free_ char *tmp2 = cfs_xstrdup(f->path);
-        const char *dir = dirname(tmp);
-        const char *base = basename(tmp2);
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0) {
-            log_warn("%s/%s: %s: %s; not deleting %s", dom, disk, dir,
-                     strerror(errno), f->path);
-            continue;
-        }
-        struct stat st2;
-        if (fstatat(dfd, base, &st2, AT_SYMLINK_NOFOLLOW) == 0 &&
-            S_ISREG(st2.st_mode) && (uint64_t)st2.st_dev == f->id.dev &&
-            (uint64_t)st2.st_ino == f->id.ino) {
-            if (unlinkat(dfd, base, 0) < 0)
-                log_warn("%s/%s: deleting %s: %s", dom, disk, f->path, strerror(errno));
-            else
-                log_info("%s/%s: deleted %s (made for the copy, never used)",
-                         dom, disk, f->path);
-        }
-        close(dfd);
-    }
+    _cleanup_free_ char *label = cfs_xasprintf("%s/%s", dom, disk);
+    for (size_t i = 0; i < job->n_made; i++)
+        delete_recorded_file(e, label, &job->made[i], "made for the copy, never used");
 }
 
 /* After a pivot (phase cleanup journaled): the persistent definition

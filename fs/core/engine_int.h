@@ -345,6 +345,10 @@ bool group_holds(struct cfs_engine *e, const char *group, const char *disk,
 
 /* copy.c */
 enum finish_result copy_finish(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, const struct cfs_job *job);
+/* copy.c: delete a file chainfs recorded as its own, if it still is that
+ * file and no chain or disk.raw reader uses it (else logged, kept). */
+void delete_recorded_file(struct cfs_engine *e, const char *label,
+                          const struct cfs_job_file *f, const char *what);
 void copy_delete_made(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job);
 int copy_ctl_finish(struct cfs_engine *e, const char *dom, const char *disk, const struct cfs_job *job, char **why);
 int copy_chain_start(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id);

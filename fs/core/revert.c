@@ -175,66 +175,6 @@ static int plan_journal(struct cfs_engine *e, const struct rv_plan *p,
 
 /* ---- deleting: only the file journaled, in no chain, read by no one ---------- */
 
-/* Delete F (WHAT says why it goes, for the log) if it still is the file
- * journaled (dev/ino, a regular file), no disk of any domain has it in
- * its chain (libvirt asked now) and no disk.raw reads it. Else it stays,
- * named in the log. */
-static void delete_checked(struct cfs_engine *e, const char *dom,
-                           const struct cfs_job_file *f, const char *what)
-{
-    struct stat st;
-    if (lstat(f->path, &st) < 0) {
-        if (errno != ENOENT)
-            log_warn("%s: %s: %s; not deleting it", dom, f->path, strerror(errno));
-        return;
-    }
-    if (!f->id.known || !S_ISREG(st.st_mode) || (uint64_t)st.st_dev != f->id.dev ||
-        (uint64_t)st.st_ino != f->id.ino) {
-        log_warn("%s: %s is not the file the revert recorded (another file, "
-                 "a symlink, or its identity was never recorded); left in place",
-                 dom, f->path);
-        return;
-    }
-    _cleanup_free_ char *user = NULL;
-    size_t which;
-    const struct file_ref ref = { &f->id, f->path };
-    int r = file_user_live(e, &ref, 1, NULL, NULL, &user, &which);
-    if (r != 0) {
-        log_warn("%s: %s left in place: %s %s", dom, f->path,
-                 r > 0 ? "used by" : "cannot tell whether a chain uses it:",
-                 user ? user : "?");
-        return;
-    }
-    _cleanup_free_ char *reader = NULL;
-    pthread_mutex_lock(&e->tree->lock);
-    bool read = reader_uses(e->tree, &f->id, f->path, &reader);
-    pthread_mutex_unlock(&e->tree->lock);
-    if (read) {
-        log_warn("%s: %s left in place: %s", dom, f->path, reader);
-        return;
-    }
-    /* through the parent directory, the name checked again there */
-    _cleanup_free_ char *tmp = cfs_xstrdup(f->path);
-    _cleanup_free_ char *tmp2 = cfs_xstrdup(f->path);
-    const char *dir = dirname(tmp);
-    const char *base = basename(tmp2);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) {
-        log_warn("%s: %s: %s; not deleting %s", dom, dir, strerror(errno), f->path);
-        return;
-    }
-    struct stat st2;
-    if (fstatat(dfd, base, &st2, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st2.st_mode) &&
-        (uint64_t)st2.st_dev == f->id.dev && (uint64_t)st2.st_ino == f->id.ino) {
-        if (unlinkat(dfd, base, 0) < 0)
-            log_warn("%s: deleting %s: %s", dom, f->path, strerror(errno));
-        else
-            log_info("%s: deleted %s (%s)", dom, f->path, what);
-    }
-    cfs_fsync_dir(dfd);
-    close(dfd);
-}
-
 /* ---- what the definition names --------------------------------------------- */
 
 enum def_state {
@@ -345,7 +285,7 @@ static void delete_leaving(struct cfs_engine *e, const char *dom,
 {
     _cleanup_free_ char *what = cfs_xasprintf("discarded by revert %s", name);
     for (size_t i = 0; i < n; i++)
-        delete_checked(e, dom, &v[i], what);
+        delete_recorded_file(e, dom, &v[i], what);
 }
 
 /* The new overlays go (a revert undone): only files that are still the
@@ -357,7 +297,7 @@ static void delete_made(struct cfs_engine *e, const char *dom,
                                               "undone", name);
     for (size_t i = 0; i < n; i++)
         if (v[i].path)
-            delete_checked(e, dom, &v[i], what);
+            delete_recorded_file(e, dom, &v[i], what);
 }
 
 /* ---- recovery ----------------------------------------------------------------- */
