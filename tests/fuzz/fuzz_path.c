@@ -2,6 +2,7 @@
  * accepts is a path of the tree with components that fit a directory
  * entry. */
 #include <errno.h>
+#include <stdbool.h>
 
 #include "chainfs/path.h"
 #include "fuzz.h"
@@ -30,11 +31,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_component(p.dom);
             FUZZ_ASSERT(p.dom[0] != '\0');
         }
-        if (p.kind >= CFS_NODE_DISK) {
+        /* a disk's nodes name the disk; the domain's own (issue 10:
+         * CFS_NODE_DOM_*) name none */
+        bool dom_own = p.kind >= CFS_NODE_DOM_JOB;
+        if (p.kind >= CFS_NODE_DISK && !dom_own) {
             check_component(p.disk);
             FUZZ_ASSERT(p.disk[0] != '\0');
         }
-        if (p.kind >= CFS_NODE_SNAPSHOT) {
+        if (dom_own)
+            FUZZ_ASSERT(p.disk[0] == '\0');
+        if ((p.kind >= CFS_NODE_SNAPSHOT && p.kind <= CFS_NODE_DISK_RAW) ||
+            p.kind >= CFS_NODE_DOM_SNAPSHOT) {
             check_component(p.snap);
             FUZZ_ASSERT(p.snap[0] != '\0');
         }
