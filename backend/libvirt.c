@@ -1646,9 +1646,10 @@ static void lv_def_unlockp(struct lv_def_lock **l)
     *l = NULL;
 }
 
-/* Which of PATHS[0..N-1] some disk of DOM's XML uses as a layer (a bit
- * per path; all of them when the XML cannot be read: then every file
- * counts as used). */
+/* Which of PATHS[0..N-1], local files, some disk of DOM's live XML uses
+ * as a layer, by file identity (dev/ino), not by spelling (a bit per
+ * path; all of them when the XML cannot be read: then every file counts
+ * as used). */
 static void lv_paths_in_domain(virDomainPtr dom, size_t n, const char *const *paths,
                                bool *used)
 {
@@ -1656,8 +1657,19 @@ static void lv_paths_in_domain(virDomainPtr dom, size_t n, const char *const *pa
     _cleanup_domxml_ struct cfs_domxml x = {0};
     bool known = xml && cfs_domxml_parse(xml, &x) == 0;
 
-    for (size_t i = 0; i < n; i++)
-        used[i] = !known || cfs_domain_uses_path(x.domain, paths[i]);
+    if (known)
+        cfs_domain_identify(x.domain, true);
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_file_id id = {0};
+
+        if (!known) {
+            used[i] = true;
+            continue;
+        }
+        cfs_file_identify(&id, paths[i], true);
+        used[i] = cfs_domain_file_user(x.domain, &id, paths[i], NULL) != NULL;
+        cfs_file_id_clear(&id);
+    }
 }
 
 /* One snapshot NAME of the N disks SD[i] (design issue10 §2.1, §2.3 step
