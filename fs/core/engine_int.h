@@ -261,6 +261,11 @@ struct cfs_disk_state *job_mine(struct cfs_engine *e, const char *dom, const cha
 bool job_set_phase(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase to);
 bool job_set_phase_from(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase from, enum cfs_job_phase to);
 bool phase_step_locked(struct cfs_engine *e, struct cfs_disk_state *s, enum cfs_job_phase to);
+/* events.c: every phase edge of every job passes here once, under the
+ * tree lock, after S->job.phase became TO (issue 11: the one place a
+ * job's start, end and failure are logged and counted). */
+void job_edge_locked(struct cfs_engine *e, const struct cfs_disk_state *s,
+                     enum cfs_job_phase from, enum cfs_job_phase to);
 int step_ready(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, bool asked);
 void job_new_locked(struct cfs_engine *e, struct cfs_disk_state *s, enum cfs_job_type type);
 void job_end(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, enum cfs_job_phase st, const char *error, bool partial);

@@ -274,9 +274,7 @@ bool phase_step_locked(struct cfs_engine *e, struct cfs_disk_state *s,
     }
     /* a member of a job group: the group follows (issue 10 §3.2) */
     group_member_sync_locked(e, s, NULL);
-    log_info("job %llu %s/%s: %s -> %s", (unsigned long long)s->job.id,
-             s->dom, s->disk, cfs_job_phase_to_string(from),
-             cfs_job_phase_to_string(to));
+    job_edge_locked(e, s, from, to);
     tree_changed(e);
     return true;
 }
