@@ -19,6 +19,7 @@
 
 #include "chainfs/journal.h"
 #include "chainfs/log.h"
+#include "chainfs/metrics.h"
 #include "chainfs/names.h"
 #include "chainfs/render.h"
 
@@ -158,6 +159,9 @@ struct cfs_engine {
     bool conn_suspect;
     bool recovered;           /* the journal was taken up at start: a job
                                  libvirt has now may count as external */
+    /* issue 11: the jobs counted for .chainfs/metrics.prom (tree lock;
+     * job_edge_locked counts) */
+    struct cfs_metrics metrics;
 
     /* STATE_DIR/settings: held while settings_save() builds the file
      * (taking t->lock inside) and writes it, so one writer at a time uses

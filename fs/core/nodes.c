@@ -20,6 +20,10 @@
  *                                      in a disk; mkdir (all disks)
  *     NAME                 dir   0555  one domain-level snapshot
  *       info, info.json    file  0444  the snapshot, per disk
+ *   /.chainfs              dir   0555  chainfs's own (issue 11): not
+ *                                      listed by readdir of the root,
+ *                                      never a domain's name
+ *     metrics.prom         file  0444  Prometheus text format (metrics.h)
  * The 0644/0755 rows are writable by whoever may change snapshots (with
  * -o manage_group: 0664/0775, that group's).
  *
@@ -202,16 +206,26 @@ static void render_ctl(const struct cfs_node_view *v, struct cfs_buf *out)
     cfs_render_ctl(out, v->state, v->default_bandwidth);
 }
 
-/* ---- listing directories ---------------------------------------------------- */
-
-static void list_domains(const struct cfs_node_view *v, char ***names)
+/* .chainfs/metrics.prom (issue 11) */
+static void render_metrics(const struct cfs_node_view *v, struct cfs_buf *out)
 {
-    for (size_t i = 0; i < v->tree->n_doms; i++)
-        cfs_strv_push(names, cfs_xstrdup(v->tree->doms[i]->name));
+    static const struct cfs_metrics none;
+    cfs_metrics_render(out, v->metrics ? v->metrics : &none, v->tree, v->conn_up);
 }
+
+/* ---- listing directories ---------------------------------------------------- */
 
 static void list_fixed(const struct cfs_node_view *v, enum cfs_node_kind k,
                        char ***names);
+
+/* the root's own rows (none listed: .chainfs is hidden), then the
+ * domains */
+static void list_domains(const struct cfs_node_view *v, char ***names)
+{
+    list_fixed(v, CFS_NODE_ROOT, names);
+    for (size_t i = 0; i < v->tree->n_doms; i++)
+        cfs_strv_push(names, cfs_xstrdup(v->tree->doms[i]->name));
+}
 
 /* the domain's own files first, then its disks */
 static void list_disks(const struct cfs_node_view *v, char ***names)
@@ -296,7 +310,7 @@ static void list_fixed(const struct cfs_node_view *v, enum cfs_node_kind k,
                        char ***names)
 {
     for (size_t i = 0; i < CFS_NODE_KIND_MAX; i++)
-        if (table[i].parent == k && table[i].name &&
+        if (table[i].parent == k && table[i].name && !table[i].hidden &&
             (!table[i].image || v->images))
             cfs_strv_push(names, cfs_xstrdup(table[i].name));
 }
@@ -314,6 +328,11 @@ static void list_snapshot(const struct cfs_node_view *v, char ***names)
 static void list_dom_snapshot(const struct cfs_node_view *v, char ***names)
 {
     list_fixed(v, CFS_NODE_DOM_SNAPSHOT, names);
+}
+
+static void list_own(const struct cfs_node_view *v, char ***names)
+{
+    list_fixed(v, CFS_NODE_OWN, names);
 }
 
 /* ---- writes -------------------------------------------------------------- */
@@ -427,6 +446,12 @@ static const struct cfs_node_type table[CFS_NODE_KIND_MAX] = {
     [CFS_NODE_DOM_INFO_JSON] = {
         .name = "info.json", .parent = CFS_NODE_DOM_SNAPSHOT, .mode = 0444,
         .render = render_dom_info_json },
+    [CFS_NODE_OWN] = {
+        .name = CFS_OWN_DIR, .parent = CFS_NODE_ROOT, .dir = true,
+        .mode = 0555, .hidden = true, .list = list_own },
+    [CFS_NODE_METRICS] = {
+        .name = "metrics.prom", .parent = CFS_NODE_OWN, .mode = 0444,
+        .render = render_metrics },
 };
 
 const struct cfs_node_type *cfs_node_type(enum cfs_node_kind k)

@@ -32,12 +32,15 @@ int view_resolve(struct cfs_engine *e, const struct cfs_path *p,
                                  .default_bandwidth = e->commit_bandwidth,
                                  .images = engine_images(e),
                                  .quiesce = e->quiesce,
-                                 .quiesce_timeout = e->quiesce_timeout };
+                                 .quiesce_timeout = e->quiesce_timeout,
+                                 .metrics = &e->metrics,
+                                 .conn_up = !t->stale };
     if (cfs_node_type(p->kind)->image && !v->images)
         return -ENOENT;
     if (p->kind == CFS_NODE_INVALID || p->kind >= CFS_NODE_KIND_MAX)
         return -ENOENT;
-    if (p->kind == CFS_NODE_ROOT)
+    /* the root and chainfs's own nodes (.chainfs) are no domain's */
+    if (p->kind == CFS_NODE_ROOT || !p->dom[0])
         return 0;
     struct cfs_domain *d = cfs_tree_find_domain(t, p->dom);
     if (!d)

@@ -4,7 +4,9 @@
 
 #include <sys/types.h>
 
+#include "chainfs/log.h"
 #include "chainfs/names.h"
+#include "chainfs/nodes.h"
 #include "chainfs/util.h"
 
 struct cfs_tree *cfs_tree_new(void)
@@ -157,6 +159,16 @@ static bool domain_equal(const struct cfs_domain *a, const struct cfs_domain *b)
 
 bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d)
 {
+    /* issue 11: the root's entry of that name is chainfs's own
+     * directory; a domain libvirt lets be called so is not shown */
+    if (cfs_streq(d->name, CFS_OWN_DIR)) {
+        if (!t->own_name_logged)
+            log_warn("domain %s is not shown: the name is chainfs's own "
+                     "directory at the mount's root (metrics)", d->name);
+        t->own_name_logged = true;
+        cfs_domain_free(d);
+        return false;
+    }
     cfs_domain_resolve_names(d);
     ssize_t i = find_index(t, d->name);
     if (i >= 0) {

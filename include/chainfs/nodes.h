@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include "chainfs/engine.h"
+#include "chainfs/metrics.h"
 #include "chainfs/path.h"
 #include "chainfs/tree.h"
 #include "chainfs/util.h"
@@ -35,7 +36,13 @@ struct cfs_node_view {
     const char *snap;                   /* <dom>/snapshots/NAME: NAME */
     enum cfs_quiesce quiesce;           /* -o quiesce (<dom>/ctl shows it) */
     unsigned quiesce_timeout;           /* -o quiesce_timeout */
+    const struct cfs_metrics *metrics;  /* the engine's job counters */
+    bool conn_up;                       /* the libvirt connection is up */
 };
+
+/* chainfs's own directory at the mount's root (issue 11): its name is
+ * no domain's (a domain of that name is not shown). */
+#define CFS_OWN_DIR ".chainfs"
 
 struct cfs_node_type {
     /* The entry's name in its parent directory; NULL for a node named by
@@ -58,6 +65,10 @@ struct cfs_node_type {
      * change snapshots only (with -o manage_group: 0440, that group's).
      * Listed only where the view has images. */
     bool image;
+    /* Not listed by its directory (readdir), found by lookup and stat:
+     * chainfs's own directory at the root, so that `ls -a` of the mount
+     * shows domains only. */
+    bool hidden;
     /* Files: the whole content. */
     void (*render)(const struct cfs_node_view *v, struct cfs_buf *out);
     /* Directories: the entry names (no "." or ".."), in listing order. */

@@ -29,12 +29,15 @@ enum cfs_node_kind {
     CFS_NODE_DOM_SNAPSHOT, /* /dom/snapshots/NAME     */
     CFS_NODE_DOM_INFO,   /* /dom/snapshots/NAME/info      */
     CFS_NODE_DOM_INFO_JSON, /* /dom/snapshots/NAME/info.json */
+    /* issue 11: chainfs's own directory (never a domain, not listed) */
+    CFS_NODE_OWN,        /* /.chainfs                 */
+    CFS_NODE_METRICS,    /* /.chainfs/metrics.prom    */
     CFS_NODE_KIND_MAX,
 };
 
 struct cfs_path {
     enum cfs_node_kind kind;
-    char dom[256];
+    char dom[256];        /* "" for the root and chainfs's own nodes */
     char disk[256];       /* "" for the domain's own nodes (CFS_NODE_DOM_*) */
     char snap[256];
 };

@@ -204,6 +204,8 @@ struct cfs_tree {
     unsigned long generation; /* bumped on every change */
     struct cfs_thaw_owed *thaws; /* issue 10: domains owed a thaw */
     size_t n_thaws;
+    bool own_name_logged;     /* issue 11: a domain named .chainfs was
+                                 hidden (logged once) */
 };
 
 struct cfs_tree *cfs_tree_new(void);
@@ -212,7 +214,8 @@ struct cfs_tree *cfs_tree_free(struct cfs_tree *t);
 /* All below: caller holds t->lock. */
 struct cfs_domain *cfs_tree_find_domain(struct cfs_tree *t, const char *name);
 /* Install D (takes ownership; names are resolved here). Returns true if
- * anything visible changed. */
+ * anything visible changed. A domain named as chainfs's own directory
+ * (".chainfs", nodes.h) is not installed (logged once): false. */
 bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d);
 bool cfs_tree_remove_domain(struct cfs_tree *t, const char *name);
 /* The disk's state, created on first use. */

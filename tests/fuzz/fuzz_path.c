@@ -27,21 +27,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 r == -EINVAL);
     if (r == 0) {
         FUZZ_ASSERT(p.kind > CFS_NODE_INVALID && p.kind < CFS_NODE_KIND_MAX);
-        if (p.kind >= CFS_NODE_DOMAIN) {
+        /* chainfs's own nodes (issue 11: /.chainfs) name no domain */
+        bool own = p.kind >= CFS_NODE_OWN;
+        if (own)
+            FUZZ_ASSERT(p.dom[0] == '\0' && p.disk[0] == '\0' && p.snap[0] == '\0');
+        if (p.kind >= CFS_NODE_DOMAIN && !own) {
             check_component(p.dom);
             FUZZ_ASSERT(p.dom[0] != '\0');
         }
         /* a disk's nodes name the disk; the domain's own (issue 10:
          * CFS_NODE_DOM_*) name none */
-        bool dom_own = p.kind >= CFS_NODE_DOM_JOB;
-        if (p.kind >= CFS_NODE_DISK && !dom_own) {
+        bool dom_own = p.kind >= CFS_NODE_DOM_JOB && !own;
+        if (p.kind >= CFS_NODE_DISK && !dom_own && !own) {
             check_component(p.disk);
             FUZZ_ASSERT(p.disk[0] != '\0');
         }
         if (dom_own)
             FUZZ_ASSERT(p.disk[0] == '\0');
         if ((p.kind >= CFS_NODE_SNAPSHOT && p.kind <= CFS_NODE_DISK_RAW) ||
-            p.kind >= CFS_NODE_DOM_SNAPSHOT) {
+            (p.kind >= CFS_NODE_DOM_SNAPSHOT && !own)) {
             check_component(p.snap);
             FUZZ_ASSERT(p.snap[0] != '\0');
         }

@@ -97,6 +97,19 @@ static void test_every_kind(void **state)
     assert_string_equal(p.disk, "");
     p = parse_ok("/web01/snapshots/s1/info.json", CFS_NODE_DOM_INFO_JSON);
     assert_string_equal(p.snap, "s1");
+
+    /* issue 11: chainfs's own directory, no domain's */
+    p = parse_ok("/.chainfs", CFS_NODE_OWN);
+    assert_string_equal(p.dom, "");
+    p = parse_ok("/.chainfs/metrics.prom", CFS_NODE_METRICS);
+    assert_string_equal(p.dom, "");
+    assert_string_equal(p.disk, "");
+    parse_err("/.chainfs/x", -ENOENT);
+    parse_err("/.chainfs/metrics.prom/x", -ENOENT);
+    /* only at the root: elsewhere it is a disk's or a snapshot's name */
+    parse_ok("/web01/.chainfs", CFS_NODE_DISK);
+    parse_ok("/web01/vda/snapshots/.chainfs", CFS_NODE_SNAPSHOT);
+    parse_ok("/.chainfsx", CFS_NODE_DOMAIN);
 }
 
 static void test_names_are_not_keywords(void **state)
@@ -232,6 +245,10 @@ static void test_entries(void **state)
     assert_string_equal(dom, "job job.json wait ctl snapshots");
     _cleanup_free_ char *dsnap = fixed_names(CFS_NODE_DOM_SNAPSHOT);
     assert_string_equal(dsnap, "info info.json");
+    _cleanup_free_ char *root = fixed_names(CFS_NODE_ROOT);
+    assert_string_equal(root, ".chainfs");
+    _cleanup_free_ char *own = fixed_names(CFS_NODE_OWN);
+    assert_string_equal(own, "metrics.prom");
     for (enum cfs_node_kind k = CFS_NODE_CHAIN; k < CFS_NODE_KIND_MAX; k++) {
         const struct cfs_node_type *t = cfs_node_type(k);
         if (!t->name)
@@ -240,6 +257,8 @@ static void test_entries(void **state)
         const char *fmt = t->parent == CFS_NODE_DISK       ? "/d/vda/%s"
                           : t->parent == CFS_NODE_SNAPSHOT ? "/d/vda/snapshots/s/%s"
                           : t->parent == CFS_NODE_DOMAIN   ? "/d/%s"
+                          : t->parent == CFS_NODE_ROOT     ? "/%s"
+                          : t->parent == CFS_NODE_OWN      ? "/.chainfs/%s"
                                                            : "/d/snapshots/s/%s";
         _cleanup_free_ char *path = cfs_xasprintf(fmt, t->name);
         parse_ok(path, k);
@@ -284,6 +303,8 @@ static void test_table(void **state)
                                    : (t->managed ? 0644 : 0444);
         assert_int_equal(t->mode, want);
         assert_int_equal(t->parent == CFS_NODE_INVALID, k == CFS_NODE_ROOT);
+        /* only chainfs's own directory is left out of its listing */
+        assert_int_equal(t->hidden, k == CFS_NODE_OWN);
     }
     assert_false(cfs_node_is_file(CFS_NODE_INVALID));
     assert_false(cfs_node_is_file(CFS_NODE_KIND_MAX));
@@ -302,7 +323,7 @@ static void test_is_file(void **state)
                     k == CFS_NODE_DISK_RAW || k == CFS_NODE_DOM_JOB ||
                     k == CFS_NODE_DOM_JOB_JSON || k == CFS_NODE_DOM_WAIT ||
                     k == CFS_NODE_DOM_CTL || k == CFS_NODE_DOM_INFO ||
-                    k == CFS_NODE_DOM_INFO_JSON;
+                    k == CFS_NODE_DOM_INFO_JSON || k == CFS_NODE_METRICS;
         assert_int_equal(cfs_node_is_file(k), want);
     }
 }
