@@ -314,6 +314,10 @@ static void both_ready(struct gx *g, const char *first, const char *second)
                                          : "vda:running vdb:ready");
     assert_group(g, "s2", CFS_GROUP_RUNNING, want);
     free(want);
+    char *m = read_node(g, "/.chainfs/metrics.prom");
+    assert_non_null(strstr(m, "\nchainfs_job_groups_running 1\n"));
+    assert_non_null(strstr(m, "\nchainfs_jobs_running{type=\"active-commit\"} 2\n"));
+    free(m);
 
     cfs_fake_job_ready(g->be, "vm1", second);
     cfs_engine_run_pending(g->e);
@@ -331,6 +335,13 @@ static void both_ready(struct gx *g, const char *first, const char *second)
     /* the metadata named both disks: one forget each, the last drops it */
     assert_int_equal(cfs_fake_calls(g->be, "snapshot_forget"), 2);
     assert_null(cfs_fake_snapshot_source(g->be, "vm1", "s2", "vda"));
+    /* issue 11: a group is no job of its own; each disk's merge counts */
+    m = read_node(g, "/.chainfs/metrics.prom");
+    assert_non_null(m);
+    assert_non_null(strstr(m, "\nchainfs_jobs_completed_total{type=\"active-commit\"} 2\n"));
+    assert_non_null(strstr(m, "\nchainfs_jobs_started_total{type=\"active-commit\"} 2\n"));
+    assert_non_null(strstr(m, "\nchainfs_job_groups_running 0\n"));
+    free(m);
 }
 
 static void test_ready_vda_first(void **state) { both_ready(*state, "vda", "vdb"); }

@@ -300,6 +300,15 @@ static void test_newest_domain(void **state)
     assert_int_equal(phase_of(f, "vda", NULL), CFS_PHASE_COMPLETED);
     assert_int_equal(phase_of(f, "vdb", NULL), CFS_PHASE_COMPLETED);
     assert_int_equal(journal_entries(f), 0);
+    /* issue 11: one revert job per disk, counted in metrics.prom */
+    struct cfs_path mp;
+    assert_int_equal(cfs_path_parse("/.chainfs/metrics.prom", &mp), 0);
+    struct cfs_buf mb = {0};
+    assert_int_equal(cfs_engine_read(f->e, &mp, &mb), 0);
+    assert_non_null(strstr(mb.data, "\nchainfs_jobs_started_total{type=\"revert\"} 2\n"));
+    assert_non_null(strstr(mb.data, "\nchainfs_jobs_completed_total{type=\"revert\"} 2\n"));
+    assert_non_null(strstr(mb.data, "\nchainfs_jobs_running{type=\"revert\"} 0\n"));
+    cfs_buf_free(&mb);
     /* again: s2 is still the newest snapshot, its own overlay the active
      * layer; the next overlay takes the next free name */
     assert_int_equal(revert(f, NULL, "revert s2"), 0);
