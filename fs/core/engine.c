@@ -646,6 +646,22 @@ static int refresh_light(struct cfs_engine *e, const char *dom)
     return installed;
 }
 
+/* Take a domain named as chainfs's own directory out of libvirt's list
+ * NAMES (issue 11): it is not shown, so it is not read either. */
+static void drop_own_name(struct cfs_engine *e, char **names)
+{
+    for (char **n = names; n && *n; n++) {
+        pthread_mutex_lock(&e->tree->lock);
+        bool own = cfs_tree_own_name(e->tree, *n);
+        pthread_mutex_unlock(&e->tree->lock);
+        if (own) {
+            free(*n);
+            memmove(n, n + 1, (cfs_strv_len(n + 1) + 1) * sizeof(*n));
+            n--;
+        }
+    }
+}
+
 /* List the domains and re-read each (on its worker when threaded). */
 static int refresh_all(struct cfs_engine *e)
 {
@@ -672,6 +688,7 @@ static int refresh_all(struct cfs_engine *e)
         return r;
     }
     conn_suspect(e, false);
+    drop_own_name(e, names);
     for (char **n = names; n && *n; n++) {
         struct work *w = work_new(WORK_REFRESH_DOMAIN, *n, NULL);
         w->periodic = true;
@@ -1008,6 +1025,7 @@ static int startup_read(struct cfs_engine *e)
     int r = e->be->ops->list_domains(e->be, &names);
     if (r < 0)
         return r;
+    drop_own_name(e, names);
     for (char **n = names; n && *n; n++)
         route(e, work_new(WORK_READ_LIGHT, *n, NULL));
     workers_wait_idle(e, STARTUP_LIGHT_WAIT_MS, false);

@@ -157,15 +157,22 @@ static bool domain_equal(const struct cfs_domain *a, const struct cfs_domain *b)
     return true;
 }
 
+bool cfs_tree_own_name(struct cfs_tree *t, const char *name)
+{
+    if (!cfs_streq(name, CFS_OWN_DIR))
+        return false;
+    if (!t->own_name_logged)
+        log_warn("domain %s is not shown: the name is chainfs's own "
+                 "directory at the mount's root (metrics)", name);
+    t->own_name_logged = true;
+    return true;
+}
+
 bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d)
 {
     /* issue 11: the root's entry of that name is chainfs's own
      * directory; a domain libvirt lets be called so is not shown */
-    if (cfs_streq(d->name, CFS_OWN_DIR)) {
-        if (!t->own_name_logged)
-            log_warn("domain %s is not shown: the name is chainfs's own "
-                     "directory at the mount's root (metrics)", d->name);
-        t->own_name_logged = true;
+    if (cfs_tree_own_name(t, d->name)) {
         cfs_domain_free(d);
         return false;
     }

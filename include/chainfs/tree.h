@@ -217,6 +217,9 @@ struct cfs_domain *cfs_tree_find_domain(struct cfs_tree *t, const char *name);
  * anything visible changed. A domain named as chainfs's own directory
  * (".chainfs", nodes.h) is not installed (logged once): false. */
 bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d);
+/* Whether NAME is chainfs's own directory's (".chainfs"): a domain of
+ * that name is not shown; the first time, logged. */
+bool cfs_tree_own_name(struct cfs_tree *t, const char *name);
 bool cfs_tree_remove_domain(struct cfs_tree *t, const char *name);
 /* The disk's state, created on first use. */
 struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
