@@ -4,7 +4,9 @@
  * its fixed file names alone:
  *   depth 0  /                         root
  *   depth 1  /DOM                      domain
+ *            /.chainfs                 chainfs's own (issue 11; no domain)
  *   depth 2  /DOM/DISK                 disk
+ *            /.chainfs/metrics.prom    metrics
  *            /DOM/FILE                 job, job.json, wait, ctl, snapshots
  *                                      (the domain's own, issue 10)
  *   depth 3  /DOM/DISK/FILE            chain, chain.json, job, job.json,

@@ -26,7 +26,7 @@
 #include "chainfs/util.h"
 
 /* The job types chainfs runs (the values of the label `type`), in the
- * order they are shown; a NULL-free array of CFS_METRICS_N_TYPES. */
+ * order they are shown. */
 #define CFS_METRICS_N_TYPES 8
 extern const enum cfs_job_type cfs_metrics_types[CFS_METRICS_N_TYPES];
 
