@@ -145,6 +145,27 @@ for n in 1 2 3; do
 done
 it_log "ok: counters only went up"
 
+# ---- node_exporter's textfile collector, where it is installed --------------------
+ne=$(command -v node_exporter || command -v prometheus-node-exporter || true)
+if [ -n "$ne" ] && command -v curl >/dev/null 2>&1; then
+  port=$((20000 + $$ % 20000))
+  "$ne" --collector.disable-defaults --collector.textfile \
+    --collector.textfile.directory="$MNT/.chainfs" \
+    --web.listen-address="127.0.0.1:$port" >"$T/ne.log" 2>&1 &
+  ne_pid=$!
+  ne_stop() { kill "$ne_pid" 2>/dev/null || true; wait "$ne_pid" 2>/dev/null || true; }
+  IT_CLEANUP_HOOKS+=(ne_stop)
+  it_wait_until 10 "node_exporter answers on port $port" \
+    curl -sf "http://127.0.0.1:$port/metrics" -o "$T/ne.prom"
+  it_assert_eq "0" "$(awk '$1 == "node_textfile_scrape_error" { print $2 }' "$T/ne.prom")" \
+    "node_exporter read metrics.prom without an error"
+  it_assert_eq "1" "$(awk -v s="chainfs_jobs_completed_total{type=\"$type\"}" '$1 == s { print $2 }' "$T/ne.prom")" \
+    "node_exporter serves chainfs_jobs_completed_total{type=\"$type\"}"
+  ne_stop
+else
+  it_log "no node_exporter (or curl) here: the textfile collector's own read skipped"
+fi
+
 # ---- a domain named .chainfs --------------------------------------------------------
 if virsh -q -c "$IT_URI" domid .chainfs >/dev/null 2>&1; then
   it_log "a domain named .chainfs exists already (not ours): its part skipped"
