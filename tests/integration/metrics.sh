@@ -85,6 +85,21 @@ assert whole.endswith(b"\n")
 PY
 it_log "ok: one open, one content; fstat size = bytes read"
 
+# Go's runtime (node_exporter) registers every file it opens with epoll:
+# the file reads as ready, and the daemon keeps nothing per poll (under
+# ASan, libfuse's poll handle leaked until chainfs answered poll itself)
+python3 - "$M" <<'PY' || it_fail "epoll of metrics.prom"
+import os, select, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+ep = select.epoll()
+ep.register(fd, select.EPOLLIN)
+ev = ep.poll(1)
+assert ev and ev[0][0] == fd and ev[0][1] & select.EPOLLIN, ev
+ep.close()
+os.close(fd)
+PY
+it_log "ok: epoll says metrics.prom is readable"
+
 # ---- before ------------------------------------------------------------------------
 snap 0
 version=$("$CHAINFS" -V | awk 'NR == 1 { print $2 }')

@@ -325,7 +325,8 @@ static int sample_line(struct checker *c, const char *p, const char *end)
         goto out;
     }
     /* the series: name and sorted labels */
-    qsort(labels, n_labels, sizeof(*labels), cmp_str);
+    if (n_labels)
+        qsort(labels, n_labels, sizeof(*labels), cmp_str);
     size_t klen = strlen(name) + 2;
     for (size_t i = 0; i < n_labels; i++)
         klen += strlen(labels[i]) + 1;
