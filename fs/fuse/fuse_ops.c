@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <pthread.h>
@@ -588,6 +589,24 @@ static int fs_read(const char *path, char *buf, size_t size, off_t off,
     return (int)n;
 }
 
+/* poll (epoll, select): every file is ready at once — a rendered one
+ * is in its handle, disk.raw answers each read when it comes — so the
+ * answer is what the kernel assumes of a file system without poll
+ * (readable, writable). Go's runtime registers every file it opens with
+ * epoll (node_exporter reading .chainfs/metrics.prom); without this
+ * operation libfuse answers ENOSYS and leaks the poll handle it made for
+ * the request. No notification ever follows: the handle is freed here. */
+static int fs_poll(const char *path, struct fuse_file_info *fi,
+                   struct fuse_pollhandle *ph, unsigned *reventsp)
+{
+    (void)path;
+    (void)fi;
+    if (ph)
+        fuse_pollhandle_destroy(ph);
+    *reventsp = POLLIN | POLLRDNORM | POLLOUT | POLLWRNORM;
+    return 0;
+}
+
 /* Every close(2): disk.raw notes it (its release follows a moment
  * later, see cfs_engine_image_flush); nothing else to do. */
 static int fs_flush(const char *path, struct fuse_file_info *fi)
@@ -824,6 +843,7 @@ const struct fuse_operations cfs_fuse_ops = {
     .release = fs_release,
     .flush = fs_flush,
     .lseek = fs_lseek,
+    .poll = fs_poll,
     .mkdir = fs_mkdir,
     .rmdir = fs_rmdir,
     .statfs = fs_statfs,
