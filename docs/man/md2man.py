@@ -30,7 +30,6 @@ import argparse
 import os
 import re
 import sys
-import time
 
 
 class Md2ManError(Exception):
@@ -118,9 +117,7 @@ def split_row(line, where):
 def convert(md, name, section, title_line, version, see_also, src='FILES.md'):
     lines = md.split('\n')
     out = []
-    date = ''
-    if os.environ.get('SOURCE_DATE_EPOCH'):
-        date = time.strftime('%Y-%m-%d', time.gmtime(int(os.environ['SOURCE_DATE_EPOCH'])))
+    date = ''  # as chainfs(8): the version dates the page, and builds stay reproducible
     manual = {'1': 'User Commands', '5': 'File Formats Manual',
               '8': 'System Administration'}.get(section, '')
     out.append('.\\" Generated from docs/%s by docs/man/md2man.py: edit that file, not this one.'
@@ -128,6 +125,10 @@ def convert(md, name, section, title_line, version, see_also, src='FILES.md'):
     out.append('.TH %s %s %s %s %s' % (
         macro_arg(esc(name.upper())), section, macro_arg(date),
         macro_arg(esc('chainfs ' + version if version else 'chainfs')), macro_arg(manual)))
+    # no hyphenation, ragged right: file names, keys and commands stay
+    # whole and typeable, as in chainfs(8)
+    out.append('.nh')
+    out.append('.ad l')
     out.append('.SH NAME')
     out.append('%s \\- %s' % (esc(name), esc(title_line)))
 
