@@ -22,6 +22,8 @@ the build instead of turning into garbage on a terminal:
                        two columns), since a wide table does not fit 80
                        columns
   `code` **strong** *em* [text](url)
+  <!-- ... -->         a comment (from a line's start to a line's end):
+                       left out of the page
 
 usage: md2man.py --name NAME --section N --title-line TEXT
                  [--version V] [--see-also 'page(n)' ...] IN OUT
@@ -148,6 +150,16 @@ def convert(md, name, section, title_line, version, see_also, src='FILES.md'):
     while i < n:
         line = lines[i]
         if not line.strip():
+            i += 1
+            continue
+        if line.startswith('<!--'):
+            # a comment for the file's editors: not in the page
+            while i < n and '-->' not in lines[i]:
+                i += 1
+            if i == n:
+                raise Md2ManError('%s: unterminated <!-- comment' % src)
+            if not lines[i].rstrip().endswith('-->'):
+                raise Md2ManError('%s: text after the end of a comment' % where())
             i += 1
             continue
         if line.startswith('#'):
