@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "fuse_ops.h"
+#include "mountid.h"
 
 #include <fuse_lowlevel.h>
 
@@ -46,6 +47,8 @@ struct options {
     int debug;
     int single;
     int allow_other;
+    int have_fsname;   /* the user's -o fsname= / subtype= win over ours */
+    int have_subtype;
     char *nonopt[3];
     int n_nonopt;
 };
@@ -116,6 +119,10 @@ static int opt_proc(void *data, const char *arg, int key,
     case FUSE_OPT_KEY_OPT:
         if (strcmp(arg, "allow_other") == 0)
             o->allow_other = 1;
+        else if (strncmp(arg, "fsname=", 7) == 0)
+            o->have_fsname = 1;
+        else if (strncmp(arg, "subtype=", 8) == 0)
+            o->have_subtype = 1;
         return 1; /* a standard FUSE option: fuse_new takes it */
     default:
         return 1;
@@ -649,6 +656,16 @@ static bool start_engine(struct daemon *d)
 /* fuse_new, mount, signal handlers, the mount watcher. false: d->error. */
 static bool mount_fs(struct daemon *d)
 {
+    /* `mount` and /proc/mounts: "qemu:///system on /vms type
+     * fuse.chainfs", the URI as libvirt resolved it (the default, an
+     * alias), else as given */
+    const char *uri = cfs_engine_uri(d->engine);
+    if (!uri)
+        uri = d->o->uri;
+    _cleanup_free_ char *id = cfs_mount_identity_opt(uri, d->o->have_fsname,
+                                                     d->o->have_subtype);
+    if (id)
+        fuse_opt_add_arg(d->args, id);
     d->fuse = fuse_new(d->args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &d->fs);
     if (!d->fuse) {
         d->error = cfs_xstrdup("cannot set up FUSE (see the message above)");
@@ -686,8 +703,10 @@ static bool mount_fs(struct daemon *d)
  * unmount; the exit status. */
 static int serve(struct daemon *d)
 {
+    const char *uri = cfs_engine_uri(d->engine);
     log_info("mounted on %s (libvirt %s, state in %s)", d->abs_mnt,
-             d->o->uri ? d->o->uri : "default URI", d->o->state_dir);
+             uri ? uri : d->o->uri ? d->o->uri : "default URI",
+             d->o->state_dir);
     if (d->report_fd >= 0) {
         report(d->report_fd, 0, NULL);
         d->report_fd = -1; /* report() closed it */
