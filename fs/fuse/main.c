@@ -202,8 +202,9 @@ static void usage(FILE *out)
 "EACCES; the log and the disk's job file say why. Over a remote URI\n"
 "(qemu+ssh://host/system) chainfs opens no image file itself, and rmdir on a\n"
 "shut-off domain is EOPNOTSUPP.\n"
-"Exit status: 0 after an unmount, 1 if start-up failed (a FUSE option FUSE\n"
-"does not know included), 2 if chainfs cannot use its command line (no\n"
+"Exit status: 0 after an unmount or a SIGTERM, SIGINT or SIGHUP (which\n"
+"unmount), 1 if start-up failed (a FUSE option FUSE does not know\n"
+"included), 2 if chainfs cannot use its command line (no\n"
 "MOUNTPOINT, a malformed -o bandwidth, live_pull, quiesce or quiesce_timeout,\n"
 "an unknown manage_group).\n"
 "\n"
@@ -430,8 +431,9 @@ static void options_free(struct options *o)
         free(o->nonopt[i]);
 }
 
-/* Exit statuses: 0 after an unmount, 1 start-up failed, 2 chainfs cannot
- * use its command line (checked before anything starts). */
+/* Exit statuses: 0 after an unmount or a stop by signal, 1 start-up
+ * failed, 2 chainfs cannot use its command line (checked before anything
+ * starts). */
 #define EXIT_START_FAILED 1
 #define EXIT_USAGE 2
 
@@ -730,6 +732,14 @@ static int serve(struct daemon *d)
         fuse_loop_cfg_set_max_threads(lc, 64);
         ret = fuse_loop_mt(d->fuse, lc);
         fuse_loop_cfg_destroy(lc);
+    }
+    /* libfuse ends the loop on SIGTERM, SIGINT and SIGHUP with the
+     * signal's number: a stop asked for (`systemctl stop`, Ctrl-C in the
+     * foreground), undone like an unmount, so 0 as for one. A negative
+     * errno is the loop failing. */
+    if (ret > 0 && !d->watch.gone) {
+        log_info("stopping on %s; unmounting %s", strsignal(ret), d->abs_mnt);
+        ret = 0;
     }
     return ret == 0 || d->watch.gone ? 0 : 1;
 }
