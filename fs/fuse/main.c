@@ -772,8 +772,13 @@ static void tear_down(struct daemon *d)
     d->fs.stamps = cfs_stamps_free(d->fs.stamps);
     if (d->mounted && !d->error)
         log_info("unmounted %s", d->abs_mnt);
-    if (d->error)
+    if (d->error) {
+        /* detached, the terminal gets it through the parent, and the
+         * log (syslog) as well: a unit's journal shows why it failed */
+        if (d->report_fd >= 0)
+            log_err("start-up failed: %s", d->error);
         report(d->report_fd, 1, d->error);
+    }
     else if (d->report_fd >= 0)
         close(d->report_fd);
     free(d->error);
