@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 #include "fuse_ops.h"
 #include "mountid.h"
 
+#include <fuse_log.h>
 #include <fuse_lowlevel.h>
 
 #include "chainfs/ctl.h"
@@ -703,6 +705,21 @@ static bool mount_fs(struct daemon *d)
     return true;
 }
 
+/* libfuse's log, once detached: its levels are syslog's; its lines end
+ * with a newline, which one log record does not carry. */
+static void fuse_to_log(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n')
+        msg[--n] = '\0';
+    int prio = (int)level;
+    if (prio < LOG_EMERG || prio > LOG_DEBUG)
+        prio = LOG_ERR;
+    cfs_log(prio, "fuse: %s", msg);
+}
+
 /* Tell the parent all is well, let go of the terminal, serve until the
  * unmount; the exit status. */
 static int serve(struct daemon *d)
@@ -724,6 +741,9 @@ static int serve(struct daemon *d)
             if (null > 2)
                 close(null);
         }
+        /* libfuse's own messages (a failed request reply, the loop's
+         * errors) went to stderr, /dev/null from here: to syslog too */
+        fuse_set_log_func(fuse_to_log);
     }
     d->served = true;
     int ret;
@@ -803,8 +823,13 @@ static void tear_down(struct daemon *d)
     d->fs.stamps = cfs_stamps_free(d->fs.stamps);
     if (d->mounted && !d->error)
         log_info("unmounted %s", d->abs_mnt);
-    if (d->error)
+    if (d->error) {
+        /* detached, the terminal gets it through the parent, and the
+         * log (syslog) as well: a unit's journal shows why it failed */
+        if (d->report_fd >= 0)
+            log_err("start-up failed: %s", d->error);
         report(d->report_fd, 1, d->error);
+    }
     else if (d->report_fd >= 0)
         close(d->report_fd);
     free(d->error);
