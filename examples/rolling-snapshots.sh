@@ -123,18 +123,28 @@ if ! exec 9<>"$lockfile"; then
   die_usage "cannot open the lock file $lockfile"
 fi
 if ! flock -n 9; then
+  # the holder's pid, when the holder is a run of this script (it writes
+  # its pid there while it holds the lock)
   holder=$(head -c 64 "$lockfile" 2>/dev/null | tr -cd '0-9')
+  if [ -n "$holder" ] && grep -qa rolling-snapshots "/proc/$holder/cmdline" 2>/dev/null; then
+    holder="another run (pid $holder)"
+  else
+    holder="another run"
+  fi
   if [ "$lockwait" = 0 ]; then
-    printf '%s: another run (pid %s) holds %s; not waiting (-W 0)\n' "$prog" "${holder:-?}" "$lockfile" >&2
+    printf '%s: %s holds %s; not waiting (-W 0)\n' "$prog" "$holder" "$lockfile" >&2
     exit 75
   fi
-  say "waiting for another run (pid ${holder:-?}) to end (lock $lockfile)"
+  say "waiting for $holder to end (lock $lockfile)"
   if ! flock ${lockwait:+-w "$lockwait"} 9; then
-    printf '%s: another run (pid %s) still holds %s after %s s; giving up\n' "$prog" "${holder:-?}" "$lockfile" "$lockwait" >&2
+    printf '%s: %s still holds %s after %s s; giving up\n' "$prog" "$holder" "$lockfile" "$lockwait" >&2
     exit 75
   fi
 fi
 printf '%s\n' "$$" >"$lockfile" 2>/dev/null || true
+# shellcheck disable=SC2317 # run at exit
+release() { : >"$lockfile" 2>/dev/null; }
+trap release EXIT
 
 # The merges go on in chainfs when the script stops waiting for them.
 # shellcheck disable=SC2317 # run by the traps
