@@ -32,8 +32,9 @@
 #         rolling-snapshots.sh -p hourly /vms 24 web01 db01
 #         rolling-snapshots.sh -d -p data /vms 3 db01/vdb
 #
+#   installed: install -m 0755 /usr/share/doc/chainfs/examples/rolling-snapshots.sh /usr/local/sbin/
 #   cron (/etc/cron.d/chainfs-rolling), a snapshot a day at 03:00, a week kept:
-#     0 3 * * *  root  /usr/share/doc/chainfs/examples/rolling-snapshots.sh -q /vms 7
+#     0 3 * * *  root  /usr/local/sbin/rolling-snapshots.sh -q /vms 7
 #   systemd: examples/systemd/chainfs-rolling.service and chainfs-rolling.timer
 #
 # Each domain (each disk with -d) goes on its own: a refusal is reported
