@@ -18,7 +18,9 @@
 #      lock is let go, then runs; two runs started at once both succeed,
 #      one after the other, with distinct names;
 #   4. -d on one disk (DOMAIN/DISK), KEEP=1: disk-level snapshots of that
-#      disk only, the older one merged away;
+#      disk only, the older one merged away; -d on the whole domain: vda
+#      and vdb each get their own, the cdrom (hdc, with media) is skipped
+#      saying why; the cdrom named (DOMAIN/hdc): EROFS, exit 1;
 #   5. the shipped units: `systemd-analyze verify` of the timer and the
 #      service with ExecStart pointing at the script in this tree, and the
 #      service's ExecStart run by hand (restricted to the test's domain);
@@ -43,7 +45,12 @@ it_make_image "$T/vda.qcow2" 128M
 it_make_image "$T/vdb.qcow2" 128M
 it_write_pattern "$T/vda.qcow2" 0x10 0 4M
 it_write_pattern "$T/vdb.qcow2" 0x20 0 4M
-it_define "$D" "$T/vda.qcow2" "$T/vdb.qcow2"
+# and a cdrom with media (hdc): a disk of the tree that cannot have a snapshot
+qemu-img create -q -f raw "$T/media.iso" 4M || it_fail "qemu-img create media.iso"
+it_domain_xml "$D" "$T/vda.qcow2" "$T/vdb.qcow2" |
+  sed "s|  </devices>|    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='$T/media.iso'/><target dev='hdc' bus='ide'/><readonly/></disk>\n  </devices>|" >"$T/$D.xml"
+IT_DOMAINS+=("$D")
+it_virsh define "$T/$D.xml" >/dev/null || it_fail "virsh define $D"
 it_start "$D"
 it_mount
 it_wait_dom "$D"
@@ -104,6 +111,8 @@ done
 it_assert_eq "${names[*]}" "$(own)" "three rolling snapshots after three runs"
 [[ "${names[0]}" < "${names[1]}" && "${names[1]}" < "${names[2]}" ]] || it_fail "names do not sort by time: ${names[*]}"
 it_assert_eq "domain" "$(jq -r .scope "$MNT/$D/snapshots/${names[0]}/info.json")" "the script's snapshots are domain-level"
+it_assert_eq "hdc cdrom" "$(jq -r '.excluded[] | "\(.disk) \(.why)"' "$MNT/$D/snapshots/${names[0]}/info.json")" \
+  "the domain-level snapshot left the cdrom out"
 others_kept "KEEP=3"
 
 put 4
@@ -187,9 +196,26 @@ it_assert_eq disk "$(jq -r .scope "$MNT/$D/vdb/snapshots/$d1/info.json")" "-d: a
 it_assert_eq 0 "$(roll "$T/d2" -d -p data "$MNT" 1 "$D/vdb")" "-d run 2 exits 0"
 d2=$(taken "$T/d2")
 it_assert_contains "$(cat "$T/d2")" "$D/vdb: $d1 merged away" "-d KEEP=1: the older one merged away"
+[[ "$d1" =~ ^data-vdb-[0-9]{8}T[0-9]{6}Z$ ]] || it_fail "-d: the name $d1 is not data-vdb-<timestamp>"
 it_assert_eq "$d2" "$(it_ls "$MNT/$D/vdb/snapshots" | tr ' ' '\n' | grep '^data-' | tr '\n' ' ' | sed 's/ $//')" \
   "-d KEEP=1: vdb keeps its newest data- snapshot"
 it_assert_eq "${names[6]} ${names[7]}" "$(own)" "-d with its prefix left the domain's rolling snapshots alone"
+# -d on the whole domain: each disk on its own, the cdrom skipped; named, refused
+it_assert_eq 0 "$(roll "$T/d3" -d -p all "$MNT" 1 "$D")" "-d on the whole domain (with a cdrom) exits 0"
+for disk in vda vdb; do
+  grep -Eq "^$D/$disk: snapshot all-$disk-[0-9]{8}T[0-9]{6}Z taken" "$T/d3" ||
+    it_fail "-d on the domain: no all-$disk-<timestamp> snapshot of $disk"
+  it_log "ok: -d on the domain: $disk's own snapshot, its name with the disk's"
+done
+a1=$(sed -n "s|^$D/vda: snapshot \(all-vda-[0-9TZ]*\) taken.*|\1|p" "$T/d3")
+it_assert_contains "$(cat "$T/d3")" "$D/hdc: skipped: it cannot have a snapshot (" "-d on the domain: the cdrom skipped, saying why"
+it_log "  $(grep "hdc: skipped" "$T/d3")"
+it_assert_eq 1 "$(roll "$T/d4" -d -p all "$MNT" 1 "$D/hdc")" "-d on the cdrom named: exit 1"
+it_assert_contains "$(cat "$T/d4.err")" "$D/hdc: snapshot all-hdc-" "-d on the cdrom: it says which"
+it_assert_contains "$(cat "$T/d4.err")" "refused: Read-only file system" "... and the errno"
+it_assert_eq "$a1" "$(it_ls "$MNT/$D/vda/snapshots" | tr ' ' '\n' | grep '^all-' | tr '\n' ' ' | sed 's/ $//')" \
+  "a refused run pruned nothing of its set"
+it_assert_eq "" "$(it_ls "$MNT/$D/hdc/snapshots")" "the cdrom has no snapshot"
 it_assert_eq 1 "$(roll "$T/bad" "$MNT" 2 "$IT_PREFIX-nosuch")" "a domain that does not exist: exit 1"
 it_assert_contains "$(cat "$T/bad.err")" "no domain $IT_PREFIX-nosuch in $MNT" "... and says so"
 
