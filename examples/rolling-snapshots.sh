@@ -156,12 +156,12 @@ trap release EXIT
 # shellcheck disable=SC2317 # run by the traps
 interrupted() {
   [ -n "${waiter:-}" ] && kill "$waiter" 2>/dev/null
-  printf '%s: interrupted; merges already started go on in chainfs (see: cat %s/DOMAIN/job)\n' "$prog" "$mount" >&2
+  printf '%s: interrupted; merges already started go on in chainfs (see: cat %s/job)\n' "$prog" "${current:-$mount/DOMAIN}" >&2
   exit "$1"
 }
 trap 'interrupted 130' INT
 trap 'interrupted 143' TERM
-waiter=""
+waiter="" current=""
 
 # wait_file PATH — read PATH (a chainfs `wait` file) until it returns;
 # prints what it returned. Runs in the background so that a signal stops
@@ -292,6 +292,7 @@ errors_of() {
 roll() {
   local dir=$1 lbl out q gone=() n names why name
   lbl=$(label "$dir")
+  current=$dir
   name="$(stem "$dir")-$stamp"
   if [ "${#name}" -gt 64 ]; then
     problem "$lbl: the name $name is longer than 64 characters: take a shorter prefix"

@@ -15,6 +15,10 @@
 #      (every test's domains come and go in it) run meanwhile;
 #   4. once the merges ended (pivot, vda let go at full speed, `cat wait`):
 #      --once prints "no job in progress", status 1;
+#   4b. rolling-snapshots.sh KEEP=1 twice with 8 MiB written between: its
+#      prune (a domain-level rmdir) shows in --once with its note; SIGTERM
+#      while the script waits for it: status 143 at once, saying the
+#      merges go on, the lock free, and the merge does complete;
 #   5. the domain destroyed and undefined while the loops read it: they
 #      go on (no error on stderr) and show no job of it.
 # Also: a MOUNT that is no mount: status 2.
@@ -141,6 +145,40 @@ it_log "ok: both watch loops showed vda's merge"
 it_check_pattern "$(it_domblk "$D" vda)" 0x12 0 12M
 it_check_pattern "$(it_domblk "$D" vdb)" 0x22 0 1M
 it_check_pattern "$(it_domblk "$D" vdb)" 0x21 1M 3M
+
+# ---- 4b. rolling-snapshots.sh's merge, seen, and the script interrupted -------------
+ROLL="$IT_ROOT/examples/rolling-snapshots.sh"
+LOCK="$T/rolling.lock"
+bash "$ROLL" -L "$LOCK" "$MNT" 1 "$D" >"$T/roll1" 2>&1 || it_fail "rolling-snapshots.sh run 1: $(cat "$T/roll1")"
+r1=$(sed -n 's/^[^ ]*: snapshot \([^ ]*\) taken.*/\1/p' "$T/roll1")
+it_guest_write "$D" 0x13 16M 8M virtio-disk0
+bash "$ROLL" -L "$LOCK" "$MNT" 1 "$D" >"$T/roll2" 2>&1 &
+roller=$!
+in_rows() { bash "$WATCH" --once "$MNT" "$D" >"$T/w3" 2>&1 && grep -q "$1" "$T/w3"; }
+it_wait_until 30 "jobs-watch shows the merge of $r1 as part of a domain-level rmdir" \
+  in_rows "domain-level rmdir $r1"
+sed 's/^/  | /' "$T/w3" >&2
+grep -q "^merging $r1 away\|: merging $r1 away" "$T/roll2" || it_fail "rolling-snapshots.sh does not say it merges $r1: $(cat "$T/roll2")"
+kill -0 "$roller" 2>/dev/null || it_fail "rolling-snapshots.sh did not wait for the merge"
+kill -TERM "$roller"
+t0=$(it_now_ms)
+rc=0
+wait "$roller" || rc=$?
+sed 's/^/  | /' "$T/roll2" >&2
+it_assert_eq 143 "$rc" "rolling-snapshots.sh, SIGTERM while it waits for the merge: status 143"
+[ $(($(it_now_ms) - t0)) -lt 3000 ] || it_fail "rolling-snapshots.sh took $(($(it_now_ms) - t0)) ms to end on SIGTERM"
+it_assert_contains "$(cat "$T/roll2")" "interrupted; merges already started go on in chainfs (see: cat $MNT/$D/job)" "it says the merges go on, and where to look"
+flock -n "$LOCK" true || it_fail "the lock is still held after rolling-snapshots.sh ended"
+it_log "ok: the lock is free"
+it_assert_eq "" "$(cat "$LOCK")" "the lock file names no holder"
+bash "$WATCH" --once "$MNT" "$D" >/dev/null || it_fail "the merge stopped with the script"
+it_log "ok: the merge goes on without the script"
+it_unthrottle "$D" vda
+out=$(timeout 120 cat "$MNT/$D/wait") || it_fail "cat $D/wait"
+grep -q '^state: *completed$' <<<"$out" || it_fail "the domain-level merge of $r1 did not complete: $out"
+[ ! -e "$MNT/$D/snapshots/$r1" ] || it_fail "$r1 is still there"
+it_log "ok: $r1 merged away after the script was stopped"
+it_check_pattern "$(it_domblk "$D" vda)" 0x13 16M 8M
 
 # ---- 5. the domain goes away under the loops -----------------------------------------
 it_virsh destroy "$D" >/dev/null || it_fail "virsh destroy"
