@@ -225,12 +225,17 @@ mkdir -p "$u"
 sed "s|/usr/local/sbin/rolling-snapshots.sh|$ROLL|" "$UNITS/chainfs-rolling.service" >"$u/chainfs-rolling.service"
 cp "$UNITS/chainfs-rolling.timer" "$u/"
 grep -q "^ExecStart=$ROLL " "$u/chainfs-rolling.service" || it_fail "the service's ExecStart is not the script"
-man_opt=()
-if [ -f "$IT_ROOT/docs/man/chainfs.8" ]; then
+man_opt=() page=""
+# the page in the tree, or built by meson (beside the chainfs binary's tree)
+for f in "$IT_ROOT/docs/man/chainfs.8" "${CHAINFS%/fs/fuse/chainfs}/docs/man/chainfs.8"; do
+  [ -f "$f" ] && page=$f && break
+done
+if [ -n "$page" ]; then
   # the page as installed: MANPATH/man8/chainfs.8
   mkdir -p "$T/man/man8"
-  cp "$IT_ROOT/docs/man/chainfs.8" "$T/man/man8/"
+  cp "$page" "$T/man/man8/chainfs.8"
   export MANPATH="$T/man"
+  it_log "the Documentation= man link checked against $(it_short "$page")"
 elif ! man -w 8 chainfs >/dev/null 2>&1; then
   it_log "no chainfs(8) in this tree or installed: the Documentation= man link is not checked"
   man_opt=(--man=no)
