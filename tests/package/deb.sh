@@ -131,14 +131,15 @@ fi
 log "ok: lintian reports no errors"
 
 # what the package holds; each must be new on this machine
-dpkg-deb --fsys-tarfile "$DEB" | tar -t | sed 's|^\./|/|; s|/$||' | grep -v '^$' | grep -v '^/$' >"$WORK/files"
+# (tar names directories with a trailing /: only the others can clash)
+dpkg-deb --fsys-tarfile "$DEB" | tar -t | sed 's|^\./|/|' | grep -v '/$' >"$WORK/files"
+dpkg-deb --fsys-tarfile "$DEB" | tar -t | sed 's|^\./|/|; s|/$||' | grep -v '^$' >"$WORK/paths"
 for f in /usr/bin/chainfs /usr/share/man/man8/chainfs.8.gz /usr/share/doc/chainfs/examples; do
-  grep -qx "$f" "$WORK/files" || fail "the package does not ship $f"
+  grep -qx "$f" "$WORK/paths" || fail "the package does not ship $f"
 done
 UNITS=$(grep -E '^/(usr/)?lib/systemd/system/[^/]+\.service$' "$WORK/files" || true)
 [ -n "$UNITS" ] || fail "the package ships no systemd unit"
 while read -r f; do
-  [ -d "$f" ] && [ ! -L "$f" ] && continue
   if [ -e "$f" ] || [ -L "$f" ]; then
     fail "$f already exists on this machine and is not ours: the package would overwrite it"
   fi
@@ -226,8 +227,9 @@ esac
 left=0
 while read -r f; do
   if printf '%s\n' "$CONFFILES" | grep -qxF "$f"; then continue; fi
-  if [ -d "$f" ] && [ ! -L "$f" ]; then
-    # a directory stays only when another package owns it too
+  if [ -d "$f" ]; then
+    # a directory stays only when another package owns it too (/lib may
+    # be merged /usr's symlink to usr/lib)
     dpkg-query -S "$f" >/dev/null 2>&1 && continue
     log "left after remove: directory $f"
     left=1
