@@ -140,8 +140,9 @@ static void usage(FILE *out)
 "                         rmdir NAME is EBUSY while it is open\n"
 "  echo CMD > ctl         steer the disk: abort, pivot, pivot manual|auto,\n"
 "                         bandwidth N, merge NAME commit|pull|auto,\n"
-"                         copy DEST [flatten|shallow|chain] [manual], finish\n"
-"                         (cat ctl lists them and the settings)\n"
+"                         copy DEST [flatten|shallow|chain] [manual], finish,\n"
+"                         revert NAME [force] (cat ctl lists them and the\n"
+"                         settings)\n"
 "\n"
 "options:\n"
 "  -c URI, --connect=URI  libvirt connection URI (default: libvirt's own,\n"
@@ -200,9 +201,10 @@ static void usage(FILE *out)
 "MOUNTPOINT, a malformed -o bandwidth, live_pull, quiesce or quiesce_timeout,\n"
 "an unknown manage_group).\n"
 "\n"
-"Docs: README.md and docs/ in the chainfs source tree.\n"
-"Backups: examples/backup.sh (a live backup of every disk of a domain) and\n"
-"examples/restore.md (restoring from one) there.\n");
+"Docs: man chainfs, and man chainfs-files for every file of the tree and\n"
+"every ctl command. Backups: examples/backup.sh (a live backup of every\n"
+"disk of a domain) and examples/restore.md (restoring from one), in\n"
+"/usr/share/doc/chainfs/examples/ or the source tree.\n");
 }
 
 static char *default_state_dir(void)
