@@ -31,6 +31,8 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 SYSPATH=/usr/sbin:/usr/bin:/sbin:/bin
 URI=qemu:///system
 STATE=/var/lib/chainfs
+# the system's tools only, as a new user has them (no pyenv shim, no build dir)
+export PATH=$SYSPATH
 
 log() { printf '[%s %s] %s\n' "$NAME" "$(date +%T)" "$*" >&2; }
 fail() { printf '[%s] FAIL: %s\n' "$NAME" "$*" >&2; exit 1; }
@@ -134,7 +136,8 @@ log "ok: lintian reports no errors"
 # (tar names directories with a trailing /: only the others can clash)
 dpkg-deb --fsys-tarfile "$DEB" | tar -t | sed 's|^\./|/|' | grep -v '/$' >"$WORK/files"
 dpkg-deb --fsys-tarfile "$DEB" | tar -t | sed 's|^\./|/|; s|/$||' | grep -v '^$' >"$WORK/paths"
-for f in /usr/bin/chainfs /usr/share/man/man8/chainfs.8.gz /usr/share/doc/chainfs/examples; do
+for f in /usr/bin/chainfs /usr/share/man/man8/chainfs.8.gz /usr/share/man/man5/chainfs-files.5.gz \
+  /usr/share/doc/chainfs/examples; do
   grep -qx "$f" "$WORK/paths" || fail "the package does not ship $f"
 done
 UNITS=$(grep -E '^/(usr/)?lib/systemd/system/[^/]+\.service$' "$WORK/files" || true)
@@ -150,7 +153,6 @@ mv "$DEB" "$WORK/inst/"
 rm -rf "$WORK/src" # the build tree moved away
 cp "$SRC/scripts/demo.sh" "$SRC/scripts/libvirtd.sh" "$WORK/inst/"
 cd "$WORK/inst"
-export PATH=$SYSPATH
 INSTALLED=1
 log "apt-get install ./${DEB##*/}"
 if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 "./${DEB##*/}" >"$WORK/apt.log" 2>&1; then
