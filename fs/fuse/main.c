@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "fuse_ops.h"
+#include "mountid.h"
 
 #include <fuse_lowlevel.h>
 
@@ -46,6 +47,8 @@ struct options {
     int debug;
     int single;
     int allow_other;
+    int have_fsname;   /* the user's -o fsname= / subtype= win over ours */
+    int have_subtype;
     char *nonopt[3];
     int n_nonopt;
 };
@@ -116,6 +119,10 @@ static int opt_proc(void *data, const char *arg, int key,
     case FUSE_OPT_KEY_OPT:
         if (strcmp(arg, "allow_other") == 0)
             o->allow_other = 1;
+        else if (strncmp(arg, "fsname=", 7) == 0)
+            o->have_fsname = 1;
+        else if (strncmp(arg, "subtype=", 8) == 0)
+            o->have_subtype = 1;
         return 1; /* a standard FUSE option: fuse_new takes it */
     default:
         return 1;
@@ -196,8 +203,9 @@ static void usage(FILE *out)
 "EACCES; the log and the disk's job file say why. Over a remote URI\n"
 "(qemu+ssh://host/system) chainfs opens no image file itself, and rmdir on a\n"
 "shut-off domain is EOPNOTSUPP.\n"
-"Exit status: 0 after an unmount, 1 if start-up failed (a FUSE option FUSE\n"
-"does not know included), 2 if chainfs cannot use its command line (no\n"
+"Exit status: 0 after an unmount or a SIGTERM, SIGINT or SIGHUP (which\n"
+"unmount), 1 if start-up failed (a FUSE option FUSE does not know\n"
+"included), 2 if chainfs cannot use its command line (no\n"
 "MOUNTPOINT, a malformed -o bandwidth, live_pull, quiesce or quiesce_timeout,\n"
 "an unknown manage_group).\n"
 "\n"
@@ -425,8 +433,9 @@ static void options_free(struct options *o)
         free(o->nonopt[i]);
 }
 
-/* Exit statuses: 0 after an unmount, 1 start-up failed, 2 chainfs cannot
- * use its command line (checked before anything starts). */
+/* Exit statuses: 0 after an unmount or a stop by signal, 1 start-up
+ * failed, 2 chainfs cannot use its command line (checked before anything
+ * starts). */
 #define EXIT_START_FAILED 1
 #define EXIT_USAGE 2
 
@@ -651,6 +660,16 @@ static bool start_engine(struct daemon *d)
 /* fuse_new, mount, signal handlers, the mount watcher. false: d->error. */
 static bool mount_fs(struct daemon *d)
 {
+    /* `mount` and /proc/mounts: "qemu:///system on /vms type
+     * fuse.chainfs", the URI as libvirt resolved it (the default, an
+     * alias), else as given */
+    const char *uri = cfs_engine_uri(d->engine);
+    if (!uri)
+        uri = d->o->uri;
+    _cleanup_free_ char *id = cfs_mount_identity_opt(uri, d->o->have_fsname,
+                                                     d->o->have_subtype);
+    if (id)
+        fuse_opt_add_arg(d->args, id);
     d->fuse = fuse_new(d->args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &d->fs);
     if (!d->fuse) {
         d->error = cfs_xstrdup("cannot set up FUSE (see the message above)");
@@ -688,8 +707,10 @@ static bool mount_fs(struct daemon *d)
  * unmount; the exit status. */
 static int serve(struct daemon *d)
 {
+    const char *uri = cfs_engine_uri(d->engine);
     log_info("mounted on %s (libvirt %s, state in %s)", d->abs_mnt,
-             d->o->uri ? d->o->uri : "default URI", d->o->state_dir);
+             uri ? uri : d->o->uri ? d->o->uri : "default URI",
+             d->o->state_dir);
     if (d->report_fd >= 0) {
         report(d->report_fd, 0, NULL);
         d->report_fd = -1; /* report() closed it */
@@ -713,6 +734,14 @@ static int serve(struct daemon *d)
         fuse_loop_cfg_set_max_threads(lc, 64);
         ret = fuse_loop_mt(d->fuse, lc);
         fuse_loop_cfg_destroy(lc);
+    }
+    /* libfuse ends the loop on SIGTERM, SIGINT and SIGHUP with the
+     * signal's number: a stop asked for (`systemctl stop`, Ctrl-C in the
+     * foreground), undone like an unmount, so 0 as for one. A negative
+     * errno is the loop failing. */
+    if (ret > 0 && !d->watch.gone) {
+        log_info("stopping on %s; unmounting %s", strsignal(ret), d->abs_mnt);
+        ret = 0;
     }
     return ret == 0 || d->watch.gone ? 0 : 1;
 }
