@@ -177,7 +177,9 @@ MNT=$MNT_U
 it_wait_dom "$D"
 mkdir "$MNT/$D/vda/snapshots/s1" || it_fail "mkdir snapshots/s1 under the unit's limits"
 ov=$(it_domblk "$D" vda)
-[ "$ov" != "$T/vda.qcow2" ] && [ -f "$ov" ] || it_fail "no overlay after mkdir: $ov"
+if [ "$ov" = "$T/vda.qcow2" ] || [ ! -f "$ov" ]; then
+  it_fail "no overlay after mkdir: $ov"
+fi
 rmdir "$MNT/$D/vda/snapshots/s1" || it_fail "rmdir snapshots/s1 under the unit's limits"
 it_wait_job "$D" vda >/dev/null
 it_assert_eq "$T/vda.qcow2" "$(it_domblk "$D" vda)" "the merge put the chain back to the base"
