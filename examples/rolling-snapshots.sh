@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # rolling-snapshots.sh — rolling snapshots through a chainfs mount: on each
 # run, one new snapshot of every VM (or of some), named
-# PREFIX-YYYYmmddTHHMMSSZ (UTC, so names sort by time), then the oldest of
-# this script's own snapshots beyond KEEP merged away, waiting until the
-# merges have ended. A snapshot it did not make is never removed: its own
-# are the ones named PREFIX-<timestamp> whose info says they were taken at
-# its level (`scope: domain`, or `disk` with -d).
+# PREFIX-YYYYmmddTHHMMSSZ (UTC, so names sort by time; with -d
+# PREFIX-DISK-YYYYmmddTHHMMSSZ), then the oldest of this script's own
+# snapshots beyond KEEP merged away, waiting until the merges have ended.
+# A snapshot it did not make is never removed: its own are the ones named
+# so whose info says they were taken at its level (`scope: domain`, or
+# `disk` with -d).
 #
 #   usage: rolling-snapshots.sh [-d] [-p PREFIX] [-q] [-L LOCKFILE] [-W SECS] MOUNT KEEP [DOMAIN...]
 #
@@ -19,7 +20,8 @@
 #                the domain's disks at one instant (DOMAIN/snapshots/);
 #                a disk that fails does not hold the others back
 #     -p PREFIX  the names' prefix (default: rolling): [A-Za-z0-9._-], not
-#                starting with '.' or '-', at most 47 characters; runs
+#                starting with '.' or '-'; a name is at most 64
+#                characters (a prefix of 47 at most, less with -d); runs
 #                with different prefixes keep separate sets (hourly, daily)
 #     -q         quiet: print only what went wrong
 #     -L FILE    the lock file that keeps two runs from overlapping
@@ -32,16 +34,20 @@
 #         rolling-snapshots.sh -p hourly /vms 24 web01 db01
 #         rolling-snapshots.sh -d -p data /vms 3 db01/vdb
 #
+#   installed: install -m 0755 /usr/share/doc/chainfs/examples/rolling-snapshots.sh /usr/local/sbin/
 #   cron (/etc/cron.d/chainfs-rolling), a snapshot a day at 03:00, a week kept:
-#     0 3 * * *  root  /usr/share/doc/chainfs/examples/rolling-snapshots.sh -q /vms 7
+#     0 3 * * *  root  /usr/local/sbin/rolling-snapshots.sh -q /vms 7
 #   systemd: examples/systemd/chainfs-rolling.service and chainfs-rolling.timer
 #
 # Each domain (each disk with -d) goes on its own: a refusal is reported
 # (the errno's text; chainfs's log and DOMAIN/job say why) and the others
 # go on. A domain whose new snapshot was refused keeps all its snapshots
-# (nothing is pruned below what it had). A domain (or, with -d, a disk)
-# that cannot have a snapshot at all (only a cdrom, read-only or shareable
-# disks: EROFS) is skipped when it was not named. Snapshots are quiesced as
+# (nothing is pruned below what it had). What cannot have a snapshot at
+# all (EROFS: a cdrom, a read-only or shareable disk, a domain with only
+# such disks) is skipped with a line saying so, unless it was named: a
+# DOMAIN without -d, a DOMAIN/DISK with -d (with -d, a DOMAIN's cdrom is
+# skipped). A domain-level snapshot leaves such disks out by itself (its
+# info's `taken:` names them). Snapshots are quiesced as
 # the mount's -o quiesce says; each new one prints its `quiesced:`. The
 # merges of pruned snapshots are waited for (`cat wait`): when the script
 # is interrupted they go on in chainfs.
@@ -123,29 +129,39 @@ if ! exec 9<>"$lockfile"; then
   die_usage "cannot open the lock file $lockfile"
 fi
 if ! flock -n 9; then
+  # the holder's pid, when the holder is a run of this script (it writes
+  # its pid there while it holds the lock)
   holder=$(head -c 64 "$lockfile" 2>/dev/null | tr -cd '0-9')
+  if [ -n "$holder" ] && grep -qa rolling-snapshots "/proc/$holder/cmdline" 2>/dev/null; then
+    holder="another run (pid $holder)"
+  else
+    holder="another run"
+  fi
   if [ "$lockwait" = 0 ]; then
-    printf '%s: another run (pid %s) holds %s; not waiting (-W 0)\n' "$prog" "${holder:-?}" "$lockfile" >&2
+    printf '%s: %s holds %s; not waiting (-W 0)\n' "$prog" "$holder" "$lockfile" >&2
     exit 75
   fi
-  say "waiting for another run (pid ${holder:-?}) to end (lock $lockfile)"
+  say "waiting for $holder to end (lock $lockfile)"
   if ! flock ${lockwait:+-w "$lockwait"} 9; then
-    printf '%s: another run (pid %s) still holds %s after %s s; giving up\n' "$prog" "${holder:-?}" "$lockfile" "$lockwait" >&2
+    printf '%s: %s still holds %s after %s s; giving up\n' "$prog" "$holder" "$lockfile" "$lockwait" >&2
     exit 75
   fi
 fi
 printf '%s\n' "$$" >"$lockfile" 2>/dev/null || true
+# shellcheck disable=SC2317 # run at exit
+release() { : >"$lockfile" 2>/dev/null; }
+trap release EXIT
 
 # The merges go on in chainfs when the script stops waiting for them.
 # shellcheck disable=SC2317 # run by the traps
 interrupted() {
   [ -n "${waiter:-}" ] && kill "$waiter" 2>/dev/null
-  printf '%s: interrupted; merges already started go on in chainfs (see: cat %s/DOMAIN/job)\n' "$prog" "$mount" >&2
+  printf '%s: interrupted; merges already started go on in chainfs (see: cat %s/job)\n' "$prog" "${current:-$mount/DOMAIN}" >&2
   exit "$1"
 }
 trap 'interrupted 130' INT
 trap 'interrupted 143' TERM
-waiter=""
+waiter="" current=""
 
 # wait_file PATH — read PATH (a chainfs `wait` file) until it returns;
 # prints what it returned. Runs in the background so that a signal stops
@@ -181,9 +197,10 @@ disks_of() {
 add_domain() { # DOMAINDIR ISNAMED
   local d
   if [ "$per_disk" -eq 1 ]; then
+    # a disk is named only as DOMAIN/DISK: a domain's cdrom is skipped
     while IFS= read -r d; do
       dirs+=("$d")
-      named[$d]=$2
+      named[$d]=0
     done < <(disks_of "$1")
   else
     dirs+=("$1")
@@ -217,12 +234,24 @@ label() { printf '%s' "${1#"$mount"/}"; }
 scope=domain
 [ "$per_disk" -eq 1 ] && scope=disk
 
+# stem DIR — the part of DIR's names before the timestamp: PREFIX, or
+# with -d PREFIX-DISK (libvirt's snapshot names are the domain's, one
+# name cannot be on two disks unless one snapshot took both)
+stem() {
+  if [ "$per_disk" -eq 1 ]; then
+    printf '%s-%s' "$prefix" "${1##*/}"
+  else
+    printf '%s' "$prefix"
+  fi
+}
+
 # own DIR — this script's snapshots in DIR/snapshots/, oldest first
 own() {
-  local s n sc
-  for s in "$1"/snapshots/"$prefix"-*; do
+  local s n sc st
+  st=$(stem "$1")
+  for s in "$1"/snapshots/"$st"-*; do
     n=${s##*/}
-    if ! [[ "$n" =~ ^.+-[0-9]{8}T[0-9]{6}Z$ ]] || [ "${n%-*}" != "$prefix" ]; then
+    if ! [[ "$n" =~ -[0-9]{8}T[0-9]{6}Z$ ]] || [ "${n%-*}" != "$st" ]; then
       continue
     fi
     # made at this level by a script like this one (a snapshot made
@@ -232,16 +261,19 @@ own() {
   done | sort
 }
 
-# ---- the name ---------------------------------------------------------------------
-# one name for the whole run; a new second when the last run took this one
+# ---- the names ---------------------------------------------------------------------
+# one timestamp for the whole run; a new second when the last run took it
+# (the domain's snapshots/ lists every name its disks have)
 for ((i = 0; ; i++)); do
-  name="$prefix-$(date -u +%Y%m%dT%H%M%SZ)"
-  taken=0
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  taken=""
   for d in "${dirs[@]}"; do
-    [ -e "$d/snapshots/$name" ] && taken=1
+    dom=$d
+    [ "$per_disk" -eq 1 ] && dom=${d%/*}
+    [ -e "$dom/snapshots/$(stem "$d")-$stamp" ] && taken="$(stem "$d")-$stamp"
   done
-  [ "$taken" -eq 0 ] && break
-  [ "$i" -lt 3 ] || { problem "$name exists already (is the clock right?)"; exit 1; }
+  [ -z "$taken" ] && break
+  [ "$i" -lt 3 ] || { problem "$taken exists already (is the clock right?)"; exit 1; }
   sleep 1
 done
 
@@ -258,13 +290,24 @@ errors_of() {
 
 # roll DIR — the new snapshot, then the pruning
 roll() {
-  local dir=$1 lbl out q gone=() n names
+  local dir=$1 lbl out q gone=() n names why name
   lbl=$(label "$dir")
+  current=$dir
+  name="$(stem "$dir")-$stamp"
+  if [ "${#name}" -gt 64 ]; then
+    problem "$lbl: the name $name is longer than 64 characters: take a shorter prefix"
+    return
+  fi
   if ! out=$(LC_ALL=C mkdir -- "$dir/snapshots/$name" 2>&1); then
     case "$(errtext "$out")" in
       "Read-only file system")
         if [ "${named[$dir]}" -eq 0 ]; then
-          say "$lbl: skipped: no disk of it can have a snapshot (read-only, shareable, cdrom, ...)"
+          if [ "$per_disk" -eq 1 ]; then
+            why=$(jq -r '.error // empty' "$dir/job.json" 2>/dev/null)
+            say "$lbl: skipped: it cannot have a snapshot (${why:-read-only, shareable, cdrom, ...})"
+          else
+            say "$lbl: skipped: no disk of it can have a snapshot (read-only, shareable, cdrom, ...)"
+          fi
           return
         fi ;;
     esac
