@@ -86,6 +86,7 @@ enum lv_event {
 struct lv_backend {
     struct cfs_backend pub;
     char *uri;
+    char *conn_uri;             /* virConnectGetURI at connect, or NULL */
 
     pthread_mutex_t lock;
     pthread_cond_t cond;        /* wakes the reconnect thread */
@@ -946,6 +947,10 @@ static int lv_connect(struct cfs_backend *be, const struct cfs_backend_events *e
         lv_stop_event_thread(b);
         return r;
     }
+    /* before any other thread can ask: it never changes afterwards */
+    b->conn_uri = virConnectGetURI(conn);
+    if (!b->conn_uri)
+        virResetLastError();
     pthread_mutex_lock(&b->lock);
     b->conn = conn;
     pthread_mutex_unlock(&b->lock);
@@ -1012,6 +1017,7 @@ static void lv_destroy(struct cfs_backend *be)
     free(b->snaps);
     pthread_mutex_destroy(&b->snap_lock);
     free(b->uri);
+    free(b->conn_uri);
     if (lv_the_backend == b)
         lv_the_backend = NULL;
     free(b);
@@ -3207,6 +3213,11 @@ static int lv_hypervisor_version(struct cfs_backend *be, unsigned long long *ver
     return 0;
 }
 
+static const char *lv_uri(struct cfs_backend *be)
+{
+    return lv(be)->conn_uri;
+}
+
 /* ---- construction ------------------------------------------------------- */
 
 static const struct cfs_backend_ops lv_ops = {
@@ -3244,6 +3255,7 @@ static const struct cfs_backend_ops lv_ops = {
     .volume_delete = lv_volume_delete,
     .ping = lv_ping,
     .hypervisor_version = lv_hypervisor_version,
+    .uri = lv_uri,
 };
 
 struct cfs_backend *cfs_libvirt_backend_new(const char *uri)

@@ -6,20 +6,28 @@
 # on exit, whether the demo succeeded or not. Run as root:
 #
 #     sudo bash scripts/demo.sh
+#
+# With CHAINFS set (e.g. CHAINFS=/usr/bin/chainfs, the installed package)
+# it installs and builds nothing and runs that binary instead, from a
+# directory outside the source tree.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
+HERE=$(cd "$(dirname "$0")" && pwd)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "demo: run as root (sudo bash scripts/demo.sh): it defines a VM on qemu:///system and mounts FUSE" >&2
   exit 1
 fi
 
-bash scripts/deps.sh
-[ -d build ] || meson setup build
-ninja -C build
+if [ -z "${CHAINFS:-}" ]; then
+  cd "$HERE/.."
+  bash scripts/deps.sh
+  [ -d build ] || meson setup build
+  ninja -C build
+  CHAINFS=$PWD/build/fs/fuse/chainfs
+fi
+[ -x "$CHAINFS" ] || { echo "demo: $CHAINFS is not an executable" >&2; exit 1; }
 # shellcheck source=scripts/libvirtd.sh
-. scripts/libvirtd.sh
+. "$HERE/libvirtd.sh"
 libvirtd_ensure
 
 URI=qemu:///system
@@ -95,9 +103,10 @@ DEFINED=1
 virsh -q -c "$URI" define "$TMP/$DOM.xml" >/dev/null
 virsh -q -c "$URI" start "$DOM" >/dev/null
 
-echo "--- mounting chainfs on $MNT"
+echo "--- mounting chainfs on $MNT ($CHAINFS)"
 mkdir -p "$MNT"
-"$ROOT/build/fs/fuse/chainfs" -f -c "$URI" -o "state_dir=$TMP/state" "$MNT" 2>"$TMP.log" &
+cd "$TMP"
+"$CHAINFS" -f -c "$URI" -o "state_dir=$TMP/state" "$MNT" 2>"$TMP.log" &
 PID=$!
 for ((i = 0; i < 100; i++)); do
   [ -d "$MNT/$DOM" ] && break

@@ -24,6 +24,12 @@ CHAINFS_PACKAGES=(
   # and the sanitizer runtimes are in libclang-rt-14-dev, which clang only
   # recommends (not installed with --no-install-recommends)
   clang libclang-rt-dev
+  # issue 11: the Debian package (dpkg-buildpackage -us -uc -b, dh with
+  # meson, lintian; tests/package/deb.sh) and man to read its page
+  dpkg-dev debhelper fakeroot lintian man-db
+  # systemd-analyze verify of the unit and the examples' timer (the tests
+  # run it offline: systemd need not be PID 1)
+  systemd
 )
 
 deps_missing() {

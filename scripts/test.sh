@@ -4,6 +4,10 @@
 #   1. unit tests                      (build/)
 #   2. integration tests               (build/, real libvirtd + QEMU + FUSE;
 #                                       without the guest suite)
+#      then the Debian package         (suite package: tests/package/deb.sh
+#                                       builds its own .deb from a copy of
+#                                       the tree, installs and removes it;
+#                                       once, never sanitized)
 #   3. the same two, built with -Db_sanitize=address,undefined (build-asan/)
 #   4. fault-injection tests           (build-asan/; issue 3)
 #   5. the tests with the real Linux guest (build-asan/, suite guest, two
@@ -73,6 +77,9 @@ run_suite() {
 
 run_suite build unit
 run_suite build integration --no-suite guest
+# the .deb is built from the sources by dpkg-buildpackage (its own build
+# dir, Debian's flags): one round is all it needs
+run_suite build package
 
 echo
 echo "=== sanitizer build (build-asan: -Db_sanitize=address,undefined)"

@@ -249,7 +249,7 @@ static void cleanup_finish(struct cfs_engine *e, const char *dom,
         _cleanup_free_ char *text = cfs_xasprintf(
             "the copy ended without a pivot but %s does not check clean (kept): %s",
             job->dest, errmsg_or(strerror(-r)));
-        log_err("%s/%s: %s", dom, disk, text);
+        /* logged by the end's edge: "job N failed: copy ..." */
         job_end(e, dom, disk, id, CFS_PHASE_FAILED, text, false);
         refresh_domain(e, dom);
         return;
@@ -450,7 +450,7 @@ static void *chain_worker(void *arg)
         if (r < 0) {
             _cleanup_free_ char *text = cfs_xasprintf(
                 "copying %s into %s: %s", src, dst, errmsg_or(strerror(-r)));
-            log_err("%s/%s: %s", dom, disk, text);
+            /* logged by the job's end (job_fail below) */
             int ar = e->be->ops->job_abort(e->be, dom, disk);
             if (ar < 0 && ar != -ENOENT)
                 log_warn("%s/%s: ending the mirror after the failed copy: %s", dom,

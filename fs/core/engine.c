@@ -1274,6 +1274,11 @@ void cfs_engine_set_invalidate(struct cfs_engine *e,
 
 struct cfs_tree *cfs_engine_tree(struct cfs_engine *e) { return e->tree; }
 
+const char *cfs_engine_uri(struct cfs_engine *e)
+{
+    return e->be->ops->uri ? e->be->ops->uri(e->be) : NULL;
+}
+
 unsigned long cfs_engine_generation(struct cfs_engine *e)
 {
     pthread_mutex_lock(&e->tree->lock);

@@ -267,7 +267,10 @@ bool job_set_phase_from(struct cfs_engine *e, const char *dom, const char *disk,
 bool phase_step_locked(struct cfs_engine *e, struct cfs_disk_state *s, enum cfs_job_phase to);
 /* events.c: every phase edge of every job passes here once, under the
  * tree lock, after S->job.phase became TO (issue 11: the one place a
- * job's start, end and failure are logged and counted). */
+ * job's start, end and failure are logged and counted). A terminal edge
+ * finds the job's error, partial and finished set (job_end); a job
+ * recovery takes up from the journal passes once as none -> its stored
+ * phase (not starting: it was counted as started by the daemon before). */
 void job_edge_locked(struct cfs_engine *e, const struct cfs_disk_state *s,
                      enum cfs_job_phase from, enum cfs_job_phase to);
 int step_ready(struct cfs_engine *e, const char *dom, const char *disk, uint64_t id, bool asked);

@@ -12,8 +12,9 @@
  * edge is logged as a bug and ignored), persists the journal entry before
  * the persisted edges (-> running, -> pivoting, -> cleanup; the journal's
  * `phase` is the phase's name), closes it before a terminal phase, logs
- * "job 7 vm1/vda: ready -> pivoting", bumps the tree generation and wakes
- * `wait` readers.
+ * the edge (job_edge_locked, events.c: "job 7 ready: active-commit
+ * vm1/vda snapshot s2 (was running)"), bumps the tree generation and
+ * wakes `wait` readers.
  *
  * Phases and every allowed edge:
  *
@@ -280,12 +281,16 @@ bool phase_step_locked(struct cfs_engine *e, struct cfs_disk_state *s,
 }
 
 /* Move job ID of DOM/DISK from phase FROM (CFS_PHASE_MAX: whatever it is
- * in) to TO, with APPLY (may be NULL) run under the same lock, so that a
- * reader woken by the change sees the job whole. false if the job is
- * not (any more) ID, not in FROM, or the edge is not allowed. */
+ * in) to TO, with BEFORE (may be NULL) run just before the step and
+ * APPLY (may be NULL) just after it, under the same lock, so that a
+ * reader woken by the change sees the job whole, and the step's log
+ * line (job_edge_locked) sees what BEFORE set (a job's end: its error).
+ * false if the job is not (any more) ID, not in FROM, or the edge is
+ * not allowed. */
 static bool phase_change(struct cfs_engine *e, const char *dom,
                          const char *disk, uint64_t id,
                          enum cfs_job_phase from, enum cfs_job_phase to,
+                         void (*before)(struct cfs_disk_state *s, void *arg),
                          void (*apply)(struct cfs_disk_state *s, void *arg),
                          void *arg)
 {
@@ -327,6 +332,8 @@ static bool phase_change(struct cfs_engine *e, const char *dom,
     pthread_mutex_lock(&e->tree->lock);
     s = job_mine(e, dom, disk, id);
     bool ok = s && s->job.phase == from;
+    if (ok && from != to && before)
+        before(s, arg); /* the edge is allowed: the step below is taken */
     if (ok && from != to)
         ok = phase_step_locked(e, s, to);
     if (ok && apply) {
@@ -340,14 +347,14 @@ static bool phase_change(struct cfs_engine *e, const char *dom,
 bool job_set_phase(struct cfs_engine *e, const char *dom, const char *disk,
                    uint64_t id, enum cfs_job_phase to)
 {
-    return phase_change(e, dom, disk, id, CFS_PHASE_MAX, to, NULL, NULL);
+    return phase_change(e, dom, disk, id, CFS_PHASE_MAX, to, NULL, NULL, NULL);
 }
 
 bool job_set_phase_from(struct cfs_engine *e, const char *dom,
                         const char *disk, uint64_t id,
                         enum cfs_job_phase from, enum cfs_job_phase to)
 {
-    return phase_change(e, dom, disk, id, from, to, NULL, NULL);
+    return phase_change(e, dom, disk, id, from, to, NULL, NULL, NULL);
 }
 
 /* Whether file ID/PATH is in DOM/DISK's chain in the tree (ID may be
@@ -374,7 +381,9 @@ struct end_args {
     char **groups;       /* out: the job groups the end touched */
 };
 
-static void end_apply(struct cfs_disk_state *s, void *arg)
+/* The end's facts, set before the terminal step: its log line carries
+ * the error (libvirt's message) and whether the base was written. */
+static void end_facts(struct cfs_disk_state *s, void *arg)
 {
     const struct end_args *a = arg;
     struct cfs_job *j = &s->job;
@@ -384,6 +393,12 @@ static void end_apply(struct cfs_disk_state *s, void *arg)
     free(j->error);
     j->error = cfs_xstrdup(a->error);
     j->partial = a->partial;
+}
+
+static void end_apply(struct cfs_disk_state *s, void *arg)
+{
+    const struct end_args *a = arg;
+    struct cfs_job *j = &s->job;
     if (a->partial && j->top && !cfs_strv_contains(s->partial_tops, j->top))
         cfs_strv_push(&s->partial_tops, cfs_xstrdup(j->top));
     /* a commit of a run (issue 8 §3.2) wrote every layer of it below */
@@ -431,7 +446,7 @@ void job_end(struct cfs_engine *e, const char *dom, const char *disk,
         superseded = s->job.superseded;
     }
     pthread_mutex_unlock(&e->tree->lock);
-    if (phase_change(e, dom, disk, id, CFS_PHASE_MAX, st, end_apply, &a))
+    if (phase_change(e, dom, disk, id, CFS_PHASE_MAX, st, end_facts, end_apply, &a))
         queue_after_end(e, dom, disk, st, what, error, superseded);
     for (char **g = a.groups; g && *g; g++)
         group_after_change(e, *g);
@@ -826,10 +841,7 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
             "%s%s", why,
             may_delete ? "" : "; nothing deleted: the guest may have written to "
                               "the destination (both files kept)");
-        if (st == CFS_PHASE_CANCELED)
-            log_warn("%s/%s: copy to %s canceled: %s", dom, disk, job.dest, text);
-        else
-            log_err("%s/%s: copy to %s failed: %s", dom, disk, job.dest, text);
+        /* logged by the end's edge: "job N failed: copy ..." */
         job_end(e, dom, disk, id, st, text, false);
         cfs_job_clear(&job);
         return;
@@ -853,12 +865,7 @@ void job_fail(struct cfs_engine *e, const char *dom, const char *disk,
                    job.direction != CFS_DIRECTION_PULL && (job.cur > 0 || base_grew);
     _cleanup_free_ char *space = space_reason(e, job.base);
     _cleanup_free_ char *text = cfs_xasprintf("%s%s", why, space);
-    if (st == CFS_PHASE_CANCELED)
-        log_warn("%s/%s: merge of snapshot %s canceled: %s", dom, disk,
-                 job.snapshot, text);
-    else
-        log_err("%s/%s: merge of snapshot %s failed: %s", dom, disk,
-                job.snapshot, text);
+    /* logged by the end's edge: "job N failed: commit ... snapshot S" */
     job_end(e, dom, disk, id, st, text, partial);
     cfs_job_clear(&job);
 }
@@ -985,7 +992,7 @@ static void job_went_ready(struct cfs_engine *e, const char *dom,
                            const char *disk, uint64_t id)
 {
     phase_change(e, dom, disk, id, CFS_PHASE_RUNNING, CFS_PHASE_READY,
-                 ready_apply, NULL);
+                 NULL, ready_apply, NULL);
 }
 
 /* Fact: libvirt has no job and TOP is still in the chain. The job failed

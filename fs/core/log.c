@@ -5,6 +5,7 @@
  * so one record is one line and no name can forge a line of its own. */
 #include "chainfs/log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
@@ -13,6 +14,17 @@
 
 static bool log_syslog;
 static bool log_debug_on;
+static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
+static cfs_log_sink sink_fn;
+static void *sink_opaque;
+
+void cfs_log_set_sink(cfs_log_sink sink, void *opaque)
+{
+    pthread_mutex_lock(&sink_lock);
+    sink_fn = sink;
+    sink_opaque = opaque;
+    pthread_mutex_unlock(&sink_lock);
+}
 
 void cfs_log_init(bool to_syslog, bool debug)
 {
@@ -27,6 +39,7 @@ static const char *prio_name(int prio)
     switch (prio) {
     case LOG_ERR: return "error";
     case LOG_WARNING: return "warning";
+    case LOG_NOTICE: return "notice";
     case LOG_INFO: return "info";
     case LOG_DEBUG: return "debug";
     default: return "notice";
@@ -47,6 +60,10 @@ void cfs_log(int prio, const char *fmt, ...)
     cfs_buf_put_escaped(&line, msg);
     const char *text = line.data ? line.data : "";
 
+    pthread_mutex_lock(&sink_lock);
+    if (sink_fn)
+        sink_fn(prio, text, sink_opaque);
+    pthread_mutex_unlock(&sink_lock);
     if (log_syslog) {
         syslog(prio, "%s", text);
         return;

@@ -181,6 +181,9 @@ void recover_journal(struct cfs_engine *e)
          * the others are ready or ended) */
         s->job.group = cfs_xstrdup(en->group);
         group_member_sync_locked(e, s, NULL);
+        /* the job is back in this daemon: "job N resumed (PHASE): ..."
+         * (its end, later, is an edge like any other) */
+        job_edge_locked(e, s, CFS_PHASE_NONE, ph);
         tree_changed(e);
         /* the disk is claimed now (a mkdir/rmdir sees the job); what
          * libvirt says of it is asked on the domain's worker */

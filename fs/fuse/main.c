@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,9 @@
 #include <unistd.h>
 
 #include "fuse_ops.h"
+#include "mountid.h"
 
+#include <fuse_log.h>
 #include <fuse_lowlevel.h>
 
 #include "chainfs/ctl.h"
@@ -46,6 +49,8 @@ struct options {
     int debug;
     int single;
     int allow_other;
+    int have_fsname;   /* the user's -o fsname= / subtype= win over ours */
+    int have_subtype;
     char *nonopt[3];
     int n_nonopt;
 };
@@ -116,6 +121,10 @@ static int opt_proc(void *data, const char *arg, int key,
     case FUSE_OPT_KEY_OPT:
         if (strcmp(arg, "allow_other") == 0)
             o->allow_other = 1;
+        else if (strncmp(arg, "fsname=", 7) == 0)
+            o->have_fsname = 1;
+        else if (strncmp(arg, "subtype=", 8) == 0)
+            o->have_subtype = 1;
         return 1; /* a standard FUSE option: fuse_new takes it */
     default:
         return 1;
@@ -140,8 +149,9 @@ static void usage(FILE *out)
 "                         rmdir NAME is EBUSY while it is open\n"
 "  echo CMD > ctl         steer the disk: abort, pivot, pivot manual|auto,\n"
 "                         bandwidth N, merge NAME commit|pull|auto,\n"
-"                         copy DEST [flatten|shallow|chain] [manual], finish\n"
-"                         (cat ctl lists them and the settings)\n"
+"                         copy DEST [flatten|shallow|chain] [manual], finish,\n"
+"                         revert NAME [force] (cat ctl lists them and the\n"
+"                         settings)\n"
 "\n"
 "options:\n"
 "  -c URI, --connect=URI  libvirt connection URI (default: libvirt's own,\n"
@@ -195,14 +205,16 @@ static void usage(FILE *out)
 "EACCES; the log and the disk's job file say why. Over a remote URI\n"
 "(qemu+ssh://host/system) chainfs opens no image file itself, and rmdir on a\n"
 "shut-off domain is EOPNOTSUPP.\n"
-"Exit status: 0 after an unmount, 1 if start-up failed (a FUSE option FUSE\n"
-"does not know included), 2 if chainfs cannot use its command line (no\n"
+"Exit status: 0 after an unmount or a SIGTERM, SIGINT or SIGHUP (which\n"
+"unmount), 1 if start-up failed (a FUSE option FUSE does not know\n"
+"included), 2 if chainfs cannot use its command line (no\n"
 "MOUNTPOINT, a malformed -o bandwidth, live_pull, quiesce or quiesce_timeout,\n"
 "an unknown manage_group).\n"
 "\n"
-"Docs: README.md and docs/ in the chainfs source tree.\n"
-"Backups: examples/backup.sh (a live backup of every disk of a domain) and\n"
-"examples/restore.md (restoring from one) there.\n");
+"Docs: man chainfs, and man chainfs-files for every file of the tree and\n"
+"every ctl command. Backups: examples/backup.sh (a live backup of every\n"
+"disk of a domain) and examples/restore.md (restoring from one), in\n"
+"/usr/share/doc/chainfs/examples/ or the source tree.\n");
 }
 
 static char *default_state_dir(void)
@@ -423,8 +435,9 @@ static void options_free(struct options *o)
         free(o->nonopt[i]);
 }
 
-/* Exit statuses: 0 after an unmount, 1 start-up failed, 2 chainfs cannot
- * use its command line (checked before anything starts). */
+/* Exit statuses: 0 after an unmount or a stop by signal, 1 start-up
+ * failed, 2 chainfs cannot use its command line (checked before anything
+ * starts). */
 #define EXIT_START_FAILED 1
 #define EXIT_USAGE 2
 
@@ -649,6 +662,16 @@ static bool start_engine(struct daemon *d)
 /* fuse_new, mount, signal handlers, the mount watcher. false: d->error. */
 static bool mount_fs(struct daemon *d)
 {
+    /* `mount` and /proc/mounts: "qemu:///system on /vms type
+     * fuse.chainfs", the URI as libvirt resolved it (the default, an
+     * alias), else as given */
+    const char *uri = cfs_engine_uri(d->engine);
+    if (!uri)
+        uri = d->o->uri;
+    _cleanup_free_ char *id = cfs_mount_identity_opt(uri, d->o->have_fsname,
+                                                     d->o->have_subtype);
+    if (id)
+        fuse_opt_add_arg(d->args, id);
     d->fuse = fuse_new(d->args, &cfs_fuse_ops, sizeof(cfs_fuse_ops), &d->fs);
     if (!d->fuse) {
         d->error = cfs_xstrdup("cannot set up FUSE (see the message above)");
@@ -682,12 +705,29 @@ static bool mount_fs(struct daemon *d)
     return true;
 }
 
+/* libfuse's log, once detached: its levels are syslog's; its lines end
+ * with a newline, which one log record does not carry. */
+static void fuse_to_log(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n')
+        msg[--n] = '\0';
+    int prio = (int)level;
+    if (prio < LOG_EMERG || prio > LOG_DEBUG)
+        prio = LOG_ERR;
+    cfs_log(prio, "fuse: %s", msg);
+}
+
 /* Tell the parent all is well, let go of the terminal, serve until the
  * unmount; the exit status. */
 static int serve(struct daemon *d)
 {
+    const char *uri = cfs_engine_uri(d->engine);
     log_info("mounted on %s (libvirt %s, state in %s)", d->abs_mnt,
-             d->o->uri ? d->o->uri : "default URI", d->o->state_dir);
+             uri ? uri : d->o->uri ? d->o->uri : "default URI",
+             d->o->state_dir);
     if (d->report_fd >= 0) {
         report(d->report_fd, 0, NULL);
         d->report_fd = -1; /* report() closed it */
@@ -701,6 +741,9 @@ static int serve(struct daemon *d)
             if (null > 2)
                 close(null);
         }
+        /* libfuse's own messages (a failed request reply, the loop's
+         * errors) went to stderr, /dev/null from here: to syslog too */
+        fuse_set_log_func(fuse_to_log);
     }
     d->served = true;
     int ret;
@@ -711,6 +754,14 @@ static int serve(struct daemon *d)
         fuse_loop_cfg_set_max_threads(lc, 64);
         ret = fuse_loop_mt(d->fuse, lc);
         fuse_loop_cfg_destroy(lc);
+    }
+    /* libfuse ends the loop on SIGTERM, SIGINT and SIGHUP with the
+     * signal's number: a stop asked for (`systemctl stop`, Ctrl-C in the
+     * foreground), undone like an unmount, so 0 as for one. A negative
+     * errno is the loop failing. */
+    if (ret > 0 && !d->watch.gone) {
+        log_info("stopping on %s; unmounting %s", strsignal(ret), d->abs_mnt);
+        ret = 0;
     }
     return ret == 0 || d->watch.gone ? 0 : 1;
 }
@@ -772,8 +823,13 @@ static void tear_down(struct daemon *d)
     d->fs.stamps = cfs_stamps_free(d->fs.stamps);
     if (d->mounted && !d->error)
         log_info("unmounted %s", d->abs_mnt);
-    if (d->error)
+    if (d->error) {
+        /* detached, the terminal gets it through the parent, and the
+         * log (syslog) as well: a unit's journal shows why it failed */
+        if (d->report_fd >= 0)
+            log_err("start-up failed: %s", d->error);
         report(d->report_fd, 1, d->error);
+    }
     else if (d->report_fd >= 0)
         close(d->report_fd);
     free(d->error);

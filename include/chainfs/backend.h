@@ -327,6 +327,13 @@ struct cfs_backend_ops {
      * minor * 1000 + micro (virConnectGetVersion: QEMU's, for qemu://).
      * 0, or a negative errno. */
     int (*hypervisor_version)(struct cfs_backend *be, unsigned long long *ver);
+    /* Optional (may be NULL): the URI of the connection as libvirt reports
+     * it (virConnectGetURI: what the default or an alias resolved to,
+     * "qemu:///system"), read once at connect and unchanged until
+     * destroy; NULL before connect or when libvirt did not say. The
+     * string is the backend's. (`mount` shows it as the source of the
+     * mount.) */
+    const char *(*uri)(struct cfs_backend *be);
 };
 
 struct cfs_backend {

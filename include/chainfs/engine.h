@@ -199,6 +199,10 @@ void cfs_engine_image_flush(struct cfs_image_reader *r);
  * unregisters the reader and lets merges waiting for it go. */
 void cfs_engine_image_release(struct cfs_image_reader *r);
 
+/* The URI libvirt says the engine's connection is to (the backend's uri
+ * op), or NULL if it did not say; valid until cfs_engine_free. */
+const char *cfs_engine_uri(struct cfs_engine *e);
+
 /* Tests: process everything queued, then one poll round. */
 void cfs_engine_run_pending(struct cfs_engine *e);
 /* Tests: the tree (lock it before looking). */

@@ -10,7 +10,14 @@
 void cfs_log_init(bool to_syslog, bool debug);
 void cfs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Tests: every line logged from now on (debug lines only with debug on)
+ * is also handed to SINK, escaped as written, with its priority; NULL
+ * stops it. Called from any thread that logs; not for the daemon. */
+typedef void (*cfs_log_sink)(int prio, const char *line, void *opaque);
+void cfs_log_set_sink(cfs_log_sink sink, void *opaque);
+
 #define log_err(...) cfs_log(LOG_ERR, __VA_ARGS__)
 #define log_warn(...) cfs_log(LOG_WARNING, __VA_ARGS__)
+#define log_notice(...) cfs_log(LOG_NOTICE, __VA_ARGS__)
 #define log_info(...) cfs_log(LOG_INFO, __VA_ARGS__)
 #define log_debug(...) cfs_log(LOG_DEBUG, __VA_ARGS__)

@@ -214,6 +214,7 @@ struct fake {
     bool remote;                    /* files_local() says false */
     char *pool_dir;                 /* volume_delete's pool, or NULL */
     unsigned long long hv_version;  /* hypervisor_version; 0: unknown */
+    char *uri;                      /* what uri() answers once connected */
     char *last_volume_deleted;
     struct cfs_backend_events ev;
     void *opaque;
@@ -949,6 +950,7 @@ static void fake_destroy(struct cfs_backend *be)
         free(f->failures[i].message);
     free(f->failures);
     free(f->pool_dir);
+    free(f->uri);
     free(f->pivot_fail_disk);
     free(f->last_volume_deleted);
     pthread_mutex_destroy(&f->lock);
@@ -2261,6 +2263,17 @@ static int fake_hypervisor_version(struct cfs_backend *be, unsigned long long *v
     return 0;
 }
 
+/* As libvirt's: no URI before the connection is open. */
+static const char *fake_uri(struct cfs_backend *be)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    const char *uri = f->connected ? f->uri : NULL;
+    pthread_mutex_unlock(&f->lock);
+    return uri;
+}
+
 static const struct cfs_backend_ops fake_ops = {
     .name = "fake",
     .connect = fake_connect,
@@ -2295,6 +2308,7 @@ static const struct cfs_backend_ops fake_ops = {
     .files_local = fake_files_local,
     .volume_delete = fake_volume_delete,
     .hypervisor_version = fake_hypervisor_version,
+    .uri = fake_uri,
 };
 
 void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir)
@@ -2305,6 +2319,16 @@ void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_d
     f->remote = remote;
     free(f->pool_dir);
     f->pool_dir = cfs_xstrdup(pool_dir);
+    pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_set_uri(struct cfs_backend *be, const char *uri)
+{
+    struct fake *f = fake_of(be);
+
+    pthread_mutex_lock(&f->lock);
+    free(f->uri);
+    f->uri = cfs_xstrdup(uri);
     pthread_mutex_unlock(&f->lock);
 }
 
@@ -2336,6 +2360,7 @@ struct cfs_backend *cfs_fake_backend_new(void)
     struct fake *f = cfs_xcalloc(1, sizeof(*f));
 
     pthread_mutex_init(&f->lock, NULL);
+    f->uri = cfs_xstrdup("test:///default");
     be->ops = &fake_ops;
     be->priv = f;
     return be;

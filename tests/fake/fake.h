@@ -109,6 +109,9 @@ void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom);
  * files directly in it (records the path, touches nothing) and answers
  * -ENOENT for any other. */
 void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir);
+/* What uri() answers once connected (default "test:///default"; NULL:
+ * libvirt did not say). Call before connect. */
+void cfs_fake_set_uri(struct cfs_backend *be, const char *uri);
 /* What hypervisor_version answers (major * 1000000 + minor * 1000 +
  * micro); 0 (the default): -EOPNOTSUPP, the version is unknown. */
 void cfs_fake_set_hypervisor_version(struct cfs_backend *be,

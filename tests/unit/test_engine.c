@@ -1280,6 +1280,32 @@ static void test_pull_auto_on_fixed_qemu(void **state)
     assert_job_contains(f, "direction: pull");
 }
 
+/* The engine passes on the URI the backend got from libvirt once it is
+ * connected (what `mount` shows), nothing before, and NULL when the
+ * backend does not say. */
+static void test_engine_uri(void **state)
+{
+    struct fx *f = *state;
+    assert_string_equal(cfs_engine_uri(f->e), "test:///default");
+    cfs_engine_free(f->e);
+
+    f->be = cfs_fake_backend_new();
+    cfs_fake_set_uri(f->be, "qemu+ssh://root@h/system?keyfile=/k,x");
+    struct cfs_engine_config cfg = {.state_dir = f->state};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_null(cfs_engine_uri(f->e)); /* not connected yet */
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    assert_string_equal(cfs_engine_uri(f->e),
+                        "qemu+ssh://root@h/system?keyfile=/k,x");
+    cfs_engine_free(f->e);
+
+    f->be = cfs_fake_backend_new();
+    cfs_fake_set_uri(f->be, NULL);
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, false, NULL), 0);
+    assert_null(cfs_engine_uri(f->e));
+}
+
 /* A second disk of vm1 (vdb: its own two-layer chain in F's directory). */
 static void add_second_disk(struct fx *f, char paths[2][160])
 {
@@ -4031,6 +4057,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_offline_pull, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_offline_pull_failure, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_pull_auto_on_fixed_qemu, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_engine_uri, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_pull_keeps_domain_quiet, setup_running_pull, teardown),
         cmocka_unit_test_setup_teardown(test_pull_not_beside_other_job, setup_running_pull, teardown),
         cmocka_unit_test_setup_teardown(test_pull_failure_brings_snapshot_back, setup_running_pull, teardown),
