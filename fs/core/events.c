@@ -113,9 +113,11 @@ static void job_log_line(struct cfs_buf *b, const struct cfs_job *j,
 void job_edge_locked(struct cfs_engine *e, const struct cfs_disk_state *s,
                      enum cfs_job_phase from, enum cfs_job_phase to)
 {
-    cfs_metrics_job_edge(&e->metrics, &s->job, from, to, now_s());
+    /* one clock read: the metrics' duration and the line's agree */
+    int64_t now = now_s();
+    cfs_metrics_job_edge(&e->metrics, &s->job, from, to, now);
     _cleanup_buf_ struct cfs_buf b = {0};
     int prio;
-    job_log_line(&b, &s->job, s->dom, s->disk, from, to, now_s(), &prio);
+    job_log_line(&b, &s->job, s->dom, s->disk, from, to, now, &prio);
     cfs_log(prio, "%s", b.data ? b.data : "");
 }
