@@ -1,6 +1,8 @@
 /* engine.c — part of the engine (see engine_int.h). */
 #include "engine_int.h"
 
+#include "chainfs/nodes.h" /* CFS_OWN_DIR */
+
 /* ---- work queue ----------------------------------------------------------- */
 
 void work_free(struct work *w)
@@ -651,8 +653,10 @@ static int refresh_light(struct cfs_engine *e, const char *dom)
 static void drop_own_name(struct cfs_engine *e, char **names)
 {
     for (char **n = names; n && *n; n++) {
+        if (!cfs_streq(*n, CFS_OWN_DIR))
+            continue; /* every refresh lists every domain: no lock for them */
         pthread_mutex_lock(&e->tree->lock);
-        bool own = cfs_tree_own_name(e->tree, *n);
+        bool own = cfs_tree_own_name(e->tree, *n); /* logs it once */
         pthread_mutex_unlock(&e->tree->lock);
         if (own) {
             free(*n);
