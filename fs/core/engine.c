@@ -1111,7 +1111,7 @@ static void live_pull_decide(struct cfs_engine *e)
     int r = e->be->ops->hypervisor_version
                 ? e->be->ops->hypervisor_version(e->be, &v)
                 : -EOPNOTSUPP;
-    if (r == 0 && live_pull_min_qemu && v >= live_pull_min_qemu) {
+    if (r == 0 && v >= live_pull_min_qemu) {
         log_info("live pull: on (QEMU %llu.%llu.%llu)", v / 1000000,
                  v / 1000 % 1000, v % 1000);
         return;
