@@ -36,6 +36,17 @@
 # only the second host sees can mount a tmpfs inside the namespace with
 # `h2_run mount ...`.) QEMU runs there as libvirt-qemu, as on this host.
 #
+# The second host's own libvirt directories are reachable from here too,
+# under $H2_DIR: run/ (its /run/libvirt), lib/, cache/, etc/ and log/ —
+# e.g. a domain's QEMU log is $H2_DIR/log/qemu/DOM.log, not
+# /var/log/libvirt/qemu/DOM.log (guest_lib.sh's helpers read the latter).
+# Its libvirtd's own log (stderr) is $H2_LOG.
+#
+# Inside, /sys is a fresh sysfs of the network namespace, without this
+# host's cgroup mounts: libvirt then runs its QEMUs without cgroups and
+# makes no cgroup in this host's tree (a QEMU killed by h2_stop would leave
+# one behind), and it lists only the namespace's interfaces.
+#
 # h2_kill kills that libvirtd with SIGKILL (the host goes away; its QEMUs,
 # virtlogd and the namespaces stay, as when a libvirtd crashes) and
 # h2_restart starts it again in the same namespaces with the same state:
