@@ -82,6 +82,15 @@ h2_virsh snapshot-create-as "$D" s1 --disk-only --atomic --diskspec "vda,file=$I
   it_fail "snapshot-create-as --disk-only over $H2_URI"
 it_assert_eq "$IMG/s1.qcow2" "$(h2_virsh domblklist "$D" | awk '$1 == "vda" { print $2 }')" "vda is on the overlay s1"
 
+# no firewall rule even inside its own network namespace, TCP only on
+# the veth address
+if command -v iptables-save >/dev/null 2>&1; then
+  it_assert_eq "" "$(h2_run iptables-save 2>/dev/null | grep -Ev '^(#|\*|:|COMMIT)' || true)" "no iptables rule in the second host's namespace"
+fi
+if command -v ss >/dev/null 2>&1; then
+  it_assert_eq "$H2_ADDR:16509" "$(h2_run ss -Hltn | awk '{ print $4 }' | sort | tr '\n' ' ' | sed 's/ $//')" "the second host listens on $H2_ADDR:16509 only"
+fi
+
 # 3. the host goes away and comes back
 h2_kill
 virsh -q -c "$H2_URI" version >/dev/null 2>&1 && it_fail "$H2_URI still answers after h2_kill"
