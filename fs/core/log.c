@@ -17,6 +17,17 @@ static bool log_debug_on;
 static pthread_mutex_t sink_lock = PTHREAD_MUTEX_INITIALIZER;
 static cfs_log_sink sink_fn;
 static void *sink_opaque;
+static __thread const char *log_host;
+
+void cfs_log_set_context(const char *host)
+{
+    log_host = host && *host ? host : NULL;
+}
+
+const char *cfs_log_context(void)
+{
+    return log_host;
+}
 
 void cfs_log_set_sink(cfs_log_sink sink, void *opaque)
 {
@@ -57,6 +68,11 @@ void cfs_log(int prio, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     _cleanup_buf_ struct cfs_buf line = {0};
+    if (log_host) {
+        cfs_buf_put(&line, "host ", 5);
+        cfs_buf_put_escaped(&line, log_host);
+        cfs_buf_put(&line, ": ", 2);
+    }
     cfs_buf_put_escaped(&line, msg);
     const char *text = line.data ? line.data : "";
 

@@ -79,6 +79,16 @@ struct cfs_engine_config {
     /* Serves snapshots/NAME/disk.raw (issue 9); NULL: no disk.raw. The
      * engine owns it once cfs_engine_new succeeded. */
     struct cfs_imgserve *imgserve;
+    /* Issue 12. The host's directory name with several hosts in one
+     * mount, for log lines (cfs_log_set_context) and metrics labels;
+     * NULL or "" with one host. Must outlive the engine. */
+    const char *host;
+    /* Issue 12, several hosts: a backend connect that fails with
+     * -ENOTCONN does not end cfs_engine_start; the engine starts empty
+     * and stale, refuses changes with ENOTCONN, and connects with its
+     * usual back-off (then reads and recovers as after a reconnect).
+     * false (one host): start-up fails as before. */
+    bool start_disconnected;
 };
 
 struct cfs_engine;

@@ -16,6 +16,15 @@ void cfs_log(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 typedef void (*cfs_log_sink)(int prio, const char *line, void *opaque);
 void cfs_log_set_sink(cfs_log_sink sink, void *opaque);
 
+/* Issue 12: several hosts in one mount. The calling thread's host name
+ * (NULL or "": none, the one-host format) is put before every line this
+ * thread logs, as "host NAME: ...", on stderr, syslog and the sink alike.
+ * Every thread an engine starts sets its engine's host name first thing
+ * (cfg.host); FUSE threads set it around a call routed to one host. The
+ * string must outlive the thread's use of it (the engine's config). */
+void cfs_log_set_context(const char *host);
+const char *cfs_log_context(void);
+
 #define log_err(...) cfs_log(LOG_ERR, __VA_ARGS__)
 #define log_warn(...) cfs_log(LOG_WARNING, __VA_ARGS__)
 #define log_notice(...) cfs_log(LOG_NOTICE, __VA_ARGS__)

@@ -10,6 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Issue 12: the one limit on a chain's length anywhere in chainfs (qcow2
+ * header walk, storage-pool walk, XML). A chain cut there is logged. */
+#define CFS_CHAIN_MAX 4096u
+
 enum cfs_dom_state {
     CFS_DOM_SHUTOFF,
     CFS_DOM_RUNNING,
