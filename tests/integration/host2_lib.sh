@@ -263,7 +263,7 @@ h2_ns_pids() {
 
 # h2_stop — tear everything down (see the header). Idempotent.
 h2_stop() {
-  local dom pids pid alive i ok=0
+  local dom pids pid alive i ok=0 nsfd=""
   local - # set +e for this function only: it also runs from a test's body
   set +e
   if [ -n "$H2_PID" ] && kill -0 "$H2_PID" 2>/dev/null; then
@@ -275,6 +275,26 @@ h2_stop() {
   if [ "${IT_RC:-0}" -ne 0 ] && [ "${IT_RC:-0}" -ne 77 ] && [ -n "$H2_LOG" ] && [ -s "$H2_LOG" ]; then
     echo "[$IT_NAME] ---- host2 libvirtd log (last 50 lines) ----" >&2
     tail -n 50 "$H2_LOG" >&2
+  fi
+  # Hold the network namespace open while its processes are looked for
+  # and killed: the kernel gives a freed namespace's inode number to the
+  # next namespace made, and another test's second host started meanwhile
+  # would then carry H2_NETNS — its processes found, and killed, as ours.
+  # Held, ours cannot be freed until we let go below; a holder already
+  # gone leaves nothing to tell ours from another's: nothing is scanned.
+  if [ -n "$H2_NETNS" ]; then
+    nsfd=""
+    if [ -n "$H2_HOLD_PID" ]; then
+      # (braces: a redirection on exec itself would stay for the shell)
+      { exec {nsfd}<"/proc/$H2_HOLD_PID/ns/net"; } 2>/dev/null || nsfd=""
+    fi
+    if [ -z "$nsfd" ] || [ "$(readlink "/proc/self/fd/$nsfd")" != "$H2_NETNS" ]; then
+      [ -z "$nsfd" ] || exec {nsfd}<&-
+      nsfd=""
+      echo "[$IT_NAME] FAIL: host2: its namespace holder (pid ${H2_HOLD_PID:-?}) is gone: its namespace cannot be told from another's, nothing in it is killed" >&2
+      H2_NETNS=""
+      ok=1
+    fi
   fi
   # The daemons first (politely), then whatever else is in there: QEMUs
   # the second libvirtd started (when it was killed or could not destroy
@@ -298,6 +318,7 @@ h2_stop() {
     echo "[$IT_NAME] FAIL: host2: processes survive in its namespace: $(h2_ns_pids | tr '\n' ' ')" >&2
     ok=1
   fi
+  [ -z "$nsfd" ] || exec {nsfd}<&-
   H2_PID="" H2_LOGD_PID="" H2_HOLD_PID=""
   if [ -n "$H2_VETH" ]; then
     # The namespace's end went with the namespace, and with it the pair;
