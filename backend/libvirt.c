@@ -1,9 +1,12 @@
 /* libvirt.c — the real backend: the ops table of backend.h over one
  * libvirt connection. The only file that includes the libvirt headers.
  *
- * Threads: one event thread per backend runs libvirt's default event loop
- * (keepalive, close callback, domain events); the callbacks it runs only
- * forward to struct cfs_backend_events. A reconnect thread sleeps until
+ * Threads: one event thread for every backend of the process (issue 12:
+ * several hosts, one backend each) runs libvirt's default event loop
+ * (keepalive, close callbacks, domain events); it is started by the first
+ * connect and ends after the last destroy (lv_event_loop_ref/unref). The
+ * callbacks it runs only forward to struct cfs_backend_events (each
+ * backend's own), so one host's events never wait for another's. A reconnect thread sleeps until
  * the close callback fires, then reopens the connection (with backoff),
  * resubscribes and announces connection(up=true) on the event thread.
  * Every op may run on any other thread, concurrently: each call gets a
@@ -12,7 +15,9 @@
  * return -ENOTCONN.
  * libvirt errors are mapped to errno in lv_error() and libvirt's message
  * goes to cfs_backend_set_errmsg(); libvirt's own printing to stderr is
- * off. Only one libvirt backend per process (the event loop is global).
+ * off. A connect that finds libvirtd unreachable returns -ENOTCONN with
+ * the reconnect armed: the caller keeps the backend (connection(up)
+ * follows once it answers) or destroys it.
  *
  * Live chains come from the live XML (<backingStore index=...>) and sizes
  * from domstats with backing; a shut-off domain's chain is walked from the
@@ -105,9 +110,10 @@ struct lv_backend {
     const struct cfs_backend_events *ev;
     void *opaque;
 
-    pthread_t event_thread;
-    bool thread_running;
-    atomic_bool quit;
+    bool thread_running;        /* holds a reference on the event loop */
+    bool start_down;            /* connect found libvirtd unreachable: the
+                                   reconnect thread waits before its first
+                                   try */
     pthread_t reconnect_thread;
     bool reconnect_running;
 
@@ -164,6 +170,8 @@ static void lv_snap_cache_clear(struct lv_snap_cache *c);
 /* ---- small helpers ------------------------------------------------------ */
 
 static void lv_put(virConnectPtr c);
+struct lv_backend;
+static void lv_owner_add(virConnectPtr c, struct lv_backend *b);
 /* A call connection goes back to the pool (lv_conn). */
 static void connp(virConnectPtr *c)
 {
@@ -354,9 +362,54 @@ static int lv_error(virConnectPtr conn)
     return lv_error_op(conn, CFS_LVERR_OP_ANY);
 }
 
-/* The one libvirt backend of the process (its event loop is global);
- * connp() returns connections to its pool. */
-static struct lv_backend *lv_the_backend;
+/* Which backend each call connection lent out (lv_conn) belongs to, so
+ * that connp()/lv_put() give it back to that backend's pool: several
+ * backends (hosts) live in one process. */
+static pthread_mutex_t lv_owners_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lv_owner {
+    virConnectPtr c;
+    struct lv_backend *b;
+} *lv_owners;
+static size_t lv_n_owners;
+
+static void lv_owner_add(virConnectPtr c, struct lv_backend *b)
+{
+    pthread_mutex_lock(&lv_owners_lock);
+    lv_owners = cfs_xrealloc(lv_owners, (lv_n_owners + 1) * sizeof(*lv_owners));
+    lv_owners[lv_n_owners++] = (struct lv_owner){ .c = c, .b = b };
+    pthread_mutex_unlock(&lv_owners_lock);
+}
+
+/* The owner of C, forgotten; NULL if none (its backend was destroyed
+ * while the call went on). */
+static struct lv_backend *lv_owner_take(virConnectPtr c)
+{
+    struct lv_backend *b = NULL;
+
+    pthread_mutex_lock(&lv_owners_lock);
+    for (size_t i = 0; i < lv_n_owners; i++)
+        if (lv_owners[i].c == c) {
+            b = lv_owners[i].b;
+            lv_owners[i] = lv_owners[--lv_n_owners];
+            break;
+        }
+    if (!lv_n_owners) {
+        free(lv_owners);
+        lv_owners = NULL;
+    }
+    pthread_mutex_unlock(&lv_owners_lock);
+    return b;
+}
+
+/* At destroy: connections of B still lent out are closed when given back. */
+static void lv_owner_forget(struct lv_backend *b)
+{
+    pthread_mutex_lock(&lv_owners_lock);
+    for (size_t i = 0; i < lv_n_owners; i++)
+        if (lv_owners[i].b == b)
+            lv_owners[i].b = NULL;
+    pthread_mutex_unlock(&lv_owners_lock);
+}
 
 static int64_t lv_now_ms(void)
 {
@@ -426,6 +479,7 @@ static int lv_conn(struct lv_backend *b, virConnectPtr *out)
         if (!c)
             break;
         if (virConnectIsAlive(c) == 1) {
+            lv_owner_add(c, b);
             *out = c;
             return 0;
         }
@@ -438,13 +492,14 @@ static int lv_conn(struct lv_backend *b, virConnectPtr *out)
         return r == -EIO ? -ENOTCONN : r;
     }
     (void)virConnectSetKeepAlive(c, b->ka_interval, b->ka_count);
+    lv_owner_add(c, b);
     *out = c;
     return 0;
 }
 
 static void lv_put(virConnectPtr c)
 {
-    struct lv_backend *b = lv_the_backend;
+    struct lv_backend *b = lv_owner_take(c);
     bool keep = false;
 
     if (b && virConnectIsAlive(c) == 1) {
@@ -598,11 +653,16 @@ static void lv_on_up_timer(int timer, void *opaque)
         b->ev->connection(b->opaque, true);
 }
 
-static void *lv_event_loop(void *arg)
-{
-    struct lv_backend *b = arg;
+/* The process's one event thread (every backend's), under lv_loop_lock:
+ * started by the first reference, ended by the last. */
+static pthread_mutex_t lv_loop_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned lv_loop_refs;
+static pthread_t lv_loop_thread;
+static atomic_bool lv_loop_quit;
 
-    while (!atomic_load(&b->quit))
+static void *lv_event_loop(void *arg _unused_)
+{
+    while (!atomic_load(&lv_loop_quit))
         if (virEventRunDefaultImpl() < 0)
             break;
     return NULL;
@@ -610,6 +670,41 @@ static void *lv_event_loop(void *arg)
 
 static void lv_wake(int timer _unused_, void *opaque _unused_)
 {
+}
+
+/* 0, or -errno (the thread could not start; message set). */
+static int lv_event_loop_ref(void)
+{
+    int r = 0;
+
+    pthread_mutex_lock(&lv_loop_lock);
+    if (lv_loop_refs == 0) {
+        atomic_store(&lv_loop_quit, false);
+        r = pthread_create(&lv_loop_thread, NULL, lv_event_loop, NULL);
+        if (r != 0)
+            cfs_backend_set_errmsg("cannot start the libvirt event thread: %s",
+                                   strerror(r));
+    }
+    if (r == 0)
+        lv_loop_refs++;
+    pthread_mutex_unlock(&lv_loop_lock);
+    return -r;
+}
+
+static void lv_event_loop_unref(void)
+{
+    pthread_mutex_lock(&lv_loop_lock);
+    if (lv_loop_refs > 0 && --lv_loop_refs == 0) {
+        int timer;
+
+        atomic_store(&lv_loop_quit, true);
+        /* adding a timer interrupts the poll the loop sleeps in */
+        timer = virEventAddTimeout(0, lv_wake, NULL, NULL);
+        pthread_join(lv_loop_thread, NULL);
+        if (timer >= 0)
+            virEventRemoveTimeout(timer);
+    }
+    pthread_mutex_unlock(&lv_loop_lock);
 }
 
 static pthread_once_t lv_global_once = PTHREAD_ONCE_INIT;
@@ -669,16 +764,9 @@ static void lv_unsubscribe(struct lv_backend *b, virConnectPtr conn)
 
 static void lv_stop_event_thread(struct lv_backend *b)
 {
-    int timer;
-
     if (!b->thread_running)
         return;
-    atomic_store(&b->quit, true);
-    /* adding a timer interrupts the poll the loop sleeps in */
-    timer = virEventAddTimeout(0, lv_wake, NULL, NULL);
-    pthread_join(b->event_thread, NULL);
-    if (timer >= 0)
-        virEventRemoveTimeout(timer);
+    lv_event_loop_unref();
     b->thread_running = false;
 }
 
@@ -832,6 +920,17 @@ static bool lv_files_local(struct cfs_backend *be, const char **why)
  * first open decides locality. */
 static int lv_open(struct lv_backend *b, virConnectPtr *out)
 {
+    /* Several backends (hosts) may open their first connections at once:
+     * the decision looks for the sockets new since BEFORE, so those over
+     * a local socket (a URI without a host) decide one at a time. A URI
+     * with a host is judged by the URI: no wait for another. */
+    static pthread_mutex_t decide_lock = PTHREAD_MUTEX_INITIALIZER;
+    char why[8];
+    bool embed;
+    bool serial = !b->decided &&
+                  (!b->uri || !cfs_uri_remote(b->uri, why, sizeof(why), &embed));
+    if (serial)
+        pthread_mutex_lock(&decide_lock);
     _cleanup_free_ struct lv_sock *before = NULL;
     size_t n_before = b->decided ? 0 : lv_unix_sockets(&before);
     virConnectPtr conn;
@@ -839,11 +938,15 @@ static int lv_open(struct lv_backend *b, virConnectPtr *out)
 
     conn = virConnectOpenAuth(b->uri, virConnectAuthPtrDefault, 0);
     if (!conn) {
+        if (serial)
+            pthread_mutex_unlock(&decide_lock);
         r = lv_error(NULL);
         return r == -EIO ? -ENOTCONN : r;
     }
     if (!b->decided)
         lv_decide_locality(b, conn, before, n_before);
+    if (serial)
+        pthread_mutex_unlock(&decide_lock);
     /* 1 means the server does not support keepalive: not an error */
     (void)virConnectSetKeepAlive(conn, b->ka_interval, b->ka_count);
     r = lv_subscribe(b, conn);
@@ -887,6 +990,11 @@ static void *lv_reconnect_loop(void *arg)
 
         while (!b->stopping && !b->need_reconnect)
             pthread_cond_wait(&b->cond, &b->lock);
+        if (b->start_down) {
+            /* connect just failed: back off before the first try */
+            b->start_down = false;
+            lv_sleep_locked(b, delay);
+        }
         if (b->stopping)
             break;
         old = TAKE_PTR(b->conn);
@@ -895,6 +1003,9 @@ static void *lv_reconnect_loop(void *arg)
         lv_pool_drain(b);
         lv_drop(b, old);
         r = lv_open(b, &conn);
+        _cleanup_free_ char *conn_uri = NULL;
+        if (r == 0 && !(conn_uri = virConnectGetURI(conn)))
+            virResetLastError();
 
         pthread_mutex_lock(&b->lock);
         if (r < 0) {
@@ -912,12 +1023,27 @@ static void *lv_reconnect_loop(void *arg)
         b->conn = conn;
         b->need_reconnect = false;
         delay = RECONNECT_DELAY_MIN_MS;
+        if (!b->conn_uri)
+            b->conn_uri = TAKE_PTR(conn_uri); /* the first connection's */
         /* the event thread runs the timer; it waits for b->lock, which
          * this thread holds without holding the event loop's own lock */
         b->up_timer = virEventAddTimeout(0, lv_on_up_timer, b, NULL);
     }
     pthread_mutex_unlock(&b->lock);
     return NULL;
+}
+
+static int lv_start_reconnect_thread(struct lv_backend *b)
+{
+    int r = pthread_create(&b->reconnect_thread, NULL, lv_reconnect_loop, b);
+
+    if (r != 0) {
+        cfs_backend_set_errmsg("cannot start the libvirt reconnect thread: %s",
+                               strerror(r));
+        return -r;
+    }
+    b->reconnect_running = true;
+    return 0;
 }
 
 static int lv_connect(struct cfs_backend *be, const struct cfs_backend_events *ev,
@@ -933,16 +1059,29 @@ static int lv_connect(struct cfs_backend *be, const struct cfs_backend_events *e
 
     b->ev = ev;
     b->opaque = opaque;
-    atomic_store(&b->quit, false);
-    r = pthread_create(&b->event_thread, NULL, lv_event_loop, b);
-    if (r != 0) {
-        cfs_backend_set_errmsg("cannot start the libvirt event thread: %s",
-                               strerror(r));
-        return -r;
-    }
+    r = lv_event_loop_ref();
+    if (r < 0)
+        return r;
     b->thread_running = true;
 
     r = lv_open(b, &conn);
+    if (r == -ENOTCONN) {
+        /* unreachable: the reconnect thread goes on trying with its
+         * back-off and says connection(up) when libvirtd answers; the
+         * caller keeps the backend (several hosts) or destroys it. The
+         * message of the failed open stays this thread's. */
+        _cleanup_free_ char *msg = cfs_xstrdup(cfs_backend_errmsg());
+        pthread_mutex_lock(&b->lock);
+        b->need_reconnect = true;
+        b->start_down = true;
+        pthread_mutex_unlock(&b->lock);
+        if (lv_start_reconnect_thread(b) < 0) {
+            lv_stop_event_thread(b);
+            return -EAGAIN;
+        }
+        cfs_backend_set_errmsg("%s", msg ? msg : "cannot reach libvirt");
+        return -ENOTCONN;
+    }
     if (r < 0) {
         lv_stop_event_thread(b);
         return r;
@@ -955,18 +1094,15 @@ static int lv_connect(struct cfs_backend *be, const struct cfs_backend_events *e
     b->conn = conn;
     pthread_mutex_unlock(&b->lock);
 
-    r = pthread_create(&b->reconnect_thread, NULL, lv_reconnect_loop, b);
-    if (r != 0) {
-        cfs_backend_set_errmsg("cannot start the libvirt reconnect thread: %s",
-                               strerror(r));
+    r = lv_start_reconnect_thread(b);
+    if (r < 0) {
         pthread_mutex_lock(&b->lock);
         conn = TAKE_PTR(b->conn);
         pthread_mutex_unlock(&b->lock);
         lv_drop(b, conn);
         lv_stop_event_thread(b);
-        return -r;
+        return r;
     }
-    b->reconnect_running = true;
     return 0;
 }
 
@@ -1006,6 +1142,7 @@ static void lv_destroy(struct cfs_backend *be)
     pthread_mutex_lock(&b->lock);
     conn = TAKE_PTR(b->conn);
     pthread_mutex_unlock(&b->lock);
+    lv_owner_forget(b);
     lv_pool_drain(b);
     lv_drop(b, conn);
     lv_stop_event_thread(b);
@@ -1018,8 +1155,6 @@ static void lv_destroy(struct cfs_backend *be)
     pthread_mutex_destroy(&b->snap_lock);
     free(b->uri);
     free(b->conn_uri);
-    if (lv_the_backend == b)
-        lv_the_backend = NULL;
     free(b);
 }
 
@@ -3215,7 +3350,15 @@ static int lv_hypervisor_version(struct cfs_backend *be, unsigned long long *ver
 
 static const char *lv_uri(struct cfs_backend *be)
 {
-    return lv(be)->conn_uri;
+    struct lv_backend *b = lv(be);
+    const char *uri;
+
+    /* set at connect, or by the first connection of a backend that
+     * started without one (then under the lock) */
+    pthread_mutex_lock(&b->lock);
+    uri = b->conn_uri;
+    pthread_mutex_unlock(&b->lock);
+    return uri;
 }
 
 /* ---- construction ------------------------------------------------------- */
@@ -3263,7 +3406,6 @@ struct cfs_backend *cfs_libvirt_backend_new(const char *uri)
     struct lv_backend *b = cfs_xcalloc(1, sizeof(*b));
 
     b->pub.ops = &lv_ops;
-    lv_the_backend = b;
     b->pub.priv = b;
     b->uri = cfs_xstrdup(uri);
     pthread_mutex_init(&b->lock, NULL);

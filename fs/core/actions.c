@@ -378,6 +378,7 @@ static void *offline_worker(void *arg)
 {
     struct offline_args *a = arg;
     struct cfs_engine *e = a->e;
+    cfs_log_set_context(e->host);
     struct offline_thread *self = a->self;
     int r = a->pull ? e->be->ops->offline_pull(e->be, a->dom, a->disk, a->top,
                                                a->base)

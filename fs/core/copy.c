@@ -412,6 +412,7 @@ static void *chain_worker(void *arg)
 {
     struct chain_args *a = arg;
     struct cfs_engine *e = a->e;
+    cfs_log_set_context(e->host);
     struct offline_thread *self = a->self;
     const char *dom = self->dom, *disk = self->disk;
     uint64_t id = self->job_id;

@@ -357,6 +357,8 @@ static void on_block_job(void *opaque, const char *dom, const char *disk,
 }
 
 static void update_stale(struct cfs_engine *e);
+static int engine_start_read(struct cfs_engine *e, char **errmsg);
+static void engine_refresh_tick(struct cfs_engine *e);
 
 static void on_connection(void *opaque, bool up)
 {
@@ -764,6 +766,14 @@ int check_reachable(struct cfs_engine *e, const char *dom,
                "returned; its QEMU may be stopped)";
         return -EAGAIN;
     }
+    pthread_mutex_lock(&e->tree->lock);
+    bool down = e->conn_down;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (down) {
+        /* the backend said so (or never connected, issue 12): no call */
+        *why = "not connected to libvirt (reconnecting)";
+        return -ENOTCONN;
+    }
     if (!e->be->ops->ping)
         return 0;
     int r = e->be->ops->ping(e->be, LIBVIRT_ANSWER_MS);
@@ -853,7 +863,15 @@ void process_work(struct cfs_engine *e, struct work *w)
         e->conn_down = !w->up;
         update_stale(e);
         pthread_mutex_unlock(&e->tree->lock);
-        if (w->up) {
+        if (w->up && !e->recovered) {
+            /* issue 12: started without a connection (several hosts) */
+            log_info("connected to libvirt; reading everything");
+            char *err = NULL;
+            if (engine_start_read(e, &err) < 0) {
+                log_err("%s; retried at the next refresh", err);
+                free(err);
+            }
+        } else if (w->up) {
             log_info("libvirt connection is back; re-reading everything");
             refresh_all(e);
             recover_journal(e);
@@ -897,6 +915,7 @@ void cfs_engine_run_pending(struct cfs_engine *e)
 static void *engine_thread(void *arg)
 {
     struct cfs_engine *e = arg;
+    cfs_log_set_context(e->host);
     for (;;) {
         bool live = any_live_job(e, NULL, NULL);
         int64_t wait_ms = live ? e->poll_ms : e->refresh_ms;
@@ -916,7 +935,7 @@ static void *engine_thread(void *arg)
         if (t - e->last_poll_ms >= e->poll_ms)
             poll_jobs(e);
         if (t - e->last_refresh_ms >= e->refresh_ms)
-            refresh_all(e);
+            engine_refresh_tick(e);
         thaw_poll(e, false);
         mark_not_responding(e);
         reap_workers(e);
@@ -933,6 +952,8 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
 {
     struct cfs_engine *e = cfs_xcalloc(1, sizeof(*e));
     e->lock_fd = -1;
+    e->host = cfs_xstrdup(cfg->host ? cfg->host : "");
+    e->start_disconnected = cfg->start_disconnected;
     e->overlay_dir = cfs_xstrdup(cfg->overlay_dir);
     e->state_dir = cfs_xstrdup(cfg->state_dir);
     e->keep_merged = cfg->keep_merged;
@@ -1127,15 +1148,12 @@ static void live_pull_decide(struct cfs_engine *e)
     log_info("live pull: off: %s", e->no_live_pull);
 }
 
-int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
+/* Everything cfs_engine_start does once connected: locality, live
+ * pull, every domain read, the journal taken up. Called by
+ * cfs_engine_start, or (issue 12, started without a connection) by the
+ * engine thread when the connection first comes up. */
+static int engine_start_read(struct cfs_engine *e, char **errmsg)
 {
-    int r = e->be->ops->connect(e->be, &engine_events, e);
-    if (r < 0) {
-        if (errmsg)
-            *errmsg = cfs_xasprintf("cannot connect to libvirt: %s",
-                                    errmsg_or(strerror(-r)));
-        return r;
-    }
     const char *why = "the backend's own";
     if (e->be->ops->files_local)
         (void)e->be->ops->files_local(e->be, &why);
@@ -1157,7 +1175,6 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
                                     e->overlay_dir);
         return -ENOTDIR;
     }
-    e->threaded = thread;
     /* a pull the journal has may end any moment: its domain is read
      * quietly from the first read on (recovery then tracks the job) */
     struct cfs_journal_entry *jv = NULL;
@@ -1168,7 +1185,10 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
                 !cfs_strv_contains(e->startup_pull_doms, jv[i].domain))
                 cfs_strv_push(&e->startup_pull_doms, cfs_xstrdup(jv[i].domain));
     cfs_journal_entries_free(jv, jn);
-    r = thread ? startup_read(e) : refresh_all(e);
+    /* the engine thread (a first connection after a start without one)
+     * reads as after a reconnect */
+    int r = e->start_thread && !e->thread_started ? startup_read(e)
+                                                   : refresh_all(e);
     if (r < 0) {
         if (errmsg)
             *errmsg = cfs_xasprintf("cannot list libvirt domains: %s",
@@ -1181,6 +1201,58 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
     pthread_mutex_lock(&e->tree->lock);
     e->startup_pull_doms = cfs_strv_free(e->startup_pull_doms);
     pthread_mutex_unlock(&e->tree->lock);
+    return 0;
+}
+
+/* The engine thread's periodic re-read; before the first connection
+ * (issue 12) the start-up read is tried again instead, once the backend
+ * is up (a failed one is retried here). */
+static void engine_refresh_tick(struct cfs_engine *e)
+{
+    if (e->recovered) {
+        refresh_all(e);
+        return;
+    }
+    e->last_refresh_ms = now_ms();
+    pthread_mutex_lock(&e->tree->lock);
+    bool down = e->conn_down;
+    pthread_mutex_unlock(&e->tree->lock);
+    if (!down) {
+        char *err = NULL;
+        if (engine_start_read(e, &err) < 0) {
+            log_err("%s", err);
+            free(err);
+        }
+    }
+}
+
+static int engine_start(struct cfs_engine *e, bool thread, char **errmsg)
+{
+    e->threaded = thread;
+    e->start_thread = thread;
+    int r = e->be->ops->connect(e->be, &engine_events, e);
+    if (r == -ENOTCONN && e->start_disconnected) {
+        /* issue 12: one host of several down at start. The backend
+         * connects with its back-off and says connection(up); until then
+         * the tree is empty and stale and changes get ENOTCONN. */
+        log_warn("cannot connect to libvirt: %s; starting without it "
+                 "(stale), connecting in the background",
+                 errmsg_or(strerror(-r)));
+        pthread_mutex_lock(&e->tree->lock);
+        e->conn_down = true;
+        update_stale(e);
+        pthread_mutex_unlock(&e->tree->lock);
+        e->last_refresh_ms = now_ms();
+    } else if (r < 0) {
+        if (errmsg)
+            *errmsg = cfs_xasprintf("cannot connect to libvirt: %s",
+                                    errmsg_or(strerror(-r)));
+        return r;
+    } else {
+        r = engine_start_read(e, errmsg);
+        if (r < 0)
+            return r;
+    }
     if (thread) {
         r = -pthread_create(&e->thread, NULL, engine_thread, e);
         if (r < 0) {
@@ -1192,6 +1264,16 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
         e->thread_started = true;
     }
     return 0;
+}
+
+int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
+{
+    /* the start-up's lines carry the host too (issue 12) */
+    const char *caller = cfs_log_context();
+    cfs_log_set_context(e->host);
+    int r = engine_start(e, thread, errmsg);
+    cfs_log_set_context(caller);
+    return r;
 }
 
 struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
@@ -1264,6 +1346,7 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     free(e->overlay_dir);
     free(e->state_dir);
     free(e->no_live_pull);
+    free(e->host);
     free(e);
     return NULL;
 }

@@ -123,6 +123,11 @@ struct offline_thread {
 };
 
 struct cfs_engine {
+    char *host;               /* issue 12: cfg.host ("" with one host); every
+                                 thread of the engine logs under it */
+    bool start_disconnected;  /* cfg.start_disconnected */
+    bool start_thread;        /* cfs_engine_start's THREAD (the start-up
+                                 read waits for a first connection) */
     char *overlay_dir;
     char *state_dir;
     bool keep_merged;

@@ -162,6 +162,7 @@ void cfs_fs_forget_recent(void)
 }
 
 struct handle {
+    struct cfs_engine *e;         /* the host's engine, NULL: the fleet's */
     struct cfs_path path;
     struct cfs_image_reader *img; /* disk.raw: its reader, else NULL */
     struct cfs_buf content;
@@ -241,6 +242,23 @@ static struct cfs_fs *fs_get(void)
     return fuse_get_context()->private_data;
 }
 
+/* PATH of the mount: which host's engine (NULL: the fleet's own node)
+ * and the path below it. The thread's log lines carry that host's name
+ * until the operation ends (issue 12). */
+static int resolve(struct cfs_fs *fs, const char *path, struct cfs_engine **e,
+                   struct cfs_path *p)
+{
+    int r = cfs_fleet_resolve(fs->fleet, path, e, p);
+    cfs_log_set_context(cfs_fleet_engine_host(fs->fleet, *e));
+    return r;
+}
+
+/* An operation on an open file: its host's log context. */
+static void handle_context(struct cfs_fs *fs, const struct handle *h)
+{
+    cfs_log_set_context(h ? cfs_fleet_engine_host(fs->fleet, h->e) : NULL);
+}
+
 static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 {
     (void)conn;
@@ -301,11 +319,11 @@ static struct timespec file_mtime(struct cfs_fs *fs, const char *path,
 }
 
 /* The mtime of directory PATH (P) from its entries; 0 or -errno. */
-static int dir_mtime(struct cfs_fs *fs, const char *path,
+static int dir_mtime(struct cfs_fs *fs, const char *path, struct cfs_engine *e,
                      const struct cfs_path *p, struct timespec *mtime)
 {
     _cleanup_strv_ char **names = NULL;
-    int r = cfs_engine_readdir(fs->engine, p, &names);
+    int r = cfs_fleet_readdir(fs->fleet, e, p, &names);
     if (r < 0)
         return r;
     *mtime = cfs_stamps_see_names(fs->stamps, path, names, now_real());
@@ -331,14 +349,16 @@ static mode_t image_mode(const struct cfs_fs *fs, const struct cfs_node_type *nt
  * whether to look for holes). Linux sends fstat as a getattr by path
  * (no handle H), so the engine looks for a running server itself. */
 static int image_getattr(struct cfs_fs *fs, const char *path,
-                         const struct cfs_path *p, struct handle *h,
-                         struct stat *st)
+                         struct cfs_engine *e, const struct cfs_path *p,
+                         struct handle *h, struct stat *st)
 {
     struct cfs_image_attr a;
+    if (!e)
+        return -ENOENT;
     int r = h && h->img ? cfs_engine_image_fstat(h->img, &a)
-                        : cfs_engine_image_stat(fs->engine, p, &a);
+                        : cfs_engine_image_stat(e, p, &a);
     if (r < 0 && h && h->img)
-        r = cfs_engine_image_stat(fs->engine, p, &a); /* map failed: logged */
+        r = cfs_engine_image_stat(e, p, &a); /* map failed: logged */
     if (r < 0)
         return r;
     const struct cfs_node_type *nt = cfs_node_type(p->kind);
@@ -366,7 +386,8 @@ static int fs_getattr(const char *path, struct stat *st,
 {
     struct cfs_fs *fs = fs_get();
     struct cfs_path p;
-    int r = cfs_path_parse(path, &p);
+    struct cfs_engine *e;
+    int r = resolve(fs, path, &e, &p);
     if (r < 0)
         return r;
     const struct cfs_node_type *nt = cfs_node_type(p.kind);
@@ -374,7 +395,7 @@ static int fs_getattr(const char *path, struct stat *st,
     struct timespec mtime;
     struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
     if (nt->image)
-        return image_getattr(fs, path, &p, h, st);
+        return image_getattr(fs, path, e, &p, h, st);
     if (h && h->rendered) {
         /* fstat() of an open file: the size of what it reads */
         a.size = h->content.len;
@@ -384,8 +405,8 @@ static int fs_getattr(const char *path, struct stat *st,
         /* fstat() of a file just opened: the size of what it reads */
     } else if (!nt->dir) {
         _cleanup_buf_ struct cfs_buf b = {0};
-        unsigned long gen = cfs_engine_generation(fs->engine);
-        r = cfs_engine_read(fs->engine, &p, &b);
+        unsigned long gen = cfs_fleet_generation(fs->fleet);
+        r = cfs_fleet_read(fs->fleet, e, &p, &b);
         if (r < 0)
             return r;
         a.size = b.len;
@@ -394,9 +415,9 @@ static int fs_getattr(const char *path, struct stat *st,
         if (!nt->blocks)
             recent_put(path, &b, mtime, gen, false);
     } else {
-        r = cfs_engine_getattr(fs->engine, &p, &a);
+        r = cfs_fleet_getattr(fs->fleet, e, &p, &a);
         if (r == 0)
-            r = dir_mtime(fs, path, &p, &mtime);
+            r = dir_mtime(fs, path, e, &p, &mtime);
         if (r < 0)
             return r;
     }
@@ -426,12 +447,13 @@ static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t filler,
     (void)fi;
     (void)flags;
     struct cfs_path p;
-    int r = cfs_path_parse(path, &p);
+    struct cfs_engine *e;
+    struct cfs_fs *fs = fs_get();
+    int r = resolve(fs, path, &e, &p);
     if (r < 0)
         return r;
     _cleanup_strv_ char **names = NULL;
-    struct cfs_fs *fs = fs_get();
-    r = cfs_engine_readdir(fs->engine, &p, &names);
+    r = cfs_fleet_readdir(fs->fleet, e, &p, &names);
     if (r < 0)
         return r;
     /* whoever lists the new entries has seen the directory change */
@@ -483,9 +505,9 @@ static int open_done(struct handle *h, struct fuse_file_info *fi, int r)
 static int fs_open(const char *path, struct fuse_file_info *fi)
 {
     struct handle *h = cfs_xcalloc(1, sizeof(*h));
-    int r = cfs_path_parse(path, &h->path);
-    const struct cfs_node_type *nt = cfs_node_type(h->path.kind);
     struct cfs_fs *fs = fs_get();
+    int r = resolve(fs, path, &h->e, &h->path);
+    const struct cfs_node_type *nt = cfs_node_type(h->path.kind);
     if (r == 0 && nt->dir)
         r = -EISDIR;
     if (r == 0 && nt->image) {
@@ -496,7 +518,8 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
                      "(root or -o manage_group)", path, strerror(EACCES),
                      (unsigned)fuse_get_context()->uid);
         if (r == 0)
-            r = cfs_engine_image_open(fs->engine, &h->path,
+            r = !h->e ? -ENOENT
+                      : cfs_engine_image_open(h->e, &h->path,
                                       fuse_get_context()->pid, &h->img);
         return open_done(h, fi, r);
     }
@@ -509,9 +532,9 @@ static int fs_open(const char *path, struct fuse_file_info *fi)
             r = check_may_change(fs, "open for writing", path);
     }
     if (r == 0 && !nt->blocks) {
-        unsigned long gen = cfs_engine_generation(fs->engine);
+        unsigned long gen = cfs_fleet_generation(fs->fleet);
         if (!recent_for_open(path, gen, &h->content, &h->mtime)) {
-            r = cfs_engine_read(fs->engine, &h->path, &h->content);
+            r = cfs_fleet_read(fs->fleet, h->e, &h->path, &h->content);
             if (r == 0) {
                 h->mtime = file_mtime(fs, path, &h->content);
                 recent_put(path, &h->content, h->mtime, gen, true);
@@ -535,7 +558,9 @@ static int ensure_rendered(struct handle *h, const char *path)
     if (h->rendered)
         return 0;
     struct cfs_fs *fs = fs_get();
-    int r = cfs_engine_wait(fs->engine, h->path.dom, h->path.disk,
+    if (!h->e)
+        return -EINVAL;
+    int r = cfs_engine_wait(h->e, h->path.dom, h->path.disk,
                             req_interrupted, NULL, &h->content);
     if (r < 0)
         return r;
@@ -553,6 +578,7 @@ static off_t fs_lseek(const char *path, off_t off, int whence,
     struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
     if (!h)
         return -EBADF;
+    handle_context(fs_get(), h);
     if (off < 0)
         return -ENXIO;
     if (h->img)
@@ -571,6 +597,7 @@ static int fs_read(const char *path, char *buf, size_t size, off_t off,
                    struct fuse_file_info *fi)
 {
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+    handle_context(fs_get(), h);
     if (h->img) {
         if (off < 0)
             return -EINVAL;
@@ -613,6 +640,7 @@ static int fs_flush(const char *path, struct fuse_file_info *fi)
 {
     (void)path;
     struct handle *h = fi ? (struct handle *)(uintptr_t)fi->fh : NULL;
+    handle_context(fs_get(), h);
     if (h && h->img)
         cfs_engine_image_flush(h->img);
     return 0;
@@ -622,6 +650,7 @@ static int fs_release(const char *path, struct fuse_file_info *fi)
 {
     (void)path;
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+    handle_context(fs_get(), h);
     if (h) {
         handle_unlink(h);
         cfs_engine_image_release(h->img);
@@ -642,30 +671,32 @@ static int fs_mkdir(const char *path, mode_t mode)
     (void)mode;
     struct cfs_fs *fs = fs_get();
     struct cfs_path p;
-    int r = cfs_path_parse(path, &p);
+    struct cfs_engine *e;
+    int r = resolve(fs, path, &e, &p);
     if (r == -ENAMETOOLONG)
         return r;
-    if (r < 0 || !made_by_mkdir(p.kind))
+    if (r < 0 || !e || !made_by_mkdir(p.kind))
         return -EPERM;
     r = check_may_change(fs, "mkdir", path);
     if (r < 0)
         return r;
-    return cfs_engine_mkdir(fs->engine, p.dom, p.disk, p.snap);
+    return cfs_engine_mkdir(e, p.dom, p.disk, p.snap);
 }
 
 static int fs_rmdir(const char *path)
 {
     struct cfs_fs *fs = fs_get();
     struct cfs_path p;
-    int r = cfs_path_parse(path, &p);
+    struct cfs_engine *e;
+    int r = resolve(fs, path, &e, &p);
     if (r < 0)
         return r;
-    if (!made_by_mkdir(p.kind))
+    if (!e || !made_by_mkdir(p.kind))
         return -EPERM;
     r = check_may_change(fs, "rmdir", path);
     if (r < 0)
         return r;
-    return cfs_engine_rmdir(fs->engine, p.dom, p.disk, p.snap);
+    return cfs_engine_rmdir(e, p.dom, p.disk, p.snap);
 }
 
 static int fs_statfs(const char *path, struct statvfs *sv)
@@ -755,11 +786,12 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 {
     (void)fi;
     struct cfs_path p;
-    int r = cfs_path_parse(path, &p);
+    struct cfs_engine *e;
+    int r = resolve(fs_get(), path, &e, &p);
     if (r < 0)
         return r;
     const struct cfs_node_type *nt = cfs_node_type(p.kind);
-    if (!nt->write)
+    if (!nt->write || !e)
         return refuse_content();
     r = check_may_change(fs_get(), "truncate", path);
     if (r < 0)
@@ -825,27 +857,54 @@ static int fs_write(const char *path, const char *buf, size_t size, off_t off,
     (void)off;
     struct handle *h = (struct handle *)(uintptr_t)fi->fh;
     const struct cfs_node_type *nt = cfs_node_type(h ? h->path.kind : CFS_NODE_INVALID);
-    if (!nt->write)
+    if (!nt->write || !h->e)
         return refuse_content();
+    handle_context(fs_get(), h);
     int c = check_copy_dest(path, buf, size);
     if (c < 0)
         return c;
-    ssize_t r = nt->write(fs_get()->engine, &h->path, buf, size);
+    ssize_t r = nt->write(h->e, &h->path, buf, size);
     return r < 0 ? (int)r : (int)size;
 }
 
+/* Each operation that may log under a host's name gives the FUSE
+ * thread back without it. */
+#define UNTIL_DONE(ret, name, params, args)                                   \
+    static ret name##_ctx params                                              \
+    {                                                                         \
+        ret r = name args;                                                    \
+        cfs_log_set_context(NULL);                                            \
+        return r;                                                             \
+    }
+UNTIL_DONE(int, fs_getattr, (const char *a, struct stat *b, struct fuse_file_info *c), (a, b, c))
+UNTIL_DONE(int, fs_readdir, (const char *a, void *b, fuse_fill_dir_t c, off_t d,
+                             struct fuse_file_info *e, enum fuse_readdir_flags f),
+           (a, b, c, d, e, f))
+UNTIL_DONE(int, fs_open, (const char *a, struct fuse_file_info *b), (a, b))
+UNTIL_DONE(int, fs_read, (const char *a, char *b, size_t c, off_t d,
+                          struct fuse_file_info *e), (a, b, c, d, e))
+UNTIL_DONE(int, fs_release, (const char *a, struct fuse_file_info *b), (a, b))
+UNTIL_DONE(int, fs_flush, (const char *a, struct fuse_file_info *b), (a, b))
+UNTIL_DONE(off_t, fs_lseek, (const char *a, off_t b, int c, struct fuse_file_info *d),
+           (a, b, c, d))
+UNTIL_DONE(int, fs_mkdir, (const char *a, mode_t b), (a, b))
+UNTIL_DONE(int, fs_rmdir, (const char *a), (a))
+UNTIL_DONE(int, fs_truncate, (const char *a, off_t b, struct fuse_file_info *c), (a, b, c))
+UNTIL_DONE(int, fs_write, (const char *a, const char *b, size_t c, off_t d,
+                           struct fuse_file_info *e), (a, b, c, d, e))
+
 const struct fuse_operations cfs_fuse_ops = {
     .init = fs_init,
-    .getattr = fs_getattr,
-    .readdir = fs_readdir,
-    .open = fs_open,
-    .read = fs_read,
-    .release = fs_release,
-    .flush = fs_flush,
-    .lseek = fs_lseek,
+    .getattr = fs_getattr_ctx,
+    .readdir = fs_readdir_ctx,
+    .open = fs_open_ctx,
+    .read = fs_read_ctx,
+    .release = fs_release_ctx,
+    .flush = fs_flush_ctx,
+    .lseek = fs_lseek_ctx,
     .poll = fs_poll,
-    .mkdir = fs_mkdir,
-    .rmdir = fs_rmdir,
+    .mkdir = fs_mkdir_ctx,
+    .rmdir = fs_rmdir_ctx,
     .statfs = fs_statfs,
     .create = fs_create,
     .mknod = fs_mknod,
@@ -856,8 +915,8 @@ const struct fuse_operations cfs_fuse_ops = {
     .chmod = fs_chmod,
     .chown = fs_chown,
     .utimens = fs_utimens,
-    .truncate = fs_truncate,
-    .write = fs_write,
+    .truncate = fs_truncate_ctx,
+    .write = fs_write_ctx,
 };
 
 void cfs_fs_invalidate(void *opaque, const char *path)

@@ -8,10 +8,11 @@
 #include <sys/types.h>
 
 #include "chainfs/engine.h"
+#include "chainfs/fleet.h"
 #include "chainfs/stamp.h"
 
 struct cfs_fs {
-    struct cfs_engine *engine;
+    struct cfs_fleet *fleet;   /* every host's engine, and the router */
     struct fuse *fuse;         /* set once mounted, for invalidations */
     bool have_manage_group;
     gid_t manage_group;

@@ -33,7 +33,7 @@
 #include "chainfs/log.h"
 
 struct options {
-    char *uri;
+    char **connects;   /* -c, --connect, -o connect=, in order (issue 12) */
     char *overlay_dir;
     char *state_dir;
     char *manage_group;
@@ -64,11 +64,17 @@ enum {
     KEY_CONNECT,
 };
 
+/* One -c/--connect/-o connect= value: "[NAME=]URI". */
+static const char *const connect_prefixes[] = {
+    "--connect=", "--connect", "connect=", "-c",
+};
+
 #define OPT(t, field, v) {t, offsetof(struct options, field), v}
 static const struct fuse_opt option_table[] = {
-    OPT("-c %s", uri, 0),
-    OPT("--connect=%s", uri, 0),
-    OPT("--connect %s", uri, 0),
+    FUSE_OPT_KEY("-c ", KEY_CONNECT),
+    FUSE_OPT_KEY("--connect=", KEY_CONNECT),
+    FUSE_OPT_KEY("--connect ", KEY_CONNECT),
+    FUSE_OPT_KEY("connect=", KEY_CONNECT),
     OPT("overlay_dir=%s", overlay_dir, 0),
     OPT("state_dir=%s", state_dir, 0),
     OPT("manage_group=%s", manage_group, 0),
@@ -110,6 +116,14 @@ static int opt_proc(void *data, const char *arg, int key,
         return 0;
     case KEY_SINGLE:
         o->single = 1;
+        return 0;
+    case KEY_CONNECT:
+        for (size_t i = 0; i < ELEMENTSOF(connect_prefixes); i++)
+            if (strncmp(arg, connect_prefixes[i], strlen(connect_prefixes[i])) == 0) {
+                arg += strlen(connect_prefixes[i]);
+                break;
+            }
+        cfs_strv_push(&o->connects, cfs_xstrdup(arg));
         return 0;
     case FUSE_OPT_KEY_NONOPT:
         if (o->n_nonopt >= 2) {
@@ -427,7 +441,7 @@ static void *mount_watch_thread(void *arg)
 
 static void options_free(struct options *o)
 {
-    free(o->uri);
+    cfs_strv_free(o->connects);
     free(o->overlay_dir);
     free(o->state_dir);
     free(o->manage_group);
@@ -459,8 +473,12 @@ struct daemon {
     int keepalive_count;
     int report_fd;            /* to the waiting parent, or -1 */
     char *error;              /* start-up failed: reported at tear-down */
-    struct cfs_backend *be;   /* until the engine owns it */
-    struct cfs_engine *engine;
+    /* issue 12: the hosts from -c/-o connect= (or the positional URI),
+     * each name NULL with one host; URIs NULL for libvirt's default */
+    char **host_names;
+    char **host_uris;
+    size_t n_hosts;
+    struct cfs_fleet *fleet;
     struct cfs_fs fs;
     struct fuse *fuse;
     bool mounted;
@@ -470,6 +488,54 @@ struct daemon {
     bool watching;
     bool served;              /* the loop ran */
 };
+
+/* d->host_names/uris from -c, --connect and -o connect= ("[NAME=]URI";
+ * "none": libvirt's default URI). With several, every name is valid and
+ * unique (a name not given is the URI's host). false: a message printed. */
+static bool hosts_from_options(struct daemon *d)
+{
+    size_t n = cfs_strv_len(d->o->connects);
+    d->n_hosts = n ? n : 1;
+    d->host_names = cfs_xcalloc(d->n_hosts + 1, sizeof(char *));
+    d->host_uris = cfs_xcalloc(d->n_hosts + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++) {
+        const char *arg = d->o->connects[i];
+        if (cfs_fleet_parse_connect(arg, &d->host_names[i], &d->host_uris[i]) < 0) {
+            fprintf(stderr,
+                    "chainfs: -c %s: give URI or NAME=URI, NAME 1 to 64 "
+                    "characters of [A-Za-z0-9._-], not starting with '.' or "
+                    "'-'\n", arg);
+            return false;
+        }
+        if (cfs_streq(d->host_uris[i], "none")) {
+            free(d->host_uris[i]);
+            d->host_uris[i] = NULL;
+        }
+    }
+    if (d->n_hosts == 1)
+        return true;
+    for (size_t i = 0; i < n; i++) {
+        if (!d->host_names[i]) {
+            d->host_names[i] = cfs_fleet_default_name(d->host_uris[i]);
+            if (cfs_fleet_name_validate(d->host_names[i]) < 0) {
+                fprintf(stderr,
+                        "chainfs: -c %s: the host name '%s' cannot be a "
+                        "directory name; give one: -c NAME=URI\n",
+                        d->o->connects[i], d->host_names[i]);
+                return false;
+            }
+        }
+        for (size_t k = 0; k < i; k++)
+            if (cfs_streq(d->host_names[k], d->host_names[i])) {
+                fprintf(stderr,
+                        "chainfs: two hosts named '%s' (-c %s and -c %s): give "
+                        "each its own name, -c NAME=URI\n", d->host_names[i],
+                        d->o->connects[k], d->o->connects[i]);
+                return false;
+            }
+    }
+    return true;
+}
 
 /* The command line: options, MOUNTPOINT, values that must make sense.
  * false: exit with *STATUS (help, version, or a message printed). */
@@ -490,8 +556,10 @@ static bool command_line(struct daemon *d, int *status)
         return false;
     }
     if (o->n_nonopt == 2) { /* mount.fuse3: chainfs URI MOUNTPOINT */
-        if (!o->uri)
-            o->uri = strdup(o->nonopt[0]);
+        /* the source is the host unless -c / -o connect= name hosts
+         * (then it is a label: fstab's first field) */
+        if (!o->connects)
+            cfs_strv_push(&o->connects, cfs_xstrdup(o->nonopt[0]));
         d->mountpoint = o->nonopt[1];
     } else if (o->n_nonopt == 1) {
         d->mountpoint = o->nonopt[0];
@@ -500,10 +568,8 @@ static bool command_line(struct daemon *d, int *status)
         usage(stderr);
         return false;
     }
-    if (o->uri && strcmp(o->uri, "none") == 0) {
-        free(o->uri);
-        o->uri = NULL;
-    }
+    if (!hosts_from_options(d))
+        return false;
     if (o->bandwidth && cfs_size_parse(o->bandwidth, &d->cfg.bandwidth) < 0) {
         fprintf(stderr,
                 "chainfs: -o bandwidth=%s: not a number of bytes/s (digits "
@@ -634,34 +700,53 @@ static bool detach(struct daemon *d, int *status)
     return true;
 }
 
-/* The journal, libvirt, the engine thread. false: d->error says why. */
+/* The journals, libvirt, the engine threads: one engine per host.
+ * false: d->error says why. */
 static bool start_engine(struct daemon *d)
 {
     d->cfg.overlay_dir = d->o->overlay_dir;
     d->cfg.state_dir = d->o->state_dir;
     d->cfg.keep_merged = d->o->keep_merged;
-    d->be = cfs_libvirt_backend_new(d->o->uri);
-    if (d->keepalive_interval)
-        cfs_libvirt_backend_set_keepalive(d->be, d->keepalive_interval,
-                                          d->keepalive_count);
-    /* snapshots/NAME/disk.raw: a qemu-nbd per open snapshot, its
-     * sockets in STATE_DIR/nbd (issue 9) */
-    d->cfg.imgserve = cfs_nbd_imgserve_new(d->o->state_dir, NULL);
-    if (cfs_engine_new(&d->cfg, d->be, &d->engine, &d->error) < 0) {
-        if (d->cfg.imgserve)
-            d->cfg.imgserve->ops->destroy(d->cfg.imgserve);
-        d->cfg.imgserve = NULL;
-        return false;
+    struct cfs_fleet_host *hosts = cfs_xcalloc(d->n_hosts, sizeof(*hosts));
+    for (size_t i = 0; i < d->n_hosts; i++) {
+        hosts[i].name = d->host_names[i];
+        hosts[i].uri = d->host_uris[i];
+        hosts[i].be = cfs_libvirt_backend_new(d->host_uris[i]);
+        if (d->keepalive_interval)
+            cfs_libvirt_backend_set_keepalive(hosts[i].be, d->keepalive_interval,
+                                              d->keepalive_count);
+        /* snapshots/NAME/disk.raw: a qemu-nbd per open snapshot, its
+         * sockets in the host's STATE_DIR/nbd (issue 9) */
+        _cleanup_free_ char *dir = cfs_fleet_state_dir(
+            d->o->state_dir, d->host_names[i] ? d->host_names[i] : "", d->n_hosts);
+        hosts[i].imgserve = cfs_nbd_imgserve_new(dir, NULL);
     }
-    d->be = NULL; /* the engine's now */
-    if (cfs_engine_start(d->engine, true, &d->error) < 0)
+    int r = cfs_fleet_new(&d->cfg, hosts, d->n_hosts, &d->fleet, &d->error);
+    free(hosts);
+    if (r < 0)
         return false;
-    d->fs.engine = d->engine;
+    if (cfs_fleet_start(d->fleet, true, &d->error) < 0)
+        return false;
+    d->fs.fleet = d->fleet;
     /* every node is dated at the mount until what it shows changes */
     struct timespec mounted_at;
     clock_gettime(CLOCK_REALTIME, &mounted_at);
     d->fs.stamps = cfs_stamps_new(mounted_at, 0);
     return true;
+}
+
+/* What `mount` shows as the source: the URI libvirt resolved (else as
+ * given) with one host, "chainfs:NAME1,NAME2" with several. Caller
+ * frees. */
+static char *mount_source(struct daemon *d)
+{
+    if (d->n_hosts > 1)
+        return cfs_mount_fleet_source((const char *const *)d->host_names,
+                                      d->n_hosts);
+    const char *uri = cfs_engine_uri(cfs_fleet_engine(d->fleet, 0));
+    if (!uri)
+        uri = d->host_uris[0];
+    return uri ? cfs_xstrdup(uri) : NULL;
 }
 
 /* fuse_new, mount, signal handlers, the mount watcher. false: d->error. */
@@ -670,9 +755,7 @@ static bool mount_fs(struct daemon *d)
     /* `mount` and /proc/mounts: "qemu:///system on /vms type
      * fuse.chainfs", the URI as libvirt resolved it (the default, an
      * alias), else as given */
-    const char *uri = cfs_engine_uri(d->engine);
-    if (!uri)
-        uri = d->o->uri;
+    _cleanup_free_ char *uri = mount_source(d);
     _cleanup_free_ char *id = cfs_mount_identity_opt(uri, d->o->have_fsname,
                                                      d->o->have_subtype);
     if (id)
@@ -688,7 +771,7 @@ static bool mount_fs(struct daemon *d)
     }
     d->mounted = true;
     d->fs.fuse = d->fuse;
-    cfs_engine_set_invalidate(d->engine, cfs_fs_invalidate, &d->fs);
+    cfs_fleet_set_invalidate(d->fleet, cfs_fs_invalidate, &d->fs);
     struct fuse_session *se = fuse_get_session(d->fuse);
     if (fuse_set_signal_handlers(se) != 0) {
         d->error = cfs_xstrdup("cannot install signal handlers");
@@ -729,10 +812,19 @@ static void fuse_to_log(enum fuse_log_level level, const char *fmt, va_list ap)
  * unmount; the exit status. */
 static int serve(struct daemon *d)
 {
-    const char *uri = cfs_engine_uri(d->engine);
-    log_info("mounted on %s (libvirt %s, state in %s)", d->abs_mnt,
-             uri ? uri : d->o->uri ? d->o->uri : "default URI",
-             d->o->state_dir);
+    if (d->n_hosts > 1) {
+        _cleanup_buf_ struct cfs_buf b = {0};
+        for (size_t i = 0; i < d->n_hosts; i++)
+            cfs_buf_printf(&b, "%s%s=%s", i ? ", " : "", d->host_names[i],
+                           d->host_uris[i] ? d->host_uris[i] : "default URI");
+        log_info("mounted on %s (%zu libvirt hosts: %s; state in %s)",
+                 d->abs_mnt, d->n_hosts, b.data, d->o->state_dir);
+    } else {
+        const char *uri = cfs_engine_uri(cfs_fleet_engine(d->fleet, 0));
+        log_info("mounted on %s (libvirt %s, state in %s)", d->abs_mnt,
+                 uri ? uri : d->host_uris[0] ? d->host_uris[0] : "default URI",
+                 d->o->state_dir);
+    }
     if (d->report_fd >= 0) {
         report(d->report_fd, 0, NULL);
         d->report_fd = -1; /* report() closed it */
@@ -784,8 +876,8 @@ static void tear_down(struct daemon *d)
         close(d->watch.wake[0]);
         close(d->watch.wake[1]);
     }
-    if (d->engine)
-        cfs_engine_set_invalidate(d->engine, NULL, NULL);
+    if (d->fleet)
+        cfs_fleet_set_invalidate(d->fleet, NULL, NULL);
     if (d->se) {
         fuse_remove_signal_handlers(d->se);
         /* That put SIGPIPE back to its default, and closing libvirt
@@ -817,10 +909,7 @@ static void tear_down(struct daemon *d)
         fuse_destroy(d->fuse);
     if (d->served)
         cfs_fs_release_images(); /* their servers stop with the engine's help */
-    if (d->engine)
-        cfs_engine_free(d->engine);
-    else if (d->be)
-        d->be->ops->destroy(d->be);
+    d->fleet = cfs_fleet_free(d->fleet);
     if (d->served) {
         cfs_fs_forget_recent();
         cfs_fs_free_handles();
@@ -839,6 +928,12 @@ static void tear_down(struct daemon *d)
         close(d->report_fd);
     free(d->error);
     free(d->group_warning);
+    for (size_t i = 0; i < d->n_hosts && d->host_names; i++) {
+        free(d->host_names[i]);
+        free(d->host_uris[i]);
+    }
+    free(d->host_names);
+    free(d->host_uris);
 }
 
 /* Everything main() does; main() frees what the options allocated. */

@@ -29,3 +29,12 @@ char *cfs_mount_identity_opt(const char *uri, bool have_fsname,
         return cfs_xasprintf("-ofsname=%s", name);
     return cfs_xasprintf("-ofsname=%s,subtype=chainfs", name);
 }
+
+char *cfs_mount_fleet_source(const char *const *names, size_t n)
+{
+    struct cfs_buf b = {0};
+    cfs_buf_printf(&b, "chainfs:");
+    for (size_t i = 0; i < n; i++)
+        cfs_buf_printf(&b, "%s%s", i ? "," : "", names[i]);
+    return b.data;
+}

@@ -66,3 +66,23 @@ void cfs_metrics_job_edge(struct cfs_metrics *m, const struct cfs_job *job,
  * connection is up. Caller holds T's lock. */
 void cfs_metrics_render(struct cfs_buf *out, const struct cfs_metrics *m,
                         const struct cfs_tree *t, bool conn_up);
+
+/* Issue 12, several hosts: what one host's engine contributes, taken
+ * under its tree's lock (cfs_metrics_sample), rendered without it. */
+struct cfs_metrics_sample {
+    struct cfs_metrics m;                 /* the counters, copied */
+    bool conn_up;
+    uint64_t running[CFS_JOB_TYPE_MAX];   /* jobs in progress by type */
+    uint64_t domains, disks, layers, deepest, not_responding;
+    uint64_t queued, readers, external, groups, thaws;
+};
+/* Caller holds T's lock. */
+void cfs_metrics_sample(struct cfs_metrics_sample *s, const struct cfs_metrics *m,
+                        const struct cfs_tree *t, bool conn_up);
+/* The whole of metrics.prom from N hosts' samples S: HOSTS NULL (N 1)
+ * is the one-host file, without host labels; else every series but
+ * chainfs_build_info (the process's) is labelled host="HOSTS[i]", each
+ * family's HELP and TYPE once, its samples host by host. */
+void cfs_metrics_render_hosts(struct cfs_buf *out,
+                              const struct cfs_metrics_sample *s,
+                              const char *const *hosts, size_t n);

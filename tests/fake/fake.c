@@ -211,6 +211,9 @@ struct fake {
     bool abort_completes; /* cfs_fake_abort_completes */
     unsigned next_index;            /* last layer index given out */
     bool connected;
+    bool unreachable;               /* cfs_fake_set_reachable(false) */
+    bool armed;                     /* connect failed while unreachable:
+                                       connection(up) when reachable */
     bool remote;                    /* files_local() says false */
     char *pool_dir;                 /* volume_delete's pool, or NULL */
     unsigned long long hv_version;  /* hypervisor_version; 0: unknown */
@@ -593,6 +596,10 @@ static void snapdisk_sync(struct fake *f, const struct cfs_domain *d)
 static int op_enter(struct fake *f, enum fake_op op)
 {
     f->calls[op]++;
+    if (f->unreachable) {
+        cfs_backend_set_errmsg("unable to connect to server: Connection refused");
+        return -ENOTCONN;
+    }
     for (size_t i = 0; i < f->n_failures; i++) {
         struct fake_failure *fl = &f->failures[i];
         int err;
@@ -894,6 +901,12 @@ static int fake_connect(struct cfs_backend *be,
     int r;
 
     r = fake_enter(f, OP_CONNECT);
+    if (r == -ENOTCONN && f->unreachable) {
+        /* as libvirt.c: the reconnect is armed, connection(up) follows */
+        f->ev = ev ? *ev : (struct cfs_backend_events){0};
+        f->opaque = opaque;
+        f->armed = true;
+    }
     if (r == 0) {
         f->ev = ev ? *ev : (struct cfs_backend_events){0};
         f->opaque = opaque;
@@ -2320,6 +2333,27 @@ void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_d
     free(f->pool_dir);
     f->pool_dir = cfs_xstrdup(pool_dir);
     pthread_mutex_unlock(&f->lock);
+}
+
+void cfs_fake_set_reachable(struct cfs_backend *be, bool reachable)
+{
+    struct fake *f = fake_of(be);
+    bool fire = false;
+
+    pthread_mutex_lock(&f->lock);
+    if (reachable && f->unreachable && (f->armed || f->connected)) {
+        f->connected = true;
+        f->armed = false;
+        fire = true;
+    } else if (!reachable && !f->unreachable && f->connected) {
+        fire = true;
+    }
+    f->unreachable = !reachable;
+    struct cfs_backend_events ev = f->ev;
+    void *opaque = f->opaque;
+    pthread_mutex_unlock(&f->lock);
+    if (fire && ev.connection)
+        ev.connection(opaque, reachable);
 }
 
 void cfs_fake_set_uri(struct cfs_backend *be, const char *uri)

@@ -109,6 +109,12 @@ void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom);
  * files directly in it (records the path, touches nothing) and answers
  * -ENOENT for any other. */
 void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir);
+/* Issue 12: act as a libvirtd that cannot be reached (false: every op,
+ * connect included, fails with -ENOTCONN "Connection refused"; a connect
+ * that failed so is armed as libvirt.c's, and connected once reachable)
+ * or that is back (true). The change fires connection(up) or
+ * connection(down) on a connected (or armed) backend. */
+void cfs_fake_set_reachable(struct cfs_backend *be, bool reachable);
 /* What uri() answers once connected (default "test:///default"; NULL:
  * libvirt did not say). Call before connect. */
 void cfs_fake_set_uri(struct cfs_backend *be, const char *uri);
