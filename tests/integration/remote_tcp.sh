@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# remote_tcp.sh — chainfs on a remote host over qemu+tcp (issue 12): the
-# second libvirt host of host2_lib.sh (a system libvirtd in its own mount
-# and network namespace, reached over a veth) is the mount's only host.
-# Its images are in $R, a tmpfs that only the second host sees: on this
-# machine $R is another directory holding decoys at the same names
-# (the base, every overlay name chainfs will pick). Then:
+# remote_tcp.sh — two libvirt hosts in one mount (issue 12, first
+# acceptance item): this machine's libvirtd (`-c local=qemu:///system`)
+# and the second host of host2_lib.sh (`-c remote=qemu+tcp://ADDR/system`,
+# a system libvirtd in its own mount and network namespace, over a veth).
+# The remote domain's images are in $R, a tmpfs only the second host sees:
+# on this machine $R holds decoys at the same names (the base, every
+# overlay name chainfs will pick). Then:
+#   0. the tree shows both hosts, each with its own domain only;
 #   1. mkdir s1, s2 on the running remote domain (64 MiB, no OS, a qcow2
 #      virtio disk; a guest-like qemu-io pattern written through the disk
 #      device after each): libvirt creates each overlay on its host —
@@ -12,24 +14,30 @@
 #      and $T/overlays are listed and checksummed unchanged (the issue's
 #      "chainfs writes the overlay locally" would show here);
 #   2. rmdir s2, the active layer, with guest writes while the merge
-#      copies (limited by -o bandwidth); `cat wait`: completed, pivoted,
+#      copies and while it waits in ready; `cat wait`: completed, pivoted,
 #      the overlay deleted through the second host's storage pool;
 #   3. mkdir s3, rmdir s1 (a middle layer, a commit held back by the
-#      bandwidth limit from its first byte), then h2_kill: the tree says
-#      stale, mkdir and rmdir get ENOTCONN; h2_restart: chainfs reconnects
-#      by itself, the merge that QEMU carried on completes (`cat wait`);
-# every pattern reads back on the second host.
+#      bandwidth limit from its first byte), then h2_kill: only the remote
+#      subtree says stale, its mkdir and rmdir get ENOTCONN, while on the
+#      local host's domain mkdir, rmdir and `cat wait` work; h2_restart:
+#      chainfs reconnects by itself, the merge that QEMU carried on
+#      completes (`cat wait`);
+# every pattern reads back, the remote ones on the second host.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/host2_lib.sh
 . "$(dirname "$0")/host2_lib.sh"
 it_init
 
-D="$IT_PREFIX-rtcp"
-R="$T/r" # the second host's images (a tmpfs there, decoys here)
+D="$IT_PREFIX-rtcp"  # on the second host
+DL="$IT_PREFIX-ltcp" # on this one
+R="$T/r"             # the second host's images (a tmpfs there, decoys here)
+L="$T/l"             # the local domain's images
 POOL="$IT_PREFIX-rpool"
-mkdir -p "$R"
-chmod 0755 "$R"
+mkdir -p "$R" "$L"
+chmod 0755 "$R" "$L"
+RD="remote/$D" # the domains' directories under the mount
+LD="local/$DL"
 
 # on_h2 FUNCTION ARGS... — a lib.sh helper against the second host: its
 # virsh (IT_URI) and its files (IT_IMG_RUN).
@@ -58,41 +66,61 @@ h2_start
 h2_run mount -t tmpfs -o size=192m,mode=0755 cfsh2img "$R" || it_fail "tmpfs on \$T/r in the second host's namespace"
 on_h2 it_make_image "$R/base.qcow2" 64M
 on_h2 it_write_pattern "$R/base.qcow2" 0x11 0 1M
-cat >"$T/pool.xml" <<EOF
+cat >"$T/pool.xml" <<XML
 <pool type='dir'><name>$POOL</name><target><path>$R</path></target></pool>
-EOF
+XML
 h2_virsh pool-create "$T/pool.xml" >/dev/null || it_fail "pool-create $POOL on the second host"
 on_h2 it_domain_xml "$D" "$R/base.qcow2" >"$T/$D.xml"
 grep -q "type=.qcow2." "$T/$D.xml" || it_fail "the domain XML does not say qcow2: $(cat "$T/$D.xml")"
 h2_virsh define "$T/$D.xml" >/dev/null || it_fail "define $D on the second host"
 h2_virsh start "$D" >/dev/null || it_fail "start $D on the second host"
+it_make_image "$L/base.qcow2" 64M
+it_write_pattern "$L/base.qcow2" 0x91 0 1M
+it_define "$DL" "$L/base.qcow2"
+it_start "$DL"
 
 # 256 KiB/s: a middle commit takes 2 s per 512 KiB chunk; an active commit
-# still copies QEMU's first mirror burst (up to 32 MiB) at once.
+# may copy QEMU's first mirror burst at once.
 BW=262144
-IT_URI=$H2_URI          # the mount's one host; it_cleanup's domains are h2_stop's
-IT_OVERLAY_DIR=""       # overlays beside the active image, on the second host
+MNT="$T/mnt"
+mkdir -p "$MNT"
 T0=$(it_now_ms)
-it_mount_slow "$BW"
-it_log "mounted in $(($(it_now_ms) - T0)) ms"
-it_wait_dom "$D"
-grep -q "image files: not on this machine" "$IT_LOG" ||
+"$CHAINFS" -f -c "local=$IT_URI" -c "remote=$H2_URI" -o "state_dir=$T/state,bandwidth=$BW" \
+  "$MNT" >>"$IT_LOG" 2>&1 &
+IT_PID=$!
+it_wait_until 10 "chainfs mounts $MNT" mountpoint -q "$MNT"
+it_log "chainfs (pid $IT_PID) mounted two hosts on $MNT in $(($(it_now_ms) - T0)) ms"
+it_wait_dom "$RD"
+it_wait_dom "$LD"
+grep -q "image files: not on this machine (qemu+tcp://$H2_ADDR/system reaches libvirt over tcp)" "$IT_LOG" ||
   it_fail "chainfs did not judge $H2_URI remote: $(grep 'image files' "$IT_LOG")"
-it_log "ok: chainfs judged $H2_URI remote: $(grep -o 'image files: .*' "$IT_LOG" | head -n 1)"
+it_log "ok: chainfs judged $H2_URI remote"
+
+# --- 0. the tree ---------------------------------------------------------------------
+it_assert_eq "local remote" "$(it_ls "$MNT")" "ls MNT: the two hosts"
+it_assert_eq "$D" "$(it_ls "$MNT/remote")" "ls MNT/remote: the second host's one domain"
+case " $(it_ls "$MNT/local") " in
+  *" $DL "*) ;;
+  *) it_fail "ls MNT/local does not list $DL" ;;
+esac
+case " $(it_ls "$MNT/local") " in
+  *" $D "*) it_fail "ls MNT/local lists the second host's $D" ;;
+esac
+it_log "ok: MNT/local lists $DL, not $D"
 
 # --- 1. mkdir: libvirt makes the overlays on its host -----------------------------
 declare -A file
 for s in s1 s2; do
-  mkdir "$MNT/$D/vda/snapshots/$s" || it_fail "mkdir vda/snapshots/$s on the remote domain"
+  mkdir "$MNT/$RD/vda/snapshots/$s" || it_fail "mkdir $RD/vda/snapshots/$s"
   file[$s]=$(on_h2 it_domblk "$D" vda)
   it_assert_eq "$R/$D.vda.$s.qcow2" "${file[$s]}" "domblklist on the second host: the overlay of $s beside the active image"
   h2_run test -s "${file[$s]}" || it_fail "the overlay of $s is not on the second host"
   local_unchanged "mkdir $s"
   on_h2 it_guest_write "$D" "0x2${s#s}" "${s#s}M" 1M
 done
-it_assert_eq "s1 s2" "$(it_snapshots "$D" vda)" "ls snapshots/"
+it_assert_eq "s1 s2" "$(it_snapshots "$RD" vda)" "ls $RD/vda/snapshots/"
 it_assert_eq "$(printf '%s\n' "${file[s2]}" "${file[s1]}" "$R/base.qcow2")" \
-  "$(jq -r '.layers[].file' "$MNT/$D/vda/chain.json")" "chain.json: the second host's paths"
+  "$(jq -r '.layers[].file' "$MNT/$RD/vda/chain.json")" "chain.json: the second host's paths"
 it_assert_eq "$(printf '%s\n' "${file[s2]}" "${file[s1]}" "$R/base.qcow2")" "$(on_h2 it_chain "${file[s2]}")" \
   "qemu-img on the second host: the same chain"
 
@@ -102,75 +130,95 @@ it_assert_eq "$(printf '%s\n' "${file[s2]}" "${file[s1]}" "$R/base.qcow2")" "$(o
 # on when the writes after the rmdir land, and when the one after it
 # reached ready does.
 on_h2 it_guest_write "$D" 0x2f 16M 4M
-it_ctl "$D" vda "pivot manual" || it_fail "echo 'pivot manual' > ctl"
-on_h2 it_rmdir_throttled "$D" vda s2
-it_assert_eq "s1" "$(it_snapshots "$D" vda)" "s2 left snapshots/ as soon as rmdir returned"
-it_assert_contains "$(cat "$MNT/$D/vda/job")" "active-commit" "job shows an active commit"
+it_ctl "$RD" vda "pivot manual" || it_fail "echo 'pivot manual' > $RD/vda/ctl"
+rmdir "$MNT/$RD/vda/snapshots/s2" || it_fail "rmdir $RD/vda/snapshots/s2"
+it_assert_eq "$BW" "$(on_h2 it_libvirt_bandwidth "$D" vda)" "the merge started limited to $BW bytes/s"
+it_assert_eq "s1" "$(it_snapshots "$RD" vda)" "s2 left snapshots/ as soon as rmdir returned"
+it_assert_contains "$(cat "$MNT/$RD/vda/job")" "active-commit" "job shows an active commit"
 on_h2 it_guest_write "$D" 0x33 60M 1M
 on_h2 it_guest_write "$D" 0x44 0 4K
-it_assert_contains "running ready" "$(it_job_field "$D" vda state)" "the merge is still on after the guest writes"
-it_unthrottle "$D" vda
-it_wait_until 30 "the active commit reaches ready" sh -c "[ \"\$(jq -r .state '$MNT/$D/vda/job.json')\" = ready ]"
+it_assert_contains "running ready" "$(it_job_field "$RD" vda state)" "the merge is still on after the guest writes"
+it_unthrottle "$RD" vda
+it_wait_until 30 "the active commit reaches ready" sh -c "[ \"\$(jq -r .state '$MNT/$RD/vda/job.json')\" = ready ]"
 on_h2 it_guest_write "$D" 0x35 24M 1M
-it_assert_eq "ready" "$(it_job_field "$D" vda state)" "the merge waits in ready after the guest writes"
-it_ctl "$D" vda "pivot" || it_fail "echo pivot > ctl"
-it_ctl "$D" vda "pivot auto" || it_fail "echo 'pivot auto' > ctl"
-out=$(it_wait_job "$D" vda 120)
+it_assert_eq "ready" "$(it_job_field "$RD" vda state)" "the merge waits in ready after the guest writes"
+it_ctl "$RD" vda "pivot" || it_fail "echo pivot > $RD/vda/ctl"
+it_ctl "$RD" vda "pivot auto" || it_fail "echo 'pivot auto' > $RD/vda/ctl"
+out=$(it_wait_job "$RD" vda 120)
 it_log "cat wait:"$'\n'"$out"
 it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "cat wait: the active commit completed"
 it_assert_eq "${file[s1]}" "$(on_h2 it_domblk "$D" vda)" "pivoted to s1's overlay"
-it_assert_eq "null" "$(jq -r .leftover "$MNT/$D/vda/job.json")" "no leftover: deleted through the pool"
+it_assert_eq "null" "$(jq -r .leftover "$MNT/$RD/vda/job.json")" "no leftover: deleted through the pool"
 h2_run test ! -e "${file[s2]}" || it_fail "s2's overlay is still on the second host"
 it_assert_eq "s1" "$(on_h2 it_snapshot_names "$D")" "the second host's snapshot-list: s1"
 local_unchanged "rmdir s2"
 
-# --- 3. a merge left running while the second libvirtd goes away ------------------
-mkdir "$MNT/$D/vda/snapshots/s3" || it_fail "mkdir vda/snapshots/s3"
+# --- 3. the second libvirtd goes away with a merge running there ------------------
+mkdir "$MNT/$RD/vda/snapshots/s3" || it_fail "mkdir $RD/vda/snapshots/s3"
 file[s3]=$(on_h2 it_domblk "$D" vda)
 it_assert_eq "$R/$D.vda.s3.qcow2" "${file[s3]}" "the overlay of s3 on the second host"
 on_h2 it_guest_write "$D" 0x53 3M 1M
 # s1 holds 8 MiB now: a commit at 256 KiB/s, half a minute unless let go
-on_h2 it_rmdir_throttled "$D" vda s1
-it_assert_eq "commit" "$(it_job_field "$D" vda type)" "a middle commit (no pivot)"
+rmdir "$MNT/$RD/vda/snapshots/s1" || it_fail "rmdir $RD/vda/snapshots/s1"
+it_assert_eq "$BW" "$(on_h2 it_libvirt_bandwidth "$D" vda)" "the middle commit started limited to $BW bytes/s"
+it_assert_eq "commit" "$(it_job_field "$RD" vda type)" "a middle commit (no pivot)"
 
 h2_kill
-stale_everywhere() {
-  grep -q '^stale: *yes' "$MNT/$D/vda/chain" &&
-    grep -q '^stale: *yes' "$MNT/$D/vda/job" &&
-    [ "$(jq -r .stale "$MNT/$D/vda/chain.json")" = true ] &&
-    [ "$(jq -r .stale "$MNT/$D/vda/job.json")" = true ]
+stale_json() { [ "$(jq -r .stale "$MNT/$1/vda/chain.json")" = "$2" ] && [ "$(jq -r .stale "$MNT/$1/vda/job.json")" = "$2" ]; }
+remote_stale() {
+  grep -q '^stale: *yes' "$MNT/$RD/vda/chain" && grep -q '^stale: *yes' "$MNT/$RD/vda/job" && stale_json "$RD" true
 }
-it_wait_until 10 "chain, job and their JSON say stale" stale_everywhere
+it_wait_until 10 "the remote host's chain, job and their JSON say stale" remote_stale
 it_log "ok: the remote host's chain, chain.json, job, job.json say stale"
-it_assert_eq "running" "$(it_job_field "$D" vda state)" "the stale job is the merge, running"
-it_expect_errno ENOTCONN mkdir "$MNT/$D/vda/snapshots/s4"
-it_expect_errno ENOTCONN rmdir "$MNT/$D/vda/snapshots/s3"
-it_assert_eq "s3" "$(it_snapshots "$D" vda)" "the refused changes left snapshots/ alone"
+stale_json "$LD" false || it_fail "the local host's chain.json or job.json says stale"
+! grep -q '^stale:' "$MNT/$LD/vda/chain" || it_fail "the local host's chain says stale"
+it_log "ok: the local host's subtree is not stale"
+it_assert_eq "local remote" "$(it_ls "$MNT")" "ls MNT: still the two hosts"
+it_assert_eq "running" "$(it_job_field "$RD" vda state)" "the stale job is the merge, running"
+it_expect_errno ENOTCONN mkdir "$MNT/$RD/vda/snapshots/s4"
+it_expect_errno ENOTCONN rmdir "$MNT/$RD/vda/snapshots/s3"
+it_assert_eq "s3" "$(it_snapshots "$RD" vda)" "the refused changes left the remote snapshots/ alone"
 local_unchanged "the refused mkdir and rmdir"
+# the local host works meanwhile, in its usual time
+T0=$(it_now_ms)
+mkdir "$MNT/$LD/vda/snapshots/l1" || it_fail "mkdir $LD/vda/snapshots/l1 while the remote host is down"
+it_log "local mkdir took $(($(it_now_ms) - T0)) ms"
+ltop=$(it_domblk "$DL" vda)
+[ "$ltop" != "$L/base.qcow2" ] || it_fail "the local mkdir did not change the active layer"
+it_guest_write "$DL" 0x92 1M 256K
+T0=$(it_now_ms)
+rmdir "$MNT/$LD/vda/snapshots/l1" || it_fail "rmdir $LD/vda/snapshots/l1 while the remote host is down"
+out=$(it_wait_job "$LD" vda 60)
+it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the local merge completed while the remote host is down"
+it_log "local rmdir + cat wait took $(($(it_now_ms) - T0)) ms"
+it_assert_eq "$L/base.qcow2" "$(it_domblk "$DL" vda)" "the local domain pivoted back to its base"
+[ ! -e "$ltop" ] || it_fail "the merged local overlay $ltop still exists"
+remote_stale || it_fail "the remote host is no longer stale while its libvirtd is down"
 
 h2_restart
-not_stale() {
-  [ "$(jq -r .stale "$MNT/$D/vda/chain.json")" = false ] &&
-    [ "$(jq -r .stale "$MNT/$D/vda/job.json")" = false ] &&
-    ! grep -q '^stale:' "$MNT/$D/vda/chain"
-}
 T0=$(it_now_ms)
-it_wait_until 30 "chainfs reconnects to the second host by itself" not_stale
+remote_back() { stale_json "$RD" false && ! grep -q '^stale:' "$MNT/$RD/vda/chain"; }
+it_wait_until 30 "chainfs reconnects to the second host by itself" remote_back
 it_log "ok: reconnected $(($(it_now_ms) - T0)) ms after the restart"
-it_assert_eq "running" "$(it_job_field "$D" vda state)" "the merge is still followed after the reconnection"
+it_assert_eq "running" "$(it_job_field "$RD" vda state)" "the merge is still followed after the reconnection"
 on_h2 it_guest_write "$D" 0x66 62M 1M
-it_unthrottle "$D" vda
-out=$(it_wait_job "$D" vda 120)
+it_unthrottle "$RD" vda
+out=$(it_wait_job "$RD" vda 120)
 it_log "cat wait:"$'\n'"$out"
 it_assert_eq "completed" "$(sed -n 's/^state: *//p' <<<"$out")" "the merge left running completed after the restart"
 it_assert_eq "${file[s3]}" "$(on_h2 it_domblk "$D" vda)" "no pivot: s3 is still the active layer"
 it_assert_eq "$(printf '%s\n' "${file[s3]}" "$R/base.qcow2")" "$(on_h2 it_chain "${file[s3]}")" \
   "s3 backs onto the base now (qemu-img on the second host)"
 h2_run test ! -e "${file[s1]}" || it_fail "s1's overlay is still on the second host"
-it_assert_eq "s3" "$(it_snapshots "$D" vda)" "ls snapshots/: s3"
+it_assert_eq "s3" "$(it_snapshots "$RD" vda)" "ls $RD/vda/snapshots/: s3"
 local_unchanged "the merge of s1"
+for h in local remote; do
+  [ ! -s "$T/state/hosts/$h/journal" ] || it_fail "journal of $h still has entries: $(cat "$T/state/hosts/$h/journal")"
+done
+it_log "ok: both hosts' journals (state/hosts/NAME/journal) are empty"
 
 h2_virsh destroy "$D" >/dev/null || it_fail "destroy $D"
+it_destroy "$DL"
 on_h2 it_check_pattern "${file[s3]}" 0x44 0 4K
 on_h2 it_check_pattern "${file[s3]}" 0x11 4K 1020K
 on_h2 it_check_pattern "${file[s3]}" 0x21 1M 1M
@@ -181,3 +229,5 @@ on_h2 it_check_pattern "${file[s3]}" 0x35 24M 1M
 on_h2 it_check_pattern "${file[s3]}" 0x33 60M 1M
 on_h2 it_check_pattern "${file[s3]}" 0x66 62M 1M
 on_h2 it_check_pattern "$R/base.qcow2" 0x2f 16M 4M
+it_check_pattern "$L/base.qcow2" 0x91 0 1M
+it_check_pattern "$L/base.qcow2" 0x92 1M 256K
