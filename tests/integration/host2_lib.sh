@@ -333,3 +333,24 @@ h2_stop() {
   H2_MNTNS="" H2_NETNS=""
   return "$ok"
 }
+
+# h2_mount_fleet [EXTRA_OPTS] — chainfs on $T/mnt with two hosts: this
+# machine's libvirtd as "local" ($IT_URI) and the second host as "remote"
+# ($H2_URI); state_dir $T/state (each host's journal in
+# $T/state/hosts/NAME/), no overlay_dir (overlays beside the active
+# image, on each disk's own host). Like it_mount: IT_PID, MNT, IT_LOG, and
+# it_cleanup unmounts it; fault_remount-style restarts call it again.
+h2_mount_fleet() {
+  local opts="state_dir=$T/state"
+  [ -n "$H2_URI" ] || it_fail "h2_mount_fleet before h2_start"
+  [ -n "${1:-}" ] && opts="$opts,$1"
+  MNT="$T/mnt"
+  mkdir -p "$MNT"
+  "$CHAINFS" -f -c "local=$IT_URI" -c "remote=$H2_URI" -o "$opts" "$MNT" >>"$IT_LOG" 2>&1 &
+  IT_PID=$!
+  it_poll 10 mountpoint -q "$MNT" || {
+    kill -0 "$IT_PID" 2>/dev/null || it_fail "chainfs exited before mounting"
+    it_fail "chainfs did not mount $MNT within 10 s"
+  }
+  it_log "chainfs (pid $IT_PID) mounted local=$IT_URI and remote=$H2_URI on $MNT"
+}

@@ -82,14 +82,9 @@ it_start "$DL"
 # 256 KiB/s: a middle commit takes 2 s per 512 KiB chunk; an active commit
 # may copy QEMU's first mirror burst at once.
 BW=262144
-MNT="$T/mnt"
-mkdir -p "$MNT"
 T0=$(it_now_ms)
-"$CHAINFS" -f -c "local=$IT_URI" -c "remote=$H2_URI" -o "state_dir=$T/state,bandwidth=$BW" \
-  "$MNT" >>"$IT_LOG" 2>&1 &
-IT_PID=$!
-it_wait_until 10 "chainfs mounts $MNT" mountpoint -q "$MNT"
-it_log "chainfs (pid $IT_PID) mounted two hosts on $MNT in $(($(it_now_ms) - T0)) ms"
+h2_mount_fleet "bandwidth=$BW"
+it_log "mounted in $(($(it_now_ms) - T0)) ms"
 it_wait_dom "$RD"
 it_wait_dom "$LD"
 grep -q "image files: not on this machine (qemu+tcp://$H2_ADDR/system reaches libvirt over tcp)" "$IT_LOG" ||
