@@ -132,6 +132,14 @@ for h in local remote; do
   fi
 done
 it_log "ok: both hosts' journals are empty"
+# Every log line about a domain says which host it is on (the two hosts'
+# job numbers are each their own: "job 1" is on both).
+for pair in "remote $D" "local $DL"; do
+  h=${pair%% *} dom=${pair#* }
+  bare=$(grep -E "chainfs [a-z]+: .*$dom" "$IT_LOG" | grep -vE "chainfs [a-z]+: host $h: " || true)
+  [ -z "$bare" ] || it_fail "log lines about $dom without 'host $h:':"$'\n'"$bare"
+done
+it_log "ok: every log line about either domain names its host"
 
 h2_virsh destroy "$D" >/dev/null || it_fail "destroy $D"
 it_destroy "$DL"
