@@ -103,6 +103,8 @@ static void *dom_worker_main(void *arg)
     struct cfs_engine *e = dw->e;
     int64_t idle_since = now_ms();
 
+    /* its lines name the host too (issue 12): recovery, job edges */
+    cfs_log_set_context(e->host);
     pthread_mutex_lock(&e->qlock);
     for (;;) {
         if (!dw->head && !e->stopping) {
