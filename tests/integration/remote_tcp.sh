@@ -211,6 +211,12 @@ for h in local remote; do
   [ ! -s "$T/state/hosts/$h/journal" ] || it_fail "journal of $h still has entries: $(cat "$T/state/hosts/$h/journal")"
 done
 it_log "ok: both hosts' journals (state/hosts/NAME/journal) are empty"
+for pair in "remote $D" "local $DL"; do
+  h=${pair%% *} dom=${pair#* }
+  bare=$(grep -E "chainfs [a-z]+: .*$dom" "$IT_LOG" | grep -vE "chainfs [a-z]+: host $h: " || true)
+  [ -z "$bare" ] || it_fail "log lines about $dom without 'host $h:':"$'\n'"$bare"
+done
+it_log "ok: every log line about either domain names its host"
 
 h2_virsh destroy "$D" >/dev/null || it_fail "destroy $D"
 it_destroy "$DL"
