@@ -1,6 +1,8 @@
 /* engine.c — part of the engine (see engine_int.h). */
 #include "engine_int.h"
 
+#include <stdatomic.h>
+
 #include "chainfs/nodes.h" /* CFS_OWN_DIR */
 
 /* ---- work queue ----------------------------------------------------------- */
@@ -1276,6 +1278,11 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
     return r;
 }
 
+/* The engines left behind by cfs_engine_free with a call that did not
+ * return: with several hosts there may be more than one. */
+static struct cfs_engine *engines_left_behind[64] __attribute__((used));
+static atomic_size_t n_engines_left_behind;
+
 struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
 {
     if (!e)
@@ -1309,6 +1316,10 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
             log_warn("domain %s: a libvirt call has not returned; exiting "
                      "without waiting for it", *n);
         engine_left_behind = e;
+        /* several hosts (issue 12): every such engine stays reachable */
+        size_t k = atomic_fetch_add(&n_engines_left_behind, 1);
+        if (k < ELEMENTSOF(engines_left_behind))
+            engines_left_behind[k] = e;
         return NULL;
     }
     /* offline merges keep running to their end; wait for them (no one
