@@ -8,10 +8,12 @@
 #      (-o connect=h2=qemu+tcp://...) mounted at once: / lists "h2 local",
 #      each host shows its own domain only, /proc/mounts says
 #      chainfs:local,h2, .chainfs/metrics.prom has host labels (promcheck),
-#      the journals are in state_dir/hosts/NAME;
+#      the journals are in state_dir/hosts/NAME, log lines say "host h2:",
+#      a mkdir under h2/ has libvirt make the overlay on the second host;
 #   3. the second host down at start: the mount still starts, h2/ is
 #      empty and its metrics say down, the local host works; its libvirtd
-#      started: its domain shows.
+#      started: its domain shows; killed again: its mkdir is ENOTCONN and
+#      its chain stale, the local host's chain is not and its mkdir works.
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 # shellcheck source=tests/integration/host2_lib.sh
@@ -70,6 +72,10 @@ if [ -x "$PROMCHECK" ]; then
 fi
 [ -d "$T/state/hosts/h2" ] && [ -d "$T/state/hosts/local" ] || it_fail "no per-host state directories"
 grep -q "host h2: " "$IT_LOG" || it_fail "no log line carries the host h2"
+# a change routed to the second host: libvirt creates the overlay there
+it_expect_errno OK mkdir "$MNT/h2/$R/vda/snapshots/s1"
+it_assert_contains "$(h2_virsh domblklist "$R" | awk '$1 == "vda" { print $2 }')" ".s1." "$R's new overlay on the second host"
+it_wait_until 5 "h2's chain shows the overlay" grep -q "$R.vda.s1.qcow2" "$MNT/h2/$R/vda/chain"
 it_log "ok: two hosts in one mount"
 it_unmount || it_fail "unmount"
 
@@ -84,4 +90,12 @@ h2_restart
 it_wait_until 15 "$R in h2/ once its libvirtd answers" test -d "$MNT/h2/$R"
 it_assert_contains "$(cat "$MNT/.chainfs/metrics.prom")" 'chainfs_libvirt_up{host="h2"} 1' "h2 up in the metrics"
 it_log "ok: a host down at start connects later"
-h2_virsh undefine "$R" >/dev/null || it_fail "undefine $R"
+# and goes away again: its changes ENOTCONN, its files stale, this
+# host's changes work
+h2_kill
+it_expect_errno ENOTCONN mkdir "$MNT/h2/$R/vda/snapshots/s2"
+it_wait_until 5 "h2's chain says stale" grep -q '^stale:' "$MNT/h2/$R/vda/chain"
+grep -q '^stale:' "$MNT/local/$L/vda/chain" && it_fail "this host's chain is stale"
+it_expect_errno OK mkdir "$MNT/local/$L/vda/snapshots/l1"
+it_log "ok: only the host that went away is stale"
+h2_restart
