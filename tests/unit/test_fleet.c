@@ -361,6 +361,69 @@ static void test_single_journal_refused(void **state)
     test_tmpdir_remove(dir);
 }
 
+static char *warned;
+
+static void warn_sink(int prio, const char *line, void *opaque)
+{
+    (void)opaque;
+    if (prio > LOG_WARNING)
+        return;
+    char *n = cfs_xasprintf("%s%s\n", warned ? warned : "", line);
+    free(warned);
+    warned = n;
+}
+
+/* The journal of a host not given (several hosts, or one) is logged and
+ * left alone. */
+static void test_other_host_journal_warned(void **state)
+{
+    (void)state;
+    char dir[64] = "/tmp/cfs-fleet-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char gamma[128];
+    snprintf(gamma, sizeof(gamma), "%s/hosts/gamma", dir);
+    char hosts[128];
+    snprintf(hosts, sizeof(hosts), "%s/hosts", dir);
+    assert_int_equal(mkdir(hosts, 0700), 0);
+    struct cfs_journal *j;
+    char **warn = NULL;
+    assert_int_equal(cfs_journal_open(gamma, &j, &warn), 0);
+    struct cfs_journal_entry en = {
+        .id = "1700000000-42-1", .type = CFS_JOB_COMMIT, .domain = "vm1",
+        .disk = "vda", .snapshot = "s1", .top = "/x/top.qcow2",
+        .base = "/x/base.qcow2", .phase = "running", .created = 1700000000,
+        .updated = 1700000001,
+    };
+    assert_int_equal(cfs_journal_put(j, &en), 0);
+    cfs_journal_free(j);
+    cfs_log_set_sink(warn_sink, NULL);
+    for (size_t n = 1; n <= 2; n++) {
+        struct cfs_fleet_host h[2] = {
+            {.name = "a", .be = cfs_fake_backend_new()},
+            {.name = "b", .be = cfs_fake_backend_new()},
+        };
+        struct cfs_engine_config cfg = {.state_dir = dir};
+        struct cfs_fleet *fl = NULL;
+        char *err = NULL;
+        assert_int_equal(cfs_fleet_new(&cfg, h, n, &fl, &err), 0);
+        assert_non_null(warned);
+        assert_non_null(strstr(warned, "hosts/gamma/journal has 1 open entry of host gamma"));
+        free(warned);
+        warned = NULL;
+        cfs_fleet_free(fl);
+    }
+    cfs_log_set_sink(NULL, NULL);
+    /* left alone */
+    assert_int_equal(cfs_journal_open(gamma, &j, &warn), 0);
+    struct cfs_journal_entry *v;
+    size_t nv;
+    assert_int_equal(cfs_journal_list(j, &v, &nv), 0);
+    assert_int_equal(nv, 1);
+    cfs_journal_entries_free(v, nv);
+    cfs_journal_free(j);
+    test_tmpdir_remove(dir);
+}
+
 /* ---- a host down at start ------------------------------------------------- */
 
 static void test_host_down_at_start(void **state)
@@ -559,6 +622,7 @@ int main(void)
         cmocka_unit_test(test_one_host),
         cmocka_unit_test(test_state_dirs),
         cmocka_unit_test(test_single_journal_refused),
+        cmocka_unit_test(test_other_host_journal_warned),
         cmocka_unit_test(test_host_down_at_start),
         cmocka_unit_test(test_down_host_recovers_journal),
         cmocka_unit_test(test_metrics_labels),
