@@ -1172,10 +1172,16 @@ static int engine_start_read(struct cfs_engine *e, char **errmsg)
     struct stat od;
     if (e->overlay_dir && engine_files_local(e) &&
         (stat(e->overlay_dir, &od) < 0 || !S_ISDIR(od.st_mode))) {
-        if (errmsg)
-            *errmsg = cfs_xasprintf("overlay_dir %s is not a directory",
-                                    e->overlay_dir);
-        return -ENOTDIR;
+        if (e->thread_started) {
+            /* connected after a start without libvirt (issue 12): the
+             * mount is up, the other hosts work; mkdir says it */
+            log_err("overlay_dir %s is not a directory", e->overlay_dir);
+        } else {
+            if (errmsg)
+                *errmsg = cfs_xasprintf("overlay_dir %s is not a directory",
+                                        e->overlay_dir);
+            return -ENOTDIR;
+        }
     }
     /* a pull the journal has may end any moment: its domain is read
      * quietly from the first read on (recovery then tracks the job) */
