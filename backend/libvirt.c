@@ -691,6 +691,56 @@ static int lv_event_loop_ref(void)
     return -r;
 }
 
+/* Wait until the event thread has run everything it had begun: a
+ * callback of a backend being destroyed (deregistered already) may be
+ * running on the shared thread; after this none is. false if the thread
+ * did not come round within 2 s (a callback blocked: the caller must not
+ * free what callbacks use). */
+struct lv_barrier {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+};
+
+static void lv_barrier_cb(int timer, void *opaque)
+{
+    struct lv_barrier *w = opaque;
+
+    virEventRemoveTimeout(timer);
+    pthread_mutex_lock(&w->lock);
+    w->done = true;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static bool lv_event_barrier(void)
+{
+    struct lv_barrier *w = cfs_xcalloc(1, sizeof(*w));
+    struct timespec ts = cfs_deadline_after(CLOCK_REALTIME, 2000);
+    bool done;
+
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    if (virEventAddTimeout(0, lv_barrier_cb, w, NULL) < 0) {
+        pthread_cond_destroy(&w->cond);
+        pthread_mutex_destroy(&w->lock);
+        free(w);
+        return true; /* no loop to wait for */
+    }
+    pthread_mutex_lock(&w->lock);
+    while (!w->done)
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &ts) != 0)
+            break;
+    done = w->done;
+    pthread_mutex_unlock(&w->lock);
+    if (!done)
+        return false; /* W stays: the timer may fire later */
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+    return true;
+}
+
 static void lv_event_loop_unref(void)
 {
     pthread_mutex_lock(&lv_loop_lock);
@@ -1145,6 +1195,10 @@ static void lv_destroy(struct cfs_backend *be)
     lv_owner_forget(b);
     lv_pool_drain(b);
     lv_drop(b, conn);
+    /* the event thread is shared (other hosts): a callback of ours it
+     * began must be over before B goes */
+    if (b->thread_running && !lv_event_barrier())
+        return; /* left behind, reachable through the callback */
     lv_stop_event_thread(b);
 
     pthread_cond_destroy(&b->cond);

@@ -1,6 +1,8 @@
 /* engine.c — part of the engine (see engine_int.h). */
 #include "engine_int.h"
 
+#include <stdatomic.h>
+
 #include "chainfs/nodes.h" /* CFS_OWN_DIR */
 
 /* ---- work queue ----------------------------------------------------------- */
@@ -1172,10 +1174,16 @@ static int engine_start_read(struct cfs_engine *e, char **errmsg)
     struct stat od;
     if (e->overlay_dir && engine_files_local(e) &&
         (stat(e->overlay_dir, &od) < 0 || !S_ISDIR(od.st_mode))) {
-        if (errmsg)
-            *errmsg = cfs_xasprintf("overlay_dir %s is not a directory",
-                                    e->overlay_dir);
-        return -ENOTDIR;
+        if (e->thread_started) {
+            /* connected after a start without libvirt (issue 12): the
+             * mount is up, the other hosts work; mkdir says it */
+            log_err("overlay_dir %s is not a directory", e->overlay_dir);
+        } else {
+            if (errmsg)
+                *errmsg = cfs_xasprintf("overlay_dir %s is not a directory",
+                                        e->overlay_dir);
+            return -ENOTDIR;
+        }
     }
     /* a pull the journal has may end any moment: its domain is read
      * quietly from the first read on (recovery then tracks the job) */
@@ -1278,6 +1286,11 @@ int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
     return r;
 }
 
+/* The engines left behind by cfs_engine_free with a call that did not
+ * return: with several hosts there may be more than one. */
+static struct cfs_engine *engines_left_behind[64] __attribute__((used));
+static atomic_size_t n_engines_left_behind;
+
 struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
 {
     if (!e)
@@ -1311,6 +1324,10 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
             log_warn("domain %s: a libvirt call has not returned; exiting "
                      "without waiting for it", *n);
         engine_left_behind = e;
+        /* several hosts (issue 12): every such engine stays reachable */
+        size_t k = atomic_fetch_add(&n_engines_left_behind, 1);
+        if (k < ELEMENTSOF(engines_left_behind))
+            engines_left_behind[k] = e;
         return NULL;
     }
     /* offline merges keep running to their end; wait for them (no one

@@ -134,6 +134,8 @@ static long journal_open_entries(const char *dir)
     return r < 0 ? r : (long)n;
 }
 
+static void warn_other_journals(struct cfs_fleet *f, const char *state_dir);
+
 /* Several hosts: STATE_DIR/lock, STATE_DIR/journal empty, the journals
  * of hosts not given noted. 0 or -errno with *ERRMSG. */
 static int fleet_state(struct cfs_fleet *f, const char *state_dir,
@@ -170,12 +172,22 @@ static int fleet_state(struct cfs_fleet *f, const char *state_dir,
         *errmsg = cfs_xasprintf("%s/journal: %s", state_dir, strerror((int)-open_n));
         return (int)open_n;
     }
+    warn_other_journals(f, state_dir);
+    return 0;
+}
+
+/* The journals with open entries in STATE_DIR/hosts/NAME of a NAME this
+ * mount does not have (with one host: every one) are logged and left
+ * alone. */
+static void warn_other_journals(struct cfs_fleet *f, const char *state_dir)
+{
+    _cleanup_free_ char *hosts = cfs_xasprintf("%s/hosts", state_dir);
     DIR *d = opendir(hosts);
     for (struct dirent *de; d && (de = readdir(d));) {
         if (de->d_name[0] == '.')
             continue;
         bool given = false;
-        for (size_t i = 0; i < f->n && !given; i++)
+        for (size_t i = 0; f->n > 1 && i < f->n && !given; i++)
             given = cfs_streq(f->m[i].name, de->d_name);
         if (given)
             continue;
@@ -189,7 +201,6 @@ static int fleet_state(struct cfs_fleet *f, const char *state_dir,
     }
     if (d)
         closedir(d);
-    return 0;
 }
 
 int cfs_fleet_new(const struct cfs_engine_config *common,
@@ -236,6 +247,8 @@ int cfs_fleet_new(const struct cfs_engine_config *common,
     }
     if (r == 0 && n > 1)
         r = fleet_state(f, common->state_dir, &msg);
+    else if (r == 0)
+        warn_other_journals(f, common->state_dir);
     for (size_t i = 0; i < n; i++) {
         struct member *m = &f->m[i];
         struct cfs_backend *be = hosts[i].be;

@@ -108,12 +108,31 @@ static void test_user_options_win(void **state)
     assert_string_equal(c, "-ofsname=chainfs,subtype=chainfs");
 }
 
+/* Issue 12: several hosts are named "chainfs:NAME1,NAME2", and the comma
+ * survives libfuse's option parser as one fsname. */
+static void test_fleet_source(void **state)
+{
+    (void)state;
+    const char *names[] = {"local", "h2"};
+    char *src = cfs_mount_fleet_source(names, 2);
+    assert_string_equal(src, "chainfs:local,h2");
+    char *opt = cfs_mount_identity_opt(src, false, false);
+    struct parsed p = parse(opt);
+    assert_string_equal(p.fsname, "chainfs:local,h2");
+    assert_string_equal(p.subtype, "chainfs");
+    assert_int_equal(p.others, 0);
+    parsed_free(&p);
+    free(opt);
+    free(src);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_escape),
         cmocka_unit_test(test_roundtrip_through_libfuse),
         cmocka_unit_test(test_user_options_win),
+        cmocka_unit_test(test_fleet_source),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
