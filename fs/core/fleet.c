@@ -400,7 +400,8 @@ int cfs_fleet_resolve(struct cfs_fleet *f, const char *path,
     size_t len = strcspn(path, "/");
     if (len == 0 || (len == 8 && strncmp(path, ".chainfs", 8) == 0)) {
         /* the fleet's own: "/" and /.chainfs/... */
-        int r = cfs_path_parse(len ? path - 1 : "/", p);
+        _cleanup_free_ char *own = cfs_xasprintf("/%s", path);
+        int r = cfs_path_parse(own, p);
         if (r == 0 && p->kind != CFS_NODE_ROOT && p->kind != CFS_NODE_OWN &&
             p->kind != CFS_NODE_METRICS)
             r = -ENOENT;

@@ -1,7 +1,9 @@
 /* fuse_ops.c — the FUSE adapter (high-level API, paths).
  *
- * Only dispatch lives here: parse the path, look its kind up in the node
- * table (nodes.h: mode, file or directory, blocks on read, takes writes),
+ * Only dispatch lives here: route the path to its host's engine (the
+ * fleet, fleet.h: with several hosts /HOST/... is that host's, / and
+ * /.chainfs the fleet's own; the FUSE thread logs under the host's name
+ * for the call), look its kind up in the node table (nodes.h: mode, file or directory, blocks on read, takes writes),
  * ask the engine, map to errno. No operation here knows one kind of node
  * from another by name.
  * A file's content is rendered once at open() into the handle and served

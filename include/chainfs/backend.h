@@ -66,7 +66,11 @@ struct cfs_backend_ops {
     const char *name;
 
     /* Open the connection, start the event thread, subscribe to events.
-     * Called once, before the daemon detaches. */
+     * Called once, before the daemon detaches. -ENOTCONN (libvirtd
+     * unreachable) comes back with the reconnect armed (issue 12): the
+     * caller keeps the backend, and connection(up=true) follows once
+     * libvirtd answers (its back-off as after a lost connection), or
+     * destroys it. */
     int (*connect)(struct cfs_backend *be, const struct cfs_backend_events *ev,
                    void *opaque);
     /* Stop the event thread, close the connection, free everything. */
