@@ -145,10 +145,6 @@ h2_virsh destroy "$D" >/dev/null || it_fail "destroy $D"
 it_destroy "$DL"
 for run in on_h2 ""; do
   if [ -n "$run" ]; then top="$R/$D.vda.s2.qcow2" base="$R/base.qcow2"; else top="$L/$DL.vda.s2.qcow2" base="$L/base.qcow2"; fi
-  for p in "0x11 0 2M" "0x22 2M 8M" "0x00 12M 1M" "0x33 20M 1M" "0x44 40M 1M" "0x55 42M 1M" "0x66 44M 1M"; do
-    # shellcheck disable=SC2086 # the command prefix and the triple are split on purpose
-    $run it_check_pattern "$top" $p
-  done
-  # shellcheck disable=SC2086
-  $run it_check_pattern "$base" 0x22 2M 8M
+  $run it_check_patterns "$top" "0x11 0 2M" "0x22 2M 8M" "0x00 12M 1M" "0x33 20M 1M" "0x44 40M 1M" "0x55 42M 1M" "0x66 44M 1M"
+  $run it_check_patterns "$base" "0x22 2M 8M"
 done

@@ -371,6 +371,26 @@ it_check_pattern() {
   esac
 }
 
+# it_check_patterns FILE "PATTERN OFFSET LEN"... — it_check_pattern of
+# each triple, in one qemu-io run (one process start, not one per triple).
+it_check_patterns() {
+  local f=$1 out p args=() n=0 got
+  shift
+  for p in "$@"; do
+    args+=(-c "read -P $p")
+    n=$((n + 1))
+  done
+  out=$("${IT_IMG_RUN[@]}" qemu-io -U -r -f "$(it_image_format "$f")" "${args[@]}" "$f" 2>&1) ||
+    it_fail "qemu-io read of $n patterns from $(it_short "$f"): $out"
+  case "$out" in
+    *"Pattern verification failed"* | *"read failed"* | *[Ee]rror*)
+      it_fail "patterns in $(it_short "$f"): $out" ;;
+  esac
+  got=$(grep -c '^read [0-9]' <<<"$out" || true)
+  [ "$got" = "$n" ] || it_fail "qemu-io read $got of $n patterns from $(it_short "$f"): $out"
+  it_log "ok: patterns $(printf '[%s] ' "$@")read back from $(it_short "$f")"
+}
+
 # it_guest_write DOM PATTERN OFFSET LEN [DEVICE] — a write by the running
 # guest's disk device (HMP qemu-io on the virtio backend), then a flush.
 it_guest_write() {

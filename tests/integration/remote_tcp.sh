@@ -227,15 +227,7 @@ it_log "ok: every log line about either domain names its host"
 
 h2_virsh destroy "$D" >/dev/null || it_fail "destroy $D"
 it_destroy "$DL"
-on_h2 it_check_pattern "${file[s3]}" 0x44 0 4K
-on_h2 it_check_pattern "${file[s3]}" 0x11 4K 1020K
-on_h2 it_check_pattern "${file[s3]}" 0x21 1M 1M
-on_h2 it_check_pattern "${file[s3]}" 0x22 2M 1M
-on_h2 it_check_pattern "${file[s3]}" 0x53 3M 1M
-on_h2 it_check_pattern "${file[s3]}" 0x2f 16M 4M
-on_h2 it_check_pattern "${file[s3]}" 0x35 24M 1M
-on_h2 it_check_pattern "${file[s3]}" 0x33 60M 1M
-on_h2 it_check_pattern "${file[s3]}" 0x66 62M 1M
-on_h2 it_check_pattern "$R/base.qcow2" 0x2f 16M 4M
-it_check_pattern "$L/base.qcow2" 0x91 0 1M
-it_check_pattern "$L/base.qcow2" 0x92 1M 256K
+on_h2 it_check_patterns "${file[s3]}" "0x44 0 4K" "0x11 4K 1020K" "0x21 1M 1M" "0x22 2M 1M" "0x53 3M 1M" \
+  "0x2f 16M 4M" "0x35 24M 1M" "0x33 60M 1M" "0x66 62M 1M"
+on_h2 it_check_patterns "$R/base.qcow2" "0x2f 16M 4M"
+it_check_patterns "$L/base.qcow2" "0x91 0 1M" "0x92 1M 256K"
