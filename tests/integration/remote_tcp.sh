@@ -149,11 +149,14 @@ it_assert_eq "s1" "$(on_h2 it_snapshot_names "$D")" "the second host's snapshot-
 local_unchanged "rmdir s2"
 
 # --- 3. the second libvirtd goes away with a merge running there ------------------
+# 8 MiB more in s1 (the active layer now): its merge below, at 256 KiB/s,
+# has a minute to outlast the outage and the reconnection
+on_h2 it_guest_write "$D" 0x5e 32M 8M
 mkdir "$MNT/$RD/vda/snapshots/s3" || it_fail "mkdir $RD/vda/snapshots/s3"
 file[s3]=$(on_h2 it_domblk "$D" vda)
 it_assert_eq "$R/$D.vda.s3.qcow2" "${file[s3]}" "the overlay of s3 on the second host"
 on_h2 it_guest_write "$D" 0x53 3M 1M
-# s1 holds 8 MiB now: a commit at 256 KiB/s, half a minute unless let go
+# s1 holds 16 MiB now: a commit at 256 KiB/s, a minute unless let go
 rmdir "$MNT/$RD/vda/snapshots/s1" || it_fail "rmdir $RD/vda/snapshots/s1"
 it_assert_eq "$BW" "$(on_h2 it_libvirt_bandwidth "$D" vda)" "the middle commit started limited to $BW bytes/s"
 it_assert_eq "commit" "$(it_job_field "$RD" vda type)" "a middle commit (no pivot)"
@@ -228,6 +231,6 @@ it_log "ok: every log line about either domain names its host"
 h2_virsh destroy "$D" >/dev/null || it_fail "destroy $D"
 it_destroy "$DL"
 on_h2 it_check_patterns "${file[s3]}" "0x44 0 4K" "0x11 4K 1020K" "0x21 1M 1M" "0x22 2M 1M" "0x53 3M 1M" \
-  "0x2f 16M 4M" "0x35 24M 1M" "0x33 60M 1M" "0x66 62M 1M"
+  "0x2f 16M 4M" "0x35 24M 1M" "0x5e 32M 8M" "0x33 60M 1M" "0x66 62M 1M"
 on_h2 it_check_patterns "$R/base.qcow2" "0x2f 16M 4M"
 it_check_patterns "$L/base.qcow2" "0x91 0 1M" "0x92 1M 256K"
