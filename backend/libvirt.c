@@ -46,6 +46,7 @@
 #include <libvirt/virterror.h>
 
 #include "chainfs/backend.h"
+#include "chainfs/log.h"
 #include "chainfs/util.h"
 #include "domxml.h"
 #include "errmap.h"
@@ -65,7 +66,6 @@ extern char **environ;
 #define POOL_MAX_IDLE 8
 #define QEMU_IMG "qemu-img"
 #define QEMU_IMG_ERR_MAX 4096
-#define LV_CHAIN_MAX 64 /* layers followed through storage pools */
 
 enum lv_event {
     LV_EV_LIFECYCLE,
@@ -1443,11 +1443,14 @@ static int lv_volume_info(virConnectPtr conn, const char *path, struct cfs_volxm
  * describe the chain below the active layer, and no header is read here.
  * Ask libvirt's storage pools instead: each layer's missing sizes, and
  * below the last layer its backing file, for as long as a pool holds the
- * image (a file no active pool has scanned ends the chain as shown). */
-static void lv_complete_chain_from_pools(virConnectPtr conn, struct cfs_disk *disk,
+ * image (a file no active pool has scanned ends the chain as shown).
+ * true if the chain was cut at CFS_CHAIN_MAX layers with more below. One
+ * storage-volume lookup per layer; the loop check is a scan per layer
+ * added (O(n^2) compares, no call: a chain that deep remote is rare). */
+static bool lv_complete_chain_from_pools(virConnectPtr conn, struct cfs_disk *disk,
                                          bool extend)
 {
-    for (size_t l = 0; l < disk->n_layers && l < LV_CHAIN_MAX; l++) {
+    for (size_t l = 0; l < disk->n_layers; l++) {
         _cleanup_(cfs_volxml_clear) struct cfs_volxml v = {0};
         struct cfs_layer *ly = &disk->layers[l];
 
@@ -1465,15 +1468,18 @@ static void lv_complete_chain_from_pools(virConnectPtr conn, struct cfs_disk *di
         if (!extend || l + 1 != disk->n_layers || !v.backing ||
             cfs_image_name_is_protocol(v.backing))
             continue;
+        if (disk->n_layers >= CFS_CHAIN_MAX)
+            return true; /* cut: there is more below */
         for (size_t k = 0; k < disk->n_layers; k++)
             if (cfs_streq(disk->layers[k].path, v.backing))
-                return; /* a loop */
+                return false; /* a loop */
         disk->layers = cfs_xrealloc(disk->layers, (disk->n_layers + 1) * sizeof(*disk->layers));
         disk->layers[disk->n_layers++] = (struct cfs_layer){
             .path = TAKE_PTR(v.backing),
             .format = cfs_xstrdup(v.backing_format ? v.backing_format : ""),
         };
     }
+    return false;
 }
 
 /* Domain XML -> struct cfs_domxml with full chains and sizes. LIVE: the
@@ -1497,10 +1503,17 @@ static void lv_complete_chains(virConnectPtr conn, virDomainPtr dom,
     for (size_t i = 0; i < d->n_disks; i++) {
         struct cfs_disk *disk = &d->disks[i];
 
+        bool cut = false;
+
         if (files_local && !live && !x->disks[i].chain_complete)
-            (void)cfs_image_extend_chain(disk);
+            cut = cfs_image_extend_chain(disk) == 1;
         if (!files_local && !live && conn)
-            lv_complete_chain_from_pools(conn, disk, !x->disks[i].chain_complete);
+            cut = lv_complete_chain_from_pools(conn, disk, !x->disks[i].chain_complete);
+        if (cut)
+            cfs_log(LOG_WARNING, "domain %s disk %s: backing chain cut at %u layers "
+                    "(CFS_CHAIN_MAX); the layers below %s are not shown",
+                    d->name ? d->name : "?", disk->target ? disk->target : "?",
+                    CFS_CHAIN_MAX, disk->layers[disk->n_layers - 1].path);
         for (size_t l = 0; files_local && l < listed[i]; l++)
             lv_fill_local_sizes(&disk->layers[l], matched[i][l], !live);
         free(matched[i]);

@@ -47,8 +47,10 @@ void cfs_image_fill_sizes(struct cfs_layer *l, bool probe);
 /* Extend DISK's chain below its last layer by reading headers, until an
  * image without a backing file, a protocol backing, a missing file or a
  * loop. Each new layer gets path, format, is_block and sizes as
- * cfs_image_fill_sizes() gives them. 0, or -errno if the last layer's
- * header is unreadable (the chain is then left as it was). */
+ * cfs_image_fill_sizes() gives them. 0; 1 if the chain was cut at
+ * CFS_CHAIN_MAX layers with more below (the caller logs it); or -errno if
+ * the last layer's header is unreadable (the chain is then left as it
+ * was). Linear in the chain's length (a hash set finds loops). */
 int cfs_image_extend_chain(struct cfs_disk *disk);
 
 /* Create PATH as an empty qcow2 overlay of BACKING (an absolute path whose
