@@ -2569,6 +2569,24 @@ static int lv_run_qemu_img(char *const argv[])
     return msg_has(err, "No space left") ? -ENOSPC : -EIO;
 }
 
+/* S with every NEEDLE replaced by WITH. Caller frees. */
+static char *str_replace_all(const char *s, const char *needle, const char *with)
+{
+    struct cfs_buf b = {0};
+    size_t nl = strlen(needle);
+    const char *p;
+
+    if (!nl)
+        return cfs_xstrdup(s);
+    while ((p = strstr(s, needle))) {
+        cfs_buf_put(&b, s, (size_t)(p - s));
+        cfs_buf_put(&b, with, strlen(with));
+        s = p + nl;
+    }
+    cfs_buf_put(&b, s, strlen(s));
+    return cfs_buf_steal(&b);
+}
+
 static const char *fmt_or(const char *fmt, const char *dflt)
 {
     return fmt && *fmt ? fmt : dflt;
@@ -2736,9 +2754,19 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     }
 
     {
+        /* TOP and BASE only (O(1) in the chain's depth), or TOP's name
+         * when a format is not known (QEMU opens the chain below it) */
+        _cleanup_free_ char *json = cfs_image_commit_json(t, bl);
+        char *argv_json[] = { QEMU_IMG, "commit", "-q", "-d", json, NULL };
         char *argv[] = { QEMU_IMG, "commit", "-q", "-d", "-f",
                          (char *)fmt_or(t->format, "qcow2"), (char *)top, NULL };
-        r = lv_run_qemu_img(argv);
+
+        r = lv_run_qemu_img(json ? argv_json : argv);
+        if (r < 0 && json) {
+            /* QEMU's message quotes the json: name; the file is TOP */
+            _cleanup_free_ char *msg = str_replace_all(cfs_backend_errmsg(), json, top);
+            cfs_backend_set_errmsg("%s", msg);
+        }
         if (r < 0)
             return r;
     }

@@ -13,6 +13,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -330,6 +331,48 @@ int cfs_image_extend_chain(struct cfs_disk *disk)
             next->virtual_size = next->physical;
     }
     return 0;
+}
+
+/* ---- what qemu-img commit opens ------------------------------------------- */
+
+/* {"driver":FMT,"file":{"driver":"file"|"host_device","filename":PATH}} */
+static struct json_object *commit_node(const struct cfs_layer *l)
+{
+    struct json_object *node = json_object_new_object();
+    struct json_object *file = json_object_new_object();
+
+    json_object_object_add(file, "driver",
+                           json_object_new_string(l->is_block ? "host_device" : "file"));
+    json_object_object_add(file, "filename", json_object_new_string(l->path));
+    json_object_object_add(node, "driver", json_object_new_string(l->format));
+    json_object_object_add(node, "file", file);
+    return node;
+}
+
+static bool commit_layer_ok(const struct cfs_layer *l)
+{
+    return l && l->path && l->path[0] == '/' && l->format && *l->format &&
+           !cfs_image_name_is_protocol(l->path);
+}
+
+char *cfs_image_commit_json(const struct cfs_layer *top, const struct cfs_layer *base)
+{
+    if (!commit_layer_ok(top) || !commit_layer_ok(base))
+        return NULL;
+
+    struct json_object *t = commit_node(top);
+    struct json_object *b = commit_node(base);
+
+    /* null, not absent: QEMU opens nothing below BASE */
+    json_object_object_add(b, "backing", NULL);
+    json_object_object_add(t, "backing", b);
+
+    const char *text = json_object_to_json_string_ext(
+        t, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    char *out = text ? cfs_xasprintf("json:%s", text) : NULL;
+
+    json_object_put(t);
+    return out;
 }
 
 /* ---- creating an empty overlay ---------------------------------------------

@@ -922,6 +922,33 @@ static void test_extend_deep(void **state)
     }
 }
 
+/* Issue 12: the json: image qemu-img commit gets, TOP over BASE and
+ * nothing below; NULL (the caller gives TOP's name) without a format or a
+ * local path. */
+static void test_commit_json(void **state)
+{
+    struct cfs_layer top = { .path = "/img/s \"1\".qcow2", .format = "qcow2" };
+    struct cfs_layer base = { .path = "/dev/vg/base", .format = "raw", .is_block = true };
+    (void)state;
+
+    _cleanup_free_ char *j = cfs_image_commit_json(&top, &base);
+    assert_non_null(j);
+    assert_string_equal(j, "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\","
+                        "\"filename\":\"/img/s \\\"1\\\".qcow2\"},\"backing\":{\"driver\":"
+                        "\"raw\",\"file\":{\"driver\":\"host_device\",\"filename\":"
+                        "\"/dev/vg/base\"},\"backing\":null}}");
+    base.format = "";
+    assert_null(cfs_image_commit_json(&top, &base));
+    base.format = "qcow2";
+    base.path = "nbd://h/x";
+    assert_null(cfs_image_commit_json(&top, &base));
+    base.path = "rel.qcow2";
+    assert_null(cfs_image_commit_json(&top, &base));
+    top.format = NULL;
+    base.path = "/img/b.qcow2";
+    assert_null(cfs_image_commit_json(&top, &base));
+}
+
 static uint16_t be16_at(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
 /* The overlay creator: header fields read back through cfs_image_probe,
@@ -1126,6 +1153,7 @@ int main(void)
         cmocka_unit_test(test_create_overlay),
         cmocka_unit_test(test_parse_deep_chain),
         cmocka_unit_test(test_extend_deep),
+        cmocka_unit_test(test_commit_json),
         cmocka_unit_test(test_snapshot_drop_disk),
         cmocka_unit_test(test_snapshot_retarget_one_disk),
         cmocka_unit_test(test_snapshot_retarget_two_disks),
