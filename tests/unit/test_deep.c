@@ -17,6 +17,7 @@
 #include "chainfs/merge_plan.h"
 #include "chainfs/model.h"
 #include "chainfs/names.h"
+#include "chainfs/strmap.h"
 #include "chainfs/tree.h"
 #include "chainfs/util.h"
 
@@ -241,11 +242,45 @@ static void test_stale_index(void **state)
     cfs_domain_free(d);
 }
 
+/* The map behind the backend's per-disk layer index. */
+static void test_strmap(void **state)
+{
+    struct cfs_strmap *m = cfs_strmap_new();
+    size_t v;
+    (void)state;
+
+    for (size_t i = 0; i < 1000; i++) {
+        _cleanup_free_ char *k = cfs_xasprintf("/img/l%zu.qcow2", i);
+        assert_true(cfs_strmap_add(m, k, i));
+    }
+    assert_int_equal(cfs_strmap_size(m), 1000);
+    assert_false(cfs_strmap_add(m, "/img/l7.qcow2", 99));
+    assert_true(cfs_strmap_get(m, "/img/l7.qcow2", &v));
+    assert_int_equal(v, 7);
+    cfs_strmap_set(m, "/img/l7.qcow2", 70);
+    assert_true(cfs_strmap_get(m, "/img/l7.qcow2", &v));
+    assert_int_equal(v, 70);
+    cfs_strmap_set(m, "new", 1);
+    assert_true(cfs_strmap_get(m, "new", NULL));
+    assert_false(cfs_strmap_get(m, "/img/l1000.qcow2", &v));
+    assert_false(cfs_strmap_add(m, NULL, 1));
+    assert_false(cfs_strmap_get(m, NULL, &v));
+    assert_int_equal(cfs_strmap_size(m), 1001);
+    unsigned long before = n_strcmp;
+    for (size_t i = 0; i < 1000; i++) {
+        _cleanup_free_ char *k = cfs_xasprintf("/img/l%zu.qcow2", i);
+        assert_true(cfs_strmap_get(m, k, NULL));
+    }
+    assert_true(n_strcmp - before < 3000); /* a probe or so each */
+    cfs_strmap_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deep_linear),
         cmocka_unit_test(test_stale_index),
+        cmocka_unit_test(test_strmap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
