@@ -9,8 +9,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -275,12 +278,70 @@ static void test_strmap(void **state)
     cfs_strmap_free(m);
 }
 
+/* cfs_domain_identify's shortcut (the directory's real path, kept from
+ * one layer to the next) gives what realpath() gives: through a
+ * symlinked directory, for a symlinked file, a ".." spelling, a missing
+ * file. */
+static void test_identify_dir_cache(void **state)
+{
+    char tmpl[] = "/tmp/cfs-deep-XXXXXX";
+    (void)state;
+
+    assert_non_null(mkdtemp(tmpl));
+    _cleanup_free_ char *real = realpath(tmpl, NULL);
+    _cleanup_free_ char *dir = cfs_xasprintf("%s/d", real);
+    _cleanup_free_ char *link = cfs_xasprintf("%s/ld", real);
+    _cleanup_free_ char *a = cfs_xasprintf("%s/a.qcow2", dir);
+    _cleanup_free_ char *b = cfs_xasprintf("%s/b.qcow2", dir);
+    _cleanup_free_ char *fl = cfs_xasprintf("%s/fl.qcow2", dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    assert_int_equal(symlink(dir, link), 0);
+    FILE *f = fopen(a, "w");
+    fclose(f);
+    f = fopen(b, "w");
+    fclose(f);
+    assert_int_equal(symlink(a, fl), 0);
+
+    const char *spell[] = { "%s/ld/a.qcow2", "%s/ld/b.qcow2", "%s/d/fl.qcow2",
+                            "%s/d/../d/b.qcow2", "%s/d/gone.qcow2", "%s/d/a.qcow2" };
+    const size_t n = sizeof(spell) / sizeof(spell[0]);
+    struct cfs_domain *d = cfs_xcalloc(1, sizeof(*d));
+    d->name = cfs_xstrdup("x");
+    d->n_disks = 1;
+    d->disks = cfs_xcalloc(1, sizeof(*d->disks));
+    d->disks[0].n_layers = n;
+    d->disks[0].layers = cfs_xcalloc(n, sizeof(struct cfs_layer));
+    for (size_t i = 0; i < n; i++)
+        d->disks[0].layers[i].path = cfs_xasprintf(spell[i], real);
+    cfs_domain_identify(d, true);
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_file_id want = {0};
+        cfs_file_identify(&want, d->disks[0].layers[i].path, true);
+        const struct cfs_file_id *got = &d->disks[0].layers[i].id;
+        assert_string_equal(got->canonical, want.canonical);
+        assert_int_equal(got->known, want.known);
+        assert_int_equal(got->dev, want.dev);
+        assert_int_equal(got->ino, want.ino);
+        cfs_file_id_clear(&want);
+    }
+    assert_string_equal(d->disks[0].layers[0].id.canonical, a);
+    assert_string_equal(d->disks[0].layers[2].id.canonical, a);
+    cfs_domain_free(d);
+    unlink(fl);
+    unlink(a);
+    unlink(b);
+    unlink(link);
+    rmdir(dir);
+    rmdir(real);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deep_linear),
         cmocka_unit_test(test_stale_index),
         cmocka_unit_test(test_strmap),
+        cmocka_unit_test(test_identify_dir_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -949,6 +949,37 @@ static void test_commit_json(void **state)
     assert_null(cfs_image_commit_json(&top, &base));
 }
 
+/* Issue 12: headers are cached by (dev, ino, size, mtime, ctime); a file
+ * rewritten after it was cached (same size: only the backing name
+ * changes, as `qemu-img rebase -u` does) is read again. */
+static void test_probe_cache(void **state)
+{
+    _cleanup_free_ char *img = tpath("cached.qcow2");
+    struct cfs_image_info info;
+    (void)state;
+
+    write_qcow2(img, 3, 1 << 20, "aaaa.qcow2", "qcow2");
+    sleep(3); /* older than the cache's settle time: kept */
+    assert_int_equal(cfs_image_probe(img, "qcow2", &info), 0);
+    assert_string_equal(info.backing, "aaaa.qcow2");
+    cfs_image_info_clear(&info);
+    assert_int_equal(cfs_image_probe(img, NULL, &info), 0); /* from the cache */
+    assert_string_equal(info.backing, "aaaa.qcow2");
+    assert_string_equal(info.format, "qcow2");
+    assert_int_equal(info.virtual_size, 1 << 20);
+    cfs_image_info_clear(&info);
+    write_qcow2(img, 3, 1 << 20, "bbbb.qcow2", "qcow2");
+    assert_int_equal(cfs_image_probe(img, "qcow2", &info), 0);
+    assert_string_equal(info.backing, "bbbb.qcow2");
+    cfs_image_info_clear(&info);
+    /* declared raw: never the cached qcow2 header */
+    assert_int_equal(cfs_image_probe(img, "raw", &info), 0);
+    assert_string_equal(info.format, "raw");
+    assert_null(info.backing);
+    cfs_image_info_clear(&info);
+    unlink(img);
+}
+
 static uint16_t be16_at(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
 /* The overlay creator: header fields read back through cfs_image_probe,
@@ -1154,6 +1185,7 @@ int main(void)
         cmocka_unit_test(test_parse_deep_chain),
         cmocka_unit_test(test_extend_deep),
         cmocka_unit_test(test_commit_json),
+        cmocka_unit_test(test_probe_cache),
         cmocka_unit_test(test_snapshot_drop_disk),
         cmocka_unit_test(test_snapshot_retarget_one_disk),
         cmocka_unit_test(test_snapshot_retarget_two_disks),
