@@ -15,7 +15,12 @@
 #include "chainfs/util.h"
 #include "domxml.h"
 
-#define PARSE_OPTS (XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING)
+/* XML_PARSE_HUGE: a running domain's live XML nests one <backingStore> per
+ * layer, and libxml2 stops at 256 elements deep without it (2048 with it,
+ * i.e. chains up to ~2,040 layers). The XML is libvirt's own, not a
+ * user's; no network access either way. */
+#define PARSE_OPTS (XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | \
+                    XML_PARSE_HUGE)
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 

@@ -70,6 +70,17 @@ int cfs_lverr_errno(const struct cfs_lverr *e, enum cfs_lverr_op op)
     if (e->conn_dead)
         return -ENOTCONN;
 
+    /* Issue 12: libvirt's own limit on a chain's depth (200 layers in
+     * libvirt 9.0), which no code tells apart: a snapshot that would make
+     * the chain deeper (qemuDomainStorageSourceValidateDepth,
+     * VIR_ERR_OPERATION_UNSUPPORTED: "backing chains more than 200 layers
+     * deep are not supported for disk 'vda'") and a start or re-probe of
+     * a chain deeper than that (virStorageSourceGetMetadataRecurse,
+     * VIR_ERR_INTERNAL_ERROR: "backing store for X is self-referential or
+     * too deeply nested"): too many links, EMLINK. */
+    if (has(msg, "layers deep are not supported") || has(msg, "too deeply nested"))
+        return -EMLINK;
+
     /* the guest agent (design issue10 §2.4, libvirt's
      * qemuDomainAgentAvailable and qemuAgentSend) */
     if (op == CFS_LVERR_OP_AGENT) {

@@ -51,6 +51,8 @@
 #include <libvirt/virterror.h>
 
 #include "chainfs/backend.h"
+#include "chainfs/log.h"
+#include "chainfs/strmap.h"
 #include "chainfs/util.h"
 #include "domxml.h"
 #include "errmap.h"
@@ -70,7 +72,6 @@ extern char **environ;
 #define POOL_MAX_IDLE 8
 #define QEMU_IMG "qemu-img"
 #define QEMU_IMG_ERR_MAX 4096
-#define LV_CHAIN_MAX 64 /* layers followed through storage pools */
 
 enum lv_event {
     LV_EV_LIFECYCLE,
@@ -1481,17 +1482,88 @@ static char *lv_current_snapshot(virDomainPtr dom)
     return name;
 }
 
-/* Whether the cached facts of C may be stale: its parent is not among
- * NAMES, the domain's snapshots, any more (deleted behind our back, e.g.
- * by virsh: libvirt gave C another parent). */
-static bool lv_snap_cache_stale(const struct lv_snap_cache *c, char *const *names)
+/* Issue 12: which layer of a disk a snapshot's source names, without a
+ * pass over the chain per snapshot: every layer under the keys
+ * cfs_file_same() would match a path with no file identity against (its
+ * canonical path, its folded path); a key two layers share maps to
+ * LAYER_MANY (then the chain is scanned, as before). */
+#define LAYER_MANY ((size_t)-1)
+
+static void layer_key(struct cfs_strmap *m, const char *key, size_t l)
 {
-    return c->info.parent && !cfs_strv_contains(names, c->info.parent);
+    size_t had;
+
+    if (cfs_strmap_get(m, key, &had)) {
+        if (had != l)
+            cfs_strmap_set(m, key, LAYER_MANY);
+        return;
+    }
+    cfs_strmap_add(m, key, l);
+}
+
+static struct cfs_strmap *layer_index(const struct cfs_disk *disk)
+{
+    struct cfs_strmap *m = cfs_strmap_new();
+
+    for (size_t l = 0; l < disk->n_layers; l++) {
+        const struct cfs_layer *ly = &disk->layers[l];
+        _cleanup_free_ char *folded = cfs_path_fold(ly->path);
+
+        if (ly->id.canonical)
+            layer_key(m, ly->id.canonical, l);
+        if (folded)
+            layer_key(m, folded, l);
+    }
+    return m;
+}
+
+/* Give meta_name NAME to the layers of DISK that are SOURCE (a snapshot's
+ * <source>, no file identity) and have none: cfs_file_same(layer, SOURCE)
+ * is canonical == fold(SOURCE) or fold(path) == fold(SOURCE), which the
+ * index answers (*IDX built on first use). */
+static void lv_name_layer(struct cfs_disk *disk, struct cfs_strmap **idx,
+                          const char *source, const char *name)
+{
+    _cleanup_free_ char *folded = cfs_path_fold(source);
+    size_t l;
+
+    if (!folded)
+        return;
+    if (!*idx)
+        *idx = layer_index(disk);
+    if (!cfs_strmap_get(*idx, folded, &l))
+        return;
+    if (l != LAYER_MANY) {
+        if (!disk->layers[l].meta_name)
+            disk->layers[l].meta_name = cfs_xstrdup(name);
+        return;
+    }
+    for (l = 0; l < disk->n_layers; l++)
+        if (!disk->layers[l].meta_name &&
+            cfs_file_same(&disk->layers[l].id, disk->layers[l].path, NULL, source))
+            disk->layers[l].meta_name = cfs_xstrdup(name);
+}
+
+/* The cache's entry of snapshot NAME of domain UUID by INDEX (name ->
+ * position in b->snaps, taken before the loop), checked, else by a scan
+ * (an entry moved since). */
+static struct lv_snap_cache *lv_snap_cache_find_at(struct lv_backend *b,
+                                                   const struct cfs_strmap *index,
+                                                   const char *uuid, const char *name)
+{
+    size_t at;
+
+    if (cfs_strmap_get(index, name, &at) && at < b->n_snaps &&
+        strcmp(b->snaps[at].uuid, uuid) == 0 && strcmp(b->snaps[at].name, name) == 0)
+        return &b->snaps[at];
+    return lv_snap_cache_find(b, uuid, name);
 }
 
 /* meta_name of each layer, the domain's snapshot names and (issue 10)
  * their facts, snaps[]: from the cache, one XML fetch per snapshot not
- * cached yet, and one call for which one is current. */
+ * cached yet, and one call for which one is current. Linear in the
+ * domain's snapshots and layers (issue 12: a chain of 500 snapshots
+ * chainfs made has 500 of each). */
 static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
                              virDomainPtr dom, struct cfs_domain *d)
 {
@@ -1509,13 +1581,25 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
     pthread_mutex_lock(&b->snap_lock);
     if (n > 0)
         d->snaps = cfs_xcalloc((size_t)n, sizeof(*d->snaps));
-    for (int i = 0; i < n; i++)
+    _cleanup_strmap_ struct cfs_strmap *names = cfs_strmap_new();
+    for (int i = 0; i < n; i++) {
         cfs_strv_push(&d->snapshots, cfs_xstrdup(virDomainSnapshotGetName(snaps[i])));
+        cfs_strmap_add(names, d->snapshots[i], (size_t)i);
+    }
+    _cleanup_strmap_ struct cfs_strmap *cached = cfs_strmap_new();
+    for (size_t i = 0; i < b->n_snaps; i++)
+        if (strcmp(b->snaps[i].uuid, uuid) == 0)
+            cfs_strmap_add(cached, b->snaps[i].name, i);
+    struct cfs_strmap **layer_idx = cfs_xcalloc(d->n_disks ? d->n_disks : 1,
+                                                sizeof(*layer_idx));
     for (int i = 0; i < n; i++) {
         const char *name = d->snapshots[i];
-        struct lv_snap_cache *c = lv_snap_cache_find(b, uuid, name);
+        struct lv_snap_cache *c = lv_snap_cache_find_at(b, cached, uuid, name);
 
-        if (c && lv_snap_cache_stale(c, d->snapshots)) {
+        /* the cached facts may be stale: C's parent is not among the
+         * domain's snapshots any more (deleted behind our back, e.g. by
+         * virsh: libvirt gave C another parent) */
+        if (c && c->info.parent && !cfs_strmap_get(names, c->info.parent, NULL)) {
             lv_snap_cache_drop(b, uuid, name);
             c = NULL;
         }
@@ -1559,13 +1643,13 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
         for (size_t k = 0; c->targets && c->targets[k]; k++) {
             struct cfs_disk *disk = cfs_domain_find_disk(d, c->targets[k]);
 
-            for (size_t l = 0; disk && l < disk->n_layers; l++)
-                if (!disk->layers[l].meta_name &&
-                    cfs_file_same(&disk->layers[l].id, disk->layers[l].path,
-                                  NULL, c->sources[k]))
-                    disk->layers[l].meta_name = cfs_xstrdup(name);
+            if (disk && c->sources[k])
+                lv_name_layer(disk, &layer_idx[disk - d->disks], c->sources[k], name);
         }
     }
+    for (size_t k = 0; k < d->n_disks; k++)
+        cfs_strmap_free(layer_idx[k]);
+    free(layer_idx);
     lv_snap_cache_prune(b, uuid);
     pthread_mutex_unlock(&b->snap_lock);
     for (int i = 0; i < n; i++)
@@ -1632,11 +1716,14 @@ static int lv_volume_info(virConnectPtr conn, const char *path, struct cfs_volxm
  * describe the chain below the active layer, and no header is read here.
  * Ask libvirt's storage pools instead: each layer's missing sizes, and
  * below the last layer its backing file, for as long as a pool holds the
- * image (a file no active pool has scanned ends the chain as shown). */
-static void lv_complete_chain_from_pools(virConnectPtr conn, struct cfs_disk *disk,
+ * image (a file no active pool has scanned ends the chain as shown).
+ * true if the chain was cut at CFS_CHAIN_MAX layers with more below. One
+ * storage-volume lookup per layer; the loop check is a scan per layer
+ * added (O(n^2) compares, no call: a chain that deep remote is rare). */
+static bool lv_complete_chain_from_pools(virConnectPtr conn, struct cfs_disk *disk,
                                          bool extend)
 {
-    for (size_t l = 0; l < disk->n_layers && l < LV_CHAIN_MAX; l++) {
+    for (size_t l = 0; l < disk->n_layers; l++) {
         _cleanup_(cfs_volxml_clear) struct cfs_volxml v = {0};
         struct cfs_layer *ly = &disk->layers[l];
 
@@ -1654,15 +1741,18 @@ static void lv_complete_chain_from_pools(virConnectPtr conn, struct cfs_disk *di
         if (!extend || l + 1 != disk->n_layers || !v.backing ||
             cfs_image_name_is_protocol(v.backing))
             continue;
+        if (disk->n_layers >= CFS_CHAIN_MAX)
+            return true; /* cut: there is more below */
         for (size_t k = 0; k < disk->n_layers; k++)
             if (cfs_streq(disk->layers[k].path, v.backing))
-                return; /* a loop */
+                return false; /* a loop */
         disk->layers = cfs_xrealloc(disk->layers, (disk->n_layers + 1) * sizeof(*disk->layers));
         disk->layers[disk->n_layers++] = (struct cfs_layer){
             .path = TAKE_PTR(v.backing),
             .format = cfs_xstrdup(v.backing_format ? v.backing_format : ""),
         };
     }
+    return false;
 }
 
 /* Domain XML -> struct cfs_domxml with full chains and sizes. LIVE: the
@@ -1686,10 +1776,17 @@ static void lv_complete_chains(virConnectPtr conn, virDomainPtr dom,
     for (size_t i = 0; i < d->n_disks; i++) {
         struct cfs_disk *disk = &d->disks[i];
 
+        bool cut = false;
+
         if (files_local && !live && !x->disks[i].chain_complete)
-            (void)cfs_image_extend_chain(disk);
+            cut = cfs_image_extend_chain(disk) == 1;
         if (!files_local && !live && conn)
-            lv_complete_chain_from_pools(conn, disk, !x->disks[i].chain_complete);
+            cut = lv_complete_chain_from_pools(conn, disk, !x->disks[i].chain_complete);
+        if (cut)
+            cfs_log(LOG_WARNING, "domain %s disk %s: backing chain cut at %u layers "
+                    "(CFS_CHAIN_MAX); the layers below %s are not shown",
+                    d->name ? d->name : "?", disk->target ? disk->target : "?",
+                    CFS_CHAIN_MAX, disk->layers[disk->n_layers - 1].path);
         for (size_t l = 0; files_local && l < listed[i]; l++)
             lv_fill_local_sizes(&disk->layers[l], matched[i][l], !live);
         free(matched[i]);
@@ -2745,6 +2842,24 @@ static int lv_run_qemu_img(char *const argv[])
     return msg_has(err, "No space left") ? -ENOSPC : -EIO;
 }
 
+/* S with every NEEDLE replaced by WITH. Caller frees. */
+static char *str_replace_all(const char *s, const char *needle, const char *with)
+{
+    struct cfs_buf b = {0};
+    size_t nl = strlen(needle);
+    const char *p;
+
+    if (!nl)
+        return cfs_xstrdup(s);
+    while ((p = strstr(s, needle))) {
+        cfs_buf_put(&b, s, (size_t)(p - s));
+        cfs_buf_put(&b, with, strlen(with));
+        s = p + nl;
+    }
+    cfs_buf_put(&b, s, strlen(s));
+    return cfs_buf_steal(&b);
+}
+
 static const char *fmt_or(const char *fmt, const char *dflt)
 {
     return fmt && *fmt ? fmt : dflt;
@@ -2912,9 +3027,19 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     }
 
     {
+        /* TOP and BASE only (O(1) in the chain's depth), or TOP's name
+         * when a format is not known (QEMU opens the chain below it) */
+        _cleanup_free_ char *json = cfs_image_commit_json(t, bl);
+        char *argv_json[] = { QEMU_IMG, "commit", "-q", "-d", json, NULL };
         char *argv[] = { QEMU_IMG, "commit", "-q", "-d", "-f",
                          (char *)fmt_or(t->format, "qcow2"), (char *)top, NULL };
-        r = lv_run_qemu_img(argv);
+
+        r = lv_run_qemu_img(json ? argv_json : argv);
+        if (r < 0 && json) {
+            /* QEMU's message quotes the json: name; the file is TOP */
+            _cleanup_free_ char *msg = str_replace_all(cfs_backend_errmsg(), json, top);
+            cfs_backend_set_errmsg("%s", msg);
+        }
         if (r < 0)
             return r;
     }

@@ -13,10 +13,14 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "chainfs/strmap.h"
 #include "chainfs/util.h"
 #include "qcow2.h"
 
@@ -26,7 +30,6 @@
 #define QCOW2_V2_HEADER_LEN 72u
 #define QCOW_BACKING_NAME_MAX 1023u
 #define HEADER_READ_MAX 65536u
-#define CHAIN_DEPTH_MAX 256u
 
 static void closep(int *fd)
 {
@@ -168,6 +171,103 @@ static int parse_qcow(int fd, const uint8_t *buf, size_t len,
     return 0;
 }
 
+/* ---- the header cache (issue 12) ------------------------------------------
+ * A shut-off chain is read from its headers on every re-read of the
+ * domain, and a re-read follows every change: 1,000 layers were 1,000
+ * opens and 64 KiB reads each time (15-60 ms). A qcow header parsed is
+ * kept by path with the file's (dev, ino, size, mtime, ctime); a stat()
+ * that gives the same five says the header is the same, as every write
+ * to the file changes mtime and ctime. Timestamps are as coarse as the
+ * kernel's clock tick, so a file changed in the last HC_SETTLE_S seconds
+ * is not kept: two writes in one tick would look like one. Bounded (all
+ * dropped when full); one mutex. */
+#define HC_MAX 8192u
+#define HC_SETTLE_S 2
+
+struct hc_entry {
+    char *path;
+    uint64_t dev, ino;
+    int64_t size;
+    struct timespec mtime, ctime;
+    struct cfs_image_info info;
+};
+
+static pthread_mutex_t hc_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cfs_strmap *hc_index; /* path -> hc_entries[] */
+static struct hc_entry *hc_entries;
+static size_t hc_n;
+
+static bool ts_eq(struct timespec a, struct timespec b)
+{
+    return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+static bool hc_same(const struct hc_entry *e, const struct stat *st)
+{
+    return e->dev == (uint64_t)st->st_dev && e->ino == (uint64_t)st->st_ino &&
+           e->size == (int64_t)st->st_size && ts_eq(e->mtime, st->st_mtim) &&
+           ts_eq(e->ctime, st->st_ctim);
+}
+
+static void info_copy(struct cfs_image_info *dst, const struct cfs_image_info *src)
+{
+    dst->format = src->format ? cfs_xstrdup(src->format) : NULL;
+    dst->virtual_size = src->virtual_size;
+    dst->backing = src->backing ? cfs_xstrdup(src->backing) : NULL;
+    dst->backing_format = src->backing_format ? cfs_xstrdup(src->backing_format) : NULL;
+}
+
+static bool hc_get(const char *path, const struct stat *st, struct cfs_image_info *out)
+{
+    size_t i;
+    bool hit = false;
+
+    pthread_mutex_lock(&hc_lock);
+    if (cfs_strmap_get(hc_index, path, &i) && hc_same(&hc_entries[i], st)) {
+        info_copy(out, &hc_entries[i].info);
+        hit = true;
+    }
+    pthread_mutex_unlock(&hc_lock);
+    return hit;
+}
+
+static void hc_put(const char *path, const struct stat *st, const struct cfs_image_info *info)
+{
+    struct timespec now;
+    size_t i;
+
+    if (!S_ISREG(st->st_mode) || clock_gettime(CLOCK_REALTIME, &now) < 0 ||
+        st->st_ctim.tv_sec > now.tv_sec - HC_SETTLE_S ||
+        st->st_mtim.tv_sec > now.tv_sec - HC_SETTLE_S)
+        return;
+    pthread_mutex_lock(&hc_lock);
+    if (!hc_index || hc_n >= HC_MAX) {
+        for (size_t k = 0; k < hc_n; k++) {
+            free(hc_entries[k].path);
+            cfs_image_info_clear(&hc_entries[k].info);
+        }
+        free(hc_entries);
+        cfs_strmap_free(hc_index);
+        hc_index = cfs_strmap_new();
+        hc_entries = cfs_xcalloc(HC_MAX, sizeof(*hc_entries));
+        hc_n = 0;
+    }
+    if (cfs_strmap_get(hc_index, path, &i)) {
+        cfs_image_info_clear(&hc_entries[i].info);
+    } else {
+        i = hc_n++;
+        hc_entries[i].path = cfs_xstrdup(path);
+        cfs_strmap_add(hc_index, path, i);
+    }
+    hc_entries[i].dev = (uint64_t)st->st_dev;
+    hc_entries[i].ino = (uint64_t)st->st_ino;
+    hc_entries[i].size = (int64_t)st->st_size;
+    hc_entries[i].mtime = st->st_mtim;
+    hc_entries[i].ctime = st->st_ctim;
+    info_copy(&hc_entries[i].info, info);
+    pthread_mutex_unlock(&hc_lock);
+}
+
 int cfs_image_probe(const char *path, const char *format,
                     struct cfs_image_info *out)
 {
@@ -178,6 +278,11 @@ int cfs_image_probe(const char *path, const char *format,
     int r;
 
     *out = (struct cfs_image_info){0};
+    bool may_parse = !known || cfs_streq(format, "qcow2") || cfs_streq(format, "qcow");
+    struct stat st;
+
+    if (may_parse && stat(path, &st) == 0 && S_ISREG(st.st_mode) && hc_get(path, &st, out))
+        return 0;
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
         return -errno;
@@ -196,6 +301,8 @@ int cfs_image_probe(const char *path, const char *format,
         r = parse_qcow(fd, buf, (size_t)n, out);
         if (r < 0)
             cfs_image_info_clear(out);
+        else if (fstat(fd, &st) == 0)
+            hc_put(path, &st, out); /* the file read, as it is after the read */
         return r;
     }
     if (known)
@@ -231,19 +338,61 @@ void cfs_image_fill_sizes(struct cfs_layer *l, bool probe)
     }
 }
 
-static bool chain_has_path(const struct cfs_disk *disk, const char *path)
+/* ---- a set of paths (loop detection in a chain of thousands) ------------ */
+
+struct path_set {
+    size_t cap;           /* a power of two, > 2 * used */
+    size_t used;
+    const char **slot;    /* borrowed strings (the chain's layer paths) */
+};
+
+static uint64_t path_hash(const char *s)
 {
-    for (size_t i = 0; i < disk->n_layers; i++)
-        if (cfs_streq(disk->layers[i].path, path))
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* true if PATH was already in SET; else adds it (borrowed) */
+static bool path_set_test_add(struct path_set *set, const char *path)
+{
+    if (2 * (set->used + 1) >= set->cap) {
+        struct path_set n = { .cap = set->cap ? set->cap * 2 : 64 };
+
+        n.slot = cfs_xcalloc(n.cap, sizeof(*n.slot));
+        for (size_t i = 0; i < set->cap; i++)
+            if (set->slot[i])
+                (void)path_set_test_add(&n, set->slot[i]);
+        free(set->slot);
+        *set = n;
+    }
+    for (size_t i = path_hash(path) & (set->cap - 1);; i = (i + 1) & (set->cap - 1)) {
+        if (!set->slot[i]) {
+            set->slot[i] = path;
+            set->used++;
+            return false;
+        }
+        if (strcmp(set->slot[i], path) == 0)
             return true;
-    return false;
+    }
+}
+
+static void path_set_free(struct path_set *set)
+{
+    free(set->slot);
 }
 
 int cfs_image_extend_chain(struct cfs_disk *disk)
 {
+    _cleanup_(path_set_free) struct path_set seen = {0};
     bool first = true;
 
-    while (disk->n_layers > 0 && disk->n_layers < CHAIN_DEPTH_MAX) {
+    for (size_t i = 0; i < disk->n_layers; i++)
+        if (disk->layers[i].path)
+            (void)path_set_test_add(&seen, disk->layers[i].path);
+    while (disk->n_layers > 0) {
         struct cfs_layer *last = &disk->layers[disk->n_layers - 1];
         struct cfs_image_info info;
         struct cfs_layer *next;
@@ -266,11 +415,17 @@ int cfs_image_extend_chain(struct cfs_disk *disk)
             cfs_image_info_clear(&info);
             break;
         }
+        if (disk->n_layers >= CFS_CHAIN_MAX) {
+            cfs_image_info_clear(&info);
+            return 1; /* cut: there is more below */
+        }
         path = cfs_image_resolve_backing(last->path, info.backing);
-        if (chain_has_path(disk, path)) {
+        if (path_set_test_add(&seen, path)) {
             cfs_image_info_clear(&info);
             break;
         }
+        /* The set borrows the layers' paths: a realloc moves the array of
+         * layers, never the strings. */
         disk->layers = cfs_xrealloc(disk->layers,
                                     (disk->n_layers + 1) * sizeof(*disk->layers));
         next = &disk->layers[disk->n_layers++];
@@ -283,6 +438,48 @@ int cfs_image_extend_chain(struct cfs_disk *disk)
             next->virtual_size = next->physical;
     }
     return 0;
+}
+
+/* ---- what qemu-img commit opens ------------------------------------------- */
+
+/* {"driver":FMT,"file":{"driver":"file"|"host_device","filename":PATH}} */
+static struct json_object *commit_node(const struct cfs_layer *l)
+{
+    struct json_object *node = json_object_new_object();
+    struct json_object *file = json_object_new_object();
+
+    json_object_object_add(file, "driver",
+                           json_object_new_string(l->is_block ? "host_device" : "file"));
+    json_object_object_add(file, "filename", json_object_new_string(l->path));
+    json_object_object_add(node, "driver", json_object_new_string(l->format));
+    json_object_object_add(node, "file", file);
+    return node;
+}
+
+static bool commit_layer_ok(const struct cfs_layer *l)
+{
+    return l && l->path && l->path[0] == '/' && l->format && *l->format &&
+           !cfs_image_name_is_protocol(l->path);
+}
+
+char *cfs_image_commit_json(const struct cfs_layer *top, const struct cfs_layer *base)
+{
+    if (!commit_layer_ok(top) || !commit_layer_ok(base))
+        return NULL;
+
+    struct json_object *t = commit_node(top);
+    struct json_object *b = commit_node(base);
+
+    /* null, not absent: QEMU opens nothing below BASE */
+    json_object_object_add(b, "backing", NULL);
+    json_object_object_add(t, "backing", b);
+
+    const char *text = json_object_to_json_string_ext(
+        t, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    char *out = text ? cfs_xasprintf("json:%s", text) : NULL;
+
+    json_object_put(t);
+    return out;
 }
 
 /* ---- creating an empty overlay ---------------------------------------------

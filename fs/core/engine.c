@@ -503,6 +503,30 @@ int refresh_domain(struct cfs_engine *e, const char *name)
     }
 }
 
+/* The layer of OD that is NL, -1 if none: first where a chain changed by
+ * one layer put it (as deep above the base as NL, or one more or one
+ * less: a layer added or merged away between them), then anywhere
+ * (issue 12: a pass over OD per layer made every re-read O(n^2)). */
+static ssize_t same_layer_in(const struct cfs_disk *od, const struct cfs_disk *nd,
+                             size_t l, const struct cfs_layer *nl)
+{
+    if (!od)
+        return -1;
+    size_t from_base = nd->n_layers - 1 - l; /* 0: NL is the base */
+    const size_t tries[3] = { from_base, from_base + 1, from_base - 1 };
+    for (size_t t = 0; t < 3; t++) {
+        if (tries[t] >= od->n_layers) /* also from_base - 1 wrapped below 0 */
+            continue;
+        size_t k = od->n_layers - 1 - tries[t];
+        if (cfs_layer_same(&od->layers[k], nl))
+            return (ssize_t)k;
+    }
+    for (size_t k = 0; k < od->n_layers; k++)
+        if (cfs_layer_same(&od->layers[k], nl))
+            return (ssize_t)k;
+    return -1;
+}
+
 /* Give the layers of NEW the sizes the tree already knows for the same
  * files; a layer the tree does not know keeps its stat() sizes, and
  * takes the virtual size of the layer below if it has none. */
@@ -513,14 +537,12 @@ void carry_sizes(const struct cfs_domain *old, struct cfs_domain *new)
         const struct cfs_disk *od = old ? cfs_domain_find_disk(old, nd->target) : NULL;
         for (size_t l = nd->n_layers; l-- > 0;) {
             struct cfs_layer *nl = &nd->layers[l];
-            for (size_t k = 0; od && k < od->n_layers; k++) {
+            ssize_t k = same_layer_in(od, nd, l, nl);
+            if (k >= 0) {
                 const struct cfs_layer *ol = &od->layers[k];
-                if (cfs_layer_same(ol, nl)) {
-                    nl->virtual_size = ol->virtual_size;
-                    nl->allocation = ol->allocation;
-                    nl->physical = ol->physical;
-                    break;
-                }
+                nl->virtual_size = ol->virtual_size;
+                nl->allocation = ol->allocation;
+                nl->physical = ol->physical;
             }
             if (!nl->virtual_size && l + 1 < nd->n_layers)
                 nl->virtual_size = nd->layers[l + 1].virtual_size;

@@ -279,6 +279,7 @@ void cfs_disk_clear(struct cfs_disk *d)
     for (size_t i = 0; i < d->n_layers; i++)
         cfs_layer_clear(&d->layers[i]);
     free(d->layers);
+    free(d->name_slots);
     *d = (struct cfs_disk){ 0 };
 }
 
@@ -433,6 +434,10 @@ static void disk_copy(struct cfs_disk *dst, const struct cfs_disk *src)
     *dst = *src;
     dst->target = cfs_xstrdup(src->target);
     dst->layers = NULL;
+    dst->name_slots = NULL;
+    dst->name_cap = 0;
+    dst->name_of = NULL;
+    dst->name_n = 0;
     if (src->n_layers == 0 || !src->layers) {
         dst->n_layers = 0;
         return;
@@ -440,6 +445,17 @@ static void disk_copy(struct cfs_disk *dst, const struct cfs_disk *src)
     dst->layers = cfs_xcalloc(src->n_layers, sizeof(*dst->layers));
     for (size_t i = 0; i < src->n_layers; i++)
         layer_copy(&dst->layers[i], &src->layers[i]);
+    dst->name_slots = NULL;
+    dst->name_cap = 0;
+    dst->name_of = NULL;
+    dst->name_n = 0;
+    if (src->name_slots && src->name_of == src->layers && src->name_n == src->n_layers) {
+        dst->name_slots = cfs_xmalloc(src->name_cap * sizeof(*dst->name_slots));
+        memcpy(dst->name_slots, src->name_slots, src->name_cap * sizeof(*dst->name_slots));
+        dst->name_cap = src->name_cap;
+        dst->name_of = dst->layers;
+        dst->name_n = dst->n_layers;
+    }
 }
 
 struct cfs_domain *cfs_domain_dup(const struct cfs_domain *d)
@@ -535,10 +551,68 @@ struct cfs_disk *cfs_domain_find_disk(const struct cfs_domain *d,
     return NULL;
 }
 
+uint64_t cfs_str_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+
+    for (; s && *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+void cfs_disk_unindex_names(struct cfs_disk *disk)
+{
+    free(disk->name_slots);
+    disk->name_slots = NULL;
+    disk->name_cap = 0;
+    disk->name_of = NULL;
+    disk->name_n = 0;
+}
+
+void cfs_disk_index_names(struct cfs_disk *disk)
+{
+    size_t cap = 16;
+
+    cfs_disk_unindex_names(disk);
+    while (cap < 2 * disk->n_layers)
+        cap *= 2;
+    disk->name_slots = cfs_xcalloc(cap, sizeof(*disk->name_slots));
+    disk->name_cap = cap;
+    for (size_t i = 0; i < disk->n_layers; i++) {
+        const char *n = disk->layers[i].name;
+
+        if (!n)
+            continue;
+        size_t k = cfs_str_hash(n) & (cap - 1);
+        while (disk->name_slots[k]) {
+            if (strcmp(disk->layers[disk->name_slots[k] - 1].name, n) == 0)
+                break; /* a duplicate (not made by names.c): the first stays */
+            k = (k + 1) & (cap - 1);
+        }
+        if (!disk->name_slots[k])
+            disk->name_slots[k] = i + 1;
+    }
+    disk->name_of = disk->layers;
+    disk->name_n = disk->n_layers;
+}
+
 int cfs_disk_find_snapshot(const struct cfs_disk *disk, const char *name)
 {
     if (!disk || !name)
         return -1;
+    if (disk->name_slots && disk->name_of == disk->layers &&
+        disk->name_n == disk->n_layers) {
+        size_t mask = disk->name_cap - 1;
+
+        for (size_t k = cfs_str_hash(name) & mask; disk->name_slots[k]; k = (k + 1) & mask) {
+            size_t i = disk->name_slots[k] - 1;
+
+            if (i < disk->n_layers && disk->layers[i].name &&
+                strcmp(disk->layers[i].name, name) == 0)
+                return (int)i;
+        }
+        return -1;
+    }
     for (size_t i = 0; i < disk->n_layers; i++)
         if (disk->layers[i].name && strcmp(disk->layers[i].name, name) == 0)
             return (int)i;
@@ -631,16 +705,67 @@ void cfs_file_identify(struct cfs_file_id *id, const char *path, bool local)
     id->canonical = TAKE_PTR(folded);
 }
 
-static void layer_identify(struct cfs_layer *l, bool local)
+/* Issue 12: the real path of the directory last seen, for a chain whose
+ * layers share a directory (realpath() is an lstat and a readlink per
+ * path component: 1,000 layers were ~12,000 system calls per re-read). */
+struct dir_cache {
+    char *dir;      /* as spelled (folded), NULL: none yet */
+    char *real;     /* its realpath(), NULL if that failed */
+};
+
+/* cfs_file_identify(ID, PATH, true) for a PATH that is not a symbolic link
+ * itself: dev and ino from one lstat(), the canonical path from the
+ * directory's cached real path and the name. false (nothing set) where
+ * that does not apply; the caller then asks cfs_file_identify. */
+static bool identify_in_dir(struct cfs_file_id *id, const char *path, struct dir_cache *dc)
 {
-    cfs_file_identify(&l->id, l->path, local);
+    struct stat st;
+
+    if (!path || path[0] != '/')
+        return false;
+    _cleanup_free_ char *folded = cfs_path_fold(path);
+    char *slash = strrchr(folded, '/');
+    const char *base = slash + 1;
+
+    if (slash == folded || !*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+        return false;
+    /* folding "x/.." without the file system is only right without
+     * symbolic links on the way: the spelling must be folded already */
+    if (strcmp(folded, path) != 0)
+        return false;
+    if (lstat(path, &st) < 0 || S_ISLNK(st.st_mode))
+        return false;
+    *slash = '\0';
+    if (!dc->dir || strcmp(dc->dir, folded) != 0) {
+        free(dc->dir);
+        free(dc->real);
+        dc->dir = cfs_xstrdup(folded);
+        dc->real = realpath(folded, NULL);
+    }
+    if (!dc->real)
+        return false;
+    cfs_file_id_clear(id);
+    id->known = true;
+    id->dev = S_ISBLK(st.st_mode) ? (uint64_t)st.st_rdev : (uint64_t)st.st_dev;
+    id->ino = S_ISBLK(st.st_mode) ? 0 : (uint64_t)st.st_ino;
+    id->canonical = strcmp(dc->real, "/") == 0 ? cfs_xasprintf("/%s", base)
+                                               : cfs_xasprintf("%s/%s", dc->real, base);
+    return true;
 }
 
 void cfs_domain_identify(struct cfs_domain *d, bool local)
 {
+    struct dir_cache dc = {0};
+
     for (size_t i = 0; d && i < d->n_disks; i++)
-        for (size_t j = 0; j < d->disks[i].n_layers; j++)
-            layer_identify(&d->disks[i].layers[j], local);
+        for (size_t j = 0; j < d->disks[i].n_layers; j++) {
+            struct cfs_layer *l = &d->disks[i].layers[j];
+
+            if (!local || !identify_in_dir(&l->id, l->path, &dc))
+                cfs_file_identify(&l->id, l->path, local);
+        }
+    free(dc.dir);
+    free(dc.real);
 }
 
 bool cfs_file_same(const struct cfs_file_id *a, const char *path_a,

@@ -175,12 +175,76 @@ static bool beats(const struct cfs_layer *layers, size_t j, size_t i)
     return j > i;
 }
 
-static bool name_taken(const struct cfs_layer *layers, size_t n, const char *s)
+/* A set of names (borrowed strings) with, for each, a layer index: the
+ * candidates' winners, then every name given. Open addressing, at most
+ * half full. */
+struct name_map {
+    size_t cap;
+    size_t used;
+    const char **key;
+    size_t *val;
+};
+
+static void name_map_init(struct name_map *m, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (layers[i].name && strcmp(layers[i].name, s) == 0)
-            return true;
-    return false;
+    m->cap = 16;
+    while (m->cap < 2 * n + 2)
+        m->cap *= 2;
+    m->used = 0;
+    m->key = cfs_xcalloc(m->cap, sizeof(*m->key));
+    m->val = cfs_xcalloc(m->cap, sizeof(*m->val));
+}
+
+static void name_map_free(struct name_map *m)
+{
+    free(m->key);
+    free(m->val);
+}
+
+/* The slot of S: where it is, or the free one where it goes. */
+static size_t name_map_slot(const struct name_map *m, const char *s)
+{
+    size_t k = cfs_str_hash(s) & (m->cap - 1);
+
+    while (m->key[k] && strcmp(m->key[k], s) != 0)
+        k = (k + 1) & (m->cap - 1);
+    return k;
+}
+
+static void name_map_grow(struct name_map *m)
+{
+    struct name_map n;
+
+    name_map_init(&n, m->cap);
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->key[i]) {
+            size_t k = name_map_slot(&n, m->key[i]);
+            n.key[k] = m->key[i];
+            n.val[k] = m->val[i];
+            n.used++;
+        }
+    name_map_free(m);
+    *m = n;
+}
+
+/* S's slot, S added (value V) if it was not there; *ADDED says which. */
+static size_t name_map_add(struct name_map *m, const char *s, size_t v, bool *added)
+{
+    if (2 * (m->used + 1) > m->cap)
+        name_map_grow(m);
+    size_t k = name_map_slot(m, s);
+    *added = !m->key[k];
+    if (*added) {
+        m->key[k] = s;
+        m->val[k] = v;
+        m->used++;
+    }
+    return k;
+}
+
+static bool name_map_has(const struct name_map *m, const char *s)
+{
+    return m->key[name_map_slot(m, s)] != NULL;
 }
 
 /* Length of the longest prefix of S of at most MAX bytes that does not end
@@ -196,7 +260,7 @@ static size_t utf8_prefix(const char *s, size_t max)
     return max;
 }
 
-static void resolve_disk(const char *dom, struct cfs_disk *disk)
+static void name_layers(const char *dom, struct cfs_disk *disk)
 {
     size_t n = disk->n_layers;
 
@@ -214,15 +278,31 @@ static void resolve_disk(const char *dom, struct cfs_disk *disk)
         cand[i] = layer_candidate(dom, disk, &disk->layers[i],
                                   &disk->layers[i].name_source);
 
-    /* Plain names first, so a suffixed name can check against all of them. */
+    /* Plain names first, so a suffixed name can check against all of them.
+     * The winner of each candidate name is the layer no other with that
+     * name beats (beats() orders them all): one pass with a hash. */
+    struct name_map won;
+    name_map_init(&won, n_snap);
+    for (size_t i = 0; i < n_snap; i++) {
+        bool added;
+        size_t k = name_map_add(&won, cand[i], i, &added);
+        if (!added && beats(disk->layers, i, won.val[k]))
+            won.val[k] = i;
+    }
     _cleanup_free_ bool *lost = cfs_xcalloc(n_snap, sizeof(bool));
     for (size_t i = 0; i < n_snap; i++)
-        for (size_t j = 0; j < n_snap && !lost[i]; j++)
-            lost[i] = j != i && strcmp(cand[i], cand[j]) == 0 &&
-                      beats(disk->layers, j, i);
+        lost[i] = won.val[name_map_slot(&won, cand[i])] != i;
+
+    /* Every name given, plain and suffixed, as the suffixed ones are
+     * chosen (borrowed from the layers). */
+    struct name_map taken;
+    name_map_init(&taken, n_snap);
     for (size_t i = 0; i < n_snap; i++)
-        if (!lost[i])
+        if (!lost[i]) {
+            bool added;
             disk->layers[i].name = TAKE_PTR(cand[i]);
+            (void)name_map_add(&taken, disk->layers[i].name, i, &added);
+        }
 
     for (size_t i = 0; i < n_snap; i++) {
         if (!lost[i])
@@ -231,14 +311,24 @@ static void resolve_disk(const char *dom, struct cfs_disk *disk)
         int keep = (int)utf8_prefix(cand[i], COMPONENT_MAX - 44);
         char *s = cfs_xasprintf("%.*s~%zu", keep, cand[i], i);
         /* At most n-1 names are taken, so one of n tries is free. */
-        for (size_t k = 1; name_taken(disk->layers, n, s) && k <= n; k++) {
+        for (size_t k = 1; name_map_has(&taken, s) && k <= n; k++) {
             free(s);
             s = cfs_xasprintf("%.*s~%zu~%zu", keep, cand[i], i, k);
         }
+        bool added;
         disk->layers[i].name = s;
+        (void)name_map_add(&taken, s, i, &added);
         free(cand[i]);
         cand[i] = NULL;
     }
+    name_map_free(&taken);
+    name_map_free(&won);
+}
+
+static void resolve_disk(const char *dom, struct cfs_disk *disk)
+{
+    name_layers(dom, disk);
+    cfs_disk_index_names(disk);
 }
 
 void cfs_domain_resolve_names(struct cfs_domain *d)

@@ -18,6 +18,7 @@
  *   connection lost or unreachable        -> -ENOTCONN
  *   pivot asked before the mirror is ready-> -EAGAIN
  *   not supported by this libvirt/QEMU    -> -EOPNOTSUPP
+ *   chain deeper than libvirt allows      -> -EMLINK (libvirt 9.0: 200)
  *   anything else                         -> -EIO
  * decided by libvirt's error code first (backend/errmap.c).
  *

@@ -69,6 +69,16 @@ struct cfs_disk {
     bool is_block;        /* the active source is a block device */
     size_t n_layers;
     struct cfs_layer *layers; /* [0] is the active layer, last is the base */
+    /* Issue 12: the display names indexed (cfs_disk_index_names, run by
+     * cfs_domain_resolve_names): an open-addressing table of layer
+     * index + 1 (0: free), NAME_CAP slots, a power of two. Valid only
+     * while layers and n_layers are what they were when it was built
+     * (NAME_OF, NAME_N); else cfs_disk_find_snapshot scans. Freed by
+     * cfs_disk_clear, copied by cfs_domain_dup. */
+    size_t *name_slots;
+    size_t name_cap;
+    const struct cfs_layer *name_of;
+    size_t name_n;
 };
 
 /* Issue 10: one disk of a libvirt snapshot, as its <disks> says. */
@@ -369,8 +379,16 @@ void cfs_job_copy(struct cfs_job *dst, const struct cfs_job *src); /* dst must b
 
 /* Lookups; NULL when absent. */
 struct cfs_disk *cfs_domain_find_disk(const struct cfs_domain *d, const char *target);
-/* index of the layer whose display name is NAME, -1 if none */
+/* index of the layer whose display name is NAME, -1 if none: O(1) with
+ * the disk's name index, a scan without it */
 int cfs_disk_find_snapshot(const struct cfs_disk *disk, const char *name);
+/* (Re)build DISK's name index from its layers' display names (names.c
+ * does, after naming them); O(n). */
+void cfs_disk_index_names(struct cfs_disk *disk);
+/* Drop DISK's name index (lookups scan until it is built again). */
+void cfs_disk_unindex_names(struct cfs_disk *disk);
+/* FNV-1a of S: the hash of chainfs's string tables. */
+uint64_t cfs_str_hash(const char *s);
 /* ---- file identity -------------------------------------------------------
  * The one place that decides whether two paths are one file: by device
  * and inode when both are known, else by canonical path. */

@@ -846,6 +846,140 @@ static void test_extend_stops(void **state)
     cfs_disk_clear(&disk);
 }
 
+/* Issue 12: a running domain's live XML nests one <backingStore> per layer;
+ * libxml2 without XML_PARSE_HUGE stops at 256 elements deep. 1,000 layers
+ * parse whole. */
+static void test_parse_deep_chain(void **state)
+{
+    enum { DEPTH = 1000 };
+    struct cfs_buf b = {0};
+    struct cfs_domxml x = {0};
+    (void)state;
+
+    cfs_buf_printf(&b, "<domain type='kvm' id='1'><name>deep</name>"
+                   "<uuid>11111111-2222-3333-4444-555555555555</uuid><devices>"
+                   "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                   "<source file='/img/l%d.qcow2' index='%d'/>", DEPTH, DEPTH + 1);
+    for (int i = DEPTH - 1; i >= 0; i--)
+        cfs_buf_printf(&b, "<backingStore type='file' index='%d'><format type='%s'/>"
+                       "<source file='/img/l%d.%s'/>", i + 1, i ? "qcow2" : "raw",
+                       i, i ? "qcow2" : "raw");
+    cfs_buf_printf(&b, "<backingStore/>");
+    for (int i = 0; i < DEPTH; i++)
+        cfs_buf_printf(&b, "</backingStore>");
+    cfs_buf_printf(&b, "<target dev='vda' bus='virtio'/></disk></devices></domain>");
+    _cleanup_free_ char *xml = cfs_buf_steal(&b);
+
+    assert_int_equal(cfs_domxml_parse(xml, &x), 0);
+    assert_non_null(x.domain);
+    assert_int_equal(x.domain->n_disks, 1);
+    assert_int_equal(x.domain->disks[0].n_layers, DEPTH + 1);
+    assert_true(x.disks[0].chain_complete);
+    assert_string_equal(x.domain->disks[0].layers[0].path, "/img/l1000.qcow2");
+    assert_string_equal(x.domain->disks[0].layers[500].path, "/img/l500.qcow2");
+    assert_string_equal(x.domain->disks[0].layers[DEPTH].path, "/img/l0.raw");
+    assert_string_equal(x.domain->disks[0].layers[DEPTH].format, "raw");
+    assert_int_equal(x.domain->disks[0].layers[DEPTH].index, 1);
+    cfs_domxml_clear(&x);
+}
+
+/* Issue 12: a shut-off chain read from headers is followed past the old
+ * 256-layer cap (1,000 layers here), and cut at CFS_CHAIN_MAX with 1
+ * returned (the caller logs it). */
+static void test_extend_deep(void **state)
+{
+    enum { DEPTH = 1000 };
+    const unsigned total = CFS_CHAIN_MAX + 2;
+    struct cfs_disk disk = {0};
+    (void)state;
+
+    for (unsigned i = 0; i < total; i++) {
+        _cleanup_free_ char *p = cfs_xasprintf("%s/deep%u.qcow2", tmpdir, i);
+        _cleanup_free_ char *below = cfs_xasprintf("deep%u.qcow2", i - 1);
+
+        write_qcow2(p, 3, 1 << 20, i ? below : NULL, i ? "qcow2" : NULL);
+    }
+    disk.layers = cfs_xcalloc(1, sizeof(*disk.layers));
+    disk.n_layers = 1;
+    disk.layers[0].path = cfs_xasprintf("%s/deep%u.qcow2", tmpdir, DEPTH - 1);
+    disk.layers[0].format = cfs_xstrdup("qcow2");
+    assert_int_equal(cfs_image_extend_chain(&disk), 0);
+    assert_int_equal(disk.n_layers, DEPTH);
+    _cleanup_free_ char *last = cfs_xasprintf("%s/deep0.qcow2", tmpdir);
+    assert_string_equal(disk.layers[DEPTH - 1].path, last);
+    cfs_disk_clear(&disk);
+
+    disk.layers = cfs_xcalloc(1, sizeof(*disk.layers));
+    disk.n_layers = 1;
+    disk.layers[0].path = cfs_xasprintf("%s/deep%u.qcow2", tmpdir, total - 1);
+    disk.layers[0].format = cfs_xstrdup("qcow2");
+    assert_int_equal(cfs_image_extend_chain(&disk), 1);
+    assert_int_equal(disk.n_layers, CFS_CHAIN_MAX);
+    cfs_disk_clear(&disk);
+    for (unsigned i = 0; i < total; i++) {
+        _cleanup_free_ char *p = cfs_xasprintf("%s/deep%u.qcow2", tmpdir, i);
+        unlink(p);
+    }
+}
+
+/* Issue 12: the json: image qemu-img commit gets, TOP over BASE and
+ * nothing below; NULL (the caller gives TOP's name) without a format or a
+ * local path. */
+static void test_commit_json(void **state)
+{
+    struct cfs_layer top = { .path = "/img/s \"1\".qcow2", .format = "qcow2" };
+    struct cfs_layer base = { .path = "/dev/vg/base", .format = "raw", .is_block = true };
+    (void)state;
+
+    _cleanup_free_ char *j = cfs_image_commit_json(&top, &base);
+    assert_non_null(j);
+    assert_string_equal(j, "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\","
+                        "\"filename\":\"/img/s \\\"1\\\".qcow2\"},\"backing\":{\"driver\":"
+                        "\"raw\",\"file\":{\"driver\":\"host_device\",\"filename\":"
+                        "\"/dev/vg/base\"},\"backing\":null}}");
+    base.format = "";
+    assert_null(cfs_image_commit_json(&top, &base));
+    base.format = "qcow2";
+    base.path = "nbd://h/x";
+    assert_null(cfs_image_commit_json(&top, &base));
+    base.path = "rel.qcow2";
+    assert_null(cfs_image_commit_json(&top, &base));
+    top.format = NULL;
+    base.path = "/img/b.qcow2";
+    assert_null(cfs_image_commit_json(&top, &base));
+}
+
+/* Issue 12: headers are cached by (dev, ino, size, mtime, ctime); a file
+ * rewritten after it was cached (same size: only the backing name
+ * changes, as `qemu-img rebase -u` does) is read again. */
+static void test_probe_cache(void **state)
+{
+    _cleanup_free_ char *img = tpath("cached.qcow2");
+    struct cfs_image_info info;
+    (void)state;
+
+    write_qcow2(img, 3, 1 << 20, "aaaa.qcow2", "qcow2");
+    sleep(3); /* older than the cache's settle time: kept */
+    assert_int_equal(cfs_image_probe(img, "qcow2", &info), 0);
+    assert_string_equal(info.backing, "aaaa.qcow2");
+    cfs_image_info_clear(&info);
+    assert_int_equal(cfs_image_probe(img, NULL, &info), 0); /* from the cache */
+    assert_string_equal(info.backing, "aaaa.qcow2");
+    assert_string_equal(info.format, "qcow2");
+    assert_int_equal(info.virtual_size, 1 << 20);
+    cfs_image_info_clear(&info);
+    write_qcow2(img, 3, 1 << 20, "bbbb.qcow2", "qcow2");
+    assert_int_equal(cfs_image_probe(img, "qcow2", &info), 0);
+    assert_string_equal(info.backing, "bbbb.qcow2");
+    cfs_image_info_clear(&info);
+    /* declared raw: never the cached qcow2 header */
+    assert_int_equal(cfs_image_probe(img, "raw", &info), 0);
+    assert_string_equal(info.format, "raw");
+    assert_null(info.backing);
+    cfs_image_info_clear(&info);
+    unlink(img);
+}
+
 static uint16_t be16_at(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
 /* The overlay creator: header fields read back through cfs_image_probe,
@@ -1048,6 +1182,10 @@ int main(void)
         cmocka_unit_test(test_probe_two_backing_formats),
         cmocka_unit_test(test_extend_stops),
         cmocka_unit_test(test_create_overlay),
+        cmocka_unit_test(test_parse_deep_chain),
+        cmocka_unit_test(test_extend_deep),
+        cmocka_unit_test(test_commit_json),
+        cmocka_unit_test(test_probe_cache),
         cmocka_unit_test(test_snapshot_drop_disk),
         cmocka_unit_test(test_snapshot_retarget_one_disk),
         cmocka_unit_test(test_snapshot_retarget_two_disks),

@@ -32,6 +32,14 @@ struct errmap_case {
 };
 
 static const struct errmap_case cases[] = {
+    /* issue 12: libvirt 9.0's 200-layer limit (a live snapshot on a
+     * 200-layer chain; a start or re-probe of a deeper one) */
+    {"chain too deep: snapshot", CFS_VERR_OPERATION_UNSUPPORTED, QEMU, 0,
+     "Operation not supported: backing chains more than 200 layers deep are not "
+     "supported for disk 'vda'", ANY, -EMLINK},
+    {"chain too deep: start", CFS_VERR_INTERNAL_ERROR, 18 /* VIR_FROM_STORAGE */, 0,
+     "internal error: backing store for /img/l0299.qcow2 is self-referential or too "
+     "deeply nested", ANY, -EMLINK},
     /* the guest agent (design issue10 §2.4; texts as virsh prints them) */
     {"agent timed out", CFS_VERR_AGENT_UNRESPONSIVE, QEMU, 0,
      "Guest agent is not responding: Guest agent not available for now", AGENT, -ETIMEDOUT},
