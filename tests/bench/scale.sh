@@ -152,11 +152,47 @@ wait_count() {
   echo $(($(now_us) - t0))
 }
 
+# cpu_ticks PID — user + system clock ticks the process has used
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# vloop MAX_S — `virsh domblklist` of every domain, one process each (the
+# per-domain loop a script would run). Stops after MAX_S seconds and
+# prints the time it took per domain x the number of domains, and how
+# many it did: "MS DONE".
+vloop() {
+  local n names t0 k=0 dl
+  names=$(virsh -q -c qemu:///system list --all --name | sed '/^$/d')
+  t0=$(now_us)
+  dl=$((t0 + $1 * 1000000))
+  for n in $names; do
+    virsh -q -c qemu:///system domblklist "$n" >/dev/null || return 1
+    k=$((k + 1))
+    [ "$(now_us)" -lt "$dl" ] || break
+  done
+  awk -v us=$(($(now_us) - t0)) -v k="$k" -v n="$(printf '%s\n' "$names" | wc -l)" \
+    'BEGIN { printf "%.3f %d\n", us / 1000 / k * n, k }'
+}
+
 inner_a() {
-  local d="$T/a" r="$T/a/results" m i t name t0 t1 dl vis
+  local d="$T/a" r="$T/a/results" m i k t name t0 t1 dl vis c0 l0 lv
   trap 'inner_unmount' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  cat_all() { cat "$m"/*/vda/chain; }
+  domstats_all() { timeout "$VIRSH_MAX_S" virsh -q -c qemu:///system domstats --block --backing; }
+
+  # The baselines first, on a libvirtd nothing else queries.
+  slog "A: baselines before the mount: virsh domstats --block --backing x$N_CHAIN, the domblklist loop (at most ${LOOP_MAX_S}s)"
+  : >"$d/domstats.t"
+  for ((i = 0; i <= N_CHAIN; i++)); do
+    t=$(ms domstats_all) || t=fail
+    [ "$i" -eq 0 ] || echo "$t" >>"$d/domstats.t"
+  done
+  put "$r" domstats_ms "$(median <"$d/domstats.t")"
+  t=$(vloop "$LOOP_MAX_S") || t="fail 0"
+  put "$r" loop_ms "${t% *}"
+  put "$r" loop_done "${t#* }"
+
   inner_mount "$d" || { put "$r" error "chainfs did not mount"; return 1; }
   m=$CFS_MNT
   slog "A: mounted; waiting for the $N_DOMS domains to show"
@@ -169,83 +205,84 @@ inner_a() {
   # every chain there, 3 layers each (untimed check)
   put "$r" chains_ok "$(cat "$m"/"$PFX"-s*/vda/chain | grep -c '^layers: *3$' || true)"
 
-  slog "A: ls MNT x$N"
+  slog "A: ls MNT x$N, cat MNT/*/vda/chain x$N_CHAIN"
   : >"$d/ls.t"
   for ((i = 0; i <= N; i++)); do
     t=$(ms ls "$m") || t=fail
     [ "$i" -eq 0 ] || echo "$t" >>"$d/ls.t"
   done
   put "$r" ls_ms "$(median <"$d/ls.t")"
-
-  slog "A: cat MNT/*/vda/chain and virsh domstats --block --backing x$N_CHAIN"
   : >"$d/chain.t"
-  : >"$d/domstats.t"
-  cat_all() { cat "$m"/*/vda/chain; }
-  domstats_all() { virsh -q -c qemu:///system domstats --block --backing; }
   for ((i = 0; i <= N_CHAIN; i++)); do
     t=$(ms cat_all) || t=fail
     [ "$i" -eq 0 ] || echo "$t" >>"$d/chain.t"
-    t=$(ms domstats_all) || t=fail
-    [ "$i" -eq 0 ] || echo "$t" >>"$d/domstats.t"
   done
   put "$r" chain_ms "$(median <"$d/chain.t")"
-  put "$r" domstats_ms "$(median <"$d/domstats.t")"
-
-  slog "A: for d; virsh domblklist \$d (one process per domain) x$N_LOOP"
-  : >"$d/loop.t"
-  vloop() {
-    local n
-    for n in $(virsh -q -c qemu:///system list --all --name); do
-      virsh -q -c qemu:///system domblklist "$n" || return 1
-    done
-  }
-  for ((i = 1; i <= N_LOOP; i++)); do
-    t=$(ms vloop) || t=fail
-    echo "$t" >>"$d/loop.t"
-  done
-  put "$r" loop_ms "$(median <"$d/loop.t")"
   put "$r" rss_reads "$(rss_kib "$CFS_PID")"
 
-  slog "A: define -> visible x$N_VIS"
+  slog "A: ${IDLE_S}s with nothing asked: chainfs's and libvirtd's CPU"
+  c0=$(cpu_ticks "$CFS_PID")
+  l0=$(cpu_ticks "$H2_PID")
+  sleep "$IDLE_S"
+  put "$r" cpu_idle "$(awk -v a="$c0" -v b="$(cpu_ticks "$CFS_PID")" -v hz="$(getconf CLK_TCK)" -v s="$IDLE_S" 'BEGIN { printf "%.1f", (b - a) / hz / s * 100 }')"
+  put "$r" cpu_libvirtd "$(awk -v a="$l0" -v b="$(cpu_ticks "$H2_PID")" -v hz="$(getconf CLK_TCK)" -v s="$IDLE_S" 'BEGIN { printf "%.1f", (b - a) / hz / s * 100 }')"
+  put "$r" rss_idle "$(rss_kib "$CFS_PID")"
+  t=$(ms domstats_all) || t=fail
+  put "$r" domstats_mounted_ms "$t"
+
+  slog "A: define -> visible x$N_VIS (at most ${VIS_MAX_S}s)"
   : >"$d/vis.t"
+  dl=$(($(now_us) + VIS_MAX_S * 1000000))
   for ((i = 1; i <= N_VIS; i++)); do
+    [ "$(now_us)" -lt "$dl" ] || break
     name="$PFX-v$i"
-    virsh -q -c qemu:///system define "$d/xml/v$i.xml" >/dev/null || { echo fail >>"$d/vis.t"; continue; }
+    timeout "$VIRSH_MAX_S" virsh -q -c qemu:///system define "$d/xml/v$i.xml" >/dev/null || { echo fail >>"$d/vis.t"; continue; }
     t0=$(now_us)
-    dl=$((t0 + 30000000))
     vis=1
     until [ -d "$m/$name" ]; do
-      [ "$(now_us)" -lt "$dl" ] || { vis=0; break; }
+      [ "$(now_us)" -lt $((t0 + 60000000)) ] || { vis=0; break; }
       sleep 0.002
     done
     t1=$(now_us)
-    if [ "$vis" = 1 ]; then fmt_ms $((t1 - t0)) >>"$d/vis.t"; else echo 99999 >>"$d/vis.t"; fi
-    virsh -q -c qemu:///system undefine "$name" >/dev/null
-    wait_count "$m" "$name" 0 30 >/dev/null || true
+    if [ "$vis" = 1 ]; then fmt_ms $((t1 - t0)) >>"$d/vis.t"; else echo "fail" >>"$d/vis.t"; fi
+    timeout "$VIRSH_MAX_S" virsh -q -c qemu:///system undefine "$name" >/dev/null || true
+    wait_count "$m" "$name" 0 60 >/dev/null || true
   done
-  put "$r" vis_ms "$(median <"$d/vis.t")"
-  put "$r" vis_max_ms "$(maxof <"$d/vis.t")"
+  put "$r" vis_runs "$(wc -l <"$d/vis.t")"
+  put "$r" vis_fails "$(grep -c fail "$d/vis.t" || true)"
+  put "$r" vis_ms "$(grep -v fail "$d/vis.t" | median)"
+  if grep -q fail "$d/vis.t"; then put "$r" vis_max_ms fail; else put "$r" vis_max_ms "$(maxof <"$d/vis.t")"; fi
 
-  slog "A: the define/undefine loop: $N_LEAK names x$LEAK_ROUNDS rounds"
+  slog "A: the define/undefine loop: $N_LEAK names x$LEAK_ROUNDS rounds (each batch at most ${LEAK_MAX_S}s)"
   sleep 2
   put "$r" rss_leak0 "$(rss_kib "$CFS_PID")"
+  put "$r" leak_rounds 0
   for ((k = 1; k <= LEAK_ROUNDS; k++)); do
     t0=$(now_us)
     for ((i = 1; i <= N_LEAK; i++)); do echo "define $d/xml/L$i.xml"; done |
-      virsh -q -c qemu:///system >/dev/null 2>"$d/leak-define.err" || true
+      timeout "$LEAK_MAX_S" virsh -q -c qemu:///system >/dev/null 2>"$d/leak-define.err" || true
     t1=$(now_us)
-    t=$(wait_count "$m" "$PFX-L" "$N_LEAK" 300) || t=fail
     put "$r" leak_define_us_$k $((t1 - t0))
+    lv=$(virsh -q -c qemu:///system list --all --name | grep -c "^$PFX-L" || true)
+    put "$r" leak_defined_$k "$lv"
+    t=$(wait_count "$m" "$PFX-L" "$lv" 300) || t=fail
     put "$r" leak_visible_us_$k "$t"
     put "$r" rss_leak_peak_$k "$(rss_kib "$CFS_PID")"
     t0=$(now_us)
     for ((i = 1; i <= N_LEAK; i++)); do echo "undefine $PFX-L$i"; done |
-      virsh -q -c qemu:///system >/dev/null 2>"$d/leak-undefine.err" || true
+      timeout "$LEAK_MAX_S" virsh -q -c qemu:///system >/dev/null 2>"$d/leak-undefine.err" || true
+    put "$r" leak_undefine_us_$k $(($(now_us) - t0))
     t=$(wait_count "$m" "$PFX-L" 0 300) || t=fail
     put "$r" leak_gone_us_$k "$t"
     put "$r" rss_leak_$k "$(rss_kib "$CFS_PID")"
-    slog "A: round $k: visible after $(get "$r" leak_visible_us_$k) us, gone after $t us, VmRSS $(rss_kib "$CFS_PID") KiB"
+    put "$r" leak_rounds "$k"
+    slog "A: round $k: $lv defined in $(get "$r" leak_define_us_$k) us, all shown after $(get "$r" leak_visible_us_$k) us, gone after $t us, VmRSS $(rss_kib "$CFS_PID") KiB"
+    [ "$lv" -eq "$N_LEAK" ] || { slog "A: the batch did not define all $N_LEAK in ${LEAK_MAX_S}s: no more rounds"; break; }
   done
+  # what a timed-out batch left defined goes now
+  virsh -q -c qemu:///system list --all --name | grep "^$PFX-L" | sed 's/^/undefine /' |
+    virsh -q -c qemu:///system >/dev/null 2>&1 || true
+  wait_count "$m" "$PFX-L" 0 300 >/dev/null || true
   sleep 2
   put "$r" rss_leak_end "$(rss_kib "$CFS_PID")"
   # no stale entry: the mount lists exactly libvirt's domains
@@ -345,7 +382,11 @@ N_LEAK=${N_LEAK:-$N_DOMS}
 LEAK_ROUNDS=${LEAK_ROUNDS:-3}
 N_VIS=${N_VIS:-7}
 N_CHAIN=${N_CHAIN:-3}
-N_LOOP=${N_LOOP:-1}
+LOOP_MAX_S=${LOOP_MAX_S:-120}
+IDLE_S=${IDLE_S:-10}
+VIS_MAX_S=${VIS_MAX_S:-300}
+LEAK_MAX_S=${LEAK_MAX_S:-300}
+VIRSH_MAX_S=${VIRSH_MAX_S:-120}
 DEPTH=${DEPTH:-500}
 SHALLOW=${SHALLOW:-5}
 N_B=${N_B:-5}
@@ -472,7 +513,8 @@ batch_define() {
 }
 
 run_inner() { # PART
-  export T PFX N N_DOMS N_LEAK LEAK_ROUNDS N_VIS N_CHAIN N_LOOP DEPTH SHALLOW N_B CHAINFS
+  export T PFX N N_DOMS N_LEAK LEAK_ROUNDS N_VIS N_CHAIN DEPTH SHALLOW N_B CHAINFS \
+    LOOP_MAX_S IDLE_S VIS_MAX_S LEAK_MAX_S VIRSH_MAX_S H2_PID
   h2_run bash "$SCALE_SELF" --inner "$1"
 }
 
@@ -505,6 +547,7 @@ row_ratio() { # LABEL MINE BASE TARGET(<= ratio, or - for none)
 }
 row_note() { ROWS+=("$(printf '%-50s %s' "$1" "$2")"); }
 mib() { awk -v k="$1" 'BEGIN { if (k == "" || k == "-") print "-"; else printf "%.1f\n", k / 1024 }'; }
+num() { case "$1" in '' | *[!0-9]*) echo fail ;; *) echo "$1" ;; esac; }
 us_ms() { case "$1" in fail | - | "") echo "$1" ;; *) fmt_ms "$1" ;; esac; }
 
 # ---- part A ------------------------------------------------------------------
@@ -545,24 +588,40 @@ part_a() {
   for ((i = 1; i <= N_DOMS; i++)); do echo "undefine $PFX-s$i"; done | h2_virsh >/dev/null 2>&1 || true
   rm -rf "$d/img"
 
-  row_note "A. $N_DOMS domains, 3-layer chains, $nrun running ($(it_virt_type));" "chainfs on the same host as libvirtd (qemu:///system in its namespaces)"
+  row_note "A. $N_DOMS domains, 3-layer chains, $nrun running ($(it_virt_type))" "chainfs on the same host as libvirtd (qemu:///system in its namespaces)"
   row_note "   defining them: one virsh process" "$(us_ms "$(get "$r" define_us)") ms"
   row_note "   start -> mounted (ms)" "$(us_ms "$(get "$r" mount_us)")"
   row_abs "start -> ready, all domains listed (ms)" "$(us_ms "$(get "$r" ready_us)")" ms 5000
   row_note "   chains with 3 layers shown" "$(get "$r" chains_ok) of $N_DOMS"
   row_abs "ls MNT (median, ms)" "$(get "$r" ls_ms)" ms 20
   row_ratio "cat MNT/*/vda/chain vs virsh domblklist loop" "$(get "$r" chain_ms)" "$(get "$r" loop_ms)" 0.2
+  [ "$(get "$r" loop_done)" = "$N_DOMS" ] ||
+    row_note "   (the loop: $(get "$r" loop_done) of $N_DOMS domains in ${LOOP_MAX_S}s," "time per domain x $N_DOMS)"
   row_ratio "cat MNT/*/vda/chain vs domstats --block --backing" "$(get "$r" chain_ms)" "$(get "$r" domstats_ms)" -
+  row_note "   (virsh figures: before the mount," "on a libvirtd nothing else queried)"
   row_abs "VmRSS when ready (MiB)" "$(mib "$(get "$r" rss_ready)")" MiB 64
   row_abs "VmRSS after the reads (MiB)" "$(mib "$(get "$r" rss_reads)")" MiB 64
-  row_abs "define -> visible, median of $N_VIS (ms)" "$(get "$r" vis_ms)" ms 1000
-  row_abs "define -> visible, max of $N_VIS (ms)" "$(get "$r" vis_max_ms)" ms 1000
-  for ((k = 1; k <= LEAK_ROUNDS; k++)); do
-    row_note "   loop $k: $N_LEAK defined (one virsh)" "$(us_ms "$(get "$r" leak_define_us_$k)") ms; all shown $(us_ms "$(get "$r" leak_visible_us_$k)") ms later; VmRSS $(mib "$(get "$r" rss_leak_peak_$k)") MiB"
-    row_note "   loop $k: undefined, all gone after (ms)" "$(us_ms "$(get "$r" leak_gone_us_$k)"); VmRSS $(mib "$(get "$r" rss_leak_$k)") MiB"
+  row_note "   chainfs CPU, ${IDLE_S}s with nothing asked" "$(get "$r" cpu_idle) % of a core; libvirtd meanwhile $(get "$r" cpu_libvirtd) %"
+  row_ratio "domstats --block --backing: mounted vs before" "$(get "$r" domstats_mounted_ms)" "$(get "$r" domstats_ms)" -
+  row_abs "define -> visible, median (ms)" "$(get "$r" vis_ms)" ms 1000
+  row_abs "define -> visible, max (ms)" "$(get "$r" vis_max_ms)" ms 1000
+  row_note "   define -> visible runs" "$(get "$r" vis_runs) (of $N_VIS in at most ${VIS_MAX_S}s), $(get "$r" vis_fails) not visible in 60 s or define failed"
+  lr=$(num "$(get "$r" leak_rounds)")
+  [ "$lr" != fail ] || lr=0
+  for ((k = 1; k <= lr; k++)); do
+    row_note "   loop $k: $(get "$r" leak_defined_$k) of $N_LEAK defined (one virsh)" "in $(us_ms "$(get "$r" leak_define_us_$k)") ms; all shown $(us_ms "$(get "$r" leak_visible_us_$k)") ms later; VmRSS $(mib "$(get "$r" rss_leak_peak_$k)") MiB"
+    row_note "   loop $k: undefined (one virsh)" "in $(us_ms "$(get "$r" leak_undefine_us_$k)") ms; all gone $(us_ms "$(get "$r" leak_gone_us_$k)") ms later; VmRSS $(mib "$(get "$r" rss_leak_$k)") MiB"
   done
-  row_ratio "loop: VmRSS after / before ($LEAK_ROUNDS rounds)" "$(mib "$(get "$r" rss_leak_end)")" "$(mib "$(get "$r" rss_leak0)")" 1.1
-  row_abs "loop: stale or missing entries after" "$(($(get "$r" stale) + $(get "$r" missing)))" "" 0
+  if [ "$(get "$r" leak_rounds)" = "$LEAK_ROUNDS" ] && [ "$(get "$r" leak_defined_$LEAK_ROUNDS)" = "$N_LEAK" ]; then
+    row_ratio "loop: VmRSS after / before ($LEAK_ROUNDS rounds)" "$(mib "$(get "$r" rss_leak_end)")" "$(mib "$(get "$r" rss_leak0)")" 1.1
+  else
+    row_ratio "loop: VmRSS after / before (INCOMPLETE loop)" "$(mib "$(get "$r" rss_leak_end)")" "$(mib "$(get "$r" rss_leak0)")" 1.1
+    MISSED=1
+  fi
+  local stale lr
+  stale=$(num "$(get "$r" stale)")
+  [ "$stale" = fail ] || [ "$(num "$(get "$r" missing)")" = fail ] || stale=$((stale + $(get "$r" missing)))
+  row_abs "loop: stale or missing entries after" "$stale" "" 0
 }
 
 # ---- part B ------------------------------------------------------------------
