@@ -55,6 +55,7 @@
 # mounts, the second libvirtd with all its domains and QEMUs, the veth, the
 # files. A run killed with SIGKILL leaves its /var/tmp/cfsbench-PID.* and
 # namespace: the next run removes those of dead PIDs (nothing else).
+# shellcheck disable=SC2317 # functions called through ms, by name
 set -euo pipefail
 SCALE_SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 
@@ -137,7 +138,11 @@ inner_mount() {
 }
 
 # count_prefix DIR PREFIX — names in DIR starting with PREFIX
-count_prefix() { ls -1 "$1" 2>/dev/null | grep -c "^$2" || true; }
+count_prefix() {
+  local f n=0
+  for f in "$1/$2"*; do [ ! -e "$f" ] || n=$((n + 1)); done
+  echo "$n"
+}
 
 # wait_count DIR PREFIX N TIMEOUT_S — until DIR lists N names with PREFIX;
 # prints the microseconds it took, or returns 1.
@@ -171,6 +176,15 @@ vloop() {
   done
   awk -v us=$(($(now_us) - t0)) -v k="$k" -v n="$(printf '%s\n' "$names" | wc -l)" \
     'BEGIN { printf "%.3f %d\n", us / 1000 / k * n, k }'
+}
+
+# wait_dir DIR TIMEOUT_S — until DIR exists
+wait_dir() {
+  local dl=$(($(now_us) + $2 * 1000000))
+  until [ -d "$1" ]; do
+    [ "$(now_us)" -lt "$dl" ] || return 1
+    sleep 0.02
+  done
 }
 
 inner_a() {
@@ -272,27 +286,30 @@ inner_a() {
     for ((i = 1; i <= N_LEAK; i++)); do echo "undefine $PFX-L$i"; done |
       timeout "$LEAK_MAX_S" virsh -q -c qemu:///system >/dev/null 2>"$d/leak-undefine.err" || true
     put "$r" leak_undefine_us_$k $(($(now_us) - t0))
-    t=$(wait_count "$m" "$PFX-L" 0 300) || t=fail
+    lv=$(virsh -q -c qemu:///system list --all --name | grep -c "^$PFX-L" || true)
+    put "$r" leak_left_$k "$lv"
+    t=$(wait_count "$m" "$PFX-L" "$lv" 300) || t=fail
     put "$r" leak_gone_us_$k "$t"
     put "$r" rss_leak_$k "$(rss_kib "$CFS_PID")"
     put "$r" leak_rounds "$k"
-    slog "A: round $k: $lv defined in $(get "$r" leak_define_us_$k) us, all shown after $(get "$r" leak_visible_us_$k) us, gone after $t us, VmRSS $(rss_kib "$CFS_PID") KiB"
-    [ "$lv" -eq "$N_LEAK" ] || { slog "A: the batch did not define all $N_LEAK in ${LEAK_MAX_S}s: no more rounds"; break; }
+    slog "A: round $k: $lv defined in $(get "$r" "leak_define_us_$k") us, all shown after $(get "$r" "leak_visible_us_$k") us, undefined in $(get "$r" "leak_undefine_us_$k") us, gone after $t us, VmRSS $(rss_kib "$CFS_PID") KiB"
+    [ "$(get "$r" "leak_defined_$k")" -eq "$N_LEAK" ] || { slog "A: the batch did not define all $N_LEAK in ${LEAK_MAX_S}s: no more rounds"; break; }
+    [ "$lv" -eq 0 ] || { slog "A: the batch did not undefine all $N_LEAK in ${LEAK_MAX_S}s: no more rounds"; break; }
   done
-  # what a timed-out batch left defined goes now
-  virsh -q -c qemu:///system list --all --name | grep "^$PFX-L" | sed 's/^/undefine /' |
-    virsh -q -c qemu:///system >/dev/null 2>&1 || true
-  wait_count "$m" "$PFX-L" 0 300 >/dev/null || true
   sleep 2
   put "$r" rss_leak_end "$(rss_kib "$CFS_PID")"
   # no stale entry: the mount lists exactly libvirt's domains
+  # shellcheck disable=SC2012 # names are ours: [A-Za-z0-9-]
   ls -1 "$m" | sort >"$d/ls.end"
   virsh -q -c qemu:///system list --all --name | sed '/^$/d' | sort >"$d/virsh.end"
   put "$r" stale "$(comm -23 "$d/ls.end" "$d/virsh.end" | wc -l)"
   put "$r" missing "$(comm -13 "$d/ls.end" "$d/virsh.end" | wc -l)"
   put "$r" count_end "$(count_prefix "$m" "$PFX-s")"
   inner_unmount || put "$r" error "chainfs exited non-zero"
-  put "$r" done 1
+  # what a timed-out batch left defined goes now (quickly: nothing mounted)
+  virsh -q -c qemu:///system list --all --name | grep "^$PFX-L" | sed 's/^/undefine /' |
+    timeout "$LEAK_MAX_S" virsh -q -c qemu:///system >/dev/null 2>&1 || true
+  put "$r" finished 1
 }
 
 inner_b() {
@@ -302,13 +319,17 @@ inner_b() {
   trap 'exit 143' TERM
   inner_mount "$d" || { put "$r" error "chainfs did not mount"; return 1; }
   m=$CFS_MNT
-  wait_count "$m" "$PFX-" $((N_B + 2)) 120 >/dev/null || { put "$r" error "the part B domains did not show"; return 1; }
+  for ((i = 0; i <= N_B; i++)); do
+    wait_dir "$m/$PFX-sh$i" 120 || { put "$r" error "$PFX-sh$i did not show"; return 1; }
+  done
+  wait_dir "$m/$PFX-deep" 120 || { put "$r" error "$PFX-deep did not show"; return 1; }
   V="$m/$PFX-deep/vda"
   put "$r" deep_layers "$(sed -n 's/^layers: *//p' "$V/chain")"
   put "$r" shallow_layers "$(sed -n 's/^layers: *//p' "$m/$PFX-sh0/vda/chain")"
   stat_all() { stat -- "$1"/snapshots/* >/dev/null; }
   for label in deep shallow; do
     if [ "$label" = deep ]; then S=$V; else S="$m/$PFX-sh0/vda"; fi
+    # shellcheck disable=SC2012 # names are ours: [A-Za-z0-9.-]
     n=$(ls -1 "$S/snapshots" | wc -l)
     put "$r" "${label}_snaps" "$n"
     : >"$d/$label.chain.t"
@@ -358,7 +379,7 @@ inner_b() {
     put "$r" "${label}_fails" "$(cat "$d/$label".*.t | grep -c fail || true)"
   done
   inner_unmount || put "$r" error "chainfs exited non-zero"
-  put "$r" done 1
+  put "$r" finished 1
 }
 
 if [ "${1:-}" = --inner ]; then
@@ -411,11 +432,12 @@ sc_sweep() {
       grep -q " $dir/h2/run " "/proc/$hold/mountinfo" 2>/dev/null; then
       netns=$(readlink "/proc/$hold/ns/net")
       for p in /proc/[0-9]*; do
-        [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$netns" ] && kill -KILL "${p#/proc/}" 2>/dev/null
+        if [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$netns" ]; then kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
       done
       sleep 1
     fi
     ! ip link show "h2a$pid" >/dev/null 2>&1 || ip link del "h2a$pid" 2>/dev/null || true
+    # shellcheck disable=SC2013 # mount points under our own $T: no spaces
     for mnt in $(awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts); do
       fusermount3 -u -z "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
     done
@@ -579,13 +601,13 @@ part_a() {
   put "$r" running "$nrun"
   it_log "A: defined in $(us_ms "$(get "$r" define_us)") ms; measuring inside the second host's namespaces"
   run_inner a || it_log "A: the inner part failed (rc $?)"
-  [ "$(get "$r" done)" = 1 ] || it_log "A: incomplete: $(get "$r" error)"
+  [ "$(get "$r" finished)" = 1 ] || it_log "A: incomplete: $(get "$r" error)"
   # the running ones go now: part B and C want the CPU
   if [ "$nrun" -gt 0 ]; then
     for ((i = 1; i <= nrun; i++)); do echo "destroy $PFX-s$i"; done | h2_virsh >/dev/null 2>&1 || true
   fi
-  it_log "A: undefining $N_DOMS domains"
-  for ((i = 1; i <= N_DOMS; i++)); do echo "undefine $PFX-s$i"; done | h2_virsh >/dev/null 2>&1 || true
+  it_log "A: undefining its domains"
+  h2_virsh list --all --name | grep "^$PFX-" | sed 's/^/undefine /' | h2_virsh >/dev/null 2>&1 || true
   rm -rf "$d/img"
 
   row_note "A. $N_DOMS domains, 3-layer chains, $nrun running ($(it_virt_type))" "chainfs on the same host as libvirtd (qemu:///system in its namespaces)"
@@ -609,10 +631,11 @@ part_a() {
   lr=$(num "$(get "$r" leak_rounds)")
   [ "$lr" != fail ] || lr=0
   for ((k = 1; k <= lr; k++)); do
-    row_note "   loop $k: $(get "$r" leak_defined_$k) of $N_LEAK defined (one virsh)" "in $(us_ms "$(get "$r" leak_define_us_$k)") ms; all shown $(us_ms "$(get "$r" leak_visible_us_$k)") ms later; VmRSS $(mib "$(get "$r" rss_leak_peak_$k)") MiB"
-    row_note "   loop $k: undefined (one virsh)" "in $(us_ms "$(get "$r" leak_undefine_us_$k)") ms; all gone $(us_ms "$(get "$r" leak_gone_us_$k)") ms later; VmRSS $(mib "$(get "$r" rss_leak_$k)") MiB"
+    row_note "   loop $k: $(get "$r" "leak_defined_$k") of $N_LEAK defined (one virsh)" "in $(us_ms "$(get "$r" "leak_define_us_$k")") ms; all shown $(us_ms "$(get "$r" "leak_visible_us_$k")") ms later; VmRSS $(mib "$(get "$r" "rss_leak_peak_$k")") MiB"
+    row_note "   loop $k: undefined (one virsh), $(get "$r" "leak_left_$k") left" "in $(us_ms "$(get "$r" "leak_undefine_us_$k")") ms; all gone $(us_ms "$(get "$r" "leak_gone_us_$k")") ms later; VmRSS $(mib "$(get "$r" "rss_leak_$k")") MiB"
   done
-  if [ "$(get "$r" leak_rounds)" = "$LEAK_ROUNDS" ] && [ "$(get "$r" leak_defined_$LEAK_ROUNDS)" = "$N_LEAK" ]; then
+  if [ "$(get "$r" leak_rounds)" = "$LEAK_ROUNDS" ] && [ "$(get "$r" "leak_defined_$LEAK_ROUNDS")" = "$N_LEAK" ] &&
+    [ "$(get "$r" "leak_left_$LEAK_ROUNDS")" = 0 ]; then
     row_ratio "loop: VmRSS after / before ($LEAK_ROUNDS rounds)" "$(mib "$(get "$r" rss_leak_end)")" "$(mib "$(get "$r" rss_leak0)")" 1.1
   else
     row_ratio "loop: VmRSS after / before (INCOMPLETE loop)" "$(mib "$(get "$r" rss_leak_end)")" "$(mib "$(get "$r" rss_leak0)")" 1.1
@@ -644,7 +667,7 @@ part_b() {
   h2_virsh define "$d/xml/deep.xml" >/dev/null || it_fail "B: define $PFX-deep"
   it_log "B: chain built in $(us_ms "$(get "$r" build_us)") ms; measuring inside the second host's namespaces"
   run_inner b || it_log "B: the inner part failed (rc $?)"
-  [ "$(get "$r" done)" = 1 ] || it_log "B: incomplete: $(get "$r" error)"
+  [ "$(get "$r" finished)" = 1 ] || it_log "B: incomplete: $(get "$r" error)"
   for ((i = 0; i <= N_B; i++)); do h2_virsh undefine "$PFX-sh$i" >/dev/null 2>&1 || true; done
   h2_virsh undefine "$PFX-deep" >/dev/null 2>&1 || true
 
