@@ -292,7 +292,7 @@ inner_a() {
     put "$r" leak_gone_us_$k "$t"
     put "$r" rss_leak_$k "$(rss_kib "$CFS_PID")"
     put "$r" leak_rounds "$k"
-    slog "A: round $k: $lv defined in $(get "$r" "leak_define_us_$k") us, all shown after $(get "$r" "leak_visible_us_$k") us, undefined in $(get "$r" "leak_undefine_us_$k") us, gone after $t us, VmRSS $(rss_kib "$CFS_PID") KiB"
+    slog "A: round $k: $(get "$r" "leak_defined_$k") defined in $(get "$r" "leak_define_us_$k") us, all shown after $(get "$r" "leak_visible_us_$k") us, undefined in $(get "$r" "leak_undefine_us_$k") us ($lv left), shown as libvirt has them after $t us, VmRSS $(rss_kib "$CFS_PID") KiB"
     [ "$(get "$r" "leak_defined_$k")" -eq "$N_LEAK" ] || { slog "A: the batch did not define all $N_LEAK in ${LEAK_MAX_S}s: no more rounds"; break; }
     [ "$lv" -eq 0 ] || { slog "A: the batch did not undefine all $N_LEAK in ${LEAK_MAX_S}s: no more rounds"; break; }
   done
