@@ -419,7 +419,7 @@ PFX=$IT_PREFIX
 # holder recorded in it (killed with everything in its network namespace,
 # after checking it is that holder), its veth h2aPID, its mounts here.
 sc_sweep() {
-  local dir pid hold netns p mnt
+  local dir pid hold p mnt
   for dir in /var/tmp/cfsbench-*.*; do
     [ -d "$dir" ] || continue
     pid=${dir#/var/tmp/cfsbench-}
@@ -427,15 +427,19 @@ sc_sweep() {
     case "$pid" in '' | *[!0-9]*) continue ;; esac
     ! kill -0 "$pid" 2>/dev/null || continue
     slog "sweep: $dir (pid $pid is gone)"
+    # its QEMUs (guest=cfsbench-PID-...) and daemons (pid files in its
+    # directory), then its namespace holder (checked by its mounts)
+    for p in /proc/[0-9]*; do
+      case "$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" in
+        *"guest=cfsbench-$pid-"* | *"$dir/"*) kill -KILL "${p#/proc/}" 2>/dev/null || true ;;
+      esac
+    done
     hold=$(cat "$dir/h2/holder.pid" 2>/dev/null || true)
-    if [ -n "$hold" ] && [ "$(tr '\0' ' ' <"/proc/$hold/cmdline" 2>/dev/null)" = "sleep infinity " ] &&
+    if [ -n "$hold" ] && [ "$(tr '\0' ' ' 2>/dev/null <"/proc/$hold/cmdline")" = "sleep infinity " ] &&
       grep -q " $dir/h2/run " "/proc/$hold/mountinfo" 2>/dev/null; then
-      netns=$(readlink "/proc/$hold/ns/net")
-      for p in /proc/[0-9]*; do
-        if [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$netns" ]; then kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
-      done
-      sleep 1
+      kill -KILL "$hold" 2>/dev/null || true
     fi
+    sleep 1
     ! ip link show "h2a$pid" >/dev/null 2>&1 || ip link del "h2a$pid" 2>/dev/null || true
     # shellcheck disable=SC2013 # mount points under our own $T: no spaces
     for mnt in $(awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts); do
