@@ -11,9 +11,12 @@
 # Knobs (environment): PARTS ("A B C"), N_DOMS (1000), N_RUNNING (4; at
 # most 4 under TCG), N_LEAK (= N_DOMS) and LEAK_ROUNDS (3) for the
 # define/undefine loop, N_VIS (7) define-to-visible runs, N (7) runs of the
-# short operations, N_CHAIN (3) runs of the whole-mount reads, N_LOOP (1)
-# runs of the per-domain virsh loop, DEPTH (500) and SHALLOW (5) for part
-# B, N_B (5) runs there, N_C (5) runs of part C. CHAINFS defaults to
+# short operations, N_CHAIN (3) runs of the whole-mount reads, IDLE_S (10)
+# seconds of idle CPU, DEPTH (500) and SHALLOW (5) for part B, N_B (5) runs
+# there, N_C (5) runs of part C. Time budgets (seconds): LOOP_MAX_S (120)
+# for the per-domain virsh loop (then time per domain x N), VIS_MAX_S (300)
+# for the define-to-visible runs, LEAK_MAX_S (300) per virsh batch of the
+# loop, VIRSH_MAX_S (120) per virsh call. CHAINFS defaults to
 # build/fs/fuse/chainfs; CHAINFS_VIRT_TYPE=qemu forces TCG.
 #
 # Nothing runs on this machine's shared libvirtd: every domain is defined
