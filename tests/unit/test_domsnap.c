@@ -571,6 +571,8 @@ static void test_dom_mkdir_remote_pool_names(void **state)
     assert_int_equal(st.st_size, 0);
     assert_int_equal(st.st_ino, st0.st_ino);
 
+    cfs_engine_run_pending(f->e); /* d1's journal entry closed */
+    assert_int_equal(journal_open_entries(f), 0);
     unsigned calls = cfs_fake_calls(f->be, "snapshot_create_multi");
     cfs_fake_fail_next(f->be, "file_exists", ENOTCONN,
                        "unable to connect to server: Connection refused");
