@@ -116,6 +116,29 @@ h2_run touch -d @1000000000 "$EMPTY" || it_fail "an empty file at $EMPTY on the 
 empty_stat() { h2_run stat -c '%F %s %i %Y %a %U' "$EMPTY" && h2_run sha256sum "$EMPTY"; }
 EMPTY_STAT=$(empty_stat)
 it_assert_eq "regular empty file 0" "$(head -n1 <<<"$EMPTY_STAT" | cut -d' ' -f1-4)" "the empty file on the second host"
+# the backend's file_exists against the second host (beop): the empty file
+# is seen once the pool is refreshed; a free name; a directory no pool
+# has: cannot tell (-EOPNOTSUPP); a pool whose refresh fails (its
+# directory gone): an error, never "no file"
+BEOP=${BEOP:-$IT_ROOT/build/tests/beop}
+[ -x "$BEOP" ] || it_fail "no beop tool at $BEOP (build it: ninja -C build)"
+file_exists_rc() { { "$BEOP" "$H2_URI" file-exists "$1" 2>&1 || true; } | sed -n 's/^rc=//p'; }
+it_assert_eq 1 "$(file_exists_rc "$EMPTY")" "file_exists of the empty file put behind the pool's back"
+it_assert_eq 0 "$(file_exists_rc "$R/$D.vda.s1.2.qcow2")" "file_exists of a free name in the pool"
+it_assert_eq -95 "$(file_exists_rc "$T/$D.vda.s1.qcow2")" "file_exists in a directory no pool has: -EOPNOTSUPP"
+h2_run mkdir "$R/gone" || it_fail "mkdir \$R/gone on the second host"
+cat >"$T/pool-gone.xml" <<XML
+<pool type='dir'><name>$POOL-gone</name><target><path>$R/gone</path></target></pool>
+XML
+h2_virsh pool-create "$T/pool-gone.xml" >/dev/null || it_fail "pool-create $POOL-gone on the second host"
+h2_run rmdir "$R/gone" || it_fail "rmdir \$R/gone on the second host"
+rc=$(file_exists_rc "$R/gone/x.qcow2")
+case "$rc" in
+  -95 | 0 | 1 | "") it_fail "file_exists in a pool whose refresh fails answered '$rc', not an error" ;;
+  -*) it_log "ok: file_exists in a pool whose refresh fails: rc=$rc" ;;
+  *) it_fail "file_exists in a pool whose refresh fails answered '$rc'" ;;
+esac
+h2_virsh pool-destroy "$POOL-gone" >/dev/null 2>&1 || true # libvirt may have stopped it
 empty_untouched() {
   it_assert_eq "$EMPTY_STAT" "$(empty_stat)" "after $1: the empty file at s1's name on the second host is untouched"
 }
