@@ -3514,6 +3514,67 @@ static int lv_volume_delete(struct cfs_backend *be, const char *path)
     return r;
 }
 
+/* Whether a volume is at PATH: 1 if so, 0 if libvirt says "no storage
+ * vol with matching path", -errno (and the message) for any other
+ * failure. */
+static int lv_volume_at(virConnectPtr conn, const char *path)
+{
+    virStorageVolPtr vol = virStorageVolLookupByPath(conn, path);
+
+    if (vol) {
+        virStorageVolFree(vol);
+        return 1;
+    }
+    if (virGetLastErrorCode() != VIR_ERR_NO_STORAGE_VOL)
+        return lv_error(conn);
+    virResetLastError();
+    return 0;
+}
+
+/* Whether libvirt's host has a file at PATH (a candidate overlay name,
+ * for files that are not local: libvirt would take over an empty file
+ * there as the overlay). A volume already known is one; otherwise the
+ * active pool whose target directory is PATH's is refreshed (a file put
+ * there behind libvirt's back becomes a volume) and asked again. 1, 0,
+ * -EOPNOTSUPP if no active pool has that directory (cannot tell), or
+ * -errno with libvirt's message: a failure is never "no file". */
+static int lv_file_exists(struct cfs_backend *be, const char *path)
+{
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    _cleanup_free_ char *tmp = cfs_xstrdup(path);
+    const char *dir = dirname(tmp);
+    virStoragePoolPtr pool;
+    int r = lv_conn(lv(be), &conn);
+
+    if (r < 0)
+        return r;
+    r = lv_volume_at(conn, path);
+    if (r != 0)
+        return r;
+    pool = virStoragePoolLookupByTargetPath(conn, dir);
+    if (!pool) {
+        int code = virGetLastErrorCode();
+        if (code != VIR_ERR_NO_STORAGE_POOL && code != VIR_ERR_NO_SUPPORT)
+            return lv_error(conn);
+        virResetLastError();
+        cfs_backend_set_errmsg("no storage pool of libvirt has the target "
+                               "directory %s", dir);
+        return -EOPNOTSUPP;
+    }
+    r = virStoragePoolIsActive(pool);
+    if (r == 0) {
+        cfs_backend_set_errmsg("the storage pool of libvirt over %s is not "
+                               "active", dir);
+        r = -EOPNOTSUPP;
+    } else if (r < 0 || virStoragePoolRefresh(pool, 0) < 0) {
+        r = lv_error(conn);
+    } else {
+        r = lv_volume_at(conn, path);
+    }
+    virStoragePoolFree(pool);
+    return r;
+}
+
 static int lv_hypervisor_version(struct cfs_backend *be, unsigned long long *ver)
 {
     _cleanup_conn_ virConnectPtr conn = NULL;
@@ -3575,6 +3636,7 @@ static const struct cfs_backend_ops lv_ops = {
     .offline_pull = lv_offline_pull,
     .files_local = lv_files_local,
     .volume_delete = lv_volume_delete,
+    .file_exists = lv_file_exists,
     .ping = lv_ping,
     .hypervisor_version = lv_hypervisor_version,
     .uri = lv_uri,

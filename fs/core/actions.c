@@ -167,12 +167,37 @@ static int disk_refusal(struct cfs_engine *e, const char *dom,
     return 0;
 }
 
+/* Whether a file is at PATH, a candidate overlay name: 1 or 0. With
+ * local files lstat() says; otherwise the storage pool of libvirt's host
+ * over its directory (issue 12 §1.2: libvirt takes over an existing
+ * empty file as the overlay), -EOPNOTSUPP if none can tell (libvirt's
+ * own check then stands: a non-empty file is refused with EEXIST). A
+ * failed probe is never "no file": -errno and *MSG with libvirt's
+ * message. */
+static int overlay_taken(struct cfs_engine *e, bool local, const char *path,
+                         char **msg)
+{
+    struct stat st;
+
+    if (local)
+        return lstat(path, &st) == 0;
+    if (!e->be->ops->file_exists)
+        return -EOPNOTSUPP;
+    int r = e->be->ops->file_exists(e->be, path);
+    if (r < 0 && r != -EOPNOTSUPP)
+        *msg = cfs_xasprintf("cannot tell whether the overlay file %s exists on "
+                             "libvirt's host: %s", path, errmsg_or(strerror(-r)));
+    return r < 0 ? r : r > 0;
+}
+
 /* The new overlay of DOM/DISK's snapshot NAME above the active layer
  * ACTIVE: in overlay_dir, else beside ACTIVE; the first free
  * "<dom>.<disk>.<name>[.N].qcow2" (a file already there is not ours to
  * overwrite: after a pull the active file keeps a merged snapshot's file
- * name, issue 8 §2.5); with local files, room for it checked. 0 and
- * *OVERLAY; or -errno and *MSG (callers free both). */
+ * name, issue 8 §2.5), looked for as overlay_taken says (files not local:
+ * through the storage pool, where one covers the directory); with local
+ * files, room for it checked. 0 and *OVERLAY; or -errno and *MSG (callers
+ * free both). */
 int overlay_pick(struct cfs_engine *e, const char *dom, const char *disk,
                  const char *name, const char *active, char **overlay,
                  char **msg)
@@ -188,20 +213,24 @@ int overlay_pick(struct cfs_engine *e, const char *dom, const char *disk,
     _cleanup_free_ char *file = cfs_overlay_filename(dom, disk, name);
     _cleanup_free_ char *path = cfs_xasprintf("%s/%s", dir, file);
     struct statvfs vfs;
-    struct stat st;
 
-    /* not local: libvirt checks the file and the space itself */
+    /* not local: the pool tells the names taken where one covers the
+     * directory; libvirt checks the space (and, with no pool, the file) */
     bool local = engine_files_local(e);
-    for (unsigned n = 2; local && n <= OVERLAY_NAME_TRIES && lstat(path, &st) == 0; n++) {
+    int taken = overlay_taken(e, local, path, msg);
+    for (unsigned n = 2; taken == 1 && n <= OVERLAY_NAME_TRIES; n++) {
         free(file);
         free(path);
         file = cfs_overlay_filename_n(dom, disk, name, n);
         path = cfs_xasprintf("%s/%s", dir, file);
+        taken = overlay_taken(e, local, path, msg);
     }
-    if (local && lstat(path, &st) == 0) {
+    if (taken == 1) {
         *msg = cfs_xasprintf("the overlay file %s already exists", path);
         return -EEXIST;
     }
+    if (taken < 0 && taken != -EOPNOTSUPP)
+        return taken;
     if (local && statvfs(dir, &vfs) < 0) {
         int r = -errno;
         *msg = cfs_xasprintf("overlay directory %s: %s", dir, strerror(errno));

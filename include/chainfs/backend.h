@@ -324,6 +324,15 @@ struct cfs_backend_ops {
      * storage-volume API (for files that are not local). -ENOENT if no
      * active storage pool holds it: the file is then left in place. */
     int (*volume_delete)(struct cfs_backend *be, const char *path);
+    /* Optional (may be NULL; asked only when the files are not local):
+     * is there a file at PATH on libvirt's host, as the active storage
+     * pool whose target directory is PATH's directory knows it (the pool
+     * refreshed first, so that a file put there behind libvirt's back is
+     * seen)? 1 if so, 0 if the pool holds none; -EOPNOTSUPP if no active
+     * pool covers the directory (cannot tell); another negative errno
+     * (and the message) if libvirt failed to answer, which is never to
+     * be read as "no file". */
+    int (*file_exists)(struct cfs_backend *be, const char *path);
     /* Optional (may be NULL): does libvirt answer a trivial call within
      * TIMEOUT_MS? 0 if so, -ENOTCONN if not or not connected (the call
      * that did not answer is left to end on its own). */

@@ -60,6 +60,7 @@ enum fake_op {
     OP_AGENT_THAW,              /* agent_fs(thaw = true) */
     OP_PERSISTENT_SOURCES_SET,
     OP_SNAPSHOT_RETARGET_MULTI,
+    OP_FILE_EXISTS,
     OP_MAX,
 };
 
@@ -95,6 +96,7 @@ static const char *const op_names[OP_MAX] = {
     [OP_AGENT_THAW] = "agent_thaw",
     [OP_PERSISTENT_SOURCES_SET] = "persistent_sources_set",
     [OP_SNAPSHOT_RETARGET_MULTI] = "snapshot_retarget_multi",
+    [OP_FILE_EXISTS] = "file_exists",
 };
 
 
@@ -2261,6 +2263,35 @@ static int fake_volume_delete(struct cfs_backend *be, const char *path)
     return r;
 }
 
+/* Models libvirt's pool probe: a path directly in the pool directory is
+ * looked up among the test's files there (they stand for the remote
+ * host's: lstat, nothing opened); any other directory has no pool. */
+static int fake_file_exists(struct cfs_backend *be, const char *path)
+{
+    struct fake *f = fake_of(be);
+    struct stat st;
+    size_t n;
+    int r;
+
+    r = fake_enter(f, OP_FILE_EXISTS);
+    if (r == 0) {
+        n = f->pool_dir ? strlen(f->pool_dir) : 0;
+        if (!(n && strncmp(path, f->pool_dir, n) == 0 && path[n] == '/' &&
+              !strchr(path + n + 1, '/'))) {
+            cfs_backend_set_errmsg("Storage pool not found: no storage pool with "
+                                   "matching target path '%s'", path);
+            r = -EOPNOTSUPP;
+        } else if (lstat(path, &st) == 0) {
+            r = 1;
+        } else if (errno != ENOENT) {
+            r = -errno;
+            cfs_backend_set_errmsg("cannot stat file '%s': %s", path, strerror(errno));
+        }
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
 static int fake_hypervisor_version(struct cfs_backend *be, unsigned long long *ver)
 {
     struct fake *f = fake_of(be);
@@ -2320,6 +2351,7 @@ static const struct cfs_backend_ops fake_ops = {
     .offline_pull = fake_offline_pull,
     .files_local = fake_files_local,
     .volume_delete = fake_volume_delete,
+    .file_exists = fake_file_exists,
     .hypervisor_version = fake_hypervisor_version,
     .uri = fake_uri,
 };

@@ -107,7 +107,8 @@ void cfs_fake_touch_domain(struct cfs_backend *be, const char *dom);
  * (files_local() false; offline_commit refused with -EOPNOTSUPP), or as
  * a local one again. POOL_DIR (may be NULL): volume_delete "deletes"
  * files directly in it (records the path, touches nothing) and answers
- * -ENOENT for any other. */
+ * -ENOENT for any other; file_exists answers for a path directly in it
+ * from the test's files there (lstat), -EOPNOTSUPP for any other. */
 void cfs_fake_set_remote(struct cfs_backend *be, bool remote, const char *pool_dir);
 /* Issue 12: act as a libvirtd that cannot be reached (false: every op,
  * connect included, fails with -ENOTCONN "Connection refused"; a connect

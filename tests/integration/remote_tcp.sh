@@ -12,7 +12,12 @@
 #      device after each): libvirt creates each overlay on its host —
 #      domblklist there names it, it exists there, and this machine's $R
 #      and $T/overlays are listed and checksummed unchanged (the issue's
-#      "chainfs writes the overlay locally" would show here);
+#      "chainfs writes the overlay locally" would show here); an empty
+#      file that is not chainfs's sits at s1's overlay name on the second
+#      host (libvirt would take it over and format it): the pool over $R
+#      tells chainfs the name is taken, s1's overlay is the next name,
+#      and the empty file stays as it was to the end (size, inode, mtime,
+#      sha256);
 #   2. rmdir s2, the active layer, with guest writes while the merge
 #      copies and while it waits in ready; `cat wait`: completed, pivoted,
 #      the overlay deleted through the second host's storage pool;
@@ -48,8 +53,8 @@ on_h2() {
 }
 
 # the decoys: every name the second host will use, other contents here
-for f in "$R/base.qcow2" "$R/$D.vda.s1.qcow2" "$R/$D.vda.s2.qcow2" "$R/$D.vda.s3.qcow2" \
-  "$R/$D.vda.s4.qcow2"; do
+for f in "$R/base.qcow2" "$R/$D.vda.s1.qcow2" "$R/$D.vda.s1.2.qcow2" "$R/$D.vda.s2.qcow2" \
+  "$R/$D.vda.s3.qcow2" "$R/$D.vda.s4.qcow2"; do
   printf 'decoy %s: not the image the second host means\n' "${f##*/}" >"$f"
 done
 local_sums() {
@@ -104,11 +109,46 @@ esac
 it_log "ok: MNT/local lists $DL, not $D"
 
 # --- 1. mkdir: libvirt makes the overlays on its host -----------------------------
+# someone's empty file at s1's overlay name there, put after the pool's
+# scan (chainfs must have the pool refreshed to see it)
+EMPTY="$R/$D.vda.s1.qcow2"
+h2_run touch -d @1000000000 "$EMPTY" || it_fail "an empty file at $EMPTY on the second host"
+empty_stat() { h2_run stat -c '%F %s %i %Y %a %U' "$EMPTY" && h2_run sha256sum "$EMPTY"; }
+EMPTY_STAT=$(empty_stat)
+it_assert_eq "regular empty file 0" "$(head -n1 <<<"$EMPTY_STAT" | cut -d' ' -f1-4)" "the empty file on the second host"
+# the backend's file_exists against the second host (beop): the empty file
+# is seen once the pool is refreshed; a free name; a directory no pool
+# has: cannot tell (-EOPNOTSUPP); a pool whose refresh fails (its
+# directory gone): an error, never "no file"
+BEOP=${BEOP:-$IT_ROOT/build/tests/beop}
+[ -x "$BEOP" ] || it_fail "no beop tool at $BEOP (build it: ninja -C build)"
+file_exists_rc() { { "$BEOP" "$H2_URI" file-exists "$1" 2>&1 || true; } | sed -n 's/^rc=//p'; }
+it_assert_eq 1 "$(file_exists_rc "$EMPTY")" "file_exists of the empty file put behind the pool's back"
+it_assert_eq 0 "$(file_exists_rc "$R/$D.vda.s1.2.qcow2")" "file_exists of a free name in the pool"
+it_assert_eq -95 "$(file_exists_rc "$T/$D.vda.s1.qcow2")" "file_exists in a directory no pool has: -EOPNOTSUPP"
+h2_run mkdir "$R/gone" || it_fail "mkdir \$R/gone on the second host"
+cat >"$T/pool-gone.xml" <<XML
+<pool type='dir'><name>$POOL-gone</name><target><path>$R/gone</path></target></pool>
+XML
+h2_virsh pool-create "$T/pool-gone.xml" >/dev/null || it_fail "pool-create $POOL-gone on the second host"
+h2_run rmdir "$R/gone" || it_fail "rmdir \$R/gone on the second host"
+rc=$(file_exists_rc "$R/gone/x.qcow2")
+case "$rc" in
+  -95 | 0 | 1 | "") it_fail "file_exists in a pool whose refresh fails answered '$rc', not an error" ;;
+  -*) it_log "ok: file_exists in a pool whose refresh fails: rc=$rc" ;;
+  *) it_fail "file_exists in a pool whose refresh fails answered '$rc'" ;;
+esac
+h2_virsh pool-destroy "$POOL-gone" >/dev/null 2>&1 || true # libvirt may have stopped it
+empty_untouched() {
+  it_assert_eq "$EMPTY_STAT" "$(empty_stat)" "after $1: the empty file at s1's name on the second host is untouched"
+}
 declare -A file
+declare -A want=([s1]="$R/$D.vda.s1.2.qcow2" [s2]="$R/$D.vda.s2.qcow2")
 for s in s1 s2; do
   mkdir "$MNT/$RD/vda/snapshots/$s" || it_fail "mkdir $RD/vda/snapshots/$s"
   file[$s]=$(on_h2 it_domblk "$D" vda)
-  it_assert_eq "$R/$D.vda.$s.qcow2" "${file[$s]}" "domblklist on the second host: the overlay of $s beside the active image"
+  it_assert_eq "${want[$s]}" "${file[$s]}" "domblklist on the second host: the overlay of $s beside the active image"
+  empty_untouched "mkdir $s"
   h2_run test -s "${file[$s]}" || it_fail "the overlay of $s is not on the second host"
   local_unchanged "mkdir $s"
   on_h2 it_guest_write "$D" "0x2${s#s}" "${s#s}M" 1M
@@ -217,6 +257,7 @@ it_assert_eq "$(printf '%s\n' "${file[s3]}" "$R/base.qcow2")" "$(on_h2 it_chain 
 h2_run test ! -e "${file[s1]}" || it_fail "s1's overlay is still on the second host"
 it_assert_eq "s3" "$(it_snapshots "$RD" vda)" "ls $RD/vda/snapshots/: s3"
 local_unchanged "the merge of s1"
+empty_untouched "the merge of s1"
 for h in local remote; do
   [ ! -s "$T/state/hosts/$h/journal" ] || it_fail "journal of $h still has entries: $(cat "$T/state/hosts/$h/journal")"
 done

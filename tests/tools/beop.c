@@ -22,7 +22,11 @@
  *   beop URI retarget-multi DOM NAME current|keep DISK=SOURCE...
  *   beop URI forget DOM DISK NAME
  *   beop URI forget-together DOM NAME DISK...  (one thread per disk, all
- *                           let go at once; an rc line per disk) */
+ *                           let go at once; an rc line per disk)
+ *
+ * Issue 12 (tests/integration/remote_tcp.sh):
+ *   beop URI file-exists PATH      (rc=1 a file, rc=0 none, rc=-95 no
+ *                           active pool over PATH's directory) */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,7 +78,8 @@ static int usage(void)
                     "       beop URI sources DOM DISK=PATH...\n"
                     "       beop URI retarget-multi DOM NAME current|keep DISK=SOURCE...\n"
                     "       beop URI forget DOM DISK NAME\n"
-                    "       beop URI forget-together DOM NAME DISK...\n");
+                    "       beop URI forget-together DOM NAME DISK...\n"
+                    "       beop URI file-exists PATH\n");
     return 2;
 }
 
@@ -135,6 +140,8 @@ static int op10(struct cfs_backend *be, const char *op, int argc, char **argv)
     size_t n;
     int r;
 
+    if (strcmp(op, "file-exists") == 0 && argc == 4)
+        return be->ops->file_exists(be, argv[3]);
     if (strcmp(op, "multi") == 0 && argc >= 7) {
         struct cfs_snapshot_disk sd[64];
 

@@ -547,6 +547,41 @@ static void test_dom_mkdir_atomic(void **state)
     assert_int_equal(journal_open_entries(f), 0);
 }
 
+/* Files not local, a storage pool over the overlays' directory: a file
+ * at one disk's overlay name (empty: libvirt would format it) is left
+ * alone, that disk's overlay takes the next name; a probe that fails
+ * refuses the whole snapshot, nothing taken. */
+static void test_dom_mkdir_remote_pool_names(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_set_remote(f->be, true, f->dir);
+    _cleanup_free_ char *empty = path_in(f, "vm1.vdb.d1.qcow2");
+    touch(empty);
+    struct stat st0, st;
+    assert_int_equal(stat(empty, &st0), 0);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", NULL, "d1"), 0);
+    assert_list(f, "/vm1/snapshots", "s1 d1");
+    _cleanup_free_ char *a = cfs_fake_snapshot_source(f->be, "vm1", "d1", "vda");
+    _cleanup_free_ char *b = cfs_fake_snapshot_source(f->be, "vm1", "d1", "vdb");
+    _cleanup_free_ char *wa = path_in(f, "vm1.vda.d1.qcow2");
+    _cleanup_free_ char *wb = path_in(f, "vm1.vdb.d1.2.qcow2");
+    assert_string_equal(a, wa);
+    assert_string_equal(b, wb);
+    assert_int_equal(stat(empty, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    assert_int_equal(st.st_ino, st0.st_ino);
+
+    cfs_engine_run_pending(f->e); /* d1's journal entry closed */
+    assert_int_equal(journal_open_entries(f), 0);
+    unsigned calls = cfs_fake_calls(f->be, "snapshot_create_multi");
+    cfs_fake_fail_next(f->be, "file_exists", ENOTCONN,
+                       "unable to connect to server: Connection refused");
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", NULL, "d2"), -ENOTCONN);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), calls);
+    assert_list(f, "/vm1/snapshots", "s1 d1");
+    assert_int_equal(journal_open_entries(f), 0);
+}
+
 /* rmdir of a domain snapshot in one disk's snapshots/ merges that disk
  * only: the name stays at domain level for the other. */
 static void test_dom_then_disk_rmdir(void **state)
@@ -741,6 +776,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_thaw_fails_after_freeze, setup_try, teardown),
         cmocka_unit_test(test_recover_frozen),
         cmocka_unit_test_setup_teardown(test_dom_mkdir_atomic, setup_try, teardown),
+        cmocka_unit_test_setup_teardown(test_dom_mkdir_remote_pool_names, setup_try, teardown),
         cmocka_unit_test_setup_teardown(test_dom_then_disk_rmdir, setup_try, teardown),
         cmocka_unit_test_setup_teardown(test_dom_mkdir_refusals, setup_try, teardown),
         cmocka_unit_test_setup_teardown(test_dom_mkdir_no_disk, setup_try, teardown),

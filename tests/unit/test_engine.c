@@ -848,9 +848,77 @@ static void test_remote_mkdir_ignores_local_file(void **state)
     cfs_fake_set_remote(f->be, true, NULL);
     assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "r1"), 0);
     assert_list(f, "/vm1/vda/snapshots", "s1 s2 r1");
+    /* no pool covers the directory: libvirt's own check stands */
+    assert_int_equal(cfs_fake_calls(f->be, "file_exists"), 1);
+    char *src = cfs_fake_snapshot_source(f->be, "vm1", "r1", "vda");
+    assert_string_equal(src, decoy);
+    free(src);
     char *c = slurp(decoy);
     assert_string_equal(c, "decoy");
     free(c);
+}
+
+/* A storage pool covers the overlay directory of libvirt's host: a file
+ * already at the overlay's name there, even an empty one (libvirt would
+ * take it over and format it), is left alone: the overlay takes the next
+ * free name, by the same rule as with local files. */
+static void test_remote_mkdir_pool_steps_past_file(void **state)
+{
+    struct fx *f = *state;
+    char empty[256], empty2[256];
+    snprintf(empty, sizeof(empty), "%s/vm1.vda.r1.qcow2", f->dir);
+    snprintf(empty2, sizeof(empty2), "%s/vm1.vda.r2.qcow2", f->dir);
+    touch(empty);
+    struct stat st0;
+    assert_int_equal(stat(empty, &st0), 0);
+    cfs_fake_set_remote(f->be, true, f->dir);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "r1"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "file_exists"), 2);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 r1");
+    char *src = cfs_fake_snapshot_source(f->be, "vm1", "r1", "vda");
+    char want[256];
+    snprintf(want, sizeof(want), "%s/vm1.vda.r1.2.qcow2", f->dir);
+    assert_string_equal(src, want);
+    free(src);
+    struct stat st;
+    assert_int_equal(stat(empty, &st), 0);
+    assert_int_equal(st.st_size, 0);
+    assert_int_equal(st.st_ino, st0.st_ino);
+    /* the plain name and the .2 one taken: .3 */
+    touch(empty2);
+    snprintf(want, sizeof(want), "%s/vm1.vda.r2.2.qcow2", f->dir);
+    touch(want);
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "r2"), 0);
+    src = cfs_fake_snapshot_source(f->be, "vm1", "r2", "vda");
+    snprintf(want, sizeof(want), "%s/vm1.vda.r2.3.qcow2", f->dir);
+    assert_string_equal(src, want);
+    free(src);
+    /* a free name: the plain one, asked once */
+    unsigned calls = cfs_fake_calls(f->be, "file_exists");
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "r3"), 0);
+    assert_int_equal(cfs_fake_calls(f->be, "file_exists"), calls + 1);
+    src = cfs_fake_snapshot_source(f->be, "vm1", "r3", "vda");
+    snprintf(want, sizeof(want), "%s/vm1.vda.r3.qcow2", f->dir);
+    assert_string_equal(src, want);
+    free(src);
+}
+
+/* The pool probe fails (libvirt did not answer, the refresh failed):
+ * that is not "no file there": the mkdir is refused with libvirt's
+ * message, nothing created, nothing recorded; the next one works. */
+static void test_remote_mkdir_probe_error_refused(void **state)
+{
+    struct fx *f = *state;
+    cfs_fake_set_remote(f->be, true, f->dir);
+    cfs_fake_fail_next(f->be, "file_exists", EIO,
+                       "internal error: cannot refresh the pool's directory");
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "r1"), -EIO);
+    assert_int_equal(cfs_fake_calls(f->be, "snapshot_create_multi"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2");
+    assert_int_equal(journal_entries(f), 0);
+    assert_job_contains(f, "cannot refresh the pool's directory");
+    assert_int_equal(cfs_engine_mkdir(f->e, "vm1", "vda", "r1"), 0);
+    assert_list(f, "/vm1/vda/snapshots", "s1 s2 r1");
 }
 
 /* The merged file is not deleted here: it is the job's leftover. */
@@ -4040,6 +4108,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mkdir_shutoff, setup_shutoff, teardown),
         cmocka_unit_test_setup_teardown(test_wait, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_remote_mkdir_ignores_local_file, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_mkdir_pool_steps_past_file, setup_running, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_mkdir_probe_error_refused, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_remote_rmdir_leaves_leftover, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_remote_rmdir_pool_deletes, setup_running, teardown),
         cmocka_unit_test_setup_teardown(test_remote_offline_refused, setup_shutoff, teardown),
