@@ -60,6 +60,7 @@ enum fake_op {
     OP_AGENT_THAW,              /* agent_fs(thaw = true) */
     OP_PERSISTENT_SOURCES_SET,
     OP_SNAPSHOT_RETARGET_MULTI,
+    OP_LIST_STATS,
     OP_MAX,
 };
 
@@ -95,6 +96,7 @@ static const char *const op_names[OP_MAX] = {
     [OP_AGENT_THAW] = "agent_thaw",
     [OP_PERSISTENT_SOURCES_SET] = "persistent_sources_set",
     [OP_SNAPSHOT_RETARGET_MULTI] = "snapshot_retarget_multi",
+    [OP_LIST_STATS] = "list_stats",
 };
 
 
@@ -971,6 +973,55 @@ static int fake_list_domains(struct cfs_backend *be, char ***names)
         for (size_t i = 0; i < f->n_doms; i++)
             v[i] = cfs_xstrdup(f->doms[i]->name);
         *names = v;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* As libvirt's bulk statistics (issue 12 §2.2): every layer of a
+ * running domain's disks, the active layer only of a shut-off one's. */
+static int fake_list_stats(struct cfs_backend *be, bool no_running_blocks,
+                           struct cfs_dom_summary **out, size_t *n)
+{
+    struct fake *f = fake_of(be);
+    *out = NULL;
+    *n = 0;
+    int r = fake_enter(f, OP_LIST_STATS);
+    if (r == 0 && f->n_doms) {
+        struct cfs_dom_summary *v = cfs_xcalloc(f->n_doms, sizeof(*v));
+        for (size_t i = 0; i < f->n_doms; i++) {
+            const struct cfs_domain *d = f->doms[i];
+            struct cfs_dom_summary *s = &v[i];
+            s->name = cfs_xstrdup(d->name);
+            snprintf(s->uuid, sizeof(s->uuid), "%s", d->uuid);
+            s->state = d->state;
+            bool running = d->state != CFS_DOM_SHUTOFF;
+            if (running && no_running_blocks) {
+                s->partial = true;
+            } else {
+                s->n_disks = d->n_disks;
+                s->disks = cfs_xcalloc(d->n_disks ? d->n_disks : 1, sizeof(*s->disks));
+                for (size_t k = 0; k < d->n_disks; k++) {
+                    const struct cfs_disk *dk = &d->disks[k];
+                    struct cfs_stats_disk *sd = &s->disks[k];
+                    sd->target = cfs_xstrdup(dk->target);
+                    sd->n_layers = running ? dk->n_layers : (dk->n_layers ? 1 : 0);
+                    sd->layers = cfs_xcalloc(sd->n_layers ? sd->n_layers : 1,
+                                             sizeof(*sd->layers));
+                    for (size_t l = 0; l < sd->n_layers; l++)
+                        sd->layers[l] = (struct cfs_stats_layer){
+                            .path = cfs_xstrdup(dk->layers[l].path),
+                            .index = dk->layers[l].index,
+                            .capacity = dk->layers[l].virtual_size,
+                            .allocation = dk->layers[l].allocation,
+                            .physical = dk->layers[l].physical,
+                        };
+                }
+            }
+            s->fingerprint = cfs_dom_summary_fingerprint(s);
+        }
+        *out = v;
+        *n = f->n_doms;
     }
     pthread_mutex_unlock(&f->lock);
     return r;
@@ -2279,6 +2330,7 @@ static const struct cfs_backend_ops fake_ops = {
     .connect = fake_connect,
     .destroy = fake_destroy,
     .list_domains = fake_list_domains,
+    .list_stats = fake_list_stats,
     .read_domain = fake_read_domain,
     .read_domain_light = fake_read_domain_light,
     .snapshot_create = fake_snapshot_create,
