@@ -80,6 +80,7 @@ static bool work_per_domain(const struct work *w)
     case WORK_READ_LIGHT:
     case WORK_DISPATCH:
     case WORK_THAW:
+    case WORK_EXTERNAL_SCAN:
         return true;
     default:
         return false;
@@ -92,7 +93,7 @@ static bool work_covered(const struct work *o, const struct work *w)
 {
     if (o->kind != w->kind)
         return false;
-    return w->kind == WORK_REFRESH_DOMAIN ||
+    return w->kind == WORK_REFRESH_DOMAIN || w->kind == WORK_EXTERNAL_SCAN ||
            ((w->kind == WORK_POLL_JOB || w->kind == WORK_DISPATCH) &&
             cfs_streq(o->disk, w->disk));
 }
@@ -202,12 +203,19 @@ void route(struct cfs_engine *e, struct work *w)
                 covered->periodic = covered->periodic && w->periodic;
                 work_free(w);
             } else {
-                w->next = NULL;
-                if (dw->tail)
-                    dw->tail->next = w;
+                /* issue 12: an event's or a job's work goes before the
+                 * timer's (order among each kept) */
+                struct work **pp = &dw->head;
+                if (!w->periodic)
+                    while (*pp && !(*pp)->periodic)
+                        pp = &(*pp)->next;
                 else
-                    dw->head = w;
-                dw->tail = w;
+                    while (*pp)
+                        pp = &(*pp)->next;
+                w->next = *pp;
+                *pp = w;
+                if (!w->next)
+                    dw->tail = w;
                 pthread_cond_signal(&dw->cond);
             }
             pthread_mutex_unlock(&e->qlock);
@@ -388,27 +396,40 @@ static void invalidate(struct cfs_engine *e, const char *path)
         e->invalidate(e->invalidate_opaque, path);
 }
 
+/* What the engine keeps per domain name, created on first use (caller
+ * holds the tree lock). Issue 12 §2.5: a hash, not a walk. */
+struct dom_info *dom_info_get(struct cfs_engine *e, const char *name)
+{
+    struct dom_info *i = cfs_strmap_get(e->dom_info, name);
+    if (!i) {
+        i = cfs_xcalloc(1, sizeof(*i));
+        /* far from every counter before it: a read begun before a
+         * forget never matches (each counter moves by one per change) */
+        e->seq_fresh += 1UL << 24;
+        i->seq = e->seq_fresh;
+        cfs_strmap_put(e->dom_info, name, i);
+    }
+    return i;
+}
+
 /* Per-domain change counters (caller holds the tree lock). A read of a
  * domain is installed only if the domain's counter did not move while it
  * was under way: a read that overlapped a newer change (mkdir's own
  * update, a re-read that already saw a pivot) may carry the older state,
- * and the tree must never go back in time. */
-static size_t dom_seq_index(struct cfs_engine *e, const char *name)
-{
-    for (size_t i = 0; i < e->n_dom_seq; i++)
-        if (strcmp(e->dom_seq[i].name, name) == 0)
-            return i;
-    e->dom_seq = cfs_xrealloc(e->dom_seq, (e->n_dom_seq + 1) * sizeof(*e->dom_seq));
-    e->dom_seq[e->n_dom_seq].name = cfs_xstrdup(name);
-    e->dom_seq[e->n_dom_seq].seq = 0;
-    e->dom_seq[e->n_dom_seq].external_scan_ms = 0;
-    return e->n_dom_seq++;
-}
-
+ * and the tree must never go back in time. The slot stays valid until
+ * the domain is forgotten (the tree lock held meanwhile). */
 unsigned long *dom_seq_slot(struct cfs_engine *e, const char *name)
 {
-    size_t i = dom_seq_index(e, name); /* may move dom_seq */
-    return &e->dom_seq[i].seq;
+    return &dom_info_get(e, name)->seq;
+}
+
+void forget_domain(struct cfs_engine *e, const char *name)
+{
+    if (cfs_tree_find_domain(e->tree, name))
+        return;
+    if (!cfs_tree_forget_domain(e->tree, name))
+        return; /* a job of chainfs still has a state there */
+    free(cfs_strmap_del(e->dom_info, name));
 }
 
 /* Install D (a read of domain NAME, or NULL: it is gone) unless the
@@ -474,6 +495,10 @@ int refresh_domain(struct cfs_engine *e, const char *name)
                       : e->be->ops->read_domain(e->be, name, &d);
         if (r < 0 && r != -ENOENT) {
             log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
+            /* the next refresh reads it again, whatever its statistics */
+            pthread_mutex_lock(&e->tree->lock);
+            dom_info_get(e, name)->have_fp = false;
+            pthread_mutex_unlock(&e->tree->lock);
             if (r == -ENOTCONN)
                 conn_suspect(e, true);
             return r;
@@ -481,6 +506,10 @@ int refresh_domain(struct cfs_engine *e, const char *name)
         bool removed;
         pthread_mutex_lock(&e->tree->lock);
         bool installed = install_read(e, name, before, r == 0 ? d : NULL, &removed);
+        if (installed && r == 0)
+            dom_info_get(e, name)->last_full_ms = now_ms();
+        if (installed && r == -ENOENT)
+            forget_domain(e, name);
         pthread_mutex_unlock(&e->tree->lock);
         if (removed) {
             _cleanup_free_ char *p = cfs_xasprintf("/%s", name);
@@ -666,6 +695,198 @@ static void drop_own_name(struct cfs_engine *e, char **names)
     }
 }
 
+/* Whether any disk has a pull running (chainfs's or someone's): then
+ * no running domain's block statistics are asked (design §7.4). Caller
+ * holds the tree lock. */
+static bool any_pull(struct cfs_engine *e)
+{
+    if (e->startup_pull_doms && e->startup_pull_doms[0])
+        return true;
+    for (size_t i = 0; i < e->tree->n_states; i++) {
+        const struct cfs_disk_state *s = e->tree->states[i];
+        if ((cfs_job_phase_in_progress(s->job.phase) && s->job.type == CFS_JOB_PULL) ||
+            s->external.type == CFS_JOB_PULL)
+            return true;
+    }
+    return false;
+}
+
+/* Give the layers of D the sizes the bulk statistics S report (matched
+ * by backingIndex when both have one, else by path). True if one
+ * changed. */
+static bool apply_summary_sizes(struct cfs_domain *d, const struct cfs_dom_summary *s)
+{
+    bool changed = false;
+    for (size_t k = 0; k < s->n_disks; k++) {
+        const struct cfs_stats_disk *sd = &s->disks[k];
+        struct cfs_disk *dk = cfs_domain_find_disk(d, sd->target);
+        for (size_t l = 0; dk && l < sd->n_layers; l++) {
+            const struct cfs_stats_layer *sl = &sd->layers[l];
+            for (size_t m = 0; m < dk->n_layers; m++) {
+                struct cfs_layer *ly = &dk->layers[m];
+                bool same = (ly->index && sl->index) ? ly->index == sl->index
+                            : (l == 0 ? m == 0 : cfs_streq(ly->path, sl->path));
+                if (!same)
+                    continue;
+                if (sl->capacity && ly->virtual_size != sl->capacity) {
+                    ly->virtual_size = sl->capacity;
+                    changed = true;
+                }
+                if (ly->allocation != sl->allocation || ly->physical != sl->physical) {
+                    ly->allocation = sl->allocation;
+                    ly->physical = sl->physical;
+                    changed = true;
+                }
+                break;
+            }
+        }
+    }
+    return changed;
+}
+
+struct audit_cand {
+    int64_t last_full_ms;
+    size_t i;
+};
+
+static int audit_cmp(const void *a, const void *b)
+{
+    const struct audit_cand *x = a, *y = b;
+    return x->last_full_ms < y->last_full_ms ? -1 : x->last_full_ms > y->last_full_ms;
+}
+
+static void collect_unlisted(void *opaque, const char *key, void *value)
+{
+    (void)value;
+    struct { const struct cfs_strmap *listed; char ***out; } *c = opaque;
+    if (!cfs_strmap_get(c->listed, key))
+        cfs_strv_push(c->out, cfs_xstrdup(key));
+}
+
+/* Issue 12 §2.2: one bulk call for every domain; per domain, a full
+ * re-read (on its worker) only if its fingerprint changed, its summary
+ * is partial, or it is among the K longest not read in full for
+ * audit_ms (K = n × refresh_ms / audit_ms, rounded up: every domain is
+ * read in full about once per audit period). The others get their sizes
+ * from the statistics, and a running one its look for an external job
+ * when due. Returns 1 when done, 0 to fall back to the listing, or a
+ * negative errno. */
+static int refresh_all_stats(struct cfs_engine *e, char **known,
+                             unsigned long *known_seq)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    bool no_running_blocks = any_pull(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    struct cfs_dom_summary *v = NULL;
+    size_t n = 0;
+    int r = e->be->ops->list_stats(e->be, no_running_blocks, &v, &n);
+    if (r == -EOPNOTSUPP)
+        return 0;
+    if (r < 0) {
+        log_warn("listing domains: %s", errmsg_or(strerror(-r)));
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
+        return r;
+    }
+    conn_suspect(e, false);
+    int64_t t = now_ms();
+    struct cfs_strmap *listed = cfs_strmap_new();
+    bool *full = cfs_xcalloc(n + 1, sizeof(*full));
+    bool *scan = cfs_xcalloc(n + 1, sizeof(*scan));
+    struct audit_cand *cand = cfs_xcalloc(n + 1, sizeof(*cand));
+    size_t n_cand = 0;
+    size_t n_listed = 0;
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_dom_summary *s = &v[i];
+        if (cfs_streq(s->name, CFS_OWN_DIR) && cfs_tree_own_name(e->tree, s->name))
+            continue;
+        cfs_strmap_put(listed, s->name, s);
+        n_listed++;
+        struct dom_info *info = dom_info_get(e, s->name);
+        struct cfs_domain *d = cfs_tree_find_domain(e->tree, s->name);
+        full[i] = !d || !info->have_fp || info->fingerprint != s->fingerprint ||
+                  s->partial;
+        info->fingerprint = s->fingerprint;
+        info->have_fp = true;
+        if (full[i])
+            continue;
+        if (t - info->last_full_ms >= (int64_t)e->audit_ms)
+            cand[n_cand++] = (struct audit_cand){ info->last_full_ms, i };
+        /* sizes: a running domain's every layer, a shut-off one's active
+         * one (the rest comes with its full reads) */
+        struct cfs_domain *copy = cfs_domain_dup(d);
+        if (apply_summary_sizes(copy, s)) {
+            if (cfs_tree_put_domain(e->tree, copy))
+                tree_changed(e);
+        } else {
+            cfs_domain_free(copy);
+        }
+        if (s->state != CFS_DOM_SHUTOFF && e->recovered) {
+            bool due = !info->external_scan_ms ||
+                       t - info->external_scan_ms >= EXTERNAL_SCAN_MS;
+            for (size_t k = 0; !due && k < d->n_disks; k++) {
+                const struct cfs_disk_state *ds =
+                    cfs_tree_find_disk_state(e->tree, s->name, d->disks[k].target);
+                due = ds && ds->external.type != CFS_JOB_NONE;
+            }
+            scan[i] = due;
+        }
+    }
+    /* the audit: the K longest unread of those due */
+    size_t k_max = ((size_t)n_listed * e->refresh_ms + e->audit_ms - 1) / e->audit_ms;
+    if (k_max < 1)
+        k_max = 1;
+    qsort(cand, n_cand, sizeof(*cand), audit_cmp);
+    for (size_t j = 0; j < n_cand && j < k_max; j++) {
+        full[cand[j].i] = true;
+        scan[cand[j].i] = false;
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+
+    for (size_t i = 0; i < n; i++) {
+        if (full[i]) {
+            struct work *w = work_new(WORK_REFRESH_DOMAIN, v[i].name, NULL);
+            w->periodic = true;
+            route(e, w);
+        } else if (scan[i]) {
+            struct work *w = work_new(WORK_EXTERNAL_SCAN, v[i].name, NULL);
+            w->periodic = true;
+            route(e, w);
+        }
+    }
+
+    _cleanup_strv_ char **removed = NULL;
+    _cleanup_strv_ char **unlisted = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; known && known[i]; i++) {
+        if (cfs_strmap_get(listed, known[i]))
+            continue;
+        bool removed_one;
+        if (install_read(e, known[i], known_seq[i], NULL, &removed_one) && removed_one)
+            cfs_strv_push(&removed, cfs_xstrdup(known[i]));
+    }
+    /* what the engine keeps of names libvirt does not list (undefined,
+     * or only ever asked about) goes, unless in the tree (an event's
+     * read of a domain just defined) or held by a job */
+    struct { const struct cfs_strmap *listed; char ***out; } c = { listed, &unlisted };
+    cfs_strmap_each(e->dom_info, collect_unlisted, &c);
+    for (char **u = unlisted; u && *u; u++)
+        forget_domain(e, *u);
+    pthread_mutex_unlock(&e->tree->lock);
+    for (char **x = removed; x && *x; x++) {
+        _cleanup_free_ char *p = cfs_xasprintf("/%s", *x);
+        invalidate(e, p);
+    }
+    cfs_strmap_free(listed, NULL);
+    free(full);
+    free(scan);
+    free(cand);
+    cfs_dom_summaries_free(v, n);
+    e->last_refresh_ms = now_ms();
+    return 1;
+}
+
 /* List the domains and re-read each (on its worker when threaded). */
 static int refresh_all(struct cfs_engine *e)
 {
@@ -684,6 +905,11 @@ static int refresh_all(struct cfs_engine *e)
     _cleanup_strv_ char **names = NULL;
     /* the next one is due refresh_ms from now, whether this one works */
     e->last_refresh_ms = now_ms();
+    if (e->be->ops->list_stats) {
+        int rs = refresh_all_stats(e, known, known_seq);
+        if (rs != 0)
+            return rs < 0 ? rs : 0;
+    }
     int r = e->be->ops->list_domains(e->be, &names);
     if (r < 0) {
         log_warn("listing domains: %s", errmsg_or(strerror(-r)));
@@ -705,8 +931,10 @@ static int refresh_all(struct cfs_engine *e)
         if (cfs_strv_contains(names, known[i]))
             continue;
         bool removed_one;
-        if (install_read(e, known[i], known_seq[i], NULL, &removed_one) && removed_one)
+        if (install_read(e, known[i], known_seq[i], NULL, &removed_one) && removed_one) {
             cfs_strv_push(&removed, cfs_xstrdup(known[i]));
+            forget_domain(e, known[i]);
+        }
     }
     pthread_mutex_unlock(&e->tree->lock);
     for (char **n = removed; n && *n; n++) {
@@ -791,8 +1019,7 @@ static void external_scan(struct cfs_engine *e, const char *dom, bool periodic)
     bool running = d && d->state != CFS_DOM_SHUTOFF;
     bool all = false;
     if (running && e->recovered) { /* before recovery no disk is looked at */
-        size_t k = dom_seq_index(e, dom); /* may move dom_seq */
-        int64_t *last = &e->dom_seq[k].external_scan_ms;
+        int64_t *last = &dom_info_get(e, dom)->external_scan_ms;
         all = !periodic || !*last || t - *last >= EXTERNAL_SCAN_MS;
         if (all)
             *last = t;
@@ -834,6 +1061,9 @@ void process_work(struct cfs_engine *e, struct work *w)
     case WORK_REFRESH_DOMAIN:
         if (refresh_domain(e, w->dom) == 0)
             external_scan(e, w->dom, w->periodic);
+        break;
+    case WORK_EXTERNAL_SCAN:
+        external_scan(e, w->dom, true);
         break;
     case WORK_REFRESH_ALL:
         refresh_all(e);
@@ -943,6 +1173,8 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
                              ? CFS_QUIESCE_TIMEOUT_MAX : cfg->quiesce_timeout;
     e->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 3000;
     e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
+    e->audit_ms = cfg->audit_ms ? cfg->audit_ms : 60000;
+    e->dom_info = cfs_strmap_new();
     e->be = be;
     e->tree = cfs_tree_new();
     pthread_mutex_init(&e->qlock, NULL);
@@ -1023,7 +1255,7 @@ static void workers_wait_idle(struct cfs_engine *e, int64_t limit_ms,
 /* Start-up with threads: every domain in the tree quickly (no
  * statistics), then in full, each on its own worker, so that a stuck
  * QEMU delays nothing (see STARTUP_READ_WAIT_MS). */
-static int startup_read(struct cfs_engine *e)
+static int startup_read_listed(struct cfs_engine *e)
 {
     _cleanup_strv_ char **names = NULL;
     int r = e->be->ops->list_domains(e->be, &names);
@@ -1036,6 +1268,55 @@ static int startup_read(struct cfs_engine *e)
     for (char **n = names; n && *n; n++)
         route(e, work_new(WORK_REFRESH_DOMAIN, *n, NULL));
     workers_wait_idle(e, STARTUP_READ_WAIT_MS, true);
+    e->last_refresh_ms = now_ms();
+    return 0;
+}
+
+/* Issue 12 §2.2: with the bulk statistics, one call lists every domain
+ * with its sizes; each domain is then read once without statistics (no
+ * call that waits for a QEMU), and the statistics give it its sizes: a
+ * full read, in one round instead of two. A domain whose read did not
+ * come in by STARTUP_LIGHT_WAIT_MS shows up when it does. */
+static int startup_read(struct cfs_engine *e)
+{
+    if (!e->be->ops->list_stats)
+        return startup_read_listed(e);
+    struct cfs_dom_summary *v = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&e->tree->lock);
+    bool no_running_blocks = any_pull(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    int r = e->be->ops->list_stats(e->be, no_running_blocks, &v, &n);
+    if (r == -EOPNOTSUPP)
+        return startup_read_listed(e);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n; i++)
+        if (!cfs_streq(v[i].name, CFS_OWN_DIR))
+            route(e, work_new(v[i].partial ? WORK_REFRESH_DOMAIN : WORK_READ_LIGHT,
+                              v[i].name, NULL));
+    workers_wait_idle(e, STARTUP_LIGHT_WAIT_MS, true);
+    int64_t t = now_ms();
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_domain *d = cfs_tree_find_domain(e->tree, v[i].name);
+        if (!d)
+            continue; /* not read yet (or gone): its read installs it */
+        struct dom_info *info = dom_info_get(e, v[i].name);
+        if (!v[i].partial) {
+            struct cfs_domain *copy = cfs_domain_dup(d);
+            if (apply_summary_sizes(copy, &v[i]))
+                cfs_tree_put_domain(e->tree, copy);
+            else
+                cfs_domain_free(copy);
+            info->fingerprint = v[i].fingerprint;
+            info->have_fp = true;
+        }
+        info->last_full_ms = t;
+    }
+    tree_changed(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    cfs_dom_summaries_free(v, n);
     e->last_refresh_ms = now_ms();
     return 0;
 }
@@ -1253,9 +1534,7 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     if (e->lock_fd >= 0)
         close(e->lock_fd);
     cfs_tree_free(e->tree);
-    for (size_t i = 0; i < e->n_dom_seq; i++)
-        free(e->dom_seq[i].name);
-    free(e->dom_seq);
+    cfs_strmap_free(e->dom_info, free);
     pthread_mutex_destroy(&e->qlock);
     pthread_mutex_destroy(&e->settings_lock);
     pthread_mutex_destroy(&e->srv_lock);

@@ -22,6 +22,7 @@
 #include "chainfs/metrics.h"
 #include "chainfs/names.h"
 #include "chainfs/render.h"
+#include "chainfs/strmap.h"
 
 /* Free space below which mkdir says ENOSPC before asking libvirt: a new
  * qcow2 overlay needs its header, L1 table and refcount blocks. */
@@ -78,6 +79,8 @@ enum work_kind {
     WORK_REAPPLY,        /* set job_id's journaled bandwidth again (reconnect) */
     WORK_DISPATCH,       /* start the next run of dom/disk's queued rmdirs */
     WORK_THAW,           /* issue 10: one attempt at dom's owed thaw */
+    WORK_EXTERNAL_SCAN,  /* issue 12: the timer's look for a block job
+                            chainfs did not start, without a re-read */
 };
 
 struct work {
@@ -144,12 +147,12 @@ struct cfs_engine {
     struct cfs_journal *journal;
     int lock_fd;              /* flock on STATE_DIR/lock: one daemon per state_dir */
     struct cfs_tree *tree;
-    struct {
-        char *name;
-        unsigned long seq;
-        int64_t external_scan_ms; /* external_scan's last full look */
-    } *dom_seq;               /* per-domain change counters; tree lock */
-    size_t n_dom_seq;
+    /* Per domain name, a struct dom_info (below); tree lock. Dropped
+     * when libvirt no longer lists the domain and the tree keeps nothing
+     * of it (issue 12 §2.4). */
+    struct cfs_strmap *dom_info;
+    unsigned long seq_fresh;  /* the counter a new dom_info starts at */
+    unsigned audit_ms;        /* -o audit (issue 12 §2.2) */
     uint64_t last_job_id;     /* tree lock */
     /* What `stale` stands for (tree lock): the backend said the connection
      * is down, or a call found libvirt not answering / the connection
@@ -195,6 +198,26 @@ struct cfs_engine {
     int64_t last_poll_ms;
 };
 
+
+/* What the engine keeps per domain name (e->dom_info). */
+struct dom_info {
+    /* Change counter. A read of a domain is installed only if it did not
+     * move while the read was under way. A new entry starts where no
+     * entry ever was (seq_fresh), so a read begun before the domain was
+     * forgotten never matches. */
+    unsigned long seq;
+    int64_t external_scan_ms; /* external_scan's last full look */
+    /* Issue 12 §2.2: the bulk statistics' fingerprint when last looked
+     * at (valid: have_fp), and when the domain was last read in full. */
+    uint64_t fingerprint;
+    bool have_fp;
+    int64_t last_full_ms;
+};
+struct dom_info *dom_info_get(struct cfs_engine *e, const char *name);
+/* DOM left libvirt's listing and the tree (caller holds the tree lock):
+ * drop what the engine and the tree keep of it, unless a job of
+ * chainfs still holds some. */
+void forget_domain(struct cfs_engine *e, const char *name);
 
 static inline int64_t now_ms(void)
 {
