@@ -59,13 +59,15 @@ static void cond_init_monotonic(pthread_cond_t *c)
     pthread_condattr_destroy(&ca);
 }
 
-/* ---- domain workers --------------------------------------------------------
+/* ---- domain work -----------------------------------------------------------
  * The engine thread itself makes no call that can wait for one domain's
- * QEMU: it routes such work to that domain's worker (spawned on demand,
- * ending after WORKER_IDLE_MS without work). A worker does one item at a
- * time, so a stuck QEMU ties up one libvirt call and one thread, and the
- * engine thread marks the domain as not responding meanwhile. Without the
- * engine thread (unit tests) everything runs inline. */
+ * QEMU: it routes such work to that domain's queue, served by a bounded
+ * pool of threads (issue 12: not one thread per domain), one item of a
+ * domain at a time and in order, an event's or a job's work before the
+ * timer's. A stuck QEMU ties up one libvirt call and one pool thread
+ * (the pool grows by one meanwhile), and the engine thread marks the
+ * domain as not responding. Without the engine thread (unit tests)
+ * everything runs inline. */
 
 
 static bool work_per_domain(const struct work *w)
@@ -98,90 +100,171 @@ static bool work_covered(const struct work *o, const struct work *w)
             cfs_streq(o->disk, w->disk));
 }
 
-static void *dom_worker_main(void *arg)
+/* ---- the pool (issue 12 §2.2) ------------------------------------------- */
+
+static void ready_unlink(struct cfs_engine *e, struct dom_worker *dw)
 {
-    struct dom_worker *dw = arg;
-    struct cfs_engine *e = dw->e;
+    if (!dw->ready)
+        return;
+    int k = dw->ready - 1;
+    if (dw->rprev)
+        dw->rprev->rnext = dw->rnext;
+    else
+        e->ready_head[k] = dw->rnext;
+    if (dw->rnext)
+        dw->rnext->rprev = dw->rprev;
+    else
+        e->ready_tail[k] = dw->rprev;
+    dw->rprev = dw->rnext = NULL;
+    dw->ready = 0;
+}
+
+/* Put DW (with work, no thread on it) in the ready list its head item
+ * asks for: an event's or a job's before the timer's. */
+static void ready_push(struct cfs_engine *e, struct dom_worker *dw)
+{
+    int want = dw->head && !dw->head->periodic ? 1 : 2;
+    if (dw->ready == want)
+        return;
+    ready_unlink(e, dw);
+    int k = want - 1;
+    dw->rprev = e->ready_tail[k];
+    dw->rnext = NULL;
+    if (dw->rprev)
+        dw->rprev->rnext = dw;
+    else
+        e->ready_head[k] = dw;
+    e->ready_tail[k] = dw;
+    dw->ready = want;
+}
+
+static struct dom_worker *ready_pop(struct cfs_engine *e)
+{
+    for (int k = 0; k < 2; k++) {
+        struct dom_worker *dw = e->ready_head[k];
+        if (dw) {
+            ready_unlink(e, dw);
+            return dw;
+        }
+    }
+    return NULL;
+}
+
+static void dom_worker_free(struct dom_worker *dw)
+{
+    while (dw->head) {
+        struct work *w = dw->head;
+        dw->head = w->next;
+        work_free(w);
+    }
+    free(dw->dom);
+    free(dw);
+}
+
+static void *pool_main(void *arg)
+{
+    struct pool_thread *pt = arg;
+    struct cfs_engine *e = pt->e;
+    cfs_log_set_context(e->host);
     int64_t idle_since = now_ms();
 
     pthread_mutex_lock(&e->qlock);
     for (;;) {
-        if (!dw->head && !e->stopping) {
-            if (now_ms() - idle_since >= WORKER_IDLE_MS)
-                break;
-            struct timespec ts = deadline_in(idle_since + WORKER_IDLE_MS - now_ms());
-            pthread_cond_timedwait(&dw->cond, &e->qlock, &ts);
-            continue;
-        }
         if (e->stopping)
             break;
+        struct dom_worker *dw = ready_pop(e);
+        if (!dw) {
+            if (now_ms() - idle_since >= WORKER_IDLE_MS) {
+                if (e->n_pool > POOL_MIN)
+                    break;
+                idle_since = now_ms(); /* one of the POOL_MIN: stays */
+            }
+            struct timespec ts = deadline_in(idle_since + WORKER_IDLE_MS - now_ms());
+            pthread_cond_timedwait(&e->pool_cond, &e->qlock, &ts);
+            continue;
+        }
         struct work *w = dw->head;
         dw->head = w->next;
         if (!dw->head)
             dw->tail = NULL;
         w->next = NULL;
-        dw->busy_since_ms = now_ms();
+        dw->running = true;
+        pt->on = dw;
+        pt->busy_since_ms = now_ms();
+        e->n_idle--;
         pthread_mutex_unlock(&e->qlock);
 
         process_work(e, w);
         work_free(w);
 
         pthread_mutex_lock(&e->qlock);
-        dw->busy_since_ms = 0;
+        e->n_idle++;
+        pt->on = NULL;
+        pt->busy_since_ms = 0;
+        dw->running = false;
         idle_since = now_ms();
-        /* start-up waits for idle workers; the engine thread clears a
-         * not-responding mark */
+        if (dw->head) {
+            ready_push(e, dw);
+            pthread_cond_signal(&e->pool_cond);
+        } else {
+            /* nothing of the domain is kept between its work */
+            cfs_strmap_del(e->workers, dw->dom);
+            dom_worker_free(dw);
+        }
+        /* start-up waits for the pool to be idle; the engine thread
+         * clears a not-responding mark */
         pthread_cond_broadcast(&e->qcond);
     }
-    while (dw->head) {
-        struct work *w = dw->head;
-        dw->head = w->next;
-        work_free(w);
-    }
-    dw->tail = NULL;
-    dw->exited = true;
+    e->n_idle--;
+    e->n_pool--;
+    pt->exited = true;
     pthread_cond_broadcast(&e->qcond);
     pthread_mutex_unlock(&e->qlock);
     return NULL;
 }
 
-/* The live worker of DOM, spawned if there is none; NULL if no thread
- * can be started. Caller holds qlock. */
-static struct dom_worker *worker_get(struct cfs_engine *e, const char *dom)
+/* One more pool thread. Caller holds qlock. */
+static void pool_spawn(struct cfs_engine *e)
 {
-    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-        if (!dw->exited && strcmp(dw->dom, dom) == 0)
-            return dw;
-    struct dom_worker *dw = cfs_xcalloc(1, sizeof(*dw));
-    dw->e = e;
-    dw->dom = cfs_xstrdup(dom);
-    cond_init_monotonic(&dw->cond);
-    int r = pthread_create(&dw->thread, NULL, dom_worker_main, dw);
+    struct pool_thread *pt = cfs_xcalloc(1, sizeof(*pt));
+    pt->e = e;
+    int r = pthread_create(&pt->thread, NULL, pool_main, pt);
     if (r != 0) {
-        log_warn("cannot start a worker for domain %s: %s", dom, strerror(r));
-        pthread_cond_destroy(&dw->cond);
-        free(dw->dom);
-        free(dw);
-        return NULL;
+        log_warn("cannot start a worker thread: %s", strerror(r));
+        free(pt);
+        return;
     }
-    dw->next = e->workers;
-    e->workers = dw;
-    return dw;
+    pt->next = e->pool;
+    e->pool = pt;
+    e->n_pool++;
+    e->n_idle++;
+}
+
+/* Enough threads for the ready work: POOL_MIN, plus one per thread held
+ * by one call for POOL_STUCK_MS, at most POOL_MAX. Caller holds qlock. */
+static void pool_grow(struct cfs_engine *e)
+{
+    if (e->stopping || e->n_idle > 0 || (!e->ready_head[0] && !e->ready_head[1]))
+        return;
+    size_t stuck = 0;
+    int64_t t = now_ms();
+    for (struct pool_thread *pt = e->pool; pt; pt = pt->next)
+        if (!pt->exited && pt->busy_since_ms && t - pt->busy_since_ms >= POOL_STUCK_MS)
+            stuck++;
+    size_t cap = POOL_MIN + stuck;
+    if (cap > POOL_MAX)
+        cap = POOL_MAX;
+    if (e->n_pool < cap)
+        pool_spawn(e);
 }
 
 /* An engine whose workers were left inside libvirt calls at shut-down
  * (cfs_engine_free): never freed, and kept reachable. */
 static struct cfs_engine *engine_left_behind __attribute__((used));
 
-static void worker_free(struct dom_worker *dw)
-{
-    pthread_cond_destroy(&dw->cond);
-    free(dw->dom);
-    free(dw);
-}
-
-/* Carry out W (takes it): per-domain work goes to the domain's worker,
- * the rest (and everything without threads) runs here and now. */
+/* Carry out W (takes it): per-domain work goes to the domain's queue,
+ * served by the pool, the rest (and everything without threads) runs
+ * here and now. */
 void route(struct cfs_engine *e, struct work *w)
 {
     if (e->threaded && work_per_domain(w)) {
@@ -191,37 +274,43 @@ void route(struct cfs_engine *e, struct work *w)
             work_free(w);
             return;
         }
-        struct dom_worker *dw = worker_get(e, w->dom);
-        if (dw) {
-            struct work *covered = NULL;
-            for (struct work *o = dw->head; o && !covered; o = o->next)
-                if (work_covered(o, w))
-                    covered = o;
-            if (covered) {
-                /* an event's re-read looks at every disk: so does the
-                 * queued one that stands for it */
-                covered->periodic = covered->periodic && w->periodic;
-                work_free(w);
-            } else {
-                /* issue 12: an event's or a job's work goes before the
-                 * timer's (order among each kept) */
-                struct work **pp = &dw->head;
-                if (!w->periodic)
-                    while (*pp && !(*pp)->periodic)
-                        pp = &(*pp)->next;
-                else
-                    while (*pp)
-                        pp = &(*pp)->next;
-                w->next = *pp;
-                *pp = w;
-                if (!w->next)
-                    dw->tail = w;
-                pthread_cond_signal(&dw->cond);
-            }
-            pthread_mutex_unlock(&e->qlock);
-            return;
+        struct dom_worker *dw = cfs_strmap_get(e->workers, w->dom);
+        if (!dw) {
+            dw = cfs_xcalloc(1, sizeof(*dw));
+            dw->dom = cfs_xstrdup(w->dom);
+            cfs_strmap_put(e->workers, w->dom, dw);
+        }
+        struct work *covered = NULL;
+        for (struct work *o = dw->head; o && !covered; o = o->next)
+            if (work_covered(o, w))
+                covered = o;
+        if (covered) {
+            /* an event's re-read looks at every disk: so does the
+             * queued one that stands for it */
+            covered->periodic = covered->periodic && w->periodic;
+            work_free(w);
+        } else {
+            /* an event's or a job's work goes before the timer's
+             * (order among each kept) */
+            struct work **pp = &dw->head;
+            if (!w->periodic)
+                while (*pp && !(*pp)->periodic)
+                    pp = &(*pp)->next;
+            else
+                while (*pp)
+                    pp = &(*pp)->next;
+            w->next = *pp;
+            *pp = w;
+            if (!w->next)
+                dw->tail = w;
+        }
+        if (!dw->running) {
+            ready_push(e, dw);
+            pool_grow(e);
+            pthread_cond_signal(&e->pool_cond);
         }
         pthread_mutex_unlock(&e->qlock);
+        return;
     }
     process_work(e, w);
     work_free(w);
@@ -254,54 +343,74 @@ void reap_offline(struct cfs_engine *e, bool all)
     }
 }
 
-/* Join the workers that ended (engine thread). */
+/* Join the pool threads that ended (engine thread), and grow the pool
+ * when threads are held by stuck calls and work waits. */
 static void reap_workers(struct cfs_engine *e)
 {
-    struct dom_worker *done = NULL;
+    struct pool_thread *done = NULL;
     pthread_mutex_lock(&e->qlock);
-    for (struct dom_worker **pp = &e->workers; *pp;) {
-        struct dom_worker *dw = *pp;
-        if (dw->exited) {
-            *pp = dw->next;
-            dw->next = done;
-            done = dw;
+    for (struct pool_thread **pp = &e->pool; *pp;) {
+        struct pool_thread *pt = *pp;
+        if (pt->exited) {
+            *pp = pt->next;
+            pt->next = done;
+            done = pt;
         } else {
-            pp = &dw->next;
+            pp = &pt->next;
         }
     }
+    pool_grow(e);
     pthread_mutex_unlock(&e->qlock);
     while (done) {
-        struct dom_worker *next = done->next;
+        struct pool_thread *next = done->next;
         pthread_join(done->thread, NULL);
-        worker_free(done);
+        free(done);
         done = next;
     }
 }
 
-/* Stop every worker: each finishes the item it is in, drops the rest.
- * Returns the names of those still inside a call after
- * WORKER_STOP_WAIT_MS (detached and left in e->workers: they may still
- * touch the engine and the backend when their call returns). */
+static void drop_queue(void *opaque, const char *key, void *value)
+{
+    (void)opaque;
+    (void)key;
+    struct dom_worker *dw = value;
+    /* one a stuck thread is on stays theirs (left behind with the engine) */
+    if (!dw->running)
+        dom_worker_free(dw);
+}
+
+/* Stop the pool: each thread finishes the item it is in; queued work is
+ * dropped. Returns the names of the domains whose call has not returned
+ * after WORKER_STOP_WAIT_MS (their threads detached and left in e->pool:
+ * they may still touch the engine and the backend when the call
+ * returns). */
 static char **stop_workers(struct cfs_engine *e)
 {
     char **stuck = NULL;
     struct timespec ts = deadline_in(WORKER_STOP_WAIT_MS);
     pthread_mutex_lock(&e->qlock);
-    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-        pthread_cond_signal(&dw->cond);
+    pthread_cond_broadcast(&e->pool_cond);
     for (;;) {
         bool all = true;
-        for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-            all = all && dw->exited;
+        for (struct pool_thread *pt = e->pool; pt; pt = pt->next)
+            all = all && pt->exited;
         if (all || pthread_cond_timedwait(&e->qcond, &e->qlock, &ts) == ETIMEDOUT)
             break;
     }
     pthread_mutex_unlock(&e->qlock);
     reap_workers(e);
     pthread_mutex_lock(&e->qlock);
-    for (struct dom_worker *dw = e->workers; dw; dw = dw->next) {
-        cfs_strv_push(&stuck, cfs_xstrdup(dw->dom));
-        pthread_detach(dw->thread);
+    for (struct pool_thread *pt = e->pool; pt; pt = pt->next) {
+        if (pt->on)
+            cfs_strv_push(&stuck, cfs_xstrdup(pt->on->dom));
+        pthread_detach(pt->thread);
+    }
+    if (!e->pool) {
+        e->ready_head[0] = e->ready_head[1] = NULL;
+        e->ready_tail[0] = e->ready_tail[1] = NULL;
+        cfs_strmap_each(e->workers, drop_queue, NULL);
+        cfs_strmap_free(e->workers, NULL);
+        e->workers = NULL;
     }
     pthread_mutex_unlock(&e->qlock);
     return stuck;
@@ -316,10 +425,10 @@ static void mark_not_responding(struct cfs_engine *e)
     _cleanup_strv_ char **back = NULL;
     int64_t t = now_ms();
     pthread_mutex_lock(&e->qlock);
-    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-        if (!dw->exited && dw->busy_since_ms &&
-            t - dw->busy_since_ms >= NOT_RESPONDING_MS)
-            cfs_strv_push(&slow, cfs_xstrdup(dw->dom));
+    for (struct pool_thread *pt = e->pool; pt; pt = pt->next)
+        if (!pt->exited && pt->on && pt->busy_since_ms &&
+            t - pt->busy_since_ms >= NOT_RESPONDING_MS)
+            cfs_strv_push(&slow, cfs_xstrdup(pt->on->dom));
     pthread_mutex_unlock(&e->qlock);
 
     pthread_mutex_lock(&e->tree->lock);
@@ -1124,6 +1233,11 @@ void cfs_engine_run_pending(struct cfs_engine *e)
     drain(e);
 }
 
+void cfs_engine_refresh(struct cfs_engine *e)
+{
+    refresh_all(e);
+}
+
 static void *engine_thread(void *arg)
 {
     struct cfs_engine *e = arg;
@@ -1175,6 +1289,8 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
     e->audit_ms = cfg->audit_ms ? cfg->audit_ms : 60000;
     e->dom_info = cfs_strmap_new();
+    e->workers = cfs_strmap_new();
+    e->host = cfg->host;
     e->be = be;
     e->tree = cfs_tree_new();
     pthread_mutex_init(&e->qlock, NULL);
@@ -1182,6 +1298,7 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     pthread_cond_init(&e->srv_cond, NULL);
     pthread_mutex_init(&e->settings_lock, NULL);
     cond_init_monotonic(&e->qcond);
+    cond_init_monotonic(&e->pool_cond);
 
     _cleanup_strv_ char **warnings = NULL;
     int r = cfs_journal_open(cfg->state_dir, &e->journal, &warnings);
@@ -1232,10 +1349,8 @@ static void workers_wait_idle(struct cfs_engine *e, int64_t limit_ms,
     size_t last_pending = SIZE_MAX;
     pthread_mutex_lock(&e->qlock);
     for (;;) {
-        size_t pending = 0;
-        for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-            if (!dw->exited && (dw->head || dw->busy_since_ms))
-                pending++;
+        /* the domains with work queued or under way */
+        size_t pending = cfs_strmap_size(e->workers);
         int64_t t = now_ms() - start;
         if (adaptive && last_pending != SIZE_MAX && pending < last_pending) {
             int64_t soft = STARTUP_SLOW_FACTOR * t;
@@ -1540,6 +1655,7 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     pthread_mutex_destroy(&e->srv_lock);
     pthread_cond_destroy(&e->srv_cond);
     pthread_cond_destroy(&e->qcond);
+    pthread_cond_destroy(&e->pool_cond);
     free(e->overlay_dir);
     free(e->state_dir);
     free(e->no_live_pull);

@@ -98,19 +98,37 @@ struct work {
     struct work *next;
 };
 
-/* The worker of one domain: every call that may wait for the domain's
- * QEMU (statistics, job info, pivot, clean-up) runs here, one at a time,
- * so a stuck QEMU holds up its own domain only. Fields under e->qlock. */
+/* The work queue of one domain (issue 12 §2.2: a bounded pool of
+ * threads serves them, not one thread per domain). Every call that may
+ * wait for the domain's QEMU (statistics, job info, pivot, clean-up)
+ * runs from here, one at a time per domain (in order), so a stuck QEMU
+ * holds up its own domain and one pool thread; the pool grows by one
+ * for each thread held that long (up to POOL_MAX). Exists while it has
+ * work or a thread is on it. Fields under e->qlock. */
 struct dom_worker {
-    struct cfs_engine *e;
     char *dom;
-    struct work *head, *tail;
-    pthread_cond_t cond;      /* work arrived, or stopping */
-    pthread_t thread;
-    int64_t busy_since_ms;    /* in a work item since; 0: idle */
-    bool exited;              /* the thread has returned (join it) */
-    struct dom_worker *next;
+    struct work *head, *tail;  /* events' and jobs' work before the timer's */
+    bool running;              /* a pool thread is on its head item */
+    int ready;                 /* 0: in no ready list; 1: urgent; 2: periodic */
+    struct dom_worker *rprev, *rnext; /* in its ready list */
 };
+
+/* A thread of the pool. Fields under e->qlock. */
+struct pool_thread {
+    pthread_t thread;
+    struct cfs_engine *e;
+    struct dom_worker *on;     /* the domain it works for, or NULL */
+    int64_t busy_since_ms;     /* in a work item since; 0: idle */
+    bool exited;               /* the thread has returned (join it) */
+    struct pool_thread *next;
+};
+
+/* The pool: POOL_MIN threads, one more for each held by one call for
+ * POOL_STUCK_MS (a stuck QEMU), at most POOL_MAX; a thread beyond
+ * POOL_MIN idle for WORKER_IDLE_MS ends. */
+#define POOL_MIN 8
+#define POOL_MAX 32
+#define POOL_STUCK_MS 1000
 
 /* An offline merge's thread: joined by the engine thread once done, or
  * at free. Fields under e->qlock. */
@@ -181,7 +199,15 @@ struct cfs_engine {
     pthread_t thread;
     struct offline_thread *offline; /* offline merge threads not yet
                                        joined; guarded by qlock */
-    struct dom_worker *workers; /* guarded by qlock */
+    /* issue 12: the domain queues (name -> struct dom_worker), the
+     * ready ones (urgent: an event's or job's work at the head; then
+     * the timer's), the pool threads; all under qlock */
+    struct cfs_strmap *workers;
+    struct dom_worker *ready_head[2], *ready_tail[2];
+    struct pool_thread *pool;
+    size_t n_pool, n_idle;
+    pthread_cond_t pool_cond;  /* work is ready, or stopping */
+    const char *host;          /* cfg.host: log context of its threads */
 
     /* issue 9: disk.raw (readers.c). srv_lock is a leaf lock (never
      * held while taking the tree lock or calling the image server); the

@@ -213,6 +213,7 @@ struct fake {
     bool abort_completes; /* cfs_fake_abort_completes */
     unsigned next_index;            /* last layer index given out */
     bool connected;
+    bool domain_events_muted;       /* cfs_fake_mute_domain_events */
     bool remote;                    /* files_local() says false */
     char *pool_dir;                 /* volume_delete's pool, or NULL */
     unsigned long long hv_version;  /* hypervisor_version; 0: unknown */
@@ -242,7 +243,7 @@ static enum fake_op op_lookup(const char *name)
 static void event_domain(struct fake *f, struct fake_event *out,
                          const char *dom)
 {
-    if (!f->connected)
+    if (!f->connected || f->domain_events_muted)
         return;
     *out = (struct fake_event){
         .kind = EV_DOMAIN,
@@ -2432,6 +2433,14 @@ static void jobs_prune(struct fake *f, const char *dom)
         if (!d || !dom_active(d) || !cfs_domain_find_disk(d, job->disk))
             job_remove(f, job);
     }
+}
+
+void cfs_fake_mute_domain_events(struct cfs_backend *be, bool muted)
+{
+    struct fake *f = fake_of(be);
+    pthread_mutex_lock(&f->lock);
+    f->domain_events_muted = muted;
+    pthread_mutex_unlock(&f->lock);
 }
 
 void cfs_fake_put_domain(struct cfs_backend *be, const struct cfs_domain *d)

@@ -15,6 +15,10 @@ struct cfs_backend *cfs_fake_backend_new(void);
 
 /* Add or replace a domain (deep-copied). Fires domain_changed. */
 void cfs_fake_put_domain(struct cfs_backend *be, const struct cfs_domain *d);
+/* Issue 12: from now on, fire no domain_changed (MUTED true) — as a
+ * change libvirt sends no event for (snapshot metadata, an image edited
+ * by hand) — or fire them again. */
+void cfs_fake_mute_domain_events(struct cfs_backend *be, bool muted);
 /* Remove a domain. Fires domain_changed. */
 void cfs_fake_remove_domain(struct cfs_backend *be, const char *dom);
 /* Convenience: a domain with one qcow2 disk TARGET whose chain is
