@@ -1238,6 +1238,14 @@ void cfs_engine_refresh(struct cfs_engine *e)
     refresh_all(e);
 }
 
+size_t cfs_engine_names_kept(struct cfs_engine *e)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    size_t n = cfs_strmap_size(e->dom_info);
+    pthread_mutex_unlock(&e->tree->lock);
+    return n;
+}
+
 static void *engine_thread(void *arg)
 {
     struct cfs_engine *e = arg;

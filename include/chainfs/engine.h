@@ -225,5 +225,8 @@ void cfs_engine_run_pending(struct cfs_engine *e);
  * call, then the re-reads it decides); without the engine thread the
  * re-reads run inline. For tests. */
 void cfs_engine_refresh(struct cfs_engine *e);
+/* How many domain names the engine keeps state for (issue 12 §2.4: an
+ * undefined domain leaves none behind). For tests. */
+size_t cfs_engine_names_kept(struct cfs_engine *e);
 /* Tests: the tree (lock it before looking). */
 struct cfs_tree *cfs_engine_tree(struct cfs_engine *e);
