@@ -3,6 +3,8 @@
 
 #include "chainfs/nodes.h" /* CFS_OWN_DIR */
 
+#include <malloc.h>
+
 /* ---- work queue ----------------------------------------------------------- */
 
 void work_free(struct work *w)
@@ -804,21 +806,16 @@ static void drop_own_name(struct cfs_engine *e, char **names)
     }
 }
 
-/* Whether any disk has a pull running (chainfs's or someone's): then
- * no running domain's block statistics are asked (design §7.4). Caller
- * holds the tree lock. */
-static bool any_pull(struct cfs_engine *e)
-{
-    if (e->startup_pull_doms && e->startup_pull_doms[0])
-        return true;
-    for (size_t i = 0; i < e->tree->n_states; i++) {
-        const struct cfs_disk_state *s = e->tree->states[i];
-        if ((cfs_job_phase_in_progress(s->job.phase) && s->job.type == CFS_JOB_PULL) ||
-            s->external.type == CFS_JOB_PULL)
-            return true;
-    }
-    return false;
-}
+/* Which block statistics the bulk call asks (issue 12 §2.2). Those of
+ * shut-off domains only: a running domain's need its QEMU's monitor,
+ * and NOWAIT skips only a domain whose job is held; a QEMU that is
+ * stopped (SIGSTOP, a hung host) with no job held would keep the whole
+ * call, and with it the engine thread, waiting. A running domain is
+ * therefore partial in the listing and read on its own worker as before
+ * (where a stuck QEMU marks it not responding and holds up nothing
+ * else); and while a pull runs, its block statistics must not be asked
+ * anyway (design §7.4). */
+static const bool bulk_no_running_blocks = true;
 
 /* Give the layers of D the sizes the bulk statistics S report (matched
  * by backingIndex when both have one, else by path). True if one
@@ -878,17 +875,15 @@ static void collect_unlisted(void *opaque, const char *key, void *value)
  * audit_ms (K = n × refresh_ms / audit_ms, rounded up: every domain is
  * read in full about once per audit period). The others get their sizes
  * from the statistics, and a running one its look for an external job
- * when due. Returns 1 when done, 0 to fall back to the listing, or a
+ * when due (a running domain is partial as long as its block statistics
+ * are not asked in bulk: bulk_no_running_blocks). Returns 1 when done, 0 to fall back to the listing, or a
  * negative errno. */
 static int refresh_all_stats(struct cfs_engine *e, char **known,
                              unsigned long *known_seq)
 {
-    pthread_mutex_lock(&e->tree->lock);
-    bool no_running_blocks = any_pull(e);
-    pthread_mutex_unlock(&e->tree->lock);
     struct cfs_dom_summary *v = NULL;
     size_t n = 0;
-    int r = e->be->ops->list_stats(e->be, no_running_blocks, &v, &n);
+    int r = e->be->ops->list_stats(e->be, bulk_no_running_blocks, &v, &n);
     if (r == -EOPNOTSUPP)
         return 0;
     if (r < 0) {
@@ -992,6 +987,14 @@ static int refresh_all_stats(struct cfs_engine *e, char **known,
     free(scan);
     free(cand);
     cfs_dom_summaries_free(v, n);
+    /* issue 12 §2.3: domains gone (or the listing shrank) leave free
+     * heap behind in the middle of it; give its whole pages back, as
+     * after every tenth round (what the reads of the round freed) */
+    if (removed || n < e->last_listed || ++e->rounds_since_trim >= 10) {
+        malloc_trim(0);
+        e->rounds_since_trim = 0;
+    }
+    e->last_listed = n;
     e->last_refresh_ms = now_ms();
     return 1;
 }
@@ -1406,10 +1409,7 @@ static int startup_read(struct cfs_engine *e)
         return startup_read_listed(e);
     struct cfs_dom_summary *v = NULL;
     size_t n = 0;
-    pthread_mutex_lock(&e->tree->lock);
-    bool no_running_blocks = any_pull(e);
-    pthread_mutex_unlock(&e->tree->lock);
-    int r = e->be->ops->list_stats(e->be, no_running_blocks, &v, &n);
+    int r = e->be->ops->list_stats(e->be, bulk_no_running_blocks, &v, &n);
     if (r == -EOPNOTSUPP)
         return startup_read_listed(e);
     if (r < 0)
@@ -1440,6 +1440,7 @@ static int startup_read(struct cfs_engine *e)
     tree_changed(e);
     pthread_mutex_unlock(&e->tree->lock);
     cfs_dom_summaries_free(v, n);
+    malloc_trim(0); /* what the start-up's reads freed */
     e->last_refresh_ms = now_ms();
     return 0;
 }
@@ -1533,6 +1534,11 @@ static void live_pull_decide(struct cfs_engine *e)
 
 int cfs_engine_start(struct cfs_engine *e, bool thread, char **errmsg)
 {
+    /* issue 12 §2.3: the pool's threads and libvirt's would each get a
+     * malloc arena of their own (up to 8 per core), each keeping its
+     * freed memory; two arenas hold the process's heap together */
+    if (thread)
+        mallopt(M_ARENA_MAX, 2);
     int r = e->be->ops->connect(e->be, &engine_events, e);
     if (r < 0) {
         if (errmsg)

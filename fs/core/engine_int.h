@@ -171,6 +171,8 @@ struct cfs_engine {
     struct cfs_strmap *dom_info;
     unsigned long seq_fresh;  /* the counter a new dom_info starts at */
     unsigned audit_ms;        /* -o audit (issue 12 §2.2) */
+    size_t last_listed;       /* domains of the last bulk listing */
+    unsigned rounds_since_trim; /* refreshes since the last malloc_trim */
     uint64_t last_job_id;     /* tree lock */
     /* What `stale` stands for (tree lock): the backend said the connection
      * is down, or a call found libvirt not answering / the connection

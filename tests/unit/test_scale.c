@@ -33,6 +33,8 @@ struct fx {
     struct cfs_engine *e;
 };
 
+static size_t n_running; /* the first n_running domains of fx_new run */
+
 static void add_dom(struct fx *f, const char *name, size_t i, size_t layers)
 {
     char p[3][160];
@@ -41,12 +43,13 @@ static void add_dom(struct fx *f, const char *name, size_t i, size_t layers)
         snprintf(p[l], sizeof(p[l]), "%s/%s-%zu-%zu.qcow2", f->dir, name, i, l);
         chain[l] = p[l];
     }
-    cfs_fake_add_simple(f->be, name, i % 10 == 0 ? CFS_DOM_RUNNING : CFS_DOM_SHUTOFF,
+    cfs_fake_add_simple(f->be, name, i < n_running ? CFS_DOM_RUNNING : CFS_DOM_SHUTOFF,
                         "vda", chain, NULL, layers);
 }
 
-static struct fx *fx_new(unsigned refresh_ms, unsigned audit_ms)
+static struct fx *fx_new(unsigned refresh_ms, unsigned audit_ms, size_t running)
 {
+    n_running = running;
     struct fx *f = calloc(1, sizeof(*f));
     assert_non_null(f);
     strcpy(f->dir, "/tmp/cfs-scale-XXXXXX");
@@ -90,7 +93,7 @@ static size_t n_layers(struct fx *f, const char *dom)
 static void test_fingerprint(void **state)
 {
     (void)state;
-    struct fx *f = fx_new(3000, 60000);
+    struct fx *f = fx_new(3000, 60000, 0);
     assert_int_equal(cfs_fake_calls(f->be, "list_stats"), 1);
     assert_int_equal(cfs_fake_calls(f->be, "read_domain"), N);
     assert_int_equal(cfs_fake_calls(f->be, "list_domains"), 0);
@@ -125,6 +128,21 @@ static void test_fingerprint(void **state)
     fx_free(f);
 }
 
+/* A running domain's block statistics need its QEMU (a stopped one
+ * would hold up the bulk call): the listing does not ask them, and each
+ * running domain is read on its own every refresh, as before. */
+static void test_running_read_each_refresh(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new(3000, 60000, 10);
+    assert_int_equal(cfs_fake_calls(f->be, "read_domain"), N);
+    cfs_engine_refresh(f->e);
+    cfs_engine_refresh(f->e);
+    assert_int_equal(cfs_fake_calls(f->be, "list_stats"), 3);
+    assert_int_equal(cfs_fake_calls(f->be, "read_domain"), N + 2 * 10);
+    fx_free(f);
+}
+
 /* The audit: with every domain due, each refresh reads in full exactly
  * K = N x refresh / audit of them, the longest unread first, so N / K
  * refreshes read every domain once; what has no event and no
@@ -134,7 +152,7 @@ static void test_audit(void **state)
     (void)state;
     const unsigned refresh = 100, audit = 2000;
     const unsigned k = N * refresh / audit; /* 50 */
-    struct fx *f = fx_new(refresh, audit);
+    struct fx *f = fx_new(refresh, audit, 0);
     cfs_fake_mute_domain_events(f->be, true);
     /* a change the statistics do not show: a layer's snapshot name */
     char p[3][160];
@@ -205,7 +223,7 @@ static void give_states(struct fx *f)
 static void test_forget(void **state)
 {
     (void)state;
-    struct fx *f = fx_new(3000, 60000);
+    struct fx *f = fx_new(3000, 60000, 0);
     give_states(f);
     assert_int_equal(n_states(f), N);
     assert_int_equal(cfs_engine_names_kept(f->e), N);
@@ -240,7 +258,7 @@ static void test_forget(void **state)
 static void test_define_undefine_loop(void **state)
 {
     (void)state;
-    struct fx *f = fx_new(3000, 60000);
+    struct fx *f = fx_new(3000, 60000, 0);
     size_t kept = cfs_engine_names_kept(f->e);
     unsigned reads = cfs_fake_calls(f->be, "read_domain");
     for (size_t i = 0; i < N; i++) {
@@ -384,6 +402,7 @@ int main(void)
     cfs_log_init(false, false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_running_read_each_refresh),
         cmocka_unit_test(test_audit),
         cmocka_unit_test(test_forget),
         cmocka_unit_test(test_define_undefine_loop),
