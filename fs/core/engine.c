@@ -1400,9 +1400,10 @@ static int startup_read_listed(struct cfs_engine *e)
 
 /* Issue 12 §2.2: with the bulk statistics, one call lists every domain
  * with its sizes; each domain is then read once without statistics (no
- * call that waits for a QEMU), and the statistics give it its sizes: a
- * full read, in one round instead of two. A domain whose read did not
- * come in by STARTUP_LIGHT_WAIT_MS shows up when it does. */
+ * call that waits for a QEMU), and the statistics give a shut-off one
+ * its sizes: a full read, in one round instead of two. Running ones (no
+ * statistics in the listing) are read in full after, as before. A
+ * domain whose read did not come in in time shows up when it does. */
 static int startup_read(struct cfs_engine *e)
 {
     if (!e->be->ops->list_stats)
@@ -1416,9 +1417,18 @@ static int startup_read(struct cfs_engine *e)
         return r;
     for (size_t i = 0; i < n; i++)
         if (!cfs_streq(v[i].name, CFS_OWN_DIR))
-            route(e, work_new(v[i].partial ? WORK_REFRESH_DOMAIN : WORK_READ_LIGHT,
-                              v[i].name, NULL));
-    workers_wait_idle(e, STARTUP_LIGHT_WAIT_MS, true);
+            route(e, work_new(WORK_READ_LIGHT, v[i].name, NULL));
+    workers_wait_idle(e, STARTUP_LIGHT_WAIT_MS, false);
+    /* the domains whose statistics the listing has not (running ones):
+     * in full, waited for as before (a stuck QEMU holds up no start) */
+    bool any_partial = false;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].partial && !cfs_streq(v[i].name, CFS_OWN_DIR)) {
+            route(e, work_new(WORK_REFRESH_DOMAIN, v[i].name, NULL));
+            any_partial = true;
+        }
+    if (any_partial)
+        workers_wait_idle(e, STARTUP_READ_WAIT_MS, true);
     int64_t t = now_ms();
     pthread_mutex_lock(&e->tree->lock);
     for (size_t i = 0; i < n; i++) {
