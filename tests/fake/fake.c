@@ -214,6 +214,9 @@ struct fake {
     unsigned next_index;            /* last layer index given out */
     bool connected;
     bool domain_events_muted;       /* cfs_fake_mute_domain_events */
+    unsigned read_delay_ms;         /* cfs_fake_set_read_delay */
+    char **read_log;                /* read_domain's domains, in order */
+    size_t n_read_log;
     bool remote;                    /* files_local() says false */
     char *pool_dir;                 /* volume_delete's pool, or NULL */
     unsigned long long hv_version;  /* hypervisor_version; 0: unknown */
@@ -952,6 +955,9 @@ static void fake_destroy(struct cfs_backend *be)
     for (size_t i = 0; i < f->n_failures; i++)
         free(f->failures[i].message);
     free(f->failures);
+    for (size_t i = 0; i < f->n_read_log; i++)
+        free(f->read_log[i]);
+    free(f->read_log);
     free(f->pool_dir);
     free(f->uri);
     free(f->pivot_fail_disk);
@@ -1173,8 +1179,35 @@ static int fake_read_domain(struct cfs_backend *be, const char *dom,
         *out = cfs_domain_dup(d);
         fill_facts(f, d, *out);
     }
+    unsigned delay = f->read_delay_ms;
+    f->read_log = cfs_xrealloc(f->read_log, (f->n_read_log + 1) * sizeof(*f->read_log));
+    f->read_log[f->n_read_log++] = cfs_xstrdup(dom);
     pthread_mutex_unlock(&f->lock);
+    if (delay)
+        usleep(delay * 1000); /* a libvirt round trip, outside the lock */
     return r;
+}
+
+void cfs_fake_set_read_delay(struct cfs_backend *be, unsigned ms)
+{
+    struct fake *f = fake_of(be);
+    pthread_mutex_lock(&f->lock);
+    f->read_delay_ms = ms;
+    pthread_mutex_unlock(&f->lock);
+}
+
+size_t cfs_fake_read_log(struct cfs_backend *be, const char *dom, size_t from)
+{
+    struct fake *f = fake_of(be);
+    size_t at = SIZE_MAX;
+    pthread_mutex_lock(&f->lock);
+    for (size_t i = from; i < f->n_read_log && at == SIZE_MAX; i++)
+        if (cfs_streq(f->read_log[i], dom))
+            at = i;
+    if (!dom)
+        at = f->n_read_log;
+    pthread_mutex_unlock(&f->lock);
+    return at;
 }
 
 /* As read_domain, without what libvirt's block statistics give: the

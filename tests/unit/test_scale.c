@@ -284,6 +284,51 @@ static void test_define_undefine_loop(void **state)
     fx_free(f);
 }
 
+/* Events before the timer's work, across domains: with the pool busy
+ * re-reading 200 running domains (each read a 5 ms round trip), a
+ * domain event's re-read comes after at most the reads already under
+ * way and about as many again, not after the backlog. Counted in reads,
+ * not time. */
+static void test_events_first(void **state)
+{
+    (void)state;
+    struct fx *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    strcpy(f->dir, "/tmp/cfs-scale-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    f->be = cfs_fake_backend_new();
+    n_running = 200;
+    for (size_t i = 0; i < 200; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "vm%04zu", i);
+        add_dom(f, name, i, 3);
+    }
+    char state_dir[128];
+    snprintf(state_dir, sizeof(state_dir), "%s/state", f->dir);
+    /* the timer's refresh every 60 s: the one below is the only one */
+    struct cfs_engine_config cfg = {.state_dir = state_dir,
+                                    .refresh_ms = 60000};
+    assert_int_equal(cfs_engine_new(&cfg, f->be, &f->e, NULL), 0);
+    assert_int_equal(cfs_engine_start(f->e, true, NULL), 0);
+    cfs_fake_set_read_delay(f->be, 5);
+    /* the backlog: every running domain re-read (partial in the listing) */
+    cfs_engine_refresh(f->e);
+    size_t start = cfs_fake_read_log(f->be, NULL, 0);
+    cfs_fake_touch_domain(f->be, "vm0199"); /* queued last by the refresh */
+    size_t at = SIZE_MAX;
+    for (int i = 0; i < 4000 && at == SIZE_MAX; i++) {
+        usleep(1000);
+        at = cfs_fake_read_log(f->be, "vm0199", start);
+    }
+    assert_true(at != SIZE_MAX);
+    print_message("the event's read came %zu reads after it, of a backlog of 200\n",
+                  at - start);
+    /* the POOL_MIN (8) reads under way, and the engine thread's tick */
+    assert_true(at - start <= 40);
+    cfs_fake_set_read_delay(f->be, 0);
+    fx_free(f);
+}
+
 /* ---- the tree's file index against a walk over every domain ----------- */
 
 static const struct cfs_disk *walk_file_user(struct cfs_tree *t,
@@ -406,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_audit),
         cmocka_unit_test(test_forget),
         cmocka_unit_test(test_define_undefine_loop),
+        cmocka_unit_test(test_events_first),
         cmocka_unit_test(test_file_index),
     };
     return cmocka_run_group_tests_name("scale", tests, NULL, NULL);
