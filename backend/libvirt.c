@@ -1466,6 +1466,143 @@ static void lv_snap_cache_prune(struct lv_backend *b, const char *uuid)
     b->n_snaps = j;
 }
 
+/* Issue 12 §2.4: forget the cached snapshots of every domain whose UUID
+ * is not in LISTED (a uuid -> anything map): undefined domains leave
+ * nothing behind. One pass over the cache. */
+static void lv_snap_cache_forget_unlisted(struct lv_backend *b,
+                                          const struct cfs_strmap *listed)
+{
+    pthread_mutex_lock(&b->snap_lock);
+    size_t j = 0;
+    for (size_t i = 0; i < b->n_snaps; i++) {
+        struct lv_snap_cache *c = &b->snaps[i];
+        if (!cfs_strmap_get(listed, c->uuid)) {
+            lv_snap_cache_clear(c);
+            continue;
+        }
+        b->snaps[j++] = *c;
+    }
+    b->n_snaps = j;
+    if (!j) {
+        free(b->snaps);
+        b->snaps = NULL;
+    }
+    pthread_mutex_unlock(&b->snap_lock);
+}
+
+/* Issue 12 §2.2: every domain, its state and its disks' layers with
+ * their sizes, in one call (virConnectGetAllDomainStats). NOWAIT: a
+ * domain whose job is held (a QEMU stuck in one) does not hold up the
+ * call; libvirt then leaves out what needs the monitor, and the
+ * summary is partial. */
+static int lv_list_stats(struct cfs_backend *be, bool no_running_blocks,
+                         struct cfs_dom_summary **out, size_t *n_out)
+{
+    struct lv_backend *b = lv(be);
+    _cleanup_conn_ virConnectPtr conn = NULL;
+    virDomainStatsRecordPtr *got = NULL, *act = NULL;
+    *out = NULL;
+    *n_out = 0;
+    int r = lv_conn(b, &conn);
+    if (r < 0)
+        return r;
+    unsigned int flags = VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING |
+                         VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
+    /* NO_RUNNING_BLOCKS: block statistics of shut-off domains only
+     * (they query no QEMU); of running ones, their state */
+    int n = virConnectGetAllDomainStats(
+        conn, VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_BLOCK, &got,
+        flags | (no_running_blocks ? VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE : 0));
+    if (n < 0)
+        return lv_error(conn);
+    int m = 0;
+    if (no_running_blocks) {
+        m = virConnectGetAllDomainStats(conn, VIR_DOMAIN_STATS_STATE, &act,
+                                        flags | VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE);
+        if (m < 0) {
+            virDomainStatsRecordListFree(got);
+            return lv_error(conn);
+        }
+    }
+    _cleanup_free_ virDomainStatsRecordPtr *recs =
+        cfs_xcalloc((size_t)n + (size_t)m + 1, sizeof(*recs));
+    for (int i = 0; i < n; i++)
+        recs[i] = got[i];
+    for (int i = 0; i < m; i++)
+        recs[n + i] = act[i];
+    n += m;
+    struct cfs_dom_summary *v = cfs_xcalloc((size_t)n + 1, sizeof(*v));
+    struct cfs_strmap *listed = cfs_strmap_new();
+    for (int i = 0; i < n; i++) {
+        virTypedParameterPtr p = recs[i]->params;
+        int np = recs[i]->nparams;
+        struct cfs_dom_summary *s = &v[i];
+        s->name = cfs_xstrdup(virDomainGetName(recs[i]->dom));
+        if (virDomainGetUUIDString(recs[i]->dom, s->uuid) < 0)
+            s->uuid[0] = '\0';
+        cfs_strmap_put(listed, s->uuid, s);
+        int state = 0;
+        virTypedParamsGetInt(p, np, "state.state", &state);
+        s->state = lv_map_state(state);
+        bool running = s->state != CFS_DOM_SHUTOFF;
+        unsigned int count = 0;
+        if (virTypedParamsGetUInt(p, np, "block.count", &count) != 1) {
+            s->partial = running;
+            count = 0;
+        }
+        s->disks = cfs_xcalloc(count ? count : 1, sizeof(*s->disks));
+        for (unsigned int k = 0; k < count; k++) {
+            const char *name = NULL, *path = NULL;
+            unsigned int index = 0;
+            unsigned long long cap = 0, alloc = 0, phys = 0;
+            char key[64];
+            snprintf(key, sizeof(key), "block.%u.name", k);
+            if (virTypedParamsGetString(p, np, key, &name) != 1)
+                continue;
+            snprintf(key, sizeof(key), "block.%u.path", k);
+            virTypedParamsGetString(p, np, key, &path);
+            snprintf(key, sizeof(key), "block.%u.backingIndex", k);
+            virTypedParamsGetUInt(p, np, key, &index);
+            snprintf(key, sizeof(key), "block.%u.capacity", k);
+            virTypedParamsGetULLong(p, np, key, &cap);
+            snprintf(key, sizeof(key), "block.%u.allocation", k);
+            bool have_alloc = virTypedParamsGetULLong(p, np, key, &alloc) == 1;
+            snprintf(key, sizeof(key), "block.%u.physical", k);
+            virTypedParamsGetULLong(p, np, key, &phys);
+            /* a running domain's allocation comes from its QEMU: none
+             * means NOWAIT skipped the monitor (a job holds it) */
+            if (running && !have_alloc && path)
+                s->partial = true;
+            /* the records come disk by disk, each disk's layers in
+             * order, the active one first */
+            struct cfs_stats_disk *sd = s->n_disks ? &s->disks[s->n_disks - 1] : NULL;
+            if (!sd || !cfs_streq(sd->target, name)) {
+                sd = &s->disks[s->n_disks++];
+                sd->target = cfs_xstrdup(name);
+            }
+            sd->layers = cfs_xrealloc(sd->layers, (sd->n_layers + 1) * sizeof(*sd->layers));
+            sd->layers[sd->n_layers++] = (struct cfs_stats_layer){
+                .path = cfs_xstrdup(path),
+                .index = index,
+                .capacity = cap,
+                .allocation = alloc,
+                .physical = phys,
+            };
+        }
+        if (running && no_running_blocks)
+            s->partial = true;
+        s->fingerprint = cfs_dom_summary_fingerprint(s);
+    }
+    virDomainStatsRecordListFree(got);
+    if (act)
+        virDomainStatsRecordListFree(act);
+    lv_snap_cache_forget_unlisted(b, listed);
+    cfs_strmap_free(listed, NULL);
+    *out = v;
+    *n_out = (size_t)n;
+    return 0;
+}
+
 /* The name of DOM's current snapshot (caller frees), NULL if none or
  * libvirt cannot tell (then no snapshot shows as current). */
 static char *lv_current_snapshot(virDomainPtr dom)
@@ -1493,12 +1630,12 @@ static void layer_key(struct cfs_strmap *m, const char *key, size_t l)
 {
     size_t had;
 
-    if (cfs_strmap_get(m, key, &had)) {
+    if (cfs_strmap_get_index(m, key, &had)) {
         if (had != l)
-            cfs_strmap_set(m, key, LAYER_MANY);
+            cfs_strmap_set_index(m, key, LAYER_MANY);
         return;
     }
-    cfs_strmap_add(m, key, l);
+    cfs_strmap_add_index(m, key, l);
 }
 
 static struct cfs_strmap *layer_index(const struct cfs_disk *disk)
@@ -1531,7 +1668,7 @@ static void lv_name_layer(struct cfs_disk *disk, struct cfs_strmap **idx,
         return;
     if (!*idx)
         *idx = layer_index(disk);
-    if (!cfs_strmap_get(*idx, folded, &l))
+    if (!cfs_strmap_get_index(*idx, folded, &l))
         return;
     if (l != LAYER_MANY) {
         if (!disk->layers[l].meta_name)
@@ -1553,7 +1690,7 @@ static struct lv_snap_cache *lv_snap_cache_find_at(struct lv_backend *b,
 {
     size_t at;
 
-    if (cfs_strmap_get(index, name, &at) && at < b->n_snaps &&
+    if (cfs_strmap_get_index(index, name, &at) && at < b->n_snaps &&
         strcmp(b->snaps[at].uuid, uuid) == 0 && strcmp(b->snaps[at].name, name) == 0)
         return &b->snaps[at];
     return lv_snap_cache_find(b, uuid, name);
@@ -1584,12 +1721,12 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
     _cleanup_strmap_ struct cfs_strmap *names = cfs_strmap_new();
     for (int i = 0; i < n; i++) {
         cfs_strv_push(&d->snapshots, cfs_xstrdup(virDomainSnapshotGetName(snaps[i])));
-        cfs_strmap_add(names, d->snapshots[i], (size_t)i);
+        cfs_strmap_add_index(names, d->snapshots[i], (size_t)i);
     }
     _cleanup_strmap_ struct cfs_strmap *cached = cfs_strmap_new();
     for (size_t i = 0; i < b->n_snaps; i++)
         if (strcmp(b->snaps[i].uuid, uuid) == 0)
-            cfs_strmap_add(cached, b->snaps[i].name, i);
+            cfs_strmap_add_index(cached, b->snaps[i].name, i);
     struct cfs_strmap **layer_idx = cfs_xcalloc(d->n_disks ? d->n_disks : 1,
                                                 sizeof(*layer_idx));
     for (int i = 0; i < n; i++) {
@@ -1599,7 +1736,7 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
         /* the cached facts may be stale: C's parent is not among the
          * domain's snapshots any more (deleted behind our back, e.g. by
          * virsh: libvirt gave C another parent) */
-        if (c && c->info.parent && !cfs_strmap_get(names, c->info.parent, NULL)) {
+        if (c && c->info.parent && !cfs_strmap_get_index(names, c->info.parent, NULL)) {
             lv_snap_cache_drop(b, uuid, name);
             c = NULL;
         }
@@ -1648,7 +1785,7 @@ static int lv_read_snapshots(struct lv_backend *b, virConnectPtr conn,
         }
     }
     for (size_t k = 0; k < d->n_disks; k++)
-        cfs_strmap_free(layer_idx[k]);
+        cfs_strmap_free(layer_idx[k], NULL);
     free(layer_idx);
     lv_snap_cache_prune(b, uuid);
     pthread_mutex_unlock(&b->snap_lock);
@@ -3608,6 +3745,7 @@ static const struct cfs_backend_ops lv_ops = {
     .connect = lv_connect,
     .destroy = lv_destroy,
     .list_domains = lv_list_domains,
+    .list_stats = lv_list_stats,
     .read_domain = lv_read_domain,
     .read_domain_light = lv_read_domain_light,
     .snapshot_create = lv_snapshot_create,

@@ -223,7 +223,7 @@ static bool hc_get(const char *path, const struct stat *st, struct cfs_image_inf
     bool hit = false;
 
     pthread_mutex_lock(&hc_lock);
-    if (cfs_strmap_get(hc_index, path, &i) && hc_same(&hc_entries[i], st)) {
+    if (cfs_strmap_get_index(hc_index, path, &i) && hc_same(&hc_entries[i], st)) {
         info_copy(out, &hc_entries[i].info);
         hit = true;
     }
@@ -247,17 +247,17 @@ static void hc_put(const char *path, const struct stat *st, const struct cfs_ima
             cfs_image_info_clear(&hc_entries[k].info);
         }
         free(hc_entries);
-        cfs_strmap_free(hc_index);
+        cfs_strmap_free(hc_index, NULL);
         hc_index = cfs_strmap_new();
         hc_entries = cfs_xcalloc(HC_MAX, sizeof(*hc_entries));
         hc_n = 0;
     }
-    if (cfs_strmap_get(hc_index, path, &i)) {
+    if (cfs_strmap_get_index(hc_index, path, &i)) {
         cfs_image_info_clear(&hc_entries[i].info);
     } else {
         i = hc_n++;
         hc_entries[i].path = cfs_xstrdup(path);
-        cfs_strmap_add(hc_index, path, i);
+        cfs_strmap_add_index(hc_index, path, i);
     }
     hc_entries[i].dev = (uint64_t)st->st_dev;
     hc_entries[i].ino = (uint64_t)st->st_ino;

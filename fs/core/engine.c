@@ -5,6 +5,8 @@
 
 #include "chainfs/nodes.h" /* CFS_OWN_DIR */
 
+#include <malloc.h>
+
 /* ---- work queue ----------------------------------------------------------- */
 
 void work_free(struct work *w)
@@ -61,13 +63,15 @@ static void cond_init_monotonic(pthread_cond_t *c)
     pthread_condattr_destroy(&ca);
 }
 
-/* ---- domain workers --------------------------------------------------------
+/* ---- domain work -----------------------------------------------------------
  * The engine thread itself makes no call that can wait for one domain's
- * QEMU: it routes such work to that domain's worker (spawned on demand,
- * ending after WORKER_IDLE_MS without work). A worker does one item at a
- * time, so a stuck QEMU ties up one libvirt call and one thread, and the
- * engine thread marks the domain as not responding meanwhile. Without the
- * engine thread (unit tests) everything runs inline. */
+ * QEMU: it routes such work to that domain's queue, served by a bounded
+ * pool of threads (issue 12: not one thread per domain), one item of a
+ * domain at a time and in order, an event's or a job's work before the
+ * timer's. A stuck QEMU ties up one libvirt call and one pool thread
+ * (the pool grows by one meanwhile), and the engine thread marks the
+ * domain as not responding. Without the engine thread (unit tests)
+ * everything runs inline. */
 
 
 static bool work_per_domain(const struct work *w)
@@ -82,6 +86,7 @@ static bool work_per_domain(const struct work *w)
     case WORK_READ_LIGHT:
     case WORK_DISPATCH:
     case WORK_THAW:
+    case WORK_EXTERNAL_SCAN:
         return true;
     default:
         return false;
@@ -94,97 +99,177 @@ static bool work_covered(const struct work *o, const struct work *w)
 {
     if (o->kind != w->kind)
         return false;
-    return w->kind == WORK_REFRESH_DOMAIN ||
+    return w->kind == WORK_REFRESH_DOMAIN || w->kind == WORK_EXTERNAL_SCAN ||
            ((w->kind == WORK_POLL_JOB || w->kind == WORK_DISPATCH) &&
             cfs_streq(o->disk, w->disk));
 }
 
-static void *dom_worker_main(void *arg)
-{
-    struct dom_worker *dw = arg;
-    struct cfs_engine *e = dw->e;
-    int64_t idle_since = now_ms();
+/* ---- the pool (issue 12 §2.2) ------------------------------------------- */
 
+static void ready_unlink(struct cfs_engine *e, struct dom_worker *dw)
+{
+    if (!dw->ready)
+        return;
+    int k = dw->ready - 1;
+    if (dw->rprev)
+        dw->rprev->rnext = dw->rnext;
+    else
+        e->ready_head[k] = dw->rnext;
+    if (dw->rnext)
+        dw->rnext->rprev = dw->rprev;
+    else
+        e->ready_tail[k] = dw->rprev;
+    dw->rprev = dw->rnext = NULL;
+    dw->ready = 0;
+}
+
+/* Put DW (with work, no thread on it) in the ready list its head item
+ * asks for: an event's or a job's before the timer's. */
+static void ready_push(struct cfs_engine *e, struct dom_worker *dw)
+{
+    int want = dw->head && !dw->head->periodic ? 1 : 2;
+    if (dw->ready == want)
+        return;
+    ready_unlink(e, dw);
+    int k = want - 1;
+    dw->rprev = e->ready_tail[k];
+    dw->rnext = NULL;
+    if (dw->rprev)
+        dw->rprev->rnext = dw;
+    else
+        e->ready_head[k] = dw;
+    e->ready_tail[k] = dw;
+    dw->ready = want;
+}
+
+static struct dom_worker *ready_pop(struct cfs_engine *e)
+{
+    for (int k = 0; k < 2; k++) {
+        struct dom_worker *dw = e->ready_head[k];
+        if (dw) {
+            ready_unlink(e, dw);
+            return dw;
+        }
+    }
+    return NULL;
+}
+
+static void dom_worker_free(struct dom_worker *dw)
+{
+    while (dw->head) {
+        struct work *w = dw->head;
+        dw->head = w->next;
+        work_free(w);
+    }
+    free(dw->dom);
+    free(dw);
+}
+
+static void *pool_main(void *arg)
+{
+    struct pool_thread *pt = arg;
+    struct cfs_engine *e = pt->e;
     /* its lines name the host too (issue 12): recovery, job edges */
     cfs_log_set_context(e->host);
+    int64_t idle_since = now_ms();
+
     pthread_mutex_lock(&e->qlock);
     for (;;) {
-        if (!dw->head && !e->stopping) {
-            if (now_ms() - idle_since >= WORKER_IDLE_MS)
-                break;
-            struct timespec ts = deadline_in(idle_since + WORKER_IDLE_MS - now_ms());
-            pthread_cond_timedwait(&dw->cond, &e->qlock, &ts);
-            continue;
-        }
         if (e->stopping)
             break;
+        struct dom_worker *dw = ready_pop(e);
+        if (!dw) {
+            if (now_ms() - idle_since >= WORKER_IDLE_MS) {
+                if (e->n_pool > POOL_MIN)
+                    break;
+                idle_since = now_ms(); /* one of the POOL_MIN: stays */
+            }
+            struct timespec ts = deadline_in(idle_since + WORKER_IDLE_MS - now_ms());
+            pthread_cond_timedwait(&e->pool_cond, &e->qlock, &ts);
+            continue;
+        }
         struct work *w = dw->head;
         dw->head = w->next;
         if (!dw->head)
             dw->tail = NULL;
         w->next = NULL;
-        dw->busy_since_ms = now_ms();
+        dw->running = true;
+        pt->on = dw;
+        pt->busy_since_ms = now_ms();
+        e->n_idle--;
         pthread_mutex_unlock(&e->qlock);
 
         process_work(e, w);
         work_free(w);
 
         pthread_mutex_lock(&e->qlock);
-        dw->busy_since_ms = 0;
+        e->n_idle++;
+        pt->on = NULL;
+        pt->busy_since_ms = 0;
+        dw->running = false;
         idle_since = now_ms();
-        /* start-up waits for idle workers; the engine thread clears a
-         * not-responding mark */
+        if (dw->head) {
+            ready_push(e, dw);
+            pthread_cond_signal(&e->pool_cond);
+        } else {
+            /* nothing of the domain is kept between its work */
+            cfs_strmap_del(e->workers, dw->dom);
+            dom_worker_free(dw);
+        }
+        /* start-up waits for the pool to be idle; the engine thread
+         * clears a not-responding mark */
         pthread_cond_broadcast(&e->qcond);
     }
-    while (dw->head) {
-        struct work *w = dw->head;
-        dw->head = w->next;
-        work_free(w);
-    }
-    dw->tail = NULL;
-    dw->exited = true;
+    e->n_idle--;
+    e->n_pool--;
+    pt->exited = true;
     pthread_cond_broadcast(&e->qcond);
     pthread_mutex_unlock(&e->qlock);
     return NULL;
 }
 
-/* The live worker of DOM, spawned if there is none; NULL if no thread
- * can be started. Caller holds qlock. */
-static struct dom_worker *worker_get(struct cfs_engine *e, const char *dom)
+/* One more pool thread. Caller holds qlock. */
+static void pool_spawn(struct cfs_engine *e)
 {
-    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-        if (!dw->exited && strcmp(dw->dom, dom) == 0)
-            return dw;
-    struct dom_worker *dw = cfs_xcalloc(1, sizeof(*dw));
-    dw->e = e;
-    dw->dom = cfs_xstrdup(dom);
-    cond_init_monotonic(&dw->cond);
-    int r = pthread_create(&dw->thread, NULL, dom_worker_main, dw);
+    struct pool_thread *pt = cfs_xcalloc(1, sizeof(*pt));
+    pt->e = e;
+    int r = pthread_create(&pt->thread, NULL, pool_main, pt);
     if (r != 0) {
-        log_warn("cannot start a worker for domain %s: %s", dom, strerror(r));
-        pthread_cond_destroy(&dw->cond);
-        free(dw->dom);
-        free(dw);
-        return NULL;
+        log_warn("cannot start a worker thread: %s", strerror(r));
+        free(pt);
+        return;
     }
-    dw->next = e->workers;
-    e->workers = dw;
-    return dw;
+    pt->next = e->pool;
+    e->pool = pt;
+    e->n_pool++;
+    e->n_idle++;
+}
+
+/* Enough threads for the ready work: POOL_MIN, plus one per thread held
+ * by one call for POOL_STUCK_MS, at most POOL_MAX. Caller holds qlock. */
+static void pool_grow(struct cfs_engine *e)
+{
+    if (e->stopping || e->n_idle > 0 || (!e->ready_head[0] && !e->ready_head[1]))
+        return;
+    size_t stuck = 0;
+    int64_t t = now_ms();
+    for (struct pool_thread *pt = e->pool; pt; pt = pt->next)
+        if (!pt->exited && pt->busy_since_ms && t - pt->busy_since_ms >= POOL_STUCK_MS)
+            stuck++;
+    size_t cap = POOL_MIN + stuck;
+    if (cap > POOL_MAX)
+        cap = POOL_MAX;
+    if (e->n_pool < cap)
+        pool_spawn(e);
 }
 
 /* An engine whose workers were left inside libvirt calls at shut-down
  * (cfs_engine_free): never freed, and kept reachable. */
 static struct cfs_engine *engine_left_behind __attribute__((used));
 
-static void worker_free(struct dom_worker *dw)
-{
-    pthread_cond_destroy(&dw->cond);
-    free(dw->dom);
-    free(dw);
-}
-
-/* Carry out W (takes it): per-domain work goes to the domain's worker,
- * the rest (and everything without threads) runs here and now. */
+/* Carry out W (takes it): per-domain work goes to the domain's queue,
+ * served by the pool, the rest (and everything without threads) runs
+ * here and now. */
 void route(struct cfs_engine *e, struct work *w)
 {
     if (e->threaded && work_per_domain(w)) {
@@ -194,30 +279,43 @@ void route(struct cfs_engine *e, struct work *w)
             work_free(w);
             return;
         }
-        struct dom_worker *dw = worker_get(e, w->dom);
-        if (dw) {
-            struct work *covered = NULL;
-            for (struct work *o = dw->head; o && !covered; o = o->next)
-                if (work_covered(o, w))
-                    covered = o;
-            if (covered) {
-                /* an event's re-read looks at every disk: so does the
-                 * queued one that stands for it */
-                covered->periodic = covered->periodic && w->periodic;
-                work_free(w);
-            } else {
-                w->next = NULL;
-                if (dw->tail)
-                    dw->tail->next = w;
-                else
-                    dw->head = w;
+        struct dom_worker *dw = cfs_strmap_get(e->workers, w->dom);
+        if (!dw) {
+            dw = cfs_xcalloc(1, sizeof(*dw));
+            dw->dom = cfs_xstrdup(w->dom);
+            cfs_strmap_put(e->workers, w->dom, dw);
+        }
+        struct work *covered = NULL;
+        for (struct work *o = dw->head; o && !covered; o = o->next)
+            if (work_covered(o, w))
+                covered = o;
+        if (covered) {
+            /* an event's re-read looks at every disk: so does the
+             * queued one that stands for it */
+            covered->periodic = covered->periodic && w->periodic;
+            work_free(w);
+        } else {
+            /* an event's or a job's work goes before the timer's
+             * (order among each kept) */
+            struct work **pp = &dw->head;
+            if (!w->periodic)
+                while (*pp && !(*pp)->periodic)
+                    pp = &(*pp)->next;
+            else
+                while (*pp)
+                    pp = &(*pp)->next;
+            w->next = *pp;
+            *pp = w;
+            if (!w->next)
                 dw->tail = w;
-                pthread_cond_signal(&dw->cond);
-            }
-            pthread_mutex_unlock(&e->qlock);
-            return;
+        }
+        if (!dw->running) {
+            ready_push(e, dw);
+            pool_grow(e);
+            pthread_cond_signal(&e->pool_cond);
         }
         pthread_mutex_unlock(&e->qlock);
+        return;
     }
     process_work(e, w);
     work_free(w);
@@ -250,54 +348,74 @@ void reap_offline(struct cfs_engine *e, bool all)
     }
 }
 
-/* Join the workers that ended (engine thread). */
+/* Join the pool threads that ended (engine thread), and grow the pool
+ * when threads are held by stuck calls and work waits. */
 static void reap_workers(struct cfs_engine *e)
 {
-    struct dom_worker *done = NULL;
+    struct pool_thread *done = NULL;
     pthread_mutex_lock(&e->qlock);
-    for (struct dom_worker **pp = &e->workers; *pp;) {
-        struct dom_worker *dw = *pp;
-        if (dw->exited) {
-            *pp = dw->next;
-            dw->next = done;
-            done = dw;
+    for (struct pool_thread **pp = &e->pool; *pp;) {
+        struct pool_thread *pt = *pp;
+        if (pt->exited) {
+            *pp = pt->next;
+            pt->next = done;
+            done = pt;
         } else {
-            pp = &dw->next;
+            pp = &pt->next;
         }
     }
+    pool_grow(e);
     pthread_mutex_unlock(&e->qlock);
     while (done) {
-        struct dom_worker *next = done->next;
+        struct pool_thread *next = done->next;
         pthread_join(done->thread, NULL);
-        worker_free(done);
+        free(done);
         done = next;
     }
 }
 
-/* Stop every worker: each finishes the item it is in, drops the rest.
- * Returns the names of those still inside a call after
- * WORKER_STOP_WAIT_MS (detached and left in e->workers: they may still
- * touch the engine and the backend when their call returns). */
+static void drop_queue(void *opaque, const char *key, void *value)
+{
+    (void)opaque;
+    (void)key;
+    struct dom_worker *dw = value;
+    /* one a stuck thread is on stays theirs (left behind with the engine) */
+    if (!dw->running)
+        dom_worker_free(dw);
+}
+
+/* Stop the pool: each thread finishes the item it is in; queued work is
+ * dropped. Returns the names of the domains whose call has not returned
+ * after WORKER_STOP_WAIT_MS (their threads detached and left in e->pool:
+ * they may still touch the engine and the backend when the call
+ * returns). */
 static char **stop_workers(struct cfs_engine *e)
 {
     char **stuck = NULL;
     struct timespec ts = deadline_in(WORKER_STOP_WAIT_MS);
     pthread_mutex_lock(&e->qlock);
-    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-        pthread_cond_signal(&dw->cond);
+    pthread_cond_broadcast(&e->pool_cond);
     for (;;) {
         bool all = true;
-        for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-            all = all && dw->exited;
+        for (struct pool_thread *pt = e->pool; pt; pt = pt->next)
+            all = all && pt->exited;
         if (all || pthread_cond_timedwait(&e->qcond, &e->qlock, &ts) == ETIMEDOUT)
             break;
     }
     pthread_mutex_unlock(&e->qlock);
     reap_workers(e);
     pthread_mutex_lock(&e->qlock);
-    for (struct dom_worker *dw = e->workers; dw; dw = dw->next) {
-        cfs_strv_push(&stuck, cfs_xstrdup(dw->dom));
-        pthread_detach(dw->thread);
+    for (struct pool_thread *pt = e->pool; pt; pt = pt->next) {
+        if (pt->on)
+            cfs_strv_push(&stuck, cfs_xstrdup(pt->on->dom));
+        pthread_detach(pt->thread);
+    }
+    if (!e->pool) {
+        e->ready_head[0] = e->ready_head[1] = NULL;
+        e->ready_tail[0] = e->ready_tail[1] = NULL;
+        cfs_strmap_each(e->workers, drop_queue, NULL);
+        cfs_strmap_free(e->workers, NULL);
+        e->workers = NULL;
     }
     pthread_mutex_unlock(&e->qlock);
     return stuck;
@@ -312,10 +430,10 @@ static void mark_not_responding(struct cfs_engine *e)
     _cleanup_strv_ char **back = NULL;
     int64_t t = now_ms();
     pthread_mutex_lock(&e->qlock);
-    for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-        if (!dw->exited && dw->busy_since_ms &&
-            t - dw->busy_since_ms >= NOT_RESPONDING_MS)
-            cfs_strv_push(&slow, cfs_xstrdup(dw->dom));
+    for (struct pool_thread *pt = e->pool; pt; pt = pt->next)
+        if (!pt->exited && pt->on && pt->busy_since_ms &&
+            t - pt->busy_since_ms >= NOT_RESPONDING_MS)
+            cfs_strv_push(&slow, cfs_xstrdup(pt->on->dom));
     pthread_mutex_unlock(&e->qlock);
 
     pthread_mutex_lock(&e->tree->lock);
@@ -394,27 +512,40 @@ static void invalidate(struct cfs_engine *e, const char *path)
         e->invalidate(e->invalidate_opaque, path);
 }
 
+/* What the engine keeps per domain name, created on first use (caller
+ * holds the tree lock). Issue 12 §2.5: a hash, not a walk. */
+struct dom_info *dom_info_get(struct cfs_engine *e, const char *name)
+{
+    struct dom_info *i = cfs_strmap_get(e->dom_info, name);
+    if (!i) {
+        i = cfs_xcalloc(1, sizeof(*i));
+        /* far from every counter before it: a read begun before a
+         * forget never matches (each counter moves by one per change) */
+        e->seq_fresh += 1UL << 24;
+        i->seq = e->seq_fresh;
+        cfs_strmap_put(e->dom_info, name, i);
+    }
+    return i;
+}
+
 /* Per-domain change counters (caller holds the tree lock). A read of a
  * domain is installed only if the domain's counter did not move while it
  * was under way: a read that overlapped a newer change (mkdir's own
  * update, a re-read that already saw a pivot) may carry the older state,
- * and the tree must never go back in time. */
-static size_t dom_seq_index(struct cfs_engine *e, const char *name)
-{
-    for (size_t i = 0; i < e->n_dom_seq; i++)
-        if (strcmp(e->dom_seq[i].name, name) == 0)
-            return i;
-    e->dom_seq = cfs_xrealloc(e->dom_seq, (e->n_dom_seq + 1) * sizeof(*e->dom_seq));
-    e->dom_seq[e->n_dom_seq].name = cfs_xstrdup(name);
-    e->dom_seq[e->n_dom_seq].seq = 0;
-    e->dom_seq[e->n_dom_seq].external_scan_ms = 0;
-    return e->n_dom_seq++;
-}
-
+ * and the tree must never go back in time. The slot stays valid until
+ * the domain is forgotten (the tree lock held meanwhile). */
 unsigned long *dom_seq_slot(struct cfs_engine *e, const char *name)
 {
-    size_t i = dom_seq_index(e, name); /* may move dom_seq */
-    return &e->dom_seq[i].seq;
+    return &dom_info_get(e, name)->seq;
+}
+
+void forget_domain(struct cfs_engine *e, const char *name)
+{
+    if (cfs_tree_find_domain(e->tree, name))
+        return;
+    if (!cfs_tree_forget_domain(e->tree, name))
+        return; /* a job of chainfs still has a state there */
+    free(cfs_strmap_del(e->dom_info, name));
 }
 
 /* Install D (a read of domain NAME, or NULL: it is gone) unless the
@@ -480,6 +611,10 @@ int refresh_domain(struct cfs_engine *e, const char *name)
                       : e->be->ops->read_domain(e->be, name, &d);
         if (r < 0 && r != -ENOENT) {
             log_warn("reading domain %s: %s", name, errmsg_or(strerror(-r)));
+            /* the next refresh reads it again, whatever its statistics */
+            pthread_mutex_lock(&e->tree->lock);
+            dom_info_get(e, name)->have_fp = false;
+            pthread_mutex_unlock(&e->tree->lock);
             if (r == -ENOTCONN)
                 conn_suspect(e, true);
             return r;
@@ -487,6 +622,10 @@ int refresh_domain(struct cfs_engine *e, const char *name)
         bool removed;
         pthread_mutex_lock(&e->tree->lock);
         bool installed = install_read(e, name, before, r == 0 ? d : NULL, &removed);
+        if (installed && r == 0)
+            dom_info_get(e, name)->last_full_ms = now_ms();
+        if (installed && r == -ENOENT)
+            forget_domain(e, name);
         pthread_mutex_unlock(&e->tree->lock);
         if (removed) {
             _cleanup_free_ char *p = cfs_xasprintf("/%s", name);
@@ -694,6 +833,199 @@ static void drop_own_name(struct cfs_engine *e, char **names)
     }
 }
 
+/* Which block statistics the bulk call asks (issue 12 §2.2). Those of
+ * shut-off domains only: a running domain's need its QEMU's monitor,
+ * and NOWAIT skips only a domain whose job is held; a QEMU that is
+ * stopped (SIGSTOP, a hung host) with no job held would keep the whole
+ * call, and with it the engine thread, waiting. A running domain is
+ * therefore partial in the listing and read on its own worker as before
+ * (where a stuck QEMU marks it not responding and holds up nothing
+ * else); and while a pull runs, its block statistics must not be asked
+ * anyway (design §7.4). */
+static const bool bulk_no_running_blocks = true;
+
+/* Give the layers of D the sizes the bulk statistics S report (matched
+ * by backingIndex when both have one, else by path). True if one
+ * changed. */
+static bool apply_summary_sizes(struct cfs_domain *d, const struct cfs_dom_summary *s)
+{
+    bool changed = false;
+    for (size_t k = 0; k < s->n_disks; k++) {
+        const struct cfs_stats_disk *sd = &s->disks[k];
+        struct cfs_disk *dk = cfs_domain_find_disk(d, sd->target);
+        for (size_t l = 0; dk && l < sd->n_layers; l++) {
+            const struct cfs_stats_layer *sl = &sd->layers[l];
+            for (size_t m = 0; m < dk->n_layers; m++) {
+                struct cfs_layer *ly = &dk->layers[m];
+                bool same = (ly->index && sl->index) ? ly->index == sl->index
+                            : (l == 0 ? m == 0 : cfs_streq(ly->path, sl->path));
+                if (!same)
+                    continue;
+                if (sl->capacity && ly->virtual_size != sl->capacity) {
+                    ly->virtual_size = sl->capacity;
+                    changed = true;
+                }
+                if (ly->allocation != sl->allocation || ly->physical != sl->physical) {
+                    ly->allocation = sl->allocation;
+                    ly->physical = sl->physical;
+                    changed = true;
+                }
+                break;
+            }
+        }
+    }
+    return changed;
+}
+
+struct audit_cand {
+    int64_t last_full_ms;
+    size_t i;
+};
+
+static int audit_cmp(const void *a, const void *b)
+{
+    const struct audit_cand *x = a, *y = b;
+    return x->last_full_ms < y->last_full_ms ? -1 : x->last_full_ms > y->last_full_ms;
+}
+
+static void collect_unlisted(void *opaque, const char *key, void *value)
+{
+    (void)value;
+    struct { const struct cfs_strmap *listed; char ***out; } *c = opaque;
+    if (!cfs_strmap_get(c->listed, key))
+        cfs_strv_push(c->out, cfs_xstrdup(key));
+}
+
+/* Issue 12 §2.2: one bulk call for every domain; per domain, a full
+ * re-read (on its worker) only if its fingerprint changed, its summary
+ * is partial, or it is among the K longest not read in full for
+ * audit_ms (K = n × refresh_ms / audit_ms, rounded up: every domain is
+ * read in full about once per audit period). The others get their sizes
+ * from the statistics, and a running one its look for an external job
+ * when due (a running domain is partial as long as its block statistics
+ * are not asked in bulk: bulk_no_running_blocks). Returns 1 when done, 0 to fall back to the listing, or a
+ * negative errno. */
+static int refresh_all_stats(struct cfs_engine *e, char **known,
+                             unsigned long *known_seq)
+{
+    struct cfs_dom_summary *v = NULL;
+    size_t n = 0;
+    int r = e->be->ops->list_stats(e->be, bulk_no_running_blocks, &v, &n);
+    if (r == -EOPNOTSUPP)
+        return 0;
+    if (r < 0) {
+        log_warn("listing domains: %s", errmsg_or(strerror(-r)));
+        if (r == -ENOTCONN)
+            conn_suspect(e, true);
+        return r;
+    }
+    conn_suspect(e, false);
+    int64_t t = now_ms();
+    struct cfs_strmap *listed = cfs_strmap_new();
+    bool *full = cfs_xcalloc(n + 1, sizeof(*full));
+    bool *scan = cfs_xcalloc(n + 1, sizeof(*scan));
+    struct audit_cand *cand = cfs_xcalloc(n + 1, sizeof(*cand));
+    size_t n_cand = 0;
+    size_t n_listed = 0;
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_dom_summary *s = &v[i];
+        if (cfs_streq(s->name, CFS_OWN_DIR) && cfs_tree_own_name(e->tree, s->name))
+            continue;
+        cfs_strmap_put(listed, s->name, s);
+        n_listed++;
+        struct dom_info *info = dom_info_get(e, s->name);
+        struct cfs_domain *d = cfs_tree_find_domain(e->tree, s->name);
+        full[i] = !d || !info->have_fp || info->fingerprint != s->fingerprint ||
+                  s->partial;
+        info->fingerprint = s->fingerprint;
+        info->have_fp = true;
+        if (full[i])
+            continue;
+        if (t - info->last_full_ms >= (int64_t)e->audit_ms)
+            cand[n_cand++] = (struct audit_cand){ info->last_full_ms, i };
+        /* sizes: a running domain's every layer, a shut-off one's active
+         * one (the rest comes with its full reads) */
+        struct cfs_domain *copy = cfs_domain_dup(d);
+        if (apply_summary_sizes(copy, s)) {
+            if (cfs_tree_put_domain(e->tree, copy))
+                tree_changed(e);
+        } else {
+            cfs_domain_free(copy);
+        }
+        if (s->state != CFS_DOM_SHUTOFF && e->recovered) {
+            bool due = !info->external_scan_ms ||
+                       t - info->external_scan_ms >= EXTERNAL_SCAN_MS;
+            for (size_t k = 0; !due && k < d->n_disks; k++) {
+                const struct cfs_disk_state *ds =
+                    cfs_tree_find_disk_state(e->tree, s->name, d->disks[k].target);
+                due = ds && ds->external.type != CFS_JOB_NONE;
+            }
+            scan[i] = due;
+        }
+    }
+    /* the audit: the K longest unread of those due */
+    size_t k_max = ((size_t)n_listed * e->refresh_ms + e->audit_ms - 1) / e->audit_ms;
+    if (k_max < 1)
+        k_max = 1;
+    qsort(cand, n_cand, sizeof(*cand), audit_cmp);
+    for (size_t j = 0; j < n_cand && j < k_max; j++) {
+        full[cand[j].i] = true;
+        scan[cand[j].i] = false;
+    }
+    pthread_mutex_unlock(&e->tree->lock);
+
+    for (size_t i = 0; i < n; i++) {
+        if (full[i]) {
+            struct work *w = work_new(WORK_REFRESH_DOMAIN, v[i].name, NULL);
+            w->periodic = true;
+            route(e, w);
+        } else if (scan[i]) {
+            struct work *w = work_new(WORK_EXTERNAL_SCAN, v[i].name, NULL);
+            w->periodic = true;
+            route(e, w);
+        }
+    }
+
+    _cleanup_strv_ char **removed = NULL;
+    _cleanup_strv_ char **unlisted = NULL;
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; known && known[i]; i++) {
+        if (cfs_strmap_get(listed, known[i]))
+            continue;
+        bool removed_one;
+        if (install_read(e, known[i], known_seq[i], NULL, &removed_one) && removed_one)
+            cfs_strv_push(&removed, cfs_xstrdup(known[i]));
+    }
+    /* what the engine keeps of names libvirt does not list (undefined,
+     * or only ever asked about) goes, unless in the tree (an event's
+     * read of a domain just defined) or held by a job */
+    struct { const struct cfs_strmap *listed; char ***out; } c = { listed, &unlisted };
+    cfs_strmap_each(e->dom_info, collect_unlisted, &c);
+    for (char **u = unlisted; u && *u; u++)
+        forget_domain(e, *u);
+    pthread_mutex_unlock(&e->tree->lock);
+    for (char **x = removed; x && *x; x++) {
+        _cleanup_free_ char *p = cfs_xasprintf("/%s", *x);
+        invalidate(e, p);
+    }
+    cfs_strmap_free(listed, NULL);
+    free(full);
+    free(scan);
+    free(cand);
+    cfs_dom_summaries_free(v, n);
+    /* issue 12 §2.3: domains gone (or the listing shrank) leave free
+     * heap behind in the middle of it; give its whole pages back, as
+     * after every tenth round (what the reads of the round freed) */
+    if (removed || n < e->last_listed || ++e->rounds_since_trim >= 10) {
+        malloc_trim(0);
+        e->rounds_since_trim = 0;
+    }
+    e->last_listed = n;
+    e->last_refresh_ms = now_ms();
+    return 1;
+}
+
 /* List the domains and re-read each (on its worker when threaded). */
 static int refresh_all(struct cfs_engine *e)
 {
@@ -712,6 +1044,11 @@ static int refresh_all(struct cfs_engine *e)
     _cleanup_strv_ char **names = NULL;
     /* the next one is due refresh_ms from now, whether this one works */
     e->last_refresh_ms = now_ms();
+    if (e->be->ops->list_stats) {
+        int rs = refresh_all_stats(e, known, known_seq);
+        if (rs != 0)
+            return rs < 0 ? rs : 0;
+    }
     int r = e->be->ops->list_domains(e->be, &names);
     if (r < 0) {
         log_warn("listing domains: %s", errmsg_or(strerror(-r)));
@@ -733,8 +1070,10 @@ static int refresh_all(struct cfs_engine *e)
         if (cfs_strv_contains(names, known[i]))
             continue;
         bool removed_one;
-        if (install_read(e, known[i], known_seq[i], NULL, &removed_one) && removed_one)
+        if (install_read(e, known[i], known_seq[i], NULL, &removed_one) && removed_one) {
             cfs_strv_push(&removed, cfs_xstrdup(known[i]));
+            forget_domain(e, known[i]);
+        }
     }
     pthread_mutex_unlock(&e->tree->lock);
     for (char **n = removed; n && *n; n++) {
@@ -827,8 +1166,7 @@ static void external_scan(struct cfs_engine *e, const char *dom, bool periodic)
     bool running = d && d->state != CFS_DOM_SHUTOFF;
     bool all = false;
     if (running && e->recovered) { /* before recovery no disk is looked at */
-        size_t k = dom_seq_index(e, dom); /* may move dom_seq */
-        int64_t *last = &e->dom_seq[k].external_scan_ms;
+        int64_t *last = &dom_info_get(e, dom)->external_scan_ms;
         all = !periodic || !*last || t - *last >= EXTERNAL_SCAN_MS;
         if (all)
             *last = t;
@@ -870,6 +1208,9 @@ void process_work(struct cfs_engine *e, struct work *w)
     case WORK_REFRESH_DOMAIN:
         if (refresh_domain(e, w->dom) == 0)
             external_scan(e, w->dom, w->periodic);
+        break;
+    case WORK_EXTERNAL_SCAN:
+        external_scan(e, w->dom, true);
         break;
     case WORK_REFRESH_ALL:
         refresh_all(e);
@@ -938,6 +1279,19 @@ void cfs_engine_run_pending(struct cfs_engine *e)
     drain(e);
 }
 
+void cfs_engine_refresh(struct cfs_engine *e)
+{
+    refresh_all(e);
+}
+
+size_t cfs_engine_names_kept(struct cfs_engine *e)
+{
+    pthread_mutex_lock(&e->tree->lock);
+    size_t n = cfs_strmap_size(e->dom_info);
+    pthread_mutex_unlock(&e->tree->lock);
+    return n;
+}
+
 static void *engine_thread(void *arg)
 {
     struct cfs_engine *e = arg;
@@ -990,6 +1344,9 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
                              ? CFS_QUIESCE_TIMEOUT_MAX : cfg->quiesce_timeout;
     e->refresh_ms = cfg->refresh_ms ? cfg->refresh_ms : 3000;
     e->poll_ms = cfg->poll_ms ? cfg->poll_ms : 250;
+    e->audit_ms = cfg->audit_ms ? cfg->audit_ms : 60000;
+    e->dom_info = cfs_strmap_new();
+    e->workers = cfs_strmap_new();
     e->be = be;
     e->tree = cfs_tree_new();
     pthread_mutex_init(&e->qlock, NULL);
@@ -997,6 +1354,7 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     pthread_cond_init(&e->srv_cond, NULL);
     pthread_mutex_init(&e->settings_lock, NULL);
     cond_init_monotonic(&e->qcond);
+    cond_init_monotonic(&e->pool_cond);
 
     _cleanup_strv_ char **warnings = NULL;
     int r = cfs_journal_open(cfg->state_dir, &e->journal, &warnings);
@@ -1047,10 +1405,8 @@ static void workers_wait_idle(struct cfs_engine *e, int64_t limit_ms,
     size_t last_pending = SIZE_MAX;
     pthread_mutex_lock(&e->qlock);
     for (;;) {
-        size_t pending = 0;
-        for (struct dom_worker *dw = e->workers; dw; dw = dw->next)
-            if (!dw->exited && (dw->head || dw->busy_since_ms))
-                pending++;
+        /* the domains with work queued or under way */
+        size_t pending = cfs_strmap_size(e->workers);
         int64_t t = now_ms() - start;
         if (adaptive && last_pending != SIZE_MAX && pending < last_pending) {
             int64_t soft = STARTUP_SLOW_FACTOR * t;
@@ -1070,7 +1426,7 @@ static void workers_wait_idle(struct cfs_engine *e, int64_t limit_ms,
 /* Start-up with threads: every domain in the tree quickly (no
  * statistics), then in full, each on its own worker, so that a stuck
  * QEMU delays nothing (see STARTUP_READ_WAIT_MS). */
-static int startup_read(struct cfs_engine *e)
+static int startup_read_listed(struct cfs_engine *e)
 {
     _cleanup_strv_ char **names = NULL;
     int r = e->be->ops->list_domains(e->be, &names);
@@ -1083,6 +1439,63 @@ static int startup_read(struct cfs_engine *e)
     for (char **n = names; n && *n; n++)
         route(e, work_new(WORK_REFRESH_DOMAIN, *n, NULL));
     workers_wait_idle(e, STARTUP_READ_WAIT_MS, true);
+    e->last_refresh_ms = now_ms();
+    return 0;
+}
+
+/* Issue 12 §2.2: with the bulk statistics, one call lists every domain
+ * with its sizes; each domain is then read once without statistics (no
+ * call that waits for a QEMU), and the statistics give a shut-off one
+ * its sizes: a full read, in one round instead of two. Running ones (no
+ * statistics in the listing) are read in full after, as before. A
+ * domain whose read did not come in in time shows up when it does. */
+static int startup_read(struct cfs_engine *e)
+{
+    if (!e->be->ops->list_stats)
+        return startup_read_listed(e);
+    struct cfs_dom_summary *v = NULL;
+    size_t n = 0;
+    int r = e->be->ops->list_stats(e->be, bulk_no_running_blocks, &v, &n);
+    if (r == -EOPNOTSUPP)
+        return startup_read_listed(e);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n; i++)
+        if (!cfs_streq(v[i].name, CFS_OWN_DIR))
+            route(e, work_new(WORK_READ_LIGHT, v[i].name, NULL));
+    workers_wait_idle(e, STARTUP_LIGHT_WAIT_MS, false);
+    /* the domains whose statistics the listing has not (running ones):
+     * in full, waited for as before (a stuck QEMU holds up no start) */
+    bool any_partial = false;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].partial && !cfs_streq(v[i].name, CFS_OWN_DIR)) {
+            route(e, work_new(WORK_REFRESH_DOMAIN, v[i].name, NULL));
+            any_partial = true;
+        }
+    if (any_partial)
+        workers_wait_idle(e, STARTUP_READ_WAIT_MS, true);
+    int64_t t = now_ms();
+    pthread_mutex_lock(&e->tree->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct cfs_domain *d = cfs_tree_find_domain(e->tree, v[i].name);
+        if (!d)
+            continue; /* not read yet (or gone): its read installs it */
+        struct dom_info *info = dom_info_get(e, v[i].name);
+        if (!v[i].partial) {
+            struct cfs_domain *copy = cfs_domain_dup(d);
+            if (apply_summary_sizes(copy, &v[i]))
+                cfs_tree_put_domain(e->tree, copy);
+            else
+                cfs_domain_free(copy);
+            info->fingerprint = v[i].fingerprint;
+            info->have_fp = true;
+        }
+        info->last_full_ms = t;
+    }
+    tree_changed(e);
+    pthread_mutex_unlock(&e->tree->lock);
+    cfs_dom_summaries_free(v, n);
+    malloc_trim(0); /* what the start-up's reads freed */
     e->last_refresh_ms = now_ms();
     return 0;
 }
@@ -1262,6 +1675,11 @@ static int engine_start(struct cfs_engine *e, bool thread, char **errmsg)
 {
     e->threaded = thread;
     e->start_thread = thread;
+    /* issue 12 §2.3: the pool's threads and libvirt's would each get a
+     * malloc arena of their own (up to 8 per core), each keeping its
+     * freed memory; two arenas hold the process's heap together */
+    if (thread)
+        mallopt(M_ARENA_MAX, 2);
     int r = e->be->ops->connect(e->be, &engine_events, e);
     if (r == -ENOTCONN && e->start_disconnected) {
         /* issue 12: one host of several down at start. The backend
@@ -1376,14 +1794,13 @@ struct cfs_engine *cfs_engine_free(struct cfs_engine *e)
     if (e->lock_fd >= 0)
         close(e->lock_fd);
     cfs_tree_free(e->tree);
-    for (size_t i = 0; i < e->n_dom_seq; i++)
-        free(e->dom_seq[i].name);
-    free(e->dom_seq);
+    cfs_strmap_free(e->dom_info, free);
     pthread_mutex_destroy(&e->qlock);
     pthread_mutex_destroy(&e->settings_lock);
     pthread_mutex_destroy(&e->srv_lock);
     pthread_cond_destroy(&e->srv_cond);
     pthread_cond_destroy(&e->qcond);
+    pthread_cond_destroy(&e->pool_cond);
     free(e->overlay_dir);
     free(e->state_dir);
     free(e->no_live_pull);

@@ -22,6 +22,7 @@
 #include "chainfs/metrics.h"
 #include "chainfs/names.h"
 #include "chainfs/render.h"
+#include "chainfs/strmap.h"
 
 /* Free space below which mkdir says ENOSPC before asking libvirt: a new
  * qcow2 overlay needs its header, L1 table and refcount blocks. */
@@ -78,6 +79,8 @@ enum work_kind {
     WORK_REAPPLY,        /* set job_id's journaled bandwidth again (reconnect) */
     WORK_DISPATCH,       /* start the next run of dom/disk's queued rmdirs */
     WORK_THAW,           /* issue 10: one attempt at dom's owed thaw */
+    WORK_EXTERNAL_SCAN,  /* issue 12: the timer's look for a block job
+                            chainfs did not start, without a re-read */
 };
 
 struct work {
@@ -95,19 +98,37 @@ struct work {
     struct work *next;
 };
 
-/* The worker of one domain: every call that may wait for the domain's
- * QEMU (statistics, job info, pivot, clean-up) runs here, one at a time,
- * so a stuck QEMU holds up its own domain only. Fields under e->qlock. */
+/* The work queue of one domain (issue 12 §2.2: a bounded pool of
+ * threads serves them, not one thread per domain). Every call that may
+ * wait for the domain's QEMU (statistics, job info, pivot, clean-up)
+ * runs from here, one at a time per domain (in order), so a stuck QEMU
+ * holds up its own domain and one pool thread; the pool grows by one
+ * for each thread held that long (up to POOL_MAX). Exists while it has
+ * work or a thread is on it. Fields under e->qlock. */
 struct dom_worker {
-    struct cfs_engine *e;
     char *dom;
-    struct work *head, *tail;
-    pthread_cond_t cond;      /* work arrived, or stopping */
-    pthread_t thread;
-    int64_t busy_since_ms;    /* in a work item since; 0: idle */
-    bool exited;              /* the thread has returned (join it) */
-    struct dom_worker *next;
+    struct work *head, *tail;  /* events' and jobs' work before the timer's */
+    bool running;              /* a pool thread is on its head item */
+    int ready;                 /* 0: in no ready list; 1: urgent; 2: periodic */
+    struct dom_worker *rprev, *rnext; /* in its ready list */
 };
+
+/* A thread of the pool. Fields under e->qlock. */
+struct pool_thread {
+    pthread_t thread;
+    struct cfs_engine *e;
+    struct dom_worker *on;     /* the domain it works for, or NULL */
+    int64_t busy_since_ms;     /* in a work item since; 0: idle */
+    bool exited;               /* the thread has returned (join it) */
+    struct pool_thread *next;
+};
+
+/* The pool: POOL_MIN threads, one more for each held by one call for
+ * POOL_STUCK_MS (a stuck QEMU), at most POOL_MAX; a thread beyond
+ * POOL_MIN idle for WORKER_IDLE_MS ends. */
+#define POOL_MIN 8
+#define POOL_MAX 32
+#define POOL_STUCK_MS 1000
 
 /* An offline merge's thread: joined by the engine thread once done, or
  * at free. Fields under e->qlock. */
@@ -149,12 +170,14 @@ struct cfs_engine {
     struct cfs_journal *journal;
     int lock_fd;              /* flock on STATE_DIR/lock: one daemon per state_dir */
     struct cfs_tree *tree;
-    struct {
-        char *name;
-        unsigned long seq;
-        int64_t external_scan_ms; /* external_scan's last full look */
-    } *dom_seq;               /* per-domain change counters; tree lock */
-    size_t n_dom_seq;
+    /* Per domain name, a struct dom_info (below); tree lock. Dropped
+     * when libvirt no longer lists the domain and the tree keeps nothing
+     * of it (issue 12 §2.4). */
+    struct cfs_strmap *dom_info;
+    unsigned long seq_fresh;  /* the counter a new dom_info starts at */
+    unsigned audit_ms;        /* -o audit (issue 12 §2.2) */
+    size_t last_listed;       /* domains of the last bulk listing */
+    unsigned rounds_since_trim; /* refreshes since the last malloc_trim */
     uint64_t last_job_id;     /* tree lock */
     /* What `stale` stands for (tree lock): the backend said the connection
      * is down, or a call found libvirt not answering / the connection
@@ -183,7 +206,14 @@ struct cfs_engine {
     pthread_t thread;
     struct offline_thread *offline; /* offline merge threads not yet
                                        joined; guarded by qlock */
-    struct dom_worker *workers; /* guarded by qlock */
+    /* issue 12: the domain queues (name -> struct dom_worker), the
+     * ready ones (urgent: an event's or job's work at the head; then
+     * the timer's), the pool threads; all under qlock */
+    struct cfs_strmap *workers;
+    struct dom_worker *ready_head[2], *ready_tail[2];
+    struct pool_thread *pool;
+    size_t n_pool, n_idle;
+    pthread_cond_t pool_cond;  /* work is ready, or stopping */
 
     /* issue 9: disk.raw (readers.c). srv_lock is a leaf lock (never
      * held while taking the tree lock or calling the image server); the
@@ -200,6 +230,26 @@ struct cfs_engine {
     int64_t last_poll_ms;
 };
 
+
+/* What the engine keeps per domain name (e->dom_info). */
+struct dom_info {
+    /* Change counter. A read of a domain is installed only if it did not
+     * move while the read was under way. A new entry starts where no
+     * entry ever was (seq_fresh), so a read begun before the domain was
+     * forgotten never matches. */
+    unsigned long seq;
+    int64_t external_scan_ms; /* external_scan's last full look */
+    /* Issue 12 §2.2: the bulk statistics' fingerprint when last looked
+     * at (valid: have_fp), and when the domain was last read in full. */
+    uint64_t fingerprint;
+    bool have_fp;
+    int64_t last_full_ms;
+};
+struct dom_info *dom_info_get(struct cfs_engine *e, const char *name);
+/* DOM left libvirt's listing and the tree (caller holds the tree lock):
+ * drop what the engine and the tree keep of it, unless a job of
+ * chainfs still holds some. */
+void forget_domain(struct cfs_engine *e, const char *name);
 
 static inline int64_t now_ms(void)
 {

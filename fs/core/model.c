@@ -551,15 +551,6 @@ struct cfs_disk *cfs_domain_find_disk(const struct cfs_domain *d,
     return NULL;
 }
 
-uint64_t cfs_str_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-
-    for (; s && *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 void cfs_disk_unindex_names(struct cfs_disk *disk)
 {
     free(disk->name_slots);

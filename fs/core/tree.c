@@ -1,7 +1,11 @@
-/* tree.c — see tree.h. Domains are kept in a plain array: a host has tens
- * of domains, not millions, and every lookup is a short strcmp walk. */
+/* tree.c — see tree.h. Domains and disk states are kept in plain
+ * arrays (readers walk them), each with a hash index by name, and a file
+ * index answers "who uses this file" (issue 12 §2.5): a host may have a
+ * thousand domains, and no lookup walks them all. */
 #include "chainfs/tree.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "chainfs/log.h"
@@ -18,7 +22,133 @@ struct cfs_tree *cfs_tree_new(void)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&t->changed, &ca);
     pthread_condattr_destroy(&ca);
+    t->dom_index = cfs_strmap_new();
+    t->state_index = cfs_strmap_new();
+    t->file_index = cfs_strmap_new();
     return t;
+}
+
+/* ---- indexes ---------------------------------------------------------------- */
+
+static inline void *pos_value(size_t i) { return (void *)(uintptr_t)(i + 1); }
+static inline ssize_t value_pos(void *v) { return v ? (ssize_t)((uintptr_t)v - 1) : -1; }
+
+/* The users of one file key: (domain, disk) per layer that has it. */
+struct file_ref {
+    const struct cfs_domain *d;
+    size_t disk;
+};
+struct file_refs {
+    size_t n, cap;
+    struct file_ref *v;
+};
+
+static void file_refs_free(void *p)
+{
+    struct file_refs *r = p;
+    if (r)
+        free(r->v);
+    free(r);
+}
+
+/* The keys under which a layer (or a looked-up file) is indexed, so that
+ * every pair cfs_file_same() calls the same file shares one: "i:" dev:ino
+ * when known; "r:" the path as given; "c:" the canonical path and "c:"
+ * the folded path (cfs_file_same compares either spelling of one side
+ * with either of the other's). Returns the number of keys set in K (up
+ * to 4; caller frees them). */
+static size_t file_keys(const struct cfs_file_id *id, const char *path,
+                        char *k[4])
+{
+    size_t n = 0;
+    if (id && id->known)
+        k[n++] = cfs_xasprintf("i:%" PRIu64 ":%" PRIu64, id->dev, id->ino);
+    if (path) {
+        _cleanup_free_ char *fold = cfs_path_fold(path);
+        k[n++] = cfs_xasprintf("r:%s", path);
+        if (id && id->canonical && !cfs_streq(id->canonical, fold))
+            k[n++] = cfs_xasprintf("c:%s", id->canonical);
+        k[n++] = cfs_xasprintf("c:%s", fold);
+    }
+    return n;
+}
+
+static void file_index_domain(struct cfs_tree *t, const struct cfs_domain *d,
+                              bool add)
+{
+    for (size_t i = 0; i < d->n_disks; i++)
+        for (size_t l = 0; l < d->disks[i].n_layers; l++) {
+            const struct cfs_layer *ly = &d->disks[i].layers[l];
+            char *k[4];
+            size_t nk = file_keys(&ly->id, ly->path, k);
+            for (size_t j = 0; j < nk; j++) {
+                struct file_refs *r = cfs_strmap_get(t->file_index, k[j]);
+                if (add) {
+                    if (!r) {
+                        r = cfs_xcalloc(1, sizeof(*r));
+                        cfs_strmap_put(t->file_index, k[j], r);
+                    }
+                    if (r->n && r->v[r->n - 1].d == d && r->v[r->n - 1].disk == i) {
+                        free(k[j]);
+                        continue; /* the same disk's other layer, same file */
+                    }
+                    if (r->n == r->cap) {
+                        r->cap = r->cap ? 2 * r->cap : 2;
+                        r->v = cfs_xrealloc(r->v, r->cap * sizeof(*r->v));
+                    }
+                    r->v[r->n++] = (struct file_ref){ d, i };
+                } else if (r) {
+                    for (size_t m = 0; m < r->n;) {
+                        if (r->v[m].d == d)
+                            r->v[m] = r->v[--r->n];
+                        else
+                            m++;
+                    }
+                    if (!r->n)
+                        file_refs_free(cfs_strmap_del(t->file_index, k[j]));
+                }
+                free(k[j]);
+            }
+        }
+}
+
+static char *state_key(const char *dom, const char *disk)
+{
+    return cfs_xasprintf("s:%s\x1f%s", dom, disk);
+}
+
+/* The state index also lists, under "d:" DOM, the disks of DOM that
+ * have a state (a NULL-terminated vector): forgetting a domain finds
+ * its states without a walk over all of them. */
+static char ***dom_disks(struct cfs_tree *t, const char *dom, bool create)
+{
+    _cleanup_free_ char *k = cfs_xasprintf("d:%s", dom);
+    char ***v = cfs_strmap_get(t->state_index, k);
+    if (!v && create) {
+        v = cfs_xcalloc(1, sizeof(*v));
+        cfs_strmap_put(t->state_index, k, v);
+    }
+    return v;
+}
+
+static void dom_disks_drop(struct cfs_tree *t, const char *dom)
+{
+    _cleanup_free_ char *k = cfs_xasprintf("d:%s", dom);
+    char ***v = cfs_strmap_del(t->state_index, k);
+    if (v)
+        cfs_strv_free(*v);
+    free(v);
+}
+
+/* Free the state index's values: positions are not pointers. */
+static void state_index_value_free(void *opaque, const char *key, void *value)
+{
+    (void)opaque;
+    if (key[0] == 'd') {
+        char ***v = value;
+        cfs_strv_free(*v);
+        free(v);
+    }
 }
 
 void cfs_queued_clear(struct cfs_queued *q)
@@ -83,6 +213,10 @@ struct cfs_tree *cfs_tree_free(struct cfs_tree *t)
     for (size_t i = 0; i < t->n_doms; i++)
         cfs_domain_free(t->doms[i]);
     free(t->doms);
+    cfs_strmap_free(t->dom_index, NULL);
+    cfs_strmap_each(t->state_index, state_index_value_free, NULL);
+    cfs_strmap_free(t->state_index, NULL);
+    cfs_strmap_free(t->file_index, file_refs_free);
     for (size_t i = 0; i < t->n_states; i++)
         disk_state_free(t->states[i]);
     free(t->states);
@@ -103,10 +237,7 @@ struct cfs_tree *cfs_tree_free(struct cfs_tree *t)
 
 static ssize_t find_index(struct cfs_tree *t, const char *name)
 {
-    for (size_t i = 0; i < t->n_doms; i++)
-        if (strcmp(t->doms[i]->name, name) == 0)
-            return (ssize_t)i;
-    return -1;
+    return value_pos(cfs_strmap_get(t->dom_index, name));
 }
 
 struct cfs_domain *cfs_tree_find_domain(struct cfs_tree *t, const char *name)
@@ -182,14 +313,18 @@ bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d)
         /* the engine's mark outlives a re-read; the engine clears it */
         d->not_responding = t->doms[i]->not_responding;
         bool same = domain_equal(t->doms[i], d);
+        file_index_domain(t, t->doms[i], false);
         cfs_domain_free(t->doms[i]);
         t->doms[i] = d;
+        file_index_domain(t, d, true);
         if (!same)
             t->generation++;
         return !same;
     }
     t->doms = cfs_xrealloc(t->doms, (t->n_doms + 1) * sizeof(*t->doms));
+    cfs_strmap_put(t->dom_index, d->name, pos_value(t->n_doms));
     t->doms[t->n_doms++] = d;
+    file_index_domain(t, d, true);
     t->generation++;
     return true;
 }
@@ -199,10 +334,16 @@ bool cfs_tree_remove_domain(struct cfs_tree *t, const char *name)
     ssize_t i = find_index(t, name);
     if (i < 0)
         return false;
+    file_index_domain(t, t->doms[i], false);
+    cfs_strmap_del(t->dom_index, name);
     cfs_domain_free(t->doms[i]);
-    memmove(&t->doms[i], &t->doms[i + 1],
-            (t->n_doms - (size_t)i - 1) * sizeof(*t->doms));
-    t->n_doms--;
+    t->doms[i] = t->doms[--t->n_doms];
+    if ((size_t)i < t->n_doms)
+        cfs_strmap_put(t->dom_index, t->doms[i]->name, pos_value((size_t)i));
+    if (!t->n_doms) {
+        free(t->doms);
+        t->doms = NULL;
+    }
     t->generation++;
     return true;
 }
@@ -211,11 +352,9 @@ struct cfs_disk_state *cfs_tree_find_disk_state(struct cfs_tree *t,
                                                 const char *dom,
                                                 const char *disk)
 {
-    for (size_t i = 0; i < t->n_states; i++)
-        if (strcmp(t->states[i]->dom, dom) == 0 &&
-            strcmp(t->states[i]->disk, disk) == 0)
-            return t->states[i];
-    return NULL;
+    _cleanup_free_ char *k = state_key(dom, disk);
+    ssize_t i = value_pos(cfs_strmap_get(t->state_index, k));
+    return i < 0 ? NULL : t->states[i];
 }
 
 struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
@@ -228,8 +367,72 @@ struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
     s->dom = cfs_xstrdup(dom);
     s->disk = cfs_xstrdup(disk);
     t->states = cfs_xrealloc(t->states, (t->n_states + 1) * sizeof(*t->states));
+    _cleanup_free_ char *k = state_key(dom, disk);
+    cfs_strmap_put(t->state_index, k, pos_value(t->n_states));
     t->states[t->n_states++] = s;
+    cfs_strv_push(dom_disks(t, dom, true), cfs_xstrdup(disk));
     return s;
+}
+
+/* A disk state that holds nothing but history: no job in progress, no
+ * queued or returned rmdir, no reader. */
+static bool disk_state_idle(const struct cfs_disk_state *s)
+{
+    return !cfs_job_phase_in_progress(s->job.phase) &&
+           s->external.type == CFS_JOB_NONE && !s->n_queue &&
+           !s->n_readers;
+}
+
+bool cfs_tree_forget_domain(struct cfs_tree *t, const char *name)
+{
+    bool all = true;
+    char ***disks = dom_disks(t, name, false);
+    _cleanup_strv_ char **kept = NULL;
+    for (char **dk = disks ? *disks : NULL; dk && *dk; dk++) {
+        _cleanup_free_ char *k = state_key(name, *dk);
+        ssize_t i = value_pos(cfs_strmap_get(t->state_index, k));
+        if (i < 0)
+            continue;
+        struct cfs_disk_state *s = t->states[i];
+        if (!disk_state_idle(s)) {
+            all = false;
+            cfs_strv_push(&kept, cfs_xstrdup(*dk));
+            continue;
+        }
+        cfs_strmap_del(t->state_index, k);
+        disk_state_free(s);
+        t->states[i] = t->states[--t->n_states];
+        if ((size_t)i < t->n_states) {
+            _cleanup_free_ char *k2 = state_key(t->states[i]->dom, t->states[i]->disk);
+            cfs_strmap_put(t->state_index, k2, pos_value((size_t)i));
+        }
+    }
+    dom_disks_drop(t, name);
+    for (char **dk = kept; dk && *dk; dk++)
+        cfs_strv_push(dom_disks(t, name, true), cfs_xstrdup(*dk));
+    if (!t->n_states) {
+        free(t->states);
+        t->states = NULL;
+    }
+    for (size_t i = 0; i < t->n_groups;) {
+        struct cfs_group *g = t->groups[i];
+        if (!cfs_streq(g->dom, name)) {
+            i++;
+            continue;
+        }
+        if (!cfs_group_phase_ended(g->phase)) {
+            all = false;
+            i++;
+            continue;
+        }
+        cfs_group_free(g);
+        memmove(&t->groups[i], &t->groups[i + 1],
+                (t->n_groups - i - 1) * sizeof(*t->groups));
+        t->n_groups--;
+    }
+    if (cfs_tree_find_thaw(t, name))
+        all = false;
+    return all;
 }
 
 const struct cfs_disk *cfs_tree_file_user(struct cfs_tree *t,
@@ -239,17 +442,39 @@ const struct cfs_disk *cfs_tree_file_user(struct cfs_tree *t,
                                           const char *except_disk,
                                           const struct cfs_domain **dom_out)
 {
-    for (size_t i = 0; i < t->n_doms; i++) {
-        bool self = except_dom && strcmp(t->doms[i]->name, except_dom) == 0;
-        const struct cfs_disk *dk = cfs_domain_file_user(
-            t->doms[i], id, path, self ? except_disk : NULL);
-        if (dk && !(self && !except_disk)) {
-            if (dom_out)
-                *dom_out = t->doms[i];
-            return dk;
+    /* the candidates from the index, each checked by cfs_file_same's
+     * own rule; of those, the first in the order a walk over doms and
+     * their disks would meet them */
+    char *k[4];
+    size_t nk = file_keys(id, path, k);
+    ssize_t best_dom = -1;
+    size_t best_disk = 0;
+    for (size_t j = 0; j < nk; j++) {
+        const struct file_refs *r = cfs_strmap_get(t->file_index, k[j]);
+        for (size_t m = 0; r && m < r->n; m++) {
+            const struct cfs_domain *d = r->v[m].d;
+            size_t di = r->v[m].disk;
+            ssize_t pos = find_index(t, d->name);
+            if (pos < 0 || t->doms[pos] != d)
+                continue;
+            if (best_dom >= 0 && (pos > best_dom || (pos == best_dom && di >= best_disk)))
+                continue;
+            bool self = except_dom && strcmp(d->name, except_dom) == 0;
+            if (self && (!except_disk || cfs_streq(d->disks[di].target, except_disk)))
+                continue;
+            if (cfs_disk_find_file(&d->disks[di], id, path) < 0)
+                continue;
+            best_dom = pos;
+            best_disk = di;
         }
     }
-    return NULL;
+    for (size_t j = 0; j < nk; j++)
+        free(k[j]);
+    if (best_dom < 0)
+        return NULL;
+    if (dom_out)
+        *dom_out = t->doms[best_dom];
+    return &t->doms[best_dom]->disks[best_disk];
 }
 
 /* ---- job groups (issue 10 §3.2) ------------------------------------------------ */

@@ -67,6 +67,15 @@ char *cfs_xasprintf(const char *fmt, ...)
     return s;
 }
 
+uint64_t cfs_str_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+
+    for (; s && *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
 bool cfs_streq(const char *a, const char *b)
 {
     if (!a || !b)
@@ -328,4 +337,59 @@ int cfs_image_hold_writers(const char *path, int *fd, char **why)
     }
     *fd = f;
     return 0;
+}
+
+/* ---- bulk statistics (backend.h, issue 12 §2.2) -------------------------- */
+
+void cfs_dom_summaries_free(struct cfs_dom_summary *v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++) {
+        free(v[i].name);
+        for (size_t d = 0; d < v[i].n_disks; d++) {
+            struct cfs_stats_disk *dk = &v[i].disks[d];
+            free(dk->target);
+            for (size_t l = 0; l < dk->n_layers; l++)
+                free(dk->layers[l].path);
+            free(dk->layers);
+        }
+        free(v[i].disks);
+    }
+    free(v);
+}
+
+static uint64_t fnv_mix(uint64_t h, const void *p, size_t len)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < len; i++) {
+        h ^= c[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static uint64_t fnv_str(uint64_t h, const char *s)
+{
+    /* the terminating NUL too: "ab","c" differs from "a","bc" */
+    return fnv_mix(h, s ? s : "", s ? strlen(s) + 1 : 1);
+}
+
+uint64_t cfs_dom_summary_fingerprint(const struct cfs_dom_summary *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    uint32_t v = (uint32_t)s->state;
+    h = fnv_mix(h, &v, sizeof(v));
+    h = fnv_str(h, s->uuid);
+    v = (uint32_t)s->partial;
+    h = fnv_mix(h, &v, sizeof(v));
+    for (size_t d = 0; d < s->n_disks; d++) {
+        const struct cfs_stats_disk *dk = &s->disks[d];
+        h = fnv_str(h, dk->target);
+        for (size_t l = 0; l < dk->n_layers; l++) {
+            h = fnv_str(h, dk->layers[l].path);
+            v = dk->layers[l].index;
+            h = fnv_mix(h, &v, sizeof(v));
+        }
+        h = fnv_str(h, "/"); /* end of the disk's layers */
+    }
+    return h;
 }

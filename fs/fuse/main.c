@@ -42,6 +42,7 @@ struct options {
     char *live_pull;
     char *quiesce;
     char *quiesce_timeout;
+    char *audit;
     int keep_merged;
     int help;
     int version;
@@ -83,6 +84,7 @@ static const struct fuse_opt option_table[] = {
     OPT("live_pull=%s", live_pull, 0),
     OPT("quiesce=%s", quiesce, 0),
     OPT("quiesce_timeout=%s", quiesce_timeout, 0),
+    OPT("audit=%s", audit, 0),
     OPT("keep_merged", keep_merged, 1),
     FUSE_OPT_KEY("-h", KEY_HELP),
     FUSE_OPT_KEY("--help", KEY_HELP),
@@ -212,6 +214,12 @@ static void usage(FILE *out)
 "                         freeze (libvirt's own wait is unbounded; its\n"
 "                         setting cannot be read back, so an administrator's\n"
 "                         value is overwritten); 0 leaves it alone\n"
+"  -o audit=S             read every domain from libvirt in full at least\n"
+"                         every S seconds (1..86400, default 60); between,\n"
+"                         one bulk call every 3 s finds what changed and\n"
+"                         libvirt's events show changes at once; what sends\n"
+"                         no event (snapshot metadata made by hand, an image\n"
+"                         edited by qemu-img) shows within S seconds\n"
 "  -o keepalive=I:C       libvirt keepalive: a probe every I seconds, the\n"
 "                         connection given up after C unanswered (default\n"
 "                         5:3); shorter notices a lost libvirtd sooner\n"
@@ -237,8 +245,8 @@ static void usage(FILE *out)
 "Exit status: 0 after an unmount or a SIGTERM, SIGINT or SIGHUP (which\n"
 "unmount), 1 if start-up failed (a FUSE option FUSE does not know\n"
 "included), 2 if chainfs cannot use its command line (no\n"
-"MOUNTPOINT, a malformed -o bandwidth, live_pull, quiesce or quiesce_timeout,\n"
-"an unknown manage_group, a bad or repeated host name).\n"
+"MOUNTPOINT, a malformed -o bandwidth, live_pull, quiesce, quiesce_timeout or\n"
+"audit, an unknown manage_group, a bad or repeated host name).\n"
 "\n"
 "Docs: man chainfs, and man chainfs-files for every file of the tree and\n"
 "every ctl command. Backups: examples/backup.sh (a live backup of every\n"
@@ -460,6 +468,7 @@ static void options_free(struct options *o)
     free(o->quiesce);
     free(o->quiesce_timeout);
     free(o->keepalive);
+    free(o->audit);
     for (int i = 0; i < o->n_nonopt; i++)
         free(o->nonopt[i]);
 }
@@ -610,6 +619,18 @@ static bool command_line(struct daemon *d, int *status)
             return false;
         }
         d->cfg.quiesce_timeout = t;
+    }
+    if (o->audit) {
+        char extra;
+        unsigned t;
+        if (sscanf(o->audit, "%u%c", &t, &extra) != 1 || o->audit[0] == '-' ||
+            t < 1 || t > 86400) {
+            fprintf(stderr, "chainfs: -o audit=%s: give whole seconds, 1 to "
+                    "86400 (every domain is read in full at least that often)\n",
+                    o->audit);
+            return false;
+        }
+        d->cfg.audit_ms = t * 1000;
     }
     if (o->keepalive) {
         char extra;

@@ -63,6 +63,37 @@ struct cfs_snapshot_disk {
                               file) */
 };
 
+/* Issue 12 §2.2: one domain as the bulk statistics give it
+ * (virConnectGetAllDomainStats, STATE | BLOCK with BACKING, NOWAIT). */
+struct cfs_stats_layer {
+    char *path;
+    unsigned index;          /* libvirt's backingIndex (0: the active layer
+                                or none given) */
+    uint64_t capacity, allocation, physical;
+};
+struct cfs_stats_disk {
+    char *target;            /* "vda" */
+    size_t n_layers;
+    struct cfs_stats_layer *layers; /* active first */
+};
+struct cfs_dom_summary {
+    char *name;
+    char uuid[40];
+    enum cfs_dom_state state;
+    /* NOWAIT: libvirt skipped the job-guarded statistics of this one (a
+     * job held it), or they were not asked (no_running_blocks): its
+     * disks are not all known; re-read it with read_domain when due. */
+    bool partial;
+    size_t n_disks;
+    struct cfs_stats_disk *disks;
+    /* cfs_dom_summary_fingerprint(): of the state, the targets, the
+     * paths and indexes, never of sizes: equal means no need to re-read */
+    uint64_t fingerprint;
+};
+void cfs_dom_summaries_free(struct cfs_dom_summary *v, size_t n);
+/* The fingerprint of S (backends set it with this, so all agree). */
+uint64_t cfs_dom_summary_fingerprint(const struct cfs_dom_summary *s);
+
 struct cfs_backend_ops {
     const char *name;
 
@@ -79,6 +110,16 @@ struct cfs_backend_ops {
 
     /* Names of every domain, running or shut off (NULL-terminated). */
     int (*list_domains)(struct cfs_backend *be, char ***names);
+    /* Optional (NULL: list_domains + read_domain per domain). Every
+     * domain in one call (issue 12 §2.2): its state, and the sizes of a
+     * running domain's every layer, of a shut-off one's active layer
+     * only (libvirt reports no more for it). NO_RUNNING_BLOCKS: ask no
+     * block statistics of running domains (a pull runs on one: QEMU 7.2
+     * crashes when its block nodes are queried as the pull ends, design
+     * §7.4); their summaries are then partial. *OUT is freed with
+     * cfs_dom_summaries_free. */
+    int (*list_stats)(struct cfs_backend *be, bool no_running_blocks,
+                      struct cfs_dom_summary **out, size_t *n);
     /* Everything about one domain: state, disks with a file or block
      * source (cdroms/floppies without media and network disks left out),
      * each disk's chain active-first with sizes, meta_name per layer, and

@@ -67,6 +67,12 @@ struct cfs_engine_config {
     bool keep_merged;          /* keep overlay files after a merge */
     unsigned refresh_ms;       /* full re-read interval; 0: 3000 */
     unsigned poll_ms;          /* job progress poll while a job runs; 0: 250 */
+    /* Issue 12 §2.2, -o audit=SECONDS: every domain is read in full at
+     * least this often (what has no libvirt event: snapshot metadata,
+     * images edited by hand); between audits a domain is read in full
+     * only when the bulk statistics show it changed, or on an event.
+     * 0: 60000. */
+    unsigned audit_ms;
     uint64_t bandwidth;        /* bytes/s every merge starts with (-o
                                   bandwidth=N), 0 = unlimited */
     enum cfs_live_pull live_pull; /* -o live_pull */
@@ -215,5 +221,12 @@ const char *cfs_engine_uri(struct cfs_engine *e);
 
 /* Tests: process everything queued, then one poll round. */
 void cfs_engine_run_pending(struct cfs_engine *e);
+/* One refresh of every domain now, as the timer's (issue 12: the bulk
+ * call, then the re-reads it decides); without the engine thread the
+ * re-reads run inline. For tests. */
+void cfs_engine_refresh(struct cfs_engine *e);
+/* How many domain names the engine keeps state for (issue 12 §2.4: an
+ * undefined domain leaves none behind). For tests. */
+size_t cfs_engine_names_kept(struct cfs_engine *e);
 /* Tests: the tree (lock it before looking). */
 struct cfs_tree *cfs_engine_tree(struct cfs_engine *e);

@@ -387,8 +387,6 @@ int cfs_disk_find_snapshot(const struct cfs_disk *disk, const char *name);
 void cfs_disk_index_names(struct cfs_disk *disk);
 /* Drop DISK's name index (lookups scan until it is built again). */
 void cfs_disk_unindex_names(struct cfs_disk *disk);
-/* FNV-1a of S: the hash of chainfs's string tables. */
-uint64_t cfs_str_hash(const char *s);
 /* ---- file identity -------------------------------------------------------
  * The one place that decides whether two paths are one file: by device
  * and inode when both are known, else by canonical path. */

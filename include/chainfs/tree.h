@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "chainfs/model.h"
+#include "chainfs/strmap.h"
 
 /* A disk's settings, given through its ctl file; journaled
  * (STATE_DIR), so they outlive a daemon restart. */
@@ -206,6 +207,12 @@ struct cfs_tree {
     size_t n_thaws;
     bool own_name_logged;     /* issue 11: a domain named .chainfs was
                                  hidden (logged once) */
+    /* Issue 12 §2.5: the indexes that make the lookups O(1) on average
+     * (tree.c; kept in step with doms and states by the functions below,
+     * so doms and states are changed through them only). */
+    struct cfs_strmap *dom_index;   /* name -> position in doms, + 1 */
+    struct cfs_strmap *state_index; /* dom "\x1f" disk -> position in states, + 1 */
+    struct cfs_strmap *file_index;  /* a layer's file key -> its users */
 };
 
 struct cfs_tree *cfs_tree_new(void);
@@ -220,7 +227,15 @@ bool cfs_tree_put_domain(struct cfs_tree *t, struct cfs_domain *d);
 /* Whether NAME is chainfs's own directory's (".chainfs"): a domain of
  * that name is not shown; the first time, logged. */
 bool cfs_tree_own_name(struct cfs_tree *t, const char *name);
+/* Remove domain NAME; true if it was there. The order of doms is not
+ * kept (the last one takes its place). */
 bool cfs_tree_remove_domain(struct cfs_tree *t, const char *name);
+/* Issue 12 §2.4: domain NAME is no longer defined: drop what the tree
+ * keeps per name for it — its disk states with no job in progress, no
+ * queued rmdir and no disk.raw reader, and its job groups that ended
+ * (owed thaws stay: the engine drops them). Returns true if nothing of
+ * NAME is left. Call it only once NAME is gone from doms. */
+bool cfs_tree_forget_domain(struct cfs_tree *t, const char *name);
 /* The disk's state, created on first use. */
 struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
                                            const char *disk);
@@ -250,8 +265,9 @@ struct cfs_thaw_owed *cfs_tree_owe_thaw(struct cfs_tree *t, const char *dom,
  * NULL) gets its journal entries to close (caller frees). */
 bool cfs_tree_drop_thaw(struct cfs_tree *t, const char *dom,
                         char ***journal_ids);
-/* The first disk of any domain whose chain has file ID/PATH (same file
- * by cfs_file_same), leaving out disk EXCEPT_DISK of domain EXCEPT_DOM
+/* The first disk (in doms order) of any domain whose chain has file
+ * ID/PATH (same file by cfs_file_same; answered from the file index, no
+ * walk over every domain), leaving out disk EXCEPT_DISK of domain EXCEPT_DOM
  * (the whole of EXCEPT_DOM if EXCEPT_DISK is NULL); *DOM_OUT is its
  * domain. NULL if there is none. */
 const struct cfs_disk *cfs_tree_file_user(struct cfs_tree *t,

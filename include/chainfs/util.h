@@ -38,6 +38,8 @@ char *cfs_xstrdup(const char *s);          /* NULL in, NULL out */
 char *cfs_xasprintf(const char *fmt, ...) _printf_(1, 2);
 
 bool cfs_streq(const char *a, const char *b); /* NULL-safe */
+/* FNV-1a of S (NULL: of ""): the hash of chainfs's string tables. */
+uint64_t cfs_str_hash(const char *s);
 
 /* NULL-terminated string vectors. */
 size_t cfs_strv_len(char *const *v);

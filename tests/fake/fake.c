@@ -61,6 +61,7 @@ enum fake_op {
     OP_PERSISTENT_SOURCES_SET,
     OP_SNAPSHOT_RETARGET_MULTI,
     OP_FILE_EXISTS,
+    OP_LIST_STATS,
     OP_MAX,
 };
 
@@ -97,6 +98,7 @@ static const char *const op_names[OP_MAX] = {
     [OP_PERSISTENT_SOURCES_SET] = "persistent_sources_set",
     [OP_SNAPSHOT_RETARGET_MULTI] = "snapshot_retarget_multi",
     [OP_FILE_EXISTS] = "file_exists",
+    [OP_LIST_STATS] = "list_stats",
 };
 
 
@@ -216,6 +218,10 @@ struct fake {
     bool unreachable;               /* cfs_fake_set_reachable(false) */
     bool armed;                     /* connect failed while unreachable:
                                        connection(up) when reachable */
+    bool domain_events_muted;       /* cfs_fake_mute_domain_events */
+    unsigned read_delay_ms;         /* cfs_fake_set_read_delay */
+    char **read_log;                /* read_domain's domains, in order */
+    size_t n_read_log;
     bool remote;                    /* files_local() says false */
     char *pool_dir;                 /* volume_delete's pool, or NULL */
     unsigned long long hv_version;  /* hypervisor_version; 0: unknown */
@@ -245,7 +251,7 @@ static enum fake_op op_lookup(const char *name)
 static void event_domain(struct fake *f, struct fake_event *out,
                          const char *dom)
 {
-    if (!f->connected)
+    if (!f->connected || f->domain_events_muted)
         return;
     *out = (struct fake_event){
         .kind = EV_DOMAIN,
@@ -964,6 +970,9 @@ static void fake_destroy(struct cfs_backend *be)
     for (size_t i = 0; i < f->n_failures; i++)
         free(f->failures[i].message);
     free(f->failures);
+    for (size_t i = 0; i < f->n_read_log; i++)
+        free(f->read_log[i]);
+    free(f->read_log);
     free(f->pool_dir);
     free(f->uri);
     free(f->pivot_fail_disk);
@@ -986,6 +995,55 @@ static int fake_list_domains(struct cfs_backend *be, char ***names)
         for (size_t i = 0; i < f->n_doms; i++)
             v[i] = cfs_xstrdup(f->doms[i]->name);
         *names = v;
+    }
+    pthread_mutex_unlock(&f->lock);
+    return r;
+}
+
+/* As libvirt's bulk statistics (issue 12 §2.2): every layer of a
+ * running domain's disks, the active layer only of a shut-off one's. */
+static int fake_list_stats(struct cfs_backend *be, bool no_running_blocks,
+                           struct cfs_dom_summary **out, size_t *n)
+{
+    struct fake *f = fake_of(be);
+    *out = NULL;
+    *n = 0;
+    int r = fake_enter(f, OP_LIST_STATS);
+    if (r == 0 && f->n_doms) {
+        struct cfs_dom_summary *v = cfs_xcalloc(f->n_doms, sizeof(*v));
+        for (size_t i = 0; i < f->n_doms; i++) {
+            const struct cfs_domain *d = f->doms[i];
+            struct cfs_dom_summary *s = &v[i];
+            s->name = cfs_xstrdup(d->name);
+            snprintf(s->uuid, sizeof(s->uuid), "%s", d->uuid);
+            s->state = d->state;
+            bool running = d->state != CFS_DOM_SHUTOFF;
+            if (running && no_running_blocks) {
+                s->partial = true;
+            } else {
+                s->n_disks = d->n_disks;
+                s->disks = cfs_xcalloc(d->n_disks ? d->n_disks : 1, sizeof(*s->disks));
+                for (size_t k = 0; k < d->n_disks; k++) {
+                    const struct cfs_disk *dk = &d->disks[k];
+                    struct cfs_stats_disk *sd = &s->disks[k];
+                    sd->target = cfs_xstrdup(dk->target);
+                    sd->n_layers = running ? dk->n_layers : (dk->n_layers ? 1 : 0);
+                    sd->layers = cfs_xcalloc(sd->n_layers ? sd->n_layers : 1,
+                                             sizeof(*sd->layers));
+                    for (size_t l = 0; l < sd->n_layers; l++)
+                        sd->layers[l] = (struct cfs_stats_layer){
+                            .path = cfs_xstrdup(dk->layers[l].path),
+                            .index = dk->layers[l].index,
+                            .capacity = dk->layers[l].virtual_size,
+                            .allocation = dk->layers[l].allocation,
+                            .physical = dk->layers[l].physical,
+                        };
+                }
+            }
+            s->fingerprint = cfs_dom_summary_fingerprint(s);
+        }
+        *out = v;
+        *n = f->n_doms;
     }
     pthread_mutex_unlock(&f->lock);
     return r;
@@ -1136,8 +1194,35 @@ static int fake_read_domain(struct cfs_backend *be, const char *dom,
         *out = cfs_domain_dup(d);
         fill_facts(f, d, *out);
     }
+    unsigned delay = f->read_delay_ms;
+    f->read_log = cfs_xrealloc(f->read_log, (f->n_read_log + 1) * sizeof(*f->read_log));
+    f->read_log[f->n_read_log++] = cfs_xstrdup(dom);
     pthread_mutex_unlock(&f->lock);
+    if (delay)
+        usleep(delay * 1000); /* a libvirt round trip, outside the lock */
     return r;
+}
+
+void cfs_fake_set_read_delay(struct cfs_backend *be, unsigned ms)
+{
+    struct fake *f = fake_of(be);
+    pthread_mutex_lock(&f->lock);
+    f->read_delay_ms = ms;
+    pthread_mutex_unlock(&f->lock);
+}
+
+size_t cfs_fake_read_log(struct cfs_backend *be, const char *dom, size_t from)
+{
+    struct fake *f = fake_of(be);
+    size_t at = SIZE_MAX;
+    pthread_mutex_lock(&f->lock);
+    for (size_t i = from; i < f->n_read_log && at == SIZE_MAX; i++)
+        if (cfs_streq(f->read_log[i], dom))
+            at = i;
+    if (!dom)
+        at = f->n_read_log;
+    pthread_mutex_unlock(&f->lock);
+    return at;
 }
 
 /* As read_domain, without what libvirt's block statistics give: the
@@ -2323,6 +2408,7 @@ static const struct cfs_backend_ops fake_ops = {
     .connect = fake_connect,
     .destroy = fake_destroy,
     .list_domains = fake_list_domains,
+    .list_stats = fake_list_stats,
     .read_domain = fake_read_domain,
     .read_domain_light = fake_read_domain_light,
     .snapshot_create = fake_snapshot_create,
@@ -2446,6 +2532,14 @@ static void jobs_prune(struct fake *f, const char *dom)
         if (!d || !dom_active(d) || !cfs_domain_find_disk(d, job->disk))
             job_remove(f, job);
     }
+}
+
+void cfs_fake_mute_domain_events(struct cfs_backend *be, bool muted)
+{
+    struct fake *f = fake_of(be);
+    pthread_mutex_lock(&f->lock);
+    f->domain_events_muted = muted;
+    pthread_mutex_unlock(&f->lock);
 }
 
 void cfs_fake_put_domain(struct cfs_backend *be, const struct cfs_domain *d)

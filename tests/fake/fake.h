@@ -15,6 +15,17 @@ struct cfs_backend *cfs_fake_backend_new(void);
 
 /* Add or replace a domain (deep-copied). Fires domain_changed. */
 void cfs_fake_put_domain(struct cfs_backend *be, const struct cfs_domain *d);
+/* Issue 12: from now on, fire no domain_changed (MUTED true) — as a
+ * change libvirt sends no event for (snapshot metadata, an image edited
+ * by hand) — or fire them again. */
+void cfs_fake_mute_domain_events(struct cfs_backend *be, bool muted);
+/* Issue 12: every read_domain sleeps MS after answering (a round trip
+ * to libvirt; 0: none). */
+void cfs_fake_set_read_delay(struct cfs_backend *be, unsigned ms);
+/* The position, in the order of all read_domain calls, of the first one
+ * of DOM at or after FROM (SIZE_MAX: none yet); DOM NULL: how many there
+ * were. */
+size_t cfs_fake_read_log(struct cfs_backend *be, const char *dom, size_t from);
 /* Remove a domain. Fires domain_changed. */
 void cfs_fake_remove_domain(struct cfs_backend *be, const char *dom);
 /* Convenience: a domain with one qcow2 disk TARGET whose chain is

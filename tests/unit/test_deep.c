@@ -254,28 +254,28 @@ static void test_strmap(void **state)
 
     for (size_t i = 0; i < 1000; i++) {
         _cleanup_free_ char *k = cfs_xasprintf("/img/l%zu.qcow2", i);
-        assert_true(cfs_strmap_add(m, k, i));
+        assert_true(cfs_strmap_add_index(m, k, i));
     }
     assert_int_equal(cfs_strmap_size(m), 1000);
-    assert_false(cfs_strmap_add(m, "/img/l7.qcow2", 99));
-    assert_true(cfs_strmap_get(m, "/img/l7.qcow2", &v));
+    assert_false(cfs_strmap_add_index(m, "/img/l7.qcow2", 99));
+    assert_true(cfs_strmap_get_index(m, "/img/l7.qcow2", &v));
     assert_int_equal(v, 7);
-    cfs_strmap_set(m, "/img/l7.qcow2", 70);
-    assert_true(cfs_strmap_get(m, "/img/l7.qcow2", &v));
+    cfs_strmap_set_index(m, "/img/l7.qcow2", 70);
+    assert_true(cfs_strmap_get_index(m, "/img/l7.qcow2", &v));
     assert_int_equal(v, 70);
-    cfs_strmap_set(m, "new", 1);
-    assert_true(cfs_strmap_get(m, "new", NULL));
-    assert_false(cfs_strmap_get(m, "/img/l1000.qcow2", &v));
-    assert_false(cfs_strmap_add(m, NULL, 1));
-    assert_false(cfs_strmap_get(m, NULL, &v));
+    cfs_strmap_set_index(m, "new", 1);
+    assert_true(cfs_strmap_get_index(m, "new", NULL));
+    assert_false(cfs_strmap_get_index(m, "/img/l1000.qcow2", &v));
+    assert_false(cfs_strmap_add_index(m, NULL, 1));
+    assert_false(cfs_strmap_get_index(m, NULL, &v));
     assert_int_equal(cfs_strmap_size(m), 1001);
     unsigned long before = n_strcmp;
     for (size_t i = 0; i < 1000; i++) {
         _cleanup_free_ char *k = cfs_xasprintf("/img/l%zu.qcow2", i);
-        assert_true(cfs_strmap_get(m, k, NULL));
+        assert_true(cfs_strmap_get_index(m, k, NULL));
     }
     assert_true(n_strcmp - before < 3000); /* a probe or so each */
-    cfs_strmap_free(m);
+    cfs_strmap_free(m, NULL);
 }
 
 /* cfs_domain_identify's shortcut (the directory's real path, kept from
