@@ -1336,6 +1336,38 @@ static int lv_list_domains(struct cfs_backend *be, char ***names)
     return 0;
 }
 
+/* One layer of a domain's block statistics (block.K.* of domstats
+ * --block --backing). false when record K has no name. The has_* say
+ * which of the sizes libvirt gave. */
+struct lv_block_stat {
+    const char *name, *path;
+    unsigned int index;
+    unsigned long long cap, alloc, phys;
+    bool has_cap, has_alloc;
+};
+
+static bool lv_block_stat(virTypedParameterPtr p, int np, unsigned int k,
+                          struct lv_block_stat *bs)
+{
+    char key[64];
+
+    *bs = (struct lv_block_stat){0};
+    snprintf(key, sizeof(key), "block.%u.name", k);
+    if (virTypedParamsGetString(p, np, key, &bs->name) != 1)
+        return false;
+    snprintf(key, sizeof(key), "block.%u.path", k);
+    virTypedParamsGetString(p, np, key, &bs->path);
+    snprintf(key, sizeof(key), "block.%u.backingIndex", k);
+    virTypedParamsGetUInt(p, np, key, &bs->index);
+    snprintf(key, sizeof(key), "block.%u.capacity", k);
+    bs->has_cap = virTypedParamsGetULLong(p, np, key, &bs->cap) == 1;
+    snprintf(key, sizeof(key), "block.%u.allocation", k);
+    bs->has_alloc = virTypedParamsGetULLong(p, np, key, &bs->alloc) == 1;
+    snprintf(key, sizeof(key), "block.%u.physical", k);
+    virTypedParamsGetULLong(p, np, key, &bs->phys);
+    return true;
+}
+
 /* Sizes from domstats --block --backing: a layer is matched by disk name
  * and backingIndex when both sides have one, else by path. MATCHED[d][l]
  * records which layers got their sizes this way. */
@@ -1358,43 +1390,26 @@ static void lv_fill_stats(virDomainPtr dom, struct cfs_domxml *x, bool **matched
     virTypedParamsGetUInt(recs[0]->params, recs[0]->nparams, "block.count", &count);
 
     for (unsigned int i = 0; i < count; i++) {
-        virTypedParameterPtr p = recs[0]->params;
-        int np = recs[0]->nparams;
-        const char *name = NULL, *path = NULL;
-        unsigned int index = 0;
-        unsigned long long cap = 0, alloc = 0, phys = 0;
-        char key[64];
+        struct lv_block_stat bs;
 
-        snprintf(key, sizeof(key), "block.%u.name", i);
-        if (virTypedParamsGetString(p, np, key, &name) != 1)
+        if (!lv_block_stat(recs[0]->params, recs[0]->nparams, i, &bs) ||
+            !bs.has_cap)
             continue;
-        snprintf(key, sizeof(key), "block.%u.path", i);
-        virTypedParamsGetString(p, np, key, &path);
-        snprintf(key, sizeof(key), "block.%u.backingIndex", i);
-        virTypedParamsGetUInt(p, np, key, &index);
-        snprintf(key, sizeof(key), "block.%u.capacity", i);
-        if (virTypedParamsGetULLong(p, np, key, &cap) != 1)
-            continue;
-        snprintf(key, sizeof(key), "block.%u.allocation", i);
-        virTypedParamsGetULLong(p, np, key, &alloc);
-        snprintf(key, sizeof(key), "block.%u.physical", i);
-        virTypedParamsGetULLong(p, np, key, &phys);
-
         for (size_t di = 0; di < d->n_disks; di++) {
             struct cfs_disk *disk = &d->disks[di];
 
-            if (!cfs_streq(disk->target, name))
+            if (!cfs_streq(disk->target, bs.name))
                 continue;
             for (size_t li = 0; li < disk->n_layers; li++) {
                 unsigned xi = x->disks[di].index[li];
-                bool same = (xi && index) ? xi == index
-                                          : cfs_streq(disk->layers[li].path, path);
+                bool same = (xi && bs.index) ? xi == bs.index
+                                             : cfs_streq(disk->layers[li].path, bs.path);
 
                 if (!same || matched[di][li])
                     continue;
-                disk->layers[li].virtual_size = cap;
-                disk->layers[li].allocation = alloc;
-                disk->layers[li].physical = phys;
+                disk->layers[li].virtual_size = bs.cap;
+                disk->layers[li].allocation = bs.alloc;
+                disk->layers[li].physical = bs.phys;
                 matched[di][li] = true;
                 break;
             }
@@ -1552,41 +1567,27 @@ static int lv_list_stats(struct cfs_backend *be, bool no_running_blocks,
         }
         s->disks = cfs_xcalloc(count ? count : 1, sizeof(*s->disks));
         for (unsigned int k = 0; k < count; k++) {
-            const char *name = NULL, *path = NULL;
-            unsigned int index = 0;
-            unsigned long long cap = 0, alloc = 0, phys = 0;
-            char key[64];
-            snprintf(key, sizeof(key), "block.%u.name", k);
-            if (virTypedParamsGetString(p, np, key, &name) != 1)
+            struct lv_block_stat bs;
+            if (!lv_block_stat(p, np, k, &bs))
                 continue;
-            snprintf(key, sizeof(key), "block.%u.path", k);
-            virTypedParamsGetString(p, np, key, &path);
-            snprintf(key, sizeof(key), "block.%u.backingIndex", k);
-            virTypedParamsGetUInt(p, np, key, &index);
-            snprintf(key, sizeof(key), "block.%u.capacity", k);
-            virTypedParamsGetULLong(p, np, key, &cap);
-            snprintf(key, sizeof(key), "block.%u.allocation", k);
-            bool have_alloc = virTypedParamsGetULLong(p, np, key, &alloc) == 1;
-            snprintf(key, sizeof(key), "block.%u.physical", k);
-            virTypedParamsGetULLong(p, np, key, &phys);
             /* a running domain's allocation comes from its QEMU: none
              * means NOWAIT skipped the monitor (a job holds it) */
-            if (running && !have_alloc && path)
+            if (running && !bs.has_alloc && bs.path)
                 s->partial = true;
             /* the records come disk by disk, each disk's layers in
              * order, the active one first */
             struct cfs_stats_disk *sd = s->n_disks ? &s->disks[s->n_disks - 1] : NULL;
-            if (!sd || !cfs_streq(sd->target, name)) {
+            if (!sd || !cfs_streq(sd->target, bs.name)) {
                 sd = &s->disks[s->n_disks++];
-                sd->target = cfs_xstrdup(name);
+                sd->target = cfs_xstrdup(bs.name);
             }
             sd->layers = cfs_xrealloc(sd->layers, (sd->n_layers + 1) * sizeof(*sd->layers));
             sd->layers[sd->n_layers++] = (struct cfs_stats_layer){
-                .path = cfs_xstrdup(path),
-                .index = index,
-                .capacity = cap,
-                .allocation = alloc,
-                .physical = phys,
+                .path = cfs_xstrdup(bs.path),
+                .index = bs.index,
+                .capacity = bs.cap,
+                .allocation = bs.alloc,
+                .physical = bs.phys,
             };
         }
         if (running && no_running_blocks)
