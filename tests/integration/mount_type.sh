@@ -55,8 +55,11 @@ it_assert_eq "qemu:///system $M1 fuse.chainfs" "$(awk -v m="$M1" '$2 == m { prin
 fusermount3 -u "$M1" || it_fail "fusermount3 -u $M1"
 it_wait_until 10 "the daemon of $M1 unmounted" sh -c "! mountpoint -q '$M1'"
 
-# the user's own fsname and subtype win
-"$CHAINFS" -c "$IT_URI" -o "state_dir=$T/s1,fsname=mine,subtype=theirs" "$M1" >>"$IT_LOG" 2>&1 ||
+# the user's own fsname and subtype win (a state_dir of its own: the
+# daemon just unmounted may still be exiting, and holds s1's lock until
+# it has)
+mkdir -p "$T/s1b"
+"$CHAINFS" -c "$IT_URI" -o "state_dir=$T/s1b,fsname=mine,subtype=theirs" "$M1" >>"$IT_LOG" 2>&1 ||
   it_fail "chainfs -o fsname=mine,subtype=theirs"
 it_assert_eq "mine fuse.theirs" "$(src_type "$M1")" "the user's fsname and subtype win"
 fusermount3 -u "$M1" || it_fail "fusermount3 -u $M1"
