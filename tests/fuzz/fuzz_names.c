@@ -94,10 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_ASSERT(cfs_disk_find_snapshot(&disk, l->name) == (int)i);
         }
 
-        for (size_t i = 0; i < disk.n_layers; i++)
-            cfs_layer_clear(&disk.layers[i]);
-        free(disk.layers);
-        free(disk.target);
+        cfs_disk_clear(&disk); /* its layers, and the name index */
         free(d.name);
     }
     free(buf);
