@@ -3028,6 +3028,7 @@ static int lv_offline_redefine(struct lv_backend *b, virConnectPtr conn,
                                bool active)
 {
     _cleanup_(lv_def_unlockp) struct lv_def_lock *lk = lv_def_lock(b, dom);
+    (void)lk; /* held until return: clang calls it unused otherwise */
     _cleanup_domxml_ struct cfs_domxml x = {0};
     _cleanup_free_ char *xml = NULL, *new_xml = NULL;
     const struct cfs_disk *disk;
