@@ -896,6 +896,18 @@ static void collect_unlisted(void *opaque, const char *key, void *value)
         cfs_strv_push(c->out, cfs_xstrdup(key));
 }
 
+/* What a listing's result R (0 or a negative errno) says of the
+ * connection: a failure is logged, and ENOTCONN marks it suspect; a
+ * success clears that. Returns R. */
+static int listed(struct cfs_engine *e, int r)
+{
+    if (r < 0)
+        log_warn("listing domains: %s", errmsg_or(strerror(-r)));
+    if (r >= 0 || r == -ENOTCONN)
+        conn_suspect(e, r < 0);
+    return r;
+}
+
 /* Issue 12 §2.2: one bulk call for every domain; per domain, a full
  * re-read (on its worker) only if its fingerprint changed, its summary
  * is partial, or it is among the K longest not read in full for
@@ -913,13 +925,8 @@ static int refresh_all_stats(struct cfs_engine *e, char **known,
     int r = e->be->ops->list_stats(e->be, bulk_no_running_blocks, &v, &n);
     if (r == -EOPNOTSUPP)
         return 0;
-    if (r < 0) {
-        log_warn("listing domains: %s", errmsg_or(strerror(-r)));
-        if (r == -ENOTCONN)
-            conn_suspect(e, true);
+    if (listed(e, r) < 0)
         return r;
-    }
-    conn_suspect(e, false);
     int64_t t = now_ms();
     struct cfs_strmap *listed = cfs_strmap_new();
     bool *full = cfs_xcalloc(n + 1, sizeof(*full));
@@ -1050,13 +1057,8 @@ static int refresh_all(struct cfs_engine *e)
             return rs < 0 ? rs : 0;
     }
     int r = e->be->ops->list_domains(e->be, &names);
-    if (r < 0) {
-        log_warn("listing domains: %s", errmsg_or(strerror(-r)));
-        if (r == -ENOTCONN)
-            conn_suspect(e, true);
+    if (listed(e, r) < 0)
         return r;
-    }
-    conn_suspect(e, false);
     drop_own_name(e, names);
     for (char **n = names; n && *n; n++) {
         struct work *w = work_new(WORK_REFRESH_DOMAIN, *n, NULL);
