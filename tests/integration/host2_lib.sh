@@ -354,3 +354,28 @@ h2_mount_fleet() {
   }
   it_log "chainfs (pid $IT_PID) mounted local=$IT_URI and remote=$H2_URI on $MNT"
 }
+
+# h2_fleet_journals_empty — after h2_mount_fleet: both hosts' journals
+# ($T/state/hosts/NAME/journal) have no entry left.
+h2_fleet_journals_empty() {
+  local h
+  for h in local remote; do
+    if grep -q '[^[:space:]]' "$T/state/hosts/$h/journal" 2>/dev/null; then
+      it_fail "the $h host's journal still has entries: $(cat "$T/state/hosts/$h/journal")"
+    fi
+  done
+  it_log "ok: both hosts' journals (state/hosts/NAME/journal) are empty"
+}
+
+# h2_fleet_logs_named REMOTE_DOM LOCAL_DOM — every log line about either
+# domain begins with its host's name (the two hosts number their jobs
+# each from 1: "job 1" is on both).
+h2_fleet_logs_named() {
+  local pair h dom bare
+  for pair in "remote $1" "local $2"; do
+    h=${pair%% *} dom=${pair#* }
+    bare=$(grep -E "chainfs [a-z]+: .*$dom" "$IT_LOG" | grep -vE "chainfs [a-z]+: host $h: " || true)
+    [ -z "$bare" ] || it_fail "log lines about $dom without 'host $h:':"$'\n'"$bare"
+  done
+  it_log "ok: every log line about either domain names its host"
+}
