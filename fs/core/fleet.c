@@ -24,13 +24,6 @@ struct cfs_fleet {
     void *invalidate_opaque;
 };
 
-static char *xstrndup(const char *s, size_t n)
-{
-    char *d = cfs_xmalloc(n + 1);
-    memcpy(d, s, n);
-    d[n] = '\0';
-    return d;
-}
 
 /* ---- names ------------------------------------------------------------------- */
 
@@ -49,7 +42,7 @@ int cfs_fleet_parse_connect(const char *arg, char **name, char **uri)
         return -EINVAL;
     size_t pre = strcspn(arg, ":/?=");
     if (arg[pre] == '=') {
-        _cleanup_free_ char *n = xstrndup(arg, pre);
+        _cleanup_free_ char *n = cfs_xstrndup(arg, pre);
         if (cfs_fleet_name_validate(n) < 0 || !arg[pre + 1])
             return -EINVAL;
         *name = TAKE_PTR(n);
@@ -87,7 +80,7 @@ char *cfs_fleet_default_name(const char *uri)
     }
     if (!len)
         return cfs_xstrdup("localhost");
-    char *n = xstrndup(h, len);
+    char *n = cfs_xstrndup(h, len);
     for (char *c = n; *c; c++)
         if (*c == ':')
             *c = '_';
@@ -381,10 +374,8 @@ struct cfs_engine *cfs_fleet_engine(struct cfs_fleet *f, size_t i)
 const char *cfs_fleet_engine_host(const struct cfs_fleet *f,
                                   const struct cfs_engine *e)
 {
-    for (size_t i = 0; e && i < f->n; i++)
-        if (f->m[i].e == e)
-            return f->m[i].name;
-    return "";
+    (void)f;
+    return e ? e->host : ""; /* cfg.host: "" with one host */
 }
 
 int cfs_fleet_resolve(struct cfs_fleet *f, const char *path,

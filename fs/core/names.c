@@ -47,14 +47,6 @@ int cfs_name_validate(const char *name)
     return 0;
 }
 
-static char *xstrndup(const char *s, size_t n)
-{
-    char *r = cfs_xmalloc(n + 1);
-
-    memcpy(r, s, n);
-    r[n] = '\0';
-    return r;
-}
 
 /* DOM (or DISK) as it appears in an overlay file name. Caller frees. */
 static char *filename_part(const char *s)
@@ -108,7 +100,7 @@ char *cfs_overlay_parse_filename(const char *dom, const char *disk,
     if (strcmp(basename + blen - slen, suffix) != 0)
         return NULL;
 
-    _cleanup_free_ char *name = xstrndup(basename + plen, blen - plen - slen);
+    _cleanup_free_ char *name = cfs_xstrndup(basename + plen, blen - plen - slen);
     if (cfs_name_validate(name) < 0)
         return NULL;
     return TAKE_PTR(name);
@@ -155,7 +147,7 @@ static char *layer_candidate(const char *dom, const struct cfs_disk *disk,
     for (size_t i = 0; i < ELEMENTSOF(exts); i++) {
         size_t elen = strlen(exts[i]);
         if (blen > elen && strcmp(base + blen - elen, exts[i]) == 0) {
-            n = xstrndup(base, blen - elen);
+            n = cfs_xstrndup(base, blen - elen);
             if (component_ok(n))
                 return n;
             free(n);

@@ -44,6 +44,15 @@ void *cfs_xrealloc(void *p, size_t n)
     return q;
 }
 
+char *cfs_xstrndup(const char *s, size_t n)
+{
+    char *r = cfs_xmalloc(n + 1);
+
+    memcpy(r, s, n);
+    r[n] = '\0';
+    return r;
+}
+
 char *cfs_xstrdup(const char *s)
 {
     if (!s)

@@ -36,5 +36,5 @@ char *cfs_mount_fleet_source(const char *const *names, size_t n)
     cfs_buf_printf(&b, "chainfs:");
     for (size_t i = 0; i < n; i++)
         cfs_buf_printf(&b, "%s%s", i ? "," : "", names[i]);
-    return b.data;
+    return cfs_buf_steal(&b);
 }

@@ -35,6 +35,7 @@ void *cfs_xmalloc(size_t n);
 void *cfs_xcalloc(size_t n, size_t size);
 void *cfs_xrealloc(void *p, size_t n);
 char *cfs_xstrdup(const char *s);          /* NULL in, NULL out */
+char *cfs_xstrndup(const char *s, size_t n); /* the first N bytes of S */
 char *cfs_xasprintf(const char *fmt, ...) _printf_(1, 2);
 
 bool cfs_streq(const char *a, const char *b); /* NULL-safe */
