@@ -3158,17 +3158,32 @@ static int lv_offline_commit(struct cfs_backend *be, const char *dom_name,
     }
     if (info.backing)
         top_backing = cfs_image_resolve_backing(top, info.backing);
+    /* The two-file commit names BASE's format itself: only as TOP's
+     * header declares it (an undeclared raw keeps QEMU's probing guard),
+     * and only when BASE does not grow (QEMU zero-fills a grown BASE only
+     * when it sees what lies below BASE; here it would not). */
+    bool two_files = info.backing_format && cfs_streq(info.backing_format, bl->format);
+    uint64_t top_size = info.virtual_size;
     cfs_image_info_clear(&info);
     if (!top_backing || !lv_same_file(top_backing, base)) {
         cfs_backend_set_errmsg("the backing file of '%s' is '%s', not '%s'", top,
                                top_backing ? top_backing : "(none)", base);
         return -EINVAL;
     }
+    if (two_files) {
+        r = cfs_image_probe(base, bl->format, &info);
+        two_files = r == 0 && info.virtual_size >= top_size;
+        cfs_image_info_clear(&info);
+    }
 
     {
-        /* TOP and BASE only (O(1) in the chain's depth), or TOP's name
-         * when a format is not known (QEMU opens the chain below it) */
-        _cleanup_free_ char *json = cfs_image_commit_json(t, bl);
+        /* TOP and BASE only (O(1) in the chain's depth), by the names just
+         * checked (TOP probed, BASE the same file as TOP's backing), or
+         * TOP's name, and QEMU opens the chain below it */
+        struct cfs_layer tl = *t, bl2 = *bl;
+        tl.path = (char *)top;
+        bl2.path = (char *)base;
+        _cleanup_free_ char *json = two_files ? cfs_image_commit_json(&tl, &bl2) : NULL;
         char *argv_json[] = { QEMU_IMG, "commit", "-q", "-d", json, NULL };
         char *argv[] = { QEMU_IMG, "commit", "-q", "-d", "-f",
                          (char *)fmt_or(t->format, "qcow2"), (char *)top, NULL };
