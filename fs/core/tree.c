@@ -375,12 +375,18 @@ struct cfs_disk_state *cfs_tree_disk_state(struct cfs_tree *t, const char *dom,
 }
 
 /* A disk state that holds nothing but history: no job in progress, no
- * queued or returned rmdir, no reader. */
+ * queued or returned rmdir, no reader, nothing a failed merge left to
+ * clean, and no setting of the user's (`pivot manual`, `merge NAME ...`:
+ * a transient domain that shuts off and starts again, or a domain
+ * defined again, keeps them, and the saved settings are written from
+ * these states). */
 static bool disk_state_idle(const struct cfs_disk_state *s)
 {
     return !cfs_job_phase_in_progress(s->job.phase) &&
            s->external.type == CFS_JOB_NONE && !s->n_queue &&
-           !s->n_readers;
+           !s->n_returned && !s->n_readers && !s->queue_waits_reader &&
+           !s->partial_tops && !s->settings.pivot_manual &&
+           !s->settings.merge_commit && !s->settings.merge_pull;
 }
 
 bool cfs_tree_forget_domain(struct cfs_tree *t, const char *name)

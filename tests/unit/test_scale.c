@@ -253,6 +253,38 @@ static void test_forget(void **state)
     fx_free(f);
 }
 
+/* A disk the user set something on (`pivot manual`, `merge NAME pull`)
+ * keeps its state when its domain leaves the listing: a transient domain
+ * started again, or a domain defined again, finds the settings as the
+ * user left them (and the saved settings are written from the states). */
+static void test_forget_keeps_settings(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new(3000, 60000, 0);
+    struct cfs_tree *t = cfs_engine_tree(f->e);
+    pthread_mutex_lock(&t->lock);
+    cfs_tree_disk_state(t, "vm0000", "vda")->settings.pivot_manual = true;
+    cfs_strv_push(&cfs_tree_disk_state(t, "vm0001", "vda")->settings.merge_pull,
+                  cfs_xstrdup("s1"));
+    cfs_tree_disk_state(t, "vm0002", "vda");
+    pthread_mutex_unlock(&t->lock);
+    assert_int_equal(n_states(f), 3);
+    for (size_t i = 0; i < 3; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "vm%04zu", i);
+        cfs_fake_remove_domain(f->be, name);
+    }
+    cfs_engine_run_pending(f->e);
+    assert_int_equal(n_doms(f), N - 3);
+    assert_int_equal(n_states(f), 2); /* vm0002's had nothing to keep */
+    pthread_mutex_lock(&t->lock);
+    assert_true(cfs_tree_find_disk_state(t, "vm0000", "vda")->settings.pivot_manual);
+    assert_true(cfs_strv_contains(cfs_tree_find_disk_state(t, "vm0001", "vda")->settings.merge_pull, "s1"));
+    assert_null(cfs_tree_find_disk_state(t, "vm0002", "vda"));
+    pthread_mutex_unlock(&t->lock);
+    fx_free(f);
+}
+
 /* N names defined and undefined in turn, each seen by its event: one
  * read per event (linear), and nothing left at the end. */
 static void test_define_undefine_loop(void **state)
@@ -450,6 +482,7 @@ int main(void)
         cmocka_unit_test(test_running_read_each_refresh),
         cmocka_unit_test(test_audit),
         cmocka_unit_test(test_forget),
+        cmocka_unit_test(test_forget_keeps_settings),
         cmocka_unit_test(test_define_undefine_loop),
         cmocka_unit_test(test_events_first),
         cmocka_unit_test(test_file_index),
