@@ -179,8 +179,17 @@ static int overlay_taken(struct cfs_engine *e, bool local, const char *path,
 {
     struct stat st;
 
-    if (local)
-        return lstat(path, &st) == 0;
+    if (local) {
+        if (lstat(path, &st) == 0)
+            return 1;
+        if (errno == ENOENT)
+            return 0;
+        /* EACCES, ELOOP, EIO...: not known to be free */
+        int err = errno;
+        *msg = cfs_xasprintf("cannot tell whether the overlay file %s exists: %s",
+                             path, strerror(err));
+        return -err;
+    }
     if (!e->be->ops->file_exists)
         return -EOPNOTSUPP;
     int r = e->be->ops->file_exists(e->be, path);
