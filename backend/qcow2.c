@@ -281,11 +281,14 @@ int cfs_image_probe(const char *path, const char *format,
     bool may_parse = !known || cfs_streq(format, "qcow2") || cfs_streq(format, "qcow");
     struct stat st;
 
-    if (may_parse && stat(path, &st) == 0 && S_ISREG(st.st_mode) && hc_get(path, &st, out))
-        return 0;
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
         return -errno;
+    /* the cache is asked after the open, with the open file's attributes:
+     * on NFS an open revalidates them (close-to-open), a stat alone may
+     * answer from the attribute cache and miss another host's rebase */
+    if (may_parse && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && hc_get(path, &st, out))
+        return 0;
 
     if (known && !cfs_streq(format, "qcow2") && !cfs_streq(format, "qcow")) {
         /* raw and formats we do not parse: no backing, size of the file */
