@@ -190,8 +190,6 @@ static void *pool_main(void *arg)
         }
         struct work *w = dw->head;
         dw->head = w->next;
-        if (!dw->head)
-            dw->tail = NULL;
         w->next = NULL;
         dw->running = true;
         pt->on = dw;
@@ -306,8 +304,6 @@ void route(struct cfs_engine *e, struct work *w)
                     pp = &(*pp)->next;
             w->next = *pp;
             *pp = w;
-            if (!w->next)
-                dw->tail = w;
         }
         if (!dw->running) {
             ready_push(e, dw);
@@ -1634,7 +1630,7 @@ static int engine_start_read(struct cfs_engine *e, char **errmsg)
     cfs_journal_entries_free(jv, jn);
     /* the engine thread (a first connection after a start without one)
      * reads as after a reconnect */
-    int r = e->start_thread && !e->thread_started ? startup_read(e)
+    int r = e->threaded && !e->thread_started ? startup_read(e)
                                                    : refresh_all(e);
     if (r < 0) {
         if (errmsg)
@@ -1676,7 +1672,6 @@ static void engine_refresh_tick(struct cfs_engine *e)
 static int engine_start(struct cfs_engine *e, bool thread, char **errmsg)
 {
     e->threaded = thread;
-    e->start_thread = thread;
     /* issue 12 §2.3: the pool's threads and libvirt's would each get a
      * malloc arena of their own (up to 8 per core), each keeping its
      * freed memory; two arenas hold the process's heap together */

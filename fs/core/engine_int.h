@@ -107,7 +107,7 @@ struct work {
  * work or a thread is on it. Fields under e->qlock. */
 struct dom_worker {
     char *dom;
-    struct work *head, *tail;  /* events' and jobs' work before the timer's */
+    struct work *head;         /* events' and jobs' work before the timer's */
     bool running;              /* a pool thread is on its head item */
     int ready;                 /* 0: in no ready list; 1: urgent; 2: periodic */
     struct dom_worker *rprev, *rnext; /* in its ready list */
@@ -147,8 +147,6 @@ struct cfs_engine {
     char *host;               /* issue 12: cfg.host ("" with one host); every
                                  thread of the engine logs under it */
     bool start_disconnected;  /* cfg.start_disconnected */
-    bool start_thread;        /* cfs_engine_start's THREAD (the start-up
-                                 read waits for a first connection) */
     char *overlay_dir;
     char *state_dir;
     bool keep_merged;
