@@ -1367,16 +1367,8 @@ int cfs_engine_new(const struct cfs_engine_config *cfg, struct cfs_backend *be,
     for (char **w = warnings; w && *w; w++)
         log_warn("%s", *w);
 
-    _cleanup_free_ char *lock = cfs_xasprintf("%s/lock", cfg->state_dir);
-    e->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (e->lock_fd < 0 || flock(e->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-        if (errmsg)
-            *errmsg = r == -EBUSY
-                ? cfs_xasprintf("state directory %s is in use by another "
-                                "chainfs", cfg->state_dir)
-                : cfs_xasprintf("state directory %s: %s", cfg->state_dir,
-                                strerror(-r));
+    r = cfs_state_dir_lock(cfg->state_dir, &e->lock_fd, errmsg);
+    if (r < 0) {
         e->be = NULL;
         cfs_engine_free(e);
         return r;

@@ -142,16 +142,9 @@ static int fleet_state(struct cfs_fleet *f, const char *state_dir,
         *errmsg = cfs_xasprintf("state directory %s: %s", state_dir, strerror(-r));
         return r;
     }
-    _cleanup_free_ char *lock = cfs_xasprintf("%s/lock", state_dir);
-    f->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (f->lock_fd < 0 || flock(f->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-        r = errno == EWOULDBLOCK ? -EBUSY : -errno;
-        *errmsg = r == -EBUSY
-            ? cfs_xasprintf("state directory %s is in use by another chainfs",
-                            state_dir)
-            : cfs_xasprintf("state directory %s: %s", state_dir, strerror(-r));
+    r = cfs_state_dir_lock(state_dir, &f->lock_fd, errmsg);
+    if (r < 0)
         return r;
-    }
     long open_n = journal_open_entries(state_dir);
     if (open_n > 0) {
         *errmsg = cfs_xasprintf(

@@ -6,6 +6,7 @@
  * error message slot is per thread by construction (__thread). */
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <time.h>
@@ -42,6 +43,20 @@ void *cfs_xrealloc(void *p, size_t n)
     if (!q)
         oom(n);
     return q;
+}
+
+int cfs_state_dir_lock(const char *dir, int *fd, char **errmsg)
+{
+    _cleanup_free_ char *lock = cfs_xasprintf("%s/lock", dir);
+    *fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*fd >= 0 && flock(*fd, LOCK_EX | LOCK_NB) == 0)
+        return 0;
+    int r = errno == EWOULDBLOCK ? -EBUSY : -errno;
+    if (errmsg)
+        *errmsg = r == -EBUSY
+            ? cfs_xasprintf("state directory %s is in use by another chainfs", dir)
+            : cfs_xasprintf("state directory %s: %s", dir, strerror(-r));
+    return r;
 }
 
 char *cfs_xstrndup(const char *s, size_t n)

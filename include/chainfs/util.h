@@ -36,6 +36,11 @@ void *cfs_xcalloc(size_t n, size_t size);
 void *cfs_xrealloc(void *p, size_t n);
 char *cfs_xstrdup(const char *s);          /* NULL in, NULL out */
 char *cfs_xstrndup(const char *s, size_t n); /* the first N bytes of S */
+/* Take DIR/lock (created 0600) with an exclusive flock, not waiting:
+ * one chainfs per state directory. 0 and *FD (the caller closes it to
+ * let go); else -EBUSY (another holds it) or -errno, and *ERRMSG if
+ * ERRMSG. */
+int cfs_state_dir_lock(const char *dir, int *fd, char **errmsg);
 char *cfs_xasprintf(const char *fmt, ...) _printf_(1, 2);
 
 bool cfs_streq(const char *a, const char *b); /* NULL-safe */
