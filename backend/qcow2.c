@@ -341,60 +341,22 @@ void cfs_image_fill_sizes(struct cfs_layer *l, bool probe)
     }
 }
 
-/* ---- a set of paths (loop detection in a chain of thousands) ------------ */
+/* ---- loop detection in a chain of thousands: a set of paths ------------- */
 
-struct path_set {
-    size_t cap;           /* a power of two, > 2 * used */
-    size_t used;
-    const char **slot;    /* borrowed strings (the chain's layer paths) */
-};
-
-static uint64_t path_hash(const char *s)
+/* true if PATH was already in SEEN; else adds it */
+static bool path_seen(struct cfs_strmap *seen, const char *path)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-/* true if PATH was already in SET; else adds it (borrowed) */
-static bool path_set_test_add(struct path_set *set, const char *path)
-{
-    if (2 * (set->used + 1) >= set->cap) {
-        struct path_set n = { .cap = set->cap ? set->cap * 2 : 64 };
-
-        n.slot = cfs_xcalloc(n.cap, sizeof(*n.slot));
-        for (size_t i = 0; i < set->cap; i++)
-            if (set->slot[i])
-                (void)path_set_test_add(&n, set->slot[i]);
-        free(set->slot);
-        *set = n;
-    }
-    for (size_t i = path_hash(path) & (set->cap - 1);; i = (i + 1) & (set->cap - 1)) {
-        if (!set->slot[i]) {
-            set->slot[i] = path;
-            set->used++;
-            return false;
-        }
-        if (strcmp(set->slot[i], path) == 0)
-            return true;
-    }
-}
-
-static void path_set_free(struct path_set *set)
-{
-    free(set->slot);
+    return !cfs_strmap_add_index(seen, path, 0);
 }
 
 int cfs_image_extend_chain(struct cfs_disk *disk)
 {
-    _cleanup_(path_set_free) struct path_set seen = {0};
+    _cleanup_strmap_ struct cfs_strmap *seen = cfs_strmap_new();
     bool first = true;
 
     for (size_t i = 0; i < disk->n_layers; i++)
         if (disk->layers[i].path)
-            (void)path_set_test_add(&seen, disk->layers[i].path);
+            (void)path_seen(seen, disk->layers[i].path);
     while (disk->n_layers > 0) {
         struct cfs_layer *last = &disk->layers[disk->n_layers - 1];
         struct cfs_image_info info;
@@ -423,12 +385,10 @@ int cfs_image_extend_chain(struct cfs_disk *disk)
             return 1; /* cut: there is more below */
         }
         path = cfs_image_resolve_backing(last->path, info.backing);
-        if (path_set_test_add(&seen, path)) {
+        if (path_seen(seen, path)) {
             cfs_image_info_clear(&info);
             break;
         }
-        /* The set borrows the layers' paths: a realloc moves the array of
-         * layers, never the strings. */
         disk->layers = cfs_xrealloc(disk->layers,
                                     (disk->n_layers + 1) * sizeof(*disk->layers));
         next = &disk->layers[disk->n_layers++];
