@@ -29,19 +29,6 @@ struct cfs_stamps {
     bool forgot; /* the table was emptied once: new paths are dated now */
 };
 
-#define FNV_OFFSET 14695981039346656037ULL
-#define FNV_PRIME 1099511628211ULL
-
-static uint64_t fnv1a(uint64_t h, const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= FNV_PRIME;
-    }
-    return h;
-}
-
 struct cfs_stamps *cfs_stamps_new(struct timespec start, size_t max)
 {
     struct cfs_stamps *s = cfs_xcalloc(1, sizeof(*s));
@@ -82,7 +69,7 @@ static struct timespec stamps_note(struct cfs_stamps *s, const char *path,
                                    uint64_t hash, size_t len,
                                    struct timespec now)
 {
-    uint64_t b = fnv1a(FNV_OFFSET, path, strlen(path)) % STAMP_BUCKETS;
+    uint64_t b = cfs_fnv1a(CFS_FNV_OFFSET, path, strlen(path)) % STAMP_BUCKETS;
     pthread_mutex_lock(&s->lock);
     struct stamp *e = s->buckets[b];
     while (e && strcmp(e->path, path) != 0)
@@ -91,7 +78,7 @@ static struct timespec stamps_note(struct cfs_stamps *s, const char *path,
         if (s->n >= s->max) {
             stamps_clear(s);
             s->forgot = true;
-            b = fnv1a(FNV_OFFSET, path, strlen(path)) % STAMP_BUCKETS;
+            b = cfs_fnv1a(CFS_FNV_OFFSET, path, strlen(path)) % STAMP_BUCKETS;
         }
         e = cfs_xcalloc(1, sizeof(*e));
         e->path = cfs_xstrdup(path);
@@ -115,17 +102,17 @@ struct timespec cfs_stamps_see(struct cfs_stamps *s, const char *path,
                                const void *data, size_t len,
                                struct timespec now)
 {
-    return stamps_note(s, path, fnv1a(FNV_OFFSET, data, len), len, now);
+    return stamps_note(s, path, cfs_fnv1a(CFS_FNV_OFFSET, data, len), len, now);
 }
 
 struct timespec cfs_stamps_see_names(struct cfs_stamps *s, const char *path,
                                      char *const *names, struct timespec now)
 {
-    uint64_t h = FNV_OFFSET;
+    uint64_t h = CFS_FNV_OFFSET;
     size_t len = 0;
     for (char *const *n = names; n && *n; n++) {
         size_t l = strlen(*n) + 1; /* with its NUL: "ab","c" != "a","bc" */
-        h = fnv1a(h, *n, l);
+        h = cfs_fnv1a(h, *n, l);
         len += l;
     }
     return stamps_note(s, path, h, len, now);

@@ -91,13 +91,19 @@ char *cfs_xasprintf(const char *fmt, ...)
     return s;
 }
 
+uint64_t cfs_fnv1a(uint64_t h, const void *p, size_t len)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < len; i++) {
+        h ^= c[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
 uint64_t cfs_str_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull;
-
-    for (; s && *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return cfs_fnv1a(CFS_FNV_OFFSET, s ? s : "", s ? strlen(s) : 0);
 }
 
 bool cfs_streq(const char *a, const char *b)
@@ -381,37 +387,27 @@ void cfs_dom_summaries_free(struct cfs_dom_summary *v, size_t n)
     free(v);
 }
 
-static uint64_t fnv_mix(uint64_t h, const void *p, size_t len)
-{
-    const unsigned char *c = p;
-    for (size_t i = 0; i < len; i++) {
-        h ^= c[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 static uint64_t fnv_str(uint64_t h, const char *s)
 {
     /* the terminating NUL too: "ab","c" differs from "a","bc" */
-    return fnv_mix(h, s ? s : "", s ? strlen(s) + 1 : 1);
+    return cfs_fnv1a(h, s ? s : "", s ? strlen(s) + 1 : 1);
 }
 
 uint64_t cfs_dom_summary_fingerprint(const struct cfs_dom_summary *s)
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = CFS_FNV_OFFSET;
     uint32_t v = (uint32_t)s->state;
-    h = fnv_mix(h, &v, sizeof(v));
+    h = cfs_fnv1a(h, &v, sizeof(v));
     h = fnv_str(h, s->uuid);
     v = (uint32_t)s->partial;
-    h = fnv_mix(h, &v, sizeof(v));
+    h = cfs_fnv1a(h, &v, sizeof(v));
     for (size_t d = 0; d < s->n_disks; d++) {
         const struct cfs_stats_disk *dk = &s->disks[d];
         h = fnv_str(h, dk->target);
         for (size_t l = 0; l < dk->n_layers; l++) {
             h = fnv_str(h, dk->layers[l].path);
             v = dk->layers[l].index;
-            h = fnv_mix(h, &v, sizeof(v));
+            h = cfs_fnv1a(h, &v, sizeof(v));
         }
         h = fnv_str(h, "/"); /* end of the disk's layers */
     }

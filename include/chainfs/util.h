@@ -44,6 +44,9 @@ int cfs_state_dir_lock(const char *dir, int *fd, char **errmsg);
 char *cfs_xasprintf(const char *fmt, ...) _printf_(1, 2);
 
 bool cfs_streq(const char *a, const char *b); /* NULL-safe */
+/* FNV-1a: LEN bytes at P mixed into H (start with CFS_FNV_OFFSET). */
+#define CFS_FNV_OFFSET 14695981039346656037ULL
+uint64_t cfs_fnv1a(uint64_t h, const void *p, size_t len);
 /* FNV-1a of S (NULL: of ""): the hash of chainfs's string tables. */
 uint64_t cfs_str_hash(const char *s);
 
