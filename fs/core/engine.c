@@ -121,6 +121,7 @@ static void ready_unlink(struct cfs_engine *e, struct dom_worker *dw)
         e->ready_tail[k] = dw->rprev;
     dw->rprev = dw->rnext = NULL;
     dw->ready = 0;
+    e->n_ready--;
 }
 
 /* Put DW (with work, no thread on it) in the ready list its head item
@@ -140,6 +141,7 @@ static void ready_push(struct cfs_engine *e, struct dom_worker *dw)
         e->ready_head[k] = dw;
     e->ready_tail[k] = dw;
     dw->ready = want;
+    e->n_ready++;
 }
 
 static struct dom_worker *ready_pop(struct cfs_engine *e)
@@ -243,11 +245,13 @@ static void pool_spawn(struct cfs_engine *e)
     e->n_idle++;
 }
 
-/* Enough threads for the ready work: POOL_MIN, plus one per thread held
- * by one call for POOL_STUCK_MS, at most POOL_MAX. Caller holds qlock. */
+/* Enough threads for the ready work: an idle one for each domain ready,
+ * up to POOL_MIN, plus one per thread held by one call for POOL_STUCK_MS,
+ * at most POOL_MAX (a burst of reads, as at start-up, gets the threads at
+ * once, not one per wake-up). Caller holds qlock. */
 static void pool_grow(struct cfs_engine *e)
 {
-    if (e->stopping || e->n_idle > 0 || (!e->ready_head[0] && !e->ready_head[1]))
+    if (e->stopping || e->n_idle >= e->n_ready)
         return;
     size_t stuck = 0;
     int64_t t = now_ms();
@@ -257,8 +261,12 @@ static void pool_grow(struct cfs_engine *e)
     size_t cap = POOL_MIN + stuck;
     if (cap > POOL_MAX)
         cap = POOL_MAX;
-    if (e->n_pool < cap)
+    while (e->n_pool < cap && e->n_idle < e->n_ready) {
+        size_t before = e->n_pool;
         pool_spawn(e);
+        if (e->n_pool == before)
+            break; /* pthread_create failed: logged */
+    }
 }
 
 /* An engine whose workers were left inside libvirt calls at shut-down
@@ -409,6 +417,7 @@ static char **stop_workers(struct cfs_engine *e)
     if (!e->pool) {
         e->ready_head[0] = e->ready_head[1] = NULL;
         e->ready_tail[0] = e->ready_tail[1] = NULL;
+        e->n_ready = 0;
         cfs_strmap_each(e->workers, drop_queue, NULL);
         cfs_strmap_free(e->workers, NULL);
         e->workers = NULL;

@@ -209,6 +209,7 @@ struct cfs_engine {
      * the timer's), the pool threads; all under qlock */
     struct cfs_strmap *workers;
     struct dom_worker *ready_head[2], *ready_tail[2];
+    size_t n_ready;            /* domains in the ready lists */
     struct pool_thread *pool;
     size_t n_pool, n_idle;
     pthread_cond_t pool_cond;  /* work is ready, or stopping */
