@@ -43,6 +43,36 @@ PASSED=0
 FAILED=0
 SKIPPED=0
 FAILED_SUITES=()
+# What failed, kept for the end of the output: CI shows only its tail, and
+# the suite's own log may be pages above it (or gone, when a later round
+# rewrites testlog.json in the same build dir).
+DIGEST=$(mktemp)
+trap 'rm -f "$DIGEST"' EXIT
+
+# digest DIR SUITE — append each test of DIR's last meson run that did not
+# pass: its name, result and time, and the last lines of its output.
+digest() {
+  python3 - "$1/meson-logs/testlog.json" "$1" "$2" >>"$DIGEST" <<'PY' || true
+import json, sys
+path, d, suite = sys.argv[1:4]
+try:
+    lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
+except OSError:
+    sys.exit(0)
+for line in lines:
+    try:
+        t = json.loads(line)
+    except ValueError:
+        continue
+    if t.get("result") in ("OK", "SKIP", "EXPECTEDFAIL"):
+        continue
+    print(f"--- {d} {suite}: {t.get('name')} {t.get('result')} "
+          f"(exit {t.get('returncode')}, {t.get('duration', 0):.1f} s)")
+    out = ((t.get("stdout") or "") + "\n" + (t.get("stderr") or "")).strip()
+    for l in out.splitlines()[-40:]:
+        print("    " + l)
+PY
+}
 
 # run_suite BUILDDIR SUITE [MESON-TEST-ARGS...] — meson test, then add its
 # summary to the totals.
@@ -72,6 +102,7 @@ run_suite() {
   SKIPPED=$((SKIPPED + ${skip:-0}))
   if [ "$rc" -ne 0 ] || [ $((${fail:-0} + ${xpass:-0} + ${timeout:-0})) -ne 0 ]; then
     FAILED_SUITES+=("$dir:$suite")
+    digest "$dir" "$suite"
   fi
 }
 
@@ -107,6 +138,10 @@ fi
 
 echo
 if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then
+  if [ -s "$DIGEST" ]; then
+    echo "=== what failed (the last 40 lines of each)"
+    cat "$DIGEST"
+  fi
   echo "failed: ${FAILED_SUITES[*]}"
 fi
 echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
