@@ -4,7 +4,8 @@
 # merges, kills and restarts is hosts.sh):
 #   1. bad host names and clashes are refused before anything starts
 #      (exit 2, a message naming them);
-#   2. this host (-c local=URI) and host2_lib.sh's second libvirtd
+#   2. a lone -c NAME=URI: no host level (NAME is not used); then
+#      this host (-c local=URI) and host2_lib.sh's second libvirtd
 #      (-o connect=h2=qemu+tcp://...) mounted at once: / lists "h2 local",
 #      each host shows its own domain only, /proc/mounts says
 #      chainfs:local,h2, .chainfs/metrics.prom has host labels (promcheck),
@@ -47,6 +48,15 @@ it_make_image "$IMG/l.qcow2" 16M
 it_make_image "$IMG/r.qcow2" 16M
 it_domain_xml "$R" "$IMG/r.qcow2" >"$T/$R.xml"
 it_define "$L" "$IMG/l.qcow2"
+# one host with a NAME: accepted, and the tree has no host level
+"$CHAINFS" -f -c "solo=$IT_URI" -o "state_dir=$T/state1" "$MNT" >>"$IT_LOG" 2>&1 &
+IT_PID=$!
+it_wait_until 10 "the one-host mount" mountpoint -q "$MNT"
+it_wait_until 5 "$L at the root of a one-host mount" test -d "$MNT/$L"
+[ -e "$MNT/solo" ] && it_fail "a lone -c solo=URI made a host directory"
+[ -e "$T/state1/hosts" ] && it_fail "a lone -c solo=URI made a per-host state directory"
+it_unmount || it_fail "unmount the one-host mount"
+it_log "ok: a lone -c NAME=URI has no host level"
 h2_virsh define "$T/$R.xml" >/dev/null || it_fail "define $R on the second host"
 
 mount_two() {
