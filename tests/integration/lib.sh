@@ -107,11 +107,19 @@ it_poll() {
   done
 }
 
-# it_wait_until TIMEOUT_S WHAT CMD... — it_poll, failing the test on timeout.
+# it_wait_until TIMEOUT_S WHAT CMD... — it_poll, failing the test on
+# timeout. A wait that used more than half its time is logged ("slow:"),
+# so a near miss on a loaded machine shows before it becomes a failure.
 it_wait_until() {
-  local timeout=$1 what=$2
+  local timeout=$1 what=$2 t0 took
   shift 2
+  t0=$(it_now_ms)
   it_poll "$timeout" "$@" || it_fail "timed out after ${timeout}s: $what"
+  took=$(($(it_now_ms) - t0))
+  if [ $((took * 2)) -gt "$(awk -v t="$timeout" 'BEGIN { printf "%.0f", t * 1000 }')" ]; then
+    it_log "slow: $what took ${took} ms of ${timeout} s"
+  fi
+  return 0
 }
 
 # it_now_ms — a monotonic-enough wall clock in milliseconds.
