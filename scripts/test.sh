@@ -45,32 +45,40 @@ SKIPPED=0
 FAILED_SUITES=()
 # What failed, kept for the end of the output: CI shows only its tail, and
 # the suite's own log may be pages above it (or gone, when a later round
-# rewrites testlog.json in the same build dir).
+# rewrites testlog.json in the same build dir). Near misses too: the
+# "slow:" lines of it_wait_until, from every test, passed or not.
 DIGEST=$(mktemp)
-trap 'rm -f "$DIGEST"' EXIT
+SLOW=$(mktemp)
+trap 'rm -f "$DIGEST" "$SLOW"' EXIT
 
-# digest DIR SUITE — append each test of DIR's last meson run that did not
-# pass: its name, result and time, and the last lines of its output.
+# digest DIR SUITE — from DIR's last meson run: each test that did not
+# pass (name, result, time, the last 40 lines of its output) to $DIGEST,
+# every test's "slow:" lines to $SLOW.
 digest() {
-  python3 - "$1/meson-logs/testlog.json" "$1" "$2" >>"$DIGEST" <<'PY' || true
+  python3 - "$1/meson-logs/testlog.json" "$1" "$2" "$DIGEST" "$SLOW" <<'PY' || true
 import json, sys
-path, d, suite = sys.argv[1:4]
+path, d, suite, digest, slow = sys.argv[1:6]
 try:
     lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
 except OSError:
     sys.exit(0)
-for line in lines:
-    try:
-        t = json.loads(line)
-    except ValueError:
-        continue
-    if t.get("result") in ("OK", "SKIP", "EXPECTEDFAIL"):
-        continue
-    print(f"--- {d} {suite}: {t.get('name')} {t.get('result')} "
-          f"(exit {t.get('returncode')}, {t.get('duration', 0):.1f} s)")
-    out = ((t.get("stdout") or "") + "\n" + (t.get("stderr") or "")).strip()
-    for l in out.splitlines()[-40:]:
-        print("    " + l)
+with open(digest, "a") as dg, open(slow, "a") as sl:
+    for line in lines:
+        try:
+            t = json.loads(line)
+        except ValueError:
+            continue
+        out = ((t.get("stdout") or "") + "\n" + (t.get("stderr") or "")).strip()
+        for l in out.splitlines():
+            if "] slow: " in l:
+                print(f"{d} {suite}: {l}", file=sl)
+        if t.get("result") in ("OK", "SKIP", "EXPECTEDFAIL"):
+            continue
+        print(f"--- {d} {suite}: {t.get('name')} {t.get('result')} "
+              f"(exit {t.get('returncode')}, {t.get('duration', 0):.1f} s)",
+              file=dg)
+        for l in out.splitlines()[-40:]:
+            print("    " + l, file=dg)
 PY
 }
 
@@ -100,9 +108,9 @@ run_suite() {
   PASSED=$((PASSED + ok + ${xfail:-0}))
   FAILED=$((FAILED + ${fail:-0} + ${xpass:-0} + ${timeout:-0}))
   SKIPPED=$((SKIPPED + ${skip:-0}))
+  digest "$dir" "$suite"
   if [ "$rc" -ne 0 ] || [ $((${fail:-0} + ${xpass:-0} + ${timeout:-0})) -ne 0 ]; then
     FAILED_SUITES+=("$dir:$suite")
-    digest "$dir" "$suite"
   fi
 }
 
@@ -137,6 +145,10 @@ else
 fi
 
 echo
+if [ -s "$SLOW" ]; then
+  echo "=== waits that used more than half their time (it_wait_until)"
+  cat "$SLOW"
+fi
 if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then
   if [ -s "$DIGEST" ]; then
     echo "=== what failed (the last 40 lines of each)"
