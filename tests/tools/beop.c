@@ -26,7 +26,11 @@
  *
  * Issue 12 (tests/integration/remote_tcp.sh):
  *   beop URI file-exists PATH      (rc=1 a file, rc=0 none, rc=-95 no
- *                           active pool over PATH's directory) */
+ *                           active pool over PATH's directory)
+ *   beop URI list-stats DOM FILE   (list_stats as the engine calls it,
+ *                           again and again until FILE exists; prints
+ *                           "listed N missing M": calls, and calls that
+ *                           left DOM out) */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +146,26 @@ static int op10(struct cfs_backend *be, const char *op, int argc, char **argv)
 
     if (strcmp(op, "file-exists") == 0 && argc == 4)
         return be->ops->file_exists(be, argv[3]);
+    if (strcmp(op, "list-stats") == 0 && argc == 5) {
+        unsigned long listed = 0, missing = 0;
+
+        while (access(argv[4], F_OK) != 0) {
+            struct cfs_dom_summary *v = NULL;
+            size_t nv = 0;
+            bool seen = false;
+
+            r = be->ops->list_stats(be, true, &v, &nv);
+            if (r < 0)
+                return r;
+            for (size_t i = 0; i < nv; i++)
+                seen = seen || strcmp(v[i].name, argv[3]) == 0;
+            cfs_dom_summaries_free(v, nv);
+            listed++;
+            missing += !seen;
+        }
+        printf("listed %lu missing %lu\n", listed, missing);
+        return 0;
+    }
     if (strcmp(op, "multi") == 0 && argc >= 7) {
         struct cfs_snapshot_disk sd[64];
 
