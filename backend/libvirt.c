@@ -1523,46 +1523,67 @@ static int lv_list_stats(struct cfs_backend *be, bool no_running_blocks,
         return r;
     unsigned int flags = VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING |
                          VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
-    /* NO_RUNNING_BLOCKS: block statistics of shut-off domains only
-     * (they query no QEMU); of running ones, their state */
+    /* The listing is one call over every domain: libvirt collects them
+     * at once, so a domain started or stopped meanwhile is still in it.
+     * (Two calls, shut-off domains then running ones, left out a domain
+     * destroyed between them, and the engine took it for undefined.)
+     * NO_RUNNING_BLOCKS: that call asks only the state, and a second one
+     * the block statistics of the shut-off domains (they query no QEMU);
+     * a domain the two calls do not both call shut off is partial. */
     int n = virConnectGetAllDomainStats(
-        conn, VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_BLOCK, &got,
-        flags | (no_running_blocks ? VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE : 0));
+        conn, VIR_DOMAIN_STATS_STATE | (no_running_blocks ? 0 : VIR_DOMAIN_STATS_BLOCK),
+        &got, flags);
     if (n < 0)
         return lv_error(conn);
     int m = 0;
     if (no_running_blocks) {
-        m = virConnectGetAllDomainStats(conn, VIR_DOMAIN_STATS_STATE, &act,
-                                        flags | VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE);
+        m = virConnectGetAllDomainStats(conn, VIR_DOMAIN_STATS_STATE | VIR_DOMAIN_STATS_BLOCK,
+                                        &act, flags | VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE);
         if (m < 0) {
             virDomainStatsRecordListFree(got);
             return lv_error(conn);
         }
     }
-    _cleanup_free_ virDomainStatsRecordPtr *recs =
-        cfs_xcalloc((size_t)n + (size_t)m + 1, sizeof(*recs));
-    for (int i = 0; i < n; i++)
-        recs[i] = got[i];
+    /* the shut-off domains' block records, by UUID */
+    struct cfs_strmap *blocks = cfs_strmap_new();
+    _cleanup_free_ char (*uuids)[VIR_UUID_STRING_BUFLEN] =
+        cfs_xcalloc((size_t)m + 1, sizeof(*uuids));
     for (int i = 0; i < m; i++)
-        recs[n + i] = act[i];
-    n += m;
+        if (virDomainGetUUIDString(act[i]->dom, uuids[i]) == 0)
+            cfs_strmap_put(blocks, uuids[i], act[i]);
     struct cfs_dom_summary *v = cfs_xcalloc((size_t)n + 1, sizeof(*v));
     struct cfs_strmap *listed = cfs_strmap_new();
     for (int i = 0; i < n; i++) {
-        virTypedParameterPtr p = recs[i]->params;
-        int np = recs[i]->nparams;
+        virTypedParameterPtr p = got[i]->params;
+        int np = got[i]->nparams;
         struct cfs_dom_summary *s = &v[i];
-        s->name = cfs_xstrdup(virDomainGetName(recs[i]->dom));
-        if (virDomainGetUUIDString(recs[i]->dom, s->uuid) < 0)
+        s->name = cfs_xstrdup(virDomainGetName(got[i]->dom));
+        if (virDomainGetUUIDString(got[i]->dom, s->uuid) < 0)
             s->uuid[0] = '\0';
         cfs_strmap_put(listed, s->uuid, s);
         int state = 0;
         virTypedParamsGetInt(p, np, "state.state", &state);
         s->state = lv_map_state(state);
         bool running = s->state != CFS_DOM_SHUTOFF;
+        if (no_running_blocks) {
+            virDomainStatsRecordPtr br =
+                !running && s->uuid[0] ? cfs_strmap_get(blocks, s->uuid) : NULL;
+            int bstate = 0;
+            if (br)
+                virTypedParamsGetInt(br->params, br->nparams, "state.state", &bstate);
+            if (br && lv_map_state(bstate) == CFS_DOM_SHUTOFF) {
+                p = br->params;
+                np = br->nparams;
+            } else {
+                /* running, or started or stopped between the calls */
+                s->partial = true;
+                p = NULL;
+                np = 0;
+            }
+        }
         unsigned int count = 0;
-        if (virTypedParamsGetUInt(p, np, "block.count", &count) != 1) {
-            s->partial = running;
+        if (!p || virTypedParamsGetUInt(p, np, "block.count", &count) != 1) {
+            s->partial = s->partial || running;
             count = 0;
         }
         s->disks = cfs_xcalloc(count ? count : 1, sizeof(*s->disks));
@@ -1590,10 +1611,9 @@ static int lv_list_stats(struct cfs_backend *be, bool no_running_blocks,
                 .physical = bs.phys,
             };
         }
-        if (running && no_running_blocks)
-            s->partial = true;
         s->fingerprint = cfs_dom_summary_fingerprint(s);
     }
+    cfs_strmap_free(blocks, NULL);
     virDomainStatsRecordListFree(got);
     if (act)
         virDomainStatsRecordListFree(act);
