@@ -1030,7 +1030,7 @@ static int refresh_all_stats(struct cfs_engine *e, char **known,
      * heap behind in the middle of it; give its whole pages back, as
      * after every tenth round (what the reads of the round freed) */
     if (removed || n < e->last_listed || ++e->rounds_since_trim >= 10) {
-        malloc_trim(0);
+        cfs_malloc_trim();
         e->rounds_since_trim = 0;
     }
     e->last_listed = n;
@@ -1494,7 +1494,7 @@ static int startup_read(struct cfs_engine *e)
     tree_changed(e);
     pthread_mutex_unlock(&e->tree->lock);
     cfs_dom_summaries_free(v, n);
-    malloc_trim(0); /* what the start-up's reads freed */
+    cfs_malloc_trim(); /* what the start-up's reads freed */
     e->last_refresh_ms = now_ms();
     return 0;
 }

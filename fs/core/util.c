@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <inttypes.h>
+#include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
@@ -412,4 +414,9 @@ uint64_t cfs_dom_summary_fingerprint(const struct cfs_dom_summary *s)
         h = fnv_str(h, "/"); /* end of the disk's layers */
     }
     return h;
+}
+
+void cfs_malloc_trim(void)
+{
+    malloc_trim(0);
 }

@@ -44,6 +44,11 @@ int cfs_state_dir_lock(const char *dir, int *fd, char **errmsg);
 char *cfs_xasprintf(const char *fmt, ...) _printf_(1, 2);
 
 bool cfs_streq(const char *a, const char *b); /* NULL-safe */
+/* malloc_trim(0), one call at a time in the process: glibc's first
+ * malloc_trim initializes its allocator, and under AddressSanitizer
+ * (which replaces malloc, so nothing did before) two first calls at
+ * once let one trim an arena not yet set up (SEGV). */
+void cfs_malloc_trim(void);
 /* FNV-1a: LEN bytes at P mixed into H (start with CFS_FNV_OFFSET). */
 #define CFS_FNV_OFFSET 14695981039346656037ULL
 uint64_t cfs_fnv1a(uint64_t h, const void *p, size_t len);
