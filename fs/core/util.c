@@ -418,5 +418,8 @@ uint64_t cfs_dom_summary_fingerprint(const struct cfs_dom_summary *s)
 
 void cfs_malloc_trim(void)
 {
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&lock);
     malloc_trim(0);
+    pthread_mutex_unlock(&lock);
 }
