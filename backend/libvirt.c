@@ -1546,11 +1546,11 @@ static int lv_list_stats(struct cfs_backend *be, bool no_running_blocks,
     }
     /* the shut-off domains' block records, by UUID */
     struct cfs_strmap *blocks = cfs_strmap_new();
-    _cleanup_free_ char (*uuids)[VIR_UUID_STRING_BUFLEN] =
-        cfs_xcalloc((size_t)m + 1, sizeof(*uuids));
-    for (int i = 0; i < m; i++)
-        if (virDomainGetUUIDString(act[i]->dom, uuids[i]) == 0)
-            cfs_strmap_put(blocks, uuids[i], act[i]);
+    for (int i = 0; i < m; i++) {
+        char uuid[VIR_UUID_STRING_BUFLEN];
+        if (virDomainGetUUIDString(act[i]->dom, uuid) == 0)
+            cfs_strmap_put(blocks, uuid, act[i]); /* the map copies keys */
+    }
     struct cfs_dom_summary *v = cfs_xcalloc((size_t)n + 1, sizeof(*v));
     struct cfs_strmap *listed = cfs_strmap_new();
     for (int i = 0; i < n; i++) {
