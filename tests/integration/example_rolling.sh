@@ -15,8 +15,9 @@
 #      held one kept;
 #   3. the lock: held by someone else, -W 0 exits 75 and changes nothing;
 #      a run started meanwhile says it waits, takes no snapshot until the
-#      lock is let go, then runs; two runs started at once both succeed,
-#      one after the other, with distinct names;
+#      lock is let go, then runs; two runs alive at once (both waiting
+#      on the lock, then let go together) both succeed, one after the
+#      other: distinct names, and each prunes a different one;
 #   4. -d on one disk (DOMAIN/DISK), KEEP=1: disk-level snapshots of that
 #      disk only, the older one merged away; -d on the whole domain: vda
 #      and vdb each get their own, the cdrom (hdc, with media) is skipped
@@ -166,26 +167,42 @@ names+=("$(taken "$T/r6")")
 it_assert_eq "${names[4]} ${names[5]}" "$(own)" "the run after the wait pruned to two"
 
 put 6
-bash "$ROLL" -L "$LOCK" "$MNT" 2 "$D" >"$T/r7a" 2>"$T/r7a.err" &
+# Two runs alive at once. Started bare, the second may reach its flock
+# only after the first has ended (CI, a loaded machine: it then never
+# waits, and nothing overlapped); so the test holds the lock until both
+# have said they wait, then lets both go at once: one takes the lock,
+# the other waits on it.
+exec 8<>"$LOCK"
+flock 8 || it_fail "flock $LOCK"
+bash "$ROLL" -L "$LOCK" "$MNT" 2 "$D" >"$T/r7a" 2>"$T/r7a.err" 8>&- &
 a=$!
-bash "$ROLL" -L "$LOCK" "$MNT" 2 "$D" >"$T/r7b" 2>"$T/r7b.err" &
+bash "$ROLL" -L "$LOCK" "$MNT" 2 "$D" >"$T/r7b" 2>"$T/r7b.err" 8>&- &
 b=$!
+both_wait() { grep -q '^waiting for another run' "$T/r7a" && grep -q '^waiting for another run' "$T/r7b"; }
+it_wait_until 20 "both runs say they wait for the lock" both_wait
+it_assert_eq "${names[4]} ${names[5]}" "$(own)" "no snapshot while both wait"
+flock -u 8
+exec 8>&-
 ra=0 rb=0
 wait "$a" || ra=$?
 wait "$b" || rb=$?
 sed 's/^/  a| /' "$T/r7a" "$T/r7a.err" >&2
 sed 's/^/  b| /' "$T/r7b" "$T/r7b.err" >&2
-it_assert_eq "0 0" "$ra $rb" "two runs started at once both exit 0"
+it_assert_eq "0 0" "$ra $rb" "two runs alive at once both exit 0"
 na=$(taken "$T/r7a") nb=$(taken "$T/r7b")
 if [ -z "$na" ] || [ -z "$nb" ] || [ "$na" = "$nb" ]; then
   it_fail "the two runs did not take two distinct snapshots: '$na' '$nb'"
 fi
-# The holder writes its pid into the lock file just after it took the
-# lock, so the other run may read the file before that (no pid named):
-# that it waited is what counts.
-cat "$T/r7a" "$T/r7b" | grep -Eq "^waiting for another run( \(pid [0-9]+\))? to end" ||
-  it_fail "neither run waited for the other (a=$a b=$b)"
-it_log "ok: one run waited for the other ($na, $nb)"
+# One after the other: the first (the older name) saw ${names[4]},
+# ${names[5]} and its own and pruned ${names[4]}; the second saw the
+# first's and pruned ${names[5]}. Had they overlapped, both would have
+# pruned ${names[4]} (or the second nothing).
+if [[ "$na" < "$nb" ]]; then first=r7a second=r7b; else first=r7b second=r7a; fi
+it_assert_eq "${names[4]}" "$(sed -n "s/^$D: \(.*\) merged away\$/\1/p" "$T/$first")" \
+  "the first run pruned ${names[4]}"
+it_assert_eq "${names[5]}" "$(sed -n "s/^$D: \(.*\) merged away\$/\1/p" "$T/$second")" \
+  "the second run, after the first had ended, pruned ${names[5]}"
+it_log "ok: one run after the other ($na, $nb)"
 if [[ "$na" < "$nb" ]]; then names+=("$na" "$nb"); else names+=("$nb" "$na"); fi
 it_assert_eq "${names[6]} ${names[7]}" "$(own)" "after both runs, the newest two remain"
 others_kept "concurrent runs"
