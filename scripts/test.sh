@@ -49,20 +49,29 @@ FAILED_SUITES=()
 # "slow:" lines of it_wait_until, from every test, passed or not.
 DIGEST=$(mktemp)
 SLOW=$(mktemp)
-trap 'rm -f "$DIGEST" "$SLOW"' EXIT
+WHY=$(mktemp)
+trap 'rm -f "$DIGEST" "$SLOW" "$WHY"' EXIT
 
 # digest DIR SUITE — from DIR's last meson run: each test that did not
-# pass (name, result, time, the last 40 lines of its output) to $DIGEST,
-# every test's "slow:" lines to $SLOW.
+# pass to $DIGEST (name, result, time; the lines that say why it failed
+# — it_fail, it_assert_*, cmocka, the sanitizers — wherever they are in
+# its output; then its last 30 lines, which for an integration test are
+# mostly the chainfs log dumped at exit), a line per failed test to
+# $WHY, every test's "slow:" lines to $SLOW.
 digest() {
-  python3 - "$1/meson-logs/testlog.json" "$1" "$2" "$DIGEST" "$SLOW" <<'PY' || true
-import json, sys
-path, d, suite, digest, slow = sys.argv[1:6]
+  python3 - "$1/meson-logs/testlog.json" "$1" "$2" "$DIGEST" "$SLOW" "$WHY" <<'PY' || true
+import json, re, sys
+path, d, suite, digest, slow, why = sys.argv[1:7]
+WHY_RE = re.compile(r"\] (FAIL|expected|actual):|\] .* does not contain |"
+                    r"\[  (FAILED|ERROR) +\]|: error: |ERROR: \w+Sanitizer|"
+                    r"runtime error: |^SUMMARY: \w+Sanitizer|Assertion .* failed")
+def cut(l, n=400):
+    return l if len(l) <= n else l[:n] + f" …({len(l) - n} more)"
 try:
     lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
 except OSError:
     sys.exit(0)
-with open(digest, "a") as dg, open(slow, "a") as sl:
+with open(digest, "a") as dg, open(slow, "a") as sl, open(why, "a") as wy:
     for line in lines:
         try:
             t = json.loads(line)
@@ -74,11 +83,17 @@ with open(digest, "a") as dg, open(slow, "a") as sl:
                 print(f"{d} {suite}: {l}", file=sl)
         if t.get("result") in ("OK", "SKIP", "EXPECTEDFAIL"):
             continue
-        print(f"--- {d} {suite}: {t.get('name')} {t.get('result')} "
-              f"(exit {t.get('returncode')}, {t.get('duration', 0):.1f} s)",
-              file=dg)
-        for l in out.splitlines()[-40:]:
-            print("    " + l, file=dg)
+        head = (f"{d} {suite}: {t.get('name')} {t.get('result')} "
+                f"(exit {t.get('returncode')}, {t.get('duration', 0):.1f} s)")
+        print("--- " + head, file=dg)
+        whys = [l for l in out.splitlines() if WHY_RE.search(l)]
+        for l in whys[:12]:
+            print("  why: " + cut(l), file=dg)
+        if len(whys) > 12:
+            print(f"  why: … and {len(whys) - 12} more such lines", file=dg)
+        for l in out.splitlines()[-30:]:
+            print("    " + cut(l), file=dg)
+        print(head + (" — " + cut(whys[0], 300) if whys else ""), file=wy)
 PY
 }
 
@@ -151,8 +166,12 @@ if [ -s "$SLOW" ]; then
 fi
 if [ "${#FAILED_SUITES[@]}" -ne 0 ]; then
   if [ -s "$DIGEST" ]; then
-    echo "=== what failed (the last 40 lines of each)"
+    echo "=== what failed (why, then the last 30 lines of each)"
     cat "$DIGEST"
+  fi
+  if [ -s "$WHY" ]; then
+    echo "=== the failed tests, a line each"
+    cat "$WHY"
   fi
   echo "failed: ${FAILED_SUITES[*]}"
 fi
