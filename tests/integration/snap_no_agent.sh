@@ -82,7 +82,10 @@ it_assert_eq "$freezes" "$(guest_freezes "$D")" "require: no freeze in the guest
 it_log "ok: require without an agent: EOPNOTSUPP in ${ms} ms, nothing changed"
 
 # ---- 3. a hung agent: bounded, crash-consistent, thawed later ----------------
-guest_wait_agent "$D" 60
+# the agent was killed for 40 s in part 1: most of that is still to run
+# out here, so the wait has 40 s plus a margin (its slow: line, at half
+# the timeout, is then for a real delay, not the planned absence)
+guest_wait_agent "$D" 90
 it_unmount || it_fail "unmount"
 it_mount "quiesce_timeout=3"
 it_wait_dom "$D"
