@@ -77,6 +77,8 @@ roll() {
 }
 # taken OUT — the name the run printed as taken
 taken() { sed -n 's/^[^ ]*: snapshot \([^ ]*\) taken (quiesced: .*)$/\1/p' "$1" | head -n 1; }
+# pruned OUT — the names the run printed as merged away from the domain
+pruned() { sed -n "s/^$D: \(.*\) merged away\$/\1/p" "$1"; }
 # own — the domain's rolling-<timestamp> snapshots, sorted
 own() { it_ls "$MNT/$D/snapshots" | tr ' ' '\n' | grep -E '^rolling-[0-9]{8}T[0-9]{6}Z$' | grep -v '^rolling-2000' | tr '\n' ' ' | sed 's/ $//'; }
 others_kept() {
@@ -198,9 +200,9 @@ fi
 # first's and pruned ${names[5]}. Had they overlapped, both would have
 # pruned ${names[4]} (or the second nothing).
 if [[ "$na" < "$nb" ]]; then first=r7a second=r7b; else first=r7b second=r7a; fi
-it_assert_eq "${names[4]}" "$(sed -n "s/^$D: \(.*\) merged away\$/\1/p" "$T/$first")" \
+it_assert_eq "${names[4]}" "$(pruned "$T/$first")" \
   "the first run pruned ${names[4]}"
-it_assert_eq "${names[5]}" "$(sed -n "s/^$D: \(.*\) merged away\$/\1/p" "$T/$second")" \
+it_assert_eq "${names[5]}" "$(pruned "$T/$second")" \
   "the second run, after the first had ended, pruned ${names[5]}"
 it_log "ok: one run after the other ($na, $nb)"
 if [[ "$na" < "$nb" ]]; then names+=("$na" "$nb"); else names+=("$nb" "$na"); fi
